@@ -1,0 +1,24 @@
+//! guest-frontend: the sluice unikernel guest. For now it runs one diagnostic app, chosen by the
+//! start-info setting `app` (default `hello`), and powers off when the app returns.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod apps;
+
+use vm_runtime::{println, setting, StartInfo};
+
+vm_runtime::entry!(main);
+
+fn main(info: &StartInfo<'static>) {
+    let app = setting(info.settings, "app").unwrap_or("hello");
+    match app {
+        "hello" => apps::hello::run(info),
+        "probe" => apps::probe::run(info),
+        "sleep" => apps::sleep::run(info),
+        "spin" => apps::spin::run(info),
+        "virq" => apps::virq::run(info),
+        other => println!("REPORT fail: unknown app '{other}'"),
+    }
+}

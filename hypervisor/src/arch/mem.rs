@@ -1,0 +1,194 @@
+//! The hypervisor's own memory view and raw physical-memory access.
+//!
+//! EL2 runs with an identity map (VA = PA) built once from 1 GiB blocks: device memory below RAM,
+//! normal write-back memory for RAM. Because of that identity map, the hypervisor can reach any
+//! physical frame by its address; the functions here are the only places that turn a physical
+//! address into a reference.
+
+use core::arch::asm;
+
+use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2};
+use spin::Once;
+
+use hypervisor::mm::stage2::TableMemory;
+
+const GIB: u64 = 1 << 30;
+const ENTRIES: usize = 512;
+
+#[repr(C, align(4096))]
+struct Level1Table([u64; ENTRIES]);
+
+/// The EL2 level-1 table; written once by the primary before any MMU is enabled.
+static EL2_TABLE: Once<&'static Level1Table> = Once::new();
+static mut EL2_TABLE_STORAGE: Level1Table = Level1Table([0; ENTRIES]);
+
+const MAIR_NORMAL_WB: u64 = 0; // AttrIndx 0
+const MAIR_DEVICE: u64 = 1; // AttrIndx 1
+const DESC_BLOCK: u64 = 0b01;
+const DESC_AF: u64 = 1 << 10;
+const DESC_SH_INNER: u64 = 0b11 << 8;
+const DESC_XN: u64 = 1 << 54;
+
+/// Builds the EL2 identity map: 0..RAM start is device memory, RAM is normal memory, and the 1 GiB
+/// blocks from 256 GiB (QEMU virt's high PCIe ECAM/MMIO) are device memory for later passthrough.
+pub fn build_el2_identity_map(ram_start: u64, ram_end: u64) {
+    EL2_TABLE.call_once(|| {
+        // SAFETY: called once (Once) on the primary before secondaries start; nothing else
+        // references the storage, so the unique &mut is sound, and it is never written again.
+        let table = unsafe { &mut *core::ptr::addr_of_mut!(EL2_TABLE_STORAGE) };
+        for (index, entry) in table.0.iter_mut().enumerate() {
+            let base = index as u64 * GIB;
+            *entry = if base < ram_start || (256..512).contains(&index) {
+                base | DESC_BLOCK | DESC_AF | (MAIR_DEVICE << 2) | DESC_XN
+            } else if base < ram_end {
+                base | DESC_BLOCK | DESC_AF | DESC_SH_INNER | (MAIR_NORMAL_WB << 2)
+            } else {
+                0
+            };
+        }
+        &*table
+    });
+}
+
+/// Turns the EL2 MMU and caches on with the identity map (every pCPU calls this).
+pub fn enable_el2_mmu() {
+    let table = EL2_TABLE
+        .get()
+        .expect("EL2 identity map built before enabling the MMU");
+    MAIR_EL2.set(0x04ff); // Attr0 = Normal WB RA/WA, Attr1 = Device-nGnRE
+    TCR_EL2.write(
+        TCR_EL2::T0SZ.val(25) // 39-bit VA: one level-1 table of 1 GiB blocks
+            + TCR_EL2::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL2::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL2::SH0::Inner
+            + TCR_EL2::TG0::KiB_4
+            + TCR_EL2::PS::Bits_40,
+    );
+    TTBR0_EL2.set(table.0.as_ptr() as u64);
+    // SAFETY: barriers and a full EL2 TLB invalidate before turning translation on; the identity
+    // map keeps every address the code uses valid across the switch.
+    unsafe { asm!("dsb ish", "tlbi alle2", "dsb ish", "isb", options(nostack)) };
+    SCTLR_EL2.write(
+        SCTLR_EL2::M::Enable
+            + SCTLR_EL2::C::Cacheable
+            + SCTLR_EL2::I::Cacheable
+            + SCTLR_EL2::SA::Enable,
+    );
+    super::cpu::isb();
+}
+
+/// A physical range as a byte slice.
+///
+/// # Safety
+/// The range must be RAM the caller owns exclusively for the lifetime it picks (a frame it
+/// allocated, or the boot bundle before VMs start) and must be inside the identity map.
+pub unsafe fn phys_bytes_mut<'a>(pa: u64, len: usize) -> &'a mut [u8] {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, len) }
+}
+
+/// # Safety
+/// As [`phys_bytes_mut`], for shared read access.
+pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a [u8] {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
+}
+
+/// Cleans the data cache to the point of coherency and invalidates the instruction cache for a
+/// range just written with code, so a vCPU with its MMU and caches off sees it.
+pub fn sync_for_execution(pa: u64, len: u64) {
+    const LINE: u64 = 64;
+    let mut line = pa & !(LINE - 1);
+    while line < pa + len {
+        // SAFETY: cache maintenance by address on mapped RAM has no other effect.
+        unsafe { asm!("dc cvac, {}", in(reg) line, options(nostack)) };
+        line += LINE;
+    }
+    // SAFETY: barrier and instruction-cache invalidation only.
+    unsafe { asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack)) };
+}
+
+/// Invalidates stage-2 TLB entries for the given IPA pieces of the VM whose VMID is in VTTBR_EL2,
+/// then the combined stage-1+2 entries for that VMID: TLBI IPAS2E1IS per piece, then
+/// VMALLE1IS — the lecture's sequence, not a full flush.
+pub fn tlbi_ipas(pieces: &[(u64, u64)]) {
+    // SAFETY: TLB maintenance only.
+    unsafe { asm!("dsb ishst", options(nostack)) };
+    // Each piece is one page or one block descriptor; one TLBI by any address inside a block
+    // removes the entry for the whole block.
+    for &(ipa, _size) in pieces {
+        // SAFETY: TLB maintenance only; the operand is IPA >> 12.
+        unsafe { asm!("tlbi ipas2e1is, {}", in(reg) ipa >> 12, options(nostack)) };
+    }
+    // SAFETY: TLB maintenance only.
+    unsafe {
+        asm!(
+            "dsb ish",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        )
+    };
+}
+
+/// Invalidates every stage-1 and stage-2 entry of the VMID currently in VTTBR_EL2 (used when a
+/// VMID is reused by a new VM).
+pub fn tlbi_current_vmid_all() {
+    // SAFETY: TLB maintenance only.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        )
+    };
+}
+
+/// Stage-2 tables live in frames from the hypervisor's frame allocator, reached through the
+/// identity map.
+pub struct PhysTableMemory<'a> {
+    pub frames: &'a mut hypervisor::mm::frame_alloc::FrameAllocator,
+}
+
+impl TableMemory for PhysTableMemory<'_> {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let pa = self.frames.alloc(1, 1)?;
+        // SAFETY: the frame was just allocated to us and is identity mapped.
+        unsafe { phys_bytes_mut(pa, 4096) }.fill(0);
+        Some(pa)
+    }
+
+    fn free_table(&mut self, pa: u64) {
+        let _ = self.frames.free(pa, 1);
+    }
+
+    fn table(&self, pa: u64) -> &[u64; 512] {
+        // SAFETY: stage-2 code only passes addresses it got from alloc_table (live table frames
+        // owned by this allocator), which are 4 KiB aligned and identity mapped.
+        unsafe { &*(pa as *const [u64; 512]) }
+    }
+
+    fn table_mut(&mut self, pa: u64) -> &mut [u64; 512] {
+        // SAFETY: as in `table`; `&mut self` makes the borrow unique within the hypervisor, which
+        // holds the VM lock while editing a VM's tables.
+        unsafe { &mut *(pa as *mut [u64; 512]) }
+    }
+}
+
+/// The device tree blob at `pa`, sized by its header, or None if no DTB is there.
+///
+/// # Safety
+/// `pa` must be readable RAM inside the identity map (QEMU's DTB placement).
+pub unsafe fn dtb_blob(pa: u64) -> Option<&'static [u8]> {
+    // SAFETY: forwarded to the caller: the header is readable.
+    let header = unsafe { phys_bytes(pa, 8) };
+    if header[..4] != [0xd0, 0x0d, 0xfe, 0xed] {
+        return None;
+    }
+    let size = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    // SAFETY: the header says the blob is `size` bytes long and QEMU placed all of it.
+    Some(unsafe { phys_bytes(pa, size) })
+}

@@ -1,0 +1,559 @@
+//! The hypervisor's global state and its reaction to every trap: hypercalls, PSCI emulation,
+//! WFI/WFE, stage-2 faults, physical interrupts, and the scheduling mechanics around them.
+//!
+//! One lock ([`HV`]) guards the VMs, vCPUs and scheduler. A pCPU holds it only while handling a
+//! trap, never while a guest runs or while it sleeps in WFI.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use hypervisor::esr::{self, Syndrome};
+use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::vmid::VmidAllocator;
+use hypervisor::sched::{RunState, Scheduler, VcpuId};
+use log::{error, info, warn};
+use shared_abi::hypercall::{self, psci, Status};
+use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM};
+use spin::Mutex;
+
+use crate::arch::cpu::{self, El1Context};
+use crate::arch::gic::{self, ICH_HCR_UIE};
+use crate::arch::mem;
+use crate::arch::vectors::TrapFrame;
+use crate::arch::MAX_PCPUS;
+use crate::logger::print_vm_line;
+use crate::vm::{StopKind, Vcpu, Vm};
+
+/// Time slice in milliseconds.
+pub const SLICE_MS: u64 = 10;
+const NO_VCPU: usize = usize::MAX;
+/// CNTV_CTL_EL0 bits.
+const TIMER_ENABLE: u64 = 1 << 0;
+const TIMER_IMASK: u64 = 1 << 1;
+
+pub struct Hv {
+    pub frames: FrameAllocator,
+    pub vmids: VmidAllocator,
+    pub vms: Vec<Option<Vm>>,
+    pub vcpus: Vec<Vcpu>,
+    pub sched: Scheduler,
+    pub slice_ticks: u64,
+    pub pcpus: usize,
+}
+
+pub static HV: Mutex<Option<Hv>> = Mutex::new(None);
+/// The vCPU each pCPU is running (NO_VCPU when idle). Only written by that pCPU.
+static CURRENT: [AtomicUsize; MAX_PCPUS] = [const { AtomicUsize::new(NO_VCPU) }; MAX_PCPUS];
+/// pCPUs sleeping in WFI, to be kicked when work appears. Written under the HV lock.
+static IDLE: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
+
+/// What the trapped vCPU should do next.
+enum Action {
+    Continue,
+    /// Give the pCPU to another runnable vCPU if there is one (time slice over, yield).
+    Preempt,
+    /// WFI: sleep until an interrupt or the vCPU's timer.
+    Wait,
+    /// This vCPU powers off (PSCI CPU_OFF).
+    VcpuOff,
+    /// The VM stops for this reason.
+    StopVm(StopKind),
+}
+
+impl Hv {
+    fn vm_of(&self, id: VcpuId) -> &Vm {
+        self.vms[self.vcpus[id].vm]
+            .as_ref()
+            .expect("a vCPU's VM exists while the vCPU does")
+    }
+
+    fn vm_of_mut(&mut self, id: VcpuId) -> &mut Vm {
+        let vm = self.vcpus[id].vm;
+        self.vms[vm]
+            .as_mut()
+            .expect("a vCPU's VM exists while the vCPU does")
+    }
+
+    pub fn live_vms(&self) -> usize {
+        self.vms.iter().filter(|v| v.is_some()).count()
+    }
+
+    /// Wakes idle pCPUs so they look at the run queue.
+    fn kick_idle(&self, this_pcpu: usize) {
+        for pcpu in 0..self.pcpus {
+            if pcpu != this_pcpu && IDLE[pcpu].load(Ordering::Acquire) {
+                gic::kick(pcpu);
+            }
+        }
+    }
+
+    /// Saves the running vCPU's state from the CPU into its structure.
+    fn save(&mut self, id: VcpuId, frame: &TrapFrame) {
+        let vcpu = &mut self.vcpus[id];
+        vcpu.frame = *frame;
+        vcpu.el1 = El1Context::save();
+        vcpu.fp.save();
+        vcpu.vgic.save();
+        // A vCPU that is not running must not have its timer fire on this pCPU.
+        cpu::set_vtimer_ctl(0);
+    }
+
+    /// Loads vCPU `id` onto this pCPU; `frame` becomes its register file.
+    fn load(&mut self, pcpu: usize, id: VcpuId, frame: &mut TrapFrame) {
+        let vm = self.vm_of_mut(id);
+        cpu::set_vttbr(vm.vmid, vm.stage2.root_pa());
+        if vm.vmid_needs_flush {
+            mem::tlbi_current_vmid_all();
+            vm.vmid_needs_flush = false;
+        }
+        let vcpu = &mut self.vcpus[id];
+        cpu::set_vmpidr(vcpu.index);
+        vcpu.el1.restore();
+        vcpu.fp.restore();
+        let waiting = vcpu.virqs.refill(&mut vcpu.vgic.lrs);
+        vcpu.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
+        vcpu.vgic.restore();
+        *frame = vcpu.frame;
+        CURRENT[pcpu].store(id, Ordering::Relaxed);
+        self.arm_timer(cpu::counter());
+    }
+
+    /// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
+    fn arm_timer(&self, now: u64) {
+        let slice_end = now + self.slice_ticks;
+        let deadline = self
+            .sched
+            .earliest_deadline()
+            .map_or(slice_end, |d| d.min(slice_end));
+        cpu::set_hyp_timer(deadline);
+    }
+
+    /// Refills the live list registers of the running vCPU (after new interrupts were queued).
+    fn refill_live(&mut self, id: VcpuId) {
+        let vcpu = &mut self.vcpus[id];
+        vcpu.vgic.save();
+        let waiting = vcpu.virqs.refill(&mut vcpu.vgic.lrs);
+        vcpu.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
+        vcpu.vgic.restore();
+    }
+
+    /// Queues a virtual interrupt for a vCPU and wakes it if it sleeps in WFI.
+    fn inject(&mut self, id: VcpuId, intid: u32, this_pcpu: usize) -> Result<(), Status> {
+        let pushed = if intid == intid::VIRTUAL_TIMER {
+            self.vcpus[id].virqs.push_unique(intid)
+        } else {
+            self.vcpus[id].virqs.push(intid)
+        };
+        pushed.map_err(|_| Status::NoSpace)?;
+        match self.sched.state(id) {
+            RunState::Blocked { .. } => {
+                self.sched.wake(id);
+                self.kick_idle(this_pcpu);
+            }
+            RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Asks every vCPU of a VM to stop; the VM is finished once none of them is running.
+    fn request_stop(&mut self, vm_index: usize, kind: StopKind, this_pcpu: usize) {
+        let Some(vm) = self.vms[vm_index].as_mut() else {
+            return;
+        };
+        if vm.stop.is_none() || matches!(kind, StopKind::Killed(_)) {
+            vm.stop = Some(kind);
+        }
+        for id in vm.vcpus.clone() {
+            match self.sched.state(id) {
+                RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
+                RunState::Running { .. } => {}
+                _ => self.sched.stop(id),
+            }
+        }
+    }
+
+    /// Completes a requested stop when no vCPU of the VM runs any more.
+    fn try_finish_stop(&mut self, vm_index: usize, this_pcpu: usize) {
+        let Some(vm) = self.vms[vm_index].as_ref() else {
+            return;
+        };
+        let Some(kind) = vm.stop.clone() else { return };
+        if vm
+            .vcpus
+            .iter()
+            .any(|&id| matches!(self.sched.state(id), RunState::Running { .. }))
+        {
+            return;
+        }
+        let mut vm = self.vms[vm_index].take().expect("checked above");
+        vm.console.flush(|line| print_vm_line(&vm.name, line));
+        match kind {
+            StopKind::Reset => {
+                info!(
+                    "VM {} restarting (PSCI SYSTEM_RESET, boot {})",
+                    vm.name,
+                    vm.boots + 1
+                );
+                vm.stop = None;
+                vm.load_memory(vm.vcpus.len() as u32);
+                let first = vm.vcpus[0];
+                let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
+                self.vms[vm_index] = Some(vm);
+                self.vcpus[first].reset(GUEST_RAM_BASE, info_gpa);
+                self.sched.wake(first);
+                self.kick_idle(this_pcpu);
+            }
+            StopKind::PowerOff | StopKind::Killed(_) => {
+                let how = if kind == StopKind::PowerOff {
+                    "powered off"
+                } else {
+                    "killed"
+                };
+                let name = vm.name.clone();
+                let vmid = vm.vmid;
+                vm.destroy(&mut self.frames);
+                let _ = self.vmids.free(vmid);
+                info!(
+                    "VM {name} stopped ({how}); {} VM(s) still running",
+                    self.live_vms()
+                );
+            }
+        }
+    }
+}
+
+/// Builds the global state. Called once by the primary before any vCPU runs.
+pub fn install(hv: Hv) {
+    *HV.lock() = Some(hv);
+}
+
+fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
+    let mut guard = HV.lock();
+    f(guard.as_mut().expect("hypervisor state installed at boot"))
+}
+
+/// A pCPU's entry into the scheduler at boot: waits for a runnable vCPU and enters it.
+pub fn run_first(pcpu: usize) -> ! {
+    let mut frame = TrapFrame::default();
+    schedule(pcpu, &mut frame);
+    crate::arch::vectors::enter_guest(&frame)
+}
+
+/// Picks the next vCPU for this pCPU and loads it into `frame`, sleeping while there is none.
+/// Powers the machine off when every VM has stopped.
+fn schedule(pcpu: usize, frame: &mut TrapFrame) {
+    CURRENT[pcpu].store(NO_VCPU, Ordering::Relaxed);
+    loop {
+        let deadline = {
+            let mut guard = HV.lock();
+            let hv = guard.as_mut().expect("hypervisor state installed at boot");
+            hv.sched.wake_expired(cpu::counter());
+            if let Some(id) = hv.sched.pick(pcpu) {
+                IDLE[pcpu].store(false, Ordering::Release);
+                hv.load(pcpu, id, frame);
+                return;
+            }
+            if hv.live_vms() == 0 {
+                drop(guard);
+                info!("all VMs have stopped; powering off");
+                cpu::system_off();
+            }
+            IDLE[pcpu].store(true, Ordering::Release);
+            hv.sched.earliest_deadline()
+        };
+        match deadline {
+            Some(d) => cpu::set_hyp_timer(d),
+            None => cpu::stop_hyp_timer(),
+        }
+        cpu::wait_for_interrupt();
+        // Whatever woke us (kick, timer, a stale guest timer) only needs acknowledging.
+        while let Some(id) = gic::acknowledge() {
+            if id >= 1020 {
+                break;
+            }
+            if id == gic::HYP_TIMER_PPI {
+                cpu::stop_hyp_timer();
+            }
+            gic::end(id);
+        }
+    }
+}
+
+/// Applies `action` for the vCPU that trapped on this pCPU.
+fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
+    let id = CURRENT[pcpu].load(Ordering::Relaxed);
+    let mut guard = HV.lock();
+    let hv = guard.as_mut().expect("hypervisor state installed at boot");
+    let now = cpu::counter();
+    if hv.sched.wake_expired(now) > 0 {
+        hv.kick_idle(pcpu);
+    }
+    let vm_index = hv.vcpus[id].vm;
+    let action = match action {
+        Action::StopVm(kind) => {
+            hv.request_stop(vm_index, kind, pcpu);
+            Action::StopVm(StopKind::PowerOff)
+        }
+        other if hv.vm_of(id).stop.is_some() => {
+            let _ = other;
+            Action::StopVm(StopKind::PowerOff)
+        }
+        other => other,
+    };
+    match action {
+        Action::Continue => {
+            hv.refill_live(id);
+            return;
+        }
+        Action::Preempt => {
+            if !hv.sched.has_runnable() {
+                hv.refill_live(id);
+                hv.arm_timer(now);
+                return;
+            }
+            hv.save(id, frame);
+            hv.sched.preempt(id);
+        }
+        Action::Wait => {
+            let vcpu = &mut hv.vcpus[id];
+            vcpu.vgic.save();
+            if vcpu.virqs.has_pending(&vcpu.vgic.lrs) {
+                hv.refill_live(id);
+                return;
+            }
+            hv.save(id, frame);
+            let timer = &hv.vcpus[id].el1;
+            let deadline = (timer.cntv_ctl & (TIMER_ENABLE | TIMER_IMASK) == TIMER_ENABLE)
+                .then_some(timer.cntv_cval);
+            hv.sched.block(id, deadline);
+        }
+        Action::VcpuOff => {
+            hv.save(id, frame);
+            hv.sched.stop(id);
+            let vm = hv.vm_of(id);
+            if vm.vcpus.iter().all(|&v| hv.sched.state(v) == RunState::Off) {
+                let name = vm.name.clone();
+                info!("VM {name}: every vCPU is off");
+                hv.request_stop(vm_index, StopKind::PowerOff, pcpu);
+            }
+            hv.try_finish_stop(vm_index, pcpu);
+        }
+        Action::StopVm(_) => {
+            cpu::set_vtimer_ctl(0);
+            hv.sched.stop(id);
+            hv.try_finish_stop(vm_index, pcpu);
+        }
+    }
+    drop(guard);
+    schedule(pcpu, frame);
+}
+
+/// Synchronous exception from a guest.
+#[no_mangle]
+extern "C" fn lower_sync(frame: &mut TrapFrame) {
+    let pcpu = cpu::pcpu_index();
+    let fault = cpu::fault_info();
+    let action = match esr::exception_class(fault.esr) {
+        esr::EC_HVC64 => hypercall(pcpu, frame),
+        esr::EC_SMC64 => {
+            // SMC traps report the SMC itself as the return address; step over it.
+            frame.elr += 4;
+            hypercall(pcpu, frame)
+        }
+        esr::EC_WFX => {
+            frame.elr += 4;
+            if esr::is_wfe(fault.esr) {
+                Action::Preempt
+            } else {
+                Action::Wait
+            }
+        }
+        esr::EC_DABT_LOWER | esr::EC_IABT_LOWER => {
+            let ipa = esr::fault_ipa(fault.hpfar, fault.far);
+            match crate::mmio::emulate(ipa, fault.esr, frame) {
+                Some(()) => Action::Continue,
+                None => Action::StopVm(StopKind::Killed(format!(
+                    "stage-2 fault at IPA {ipa:#x} ({}) at PC {:#x}",
+                    Syndrome(fault.esr),
+                    frame.elr
+                ))),
+            }
+        }
+        _ => Action::StopVm(StopKind::Killed(format!(
+            "{} at PC {:#x}",
+            Syndrome(fault.esr),
+            frame.elr
+        ))),
+    };
+    if let Action::StopVm(StopKind::Killed(reason)) = &action {
+        let id = CURRENT[pcpu].load(Ordering::Relaxed);
+        let name = with_hv(|hv| hv.vm_of(id).name.clone());
+        error!("killing VM {name}: {reason}");
+    }
+    finish(pcpu, frame, action);
+}
+
+/// Physical interrupt while a guest ran.
+#[no_mangle]
+extern "C" fn lower_irq(frame: &mut TrapFrame) {
+    let pcpu = cpu::pcpu_index();
+    let id = CURRENT[pcpu].load(Ordering::Relaxed);
+    let mut action = Action::Continue;
+    while let Some(raw) = gic::acknowledge() {
+        if raw >= 1020 {
+            break;
+        }
+        match raw {
+            gic::HYP_TIMER_PPI => {
+                cpu::stop_hyp_timer();
+                action = Action::Preempt;
+            }
+            gic::VTIMER_PPI => {
+                // The guest's timer fired: mask it at the source (the guest unmasks it when it
+                // reprograms the timer) and deliver it as a virtual interrupt.
+                cpu::set_vtimer_ctl(cpu::vtimer_ctl() | TIMER_IMASK);
+                let _ = with_hv(|hv| hv.inject(id, intid::VIRTUAL_TIMER, pcpu));
+            }
+            // Maintenance (list registers drained) and kicks are handled by `finish`, which
+            // refills the list registers and notices stop requests.
+            gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
+            other => warn!("unexpected physical interrupt {other}"),
+        }
+        gic::end(raw);
+    }
+    finish(pcpu, frame, action);
+}
+
+#[no_mangle]
+extern "C" fn lower_serror(frame: &mut TrapFrame) {
+    let pcpu = cpu::pcpu_index();
+    finish(
+        pcpu,
+        frame,
+        Action::StopVm(StopKind::Killed(String::from(
+            "SError (asynchronous abort)",
+        ))),
+    );
+}
+
+#[no_mangle]
+extern "C" fn el2_unexpected(frame: &mut TrapFrame) {
+    let fault = cpu::fault_info();
+    panic!(
+        "exception in the hypervisor itself: {} (ESR {:#x}) at PC {:#x}, FAR {:#x}",
+        Syndrome(fault.esr),
+        fault.esr,
+        frame.elr,
+        fault.far
+    );
+}
+
+fn set_return(frame: &mut TrapFrame, value: u64) {
+    frame.x[0] = value;
+}
+
+/// HVC (or SMC) from a guest: the console, scheduling hints, diagnostics and PSCI.
+fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
+    let id = CURRENT[pcpu].load(Ordering::Relaxed);
+    let function = frame.x[0];
+    match function {
+        hypercall::CONSOLE_WRITE => {
+            let regs = [frame.x[2], frame.x[3], frame.x[4], frame.x[5], frame.x[6]];
+            let (bytes, len) = hypercall::unpack_console_bytes(frame.x[1], &regs);
+            with_hv(|hv| {
+                let vm = hv.vm_of_mut(id);
+                let name = vm.name.clone();
+                vm.console
+                    .push(&bytes[..len], |line| print_vm_line(&name, line));
+            });
+            set_return(frame, Status::Ok.as_u64());
+            Action::Continue
+        }
+        hypercall::YIELD => {
+            set_return(frame, Status::Ok.as_u64());
+            Action::Preempt
+        }
+        hypercall::TEST_INJECT => {
+            let (mask, repeat) = (frame.x[1], frame.x[2]);
+            let status = if mask >> intid::SGI_COUNT != 0 || repeat == 0 || repeat > 8 {
+                Status::InvalidArgument
+            } else {
+                with_hv(|hv| {
+                    for _ in 0..repeat {
+                        for sgi in (0..intid::SGI_COUNT).filter(|b| mask & (1 << b) != 0) {
+                            if let Err(status) = hv.inject(id, sgi, pcpu) {
+                                return status;
+                            }
+                        }
+                    }
+                    Status::Ok
+                })
+            };
+            set_return(frame, status.as_u64());
+            Action::Continue
+        }
+        psci::VERSION => {
+            set_return(frame, 0x1_0001);
+            Action::Continue
+        }
+        psci::FEATURES => {
+            let supported = matches!(
+                frame.x[1],
+                psci::VERSION
+                    | psci::CPU_OFF
+                    | psci::CPU_ON_64
+                    | psci::SYSTEM_OFF
+                    | psci::SYSTEM_RESET
+                    | psci::FEATURES
+            );
+            set_return(
+                frame,
+                if supported {
+                    0
+                } else {
+                    psci::NOT_SUPPORTED as u64
+                },
+            );
+            Action::Continue
+        }
+        psci::CPU_ON_64 => {
+            let result = with_hv(|hv| cpu_on(hv, id, frame.x[1], frame.x[2], frame.x[3], pcpu));
+            set_return(frame, result as u64);
+            Action::Continue
+        }
+        psci::CPU_OFF => Action::VcpuOff,
+        psci::SYSTEM_OFF => {
+            let name = with_hv(|hv| hv.vm_of(id).name.clone());
+            info!("VM {name} requested power off (PSCI SYSTEM_OFF)");
+            Action::StopVm(StopKind::PowerOff)
+        }
+        psci::SYSTEM_RESET => Action::StopVm(StopKind::Reset),
+        _ => {
+            set_return(frame, Status::NotSupported.as_u64());
+            Action::Continue
+        }
+    }
+}
+
+/// PSCI CPU_ON for a vCPU of the caller's VM.
+fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pcpu: usize) -> i64 {
+    let vm = hv.vm_of(caller);
+    let index = (target & 0xff) as usize;
+    if target >> 8 != 0 || index >= vm.vcpus.len() || index >= MAX_VCPUS_PER_VM as usize {
+        return psci::INVALID_PARAMETERS;
+    }
+    if entry < GUEST_RAM_BASE || entry >= GUEST_RAM_BASE + vm.ram_bytes || entry % 4 != 0 {
+        return psci::INVALID_PARAMETERS;
+    }
+    let target_id = vm.vcpus[index];
+    if hv.sched.state(target_id) != RunState::Off {
+        return psci::ALREADY_ON;
+    }
+    hv.vcpus[target_id].reset(entry, context);
+    hv.sched.wake(target_id);
+    hv.kick_idle(pcpu);
+    psci::SUCCESS
+}

@@ -1,0 +1,13 @@
+//! sluice hypervisor library: the hardware-independent logic of the EL2 hypervisor.
+//!
+//! Everything here is safe Rust and is unit-tested on the host (`cargo test -p hypervisor --lib`).
+//! The binary (`main.rs`) adds the arch layer: boot, exception vectors, register access, MMIO.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod console;
+pub mod esr;
+pub mod mm;
+pub mod sched;
+pub mod vgic;

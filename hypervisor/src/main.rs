@@ -1,0 +1,243 @@
+//! sluice hypervisor binary: boots on every pCPU at EL2, reads the device tree and the boot
+//! bundle, builds one VM per bundle entry, and hands the pCPUs to the scheduler.
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+mod arch;
+#[cfg(target_os = "none")]
+mod dtb;
+#[cfg(target_os = "none")]
+mod hv;
+#[cfg(target_os = "none")]
+#[macro_use]
+mod logger;
+#[cfg(target_os = "none")]
+mod mmio;
+#[cfg(target_os = "none")]
+mod vm;
+
+#[cfg(target_os = "none")]
+mod boot {
+    use alloc::vec::Vec;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    use buddy_system_allocator::LockedHeap;
+    use hypervisor::mm::frame_alloc::FrameAllocator;
+    use hypervisor::mm::stage2::vtcr_el2;
+    use hypervisor::mm::vmid::VmidAllocator;
+    use hypervisor::sched::Scheduler;
+    use log::{error, info};
+    use shared_abi::bundle::Bundle;
+    use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE};
+
+    use crate::arch::{self, cpu, gic, mem};
+    use crate::hv::{self, Hv};
+    use crate::vm::{Vcpu, Vm};
+    use crate::{dtb, logger};
+
+    const HEAP_SIZE: usize = 4 << 20;
+
+    #[repr(C, align(4096))]
+    struct HeapSpace([u8; HEAP_SIZE]);
+    static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
+
+    #[global_allocator]
+    static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+    /// Where QEMU puts the DTB when it boots an ELF instead of the Image (e.g. under gdb).
+    const DEFAULT_DTB: u64 = 0x4000_0000;
+
+    /// The value written to VTCR_EL2 on every pCPU.
+    static VTCR: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" {
+        static __image_start: u8;
+        static __image_end: u8;
+    }
+
+    fn fail(what: &str, hint: &str) -> ! {
+        error!("{what}");
+        error!("what to do: {hint}");
+        cpu::system_off();
+    }
+
+    #[no_mangle]
+    extern "C" fn primary_main(dtb_arg: u64, current_el: u64) -> ! {
+        logger::init(logger::EARLY_UART);
+        logger::init_log();
+        if current_el != 2 {
+            println!("[hv] ERROR: sluice runs at EL2 but was entered at EL{current_el}");
+            println!("[hv] what to do: start QEMU with -M virt,virtualization=on");
+            loop {
+                cpu::wait_for_interrupt();
+            }
+        }
+        // SAFETY: HEAP_SPACE is used only as this heap's backing store, handed over once here.
+        unsafe {
+            HEAP.lock()
+                .init(core::ptr::addr_of_mut!(HEAP_SPACE) as usize, HEAP_SIZE);
+        }
+        let dtb_pa = if dtb_arg != 0 { dtb_arg } else { DEFAULT_DTB };
+        // SAFETY: QEMU put a DTB at this address; the blob is only read.
+        let blob = unsafe { mem::dtb_blob(dtb_pa) }.unwrap_or_else(|| {
+            fail(
+                "no device tree found",
+                "boot the hypervisor ELF with QEMU's -kernel",
+            )
+        });
+        let machine = dtb::parse(blob).unwrap_or_else(|why| fail(why, "use QEMU's virt machine"));
+        logger::init(machine.uart);
+        info!(
+            "sluice hypervisor: {} pCPU(s), RAM {:#x}..{:#x}, GICv3 at {:#x}",
+            machine.cpus, machine.ram_start, machine.ram_end, machine.gicd
+        );
+
+        mem::build_el2_identity_map(machine.ram_start, machine.ram_end);
+        mem::enable_el2_mmu();
+
+        let (bundle_start, bundle_end) = machine.bundle.unwrap_or_else(|| {
+            fail(
+                "no boot bundle: QEMU was started without -initrd",
+                "pass the bundle built by ./run.sh with -initrd",
+            )
+        });
+        // SAFETY: QEMU loaded the initrd there; it is excluded from the frame allocator below and
+        // never written, so a shared 'static view is sound.
+        let bundle_bytes =
+            unsafe { mem::phys_bytes(bundle_start, (bundle_end - bundle_start) as usize) };
+        let bundle = Bundle::parse(bundle_bytes).unwrap_or_else(|e| {
+            error!("boot bundle rejected: {e}");
+            fail(
+                "cannot boot without a valid bundle",
+                "rebuild it with ./run.sh (sluice-pack validates topologies)",
+            )
+        });
+
+        let mut frames = FrameAllocator::new();
+        let (image_start, image_end) = (
+            core::ptr::addr_of!(__image_start) as u64,
+            core::ptr::addr_of!(__image_end) as u64,
+        );
+        let reserved = [
+            (image_start, image_end),
+            (bundle_start, bundle_end),
+            (dtb_pa, dtb_pa + blob.len() as u64),
+            // Below the image: where QEMU would put a DTB for ELF boots; kept out of VM reach.
+            (machine.ram_start, image_start),
+        ];
+        add_free_ram(&mut frames, machine.ram_start, machine.ram_end, &reserved);
+
+        let mmfr0 = cpu::id_aa64mmfr0();
+        let vmid16 = cpu::has_vmid16();
+        let vtcr = vtcr_el2(mmfr0 & 0xf, vmid16);
+        VTCR.store(vtcr as usize, Ordering::Relaxed);
+        cpu::init_el2(vtcr);
+        let pcpus = machine.cpus.min(arch::MAX_PCPUS);
+        // SAFETY: the GIC addresses come from the device tree; nothing else drives the GIC.
+        unsafe { gic::init_primary(machine.gicd as usize, machine.gicr as usize, pcpus) };
+        info!(
+            "{} list registers, {}-bit VMIDs, PCI ECAM {}, SMMUv3 {}",
+            gic::list_register_count(),
+            if vmid16 { 16 } else { 8 },
+            machine
+                .pci_ecam
+                .map_or("absent".into(), |a| alloc::format!("at {a:#x}")),
+            machine
+                .smmu
+                .map_or("absent".into(), |a| alloc::format!("at {a:#x}")),
+        );
+
+        let mut hv = Hv {
+            frames,
+            vmids: VmidAllocator::new(if vmid16 { 16 } else { 8 }),
+            vms: Vec::new(),
+            vcpus: Vec::new(),
+            sched: Scheduler::new(),
+            slice_ticks: cpu::counter_frequency() * hv::SLICE_MS / 1000,
+            pcpus,
+        };
+        for spec in bundle.vms() {
+            let grant = hv
+                .vmids
+                .alloc()
+                .unwrap_or_else(|| fail("out of VMIDs", "use fewer VMs"));
+            let mut vm = Vm::create(&spec, grant.vmid, grant.needs_flush, &mut hv.frames)
+                .unwrap_or_else(|e| {
+                    error!("cannot create VM {}: {e}", spec.name);
+                    fail(
+                        "not enough resources for the topology",
+                        "lower VM memory or raise QEMU's -m",
+                    )
+                });
+            let vm_index = hv.vms.len();
+            for index in 0..spec.vcpus {
+                let id = hv.sched.add();
+                hv.vcpus.push(Vcpu::new(vm_index, index));
+                vm.vcpus.push(id);
+            }
+            let first = vm.vcpus[0];
+            hv.vcpus[first].reset(GUEST_RAM_BASE, start_info_gpa(spec.ram_bytes));
+            hv.sched.wake(first);
+            info!(
+                "VM {} (id {}, {:?}): {} vCPU(s), {} MiB RAM at PA {:#x}, VMID {}, image {} KiB",
+                vm.name,
+                vm.id,
+                vm.kind,
+                spec.vcpus,
+                spec.ram_bytes >> 20,
+                vm.ram_pa,
+                vm.vmid,
+                spec.image.len() / 1024
+            );
+            hv.vms.push(Some(vm));
+        }
+        hv::install(hv);
+
+        for index in 1..pcpus {
+            if let Err(e) = cpu::start_secondary(index) {
+                error!("pCPU {index} did not start: {e:?}");
+            }
+        }
+        hv::run_first(0)
+    }
+
+    #[no_mangle]
+    extern "C" fn secondary_main(index: usize) -> ! {
+        mem::enable_el2_mmu();
+        cpu::init_el2(VTCR.load(Ordering::Relaxed) as u64);
+        gic::init_this_cpu(index);
+        info!("pCPU {index} online");
+        hv::run_first(index)
+    }
+
+    /// Adds [start, end) minus the reserved ranges to the frame allocator.
+    fn add_free_ram(frames: &mut FrameAllocator, start: u64, end: u64, reserved: &[(u64, u64)]) {
+        let mut sorted: Vec<(u64, u64)> = reserved.to_vec();
+        sorted.sort();
+        let mut cursor = start;
+        for &(r_start, r_end) in &sorted {
+            if r_start > cursor {
+                frames.add_region(cursor, r_start.min(end));
+            }
+            cursor = cursor.max(r_end);
+        }
+        if cursor < end {
+            frames.add_region(cursor, end);
+        }
+    }
+
+    #[panic_handler]
+    fn panic(info: &core::panic::PanicInfo) -> ! {
+        println!("[hv] PANIC on pCPU {}: {info}", cpu::pcpu_index());
+        cpu::system_off();
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("the sluice hypervisor is an EL2 image: build it with --target aarch64-unknown-none-softfloat");
+}

@@ -1,0 +1,1173 @@
+//! Stage-2 translation tables (guest-physical → physical), one tree per VM.
+//!
+//! This module owns the stage-2 configuration (VTCR_EL2), the VMSAv8-64 stage-2 descriptor
+//! encoding, and the code that builds, edits, walks and tears down a VM's table tree. It never
+//! touches memory itself: tables live behind [`TableMemory`], which the hardware layer backs with
+//! identity-mapped frames and the tests with a map.
+//!
+//! Configuration: 4 KiB granule, 40-bit IPA (T0SZ = 24), walk starting at level 0 (SL0 = 0b10), so
+//! every walk is 4 levels. A 40-bit IPA could also start at level 1 with two concatenated tables
+//! (what KVM does); starting at level 0 keeps one uniform 4 KiB root and matches the 4-level table
+//! the lecture discusses. Mappings use 2 MiB level-2 blocks and 4 KiB pages only.
+//!
+//! TLB maintenance is the caller's job: [`Stage2::unmap`] reports every piece it removed so the
+//! caller can invalidate exactly those.
+
+use core::fmt;
+
+/// Size of a translation granule and of a page.
+pub const PAGE_SIZE: u64 = 1 << 12;
+/// Size of a level-2 block.
+pub const BLOCK_SIZE: u64 = 1 << 21;
+/// Guest-physical (input) address width.
+pub const IPA_BITS: u32 = 40;
+/// Largest output address width we encode (the 52-bit formats are not used).
+pub const PA_BITS: u32 = 48;
+/// Level the walk starts at.
+pub const START_LEVEL: u8 = 0;
+/// Number of lookup levels of every walk (0, 1, 2, 3).
+pub const LEVELS: u8 = 4;
+/// Entries in one table.
+pub const ENTRIES: usize = 512;
+
+// VTCR_EL2 field positions, from the Arm ARM register description, cross-checked against the
+// aarch64-cpu crate's VTCR_EL2 definition.
+/// VTCR_EL2.T0SZ, bits [5:0]: the IPA size is 2^(64 - T0SZ).
+pub const VTCR_T0SZ_SHIFT: u32 = 0;
+/// VTCR_EL2.SL0, bits [7:6]: starting level (with 4 KiB granule: 0b00 = L2, 0b01 = L1, 0b10 = L0).
+pub const VTCR_SL0_SHIFT: u32 = 6;
+/// VTCR_EL2.IRGN0, bits [9:8]: inner cacheability of table walks.
+pub const VTCR_IRGN0_SHIFT: u32 = 8;
+/// VTCR_EL2.ORGN0, bits [11:10]: outer cacheability of table walks.
+pub const VTCR_ORGN0_SHIFT: u32 = 10;
+/// VTCR_EL2.SH0, bits [13:12]: shareability of table walks.
+pub const VTCR_SH0_SHIFT: u32 = 12;
+/// VTCR_EL2.TG0, bits [15:14]: granule (0b00 = 4 KiB; note 0b01 is 64 KiB, 0b10 is 16 KiB).
+pub const VTCR_TG0_SHIFT: u32 = 14;
+/// VTCR_EL2.PS, bits [18:16]: output (physical) address size, same encoding as PARange.
+pub const VTCR_PS_SHIFT: u32 = 16;
+/// VTCR_EL2.VS, bit 19: 16-bit VMIDs (needs FEAT_VMID16).
+pub const VTCR_VS_BIT: u32 = 19;
+/// VTCR_EL2 bit 31 is RES1, so software must write it as one.
+pub const VTCR_RES1_BIT: u32 = 31;
+
+/// T0SZ for a 40-bit IPA.
+pub const VTCR_T0SZ: u64 = 64 - IPA_BITS as u64;
+/// SL0 encoding "start at level 0" for the 4 KiB granule.
+pub const VTCR_SL0_LEVEL0: u64 = 0b10;
+/// IRGN0/ORGN0 encoding for Normal write-back read-allocate write-allocate.
+pub const VTCR_RGN_WBWA: u64 = 0b01;
+/// SH0 encoding for inner shareable.
+pub const VTCR_SH_INNER: u64 = 0b11;
+/// TG0 encoding for the 4 KiB granule.
+pub const VTCR_TG0_4K: u64 = 0b00;
+/// PARange/PS encoding for 48 bits: the cap, because 52-bit output addresses use another format.
+pub const PS_48_BITS: u64 = 0b101;
+
+/// VTCR_EL2 for this module's tables. `pa_range_field` is ID_AA64MMFR0_EL1.PARange (bits
+/// [3:0]); `vmid16` says whether ID_AA64MMFR1_EL1.VMIDBits (bits [7:4]) is 0b0010.
+pub const fn vtcr_el2(pa_range_field: u64, vmid16: bool) -> u64 {
+    let pa_range = pa_range_field & 0xf;
+    let ps = if pa_range > PS_48_BITS {
+        PS_48_BITS
+    } else {
+        pa_range
+    };
+    (1 << VTCR_RES1_BIT)
+        | (VTCR_T0SZ << VTCR_T0SZ_SHIFT)
+        | (VTCR_SL0_LEVEL0 << VTCR_SL0_SHIFT)
+        | (VTCR_RGN_WBWA << VTCR_IRGN0_SHIFT)
+        | (VTCR_RGN_WBWA << VTCR_ORGN0_SHIFT)
+        | (VTCR_SH_INNER << VTCR_SH0_SHIFT)
+        | (VTCR_TG0_4K << VTCR_TG0_SHIFT)
+        | (ps << VTCR_PS_SHIFT)
+        | ((vmid16 as u64) << VTCR_VS_BIT)
+}
+
+// Stage-2 descriptor fields (VMSAv8-64, without FEAT_S2FWB).
+/// Bit 0: the descriptor is valid.
+pub const DESC_VALID: u64 = 1 << 0;
+/// Bit 1: table (levels 0-2) or page (level 3); clear means block.
+pub const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
+/// Output address / next-level table address, bits [47:12].
+pub const DESC_ADDR_MASK: u64 = ((1 << PA_BITS) - 1) & !(PAGE_SIZE - 1);
+/// MemAttr, bits [5:2].
+pub const DESC_MEMATTR_SHIFT: u32 = 2;
+/// MemAttr for Normal, inner and outer write-back cacheable.
+pub const MEMATTR_NORMAL_WB: u64 = 0b1111;
+/// MemAttr for Device-nGnRE.
+pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
+/// S2AP, bits [7:6].
+pub const DESC_S2AP_SHIFT: u32 = 6;
+/// S2AP read-only.
+pub const S2AP_RO: u64 = 0b01;
+/// S2AP read-write.
+pub const S2AP_RW: u64 = 0b11;
+/// SH, bits [9:8].
+pub const DESC_SH_SHIFT: u32 = 8;
+/// SH inner shareable.
+pub const SH_INNER: u64 = 0b11;
+/// AF, bit 10: set up front because nothing here handles Access flag faults.
+pub const DESC_AF: u64 = 1 << 10;
+/// XN, bits [54:53].
+pub const DESC_XN_SHIFT: u32 = 53;
+/// XN = 0b10: not executable at any EL (also the right value without FEAT_XNX, where bit 53 is
+/// RES0 and bit 54 alone is XN).
+pub const XN_NONE: u64 = 0b10;
+
+const MEMATTR_MASK: u64 = 0b1111 << DESC_MEMATTR_SHIFT;
+const S2AP_MASK: u64 = 0b11 << DESC_S2AP_SHIFT;
+const XN_MASK: u64 = 0b11 << DESC_XN_SHIFT;
+
+/// Backing store for translation tables.
+pub trait TableMemory {
+    /// A zeroed, 4 KiB-aligned page for a translation table; its physical address.
+    fn alloc_table(&mut self) -> Option<u64>;
+    /// Gives back a page obtained from [`TableMemory::alloc_table`].
+    fn free_table(&mut self, pa: u64);
+    /// The table at `pa` (an address returned by `alloc_table`).
+    fn table(&self, pa: u64) -> &[u64; ENTRIES];
+    /// The table at `pa`, writable.
+    fn table_mut(&mut self, pa: u64) -> &mut [u64; ENTRIES];
+}
+
+/// Memory type of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemType {
+    /// Normal, inner/outer write-back cacheable, inner shareable (RAM).
+    Normal,
+    /// Device-nGnRE (MMIO).
+    Device,
+}
+
+/// Guest access permission of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Attributes of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapAttrs {
+    pub mem: MemType,
+    pub access: Access,
+    pub executable: bool,
+}
+
+/// Result of a successful [`Stage2::translate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub pa: u64,
+    pub attrs: MapAttrs,
+    /// Level of the leaf descriptor: 2 for a 2 MiB block, 3 for a page.
+    pub level: u8,
+}
+
+/// Why a stage-2 operation was refused. Every refusal leaves the tables as they were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage2Error {
+    /// An address or size is not a multiple of 4 KiB.
+    Unaligned,
+    /// The size is zero.
+    ZeroSize,
+    /// The range leaves the 40-bit IPA space or the 48-bit PA space.
+    OutOfRange,
+    /// Part of the IPA range is already mapped.
+    AlreadyMapped,
+    /// Part of the IPA range is not mapped.
+    NotMapped,
+    /// No page for a translation table.
+    OutOfMemory,
+}
+
+impl fmt::Display for Stage2Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage2Error::Unaligned => "address or size not 4 KiB aligned",
+            Stage2Error::ZeroSize => "empty range",
+            Stage2Error::OutOfRange => "range outside the 40-bit IPA or 48-bit PA space",
+            Stage2Error::AlreadyMapped => "part of the range is already mapped",
+            Stage2Error::NotMapped => "part of the range is not mapped",
+            Stage2Error::OutOfMemory => "no memory for a translation table",
+        })
+    }
+}
+
+/// One VM's stage-2 table tree.
+#[derive(Debug)]
+pub struct Stage2 {
+    root: u64,
+}
+
+/// Bytes covered by one entry of a table at `level`.
+const fn entry_size(level: u8) -> u64 {
+    1 << (12 + 9 * (3 - level as u32))
+}
+
+fn index(level: u8, ipa: u64) -> usize {
+    ((ipa >> (12 + 9 * (3 - level as u32))) & (ENTRIES as u64 - 1)) as usize
+}
+
+fn is_valid(desc: u64) -> bool {
+    desc & DESC_VALID != 0
+}
+
+fn is_table(level: u8, desc: u64) -> bool {
+    level < 3 && is_valid(desc) && desc & DESC_TABLE_OR_PAGE != 0
+}
+
+fn table_desc(pa: u64) -> u64 {
+    (pa & DESC_ADDR_MASK) | DESC_TABLE_OR_PAGE | DESC_VALID
+}
+
+fn leaf_desc(level: u8, pa: u64, attrs: MapAttrs) -> u64 {
+    let kind = if level == 3 {
+        DESC_TABLE_OR_PAGE | DESC_VALID
+    } else {
+        DESC_VALID
+    };
+    let (memattr, sh) = match attrs.mem {
+        MemType::Normal => (MEMATTR_NORMAL_WB, SH_INNER),
+        // Device memory is always treated as outer shareable; SH is ignored, so leave it zero.
+        MemType::Device => (MEMATTR_DEVICE_NGNRE, 0),
+    };
+    let s2ap = match attrs.access {
+        Access::ReadWrite => S2AP_RW,
+        Access::ReadOnly => S2AP_RO,
+    };
+    let xn = if attrs.executable { 0 } else { XN_NONE };
+    (pa & DESC_ADDR_MASK)
+        | kind
+        | (memattr << DESC_MEMATTR_SHIFT)
+        | (s2ap << DESC_S2AP_SHIFT)
+        | (sh << DESC_SH_SHIFT)
+        | DESC_AF
+        | (xn << DESC_XN_SHIFT)
+}
+
+fn leaf_attrs(desc: u64) -> MapAttrs {
+    let mem = if (desc & MEMATTR_MASK) >> DESC_MEMATTR_SHIFT == MEMATTR_NORMAL_WB {
+        MemType::Normal
+    } else {
+        MemType::Device
+    };
+    let access = if (desc & S2AP_MASK) >> DESC_S2AP_SHIFT == S2AP_RW {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
+    MapAttrs {
+        mem,
+        access,
+        executable: desc & XN_MASK == 0,
+    }
+}
+
+/// The part of `[start, end)` that falls into entry `idx` of a table covering `base..`.
+fn clip(level: u8, base: u64, idx: usize, start: u64, end: u64) -> (u64, u64, u64) {
+    let entry_base = base + idx as u64 * entry_size(level);
+    (
+        entry_base,
+        start.max(entry_base),
+        end.min(entry_base + entry_size(level)),
+    )
+}
+
+/// Entries of a table at `level` (covering from `base`) that `[start, end)` overlaps.
+fn entries(level: u8, base: u64, start: u64, end: u64) -> core::ops::RangeInclusive<usize> {
+    let first = ((start - base) / entry_size(level)) as usize;
+    let last = ((end - 1 - base) / entry_size(level)) as usize;
+    first..=last
+}
+
+/// Table pages taken before an unmap starts, so that splitting a block cannot fail halfway.
+struct Spares {
+    pages: [u64; 2],
+    count: usize,
+}
+
+impl Spares {
+    const fn none() -> Spares {
+        Spares {
+            pages: [0; 2],
+            count: 0,
+        }
+    }
+
+    fn take(&mut self) -> Option<u64> {
+        self.count = self.count.checked_sub(1)?;
+        Some(self.pages[self.count])
+    }
+}
+
+impl Stage2 {
+    /// An empty tree: just the level-0 root table.
+    pub fn new(mem: &mut impl TableMemory) -> Result<Stage2, Stage2Error> {
+        let root = mem.alloc_table().ok_or(Stage2Error::OutOfMemory)?;
+        Ok(Stage2 { root })
+    }
+
+    /// Physical address of the root table, for VTTBR_EL2.BADDR.
+    pub fn root_pa(&self) -> u64 {
+        self.root
+    }
+
+    /// Maps `[ipa, ipa + size)` to `[pa, pa + size)`, with 2 MiB blocks wherever both addresses
+    /// and the remaining length allow, pages elsewhere. On any error nothing is changed.
+    pub fn map(
+        &mut self,
+        mem: &mut impl TableMemory,
+        ipa: u64,
+        pa: u64,
+        size: u64,
+        attrs: MapAttrs,
+    ) -> Result<(), Stage2Error> {
+        let end = check_range(ipa, size)?;
+        let pa_end = pa.checked_add(size).ok_or(Stage2Error::OutOfRange)?;
+        if !pa.is_multiple_of(PAGE_SIZE) {
+            return Err(Stage2Error::Unaligned);
+        }
+        if pa_end > 1 << PA_BITS {
+            return Err(Stage2Error::OutOfRange);
+        }
+        if !range_is_free(mem, self.root, START_LEVEL, 0, ipa, end) {
+            return Err(Stage2Error::AlreadyMapped);
+        }
+        let offset = pa.wrapping_sub(ipa);
+        if map_range(mem, self.root, START_LEVEL, 0, ipa, end, offset, attrs).is_err() {
+            // The range was free before, so everything valid in it now is ours to remove, and
+            // removing it also frees the tables this call allocated.
+            let _ = unmap_range(
+                mem,
+                self.root,
+                START_LEVEL,
+                0,
+                ipa,
+                end,
+                &mut Spares::none(),
+                &mut |_, _| {},
+            );
+            return Err(Stage2Error::OutOfMemory);
+        }
+        Ok(())
+    }
+
+    /// Unmaps `[ipa, ipa + size)`, splitting a 2 MiB block that is only partly unmapped and freeing
+    /// tables that become empty. `on_unmapped(ipa, size)` is called for every removed page or
+    /// block; afterwards the caller must issue TLBI IPAS2E1IS for each piece, then DSB ISH,
+    /// TLBI VMALLE1IS, DSB ISH, ISB (stage-1 entries cached from the old mapping are combined
+    /// entries, and TLBI by IPA does not reach them).
+    ///
+    /// A split replaces a valid block with an equivalent table without break-before-make. The
+    /// old block entry is removed from TLBs by the caller's TLBI of the unmapped page inside it
+    /// (TLBI by IPA hits entries of any size containing the IPA); until then a CPU without
+    /// FEAT_BBM level 2 could see a TLB conflict for that block.
+    ///
+    /// Refused with `NotMapped`, changing nothing, unless the whole range is mapped.
+    pub fn unmap(
+        &mut self,
+        mem: &mut impl TableMemory,
+        ipa: u64,
+        size: u64,
+        on_unmapped: &mut impl FnMut(u64, u64),
+    ) -> Result<(), Stage2Error> {
+        let end = check_range(ipa, size)?;
+        if !range_is_mapped(mem, self.root, START_LEVEL, 0, ipa, end) {
+            return Err(Stage2Error::NotMapped);
+        }
+        // At most the blocks holding the first and the last byte are cut; take their tables now.
+        let first = self.leaf(mem, ipa);
+        let last = self.leaf(mem, end - 1);
+        let mut spares = Spares::none();
+        for (n, leaf) in [first, last].into_iter().enumerate() {
+            let Some((level, base)) = leaf else { continue };
+            let cut = level < 3 && (base < ipa || base + entry_size(level) > end);
+            if cut && !(n == 1 && first == last) {
+                let Some(page) = mem.alloc_table() else {
+                    while let Some(page) = spares.take() {
+                        mem.free_table(page);
+                    }
+                    return Err(Stage2Error::OutOfMemory);
+                };
+                spares.pages[spares.count] = page;
+                spares.count += 1;
+            }
+        }
+        let result = unmap_range(
+            mem,
+            self.root,
+            START_LEVEL,
+            0,
+            ipa,
+            end,
+            &mut spares,
+            on_unmapped,
+        );
+        debug_assert!(result.is_ok() && spares.count == 0, "split count mismatch");
+        while let Some(page) = spares.take() {
+            mem.free_table(page);
+        }
+        result.map_err(|()| Stage2Error::OutOfMemory)
+    }
+
+    /// Walks the tree for `ipa`: one read of one descriptor per level.
+    pub fn translate(&self, mem: &impl TableMemory, ipa: u64) -> Option<Translation> {
+        if ipa >= 1 << IPA_BITS {
+            return None;
+        }
+        let mut table = self.root;
+        for level in START_LEVEL..LEVELS {
+            let desc = mem.table(table)[index(level, ipa)];
+            if !is_valid(desc) {
+                return None;
+            }
+            if is_table(level, desc) {
+                table = desc & DESC_ADDR_MASK;
+                continue;
+            }
+            let within = ipa & (entry_size(level) - 1);
+            return Some(Translation {
+                pa: (desc & DESC_ADDR_MASK) + within,
+                attrs: leaf_attrs(desc),
+                level,
+            });
+        }
+        None
+    }
+
+    /// Frees every table of the tree. The mapped frames themselves stay with the caller.
+    pub fn destroy(self, mem: &mut impl TableMemory) {
+        free_tree(mem, self.root, START_LEVEL);
+    }
+
+    /// Level and IPA base of the leaf mapping `ipa`.
+    fn leaf(&self, mem: &impl TableMemory, ipa: u64) -> Option<(u8, u64)> {
+        let t = self.translate(mem, ipa)?;
+        Some((t.level, ipa & !(entry_size(t.level) - 1)))
+    }
+}
+
+/// Validates an IPA range; returns its end.
+fn check_range(ipa: u64, size: u64) -> Result<u64, Stage2Error> {
+    if size == 0 {
+        return Err(Stage2Error::ZeroSize);
+    }
+    if !ipa.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+        return Err(Stage2Error::Unaligned);
+    }
+    match ipa.checked_add(size) {
+        Some(end) if end <= 1 << IPA_BITS => Ok(end),
+        _ => Err(Stage2Error::OutOfRange),
+    }
+}
+
+fn range_is_free(
+    mem: &impl TableMemory,
+    table: u64,
+    level: u8,
+    base: u64,
+    start: u64,
+    end: u64,
+) -> bool {
+    entries(level, base, start, end).all(|idx| {
+        let desc = mem.table(table)[idx];
+        let (entry_base, s, e) = clip(level, base, idx, start, end);
+        !is_valid(desc)
+            || (is_table(level, desc)
+                && range_is_free(mem, desc & DESC_ADDR_MASK, level + 1, entry_base, s, e))
+    })
+}
+
+fn range_is_mapped(
+    mem: &impl TableMemory,
+    table: u64,
+    level: u8,
+    base: u64,
+    start: u64,
+    end: u64,
+) -> bool {
+    entries(level, base, start, end).all(|idx| {
+        let desc = mem.table(table)[idx];
+        let (entry_base, s, e) = clip(level, base, idx, start, end);
+        is_valid(desc)
+            && (!is_table(level, desc)
+                || range_is_mapped(mem, desc & DESC_ADDR_MASK, level + 1, entry_base, s, e))
+    })
+}
+
+/// Fills a free range. `offset` is pa - ipa (wrapping). Errs only when a table allocation fails.
+#[allow(clippy::too_many_arguments)]
+fn map_range(
+    mem: &mut impl TableMemory,
+    table: u64,
+    level: u8,
+    base: u64,
+    start: u64,
+    end: u64,
+    offset: u64,
+    attrs: MapAttrs,
+) -> Result<(), ()> {
+    for idx in entries(level, base, start, end) {
+        let (entry_base, s, e) = clip(level, base, idx, start, end);
+        let pa = s.wrapping_add(offset);
+        let whole = s == entry_base && e == entry_base + entry_size(level);
+        if level == 3 || (level == 2 && whole && pa.is_multiple_of(BLOCK_SIZE)) {
+            mem.table_mut(table)[idx] = leaf_desc(level, pa, attrs);
+            continue;
+        }
+        let desc = mem.table(table)[idx];
+        let next = if is_table(level, desc) {
+            desc & DESC_ADDR_MASK
+        } else {
+            let next = mem.alloc_table().ok_or(())?;
+            mem.table_mut(table)[idx] = table_desc(next);
+            next
+        };
+        map_range(mem, next, level + 1, entry_base, s, e, offset, attrs)?;
+    }
+    Ok(())
+}
+
+/// Clears every valid leaf in the range (skipping holes), splits blocks cut by the range edges
+/// with pages from `spares`, and frees tables left empty. Errs only if `spares` runs dry.
+#[allow(clippy::too_many_arguments)]
+fn unmap_range(
+    mem: &mut impl TableMemory,
+    table: u64,
+    level: u8,
+    base: u64,
+    start: u64,
+    end: u64,
+    spares: &mut Spares,
+    on_unmapped: &mut impl FnMut(u64, u64),
+) -> Result<(), ()> {
+    for idx in entries(level, base, start, end) {
+        let (entry_base, s, e) = clip(level, base, idx, start, end);
+        let desc = mem.table(table)[idx];
+        if !is_valid(desc) {
+            continue;
+        }
+        let whole = s == entry_base && e == entry_base + entry_size(level);
+        let next = if is_table(level, desc) {
+            desc & DESC_ADDR_MASK
+        } else if whole {
+            mem.table_mut(table)[idx] = 0;
+            on_unmapped(entry_base, entry_size(level));
+            continue;
+        } else {
+            let next = spares.take().ok_or(())?;
+            split_block(mem, level, desc, next);
+            mem.table_mut(table)[idx] = table_desc(next);
+            next
+        };
+        unmap_range(mem, next, level + 1, entry_base, s, e, spares, on_unmapped)?;
+        if mem.table(next).iter().all(|&d| !is_valid(d)) {
+            mem.table_mut(table)[idx] = 0;
+            mem.free_table(next);
+        }
+    }
+    Ok(())
+}
+
+/// Fills `new_table` with the next-level leaves equivalent to block `desc` at `level`.
+fn split_block(mem: &mut impl TableMemory, level: u8, desc: u64, new_table: u64) {
+    let attrs = leaf_attrs(desc);
+    let pa = desc & DESC_ADDR_MASK;
+    let step = entry_size(level + 1);
+    for (i, slot) in mem.table_mut(new_table).iter_mut().enumerate() {
+        *slot = leaf_desc(level + 1, pa + i as u64 * step, attrs);
+    }
+}
+
+fn free_tree(mem: &mut impl TableMemory, table: u64, level: u8) {
+    if level < 3 {
+        for idx in 0..ENTRIES {
+            let desc = mem.table(table)[idx];
+            if is_table(level, desc) {
+                free_tree(mem, desc & DESC_ADDR_MASK, level + 1);
+            }
+        }
+    }
+    mem.free_table(table);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    const RAM: MapAttrs = MapAttrs {
+        mem: MemType::Normal,
+        access: Access::ReadWrite,
+        executable: true,
+    };
+    const MMIO: MapAttrs = MapAttrs {
+        mem: MemType::Device,
+        access: Access::ReadWrite,
+        executable: false,
+    };
+    const GRANT_RO: MapAttrs = MapAttrs {
+        mem: MemType::Normal,
+        access: Access::ReadOnly,
+        executable: false,
+    };
+
+    /// Tables in a map, with an optional allocation budget and counters.
+    #[derive(Default)]
+    struct MockMem {
+        tables: HashMap<u64, Box<[u64; ENTRIES]>>,
+        next: u64,
+        budget: Option<usize>,
+        allocs: usize,
+        frees: usize,
+    }
+
+    impl MockMem {
+        fn new() -> Self {
+            MockMem {
+                next: 0x8000_0000,
+                ..Default::default()
+            }
+        }
+        fn live(&self) -> usize {
+            self.tables.len()
+        }
+        fn snapshot(&self) -> BTreeMap<u64, [u64; ENTRIES]> {
+            self.tables.iter().map(|(&pa, t)| (pa, **t)).collect()
+        }
+    }
+
+    impl TableMemory for MockMem {
+        fn alloc_table(&mut self) -> Option<u64> {
+            if let Some(budget) = self.budget.as_mut() {
+                *budget = budget.checked_sub(1)?;
+            }
+            let pa = self.next;
+            self.next += PAGE_SIZE;
+            self.allocs += 1;
+            self.tables.insert(pa, Box::new([0; ENTRIES]));
+            Some(pa)
+        }
+        fn free_table(&mut self, pa: u64) {
+            assert!(
+                self.tables.remove(&pa).is_some(),
+                "double free of table {pa:#x}"
+            );
+            self.frees += 1;
+        }
+        fn table(&self, pa: u64) -> &[u64; ENTRIES] {
+            &self.tables[&pa]
+        }
+        fn table_mut(&mut self, pa: u64) -> &mut [u64; ENTRIES] {
+            self.tables.get_mut(&pa).expect("unknown table")
+        }
+    }
+
+    /// The raw leaf descriptor for `ipa`, found by an independent walk.
+    fn raw_leaf(mem: &MockMem, s2: &Stage2, ipa: u64) -> u64 {
+        let mut table = s2.root_pa();
+        for level in 0..4u32 {
+            let desc = mem.table(table)[((ipa >> (39 - 9 * level)) & 511) as usize];
+            if level == 3 || desc & 0b11 != 0b11 {
+                return desc;
+            }
+            table = desc & 0x0000_ffff_ffff_f000;
+        }
+        unreachable!()
+    }
+
+    fn setup() -> (MockMem, Stage2) {
+        let mut mem = MockMem::new();
+        let s2 = Stage2::new(&mut mem).unwrap();
+        (mem, s2)
+    }
+
+    fn collect_unmap(
+        s2: &mut Stage2,
+        mem: &mut MockMem,
+        ipa: u64,
+        size: u64,
+    ) -> Result<Vec<(u64, u64)>, Stage2Error> {
+        let mut pieces = Vec::new();
+        s2.unmap(mem, ipa, size, &mut |a, s| pieces.push((a, s)))
+            .map(|()| pieces)
+    }
+
+    #[test]
+    fn vtcr_fields() {
+        // RES1 | PS=48 bits | SH0=IS | ORGN0=IRGN0=WBWA | SL0=level 0 | T0SZ=24.
+        assert_eq!(vtcr_el2(0b101, false), 0x8005_3598);
+        assert_eq!(vtcr_el2(0b101, true), 0x800D_3598);
+        // 52-bit PARange (QEMU max) is capped at 48 bits; a smaller one passes through.
+        assert_eq!(vtcr_el2(0b110, false), vtcr_el2(0b101, false));
+        assert_eq!((vtcr_el2(0b010, false) >> VTCR_PS_SHIFT) & 0b111, 0b010);
+        // Only PARange's own four bits are looked at.
+        assert_eq!(vtcr_el2(0xf0 | 0b001, false), vtcr_el2(0b001, false));
+    }
+
+    #[test]
+    fn ram_uses_blocks_when_aligned() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, 0x4_0000_0000, 8 * MIB, RAM).unwrap();
+        // Root, one level-1 and one level-2 table: four 2 MiB blocks need no level-3 table.
+        assert_eq!(mem.live(), 3);
+        let t = s2.translate(&mem, GIB + 3 * MIB + 0x123).unwrap();
+        assert_eq!(
+            t,
+            Translation {
+                pa: 0x4_0030_0123,
+                attrs: RAM,
+                level: 2
+            }
+        );
+        let desc = raw_leaf(&mem, &s2, GIB);
+        assert_eq!(desc & 0b11, 0b01, "block descriptor");
+        assert_eq!((desc >> DESC_MEMATTR_SHIFT) & 0b1111, 0b1111);
+        assert_eq!((desc >> DESC_S2AP_SHIFT) & 0b11, 0b11);
+        assert_eq!((desc >> DESC_SH_SHIFT) & 0b11, 0b11);
+        assert_ne!(desc & DESC_AF, 0);
+        assert_eq!((desc >> DESC_XN_SHIFT) & 0b11, 0);
+        assert_eq!(s2.translate(&mem, GIB + 8 * MIB), None);
+        assert_eq!(s2.translate(&mem, GIB - 1), None);
+    }
+
+    #[test]
+    fn unaligned_edges_use_pages() {
+        let (mut mem, mut s2) = setup();
+        let ipa = GIB - 3 * PAGE_SIZE;
+        let size = 3 * PAGE_SIZE + 4 * MIB + 2 * PAGE_SIZE;
+        s2.map(&mut mem, ipa, 0x8_0000_0000 - 3 * PAGE_SIZE, size, RAM)
+            .unwrap();
+        let level = |a| s2.translate(&mem, a).unwrap().level;
+        assert_eq!(level(ipa), 3);
+        assert_eq!(level(GIB - PAGE_SIZE), 3);
+        assert_eq!(level(GIB), 2);
+        assert_eq!(level(GIB + 2 * MIB), 2);
+        assert_eq!(level(GIB + 4 * MIB + PAGE_SIZE), 3);
+        assert_eq!(s2.translate(&mem, GIB + 4 * MIB + 2 * PAGE_SIZE), None);
+        assert_eq!(
+            s2.translate(&mem, ipa + 5).unwrap().pa,
+            0x8_0000_0000 - 3 * PAGE_SIZE + 5
+        );
+        assert_eq!(
+            s2.translate(&mem, GIB + 4 * MIB + PAGE_SIZE).unwrap().pa,
+            0x8_0040_1000
+        );
+    }
+
+    #[test]
+    fn misaligned_pa_forces_pages() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, 0x4000_1000, 2 * MIB, RAM).unwrap();
+        let t = s2.translate(&mem, GIB + MIB).unwrap();
+        assert_eq!((t.level, t.pa), (3, 0x4010_1000));
+    }
+
+    #[test]
+    fn device_attrs_encode() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, 0x0800_0000, 0x0800_0000, 0x1_0000, MMIO)
+            .unwrap();
+        let desc = raw_leaf(&mem, &s2, 0x0800_0000);
+        assert_eq!(desc & 0b11, 0b11, "page descriptor");
+        assert_eq!((desc >> DESC_MEMATTR_SHIFT) & 0b1111, 0b0001);
+        assert_eq!((desc >> DESC_S2AP_SHIFT) & 0b11, 0b11);
+        assert_eq!((desc >> DESC_XN_SHIFT) & 0b11, 0b10);
+        assert_ne!(desc & DESC_AF, 0);
+        assert_eq!(desc & DESC_ADDR_MASK, 0x0800_0000);
+        let t = s2.translate(&mem, 0x0800_f004).unwrap();
+        assert_eq!(
+            t,
+            Translation {
+                pa: 0x0800_f004,
+                attrs: MMIO,
+                level: 3
+            }
+        );
+    }
+
+    #[test]
+    fn read_only_grant_page() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, 0x9000_0000, 0x1234_5000, PAGE_SIZE, GRANT_RO)
+            .unwrap();
+        let desc = raw_leaf(&mem, &s2, 0x9000_0000);
+        assert_eq!((desc >> DESC_S2AP_SHIFT) & 0b11, 0b01);
+        assert_eq!((desc >> DESC_XN_SHIFT) & 0b11, 0b10);
+        assert_eq!((desc >> DESC_MEMATTR_SHIFT) & 0b1111, 0b1111);
+        let t = s2.translate(&mem, 0x9000_0010).unwrap();
+        assert_eq!(
+            t,
+            Translation {
+                pa: 0x1234_5010,
+                attrs: GRANT_RO,
+                level: 3
+            }
+        );
+    }
+
+    #[test]
+    fn bad_map_arguments_refused() {
+        let (mut mem, mut s2) = setup();
+        let before = mem.snapshot();
+        let top = 1u64 << IPA_BITS;
+        let cases = [
+            (GIB, GIB, 0, Stage2Error::ZeroSize),
+            (GIB + 1, GIB, PAGE_SIZE, Stage2Error::Unaligned),
+            (GIB, GIB + 8, PAGE_SIZE, Stage2Error::Unaligned),
+            (GIB, GIB, PAGE_SIZE + 1, Stage2Error::Unaligned),
+            (top - PAGE_SIZE, GIB, 2 * PAGE_SIZE, Stage2Error::OutOfRange),
+            (top, GIB, PAGE_SIZE, Stage2Error::OutOfRange),
+            (!0xfff, GIB, PAGE_SIZE, Stage2Error::OutOfRange),
+            (
+                GIB,
+                (1 << PA_BITS) - PAGE_SIZE,
+                2 * PAGE_SIZE,
+                Stage2Error::OutOfRange,
+            ),
+            (GIB, !0xfff, 2 * PAGE_SIZE, Stage2Error::OutOfRange),
+        ];
+        for (ipa, pa, size, err) in cases {
+            assert_eq!(
+                s2.map(&mut mem, ipa, pa, size, RAM),
+                Err(err),
+                "{ipa:#x} {pa:#x} {size:#x}"
+            );
+        }
+        assert_eq!(mem.snapshot(), before);
+        // The last page below the IPA limit is usable.
+        s2.map(&mut mem, top - PAGE_SIZE, GIB, PAGE_SIZE, RAM)
+            .unwrap();
+        assert_eq!(s2.translate(&mem, top - 1).unwrap().pa, GIB + PAGE_SIZE - 1);
+        assert_eq!(s2.translate(&mem, top), None);
+    }
+
+    #[test]
+    fn overlapping_map_refused_and_nothing_changed() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, GIB, 4 * MIB, RAM).unwrap();
+        s2.map(&mut mem, 2 * GIB, 2 * GIB, PAGE_SIZE, RAM).unwrap();
+        let before = mem.snapshot();
+        // Ends inside a block; starts inside a block; swallows a page; exact duplicate.
+        let cases = [
+            (GIB - 2 * MIB, 3 * MIB),
+            (GIB + 4 * MIB - PAGE_SIZE, 4 * MIB),
+            (2 * GIB - 2 * MIB, 4 * MIB),
+            (2 * GIB, PAGE_SIZE),
+        ];
+        for (ipa, size) in cases {
+            assert_eq!(
+                s2.map(&mut mem, ipa, 0x10_0000_0000, size, RAM),
+                Err(Stage2Error::AlreadyMapped)
+            );
+        }
+        assert_eq!(mem.snapshot(), before);
+        // The neighbours are still free.
+        s2.map(&mut mem, GIB + 4 * MIB, 0x10_0000_0000, PAGE_SIZE, RAM)
+            .unwrap();
+        s2.map(
+            &mut mem,
+            2 * GIB + PAGE_SIZE,
+            0x10_0000_1000,
+            PAGE_SIZE,
+            RAM,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn unmap_page_inside_block_splits_it() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, 0x4_0000_0000, 2 * MIB, RAM).unwrap();
+        let hole = GIB + 0x5000;
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, hole, PAGE_SIZE).unwrap(),
+            vec![(hole, PAGE_SIZE)]
+        );
+        assert_eq!(s2.translate(&mem, hole), None);
+        for ipa in (GIB..GIB + 2 * MIB)
+            .step_by(PAGE_SIZE as usize)
+            .filter(|&a| a != hole)
+        {
+            let t = s2.translate(&mem, ipa + 8).unwrap();
+            assert_eq!(
+                t,
+                Translation {
+                    pa: 0x4_0000_0008 + (ipa - GIB),
+                    attrs: RAM,
+                    level: 3
+                }
+            );
+        }
+        // Cutting both ends of one block takes a single new table.
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, GIB, 2 * MIB, RAM).unwrap();
+        let tables = mem.live();
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB + PAGE_SIZE, 2 * PAGE_SIZE)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(mem.live(), tables + 1);
+        // Cutting two different blocks takes two.
+        s2.map(&mut mem, GIB + 2 * MIB, GIB + 2 * MIB, 2 * MIB, RAM)
+            .unwrap();
+        let pieces =
+            collect_unmap(&mut s2, &mut mem, GIB + 2 * MIB - PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+        assert_eq!(
+            pieces,
+            vec![
+                (GIB + 2 * MIB - PAGE_SIZE, PAGE_SIZE),
+                (GIB + 2 * MIB, PAGE_SIZE)
+            ]
+        );
+        assert_eq!(mem.live(), tables + 2);
+    }
+
+    #[test]
+    fn unmap_whole_blocks_reports_blocks_and_frees_tables() {
+        let (mut mem, mut s2) = setup();
+        s2.map(
+            &mut mem,
+            GIB - PAGE_SIZE,
+            GIB - PAGE_SIZE,
+            4 * MIB + 2 * PAGE_SIZE,
+            RAM,
+        )
+        .unwrap();
+        s2.map(&mut mem, 0x0800_0000, 0x0800_0000, 0x1_0000, MMIO)
+            .unwrap();
+        assert!(mem.live() > 1);
+        let pieces =
+            collect_unmap(&mut s2, &mut mem, GIB - PAGE_SIZE, 4 * MIB + 2 * PAGE_SIZE).unwrap();
+        let expected = vec![
+            (GIB - PAGE_SIZE, PAGE_SIZE),
+            (GIB, 2 * MIB),
+            (GIB + 2 * MIB, 2 * MIB),
+            (GIB + 4 * MIB, PAGE_SIZE),
+        ];
+        assert_eq!(pieces, expected);
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, 0x0800_0000, 0x1_0000)
+                .unwrap()
+                .len(),
+            16
+        );
+        assert_eq!(mem.live(), 1, "only the root is left");
+        assert_eq!(
+            mem.tables.keys().copied().collect::<Vec<_>>(),
+            vec![s2.root_pa()]
+        );
+    }
+
+    #[test]
+    fn unmap_of_unmapped_range_refused() {
+        let (mut mem, mut s2) = setup();
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB, PAGE_SIZE),
+            Err(Stage2Error::NotMapped)
+        );
+        s2.map(&mut mem, GIB, GIB, 2 * MIB, RAM).unwrap();
+        let before = mem.snapshot();
+        // Partly mapped on either side.
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB - PAGE_SIZE, 2 * PAGE_SIZE),
+            Err(Stage2Error::NotMapped)
+        );
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB, 2 * MIB + PAGE_SIZE),
+            Err(Stage2Error::NotMapped)
+        );
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB, 0),
+            Err(Stage2Error::ZeroSize)
+        );
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB + 1, PAGE_SIZE),
+            Err(Stage2Error::Unaligned)
+        );
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, 1 << IPA_BITS, PAGE_SIZE),
+            Err(Stage2Error::OutOfRange)
+        );
+        assert_eq!(mem.snapshot(), before);
+    }
+
+    #[test]
+    fn out_of_memory_midway_rolls_back() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, GIB, PAGE_SIZE, RAM).unwrap();
+        let before = mem.snapshot();
+        // Needs an L2 for the two blocks below 512 GiB, then L1 + L2 + L3 for the page above it;
+        // with three tables it fails after mapping the blocks.
+        mem.budget = Some(3);
+        let ipa = (512 * GIB) - 4 * MIB;
+        let err = s2.map(&mut mem, ipa, 0x10_0000_0000, 4 * MIB + PAGE_SIZE, RAM);
+        assert_eq!(err, Err(Stage2Error::OutOfMemory));
+        assert_eq!(mem.snapshot(), before);
+        assert_eq!(
+            (mem.allocs, mem.frees),
+            (7, 3),
+            "three tables were taken, then given back"
+        );
+        assert_eq!(
+            mem.allocs - mem.frees,
+            4,
+            "root and the first mapping's three tables only"
+        );
+        // With enough tables the same call works.
+        mem.budget = None;
+        s2.map(&mut mem, ipa, 0x10_0000_0000, 4 * MIB + PAGE_SIZE, RAM)
+            .unwrap();
+        assert_eq!(s2.translate(&mem, 512 * GIB).unwrap().level, 3);
+    }
+
+    #[test]
+    fn out_of_memory_for_split_changes_nothing() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB, GIB, 4 * MIB, RAM).unwrap();
+        let before = mem.snapshot();
+        mem.budget = Some(0);
+        assert_eq!(
+            collect_unmap(&mut s2, &mut mem, GIB + PAGE_SIZE, PAGE_SIZE),
+            Err(Stage2Error::OutOfMemory)
+        );
+        // Two blocks to cut, one table available: the one taken is given back.
+        mem.budget = Some(1);
+        let straddle = collect_unmap(&mut s2, &mut mem, GIB + 2 * MIB - PAGE_SIZE, 2 * PAGE_SIZE);
+        assert_eq!(straddle, Err(Stage2Error::OutOfMemory));
+        assert_eq!(mem.snapshot(), before);
+    }
+
+    #[test]
+    fn new_without_memory_fails() {
+        let mut mem = MockMem {
+            budget: Some(0),
+            ..MockMem::new()
+        };
+        assert_eq!(Stage2::new(&mut mem).unwrap_err(), Stage2Error::OutOfMemory);
+    }
+
+    #[test]
+    fn destroy_frees_all_tables() {
+        let (mut mem, mut s2) = setup();
+        s2.map(&mut mem, GIB - PAGE_SIZE, GIB, 6 * MIB, RAM)
+            .unwrap();
+        s2.map(&mut mem, 600 * GIB, GIB, 2 * MIB, RAM).unwrap();
+        s2.map(&mut mem, 0x0800_0000, 0x0800_0000, 0x1_0000, MMIO)
+            .unwrap();
+        assert!(mem.live() > 5);
+        s2.destroy(&mut mem);
+        assert_eq!(mem.live(), 0);
+        assert_eq!(mem.allocs, mem.frees);
+    }
+
+    #[test]
+    fn errors_display() {
+        let all = [
+            Stage2Error::Unaligned,
+            Stage2Error::ZeroSize,
+            Stage2Error::OutOfRange,
+            Stage2Error::AlreadyMapped,
+            Stage2Error::NotMapped,
+            Stage2Error::OutOfMemory,
+        ];
+        let texts: std::collections::BTreeSet<String> = all.iter().map(|e| e.to_string()).collect();
+        assert_eq!(texts.len(), all.len());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Map { page: u64, pages: u64, pa_page: u64 },
+        Unmap { page: u64, pages: u64 },
+    }
+
+    /// A 6 MiB window that straddles a level-1 boundary, so blocks, pages and table freeing all
+    /// happen.
+    const WINDOW: u64 = GIB - 2 * MIB;
+    const WINDOW_PAGES: u64 = 1536;
+
+    fn op() -> impl Strategy<Value = Op> {
+        let span = (0..WINDOW_PAGES, prop_oneof![1..4u64, 1..1100u64]);
+        prop_oneof![
+            (span.clone(), 0..4u64, 0..2048u64).prop_map(|((page, pages), kind, off)| {
+                // Often make pa congruent to ipa modulo 2 MiB so blocks get used.
+                let pa_page = if kind == 0 {
+                    0x10_0000 + off
+                } else {
+                    0x10_0000 + page
+                };
+                Op::Map {
+                    page,
+                    pages,
+                    pa_page,
+                }
+            }),
+            span.prop_map(|(page, pages)| Op::Unmap { page, pages }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn random_map_unmap_matches_model(ops in proptest::collection::vec(op(), 1..25)) {
+            let (mut mem, mut s2) = setup();
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Map { page, pages, pa_page } => {
+                        let pages = pages.min(WINDOW_PAGES - page);
+                        let free = (page..page + pages).all(|p| !model.contains_key(&p));
+                        let r = s2.map(&mut mem, WINDOW + page * PAGE_SIZE, pa_page * PAGE_SIZE, pages * PAGE_SIZE, RAM);
+                        prop_assert_eq!(r.is_ok(), free);
+                        if free {
+                            for i in 0..pages {
+                                model.insert(page + i, (pa_page + i) * PAGE_SIZE);
+                            }
+                        } else {
+                            prop_assert_eq!(r, Err(Stage2Error::AlreadyMapped));
+                        }
+                    }
+                    Op::Unmap { page, pages } => {
+                        let pages = pages.min(WINDOW_PAGES - page);
+                        let mapped = (page..page + pages).all(|p| model.contains_key(&p));
+                        let r = collect_unmap(&mut s2, &mut mem, WINDOW + page * PAGE_SIZE, pages * PAGE_SIZE);
+                        prop_assert_eq!(r.is_ok(), mapped);
+                        if let Ok(pieces) = r {
+                            // The pieces tile the range exactly, in order.
+                            let mut at = WINDOW + page * PAGE_SIZE;
+                            for (ipa, size) in pieces {
+                                prop_assert_eq!(ipa, at);
+                                prop_assert!(size == PAGE_SIZE || size == BLOCK_SIZE);
+                                at += size;
+                            }
+                            prop_assert_eq!(at, WINDOW + (page + pages) * PAGE_SIZE);
+                            for p in page..page + pages {
+                                model.remove(&p);
+                            }
+                        } else {
+                            prop_assert_eq!(r, Err(Stage2Error::NotMapped));
+                        }
+                    }
+                }
+                for p in 0..WINDOW_PAGES {
+                    let got = s2.translate(&mem, WINDOW + p * PAGE_SIZE).map(|t| t.pa);
+                    prop_assert_eq!(got, model.get(&p).copied(), "page {}", p);
+                }
+            }
+            // Unmapping what is left, run by run, leaves only the root.
+            let pages: Vec<u64> = model.keys().copied().collect();
+            for p in pages {
+                collect_unmap(&mut s2, &mut mem, WINDOW + p * PAGE_SIZE, PAGE_SIZE).unwrap();
+            }
+            prop_assert_eq!(mem.live(), 1);
+            s2.destroy(&mut mem);
+            prop_assert_eq!(mem.live(), 0);
+        }
+    }
+}

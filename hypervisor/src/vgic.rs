@@ -1,0 +1,240 @@
+//! Virtual interrupt delivery through GICv3 list registers.
+//!
+//! A vCPU's pending virtual interrupts wait in a [`VirqQueue`]; on every entry to the vCPU the
+//! queue refills the free list registers. When more are pending than fit (QEMU's GIC has only four
+//! list registers), the caller enables the underflow maintenance interrupt (ICH_HCR_EL2.UIE) and
+//! refills again when it fires, so no interrupt is lost.
+//!
+//! A second copy of an INTID that is still in a list register cannot be placed (a GIC interrupt is
+//! pending at most once). Underflow would be the wrong signal for it — it can stay asserted while the
+//! guest is still handling the first copy, trapping the guest before every instruction — so the list
+//! register holding the first copy gets its EOI bit instead: exactly one maintenance interrupt when
+//! the guest deactivates it.
+
+use heapless::Deque;
+
+/// List register fields (ICH_LR<n>_EL2).
+pub const LR_STATE_SHIFT: u32 = 62;
+pub const LR_STATE_MASK: u64 = 0b11 << LR_STATE_SHIFT;
+pub const LR_STATE_PENDING: u64 = 0b01 << LR_STATE_SHIFT;
+pub const LR_STATE_ACTIVE: u64 = 0b10 << LR_STATE_SHIFT;
+pub const LR_GROUP1: u64 = 1 << 60;
+/// Maintenance interrupt when the guest deactivates this interrupt (software interrupts only).
+pub const LR_EOI: u64 = 1 << 41;
+pub const LR_PRIORITY_SHIFT: u32 = 48;
+pub const LR_VINTID_MASK: u64 = 0xffff_ffff;
+
+/// Priority given to every virtual interrupt (the guests do not use preemption between them).
+pub const DEFAULT_PRIORITY: u8 = 0xa0;
+
+/// How many virtual interrupts may wait per vCPU beyond the list registers.
+pub const QUEUE_CAPACITY: usize = 64;
+
+/// A pending, group-1 list register value for `intid`.
+pub const fn pending_lr(intid: u32, priority: u8) -> u64 {
+    LR_STATE_PENDING | LR_GROUP1 | ((priority as u64) << LR_PRIORITY_SHIFT) | intid as u64
+}
+
+pub const fn lr_intid(lr: u64) -> u32 {
+    (lr & LR_VINTID_MASK) as u32
+}
+
+/// A list register is free when its state is invalid (the guest has EOId its interrupt).
+pub const fn lr_is_free(lr: u64) -> bool {
+    lr & LR_STATE_MASK == 0
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// Virtual interrupts waiting for a list register, in arrival order.
+#[derive(Default)]
+pub struct VirqQueue {
+    waiting: Deque<u32, QUEUE_CAPACITY>,
+}
+
+impl VirqQueue {
+    pub fn new() -> Self {
+        VirqQueue {
+            waiting: Deque::new(),
+        }
+    }
+
+    /// Queues one delivery of `intid`.
+    pub fn push(&mut self, intid: u32) -> Result<(), QueueFull> {
+        self.waiting.push_back(intid).map_err(|_| QueueFull)
+    }
+
+    /// Queues `intid` unless it is already waiting (level-style sources such as the timer).
+    pub fn push_unique(&mut self, intid: u32) -> Result<(), QueueFull> {
+        if self.waiting.iter().any(|&w| w == intid) {
+            return Ok(());
+        }
+        self.push(intid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.waiting.clear();
+    }
+
+    /// Moves waiting interrupts into free list registers. An INTID already present in a list
+    /// register (pending or active) is not placed twice; that list register gets [`LR_EOI`] so
+    /// the guest's EOI of the first copy brings the hypervisor back. Free list registers are
+    /// zeroed (clearing a spent EOI request, which would otherwise keep the maintenance interrupt
+    /// asserted). Returns true when an interrupt waits for lack of a free list register: the
+    /// caller then asks for the underflow maintenance interrupt.
+    pub fn refill(&mut self, lrs: &mut [u64]) -> bool {
+        for lr in lrs.iter_mut().filter(|lr| lr_is_free(**lr)) {
+            *lr = 0;
+        }
+        let mut out_of_registers = false;
+        let mut remaining = self.waiting.len();
+        while remaining > 0 {
+            remaining -= 1;
+            let Some(intid) = self.waiting.pop_front() else {
+                break;
+            };
+            if let Some(holder) = lrs
+                .iter_mut()
+                .find(|lr| !lr_is_free(**lr) && lr_intid(**lr) == intid)
+            {
+                *holder |= LR_EOI;
+            } else if let Some(slot) = lrs.iter_mut().find(|lr| lr_is_free(**lr)) {
+                *slot = pending_lr(intid, DEFAULT_PRIORITY);
+                continue;
+            } else {
+                out_of_registers = true;
+            }
+            // Keeps the order of what could not be placed.
+            let _ = self.waiting.push_back(intid);
+        }
+        out_of_registers
+    }
+
+    /// True when `lrs` or the queue hold an interrupt the guest has not taken yet, i.e. a WFI
+    /// must not block.
+    pub fn has_pending(&self, lrs: &[u64]) -> bool {
+        !self.waiting.is_empty() || lrs.iter().any(|&lr| lr & LR_STATE_PENDING != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the guest does: take the highest-priority pending LR and EOI it (state → invalid).
+    fn guest_takes_one(lrs: &mut [u64]) -> Option<u32> {
+        let slot = lrs.iter_mut().find(|lr| **lr & LR_STATE_PENDING != 0)?;
+        let intid = lr_intid(*slot);
+        *slot = 0;
+        Some(intid)
+    }
+
+    #[test]
+    fn more_interrupts_than_list_registers_are_all_delivered_once() {
+        let mut queue = VirqQueue::new();
+        for intid in 0..10 {
+            queue.push(intid).unwrap();
+        }
+        let mut lrs = [0u64; 4];
+        let mut delivered = Vec::new();
+        let mut needs_underflow = queue.refill(&mut lrs);
+        assert!(
+            needs_underflow,
+            "10 interrupts cannot fit in 4 list registers"
+        );
+        while let Some(intid) = guest_takes_one(&mut lrs) {
+            delivered.push(intid);
+            // The maintenance interrupt (or the next entry) refills.
+            needs_underflow = queue.refill(&mut lrs);
+        }
+        assert!(!needs_underflow);
+        delivered.sort();
+        assert_eq!(delivered, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn repeated_intid_waits_for_the_eoi_of_the_first() {
+        let mut queue = VirqQueue::new();
+        queue.push(5).unwrap();
+        queue.push(5).unwrap();
+        let mut lrs = [0u64; 4];
+        assert!(!queue.refill(&mut lrs), "no underflow request: that could trap the guest forever");
+        assert_eq!(queue.len(), 1, "second 5 must wait");
+        assert_eq!(lrs.iter().filter(|&&lr| !lr_is_free(lr)).count(), 1);
+        assert_ne!(lrs[0] & LR_EOI, 0, "EOI of the first copy must bring the hypervisor back");
+        assert_eq!(guest_takes_one(&mut lrs), Some(5));
+        assert!(!queue.refill(&mut lrs));
+        assert_eq!(guest_takes_one(&mut lrs), Some(5));
+        assert_eq!(guest_takes_one(&mut lrs), None);
+    }
+
+    #[test]
+    fn active_interrupt_blocks_a_second_copy() {
+        let mut queue = VirqQueue::new();
+        let mut lrs = [LR_STATE_ACTIVE | LR_GROUP1 | 27, 0, 0, 0];
+        queue.push(27).unwrap();
+        assert!(!queue.refill(&mut lrs));
+        assert_eq!(lrs[1], 0);
+        assert_eq!(lrs[0], LR_STATE_ACTIVE | LR_GROUP1 | LR_EOI | 27);
+        // The guest deactivates it: state invalid, EOI bit still set until the next refill.
+        lrs[0] &= !LR_STATE_MASK;
+        assert!(!queue.refill(&mut lrs));
+        assert_eq!(lrs[0], pending_lr(27, DEFAULT_PRIORITY), "the spent EOI request is cleared");
+    }
+
+    #[test]
+    fn underflow_is_requested_only_when_registers_run_out() {
+        let mut queue = VirqQueue::new();
+        for intid in [1, 2, 3, 4, 5] {
+            queue.push(intid).unwrap();
+        }
+        let mut lrs = [0u64; 4];
+        assert!(queue.refill(&mut lrs));
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn push_unique_coalesces() {
+        let mut queue = VirqQueue::new();
+        queue.push_unique(27).unwrap();
+        queue.push_unique(27).unwrap();
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn queue_reports_full() {
+        let mut queue = VirqQueue::new();
+        for _ in 0..QUEUE_CAPACITY {
+            queue.push(1).unwrap();
+        }
+        assert_eq!(queue.push(1), Err(QueueFull));
+    }
+
+    #[test]
+    fn pending_detection_sees_queue_and_list_registers() {
+        let mut queue = VirqQueue::new();
+        assert!(!queue.has_pending(&[0; 4]));
+        assert!(queue.has_pending(&[pending_lr(3, 0xa0), 0, 0, 0]));
+        assert!(!queue.has_pending(&[LR_STATE_ACTIVE | 3, 0, 0, 0]));
+        queue.push(4).unwrap();
+        assert!(queue.has_pending(&[0; 4]));
+    }
+
+    #[test]
+    fn list_register_encoding() {
+        let lr = pending_lr(27, 0xa0);
+        assert_eq!(lr >> 62, 0b01);
+        assert_eq!((lr >> 60) & 1, 1);
+        assert_eq!((lr >> 48) & 0xff, 0xa0);
+        assert_eq!(lr_intid(lr), 27);
+    }
+}

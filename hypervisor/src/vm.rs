@@ -1,0 +1,207 @@
+//! VMs and vCPUs: creating a VM from its bundle entry (RAM, stage-2 table, image, start-info page),
+//! resetting it, and tearing it down.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use hypervisor::console::LineBuffer;
+use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
+use hypervisor::sched::VcpuId;
+use hypervisor::vgic::VirqQueue;
+use shared_abi::bundle::{VmKind, VmSpec};
+use shared_abi::layout::{start_info_gpa, BLOCK_SIZE, GUEST_RAM_BASE, PAGE_SIZE};
+use shared_abi::start_info::StartInfo;
+
+use crate::arch::cpu::set_vttbr;
+use crate::arch::cpu::{El1Context, FpContext};
+use crate::arch::gic::VgicContext;
+use crate::arch::mem::{phys_bytes_mut, sync_for_execution, tlbi_ipas, PhysTableMemory};
+use crate::arch::vectors::TrapFrame;
+
+/// Why a VM is stopping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    PowerOff,
+    Reset,
+    Killed(String),
+}
+
+pub struct Vm {
+    pub id: u16,
+    pub name: String,
+    pub kind: VmKind,
+    pub vmid: u16,
+    /// The VMID was used by an earlier VM: flush its TLB entries before first use.
+    pub vmid_needs_flush: bool,
+    pub stage2: Stage2,
+    pub ram_pa: u64,
+    pub ram_bytes: u64,
+    pub image: &'static [u8],
+    pub settings: &'static str,
+    pub vcpus: Vec<VcpuId>,
+    pub console: LineBuffer,
+    pub stop: Option<StopKind>,
+    pub boots: u32,
+}
+
+pub struct Vcpu {
+    pub vm: usize,
+    pub index: u32,
+    pub frame: TrapFrame,
+    pub el1: El1Context,
+    pub fp: FpContext,
+    pub vgic: VgicContext,
+    pub virqs: VirqQueue,
+}
+
+/// SPSR for entering EL1h with D, A, I and F masked.
+const SPSR_EL1H_MASKED: u64 = 0x3c5;
+
+impl Vcpu {
+    pub fn new(vm: usize, index: u32) -> Self {
+        Vcpu {
+            vm,
+            index,
+            frame: TrapFrame::default(),
+            el1: El1Context::reset(),
+            fp: FpContext::default(),
+            vgic: VgicContext::default(),
+            virqs: VirqQueue::new(),
+        }
+    }
+
+    /// Architectural reset, then entry at `entry` with x0 = `arg` (boot, PSCI CPU_ON, reset).
+    pub fn reset(&mut self, entry: u64, arg: u64) {
+        self.frame = TrapFrame::default();
+        self.frame.elr = entry;
+        self.frame.spsr = SPSR_EL1H_MASKED;
+        self.frame.x[0] = arg;
+        self.el1 = El1Context::reset();
+        self.fp = FpContext::default();
+        self.vgic = VgicContext::default();
+        self.virqs.clear();
+    }
+}
+
+#[derive(Debug)]
+pub enum CreateError {
+    OutOfMemory { needed: u64 },
+    Stage2(&'static str),
+}
+
+impl core::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CreateError::OutOfMemory { needed } => {
+                write!(f, "not enough free RAM for {} MiB (give QEMU more with -m, or shrink the topology)", needed >> 20)
+            }
+            CreateError::Stage2(why) => write!(f, "stage-2 setup failed: {why}"),
+        }
+    }
+}
+
+impl Vm {
+    /// Allocates RAM (2 MiB aligned, so stage-2 uses blocks), builds the stage-2 table, and loads
+    /// the image and start-info page.
+    pub fn create(
+        spec: &VmSpec<'static>,
+        vmid: u16,
+        vmid_needs_flush: bool,
+        frames: &mut FrameAllocator,
+    ) -> Result<Vm, CreateError> {
+        let pages = (spec.ram_bytes / PAGE_SIZE) as usize;
+        let align = (BLOCK_SIZE / PAGE_SIZE) as usize;
+        let ram_pa = frames.alloc(pages, align).ok_or(CreateError::OutOfMemory {
+            needed: spec.ram_bytes,
+        })?;
+        let mut tables = PhysTableMemory { frames };
+        let mut stage2 = match Stage2::new(&mut tables) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tables.frames.free(ram_pa, pages);
+                return Err(CreateError::Stage2("no frame for the root table"));
+            }
+        };
+        let ram = MapAttrs {
+            mem: MemType::Normal,
+            access: Access::ReadWrite,
+            executable: true,
+        };
+        if stage2
+            .map(&mut tables, GUEST_RAM_BASE, ram_pa, spec.ram_bytes, ram)
+            .is_err()
+        {
+            stage2.destroy(&mut tables);
+            let _ = tables.frames.free(ram_pa, pages);
+            return Err(CreateError::Stage2("mapping RAM failed"));
+        }
+        let mut vm = Vm {
+            id: spec.id,
+            name: String::from(spec.name),
+            kind: spec.kind,
+            vmid,
+            vmid_needs_flush,
+            stage2,
+            ram_pa,
+            ram_bytes: spec.ram_bytes,
+            image: spec.image,
+            settings: spec.settings,
+            vcpus: Vec::new(),
+            console: LineBuffer::default(),
+            stop: None,
+            boots: 0,
+        };
+        vm.load_memory(spec.vcpus);
+        Ok(vm)
+    }
+
+    /// (Re)initialises RAM: zeroed, image at the base, start-info page at the top.
+    pub fn load_memory(&mut self, vcpus: u32) {
+        self.boots += 1;
+        // SAFETY: [ram_pa, ram_pa + ram_bytes) was allocated to this VM and no vCPU of it runs now.
+        let ram = unsafe { phys_bytes_mut(self.ram_pa, self.ram_bytes as usize) };
+        ram.fill(0);
+        ram[..self.image.len()].copy_from_slice(self.image);
+        let info_offset = (start_info_gpa(self.ram_bytes) - GUEST_RAM_BASE) as usize;
+        let info = StartInfo {
+            vm_id: self.id,
+            name: &self.name,
+            kind: self.kind,
+            vcpus,
+            ram_base: GUEST_RAM_BASE,
+            ram_bytes: self.ram_bytes,
+            settings: self.settings,
+            boot_count: self.boots,
+        };
+        info.write_to(&mut ram[info_offset..info_offset + PAGE_SIZE as usize])
+            .expect("bundle validation guarantees the start-info fits");
+        sync_for_execution(self.ram_pa, self.ram_bytes);
+    }
+
+    /// Unmaps and frees the VM's RAM and tables. Its VMID is released by the caller. The TLB
+    /// entries of the unmapped RAM are invalidated by IPA under the VM's own VMID, so the frames
+    /// can go to another VM at once.
+    pub fn destroy(mut self, frames: &mut FrameAllocator) {
+        let mut tables = PhysTableMemory { frames };
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        // The TLBI by IPA applies to the VMID in VTTBR_EL2; the next vCPU load overwrites it.
+        set_vttbr(self.vmid, self.stage2.root_pa());
+        if self
+            .stage2
+            .unmap(
+                &mut tables,
+                GUEST_RAM_BASE,
+                self.ram_bytes,
+                &mut |ipa, size| pieces.push((ipa, size)),
+            )
+            .is_ok()
+        {
+            tlbi_ipas(&pieces);
+        }
+        self.stage2.destroy(&mut tables);
+        let _ = tables
+            .frames
+            .free(self.ram_pa, (self.ram_bytes / PAGE_SIZE) as usize);
+    }
+}

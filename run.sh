@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# sluice: one entry point for everything.
+#   ./run.sh                    install what is missing, build, boot the demo topology, print a summary
+#   ./run.sh test               every test: formatting, lints, host unit tests, QEMU integration tests
+#   ./run.sh --topology FILE    boot another topology (see topologies/)
+#   ./run.sh setup | build      only install prerequisites / only build
+set -euo pipefail
+cd "$(dirname "$0")"
+
+QEMU_MIN_MAJOR=8
+QEMU_MIN_MINOR=2
+TOOLCHAIN=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+VM_TARGET=aarch64-unknown-none
+HV_TARGET=aarch64-unknown-none-softfloat
+OUT=target/sluice
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $* (install sudo or run as root)"; fi
+}
+
+qemu_ok() {
+    command -v qemu-system-aarch64 >/dev/null || return 1
+    local v major minor
+    v=$(qemu-system-aarch64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+    read -r major minor <<<"$v"
+    [ -n "${major:-}" ] || return 1
+    [ "$major" -gt "$QEMU_MIN_MAJOR" ] || { [ "$major" -eq "$QEMU_MIN_MAJOR" ] && [ "$minor" -ge "$QEMU_MIN_MINOR" ]; }
+}
+
+install_qemu() {
+    qemu_ok && return 0
+    say "Installing QEMU >= $QEMU_MIN_MAJOR.$QEMU_MIN_MINOR (qemu-system-arm) ..."
+    command -v apt-get >/dev/null || die "no apt-get: install qemu-system-aarch64 >= $QEMU_MIN_MAJOR.$QEMU_MIN_MINOR yourself"
+    . /etc/os-release
+    local -a apt=(env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0)
+    if [ "${ID:-}" = debian ] && [ "${VERSION_CODENAME:-}" = bookworm ]; then
+        # Debian 12 ships QEMU 7.2; SMMUv3 stage 2 needs 8.2+, which bookworm-backports has.
+        if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+                as_root tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+        fi
+        as_root apt-get update -qq
+        as_root "${apt[@]}" --no-install-recommends -t bookworm-backports install qemu-system-arm >/dev/null
+    else
+        as_root apt-get update -qq
+        as_root "${apt[@]}" --no-install-recommends install qemu-system-arm >/dev/null
+    fi
+    qemu_ok || die "QEMU is still older than $QEMU_MIN_MAJOR.$QEMU_MIN_MINOR: install a newer qemu-system-arm"
+}
+
+install_rust() {
+    command -v rustup >/dev/null || die "rustup not found: install it from https://rustup.rs, then run ./run.sh again"
+    if ! rustup toolchain list | grep -q "^$TOOLCHAIN"; then
+        say "Installing Rust $TOOLCHAIN ..."
+        rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy >/dev/null
+    fi
+    local installed
+    installed=$(rustup target list --installed --toolchain "$TOOLCHAIN")
+    for t in $VM_TARGET $HV_TARGET; do
+        grep -qx "$t" <<<"$installed" || rustup target add --toolchain "$TOOLCHAIN" "$t" >/dev/null
+    done
+    local components
+    components=$(rustup component list --installed --toolchain "$TOOLCHAIN")
+    for c in rustfmt clippy; do
+        grep -q "^$c" <<<"$components" || rustup component add --toolchain "$TOOLCHAIN" "$c" >/dev/null
+    done
+}
+
+setup() {
+    install_qemu
+    install_rust
+}
+
+objcopy_bin() {
+    local sysroot host
+    sysroot=$(rustc --print sysroot)
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    # The toolchain's llvm-objcopy (rust-objcopy) links the toolchain's libLLVM.
+    LD_LIBRARY_PATH="$sysroot/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$sysroot/lib/rustlib/$host/bin/rust-objcopy" "$@"
+}
+
+build() {
+    say "Building (release) ..."
+    cargo build --quiet --release -p hypervisor --target "$HV_TARGET"
+    cargo build --quiet --release -p guest-frontend -p driver-domain --target "$VM_TARGET"
+    cargo build --quiet --release -p sluice-harness
+    mkdir -p "$OUT"
+    cp "target/$HV_TARGET/release/hypervisor" "$OUT/hypervisor.elf"
+    objcopy_bin -O binary "$OUT/hypervisor.elf" "$OUT/hypervisor.bin"
+    for vm in guest-frontend driver-domain; do
+        objcopy_bin -O binary "target/$VM_TARGET/release/$vm" "$OUT/$vm.bin"
+    done
+}
+
+run_tests() {
+    say "== formatting and lints"
+    cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
+    cargo clippy --quiet -p shared-abi -p sluice-harness --all-targets -- -D warnings
+    cargo clippy --quiet -p hypervisor --lib --tests -- -D warnings
+    cargo clippy --quiet -p hypervisor --target "$HV_TARGET" -- -D warnings
+    cargo clippy --quiet -p vm-runtime -p guest-frontend -p driver-domain --target "$VM_TARGET" -- -D warnings
+    say "== host unit tests"
+    cargo test -p shared-abi -p hypervisor -p sluice-harness --lib --bins
+    say "== QEMU integration tests (each boots QEMU with a hard timeout)"
+    SLUICE_ARTIFACTS="$PWD/$OUT" cargo test -p sluice-harness --test qemu -- --test-threads=1
+}
+
+topology=topologies/default.toml
+cmd=demo
+while [ $# -gt 0 ]; do
+    case "$1" in
+        test|setup|build|demo) cmd=$1 ;;
+        --topology) shift; topology=${1:?--topology needs a file} ;;
+        -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (try ./run.sh --help)" ;;
+    esac
+    shift
+done
+
+setup
+case "$cmd" in
+    setup) say "Prerequisites are installed." ;;
+    build) build ;;
+    demo)
+        build
+        SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-run --topology "$topology" --json target/demo/results.json
+        ;;
+    test)
+        build
+        run_tests
+        ;;
+esac

@@ -1,0 +1,1688 @@
+//! Boot bundle: the one file (loaded by QEMU as `-initrd`) that carries the topology and every VM
+//! image, its parser ([`Bundle::parse`], no allocation) and, on the host, its builder ([`build`]).
+//!
+//! The bundle is untrusted input: `parse` validates every field, range and cross-reference before
+//! returning, so the hypervisor can use a [`Bundle`] without further checks.
+//!
+//! # Format, version 1
+//!
+//! All integers are little-endian. Offsets are absolute byte offsets from the start of the file,
+//! except settings offsets, which are relative to the start of the string area.
+//!
+//! Header (72 bytes, at offset 0):
+//!
+//! | offset | size | field                                                               |
+//! |-------:|-----:|---------------------------------------------------------------------|
+//! |      0 |    8 | magic `b"SLUICEBN"`                                                 |
+//! |      8 |    4 | format version, `1`                                                 |
+//! |     12 |    4 | header size, `72`                                                   |
+//! |     16 |    8 | total size of the bundle in bytes (the file may be padded past it) |
+//! |     24 |    8 | 64-bit FNV-1a of bytes `[header size, total size)`                  |
+//! |     32 |    4 | VM count, `1..=MAX_VMS`                                             |
+//! |     36 |    4 | image count, `0..=MAX_VMS`                                          |
+//! |     40 |    8 | offset of the VM table (VM count entries of 64 bytes)               |
+//! |     48 |    8 | offset of the image table (image count entries of 16 bytes)         |
+//! |     56 |    8 | offset of the string area                                           |
+//! |     64 |    8 | length of the string area                                           |
+//!
+//! VM entry (64 bytes; VM id = entry index + 1, because id 0 is the hypervisor):
+//!
+//! | offset | size | field                                                               |
+//! |-------:|-----:|---------------------------------------------------------------------|
+//! |      0 |   32 | name, `[a-z0-9-]{1,31}`, NUL padded (so always NUL terminated)     |
+//! |     32 |    4 | kind: `1` guest, `2` driver domain                                  |
+//! |     36 |    4 | vCPU count, `1..=MAX_VCPUS_PER_VM`                                  |
+//! |     40 |    8 | RAM bytes, multiple of `BLOCK_SIZE`, in `MIN_VM_RAM..=MAX_VM_RAM`   |
+//! |     48 |    4 | image index into the image table                                    |
+//! |     52 |    4 | settings length, `<= MAX_SETTINGS_LEN`                              |
+//! |     56 |    8 | settings offset within the string area (UTF-8 `key=value` lines)   |
+//!
+//! Image entry (16 bytes): offset `u64` at 0, length `u64` at 8. An image is a raw binary loaded
+//! at [`GUEST_RAM_BASE`](crate::layout::GUEST_RAM_BASE) and entered at its first byte; it must leave the last page of RAM free
+//! for the start-info page. VMs running the same image share one entry.
+//!
+//! The VM table, the image table, the string area and every image must lie inside
+//! `[header size, total size)` and must not overlap one another (settings may share bytes of the
+//! string area). Bytes between regions are padding and are only covered by the checksum.
+
+use core::fmt;
+
+use crate::layout::{
+    BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_NAME_LEN, MAX_VM_RAM,
+    MIN_VM_RAM, PAGE_SIZE,
+};
+
+pub const MAGIC: [u8; 8] = *b"SLUICEBN";
+pub const VERSION: u32 = 1;
+
+pub const HEADER_SIZE: usize = 72;
+pub const VM_ENTRY_SIZE: usize = 64;
+pub const IMAGE_ENTRY_SIZE: usize = 16;
+/// One byte more than the longest name, so a stored name is always NUL terminated.
+pub const NAME_FIELD_LEN: usize = MAX_VM_NAME_LEN + 1;
+/// Refuse bundles larger than this before hashing them: a corrupt size field must not make the
+/// hypervisor walk gigabytes of whatever happens to follow the initrd.
+pub const MAX_BUNDLE_SIZE: u64 = 512 * 1024 * 1024;
+
+/// 64-bit FNV-1a. Not cryptographic: it catches corruption, not tampering.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmKind {
+    Guest,
+    DriverDomain,
+}
+
+impl VmKind {
+    /// Zero is deliberately not a kind, so a zero-filled entry is rejected.
+    pub const fn code(self) -> u32 {
+        match self {
+            VmKind::Guest => 1,
+            VmKind::DriverDomain => 2,
+        }
+    }
+
+    pub const fn from_code(code: u32) -> Option<VmKind> {
+        match code {
+            1 => Some(VmKind::Guest),
+            2 => Some(VmKind::DriverDomain),
+            _ => None,
+        }
+    }
+
+    /// The spelling used in topology files and log lines.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VmKind::Guest => "guest",
+            VmKind::DriverDomain => "driver-domain",
+        }
+    }
+}
+
+/// One VM as described by a validated bundle.
+#[derive(Clone, Copy, Debug)]
+pub struct VmSpec<'a> {
+    /// 1-based: entry index + 1; 0 is the hypervisor.
+    pub id: u16,
+    pub name: &'a str,
+    pub kind: VmKind,
+    pub vcpus: u32,
+    pub ram_bytes: u64,
+    pub image: &'a [u8],
+    pub settings: &'a str,
+}
+
+/// Why a VM name is unacceptable. Shared by the bundle, the start-info page and the topology so
+/// the three cannot disagree on what a name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameProblem {
+    Empty,
+    TooLong,
+    NotUtf8,
+    /// Contains a character outside `[a-z0-9-]`.
+    InvalidChar,
+    /// Non-zero bytes after the terminating NUL of a stored name.
+    BadPadding,
+}
+
+impl fmt::Display for NameProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameProblem::Empty => f.write_str("name is empty"),
+            NameProblem::TooLong => write!(f, "name is longer than {MAX_VM_NAME_LEN} bytes"),
+            NameProblem::NotUtf8 => f.write_str("name is not valid UTF-8"),
+            NameProblem::InvalidChar => {
+                f.write_str("name may only contain lowercase letters, digits and '-'")
+            }
+            NameProblem::BadPadding => f.write_str("name field has bytes after its NUL terminator"),
+        }
+    }
+}
+
+/// Checks a VM name against the rules every component enforces: `[a-z0-9-]{1,31}`.
+pub fn check_vm_name(name: &str) -> Result<(), NameProblem> {
+    if name.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if name.len() > MAX_VM_NAME_LEN {
+        return Err(NameProblem::TooLong);
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(NameProblem::InvalidChar);
+    }
+    Ok(())
+}
+
+/// Decodes a NUL-padded name field (bundle VM entry or start-info page).
+pub(crate) fn decode_name_field(field: &[u8]) -> Result<&str, NameProblem> {
+    let Some(nul) = field.iter().position(|&b| b == 0) else {
+        return Err(NameProblem::TooLong);
+    };
+    let (name, padding) = field.split_at(nul);
+    if padding.iter().any(|&b| b != 0) {
+        return Err(NameProblem::BadPadding);
+    }
+    let name = core::str::from_utf8(name).map_err(|_| NameProblem::NotUtf8)?;
+    check_vm_name(name)?;
+    Ok(name)
+}
+
+/// Encodes `name` into a NUL-padded field. Only length is checked here: anything else wrong with
+/// the name is the reader's job to reject, which keeps one source of truth for the rules.
+pub(crate) fn encode_name_field(name: &str) -> Result<[u8; NAME_FIELD_LEN], NameProblem> {
+    if name.len() > MAX_VM_NAME_LEN {
+        return Err(NameProblem::TooLong);
+    }
+    let mut field = [0u8; NAME_FIELD_LEN];
+    for (dst, &src) in field.iter_mut().zip(name.as_bytes()) {
+        *dst = src;
+    }
+    Ok(field)
+}
+
+/// A part of the bundle, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    VmTable,
+    ImageTable,
+    StringArea,
+    Image(usize),
+    /// Settings of the VM entry with this index.
+    Settings(usize),
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Region::VmTable => f.write_str("VM table"),
+            Region::ImageTable => f.write_str("image table"),
+            Region::StringArea => f.write_str("string area"),
+            Region::Image(i) => write!(f, "image {i}"),
+            Region::Settings(vm) => write!(f, "settings of VM entry {vm}"),
+        }
+    }
+}
+
+/// Everything [`Bundle::parse`] (and [`build`]) can reject. `vm` fields are 0-based VM table
+/// indices (the VM id is one more).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum BundleError {
+    TooShort {
+        len: usize,
+    },
+    BadMagic {
+        found: [u8; 8],
+    },
+    UnsupportedVersion {
+        found: u32,
+    },
+    BadHeaderSize {
+        found: u32,
+    },
+    TotalSizeTooSmall {
+        claimed: u64,
+    },
+    TooLarge {
+        claimed: u64,
+    },
+    Truncated {
+        claimed: u64,
+        present: usize,
+    },
+    ChecksumMismatch {
+        stored: u64,
+        computed: u64,
+    },
+    NoVms,
+    TooManyVms {
+        count: usize,
+    },
+    TooManyImages {
+        count: usize,
+    },
+    OutOfBounds {
+        region: Region,
+        offset: u64,
+        len: u64,
+    },
+    Overlap {
+        first: Region,
+        second: Region,
+    },
+    EmptyImage {
+        image: usize,
+    },
+    BadName {
+        vm: usize,
+        problem: NameProblem,
+    },
+    DuplicateName {
+        first: usize,
+        second: usize,
+    },
+    UnknownKind {
+        vm: usize,
+        code: u32,
+    },
+    BadVcpus {
+        vm: usize,
+        vcpus: u32,
+    },
+    RamNotBlockMultiple {
+        vm: usize,
+        ram_bytes: u64,
+    },
+    RamOutOfRange {
+        vm: usize,
+        ram_bytes: u64,
+    },
+    ImageIndexOutOfRange {
+        vm: usize,
+        index: u32,
+        image_count: usize,
+    },
+    ImageTooLarge {
+        vm: usize,
+        image_len: u64,
+        ram_bytes: u64,
+    },
+    SettingsTooLong {
+        vm: usize,
+        len: u64,
+    },
+    SettingsNotUtf8 {
+        vm: usize,
+    },
+}
+
+impl fmt::Display for BundleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use BundleError::*;
+        match *self {
+            TooShort { len } => write!(
+                f,
+                "bundle too short: {len} bytes, the header alone is {HEADER_SIZE} bytes"
+            ),
+            BadMagic { found } => write!(
+                f,
+                "not a sluice bundle: magic is {found:02x?}, expected \"SLUICEBN\""
+            ),
+            UnsupportedVersion { found } => write!(
+                f,
+                "unsupported bundle format version {found} (this build reads version {VERSION})"
+            ),
+            BadHeaderSize { found } => write!(
+                f,
+                "bundle header size is {found}, version {VERSION} headers are {HEADER_SIZE} bytes"
+            ),
+            TotalSizeTooSmall { claimed } => write!(
+                f,
+                "bundle header says the bundle is {claimed} bytes, smaller than the header itself"
+            ),
+            TooLarge { claimed } => write!(
+                f,
+                "bundle header says {claimed} bytes, more than the {MAX_BUNDLE_SIZE}-byte limit"
+            ),
+            Truncated { claimed, present } => write!(
+                f,
+                "bundle truncated: header says {claimed} bytes, only {present} present"
+            ),
+            ChecksumMismatch { stored, computed } => write!(
+                f,
+                "bundle corrupted: checksum is {computed:#018x}, header says {stored:#018x}"
+            ),
+            NoVms => f.write_str("bundle describes no VMs"),
+            TooManyVms { count } => write!(
+                f,
+                "bundle describes {count} VMs, at most {MAX_VMS} are supported"
+            ),
+            TooManyImages { count } => write!(
+                f,
+                "bundle holds {count} images, at most {MAX_VMS} are supported"
+            ),
+            OutOfBounds {
+                region,
+                offset,
+                len,
+            } => write!(
+                f,
+                "bundle {region} ({len} bytes at offset {offset}) lies outside the bundle"
+            ),
+            Overlap { first, second } => {
+                write!(f, "bundle {first} overlaps {second}")
+            }
+            EmptyImage { image } => write!(f, "bundle image {image} is empty"),
+            BadName { vm, problem } => write!(f, "VM entry {vm}: {problem}"),
+            DuplicateName { first, second } => write!(
+                f,
+                "VM entries {first} and {second} have the same name; names must be unique"
+            ),
+            UnknownKind { vm, code } => write!(
+                f,
+                "VM entry {vm}: unknown kind {code} (1 = guest, 2 = driver domain)"
+            ),
+            BadVcpus { vm, vcpus } => write!(
+                f,
+                "VM entry {vm}: {vcpus} vCPUs, must be 1..={MAX_VCPUS_PER_VM}"
+            ),
+            RamNotBlockMultiple { vm, ram_bytes } => write!(
+                f,
+                "VM entry {vm}: RAM of {ram_bytes} bytes is not a multiple of {BLOCK_SIZE} bytes"
+            ),
+            RamOutOfRange { vm, ram_bytes } => write!(
+                f,
+                "VM entry {vm}: RAM of {ram_bytes} bytes is outside {MIN_VM_RAM}..={MAX_VM_RAM}"
+            ),
+            ImageIndexOutOfRange {
+                vm,
+                index,
+                image_count,
+            } => write!(
+                f,
+                "VM entry {vm}: image index {index} but the bundle holds {image_count} images"
+            ),
+            ImageTooLarge {
+                vm,
+                image_len,
+                ram_bytes,
+            } => write!(
+                f,
+                "VM entry {vm}: image of {image_len} bytes plus the {PAGE_SIZE}-byte start-info \
+                 page does not fit in {ram_bytes} bytes of RAM"
+            ),
+            SettingsTooLong { vm, len } => write!(
+                f,
+                "VM entry {vm}: settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed"
+            ),
+            SettingsNotUtf8 { vm } => write!(f, "VM entry {vm}: settings are not valid UTF-8"),
+        }
+    }
+}
+
+impl core::error::Error for BundleError {}
+
+/// Copies `N` bytes at `at`. Only used on slices whose length was already checked, so the
+/// zero fill for a short slice is unreachable; it exists so that no path can panic.
+fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = bytes.get(at..).and_then(|s| s.get(..N)) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(array_at(bytes, at))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(array_at(bytes, at))
+}
+
+/// `[offset, offset + len)` as a usize range if it lies within `[lo, hi)`. `offset` and `len`
+/// come straight from the file, hence the checked add.
+fn checked_range(offset: u64, len: u64, lo: usize, hi: usize) -> Option<(usize, usize)> {
+    let end = offset.checked_add(len)?;
+    let start = usize::try_from(offset).ok()?;
+    let end = usize::try_from(end).ok()?;
+    (start >= lo && end <= hi).then_some((start, end))
+}
+
+/// Rejects the first pair of non-empty regions that share a byte.
+fn check_overlaps(regions: &[Option<(Region, (usize, usize))>]) -> Result<(), BundleError> {
+    for (i, a) in regions.iter().enumerate() {
+        for b in regions.iter().skip(i + 1) {
+            if let (Some((first, (sa, ea))), Some((second, (sb, eb)))) = (a, b) {
+                // An empty region (e.g. no settings at all) occupies no bytes.
+                let non_empty = sa < ea && sb < eb;
+                if non_empty && sa < eb && sb < ea {
+                    return Err(BundleError::Overlap {
+                        first: *first,
+                        second: *second,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A parsed, fully validated boot bundle borrowing the bytes it was parsed from.
+#[derive(Clone, Debug)]
+pub struct Bundle<'a> {
+    total_size: usize,
+    vm_count: usize,
+    vms: [Option<VmSpec<'a>>; MAX_VMS],
+}
+
+impl<'a> Bundle<'a> {
+    /// Validates everything up front; see the module docs for the rules.
+    pub fn parse(bytes: &'a [u8]) -> Result<Bundle<'a>, BundleError> {
+        if bytes.len() < HEADER_SIZE {
+            return Err(BundleError::TooShort { len: bytes.len() });
+        }
+        let magic: [u8; 8] = array_at(bytes, 0);
+        if magic != MAGIC {
+            return Err(BundleError::BadMagic { found: magic });
+        }
+        let version = u32_at(bytes, 8);
+        if version != VERSION {
+            return Err(BundleError::UnsupportedVersion { found: version });
+        }
+        let header_size = u32_at(bytes, 12);
+        if header_size as usize != HEADER_SIZE {
+            return Err(BundleError::BadHeaderSize { found: header_size });
+        }
+        let claimed = u64_at(bytes, 16);
+        if claimed < HEADER_SIZE as u64 {
+            return Err(BundleError::TotalSizeTooSmall { claimed });
+        }
+        if claimed > MAX_BUNDLE_SIZE {
+            return Err(BundleError::TooLarge { claimed });
+        }
+        let truncated = BundleError::Truncated {
+            claimed,
+            present: bytes.len(),
+        };
+        let total = usize::try_from(claimed).map_err(|_| truncated)?;
+        // Anything past the claimed size (initrd padding) is ignored from here on.
+        let bytes = bytes.get(..total).ok_or(truncated)?;
+
+        let stored = u64_at(bytes, 24);
+        let computed = fnv1a64(bytes.get(HEADER_SIZE..).unwrap_or_default());
+        if stored != computed {
+            return Err(BundleError::ChecksumMismatch { stored, computed });
+        }
+
+        let vm_count = u32_at(bytes, 32) as usize;
+        if vm_count == 0 {
+            return Err(BundleError::NoVms);
+        }
+        if vm_count > MAX_VMS {
+            return Err(BundleError::TooManyVms { count: vm_count });
+        }
+        let image_count = u32_at(bytes, 36) as usize;
+        if image_count > MAX_VMS {
+            return Err(BundleError::TooManyImages { count: image_count });
+        }
+
+        let region = |region, offset, len| {
+            checked_range(offset, len, HEADER_SIZE, total).ok_or(BundleError::OutOfBounds {
+                region,
+                offset,
+                len,
+            })
+        };
+        // Counts are bounded by MAX_VMS above, so these products cannot overflow.
+        let vm_table = region(
+            Region::VmTable,
+            u64_at(bytes, 40),
+            (vm_count * VM_ENTRY_SIZE) as u64,
+        )?;
+        let image_table = region(
+            Region::ImageTable,
+            u64_at(bytes, 48),
+            (image_count * IMAGE_ENTRY_SIZE) as u64,
+        )?;
+        let strings = region(Region::StringArea, u64_at(bytes, 56), u64_at(bytes, 64))?;
+
+        // Every non-empty region, for the overlap check; no allocator, so a fixed array.
+        let mut regions: [Option<(Region, (usize, usize))>; 3 + MAX_VMS] = [None; 3 + MAX_VMS];
+        regions[0] = Some((Region::VmTable, vm_table));
+        regions[1] = Some((Region::ImageTable, image_table));
+        regions[2] = Some((Region::StringArea, strings));
+        // Checked before the image table is read: entries read from a table that overlaps
+        // another would be misleading garbage.
+        check_overlaps(&regions)?;
+
+        let mut images: [&'a [u8]; MAX_VMS] = [&[]; MAX_VMS];
+        for (i, (image, slot)) in images
+            .iter_mut()
+            .zip(regions.iter_mut().skip(3))
+            .take(image_count)
+            .enumerate()
+        {
+            let entry = image_table.0 + i * IMAGE_ENTRY_SIZE;
+            let (offset, len) = (u64_at(bytes, entry), u64_at(bytes, entry + 8));
+            if len == 0 {
+                return Err(BundleError::EmptyImage { image: i });
+            }
+            let range = region(Region::Image(i), offset, len)?;
+            *image = bytes.get(range.0..range.1).unwrap_or_default();
+            *slot = Some((Region::Image(i), range));
+        }
+
+        check_overlaps(&regions)?;
+
+        let string_area = bytes.get(strings.0..strings.1).unwrap_or_default();
+        let mut vms: [Option<VmSpec<'a>>; MAX_VMS] = [None; MAX_VMS];
+        for (vm, slot) in vms.iter_mut().take(vm_count).enumerate() {
+            let at = vm_table.0 + vm * VM_ENTRY_SIZE;
+            let entry = bytes.get(at..at + VM_ENTRY_SIZE).unwrap_or_default();
+            let spec = Self::parse_vm(
+                vm,
+                entry,
+                images.get(..image_count).unwrap_or_default(),
+                string_area,
+            )?;
+            *slot = Some(spec);
+        }
+        for (i, a) in vms.iter().enumerate() {
+            for (j, b) in vms.iter().enumerate().skip(i + 1) {
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a.name == b.name {
+                        return Err(BundleError::DuplicateName {
+                            first: i,
+                            second: j,
+                        });
+                    }
+                }
+            }
+        }
+
+        Ok(Bundle {
+            total_size: total,
+            vm_count,
+            vms,
+        })
+    }
+
+    fn parse_vm(
+        vm: usize,
+        entry: &'a [u8],
+        images: &[&'a [u8]],
+        string_area: &'a [u8],
+    ) -> Result<VmSpec<'a>, BundleError> {
+        let name = decode_name_field(entry.get(..NAME_FIELD_LEN).unwrap_or_default())
+            .map_err(|problem| BundleError::BadName { vm, problem })?;
+
+        let code = u32_at(entry, 32);
+        let kind = VmKind::from_code(code).ok_or(BundleError::UnknownKind { vm, code })?;
+
+        let vcpus = u32_at(entry, 36);
+        if vcpus == 0 || vcpus > MAX_VCPUS_PER_VM {
+            return Err(BundleError::BadVcpus { vm, vcpus });
+        }
+
+        let ram_bytes = u64_at(entry, 40);
+        if !ram_bytes.is_multiple_of(BLOCK_SIZE) {
+            return Err(BundleError::RamNotBlockMultiple { vm, ram_bytes });
+        }
+        if !(MIN_VM_RAM..=MAX_VM_RAM).contains(&ram_bytes) {
+            return Err(BundleError::RamOutOfRange { vm, ram_bytes });
+        }
+
+        let index = u32_at(entry, 48);
+        let image = *images
+            .get(index as usize)
+            .ok_or(BundleError::ImageIndexOutOfRange {
+                vm,
+                index,
+                image_count: images.len(),
+            })?;
+        let image_len = image.len() as u64;
+        // The start-info page is the last page of RAM; the image must end below it.
+        if image_len > ram_bytes.saturating_sub(PAGE_SIZE) {
+            return Err(BundleError::ImageTooLarge {
+                vm,
+                image_len,
+                ram_bytes,
+            });
+        }
+
+        let settings_len = u64::from(u32_at(entry, 52));
+        if settings_len > MAX_SETTINGS_LEN as u64 {
+            return Err(BundleError::SettingsTooLong {
+                vm,
+                len: settings_len,
+            });
+        }
+        let settings_offset = u64_at(entry, 56);
+        let (start, end) = checked_range(settings_offset, settings_len, 0, string_area.len())
+            .ok_or(BundleError::OutOfBounds {
+                region: Region::Settings(vm),
+                offset: settings_offset,
+                len: settings_len,
+            })?;
+        let settings = core::str::from_utf8(string_area.get(start..end).unwrap_or_default())
+            .map_err(|_| BundleError::SettingsNotUtf8 { vm })?;
+
+        Ok(VmSpec {
+            // vm < MAX_VMS, so the id fits.
+            id: vm as u16 + 1,
+            name,
+            kind,
+            vcpus,
+            ram_bytes,
+            image,
+            settings,
+        })
+    }
+
+    pub fn vm_count(&self) -> usize {
+        self.vm_count
+    }
+
+    pub fn vm(&self, index: usize) -> Option<VmSpec<'a>> {
+        self.vms.get(index).copied().flatten()
+    }
+
+    pub fn vms(&self) -> impl Iterator<Item = VmSpec<'a>> + '_ {
+        self.vms.iter().flatten().copied()
+    }
+
+    /// Bytes the header claims, which is also how many bytes were validated.
+    pub fn total_size(&self) -> usize {
+        self.total_size
+    }
+}
+
+/// A VM as the host-side builder takes it.
+#[cfg(any(test, feature = "std"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmDescription {
+    pub name: String,
+    pub kind: VmKind,
+    pub vcpus: u32,
+    pub ram_bytes: u64,
+    pub image: Vec<u8>,
+    pub settings: String,
+}
+
+/// Images start on this boundary; not needed by the parser, but it keeps hexdumps readable and
+/// lets the hypervisor copy images with aligned accesses.
+#[cfg(any(test, feature = "std"))]
+const IMAGE_ALIGN: usize = 16;
+
+/// Builds a bundle. Identical images are stored once. The output is run through
+/// [`Bundle::parse`] before it is returned, so every rule the hypervisor enforces is enforced
+/// here too, with the same error.
+#[cfg(any(test, feature = "std"))]
+pub fn build(vms: &[VmDescription]) -> Result<Vec<u8>, BundleError> {
+    if vms.is_empty() {
+        return Err(BundleError::NoVms);
+    }
+    if vms.len() > MAX_VMS {
+        return Err(BundleError::TooManyVms { count: vms.len() });
+    }
+
+    let mut images: Vec<&[u8]> = Vec::new();
+    let mut image_of_vm = Vec::with_capacity(vms.len());
+    for vm in vms {
+        let index = match images.iter().position(|i| *i == vm.image.as_slice()) {
+            Some(index) => index,
+            None => {
+                images.push(&vm.image);
+                images.len() - 1
+            }
+        };
+        image_of_vm.push(index);
+    }
+
+    let mut strings = Vec::new();
+    let mut settings_of_vm = Vec::with_capacity(vms.len());
+    for (vm, desc) in vms.iter().enumerate() {
+        let len = desc.settings.len();
+        if len > MAX_SETTINGS_LEN {
+            return Err(BundleError::SettingsTooLong {
+                vm,
+                len: len as u64,
+            });
+        }
+        settings_of_vm.push((strings.len() as u64, len as u32));
+        strings.extend_from_slice(desc.settings.as_bytes());
+    }
+
+    let vm_table = HEADER_SIZE;
+    let image_table = vm_table + vms.len() * VM_ENTRY_SIZE;
+    let string_area = image_table + images.len() * IMAGE_ENTRY_SIZE;
+    let mut out = vec![0u8; string_area];
+    out.extend_from_slice(&strings);
+
+    let mut image_entries = Vec::with_capacity(images.len());
+    for image in &images {
+        out.resize(out.len().next_multiple_of(IMAGE_ALIGN), 0);
+        image_entries.push((out.len() as u64, image.len() as u64));
+        out.extend_from_slice(image);
+    }
+
+    let total = out.len() as u64;
+    out[0..8].copy_from_slice(&MAGIC);
+    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&total.to_le_bytes());
+    out[32..36].copy_from_slice(&(vms.len() as u32).to_le_bytes());
+    out[36..40].copy_from_slice(&(images.len() as u32).to_le_bytes());
+    out[40..48].copy_from_slice(&(vm_table as u64).to_le_bytes());
+    out[48..56].copy_from_slice(&(image_table as u64).to_le_bytes());
+    out[56..64].copy_from_slice(&(string_area as u64).to_le_bytes());
+    out[64..72].copy_from_slice(&(strings.len() as u64).to_le_bytes());
+
+    for (vm, desc) in vms.iter().enumerate() {
+        let name = encode_name_field(&desc.name)
+            .map_err(|problem| BundleError::BadName { vm, problem })?;
+        let (settings_offset, settings_len) = settings_of_vm[vm];
+        let e = &mut out[vm_table + vm * VM_ENTRY_SIZE..][..VM_ENTRY_SIZE];
+        e[0..NAME_FIELD_LEN].copy_from_slice(&name);
+        e[32..36].copy_from_slice(&desc.kind.code().to_le_bytes());
+        e[36..40].copy_from_slice(&desc.vcpus.to_le_bytes());
+        e[40..48].copy_from_slice(&desc.ram_bytes.to_le_bytes());
+        e[48..52].copy_from_slice(&(image_of_vm[vm] as u32).to_le_bytes());
+        e[52..56].copy_from_slice(&settings_len.to_le_bytes());
+        e[56..64].copy_from_slice(&settings_offset.to_le_bytes());
+    }
+    for (i, (offset, len)) in image_entries.iter().enumerate() {
+        let e = &mut out[image_table + i * IMAGE_ENTRY_SIZE..][..IMAGE_ENTRY_SIZE];
+        e[0..8].copy_from_slice(&offset.to_le_bytes());
+        e[8..16].copy_from_slice(&len.to_le_bytes());
+    }
+
+    let checksum = fnv1a64(&out[HEADER_SIZE..]);
+    out[24..32].copy_from_slice(&checksum.to_le_bytes());
+
+    Bundle::parse(&out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn desc(
+        name: &str,
+        kind: VmKind,
+        vcpus: u32,
+        ram_mib: u64,
+        image: &[u8],
+        settings: &str,
+    ) -> VmDescription {
+        VmDescription {
+            name: name.into(),
+            kind,
+            vcpus,
+            ram_bytes: ram_mib * MIB,
+            image: image.to_vec(),
+            settings: settings.into(),
+        }
+    }
+
+    fn fixture_descs() -> Vec<VmDescription> {
+        let driver_image = vec![0xaa; 5000];
+        let guest_image = vec![0xbb; 3000];
+        vec![
+            desc(
+                "driver-domain",
+                VmKind::DriverDomain,
+                1,
+                16,
+                &driver_image,
+                "role=switch\n",
+            ),
+            desc("guest1", VmKind::Guest, 1, 8, &guest_image, "app=hello\n"),
+            desc(
+                "guest2",
+                VmKind::Guest,
+                2,
+                8,
+                &guest_image,
+                "app=hello\nmac=0x5\n",
+            ),
+        ]
+    }
+
+    fn fixture() -> Vec<u8> {
+        build(&fixture_descs()).expect("fixture is valid")
+    }
+
+    fn get_u32(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    fn get_u64(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    fn put_u32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn put_u64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Recomputes the checksum so a corruption reaches the check it is aimed at.
+    fn reseal(b: &mut [u8]) {
+        let total = get_u64(b, 16) as usize;
+        let sum = fnv1a64(&b[HEADER_SIZE..total]);
+        put_u64(b, 24, sum);
+    }
+
+    fn vm_entry(b: &[u8], vm: usize) -> usize {
+        get_u64(b, 40) as usize + vm * VM_ENTRY_SIZE
+    }
+
+    fn put_vm_u32(b: &mut [u8], vm: usize, field: usize, v: u32) {
+        let at = vm_entry(b, vm) + field;
+        put_u32(b, at, v);
+    }
+
+    fn put_vm_u64(b: &mut [u8], vm: usize, field: usize, v: u64) {
+        let at = vm_entry(b, vm) + field;
+        put_u64(b, at, v);
+    }
+
+    fn image_entry(b: &[u8], image: usize) -> usize {
+        get_u64(b, 48) as usize + image * IMAGE_ENTRY_SIZE
+    }
+
+    /// Applies `corrupt`, reseals, and returns the parse error.
+    fn corrupted(corrupt: impl FnOnce(&mut Vec<u8>)) -> BundleError {
+        let mut b = fixture();
+        corrupt(&mut b);
+        reseal(&mut b);
+        Bundle::parse(&b).expect_err("corruption must be rejected")
+    }
+
+    fn set_name(b: &mut [u8], vm: usize, field: &[u8; NAME_FIELD_LEN]) {
+        let at = vm_entry(b, vm);
+        b[at..at + NAME_FIELD_LEN].copy_from_slice(field);
+    }
+
+    fn name_field(bytes: &[u8]) -> [u8; NAME_FIELD_LEN] {
+        let mut f = [0u8; NAME_FIELD_LEN];
+        f[..bytes.len()].copy_from_slice(bytes);
+        f
+    }
+
+    #[test]
+    fn round_trip_three_vms() {
+        let descs = fixture_descs();
+        let bytes = fixture();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.vm_count(), 3);
+        assert_eq!(bundle.total_size(), bytes.len());
+        for (i, (vm, d)) in bundle.vms().zip(&descs).enumerate() {
+            assert_eq!(vm.id as usize, i + 1);
+            assert_eq!(vm.name, d.name);
+            assert_eq!(vm.kind, d.kind);
+            assert_eq!(vm.vcpus, d.vcpus);
+            assert_eq!(vm.ram_bytes, d.ram_bytes);
+            assert_eq!(vm.image, d.image.as_slice());
+            assert_eq!(vm.settings, d.settings);
+        }
+        assert_eq!(bundle.vms().count(), 3);
+        assert_eq!(bundle.vm(2).unwrap().name, "guest2");
+        assert!(bundle.vm(3).is_none());
+    }
+
+    #[test]
+    fn identical_images_are_stored_once() {
+        let bytes = fixture();
+        assert_eq!(get_u32(&bytes, 36), 2, "two distinct images");
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let (g1, g2) = (bundle.vm(1).unwrap(), bundle.vm(2).unwrap());
+        assert_eq!(g1.image.as_ptr(), g2.image.as_ptr());
+        // 5000 + 3000 image bytes, not 5000 + 2 * 3000.
+        assert!(bytes.len() < 5000 + 2 * 3000);
+    }
+
+    #[test]
+    fn trailing_bytes_past_total_size_are_ignored() {
+        let mut bytes = fixture();
+        let total = bytes.len();
+        bytes.extend_from_slice(&[0xff; 100]);
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.total_size(), total);
+    }
+
+    #[test]
+    fn empty_settings_are_allowed() {
+        let mut descs = fixture_descs();
+        for d in &mut descs {
+            d.settings.clear();
+        }
+        let bytes = build(&descs).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert!(bundle.vms().all(|vm| vm.settings.is_empty()));
+    }
+
+    #[test]
+    fn rejects_input_shorter_than_header() {
+        let bytes = fixture();
+        let err = Bundle::parse(&bytes[..HEADER_SIZE - 1]).unwrap_err();
+        assert_eq!(
+            err,
+            BundleError::TooShort {
+                len: HEADER_SIZE - 1
+            }
+        );
+        assert!(matches!(
+            Bundle::parse(&[]),
+            Err(BundleError::TooShort { len: 0 })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_magic() {
+        let err = corrupted(|b| b[0] = b'X');
+        assert!(matches!(err, BundleError::BadMagic { found } if &found == b"XLUICEBN"));
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let err = corrupted(|b| put_u32(b, 8, 2));
+        assert_eq!(err, BundleError::UnsupportedVersion { found: 2 });
+    }
+
+    #[test]
+    fn rejects_wrong_header_size() {
+        let err = corrupted(|b| put_u32(b, 12, 64));
+        assert_eq!(err, BundleError::BadHeaderSize { found: 64 });
+    }
+
+    #[test]
+    fn rejects_total_size_smaller_than_header() {
+        let mut b = fixture();
+        put_u64(&mut b, 16, 10);
+        assert_eq!(
+            Bundle::parse(&b).unwrap_err(),
+            BundleError::TotalSizeTooSmall { claimed: 10 }
+        );
+    }
+
+    #[test]
+    fn rejects_absurd_total_size() {
+        let mut b = fixture();
+        put_u64(&mut b, 16, u64::MAX);
+        assert_eq!(
+            Bundle::parse(&b).unwrap_err(),
+            BundleError::TooLarge { claimed: u64::MAX }
+        );
+    }
+
+    #[test]
+    fn rejects_truncated_input() {
+        let b = fixture();
+        let err = Bundle::parse(&b[..b.len() - 1]).unwrap_err();
+        assert_eq!(
+            err,
+            BundleError::Truncated {
+                claimed: b.len() as u64,
+                present: b.len() - 1
+            }
+        );
+        let msg = std::format!("{err}");
+        assert!(msg.starts_with("bundle truncated: header says"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_checksum_mismatch() {
+        let mut b = fixture();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(matches!(
+            Bundle::parse(&b),
+            Err(BundleError::ChecksumMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_zero_vms() {
+        assert_eq!(corrupted(|b| put_u32(b, 32, 0)), BundleError::NoVms);
+    }
+
+    #[test]
+    fn rejects_too_many_vms() {
+        let count = MAX_VMS as u32 + 1;
+        assert_eq!(
+            corrupted(|b| put_u32(b, 32, count)),
+            BundleError::TooManyVms {
+                count: count as usize
+            }
+        );
+        assert_eq!(
+            corrupted(|b| put_u32(b, 32, u32::MAX)),
+            BundleError::TooManyVms {
+                count: u32::MAX as usize
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_too_many_images() {
+        let count = MAX_VMS as u32 + 1;
+        assert_eq!(
+            corrupted(|b| put_u32(b, 36, count)),
+            BundleError::TooManyImages {
+                count: count as usize
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_vm_table_out_of_bounds() {
+        let err = corrupted(|b| put_u64(b, 40, u64::MAX));
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::VmTable,
+                offset: u64::MAX,
+                ..
+            }
+        ));
+        // Inside the file but on top of the header.
+        let err = corrupted(|b| put_u64(b, 40, 0));
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::VmTable,
+                offset: 0,
+                ..
+            }
+        ));
+        // More VMs than the table has room for before the end of the file.
+        let err = corrupted(|b| {
+            let total = b.len() as u64;
+            put_u64(b, 40, total - VM_ENTRY_SIZE as u64);
+        });
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::VmTable,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_image_table_out_of_bounds() {
+        let err = corrupted(|b| put_u64(b, 48, u64::MAX - 8));
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::ImageTable,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_string_area_out_of_bounds() {
+        let err = corrupted(|b| put_u64(b, 64, u64::MAX));
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::StringArea,
+                len: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_image_out_of_bounds() {
+        let err = corrupted(|b| {
+            let e = image_entry(b, 1);
+            put_u64(b, e, u64::MAX - 1);
+            put_u64(b, e + 8, 2);
+        });
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::Image(1),
+                ..
+            }
+        ));
+        let err = corrupted(|b| {
+            let e = image_entry(b, 0);
+            put_u64(b, e + 8, u64::MAX);
+        });
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::Image(0),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_empty_image() {
+        let err = corrupted(|b| {
+            let e = image_entry(b, 1);
+            put_u64(b, e + 8, 0);
+        });
+        assert_eq!(err, BundleError::EmptyImage { image: 1 });
+    }
+
+    #[test]
+    fn rejects_overlapping_images() {
+        let err = corrupted(|b| {
+            let first = get_u64(b, image_entry(b, 0));
+            let e = image_entry(b, 1);
+            put_u64(b, e, first + 1);
+            put_u64(b, e + 8, 10);
+        });
+        assert_eq!(
+            err,
+            BundleError::Overlap {
+                first: Region::Image(0),
+                second: Region::Image(1)
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_image_overlapping_a_table() {
+        let err = corrupted(|b| {
+            let vm_table = get_u64(b, 40);
+            let e = image_entry(b, 0);
+            put_u64(b, e, vm_table + 8);
+        });
+        assert_eq!(
+            err,
+            BundleError::Overlap {
+                first: Region::VmTable,
+                second: Region::Image(0)
+            }
+        );
+        let err = corrupted(|b| {
+            let strings = get_u64(b, 56);
+            let e = image_entry(b, 1);
+            put_u64(b, e, strings);
+        });
+        assert!(matches!(
+            err,
+            BundleError::Overlap {
+                second: Region::Image(1),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_tables_overlapping_each_other() {
+        let err = corrupted(|b| {
+            let vm_table = get_u64(b, 40);
+            put_u64(b, 48, vm_table);
+        });
+        assert_eq!(
+            err,
+            BundleError::Overlap {
+                first: Region::VmTable,
+                second: Region::ImageTable
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_empty_name() {
+        let err = corrupted(|b| set_name(b, 1, &[0; NAME_FIELD_LEN]));
+        assert_eq!(
+            err,
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::Empty
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_name_too_long() {
+        let err = corrupted(|b| set_name(b, 0, &[b'a'; NAME_FIELD_LEN]));
+        assert_eq!(
+            err,
+            BundleError::BadName {
+                vm: 0,
+                problem: NameProblem::TooLong
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_name_not_utf8() {
+        let err = corrupted(|b| set_name(b, 2, &name_field(b"guest\xff")));
+        assert_eq!(
+            err,
+            BundleError::BadName {
+                vm: 2,
+                problem: NameProblem::NotUtf8
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_name_with_invalid_chars() {
+        for bad in [&b"Guest1"[..], b"guest_1", b"guest 1", "gäst".as_bytes()] {
+            let err = corrupted(|b| set_name(b, 1, &name_field(bad)));
+            assert_eq!(
+                err,
+                BundleError::BadName {
+                    vm: 1,
+                    problem: NameProblem::InvalidChar
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_name_with_garbage_after_nul() {
+        let err = corrupted(|b| set_name(b, 1, &name_field(b"guest1\0x")));
+        assert_eq!(
+            err,
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::BadPadding
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_duplicate_names() {
+        let err = corrupted(|b| set_name(b, 2, &name_field(b"guest1")));
+        assert_eq!(
+            err,
+            BundleError::DuplicateName {
+                first: 1,
+                second: 2
+            }
+        );
+        let mut descs = fixture_descs();
+        descs[0].name = "guest2".into();
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::DuplicateName {
+                first: 0,
+                second: 2
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_kind() {
+        for code in [0, 3, u32::MAX] {
+            let err = corrupted(|b| put_vm_u32(b, 1, 32, code));
+            assert_eq!(err, BundleError::UnknownKind { vm: 1, code });
+        }
+    }
+
+    #[test]
+    fn rejects_bad_vcpu_counts() {
+        for vcpus in [0, MAX_VCPUS_PER_VM + 1] {
+            let err = corrupted(|b| put_vm_u32(b, 0, 36, vcpus));
+            assert_eq!(err, BundleError::BadVcpus { vm: 0, vcpus });
+        }
+    }
+
+    #[test]
+    fn rejects_ram_not_block_multiple() {
+        let ram_bytes = 8 * MIB + PAGE_SIZE;
+        let err = corrupted(|b| put_vm_u64(b, 1, 40, ram_bytes));
+        assert_eq!(err, BundleError::RamNotBlockMultiple { vm: 1, ram_bytes });
+    }
+
+    #[test]
+    fn rejects_ram_out_of_range() {
+        for ram_bytes in [
+            0,
+            MAX_VM_RAM + BLOCK_SIZE,
+            u64::MAX - (u64::MAX % BLOCK_SIZE),
+        ] {
+            let err = corrupted(|b| put_vm_u64(b, 1, 40, ram_bytes));
+            assert_eq!(err, BundleError::RamOutOfRange { vm: 1, ram_bytes });
+        }
+    }
+
+    #[test]
+    fn rejects_image_that_leaves_no_room_for_start_info() {
+        let fits = desc(
+            "a",
+            VmKind::Guest,
+            1,
+            2,
+            &vec![1; (2 * MIB - PAGE_SIZE) as usize],
+            "",
+        );
+        build(std::slice::from_ref(&fits))
+            .expect("image ending right below the start-info page fits");
+        let mut too_big = fits;
+        too_big.image.push(1);
+        assert_eq!(
+            build(&[too_big]),
+            Err(BundleError::ImageTooLarge {
+                vm: 0,
+                image_len: 2 * MIB - PAGE_SIZE + 1,
+                ram_bytes: 2 * MIB
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_image_index_out_of_range() {
+        let err = corrupted(|b| put_vm_u32(b, 2, 48, 2));
+        assert_eq!(
+            err,
+            BundleError::ImageIndexOutOfRange {
+                vm: 2,
+                index: 2,
+                image_count: 2
+            }
+        );
+        let err = corrupted(|b| put_vm_u32(b, 2, 48, u32::MAX));
+        assert!(matches!(
+            err,
+            BundleError::ImageIndexOutOfRange {
+                index: u32::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_settings_too_long() {
+        let len = MAX_SETTINGS_LEN as u32 + 1;
+        let err = corrupted(|b| put_vm_u32(b, 0, 52, len));
+        assert_eq!(
+            err,
+            BundleError::SettingsTooLong {
+                vm: 0,
+                len: len as u64
+            }
+        );
+        let mut descs = fixture_descs();
+        descs[1].settings = "x".repeat(MAX_SETTINGS_LEN + 1);
+        assert!(matches!(
+            build(&descs),
+            Err(BundleError::SettingsTooLong { vm: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_settings_out_of_bounds() {
+        let err = corrupted(|b| put_vm_u64(b, 1, 56, u64::MAX));
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::Settings(1),
+                offset: u64::MAX,
+                ..
+            }
+        ));
+        // In range of the file but past the end of the string area.
+        let err = corrupted(|b| {
+            let strings_len = get_u64(b, 64);
+            put_vm_u64(b, 1, 56, strings_len - 2);
+        });
+        assert!(matches!(
+            err,
+            BundleError::OutOfBounds {
+                region: Region::Settings(1),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_settings_not_utf8() {
+        let err = corrupted(|b| {
+            let strings = get_u64(b, 56) as usize;
+            b[strings] = 0xff;
+        });
+        assert_eq!(err, BundleError::SettingsNotUtf8 { vm: 0 });
+    }
+
+    #[test]
+    fn build_rejects_what_it_cannot_encode() {
+        assert_eq!(build(&[]), Err(BundleError::NoVms));
+        let many: Vec<_> = (0..=MAX_VMS)
+            .map(|i| desc(&std::format!("vm{i}"), VmKind::Guest, 1, 2, &[1], ""))
+            .collect();
+        assert_eq!(
+            build(&many),
+            Err(BundleError::TooManyVms { count: MAX_VMS + 1 })
+        );
+        let long = desc(
+            &"a".repeat(MAX_VM_NAME_LEN + 1),
+            VmKind::Guest,
+            1,
+            2,
+            &[1],
+            "",
+        );
+        assert_eq!(
+            build(&[long]),
+            Err(BundleError::BadName {
+                vm: 0,
+                problem: NameProblem::TooLong
+            })
+        );
+        // Names with a NUL inside fit the field but are caught by the parse of the output.
+        let nul = desc("a\0b", VmKind::Guest, 1, 2, &[1], "");
+        assert_eq!(
+            build(&[nul]),
+            Err(BundleError::BadName {
+                vm: 0,
+                problem: NameProblem::BadPadding
+            })
+        );
+    }
+
+    #[test]
+    fn max_vms_is_accepted() {
+        let many: Vec<_> = (0..MAX_VMS)
+            .map(|i| {
+                desc(
+                    &std::format!("vm{i}"),
+                    VmKind::Guest,
+                    1,
+                    2,
+                    &[i as u8 + 1],
+                    "",
+                )
+            })
+            .collect();
+        let bytes = build(&many).unwrap();
+        assert_eq!(Bundle::parse(&bytes).unwrap().vm_count(), MAX_VMS);
+    }
+
+    #[test]
+    fn check_vm_name_rules() {
+        assert_eq!(check_vm_name("guest-1"), Ok(()));
+        assert_eq!(check_vm_name(&"a".repeat(MAX_VM_NAME_LEN)), Ok(()));
+        assert_eq!(check_vm_name(""), Err(NameProblem::Empty));
+        assert_eq!(
+            check_vm_name(&"a".repeat(MAX_VM_NAME_LEN + 1)),
+            Err(NameProblem::TooLong)
+        );
+        assert_eq!(check_vm_name("a.b"), Err(NameProblem::InvalidChar));
+    }
+
+    #[test]
+    fn every_error_has_a_distinct_message() {
+        let r = Region::Image(3);
+        let errors = [
+            BundleError::TooShort { len: 1 },
+            BundleError::BadMagic {
+                found: *b"ABCDEFGH",
+            },
+            BundleError::UnsupportedVersion { found: 9 },
+            BundleError::BadHeaderSize { found: 9 },
+            BundleError::TotalSizeTooSmall { claimed: 9 },
+            BundleError::TooLarge { claimed: 9 },
+            BundleError::Truncated {
+                claimed: 1234,
+                present: 1000,
+            },
+            BundleError::ChecksumMismatch {
+                stored: 1,
+                computed: 2,
+            },
+            BundleError::NoVms,
+            BundleError::TooManyVms { count: 99 },
+            BundleError::TooManyImages { count: 99 },
+            BundleError::OutOfBounds {
+                region: r,
+                offset: 1,
+                len: 2,
+            },
+            BundleError::Overlap {
+                first: Region::VmTable,
+                second: Region::Settings(1),
+            },
+            BundleError::EmptyImage { image: 1 },
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::Empty,
+            },
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::TooLong,
+            },
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::NotUtf8,
+            },
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::InvalidChar,
+            },
+            BundleError::BadName {
+                vm: 1,
+                problem: NameProblem::BadPadding,
+            },
+            BundleError::DuplicateName {
+                first: 1,
+                second: 2,
+            },
+            BundleError::UnknownKind { vm: 1, code: 7 },
+            BundleError::BadVcpus { vm: 1, vcpus: 0 },
+            BundleError::RamNotBlockMultiple {
+                vm: 1,
+                ram_bytes: 3,
+            },
+            BundleError::RamOutOfRange {
+                vm: 1,
+                ram_bytes: 0,
+            },
+            BundleError::ImageIndexOutOfRange {
+                vm: 1,
+                index: 5,
+                image_count: 2,
+            },
+            BundleError::ImageTooLarge {
+                vm: 1,
+                image_len: 5,
+                ram_bytes: 2,
+            },
+            BundleError::SettingsTooLong { vm: 1, len: 5000 },
+            BundleError::SettingsNotUtf8 { vm: 1 },
+        ];
+        let messages: std::collections::HashSet<String> =
+            errors.iter().map(|e| std::format!("{e}")).collect();
+        assert_eq!(messages.len(), errors.len());
+        assert_eq!(
+            std::format!("{}", errors[6]),
+            "bundle truncated: header says 1234 bytes, only 1000 present"
+        );
+        assert!(std::format!("{}", errors[11]).contains("image 3"));
+        assert!(std::format!("{}", errors[12]).contains("settings of VM entry 1"));
+    }
+
+    /// What a caller may rely on for any accepted bundle.
+    fn check_invariants(bundle: &Bundle<'_>, input: &[u8]) {
+        assert!(bundle.total_size() >= HEADER_SIZE && bundle.total_size() <= input.len());
+        assert!((1..=MAX_VMS).contains(&bundle.vm_count()));
+        assert_eq!(bundle.vms().count(), bundle.vm_count());
+        assert!(bundle.vm(bundle.vm_count()).is_none());
+        let input_range = input.as_ptr() as usize..input.as_ptr() as usize + input.len();
+        let vms: Vec<_> = bundle.vms().collect();
+        for (i, vm) in vms.iter().enumerate() {
+            assert_eq!(vm.id as usize, i + 1);
+            assert_eq!(check_vm_name(vm.name), Ok(()));
+            assert!((1..=MAX_VCPUS_PER_VM).contains(&vm.vcpus));
+            assert_eq!(vm.ram_bytes % BLOCK_SIZE, 0);
+            assert!((MIN_VM_RAM..=MAX_VM_RAM).contains(&vm.ram_bytes));
+            assert!(!vm.image.is_empty());
+            assert!(vm.image.len() as u64 + PAGE_SIZE <= vm.ram_bytes);
+            assert!(input_range.contains(&(vm.image.as_ptr() as usize)));
+            assert!(vm.settings.len() <= MAX_SETTINGS_LEN);
+            assert!(vms[..i].iter().all(|other| other.name != vm.name));
+        }
+    }
+
+    fn reseal_if_possible(b: &mut [u8]) {
+        if b.len() >= HEADER_SIZE {
+            let total = get_u64(b, 16);
+            if total >= HEADER_SIZE as u64 && total <= b.len() as u64 {
+                reseal(b);
+            }
+        }
+    }
+
+    /// Field-sized values that tend to hit edge cases in offset arithmetic.
+    fn interesting_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(u64::MAX),
+            Just(u64::MAX - 7),
+            Just(u32::MAX as u64),
+            0..20_000u64,
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_bundles_never_panic(
+            byte_flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            field_writes in prop::collection::vec((any::<prop::sample::Index>(), interesting_u64()), 0..4),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+            reseal in any::<bool>(),
+        ) {
+            let mut b = fixture();
+            // Aim most damage at the metadata, where the interesting checks are.
+            let metadata_len = (get_u64(&b, 56) + get_u64(&b, 64)) as usize;
+            for (at, value) in byte_flips {
+                let at = at.index(b.len());
+                b[at] = value;
+            }
+            for (at, value) in field_writes {
+                let at = at.index(metadata_len - 8) & !3;
+                put_u64(&mut b, at, value);
+            }
+            if let Some(cut) = cut {
+                b.truncate(cut.index(b.len() + 1));
+            }
+            if reseal {
+                reseal_if_possible(&mut b);
+            }
+            if let Ok(bundle) = Bundle::parse(&b) {
+                check_invariants(&bundle, &b);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = bytes;
+            if bytes.len() >= 8 {
+                bytes[..8].copy_from_slice(&MAGIC);
+            }
+            if let Ok(bundle) = Bundle::parse(&bytes) {
+                check_invariants(&bundle, &bytes);
+            }
+        }
+    }
+}

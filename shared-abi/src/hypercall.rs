@@ -1,0 +1,225 @@
+//! Hypercall ABI: `HVC #0`, SMCCC calling convention.
+//!
+//! x0 carries the function id, x1..x6 the arguments; on return x0 is a [`Status`] (as i64) and
+//! x1.. carry results. Function ids sit in SMCCC's "vendor specific hypervisor service" range
+//! (fast call, SMC64, owning entity 6). PSCI (owning entity 4) is also accepted over HVC and is
+//! emulated per VM: SYSTEM_OFF and SYSTEM_RESET act on the calling VM only.
+
+/// SMCCC fast-call, 64-bit convention, owner 6 (vendor hypervisor).
+const VENDOR_HYP_BASE: u64 = 0xC600_0000;
+
+/// Write bytes to the hypervisor console. x1 = byte count (0..=CONSOLE_MAX_BYTES), x2..x6 carry
+/// the bytes little-endian (byte 0 in the low byte of x2). Bytes travel in registers so the
+/// hypervisor never reads guest memory for logging. The hypervisor buffers per VM and prints each
+/// completed line prefixed with the VM's name.
+pub const CONSOLE_WRITE: u64 = VENDOR_HYP_BASE | 0x01;
+pub const CONSOLE_MAX_BYTES: usize = 40;
+
+/// Give up the rest of this time slice.
+pub const YIELD: u64 = VENDOR_HYP_BASE | 0x02;
+
+/// Diagnostic: queue virtual SGIs on the calling vCPU. x1 = bitmask of SGI INTIDs (bits 0..16),
+/// x2 = how many times to repeat the whole mask (each pass queues every set SGI once more, so
+/// the pending count can exceed the number of list registers). Used to prove that no virtual
+/// interrupt is lost when more are pending than fit in the list registers.
+pub const TEST_INJECT: u64 = VENDOR_HYP_BASE | 0x10;
+
+/// Register the caller's grant table. x1 = GPA of the table (page aligned, every page inside the
+/// caller's RAM), x2 = pages, `1..=grant::MAX_TABLE_PAGES`. Replaces an earlier table, which is
+/// refused with `Busy` while a peer still maps one of the caller's refs (the hypervisor clears
+/// IN_USE in the table it recorded, so the table may not move under a mapping).
+pub const GRANT_TABLE_SETUP: u64 = VENDOR_HYP_BASE | 0x20;
+
+/// Map peers' granted frames into the caller's stage-2. x1 = GPA of an array of
+/// [`grant::MapOp`](crate::grant::MapOp) (8-byte aligned, in the caller's RAM), x2 = count,
+/// `1..=grant::MAX_BATCH`. x0 is `Ok` when every op was attempted; each op's own result is
+/// written into its `status` word.
+pub const GRANT_MAP: u64 = VENDOR_HYP_BASE | 0x21;
+
+/// Unmap grant mappings. x1 = GPA of an array of [`grant::UnmapOp`](crate::grant::UnmapOp),
+/// x2 = count, `1..=grant::MAX_BATCH`. Per-op status as for GRANT_MAP.
+pub const GRANT_UNMAP: u64 = VENDOR_HYP_BASE | 0x22;
+
+/// The hypervisor copies bytes between granted frames and/or the caller's own RAM (Xen's grant
+/// copy). x1 = GPA of an array of [`grant::CopyOp`](crate::grant::CopyOp), x2 = count,
+/// `1..=grant::MAX_BATCH`. Per-op status as for GRANT_MAP.
+pub const GRANT_COPY: u64 = VENDOR_HYP_BASE | 0x23;
+
+/// The granter revokes one of its refs. x1 = ref. `Busy` while any peer has it mapped; otherwise
+/// the hypervisor clears PERMIT in the entry and the granter may reuse it.
+pub const GRANT_END: u64 = VENDOR_HYP_BASE | 0x24;
+
+/// Register the caller's event page (see [`evtchn`](crate::evtchn)). x1 = GPA, page aligned,
+/// inside the caller's RAM.
+pub const EVTCHN_SETUP: u64 = VENDOR_HYP_BASE | 0x30;
+
+/// Allocate a port that VM x1 (the remote VM id) may bind to. Returns x1 = the local port.
+pub const EVTCHN_ALLOC_UNBOUND: u64 = VENDOR_HYP_BASE | 0x31;
+
+/// Bind to an unbound port of another VM. x1 = remote VM id, x2 = remote port, which must be
+/// unbound for the caller. Returns x1 = the new local port connected to it.
+pub const EVTCHN_BIND_INTERDOMAIN: u64 = VENDOR_HYP_BASE | 0x32;
+
+/// Signal the remote end of a bound port. x1 = local port.
+pub const EVTCHN_SEND: u64 = VENDOR_HYP_BASE | 0x33;
+
+/// Close a local port. x1 = local port. A bound peer's end becomes unbound (for the closer).
+pub const EVTCHN_CLOSE: u64 = VENDOR_HYP_BASE | 0x34;
+
+/// Clear the mask bit of a local port (x1) and raise the event interrupt again if the port is
+/// pending, so an event that arrived while masked is not lost.
+pub const EVTCHN_UNMASK: u64 = VENDOR_HYP_BASE | 0x35;
+
+/// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.
+#[repr(i64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok = 0,
+    /// Unknown function id (also SMCCC's NOT_SUPPORTED value).
+    NotSupported = -1,
+    /// An argument is out of range or malformed.
+    InvalidArgument = -2,
+    /// The caller may not do this (not its object, or not its peer).
+    Denied = -3,
+    /// The object is busy (e.g. a grant still mapped).
+    Busy = -4,
+    /// Out of a bounded resource.
+    NoSpace = -5,
+    /// A grant ref is out of the granter's table, the granter has no (live) table, or the
+    /// entry's PERMIT bit is clear.
+    BadRef = -6,
+    /// Write access asked of a read-only grant (a read-write map, or a copy into it).
+    ReadOnly = -7,
+    /// The frame named by a grant entry is not in the granter's RAM.
+    BadFrame = -8,
+    /// The address is not a grant mapping of the caller.
+    NotMapped = -9,
+    /// An event-channel port is out of range, free, or in the wrong state for the call.
+    BadPort = -10,
+}
+
+impl Status {
+    pub const fn as_u64(self) -> u64 {
+        self as i64 as u64
+    }
+
+    pub fn from_u64(raw: u64) -> Option<Status> {
+        Some(match raw as i64 {
+            0 => Status::Ok,
+            -1 => Status::NotSupported,
+            -2 => Status::InvalidArgument,
+            -3 => Status::Denied,
+            -4 => Status::Busy,
+            -5 => Status::NoSpace,
+            -6 => Status::BadRef,
+            -7 => Status::ReadOnly,
+            -8 => Status::BadFrame,
+            -9 => Status::NotMapped,
+            -10 => Status::BadPort,
+            _ => return None,
+        })
+    }
+}
+
+/// PSCI function ids the hypervisor emulates for guests (PSCI 1.1, SMC64 where it matters).
+pub mod psci {
+    pub const VERSION: u64 = 0x8400_0000;
+    pub const CPU_OFF: u64 = 0x8400_0002;
+    pub const CPU_ON_64: u64 = 0xC400_0003;
+    pub const SYSTEM_OFF: u64 = 0x8400_0008;
+    pub const SYSTEM_RESET: u64 = 0x8400_0009;
+    pub const FEATURES: u64 = 0x8400_000A;
+    /// PSCI return codes.
+    pub const SUCCESS: i64 = 0;
+    pub const NOT_SUPPORTED: i64 = -1;
+    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const ALREADY_ON: i64 = -4;
+}
+
+/// Packs up to [`CONSOLE_MAX_BYTES`] bytes into the five argument registers of CONSOLE_WRITE.
+pub fn pack_console_bytes(bytes: &[u8]) -> [u64; 5] {
+    let mut regs = [0u64; 5];
+    for (i, &b) in bytes.iter().take(CONSOLE_MAX_BYTES).enumerate() {
+        regs[i / 8] |= (b as u64) << ((i % 8) * 8);
+    }
+    regs
+}
+
+/// The inverse of [`pack_console_bytes`]; `len` is clamped to [`CONSOLE_MAX_BYTES`].
+pub fn unpack_console_bytes(len: u64, regs: &[u64; 5]) -> ([u8; CONSOLE_MAX_BYTES], usize) {
+    let len = (len as usize).min(CONSOLE_MAX_BYTES);
+    let mut out = [0u8; CONSOLE_MAX_BYTES];
+    for (i, byte) in out.iter_mut().enumerate().take(len) {
+        *byte = (regs[i / 8] >> ((i % 8) * 8)) as u8;
+    }
+    (out, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_bytes_round_trip() {
+        let msg = b"hello from a guest, forty bytes long!!!!";
+        assert_eq!(msg.len(), CONSOLE_MAX_BYTES);
+        let regs = pack_console_bytes(msg);
+        let (out, len) = unpack_console_bytes(msg.len() as u64, &regs);
+        assert_eq!(&out[..len], msg);
+    }
+
+    #[test]
+    fn console_length_is_clamped() {
+        let regs = pack_console_bytes(b"abc");
+        let (out, len) = unpack_console_bytes(u64::MAX, &regs);
+        assert_eq!(len, CONSOLE_MAX_BYTES);
+        assert_eq!(&out[..3], b"abc");
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in [
+            Status::Ok,
+            Status::NotSupported,
+            Status::InvalidArgument,
+            Status::Denied,
+            Status::Busy,
+            Status::NoSpace,
+            Status::BadRef,
+            Status::ReadOnly,
+            Status::BadFrame,
+            Status::NotMapped,
+            Status::BadPort,
+        ] {
+            assert_eq!(Status::from_u64(s.as_u64()), Some(s));
+        }
+        assert_eq!(Status::from_u64(12345), None);
+        assert_eq!(Status::from_u64(-11i64 as u64), None);
+    }
+
+    #[test]
+    fn function_ids_are_distinct_vendor_fast_calls() {
+        let ids = [
+            CONSOLE_WRITE,
+            YIELD,
+            TEST_INJECT,
+            GRANT_TABLE_SETUP,
+            GRANT_MAP,
+            GRANT_UNMAP,
+            GRANT_COPY,
+            GRANT_END,
+            EVTCHN_SETUP,
+            EVTCHN_ALLOC_UNBOUND,
+            EVTCHN_BIND_INTERDOMAIN,
+            EVTCHN_SEND,
+            EVTCHN_CLOSE,
+            EVTCHN_UNMASK,
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            assert_eq!(a & !0xffff, VENDOR_HYP_BASE);
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

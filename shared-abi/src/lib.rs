@@ -1,0 +1,11 @@
+//! shared-abi: the single definition of every format that crosses a trust boundary in sluice.
+//!
+//! The hypervisor, the driver domain and the guests all link this crate, so a constant or layout
+//! defined here cannot drift between them. Everything that parses untrusted bytes (the boot bundle
+//! from a file, later ring descriptors from a guest) lives here so it can be tested on the host.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+pub mod bundle;
+pub mod hypercall;
+pub mod layout;
+pub mod start_info;

@@ -1,0 +1,591 @@
+//! Start-info page: how a VM learns its identity, and the `key=value` settings helpers.
+//!
+//! The hypervisor writes one page at [`start_info_gpa`](crate::layout::start_info_gpa) (the last
+//! page of the VM's RAM) before the VM's first instruction and passes its address in x0.
+//!
+//! Layout, version 1 (little-endian; every byte not listed is zero):
+//!
+//! | offset | size | field                                                  |
+//! |-------:|-----:|--------------------------------------------------------|
+//! |      0 |    8 | magic `b"SLSTART\0"`                                   |
+//! |      8 |    4 | version, `1`                                           |
+//! |     12 |    2 | VM id (1-based; 0 is the hypervisor)                   |
+//! |     14 |    1 | kind: `1` guest, `2` driver domain                     |
+//! |     15 |    1 | reserved, zero                                         |
+//! |     16 |    4 | vCPU count                                             |
+//! |     20 |    4 | boot count: 1 on first boot, +1 after each SYSTEM_RESET |
+//! |     24 |    8 | guest-physical base of RAM                             |
+//! |     32 |    8 | RAM bytes                                              |
+//! |     40 |   32 | name, NUL padded                                       |
+//! |     72 |    4 | settings length, `<= MAX_SETTINGS_LEN`                 |
+//! |     76 |    n | settings, UTF-8 `key=value` lines                      |
+
+use core::fmt;
+
+use crate::bundle::{decode_name_field, encode_name_field, NameProblem, VmKind, NAME_FIELD_LEN};
+use crate::layout::{
+    BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VM_RAM, MIN_VM_RAM, PAGE_SIZE,
+};
+
+pub const MAGIC: [u8; 8] = *b"SLSTART\0";
+pub const VERSION: u32 = 1;
+pub const PAGE_LEN: usize = PAGE_SIZE as usize;
+
+const VM_ID: usize = 12;
+const KIND: usize = 14;
+const RESERVED_0: usize = 15;
+const VCPUS: usize = 16;
+const BOOT_COUNT: usize = 20;
+const RAM_BASE: usize = 24;
+const RAM_BYTES: usize = 32;
+const NAME: usize = 40;
+const SETTINGS_LEN: usize = 72;
+const SETTINGS: usize = 76;
+
+/// Guarantees at compile time that the largest settings string fits in the page.
+const _: () = assert!(SETTINGS + MAX_SETTINGS_LEN <= PAGE_LEN);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartInfo<'a> {
+    pub vm_id: u16,
+    pub name: &'a str,
+    pub kind: VmKind,
+    pub vcpus: u32,
+    pub ram_base: u64,
+    pub ram_bytes: u64,
+    pub settings: &'a str,
+    /// 1 on the VM's first boot, incremented each time it restarts (PSCI SYSTEM_RESET), so a VM
+    /// can tell a fresh start from a restart.
+    pub boot_count: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartInfoError {
+    PageTooSmall {
+        len: usize,
+    },
+    BadMagic,
+    UnsupportedVersion {
+        found: u32,
+    },
+    ReservedNotZero,
+    /// VM id 0 is the hypervisor.
+    ZeroVmId,
+    /// The boot count is 0 (the first boot is 1).
+    ZeroBootCount,
+    UnknownKind {
+        code: u32,
+    },
+    BadVcpus {
+        vcpus: u32,
+    },
+    BadRamBase {
+        ram_base: u64,
+    },
+    BadRamSize {
+        ram_bytes: u64,
+    },
+    BadName(NameProblem),
+    SettingsTooLong {
+        len: usize,
+    },
+    SettingsNotUtf8,
+}
+
+impl fmt::Display for StartInfoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use StartInfoError::*;
+        match *self {
+            PageTooSmall { len } => write!(
+                f,
+                "start-info buffer is {len} bytes, it must be a whole {PAGE_LEN}-byte page"
+            ),
+            BadMagic => f.write_str("no start-info page here: bad magic"),
+            UnsupportedVersion { found } => write!(
+                f,
+                "unsupported start-info version {found} (this build reads version {VERSION})"
+            ),
+            ReservedNotZero => f.write_str("start-info reserved bytes are not zero"),
+            ZeroVmId => f.write_str("start-info VM id is 0, which is the hypervisor's"),
+            ZeroBootCount => f.write_str("start-info boot count is 0 (the first boot is 1)"),
+            UnknownKind { code } => write!(f, "start-info VM kind {code} is unknown"),
+            BadVcpus { vcpus } => write!(
+                f,
+                "start-info vCPU count {vcpus} is outside 1..={MAX_VCPUS_PER_VM}"
+            ),
+            BadRamBase { ram_base } => write!(
+                f,
+                "start-info RAM base {ram_base:#x} is not page aligned or RAM wraps around"
+            ),
+            BadRamSize { ram_bytes } => write!(
+                f,
+                "start-info RAM size {ram_bytes} is not a multiple of {BLOCK_SIZE} in \
+                 {MIN_VM_RAM}..={MAX_VM_RAM}"
+            ),
+            BadName(problem) => write!(f, "start-info VM {problem}"),
+            SettingsTooLong { len } => write!(
+                f,
+                "start-info settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed"
+            ),
+            SettingsNotUtf8 => f.write_str("start-info settings are not valid UTF-8"),
+        }
+    }
+}
+
+impl core::error::Error for StartInfoError {}
+
+fn bytes_at<const N: usize>(page: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = page.get(at..).and_then(|s| s.get(..N)) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+fn put(page: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(dst) = page.get_mut(at..).and_then(|s| s.get_mut(..bytes.len())) {
+        dst.copy_from_slice(bytes);
+    }
+}
+
+impl<'a> StartInfo<'a> {
+    /// Rules shared by the writer and the reader, so the hypervisor cannot hand a VM a page
+    /// the VM would refuse.
+    fn validate(&self) -> Result<(), StartInfoError> {
+        if self.vm_id == 0 {
+            return Err(StartInfoError::ZeroVmId);
+        }
+        if self.boot_count == 0 {
+            return Err(StartInfoError::ZeroBootCount);
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS_PER_VM {
+            return Err(StartInfoError::BadVcpus { vcpus: self.vcpus });
+        }
+        if !self.ram_base.is_multiple_of(PAGE_SIZE)
+            || self.ram_base.checked_add(self.ram_bytes).is_none()
+        {
+            return Err(StartInfoError::BadRamBase {
+                ram_base: self.ram_base,
+            });
+        }
+        if !self.ram_bytes.is_multiple_of(BLOCK_SIZE)
+            || !(MIN_VM_RAM..=MAX_VM_RAM).contains(&self.ram_bytes)
+        {
+            return Err(StartInfoError::BadRamSize {
+                ram_bytes: self.ram_bytes,
+            });
+        }
+        crate::bundle::check_vm_name(self.name).map_err(StartInfoError::BadName)?;
+        if self.settings.len() > MAX_SETTINGS_LEN {
+            return Err(StartInfoError::SettingsTooLong {
+                len: self.settings.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fills the first 4096 bytes of `page` (zeroing everything not written, so nothing stale
+    /// leaks into the VM).
+    pub fn write_to(&self, page: &mut [u8]) -> Result<(), StartInfoError> {
+        let Some(page) = page.get_mut(..PAGE_LEN) else {
+            return Err(StartInfoError::PageTooSmall { len: page.len() });
+        };
+        self.validate()?;
+        let name = encode_name_field(self.name).map_err(StartInfoError::BadName)?;
+        page.fill(0);
+        put(page, 0, &MAGIC);
+        put(page, 8, &VERSION.to_le_bytes());
+        put(page, VM_ID, &self.vm_id.to_le_bytes());
+        // Kind codes are 1 and 2, so the narrowing is lossless.
+        put(page, KIND, &[self.kind.code() as u8]);
+        put(page, VCPUS, &self.vcpus.to_le_bytes());
+        put(page, BOOT_COUNT, &self.boot_count.to_le_bytes());
+        put(page, RAM_BASE, &self.ram_base.to_le_bytes());
+        put(page, RAM_BYTES, &self.ram_bytes.to_le_bytes());
+        put(page, NAME, &name);
+        put(
+            page,
+            SETTINGS_LEN,
+            &(self.settings.len() as u32).to_le_bytes(),
+        );
+        put(page, SETTINGS, self.settings.as_bytes());
+        Ok(())
+    }
+
+    /// Parses and validates a page; the result borrows its strings from `page`.
+    pub fn read_from(page: &'a [u8]) -> Result<StartInfo<'a>, StartInfoError> {
+        if page.len() < PAGE_LEN {
+            return Err(StartInfoError::PageTooSmall { len: page.len() });
+        }
+        if bytes_at::<8>(page, 0) != MAGIC {
+            return Err(StartInfoError::BadMagic);
+        }
+        let version = u32::from_le_bytes(bytes_at(page, 8));
+        if version != VERSION {
+            return Err(StartInfoError::UnsupportedVersion { found: version });
+        }
+        if bytes_at::<1>(page, RESERVED_0) != [0] {
+            return Err(StartInfoError::ReservedNotZero);
+        }
+        let code = bytes_at::<1>(page, KIND)[0];
+        let kind = VmKind::from_code(u32::from(code)).ok_or(StartInfoError::UnknownKind {
+            code: u32::from(code),
+        })?;
+        let name = decode_name_field(page.get(NAME..NAME + NAME_FIELD_LEN).unwrap_or_default())
+            .map_err(StartInfoError::BadName)?;
+        let settings_len = u32::from_le_bytes(bytes_at(page, SETTINGS_LEN)) as usize;
+        if settings_len > MAX_SETTINGS_LEN {
+            return Err(StartInfoError::SettingsTooLong { len: settings_len });
+        }
+        let settings = page
+            .get(SETTINGS..SETTINGS + settings_len)
+            .unwrap_or_default();
+        let settings =
+            core::str::from_utf8(settings).map_err(|_| StartInfoError::SettingsNotUtf8)?;
+        let info = StartInfo {
+            vm_id: u16::from_le_bytes(bytes_at(page, VM_ID)),
+            name,
+            kind,
+            vcpus: u32::from_le_bytes(bytes_at(page, VCPUS)),
+            ram_base: u64::from_le_bytes(bytes_at(page, RAM_BASE)),
+            ram_bytes: u64::from_le_bytes(bytes_at(page, RAM_BYTES)),
+            settings,
+            boot_count: u32::from_le_bytes(bytes_at(page, BOOT_COUNT)),
+        };
+        info.validate()?;
+        Ok(info)
+    }
+}
+
+/// Settings are `key=value` lines (one per line, no spaces around '='). Returns the value of the
+/// first line whose key is `key`.
+pub fn setting<'a>(settings: &'a str, key: &str) -> Option<&'a str> {
+    settings.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// The value of `key` as a decimal or `0x`-prefixed hexadecimal number.
+pub fn setting_u64(settings: &str, key: &str) -> Option<u64> {
+    let value = setting(settings, key)?;
+    // from_str_radix and parse both accept a leading '+', which is not part of the format.
+    if let Some(hex) = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
+        if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        value.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{start_info_gpa, GUEST_RAM_BASE};
+
+    fn sample() -> StartInfo<'static> {
+        StartInfo {
+            vm_id: 3,
+            name: "guest2",
+            kind: VmKind::Guest,
+            vcpus: 2,
+            ram_base: GUEST_RAM_BASE,
+            ram_bytes: 8 * 1024 * 1024,
+            settings: "app=hello\nmac=0x0a\n",
+            boot_count: 1,
+        }
+    }
+
+    fn written() -> Vec<u8> {
+        let mut page = vec![0xee; PAGE_LEN];
+        sample().write_to(&mut page).unwrap();
+        page
+    }
+
+    fn read_err(corrupt: impl FnOnce(&mut [u8])) -> StartInfoError {
+        let mut page = written();
+        corrupt(&mut page);
+        StartInfo::read_from(&page).unwrap_err()
+    }
+
+    fn write_err(info: StartInfo<'_>) -> StartInfoError {
+        let mut page = vec![0; PAGE_LEN];
+        info.write_to(&mut page).unwrap_err()
+    }
+
+    #[test]
+    fn round_trip() {
+        let page = written();
+        assert_eq!(StartInfo::read_from(&page), Ok(sample()));
+        // Stale bytes past the settings were cleared.
+        assert!(page[SETTINGS + sample().settings.len()..]
+            .iter()
+            .all(|&b| b == 0));
+        let driver = StartInfo {
+            kind: VmKind::DriverDomain,
+            settings: "",
+            ..sample()
+        };
+        let mut page = vec![0; PAGE_LEN + 10];
+        driver.write_to(&mut page).unwrap();
+        assert_eq!(StartInfo::read_from(&page), Ok(driver));
+    }
+
+    #[test]
+    fn page_sits_at_top_of_ram() {
+        let ram = sample().ram_bytes;
+        assert_eq!(start_info_gpa(ram) + PAGE_SIZE, GUEST_RAM_BASE + ram);
+    }
+
+    #[test]
+    fn rejects_short_page() {
+        let page = written();
+        assert_eq!(
+            StartInfo::read_from(&page[..PAGE_LEN - 1]),
+            Err(StartInfoError::PageTooSmall { len: PAGE_LEN - 1 })
+        );
+        let mut small = [0u8; 100];
+        assert_eq!(
+            sample().write_to(&mut small),
+            Err(StartInfoError::PageTooSmall { len: 100 })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_magic() {
+        assert_eq!(read_err(|p| p[0] = 0), StartInfoError::BadMagic);
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        assert_eq!(
+            read_err(|p| p[8] = 2),
+            StartInfoError::UnsupportedVersion { found: 2 }
+        );
+    }
+
+    #[test]
+    fn rejects_nonzero_reserved_bytes() {
+        assert_eq!(
+            read_err(|p| p[RESERVED_0] = 1),
+            StartInfoError::ReservedNotZero
+        );
+    }
+
+    #[test]
+    fn boot_count_round_trips_and_zero_is_refused() {
+        let info = StartInfo {
+            boot_count: 7,
+            ..sample()
+        };
+        let mut page = vec![0; PAGE_LEN];
+        info.write_to(&mut page).unwrap();
+        assert_eq!(StartInfo::read_from(&page).unwrap().boot_count, 7);
+        assert_eq!(
+            read_err(|p| p[BOOT_COUNT..BOOT_COUNT + 4].fill(0)),
+            StartInfoError::ZeroBootCount
+        );
+        assert_eq!(
+            write_err(StartInfo {
+                boot_count: 0,
+                ..sample()
+            }),
+            StartInfoError::ZeroBootCount
+        );
+    }
+
+    #[test]
+    fn rejects_zero_vm_id() {
+        assert_eq!(read_err(|p| p[VM_ID] = 0), StartInfoError::ZeroVmId);
+        assert_eq!(
+            write_err(StartInfo {
+                vm_id: 0,
+                ..sample()
+            }),
+            StartInfoError::ZeroVmId
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_kind() {
+        assert_eq!(
+            read_err(|p| p[KIND] = 0),
+            StartInfoError::UnknownKind { code: 0 }
+        );
+        assert_eq!(
+            read_err(|p| p[KIND] = 9),
+            StartInfoError::UnknownKind { code: 9 }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_vcpus() {
+        assert_eq!(
+            read_err(|p| p[VCPUS] = 0),
+            StartInfoError::BadVcpus { vcpus: 0 }
+        );
+        let vcpus = MAX_VCPUS_PER_VM + 1;
+        assert_eq!(
+            write_err(StartInfo { vcpus, ..sample() }),
+            StartInfoError::BadVcpus { vcpus }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ram_base() {
+        assert_eq!(
+            read_err(|p| p[RAM_BASE] = 1),
+            StartInfoError::BadRamBase {
+                ram_base: GUEST_RAM_BASE + 1
+            }
+        );
+        let ram_base = u64::MAX - PAGE_SIZE + 1;
+        assert_eq!(
+            write_err(StartInfo {
+                ram_base,
+                ..sample()
+            }),
+            StartInfoError::BadRamBase { ram_base }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ram_size() {
+        for ram_bytes in [0, BLOCK_SIZE + PAGE_SIZE, MAX_VM_RAM + BLOCK_SIZE] {
+            assert_eq!(
+                read_err(|p| p[RAM_BYTES..RAM_BYTES + 8].copy_from_slice(&ram_bytes.to_le_bytes())),
+                StartInfoError::BadRamSize { ram_bytes }
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert_eq!(
+            read_err(|p| p[NAME] = 0),
+            StartInfoError::BadName(NameProblem::BadPadding)
+        );
+        assert_eq!(
+            read_err(|p| p[NAME..NAME + NAME_FIELD_LEN].fill(0)),
+            StartInfoError::BadName(NameProblem::Empty)
+        );
+        assert_eq!(
+            read_err(|p| p[NAME..NAME + NAME_FIELD_LEN].fill(b'a')),
+            StartInfoError::BadName(NameProblem::TooLong)
+        );
+        assert_eq!(
+            read_err(|p| p[NAME] = 0xff),
+            StartInfoError::BadName(NameProblem::NotUtf8)
+        );
+        assert_eq!(
+            read_err(|p| p[NAME] = b'G'),
+            StartInfoError::BadName(NameProblem::InvalidChar)
+        );
+        assert_eq!(
+            write_err(StartInfo {
+                name: "",
+                ..sample()
+            }),
+            StartInfoError::BadName(NameProblem::Empty)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let too_long = (MAX_SETTINGS_LEN as u32 + 1).to_le_bytes();
+        assert_eq!(
+            read_err(|p| p[SETTINGS_LEN..SETTINGS_LEN + 4].copy_from_slice(&too_long)),
+            StartInfoError::SettingsTooLong {
+                len: MAX_SETTINGS_LEN + 1
+            }
+        );
+        let long = "x".repeat(MAX_SETTINGS_LEN + 1);
+        assert_eq!(
+            write_err(StartInfo {
+                settings: &long,
+                ..sample()
+            }),
+            StartInfoError::SettingsTooLong {
+                len: MAX_SETTINGS_LEN + 1
+            }
+        );
+        assert_eq!(
+            read_err(|p| p[SETTINGS] = 0xff),
+            StartInfoError::SettingsNotUtf8
+        );
+    }
+
+    #[test]
+    fn longest_settings_fit() {
+        let long = "x".repeat(MAX_SETTINGS_LEN);
+        let info = StartInfo {
+            settings: &long,
+            ..sample()
+        };
+        let mut page = vec![0; PAGE_LEN];
+        info.write_to(&mut page).unwrap();
+        assert_eq!(
+            StartInfo::read_from(&page).unwrap().settings.len(),
+            MAX_SETTINGS_LEN
+        );
+    }
+
+    #[test]
+    fn errors_have_distinct_messages() {
+        let errors = [
+            StartInfoError::PageTooSmall { len: 1 },
+            StartInfoError::BadMagic,
+            StartInfoError::UnsupportedVersion { found: 2 },
+            StartInfoError::ReservedNotZero,
+            StartInfoError::ZeroVmId,
+            StartInfoError::UnknownKind { code: 9 },
+            StartInfoError::BadVcpus { vcpus: 0 },
+            StartInfoError::BadRamBase { ram_base: 1 },
+            StartInfoError::BadRamSize { ram_bytes: 1 },
+            StartInfoError::BadName(NameProblem::Empty),
+            StartInfoError::SettingsTooLong { len: 9999 },
+            StartInfoError::SettingsNotUtf8,
+        ];
+        let messages: std::collections::HashSet<String> =
+            errors.iter().map(|e| std::format!("{e}")).collect();
+        assert_eq!(messages.len(), errors.len());
+    }
+
+    #[test]
+    fn setting_finds_values() {
+        let s = "app=hello\nrole=switch\nurl=http://x/?a=b\nempty=\n";
+        assert_eq!(setting(s, "app"), Some("hello"));
+        assert_eq!(setting(s, "role"), Some("switch"));
+        assert_eq!(setting(s, "url"), Some("http://x/?a=b"));
+        assert_eq!(setting(s, "empty"), Some(""));
+        assert_eq!(setting(s, "missing"), None);
+        assert_eq!(setting(s, "ap"), None, "keys match whole");
+        assert_eq!(setting("a=1\na=2", "a"), Some("1"), "first line wins");
+        assert_eq!(setting("no equals sign\n", "no equals sign"), None);
+        assert_eq!(setting("", "a"), None);
+        assert_eq!(setting("a=1\r\nb=2\r\n", "a"), Some("1"));
+    }
+
+    #[test]
+    fn setting_u64_parses_decimal_and_hex() {
+        let s = "dec=42\nhex=0x2A\nHEX=0X10\nbig=18446744073709551615\nover=18446744073709551616\n\
+                 neg=-1\nplus=+5\nhexplus=0x+5\nbare=0x\nword=abc\nempty=\nspace= 1\n";
+        assert_eq!(setting_u64(s, "dec"), Some(42));
+        assert_eq!(setting_u64(s, "hex"), Some(42));
+        assert_eq!(setting_u64(s, "HEX"), Some(16));
+        assert_eq!(setting_u64(s, "big"), Some(u64::MAX));
+        for bad in [
+            "over", "neg", "plus", "hexplus", "bare", "word", "empty", "space", "missing",
+        ] {
+            assert_eq!(setting_u64(s, bad), None, "{bad}");
+        }
+    }
+}

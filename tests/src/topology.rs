@@ -1,0 +1,875 @@
+//! Topology files: the user's TOML description of the machine and its VMs, its validation, and
+//! [`pack`], which turns a topology plus built images into a boot bundle.
+//!
+//! Validation here mirrors what the hypervisor enforces on the bundle, but reports problems in
+//! the user's terms (VM name, TOML field) instead of bundle offsets.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use shared_abi::bundle::{self, BundleError, NameProblem, VmDescription, VmKind};
+use shared_abi::layout::{MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM};
+
+const MIB: u64 = 1024 * 1024;
+/// Machine memory set aside for the hypervisor itself (image, heap, page tables).
+pub const HYPERVISOR_RESERVED_MIB: u64 = 64;
+/// QEMU `-smp` values the hypervisor is built for.
+pub const MAX_MACHINE_CPUS: u32 = 8;
+
+/// VM memory granularity in MiB; VM RAM is mapped with 2 MiB stage-2 blocks.
+const VM_MEMORY_STEP_MIB: u64 = shared_abi::layout::BLOCK_SIZE / MIB;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmDef {
+    pub name: String,
+    pub kind: VmKind,
+    pub image: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    /// In file order, values already rendered as text.
+    pub settings: Vec<(String, String)>,
+}
+
+impl VmDef {
+    /// The settings as the VM receives them: one `key=value\n` line each.
+    pub fn settings_text(&self) -> String {
+        self.settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub machine: Machine,
+    pub vms: Vec<VmDef>,
+}
+
+#[derive(Debug)]
+pub enum TopologyError {
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, a missing or an unknown field.
+    Syntax(toml::de::Error),
+    MachineCpus {
+        cpus: u32,
+    },
+    NoVms,
+    TooManyVms {
+        count: usize,
+    },
+    /// `index` is the 0-based position of the `[[vm]]` table, since the name itself is bad.
+    Name {
+        index: usize,
+        name: String,
+        problem: NameProblem,
+    },
+    DuplicateName {
+        name: String,
+    },
+    MemoryNotMultiple {
+        vm: String,
+        memory_mib: u64,
+    },
+    MemoryOutOfRange {
+        vm: String,
+        memory_mib: u64,
+    },
+    Vcpus {
+        vm: String,
+        vcpus: u32,
+    },
+    EmptyImage {
+        vm: String,
+    },
+    SettingKey {
+        vm: String,
+        key: String,
+    },
+    SettingValue {
+        vm: String,
+        key: String,
+    },
+    SettingsTooLong {
+        vm: String,
+        len: usize,
+    },
+    OutOfMemory {
+        total_mib: u64,
+        machine_mib: u64,
+    },
+}
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use TopologyError::*;
+        match self {
+            Io { path, source } => write!(f, "cannot read topology {}: {source}", path.display()),
+            Syntax(e) => write!(f, "invalid topology: {e}"),
+            MachineCpus { cpus } => {
+                write!(f, "machine.cpus = {cpus}: must be 1..={MAX_MACHINE_CPUS}")
+            }
+            NoVms => f.write_str("the topology has no [[vm]] tables; add at least one VM"),
+            TooManyVms { count } => write!(
+                f,
+                "the topology has {count} VMs; at most {MAX_VMS} are supported"
+            ),
+            Name {
+                index,
+                name,
+                problem,
+            } => write!(
+                f,
+                "[[vm]] number {}: name = {name:?}: {problem} (use 1..=31 of [a-z0-9-])",
+                index + 1
+            ),
+            DuplicateName { name } => write!(
+                f,
+                "vm {name:?}: name is used by more than one VM; names must be unique"
+            ),
+            MemoryNotMultiple { vm, memory_mib } => write!(
+                f,
+                "vm {vm:?}: memory_mib = {memory_mib} must be a multiple of \
+                 {VM_MEMORY_STEP_MIB} (VM RAM is mapped in {VM_MEMORY_STEP_MIB} MiB blocks)"
+            ),
+            MemoryOutOfRange { vm, memory_mib } => write!(
+                f,
+                "vm {vm:?}: memory_mib = {memory_mib} must be {}..={}",
+                MIN_VM_RAM / MIB,
+                MAX_VM_RAM / MIB
+            ),
+            Vcpus { vm, vcpus } => write!(
+                f,
+                "vm {vm:?}: vcpus = {vcpus} must be 1..={MAX_VCPUS_PER_VM}"
+            ),
+            EmptyImage { vm } => write!(f, "vm {vm:?}: image must name a built image"),
+            SettingKey { vm, key } => write!(
+                f,
+                "vm {vm:?}: settings key {key:?} may only contain [a-z0-9_] and must not be empty"
+            ),
+            SettingValue { vm, key } => {
+                write!(f, "vm {vm:?}: settings.{key} must not contain a line break")
+            }
+            SettingsTooLong { vm, len } => write!(
+                f,
+                "vm {vm:?}: settings come to {len} bytes as key=value lines; at most \
+                 {MAX_SETTINGS_LEN} are allowed"
+            ),
+            OutOfMemory {
+                total_mib,
+                machine_mib,
+            } => write!(
+                f,
+                "VMs need {total_mib} MiB in total but machine.memory_mib = {machine_mib} leaves \
+                 only {} MiB after the {HYPERVISOR_RESERVED_MIB} MiB reserved for the \
+                 hypervisor; raise machine.memory_mib or shrink the VMs",
+                machine_mib.saturating_sub(HYPERVISOR_RESERVED_MIB)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TopologyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TopologyError::Io { source, .. } => Some(source),
+            TopologyError::Syntax(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    machine: Machine,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    kind: RawKind,
+    image: String,
+    memory_mib: u64,
+    vcpus: u32,
+    #[serde(default)]
+    settings: RawSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawKind {
+    Guest,
+    DriverDomain,
+}
+
+/// Settings in file order; serde's map types would either sort them or drop the order.
+#[derive(Default)]
+struct RawSettings(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for RawSettings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SettingsVisitor;
+        impl<'de> Visitor<'de> for SettingsVisitor {
+            type Value = RawSettings;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of key = value settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSettings, A::Error> {
+                let mut out = Vec::new();
+                while let Some((key, SettingValue(value))) = map.next_entry()? {
+                    out.push((key, value));
+                }
+                Ok(RawSettings(out))
+            }
+        }
+        deserializer.deserialize_map(SettingsVisitor)
+    }
+}
+
+/// One setting value rendered as the text the VM will see.
+struct SettingValue(String);
+
+impl<'de> Deserialize<'de> for SettingValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl Visitor<'_> for ValueVisitor {
+            type Value = SettingValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, integer or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
+    }
+}
+
+impl Topology {
+    pub fn from_toml_str(text: &str) -> Result<Topology, TopologyError> {
+        let raw: RawTopology = toml::from_str(text).map_err(TopologyError::Syntax)?;
+        let topology = Topology {
+            machine: raw.machine,
+            vms: raw
+                .vm
+                .into_iter()
+                .map(|vm| VmDef {
+                    name: vm.name,
+                    kind: match vm.kind {
+                        RawKind::Guest => VmKind::Guest,
+                        RawKind::DriverDomain => VmKind::DriverDomain,
+                    },
+                    image: vm.image,
+                    memory_mib: vm.memory_mib,
+                    vcpus: vm.vcpus,
+                    settings: vm.settings.0,
+                })
+                .collect(),
+        };
+        topology.validate()?;
+        Ok(topology)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Topology::from_toml_str(&text)
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let cpus = self.machine.cpus;
+        if !(1..=MAX_MACHINE_CPUS).contains(&cpus) {
+            return Err(TopologyError::MachineCpus { cpus });
+        }
+        if self.vms.is_empty() {
+            return Err(TopologyError::NoVms);
+        }
+        if self.vms.len() > MAX_VMS {
+            return Err(TopologyError::TooManyVms {
+                count: self.vms.len(),
+            });
+        }
+        let mut names = HashSet::new();
+        for (index, vm) in self.vms.iter().enumerate() {
+            vm.validate(index)?;
+            if !names.insert(vm.name.as_str()) {
+                return Err(TopologyError::DuplicateName {
+                    name: vm.name.clone(),
+                });
+            }
+        }
+        // Each VM is at most MAX_VM_RAM and there are at most MAX_VMS, so this cannot overflow.
+        let total_mib: u64 = self.vms.iter().map(|vm| vm.memory_mib).sum();
+        let available = self
+            .machine
+            .memory_mib
+            .saturating_sub(HYPERVISOR_RESERVED_MIB);
+        if total_mib > available {
+            return Err(TopologyError::OutOfMemory {
+                total_mib,
+                machine_mib: self.machine.memory_mib,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl VmDef {
+    fn validate(&self, index: usize) -> Result<(), TopologyError> {
+        let vm = || self.name.clone();
+        bundle::check_vm_name(&self.name).map_err(|problem| TopologyError::Name {
+            index,
+            name: self.name.clone(),
+            problem,
+        })?;
+        if !self.memory_mib.is_multiple_of(VM_MEMORY_STEP_MIB) {
+            return Err(TopologyError::MemoryNotMultiple {
+                vm: vm(),
+                memory_mib: self.memory_mib,
+            });
+        }
+        if !(MIN_VM_RAM / MIB..=MAX_VM_RAM / MIB).contains(&self.memory_mib) {
+            return Err(TopologyError::MemoryOutOfRange {
+                vm: vm(),
+                memory_mib: self.memory_mib,
+            });
+        }
+        if !(1..=MAX_VCPUS_PER_VM).contains(&self.vcpus) {
+            return Err(TopologyError::Vcpus {
+                vm: vm(),
+                vcpus: self.vcpus,
+            });
+        }
+        if self.image.is_empty() {
+            return Err(TopologyError::EmptyImage { vm: vm() });
+        }
+        for (key, value) in &self.settings {
+            let key_ok = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !key_ok {
+                return Err(TopologyError::SettingKey {
+                    vm: vm(),
+                    key: key.clone(),
+                });
+            }
+            // A line break would let a value inject further key=value lines.
+            if value.contains(['\n', '\r']) {
+                return Err(TopologyError::SettingValue {
+                    vm: vm(),
+                    key: key.clone(),
+                });
+            }
+        }
+        let len = self.settings_text().len();
+        if len > MAX_SETTINGS_LEN {
+            return Err(TopologyError::SettingsTooLong { vm: vm(), len });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PackError {
+    MissingImage { vm: String, image: String },
+    Bundle(BundleError),
+}
+
+impl fmt::Display for PackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PackError::MissingImage { vm, image } => write!(
+                f,
+                "vm {vm:?} uses image {image:?}, but no file was given for it; pass \
+                 --image {image}=PATH"
+            ),
+            PackError::Bundle(e) => write!(f, "cannot build the bundle: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PackError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PackError::Bundle(e) => Some(e),
+            PackError::MissingImage { .. } => None,
+        }
+    }
+}
+
+/// Builds the boot bundle for `topology`, taking each VM's image by name from `images`.
+pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Vec<u8>, PackError> {
+    let vms = topology
+        .vms
+        .iter()
+        .map(|vm| {
+            let image = images
+                .get(&vm.image)
+                .ok_or_else(|| PackError::MissingImage {
+                    vm: vm.name.clone(),
+                    image: vm.image.clone(),
+                })?;
+            Ok(VmDescription {
+                name: vm.name.clone(),
+                kind: vm.kind,
+                vcpus: vm.vcpus,
+                // Validated to at most MAX_VM_RAM / MIB, so no overflow.
+                ram_bytes: vm.memory_mib * MIB,
+                image: image.clone(),
+                settings: vm.settings_text(),
+            })
+        })
+        .collect::<Result<Vec<_>, PackError>>()?;
+    bundle::build(&vms).map_err(PackError::Bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_abi::bundle::Bundle;
+
+    fn default_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml")
+    }
+
+    const MINIMAL: &str = r#"
+[machine]
+cpus = 2
+memory_mib = 256
+
+[[vm]]
+name = "a"
+kind = "guest"
+image = "img"
+memory_mib = 8
+vcpus = 1
+"#;
+
+    /// MINIMAL with `from` replaced by `to`, parsed; the replacement must apply.
+    fn with(from: &str, to: &str) -> Result<Topology, TopologyError> {
+        assert!(MINIMAL.contains(from), "{from:?} not in MINIMAL");
+        Topology::from_toml_str(&MINIMAL.replacen(from, to, 1))
+    }
+
+    fn err(from: &str, to: &str) -> TopologyError {
+        with(from, to).expect_err("must be rejected")
+    }
+
+    fn vm_table(name: &str, memory_mib: u64) -> String {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"img\"\n\
+             memory_mib = {memory_mib}\nvcpus = 1\n"
+        )
+    }
+
+    #[test]
+    fn default_topology_parses() {
+        let t = Topology::from_file(&default_path()).unwrap();
+        assert_eq!(
+            t.machine,
+            Machine {
+                cpus: 2,
+                memory_mib: 1024
+            }
+        );
+        let summary: Vec<_> = t
+            .vms
+            .iter()
+            .map(|vm| {
+                (
+                    vm.name.as_str(),
+                    vm.kind,
+                    vm.image.as_str(),
+                    vm.memory_mib,
+                    vm.vcpus,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "driver-domain",
+                    VmKind::DriverDomain,
+                    "driver-domain",
+                    16,
+                    1
+                ),
+                ("guest1", VmKind::Guest, "guest-frontend", 8, 1),
+                ("guest2", VmKind::Guest, "guest-frontend", 8, 1),
+                ("guest3", VmKind::Guest, "guest-frontend", 8, 2),
+            ]
+        );
+        assert_eq!(t.vms[0].settings_text(), "role=switch\n");
+        for guest in &t.vms[1..] {
+            assert_eq!(guest.settings, [("app".to_owned(), "hello".to_owned())]);
+        }
+    }
+
+    #[test]
+    fn minimal_topology_has_no_settings() {
+        let t = Topology::from_toml_str(MINIMAL).unwrap();
+        assert!(t.vms[0].settings.is_empty());
+        assert_eq!(t.vms[0].settings_text(), "");
+    }
+
+    #[test]
+    fn settings_keep_file_order_and_render_all_value_types() {
+        let t = with(
+            "vcpus = 1\n",
+            "vcpus = 1\n[vm.settings]\nzeta = \"z\"\nalpha = 7\nneg = -3\nflag = true\nurl = \"a=b\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.vms[0].settings_text(),
+            "zeta=z\nalpha=7\nneg=-3\nflag=true\nurl=a=b\n"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let e = Topology::from_file(Path::new("/nonexistent/topology.toml")).unwrap_err();
+        assert!(matches!(e, TopologyError::Io { .. }));
+        assert!(e.to_string().contains("/nonexistent/topology.toml"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let e = Topology::from_toml_str("[machine\ncpus = 2").unwrap_err();
+        assert!(matches!(e, TopologyError::Syntax(_)));
+        assert!(e.to_string().starts_with("invalid topology:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        for (from, to) in [
+            ("vcpus = 1", "vcpu = 1"),
+            ("cpus = 2", "cpus = 2\ncores = 2"),
+            ("[machine]", "[machin]"),
+        ] {
+            let e = err(from, to);
+            assert!(matches!(e, TopologyError::Syntax(_)), "{from} -> {to}: {e}");
+            assert!(e.to_string().contains("unknown field"), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_rejected() {
+        assert!(matches!(err("vcpus = 1\n", ""), TopologyError::Syntax(_)));
+        assert!(matches!(
+            err("memory_mib = 8", "memory_mib = \"8\""),
+            TopologyError::Syntax(_)
+        ));
+        assert!(matches!(
+            err("memory_mib = 8", "memory_mib = -8"),
+            TopologyError::Syntax(_)
+        ));
+        let e = err("kind = \"guest\"", "kind = \"driver\"");
+        assert!(e.to_string().contains("driver-domain"), "{e}");
+        let e = err("vcpus = 1\n", "vcpus = 1\nsettings = { x = 1.5 }\n");
+        assert!(
+            e.to_string().contains("a string, integer or boolean"),
+            "{e}"
+        );
+        let e = err("vcpus = 1\n", "vcpus = 1\nsettings = { x = [1] }\n");
+        assert!(matches!(e, TopologyError::Syntax(_)));
+        let e = err("vcpus = 1\n", "vcpus = 1\nsettings = 3\n");
+        assert!(
+            e.to_string().contains("a table of key = value settings"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rejects_machine_cpus_out_of_range() {
+        assert!(matches!(
+            err("cpus = 2", "cpus = 0"),
+            TopologyError::MachineCpus { cpus: 0 }
+        ));
+        let e = err("cpus = 2", "cpus = 9");
+        assert!(matches!(e, TopologyError::MachineCpus { cpus: 9 }));
+        assert!(e.to_string().contains("machine.cpus = 9"), "{e}");
+        with("cpus = 2", "cpus = 8").unwrap();
+    }
+
+    #[test]
+    fn rejects_no_vms() {
+        let e = Topology::from_toml_str("[machine]\ncpus = 1\nmemory_mib = 512\n").unwrap_err();
+        assert!(matches!(e, TopologyError::NoVms));
+    }
+
+    #[test]
+    fn rejects_too_many_vms() {
+        let mut text = "[machine]\ncpus = 1\nmemory_mib = 4096\n".to_owned();
+        for i in 0..=MAX_VMS {
+            text += &vm_table(&format!("vm{i}"), 2);
+        }
+        let e = Topology::from_toml_str(&text).unwrap_err();
+        assert!(matches!(e, TopologyError::TooManyVms { count } if count == MAX_VMS + 1));
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for (name, expected) in [
+            ("", NameProblem::Empty),
+            ("this-name-is-far-too-long-for-sluice", NameProblem::TooLong),
+            ("Guest1", NameProblem::InvalidChar),
+            ("guest_1", NameProblem::InvalidChar),
+        ] {
+            let e = err("name = \"a\"", &format!("name = \"{name}\""));
+            assert!(
+                matches!(&e, TopologyError::Name { index: 0, problem, .. } if *problem == expected),
+                "{name}: {e}"
+            );
+            assert!(e.to_string().contains("[[vm]] number 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rejects_duplicate_names() {
+        let text = format!("{MINIMAL}{}", vm_table("a", 8));
+        let e = Topology::from_toml_str(&text).unwrap_err();
+        assert!(matches!(&e, TopologyError::DuplicateName { name } if name == "a"));
+        assert!(e.to_string().contains("\"a\""), "{e}");
+    }
+
+    #[test]
+    fn rejects_odd_memory() {
+        let e = err("memory_mib = 8", "memory_mib = 7");
+        assert!(matches!(
+            e,
+            TopologyError::MemoryNotMultiple { memory_mib: 7, .. }
+        ));
+        assert!(e.to_string().contains("vm \"a\": memory_mib = 7"), "{e}");
+    }
+
+    #[test]
+    fn rejects_memory_out_of_range() {
+        for mib in [0, 1026, u64::MAX - 1] {
+            let e = err("memory_mib = 8", &format!("memory_mib = {mib}"));
+            assert!(
+                matches!(e, TopologyError::MemoryOutOfRange { memory_mib, .. } if memory_mib == mib),
+                "{e}"
+            );
+        }
+        with("memory_mib = 8", "memory_mib = 2").unwrap();
+    }
+
+    #[test]
+    fn rejects_vcpus_out_of_range() {
+        for vcpus in [0, MAX_VCPUS_PER_VM + 1] {
+            let e = err("vcpus = 1", &format!("vcpus = {vcpus}"));
+            assert!(
+                matches!(e, TopologyError::Vcpus { vcpus: v, .. } if v == vcpus),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_empty_image_name() {
+        let e = err("image = \"img\"", "image = \"\"");
+        assert!(matches!(e, TopologyError::EmptyImage { .. }));
+    }
+
+    #[test]
+    fn rejects_bad_setting_keys() {
+        for key in ["\"Bad\"", "\"a-b\"", "\"\"", "\"a b\"", "\"x=y\""] {
+            let e = err(
+                "vcpus = 1\n",
+                &format!("vcpus = 1\nsettings = {{ {key} = 1 }}\n"),
+            );
+            assert!(matches!(e, TopologyError::SettingKey { .. }), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn rejects_setting_values_with_line_breaks() {
+        for value in ["\"a\\nb\"", "\"a\\rb\"", "\"\"\"\nx\ny\"\"\""] {
+            let e = err(
+                "vcpus = 1\n",
+                &format!("vcpus = 1\n[vm.settings]\nk = {value}\n"),
+            );
+            assert!(
+                matches!(&e, TopologyError::SettingValue { key, .. } if key == "k"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_settings_too_long() {
+        let long = "x".repeat(MAX_SETTINGS_LEN);
+        let e = err(
+            "vcpus = 1\n",
+            &format!("vcpus = 1\nsettings = {{ k = \"{long}\" }}\n"),
+        );
+        assert!(
+            matches!(e, TopologyError::SettingsTooLong { len, .. } if len == MAX_SETTINGS_LEN + 3)
+        );
+        // Exactly at the limit: "k=" + value + "\n".
+        let fits = "x".repeat(MAX_SETTINGS_LEN - 3);
+        with(
+            "vcpus = 1\n",
+            &format!("vcpus = 1\nsettings = {{ k = \"{fits}\" }}\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn rejects_memory_overcommit() {
+        // 256 MiB machine leaves 192 MiB; the VM alone asks for 194.
+        let e = err("memory_mib = 8", "memory_mib = 194");
+        assert!(matches!(
+            e,
+            TopologyError::OutOfMemory {
+                total_mib: 194,
+                machine_mib: 256
+            }
+        ));
+        assert!(e.to_string().contains("only 192 MiB"), "{e}");
+        with("memory_mib = 8", "memory_mib = 192").unwrap();
+        // Less machine memory than the reservation itself.
+        let e = err("memory_mib = 256", "memory_mib = 32");
+        assert!(e.to_string().contains("only 0 MiB"), "{e}");
+    }
+
+    #[test]
+    fn errors_have_distinct_messages() {
+        let vm = || "v".to_owned();
+        let errors = [
+            TopologyError::MachineCpus { cpus: 0 },
+            TopologyError::NoVms,
+            TopologyError::TooManyVms { count: 17 },
+            TopologyError::Name {
+                index: 0,
+                name: "X".into(),
+                problem: NameProblem::InvalidChar,
+            },
+            TopologyError::DuplicateName { name: vm() },
+            TopologyError::MemoryNotMultiple {
+                vm: vm(),
+                memory_mib: 3,
+            },
+            TopologyError::MemoryOutOfRange {
+                vm: vm(),
+                memory_mib: 0,
+            },
+            TopologyError::Vcpus { vm: vm(), vcpus: 0 },
+            TopologyError::EmptyImage { vm: vm() },
+            TopologyError::SettingKey {
+                vm: vm(),
+                key: "K".into(),
+            },
+            TopologyError::SettingValue {
+                vm: vm(),
+                key: "k".into(),
+            },
+            TopologyError::SettingsTooLong {
+                vm: vm(),
+                len: 9999,
+            },
+            TopologyError::OutOfMemory {
+                total_mib: 1,
+                machine_mib: 2,
+            },
+        ];
+        let messages: HashSet<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), errors.len());
+    }
+
+    fn default_images() -> HashMap<String, Vec<u8>> {
+        HashMap::from([
+            ("driver-domain".to_owned(), vec![0xd0; 4000]),
+            ("guest-frontend".to_owned(), vec![0x6f; 2500]),
+        ])
+    }
+
+    #[test]
+    fn pack_round_trips_through_the_bundle_parser() {
+        let t = Topology::from_file(&default_path()).unwrap();
+        let images = default_images();
+        let bytes = pack(&t, &images).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.vm_count(), t.vms.len());
+        for (spec, def) in bundle.vms().zip(&t.vms) {
+            assert_eq!(spec.name, def.name);
+            assert_eq!(spec.kind, def.kind);
+            assert_eq!(spec.vcpus, def.vcpus);
+            assert_eq!(spec.ram_bytes, def.memory_mib * MIB);
+            assert_eq!(spec.settings, def.settings_text());
+            assert_eq!(spec.image, images[&def.image].as_slice());
+        }
+        assert_eq!(bundle.vm(0).unwrap().settings, "role=switch\n");
+        assert_eq!(
+            shared_abi::start_info::setting(bundle.vm(3).unwrap().settings, "app"),
+            Some("hello")
+        );
+        // The three guests share one copy of their image.
+        assert!(bytes.len() < 4000 + 2 * 2500);
+    }
+
+    #[test]
+    fn pack_names_a_missing_image() {
+        let t = Topology::from_file(&default_path()).unwrap();
+        let mut images = default_images();
+        images.remove("guest-frontend");
+        let e = pack(&t, &images).unwrap_err();
+        assert_eq!(
+            e,
+            PackError::MissingImage {
+                vm: "guest1".into(),
+                image: "guest-frontend".into()
+            }
+        );
+        assert!(e.to_string().contains("--image guest-frontend=PATH"), "{e}");
+    }
+
+    #[test]
+    fn pack_reports_bundle_errors() {
+        let t =
+            Topology::from_toml_str(&MINIMAL.replace("memory_mib = 8", "memory_mib = 2")).unwrap();
+        // An image that leaves no room for the start-info page in 2 MiB.
+        let images = HashMap::from([("img".to_owned(), vec![0; 2 * MIB as usize])]);
+        let e = pack(&t, &images).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PackError::Bundle(BundleError::ImageTooLarge { vm: 0, .. })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("start-info"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

@@ -1,0 +1,270 @@
+//! QEMU integration tests: each boots a topology under the real hypervisor with a hard timeout
+//! (QEMU is always killed at the end) and checks the behaviour on the console.
+//!
+//! They need the built images: `./run.sh test` builds them first.
+
+use std::time::Duration;
+
+use sluice_harness::qemu::{boot, Artifacts, Boot, BootOptions};
+use sluice_harness::report::{evaluate, kill_reason};
+use sluice_harness::topology::Topology;
+
+fn artifacts() -> Artifacts {
+    Artifacts::load().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn boot_with(topology: &Topology, options: BootOptions) -> Boot {
+    boot(topology, &artifacts(), &options).unwrap_or_else(|e| panic!("boot failed: {e}"))
+}
+
+fn boot_toml(toml: &str, timeout_s: u64) -> (Topology, Boot) {
+    let topology =
+        Topology::from_toml_str(toml).unwrap_or_else(|e| panic!("bad test topology: {e}"));
+    let result = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(timeout_s),
+            ..BootOptions::default()
+        },
+    );
+    (topology, result)
+}
+
+/// A guest entry for a test topology.
+fn guest(name: &str, memory_mib: u64, vcpus: u32, settings: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"guest-frontend\"\nmemory_mib = {memory_mib}\nvcpus = {vcpus}\nsettings = {{ {settings} }}\n"
+    )
+}
+
+const MACHINE: &str = "[machine]\ncpus = 2\nmemory_mib = 512\n";
+
+/// The host physical address the hypervisor logged for a VM's RAM.
+fn ram_pa(boot: &Boot, vm: &str) -> u64 {
+    let line = boot
+        .lines
+        .iter()
+        .find(|l| l.contains(&format!("VM {vm} (id")) && l.contains("RAM at PA "))
+        .unwrap_or_else(|| panic!("no RAM line for {vm}:\n{}", boot.transcript()));
+    let hex = line
+        .split("RAM at PA 0x")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .expect("PA in the line");
+    u64::from_str_radix(hex, 16).expect("hex PA")
+}
+
+#[test]
+fn default_topology_boots_every_vm_on_two_pcpus() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../topologies/default.toml");
+    let topology =
+        Topology::from_file(std::path::Path::new(path)).expect("default topology parses");
+    assert!(topology.vms.len() >= 3 && topology.machine.cpus == 2);
+    let result = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(90),
+            ..BootOptions::default()
+        },
+    );
+    let checks = evaluate(&topology, &result);
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| c.summary_line())
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", result.transcript());
+    // Multi-vCPU guests bring up their secondaries through PSCI CPU_ON.
+    for vm in topology.vms.iter().filter(|v| v.vcpus > 1) {
+        for i in 1..vm.vcpus {
+            let line = format!("vcpu {i} online");
+            assert!(
+                result.vm_lines(&vm.name).any(|l| l.contains(&line)),
+                "{} lacks '{line}'",
+                vm.name
+            );
+        }
+    }
+}
+
+/// Boots `victim` (a guest that stays alive a while) next to a `probe` guest that touches
+/// `probe_addr`; returns the boot. The probe is expected to die; the victim must finish.
+fn probe_boot(probe_memory_mib: u64, probe_addr: u64, op: &str) -> Boot {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        guest(
+            "victim",
+            8,
+            1,
+            "app = \"sleep\", sleep_ms = 100, rounds = 3"
+        ),
+        guest(
+            "probe",
+            probe_memory_mib,
+            1,
+            &format!("app = \"probe\", probe_addr = \"{probe_addr:#x}\", probe_op = \"{op}\"")
+        ),
+    );
+    boot_toml(&toml, 60).1
+}
+
+fn assert_probe_killed(boot: &Boot, addr: u64) {
+    let reason = kill_reason(boot, "probe")
+        .unwrap_or_else(|| panic!("probe was not killed:\n{}", boot.transcript()));
+    assert!(
+        reason.contains(&format!("stage-2 fault at IPA {addr:#x}")),
+        "reason: {reason}"
+    );
+    assert!(!boot.has("PROBE SURVIVED"), "{}", boot.transcript());
+    assert!(
+        boot.vm_lines("victim").any(|l| l.starts_with("REPORT ok")),
+        "victim did not finish:\n{}",
+        boot.transcript()
+    );
+    assert!(
+        boot.exited && boot.has("all VMs have stopped"),
+        "{}",
+        boot.transcript()
+    );
+}
+
+#[test]
+fn guest_reading_another_vms_ram_is_killed() {
+    // First learn where the victim's RAM is in host physical memory (allocation is
+    // deterministic for a topology), then point the probe at it.
+    let scout = probe_boot(2, 0x4000_0000, "read");
+    let victim_pa = ram_pa(&scout, "victim");
+    let target = victim_pa + 0x1000;
+    let result = probe_boot(2, target, "read");
+    assert_eq!(
+        ram_pa(&result, "victim"),
+        victim_pa,
+        "allocation changed between boots"
+    );
+    assert_probe_killed(&result, target);
+}
+
+#[test]
+fn guest_writing_the_hypervisors_ram_is_killed() {
+    // The hypervisor image starts at PA 0x4020_0000 (hypervisor/linker.ld). The probe has 2 MiB of
+    // RAM, so its guest-physical window ends exactly there: the hypervisor is out of its reach.
+    let result = probe_boot(2, 0x4020_0000, "write");
+    assert_probe_killed(&result, 0x4020_0000);
+}
+
+#[test]
+fn guest_reading_an_unmapped_device_is_killed() {
+    // QEMU virt's PL011, which the hypervisor owns: not mapped for any VM.
+    let result = probe_boot(2, 0x0900_0000, "read");
+    assert_probe_killed(&result, 0x0900_0000);
+}
+
+#[test]
+fn timed_sleep_wakes_on_time() {
+    let toml = format!(
+        "{MACHINE}{}",
+        guest(
+            "sleeper",
+            8,
+            1,
+            "app = \"sleep\", sleep_ms = 200, rounds = 3"
+        )
+    );
+    let (_, result) = boot_toml(&toml, 60);
+    let measured: Vec<u64> = result
+        .vm_lines("sleeper")
+        .filter_map(|l| l.strip_prefix("slept 200 ms: measured "))
+        .filter_map(|rest| rest.trim_end_matches(" ms").parse().ok())
+        .collect();
+    assert_eq!(measured.len(), 3, "{}", result.transcript());
+    for ms in measured {
+        // Wide tolerance: TCG emulation on a shared machine. It must not wake early, and must
+        // not oversleep by whole seconds.
+        assert!(
+            (195..=1500).contains(&ms),
+            "slept 200 ms but measured {ms} ms"
+        );
+    }
+}
+
+#[test]
+fn spinning_vcpus_do_not_starve_others() {
+    // Two guests spin for 4 s without ever trapping, one per pCPU; the third guest still gets
+    // time slices and finishes before them.
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        guest("spin1", 4, 1, "app = \"spin\", spin_ms = 4000"),
+        guest("spin2", 4, 1, "app = \"spin\", spin_ms = 4000"),
+        guest("worker", 4, 1, "app = \"hello\""),
+    );
+    let (_, result) = boot_toml(&toml, 90);
+    let worker_done = result
+        .position("[worker] REPORT ok")
+        .unwrap_or_else(|| panic!("{}", result.transcript()));
+    let spin_done = result
+        .position("REPORT ok: spin done")
+        .unwrap_or_else(|| panic!("{}", result.transcript()));
+    assert!(
+        worker_done < spin_done,
+        "worker finished only after a spinner:\n{}",
+        result.transcript()
+    );
+    assert!(result.has("[spin1] spinning") && result.has("[spin2] spinning"));
+}
+
+#[test]
+fn more_virtual_interrupts_than_list_registers_are_all_delivered() {
+    // 8 distinct SGIs x 3 rounds = 24 deliveries through QEMU's 4 list registers.
+    let toml = format!(
+        "{MACHINE}{}",
+        guest("irqs", 4, 1, "app = \"virq\", mask = \"0xff\", repeat = 3")
+    );
+    let (_, result) = boot_toml(&toml, 60);
+    assert!(
+        result.has("[hv] 4 list registers"),
+        "{}",
+        result.transcript()
+    );
+    assert!(
+        result.has("[irqs] VIRQ delivered 24/24"),
+        "{}",
+        result.transcript()
+    );
+    assert!(
+        result.vm_lines("irqs").any(|l| l.starts_with("REPORT ok")),
+        "{}",
+        result.transcript()
+    );
+}
+
+#[test]
+fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
+    let toml = format!("{MACHINE}{}", guest("g", 4, 1, "app = \"hello\""));
+    let topology = Topology::from_toml_str(&toml).unwrap();
+    let good = sluice_harness::topology::pack(&topology, &artifacts().images).unwrap();
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    let mut bad_version = good.clone();
+    bad_version[8] = 99;
+    for (what, bytes) in [("truncated", truncated), ("unknown version", bad_version)] {
+        let result = boot_with(
+            &topology,
+            BootOptions {
+                timeout: Duration::from_secs(30),
+                bundle_override: Some(bytes),
+                ..BootOptions::default()
+            },
+        );
+        assert!(
+            result.has("[hv] ERROR: boot bundle rejected: "),
+            "{what}:\n{}",
+            result.transcript()
+        );
+        assert!(
+            result.exited,
+            "{what}: the hypervisor must power off, not hang:\n{}",
+            result.transcript()
+        );
+        assert!(!result.has("[g] "), "{what}: no VM may start");
+    }
+}

@@ -1,0 +1,158 @@
+//! Console output: `print!`/`println!` over the CONSOLE_WRITE hypercall, the `log` backend, and
+//! the emergency path the panic and fault handlers use. Bytes are buffered and sent in chunks of
+//! up to 40 (what fits in the hypercall's registers); a newline flushes. The hypervisor prefixes
+//! each line with the VM's name.
+
+use core::fmt::{self, Write};
+
+use log::{LevelFilter, Log, Metadata, Record};
+use shared_abi::hypercall::CONSOLE_MAX_BYTES;
+use spin::Mutex;
+
+use crate::{gic, hypercall};
+
+/// One chunk of pending console bytes.
+struct Writer {
+    buf: [u8; CONSOLE_MAX_BYTES],
+    len: usize,
+}
+
+impl Writer {
+    const fn new() -> Writer {
+        Writer {
+            buf: [0; CONSOLE_MAX_BYTES],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+        if self.len == CONSOLE_MAX_BYTES || byte == b'\n' {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.len > 0 {
+            // Nothing useful to do if the console refuses bytes.
+            let _ = hypercall::console_write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Write for Writer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        s.bytes().for_each(|b| self.push(b));
+        Ok(())
+    }
+}
+
+/// Shared by all vCPUs of the VM; taken with IRQs masked so an IRQ handler that prints cannot
+/// deadlock against the code it interrupted. One `print!` holds it throughout, so lines from
+/// different vCPUs do not interleave.
+static CONSOLE: Mutex<Writer> = Mutex::new(Writer::new());
+
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments) {
+    gic::without_irqs(|| {
+        let _ = CONSOLE.lock().write_fmt(args);
+    });
+}
+
+#[doc(hidden)]
+pub fn _print_line(args: fmt::Arguments) {
+    gic::without_irqs(|| {
+        let mut console = CONSOLE.lock();
+        let _ = console.write_fmt(args);
+        console.push(b'\n');
+    });
+}
+
+/// Sends any buffered partial line now.
+pub fn flush() {
+    gic::without_irqs(|| CONSOLE.lock().flush());
+}
+
+/// For the panic and fatal-exception paths: prints a whole line even if the console lock is held
+/// (by a vCPU that is now stuck, possibly this one), falling back to an unshared writer.
+pub(crate) fn emergency_line(args: fmt::Arguments) {
+    gic::disable_irqs();
+    let mut tries = 0u32;
+    loop {
+        if let Some(mut console) = CONSOLE.try_lock() {
+            if console.len > 0 {
+                // Finish whatever partial line was pending so ours starts on its own line.
+                console.push(b'\n');
+            }
+            let _ = console.write_fmt(args);
+            console.push(b'\n');
+            return;
+        }
+        tries += 1;
+        if tries > 100_000 {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    let mut writer = Writer::new();
+    writer.push(b'\n');
+    let _ = writer.write_fmt(args);
+    writer.push(b'\n');
+}
+
+/// Prints to the hypervisor console (no newline; the text is sent once 40 bytes or a newline
+/// have accumulated, or on [`console::flush`](crate::console::flush)).
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::console::_print(::core::format_args!($($arg)*))
+    };
+}
+
+/// Prints a line to the hypervisor console.
+#[macro_export]
+macro_rules! println {
+    () => {
+        $crate::print!("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::console::_print_line(::core::format_args!($($arg)*))
+    };
+}
+
+struct ConsoleLogger;
+
+impl Log for ConsoleLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if self.enabled(record.metadata()) {
+            _print_line(format_args!("[{}] {}", record.level(), record.args()));
+        }
+    }
+
+    fn flush(&self) {
+        flush();
+    }
+}
+
+static LOGGER: ConsoleLogger = ConsoleLogger;
+
+/// Installs the console as the `log` backend. The level comes from the setting `log`
+/// (`off`, `error`, `warn`, `info`, `debug`, `trace`; default `info`).
+pub fn init_log(settings: &str) {
+    let requested = shared_abi::start_info::setting(settings, "log");
+    let level = requested
+        .and_then(|value| value.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::Info);
+    // Fails only if a logger is already installed, which then stays.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+    if let Some(value) = requested.filter(|v| v.parse::<LevelFilter>().is_err()) {
+        log::warn!("setting log={value} is not a log level; using info");
+    }
+}
