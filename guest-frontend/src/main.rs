@@ -15,7 +15,9 @@ fn main(info: &StartInfo<'static>) {
     let app = setting(info.settings, "app").unwrap_or("hello");
     match app {
         "hello" => apps::hello::run(info),
+        "hostile" => apps::hostile::run(info),
         "probe" => apps::probe::run(info),
+        "reset" => apps::reset::run(info),
         "sleep" => apps::sleep::run(info),
         "spin" => apps::spin::run(info),
         "virq" => apps::virq::run(info),

@@ -19,7 +19,7 @@ use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM};
 use spin::Mutex;
 
 use crate::arch::cpu::{self, El1Context};
-use crate::arch::gic::{self, ICH_HCR_UIE};
+use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
 use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
@@ -96,6 +96,9 @@ impl Hv {
         vcpu.el1 = El1Context::save();
         vcpu.fp.save();
         vcpu.vgic.save();
+        // Its list registers must not raise maintenance interrupts while another vCPU (or the
+        // idle loop) owns this pCPU.
+        VgicContext::quiesce();
         // A vCPU that is not running must not have its timer fire on this pCPU.
         cpu::set_vtimer_ctl(0);
     }
@@ -417,9 +420,12 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
                 cpu::set_vtimer_ctl(cpu::vtimer_ctl() | TIMER_IMASK);
                 let _ = with_hv(|hv| hv.inject(id, intid::VIRTUAL_TIMER, pcpu));
             }
-            // Maintenance (list registers drained) and kicks are handled by `finish`, which
-            // refills the list registers and notices stop requests.
-            gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
+            // The maintenance interrupt is level-triggered: its cause (an underflow, or a spent
+            // EOI request in a list register) must be cleared before it is ended, or it would
+            // be taken again at once. Refilling the list registers clears both.
+            gic::MAINTENANCE_PPI => with_hv(|hv| hv.refill_live(id)),
+            // A kick only brings the pCPU here; `finish` notices stop requests.
+            gic::KICK_SGI => {}
             other => warn!("unexpected physical interrupt {other}"),
         }
         gic::end(raw);
@@ -460,6 +466,10 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
     let function = frame.x[0];
     match function {
+        hypercall::CONSOLE_WRITE if frame.x[1] > hypercall::CONSOLE_MAX_BYTES as u64 => {
+            set_return(frame, Status::InvalidArgument.as_u64());
+            Action::Continue
+        }
         hypercall::CONSOLE_WRITE => {
             let regs = [frame.x[2], frame.x[3], frame.x[4], frame.x[5], frame.x[6]];
             let (bytes, len) = hypercall::unpack_console_bytes(frame.x[1], &regs);

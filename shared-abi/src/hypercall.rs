@@ -6,12 +6,13 @@
 //! emulated per VM: SYSTEM_OFF and SYSTEM_RESET act on the calling VM only.
 
 /// SMCCC fast-call, 64-bit convention, owner 6 (vendor hypervisor).
-const VENDOR_HYP_BASE: u64 = 0xC600_0000;
+pub const VENDOR_HYP_BASE: u64 = 0xC600_0000;
 
 /// Write bytes to the hypervisor console. x1 = byte count (0..=CONSOLE_MAX_BYTES), x2..x6 carry
 /// the bytes little-endian (byte 0 in the low byte of x2). Bytes travel in registers so the
 /// hypervisor never reads guest memory for logging. The hypervisor buffers per VM and prints each
-/// completed line prefixed with the VM's name.
+/// completed line prefixed with the VM's name. A count above CONSOLE_MAX_BYTES is refused with
+/// `InvalidArgument` and nothing is printed.
 pub const CONSOLE_WRITE: u64 = VENDOR_HYP_BASE | 0x01;
 pub const CONSOLE_MAX_BYTES: usize = 40;
 

@@ -6,6 +6,9 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod bundle;
+pub mod evtchn;
+pub mod grant;
+pub mod handshake;
 pub mod hypercall;
 pub mod layout;
 pub mod start_info;

@@ -238,6 +238,67 @@ fn more_virtual_interrupts_than_list_registers_are_all_delivered() {
 }
 
 #[test]
+fn system_reset_restarts_only_that_vm_from_a_fresh_image() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        guest("resetter", 4, 1, "app = \"reset\""),
+        guest("bystander", 4, 1, "app = \"sleep\", sleep_ms = 100, rounds = 3")
+    );
+    let (_, result) = boot_toml(&toml, 60);
+    let transcript = result.transcript();
+    assert!(result.has("[resetter] boot 1: resetting"), "{transcript}");
+    assert!(
+        result.has("[hv] VM resetter restarting (PSCI SYSTEM_RESET, boot 2)"),
+        "{transcript}"
+    );
+    assert!(
+        result.has("[resetter] REPORT ok: boot 2 after SYSTEM_RESET, image data fresh"),
+        "{transcript}"
+    );
+    assert!(
+        result.vm_lines("bystander").any(|l| l.starts_with("REPORT ok")),
+        "the other VM must be untouched by the reset:\n{transcript}"
+    );
+    // The bystander booted once: exactly its three sleep rounds, none repeated.
+    assert_eq!(
+        result
+            .vm_lines("bystander")
+            .filter(|l| l.starts_with("slept"))
+            .count(),
+        3,
+        "{transcript}"
+    );
+    assert!(result.exited && result.has("all VMs have stopped"), "{transcript}");
+}
+
+#[test]
+fn hostile_hypercalls_get_documented_errors_and_harm_no_one() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        guest("hostile", 4, 2, "app = \"hostile\""),
+        guest("bystander", 4, 1, "app = \"sleep\", sleep_ms = 100, rounds = 2")
+    );
+    let (_, result) = boot_toml(&toml, 60);
+    let transcript = result.transcript();
+    assert!(
+        result
+            .vm_lines("hostile")
+            .any(|l| l.starts_with("REPORT ok: ") && l.contains("hostile hypercalls refused")),
+        "{transcript}"
+    );
+    assert!(
+        result.vm_lines("hostile").filter(|l| l.ends_with("as documented")).count() >= 10,
+        "{transcript}"
+    );
+    assert!(
+        result.vm_lines("bystander").any(|l| l.starts_with("REPORT ok")),
+        "{transcript}"
+    );
+    assert!(kill_reason(&result, "bystander").is_none(), "{transcript}");
+    assert!(result.exited && result.has("all VMs have stopped"), "{transcript}");
+}
+
+#[test]
 fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
     let toml = format!("{MACHINE}{}", guest("g", 4, 1, "app = \"hello\""));
     let topology = Topology::from_toml_str(&toml).unwrap();

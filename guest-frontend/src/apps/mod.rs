@@ -3,7 +3,9 @@
 //! powers the VM off.
 
 pub mod hello;
+pub mod hostile;
 pub mod probe;
+pub mod reset;
 pub mod sleep;
 pub mod spin;
 pub mod virq;

@@ -133,6 +133,16 @@ impl VgicContext {
         self.ap1r0 = mrs!("ich_ap1r0_el2");
     }
 
+    /// Empties the live list registers and turns maintenance interrupts off, keeping the
+    /// virtual interface enabled: the state after [`save`](Self::save) when no vCPU is loaded.
+    pub fn quiesce() {
+        msr!("ich_hcr_el2", ICH_HCR_EN);
+        msr!("ich_lr0_el2", 0);
+        msr!("ich_lr1_el2", 0);
+        msr!("ich_lr2_el2", 0);
+        msr!("ich_lr3_el2", 0);
+    }
+
     pub fn restore(&self) {
         msr!("ich_lr0_el2", self.lrs[0]);
         msr!("ich_lr1_el2", self.lrs[1]);
