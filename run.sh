@@ -3,6 +3,7 @@
 #   ./run.sh                    install what is missing, build, boot the demo topology, print a summary
 #   ./run.sh test               every test: formatting, lints, host unit tests, QEMU integration tests
 #   ./run.sh --topology FILE    boot another topology (see topologies/)
+#   ./run.sh bench              measure (event-channel round trip, grant costs) -> target/bench/results.json
 #   ./run.sh setup | build      only install prerequisites / only build
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -114,9 +115,9 @@ topology=topologies/default.toml
 cmd=demo
 while [ $# -gt 0 ]; do
     case "$1" in
-        test|setup|build|demo) cmd=$1 ;;
+        test|setup|build|demo|bench) cmd=$1 ;;
         --topology) shift; topology=${1:?--topology needs a file} ;;
-        -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try ./run.sh --help)" ;;
     esac
     shift
@@ -133,5 +134,9 @@ case "$cmd" in
     test)
         build
         run_tests
+        ;;
+    bench)
+        build
+        SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-bench --json target/bench/results.json
         ;;
 esac

@@ -6,6 +6,7 @@
 extern crate alloc;
 
 mod apps;
+mod link;
 
 use vm_runtime::{println, setting, StartInfo};
 
@@ -14,8 +15,11 @@ vm_runtime::entry!(main);
 fn main(info: &StartInfo<'static>) {
     let app = setting(info.settings, "app").unwrap_or("hello");
     match app {
+        "attack" => apps::attack::run(info),
+        "granter" => apps::granter::run(info),
         "hello" => apps::hello::run(info),
         "hostile" => apps::hostile::run(info),
+        "pingpong" => apps::pingpong::run(info),
         "probe" => apps::probe::run(info),
         "reset" => apps::reset::run(info),
         "sleep" => apps::sleep::run(info),

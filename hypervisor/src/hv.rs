@@ -14,8 +14,9 @@ use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::vmid::VmidAllocator;
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
+use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::hypercall::{self, psci, Status};
-use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM};
+use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM, PAGE_SIZE};
 use spin::Mutex;
 
 use crate::arch::cpu::{self, El1Context};
@@ -24,6 +25,9 @@ use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::logger::print_vm_line;
+pub use crate::sharing::Sharing;
+use crate::sharing::{deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
+use hypervisor::grant::RamRelease;
 use crate::vm::{StopKind, Vcpu, Vm};
 
 /// Time slice in milliseconds.
@@ -41,6 +45,7 @@ pub struct Hv {
     pub sched: Scheduler,
     pub slice_ticks: u64,
     pub pcpus: usize,
+    pub sharing: Sharing,
 }
 
 pub static HV: Mutex<Option<Hv>> = Mutex::new(None);
@@ -133,6 +138,77 @@ impl Hv {
         cpu::set_hyp_timer(deadline);
     }
 
+    /// Grant and event-channel hypercalls of vCPU `id`: the status for x0 and, for calls that
+    /// return a port, the value for x1.
+    fn sharing_call(
+        &mut self,
+        id: VcpuId,
+        function: u64,
+        x: [u64; 31],
+        pcpu: usize,
+    ) -> (Status, Option<u64>) {
+        let caller = self.vm_of(id).id;
+        let (sharing, vms, frames) = (&mut self.sharing, &mut self.vms[..], &mut self.frames);
+        let mut env = Env { vms, frames };
+        let done = |r: Result<(), Status>| (r.err().unwrap_or(Status::Ok), None);
+        let port = |r: Result<u32, Status>| match r {
+            Ok(port) => (Status::Ok, Some(u64::from(port))),
+            Err(e) => (e, None),
+        };
+        let mut notify = None;
+        let result = match function {
+            hypercall::GRANT_TABLE_SETUP => (sharing.grants.setup(&env, caller, x[1], x[2]), None),
+            hypercall::GRANT_MAP => (sharing.grants.map_batch(&mut env, caller, x[1], x[2]), None),
+            hypercall::GRANT_UNMAP => {
+                let result = sharing.grants.unmap_batch(&mut env, caller, x[1], x[2]);
+                sharing.release(env.frames, &result.released);
+                (result.status, None)
+            }
+            hypercall::GRANT_COPY => (sharing.grants.copy_batch(&mut env, caller, x[1], x[2]), None),
+            hypercall::GRANT_END => (sharing.grants.end(&mut env, caller, x[1]), None),
+            hypercall::EVTCHN_SETUP => done(sharing.events.setup(caller, x[1], |gpa, len| {
+                ram_pa(env.vms, caller, gpa, len).is_some()
+            })),
+            hypercall::EVTCHN_ALLOC_UNBOUND => port(sharing.events.alloc_unbound(caller, x[1])),
+            hypercall::EVTCHN_BIND_INTERDOMAIN => {
+                port(sharing.events.bind_interdomain(caller, x[1], x[2]))
+            }
+            hypercall::EVTCHN_SEND => match sharing.events.send(caller, x[1]) {
+                Ok(signal) => {
+                    notify = deliver(env.vms, signal);
+                    (Status::Ok, None)
+                }
+                Err(e) => (e, None),
+            },
+            hypercall::EVTCHN_CLOSE => done(sharing.events.close(caller, x[1])),
+            hypercall::EVTCHN_UNMASK => match sharing.events.unmask(caller, x[1]) {
+                Ok(page_gpa) => {
+                    notify = unmask_port(env.vms, caller, page_gpa, x[1] as u32);
+                    (Status::Ok, None)
+                }
+                Err(e) => (e, None),
+            },
+            _ => (Status::NotSupported, None),
+        };
+        if let Some(n) = notify {
+            self.notify(n, pcpu);
+        }
+        result
+    }
+
+    /// Raises the event-channel interrupt on a VM's first vCPU.
+    fn notify(&mut self, notify: Notify, pcpu: usize) {
+        let Some(vm) = self.vms.get(usize::from(notify.vm).wrapping_sub(1)).and_then(Option::as_ref)
+        else {
+            return;
+        };
+        if vm.stop.is_some() {
+            return;
+        }
+        let first = vm.vcpus[0];
+        let _ = self.inject(first, EVTCHN_INTID, pcpu);
+    }
+
     /// Refills the live list registers of the running vCPU (after new interrupts were queued).
     fn refill_live(&mut self, id: VcpuId) {
         let vcpu = &mut self.vcpus[id];
@@ -144,7 +220,9 @@ impl Hv {
 
     /// Queues a virtual interrupt for a vCPU and wakes it if it sleeps in WFI.
     fn inject(&mut self, id: VcpuId, intid: u32, this_pcpu: usize) -> Result<(), Status> {
-        let pushed = if intid == intid::VIRTUAL_TIMER {
+        // Level-style sources: one queued copy is enough, since the guest's handler looks at the
+        // source (the timer, or every pending port) rather than counting interrupts.
+        let pushed = if intid == intid::VIRTUAL_TIMER || intid == EVTCHN_INTID {
             self.vcpus[id].virqs.push_unique(intid)
         } else {
             self.vcpus[id].virqs.push(intid)
@@ -191,8 +269,41 @@ impl Hv {
         {
             return;
         }
+        let vm_id = vm.id;
+        let pages = (vm.ram_bytes / PAGE_SIZE) as usize;
+        let stopped = self.sharing.vm_stopped(
+            &mut self.vms,
+            &mut self.frames,
+            vm_id,
+            kind == StopKind::Reset,
+        );
+        self.sharing.release(&mut self.frames, &stopped.released);
+        for notify in &stopped.notify {
+            self.notify(*notify, this_pcpu);
+        }
+        let retained = |pa| RetainedRam {
+            release: RamRelease {
+                vm: vm_id,
+                incarnation: stopped.incarnation,
+            },
+            pa,
+            pages,
+        };
         let mut vm = self.vms[vm_index].take().expect("checked above");
         vm.console.flush(|line| print_vm_line(&vm.name, line));
+        let kind = if kind == StopKind::Reset && !stopped.ram_free_now {
+            match vm.replace_ram(&mut self.frames) {
+                Some(old_pa) => {
+                    self.sharing.retained.push(retained(old_pa));
+                    kind
+                }
+                None => StopKind::Killed(String::from(
+                    "cannot restart: peers still map its RAM and there is no free RAM for a fresh copy",
+                )),
+            }
+        } else {
+            kind
+        };
         match kind {
             StopKind::Reset => {
                 info!(
@@ -217,7 +328,15 @@ impl Hv {
                 };
                 let name = vm.name.clone();
                 let vmid = vm.vmid;
-                vm.destroy(&mut self.frames);
+                if let StopKind::Killed(reason) = &kind {
+                    if reason.starts_with("cannot restart") {
+                        error!("VM {name}: {reason}");
+                    }
+                }
+                if !stopped.ram_free_now {
+                    self.sharing.retained.push(retained(vm.ram_pa));
+                }
+                vm.destroy(&mut self.frames, stopped.ram_free_now);
                 let _ = self.vmids.free(vmid);
                 info!(
                     "VM {name} stopped ({how}); {} VM(s) still running",
@@ -503,6 +622,15 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
                 })
             };
             set_return(frame, status.as_u64());
+            Action::Continue
+        }
+        hypercall::GRANT_TABLE_SETUP..=hypercall::GRANT_END
+        | hypercall::EVTCHN_SETUP..=hypercall::EVTCHN_UNMASK => {
+            let (status, value) = with_hv(|hv| hv.sharing_call(id, function, frame.x, pcpu));
+            set_return(frame, status.as_u64());
+            if let Some(value) = value {
+                frame.x[1] = value;
+            }
             Action::Continue
         }
         psci::VERSION => {

@@ -8,6 +8,10 @@ extern crate alloc;
 
 pub mod console;
 pub mod esr;
+pub mod evtchn;
+pub mod grant;
 pub mod mm;
+pub mod pci;
 pub mod sched;
+pub mod smmu;
 pub mod vgic;

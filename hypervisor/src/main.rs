@@ -17,6 +17,7 @@ mod hv;
 mod logger;
 #[cfg(target_os = "none")]
 mod mmio;
+mod sharing;
 #[cfg(target_os = "none")]
 mod vm;
 
@@ -159,13 +160,15 @@ mod boot {
             sched: Scheduler::new(),
             slice_ticks: cpu::counter_frequency() * hv::SLICE_MS / 1000,
             pcpus,
+            sharing: hv::Sharing::default(),
         };
         for spec in bundle.vms() {
             let grant = hv
                 .vmids
                 .alloc()
                 .unwrap_or_else(|| fail("out of VMIDs", "use fewer VMs"));
-            let mut vm = Vm::create(&spec, grant.vmid, grant.needs_flush, &mut hv.frames)
+            let peers = bundle.peers_of(spec.id);
+            let mut vm = Vm::create(&spec, peers, grant.vmid, grant.needs_flush, &mut hv.frames)
                 .unwrap_or_else(|e| {
                     error!("cannot create VM {}: {e}", spec.name);
                     fail(
@@ -194,6 +197,22 @@ mod boot {
                 spec.image.len() / 1024
             );
             hv.vms.push(Some(vm));
+        }
+        for spec in bundle.vms() {
+            let Some(backend) = spec.backend else { continue };
+            if let Err(why) = hv
+                .sharing
+                .connect(&mut hv.vms, &mut hv.frames, spec.id, backend)
+            {
+                error!("cannot connect VM {} to its back-end: {why}", spec.name);
+                fail("connection setup failed", "lower the number of VMs");
+            }
+            info!(
+                "connection {} -> back-end {}: control page at IPA {:#x} in both",
+                spec.name,
+                backend,
+                shared_abi::layout::control_page_ipa(spec.id)
+            );
         }
         hv::install(hv);
 

@@ -16,7 +16,9 @@ use shared_abi::start_info::StartInfo;
 use crate::arch::cpu::set_vttbr;
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::VgicContext;
-use crate::arch::mem::{phys_bytes_mut, sync_for_execution, tlbi_ipas, PhysTableMemory};
+use crate::arch::mem::{
+    phys_bytes_mut, sync_for_execution, tlbi_ipas, tlbi_ipas_for, PhysTableMemory,
+};
 use crate::arch::vectors::TrapFrame;
 
 /// Why a VM is stopping.
@@ -43,6 +45,9 @@ pub struct Vm {
     pub console: LineBuffer,
     pub stop: Option<StopKind>,
     pub boots: u32,
+    /// VMs connected to this one (bit i = VM id i), from the bundle's back-end links; written to
+    /// the start-info page on every boot.
+    pub peers: u64,
 }
 
 pub struct Vcpu {
@@ -103,9 +108,11 @@ impl core::fmt::Display for CreateError {
 
 impl Vm {
     /// Allocates RAM (2 MiB aligned, so stage-2 uses blocks), builds the stage-2 table, and loads
-    /// the image and start-info page.
+    /// the image and start-info page. `peers` is the VM's peer bitmap from
+    /// [`Bundle::peers_of`](shared_abi::bundle::Bundle::peers_of).
     pub fn create(
         spec: &VmSpec<'static>,
+        peers: u64,
         vmid: u16,
         vmid_needs_flush: bool,
         frames: &mut FrameAllocator,
@@ -151,6 +158,7 @@ impl Vm {
             console: LineBuffer::default(),
             stop: None,
             boots: 0,
+            peers,
         };
         vm.load_memory(spec.vcpus);
         Ok(vm)
@@ -173,16 +181,55 @@ impl Vm {
             ram_bytes: self.ram_bytes,
             settings: self.settings,
             boot_count: self.boots,
+            peers: self.peers,
         };
         info.write_to(&mut ram[info_offset..info_offset + PAGE_SIZE as usize])
             .expect("bundle validation guarantees the start-info fits");
         sync_for_execution(self.ram_pa, self.ram_bytes);
     }
 
-    /// Unmaps and frees the VM's RAM and tables. Its VMID is released by the caller. The TLB
-    /// entries of the unmapped RAM are invalidated by IPA under the VM's own VMID, so the frames
-    /// can go to another VM at once.
-    pub fn destroy(mut self, frames: &mut FrameAllocator) {
+    /// Gives the VM fresh RAM (for a restart while peers still map frames of the old RAM, which
+    /// must stay untouched until they unmap): the stage-2 RAM range is remapped to the new frames
+    /// and the old translations are invalidated. Returns the old RAM's PA, which the caller now
+    /// owns; `None` (nothing changed) when there is no free RAM or the remap fails.
+    pub fn replace_ram(&mut self, frames: &mut FrameAllocator) -> Option<u64> {
+        let pages = (self.ram_bytes / PAGE_SIZE) as usize;
+        let new_pa = frames.alloc(pages, (BLOCK_SIZE / PAGE_SIZE) as usize)?;
+        let mut tables = PhysTableMemory { frames };
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        let ram = MapAttrs {
+            mem: MemType::Normal,
+            access: Access::ReadWrite,
+            executable: true,
+        };
+        let remapped = self
+            .stage2
+            .unmap(&mut tables, GUEST_RAM_BASE, self.ram_bytes, &mut |ipa, size| {
+                pieces.push((ipa, size))
+            })
+            .is_ok()
+            && self
+                .stage2
+                .map(&mut tables, GUEST_RAM_BASE, new_pa, self.ram_bytes, ram)
+                .is_ok();
+        tlbi_ipas_for(self.vmid, self.stage2.root_pa(), &pieces);
+        if !remapped {
+            // Put the old RAM back; if even that fails the VM cannot run again, and its stage-2
+            // simply lacks RAM (any access is a fault that kills it).
+            let _ = self
+                .stage2
+                .map(&mut tables, GUEST_RAM_BASE, self.ram_pa, self.ram_bytes, ram);
+            let _ = tables.frames.free(new_pa, pages);
+            return None;
+        }
+        Some(core::mem::replace(&mut self.ram_pa, new_pa))
+    }
+
+    /// Unmaps the VM's RAM and frees its tables; frees the RAM too when `free_ram` (otherwise a
+    /// peer still maps some of it and the caller keeps it). Its VMID is released by the caller.
+    /// The TLB entries of the unmapped RAM are invalidated by IPA under the VM's own VMID, so the
+    /// frames can go to another VM at once.
+    pub fn destroy(mut self, frames: &mut FrameAllocator, free_ram: bool) {
         let mut tables = PhysTableMemory { frames };
         let mut pieces: Vec<(u64, u64)> = Vec::new();
         // The TLBI by IPA applies to the VMID in VTTBR_EL2; the next vCPU load overwrites it.
@@ -200,8 +247,10 @@ impl Vm {
             tlbi_ipas(&pieces);
         }
         self.stage2.destroy(&mut tables);
-        let _ = tables
-            .frames
-            .free(self.ram_pa, (self.ram_bytes / PAGE_SIZE) as usize);
+        if free_ram {
+            let _ = tables
+                .frames
+                .free(self.ram_pa, (self.ram_bytes / PAGE_SIZE) as usize);
+        }
     }
 }

@@ -2,9 +2,15 @@
 //! image, its parser ([`Bundle::parse`], no allocation) and, on the host, its builder ([`build`]).
 //!
 //! The bundle is untrusted input: `parse` validates every field, range and cross-reference before
-//! returning, so the hypervisor can use a [`Bundle`] without further checks.
+//! returning, so the hypervisor can use a [`Bundle`] without further checks. That includes the
+//! connections between VMs: each guest may name the driver domain that serves it (its back-end),
+//! and [`Bundle::peers_of`] turns those links into the per-VM peer set the hypervisor needs.
 //!
-//! # Format, version 1
+//! # Format, version 2
+//!
+//! Version 2 added the back-end field of the VM entry (offset 34; the kind shrank from 4 to 2
+//! bytes to make room). Version 1 bundles are refused as an unknown version rather than read
+//! with "no back-ends": a stale bundle would otherwise boot with every guest disconnected.
 //!
 //! All integers are little-endian. Offsets are absolute byte offsets from the start of the file,
 //! except settings offsets, which are relative to the start of the string area.
@@ -14,7 +20,7 @@
 //! | offset | size | field                                                               |
 //! |-------:|-----:|---------------------------------------------------------------------|
 //! |      0 |    8 | magic `b"SLUICEBN"`                                                 |
-//! |      8 |    4 | format version, `1`                                                 |
+//! |      8 |    4 | format version, `2`                                                 |
 //! |     12 |    4 | header size, `72`                                                   |
 //! |     16 |    8 | total size of the bundle in bytes (the file may be padded past it) |
 //! |     24 |    8 | 64-bit FNV-1a of bytes `[header size, total size)`                  |
@@ -30,7 +36,8 @@
 //! | offset | size | field                                                               |
 //! |-------:|-----:|---------------------------------------------------------------------|
 //! |      0 |   32 | name, `[a-z0-9-]{1,31}`, NUL padded (so always NUL terminated)     |
-//! |     32 |    4 | kind: `1` guest, `2` driver domain                                  |
+//! |     32 |    2 | kind: `1` guest, `2` driver domain                                  |
+//! |     34 |    2 | back-end VM id, `0` = none (see below)                              |
 //! |     36 |    4 | vCPU count, `1..=MAX_VCPUS_PER_VM`                                  |
 //! |     40 |    8 | RAM bytes, multiple of `BLOCK_SIZE`, in `MIN_VM_RAM..=MAX_VM_RAM`   |
 //! |     48 |    4 | image index into the image table                                    |
@@ -40,6 +47,11 @@
 //! Image entry (16 bytes): offset `u64` at 0, length `u64` at 8. An image is a raw binary loaded
 //! at [`GUEST_RAM_BASE`](crate::layout::GUEST_RAM_BASE) and entered at its first byte; it must leave the last page of RAM free
 //! for the start-info page. VMs running the same image share one entry.
+//!
+//! Back-end: a guest may name the driver domain it connects to (as a front-end) by that VM's id.
+//! A non-zero back-end id must be `1..=VM count`, must not be the entry's own id, and must name a
+//! driver domain; a driver domain's back-end id must be 0 (driver domains serve, they are not
+//! served). A driver domain may serve any number of guests.
 //!
 //! The VM table, the image table, the string area and every image must lie inside
 //! `[header size, total size)` and must not overlap one another (settings may share bytes of the
@@ -53,7 +65,7 @@ use crate::layout::{
 };
 
 pub const MAGIC: [u8; 8] = *b"SLUICEBN";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 pub const HEADER_SIZE: usize = 72;
 pub const VM_ENTRY_SIZE: usize = 64;
@@ -117,6 +129,9 @@ pub struct VmSpec<'a> {
     pub ram_bytes: u64,
     pub image: &'a [u8],
     pub settings: &'a str,
+    /// Id of the driver domain this guest connects to as a front-end; always `None` for a driver
+    /// domain. Validated: names another VM of the bundle, and that VM is a driver domain.
+    pub backend: Option<u16>,
 }
 
 /// Why a VM name is unacceptable. Shared by the bundle, the start-info page and the topology so
@@ -303,6 +318,26 @@ pub enum BundleError {
     SettingsNotUtf8 {
         vm: usize,
     },
+    /// The back-end id is not the id of a VM in this bundle.
+    BackendOutOfRange {
+        vm: usize,
+        backend: u16,
+        vm_count: usize,
+    },
+    /// The entry names itself as its back-end.
+    BackendIsSelf {
+        vm: usize,
+    },
+    /// The back-end id names a VM that is not a driver domain.
+    BackendNotDriverDomain {
+        vm: usize,
+        backend: u16,
+    },
+    /// A driver domain names a back-end; only guests connect to one.
+    DriverDomainHasBackend {
+        vm: usize,
+        backend: u16,
+    },
 }
 
 impl fmt::Display for BundleError {
@@ -405,6 +440,29 @@ impl fmt::Display for BundleError {
                 "VM entry {vm}: settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed"
             ),
             SettingsNotUtf8 { vm } => write!(f, "VM entry {vm}: settings are not valid UTF-8"),
+            BackendOutOfRange {
+                vm,
+                backend,
+                vm_count,
+            } => write!(
+                f,
+                "VM entry {vm}: back-end VM id {backend} is not a VM of this bundle (ids are \
+                 1..={vm_count})"
+            ),
+            BackendIsSelf { vm } => write!(
+                f,
+                "VM entry {vm}: names itself (VM id {}) as its back-end",
+                vm + 1
+            ),
+            BackendNotDriverDomain { vm, backend } => write!(
+                f,
+                "VM entry {vm}: back-end VM id {backend} is not a driver domain"
+            ),
+            DriverDomainHasBackend { vm, backend } => write!(
+                f,
+                "VM entry {vm}: is a driver domain but names back-end VM id {backend}; only \
+                 guests connect to a back-end"
+            ),
         }
     }
 }
@@ -419,6 +477,10 @@ fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
         out.copy_from_slice(src);
     }
     out
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(array_at(bytes, at))
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -571,6 +633,7 @@ impl<'a> Bundle<'a> {
             let entry = bytes.get(at..at + VM_ENTRY_SIZE).unwrap_or_default();
             let spec = Self::parse_vm(
                 vm,
+                vm_count,
                 entry,
                 images.get(..image_count).unwrap_or_default(),
                 string_area,
@@ -589,6 +652,18 @@ impl<'a> Bundle<'a> {
                 }
             }
         }
+        // Needs every entry's kind, so it runs after the per-entry checks, which already
+        // guarantee the id is in range and not the entry's own.
+        for (vm, spec) in vms.iter().enumerate() {
+            if let Some(backend) = spec.and_then(|spec| spec.backend) {
+                let target = usize::from(backend)
+                    .checked_sub(1)
+                    .and_then(|i| vms.get(i).copied().flatten());
+                if target.map(|t| t.kind) != Some(VmKind::DriverDomain) {
+                    return Err(BundleError::BackendNotDriverDomain { vm, backend });
+                }
+            }
+        }
 
         Ok(Bundle {
             total_size: total,
@@ -599,6 +674,7 @@ impl<'a> Bundle<'a> {
 
     fn parse_vm(
         vm: usize,
+        vm_count: usize,
         entry: &'a [u8],
         images: &[&'a [u8]],
         string_area: &'a [u8],
@@ -606,7 +682,7 @@ impl<'a> Bundle<'a> {
         let name = decode_name_field(entry.get(..NAME_FIELD_LEN).unwrap_or_default())
             .map_err(|problem| BundleError::BadName { vm, problem })?;
 
-        let code = u32_at(entry, 32);
+        let code = u32::from(u16_at(entry, 32));
         let kind = VmKind::from_code(code).ok_or(BundleError::UnknownKind { vm, code })?;
 
         let vcpus = u32_at(entry, 36);
@@ -657,15 +733,33 @@ impl<'a> Bundle<'a> {
         let settings = core::str::from_utf8(string_area.get(start..end).unwrap_or_default())
             .map_err(|_| BundleError::SettingsNotUtf8 { vm })?;
 
+        // vm < MAX_VMS, so the id fits.
+        let id = vm as u16 + 1;
+        let backend = match u16_at(entry, 34) {
+            0 => None,
+            backend if kind == VmKind::DriverDomain => {
+                return Err(BundleError::DriverDomainHasBackend { vm, backend });
+            }
+            backend if usize::from(backend) > vm_count => {
+                return Err(BundleError::BackendOutOfRange {
+                    vm,
+                    backend,
+                    vm_count,
+                });
+            }
+            backend if backend == id => return Err(BundleError::BackendIsSelf { vm }),
+            backend => Some(backend),
+        };
+
         Ok(VmSpec {
-            // vm < MAX_VMS, so the id fits.
-            id: vm as u16 + 1,
+            id,
             name,
             kind,
             vcpus,
             ram_bytes,
             image,
             settings,
+            backend,
         })
     }
 
@@ -681,11 +775,36 @@ impl<'a> Bundle<'a> {
         self.vms.iter().flatten().copied()
     }
 
+    /// The VMs connected to VM `id`, as a bitmap: bit `i` set means VM id `i` is a peer. For a
+    /// guest that is its back-end; for a driver domain, every guest naming it as back-end.
+    /// Connections are symmetric (`j` is in `peers_of(i)` exactly when `i` is in `peers_of(j)`),
+    /// and bit 0 (the hypervisor) and the VM's own bit are never set. An id that is not a VM of
+    /// the bundle (including 0) has no peers.
+    ///
+    /// This is the value the hypervisor puts in the VM's start-info page
+    /// ([`StartInfo::peers`](crate::start_info::StartInfo::peers)).
+    pub fn peers_of(&self, id: u16) -> u64 {
+        let Some(vm) = usize::from(id).checked_sub(1).and_then(|i| self.vm(i)) else {
+            return 0;
+        };
+        // Ids are at most MAX_VMS < 64 (asserted below), so the shifts cannot overflow.
+        let mut peers = vm.backend.map_or(0, |backend| 1u64 << backend);
+        for other in self.vms() {
+            if other.backend == Some(id) {
+                peers |= 1u64 << other.id;
+            }
+        }
+        peers
+    }
+
     /// Bytes the header claims, which is also how many bytes were validated.
     pub fn total_size(&self) -> usize {
         self.total_size
     }
 }
+
+// Every VM id, MAX_VMS included, must have its bit in a `u64` peer bitmap.
+const _: () = assert!(MAX_VMS < 64);
 
 /// A VM as the host-side builder takes it.
 #[cfg(any(test, feature = "std"))]
@@ -697,6 +816,8 @@ pub struct VmDescription {
     pub ram_bytes: u64,
     pub image: Vec<u8>,
     pub settings: String,
+    /// VM id (1-based, so entry index + 1) of the driver domain this guest connects to.
+    pub backend: Option<u16>,
 }
 
 /// Images start on this boundary; not needed by the parser, but it keeps hexdumps readable and
@@ -771,10 +892,25 @@ pub fn build(vms: &[VmDescription]) -> Result<Vec<u8>, BundleError> {
     for (vm, desc) in vms.iter().enumerate() {
         let name = encode_name_field(&desc.name)
             .map_err(|problem| BundleError::BadName { vm, problem })?;
+        // 0 is "none" on disk, so Some(0) cannot be encoded; every other id is checked by the
+        // parse of the output.
+        let backend = match desc.backend {
+            None => 0,
+            Some(0) => {
+                return Err(BundleError::BackendOutOfRange {
+                    vm,
+                    backend: 0,
+                    vm_count: vms.len(),
+                })
+            }
+            Some(id) => id,
+        };
         let (settings_offset, settings_len) = settings_of_vm[vm];
         let e = &mut out[vm_table + vm * VM_ENTRY_SIZE..][..VM_ENTRY_SIZE];
         e[0..NAME_FIELD_LEN].copy_from_slice(&name);
-        e[32..36].copy_from_slice(&desc.kind.code().to_le_bytes());
+        // Kind codes are 1 and 2, so the narrowing is lossless.
+        e[32..34].copy_from_slice(&(desc.kind.code() as u16).to_le_bytes());
+        e[34..36].copy_from_slice(&backend.to_le_bytes());
         e[36..40].copy_from_slice(&desc.vcpus.to_le_bytes());
         e[40..48].copy_from_slice(&desc.ram_bytes.to_le_bytes());
         e[48..52].copy_from_slice(&(image_of_vm[vm] as u32).to_le_bytes());
@@ -816,6 +952,14 @@ mod tests {
             ram_bytes: ram_mib * MIB,
             image: image.to_vec(),
             settings: settings.into(),
+            backend: None,
+        }
+    }
+
+    fn guest_of(backend: u16, d: VmDescription) -> VmDescription {
+        VmDescription {
+            backend: Some(backend),
+            ..d
         }
     }
 
@@ -831,14 +975,20 @@ mod tests {
                 &driver_image,
                 "role=switch\n",
             ),
-            desc("guest1", VmKind::Guest, 1, 8, &guest_image, "app=hello\n"),
-            desc(
-                "guest2",
-                VmKind::Guest,
-                2,
-                8,
-                &guest_image,
-                "app=hello\nmac=0x5\n",
+            guest_of(
+                1,
+                desc("guest1", VmKind::Guest, 1, 8, &guest_image, "app=hello\n"),
+            ),
+            guest_of(
+                1,
+                desc(
+                    "guest2",
+                    VmKind::Guest,
+                    2,
+                    8,
+                    &guest_image,
+                    "app=hello\nmac=0x5\n",
+                ),
             ),
         ]
     }
@@ -853,6 +1003,10 @@ mod tests {
 
     fn get_u64(b: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    fn put_u16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
     }
 
     fn put_u32(b: &mut [u8], at: usize, v: u32) {
@@ -872,6 +1026,11 @@ mod tests {
 
     fn vm_entry(b: &[u8], vm: usize) -> usize {
         get_u64(b, 40) as usize + vm * VM_ENTRY_SIZE
+    }
+
+    fn put_vm_u16(b: &mut [u8], vm: usize, field: usize, v: u16) {
+        let at = vm_entry(b, vm) + field;
+        put_u16(b, at, v);
     }
 
     fn put_vm_u32(b: &mut [u8], vm: usize, field: usize, v: u32) {
@@ -922,6 +1081,7 @@ mod tests {
             assert_eq!(vm.ram_bytes, d.ram_bytes);
             assert_eq!(vm.image, d.image.as_slice());
             assert_eq!(vm.settings, d.settings);
+            assert_eq!(vm.backend, d.backend);
         }
         assert_eq!(bundle.vms().count(), 3);
         assert_eq!(bundle.vm(2).unwrap().name, "guest2");
@@ -983,8 +1143,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_version() {
-        let err = corrupted(|b| put_u32(b, 8, 2));
-        assert_eq!(err, BundleError::UnsupportedVersion { found: 2 });
+        // Version 1 had no back-end field; such a bundle is refused, not read as disconnected.
+        for found in [0, 1, 3, u32::MAX] {
+            let err = corrupted(|b| put_u32(b, 8, found));
+            assert_eq!(err, BundleError::UnsupportedVersion { found });
+        }
+        assert_eq!(get_u32(&fixture(), 8), 2);
     }
 
     #[test]
@@ -1313,9 +1477,15 @@ mod tests {
 
     #[test]
     fn rejects_unknown_kind() {
-        for code in [0, 3, u32::MAX] {
-            let err = corrupted(|b| put_vm_u32(b, 1, 32, code));
-            assert_eq!(err, BundleError::UnknownKind { vm: 1, code });
+        for code in [0, 3, u16::MAX] {
+            let err = corrupted(|b| put_vm_u16(b, 1, 32, code));
+            assert_eq!(
+                err,
+                BundleError::UnknownKind {
+                    vm: 1,
+                    code: u32::from(code)
+                }
+            );
         }
     }
 
@@ -1499,6 +1669,155 @@ mod tests {
     }
 
     #[test]
+    fn backends_are_stored_at_offset_34() {
+        let b = fixture();
+        let at = |vm| vm_entry(&b, vm) + 34;
+        assert_eq!(&b[at(0)..at(0) + 2], &[0, 0], "driver domain: none");
+        assert_eq!(&b[at(1)..at(1) + 2], &[1, 0], "guest1 -> VM id 1");
+        assert_eq!(&b[at(2)..at(2) + 2], &[1, 0], "guest2 -> VM id 1");
+        let bundle = Bundle::parse(&b).unwrap();
+        assert_eq!(bundle.vm(0).unwrap().backend, None);
+        assert_eq!(bundle.vm(1).unwrap().backend, Some(1));
+    }
+
+    #[test]
+    fn guests_without_backend_are_allowed() {
+        let mut descs = fixture_descs();
+        descs[2].backend = None;
+        let bytes = build(&descs).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.vm(2).unwrap().backend, None);
+        assert_eq!(bundle.peers_of(3), 0);
+        assert_eq!(bundle.peers_of(1), 1 << 2);
+    }
+
+    #[test]
+    fn rejects_backend_out_of_range() {
+        for backend in [4, MAX_VMS as u16 + 1, u16::MAX] {
+            let err = corrupted(|b| put_vm_u16(b, 1, 34, backend));
+            assert_eq!(
+                err,
+                BundleError::BackendOutOfRange {
+                    vm: 1,
+                    backend,
+                    vm_count: 3
+                }
+            );
+        }
+        let mut descs = fixture_descs();
+        descs[2].backend = Some(4);
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::BackendOutOfRange {
+                vm: 2,
+                backend: 4,
+                vm_count: 3
+            })
+        );
+        // Some(0) would be written as "none"; the builder refuses it instead of dropping it.
+        descs[2].backend = Some(0);
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::BackendOutOfRange {
+                vm: 2,
+                backend: 0,
+                vm_count: 3
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_backend_naming_itself() {
+        let err = corrupted(|b| put_vm_u16(b, 2, 34, 3));
+        assert_eq!(err, BundleError::BackendIsSelf { vm: 2 });
+        let mut descs = fixture_descs();
+        descs[1].backend = Some(2);
+        assert_eq!(build(&descs), Err(BundleError::BackendIsSelf { vm: 1 }));
+    }
+
+    #[test]
+    fn rejects_backend_that_is_not_a_driver_domain() {
+        let err = corrupted(|b| put_vm_u16(b, 2, 34, 2));
+        assert_eq!(
+            err,
+            BundleError::BackendNotDriverDomain { vm: 2, backend: 2 }
+        );
+        // Also when the guest comes before the VM it names.
+        let mut descs = fixture_descs();
+        descs[1].backend = Some(3);
+        descs[2].backend = None;
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::BackendNotDriverDomain { vm: 1, backend: 3 })
+        );
+    }
+
+    #[test]
+    fn rejects_driver_domain_with_backend() {
+        let err = corrupted(|b| put_vm_u16(b, 0, 34, 2));
+        assert_eq!(
+            err,
+            BundleError::DriverDomainHasBackend { vm: 0, backend: 2 }
+        );
+        // Even naming another driver domain, or itself: driver domains are never front-ends.
+        let mut descs = fixture_descs();
+        descs.push(desc("dd2", VmKind::DriverDomain, 1, 2, &[7], ""));
+        descs[3].backend = Some(1);
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::DriverDomainHasBackend { vm: 3, backend: 1 })
+        );
+        descs[3].backend = Some(4);
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::DriverDomainHasBackend { vm: 3, backend: 4 })
+        );
+    }
+
+    #[test]
+    fn peers_of_links_guests_and_their_driver_domain() {
+        let bytes = fixture();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3));
+        assert_eq!(bundle.peers_of(2), 1 << 1);
+        assert_eq!(bundle.peers_of(3), 1 << 1);
+        // Not VMs of the bundle.
+        assert_eq!(bundle.peers_of(0), 0);
+        assert_eq!(bundle.peers_of(4), 0);
+        assert_eq!(bundle.peers_of(u16::MAX), 0);
+    }
+
+    #[test]
+    fn peers_of_with_two_driver_domains_and_max_vms() {
+        // dd-a (id 1) serves the even ids, dd-b (id 2) the odd ones, up to id MAX_VMS.
+        let mut descs = vec![
+            desc("dd-a", VmKind::DriverDomain, 1, 2, &[1], ""),
+            desc("dd-b", VmKind::DriverDomain, 1, 2, &[2], ""),
+        ];
+        for id in 3..=MAX_VMS as u16 {
+            let name = std::format!("g{id}");
+            let backend = if id % 2 == 0 { 1 } else { 2 };
+            descs.push(guest_of(
+                backend,
+                desc(&name, VmKind::Guest, 1, 2, &[3], ""),
+            ));
+        }
+        let bytes = build(&descs).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let bits = |ids: &mut dyn Iterator<Item = u16>| ids.fold(0u64, |acc, id| acc | 1 << id);
+        assert_eq!(
+            bundle.peers_of(1),
+            bits(&mut (3..=MAX_VMS as u16).filter(|id| id % 2 == 0))
+        );
+        assert_eq!(
+            bundle.peers_of(2),
+            bits(&mut (3..=MAX_VMS as u16).filter(|id| id % 2 == 1))
+        );
+        assert_eq!(bundle.peers_of(MAX_VMS as u16), 1 << 1);
+        assert_eq!(bundle.peers_of(3), 1 << 2);
+    }
+
+    #[test]
     fn check_vm_name_rules() {
         assert_eq!(check_vm_name("guest-1"), Ok(()));
         assert_eq!(check_vm_name(&"a".repeat(MAX_VM_NAME_LEN)), Ok(()));
@@ -1589,6 +1908,14 @@ mod tests {
             },
             BundleError::SettingsTooLong { vm: 1, len: 5000 },
             BundleError::SettingsNotUtf8 { vm: 1 },
+            BundleError::BackendOutOfRange {
+                vm: 1,
+                backend: 9,
+                vm_count: 3,
+            },
+            BundleError::BackendIsSelf { vm: 1 },
+            BundleError::BackendNotDriverDomain { vm: 1, backend: 3 },
+            BundleError::DriverDomainHasBackend { vm: 1, backend: 3 },
         ];
         let messages: std::collections::HashSet<String> =
             errors.iter().map(|e| std::format!("{e}")).collect();
@@ -1599,6 +1926,17 @@ mod tests {
         );
         assert!(std::format!("{}", errors[11]).contains("image 3"));
         assert!(std::format!("{}", errors[12]).contains("settings of VM entry 1"));
+        assert_eq!(
+            std::format!("{}", BundleError::BackendIsSelf { vm: 1 }),
+            "VM entry 1: names itself (VM id 2) as its back-end"
+        );
+        assert_eq!(
+            std::format!(
+                "{}",
+                BundleError::BackendNotDriverDomain { vm: 2, backend: 3 }
+            ),
+            "VM entry 2: back-end VM id 3 is not a driver domain"
+        );
     }
 
     /// What a caller may rely on for any accepted bundle.
@@ -1620,6 +1958,23 @@ mod tests {
             assert!(input_range.contains(&(vm.image.as_ptr() as usize)));
             assert!(vm.settings.len() <= MAX_SETTINGS_LEN);
             assert!(vms[..i].iter().all(|other| other.name != vm.name));
+            if let Some(backend) = vm.backend {
+                assert_eq!(vm.kind, VmKind::Guest);
+                assert_ne!(backend, vm.id);
+                let target = bundle.vm(usize::from(backend) - 1).unwrap();
+                assert_eq!(target.kind, VmKind::DriverDomain);
+            }
+            let peers = bundle.peers_of(vm.id);
+            assert_eq!(peers & 1, 0, "the hypervisor is nobody's peer");
+            assert_eq!(peers & (1 << vm.id), 0, "a VM is not its own peer");
+            assert_eq!(peers >> (bundle.vm_count() + 1), 0);
+            for other in &vms {
+                assert_eq!(
+                    peers & (1 << other.id) != 0,
+                    bundle.peers_of(other.id) & (1 << vm.id) != 0,
+                    "connections are symmetric"
+                );
+            }
         }
     }
 

@@ -10,57 +10,114 @@
 //!
 //! Each part sits in its own 64-byte cache line, so the two writers never share a line.
 //!
-//! | offset | size | field                                            | written by  |
-//! |-------:|-----:|--------------------------------------------------|-------------|
-//! |      0 |    8 | magic `b"SLCTRL\0\0"`                            | hypervisor  |
-//! |      8 |    4 | version, `1`                                     | hypervisor  |
-//! |     12 |    2 | front-end VM id                                  | hypervisor  |
-//! |     14 |    2 | back-end VM id                                   | hypervisor  |
-//! |     16 |    4 | front-end control port (in the front-end's table)| hypervisor  |
-//! |     20 |    4 | back-end control port (in the back-end's table)  | hypervisor  |
-//! |  24-63 |      | reserved                                         |             |
-//! |     64 |    4 | front-end state                                  | front-end   |
-//! |     68 |    4 | tx ring grant ref                                | front-end   |
-//! |     72 |    4 | rx ring grant ref                                | front-end   |
-//! |     76 |    4 | buffer pool: first grant ref                     | front-end   |
-//! |     80 |    4 | buffer pool: ref count                           | front-end   |
-//! |     84 |    4 | data event port (front-end's, unbound for back-end) | front-end |
-//! |     88 |    6 | MAC it asks for (zero: "assign one")             | front-end   |
-//! |  94-95 |      | reserved                                         |             |
-//! |     96 |    8 | feature bits                                     | front-end   |
-//! | 104-127|      | reserved                                         |             |
-//! |    128 |    4 | back-end state                                   | back-end    |
-//! |132-135 |      | reserved                                         |             |
-//! |    136 |    8 | feature bits (accepted subset)                   | back-end    |
-//! |    144 |    6 | MAC it assigned or accepted                      | back-end    |
-//! | 150-191|      | reserved                                         |             |
+//! | offset  | size | field                                                  | written by |
+//! |--------:|-----:|--------------------------------------------------------|------------|
+//! |       0 |    8 | magic `b"SLCTRL\0\0"`                                  | hypervisor |
+//! |       8 |    4 | version, `1`                                           | hypervisor |
+//! |      12 |    2 | front-end VM id                                        | hypervisor |
+//! |      14 |    2 | back-end VM id                                         | hypervisor |
+//! |      16 |    4 | front-end control port (in the front-end's table)      | hypervisor |
+//! |      20 |    4 | back-end control port (in the back-end's table)        | hypervisor |
+//! |   24-63 |      | reserved                                               |            |
+//! |      64 |    4 | front-end state                                        | front-end  |
+//! |      68 |    4 | tx ring grant ref                                      | front-end  |
+//! |      72 |    4 | rx ring grant ref                                      | front-end  |
+//! |      76 |    4 | buffer pool: first grant ref                           | front-end  |
+//! |      80 |    4 | buffer pool: ref count                                 | front-end  |
+//! |      84 |    4 | data event port (front-end's, unbound for the back-end)| front-end  |
+//! |      88 |    6 | MAC it asks for (zero: "assign one")                   | front-end  |
+//! |   94-95 |      | reserved                                               |            |
+//! |      96 |    8 | feature bits                                           | front-end  |
+//! | 104-127 |      | reserved                                               |            |
+//! |     128 |    4 | back-end state                                         | back-end   |
+//! | 132-135 |      | reserved                                               |            |
+//! |     136 |    8 | feature bits (accepted subset)                         | back-end   |
+//! |     144 |    6 | MAC it assigned or accepted                            | back-end   |
+//! | 150-191 |      | reserved                                               |            |
+//! |192-4095 |      | unused: zeroed by the hypervisor, never read           |            |
 //!
 //! States are `u32`: `Initialising = 1, InitWait = 2, Initialised = 3, Connected = 4,
-//! Closing = 5, Closed = 6`; any other number is an error.
+//! Closing = 5, Closed = 6`; any other number is an error. Readers refuse a part whose reserved
+//! bytes are not zero, a ref beyond the largest grant table, a buffer pool running past it, a port
+//! out of range (a control port of 0 too), a multicast MAC, a front-end `Initialised`/`Connected`
+//! without a data port and a back-end `Connected` without a MAC; writers refuse to write such a
+//! section.
 //!
 //! # Protocol
 //!
-//! A side writes its whole section, then sends an event on its control port; the peer reads a copy
-//! of the page after the event and reacts. A copy torn by a concurrent write either fails
-//! validation or shows the old state; the reader simply waits for the next event.
+//! **Writing and reading.** A side encodes its whole section and publishes it with the state word
+//! last (the other bytes first, then the state word with release ordering), then sends an event on
+//! its control port. The peer, after an event, takes a copy of the page, loading the state word
+//! first (acquire ordering), and reacts to the peer's state in its copy with [`next_state`]: it
+//! does the work attached to the step, then writes the new state. A side takes a new copy for
+//! every step; it never decides two steps on one copy. A copy may be stale (the peer wrote again
+//! since) or torn (an older state word with newer fields), so its fields are those of the same or
+//! a newer write. A copy that fails validation (e.g. an old `Initialised` with the fields of a
+//! fresh section, which lack the data port) is dropped; the reader waits for the next event. A
+//! step whose work fails is not taken (nothing is written); the side waits for the next event.
 //!
-//! 1. Both sections start `Initialising`.
-//! 2. The back-end writes `InitWait`: it is ready to accept a front-end.
-//! 3. The front-end, seeing `InitWait`, allocates its rings and buffers, grants them to the
-//!    back-end, allocates an unbound data port for the back-end, writes the refs, the port, its
-//!    MAC and features, and `Initialised`.
-//! 4. The back-end, seeing `Initialised`, maps the rings, binds the data port, writes its
-//!    features and MAC and `Connected`.
-//! 5. The front-end, seeing `Connected`, writes `Connected`. Data flows.
-//! 6. Either side may go `Closing` (from any state but `Closed`), tear down (the back-end unmaps,
-//!    the front-end ends its grants once unmapped) and then `Closed`. A side whose peer goes
-//!    `Closing`/`Closed` (or backwards, see 7) does the same.
-//! 7. A restarted side starts again at `Initialising` (its new incarnation writes its section
-//!    fresh; this is a start, not a transition). The peer sees its peer go backwards, closes
-//!    (`Closing`, `Closed`), goes `Closed → Initialising` and follows the protocol from step 2:
-//!    a back-end back to `InitWait`, a front-end waiting for it.
+//! **Connecting.**
+//! 1. The hypervisor initialises the page: both sections `Initialising`.
+//! 2. The back-end, `Initialising`, writes `InitWait` whatever the front-end shows: it is ready to
+//!    accept a front-end.
+//! 3. The front-end, `Initialising` and seeing `InitWait`, allocates its rings and buffers, grants
+//!    them to the back-end, allocates an unbound data port for the back-end, writes the refs, the
+//!    port, its MAC and features, and `Initialised`.
+//! 4. The back-end, `InitWait` and seeing `Initialised`, maps the rings named in that copy, binds
+//!    the data port, writes its features and MAC and `Connected`. Mapping fails if the copy is
+//!    stale and those refs are no longer granted; then it writes nothing and waits.
+//! 5. The front-end, `Initialised` and seeing `Connected`, writes `Connected`. Data flows.
+//!
+//! **Closing.**
+//! 6. Either side may go `Closing` from any state but `Closing`/`Closed` (to reset the
+//!    connection; a side leaving for good goes `Closing`, `Closed` and stops calling
+//!    [`next_state`]). A side that has published or connected goes `Closing` as soon as its peer
+//!    is not on the way forward: the front-end when `Initialised` and the back-end shows
+//!    `Initialising`, `Closing` or `Closed`, or when `Connected` and the back-end shows anything
+//!    but `Connected`; the back-end when `Connected` and the front-end shows anything but
+//!    `Initialised` or `Connected` (a peer that went backwards has restarted or reset).
+//! 7. A `Closing` side tears down, then writes `Closed`: the back-end unmaps the rings and closes
+//!    its end of the data port; the front-end ends its grants, which GRANT_END refuses (`Busy`)
+//!    while the back-end still maps them, so it retries on the next event.
+//!
+//! **Reconnecting.**
+//! 8. The back-end goes `Closed → Initialising` once the front-end shows `Initialising` (it has
+//!    restarted or is starting over) or `Closed` (it has finished closing), then `InitWait`
+//!    (step 2). It does not wait for the front-end to go first: a front-end that is `Closed` waits
+//!    for the back-end, so a back-end waiting in `Closed` for a `Closed` front-end would leave
+//!    both stuck.
+//! 9. The front-end goes `Closed → Initialising` once the back-end shows `Initialising` or
+//!    `InitWait`, then follows step 3.
+//!
+//! **Restarts.** A side may die at any point. Its next incarnation writes its section fresh
+//! (`Initialising`, everything else zero: a start, not a transition) and follows the protocol;
+//! its peer sees it go backwards and closes and reconnects (steps 6-9). The hypervisor tears down
+//! a dead back-end's mappings. A dead front-end's grants die with it, but the back-end's mappings
+//! of them stay until it unmaps; until then the front-end's next incarnation cannot register a
+//! grant table (GRANT_TABLE_SETUP is `Busy`), so it cannot reach `Initialised` with new rings that
+//! the back-end, still holding the old ones, would take for an answer to its own `Connected`.
+//!
+//! State sequences, with current copies and the page connected:
+//! - connect: back-end `Initialising → InitWait`; front-end `Initialising → Initialised`;
+//!   back-end `InitWait → Connected`; front-end `Initialised → Connected`.
+//! - front-end restart: front-end (new) `Initialising`; back-end `Connected → Closing → Closed →
+//!   Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
+//!   `InitWait → Connected`; front-end `Initialised → Connected`.
+//! - back-end restart: back-end (new) `Initialising → InitWait`; front-end `Connected → Closing →
+//!   Closed → Initialising → Initialised`; back-end `InitWait → Connected`; front-end
+//!   `Initialised → Connected`.
+//!
+//! **Guarantee** (checked exhaustively by the tests, for bounded numbers of disturbances, and by
+//! a property test on real pages): after any interleaving of steps, stale and torn copies, resets
+//! and deaths of either side at any point, once the disturbances stop both sides end `Connected`,
+//! with the back-end mapping the rings the front-end currently grants; no sequence of steps can
+//! loop, and each disturbance costs at most one reconnection. A front-end only connects on a
+//! back-end `Connected` that was written for its current rings, unless the back-end that wrote it
+//! has died since (which no page can tell; the next incarnation's `Initialising` closes the
+//! connection).
 
 use core::fmt;
+use core::ops::Range;
 
 use crate::evtchn::{MAX_PORTS, NO_PORT};
 use crate::grant::MAX_REFS;
@@ -71,9 +128,9 @@ pub const VERSION: u32 = 1;
 pub const PAGE_LEN: usize = PAGE_SIZE as usize;
 
 /// Byte range of each part; everything outside the listed fields is reserved.
-pub const HEADER: core::ops::Range<usize> = 0..64;
-pub const FRONTEND: core::ops::Range<usize> = 64..128;
-pub const BACKEND: core::ops::Range<usize> = 128..192;
+pub const HEADER: Range<usize> = 0..64;
+pub const FRONTEND: Range<usize> = 64..128;
+pub const BACKEND: Range<usize> = 128..192;
 
 const H_VERSION: usize = 8;
 const H_FRONTEND_ID: usize = 12;
@@ -97,6 +154,20 @@ const B_STATE: usize = 0;
 const B_FEATURES: usize = 8;
 const B_MAC: usize = 16;
 const B_END: usize = 22;
+
+/// Bytes in one section.
+const SECTION_LEN: usize = 64;
+/// Both sections start with the state word, which is published last.
+const STATE_LEN: usize = 4;
+
+const _: () = {
+    assert!(HEADER.end == FRONTEND.start && FRONTEND.end == BACKEND.start);
+    assert!(FRONTEND.end - FRONTEND.start == SECTION_LEN);
+    assert!(BACKEND.end - BACKEND.start == SECTION_LEN);
+    assert!(H_END <= HEADER.end && F_END <= SECTION_LEN && B_END <= SECTION_LEN);
+    assert!(F_STATE == 0 && B_STATE == 0);
+    assert!(BACKEND.end <= PAGE_LEN);
+};
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -145,9 +216,9 @@ pub enum Side {
 /// Whether a running side may change its state from `from` to `to` (Xen's rules):
 /// `Initialising → InitWait` (back-end ready), `Initialising → Initialised` and
 /// `InitWait → Initialised` (front-end published), `InitWait → Connected` and
-/// `Initialised → Connected`, any state but `Closed` → `Closing`, `Closing → Closed`, and
-/// `Closed → Initialising` to reconnect after a peer's restart. Staying in a state is not a
-/// transition (false). A restarted side's first `Initialising` is a start, not checked here.
+/// `Initialised → Connected`, any state but `Closing`/`Closed` → `Closing`, `Closing → Closed`,
+/// and `Closed → Initialising` to start over. Staying in a state is not a transition (false). A
+/// restarted side's first `Initialising` is a start, not checked here.
 pub const fn transition_allowed(from: State, to: State) -> bool {
     use State::*;
     matches!(
@@ -164,28 +235,48 @@ pub const fn transition_allowed(from: State, to: State) -> bool {
 }
 
 /// The protocol as a pure function: what `side`, now in `own`, writes next after reading the
-/// peer's state `peer`; `None` means wait for the next event. Work attached to a step (granting
-/// rings before `Initialised`, mapping them before `Connected`, tearing down before `Closed`) is
-/// done by the caller before it writes the returned state. Every returned step satisfies
+/// peer's state `peer` (from a copy taken after its own last write); `None` means wait for the
+/// next event. Work attached to a step (granting rings before `Initialised`, mapping them before
+/// `Connected`, tearing down before `Closed`) is done by the caller before it writes the returned
+/// state; if the work fails, the caller writes nothing and waits. Every returned step satisfies
 /// [`transition_allowed`].
+///
+/// | side      | own            | peer                                     | next           |
+/// |-----------|----------------|------------------------------------------|----------------|
+/// | front-end | `Initialising` | `InitWait`                               | `Initialised`  |
+/// | front-end | `Initialised`  | `Connected`                              | `Connected`    |
+/// | front-end | `Initialised`  | `Initialising`, `Closing`, `Closed`      | `Closing`      |
+/// | front-end | `Connected`    | anything but `Connected`                 | `Closing`      |
+/// | front-end | `Closing`      | anything                                 | `Closed`       |
+/// | front-end | `Closed`       | `Initialising`, `InitWait`               | `Initialising` |
+/// | back-end  | `Initialising` | anything                                 | `InitWait`     |
+/// | back-end  | `InitWait`     | `Initialised`                            | `Connected`    |
+/// | back-end  | `Connected`    | `Initialising`, `InitWait`, `Closing`, `Closed` | `Closing` |
+/// | back-end  | `Closing`      | anything                                 | `Closed`       |
+/// | back-end  | `Closed`       | `Initialising`, `Closed`                 | `Initialising` |
+///
+/// Anything else waits. A front-end never writes `InitWait` and a back-end never writes
+/// `Initialised`; a `Connected` side seeing them closes like for any other backward step.
 pub const fn next_state(side: Side, own: State, peer: State) -> Option<State> {
     use State::*;
-    match (side, own, peer) {
-        // A peer that went back to (or is) Initialising/Closing/Closed while we are past setup
-        // has restarted or is leaving: close our end.
-        (Side::Frontend, Initialised, Initialising | Closing | Closed)
-        | (Side::Frontend, Connected, Initialising | InitWait | Initialised | Closing | Closed)
-        | (Side::Backend, Connected, Initialising | InitWait | Closing | Closed)
-        | (Side::Backend, InitWait, Closing) => Some(Closing),
-        (_, Closing, _) => Some(Closed),
-        // Reconnect once the peer is starting again.
-        (Side::Frontend, Closed, Initialising | InitWait) => Some(Initialising),
-        (Side::Backend, Closed, Initialising) => Some(Initialising),
-        (Side::Backend, Initialising, _) => Some(InitWait),
-        (Side::Frontend, Initialising, InitWait) => Some(Initialised),
-        (Side::Backend, InitWait, Initialised) => Some(Connected),
-        (Side::Frontend, Initialised, Connected) => Some(Connected),
-        _ => None,
+    match side {
+        Side::Frontend => match (own, peer) {
+            (Initialising, InitWait) => Some(Initialised),
+            (Initialised, Connected) => Some(Connected),
+            (Connected, Initialising | InitWait | Initialised | Closing | Closed) => Some(Closing),
+            (Closing, _) => Some(Closed),
+            (Closed, Initialising) => Some(Initialising),
+            _ => None,
+        },
+        Side::Backend => match (own, peer) {
+            (Initialising, Initialising | Initialised) => Some(InitWait),
+            (InitWait, Initialised) => Some(Connected),
+            (InitWait, Closed) => Some(Closing),
+            (Connected, Initialising | InitWait | Closing | Closed) => Some(Closing),
+            (Closing, _) => Some(Closed),
+            (Closed, Initialising | Initialised | Closed) => Some(Initialising),
+            _ => None,
+        },
     }
 }
 
@@ -244,22 +335,33 @@ impl Backend {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandshakeError {
-    PageTooSmall { len: usize },
+    PageTooSmall {
+        len: usize,
+    },
     BadMagic,
-    UnsupportedVersion { found: u32 },
+    UnsupportedVersion {
+        found: u32,
+    },
     ReservedNotZero,
     /// A VM id is 0, above `MAX_VMS`, or both ids are the same VM.
     BadVmIds,
     /// A control port is 0 or out of range, or a data port is out of range.
-    BadPort { port: u32 },
-    UnknownState { code: u32 },
+    BadPort {
+        port: u32,
+    },
+    UnknownState {
+        code: u32,
+    },
     /// A grant ref beyond the largest grant table.
-    BadRef { gref: u32 },
+    BadRef {
+        gref: u32,
+    },
     /// The buffer pool runs past the largest grant table.
     BadPool,
     /// A MAC with the multicast bit set.
     MulticastMac,
-    /// State `Initialised`/`Connected` without a data port (front-end) or a MAC (back-end).
+    /// A front-end `Initialised`/`Connected` without a data port, or a back-end `Connected`
+    /// without a MAC.
     Incomplete,
 }
 
@@ -324,8 +426,18 @@ fn put(s: &mut [u8], at: usize, bytes: &[u8]) {
     s[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
+/// Stores an encoded section into `dest` (the section's bytes in the page): everything but the
+/// state word, then the state word, so a reader racing the write sees the old state or a
+/// validation error, never the new state with old fields. `dest` is a plain slice, so this orders
+/// the stores only as the program sees them; publishing on a shared page needs the same order
+/// with a release store of the state word.
+fn store_section(dest: &mut [u8], encoded: &[u8; SECTION_LEN]) {
+    dest[STATE_LEN..].copy_from_slice(&encoded[STATE_LEN..]);
+    dest[..STATE_LEN].copy_from_slice(&encoded[..STATE_LEN]);
+}
+
 /// Reserved bytes of a part: everything in `part` outside `fields`.
-fn reserved_zero(part: &[u8], fields: &[core::ops::Range<usize>]) -> Result<(), HandshakeError> {
+fn reserved_zero(part: &[u8], fields: &[Range<usize>]) -> Result<(), HandshakeError> {
     let used = |i: usize| fields.iter().any(|r| r.contains(&i));
     if part.iter().enumerate().all(|(i, &b)| b == 0 || used(i)) {
         Ok(())
@@ -429,27 +541,32 @@ impl Frontend {
         Ok(())
     }
 
-    /// Front-end: writes its section (only bytes 64..128), reserved bytes zeroed.
+    /// The section's bytes, without validation.
+    fn encode(&self) -> [u8; SECTION_LEN] {
+        let mut s = [0; SECTION_LEN];
+        put(&mut s, F_STATE, &self.state.code().to_le_bytes());
+        put(&mut s, F_TX_REF, &self.tx_ring_ref.to_le_bytes());
+        put(&mut s, F_RX_REF, &self.rx_ring_ref.to_le_bytes());
+        put(&mut s, F_POOL_FIRST, &self.pool_first_ref.to_le_bytes());
+        put(&mut s, F_POOL_COUNT, &self.pool_count.to_le_bytes());
+        put(&mut s, F_DATA_PORT, &self.data_port.to_le_bytes());
+        put(&mut s, F_MAC, &self.mac);
+        put(&mut s, F_FEATURES, &self.features.to_le_bytes());
+        s
+    }
+
+    /// Front-end: writes its whole section (only bytes 64..128, reserved bytes zeroed), the state
+    /// word last.
     pub fn write_to(&self, page: &mut [u8]) -> Result<(), HandshakeError> {
         let page = page_of_mut(page)?;
         self.validate()?;
-        let s = &mut page[FRONTEND];
-        s.fill(0);
-        put(s, F_TX_REF, &self.tx_ring_ref.to_le_bytes());
-        put(s, F_RX_REF, &self.rx_ring_ref.to_le_bytes());
-        put(s, F_POOL_FIRST, &self.pool_first_ref.to_le_bytes());
-        put(s, F_POOL_COUNT, &self.pool_count.to_le_bytes());
-        put(s, F_DATA_PORT, &self.data_port.to_le_bytes());
-        put(s, F_MAC, &self.mac);
-        put(s, F_FEATURES, &self.features.to_le_bytes());
-        // State last: a reader racing this write sees the old state with new fields at worst.
-        put(s, F_STATE, &self.state.code().to_le_bytes());
+        store_section(&mut page[FRONTEND], &self.encode());
         Ok(())
     }
 
     pub fn read_from(page: &[u8]) -> Result<Frontend, HandshakeError> {
         let s = &page_of(page)?[FRONTEND];
-        reserved_zero(s, &[0..F_MAC + 6, F_FEATURES..F_END])?;
+        reserved_zero(s, &[F_STATE..F_MAC + 6, F_FEATURES..F_END])?;
         let section = Frontend {
             state: state_of(u32_at(s, F_STATE))?,
             tx_ring_ref: u32_at(s, F_TX_REF),
@@ -476,21 +593,27 @@ impl Backend {
         Ok(())
     }
 
-    /// Back-end: writes its section (only bytes 128..192), reserved bytes zeroed.
+    /// The section's bytes, without validation.
+    fn encode(&self) -> [u8; SECTION_LEN] {
+        let mut s = [0; SECTION_LEN];
+        put(&mut s, B_STATE, &self.state.code().to_le_bytes());
+        put(&mut s, B_FEATURES, &self.features.to_le_bytes());
+        put(&mut s, B_MAC, &self.mac);
+        s
+    }
+
+    /// Back-end: writes its whole section (only bytes 128..192, reserved bytes zeroed), the state
+    /// word last.
     pub fn write_to(&self, page: &mut [u8]) -> Result<(), HandshakeError> {
         let page = page_of_mut(page)?;
         self.validate()?;
-        let s = &mut page[BACKEND];
-        s.fill(0);
-        put(s, B_FEATURES, &self.features.to_le_bytes());
-        put(s, B_MAC, &self.mac);
-        put(s, B_STATE, &self.state.code().to_le_bytes());
+        store_section(&mut page[BACKEND], &self.encode());
         Ok(())
     }
 
     pub fn read_from(page: &[u8]) -> Result<Backend, HandshakeError> {
         let s = &page_of(page)?[BACKEND];
-        reserved_zero(s, &[B_STATE..B_STATE + 4, B_FEATURES..B_END])?;
+        reserved_zero(s, &[B_STATE..B_STATE + STATE_LEN, B_FEATURES..B_END])?;
         let section = Backend {
             state: state_of(u32_at(s, B_STATE))?,
             features: u64_at(s, B_FEATURES),
@@ -501,10 +624,77 @@ impl Backend {
     }
 }
 
+// ---- What the hypervisor writes when a VM of the connection stops ----------------------------
+
+/// Byte offset of the hypervisor's stop word (a little-endian `u32`, past both sections): bit 0
+/// set = the front-end VM has stopped for good (powered off or killed), bit 1 = the back-end has.
+/// A restart (SYSTEM_RESET) does not set it: the VM comes back and reconnects.
+pub const STOPPED_WORD: usize = 192;
+pub const FRONTEND_STOPPED: u32 = 1 << 0;
+pub const BACKEND_STOPPED: u32 = 1 << 1;
+
+const fn section_start(side: Side) -> usize {
+    match side {
+        Side::Frontend => FRONTEND.start,
+        Side::Backend => BACKEND.start,
+    }
+}
+
+/// Hypervisor side: `side`'s VM stopped or restarted, so its section says `Closed` (the survivor
+/// reacts as to a peer that closed). Other fields of the section are left as they were. A page
+/// shorter than the sections is left alone.
+pub fn mark_closed(page: &mut [u8], side: Side) {
+    let at = section_start(side);
+    if let Some(state) = page.get_mut(at..at + 4) {
+        state.copy_from_slice(&State::Closed.code().to_le_bytes());
+    }
+}
+
+/// Hypervisor side: `side`'s VM has stopped for good.
+pub fn mark_stopped(page: &mut [u8], side: Side) {
+    let bit = match side {
+        Side::Frontend => FRONTEND_STOPPED,
+        Side::Backend => BACKEND_STOPPED,
+    };
+    let flags = stopped(page) | bit;
+    if let Some(word) = page.get_mut(STOPPED_WORD..STOPPED_WORD + 4) {
+        word.copy_from_slice(&flags.to_le_bytes());
+    }
+}
+
+/// The stop word (0 when the page is too short).
+pub fn stopped(page: &[u8]) -> u32 {
+    page.get(STOPPED_WORD..STOPPED_WORD + 4)
+        .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn marks_touch_only_their_fields() {
+        let mut page = std::vec![0u8; PAGE_LEN];
+        mark_closed(&mut page, Side::Frontend);
+        assert_eq!(page[FRONTEND.start..FRONTEND.start + 4], State::Closed.code().to_le_bytes());
+        assert!(page[BACKEND.clone()].iter().all(|&b| b == 0));
+        assert_eq!(stopped(&page), 0);
+        mark_stopped(&mut page, Side::Backend);
+        mark_stopped(&mut page, Side::Frontend);
+        assert_eq!(stopped(&page), FRONTEND_STOPPED | BACKEND_STOPPED);
+        assert!(STOPPED_WORD >= BACKEND.end && STOPPED_WORD >= FRONTEND.end);
+        let mut short = [0u8; 8];
+        mark_closed(&mut short, Side::Backend);
+        mark_stopped(&mut short, Side::Backend);
+        assert_eq!(stopped(&short), 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::vec::Vec;
 
     fn header() -> Header {
         Header {
@@ -515,7 +705,7 @@ mod tests {
         }
     }
 
-    fn fresh_page() -> std::vec::Vec<u8> {
+    fn fresh_page() -> Vec<u8> {
         let mut page = vec![0xee; PAGE_LEN];
         header().init_page(&mut page).unwrap();
         page
@@ -542,6 +732,17 @@ mod tests {
         }
     }
 
+    /// A page holding `frontend()` and `backend()`.
+    fn full_page() -> Vec<u8> {
+        let mut page = fresh_page();
+        frontend().write_to(&mut page).unwrap();
+        backend().write_to(&mut page).unwrap();
+        page
+    }
+
+    /// The reserved bytes of each part, as the documented table lists them.
+    const RESERVED: [Range<usize>; 5] = [24..64, 94..96, 104..128, 132..136, 150..192];
+
     #[test]
     fn fresh_page_round_trips_and_clears_stale_bytes() {
         let page = fresh_page();
@@ -553,20 +754,86 @@ mod tests {
 
     #[test]
     fn byte_offsets_match_the_documented_table() {
-        let mut page = fresh_page();
-        frontend().write_to(&mut page).unwrap();
-        backend().write_to(&mut page).unwrap();
-        assert_eq!(&page[0..8], b"SLCTRL\0\0");
-        assert_eq!(u16_at(&page, 12), 2);
-        assert_eq!(u32_at(&page, 20), 3);
-        assert_eq!(u32_at(&page, 64), 3);
-        assert_eq!(u32_at(&page, 76), 12);
-        assert_eq!(u32_at(&page, 84), 4);
-        assert_eq!(page[93], 0x22);
-        assert_eq!(u64_at(&page, 96), 0b101);
-        assert_eq!(u32_at(&page, 128), 4);
-        assert_eq!(u64_at(&page, 136), 0b001);
-        assert_eq!(page[149], 0x22);
+        let header = Header {
+            frontend: 0x0b,
+            backend: 0x0c,
+            frontend_port: 0xf1,
+            backend_port: 0xf2,
+        };
+        let fe = Frontend {
+            state: State::Initialised,
+            tx_ring_ref: 0x101,
+            rx_ring_ref: 0x102,
+            pool_first_ref: 0x103,
+            pool_count: 0x104,
+            data_port: 0xf5,
+            mac: [0x02, 0x11, 0x12, 0x13, 0x14, 0x15],
+            features: 0x2122_2324_2526_2728,
+        };
+        let be = Backend {
+            state: State::Connected,
+            features: 0x3132_3334_3536_3738,
+            mac: [0x06, 0x41, 0x42, 0x43, 0x44, 0x45],
+        };
+        let mut page = vec![0; PAGE_LEN];
+        header.init_page(&mut page).unwrap();
+        fe.write_to(&mut page).unwrap();
+        be.write_to(&mut page).unwrap();
+        let mut expect = vec![0u8; PAGE_LEN];
+        let mut at = |offset: usize, bytes: &[u8]| {
+            expect[offset..offset + bytes.len()].copy_from_slice(bytes);
+        };
+        at(0, b"SLCTRL\0\0");
+        at(8, &1u32.to_le_bytes());
+        at(12, &0x0bu16.to_le_bytes());
+        at(14, &0x0cu16.to_le_bytes());
+        at(16, &0xf1u32.to_le_bytes());
+        at(20, &0xf2u32.to_le_bytes());
+        at(64, &3u32.to_le_bytes());
+        at(68, &0x101u32.to_le_bytes());
+        at(72, &0x102u32.to_le_bytes());
+        at(76, &0x103u32.to_le_bytes());
+        at(80, &0x104u32.to_le_bytes());
+        at(84, &0xf5u32.to_le_bytes());
+        at(88, &[0x02, 0x11, 0x12, 0x13, 0x14, 0x15]);
+        at(96, &0x2122_2324_2526_2728u64.to_le_bytes());
+        at(128, &4u32.to_le_bytes());
+        at(136, &0x3132_3334_3536_3738u64.to_le_bytes());
+        at(144, &[0x06, 0x41, 0x42, 0x43, 0x44, 0x45]);
+        assert_eq!(page, expect);
+        assert_eq!(Header::read_from(&page), Ok(header));
+        assert_eq!(Frontend::read_from(&page), Ok(fe));
+        assert_eq!(Backend::read_from(&page), Ok(be));
+        for (code, s) in (1..).zip(State::ALL) {
+            assert_eq!(s.code(), code);
+        }
+    }
+
+    #[test]
+    fn every_reserved_byte_is_checked_and_no_field_byte_is() {
+        for at in 0..PAGE_LEN {
+            let mut page = full_page();
+            page[at] ^= 0x80;
+            let result = if HEADER.contains(&at) {
+                Header::read_from(&page).map(drop)
+            } else if FRONTEND.contains(&at) {
+                Frontend::read_from(&page).map(drop)
+            } else if BACKEND.contains(&at) {
+                Backend::read_from(&page).map(drop)
+            } else {
+                // Past the sections: nobody reads it.
+                assert_eq!(Header::read_from(&page), Ok(header()));
+                assert_eq!(Frontend::read_from(&page), Ok(frontend()));
+                assert_eq!(Backend::read_from(&page), Ok(backend()));
+                continue;
+            };
+            let reserved = RESERVED.iter().any(|r| r.contains(&at));
+            assert_eq!(
+                result == Err(HandshakeError::ReservedNotZero),
+                reserved,
+                "byte {at}: {result:?}"
+            );
+        }
     }
 
     #[test]
@@ -579,8 +846,16 @@ mod tests {
         let before = page.clone();
         backend().write_to(&mut page).unwrap();
         assert_eq!(page[..BACKEND.start], before[..BACKEND.start]);
+        assert_eq!(page[BACKEND.end..], before[BACKEND.end..]);
         assert_eq!(Frontend::read_from(&page), Ok(frontend()));
         assert_eq!(Backend::read_from(&page), Ok(backend()));
+        // A write replaces the whole section: reserved bytes are zeroed, stale fields cleared.
+        page[FRONTEND.start + 30] = 0xff;
+        page[BACKEND.start + 60] = 0xff;
+        Frontend::initialising().write_to(&mut page).unwrap();
+        Backend::initialising().write_to(&mut page).unwrap();
+        assert_eq!(Frontend::read_from(&page), Ok(Frontend::initialising()));
+        assert_eq!(Backend::read_from(&page), Ok(Backend::initialising()));
     }
 
     #[test]
@@ -591,19 +866,16 @@ mod tests {
         assert_eq!(Header::read_from(short), Err(err));
         assert_eq!(Frontend::read_from(short), Err(err));
         assert_eq!(Backend::read_from(short), Err(err));
+        let err = HandshakeError::PageTooSmall { len: 10 };
         let mut small = [0u8; 10];
-        assert_eq!(
-            header().init_page(&mut small),
-            Err(HandshakeError::PageTooSmall { len: 10 })
-        );
-        assert_eq!(
-            frontend().write_to(&mut small),
-            Err(HandshakeError::PageTooSmall { len: 10 })
-        );
-        assert_eq!(
-            backend().write_to(&mut small),
-            Err(HandshakeError::PageTooSmall { len: 10 })
-        );
+        assert_eq!(header().init_page(&mut small), Err(err));
+        assert_eq!(header().write(&mut small), Err(err));
+        assert_eq!(frontend().write_to(&mut small), Err(err));
+        assert_eq!(backend().write_to(&mut small), Err(err));
+        // A longer buffer is fine: only the first page counts.
+        let mut long = vec![0; PAGE_LEN + 1];
+        header().init_page(&mut long).unwrap();
+        assert_eq!(Header::read_from(&long), Ok(header()));
     }
 
     #[test]
@@ -614,41 +886,99 @@ mod tests {
             Header::read_from(&page).unwrap_err()
         };
         assert_eq!(corrupt(|p| p[0] = b'X'), HandshakeError::BadMagic);
+        assert_eq!(corrupt(|p| p[7] = 1), HandshakeError::BadMagic);
         assert_eq!(
             corrupt(|p| p[8] = 2),
             HandshakeError::UnsupportedVersion { found: 2 }
         );
-        assert_eq!(corrupt(|p| p[40] = 1), HandshakeError::ReservedNotZero);
+        assert_eq!(
+            corrupt(|p| p[8] = 0),
+            HandshakeError::UnsupportedVersion { found: 0 }
+        );
+        assert_eq!(
+            corrupt(|p| p[11] = 1),
+            HandshakeError::UnsupportedVersion { found: 0x0100_0001 }
+        );
+        assert_eq!(corrupt(|p| p[24] = 1), HandshakeError::ReservedNotZero);
+        assert_eq!(corrupt(|p| p[63] = 1), HandshakeError::ReservedNotZero);
         assert_eq!(corrupt(|p| p[12] = 0), HandshakeError::BadVmIds);
+        assert_eq!(corrupt(|p| p[14] = 0), HandshakeError::BadVmIds);
         assert_eq!(corrupt(|p| p[12] = 1), HandshakeError::BadVmIds);
         assert_eq!(corrupt(|p| p[14] = 17), HandshakeError::BadVmIds);
+        assert_eq!(corrupt(|p| p[13] = 1), HandshakeError::BadVmIds);
+        assert_eq!(corrupt(|p| p[16] = 0), HandshakeError::BadPort { port: 0 });
+        assert_eq!(corrupt(|p| p[20] = 0), HandshakeError::BadPort { port: 0 });
         assert_eq!(
-            corrupt(|p| p[16] = 0),
-            HandshakeError::BadPort { port: 0 }
+            corrupt(|p| p[17] = 1),
+            HandshakeError::BadPort { port: 257 }
         );
         assert_eq!(
             corrupt(|p| p[21] = 1),
             HandshakeError::BadPort { port: 259 }
         );
+        // The hypervisor's writers refuse the same values.
         let mut page = vec![0; PAGE_LEN];
-        let same = Header {
-            backend: 2,
-            ..header()
+        let cases = [
+            (
+                Header {
+                    backend: 2,
+                    ..header()
+                },
+                HandshakeError::BadVmIds,
+            ),
+            (
+                Header {
+                    frontend: 0,
+                    ..header()
+                },
+                HandshakeError::BadVmIds,
+            ),
+            (
+                Header {
+                    backend: MAX_VMS as u16 + 1,
+                    ..header()
+                },
+                HandshakeError::BadVmIds,
+            ),
+            (
+                Header {
+                    frontend_port: NO_PORT,
+                    ..header()
+                },
+                HandshakeError::BadPort { port: NO_PORT },
+            ),
+            (
+                Header {
+                    backend_port: MAX_PORTS,
+                    ..header()
+                },
+                HandshakeError::BadPort { port: MAX_PORTS },
+            ),
+        ];
+        for (bad, err) in cases {
+            assert_eq!(bad.init_page(&mut page), Err(err), "{bad:?}");
+            assert_eq!(bad.write(&mut page), Err(err), "{bad:?}");
+        }
+        assert!(page.iter().all(|&b| b == 0), "a refused write wrote");
+        // The largest ids and ports are fine.
+        let edge = Header {
+            frontend: MAX_VMS as u16,
+            backend: 1,
+            frontend_port: MAX_PORTS - 1,
+            backend_port: 1,
         };
-        assert_eq!(same.init_page(&mut page), Err(HandshakeError::BadVmIds));
-        let no_port = Header {
-            backend_port: 0,
-            ..header()
-        };
-        assert_eq!(
-            no_port.write(&mut page),
-            Err(HandshakeError::BadPort { port: 0 })
-        );
+        edge.init_page(&mut page).unwrap();
+        assert_eq!(Header::read_from(&page), Ok(edge));
+        // `write` rewrites only the header fields.
+        frontend().write_to(&mut page).unwrap();
+        header().write(&mut page).unwrap();
+        assert_eq!(Header::read_from(&page), Ok(header()));
+        assert_eq!(Frontend::read_from(&page), Ok(frontend()));
     }
 
     #[test]
     fn unknown_states_are_refused() {
-        for code in [0, 7, u32::MAX] {
+        for code in [0, 7, 0x100, u32::MAX] {
             assert_eq!(State::from_code(code), None);
             let mut page = fresh_page();
             page[FRONTEND.start..FRONTEND.start + 4].copy_from_slice(&code.to_le_bytes());
@@ -667,9 +997,15 @@ mod tests {
         }
     }
 
+    /// `section`'s bytes put on a fresh page past the writer's validation.
+    fn forged(section: [u8; SECTION_LEN], at: Range<usize>) -> Vec<u8> {
+        let mut page = fresh_page();
+        page[at].copy_from_slice(&section);
+        page
+    }
+
     #[test]
     fn bad_frontend_values_are_refused() {
-        let mut page = fresh_page();
         let cases = [
             (
                 Frontend {
@@ -687,8 +1023,23 @@ mod tests {
             ),
             (
                 Frontend {
+                    pool_first_ref: MAX_REFS,
+                    pool_count: 0,
+                    ..frontend()
+                },
+                HandshakeError::BadRef { gref: MAX_REFS },
+            ),
+            (
+                Frontend {
                     pool_first_ref: MAX_REFS - 1,
                     pool_count: 2,
+                    ..frontend()
+                },
+                HandshakeError::BadPool,
+            ),
+            (
+                Frontend {
+                    pool_count: u32::MAX,
                     ..frontend()
                 },
                 HandshakeError::BadPool,
@@ -709,6 +1060,14 @@ mod tests {
             ),
             (
                 Frontend {
+                    state: State::Connected,
+                    data_port: NO_PORT,
+                    ..frontend()
+                },
+                HandshakeError::Incomplete,
+            ),
+            (
+                Frontend {
                     mac: [0x01, 0, 0x5e, 0, 0, 1],
                     ..frontend()
                 },
@@ -716,45 +1075,125 @@ mod tests {
             ),
         ];
         for (section, err) in cases {
-            assert_eq!(section.write_to(&mut page), Err(err));
+            let mut page = fresh_page();
+            let before = page.clone();
+            assert_eq!(section.write_to(&mut page), Err(err), "{section:?}");
+            assert_eq!(page, before, "a refused write wrote");
+            // The same values, written past the writer's check, are refused by the reader.
+            let page = forged(section.encode(), FRONTEND);
+            assert_eq!(Frontend::read_from(&page), Err(err), "{section:?}");
         }
-        // The same values, written past the writer's check, are refused by the reader.
+        // The limits themselves are fine, and so is a missing port before `Initialised`.
+        let edge = Frontend {
+            pool_first_ref: MAX_REFS - 2,
+            pool_count: 2,
+            data_port: MAX_PORTS - 1,
+            mac: [0; 6],
+            ..frontend()
+        };
         let mut page = fresh_page();
-        frontend().write_to(&mut page).unwrap();
-        page[FRONTEND.start + F_POOL_COUNT..][..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(Frontend::read_from(&page), Err(HandshakeError::BadPool));
-        let mut page = fresh_page();
-        page[FRONTEND.start + 94] = 1;
-        assert_eq!(
-            Frontend::read_from(&page),
-            Err(HandshakeError::ReservedNotZero)
-        );
+        edge.write_to(&mut page).unwrap();
+        assert_eq!(Frontend::read_from(&page), Ok(edge));
+        for state in [State::Initialising, State::Closing, State::Closed] {
+            let section = Frontend {
+                state,
+                data_port: NO_PORT,
+                ..frontend()
+            };
+            section.write_to(&mut page).unwrap();
+            assert_eq!(Frontend::read_from(&page), Ok(section));
+        }
+        // Reserved bytes, by absolute offset as the table gives them.
+        for at in [94, 95, 104, 127] {
+            let mut page = full_page();
+            page[at] = 1;
+            assert_eq!(
+                Frontend::read_from(&page),
+                Err(HandshakeError::ReservedNotZero),
+                "byte {at}"
+            );
+        }
     }
 
     #[test]
     fn bad_backend_values_are_refused() {
+        let cases = [
+            (
+                Backend {
+                    mac: [0xff; 6],
+                    ..backend()
+                },
+                HandshakeError::MulticastMac,
+            ),
+            (
+                Backend {
+                    state: State::InitWait,
+                    mac: [0x03, 0, 0, 0, 0, 0],
+                    ..backend()
+                },
+                HandshakeError::MulticastMac,
+            ),
+            (
+                Backend {
+                    mac: [0; 6],
+                    ..backend()
+                },
+                HandshakeError::Incomplete,
+            ),
+        ];
+        for (section, err) in cases {
+            let mut page = fresh_page();
+            let before = page.clone();
+            assert_eq!(section.write_to(&mut page), Err(err), "{section:?}");
+            assert_eq!(page, before, "a refused write wrote");
+            let page = forged(section.encode(), BACKEND);
+            assert_eq!(Backend::read_from(&page), Err(err), "{section:?}");
+        }
+        // Only `Connected` needs the MAC.
         let mut page = fresh_page();
-        assert_eq!(
-            Backend {
-                mac: [0xff; 6],
-                ..backend()
-            }
-            .write_to(&mut page),
-            Err(HandshakeError::MulticastMac)
-        );
-        assert_eq!(
-            Backend {
+        for state in State::ALL.into_iter().filter(|&s| s != State::Connected) {
+            let section = Backend {
+                state,
                 mac: [0; 6],
                 ..backend()
-            }
-            .write_to(&mut page),
-            Err(HandshakeError::Incomplete)
-        );
-        page[BACKEND.start + 4] = 1;
-        assert_eq!(
-            Backend::read_from(&page),
-            Err(HandshakeError::ReservedNotZero)
-        );
+            };
+            section.write_to(&mut page).unwrap();
+            assert_eq!(Backend::read_from(&page), Ok(section));
+        }
+        for at in [132, 135, 150, 191] {
+            let mut page = full_page();
+            page[at] = 1;
+            assert_eq!(
+                Backend::read_from(&page),
+                Err(HandshakeError::ReservedNotZero),
+                "byte {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_displays_distinctly() {
+        use HandshakeError::*;
+        let all = [
+            PageTooSmall { len: 10 },
+            BadMagic,
+            UnsupportedVersion { found: 2 },
+            ReservedNotZero,
+            BadVmIds,
+            BadPort { port: 300 },
+            UnknownState { code: 9 },
+            BadRef { gref: 5000 },
+            BadPool,
+            MulticastMac,
+            Incomplete,
+        ];
+        let shown: Vec<_> = all.iter().map(std::string::ToString::to_string).collect();
+        for (i, text) in shown.iter().enumerate() {
+            assert!(!text.is_empty());
+            assert!(!shown[..i].contains(text), "{text}");
+        }
+        assert!(shown[0].contains("10") && shown[2].contains('2') && shown[5].contains("300"));
+        assert!(shown[6].contains('9') && shown[7].contains("5000"));
     }
 
     #[test]
@@ -785,7 +1224,66 @@ mod tests {
     }
 
     #[test]
-    fn every_protocol_step_is_an_allowed_transition() {
+    fn next_state_is_the_documented_table() {
+        use State::*;
+        let not = |except: &[State]| -> Vec<State> {
+            State::ALL
+                .into_iter()
+                .filter(|s| !except.contains(s))
+                .collect()
+        };
+        let rules: [(Side, State, Vec<State>, State); 11] = [
+            (Side::Frontend, Initialising, vec![InitWait], Initialised),
+            (Side::Frontend, Initialised, vec![Connected], Connected),
+            (
+                Side::Frontend,
+                Initialised,
+                vec![Initialising, Closing, Closed],
+                Closing,
+            ),
+            (Side::Frontend, Connected, not(&[Connected]), Closing),
+            (Side::Frontend, Closing, State::ALL.to_vec(), Closed),
+            (
+                Side::Frontend,
+                Closed,
+                vec![Initialising, InitWait],
+                Initialising,
+            ),
+            (Side::Backend, Initialising, State::ALL.to_vec(), InitWait),
+            (Side::Backend, InitWait, vec![Initialised], Connected),
+            (
+                Side::Backend,
+                Connected,
+                vec![Initialising, InitWait, Closing, Closed],
+                Closing,
+            ),
+            (Side::Backend, Closing, State::ALL.to_vec(), Closed),
+            (
+                Side::Backend,
+                Closed,
+                vec![Initialising, Closed],
+                Initialising,
+            ),
+        ];
+        for side in [Side::Frontend, Side::Backend] {
+            for own in State::ALL {
+                for peer in State::ALL {
+                    let expect = rules
+                        .iter()
+                        .find(|(s, o, p, _)| *s == side && *o == own && p.contains(&peer))
+                        .map(|r| r.3);
+                    assert_eq!(
+                        next_state(side, own, peer),
+                        expect,
+                        "{side:?} {own:?} (peer {peer:?})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_protocol_step_is_an_allowed_transition_of_its_side() {
         for side in [Side::Frontend, Side::Backend] {
             for own in State::ALL {
                 for peer in State::ALL {
@@ -794,130 +1292,1020 @@ mod tests {
                             transition_allowed(own, next),
                             "{side:?} {own:?} (peer {peer:?}) -> {next:?}"
                         );
+                        let never = match side {
+                            Side::Frontend => State::InitWait,
+                            Side::Backend => State::Initialised,
+                        };
+                        assert_ne!(next, never, "{side:?} {own:?} (peer {peer:?})");
                     }
                 }
             }
         }
     }
 
-    /// One side of the model: its state and what it set up, reading and writing a real page.
-    #[derive(Clone, Copy, Debug)]
-    struct Model {
-        /// Bumped on restart; the front-end's rings carry it so the model can tell which
-        /// incarnation's rings the back-end mapped.
-        incarnation: u32,
-        state: State,
-        /// Back-end: the front-end incarnation whose rings it mapped.
-        mapped: Option<u32>,
+    /// The protocol on a real page: both sides act on real (possibly stale or torn) copies of it,
+    /// with grants and mappings modelled as the hypervisor enforces them.
+    mod paged {
+        use super::*;
+
+        #[derive(Clone, Copy, Debug)]
+        pub(super) enum Ev {
+            /// The side takes a current copy of the page.
+            Copy(Side),
+            /// The side takes a torn copy: the peer's state word from its previous copy, the
+            /// rest current (the peer wrote again between the two loads).
+            Torn(Side),
+            /// The side takes one step on its copy, or, if dead, its next incarnation starts.
+            Step(Side),
+            /// The side dies (its section stays as it was until its next incarnation starts).
+            Die(Side),
+            /// The side resets the connection: `Closing`.
+            Close(Side),
+        }
+
+        struct Fe {
+            state: State,
+            /// First of the refs it currently grants (tx; rx and pool follow).
+            granted: Option<u32>,
+            copy: Vec<u8>,
+            /// `copy` was taken after its last write.
+            unused: bool,
+            dead: bool,
+        }
+
+        struct Be {
+            state: State,
+            /// The tx ref of the rings it maps.
+            mapped: Option<u32>,
+            /// Has mapped, not yet written `Connected`.
+            connecting: bool,
+            copy: Vec<u8>,
+            unused: bool,
+            dead: bool,
+        }
+
+        pub(super) struct World {
+            page: Vec<u8>,
+            fe: Fe,
+            be: Be,
+            next_ref: u32,
+            /// Every write (and start) in order, for the documented sequences.
+            pub log: Vec<(Side, State)>,
+        }
+
+        impl World {
+            pub fn new() -> World {
+                let page = fresh_page();
+                World {
+                    fe: Fe {
+                        state: State::Initialising,
+                        granted: None,
+                        copy: page.clone(),
+                        unused: true,
+                        dead: false,
+                    },
+                    be: Be {
+                        state: State::Initialising,
+                        mapped: None,
+                        connecting: false,
+                        copy: page.clone(),
+                        unused: true,
+                        dead: false,
+                    },
+                    page,
+                    next_ref: 10,
+                    log: Vec::new(),
+                }
+            }
+
+            fn write_fe(&mut self, next: State, start: bool) {
+                assert!(start || transition_allowed(self.fe.state, next));
+                self.fe.state = next;
+                self.fe.unused = false;
+                let section = match (next, self.fe.granted) {
+                    (State::Initialised | State::Connected | State::Closing, Some(r)) => Frontend {
+                        state: next,
+                        tx_ring_ref: r,
+                        rx_ring_ref: r + 1,
+                        pool_first_ref: r + 2,
+                        pool_count: 1,
+                        data_port: 4,
+                        ..frontend()
+                    },
+                    _ => Frontend {
+                        state: next,
+                        ..Frontend::initialising()
+                    },
+                };
+                section.write_to(&mut self.page).unwrap();
+                self.log.push((Side::Frontend, next));
+            }
+
+            fn write_be(&mut self, next: State, start: bool) {
+                assert!(start || transition_allowed(self.be.state, next));
+                self.be.state = next;
+                self.be.unused = false;
+                let section = if next == State::Connected {
+                    backend()
+                } else {
+                    Backend {
+                        state: next,
+                        ..Backend::initialising()
+                    }
+                };
+                section.write_to(&mut self.page).unwrap();
+                self.log.push((Side::Backend, next));
+            }
+
+            /// The front-end's step; whether it wrote anything.
+            fn fe_step(&mut self) -> bool {
+                if self.fe.dead {
+                    self.fe.dead = false;
+                    self.fe.copy = self.page.clone();
+                    self.write_fe(State::Initialising, true);
+                    self.fe.unused = true;
+                    return true;
+                }
+                if !self.fe.unused {
+                    return false;
+                }
+                let Ok(peer) = Backend::read_from(&self.fe.copy) else {
+                    return false;
+                };
+                let Some(next) = next_state(Side::Frontend, self.fe.state, peer.state) else {
+                    return false;
+                };
+                match next {
+                    // GRANT_TABLE_SETUP is Busy while the back-end maps old frames.
+                    State::Initialised if self.be.mapped.is_some() => return false,
+                    State::Initialised => {
+                        self.fe.granted = Some(self.next_ref);
+                        self.next_ref += 3;
+                    }
+                    // GRANT_END is Busy while the back-end maps the rings.
+                    State::Closed if self.fe.granted.is_some() => {
+                        if self.be.mapped == self.fe.granted {
+                            return false;
+                        }
+                        self.fe.granted = None;
+                    }
+                    State::Connected => assert_eq!(peer, backend()),
+                    _ => {}
+                }
+                self.write_fe(next, false);
+                true
+            }
+
+            /// The back-end's step; whether it did anything.
+            fn be_step(&mut self) -> bool {
+                if self.be.dead {
+                    self.be.dead = false;
+                    self.be.copy = self.page.clone();
+                    self.write_be(State::Initialising, true);
+                    self.be.unused = true;
+                    return true;
+                }
+                if self.be.connecting {
+                    self.be.connecting = false;
+                    self.write_be(State::Connected, false);
+                    return true;
+                }
+                if !self.be.unused {
+                    return false;
+                }
+                let Ok(peer) = Frontend::read_from(&self.be.copy) else {
+                    return false;
+                };
+                let Some(next) = next_state(Side::Backend, self.be.state, peer.state) else {
+                    return false;
+                };
+                match next {
+                    State::Connected => {
+                        // GRANT_MAP of the refs in the copy fails unless they are granted now.
+                        let tx = peer.tx_ring_ref;
+                        if Some(tx) != self.fe.granted
+                            || peer.rx_ring_ref != tx + 1
+                            || peer.pool_first_ref != tx + 2
+                        {
+                            return false;
+                        }
+                        self.be.mapped = Some(tx);
+                        self.be.connecting = true;
+                        self.be.unused = false;
+                        return true;
+                    }
+                    State::Closed => self.be.mapped = None,
+                    _ => {}
+                }
+                self.write_be(next, false);
+                true
+            }
+
+            pub fn apply(&mut self, ev: Ev) {
+                match ev {
+                    Ev::Copy(Side::Frontend) if !self.fe.dead => {
+                        self.fe.copy = self.page.clone();
+                        self.fe.unused = true;
+                    }
+                    Ev::Copy(Side::Backend) if !self.be.dead => {
+                        self.be.copy = self.page.clone();
+                        self.be.unused = true;
+                    }
+                    Ev::Torn(Side::Frontend) if !self.fe.dead => {
+                        let mut copy = self.page.clone();
+                        let state = BACKEND.start..BACKEND.start + STATE_LEN;
+                        copy[state.clone()].copy_from_slice(&self.fe.copy[state]);
+                        self.fe.copy = copy;
+                        self.fe.unused = true;
+                    }
+                    Ev::Torn(Side::Backend) if !self.be.dead => {
+                        let mut copy = self.page.clone();
+                        let state = FRONTEND.start..FRONTEND.start + STATE_LEN;
+                        copy[state.clone()].copy_from_slice(&self.be.copy[state]);
+                        self.be.copy = copy;
+                        self.be.unused = true;
+                    }
+                    Ev::Step(Side::Frontend) => {
+                        self.fe_step();
+                    }
+                    Ev::Step(Side::Backend) => {
+                        self.be_step();
+                    }
+                    Ev::Die(Side::Frontend) => {
+                        self.fe.dead = true;
+                        self.fe.granted = None;
+                    }
+                    Ev::Die(Side::Backend) => {
+                        self.be.dead = true;
+                        self.be.mapped = None;
+                        self.be.connecting = false;
+                    }
+                    Ev::Close(Side::Frontend)
+                        if !self.fe.dead
+                            && !matches!(self.fe.state, State::Closing | State::Closed) =>
+                    {
+                        self.write_fe(State::Closing, false);
+                    }
+                    Ev::Close(Side::Backend)
+                        if !self.be.dead
+                            && !matches!(self.be.state, State::Closing | State::Closed) =>
+                    {
+                        self.be.connecting = false;
+                        self.write_be(State::Closing, false);
+                    }
+                    _ => {}
+                }
+            }
+
+            /// No more disturbances: each side, in turn, takes a current copy and steps, until
+            /// neither does anything. Then both must be connected on the current rings.
+            pub fn settle(&mut self) {
+                for _ in 0..64 {
+                    self.apply(Ev::Copy(Side::Frontend));
+                    let a = self.fe_step();
+                    self.apply(Ev::Copy(Side::Backend));
+                    let b = self.be_step();
+                    if !a && !b {
+                        break;
+                    }
+                }
+                assert_eq!(self.fe.state, State::Connected, "{:?}", self.log);
+                assert_eq!(self.be.state, State::Connected, "{:?}", self.log);
+                assert!(self.fe.granted.is_some(), "{:?}", self.log);
+                assert_eq!(self.be.mapped, self.fe.granted, "{:?}", self.log);
+                let fe = Frontend::read_from(&self.page).unwrap();
+                assert_eq!(
+                    (fe.state, Some(fe.tx_ring_ref)),
+                    (State::Connected, self.fe.granted)
+                );
+                assert_eq!(Backend::read_from(&self.page), Ok(backend()));
+                assert_eq!(Header::read_from(&self.page), Ok(header()));
+            }
+        }
     }
 
-    fn fe_section(m: &Model) -> Frontend {
-        Frontend {
-            state: m.state,
-            // The model's "rings" are refs naming the incarnation that granted them.
-            tx_ring_ref: m.incarnation % MAX_REFS,
-            ..frontend()
+    use paged::Ev;
+
+    fn run(events: &[Ev]) -> paged::World {
+        let mut world = paged::World::new();
+        for &ev in events {
+            world.apply(ev);
         }
+        world.settle();
+        world
     }
 
-    /// Lets `side` react once; returns whether it wrote anything.
-    fn step(page: &mut [u8], side: Side, me: &mut Model) -> bool {
-        let peer = match side {
-            Side::Frontend => Backend::read_from(page).unwrap().state,
-            Side::Backend => Frontend::read_from(page).unwrap().state,
-        };
-        let Some(next) = next_state(side, me.state, peer) else {
-            return false;
-        };
-        assert!(transition_allowed(me.state, next));
-        match (side, next) {
-            (Side::Backend, State::Connected) => {
-                let fe = Frontend::read_from(page).unwrap();
-                me.mapped = Some(fe.tx_ring_ref);
-            }
-            (Side::Backend, State::Closed) => me.mapped = None,
-            _ => {}
-        }
-        me.state = next;
-        match side {
-            Side::Frontend => fe_section(me).write_to(page).unwrap(),
-            Side::Backend => Backend {
-                state: next,
-                ..backend()
-            }
-            .write_to(page)
-            .unwrap(),
-        }
-        true
+    /// `side` takes a current copy and a step, `n` times.
+    fn steps(side: Side, n: usize) -> Vec<Ev> {
+        [Ev::Copy(side), Ev::Step(side)].repeat(n)
     }
 
-    fn restart(page: &mut [u8], side: Side, me: &mut Model) {
-        *me = Model {
-            incarnation: me.incarnation + 1,
-            state: State::Initialising,
-            mapped: None,
+    #[test]
+    fn model_follows_the_documented_sequences() {
+        use State::*;
+        let (f, b) = (Side::Frontend, Side::Backend);
+        let world = run(&[]);
+        assert_eq!(
+            world.log,
+            [
+                (b, InitWait),
+                (f, Initialised),
+                (b, Connected),
+                (f, Connected)
+            ]
+        );
+        let connect = world.log.len();
+        let restart = |side| {
+            let world = run(&[settle_events(), vec![Ev::Die(side), Ev::Step(side)]].concat());
+            world.log[connect..].to_vec()
         };
-        match side {
-            Side::Frontend => fe_section(me).write_to(page).unwrap(),
-            Side::Backend => Backend::initialising().write_to(page).unwrap(),
-        }
+        assert_eq!(
+            restart(f),
+            [
+                (f, Initialising),
+                (b, Closing),
+                (b, Closed),
+                (b, Initialising),
+                (b, InitWait),
+                (f, Initialised),
+                (b, Connected),
+                (f, Connected),
+            ]
+        );
+        assert_eq!(
+            restart(b),
+            [
+                (b, Initialising),
+                (f, Closing),
+                (b, InitWait),
+                (f, Closed),
+                (f, Initialising),
+                (f, Initialised),
+                (b, Connected),
+                (f, Connected),
+            ]
+        );
     }
 
-    fn run(events: &[(bool, bool)]) {
-        let mut page = fresh_page();
-        let fresh = Model {
-            incarnation: 0,
-            state: State::Initialising,
-            mapped: None,
-        };
-        let (mut fe, mut be) = (fresh, fresh);
-        for &(frontend_side, is_restart) in events {
-            let (side, me) = if frontend_side {
-                (Side::Frontend, &mut fe)
-            } else {
-                (Side::Backend, &mut be)
-            };
-            if is_restart {
-                restart(&mut page, side, me);
-            } else {
-                step(&mut page, side, me);
-            }
-        }
-        // Quiescent: both sides react until neither writes; they must end connected, and the
-        // back-end must have mapped the current front-end incarnation's rings.
-        for _ in 0..32 {
-            let a = step(&mut page, Side::Frontend, &mut fe);
-            let b = step(&mut page, Side::Backend, &mut be);
-            if !a && !b {
-                break;
-            }
-        }
-        assert_eq!(fe.state, State::Connected, "{events:?}");
-        assert_eq!(be.state, State::Connected, "{events:?}");
-        assert_eq!(be.mapped, Some(fe.incarnation % MAX_REFS), "{events:?}");
+    /// Both sides take turns with current copies, long enough to settle.
+    fn settle_events() -> Vec<Ev> {
+        [steps(Side::Frontend, 1), steps(Side::Backend, 1)]
+            .concat()
+            .repeat(16)
     }
 
     #[test]
     fn model_connects_and_reconnects_after_either_restart() {
-        run(&[]);
-        // Connect, then restart the front-end; then the back-end.
-        let connect = [(false, false), (true, false), (false, false), (true, false)];
-        let mut events = connect.to_vec();
-        events.push((true, true));
+        let (f, b) = (Side::Frontend, Side::Backend);
+        // Connect; then each side in turn dies, comes back, and they reconnect.
+        let mut events = settle_events();
+        for side in [f, b, f, b] {
+            run(&events);
+            events.extend([Ev::Die(side), Ev::Step(side)]);
+            events.extend(settle_events());
+        }
         run(&events);
-        events.extend_from_slice(&connect);
-        events.push((false, true));
+        // Both die at once; one dies while the other waits on it; a reset by each side.
+        run(&[Ev::Die(f), Ev::Die(b), Ev::Step(b), Ev::Step(f)]);
+        run(&[Ev::Die(b), Ev::Copy(f), Ev::Step(f), Ev::Step(b)]);
+        run(&[Ev::Close(f)]);
+        run(&[Ev::Close(b)]);
+        // The case that used to end with both sides `Closed`: the back-end restarts while the
+        // front-end is `Initialised`, the front-end closes, the new back-end waits.
+        let mut events = steps(b, 8);
+        events.extend(steps(f, 1));
+        events.extend([Ev::Die(b), Ev::Step(b)]);
+        events.extend(steps(f, 1));
+        events.extend(steps(b, 2));
         run(&events);
-        // Both restart at once.
-        run(&[(true, false), (false, false), (true, true), (false, true)]);
+    }
+
+    fn event() -> impl Strategy<Value = Ev> {
+        let side = prop_oneof![Just(Side::Frontend), Just(Side::Backend)];
+        (0..12u8, side).prop_map(|(kind, side)| match kind {
+            0..=3 => Ev::Copy(side),
+            4 => Ev::Torn(side),
+            5..=9 => Ev::Step(side),
+            10 => Ev::Die(side),
+            _ => Ev::Close(side),
+        })
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn model_survives_any_interleaving_of_steps_and_restarts(
-            events in prop::collection::vec((any::<bool>(), prop::bool::weighted(0.15)), 0..60)
+            events in prop::collection::vec(event(), 0..120)
         ) {
             run(&events);
+        }
+    }
+
+    /// Exhaustive model check of [`next_state`] over every interleaving, on an abstract page.
+    mod exhaustive {
+        use super::*;
+        use std::collections::HashMap;
+        use std::string::String;
+        use std::vec::Vec;
+
+        /// How the parts outside this module behave; the protocol must work with either choice.
+        #[derive(Clone, Copy, Debug)]
+        pub(super) struct Opts {
+            /// The hypervisor marks a dead side's section `Closed` ([`mark_closed`]) at once;
+            /// otherwise the section keeps its last contents until the next incarnation starts.
+            pub marks_dead: bool,
+            /// A back-end whose GRANT_MAP fails goes `Closing`; otherwise it waits.
+            pub map_failure_closes: bool,
+        }
+
+        /// One set of rings (and data port) the front-end granted: incarnation and session.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        struct Ring {
+            inc: u8,
+            sess: u8,
+        }
+
+        /// The front-end section as written: its state and the rings it names (if any).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        struct FeSec {
+            state: State,
+            ring: Option<Ring>,
+        }
+
+        /// The back-end section as written: its state and, as ghost data the page does not hold,
+        /// the writer's incarnation and the rings it had mapped when it wrote `Connected`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        struct BeSec {
+            state: State,
+            inc: u8,
+            ring: Option<Ring>,
+        }
+
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        struct Fe {
+            inc: u8,
+            /// Sessions (sets of rings) granted by this incarnation so far.
+            sess: u8,
+            state: State,
+            /// The rings it grants and has not ended.
+            granted: Option<Ring>,
+            /// Its copy of the back-end's section, possibly stale.
+            view: BeSec,
+            /// `view` was taken after its last write (a step needs such a copy).
+            unused: bool,
+            /// Died; its next incarnation has not started yet.
+            dead: bool,
+        }
+
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        struct Be {
+            inc: u8,
+            state: State,
+            mapped: Option<Ring>,
+            /// Has mapped the rings but not yet written `Connected`.
+            connecting: bool,
+            /// Its copy of the front-end's section, possibly stale or torn.
+            view: FeSec,
+            /// A copy in progress: the state word it has loaded (after its last write).
+            loading: Option<State>,
+            /// `view` was taken after its last write (a step needs such a copy).
+            unused: bool,
+            /// Died; its next incarnation has not started yet.
+            dead: bool,
+        }
+
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        struct World {
+            fe: Fe,
+            be: Be,
+            /// The page.
+            fsec: FeSec,
+            bsec: BeSec,
+            /// Disturbances left.
+            restarts: u8,
+            closes: u8,
+        }
+
+        fn ring_code(r: Option<Ring>) -> u8 {
+            r.map_or(0xff, |r| r.inc << 4 | r.sess)
+        }
+
+        fn key(w: &World) -> [u8; 18] {
+            let st = |s: State| s as u8;
+            let flags = u8::from(w.fe.unused)
+                | u8::from(w.be.unused) << 1
+                | u8::from(w.fe.dead) << 2
+                | u8::from(w.be.dead) << 3
+                | u8::from(w.be.connecting) << 4;
+            let loading = w.be.loading.map_or(0, |s| s as u8);
+            [
+                w.fe.inc << 4 | w.fe.sess,
+                st(w.fe.state) | st(w.be.state) << 4,
+                ring_code(w.fe.granted),
+                st(w.fe.view.state) | w.fe.view.inc << 4,
+                ring_code(w.fe.view.ring),
+                w.be.inc,
+                ring_code(w.be.mapped),
+                st(w.be.view.state),
+                ring_code(w.be.view.ring),
+                st(w.fsec.state),
+                ring_code(w.fsec.ring),
+                st(w.bsec.state) | w.bsec.inc << 4,
+                ring_code(w.bsec.ring),
+                flags,
+                w.restarts,
+                w.closes,
+                loading,
+                0,
+            ]
+        }
+
+        fn show_ring(r: Option<Ring>) -> String {
+            r.map_or("-".into(), |r| std::format!("{}.{}", r.inc, r.sess))
+        }
+
+        /// One line per world, for failure traces.
+        fn show(w: &World) -> String {
+            let used = |unused| if unused { "" } else { " (used)" };
+            std::format!(
+                "fe#{}{} {:?} granted {} sees {:?}({}){} | be#{}{} {:?}{} mapped {} sees \
+                 {:?}({}){} | page fe {:?}({}) be {:?} | restarts {} closes {}",
+                w.fe.inc,
+                if w.fe.dead { " dead" } else { "" },
+                w.fe.state,
+                show_ring(w.fe.granted),
+                w.fe.view.state,
+                show_ring(w.fe.view.ring),
+                used(w.fe.unused),
+                w.be.inc,
+                if w.be.dead { " dead" } else { "" },
+                w.be.state,
+                if w.be.connecting { "+mapping" } else { "" },
+                show_ring(w.be.mapped),
+                w.be.view.state,
+                show_ring(w.be.view.ring),
+                used(w.be.unused),
+                w.fsec.state,
+                show_ring(w.fsec.ring),
+                w.bsec.state,
+                w.restarts,
+                w.closes,
+            )
+        }
+
+        /// Where a new incarnation starts, from what its section shows.
+        fn start_state(shown: State) -> State {
+            if shown == State::Initialising {
+                State::Initialising
+            } else {
+                State::Closed
+            }
+        }
+
+        /// The front-end writes `next`; `start`: its new incarnation's first write.
+        fn write_fe(w: &mut World, next: State, start: bool) {
+            assert!(start || transition_allowed(w.fe.state, next), "{}", show(w));
+            w.fe.state = next;
+            w.fe.unused = false;
+            let ring = match next {
+                State::Initialised | State::Connected | State::Closing => w.fe.granted,
+                _ => None,
+            };
+            w.fsec = FeSec { state: next, ring };
+        }
+
+        fn write_be(w: &mut World, next: State, start: bool) {
+            assert!(start || transition_allowed(w.be.state, next), "{}", show(w));
+            w.be.loading = None;
+            w.be.state = next;
+            w.be.unused = false;
+            let ring = w.be.mapped.filter(|_| next == State::Connected);
+            w.bsec = BeSec {
+                state: next,
+                inc: w.be.inc,
+                ring,
+            };
+        }
+
+        /// The front-end's step on its copy, with its work, if it can take one; or, dead, its
+        /// next incarnation's start.
+        fn fe_step(w: &World) -> Option<World> {
+            let mut n = *w;
+            if w.fe.dead {
+                n.fe.inc += 1;
+                n.fe.sess = 0;
+                n.fe.dead = false;
+                write_fe(&mut n, start_state(w.fsec.state), true);
+                (n.fe.view, n.fe.unused) = (w.bsec, true);
+                return Some(n);
+            }
+            if !w.fe.unused {
+                return None;
+            }
+            let next = next_state(Side::Frontend, w.fe.state, w.fe.view.state)?;
+            match next {
+                State::Initialised => {
+                    n.fe.sess += 1;
+                    n.fe.granted = Some(Ring {
+                        inc: n.fe.inc,
+                        sess: n.fe.sess,
+                    });
+                }
+                // GRANT_END is Busy while the back-end maps the rings.
+                State::Closed if w.fe.granted.is_some() && w.be.mapped == w.fe.granted => {
+                    return None
+                }
+                State::Closed => n.fe.granted = None,
+                _ => {}
+            }
+            write_fe(&mut n, next, false);
+            Some(n)
+        }
+
+        /// The back-end's step on its copy, with its work, if it can take one; or, dead, its
+        /// next incarnation's start.
+        fn be_step(w: &World, opts: Opts) -> Option<World> {
+            let mut n = *w;
+            if w.be.dead {
+                n.be.inc += 1;
+                n.be.dead = false;
+                write_be(&mut n, State::Initialising, true);
+                (n.be.view, n.be.unused) = (w.fsec, true);
+                return Some(n);
+            }
+            if w.be.connecting {
+                n.be.connecting = false;
+                write_be(&mut n, State::Connected, false);
+                return Some(n);
+            }
+            if !w.be.unused || w.be.loading.is_some() {
+                return None;
+            }
+            let next = next_state(Side::Backend, w.be.state, w.be.view.state)?;
+            match next {
+                State::Connected => {
+                    // GRANT_MAP of the refs in its copy fails unless they are granted now.
+                    let ring = w.be.view.ring;
+                    if ring.is_none() || ring != w.fe.granted {
+                        if !opts.map_failure_closes {
+                            return None;
+                        }
+                        write_be(&mut n, State::Closing, false);
+                        return Some(n);
+                    }
+                    n.be.mapped = ring;
+                    n.be.connecting = true;
+                    n.be.unused = false;
+                    return Some(n);
+                }
+                State::Closed => n.be.mapped = None,
+                _ => {}
+            }
+            write_be(&mut n, next, false);
+            Some(n)
+        }
+
+        fn successors(w: &World, opts: Opts, out: &mut Vec<World>) {
+            out.clear();
+            // Copies: a current one; or (back-end) a torn one, the state word read before the
+            // front-end's latest write and the other fields after it, unless validation refuses
+            // it (`Initialised`/`Connected` without rings).
+            if !w.fe.dead {
+                let mut n = *w;
+                (n.fe.view, n.fe.unused) = (w.bsec, true);
+                out.push(n);
+            }
+            if !w.be.dead {
+                match w.be.loading {
+                    None => {
+                        let mut n = *w;
+                        (n.be.view, n.be.unused) = (w.fsec, true);
+                        out.push(n);
+                        // Or it loads the state word now and the rest later.
+                        let mut n = *w;
+                        n.be.loading = Some(w.fsec.state);
+                        out.push(n);
+                    }
+                    Some(state) => {
+                        let mut n = *w;
+                        n.be.loading = None;
+                        let torn = FeSec {
+                            state,
+                            ring: w.fsec.ring,
+                        };
+                        if !past_setup(state) || torn.ring.is_some() {
+                            (n.be.view, n.be.unused) = (torn, true);
+                        }
+                        out.push(n);
+                    }
+                }
+            }
+            out.extend(fe_step(w));
+            out.extend(be_step(w, opts));
+            // A side dies at any point. A dead front-end's grants die with it, though the
+            // back-end's mappings of them stay until it unmaps; the hypervisor tears down a dead
+            // back-end's mappings.
+            if w.restarts > 0 && !w.fe.dead {
+                let mut n = *w;
+                n.restarts -= 1;
+                n.fe.dead = true;
+                n.fe.granted = None;
+                if opts.marks_dead {
+                    n.fsec = FeSec {
+                        state: State::Closed,
+                        ring: None,
+                    };
+                }
+                out.push(n);
+            }
+            if w.restarts > 0 && !w.be.dead {
+                let mut n = *w;
+                n.restarts -= 1;
+                n.be.dead = true;
+                n.be.mapped = None;
+                n.be.connecting = false;
+                n.be.loading = None;
+                if opts.marks_dead {
+                    n.bsec.state = State::Closed;
+                    n.bsec.ring = None;
+                }
+                out.push(n);
+            }
+            if w.closes > 0 {
+                // A side resets the connection on its own (step 6) and then keeps following
+                // the protocol.
+                if !w.fe.dead && !matches!(w.fe.state, State::Closing | State::Closed) {
+                    let mut n = *w;
+                    n.closes -= 1;
+                    write_fe(&mut n, State::Closing, false);
+                    out.push(n);
+                }
+                if !w.be.dead && !matches!(w.be.state, State::Closing | State::Closed) {
+                    let mut n = *w;
+                    n.closes -= 1;
+                    n.be.connecting = false;
+                    write_be(&mut n, State::Closing, false);
+                    out.push(n);
+                }
+            }
+            out.retain(|n| n != w);
+        }
+
+        /// Whether `b` differs from `a` only in the sides' copies.
+        fn only_copies(a: &World, b: &World) -> bool {
+            let forget = |w: &World| {
+                let mut w = *w;
+                w.fe.view = w.bsec;
+                w.fe.unused = false;
+                w.be.view = w.fsec;
+                w.be.unused = false;
+                w.be.loading = None;
+                w
+            };
+            forget(a) == forget(b)
+        }
+
+        /// Strongly connected component of each node.
+        fn components(edges: &[Vec<usize>]) -> Vec<usize> {
+            const NONE: usize = usize::MAX;
+            let n = edges.len();
+            let (mut index, mut low, mut comp) = (vec![NONE; n], vec![0; n], vec![NONE; n]);
+            let (mut stack, mut on_stack) = (Vec::new(), vec![false; n]);
+            let (mut next_index, mut next_comp) = (0, 0);
+            for root in 0..n {
+                if index[root] != NONE {
+                    continue;
+                }
+                // (node, next edge to look at)
+                let mut calls = vec![(root, 0)];
+                index[root] = next_index;
+                low[root] = next_index;
+                next_index += 1;
+                stack.push(root);
+                on_stack[root] = true;
+                while let Some(&mut (v, ref mut e)) = calls.last_mut() {
+                    if let Some(&w) = edges[v].get(*e) {
+                        *e += 1;
+                        if index[w] == NONE {
+                            index[w] = next_index;
+                            low[w] = next_index;
+                            next_index += 1;
+                            stack.push(w);
+                            on_stack[w] = true;
+                            calls.push((w, 0));
+                        } else if on_stack[w] {
+                            low[v] = low[v].min(index[w]);
+                        }
+                        continue;
+                    }
+                    calls.pop();
+                    if let Some(&(u, _)) = calls.last() {
+                        low[u] = low[u].min(low[v]);
+                    }
+                    if low[v] == index[v] {
+                        loop {
+                            let w = stack.pop().unwrap();
+                            on_stack[w] = false;
+                            comp[w] = next_comp;
+                            if w == v {
+                                break;
+                            }
+                        }
+                        next_comp += 1;
+                    }
+                }
+            }
+            comp
+        }
+
+        /// A cycle through the edge `from → to`, both in one component.
+        fn cycle_through(edges: &[Vec<usize>], comp: &[usize], from: usize, to: usize) -> Vec<usize> {
+            // Breadth-first from `to` back to `from` inside the component.
+            let mut back = HashMap::from([(to, to)]);
+            let mut queue = std::collections::VecDeque::from([to]);
+            while let Some(v) = queue.pop_front() {
+                if v == from {
+                    break;
+                }
+                for &w in &edges[v] {
+                    if comp[w] == comp[from] && !back.contains_key(&w) {
+                        back.insert(w, v);
+                        queue.push_back(w);
+                    }
+                }
+            }
+            let mut path = vec![from];
+            let mut at = from;
+            while at != to {
+                at = back[&at];
+                path.push(at);
+            }
+            path.reverse();
+            path
+        }
+
+        pub(super) struct Report {
+            pub worlds: usize,
+            pub max_sessions: u8,
+        }
+
+        /// Explores every world reachable with up to `restarts` deaths and `closes` resets of
+        /// either side at any point, and checks that
+        /// 1. no run cycles, so the sides cannot churn forever, whatever copies they act on, and
+        ///    each disturbance costs the front-end at most one new set of rings;
+        /// 2. every world in which neither side can step on a current copy has both sides
+        ///    `Connected`, the back-end mapping the rings the current front-end grants;
+        /// 3. the front-end only connects on a `Connected` written for its current rings, or by a
+        ///    back-end incarnation that has died since.
+        ///
+        /// Each write is followed by an event after which the peer takes a current copy, so by
+        /// 1 the sides stop writing once the disturbances stop, and then by 2 they are connected.
+        pub(super) fn check(restarts: u8, closes: u8, opts: Opts) -> Report {
+            assert!(restarts < 8 && closes < 8);
+            let fresh_fe = FeSec {
+                state: State::Initialising,
+                ring: None,
+            };
+            let fresh_be = BeSec {
+                state: State::Initialising,
+                inc: 0,
+                ring: None,
+            };
+            let start = World {
+                fe: Fe {
+                    inc: 0,
+                    sess: 0,
+                    state: State::Initialising,
+                    granted: None,
+                    view: fresh_be,
+                    unused: true,
+                    dead: false,
+                },
+                be: Be {
+                    inc: 0,
+                    state: State::Initialising,
+                    mapped: None,
+                    connecting: false,
+                    view: fresh_fe,
+                    loading: None,
+                    unused: true,
+                    dead: false,
+                },
+                fsec: fresh_fe,
+                bsec: fresh_be,
+                restarts,
+                closes,
+            };
+            let mut index = HashMap::from([(key(&start), 0)]);
+            let mut worlds = vec![start];
+            let mut parent = vec![usize::MAX];
+            let mut edges: Vec<Vec<usize>> = Vec::new();
+            let trace = |worlds: &[World], parent: &[usize], mut i: usize| {
+                let mut t = Vec::new();
+                while i != usize::MAX {
+                    t.push(show(&worlds[i]));
+                    i = parent[i];
+                }
+                t.reverse();
+                t.join("\n")
+            };
+            let mut succ = Vec::new();
+            let mut i = 0;
+            while i < worlds.len() {
+                let w = worlds[i];
+                successors(&w, opts, &mut succ);
+                let mut out = Vec::with_capacity(succ.len());
+                for n in &succ {
+                    let disturbances = restarts - n.restarts + closes - n.closes;
+                    assert!(
+                        n.fe.sess <= 1 + 3 * disturbances,
+                        "reconnects more than once per disturbance:\n{}\n{}",
+                        trace(&worlds, &parent, i),
+                        show(n)
+                    );
+                    let writer_alive = w.fe.view.inc == w.be.inc && !w.be.dead;
+                    if w.fe.state != State::Connected
+                        && n.fe.state == State::Connected
+                        && writer_alive
+                    {
+                        assert_eq!(
+                            w.fe.view.ring,
+                            w.fe.granted,
+                            "connects on a `Connected` for other rings:\n{}\n{}",
+                            trace(&worlds, &parent, i),
+                            show(n)
+                        );
+                    }
+                    let j = *index.entry(key(n)).or_insert_with(|| {
+                        worlds.push(*n);
+                        parent.push(i);
+                        worlds.len() - 1
+                    });
+                    out.push(j);
+                }
+                edges.push(out);
+                i += 1;
+            }
+            for (i, w) in worlds.iter().enumerate() {
+                let mut r = *w;
+                if !r.fe.dead {
+                    (r.fe.view, r.fe.unused) = (w.bsec, true);
+                }
+                if !r.be.dead {
+                    (r.be.view, r.be.unused, r.be.loading) = (w.fsec, true, None);
+                }
+                if fe_step(&r).is_none() && be_step(&r, opts).is_none() {
+                    let connected = r.fe.state == State::Connected
+                        && r.be.state == State::Connected
+                        && r.fe.granted.is_some_and(|g| g.inc == r.fe.inc)
+                        && r.be.mapped == r.fe.granted;
+                    assert!(
+                        connected,
+                        "stuck in\n{}\nafter\n{}",
+                        show(&r),
+                        trace(&worlds, &parent, i)
+                    );
+                }
+            }
+            // No cycle may contain a write (cycles of copies alone are harmless): find the
+            // strongly connected components (Tarjan, iteratively) and look for a write inside one.
+            let component = components(&edges);
+            for (i, out) in edges.iter().enumerate() {
+                for &j in out {
+                    if component[i] == component[j] && !only_copies(&worlds[i], &worlds[j]) {
+                        let cycle = cycle_through(&edges, &component, i, j);
+                        let cycle: Vec<String> = cycle.iter().map(|&k| show(&worlds[k])).collect();
+                        panic!(
+                            "the sides can churn forever:\n{}\nthen round and round:\n{}",
+                            trace(&worlds, &parent, i),
+                            cycle.join("\n")
+                        );
+                    }
+                }
+            }
+            Report {
+                worlds: worlds.len(),
+                max_sessions: worlds.iter().map(|w| w.fe.sess).max().unwrap_or(0),
+            }
+        }
+    }
+
+    #[test]
+    fn exhaustive_model_always_reconnects() {
+        // Budgets are "up to", so each run covers every smaller mix as well.
+        for marks_dead in [true, false] {
+            for map_failure_closes in [false, true] {
+                if !marks_dead && map_failure_closes { continue; }
+                let opts = exhaustive::Opts {
+                    marks_dead,
+                    map_failure_closes,
+                };
+                for (restarts, closes) in [(1, 0), (0, 1), (2, 0), (1, 1), (3, 0), (4, 1), (2, 3)] {
+                    let report = exhaustive::check(restarts, closes, opts);
+                    std::eprintln!("{opts:?} {restarts} {closes}: {} worlds, max sessions {}", report.worlds, report.max_sessions);
+                    assert!(report.worlds > 1000);
+                }
+            }
         }
     }
 }

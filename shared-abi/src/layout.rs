@@ -1,4 +1,7 @@
-//! Guest-physical layout every VM sees, and limits the hypervisor enforces on topologies.
+//! Guest-physical layout every VM sees (RAM, start-info page, control-page window), and limits
+//! the hypervisor enforces on topologies.
+
+use crate::grant::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
 
 /// Every VM sees its RAM starting here, so one image serves many VMs. It matches QEMU virt's RAM
 /// base, which keeps guest images linkable like ordinary bare-metal programs for that board.
@@ -23,6 +26,38 @@ pub const fn start_info_gpa(ram_bytes: u64) -> u64 {
     GUEST_RAM_BASE + ram_bytes - PAGE_SIZE
 }
 
+/// Start of the control-page window: where the hypervisor maps the control page of every
+/// front-end/back-end connection (see [`crate::handshake`]), in both VMs of the connection.
+///
+/// It sits right above the grant window `[0x1_0000_0000, +256 MiB)`, inside the same gigabyte
+/// `[0x1_0000_0000, 0x1_4000_0000)` that VMs map as Normal memory at stage 1, so a VM needs no
+/// extra mapping to use its control pages, and a control page can never be mistaken for RAM or
+/// for a grant mapping (GRANT_MAP refuses destinations outside the grant window).
+pub const CONTROL_WINDOW_BASE: u64 = 0x1_1000_0000;
+
+/// End of the gigabyte VMs map as Normal memory for the grant and control windows.
+const NORMAL_WINDOW_END: u64 = 0x1_4000_0000;
+
+/// IPA of the control page of the connection whose front-end is VM `frontend_id`.
+///
+/// The page sits at this same IPA in the front-end and in its back-end. Indexing by the
+/// front-end's id works because a front-end has exactly one back-end, so the id names the
+/// connection: a front-end finds its page from its own id, and a back-end with many front-ends
+/// finds each connection's page from that front-end's id (its peers bitmap in the start-info
+/// page), with no table to exchange. Ids are at most [`MAX_VMS`], so the result stays inside the
+/// window (see the assertion below); page 0 (id 0, the hypervisor) is never used.
+pub const fn control_page_ipa(frontend_id: u16) -> u64 {
+    CONTROL_WINDOW_BASE + frontend_id as u64 * PAGE_SIZE
+}
+
+// The control window starts past the grant window, page aligned, and the page of the largest
+// VM id ends inside the Normal gigabyte.
+const _: () = assert!(CONTROL_WINDOW_BASE >= GRANT_WINDOW_BASE + GRANT_WINDOW_SIZE);
+const _: () = assert!(CONTROL_WINDOW_BASE.is_multiple_of(PAGE_SIZE));
+const _: () = assert!(control_page_ipa(MAX_VMS as u16) + PAGE_SIZE <= NORMAL_WINDOW_END);
+// VM ids must fit in u16 for the cast above to be exact.
+const _: () = assert!(MAX_VMS < u16::MAX as usize);
+
 /// Virtual interrupt IDs the hypervisor delivers to VMs (GICv3 INTIDs).
 pub mod intid {
     /// EL1 virtual timer PPI (architected number on QEMU virt).
@@ -30,4 +65,29 @@ pub mod intid {
     /// Software-generated interrupts 0..16 are the guest's own; the diagnostic hypercall
     /// `TEST_INJECT` may raise any of them.
     pub const SGI_COUNT: u32 = 16;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_pages_are_one_per_frontend_and_inside_the_window() {
+        assert_eq!(control_page_ipa(0), CONTROL_WINDOW_BASE);
+        assert_eq!(control_page_ipa(1), 0x1_1000_1000);
+        assert_eq!(
+            control_page_ipa(MAX_VMS as u16),
+            0x1_1000_0000 + 16 * 0x1000
+        );
+        for id in 1..=MAX_VMS as u16 {
+            let ipa = control_page_ipa(id);
+            assert!(ipa.is_multiple_of(PAGE_SIZE));
+            assert!(
+                !crate::grant::in_grant_window(ipa),
+                "{ipa:#x} is in the grant window"
+            );
+            assert!(ipa >= GUEST_RAM_BASE + MAX_VM_RAM, "{ipa:#x} could be RAM");
+            assert!(ipa + PAGE_SIZE <= NORMAL_WINDOW_END);
+        }
+    }
 }

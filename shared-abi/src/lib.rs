@@ -11,4 +11,5 @@ pub mod grant;
 pub mod handshake;
 pub mod hypercall;
 pub mod layout;
+pub mod pingpong;
 pub mod start_info;

@@ -1,4 +1,5 @@
-//! Start-info page: how a VM learns its identity, and the `key=value` settings helpers.
+//! Start-info page: how a VM learns its identity and its connections (peers), and the
+//! `key=value` settings helpers.
 //!
 //! The hypervisor writes one page at [`start_info_gpa`](crate::layout::start_info_gpa) (the last
 //! page of the VM's RAM) before the VM's first instruction and passes its address in x0.
@@ -19,12 +20,25 @@
 //! |     40 |   32 | name, NUL padded                                       |
 //! |     72 |    4 | settings length, `<= MAX_SETTINGS_LEN`                 |
 //! |     76 |    n | settings, UTF-8 `key=value` lines                      |
+//! |   2128 |    8 | peers: bit `i` set = VM id `i` is connected to this VM |
+//!
+//! The settings area is `76..76 + MAX_SETTINGS_LEN` (up to 2124); the peers field sits at the
+//! first 8-aligned offset past it, so it has a fixed place whatever the settings length.
+//!
+//! Peers are the VMs this VM has a front-end/back-end connection with (from the topology's
+//! `backend` links): for a guest, its back-end driver domain; for a driver domain, every guest it
+//! serves. A VM finds each connection's control page with
+//! [`control_page_ipa`](crate::layout::control_page_ipa) of the front-end's id. Bit 0 (the
+//! hypervisor), the VM's own bit and bits above `MAX_VMS` are always clear.
+//!
+//! The version stayed 1 when peers were added: every byte not listed is zero, so a page written
+//! before the field existed reads as "no peers", which is what it meant.
 
 use core::fmt;
 
 use crate::bundle::{decode_name_field, encode_name_field, NameProblem, VmKind, NAME_FIELD_LEN};
 use crate::layout::{
-    BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VM_RAM, MIN_VM_RAM, PAGE_SIZE,
+    BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM, PAGE_SIZE,
 };
 
 pub const MAGIC: [u8; 8] = *b"SLSTART\0";
@@ -41,9 +55,19 @@ const RAM_BYTES: usize = 32;
 const NAME: usize = 40;
 const SETTINGS_LEN: usize = 72;
 const SETTINGS: usize = 76;
+const PEERS: usize = 2128;
 
 /// Guarantees at compile time that the largest settings string fits in the page.
 const _: () = assert!(SETTINGS + MAX_SETTINGS_LEN <= PAGE_LEN);
+/// The peers field lies past the largest settings string, 8-aligned, inside the page.
+const _: () = assert!(PEERS >= SETTINGS + MAX_SETTINGS_LEN);
+const _: () = assert!(PEERS.is_multiple_of(8) && PEERS + 8 <= PAGE_LEN);
+/// Bits VM ids may occupy in the peers bitmap: ids are `1..=MAX_VMS`, bit 0 is the hypervisor.
+const VM_ID_BITS: u64 = if MAX_VMS + 1 >= 64 {
+    u64::MAX
+} else {
+    (1u64 << (MAX_VMS + 1)) - 1
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StartInfo<'a> {
@@ -57,6 +81,9 @@ pub struct StartInfo<'a> {
     /// 1 on the VM's first boot, incremented each time it restarts (PSCI SYSTEM_RESET), so a VM
     /// can tell a fresh start from a restart.
     pub boot_count: u32,
+    /// VMs connected to this one: bit `i` set means VM id `i` is a peer (its back-end, or a
+    /// front-end it serves). Never has bit 0, the VM's own bit, or bits above `MAX_VMS` set.
+    pub peers: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +117,16 @@ pub enum StartInfoError {
         len: usize,
     },
     SettingsNotUtf8,
+    /// The peers bitmap has bit 0 set: the hypervisor is not a peer.
+    PeersIncludeHypervisor,
+    /// The peers bitmap has the VM's own bit set.
+    PeersIncludeSelf {
+        vm_id: u16,
+    },
+    /// The peers bitmap has bits above `MAX_VMS`, which no VM id can have.
+    PeersOutOfRange {
+        peers: u64,
+    },
 }
 
 impl fmt::Display for StartInfoError {
@@ -128,6 +165,16 @@ impl fmt::Display for StartInfoError {
                 "start-info settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed"
             ),
             SettingsNotUtf8 => f.write_str("start-info settings are not valid UTF-8"),
+            PeersIncludeHypervisor => {
+                f.write_str("start-info peers include bit 0, the hypervisor, which is no peer")
+            }
+            PeersIncludeSelf { vm_id } => {
+                write!(f, "start-info peers include VM id {vm_id}, the VM itself")
+            }
+            PeersOutOfRange { peers } => write!(
+                f,
+                "start-info peers {peers:#x} name VM ids above the maximum {MAX_VMS}"
+            ),
         }
     }
 }
@@ -181,6 +228,17 @@ impl<'a> StartInfo<'a> {
                 len: self.settings.len(),
             });
         }
+        if self.peers & 1 != 0 {
+            return Err(StartInfoError::PeersIncludeHypervisor);
+        }
+        // checked_shl: an id of 64 or more has no bit, so it cannot be in the bitmap.
+        let own_bit = 1u64.checked_shl(u32::from(self.vm_id)).unwrap_or(0);
+        if self.peers & own_bit != 0 {
+            return Err(StartInfoError::PeersIncludeSelf { vm_id: self.vm_id });
+        }
+        if self.peers & !VM_ID_BITS != 0 {
+            return Err(StartInfoError::PeersOutOfRange { peers: self.peers });
+        }
         Ok(())
     }
 
@@ -209,6 +267,7 @@ impl<'a> StartInfo<'a> {
             &(self.settings.len() as u32).to_le_bytes(),
         );
         put(page, SETTINGS, self.settings.as_bytes());
+        put(page, PEERS, &self.peers.to_le_bytes());
         Ok(())
     }
 
@@ -251,6 +310,7 @@ impl<'a> StartInfo<'a> {
             ram_bytes: u64::from_le_bytes(bytes_at(page, RAM_BYTES)),
             settings,
             boot_count: u32::from_le_bytes(bytes_at(page, BOOT_COUNT)),
+            peers: u64::from_le_bytes(bytes_at(page, PEERS)),
         };
         info.validate()?;
         Ok(info)
@@ -301,6 +361,8 @@ mod tests {
             ram_bytes: 8 * 1024 * 1024,
             settings: "app=hello\nmac=0x0a\n",
             boot_count: 1,
+            // Connected to its back-end, VM id 1.
+            peers: 1 << 1,
         }
     }
 
@@ -325,13 +387,17 @@ mod tests {
     fn round_trip() {
         let page = written();
         assert_eq!(StartInfo::read_from(&page), Ok(sample()));
-        // Stale bytes past the settings were cleared.
-        assert!(page[SETTINGS + sample().settings.len()..]
+        // Stale bytes past the settings were cleared; only the peers field is set.
+        assert!(page[SETTINGS + sample().settings.len()..PEERS]
             .iter()
             .all(|&b| b == 0));
+        assert_eq!(page[PEERS..PEERS + 8], (1u64 << 1).to_le_bytes());
+        assert!(page[PEERS + 8..].iter().all(|&b| b == 0));
         let driver = StartInfo {
             kind: VmKind::DriverDomain,
             settings: "",
+            vm_id: 1,
+            peers: (1 << 2) | (1 << 3) | (1 << MAX_VMS),
             ..sample()
         };
         let mut page = vec![0; PAGE_LEN + 10];
@@ -524,6 +590,76 @@ mod tests {
     }
 
     #[test]
+    fn peers_round_trip_and_no_peers_is_zero() {
+        for peers in [0, 1 << 1, (1 << 1) | (1 << MAX_VMS), VM_ID_BITS & !0b1001] {
+            let info = StartInfo { peers, ..sample() };
+            let mut page = vec![0; PAGE_LEN];
+            info.write_to(&mut page).unwrap();
+            assert_eq!(StartInfo::read_from(&page).unwrap().peers, peers);
+        }
+    }
+
+    #[test]
+    fn rejects_hypervisor_as_peer() {
+        assert_eq!(
+            read_err(|p| p[PEERS] |= 1),
+            StartInfoError::PeersIncludeHypervisor
+        );
+        assert_eq!(
+            write_err(StartInfo {
+                peers: 0b11,
+                ..sample()
+            }),
+            StartInfoError::PeersIncludeHypervisor
+        );
+    }
+
+    #[test]
+    fn rejects_self_as_peer() {
+        // sample() is VM id 3.
+        assert_eq!(
+            read_err(|p| p[PEERS] |= 1 << 3),
+            StartInfoError::PeersIncludeSelf { vm_id: 3 }
+        );
+        assert_eq!(
+            write_err(StartInfo {
+                peers: 1 << 3,
+                ..sample()
+            }),
+            StartInfoError::PeersIncludeSelf { vm_id: 3 }
+        );
+    }
+
+    #[test]
+    fn rejects_peers_beyond_max_vms() {
+        let peers: u64 = (1 << 1) | (1 << (MAX_VMS + 1));
+        assert_eq!(
+            read_err(|p| p[PEERS..PEERS + 8].copy_from_slice(&peers.to_le_bytes())),
+            StartInfoError::PeersOutOfRange { peers }
+        );
+        assert_eq!(
+            write_err(StartInfo {
+                peers: 1 << 63,
+                ..sample()
+            }),
+            StartInfoError::PeersOutOfRange { peers: 1 << 63 }
+        );
+    }
+
+    #[test]
+    fn peers_field_does_not_overlap_the_longest_settings() {
+        let long = "x".repeat(MAX_SETTINGS_LEN);
+        let info = StartInfo {
+            settings: &long,
+            peers: (1 << 1) | (1 << MAX_VMS),
+            ..sample()
+        };
+        let mut page = vec![0; PAGE_LEN];
+        info.write_to(&mut page).unwrap();
+        assert_eq!(StartInfo::read_from(&page), Ok(info));
+    }
+
+    #[test]
     fn longest_settings_fit() {
         let long = "x".repeat(MAX_SETTINGS_LEN);
         let info = StartInfo {
@@ -553,6 +689,9 @@ mod tests {
             StartInfoError::BadName(NameProblem::Empty),
             StartInfoError::SettingsTooLong { len: 9999 },
             StartInfoError::SettingsNotUtf8,
+            StartInfoError::PeersIncludeHypervisor,
+            StartInfoError::PeersIncludeSelf { vm_id: 3 },
+            StartInfoError::PeersOutOfRange { peers: 1 << 40 },
         ];
         let messages: std::collections::HashSet<String> =
             errors.iter().map(|e| std::format!("{e}")).collect();

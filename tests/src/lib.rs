@@ -1,6 +1,7 @@
 //! sluice-harness: the host side of sluice. It turns a user's topology file into the boot bundle
 //! the hypervisor parses (`sluice-pack`), and hosts the QEMU runner and integration tests.
 
+pub mod bench;
 pub mod qemu;
 pub mod report;
 pub mod topology;

@@ -3,6 +3,11 @@
 //!
 //! Validation here mirrors what the hypervisor enforces on the bundle, but reports problems in
 //! the user's terms (VM name, TOML field) instead of bundle offsets.
+//!
+//! Connections are part of the topology: a guest's optional `backend = "<vm name>"` names the
+//! driver domain it connects to as a front-end. It is checked here by name (the VM exists, is a
+//! driver domain, is not the guest itself; driver domains have no backend) and [`pack`] turns the
+//! name into the VM id the bundle stores.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -38,6 +43,9 @@ pub struct VmDef {
     pub vcpus: u32,
     /// In file order, values already rendered as text.
     pub settings: Vec<(String, String)>,
+    /// Name of the driver domain this guest connects to; `None` for driver domains and for
+    /// guests without a connection.
+    pub backend: Option<String>,
 }
 
 impl VmDef {
@@ -111,6 +119,25 @@ pub enum TopologyError {
         total_mib: u64,
         machine_mib: u64,
     },
+    /// `backend` names no VM of the topology.
+    UnknownBackend {
+        vm: String,
+        backend: String,
+    },
+    /// `backend` names a VM that is not a driver domain.
+    BackendNotDriverDomain {
+        vm: String,
+        backend: String,
+    },
+    /// A driver domain has a `backend`; only guests connect to one.
+    BackendOnDriverDomain {
+        vm: String,
+        backend: String,
+    },
+    /// `backend` names the VM itself.
+    BackendIsSelf {
+        vm: String,
+    },
 }
 
 impl fmt::Display for TopologyError {
@@ -178,6 +205,24 @@ impl fmt::Display for TopologyError {
                  hypervisor; raise machine.memory_mib or shrink the VMs",
                 machine_mib.saturating_sub(HYPERVISOR_RESERVED_MIB)
             ),
+            UnknownBackend { vm, backend } => write!(
+                f,
+                "vm {vm:?}: backend = {backend:?} is not the name of any VM in this topology"
+            ),
+            BackendNotDriverDomain { vm, backend } => write!(
+                f,
+                "vm {vm:?}: backend = {backend:?} is a guest; a backend must be a VM of kind \
+                 \"driver-domain\""
+            ),
+            BackendOnDriverDomain { vm, backend } => write!(
+                f,
+                "vm {vm:?}: is a driver domain but has backend = {backend:?}; only guests \
+                 connect to a backend, remove the field"
+            ),
+            BackendIsSelf { vm } => write!(
+                f,
+                "vm {vm:?}: backend names the VM itself; it must name a driver domain"
+            ),
         }
     }
 }
@@ -210,6 +255,8 @@ struct RawVm {
     vcpus: u32,
     #[serde(default)]
     settings: RawSettings,
+    #[serde(default)]
+    backend: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +336,7 @@ impl Topology {
                     memory_mib: vm.memory_mib,
                     vcpus: vm.vcpus,
                     settings: vm.settings.0,
+                    backend: vm.backend,
                 })
                 .collect(),
         };
@@ -325,6 +373,10 @@ impl Topology {
                     name: vm.name.clone(),
                 });
             }
+        }
+        // After the name checks, so a backend is looked up among valid, unique names.
+        for vm in &self.vms {
+            vm.validate_backend(&self.vms)?;
         }
         // Each VM is at most MAX_VM_RAM and there are at most MAX_VMS, so this cannot overflow.
         let total_mib: u64 = self.vms.iter().map(|vm| vm.memory_mib).sum();
@@ -396,11 +448,50 @@ impl VmDef {
         }
         Ok(())
     }
+
+    /// Checks `backend` against the other VMs, in the order that gives the most useful message:
+    /// a driver domain with any backend is wrong whatever it names.
+    fn validate_backend(&self, vms: &[VmDef]) -> Result<(), TopologyError> {
+        let Some(backend) = &self.backend else {
+            return Ok(());
+        };
+        let vm = || self.name.clone();
+        if self.kind == VmKind::DriverDomain {
+            return Err(TopologyError::BackendOnDriverDomain {
+                vm: vm(),
+                backend: backend.clone(),
+            });
+        }
+        if *backend == self.name {
+            return Err(TopologyError::BackendIsSelf { vm: vm() });
+        }
+        match vms.iter().find(|other| other.name == *backend) {
+            None => Err(TopologyError::UnknownBackend {
+                vm: vm(),
+                backend: backend.clone(),
+            }),
+            Some(other) if other.kind != VmKind::DriverDomain => {
+                Err(TopologyError::BackendNotDriverDomain {
+                    vm: vm(),
+                    backend: backend.clone(),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum PackError {
-    MissingImage { vm: String, image: String },
+    MissingImage {
+        vm: String,
+        image: String,
+    },
+    /// Only for a [`Topology`] built by hand: files are validated, which catches this earlier.
+    UnknownBackend {
+        vm: String,
+        backend: String,
+    },
     Bundle(BundleError),
 }
 
@@ -412,6 +503,10 @@ impl fmt::Display for PackError {
                 "vm {vm:?} uses image {image:?}, but no file was given for it; pass \
                  --image {image}=PATH"
             ),
+            PackError::UnknownBackend { vm, backend } => write!(
+                f,
+                "vm {vm:?}: backend = {backend:?} is not the name of any VM in this topology"
+            ),
             PackError::Bundle(e) => write!(f, "cannot build the bundle: {e}"),
         }
     }
@@ -421,13 +516,19 @@ impl std::error::Error for PackError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PackError::Bundle(e) => Some(e),
-            PackError::MissingImage { .. } => None,
+            PackError::MissingImage { .. } | PackError::UnknownBackend { .. } => None,
         }
     }
 }
 
-/// Builds the boot bundle for `topology`, taking each VM's image by name from `images`.
+/// Builds the boot bundle for `topology`, taking each VM's image by name from `images`. VMs get
+/// ids 1, 2, ... in topology order, and each `backend` name becomes that VM's id.
 pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Vec<u8>, PackError> {
+    let id_of = |name: &str| {
+        let index = topology.vms.iter().position(|vm| vm.name == name)?;
+        // More VMs than ids is refused by the bundle builder (TooManyVms) before ids matter.
+        Some(u16::try_from(index + 1).unwrap_or(u16::MAX))
+    };
     let vms = topology
         .vms
         .iter()
@@ -438,6 +539,13 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
                     vm: vm.name.clone(),
                     image: vm.image.clone(),
                 })?;
+            let backend = match &vm.backend {
+                None => None,
+                Some(name) => Some(id_of(name).ok_or_else(|| PackError::UnknownBackend {
+                    vm: vm.name.clone(),
+                    backend: name.clone(),
+                })?),
+            };
             Ok(VmDescription {
                 name: vm.name.clone(),
                 kind: vm.kind,
@@ -446,6 +554,7 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
                 ram_bytes: vm.memory_mib * MIB,
                 image: image.clone(),
                 settings: vm.settings_text(),
+                backend,
             })
         })
         .collect::<Result<Vec<_>, PackError>>()?;
@@ -491,6 +600,20 @@ vcpus = 1
         )
     }
 
+    /// A driver domain table with an optional extra line (e.g. a backend).
+    fn dd_table(name: &str, extra: &str) -> String {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nkind = \"driver-domain\"\nimage = \"dd\"\n\
+             memory_mib = 8\nvcpus = 1\n{extra}"
+        )
+    }
+
+    /// MINIMAL (guest "a") with `backend_line` added to "a", followed by `more` VM tables.
+    fn with_backend(backend_line: &str, more: &str) -> Result<Topology, TopologyError> {
+        let text = MINIMAL.replacen("vcpus = 1\n", &format!("vcpus = 1\n{backend_line}\n"), 1);
+        Topology::from_toml_str(&format!("{text}{more}"))
+    }
+
     #[test]
     fn default_topology_parses() {
         let t = Topology::from_file(&default_path()).unwrap();
@@ -530,9 +653,82 @@ vcpus = 1
             ]
         );
         assert_eq!(t.vms[0].settings_text(), "role=switch\n");
+        assert_eq!(t.vms[0].backend, None);
         for guest in &t.vms[1..] {
             assert_eq!(guest.settings, [("app".to_owned(), "hello".to_owned())]);
+            assert_eq!(guest.backend.as_deref(), Some("driver-domain"));
         }
+    }
+
+    #[test]
+    fn backend_is_optional_and_parsed() {
+        assert_eq!(
+            Topology::from_toml_str(MINIMAL).unwrap().vms[0].backend,
+            None
+        );
+        let t = with_backend("backend = \"dd\"", &dd_table("dd", "")).unwrap();
+        assert_eq!(t.vms[0].backend.as_deref(), Some("dd"));
+        assert_eq!(t.vms[1].backend, None);
+        // Several guests may share one driver domain, which may come after them in the file.
+        let more = vm_table("b", 8) + "backend = \"dd\"\n" + &dd_table("dd", "");
+        let t = with_backend("backend = \"dd\"", &more).unwrap();
+        assert_eq!(t.vms[0].backend.as_deref(), Some("dd"));
+        assert_eq!(t.vms[1].backend.as_deref(), Some("dd"));
+    }
+
+    #[test]
+    fn rejects_mistyped_backend() {
+        let e = with_backend("backend = 1", &dd_table("dd", "")).unwrap_err();
+        assert!(matches!(e, TopologyError::Syntax(_)), "{e}");
+        let e = with_backend("backends = \"dd\"", &dd_table("dd", "")).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn rejects_unknown_backend() {
+        let e = with_backend("backend = \"nope\"", &dd_table("dd", "")).unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::UnknownBackend { vm, backend } if vm == "a" && backend == "nope"),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "vm \"a\": backend = \"nope\" is not the name of any VM in this topology"
+        );
+    }
+
+    #[test]
+    fn rejects_backend_that_is_a_guest() {
+        let e = with_backend("backend = \"b\"", &vm_table("b", 8)).unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::BackendNotDriverDomain { vm, backend } if vm == "a" && backend == "b"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("\"driver-domain\""), "{e}");
+    }
+
+    #[test]
+    fn rejects_backend_on_a_driver_domain() {
+        // Naming another driver domain, a guest, or itself: all refused the same way.
+        for target in ["dd2", "a", "dd"] {
+            let more = dd_table("dd", &format!("backend = \"{target}\"\n")) + &dd_table("dd2", "");
+            let e = Topology::from_toml_str(&format!("{MINIMAL}{more}")).unwrap_err();
+            assert!(
+                matches!(&e, TopologyError::BackendOnDriverDomain { vm, backend } if vm == "dd" && backend == target),
+                "{target}: {e}"
+            );
+            assert!(e.to_string().contains("remove the field"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rejects_backend_naming_itself() {
+        let e = with_backend("backend = \"a\"", &dd_table("dd", "")).unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::BackendIsSelf { vm } if vm == "a"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("names the VM itself"), "{e}");
     }
 
     #[test]
@@ -803,6 +999,19 @@ vcpus = 1
                 total_mib: 1,
                 machine_mib: 2,
             },
+            TopologyError::UnknownBackend {
+                vm: vm(),
+                backend: "b".into(),
+            },
+            TopologyError::BackendNotDriverDomain {
+                vm: vm(),
+                backend: "b".into(),
+            },
+            TopologyError::BackendOnDriverDomain {
+                vm: vm(),
+                backend: "b".into(),
+            },
+            TopologyError::BackendIsSelf { vm: vm() },
         ];
         let messages: HashSet<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), errors.len());
@@ -830,6 +1039,13 @@ vcpus = 1
             assert_eq!(spec.settings, def.settings_text());
             assert_eq!(spec.image, images[&def.image].as_slice());
         }
+        // Every guest names the driver domain, VM id 1, and the peers follow.
+        assert_eq!(bundle.vm(0).unwrap().backend, None);
+        for guest in bundle.vms().skip(1) {
+            assert_eq!(guest.backend, Some(1));
+            assert_eq!(bundle.peers_of(guest.id), 1 << 1);
+        }
+        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3) | (1 << 4));
         assert_eq!(bundle.vm(0).unwrap().settings, "role=switch\n");
         assert_eq!(
             shared_abi::start_info::setting(bundle.vm(3).unwrap().settings, "app"),
@@ -853,6 +1069,50 @@ vcpus = 1
             }
         );
         assert!(e.to_string().contains("--image guest-frontend=PATH"), "{e}");
+    }
+
+    #[test]
+    fn pack_uses_file_order_ids_for_backends() {
+        // The driver domain comes last, so its id is 3.
+        let text = format!(
+            "{MINIMAL}{}{}",
+            vm_table("b", 8) + "backend = \"dd\"\n",
+            dd_table("dd", "")
+        );
+        let t = Topology::from_toml_str(&text).unwrap();
+        let images = HashMap::from([
+            ("img".to_owned(), vec![1; 100]),
+            ("dd".to_owned(), vec![2; 100]),
+        ]);
+        let bytes = pack(&t, &images).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let backends: Vec<_> = bundle.vms().map(|vm| vm.backend).collect();
+        assert_eq!(backends, [None, Some(3), None]);
+        assert_eq!(bundle.peers_of(3), 1 << 2);
+    }
+
+    #[test]
+    fn pack_refuses_an_unvalidated_unknown_backend() {
+        let mut t = Topology::from_toml_str(MINIMAL).unwrap();
+        t.vms[0].backend = Some("ghost".into());
+        let images = HashMap::from([("img".to_owned(), vec![1; 100])]);
+        let e = pack(&t, &images).unwrap_err();
+        assert_eq!(
+            e,
+            PackError::UnknownBackend {
+                vm: "a".into(),
+                backend: "ghost".into()
+            }
+        );
+        assert!(e.to_string().contains("\"ghost\""), "{e}");
+        // Names that exist but are wrong are caught by the bundle's own validation.
+        let text = format!("{MINIMAL}{}", vm_table("b", 8));
+        let mut t = Topology::from_toml_str(&text).unwrap();
+        t.vms[0].backend = Some("b".into());
+        assert_eq!(
+            pack(&t, &images).unwrap_err(),
+            PackError::Bundle(BundleError::BackendNotDriverDomain { vm: 0, backend: 2 })
+        );
     }
 
     #[test]

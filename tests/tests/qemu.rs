@@ -329,3 +329,128 @@ fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
         assert!(!result.has("[g] "), "{what}: no VM may start");
     }
 }
+
+// ---- Grants, event channels and the handshake -------------------------------------------------
+
+/// A driver-domain entry for a test topology.
+fn driver_domain(name: &str, memory_mib: u64) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\nkind = \"driver-domain\"\nimage = \"driver-domain\"\nmemory_mib = {memory_mib}\nvcpus = 1\n"
+    )
+}
+
+/// A guest entry connected to back-end `backend`.
+fn frontend(name: &str, backend: &str, settings: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"guest-frontend\"\nmemory_mib = 8\nvcpus = 1\nbackend = \"{backend}\"\nsettings = {{ {settings} }}\n"
+    )
+}
+
+fn assert_report_ok(boot: &Boot, vm: &str, contains: &str) {
+    assert!(
+        boot.vm_lines(vm)
+            .any(|l| l.starts_with("REPORT ok") && l.contains(contains)),
+        "{vm} did not report ok ({contains}):\n{}",
+        boot.transcript()
+    );
+}
+
+#[test]
+fn granted_page_ping_pong_10000_rounds_with_data_checked() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        driver_domain("dd", 8),
+        frontend("pinger", "dd", "app = \"pingpong\", rounds = 10000")
+    );
+    let (_, boot) = boot_toml(&toml, 240);
+    assert!(boot.has("[hv] connection pinger -> back-end 1"), "{}", boot.transcript());
+    assert!(boot.has("[pinger] connected to back-end vm 1 (boot 1)"), "{}", boot.transcript());
+    assert_report_ok(&boot, "pinger", "10000 ping-pong rounds");
+    assert_report_ok(&boot, "dd", "10000 ping-pong requests, 0 bad words");
+    assert!(boot.has("[pinger] BENCH evtchn_roundtrip_ticks"), "{}", boot.transcript());
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{}", boot.transcript());
+}
+
+#[test]
+fn a_restarted_front_end_reconnects_through_the_handshake() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        driver_domain("dd", 8),
+        frontend("pinger", "dd", "app = \"pingpong\", rounds = 200, restart = 1")
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    let first = boot.position("[pinger] connected to back-end vm 1 (boot 1)").expect(&t);
+    let reset = boot.position("[pinger] restarting while connected").expect(&t);
+    let second = boot.position("[pinger] connected to back-end vm 1 (boot 2)").expect(&t);
+    assert!(first < reset && reset < second, "{t}");
+    assert!(boot.has("[dd] front-end 2 connected"), "{t}");
+    assert_eq!(boot.lines.iter().filter(|l| l.contains("[dd] front-end 2 connected")).count(), 2, "{t}");
+    assert_report_ok(&boot, "pinger", "200 ping-pong rounds");
+    assert_report_ok(&boot, "dd", "200 ping-pong requests, 0 bad words");
+}
+
+/// granter (id 1) grants to attacker (id 2) and to bystander (id 3).
+fn attack_topology(attacker_settings: &str, granter_settings: &str) -> String {
+    format!(
+        "{MACHINE}{}{}{}",
+        guest("granter", 4, 1, &format!("app = \"granter\", peer = 2, other = 3{granter_settings}")),
+        guest("attacker", 4, 1, &format!("app = \"attack\", peer = 1, {attacker_settings}")),
+        guest("bystander", 4, 1, "app = \"sleep\", sleep_ms = 100, rounds = 3"),
+    )
+}
+
+#[test]
+fn grant_and_event_channel_misuse_gets_documented_errors() {
+    let (_, boot) = boot_toml(&attack_topology("mode = \"errors\"", ""), 90);
+    let t = boot.transcript();
+    assert_report_ok(&boot, "attacker", "documented status");
+    assert!(boot.vm_lines("attacker").filter(|l| l.ends_with("as documented")).count() >= 20, "{t}");
+    assert_report_ok(&boot, "granter", "revoked every ref");
+    assert_report_ok(&boot, "bystander", "slept");
+    for vm in ["granter", "attacker", "bystander"] {
+        assert!(kill_reason(&boot, vm).is_none(), "{vm} was killed:\n{t}");
+    }
+}
+
+#[test]
+fn writing_a_read_only_grant_kills_the_writer_only() {
+    let (_, boot) = boot_toml(&attack_topology("mode = \"write-ro\"", ""), 90);
+    let t = boot.transcript();
+    let reason = kill_reason(&boot, "attacker").unwrap_or_else(|| panic!("attacker not killed:\n{t}"));
+    assert!(reason.contains("permission fault"), "reason: {reason}");
+    assert!(!boot.has("[attacker] REPORT"), "{t}");
+    assert_report_ok(&boot, "granter", "revoked every ref");
+    assert_report_ok(&boot, "bystander", "slept");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+#[test]
+fn a_peer_keeps_a_dead_vms_granted_page_until_it_unmaps() {
+    let (_, boot) = boot_toml(&attack_topology("mode = \"outlive\", hold_ms = 1500", ", die = 1"), 90);
+    let t = boot.transcript();
+    assert!(kill_reason(&boot, "granter").is_some(), "granter should have died:\n{t}");
+    let kept = boot.position("[hv] VM 1: RAM kept until peers unmap").expect(&t);
+    let released = boot.position("[hv] RAM of VM 1 (incarnation").expect(&t);
+    assert!(kept < released, "{t}");
+    assert_report_ok(&boot, "attacker", "then unmapped it");
+    assert_report_ok(&boot, "bystander", "slept");
+}
+
+#[test]
+fn an_event_channel_send_storm_starves_no_one() {
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        guest("granter", 4, 1, "app = \"granter\", peer = 2, other = 4"),
+        guest("flooder", 4, 1, "app = \"attack\", peer = 1, mode = \"flood\", flood_ms = 3000"),
+        driver_domain("dd", 8),
+        frontend("pinger", "dd", "app = \"pingpong\", rounds = 2000"),
+    );
+    let (_, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    assert_report_ok(&boot, "flooder", "flooded");
+    assert_report_ok(&boot, "pinger", "2000 ping-pong rounds");
+    assert_report_ok(&boot, "dd", "2000 ping-pong requests, 0 bad words");
+    assert_report_ok(&boot, "granter", "revoked every ref");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}

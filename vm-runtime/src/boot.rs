@@ -6,6 +6,7 @@
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 
+use shared_abi::grant::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
 use shared_abi::layout::{GUEST_RAM_BASE, MAX_VCPUS_PER_VM, MAX_VM_RAM, PAGE_SIZE};
 use shared_abi::start_info::StartInfo;
 
@@ -40,7 +41,8 @@ const DESC_PXN: u64 = 1 << 53;
 const DESC_UXN: u64 = 1 << 54;
 const GIB: u64 = 1 << 30;
 
-/// The identity map: [1 GiB, 2 GiB) (all VM RAM lies there) is Normal write-back; everything else
+/// The identity map: [1 GiB, 2 GiB) (all VM RAM lies there) and the gigabyte holding the grant
+/// window (where the hypervisor maps peers' granted frames) are Normal write-back; everything else
 /// the 39-bit space covers, including [0, 1 GiB) with QEMU virt's devices, is Device-nGnRE and
 /// never executable. Only RAM is mapped at stage 2, so any access outside it faults into the
 /// hypervisor (and addresses above 2 GiB reach stage 2 too, instead of faulting here).
@@ -51,7 +53,7 @@ const fn identity_map() -> [u64; 512] {
     let mut i = 0;
     while i < 512 {
         let base = i as u64 * GIB;
-        table[i] = if base == GUEST_RAM_BASE {
+        table[i] = if base == GUEST_RAM_BASE || base == GRANT_WINDOW_BASE {
             base | DESC_BLOCK | DESC_AF | DESC_SH_INNER | (ATTR_NORMAL_WB << 2) | DESC_UXN
         } else {
             base | DESC_BLOCK | DESC_AF | (ATTR_DEVICE_NGNRE << 2) | DESC_PXN | DESC_UXN
@@ -63,6 +65,10 @@ const fn identity_map() -> [u64; 512] {
 
 // All VM RAM must be inside the one Normal gigabyte.
 const _: () = assert!(GUEST_RAM_BASE == GIB && MAX_VM_RAM <= GIB);
+// The grant window must be inside its one Normal gigabyte too.
+const _: () = assert!(
+    GRANT_WINDOW_BASE.is_multiple_of(GIB) && GRANT_WINDOW_SIZE <= GIB && GRANT_WINDOW_BASE < 512 * GIB
+);
 
 /// TCR_EL1: T0SZ = 25 (39-bit VA), inner/outer write-back walks, inner shareable, 4 KiB granule,
 /// TTBR1 walks disabled (EPD1), IPS = 40 bits (covers the whole 512 GiB map).

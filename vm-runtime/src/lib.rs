@@ -8,18 +8,23 @@
 //! first byte at EL1h with the MMU off and x0 = GPA of the start-info page (the last page of RAM);
 //! only RAM is mapped; the GIC is the ICC_*_EL1 CPU interface; the console is a hypercall.
 //!
-//! Unsafe code is confined to `boot`, `vectors`, `cpu`, `gic`, `hypercall` and `heap`.
+//! Unsafe code is confined to `boot`, `vectors`, `cpu`, `gic`, `hypercall`, `heap` and the one
+//! foreign-page view in `grant`.
 #![no_std]
 
 extern crate alloc;
 
 mod boot;
 pub mod console;
+pub mod control;
 pub mod cpu;
+pub mod evtchn;
 pub mod gic;
+pub mod grant;
 pub mod heap;
 pub mod hypercall;
 pub mod irq;
+pub mod page;
 mod panic;
 pub mod psci;
 pub mod report;

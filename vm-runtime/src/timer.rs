@@ -80,8 +80,15 @@ pub fn sleep_ticks(ticks: u64) {
 /// its interrupt has been handled. Must not be called from an IRQ handler (the timer interrupt
 /// could not be taken there).
 pub fn sleep_until(deadline: u64) {
+    wait_until(deadline, || false);
+}
+
+/// Waits in WFI until `done()` is true or the counter reaches `deadline`, whichever comes first;
+/// returns the last value of `done()`. `done` is checked with IRQs masked after every wake-up, so
+/// a condition set by an IRQ handler is never missed. Must not be called from an IRQ handler.
+pub fn wait_until(deadline: u64, done: impl Fn() -> bool) -> bool {
     let Some(fired) = FIRED.get(cpu::index()) else {
-        return;
+        return done();
     };
     let was_enabled = gic::irqs_enabled();
     // Check-then-WFI with IRQs masked: an interrupt arriving in between still ends the WFI
@@ -90,15 +97,22 @@ pub fn sleep_until(deadline: u64) {
     gic::disable_irqs();
     fired.store(false, Ordering::Relaxed);
     cpu::set_vtimer(deadline, CTL_ENABLE);
-    while !fired.load(Ordering::Acquire) {
+    let mut finished = done();
+    while !finished && !fired.load(Ordering::Acquire) {
         cpu::wfi();
         gic::enable_irqs();
         cpu::isb();
         gic::disable_irqs();
+        finished = done();
+    }
+    if !fired.load(Ordering::Relaxed) {
+        // Woken by the condition: the timer is no longer wanted.
+        cpu::set_vtimer_ctl(0);
     }
     if was_enabled {
         gic::enable_irqs();
     }
+    finished
 }
 
 /// A point in time on the virtual counter.

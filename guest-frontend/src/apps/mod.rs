@@ -2,8 +2,11 @@
 //! `REPORT fail: ...` (the test harness reads the first REPORT line) and returns; `main` then
 //! powers the VM off.
 
+pub mod attack;
+pub mod granter;
 pub mod hello;
 pub mod hostile;
+pub mod pingpong;
 pub mod probe;
 pub mod reset;
 pub mod sleep;

@@ -76,6 +76,15 @@ pub fn set_vttbr(vmid: u16, root_pa: u64) {
     isb();
 }
 
+pub fn vttbr() -> u64 {
+    VTTBR_EL2.get()
+}
+
+pub fn restore_vttbr(raw: u64) {
+    VTTBR_EL2.set(raw);
+    isb();
+}
+
 pub fn set_vmpidr(vcpu_index: u32) {
     // Bit 31 is RES1; uniprocessor bit clear; Aff0 = vCPU index.
     VMPIDR_EL2.set((1 << 31) | vcpu_index as u64);

@@ -6,6 +6,7 @@
 //! address into a reference.
 
 use core::arch::asm;
+use core::sync::atomic::AtomicU64;
 
 use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2};
 use spin::Once;
@@ -92,6 +93,38 @@ pub unsafe fn phys_bytes_mut<'a>(pa: u64, len: usize) -> &'a mut [u8] {
 pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a [u8] {
     // SAFETY: forwarded to the caller.
     unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
+}
+
+/// Physical 8-byte-aligned words as atomics: memory a guest shares with the hypervisor (event
+/// pages, grant entries, batch-op status words) is written concurrently by the guest's vCPUs.
+///
+/// # Safety
+/// `[pa, pa + 8 * words)` must be RAM inside the identity map that stays allocated for the
+/// lifetime the caller picks (a live VM's RAM, or retained RAM of a dead one), and `pa` must be
+/// 8-byte aligned.
+pub unsafe fn phys_atomics<'a>(pa: u64, words: usize) -> &'a [AtomicU64] {
+    // SAFETY: forwarded to the caller; AtomicU64 has the size and alignment of u64, and
+    // concurrent access through atomics is what the guest side does too.
+    unsafe { core::slice::from_raw_parts(pa as *const AtomicU64, words) }
+}
+
+/// `memmove` between two physical ranges.
+///
+/// # Safety
+/// Both ranges must be RAM inside the identity map that no Rust reference covers for the duration
+/// (guest RAM is only ever accessed through raw pointers and atomics).
+pub unsafe fn phys_copy(dst_pa: u64, src_pa: u64, len: usize) {
+    // SAFETY: forwarded to the caller; `copy` allows overlap.
+    unsafe { core::ptr::copy(src_pa as *const u8, dst_pa as *mut u8, len) }
+}
+
+/// Like [`tlbi_ipas`], for the VM with `vmid` and stage-2 root `root_pa`, which need not be the
+/// one loaded on this pCPU: VTTBR_EL2 is switched for the invalidation and restored after.
+pub fn tlbi_ipas_for(vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
+    let saved = super::cpu::vttbr();
+    super::cpu::set_vttbr(vmid, root_pa);
+    tlbi_ipas(pieces);
+    super::cpu::restore_vttbr(saved);
 }
 
 /// Cleans the data cache to the point of coherency and invalidates the instruction cache for a

@@ -1,0 +1,84 @@
+//! `granter`: the cooperating side of the grant and event-channel attack tests. It grants, in
+//! this order (so the refs are known without a handshake): ref 1 = page A read-write to `peer`,
+//! ref 2 = page B read-only to `peer`, ref 3 = page C to `other`, ref 4 = granted to `peer` and
+//! revoked at once; and allocates unbound port 1 for `peer` and port 2 for `other`. Page A and B
+//! start with [`MARKER`]. Then it waits for `peer` to map ref 1 and, with `die = 1`, dies by a
+//! stage-2 fault while the page is mapped; otherwise it waits for the peer to unmap, checks what
+//! the peer wrote, revokes everything and reports.
+
+use core::sync::atomic::Ordering;
+
+use vm_runtime::page::Page;
+use vm_runtime::timer::{self, Instant};
+use vm_runtime::{evtchn, grant, println, StartInfo};
+
+/// First word of the granted pages A and B.
+pub const MARKER: u64 = 0x5u64 << 60 | 0x0051_u64 << 32 | 0xcafe;
+/// What the peer writes into word 1 of page A to prove write access.
+pub const PEER_WROTE: u64 = 0xfeed_f00d;
+
+const WAIT_MS: u64 = 20_000;
+
+pub fn run(info: &StartInfo<'static>) {
+    if let Err(why) = serve(info) {
+        println!("REPORT fail: {why}");
+    }
+}
+
+fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
+    use alloc::format;
+    let peer = super::number(info, "peer", 0).ok_or("bad peer")? as u16;
+    let other = super::number(info, "other", 0).ok_or("bad other")? as u16;
+    let die = super::number(info, "die", 0).ok_or("bad die")? == 1;
+    evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
+    grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
+    let [a, b, c, d] = [Page::leak(), Page::leak(), Page::leak(), Page::leak()];
+    a.words()[0].store(MARKER, Ordering::Relaxed);
+    b.words()[0].store(MARKER, Ordering::Relaxed);
+    let refs = [
+        grant::grant(peer, a.gpa(), false),
+        grant::grant(peer, b.gpa(), true),
+        grant::grant(other, c.gpa(), false),
+        grant::grant(peer, d.gpa(), false),
+    ];
+    if refs != [Ok(1), Ok(2), Ok(3), Ok(4)] {
+        return Err(format!("unexpected refs {refs:?}"));
+    }
+    grant::end(4).map_err(|e| format!("revoking ref 4: {e:?}"))?;
+    let ports = [evtchn::alloc_unbound(peer), evtchn::alloc_unbound(other)];
+    if ports != [Ok(1), Ok(2)] {
+        return Err(format!("unexpected ports {ports:?}"));
+    }
+    println!("granted refs 1-3 (4 revoked) and ports 1-2; waiting for vm {peer}");
+    let start = Instant::now();
+    while !grant::in_use(1) {
+        if start.elapsed_ms() > WAIT_MS {
+            return Err(format!("vm {peer} never mapped ref 1"));
+        }
+        timer::sleep_ms(5);
+    }
+    if die {
+        println!("ref 1 is mapped by vm {peer}; dying now with it mapped");
+        // An access outside our RAM is a stage-2 fault: the hypervisor kills us and must keep
+        // page A alive for the peer.
+        let outside = 0x0900_0000 as *const u64;
+        // SAFETY: deliberately invalid; the read never completes (the VM is killed at the trap).
+        let _ = unsafe { outside.read_volatile() };
+        return Err("survived a stage-2 fault".into());
+    }
+    while grant::in_use(1) || grant::in_use(2) {
+        if start.elapsed_ms() > WAIT_MS {
+            return Err(format!("vm {peer} never unmapped refs 1 and 2"));
+        }
+        timer::sleep_ms(5);
+    }
+    let wrote = a.words()[1].load(Ordering::Acquire);
+    if wrote != PEER_WROTE {
+        return Err(format!("page A word 1 is {wrote:#x}, the peer should have written {PEER_WROTE:#x}"));
+    }
+    for gref in 1..=3 {
+        grant::end(gref).map_err(|e| format!("revoking ref {gref}: {e:?}"))?;
+    }
+    println!("REPORT ok: granter saw the peer's write and revoked every ref");
+    Ok(())
+}

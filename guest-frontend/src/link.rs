@@ -1,0 +1,132 @@
+//! The front-end side of a connection to this guest's back-end (driver domain): finding the
+//! control page, and driving the handshake of `shared_abi::handshake` to `Connected` and back to
+//! `Closed`. What the connection carries (rings, a test page) is the caller's business: it grants
+//! it and passes the refs and data port to [`Link::connect`].
+
+use alloc::format;
+use alloc::string::String;
+
+use shared_abi::handshake::{next_state, Backend, Frontend, Side, State};
+use vm_runtime::control::ControlPage;
+use vm_runtime::timer::{self, Instant};
+use vm_runtime::{evtchn, StartInfo};
+
+/// An open connection to the back-end.
+pub struct Link {
+    pub control: ControlPage,
+    pub backend: u16,
+    /// Our end of the control event channel.
+    pub control_port: u32,
+    state: State,
+}
+
+impl Link {
+    /// The connection of this guest, if the topology gives it a back-end. Needs the event
+    /// channels initialised (`evtchn::init`).
+    pub fn open(info: &StartInfo<'static>) -> Result<Link, String> {
+        if info.peers.count_ones() != 1 {
+            return Err(format!(
+                "this guest has no back-end (set `backend = \"...\"` for {} in the topology)",
+                info.name
+            ));
+        }
+        let backend = info.peers.trailing_zeros() as u16;
+        let control = ControlPage::of(info.vm_id).ok_or("no control page")?;
+        let header = control
+            .header()
+            .map_err(|e| format!("control page header is invalid: {e:?}"))?;
+        if header.frontend != info.vm_id || header.backend != backend {
+            return Err(format!(
+                "control page names front-end {} / back-end {}, expected {} / {backend}",
+                header.frontend, header.backend, info.vm_id
+            ));
+        }
+        let link = Link {
+            control,
+            backend,
+            control_port: header.frontend_port,
+            state: State::Initialising,
+        };
+        link.publish(&Frontend::initialising())?;
+        Ok(link)
+    }
+
+    fn publish(&self, section: &Frontend) -> Result<(), String> {
+        self.control
+            .write_frontend(section)
+            .map_err(|e| format!("cannot write our section: {e:?}"))?;
+        // The back-end may not have an event page yet; it reads the page when it starts anyway.
+        let _ = evtchn::send(self.control_port);
+        Ok(())
+    }
+
+    /// The back-end's section, if it holds a valid one.
+    pub fn backend_section(&self) -> Option<Backend> {
+        self.control.backend().ok()
+    }
+
+    /// Runs the handshake until `Connected`, publishing `offer` (refs, data port, MAC, features)
+    /// when the back-end is ready. Returns the back-end's section.
+    pub fn connect(&mut self, offer: Frontend, timeout_ms: u64) -> Result<Backend, String> {
+        let start = Instant::now();
+        loop {
+            let peer = self.backend_section();
+            let peer_state = peer.map(|b| b.state);
+            if let Some(next) = peer_state.and_then(|p| next_state(Side::Frontend, self.state, p)) {
+                let section = match next {
+                    State::Initialised | State::Connected => Frontend {
+                        state: next,
+                        ..offer
+                    },
+                    other => Frontend {
+                        state: other,
+                        ..Frontend::initialising()
+                    },
+                };
+                self.publish(&section)?;
+                self.state = next;
+                if next == State::Connected {
+                    return peer.ok_or_else(|| String::from("back-end section vanished"));
+                }
+                continue;
+            }
+            let waited = start.elapsed_ms();
+            if waited >= timeout_ms {
+                return Err(format!(
+                    "no connection after {timeout_ms} ms: we are {:?}, back-end is {peer_state:?}",
+                    self.state
+                ));
+            }
+            evtchn::wait(
+                self.control_port,
+                timer::ms_to_ticks((timeout_ms - waited).min(100)),
+            );
+        }
+    }
+
+    /// Announces `Closing`, waits (bounded) for the back-end to close its end, then `Closed`.
+    /// The caller ends its grants after this returns.
+    pub fn close(&mut self, timeout_ms: u64) -> Result<(), String> {
+        self.publish(&Frontend {
+            state: State::Closing,
+            ..Frontend::initialising()
+        })?;
+        self.state = State::Closing;
+        let start = Instant::now();
+        while !matches!(
+            self.backend_section().map(|b| b.state),
+            Some(State::Closing | State::Closed | State::Initialising | State::InitWait)
+        ) {
+            if start.elapsed_ms() >= timeout_ms {
+                return Err(format!("back-end did not close within {timeout_ms} ms"));
+            }
+            evtchn::wait(self.control_port, timer::ms_to_ticks(50));
+        }
+        self.publish(&Frontend {
+            state: State::Closed,
+            ..Frontend::initialising()
+        })?;
+        self.state = State::Closed;
+        Ok(())
+    }
+}

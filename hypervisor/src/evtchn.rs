@@ -1,0 +1,767 @@
+//! Event channels, hypervisor side: who is bound to whom, and each VM's event page.
+//!
+//! This module owns the port tables of every VM id `1..=MAX_VMS` (ports `1..MAX_PORTS`; port 0
+//! is never allocated) and the GPA of each VM's registered event page. It decides *whether* and
+//! *where* an event goes; it never touches guest memory. The page layout and the atomic
+//! pending/mask operations are `shared_abi::evtchn`; the hypercalls are in
+//! `shared_abi::hypercall`.
+//!
+//! # Use from the hypercall handler
+//!
+//! One [`EventChannels`] for the machine, used under the hypervisor lock. Guest-provided register
+//! values are passed as the raw `u64`s, so no truncation can turn a bad value into a good one:
+//!
+//! | hypercall               | call                                     | on `Ok(v)`      |
+//! |-------------------------|------------------------------------------|-----------------|
+//! | EVTCHN_SETUP            | [`setup`]`(caller, x1, in_ram)`          | x0 = Ok         |
+//! | EVTCHN_ALLOC_UNBOUND    | [`alloc_unbound`]`(caller, x1)`          | x1 = `v`        |
+//! | EVTCHN_BIND_INTERDOMAIN | [`bind_interdomain`]`(caller, x1, x2)`   | x1 = `v`        |
+//! | EVTCHN_SEND             | [`send`]`(caller, x1)`                   | deliver `v`     |
+//! | EVTCHN_CLOSE            | [`close`]`(caller, x1)`                  | x0 = Ok         |
+//! | EVTCHN_UNMASK           | [`unmask`]`(caller, x1)`                 | clear mask on `v` |
+//!
+//! [`setup`]: EventChannels::setup
+//! [`alloc_unbound`]: EventChannels::alloc_unbound
+//! [`bind_interdomain`]: EventChannels::bind_interdomain
+//! [`send`]: EventChannels::send
+//! [`close`]: EventChannels::close
+//! [`unmask`]: EventChannels::unmask
+//!
+//! `Err(status)` goes to x0 as is.
+//!
+//! - **Send.** [`Signal`] names the target VM, its port and its event page. The hypervisor calls
+//!   `shared_abi::evtchn::set_pending` on that page for that port and raises `EVTCHN_INTID` on
+//!   the target when it returns `Delivery::Notify`. If the target has no event page yet
+//!   (`page_gpa == None`) there is nowhere to record the event and it is dropped; the call still
+//!   succeeds, because the sender did nothing wrong. Protocols register the page before they
+//!   publish a port.
+//! - **Unmask.** Returns the caller's event page; the hypervisor calls `clear_mask` on it and
+//!   raises `EVTCHN_INTID` on the caller if the port was pending.
+//! - **Hypervisor-made channels.** [`EventChannels::bind_pair`] connects two VMs directly (the
+//!   handshake's control ports).
+//! - **Death and reset.** [`EventChannels::vm_died`] closes all ports of the VM and forgets its
+//!   page. A reset is a death followed by a new VM with the same id: the new incarnation starts
+//!   with no ports and must register its page again.
+//!
+//! # Decisions
+//!
+//! - **Close and death are Xen's.** Closing a bound port frees it and turns the peer's end into
+//!   `Unbound { remote: closer }`, so the closer (or its next incarnation, after a reset) can bind
+//!   to it again and the peer keeps its port number; e.g. after a reset the hypervisor can call
+//!   `bind_interdomain(reset_vm, peer, peer_port)` to reconnect a control channel. Ports that
+//!   other VMs allocated unbound for a dead VM stay unbound for that id, as in Xen.
+//! - **Send to a peer that closed or died** is `BadPort`: the sender's end is `Unbound` by then,
+//!   and sending needs a bound port. (Xen silently drops such a send; an error tells the guest
+//!   that its peer is gone.) [`EventChannels::vm_died`] returns the peer ends it unbound, so the
+//!   hypervisor may signal them if a protocol wants to learn of the death.
+//! - **No storm protection here.** Delivery is idempotent: `set_pending` on an already pending
+//!   port reports `AlreadyPending` and raises no interrupt, so a sender looping on EVTCHN_SEND
+//!   costs the target at most one interrupt per take of its pending bits (and costs the sender
+//!   its own time slice).
+//!
+//! # Status of every error
+//!
+//! | call                | rule broken                                     | status            |
+//! |---------------------|-------------------------------------------------|-------------------|
+//! | any                 | caller not a VM id (a hypervisor bug)           | `InvalidArgument` |
+//! | SETUP               | page not page aligned, or not in caller's RAM   | `InvalidArgument` |
+//! | ALLOC, BIND, pair   | remote not a VM id, or the caller itself        | `InvalidArgument` |
+//! | BIND                | remote port 0, out of range, not `Unbound`      | `BadPort`         |
+//! | BIND                | remote port unbound for another VM              | `Denied`          |
+//! | ALLOC, BIND, pair   | no free port left (either side for `bind_pair`) | `NoSpace`         |
+//! | SEND                | port 0, out of range, `Free` or `Unbound`       | `BadPort`         |
+//! | CLOSE, UNMASK       | port 0, out of range or `Free`                  | `BadPort`         |
+//! | UNMASK              | the caller has no event page                    | `InvalidArgument` |
+//!
+//! Checked top to bottom; the first broken rule decides.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use shared_abi::evtchn::{MAX_PORTS, NO_PORT};
+use shared_abi::hypercall::Status;
+use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
+
+use crate::grant::{vm_index, VmId};
+
+/// A port number, `1..MAX_PORTS`.
+pub type Port = u32;
+
+/// One port of one VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortState {
+    #[default]
+    Free,
+    /// Allocated; only `remote` may bind to it.
+    Unbound { remote: VmId },
+    /// Connected to `remote_port` of `remote`.
+    Interdomain { remote: VmId, remote_port: Port },
+}
+
+/// Where an EVTCHN_SEND goes: mark `port` pending on `vm`'s event page at `page_gpa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub vm: VmId,
+    pub port: Port,
+    /// The target's event page, `None` if it registered none (the event is then dropped).
+    pub page_gpa: Option<u64>,
+}
+
+/// A port of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRef {
+    pub vm: VmId,
+    pub port: Port,
+}
+
+#[derive(Debug)]
+struct VmPorts {
+    page_gpa: Option<u64>,
+    /// Indexed by port; entry 0 (NO_PORT) stays `Free` forever.
+    ports: Vec<PortState>,
+}
+
+impl VmPorts {
+    fn new() -> Self {
+        VmPorts {
+            page_gpa: None,
+            ports: vec![PortState::Free; MAX_PORTS as usize],
+        }
+    }
+
+    /// Lowest free port, never port 0.
+    fn free_port(&self) -> Option<Port> {
+        self.ports
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|(_, state)| **state == PortState::Free)
+            .map(|(port, _)| port as Port)
+    }
+}
+
+/// Port tables and event pages of every VM. See the module documentation.
+#[derive(Debug)]
+pub struct EventChannels {
+    vms: Vec<VmPorts>,
+}
+
+impl Default for EventChannels {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Index of the caller (trusted, but a bad id must not panic).
+fn caller_index(caller: VmId) -> Result<usize, Status> {
+    vm_index(caller).ok_or(Status::InvalidArgument)
+}
+
+/// A guest-given remote VM id: a VM id other than the caller's.
+fn remote_id(caller: VmId, remote: u64) -> Result<(VmId, usize), Status> {
+    let remote = VmId::try_from(remote).map_err(|_| Status::InvalidArgument)?;
+    match vm_index(remote) {
+        Some(index) if remote != caller => Ok((remote, index)),
+        _ => Err(Status::InvalidArgument),
+    }
+}
+
+/// A guest-given port number in `1..MAX_PORTS`.
+fn port_number(port: u64) -> Result<Port, Status> {
+    match Port::try_from(port) {
+        Ok(port) if port != NO_PORT && port < MAX_PORTS => Ok(port),
+        _ => Err(Status::BadPort),
+    }
+}
+
+impl EventChannels {
+    pub fn new() -> Self {
+        EventChannels {
+            vms: (0..MAX_VMS).map(|_| VmPorts::new()).collect(),
+        }
+    }
+
+    /// EVTCHN_SETUP: registers (or replaces) `caller`'s event page. `in_ram(gpa, len)` must say
+    /// whether `[gpa, gpa + len)` lies inside the caller's RAM; it is called with `len ==
+    /// PAGE_SIZE` for an aligned `page_gpa`.
+    pub fn setup(
+        &mut self,
+        caller: VmId,
+        page_gpa: u64,
+        in_ram: impl FnOnce(u64, u64) -> bool,
+    ) -> Result<(), Status> {
+        let ci = caller_index(caller)?;
+        if !page_gpa.is_multiple_of(PAGE_SIZE) || !in_ram(page_gpa, PAGE_SIZE) {
+            return Err(Status::InvalidArgument);
+        }
+        self.vms[ci].page_gpa = Some(page_gpa);
+        Ok(())
+    }
+
+    /// The GPA of `vm`'s event page, if it registered one.
+    pub fn event_page(&self, vm: VmId) -> Option<u64> {
+        self.vms[vm_index(vm)?].page_gpa
+    }
+
+    /// State of `vm`'s `port` (`None` for a bad id or port number).
+    pub fn state(&self, vm: VmId, port: Port) -> Option<PortState> {
+        self.vms[vm_index(vm)?].ports.get(port as usize).copied()
+    }
+
+    /// EVTCHN_ALLOC_UNBOUND: a new port of `caller` that only `remote` may bind to.
+    pub fn alloc_unbound(&mut self, caller: VmId, remote: u64) -> Result<Port, Status> {
+        let ci = caller_index(caller)?;
+        let (remote, _) = remote_id(caller, remote)?;
+        let vm = &mut self.vms[ci];
+        let port = vm.free_port().ok_or(Status::NoSpace)?;
+        vm.ports[port as usize] = PortState::Unbound { remote };
+        Ok(port)
+    }
+
+    /// EVTCHN_BIND_INTERDOMAIN: connects a new port of `caller` to `remote`'s `remote_port`,
+    /// which must be unbound for the caller.
+    pub fn bind_interdomain(
+        &mut self,
+        caller: VmId,
+        remote: u64,
+        remote_port: u64,
+    ) -> Result<Port, Status> {
+        let ci = caller_index(caller)?;
+        let (remote, ri) = remote_id(caller, remote)?;
+        let remote_port = port_number(remote_port)?;
+        match self.vms[ri].ports[remote_port as usize] {
+            PortState::Unbound { remote: allowed } if allowed == caller => {}
+            PortState::Unbound { .. } => return Err(Status::Denied),
+            _ => return Err(Status::BadPort),
+        }
+        let port = self.vms[ci].free_port().ok_or(Status::NoSpace)?;
+        self.vms[ci].ports[port as usize] = PortState::Interdomain {
+            remote,
+            remote_port,
+        };
+        self.vms[ri].ports[remote_port as usize] = PortState::Interdomain {
+            remote: caller,
+            remote_port: port,
+        };
+        Ok(port)
+    }
+
+    /// Connects a new port of `a` to a new port of `b` (for channels the hypervisor sets up
+    /// itself). Returns `(port of a, port of b)`; allocates nothing on error.
+    pub fn bind_pair(&mut self, a: VmId, b: VmId) -> Result<(Port, Port), Status> {
+        let ai = caller_index(a)?;
+        let (b, bi) = remote_id(a, b as u64)?;
+        let port_a = self.vms[ai].free_port().ok_or(Status::NoSpace)?;
+        let port_b = self.vms[bi].free_port().ok_or(Status::NoSpace)?;
+        self.vms[ai].ports[port_a as usize] = PortState::Interdomain {
+            remote: b,
+            remote_port: port_b,
+        };
+        self.vms[bi].ports[port_b as usize] = PortState::Interdomain {
+            remote: a,
+            remote_port: port_a,
+        };
+        Ok((port_a, port_b))
+    }
+
+    /// EVTCHN_SEND: where the event on `caller`'s `port` goes. Only a bound port can send.
+    pub fn send(&self, caller: VmId, port: u64) -> Result<Signal, Status> {
+        let ci = caller_index(caller)?;
+        let port = port_number(port)?;
+        match self.vms[ci].ports[port as usize] {
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } => Ok(Signal {
+                vm: remote,
+                port: remote_port,
+                page_gpa: self.event_page(remote),
+            }),
+            PortState::Free | PortState::Unbound { .. } => Err(Status::BadPort),
+        }
+    }
+
+    /// EVTCHN_CLOSE: frees `caller`'s `port`; a bound peer's end becomes unbound for the caller.
+    pub fn close(&mut self, caller: VmId, port: u64) -> Result<(), Status> {
+        let ci = caller_index(caller)?;
+        let port = port_number(port)?;
+        match self.vms[ci].ports[port as usize] {
+            PortState::Free => return Err(Status::BadPort),
+            PortState::Unbound { .. } => {}
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } => {
+                self.unbind_peer_end(caller, port, remote, remote_port);
+            }
+        }
+        self.vms[ci].ports[port as usize] = PortState::Free;
+        Ok(())
+    }
+
+    /// EVTCHN_UNMASK: checks that `caller` owns `port` and returns the caller's event page, on
+    /// which the hypervisor clears the mask bit (and re-raises the interrupt if pending).
+    pub fn unmask(&self, caller: VmId, port: u64) -> Result<u64, Status> {
+        let ci = caller_index(caller)?;
+        let port = port_number(port)?;
+        if self.vms[ci].ports[port as usize] == PortState::Free {
+            return Err(Status::BadPort);
+        }
+        self.vms[ci].page_gpa.ok_or(Status::InvalidArgument)
+    }
+
+    /// `vm` has stopped (killed, powered off or reset): closes all its ports and forgets its
+    /// event page. Returns the peer ends that were bound to it and are now unbound for `vm`.
+    pub fn vm_died(&mut self, vm: VmId) -> Vec<PortRef> {
+        let mut unbound = Vec::new();
+        let Some(vi) = vm_index(vm) else {
+            return unbound;
+        };
+        let ports = core::mem::replace(
+            &mut self.vms[vi].ports,
+            vec![PortState::Free; MAX_PORTS as usize],
+        );
+        self.vms[vi].page_gpa = None;
+        for (port, state) in ports.into_iter().enumerate() {
+            if let PortState::Interdomain {
+                remote,
+                remote_port,
+            } = state
+            {
+                if self.unbind_peer_end(vm, port as Port, remote, remote_port) {
+                    unbound.push(PortRef {
+                        vm: remote,
+                        port: remote_port,
+                    });
+                }
+            }
+        }
+        unbound
+    }
+
+    /// Turns `remote`'s `remote_port` into `Unbound { remote: closer }` if it is the other end of
+    /// `closer`'s `port` (it always is while the tables are consistent; checked anyway so a bug
+    /// elsewhere cannot free an unrelated port).
+    fn unbind_peer_end(
+        &mut self,
+        closer: VmId,
+        port: Port,
+        remote: VmId,
+        remote_port: Port,
+    ) -> bool {
+        let Some(ri) = vm_index(remote) else {
+            return false;
+        };
+        let Some(end) = self.vms[ri].ports.get_mut(remote_port as usize) else {
+            return false;
+        };
+        if *end
+            == (PortState::Interdomain {
+                remote: closer,
+                remote_port: port,
+            })
+        {
+            *end = PortState::Unbound { remote: closer };
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shared_abi::layout::GUEST_RAM_BASE;
+
+    const PAGE: u64 = GUEST_RAM_BASE + 0x3000;
+
+    fn in_ram(gpa: u64, len: u64) -> bool {
+        gpa >= GUEST_RAM_BASE
+            && gpa
+                .checked_add(len)
+                .is_some_and(|end| end <= GUEST_RAM_BASE + 0x10_0000)
+    }
+
+    /// VMs 1, 2, 3 with event pages.
+    fn world() -> EventChannels {
+        let mut ec = EventChannels::new();
+        for vm in 1..=3 {
+            ec.setup(vm, PAGE, in_ram).unwrap();
+        }
+        ec
+    }
+
+    fn bound(remote: VmId, remote_port: Port) -> PortState {
+        PortState::Interdomain {
+            remote,
+            remote_port,
+        }
+    }
+
+    #[test]
+    fn setup_rules() {
+        let mut ec = EventChannels::new();
+        assert_eq!(ec.event_page(1), None);
+        assert_eq!(ec.setup(1, PAGE + 8, in_ram), Err(Status::InvalidArgument));
+        assert_eq!(ec.setup(1, 0, in_ram), Err(Status::InvalidArgument));
+        assert_eq!(
+            ec.setup(1, GUEST_RAM_BASE + 0x10_0000, in_ram),
+            Err(Status::InvalidArgument)
+        );
+        assert_eq!(ec.setup(1, !0xfffu64, in_ram), Err(Status::InvalidArgument));
+        assert_eq!(ec.setup(0, PAGE, in_ram), Err(Status::InvalidArgument));
+        assert_eq!(ec.setup(17, PAGE, in_ram), Err(Status::InvalidArgument));
+        let mut asked = None;
+        assert_eq!(
+            ec.setup(1, PAGE, |g, l| {
+                asked = Some((g, l));
+                true
+            }),
+            Ok(())
+        );
+        assert_eq!(asked, Some((PAGE, PAGE_SIZE)));
+        assert_eq!(ec.event_page(1), Some(PAGE));
+        assert_eq!(
+            ec.setup(1, PAGE + PAGE_SIZE, in_ram),
+            Ok(()),
+            "replacing is allowed"
+        );
+        assert_eq!(ec.event_page(1), Some(PAGE + PAGE_SIZE));
+        assert_eq!(ec.event_page(0), None);
+        assert_eq!(ec.event_page(u16::MAX), None);
+    }
+
+    #[test]
+    fn alloc_bind_send_both_ways() {
+        let mut ec = world();
+        let p1 = ec.alloc_unbound(1, 2).unwrap();
+        assert_eq!(p1, 1, "lowest free port, never 0");
+        assert_eq!(ec.state(1, p1), Some(PortState::Unbound { remote: 2 }));
+        assert_eq!(
+            ec.send(1, p1 as u64),
+            Err(Status::BadPort),
+            "unbound cannot send"
+        );
+        let p2 = ec.bind_interdomain(2, 1, p1 as u64).unwrap();
+        assert_eq!(ec.state(1, p1), Some(bound(2, p2)));
+        assert_eq!(ec.state(2, p2), Some(bound(1, p1)));
+        assert_eq!(
+            ec.send(1, p1 as u64),
+            Ok(Signal {
+                vm: 2,
+                port: p2,
+                page_gpa: Some(PAGE)
+            })
+        );
+        assert_eq!(
+            ec.send(2, p2 as u64),
+            Ok(Signal {
+                vm: 1,
+                port: p1,
+                page_gpa: Some(PAGE)
+            })
+        );
+        assert_eq!(ec.alloc_unbound(1, 3), Ok(2));
+        assert_eq!(ec.state(0, 1), None);
+        assert_eq!(ec.state(1, MAX_PORTS), None);
+    }
+
+    #[test]
+    fn send_to_a_vm_without_event_page_names_no_page() {
+        let mut ec = EventChannels::new();
+        ec.setup(1, PAGE, in_ram).unwrap();
+        let (a, b) = ec.bind_pair(1, 2).unwrap();
+        assert_eq!(
+            ec.send(1, a as u64),
+            Ok(Signal {
+                vm: 2,
+                port: b,
+                page_gpa: None
+            })
+        );
+        assert_eq!(
+            ec.send(2, b as u64),
+            Ok(Signal {
+                vm: 1,
+                port: a,
+                page_gpa: Some(PAGE)
+            })
+        );
+    }
+
+    #[test]
+    fn alloc_rules() {
+        let mut ec = world();
+        for remote in [0, 1, 17, u16::MAX as u64, 1 << 16 | 2, u64::MAX] {
+            assert_eq!(
+                ec.alloc_unbound(1, remote),
+                Err(Status::InvalidArgument),
+                "remote {remote:#x}"
+            );
+        }
+        assert_eq!(ec.alloc_unbound(0, 2), Err(Status::InvalidArgument));
+        for expect in 1..MAX_PORTS {
+            assert_eq!(ec.alloc_unbound(1, 2), Ok(expect));
+        }
+        assert_eq!(ec.alloc_unbound(1, 2), Err(Status::NoSpace));
+        // A closed port is reused, lowest first.
+        ec.close(1, 77).unwrap();
+        ec.close(1, 5).unwrap();
+        assert_eq!(ec.alloc_unbound(1, 3), Ok(5));
+        assert_eq!(ec.alloc_unbound(1, 3), Ok(77));
+        // A VM id with no VM behind it can still be named (like Xen, the port just waits).
+        assert_eq!(ec.alloc_unbound(2, 9), Ok(1));
+    }
+
+    #[test]
+    fn bind_rules() {
+        let mut ec = world();
+        let p = ec.alloc_unbound(1, 2).unwrap();
+        // Remote ids.
+        for remote in [0, 2, 17, 1 << 16 | 1] {
+            assert_eq!(
+                ec.bind_interdomain(2, remote, p as u64),
+                Err(Status::InvalidArgument)
+            );
+        }
+        assert_eq!(
+            ec.bind_interdomain(0, 1, p as u64),
+            Err(Status::InvalidArgument)
+        );
+        // Remote ports: 0, out of range, free, bound.
+        for port in [0, MAX_PORTS as u64, 1 << 32 | p as u64, u64::MAX, 200] {
+            assert_eq!(
+                ec.bind_interdomain(2, 1, port),
+                Err(Status::BadPort),
+                "port {port:#x}"
+            );
+        }
+        // Unbound for someone else.
+        assert_eq!(ec.bind_interdomain(3, 1, p as u64), Err(Status::Denied));
+        let q = ec.bind_interdomain(2, 1, p as u64).unwrap();
+        // Already bound: BadPort, for the rightful peer too.
+        assert_eq!(ec.bind_interdomain(2, 1, p as u64), Err(Status::BadPort));
+        assert_eq!(ec.bind_interdomain(3, 1, p as u64), Err(Status::BadPort));
+        assert_eq!(ec.state(2, q), Some(bound(1, p)));
+        // No local port left: NoSpace, and the remote port stays unbound.
+        let r = ec.alloc_unbound(1, 3).unwrap();
+        while ec.alloc_unbound(3, 2).is_ok() {}
+        assert_eq!(ec.bind_interdomain(3, 1, r as u64), Err(Status::NoSpace));
+        assert_eq!(ec.state(1, r), Some(PortState::Unbound { remote: 3 }));
+        // Rule order: Denied before NoSpace.
+        let s = ec.alloc_unbound(1, 2).unwrap();
+        assert_eq!(ec.bind_interdomain(3, 1, s as u64), Err(Status::Denied));
+    }
+
+    #[test]
+    fn send_rules() {
+        let mut ec = world();
+        for port in [0, 1, MAX_PORTS as u64, 1 << 32 | 1, u64::MAX] {
+            assert_eq!(ec.send(1, port), Err(Status::BadPort));
+        }
+        assert_eq!(ec.send(0, 1), Err(Status::InvalidArgument));
+        let (a, b) = ec.bind_pair(1, 2).unwrap();
+        // Another VM cannot send on VM 1's port number: the number means its own port.
+        assert_eq!(ec.send(3, a as u64), Err(Status::BadPort));
+        assert!(ec.send(1, a as u64).is_ok());
+        // The peer closes: the sender's end is unbound, sending is BadPort.
+        ec.close(2, b as u64).unwrap();
+        assert_eq!(ec.state(1, a), Some(PortState::Unbound { remote: 2 }));
+        assert_eq!(ec.send(1, a as u64), Err(Status::BadPort));
+        // The closer binds again to the same port: the sender's port number is unchanged.
+        let c = ec.bind_interdomain(2, 1, a as u64).unwrap();
+        assert_eq!(
+            ec.send(1, a as u64),
+            Ok(Signal {
+                vm: 2,
+                port: c,
+                page_gpa: Some(PAGE)
+            })
+        );
+    }
+
+    #[test]
+    fn close_rules() {
+        let mut ec = world();
+        for port in [0, 1, MAX_PORTS as u64, u64::MAX] {
+            assert_eq!(ec.close(1, port), Err(Status::BadPort));
+        }
+        assert_eq!(ec.close(0, 1), Err(Status::InvalidArgument));
+        let u = ec.alloc_unbound(1, 2).unwrap();
+        assert_eq!(ec.close(1, u as u64), Ok(()));
+        assert_eq!(ec.state(1, u), Some(PortState::Free));
+        assert_eq!(ec.close(1, u as u64), Err(Status::BadPort), "double close");
+        let (a, b) = ec.bind_pair(1, 2).unwrap();
+        // Closing someone else's port number closes nothing of theirs.
+        assert_eq!(ec.close(3, a as u64), Err(Status::BadPort));
+        assert_eq!(ec.close(1, a as u64), Ok(()));
+        assert_eq!(ec.state(1, a), Some(PortState::Free));
+        assert_eq!(ec.state(2, b), Some(PortState::Unbound { remote: 1 }));
+        assert_eq!(ec.send(2, b as u64), Err(Status::BadPort));
+        // The remaining unbound end closes normally.
+        assert_eq!(ec.close(2, b as u64), Ok(()));
+        assert_eq!(ec.state(2, b), Some(PortState::Free));
+    }
+
+    #[test]
+    fn unmask_rules() {
+        let mut ec = world();
+        let u = ec.alloc_unbound(1, 2).unwrap();
+        assert_eq!(
+            ec.unmask(1, u as u64),
+            Ok(PAGE),
+            "an unbound port is owned too"
+        );
+        let (a, _) = ec.bind_pair(1, 3).unwrap();
+        assert_eq!(ec.unmask(1, a as u64), Ok(PAGE));
+        for port in [0, 99, MAX_PORTS as u64, u64::MAX] {
+            assert_eq!(ec.unmask(1, port), Err(Status::BadPort));
+        }
+        assert_eq!(
+            ec.unmask(2, u as u64),
+            Err(Status::BadPort),
+            "VM 2 has no port 1"
+        );
+        assert_eq!(ec.unmask(0, 1), Err(Status::InvalidArgument));
+        let mut no_page = EventChannels::new();
+        let p = no_page.alloc_unbound(1, 2).unwrap();
+        assert_eq!(no_page.unmask(1, p as u64), Err(Status::InvalidArgument));
+    }
+
+    #[test]
+    fn bind_pair_rules() {
+        let mut ec = world();
+        assert_eq!(ec.bind_pair(1, 1), Err(Status::InvalidArgument));
+        assert_eq!(ec.bind_pair(0, 1), Err(Status::InvalidArgument));
+        assert_eq!(ec.bind_pair(1, 0), Err(Status::InvalidArgument));
+        assert_eq!(ec.bind_pair(1, 17), Err(Status::InvalidArgument));
+        let (a, b) = ec.bind_pair(1, 2).unwrap();
+        assert_eq!((a, b), (1, 1));
+        assert_eq!(ec.state(1, a), Some(bound(2, b)));
+        assert_eq!(ec.state(2, b), Some(bound(1, a)));
+        // Either side full: NoSpace, nothing allocated on the other side.
+        while ec.alloc_unbound(3, 1).is_ok() {}
+        assert_eq!(ec.bind_pair(1, 3), Err(Status::NoSpace));
+        assert_eq!(ec.bind_pair(3, 1), Err(Status::NoSpace));
+        assert_eq!(ec.state(1, 2), Some(PortState::Free));
+    }
+
+    #[test]
+    fn death_closes_ports_and_unbinds_peers() {
+        let mut ec = world();
+        let (a12, b12) = ec.bind_pair(1, 2).unwrap();
+        let u = ec.alloc_unbound(1, 3).unwrap();
+        let p3 = ec.alloc_unbound(3, 1).unwrap();
+        let q1 = ec.bind_interdomain(1, 3, p3 as u64).unwrap();
+        let waiting = ec.alloc_unbound(2, 1).unwrap();
+        let died = ec.vm_died(1);
+        assert_eq!(
+            died,
+            [PortRef { vm: 2, port: b12 }, PortRef { vm: 3, port: p3 }]
+        );
+        for port in [a12, u, q1] {
+            assert_eq!(ec.state(1, port), Some(PortState::Free));
+        }
+        assert_eq!(ec.event_page(1), None);
+        assert_eq!(ec.state(2, b12), Some(PortState::Unbound { remote: 1 }));
+        assert_eq!(ec.state(3, p3), Some(PortState::Unbound { remote: 1 }));
+        assert_eq!(ec.send(2, b12 as u64), Err(Status::BadPort));
+        // Ports other VMs allocated for VM 1 stay unbound for it.
+        assert_eq!(ec.state(2, waiting), Some(PortState::Unbound { remote: 1 }));
+        // The next incarnation (a reset) can reconnect to the peers' old ports.
+        ec.setup(1, PAGE, in_ram).unwrap();
+        let n = ec.bind_interdomain(1, 2, b12 as u64).unwrap();
+        assert_eq!(
+            ec.send(2, b12 as u64),
+            Ok(Signal {
+                vm: 1,
+                port: n,
+                page_gpa: Some(PAGE)
+            })
+        );
+        assert!(ec.vm_died(0).is_empty() && ec.vm_died(17).is_empty());
+        // VM 3 holds only an unbound port now: nothing to unbind elsewhere.
+        assert!(ec.vm_died(3).is_empty());
+        assert_eq!(ec.state(3, p3), Some(PortState::Free));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc(VmId, u64),
+        Bind(VmId, u64, u64),
+        Pair(VmId, VmId),
+        Close(VmId, u64),
+        Die(VmId),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let vm = 0..=4u16; // includes a bad id and a VM that does nothing else
+        let port = 0..6u64;
+        prop_oneof![
+            (vm.clone(), 0..=4u64).prop_map(|(v, r)| Op::Alloc(v, r)),
+            (vm.clone(), 0..=4u64, port.clone()).prop_map(|(v, r, p)| Op::Bind(v, r, p)),
+            (vm.clone(), vm.clone()).prop_map(|(a, b)| Op::Pair(a, b)),
+            (vm.clone(), port).prop_map(|(v, p)| Op::Close(v, p)),
+            vm.prop_map(Op::Die),
+        ]
+    }
+
+    /// Whatever the sequence: port 0 is never used, every bound port's peer points back at
+    /// it, sending works exactly on bound ports and goes to the peer.
+    fn symmetric(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let mut ec = world();
+        for op in ops {
+            match op {
+                Op::Alloc(v, r) => {
+                    let _ = ec.alloc_unbound(v, r);
+                }
+                Op::Bind(v, r, p) => {
+                    let _ = ec.bind_interdomain(v, r, p);
+                }
+                Op::Pair(a, b) => {
+                    let _ = ec.bind_pair(a, b);
+                }
+                Op::Close(v, p) => {
+                    let _ = ec.close(v, p);
+                }
+                Op::Die(v) => {
+                    let _ = ec.vm_died(v);
+                }
+            }
+            for vm in 1..=4u16 {
+                prop_assert_eq!(ec.state(vm, NO_PORT), Some(PortState::Free));
+                for port in 1..MAX_PORTS {
+                    let state = ec.state(vm, port).unwrap();
+                    match state {
+                        PortState::Interdomain {
+                            remote,
+                            remote_port,
+                        } => {
+                            prop_assert_ne!(remote, vm);
+                            prop_assert_eq!(ec.state(remote, remote_port), Some(bound(vm, port)));
+                            let signal = ec.send(vm, port as u64).unwrap();
+                            prop_assert_eq!((signal.vm, signal.port), (remote, remote_port));
+                        }
+                        PortState::Unbound { remote } => {
+                            prop_assert_ne!(remote, vm);
+                            prop_assert_eq!(ec.send(vm, port as u64), Err(Status::BadPort));
+                        }
+                        PortState::Free => {
+                            prop_assert_eq!(ec.send(vm, port as u64), Err(Status::BadPort));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn bindings_stay_symmetric(ops in prop::collection::vec(op(), 1..100)) {
+            symmetric(ops)?;
+        }
+    }
+}

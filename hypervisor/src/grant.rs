@@ -1,0 +1,2395 @@
+//! Grant tables, hypervisor side: the rules of `shared_abi::grant` enforced, and the hypervisor's
+//! own record of every grant mapping.
+//!
+//! This module owns, for every VM id `1..=MAX_VMS`: where its grant table is (GRANT_TABLE_SETUP),
+//! which foreign frames it has mapped into its grant window and why (one [`Mapping`] per
+//! destination IPA), how many foreign mappings exist of each of its refs, and which dead VMs'
+//! RAM is still mapped by others ("zombie" RAM). It does not own memory: every access to guest RAM
+//! and every stage-2 change goes through [`GrantEnv`], which the hypervisor implements over
+//! physical memory and the tests over a `Vec` model. The ABI (entry and op formats, the rule →
+//! status table) is `shared_abi::grant`; this file follows that table rule by rule, in order.
+//!
+//! # Use from the hypercall handler
+//!
+//! One [`GrantTables`] for the whole machine, used under the hypervisor lock:
+//!
+//! | hypercall          | call (x0 = the returned `Status`)                        |
+//! |--------------------|-----------------------------------------------------------|
+//! | GRANT_TABLE_SETUP  | [`GrantTables::setup`]`(env, caller, x1, x2)`             |
+//! | GRANT_MAP          | [`GrantTables::map_batch`]`(env, caller, x1, x2)`         |
+//! | GRANT_UNMAP        | [`GrantTables::unmap_batch`]`(env, caller, x1, x2).status`|
+//! | GRANT_COPY         | [`GrantTables::copy_batch`]`(env, caller, x1, x2)`        |
+//! | GRANT_END          | [`GrantTables::end`]`(env, caller, x1)`                   |
+//! | VM stopped / reset | [`GrantTables::vm_died`]`(env, vm, Teardown::..)`         |
+//!
+//! Batch calls write each op's status word into the caller's array themselves (through the env)
+//! and return `Ok` once every op was attempted, or the call-level error (bad count or array) with
+//! no op touched. [`GrantTables::unmap_batch`] and [`GrantTables::vm_died`] also return the
+//! [`RamRelease`]s: dead VMs whose RAM has just lost its last foreign mapping and may be freed.
+//!
+//! # Concurrency
+//!
+//! Everything here runs under the hypervisor lock, so the tables themselves see no races. Guest
+//! memory does: other vCPUs of the caller and of the granter keep running. Hence each op is read
+//! once into locals, each grant entry is read once per use and the decision is taken on that copy,
+//! and IN_USE is set with a compare-exchange against exactly the value read (a granter that edits
+//! the entry in between makes the map fail with `Busy` instead of mapping a frame it no longer
+//! grants). After that, the [`Mapping`] record is the truth; the table is not consulted again for
+//! an existing mapping.
+//!
+//! GRANT_COPY takes no pin on the entry: the copy happens under the lock right after the entry was
+//! read, and the only sanctioned revocation (GRANT_END) also takes the lock. A granter that clears
+//! PERMIT by writing its table directly while a copy is in flight races only against itself.
+//!
+//! # Decisions
+//!
+//! - **Same ref mapped twice.** The named peer may map one ref at several destination IPAs (Xen
+//!   allows it too). The hypervisor counts foreign mappings per (granter, ref); IN_USE stays set
+//!   until the count drops to zero. If the entry names another frame than the one already mapped
+//!   (the granter edited an entry that was IN_USE), the map is `Busy`.
+//! - **Stage-2 out of table memory.** `map_page` failing makes the op `NoSpace` and undoes the
+//!   IN_USE it set.
+//! - **Unmap order.** The page is unmapped (and the TLB invalidated by the env) *before* IN_USE is
+//!   cleared, so the granter can never see "not in use" while a stale translation still exists.
+//! - **VM death** ([`GrantTables::vm_died`]): (a) the dead VM's own mappings of others' frames are
+//!   dropped: their granters' counts go down and IN_USE is cleared at zero (the granters are alive,
+//!   so their tables are live memory). With [`Teardown::Kill`] the pages are not unmapped, because
+//!   the caller destroys the whole stage-2 and its VMID is flushed before reuse; with
+//!   [`Teardown::Reset`] the stage-2 lives on, so every grant page is unmapped first. (b) Peers'
+//!   mappings of the dead VM's frames stay valid until the peers unmap them. The dead VM's table is
+//!   forgotten at once (MAP/COPY of its refs is `BadRef` from then on), and its frames still mapped
+//!   by others are counted as zombie RAM of that *incarnation*. [`Death::ram_free_now`] says
+//!   whether no foreign mapping remains; otherwise the RAM must stay allocated until a
+//!   [`RamRelease`] for that (vm, incarnation) comes back from a later unmap (or from the death of
+//!   the last VM that mapped it).
+//! - **Never write a dead VM's table.** After `vm_died(v)` nothing in this module reads or writes
+//!   v's old RAM: its table record is gone, and each [`Mapping`] carries the granter's incarnation,
+//!   so unmapping a frame of an earlier incarnation only updates the zombie count and never clears
+//!   IN_USE. This holds even when the RAM is not yet freed, so the caller is free to reuse the RAM
+//!   as soon as it is released, and a new incarnation's table at the same GPA is never touched on
+//!   behalf of an old mapping.
+//! - **Reset = death + new VM with the same id.** Call `vm_died(v, Teardown::Reset)` before the
+//!   RAM is reloaded. The new incarnation starts with no table and no mappings. If
+//!   `ram_free_now` is false, peers still map frames of the old RAM: the caller must not reload
+//!   that RAM in place (the peers would see, and could write, the new incarnation's memory) —
+//!   give the new incarnation fresh RAM and keep the old as zombie RAM, or delay the reset.
+//!
+//! # Environment contract
+//!
+//! See [`GrantEnv`]. In short: every address this module passes to the memory methods has been
+//! checked with [`GrantEnv::in_ram`] for the same VM during the same call (under the lock), and is
+//! 8-byte aligned for the word methods.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use shared_abi::grant::{
+    entry_gpa, in_grant_window, within_frame, CopyKind, CopyOp, GrantEntry, MapOp, UnmapOp,
+    ENTRIES_PER_PAGE, ENTRY_SIZE, IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_VM, MAX_TABLE_PAGES, PERMIT,
+};
+use shared_abi::hypercall::Status;
+use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
+
+/// A VM id, `1..=MAX_VMS` (0 is never a VM).
+pub type VmId = u16;
+
+/// Index of `vm` in per-VM arrays, or `None` if it is not a VM id.
+pub const fn vm_index(vm: VmId) -> Option<usize> {
+    if vm >= 1 && vm as usize <= MAX_VMS {
+        Some(vm as usize - 1)
+    } else {
+        None
+    }
+}
+
+/// How many times a hypervisor-side compare-exchange on a guest entry is retried when the guest
+/// keeps changing the entry. A guest doing that only hurts itself; the hypervisor must not spin.
+const CAS_RETRIES: usize = 8;
+
+/// `map_page` could not map the page (no memory for a stage-2 table). The op reports `NoSpace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFailed;
+
+/// What the hypervisor provides: guest memory access and stage-2 changes.
+///
+/// Contract, for every method:
+/// - `vm` is a VM id; `gpa`/`ipa` are guest-physical addresses of that VM.
+/// - The memory methods ([`read_u64`](Self::read_u64), [`write_u64`](Self::write_u64),
+///   [`compare_exchange_u64`](Self::compare_exchange_u64), [`copy`](Self::copy),
+///   [`host_pa`](Self::host_pa)) are only called with ranges for which [`in_ram`](Self::in_ram)
+///   returned true in the same call. Implementations should still stay memory safe if that were
+///   violated (e.g. ignore the access and return 0), but they need not report it.
+/// - The word methods get 8-byte aligned GPAs and must be single-copy atomic 64-bit accesses
+///   (guest vCPUs run concurrently on other pCPUs); `compare_exchange_u64` must be a real atomic
+///   compare-and-swap (SeqCst is fine).
+/// - Nothing here may panic on any argument.
+pub trait GrantEnv {
+    /// True iff `vm` is a live VM, `len >= 1`, and `[gpa, gpa + len)` (without overflow) lies
+    /// inside its RAM.
+    fn in_ram(&self, vm: VmId, gpa: u64, len: u64) -> bool;
+
+    /// Atomic 64-bit load from `vm`'s RAM.
+    fn read_u64(&self, vm: VmId, gpa: u64) -> u64;
+
+    /// Atomic 64-bit store into `vm`'s RAM (used only for op status words).
+    fn write_u64(&mut self, vm: VmId, gpa: u64, value: u64);
+
+    /// Atomic compare-and-swap on `vm`'s RAM: `Ok(previous)` if the word held `current` and now
+    /// holds `new`, else `Err(actual)` and the word is unchanged.
+    fn compare_exchange_u64(
+        &mut self,
+        vm: VmId,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<u64, u64>;
+
+    /// Copies `len` bytes (`1..=4096`) from `(src_vm, src_gpa)` to `(dst_vm, dst_gpa)`. Each side
+    /// lies inside one 4 KiB frame of its VM's RAM. The two ranges may overlap (same VM, same
+    /// frame), so this must behave like `memmove`.
+    fn copy(&mut self, dst_vm: VmId, dst_gpa: u64, src_vm: VmId, src_gpa: u64, len: u64);
+
+    /// Host physical address of the 4 KiB frame at page-aligned `gpa` of `vm`'s RAM.
+    fn host_pa(&self, vm: VmId, gpa: u64) -> u64;
+
+    /// Maps the 4 KiB host frame `host_pa` at page-aligned `ipa` of `vm`'s stage-2, read-only if
+    /// `readonly`, normal write-back memory. `ipa` is in the grant window and currently unmapped.
+    fn map_page(
+        &mut self,
+        vm: VmId,
+        ipa: u64,
+        host_pa: u64,
+        readonly: bool,
+    ) -> Result<(), MapFailed>;
+
+    /// Unmaps the page at `ipa` of `vm`'s stage-2 and invalidates it (TLBI IPAS2E1IS, DSB, TLBI
+    /// VMALLE1IS, DSB) before returning: the caller relies on no translation surviving the call.
+    fn unmap_page(&mut self, vm: VmId, ipa: u64);
+}
+
+/// What happens to a dying VM's stage-2, see [`GrantTables::vm_died`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Teardown {
+    /// Power-off or kill: the caller destroys the stage-2, and the VMID is flushed before reuse,
+    /// so grant pages are not unmapped one by one.
+    Kill,
+    /// Reset: the stage-2 is kept for the next incarnation, so grant pages are unmapped.
+    Reset,
+}
+
+/// The RAM of `vm`'s incarnation `incarnation` (a dead one) has no foreign mapping left and may be
+/// freed or reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRelease {
+    pub vm: VmId,
+    pub incarnation: u64,
+}
+
+/// Result of [`GrantTables::vm_died`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Death {
+    /// The incarnation that died (the next one is `incarnation + 1`).
+    pub incarnation: u64,
+    /// No peer maps any frame of the dead VM: its RAM may be freed (or reloaded) now. If false,
+    /// keep it until a [`RamRelease`] `{ vm, incarnation }` is returned.
+    pub ram_free_now: bool,
+    /// Other dead VMs whose last foreign mapping was one held by the VM that just died.
+    pub released: Vec<RamRelease>,
+}
+
+/// Result of [`GrantTables::unmap_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnmapResult {
+    /// Call status for x0.
+    pub status: Status,
+    /// Dead VMs whose RAM has just lost its last foreign mapping: free it now.
+    pub released: Vec<RamRelease>,
+}
+
+/// The hypervisor's record of one grant mapping (what the hypervisor mapped, independent of what
+/// the granter's table says later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// IPA in the mapping VM's grant window.
+    pub dest_gpa: u64,
+    pub granter: VmId,
+    /// Incarnation of the granter that granted it.
+    pub granter_incarnation: u64,
+    pub gref: u32,
+    /// GPA of the frame in the granter's RAM.
+    pub frame_gpa: u64,
+    /// Host physical address of that frame.
+    pub host_pa: u64,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Table {
+    gpa: u64,
+    refs: u32,
+}
+
+/// Foreign mappings of one ref of the current incarnation.
+#[derive(Clone, Copy, Debug)]
+struct Lent {
+    /// Entry frame number the mappings were made with.
+    frame: u32,
+    count: u32,
+}
+
+#[derive(Debug, Default)]
+struct VmGrants {
+    incarnation: u64,
+    table: Option<Table>,
+    /// Mappings this VM holds of other VMs' frames, by destination IPA.
+    maps: BTreeMap<u64, Mapping>,
+    /// Foreign mappings of this incarnation's refs, by ref.
+    lent: BTreeMap<u32, Lent>,
+}
+
+/// A dead incarnation whose frames are still mapped by others.
+#[derive(Clone, Copy, Debug)]
+struct Zombie {
+    vm: VmId,
+    incarnation: u64,
+    mappings: usize,
+}
+
+/// Grant state of every VM. See the module documentation.
+#[derive(Debug)]
+pub struct GrantTables {
+    vms: Vec<VmGrants>,
+    zombies: Vec<Zombie>,
+}
+
+impl Default for GrantTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `Ok(())` → `Status::Ok`.
+fn status_of(result: Result<(), Status>) -> Status {
+    match result {
+        Ok(()) => Status::Ok,
+        Err(status) => status,
+    }
+}
+
+/// Index of `granter` if it may be a granter for `caller`: a VM id other than the caller.
+fn peer_index(caller: VmId, granter: VmId) -> Result<usize, Status> {
+    match vm_index(granter) {
+        Some(index) if granter != caller => Ok(index),
+        _ => Err(Status::InvalidArgument),
+    }
+}
+
+/// Clears `bits` in the guest word at `(vm, gpa)` with bounded compare-exchange retries; false if
+/// the guest kept changing the word.
+fn clear_bits(env: &mut impl GrantEnv, vm: VmId, gpa: u64, bits: u64) -> bool {
+    let mut current = env.read_u64(vm, gpa);
+    for _ in 0..CAS_RETRIES {
+        if current & bits == 0 {
+            return true;
+        }
+        match env.compare_exchange_u64(vm, gpa, current, current & !bits) {
+            Ok(_) => return true,
+            Err(actual) => current = actual,
+        }
+    }
+    false
+}
+
+/// Runs a batch: validates the array, then for each op reads its `W` words once (all but the
+/// status word), runs `op`, and writes the status word.
+fn run_batch<E: GrantEnv, const W: usize>(
+    env: &mut E,
+    caller: VmId,
+    ops_gpa: u64,
+    count: u64,
+    status_word: usize,
+    mut op: impl FnMut(&mut E, [u64; W]) -> Status,
+) -> Status {
+    let op_bytes = W as u64 * 8;
+    if count == 0 || count > MAX_BATCH || !ops_gpa.is_multiple_of(8) {
+        return Status::InvalidArgument;
+    }
+    // count <= MAX_BATCH, so the product cannot overflow; the sum can.
+    let bytes = count * op_bytes;
+    if ops_gpa.checked_add(bytes).is_none() || !env.in_ram(caller, ops_gpa, bytes) {
+        return Status::InvalidArgument;
+    }
+    for i in 0..count {
+        let base = ops_gpa + i * op_bytes;
+        let mut words = [0u64; W];
+        for (j, word) in words.iter_mut().enumerate() {
+            if j != status_word {
+                *word = env.read_u64(caller, base + j as u64 * 8);
+            }
+        }
+        let status = op(env, words);
+        env.write_u64(caller, base + status_word as u64 * 8, status.as_u64());
+    }
+    Status::Ok
+}
+
+impl GrantTables {
+    pub fn new() -> Self {
+        GrantTables {
+            vms: (0..MAX_VMS).map(|_| VmGrants::default()).collect(),
+            zombies: Vec::new(),
+        }
+    }
+
+    /// GRANT_TABLE_SETUP: registers (or replaces) `caller`'s table of `pages` pages at
+    /// `table_gpa`. `Busy` while a peer maps one of the caller's refs.
+    pub fn setup(
+        &mut self,
+        env: &impl GrantEnv,
+        caller: VmId,
+        table_gpa: u64,
+        pages: u64,
+    ) -> Status {
+        let Some(ci) = vm_index(caller) else {
+            return Status::InvalidArgument;
+        };
+        if !table_gpa.is_multiple_of(PAGE_SIZE)
+            || pages == 0
+            || pages > MAX_TABLE_PAGES as u64
+            || table_gpa.checked_add(pages * PAGE_SIZE).is_none()
+            || !env.in_ram(caller, table_gpa, pages * PAGE_SIZE)
+        {
+            return Status::InvalidArgument;
+        }
+        let vm = &mut self.vms[ci];
+        // IN_USE bits live in the recorded table, so it may not move under a mapping.
+        if !vm.lent.is_empty() {
+            return Status::Busy;
+        }
+        vm.table = Some(Table {
+            gpa: table_gpa,
+            refs: pages as u32 * ENTRIES_PER_PAGE,
+        });
+        Status::Ok
+    }
+
+    /// GRANT_MAP: maps each [`MapOp`] of the array at `ops_gpa` into `caller`'s grant window.
+    pub fn map_batch(
+        &mut self,
+        env: &mut impl GrantEnv,
+        caller: VmId,
+        ops_gpa: u64,
+        count: u64,
+    ) -> Status {
+        if vm_index(caller).is_none() {
+            return Status::InvalidArgument;
+        }
+        run_batch(
+            env,
+            caller,
+            ops_gpa,
+            count,
+            MapOp::STATUS_WORD,
+            |env, words| status_of(self.map_one(env, caller, words)),
+        )
+    }
+
+    /// GRANT_UNMAP: removes each [`UnmapOp`]'s mapping from `caller`'s grant window.
+    pub fn unmap_batch(
+        &mut self,
+        env: &mut impl GrantEnv,
+        caller: VmId,
+        ops_gpa: u64,
+        count: u64,
+    ) -> UnmapResult {
+        let mut released = Vec::new();
+        let status = if vm_index(caller).is_none() {
+            Status::InvalidArgument
+        } else {
+            run_batch(
+                env,
+                caller,
+                ops_gpa,
+                count,
+                UnmapOp::STATUS_WORD,
+                |env, words| {
+                    let [dest_gpa, _] = words;
+                    status_of(self.unmap_one(env, caller, dest_gpa, &mut released))
+                },
+            )
+        };
+        UnmapResult { status, released }
+    }
+
+    /// GRANT_COPY: performs each [`CopyOp`] of the array at `ops_gpa` for `caller`.
+    pub fn copy_batch(
+        &mut self,
+        env: &mut impl GrantEnv,
+        caller: VmId,
+        ops_gpa: u64,
+        count: u64,
+    ) -> Status {
+        if vm_index(caller).is_none() {
+            return Status::InvalidArgument;
+        }
+        run_batch(
+            env,
+            caller,
+            ops_gpa,
+            count,
+            CopyOp::STATUS_WORD,
+            |env, words| status_of(self.copy_one(env, caller, words)),
+        )
+    }
+
+    /// GRANT_END: `caller` revokes its ref `gref` (clears PERMIT). `Busy` while a peer maps it
+    /// (by the hypervisor's record, not the IN_USE bit), or if the caller keeps rewriting the
+    /// entry so the compare-exchange cannot land.
+    pub fn end(&mut self, env: &mut impl GrantEnv, caller: VmId, gref: u64) -> Status {
+        let Some(ci) = vm_index(caller) else {
+            return Status::InvalidArgument;
+        };
+        let vm = &self.vms[ci];
+        let Some(table) = vm.table else {
+            return Status::BadRef;
+        };
+        let Ok(gref) = u32::try_from(gref) else {
+            return Status::BadRef;
+        };
+        if gref >= table.refs {
+            return Status::BadRef;
+        }
+        if vm.lent.contains_key(&gref) {
+            return Status::Busy;
+        }
+        let gpa = entry_gpa(table.gpa, gref);
+        if !env.in_ram(caller, gpa, ENTRY_SIZE) {
+            return Status::BadRef;
+        }
+        if clear_bits(env, caller, gpa, PERMIT as u64) {
+            Status::Ok
+        } else {
+            Status::Busy
+        }
+    }
+
+    /// `vm` has stopped (killed, powered off, or about to be reset): see "VM death" in the module
+    /// documentation. Call it before the VM's RAM is freed or reloaded and before its stage-2 is
+    /// destroyed, once none of its vCPUs runs. Calling it for a VM id that holds nothing is
+    /// harmless (it still starts a new incarnation).
+    pub fn vm_died(&mut self, env: &mut impl GrantEnv, vm: VmId, teardown: Teardown) -> Death {
+        let mut released = Vec::new();
+        let Some(vi) = vm_index(vm) else {
+            return Death {
+                incarnation: 0,
+                ram_free_now: true,
+                released,
+            };
+        };
+        // (a) Its own mappings of others' frames.
+        let maps = core::mem::take(&mut self.vms[vi].maps);
+        for mapping in maps.values() {
+            if teardown == Teardown::Reset {
+                // The stage-2 survives; unmap before the granter may see IN_USE clear.
+                env.unmap_page(vm, mapping.dest_gpa);
+            }
+            self.drop_use(env, mapping, &mut released);
+        }
+        // (b) Others' mappings of its frames: they stay, counted as zombie RAM.
+        let dead = &mut self.vms[vi];
+        let outstanding: usize = dead.lent.values().map(|lent| lent.count as usize).sum();
+        let incarnation = dead.incarnation;
+        dead.lent.clear();
+        dead.table = None;
+        dead.incarnation += 1;
+        if outstanding > 0 {
+            self.zombies.push(Zombie {
+                vm,
+                incarnation,
+                mappings: outstanding,
+            });
+        }
+        Death {
+            incarnation,
+            ram_free_now: outstanding == 0,
+            released,
+        }
+    }
+
+    /// The current incarnation of `vm` (0 at boot, +1 per [`vm_died`](Self::vm_died)).
+    pub fn incarnation(&self, vm: VmId) -> Option<u64> {
+        Some(self.vms[vm_index(vm)?].incarnation)
+    }
+
+    /// The grant mapping at `dest_gpa` of `vm`, if any.
+    pub fn mapping(&self, vm: VmId, dest_gpa: u64) -> Option<Mapping> {
+        self.vms[vm_index(vm)?].maps.get(&dest_gpa).copied()
+    }
+
+    /// How many grant mappings `vm` holds.
+    pub fn mapping_count(&self, vm: VmId) -> usize {
+        vm_index(vm).map_or(0, |vi| self.vms[vi].maps.len())
+    }
+
+    /// How many foreign mappings exist of the current incarnation's refs of `vm`.
+    pub fn lent_count(&self, vm: VmId) -> usize {
+        vm_index(vm).map_or(0, |vi| {
+            self.vms[vi]
+                .lent
+                .values()
+                .map(|lent| lent.count as usize)
+                .sum()
+        })
+    }
+
+    /// Dead incarnations whose RAM is still mapped by others, with their mapping counts.
+    pub fn zombies(&self) -> impl Iterator<Item = (RamRelease, usize)> + '_ {
+        self.zombies.iter().map(|z| {
+            (
+                RamRelease {
+                    vm: z.vm,
+                    incarnation: z.incarnation,
+                },
+                z.mappings,
+            )
+        })
+    }
+
+    /// Reads `granter`'s entry for `gref`, once. `BadRef` if it has no table or the ref is beyond
+    /// it. Returns the entry's GPA and raw value.
+    fn read_entry(
+        &self,
+        env: &impl GrantEnv,
+        granter: VmId,
+        gi: usize,
+        gref: u32,
+    ) -> Result<(u64, u64), Status> {
+        let table = self.vms[gi].table.ok_or(Status::BadRef)?;
+        if gref >= table.refs {
+            return Err(Status::BadRef);
+        }
+        let gpa = entry_gpa(table.gpa, gref);
+        // Checked at setup and RAM never shrinks under a live VM; checked again because the env
+        // contract asks for it on every access.
+        if !env.in_ram(granter, gpa, ENTRY_SIZE) {
+            return Err(Status::BadRef);
+        }
+        Ok((gpa, env.read_u64(granter, gpa)))
+    }
+
+    fn map_one(
+        &mut self,
+        env: &mut impl GrantEnv,
+        caller: VmId,
+        words: [u64; MapOp::WORDS],
+    ) -> Result<(), Status> {
+        let ci = vm_index(caller).ok_or(Status::InvalidArgument)?;
+        let op = MapOp::from_words(words)?;
+        let gi = peer_index(caller, op.granter)?;
+        if !in_grant_window(op.dest_gpa) {
+            return Err(Status::InvalidArgument);
+        }
+        if self.vms[ci].maps.contains_key(&op.dest_gpa) {
+            return Err(Status::Busy);
+        }
+        if self.vms[ci].maps.len() >= MAX_MAPPINGS_PER_VM as usize {
+            return Err(Status::NoSpace);
+        }
+        let (entry_gpa, raw) = self.read_entry(env, op.granter, gi, op.gref)?;
+        let entry = GrantEntry::from_u64(raw);
+        if !entry.permit() || entry.has_unknown_flags() {
+            return Err(Status::BadRef);
+        }
+        if entry.peer != caller {
+            return Err(Status::Denied);
+        }
+        if entry.readonly() && !op.readonly() {
+            return Err(Status::ReadOnly);
+        }
+        let frame_gpa = entry.frame_gpa();
+        if !env.in_ram(op.granter, frame_gpa, PAGE_SIZE) {
+            return Err(Status::BadFrame);
+        }
+        let already_lent = self.vms[gi].lent.get(&op.gref).copied();
+        if already_lent.is_some_and(|lent| lent.frame != entry.frame) {
+            return Err(Status::Busy);
+        }
+        // Only map if the entry still holds exactly what was checked.
+        let in_use = IN_USE as u64;
+        if env
+            .compare_exchange_u64(op.granter, entry_gpa, raw, raw | in_use)
+            .is_err()
+        {
+            return Err(Status::Busy);
+        }
+        let host_pa = env.host_pa(op.granter, frame_gpa);
+        let readonly = op.readonly() || entry.readonly();
+        if env
+            .map_page(caller, op.dest_gpa, host_pa, readonly)
+            .is_err()
+        {
+            if already_lent.is_none() {
+                // Nobody else maps it: undo our IN_USE (best effort, see clear_bits).
+                clear_bits(env, op.granter, entry_gpa, in_use);
+            }
+            return Err(Status::NoSpace);
+        }
+        let granter = &mut self.vms[gi];
+        let granter_incarnation = granter.incarnation;
+        granter
+            .lent
+            .entry(op.gref)
+            .and_modify(|lent| lent.count += 1)
+            .or_insert(Lent {
+                frame: entry.frame,
+                count: 1,
+            });
+        self.vms[ci].maps.insert(
+            op.dest_gpa,
+            Mapping {
+                dest_gpa: op.dest_gpa,
+                granter: op.granter,
+                granter_incarnation,
+                gref: op.gref,
+                frame_gpa,
+                host_pa,
+                readonly,
+            },
+        );
+        Ok(())
+    }
+
+    fn unmap_one(
+        &mut self,
+        env: &mut impl GrantEnv,
+        caller: VmId,
+        dest_gpa: u64,
+        released: &mut Vec<RamRelease>,
+    ) -> Result<(), Status> {
+        let ci = vm_index(caller).ok_or(Status::InvalidArgument)?;
+        if !dest_gpa.is_multiple_of(PAGE_SIZE) {
+            return Err(Status::InvalidArgument);
+        }
+        let mapping = self.vms[ci]
+            .maps
+            .remove(&dest_gpa)
+            .ok_or(Status::NotMapped)?;
+        // First the page and its TLB entries, then IN_USE: the granter must never see the ref
+        // free while the peer can still reach the frame.
+        env.unmap_page(caller, dest_gpa);
+        self.drop_use(env, &mapping, released);
+        Ok(())
+    }
+
+    /// Forgets one foreign use of `mapping`'s frame (the page is already unreachable for the
+    /// mapper): the granter's count goes down and IN_USE is cleared at zero, or, if the granter
+    /// incarnation is dead, the zombie count goes down and the RAM is released at zero.
+    fn drop_use(
+        &mut self,
+        env: &mut impl GrantEnv,
+        mapping: &Mapping,
+        released: &mut Vec<RamRelease>,
+    ) {
+        let Some(gi) = vm_index(mapping.granter) else {
+            return;
+        };
+        let granter = &mut self.vms[gi];
+        if granter.incarnation == mapping.granter_incarnation {
+            let Some(lent) = granter.lent.get_mut(&mapping.gref) else {
+                return;
+            };
+            lent.count = lent.count.saturating_sub(1);
+            if lent.count > 0 {
+                return;
+            }
+            granter.lent.remove(&mapping.gref);
+            // The table cannot have moved: setup is Busy while a ref is lent, and death changes
+            // the incarnation. A live granter's table is live memory.
+            if let Some(table) = granter.table {
+                let gpa = entry_gpa(table.gpa, mapping.gref);
+                if env.in_ram(mapping.granter, gpa, ENTRY_SIZE) {
+                    // If the granter keeps rewriting an entry it must leave alone, IN_USE may
+                    // stay set: its own problem, and harmless to everyone else.
+                    clear_bits(env, mapping.granter, gpa, IN_USE as u64);
+                }
+            }
+        } else {
+            // A dead incarnation: never touch its RAM, only count.
+            let Some(pos) = self.zombies.iter().position(|z| {
+                z.vm == mapping.granter && z.incarnation == mapping.granter_incarnation
+            }) else {
+                return;
+            };
+            let zombie = &mut self.zombies[pos];
+            zombie.mappings = zombie.mappings.saturating_sub(1);
+            if zombie.mappings == 0 {
+                self.zombies.swap_remove(pos);
+                released.push(RamRelease {
+                    vm: mapping.granter,
+                    incarnation: mapping.granter_incarnation,
+                });
+            }
+        }
+    }
+
+    fn copy_one(
+        &self,
+        env: &mut impl GrantEnv,
+        caller: VmId,
+        words: [u64; CopyOp::WORDS],
+    ) -> Result<(), Status> {
+        let op = CopyOp::from_words(words)?;
+        let sides = [op.src, op.dst];
+        // The table's rules are checked rule by rule over both sides, so the first broken rule
+        // decides whichever side breaks it.
+        let mut granters = [None; 2];
+        for (side, granter) in sides.iter().zip(granters.iter_mut()) {
+            if side.kind == CopyKind::Grant {
+                *granter = Some(peer_index(caller, side.granter)?);
+            }
+        }
+        let mut entries: [Option<GrantEntry>; 2] = [None; 2];
+        for ((side, granter), entry) in sides.iter().zip(granters).zip(entries.iter_mut()) {
+            if let Some(gi) = granter {
+                let (_, raw) = self.read_entry(env, side.granter, gi, side.gref)?;
+                let read = GrantEntry::from_u64(raw);
+                if !read.permit() || read.has_unknown_flags() {
+                    return Err(Status::BadRef);
+                }
+                *entry = Some(read);
+            }
+        }
+        if entries.iter().flatten().any(|entry| entry.peer != caller) {
+            return Err(Status::Denied);
+        }
+        let [_, dst_entry] = entries;
+        if dst_entry.is_some_and(|entry| entry.readonly()) {
+            return Err(Status::ReadOnly);
+        }
+        for (side, entry) in sides.iter().zip(entries) {
+            if let Some(entry) = entry {
+                if !env.in_ram(side.granter, entry.frame_gpa(), PAGE_SIZE) {
+                    return Err(Status::BadFrame);
+                }
+            }
+        }
+        let mut addrs = [(0, 0); 2];
+        for ((side, entry), addr) in sides.iter().zip(entries).zip(addrs.iter_mut()) {
+            let offset = side.gpa_or_offset;
+            *addr = match entry {
+                Some(entry) => {
+                    if !within_frame(offset, op.len) {
+                        return Err(Status::InvalidArgument);
+                    }
+                    (side.granter, entry.frame_gpa() + offset)
+                }
+                None => {
+                    let frame = offset - offset % PAGE_SIZE;
+                    if !within_frame(offset % PAGE_SIZE, op.len)
+                        || !env.in_ram(caller, frame, PAGE_SIZE)
+                    {
+                        return Err(Status::InvalidArgument);
+                    }
+                    (caller, offset)
+                }
+            };
+        }
+        let [(src_vm, src_gpa), (dst_vm, dst_gpa)] = addrs;
+        if op.len > 0 {
+            env.copy(dst_vm, dst_gpa, src_vm, src_gpa, op.len as u64);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shared_abi::grant::{
+        CopyPtr, GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE, MAP_READONLY, MAX_REFS, READONLY,
+    };
+    use shared_abi::layout::GUEST_RAM_BASE;
+    use std::collections::{HashMap, HashSet};
+
+    /// RAM per VM in the model: 64 pages.
+    const RAM: u64 = 64 * PAGE_SIZE;
+    /// Where each test VM keeps its grant table (one page) and its op arrays.
+    const TABLE: u64 = GUEST_RAM_BASE + 0x1000;
+    const OPS: u64 = GUEST_RAM_BASE + 0x8000;
+    /// A frame VMs grant, and a second one.
+    const FRAME: u64 = GUEST_RAM_BASE + 0x10_000;
+    const FRAME2: u64 = GUEST_RAM_BASE + 0x11_000;
+    const WIN: u64 = GRANT_WINDOW_BASE;
+
+    /// VM RAM as byte vectors, stage-2 as a map, and hooks to inject failures. Any access the
+    /// env contract forbids panics, which fails the test.
+    #[derive(Default)]
+    struct Model {
+        ram: HashMap<VmId, Vec<u8>>,
+        stage2: HashMap<(VmId, u64), (u64, bool)>,
+        unmaps: Vec<(VmId, u64)>,
+        fail_map: bool,
+        /// Applied just before the next compare-exchange: a concurrent guest write.
+        tamper: Option<(VmId, u64, u64)>,
+        /// VMs whose RAM was freed: touching it is a bug.
+        freed: HashSet<VmId>,
+        /// Killed VMs: their stage-2 is unreachable (being destroyed, VMID flushed before reuse).
+        killed: HashSet<VmId>,
+    }
+
+    impl Model {
+        fn new(vms: &[VmId]) -> Model {
+            let mut m = Model::default();
+            for &vm in vms {
+                m.ram.insert(vm, vec![0; RAM as usize]);
+            }
+            m
+        }
+
+        fn offset(&self, vm: VmId, gpa: u64, len: u64) -> usize {
+            assert!(!self.freed.contains(&vm), "access to freed RAM of VM {vm}");
+            assert!(
+                self.in_ram(vm, gpa, len.max(1)),
+                "unchecked access {vm}:{gpa:#x}+{len}"
+            );
+            (gpa - GUEST_RAM_BASE) as usize
+        }
+
+        fn word(&self, vm: VmId, gpa: u64) -> u64 {
+            let o = self.offset(vm, gpa, 8);
+            u64::from_le_bytes(self.ram[&vm][o..o + 8].try_into().unwrap())
+        }
+
+        fn set_word(&mut self, vm: VmId, gpa: u64, value: u64) {
+            let o = self.offset(vm, gpa, 8);
+            self.ram.get_mut(&vm).unwrap()[o..o + 8].copy_from_slice(&value.to_le_bytes());
+        }
+
+        fn entry(&self, vm: VmId, gref: u32) -> GrantEntry {
+            GrantEntry::from_u64(self.word(vm, entry_gpa(TABLE, gref)))
+        }
+
+        fn grant(&mut self, granter: VmId, gref: u32, peer: VmId, frame_gpa: u64, flags: u16) {
+            let e = GrantEntry {
+                flags,
+                peer,
+                frame: (frame_gpa >> 12) as u32,
+            };
+            self.set_word(granter, entry_gpa(TABLE, gref), e.to_u64());
+        }
+
+        fn bytes(&self, vm: VmId, gpa: u64, len: usize) -> Vec<u8> {
+            let o = self.offset(vm, gpa, len as u64);
+            self.ram[&vm][o..o + len].to_vec()
+        }
+
+        fn fill(&mut self, vm: VmId, gpa: u64, data: &[u8]) {
+            let o = self.offset(vm, gpa, data.len() as u64);
+            self.ram.get_mut(&vm).unwrap()[o..o + data.len()].copy_from_slice(data);
+        }
+
+        fn host(vm: VmId, gpa: u64) -> u64 {
+            ((vm as u64) << 32) + (gpa - GUEST_RAM_BASE)
+        }
+
+        /// Frees a dead VM's RAM: any later access panics.
+        fn free(&mut self, vm: VmId) {
+            self.ram.remove(&vm);
+            self.freed.insert(vm);
+        }
+
+        /// A new incarnation in fresh (zeroed) RAM.
+        fn reload(&mut self, vm: VmId) {
+            self.freed.remove(&vm);
+            self.ram.insert(vm, vec![0; RAM as usize]);
+        }
+    }
+
+    impl GrantEnv for Model {
+        fn in_ram(&self, vm: VmId, gpa: u64, len: u64) -> bool {
+            self.ram.contains_key(&vm)
+                && len >= 1
+                && gpa >= GUEST_RAM_BASE
+                && gpa
+                    .checked_add(len)
+                    .is_some_and(|end| end <= GUEST_RAM_BASE + RAM)
+        }
+
+        fn read_u64(&self, vm: VmId, gpa: u64) -> u64 {
+            assert_eq!(gpa % 8, 0);
+            self.word(vm, gpa)
+        }
+
+        fn write_u64(&mut self, vm: VmId, gpa: u64, value: u64) {
+            assert_eq!(gpa % 8, 0);
+            self.set_word(vm, gpa, value);
+        }
+
+        fn compare_exchange_u64(
+            &mut self,
+            vm: VmId,
+            gpa: u64,
+            current: u64,
+            new: u64,
+        ) -> Result<u64, u64> {
+            assert_eq!(gpa % 8, 0);
+            if let Some((tvm, tgpa, value)) = self.tamper.take() {
+                self.set_word(tvm, tgpa, value);
+            }
+            let actual = self.word(vm, gpa);
+            let in_use = IN_USE as u64;
+            if actual == current && current & in_use != 0 && new & in_use == 0 {
+                // IN_USE of a ref may only drop once no reachable stage-2 maps its frame, unless
+                // another in-use ref of the same VM names the same frame (it covers those).
+                let frame = GrantEntry::from_u64(current).frame;
+                let pa = Model::host(vm, (frame as u64) << 12);
+                let mapped = self.stage2.iter().any(|((mapper, _), (mapped, _))| {
+                    *mapped == pa && !self.killed.contains(mapper)
+                });
+                let covered = (0..MAX_REFS).map(|r| entry_gpa(TABLE, r)).any(|e| {
+                    e != gpa && self.in_ram(vm, e, 8) && {
+                        let other = GrantEntry::from_u64(self.word(vm, e));
+                        other.in_use() && other.frame == frame
+                    }
+                });
+                assert!(
+                    !mapped || covered,
+                    "IN_USE cleared while the frame is still mapped"
+                );
+            }
+            if actual == current {
+                self.set_word(vm, gpa, new);
+                Ok(actual)
+            } else {
+                Err(actual)
+            }
+        }
+
+        fn copy(&mut self, dst_vm: VmId, dst_gpa: u64, src_vm: VmId, src_gpa: u64, len: u64) {
+            assert!((1..=PAGE_SIZE).contains(&len));
+            assert_eq!(src_gpa / PAGE_SIZE, (src_gpa + len - 1) / PAGE_SIZE);
+            assert_eq!(dst_gpa / PAGE_SIZE, (dst_gpa + len - 1) / PAGE_SIZE);
+            let data = self.bytes(src_vm, src_gpa, len as usize);
+            self.fill(dst_vm, dst_gpa, &data);
+        }
+
+        fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
+            assert_eq!(gpa % PAGE_SIZE, 0);
+            self.offset(vm, gpa, PAGE_SIZE);
+            Model::host(vm, gpa)
+        }
+
+        fn map_page(
+            &mut self,
+            vm: VmId,
+            ipa: u64,
+            host_pa: u64,
+            readonly: bool,
+        ) -> Result<(), MapFailed> {
+            assert!(in_grant_window(ipa));
+            assert!(!self.freed.contains(&vm));
+            if self.fail_map {
+                return Err(MapFailed);
+            }
+            assert!(self.stage2.insert((vm, ipa), (host_pa, readonly)).is_none());
+            Ok(())
+        }
+
+        fn unmap_page(&mut self, vm: VmId, ipa: u64) {
+            assert!(
+                self.stage2.remove(&(vm, ipa)).is_some(),
+                "unmap of unmapped page"
+            );
+            self.unmaps.push((vm, ipa));
+        }
+    }
+
+    /// VMs 1, 2, 3 with a one-page table each.
+    fn world() -> (GrantTables, Model) {
+        let mut gt = GrantTables::new();
+        let m = Model::new(&[1, 2, 3]);
+        for vm in 1..=3 {
+            assert_eq!(gt.setup(&m, vm, TABLE, 1), Status::Ok);
+        }
+        (gt, m)
+    }
+
+    /// Kills `vm` the way the hypervisor does: its vCPUs are stopped, `vm_died`, then the
+    /// stage-2 is destroyed.
+    fn kill(gt: &mut GrantTables, m: &mut Model, vm: VmId) -> Death {
+        m.killed.insert(vm);
+        let death = gt.vm_died(m, vm, Teardown::Kill);
+        m.stage2.retain(|(mapper, _), _| *mapper != vm);
+        death
+    }
+
+    fn write_ops(m: &mut Model, caller: VmId, words: &[u64]) {
+        for (i, w) in words.iter().enumerate() {
+            m.set_word(caller, OPS + 8 * i as u64, *w);
+        }
+    }
+
+    /// Status words of `n` ops of `op_words` words each, decoded.
+    fn statuses(
+        m: &Model,
+        caller: VmId,
+        n: usize,
+        op_words: usize,
+        status_word: usize,
+    ) -> Vec<Status> {
+        (0..n)
+            .map(|i| {
+                let raw = m.word(caller, OPS + 8 * (i * op_words + status_word) as u64);
+                Status::from_u64(raw).expect("a status was written")
+            })
+            .collect()
+    }
+
+    fn map_op(granter: VmId, gref: u32, dest_gpa: u64, flags: u16) -> MapOp {
+        MapOp {
+            granter,
+            flags,
+            gref,
+            dest_gpa,
+            status: 0x5555, // must be overwritten
+        }
+    }
+
+    fn map(gt: &mut GrantTables, m: &mut Model, caller: VmId, ops: &[MapOp]) -> Vec<Status> {
+        let words: Vec<u64> = ops.iter().flat_map(|op| op.to_words()).collect();
+        write_ops(m, caller, &words);
+        assert_eq!(gt.map_batch(m, caller, OPS, ops.len() as u64), Status::Ok);
+        statuses(m, caller, ops.len(), MapOp::WORDS, MapOp::STATUS_WORD)
+    }
+
+    fn map1(gt: &mut GrantTables, m: &mut Model, caller: VmId, op: MapOp) -> Status {
+        map(gt, m, caller, &[op])[0]
+    }
+
+    fn unmap(
+        gt: &mut GrantTables,
+        m: &mut Model,
+        caller: VmId,
+        dests: &[u64],
+    ) -> (Vec<Status>, Vec<RamRelease>) {
+        let words: Vec<u64> = dests
+            .iter()
+            .flat_map(|&dest_gpa| {
+                UnmapOp {
+                    dest_gpa,
+                    status: 0x5555,
+                }
+                .to_words()
+            })
+            .collect();
+        write_ops(m, caller, &words);
+        let result = gt.unmap_batch(m, caller, OPS, dests.len() as u64);
+        assert_eq!(result.status, Status::Ok);
+        (
+            statuses(m, caller, dests.len(), UnmapOp::WORDS, UnmapOp::STATUS_WORD),
+            result.released,
+        )
+    }
+
+    fn unmap1(gt: &mut GrantTables, m: &mut Model, caller: VmId, dest: u64) -> Status {
+        unmap(gt, m, caller, &[dest]).0[0]
+    }
+
+    fn copy_words(
+        gt: &mut GrantTables,
+        m: &mut Model,
+        caller: VmId,
+        ops: &[[u64; 6]],
+    ) -> Vec<Status> {
+        let words: Vec<u64> = ops.iter().flatten().copied().collect();
+        write_ops(m, caller, &words);
+        assert_eq!(gt.copy_batch(m, caller, OPS, ops.len() as u64), Status::Ok);
+        statuses(m, caller, ops.len(), CopyOp::WORDS, CopyOp::STATUS_WORD)
+    }
+
+    fn copy1(
+        gt: &mut GrantTables,
+        m: &mut Model,
+        caller: VmId,
+        src: CopyPtr,
+        dst: CopyPtr,
+        len: u16,
+    ) -> Status {
+        let op = CopyOp {
+            src,
+            dst,
+            len,
+            status: 0x5555,
+        };
+        copy_words(gt, m, caller, &[op.to_words()])[0]
+    }
+
+    // ---- SETUP ----
+
+    #[test]
+    fn setup_rejects_bad_arguments() {
+        let mut gt = GrantTables::new();
+        let m = Model::new(&[1]);
+        assert_eq!(gt.setup(&m, 1, TABLE + 8, 1), Status::InvalidArgument);
+        assert_eq!(gt.setup(&m, 1, TABLE, 0), Status::InvalidArgument);
+        assert_eq!(
+            gt.setup(&m, 1, TABLE, MAX_TABLE_PAGES as u64 + 1),
+            Status::InvalidArgument
+        );
+        assert_eq!(gt.setup(&m, 1, TABLE, u64::MAX), Status::InvalidArgument);
+        // Last page in RAM, the second one not.
+        assert_eq!(
+            gt.setup(&m, 1, GUEST_RAM_BASE + RAM - PAGE_SIZE, 2),
+            Status::InvalidArgument
+        );
+        assert_eq!(gt.setup(&m, 1, 0, 1), Status::InvalidArgument);
+        assert_eq!(gt.setup(&m, 1, !0xfffu64, 4), Status::InvalidArgument);
+        // Caller ids the hypervisor should never pass, but must not crash on.
+        assert_eq!(gt.setup(&m, 0, TABLE, 1), Status::InvalidArgument);
+        assert_eq!(
+            gt.setup(&m, MAX_VMS as VmId + 1, TABLE, 1),
+            Status::InvalidArgument
+        );
+        assert_eq!(
+            gt.setup(&m, 1, GUEST_RAM_BASE + RAM - PAGE_SIZE, 1),
+            Status::Ok
+        );
+        assert_eq!(gt.setup(&m, 1, TABLE, MAX_TABLE_PAGES as u64), Status::Ok);
+    }
+
+    #[test]
+    fn setup_is_busy_while_a_ref_is_mapped_and_table_size_bounds_refs() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 5, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 5, WIN, 0)), Status::Ok);
+        assert_eq!(gt.setup(&m, 1, TABLE, 2), Status::Busy);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(gt.setup(&m, 1, TABLE, 2), Status::Ok);
+        // Ref 1023 is now inside the table (2 pages), 1024 is not.
+        m.set_word(
+            1,
+            entry_gpa(TABLE, 1023),
+            GrantEntry {
+                flags: PERMIT,
+                peer: 2,
+                frame: (FRAME >> 12) as u32,
+            }
+            .to_u64(),
+        );
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 1023, WIN, 0)),
+            Status::Ok
+        );
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 1024, WIN + PAGE_SIZE, 0)),
+            Status::BadRef
+        );
+    }
+
+    // ---- batch-level rules ----
+
+    #[test]
+    fn batch_array_rules_touch_no_op() {
+        let (mut gt, mut m) = world();
+        let op = map_op(1, 0, WIN, 0);
+        write_ops(&mut m, 2, &op.to_words());
+        for (gpa, count) in [
+            (OPS, 0),
+            (OPS, MAX_BATCH + 1),
+            (OPS, u64::MAX),
+            (OPS + 4, 1),
+            (GUEST_RAM_BASE + RAM - 8, 1), // only the first word in RAM
+            (0, 1),
+            (u64::MAX - 7, 1),
+        ] {
+            assert_eq!(gt.map_batch(&mut m, 2, gpa, count), Status::InvalidArgument);
+            assert_eq!(
+                gt.unmap_batch(&mut m, 2, gpa, count).status,
+                Status::InvalidArgument
+            );
+            assert_eq!(
+                gt.copy_batch(&mut m, 2, gpa, count),
+                Status::InvalidArgument
+            );
+        }
+        assert_eq!(m.word(2, OPS + 16), 0x5555, "status word untouched");
+        assert_eq!(gt.map_batch(&mut m, 0, OPS, 1), Status::InvalidArgument);
+        assert_eq!(
+            gt.unmap_batch(&mut m, 17, OPS, 1).status,
+            Status::InvalidArgument
+        );
+        assert_eq!(gt.copy_batch(&mut m, 0, OPS, 1), Status::InvalidArgument);
+        // A full batch of MAX_BATCH is fine.
+        let ops: Vec<MapOp> = (0..MAX_BATCH as u32)
+            .map(|i| map_op(1, i, WIN + i as u64 * PAGE_SIZE, 0))
+            .collect();
+        for i in 0..MAX_BATCH as u32 {
+            m.grant(1, i, 2, FRAME, PERMIT);
+        }
+        assert!(map(&mut gt, &mut m, 2, &ops)
+            .iter()
+            .all(|s| *s == Status::Ok));
+    }
+
+    #[test]
+    fn batch_partial_failure_reports_each_op() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(1, 1, 3, FRAME, PERMIT); // for VM 3, not 2
+        m.grant(1, 2, 2, FRAME2, PERMIT);
+        let st = map(
+            &mut gt,
+            &mut m,
+            2,
+            &[
+                map_op(1, 0, WIN, 0),
+                map_op(1, 1, WIN + PAGE_SIZE, 0),
+                map_op(1, 2, WIN, 0), // dest taken by op 0
+                map_op(1, 2, WIN + 2 * PAGE_SIZE, 0),
+            ],
+        );
+        assert_eq!(st, [Status::Ok, Status::Denied, Status::Busy, Status::Ok]);
+        assert_eq!(gt.mapping_count(2), 2);
+        let (st, rel) = unmap(
+            &mut gt,
+            &mut m,
+            2,
+            &[WIN, WIN + PAGE_SIZE, WIN + 2 * PAGE_SIZE, WIN + 1],
+        );
+        assert_eq!(
+            st,
+            [
+                Status::Ok,
+                Status::NotMapped,
+                Status::Ok,
+                Status::InvalidArgument
+            ]
+        );
+        assert!(rel.is_empty());
+        assert!(m.stage2.is_empty());
+    }
+
+    // ---- MAP ----
+
+    #[test]
+    fn map_success_sets_in_use_and_maps_the_frame() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 7, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 7, WIN, 0)), Status::Ok);
+        assert!(m.entry(1, 7).in_use());
+        assert_eq!(m.stage2[&(2, WIN)], (Model::host(1, FRAME), false));
+        assert_eq!(
+            gt.mapping(2, WIN),
+            Some(Mapping {
+                dest_gpa: WIN,
+                granter: 1,
+                granter_incarnation: 0,
+                gref: 7,
+                frame_gpa: FRAME,
+                host_pa: Model::host(1, FRAME),
+                readonly: false,
+            })
+        );
+        assert_eq!(gt.lent_count(1), 1);
+        // Last page of the window is fine too.
+        m.grant(1, 8, 2, FRAME2, PERMIT);
+        let last = WIN + GRANT_WINDOW_SIZE - PAGE_SIZE;
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 8, last, 0)), Status::Ok);
+    }
+
+    #[test]
+    fn map_readonly_rules() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT | READONLY);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::ReadOnly
+        );
+        assert!(!m.entry(1, 0).in_use());
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, MAP_READONLY)),
+            Status::Ok
+        );
+        assert!(m.stage2[&(2, WIN)].1);
+        // A read-write grant may still be mapped read-only on request.
+        m.grant(1, 1, 2, FRAME2, PERMIT);
+        assert_eq!(
+            map1(
+                &mut gt,
+                &mut m,
+                2,
+                map_op(1, 1, WIN + PAGE_SIZE, MAP_READONLY)
+            ),
+            Status::Ok
+        );
+        assert!(gt.mapping(2, WIN + PAGE_SIZE).unwrap().readonly);
+    }
+
+    #[test]
+    fn map_argument_rules() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        // Unknown map flag.
+        let mut w = map_op(1, 0, WIN, 0).to_words();
+        w[0] |= 2 << 16;
+        write_ops(&mut m, 2, &w);
+        assert_eq!(gt.map_batch(&mut m, 2, OPS, 1), Status::Ok);
+        assert_eq!(statuses(&m, 2, 1, 3, 2), [Status::InvalidArgument]);
+        // Granter is the caller, 0, or beyond MAX_VMS.
+        for granter in [2, 0, MAX_VMS as VmId + 1, u16::MAX] {
+            assert_eq!(
+                map1(&mut gt, &mut m, 2, map_op(granter, 0, WIN, 0)),
+                Status::InvalidArgument
+            );
+        }
+        // Destination outside the window or not page aligned.
+        for dest in [
+            WIN + 8,
+            WIN - PAGE_SIZE,
+            WIN + GRANT_WINDOW_SIZE,
+            GUEST_RAM_BASE,
+            0,
+            !0xfffu64,
+        ] {
+            assert_eq!(
+                map1(&mut gt, &mut m, 2, map_op(1, 0, dest, 0)),
+                Status::InvalidArgument
+            );
+        }
+        assert!(m.stage2.is_empty() && !m.entry(1, 0).in_use());
+    }
+
+    #[test]
+    fn map_ref_rules() {
+        let (mut gt, mut m) = world();
+        // VM 4 exists but has no table; VM 5 does not exist.
+        m.ram.insert(4, vec![0; RAM as usize]);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(4, 0, WIN, 0)),
+            Status::BadRef
+        );
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(5, 0, WIN, 0)),
+            Status::BadRef
+        );
+        // Beyond a one-page table.
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, ENTRIES_PER_PAGE, WIN, 0)),
+            Status::BadRef
+        );
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, u32::MAX, WIN, 0)),
+            Status::BadRef
+        );
+        // PERMIT clear.
+        m.grant(1, 0, 2, FRAME, 0);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::BadRef
+        );
+        // Unknown entry flag.
+        m.grant(1, 0, 2, FRAME, PERMIT | 1 << 3);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::BadRef
+        );
+        m.grant(1, 0, 2, FRAME, PERMIT | 1 << 15);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::BadRef
+        );
+        // Peer is someone else.
+        m.grant(1, 0, 3, FRAME, PERMIT);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::Denied
+        );
+        // Frame outside the granter's RAM.
+        for frame in [GUEST_RAM_BASE + RAM, 0, 0xfff_ffff_f000] {
+            m.grant(1, 0, 2, frame, PERMIT);
+            assert_eq!(
+                map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+                Status::BadFrame
+            );
+        }
+        assert!(m.stage2.is_empty() && gt.mapping_count(2) == 0);
+        assert!(!m.entry(1, 0).in_use());
+    }
+
+    #[test]
+    fn map_rule_order_first_broken_rule_wins() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 3, FRAME, PERMIT | READONLY); // Denied and ReadOnly: Denied first
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::Denied
+        );
+        m.grant(1, 0, 2, GUEST_RAM_BASE + RAM, PERMIT | READONLY); // ReadOnly before BadFrame
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::ReadOnly
+        );
+        // Bad destination beats a bad ref.
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, u32::MAX, WIN + 1, 0)),
+            Status::InvalidArgument
+        );
+        // Busy destination beats a bad ref.
+        m.grant(1, 1, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 1, WIN, 0)), Status::Ok);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, u32::MAX, WIN, 0)),
+            Status::Busy
+        );
+    }
+
+    #[test]
+    fn map_busy_destination_even_for_another_granter() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(3, 0, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(3, 0, WIN, 0)), Status::Busy);
+        assert!(!m.entry(3, 0).in_use());
+        assert_eq!(m.stage2[&(2, WIN)].0, Model::host(1, FRAME));
+    }
+
+    #[test]
+    fn map_limit_is_no_space() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        for i in 0..MAX_MAPPINGS_PER_VM as u64 {
+            assert_eq!(
+                map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + i * PAGE_SIZE, 0)),
+                Status::Ok
+            );
+        }
+        let next = WIN + MAX_MAPPINGS_PER_VM as u64 * PAGE_SIZE;
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, next, 0)),
+            Status::NoSpace
+        );
+        // NoSpace comes before the ref rules.
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, u32::MAX, next, 0)),
+            Status::NoSpace
+        );
+        // Other VMs have their own budget.
+        m.grant(1, 1, 3, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 3, map_op(1, 1, WIN, 0)), Status::Ok);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, next, 0)), Status::Ok);
+    }
+
+    #[test]
+    fn double_map_is_refcounted() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + PAGE_SIZE, 0)),
+            Status::Ok
+        );
+        assert_eq!(gt.lent_count(1), 2);
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Busy);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert!(m.entry(1, 0).in_use(), "still mapped once");
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Busy);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN + PAGE_SIZE), Status::Ok);
+        assert!(!m.entry(1, 0).in_use());
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Ok);
+    }
+
+    #[test]
+    fn one_frame_under_two_refs_is_tracked_per_ref() {
+        // The granter may grant the same frame to two peers under two refs; each ref's IN_USE
+        // follows only its own mappings.
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(1, 2, 3, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert_eq!(map1(&mut gt, &mut m, 3, map_op(1, 2, WIN, 0)), Status::Ok);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert!(!m.entry(1, 0).in_use() && m.entry(1, 2).in_use());
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Ok);
+        assert_eq!(gt.end(&mut m, 1, 2), Status::Busy);
+    }
+
+    #[test]
+    fn map_of_ref_whose_frame_changed_while_mapped_is_busy() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        // The granter (illegally) points the in-use entry at another frame.
+        m.grant(1, 0, 2, FRAME2, PERMIT | IN_USE);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + PAGE_SIZE, 0)),
+            Status::Busy
+        );
+        // The existing mapping is the hypervisor's record, unaffected by the edit.
+        assert_eq!(m.stage2[&(2, WIN)].0, Model::host(1, FRAME));
+        assert_eq!(gt.mapping(2, WIN).unwrap().frame_gpa, FRAME);
+        assert_eq!(m.stage2.len(), 1);
+    }
+
+    #[test]
+    fn entry_changed_between_read_and_compare_exchange_is_busy() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        // The granter revokes (clears PERMIT) right after the hypervisor read the entry.
+        let revoked = GrantEntry {
+            flags: 0,
+            peer: 2,
+            frame: (FRAME >> 12) as u32,
+        }
+        .to_u64();
+        m.tamper = Some((1, entry_gpa(TABLE, 0), revoked));
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Busy);
+        assert!(m.stage2.is_empty() && gt.mapping_count(2) == 0 && gt.lent_count(1) == 0);
+        assert_eq!(m.word(1, entry_gpa(TABLE, 0)), revoked, "IN_USE not set");
+        // The same entry, rewritten with the same value: still fine to map.
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        let same = m.word(1, entry_gpa(TABLE, 0));
+        m.tamper = Some((1, entry_gpa(TABLE, 0), same));
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+    }
+
+    #[test]
+    fn stage2_failure_is_no_space_and_rolls_back_in_use() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.fail_map = true;
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)),
+            Status::NoSpace
+        );
+        assert!(!m.entry(1, 0).in_use());
+        assert_eq!((gt.mapping_count(2), gt.lent_count(1)), (0, 0));
+        // With the ref already mapped once, a failed second map leaves IN_USE set.
+        m.fail_map = false;
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        m.fail_map = true;
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + PAGE_SIZE, 0)),
+            Status::NoSpace
+        );
+        assert!(m.entry(1, 0).in_use());
+        assert_eq!(gt.lent_count(1), 1);
+    }
+
+    // ---- UNMAP ----
+
+    #[test]
+    fn unmap_rules_and_remap() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN + 8), Status::InvalidArgument);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::NotMapped);
+        assert_eq!(
+            unmap1(&mut gt, &mut m, 2, GUEST_RAM_BASE),
+            Status::NotMapped
+        );
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        // Only the mapper can unmap it.
+        assert_eq!(unmap1(&mut gt, &mut m, 3, WIN), Status::NotMapped);
+        assert_eq!(unmap1(&mut gt, &mut m, 1, WIN), Status::NotMapped);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(m.unmaps, [(2, WIN)]);
+        assert!(!m.entry(1, 0).in_use() && m.stage2.is_empty());
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::NotMapped);
+        // Re-map after unmap, at the same and at another address.
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + 5 * PAGE_SIZE, 0)),
+            Status::Ok
+        );
+        assert!(m.entry(1, 0).in_use());
+    }
+
+    #[test]
+    fn unmap_clears_in_use_even_if_granter_edited_other_bits() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        m.grant(1, 0, 2, FRAME, PERMIT | READONLY | IN_USE);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(m.entry(1, 0).flags, PERMIT | READONLY);
+    }
+
+    // ---- END ----
+
+    #[test]
+    fn end_rules() {
+        let (mut gt, mut m) = world();
+        let mut fresh = GrantTables::new();
+        assert_eq!(fresh.end(&mut m, 1, 0), Status::BadRef, "no table");
+        assert_eq!(gt.end(&mut m, 1, ENTRIES_PER_PAGE as u64), Status::BadRef);
+        assert_eq!(gt.end(&mut m, 1, u64::MAX), Status::BadRef);
+        assert_eq!(gt.end(&mut m, 1, 1 << 32), Status::BadRef);
+        assert_eq!(gt.end(&mut m, 0, 0), Status::InvalidArgument);
+        m.grant(1, 3, 2, FRAME, PERMIT | READONLY);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 3, WIN, MAP_READONLY)),
+            Status::Ok
+        );
+        assert_eq!(gt.end(&mut m, 1, 3), Status::Busy);
+        // IN_USE cleared by the granter does not fool END: the record counts.
+        m.grant(1, 3, 2, FRAME, PERMIT | READONLY);
+        assert_eq!(gt.end(&mut m, 1, 3), Status::Busy);
+        assert!(m.entry(1, 3).permit());
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(gt.end(&mut m, 1, 3), Status::Ok);
+        assert_eq!(
+            m.entry(1, 3),
+            GrantEntry {
+                flags: READONLY,
+                peer: 2,
+                frame: (FRAME >> 12) as u32
+            }
+        );
+        // Revoked: the peer can no longer map or copy it. END again is harmless.
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 3, WIN, MAP_READONLY)),
+            Status::BadRef
+        );
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 3, 0),
+                CopyPtr::own(OPS + 0x1000),
+                8
+            ),
+            Status::BadRef
+        );
+        assert_eq!(gt.end(&mut m, 1, 3), Status::Ok);
+        // Another VM's END cannot touch VM 1's refs (it ends its own ref 3).
+        m.grant(1, 4, 2, FRAME, PERMIT);
+        assert_eq!(gt.end(&mut m, 2, 4), Status::Ok);
+        assert!(m.entry(1, 4).permit());
+    }
+
+    #[test]
+    fn end_gives_up_when_the_guest_keeps_rewriting_the_entry() {
+        // A model whose CAS always fails: the entry changes under every attempt.
+        struct Hostile(Model);
+        impl GrantEnv for Hostile {
+            fn in_ram(&self, vm: VmId, gpa: u64, len: u64) -> bool {
+                self.0.in_ram(vm, gpa, len)
+            }
+            fn read_u64(&self, vm: VmId, gpa: u64) -> u64 {
+                self.0.read_u64(vm, gpa)
+            }
+            fn write_u64(&mut self, vm: VmId, gpa: u64, value: u64) {
+                self.0.write_u64(vm, gpa, value)
+            }
+            fn compare_exchange_u64(
+                &mut self,
+                _: VmId,
+                _: u64,
+                current: u64,
+                _: u64,
+            ) -> Result<u64, u64> {
+                Err(current ^ 0x1_0000_0000)
+            }
+            fn copy(&mut self, a: VmId, b: u64, c: VmId, d: u64, len: u64) {
+                self.0.copy(a, b, c, d, len)
+            }
+            fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
+                self.0.host_pa(vm, gpa)
+            }
+            fn map_page(&mut self, vm: VmId, ipa: u64, pa: u64, ro: bool) -> Result<(), MapFailed> {
+                self.0.map_page(vm, ipa, pa, ro)
+            }
+            fn unmap_page(&mut self, vm: VmId, ipa: u64) {
+                self.0.unmap_page(vm, ipa)
+            }
+        }
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        let mut h = Hostile(m);
+        assert_eq!(gt.end(&mut h, 1, 0), Status::Busy);
+        write_ops(&mut h.0, 2, &map_op(1, 0, WIN, 0).to_words());
+        assert_eq!(gt.map_batch(&mut h, 2, OPS, 1), Status::Ok);
+        assert_eq!(statuses(&h.0, 2, 1, 3, 2), [Status::Busy]);
+    }
+
+    // ---- COPY ----
+
+    #[test]
+    fn copy_in_both_directions() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.fill(1, FRAME + 100, b"from the granter");
+        let mine = GUEST_RAM_BASE + 0x20_000;
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 0, 100),
+                CopyPtr::own(mine + 3),
+                16
+            ),
+            Status::Ok
+        );
+        assert_eq!(m.bytes(2, mine + 3, 16), b"from the granter");
+        m.fill(2, mine, b"reply");
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::own(mine),
+                CopyPtr::grant(1, 0, 4091),
+                5
+            ),
+            Status::Ok
+        );
+        assert_eq!(m.bytes(1, FRAME + 4091, 5), b"reply");
+        // Grant to grant between two granters, and own to own.
+        m.grant(3, 9, 2, FRAME2, PERMIT);
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 0, 100),
+                CopyPtr::grant(3, 9, 0),
+                4
+            ),
+            Status::Ok
+        );
+        assert_eq!(m.bytes(3, FRAME2, 4), b"from"[..].to_vec());
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::own(mine),
+                CopyPtr::own(mine + 10),
+                5
+            ),
+            Status::Ok
+        );
+        assert_eq!(m.bytes(2, mine + 10, 5), b"reply");
+        // Zero length and a whole frame.
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 0, 4096 - 1),
+                CopyPtr::own(mine),
+                0
+            ),
+            Status::Ok
+        );
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 0, 0),
+                CopyPtr::own(mine),
+                4096
+            ),
+            Status::Ok
+        );
+        // Copy needs no mapping and sets no IN_USE.
+        assert!(!m.entry(1, 0).in_use() && m.stage2.is_empty());
+    }
+
+    #[test]
+    fn copy_readonly_rules() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT | READONLY);
+        m.fill(1, FRAME, b"ro");
+        let mine = GUEST_RAM_BASE + 0x20_000;
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 0, 0),
+                CopyPtr::own(mine),
+                2
+            ),
+            Status::Ok
+        );
+        assert_eq!(m.bytes(2, mine, 2), b"ro");
+        m.fill(2, mine, b"xx");
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::own(mine),
+                CopyPtr::grant(1, 0, 0),
+                2
+            ),
+            Status::ReadOnly
+        );
+        assert_eq!(m.bytes(1, FRAME, 2), b"ro");
+        // Read-only beats BadFrame and InvalidArgument (frame crossing), Denied beats ReadOnly.
+        m.grant(1, 1, 2, GUEST_RAM_BASE + RAM, PERMIT | READONLY);
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::own(mine),
+                CopyPtr::grant(1, 1, 4000),
+                200
+            ),
+            Status::ReadOnly
+        );
+        m.grant(1, 2, 3, FRAME, PERMIT | READONLY);
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::own(mine),
+                CopyPtr::grant(1, 2, 0),
+                2
+            ),
+            Status::Denied
+        );
+    }
+
+    #[test]
+    fn copy_rules_each_error() {
+        let (mut gt, mut m) = world();
+        let mine = GUEST_RAM_BASE + 0x20_000;
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        let good = CopyOp {
+            src: CopyPtr::grant(1, 0, 0),
+            dst: CopyPtr::own(mine),
+            len: 8,
+            status: 0,
+        };
+        let w = good.to_words();
+        let with = |i: usize, v: u64| {
+            let mut w = w;
+            w[i] = v;
+            w
+        };
+        let cases: Vec<([u64; 6], Status)> = vec![
+            (w, Status::Ok),
+            (with(0, 3 | 1 << 16), Status::InvalidArgument), // unknown kind
+            (with(2, 0), Status::InvalidArgument),           // kind 0
+            (with(4, 8 | 1 << 16), Status::InvalidArgument), // reserved bits beside len
+            (with(2, 1 | 1 << 16), Status::InvalidArgument), // own with a granter
+            (with(2, 1 | 1 << 32), Status::InvalidArgument), // own with a ref
+            (with(0, 2 | 2 << 16), Status::InvalidArgument), // granter is the caller
+            (with(0, 2), Status::InvalidArgument),           // granter 0
+            (with(0, 2 | 17 << 16), Status::InvalidArgument), // not a VM id
+            (with(0, 2 | 1 << 16 | 512 << 32), Status::BadRef), // beyond the table
+            (with(0, 2 | 4 << 16), Status::BadRef),          // no table
+            (with(1, 4096), Status::InvalidArgument),        // offset beyond the frame
+            (with(1, 4089), Status::InvalidArgument),        // crosses the frame end
+            (with(1, u64::MAX), Status::InvalidArgument),
+            (with(3, mine + 4092), Status::InvalidArgument), // own side crosses a frame
+            (with(3, GUEST_RAM_BASE + RAM), Status::InvalidArgument), // own not in RAM
+            (with(3, 0), Status::InvalidArgument),
+            (with(3, u64::MAX), Status::InvalidArgument),
+            (with(4, 4097), Status::InvalidArgument), // longer than a frame
+        ];
+        let words: Vec<[u64; 6]> = cases.iter().map(|c| c.0).collect();
+        let expect: Vec<Status> = cases.iter().map(|c| c.1).collect();
+        assert_eq!(copy_words(&mut gt, &mut m, 2, &words), expect);
+
+        // Entry rules on the grant side.
+        let from = |gref| CopyPtr::grant(1, gref, 0);
+        m.grant(1, 1, 2, FRAME, 0);
+        assert_eq!(
+            copy1(&mut gt, &mut m, 2, from(1), CopyPtr::own(mine), 8),
+            Status::BadRef
+        );
+        m.grant(1, 1, 2, FRAME, PERMIT | 1 << 4);
+        assert_eq!(
+            copy1(&mut gt, &mut m, 2, from(1), CopyPtr::own(mine), 8),
+            Status::BadRef
+        );
+        m.grant(1, 1, 3, FRAME, PERMIT);
+        assert_eq!(
+            copy1(&mut gt, &mut m, 2, from(1), CopyPtr::own(mine), 8),
+            Status::Denied
+        );
+        m.grant(1, 1, 2, GUEST_RAM_BASE + RAM, PERMIT);
+        assert_eq!(
+            copy1(&mut gt, &mut m, 2, from(1), CopyPtr::own(mine), 8),
+            Status::BadFrame
+        );
+        // BadFrame beats a crossing.
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 1, 4090),
+                CopyPtr::own(mine),
+                8
+            ),
+            Status::BadFrame
+        );
+        // Rule order across sides: a BadRef on dst beats a Denied on src.
+        m.grant(1, 2, 3, FRAME, PERMIT);
+        assert_eq!(
+            copy1(&mut gt, &mut m, 2, from(2), CopyPtr::grant(1, 600, 0), 8),
+            Status::BadRef
+        );
+        // Nothing was written by any failed op.
+        assert_eq!(m.bytes(2, mine, 8), m.bytes(1, FRAME, 8));
+    }
+
+    // ---- death and reset ----
+
+    #[test]
+    fn death_of_a_mapper_clears_in_use_without_unmapping() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(3, 0, 2, FRAME, PERMIT);
+        assert_eq!(
+            map(
+                &mut gt,
+                &mut m,
+                2,
+                &[map_op(1, 0, WIN, 0), map_op(3, 0, WIN + PAGE_SIZE, 0)]
+            ),
+            [Status::Ok; 2]
+        );
+        let death = kill(&mut gt, &mut m, 2);
+        assert_eq!(
+            death,
+            Death {
+                incarnation: 0,
+                ram_free_now: true,
+                released: vec![]
+            }
+        );
+        assert!(
+            m.unmaps.is_empty(),
+            "a killed VM's stage-2 is destroyed whole"
+        );
+        assert!(!m.entry(1, 0).in_use() && !m.entry(3, 0).in_use());
+        assert_eq!(
+            (gt.mapping_count(2), gt.lent_count(1), gt.lent_count(3)),
+            (0, 0, 0)
+        );
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Ok);
+        assert_eq!(gt.incarnation(2), Some(1));
+    }
+
+    #[test]
+    fn death_of_a_granter_keeps_peer_mappings_until_unmapped() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(1, 1, 2, FRAME2, PERMIT);
+        m.grant(1, 2, 3, FRAME, PERMIT);
+        assert_eq!(
+            map(
+                &mut gt,
+                &mut m,
+                2,
+                &[map_op(1, 0, WIN, 0), map_op(1, 1, WIN + PAGE_SIZE, 0)]
+            ),
+            [Status::Ok; 2]
+        );
+        assert_eq!(map1(&mut gt, &mut m, 3, map_op(1, 2, WIN, 0)), Status::Ok);
+        let death = kill(&mut gt, &mut m, 1);
+        assert_eq!(
+            death,
+            Death {
+                incarnation: 0,
+                ram_free_now: false,
+                released: vec![]
+            }
+        );
+        assert_eq!(
+            gt.zombies().collect::<Vec<_>>(),
+            [(
+                RamRelease {
+                    vm: 1,
+                    incarnation: 0
+                },
+                3
+            )]
+        );
+        // The RAM stays (zombie), but its table is forgotten: new MAP/COPY of its refs is BadRef.
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + 2 * PAGE_SIZE, 0)),
+            Status::BadRef
+        );
+        assert_eq!(
+            copy1(
+                &mut gt,
+                &mut m,
+                2,
+                CopyPtr::grant(1, 0, 0),
+                CopyPtr::own(OPS + 0x1000),
+                8
+            ),
+            Status::BadRef
+        );
+        // The existing mappings still work (still in the stage-2).
+        assert_eq!(m.stage2[&(2, WIN)].0, Model::host(1, FRAME));
+        // From now on VM 1's RAM must never be touched: make any access panic.
+        let dead_ram = m.ram.remove(&1).unwrap();
+        m.freed.insert(1);
+        let (st, rel) = unmap(&mut gt, &mut m, 2, &[WIN, WIN + PAGE_SIZE]);
+        assert_eq!(st, [Status::Ok; 2]);
+        assert!(rel.is_empty(), "VM 3 still maps a frame");
+        let (st, rel) = unmap(&mut gt, &mut m, 3, &[WIN]);
+        assert_eq!(st, [Status::Ok]);
+        assert_eq!(
+            rel,
+            [RamRelease {
+                vm: 1,
+                incarnation: 0
+            }]
+        );
+        assert_eq!(gt.zombies().count(), 0);
+        // The IN_USE bits in the dead table were left as they were.
+        let word = u64::from_le_bytes(dead_ram[0x1000..0x1008].try_into().unwrap());
+        assert!(GrantEntry::from_u64(word).in_use());
+    }
+
+    #[test]
+    fn death_with_no_foreign_mapping_frees_ram_at_once() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        let death = kill(&mut gt, &mut m, 1);
+        assert!(death.ram_free_now && death.released.is_empty());
+        assert_eq!(gt.zombies().count(), 0);
+        assert_eq!(
+            gt.vm_died(&mut m, 0, Teardown::Kill).incarnation,
+            0,
+            "bad id is harmless"
+        );
+    }
+
+    #[test]
+    fn death_of_the_last_mapper_of_a_zombie_releases_it() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert!(!kill(&mut gt, &mut m, 1).ram_free_now);
+        m.free(1); // would panic if touched (it is not freed for real yet, but must not be written)
+        let death = kill(&mut gt, &mut m, 2);
+        assert!(death.ram_free_now);
+        assert_eq!(
+            death.released,
+            [RamRelease {
+                vm: 1,
+                incarnation: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn mutual_mappings_and_death() {
+        // 1 maps 2's frame and 2 maps 1's frame; 1 dies.
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(2, 0, 1, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        assert_eq!(map1(&mut gt, &mut m, 1, map_op(2, 0, WIN, 0)), Status::Ok);
+        let death = kill(&mut gt, &mut m, 1);
+        assert!(!death.ram_free_now);
+        assert!(
+            !m.entry(2, 0).in_use(),
+            "VM 1's mapping of VM 2's frame is gone"
+        );
+        assert_eq!(
+            gt.setup(&m, 2, TABLE, 1),
+            Status::Ok,
+            "nothing of VM 2 is lent now"
+        );
+        m.free(1);
+        let (_, rel) = unmap(&mut gt, &mut m, 2, &[WIN]);
+        assert_eq!(
+            rel,
+            [RamRelease {
+                vm: 1,
+                incarnation: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn reset_unmaps_own_grant_pages_and_starts_a_new_incarnation() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(2, 0, 1, FRAME, PERMIT);
+        assert_eq!(map1(&mut gt, &mut m, 1, map_op(2, 0, WIN, 0)), Status::Ok);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
+        let death = gt.vm_died(&mut m, 1, Teardown::Reset);
+        assert_eq!(death.incarnation, 0);
+        assert!(!death.ram_free_now);
+        assert_eq!(m.unmaps, [(1, WIN)]);
+        assert!(!m.entry(2, 0).in_use());
+        // Peers still map the old RAM, so the new incarnation gets fresh RAM (in the model: the
+        // same id, new contents). It sets up a table at the same GPA and grants ref 0 again.
+        m.reload(1);
+        assert_eq!(gt.incarnation(1), Some(1));
+        assert_eq!(
+            gt.end(&mut m, 1, 0),
+            Status::BadRef,
+            "new incarnation has no table yet"
+        );
+        assert_eq!(gt.setup(&m, 1, TABLE, 1), Status::Ok);
+        m.grant(1, 0, 2, FRAME2, PERMIT);
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + PAGE_SIZE, 0)),
+            Status::Ok
+        );
+        assert!(m.entry(1, 0).in_use());
+        // Unmapping the old-incarnation mapping must not clear IN_USE in the new table, and
+        // releases the old RAM.
+        let (st, rel) = unmap(&mut gt, &mut m, 2, &[WIN]);
+        assert_eq!(st, [Status::Ok]);
+        assert_eq!(
+            rel,
+            [RamRelease {
+                vm: 1,
+                incarnation: 0
+            }]
+        );
+        assert!(m.entry(1, 0).in_use());
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Busy);
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN + PAGE_SIZE), Status::Ok);
+        assert!(!m.entry(1, 0).in_use());
+        assert_eq!(gt.end(&mut m, 1, 0), Status::Ok);
+    }
+
+    #[test]
+    fn repeated_deaths_keep_separate_zombies() {
+        let (mut gt, mut m) = world();
+        for round in 0..3u64 {
+            if round > 0 {
+                m.reload(1);
+                assert_eq!(gt.setup(&m, 1, TABLE, 1), Status::Ok);
+            }
+            m.grant(1, 0, 2, FRAME, PERMIT);
+            assert_eq!(
+                map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + round * PAGE_SIZE, 0)),
+                Status::Ok
+            );
+            let death = gt.vm_died(&mut m, 1, Teardown::Reset);
+            assert_eq!((death.incarnation, death.ram_free_now), (round, false));
+        }
+        m.free(1);
+        for round in [1u64, 0, 2] {
+            let (_, rel) = unmap(&mut gt, &mut m, 2, &[WIN + round * PAGE_SIZE]);
+            assert_eq!(
+                rel,
+                [RamRelease {
+                    vm: 1,
+                    incarnation: round
+                }]
+            );
+        }
+    }
+
+    // ---- properties ----
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Grant {
+            granter: VmId,
+            gref: u32,
+            peer: VmId,
+            frame: u64,
+            ro: bool,
+        },
+        Map {
+            caller: VmId,
+            granter: VmId,
+            gref: u32,
+            slot: u64,
+            ro: bool,
+        },
+        Unmap {
+            caller: VmId,
+            slot: u64,
+        },
+        End {
+            caller: VmId,
+            gref: u32,
+        },
+        Die(VmId, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let vm = 1..=3u16;
+        let gref = 0..4u32;
+        let slot = 0..4u64;
+        prop_oneof![
+            (vm.clone(), gref.clone(), vm.clone(), 0..3u64, any::<bool>()).prop_map(
+                |(granter, gref, peer, f, ro)| Op::Grant {
+                    granter,
+                    gref,
+                    peer,
+                    frame: FRAME + f * PAGE_SIZE,
+                    ro
+                }
+            ),
+            (
+                vm.clone(),
+                vm.clone(),
+                gref.clone(),
+                slot.clone(),
+                any::<bool>()
+            )
+                .prop_map(|(caller, granter, gref, slot, ro)| Op::Map {
+                    caller,
+                    granter,
+                    gref,
+                    slot,
+                    ro
+                }),
+            (vm.clone(), slot).prop_map(|(caller, slot)| Op::Unmap { caller, slot }),
+            (vm.clone(), gref).prop_map(|(caller, gref)| Op::End { caller, gref }),
+            (vm, any::<bool>()).prop_map(|(vm, reset)| Op::Die(vm, reset)),
+        ]
+    }
+
+    /// Random sequences keep the invariants: the stage-2 holds exactly the recorded
+    /// mappings; a live granter's entry has IN_USE iff the hypervisor lends the ref (the
+    /// guests here never touch IN_USE); every foreign mapping is counted once, either as a
+    /// live lend or as zombie RAM; a released RAM is never touched again (the model panics).
+    fn invariants(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let (mut gt, mut m) = world();
+        for op in ops {
+            match op {
+                Op::Grant {
+                    granter,
+                    gref,
+                    peer,
+                    frame,
+                    ro,
+                } => {
+                    // Guests obey the ABI: never edit an entry that is IN_USE.
+                    if !m.entry(granter, gref).in_use() {
+                        m.grant(
+                            granter,
+                            gref,
+                            peer,
+                            frame,
+                            PERMIT | if ro { READONLY } else { 0 },
+                        );
+                    }
+                }
+                Op::Map {
+                    caller,
+                    granter,
+                    gref,
+                    slot,
+                    ro,
+                } => {
+                    let flags = if ro { MAP_READONLY } else { 0 };
+                    map1(
+                        &mut gt,
+                        &mut m,
+                        caller,
+                        map_op(granter, gref, WIN + slot * PAGE_SIZE, flags),
+                    );
+                }
+                Op::Unmap { caller, slot } => {
+                    let (_, rel) = unmap(&mut gt, &mut m, caller, &[WIN + slot * PAGE_SIZE]);
+                    for r in rel {
+                        // Only dead incarnations are ever released.
+                        prop_assert!(gt.incarnation(r.vm).is_some_and(|now| now > r.incarnation));
+                    }
+                }
+                Op::End { caller, gref } => {
+                    gt.end(&mut m, caller, gref as u64);
+                }
+                Op::Die(vm, reset) => {
+                    if reset {
+                        gt.vm_died(&mut m, vm, Teardown::Reset);
+                    } else {
+                        kill(&mut gt, &mut m, vm);
+                        m.killed.remove(&vm);
+                    }
+                    // Fresh RAM for the new incarnation. Writes meant for the old one would
+                    // land here and break the IN_USE invariant checked below.
+                    m.reload(vm);
+                    prop_assert_eq!(gt.setup(&m, vm, TABLE, 1), Status::Ok);
+                }
+            }
+            // Stage-2 == records.
+            let mut recorded = 0;
+            for vm in 1..=3u16 {
+                for slot in 0..4 {
+                    let dest = WIN + slot * PAGE_SIZE;
+                    let rec = gt.mapping(vm, dest);
+                    prop_assert_eq!(
+                        rec.map(|r| (r.host_pa, r.readonly)),
+                        m.stage2.get(&(vm, dest)).copied()
+                    );
+                    recorded += rec.is_some() as usize;
+                }
+            }
+            // IN_USE iff lent, for live tables.
+            for vm in 1..=3u16 {
+                for gref in 0..4u32 {
+                    let lent = (1..=3u16).any(|mapper| {
+                        (0..4).any(|slot| {
+                            gt.mapping(mapper, WIN + slot * PAGE_SIZE).is_some_and(|r| {
+                                r.granter == vm
+                                    && r.gref == gref
+                                    && Some(r.granter_incarnation) == gt.incarnation(vm)
+                            })
+                        })
+                    });
+                    prop_assert_eq!(m.entry(vm, gref).in_use(), lent);
+                }
+            }
+            let lent: usize = (1..=3u16).map(|vm| gt.lent_count(vm)).sum();
+            let zombie: usize = gt.zombies().map(|(_, n)| n).sum();
+            prop_assert_eq!(lent + zombie, recorded);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold(ops in prop::collection::vec(op(), 1..80)) {
+            invariants(ops)?;
+        }
+    }
+
+    #[test]
+    fn max_refs_matches_largest_table() {
+        let mut gt = GrantTables::new();
+        let mut m = Model::new(&[1, 2]);
+        assert_eq!(gt.setup(&m, 1, TABLE, MAX_TABLE_PAGES as u64), Status::Ok);
+        let last = MAX_REFS - 1;
+        m.set_word(
+            1,
+            entry_gpa(TABLE, last),
+            GrantEntry {
+                flags: PERMIT,
+                peer: 2,
+                frame: (FRAME >> 12) as u32,
+            }
+            .to_u64(),
+        );
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, last, WIN, 0)),
+            Status::Ok
+        );
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, MAX_REFS, WIN + PAGE_SIZE, 0)),
+            Status::BadRef
+        );
+    }
+}

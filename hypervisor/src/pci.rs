@@ -1,0 +1,1672 @@
+//! PCI for device passthrough: ECAM address decoding, bus:device.function names, and the
+//! configuration-space filter that is the driver domain's whole view of PCI.
+//!
+//! The driver domain gets one PCI function (named by the topology, e.g. `00:02.0`). Its ECAM is
+//! emulated: the hypervisor maps no ECAM into its stage 2, so every config access faults, and the
+//! fault path asks [`ConfigFilter`] what to do. The filter owns the policy:
+//!
+//! - every other bus/device/function is absent: reads return all ones, writes are dropped;
+//! - the passed function's BARs (and expansion ROM BAR) are emulated from shadow registers:
+//!   sizing (write all ones, read back the size mask) is answered without touching the device,
+//!   and an address reaches the device only if the whole BAR lies inside the PCI memory window
+//!   the hypervisor gives the driver domain; any other move is refused (dropped and reported);
+//! - the command register passes through except the bits that make no sense for the guest (I/O
+//!   space: I/O BARs are hidden; special cycles, MWI, VGA snoop, fast back-to-back); bus
+//!   mastering is allowed because the SMMU confines the function's DMA (and on QEMU its MSI
+//!   writes, which are DMA too) to the driver domain's own stage-2 view;
+//! - everything else (IDs, status, capabilities including MSI/MSI-X and PCIe, extended space)
+//!   passes through: it only affects the function itself, whose reach is bounded by the SMMU and
+//!   by the BAR window.
+//!
+//! The filter never touches hardware after [`ConfigFilter::probe`]: it returns decisions
+//! ([`ReadDecision`], [`WriteDecision`]) that the hypervisor carries out on the real ECAM, so the
+//! policy is tested on the host against a model device. Only type-0 headers are passed; bridges
+//! are refused at probe time (and, like everything else not passed, absent).
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+
+// ECAM layout: bus [27:20], device [19:15], function [14:12], register [11:0].
+pub const ECAM_BUS_SHIFT: u32 = 20;
+pub const ECAM_DEVICE_SHIFT: u32 = 15;
+pub const ECAM_FUNCTION_SHIFT: u32 = 12;
+/// Bytes of configuration space per function.
+pub const CONFIG_SPACE_BYTES: u16 = 4096;
+/// ECAM bytes per bus (32 devices x 8 functions x 4 KiB).
+pub const ECAM_BYTES_PER_BUS: u64 = 1 << ECAM_BUS_SHIFT;
+/// ECAM bytes for all 256 buses.
+pub const ECAM_BYTES: u64 = 256 * ECAM_BYTES_PER_BUS;
+
+// QEMU virt (hw/arm/virt.c memory map, and the `pcie@10000000` node of QEMU 10.0's device tree:
+// `reg` and `ranges`). The hypervisor reads the ECAM base from the DTB; the windows are here so
+// topologies and tests can name them.
+/// High ECAM (256 buses) of QEMU virt.
+pub const QEMU_VIRT_ECAM: u64 = 0x40_1000_0000;
+/// 32-bit PCI memory window of QEMU virt (CPU address = PCI address).
+pub const QEMU_VIRT_MMIO32: (u64, u64) = (0x1000_0000, 0x3eff_0000);
+/// 64-bit PCI memory window of QEMU virt: 512 GiB..1 TiB.
+pub const QEMU_VIRT_MMIO64: (u64, u64) = (0x80_0000_0000, 0x100_0000_0000);
+
+// Type-0 configuration header registers.
+pub const REG_VENDOR_DEVICE: u16 = 0x00;
+pub const REG_COMMAND: u16 = 0x04;
+pub const REG_HEADER_DWORD: u16 = 0x0c;
+pub const REG_BAR0: u16 = 0x10;
+pub const REG_ROM: u16 = 0x30;
+
+// Command register bits.
+pub const CMD_IO: u16 = 1 << 0;
+pub const CMD_MEMORY: u16 = 1 << 1;
+pub const CMD_BUS_MASTER: u16 = 1 << 2;
+pub const CMD_SPECIAL_CYCLES: u16 = 1 << 3;
+pub const CMD_MWI: u16 = 1 << 4;
+pub const CMD_VGA_SNOOP: u16 = 1 << 5;
+pub const CMD_PARITY: u16 = 1 << 6;
+pub const CMD_SERR: u16 = 1 << 8;
+pub const CMD_FAST_B2B: u16 = 1 << 9;
+pub const CMD_INTX_DISABLE: u16 = 1 << 10;
+/// Command bits the driver domain may set.
+pub const CMD_ALLOWED: u16 = CMD_MEMORY | CMD_BUS_MASTER | CMD_PARITY | CMD_SERR | CMD_INTX_DISABLE;
+
+/// Address bits of a memory BAR's low dword.
+const MEM_ADDR_MASK: u32 = 0xffff_fff0;
+/// Address bits of the expansion ROM BAR.
+const ROM_ADDR_MASK: u32 = 0xffff_f800;
+/// Expansion ROM BAR enable bit.
+const ROM_ENABLE: u32 = 1;
+/// Slot number of the expansion ROM in the BAR tables below (after BAR0..BAR5).
+const ROM_SLOT: usize = 6;
+
+// ---------------------------------------------------------------------------------------------
+// Bus/device/function.
+
+/// A PCI function address on segment 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bdf {
+    bus: u8,
+    device: u8,
+    function: u8,
+}
+
+/// The fields of a textual BDF, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BdfField {
+    Domain,
+    Bus,
+    Device,
+    Function,
+}
+
+impl BdfField {
+    const fn name(self) -> &'static str {
+        match self {
+            BdfField::Domain => "domain",
+            BdfField::Bus => "bus",
+            BdfField::Device => "device",
+            BdfField::Function => "function",
+        }
+    }
+}
+
+/// Why a textual BDF was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BdfError {
+    /// Nothing but whitespace.
+    Empty,
+    /// Not of the form `[domain:]bus:device.function`.
+    Format,
+    /// A field is not hexadecimal or has too many digits.
+    NotHex(BdfField),
+    /// Device above 0x1f, function above 7, or a domain other than 0.
+    OutOfRange(BdfField),
+}
+
+impl fmt::Display for BdfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BdfError::Empty => f.write_str("empty PCI address (expected e.g. 00:02.0)"),
+            BdfError::Format => f.write_str(
+                "malformed PCI address (expected [domain:]bus:device.function, e.g. 00:02.0)",
+            ),
+            BdfError::NotHex(field) => write!(
+                f,
+                "PCI address {} is not a hexadecimal number of the right width",
+                field.name()
+            ),
+            BdfError::OutOfRange(BdfField::Domain) => {
+                f.write_str("PCI domain must be 0000 (there is one PCI segment)")
+            }
+            BdfError::OutOfRange(field) => write!(
+                f,
+                "PCI address {} out of range (device 00-1f, function 0-7)",
+                field.name()
+            ),
+        }
+    }
+}
+
+fn hex_field(text: &str, max_digits: usize, field: BdfField) -> Result<u32, BdfError> {
+    if text.is_empty() || text.len() > max_digits || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BdfError::NotHex(field));
+    }
+    u32::from_str_radix(text, 16).map_err(|_| BdfError::NotHex(field))
+}
+
+impl Bdf {
+    /// None if the device or function number is out of range.
+    pub const fn new(bus: u8, device: u8, function: u8) -> Option<Bdf> {
+        if device > 31 || function > 7 {
+            None
+        } else {
+            Some(Bdf {
+                bus,
+                device,
+                function,
+            })
+        }
+    }
+
+    pub const fn bus(self) -> u8 {
+        self.bus
+    }
+
+    pub const fn device(self) -> u8 {
+        self.device
+    }
+
+    pub const fn function(self) -> u8 {
+        self.function
+    }
+
+    /// The PCIe requester/routing ID, bus << 8 | device << 3 | function. On QEMU virt the host
+    /// bridge's `iommu-map = <0 &smmu 0 0x10000>` makes it the SMMU stream ID as well.
+    pub const fn routing_id(self) -> u16 {
+        ((self.bus as u16) << 8) | ((self.device as u16) << 3) | self.function as u16
+    }
+
+    /// Offset of this function's configuration space in an ECAM region.
+    pub const fn ecam_offset(self) -> u64 {
+        ((self.bus as u64) << ECAM_BUS_SHIFT)
+            | ((self.device as u64) << ECAM_DEVICE_SHIFT)
+            | ((self.function as u64) << ECAM_FUNCTION_SHIFT)
+    }
+
+    /// Parses `bus:device.function` (hex, e.g. `00:02.0`), optionally preceded by `0000:`.
+    pub fn parse(text: &str) -> Result<Bdf, BdfError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(BdfError::Empty);
+        }
+        let (location, function) = text.split_once('.').ok_or(BdfError::Format)?;
+        let mut parts = location.split(':');
+        let (domain, bus, device) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(bus), Some(device), None, None) => (None, bus, device),
+            (Some(domain), Some(bus), Some(device), None) => (Some(domain), bus, device),
+            _ => return Err(BdfError::Format),
+        };
+        if let Some(domain) = domain {
+            if hex_field(domain, 4, BdfField::Domain)? != 0 {
+                return Err(BdfError::OutOfRange(BdfField::Domain));
+            }
+        }
+        let bus = hex_field(bus, 2, BdfField::Bus)?;
+        let device = hex_field(device, 2, BdfField::Device)?;
+        let function = hex_field(function, 1, BdfField::Function)?;
+        if device > 31 {
+            return Err(BdfError::OutOfRange(BdfField::Device));
+        }
+        if function > 7 {
+            return Err(BdfError::OutOfRange(BdfField::Function));
+        }
+        Ok(Bdf {
+            bus: bus as u8,
+            device: device as u8,
+            function: function as u8,
+        })
+    }
+}
+
+impl FromStr for Bdf {
+    type Err = BdfError;
+    fn from_str(s: &str) -> Result<Bdf, BdfError> {
+        Bdf::parse(s)
+    }
+}
+
+impl fmt::Display for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ECAM decoding.
+
+/// A decoded ECAM offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EcamOffset {
+    pub bdf: Bdf,
+    /// Register offset inside the function's 4 KiB configuration space.
+    pub reg: u16,
+}
+
+/// Decodes an offset into an ECAM region; None beyond the 256 buses.
+pub const fn decode_ecam(offset: u64) -> Option<EcamOffset> {
+    if offset >= ECAM_BYTES {
+        return None;
+    }
+    Some(EcamOffset {
+        bdf: Bdf {
+            bus: (offset >> ECAM_BUS_SHIFT) as u8,
+            device: ((offset >> ECAM_DEVICE_SHIFT) & 0x1f) as u8,
+            function: ((offset >> ECAM_FUNCTION_SHIFT) & 0x7) as u8,
+        },
+        reg: (offset & 0xfff) as u16,
+    })
+}
+
+/// Whether a config access of `size` bytes at `reg` is one PCI allows: 1, 2 or 4 bytes,
+/// naturally aligned (so it never crosses a dword).
+pub const fn access_valid(reg: u16, size: u8) -> bool {
+    matches!(size, 1 | 2 | 4) && reg.is_multiple_of(size as u16) && reg < CONFIG_SPACE_BYTES
+}
+
+/// What an absent function (or a refused access) reads as.
+pub const fn all_ones(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
+fn size_mask(size: u8) -> u32 {
+    all_ones(size)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The memory window.
+
+/// The PCI memory range the driver domain's BARs must stay in, `[start, end)`. The hypervisor
+/// maps it (IPA = PA, Device memory) into the driver domain's stage 2, so BAR moves inside it
+/// need no stage-2 change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    start: u64,
+    end: u64,
+}
+
+impl Window {
+    /// None if the range is empty or not 4 KiB aligned (it is mapped into a stage-2 table).
+    pub const fn new(start: u64, end: u64) -> Option<Window> {
+        if start >= end || !start.is_multiple_of(4096) || !end.is_multiple_of(4096) {
+            None
+        } else {
+            Some(Window { start, end })
+        }
+    }
+
+    pub const fn start(self) -> u64 {
+        self.start
+    }
+
+    pub const fn end(self) -> u64 {
+        self.end
+    }
+
+    /// Whether `[addr, addr + size)` lies inside the window (no overflow possible).
+    pub const fn contains(self, addr: u64, size: u64) -> bool {
+        match addr.checked_add(size) {
+            Some(end) => addr >= self.start && end <= self.end && size > 0,
+            None => false,
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}..{:#x}", self.start, self.end)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardware access (probe only).
+
+/// Dword access to the real configuration space of the passed function. The arch layer
+/// implements it over the host ECAM; tests implement it with a model device.
+pub trait ConfigAccess {
+    /// Reads the aligned dword at `reg`.
+    fn read32(&mut self, reg: u16) -> u32;
+    /// Writes the aligned dword at `reg`.
+    fn write32(&mut self, reg: u16, value: u32);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions.
+
+/// A BAR, by register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarId {
+    /// BAR0..BAR5 (a 64-bit BAR is named by its low half).
+    Bar(u8),
+    /// The expansion ROM BAR (0x30).
+    Rom,
+}
+
+impl fmt::Display for BarId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BarId::Bar(n) => write!(f, "BAR{n}"),
+            BarId::Rom => f.write_str("ROM BAR"),
+        }
+    }
+}
+
+/// Kind of an emulated BAR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarKind {
+    Mem32 { prefetchable: bool },
+    Mem64 { prefetchable: bool },
+    Rom,
+}
+
+/// What happened, for one log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterEvent {
+    /// A BAR was placed (or moved) inside the window; `from` is 0 if it was unassigned.
+    BarMoved {
+        bar: BarId,
+        from: u64,
+        to: u64,
+        size: u64,
+    },
+    /// A BAR write would have put the BAR outside the window: dropped, the BAR stays where it was.
+    BarRefused {
+        bar: BarId,
+        attempted: u64,
+        size: u64,
+        window: Window,
+    },
+    /// Command bits the guest may not set were cleared.
+    CommandMasked { requested: u16, applied: u16 },
+    /// Probe: an I/O BAR, hidden from the guest (reads 0).
+    IoBarHidden { bar: BarId },
+    /// Probe: a BAR with an unusable type or size mask, hidden from the guest.
+    BarUnusable { bar: BarId, raw: u32 },
+    /// Probe: a BAR found outside the window was unassigned (set to 0).
+    BarCleared { bar: BarId, was: u64, size: u64 },
+}
+
+fn fmt_size(f: &mut fmt::Formatter<'_>, size: u64) -> fmt::Result {
+    if size >= 1 << 20 && size.is_multiple_of(1 << 20) {
+        write!(f, "{} MiB", size >> 20)
+    } else if size >= 1 << 10 && size.is_multiple_of(1 << 10) {
+        write!(f, "{} KiB", size >> 10)
+    } else {
+        write!(f, "{size} bytes")
+    }
+}
+
+impl fmt::Display for FilterEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FilterEvent::BarMoved {
+                bar,
+                from,
+                to,
+                size,
+            } => {
+                write!(f, "{bar} (")?;
+                fmt_size(f, size)?;
+                if from == 0 {
+                    write!(f, ") placed at {to:#x}")
+                } else {
+                    write!(f, ") moved {from:#x} -> {to:#x}")
+                }
+            }
+            FilterEvent::BarRefused {
+                bar,
+                attempted,
+                size,
+                window,
+            } => {
+                write!(f, "refused to move {bar} (")?;
+                fmt_size(f, size)?;
+                write!(
+                    f,
+                    ") to {attempted:#x}: outside the allowed window {window}"
+                )
+            }
+            FilterEvent::CommandMasked { requested, applied } => write!(
+                f,
+                "command register {requested:#06x} reduced to {applied:#06x} (I/O space, \
+                 special cycles, MWI, VGA snoop and fast back-to-back are not allowed)"
+            ),
+            FilterEvent::IoBarHidden { bar } => write!(f, "{bar} is an I/O BAR: hidden"),
+            FilterEvent::BarUnusable { bar, raw } => {
+                write!(f, "{bar} is unusable (raw {raw:#010x}): hidden")
+            }
+            FilterEvent::BarCleared { bar, was, size } => {
+                write!(f, "{bar} (")?;
+                fmt_size(f, size)?;
+                write!(f, ") was at {was:#x}, outside the window: unassigned")
+            }
+        }
+    }
+}
+
+/// What a guest config read returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadDecision {
+    /// All ones of the access size ([`all_ones`]): no such function, or an invalid access.
+    Absent,
+    /// This value (already shifted and sized for the access).
+    Value(u32),
+    /// Read the passed function's real register `reg` with the same size and return it.
+    Hardware { reg: u16, size: u8 },
+}
+
+/// One write to the passed function's real configuration space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HwWrite {
+    pub reg: u16,
+    /// 1, 2 or 4 bytes, naturally aligned.
+    pub size: u8,
+    pub value: u32,
+}
+
+/// What a guest config write does: zero, one or two hardware writes, performed in order, and
+/// possibly an event to log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteDecision {
+    writes: [HwWrite; 2],
+    count: u8,
+    pub event: Option<FilterEvent>,
+}
+
+const NO_WRITE: HwWrite = HwWrite {
+    reg: 0,
+    size: 0,
+    value: 0,
+};
+
+impl WriteDecision {
+    const fn ignore() -> WriteDecision {
+        WriteDecision {
+            writes: [NO_WRITE; 2],
+            count: 0,
+            event: None,
+        }
+    }
+
+    fn one(write: HwWrite) -> WriteDecision {
+        WriteDecision {
+            writes: [write, NO_WRITE],
+            count: 1,
+            event: None,
+        }
+    }
+
+    fn push(&mut self, write: HwWrite) {
+        // At most two writes are ever pushed (the two halves of a 64-bit BAR).
+        if let Some(slot) = self.writes.get_mut(self.count as usize) {
+            *slot = write;
+            self.count += 1;
+        }
+    }
+
+    /// The hardware writes to perform, in order.
+    pub fn hardware_writes(&self) -> &[HwWrite] {
+        &self.writes[..self.count as usize]
+    }
+
+    /// Whether the write is dropped entirely.
+    pub fn is_dropped(&self) -> bool {
+        self.count == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The filter.
+
+/// Why [`ConfigFilter::probe`] refused a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// Vendor ID reads all ones: nothing there.
+    NoFunction(Bdf),
+    /// Header type is not 0 (a bridge or CardBus function).
+    NotType0 { bdf: Bdf, header_type: u8 },
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::NoFunction(bdf) => write!(f, "no PCI function at {bdf}"),
+            ProbeError::NotType0 { bdf, header_type } => write!(
+                f,
+                "PCI function {bdf} has header type {header_type:#x}; only endpoints (type 0) \
+                 can be passed through"
+            ),
+        }
+    }
+}
+
+/// Public view of one emulated BAR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarInfo {
+    pub id: BarId,
+    pub kind: BarKind,
+    pub size: u64,
+    /// Address programmed into the device (0: unassigned).
+    pub address: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EmulatedBar {
+    id: BarId,
+    kind: BarKind,
+    size: u64,
+    /// Read-only low bits of the low dword (memory type and prefetchable bits).
+    flags: u32,
+    /// Address in the device.
+    hw: u64,
+    /// ROM enable bit in the device.
+    hw_enable: bool,
+    /// Address the guest reads back (differs from `hw` only while a 64-bit move is half done).
+    shadow: u64,
+    shadow_enable: bool,
+    /// Per dword: the guest wrote all ones and reads the size mask until it writes an address.
+    sizing: [bool; 2],
+}
+
+impl EmulatedBar {
+    fn is_64(&self) -> bool {
+        matches!(self.kind, BarKind::Mem64 { .. })
+    }
+
+    fn addr_mask_low(&self) -> u32 {
+        match self.kind {
+            BarKind::Rom => ROM_ADDR_MASK,
+            _ => MEM_ADDR_MASK,
+        }
+    }
+
+    /// The size mask as a 64-bit address mask.
+    fn size_mask(&self) -> u64 {
+        !(self.size - 1)
+    }
+
+    /// What the guest reads from dword `half` (0 low, 1 high).
+    fn read(&self, half: usize) -> u32 {
+        let value = if self.sizing[half] {
+            self.size_mask()
+        } else {
+            self.shadow
+        };
+        if half == 1 {
+            return (value >> 32) as u32;
+        }
+        let enable = if self.kind == BarKind::Rom && self.shadow_enable {
+            ROM_ENABLE
+        } else {
+            0
+        };
+        (value as u32 & self.addr_mask_low()) | self.flags | enable
+    }
+
+    /// The hardware writes that program `hw`/`hw_enable` into the device.
+    fn program(&self, reg: u16, decision: &mut WriteDecision) {
+        let enable = if self.kind == BarKind::Rom && self.hw_enable {
+            ROM_ENABLE
+        } else {
+            0
+        };
+        decision.push(HwWrite {
+            reg,
+            size: 4,
+            value: (self.hw as u32 & self.addr_mask_low()) | enable,
+        });
+        if self.is_64() {
+            decision.push(HwWrite {
+                reg: reg + 4,
+                size: 4,
+                value: (self.hw >> 32) as u32,
+            });
+        }
+    }
+}
+
+/// Which BAR a BAR-area dword belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotUse {
+    /// No BAR (unimplemented, hidden I/O BAR, unusable): reads 0, writes dropped.
+    Unused,
+    /// The (low) dword of the BAR kept at this slot.
+    Low,
+    /// The high dword of the 64-bit BAR whose low dword is at the given slot.
+    High(u8),
+}
+
+/// The driver domain's view of PCI configuration space: one passed type-0 function, everything
+/// else absent.
+#[derive(Clone, Debug)]
+pub struct ConfigFilter {
+    bdf: Bdf,
+    window: Window,
+    slots: [SlotUse; 7],
+    bars: [Option<EmulatedBar>; 7],
+}
+
+/// Register of BAR slot `slot` (6 = ROM).
+const fn slot_reg(slot: usize) -> u16 {
+    if slot == ROM_SLOT {
+        REG_ROM
+    } else {
+        REG_BAR0 + 4 * slot as u16
+    }
+}
+
+/// Slot of a dword register in the BAR area, if it is one.
+const fn reg_slot(dword: u16) -> Option<usize> {
+    match dword {
+        0x10..=0x24 => Some(((dword - REG_BAR0) / 4) as usize),
+        REG_ROM => Some(ROM_SLOT),
+        _ => None,
+    }
+}
+
+/// Size of a BAR from the 64-bit address mask read back after writing all ones, if usable:
+/// a power of two of at least `min`.
+fn bar_size(mask: u64, min: u64) -> Option<u64> {
+    if mask == 0 {
+        return None;
+    }
+    let size = (!mask).wrapping_add(1);
+    (size != 0 && size.is_power_of_two() && size >= min).then_some(size)
+}
+
+impl ConfigFilter {
+    /// Takes the passed function over: checks it is a type-0 endpoint, turns off its memory/I/O
+    /// decoding and bus mastering (the driver domain turns them on), sizes every BAR and the
+    /// expansion ROM with decoding off, and unassigns BARs found outside `window`. Returns the
+    /// filter and what it noticed, for the log.
+    pub fn probe(
+        bdf: Bdf,
+        window: Window,
+        hw: &mut impl ConfigAccess,
+    ) -> Result<(ConfigFilter, Vec<FilterEvent>), ProbeError> {
+        if hw.read32(REG_VENDOR_DEVICE) & 0xffff == 0xffff {
+            return Err(ProbeError::NoFunction(bdf));
+        }
+        let header_type = ((hw.read32(REG_HEADER_DWORD) >> 16) & 0x7f) as u8;
+        if header_type != 0 {
+            return Err(ProbeError::NotType0 { bdf, header_type });
+        }
+        // Decoding off while BARs hold all ones during sizing, and no DMA before the guest asks
+        // for it. Status (the upper half) is write-1-to-clear, so writing 0 leaves it alone.
+        hw.write32(REG_COMMAND, 0);
+
+        let mut filter = ConfigFilter {
+            bdf,
+            window,
+            slots: [SlotUse::Unused; 7],
+            bars: [None; 7],
+        };
+        let mut events = Vec::new();
+        let mut slot = 0;
+        while slot < 6 {
+            let reg = slot_reg(slot);
+            let id = BarId::Bar(slot as u8);
+            let original = hw.read32(reg);
+            if original & 1 != 0 {
+                events.push(FilterEvent::IoBarHidden { bar: id });
+                slot += 1;
+                continue;
+            }
+            let prefetchable = original & 0b1000 != 0;
+            let is_64 = match (original >> 1) & 0b11 {
+                0b00 => false,
+                0b10 if slot < 5 => true,
+                _ => {
+                    events.push(FilterEvent::BarUnusable {
+                        bar: id,
+                        raw: original,
+                    });
+                    slot += 1;
+                    continue;
+                }
+            };
+            hw.write32(reg, 0xffff_ffff);
+            let low_mask = hw.read32(reg) & MEM_ADDR_MASK;
+            hw.write32(reg, original);
+            let (mask, high) = if is_64 {
+                let high = hw.read32(reg + 4);
+                hw.write32(reg + 4, 0xffff_ffff);
+                let high_mask = hw.read32(reg + 4);
+                hw.write32(reg + 4, high);
+                (((high_mask as u64) << 32) | low_mask as u64, high)
+            } else if low_mask == 0 {
+                (0, 0)
+            } else {
+                (0xffff_ffff_0000_0000 | low_mask as u64, 0)
+            };
+            let width = if is_64 { 2 } else { 1 };
+            if mask == 0 {
+                // Unimplemented BAR: stays Unused.
+                slot += width;
+                continue;
+            }
+            let Some(size) = bar_size(mask, 16) else {
+                events.push(FilterEvent::BarUnusable {
+                    bar: id,
+                    raw: low_mask,
+                });
+                slot += width;
+                continue;
+            };
+            let kind = if is_64 {
+                BarKind::Mem64 { prefetchable }
+            } else {
+                BarKind::Mem32 { prefetchable }
+            };
+            let mut addr = ((high as u64) << 32) | (original & MEM_ADDR_MASK) as u64;
+            if addr != 0 && !window.contains(addr, size) {
+                hw.write32(reg, original & !MEM_ADDR_MASK);
+                if is_64 {
+                    hw.write32(reg + 4, 0);
+                }
+                events.push(FilterEvent::BarCleared {
+                    bar: id,
+                    was: addr,
+                    size,
+                });
+                addr = 0;
+            }
+            filter.bars[slot] = Some(EmulatedBar {
+                id,
+                kind,
+                size,
+                flags: original & !MEM_ADDR_MASK,
+                hw: addr,
+                hw_enable: false,
+                shadow: addr,
+                shadow_enable: false,
+                sizing: [false; 2],
+            });
+            filter.slots[slot] = SlotUse::Low;
+            if is_64 {
+                filter.slots[slot + 1] = SlotUse::High(slot as u8);
+            }
+            slot += width;
+        }
+
+        // Expansion ROM: sized with its enable bit clear, and left disabled.
+        let original = hw.read32(REG_ROM);
+        hw.write32(REG_ROM, ROM_ADDR_MASK);
+        let rom_mask = hw.read32(REG_ROM) & ROM_ADDR_MASK;
+        let mut addr = (original & ROM_ADDR_MASK) as u64;
+        hw.write32(REG_ROM, addr as u32);
+        if rom_mask != 0 {
+            match bar_size(0xffff_ffff_0000_0000 | rom_mask as u64, 2048) {
+                Some(size) => {
+                    if addr != 0 && !window.contains(addr, size) {
+                        hw.write32(REG_ROM, 0);
+                        events.push(FilterEvent::BarCleared {
+                            bar: BarId::Rom,
+                            was: addr,
+                            size,
+                        });
+                        addr = 0;
+                    }
+                    filter.bars[ROM_SLOT] = Some(EmulatedBar {
+                        id: BarId::Rom,
+                        kind: BarKind::Rom,
+                        size,
+                        flags: 0,
+                        hw: addr,
+                        hw_enable: false,
+                        shadow: addr,
+                        shadow_enable: false,
+                        sizing: [false; 2],
+                    });
+                    filter.slots[ROM_SLOT] = SlotUse::Low;
+                }
+                None => events.push(FilterEvent::BarUnusable {
+                    bar: BarId::Rom,
+                    raw: rom_mask,
+                }),
+            }
+        }
+        Ok((filter, events))
+    }
+
+    /// The passed function.
+    pub fn bdf(&self) -> Bdf {
+        self.bdf
+    }
+
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The emulated BARs and where the device decodes them now.
+    pub fn bars(&self) -> impl Iterator<Item = BarInfo> + '_ {
+        self.bars.iter().flatten().map(|bar| BarInfo {
+            id: bar.id,
+            kind: bar.kind,
+            size: bar.size,
+            address: bar.hw,
+        })
+    }
+
+    /// The write that stops the function (no decoding, no DMA): for teardown, before its stream
+    /// is set back to abort.
+    pub const fn quiesce_write() -> HwWrite {
+        HwWrite {
+            reg: REG_COMMAND,
+            size: 2,
+            value: 0,
+        }
+    }
+
+    /// Which function and register an access at `offset` (from the emulated ECAM base) targets,
+    /// if it is a valid access to the passed function.
+    fn target(&self, offset: u64, size: u8) -> Option<u16> {
+        let decoded = decode_ecam(offset)?;
+        (decoded.bdf == self.bdf && access_valid(decoded.reg, size)).then_some(decoded.reg)
+    }
+
+    /// The dword the guest reads at BAR slot `slot`.
+    fn slot_read(&self, slot: usize) -> u32 {
+        match self.slots[slot] {
+            SlotUse::Unused => 0,
+            SlotUse::Low => self.bars[slot].map_or(0, |bar| bar.read(0)),
+            SlotUse::High(low) => self.bars[low as usize].map_or(0, |bar| bar.read(1)),
+        }
+    }
+
+    /// A guest read of `size` bytes at `offset` in the emulated ECAM.
+    pub fn read(&self, offset: u64, size: u8) -> ReadDecision {
+        let Some(reg) = self.target(offset, size) else {
+            return ReadDecision::Absent;
+        };
+        let dword = reg & !3;
+        let shift = (reg & 3) * 8;
+        match reg_slot(dword) {
+            Some(slot) => ReadDecision::Value((self.slot_read(slot) >> shift) & size_mask(size)),
+            None => ReadDecision::Hardware { reg, size },
+        }
+    }
+
+    /// A guest write of `size` bytes of `value` at `offset` in the emulated ECAM.
+    pub fn write(&mut self, offset: u64, size: u8, value: u32) -> WriteDecision {
+        let Some(reg) = self.target(offset, size) else {
+            return WriteDecision::ignore();
+        };
+        let value = value & size_mask(size);
+        let dword = reg & !3;
+        let shift = (reg & 3) * 8;
+        if dword == REG_COMMAND {
+            return command_write(reg, size, value, shift);
+        }
+        let Some(slot) = reg_slot(dword) else {
+            return WriteDecision::one(HwWrite { reg, size, value });
+        };
+        // Sub-dword writes merge into what the guest would read back.
+        let mask = size_mask(size) << shift;
+        let merged = (self.slot_read(slot) & !mask) | (value << shift);
+        match self.slots[slot] {
+            SlotUse::Unused => WriteDecision::ignore(),
+            SlotUse::Low => self.bar_write(slot, 0, merged),
+            SlotUse::High(low) => self.bar_write(low as usize, 1, merged),
+        }
+    }
+
+    /// A full-dword write to half `half` of the BAR kept at `slot`.
+    fn bar_write(&mut self, slot: usize, half: usize, value: u32) -> WriteDecision {
+        let window = self.window;
+        let Some(bar) = self.bars[slot].as_mut() else {
+            return WriteDecision::ignore();
+        };
+        let addr_bits = if half == 0 {
+            bar.addr_mask_low()
+        } else {
+            0xffff_ffff
+        };
+        if value & addr_bits == addr_bits {
+            // Sizing: every address bit written as one. The device is not touched; the guest
+            // reads the size mask until it writes an address again.
+            bar.sizing[half] = true;
+            return WriteDecision::ignore();
+        }
+        bar.sizing[half] = false;
+        if half == 0 {
+            bar.shadow = (bar.shadow & !0xffff_ffff) | (value & addr_bits) as u64;
+            if bar.kind == BarKind::Rom {
+                bar.shadow_enable = value & ROM_ENABLE != 0;
+            }
+        } else {
+            bar.shadow = (bar.shadow & 0xffff_ffff) | ((value as u64) << 32);
+        }
+        // Address bits below the BAR's size are hardwired to zero in the device.
+        bar.shadow &= bar.size_mask();
+        if bar.sizing.iter().any(|&s| s) {
+            // The other half still holds the size mask: no address to check yet.
+            return WriteDecision::ignore();
+        }
+        let target = bar.shadow;
+        let reg = slot_reg(slot);
+        let inside = window.contains(target, bar.size);
+        let mut decision = WriteDecision::ignore();
+        if target == bar.hw {
+            // Same address (e.g. the restore after sizing): re-program it if it is a real
+            // placement (the device may have been reset underneath), or just change the ROM
+            // enable bit, which is harmless while the ROM is disabled or placed in the window.
+            if bar.shadow_enable != bar.hw_enable && (inside || !bar.shadow_enable) {
+                bar.hw_enable = bar.shadow_enable;
+                bar.program(reg, &mut decision);
+            } else if inside {
+                bar.program(reg, &mut decision);
+            } else if bar.shadow_enable != bar.hw_enable {
+                // Enabling a ROM that is not inside the window.
+                decision.event = Some(FilterEvent::BarRefused {
+                    bar: bar.id,
+                    attempted: target,
+                    size: bar.size,
+                    window,
+                });
+                bar.shadow_enable = bar.hw_enable;
+            }
+            return decision;
+        }
+        if inside {
+            let from = bar.hw;
+            bar.hw = target;
+            bar.hw_enable = bar.shadow_enable;
+            bar.program(reg, &mut decision);
+            decision.event = Some(FilterEvent::BarMoved {
+                bar: bar.id,
+                from,
+                to: target,
+                size: bar.size,
+            });
+            return decision;
+        }
+        if bar.is_64() && half == 0 {
+            // The low half of a 64-bit move (OSes write low, then high): the address is only
+            // complete after the high half, so wait for it instead of refusing.
+            return decision;
+        }
+        decision.event = Some(FilterEvent::BarRefused {
+            bar: bar.id,
+            attempted: target,
+            size: bar.size,
+            window,
+        });
+        bar.shadow = bar.hw;
+        bar.shadow_enable = bar.hw_enable;
+        decision
+    }
+}
+
+/// A write that touches the command/status dword: command bits outside [`CMD_ALLOWED`] are
+/// cleared; status bits (write-1-to-clear) pass.
+fn command_write(reg: u16, size: u8, value: u32, shift: u16) -> WriteDecision {
+    let in_dword = value << shift;
+    let touched = (size_mask(size) << shift) & 0xffff;
+    let requested = (in_dword & touched) as u16;
+    let applied = requested & CMD_ALLOWED;
+    let filtered = (in_dword & !touched) | applied as u32;
+    let mut decision = WriteDecision::one(HwWrite {
+        reg,
+        size,
+        value: (filtered >> shift) & size_mask(size),
+    });
+    if applied != requested {
+        decision.event = Some(FilterEvent::CommandMasked { requested, applied });
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Window = match Window::new(0x1000_0000, 0x1100_0000) {
+        Some(w) => w,
+        None => panic!(),
+    };
+    const NIC: Bdf = match Bdf::new(0, 2, 0) {
+        Some(b) => b,
+        None => panic!(),
+    };
+
+    /// A model of a PCI function's configuration space, behaving like QEMU's: BAR address bits
+    /// below the size are read-only zero, type bits read-only; every write is logged.
+    struct Model {
+        regs: [u32; 1024],
+        /// Writable bits of each BAR-area dword (slots 0..5, then the ROM).
+        writable: [u32; 7],
+        writes: Vec<(u16, u32)>,
+    }
+
+    impl Model {
+        /// virtio-net-pci as QEMU 10 builds it with disable-legacy=on: BAR1 4 KiB 32-bit (MSI-X),
+        /// BAR4 16 KiB 64-bit prefetchable (virtio structures), a 256 KiB option ROM.
+        fn virtio_net() -> Model {
+            let mut m = Model {
+                regs: [0; 1024],
+                writable: [0; 7],
+                writes: Vec::new(),
+            };
+            m.regs[0] = 0x1041_1af4; // virtio 1.0 network device
+            m.regs[3] = 0x0000_0000; // header type 0
+            m.regs[(0x14 / 4) as usize] = 0; // BAR1 32-bit memory
+            m.writable[1] = !(4096 - 1);
+            m.regs[(0x20 / 4) as usize] = 0b1100; // BAR4 64-bit prefetchable
+            m.writable[4] = !(16384 - 1) & 0xffff_fff0;
+            m.writable[5] = 0xffff_ffff;
+            m.writable[6] = !(256 * 1024 - 1) | 1;
+            m
+        }
+
+        fn slot(reg: u16) -> Option<usize> {
+            reg_slot(reg)
+        }
+
+        fn apply(&mut self, w: &HwWrite) {
+            assert_eq!(w.size, 4, "BAR programming is by dword");
+            self.write32(w.reg, w.value);
+        }
+    }
+
+    impl ConfigAccess for Model {
+        fn read32(&mut self, reg: u16) -> u32 {
+            self.regs[(reg / 4) as usize]
+        }
+
+        fn write32(&mut self, reg: u16, value: u32) {
+            self.writes.push((reg, value));
+            let index = (reg / 4) as usize;
+            match Model::slot(reg) {
+                Some(slot) => {
+                    let w = self.writable[slot];
+                    self.regs[index] = (self.regs[index] & !w) | (value & w);
+                }
+                None if reg == REG_COMMAND => {
+                    self.regs[index] = (self.regs[index] & 0xffff_0000) | (value & 0xffff)
+                }
+                None => self.regs[index] = value,
+            }
+        }
+    }
+
+    fn probed() -> (ConfigFilter, Model) {
+        let mut model = Model::virtio_net();
+        let (filter, events) = ConfigFilter::probe(NIC, WINDOW, &mut model).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        (filter, model)
+    }
+
+    fn at(reg: u16) -> u64 {
+        NIC.ecam_offset() + reg as u64
+    }
+
+    fn read(filter: &ConfigFilter, reg: u16) -> u32 {
+        match filter.read(at(reg), 4) {
+            ReadDecision::Value(v) => v,
+            other => panic!("expected an emulated value at {reg:#x}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bdf_parse_and_display() {
+        assert_eq!(Bdf::parse("00:02.0"), Ok(NIC));
+        assert_eq!(Bdf::parse(" 0000:00:02.0 "), Ok(NIC));
+        assert_eq!(
+            "1f:1f.7".parse::<Bdf>(),
+            Bdf::new(0x1f, 0x1f, 7).ok_or(BdfError::Empty)
+        );
+        assert_eq!(Bdf::parse("ff:0.1").unwrap().to_string(), "ff:00.1");
+        assert_eq!(Bdf::parse("0:2.0"), Ok(NIC));
+        assert_eq!(NIC.routing_id(), 0x10);
+        assert_eq!(Bdf::new(1, 0x1f, 7).unwrap().routing_id(), 0x1ff);
+        assert_eq!(Bdf::new(3, 1, 2).unwrap().ecam_offset(), 0x30a000);
+        assert_eq!(Bdf::new(0, 32, 0), None);
+        assert_eq!(Bdf::new(0, 0, 8), None);
+    }
+
+    #[test]
+    fn bdf_parse_errors() {
+        let cases = [
+            ("", BdfError::Empty),
+            ("   ", BdfError::Empty),
+            ("00:02", BdfError::Format),
+            ("0002.0", BdfError::Format),
+            ("0:0:0:0.0", BdfError::Format),
+            ("00:02.", BdfError::NotHex(BdfField::Function)),
+            ("00:02.10", BdfError::NotHex(BdfField::Function)),
+            ("00:2g.0", BdfError::NotHex(BdfField::Device)),
+            ("100:02.0", BdfError::NotHex(BdfField::Bus)),
+            (":02.0", BdfError::NotHex(BdfField::Bus)),
+            ("+1:02.0", BdfError::NotHex(BdfField::Bus)),
+            ("00:20.0", BdfError::OutOfRange(BdfField::Device)),
+            ("00:02.8", BdfError::OutOfRange(BdfField::Function)),
+            ("0001:00:02.0", BdfError::OutOfRange(BdfField::Domain)),
+            ("00000:00:02.0", BdfError::NotHex(BdfField::Domain)),
+            ("00:02.0.1", BdfError::NotHex(BdfField::Function)),
+            ("é0:02.0", BdfError::NotHex(BdfField::Bus)),
+        ];
+        let mut texts = std::collections::BTreeSet::new();
+        for (text, err) in cases {
+            assert_eq!(Bdf::parse(text), Err(err), "{text:?}");
+            texts.insert(err.to_string());
+        }
+        assert!(texts.len() >= 8);
+    }
+
+    #[test]
+    fn ecam_decode() {
+        assert_eq!(
+            decode_ecam(0x0001_0004),
+            Some(EcamOffset { bdf: NIC, reg: 4 })
+        );
+        let d = decode_ecam(0x00ff_fffc).unwrap();
+        assert_eq!(d.bdf, Bdf::new(0xf, 0x1f, 7).unwrap());
+        assert_eq!(d.reg, 0xffc);
+        let d = decode_ecam(ECAM_BYTES - 1).unwrap();
+        assert_eq!(
+            (d.bdf.bus(), d.bdf.device(), d.bdf.function(), d.reg),
+            (255, 31, 7, 0xfff)
+        );
+        assert_eq!(decode_ecam(ECAM_BYTES), None);
+        assert_eq!(decode_ecam(u64::MAX), None);
+        for bdf in [NIC, Bdf::new(0x80, 3, 5).unwrap()] {
+            assert_eq!(decode_ecam(bdf.ecam_offset() + 0x100).unwrap().bdf, bdf);
+        }
+        assert!(access_valid(0x10, 4) && access_valid(0x06, 2) && access_valid(0x3d, 1));
+        assert!(!access_valid(0x12, 4) && !access_valid(0x05, 2) && !access_valid(0, 8));
+        assert!(!access_valid(0, 0) && !access_valid(0, 3) && !access_valid(0x1000, 1));
+    }
+
+    #[test]
+    fn window_bounds() {
+        assert!(WINDOW.contains(0x1000_0000, 0x100_0000));
+        assert!(!WINDOW.contains(0x1000_0000, 0x100_1000));
+        assert!(!WINDOW.contains(0xfff_f000, 0x2000));
+        assert!(!WINDOW.contains(u64::MAX - 1, 16), "no overflow");
+        assert!(!WINDOW.contains(0x1000_0000, 0));
+        assert_eq!(Window::new(0x2000, 0x1000), None);
+        assert_eq!(Window::new(0x1000, 0x1800), None);
+        assert_eq!(WINDOW.to_string(), "0x10000000..0x11000000");
+    }
+
+    #[test]
+    fn other_functions_are_absent() {
+        let (mut filter, _) = probed();
+        for bdf in [
+            Bdf::new(0, 0, 0).unwrap(),
+            Bdf::new(0, 2, 1).unwrap(),
+            Bdf::new(0, 3, 0).unwrap(),
+            Bdf::new(1, 2, 0).unwrap(),
+        ] {
+            for size in [1, 2, 4] {
+                assert_eq!(filter.read(bdf.ecam_offset(), size), ReadDecision::Absent);
+                assert!(filter
+                    .write(bdf.ecam_offset() + 4, size, 0xffff)
+                    .is_dropped());
+            }
+        }
+        assert_eq!(all_ones(1), 0xff);
+        assert_eq!(all_ones(2), 0xffff);
+        assert_eq!(all_ones(4), 0xffff_ffff);
+        // Beyond the ECAM, misaligned, or of an odd size: treated like an absent function.
+        assert_eq!(filter.read(ECAM_BYTES, 4), ReadDecision::Absent);
+        assert_eq!(filter.read(at(2), 4), ReadDecision::Absent);
+        assert_eq!(filter.read(at(0), 8), ReadDecision::Absent);
+        assert!(filter.write(at(0x11), 2, 0).is_dropped());
+        assert!(filter.write(at(0x10), 3, 0).is_dropped());
+    }
+
+    #[test]
+    fn probe_sizes_bars_with_decoding_off() {
+        let (filter, model) = probed();
+        assert_eq!(model.writes[0], (REG_COMMAND, 0), "decoding off first");
+        let bars: Vec<BarInfo> = filter.bars().collect();
+        assert_eq!(
+            bars,
+            vec![
+                BarInfo {
+                    id: BarId::Bar(1),
+                    kind: BarKind::Mem32 {
+                        prefetchable: false
+                    },
+                    size: 4096,
+                    address: 0
+                },
+                BarInfo {
+                    id: BarId::Bar(4),
+                    kind: BarKind::Mem64 { prefetchable: true },
+                    size: 16384,
+                    address: 0
+                },
+                BarInfo {
+                    id: BarId::Rom,
+                    kind: BarKind::Rom,
+                    size: 256 * 1024,
+                    address: 0
+                },
+            ]
+        );
+        // Every BAR register is back to its original value, the ROM disabled.
+        for reg in [0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x30] {
+            let mut m = Model::virtio_net();
+            assert_eq!(model.regs[reg / 4], m.read32(reg as u16));
+        }
+        // The guest sees the same: unimplemented BARs read 0, flags are kept.
+        assert_eq!(read(&filter, 0x10), 0);
+        assert_eq!(read(&filter, 0x20), 0b1100);
+        assert_eq!(read(&filter, 0x24), 0);
+        // Non-BAR registers come from the device.
+        assert_eq!(
+            filter.read(at(0), 4),
+            ReadDecision::Hardware { reg: 0, size: 4 }
+        );
+        assert_eq!(
+            filter.read(at(0x3d), 1),
+            ReadDecision::Hardware { reg: 0x3d, size: 1 }
+        );
+    }
+
+    #[test]
+    fn probe_refuses_bridges_and_missing_functions() {
+        let mut model = Model::virtio_net();
+        model.regs[3] = 0x0001_0000; // header type 1: PCI-to-PCI bridge
+        assert_eq!(
+            ConfigFilter::probe(NIC, WINDOW, &mut model).unwrap_err(),
+            ProbeError::NotType0 {
+                bdf: NIC,
+                header_type: 1
+            }
+        );
+        // The multi-function bit alone is fine.
+        model.regs[3] = 0x0080_0000;
+        assert!(ConfigFilter::probe(NIC, WINDOW, &mut model).is_ok());
+        model.regs[0] = 0xffff_ffff;
+        let err = ConfigFilter::probe(NIC, WINDOW, &mut model).unwrap_err();
+        assert_eq!(err, ProbeError::NoFunction(NIC));
+        assert_eq!(err.to_string(), "no PCI function at 00:02.0");
+    }
+
+    #[test]
+    fn probe_hides_io_and_clears_bars_outside_the_window() {
+        let mut model = Model::virtio_net();
+        model.regs[4] = 0x0000_c001; // BAR0: I/O
+        model.writable[0] = 0xffff_ffe0;
+        model.regs[5] = 0x2000_0000; // BAR1 assigned by "firmware" outside the window
+        model.regs[8] = 0x1000_400c; // BAR4 inside the window
+        let (filter, events) = ConfigFilter::probe(NIC, WINDOW, &mut model).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                FilterEvent::IoBarHidden { bar: BarId::Bar(0) },
+                FilterEvent::BarCleared {
+                    bar: BarId::Bar(1),
+                    was: 0x2000_0000,
+                    size: 4096
+                },
+            ]
+        );
+        assert_eq!(model.regs[5], 0);
+        assert_eq!(read(&filter, 0x10), 0, "I/O BAR hidden");
+        assert_eq!(read(&filter, 0x20), 0x1000_400c);
+        let bar4 = filter.bars().find(|b| b.id == BarId::Bar(4)).unwrap();
+        assert_eq!(bar4.address, 0x1000_4000);
+        assert!(events.iter().all(|e| !e.to_string().is_empty()));
+    }
+
+    #[test]
+    fn bar_sizing_is_emulated() {
+        let (mut filter, model) = probed();
+        let before = model.writes.len();
+        // Linux's __pci_read_base: save, write ~0, read back, restore, per dword.
+        assert!(filter.write(at(0x14), 4, 0xffff_ffff).is_dropped());
+        assert_eq!(read(&filter, 0x14), 0xffff_f000);
+        assert!(
+            filter.write(at(0x14), 4, 0).is_dropped(),
+            "restore of an unassigned BAR"
+        );
+        assert_eq!(read(&filter, 0x14), 0);
+        // 64-bit BAR: low half, then high half.
+        filter.write(at(0x20), 4, 0xffff_ffff);
+        assert_eq!(read(&filter, 0x20), 0xffff_c00c);
+        filter.write(at(0x20), 4, 0x0000_000c);
+        filter.write(at(0x24), 4, 0xffff_ffff);
+        assert_eq!(read(&filter, 0x24), 0xffff_ffff);
+        filter.write(at(0x24), 4, 0);
+        assert_eq!(read(&filter, 0x20), 0x0000_000c);
+        // ROM: sized with the enable bit clear (Linux writes 0xfffff800).
+        filter.write(at(0x30), 4, 0xffff_f800);
+        assert_eq!(read(&filter, 0x30), 0xfffc_0000);
+        filter.write(at(0x30), 4, 0);
+        assert_eq!(read(&filter, 0x30), 0);
+        // Sub-dword read of a sizing BAR.
+        filter.write(at(0x14), 4, 0xffff_ffff);
+        assert_eq!(filter.read(at(0x16), 2), ReadDecision::Value(0xffff));
+        assert_eq!(filter.read(at(0x15), 1), ReadDecision::Value(0xf0));
+        assert_eq!(model.writes.len(), before, "the device was never touched");
+        // Unimplemented BARs ignore sizing.
+        assert!(filter.write(at(0x10), 4, 0xffff_ffff).is_dropped());
+        assert_eq!(read(&filter, 0x10), 0);
+    }
+
+    #[test]
+    fn bar_placed_inside_window_reaches_the_device() {
+        let (mut filter, mut model) = probed();
+        let d = filter.write(at(0x14), 4, 0x1000_0000);
+        assert_eq!(
+            d.hardware_writes(),
+            &[HwWrite {
+                reg: 0x14,
+                size: 4,
+                value: 0x1000_0000
+            }]
+        );
+        assert_eq!(
+            d.event,
+            Some(FilterEvent::BarMoved {
+                bar: BarId::Bar(1),
+                from: 0,
+                to: 0x1000_0000,
+                size: 4096
+            })
+        );
+        for w in d.hardware_writes() {
+            model.apply(w);
+        }
+        assert_eq!(model.regs[5], 0x1000_0000);
+        assert_eq!(read(&filter, 0x14), 0x1000_0000);
+        // Moving it within the window.
+        let d = filter.write(at(0x14), 4, 0x10ff_f000);
+        assert_eq!(d.hardware_writes().len(), 1);
+        assert_eq!(
+            d.event.unwrap().to_string(),
+            "BAR1 (4 KiB) moved 0x10000000 -> 0x10fff000"
+        );
+        // Sizing and restoring an assigned BAR re-programs the same address.
+        filter.write(at(0x14), 4, 0xffff_ffff);
+        let d = filter.write(at(0x14), 4, 0x10ff_f000);
+        assert_eq!(d.hardware_writes()[0].value, 0x10ff_f000);
+        assert_eq!(d.event, None);
+    }
+
+    #[test]
+    fn bar_moves_outside_window_are_refused() {
+        let (mut filter, _) = probed();
+        filter.write(at(0x14), 4, 0x1000_0000);
+        // Elsewhere in the 32-bit PCI window, over the GIC, just below the window.
+        for addr in [0x2000_0000u32, 0x0800_0000, 0x0fff_f000] {
+            let d = filter.write(at(0x14), 4, addr);
+            assert!(d.is_dropped(), "{addr:#x}");
+            assert_eq!(
+                d.event,
+                Some(FilterEvent::BarRefused {
+                    bar: BarId::Bar(1),
+                    attempted: addr as u64,
+                    size: 4096,
+                    window: WINDOW
+                })
+            );
+            assert_eq!(read(&filter, 0x14), 0x1000_0000, "the BAR did not move");
+        }
+        // The last page of the window is fine.
+        assert!(!filter.write(at(0x14), 4, 0x10ff_f000).is_dropped());
+        filter.write(at(0x14), 4, 0x1000_0000);
+        // Unassigning is a move outside the window too.
+        let d = filter.write(at(0x14), 4, 0);
+        assert!(d.is_dropped() && d.event.is_some());
+        let text = d.event.unwrap().to_string();
+        assert!(
+            text.contains("refused") && text.contains("0x10000000..0x11000000"),
+            "{text}"
+        );
+        // A BAR larger than the window never fits.
+        let small = Window::new(0x1000_0000, 0x1000_2000).unwrap();
+        let mut model = Model::virtio_net();
+        let (mut filter, _) = ConfigFilter::probe(NIC, small, &mut model).unwrap();
+        assert!(filter.write(at(0x20), 4, 0x1000_0000).is_dropped());
+        let d = filter.write(at(0x24), 4, 0);
+        assert!(matches!(d.event, Some(FilterEvent::BarRefused { .. })));
+    }
+
+    #[test]
+    fn sub_dword_bar_writes_merge() {
+        let (mut filter, _) = probed();
+        filter.write(at(0x14), 4, 0x1000_0000);
+        // Upper half only: 0x1080_0000 is inside the window.
+        let d = filter.write(at(0x16), 2, 0x1080);
+        assert_eq!(d.hardware_writes()[0].value, 0x1080_0000);
+        // One byte that would take it outside.
+        let d = filter.write(at(0x17), 1, 0x20);
+        assert!(d.is_dropped());
+        assert_eq!(read(&filter, 0x14), 0x1080_0000);
+    }
+
+    #[test]
+    fn bar64_low_then_high_in_a_high_window() {
+        let high = Window::new(0x80_0000_0000, 0x80_1000_0000).unwrap();
+        let mut model = Model::virtio_net();
+        let (mut filter, _) = ConfigFilter::probe(NIC, high, &mut model).unwrap();
+        // Low half first: 0x4000 alone is outside the window, so it waits for the high half.
+        let d = filter.write(at(0x20), 4, 0x0000_400c);
+        assert!(d.is_dropped());
+        assert_eq!(d.event, None);
+        assert_eq!(
+            read(&filter, 0x20),
+            0x0000_400c,
+            "the guest reads what it wrote"
+        );
+        let d = filter.write(at(0x24), 4, 0x80);
+        assert_eq!(
+            d.hardware_writes(),
+            &[
+                HwWrite {
+                    reg: 0x20,
+                    size: 4,
+                    value: 0x4000
+                },
+                HwWrite {
+                    reg: 0x24,
+                    size: 4,
+                    value: 0x80
+                }
+            ]
+        );
+        for w in d.hardware_writes() {
+            model.apply(w);
+        }
+        assert_eq!((model.regs[8], model.regs[9]), (0x400c, 0x80));
+        assert_eq!(
+            d.event,
+            Some(FilterEvent::BarMoved {
+                bar: BarId::Bar(4),
+                from: 0,
+                to: 0x80_0000_4000,
+                size: 16384
+            })
+        );
+        // A low half that is complete by itself moves the BAR at once.
+        let d = filter.write(at(0x20), 4, 0x0000_800c);
+        assert_eq!(d.hardware_writes().len(), 2);
+        // A high half that leaves the window is refused; the BAR stays.
+        let d = filter.write(at(0x24), 4, 0x81);
+        assert!(d.is_dropped());
+        assert!(matches!(
+            d.event,
+            Some(FilterEvent::BarRefused {
+                attempted: 0x81_0000_8000,
+                ..
+            })
+        ));
+        assert_eq!(read(&filter, 0x20), 0x0000_800c);
+        assert_eq!(read(&filter, 0x24), 0x80);
+        // A pending low half is dropped too when the high half makes the whole address bad.
+        assert!(filter.write(at(0x20), 4, 0x2000_000c).is_dropped());
+        assert_eq!(read(&filter, 0x20), 0x2000_000c);
+        let d = filter.write(at(0x24), 4, 0x7f);
+        assert!(d.is_dropped() && d.event.is_some());
+        assert_eq!(read(&filter, 0x20), 0x0000_800c, "both halves snapped back");
+        let bar = filter.bars().find(|b| b.id == BarId::Bar(4)).unwrap();
+        assert_eq!(bar.address, 0x80_0000_8000);
+    }
+
+    #[test]
+    fn bar64_in_the_low_window() {
+        let (mut filter, _) = probed();
+        // Low write completes a move when the high half is already right (0).
+        let d = filter.write(at(0x20), 4, 0x1000_4000);
+        assert_eq!(d.hardware_writes().len(), 2);
+        let d = filter.write(at(0x24), 4, 0);
+        assert_eq!(d.event, None, "same address: re-programmed, not moved");
+        // A high half that is not 0 takes it out of the 32-bit window.
+        let d = filter.write(at(0x24), 4, 1);
+        assert!(d.is_dropped() && d.event.is_some());
+        // The high half of a 64-bit BAR is only the high half: flags are not involved.
+        assert_eq!(read(&filter, 0x24), 0);
+        assert_eq!(read(&filter, 0x20), 0x1000_400c);
+    }
+
+    #[test]
+    fn rom_enable_follows_the_window() {
+        let (mut filter, _) = probed();
+        // Enabling the unassigned ROM is refused.
+        let d = filter.write(at(0x30), 4, 1);
+        assert!(d.is_dropped());
+        assert!(matches!(
+            d.event,
+            Some(FilterEvent::BarRefused {
+                bar: BarId::Rom,
+                ..
+            })
+        ));
+        assert_eq!(read(&filter, 0x30), 0);
+        // Placed and enabled at once inside the window.
+        let d = filter.write(at(0x30), 4, 0x1080_0001);
+        assert_eq!(d.hardware_writes()[0].value, 0x1080_0001);
+        assert_eq!(read(&filter, 0x30), 0x1080_0001);
+        // Disabled in place.
+        let d = filter.write(at(0x30), 4, 0x1080_0000);
+        assert_eq!(d.hardware_writes()[0].value, 0x1080_0000);
+        // Address bits below the ROM's size read as zero, as on the device: 256 KiB alignment.
+        let d = filter.write(at(0x30), 4, 0x1080_1001);
+        assert_eq!(read(&filter, 0x30), 0x1080_0001);
+        assert_eq!(d.hardware_writes()[0].value, 0x1080_0001);
+    }
+
+    #[test]
+    fn command_register_policy() {
+        let (mut filter, _) = probed();
+        // Memory + bus master: allowed as is (the SMMU contains the DMA).
+        let d = filter.write(at(4), 2, (CMD_MEMORY | CMD_BUS_MASTER) as u32);
+        assert_eq!(
+            d.hardware_writes(),
+            &[HwWrite {
+                reg: 4,
+                size: 2,
+                value: 0x6
+            }]
+        );
+        assert_eq!(d.event, None);
+        // I/O space and MWI are cleared and reported.
+        let d = filter.write(at(4), 2, 0x0017);
+        assert_eq!(d.hardware_writes()[0].value, 0x0006);
+        assert_eq!(
+            d.event,
+            Some(FilterEvent::CommandMasked {
+                requested: 0x17,
+                applied: 0x6
+            })
+        );
+        // A dword write keeps the status half (write-1-to-clear) untouched.
+        let d = filter.write(at(4), 4, 0xf900_0407);
+        assert_eq!(d.hardware_writes()[0].value, 0xf900_0406);
+        // Byte writes: the high byte of the command register (INTx disable is bit 10).
+        let d = filter.write(at(5), 1, 0x07);
+        assert_eq!(d.hardware_writes()[0].value, 0x05);
+        assert_eq!(
+            d.event,
+            Some(FilterEvent::CommandMasked {
+                requested: 0x0700,
+                applied: 0x0500
+            })
+        );
+        // The status register alone passes.
+        let d = filter.write(at(6), 2, 0xffff);
+        assert_eq!(
+            d.hardware_writes()[0],
+            HwWrite {
+                reg: 6,
+                size: 2,
+                value: 0xffff
+            }
+        );
+        assert_eq!(d.event, None);
+        assert_eq!(
+            ConfigFilter::quiesce_write(),
+            HwWrite {
+                reg: 4,
+                size: 2,
+                value: 0
+            }
+        );
+    }
+
+    #[test]
+    fn other_registers_pass_through() {
+        let (mut filter, _) = probed();
+        // MSI-X control, interrupt line, extended space.
+        for (reg, size, value) in [(0x42, 2, 0x8000), (0x3c, 1, 0x25), (0x100, 4, 0x1234)] {
+            let d = filter.write(at(reg), size, value);
+            assert_eq!(d.hardware_writes(), &[HwWrite { reg, size, value }]);
+            assert_eq!(d.event, None);
+        }
+        // Values wider than the access are cut to its size.
+        let d = filter.write(at(0x3c), 1, 0x1234);
+        assert_eq!(d.hardware_writes()[0].value, 0x34);
+    }
+
+    #[test]
+    fn arbitrary_guest_accesses_never_panic() {
+        let (mut filter, _) = probed();
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let reg = (seed % 0x40) as u16;
+            let offset = if seed & 1 == 0 { at(reg) } else { seed >> 20 };
+            let size = [1u8, 2, 4, 8, 3][((seed >> 8) % 5) as usize];
+            let value = (seed >> 32) as u32;
+            let _ = filter.read(offset, size);
+            let d = filter.write(offset, size, value);
+            for w in d.hardware_writes() {
+                assert!(access_valid(w.reg, w.size));
+                if reg_slot(w.reg & !3).is_some() {
+                    // Whatever the guest does, BARs only ever reach the device inside the window.
+                    let bar = filter.bars().find(|b| slot_reg(bar_slot(b.id)) == w.reg);
+                    if let Some(bar) = bar {
+                        assert!(WINDOW.contains(bar.address, bar.size));
+                    }
+                }
+            }
+        }
+    }
+
+    fn bar_slot(id: BarId) -> usize {
+        match id {
+            BarId::Bar(n) => n as usize,
+            BarId::Rom => ROM_SLOT,
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Inter-VM sharing in the running hypervisor: the grant and event-channel tables (pure logic in
+//! the hypervisor library) wired to physical memory and stage-2, event delivery as a virtual
+//! interrupt, the control page of each front-end/back-end connection, RAM kept alive for
+//! dead VMs whose frames peers still map, and what all of it does when a VM stops or restarts.
+
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::SeqCst;
+
+use hypervisor::evtchn::{EventChannels, Signal};
+use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
+use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
+use log::{info, warn};
+use shared_abi::evtchn::{set_pending, Delivery, PAGE_WORDS};
+use shared_abi::handshake::{self, Header};
+use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
+
+use crate::arch::mem::{phys_atomics, phys_bytes_mut, phys_copy, tlbi_ipas_for, PhysTableMemory};
+use crate::vm::Vm;
+
+/// RAM of a dead VM incarnation that a peer still maps; freed when the last mapping goes.
+pub struct RetainedRam {
+    pub release: RamRelease,
+    pub pa: u64,
+    pub pages: usize,
+}
+
+/// One front-end/back-end connection and its hypervisor-owned control page.
+pub struct Connection {
+    pub frontend: VmId,
+    pub backend: VmId,
+    pub page_pa: u64,
+    pub frontend_port: u32,
+    pub backend_port: u32,
+}
+
+/// What [`Sharing::vm_stopped`] tells the caller.
+pub struct Stopped {
+    /// No peer maps the VM's frames: its RAM may be freed or reloaded. Otherwise it must be kept
+    /// (as [`RetainedRam`] of `incarnation`) until released.
+    pub ram_free_now: bool,
+    pub incarnation: u64,
+    /// RAM of other dead VMs that became free.
+    pub released: Vec<RamRelease>,
+    /// Interrupts to raise in connection peers (their control port now shows the stop).
+    pub notify: Vec<Notify>,
+}
+
+#[derive(Default)]
+pub struct Sharing {
+    pub grants: GrantTables,
+    pub events: EventChannels,
+    pub retained: Vec<RetainedRam>,
+    pub connections: Vec<Connection>,
+}
+
+fn vm_slot(vms: &[Option<Vm>], vm: VmId) -> Option<&Vm> {
+    vms.get(usize::from(vm).checked_sub(1)?)?.as_ref()
+}
+
+fn vm_slot_mut(vms: &mut [Option<Vm>], vm: VmId) -> Option<&mut Vm> {
+    vms.get_mut(usize::from(vm).checked_sub(1)?)?.as_mut()
+}
+
+/// Host PA of `[gpa, gpa + len)` of `vm`'s RAM, if the whole range is inside it.
+pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
+    let vm = vm_slot(vms, vm)?;
+    let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
+    let end = offset.checked_add(len)?;
+    (len >= 1 && end <= vm.ram_bytes).then_some(vm.ram_pa + offset)
+}
+
+/// The grant tables' view of the machine: VM RAM through the identity map, stage-2 tables.
+pub struct Env<'a> {
+    pub vms: &'a mut [Option<Vm>],
+    pub frames: &'a mut FrameAllocator,
+}
+
+impl Env<'_> {
+    fn word(&self, vm: VmId, gpa: u64) -> Option<&core::sync::atomic::AtomicU64> {
+        let pa = ram_pa(self.vms, vm, gpa, 8).filter(|pa| pa % 8 == 0)?;
+        // SAFETY: an aligned word of a live VM's RAM (checked just above); the VM cannot be
+        // destroyed while the HV lock, which the caller holds, is held.
+        unsafe { phys_atomics(pa, 1) }.first()
+    }
+}
+
+impl GrantEnv for Env<'_> {
+    fn in_ram(&self, vm: VmId, gpa: u64, len: u64) -> bool {
+        ram_pa(self.vms, vm, gpa, len).is_some()
+    }
+
+    fn read_u64(&self, vm: VmId, gpa: u64) -> u64 {
+        self.word(vm, gpa).map_or(0, |w| w.load(SeqCst))
+    }
+
+    fn write_u64(&mut self, vm: VmId, gpa: u64, value: u64) {
+        if let Some(w) = self.word(vm, gpa) {
+            w.store(value, SeqCst);
+        }
+    }
+
+    fn compare_exchange_u64(
+        &mut self,
+        vm: VmId,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<u64, u64> {
+        match self.word(vm, gpa) {
+            Some(w) => w.compare_exchange(current, new, SeqCst, SeqCst),
+            None => Err(!current),
+        }
+    }
+
+    fn copy(&mut self, dst_vm: VmId, dst_gpa: u64, src_vm: VmId, src_gpa: u64, len: u64) {
+        let (Some(dst), Some(src)) = (
+            ram_pa(self.vms, dst_vm, dst_gpa, len),
+            ram_pa(self.vms, src_vm, src_gpa, len),
+        ) else {
+            return;
+        };
+        // SAFETY: both ranges are inside live VMs' RAM (checked above), which the hypervisor only
+        // touches through raw pointers and atomics.
+        unsafe { phys_copy(dst, src, len as usize) };
+    }
+
+    fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
+        ram_pa(self.vms, vm, gpa, PAGE_SIZE).unwrap_or(0)
+    }
+
+    fn map_page(
+        &mut self,
+        vm: VmId,
+        ipa: u64,
+        host_pa: u64,
+        readonly: bool,
+    ) -> Result<(), MapFailed> {
+        let vm = vm_slot_mut(self.vms, vm).ok_or(MapFailed)?;
+        let attrs = MapAttrs {
+            mem: MemType::Normal,
+            access: if readonly {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            },
+            executable: false,
+        };
+        let mut tables = PhysTableMemory {
+            frames: self.frames,
+        };
+        vm.stage2
+            .map(&mut tables, ipa, host_pa, PAGE_SIZE, attrs)
+            .map_err(|_| MapFailed)
+    }
+
+    fn unmap_page(&mut self, vm: VmId, ipa: u64) {
+        let Some(vm) = vm_slot_mut(self.vms, vm) else {
+            return;
+        };
+        let mut pieces = Vec::new();
+        let mut tables = PhysTableMemory {
+            frames: self.frames,
+        };
+        if vm
+            .stage2
+            .unmap(&mut tables, ipa, PAGE_SIZE, &mut |ipa, size| {
+                pieces.push((ipa, size))
+            })
+            .is_ok()
+        {
+            tlbi_ipas_for(vm.vmid, vm.stage2.root_pa(), &pieces);
+        }
+    }
+}
+
+/// A virtual interrupt the caller must inject: [`EVTCHN_INTID`] to VM `vm`'s first vCPU.
+///
+/// [`EVTCHN_INTID`]: shared_abi::evtchn::EVTCHN_INTID
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notify {
+    pub vm: VmId,
+}
+
+/// Marks `port` pending in `vm`'s event page; `Some` when the VM must be interrupted.
+pub fn set_port_pending(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
+    let pa = ram_pa(vms, vm, page_gpa, PAGE_WORDS as u64 * 8)?;
+    // SAFETY: the event page lies in the live VM's RAM (checked above) and is page aligned (the
+    // event-channel table only accepts aligned pages).
+    let words = unsafe { phys_atomics(pa, PAGE_WORDS) };
+    (set_pending(words, port) == Some(Delivery::Notify)).then_some(Notify { vm })
+}
+
+/// Delivers a send's [`Signal`]: a VM without an event page simply does not hear it.
+pub fn deliver(vms: &[Option<Vm>], signal: Signal) -> Option<Notify> {
+    set_port_pending(vms, signal.vm, signal.page_gpa?, signal.port)
+}
+
+impl Sharing {
+    /// Creates the connection of `frontend` to `backend`: a zeroed control page with its header,
+    /// a bound pair of control ports, and the page mapped read-write into both VMs at
+    /// [`control_page_ipa`]`(frontend)`.
+    pub fn connect(
+        &mut self,
+        vms: &mut [Option<Vm>],
+        frames: &mut FrameAllocator,
+        frontend: VmId,
+        backend: VmId,
+    ) -> Result<(), &'static str> {
+        let (frontend_port, backend_port) = self
+            .events
+            .bind_pair(frontend, backend)
+            .map_err(|_| "no free event-channel ports")?;
+        let page_pa = frames.alloc(1, 1).ok_or("no free frame for the control page")?;
+        // SAFETY: the frame was just allocated to us; no one else references it yet.
+        let page = unsafe { phys_bytes_mut(page_pa, PAGE_SIZE as usize) };
+        page.fill(0);
+        let header = Header {
+            frontend,
+            backend,
+            frontend_port,
+            backend_port,
+        };
+        header
+            .init_page(page)
+            .map_err(|_| "control page header rejected")?;
+        let attrs = MapAttrs {
+            mem: MemType::Normal,
+            access: Access::ReadWrite,
+            executable: false,
+        };
+        for vm in [frontend, backend] {
+            let vm = vm_slot_mut(vms, vm).ok_or("connection names a missing VM")?;
+            vm.stage2
+                .map(
+                    &mut PhysTableMemory { frames },
+                    control_page_ipa(frontend),
+                    page_pa,
+                    PAGE_SIZE,
+                    attrs,
+                )
+                .map_err(|_| "mapping the control page failed")?;
+        }
+        self.connections.push(Connection {
+            frontend,
+            backend,
+            page_pa,
+            frontend_port,
+            backend_port,
+        });
+        Ok(())
+    }
+
+    /// Everything sharing-related when VM `vm` stops (`restart`: SYSTEM_RESET, the same VM boots
+    /// again). Returns whether the VM's RAM may be freed or reloaded now, the RAM of other dead
+    /// VMs that became free, and the interrupts to inject into connection peers.
+    pub fn vm_stopped(
+        &mut self,
+        vms: &mut [Option<Vm>],
+        frames: &mut FrameAllocator,
+        vm: VmId,
+        restart: bool,
+    ) -> Stopped {
+        let teardown = if restart {
+            Teardown::Reset
+        } else {
+            Teardown::Kill
+        };
+        let death = self
+            .grants
+            .vm_died(&mut Env { vms, frames }, vm, teardown);
+        self.events.vm_died(vm);
+        let mut notify = Vec::new();
+        for conn in self
+            .connections
+            .iter_mut()
+            .filter(|c| c.frontend == vm || c.backend == vm)
+        {
+            let (side, survivor, survivor_port) = if conn.frontend == vm {
+                (handshake::Side::Frontend, conn.backend, conn.backend_port)
+            } else {
+                (handshake::Side::Backend, conn.frontend, conn.frontend_port)
+            };
+            // SAFETY: the control page is a hypervisor-owned frame mapped into the two VMs for
+            // the life of the system; guests write their sections concurrently, but the page is
+            // only ever accessed as bytes here and validated by whoever reads it.
+            let page = unsafe { phys_bytes_mut(conn.page_pa, PAGE_SIZE as usize) };
+            handshake::mark_closed(page, side);
+            if !restart {
+                handshake::mark_stopped(page, side);
+            }
+            if restart {
+                // The new incarnation gets a fresh control port bound to the survivor's.
+                match self.events.bind_interdomain(vm, u64::from(survivor), u64::from(survivor_port)) {
+                    Ok(port) => {
+                        if conn.frontend == vm {
+                            conn.frontend_port = port;
+                        } else {
+                            conn.backend_port = port;
+                        }
+                        let header = Header {
+                            frontend: conn.frontend,
+                            backend: conn.backend,
+                            frontend_port: conn.frontend_port,
+                            backend_port: conn.backend_port,
+                        };
+                        if header.write(page).is_err() {
+                            warn!("control page {:#x}: header rewrite failed", conn.page_pa);
+                        }
+                    }
+                    Err(e) => warn!("VM {vm}: control port not rebound after restart: {e:?}"),
+                }
+            }
+            if let Some(page_gpa) = self.events.event_page(survivor) {
+                notify.extend(set_port_pending(vms, survivor, page_gpa, survivor_port));
+            }
+        }
+        if !death.ram_free_now {
+            info!(
+                "VM {vm}: RAM kept until peers unmap its granted frames ({} mapping(s))",
+                self.grants.lent_count(vm)
+            );
+        }
+        Stopped {
+            ram_free_now: death.ram_free_now,
+            incarnation: death.incarnation,
+            released: death.released,
+            notify,
+        }
+    }
+
+    /// Frees retained RAM named by `released`.
+    pub fn release(&mut self, frames: &mut FrameAllocator, released: &[RamRelease]) {
+        for release in released {
+            if let Some(i) = self.retained.iter().position(|r| r.release == *release) {
+                let ram = self.retained.swap_remove(i);
+                let _ = frames.free(ram.pa, ram.pages);
+                info!(
+                    "RAM of VM {} (incarnation {}) released: its last foreign mapping is gone",
+                    release.vm, release.incarnation
+                );
+            }
+        }
+    }
+}
+
+/// EVTCHN_UNMASK's second half: clears the mask bit in the caller's event page; if the port is
+/// pending, the event that arrived while masked is delivered now.
+pub fn unmask_port(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
+    let pa = ram_pa(vms, vm, page_gpa, PAGE_WORDS as u64 * 8)?;
+    // SAFETY: as in `set_port_pending`.
+    let words = unsafe { phys_atomics(pa, PAGE_WORDS) };
+    (shared_abi::evtchn::clear_mask(words, port) == Some(true)).then_some(Notify { vm })
+}

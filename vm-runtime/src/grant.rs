@@ -1,0 +1,229 @@
+//! The guest side of grants (see `shared_abi::grant` for the ABI): this VM's grant table, through
+//! which it lets one named peer map or copy one of its pages, and the mappings of peers' pages
+//! that this VM holds in its grant window.
+//!
+//! Ref 0 is never handed out, so a zero ref in a shared structure means "none".
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use shared_abi::grant::{
+    CopyOp, GrantEntry, MapOp, UnmapOp, ENTRIES_PER_PAGE, GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE,
+    IN_USE, MAP_READONLY, MAX_BATCH, PERMIT, READONLY,
+};
+use shared_abi::hypercall::{
+    Status, GRANT_COPY, GRANT_END, GRANT_MAP, GRANT_TABLE_SETUP, GRANT_UNMAP,
+};
+use shared_abi::layout::PAGE_SIZE;
+use spin::{Mutex, Once};
+
+use crate::hypercall::{hvc, status};
+use crate::page::{Page, PAGE_WORDS};
+
+/// This VM's registered grant table.
+struct Table {
+    entries: &'static [Page],
+    /// Next ref to try when granting; refs are reused after `end`.
+    next: u32,
+}
+
+static TABLE: Once<Mutex<Table>> = Once::new();
+
+/// Pages of the grant window handed out to mappings (a bump pointer plus returned pages).
+struct Window {
+    next_page: u64,
+    free: Vec<u64>,
+}
+
+static WINDOW: Mutex<Window> = Mutex::new(Window {
+    next_page: 0,
+    free: Vec::new(),
+});
+
+fn ok(raw: u64) -> Result<(), Status> {
+    match status(raw) {
+        Status::Ok => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Allocates a grant table of `pages` pages and registers it (GRANT_TABLE_SETUP). Call once.
+pub fn init(pages: u32) -> Result<(), Status> {
+    if TABLE.get().is_some() {
+        return Err(Status::Busy);
+    }
+    let entries = Page::leak_many(pages as usize);
+    let gpa = entries.first().map_or(0, Page::gpa);
+    ok(hvc(GRANT_TABLE_SETUP, [gpa, u64::from(pages), 0, 0, 0, 0])[0])?;
+    TABLE.call_once(|| Mutex::new(Table { entries, next: 1 }));
+    Ok(())
+}
+
+fn entry(table: &Table, gref: u32) -> Option<&AtomicU64> {
+    let page = table.entries.get((gref / ENTRIES_PER_PAGE) as usize)?;
+    page.0.get((gref % ENTRIES_PER_PAGE) as usize)
+}
+
+/// Grants `peer` access to this VM's page at `page_gpa` (read-only if asked); returns the ref.
+/// `NoSpace` when every ref is in use, `InvalidArgument` for an unaligned page or no table.
+pub fn grant(peer: u16, page_gpa: u64, readonly: bool) -> Result<u32, Status> {
+    if !page_gpa.is_multiple_of(PAGE_SIZE) {
+        return Err(Status::InvalidArgument);
+    }
+    let table = TABLE.get().ok_or(Status::InvalidArgument)?;
+    let mut table = table.lock();
+    let refs = table.entries.len() as u32 * ENTRIES_PER_PAGE;
+    let flags = PERMIT | if readonly { READONLY } else { 0 };
+    let value = GrantEntry {
+        flags,
+        peer,
+        frame: (page_gpa / PAGE_SIZE) as u32,
+    }
+    .to_u64();
+    for step in 0..refs {
+        let gref = (table.next + step) % refs;
+        if gref == 0 {
+            continue;
+        }
+        let slot = entry(&table, gref).ok_or(Status::InvalidArgument)?;
+        // A free entry is all zero; the hypervisor never sets IN_USE on an entry without PERMIT.
+        if slot
+            .compare_exchange(0, value, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            table.next = gref + 1;
+            return Ok(gref);
+        }
+    }
+    Err(Status::NoSpace)
+}
+
+/// Revokes `gref` (GRANT_END): `Busy` while the peer still maps it. On success the entry is
+/// free for reuse.
+pub fn end(gref: u32) -> Result<(), Status> {
+    let table = TABLE.get().ok_or(Status::InvalidArgument)?;
+    ok(hvc(GRANT_END, [u64::from(gref), 0, 0, 0, 0, 0])[0])?;
+    let table = table.lock();
+    if let Some(slot) = entry(&table, gref) {
+        slot.store(0, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Whether the peer currently maps `gref` (the IN_USE bit the hypervisor maintains).
+pub fn in_use(gref: u32) -> bool {
+    TABLE.get().is_some_and(|t| {
+        entry(&t.lock(), gref)
+            .is_some_and(|e| GrantEntry::from_u64(e.load(Ordering::Acquire)).flags & IN_USE != 0)
+    })
+}
+
+/// A peer's page mapped into this VM's grant window. Dropping it without [`Mapping::unmap`]
+/// leaves the page mapped (and the window slot used) until the VM ends.
+#[derive(Debug)]
+pub struct Mapping {
+    gpa: u64,
+    readonly: bool,
+}
+
+fn take_window_page() -> Result<u64, Status> {
+    let mut window = WINDOW.lock();
+    if let Some(gpa) = window.free.pop() {
+        return Ok(gpa);
+    }
+    if window.next_page >= GRANT_WINDOW_SIZE / PAGE_SIZE {
+        return Err(Status::NoSpace);
+    }
+    let gpa = GRANT_WINDOW_BASE + window.next_page * PAGE_SIZE;
+    window.next_page += 1;
+    Ok(gpa)
+}
+
+fn return_window_page(gpa: u64) {
+    WINDOW.lock().free.push(gpa);
+}
+
+/// Maps `granter`'s ref `gref` into this VM (GRANT_MAP with one op).
+pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
+    let dest = take_window_page()?;
+    let mut op = [MapOp {
+        granter,
+        flags: if readonly { MAP_READONLY } else { 0 },
+        gref,
+        dest_gpa: dest,
+        status: 0,
+    }];
+    let result = map_raw(&mut op).and_then(|()| op_status(op[0].status));
+    match result {
+        Ok(()) => Ok(Mapping {
+            gpa: dest,
+            readonly,
+        }),
+        Err(e) => {
+            return_window_page(dest);
+            Err(e)
+        }
+    }
+}
+
+fn op_status(raw: i64) -> Result<(), Status> {
+    ok(raw as u64)
+}
+
+/// GRANT_MAP on caller-built ops (at most [`MAX_BATCH`]); each op's `status` is filled in. For
+/// tests and batch users that choose their own destinations in the grant window.
+pub fn map_raw(ops: &mut [MapOp]) -> Result<(), Status> {
+    batch(GRANT_MAP, ops.as_mut_ptr() as u64, ops.len())
+}
+
+/// GRANT_UNMAP on caller-built ops.
+pub fn unmap_raw(ops: &mut [UnmapOp]) -> Result<(), Status> {
+    batch(GRANT_UNMAP, ops.as_mut_ptr() as u64, ops.len())
+}
+
+/// GRANT_COPY: the hypervisor copies for us (no mapping needed); each op's `status` is filled in.
+pub fn copy(ops: &mut [CopyOp]) -> Result<(), Status> {
+    batch(GRANT_COPY, ops.as_mut_ptr() as u64, ops.len())
+}
+
+fn batch(id: u64, gpa: u64, count: usize) -> Result<(), Status> {
+    if count as u64 > MAX_BATCH {
+        return Err(Status::InvalidArgument);
+    }
+    // The asm in `hvc` is a compiler barrier and the pointer is exposed, so the status words the
+    // hypervisor writes are seen by later reads.
+    ok(hvc(id, [gpa, count as u64, 0, 0, 0, 0])[0])
+}
+
+impl Mapping {
+    /// Where the page is mapped in this VM.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// The page as atomic words. Storing through a read-only mapping is a stage-2 permission
+    /// fault: the hypervisor kills this VM.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the hypervisor mapped a whole 4 KiB frame of RAM at `gpa` (page aligned, in the
+        // grant window, which the boot map covers as Normal memory) and keeps it mapped until
+        // `unmap`, which consumes `self`, so the slice cannot outlive the mapping. The peer
+        // writes it concurrently, hence atomics only.
+        unsafe { core::slice::from_raw_parts(self.gpa as *const AtomicU64, PAGE_WORDS) }
+    }
+
+    /// Unmaps the page (GRANT_UNMAP; the hypervisor invalidates the TLB entries for it).
+    pub fn unmap(self) -> Result<(), Status> {
+        let mut op = [UnmapOp {
+            dest_gpa: self.gpa,
+            status: 0,
+        }];
+        unmap_raw(&mut op)?;
+        op_status(op[0].status)?;
+        return_window_page(self.gpa);
+        Ok(())
+    }
+}
