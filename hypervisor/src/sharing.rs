@@ -316,10 +316,7 @@ impl Sharing {
             }
         }
         if !death.ram_free_now {
-            info!(
-                "VM {vm}: RAM kept until peers unmap its granted frames ({} mapping(s))",
-                self.grants.lent_count(vm)
-            );
+            info!("VM {vm}: RAM kept until peers unmap its granted frames");
         }
         Stopped {
             ram_free_now: death.ram_free_now,

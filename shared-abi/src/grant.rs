@@ -35,7 +35,9 @@
 //! Ops live in the caller's RAM as arrays of little-endian `u64` words (8-byte aligned), at most
 //! [`MAX_BATCH`] per call. The hypervisor reads each op once, as words, and writes back only its
 //! `status` word. The `#[repr(C)]` structs below have exactly the word layout on a little-endian
-//! machine, so a guest may also build them in place.
+//! machine, so a guest may also build [`MapOp`] and [`UnmapOp`] arrays in place. Not [`CopyOp`]:
+//! the six bytes after its `len` are padding, which Rust leaves undefined, and the hypervisor
+//! refuses non-zero reserved bits; send [`CopyOp::to_words`] instead.
 //!
 //! [`MapOp`], 3 words: word 0 = `granter` (bits 0-15) | `flags` (16-31; bit 0 = READONLY
 //! requested, others zero) | `gref` (32-63); word 1 = `dest_gpa`; word 2 = `status`.

@@ -50,71 +50,78 @@
 //! its control port. The peer, after an event, takes a copy of the page, loading the state word
 //! first (acquire ordering), and reacts to the peer's state in its copy with [`next_state`]: it
 //! does the work attached to the step, then writes the new state. A side takes a new copy for
-//! every step; it never decides two steps on one copy. A copy may be stale (the peer wrote again
-//! since) or torn (an older state word with newer fields), so its fields are those of the same or
-//! a newer write. A copy that fails validation (e.g. an old `Initialised` with the fields of a
-//! fresh section, which lack the data port) is dropped; the reader waits for the next event. A
-//! step whose work fails is not taken (nothing is written); the side waits for the next event.
+//! every step, after its own last write; it never decides two steps on one copy. A copy may be
+//! stale (the peer wrote again since) or torn (an older state word with newer fields). A copy that
+//! fails validation (e.g. an old `Initialised` with the fields of a fresh section, which lack the
+//! data port) is dropped, and the reader waits for the next event.
 //!
 //! **Connecting.**
-//! 1. The hypervisor initialises the page: both sections `Initialising`.
-//! 2. The back-end, `Initialising`, writes `InitWait` whatever the front-end shows: it is ready to
-//!    accept a front-end.
-//! 3. The front-end, `Initialising` and seeing `InitWait`, allocates its rings and buffers, grants
+//! 1. The hypervisor initialises the page ([`Header::init_page`]): both sections `Initialising`.
+//! 2. The back-end, `Initialising`, seeing `Initialising` or `Initialised`, writes `InitWait`: it
+//!    is ready to accept a front-end.
+//! 3. The front-end, `Initialising`, seeing `InitWait`, allocates its rings and buffers, grants
 //!    them to the back-end, allocates an unbound data port for the back-end, writes the refs, the
 //!    port, its MAC and features, and `Initialised`.
-//! 4. The back-end, `InitWait` and seeing `Initialised`, maps the rings named in that copy, binds
-//!    the data port, writes its features and MAC and `Connected`. Mapping fails if the copy is
-//!    stale and those refs are no longer granted; then it writes nothing and waits.
-//! 5. The front-end, `Initialised` and seeing `Connected`, writes `Connected`. Data flows.
+//! 4. The back-end, `InitWait`, seeing `Initialised`, maps the rings named in that copy, binds the
+//!    data port, writes its features and MAC and `Connected`. If GRANT_MAP fails (a stale copy
+//!    naming refs no longer granted, or a broken front-end) it either writes nothing and waits for
+//!    the next event or goes `Closing`; the protocol works with either.
+//! 5. The front-end, `Initialised`, seeing `Connected`, writes `Connected`. Data flows. Whatever
+//!    else it sees, an `Initialised` front-end just waits: the back-end always comes round to map
+//!    what it published (step 8).
 //!
 //! **Closing.**
-//! 6. Either side may go `Closing` from any state but `Closing`/`Closed` (to reset the
-//!    connection; a side leaving for good goes `Closing`, `Closed` and stops calling
-//!    [`next_state`]). A side that has published or connected goes `Closing` as soon as its peer
-//!    is not on the way forward: the front-end when `Initialised` and the back-end shows
-//!    `Initialising`, `Closing` or `Closed`, or when `Connected` and the back-end shows anything
-//!    but `Connected`; the back-end when `Connected` and the front-end shows anything but
-//!    `Initialised` or `Connected` (a peer that went backwards has restarted or reset).
+//! 6. Either side may go `Closing` from any state but `Closing`/`Closed`, to reset the connection
+//!    (a side leaving for good goes `Closing`, `Closed` and stops following [`next_state`]). A
+//!    `Connected` side goes `Closing` as soon as its peer shows anything but `Connected`
+//!    (front-end) or anything but `Initialised`/`Connected` (back-end). An `InitWait` back-end
+//!    goes `Closing` when the front-end shows `Closed` (it has closed or died; see Restarts).
 //! 7. A `Closing` side tears down, then writes `Closed`: the back-end unmaps the rings and closes
-//!    its end of the data port; the front-end ends its grants, which GRANT_END refuses (`Busy`)
-//!    while the back-end still maps them, so it retries on the next event.
+//!    its end of the data port (it may do so before writing `Closing` already); the front-end
+//!    ends its grants, which GRANT_END refuses (`Busy`) while the back-end still maps them, so it
+//!    retries on the next event, and closes the data port.
 //!
-//! **Reconnecting.**
-//! 8. The back-end goes `Closed → Initialising` once the front-end shows `Initialising` (it has
-//!    restarted or is starting over) or `Closed` (it has finished closing), then `InitWait`
-//!    (step 2). It does not wait for the front-end to go first: a front-end that is `Closed` waits
-//!    for the back-end, so a back-end waiting in `Closed` for a `Closed` front-end would leave
-//!    both stuck.
-//! 9. The front-end goes `Closed → Initialising` once the back-end shows `Initialising` or
-//!    `InitWait`, then follows step 3.
+//! **Reconnecting**, the back-end leading:
+//! 8. The back-end goes `Closed → Initialising` once the front-end shows `Initialising`,
+//!    `Initialised` or `Closed`, then `InitWait` once it shows `Initialising` or `Initialised`
+//!    (step 2).
+//! 9. The front-end goes `Closed → Initialising` once the back-end shows `Initialising` (not
+//!    `InitWait`, see below), then follows step 3.
 //!
-//! **Restarts.** A side may die at any point. Its next incarnation writes its section fresh
-//! (`Initialising`, everything else zero: a start, not a transition) and follows the protocol;
-//! its peer sees it go backwards and closes and reconnects (steps 6-9). The hypervisor tears down
-//! a dead back-end's mappings. A dead front-end's grants die with it, but the back-end's mappings
-//! of them stay until it unmaps; until then the front-end's next incarnation cannot register a
-//! grant table (GRANT_TABLE_SETUP is `Busy`), so it cannot reach `Initialised` with new rings that
-//! the back-end, still holding the old ones, would take for an answer to its own `Connected`.
+//! **Restarts.** A side may die at any point. The hypervisor marks its section `Closed`
+//! ([`mark_closed`]), tears down a dead back-end's mappings, and forgets a dead front-end's grant
+//! table; the back-end's mappings of the dead front-end's frames stay valid until it unmaps them,
+//! and they do not hold up the next incarnation's grant table. A new incarnation starts in
+//! `Initialising` if its section shows `Initialising` (the page is new, or it died before getting
+//! further); otherwise it writes its section fresh as `Closed` (which the hypervisor has normally
+//! done already) and starts in `Closed`. It then follows the protocol (steps 8-9). A back-end may
+//! also always start in `Initialising`; a front-end may not: a back-end's `InitWait` can be older
+//! than the front-end's death, with GRANT_MAP of the dead incarnation's rings done and its
+//! `Connected` not yet written, and a new front-end that published rings on that `InitWait` would
+//! take that `Connected` for its own. A back-end that shows `Initialising` after the front-end
+//! started maps nothing but what a later copy shows; the `InitWait → Closing` of step 6 makes sure
+//! the front-end gets to see one.
 //!
-//! State sequences, with current copies and the page connected:
+//! State sequences, with current copies, from connected, the front-end stepping first:
 //! - connect: back-end `Initialising → InitWait`; front-end `Initialising → Initialised`;
 //!   back-end `InitWait → Connected`; front-end `Initialised → Connected`.
-//! - front-end restart: front-end (new) `Initialising`; back-end `Connected → Closing → Closed →
-//!   Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
-//!   `InitWait → Connected`; front-end `Initialised → Connected`.
-//! - back-end restart: back-end (new) `Initialising → InitWait`; front-end `Connected → Closing →
-//!   Closed → Initialising → Initialised`; back-end `InitWait → Connected`; front-end
+//! - front-end restart: front-end (new, starts) `Closed`; back-end `Connected → Closing → Closed
+//!   → Initialising`; front-end `Closed → Initialising`; back-end `Initialising → InitWait`;
+//!   front-end `Initialising → Initialised`; back-end `InitWait → Connected`; front-end
 //!   `Initialised → Connected`.
+//! - back-end restart: back-end (new, starts) `Closed`; front-end `Connected → Closing → Closed`;
+//!   back-end `Closed → Initialising`; front-end `Closed → Initialising`; back-end
+//!   `Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
+//!   `InitWait → Connected`; front-end `Initialised → Connected`.
 //!
-//! **Guarantee** (checked exhaustively by the tests, for bounded numbers of disturbances, and by
-//! a property test on real pages): after any interleaving of steps, stale and torn copies, resets
-//! and deaths of either side at any point, once the disturbances stop both sides end `Connected`,
-//! with the back-end mapping the rings the front-end currently grants; no sequence of steps can
-//! loop, and each disturbance costs at most one reconnection. A front-end only connects on a
-//! back-end `Connected` that was written for its current rings, unless the back-end that wrote it
-//! has died since (which no page can tell; the next incarnation's `Initialising` closes the
-//! connection).
+//! **Guarantee**, checked exhaustively by the tests for bounded numbers of disturbances (and by a
+//! property test on real pages): after any interleaving of steps, stale and torn copies, resets
+//! and deaths of either side at any point (also between a back-end's GRANT_MAP and its
+//! `Connected`), once the disturbances stop both sides end `Connected`, with the back-end mapping
+//! the rings the front-end currently grants. No sequence of steps can loop, and each disturbance
+//! costs at most one reconnection. A front-end only connects on a back-end `Connected` written
+//! for its current rings, unless the back-end that wrote it has died since (which no page can
+//! tell; the hypervisor's `Closed` then closes the connection).
 
 use core::fmt;
 use core::ops::Range;
@@ -218,7 +225,7 @@ pub enum Side {
 /// `InitWait → Initialised` (front-end published), `InitWait → Connected` and
 /// `Initialised → Connected`, any state but `Closing`/`Closed` → `Closing`, `Closing → Closed`,
 /// and `Closed → Initialising` to start over. Staying in a state is not a transition (false). A
-/// restarted side's first `Initialising` is a start, not checked here.
+/// new incarnation's first state is a start, not checked here.
 pub const fn transition_allowed(from: State, to: State) -> bool {
     use State::*;
     matches!(
@@ -238,25 +245,25 @@ pub const fn transition_allowed(from: State, to: State) -> bool {
 /// peer's state `peer` (from a copy taken after its own last write); `None` means wait for the
 /// next event. Work attached to a step (granting rings before `Initialised`, mapping them before
 /// `Connected`, tearing down before `Closed`) is done by the caller before it writes the returned
-/// state; if the work fails, the caller writes nothing and waits. Every returned step satisfies
-/// [`transition_allowed`].
+/// state; if GRANT_MAP fails the back-end waits or goes `Closing` instead. Every returned step
+/// satisfies [`transition_allowed`].
 ///
-/// | side      | own            | peer                                     | next           |
-/// |-----------|----------------|------------------------------------------|----------------|
-/// | front-end | `Initialising` | `InitWait`                               | `Initialised`  |
-/// | front-end | `Initialised`  | `Connected`                              | `Connected`    |
-/// | front-end | `Initialised`  | `Initialising`, `Closing`, `Closed`      | `Closing`      |
-/// | front-end | `Connected`    | anything but `Connected`                 | `Closing`      |
-/// | front-end | `Closing`      | anything                                 | `Closed`       |
-/// | front-end | `Closed`       | `Initialising`, `InitWait`               | `Initialising` |
-/// | back-end  | `Initialising` | anything                                 | `InitWait`     |
-/// | back-end  | `InitWait`     | `Initialised`                            | `Connected`    |
-/// | back-end  | `Connected`    | `Initialising`, `InitWait`, `Closing`, `Closed` | `Closing` |
-/// | back-end  | `Closing`      | anything                                 | `Closed`       |
-/// | back-end  | `Closed`       | `Initialising`, `Closed`                 | `Initialising` |
+/// | side      | own            | peer                                            | next           |
+/// |-----------|----------------|-------------------------------------------------|----------------|
+/// | front-end | `Initialising` | `InitWait`                                      | `Initialised`  |
+/// | front-end | `Initialised`  | `Connected`                                     | `Connected`    |
+/// | front-end | `Connected`    | anything but `Connected`                        | `Closing`      |
+/// | front-end | `Closing`      | anything                                        | `Closed`       |
+/// | front-end | `Closed`       | `Initialising`                                  | `Initialising` |
+/// | back-end  | `Initialising` | `Initialising`, `Initialised`                   | `InitWait`     |
+/// | back-end  | `InitWait`     | `Initialised`                                   | `Connected`    |
+/// | back-end  | `InitWait`     | `Closed`                                        | `Closing`      |
+/// | back-end  | `Connected`    | `Initialising`, `InitWait`, `Closing`, `Closed` | `Closing`      |
+/// | back-end  | `Closing`      | anything                                        | `Closed`       |
+/// | back-end  | `Closed`       | `Initialising`, `Initialised`, `Closed`         | `Initialising` |
 ///
 /// Anything else waits. A front-end never writes `InitWait` and a back-end never writes
-/// `Initialised`; a `Connected` side seeing them closes like for any other backward step.
+/// `Initialised`; a `Connected` side seeing them closes as for any other state.
 pub const fn next_state(side: Side, own: State, peer: State) -> Option<State> {
     use State::*;
     match side {
@@ -1929,7 +1936,7 @@ mod tests {
             if w.be.dead {
                 n.be.inc += 1;
                 n.be.dead = false;
-                write_be(&mut n, State::Initialising, true);
+                write_be(&mut n, start_state(w.bsec.state), true);
                 (n.be.view, n.be.unused) = (w.fsec, true);
                 return Some(n);
             }
@@ -2218,7 +2225,7 @@ mod tests {
                 for n in &succ {
                     let disturbances = restarts - n.restarts + closes - n.closes;
                     assert!(
-                        n.fe.sess <= 1 + 3 * disturbances,
+                        n.fe.sess <= 1 + disturbances,
                         "reconnects more than once per disturbance:\n{}\n{}",
                         trace(&worlds, &parent, i),
                         show(n)
@@ -2300,7 +2307,7 @@ mod tests {
                     marks_dead,
                     map_failure_closes,
                 };
-                for (restarts, closes) in [(1, 0), (0, 1), (2, 0), (1, 1), (3, 0), (4, 1), (2, 3)] {
+                for (restarts, closes) in [(3, 1), (1, 3)] {
                     let report = exhaustive::check(restarts, closes, opts);
                     std::eprintln!("{opts:?} {restarts} {closes}: {} worlds, max sessions {}", report.worlds, report.max_sessions);
                     assert!(report.worlds > 1000);

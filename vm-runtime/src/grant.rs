@@ -183,7 +183,14 @@ pub fn unmap_raw(ops: &mut [UnmapOp]) -> Result<(), Status> {
 
 /// GRANT_COPY: the hypervisor copies for us (no mapping needed); each op's `status` is filled in.
 pub fn copy(ops: &mut [CopyOp]) -> Result<(), Status> {
-    batch(GRANT_COPY, ops.as_mut_ptr() as u64, ops.len())
+    // `CopyOp` has padding after `len`, which Rust leaves undefined and the hypervisor would see
+    // as reserved bits: send the documented word encoding instead of the struct's bytes.
+    let mut words: Vec<[u64; CopyOp::WORDS]> = ops.iter().map(CopyOp::to_words).collect();
+    batch(GRANT_COPY, words.as_mut_ptr() as u64, words.len())?;
+    for (op, w) in ops.iter_mut().zip(&words) {
+        op.status = w[CopyOp::STATUS_WORD] as i64;
+    }
+    Ok(())
 }
 
 fn batch(id: u64, gpa: u64, count: usize) -> Result<(), Status> {
