@@ -41,13 +41,24 @@ impl Link {
                 header.frontend, header.backend, info.vm_id
             ));
         }
-        let link = Link {
+        // A new incarnation starts in Initialising only on a section that says so (a new page);
+        // otherwise in Closed, because the back-end may still act on what an earlier incarnation
+        // published (the Restarts rule of the protocol).
+        let start = match control.frontend().map(|f| f.state) {
+            Ok(State::Initialising) => State::Initialising,
+            _ => State::Closed,
+        };
+        let mut link = Link {
             control,
             backend,
             control_port: header.frontend_port,
-            state: State::Initialising,
+            state: start,
         };
-        link.publish(&Frontend::initialising())?;
+        link.publish(&Frontend {
+            state: start,
+            ..Frontend::initialising()
+        })?;
+        link.state = start;
         Ok(link)
     }
 

@@ -67,15 +67,15 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         let _ = unsafe { outside.read_volatile() };
         return Err("survived a stage-2 fault".into());
     }
-    while grant::in_use(1) || grant::in_use(2) {
+    // Done when the peer has written page A (its last legitimate step) and unmapped everything.
+    while grant::in_use(1) || grant::in_use(2) || a.words()[1].load(Ordering::Acquire) != PEER_WROTE {
         if start.elapsed_ms() > WAIT_MS {
-            return Err(format!("vm {peer} never unmapped refs 1 and 2"));
+            return Err(format!(
+                "vm {peer} never wrote page A and unmapped refs 1 and 2 (word 1 is {:#x})",
+                a.words()[1].load(Ordering::Acquire)
+            ));
         }
         timer::sleep_ms(5);
-    }
-    let wrote = a.words()[1].load(Ordering::Acquire);
-    if wrote != PEER_WROTE {
-        return Err(format!("page A word 1 is {wrote:#x}, the peer should have written {PEER_WROTE:#x}"));
     }
     for gref in 1..=3 {
         grant::end(gref).map_err(|e| format!("revoking ref {gref}: {e:?}"))?;
