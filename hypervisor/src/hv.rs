@@ -87,8 +87,8 @@ impl Hv {
 
     /// Wakes idle pCPUs so they look at the run queue.
     fn kick_idle(&self, this_pcpu: usize) {
-        for pcpu in 0..self.pcpus {
-            if pcpu != this_pcpu && IDLE[pcpu].load(Ordering::Acquire) {
+        for (pcpu, idle) in IDLE.iter().enumerate().take(self.pcpus) {
+            if pcpu != this_pcpu && idle.load(Ordering::Acquire) {
                 gic::kick(pcpu);
             }
         }
@@ -683,7 +683,7 @@ fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pc
     if target >> 8 != 0 || index >= vm.vcpus.len() || index >= MAX_VCPUS_PER_VM as usize {
         return psci::INVALID_PARAMETERS;
     }
-    if entry < GUEST_RAM_BASE || entry >= GUEST_RAM_BASE + vm.ram_bytes || entry % 4 != 0 {
+    if entry < GUEST_RAM_BASE || entry >= GUEST_RAM_BASE + vm.ram_bytes || !entry.is_multiple_of(4) {
         return psci::INVALID_PARAMETERS;
     }
     let target_id = vm.vcpus[index];

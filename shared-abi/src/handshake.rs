@@ -34,7 +34,9 @@
 //! |     136 |    8 | feature bits (accepted subset)                         | back-end   |
 //! |     144 |    6 | MAC it assigned or accepted                            | back-end   |
 //! | 150-191 |      | reserved                                               |            |
-//! |192-4095 |      | unused: zeroed by the hypervisor, never read           |            |
+//! |     192 |    4 | stop word ([`STOPPED_WORD`]): bit 0 front-end, bit 1   | hypervisor |
+//! |         |      | back-end stopped for good                              |            |
+//! |196-4095 |      | unused: zeroed by the hypervisor, never read           |            |
 //!
 //! States are `u32`: `Initialising = 1, InitWait = 2, Initialised = 3, Connected = 4,
 //! Closing = 5, Closed = 6`; any other number is an error. Readers refuse a part whose reserved
@@ -89,7 +91,9 @@
 //!    `InitWait`, see below), then follows step 3.
 //!
 //! **Restarts.** A side may die at any point. The hypervisor marks its section `Closed`
-//! ([`mark_closed`]), tears down a dead back-end's mappings, and forgets a dead front-end's grant
+//! ([`mark_closed`]; for a VM stopped for good it also sets its bit in the stop word,
+//! [`mark_stopped`], so the peer need not wait for it), tears down a dead back-end's mappings,
+//! and forgets a dead front-end's grant
 //! table; the back-end's mappings of the dead front-end's frames stay valid until it unmaps them,
 //! and they do not hold up the next incarnation's grant table. A new incarnation starts in
 //! `Initialising` if its section shows `Initialising` (the page is new, or it died before getting
@@ -173,7 +177,7 @@ const _: () = {
     assert!(BACKEND.end - BACKEND.start == SECTION_LEN);
     assert!(H_END <= HEADER.end && F_END <= SECTION_LEN && B_END <= SECTION_LEN);
     assert!(F_STATE == 0 && B_STATE == 0);
-    assert!(BACKEND.end <= PAGE_LEN);
+    assert!(STOPPED_WORD >= BACKEND.end && STOPPED_WORD + 4 <= PAGE_LEN);
 };
 
 #[repr(u32)]
@@ -512,7 +516,7 @@ impl Header {
         if version != VERSION {
             return Err(HandshakeError::UnsupportedVersion { found: version });
         }
-        reserved_zero(&page[HEADER], &[0..H_END])?;
+        reserved_zero(&page[HEADER], &[0..H_VERSION, H_VERSION..H_END])?;
         let header = Header {
             frontend: u16_at(page, H_FRONTEND_ID),
             backend: u16_at(page, H_BACKEND_ID),
@@ -669,7 +673,6 @@ mod stop_tests {
         mark_stopped(&mut page, Side::Backend);
         mark_stopped(&mut page, Side::Frontend);
         assert_eq!(stopped(&page), FRONTEND_STOPPED | BACKEND_STOPPED);
-        assert!(STOPPED_WORD >= BACKEND.end && STOPPED_WORD >= FRONTEND.end);
         let mut short = [0u8; 8];
         mark_stopped(&mut short, Side::Backend);
         assert_eq!(stopped(&short), 0);

@@ -193,22 +193,13 @@ impl El1Context {
 
 /// FP/SIMD registers of a vCPU.
 #[repr(C, align(16))]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct FpContext {
     pub q: [u128; 32],
     pub fpcr: u64,
     pub fpsr: u64,
 }
 
-impl Default for FpContext {
-    fn default() -> Self {
-        FpContext {
-            q: [0; 32],
-            fpcr: 0,
-            fpsr: 0,
-        }
-    }
-}
 
 impl FpContext {
     pub fn save(&mut self) {
