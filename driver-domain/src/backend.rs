@@ -70,7 +70,10 @@ impl Connection {
             },
         };
         if let Err(e) = self.control.write_backend(&section) {
-            warn!("front-end {}: cannot write our section: {e:?}", self.frontend);
+            warn!(
+                "front-end {}: cannot write our section: {e:?}",
+                self.frontend
+            );
         }
         self.state = state;
         // The hypervisor rebinds the control port when the front-end restarts: reread it.
@@ -98,7 +101,10 @@ impl Connection {
                     // Not written yet, or garbage: nothing to react to. A connected front-end
                     // that scribbles over its section is treated as leaving.
                     if self.state == State::Connected {
-                        warn!("front-end {}: invalid control section; closing", self.frontend);
+                        warn!(
+                            "front-end {}: invalid control section; closing",
+                            self.frontend
+                        );
                         self.teardown();
                         self.publish(State::Closing);
                     }

@@ -27,8 +27,8 @@ use crate::arch::MAX_PCPUS;
 use crate::logger::print_vm_line;
 pub use crate::sharing::Sharing;
 use crate::sharing::{deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
-use hypervisor::grant::RamRelease;
 use crate::vm::{StopKind, Vcpu, Vm};
+use hypervisor::grant::RamRelease;
 
 /// Time slice in milliseconds.
 pub const SLICE_MS: u64 = 10;
@@ -164,7 +164,10 @@ impl Hv {
                 sharing.release(env.frames, &result.released);
                 (result.status, None)
             }
-            hypercall::GRANT_COPY => (sharing.grants.copy_batch(&mut env, caller, x[1], x[2]), None),
+            hypercall::GRANT_COPY => (
+                sharing.grants.copy_batch(&mut env, caller, x[1], x[2]),
+                None,
+            ),
             hypercall::GRANT_END => (sharing.grants.end(&mut env, caller, x[1]), None),
             hypercall::EVTCHN_SETUP => done(sharing.events.setup(caller, x[1], |gpa, len| {
                 ram_pa(env.vms, caller, gpa, len).is_some()
@@ -198,7 +201,10 @@ impl Hv {
 
     /// Raises the event-channel interrupt on a VM's first vCPU.
     fn notify(&mut self, notify: Notify, pcpu: usize) {
-        let Some(vm) = self.vms.get(usize::from(notify.vm).wrapping_sub(1)).and_then(Option::as_ref)
+        let Some(vm) = self
+            .vms
+            .get(usize::from(notify.vm).wrapping_sub(1))
+            .and_then(Option::as_ref)
         else {
             return;
         };
@@ -683,7 +689,8 @@ fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pc
     if target >> 8 != 0 || index >= vm.vcpus.len() || index >= MAX_VCPUS_PER_VM as usize {
         return psci::INVALID_PARAMETERS;
     }
-    if entry < GUEST_RAM_BASE || entry >= GUEST_RAM_BASE + vm.ram_bytes || !entry.is_multiple_of(4) {
+    if entry < GUEST_RAM_BASE || entry >= GUEST_RAM_BASE + vm.ram_bytes || !entry.is_multiple_of(4)
+    {
         return psci::INVALID_PARAMETERS;
     }
     let target_id = vm.vcpus[index];

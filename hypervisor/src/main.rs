@@ -199,7 +199,9 @@ mod boot {
             hv.vms.push(Some(vm));
         }
         for spec in bundle.vms() {
-            let Some(backend) = spec.backend else { continue };
+            let Some(backend) = spec.backend else {
+                continue;
+            };
             if let Err(why) = hv
                 .sharing
                 .connect(&mut hv.vms, &mut hv.frames, spec.id, backend)

@@ -211,7 +211,9 @@ impl Sharing {
             .events
             .bind_pair(frontend, backend)
             .map_err(|_| "no free event-channel ports")?;
-        let page_pa = frames.alloc(1, 1).ok_or("no free frame for the control page")?;
+        let page_pa = frames
+            .alloc(1, 1)
+            .ok_or("no free frame for the control page")?;
         // SAFETY: the frame was just allocated to us; no one else references it yet.
         let page = unsafe { phys_bytes_mut(page_pa, PAGE_SIZE as usize) };
         page.fill(0);
@@ -266,9 +268,7 @@ impl Sharing {
         } else {
             Teardown::Kill
         };
-        let death = self
-            .grants
-            .vm_died(&mut Env { vms, frames }, vm, teardown);
+        let death = self.grants.vm_died(&mut Env { vms, frames }, vm, teardown);
         self.events.vm_died(vm);
         let mut notify = Vec::new();
         for conn in self
@@ -291,7 +291,11 @@ impl Sharing {
             }
             if restart {
                 // The new incarnation gets a fresh control port bound to the survivor's.
-                match self.events.bind_interdomain(vm, u64::from(survivor), u64::from(survivor_port)) {
+                match self.events.bind_interdomain(
+                    vm,
+                    u64::from(survivor),
+                    u64::from(survivor_port),
+                ) {
                     Ok(port) => {
                         if conn.frontend == vm {
                             conn.frontend_port = port;

@@ -167,10 +167,17 @@ mod tests {
         queue.push(5).unwrap();
         queue.push(5).unwrap();
         let mut lrs = [0u64; 4];
-        assert!(!queue.refill(&mut lrs), "no underflow request: that could trap the guest forever");
+        assert!(
+            !queue.refill(&mut lrs),
+            "no underflow request: that could trap the guest forever"
+        );
         assert_eq!(queue.len(), 1, "second 5 must wait");
         assert_eq!(lrs.iter().filter(|&&lr| !lr_is_free(lr)).count(), 1);
-        assert_ne!(lrs[0] & LR_EOI, 0, "EOI of the first copy must bring the hypervisor back");
+        assert_ne!(
+            lrs[0] & LR_EOI,
+            0,
+            "EOI of the first copy must bring the hypervisor back"
+        );
         assert_eq!(guest_takes_one(&mut lrs), Some(5));
         assert!(!queue.refill(&mut lrs));
         assert_eq!(guest_takes_one(&mut lrs), Some(5));
@@ -188,7 +195,11 @@ mod tests {
         // The guest deactivates it: state invalid, EOI bit still set until the next refill.
         lrs[0] &= !LR_STATE_MASK;
         assert!(!queue.refill(&mut lrs));
-        assert_eq!(lrs[0], pending_lr(27, DEFAULT_PRIORITY), "the spent EOI request is cleared");
+        assert_eq!(
+            lrs[0],
+            pending_lr(27, DEFAULT_PRIORITY),
+            "the spent EOI request is cleared"
+        );
     }
 
     #[test]

@@ -204,9 +204,12 @@ impl Vm {
         };
         let remapped = self
             .stage2
-            .unmap(&mut tables, GUEST_RAM_BASE, self.ram_bytes, &mut |ipa, size| {
-                pieces.push((ipa, size))
-            })
+            .unmap(
+                &mut tables,
+                GUEST_RAM_BASE,
+                self.ram_bytes,
+                &mut |ipa, size| pieces.push((ipa, size)),
+            )
             .is_ok()
             && self
                 .stage2
@@ -216,9 +219,13 @@ impl Vm {
         if !remapped {
             // Put the old RAM back; if even that fails the VM cannot run again, and its stage-2
             // simply lacks RAM (any access is a fault that kills it).
-            let _ = self
-                .stage2
-                .map(&mut tables, GUEST_RAM_BASE, self.ram_pa, self.ram_bytes, ram);
+            let _ = self.stage2.map(
+                &mut tables,
+                GUEST_RAM_BASE,
+                self.ram_pa,
+                self.ram_bytes,
+                ram,
+            );
             let _ = tables.frames.free(new_pa, pages);
             return None;
         }

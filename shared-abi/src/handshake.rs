@@ -67,7 +67,9 @@
 //! 4. The back-end, `InitWait`, seeing `Initialised`, maps the rings named in that copy, binds the
 //!    data port, writes its features and MAC and `Connected`. If GRANT_MAP fails (a stale copy
 //!    naming refs no longer granted, or a broken front-end) it either writes nothing and waits for
-//!    the next event or goes `Closing`; the protocol works with either.
+//!    the next event or goes `Closing`; the protocol works with either (closing relies on the
+//!    hypervisor marking a dead front-end `Closed`, else it would map, fail and close again and
+//!    again on a dead front-end's last `Initialised` until the next incarnation starts).
 //! 5. The front-end, `Initialised`, seeing `Connected`, writes `Connected`. Data flows. Whatever
 //!    else it sees, an `Initialised` front-end just waits: the back-end always comes round to map
 //!    what it published (step 8).
@@ -90,23 +92,24 @@
 //! 9. The front-end goes `Closed → Initialising` once the back-end shows `Initialising` (not
 //!    `InitWait`, see below), then follows step 3.
 //!
-//! **Restarts.** A side may die at any point. The hypervisor marks its section `Closed`
-//! ([`mark_closed`]; for a VM stopped for good it also sets its bit in the stop word,
-//! [`mark_stopped`], so the peer need not wait for it), tears down a dead back-end's mappings,
-//! and forgets a dead front-end's grant
-//! table; the back-end's mappings of the dead front-end's frames stay valid until it unmaps them,
-//! and they do not hold up the next incarnation's grant table. A new incarnation starts in
-//! `Initialising` if its section shows `Initialising` (the page is new, or it died before getting
-//! further); otherwise it writes its section fresh as `Closed` (which the hypervisor has normally
-//! done already) and starts in `Closed`. It then follows the protocol (steps 8-9). A back-end may
-//! also always start in `Initialising`; a front-end may not: a back-end's `InitWait` can be older
-//! than the front-end's death, with GRANT_MAP of the dead incarnation's rings done and its
+//! **Restarts.** A side may die at any point. The hypervisor then marks its section `Closed`
+//! ([`mark_closed`]; for a VM stopped for good it also sets the side's bit in the stop word,
+//! [`mark_stopped`], so the peer need not wait for it). It tears down a dead back-end's mappings
+//! and forgets a dead front-end's grant table, but the back-end's mappings of the dead front-end's
+//! frames stay valid until the back-end unmaps them, and they do not hold up the next
+//! incarnation's grant table. A new incarnation starts in `Initialising` if its section shows
+//! `Initialising` (the page is new, or it died before getting further); otherwise it writes its
+//! section fresh as `Closed` (normally the hypervisor has already) and starts in `Closed`. Then it
+//! follows the protocol (steps 8-9). A back-end may also always start in `Initialising`; a
+//! front-end may not, and leaves `Closed` on `Initialising` only: a back-end's `InitWait` can be
+//! older than the front-end's death, with GRANT_MAP of the dead incarnation's rings done and its
 //! `Connected` not yet written, and a new front-end that published rings on that `InitWait` would
 //! take that `Connected` for its own. A back-end that shows `Initialising` after the front-end
-//! started maps nothing but what a later copy shows; the `InitWait → Closing` of step 6 makes sure
-//! the front-end gets to see one.
+//! started holds no mapping and maps only what a later copy shows; the `InitWait → Closing` of
+//! step 6 makes sure the front-end gets to see one.
 //!
-//! State sequences, with current copies, from connected, the front-end stepping first:
+//! State sequences with current copies, the front-end stepping first (the restarts start from
+//! connected; the hypervisor has marked the dead side `Closed`):
 //! - connect: back-end `Initialising → InitWait`; front-end `Initialising → Initialised`;
 //!   back-end `InitWait → Connected`; front-end `Initialised → Connected`.
 //! - front-end restart: front-end (new, starts) `Closed`; back-end `Connected → Closing → Closed
@@ -118,14 +121,15 @@
 //!   `Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
 //!   `InitWait → Connected`; front-end `Initialised → Connected`.
 //!
-//! **Guarantee**, checked exhaustively by the tests for bounded numbers of disturbances (and by a
-//! property test on real pages): after any interleaving of steps, stale and torn copies, resets
-//! and deaths of either side at any point (also between a back-end's GRANT_MAP and its
-//! `Connected`), once the disturbances stop both sides end `Connected`, with the back-end mapping
-//! the rings the front-end currently grants. No sequence of steps can loop, and each disturbance
-//! costs at most one reconnection. A front-end only connects on a back-end `Connected` written
-//! for its current rings, unless the back-end that wrote it has died since (which no page can
-//! tell; the hypervisor's `Closed` then closes the connection).
+//! **Guarantee**, checked exhaustively by the tests for bounded numbers of disturbances (and by
+//! a property test on real pages), with or without [`mark_closed`] and for both reactions to a
+//! failed GRANT_MAP: after any interleaving of steps, stale and torn copies, resets and deaths of
+//! either side at any point (also between a back-end's GRANT_MAP and its `Connected`), once the
+//! disturbances stop both sides end `Connected`, with the back-end mapping the rings the
+//! front-end currently grants. No sequence of steps can loop, and each disturbance costs at most
+//! one reconnection. A front-end only connects on a back-end `Connected` written for its current
+//! rings, unless the back-end that wrote it has died since (which no page can tell; the
+//! hypervisor's `Closed` then closes the connection).
 
 use core::fmt;
 use core::ops::Range;
@@ -252,19 +256,19 @@ pub const fn transition_allowed(from: State, to: State) -> bool {
 /// state; if GRANT_MAP fails the back-end waits or goes `Closing` instead. Every returned step
 /// satisfies [`transition_allowed`].
 ///
-/// | side      | own            | peer                                            | next           |
-/// |-----------|----------------|-------------------------------------------------|----------------|
-/// | front-end | `Initialising` | `InitWait`                                      | `Initialised`  |
-/// | front-end | `Initialised`  | `Connected`                                     | `Connected`    |
-/// | front-end | `Connected`    | anything but `Connected`                        | `Closing`      |
-/// | front-end | `Closing`      | anything                                        | `Closed`       |
-/// | front-end | `Closed`       | `Initialising`                                  | `Initialising` |
-/// | back-end  | `Initialising` | `Initialising`, `Initialised`                   | `InitWait`     |
-/// | back-end  | `InitWait`     | `Initialised`                                   | `Connected`    |
-/// | back-end  | `InitWait`     | `Closed`                                        | `Closing`      |
-/// | back-end  | `Connected`    | `Initialising`, `InitWait`, `Closing`, `Closed` | `Closing`      |
-/// | back-end  | `Closing`      | anything                                        | `Closed`       |
-/// | back-end  | `Closed`       | `Initialising`, `Initialised`, `Closed`         | `Initialising` |
+/// | side      | own            | peer                                    | next           |
+/// |-----------|----------------|-----------------------------------------|----------------|
+/// | front-end | `Initialising` | `InitWait`                              | `Initialised`  |
+/// | front-end | `Initialised`  | `Connected`                             | `Connected`    |
+/// | front-end | `Connected`    | anything but `Connected`                | `Closing`      |
+/// | front-end | `Closing`      | anything                                | `Closed`       |
+/// | front-end | `Closed`       | `Initialising`                          | `Initialising` |
+/// | back-end  | `Initialising` | `Initialising`, `Initialised`           | `InitWait`     |
+/// | back-end  | `InitWait`     | `Initialised`                           | `Connected`    |
+/// | back-end  | `InitWait`     | `Closed`                                | `Closing`      |
+/// | back-end  | `Connected`    | anything but `Initialised`, `Connected` | `Closing`      |
+/// | back-end  | `Closing`      | anything                                | `Closed`       |
+/// | back-end  | `Closed`       | `Initialising`, `Initialised`, `Closed` | `Initialising` |
 ///
 /// Anything else waits. A front-end never writes `InitWait` and a back-end never writes
 /// `Initialised`; a `Connected` side seeing them closes as for any other state.
@@ -2067,9 +2071,9 @@ mod tests {
 
         fn successors(w: &World, opts: Opts, out: &mut Vec<World>) {
             out.clear();
-            // Copies: a current one; or (back-end) a torn one, the state word read before the
-            // front-end's latest write and the other fields after it, unless validation refuses
-            // it (`Initialised`/`Connected` without rings).
+            // Copies: a current one, or (back-end) one in two parts: the state word now, the rest
+            // later, after the front-end may have written again (a torn copy, which validation
+            // refuses if it is `Initialised`/`Connected` without rings).
             if !w.fe.dead {
                 let mut n = *w;
                 (n.fe.view, n.fe.unused) = (w.bsec, true);
@@ -2081,7 +2085,6 @@ mod tests {
                         let mut n = *w;
                         (n.be.view, n.be.unused) = (w.fsec, true);
                         out.push(n);
-                        // Or it loads the state word now and the rest later.
                         let mut n = *w;
                         n.be.loading = Some(w.fsec.state);
                         out.push(n);
@@ -2426,7 +2429,7 @@ mod tests {
         }
     }
 
-    /// The same with more disturbances (about a minute in a debug build):
+    /// The same with more disturbances (seconds in a release build):
     /// `cargo test -p shared-abi --release -- --ignored exhaustive`.
     #[test]
     #[ignore]

@@ -60,7 +60,9 @@ mod tests {
 
     #[test]
     fn ranges_do_not_overlap() {
-        assert!(REQUEST_WORDS.end <= REPLY_WORDS.start);
-        assert!(!REQUEST_WORDS.contains(&SEQ_WORD));
+        let (request, reply) = (REQUEST_WORDS, REPLY_WORDS);
+        assert!(request.end <= reply.start);
+        assert!(!request.contains(&SEQ_WORD) && !reply.contains(&SEQ_WORD));
+        assert!(reply.end * 8 <= 4096, "the words fit in one page");
     }
 }

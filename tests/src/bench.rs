@@ -54,10 +54,7 @@ pub fn parse_line(line: &str) -> Option<Result<Sample, String>> {
 
 /// Every `BENCH` sample of a boot's console.
 pub fn collect<'a>(lines: impl IntoIterator<Item = &'a String>) -> Result<Vec<Sample>, String> {
-    lines
-        .into_iter()
-        .filter_map(|l| parse_line(l))
-        .collect()
+    lines.into_iter().filter_map(|l| parse_line(l)).collect()
 }
 
 /// One figure over several runs.
@@ -117,7 +114,13 @@ pub fn table(figures: &[Figure]) -> String {
     for f in figures {
         out.push_str(&format!(
             "{:<28} {:>12} {:>10} {:>10} {:>12.2} {:>5} {:>8}\n",
-            f.name, f.median_ticks, f.min_ticks, f.max_ticks, f.median_us, f.runs, f.samples_per_run
+            f.name,
+            f.median_ticks,
+            f.min_ticks,
+            f.max_ticks,
+            f.median_us,
+            f.runs,
+            f.samples_per_run
         ));
     }
     out
@@ -133,10 +136,15 @@ mod tests {
 
     #[test]
     fn parses_a_bench_line_and_ignores_others() {
-        let s = parse_line(&line("g", "evtchn_roundtrip_ticks", 50)).unwrap().unwrap();
+        let s = parse_line(&line("g", "evtchn_roundtrip_ticks", 50))
+            .unwrap()
+            .unwrap();
         assert_eq!(s.vm, "g");
         assert_eq!(s.name, "evtchn_roundtrip_ticks");
-        assert_eq!((s.min, s.median, s.max, s.n, s.freq_hz), (1, 50, 900, 10, 62_500_000));
+        assert_eq!(
+            (s.min, s.median, s.max, s.n, s.freq_hz),
+            (1, 50, 900, 10, 62_500_000)
+        );
         assert!(parse_line("[g] hello").is_none());
         assert!(parse_line("[hv] sluice hypervisor").is_none());
         assert!(parse_line("BENCH x min=1").is_none(), "needs a VM prefix");
@@ -144,10 +152,14 @@ mod tests {
 
     #[test]
     fn malformed_bench_lines_are_errors() {
-        assert!(parse_line("[g] BENCH x min=1 median=2 max=3 n=4").unwrap().is_err());
-        assert!(parse_line("[g] BENCH x min=1 median=two max=3 n=4 freq_hz=5")
+        assert!(parse_line("[g] BENCH x min=1 median=2 max=3 n=4")
             .unwrap()
             .is_err());
+        assert!(
+            parse_line("[g] BENCH x min=1 median=two max=3 n=4 freq_hz=5")
+                .unwrap()
+                .is_err()
+        );
     }
 
     #[test]
@@ -160,7 +172,10 @@ mod tests {
         let figures = combine(&collect(&lines).unwrap());
         assert_eq!(figures.len(), 2);
         let rt = figures.iter().find(|f| f.name == "rt").unwrap();
-        assert_eq!((rt.median_ticks, rt.runs, rt.min_ticks, rt.max_ticks), (20, 3, 1, 900));
+        assert_eq!(
+            (rt.median_ticks, rt.runs, rt.min_ticks, rt.max_ticks),
+            (20, 3, 1, 900)
+        );
         assert!((rt.median_us - 0.32).abs() < 1e-9);
         let text = table(&figures);
         assert!(text.lines().count() == 3 && text.contains("rt"));

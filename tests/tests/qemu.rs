@@ -242,7 +242,12 @@ fn system_reset_restarts_only_that_vm_from_a_fresh_image() {
     let toml = format!(
         "{MACHINE}{}{}",
         guest("resetter", 4, 1, "app = \"reset\""),
-        guest("bystander", 4, 1, "app = \"sleep\", sleep_ms = 100, rounds = 3")
+        guest(
+            "bystander",
+            4,
+            1,
+            "app = \"sleep\", sleep_ms = 100, rounds = 3"
+        )
     );
     let (_, result) = boot_toml(&toml, 60);
     let transcript = result.transcript();
@@ -256,7 +261,9 @@ fn system_reset_restarts_only_that_vm_from_a_fresh_image() {
         "{transcript}"
     );
     assert!(
-        result.vm_lines("bystander").any(|l| l.starts_with("REPORT ok")),
+        result
+            .vm_lines("bystander")
+            .any(|l| l.starts_with("REPORT ok")),
         "the other VM must be untouched by the reset:\n{transcript}"
     );
     // The bystander booted once: exactly its three sleep rounds, none repeated.
@@ -268,7 +275,10 @@ fn system_reset_restarts_only_that_vm_from_a_fresh_image() {
         3,
         "{transcript}"
     );
-    assert!(result.exited && result.has("all VMs have stopped"), "{transcript}");
+    assert!(
+        result.exited && result.has("all VMs have stopped"),
+        "{transcript}"
+    );
 }
 
 #[test]
@@ -276,7 +286,12 @@ fn hostile_hypercalls_get_documented_errors_and_harm_no_one() {
     let toml = format!(
         "{MACHINE}{}{}",
         guest("hostile", 4, 2, "app = \"hostile\""),
-        guest("bystander", 4, 1, "app = \"sleep\", sleep_ms = 100, rounds = 2")
+        guest(
+            "bystander",
+            4,
+            1,
+            "app = \"sleep\", sleep_ms = 100, rounds = 2"
+        )
     );
     let (_, result) = boot_toml(&toml, 60);
     let transcript = result.transcript();
@@ -287,15 +302,24 @@ fn hostile_hypercalls_get_documented_errors_and_harm_no_one() {
         "{transcript}"
     );
     assert!(
-        result.vm_lines("hostile").filter(|l| l.ends_with("as documented")).count() >= 10,
+        result
+            .vm_lines("hostile")
+            .filter(|l| l.ends_with("as documented"))
+            .count()
+            >= 10,
         "{transcript}"
     );
     assert!(
-        result.vm_lines("bystander").any(|l| l.starts_with("REPORT ok")),
+        result
+            .vm_lines("bystander")
+            .any(|l| l.starts_with("REPORT ok")),
         "{transcript}"
     );
     assert!(kill_reason(&result, "bystander").is_none(), "{transcript}");
-    assert!(result.exited && result.has("all VMs have stopped"), "{transcript}");
+    assert!(
+        result.exited && result.has("all VMs have stopped"),
+        "{transcript}"
+    );
 }
 
 #[test]
@@ -363,12 +387,28 @@ fn granted_page_ping_pong_10000_rounds_with_data_checked() {
         frontend("pinger", "dd", "app = \"pingpong\", rounds = 10000")
     );
     let (_, boot) = boot_toml(&toml, 240);
-    assert!(boot.has("[hv] connection pinger -> back-end 1"), "{}", boot.transcript());
-    assert!(boot.has("[pinger] connected to back-end vm 1 (boot 1)"), "{}", boot.transcript());
+    assert!(
+        boot.has("[hv] connection pinger -> back-end 1"),
+        "{}",
+        boot.transcript()
+    );
+    assert!(
+        boot.has("[pinger] connected to back-end vm 1 (boot 1)"),
+        "{}",
+        boot.transcript()
+    );
     assert_report_ok(&boot, "pinger", "10000 ping-pong rounds");
     assert_report_ok(&boot, "dd", "10000 ping-pong requests, 0 bad words");
-    assert!(boot.has("[pinger] BENCH evtchn_roundtrip_ticks"), "{}", boot.transcript());
-    assert!(boot.exited && boot.has("all VMs have stopped"), "{}", boot.transcript());
+    assert!(
+        boot.has("[pinger] BENCH evtchn_roundtrip_ticks"),
+        "{}",
+        boot.transcript()
+    );
+    assert!(
+        boot.exited && boot.has("all VMs have stopped"),
+        "{}",
+        boot.transcript()
+    );
 }
 
 #[test]
@@ -376,18 +416,33 @@ fn a_restarted_front_end_reconnects_through_the_handshake() {
     let toml = format!(
         "{MACHINE}{}{}",
         driver_domain("dd", 8),
-        frontend("pinger", "dd", "app = \"pingpong\", rounds = 200, restart = 1")
+        frontend(
+            "pinger",
+            "dd",
+            "app = \"pingpong\", rounds = 200, restart = 1"
+        )
     );
     let (_, boot) = boot_toml(&toml, 120);
     let t = boot.transcript();
-    let first = boot.position("[pinger] connected to back-end vm 1 (boot 1)").expect(&t);
-    let reset = boot.position("[pinger] restarting while connected").expect(&t);
-    let second = boot.position("[pinger] connected to back-end vm 1 (boot 2)").expect(&t);
+    let first = boot
+        .position("[pinger] connected to back-end vm 1 (boot 1)")
+        .expect(&t);
+    let reset = boot
+        .position("[pinger] restarting while connected")
+        .expect(&t);
+    let second = boot
+        .position("[pinger] connected to back-end vm 1 (boot 2)")
+        .expect(&t);
     assert!(first < reset && reset < second, "{t}");
     // The back-end saw the old connection close and a new one open.
-    assert!(boot.has("[dd] front-end 2 closed: 0 requests served"), "{t}");
+    assert!(
+        boot.has("[dd] front-end 2 closed: 0 requests served"),
+        "{t}"
+    );
     assert_eq!(
-        boot.vm_lines("dd").filter(|l| l.contains("front-end 2 connected")).count(),
+        boot.vm_lines("dd")
+            .filter(|l| l.contains("front-end 2 connected"))
+            .count(),
         2,
         "{t}"
     );
@@ -399,9 +454,24 @@ fn a_restarted_front_end_reconnects_through_the_handshake() {
 fn attack_topology(attacker_settings: &str, granter_settings: &str) -> String {
     format!(
         "{MACHINE}{}{}{}",
-        guest("granter", 4, 1, &format!("app = \"granter\", peer = 2, other = 3{granter_settings}")),
-        guest("attacker", 4, 1, &format!("app = \"attack\", peer = 1, {attacker_settings}")),
-        guest("bystander", 4, 1, "app = \"sleep\", sleep_ms = 100, rounds = 3"),
+        guest(
+            "granter",
+            4,
+            1,
+            &format!("app = \"granter\", peer = 2, other = 3{granter_settings}")
+        ),
+        guest(
+            "attacker",
+            4,
+            1,
+            &format!("app = \"attack\", peer = 1, {attacker_settings}")
+        ),
+        guest(
+            "bystander",
+            4,
+            1,
+            "app = \"sleep\", sleep_ms = 100, rounds = 3"
+        ),
     )
 }
 
@@ -410,7 +480,13 @@ fn grant_and_event_channel_misuse_gets_documented_errors() {
     let (_, boot) = boot_toml(&attack_topology("mode = \"errors\"", ""), 90);
     let t = boot.transcript();
     assert_report_ok(&boot, "attacker", "documented status");
-    assert!(boot.vm_lines("attacker").filter(|l| l.ends_with("as documented")).count() >= 20, "{t}");
+    assert!(
+        boot.vm_lines("attacker")
+            .filter(|l| l.ends_with("as documented"))
+            .count()
+            >= 20,
+        "{t}"
+    );
     assert_report_ok(&boot, "granter", "revoked every ref");
     assert_report_ok(&boot, "bystander", "slept");
     for vm in ["granter", "attacker", "bystander"] {
@@ -422,7 +498,8 @@ fn grant_and_event_channel_misuse_gets_documented_errors() {
 fn writing_a_read_only_grant_kills_the_writer_only() {
     let (_, boot) = boot_toml(&attack_topology("mode = \"write-ro\"", ""), 90);
     let t = boot.transcript();
-    let reason = kill_reason(&boot, "attacker").unwrap_or_else(|| panic!("attacker not killed:\n{t}"));
+    let reason =
+        kill_reason(&boot, "attacker").unwrap_or_else(|| panic!("attacker not killed:\n{t}"));
     assert!(reason.contains("permission fault"), "reason: {reason}");
     assert!(!boot.has("[attacker] REPORT"), "{t}");
     assert_report_ok(&boot, "granter", "revoked every ref");
@@ -432,10 +509,18 @@ fn writing_a_read_only_grant_kills_the_writer_only() {
 
 #[test]
 fn a_peer_keeps_a_dead_vms_granted_page_until_it_unmaps() {
-    let (_, boot) = boot_toml(&attack_topology("mode = \"outlive\", hold_ms = 1500", ", die = 1"), 90);
+    let (_, boot) = boot_toml(
+        &attack_topology("mode = \"outlive\", hold_ms = 1500", ", die = 1"),
+        90,
+    );
     let t = boot.transcript();
-    assert!(kill_reason(&boot, "granter").is_some(), "granter should have died:\n{t}");
-    let kept = boot.position("[hv] VM 1: RAM kept until peers unmap").expect(&t);
+    assert!(
+        kill_reason(&boot, "granter").is_some(),
+        "granter should have died:\n{t}"
+    );
+    let kept = boot
+        .position("[hv] VM 1: RAM kept until peers unmap")
+        .expect(&t);
     let released = boot.position("[hv] RAM of VM 1 (incarnation").expect(&t);
     assert!(kept < released, "{t}");
     assert_report_ok(&boot, "attacker", "then unmapped it");
@@ -447,7 +532,12 @@ fn an_event_channel_send_storm_starves_no_one() {
     let toml = format!(
         "{MACHINE}{}{}{}{}",
         guest("granter", 4, 1, "app = \"granter\", peer = 2, other = 4"),
-        guest("flooder", 4, 1, "app = \"attack\", peer = 1, mode = \"flood\", flood_ms = 3000"),
+        guest(
+            "flooder",
+            4,
+            1,
+            "app = \"attack\", peer = 1, mode = \"flood\", flood_ms = 3000"
+        ),
         driver_domain("dd", 8),
         frontend("pinger", "dd", "app = \"pingpong\", rounds = 2000"),
     );

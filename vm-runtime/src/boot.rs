@@ -67,7 +67,9 @@ const fn identity_map() -> [u64; 512] {
 const _: () = assert!(GUEST_RAM_BASE == GIB && MAX_VM_RAM <= GIB);
 // The grant window must be inside its one Normal gigabyte too.
 const _: () = assert!(
-    GRANT_WINDOW_BASE.is_multiple_of(GIB) && GRANT_WINDOW_SIZE <= GIB && GRANT_WINDOW_BASE < 512 * GIB
+    GRANT_WINDOW_BASE.is_multiple_of(GIB)
+        && GRANT_WINDOW_SIZE <= GIB
+        && GRANT_WINDOW_BASE < 512 * GIB
 );
 
 /// TCR_EL1: T0SZ = 25 (39-bit VA), inner/outer write-back walks, inner shareable, 4 KiB granule,

@@ -8,7 +8,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use shared_abi::handshake::{self, Backend, Frontend, HandshakeError, Header, BACKEND, FRONTEND, PAGE_LEN};
+use shared_abi::handshake::{
+    self, Backend, Frontend, HandshakeError, Header, BACKEND, FRONTEND, PAGE_LEN,
+};
 use shared_abi::layout::control_page_ipa;
 
 use crate::page::PAGE_WORDS;

@@ -7,8 +7,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use shared_abi::evtchn::{self as abi, BITMAP_WORDS, EVTCHN_INTID, MAX_PORTS};
 use shared_abi::hypercall::{
-    Status, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_CLOSE, EVTCHN_SEND,
-    EVTCHN_SETUP, EVTCHN_UNMASK,
+    Status, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_CLOSE, EVTCHN_SEND, EVTCHN_SETUP,
+    EVTCHN_UNMASK,
 };
 use spin::{Mutex, Once};
 
@@ -73,7 +73,10 @@ fn on_irq(_intid: u32) {
 
 /// EVTCHN_ALLOC_UNBOUND: a new local port that VM `remote` may bind to.
 pub fn alloc_unbound(remote: u16) -> Result<u32, Status> {
-    port_result(hvc(EVTCHN_ALLOC_UNBOUND, [u64::from(remote), 0, 0, 0, 0, 0]))
+    port_result(hvc(
+        EVTCHN_ALLOC_UNBOUND,
+        [u64::from(remote), 0, 0, 0, 0, 0],
+    ))
 }
 
 /// EVTCHN_BIND_INTERDOMAIN: connects a new local port to `remote`'s unbound `remote_port`.
@@ -117,7 +120,8 @@ pub fn set_handler(port: u32, handler: Option<Handler>) {
 
 /// Whether an event is recorded for `port` (without consuming it).
 pub fn pending(port: u32) -> bool {
-    port < MAX_PORTS && ARRIVED[(port / 64) as usize].load(Ordering::Acquire) & (1 << (port % 64)) != 0
+    port < MAX_PORTS
+        && ARRIVED[(port / 64) as usize].load(Ordering::Acquire) & (1 << (port % 64)) != 0
 }
 
 /// Consumes an event recorded for `port`; true if there was one.

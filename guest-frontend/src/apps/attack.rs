@@ -65,8 +65,13 @@ fn one_map(granter: u16, gref: u32, flags: u16, dest_gpa: u64) -> Result<(), Sta
         status: 0,
     }];
     grant::map_raw(&mut op)?;
-    Status::from_u64(op[0].status as u64)
-        .map_or(Err(Status::NotSupported), |s| if s == Status::Ok { Ok(()) } else { Err(s) })
+    Status::from_u64(op[0].status as u64).map_or(Err(Status::NotSupported), |s| {
+        if s == Status::Ok {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
 }
 
 fn one_copy(src: CopyPtr, dst: CopyPtr, len: u16) -> Result<(), Status> {
@@ -77,8 +82,13 @@ fn one_copy(src: CopyPtr, dst: CopyPtr, len: u16) -> Result<(), Status> {
         status: 0,
     }];
     grant::copy(&mut op)?;
-    Status::from_u64(op[0].status as u64)
-        .map_or(Err(Status::NotSupported), |s| if s == Status::Ok { Ok(()) } else { Err(s) })
+    Status::from_u64(op[0].status as u64).map_or(Err(Status::NotSupported), |s| {
+        if s == Status::Ok {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
 }
 
 fn attack(info: &StartInfo<'static>) -> Result<String, String> {
@@ -109,7 +119,9 @@ fn attack(info: &StartInfo<'static>) -> Result<String, String> {
                 timer::sleep_ms(1);
             }
             page.unmap().map_err(|e| format!("unmap: {e:?}"))?;
-            Ok(format!("used the page {rounds} times over {hold_ms} ms, then unmapped it"))
+            Ok(format!(
+                "used the page {rounds} times over {hold_ms} ms, then unmapped it"
+            ))
         }
         "flood" => {
             let flood_ms = super::number(info, "flood_ms", 2_000).ok_or("bad flood_ms")?;
@@ -218,16 +230,56 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
         return Err("page A does not hold the granter's marker".into());
     }
     let slot = GRANT_WINDOW_BASE + 64 * PAGE_SIZE;
-    expect("map a ref granted to another VM", one_map(peer, 3, 0, slot), Status::Denied)?;
-    expect("map a read-only ref read-write", one_map(peer, 2, 0, slot), Status::ReadOnly)?;
-    expect("map a revoked ref", one_map(peer, 4, 0, slot), Status::BadRef)?;
-    expect("map a ref beyond the table", one_map(peer, 100_000, 0, slot), Status::BadRef)?;
-    expect("map from ourselves", one_map(info.vm_id, 1, 0, slot), Status::InvalidArgument)?;
-    expect("map from a VM that does not exist", one_map(60, 1, 0, slot), Status::InvalidArgument)?;
-    expect("map over our own RAM", one_map(peer, 1, 0, GUEST_RAM_BASE), Status::InvalidArgument)?;
-    expect("map at an unaligned address", one_map(peer, 1, 0, slot + 8), Status::InvalidArgument)?;
-    expect("map over an existing mapping", one_map(peer, 1, 0, a.gpa()), Status::Busy)?;
-    expect("unknown map flags", one_map(peer, 1, 0x80, slot), Status::InvalidArgument)?;
+    expect(
+        "map a ref granted to another VM",
+        one_map(peer, 3, 0, slot),
+        Status::Denied,
+    )?;
+    expect(
+        "map a read-only ref read-write",
+        one_map(peer, 2, 0, slot),
+        Status::ReadOnly,
+    )?;
+    expect(
+        "map a revoked ref",
+        one_map(peer, 4, 0, slot),
+        Status::BadRef,
+    )?;
+    expect(
+        "map a ref beyond the table",
+        one_map(peer, 100_000, 0, slot),
+        Status::BadRef,
+    )?;
+    expect(
+        "map from ourselves",
+        one_map(info.vm_id, 1, 0, slot),
+        Status::InvalidArgument,
+    )?;
+    expect(
+        "map from a VM that does not exist",
+        one_map(60, 1, 0, slot),
+        Status::InvalidArgument,
+    )?;
+    expect(
+        "map over our own RAM",
+        one_map(peer, 1, 0, GUEST_RAM_BASE),
+        Status::InvalidArgument,
+    )?;
+    expect(
+        "map at an unaligned address",
+        one_map(peer, 1, 0, slot + 8),
+        Status::InvalidArgument,
+    )?;
+    expect(
+        "map over an existing mapping",
+        one_map(peer, 1, 0, a.gpa()),
+        Status::Busy,
+    )?;
+    expect(
+        "unknown map flags",
+        one_map(peer, 1, 0x80, slot),
+        Status::InvalidArgument,
+    )?;
     let mut unmap = [UnmapOp {
         dest_gpa: slot + PAGE_SIZE,
         status: 0,
@@ -251,7 +303,11 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
     )?;
     expect(
         "copy across a frame boundary",
-        one_copy(CopyPtr::grant(peer, 1, PAGE_SIZE - 4), CopyPtr::own(own.gpa()), 8),
+        one_copy(
+            CopyPtr::grant(peer, 1, PAGE_SIZE - 4),
+            CopyPtr::own(own.gpa()),
+            8,
+        ),
         Status::InvalidArgument,
     )?;
     expect(
@@ -261,7 +317,11 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
     )?;
     expect(
         "copy into the hypervisor's memory",
-        one_copy(CopyPtr::grant(peer, 1, 0), CopyPtr::own(0x4020_0000 + (256 << 20)), 8),
+        one_copy(
+            CopyPtr::grant(peer, 1, 0),
+            CopyPtr::own(0x4020_0000 + (256 << 20)),
+            8,
+        ),
         Status::InvalidArgument,
     )?;
     one_copy(CopyPtr::grant(peer, 1, 0), CopyPtr::own(own.gpa()), 8)
@@ -270,14 +330,38 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
         return Err("grant copy did not bring the marker".into());
     }
     // Event channels: ports we do not own, ports bound for someone else.
-    expect("bind a port allocated for another VM", evtchn::bind_interdomain(peer, 2).map(|_| ()), Status::Denied)?;
-    expect("bind a port that does not exist", evtchn::bind_interdomain(peer, 999).map(|_| ()), Status::BadPort)?;
-    expect("send on a port we do not have", evtchn::send(77), Status::BadPort)?;
+    expect(
+        "bind a port allocated for another VM",
+        evtchn::bind_interdomain(peer, 2).map(|_| ()),
+        Status::Denied,
+    )?;
+    expect(
+        "bind a port that does not exist",
+        evtchn::bind_interdomain(peer, 999).map(|_| ()),
+        Status::BadPort,
+    )?;
+    expect(
+        "send on a port we do not have",
+        evtchn::send(77),
+        Status::BadPort,
+    )?;
     expect("send on port 0", evtchn::send(0), Status::BadPort)?;
-    expect("close a port we do not have", evtchn::close(78), Status::BadPort)?;
-    expect("unmask a port out of range", evtchn::unmask(100_000), Status::BadPort)?;
+    expect(
+        "close a port we do not have",
+        evtchn::close(78),
+        Status::BadPort,
+    )?;
+    expect(
+        "unmask a port out of range",
+        evtchn::unmask(100_000),
+        Status::BadPort,
+    )?;
     let port = evtchn::bind_interdomain(peer, 1).map_err(|e| format!("legitimate bind: {e:?}"))?;
-    expect("bind the same port twice", evtchn::bind_interdomain(peer, 1).map(|_| ()), Status::BadPort)?;
+    expect(
+        "bind the same port twice",
+        evtchn::bind_interdomain(peer, 1).map(|_| ()),
+        Status::BadPort,
+    )?;
     expect("send on our bound port", evtchn::send(port), Status::Ok)?;
     // Legitimate use, then clean up so the granter can revoke.
     a.words()[1].store(PEER_WROTE, Ordering::Release);
@@ -288,5 +372,7 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
     a.unmap().map_err(|e| format!("unmap A: {e:?}"))?;
     b.unmap().map_err(|e| format!("unmap B: {e:?}"))?;
     let _ = evtchn::close(port);
-    Ok(String::from("every misuse of grants and event channels got its documented status"))
+    Ok(String::from(
+        "every misuse of grants and event channels got its documented status",
+    ))
 }

@@ -68,7 +68,8 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         return Err("survived a stage-2 fault".into());
     }
     // Done when the peer has written page A (its last legitimate step) and unmapped everything.
-    while grant::in_use(1) || grant::in_use(2) || a.words()[1].load(Ordering::Acquire) != PEER_WROTE {
+    while grant::in_use(1) || grant::in_use(2) || a.words()[1].load(Ordering::Acquire) != PEER_WROTE
+    {
         if start.elapsed_ms() > WAIT_MS {
             return Err(format!(
                 "vm {peer} never wrote page A and unmapped refs 1 and 2 (word 1 is {:#x})",

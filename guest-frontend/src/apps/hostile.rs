@@ -96,7 +96,10 @@ pub fn run(info: &StartInfo<'static>) {
         // PSCI calls answer in PSCI's own codes; vendor calls in sluice's `Status`.
         let is_psci = probe.id & 0x3f00_0000 == 0x0400_0000;
         if got == probe.expect && is_psci {
-            println!("hostile: {} -> PSCI {} as documented", probe.what, got as i64);
+            println!(
+                "hostile: {} -> PSCI {} as documented",
+                probe.what, got as i64
+            );
         } else if got == probe.expect {
             println!("hostile: {} -> {:?} as documented", probe.what, status(got));
         } else {
@@ -108,8 +111,14 @@ pub fn run(info: &StartInfo<'static>) {
         }
     }
     if failures == 0 {
-        println!("REPORT ok: {} hostile hypercalls refused with their documented codes", list.len());
+        println!(
+            "REPORT ok: {} hostile hypercalls refused with their documented codes",
+            list.len()
+        );
     } else {
-        println!("REPORT fail: {failures} of {} hostile hypercalls got the wrong answer", list.len());
+        println!(
+            "REPORT fail: {failures} of {} hostile hypercalls got the wrong answer",
+            list.len()
+        );
     }
 }

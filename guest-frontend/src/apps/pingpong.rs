@@ -34,8 +34,8 @@ fn ping(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
     let mut link = Link::open(info)?;
     let page = Page::leak();
-    let gref = grant::grant(link.backend, page.gpa(), false)
-        .map_err(|e| format!("grant: {e:?}"))?;
+    let gref =
+        grant::grant(link.backend, page.gpa(), false).map_err(|e| format!("grant: {e:?}"))?;
     let data_port =
         evtchn::alloc_unbound(link.backend).map_err(|e| format!("alloc_unbound: {e:?}"))?;
     let offer = Frontend {
@@ -69,7 +69,9 @@ fn ping(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         let deadline = timer::now() + timer::ms_to_ticks(REPLY_TIMEOUT_MS);
         while !answered() {
             if timer::now() >= deadline {
-                return Err(format!("no reply to round {seq} within {REPLY_TIMEOUT_MS} ms"));
+                return Err(format!(
+                    "no reply to round {seq} within {REPLY_TIMEOUT_MS} ms"
+                ));
             }
             evtchn::wait(data_port, timer::ms_to_ticks(100));
         }

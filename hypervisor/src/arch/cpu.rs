@@ -200,7 +200,6 @@ pub struct FpContext {
     pub fpsr: u64,
 }
 
-
 impl FpContext {
     pub fn save(&mut self) {
         let base = self.q.as_mut_ptr();

@@ -84,7 +84,12 @@ fn run() -> Result<(), String> {
         match arg.as_str() {
             "--runs" => runs = number("--runs")?.max(1) as usize,
             "--rounds" => rounds = number("--rounds")?.max(1),
-            "--json" => json_path = args.next().map(PathBuf::from).ok_or("--json needs a file")?,
+            "--json" => {
+                json_path = args
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--json needs a file")?
+            }
             other => {
                 return Err(format!(
                     "unknown argument '{other}' (usage: [--runs N] [--rounds N] [--json FILE])"
@@ -108,7 +113,11 @@ fn run() -> Result<(), String> {
                 },
             )?;
             let found = collect(&result.lines)?;
-            let failed: Vec<&String> = result.lines.iter().filter(|l| l.contains("REPORT fail")).collect();
+            let failed: Vec<&String> = result
+                .lines
+                .iter()
+                .filter(|l| l.contains("REPORT fail"))
+                .collect();
             if found.is_empty() || !failed.is_empty() {
                 return Err(format!(
                     "{name}: run {run} produced no figures or failed:\n{}",
@@ -134,8 +143,11 @@ fn run() -> Result<(), String> {
         "evtchn_roundtrip_us": figures.iter().find(|f| f.name == "evtchn_roundtrip_ticks").map(|f| f.median_us),
         "figures": by_name,
     });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&doc).expect("json"))
-        .map_err(|e| format!("{}: {e}", json_path.display()))?;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&doc).expect("json"),
+    )
+    .map_err(|e| format!("{}: {e}", json_path.display()))?;
     println!("results written to {}", json_path.display());
     Ok(())
 }

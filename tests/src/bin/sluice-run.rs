@@ -38,9 +38,11 @@ fn run() -> Result<bool, String> {
                     .ok_or("--timeout needs a number of seconds")?;
                 timeout = Duration::from_secs(secs);
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown argument '{other}' (usage: --topology FILE [--json FILE] [--timeout S])"
-            )),
+            ))
+            }
         }
     }
     let topology_path = topology_path.ok_or("--topology FILE is required")?;
