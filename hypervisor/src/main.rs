@@ -17,6 +17,7 @@ mod hv;
 mod logger;
 #[cfg(target_os = "none")]
 mod mmio;
+#[cfg(target_os = "none")]
 mod sharing;
 #[cfg(target_os = "none")]
 mod vm;
