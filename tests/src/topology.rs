@@ -654,8 +654,15 @@ vcpus = 1
         );
         assert_eq!(t.vms[0].settings_text(), "role=switch\n");
         assert_eq!(t.vms[0].backend, None);
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            t.vms[1].settings,
+            [pair("app", "pingpong"), pair("rounds", "1000")]
+        );
+        for guest in &t.vms[2..] {
+            assert_eq!(guest.settings, [pair("app", "hello")]);
+        }
         for guest in &t.vms[1..] {
-            assert_eq!(guest.settings, [("app".to_owned(), "hello".to_owned())]);
             assert_eq!(guest.backend.as_deref(), Some("driver-domain"));
         }
     }
