@@ -85,7 +85,7 @@ impl Connection {
 
     /// True once the front-end VM has stopped for good and our end is closed.
     pub fn finished(&self) -> bool {
-        self.control.frontend_gone() && self.data.is_none()
+        self.data.is_none() && self.control.frontend_gone()
     }
 
     pub fn control_port(&self) -> u32 {

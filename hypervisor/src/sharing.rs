@@ -15,7 +15,7 @@ use shared_abi::evtchn::{set_pending, Delivery, PAGE_WORDS};
 use shared_abi::handshake::{self, Header};
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
-use crate::arch::mem::{phys_atomics, phys_bytes_mut, phys_copy, tlbi_ipas_for, PhysTableMemory};
+use crate::arch::mem::{tlbi_ipas_for, GuestRam, OwnedFrame, PhysTableMemory};
 use crate::vm::Vm;
 
 /// RAM of a dead VM incarnation that a peer still maps; freed when the last mapping goes.
@@ -29,9 +29,21 @@ pub struct RetainedRam {
 pub struct Connection {
     pub frontend: VmId,
     pub backend: VmId,
-    pub page_pa: u64,
+    pub page: OwnedFrame,
     pub frontend_port: u32,
     pub backend_port: u32,
+}
+
+impl Connection {
+    /// The control page header describing this connection as it stands.
+    fn header(&self) -> Header {
+        Header {
+            frontend: self.frontend,
+            backend: self.backend,
+            frontend_port: self.frontend_port,
+            backend_port: self.backend_port,
+        }
+    }
 }
 
 /// What [`Sharing::vm_stopped`] tells the caller.
@@ -62,6 +74,11 @@ fn vm_slot_mut(vms: &mut [Option<Vm>], vm: VmId) -> Option<&mut Vm> {
     vms.get_mut(usize::from(vm).checked_sub(1)?)?.as_mut()
 }
 
+/// `vm`'s RAM and the offset of `gpa` in it (range checks are the view's).
+fn ram_at(vms: &[Option<Vm>], vm: VmId, gpa: u64) -> Option<(GuestRam<'_>, u64)> {
+    Some((vm_slot(vms, vm)?.ram(), gpa.checked_sub(GUEST_RAM_BASE)?))
+}
+
 /// Host PA of `[gpa, gpa + len)` of `vm`'s RAM, if the whole range is inside it.
 pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
     let vm = vm_slot(vms, vm)?;
@@ -78,10 +95,8 @@ pub struct Env<'a> {
 
 impl Env<'_> {
     fn word(&self, vm: VmId, gpa: u64) -> Option<&core::sync::atomic::AtomicU64> {
-        let pa = ram_pa(self.vms, vm, gpa, 8).filter(|pa| pa % 8 == 0)?;
-        // SAFETY: an aligned word of a live VM's RAM (checked just above); the VM cannot be
-        // destroyed while the HV lock, which the caller holds, is held.
-        unsafe { phys_atomics(pa, 1) }.first()
+        let (ram, offset) = ram_at(self.vms, vm, gpa)?;
+        ram.atomics(offset, 1)?.first()
     }
 }
 
@@ -114,15 +129,12 @@ impl GrantEnv for Env<'_> {
     }
 
     fn copy(&mut self, dst_vm: VmId, dst_gpa: u64, src_vm: VmId, src_gpa: u64, len: u64) {
-        let (Some(dst), Some(src)) = (
-            ram_pa(self.vms, dst_vm, dst_gpa, len),
-            ram_pa(self.vms, src_vm, src_gpa, len),
-        ) else {
-            return;
-        };
-        // SAFETY: both ranges are inside live VMs' RAM (checked above), which the hypervisor only
-        // touches through raw pointers and atomics.
-        unsafe { phys_copy(dst, src, len as usize) };
+        if let (Some((dst, dst_offset)), Some((src, src_offset))) = (
+            ram_at(self.vms, dst_vm, dst_gpa),
+            ram_at(self.vms, src_vm, src_gpa),
+        ) {
+            dst.copy_from(dst_offset, &src, src_offset, len);
+        }
     }
 
     fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
@@ -184,10 +196,8 @@ pub struct Notify {
 
 /// Marks `port` pending in `vm`'s event page; `Some` when the VM must be interrupted.
 pub fn set_port_pending(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
-    let pa = ram_pa(vms, vm, page_gpa, PAGE_WORDS as u64 * 8)?;
-    // SAFETY: the event page lies in the live VM's RAM (checked above) and is page aligned (the
-    // event-channel table only accepts aligned pages).
-    let words = unsafe { phys_atomics(pa, PAGE_WORDS) };
+    let (ram, offset) = ram_at(vms, vm, page_gpa)?;
+    let words = ram.atomics(offset, PAGE_WORDS)?;
     (set_pending(words, port) == Some(Delivery::Notify)).then_some(Notify { vm })
 }
 
@@ -211,20 +221,15 @@ impl Sharing {
             .events
             .bind_pair(frontend, backend)
             .map_err(|_| "no free event-channel ports")?;
-        let page_pa = frames
-            .alloc(1, 1)
-            .ok_or("no free frame for the control page")?;
-        // SAFETY: the frame was just allocated to us; no one else references it yet.
-        let page = unsafe { phys_bytes_mut(page_pa, PAGE_SIZE as usize) };
-        page.fill(0);
-        let header = Header {
+        let mut conn = Connection {
             frontend,
             backend,
+            page: OwnedFrame::alloc_zeroed(frames).ok_or("no free frame for the control page")?,
             frontend_port,
             backend_port,
         };
-        header
-            .init_page(page)
+        conn.header()
+            .init_page(conn.page.bytes_mut())
             .map_err(|_| "control page header rejected")?;
         let attrs = MapAttrs {
             mem: MemType::Normal,
@@ -237,19 +242,13 @@ impl Sharing {
                 .map(
                     &mut PhysTableMemory { frames },
                     control_page_ipa(frontend),
-                    page_pa,
+                    conn.page.pa(),
                     PAGE_SIZE,
                     attrs,
                 )
                 .map_err(|_| "mapping the control page failed")?;
         }
-        self.connections.push(Connection {
-            frontend,
-            backend,
-            page_pa,
-            frontend_port,
-            backend_port,
-        });
+        self.connections.push(conn);
         Ok(())
     }
 
@@ -281,13 +280,9 @@ impl Sharing {
             } else {
                 (handshake::Side::Backend, conn.frontend, conn.frontend_port)
             };
-            // SAFETY: the control page is a hypervisor-owned frame mapped into the two VMs for
-            // the life of the system; guests write their sections concurrently, but the page is
-            // only ever accessed as bytes here and validated by whoever reads it.
-            let page = unsafe { phys_bytes_mut(conn.page_pa, PAGE_SIZE as usize) };
-            handshake::mark_closed(page, side);
+            handshake::mark_closed(conn.page.bytes_mut(), side);
             if !restart {
-                handshake::mark_stopped(page, side);
+                handshake::mark_stopped(conn.page.bytes_mut(), side);
             }
             if restart {
                 // The new incarnation gets a fresh control port bound to the survivor's.
@@ -302,14 +297,9 @@ impl Sharing {
                         } else {
                             conn.backend_port = port;
                         }
-                        let header = Header {
-                            frontend: conn.frontend,
-                            backend: conn.backend,
-                            frontend_port: conn.frontend_port,
-                            backend_port: conn.backend_port,
-                        };
-                        if header.write(page).is_err() {
-                            warn!("control page {:#x}: header rewrite failed", conn.page_pa);
+                        let header = conn.header();
+                        if header.write(conn.page.bytes_mut()).is_err() {
+                            warn!("control page {:#x}: header rewrite failed", conn.page.pa());
                         }
                     }
                     Err(e) => warn!("VM {vm}: control port not rebound after restart: {e:?}"),
@@ -348,8 +338,7 @@ impl Sharing {
 /// EVTCHN_UNMASK's second half: clears the mask bit in the caller's event page; if the port is
 /// pending, the event that arrived while masked is delivered now.
 pub fn unmask_port(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
-    let pa = ram_pa(vms, vm, page_gpa, PAGE_WORDS as u64 * 8)?;
-    // SAFETY: as in `set_port_pending`.
-    let words = unsafe { phys_atomics(pa, PAGE_WORDS) };
+    let (ram, offset) = ram_at(vms, vm, page_gpa)?;
+    let words = ram.atomics(offset, PAGE_WORDS)?;
     (shared_abi::evtchn::clear_mask(words, port) == Some(true)).then_some(Notify { vm })
 }

@@ -13,11 +13,10 @@ use shared_abi::bundle::{VmKind, VmSpec};
 use shared_abi::layout::{start_info_gpa, BLOCK_SIZE, GUEST_RAM_BASE, PAGE_SIZE};
 use shared_abi::start_info::StartInfo;
 
-use crate::arch::cpu::set_vttbr;
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::VgicContext;
 use crate::arch::mem::{
-    phys_bytes_mut, sync_for_execution, tlbi_ipas, tlbi_ipas_for, PhysTableMemory,
+    phys_bytes_mut, sync_for_execution, tlbi_ipas_for, GuestRam, PhysTableMemory,
 };
 use crate::arch::vectors::TrapFrame;
 
@@ -59,6 +58,13 @@ pub struct Vcpu {
     pub vgic: VgicContext,
     pub virqs: VirqQueue,
 }
+
+/// How a VM's RAM is mapped at stage 2.
+const RAM_ATTRS: MapAttrs = MapAttrs {
+    mem: MemType::Normal,
+    access: Access::ReadWrite,
+    executable: true,
+};
 
 /// SPSR for entering EL1h with D, A, I and F masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
@@ -130,13 +136,14 @@ impl Vm {
                 return Err(CreateError::Stage2("no frame for the root table"));
             }
         };
-        let ram = MapAttrs {
-            mem: MemType::Normal,
-            access: Access::ReadWrite,
-            executable: true,
-        };
         if stage2
-            .map(&mut tables, GUEST_RAM_BASE, ram_pa, spec.ram_bytes, ram)
+            .map(
+                &mut tables,
+                GUEST_RAM_BASE,
+                ram_pa,
+                spec.ram_bytes,
+                RAM_ATTRS,
+            )
             .is_err()
         {
             stage2.destroy(&mut tables);
@@ -188,6 +195,28 @@ impl Vm {
         sync_for_execution(self.ram_pa, self.ram_bytes);
     }
 
+    /// The VM's RAM, for access while its vCPUs may run (atomics and copies only).
+    pub fn ram(&self) -> GuestRam<'_> {
+        // SAFETY: [ram_pa, ram_pa + ram_bytes) was allocated to this VM and is freed or replaced
+        // only through `destroy` (which consumes the VM) or `replace_ram` (`&mut self`), neither
+        // of which can run while this borrow of the VM lives.
+        unsafe { GuestRam::new(self.ram_pa, self.ram_bytes) }
+    }
+
+    /// Unmaps the RAM range from stage 2 and invalidates its TLB entries under the VM's VMID
+    /// (by IPA, then the VMID's stage-1 entries). False if the unmap failed.
+    fn unmap_ram(&mut self, tables: &mut PhysTableMemory) -> bool {
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        let unmapped = self
+            .stage2
+            .unmap(tables, GUEST_RAM_BASE, self.ram_bytes, &mut |ipa, size| {
+                pieces.push((ipa, size))
+            })
+            .is_ok();
+        tlbi_ipas_for(self.vmid, self.stage2.root_pa(), &pieces);
+        unmapped
+    }
+
     /// Gives the VM fresh RAM (for a restart while peers still map frames of the old RAM, which
     /// must stay untouched until they unmap): the stage-2 RAM range is remapped to the new frames
     /// and the old translations are invalidated. Returns the old RAM's PA, which the caller now
@@ -196,26 +225,17 @@ impl Vm {
         let pages = (self.ram_bytes / PAGE_SIZE) as usize;
         let new_pa = frames.alloc(pages, (BLOCK_SIZE / PAGE_SIZE) as usize)?;
         let mut tables = PhysTableMemory { frames };
-        let mut pieces: Vec<(u64, u64)> = Vec::new();
-        let ram = MapAttrs {
-            mem: MemType::Normal,
-            access: Access::ReadWrite,
-            executable: true,
-        };
-        let remapped = self
-            .stage2
-            .unmap(
-                &mut tables,
-                GUEST_RAM_BASE,
-                self.ram_bytes,
-                &mut |ipa, size| pieces.push((ipa, size)),
-            )
-            .is_ok()
+        let remapped = self.unmap_ram(&mut tables)
             && self
                 .stage2
-                .map(&mut tables, GUEST_RAM_BASE, new_pa, self.ram_bytes, ram)
+                .map(
+                    &mut tables,
+                    GUEST_RAM_BASE,
+                    new_pa,
+                    self.ram_bytes,
+                    RAM_ATTRS,
+                )
                 .is_ok();
-        tlbi_ipas_for(self.vmid, self.stage2.root_pa(), &pieces);
         if !remapped {
             // Put the old RAM back; if even that fails the VM cannot run again, and its stage-2
             // simply lacks RAM (any access is a fault that kills it).
@@ -224,7 +244,7 @@ impl Vm {
                 GUEST_RAM_BASE,
                 self.ram_pa,
                 self.ram_bytes,
-                ram,
+                RAM_ATTRS,
             );
             let _ = tables.frames.free(new_pa, pages);
             return None;
@@ -238,21 +258,7 @@ impl Vm {
     /// frames can go to another VM at once.
     pub fn destroy(mut self, frames: &mut FrameAllocator, free_ram: bool) {
         let mut tables = PhysTableMemory { frames };
-        let mut pieces: Vec<(u64, u64)> = Vec::new();
-        // The TLBI by IPA applies to the VMID in VTTBR_EL2; the next vCPU load overwrites it.
-        set_vttbr(self.vmid, self.stage2.root_pa());
-        if self
-            .stage2
-            .unmap(
-                &mut tables,
-                GUEST_RAM_BASE,
-                self.ram_bytes,
-                &mut |ipa, size| pieces.push((ipa, size)),
-            )
-            .is_ok()
-        {
-            tlbi_ipas(&pieces);
-        }
+        self.unmap_ram(&mut tables);
         self.stage2.destroy(&mut tables);
         if free_ram {
             let _ = tables

@@ -58,14 +58,23 @@ impl ControlPage {
         bytes
     }
 
+    /// The hypervisor's stop word. Read on its own (not through a page snapshot): a back-end
+    /// checks it on every pass of its service loop.
+    fn stopped(&self) -> u32 {
+        const _: () = assert!(handshake::STOPPED_WORD.is_multiple_of(8));
+        // The stop word is the low half (little-endian) of its aligned 64-bit word.
+        let word = self.words[handshake::STOPPED_WORD / 8].load(Ordering::Acquire);
+        word as u32
+    }
+
     /// The hypervisor says the front-end VM has stopped for good (not merely restarting).
     pub fn frontend_gone(&self) -> bool {
-        handshake::stopped(&self.snapshot()) & handshake::FRONTEND_STOPPED != 0
+        self.stopped() & handshake::FRONTEND_STOPPED != 0
     }
 
     /// The hypervisor says the back-end VM has stopped for good.
     pub fn backend_gone(&self) -> bool {
-        handshake::stopped(&self.snapshot()) & handshake::BACKEND_STOPPED != 0
+        self.stopped() & handshake::BACKEND_STOPPED != 0
     }
 
     pub fn header(&self) -> Result<Header, HandshakeError> {

@@ -12,7 +12,7 @@ use shared_abi::hypercall::{
 };
 use spin::{Mutex, Once};
 
-use crate::hypercall::{hvc, status};
+use crate::hypercall::{hvc, result};
 use crate::page::Page;
 use crate::{irq, timer};
 
@@ -30,15 +30,8 @@ pub type Handler = fn(u32);
 static HANDLERS: Mutex<[Option<Handler>; MAX_PORTS as usize]> =
     Mutex::new([None; MAX_PORTS as usize]);
 
-fn ok(raw: u64) -> Result<(), Status> {
-    match status(raw) {
-        Status::Ok => Ok(()),
-        e => Err(e),
-    }
-}
-
 fn port_result(regs: [u64; 4]) -> Result<u32, Status> {
-    ok(regs[0])?;
+    result(regs[0])?;
     u32::try_from(regs[1]).map_err(|_| Status::InvalidArgument)
 }
 
@@ -49,7 +42,7 @@ pub fn init() -> Result<(), Status> {
         return Err(Status::Busy);
     }
     let page = Page::leak();
-    ok(hvc(EVTCHN_SETUP, [page.gpa(), 0, 0, 0, 0, 0])[0])?;
+    result(hvc(EVTCHN_SETUP, [page.gpa(), 0, 0, 0, 0, 0])[0])?;
     PAGE.call_once(|| page);
     irq::register(EVTCHN_INTID, on_irq).map_err(|_| Status::InvalidArgument)?;
     Ok(())
@@ -89,13 +82,13 @@ pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<u32, Status> {
 
 /// EVTCHN_SEND: signals the other end of `port`.
 pub fn send(port: u32) -> Result<(), Status> {
-    ok(hvc(EVTCHN_SEND, [u64::from(port), 0, 0, 0, 0, 0])[0])
+    result(hvc(EVTCHN_SEND, [u64::from(port), 0, 0, 0, 0, 0])[0])
 }
 
 /// EVTCHN_CLOSE.
 pub fn close(port: u32) -> Result<(), Status> {
     set_handler(port, None);
-    ok(hvc(EVTCHN_CLOSE, [u64::from(port), 0, 0, 0, 0, 0])[0])
+    result(hvc(EVTCHN_CLOSE, [u64::from(port), 0, 0, 0, 0, 0])[0])
 }
 
 /// Sets the mask bit of `port` in the event page (no interrupt for it until unmasked).
@@ -105,7 +98,7 @@ pub fn mask(port: u32) -> bool {
 
 /// EVTCHN_UNMASK: clears the mask bit; the hypervisor re-raises the interrupt if it is pending.
 pub fn unmask(port: u32) -> Result<(), Status> {
-    ok(hvc(EVTCHN_UNMASK, [u64::from(port), 0, 0, 0, 0, 0])[0])
+    result(hvc(EVTCHN_UNMASK, [u64::from(port), 0, 0, 0, 0, 0])[0])
 }
 
 /// Runs `handler` (in IRQ context) for each event on `port`, instead of recording it for

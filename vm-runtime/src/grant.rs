@@ -17,7 +17,7 @@ use shared_abi::hypercall::{
 use shared_abi::layout::PAGE_SIZE;
 use spin::{Mutex, Once};
 
-use crate::hypercall::{hvc, status};
+use crate::hypercall::{hvc, result};
 use crate::page::{Page, PAGE_WORDS};
 
 /// This VM's registered grant table.
@@ -40,13 +40,6 @@ static WINDOW: Mutex<Window> = Mutex::new(Window {
     free: Vec::new(),
 });
 
-fn ok(raw: u64) -> Result<(), Status> {
-    match status(raw) {
-        Status::Ok => Ok(()),
-        e => Err(e),
-    }
-}
-
 /// Allocates a grant table of `pages` pages and registers it (GRANT_TABLE_SETUP). Call once.
 pub fn init(pages: u32) -> Result<(), Status> {
     if TABLE.get().is_some() {
@@ -54,7 +47,7 @@ pub fn init(pages: u32) -> Result<(), Status> {
     }
     let entries = Page::leak_many(pages as usize);
     let gpa = entries.first().map_or(0, Page::gpa);
-    ok(hvc(GRANT_TABLE_SETUP, [gpa, u64::from(pages), 0, 0, 0, 0])[0])?;
+    result(hvc(GRANT_TABLE_SETUP, [gpa, u64::from(pages), 0, 0, 0, 0])[0])?;
     TABLE.call_once(|| Mutex::new(Table { entries, next: 1 }));
     Ok(())
 }
@@ -102,7 +95,7 @@ pub fn grant(peer: u16, page_gpa: u64, readonly: bool) -> Result<u32, Status> {
 /// free for reuse.
 pub fn end(gref: u32) -> Result<(), Status> {
     let table = TABLE.get().ok_or(Status::InvalidArgument)?;
-    ok(hvc(GRANT_END, [u64::from(gref), 0, 0, 0, 0, 0])[0])?;
+    result(hvc(GRANT_END, [u64::from(gref), 0, 0, 0, 0, 0])[0])?;
     let table = table.lock();
     if let Some(slot) = entry(&table, gref) {
         slot.store(0, Ordering::Release);
@@ -166,8 +159,9 @@ pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
     }
 }
 
-fn op_status(raw: i64) -> Result<(), Status> {
-    ok(raw as u64)
+/// The result one batch op's `status` word reports.
+pub fn op_status(raw: i64) -> Result<(), Status> {
+    result(raw as u64)
 }
 
 /// GRANT_MAP on caller-built ops (at most [`MAX_BATCH`]); each op's `status` is filled in. For
@@ -199,7 +193,7 @@ fn batch(id: u64, gpa: u64, count: usize) -> Result<(), Status> {
     }
     // The asm in `hvc` is a compiler barrier and the pointer is exposed, so the status words the
     // hypervisor writes are seen by later reads.
-    ok(hvc(id, [gpa, count as u64, 0, 0, 0, 0])[0])
+    result(hvc(id, [gpa, count as u64, 0, 0, 0, 0])[0])
 }
 
 impl Mapping {

@@ -34,6 +34,14 @@ pub fn status(raw: u64) -> Status {
     Status::from_u64(raw).unwrap_or(Status::NotSupported)
 }
 
+/// Maps a raw x0 (or an op's status word) to `Ok(())` or the error it names.
+pub fn result(raw: u64) -> Result<(), Status> {
+    match status(raw) {
+        Status::Ok => Ok(()),
+        e => Err(e),
+    }
+}
+
 /// CONSOLE_WRITE: sends up to [`CONSOLE_MAX_BYTES`] bytes (the rest is ignored).
 pub fn console_write(bytes: &[u8]) -> Status {
     let bytes = &bytes[..bytes.len().min(CONSOLE_MAX_BYTES)];

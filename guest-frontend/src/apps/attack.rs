@@ -65,13 +65,7 @@ fn one_map(granter: u16, gref: u32, flags: u16, dest_gpa: u64) -> Result<(), Sta
         status: 0,
     }];
     grant::map_raw(&mut op)?;
-    Status::from_u64(op[0].status as u64).map_or(Err(Status::NotSupported), |s| {
-        if s == Status::Ok {
-            Ok(())
-        } else {
-            Err(s)
-        }
-    })
+    grant::op_status(op[0].status)
 }
 
 fn one_copy(src: CopyPtr, dst: CopyPtr, len: u16) -> Result<(), Status> {
@@ -82,13 +76,7 @@ fn one_copy(src: CopyPtr, dst: CopyPtr, len: u16) -> Result<(), Status> {
         status: 0,
     }];
     grant::copy(&mut op)?;
-    Status::from_u64(op[0].status as u64).map_or(Err(Status::NotSupported), |s| {
-        if s == Status::Ok {
-            Ok(())
-        } else {
-            Err(s)
-        }
-    })
+    grant::op_status(op[0].status)
 }
 
 fn attack(info: &StartInfo<'static>) -> Result<String, String> {
@@ -287,7 +275,7 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
     grant::unmap_raw(&mut unmap).map_err(|e| format!("unmap call: {e:?}"))?;
     expect(
         "unmap an address that is not mapped",
-        Status::from_u64(unmap[0].status as u64).map_or(Err(Status::NotSupported), Err),
+        grant::op_status(unmap[0].status),
         Status::NotMapped,
     )?;
     expect(

@@ -13,7 +13,7 @@ use vm_runtime::timer::{self, Instant};
 use vm_runtime::{evtchn, grant, println, StartInfo};
 
 /// First word of the granted pages A and B.
-pub const MARKER: u64 = 0x5u64 << 60 | 0x0051_u64 << 32 | 0xcafe;
+pub const MARKER: u64 = 0x5000_0051_0000_cafe;
 /// What the peer writes into word 1 of page A to prove write access.
 pub const PEER_WROTE: u64 = 0xfeed_f00d;
 

@@ -6,6 +6,7 @@
 //! address into a reference.
 
 use core::arch::asm;
+use core::marker::PhantomData;
 use core::sync::atomic::AtomicU64;
 
 use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2};
@@ -95,27 +96,93 @@ pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
 }
 
-/// Physical 8-byte-aligned words as atomics: memory a guest shares with the hypervisor (event
-/// pages, grant entries, batch-op status words) is written concurrently by the guest's vCPUs.
-///
-/// # Safety
-/// `[pa, pa + 8 * words)` must be RAM inside the identity map that stays allocated for the
-/// lifetime the caller picks (a live VM's RAM, or retained RAM of a dead one), and `pa` must be
-/// 8-byte aligned.
-pub unsafe fn phys_atomics<'a>(pa: u64, words: usize) -> &'a [AtomicU64] {
-    // SAFETY: forwarded to the caller; AtomicU64 has the size and alignment of u64, and
-    // concurrent access through atomics is what the guest side does too.
-    unsafe { core::slice::from_raw_parts(pa as *const AtomicU64, words) }
+/// A VM's RAM as the hypervisor touches it while the VM may be running: only through atomics and
+/// `memmove` on raw pointers (never references to plain bytes), because the VM's vCPUs access it
+/// concurrently. Every access is bounds-checked against the range, so the one obligation is at
+/// construction.
+#[derive(Clone, Copy)]
+pub struct GuestRam<'a> {
+    pa: u64,
+    len: u64,
+    _owner: PhantomData<&'a ()>,
 }
 
-/// `memmove` between two physical ranges.
-///
-/// # Safety
-/// Both ranges must be RAM inside the identity map that no Rust reference covers for the duration
-/// (guest RAM is only ever accessed through raw pointers and atomics).
-pub unsafe fn phys_copy(dst_pa: u64, src_pa: u64, len: usize) {
-    // SAFETY: forwarded to the caller; `copy` allows overlap.
-    unsafe { core::ptr::copy(src_pa as *const u8, dst_pa as *mut u8, len) }
+impl<'a> GuestRam<'a> {
+    /// # Safety
+    /// `[pa, pa + len)` must be RAM inside the identity map that stays allocated (to the VM it is
+    /// a view of) for `'a`.
+    pub unsafe fn new(pa: u64, len: u64) -> GuestRam<'a> {
+        GuestRam {
+            pa,
+            len,
+            _owner: PhantomData,
+        }
+    }
+
+    /// The PA of `[offset, offset + len)`, if that range is inside.
+    fn range(&self, offset: u64, len: u64) -> Option<u64> {
+        (offset.checked_add(len)? <= self.len).then_some(self.pa + offset)
+    }
+
+    /// `words` atomic words at byte `offset`; `None` if outside or not 8-byte aligned.
+    pub fn atomics(&self, offset: u64, words: usize) -> Option<&'a [AtomicU64]> {
+        let pa = self
+            .range(offset, (words as u64).checked_mul(8)?)
+            .filter(|pa| pa.is_multiple_of(8))?;
+        // SAFETY: inside the range `new` vouches for, aligned for AtomicU64 (checked); the guest
+        // accesses the same memory concurrently, which is what atomics allow.
+        Some(unsafe { core::slice::from_raw_parts(pa as *const AtomicU64, words) })
+    }
+
+    /// `memmove` of `len` bytes from `src` at `src_offset` to `self` at `dst_offset` (the two may
+    /// be the same RAM and overlap). False, and nothing copied, if either range is outside.
+    pub fn copy_from(
+        &self,
+        dst_offset: u64,
+        src: &GuestRam<'_>,
+        src_offset: u64,
+        len: u64,
+    ) -> bool {
+        let (Some(dst_pa), Some(src_pa)) =
+            (self.range(dst_offset, len), src.range(src_offset, len))
+        else {
+            return false;
+        };
+        // SAFETY: both ranges are inside RAM their constructors vouch for (checked); guest RAM is
+        // never behind a Rust reference to plain bytes, and `copy` allows overlap.
+        unsafe { core::ptr::copy(src_pa as *const u8, dst_pa as *mut u8, len as usize) };
+        true
+    }
+}
+
+/// A frame the hypervisor owns for the life of the system and may map into VMs (a connection's
+/// control page).
+pub struct OwnedFrame {
+    pa: u64,
+}
+
+impl OwnedFrame {
+    /// A zeroed frame from the frame allocator, never given back.
+    pub fn alloc_zeroed(frames: &mut hypervisor::mm::frame_alloc::FrameAllocator) -> Option<Self> {
+        let pa = frames.alloc(1, 1)?;
+        let mut frame = OwnedFrame { pa };
+        frame.bytes_mut().fill(0);
+        Some(frame)
+    }
+
+    pub fn pa(&self) -> u64 {
+        self.pa
+    }
+
+    /// The frame's bytes. VMs it is mapped into write it concurrently, but only bytes the
+    /// hypervisor does not write (a control page's sections are each written by one side, and
+    /// the hypervisor writes only the header, a stopped VM's section and the stop word).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the frame came from the allocator in `alloc_zeroed` and is never freed, so it
+        // is identity-mapped RAM owned by this value; `&mut self` makes the hypervisor's access
+        // exclusive.
+        unsafe { phys_bytes_mut(self.pa, 4096) }
+    }
 }
 
 /// Like [`tlbi_ipas`], for the VM with `vmid` and stage-2 root `root_pa`, which need not be the
