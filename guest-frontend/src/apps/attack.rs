@@ -86,8 +86,10 @@ fn attack(info: &StartInfo<'static>) -> Result<String, String> {
     match mode {
         "errors" => errors(info, peer),
         "write-ro" => {
-            legitimate_use(peer)?;
+            // Hold the read-only mapping across the legitimate use, so the granter (which
+            // finishes once ref 1 was used and nothing is mapped) is still waiting when we write.
             let page = map_when_ready(peer, 2, true)?;
+            legitimate_use(peer)?;
             println!("attack: writing the read-only grant at {:#x}", page.gpa());
             page.words()[1].store(1, Ordering::Relaxed);
             Err("wrote a read-only grant and survived".into())
