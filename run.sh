@@ -72,9 +72,21 @@ install_rust() {
     done
 }
 
+# Spin (the model checker for models/*.pml) and gcc (which compiles Spin's verifiers).
+install_model_checker() {
+    command -v spin >/dev/null && command -v gcc >/dev/null && return 0
+    command -v apt-get >/dev/null || die "no apt-get: install spin and gcc yourself"
+    say "Installing spin and gcc (model checking) ..."
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0 \
+        --no-install-recommends install spin gcc >/dev/null
+    command -v spin >/dev/null || die "spin did not install: install Debian's spin package"
+}
+
 setup() {
     install_qemu
     install_rust
+    install_model_checker
 }
 
 objcopy_bin() {
@@ -102,11 +114,13 @@ run_tests() {
     say "== formatting and lints"
     cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
     cargo clippy --quiet -p shared-abi -p sluice-harness --all-targets -- -D warnings
-    cargo clippy --quiet -p hypervisor --lib --tests -- -D warnings
+    cargo clippy --quiet -p hypervisor -p driver-domain --lib --tests -- -D warnings
     cargo clippy --quiet -p hypervisor --target "$HV_TARGET" -- -D warnings
     cargo clippy --quiet -p vm-runtime -p guest-frontend -p driver-domain --target "$VM_TARGET" -- -D warnings
     say "== host unit tests"
-    cargo test -p shared-abi -p hypervisor -p sluice-harness --lib --bins
+    cargo test -p shared-abi -p hypervisor -p sluice-harness -p driver-domain --lib --bins
+    say "== model check: notification suppression never loses a wake-up (Spin)"
+    bash models/check.sh
     say "== QEMU integration tests (each boots QEMU with a hard timeout)"
     SLUICE_ARTIFACTS="$PWD/$OUT" cargo test -p sluice-harness --test qemu -- --test-threads=1
 }

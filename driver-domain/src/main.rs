@@ -1,30 +1,56 @@
-//! driver-domain: the sluice driver domain. It serves one back-end per connected guest (see
-//! `backend`); the NIC passthrough and the switch come with the network issues. It powers off
-//! when every front-end VM has stopped for good.
+//! driver-domain: the sluice driver domain. It owns the NIC the hypervisor passes through (see
+//! `nic` and `net`: virtio-net over PCI behind the SMMU, with its own address answering ARP,
+//! ping and echo) and serves one back-end per connected guest (see `backend`). It powers off when
+//! every front-end VM has stopped for good and its NIC serving time is over.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
 mod backend;
+mod dma;
+mod net;
+mod nic;
 
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 use backend::Connection;
+use net::Stack;
+use shared_abi::grant::test_pattern::{MARKER, PEER_WROTE};
+use shared_abi::start_info::setting;
+use smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_runtime::timer;
-use vm_runtime::{evtchn, println, report, StartInfo};
+use vm_runtime::{evtchn, grant, println, report, setting_u64_or, StartInfo};
 
 vm_runtime::entry!(main);
 
+/// How long the NIC is served when no front-end keeps the domain alive (setting `nic_serve_ms`).
+const DEFAULT_NIC_SERVE_MS: u64 = 10_000;
+/// Counters line period while serving the NIC.
+const COUNTERS_EVERY_MS: u64 = 2_000;
+
 fn main(info: &StartInfo<'static>) {
+    let nic_text = match info.passthrough {
+        Some(rid) => format!(
+            "PCI {:02x}:{:02x}.{} passed through",
+            rid >> 8,
+            (rid >> 3) & 0x1f,
+            rid & 7
+        ),
+        None => String::from("no NIC"),
+    };
     println!(
-        "driver domain {} up: vm {}, {} MiB, {} front-end(s); NIC passthrough not configured yet",
+        "driver domain {} up: vm {}, {} MiB, {} front-end(s), {nic_text}",
         info.name,
         info.vm_id,
         info.ram_bytes >> 20,
         info.peers.count_ones()
     );
-    if info.peers == 0 {
+    let mut stack = info.passthrough.and_then(|rid| start_nic(info, rid));
+    if info.peers == 0 && stack.is_none() {
         report::hello(info);
         return;
     }
@@ -32,6 +58,15 @@ fn main(info: &StartInfo<'static>) {
         println!("REPORT fail: event channels: {e:?}");
         return;
     }
+    let serve_ms = match setting_u64_or(info.settings, "nic_serve_ms", DEFAULT_NIC_SERVE_MS) {
+        Ok(ms) => ms,
+        Err(e) => {
+            println!("REPORT fail: {e}");
+            return;
+        }
+    };
+    let serve_until = timer::now() + timer::ms_to_ticks(serve_ms);
+    let mut next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
     let mut connections: Vec<Connection> = (1..64u16)
         .filter(|id| info.peers & (1 << id) != 0)
         .filter_map(|id| {
@@ -55,20 +90,37 @@ fn main(info: &StartInfo<'static>) {
                 busy = true;
             }
         }
+        if let Some(stack) = stack.as_mut() {
+            busy |= stack.poll();
+            if timer::now() >= next_counters {
+                net::print_counters(info.name, stack);
+                next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
+            }
+        }
         recheck = false;
-        if connections.iter().all(Connection::finished) {
+        let nic_done = stack.is_none() || timer::now() >= serve_until;
+        if nic_done && connections.iter().all(Connection::finished) {
             break;
         }
         if !busy {
-            // Sleep until any of our ports has an event (or a periodic re-check).
+            // Sleep until any of our ports or the NIC has news (or a periodic re-check).
             let ports: Vec<u32> = connections
                 .iter()
                 .flat_map(|c| [Some(c.control_port()), c.data_port()])
                 .flatten()
                 .collect();
-            let deadline = timer::now() + timer::ms_to_ticks(50);
-            recheck = !timer::wait_until(deadline, || ports.iter().any(|&p| evtchn::pending(p)));
+            let mut wait_us = 50_000;
+            if let Some(delay) = stack.as_mut().and_then(Stack::poll_delay_us) {
+                wait_us = wait_us.min(delay.max(100));
+            }
+            let deadline = timer::now() + timer::us_to_ticks(wait_us);
+            recheck = !timer::wait_until(deadline, || {
+                nic::NEWS.load(Ordering::Acquire) || ports.iter().any(|&p| evtchn::pending(p))
+            }) && stack.is_none();
         }
+    }
+    if let Some(stack) = &stack {
+        net::print_counters(info.name, stack);
     }
     let served: u64 = connections.iter().map(|c| c.counters.requests).sum();
     let bad: u64 = connections.iter().map(|c| c.counters.bad_words).sum();
@@ -77,4 +129,120 @@ fn main(info: &StartInfo<'static>) {
         info.name,
         connections.len()
     );
+}
+
+/// Brings the passed-through NIC up with the stack on it and pings the gateway once; None (with
+/// the reason printed) if the NIC cannot be used.
+fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<Stack> {
+    let address: IpCidr = setting(info.settings, "ip")
+        .unwrap_or("10.0.2.15/24")
+        .parse()
+        .map_err(|_| println!("NIC FAIL: setting ip is not an IPv4 CIDR like 10.0.2.15/24"))
+        .ok()?;
+    let gateway: Ipv4Address = setting(info.settings, "gateway")
+        .unwrap_or("10.0.2.2")
+        .parse()
+        .map_err(|_| println!("NIC FAIL: setting gateway is not an IPv4 address"))
+        .ok()?;
+    let rogue = match setting(info.settings, "attack") {
+        Some("dma") => Some(RogueDma::prepare(info)?),
+        Some(other) => {
+            println!("NIC FAIL: unknown attack {other:?} (known: dma)");
+            return None;
+        }
+        None => None,
+    };
+    let nic = match nic::probe(routing_id) {
+        Ok(nic) => nic,
+        Err(why) => {
+            println!("NIC FAIL: {why}");
+            return None;
+        }
+    };
+    let mac = nic.mac;
+    println!(
+        "NIC {} link up: virtio-net, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, IP {address}, \
+         gateway {gateway}, echo on udp/tcp port {}",
+        nic.function,
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        net::ECHO_PORT
+    );
+    let mut stack = Stack::new(mac, address, gateway);
+    match stack.ping_gateway(1, 2_000) {
+        Some(us) => println!("NIC ping gateway {gateway}: reply in {us} us"),
+        None => println!("NIC ping gateway {gateway}: no reply within 2 s"),
+    }
+    if let Some(rogue) = rogue {
+        rogue.finish();
+    }
+    Some(stack)
+}
+
+/// The DMA attack (setting `attack = "dma"`, `victim = <vm id>`): the victim (app `granter`)
+/// grants us its page B read-only (ref 2). We map it, which is legitimate, then hand its address
+/// to the NIC as a receive buffer, which is not: the device would overwrite memory we may only
+/// read. The SMMU walks our stage 2, where the page is read-only, so the write must fault and
+/// the page must stay as the victim wrote it.
+struct RogueDma {
+    victim: u16,
+    page_a: grant::Mapping,
+    page_b: grant::Mapping,
+}
+
+impl RogueDma {
+    fn prepare(info: &StartInfo<'static>) -> Option<RogueDma> {
+        let victim = setting_u64_or(info.settings, "victim", 0).unwrap_or(0) as u16;
+        if victim == 0 {
+            println!("NIC FAIL: attack=dma needs victim=<vm id of a granter guest>");
+            return None;
+        }
+        let start = timer::now();
+        let (page_a, page_b) = loop {
+            match (grant::map(victim, 1, false), grant::map(victim, 2, true)) {
+                (Ok(a), Ok(b)) => break (a, b),
+                (a, b) => {
+                    for m in [a, b].into_iter().flatten() {
+                        let _ = m.unmap();
+                    }
+                    if timer::now() - start > timer::ms_to_ticks(10_000) {
+                        println!("NIC FAIL: vm {victim} never granted refs 1 and 2");
+                        return None;
+                    }
+                    timer::sleep_ms(5);
+                }
+            }
+        };
+        // Past the marker word, so a successful write would be visible as non-zero bytes.
+        let iova = page_b.gpa() + 64;
+        dma::arm_rogue_rx(iova);
+        println!(
+            "attack: NIC receive buffer 0 aimed at IOVA {iova:#x}, vm {victim}'s read-only page"
+        );
+        Some(RogueDma {
+            victim,
+            page_a,
+            page_b,
+        })
+    }
+
+    /// After traffic arrived: checks the page through our read-only mapping and lets the victim
+    /// finish.
+    fn finish(self) {
+        let words = self.page_b.words();
+        let intact = words[0].load(Ordering::Acquire) == MARKER
+            && words[1..].iter().all(|w| w.load(Ordering::Acquire) == 0);
+        println!(
+            "attack: vm {}'s read-only page is {}",
+            self.victim,
+            if intact { "intact" } else { "CHANGED" }
+        );
+        self.page_a.words()[1].store(PEER_WROTE, Ordering::Release);
+        let _ = self.page_b.unmap();
+        let _ = self.page_a.unmap();
+    }
 }

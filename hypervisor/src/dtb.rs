@@ -2,6 +2,7 @@
 //! (as the initrd in /chosen), and whether PCI and an SMMU exist.
 
 use fdt::Fdt;
+use hypervisor::irqmap::{self, GicIrq};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Machine {
@@ -14,6 +15,37 @@ pub struct Machine {
     pub bundle: Option<(u64, u64)>,
     pub pci_ecam: Option<u64>,
     pub smmu: Option<u64>,
+    /// The SMMU's wired event-queue and global-error interrupts.
+    pub smmu_eventq_irq: Option<GicIrq>,
+    pub smmu_gerror_irq: Option<GicIrq>,
+}
+
+fn smmu_irq(fdt: &Fdt, name: &str) -> Option<GicIrq> {
+    let node = fdt.find_compatible(&["arm,smmu-v3"])?;
+    irqmap::named_irq(
+        node.property("interrupts")?.value,
+        node.property("interrupt-names")?.value,
+        name,
+    )
+}
+
+/// The GIC interrupt raised by INTx `pin` of PCI function `routing_id`, from the host bridge's
+/// interrupt-map.
+pub fn pci_intx(blob: &[u8], routing_id: u16, pin: u8) -> Option<GicIrq> {
+    let fdt = Fdt::new(blob).ok()?;
+    let bridge = fdt.find_compatible(&["pci-host-ecam-generic"])?;
+    let gic = fdt.find_compatible(&["arm,gic-v3"])?;
+    let parent_address_cells = gic
+        .property("#address-cells")
+        .and_then(|p| p.as_usize())
+        .unwrap_or(0);
+    irqmap::pci_intx(
+        bridge.property("interrupt-map")?.value,
+        bridge.property("interrupt-map-mask")?.value,
+        parent_address_cells,
+        routing_id,
+        pin,
+    )
 }
 
 fn first_reg(fdt: &Fdt, compatible: &[&str], index: usize) -> Option<u64> {
@@ -57,5 +89,7 @@ pub fn parse(blob: &[u8]) -> Result<Machine, &'static str> {
         bundle,
         pci_ecam: first_reg(&fdt, &["pci-host-ecam-generic"], 0),
         smmu: first_reg(&fdt, &["arm,smmu-v3"], 0),
+        smmu_eventq_irq: smmu_irq(&fdt, "eventq"),
+        smmu_gerror_irq: smmu_irq(&fdt, "gerror"),
     })
 }

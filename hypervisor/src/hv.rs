@@ -25,6 +25,7 @@ use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::logger::print_vm_line;
+use crate::passthrough::{self, Passthrough};
 pub use crate::sharing::Sharing;
 use crate::sharing::{deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
 use crate::vm::{StopKind, Vcpu, Vm};
@@ -46,6 +47,8 @@ pub struct Hv {
     pub slice_ticks: u64,
     pub pcpus: usize,
     pub sharing: Sharing,
+    /// The PCI function passed through to a driver domain, if the topology names one.
+    pub passthrough: Option<Passthrough>,
 }
 
 pub static HV: Mutex<Option<Hv>> = Mutex::new(None);
@@ -68,7 +71,7 @@ enum Action {
 }
 
 impl Hv {
-    fn vm_of(&self, id: VcpuId) -> &Vm {
+    pub fn vm_of(&self, id: VcpuId) -> &Vm {
         self.vms[self.vcpus[id].vm]
             .as_ref()
             .expect("a vCPU's VM exists while the vCPU does")
@@ -234,6 +237,38 @@ impl Hv {
             self.vcpus[id].virqs.push(intid)
         };
         pushed.map_err(|_| Status::NoSpace)?;
+        self.wake_for_interrupt(id, this_pcpu);
+        Ok(())
+    }
+
+    /// The passed-through function raised its INTx line `raw` (acknowledged, priority dropped,
+    /// still active): hand it to the owner's vCPU 0 with the hardware bit, or deactivate it at
+    /// once if the owner cannot take it (stopping, or its queue is full), so the line is not
+    /// lost forever.
+    fn inject_passthrough_intx(&mut self, raw: u32, this_pcpu: usize) {
+        let owner = self
+            .passthrough
+            .as_ref()
+            .map(|p| p.owner_id)
+            .and_then(|id| self.vms.get(usize::from(id).wrapping_sub(1)))
+            .and_then(Option::as_ref)
+            .filter(|vm| vm.stop.is_none())
+            .map(|vm| vm.vcpus[0]);
+        let queued = owner.is_some_and(|id| {
+            self.vcpus[id]
+                .virqs
+                .push_hw(intid::PASSTHROUGH_INTX, raw)
+                .is_ok()
+        });
+        match owner {
+            Some(id) if queued => self.wake_for_interrupt(id, this_pcpu),
+            _ => gic::deactivate(raw),
+        }
+    }
+
+    /// Makes a vCPU with a newly queued interrupt notice it: wakes it from WFI, or kicks the
+    /// pCPU it runs on.
+    fn wake_for_interrupt(&mut self, id: VcpuId, this_pcpu: usize) {
         match self.sched.state(id) {
             RunState::Blocked { .. } => {
                 self.sched.wake(id);
@@ -242,7 +277,6 @@ impl Hv {
             RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
             _ => {}
         }
-        Ok(())
     }
 
     /// Asks every vCPU of a VM to stop; the VM is finished once none of them is running.
@@ -277,6 +311,17 @@ impl Hv {
         }
         let vm_id = vm.id;
         let pages = (vm.ram_bytes / PAGE_SIZE) as usize;
+        // The owner's device stops and its stream aborts before any of the owner's RAM (or the
+        // pages granted to it) can change hands.
+        let owns_device = self
+            .passthrough
+            .as_ref()
+            .is_some_and(|p| p.owner_id == vm_id);
+        if owns_device {
+            if let Some(p) = self.passthrough.as_mut() {
+                p.owner_stopped();
+            }
+        }
         let stopped = self.sharing.vm_stopped(
             &mut self.vms,
             &mut self.frames,
@@ -319,6 +364,11 @@ impl Hv {
                 );
                 vm.stop = None;
                 vm.load_memory(vm.vcpus.len() as u32);
+                if owns_device {
+                    if let Some(p) = self.passthrough.as_mut() {
+                        p.owner_restarted(&vm);
+                    }
+                }
                 let first = vm.vcpus[0];
                 let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
                 self.vms[vm_index] = Some(vm);
@@ -402,8 +452,13 @@ fn schedule(pcpu: usize, frame: &mut TrapFrame) {
             if id >= 1020 {
                 break;
             }
-            if id == gic::HYP_TIMER_PPI {
-                cpu::stop_hyp_timer();
+            match id {
+                gic::HYP_TIMER_PPI => cpu::stop_hyp_timer(),
+                gic::MAINTENANCE_PPI | gic::VTIMER_PPI | gic::KICK_SGI => {}
+                other => {
+                    device_irq(other, pcpu);
+                    continue;
+                }
             }
             gic::end(id);
         }
@@ -479,6 +534,29 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
     schedule(pcpu, frame);
 }
 
+/// A device's interrupt (the SMMU's, or the passed-through function's INTx), taken while a guest
+/// or the idle loop ran; ends or hands on the interrupt itself.
+fn device_irq(raw: u32, pcpu: usize) {
+    if passthrough::is_smmu_irq(raw) {
+        passthrough::report_smmu_events();
+        gic::end(raw);
+        return;
+    }
+    let handled = with_hv(|hv| {
+        let is_intx = hv.passthrough.as_ref().and_then(|p| p.intx) == Some(raw);
+        if is_intx {
+            // Priority drop only: the owner's EOI of the virtual interrupt deactivates it.
+            gic::drop_priority(raw);
+            hv.inject_passthrough_intx(raw, pcpu);
+        }
+        is_intx
+    });
+    if !handled {
+        warn!("unexpected physical interrupt {raw}");
+        gic::end(raw);
+    }
+}
+
 /// Synchronous exception from a guest.
 #[no_mangle]
 extern "C" fn lower_sync(frame: &mut TrapFrame) {
@@ -501,10 +579,11 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
         }
         esr::EC_DABT_LOWER | esr::EC_IABT_LOWER => {
             let ipa = esr::fault_ipa(fault.hpfar, fault.far);
-            match crate::mmio::emulate(ipa, fault.esr, frame) {
-                Some(()) => Action::Continue,
-                None => Action::StopVm(StopKind::Killed(format!(
-                    "stage-2 fault at IPA {ipa:#x} ({}) at PC {:#x}",
+            let id = CURRENT[pcpu].load(Ordering::Relaxed);
+            match with_hv(|hv| crate::mmio::emulate(hv, id, ipa, fault.esr, frame)) {
+                Ok(()) => Action::Continue,
+                Err(why) => Action::StopVm(StopKind::Killed(format!(
+                    "stage-2 fault at IPA {ipa:#x} ({}) at PC {:#x}: {why}",
                     Syndrome(fault.esr),
                     frame.elr
                 ))),
@@ -551,7 +630,10 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
             gic::MAINTENANCE_PPI => with_hv(|hv| hv.refill_live(id)),
             // A kick only brings the pCPU here; `finish` notices stop requests.
             gic::KICK_SGI => {}
-            other => warn!("unexpected physical interrupt {other}"),
+            other => {
+                device_irq(other, pcpu);
+                continue;
+            }
         }
         gic::end(raw);
     }

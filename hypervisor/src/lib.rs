@@ -10,6 +10,7 @@ pub mod console;
 pub mod esr;
 pub mod evtchn;
 pub mod grant;
+pub mod irqmap;
 pub mod mm;
 pub mod pci;
 pub mod sched;

@@ -18,6 +18,8 @@ mod logger;
 #[cfg(target_os = "none")]
 mod mmio;
 #[cfg(target_os = "none")]
+mod passthrough;
+#[cfg(target_os = "none")]
 mod sharing;
 #[cfg(target_os = "none")]
 mod vm;
@@ -38,6 +40,7 @@ mod boot {
 
     use crate::arch::{self, cpu, gic, mem};
     use crate::hv::{self, Hv};
+    use crate::passthrough::{self, Passthrough};
     use crate::vm::{Vcpu, Vm};
     use crate::{dtb, logger};
 
@@ -162,7 +165,15 @@ mod boot {
             slice_ticks: cpu::counter_frequency() * hv::SLICE_MS / 1000,
             pcpus,
             sharing: hv::Sharing::default(),
+            passthrough: None,
         };
+        // Before any VM exists: from here on no device DMA gets through unless attached.
+        if let Err(why) = passthrough::init_smmu(&machine, &mut hv.frames) {
+            fail(
+                &alloc::format!("cannot take the SMMU over: {why}"),
+                "check QEMU's -M virt,iommu=smmuv3 and the SMMU model",
+            );
+        }
         for spec in bundle.vms() {
             let grant = hv
                 .vmids
@@ -198,6 +209,20 @@ mod boot {
                 spec.image.len() / 1024
             );
             hv.vms.push(Some(vm));
+        }
+        if let Some(spec) = bundle.vms().find(|s| s.passthrough.is_some()) {
+            let bdf = spec.passthrough.expect("found by it");
+            let vm = hv.vms[usize::from(spec.id) - 1]
+                .as_mut()
+                .expect("just created");
+            let vtcr = VTCR.load(Ordering::Relaxed) as u64;
+            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, vtcr) {
+                Ok(p) => hv.passthrough = Some(p),
+                Err(why) => fail(
+                    &alloc::format!("cannot pass PCI {bdf} to {}: {why}", spec.name),
+                    "start QEMU with the NIC at that address behind the SMMU (./run.sh does)",
+                ),
+            }
         }
         for spec in bundle.vms() {
             let Some(backend) = spec.backend else {

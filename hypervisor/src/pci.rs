@@ -25,12 +25,12 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::str::FromStr;
 
-// ECAM layout: bus [27:20], device [19:15], function [14:12], register [11:0].
-pub const ECAM_BUS_SHIFT: u32 = 20;
-pub const ECAM_DEVICE_SHIFT: u32 = 15;
-pub const ECAM_FUNCTION_SHIFT: u32 = 12;
+// ECAM layout (bus [27:20], device [19:15], function [14:12], register [11:0]) and the BDF type
+// are shared with the topology and the bundle: one definition, in shared-abi.
+pub use shared_abi::pci::{
+    Bdf, BdfError, BdfField, ECAM_BUS_SHIFT, ECAM_DEVICE_SHIFT, ECAM_FUNCTION_SHIFT,
+};
 /// Bytes of configuration space per function.
 pub const CONFIG_SPACE_BYTES: u16 = 4096;
 /// ECAM bytes per bus (32 devices x 8 functions x 4 KiB).
@@ -79,168 +79,6 @@ const ROM_ENABLE: u32 = 1;
 const ROM_SLOT: usize = 6;
 
 // ---------------------------------------------------------------------------------------------
-// Bus/device/function.
-
-/// A PCI function address on segment 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bdf {
-    bus: u8,
-    device: u8,
-    function: u8,
-}
-
-/// The fields of a textual BDF, for error messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BdfField {
-    Domain,
-    Bus,
-    Device,
-    Function,
-}
-
-impl BdfField {
-    const fn name(self) -> &'static str {
-        match self {
-            BdfField::Domain => "domain",
-            BdfField::Bus => "bus",
-            BdfField::Device => "device",
-            BdfField::Function => "function",
-        }
-    }
-}
-
-/// Why a textual BDF was rejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BdfError {
-    /// Nothing but whitespace.
-    Empty,
-    /// Not of the form `[domain:]bus:device.function`.
-    Format,
-    /// A field is not hexadecimal or has too many digits.
-    NotHex(BdfField),
-    /// Device above 0x1f, function above 7, or a domain other than 0.
-    OutOfRange(BdfField),
-}
-
-impl fmt::Display for BdfError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BdfError::Empty => f.write_str("empty PCI address (expected e.g. 00:02.0)"),
-            BdfError::Format => f.write_str(
-                "malformed PCI address (expected [domain:]bus:device.function, e.g. 00:02.0)",
-            ),
-            BdfError::NotHex(field) => write!(
-                f,
-                "PCI address {} is not a hexadecimal number of the right width",
-                field.name()
-            ),
-            BdfError::OutOfRange(BdfField::Domain) => {
-                f.write_str("PCI domain must be 0000 (there is one PCI segment)")
-            }
-            BdfError::OutOfRange(field) => write!(
-                f,
-                "PCI address {} out of range (device 00-1f, function 0-7)",
-                field.name()
-            ),
-        }
-    }
-}
-
-fn hex_field(text: &str, max_digits: usize, field: BdfField) -> Result<u32, BdfError> {
-    if text.is_empty() || text.len() > max_digits || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(BdfError::NotHex(field));
-    }
-    u32::from_str_radix(text, 16).map_err(|_| BdfError::NotHex(field))
-}
-
-impl Bdf {
-    /// None if the device or function number is out of range.
-    pub const fn new(bus: u8, device: u8, function: u8) -> Option<Bdf> {
-        if device > 31 || function > 7 {
-            None
-        } else {
-            Some(Bdf {
-                bus,
-                device,
-                function,
-            })
-        }
-    }
-
-    pub const fn bus(self) -> u8 {
-        self.bus
-    }
-
-    pub const fn device(self) -> u8 {
-        self.device
-    }
-
-    pub const fn function(self) -> u8 {
-        self.function
-    }
-
-    /// The PCIe requester/routing ID, bus << 8 | device << 3 | function. On QEMU virt the host
-    /// bridge's `iommu-map = <0 &smmu 0 0x10000>` makes it the SMMU stream ID as well.
-    pub const fn routing_id(self) -> u16 {
-        ((self.bus as u16) << 8) | ((self.device as u16) << 3) | self.function as u16
-    }
-
-    /// Offset of this function's configuration space in an ECAM region.
-    pub const fn ecam_offset(self) -> u64 {
-        ((self.bus as u64) << ECAM_BUS_SHIFT)
-            | ((self.device as u64) << ECAM_DEVICE_SHIFT)
-            | ((self.function as u64) << ECAM_FUNCTION_SHIFT)
-    }
-
-    /// Parses `bus:device.function` (hex, e.g. `00:02.0`), optionally preceded by `0000:`.
-    pub fn parse(text: &str) -> Result<Bdf, BdfError> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(BdfError::Empty);
-        }
-        let (location, function) = text.split_once('.').ok_or(BdfError::Format)?;
-        let mut parts = location.split(':');
-        let (domain, bus, device) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(bus), Some(device), None, None) => (None, bus, device),
-            (Some(domain), Some(bus), Some(device), None) => (Some(domain), bus, device),
-            _ => return Err(BdfError::Format),
-        };
-        if let Some(domain) = domain {
-            if hex_field(domain, 4, BdfField::Domain)? != 0 {
-                return Err(BdfError::OutOfRange(BdfField::Domain));
-            }
-        }
-        let bus = hex_field(bus, 2, BdfField::Bus)?;
-        let device = hex_field(device, 2, BdfField::Device)?;
-        let function = hex_field(function, 1, BdfField::Function)?;
-        if device > 31 {
-            return Err(BdfError::OutOfRange(BdfField::Device));
-        }
-        if function > 7 {
-            return Err(BdfError::OutOfRange(BdfField::Function));
-        }
-        Ok(Bdf {
-            bus: bus as u8,
-            device: device as u8,
-            function: function as u8,
-        })
-    }
-}
-
-impl FromStr for Bdf {
-    type Err = BdfError;
-    fn from_str(s: &str) -> Result<Bdf, BdfError> {
-        Bdf::parse(s)
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // ECAM decoding.
 
 /// A decoded ECAM offset.
@@ -257,11 +95,8 @@ pub const fn decode_ecam(offset: u64) -> Option<EcamOffset> {
         return None;
     }
     Some(EcamOffset {
-        bdf: Bdf {
-            bus: (offset >> ECAM_BUS_SHIFT) as u8,
-            device: ((offset >> ECAM_DEVICE_SHIFT) & 0x1f) as u8,
-            function: ((offset >> ECAM_FUNCTION_SHIFT) & 0x7) as u8,
-        },
+        // Bits [27:12] of an ECAM offset are the routing ID: bus, device, function.
+        bdf: Bdf::from_routing_id((offset >> ECAM_FUNCTION_SHIFT) as u16),
         reg: (offset & 0xfff) as u16,
     })
 }
@@ -1118,52 +953,6 @@ mod tests {
             ReadDecision::Value(v) => v,
             other => panic!("expected an emulated value at {reg:#x}, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn bdf_parse_and_display() {
-        assert_eq!(Bdf::parse("00:02.0"), Ok(NIC));
-        assert_eq!(Bdf::parse(" 0000:00:02.0 "), Ok(NIC));
-        assert_eq!(
-            "1f:1f.7".parse::<Bdf>(),
-            Bdf::new(0x1f, 0x1f, 7).ok_or(BdfError::Empty)
-        );
-        assert_eq!(Bdf::parse("ff:0.1").unwrap().to_string(), "ff:00.1");
-        assert_eq!(Bdf::parse("0:2.0"), Ok(NIC));
-        assert_eq!(NIC.routing_id(), 0x10);
-        assert_eq!(Bdf::new(1, 0x1f, 7).unwrap().routing_id(), 0x1ff);
-        assert_eq!(Bdf::new(3, 1, 2).unwrap().ecam_offset(), 0x30a000);
-        assert_eq!(Bdf::new(0, 32, 0), None);
-        assert_eq!(Bdf::new(0, 0, 8), None);
-    }
-
-    #[test]
-    fn bdf_parse_errors() {
-        let cases = [
-            ("", BdfError::Empty),
-            ("   ", BdfError::Empty),
-            ("00:02", BdfError::Format),
-            ("0002.0", BdfError::Format),
-            ("0:0:0:0.0", BdfError::Format),
-            ("00:02.", BdfError::NotHex(BdfField::Function)),
-            ("00:02.10", BdfError::NotHex(BdfField::Function)),
-            ("00:2g.0", BdfError::NotHex(BdfField::Device)),
-            ("100:02.0", BdfError::NotHex(BdfField::Bus)),
-            (":02.0", BdfError::NotHex(BdfField::Bus)),
-            ("+1:02.0", BdfError::NotHex(BdfField::Bus)),
-            ("00:20.0", BdfError::OutOfRange(BdfField::Device)),
-            ("00:02.8", BdfError::OutOfRange(BdfField::Function)),
-            ("0001:00:02.0", BdfError::OutOfRange(BdfField::Domain)),
-            ("00000:00:02.0", BdfError::NotHex(BdfField::Domain)),
-            ("00:02.0.1", BdfError::NotHex(BdfField::Function)),
-            ("é0:02.0", BdfError::NotHex(BdfField::Bus)),
-        ];
-        let mut texts = std::collections::BTreeSet::new();
-        for (text, err) in cases {
-            assert_eq!(Bdf::parse(text), Err(err), "{text:?}");
-            texts.insert(err.to_string());
-        }
-        assert!(texts.len() >= 8);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use shared_abi::evtchn::{set_pending, Delivery, PAGE_WORDS};
 use shared_abi::handshake::{self, Header};
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
-use crate::arch::mem::{tlbi_ipas_for, GuestRam, OwnedFrame, PhysTableMemory};
+use crate::arch::mem::{GuestRam, OwnedFrame, PhysTableMemory};
+use crate::passthrough::invalidate_ipas;
 use crate::vm::Vm;
 
 /// RAM of a dead VM incarnation that a peer still maps; freed when the last mapping goes.
@@ -181,7 +182,7 @@ impl GrantEnv for Env<'_> {
             })
             .is_ok()
         {
-            tlbi_ipas_for(vm.vmid, vm.stage2.root_pa(), &pieces);
+            invalidate_ipas(vm.vmid, vm.stage2.root_pa(), &pieces);
         }
     }
 }

@@ -10,6 +10,12 @@
 //! guest is still handling the first copy, trapping the guest before every instruction — so the list
 //! register holding the first copy gets its EOI bit instead: exactly one maintenance interrupt when
 //! the guest deactivates it.
+//!
+//! A passed-through device's interrupt is injected with the list register's hardware bit
+//! ([`VirqQueue::push_hw`]): the list register names the physical INTID too, and the guest's
+//! deactivation of the virtual interrupt deactivates the physical one. The hypervisor only drops
+//! the physical priority when it takes the interrupt, so the line cannot fire again until the
+//! guest has handled it; no maintenance interrupt is involved.
 
 use heapless::Deque;
 
@@ -21,6 +27,10 @@ pub const LR_STATE_ACTIVE: u64 = 0b10 << LR_STATE_SHIFT;
 pub const LR_GROUP1: u64 = 1 << 60;
 /// Maintenance interrupt when the guest deactivates this interrupt (software interrupts only).
 pub const LR_EOI: u64 = 1 << 41;
+/// The virtual interrupt is linked to a physical one (bits 41:32 hold its INTID).
+pub const LR_HW: u64 = 1 << 61;
+pub const LR_PINTID_SHIFT: u32 = 32;
+pub const LR_PINTID_MASK: u64 = 0x3ff << LR_PINTID_SHIFT;
 pub const LR_PRIORITY_SHIFT: u32 = 48;
 pub const LR_VINTID_MASK: u64 = 0xffff_ffff;
 
@@ -35,6 +45,11 @@ pub const fn pending_lr(intid: u32, priority: u8) -> u64 {
     LR_STATE_PENDING | LR_GROUP1 | ((priority as u64) << LR_PRIORITY_SHIFT) | intid as u64
 }
 
+/// A pending list register for `vintid` linked to physical `pintid` (an SPI, below 1020).
+pub const fn pending_hw_lr(vintid: u32, pintid: u32, priority: u8) -> u64 {
+    pending_lr(vintid, priority) | LR_HW | (((pintid as u64) << LR_PINTID_SHIFT) & LR_PINTID_MASK)
+}
+
 pub const fn lr_intid(lr: u64) -> u32 {
     (lr & LR_VINTID_MASK) as u32
 }
@@ -47,10 +62,28 @@ pub const fn lr_is_free(lr: u64) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueFull;
 
+/// One waiting virtual interrupt: its INTID, and the physical INTID it is linked to (0: none,
+/// a software interrupt; SGI 0 is never linked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    intid: u32,
+    physical: u32,
+}
+
+impl Waiting {
+    fn lr(self) -> u64 {
+        if self.physical == 0 {
+            pending_lr(self.intid, DEFAULT_PRIORITY)
+        } else {
+            pending_hw_lr(self.intid, self.physical, DEFAULT_PRIORITY)
+        }
+    }
+}
+
 /// Virtual interrupts waiting for a list register, in arrival order.
 #[derive(Default)]
 pub struct VirqQueue {
-    waiting: Deque<u32, QUEUE_CAPACITY>,
+    waiting: Deque<Waiting, QUEUE_CAPACITY>,
 }
 
 impl VirqQueue {
@@ -62,15 +95,25 @@ impl VirqQueue {
 
     /// Queues one delivery of `intid`.
     pub fn push(&mut self, intid: u32) -> Result<(), QueueFull> {
-        self.waiting.push_back(intid).map_err(|_| QueueFull)
+        self.waiting
+            .push_back(Waiting { intid, physical: 0 })
+            .map_err(|_| QueueFull)
     }
 
     /// Queues `intid` unless it is already waiting (level-style sources such as the timer).
     pub fn push_unique(&mut self, intid: u32) -> Result<(), QueueFull> {
-        if self.waiting.iter().any(|&w| w == intid) {
+        if self.waiting.iter().any(|w| w.intid == intid) {
             return Ok(());
         }
         self.push(intid)
+    }
+
+    /// Queues virtual `intid` linked to physical `physical` (hardware bit): the guest's
+    /// deactivation of it deactivates the physical interrupt.
+    pub fn push_hw(&mut self, intid: u32, physical: u32) -> Result<(), QueueFull> {
+        self.waiting
+            .push_back(Waiting { intid, physical })
+            .map_err(|_| QueueFull)
     }
 
     pub fn len(&self) -> usize {
@@ -99,22 +142,26 @@ impl VirqQueue {
         let mut remaining = self.waiting.len();
         while remaining > 0 {
             remaining -= 1;
-            let Some(intid) = self.waiting.pop_front() else {
+            let Some(virq) = self.waiting.pop_front() else {
                 break;
             };
             if let Some(holder) = lrs
                 .iter_mut()
-                .find(|lr| !lr_is_free(**lr) && lr_intid(**lr) == intid)
+                .find(|lr| !lr_is_free(**lr) && lr_intid(**lr) == virq.intid)
             {
-                *holder |= LR_EOI;
+                // In a hardware list register bit 41 is part of the physical INTID; its second
+                // copy simply waits for the next refill after the guest's deactivation.
+                if *holder & LR_HW == 0 {
+                    *holder |= LR_EOI;
+                }
             } else if let Some(slot) = lrs.iter_mut().find(|lr| lr_is_free(**lr)) {
-                *slot = pending_lr(intid, DEFAULT_PRIORITY);
+                *slot = virq.lr();
                 continue;
             } else {
                 out_of_registers = true;
             }
             // Keeps the order of what could not be placed.
-            let _ = self.waiting.push_back(intid);
+            let _ = self.waiting.push_back(virq);
         }
         out_of_registers
     }
@@ -238,6 +285,27 @@ mod tests {
         assert!(!queue.has_pending(&[LR_STATE_ACTIVE | 3, 0, 0, 0]));
         queue.push(4).unwrap();
         assert!(queue.has_pending(&[0; 4]));
+    }
+
+    #[test]
+    fn hardware_interrupts_carry_the_physical_intid_and_never_an_eoi_request() {
+        let mut queue = VirqQueue::new();
+        queue.push_hw(48, 37).unwrap();
+        let mut lrs = [0u64; 4];
+        assert!(!queue.refill(&mut lrs));
+        assert_eq!(lrs[0], pending_hw_lr(48, 37, DEFAULT_PRIORITY));
+        assert_eq!(lrs[0] >> 61 & 1, 1, "HW bit");
+        assert_eq!((lrs[0] >> 32) & 0x3ff, 37, "pINTID");
+        assert_eq!(lr_intid(lrs[0]), 48);
+        // A second copy while the first is active: no EOI bit (it would corrupt pINTID).
+        lrs[0] = (lrs[0] & !LR_STATE_MASK) | LR_STATE_ACTIVE;
+        queue.push_hw(48, 37).unwrap();
+        assert!(!queue.refill(&mut lrs));
+        assert_eq!((lrs[0] >> 32) & 0x3ff, 37);
+        assert_eq!(queue.len(), 1, "the second copy waits");
+        lrs[0] &= !LR_STATE_MASK;
+        assert!(!queue.refill(&mut lrs));
+        assert_eq!(lrs[0], pending_hw_lr(48, 37, DEFAULT_PRIORITY));
     }
 
     #[test]

@@ -15,10 +15,9 @@ use shared_abi::start_info::StartInfo;
 
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::VgicContext;
-use crate::arch::mem::{
-    phys_bytes_mut, sync_for_execution, tlbi_ipas_for, GuestRam, PhysTableMemory,
-};
+use crate::arch::mem::{phys_bytes_mut, sync_for_execution, GuestRam, PhysTableMemory};
 use crate::arch::vectors::TrapFrame;
+use crate::passthrough::invalidate_ipas;
 
 /// Why a VM is stopping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +46,8 @@ pub struct Vm {
     /// VMs connected to this one (bit i = VM id i), from the bundle's back-end links; written to
     /// the start-info page on every boot.
     pub peers: u64,
+    /// Routing id of the PCI function passed through to this VM (told in start-info).
+    pub passthrough: Option<u16>,
 }
 
 pub struct Vcpu {
@@ -166,6 +167,7 @@ impl Vm {
             stop: None,
             boots: 0,
             peers,
+            passthrough: spec.passthrough.map(|bdf| bdf.routing_id()),
         };
         vm.load_memory(spec.vcpus);
         Ok(vm)
@@ -189,6 +191,7 @@ impl Vm {
             settings: self.settings,
             boot_count: self.boots,
             peers: self.peers,
+            passthrough: self.passthrough,
         };
         info.write_to(&mut ram[info_offset..info_offset + PAGE_SIZE as usize])
             .expect("bundle validation guarantees the start-info fits");
@@ -213,7 +216,7 @@ impl Vm {
                 pieces.push((ipa, size))
             })
             .is_ok();
-        tlbi_ipas_for(self.vmid, self.stage2.root_pa(), &pieces);
+        invalidate_ipas(self.vmid, self.stage2.root_pa(), &pieces);
         unmapped
     }
 

@@ -4,13 +4,19 @@
 //! The bundle is untrusted input: `parse` validates every field, range and cross-reference before
 //! returning, so the hypervisor can use a [`Bundle`] without further checks. That includes the
 //! connections between VMs: each guest may name the driver domain that serves it (its back-end),
-//! and [`Bundle::peers_of`] turns those links into the per-VM peer set the hypervisor needs.
+//! and [`Bundle::peers_of`] turns those links into the per-VM peer set the hypervisor needs. A
+//! driver domain may also own one PCI function passed through to it (the NIC, behind the SMMU).
 //!
-//! # Format, version 2
+//! # Format, version 3
 //!
 //! Version 2 added the back-end field of the VM entry (offset 34; the kind shrank from 4 to 2
-//! bytes to make room). Version 1 bundles are refused as an unknown version rather than read
-//! with "no back-ends": a stale bundle would otherwise boot with every guest disconnected.
+//! bytes to make room). Version 3 adds the passthrough PCI function: the vCPU count shrank from
+//! 4 to 2 bytes (it is at most [`MAX_VCPUS_PER_VM`]) to hold the function's routing ID at offset
+//! 38, and the image index from 4 to 2 bytes (at most [`MAX_VMS`] images) to hold a flags word
+//! at offset 50, so the entry stays 64 bytes. Older versions are refused as an unknown version
+//! rather than read with defaults: a version 2 bundle's vCPU count would be read as a vCPU
+//! count plus a passthrough function, and a version 1 bundle would boot with every guest
+//! disconnected.
 //!
 //! All integers are little-endian. Offsets are absolute byte offsets from the start of the file,
 //! except settings offsets, which are relative to the start of the string area.
@@ -20,7 +26,7 @@
 //! | offset | size | field                                                               |
 //! |-------:|-----:|---------------------------------------------------------------------|
 //! |      0 |    8 | magic `b"SLUICEBN"`                                                 |
-//! |      8 |    4 | format version, `2`                                                 |
+//! |      8 |    4 | format version, `3`                                                 |
 //! |     12 |    4 | header size, `72`                                                   |
 //! |     16 |    8 | total size of the bundle in bytes (the file may be padded past it) |
 //! |     24 |    8 | 64-bit FNV-1a of bytes `[header size, total size)`                  |
@@ -38,9 +44,11 @@
 //! |      0 |   32 | name, `[a-z0-9-]{1,31}`, NUL padded (so always NUL terminated)     |
 //! |     32 |    2 | kind: `1` guest, `2` driver domain                                  |
 //! |     34 |    2 | back-end VM id, `0` = none (see below)                              |
-//! |     36 |    4 | vCPU count, `1..=MAX_VCPUS_PER_VM`                                  |
+//! |     36 |    2 | vCPU count, `1..=MAX_VCPUS_PER_VM`                                  |
+//! |     38 |    2 | passthrough PCI function's routing ID (see below), else `0`         |
 //! |     40 |    8 | RAM bytes, multiple of `BLOCK_SIZE`, in `MIN_VM_RAM..=MAX_VM_RAM`   |
-//! |     48 |    4 | image index into the image table                                    |
+//! |     48 |    2 | image index into the image table                                    |
+//! |     50 |    2 | flags: bit 0 `PASSTHROUGH` (offset 38 is valid); other bits `0`     |
 //! |     52 |    4 | settings length, `<= MAX_SETTINGS_LEN`                              |
 //! |     56 |    8 | settings offset within the string area (UTF-8 `key=value` lines)   |
 //!
@@ -53,6 +61,12 @@
 //! driver domain; a driver domain's back-end id must be 0 (driver domains serve, they are not
 //! served). A driver domain may serve any number of guests.
 //!
+//! Passthrough: with flag `PASSTHROUGH` set, the VM owns the PCI function whose routing ID,
+//! `bus << 8 | device << 3 | function`, is at offset 38 (so every `u16` is a valid function:
+//! device `<= 31`, function `<= 7`; see [`Bdf`]). Only a driver domain may own one; a function is owned by at most one VM; `00:00.0`,
+//! the host bridge, is never passed. With the flag clear, offset 38 must be 0, so a stray value
+//! is reported instead of ignored; unknown flag bits are refused the same way.
+//!
 //! The VM table, the image table, the string area and every image must lie inside
 //! `[header size, total size)` and must not overlap one another (settings may share bytes of the
 //! string area). Bytes between regions are padding and are only covered by the checksum.
@@ -63,13 +77,18 @@ use crate::layout::{
     BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_NAME_LEN, MAX_VM_RAM,
     MIN_VM_RAM, PAGE_SIZE,
 };
+pub use crate::pci::Bdf;
 
 pub const MAGIC: [u8; 8] = *b"SLUICEBN";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 pub const HEADER_SIZE: usize = 72;
 pub const VM_ENTRY_SIZE: usize = 64;
 pub const IMAGE_ENTRY_SIZE: usize = 16;
+/// VM entry flag: the entry's passthrough field (offset 38) names a PCI function it owns.
+pub const VM_FLAG_PASSTHROUGH: u16 = 1 << 0;
+/// Every VM entry flag this version defines; any other bit is refused.
+pub const VM_FLAGS_KNOWN: u16 = VM_FLAG_PASSTHROUGH;
 /// One byte more than the longest name, so a stored name is always NUL terminated.
 pub const NAME_FIELD_LEN: usize = MAX_VM_NAME_LEN + 1;
 /// Refuse bundles larger than this before hashing them: a corrupt size field must not make the
@@ -132,6 +151,9 @@ pub struct VmSpec<'a> {
     /// Id of the driver domain this guest connects to as a front-end; always `None` for a driver
     /// domain. Validated: names another VM of the bundle, and that VM is a driver domain.
     pub backend: Option<u16>,
+    /// The PCI function passed through to this VM. Validated: only a driver domain has one, no
+    /// two VMs share one, and it is never the host bridge (`00:00.0`).
+    pub passthrough: Option<Bdf>,
 }
 
 /// Why a VM name is unacceptable. Shared by the bundle, the start-info page and the topology so
@@ -338,6 +360,31 @@ pub enum BundleError {
         vm: usize,
         backend: u16,
     },
+    /// Flag bits outside [`VM_FLAGS_KNOWN`] are set.
+    UnknownVmFlags {
+        vm: usize,
+        flags: u16,
+    },
+    /// The passthrough field is non-zero but flag `PASSTHROUGH` is clear.
+    StrayPassthrough {
+        vm: usize,
+        routing_id: u16,
+    },
+    /// A guest owns a PCI function; only driver domains do.
+    PassthroughNotDriverDomain {
+        vm: usize,
+        bdf: Bdf,
+    },
+    /// The passed function is `00:00.0`, the host bridge.
+    PassthroughHostBridge {
+        vm: usize,
+    },
+    /// Two VMs own the same PCI function.
+    DuplicatePassthrough {
+        first: usize,
+        second: usize,
+        bdf: Bdf,
+    },
 }
 
 impl fmt::Display for BundleError {
@@ -462,6 +509,32 @@ impl fmt::Display for BundleError {
                 f,
                 "VM entry {vm}: is a driver domain but names back-end VM id {backend}; only \
                  guests connect to a back-end"
+            ),
+            UnknownVmFlags { vm, flags } => write!(
+                f,
+                "VM entry {vm}: unknown flags {flags:#06x} (version {VERSION} defines only \
+                 {VM_FLAGS_KNOWN:#06x})"
+            ),
+            StrayPassthrough { vm, routing_id } => write!(
+                f,
+                "VM entry {vm}: passthrough field is {routing_id:#06x} but the passthrough flag \
+                 is clear"
+            ),
+            PassthroughNotDriverDomain { vm, bdf } => write!(
+                f,
+                "VM entry {vm}: is a guest but owns PCI function {bdf}; only driver domains get \
+                 a passthrough device"
+            ),
+            PassthroughHostBridge { vm } => write!(
+                f,
+                "VM entry {vm}: passthrough PCI function {} is the host bridge, which is never \
+                 passed to a VM",
+                Bdf::HOST_BRIDGE
+            ),
+            DuplicatePassthrough { first, second, bdf } => write!(
+                f,
+                "VM entries {first} and {second} both own PCI function {bdf}; a function is \
+                 passed to at most one VM"
             ),
         }
     }
@@ -664,6 +737,20 @@ impl<'a> Bundle<'a> {
                 }
             }
         }
+        for (i, a) in vms.iter().enumerate() {
+            for (j, b) in vms.iter().enumerate().skip(i + 1) {
+                let (a, b) = (a.and_then(|a| a.passthrough), b.and_then(|b| b.passthrough));
+                if let (Some(bdf), Some(other)) = (a, b) {
+                    if bdf == other {
+                        return Err(BundleError::DuplicatePassthrough {
+                            first: i,
+                            second: j,
+                            bdf,
+                        });
+                    }
+                }
+            }
+        }
 
         Ok(Bundle {
             total_size: total,
@@ -685,7 +772,7 @@ impl<'a> Bundle<'a> {
         let code = u32::from(u16_at(entry, 32));
         let kind = VmKind::from_code(code).ok_or(BundleError::UnknownKind { vm, code })?;
 
-        let vcpus = u32_at(entry, 36);
+        let vcpus = u32::from(u16_at(entry, 36));
         if vcpus == 0 || vcpus > MAX_VCPUS_PER_VM {
             return Err(BundleError::BadVcpus { vm, vcpus });
         }
@@ -698,7 +785,7 @@ impl<'a> Bundle<'a> {
             return Err(BundleError::RamOutOfRange { vm, ram_bytes });
         }
 
-        let index = u32_at(entry, 48);
+        let index = u32::from(u16_at(entry, 48));
         let image = *images
             .get(index as usize)
             .ok_or(BundleError::ImageIndexOutOfRange {
@@ -751,6 +838,27 @@ impl<'a> Bundle<'a> {
             backend => Some(backend),
         };
 
+        let flags = u16_at(entry, 50);
+        if flags & !VM_FLAGS_KNOWN != 0 {
+            return Err(BundleError::UnknownVmFlags { vm, flags });
+        }
+        let routing_id = u16_at(entry, 38);
+        let passthrough = if flags & VM_FLAG_PASSTHROUGH == 0 {
+            if routing_id != 0 {
+                return Err(BundleError::StrayPassthrough { vm, routing_id });
+            }
+            None
+        } else {
+            let bdf = Bdf::from_routing_id(routing_id);
+            if kind != VmKind::DriverDomain {
+                return Err(BundleError::PassthroughNotDriverDomain { vm, bdf });
+            }
+            if bdf == Bdf::HOST_BRIDGE {
+                return Err(BundleError::PassthroughHostBridge { vm });
+            }
+            Some(bdf)
+        };
+
         Ok(VmSpec {
             id,
             name,
@@ -760,6 +868,7 @@ impl<'a> Bundle<'a> {
             image,
             settings,
             backend,
+            passthrough,
         })
     }
 
@@ -805,6 +914,8 @@ impl<'a> Bundle<'a> {
 
 // Every VM id, MAX_VMS included, must have its bit in a `u64` peer bitmap.
 const _: () = assert!(MAX_VMS < 64);
+// The VM entry stores the vCPU count and the image index in 16 bits.
+const _: () = assert!(MAX_VCPUS_PER_VM <= u16::MAX as u32 && MAX_VMS <= u16::MAX as usize);
 
 /// A VM as the host-side builder takes it.
 #[cfg(any(test, feature = "std"))]
@@ -818,6 +929,8 @@ pub struct VmDescription {
     pub settings: String,
     /// VM id (1-based, so entry index + 1) of the driver domain this guest connects to.
     pub backend: Option<u16>,
+    /// PCI function passed through to this driver domain.
+    pub passthrough: Option<Bdf>,
 }
 
 /// Images start on this boundary; not needed by the parser, but it keeps hexdumps readable and
@@ -905,15 +1018,27 @@ pub fn build(vms: &[VmDescription]) -> Result<Vec<u8>, BundleError> {
             }
             Some(id) => id,
         };
+        // The entry stores 16 bits; a larger count must not wrap into a valid one.
+        let vcpus = u16::try_from(desc.vcpus).map_err(|_| BundleError::BadVcpus {
+            vm,
+            vcpus: desc.vcpus,
+        })?;
+        let (flags, routing_id) = match desc.passthrough {
+            None => (0u16, 0u16),
+            Some(bdf) => (VM_FLAG_PASSTHROUGH, bdf.routing_id()),
+        };
         let (settings_offset, settings_len) = settings_of_vm[vm];
         let e = &mut out[vm_table + vm * VM_ENTRY_SIZE..][..VM_ENTRY_SIZE];
         e[0..NAME_FIELD_LEN].copy_from_slice(&name);
         // Kind codes are 1 and 2, so the narrowing is lossless.
         e[32..34].copy_from_slice(&(desc.kind.code() as u16).to_le_bytes());
         e[34..36].copy_from_slice(&backend.to_le_bytes());
-        e[36..40].copy_from_slice(&desc.vcpus.to_le_bytes());
+        e[36..38].copy_from_slice(&vcpus.to_le_bytes());
+        e[38..40].copy_from_slice(&routing_id.to_le_bytes());
         e[40..48].copy_from_slice(&desc.ram_bytes.to_le_bytes());
-        e[48..52].copy_from_slice(&(image_of_vm[vm] as u32).to_le_bytes());
+        // At most MAX_VMS images, so the index fits.
+        e[48..50].copy_from_slice(&(image_of_vm[vm] as u16).to_le_bytes());
+        e[50..52].copy_from_slice(&flags.to_le_bytes());
         e[52..56].copy_from_slice(&settings_len.to_le_bytes());
         e[56..64].copy_from_slice(&settings_offset.to_le_bytes());
     }
@@ -953,6 +1078,19 @@ mod tests {
             image: image.to_vec(),
             settings: settings.into(),
             backend: None,
+            passthrough: None,
+        }
+    }
+
+    const NIC: Bdf = match Bdf::new(0, 2, 0) {
+        Some(bdf) => bdf,
+        None => panic!(),
+    };
+
+    fn with_passthrough(bdf: Bdf, d: VmDescription) -> VmDescription {
+        VmDescription {
+            passthrough: Some(bdf),
+            ..d
         }
     }
 
@@ -967,13 +1105,16 @@ mod tests {
         let driver_image = vec![0xaa; 5000];
         let guest_image = vec![0xbb; 3000];
         vec![
-            desc(
-                "driver-domain",
-                VmKind::DriverDomain,
-                1,
-                16,
-                &driver_image,
-                "role=switch\n",
+            with_passthrough(
+                NIC,
+                desc(
+                    "driver-domain",
+                    VmKind::DriverDomain,
+                    1,
+                    16,
+                    &driver_image,
+                    "role=switch\n",
+                ),
             ),
             guest_of(
                 1,
@@ -1082,7 +1223,9 @@ mod tests {
             assert_eq!(vm.image, d.image.as_slice());
             assert_eq!(vm.settings, d.settings);
             assert_eq!(vm.backend, d.backend);
+            assert_eq!(vm.passthrough, d.passthrough);
         }
+        assert_eq!(bundle.vm(0).unwrap().passthrough, Some(NIC));
         assert_eq!(bundle.vms().count(), 3);
         assert_eq!(bundle.vm(2).unwrap().name, "guest2");
         assert!(bundle.vm(3).is_none());
@@ -1143,12 +1286,17 @@ mod tests {
 
     #[test]
     fn rejects_unknown_version() {
-        // Version 1 had no back-end field; such a bundle is refused, not read as disconnected.
-        for found in [0, 1, 3, u32::MAX] {
+        // Version 1 had no back-end field, version 2 a 32-bit vCPU count where version 3 has
+        // the vCPU count and the passthrough function: both are refused, not misread.
+        for found in [0, 1, 2, 4, u32::MAX] {
             let err = corrupted(|b| put_u32(b, 8, found));
             assert_eq!(err, BundleError::UnsupportedVersion { found });
         }
-        assert_eq!(get_u32(&fixture(), 8), 2);
+        assert_eq!(get_u32(&fixture(), 8), 3);
+        assert_eq!(
+            std::format!("{}", BundleError::UnsupportedVersion { found: 2 }),
+            "unsupported bundle format version 2 (this build reads version 3)"
+        );
     }
 
     #[test]
@@ -1491,10 +1639,27 @@ mod tests {
 
     #[test]
     fn rejects_bad_vcpu_counts() {
-        for vcpus in [0, MAX_VCPUS_PER_VM + 1] {
-            let err = corrupted(|b| put_vm_u32(b, 0, 36, vcpus));
-            assert_eq!(err, BundleError::BadVcpus { vm: 0, vcpus });
+        for vcpus in [0, MAX_VCPUS_PER_VM as u16 + 1, u16::MAX] {
+            let err = corrupted(|b| put_vm_u16(b, 0, 36, vcpus));
+            assert_eq!(
+                err,
+                BundleError::BadVcpus {
+                    vm: 0,
+                    vcpus: u32::from(vcpus)
+                }
+            );
         }
+        // The builder refuses counts that would wrap in the 16-bit field instead of storing
+        // 65537 as 1.
+        let mut descs = fixture_descs();
+        descs[1].vcpus = 0x1_0001;
+        assert_eq!(
+            build(&descs),
+            Err(BundleError::BadVcpus {
+                vm: 1,
+                vcpus: 0x1_0001
+            })
+        );
     }
 
     #[test]
@@ -1542,7 +1707,7 @@ mod tests {
 
     #[test]
     fn rejects_image_index_out_of_range() {
-        let err = corrupted(|b| put_vm_u32(b, 2, 48, 2));
+        let err = corrupted(|b| put_vm_u16(b, 2, 48, 2));
         assert_eq!(
             err,
             BundleError::ImageIndexOutOfRange {
@@ -1551,13 +1716,10 @@ mod tests {
                 image_count: 2
             }
         );
-        let err = corrupted(|b| put_vm_u32(b, 2, 48, u32::MAX));
+        let err = corrupted(|b| put_vm_u16(b, 2, 48, u16::MAX));
         assert!(matches!(
             err,
-            BundleError::ImageIndexOutOfRange {
-                index: u32::MAX,
-                ..
-            }
+            BundleError::ImageIndexOutOfRange { index: 0xffff, .. }
         ));
     }
 
@@ -1774,6 +1936,164 @@ mod tests {
         );
     }
 
+    fn vm_u16(b: &[u8], vm: usize, field: usize) -> u16 {
+        let at = vm_entry(b, vm) + field;
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+
+    #[test]
+    fn version_3_entry_layout() {
+        let b = fixture();
+        // Driver domain: 1 vCPU, owns 00:02.0 (routing ID 0x10), image 0, flag PASSTHROUGH.
+        assert_eq!(vm_u16(&b, 0, 36), 1);
+        assert_eq!(vm_u16(&b, 0, 38), 0x10);
+        assert_eq!(vm_u16(&b, 0, 48), 0);
+        assert_eq!(vm_u16(&b, 0, 50), VM_FLAG_PASSTHROUGH);
+        // guest2: 2 vCPUs, no passthrough, image 1, no flags.
+        assert_eq!(vm_u16(&b, 2, 36), 2);
+        assert_eq!(vm_u16(&b, 2, 38), 0);
+        assert_eq!(vm_u16(&b, 2, 48), 1);
+        assert_eq!(vm_u16(&b, 2, 50), 0);
+    }
+
+    #[test]
+    fn passthrough_round_trips_every_field_value() {
+        for bdf in [
+            Bdf::new(0, 0, 1).unwrap(),
+            Bdf::new(0, 1, 0).unwrap(),
+            Bdf::new(0, 0x1f, 7).unwrap(),
+            Bdf::new(0xff, 0x1f, 7).unwrap(),
+        ] {
+            let mut descs = fixture_descs();
+            descs[0].passthrough = Some(bdf);
+            let bytes = build(&descs).unwrap();
+            let bundle = Bundle::parse(&bytes).unwrap();
+            assert_eq!(bundle.vm(0).unwrap().passthrough, Some(bdf));
+            assert_eq!(vm_u16(&bytes, 0, 38), bdf.routing_id());
+            assert!(bundle.vms().skip(1).all(|vm| vm.passthrough.is_none()));
+        }
+        // A driver domain without one; any routing ID written by hand decodes to a valid BDF.
+        let mut descs = fixture_descs();
+        descs[0].passthrough = None;
+        let bytes = build(&descs).unwrap();
+        assert_eq!(
+            Bundle::parse(&bytes).unwrap().vm(0).unwrap().passthrough,
+            None
+        );
+        let mut b = fixture();
+        put_vm_u16(&mut b, 0, 38, u16::MAX);
+        reseal(&mut b);
+        assert_eq!(
+            Bundle::parse(&b).unwrap().vm(0).unwrap().passthrough,
+            Bdf::new(0xff, 0x1f, 7)
+        );
+    }
+
+    #[test]
+    fn two_driver_domains_may_own_different_functions() {
+        let mut descs = fixture_descs();
+        descs.push(with_passthrough(
+            Bdf::new(0, 3, 0).unwrap(),
+            desc("dd2", VmKind::DriverDomain, 1, 2, &[7], ""),
+        ));
+        let bytes = build(&descs).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let owned: Vec<_> = bundle.vms().map(|vm| vm.passthrough).collect();
+        assert_eq!(owned, [Some(NIC), None, None, Bdf::new(0, 3, 0)]);
+    }
+
+    #[test]
+    fn rejects_passthrough_on_a_guest() {
+        let err = corrupted(|b| {
+            put_vm_u16(b, 1, 38, 0x18);
+            put_vm_u16(b, 1, 50, VM_FLAG_PASSTHROUGH);
+        });
+        assert_eq!(
+            err,
+            BundleError::PassthroughNotDriverDomain {
+                vm: 1,
+                bdf: Bdf::new(0, 3, 0).unwrap()
+            }
+        );
+        let mut descs = fixture_descs();
+        descs[2].passthrough = Some(Bdf::new(0, 3, 0).unwrap());
+        let err = build(&descs).unwrap_err();
+        assert!(matches!(
+            err,
+            BundleError::PassthroughNotDriverDomain { vm: 2, .. }
+        ));
+        assert_eq!(
+            std::format!("{err}"),
+            "VM entry 2: is a guest but owns PCI function 00:03.0; only driver domains get a \
+             passthrough device"
+        );
+    }
+
+    #[test]
+    fn rejects_the_host_bridge() {
+        let err = corrupted(|b| put_vm_u16(b, 0, 38, 0));
+        assert_eq!(err, BundleError::PassthroughHostBridge { vm: 0 });
+        let mut descs = fixture_descs();
+        descs[0].passthrough = Some(Bdf::HOST_BRIDGE);
+        let err = build(&descs).unwrap_err();
+        assert_eq!(err, BundleError::PassthroughHostBridge { vm: 0 });
+        assert!(std::format!("{err}").contains("00:00.0 is the host bridge"));
+    }
+
+    #[test]
+    fn rejects_a_function_given_to_two_vms() {
+        let mut descs = fixture_descs();
+        descs.push(with_passthrough(
+            NIC,
+            desc("dd2", VmKind::DriverDomain, 1, 2, &[7], ""),
+        ));
+        let err = build(&descs).unwrap_err();
+        assert_eq!(
+            err,
+            BundleError::DuplicatePassthrough {
+                first: 0,
+                second: 3,
+                bdf: NIC
+            }
+        );
+        assert_eq!(
+            std::format!("{err}"),
+            "VM entries 0 and 3 both own PCI function 00:02.0; a function is passed to at most \
+             one VM"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_flags() {
+        for flags in [2, 0x8000, 0xffff] {
+            let err = corrupted(|b| put_vm_u16(b, 1, 50, flags));
+            assert_eq!(err, BundleError::UnknownVmFlags { vm: 1, flags });
+        }
+        let err = corrupted(|b| put_vm_u16(b, 0, 50, VM_FLAG_PASSTHROUGH | 4));
+        assert_eq!(err, BundleError::UnknownVmFlags { vm: 0, flags: 5 });
+    }
+
+    #[test]
+    fn rejects_a_stray_passthrough_field() {
+        // A routing ID without the flag: on a guest, and on the driver domain with the flag cleared.
+        let err = corrupted(|b| put_vm_u16(b, 2, 38, 0x10));
+        assert_eq!(
+            err,
+            BundleError::StrayPassthrough {
+                vm: 2,
+                routing_id: 0x10
+            }
+        );
+        let err = corrupted(|b| put_vm_u16(b, 0, 50, 0));
+        assert_eq!(
+            err,
+            BundleError::StrayPassthrough {
+                vm: 0,
+                routing_id: 0x10
+            }
+        );
+    }
+
     #[test]
     fn peers_of_links_guests_and_their_driver_domain() {
         let bytes = fixture();
@@ -1916,6 +2236,18 @@ mod tests {
             BundleError::BackendIsSelf { vm: 1 },
             BundleError::BackendNotDriverDomain { vm: 1, backend: 3 },
             BundleError::DriverDomainHasBackend { vm: 1, backend: 3 },
+            BundleError::UnknownVmFlags { vm: 1, flags: 2 },
+            BundleError::StrayPassthrough {
+                vm: 1,
+                routing_id: 0x10,
+            },
+            BundleError::PassthroughNotDriverDomain { vm: 1, bdf: NIC },
+            BundleError::PassthroughHostBridge { vm: 1 },
+            BundleError::DuplicatePassthrough {
+                first: 0,
+                second: 1,
+                bdf: NIC,
+            },
         ];
         let messages: std::collections::HashSet<String> =
             errors.iter().map(|e| std::format!("{e}")).collect();
@@ -1958,6 +2290,11 @@ mod tests {
             assert!(input_range.contains(&(vm.image.as_ptr() as usize)));
             assert!(vm.settings.len() <= MAX_SETTINGS_LEN);
             assert!(vms[..i].iter().all(|other| other.name != vm.name));
+            if let Some(bdf) = vm.passthrough {
+                assert_eq!(vm.kind, VmKind::DriverDomain);
+                assert_ne!(bdf, Bdf::HOST_BRIDGE);
+                assert!(vms[..i].iter().all(|other| other.passthrough != Some(bdf)));
+            }
             if let Some(backend) = vm.backend {
                 assert_eq!(vm.kind, VmKind::Guest);
                 assert_ne!(backend, vm.id);

@@ -119,6 +119,15 @@ pub const MAP_READONLY: u16 = 1 << 0;
 const _: () = assert!(ENTRIES_PER_PAGE as u64 * ENTRY_SIZE == PAGE_SIZE);
 
 /// GPA of the entry for `gref` in a table at `table_gpa` (no range check; see [`MAX_REFS`]).
+/// The page contents the grant attack tests agree on: guest `granter` writes them, the attacker
+/// (a guest, or the driver domain aiming its NIC's DMA) checks or completes them.
+pub mod test_pattern {
+    /// First word of the granter's pages A (ref 1, read-write) and B (ref 2, read-only).
+    pub const MARKER: u64 = 0x5000_0051_0000_cafe;
+    /// What the peer writes into word 1 of page A to prove write access and end the test.
+    pub const PEER_WROTE: u64 = 0xfeed_f00d;
+}
+
 pub const fn entry_gpa(table_gpa: u64, gref: u32) -> u64 {
     table_gpa + gref as u64 * ENTRY_SIZE
 }

@@ -58,6 +58,22 @@ const _: () = assert!(control_page_ipa(MAX_VMS as u16) + PAGE_SIZE <= NORMAL_WIN
 // VM ids must fit in u16 for the cast above to be exact.
 const _: () = assert!(MAX_VMS < u16::MAX as usize);
 
+/// Where a driver domain with a passed-through PCI function finds PCI configuration space: an
+/// ECAM (256 buses) emulated by the hypervisor, in which only the passed function is present.
+/// It sits at the IPA of QEMU virt's real high ECAM, inside the 512 GiB that VMs map at stage 1
+/// (as Device memory, like everything outside RAM and the grant gigabyte), and is never mapped at
+/// stage 2: every access traps and is answered by the hypervisor's configuration filter.
+pub const PCI_ECAM_IPA: u64 = 0x40_1000_0000;
+/// Size of the emulated ECAM: 256 buses of 1 MiB.
+pub const PCI_ECAM_SIZE: u64 = 256 << 20;
+/// `[start, end)` of the PCI memory window a driver domain places its function's BARs in. The
+/// hypervisor maps it (IPA = PA, Device memory) and refuses BAR moves outside it. 16 MiB of the
+/// bottom of QEMU virt's 32-bit PCI window: room for any NIC's BARs, below guest RAM.
+pub const PCI_WINDOW_IPA: (u64, u64) = (0x1000_0000, 0x1100_0000);
+
+const _: () = assert!(PCI_WINDOW_IPA.1 <= GUEST_RAM_BASE);
+const _: () = assert!(PCI_ECAM_IPA + PCI_ECAM_SIZE <= 1 << 39);
+
 /// Virtual interrupt IDs the hypervisor delivers to VMs (GICv3 INTIDs).
 pub mod intid {
     /// EL1 virtual timer PPI (architected number on QEMU virt).
@@ -65,6 +81,9 @@ pub mod intid {
     /// Software-generated interrupts 0..16 are the guest's own; the diagnostic hypercall
     /// `TEST_INJECT` may raise any of them.
     pub const SGI_COUNT: u32 = 16;
+    /// The interrupt of the PCI function passed through to a driver domain (its INTx line,
+    /// whatever physical SPI it is wired to): an SPI number no other source uses.
+    pub const PASSTHROUGH_INTX: u32 = 48;
 }
 
 #[cfg(test)]

@@ -11,5 +11,7 @@ pub mod grant;
 pub mod handshake;
 pub mod hypercall;
 pub mod layout;
+pub mod pci;
 pub mod pingpong;
 pub mod start_info;
+pub mod virtq;

@@ -21,6 +21,8 @@
 //! |     72 |    4 | settings length, `<= MAX_SETTINGS_LEN`                 |
 //! |     76 |    n | settings, UTF-8 `key=value` lines                      |
 //! |   2128 |    8 | peers: bit `i` set = VM id `i` is connected to this VM |
+//! |   2136 |    4 | passthrough: bit 31 set = a PCI function is passed to  |
+//! |        |      | this VM, bits 15..0 its routing id (bus<<8, dev<<3,fn) |
 //!
 //! The settings area is `76..76 + MAX_SETTINGS_LEN` (up to 2124); the peers field sits at the
 //! first 8-aligned offset past it, so it has a fixed place whatever the settings length.
@@ -31,8 +33,14 @@
 //! [`control_page_ipa`](crate::layout::control_page_ipa) of the front-end's id. Bit 0 (the
 //! hypervisor), the VM's own bit and bits above `MAX_VMS` are always clear.
 //!
-//! The version stayed 1 when peers were added: every byte not listed is zero, so a page written
-//! before the field existed reads as "no peers", which is what it meant.
+//! The version stayed 1 when peers and then passthrough were added: every byte not listed is
+//! zero, so a page written before a field existed reads as "none", which is what it meant.
+//!
+//! Passthrough names the one PCI function the hypervisor passed to this driver domain (see the
+//! hypervisor's `passthrough` module): the VM finds it through the emulated ECAM at
+//! [`PCI_ECAM_IPA`](crate::layout::PCI_ECAM_IPA) and places its BARs in
+//! [`PCI_WINDOW_IPA`](crate::layout::PCI_WINDOW_IPA). Only driver domains can have one; bits
+//! 30..16 are zero.
 
 use core::fmt;
 
@@ -56,6 +64,9 @@ const NAME: usize = 40;
 const SETTINGS_LEN: usize = 72;
 const SETTINGS: usize = 76;
 const PEERS: usize = 2128;
+const PASSTHROUGH: usize = 2136;
+/// Bit 31 of the passthrough word: a function is present.
+const PASSTHROUGH_PRESENT: u32 = 1 << 31;
 
 /// Guarantees at compile time that the largest settings string fits in the page.
 const _: () = assert!(SETTINGS + MAX_SETTINGS_LEN <= PAGE_LEN);
@@ -84,6 +95,9 @@ pub struct StartInfo<'a> {
     /// VMs connected to this one: bit `i` set means VM id `i` is a peer (its back-end, or a
     /// front-end it serves). Never has bit 0, the VM's own bit, or bits above `MAX_VMS` set.
     pub peers: u64,
+    /// Routing id (`bus << 8 | device << 3 | function`) of the PCI function passed through to
+    /// this VM; driver domains only.
+    pub passthrough: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +141,12 @@ pub enum StartInfoError {
     PeersOutOfRange {
         peers: u64,
     },
+    /// The passthrough word has bits set besides bit 31 and the routing id.
+    BadPassthrough {
+        word: u32,
+    },
+    /// A guest was given a PCI function: only driver domains own devices.
+    PassthroughToGuest,
 }
 
 impl fmt::Display for StartInfoError {
@@ -174,6 +194,13 @@ impl fmt::Display for StartInfoError {
             PeersOutOfRange { peers } => write!(
                 f,
                 "start-info peers {peers:#x} name VM ids above the maximum {MAX_VMS}"
+            ),
+            BadPassthrough { word } => write!(
+                f,
+                "start-info passthrough word {word:#010x} has reserved bits 30..16 set"
+            ),
+            PassthroughToGuest => f.write_str(
+                "start-info gives a PCI function to a guest; only driver domains own devices",
             ),
         }
     }
@@ -239,6 +266,9 @@ impl<'a> StartInfo<'a> {
         if self.peers & !VM_ID_BITS != 0 {
             return Err(StartInfoError::PeersOutOfRange { peers: self.peers });
         }
+        if self.passthrough.is_some() && self.kind != VmKind::DriverDomain {
+            return Err(StartInfoError::PassthroughToGuest);
+        }
         Ok(())
     }
 
@@ -268,6 +298,13 @@ impl<'a> StartInfo<'a> {
         );
         put(page, SETTINGS, self.settings.as_bytes());
         put(page, PEERS, &self.peers.to_le_bytes());
+        if let Some(rid) = self.passthrough {
+            put(
+                page,
+                PASSTHROUGH,
+                &(PASSTHROUGH_PRESENT | u32::from(rid)).to_le_bytes(),
+            );
+        }
         Ok(())
     }
 
@@ -301,6 +338,14 @@ impl<'a> StartInfo<'a> {
             .unwrap_or_default();
         let settings =
             core::str::from_utf8(settings).map_err(|_| StartInfoError::SettingsNotUtf8)?;
+        let word = u32::from_le_bytes(bytes_at(page, PASSTHROUGH));
+        let passthrough = match word {
+            0 => None,
+            w if w & !(PASSTHROUGH_PRESENT | 0xffff) == 0 && w & PASSTHROUGH_PRESENT != 0 => {
+                Some(w as u16)
+            }
+            _ => return Err(StartInfoError::BadPassthrough { word }),
+        };
         let info = StartInfo {
             vm_id: u16::from_le_bytes(bytes_at(page, VM_ID)),
             name,
@@ -311,6 +356,7 @@ impl<'a> StartInfo<'a> {
             settings,
             boot_count: u32::from_le_bytes(bytes_at(page, BOOT_COUNT)),
             peers: u64::from_le_bytes(bytes_at(page, PEERS)),
+            passthrough,
         };
         info.validate()?;
         Ok(info)
@@ -363,6 +409,7 @@ mod tests {
             boot_count: 1,
             // Connected to its back-end, VM id 1.
             peers: 1 << 1,
+            passthrough: None,
         }
     }
 
@@ -398,11 +445,16 @@ mod tests {
             settings: "",
             vm_id: 1,
             peers: (1 << 2) | (1 << 3) | (1 << MAX_VMS),
+            passthrough: Some(0x0010),
             ..sample()
         };
         let mut page = vec![0; PAGE_LEN + 10];
         driver.write_to(&mut page).unwrap();
         assert_eq!(StartInfo::read_from(&page), Ok(driver));
+        assert_eq!(
+            page[PASSTHROUGH..PASSTHROUGH + 4],
+            0x8000_0010u32.to_le_bytes()
+        );
     }
 
     #[test]
@@ -647,6 +699,31 @@ mod tests {
     }
 
     #[test]
+    fn passthrough_is_for_driver_domains_and_its_reserved_bits_are_zero() {
+        assert_eq!(
+            write_err(StartInfo {
+                passthrough: Some(0x10),
+                ..sample()
+            }),
+            StartInfoError::PassthroughToGuest
+        );
+        assert_eq!(
+            read_err(|page| put(page, PASSTHROUGH, &0x8001_0010u32.to_le_bytes())),
+            StartInfoError::BadPassthrough { word: 0x8001_0010 }
+        );
+        // A routing id without the present bit is not "function 00:02.0", it is garbage.
+        assert_eq!(
+            read_err(|page| put(page, PASSTHROUGH, &0x10u32.to_le_bytes())),
+            StartInfoError::BadPassthrough { word: 0x10 }
+        );
+        // Present on a guest's page: refused by the reader too.
+        assert_eq!(
+            read_err(|page| put(page, PASSTHROUGH, &0x8000_0010u32.to_le_bytes())),
+            StartInfoError::PassthroughToGuest
+        );
+    }
+
+    #[test]
     fn peers_field_does_not_overlap_the_longest_settings() {
         let long = "x".repeat(MAX_SETTINGS_LEN);
         let info = StartInfo {
@@ -692,6 +769,8 @@ mod tests {
             StartInfoError::PeersIncludeHypervisor,
             StartInfoError::PeersIncludeSelf { vm_id: 3 },
             StartInfoError::PeersOutOfRange { peers: 1 << 40 },
+            StartInfoError::BadPassthrough { word: 1 },
+            StartInfoError::PassthroughToGuest,
         ];
         let messages: std::collections::HashSet<String> =
             errors.iter().map(|e| std::format!("{e}")).collect();

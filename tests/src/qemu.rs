@@ -1,15 +1,72 @@
 //! Booting a topology in QEMU: builds its bundle, starts `qemu-system-aarch64` with the
 //! hypervisor, streams and records the console, and enforces a hard timeout. QEMU is killed
 //! whenever a [`Boot`] ends — by timeout, by an early-stop condition, or by a panic in the caller.
+//!
+//! A topology with a passthrough VM gets a NIC: the machine gains an SMMUv3 (stage 2, which is
+//! what the hypervisor programs), and a modern-only virtio-net-pci function that goes through
+//! the IOMMU is placed on the root bus at the topology's address. Its host side is QEMU user
+//! networking on [`USER_NET`], with the host ports of [`BootOptions::host_forwards`] forwarded
+//! from 127.0.0.1 to the guest network.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::topology::{pack, Topology};
+pub use crate::net::Proto;
+use crate::topology::{pack, NicBackend, Topology};
+
+/// The guest network of QEMU user networking: the host is 10.0.2.2, its DNS 10.0.2.3.
+pub const USER_NET: &str = "10.0.2.0/24";
+/// The NIC's MAC address (QEMU's usual first one).
+pub const NIC_MAC: &str = "52:54:00:12:34:56";
+/// QEMU id of the NIC's host side (`-netdev ...,id=`).
+pub const NIC_NETDEV_ID: &str = "nic0";
+
+/// A host port forwarded into the guest network: QEMU listens on 127.0.0.1:`host_port` and
+/// relays to `guest_ip`:`guest_port`. Rendered as QEMU's `hostfwd=` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostForward {
+    pub proto: Proto,
+    pub host_port: u16,
+    pub guest_ip: Ipv4Addr,
+    pub guest_port: u16,
+}
+
+impl HostForward {
+    pub const fn udp(host_port: u16, guest_ip: Ipv4Addr, guest_port: u16) -> HostForward {
+        HostForward {
+            proto: Proto::Udp,
+            host_port,
+            guest_ip,
+            guest_port,
+        }
+    }
+
+    pub const fn tcp(host_port: u16, guest_ip: Ipv4Addr, guest_port: u16) -> HostForward {
+        HostForward {
+            proto: Proto::Tcp,
+            host_port,
+            guest_ip,
+            guest_port,
+        }
+    }
+}
+
+/// `udp:127.0.0.1:HOSTPORT-GUESTIP:GUESTPORT`, the value of QEMU's `hostfwd=`.
+impl fmt::Display for HostForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:127.0.0.1:{}-{}:{}",
+            self.proto, self.host_port, self.guest_ip, self.guest_port
+        )
+    }
+}
 
 /// Built images: the hypervisor (a flat arm64 Image; the ELF beside it is for gdb) and one flat
 /// binary per VM image name.
@@ -56,6 +113,14 @@ pub struct BootOptions<'a> {
     pub stop_when: Option<&'a dyn Fn(&str) -> bool>,
     /// Use these bytes as the boot bundle instead of packing the topology (corruption tests).
     pub bundle_override: Option<Vec<u8>>,
+    /// Host ports forwarded to the guest network of the NIC. Only for a topology with a
+    /// passthrough VM (otherwise there is no NIC and [`boot`] refuses them).
+    pub host_forwards: Vec<HostForward>,
+    /// Called with every line as it arrives (console lines and `[qemu] ` stderr lines, in the
+    /// order they are recorded), before `stop_when`: e.g. to start host-side traffic once the
+    /// driver domain says its network is up. It runs on the thread that reads the console, so
+    /// anything long-running belongs on a thread of its own.
+    pub on_line: Option<&'a dyn Fn(&str)>,
 }
 
 impl Default for BootOptions<'_> {
@@ -65,6 +130,8 @@ impl Default for BootOptions<'_> {
             echo: false,
             stop_when: None,
             bundle_override: None,
+            host_forwards: Vec::new(),
+            on_line: None,
         }
     }
 }
@@ -114,11 +181,28 @@ impl Drop for QemuGuard {
     }
 }
 
-/// The QEMU command line for a topology.
-pub fn qemu_args(topology: &Topology, hypervisor: &Path, bundle: &Path) -> Vec<String> {
-    vec![
+/// The QEMU command line for a topology. Without a passthrough VM it is the plain machine and
+/// `host_forwards` is ignored ([`boot`] refuses that combination); with one, the machine gets
+/// an SMMUv3 and the NIC (see the module docs).
+pub fn qemu_args(
+    topology: &Topology,
+    hypervisor: &Path,
+    bundle: &Path,
+    host_forwards: &[HostForward],
+) -> Vec<String> {
+    let nic = topology.passthrough().map(|(_, bdf)| {
+        (
+            bdf,
+            topology.machine.nic.clone().unwrap_or(NicBackend::User),
+        )
+    });
+    let machine = match nic {
+        None => "virt,virtualization=on,gic-version=3",
+        Some(_) => "virt,virtualization=on,gic-version=3,iommu=smmuv3",
+    };
+    let mut args: Vec<String> = vec![
         "-M".into(),
-        "virt,virtualization=on,gic-version=3".into(),
+        machine.into(),
         "-cpu".into(),
         "max".into(),
         "-smp".into(),
@@ -135,7 +219,36 @@ pub fn qemu_args(topology: &Topology, hypervisor: &Path, bundle: &Path) -> Vec<S
         hypervisor.display().to_string(),
         "-initrd".into(),
         bundle.display().to_string(),
-    ]
+    ];
+    if let Some((bdf, backend)) = nic {
+        let netdev = match backend {
+            NicBackend::User => {
+                let mut netdev = format!("user,id={NIC_NETDEV_ID},net={USER_NET}");
+                for forward in host_forwards {
+                    netdev += &format!(",hostfwd={forward}");
+                }
+                netdev
+            }
+        };
+        // The topology guarantees bus 0: QEMU virt's root bus is pcie.0.
+        let device = format!(
+            "virtio-net-pci,netdev={NIC_NETDEV_ID},disable-legacy=on,iommu_platform=on,\
+             bus=pcie.0,addr={:#04x}.{},mac={NIC_MAC}",
+            bdf.device(),
+            bdf.function()
+        );
+        args.extend([
+            // QEMU's SMMUv3 does stage 1 only unless told otherwise; passed-through streams
+            // translate with stage 2 only, through the owning VM's own tables.
+            "-global".into(),
+            "arm-smmuv3.stage=2".into(),
+            "-netdev".into(),
+            netdev,
+            "-device".into(),
+            device,
+        ]);
+    }
+    args
 }
 
 pub fn boot(
@@ -143,6 +256,11 @@ pub fn boot(
     artifacts: &Artifacts,
     options: &BootOptions,
 ) -> Result<Boot, String> {
+    if !options.host_forwards.is_empty() && topology.passthrough().is_none() {
+        return Err(
+            "host forwards need a NIC, but no VM of the topology has a passthrough".to_owned(),
+        );
+    }
     let bundle = match &options.bundle_override {
         Some(bytes) => bytes.clone(),
         None => pack(topology, &artifacts.images).map_err(|e| e.to_string())?,
@@ -164,7 +282,12 @@ pub fn boot(
 
     let start = Instant::now();
     let mut child = Command::new("qemu-system-aarch64")
-        .args(qemu_args(topology, &artifacts.hypervisor, &bundle_path))
+        .args(qemu_args(
+            topology,
+            &artifacts.hypervisor,
+            &bundle_path,
+            &options.host_forwards,
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -208,6 +331,9 @@ pub fn boot(
                 if options.echo {
                     println!("{line}");
                 }
+                if let Some(on_line) = options.on_line {
+                    on_line(&line);
+                }
                 let stop = options.stop_when.is_some_and(|f| f(&line));
                 lines.push(line);
                 if stop {
@@ -234,4 +360,154 @@ pub fn boot(
         exited,
         elapsed: start.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: &str = r#"
+[machine]
+cpus = 2
+memory_mib = 512
+
+[[vm]]
+name = "dd"
+kind = "driver-domain"
+image = "dd"
+memory_mib = 16
+vcpus = 1
+"#;
+
+    fn topology(dd_extra: &str) -> Topology {
+        Topology::from_toml_str(&format!("{PLAIN}{dd_extra}")).unwrap()
+    }
+
+    fn args(topology: &Topology, forwards: &[HostForward]) -> Vec<String> {
+        qemu_args(
+            topology,
+            Path::new("/a/hypervisor.bin"),
+            Path::new("/b/x.bundle"),
+            forwards,
+        )
+    }
+
+    /// The command line of a topology without a NIC, as it was before passthrough existed.
+    const PLAIN_ARGS: [&str; 18] = [
+        "-M",
+        "virt,virtualization=on,gic-version=3",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "512M",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-kernel",
+        "/a/hypervisor.bin",
+        "-initrd",
+        "/b/x.bundle",
+    ];
+
+    #[test]
+    fn without_passthrough_the_command_line_is_unchanged() {
+        let t = topology("");
+        assert_eq!(args(&t, &[]), PLAIN_ARGS);
+        // Forwards without a NIC have nowhere to go; qemu_args ignores them (boot refuses).
+        let fwd = HostForward::udp(5555, Ipv4Addr::new(10, 0, 2, 15), 7);
+        assert_eq!(args(&t, &[fwd]), PLAIN_ARGS);
+    }
+
+    #[test]
+    fn passthrough_adds_the_smmu_and_the_nic() {
+        let t = topology("passthrough = \"00:02.0\"\n");
+        let guest = Ipv4Addr::new(10, 0, 2, 15);
+        let a = args(
+            &t,
+            &[
+                HostForward::udp(40000, guest, 7),
+                HostForward::tcp(40001, guest, 7),
+            ],
+        );
+        let mut expected: Vec<String> = PLAIN_ARGS.iter().map(|s| s.to_string()).collect();
+        expected[1] = "virt,virtualization=on,gic-version=3,iommu=smmuv3".into();
+        expected.extend(
+            [
+                "-global",
+                "arm-smmuv3.stage=2",
+                "-netdev",
+                "user,id=nic0,net=10.0.2.0/24,hostfwd=udp:127.0.0.1:40000-10.0.2.15:7,\
+                 hostfwd=tcp:127.0.0.1:40001-10.0.2.15:7",
+                "-device",
+                "virtio-net-pci,netdev=nic0,disable-legacy=on,iommu_platform=on,bus=pcie.0,\
+                 addr=0x02.0,mac=52:54:00:12:34:56",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(a, expected);
+    }
+
+    #[test]
+    fn nic_address_and_forwards_follow_the_inputs() {
+        let t = topology("passthrough = \"00:1f.7\"\n");
+        let a = args(&t, &[]);
+        let netdev = &a[a.iter().position(|s| s == "-netdev").unwrap() + 1];
+        assert_eq!(netdev, "user,id=nic0,net=10.0.2.0/24");
+        let device = &a[a.iter().position(|s| s == "-device").unwrap() + 1];
+        assert!(device.contains(",addr=0x1f.7,"), "{device}");
+        // The explicit "user" gives the same command line as the default.
+        let explicit =
+            Topology::from_toml_str(&format!("{PLAIN}passthrough = \"00:1f.7\"\n").replacen(
+                "memory_mib = 512\n",
+                "memory_mib = 512\nnic = \"user\"\n",
+                1,
+            ))
+            .unwrap();
+        assert_eq!(args(&explicit, &[]), a);
+    }
+
+    #[test]
+    fn host_forward_rendering() {
+        let f = HostForward::tcp(8080, Ipv4Addr::new(10, 0, 2, 20), 80);
+        assert_eq!(f.to_string(), "tcp:127.0.0.1:8080-10.0.2.20:80");
+        assert_eq!(f.proto, Proto::Tcp);
+        assert_eq!(
+            HostForward::udp(1, Ipv4Addr::new(1, 2, 3, 4), 65535).to_string(),
+            "udp:127.0.0.1:1-1.2.3.4:65535"
+        );
+    }
+
+    #[test]
+    fn boot_refuses_forwards_without_a_nic() {
+        let artifacts = Artifacts {
+            dir: PathBuf::from("/nonexistent"),
+            hypervisor: PathBuf::from("/nonexistent/hypervisor.bin"),
+            images: HashMap::new(),
+        };
+        let options = BootOptions {
+            host_forwards: vec![HostForward::udp(1, Ipv4Addr::LOCALHOST, 2)],
+            ..BootOptions::default()
+        };
+        let e = boot(&topology(""), &artifacts, &options).unwrap_err();
+        assert!(e.contains("no VM of the topology has a passthrough"), "{e}");
+    }
+
+    #[test]
+    fn default_options_have_no_nic_extras() {
+        let o = BootOptions::default();
+        assert!(o.host_forwards.is_empty() && o.on_line.is_none() && o.stop_when.is_none());
+        let seen = std::cell::RefCell::new(Vec::new());
+        let record = |line: &str| seen.borrow_mut().push(line.to_owned());
+        let o = BootOptions {
+            on_line: Some(&record),
+            ..BootOptions::default()
+        };
+        (o.on_line.unwrap())("[dd] network up");
+        assert_eq!(*seen.borrow(), ["[dd] network up"]);
+    }
 }

@@ -14,7 +14,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Check {
+    pub fn new(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Check {
         Check {
             name: name.into(),
             pass,

@@ -8,6 +8,13 @@
 //! driver domain it connects to as a front-end. It is checked here by name (the VM exists, is a
 //! driver domain, is not the guest itself; driver domains have no backend) and [`pack`] turns the
 //! name into the VM id the bundle stores.
+//!
+//! Device passthrough is part of the topology too: a driver domain's optional
+//! `passthrough = "00:02.0"` names the PCI function (bus:device.function, hex) it owns behind the
+//! SMMU, and `[machine] nic` says how the QEMU NIC placed at that address reaches the host
+//! ([`NicBackend`]; `"user"`, the default, is the only one implemented). The machine has one NIC,
+//! so at most one VM has a passthrough, on QEMU virt's root bus (`00`), never in the host
+//! bridge's slot (`00:00`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -17,6 +24,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use shared_abi::bundle::{self, BundleError, NameProblem, VmDescription, VmKind};
 use shared_abi::layout::{MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM};
+pub use shared_abi::pci::{Bdf, BdfError};
 
 const MIB: u64 = 1024 * 1024;
 /// Machine memory set aside for the hypervisor itself (image, heap, page tables).
@@ -27,11 +35,43 @@ pub const MAX_MACHINE_CPUS: u32 = 8;
 /// VM memory granularity in MiB; VM RAM is mapped with 2 MiB stage-2 blocks.
 const VM_MEMORY_STEP_MIB: u64 = shared_abi::layout::BLOCK_SIZE / MIB;
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Machine {
     pub cpus: u32,
     pub memory_mib: u64,
+    /// The NIC's host side. `Some` exactly when a VM has a passthrough (a topology file that
+    /// has one but no `nic` key gets [`NicBackend::User`]); `None`: no NIC at all.
+    pub nic: Option<NicBackend>,
+}
+
+/// How the QEMU NIC that a driver domain owns reaches the host network (`[machine] nic`).
+///
+/// Spelled as one string so that later back-ends fit the same key: the planned
+/// `Tap { ifname }` will be `nic = "tap:IFNAME"` (a host tap interface, for benchmarks that
+/// need more than user networking). Only `"user"` is implemented; anything else, `tap:` included,
+/// is refused by [`NicBackend::parse`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NicBackend {
+    /// QEMU user networking (slirp): no privileges needed; the guest network is
+    /// `10.0.2.0/24` and the harness forwards host ports to it per boot.
+    User,
+}
+
+impl NicBackend {
+    /// Parses the `nic` value; the error is the whole user-facing explanation.
+    pub fn parse(text: &str) -> Result<NicBackend, String> {
+        match text {
+            "user" => Ok(NicBackend::User),
+            _ => Err("only nic = \"user\" is implemented".to_owned()),
+        }
+    }
+
+    /// The spelling in topology files.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NicBackend::User => "user",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +86,9 @@ pub struct VmDef {
     /// Name of the driver domain this guest connects to; `None` for driver domains and for
     /// guests without a connection.
     pub backend: Option<String>,
+    /// The PCI function this driver domain owns (`passthrough = "00:02.0"`); `None` for guests
+    /// and for driver domains without a device.
+    pub passthrough: Option<Bdf>,
 }
 
 impl VmDef {
@@ -138,6 +181,47 @@ pub enum TopologyError {
     BackendIsSelf {
         vm: String,
     },
+    /// `passthrough` is not a PCI address.
+    PassthroughSyntax {
+        vm: String,
+        value: String,
+        problem: BdfError,
+    },
+    /// A guest has a `passthrough`; only driver domains own devices.
+    PassthroughOnGuest {
+        vm: String,
+        bdf: Bdf,
+    },
+    /// `passthrough` is in slot `00:00`, the host bridge's.
+    PassthroughHostBridge {
+        vm: String,
+        bdf: Bdf,
+    },
+    /// `passthrough` is on a bus other than 0; QEMU virt's NIC sits on the root bus.
+    PassthroughNotRootBus {
+        vm: String,
+        bdf: Bdf,
+    },
+    /// Two VMs name the same function.
+    DuplicatePassthrough {
+        first: String,
+        second: String,
+        bdf: Bdf,
+    },
+    /// Two VMs have a passthrough, but the machine has one NIC.
+    TooManyPassthroughs {
+        first: String,
+        second: String,
+    },
+    /// `[machine] nic` is not an implemented back-end.
+    Nic {
+        value: String,
+        problem: String,
+    },
+    /// `[machine] nic` is given but no VM has a passthrough, so there is no NIC to connect.
+    NicWithoutPassthrough {
+        nic: String,
+    },
 }
 
 impl fmt::Display for TopologyError {
@@ -223,6 +307,40 @@ impl fmt::Display for TopologyError {
                 f,
                 "vm {vm:?}: backend names the VM itself; it must name a driver domain"
             ),
+            PassthroughSyntax { vm, value, problem } => {
+                write!(f, "vm {vm:?}: passthrough = {value:?}: {problem}")
+            }
+            PassthroughOnGuest { vm, bdf } => write!(
+                f,
+                "vm {vm:?}: passthrough = \"{bdf}\" on a guest; only a VM of kind \
+                 \"driver-domain\" owns a device, remove the field or change the kind"
+            ),
+            PassthroughHostBridge { vm, bdf } => write!(
+                f,
+                "vm {vm:?}: passthrough = \"{bdf}\" is in slot 00:00, which holds the host \
+                 bridge; use another device number, e.g. \"00:02.0\""
+            ),
+            PassthroughNotRootBus { vm, bdf } => write!(
+                f,
+                "vm {vm:?}: passthrough = \"{bdf}\": the bus must be 00 (the NIC is placed on \
+                 QEMU virt's root bus, pcie.0)"
+            ),
+            DuplicatePassthrough { first, second, bdf } => write!(
+                f,
+                "vm {second:?}: passthrough = \"{bdf}\" is already given to vm {first:?}; a PCI \
+                 function is passed to one VM only"
+            ),
+            TooManyPassthroughs { first, second } => write!(
+                f,
+                "vm {second:?}: has a passthrough, but vm {first:?} already has one and the \
+                 machine has a single NIC; remove one of them"
+            ),
+            Nic { value, problem } => write!(f, "machine.nic = {value:?}: {problem}"),
+            NicWithoutPassthrough { nic } => write!(
+                f,
+                "machine.nic = {nic:?}, but no VM has a passthrough; the NIC only exists for a \
+                 driver domain with passthrough = \"bb:dd.f\", remove machine.nic or add one"
+            ),
         }
     }
 }
@@ -240,9 +358,18 @@ impl std::error::Error for TopologyError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTopology {
-    machine: Machine,
+    machine: RawMachine,
     #[serde(default)]
     vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    cpus: u32,
+    memory_mib: u64,
+    #[serde(default)]
+    nic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +384,8 @@ struct RawVm {
     settings: RawSettings,
     #[serde(default)]
     backend: Option<String>,
+    #[serde(default)]
+    passthrough: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -321,12 +450,21 @@ impl<'de> Deserialize<'de> for SettingValue {
 impl Topology {
     pub fn from_toml_str(text: &str) -> Result<Topology, TopologyError> {
         let raw: RawTopology = toml::from_str(text).map_err(TopologyError::Syntax)?;
-        let topology = Topology {
-            machine: raw.machine,
-            vms: raw
-                .vm
-                .into_iter()
-                .map(|vm| VmDef {
+        let vms = raw
+            .vm
+            .into_iter()
+            .map(|vm| {
+                let passthrough = match vm.passthrough {
+                    None => None,
+                    Some(value) => Some(Bdf::parse(&value).map_err(|problem| {
+                        TopologyError::PassthroughSyntax {
+                            vm: vm.name.clone(),
+                            value,
+                            problem,
+                        }
+                    })?),
+                };
+                Ok(VmDef {
                     name: vm.name,
                     kind: match vm.kind {
                         RawKind::Guest => VmKind::Guest,
@@ -337,11 +475,39 @@ impl Topology {
                     vcpus: vm.vcpus,
                     settings: vm.settings.0,
                     backend: vm.backend,
+                    passthrough,
                 })
-                .collect(),
+            })
+            .collect::<Result<Vec<_>, TopologyError>>()?;
+        let any_passthrough = vms.iter().any(|vm| vm.passthrough.is_some());
+        let nic = match raw.machine.nic {
+            Some(value) if !any_passthrough => {
+                return Err(TopologyError::NicWithoutPassthrough { nic: value })
+            }
+            Some(value) => Some(
+                NicBackend::parse(&value)
+                    .map_err(|problem| TopologyError::Nic { value, problem })?,
+            ),
+            None if any_passthrough => Some(NicBackend::User),
+            None => None,
+        };
+        let topology = Topology {
+            machine: Machine {
+                cpus: raw.machine.cpus,
+                memory_mib: raw.machine.memory_mib,
+                nic,
+            },
+            vms,
         };
         topology.validate()?;
         Ok(topology)
+    }
+
+    /// The VM that owns the machine's NIC and the PCI address the NIC is placed at, if any.
+    pub fn passthrough(&self) -> Option<(&VmDef, Bdf)> {
+        self.vms
+            .iter()
+            .find_map(|vm| vm.passthrough.map(|bdf| (vm, bdf)))
     }
 
     pub fn from_file(path: &Path) -> Result<Topology, TopologyError> {
@@ -378,6 +544,7 @@ impl Topology {
         for vm in &self.vms {
             vm.validate_backend(&self.vms)?;
         }
+        self.validate_passthrough()?;
         // Each VM is at most MAX_VM_RAM and there are at most MAX_VMS, so this cannot overflow.
         let total_mib: u64 = self.vms.iter().map(|vm| vm.memory_mib).sum();
         let available = self
@@ -389,6 +556,44 @@ impl Topology {
                 total_mib,
                 machine_mib: self.machine.memory_mib,
             });
+        }
+        Ok(())
+    }
+
+    /// Each passthrough on its own (kind, address), then across VMs: one function per VM, one
+    /// NIC per machine.
+    fn validate_passthrough(&self) -> Result<(), TopologyError> {
+        let mut owner: Option<(&VmDef, Bdf)> = None;
+        for vm in &self.vms {
+            let Some(bdf) = vm.passthrough else {
+                continue;
+            };
+            let name = || vm.name.clone();
+            if vm.kind != VmKind::DriverDomain {
+                return Err(TopologyError::PassthroughOnGuest { vm: name(), bdf });
+            }
+            if bdf.bus() == 0 && bdf.device() == 0 {
+                return Err(TopologyError::PassthroughHostBridge { vm: name(), bdf });
+            }
+            if bdf.bus() != 0 {
+                return Err(TopologyError::PassthroughNotRootBus { vm: name(), bdf });
+            }
+            match owner {
+                None => owner = Some((vm, bdf)),
+                Some((first, other)) if other == bdf => {
+                    return Err(TopologyError::DuplicatePassthrough {
+                        first: first.name.clone(),
+                        second: name(),
+                        bdf,
+                    })
+                }
+                Some((first, _)) => {
+                    return Err(TopologyError::TooManyPassthroughs {
+                        first: first.name.clone(),
+                        second: name(),
+                    })
+                }
+            }
         }
         Ok(())
     }
@@ -555,6 +760,7 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
                 image: image.clone(),
                 settings: vm.settings_text(),
                 backend,
+                passthrough: vm.passthrough,
             })
         })
         .collect::<Result<Vec<_>, PackError>>()?;
@@ -621,8 +827,15 @@ vcpus = 1
             t.machine,
             Machine {
                 cpus: 2,
-                memory_mib: 1024
+                memory_mib: 1024,
+                nic: Some(NicBackend::User)
             }
+        );
+        assert_eq!(t.vms[0].passthrough, Bdf::new(0, 2, 0));
+        assert!(t.vms[1..].iter().all(|vm| vm.passthrough.is_none()));
+        assert_eq!(
+            t.passthrough().map(|(vm, _)| vm.name.as_str()),
+            Some("driver-domain")
         );
         let summary: Vec<_> = t
             .vms
@@ -652,7 +865,10 @@ vcpus = 1
                 ("guest3", VmKind::Guest, "guest-frontend", 8, 2),
             ]
         );
-        assert_eq!(t.vms[0].settings_text(), "role=switch\n");
+        assert_eq!(
+            t.vms[0].settings_text(),
+            "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n"
+        );
         assert_eq!(t.vms[0].backend, None);
         let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         assert_eq!(
@@ -736,6 +952,230 @@ vcpus = 1
             "{e}"
         );
         assert!(e.to_string().contains("names the VM itself"), "{e}");
+    }
+
+    const NIC: Bdf = match Bdf::new(0, 2, 0) {
+        Some(bdf) => bdf,
+        None => panic!(),
+    };
+
+    /// MINIMAL (guest "a") plus driver domain "dd" with `dd_extra` lines, `machine_extra` added
+    /// to [machine].
+    fn with_dd(machine_extra: &str, dd_extra: &str) -> Result<Topology, TopologyError> {
+        let text = MINIMAL.replacen(
+            "memory_mib = 256\n",
+            &format!("memory_mib = 256\n{machine_extra}"),
+            1,
+        );
+        Topology::from_toml_str(&format!("{text}{}", dd_table("dd", dd_extra)))
+    }
+
+    #[test]
+    fn passthrough_is_parsed_and_the_nic_defaults_to_user() {
+        let t = with_dd("", "passthrough = \"00:02.0\"\n").unwrap();
+        assert_eq!(t.vms[1].passthrough, Some(NIC));
+        assert_eq!(t.vms[0].passthrough, None);
+        assert_eq!(t.machine.nic, Some(NicBackend::User));
+        let (vm, bdf) = t.passthrough().unwrap();
+        assert_eq!((vm.name.as_str(), bdf), ("dd", NIC));
+        // Explicit "user", the long form with a domain, the last slot and function.
+        let t = with_dd("nic = \"user\"\n", "passthrough = \"0000:00:1f.7\"\n").unwrap();
+        assert_eq!(t.machine.nic, Some(NicBackend::User));
+        assert_eq!(t.vms[1].passthrough, Bdf::new(0, 0x1f, 7));
+        // No passthrough: no NIC.
+        let t = with_dd("", "").unwrap();
+        assert_eq!(t.machine.nic, None);
+        assert!(t.passthrough().is_none());
+    }
+
+    #[test]
+    fn default_topology_passes_the_nic_to_the_driver_domain() {
+        let text = std::fs::read_to_string(default_path()).unwrap();
+        let t = Topology::from_toml_str(&text).unwrap();
+        assert_eq!(t.machine.nic, Some(NicBackend::User));
+        let (vm, bdf) = t.passthrough().unwrap();
+        assert_eq!((vm.name.as_str(), bdf), ("driver-domain", NIC));
+    }
+
+    #[test]
+    fn nic_backend_spelling() {
+        assert_eq!(NicBackend::parse("user"), Ok(NicBackend::User));
+        assert_eq!(NicBackend::User.as_str(), "user");
+        for other in ["tap:tap0", "tap", "User", "", "none"] {
+            assert_eq!(
+                NicBackend::parse(other),
+                Err("only nic = \"user\" is implemented".to_owned()),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_unimplemented_nic_backends() {
+        for value in ["tap:tap0", "socket", ""] {
+            let e = with_dd(
+                &format!("nic = \"{value}\"\n"),
+                "passthrough = \"00:02.0\"\n",
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&e, TopologyError::Nic { value: v, .. } if v == value),
+                "{e}"
+            );
+            assert_eq!(
+                e.to_string(),
+                format!("machine.nic = {value:?}: only nic = \"user\" is implemented")
+            );
+        }
+        let e = with_dd("nic = 1\n", "passthrough = \"00:02.0\"\n").unwrap_err();
+        assert!(matches!(e, TopologyError::Syntax(_)), "{e}");
+    }
+
+    #[test]
+    fn rejects_nic_without_passthrough() {
+        let e = with_dd("nic = \"user\"\n", "").unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::NicWithoutPassthrough { nic } if nic == "user"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no VM has a passthrough"), "{e}");
+    }
+
+    #[test]
+    fn rejects_malformed_passthrough() {
+        for (value, problem) in [
+            (
+                "00:2g.0",
+                BdfError::NotHex(shared_abi::pci::BdfField::Device),
+            ),
+            (
+                "00:02.8",
+                BdfError::OutOfRange(shared_abi::pci::BdfField::Function),
+            ),
+            (
+                "00:20.0",
+                BdfError::OutOfRange(shared_abi::pci::BdfField::Device),
+            ),
+            ("0002.0", BdfError::Format),
+            ("", BdfError::Empty),
+        ] {
+            let e = with_dd("", &format!("passthrough = \"{value}\"\n")).unwrap_err();
+            assert!(
+                matches!(&e, TopologyError::PassthroughSyntax { vm, value: v, problem: p }
+                    if vm == "dd" && v == value && *p == problem),
+                "{value}: {e}"
+            );
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("vm \"dd\": passthrough = {value:?}: ")),
+                "{e}"
+            );
+        }
+        let e = with_dd("", "passthrough = 2\n").unwrap_err();
+        assert!(matches!(e, TopologyError::Syntax(_)), "{e}");
+        let e = with_dd("", "pass_through = \"00:02.0\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn rejects_passthrough_on_a_guest() {
+        let e = with_backend("passthrough = \"00:02.0\"", "").unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::PassthroughOnGuest { vm, bdf } if vm == "a" && *bdf == NIC),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("vm \"a\": passthrough = \"00:02.0\" on a guest"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rejects_the_host_bridge_slot() {
+        for value in ["00:00.0", "00:00.3"] {
+            let e = with_dd("", &format!("passthrough = \"{value}\"\n")).unwrap_err();
+            assert!(
+                matches!(&e, TopologyError::PassthroughHostBridge { vm, bdf }
+                    if vm == "dd" && bdf.to_string() == value),
+                "{e}"
+            );
+            assert!(e.to_string().contains("host bridge"), "{e}");
+        }
+        with_dd("", "passthrough = \"00:01.0\"\n").unwrap();
+    }
+
+    #[test]
+    fn rejects_passthrough_off_the_root_bus() {
+        let e = with_dd("", "passthrough = \"01:02.0\"\n").unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::PassthroughNotRootBus { vm, bdf }
+                if vm == "dd" && *bdf == Bdf::new(1, 2, 0).unwrap()),
+            "{e}"
+        );
+        assert!(e.to_string().contains("the bus must be 00"), "{e}");
+    }
+
+    #[test]
+    fn one_passthrough_per_machine() {
+        let two = |first: &str, second: &str| {
+            let text = format!(
+                "{MINIMAL}{}{}",
+                dd_table("dd1", &format!("passthrough = \"{first}\"\n")),
+                dd_table("dd2", &format!("passthrough = \"{second}\"\n"))
+            );
+            Topology::from_toml_str(&text).unwrap_err()
+        };
+        let e = two("00:02.0", "0:2.0");
+        assert!(
+            matches!(&e, TopologyError::DuplicatePassthrough { first, second, bdf }
+                if first == "dd1" && second == "dd2" && *bdf == NIC),
+            "{e}"
+        );
+        assert!(e.to_string().contains("already given to vm \"dd1\""), "{e}");
+        let e = two("00:02.0", "00:03.0");
+        assert!(
+            matches!(&e, TopologyError::TooManyPassthroughs { first, second }
+                if first == "dd1" && second == "dd2"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("single NIC"), "{e}");
+        // Two driver domains, one with the NIC, are fine.
+        let text = format!(
+            "{MINIMAL}{}{}",
+            dd_table("dd1", ""),
+            dd_table("dd2", "passthrough = \"00:03.0\"\n")
+        );
+        let t = Topology::from_toml_str(&text).unwrap();
+        assert_eq!(t.passthrough().map(|(vm, _)| vm.name.as_str()), Some("dd2"));
+    }
+
+    #[test]
+    fn pack_carries_the_passthrough_into_the_bundle() {
+        let text = format!("{MINIMAL}{}", dd_table("dd", "passthrough = \"00:02.0\"\n")).replacen(
+            "vcpus = 1\n",
+            "vcpus = 1\nbackend = \"dd\"\n",
+            1,
+        );
+        let t = Topology::from_toml_str(&text).unwrap();
+        let images = HashMap::from([
+            ("img".to_owned(), vec![1; 100]),
+            ("dd".to_owned(), vec![2; 100]),
+        ]);
+        let bytes = pack(&t, &images).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let owned: Vec<_> = bundle.vms().map(|vm| vm.passthrough).collect();
+        assert_eq!(owned, [None, Some(NIC)]);
+        // A hand-built topology skips validation; the bundle's own rules still apply.
+        let mut t = t;
+        t.vms[0].passthrough = Some(Bdf::new(0, 3, 0).unwrap());
+        assert_eq!(
+            pack(&t, &images).unwrap_err(),
+            PackError::Bundle(BundleError::PassthroughNotDriverDomain {
+                vm: 0,
+                bdf: Bdf::new(0, 3, 0).unwrap()
+            })
+        );
     }
 
     #[test]
@@ -1019,6 +1459,31 @@ vcpus = 1
                 backend: "b".into(),
             },
             TopologyError::BackendIsSelf { vm: vm() },
+            TopologyError::PassthroughSyntax {
+                vm: vm(),
+                value: "x".into(),
+                problem: BdfError::Format,
+            },
+            TopologyError::PassthroughOnGuest { vm: vm(), bdf: NIC },
+            TopologyError::PassthroughHostBridge {
+                vm: vm(),
+                bdf: Bdf::HOST_BRIDGE,
+            },
+            TopologyError::PassthroughNotRootBus { vm: vm(), bdf: NIC },
+            TopologyError::DuplicatePassthrough {
+                first: vm(),
+                second: "w".into(),
+                bdf: NIC,
+            },
+            TopologyError::TooManyPassthroughs {
+                first: vm(),
+                second: "w".into(),
+            },
+            TopologyError::Nic {
+                value: "tap:x".into(),
+                problem: "p".into(),
+            },
+            TopologyError::NicWithoutPassthrough { nic: "user".into() },
         ];
         let messages: HashSet<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), errors.len());
@@ -1053,7 +1518,11 @@ vcpus = 1
             assert_eq!(bundle.peers_of(guest.id), 1 << 1);
         }
         assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3) | (1 << 4));
-        assert_eq!(bundle.vm(0).unwrap().settings, "role=switch\n");
+        assert_eq!(
+            bundle.vm(0).unwrap().settings,
+            "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n"
+        );
+        assert_eq!(bundle.vm(0).unwrap().passthrough, Bdf::new(0, 2, 0));
         assert_eq!(
             shared_abi::start_info::setting(bundle.vm(3).unwrap().settings, "app"),
             Some("hello")

@@ -549,3 +549,131 @@ fn an_event_channel_send_storm_starves_no_one() {
     assert_report_ok(&boot, "granter", "revoked every ref");
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
+
+// ---- The NIC passed through to the driver domain behind the SMMU ------------------------------
+
+/// A driver domain that owns QEMU's virtio-net NIC at 00:02.0, with extra settings.
+fn nic_driver_domain(settings: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"driver-domain\"\nkind = \"driver-domain\"\nimage = \"driver-domain\"\nmemory_mib = 16\nvcpus = 1\npassthrough = \"00:02.0\"\nsettings = {{ nic_serve_ms = 4000{settings} }}\n"
+    )
+}
+
+#[test]
+fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        nic_driver_domain(""),
+        guest("guest1", 8, 1, "app = \"hello\"")
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let check = sluice_harness::net::HostToDriverDomain::new();
+    let on_line = |line: &str| check.on_line(line);
+    let boot = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(90),
+            host_forwards: check.forwards(),
+            on_line: Some(&on_line),
+            ..BootOptions::default()
+        },
+    );
+    let t = boot.transcript();
+    let outcome = check.outcome();
+    assert!(outcome.is_ok(), "host -> driver-domain: {outcome:?}\n{t}");
+    assert!(
+        boot.has("[hv] PCI 00:02.0 passed to driver-domain: stream 0x10"),
+        "{t}"
+    );
+    assert!(boot.has("all 256 streams abort until attached"), "{t}");
+    // The driver domain sees exactly its one function, and got its interrupts through the
+    // hardware-linked list register (the counters line shows them).
+    assert!(
+        boot.has("[driver-domain] PCI: 1 function(s) visible; 00:02.0 is virtio-net"),
+        "{t}"
+    );
+    assert!(boot.has("NIC ping gateway 10.0.2.2: reply in"), "{t}");
+    let counters = boot
+        .vm_lines("driver-domain")
+        .filter(|l| l.contains("NIC counters"))
+        .last()
+        .unwrap_or_else(|| panic!("no counters line:\n{t}"))
+        .to_string();
+    assert!(!counters.contains("interrupts 0,"), "{counters}");
+    assert!(counters.contains("udp echoed 10"), "{counters}");
+    assert_report_ok(&boot, "guest1", "done");
+    assert!(!boot.has("killing VM"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+#[test]
+fn nic_dma_aimed_at_memory_the_driver_domain_does_not_own_is_stopped_by_the_smmu() {
+    // The granter (vm 2) grants the driver domain (vm 1) page B read-only; the driver domain
+    // maps it and gives its address to the NIC as a receive buffer. The SMMU walks the driver
+    // domain's stage 2, where the page is read-only: the device's write must fault there.
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        nic_driver_domain(", attack = \"dma\", victim = 2"),
+        guest("granter", 8, 1, "app = \"granter\", peer = 1, other = 3"),
+        guest(
+            "bystander",
+            8,
+            1,
+            "app = \"sleep\", sleep_ms = 200, rounds = 10"
+        ),
+    );
+    let (_, boot) = boot_toml(&toml, 90);
+    let t = boot.transcript();
+    let fault = boot
+        .lines
+        .iter()
+        .find(|l| l.starts_with("[hv]") && l.contains("SMMU F_PERMISSION"))
+        .unwrap_or_else(|| panic!("no SMMU permission fault logged:\n{t}"));
+    assert!(fault.contains("stream 0x10 write"), "{fault}");
+    assert!(fault.contains("device of driver-domain"), "{fault}");
+    assert!(
+        boot.has("[driver-domain] attack: vm 2's read-only page is intact"),
+        "{t}"
+    );
+    assert!(boot.has("[granter] read-only page B is unchanged"), "{t}");
+    assert_report_ok(&boot, "granter", "revoked every ref");
+    assert_report_ok(&boot, "bystander", "slept");
+    assert_report_ok(&boot, "driver-domain", "served");
+    assert!(
+        !boot.has("killing VM"),
+        "nothing is killed for a DMA fault:\n{t}"
+    );
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+#[test]
+fn guests_can_neither_see_nor_touch_the_nic() {
+    // The NIC's config space (the ECAM) and its BARs are mapped for no guest: any access is a
+    // stage-2 fault that kills the guest, while the driver domain keeps its NIC.
+    for (addr, op) in [
+        (shared_abi::layout::PCI_ECAM_IPA + (2 << 15), "read"),
+        (shared_abi::layout::PCI_WINDOW_IPA.0 + 0x4000, "write"),
+    ] {
+        let toml = format!(
+            "{MACHINE}{}{}",
+            nic_driver_domain(""),
+            guest(
+                "probe",
+                8,
+                1,
+                &format!("app = \"probe\", probe_addr = \"{addr:#x}\", probe_op = \"{op}\"")
+            ),
+        );
+        let (_, boot) = boot_toml(&toml, 90);
+        let t = boot.transcript();
+        let reason =
+            kill_reason(&boot, "probe").unwrap_or_else(|| panic!("probe was not killed:\n{t}"));
+        assert!(
+            reason.contains(&format!("stage-2 fault at IPA {addr:#x}")),
+            "reason: {reason}"
+        );
+        assert!(!boot.has("PROBE SURVIVED"), "{t}");
+        assert!(boot.has("[driver-domain] NIC 00:02.0 link up"), "{t}");
+        assert_report_ok(&boot, "driver-domain", "served");
+    }
+}

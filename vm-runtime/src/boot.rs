@@ -10,8 +10,11 @@ use shared_abi::grant::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
 use shared_abi::layout::{GUEST_RAM_BASE, MAX_VCPUS_PER_VM, MAX_VM_RAM, PAGE_SIZE};
 use shared_abi::start_info::StartInfo;
 
-/// Stack per vCPU.
-pub const STACK_SIZE: usize = 16 * 1024;
+/// Stack per vCPU. 64 KiB: device drivers keep whole virtqueue shadows in structures that are
+/// built on the stack and moved (virtio-drivers' VirtIONet is several KiB), and an overflow has no
+/// guard page here (1 GiB stage-1 blocks): it silently runs into .data and .rodata, where it once
+/// zeroed the identity map's first entry.
+pub const STACK_SIZE: usize = 64 * 1024;
 const MAX_VCPUS: usize = MAX_VCPUS_PER_VM as usize;
 
 /// The stacks live in .bss; the boot code points SP at the top of slot `vCPU index`.

@@ -12,10 +12,7 @@ use vm_runtime::page::Page;
 use vm_runtime::timer::{self, Instant};
 use vm_runtime::{evtchn, grant, println, StartInfo};
 
-/// First word of the granted pages A and B.
-pub const MARKER: u64 = 0x5000_0051_0000_cafe;
-/// What the peer writes into word 1 of page A to prove write access.
-pub const PEER_WROTE: u64 = 0xfeed_f00d;
+pub use shared_abi::grant::test_pattern::{MARKER, PEER_WROTE};
 
 const WAIT_MS: u64 = 20_000;
 
@@ -81,6 +78,15 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
     for gref in 1..=3 {
         grant::end(gref).map_err(|e| format!("revoking ref {gref}: {e:?}"))?;
     }
+    // Page B was read-only for the peer: it must be exactly as we wrote it, whatever the peer
+    // (or a device it drives) tried.
+    let b_words = b.words();
+    if b_words[0].load(Ordering::Acquire) != MARKER
+        || b_words[1..].iter().any(|w| w.load(Ordering::Acquire) != 0)
+    {
+        return Err("read-only page B was modified".into());
+    }
+    println!("read-only page B is unchanged");
     println!("REPORT ok: granter saw the peer's write and revoked every ref");
     Ok(())
 }

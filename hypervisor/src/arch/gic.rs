@@ -5,8 +5,8 @@
 use core::ptr::NonNull;
 
 use arm_gic::gicv3::{GicCpuInterface, GicV3, Group, SgiTarget, SgiTargetGroup};
-use arm_gic::InterruptGroup;
 use arm_gic::{IntId, UniqueMmioPointer};
+use arm_gic::{InterruptGroup, Trigger};
 use spin::Mutex;
 
 use super::cpu::{mrs, msr};
@@ -75,6 +75,10 @@ pub fn init_this_cpu(cpu: usize) {
     }
     GicCpuInterface::set_priority_mask(0xff);
     GicCpuInterface::enable_group1(true);
+    // EOImode 1: ending an interrupt only drops its priority, deactivation is a separate write.
+    // That lets a passed-through device's interrupt stay active until the guest deactivates it
+    // through a hardware list register (see `hypervisor::vgic`).
+    msr!("icc_ctlr_el1", mrs!("icc_ctlr_el1") | ICC_CTLR_EOIMODE);
     // The virtual CPU interface: enabled, no maintenance interrupts until a vCPU asks for one.
     msr!("ich_hcr_el2", ICH_HCR_EN);
 }
@@ -84,9 +88,44 @@ pub fn acknowledge() -> Option<u32> {
     GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1).map(|id| id.into())
 }
 
-/// Ends (priority drop and deactivate: EOImode 0) a physical interrupt.
+const ICC_CTLR_EOIMODE: u64 = 1 << 1;
+
+/// Ends a physical interrupt the hypervisor handled itself: priority drop, then deactivation.
 pub fn end(raw: u32) {
+    drop_priority(raw);
+    deactivate(raw);
+}
+
+/// Drops the running priority of an acknowledged interrupt but leaves it active: for an
+/// interrupt handed to a guest through a hardware list register, which the guest deactivates.
+pub fn drop_priority(raw: u32) {
     GicCpuInterface::end_interrupt(intid(raw), InterruptGroup::Group1);
+}
+
+/// Deactivates a physical interrupt (also one acknowledged on another pCPU, for an SPI).
+pub fn deactivate(raw: u32) {
+    msr!("icc_dir_el1", raw as u64);
+}
+
+/// Configures and enables (or disables) a shared peripheral interrupt taken by the hypervisor,
+/// routed to pCPU 0.
+pub fn configure_spi(raw: u32, level: bool, enable: bool) -> Result<(), &'static str> {
+    let id = intid(raw);
+    if !(32..1020).contains(&raw) {
+        return Err("not an SPI");
+    }
+    let mut guard = GIC.lock();
+    let gic = &mut guard.as_mut().ok_or("GIC not initialised")?.0;
+    let trigger = if level { Trigger::Level } else { Trigger::Edge };
+    (|| {
+        gic.enable_interrupt(id, None, false)?;
+        gic.set_group(id, None, Group::Group1NS)?;
+        gic.set_interrupt_priority(id, None, 0x80)?;
+        gic.set_trigger(id, None, trigger)?;
+        gic.distributor().set_routing(id, Some(0))?;
+        gic.enable_interrupt(id, None, enable)
+    })()
+    .map_err(|_| "the distributor refused the SPI's configuration")
 }
 
 /// Sends the kick SGI to pCPU `target` (Aff0 on QEMU virt).

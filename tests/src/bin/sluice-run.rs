@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use sluice_harness::net::HostToDriverDomain;
 use sluice_harness::qemu::{boot, Artifacts, BootOptions};
-use sluice_harness::report::{evaluate, report};
+use sluice_harness::report::{evaluate, report, Check};
 use sluice_harness::topology::Topology;
 
 fn main() -> ExitCode {
@@ -58,17 +59,37 @@ fn run() -> Result<bool, String> {
         timeout.as_secs()
     );
     println!("----------------------------------------------------------------------");
+    // With a NIC, the host checks the driver domain's echo service through it while it boots.
+    let host_check = topology.passthrough().map(|_| HostToDriverDomain::new());
+    let on_line = |line: &str| {
+        if let Some(check) = &host_check {
+            check.on_line(line);
+        }
+    };
     let result = boot(
         &topology,
         &artifacts,
         &BootOptions {
             timeout,
             echo: true,
+            host_forwards: host_check
+                .as_ref()
+                .map(|c| c.forwards())
+                .unwrap_or_default(),
+            on_line: Some(&on_line),
             ..BootOptions::default()
         },
     )?;
     println!("----------------------------------------------------------------------");
-    let checks = evaluate(&topology, &result);
+    let mut checks = evaluate(&topology, &result);
+    if let (Some(check), Some((vm, _))) = (&host_check, topology.passthrough()) {
+        let outcome = check.outcome();
+        checks.push(Check::new(
+            format!("host -> {}", vm.name),
+            outcome.is_ok(),
+            outcome.unwrap_or_else(|why| why),
+        ));
+    }
     for check in &checks {
         println!("{}", check.summary_line());
     }

@@ -1,0 +1,10 @@
+//! The logic of the driver domain that is tested on the host (`cargo test -p driver-domain --lib`).
+//!
+//! Everything here is safe, hardware-independent Rust; the binary (`main.rs`, a bare-metal VM
+//! image) adds the parts that touch the hypervisor and devices: control pages, grants, event
+//! channels and the NIC.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod switch;

@@ -1,0 +1,384 @@
+//! The back-end's side of a queue (virtio's device): takes chains the guest offers, checks them
+//! against its own state, and gives them back.
+
+use core::fmt;
+use core::ops::Range;
+
+use super::net::check_pool_pages;
+use super::{
+    avail_slot_offset, bit, read_desc, used_slot_offset, Desc, Direction, LayoutError, NetHdr,
+    PoolMem, QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, MAX_CHAIN, MAX_FRAME, MIN_FRAME,
+    NET_HDR_LEN, QUEUE_SIZE, USED_EVENT, USED_IDX, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+};
+use crate::virtq::vring_need_event;
+
+/// A chain taken from the avail ring: its head and its buffers, copied out of the ring page and
+/// checked, so nothing the guest writes later can change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    head: u16,
+    count: u8,
+    total: u32,
+    segments: [Segment; MAX_CHAIN],
+}
+
+impl Chain {
+    /// The head descriptor id, to hand back with [`DeviceQueue::push_used`].
+    pub const fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Bytes in all buffers, `MIN_FRAME..=MAX_FRAME`.
+    pub const fn total_len(&self) -> u32 {
+        self.total
+    }
+
+    /// The buffers, in chain order; each lies inside the pool.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments[..usize::from(self.count)]
+    }
+
+    /// Calls `f(pool offset, range in the caller's buffer)` for each piece of chain bytes
+    /// `[skip, skip + want)`; returns the bytes covered. Stops early at a buffer past
+    /// `pool_size`, which only a pool smaller than the queue was told can cause.
+    fn pieces(
+        &self,
+        pool_size: usize,
+        mut skip: usize,
+        want: usize,
+        mut f: impl FnMut(usize, Range<usize>),
+    ) -> usize {
+        let mut done = 0;
+        for seg in self.segments() {
+            if done == want {
+                break;
+            }
+            let len = seg.len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let start = seg.offset as usize + skip;
+            let n = (len - skip).min(want - done);
+            skip = 0;
+            if start > pool_size || n > pool_size - start {
+                break;
+            }
+            f(start, done..done + n);
+            done += n;
+        }
+        done
+    }
+
+    /// Copies chain bytes from `skip` on into `dst`; returns how many (fewer when the chain
+    /// ends first). Each pool byte is read once: check the copy, not the pool.
+    pub fn read<P: PoolMem + ?Sized>(&self, pool: &P, skip: usize, dst: &mut [u8]) -> usize {
+        let want = dst.len();
+        self.pieces(pool.size(), skip, want, |at, range| {
+            pool.read(at, &mut dst[range])
+        })
+    }
+
+    /// Copies `src` into the chain's buffers from `skip` on; returns how many bytes fitted.
+    pub fn write<P: PoolMem + ?Sized>(&self, pool: &P, skip: usize, src: &[u8]) -> usize {
+        self.pieces(pool.size(), skip, src.len(), |at, range| {
+            pool.write(at, &src[range])
+        })
+    }
+
+    /// TX: copies the whole chain into `buf` and checks its net header. Returns the header and
+    /// the Ethernet frame's length; the frame is `buf[NET_HDR_LEN..NET_HDR_LEN + len]`. A chain
+    /// longer than `buf` is [`QueueError::FrameTooLong`], so `buf`'s size is the back-end's
+    /// frame limit.
+    pub fn read_tx<P: PoolMem + ?Sized>(
+        &self,
+        pool: &P,
+        buf: &mut [u8],
+        csum_offload: bool,
+    ) -> Result<(NetHdr, usize), QueueError> {
+        let head = self.head;
+        let total = self.total as usize;
+        let Some(dst) = buf.get_mut(..total) else {
+            return Err(QueueError::FrameTooLong {
+                head,
+                len: u64::from(self.total),
+            });
+        };
+        let got = self.read(pool, 0, dst);
+        if got < total || total < NET_HDR_LEN {
+            // Only a pool shorter than the one the queue checks against gets here.
+            return Err(QueueError::FrameTooShort {
+                head,
+                len: got as u64,
+            });
+        }
+        let mut hdr = [0; NET_HDR_LEN];
+        hdr.copy_from_slice(&dst[..NET_HDR_LEN]);
+        let frame_len = total - NET_HDR_LEN;
+        let hdr = NetHdr::decode(&hdr, frame_len, Direction::Tx, csum_offload)
+            .map_err(|reason| QueueError::BadNetHeader { head, reason })?;
+        Ok((hdr, frame_len))
+    }
+
+    /// RX: writes `hdr` and `frame` into the chain's buffers. Returns the `used.len` to give
+    /// back, or `None` (nothing meaningful written) when they do not fit.
+    pub fn write_rx<P: PoolMem + ?Sized>(
+        &self,
+        pool: &P,
+        hdr: &NetHdr,
+        frame: &[u8],
+    ) -> Option<u32> {
+        let need = NET_HDR_LEN.checked_add(frame.len())?;
+        if need > self.total as usize {
+            return None;
+        }
+        let fits = self.write(pool, 0, &hdr.encode()) == NET_HDR_LEN
+            && self.write(pool, NET_HDR_LEN, frame) == frame.len();
+        fits.then_some(need as u32)
+    }
+}
+
+/// [`DeviceQueue::push_used`] of a head the device does not hold: a bug in the back-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotInFlight {
+    pub head: u16,
+}
+
+impl fmt::Display for NotInFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "push_used of head {}, which the device does not hold",
+            self.head
+        )
+    }
+}
+
+impl core::error::Error for NotInFlight {}
+
+/// The device side of one queue. Its indices live here and are never read back from the page,
+/// so the guest can only lie about its own fields, and every lie is caught by [`pop`](Self::pop).
+pub struct DeviceQueue<M> {
+    mem: M,
+    dir: Direction,
+    pool_len: u32,
+    event_idx: bool,
+    /// Avail entries consumed.
+    last_avail: u16,
+    /// Used entries published.
+    used_idx: u16,
+    /// Heads popped and not yet pushed back, so a head offered twice is caught.
+    in_flight: u128,
+    /// The violation that ended the queue: nothing is taken from it after that.
+    broken: Option<QueueError>,
+}
+
+impl<M: RingMem> DeviceQueue<M> {
+    /// The device side of the ring in `mem`, carrying `dir` frames in a pool of `pool_pages`
+    /// pages, with event-index suppression if negotiated. Writes nothing: the page is the
+    /// front-end's to initialise.
+    pub fn new(
+        mem: M,
+        dir: Direction,
+        pool_pages: u32,
+        event_idx: bool,
+    ) -> Result<DeviceQueue<M>, LayoutError> {
+        Ok(DeviceQueue {
+            mem,
+            dir,
+            pool_len: check_pool_pages(pool_pages)?,
+            event_idx,
+            last_avail: 0,
+            used_idx: 0,
+            in_flight: 0,
+            broken: None,
+        })
+    }
+
+    /// The next chain the guest offers, `None` when there is none. A bad-frame error has
+    /// consumed its chain, which must still be completed (`push_used(head, TX_DROPPED)` or
+    /// `push_used(head, 0)`); a violation ends the queue: it is returned again on every call.
+    pub fn pop(&mut self) -> Result<Option<Chain>, QueueError> {
+        if let Some(e) = self.broken {
+            return Err(e);
+        }
+        let taken = self.take();
+        if let Err(e) = taken {
+            if e.is_violation() {
+                self.broken = Some(e);
+            }
+        }
+        taken
+    }
+
+    fn take(&mut self) -> Result<Option<Chain>, QueueError> {
+        let avail_idx = self.mem.load_u16_acquire(AVAIL_IDX);
+        let pending = avail_idx.wrapping_sub(self.last_avail);
+        if pending == 0 {
+            return Ok(None);
+        }
+        if pending > QUEUE_SIZE {
+            return Err(QueueError::AvailTooFarAhead {
+                avail_idx,
+                last_avail: self.last_avail,
+            });
+        }
+        let head = self.mem.load_u16(avail_slot_offset(self.last_avail));
+        if head >= QUEUE_SIZE {
+            return Err(QueueError::DescIndexOutOfRange { index: head });
+        }
+        if self.in_flight & bit(head) != 0 {
+            return Err(QueueError::HeadInFlight { head });
+        }
+        let mut chain = Chain {
+            head,
+            count: 0,
+            total: 0,
+            segments: [Segment::default(); MAX_CHAIN],
+        };
+        // Every descriptor is read once into `d`; checks and use both look at that copy only.
+        let mut seen = 0u128;
+        let mut total = 0u64;
+        let mut index = head;
+        loop {
+            if index >= QUEUE_SIZE {
+                return Err(QueueError::DescIndexOutOfRange { index });
+            }
+            if seen & bit(index) != 0 {
+                return Err(QueueError::ChainLoop { head, index });
+            }
+            if usize::from(chain.count) == MAX_CHAIN {
+                return Err(QueueError::ChainTooLong { head });
+            }
+            seen |= bit(index);
+            let d = read_desc(&self.mem, index);
+            let segment = self.check(index, d)?;
+            chain.segments[usize::from(chain.count)] = segment;
+            chain.count += 1;
+            total += u64::from(d.len);
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                break;
+            }
+            index = d.next;
+        }
+        // The chain is well formed: consumed and held whatever its length, so a bad frame is
+        // completed like any other.
+        self.last_avail = self.last_avail.wrapping_add(1);
+        self.in_flight |= bit(head);
+        if total == 0 {
+            return Err(QueueError::FrameEmpty { head });
+        }
+        if total < u64::from(MIN_FRAME) {
+            return Err(QueueError::FrameTooShort { head, len: total });
+        }
+        if total > u64::from(MAX_FRAME) {
+            return Err(QueueError::FrameTooLong { head, len: total });
+        }
+        chain.total = total as u32;
+        Ok(Some(chain))
+    }
+
+    /// One descriptor's flags and buffer.
+    fn check(&self, index: u16, d: Desc) -> Result<Segment, QueueError> {
+        if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+            return Err(QueueError::Indirect { index });
+        }
+        if d.flags & !(VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE) != 0 {
+            return Err(QueueError::UnknownDescFlags {
+                index,
+                flags: d.flags,
+            });
+        }
+        let writable = d.flags & VIRTQ_DESC_F_WRITE != 0;
+        if writable != (self.dir == Direction::Rx) {
+            return Err(QueueError::WrongDirection {
+                index,
+                queue: self.dir,
+            });
+        }
+        let pool = u64::from(self.pool_len);
+        if d.addr > pool || u64::from(d.len) > pool - d.addr {
+            return Err(QueueError::OutsidePool {
+                index,
+                addr: d.addr,
+                len: d.len,
+            });
+        }
+        Ok(Segment {
+            offset: d.addr as u32,
+            len: d.len,
+        })
+    }
+
+    /// Gives chain `head` back with `len` (RX: bytes written, 0 for none; TX: [`TX_OK`] or
+    /// [`TX_DROPPED`]): the element first, then used.idx with release, so the guest sees the
+    /// element and the pool data written before it. Refused for a head the device does not
+    /// hold, which would corrupt the guest's accounting.
+    ///
+    /// [`TX_OK`]: super::TX_OK
+    /// [`TX_DROPPED`]: super::TX_DROPPED
+    pub fn push_used(&mut self, head: u16, len: u32) -> Result<(), NotInFlight> {
+        if head >= QUEUE_SIZE || self.in_flight & bit(head) == 0 {
+            return Err(NotInFlight { head });
+        }
+        let at = used_slot_offset(self.used_idx);
+        self.mem.store_u32(at, u32::from(head));
+        self.mem.store_u32(at + 4, len);
+        self.used_idx = self.used_idx.wrapping_add(1);
+        self.mem.store_u16_release(USED_IDX, self.used_idx);
+        self.in_flight &= !bit(head);
+        Ok(())
+    }
+
+    /// After moving used.idx from `old_used` to `new_used` (read [`used_idx`](Self::used_idx)
+    /// before and after a batch): whether to send the guest an event. The full fence orders
+    /// our used.idx store before the used_event load; without it both sides could miss each
+    /// other's latest write and the guest would sleep with work pending.
+    pub fn should_notify_driver(&self, old_used: u16, new_used: u16) -> bool {
+        if old_used == new_used {
+            return false;
+        }
+        if !self.event_idx {
+            return true;
+        }
+        self.mem.fence();
+        vring_need_event(self.mem.load_u16(USED_EVENT), new_used, old_used)
+    }
+
+    /// Before sleeping: asks for an event on the next publish (avail_event = what we consumed),
+    /// then, after a full fence, re-checks avail.idx. True means chains are already waiting:
+    /// pop them instead of sleeping, as their event may have been suppressed.
+    pub fn enable_notify(&self) -> bool {
+        if self.event_idx {
+            self.mem.store_u16(AVAIL_EVENT, self.last_avail);
+            self.mem.fence();
+        }
+        self.mem.load_u16_acquire(AVAIL_IDX) != self.last_avail
+    }
+
+    /// Used entries published so far (free-running).
+    pub const fn used_idx(&self) -> u16 {
+        self.used_idx
+    }
+
+    /// Avail entries consumed so far (free-running).
+    pub const fn last_avail(&self) -> u16 {
+        self.last_avail
+    }
+
+    /// Chains popped and not yet pushed back.
+    pub const fn in_flight(&self) -> u32 {
+        self.in_flight.count_ones()
+    }
+
+    /// Which way the queue carries frames.
+    pub const fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    /// The violation that ended the queue, if any.
+    pub const fn broken(&self) -> Option<QueueError> {
+        self.broken
+    }
+}
