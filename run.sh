@@ -116,7 +116,7 @@ run_tests() {
     cargo clippy --quiet -p shared-abi -p sluice-harness --all-targets -- -D warnings
     cargo clippy --quiet -p hypervisor -p driver-domain --lib --tests -- -D warnings
     cargo clippy --quiet -p hypervisor --target "$HV_TARGET" -- -D warnings
-    cargo clippy --quiet -p vm-runtime -p guest-frontend -p driver-domain --target "$VM_TARGET" -- -D warnings
+    cargo clippy --quiet -p vm-runtime -p vm-net -p guest-frontend -p driver-domain --target "$VM_TARGET" -- -D warnings
     say "== host unit tests"
     cargo test -p shared-abi -p hypervisor -p sluice-harness --lib --bins
     # The driver domain's binary is a VM image; only its library is host code.

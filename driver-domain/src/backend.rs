@@ -1,6 +1,7 @@
 //! One back-end per connected guest: the back-end side of the handshake on the connection's
-//! control page, and what a connection carries. For now that is the ping-pong test service
-//! (`shared_abi::pingpong`); the network back-end will take its place on the same handshake.
+//! control page, and what a connection carries, chosen by the features the front-end asks
+//! for: a network port (`netback`, plugged into the switch of `fabric`) or the ping-pong test
+//! service (`shared_abi::pingpong`).
 //!
 //! Everything the front-end writes is hostile: a section that does not validate is ignored, a ref
 //! that does not map or a port that does not bind closes the connection with a log line, and the
@@ -8,17 +9,41 @@
 
 use core::sync::atomic::Ordering;
 
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+
 use log::{info, warn};
 use shared_abi::handshake::{next_state, Backend, Frontend, Side, State};
 use shared_abi::pingpong::{self, PAYLOAD_WORDS, REPLY, REPLY_WORDS, REQUEST_WORDS, SEQ_WORD};
+use shared_abi::virtq::FEATURE_NET;
 use vm_runtime::control::ControlPage;
 use vm_runtime::{evtchn, grant, println};
 
-/// The data path of a connected front-end.
-struct DataPath {
+use crate::fabric::Fabric;
+use crate::netback::NetPort;
+
+/// The ping-pong test service of a connected front-end.
+struct PingPongPath {
     page: grant::Mapping,
     port: u32,
     last_seq: u64,
+}
+
+/// What a connected front-end's connection carries.
+enum DataPath {
+    PingPong(PingPongPath),
+    // Boxed: a port holds both queues' bookkeeping, ten times a ping-pong path.
+    Net { port: Box<NetPort>, mac: [u8; 6] },
+}
+
+impl DataPath {
+    fn port(&self) -> u32 {
+        match self {
+            DataPath::PingPong(p) => p.port,
+            DataPath::Net { port, .. } => port.port,
+        }
+    }
 }
 
 /// Counters of one connection, printed when it closes.
@@ -36,6 +61,8 @@ pub struct Connection {
     state: State,
     data: Option<DataPath>,
     pub counters: Counters,
+    /// Set when the front-end broke the ring protocol: it stays disconnected.
+    banned: Option<String>,
 }
 
 impl Connection {
@@ -51,23 +78,24 @@ impl Connection {
             state: State::Initialising,
             data: None,
             counters: Counters::default(),
+            banned: None,
         };
         conn.publish(State::Initialising);
         Some(conn)
     }
 
     fn publish(&mut self, state: State) {
-        let connected = state == State::Connected;
+        let (features, mac) = match (&self.data, state) {
+            (Some(DataPath::Net { port, mac }), State::Connected) => (port.features(), *mac),
+            (Some(DataPath::PingPong(_)), State::Connected) => {
+                (pingpong::FEATURE, default_mac(self.frontend))
+            }
+            _ => (0, [0; 6]),
+        };
         let section = Backend {
             state,
-            features: if connected { pingpong::FEATURE } else { 0 },
-            // Locally administered unicast MAC assigned per front-end (the network back-end will
-            // honour a MAC the front-end asks for).
-            mac: if connected {
-                [0x02, 0x51, 0x55, 0x00, 0x00, self.frontend as u8]
-            } else {
-                [0; 6]
-            },
+            features,
+            mac,
         };
         if let Err(e) = self.control.write_backend(&section) {
             warn!(
@@ -93,7 +121,7 @@ impl Connection {
     }
 
     /// Follows the front-end's state until there is nothing more to do now.
-    pub fn step(&mut self) {
+    pub fn step(&mut self, fabric: &mut Fabric) {
         for _ in 0..8 {
             let peer = match self.control.frontend() {
                 Ok(section) => section,
@@ -105,7 +133,7 @@ impl Connection {
                             "front-end {}: invalid control section; closing",
                             self.frontend
                         );
-                        self.teardown();
+                        self.teardown(fabric);
                         self.publish(State::Closing);
                     }
                     return;
@@ -116,26 +144,46 @@ impl Connection {
             };
             match next {
                 State::Connected => {
-                    if let Err(why) = self.attach(&peer) {
+                    if let Some(why) = &self.banned {
+                        warn!("front-end {}: refusing to reconnect ({why})", self.frontend);
+                        self.publish(State::Closing);
+                        return;
+                    }
+                    if let Err(why) = self.attach(&peer, fabric) {
                         warn!("front-end {}: {why}; closing the connection", self.frontend);
                         self.publish(State::Closing);
                         continue;
                     }
                     self.counters.connects += 1;
-                    info!(
-                        "front-end {} connected: page ref {}, data port {}",
-                        self.frontend, peer.tx_ring_ref, peer.data_port
-                    );
+                    match &self.data {
+                        Some(DataPath::Net { mac, .. }) => info!(
+                            "front-end {} connected: MAC {}, rings {}/{}, pool {} pages from ref {}, \
+                             data port {}",
+                            self.frontend,
+                            driver_domain::switch::MacAddr(*mac),
+                            peer.tx_ring_ref,
+                            peer.rx_ring_ref,
+                            peer.pool_count,
+                            peer.pool_first_ref,
+                            peer.data_port
+                        ),
+                        _ => info!(
+                            "front-end {} connected: page ref {}, data port {}",
+                            self.frontend, peer.tx_ring_ref, peer.data_port
+                        ),
+                    }
                 }
-                State::Closing | State::Closed => self.teardown(),
+                State::Closing | State::Closed => self.teardown(fabric),
                 _ => {}
             }
             self.publish(next);
         }
     }
 
-    fn attach(&mut self, peer: &Frontend) -> Result<(), alloc::string::String> {
-        use alloc::format;
+    fn attach(&mut self, peer: &Frontend, fabric: &mut Fabric) -> Result<(), String> {
+        if peer.features & FEATURE_NET != 0 {
+            return self.attach_net(peer, fabric);
+        }
         if peer.features & pingpong::FEATURE == 0 {
             return Err(format!("unsupported features {:#x}", peer.features));
         }
@@ -148,30 +196,106 @@ impl Connection {
                 return Err(format!("cannot bind port {}: {e:?}", peer.data_port));
             }
         };
-        self.data = Some(DataPath {
+        self.data = Some(DataPath::PingPong(PingPongPath {
             page,
             port,
             last_seq: 0,
+        }));
+        Ok(())
+    }
+
+    /// A network port: the MAC the front-end asks for if it is a free unicast address, else
+    /// one we assign; then the rings and pool, then the switch port.
+    fn attach_net(&mut self, peer: &Frontend, fabric: &mut Fabric) -> Result<(), String> {
+        let asked = driver_domain::switch::MacAddr(peer.mac);
+        let mac = if asked.is_valid_source() && !fabric.mac_in_use(peer.mac) {
+            peer.mac
+        } else {
+            default_mac(self.frontend)
+        };
+        let port = NetPort::attach(self.frontend, peer)?;
+        if let Err(why) = fabric.add_guest(self.frontend, mac) {
+            let _ = port.detach();
+            return Err(why);
+        }
+        self.data = Some(DataPath::Net {
+            port: Box::new(port),
+            mac,
         });
         Ok(())
     }
 
-    fn teardown(&mut self) {
-        if let Some(data) = self.data.take() {
-            let _ = evtchn::close(data.port);
-            if let Err(e) = data.page.unmap() {
-                warn!("front-end {}: unmap failed: {e:?}", self.frontend);
+    fn teardown(&mut self, fabric: &mut Fabric) {
+        match self.data.take() {
+            Some(DataPath::PingPong(data)) => {
+                let _ = evtchn::close(data.port);
+                if let Err(e) = data.page.unmap() {
+                    warn!("front-end {}: unmap failed: {e:?}", self.frontend);
+                }
+                println!(
+                    "front-end {} closed: {} requests served, {} bad payload words",
+                    self.frontend, self.counters.requests, self.counters.bad_words
+                );
             }
-            println!(
-                "front-end {} closed: {} requests served, {} bad payload words",
-                self.frontend, self.counters.requests, self.counters.bad_words
-            );
+            Some(DataPath::Net { port, .. }) => {
+                let port = *port;
+                let s = port.stats;
+                fabric.remove_guest(self.frontend);
+                if let Err(why) = port.detach() {
+                    warn!("{why}");
+                }
+                println!(
+                    "front-end {} closed: sent {} frames ({} dropped), received {}, \
+                     {} not delivered (no buffer), events {} sent / {} suppressed",
+                    self.frontend,
+                    s.tx_frames,
+                    s.tx_bad_frames,
+                    s.rx_frames,
+                    s.rx_no_buffer,
+                    s.events_sent,
+                    s.events_suppressed
+                );
+                if let Some(e) = s.last_bad_frame {
+                    println!("front-end {}: last bad frame: {e}", self.frontend);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Cuts the front-end off after a protocol violation: its switch port goes, its rings and
+    /// pool are unmapped, it is told `Closing`, and it may not connect again.
+    pub fn disconnect(&mut self, reason: &str, fabric: &mut Fabric) {
+        if self.data.is_none() {
+            return;
+        }
+        println!(
+            "front-end {}: protocol violation: {reason}; port disconnected",
+            self.frontend
+        );
+        self.banned = Some(format!("protocol violation: {reason}"));
+        self.teardown(fabric);
+        self.publish(State::Closing);
+    }
+
+    /// The network port, if this connection carries one.
+    pub fn net_mut(&mut self) -> Option<&mut NetPort> {
+        match self.data.as_mut() {
+            Some(DataPath::Net { port, .. }) => Some(port),
+            _ => None,
+        }
+    }
+
+    pub fn net(&self) -> Option<&NetPort> {
+        match self.data.as_ref() {
+            Some(DataPath::Net { port, .. }) => Some(port),
+            _ => None,
         }
     }
 
     /// Answers a pending request, if any. Returns true if it did.
     pub fn serve(&mut self) -> bool {
-        let Some(data) = self.data.as_mut() else {
+        let Some(DataPath::PingPong(data)) = self.data.as_mut() else {
             return false;
         };
         if !evtchn::take(data.port) {
@@ -201,6 +325,11 @@ impl Connection {
     }
 
     pub fn data_port(&self) -> Option<u32> {
-        self.data.as_ref().map(|d| d.port)
+        self.data.as_ref().map(DataPath::port)
     }
+}
+
+/// The locally administered unicast MAC we give front-end `id` when it asks for none.
+fn default_mac(id: u16) -> [u8; 6] {
+    [0x02, 0x51, 0x55, 0x00, (id >> 8) as u8, id as u8]
 }

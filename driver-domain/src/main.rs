@@ -1,7 +1,8 @@
 //! driver-domain: the sluice driver domain. It owns the NIC the hypervisor passes through (see
-//! `nic` and `net`: virtio-net over PCI behind the SMMU, with its own address answering ARP,
-//! ping and echo) and serves one back-end per connected guest (see `backend`). It powers off when
-//! every front-end VM has stopped for good and its NIC serving time is over.
+//! `nic`: virtio-net over PCI behind the SMMU), serves one back-end per connected guest (see
+//! `backend` and `netback`), and switches frames between the guests, the NIC and its own IP
+//! endpoint, which answers ARP, ping and echo on the NIC's MAC (see `fabric`). It powers off
+//! when every front-end VM has stopped for good and its NIC serving time is over.
 #![no_std]
 #![no_main]
 
@@ -9,7 +10,8 @@ extern crate alloc;
 
 mod backend;
 mod dma;
-mod net;
+mod fabric;
+mod netback;
 mod nic;
 
 use alloc::format;
@@ -18,10 +20,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use backend::Connection;
-use net::Stack;
+use fabric::Fabric;
 use shared_abi::grant::test_pattern::{MARKER, PEER_WROTE};
 use shared_abi::start_info::setting;
 use smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::ECHO_PORT;
 use vm_runtime::timer;
 use vm_runtime::{evtchn, grant, println, report, setting_u64_or, StartInfo};
 
@@ -49,8 +52,8 @@ fn main(info: &StartInfo<'static>) {
         info.ram_bytes >> 20,
         info.peers.count_ones()
     );
-    let mut stack = info.passthrough.and_then(|rid| start_nic(info, rid));
-    if info.peers == 0 && stack.is_none() {
+    let nic = info.passthrough.and_then(|rid| start_nic(info, rid));
+    if info.peers == 0 && nic.is_none() {
         report::hello(info);
         return;
     }
@@ -65,6 +68,14 @@ fn main(info: &StartInfo<'static>) {
             return;
         }
     };
+    let has_nic = nic.is_some();
+    let mut fabric = Fabric::new(nic.as_ref().map(|n| (n.mac, n.address, n.gateway)));
+    if let Some(nic) = nic {
+        ping_gateway(&mut fabric, nic.gateway);
+        if let Some(rogue) = nic.rogue {
+            rogue.finish();
+        }
+    }
     let serve_until = timer::now() + timer::ms_to_ticks(serve_ms);
     let mut next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
     let mut connections: Vec<Connection> = (1..64u16)
@@ -84,25 +95,35 @@ fn main(info: &StartInfo<'static>) {
         let mut busy = false;
         for conn in &mut connections {
             if evtchn::take(conn.control_port()) || recheck {
-                conn.step();
+                conn.step(&mut fabric);
+            }
+            if let Some(port) = conn.data_port() {
+                evtchn::take(port);
             }
             while conn.serve() {
                 busy = true;
             }
         }
-        if let Some(stack) = stack.as_mut() {
-            busy |= stack.poll();
-            if timer::now() >= next_counters {
-                net::print_counters(info.name, stack);
-                next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
+        let (moved, violations) = fabric.pump(&mut connections);
+        busy |= moved;
+        for violation in violations {
+            if let Some(conn) = connections
+                .iter_mut()
+                .find(|c| c.frontend == violation.guest)
+            {
+                conn.disconnect(&violation.reason, &mut fabric);
             }
         }
+        if has_nic && timer::now() >= next_counters {
+            print_counters(info.name, &fabric);
+            next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
+        }
         recheck = false;
-        let nic_done = stack.is_none() || timer::now() >= serve_until;
+        let nic_done = !has_nic || timer::now() >= serve_until;
         if nic_done && connections.iter().all(Connection::finished) {
             break;
         }
-        if !busy {
+        if !busy && !fabric.arm(&connections) {
             // Sleep until any of our ports or the NIC has news (or a periodic re-check).
             let ports: Vec<u32> = connections
                 .iter()
@@ -110,18 +131,19 @@ fn main(info: &StartInfo<'static>) {
                 .flatten()
                 .collect();
             let mut wait_us = 50_000;
-            if let Some(delay) = stack.as_mut().and_then(Stack::poll_delay_us) {
+            if let Some(delay) = fabric.poll_delay_us() {
                 wait_us = wait_us.min(delay.max(100));
             }
             let deadline = timer::now() + timer::us_to_ticks(wait_us);
             recheck = !timer::wait_until(deadline, || {
                 nic::NEWS.load(Ordering::Acquire) || ports.iter().any(|&p| evtchn::pending(p))
-            }) && stack.is_none();
+            }) && !has_nic;
         }
     }
-    if let Some(stack) = &stack {
-        net::print_counters(info.name, stack);
+    if has_nic {
+        print_counters(info.name, &fabric);
     }
+    fabric.print_counters();
     let served: u64 = connections.iter().map(|c| c.counters.requests).sum();
     let bad: u64 = connections.iter().map(|c| c.counters.bad_words).sum();
     println!(
@@ -131,9 +153,63 @@ fn main(info: &StartInfo<'static>) {
     );
 }
 
-/// Brings the passed-through NIC up with the stack on it and pings the gateway once; None (with
-/// the reason printed) if the NIC cannot be used.
-fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<Stack> {
+/// One line of NIC and local-endpoint counters.
+fn print_counters(name: &str, fabric: &Fabric) {
+    let c = fabric.nic;
+    let services = fabric
+        .local
+        .as_ref()
+        .map(|l| l.counters)
+        .unwrap_or_default();
+    println!(
+        "{name} NIC counters: rx {} frames / {} B, tx {} frames / {} B, tx errors {}, \
+         interrupts {}, udp echoed {}, tcp echoed {} B",
+        c.rx_frames,
+        c.rx_bytes,
+        c.tx_frames,
+        c.tx_bytes,
+        c.tx_errors,
+        nic::INTERRUPTS.load(Ordering::Relaxed),
+        services.udp_echoed,
+        services.tcp_echoed_bytes
+    );
+}
+
+/// Pings the gateway once through the local endpoint and says how it went.
+fn ping_gateway(fabric: &mut Fabric, gateway: Ipv4Address) {
+    let start = timer::now();
+    let deadline = start + timer::ms_to_ticks(2_000);
+    let sent = fabric
+        .local
+        .as_mut()
+        .is_some_and(|l| l.send_ping(gateway, 1).is_ok());
+    while sent && timer::now() < deadline {
+        fabric.pump(&mut []);
+        if let Some(reply) = fabric
+            .local
+            .as_mut()
+            .and_then(|l| l.ping_replies().into_iter().next())
+        {
+            println!("NIC ping gateway {gateway}: reply in {} us", reply.rtt_us);
+            return;
+        }
+        timer::wait_until((timer::now() + timer::ms_to_ticks(2)).min(deadline), || {
+            nic::NEWS.load(Ordering::Acquire)
+        });
+    }
+    println!("NIC ping gateway {gateway}: no reply within 2 s");
+}
+
+/// The NIC, up, and how the local endpoint uses it.
+struct NicUp {
+    mac: [u8; 6],
+    address: IpCidr,
+    gateway: Ipv4Address,
+    rogue: Option<RogueDma>,
+}
+
+/// Brings the passed-through NIC up; None (with the reason printed) if it cannot be used.
+fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<NicUp> {
     let address: IpCidr = setting(info.settings, "ip")
         .unwrap_or("10.0.2.15/24")
         .parse()
@@ -159,28 +235,18 @@ fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<Stack> {
             return None;
         }
     };
-    let mac = nic.mac;
     println!(
-        "NIC {} link up: virtio-net, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, IP {address}, \
-         gateway {gateway}, echo on udp/tcp port {}",
+        "NIC {} link up: virtio-net, MAC {}, IP {address}, gateway {gateway}, echo on udp/tcp \
+         port {ECHO_PORT}",
         nic.function,
-        mac[0],
-        mac[1],
-        mac[2],
-        mac[3],
-        mac[4],
-        mac[5],
-        net::ECHO_PORT
+        driver_domain::switch::MacAddr(nic.mac),
     );
-    let mut stack = Stack::new(mac, address, gateway);
-    match stack.ping_gateway(1, 2_000) {
-        Some(us) => println!("NIC ping gateway {gateway}: reply in {us} us"),
-        None => println!("NIC ping gateway {gateway}: no reply within 2 s"),
-    }
-    if let Some(rogue) = rogue {
-        rogue.finish();
-    }
-    Some(stack)
+    Some(NicUp {
+        mac: nic.mac,
+        address,
+        gateway,
+        rogue,
+    })
 }
 
 /// The DMA attack (setting `attack = "dma"`, `victim = <vm id>`): the victim (app `granter`)

@@ -1,5 +1,6 @@
-//! The driver domain's learning L2 switch: one uplink port (the real NIC) and one port per
-//! connected guest, like the VFs of an SR-IOV NIC but in software.
+//! The driver domain's learning L2 switch: one uplink port (the real NIC), one local port (the
+//! driver domain's own IP stack) and one port per connected guest, like the VFs of an SR-IOV NIC
+//! but in software.
 //!
 //! This module only decides; the caller moves bytes. For every frame the back-end or the NIC
 //! hands in, [`Switch::forward`] looks at the 14-byte Ethernet header and nothing else, and answers
@@ -33,8 +34,8 @@ pub const ETH_HEADER_LEN: usize = 14;
 /// 64-bit peers bitmap of start-info, which also lets [`PortSet`] be a plain bitmap.
 pub const MAX_GUEST_ID: u16 = 63;
 
-/// Number of port slots: every guest id plus the uplink.
-const SLOTS: usize = MAX_GUEST_ID as usize + 2;
+/// Number of port slots: every guest id plus the uplink and the local port.
+const SLOTS: usize = MAX_GUEST_ID as usize + 3;
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +76,8 @@ impl fmt::Display for MacAddr {
 pub enum PortId {
     /// The real NIC.
     Uplink,
+    /// The driver domain's own IP stack, which shares the NIC's MAC.
+    Local,
     /// The back-end of front-end VM `id` (at most [`MAX_GUEST_ID`]).
     Guest(u16),
 }
@@ -84,7 +87,8 @@ impl PortId {
     fn slot(self) -> Option<usize> {
         match self {
             PortId::Uplink => Some(0),
-            PortId::Guest(id) if id <= MAX_GUEST_ID => Some(id as usize + 1),
+            PortId::Local => Some(1),
+            PortId::Guest(id) if id <= MAX_GUEST_ID => Some(id as usize + 2),
             PortId::Guest(_) => None,
         }
     }
@@ -92,7 +96,8 @@ impl PortId {
     fn from_slot(slot: usize) -> PortId {
         match slot {
             0 => PortId::Uplink,
-            n => PortId::Guest((n - 1) as u16),
+            1 => PortId::Local,
+            n => PortId::Guest((n - 2) as u16),
         }
     }
 }
@@ -101,6 +106,7 @@ impl fmt::Display for PortId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PortId::Uplink => f.write_str("uplink"),
+            PortId::Local => f.write_str("local"),
             PortId::Guest(id) => write!(f, "guest {id}"),
         }
     }
@@ -384,6 +390,15 @@ impl Switch {
         self.add(PortId::Uplink, None)
     }
 
+    /// Adds the local port: the driver domain's own stack, which may only send from `owner`
+    /// (the NIC's MAC, so the outside sees one station).
+    pub fn add_local(&mut self, owner: MacAddr) -> Result<PortId, PortError> {
+        if !owner.is_valid_source() {
+            return Err(PortError::BadOwnerMac);
+        }
+        self.add(PortId::Local, Some(owner))
+    }
+
     /// Adds the port of front-end VM `id`, which may only send from `owner`.
     ///
     /// A MAC learned on the uplink before is taken over: the back-end assigned it, so the guest's
@@ -649,6 +664,7 @@ impl fmt::Display for PortSummary<'_> {
         let d = &c.drops;
         match self.id {
             PortId::Uplink => write!(f, "{:<8}", "uplink")?,
+            PortId::Local => write!(f, "{:<8}", "local")?,
             PortId::Guest(id) => write!(f, "guest {id:<2}")?,
         }
         match self.port.owner {
@@ -752,6 +768,37 @@ mod tests {
         assert!(!MacAddr::ZERO.is_valid_source());
         assert!(!MCAST.is_valid_source());
         assert_eq!(guest_mac(10).to_string(), "02:51:55:00:00:0a");
+    }
+
+    #[test]
+    fn the_local_port_owns_the_nic_mac_against_guests_and_the_outside() {
+        let mut sw = switch();
+        let nic = ext_mac(1);
+        assert_eq!(sw.add_local(nic), Ok(PortId::Local));
+        assert_eq!(sw.add_local(nic), Err(PortError::Exists));
+        assert_eq!(
+            sw.add_guest(9, nic),
+            Err(PortError::OwnerMacInUse),
+            "a guest cannot take the driver domain's MAC"
+        );
+        // The outside reaches the local stack by its MAC; the local stack floods its ARP.
+        let from_host = frame(nic, ext_mac(2), 60);
+        assert_eq!(sw.forward(UP, &from_host, 0), Forward::One(PortId::Local));
+        let arp = frame(MacAddr::BROADCAST, nic, 60);
+        assert_eq!(
+            sw.forward(PortId::Local, &arp, 0),
+            Forward::Flood(set(&[UP, G1, G2, G3]))
+        );
+        // A guest sending as the driver domain is spoofing, and so is the outside.
+        assert_eq!(
+            sw.forward(G1, &frame(ext_mac(2), nic, 60), 0),
+            Forward::Drop(DropReason::Spoofed)
+        );
+        assert_eq!(
+            sw.forward(UP, &frame(guest_mac(1), nic, 60), 0),
+            Forward::Drop(DropReason::Spoofed)
+        );
+        assert_eq!(PortId::Local.to_string(), "local");
     }
 
     #[test]
@@ -1249,6 +1296,7 @@ mod tests {
         for &p in &all {
             match p {
                 PortId::Uplink => sw.add_uplink().unwrap(),
+                PortId::Local => sw.add_local(ext_mac(200)).unwrap(),
                 PortId::Guest(id) => sw.add_guest(id, guest_mac(id as u8)).unwrap(),
             };
         }
@@ -1270,6 +1318,7 @@ mod tests {
                     generation = generation.wrapping_add(1);
                     match p {
                         PortId::Uplink => sw.add_uplink().unwrap(),
+                        PortId::Local => sw.add_local(ext_mac(200)).unwrap(),
                         PortId::Guest(id) => sw
                             .add_guest(id, MacAddr([0x02, 0x51, 0x55, 0x01, generation, id as u8]))
                             .unwrap(),

@@ -1,5 +1,6 @@
-//! guest-frontend: the sluice unikernel guest. For now it runs one diagnostic app, chosen by the
-//! start-info setting `app` (default `hello`), and powers off when the app returns.
+//! guest-frontend: the sluice unikernel guest. It runs one app, chosen by the start-info setting
+//! `app` (default `hello`): the network guest `net` (para-virtual front-end, smoltcp, ping and
+//! echo; see `netfront`) or a diagnostic one, and powers off when the app returns.
 #![no_std]
 #![no_main]
 
@@ -7,6 +8,7 @@ extern crate alloc;
 
 mod apps;
 mod link;
+mod netfront;
 
 use vm_runtime::{println, setting, StartInfo};
 
@@ -19,6 +21,7 @@ fn main(info: &StartInfo<'static>) {
         "granter" => apps::granter::run(info),
         "hello" => apps::hello::run(info),
         "hostile" => apps::hostile::run(info),
+        "net" => apps::net::run(info),
         "pingpong" => apps::pingpong::run(info),
         "probe" => apps::probe::run(info),
         "reset" => apps::reset::run(info),

@@ -19,6 +19,7 @@ use spin::{Mutex, Once};
 
 use crate::hypercall::{hvc, result};
 use crate::page::{Page, PAGE_WORDS};
+use crate::shared::SharedMem;
 
 /// This VM's registered grant table.
 struct Table {
@@ -29,10 +30,12 @@ struct Table {
 
 static TABLE: Once<Mutex<Table>> = Once::new();
 
-/// Pages of the grant window handed out to mappings (a bump pointer plus returned pages).
+/// Pages of the grant window handed out to mappings: a bump pointer plus returned runs, reused
+/// first-fit (a back-end maps a guest's buffer pool as one contiguous run).
 struct Window {
     next_page: u64,
-    free: Vec<u64>,
+    /// Returned runs: (first page index, pages).
+    free: Vec<(u64, u64)>,
 }
 
 static WINDOW: Mutex<Window> = Mutex::new(Window {
@@ -91,6 +94,42 @@ pub fn grant(peer: u16, page_gpa: u64, readonly: bool) -> Result<u32, Status> {
     Err(Status::NoSpace)
 }
 
+/// Grants `peer` read-write access to `pages` pages starting at `first_gpa` under consecutive
+/// refs (a buffer pool is named by its first ref and a count); returns the first ref. All or
+/// nothing: `NoSpace` if no run of that many free refs exists.
+pub fn grant_run(peer: u16, first_gpa: u64, pages: u32) -> Result<u32, Status> {
+    if !first_gpa.is_multiple_of(PAGE_SIZE) || pages == 0 {
+        return Err(Status::InvalidArgument);
+    }
+    let table = TABLE.get().ok_or(Status::InvalidArgument)?;
+    let table = table.lock();
+    let refs = table.entries.len() as u32 * ENTRIES_PER_PAGE;
+    let free = |gref: u32| entry(&table, gref).is_some_and(|e| e.load(Ordering::Acquire) == 0);
+    // Ref 0 is never handed out. The table lock keeps other granters of this VM out; entries
+    // are only ever set by us, so a free run stays free until we fill it.
+    let mut first = 1;
+    while first + pages <= refs {
+        match (first..first + pages).find(|&r| !free(r)) {
+            Some(busy) => first = busy + 1,
+            None => {
+                for i in 0..pages {
+                    let value = GrantEntry {
+                        flags: PERMIT,
+                        peer,
+                        frame: (first_gpa / PAGE_SIZE) as u32 + i,
+                    }
+                    .to_u64();
+                    if let Some(slot) = entry(&table, first + i) {
+                        slot.store(value, Ordering::Release);
+                    }
+                }
+                return Ok(first);
+            }
+        }
+    }
+    Err(Status::NoSpace)
+}
+
 /// Revokes `gref` (GRANT_END): `Busy` while the peer still maps it. On success the entry is
 /// free for reuse.
 pub fn end(gref: u32) -> Result<(), Status> {
@@ -119,26 +158,36 @@ pub struct Mapping {
     readonly: bool,
 }
 
-fn take_window_page() -> Result<u64, Status> {
+/// `pages` contiguous pages of the grant window; returns the GPA of the first.
+fn take_window_run(pages: u64) -> Result<u64, Status> {
     let mut window = WINDOW.lock();
-    if let Some(gpa) = window.free.pop() {
-        return Ok(gpa);
+    if let Some(i) = window.free.iter().position(|&(_, n)| n >= pages) {
+        let (first, n) = window.free[i];
+        if n == pages {
+            window.free.swap_remove(i);
+        } else {
+            window.free[i] = (first + pages, n - pages);
+        }
+        return Ok(GRANT_WINDOW_BASE + first * PAGE_SIZE);
     }
-    if window.next_page >= GRANT_WINDOW_SIZE / PAGE_SIZE {
+    if pages > GRANT_WINDOW_SIZE / PAGE_SIZE - window.next_page {
         return Err(Status::NoSpace);
     }
-    let gpa = GRANT_WINDOW_BASE + window.next_page * PAGE_SIZE;
-    window.next_page += 1;
-    Ok(gpa)
+    let first = window.next_page;
+    window.next_page += pages;
+    Ok(GRANT_WINDOW_BASE + first * PAGE_SIZE)
 }
 
-fn return_window_page(gpa: u64) {
-    WINDOW.lock().free.push(gpa);
+fn return_window_run(gpa: u64, pages: u64) {
+    WINDOW
+        .lock()
+        .free
+        .push(((gpa - GRANT_WINDOW_BASE) / PAGE_SIZE, pages));
 }
 
 /// Maps `granter`'s ref `gref` into this VM (GRANT_MAP with one op).
 pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
-    let dest = take_window_page()?;
+    let dest = take_window_run(1)?;
     let mut op = [MapOp {
         granter,
         flags: if readonly { MAP_READONLY } else { 0 },
@@ -153,7 +202,59 @@ pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
             readonly,
         }),
         Err(e) => {
-            return_window_page(dest);
+            return_window_run(dest, 1);
+            Err(e)
+        }
+    }
+}
+
+/// Maps `granter`'s refs `first_ref..first_ref + pages` read-write as one contiguous run of
+/// our grant window (GRANT_MAP in batches). All or nothing: on any failure the pages mapped so
+/// far are unmapped again and the first failing status is returned.
+pub fn map_run(granter: u16, first_ref: u32, pages: u32) -> Result<MappedRun, Status> {
+    if pages == 0 || first_ref.checked_add(pages).is_none() {
+        return Err(Status::InvalidArgument);
+    }
+    let base = take_window_run(u64::from(pages))?;
+    let mut mapped: Vec<u64> = Vec::new();
+    let mut failure = None;
+    let mut next = 0u32;
+    while next < pages && failure.is_none() {
+        let count = (pages - next).min(MAX_BATCH as u32);
+        let mut ops: Vec<MapOp> = (next..next + count)
+            .map(|i| MapOp {
+                granter,
+                flags: 0,
+                gref: first_ref + i,
+                dest_gpa: base + u64::from(i) * PAGE_SIZE,
+                status: 0,
+            })
+            .collect();
+        match map_raw(&mut ops) {
+            Err(e) => failure = Some(e),
+            Ok(()) => {
+                for op in &ops {
+                    match op_status(op.status) {
+                        Ok(()) => mapped.push(op.dest_gpa),
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        next += count;
+    }
+    match failure {
+        None => Ok(MappedRun { gpa: base, pages }),
+        Some(e) => {
+            for gpa in mapped {
+                let _ = unmap_raw(&mut [UnmapOp {
+                    dest_gpa: gpa,
+                    status: 0,
+                }]);
+            }
+            return_window_run(base, u64::from(pages));
             Err(e)
         }
     }
@@ -216,6 +317,14 @@ impl Mapping {
         unsafe { core::slice::from_raw_parts(self.gpa as *const AtomicU64, PAGE_WORDS) }
     }
 
+    /// The page as shared memory for ring access. Stores through a read-only mapping kill
+    /// this VM, as with [`Mapping::words`].
+    pub fn memory(&self) -> SharedMem {
+        // SAFETY: as in `words`: one whole frame mapped at `gpa` until `unmap` consumes
+        // `self`; users hold the `SharedMem` only while they hold the mapping.
+        unsafe { SharedMem::new(self.gpa, 1) }
+    }
+
     /// Unmaps the page (GRANT_UNMAP; the hypervisor invalidates the TLB entries for it).
     pub fn unmap(self) -> Result<(), Status> {
         let mut op = [UnmapOp {
@@ -224,7 +333,60 @@ impl Mapping {
         }];
         unmap_raw(&mut op)?;
         op_status(op[0].status)?;
-        return_window_page(self.gpa);
+        return_window_run(self.gpa, 1);
         Ok(())
+    }
+}
+
+/// A peer's pages mapped read-write as one contiguous run of our grant window ([`map_run`]).
+/// Dropping it without [`MappedRun::unmap`] leaves the pages mapped until the VM ends.
+#[derive(Debug)]
+pub struct MappedRun {
+    gpa: u64,
+    pages: u32,
+}
+
+impl MappedRun {
+    /// The run as shared memory for ring and buffer access.
+    pub fn memory(&self) -> SharedMem {
+        // SAFETY: the hypervisor mapped `pages` whole frames read-write at `gpa` (page aligned,
+        // in the grant window, which the boot map covers as Normal memory) and keeps them
+        // mapped until `unmap`, which consumes `self`; users hold the `SharedMem` only while
+        // they hold the run (the back-end drops both together).
+        unsafe { SharedMem::new(self.gpa, self.pages as usize) }
+    }
+
+    pub fn pages(&self) -> u32 {
+        self.pages
+    }
+
+    /// Unmaps every page (GRANT_UNMAP in batches) and gives the window back. Returns the first
+    /// failure, after trying every page.
+    pub fn unmap(self) -> Result<(), Status> {
+        let mut first_error = None;
+        let mut page = 0;
+        while page < self.pages {
+            let count = (self.pages - page).min(MAX_BATCH as u32);
+            let mut ops: Vec<UnmapOp> = (page..page + count)
+                .map(|i| UnmapOp {
+                    dest_gpa: self.gpa + u64::from(i) * PAGE_SIZE,
+                    status: 0,
+                })
+                .collect();
+            let outcome = unmap_raw(&mut ops).and_then(|()| {
+                ops.iter()
+                    .map(|op| op_status(op.status))
+                    .find(Result::is_err)
+                    .unwrap_or(Ok(()))
+            });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
+            }
+            page += count;
+        }
+        if self.pages > 0 {
+            return_window_run(self.gpa, u64::from(self.pages));
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }

@@ -8,8 +8,8 @@
 //! first byte at EL1h with the MMU off and x0 = GPA of the start-info page (the last page of RAM);
 //! only RAM is mapped; the GIC is the ICC_*_EL1 CPU interface; the console is a hypercall.
 //!
-//! Unsafe code is confined to `boot`, `vectors`, `cpu`, `gic`, `hypercall`, `heap` and the one
-//! foreign-page view in `grant`.
+//! Unsafe code is confined to `boot`, `vectors`, `cpu`, `gic`, `hypercall`, `heap`, the shared-memory
+//! views of `shared`, and the one foreign-page view in `grant`.
 #![no_std]
 
 extern crate alloc;
@@ -29,6 +29,7 @@ mod panic;
 pub mod psci;
 pub mod report;
 mod rt;
+pub mod shared;
 pub mod smp;
 pub mod timer;
 mod vectors;

@@ -6,6 +6,7 @@ pub mod attack;
 pub mod granter;
 pub mod hello;
 pub mod hostile;
+pub mod net;
 pub mod pingpong;
 pub mod probe;
 pub mod reset;

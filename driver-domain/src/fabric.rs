@@ -1,0 +1,335 @@
+//! The driver domain's data plane: the learning switch (`switch`, host-tested) wired to its
+//! ports — the NIC (uplink), the driver domain's own IP endpoint (local port, `vm_net`), and
+//! one back-end per connected guest (`netback`).
+//!
+//! One call to [`Fabric::pump`] is one round of the main loop: take what each port has to send
+//! (bounded per port, so one busy guest cannot starve the others or the NIC), ask the switch
+//! where each frame goes, copy it there, and then send each guest at most one event. Nothing
+//! is queued inside the driver domain except the local endpoint's few frames: a destination
+//! with no free buffer drops the frame (counted), as a switch with a full egress queue would.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use driver_domain::switch::{Config, Forward, MacAddr, PortId, Switch};
+use shared_abi::virtq::NET_HDR_LEN;
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::time::Instant as NetInstant;
+use smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::{Buffers, Stack};
+use vm_runtime::{println, timer};
+
+use crate::backend::Connection;
+use crate::netback::{DeliverError, TxItem, MAX_TX_FRAME};
+use crate::nic::{self, with_nic};
+
+/// Frames taken from one port per round.
+const FRAMES_PER_PORT_PER_ROUND: usize = 32;
+/// Frames the local endpoint may have waiting in each direction.
+const LOCAL_QUEUE_FRAMES: usize = 64;
+
+/// The local endpoint's device: two small queues the fabric fills and drains.
+#[derive(Default)]
+pub struct LocalPort {
+    to_stack: VecDeque<Vec<u8>>,
+    from_stack: VecDeque<Vec<u8>>,
+}
+
+pub struct LocalRx(Vec<u8>);
+pub struct LocalTx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl RxToken for LocalRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for LocalTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let result = f(&mut frame);
+        self.0.push_back(frame);
+        result
+    }
+}
+
+impl Device for LocalPort {
+    type RxToken<'a> = LocalRx;
+    type TxToken<'a> = LocalTx<'a>;
+
+    fn receive(&mut self, _now: NetInstant) -> Option<(LocalRx, LocalTx<'_>)> {
+        let frame = self.to_stack.pop_front()?;
+        Some((LocalRx(frame), LocalTx(&mut self.from_stack)))
+    }
+
+    fn transmit(&mut self, _now: NetInstant) -> Option<LocalTx<'_>> {
+        (self.from_stack.len() < LOCAL_QUEUE_FRAMES).then_some(LocalTx(&mut self.from_stack))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MAX_TX_FRAME;
+        caps.max_burst_size = Some(LOCAL_QUEUE_FRAMES / 2);
+        caps
+    }
+}
+
+/// A guest whose port broke the protocol: the caller disconnects it.
+pub struct Violation {
+    pub guest: u16,
+    pub reason: String,
+}
+
+pub struct Fabric {
+    switch: Switch,
+    /// The driver domain's own endpoint (with a NIC only: it shares the NIC's MAC).
+    pub local: Option<Stack<LocalPort>>,
+    has_uplink: bool,
+    /// The frame being moved: read once from its source, then copied to each destination.
+    frame: Vec<u8>,
+    pub nic: NicCounters,
+}
+
+/// What went through the NIC, for the counters line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NicCounters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames for the NIC dropped because its TX queue was full.
+    pub tx_errors: u64,
+}
+
+fn now_ms() -> u64 {
+    timer::ticks_to_ms(timer::now())
+}
+
+impl Fabric {
+    /// A fabric with the NIC as uplink and the local endpoint on it when there is a NIC.
+    pub fn new(nic: Option<([u8; 6], IpCidr, Ipv4Address)>) -> Fabric {
+        let mut switch = Switch::new(Config::default());
+        let mut local = None;
+        if let Some((mac, address, gateway)) = nic {
+            let _ = switch.add_uplink();
+            if switch.add_local(MacAddr(mac)).is_ok() {
+                local = Some(Stack::new(
+                    LocalPort::default(),
+                    mac,
+                    address,
+                    gateway,
+                    Buffers::default(),
+                ));
+            }
+        }
+        Fabric {
+            switch,
+            local,
+            has_uplink: nic.is_some(),
+            frame: vec![0; NET_HDR_LEN + MAX_TX_FRAME],
+            nic: NicCounters::default(),
+        }
+    }
+
+    /// Connects guest `id`'s port, which may send only from `mac`.
+    pub fn add_guest(&mut self, id: u16, mac: [u8; 6]) -> Result<(), String> {
+        self.switch
+            .add_guest(id, MacAddr(mac))
+            .map(|_| ())
+            .map_err(|e| format!("switch port for front-end {id}: {e}"))
+    }
+
+    /// Disconnects guest `id`'s port, printing its last counters.
+    pub fn remove_guest(&mut self, id: u16) {
+        if let Some(line) = self.switch.port_summary(PortId::Guest(id)) {
+            println!("switch port closed: {line}");
+        }
+        self.switch.remove_port(PortId::Guest(id));
+    }
+
+    /// Whether MAC `mac` is taken by a port already.
+    pub fn mac_in_use(&self, mac: [u8; 6]) -> bool {
+        let mac = MacAddr(mac);
+        self.switch
+            .ports()
+            .into_iter()
+            .any(|p| self.switch.owner(p) == Some(mac))
+    }
+
+    /// One round: moves what every port has to send. Returns whether any frame moved and the
+    /// guests that broke the protocol (to disconnect outside this loop).
+    pub fn pump(&mut self, connections: &mut [Connection]) -> (bool, Vec<Violation>) {
+        let mut moved = false;
+        let mut violations = Vec::new();
+
+        // The NIC: frames from the outside.
+        if self.has_uplink {
+            nic::NEWS.store(false, core::sync::atomic::Ordering::Release);
+            for _ in 0..FRAMES_PER_PORT_PER_ROUND {
+                let Some(buffer) = with_nic(|nic| nic.receive().ok()).flatten() else {
+                    break;
+                };
+                let len = buffer.packet_len().min(self.frame.len());
+                self.frame[..len].copy_from_slice(&buffer.packet()[..len]);
+                let _ = with_nic(|nic| nic.recycle_rx_buffer(buffer));
+                self.nic.rx_frames += 1;
+                self.nic.rx_bytes += len as u64;
+                self.dispatch(PortId::Uplink, 0..len, connections, &mut violations);
+                moved = true;
+            }
+        }
+
+        // The local endpoint: run its stack, then switch what it sent.
+        if let Some(local) = self.local.as_mut() {
+            local.poll();
+        }
+        for _ in 0..FRAMES_PER_PORT_PER_ROUND {
+            let Some(frame) = self
+                .local
+                .as_mut()
+                .and_then(|l| l.device.from_stack.pop_front())
+            else {
+                break;
+            };
+            let len = frame.len().min(self.frame.len());
+            self.frame[..len].copy_from_slice(&frame[..len]);
+            self.dispatch(PortId::Local, 0..len, connections, &mut violations);
+            moved = true;
+        }
+
+        // The guests.
+        for i in 0..connections.len() {
+            let guest = connections[i].frontend;
+            for _ in 0..FRAMES_PER_PORT_PER_ROUND {
+                let Some(port) = connections[i].net_mut() else {
+                    break;
+                };
+                match port.take_tx(&mut self.frame) {
+                    Ok(TxItem::Frame { head, len }) => {
+                        let range = NET_HDR_LEN..NET_HDR_LEN + len;
+                        let forwarded = self.dispatch(
+                            PortId::Guest(guest),
+                            range,
+                            connections,
+                            &mut violations,
+                        );
+                        if let Some(port) = connections[i].net_mut() {
+                            port.complete_tx(head, forwarded);
+                        }
+                        moved = true;
+                    }
+                    Ok(TxItem::Dropped) => moved = true,
+                    Ok(TxItem::Empty) => break,
+                    Err(e) => {
+                        violations.push(Violation {
+                            guest,
+                            reason: format!("TX ring: {e}"),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+
+        for conn in connections.iter_mut() {
+            if let Some(port) = conn.net_mut() {
+                port.flush_events();
+            }
+        }
+        (moved, violations)
+    }
+
+    /// Sends `self.frame[range]`, received on `ingress`, where the switch says. Returns
+    /// whether the switch forwarded it (false: dropped, e.g. spoofed).
+    fn dispatch(
+        &mut self,
+        ingress: PortId,
+        range: core::ops::Range<usize>,
+        connections: &mut [Connection],
+        violations: &mut Vec<Violation>,
+    ) -> bool {
+        let frame = &self.frame[range];
+        let decision = self.switch.forward(ingress, frame, now_ms());
+        if let Forward::Drop(_) = decision {
+            return false;
+        }
+        for port in decision.destinations() {
+            if !self.switch.try_reserve(port, frame.len()) {
+                continue;
+            }
+            match port {
+                PortId::Uplink => {
+                    let sent = with_nic(|nic| {
+                        if !nic.can_send() {
+                            return false;
+                        }
+                        let mut buffer = nic.new_tx_buffer(frame.len());
+                        buffer.packet_mut().copy_from_slice(frame);
+                        nic.send(buffer).is_ok()
+                    });
+                    if sent == Some(true) {
+                        self.nic.tx_frames += 1;
+                        self.nic.tx_bytes += frame.len() as u64;
+                    } else {
+                        self.nic.tx_errors += 1;
+                    }
+                }
+                PortId::Local => {
+                    if let Some(local) = self.local.as_mut() {
+                        if local.device.to_stack.len() < LOCAL_QUEUE_FRAMES {
+                            local.device.to_stack.push_back(frame.to_vec());
+                        }
+                    }
+                }
+                PortId::Guest(id) => {
+                    let Some(target) = connections
+                        .iter_mut()
+                        .find(|c| c.frontend == id)
+                        .and_then(Connection::net_mut)
+                    else {
+                        continue;
+                    };
+                    if let Err(DeliverError::Violation(e)) = target.deliver(frame) {
+                        violations.push(Violation {
+                            guest: id,
+                            reason: format!("RX ring: {e}"),
+                        });
+                    }
+                }
+            }
+            // Nothing waits inside the driver domain: the copy is done, the room is free.
+            self.switch.release(port, frame.len());
+        }
+        true
+    }
+
+    /// Before sleeping: re-arms every guest's TX event; true if one already has frames (then
+    /// do not sleep).
+    pub fn arm(&self, connections: &[Connection]) -> bool {
+        let mut waiting = false;
+        for conn in connections {
+            if let Some(port) = conn.net() {
+                waiting |= port.arm();
+            }
+        }
+        waiting
+    }
+
+    /// When the local endpoint next needs to run, in microseconds.
+    pub fn poll_delay_us(&mut self) -> Option<u64> {
+        let local = self.local.as_mut()?;
+        if !local.device.to_stack.is_empty() {
+            return Some(0);
+        }
+        local.poll_delay_us()
+    }
+
+    /// The switch's counters table.
+    pub fn print_counters(&self) {
+        println!("{}", self.switch);
+    }
+}

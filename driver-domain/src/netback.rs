@@ -1,0 +1,296 @@
+//! The network back-end of one connected guest: its two rings and its buffer pool, mapped once
+//! at connect time from the refs the handshake names, and the device side of both queues
+//! (`shared_abi::virtq::DeviceQueue`), which validates everything the guest wrote.
+//!
+//! The port moves frames only when asked by the switch loop (`fabric`): [`NetPort::take_tx`]
+//! reads the next frame the guest sends into the caller's buffer (once: the caller forwards that
+//! copy, never the pool), and [`NetPort::deliver`] writes a frame into the next receive buffer
+//! the guest offered. Events go out at most once per loop round, and only when the guest asked
+//! for one (event index), in [`NetPort::flush_events`].
+
+use alloc::format;
+use alloc::string::String;
+
+use shared_abi::handshake::Frontend;
+use shared_abi::virtq::{
+    DeviceQueue, Direction, NetFeatures, NetHdr, QueueError, RingLayout, FEATURE_EVENT_IDX,
+    NET_HDR_LEN, TX_DROPPED, TX_OK,
+};
+use vm_runtime::grant::{self, MappedRun, Mapping};
+use vm_runtime::shared::SharedMem;
+use vm_runtime::{evtchn, timer};
+
+/// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest.
+pub const MAX_POOL_PAGES: u32 = 256;
+/// Largest frame we accept from a guest (header excluded): standard Ethernet without FCS.
+pub const MAX_TX_FRAME: usize = 1514;
+/// Most events we send one guest per second; beyond that, events wait for the next second's
+/// budget (the guest sees its rings anyway when it polls).
+const EVENTS_PER_SECOND: u32 = 20_000;
+
+/// What a guest's port did, for the counters line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortStats {
+    pub tx_frames: u64,
+    pub tx_bad_frames: u64,
+    pub rx_frames: u64,
+    pub rx_no_buffer: u64,
+    pub events_sent: u64,
+    pub events_suppressed: u64,
+    /// Why the last bad frame was dropped.
+    pub last_bad_frame: Option<QueueError>,
+}
+
+/// Why a frame could not be delivered to a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliverError {
+    /// The guest offered no receive buffer (it is not draining its ring).
+    NoBuffer,
+    /// The offered buffer is too small for the frame: the buffer is given back empty.
+    TooSmall,
+    /// The guest broke the protocol on its receive ring.
+    Violation(QueueError),
+}
+
+/// The next thing a guest's TX ring holds.
+pub enum TxItem {
+    /// A frame of `len` bytes in the caller's buffer (after the net header); its chain `head`
+    /// waits for [`NetPort::complete_tx`].
+    Frame {
+        head: u16,
+        len: usize,
+    },
+    /// A bad frame, already completed with `TX_DROPPED`.
+    Dropped,
+    Empty,
+}
+
+pub struct NetPort {
+    guest: u16,
+    tx_ring: Mapping,
+    rx_ring: Mapping,
+    pool_run: MappedRun,
+    pool: SharedMem,
+    tx: DeviceQueue<SharedMem>,
+    rx: DeviceQueue<SharedMem>,
+    features: NetFeatures,
+    pub port: u32,
+    /// used.idx of each queue at the last flush, to decide about events.
+    tx_used_flushed: u16,
+    rx_used_flushed: u16,
+    events_this_second: u32,
+    second_started: u64,
+    pub stats: PortStats,
+}
+
+/// Features we offer: the net ring protocol with event-index suppression. (Checksum offload is
+/// not offered: frames go out of the machine through the NIC, which needs real checksums.)
+pub const OFFERED_FEATURES: u64 = shared_abi::virtq::FEATURE_NET | FEATURE_EVENT_IDX;
+
+impl NetPort {
+    /// Maps what `section` names and binds its data port. On error nothing stays mapped or
+    /// bound and the reason says what the guest got wrong.
+    pub fn attach(guest: u16, section: &Frontend) -> Result<NetPort, String> {
+        let layout = RingLayout::from_frontend(section).map_err(|e| format!("ring layout: {e}"))?;
+        if layout.pool_pages > MAX_POOL_PAGES {
+            return Err(format!(
+                "pool of {} pages is more than the {MAX_POOL_PAGES} a guest may have mapped",
+                layout.pool_pages
+            ));
+        }
+        let features = NetFeatures::from_bits(section.features & OFFERED_FEATURES)
+            .ok_or_else(|| format!("unsupported features {:#x}", section.features))?;
+        let tx_ring = grant::map(guest, layout.tx_ring_ref, false)
+            .map_err(|e| format!("cannot map TX ring ref {}: {e:?}", layout.tx_ring_ref))?;
+        let rx_ring = match grant::map(guest, layout.rx_ring_ref, false) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx_ring.unmap();
+                return Err(format!(
+                    "cannot map RX ring ref {}: {e:?}",
+                    layout.rx_ring_ref
+                ));
+            }
+        };
+        let pool_run = match grant::map_run(guest, layout.pool_first_ref, layout.pool_pages) {
+            Ok(run) => run,
+            Err(e) => {
+                let _ = tx_ring.unmap();
+                let _ = rx_ring.unmap();
+                return Err(format!(
+                    "cannot map pool refs {}..{}: {e:?}",
+                    layout.pool_first_ref,
+                    layout.pool_first_ref + layout.pool_pages
+                ));
+            }
+        };
+        let port = match evtchn::bind_interdomain(guest, section.data_port) {
+            Ok(port) => port,
+            Err(e) => {
+                let _ = tx_ring.unmap();
+                let _ = rx_ring.unmap();
+                let _ = pool_run.unmap();
+                return Err(format!("cannot bind port {}: {e:?}", section.data_port));
+            }
+        };
+        let event_idx = features.event_idx;
+        let pages = layout.pool_pages;
+        // The layout was validated, so these cannot fail.
+        let tx = DeviceQueue::new(tx_ring.memory(), Direction::Tx, pages, event_idx)
+            .map_err(|e| format!("{e}"))?;
+        let rx = DeviceQueue::new(rx_ring.memory(), Direction::Rx, pages, event_idx)
+            .map_err(|e| format!("{e}"))?;
+        let pool = pool_run.memory();
+        Ok(NetPort {
+            guest,
+            tx_ring,
+            rx_ring,
+            pool_run,
+            pool,
+            tx,
+            rx,
+            features,
+            port,
+            tx_used_flushed: 0,
+            rx_used_flushed: 0,
+            events_this_second: 0,
+            second_started: timer::now(),
+            stats: PortStats::default(),
+        })
+    }
+
+    pub fn features(&self) -> u64 {
+        self.features.bits()
+    }
+
+    /// Reads the next frame the guest sends into `buf` (net header first, which is checked and
+    /// dropped: the frame ends up at `buf[NET_HDR_LEN..]`). A violation is returned as `Err`
+    /// and ends the port; the caller disconnects it.
+    pub fn take_tx(&mut self, buf: &mut [u8]) -> Result<TxItem, QueueError> {
+        let chain = match self.tx.pop() {
+            Ok(Some(chain)) => chain,
+            Ok(None) => return Ok(TxItem::Empty),
+            Err(e) if e.is_violation() => return Err(e),
+            Err(e) => {
+                self.drop_bad(e);
+                return Ok(TxItem::Dropped);
+            }
+        };
+        let limit = (NET_HDR_LEN + MAX_TX_FRAME).min(buf.len());
+        match chain.read_tx(&self.pool, &mut buf[..limit], self.features.csum) {
+            Ok((_hdr, len)) => Ok(TxItem::Frame {
+                head: chain.head(),
+                len,
+            }),
+            Err(e) => {
+                let _ = self.tx.push_used(chain.head(), TX_DROPPED);
+                self.stats.tx_bad_frames += 1;
+                self.stats.last_bad_frame = Some(e);
+                Ok(TxItem::Dropped)
+            }
+        }
+    }
+
+    fn drop_bad(&mut self, e: QueueError) {
+        if let Some(head) = e.bad_frame_head() {
+            let _ = self.tx.push_used(head, TX_DROPPED);
+        }
+        self.stats.tx_bad_frames += 1;
+        self.stats.last_bad_frame = Some(e);
+    }
+
+    /// Gives a frame's chain back once the switch has dealt with it: `TX_OK` if it was
+    /// forwarded, `TX_DROPPED` if the switch refused it (spoofed source, say).
+    pub fn complete_tx(&mut self, head: u16, forwarded: bool) {
+        let status = if forwarded { TX_OK } else { TX_DROPPED };
+        let _ = self.tx.push_used(head, status);
+        if forwarded {
+            self.stats.tx_frames += 1;
+        } else {
+            self.stats.tx_bad_frames += 1;
+        }
+    }
+
+    /// Writes `frame` into the next receive buffer the guest offered.
+    pub fn deliver(&mut self, frame: &[u8]) -> Result<(), DeliverError> {
+        let chain = loop {
+            match self.rx.pop() {
+                Ok(Some(chain)) => break chain,
+                Ok(None) => {
+                    self.stats.rx_no_buffer += 1;
+                    return Err(DeliverError::NoBuffer);
+                }
+                Err(e) if e.is_violation() => return Err(DeliverError::Violation(e)),
+                // A receive buffer too short to hold any frame: give it back empty.
+                Err(e) => {
+                    if let Some(head) = e.bad_frame_head() {
+                        let _ = self.rx.push_used(head, 0);
+                    }
+                }
+            }
+        };
+        let hdr = NetHdr::plain(Direction::Rx);
+        match chain.write_rx(&self.pool, &hdr, frame) {
+            Some(len) => {
+                let _ = self.rx.push_used(chain.head(), len);
+                self.stats.rx_frames += 1;
+                Ok(())
+            }
+            None => {
+                let _ = self.rx.push_used(chain.head(), 0);
+                Err(DeliverError::TooSmall)
+            }
+        }
+    }
+
+    /// Sends the guest one event if either queue completed chains it asked to hear about since
+    /// the last flush, within the event budget.
+    pub fn flush_events(&mut self) {
+        let (tx_old, tx_new) = (self.tx_used_flushed, self.tx.used_idx());
+        let (rx_old, rx_new) = (self.rx_used_flushed, self.rx.used_idx());
+        if tx_old == tx_new && rx_old == rx_new {
+            return;
+        }
+        let wanted = self.tx.should_notify_driver(tx_old, tx_new)
+            || self.rx.should_notify_driver(rx_old, rx_new);
+        self.tx_used_flushed = tx_new;
+        self.rx_used_flushed = rx_new;
+        if !wanted {
+            self.stats.events_suppressed += 1;
+            return;
+        }
+        let now = timer::now();
+        if now - self.second_started >= timer::ms_to_ticks(1000) {
+            self.second_started = now;
+            self.events_this_second = 0;
+        }
+        if self.events_this_second >= EVENTS_PER_SECOND {
+            self.stats.events_suppressed += 1;
+            return;
+        }
+        self.events_this_second += 1;
+        self.stats.events_sent += 1;
+        let _ = evtchn::send(self.port);
+    }
+
+    /// Before the loop sleeps: re-arms the TX ring's event and says whether frames are already
+    /// waiting (then the loop must not sleep: their event may have been suppressed).
+    pub fn arm(&self) -> bool {
+        self.tx.enable_notify()
+    }
+
+    /// Unmaps everything and closes the port.
+    pub fn detach(self) -> Result<(), String> {
+        let _ = evtchn::close(self.port);
+        let guest = self.guest;
+        let results = [
+            self.tx_ring.unmap(),
+            self.rx_ring.unmap(),
+            self.pool_run.unmap(),
+        ];
+        match results.iter().find(|r| r.is_err()) {
+            Some(Err(e)) => Err(format!("front-end {guest}: unmap failed: {e:?}")),
+            _ => Ok(()),
+        }
+    }
+}

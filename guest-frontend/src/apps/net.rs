@@ -1,0 +1,490 @@
+//! `net`: the network guest. Connects its para-virtual front-end to the driver domain, runs
+//! smoltcp with its own address (ARP, ping replies, UDP/TCP echo on port 7), pings the targets
+//! the topology names, prints each reply and a summary per target like `ping` does, then keeps
+//! serving for a while.
+//!
+//! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional,
+//! aa:bb:cc:dd:ee:ff), `ping` (comma-separated IPv4 targets), `ping_count` (default 10),
+//! `ping_interval_ms` (default 200), `serve_ms` (how long to keep serving after the pings,
+//! default 5000), and for hostile tests `corrupt` (see [`Corruption`]).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use shared_abi::virtq::RingMem;
+use shared_abi::virtq::{
+    Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, NET_HDR_LEN, QUEUE_SIZE,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::{Buffers, Stack};
+use vm_runtime::timer::{self, Instant};
+use vm_runtime::{evtchn, grant, println, setting, StartInfo};
+
+use crate::netfront::{ConnectOptions, NetFront};
+
+/// How long a target has to answer its first ping (ARP, a peer still booting).
+const FIRST_REPLY_TIMEOUT_MS: u64 = 15_000;
+/// How long after the last request we wait for late replies.
+const LATE_REPLY_MS: u64 = 1_000;
+
+pub fn run(info: &StartInfo<'static>) {
+    if let Err(why) = net(info) {
+        println!("REPORT fail: {why}");
+    }
+}
+
+/// Everything the settings ask for, checked before connecting.
+struct Plan {
+    address: IpCidr,
+    gateway: Ipv4Address,
+    mac: [u8; 6],
+    targets: Vec<Ipv4Address>,
+    count: u64,
+    interval_ms: u64,
+    serve_ms: u64,
+    corruption: Option<Corruption>,
+}
+
+fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
+    let number = |key, default| {
+        vm_runtime::setting_u64_or(info.settings, key, default).map_err(|e| format!("{e}"))
+    };
+    let address: IpCidr = setting(info.settings, "ip")
+        .ok_or("setting ip is required (e.g. ip = \"10.0.2.16/24\")")?
+        .parse()
+        .map_err(|_| "setting ip is not an IPv4 CIDR like 10.0.2.16/24")?;
+    let gateway: Ipv4Address = setting(info.settings, "gateway")
+        .unwrap_or("10.0.2.2")
+        .parse()
+        .map_err(|_| "setting gateway is not an IPv4 address")?;
+    let mac = match setting(info.settings, "mac") {
+        None => [0; 6],
+        Some(text) => {
+            parse_mac(text).ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?
+        }
+    };
+    let targets = match setting(info.settings, "ping") {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| format!("ping target {t:?} is not an IPv4 address"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let corruption = match setting(info.settings, "corrupt") {
+        None => None,
+        Some(name) => Some(Corruption::from_name(name).ok_or(format!(
+            "unknown corrupt mode {name:?} (known: {})",
+            Corruption::NAMES.join(", ")
+        ))?),
+    };
+    Ok(Plan {
+        address,
+        gateway,
+        mac,
+        targets,
+        count: number("ping_count", 10)?.max(1),
+        interval_ms: number("ping_interval_ms", 200)?,
+        serve_ms: number("serve_ms", 5_000)?,
+        corruption,
+    })
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn net(info: &StartInfo<'static>) -> Result<(), String> {
+    let plan = plan(info)?;
+    evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
+    grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
+    let options = ConnectOptions {
+        mac: plan.mac,
+        bad_pool_ref: plan.corruption == Some(Corruption::BadPoolRef),
+    };
+    let front = match NetFront::connect(info, &options) {
+        Ok(front) => front,
+        Err(why) if options.bad_pool_ref => {
+            println!(
+                "REPORT ok: corrupt bad_pool_ref: the back-end refused the connection ({why})"
+            );
+            return Ok(());
+        }
+        Err(why) => return Err(why),
+    };
+    let mac = front.mac;
+    println!(
+        "net up: MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, IP {}, gateway {}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], plan.address, plan.gateway
+    );
+    let stack = Stack::new(front, mac, plan.address, plan.gateway, Buffers::default());
+    let mut net = Net { stack };
+
+    if let Some(corruption) = plan.corruption {
+        return net.misbehave(corruption, &plan);
+    }
+    let mut lost_any = false;
+    for &target in &plan.targets {
+        lost_any |= !net.ping(target, &plan)?;
+    }
+    net.serve_for(plan.serve_ms);
+    net.print_closing();
+    if net.stack.device.broken.is_some() || net.stack.device.backend_left() {
+        return Err("the connection to the back-end was lost".into());
+    }
+    let s = net.stack.device.stats;
+    println!(
+        "REPORT ok: net {} pinged {} target(s){}, {} frames sent, {} received",
+        plan.address,
+        plan.targets.len(),
+        if lost_any { " (with losses)" } else { "" },
+        s.tx_frames,
+        s.rx_frames
+    );
+    Ok(())
+}
+
+struct Net {
+    stack: Stack<NetFront>,
+}
+
+impl Net {
+    /// One round: frames both ways, services, ring publish and events.
+    fn poll(&mut self) {
+        self.stack.poll();
+        self.stack.device.flush();
+    }
+
+    /// Sleeps until the back-end signals, smoltcp has a timer due, or `until` (ticks).
+    fn sleep(&mut self, until: u64) {
+        if self.stack.device.arm() {
+            return;
+        }
+        let mut deadline = until;
+        if let Some(us) = self.stack.poll_delay_us() {
+            deadline = deadline.min(timer::now() + timer::us_to_ticks(us));
+        }
+        let port = self.stack.device.port;
+        let now = timer::now();
+        if deadline > now {
+            evtchn::wait(port, deadline - now);
+        }
+    }
+
+    /// Runs the stack until `until` (ticks), returning ping replies as they come.
+    fn run_until(&mut self, until: u64, mut on_reply: impl FnMut(vm_net::PingReply) -> bool) {
+        loop {
+            self.poll();
+            for reply in self.stack.ping_replies() {
+                if on_reply(reply) {
+                    return;
+                }
+            }
+            if timer::now() >= until || self.stack.device.broken.is_some() {
+                return;
+            }
+            self.sleep(until);
+        }
+    }
+
+    fn serve_for(&mut self, ms: u64) {
+        let until = timer::now() + timer::ms_to_ticks(ms);
+        self.run_until(until, |_| false);
+    }
+
+    /// Pings `target` `count` times after a first reply shows it is there; prints every reply
+    /// and the summary. True if nothing was lost.
+    fn ping(&mut self, target: Ipv4Address, plan: &Plan) -> Result<bool, String> {
+        // Warm-up (sequence 0, not counted): resolves the target's MAC and waits for it to boot.
+        let start = Instant::now();
+        let mut answered = false;
+        while !answered && start.elapsed_ms() < FIRST_REPLY_TIMEOUT_MS {
+            let _ = self.stack.send_ping(target, 0);
+            let until = timer::now() + timer::ms_to_ticks(250);
+            self.run_until(until, |r| {
+                answered |= r.from == target && r.seq == 0;
+                answered
+            });
+        }
+        if !answered {
+            println!("ping {target}: no answer within {FIRST_REPLY_TIMEOUT_MS} ms");
+        }
+        // Duplicates never get here: the stack forgets a request once it is answered.
+        let mut rtts_us: Vec<u64> = Vec::new();
+        let record = |r: vm_net::PingReply, rtts: &mut Vec<u64>| {
+            if r.from == target && r.seq != 0 {
+                println!(
+                    "ping {target}: seq {} rtt {}.{:03} ms",
+                    r.seq,
+                    r.rtt_us / 1000,
+                    r.rtt_us % 1000
+                );
+                rtts.push(r.rtt_us);
+            }
+        };
+        for seq in 1..=plan.count as u16 {
+            if self.stack.send_ping(target, seq).is_err() {
+                println!("ping {target}: seq {seq} not sent (ICMP buffer full)");
+            }
+            let until = timer::now() + timer::ms_to_ticks(plan.interval_ms.max(1));
+            let mut got = Vec::new();
+            self.run_until(until, |r| {
+                got.push(r);
+                false
+            });
+            for r in got {
+                record(r, &mut rtts_us);
+            }
+        }
+        let until = timer::now() + timer::ms_to_ticks(LATE_REPLY_MS);
+        let mut got = Vec::new();
+        let expected = plan.count as usize;
+        let have = rtts_us.len();
+        self.run_until(until, |r| {
+            got.push(r);
+            have + got.len() >= expected
+        });
+        for r in got {
+            record(r, &mut rtts_us);
+        }
+        let received = rtts_us.len().min(expected);
+        if received == 0 {
+            println!("PING {target}: 0/{} replies", plan.count);
+            return Ok(false);
+        }
+        let min = rtts_us.iter().min().copied().unwrap_or(0);
+        let max = rtts_us.iter().max().copied().unwrap_or(0);
+        let avg = rtts_us.iter().sum::<u64>() / rtts_us.len() as u64;
+        let ms = |us: u64| format!("{}.{:03}", us / 1000, us % 1000);
+        println!(
+            "PING {target}: {received}/{} replies, rtt min/avg/max {}/{}/{} ms",
+            plan.count,
+            ms(min),
+            ms(avg),
+            ms(max)
+        );
+        Ok(received == expected)
+    }
+
+    fn print_closing(&self) {
+        let s = self.stack.device.stats;
+        println!(
+            "net counters: tx {} frames ({} dropped by the back-end), rx {} frames, events {} \
+             sent / {} suppressed, {} delivered to us",
+            s.tx_frames,
+            s.tx_dropped_by_backend,
+            s.rx_frames,
+            s.events_sent,
+            s.events_suppressed,
+            evtchn::delivered()
+        );
+    }
+
+    /// Hostile test build: breaks the ring (or the switch's rules) in the way `corruption`
+    /// names, then watches whether the back-end cut us off.
+    fn misbehave(&mut self, corruption: Corruption, plan: &Plan) -> Result<(), String> {
+        // Let the well-behaved guests get going first.
+        self.serve_for(1_000);
+        println!("corrupt {}: misbehaving now", corruption.name());
+        let mac = self.stack.device.mac;
+        corruption.apply(&mut self.stack.device, mac)?;
+        self.stack.device.flush();
+        let _ = evtchn::send(self.stack.device.port);
+        self.serve_for(plan.serve_ms.min(3_000));
+        let cut_off = self.stack.device.backend_left();
+        println!(
+            "REPORT ok: corrupt {} done; the back-end {}",
+            corruption.name(),
+            if cut_off {
+                "closed the connection"
+            } else {
+                "kept the connection"
+            }
+        );
+        Ok(())
+    }
+}
+
+/// The ways a hostile front-end breaks the rules (setting `corrupt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corruption {
+    /// avail.idx far more than the ring size ahead.
+    AvailAhead,
+    /// An avail entry naming descriptor 500 of a 128-entry table.
+    DescOutOfRange,
+    /// A chain whose last descriptor points back at its head.
+    DescLoop,
+    /// A chain of more descriptors than the protocol allows.
+    ChainTooLong,
+    /// A frame of zero bytes.
+    ZeroLen,
+    /// A frame longer than the back-end accepts.
+    OversizedLen,
+    /// A chain shorter than a net header plus an Ethernet header.
+    RuntFrame,
+    /// A buffer that crosses the end of the granted pool.
+    OutsidePool,
+    /// Pool refs that were never granted.
+    BadPoolRef,
+    /// A device-writable descriptor on the TX queue.
+    WriteOnlyTx,
+    /// Frames with someone else's source MAC.
+    SpoofMac,
+}
+
+impl Corruption {
+    const ALL: [Corruption; 11] = [
+        Corruption::AvailAhead,
+        Corruption::DescOutOfRange,
+        Corruption::DescLoop,
+        Corruption::ChainTooLong,
+        Corruption::ZeroLen,
+        Corruption::OversizedLen,
+        Corruption::RuntFrame,
+        Corruption::OutsidePool,
+        Corruption::BadPoolRef,
+        Corruption::WriteOnlyTx,
+        Corruption::SpoofMac,
+    ];
+    const NAMES: [&'static str; 11] = [
+        "avail_ahead",
+        "desc_out_of_range",
+        "desc_loop",
+        "chain_too_long",
+        "zero_len",
+        "oversized_len",
+        "runt_frame",
+        "outside_pool",
+        "bad_pool_ref",
+        "write_only_tx",
+        "spoof_mac",
+    ];
+
+    fn from_name(name: &str) -> Option<Corruption> {
+        Self::NAMES
+            .iter()
+            .position(|&n| n == name)
+            .map(|i| Self::ALL[i])
+    }
+
+    fn name(self) -> &'static str {
+        Self::NAMES[Self::ALL.iter().position(|&c| c == self).unwrap_or(0)]
+    }
+
+    /// Writes the bad ring state. Chains are first added through the queue (so our own
+    /// bookkeeping stays sane) and then damaged in the page before publishing.
+    fn apply(self, front: &mut NetFront, mac: [u8; 6]) -> Result<(), String> {
+        let buffer = front.take_tx_buffer().ok_or("no free transmit buffer")?;
+        let frame = broadcast_frame(mac);
+        front.write_pool(buffer, &[0; NET_HDR_LEN]);
+        front.write_pool(buffer + NET_HDR_LEN as u32, &frame);
+        let whole = Segment {
+            offset: buffer,
+            len: (NET_HDR_LEN + frame.len()) as u32,
+        };
+        let desc = |id: u16| DESC_TABLE + usize::from(id) * DESC_LEN;
+        match self {
+            Corruption::SpoofMac => {
+                for _ in 0..5 {
+                    let spoofed = broadcast_frame([0x02, 0x66, 0x66, 0x66, 0x66, 0x66]);
+                    front.send_frame(&spoofed);
+                }
+                return Ok(());
+            }
+            Corruption::BadPoolRef => return Ok(()),
+            Corruption::AvailAhead => {
+                let ring = front.raw_tx_ring();
+                let idx = ring.load_u16(AVAIL_IDX);
+                ring.store_u16_release(AVAIL_IDX, idx.wrapping_add(QUEUE_SIZE + 72));
+                return Ok(());
+            }
+            Corruption::DescOutOfRange => {
+                let head = front.add_raw_tx(&[whole]).ok_or("add failed")?;
+                let ring = front.raw_tx_ring();
+                // The entry just added is the last one written: overwrite it.
+                for slot in 0..QUEUE_SIZE {
+                    let at = AVAIL_RING + 2 * usize::from(slot);
+                    if ring.load_u16(at) == head {
+                        ring.store_u16(at, 500);
+                    }
+                }
+            }
+            Corruption::DescLoop => {
+                let halves = [
+                    Segment {
+                        offset: buffer,
+                        len: 32,
+                    },
+                    Segment {
+                        offset: buffer + 32,
+                        len: whole.len - 32,
+                    },
+                ];
+                let head = front.add_raw_tx(&halves).ok_or("add failed")?;
+                let ring = front.raw_tx_ring();
+                let second = ring.load_u16(desc(head) + 14);
+                ring.store_u16(desc(second) + 12, VIRTQ_DESC_F_NEXT);
+                ring.store_u16(desc(second) + 14, head);
+            }
+            Corruption::ChainTooLong => {
+                // 16 pieces (allowed), then the last one chained to a 17th.
+                let pieces: Vec<Segment> = (0..16)
+                    .map(|i| Segment {
+                        offset: buffer + 4 * i,
+                        len: 4,
+                    })
+                    .collect();
+                let head = front.add_raw_tx(&pieces).ok_or("add failed")?;
+                let extra = front.add_raw_tx(&[whole]).ok_or("add failed")?;
+                let ring = front.raw_tx_ring();
+                let mut last = head;
+                for _ in 0..15 {
+                    last = ring.load_u16(desc(last) + 14);
+                }
+                ring.store_u16(desc(last) + 12, VIRTQ_DESC_F_NEXT);
+                ring.store_u16(desc(last) + 14, extra);
+            }
+            Corruption::ZeroLen | Corruption::OversizedLen | Corruption::RuntFrame => {
+                let head = front.add_raw_tx(&[whole]).ok_or("add failed")?;
+                let len: u32 = match self {
+                    Corruption::ZeroLen => 0,
+                    Corruption::OversizedLen => 4000,
+                    _ => (NET_HDR_LEN + 10) as u32,
+                };
+                front.raw_tx_ring().store_u32(desc(head) + 8, len);
+            }
+            Corruption::OutsidePool => {
+                let head = front.add_raw_tx(&[whole]).ok_or("add failed")?;
+                let past_end = u64::from(front.pool_len() - 16);
+                front.raw_tx_ring().store_u64(desc(head), past_end);
+            }
+            Corruption::WriteOnlyTx => {
+                let head = front.add_raw_tx(&[whole]).ok_or("add failed")?;
+                front
+                    .raw_tx_ring()
+                    .store_u16(desc(head) + 12, VIRTQ_DESC_F_WRITE);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A broadcast frame from `source` (an ARP-typed frame of zeros: it only has to be switched).
+fn broadcast_frame(source: [u8; 6]) -> Vec<u8> {
+    let mut frame = alloc::vec![0u8; 60];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&source);
+    frame[12..14].copy_from_slice(&[0x08, 0x06]);
+    frame
+}

@@ -1,0 +1,356 @@
+//! The para-virtual network front-end (virtio's *driver* side): two split virtqueues (TX, RX)
+//! and a buffer pool in this guest's own memory, granted to the driver domain once at connect
+//! time, so the data path needs no hypercall per frame — only an event now and then, and only
+//! when the other side asked for one (event index).
+//!
+//! Pool layout: [`POOL_PAGES`] pages cut into [`BUFFER_LEN`]-byte buffers; the first
+//! [`QUEUE_SIZE`] are receive buffers, always all offered to the back-end, the next
+//! [`QUEUE_SIZE`] are transmit buffers. Every chain is one descriptor: net header, then frame.
+//!
+//! [`NetFront`] is a `smoltcp::phy::Device`. Received frames are copied out of the pool before
+//! smoltcp sees them (the back-end could rewrite the pool under the parser otherwise) and the
+//! buffer goes straight back to the ring; frames to send are built in private memory and
+//! copied into a transmit buffer once.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use shared_abi::handshake::{Frontend, State};
+use shared_abi::virtq::{
+    Direction, DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, Segment, FEATURE_EVENT_IDX,
+    FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
+};
+use vm_net::smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use vm_net::smoltcp::time::Instant as NetInstant;
+use vm_runtime::shared::SharedMem;
+use vm_runtime::{evtchn, grant, println};
+
+use crate::link::Link;
+
+/// Bytes per buffer: a full Ethernet frame and its header fit, two per page.
+pub const BUFFER_LEN: usize = 2048;
+/// Buffers of each direction.
+const BUFFERS: usize = QUEUE_SIZE as usize;
+/// Pool pages: receive buffers, then transmit buffers.
+pub const POOL_PAGES: u32 = (2 * BUFFERS * BUFFER_LEN / RING_PAGE_LEN) as u32;
+/// Largest frame we send or accept (header excluded).
+pub const MTU: usize = 1514;
+/// Features we ask for.
+const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX;
+
+const _: () = assert!(NET_HDR_LEN + MTU <= BUFFER_LEN);
+
+/// What the front-end did, for the closing line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrontStats {
+    pub tx_frames: u64,
+    pub tx_dropped_by_backend: u64,
+    pub rx_frames: u64,
+    pub rx_empty: u64,
+    pub events_sent: u64,
+    pub events_suppressed: u64,
+}
+
+pub struct NetFront {
+    pub link: Link,
+    tx_ring: SharedMem,
+    tx: DriverQueue<SharedMem>,
+    rx: DriverQueue<SharedMem>,
+    pool: SharedMem,
+    pub port: u32,
+    pub mac: [u8; 6],
+    /// Transmit buffers not in the ring.
+    tx_free: Vec<u16>,
+    /// Buffer index of each outstanding chain, by head.
+    tx_buffer_of: [u16; BUFFERS],
+    rx_buffer_of: [u16; BUFFERS],
+    /// The back-end broke the ring protocol: we stop using the rings.
+    pub broken: Option<String>,
+    pub stats: FrontStats,
+}
+
+/// Options of [`NetFront::connect`].
+pub struct ConnectOptions {
+    /// The MAC we ask for (zero: let the back-end choose).
+    pub mac: [u8; 6],
+    /// Test only: name pool refs we never granted, to check the back-end refuses them.
+    pub bad_pool_ref: bool,
+}
+
+impl NetFront {
+    /// Grants rings and pool to our back-end, offers all receive buffers, and runs the
+    /// handshake. Needs the event channels and the grant table initialised.
+    pub fn connect(
+        info: &vm_runtime::StartInfo<'static>,
+        options: &ConnectOptions,
+    ) -> Result<NetFront, String> {
+        let mut link = Link::open(info)?;
+        let backend = link.backend;
+        let tx_ring = SharedMem::leak_pages(1);
+        let rx_ring = SharedMem::leak_pages(1);
+        let pool = SharedMem::leak_pages(POOL_PAGES as usize);
+        let event_idx = true;
+        let tx = DriverQueue::new(tx_ring, POOL_PAGES, event_idx).map_err(|e| format!("{e}"))?;
+        let mut rx =
+            DriverQueue::new(rx_ring, POOL_PAGES, event_idx).map_err(|e| format!("{e}"))?;
+        let grant_err = |what: &str, e| format!("cannot grant the {what}: {e:?}");
+        let tx_ring_ref =
+            grant::grant(backend, tx_ring.gpa(), false).map_err(|e| grant_err("TX ring", e))?;
+        let rx_ring_ref =
+            grant::grant(backend, rx_ring.gpa(), false).map_err(|e| grant_err("RX ring", e))?;
+        let mut pool_first_ref =
+            grant::grant_run(backend, pool.gpa(), POOL_PAGES).map_err(|e| grant_err("pool", e))?;
+        if options.bad_pool_ref {
+            // Far past every ref we granted (but inside the table): the back-end's map fails.
+            pool_first_ref += 300;
+        }
+        let port = evtchn::alloc_unbound(backend).map_err(|e| format!("alloc_unbound: {e:?}"))?;
+
+        let mut rx_buffer_of = [0u16; BUFFERS];
+        for buffer in 0..BUFFERS {
+            let head = rx
+                .add(&[buffer_segment(buffer)], true)
+                .map_err(|e| format!("offering receive buffer {buffer}: {e}"))?;
+            rx_buffer_of[usize::from(head)] = buffer as u16;
+        }
+        rx.publish();
+
+        let layout = RingLayout {
+            tx_ring_ref,
+            rx_ring_ref,
+            pool_first_ref,
+            pool_pages: POOL_PAGES,
+        };
+        let mut offer = Frontend {
+            state: State::Initialised,
+            data_port: port,
+            mac: options.mac,
+            features: WANTED_FEATURES,
+            ..Frontend::initialising()
+        };
+        layout.write_to(&mut offer);
+        let section = link.connect(offer, 10_000)?;
+        let agreed = NetFeatures::from_bits(section.features).ok_or_else(|| {
+            format!(
+                "back-end did not accept the net protocol (features {:#x})",
+                section.features
+            )
+        })?;
+        if !agreed.event_idx {
+            return Err("back-end refused event-index suppression, which our rings use".into());
+        }
+        Ok(NetFront {
+            link,
+            tx_ring,
+            tx,
+            rx,
+            pool,
+            port,
+            mac: section.mac,
+            tx_free: (BUFFERS..2 * BUFFERS).rev().map(|b| b as u16).collect(),
+            tx_buffer_of: [0; BUFFERS],
+            rx_buffer_of,
+            broken: None,
+            stats: FrontStats::default(),
+        })
+    }
+
+    /// Takes back the transmit buffers the back-end is done with.
+    fn reap_tx(&mut self) {
+        while self.broken.is_none() {
+            match self.tx.pop_used() {
+                Ok(Some(used)) => {
+                    self.tx_free.push(self.tx_buffer_of[usize::from(used.head)]);
+                    if used.len != TX_OK {
+                        self.stats.tx_dropped_by_backend += 1;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => self.fail(format!("TX ring: {e}")),
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        println!("net: back-end broke the ring protocol: {why}; stopping the network");
+        self.broken = Some(why);
+    }
+
+    /// The next received frame, copied out of the pool; its buffer is offered again at once.
+    fn next_rx(&mut self) -> Option<Vec<u8>> {
+        while self.broken.is_none() {
+            let used = match self.rx.pop_used() {
+                Ok(Some(used)) => used,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.fail(format!("RX ring: {e}"));
+                    return None;
+                }
+            };
+            let buffer = usize::from(self.rx_buffer_of[usize::from(used.head)]);
+            let len = used.len as usize;
+            let frame = (len >= NET_HDR_LEN + 14).then(|| {
+                let mut frame = vec![0u8; len - NET_HDR_LEN];
+                self.pool
+                    .read(buffer * BUFFER_LEN + NET_HDR_LEN, &mut frame);
+                frame
+            });
+            match self.rx.add(&[buffer_segment(buffer)], true) {
+                Ok(head) => self.rx_buffer_of[usize::from(head)] = buffer as u16,
+                Err(e) => self.fail(format!("re-offering receive buffer {buffer}: {e}")),
+            }
+            match frame {
+                Some(frame) => {
+                    self.stats.rx_frames += 1;
+                    return Some(frame);
+                }
+                None => self.stats.rx_empty += 1,
+            }
+        }
+        None
+    }
+
+    /// Queues `frame` (an Ethernet frame) for sending; false if no buffer is free.
+    pub fn send_frame(&mut self, frame: &[u8]) -> bool {
+        self.reap_tx();
+        if self.broken.is_some() || frame.len() > MTU {
+            return false;
+        }
+        let Some(buffer) = self.tx_free.pop() else {
+            return false;
+        };
+        let at = usize::from(buffer) * BUFFER_LEN;
+        self.pool.write(at, &NetHdr::plain(Direction::Tx).encode());
+        self.pool.write(at + NET_HDR_LEN, frame);
+        let segment = Segment {
+            offset: at as u32,
+            len: (NET_HDR_LEN + frame.len()) as u32,
+        };
+        match self.tx.add(&[segment], false) {
+            Ok(head) => {
+                self.tx_buffer_of[usize::from(head)] = buffer;
+                self.stats.tx_frames += 1;
+                true
+            }
+            Err(_) => {
+                self.tx_free.push(buffer);
+                false
+            }
+        }
+    }
+
+    /// Publishes what was added since the last flush and sends the back-end one event if it
+    /// asked for one.
+    pub fn flush(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        let (tx_old, tx_new) = self.tx.publish();
+        let (rx_old, rx_new) = self.rx.publish();
+        if tx_old == tx_new && rx_old == rx_new {
+            return;
+        }
+        if self.tx.should_notify_device(tx_old, tx_new)
+            || self.rx.should_notify_device(rx_old, rx_new)
+        {
+            self.stats.events_sent += 1;
+            let _ = evtchn::send(self.port);
+        } else {
+            self.stats.events_suppressed += 1;
+        }
+    }
+
+    /// Before sleeping: asks for an event on the next completion; true if completions are
+    /// already waiting (then do not sleep: their event may have been suppressed).
+    pub fn arm(&self) -> bool {
+        self.broken.is_none() && (self.rx.enable_notify() | self.tx.enable_notify())
+    }
+
+    /// Whether the back-end has left the connection (it closes it on a protocol violation).
+    pub fn backend_left(&self) -> bool {
+        !matches!(
+            self.link.backend_section().map(|b| b.state),
+            Some(State::Connected)
+        )
+    }
+
+    /// Hostile test modes write the TX ring page directly: our own page, outside the queue.
+    pub fn raw_tx_ring(&self) -> &SharedMem {
+        &self.tx_ring
+    }
+
+    /// Hostile test modes: adds a well-formed TX chain of `segments` (pool offsets of our
+    /// transmit buffers) without publishing it; returns its head.
+    pub fn add_raw_tx(&mut self, segments: &[Segment]) -> Option<u16> {
+        self.tx.add(segments, false).ok()
+    }
+
+    /// A free transmit buffer's pool offset, taken for good (hostile modes).
+    pub fn take_tx_buffer(&mut self) -> Option<u32> {
+        self.reap_tx();
+        self.tx_free
+            .pop()
+            .map(|b| (usize::from(b) * BUFFER_LEN) as u32)
+    }
+
+    /// Pool bytes, for hostile modes that aim outside it.
+    pub fn pool_len(&self) -> u32 {
+        self.pool.len() as u32
+    }
+
+    /// Writes bytes into our pool (hostile modes prepare frames with it).
+    pub fn write_pool(&self, offset: u32, bytes: &[u8]) {
+        self.pool.write(offset as usize, bytes);
+    }
+}
+
+fn buffer_segment(buffer: usize) -> Segment {
+    Segment {
+        offset: (buffer * BUFFER_LEN) as u32,
+        len: BUFFER_LEN as u32,
+    }
+}
+
+pub struct FrontRx(Vec<u8>);
+pub struct FrontTx<'a>(&'a mut NetFront);
+
+impl RxToken for FrontRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for FrontTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let result = f(&mut frame);
+        // `transmit` checked a buffer is free; a failure here only loses this frame.
+        let _ = self.0.send_frame(&frame);
+        result
+    }
+}
+
+impl Device for NetFront {
+    type RxToken<'a> = FrontRx;
+    type TxToken<'a> = FrontTx<'a>;
+
+    fn receive(&mut self, _now: NetInstant) -> Option<(FrontRx, FrontTx<'_>)> {
+        let frame = self.next_rx()?;
+        Some((FrontRx(frame), FrontTx(self)))
+    }
+
+    fn transmit(&mut self, _now: NetInstant) -> Option<FrontTx<'_>> {
+        self.reap_tx();
+        (self.broken.is_none() && !self.tx_free.is_empty()).then_some(FrontTx(self))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MTU;
+        caps.max_burst_size = Some(BUFFERS / 2);
+        caps
+    }
+}

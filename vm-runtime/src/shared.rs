@@ -1,0 +1,153 @@
+//! A run of pages shared with a peer VM (our own pages we granted, or a peer's pages mapped in
+//! our grant window), as the virtqueue code of `shared_abi::virtq` accesses it: ring words as
+//! `AtomicU16` ([`RingMem`]) and buffer bytes with copies ([`PoolMem`]).
+//!
+//! The peer writes this memory whenever it likes, so nothing here ever hands out a plain
+//! reference into it: ring words are atomics, and buffer copies are volatile word-at-a-time
+//! loads and stores, so the compiler neither merges nor repeats them (no double fetch behind
+//! the caller's back) and a torn read is just some bytes, which the caller validates.
+
+use core::sync::atomic::{fence, AtomicU16, Ordering};
+
+use shared_abi::layout::PAGE_SIZE;
+
+use crate::page::Page;
+use shared_abi::virtq::{PoolMem, RingMem, RING_PAGE_LEN};
+
+/// `pages` pages of shared memory at `base` (identity-mapped: VA = GPA).
+#[derive(Clone, Copy, Debug)]
+pub struct SharedMem {
+    base: usize,
+    len: usize,
+}
+
+impl SharedMem {
+    /// The run of `pages` pages at `base`.
+    ///
+    /// # Safety
+    /// `[base, base + pages * 4 KiB)` must be page aligned, mapped read-write as Normal memory
+    /// in this VM, and stay so for as long as this value (or a copy) is used; no Rust reference
+    /// to it may exist elsewhere (only other `SharedMem`s and the peer access it).
+    pub unsafe fn new(base: u64, pages: usize) -> SharedMem {
+        debug_assert!(base.is_multiple_of(PAGE_SIZE));
+        SharedMem {
+            base: base as usize,
+            len: pages * PAGE_SIZE as usize,
+        }
+    }
+
+    /// `pages` zeroed pages of our own RAM, leaked (they will be granted: see `page`).
+    pub fn leak_pages(pages: usize) -> SharedMem {
+        let run = Page::leak_many(pages.max(1));
+        // SAFETY: the pages are ours, page aligned, contiguous, mapped read-write as Normal
+        // memory, and leaked, so they stay valid forever; `Page` is atomics only, so the
+        // `&'static [Page]` dropped here never conflicts with our accesses or the peer's.
+        unsafe { SharedMem::new(run[0].gpa(), pages.max(1)) }
+    }
+
+    /// Guest-physical (= virtual) address of the first byte.
+    pub fn gpa(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// Bytes in the run.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Page `index` of the run as a ring page, if it is inside.
+    pub fn ring_page(&self, index: usize) -> Option<SharedMem> {
+        let start = index.checked_mul(RING_PAGE_LEN)?;
+        (start + RING_PAGE_LEN <= self.len).then_some(SharedMem {
+            base: self.base + start,
+            len: RING_PAGE_LEN,
+        })
+    }
+
+    fn halfword(&self, offset: usize) -> &AtomicU16 {
+        assert!(offset.is_multiple_of(2) && offset + 2 <= self.len);
+        // SAFETY: in bounds and 2-aligned (checked above; base is page aligned), and `new`'s
+        // contract makes the memory valid for the life of `self`; only atomics and volatile
+        // accesses touch it, so an `AtomicU16` view is sound even while the peer writes.
+        unsafe { &*((self.base + offset) as *const AtomicU16) }
+    }
+}
+
+impl RingMem for SharedMem {
+    fn load_u16(&self, offset: usize) -> u16 {
+        self.halfword(offset).load(Ordering::Relaxed)
+    }
+    fn load_u16_acquire(&self, offset: usize) -> u16 {
+        self.halfword(offset).load(Ordering::Acquire)
+    }
+    fn store_u16(&self, offset: usize, value: u16) {
+        self.halfword(offset).store(value, Ordering::Relaxed)
+    }
+    fn store_u16_release(&self, offset: usize, value: u16) {
+        self.halfword(offset).store(value, Ordering::Release)
+    }
+    fn fence(&self) {
+        fence(Ordering::SeqCst)
+    }
+}
+
+impl PoolMem for SharedMem {
+    fn size(&self) -> usize {
+        self.len
+    }
+
+    /// Panics if the range is outside the run (a caller bug: ranges from a peer are checked
+    /// before they get here).
+    fn read(&self, offset: usize, dst: &mut [u8]) {
+        assert!(offset <= self.len && dst.len() <= self.len - offset);
+        let src = self.base + offset;
+        let mut done = 0;
+        // Head bytes until the source is 8-aligned, then words, then the tail.
+        while done < dst.len() && !(src + done).is_multiple_of(8) {
+            // SAFETY: inside the run (asserted above), which `new` guarantees mapped.
+            dst[done] = unsafe { core::ptr::read_volatile((src + done) as *const u8) };
+            done += 1;
+        }
+        while dst.len() - done >= 8 {
+            // SAFETY: as above; the address is 8-aligned.
+            let word = unsafe { core::ptr::read_volatile((src + done) as *const u64) };
+            dst[done..done + 8].copy_from_slice(&word.to_ne_bytes());
+            done += 8;
+        }
+        while done < dst.len() {
+            // SAFETY: as above.
+            dst[done] = unsafe { core::ptr::read_volatile((src + done) as *const u8) };
+            done += 1;
+        }
+    }
+
+    /// Panics if the range is outside the run.
+    fn write(&self, offset: usize, src: &[u8]) {
+        assert!(offset <= self.len && src.len() <= self.len - offset);
+        let dst = self.base + offset;
+        let mut done = 0;
+        while done < src.len() && !(dst + done).is_multiple_of(8) {
+            // SAFETY: inside the run (asserted above), mapped read-write per `new`.
+            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, src[done]) };
+            done += 1;
+        }
+        while src.len() - done >= 8 {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&src[done..done + 8]);
+            // SAFETY: as above; the address is 8-aligned.
+            unsafe {
+                core::ptr::write_volatile((dst + done) as *mut u64, u64::from_ne_bytes(word))
+            };
+            done += 8;
+        }
+        while done < src.len() {
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, src[done]) };
+            done += 1;
+        }
+    }
+}
