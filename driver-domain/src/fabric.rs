@@ -4,7 +4,9 @@
 //!
 //! One call to [`Fabric::pump`] is one round of the main loop: take what each port has to send
 //! (bounded per port, so one busy guest cannot starve the others or the NIC), ask the switch
-//! where each frame goes, copy it there, and then send each guest at most one event. Nothing
+//! where each frame goes, copy it there — once per destination, straight from where it is (a
+//! guest's pool, a NIC buffer) to where it goes (another guest's pool, a NIC buffer) — and
+//! then send each guest at most one event. Nothing
 //! is queued inside the driver domain except the local endpoint's few frames: a destination
 //! with no free buffer drops the frame (counted), as a switch with a full egress queue would.
 
@@ -15,15 +17,16 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use driver_domain::switch::{Config, Forward, MacAddr, PortId, Switch};
-use shared_abi::virtq::NET_HDR_LEN;
+use shared_abi::virtq::{Chain, TxHeader};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant as NetInstant;
 use smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::{Buffers, Stack};
+use vm_runtime::shared::SharedMem;
 use vm_runtime::{println, timer};
 
 use crate::backend::Connection;
-use crate::netback::{DeliverError, TxItem, MAX_TX_FRAME};
+use crate::netback::{read_guest_frame, DeliverError, TxItem, MAX_TX_FRAME};
 use crate::nic::{self, with_nic};
 
 /// Frames taken from one port per round.
@@ -78,6 +81,47 @@ impl Device for LocalPort {
     }
 }
 
+/// Where a frame being switched is.
+enum Source<'a> {
+    /// In the driver domain's own memory (a NIC buffer, a local endpoint frame).
+    Private(&'a [u8]),
+    /// Still in a guest's pool: its TX chain and the headers read from it once.
+    Guest {
+        pool: SharedMem,
+        chain: Chain,
+        header: TxHeader,
+    },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Private(frame) => frame.len(),
+            Source::Guest { header, .. } => header.frame_len,
+        }
+    }
+
+    /// The Ethernet header the switch decides on (for a guest's frame, the checked copy).
+    fn header(&self) -> &[u8] {
+        match self {
+            Source::Private(frame) => frame,
+            Source::Guest { header, .. } => &header.eth,
+        }
+    }
+
+    /// Copies the whole frame into `dst` (which is `len()` bytes).
+    fn copy_into(&self, dst: &mut [u8]) {
+        match self {
+            Source::Private(frame) => dst.copy_from_slice(frame),
+            Source::Guest {
+                pool,
+                chain,
+                header,
+            } => read_guest_frame(pool, chain, header, dst),
+        }
+    }
+}
+
 /// A guest whose port broke the protocol: the caller disconnects it.
 pub struct Violation {
     pub guest: u16,
@@ -89,8 +133,6 @@ pub struct Fabric {
     /// The driver domain's own endpoint (with a NIC only: it shares the NIC's MAC).
     pub local: Option<Stack<LocalPort>>,
     has_uplink: bool,
-    /// The frame being moved: read once from its source, then copied to each destination.
-    frame: Vec<u8>,
     pub nic: NicCounters,
 }
 
@@ -130,7 +172,6 @@ impl Fabric {
             switch,
             local,
             has_uplink: nic.is_some(),
-            frame: vec![0; NET_HDR_LEN + MAX_TX_FRAME],
             nic: NicCounters::default(),
         }
     }
@@ -166,19 +207,18 @@ impl Fabric {
         let mut moved = false;
         let mut violations = Vec::new();
 
-        // The NIC: frames from the outside.
+        // The NIC: frames from the outside, dispatched from the NIC's own buffer.
         if self.has_uplink {
             nic::NEWS.store(false, core::sync::atomic::Ordering::Release);
             for _ in 0..FRAMES_PER_PORT_PER_ROUND {
                 let Some(buffer) = with_nic(|nic| nic.receive().ok()).flatten() else {
                     break;
                 };
-                let len = buffer.packet_len().min(self.frame.len());
-                self.frame[..len].copy_from_slice(&buffer.packet()[..len]);
-                let _ = with_nic(|nic| nic.recycle_rx_buffer(buffer));
                 self.nic.rx_frames += 1;
-                self.nic.rx_bytes += len as u64;
-                self.dispatch(PortId::Uplink, 0..len, connections, &mut violations);
+                self.nic.rx_bytes += buffer.packet_len() as u64;
+                let source = Source::Private(buffer.packet());
+                self.dispatch(PortId::Uplink, &source, connections, &mut violations);
+                let _ = with_nic(|nic| nic.recycle_rx_buffer(buffer));
                 moved = true;
             }
         }
@@ -195,30 +235,35 @@ impl Fabric {
             else {
                 break;
             };
-            let len = frame.len().min(self.frame.len());
-            self.frame[..len].copy_from_slice(&frame[..len]);
-            self.dispatch(PortId::Local, 0..len, connections, &mut violations);
+            let source = Source::Private(&frame);
+            self.dispatch(PortId::Local, &source, connections, &mut violations);
             moved = true;
         }
 
-        // The guests.
+        // The guests: each frame is checked, switched, copied from its pool to each
+        // destination, and only then completed.
         for i in 0..connections.len() {
             let guest = connections[i].frontend;
             for _ in 0..FRAMES_PER_PORT_PER_ROUND {
                 let Some(port) = connections[i].net_mut() else {
                     break;
                 };
-                match port.take_tx(&mut self.frame) {
-                    Ok(TxItem::Frame { head, len }) => {
-                        let range = NET_HDR_LEN..NET_HDR_LEN + len;
+                let pool = port.pool();
+                match port.take_tx() {
+                    Ok(TxItem::Frame { chain, header }) => {
+                        let source = Source::Guest {
+                            pool,
+                            chain,
+                            header,
+                        };
                         let forwarded = self.dispatch(
                             PortId::Guest(guest),
-                            range,
+                            &source,
                             connections,
                             &mut violations,
                         );
                         if let Some(port) = connections[i].net_mut() {
-                            port.complete_tx(head, forwarded);
+                            port.complete_tx(chain.head(), forwarded);
                         }
                         moved = true;
                     }
@@ -243,22 +288,24 @@ impl Fabric {
         (moved, violations)
     }
 
-    /// Sends `self.frame[range]`, received on `ingress`, where the switch says. Returns
-    /// whether the switch forwarded it (false: dropped, e.g. spoofed).
+    /// Sends a frame received on `ingress` where the switch says, one copy per destination.
+    /// Returns whether the switch forwarded it (false: dropped, e.g. spoofed).
     fn dispatch(
         &mut self,
         ingress: PortId,
-        range: core::ops::Range<usize>,
+        source: &Source<'_>,
         connections: &mut [Connection],
         violations: &mut Vec<Violation>,
     ) -> bool {
-        let frame = &self.frame[range];
-        let decision = self.switch.forward(ingress, frame, now_ms());
+        let len = source.len();
+        let decision = self
+            .switch
+            .forward_header(ingress, source.header(), len, now_ms());
         if let Forward::Drop(_) = decision {
             return false;
         }
         for port in decision.destinations() {
-            if !self.switch.try_reserve(port, frame.len()) {
+            if !self.switch.try_reserve(port, len) {
                 continue;
             }
             match port {
@@ -267,13 +314,13 @@ impl Fabric {
                         if !nic.can_send() {
                             return false;
                         }
-                        let mut buffer = nic.new_tx_buffer(frame.len());
-                        buffer.packet_mut().copy_from_slice(frame);
+                        let mut buffer = nic.new_tx_buffer(len);
+                        source.copy_into(buffer.packet_mut());
                         nic.send(buffer).is_ok()
                     });
                     if sent == Some(true) {
                         self.nic.tx_frames += 1;
-                        self.nic.tx_bytes += frame.len() as u64;
+                        self.nic.tx_bytes += len as u64;
                     } else {
                         self.nic.tx_errors += 1;
                     }
@@ -281,7 +328,9 @@ impl Fabric {
                 PortId::Local => {
                     if let Some(local) = self.local.as_mut() {
                         if local.device.to_stack.len() < LOCAL_QUEUE_FRAMES {
-                            local.device.to_stack.push_back(frame.to_vec());
+                            let mut frame = vec![0; len];
+                            source.copy_into(&mut frame);
+                            local.device.to_stack.push_back(frame);
                         }
                     }
                 }
@@ -293,7 +342,15 @@ impl Fabric {
                     else {
                         continue;
                     };
-                    if let Err(DeliverError::Violation(e)) = target.deliver(frame) {
+                    let delivered = match source {
+                        Source::Private(frame) => target.deliver(frame),
+                        Source::Guest {
+                            pool,
+                            chain,
+                            header,
+                        } => target.deliver_from(pool, chain, header),
+                    };
+                    if let Err(DeliverError::Violation(e)) = delivered {
                         violations.push(Violation {
                             guest: id,
                             reason: format!("RX ring: {e}"),
@@ -302,7 +359,7 @@ impl Fabric {
                 }
             }
             // Nothing waits inside the driver domain: the copy is done, the room is free.
-            self.switch.release(port, frame.len());
+            self.switch.release(port, len);
         }
         true
     }

@@ -3,9 +3,13 @@
 //! (`shared_abi::virtq::DeviceQueue`), which validates everything the guest wrote.
 //!
 //! The port moves frames only when asked by the switch loop (`fabric`): [`NetPort::take_tx`]
-//! reads the next frame the guest sends into the caller's buffer (once: the caller forwards that
-//! copy, never the pool), and [`NetPort::deliver`] writes a frame into the next receive buffer
-//! the guest offered. Events go out at most once per loop round, and only when the guest asked
+//! checks the next frame the guest sends and reads its headers once (the switch decides on
+//! that copy, and every destination gets that copy of the Ethernet header, so a guest that
+//! rewrites its buffer meanwhile cannot smuggle another source MAC past the check);
+//! [`NetPort::deliver_from`] then copies the body straight from that guest's pool into
+//! another guest's receive buffer (one copy), [`NetPort::deliver`] does the same for frames
+//! from the NIC or the local endpoint, and [`NetPort::complete_tx`] gives the chain back with
+//! the switch's verdict. Events go out at most once per loop round, and only when the guest asked
 //! for one (event index), in [`NetPort::flush_events`].
 
 use alloc::format;
@@ -13,8 +17,8 @@ use alloc::string::String;
 
 use shared_abi::handshake::Frontend;
 use shared_abi::virtq::{
-    DeviceQueue, Direction, NetFeatures, NetHdr, QueueError, RingLayout, FEATURE_EVENT_IDX,
-    NET_HDR_LEN, TX_DROPPED, TX_OK,
+    copy_plan, Chain, DeviceQueue, Direction, NetFeatures, NetHdr, QueueError, RingLayout,
+    TxHeader, ETH_HDR_LEN, FEATURE_EVENT_IDX, NET_HDR_LEN, TX_DROPPED, TX_OK,
 };
 use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
@@ -54,11 +58,11 @@ pub enum DeliverError {
 
 /// The next thing a guest's TX ring holds.
 pub enum TxItem {
-    /// A frame of `len` bytes in the caller's buffer (after the net header); its chain `head`
-    /// waits for [`NetPort::complete_tx`].
+    /// A frame, still in the guest's pool: its chain (to copy from, then to complete with
+    /// [`NetPort::complete_tx`]) and its headers, read once and checked.
     Frame {
-        head: u16,
-        len: usize,
+        chain: Chain,
+        header: TxHeader,
     },
     /// A bad frame, already completed with `TX_DROPPED`.
     Dropped,
@@ -163,10 +167,9 @@ impl NetPort {
         self.features.bits()
     }
 
-    /// Reads the next frame the guest sends into `buf` (net header first, which is checked and
-    /// dropped: the frame ends up at `buf[NET_HDR_LEN..]`). A violation is returned as `Err`
-    /// and ends the port; the caller disconnects it.
-    pub fn take_tx(&mut self, buf: &mut [u8]) -> Result<TxItem, QueueError> {
+    /// The next frame the guest sends, checked but not copied. A violation is returned as
+    /// `Err` and ends the port; the caller disconnects it.
+    pub fn take_tx(&mut self) -> Result<TxItem, QueueError> {
         let chain = match self.tx.pop() {
             Ok(Some(chain)) => chain,
             Ok(None) => return Ok(TxItem::Empty),
@@ -176,12 +179,8 @@ impl NetPort {
                 return Ok(TxItem::Dropped);
             }
         };
-        let limit = (NET_HDR_LEN + MAX_TX_FRAME).min(buf.len());
-        match chain.read_tx(&self.pool, &mut buf[..limit], self.features.csum) {
-            Ok((_hdr, len)) => Ok(TxItem::Frame {
-                head: chain.head(),
-                len,
-            }),
+        match chain.read_tx_header(&self.pool, self.features.csum, MAX_TX_FRAME) {
+            Ok(header) => Ok(TxItem::Frame { chain, header }),
             Err(e) => {
                 let _ = self.tx.push_used(chain.head(), TX_DROPPED);
                 self.stats.tx_bad_frames += 1;
@@ -189,6 +188,12 @@ impl NetPort {
                 Ok(TxItem::Dropped)
             }
         }
+    }
+
+    /// The guest's pool, to copy a frame out of (valid while this port is attached: the
+    /// fabric uses it within one round, before any disconnect).
+    pub fn pool(&self) -> SharedMem {
+        self.pool
     }
 
     fn drop_bad(&mut self, e: QueueError) {
@@ -211,11 +216,11 @@ impl NetPort {
         }
     }
 
-    /// Writes `frame` into the next receive buffer the guest offered.
-    pub fn deliver(&mut self, frame: &[u8]) -> Result<(), DeliverError> {
-        let chain = loop {
+    /// The next receive buffer the guest offered.
+    fn next_rx(&mut self) -> Result<Chain, DeliverError> {
+        loop {
             match self.rx.pop() {
-                Ok(Some(chain)) => break chain,
+                Ok(Some(chain)) => return Ok(chain),
                 Ok(None) => {
                     self.stats.rx_no_buffer += 1;
                     return Err(DeliverError::NoBuffer);
@@ -228,7 +233,13 @@ impl NetPort {
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// Writes `frame` (from our own memory: the NIC's or the local endpoint's) into the next
+    /// receive buffer the guest offered.
+    pub fn deliver(&mut self, frame: &[u8]) -> Result<(), DeliverError> {
+        let chain = self.next_rx()?;
         let hdr = NetHdr::plain(Direction::Rx);
         match chain.write_rx(&self.pool, &hdr, frame) {
             Some(len) => {
@@ -241,6 +252,37 @@ impl NetPort {
                 Err(DeliverError::TooSmall)
             }
         }
+    }
+
+    /// Moves a frame from another guest's TX chain straight into our next receive buffer:
+    /// headers from the checked copy, the body pool to pool, one copy in all.
+    pub fn deliver_from(
+        &mut self,
+        src_pool: &SharedMem,
+        src: &Chain,
+        header: &TxHeader,
+    ) -> Result<(), DeliverError> {
+        let chain = self.next_rx()?;
+        let need = NET_HDR_LEN + header.frame_len;
+        if need > chain.total_len() as usize {
+            let _ = self.rx.push_used(chain.head(), 0);
+            return Err(DeliverError::TooSmall);
+        }
+        chain.write(&self.pool, 0, &NetHdr::plain(Direction::Rx).encode());
+        chain.write(&self.pool, NET_HDR_LEN, &header.eth);
+        let body = NET_HDR_LEN + ETH_HDR_LEN;
+        let pool = self.pool;
+        copy_plan(
+            src,
+            body,
+            &chain,
+            body,
+            header.frame_len - ETH_HDR_LEN,
+            |s, d, n| src_pool.copy_to(s, &pool, d, n),
+        );
+        let _ = self.rx.push_used(chain.head(), need as u32);
+        self.stats.rx_frames += 1;
+        Ok(())
     }
 
     /// Sends the guest one event if either queue completed chains it asked to hear about since
@@ -293,4 +335,13 @@ impl NetPort {
             _ => Ok(()),
         }
     }
+}
+
+/// Copies a TX frame out of a guest's pool into `dst` (the first `header.frame_len` bytes):
+/// the Ethernet header from the checked copy, the body from the pool, once.
+pub fn read_guest_frame(pool: &SharedMem, chain: &Chain, header: &TxHeader, dst: &mut [u8]) {
+    let len = header.frame_len.min(dst.len());
+    let eth = ETH_HDR_LEN.min(len);
+    dst[..eth].copy_from_slice(&header.eth[..eth]);
+    chain.read(pool, NET_HDR_LEN + ETH_HDR_LEN, &mut dst[eth..len]);
 }

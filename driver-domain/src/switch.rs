@@ -520,15 +520,31 @@ impl Switch {
     /// Decides where `frame`, received on `ingress` at `now_ms`, goes, learning its source on the
     /// way. Reads only the Ethernet header; counts rx, drops and floods on the ingress port.
     pub fn forward(&mut self, ingress: PortId, frame: &[u8], now_ms: u64) -> Forward {
+        self.forward_header(ingress, frame, frame.len(), now_ms)
+    }
+
+    /// [`forward`](Self::forward) for a frame of `frame_len` bytes of which the caller holds
+    /// only the start (`header`, at least the Ethernet header): a back-end that copies the
+    /// body straight from one guest's buffer to another's never holds the whole frame.
+    pub fn forward_header(
+        &mut self,
+        ingress: PortId,
+        header: &[u8],
+        frame_len: usize,
+        now_ms: u64,
+    ) -> Forward {
         let owners = &self.owners;
         let Some(port) = ingress.slot().and_then(|s| self.ports[s].as_mut()) else {
             return Forward::Drop(DropReason::UnknownPort);
         };
         let counters = &mut port.counters;
         counters.rx_frames += 1;
-        counters.rx_bytes += frame.len() as u64;
+        counters.rx_bytes += frame_len as u64;
 
-        let Some(header) = frame.get(..ETH_HEADER_LEN) else {
+        let Some(header) = header
+            .get(..ETH_HEADER_LEN)
+            .filter(|_| frame_len >= ETH_HEADER_LEN)
+        else {
             counters.drops.runt += 1;
             return Forward::Drop(DropReason::Runt);
         };
@@ -768,6 +784,23 @@ mod tests {
         assert!(!MacAddr::ZERO.is_valid_source());
         assert!(!MCAST.is_valid_source());
         assert_eq!(guest_mac(10).to_string(), "02:51:55:00:00:0a");
+    }
+
+    #[test]
+    fn forwarding_on_the_header_alone_counts_the_whole_frame() {
+        let mut sw = switch();
+        let f = frame(MacAddr::BROADCAST, guest_mac(1), 14);
+        assert_eq!(
+            sw.forward_header(G1, &f, 1514, 0),
+            Forward::Flood(set(&[UP, G2, G3]))
+        );
+        let c = sw.counters(G1).unwrap();
+        assert_eq!((c.rx_frames, c.rx_bytes), (1, 1514));
+        // A frame_len below the header is a runt even if the header bytes are there.
+        assert_eq!(
+            sw.forward_header(G1, &f, 10, 0),
+            Forward::Drop(DropReason::Runt)
+        );
     }
 
     #[test]

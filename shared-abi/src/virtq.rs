@@ -78,7 +78,7 @@ mod tests;
 
 use core::fmt;
 
-pub use device::{Chain, DeviceQueue, NotInFlight};
+pub use device::{copy_plan, Chain, DeviceQueue, NotInFlight, TxHeader};
 pub use driver::{AddError, DriverQueue, Used};
 pub use mem::{PoolMem, RingMem, SharedPool, SharedRing};
 pub use net::{

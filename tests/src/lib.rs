@@ -2,6 +2,7 @@
 //! the hypervisor parses (`sluice-pack`), and hosts the QEMU runner and integration tests.
 
 pub mod bench;
+pub mod console;
 pub mod net;
 pub mod qemu;
 pub mod report;

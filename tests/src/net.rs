@@ -9,12 +9,23 @@
 //! - [`tcp_echo`]: one TCP connection, a pattern streamed out and read back and compared. It
 //!   retries the connection until the echo service answers, because with QEMU user networking
 //!   the host side accepts at once and only drops the connection when the guest refuses it.
+//! - [`HostEcho`]: one named check, the host reaching one VM's echo service (the driver
+//!   domain's UDP and TCP echo, or a `net` guest's TCP echo through the driver domain's switch),
+//!   started when that VM's console says its network is up; [`HostChecks`]: all of a topology's.
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use shared_abi::bundle::VmKind;
+
+use crate::console;
+use crate::qemu::HostForward;
+use crate::report::Check;
+use crate::topology::Topology;
 
 /// A transport protocol, as QEMU's `hostfwd=` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -383,98 +394,176 @@ fn tcp_attempt(host_port: u16, data: &Arc<[u8]>, deadline: Instant) -> Attempt {
     }
 }
 
-/// The host side of "host -> driver domain": forwards a UDP and a TCP port of the host to the
-/// driver domain's echo service (port 7 at [`DRIVER_DOMAIN_IP`]), and once the driver domain
-/// prints that its NIC is up, checks both from a thread while the boot goes on. Used by the demo
-/// and by the integration test, so both report the same thing.
-pub struct HostToDriverDomain {
-    udp_port: u16,
-    tcp_port: u16,
-    started: std::sync::atomic::AtomicBool,
-    outcome: std::sync::Arc<std::sync::Mutex<Option<Result<String, String>>>>,
-}
-
 /// The driver domain's address on QEMU's user network (its default `ip` setting).
-pub const DRIVER_DOMAIN_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 15);
-/// The echo service port of the driver domain (UDP and TCP).
+pub const DRIVER_DOMAIN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// QEMU user networking's host side, every VM's default gateway (the `gateway` setting).
+pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// The echo service port of every VM's network stack (UDP and TCP).
 pub const ECHO_PORT: u16 = 7;
-/// UDP datagrams and TCP bytes the check sends.
+/// UDP datagrams and TCP bytes the checks send.
 pub const UDP_COUNT: usize = 10;
 pub const TCP_BYTES: usize = 256 * 1024;
+/// How long the TCP echo of a check may take, connection retries included, and how long each
+/// UDP datagram's echo is waited for.
+pub const ECHO_TIMEOUTS: Timeouts = Timeouts {
+    udp_each: Duration::from_secs(2),
+    tcp: Duration::from_secs(20),
+};
 
-impl Default for HostToDriverDomain {
-    fn default() -> Self {
-        Self::new()
-    }
+/// Time limits of a [`HostEcho`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Per UDP datagram.
+    pub udp_each: Duration,
+    /// For the whole TCP echo, connection retries included.
+    pub tcp: Duration,
 }
 
-impl HostToDriverDomain {
-    pub fn new() -> HostToDriverDomain {
-        HostToDriverDomain {
-            udp_port: free_port(Proto::Udp),
-            tcp_port: free_port(Proto::Tcp),
-            started: std::sync::atomic::AtomicBool::new(false),
+/// What a [`HostEcho`] runs, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EchoKind {
+    /// The driver domain's own stack: UDP echo then TCP echo, once it says its NIC link is up
+    /// ([`console::NIC_LINK_UP`]). Check `host -> <vm>`.
+    DriverDomain,
+    /// A `net` guest behind the driver domain's switch: TCP echo, once the guest prints
+    /// [`console::NET_UP`]. Check `tcp host -> <vm> echo`.
+    Guest,
+}
+
+/// The host reaching one VM's echo service (port 7) through the NIC: QEMU forwards host ports
+/// on 127.0.0.1 to the VM's address, and once the VM's console says its network is up, a
+/// thread runs the echo while the boot goes on. The demo (`sluice-run`) and the integration
+/// tests use the same checks (see [`HostChecks`]), so both report the same thing.
+pub struct HostEcho {
+    vm: String,
+    ip: Ipv4Addr,
+    kind: EchoKind,
+    udp_port: Option<u16>,
+    tcp_port: u16,
+    timeouts: Timeouts,
+    started: AtomicBool,
+    outcome: Arc<Mutex<Option<Result<String, String>>>>,
+}
+
+impl HostEcho {
+    /// The driver domain `vm` at `ip`: UDP and TCP echo (`host -> <vm>`).
+    pub fn driver_domain(vm: &str, ip: Ipv4Addr) -> HostEcho {
+        HostEcho::with_ports(
+            vm,
+            ip,
+            EchoKind::DriverDomain,
+            Some(free_port(Proto::Udp)),
+            free_port(Proto::Tcp),
+            ECHO_TIMEOUTS,
+        )
+    }
+
+    /// The guest `vm` at `ip`: TCP echo (`tcp host -> <vm> echo`).
+    pub fn guest(vm: &str, ip: Ipv4Addr) -> HostEcho {
+        HostEcho::with_ports(
+            vm,
+            ip,
+            EchoKind::Guest,
+            None,
+            free_port(Proto::Tcp),
+            ECHO_TIMEOUTS,
+        )
+    }
+
+    fn with_ports(
+        vm: &str,
+        ip: Ipv4Addr,
+        kind: EchoKind,
+        udp_port: Option<u16>,
+        tcp_port: u16,
+        timeouts: Timeouts,
+    ) -> HostEcho {
+        HostEcho {
+            vm: vm.to_string(),
+            ip,
+            kind,
+            udp_port,
+            tcp_port,
+            timeouts,
+            started: AtomicBool::new(false),
             outcome: Default::default(),
         }
     }
 
-    /// The port forwards QEMU needs.
-    pub fn forwards(&self) -> Vec<crate::qemu::HostForward> {
-        vec![
-            crate::qemu::HostForward::udp(self.udp_port, DRIVER_DOMAIN_IP, ECHO_PORT),
-            crate::qemu::HostForward::tcp(self.tcp_port, DRIVER_DOMAIN_IP, ECHO_PORT),
-        ]
+    /// The VM this check talks to.
+    pub fn vm(&self) -> &str {
+        &self.vm
     }
 
-    /// Feed every console line; starts the check at the driver domain's "link up" line.
+    /// The check's name: `host -> driver-domain`, `tcp host -> guest1 echo`.
+    pub fn name(&self) -> String {
+        match self.kind {
+            EchoKind::DriverDomain => format!("host -> {}", self.vm),
+            EchoKind::Guest => format!("tcp host -> {} echo", self.vm),
+        }
+    }
+
+    /// The port forwards QEMU needs.
+    pub fn forwards(&self) -> Vec<HostForward> {
+        let mut out: Vec<HostForward> = self
+            .udp_port
+            .map(|port| HostForward::udp(port, self.ip, ECHO_PORT))
+            .into_iter()
+            .collect();
+        out.push(HostForward::tcp(self.tcp_port, self.ip, ECHO_PORT));
+        out
+    }
+
+    /// Whether `line` (a whole console line, `[vm] ` prefix included) is the VM saying its
+    /// network is up.
+    pub fn starts_on(&self, line: &str) -> bool {
+        let Some(text) = line
+            .strip_prefix('[')
+            .and_then(|l| l.strip_prefix(self.vm.as_str()))
+            .and_then(|l| l.strip_prefix("] "))
+        else {
+            return false;
+        };
+        match self.kind {
+            EchoKind::DriverDomain => console::NIC_LINK_UP.iter().all(|s| text.contains(s)),
+            EchoKind::Guest => text.contains(console::NET_UP),
+        }
+    }
+
+    /// Feed every console line; the first line that [`starts_on`](Self::starts_on) starts the
+    /// echo on a thread of its own.
     pub fn on_line(&self, line: &str) {
-        if !(line.contains("NIC ") && line.contains("link up")) {
+        if !self.starts_on(line) || self.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        if self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let (udp_port, tcp_port) = (self.udp_port, self.tcp_port);
-        let outcome = self.outcome.clone();
+        let (kind, udp_port, tcp_port, timeouts) =
+            (self.kind, self.udp_port, self.tcp_port, self.timeouts);
+        let outcome = Arc::clone(&self.outcome);
         std::thread::spawn(move || {
-            let udp = udp_echo(udp_port, UDP_COUNT, 64, Duration::from_secs(2));
-            let result = if udp.received < udp.sent || udp.mismatched > 0 {
-                Err(format!(
-                    "udp echo: {}/{} answered, {} corrupted",
-                    udp.received, udp.sent, udp.mismatched
-                ))
-            } else {
-                match tcp_echo(tcp_port, TCP_BYTES, Duration::from_secs(20)) {
-                    Ok(tcp) => Ok(format!(
-                        "udp echo {}/{} (rtt min/avg/max {:.2}/{:.2}/{:.2} ms), tcp echo {} KiB in \
-                         {} ms ({:.1} Mbit/s each way)",
-                        udp.received,
-                        udp.sent,
-                        udp.rtt_min.as_secs_f64() * 1e3,
-                        udp.rtt_avg.as_secs_f64() * 1e3,
-                        udp.rtt_max.as_secs_f64() * 1e3,
-                        tcp.bytes / 1024,
-                        tcp.transfer_time.as_millis(),
-                        tcp.mbit_per_s()
-                    )),
-                    Err(e) => Err(format!("tcp echo: {e}")),
-                }
-            };
+            let result = run_echo(kind, udp_port, tcp_port, timeouts);
             *outcome.lock().expect("not poisoned") = Some(result);
         });
     }
 
-    /// True once the check has finished (either way).
+    /// True once the echo has finished (either way).
     pub fn done(&self) -> bool {
         self.outcome.lock().expect("not poisoned").is_some()
     }
 
-    /// The check's outcome: a summary, or why it failed.
+    /// The echo's outcome: a summary, or why it failed.
     pub fn outcome(&self) -> Result<String, String> {
-        if !self.started.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(String::from(
-                "the driver domain never said its NIC link is up (see its console lines)",
-            ));
+        if !self.started.load(Ordering::SeqCst) {
+            return Err(match self.kind {
+                EchoKind::DriverDomain => format!(
+                    "{} never said its NIC link is up (see its console lines)",
+                    self.vm
+                ),
+                EchoKind::Guest => format!(
+                    "{} never printed '{}' (see its console lines)",
+                    self.vm,
+                    console::NET_UP
+                ),
+            });
         }
         self.outcome
             .lock()
@@ -482,9 +571,133 @@ impl HostToDriverDomain {
             .clone()
             .unwrap_or_else(|| {
                 Err(String::from(
-                    "the check did not finish before the boot ended",
+                    "the echo did not finish before the boot ended",
                 ))
             })
+    }
+
+    /// The outcome as a named check.
+    pub fn check(&self) -> Check {
+        let outcome = self.outcome();
+        Check::new(
+            self.name(),
+            outcome.is_ok(),
+            outcome.unwrap_or_else(|why| why),
+        )
+    }
+}
+
+/// The traffic of one [`HostEcho`]; the summary or why it failed.
+fn run_echo(
+    kind: EchoKind,
+    udp_port: Option<u16>,
+    tcp_port: u16,
+    timeouts: Timeouts,
+) -> Result<String, String> {
+    let udp = match udp_port {
+        Some(port) => {
+            let udp = udp_echo(port, UDP_COUNT, 64, timeouts.udp_each);
+            if udp.received < udp.sent || udp.mismatched > 0 {
+                return Err(format!(
+                    "udp echo: {}/{} answered, {} corrupted",
+                    udp.received, udp.sent, udp.mismatched
+                ));
+            }
+            Some(udp)
+        }
+        None => None,
+    };
+    let tcp = tcp_echo(tcp_port, TCP_BYTES, timeouts.tcp).map_err(|e| format!("tcp echo: {e}"))?;
+    let tcp_text = format!(
+        "{} KiB in {} ms ({:.1} Mbit/s each way)",
+        tcp.bytes / 1024,
+        tcp.transfer_time.as_millis(),
+        tcp.mbit_per_s()
+    );
+    Ok(match (kind, udp) {
+        (EchoKind::DriverDomain, Some(udp)) => format!(
+            "udp echo {}/{} (rtt min/avg/max {:.2}/{:.2}/{:.2} ms), tcp echo {tcp_text}",
+            udp.received,
+            udp.sent,
+            udp.rtt_min.as_secs_f64() * 1e3,
+            udp.rtt_avg.as_secs_f64() * 1e3,
+            udp.rtt_max.as_secs_f64() * 1e3,
+        ),
+        _ => tcp_text,
+    })
+}
+
+/// Every host echo a topology asks for: `host -> <driver domain>` when a driver domain owns
+/// the NIC, and `tcp host -> <guest> echo` for each guest with `host_echo = true`.
+pub struct HostChecks {
+    echoes: Vec<HostEcho>,
+}
+
+impl HostChecks {
+    /// The echoes of `topology`, in VM order. `Err` for a `host_echo` the boot cannot honour:
+    /// no NIC in the topology, no usable `ip` on the guest, or a value other than true/false.
+    pub fn plan(topology: &Topology) -> Result<HostChecks, String> {
+        let mut echoes = Vec::new();
+        let nic = topology.passthrough().map(|(vm, _)| vm.name.clone());
+        for vm in &topology.vms {
+            if vm.passthrough.is_some() {
+                echoes.push(HostEcho::driver_domain(&vm.name, vm.ip()?));
+            }
+            let wanted = match vm.setting("host_echo") {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "vm {:?}: host_echo = {other:?} must be true or false",
+                        vm.name
+                    ))
+                }
+            };
+            if !wanted {
+                continue;
+            }
+            if vm.kind != VmKind::Guest {
+                return Err(format!(
+                    "vm {:?}: host_echo is for guests; a driver domain with a NIC is echoed anyway",
+                    vm.name
+                ));
+            }
+            if nic.is_none() {
+                return Err(format!(
+                    "vm {:?}: host_echo = true needs a NIC, but no driver domain of the topology \
+                     has a passthrough",
+                    vm.name
+                ));
+            }
+            echoes.push(HostEcho::guest(&vm.name, vm.ip()?));
+        }
+        Ok(HostChecks { echoes })
+    }
+
+    pub fn echoes(&self) -> &[HostEcho] {
+        &self.echoes
+    }
+
+    /// The echo of VM `vm`, if it has one.
+    pub fn get(&self, vm: &str) -> Option<&HostEcho> {
+        self.echoes.iter().find(|e| e.vm == vm)
+    }
+
+    /// Every port forward QEMU needs (for [`BootOptions::host_forwards`](crate::qemu::BootOptions)).
+    pub fn forwards(&self) -> Vec<HostForward> {
+        self.echoes.iter().flat_map(HostEcho::forwards).collect()
+    }
+
+    /// Feed every console line (for [`BootOptions::on_line`](crate::qemu::BootOptions)).
+    pub fn on_line(&self, line: &str) {
+        for echo in &self.echoes {
+            echo.on_line(line);
+        }
+    }
+
+    /// One check per echo, after the boot.
+    pub fn checks(&self) -> Vec<Check> {
+        self.echoes.iter().map(HostEcho::check).collect()
     }
 }
 
@@ -699,5 +912,253 @@ mod tests {
         });
         let e = tcp_echo(port, 10, ms(500)).unwrap_err();
         assert!(e.contains("timed out with 0 of 10 bytes"), "{e}");
+    }
+
+    /// Short limits for tests against local services.
+    fn quick(tcp_ms: u64) -> Timeouts {
+        Timeouts {
+            udp_each: ms(50),
+            tcp: ms(tcp_ms),
+        }
+    }
+
+    fn wait_done(echo: &HostEcho) {
+        let start = Instant::now();
+        while !echo.done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "echo never finished"
+            );
+            std::thread::sleep(ms(10));
+        }
+    }
+
+    #[test]
+    fn a_guest_echo_starts_at_its_net_up_line_and_reports_tcp_only() {
+        let port = tcp_server(TcpListener::bind((HOST, 0)).unwrap(), |_, s| echo(s));
+        let ip = Ipv4Addr::new(10, 0, 2, 16);
+        let e = HostEcho::with_ports("guest1", ip, EchoKind::Guest, None, port, quick(5000));
+        assert_eq!(e.name(), "tcp host -> guest1 echo");
+        assert_eq!(e.vm(), "guest1");
+        assert_eq!(e.forwards(), [HostForward::tcp(port, ip, ECHO_PORT)]);
+        let up = "[guest1] net up: MAC 02:51:55:00:00:02, IP 10.0.2.16/24, gateway 10.0.2.2";
+        for not_yet in [
+            "[guest10] net up: MAC 02:51:55:00:00:0b, IP 10.0.2.26/24, gateway 10.0.2.2",
+            "[guest2] net up: MAC 02:51:55:00:00:03, IP 10.0.2.17/24, gateway 10.0.2.2",
+            "[guest1] ping 10.0.2.17: seq 0 rtt 0.5 ms",
+            "[driver-domain] NIC 00:02.0 link up",
+            "guest1 net up:",
+        ] {
+            assert!(!e.starts_on(not_yet), "{not_yet}");
+            e.on_line(not_yet);
+        }
+        let check = e.check();
+        assert!(!check.pass);
+        assert_eq!(
+            check.summary_line(),
+            "FAIL tcp host -> guest1 echo: guest1 never printed 'net up:' (see its console lines)"
+        );
+        assert!(e.starts_on(up));
+        e.on_line(up);
+        e.on_line(up); // a second start is ignored
+        wait_done(&e);
+        let check = e.check();
+        assert!(check.pass, "{check:?}");
+        let detail = check.detail;
+        assert!(
+            detail.starts_with("256 KiB in ") && detail.ends_with(" Mbit/s each way)"),
+            "{detail}"
+        );
+        assert!(!detail.contains("udp"), "{detail}");
+    }
+
+    #[test]
+    fn a_driver_domain_echo_does_udp_then_tcp_after_link_up() {
+        let udp = udp_server(Some);
+        let tcp = tcp_server(TcpListener::bind((HOST, 0)).unwrap(), |_, s| echo(s));
+        let ip = DRIVER_DOMAIN_IP;
+        let e = HostEcho::with_ports(
+            "dd",
+            ip,
+            EchoKind::DriverDomain,
+            Some(udp),
+            tcp,
+            quick(5000),
+        );
+        assert_eq!(e.name(), "host -> dd");
+        assert_eq!(
+            e.forwards(),
+            [
+                HostForward::udp(udp, ip, ECHO_PORT),
+                HostForward::tcp(tcp, ip, ECHO_PORT)
+            ]
+        );
+        assert!(e
+            .outcome()
+            .unwrap_err()
+            .contains("dd never said its NIC link is up"));
+        // Only the driver domain's own line counts.
+        assert!(!e.starts_on("[guest1] NIC 00:02.0 link up"));
+        assert!(!e.starts_on("[dd] net up: MAC 02:51:55:00:00:01"));
+        e.on_line("[dd] NIC 00:02.0 link up, MAC 52:54:00:12:34:56");
+        wait_done(&e);
+        let detail = e.outcome().unwrap();
+        assert!(
+            detail.starts_with("udp echo 10/10 (rtt min/avg/max "),
+            "{detail}"
+        );
+        assert!(detail.contains(", tcp echo 256 KiB in "), "{detail}");
+    }
+
+    #[test]
+    fn a_failed_echo_says_why() {
+        // No TCP service: the echo gives up at its timeout.
+        let port = free_port(Proto::Tcp);
+        let e = HostEcho::with_ports(
+            "g",
+            Ipv4Addr::new(10, 0, 2, 16),
+            EchoKind::Guest,
+            None,
+            port,
+            quick(300),
+        );
+        e.on_line("[g] net up: MAC 02:51:55:00:00:02, IP 10.0.2.16/24, gateway 10.0.2.2");
+        wait_done(&e);
+        let why = e.outcome().unwrap_err();
+        assert!(
+            why.starts_with("tcp echo: no TCP echo via 127.0.0.1:"),
+            "{why}"
+        );
+        // UDP echoes that do not come back stop the check before TCP.
+        let udp = udp_server(|_| None);
+        let e = HostEcho::with_ports(
+            "dd",
+            DRIVER_DOMAIN_IP,
+            EchoKind::DriverDomain,
+            Some(udp),
+            port,
+            quick(300),
+        );
+        assert_eq!(
+            run_echo(e.kind, e.udp_port, e.tcp_port, e.timeouts).unwrap_err(),
+            "udp echo: 0/10 answered, 0 corrupted"
+        );
+    }
+
+    const NET_TOPOLOGY: &str = r#"
+[machine]
+cpus = 2
+memory_mib = 256
+[[vm]]
+name = "dd"
+kind = "driver-domain"
+image = "driver-domain"
+memory_mib = 16
+vcpus = 1
+passthrough = "00:02.0"
+[[vm]]
+name = "g1"
+kind = "guest"
+image = "guest-frontend"
+memory_mib = 8
+vcpus = 1
+backend = "dd"
+settings = { app = "net", ip = "10.0.2.16/24", host_echo = true }
+[[vm]]
+name = "g2"
+kind = "guest"
+image = "guest-frontend"
+memory_mib = 8
+vcpus = 1
+backend = "dd"
+settings = { app = "net", ip = "10.0.2.17/24", host_echo = false }
+[[vm]]
+name = "g3"
+kind = "guest"
+image = "guest-frontend"
+memory_mib = 8
+vcpus = 1
+backend = "dd"
+settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
+"#;
+
+    #[test]
+    fn host_checks_follow_the_topology() {
+        let t = Topology::from_toml_str(NET_TOPOLOGY).unwrap();
+        let plan = HostChecks::plan(&t).unwrap();
+        let names: Vec<String> = plan.echoes().iter().map(HostEcho::name).collect();
+        assert_eq!(
+            names,
+            ["host -> dd", "tcp host -> g1 echo", "tcp host -> g3 echo"]
+        );
+        let targets: Vec<(Proto, String)> = plan
+            .forwards()
+            .iter()
+            .map(|f| (f.proto, format!("{}:{}", f.guest_ip, f.guest_port)))
+            .collect();
+        let row = |p, s: &str| (p, s.to_string());
+        assert_eq!(
+            targets,
+            [
+                row(Proto::Udp, "10.0.2.15:7"),
+                row(Proto::Tcp, "10.0.2.15:7"),
+                row(Proto::Tcp, "10.0.2.16:7"),
+                row(Proto::Tcp, "10.0.2.18:7"),
+            ]
+        );
+        let mut ports: Vec<u16> = plan.forwards().iter().map(|f| f.host_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 4, "every forward has its own host port");
+        assert!(plan.get("g3").is_some() && plan.get("g2").is_none());
+        // Nothing has started, so every check fails with the reason.
+        plan.on_line("[g2] net up: MAC 02:51:55:00:00:03, IP 10.0.2.17/24, gateway 10.0.2.2");
+        let checks = plan.checks();
+        assert_eq!(checks.len(), 3);
+        assert!(checks.iter().all(|c| !c.pass));
+        assert_eq!(
+            checks[1].detail,
+            "g1 never printed 'net up:' (see its console lines)"
+        );
+        // The default topology: the driver domain and guest1.
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let default = Topology::from_file(&path).unwrap();
+        let names: Vec<String> = HostChecks::plan(&default)
+            .unwrap()
+            .echoes()
+            .iter()
+            .map(HostEcho::name)
+            .collect();
+        assert_eq!(names, ["host -> driver-domain", "tcp host -> guest1 echo"]);
+    }
+
+    #[test]
+    fn host_checks_refuse_what_cannot_be_done() {
+        let case = |from: &str, to: &str| {
+            assert!(NET_TOPOLOGY.contains(from), "{from}");
+            let t = Topology::from_toml_str(&NET_TOPOLOGY.replacen(from, to, 1)).unwrap();
+            HostChecks::plan(&t).err().unwrap_or_default()
+        };
+        let e = case("host_echo = false", "host_echo = \"yes\"");
+        assert_eq!(e, "vm \"g2\": host_echo = \"yes\" must be true or false");
+        let e = case("ip = \"10.0.2.16/24\", ", "");
+        assert!(e.contains("vm \"g1\" has no ip setting"), "{e}");
+        let e = case("passthrough = \"00:02.0\"\n", "");
+        assert!(e.contains("host_echo = true needs a NIC"), "{e}");
+        let e = case(
+            "passthrough = \"00:02.0\"\n",
+            "passthrough = \"00:02.0\"\nsettings = { host_echo = true }\n",
+        );
+        assert!(e.contains("host_echo is for guests"), "{e}");
+        // No NIC and no host_echo: nothing to check.
+        let t = Topology::from_toml_str(
+            &NET_TOPOLOGY
+                .replacen("passthrough = \"00:02.0\"\n", "", 1)
+                .replace("host_echo = true", "host_echo = false"),
+        )
+        .unwrap();
+        let plan = HostChecks::plan(&t).unwrap();
+        assert!(plan.echoes().is_empty() && plan.forwards().is_empty());
     }
 }

@@ -6,7 +6,7 @@
 //! what the hypervisor programs), and a modern-only virtio-net-pci function that goes through
 //! the IOMMU is placed on the root bus at the topology's address. Its host side is QEMU user
 //! networking on [`USER_NET`], with the host ports of [`BootOptions::host_forwards`] forwarded
-//! from 127.0.0.1 to the guest network.
+//! from 127.0.0.1 to the guest network. A topology without one gets no NIC at all (`-nic none`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -220,34 +220,40 @@ pub fn qemu_args(
         "-initrd".into(),
         bundle.display().to_string(),
     ];
-    if let Some((bdf, backend)) = nic {
-        let netdev = match backend {
-            NicBackend::User => {
-                let mut netdev = format!("user,id={NIC_NETDEV_ID},net={USER_NET}");
-                for forward in host_forwards {
-                    netdev += &format!(",hostfwd={forward}");
-                }
-                netdev
+    let Some((bdf, backend)) = nic else {
+        // Without this QEMU adds its default NIC (a virtio-net-pci that nobody owns and whose
+        // option ROM, package ipxe-qemu, may not even be installed).
+        args.extend(["-nic".into(), "none".into()]);
+        return args;
+    };
+    let netdev = match backend {
+        NicBackend::User => {
+            let mut netdev = format!("user,id={NIC_NETDEV_ID},net={USER_NET}");
+            for forward in host_forwards {
+                netdev += &format!(",hostfwd={forward}");
             }
-        };
-        // The topology guarantees bus 0: QEMU virt's root bus is pcie.0.
-        let device = format!(
-            "virtio-net-pci,netdev={NIC_NETDEV_ID},disable-legacy=on,iommu_platform=on,\
-             bus=pcie.0,addr={:#04x}.{},mac={NIC_MAC}",
-            bdf.device(),
-            bdf.function()
-        );
-        args.extend([
-            // QEMU's SMMUv3 does stage 1 only unless told otherwise; passed-through streams
-            // translate with stage 2 only, through the owning VM's own tables.
-            "-global".into(),
-            "arm-smmuv3.stage=2".into(),
-            "-netdev".into(),
-            netdev,
-            "-device".into(),
-            device,
-        ]);
-    }
+            netdev
+        }
+    };
+    // The topology guarantees bus 0: QEMU virt's root bus is pcie.0. `romfile=` because
+    // the option ROM (x86 PXE code, package ipxe-qemu) is useless here and absent on
+    // machines that installed QEMU without recommends.
+    let device = format!(
+        "virtio-net-pci,netdev={NIC_NETDEV_ID},disable-legacy=on,iommu_platform=on,\
+         romfile=,bus=pcie.0,addr={:#04x}.{},mac={NIC_MAC}",
+        bdf.device(),
+        bdf.function()
+    );
+    args.extend([
+        // QEMU's SMMUv3 does stage 1 only unless told otherwise; passed-through streams
+        // translate with stage 2 only, through the owning VM's own tables.
+        "-global".into(),
+        "arm-smmuv3.stage=2".into(),
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        device,
+    ]);
     args
 }
 
@@ -392,7 +398,7 @@ vcpus = 1
         )
     }
 
-    /// The command line of a topology without a NIC, as it was before passthrough existed.
+    /// The command line every topology starts with.
     const PLAIN_ARGS: [&str; 18] = [
         "-M",
         "virt,virtualization=on,gic-version=3",
@@ -415,12 +421,14 @@ vcpus = 1
     ];
 
     #[test]
-    fn without_passthrough_the_command_line_is_unchanged() {
+    fn without_passthrough_there_is_no_nic_at_all() {
         let t = topology("");
-        assert_eq!(args(&t, &[]), PLAIN_ARGS);
+        let mut expected: Vec<String> = PLAIN_ARGS.iter().map(|s| s.to_string()).collect();
+        expected.extend(["-nic", "none"].map(String::from));
+        assert_eq!(args(&t, &[]), expected);
         // Forwards without a NIC have nowhere to go; qemu_args ignores them (boot refuses).
         let fwd = HostForward::udp(5555, Ipv4Addr::new(10, 0, 2, 15), 7);
-        assert_eq!(args(&t, &[fwd]), PLAIN_ARGS);
+        assert_eq!(args(&t, &[fwd]), expected);
     }
 
     #[test]
@@ -444,8 +452,8 @@ vcpus = 1
                 "user,id=nic0,net=10.0.2.0/24,hostfwd=udp:127.0.0.1:40000-10.0.2.15:7,\
                  hostfwd=tcp:127.0.0.1:40001-10.0.2.15:7",
                 "-device",
-                "virtio-net-pci,netdev=nic0,disable-legacy=on,iommu_platform=on,bus=pcie.0,\
-                 addr=0x02.0,mac=52:54:00:12:34:56",
+                "virtio-net-pci,netdev=nic0,disable-legacy=on,iommu_platform=on,romfile=,\
+                 bus=pcie.0,addr=0x02.0,mac=52:54:00:12:34:56",
             ]
             .map(String::from),
         );

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -98,6 +99,53 @@ impl VmDef {
             .iter()
             .map(|(k, v)| format!("{k}={v}\n"))
             .collect()
+    }
+
+    /// The value of setting `key`, if the VM has it.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The VM's address on the NIC's network: the address part of its `ip` setting
+    /// (`ip = "10.0.2.16/24"`), or for a driver domain without one the address it defaults to
+    /// ([`DRIVER_DOMAIN_IP`](crate::net::DRIVER_DOMAIN_IP)). `Err` says what is wrong: no `ip`
+    /// on a guest, or a value that is not an IPv4 address with an optional prefix length.
+    pub fn ip(&self) -> Result<Ipv4Addr, String> {
+        let Some(text) = self.setting("ip") else {
+            return match self.kind {
+                VmKind::DriverDomain => Ok(crate::net::DRIVER_DOMAIN_IP),
+                VmKind::Guest => Err(format!(
+                    "vm {:?} has no ip setting (like ip = \"10.0.2.16/24\")",
+                    self.name
+                )),
+            };
+        };
+        let (address, prefix) = text.split_once('/').unwrap_or((text, "32"));
+        match (address.parse(), prefix.parse::<u8>()) {
+            (Ok(ip), Ok(0..=32)) => Ok(ip),
+            _ => Err(format!(
+                "vm {:?}: ip = {text:?} is not an IPv4 address like \"10.0.2.16/24\"",
+                self.name
+            )),
+        }
+    }
+
+    /// The VM's default gateway: its `gateway` setting, else QEMU user networking's host side
+    /// ([`DEFAULT_GATEWAY`](crate::net::DEFAULT_GATEWAY)). A malformed value is returned as
+    /// `Err` with the reason.
+    pub fn gateway(&self) -> Result<Ipv4Addr, String> {
+        match self.setting("gateway") {
+            None => Ok(crate::net::DEFAULT_GATEWAY),
+            Some(text) => text.parse().map_err(|_| {
+                format!(
+                    "vm {:?}: gateway = {text:?} is not an IPv4 address",
+                    self.name
+                )
+            }),
+        }
     }
 }
 
@@ -862,7 +910,6 @@ vcpus = 1
                 ),
                 ("guest1", VmKind::Guest, "guest-frontend", 8, 1),
                 ("guest2", VmKind::Guest, "guest-frontend", 8, 1),
-                ("guest3", VmKind::Guest, "guest-frontend", 8, 2),
             ]
         );
         assert_eq!(
@@ -873,11 +920,27 @@ vcpus = 1
         let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         assert_eq!(
             t.vms[1].settings,
-            [pair("app", "pingpong"), pair("rounds", "1000")]
+            [
+                pair("app", "net"),
+                pair("ip", "10.0.2.16/24"),
+                pair("ping", "10.0.2.17,10.0.2.2"),
+                pair("host_echo", "true"),
+            ]
         );
-        for guest in &t.vms[2..] {
-            assert_eq!(guest.settings, [pair("app", "hello")]);
-        }
+        assert_eq!(
+            t.vms[2].settings,
+            [
+                pair("app", "net"),
+                pair("ip", "10.0.2.17/24"),
+                pair("ping", "10.0.2.16,10.0.2.2"),
+            ]
+        );
+        let ips: Vec<_> = t
+            .vms
+            .iter()
+            .map(|vm| vm.ip().unwrap().to_string())
+            .collect();
+        assert_eq!(ips, ["10.0.2.15", "10.0.2.16", "10.0.2.17"]);
         for guest in &t.vms[1..] {
             assert_eq!(guest.backend.as_deref(), Some("driver-domain"));
         }
@@ -995,6 +1058,78 @@ vcpus = 1
         assert_eq!(t.machine.nic, Some(NicBackend::User));
         let (vm, bdf) = t.passthrough().unwrap();
         assert_eq!((vm.name.as_str(), bdf), ("driver-domain", NIC));
+    }
+
+    #[test]
+    fn eight_guests_topology_fits_and_pings_everyone() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/eight-guests.toml");
+        let t = Topology::from_file(&path).unwrap();
+        assert_eq!(t.machine.cpus, 2);
+        assert_eq!(t.vms.len(), 9);
+        assert!(t.vms.len() <= MAX_VMS);
+        let (dd, _) = t.passthrough().unwrap();
+        assert_eq!(dd.name, "driver-domain");
+        let guests = &t.vms[1..];
+        let ips: Vec<Ipv4Addr> = guests.iter().map(|vm| vm.ip().unwrap()).collect();
+        for (i, guest) in guests.iter().enumerate() {
+            assert_eq!(guest.name, format!("guest{}", i + 1));
+            assert_eq!((guest.vcpus, guest.memory_mib), (1, 8));
+            assert_eq!(guest.backend.as_deref(), Some("driver-domain"));
+            assert_eq!(guest.setting("app"), Some("net"));
+            assert_eq!(ips[i], Ipv4Addr::new(10, 0, 2, 16 + i as u8));
+            let targets: Vec<Ipv4Addr> = guest
+                .setting("ping")
+                .unwrap()
+                .split(',')
+                .map(|t| t.parse().unwrap())
+                .collect();
+            let others: Vec<Ipv4Addr> = ips.iter().copied().filter(|&ip| ip != ips[i]).collect();
+            assert_eq!(targets, others, "{}", guest.name);
+        }
+    }
+
+    #[test]
+    fn settings_ip_and_gateway_accessors() {
+        let t = with(
+            "vcpus = 1\n",
+            "vcpus = 1\nsettings = { ip = \"10.0.2.16/24\", gateway = \"10.0.2.1\" }\n",
+        )
+        .unwrap();
+        let vm = &t.vms[0];
+        assert_eq!(vm.setting("ip"), Some("10.0.2.16/24"));
+        assert_eq!(vm.setting("nope"), None);
+        assert_eq!(vm.ip(), Ok(Ipv4Addr::new(10, 0, 2, 16)));
+        assert_eq!(vm.gateway(), Ok(Ipv4Addr::new(10, 0, 2, 1)));
+        // Defaults: a guest has no address, a driver domain 10.0.2.15; the gateway is the host.
+        let t = with_dd("", "").unwrap();
+        assert!(t.vms[0].ip().unwrap_err().contains("has no ip setting"));
+        assert_eq!(t.vms[1].ip(), Ok(crate::net::DRIVER_DOMAIN_IP));
+        assert_eq!(t.vms[0].gateway(), Ok(Ipv4Addr::new(10, 0, 2, 2)));
+        // Without a prefix length is fine; malformed values say what is wrong.
+        let t = with(
+            "vcpus = 1\n",
+            "vcpus = 1\nsettings = { ip = \"10.0.2.9\" }\n",
+        )
+        .unwrap();
+        assert_eq!(t.vms[0].ip(), Ok(Ipv4Addr::new(10, 0, 2, 9)));
+        for bad in ["10.0.2/24", "10.0.2.16/33", "10.0.2.16/", "x"] {
+            let t = with(
+                "vcpus = 1\n",
+                &format!("vcpus = 1\nsettings = {{ ip = \"{bad}\", gateway = \"{bad}\" }}\n"),
+            )
+            .unwrap();
+            assert!(
+                t.vms[0]
+                    .ip()
+                    .unwrap_err()
+                    .contains("is not an IPv4 address"),
+                "{bad}"
+            );
+            assert!(t.vms[0]
+                .gateway()
+                .unwrap_err()
+                .contains("is not an IPv4 address"));
+        }
     }
 
     #[test]
@@ -1517,17 +1652,17 @@ vcpus = 1
             assert_eq!(guest.backend, Some(1));
             assert_eq!(bundle.peers_of(guest.id), 1 << 1);
         }
-        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3) | (1 << 4));
+        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3));
         assert_eq!(
             bundle.vm(0).unwrap().settings,
             "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n"
         );
         assert_eq!(bundle.vm(0).unwrap().passthrough, Bdf::new(0, 2, 0));
         assert_eq!(
-            shared_abi::start_info::setting(bundle.vm(3).unwrap().settings, "app"),
-            Some("hello")
+            shared_abi::start_info::setting(bundle.vm(2).unwrap().settings, "ip"),
+            Some("10.0.2.17/24")
         );
-        // The three guests share one copy of their image.
+        // The two guests share one copy of their image.
         assert!(bytes.len() < 4000 + 2 * 2500);
     }
 

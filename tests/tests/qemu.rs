@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use sluice_harness::console;
+use sluice_harness::net::HostChecks;
 use sluice_harness::qemu::{boot, Artifacts, Boot, BootOptions};
-use sluice_harness::report::{evaluate, kill_reason};
+use sluice_harness::report::{evaluate, kill_reason, ping_checks, spoofed_count, Check};
 use sluice_harness::topology::Topology;
 
 fn artifacts() -> Artifacts {
@@ -55,10 +57,22 @@ fn ram_pa(boot: &Boot, vm: &str) -> u64 {
 }
 
 #[test]
-fn default_topology_boots_every_vm_on_two_pcpus() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../topologies/default.toml");
-    let topology =
-        Topology::from_file(std::path::Path::new(path)).expect("default topology parses");
+fn a_driver_domain_and_three_guests_boot_every_vm_on_two_pcpus() {
+    // What topologies/default.toml was before it became the network demo: a ping-pong guest,
+    // two that say hello (one with two vCPUs), all connected to a driver domain with the NIC.
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        nic_driver_domain(", role = \"switch\", ip = \"10.0.2.15/24\""),
+        frontend_vcpus(
+            "guest1",
+            "driver-domain",
+            1,
+            "app = \"pingpong\", rounds = 1000"
+        ),
+        frontend_vcpus("guest2", "driver-domain", 1, "app = \"hello\""),
+        frontend_vcpus("guest3", "driver-domain", 2, "app = \"hello\""),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
     assert!(topology.vms.len() >= 3 && topology.machine.cpus == 2);
     let result = boot_with(
         &topology,
@@ -365,8 +379,13 @@ fn driver_domain(name: &str, memory_mib: u64) -> String {
 
 /// A guest entry connected to back-end `backend`.
 fn frontend(name: &str, backend: &str, settings: &str) -> String {
+    frontend_vcpus(name, backend, 1, settings)
+}
+
+/// A guest entry with `vcpus` vCPUs connected to back-end `backend`.
+fn frontend_vcpus(name: &str, backend: &str, vcpus: u32, settings: &str) -> String {
     format!(
-        "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"guest-frontend\"\nmemory_mib = 8\nvcpus = 1\nbackend = \"{backend}\"\nsettings = {{ {settings} }}\n"
+        "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"guest-frontend\"\nmemory_mib = 8\nvcpus = {vcpus}\nbackend = \"{backend}\"\nsettings = {{ {settings} }}\n"
     )
 }
 
@@ -567,7 +586,10 @@ fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
         guest("guest1", 8, 1, "app = \"hello\"")
     );
     let topology = Topology::from_toml_str(&toml).expect("test topology");
-    let check = sluice_harness::net::HostToDriverDomain::new();
+    let check = sluice_harness::net::HostEcho::driver_domain(
+        "driver-domain",
+        sluice_harness::net::DRIVER_DOMAIN_IP,
+    );
     let on_line = |line: &str| check.on_line(line);
     let boot = boot_with(
         &topology,
@@ -676,4 +698,266 @@ fn guests_can_neither_see_nor_touch_the_nic() {
         assert!(boot.has("[driver-domain] NIC 00:02.0 link up"), "{t}");
         assert_report_ok(&boot, "driver-domain", "served");
     }
+}
+
+// ---- Guests on the network: front-ends, the driver domain's switch, the host ------------------
+//
+// The console strings these tests rely on are in `sluice_harness::console` (ping summaries,
+// `net up:`, the driver domain's front-end lines, the switch counters); the ping checks are
+// `report::ping_checks`, the host echoes `net::HostChecks`, the same code `./run.sh` runs.
+
+/// Boots `topology` as `sluice-run` does (host echoes through the NIC as the topology asks) and
+/// returns the boot with every check: `evaluate`'s (ping checks included) and the host's.
+fn boot_like_the_demo(topology: &Topology, timeout_s: u64) -> (Boot, Vec<Check>) {
+    let host = HostChecks::plan(topology).unwrap_or_else(|e| panic!("host checks: {e}"));
+    let on_line = |line: &str| host.on_line(line);
+    let boot = boot_with(
+        topology,
+        BootOptions {
+            timeout: Duration::from_secs(timeout_s),
+            host_forwards: host.forwards(),
+            on_line: Some(&on_line),
+            ..BootOptions::default()
+        },
+    );
+    let mut checks = evaluate(topology, &boot);
+    checks.extend(host.checks());
+    (boot, checks)
+}
+
+fn topology_file(name: &str) -> Topology {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../topologies")
+        .join(name);
+    Topology::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Panics unless every check named in `names` exists and passed, then unless every check passed.
+fn assert_checks_pass(boot: &Boot, checks: &[Check], names: &[String]) {
+    let t = boot.transcript();
+    let summary: Vec<String> = checks.iter().map(Check::summary_line).collect();
+    for name in names {
+        let check = checks
+            .iter()
+            .find(|c| &c.name == name)
+            .unwrap_or_else(|| panic!("no check named '{name}': {summary:#?}\n{t}"));
+        assert!(check.pass, "{}\n{summary:#?}\n{t}", check.summary_line());
+    }
+    let failed: Vec<&String> = summary.iter().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{t}");
+}
+
+/// A driver domain that owns the NIC and switches its front-ends' frames (as in
+/// topologies/default.toml), with extra settings.
+fn switch_driver_domain(settings: &str) -> String {
+    nic_driver_domain(&format!(
+        ", role = \"switch\", ip = \"10.0.2.15/24\"{settings}"
+    ))
+}
+
+/// A `net` guest on the driver domain's switch at 10.0.2.`host`, with extra settings.
+fn net_guest(name: &str, host: u8, settings: &str) -> String {
+    frontend(
+        name,
+        "driver-domain",
+        &format!("app = \"net\", ip = \"10.0.2.{host}/24\"{settings}"),
+    )
+}
+
+#[test]
+fn guests_ping_each_other_and_the_host_through_the_driver_domain() {
+    let topology = topology_file("default.toml");
+    let (boot, checks) = boot_like_the_demo(&topology, 120);
+    let t = boot.transcript();
+    for (id, guest) in [(2, "guest1"), (3, "guest2")] {
+        assert!(
+            boot.vm_lines(guest).any(|l| l.contains(console::NET_UP)),
+            "{guest} never printed '{}':\n{t}",
+            console::NET_UP
+        );
+        assert!(
+            boot.vm_lines("driver-domain")
+                .any(|l| l.contains(&console::front_end_connected(id))),
+            "the driver domain never said '{}':\n{t}",
+            console::front_end_connected(id)
+        );
+    }
+    let pings: Vec<String> = [
+        "ping guest1 -> guest2",
+        "ping guest1 -> host",
+        "ping guest2 -> guest1",
+        "ping guest2 -> host",
+    ]
+    .map(String::from)
+    .to_vec();
+    // The default topology is the demo: every check of `./run.sh` must pass.
+    assert_checks_pass(&boot, &checks, &pings);
+}
+
+#[test]
+fn the_host_reaches_a_guests_tcp_echo_through_the_nic() {
+    // Two guests with their TCP echo forwarded from the host: the host's connections go through
+    // QEMU's user network, the NIC, the driver domain's switch and each guest's front-end; the
+    // switch must send each one to the right guest. No pings, so the guests only serve.
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("guest1", 16, ", host_echo = true, serve_ms = 12000"),
+        net_guest("guest2", 17, ", host_echo = true, serve_ms = 12000"),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let (boot, checks) = boot_like_the_demo(&topology, 120);
+    let names = [
+        "tcp host -> guest1 echo",
+        "tcp host -> guest2 echo",
+        "host -> driver-domain",
+    ]
+    .map(String::from);
+    assert_checks_pass(&boot, &checks, &names);
+}
+
+#[test]
+fn eight_guests_all_ping_each_other() {
+    let topology = topology_file("eight-guests.toml");
+    let guests: Vec<&str> = topology.vms[1..].iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(guests.len(), 8);
+    let (boot, checks) = boot_like_the_demo(&topology, 300);
+    let pings: Vec<String> = guests
+        .iter()
+        .flat_map(|a| {
+            guests
+                .iter()
+                .filter(move |b| *b != a)
+                .map(move |b| format!("ping {a} -> {b}"))
+        })
+        .collect();
+    assert_eq!(pings.len(), 56);
+    assert_checks_pass(&boot, &checks, &pings);
+}
+
+/// What the driver domain must do about a front-end built with `corrupt = MODE`.
+#[derive(Clone, Copy, Debug)]
+enum Corruption {
+    /// A broken ring: `front-end <id>: protocol violation: <reason>; port disconnected`.
+    Violation,
+    /// Pool grant refs that were not granted: the connection is refused
+    /// (`front-end <id>: ... ref ...`, and never `front-end <id> connected`).
+    RefusedAtConnect,
+    /// A bad frame: dropped with an error status (`front-end <id>: ... bad frame ...`), the
+    /// front-end stays connected (`front-end <id> connected`, no protocol violation).
+    FrameDropped,
+    /// A frame with another source MAC: the switch drops it (`spoofed N` on its port, N > 0),
+    /// the front-end stays connected.
+    Spoofed,
+}
+
+/// The hostile front-end builds of the `net` app and what each must cause. An oversized frame
+/// is a bad frame, not a ring violation: shared-abi's `QueueError::FrameTooLong` is one of the
+/// "bad frame" kinds, like an empty or a runt one.
+const CORRUPT_MODES: [(&str, Corruption); 11] = [
+    ("avail_ahead", Corruption::Violation),
+    ("desc_out_of_range", Corruption::Violation),
+    ("desc_loop", Corruption::Violation),
+    ("chain_too_long", Corruption::Violation),
+    ("outside_pool", Corruption::Violation),
+    ("write_only_tx", Corruption::Violation),
+    ("bad_pool_ref", Corruption::RefusedAtConnect),
+    ("zero_len", Corruption::FrameDropped),
+    ("runt_frame", Corruption::FrameDropped),
+    ("oversized_len", Corruption::FrameDropped),
+    ("spoof_mac", Corruption::Spoofed),
+];
+
+/// Boots the driver domain (id 1), two good guests that ping each other the whole time (ids 2
+/// and 3) and one bad guest per mode (ids 4, 5, ...); returns what went wrong, empty if all is
+/// as expected.
+fn hostile_boot(modes: &[(&str, Corruption)]) -> Vec<String> {
+    let good = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 6000";
+    let mut toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("good1", 16, &format!(", ping = \"10.0.2.17\"{good}")),
+        net_guest("good2", 17, &format!(", ping = \"10.0.2.16\"{good}")),
+    );
+    for (i, (mode, _)) in modes.iter().enumerate() {
+        let name = format!("bad-{}", mode.replace('_', "-"));
+        toml += &net_guest(&name, 18 + i as u8, &format!(", corrupt = \"{mode}\""));
+    }
+    let (topology, boot) = boot_toml(&toml, 180);
+    let dd: Vec<&str> = boot.vm_lines("driver-domain").collect();
+    let said = |id: u16, what: &[&str]| {
+        let start = console::front_end_said(id);
+        dd.iter()
+            .any(|l| l.contains(&start) && what.iter().all(|w| l.contains(w)))
+    };
+    let mut wrong = Vec::new();
+    for (i, (mode, expect)) in modes.iter().enumerate() {
+        let id = 4 + i as u16;
+        let connected = dd
+            .iter()
+            .any(|l| l.contains(&console::front_end_connected(id)));
+        let violation = said(id, &[console::PROTOCOL_VIOLATION]);
+        let ok = match expect {
+            Corruption::Violation => said(
+                id,
+                &[console::PROTOCOL_VIOLATION, console::PORT_DISCONNECTED],
+            ),
+            Corruption::RefusedAtConnect => !connected && said(id, &[console::BAD_REF]),
+            Corruption::FrameDropped => connected && !violation && said(id, &[console::BAD_FRAME]),
+            Corruption::Spoofed => {
+                connected && !violation && spoofed_count(dd.iter().copied(), id) > Some(0)
+            }
+        };
+        if !ok {
+            wrong.push(format!(
+                "{mode} (front-end {id}): expected {expect:?}; connected: {connected}, \
+                 protocol violation: {violation}, spoofed: {:?}",
+                spoofed_count(dd.iter().copied(), id)
+            ));
+        }
+    }
+    // The good guests were never blamed, and every one of their pings was answered.
+    for id in [2, 3] {
+        if let Some(line) = dd.iter().find(|l| l.contains(&console::front_end_said(id))) {
+            wrong.push(format!("good front-end {id} was blamed: {line}"));
+        }
+    }
+    let pings = ping_checks(&topology, &boot);
+    if pings.len() != 2 {
+        wrong.push(format!("expected 2 ping checks, got {pings:?}"));
+    }
+    for check in pings.iter().filter(|c| !c.pass) {
+        wrong.push(check.summary_line());
+    }
+    // The driver domain and the hypervisor carried on to a clean end.
+    for vm in ["driver-domain", "good1", "good2"] {
+        if let Some(why) = kill_reason(&boot, vm) {
+            wrong.push(format!("{vm} was killed: {why}"));
+        }
+    }
+    if !boot
+        .vm_lines("driver-domain")
+        .any(|l| l.starts_with("REPORT ok"))
+    {
+        wrong.push("the driver domain did not report ok".into());
+    }
+    if !(boot.exited && boot.has("all VMs have stopped; powering off")) {
+        wrong.push("the hypervisor did not power off after every VM stopped".into());
+    }
+    if !wrong.is_empty() {
+        wrong.push(format!("transcript:\n{}", boot.transcript()));
+    }
+    wrong
+}
+
+#[test]
+fn a_malicious_front_end_is_cut_off_while_the_others_keep_pinging() {
+    // Two boots keep each one to at most nine VMs on the two emulated pCPUs: the ring protocol
+    // violations, then the refused connection, the bad frames and the spoofer.
+    let (violations, others): (Vec<_>, Vec<_>) = CORRUPT_MODES
+        .iter()
+        .partition(|(_, expect)| matches!(expect, Corruption::Violation));
+    let mut wrong = hostile_boot(&violations);
+    wrong.extend(hostile_boot(&others));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -7,9 +7,9 @@ use core::ops::Range;
 use super::net::check_pool_pages;
 use super::{
     avail_slot_offset, bit, read_desc, used_slot_offset, Desc, Direction, LayoutError, NetHdr,
-    PoolMem, QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, MAX_CHAIN, MAX_FRAME, MIN_FRAME,
-    NET_HDR_LEN, QUEUE_SIZE, USED_EVENT, USED_IDX, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-    VIRTQ_DESC_F_WRITE,
+    PoolMem, QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, ETH_HDR_LEN, MAX_CHAIN,
+    MAX_FRAME, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, USED_EVENT, USED_IDX, VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use crate::virtq::vring_need_event;
 
@@ -121,6 +121,48 @@ impl Chain {
         Ok((hdr, frame_len))
     }
 
+    /// TX without copying the frame: reads the net header and the Ethernet header (once) and
+    /// checks the header and the frame length against `max_frame` (the back-end's limit, net
+    /// header excluded). The caller then moves the frame's body with [`copy_plan`], straight
+    /// into its destination, and writes the Ethernet header from this copy, so what it
+    /// forwards is what it checked even if the guest rewrites its buffer meanwhile.
+    pub fn read_tx_header<P: PoolMem + ?Sized>(
+        &self,
+        pool: &P,
+        csum_offload: bool,
+        max_frame: usize,
+    ) -> Result<TxHeader, QueueError> {
+        let head = self.head;
+        let total = self.total as usize;
+        if total > NET_HDR_LEN + max_frame {
+            return Err(QueueError::FrameTooLong {
+                head,
+                len: u64::from(self.total),
+            });
+        }
+        let mut both = [0u8; NET_HDR_LEN + ETH_HDR_LEN];
+        let got = self.read(pool, 0, &mut both);
+        if got < both.len() {
+            // `pop` guarantees MIN_FRAME bytes; only a pool shorter than the queue's gets here.
+            return Err(QueueError::FrameTooShort {
+                head,
+                len: got as u64,
+            });
+        }
+        let mut hdr = [0; NET_HDR_LEN];
+        hdr.copy_from_slice(&both[..NET_HDR_LEN]);
+        let frame_len = total - NET_HDR_LEN;
+        let hdr = NetHdr::decode(&hdr, frame_len, Direction::Tx, csum_offload)
+            .map_err(|reason| QueueError::BadNetHeader { head, reason })?;
+        let mut eth = [0; ETH_HDR_LEN];
+        eth.copy_from_slice(&both[NET_HDR_LEN..]);
+        Ok(TxHeader {
+            hdr,
+            eth,
+            frame_len,
+        })
+    }
+
     /// RX: writes `hdr` and `frame` into the chain's buffers. Returns the `used.len` to give
     /// back, or `None` (nothing meaningful written) when they do not fit.
     pub fn write_rx<P: PoolMem + ?Sized>(
@@ -156,6 +198,86 @@ impl fmt::Display for NotInFlight {
 }
 
 impl core::error::Error for NotInFlight {}
+
+/// What [`Chain::read_tx_header`] read and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxHeader {
+    pub hdr: NetHdr,
+    /// The frame's Ethernet header (destination, source, EtherType) as read, once.
+    pub eth: [u8; ETH_HDR_LEN],
+    /// Bytes of the Ethernet frame (net header excluded).
+    pub frame_len: usize,
+}
+
+/// Plans a copy of `len` bytes from chain `src` (from byte `src_skip` of it) to chain `dst`
+/// (from byte `dst_skip`), buffer by buffer: calls `f(src pool offset, dst pool offset, n)`
+/// for each run that is contiguous on both sides, and returns the bytes covered (fewer when
+/// either chain ends first). Lets a back-end move a frame between two guests' pools in one
+/// copy, without a bounce buffer.
+pub fn copy_plan(
+    src: &Chain,
+    src_skip: usize,
+    dst: &Chain,
+    dst_skip: usize,
+    len: usize,
+    mut f: impl FnMut(usize, usize, usize),
+) -> usize {
+    let mut src_pieces = Pieces::new(src, src_skip);
+    let mut dst_pieces = Pieces::new(dst, dst_skip);
+    let mut done = 0;
+    while done < len {
+        let (Some((s_at, s_len)), Some((d_at, d_len))) = (src_pieces.peek(), dst_pieces.peek())
+        else {
+            break;
+        };
+        let n = s_len.min(d_len).min(len - done);
+        f(s_at, d_at, n);
+        src_pieces.advance(n);
+        dst_pieces.advance(n);
+        done += n;
+    }
+    done
+}
+
+/// A cursor over a chain's bytes as (pool offset, bytes left in this buffer).
+struct Pieces<'a> {
+    segments: &'a [Segment],
+    index: usize,
+    offset: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(chain: &'a Chain, skip: usize) -> Pieces<'a> {
+        let mut pieces = Pieces {
+            segments: chain.segments(),
+            index: 0,
+            offset: 0,
+        };
+        pieces.advance(skip);
+        pieces
+    }
+
+    fn peek(&self) -> Option<(usize, usize)> {
+        let seg = self.segments.get(self.index)?;
+        Some((
+            seg.offset as usize + self.offset,
+            seg.len as usize - self.offset,
+        ))
+    }
+
+    /// Moves `n` bytes on, past every buffer that is then used up (empty ones included, so
+    /// [`peek`](Self::peek) never offers a zero-length run).
+    fn advance(&mut self, n: usize) {
+        self.offset += n;
+        while let Some(seg) = self.segments.get(self.index) {
+            if self.offset < seg.len as usize {
+                break;
+            }
+            self.offset -= seg.len as usize;
+            self.index += 1;
+        }
+    }
+}
 
 /// The device side of one queue. Its indices live here and are never read back from the page,
 /// so the guest can only lie about its own fields, and every lie is caught by [`pop`](Self::pop).

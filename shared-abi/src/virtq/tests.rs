@@ -1674,3 +1674,143 @@ proptest! {
         check_pair(dir, event_idx, &ops)?;
     }
 }
+
+/// A TX chain of `lens` buffers (laid out with gaps) holding `frame` behind a plain header,
+/// popped by a device; returns the chain.
+fn tx_chain_with(page: &Page, pool: &Pool, at: u32, lens: &[u32], frame: &[u8]) -> Chain {
+    let mut bytes = NetHdr::plain(Direction::Tx).encode().to_vec();
+    bytes.extend_from_slice(frame);
+    let mut segs = Vec::new();
+    let (mut offset, mut taken) = (at, 0usize);
+    for &len in lens {
+        let len = len.min((bytes.len() - taken) as u32);
+        pool.shared()
+            .write(offset as usize, &bytes[taken..taken + len as usize]);
+        segs.push(seg(offset, len));
+        taken += len as usize;
+        offset += len + 40;
+    }
+    assert_eq!(taken, bytes.len(), "lens cover the frame");
+    let mut drv = DriverQueue::new(page.ring(), POOL_PAGES, true).unwrap();
+    drv.add(&segs, false).unwrap();
+    drv.publish();
+    device(page, Direction::Tx).pop().unwrap().unwrap()
+}
+
+#[test]
+fn tx_header_is_read_once_and_checked_without_the_body() {
+    let page = Page::new();
+    let pool = Pool::new(POOL_PAGES);
+    let frame = eth_frame(1000, 7);
+    // Header split across buffers: 5 bytes, then 30, then the rest.
+    let chain = tx_chain_with(&page, &pool, 0, &[5, 30, 2000], &frame);
+    let got = chain.read_tx_header(&pool.shared(), false, 1514).unwrap();
+    assert_eq!(got.hdr, NetHdr::plain(Direction::Tx));
+    assert_eq!(&got.eth[..], &frame[..ETH_HDR_LEN]);
+    assert_eq!(got.frame_len, 1000);
+    // Over the back-end's limit: a bad frame, not a violation.
+    let e = chain
+        .read_tx_header(&pool.shared(), false, 999)
+        .unwrap_err();
+    assert!(
+        matches!(e, QueueError::FrameTooLong { len: 1012, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.severity(), Severity::BadFrame);
+    // A header asking for an offload that was not negotiated.
+    let mut bad = NetHdr::plain(Direction::Tx).encode();
+    bad[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    pool.shared().write(0, &bad[..5]);
+    pool.shared().write(45, &bad[5..]);
+    let e = chain
+        .read_tx_header(&pool.shared(), false, 1514)
+        .unwrap_err();
+    assert!(matches!(e, QueueError::BadNetHeader { .. }), "{e:?}");
+}
+
+#[test]
+fn copy_plan_moves_a_frame_between_differently_split_chains() {
+    let src_page = Page::new();
+    let dst_page = Page::new();
+    let src_pool = Pool::new(POOL_PAGES);
+    let dst_pool = Pool::new(POOL_PAGES);
+    let frame = eth_frame(1500, 3);
+    let src = tx_chain_with(&src_page, &src_pool, 100, &[12, 0, 700, 1, 2000], &frame);
+    // An RX chain of three buffers.
+    let mut drv = DriverQueue::new(dst_page.ring(), POOL_PAGES, true).unwrap();
+    drv.add(&[seg(0, 20), seg(4096, 1000), seg(9000, 600)], true)
+        .unwrap();
+    drv.publish();
+    let dst = device(&dst_page, Direction::Rx).pop().unwrap().unwrap();
+    let mut runs = Vec::new();
+    let copied = copy_plan(
+        &src,
+        NET_HDR_LEN,
+        &dst,
+        NET_HDR_LEN,
+        frame.len(),
+        |s, d, n| {
+            assert!(n > 0, "no empty runs");
+            runs.push((s, d, n));
+            let mut bytes = vec![0u8; n];
+            src_pool.shared().read(s, &mut bytes);
+            dst_pool.shared().write(d, &bytes);
+        },
+    );
+    assert_eq!(copied, frame.len());
+    let mut out = vec![0u8; frame.len()];
+    assert_eq!(
+        dst.read(&dst_pool.shared(), NET_HDR_LEN, &mut out),
+        frame.len()
+    );
+    assert_eq!(out, frame);
+    assert_eq!(runs.iter().map(|r| r.2).sum::<usize>(), frame.len());
+    // The destination is too short for more: the plan stops where it ends.
+    let short = copy_plan(&src, 0, &dst, 1000, 5000, |_, _, _| {});
+    assert_eq!(short, 1620 - 1000);
+}
+
+proptest! {
+    #[test]
+    fn copy_plan_covers_exactly_the_bytes_both_chains_have(
+        src_lens in proptest::collection::vec(0u32..300, 1..8),
+        dst_lens in proptest::collection::vec(1u32..300, 1..8),
+        src_skip in 0usize..200,
+        dst_skip in 0usize..200,
+        len in 0usize..2000,
+    ) {
+        let total_src: u32 = src_lens.iter().sum();
+        prop_assume!(total_src as usize >= MIN_FRAME as usize);
+        let total_dst: u32 = dst_lens.iter().sum();
+        prop_assume!(total_dst as usize >= MIN_FRAME as usize);
+        let mk = |lens: &[u32], writable: bool| {
+            let page = Page::new();
+            let mut segs = Vec::new();
+            let mut at = 0;
+            for &l in lens {
+                segs.push(seg(at, l));
+                at += l + 8;
+            }
+            let mut drv = DriverQueue::new(page.ring(), POOL_PAGES, true).unwrap();
+            drv.add(&segs, writable).unwrap();
+            drv.publish();
+            let dir = if writable { Direction::Rx } else { Direction::Tx };
+            device(&page, dir).pop().unwrap().unwrap()
+        };
+        let src = mk(&src_lens, false);
+        let dst = mk(&dst_lens, true);
+        let mut covered = 0;
+        let mut runs = Vec::new();
+        let done = copy_plan(&src, src_skip, &dst, dst_skip, len, |s, _d, n| {
+            runs.push((s, n));
+            covered += n;
+        });
+        prop_assert!(runs.iter().all(|&(_, n)| n > 0), "no empty runs");
+        prop_assert!(runs.windows(2).all(|w| w[1].0 >= w[0].0 + w[0].1), "source in order");
+        let expect = len
+            .min((total_src as usize).saturating_sub(src_skip))
+            .min((total_dst as usize).saturating_sub(dst_skip));
+        prop_assert_eq!(done, expect);
+        prop_assert_eq!(covered, expect);
+    }
+}

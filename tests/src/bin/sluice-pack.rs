@@ -261,13 +261,13 @@ mod tests {
             out: out.clone(),
         })
         .unwrap();
-        assert_eq!(summary.lines().filter(|l| l.starts_with("vm ")).count(), 4);
+        assert_eq!(summary.lines().filter(|l| l.starts_with("vm ")).count(), 3);
         assert!(
-            summary.contains("vm 4 guest3: kind=guest vcpus=2 memory_mib=8"),
+            summary.contains("vm 3 guest2: kind=guest vcpus=1 memory_mib=8"),
             "{summary}"
         );
         let bytes = std::fs::read(&out).unwrap();
-        assert_eq!(Bundle::parse(&bytes).unwrap().vm_count(), 4);
+        assert_eq!(Bundle::parse(&bytes).unwrap().vm_count(), 3);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,15 +1,19 @@
 //! sluice-run: boots a topology in QEMU, shows every VM's console live, then prints one summary
 //! line per check and writes them as JSON. Exit status 0 only when every check passed.
 //!
+//! The checks are [`evaluate`]'s (boot, each VM's REPORT, isolation, shutdown, and one per ping
+//! target of every guest with a `ping` setting) and the host's echoes through the NIC
+//! ([`HostChecks`]: the driver domain that owns it, and each guest with `host_echo = true`).
+//!
 //! Usage: sluice-run --topology FILE [--json FILE] [--timeout SECONDS]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sluice_harness::net::HostToDriverDomain;
+use sluice_harness::net::HostChecks;
 use sluice_harness::qemu::{boot, Artifacts, BootOptions};
-use sluice_harness::report::{evaluate, report, Check};
+use sluice_harness::report::{evaluate, report};
 use sluice_harness::topology::Topology;
 
 fn main() -> ExitCode {
@@ -49,6 +53,9 @@ fn run() -> Result<bool, String> {
     let topology_path = topology_path.ok_or("--topology FILE is required")?;
     let topology = Topology::from_file(&topology_path)
         .map_err(|e| format!("{}: {e}", topology_path.display()))?;
+    // With a NIC, the host checks echo services through it while the VMs boot.
+    let host_checks =
+        HostChecks::plan(&topology).map_err(|e| format!("{}: {e}", topology_path.display()))?;
     let artifacts = Artifacts::load()?;
     println!(
         "Booting {} ({} VMs on {} pCPUs, {} MiB) in QEMU; hard timeout {} s",
@@ -59,37 +66,21 @@ fn run() -> Result<bool, String> {
         timeout.as_secs()
     );
     println!("----------------------------------------------------------------------");
-    // With a NIC, the host checks the driver domain's echo service through it while it boots.
-    let host_check = topology.passthrough().map(|_| HostToDriverDomain::new());
-    let on_line = |line: &str| {
-        if let Some(check) = &host_check {
-            check.on_line(line);
-        }
-    };
+    let on_line = |line: &str| host_checks.on_line(line);
     let result = boot(
         &topology,
         &artifacts,
         &BootOptions {
             timeout,
             echo: true,
-            host_forwards: host_check
-                .as_ref()
-                .map(|c| c.forwards())
-                .unwrap_or_default(),
+            host_forwards: host_checks.forwards(),
             on_line: Some(&on_line),
             ..BootOptions::default()
         },
     )?;
     println!("----------------------------------------------------------------------");
     let mut checks = evaluate(&topology, &result);
-    if let (Some(check), Some((vm, _))) = (&host_check, topology.passthrough()) {
-        let outcome = check.outcome();
-        checks.push(Check::new(
-            format!("host -> {}", vm.name),
-            outcome.is_ok(),
-            outcome.unwrap_or_else(|why| why),
-        ));
-    }
+    checks.extend(host_checks.checks());
     for check in &checks {
         println!("{}", check.summary_line());
     }

@@ -1,0 +1,59 @@
+//! What the harness reads on the console, in one place: the exact strings VMs print that checks
+//! and integration tests rely on. When a VM's wording changes, this is the file to align.
+//!
+//! Every VM line arrives prefixed with `[<vm name>] ` (the hypervisor adds it); the strings here
+//! are what follows the prefix ([`Boot::vm_lines`](crate::qemu::Boot::vm_lines) strips it).
+//! Matching is by `contains` unless said otherwise, so a log-level tag before the text does not
+//! matter.
+
+/// The driver domain's NIC is usable: a line containing both (`NIC 00:02.0 link up ...`).
+pub const NIC_LINK_UP: [&str; 2] = ["NIC ", "link up"];
+
+/// A `net` guest is connected and configured:
+/// `net up: MAC 02:51:55:00:00:02, IP 10.0.2.16/24, gateway 10.0.2.2`.
+pub const NET_UP: &str = "net up:";
+
+/// Start of a `net` guest's per-target ping summary:
+/// `PING 10.0.2.17: 10/10 replies, rtt min/avg/max 0.412/0.532/0.811 ms`, or without replies
+/// `PING 10.0.2.17: 0/10 replies` (parsed by [`parse_ping_summary`](crate::report::parse_ping_summary)).
+/// Upper case: the per-reply lines (`ping 10.0.2.17: seq 3 rtt 0.532 ms`) are lower case.
+pub const PING_SUMMARY: &str = "PING ";
+/// The word after `r/n` in a ping summary.
+pub const PING_REPLIES: &str = "replies";
+/// Introduces the round-trip times in a ping summary, after the replies.
+pub const PING_RTT: &str = "rtt ";
+
+/// The driver domain accepted front-end `id`: `front-end 3 connected: MAC ..., ...`.
+pub fn front_end_connected(id: u16) -> String {
+    format!("front-end {id} connected")
+}
+
+/// The start of the driver domain's lines about front-end `id`'s misbehaviour:
+/// `front-end 4: protocol violation: TX ring: ring violation: ...; port disconnected`,
+/// `front-end 4: cannot map pool refs 303..431: BadRef; closing the connection`,
+/// `front-end 5: last bad frame: bad frame at head 0: empty chain`. The colon right after the id
+/// tells these apart from `front-end 3 connected: ...` and `front-end 3 closed: ...`.
+pub fn front_end_said(id: u16) -> String {
+    format!("front-end {id}: ")
+}
+
+/// In a [`front_end_said`] line: the front-end broke the ring protocol.
+pub const PROTOCOL_VIOLATION: &str = "protocol violation: ";
+/// In a [`front_end_said`] line: and its switch port is gone.
+pub const PORT_DISCONNECTED: &str = "port disconnected";
+/// In a [`front_end_said`] line: a connection refused because the pool's grant refs are bad
+/// (matched loosely).
+pub const BAD_REF: &str = "ref";
+/// In a [`front_end_said`] line: a frame the back-end dropped (with an error status) without
+/// cutting the front-end off (shared-abi `QueueError`'s "bad frame" kinds).
+pub const BAD_FRAME: &str = "bad frame";
+
+/// The heading of the driver domain's switch counters (`switch: 3 port(s), 2/256 learned
+/// MAC(s)`), followed, on the same line or the next ones, by one entry per port.
+pub const SWITCH_COUNTERS: &str = "switch: ";
+/// A port entry in the switch counters starts with this and the guest's VM id
+/// (`guest 3  02:51:55:00:00:03 rx 12/840B ... drop spoofed 5 runt 0 ...`, also printed when a
+/// port closes: `switch port closed: guest 7  02:51:55:00:00:07 rx 5/300B ... spoofed 5 ...`).
+pub const SWITCH_GUEST_PORT: &str = "guest ";
+/// In a port entry: frames the switch dropped because their source MAC was not the port's.
+pub const SWITCH_SPOOFED: &str = "spoofed ";
