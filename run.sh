@@ -83,10 +83,23 @@ install_model_checker() {
     command -v spin >/dev/null || die "spin did not install: install Debian's spin package"
 }
 
+# iperf3: the stock client and server the host side of the benchmarks and interop tests use.
+install_iperf3() {
+    command -v iperf3 >/dev/null && return 0
+    command -v apt-get >/dev/null || die "no apt-get: install iperf3 yourself"
+    say "Installing iperf3 (host side of the throughput benchmarks) ..."
+    as_root apt-get update -qq
+    # The package asks whether to start a daemon; noninteractive answers no.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0 \
+        --no-install-recommends install iperf3 >/dev/null
+    command -v iperf3 >/dev/null || die "iperf3 did not install: install Debian's iperf3 package"
+}
+
 setup() {
     install_qemu
     install_rust
     install_model_checker
+    install_iperf3
 }
 
 objcopy_bin() {
@@ -114,13 +127,14 @@ run_tests() {
     say "== formatting and lints"
     cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
     cargo clippy --quiet -p shared-abi -p sluice-harness --all-targets -- -D warnings
-    cargo clippy --quiet -p hypervisor -p driver-domain --lib --tests -- -D warnings
+    cargo clippy --quiet -p hypervisor -p driver-domain -p vm-net --lib --tests -- -D warnings
     cargo clippy --quiet -p hypervisor --target "$HV_TARGET" -- -D warnings
     cargo clippy --quiet -p vm-runtime -p vm-net -p guest-frontend -p driver-domain --target "$VM_TARGET" -- -D warnings
     say "== host unit tests"
     cargo test -p shared-abi -p hypervisor -p sluice-harness --lib --bins
-    # The driver domain's binary is a VM image; only its library is host code.
-    cargo test -p driver-domain --lib
+    # The driver domain's binary is a VM image; only its library is host code. vm-net's tests
+    # include interop with the host's stock iperf3 (installed by setup).
+    cargo test -p driver-domain -p vm-net --lib
     say "== model check: notification suppression never loses a wake-up (Spin)"
     bash models/check.sh
     say "== QEMU integration tests (each boots QEMU with a hard timeout)"

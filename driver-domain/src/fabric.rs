@@ -21,6 +21,7 @@ use shared_abi::virtq::{Chain, TxHeader};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant as NetInstant;
 use smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::iperf3::ServerConfig;
 use vm_net::{Buffers, Stack};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{println, timer};
@@ -152,20 +153,25 @@ fn now_ms() -> u64 {
 }
 
 impl Fabric {
-    /// A fabric with the NIC as uplink and the local endpoint on it when there is a NIC.
-    pub fn new(nic: Option<([u8; 6], IpCidr, Ipv4Address)>) -> Fabric {
+    /// A fabric with the NIC as uplink and the local endpoint on it when there is a NIC; the
+    /// local endpoint also serves iperf3 if asked (the passthrough throughput figure).
+    pub fn new(nic: Option<([u8; 6], IpCidr, Ipv4Address)>, iperf_server: bool) -> Fabric {
         let mut switch = Switch::new(Config::default());
         let mut local = None;
         if let Some((mac, address, gateway)) = nic {
             let _ = switch.add_uplink();
             if switch.add_local(MacAddr(mac)).is_ok() {
-                local = Some(Stack::new(
+                let mut stack = Stack::new(
                     LocalPort::default(),
                     mac,
                     address,
                     gateway,
                     Buffers::default(),
-                ));
+                );
+                if iperf_server {
+                    println!("{}", stack.serve_iperf3(ServerConfig::default()));
+                }
+                local = Some(stack);
             }
         }
         Fabric {
@@ -226,6 +232,9 @@ impl Fabric {
         // The local endpoint: run its stack, then switch what it sent.
         if let Some(local) = self.local.as_mut() {
             local.poll();
+            while let Some(event) = local.iperf3_server().and_then(|s| s.next_event()) {
+                println!("{event}");
+            }
         }
         for _ in 0..FRAMES_PER_PORT_PER_ROUND {
             let Some(frame) = self

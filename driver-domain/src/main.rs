@@ -69,7 +69,20 @@ fn main(info: &StartInfo<'static>) {
         }
     };
     let has_nic = nic.is_some();
-    let mut fabric = Fabric::new(nic.as_ref().map(|n| (n.mac, n.address, n.gateway)));
+    let iperf_server = match setting(info.settings, "iperf") {
+        None => false,
+        Some("server") => true,
+        Some(other) => {
+            println!(
+                "REPORT fail: setting iperf = {other:?}: the driver domain can only be \"server\""
+            );
+            return;
+        }
+    };
+    let mut fabric = Fabric::new(
+        nic.as_ref().map(|n| (n.mac, n.address, n.gateway)),
+        iperf_server,
+    );
     if let Some(nic) = nic {
         ping_gateway(&mut fabric, nic.gateway);
         if let Some(rogue) = nic.rogue {

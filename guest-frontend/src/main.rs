@@ -21,6 +21,8 @@ fn main(info: &StartInfo<'static>) {
         "granter" => apps::granter::run(info),
         "hello" => apps::hello::run(info),
         "hostile" => apps::hostile::run(info),
+        "iperf" => apps::iperf::run(info),
+        "memcpy" => apps::memcpy::run(info),
         "net" => apps::net::run(info),
         "pingpong" => apps::pingpong::run(info),
         "probe" => apps::probe::run(info),

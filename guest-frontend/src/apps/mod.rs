@@ -6,6 +6,8 @@ pub mod attack;
 pub mod granter;
 pub mod hello;
 pub mod hostile;
+pub mod iperf;
+pub mod memcpy;
 pub mod net;
 pub mod pingpong;
 pub mod probe;

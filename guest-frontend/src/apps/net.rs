@@ -61,9 +61,8 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         .map_err(|_| "setting gateway is not an IPv4 address")?;
     let mac = match setting(info.settings, "mac") {
         None => [0; 6],
-        Some(text) => {
-            parse_mac(text).ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?
-        }
+        Some(text) => vm_net::parse_mac(text)
+            .ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?,
     };
     let targets = match setting(info.settings, "ping") {
         None => Vec::new(),
@@ -94,15 +93,6 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         serve_ms: number("serve_ms", 5_000)?,
         corruption,
     })
-}
-
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 fn net(info: &StartInfo<'static>) -> Result<(), String> {

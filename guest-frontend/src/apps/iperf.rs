@@ -1,0 +1,375 @@
+//! `iperf`: throughput tests with the real iperf3 protocol. Connects the para-virtual front-end
+//! like `net` does, runs `vm_net` on it and either serves iperf3 tests (any iperf3 client: the
+//! stock `iperf3 -c`, another guest) or runs one against an iperf3 server (`iperf3 -s`, another
+//! guest). Prints what the test starts with, a progress line per second, one result line per
+//! test (formats in `vm_net::iperf3`'s report module), the front-end's counters, and REPORT.
+//!
+//! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional), `iperf`
+//! (`server` or `client`, default `server`), `iperf_port` (default 5201), `iperf_window` (the
+//! data socket's buffer in the direction of the data, which bounds the TCP window when
+//! receiving; default 262144).
+//! Server: `iperf_tests` (tests to serve before exiting, default 1), `iperf_idle_ms` (give up
+//! when no client shows up for this long, default 60000).
+//! Client: `iperf_server` (IPv4, required), `iperf_seconds` (default 5), `iperf_reverse`
+//! (`true`: the server sends, default `false`), `iperf_len` (block size, default 131072),
+//! `iperf_omit` (seconds not counted at the start, default 0), `iperf_wait_ms` (how long to
+//! keep trying while the server boots, default 15000).
+
+use alloc::format;
+use alloc::string::String;
+
+use vm_net::iperf3::{self, Client, ClientConfig, Event, ServerConfig};
+use vm_net::smoltcp::time::{Duration, Instant};
+use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::{Buffers, Stack};
+use vm_runtime::{evtchn, grant, println, setting, timer, StartInfo};
+
+use crate::netfront::{ConnectOptions, NetFront};
+
+/// The longest sleep between polls (the loop also wakes on every event from the back-end).
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How long the server keeps polling after its last test, so the client's close completes.
+const SERVER_LINGER: Duration = Duration::from_secs(3);
+
+pub fn run(info: &StartInfo<'static>) {
+    match iperf(info) {
+        Ok(summary) => println!("REPORT ok: {summary}"),
+        Err(why) => println!("REPORT fail: {why}"),
+    }
+}
+
+enum Mode {
+    Server {
+        tests: u64,
+        idle: Duration,
+        buffer: usize,
+    },
+    Client(ClientConfig),
+}
+
+struct Plan {
+    address: IpCidr,
+    gateway: Ipv4Address,
+    mac: [u8; 6],
+    port: u16,
+    mode: Mode,
+}
+
+fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
+    let number = |key, default| {
+        vm_runtime::setting_u64_or(info.settings, key, default).map_err(|e| format!("{e}"))
+    };
+    let address: IpCidr = setting(info.settings, "ip")
+        .ok_or("setting ip is required (e.g. ip = \"10.0.2.16/24\")")?
+        .parse()
+        .map_err(|_| "setting ip is not an IPv4 CIDR like 10.0.2.16/24")?;
+    let gateway: Ipv4Address = setting(info.settings, "gateway")
+        .unwrap_or("10.0.2.2")
+        .parse()
+        .map_err(|_| "setting gateway is not an IPv4 address")?;
+    let mac = match setting(info.settings, "mac") {
+        None => [0; 6],
+        Some(text) => vm_net::parse_mac(text)
+            .ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?,
+    };
+    let port = u16::try_from(number("iperf_port", u64::from(iperf3::DEFAULT_PORT))?)
+        .map_err(|_| "setting iperf_port is not a port")?;
+    let buffer = number("iperf_window", 256 * 1024)?;
+    if !(4096..=4 * 1024 * 1024).contains(&buffer) {
+        return Err(format!(
+            "setting iperf_window={buffer} is out of range (4 KiB..4 MiB)"
+        ));
+    }
+    let buffer = buffer as usize;
+    let mode = match setting(info.settings, "iperf").unwrap_or("server") {
+        "server" => Mode::Server {
+            tests: number("iperf_tests", 1)?.max(1),
+            idle: Duration::from_millis(number("iperf_idle_ms", 60_000)?),
+            buffer,
+        },
+        "client" => {
+            let server: Ipv4Address = setting(info.settings, "iperf_server")
+                .ok_or("setting iperf_server is required for iperf = \"client\"")?
+                .parse()
+                .map_err(|_| "setting iperf_server is not an IPv4 address")?;
+            let reverse = match setting(info.settings, "iperf_reverse").unwrap_or("false") {
+                "true" => true,
+                "false" => false,
+                other => return Err(format!("setting iperf_reverse={other} is not true/false")),
+            };
+            let seconds = number("iperf_seconds", 5)?;
+            if seconds == 0 || seconds > u64::from(iperf3::MAX_SECONDS) {
+                return Err(format!("setting iperf_seconds={seconds} is out of range"));
+            }
+            let len = number("iperf_len", u64::from(iperf3::DEFAULT_BLOCK_LEN))?;
+            if len == 0 || len > u64::from(iperf3::MAX_BLOCK_LEN) {
+                return Err(format!("setting iperf_len={len} is out of range"));
+            }
+            let omit = number("iperf_omit", 0)?;
+            if omit > u64::from(iperf3::MAX_OMIT) {
+                return Err(format!("setting iperf_omit={omit} is out of range"));
+            }
+            let mut config = ClientConfig::new(server);
+            config.port = port;
+            config.seconds = seconds as u32;
+            config.reverse = reverse;
+            config.block_len = len as u32;
+            config.omit = omit as u32;
+            config.connect_wait = Duration::from_millis(number("iperf_wait_ms", 15_000)?);
+            config.seed = timer::now();
+            config.buffer = buffer;
+            Mode::Client(config)
+        }
+        other => {
+            return Err(format!(
+                "setting iperf={other} is neither server nor client"
+            ))
+        }
+    };
+    Ok(Plan {
+        address,
+        gateway,
+        mac,
+        port,
+        mode,
+    })
+}
+
+fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
+    let plan = plan(info)?;
+    evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
+    grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
+    let options = ConnectOptions {
+        mac: plan.mac,
+        bad_pool_ref: false,
+    };
+    let front = NetFront::connect(info, &options)?;
+    let mac = front.mac;
+    println!(
+        "iperf up: MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, IP {}, gateway {}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], plan.address, plan.gateway
+    );
+    let mut stack = Stack::new(front, mac, plan.address, plan.gateway, Buffers::default());
+    let mut rounds = Rounds::default();
+    let result = match plan.mode {
+        Mode::Server {
+            tests,
+            idle,
+            buffer,
+        } => serve(&mut stack, &mut rounds, plan.port, tests, idle, buffer),
+        Mode::Client(config) => client(&mut stack, &mut rounds, config),
+    };
+    print_counters(&stack, &rounds);
+    if stack.device.broken.is_some() || stack.device.backend_left() {
+        return Err("the connection to the back-end was lost".into());
+    }
+    result
+}
+
+/// Prints an event, and for a result what the peer counted.
+fn print_event(event: &Event) {
+    println!("{event}");
+    if let Event::Finished(report) = event {
+        if let Some(bytes) = report.peer_bytes() {
+            println!(
+                "iperf: the {} counted {bytes} bytes",
+                if report.sender { "receiver" } else { "sender" }
+            );
+        }
+    }
+}
+
+/// Where the app's time went, for the counters line.
+#[derive(Default)]
+struct Rounds {
+    rounds: u64,
+    sleeps: u64,
+    /// Ticks spent polling: in the stack (smoltcp, the front-end's receive and transmit, the
+    /// services), in the iperf3 client, in publishing the rings.
+    stack: u64,
+    client: u64,
+    flush: u64,
+    /// Ticks spent waiting for an event or a timer.
+    asleep: u64,
+}
+
+/// One round: frames in, the stack's services (the iperf3 server among them) and `extra`
+/// (a client), frames out; then sleeps unless frames moved. `extra_deadline`: when `extra`
+/// next needs a round.
+fn round(
+    stack: &mut Stack<NetFront>,
+    rounds: &mut Rounds,
+    mut extra: impl FnMut(&mut Stack<NetFront>, Instant),
+    extra_deadline: Option<Instant>,
+) {
+    let start = timer::now();
+    rounds.rounds += 1;
+    let before = (stack.device.stats.tx_frames, stack.device.stats.rx_frames);
+    let now = vm_net::now();
+    stack.poll_at(now);
+    let t1 = timer::now();
+    extra(stack, now);
+    let t2 = timer::now();
+    stack.poll_at(now);
+    let t3 = timer::now();
+    stack.device.flush();
+    let after = (stack.device.stats.tx_frames, stack.device.stats.rx_frames);
+    let polled = timer::now();
+    rounds.stack += (t1 - start) + (t3 - t2);
+    rounds.client += t2 - t1;
+    rounds.flush += polled - t3;
+    if after != before || stack.device.broken.is_some() {
+        return; // frames are flowing: go on at once
+    }
+    if stack.device.arm() {
+        return; // news arrived while we were busy
+    }
+    // Nothing moved: wait for the back-end, smoltcp's or the test's next timer.
+    let mut wait = MAX_SLEEP;
+    if let Some(delay) = stack.poll_delay_at(now) {
+        // Zero with nothing moving means smoltcp waits for a free buffer: the back-end's event.
+        if delay > Duration::ZERO {
+            wait = wait.min(delay);
+        }
+    }
+    if let Some(at) = extra_deadline {
+        wait = wait.min(if at > now { at - now } else { Duration::ZERO });
+    }
+    let port = stack.device.port;
+    rounds.sleeps += 1;
+    evtchn::wait(port, timer::us_to_ticks(wait.total_micros()).max(1));
+    rounds.asleep += timer::now() - polled;
+}
+
+fn serve(
+    stack: &mut Stack<NetFront>,
+    rounds: &mut Rounds,
+    port: u16,
+    tests: u64,
+    idle: Duration,
+    buffer: usize,
+) -> Result<String, String> {
+    let listening = stack.serve_iperf3(ServerConfig {
+        port,
+        buffer,
+        ..ServerConfig::default()
+    });
+    // The first round opens the listener.
+    round(stack, rounds, |_, _| {}, None);
+    println!("{listening}");
+    println!("iperf: serving {tests} test(s)");
+    let mut last: Option<String> = None;
+    let mut failures: Option<String> = None;
+    let (mut finished, mut failed) = (0u64, 0u64);
+    let mut active_at = vm_net::now();
+    while finished + failed < tests {
+        round(stack, rounds, |_, _| {}, None);
+        let server = stack.iperf3_server().ok_or("the iperf3 server is gone")?;
+        let busy = server.busy();
+        while let Some(event) = server.next_event() {
+            print_event(&event);
+            match event {
+                Event::Finished(report) => {
+                    finished += 1;
+                    last = Some(format!("{report}"));
+                }
+                Event::Failed(failure) => {
+                    failed += 1;
+                    failures = Some(failure.reason);
+                }
+                _ => {}
+            }
+        }
+        let now = vm_net::now();
+        if busy {
+            active_at = now;
+        } else if now - active_at > idle {
+            return Err(format!(
+                "iperf server: no client for {} ms ({finished} of {tests} test(s) done)",
+                idle.total_millis()
+            ));
+        }
+        if stack.device.broken.is_some() {
+            break;
+        }
+    }
+    // Let the last client's close complete.
+    let until = vm_net::now() + SERVER_LINGER;
+    while vm_net::now() < until && stack.device.broken.is_none() {
+        round(stack, rounds, |_, _| {}, Some(until));
+        if stack.iperf3_server().is_some_and(|s| s.is_quiet()) {
+            break;
+        }
+    }
+    match (failures, last) {
+        (Some(why), _) => Err(format!(
+            "iperf server: {failed} of {tests} test(s) failed, the last one: {why}"
+        )),
+        (None, Some(line)) => Ok(format!("iperf server: {finished} test(s); last: {line}")),
+        (None, None) => Err("iperf server: no test finished".into()),
+    }
+}
+
+fn client(
+    stack: &mut Stack<NetFront>,
+    rounds: &mut Rounds,
+    config: ClientConfig,
+) -> Result<String, String> {
+    let mut client = Client::new(config, vm_net::now());
+    println!(
+        "iperf: client testing {}:{} for {} s{}",
+        config.server,
+        config.port,
+        config.seconds,
+        if config.reverse { " (reverse)" } else { "" }
+    );
+    let mut result: Option<Result<String, String>> = None;
+    while !client.is_closed() && stack.device.broken.is_none() {
+        let deadline = client.next_deadline();
+        round(
+            stack,
+            rounds,
+            |stack, now| client.poll(stack, now),
+            deadline,
+        );
+        while let Some(event) = client.next_event() {
+            print_event(&event);
+            match event {
+                Event::Finished(report) => result = Some(Ok(format!("{report}"))),
+                Event::Failed(failure) => result = Some(Err(failure.reason)),
+                _ => {}
+            }
+        }
+    }
+    match result {
+        Some(Ok(line)) => Ok(format!("iperf client: {line}")),
+        Some(Err(why)) => Err(format!("iperf client: {why}")),
+        None => Err("iperf client: the test did not finish".into()),
+    }
+}
+
+fn print_counters(stack: &Stack<NetFront>, rounds: &Rounds) {
+    let s = stack.device.stats;
+    println!(
+        "iperf counters: tx {} frames ({} dropped by the back-end), rx {} frames ({} polls \
+         found none), events {} sent / {} suppressed, {} delivered to us",
+        s.tx_frames,
+        s.tx_dropped_by_backend,
+        s.rx_frames,
+        s.rx_empty,
+        s.events_sent,
+        s.events_suppressed,
+        evtchn::delivered()
+    );
+    let us = timer::ticks_to_us;
+    println!(
+        "iperf time: {} rounds: {} us in the stack, {} us in the client, {} us publishing; {} \
+         sleeps, {} us asleep",
+        rounds.rounds,
+        us(rounds.stack),
+        us(rounds.client),
+        us(rounds.flush),
+        rounds.sleeps,
+        us(rounds.asleep)
+    );
+}

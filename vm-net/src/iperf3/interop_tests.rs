@@ -1,0 +1,406 @@
+//! Interoperability with the real thing: the sans-IO [`ClientControl`] and [`ServerControl`]
+//! driven over std TCP sockets against the `iperf3` binary on the host (one-second tests, both
+//! directions, both roles, refusals). Without `iperf3` installed the tests say so and pass.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::string::String;
+use std::time::{Duration, Instant};
+
+use super::json::{self, Value};
+use super::{
+    ClientControl, ClientEvent, Cookie, Results, ServerControl, ServerEvent, TestParams, COOKIE_LEN,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn have_iperf3() -> bool {
+    let ok = Command::new("iperf3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        std::eprintln!(
+            "SKIPPED: iperf3 is not installed (apt-get install iperf3) - no interop test run"
+        );
+    }
+    ok
+}
+
+/// A child process killed when dropped (also when a test panics), so no iperf3 outlives its test.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Writes what the machine has to say; returns whether anything went.
+fn flush(stream: &mut TcpStream, out: &[u8]) -> usize {
+    match stream.write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+        // The peer is gone: reading says so.
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => out.len(),
+        Err(e) => panic!("control write: {e}"),
+    }
+}
+
+/// Reads what is there: Some(bytes) (empty: nothing yet), None at EOF.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Option<usize> {
+    match stream.read(buf) {
+        Ok(0) => None,
+        Ok(n) => Some(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Some(0),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("read: {e}"),
+    }
+}
+
+struct ClientOutcome {
+    ours: u64,
+    theirs: Results,
+}
+
+/// Our client machine against `iperf3 -s -1`.
+fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
+    if !have_iperf3() {
+        return None;
+    }
+    let port = free_port();
+    let mut server = Reaped(
+        Command::new("iperf3")
+            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 -s starts"),
+    );
+    let start = Instant::now();
+    let mut ctrl = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("iperf3 -s did not come up: {e}"),
+        }
+    };
+    ctrl.set_nonblocking(true).unwrap();
+    let mut params = TestParams::tcp(1);
+    params.reverse = reverse;
+    let mut machine = ClientControl::new(Cookie::generate(port.into()), params);
+    let mut data: Option<TcpStream> = None;
+    let block = std::vec![0x5au8; 128 * 1024];
+    let mut buf = std::vec![0u8; 128 * 1024];
+    let (mut moved, mut running_since, mut totals) = (0u64, None, None);
+    let mut theirs = None;
+    loop {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "test hangs in {:?}",
+            machine.phase()
+        );
+        let n = flush(&mut ctrl, machine.output());
+        machine.consume_output(n);
+        match read_some(&mut ctrl, &mut buf) {
+            Some(n) => machine.receive(&buf[..n]),
+            None => machine.peer_closed(),
+        }
+        while let Some(event) = machine.next_event() {
+            match event {
+                ClientEvent::CreateStreams => {
+                    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    stream.write_all(machine.cookie().as_bytes()).unwrap();
+                    stream.set_nonblocking(true).unwrap();
+                    data = Some(stream);
+                }
+                ClientEvent::TestStart => {}
+                ClientEvent::TestRunning => running_since = Some(Instant::now()),
+                ClientEvent::ResultsWanted => {
+                    let (bytes, secs): (u64, f64) = totals.expect("ended");
+                    machine.send_results(&Results::one_stream(!reverse, bytes, secs));
+                }
+                ClientEvent::PeerResults(r) => theirs = Some(r),
+                ClientEvent::Done => {}
+                ClientEvent::Failed(e) => panic!("client failed: {e}"),
+            }
+        }
+        if machine.is_finished() && machine.output().is_empty() {
+            break;
+        }
+        if let (Some(stream), Some(since)) = (data.as_mut(), running_since) {
+            if reverse {
+                // Drain, also after the end.
+                while let Some(n) = read_some(stream, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if totals.is_none() {
+                        moved += n as u64;
+                    }
+                }
+            } else if totals.is_none() {
+                match stream.write(&block) {
+                    Ok(n) => moved += n as u64,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("data write: {e}"),
+                }
+            }
+            if totals.is_none() && since.elapsed() >= Duration::from_secs(1) {
+                totals = Some((moved, since.elapsed().as_secs_f64()));
+                machine.end_test();
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let status = server.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = server.0.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "iperf3 -s failed: {stderr}");
+    Some(ClientOutcome {
+        ours: totals.unwrap().0,
+        theirs: theirs.expect("server results"),
+    })
+}
+
+#[test]
+fn our_client_sends_to_the_real_server() {
+    let Some(out) = client_against_real_server(false) else {
+        return;
+    };
+    assert!(out.ours > 1_000_000, "sent only {}", out.ours);
+    let received = out.theirs.streams[0].bytes;
+    assert!(
+        received > 0 && received <= out.ours,
+        "{received} of {}",
+        out.ours
+    );
+    assert_eq!(out.theirs.sender_has_retransmits, -1);
+}
+
+#[test]
+fn our_client_receives_from_the_real_server() {
+    let Some(out) = client_against_real_server(true) else {
+        return;
+    };
+    assert!(out.ours > 1_000_000, "received only {}", out.ours);
+    let sent = out.theirs.streams[0].bytes;
+    assert!(sent >= out.ours, "{sent} sent, {} received", out.ours);
+}
+
+/// `iperf3 -c` against our server machine; returns the client's output.
+fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestParams>)> {
+    if !have_iperf3() {
+        return None;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let mut client = Reaped(
+        Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 -c starts"),
+    );
+    let start = Instant::now();
+    let accept = |what: &str| loop {
+        assert!(start.elapsed() < TIMEOUT, "no {what} connection");
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    let mut ctrl = accept("control");
+    ctrl.set_nonblocking(true).unwrap();
+    let mut machine = ServerControl::new();
+    let mut data: Option<TcpStream> = None;
+    let mut params = None;
+    let block = std::vec![0xa5u8; 128 * 1024];
+    let mut buf = std::vec![0u8; 128 * 1024];
+    let (mut moved, mut running_since) = (0u64, None::<Instant>);
+    let mut ended = false;
+    loop {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "test hangs in {:?}",
+            machine.phase()
+        );
+        match read_some(&mut ctrl, &mut buf) {
+            Some(n) => machine.receive(&buf[..n]),
+            None => machine.peer_closed(),
+        }
+        while let Some(event) = machine.next_event() {
+            match event {
+                ServerEvent::CreateStreams(p) => {
+                    params = Some(p);
+                    // CREATE_STREAMS has to go out for the client to connect.
+                    while !machine.output().is_empty() {
+                        let n = flush(&mut ctrl, machine.output());
+                        machine.consume_output(n);
+                    }
+                    let mut stream = accept("data");
+                    stream.set_nonblocking(false).unwrap();
+                    let mut cookie = [0u8; COOKIE_LEN];
+                    stream.read_exact(&mut cookie).unwrap();
+                    assert!(machine.check_stream_cookie(&cookie));
+                    stream.set_nonblocking(true).unwrap();
+                    data = Some(stream);
+                    machine.stream_connected();
+                    running_since = Some(Instant::now());
+                }
+                ServerEvent::TestEnd => {
+                    ended = true;
+                    let secs = running_since.map_or(0.0, |s| s.elapsed().as_secs_f64());
+                    let sending = params.is_some_and(|p| p.reverse);
+                    machine.test_ended(&Results::one_stream(sending, moved, secs));
+                }
+                ServerEvent::PeerResults(_) => {}
+                ServerEvent::Done => {}
+                ServerEvent::Failed(_) => {}
+            }
+        }
+        let n = flush(&mut ctrl, machine.output());
+        machine.consume_output(n);
+        if machine.is_finished() && machine.output().is_empty() {
+            break;
+        }
+        if let (Some(stream), Some(p)) = (data.as_mut(), params) {
+            if p.reverse && !ended {
+                match stream.write(&block) {
+                    Ok(n) => moved += n as u64,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("data write: {e}"),
+                }
+            } else if !p.reverse {
+                while let Some(n) = read_some(stream, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if !ended {
+                        moved += n as u64;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop(data);
+    drop(ctrl);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = client.0.stdout.take() {
+        let _ = out.read_to_end(&mut stdout);
+    }
+    if let Some(mut err) = client.0.stderr.take() {
+        let _ = err.read_to_end(&mut stderr);
+    }
+    let status = client.0.wait().unwrap();
+    Some((
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        params,
+    ))
+}
+
+/// `end.<sum>.bytes` of `iperf3 -J` output.
+fn json_sum_bytes(stdout: &[u8], sum: &[u8]) -> Option<u64> {
+    let mut end = None;
+    json::members(stdout, |k, v| {
+        if k == b"end" {
+            end = Some(v)
+        }
+    })
+    .ok()?;
+    let Some(Value::Object(end)) = end else {
+        return None;
+    };
+    let mut total = None;
+    json::members(end, |k, v| {
+        if k == sum {
+            total = Some(v)
+        }
+    })
+    .ok()?;
+    let Some(Value::Object(total)) = total else {
+        return None;
+    };
+    let mut bytes = None;
+    json::members(total, |k, v| {
+        if k == b"bytes" {
+            bytes = v.as_number().and_then(|n| n.as_u64())
+        }
+    })
+    .ok()?;
+    bytes
+}
+
+fn check_real_client(reverse: bool) {
+    let args: &[&str] = if reverse {
+        &["-t", "1", "-J", "-R"]
+    } else {
+        &["-t", "1", "-J"]
+    };
+    let Some((out, params)) = real_client_against_our_server(args) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 -c failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let params = params.unwrap();
+    assert_eq!((params.seconds, params.reverse), (1, reverse));
+    let sent = json_sum_bytes(&out.stdout, b"sum_sent").expect("sum_sent");
+    let received = json_sum_bytes(&out.stdout, b"sum_received").expect("sum_received");
+    assert!(received > 1_000_000, "{stdout}");
+    assert!(sent >= received, "{stdout}");
+}
+
+#[test]
+fn the_real_client_sends_to_our_server() {
+    check_real_client(false);
+}
+
+#[test]
+fn the_real_client_receives_from_our_server() {
+    check_real_client(true);
+}
+
+#[test]
+fn the_real_client_hears_why_it_was_refused() {
+    for (args, expect) in [
+        (&["-t", "1", "-P", "2"][..], "parallel"),
+        (&["-t", "1", "-u"][..], "not implemented"),
+        (&["-t", "1", "--bidir"][..], "not implemented"),
+    ] {
+        let Some((out, _)) = real_client_against_our_server(args) else {
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{args:?} accepted: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}

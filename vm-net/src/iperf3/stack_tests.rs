@@ -1,0 +1,269 @@
+//! Host tests of the iperf3 [`Server`] and [`Client`] on smoltcp: two [`Stack`]s joined by an
+//! in-memory cable of limited rate, in virtual time (1 ms per round), running whole tests in
+//! both directions, back to back, and against nothing.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::vec::Vec;
+
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpCidr, Ipv4Address};
+
+use super::{Client, ClientConfig, Event, Report, Role, ServerConfig};
+use crate::{Buffers, Stack};
+
+type Queue = Rc<RefCell<VecDeque<Vec<u8>>>>;
+
+/// Frames a side may have waiting for the cable before its device says "busy".
+const TX_QUEUE: usize = 64;
+/// Frames the cable carries each way per round (1 ms): 8 full frames, ~97 Mbit/s.
+const FRAMES_PER_ROUND: usize = 8;
+
+/// One end of the cable.
+struct End {
+    rx: Queue,
+    tx: Queue,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a Queue);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = std::vec![0u8; len];
+        let r = f(&mut frame);
+        self.0.borrow_mut().push_back(frame);
+        r
+    }
+}
+
+impl Device for End {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Rx, Tx<'_>)> {
+        let frame = self.rx.borrow_mut().pop_front()?;
+        Some((Rx(frame), Tx(&self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
+        (self.tx.borrow().len() < TX_QUEUE).then_some(Tx(&self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+const SERVER_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 17);
+const CLIENT_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 16);
+
+struct Net {
+    server: Stack<End>,
+    client: Stack<End>,
+    /// server -> client, client -> server
+    cable: (Queue, Queue, Queue, Queue),
+    now: Instant,
+    server_events: Vec<Event>,
+}
+
+fn stack(rx: Queue, tx: Queue, ip: Ipv4Address, last: u8) -> Stack<End> {
+    Stack::new_at(
+        End { rx, tx },
+        [0x02, 0, 0, 0, 0, last],
+        IpCidr::new(ip.into(), 24),
+        Ipv4Address::new(10, 0, 2, 2),
+        Buffers::default(),
+        Instant::ZERO,
+        u64::from(last),
+    )
+}
+
+impl Net {
+    fn new() -> Net {
+        let queue = || Rc::new(RefCell::new(VecDeque::new()));
+        let (s_rx, s_tx, c_rx, c_tx) = (queue(), queue(), queue(), queue());
+        let mut server = stack(s_rx.clone(), s_tx.clone(), SERVER_IP, 17);
+        server.serve_iperf3(ServerConfig::default());
+        let client = stack(c_rx.clone(), c_tx.clone(), CLIENT_IP, 16);
+        Net {
+            server,
+            client,
+            cable: (s_tx, c_rx, c_tx, s_rx),
+            now: Instant::ZERO,
+            server_events: Vec::new(),
+        }
+    }
+
+    /// One millisecond: both stacks run, the cable carries what it can.
+    fn round(&mut self, client: &mut Client) {
+        self.server.poll_at(self.now);
+        while let Some(e) = self.server.iperf3_server().and_then(|s| s.next_event()) {
+            self.server_events.push(e);
+        }
+        self.client.poll_at(self.now);
+        client.poll(&mut self.client, self.now);
+        self.client.poll_at(self.now);
+        let carry = |from: &Queue, to: &Queue| {
+            for _ in 0..FRAMES_PER_ROUND {
+                let Some(frame) = from.borrow_mut().pop_front() else {
+                    break;
+                };
+                to.borrow_mut().push_back(frame);
+            }
+        };
+        carry(&self.cable.0, &self.cable.1);
+        carry(&self.cable.2, &self.cable.3);
+        self.now += Duration::from_millis(1);
+    }
+
+    /// Runs `client` to its end (and a little more, for the server to see it); its events.
+    fn run(&mut self, client: &mut Client, limit: Duration) -> Vec<Event> {
+        let end = self.now + limit;
+        let mut events = Vec::new();
+        while !client.is_closed() && self.now < end {
+            self.round(client);
+            while let Some(e) = client.next_event() {
+                events.push(e);
+            }
+        }
+        for _ in 0..100 {
+            self.round(client);
+        }
+        events
+    }
+
+    fn client_config(&self, reverse: bool) -> ClientConfig {
+        let mut config = ClientConfig::new(SERVER_IP);
+        config.seconds = 1;
+        config.reverse = reverse;
+        config.seed = 7;
+        config
+    }
+}
+
+fn report(events: &[Event]) -> Report {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Finished(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no report in {events:?}"))
+}
+
+fn check_pair(client: &Report, server: &Report, reverse: bool) {
+    assert_eq!(client.role, Role::Client);
+    assert_eq!(server.role, Role::Server);
+    assert_eq!(client.sender, !reverse);
+    assert_eq!(server.sender, reverse);
+    assert_eq!(client.params.reverse, reverse);
+    // The cable carries ~97 Mbit/s; a one-second test moves most of that.
+    for r in [client, server] {
+        assert!(r.bytes > 4_000_000, "{r}");
+        assert!((900_000..=1_200_000).contains(&r.micros), "{r}");
+        assert!(r.centi_mbit_per_s() < 10_000, "{r}");
+    }
+    // Each side got the other's numbers, and they agree to within what was in flight.
+    assert_eq!(client.peer_bytes(), Some(server.bytes));
+    assert_eq!(server.peer_bytes(), Some(client.bytes));
+    let diff = client.bytes.abs_diff(server.bytes);
+    assert!(diff < 512 * 1024, "{client} / {server}");
+}
+
+#[test]
+fn tests_run_both_ways_back_to_back() {
+    let mut net = Net::new();
+    for reverse in [false, true, false] {
+        net.server_events.clear();
+        let mut client = Client::new(net.client_config(reverse), net.now);
+        let events = net.run(&mut client, Duration::from_secs(10));
+        let client_report = report(&events);
+        let server_report = report(&net.server_events);
+        check_pair(&client_report, &server_report, reverse);
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Started(_))),
+            "{events:?}"
+        );
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Interval(_))),
+            "{events:?}"
+        );
+        assert!(
+            !net.server_events
+                .iter()
+                .any(|e| matches!(e, Event::Failed(_))),
+            "{:?}",
+            net.server_events
+        );
+        // Everything the test opened is gone again (echo, ICMP and the server's listener
+        // stay).
+        assert_eq!(net.client.sockets().iter().count(), 6);
+    }
+    assert_eq!(net.server.iperf3_server().map(|s| s.finished), Some(3));
+}
+
+#[test]
+fn a_second_client_is_denied_while_a_test_runs() {
+    let mut net = Net::new();
+    let mut first = Client::new(net.client_config(false), net.now);
+    for _ in 0..300 {
+        net.round(&mut first);
+    }
+    let mut second = Client::new(net.client_config(false), net.now);
+    let mut events = Vec::new();
+    for _ in 0..500 {
+        net.round(&mut first);
+        second.poll(&mut net.client, net.now);
+        net.client.poll_at(net.now);
+        while let Some(e) = second.next_event() {
+            events.push(e);
+        }
+    }
+    let failure = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Failed(f) => Some(f.reason.clone()),
+            _ => None,
+        })
+        .expect("the second client was not denied");
+    assert!(failure.contains("busy"), "{failure}");
+    let first_events = net.run(&mut first, Duration::from_secs(10));
+    report(&first_events);
+}
+
+#[test]
+fn nobody_there() {
+    let mut net = Net::new();
+    let mut config = ClientConfig::new(Ipv4Address::new(10, 0, 2, 99));
+    config.connect_wait = Duration::from_secs(2);
+    let mut client = Client::new(config, net.now);
+    let events = net.run(&mut client, Duration::from_secs(10));
+    assert!(
+        matches!(events.as_slice(), [Event::Failed(f)] if f.reason.contains("no iperf3 server")),
+        "{events:?}"
+    );
+    // A host that is there but serves nothing on the port: refused, retried, given up.
+    let mut config = net.client_config(false);
+    config.port = 5999;
+    config.connect_wait = Duration::from_secs(2);
+    let mut client = Client::new(config, net.now);
+    let started = net.now;
+    let events = net.run(&mut client, Duration::from_secs(10));
+    assert!(
+        matches!(events.as_slice(), [Event::Failed(_)]),
+        "{events:?}"
+    );
+    assert!(net.now - started >= Duration::from_secs(2));
+}
