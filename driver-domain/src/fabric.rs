@@ -16,8 +16,11 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use driver_domain::csum::{self, Verdict};
 use driver_domain::switch::{Config, Forward, MacAddr, PortId, Switch};
-use shared_abi::virtq::{Chain, TxHeader};
+use shared_abi::virtq::{
+    Chain, Direction, NetHdr, TxHeader, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant as NetInstant;
 use smoltcp::wire::{IpCidr, Ipv4Address};
@@ -110,6 +113,14 @@ impl Source<'_> {
         }
     }
 
+    /// Whether the frame's TCP/UDP checksum was left to us (an offloading guest's frame).
+    fn needs_csum(&self) -> bool {
+        match self {
+            Source::Private(_) => false,
+            Source::Guest { header, .. } => header.hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0,
+        }
+    }
+
     /// Copies the whole frame into `dst` (which is `len()` bytes).
     fn copy_into(&self, dst: &mut [u8]) {
         match self {
@@ -135,6 +146,40 @@ pub struct Fabric {
     pub local: Option<Stack<LocalPort>>,
     has_uplink: bool,
     pub nic: NicCounters,
+    pub csum: CsumOffload,
+}
+
+/// Checksum work done for offloading guests (see `csum`), with its counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CsumOffload {
+    /// Checksums filled in for frames leaving for a peer that checks.
+    pub filled: u64,
+    /// Frames from the outside checked for a guest that does not check.
+    pub verified: u64,
+    /// Frames dropped: a bad checksum from outside, or lengths that do not add up.
+    pub dropped: u64,
+}
+
+impl CsumOffload {
+    fn fill(&mut self, frame: &mut [u8]) -> bool {
+        let ok = csum::fill(frame);
+        if ok {
+            self.filled += 1;
+        } else {
+            self.dropped += 1;
+        }
+        ok
+    }
+
+    fn verify(&mut self, frame: &[u8]) -> Verdict {
+        let verdict = csum::verify(frame);
+        match verdict {
+            Verdict::Valid => self.verified += 1,
+            Verdict::Invalid => self.dropped += 1,
+            Verdict::NotApplicable => {}
+        }
+        verdict
+    }
 }
 
 /// What went through the NIC, for the counters line.
@@ -179,6 +224,7 @@ impl Fabric {
             local,
             has_uplink: nic.is_some(),
             nic: NicCounters::default(),
+            csum: CsumOffload::default(),
         }
     }
 
@@ -313,18 +359,26 @@ impl Fabric {
         if let Forward::Drop(_) = decision {
             return false;
         }
+        // A guest's frame whose TCP/UDP checksum it left to us; a frame from the NIC that a
+        // checksum-offloading guest will not check itself (checked once, on first need).
+        let needs_csum = source.needs_csum();
+        let mut outside_verdict: Option<Verdict> = None;
         for port in decision.destinations() {
             if !self.switch.try_reserve(port, len) {
                 continue;
             }
             match port {
                 PortId::Uplink => {
+                    let csum = &mut self.csum;
                     let sent = with_nic(|nic| {
                         if !nic.can_send() {
                             return false;
                         }
                         let mut buffer = nic.new_tx_buffer(len);
                         source.copy_into(buffer.packet_mut());
+                        if needs_csum && !csum.fill(buffer.packet_mut()) {
+                            return false;
+                        }
                         nic.send(buffer).is_ok()
                     });
                     if sent == Some(true) {
@@ -339,7 +393,9 @@ impl Fabric {
                         if local.device.to_stack.len() < LOCAL_QUEUE_FRAMES {
                             let mut frame = vec![0; len];
                             source.copy_into(&mut frame);
-                            local.device.to_stack.push_back(frame);
+                            if !needs_csum || self.csum.fill(&mut frame) {
+                                local.device.to_stack.push_back(frame);
+                            }
                         }
                     }
                 }
@@ -351,13 +407,44 @@ impl Fabric {
                     else {
                         continue;
                     };
+                    let offloads = target.csum_offload();
                     let delivered = match source {
-                        Source::Private(frame) => target.deliver(frame),
+                        Source::Private(frame) if ingress == PortId::Uplink && offloads => {
+                            let verdict =
+                                *outside_verdict.get_or_insert_with(|| self.csum.verify(frame));
+                            let mut hdr = NetHdr::plain(Direction::Rx);
+                            match verdict {
+                                Verdict::Invalid => continue,
+                                Verdict::Valid => hdr.flags = VIRTIO_NET_HDR_F_DATA_VALID,
+                                Verdict::NotApplicable => {}
+                            }
+                            target.deliver(frame, &hdr)
+                        }
+                        Source::Private(frame) => {
+                            target.deliver(frame, &NetHdr::plain(Direction::Rx))
+                        }
                         Source::Guest {
                             pool,
                             chain,
                             header,
-                        } => target.deliver_from(pool, chain, header),
+                        } if offloads || !needs_csum => {
+                            // NEEDS_CSUM travels on: the receiver does not check either.
+                            let hdr = NetHdr {
+                                num_buffers: 1,
+                                ..header.hdr
+                            };
+                            target.deliver_from(pool, chain, header, &hdr)
+                        }
+                        Source::Guest { .. } => {
+                            // A guest that checks gets a completed copy (the rare path: two
+                            // copies, as it needs the whole frame in hand).
+                            let mut frame = vec![0; len];
+                            source.copy_into(&mut frame);
+                            if !self.csum.fill(&mut frame) {
+                                continue;
+                            }
+                            target.deliver(&frame, &NetHdr::plain(Direction::Rx))
+                        }
                     };
                     if let Err(DeliverError::Violation(e)) = delivered {
                         violations.push(Violation {

@@ -178,7 +178,8 @@ fn print_counters(name: &str, fabric: &Fabric) {
         .unwrap_or_default();
     println!(
         "{name} NIC counters: rx {} frames / {} B, tx {} frames / {} B, tx errors {}, \
-         interrupts {}, udp echoed {}, tcp echoed {} B",
+         interrupts {}, udp echoed {}, tcp echoed {} B; checksums filled {} verified {} \
+         dropped {}",
         c.rx_frames,
         c.rx_bytes,
         c.tx_frames,
@@ -186,7 +187,10 @@ fn print_counters(name: &str, fabric: &Fabric) {
         c.tx_errors,
         nic::INTERRUPTS.load(Ordering::Relaxed),
         services.udp_echoed,
-        services.tcp_echoed_bytes
+        services.tcp_echoed_bytes,
+        fabric.csum.filled,
+        fabric.csum.verified,
+        fabric.csum.dropped
     );
 }
 

@@ -87,9 +87,11 @@ pub struct NetPort {
     pub stats: PortStats,
 }
 
-/// Features we offer: the net ring protocol with event-index suppression. (Checksum offload is
-/// not offered: frames go out of the machine through the NIC, which needs real checksums.)
-pub const OFFERED_FEATURES: u64 = shared_abi::virtq::FEATURE_NET | FEATURE_EVENT_IDX;
+/// Features we offer: the net ring protocol, event-index suppression, and checksum offload
+/// (we fill in checksums for frames that leave the machine and check those that come in: see
+/// `csum`).
+pub const OFFERED_FEATURES: u64 =
+    shared_abi::virtq::FEATURE_NET | FEATURE_EVENT_IDX | shared_abi::virtq::FEATURE_CSUM;
 
 impl NetPort {
     /// Maps what `section` names and binds its data port. On error nothing stays mapped or
@@ -167,6 +169,11 @@ impl NetPort {
         self.features.bits()
     }
 
+    /// Whether the guest leaves TCP/UDP checksums to us (and does not check them).
+    pub fn csum_offload(&self) -> bool {
+        self.features.csum
+    }
+
     /// The next frame the guest sends, checked but not copied. A violation is returned as
     /// `Err` and ends the port; the caller disconnects it.
     pub fn take_tx(&mut self) -> Result<TxItem, QueueError> {
@@ -238,10 +245,10 @@ impl NetPort {
 
     /// Writes `frame` (from our own memory: the NIC's or the local endpoint's) into the next
     /// receive buffer the guest offered.
-    pub fn deliver(&mut self, frame: &[u8]) -> Result<(), DeliverError> {
+    /// `hdr` is the receive header to give it (plain, or `DATA_VALID` for a checked frame).
+    pub fn deliver(&mut self, frame: &[u8], hdr: &NetHdr) -> Result<(), DeliverError> {
         let chain = self.next_rx()?;
-        let hdr = NetHdr::plain(Direction::Rx);
-        match chain.write_rx(&self.pool, &hdr, frame) {
+        match chain.write_rx(&self.pool, hdr, frame) {
             Some(len) => {
                 let _ = self.rx.push_used(chain.head(), len);
                 self.stats.rx_frames += 1;
@@ -255,12 +262,14 @@ impl NetPort {
     }
 
     /// Moves a frame from another guest's TX chain straight into our next receive buffer:
-    /// headers from the checked copy, the body pool to pool, one copy in all.
+    /// headers from the checked copy, the body pool to pool, one copy in all. `hdr` is the
+    /// receive header (it carries the sender's `NEEDS_CSUM` to a guest that offloads too).
     pub fn deliver_from(
         &mut self,
         src_pool: &SharedMem,
         src: &Chain,
         header: &TxHeader,
+        hdr: &NetHdr,
     ) -> Result<(), DeliverError> {
         let chain = self.next_rx()?;
         let need = NET_HDR_LEN + header.frame_len;
@@ -268,7 +277,7 @@ impl NetPort {
             let _ = self.rx.push_used(chain.head(), 0);
             return Err(DeliverError::TooSmall);
         }
-        chain.write(&self.pool, 0, &NetHdr::plain(Direction::Rx).encode());
+        chain.write(&self.pool, 0, &hdr.encode());
         chain.write(&self.pool, NET_HDR_LEN, &header.eth);
         let body = NET_HDR_LEN + ETH_HDR_LEN;
         let pool = self.pool;

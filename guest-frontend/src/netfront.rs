@@ -19,10 +19,10 @@ use alloc::vec::Vec;
 
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    Direction, DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, Segment, FEATURE_EVENT_IDX,
-    FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, Segment, FEATURE_CSUM,
+    FEATURE_EVENT_IDX, FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
 };
-use vm_net::smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use vm_net::smoltcp::time::Instant as NetInstant;
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, grant, println};
@@ -38,7 +38,7 @@ pub const POOL_PAGES: u32 = (2 * BUFFERS * BUFFER_LEN / RING_PAGE_LEN) as u32;
 /// Largest frame we send or accept (header excluded).
 pub const MTU: usize = 1514;
 /// Features we ask for.
-const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX;
+const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX | FEATURE_CSUM;
 
 const _: () = assert!(NET_HDR_LEN + MTU <= BUFFER_LEN);
 
@@ -61,6 +61,8 @@ pub struct NetFront {
     pool: SharedMem,
     pub port: u32,
     pub mac: [u8; 6],
+    /// Checksum offload agreed: TCP/UDP checksums are neither computed nor checked here.
+    pub csum_offload: bool,
     /// Transmit buffers not in the ring.
     tx_free: Vec<u16>,
     /// Buffer index of each outstanding chain, by head.
@@ -149,6 +151,7 @@ impl NetFront {
             pool,
             port,
             mac: section.mac,
+            csum_offload: agreed.csum,
             tx_free: (BUFFERS..2 * BUFFERS).rev().map(|b| b as u16).collect(),
             tx_buffer_of: [0; BUFFERS],
             rx_buffer_of,
@@ -222,7 +225,8 @@ impl NetFront {
             return false;
         };
         let at = usize::from(buffer) * BUFFER_LEN;
-        self.pool.write(at, &NetHdr::plain(Direction::Tx).encode());
+        let hdr = NetHdr::for_tx_frame(frame, self.csum_offload);
+        self.pool.write(at, &hdr.encode());
         self.pool.write(at + NET_HDR_LEN, frame);
         let segment = Segment {
             offset: at as u32,
@@ -351,6 +355,12 @@ impl Device for NetFront {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MTU;
         caps.max_burst_size = Some(BUFFERS / 2);
+        if self.csum_offload {
+            // The back-end fills them in for whoever checks, and checks what comes from
+            // outside the machine (see `shared_abi::virtq::FEATURE_CSUM`).
+            caps.checksum.tcp = Checksum::None;
+            caps.checksum.udp = Checksum::None;
+        }
         caps
     }
 }

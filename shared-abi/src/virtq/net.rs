@@ -16,6 +16,14 @@ pub const FEATURE_NET: u64 = 1 << 62;
 /// Checksum offload (virtio's `VIRTIO_NET_F_CSUM` bit): both ends are in this machine, so a
 /// frame may travel with [`VIRTIO_NET_HDR_F_NEEDS_CSUM`] and no checksum computed, and arrive
 /// with [`VIRTIO_NET_HDR_F_DATA_VALID`].
+///
+/// sluice's meaning, narrower than virtio's: a front-end that negotiates it neither computes
+/// nor checks TCP and UDP checksums of IPv4 frames. It marks such a frame it sends with
+/// `NEEDS_CSUM` ([`NetHdr::for_tx_frame`]: `csum_start` = the L4 header, `csum_offset` = the
+/// checksum field; the field itself may hold anything). The back-end fills the checksum in
+/// whenever the frame leaves for a peer that checks (the NIC, the driver domain's own
+/// endpoint, a guest without this feature), passes `NEEDS_CSUM` on to a guest with it, and
+/// checks frames from the outside before delivering them with `DATA_VALID`.
 pub const FEATURE_CSUM: u64 = 1 << 0;
 /// Notification suppression by event indices (virtio's `VIRTIO_F_RING_EVENT_IDX` bit); without
 /// it every publish notifies.
@@ -142,6 +150,25 @@ impl NetHdr {
         }
     }
 
+    /// The TX header a checksum-offloading front-end puts in front of `frame`: `NEEDS_CSUM`
+    /// pointing at the TCP or UDP checksum field of an unfragmented IPv4 frame, plain for
+    /// everything else (and always plain without offload).
+    pub fn for_tx_frame(frame: &[u8], csum_offload: bool) -> NetHdr {
+        let plain = NetHdr::plain(Direction::Tx);
+        if !csum_offload {
+            return plain;
+        }
+        match l4_checksum_field(frame) {
+            Some((start, offset)) => NetHdr {
+                flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                csum_start: start,
+                csum_offset: offset,
+                ..plain
+            },
+            None => plain,
+        }
+    }
+
     /// The wire bytes.
     pub fn encode(&self) -> [u8; NET_HDR_LEN] {
         let mut b = [0; NET_HDR_LEN];
@@ -223,6 +250,38 @@ impl NetHdr {
         }
         Ok(())
     }
+}
+
+/// For an Ethernet frame carrying an unfragmented IPv4 TCP or UDP packet: where its L4 header
+/// starts in the frame and the offset of the checksum field in it.
+pub fn l4_checksum_field(frame: &[u8]) -> Option<(u16, u16)> {
+    const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    if frame.get(12..14)? != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = frame.get(ETH_HDR_LEN..)?;
+    let version_ihl = *ip.first()?;
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    // More-fragments flag or a fragment offset: only the whole packet has a checksum to fill.
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]);
+    if fragment & 0x3fff != 0 {
+        return None;
+    }
+    let offset = match ip[9] {
+        TCP => 16,
+        UDP => 6,
+        _ => return None,
+    };
+    let start = ETH_HDR_LEN + ihl;
+    if start + offset + 2 > frame.len() {
+        return None;
+    }
+    Some((start as u16, offset as u16))
 }
 
 // ---- Ring layout from the handshake ----

@@ -1814,3 +1814,63 @@ proptest! {
         prop_assert_eq!(covered, expect);
     }
 }
+
+/// An Ethernet + IPv4 frame with protocol `proto`, IHL `ihl` words, `payload` bytes after the
+/// IP header, and the given fragment word.
+fn ipv4_frame(proto: u8, ihl: u8, fragment: u16, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; ETH_HDR_LEN + usize::from(ihl) * 4 + payload];
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x40 | ihl;
+    f[20..22].copy_from_slice(&fragment.to_be_bytes());
+    f[23] = proto;
+    f
+}
+
+#[test]
+fn tx_headers_point_at_the_l4_checksum_of_ipv4_tcp_and_udp_only() {
+    let tcp = ipv4_frame(6, 5, 0x4000, 20);
+    assert_eq!(l4_checksum_field(&tcp), Some((34, 16)));
+    let hdr = NetHdr::for_tx_frame(&tcp, true);
+    assert_eq!(hdr.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+    assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 16));
+    assert_eq!(hdr.validate(tcp.len(), Direction::Tx, true), Ok(()));
+    // Without offload the same frame goes plain; the back-end would refuse the flag anyway.
+    assert_eq!(
+        NetHdr::for_tx_frame(&tcp, false),
+        NetHdr::plain(Direction::Tx)
+    );
+    // IP options move the L4 header.
+    assert_eq!(l4_checksum_field(&ipv4_frame(17, 7, 0, 8)), Some((42, 6)));
+    // Not ours to fill: ICMP, fragments, truncated headers, IPv6, ARP, garbage.
+    assert_eq!(l4_checksum_field(&ipv4_frame(1, 5, 0, 8)), None);
+    assert_eq!(l4_checksum_field(&ipv4_frame(6, 5, 0x2000, 20)), None);
+    assert_eq!(l4_checksum_field(&ipv4_frame(6, 5, 0x0001, 20)), None);
+    assert_eq!(l4_checksum_field(&ipv4_frame(6, 5, 0, 17)), None);
+    assert_eq!(l4_checksum_field(&ipv4_frame(17, 5, 0, 7)), None);
+    assert_eq!(l4_checksum_field(&ipv4_frame(6, 4, 0, 40)), None);
+    let mut v6 = ipv4_frame(6, 5, 0, 20);
+    v6[14] = 0x65;
+    assert_eq!(l4_checksum_field(&v6), None);
+    let mut arp = ipv4_frame(6, 5, 0, 20);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(l4_checksum_field(&arp), None);
+    assert_eq!(l4_checksum_field(&[0u8; 13]), None);
+    assert_eq!(
+        NetHdr::for_tx_frame(&arp, true),
+        NetHdr::plain(Direction::Tx)
+    );
+}
+
+proptest! {
+    #[test]
+    fn checksum_field_lookup_never_panics_and_stays_in_the_frame(
+        frame in proptest::collection::vec(any::<u8>(), 0..120),
+    ) {
+        if let Some((start, offset)) = l4_checksum_field(&frame) {
+            prop_assert!(usize::from(start) >= ETH_HDR_LEN);
+            prop_assert!(usize::from(start) + usize::from(offset) + 2 <= frame.len());
+            let hdr = NetHdr::for_tx_frame(&frame, true);
+            prop_assert_eq!(hdr.validate(frame.len(), Direction::Tx, true), Ok(()));
+        }
+    }
+}
