@@ -30,7 +30,7 @@ use vm_runtime::shared::SharedMem;
 use vm_runtime::{println, timer};
 
 use crate::backend::Connection;
-use crate::netback::{read_guest_frame, DeliverError, TxItem, MAX_TX_FRAME};
+use crate::netback::{read_guest_frame, DeliverError, TxItem, MAX_TX_FRAME, NIC_MAX_FRAME};
 use crate::nic::{self, with_nic};
 
 /// Frames taken from one port per round.
@@ -371,7 +371,9 @@ impl Fabric {
                 PortId::Uplink => {
                     let csum = &mut self.csum;
                     let sent = with_nic(|nic| {
-                        if !nic.can_send() {
+                        // A jumbo frame between guests that was flooded to the uplink too (TCP's
+                        // MSS keeps the real traffic to the outside within the NIC's MTU).
+                        if len > NIC_MAX_FRAME || !nic.can_send() {
                             return false;
                         }
                         let mut buffer = nic.new_tx_buffer(len);

@@ -24,10 +24,14 @@ use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, timer};
 
-/// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest.
-pub const MAX_POOL_PAGES: u32 = 256;
-/// Largest frame we accept from a guest (header excluded): standard Ethernet without FCS.
-pub const MAX_TX_FRAME: usize = 1514;
+/// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest
+/// (a front-end with 9000-byte MTU buffers uses 426 pages).
+pub const MAX_POOL_PAGES: u32 = 512;
+/// Largest frame we accept from a guest (net header excluded): a 9000-byte jumbo frame between
+/// guests. Frames for the NIC must also fit its 1514 ([`NIC_MAX_FRAME`]).
+pub const MAX_TX_FRAME: usize = 9014;
+/// Largest frame the NIC (and the outside behind it) takes: standard Ethernet without FCS.
+pub const NIC_MAX_FRAME: usize = 1514;
 /// Most events we send one guest per second; beyond that, events wait for the next second's
 /// budget (the guest sees its rings anyway when it polls).
 const EVENTS_PER_SECOND: u32 = 20_000;

@@ -3,9 +3,12 @@
 //! time, so the data path needs no hypercall per frame — only an event now and then, and only
 //! when the other side asked for one (event index).
 //!
-//! Pool layout: [`POOL_PAGES`] pages cut into [`BUFFER_LEN`]-byte buffers; the first
-//! [`QUEUE_SIZE`] are receive buffers, always all offered to the back-end, the next
-//! [`QUEUE_SIZE`] are transmit buffers. Every chain is one descriptor: net header, then frame.
+//! Pool layout: buffers big enough for a net header and a frame of the MTU (setting `mtu`,
+//! default [`DEFAULT_MTU`]: jumbo frames between guests; TCP's MSS keeps traffic to the outside
+//! at the NIC's 1500), rounded to 64 bytes; the first [`RX_BUFFERS`] are receive buffers, always
+//! all offered to the back-end, the next [`TX_BUFFERS`] are transmit buffers. Every chain is
+//! one descriptor: net header, then frame. Buffers may cross page boundaries: the pool is
+//! contiguous for both sides.
 //!
 //! [`NetFront`] is a `smoltcp::phy::Device`. Received frames are copied out of the pool before
 //! smoltcp sees them (the back-end could rewrite the pool under the parser otherwise) and the
@@ -29,18 +32,19 @@ use vm_runtime::{evtchn, grant, println};
 
 use crate::link::Link;
 
-/// Bytes per buffer: a full Ethernet frame and its header fit, two per page.
-pub const BUFFER_LEN: usize = 2048;
-/// Buffers of each direction.
-const BUFFERS: usize = QUEUE_SIZE as usize;
-/// Pool pages: receive buffers, then transmit buffers.
-pub const POOL_PAGES: u32 = (2 * BUFFERS * BUFFER_LEN / RING_PAGE_LEN) as u32;
-/// Largest frame we send or accept (header excluded).
-pub const MTU: usize = 1514;
+/// Receive buffers: a whole ring of them.
+const RX_BUFFERS: usize = QUEUE_SIZE as usize;
+/// Transmit buffers: half a ring (frames leave as fast as the back-end takes them).
+const TX_BUFFERS: usize = QUEUE_SIZE as usize / 2;
+/// IP MTU without a setting: jumbo frames (guest to guest they cut the per-frame costs six
+/// times; to the outside TCP's MSS negotiation keeps segments at the NIC's 1500).
+pub const DEFAULT_MTU: usize = 9000;
+/// The IP MTUs a front-end may use: Ethernet's minimum to the back-end's largest frame.
+pub const MTU_RANGE: core::ops::RangeInclusive<usize> = 576..=9000;
+/// Bytes of an Ethernet header.
+const ETH_HEADER: usize = 14;
 /// Features we ask for.
 const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX | FEATURE_CSUM;
-
-const _: () = assert!(NET_HDR_LEN + MTU <= BUFFER_LEN);
 
 /// What the front-end did, for the closing line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -63,11 +67,15 @@ pub struct NetFront {
     pub mac: [u8; 6],
     /// Checksum offload agreed: TCP/UDP checksums are neither computed nor checked here.
     pub csum_offload: bool,
+    /// Largest Ethernet frame (header included, as smoltcp counts it).
+    frame_limit: usize,
+    /// Bytes per pool buffer.
+    buffer_len: usize,
     /// Transmit buffers not in the ring.
     tx_free: Vec<u16>,
     /// Buffer index of each outstanding chain, by head.
-    tx_buffer_of: [u16; BUFFERS],
-    rx_buffer_of: [u16; BUFFERS],
+    tx_buffer_of: [u16; QUEUE_SIZE as usize],
+    rx_buffer_of: [u16; QUEUE_SIZE as usize],
     /// The back-end broke the ring protocol: we stop using the rings.
     pub broken: Option<String>,
     pub stats: FrontStats,
@@ -77,8 +85,36 @@ pub struct NetFront {
 pub struct ConnectOptions {
     /// The MAC we ask for (zero: let the back-end choose).
     pub mac: [u8; 6],
+    /// The IP MTU (within [`MTU_RANGE`]).
+    pub mtu: usize,
     /// Test only: name pool refs we never granted, to check the back-end refuses them.
     pub bad_pool_ref: bool,
+}
+
+impl ConnectOptions {
+    /// The options a guest's settings ask for: `mac` (aa:bb:cc:dd:ee:ff, optional) and `mtu`
+    /// (default [`DEFAULT_MTU`]).
+    pub fn from_settings(settings: &str) -> Result<ConnectOptions, String> {
+        let mac = match vm_runtime::setting(settings, "mac") {
+            None => [0; 6],
+            Some(text) => vm_net::parse_mac(text)
+                .ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?,
+        };
+        let mtu = vm_runtime::setting_u64_or(settings, "mtu", DEFAULT_MTU as u64)
+            .map_err(|e| format!("{e}"))? as usize;
+        if !MTU_RANGE.contains(&mtu) {
+            return Err(format!(
+                "setting mtu = {mtu} is outside {}..={}",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            ));
+        }
+        Ok(ConnectOptions {
+            mac,
+            mtu,
+            bad_pool_ref: false,
+        })
+    }
 }
 
 impl NetFront {
@@ -92,28 +128,31 @@ impl NetFront {
         let backend = link.backend;
         let tx_ring = SharedMem::leak_pages(1);
         let rx_ring = SharedMem::leak_pages(1);
-        let pool = SharedMem::leak_pages(POOL_PAGES as usize);
+        let frame_limit = ETH_HEADER + options.mtu;
+        let buffer_len = (NET_HDR_LEN + frame_limit).next_multiple_of(64);
+        let pool_pages = ((RX_BUFFERS + TX_BUFFERS) * buffer_len).div_ceil(RING_PAGE_LEN) as u32;
+        let pool = SharedMem::leak_pages(pool_pages as usize);
         let event_idx = true;
-        let tx = DriverQueue::new(tx_ring, POOL_PAGES, event_idx).map_err(|e| format!("{e}"))?;
+        let tx = DriverQueue::new(tx_ring, pool_pages, event_idx).map_err(|e| format!("{e}"))?;
         let mut rx =
-            DriverQueue::new(rx_ring, POOL_PAGES, event_idx).map_err(|e| format!("{e}"))?;
+            DriverQueue::new(rx_ring, pool_pages, event_idx).map_err(|e| format!("{e}"))?;
         let grant_err = |what: &str, e| format!("cannot grant the {what}: {e:?}");
         let tx_ring_ref =
             grant::grant(backend, tx_ring.gpa(), false).map_err(|e| grant_err("TX ring", e))?;
         let rx_ring_ref =
             grant::grant(backend, rx_ring.gpa(), false).map_err(|e| grant_err("RX ring", e))?;
         let mut pool_first_ref =
-            grant::grant_run(backend, pool.gpa(), POOL_PAGES).map_err(|e| grant_err("pool", e))?;
+            grant::grant_run(backend, pool.gpa(), pool_pages).map_err(|e| grant_err("pool", e))?;
         if options.bad_pool_ref {
             // Far past every ref we granted (but inside the table): the back-end's map fails.
             pool_first_ref += 300;
         }
         let port = evtchn::alloc_unbound(backend).map_err(|e| format!("alloc_unbound: {e:?}"))?;
 
-        let mut rx_buffer_of = [0u16; BUFFERS];
-        for buffer in 0..BUFFERS {
+        let mut rx_buffer_of = [0u16; QUEUE_SIZE as usize];
+        for buffer in 0..RX_BUFFERS {
             let head = rx
-                .add(&[buffer_segment(buffer)], true)
+                .add(&[buffer_segment(buffer, buffer_len)], true)
                 .map_err(|e| format!("offering receive buffer {buffer}: {e}"))?;
             rx_buffer_of[usize::from(head)] = buffer as u16;
         }
@@ -123,7 +162,7 @@ impl NetFront {
             tx_ring_ref,
             rx_ring_ref,
             pool_first_ref,
-            pool_pages: POOL_PAGES,
+            pool_pages,
         };
         let mut offer = Frontend {
             state: State::Initialised,
@@ -152,8 +191,13 @@ impl NetFront {
             port,
             mac: section.mac,
             csum_offload: agreed.csum,
-            tx_free: (BUFFERS..2 * BUFFERS).rev().map(|b| b as u16).collect(),
-            tx_buffer_of: [0; BUFFERS],
+            frame_limit,
+            buffer_len,
+            tx_free: (RX_BUFFERS..RX_BUFFERS + TX_BUFFERS)
+                .rev()
+                .map(|b| b as u16)
+                .collect(),
+            tx_buffer_of: [0; QUEUE_SIZE as usize],
             rx_buffer_of,
             broken: None,
             stats: FrontStats::default(),
@@ -197,10 +241,13 @@ impl NetFront {
             let frame = (len >= NET_HDR_LEN + 14).then(|| {
                 let mut frame = vec![0u8; len - NET_HDR_LEN];
                 self.pool
-                    .read(buffer * BUFFER_LEN + NET_HDR_LEN, &mut frame);
+                    .read(buffer * self.buffer_len + NET_HDR_LEN, &mut frame);
                 frame
             });
-            match self.rx.add(&[buffer_segment(buffer)], true) {
+            match self
+                .rx
+                .add(&[buffer_segment(buffer, self.buffer_len)], true)
+            {
                 Ok(head) => self.rx_buffer_of[usize::from(head)] = buffer as u16,
                 Err(e) => self.fail(format!("re-offering receive buffer {buffer}: {e}")),
             }
@@ -218,13 +265,13 @@ impl NetFront {
     /// Queues `frame` (an Ethernet frame) for sending; false if no buffer is free.
     pub fn send_frame(&mut self, frame: &[u8]) -> bool {
         self.reap_tx();
-        if self.broken.is_some() || frame.len() > MTU {
+        if self.broken.is_some() || frame.len() > self.frame_limit {
             return false;
         }
         let Some(buffer) = self.tx_free.pop() else {
             return false;
         };
-        let at = usize::from(buffer) * BUFFER_LEN;
+        let at = usize::from(buffer) * self.buffer_len;
         let hdr = NetHdr::for_tx_frame(frame, self.csum_offload);
         self.pool.write(at, &hdr.encode());
         self.pool.write(at + NET_HDR_LEN, frame);
@@ -266,10 +313,18 @@ impl NetFront {
         }
     }
 
-    /// Before sleeping: asks for an event on the next completion; true if completions are
-    /// already waiting (then do not sleep: their event may have been suppressed).
-    pub fn arm(&self) -> bool {
-        self.broken.is_none() && (self.rx.enable_notify() | self.tx.enable_notify())
+    /// Before sleeping: asks for an event on the next received frame, and on the next
+    /// transmit completion only if we are out of transmit buffers (otherwise completions are
+    /// reaped when we next send, and waking for them would only spin). True if what we asked
+    /// for is already there (then do not sleep: its event may have been suppressed).
+    pub fn arm(&mut self) -> bool {
+        self.reap_tx();
+        if self.broken.is_some() {
+            return false;
+        }
+        let rx_waiting = self.rx.enable_notify();
+        let tx_waiting = self.tx_free.is_empty() && self.tx.enable_notify();
+        rx_waiting || tx_waiting
     }
 
     /// Whether the back-end has left the connection (it closes it on a protocol violation).
@@ -296,7 +351,7 @@ impl NetFront {
         self.reap_tx();
         self.tx_free
             .pop()
-            .map(|b| (usize::from(b) * BUFFER_LEN) as u32)
+            .map(|b| (usize::from(b) * self.buffer_len) as u32)
     }
 
     /// Pool bytes, for hostile modes that aim outside it.
@@ -310,10 +365,10 @@ impl NetFront {
     }
 }
 
-fn buffer_segment(buffer: usize) -> Segment {
+fn buffer_segment(buffer: usize, buffer_len: usize) -> Segment {
     Segment {
-        offset: (buffer * BUFFER_LEN) as u32,
-        len: BUFFER_LEN as u32,
+        offset: (buffer * buffer_len) as u32,
+        len: buffer_len as u32,
     }
 }
 
@@ -353,8 +408,8 @@ impl Device for NetFront {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MTU;
-        caps.max_burst_size = Some(BUFFERS / 2);
+        caps.max_transmission_unit = self.frame_limit;
+        caps.max_burst_size = Some(TX_BUFFERS / 2);
         if self.csum_offload {
             // The back-end fills them in for whoever checks, and checks what comes from
             // outside the machine (see `shared_abi::virtq::FEATURE_CSUM`).

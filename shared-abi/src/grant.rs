@@ -70,7 +70,7 @@
 //! | MAP, COPY   | granter is the caller, 0, or not a VM id                          | `InvalidArgument` |
 //! | MAP         | `dest_gpa` not page aligned or outside the caller's grant window  | `InvalidArgument` |
 //! | MAP         | `dest_gpa` already holds a grant mapping                          | `Busy`            |
-//! | MAP         | the caller already holds `MAX_MAPPINGS_PER_VM` (2048) mappings    | `NoSpace`         |
+//! | MAP         | the caller already holds `MAX_MAPPINGS_PER_VM` (4096) mappings    | `NoSpace`         |
 //! | MAP, COPY   | granter dead or without a table, ref beyond its table             | `BadRef`          |
 //! | MAP, COPY   | entry's PERMIT clear, or unknown entry flag bits set              | `BadRef`          |
 //! | MAP, COPY   | entry's `peer` is not the caller                                  | `Denied`          |
@@ -100,7 +100,7 @@ pub const ENTRY_SIZE: u64 = 8;
 pub const MAX_BATCH: u64 = 64;
 /// Most grant mappings one VM may hold at a time (its own mappings of peers' frames), so the
 /// hypervisor's record of them is bounded; GRANT_MAP beyond it is `NoSpace`.
-pub const MAX_MAPPINGS_PER_VM: u32 = 2048;
+pub const MAX_MAPPINGS_PER_VM: u32 = 4096;
 
 /// Foreign frames are mapped only inside this IPA window of the caller (256 MiB starting at 4 GiB,
 /// above all RAM).

@@ -99,6 +99,23 @@ impl SharedMem {
                 byte(done);
                 done += 1;
             }
+            while len - done >= 32 {
+                // SAFETY: as above, and both addresses are 8-aligned.
+                unsafe {
+                    let from = (src + done) as *const u64;
+                    let into = (to + done) as *mut u64;
+                    let words = [
+                        core::ptr::read_volatile(from),
+                        core::ptr::read_volatile(from.add(1)),
+                        core::ptr::read_volatile(from.add(2)),
+                        core::ptr::read_volatile(from.add(3)),
+                    ];
+                    for (i, w) in words.into_iter().enumerate() {
+                        core::ptr::write_volatile(into.add(i), w);
+                    }
+                }
+                done += 32;
+            }
             while len - done >= 8 {
                 // SAFETY: as above, and both addresses are 8-aligned.
                 unsafe {
@@ -143,22 +160,45 @@ impl PoolMem for SharedMem {
     fn read(&self, offset: usize, dst: &mut [u8]) {
         assert!(offset <= self.len && dst.len() <= self.len - offset);
         let src = self.base + offset;
+        let len = dst.len();
+        let out = dst.as_mut_ptr();
         let mut done = 0;
-        // Head bytes until the source is 8-aligned, then words, then the tail.
-        while done < dst.len() && !(src + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted above), which `new` guarantees mapped.
-            dst[done] = unsafe { core::ptr::read_volatile((src + done) as *const u8) };
+        // Head bytes until the shared side is 8-aligned, then words (four at a time: this is
+        // the data path's copy), then the tail. The private side may be unaligned.
+        while done < len && !(src + done).is_multiple_of(8) {
+            // SAFETY: inside the run (asserted above), which `new` guarantees mapped; `out` is
+            // valid for `len` bytes.
+            unsafe { *out.add(done) = core::ptr::read_volatile((src + done) as *const u8) };
             done += 1;
         }
-        while dst.len() - done >= 8 {
-            // SAFETY: as above; the address is 8-aligned.
-            let word = unsafe { core::ptr::read_volatile((src + done) as *const u64) };
-            dst[done..done + 8].copy_from_slice(&word.to_ne_bytes());
+        while len - done >= 32 {
+            // SAFETY: as above; the shared address is 8-aligned.
+            unsafe {
+                let from = (src + done) as *const u64;
+                let to = out.add(done) as *mut u64;
+                let words = [
+                    core::ptr::read_volatile(from),
+                    core::ptr::read_volatile(from.add(1)),
+                    core::ptr::read_volatile(from.add(2)),
+                    core::ptr::read_volatile(from.add(3)),
+                ];
+                for (i, w) in words.into_iter().enumerate() {
+                    core::ptr::write_unaligned(to.add(i), w);
+                }
+            }
+            done += 32;
+        }
+        while len - done >= 8 {
+            // SAFETY: as above.
+            unsafe {
+                let w = core::ptr::read_volatile((src + done) as *const u64);
+                core::ptr::write_unaligned(out.add(done) as *mut u64, w);
+            }
             done += 8;
         }
-        while done < dst.len() {
+        while done < len {
             // SAFETY: as above.
-            dst[done] = unsafe { core::ptr::read_volatile((src + done) as *const u8) };
+            unsafe { *out.add(done) = core::ptr::read_volatile((src + done) as *const u8) };
             done += 1;
         }
     }
@@ -167,24 +207,43 @@ impl PoolMem for SharedMem {
     fn write(&self, offset: usize, src: &[u8]) {
         assert!(offset <= self.len && src.len() <= self.len - offset);
         let dst = self.base + offset;
+        let len = src.len();
+        let from = src.as_ptr();
         let mut done = 0;
-        while done < src.len() && !(dst + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted above), mapped read-write per `new`.
-            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, src[done]) };
+        while done < len && !(dst + done).is_multiple_of(8) {
+            // SAFETY: inside the run (asserted above), mapped read-write per `new`; `from` is
+            // valid for `len` bytes.
+            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
             done += 1;
         }
-        while src.len() - done >= 8 {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&src[done..done + 8]);
-            // SAFETY: as above; the address is 8-aligned.
+        while len - done >= 32 {
+            // SAFETY: as above; the shared address is 8-aligned.
             unsafe {
-                core::ptr::write_volatile((dst + done) as *mut u64, u64::from_ne_bytes(word))
-            };
+                let to = (dst + done) as *mut u64;
+                let at = from.add(done) as *const u64;
+                let words = [
+                    core::ptr::read_unaligned(at),
+                    core::ptr::read_unaligned(at.add(1)),
+                    core::ptr::read_unaligned(at.add(2)),
+                    core::ptr::read_unaligned(at.add(3)),
+                ];
+                for (i, w) in words.into_iter().enumerate() {
+                    core::ptr::write_volatile(to.add(i), w);
+                }
+            }
+            done += 32;
+        }
+        while len - done >= 8 {
+            // SAFETY: as above.
+            unsafe {
+                let w = core::ptr::read_unaligned(from.add(done) as *const u64);
+                core::ptr::write_volatile((dst + done) as *mut u64, w);
+            }
             done += 8;
         }
-        while done < src.len() {
+        while done < len {
             // SAFETY: as above.
-            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, src[done]) };
+            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
             done += 1;
         }
     }

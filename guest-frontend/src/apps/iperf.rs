@@ -4,10 +4,10 @@
 //! guest). Prints what the test starts with, a progress line per second, one result line per
 //! test (formats in `vm_net::iperf3`'s report module), the front-end's counters, and REPORT.
 //!
-//! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional), `iperf`
-//! (`server` or `client`, default `server`), `iperf_port` (default 5201), `iperf_window` (the
+//! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional), `mtu`
+//! (default 9000), `iperf` (`server` or `client`, default `server`), `iperf_port` (default 5201), `iperf_window` (the
 //! data socket's buffer in the direction of the data, which bounds the TCP window when
-//! receiving; default 262144).
+//! receiving; default 1 MiB).
 //! Server: `iperf_tests` (tests to serve before exiting, default 1), `iperf_idle_ms` (give up
 //! when no client shows up for this long, default 60000).
 //! Client: `iperf_server` (IPv4, required), `iperf_seconds` (default 5), `iperf_reverse`
@@ -50,7 +50,6 @@ enum Mode {
 struct Plan {
     address: IpCidr,
     gateway: Ipv4Address,
-    mac: [u8; 6],
     port: u16,
     mode: Mode,
 }
@@ -67,14 +66,9 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         .unwrap_or("10.0.2.2")
         .parse()
         .map_err(|_| "setting gateway is not an IPv4 address")?;
-    let mac = match setting(info.settings, "mac") {
-        None => [0; 6],
-        Some(text) => vm_net::parse_mac(text)
-            .ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?,
-    };
     let port = u16::try_from(number("iperf_port", u64::from(iperf3::DEFAULT_PORT))?)
         .map_err(|_| "setting iperf_port is not a port")?;
-    let buffer = number("iperf_window", 256 * 1024)?;
+    let buffer = number("iperf_window", vm_net::iperf3::DEFAULT_BUFFER as u64)?;
     if !(4096..=4 * 1024 * 1024).contains(&buffer) {
         return Err(format!(
             "setting iperf_window={buffer} is out of range (4 KiB..4 MiB)"
@@ -129,7 +123,6 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
     Ok(Plan {
         address,
         gateway,
-        mac,
         port,
         mode,
     })
@@ -139,10 +132,7 @@ fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
     let plan = plan(info)?;
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
-    let options = ConnectOptions {
-        mac: plan.mac,
-        bad_pool_ref: false,
-    };
+    let options = ConnectOptions::from_settings(info.settings)?;
     let front = NetFront::connect(info, &options)?;
     let mac = front.mac;
     println!(

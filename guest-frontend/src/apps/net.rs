@@ -4,7 +4,8 @@
 //! serving for a while.
 //!
 //! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional,
-//! aa:bb:cc:dd:ee:ff), `ping` (comma-separated IPv4 targets), `ping_count` (default 10),
+//! aa:bb:cc:dd:ee:ff), `mtu` (IP MTU, default 9000: jumbo frames between guests; see
+//! `netfront`), `ping` (comma-separated IPv4 targets), `ping_count` (default 10),
 //! `ping_interval_ms` (default 200), `serve_ms` (how long to keep serving after the pings,
 //! default 5000), and for hostile tests `corrupt` (see [`Corruption`]).
 
@@ -39,7 +40,6 @@ pub fn run(info: &StartInfo<'static>) {
 struct Plan {
     address: IpCidr,
     gateway: Ipv4Address,
-    mac: [u8; 6],
     targets: Vec<Ipv4Address>,
     count: u64,
     interval_ms: u64,
@@ -59,11 +59,6 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         .unwrap_or("10.0.2.2")
         .parse()
         .map_err(|_| "setting gateway is not an IPv4 address")?;
-    let mac = match setting(info.settings, "mac") {
-        None => [0; 6],
-        Some(text) => vm_net::parse_mac(text)
-            .ok_or(format!("setting mac {text:?} is not aa:bb:cc:dd:ee:ff"))?,
-    };
     let targets = match setting(info.settings, "ping") {
         None => Vec::new(),
         Some(list) => list
@@ -86,7 +81,6 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
     Ok(Plan {
         address,
         gateway,
-        mac,
         targets,
         count: number("ping_count", 10)?.max(1),
         interval_ms: number("ping_interval_ms", 200)?,
@@ -99,10 +93,8 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     let plan = plan(info)?;
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
-    let options = ConnectOptions {
-        mac: plan.mac,
-        bad_pool_ref: plan.corruption == Some(Corruption::BadPoolRef),
-    };
+    let mut options = ConnectOptions::from_settings(info.settings)?;
+    options.bad_pool_ref = plan.corruption == Some(Corruption::BadPoolRef);
     let front = match NetFront::connect(info, &options) {
         Ok(front) => front,
         Err(why) if options.bad_pool_ref => {

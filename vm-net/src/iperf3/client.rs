@@ -61,7 +61,7 @@ impl ClientConfig {
             block_len: DEFAULT_BLOCK_LEN,
             omit: 0,
             connect_wait: Duration::from_secs(15),
-            buffer: 256 * 1024,
+            buffer: super::DEFAULT_BUFFER,
             idle_timeout: Duration::from_secs(10),
             seed: 0,
         }

@@ -39,7 +39,7 @@ const MAX_EVENTS: usize = 64;
 pub struct ServerConfig {
     /// The port (iperf3's 5201).
     pub port: u16,
-    /// The data socket's buffer in the direction of the data (256 KiB: a window big enough
+    /// The data socket's buffer in the direction of the data (1 MiB: a window big enough
     /// for smoltcp to scale it).
     pub buffer: usize,
     /// How long a client may keep a test waiting (cookie, parameters, data stream, results).
@@ -50,7 +50,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             port: DEFAULT_PORT,
-            buffer: 256 * 1024,
+            buffer: super::DEFAULT_BUFFER,
             idle_timeout: Duration::from_secs(10),
         }
     }
