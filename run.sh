@@ -3,7 +3,7 @@
 #   ./run.sh                    install what is missing, build, boot the demo topology, print a summary
 #   ./run.sh test               every test: formatting, lints, host unit tests, QEMU integration tests
 #   ./run.sh --topology FILE    boot another topology (see topologies/)
-#   ./run.sh bench              measure (event-channel round trip, grant costs) -> target/bench/results.json
+#   ./run.sh bench [--short]    measure throughput (iperf3), latency, copy and sharing costs -> target/bench/
 #   ./run.sh setup | build      only install prerequisites / only build
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -143,9 +143,11 @@ run_tests() {
 
 topology=topologies/default.toml
 cmd=demo
+bench_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         test|setup|build|demo|bench) cmd=$1 ;;
+        --short) bench_args+=(--short) ;;
         --topology) shift; topology=${1:?--topology needs a file} ;;
         -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try ./run.sh --help)" ;;
@@ -167,6 +169,6 @@ case "$cmd" in
         ;;
     bench)
         build
-        SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-bench --json target/bench/results.json
+        SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-bench --json target/bench/results.json "${bench_args[@]}"
         ;;
 esac

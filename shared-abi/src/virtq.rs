@@ -82,9 +82,9 @@ pub use device::{copy_plan, Chain, DeviceQueue, NotInFlight, TxHeader};
 pub use driver::{AddError, DriverQueue, Used};
 pub use mem::{PoolMem, RingMem, SharedPool, SharedRing};
 pub use net::{
-    l4_checksum_field, HeaderError, LayoutError, NetFeatures, NetHdr, RingLayout, FEATURE_CSUM, FEATURE_EVENT_IDX,
-    FEATURE_NET, NET_FEATURES, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VIRTIO_NET_HDR_GSO_NONE,
+    l4_checksum_field, HeaderError, LayoutError, NetFeatures, NetHdr, RingLayout, FEATURE_CSUM,
+    FEATURE_EVENT_IDX, FEATURE_NET, NET_FEATURES, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
 };
 
 use crate::grant::MAX_REFS;

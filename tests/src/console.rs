@@ -57,3 +57,18 @@ pub const SWITCH_COUNTERS: &str = "switch: ";
 pub const SWITCH_GUEST_PORT: &str = "guest ";
 /// In a port entry: frames the switch dropped because their source MAC was not the port's.
 pub const SWITCH_SPOOFED: &str = "spoofed ";
+
+/// Start of a `net` guest's per-reply ping line: `ping 10.0.2.17: seq 3 rtt 0.532 ms` (parsed
+/// by [`parse_ping_reply`](crate::bench::parse_ping_reply); must start the line's text).
+pub const PING_REPLY: &str = "ping ";
+
+/// An iperf3 test's result, printed by each side when a test ends (guest `iperf` app, or a
+/// driver domain's own server): `IPERF client 10.0.2.16 -> 10.0.2.17: tcp 5.00 s, 12345678
+/// bytes, 19.75 Mbit/s, sender` (` (reverse)` appended in reverse mode; parsed by
+/// [`parse_result_line`](crate::iperf::parse_result_line)).
+pub const IPERF_RESULT: &str = "IPERF ";
+/// An iperf3 server is ready for tests: `iperf: server listening on 10.0.2.16:5201`.
+pub const IPERF_LISTENING: &str = "server listening";
+/// A line that means a VM's iperf3 test failed: `iperf: server 10.0.2.17 <- 10.0.2.16: test
+/// failed: the peer went quiet`.
+pub const IPERF_FAILED: &str = "test failed";

@@ -2,8 +2,11 @@
 //! the hypervisor parses (`sluice-pack`), and hosts the QEMU runner and integration tests.
 
 pub mod bench;
+pub mod benchsuite;
 pub mod console;
+pub mod iperf;
 pub mod net;
+pub mod plot;
 pub mod qemu;
 pub mod report;
 pub mod topology;

@@ -961,3 +961,105 @@ fn a_malicious_front_end_is_cut_off_while_the_others_keep_pinging() {
     wrong.extend(hostile_boot(&others));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+// ---- The benchmark ----------------------------------------------------------------------------
+
+/// Kills a process group (the benchmark, its QEMUs and host iperf3 clients) unless disarmed.
+struct ProcessGroupGuard(Option<u32>);
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // Fails harmlessly (quietly) when the group is already gone.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+#[test]
+fn the_benchmark_produces_well_formed_output_on_a_short_run() {
+    // `sluice-bench --short` as `./run.sh bench` runs it, into a scratch directory. Not a speed
+    // test: every figure must have been measured (a positive number), nothing more. The whole
+    // run has a hard limit; the benchmark runs in its own process group, which is killed with
+    // everything it started if the limit is reached or the test fails.
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    const LIMIT: Duration = Duration::from_secs(900);
+    let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let json = dir.join("results.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .arg("--short")
+        .arg("--json")
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("cannot start sluice-bench");
+    let mut group = ProcessGroupGuard(Some(child.id()));
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped")));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for sluice-bench") {
+            break Some(status);
+        }
+        if start.elapsed() >= LIMIT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if status.is_none() {
+        drop(group); // kills the benchmark and its QEMUs, which closes the pipes
+        let _ = child.wait();
+        group = ProcessGroupGuard(None);
+    }
+    let output = format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default()
+    );
+    let status = status.unwrap_or_else(|| {
+        panic!("sluice-bench --short did not finish within {LIMIT:?} (killed)\n{output}")
+    });
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("no {} ({e}); exit {status}\n{output}", json.display()));
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", json.display()));
+    let missing = sluice_harness::benchsuite::missing_figures(&doc, &[1, 2]);
+    assert!(
+        missing.is_empty(),
+        "figures missing or not positive: {missing:#?}\n{text}\n{output}"
+    );
+    assert_eq!(doc["short"], true, "{text}");
+    assert_eq!(doc["scaling"].as_array().map(Vec::len), Some(2), "{text}");
+    let svg = std::fs::read_to_string(dir.join("scaling.svg")).expect("the scaling plot");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert_eq!(
+        svg.matches("class=\"point aggregate\"").count(),
+        2,
+        "one point per pair count:\n{svg}"
+    );
+    assert!(
+        output.contains("bench: guest_to_guest run 1/1"),
+        "no progress lines:\n{output}"
+    );
+    assert!(status.success(), "exit {status}\n{output}");
+    drop(group);
+    let _ = std::fs::remove_dir_all(&dir);
+}

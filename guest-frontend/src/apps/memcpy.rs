@@ -5,7 +5,8 @@
 //! virtual counter, and prints a `BENCH memcpy_mbps` line in Mbit/s (as iperf counts), and a
 //! `BENCH shared_copy_mbps` line for the volatile copy the rings use, timed in the same rounds.
 //!
-//! Settings: `memcpy_kib`, `memcpy_rounds`.
+//! Settings: `memcpy_kib`, `memcpy_rounds`, `memcpy_delay_ms` (wait this long first, so a
+//! test sharing the boot is over).
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -16,12 +17,18 @@ use vm_runtime::timer;
 use vm_runtime::{println, StartInfo};
 
 pub fn run(info: &StartInfo<'static>) {
-    let (Some(kib), Some(rounds)) = (
+    let (Some(kib), Some(rounds), Some(delay_ms)) = (
         super::number(info, "memcpy_kib", 1024),
         super::number(info, "memcpy_rounds", 32),
+        super::number(info, "memcpy_delay_ms", 0),
     ) else {
         return;
     };
+    if delay_ms > 0 {
+        // Measure on a quiet machine: after the throughput test that shares this boot.
+        println!("memcpy: waiting {delay_ms} ms for the machine to be quiet");
+        timer::sleep_ms(delay_ms);
+    }
     let len = (kib.clamp(4, 4096) * 1024) as usize;
     let rounds = rounds.clamp(3, 10_000) as usize;
     let mut src = vec![0u8; len];

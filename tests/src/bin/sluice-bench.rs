@@ -1,153 +1,214 @@
-//! sluice-bench: measures what can be measured so far, several runs each, and prints a table and
-//! `target/bench/results.json`. Figures come from `BENCH` lines the VMs print (timed with the
-//! virtual counter inside the guest); the value reported is the median over runs of each run's
-//! median. Not a test: nothing here asserts a speed.
+//! sluice-bench: measures the para-virtual network and the primitives under it, several runs
+//! each, and prints a table, `target/bench/results.json` and the scaling plot
+//! `target/bench/scaling.svg` (next to the JSON). The scenarios and what each figure means are in
+//! `sluice_harness::benchsuite`; every figure is the median over runs. Not a test: nothing here
+//! asserts a speed. Exit status 0 only when every run of every scenario produced its figures.
 //!
-//! Usage: sluice-bench [--runs N] [--rounds N] [--json FILE]
+//! Usage: sluice-bench [--short] [--runs N] [--seconds N] [--pairs 1,2,4] [--rounds N]
+//!                     [--json FILE] [--svg FILE]
+//!
+//! `--short`: 1 run, 2-second iperf3 tests, scaling with 1 and 2 pairs (explicit options win).
+//! Needs the host's iperf3 (`./run.sh setup` installs it) and the built images.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use serde_json::json;
-use sluice_harness::bench::{collect, combine, table, Sample};
-use sluice_harness::qemu::{boot, Artifacts, BootOptions};
-use sluice_harness::topology::Topology;
+use sluice_harness::benchsuite::{Options, Suite};
+use sluice_harness::iperf::check_host_iperf3;
+use sluice_harness::qemu::Artifacts;
+
+const USAGE: &str = "usage: sluice-bench [--short] [--runs N] [--seconds N] [--pairs 1,2,4] \
+                     [--rounds N] [--json FILE] [--svg FILE]";
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("sluice-bench: {e}");
-            ExitCode::from(1)
+            ExitCode::from(2)
         }
     }
 }
 
-/// The scenarios: a name and a topology. `{rounds}` is replaced by the rounds per run.
-const SCENARIOS: &[(&str, &str)] = &[
-    (
-        "evtchn ping-pong (guest <-> driver domain)",
-        r#"[machine]
-cpus = 2
-memory_mib = 512
-[[vm]]
-name = "dd"
-kind = "driver-domain"
-image = "driver-domain"
-memory_mib = 8
-vcpus = 1
-[[vm]]
-name = "pinger"
-kind = "guest"
-image = "guest-frontend"
-memory_mib = 8
-vcpus = 1
-backend = "dd"
-settings = { app = "pingpong", rounds = {rounds} }
-"#,
-    ),
-    (
-        "grant map/unmap/copy (guest <-> guest)",
-        r#"[machine]
-cpus = 2
-memory_mib = 512
-[[vm]]
-name = "granter"
-kind = "guest"
-image = "guest-frontend"
-memory_mib = 4
-vcpus = 1
-settings = { app = "granter", peer = 2, other = 2 }
-[[vm]]
-name = "mapper"
-kind = "guest"
-image = "guest-frontend"
-memory_mib = 4
-vcpus = 1
-settings = { app = "attack", peer = 1, mode = "bench", rounds = {rounds} }
-"#,
-    ),
-];
+/// The command line, before `--short` and the explicit options are merged.
+#[derive(Default)]
+struct Args {
+    short: bool,
+    runs: Option<usize>,
+    seconds: Option<u32>,
+    rounds: Option<u64>,
+    pairs: Option<Vec<usize>>,
+    json: Option<PathBuf>,
+    svg: Option<PathBuf>,
+}
 
-fn run() -> Result<(), String> {
-    let mut runs = 3usize;
-    let mut rounds = 2_000u64;
-    let mut json_path = PathBuf::from("target/bench/results.json");
-    let mut args = std::env::args().skip(1);
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut out = Args::default();
     while let Some(arg) = args.next() {
-        let mut number = |what: &str| -> Result<u64, String> {
-            args.next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| format!("{what} needs a number"))
+        let mut value = |what: &str| args.next().ok_or(format!("{what} needs a value ({USAGE})"));
+        let number = |what: &str, text: String| -> Result<u64, String> {
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(format!("{what} needs a positive number, not '{text}'"))
         };
         match arg.as_str() {
-            "--runs" => runs = number("--runs")?.max(1) as usize,
-            "--rounds" => rounds = number("--rounds")?.max(1),
-            "--json" => {
-                json_path = args
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or("--json needs a file")?
+            "--short" => out.short = true,
+            "--runs" => out.runs = Some(number("--runs", value("--runs")?)? as usize),
+            "--seconds" => {
+                let n = number("--seconds", value("--seconds")?)?;
+                out.seconds = Some(u32::try_from(n).map_err(|_| "--seconds is too large")?)
             }
-            other => {
-                return Err(format!(
-                    "unknown argument '{other}' (usage: [--runs N] [--rounds N] [--json FILE])"
-                ))
+            "--rounds" => out.rounds = Some(number("--rounds", value("--rounds")?)?),
+            "--pairs" => {
+                let text = value("--pairs")?;
+                let pairs = text
+                    .split(',')
+                    .map(|p| match p.trim().parse::<usize>() {
+                        Ok(n @ 1..=4) => Ok(n),
+                        _ => Err(format!(
+                            "--pairs takes pair counts from 1 to 4 (9 VMs at most), like 1,2,4; \
+                             not '{text}'"
+                        )),
+                    })
+                    .collect::<Result<Vec<usize>, String>>()?;
+                out.pairs = Some(pairs);
             }
+            "--json" => out.json = Some(PathBuf::from(value("--json")?)),
+            "--svg" => out.svg = Some(PathBuf::from(value("--svg")?)),
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument '{other}' ({USAGE})")),
         }
     }
+    Ok(out)
+}
+
+fn options(args: &Args) -> Options {
+    let mut options = if args.short {
+        Options::short()
+    } else {
+        Options::full()
+    };
+    if let Some(runs) = args.runs {
+        options.runs = runs;
+    }
+    if let Some(seconds) = args.seconds {
+        options.seconds = seconds;
+    }
+    if let Some(rounds) = args.rounds {
+        options.rounds = rounds;
+    }
+    if let Some(pairs) = &args.pairs {
+        let mut pairs = pairs.clone();
+        pairs.sort_unstable();
+        pairs.dedup();
+        options.pair_counts = pairs;
+    }
+    options
+}
+
+fn write(path: &PathBuf, text: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn run() -> Result<bool, String> {
+    let args = parse_args(std::env::args().skip(1))?;
+    let options = options(&args);
+    let json_path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench/results.json"));
+    let out_dir = json_path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let svg_path = args
+        .svg
+        .clone()
+        .unwrap_or_else(|| out_dir.join("scaling.svg"));
+    let log_dir = out_dir.join("logs");
+    let iperf3 = check_host_iperf3()?;
     let artifacts = Artifacts::load()?;
-    let mut samples: Vec<Sample> = Vec::new();
-    for (name, template) in SCENARIOS {
-        let toml = template.replace("{rounds}", &rounds.to_string());
-        let topology = Topology::from_toml_str(&toml).map_err(|e| format!("{name}: {e}"))?;
-        for run in 1..=runs {
-            eprintln!("[bench] {name}: run {run}/{runs} ({rounds} rounds) ...");
-            let result = boot(
-                &topology,
-                &artifacts,
-                &BootOptions {
-                    timeout: Duration::from_secs(300),
-                    ..BootOptions::default()
-                },
-            )?;
-            let found = collect(&result.lines)?;
-            let failed: Vec<&String> = result
-                .lines
-                .iter()
-                .filter(|l| l.contains("REPORT fail"))
-                .collect();
-            if found.is_empty() || !failed.is_empty() {
-                return Err(format!(
-                    "{name}: run {run} produced no figures or failed:\n{}",
-                    result.lines.join("\n")
-                ));
-            }
-            samples.extend(found);
+    eprintln!(
+        "bench: {} run(s) per scenario, {} s iperf3 tests, scaling with {:?} pair(s); host {iperf3}",
+        options.runs, options.seconds, options.pair_counts
+    );
+    let suite = Suite {
+        artifacts: &artifacts,
+        options: options.clone(),
+        log_dir: Some(log_dir.clone()),
+    };
+    let results = suite.run();
+    println!(
+        "\nsluice bench{}: median of {} run(s) per figure; TCP, one stream, {} s per iperf3 test, \
+         receiver's figure",
+        if options.short { " (short)" } else { "" },
+        options.runs,
+        options.seconds
+    );
+    print!("{}", results.table());
+    write(&json_path, &results.to_json())?;
+    write(&svg_path, &results.scaling_svg())?;
+    println!(
+        "results written to {}, plot to {} (boot consoles in {})",
+        json_path.display(),
+        svg_path.display(),
+        log_dir.display()
+    );
+    if !results.errors.is_empty() {
+        println!("\n{} run(s) failed:", results.errors.len());
+        for e in &results.errors {
+            println!("- {e}");
         }
     }
-    let figures = combine(&samples);
-    println!("\nsluice bench: {runs} run(s) per scenario, {rounds} rounds per run; counter ticks");
-    print!("{}", table(&figures));
-    if let Some(dir) = json_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(results.errors.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Result<Args, String> {
+        parse_args(text.split_whitespace().map(String::from))
     }
-    let by_name: serde_json::Map<String, serde_json::Value> = figures
-        .iter()
-        .map(|f| (f.name.clone(), serde_json::to_value(f).expect("plain data")))
-        .collect();
-    let doc = json!({
-        "runs": runs,
-        "rounds_per_run": rounds,
-        "evtchn_roundtrip_us": figures.iter().find(|f| f.name == "evtchn_roundtrip_ticks").map(|f| f.median_us),
-        "figures": by_name,
-    });
-    std::fs::write(
-        &json_path,
-        serde_json::to_string_pretty(&doc).expect("json"),
-    )
-    .map_err(|e| format!("{}: {e}", json_path.display()))?;
-    println!("results written to {}", json_path.display());
-    Ok(())
+
+    #[test]
+    fn defaults_short_and_overrides() {
+        let o = options(&args("").unwrap());
+        assert_eq!(o, Options::full());
+        assert_eq!(
+            (o.runs, o.seconds, o.pair_counts.as_slice()),
+            (3, 5, &[1, 2, 4][..])
+        );
+        let o = options(&args("--short").unwrap());
+        assert_eq!((o.runs, o.seconds, o.short), (1, 2, true));
+        assert_eq!(o.pair_counts, [1, 2]);
+        // Explicit options win over --short, whatever the order.
+        let o = options(&args("--runs 2 --short --pairs 4,1,4 --seconds 3 --rounds 10").unwrap());
+        assert_eq!((o.runs, o.seconds, o.rounds), (2, 3, 10));
+        assert_eq!(o.pair_counts, [1, 4]);
+        let a = args("--json /tmp/x/r.json --svg /tmp/p.svg").unwrap();
+        assert_eq!(a.json, Some(PathBuf::from("/tmp/x/r.json")));
+        assert_eq!(a.svg, Some(PathBuf::from("/tmp/p.svg")));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for (text, why) in [
+            ("--runs", "needs a value"),
+            ("--runs 0", "positive number"),
+            ("--runs x", "positive number"),
+            ("--pairs 1,8", "from 1 to 4"),
+            ("--pairs", "needs a value"),
+            ("--fast", "unknown argument '--fast'"),
+        ] {
+            let e = args(text).err().unwrap_or_default();
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
 }

@@ -1,0 +1,1250 @@
+//! The benchmark suite of `./run.sh bench` (`sluice-bench`): which topologies it boots, how it
+//! reads each boot's figures, and the results it reports (table, JSON, SVG plot).
+//!
+//! Every scenario is booted `runs` times (QEMU with a hard timeout, always killed at the end, see
+//! [`boot`]); each figure is the median over runs (see [`Stat`]). The scenarios:
+//!
+//! | key | boot | figures |
+//! |---|---|---|
+//! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps`, `scaling` at 1 pair |
+//! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
+//! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
+//! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain` |
+//! | `ping` | driver domain, two `net` guests pinging each other (20 x 50 ms) | `ping_rtt_us.guest_to_guest` |
+//! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
+//!
+//! Throughput is TCP, one stream, in Mbit/s (10^6 bit/s) as iperf3 counts it; in every case the
+//! receiving side's figure is used. Nothing here asserts a speed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bench::{self, parse_ping_reply, round_to, Figure, Sample, Stat, Unit};
+use crate::console;
+use crate::iperf::{parse_result_line, Direction, HostIperfs, ResultLine};
+use crate::plot::{self, PlotPoint};
+use crate::qemu::{boot, Artifacts, Boot, BootOptions};
+use crate::report::parse_ping_summary;
+use crate::topology::Topology;
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Boots per scenario.
+    pub runs: usize,
+    /// Length of each iperf3 test.
+    pub seconds: u32,
+    /// Rounds of the ping-pong and grant `BENCH` apps per run.
+    pub rounds: u64,
+    /// Guest pair counts of the scaling figure (1 is the `guest_to_guest` boot).
+    pub pair_counts: Vec<usize>,
+    pub short: bool,
+}
+
+impl Options {
+    /// `./run.sh bench`: 3 runs, 5-second tests, 1, 2 and 4 pairs.
+    pub fn full() -> Options {
+        Options {
+            runs: 3,
+            seconds: 5,
+            rounds: 2_000,
+            pair_counts: vec![1, 2, 4],
+            short: false,
+        }
+    }
+
+    /// `--short`: 1 run, 2-second tests, 1 and 2 pairs.
+    pub fn short() -> Options {
+        Options {
+            runs: 1,
+            seconds: 2,
+            rounds: 2_000,
+            pair_counts: vec![1, 2],
+            short: true,
+        }
+    }
+}
+
+// ---- Topologies -------------------------------------------------------------------------------
+
+/// The driver domain's name in every scenario.
+pub const DRIVER_DOMAIN: &str = "driver-domain";
+
+/// A 2-pCPU machine with room for nine VMs.
+const MACHINE: &str = "[machine]\ncpus = 2\nmemory_mib = 1024\nnic = \"user\"\n";
+
+/// The driver domain as in topologies/default.toml (NIC at 00:02.0, switch), 32 MiB so that
+/// eight front-ends fit, with extra settings.
+fn driver_domain(settings: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{DRIVER_DOMAIN}\"\nkind = \"driver-domain\"\nimage = \"driver-domain\"\n\
+         memory_mib = 32\nvcpus = 1\npassthrough = \"00:02.0\"\n\
+         settings = {{ role = \"switch\", ip = \"10.0.2.15/24\"{settings} }}\n"
+    )
+}
+
+/// A guest of 8 MiB; a front-end of the driver domain unless `backend` is false.
+fn guest(name: &str, backend: bool, settings: &str) -> String {
+    format!(
+        "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"guest-frontend\"\nmemory_mib = 8\n\
+         vcpus = 1\n{}settings = {{ {settings} }}\n",
+        if backend {
+            format!("backend = \"{DRIVER_DOMAIN}\"\n")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Pair `i` (from 1): `client<i>` at 10.0.2.(14+2i) sends to `server<i>` at 10.0.2.(15+2i).
+pub fn pair_ips(i: usize) -> (String, String) {
+    (
+        format!("10.0.2.{}", 14 + 2 * i),
+        format!("10.0.2.{}", 15 + 2 * i),
+    )
+}
+
+/// `pairs` iperf3 pairs, all starting at boot (the clients retry until their server listens),
+/// plus a `memcpy` guest when `memcpy` (the `guest_to_guest` boot).
+pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
+    let mut toml = format!("{MACHINE}{}", driver_domain(", nic_serve_ms = 1000"));
+    for i in 1..=pairs {
+        let (client_ip, server_ip) = pair_ips(i);
+        toml += &guest(
+            &format!("server{i}"),
+            true,
+            &format!(
+                "app = \"iperf\", ip = \"{server_ip}/24\", iperf = \"server\", iperf_tests = 1"
+            ),
+        );
+        toml += &guest(
+            &format!("client{i}"),
+            true,
+            &format!(
+                "app = \"iperf\", ip = \"{client_ip}/24\", iperf = \"client\", \
+                 iperf_server = \"{server_ip}\", iperf_seconds = {seconds}, iperf_wait_ms = 30000"
+            ),
+        );
+    }
+    if memcpy {
+        // After the iperf3 test (boot, connect, test): the ceiling of a quiet machine.
+        let delay_ms = (u64::from(seconds) + 12) * 1000;
+        toml += &guest(
+            "memcpy",
+            false,
+            &format!("app = \"memcpy\", memcpy_delay_ms = {delay_ms}"),
+        );
+    }
+    toml
+}
+
+/// How long the driver domain keeps its NIC up when the host has to reach it: past anything
+/// the host does (the boot is stopped as soon as the host is done).
+fn nic_serve_ms(seconds: u32) -> u64 {
+    (u64::from(seconds) * 2 + 150) * 1000
+}
+
+/// One iperf3 server guest the host tests in both directions (`host_iperf = true`).
+pub fn host_topology(seconds: u32) -> String {
+    format!(
+        "{MACHINE}{}{}",
+        driver_domain(&format!(", nic_serve_ms = {}", nic_serve_ms(seconds))),
+        guest(
+            "guest1",
+            true,
+            "app = \"iperf\", ip = \"10.0.2.16/24\", iperf = \"server\", iperf_tests = 2, \
+             host_iperf = true"
+        )
+    )
+}
+
+/// The driver domain alone, running an iperf3 server on its own endpoint next to the NIC.
+pub fn passthrough_topology(seconds: u32) -> String {
+    format!(
+        "{MACHINE}{}",
+        driver_domain(&format!(
+            ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = 1, host_iperf = \"send\"",
+            nic_serve_ms(seconds)
+        ))
+    )
+}
+
+/// Two `net` guests pinging each other, 20 pings 50 ms apart.
+pub fn ping_topology() -> String {
+    let net = |ip: &str, peer: &str| {
+        format!(
+            "app = \"net\", ip = \"{ip}/24\", ping = \"{peer}\", ping_count = 20, \
+             ping_interval_ms = 50, serve_ms = 3000"
+        )
+    };
+    format!(
+        "{MACHINE}{}{}{}",
+        driver_domain(", nic_serve_ms = 1000"),
+        guest("guest1", true, &net("10.0.2.16", "10.0.2.17")),
+        guest("guest2", true, &net("10.0.2.17", "10.0.2.16")),
+    )
+}
+
+/// The event-channel ping-pong between a guest and a driver domain (`evtchn_roundtrip_ticks`).
+pub fn evtchn_topology(rounds: u64) -> String {
+    format!(
+        r#"[machine]
+cpus = 2
+memory_mib = 512
+[[vm]]
+name = "dd"
+kind = "driver-domain"
+image = "driver-domain"
+memory_mib = 8
+vcpus = 1
+[[vm]]
+name = "pinger"
+kind = "guest"
+image = "guest-frontend"
+memory_mib = 8
+vcpus = 1
+backend = "dd"
+settings = {{ app = "pingpong", rounds = {rounds} }}
+"#
+    )
+}
+
+/// Grant map/unmap/copy between two guests (`grant_*_ticks`).
+pub fn grant_topology(rounds: u64) -> String {
+    format!(
+        r#"[machine]
+cpus = 2
+memory_mib = 512
+[[vm]]
+name = "granter"
+kind = "guest"
+image = "guest-frontend"
+memory_mib = 4
+vcpus = 1
+settings = {{ app = "granter", peer = 2, other = 2 }}
+[[vm]]
+name = "mapper"
+kind = "guest"
+image = "guest-frontend"
+memory_mib = 4
+vcpus = 1
+settings = {{ app = "attack", peer = 1, mode = "bench", rounds = {rounds} }}
+"#
+    )
+}
+
+// ---- Results ----------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Paravirt {
+    pub guest_to_guest: Option<Stat>,
+    pub host_to_guest: Option<Stat>,
+    pub guest_to_host: Option<Stat>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Passthrough {
+    pub host_to_driver_domain: Option<Stat>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PingRtt {
+    pub guest_to_guest: Option<Stat>,
+}
+
+/// Guest-to-guest throughput with `pairs` pairs running at once.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScalingPoint {
+    pub pairs: usize,
+    /// Per run, the sum of the pairs' receiver figures.
+    pub aggregate_tcp_mbps: Option<Stat>,
+    /// The aggregate median divided by `pairs`.
+    pub per_pair_tcp_mbps: Option<f64>,
+    /// Each run's per-pair figures, in pair order.
+    pub pair_mbps: Vec<Vec<f64>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Ratios {
+    /// `paravirt_tcp_mbps.guest_to_guest` / `memcpy_mbps` (medians): how close the one-copy
+    /// data path comes to the machine's single-copy memory bandwidth.
+    pub guest_to_guest_over_memcpy: Option<f64>,
+    /// `paravirt_tcp_mbps.host_to_guest` / `passthrough_tcp_mbps.host_to_driver_domain`
+    /// (medians): what the split driver costs on the way from the NIC to a guest.
+    pub host_to_guest_over_passthrough: Option<f64>,
+}
+
+/// Everything `./run.sh bench` reports; serialised as `target/bench/results.json`. A figure
+/// that could not be measured is `null` and the reason is in `errors`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Results {
+    pub schema: u32,
+    pub short: bool,
+    pub runs: usize,
+    pub iperf_seconds: u32,
+    pub rounds_per_run: u64,
+    pub paravirt_tcp_mbps: Paravirt,
+    pub passthrough_tcp_mbps: Passthrough,
+    pub memcpy_mbps: Option<Stat>,
+    pub ping_rtt_us: PingRtt,
+    pub evtchn_roundtrip_us: Option<Stat>,
+    pub scaling: Vec<ScalingPoint>,
+    pub ratios: Ratios,
+    /// The raw `BENCH` figures (event channel, grants: counter ticks; memcpy: Mbit/s).
+    pub figures: BTreeMap<String, Figure>,
+    pub errors: Vec<String>,
+}
+
+/// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
+/// median, or (ratios) a positive number.
+pub const REQUIRED_FIGURES: [&str; 11] = [
+    "/paravirt_tcp_mbps/guest_to_guest",
+    "/paravirt_tcp_mbps/host_to_guest",
+    "/paravirt_tcp_mbps/guest_to_host",
+    "/passthrough_tcp_mbps/host_to_driver_domain",
+    "/memcpy_mbps",
+    "/ping_rtt_us/guest_to_guest",
+    "/evtchn_roundtrip_us",
+    "/ratios/guest_to_guest_over_memcpy",
+    "/ratios/host_to_guest_over_passthrough",
+    "/figures/grant_map_ticks",
+    "/figures/grant_copy_4k_ticks",
+];
+
+/// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
+/// not positive, and each of `pair_counts` without a positive aggregate in `scaling`. Empty
+/// when the document is complete.
+pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<String> {
+    let positive = |v: Option<&serde_json::Value>| {
+        let v = match v {
+            Some(v) if v.is_object() => v.get("median"),
+            other => other,
+        };
+        v.and_then(serde_json::Value::as_f64)
+            .is_some_and(|x| x > 0.0 && x.is_finite())
+    };
+    let mut missing: Vec<String> = REQUIRED_FIGURES
+        .iter()
+        .filter(|p| !positive(doc.pointer(p)))
+        .map(|p| p.to_string())
+        .collect();
+    for pairs in pair_counts {
+        let point = doc
+            .get("scaling")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|points| {
+                points.iter().find(|p| {
+                    p.get("pairs").and_then(serde_json::Value::as_u64) == Some(*pairs as u64)
+                })
+            });
+        if !positive(point.and_then(|p| p.get("aggregate_tcp_mbps"))) {
+            missing.push(format!("/scaling[pairs={pairs}]/aggregate_tcp_mbps"));
+        }
+    }
+    missing
+}
+
+/// What the runs measured, before combining.
+#[derive(Default)]
+struct Raw {
+    guest_to_guest: Vec<f64>,
+    host_to_guest: Vec<f64>,
+    guest_to_host: Vec<f64>,
+    passthrough: Vec<f64>,
+    ping_rtts_us: Vec<Vec<f64>>,
+    /// Pair count -> per run, each pair's figure.
+    scaling: BTreeMap<usize, Vec<Vec<f64>>>,
+    samples: Vec<Sample>,
+    errors: Vec<String>,
+}
+
+impl Results {
+    fn from_raw(options: &Options, raw: Raw) -> Results {
+        let figures: BTreeMap<String, Figure> = bench::combine(&raw.samples)
+            .into_iter()
+            .map(|f| (f.name.clone(), f))
+            .collect();
+        let stat_of = |name: &str| figures.get(name).and_then(Figure::stat);
+        let scaling = options
+            .pair_counts
+            .iter()
+            .map(|&pairs| {
+                let runs = raw.scaling.get(&pairs).cloned().unwrap_or_default();
+                let sums: Vec<f64> = runs.iter().map(|r| r.iter().sum()).collect();
+                let aggregate = Stat::of_runs(&sums);
+                ScalingPoint {
+                    pairs,
+                    per_pair_tcp_mbps: aggregate
+                        .as_ref()
+                        .map(|s| round_to(s.median / pairs as f64, 3)),
+                    aggregate_tcp_mbps: aggregate,
+                    pair_mbps: runs,
+                }
+            })
+            .collect();
+        let mut results = Results {
+            schema: 1,
+            short: options.short,
+            runs: options.runs,
+            iperf_seconds: options.seconds,
+            rounds_per_run: options.rounds,
+            paravirt_tcp_mbps: Paravirt {
+                guest_to_guest: Stat::of_runs(&raw.guest_to_guest),
+                host_to_guest: Stat::of_runs(&raw.host_to_guest),
+                guest_to_host: Stat::of_runs(&raw.guest_to_host),
+            },
+            passthrough_tcp_mbps: Passthrough {
+                host_to_driver_domain: Stat::of_runs(&raw.passthrough),
+            },
+            memcpy_mbps: stat_of("memcpy_mbps"),
+            ping_rtt_us: PingRtt {
+                guest_to_guest: Stat::of_sampled_runs(&raw.ping_rtts_us),
+            },
+            evtchn_roundtrip_us: stat_of("evtchn_roundtrip_ticks"),
+            scaling,
+            ratios: Ratios::default(),
+            figures,
+            errors: raw.errors,
+        };
+        results.ratios = Ratios {
+            guest_to_guest_over_memcpy: ratio(
+                &results.paravirt_tcp_mbps.guest_to_guest,
+                &results.memcpy_mbps,
+            ),
+            host_to_guest_over_passthrough: ratio(
+                &results.paravirt_tcp_mbps.host_to_guest,
+                &results.passthrough_tcp_mbps.host_to_driver_domain,
+            ),
+        };
+        results
+    }
+
+    /// Pretty JSON, ending in a newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain data") + "\n"
+    }
+
+    /// The scaling plot (see [`plot::scaling_svg`]).
+    pub fn scaling_svg(&self) -> String {
+        let points: Vec<PlotPoint> = self
+            .scaling
+            .iter()
+            .filter_map(|p| {
+                p.aggregate_tcp_mbps.as_ref().map(|s| PlotPoint {
+                    pairs: p.pairs,
+                    median: s.median,
+                    min: s.min,
+                    max: s.max,
+                })
+            })
+            .collect();
+        let subtitle = format!(
+            "2 pCPUs; the pairs run at once through the driver domain's switch; TCP, one stream \
+             per pair, {} s tests, median of {} run(s)",
+            self.iperf_seconds, self.runs
+        );
+        plot::scaling_svg(
+            &points,
+            "Guest-to-guest throughput against guest pairs",
+            &subtitle,
+        )
+    }
+
+    /// The table `sluice-bench` prints.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, Option<&Stat>, &str)> = vec![
+            (
+                "paravirt TCP guest -> guest".into(),
+                self.paravirt_tcp_mbps.guest_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "paravirt TCP host -> guest".into(),
+                self.paravirt_tcp_mbps.host_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "paravirt TCP guest -> host".into(),
+                self.paravirt_tcp_mbps.guest_to_host.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "passthrough TCP host -> driver domain".into(),
+                self.passthrough_tcp_mbps.host_to_driver_domain.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "memcpy in a guest (one copy)".into(),
+                self.memcpy_mbps.as_ref(),
+                "Mbit/s",
+            ),
+        ];
+        for p in &self.scaling {
+            rows.push((
+                format!(
+                    "scaling: {} pair{} at once, sum",
+                    p.pairs,
+                    if p.pairs == 1 { "" } else { "s" }
+                ),
+                p.aggregate_tcp_mbps.as_ref(),
+                "Mbit/s",
+            ));
+        }
+        rows.push((
+            "ping RTT guest <-> guest".into(),
+            self.ping_rtt_us.guest_to_guest.as_ref(),
+            "us",
+        ));
+        rows.push((
+            "event channel round trip".into(),
+            self.evtchn_roundtrip_us.as_ref(),
+            "us",
+        ));
+        // The other `BENCH` figures: the grant costs (ticks, shown in us), and any further
+        // rate a VM prints (like the memcpy app's `shared_copy_mbps`).
+        let others: Vec<(String, Option<Stat>, &str)> = self
+            .figures
+            .values()
+            .filter(|f| !matches!(f.name.as_str(), "memcpy_mbps" | "evtchn_roundtrip_ticks"))
+            .map(|f| {
+                let (label, unit) = match f.unit {
+                    Unit::Ticks => (f.name.trim_end_matches("_ticks"), "us"),
+                    Unit::MbitPerS => (f.name.trim_end_matches("_mbps"), "Mbit/s"),
+                };
+                (label.replace('_', " "), f.stat(), unit)
+            })
+            .collect();
+        for (label, stat, unit) in &others {
+            rows.push((label.clone(), stat.as_ref(), unit));
+        }
+        let mut out = format!(
+            "{:<40} {:>10} {:>10} {:>10}  {:<7} {:>4}\n",
+            "figure", "median", "min", "max", "unit", "runs"
+        );
+        for (label, stat, unit) in rows {
+            out += &match stat {
+                Some(s) => format!(
+                    "{label:<40} {:>10} {:>10} {:>10}  {unit:<7} {:>4}\n",
+                    number(s.median),
+                    number(s.min),
+                    number(s.max),
+                    s.runs
+                ),
+                None => format!(
+                    "{label:<40} {:>10} {:>10} {:>10}  {unit:<7} {:>4}\n",
+                    "-", "-", "-", 0
+                ),
+            };
+        }
+        for (label, value) in [
+            (
+                "ratio guest -> guest / memcpy",
+                self.ratios.guest_to_guest_over_memcpy,
+            ),
+            (
+                "ratio host -> guest / passthrough",
+                self.ratios.host_to_guest_over_passthrough,
+            ),
+        ] {
+            out += &match value {
+                Some(r) => format!("{label:<40} {:>10.4}  ({:.1} %)\n", r, r * 100.0),
+                None => format!("{label:<40} {:>10}\n", "-"),
+            };
+        }
+        out
+    }
+}
+
+/// A number for the table: three significant decimals for small values, fewer for large.
+fn number(x: f64) -> String {
+    if x.abs() >= 1000.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn ratio(a: &Option<Stat>, b: &Option<Stat>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(round_to(a.median / b.median, 6)),
+        _ => None,
+    }
+}
+
+// ---- Running ----------------------------------------------------------------------------------
+
+/// Runs the scenarios (see the module docs). Boot transcripts go to `log_dir`, one file per
+/// boot, when given.
+pub struct Suite<'a> {
+    pub artifacts: &'a Artifacts,
+    pub options: Options,
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Suite<'_> {
+    /// Every scenario, `runs` times each; progress on stderr. A run that fails is reported
+    /// and recorded in `errors`; the others still count.
+    pub fn run(&self) -> Results {
+        let mut raw = Raw::default();
+        let runs = self.options.runs;
+        let secs = self.options.seconds;
+        for run in 1..=runs {
+            let what = format!("1 pair + memcpy, {secs} s iperf");
+            match self.scenario("guest_to_guest", run, &what, |s, r| s.pairs_run(1, true, r)) {
+                Ok((pairs, samples)) => {
+                    raw.guest_to_guest.push(pairs[0]);
+                    raw.scaling.entry(1).or_default().push(pairs);
+                    raw.samples.extend(samples);
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for &pairs in self.options.pair_counts.iter().filter(|&&p| p != 1) {
+            let key = format!("scaling_{pairs}_pairs");
+            for run in 1..=runs {
+                let what = format!("{pairs} pairs at once, {secs} s iperf");
+                match self.scenario(&key, run, &what, |s, r| s.pairs_run(pairs, false, r)) {
+                    Ok((figures, _)) => raw.scaling.entry(pairs).or_default().push(figures),
+                    Err(e) => raw.errors.push(e),
+                }
+            }
+        }
+        for run in 1..=runs {
+            let what = format!("host iperf3 -> guest, then -R, {secs} s each");
+            match self.scenario("host_guest", run, &what, Suite::host_run) {
+                Ok((to, from)) => {
+                    match to {
+                        Ok(v) => raw.host_to_guest.push(v),
+                        Err(e) => raw.errors.push(format!("host_to_guest run {run}: {e}")),
+                    }
+                    match from {
+                        Ok(v) => raw.guest_to_host.push(v),
+                        Err(e) => raw.errors.push(format!("guest_to_host run {run}: {e}")),
+                    }
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in 1..=runs {
+            let what = format!("host iperf3 -> driver domain, {secs} s");
+            match self.scenario("passthrough", run, &what, Suite::passthrough_run) {
+                Ok(v) => raw.passthrough.push(v),
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in 1..=runs {
+            match self.scenario("ping", run, "20 pings each way", Suite::ping_run) {
+                Ok(rtts) => raw.ping_rtts_us.push(rtts),
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        let rounds = self.options.rounds;
+        for (key, toml) in [
+            ("evtchn", evtchn_topology(rounds)),
+            ("grant", grant_topology(rounds)),
+        ] {
+            for run in 1..=runs {
+                let what = format!("{rounds} rounds");
+                match self.scenario(key, run, &what, |s, r| s.bench_run(key, &toml, r)) {
+                    Ok(samples) => raw.samples.extend(samples),
+                    Err(e) => raw.errors.push(e),
+                }
+            }
+        }
+        Results::from_raw(&self.options, raw)
+    }
+
+    /// Runs one scenario run with progress lines; the error names the scenario and run.
+    fn scenario<T: Describe>(
+        &self,
+        key: &str,
+        run: usize,
+        what: &str,
+        f: impl FnOnce(&Self, usize) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let runs = self.options.runs;
+        eprintln!("bench: {key} run {run}/{runs} ({what}) ...");
+        let start = Instant::now();
+        let result = f(self, run);
+        let took = start.elapsed().as_secs_f64();
+        match &result {
+            Ok(v) => eprintln!(
+                "bench: {key} run {run}/{runs}: {} ({took:.1} s)",
+                v.describe()
+            ),
+            Err(e) => eprintln!("bench: {key} run {run}/{runs} FAILED ({took:.1} s): {e}"),
+        }
+        result.map_err(|e| format!("{key} run {run}: {e}"))
+    }
+
+    /// Boots `topology`, with the host's iperf3 clients of `host` and stopping at the first
+    /// line for which `stop` says so (or a `REPORT fail`, or a kill); saves the transcript.
+    fn boot_once(
+        &self,
+        key: &str,
+        run: usize,
+        topology: &Topology,
+        timeout: Duration,
+        host: Option<&HostIperfs>,
+        stop: &dyn Fn(&str) -> bool,
+    ) -> Result<Booted, String> {
+        let on_line = |line: &str| {
+            if let Some(host) = host {
+                host.on_line(line);
+            }
+        };
+        let stop_when =
+            |line: &str| stop(line) || line.contains("REPORT fail") || line.contains("killing VM ");
+        let boot = boot(
+            topology,
+            self.artifacts,
+            &BootOptions {
+                timeout,
+                host_forwards: host.map(HostIperfs::forwards).unwrap_or_default(),
+                on_line: Some(&on_line),
+                stop_when: Some(&stop_when),
+                ..BootOptions::default()
+            },
+        )?;
+        let log = self.log_dir.as_ref().and_then(|dir| {
+            let path = dir.join(format!("{key}-run{run}.log"));
+            std::fs::create_dir_all(dir).ok()?;
+            std::fs::write(&path, boot.transcript() + "\n").ok()?;
+            Some(path)
+        });
+        Ok(Booted { boot, log })
+    }
+
+    /// `pairs` iperf3 pairs (and the memcpy guest): each pair's receiver figure, in pair
+    /// order, and the `BENCH` samples.
+    fn pairs_run(
+        &self,
+        pairs: usize,
+        memcpy: bool,
+        run: usize,
+    ) -> Result<(Vec<f64>, Vec<Sample>), String> {
+        let toml = pairs_topology(pairs, self.options.seconds, memcpy);
+        let topology = parse(&toml)?;
+        // Servers that printed their result (each serves one test).
+        let done = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let memcpy_seen = std::cell::Cell::new(!memcpy);
+        let stop = |line: &str| {
+            if let Some(Ok(result)) = parse_result_line(line) {
+                if let Some(vm) = result.vm.filter(|vm| vm.starts_with("server")) {
+                    if result.receiver && !result.reverse {
+                        done.borrow_mut().insert(vm);
+                    }
+                }
+            }
+            if line.contains("BENCH memcpy_mbps") {
+                memcpy_seen.set(true);
+            }
+            done.borrow().len() >= pairs && memcpy_seen.get()
+        };
+        let timeout =
+            Duration::from_secs(90 + 2 * u64::from(self.options.seconds) + 20 * pairs as u64);
+        let key = if memcpy {
+            "guest_to_guest".to_string()
+        } else {
+            format!("scaling_{pairs}_pairs")
+        };
+        let booted = self.boot_once(&key, run, &topology, timeout, None, &stop)?;
+        let boot = &booted.boot;
+        let mut figures = Vec::new();
+        for i in 1..=pairs {
+            let server = format!("server{i}");
+            match receiver_figure(boot, &server, false)? {
+                Some(line) => figures.push(line.mbps),
+                None => {
+                    let client = boot
+                        .vm_lines(&format!("client{i}"))
+                        .find(|l| l.contains(console::IPERF_RESULT))
+                        .map(|l| format!(" (client{i} said: {l})"))
+                        .unwrap_or_default();
+                    return Err(booted.failure(&format!(
+                        "{server} printed no iperf receiver result{client}"
+                    )));
+                }
+            }
+        }
+        let samples = bench::collect(&boot.lines)?;
+        if memcpy && !samples.iter().any(|s| s.name == "memcpy_mbps") {
+            return Err(booted.failure("the memcpy guest printed no BENCH memcpy_mbps line"));
+        }
+        if let Some(problem) = booted.problems().into_iter().next() {
+            return Err(booted.failure(&format!("a VM failed: {problem}")));
+        }
+        Ok((figures, samples))
+    }
+
+    /// The host's iperf3 against a guest's server: host -> guest, then guest -> host.
+    #[allow(clippy::type_complexity)]
+    fn host_run(&self, run: usize) -> Result<(Result<f64, String>, Result<f64, String>), String> {
+        let topology = parse(&host_topology(self.options.seconds))?;
+        let host = HostIperfs::plan(&topology, self.options.seconds)?;
+        let stop = |_: &str| host.done();
+        let timeout = Duration::from_secs(60 + 2 * (u64::from(self.options.seconds) + 60));
+        let booted = self.boot_once("host_guest", run, &topology, timeout, Some(&host), &stop)?;
+        let client = host.get("guest1").ok_or("no host iperf3 for guest1")?;
+        let figure = |direction: Direction| -> Result<f64, String> {
+            let run = client.outcome(direction).map_err(|e| booted.failure(&e))?;
+            if run.receiver_mbps > 0.0 {
+                return Ok(run.receiver_mbps);
+            }
+            if direction == Direction::FromVm {
+                return Err(booted.failure("the host's iperf3 received nothing"));
+            }
+            // The host's JSON lacks the guest's count (the server's results): the guest's own
+            // receiver line.
+            match receiver_figure(&booted.boot, "guest1", false)? {
+                Some(line) => Ok(line.mbps),
+                None => {
+                    Err(booted.failure("no receiver figure from the host's iperf3 or the guest"))
+                }
+            }
+        };
+        Ok((figure(Direction::ToVm), figure(Direction::FromVm)))
+    }
+
+    /// The host's iperf3 against the driver domain's own server (no split driver on the way).
+    fn passthrough_run(&self, run: usize) -> Result<f64, String> {
+        let topology = parse(&passthrough_topology(self.options.seconds))?;
+        let host = HostIperfs::plan(&topology, self.options.seconds)?;
+        let stop = |_: &str| host.done();
+        let timeout = Duration::from_secs(60 + u64::from(self.options.seconds) + 60);
+        let booted = self.boot_once("passthrough", run, &topology, timeout, Some(&host), &stop)?;
+        let client = host
+            .get(DRIVER_DOMAIN)
+            .ok_or("no host iperf3 for the driver domain")?;
+        let run = client
+            .outcome(Direction::ToVm)
+            .map_err(|e| booted.failure(&e))?;
+        if run.receiver_mbps > 0.0 {
+            return Ok(run.receiver_mbps);
+        }
+        match receiver_figure(&booted.boot, DRIVER_DOMAIN, false)? {
+            Some(line) => Ok(line.mbps),
+            None => {
+                Err(booted
+                    .failure("no receiver figure from the host's iperf3 or the driver domain"))
+            }
+        }
+    }
+
+    /// Two guests pinging each other: every reply's round trip, in microseconds.
+    fn ping_run(&self, run: usize) -> Result<Vec<f64>, String> {
+        let topology = parse(&ping_topology())?;
+        let summaries = std::cell::Cell::new(0usize);
+        let stop = |line: &str| {
+            if (line.starts_with("[guest1] ") || line.starts_with("[guest2] "))
+                && parse_ping_summary(line).is_some()
+            {
+                summaries.set(summaries.get() + 1);
+            }
+            summaries.get() >= 2
+        };
+        let booted =
+            self.boot_once("ping", run, &topology, Duration::from_secs(90), None, &stop)?;
+        let mut rtts = Vec::new();
+        for (vm, peer) in [("guest1", "10.0.2.17"), ("guest2", "10.0.2.16")] {
+            let before = rtts.len();
+            rtts.extend(
+                booted
+                    .boot
+                    .vm_lines(vm)
+                    .filter_map(parse_ping_reply)
+                    .filter(|r| r.target == peer)
+                    .map(|r| r.rtt_us),
+            );
+            if rtts.len() == before {
+                return Err(booted.failure(&format!("{vm} printed no ping reply from {peer}")));
+            }
+        }
+        Ok(rtts)
+    }
+
+    /// One of the `BENCH` apps (event channel, grants): its samples.
+    fn bench_run(&self, key: &str, toml: &str, run: usize) -> Result<Vec<Sample>, String> {
+        let topology = parse(toml)?;
+        let booted =
+            self.boot_once(key, run, &topology, Duration::from_secs(300), None, &|_| {
+                false
+            })?;
+        let samples = bench::collect(&booted.boot.lines)?;
+        if let Some(problem) = booted.problems().into_iter().next() {
+            return Err(booted.failure(&format!("a VM failed: {problem}")));
+        }
+        if samples.is_empty() {
+            return Err(booted.failure("no BENCH lines"));
+        }
+        Ok(samples)
+    }
+}
+
+fn parse(toml: &str) -> Result<Topology, String> {
+    Topology::from_toml_str(toml).map_err(|e| format!("bad scenario topology: {e}"))
+}
+
+/// The first receiver result line `vm` printed for a test in the given mode (`reverse`); a
+/// malformed result line is an error.
+fn receiver_figure(boot: &Boot, vm: &str, reverse: bool) -> Result<Option<ResultLine>, String> {
+    for line in boot.vm_lines(vm) {
+        if let Some(parsed) = parse_result_line(line) {
+            let parsed = parsed.map_err(|e| format!("{vm}: {e}"))?;
+            if parsed.receiver && parsed.reverse == reverse {
+                return Ok(Some(parsed));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A finished boot and where its transcript was saved.
+struct Booted {
+    boot: Boot,
+    log: Option<PathBuf>,
+}
+
+impl Booted {
+    /// Console lines that say something went wrong: a `REPORT fail`, a kill, a failed iperf3
+    /// test, a panic.
+    fn problems(&self) -> Vec<String> {
+        self.boot
+            .lines
+            .iter()
+            .filter(|l| {
+                l.contains("REPORT fail")
+                    || l.contains("killing VM ")
+                    || l.contains(console::IPERF_FAILED)
+                    || l.contains("panicked")
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// `why`, then what the console says went wrong, how the boot ended, and where the
+    /// transcript is (or its last lines if it was not saved).
+    fn failure(&self, why: &str) -> String {
+        let mut out = why.to_string();
+        for problem in self.problems().iter().take(3) {
+            out += &format!("\n    {problem}");
+        }
+        let b = &self.boot;
+        if b.timed_out {
+            out += &format!(
+                "\n    QEMU timed out after {:.0} s (killed)",
+                b.elapsed.as_secs_f64()
+            );
+        } else if b.exited {
+            out += &format!("\n    QEMU exited after {:.1} s", b.elapsed.as_secs_f64());
+        }
+        match &self.log {
+            Some(path) => out += &format!("\n    console: {}", path.display()),
+            None => {
+                let tail = b.lines.len().saturating_sub(20);
+                out += &format!("\n    last console lines:\n{}", b.lines[tail..].join("\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A one-line summary of a run's result, for the progress lines.
+trait Describe {
+    fn describe(&self) -> String;
+}
+
+impl Describe for f64 {
+    fn describe(&self) -> String {
+        format!("{self:.2} Mbit/s")
+    }
+}
+
+impl Describe for Vec<f64> {
+    /// Ping round trips.
+    fn describe(&self) -> String {
+        format!(
+            "{} replies, rtt median {:.0} us",
+            self.len(),
+            bench::median(self)
+        )
+    }
+}
+
+impl Describe for Vec<Sample> {
+    fn describe(&self) -> String {
+        self.iter()
+            .map(|s| format!("{} median {}", s.name, s.median))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Describe for (Vec<f64>, Vec<Sample>) {
+    fn describe(&self) -> String {
+        let pairs: Vec<String> = self.0.iter().map(|m| format!("{m:.2}")).collect();
+        let mut out = format!(
+            "{:.2} Mbit/s in all (pairs: {})",
+            self.0.iter().sum::<f64>(),
+            pairs.join(" + ")
+        );
+        if let Some(m) = self.1.iter().find(|s| s.name == "memcpy_mbps") {
+            out += &format!(", memcpy median {} Mbit/s", m.median);
+        }
+        out
+    }
+}
+
+impl Describe for (Result<f64, String>, Result<f64, String>) {
+    fn describe(&self) -> String {
+        let one = |r: &Result<f64, String>| match r {
+            Ok(v) => format!("{v:.2} Mbit/s"),
+            Err(e) => format!("FAILED ({})", e.lines().next().unwrap_or_default()),
+        };
+        format!(
+            "host -> guest {}, guest -> host {}",
+            one(&self.0),
+            one(&self.1)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_topology_parses() {
+        for pairs in [1, 2, 4] {
+            for memcpy in [false, true] {
+                let t = Topology::from_toml_str(&pairs_topology(pairs, 5, memcpy)).unwrap();
+                assert_eq!(t.vms.len(), 1 + 2 * pairs + usize::from(memcpy));
+                assert!(t.passthrough().is_some());
+                let client = t
+                    .vms
+                    .iter()
+                    .find(|v| v.name == format!("client{pairs}"))
+                    .unwrap();
+                assert_eq!(
+                    client.setting("iperf_server"),
+                    Some(pair_ips(pairs).1.as_str())
+                );
+                assert_eq!(client.setting("iperf_seconds"), Some("5"));
+                assert_eq!(client.backend.as_deref(), Some(DRIVER_DOMAIN));
+                let server = t
+                    .vms
+                    .iter()
+                    .find(|v| v.name == format!("server{pairs}"))
+                    .unwrap();
+                assert_eq!(server.ip().unwrap().to_string(), pair_ips(pairs).1);
+                assert_eq!(server.setting("iperf_tests"), Some("1"));
+            }
+        }
+        assert_eq!(
+            pair_ips(1),
+            ("10.0.2.16".to_string(), "10.0.2.17".to_string())
+        );
+        assert_eq!(pair_ips(4).1, "10.0.2.23");
+        // The host scenarios plan their host clients from the topology.
+        let t = Topology::from_toml_str(&host_topology(2)).unwrap();
+        let plan = HostIperfs::plan(&t, 2).unwrap();
+        assert_eq!(
+            plan.get("guest1").unwrap().directions(),
+            [Direction::ToVm, Direction::FromVm]
+        );
+        assert_eq!(plan.forwards()[0].guest_port, 5201);
+        let t = Topology::from_toml_str(&passthrough_topology(2)).unwrap();
+        assert_eq!(t.vms.len(), 1);
+        let plan = HostIperfs::plan(&t, 2).unwrap();
+        assert_eq!(
+            plan.get(DRIVER_DOMAIN).unwrap().directions(),
+            [Direction::ToVm]
+        );
+        assert_eq!(plan.forwards()[0].guest_ip.to_string(), "10.0.2.15");
+        let t = Topology::from_toml_str(&ping_topology()).unwrap();
+        assert_eq!(crate::report::ping_targets(&t).len(), 2);
+        assert_eq!(t.vms[1].setting("ping_count"), Some("20"));
+        for toml in [evtchn_topology(10), grant_topology(10)] {
+            Topology::from_toml_str(&toml).unwrap();
+        }
+    }
+
+    fn raw_complete(options: &Options) -> Raw {
+        let bench_lines: Vec<String> = [
+            "[memcpy] BENCH memcpy_mbps min=7000 median=8000 max=9000 n=32 freq_hz=0 unit=mbit_per_s",
+            "[pinger] BENCH evtchn_roundtrip_ticks min=50 median=100 max=900 n=2000 freq_hz=1000000",
+            "[mapper] BENCH grant_map_ticks min=10 median=16 max=70 n=2000 freq_hz=1000000",
+            "[mapper] BENCH grant_unmap_ticks min=10 median=27 max=70 n=2000 freq_hz=1000000",
+            "[mapper] BENCH grant_copy_4k_ticks min=10 median=58 max=70 n=2000 freq_hz=1000000",
+            "[mapper] BENCH grant_copy_64x64b_ticks min=10 median=139 max=700 n=2000 freq_hz=1000000",
+            "[memcpy] BENCH shared_copy_mbps min=600 median=1700 max=2400 n=32 freq_hz=0 unit=mbit_per_s",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut raw = Raw {
+            guest_to_guest: vec![100.0, 120.0, 110.0],
+            host_to_guest: vec![50.0, 40.0, 45.0],
+            guest_to_host: vec![60.0, 70.0, 65.0],
+            passthrough: vec![90.0, 100.0, 80.0],
+            ping_rtts_us: vec![vec![400.0, 500.0, 600.0], vec![450.0, 550.0]],
+            samples: bench::collect(&bench_lines).unwrap(),
+            ..Raw::default()
+        };
+        for &pairs in &options.pair_counts {
+            let per_run: Vec<Vec<f64>> = (0..options.runs)
+                .map(|r| vec![100.0 / pairs as f64 + r as f64; pairs])
+                .collect();
+            raw.scaling.insert(pairs, per_run);
+        }
+        raw
+    }
+
+    #[test]
+    fn results_have_every_required_key_and_the_ratios() {
+        let options = Options::full();
+        let results = Results::from_raw(&options, raw_complete(&options));
+        let text = results.to_json();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            missing_figures(&doc, &options.pair_counts),
+            Vec::<String>::new()
+        );
+        assert_eq!(doc["paravirt_tcp_mbps"]["guest_to_guest"]["median"], 110.0);
+        assert_eq!(doc["paravirt_tcp_mbps"]["guest_to_guest"]["runs"], 3);
+        assert_eq!(doc["memcpy_mbps"]["median"], 8000.0);
+        assert_eq!(doc["evtchn_roundtrip_us"]["median"], 100.0);
+        assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["min"], 400.0);
+        assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["max"], 600.0);
+        assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["median"], 500.0);
+        assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["samples"], 5);
+        let ratios = &doc["ratios"];
+        assert!(
+            (ratios["guest_to_guest_over_memcpy"].as_f64().unwrap() - 110.0 / 8000.0).abs() < 1e-12
+        );
+        assert!((ratios["host_to_guest_over_passthrough"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+        let scaling = doc["scaling"].as_array().unwrap();
+        assert_eq!(scaling.len(), 3);
+        assert_eq!(scaling[2]["pairs"], 4);
+        // 4 pairs of 25 + run: sums 100, 104, 108.
+        assert_eq!(scaling[2]["aggregate_tcp_mbps"]["median"], 104.0);
+        assert_eq!(scaling[2]["per_pair_tcp_mbps"], 26.0);
+        assert_eq!(
+            scaling[2]["pair_mbps"][1],
+            serde_json::json!([26.0, 26.0, 26.0, 26.0])
+        );
+        assert_eq!(doc["figures"]["grant_map_ticks"]["median"], 16);
+        assert_eq!(doc["errors"], serde_json::json!([]));
+        assert_eq!(
+            (doc["runs"].as_u64(), doc["iperf_seconds"].as_u64()),
+            (Some(3), Some(5))
+        );
+    }
+
+    #[test]
+    fn missing_figures_are_null_and_listed() {
+        let options = Options::short();
+        let mut raw = raw_complete(&options);
+        raw.passthrough.clear();
+        raw.scaling.remove(&2);
+        raw.ping_rtts_us = vec![vec![]];
+        raw.errors.push("passthrough run 1: it broke".into());
+        let results = Results::from_raw(&options, raw);
+        assert_eq!(results.ratios.host_to_guest_over_passthrough, None);
+        let doc: serde_json::Value = serde_json::from_str(&results.to_json()).unwrap();
+        assert!(doc["passthrough_tcp_mbps"]["host_to_driver_domain"].is_null());
+        assert_eq!(
+            missing_figures(&doc, &options.pair_counts),
+            [
+                "/passthrough_tcp_mbps/host_to_driver_domain",
+                "/ping_rtt_us/guest_to_guest",
+                "/ratios/host_to_guest_over_passthrough",
+                "/scaling[pairs=2]/aggregate_tcp_mbps",
+            ]
+        );
+        assert_eq!(doc["errors"][0], "passthrough run 1: it broke");
+        // The table shows the gaps as dashes, and the plot only the measured point.
+        let table = results.table();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("passthrough TCP host -> driver domain"))
+            .unwrap();
+        assert!(row.contains(" - "), "{row}");
+        assert!(table
+            .lines()
+            .any(|l| l.starts_with("ratio host -> guest / passthrough")
+                && l.trim_end().ends_with('-')));
+        assert_eq!(
+            results
+                .scaling_svg()
+                .matches("class=\"point aggregate\"")
+                .count(),
+            1
+        );
+        // Zero and negative figures are as good as missing.
+        let doc = serde_json::json!({"memcpy_mbps": {"median": 0.0}, "ratios": {"guest_to_guest_over_memcpy": -1.0}});
+        let missing = missing_figures(&doc, &[1]);
+        assert!(missing.contains(&"/memcpy_mbps".to_string()));
+        assert!(missing.contains(&"/ratios/guest_to_guest_over_memcpy".to_string()));
+        assert_eq!(missing.len(), REQUIRED_FIGURES.len() + 1);
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_figure() {
+        let options = Options::full();
+        let results = Results::from_raw(&options, raw_complete(&options));
+        let table = results.table();
+        for label in [
+            "paravirt TCP guest -> guest",
+            "paravirt TCP host -> guest",
+            "paravirt TCP guest -> host",
+            "passthrough TCP host -> driver domain",
+            "memcpy in a guest (one copy)",
+            "scaling: 1 pair at once, sum",
+            "scaling: 2 pairs at once, sum",
+            "scaling: 4 pairs at once, sum",
+            "ping RTT guest <-> guest",
+            "event channel round trip",
+            "grant map",
+            "grant unmap",
+            "grant copy 4k",
+            "grant copy 64x64b",
+            "shared copy",
+            "ratio guest -> guest / memcpy",
+            "ratio host -> guest / passthrough",
+        ] {
+            assert_eq!(
+                table.lines().filter(|l| l.starts_with(label)).count(),
+                1,
+                "{label}:\n{table}"
+            );
+        }
+        let g2g = table
+            .lines()
+            .find(|l| l.starts_with("paravirt TCP guest -> guest"))
+            .unwrap();
+        let cols: Vec<&str> = g2g[40..].split_whitespace().collect();
+        assert_eq!(cols, ["110.0", "100.0", "120.0", "Mbit/s", "3"]);
+        let shared = table
+            .lines()
+            .find(|l| l.starts_with("shared copy"))
+            .unwrap();
+        assert!(
+            shared.contains("1700") && shared.contains("Mbit/s"),
+            "{shared}"
+        );
+        assert!(!table.contains("evtchn roundtrip"), "{table}");
+        let ratio = table.lines().find(|l| l.starts_with("ratio host")).unwrap();
+        assert!(
+            ratio.contains("0.5000") && ratio.contains("(50.0 %)"),
+            "{ratio}"
+        );
+        assert_eq!(number(0.1234), "0.123");
+        assert_eq!(number(12.34), "12.3");
+        assert_eq!(number(12345.6), "12346");
+    }
+}
