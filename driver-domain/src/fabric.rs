@@ -6,9 +6,9 @@
 //! (bounded per port, so one busy guest cannot starve the others or the NIC), ask the switch
 //! where each frame goes, copy it there — once per destination, straight from where it is (a
 //! guest's pool, a NIC buffer) to where it goes (another guest's pool, a NIC buffer) — and
-//! then send each guest at most one event. Nothing
-//! is queued inside the driver domain except the local endpoint's few frames: a destination
-//! with no free buffer drops the frame (counted), as a switch with a full egress queue would.
+//! then send each guest at most one event. Nothing is queued inside the driver domain except
+//! the local endpoint's few frames: a destination with no free buffer drops the frame
+//! (counted), as a switch with a full egress queue would.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -189,7 +189,8 @@ pub struct NicCounters {
     pub rx_bytes: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
-    /// Frames for the NIC dropped because its TX queue was full.
+    /// Frames for the NIC dropped: its TX queue was full, the frame was bigger than its MTU,
+    /// or a checksum to fill in did not add up.
     pub tx_errors: u64,
 }
 

@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, Segment, FEATURE_CSUM,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, Segment, ETH_HDR_LEN, FEATURE_CSUM,
     FEATURE_EVENT_IDX, FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
 };
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
@@ -41,8 +41,6 @@ const TX_BUFFERS: usize = QUEUE_SIZE as usize / 2;
 pub const DEFAULT_MTU: usize = 9000;
 /// The IP MTUs a front-end may use: Ethernet's minimum to the back-end's largest frame.
 pub const MTU_RANGE: core::ops::RangeInclusive<usize> = 576..=9000;
-/// Bytes of an Ethernet header.
-const ETH_HEADER: usize = 14;
 /// Features we ask for.
 const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX | FEATURE_CSUM;
 
@@ -128,7 +126,7 @@ impl NetFront {
         let backend = link.backend;
         let tx_ring = SharedMem::leak_pages(1);
         let rx_ring = SharedMem::leak_pages(1);
-        let frame_limit = ETH_HEADER + options.mtu;
+        let frame_limit = ETH_HDR_LEN + options.mtu;
         let buffer_len = (NET_HDR_LEN + frame_limit).next_multiple_of(64);
         let pool_pages = ((RX_BUFFERS + TX_BUFFERS) * buffer_len).div_ceil(RING_PAGE_LEN) as u32;
         let pool = SharedMem::leak_pages(pool_pages as usize);

@@ -58,14 +58,7 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
     let number = |key, default| {
         vm_runtime::setting_u64_or(info.settings, key, default).map_err(|e| format!("{e}"))
     };
-    let address: IpCidr = setting(info.settings, "ip")
-        .ok_or("setting ip is required (e.g. ip = \"10.0.2.16/24\")")?
-        .parse()
-        .map_err(|_| "setting ip is not an IPv4 CIDR like 10.0.2.16/24")?;
-    let gateway: Ipv4Address = setting(info.settings, "gateway")
-        .unwrap_or("10.0.2.2")
-        .parse()
-        .map_err(|_| "setting gateway is not an IPv4 address")?;
+    let (address, gateway) = super::address(info)?;
     let port = u16::try_from(number("iperf_port", u64::from(iperf3::DEFAULT_PORT))?)
         .map_err(|_| "setting iperf_port is not a port")?;
     let buffer = number("iperf_window", vm_net::iperf3::DEFAULT_BUFFER as u64)?;

@@ -51,14 +51,7 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
     let number = |key, default| {
         vm_runtime::setting_u64_or(info.settings, key, default).map_err(|e| format!("{e}"))
     };
-    let address: IpCidr = setting(info.settings, "ip")
-        .ok_or("setting ip is required (e.g. ip = \"10.0.2.16/24\")")?
-        .parse()
-        .map_err(|_| "setting ip is not an IPv4 CIDR like 10.0.2.16/24")?;
-    let gateway: Ipv4Address = setting(info.settings, "gateway")
-        .unwrap_or("10.0.2.2")
-        .parse()
-        .map_err(|_| "setting gateway is not an IPv4 address")?;
+    let (address, gateway) = super::address(info)?;
     let targets = match setting(info.settings, "ping") {
         None => Vec::new(),
         Some(list) => list
@@ -441,7 +434,8 @@ impl Corruption {
                 let head = front.add_raw_tx(&[whole]).ok_or("add failed")?;
                 let len: u32 = match self {
                     Corruption::ZeroLen => 0,
-                    Corruption::OversizedLen => 4000,
+                    // Past any back-end's frame limit (9014 + header) yet inside the pool.
+                    Corruption::OversizedLen => 16_000,
                     _ => (NET_HDR_LEN + 10) as u32,
                 };
                 front.raw_tx_ring().store_u32(desc(head) + 8, len);
