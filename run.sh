@@ -95,11 +95,28 @@ install_iperf3() {
     command -v iperf3 >/dev/null || die "iperf3 did not install: install Debian's iperf3 package"
 }
 
+# ping and ip: the host side of the tap networking option (nic = "tap" in a topology) runs the real
+# ping in a network namespace that ip creates.
+install_net_tools() {
+    command -v ping >/dev/null && command -v ip >/dev/null && return 0
+    command -v apt-get >/dev/null || die "no apt-get: install ping (iputils-ping) and ip (iproute2) yourself"
+    local packages=()
+    command -v ping >/dev/null || packages+=(iputils-ping)
+    command -v ip >/dev/null || packages+=(iproute2)
+    say "Installing ${packages[*]} (host side of the tap networking option) ..."
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0 \
+        --no-install-recommends install "${packages[@]}" >/dev/null
+    command -v ping >/dev/null || die "ping did not install: install Debian's iputils-ping package"
+    command -v ip >/dev/null || die "ip did not install: install Debian's iproute2 package"
+}
+
 setup() {
     install_qemu
     install_rust
     install_model_checker
     install_iperf3
+    install_net_tools
 }
 
 objcopy_bin() {

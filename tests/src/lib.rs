@@ -9,4 +9,5 @@ pub mod net;
 pub mod plot;
 pub mod qemu;
 pub mod report;
+pub mod tap;
 pub mod topology;

@@ -12,6 +12,9 @@
 //! - [`HostEcho`]: one named check, the host reaching one VM's echo service (the driver
 //!   domain's UDP and TCP echo, or a `net` guest's TCP echo through the driver domain's switch),
 //!   started when that VM's console says its network is up; [`HostChecks`]: all of a topology's.
+//! - With the tap option (`nic = "tap"`, [`crate::tap`]) there are no forwards: the echoes
+//!   connect to the VM's own address from a thread inside the network namespace, and
+//!   [`HostPing`] runs the host's real `ping` there (`ping host -> <vm>`).
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -24,8 +27,8 @@ use shared_abi::bundle::VmKind;
 
 use crate::console;
 use crate::qemu::HostForward;
-use crate::report::Check;
-use crate::topology::Topology;
+use crate::report::{Check, PingSummary};
+use crate::topology::{NicBackend, Topology};
 
 /// A transport protocol, as QEMU's `hostfwd=` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,10 +134,29 @@ fn pattern_byte(i: u64) -> u8 {
 /// checked byte for byte. A datagram whose echo does not come in time is lost; if its echo comes
 /// later it is counted as `late`. Network errors on a send leave that datagram unsent.
 pub fn udp_echo(host_port: u16, count: usize, payload_len: usize, timeout: Duration) -> EchoStats {
+    udp_echo_at(
+        SocketAddr::from((HOST, host_port)),
+        count,
+        payload_len,
+        timeout,
+    )
+}
+
+/// [`udp_echo`] to any address (e.g. a VM's own, from inside the tap option's namespace).
+pub fn udp_echo_at(
+    peer: SocketAddr,
+    count: usize,
+    payload_len: usize,
+    timeout: Duration,
+) -> EchoStats {
     let payload_len = payload_len.max(UDP_HEADER_LEN);
-    let socket = UdpSocket::bind(SocketAddr::from((HOST, 0)))
-        .unwrap_or_else(|e| panic!("cannot bind a UDP socket on {HOST}: {e}"));
-    let peer = SocketAddr::from((HOST, host_port));
+    let local = if peer.ip().is_loopback() {
+        HOST
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let socket = UdpSocket::bind(SocketAddr::from((local, 0)))
+        .unwrap_or_else(|e| panic!("cannot bind a UDP socket on {local}: {e}"));
     let mut stats = EchoStats {
         sent: 0,
         received: 0,
@@ -266,6 +288,15 @@ enum Attempt {
 /// connection if the guest is not listening yet), is retried every 100 ms until the timeout. The
 /// error says why the last attempt failed, or where the echo first differed.
 pub fn tcp_echo(host_port: u16, bytes: usize, timeout: Duration) -> Result<TcpEchoStats, String> {
+    tcp_echo_at(SocketAddr::from((HOST, host_port)), bytes, timeout)
+}
+
+/// [`tcp_echo`] to any address (e.g. a VM's own, from inside the tap option's namespace).
+pub fn tcp_echo_at(
+    peer: SocketAddr,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<TcpEchoStats, String> {
     let start = Instant::now();
     let deadline = start + timeout;
     let data: Arc<[u8]> = (0..bytes as u64).map(pattern_byte).collect();
@@ -273,7 +304,7 @@ pub fn tcp_echo(host_port: u16, bytes: usize, timeout: Duration) -> Result<TcpEc
     loop {
         attempts += 1;
         let attempt_start = Instant::now();
-        match tcp_attempt(host_port, &data, deadline) {
+        match tcp_attempt(peer, &data, deadline) {
             Attempt::Done(transfer_time) => {
                 return Ok(TcpEchoStats {
                     bytes,
@@ -284,14 +315,14 @@ pub fn tcp_echo(host_port: u16, bytes: usize, timeout: Duration) -> Result<TcpEc
             }
             Attempt::Failed(why) => {
                 return Err(format!(
-                    "TCP echo via 127.0.0.1:{host_port} failed (attempt {attempts}): {why}"
+                    "TCP echo via {peer} failed (attempt {attempts}): {why}"
                 ))
             }
             Attempt::Retry(why) => {
                 let now = Instant::now();
                 if now + ms(100) >= deadline {
                     return Err(format!(
-                        "no TCP echo via 127.0.0.1:{host_port} within {timeout:?} \
+                        "no TCP echo via {peer} within {timeout:?} \
                          ({attempts} attempt(s)); last: {why}"
                     ));
                 }
@@ -301,12 +332,11 @@ pub fn tcp_echo(host_port: u16, bytes: usize, timeout: Duration) -> Result<TcpEc
     }
 }
 
-fn tcp_attempt(host_port: u16, data: &Arc<[u8]>, deadline: Instant) -> Attempt {
+fn tcp_attempt(peer: SocketAddr, data: &Arc<[u8]>, deadline: Instant) -> Attempt {
     let remaining = || deadline.saturating_duration_since(Instant::now());
     if remaining().is_zero() {
         return Attempt::Retry("timed out before connecting".into());
     }
-    let peer = SocketAddr::from((HOST, host_port));
     let stream = match TcpStream::connect_timeout(&peer, remaining()) {
         Ok(stream) => stream,
         Err(e) => return Attempt::Retry(format!("connect: {e}")),
@@ -419,34 +449,125 @@ pub struct Timeouts {
     pub tcp: Duration,
 }
 
-/// What a [`HostEcho`] runs, and when.
+/// What a [`HostEcho`] or [`HostPing`] talks to, which decides when it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EchoKind {
-    /// The driver domain's own stack: UDP echo then TCP echo, once it says its NIC link is up
-    /// ([`console::NIC_LINK_UP`]). Check `host -> <vm>`.
+    /// The driver domain's own stack, once it says its NIC link is up
+    /// ([`console::NIC_LINK_UP`]). Its echo is UDP then TCP: check `host -> <vm>`.
     DriverDomain,
-    /// A `net` guest behind the driver domain's switch: TCP echo, once the guest prints
-    /// [`console::NET_UP`]. Check `tcp host -> <vm> echo`.
+    /// A `net` guest behind the driver domain's switch, once the guest prints
+    /// [`console::NET_UP`]. Its echo is TCP: check `tcp host -> <vm> echo`.
     Guest,
 }
 
-/// The host reaching one VM's echo service (port 7) through the NIC: QEMU forwards host ports
-/// on 127.0.0.1 to the VM's address, and once the VM's console says its network is up, a
-/// thread runs the echo while the boot goes on. The demo (`sluice-run`) and the integration
-/// tests use the same checks (see [`HostChecks`]), so both report the same thing.
+/// Whether `line` (a whole console line, `[vm] ` prefix included) is `vm` saying its network
+/// is up.
+fn ready_line(vm: &str, kind: EchoKind, line: &str) -> bool {
+    let Some(text) = line
+        .strip_prefix('[')
+        .and_then(|l| l.strip_prefix(vm))
+        .and_then(|l| l.strip_prefix("] "))
+    else {
+        return false;
+    };
+    match kind {
+        EchoKind::DriverDomain => console::NIC_LINK_UP.iter().all(|s| text.contains(s)),
+        EchoKind::Guest => text.contains(console::NET_UP),
+    }
+}
+
+/// Why a check of `vm` never started.
+fn never_ready(vm: &str, kind: EchoKind) -> String {
+    match kind {
+        EchoKind::DriverDomain => {
+            format!("{vm} never said its NIC link is up (see its console lines)")
+        }
+        EchoKind::Guest => format!(
+            "{vm} never printed '{}' (see its console lines)",
+            console::NET_UP
+        ),
+    }
+}
+
+/// Host-side work started once, on a thread of its own, and its outcome.
+struct Background<T> {
+    started: AtomicBool,
+    outcome: Arc<Mutex<Option<Result<T, String>>>>,
+}
+
+impl<T: Clone + Send + 'static> Background<T> {
+    fn new() -> Background<T> {
+        Background {
+            started: AtomicBool::new(false),
+            outcome: Default::default(),
+        }
+    }
+
+    /// Runs `work` on a new thread, unless something was started already.
+    fn start(&self, work: impl FnOnce() -> Result<T, String> + Send + 'static) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let outcome = Arc::clone(&self.outcome);
+        std::thread::spawn(move || {
+            let result = work();
+            *outcome.lock().expect("not poisoned") = Some(result);
+        });
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn done(&self) -> bool {
+        self.outcome.lock().expect("not poisoned").is_some()
+    }
+
+    /// The outcome; `Err(not_started)` if nothing was started, and an error if it is still
+    /// running.
+    fn outcome(&self, not_started: impl FnOnce() -> String, what: &str) -> Result<T, String> {
+        if !self.started() {
+            return Err(not_started());
+        }
+        self.outcome
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .unwrap_or_else(|| Err(format!("the {what} did not finish before the boot ended")))
+    }
+}
+
+/// How a [`HostEcho`] reaches its VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// User networking: QEMU forwards these ports on 127.0.0.1 to the VM's echo port (UDP for
+    /// a driver domain only).
+    Forwarded {
+        udp_port: Option<u16>,
+        tcp_port: u16,
+    },
+    /// The tap option: straight to the VM's address, from a thread inside this network
+    /// namespace.
+    Netns(String),
+}
+
+/// The host reaching one VM's echo service (port 7) through the NIC. With user networking,
+/// QEMU forwards host ports on 127.0.0.1 to the VM's address; with the tap option the echo
+/// connects to the VM's address from inside the network namespace. Once the VM's console says
+/// its network is up, a thread runs the echo while the boot goes on. The demo (`sluice-run`)
+/// and the integration tests use the same checks (see [`HostChecks`]), so both report the same
+/// thing.
 pub struct HostEcho {
     vm: String,
     ip: Ipv4Addr,
     kind: EchoKind,
-    udp_port: Option<u16>,
-    tcp_port: u16,
+    route: Route,
     timeouts: Timeouts,
-    started: AtomicBool,
-    outcome: Arc<Mutex<Option<Result<String, String>>>>,
+    run: Background<String>,
 }
 
 impl HostEcho {
-    /// The driver domain `vm` at `ip`: UDP and TCP echo (`host -> <vm>`).
+    /// The driver domain `vm` at `ip` through port forwards: UDP and TCP echo (`host -> <vm>`).
     pub fn driver_domain(vm: &str, ip: Ipv4Addr) -> HostEcho {
         HostEcho::with_ports(
             vm,
@@ -458,7 +579,7 @@ impl HostEcho {
         )
     }
 
-    /// The guest `vm` at `ip`: TCP echo (`tcp host -> <vm> echo`).
+    /// The guest `vm` at `ip` through a port forward: TCP echo (`tcp host -> <vm> echo`).
     pub fn guest(vm: &str, ip: Ipv4Addr) -> HostEcho {
         HostEcho::with_ports(
             vm,
@@ -466,6 +587,28 @@ impl HostEcho {
             EchoKind::Guest,
             None,
             free_port(Proto::Tcp),
+            ECHO_TIMEOUTS,
+        )
+    }
+
+    /// [`HostEcho::driver_domain`] with the tap option: from inside network namespace `netns`.
+    pub fn driver_domain_in_netns(vm: &str, ip: Ipv4Addr, netns: &str) -> HostEcho {
+        HostEcho::new(
+            vm,
+            ip,
+            EchoKind::DriverDomain,
+            Route::Netns(netns.to_string()),
+            ECHO_TIMEOUTS,
+        )
+    }
+
+    /// [`HostEcho::guest`] with the tap option: from inside network namespace `netns`.
+    pub fn guest_in_netns(vm: &str, ip: Ipv4Addr, netns: &str) -> HostEcho {
+        HostEcho::new(
+            vm,
+            ip,
+            EchoKind::Guest,
+            Route::Netns(netns.to_string()),
             ECHO_TIMEOUTS,
         )
     }
@@ -478,15 +621,23 @@ impl HostEcho {
         tcp_port: u16,
         timeouts: Timeouts,
     ) -> HostEcho {
+        HostEcho::new(
+            vm,
+            ip,
+            kind,
+            Route::Forwarded { udp_port, tcp_port },
+            timeouts,
+        )
+    }
+
+    fn new(vm: &str, ip: Ipv4Addr, kind: EchoKind, route: Route, timeouts: Timeouts) -> HostEcho {
         HostEcho {
             vm: vm.to_string(),
             ip,
             kind,
-            udp_port,
-            tcp_port,
+            route,
             timeouts,
-            started: AtomicBool::new(false),
-            outcome: Default::default(),
+            run: Background::new(),
         }
     }
 
@@ -503,77 +654,67 @@ impl HostEcho {
         }
     }
 
-    /// The port forwards QEMU needs.
+    /// The port forwards QEMU needs (none with the tap option).
     pub fn forwards(&self) -> Vec<HostForward> {
-        let mut out: Vec<HostForward> = self
-            .udp_port
+        let Route::Forwarded { udp_port, tcp_port } = self.route else {
+            return Vec::new();
+        };
+        let mut out: Vec<HostForward> = udp_port
             .map(|port| HostForward::udp(port, self.ip, ECHO_PORT))
             .into_iter()
             .collect();
-        out.push(HostForward::tcp(self.tcp_port, self.ip, ECHO_PORT));
+        out.push(HostForward::tcp(tcp_port, self.ip, ECHO_PORT));
         out
+    }
+
+    /// Where the UDP echo (driver domains only) and the TCP echo go.
+    fn targets(&self) -> (Option<SocketAddr>, SocketAddr) {
+        match self.route {
+            Route::Forwarded { udp_port, tcp_port } => (
+                udp_port.map(|port| SocketAddr::from((HOST, port))),
+                SocketAddr::from((HOST, tcp_port)),
+            ),
+            Route::Netns(_) => {
+                let at = SocketAddr::from((self.ip, ECHO_PORT));
+                ((self.kind == EchoKind::DriverDomain).then_some(at), at)
+            }
+        }
     }
 
     /// Whether `line` (a whole console line, `[vm] ` prefix included) is the VM saying its
     /// network is up.
     pub fn starts_on(&self, line: &str) -> bool {
-        let Some(text) = line
-            .strip_prefix('[')
-            .and_then(|l| l.strip_prefix(self.vm.as_str()))
-            .and_then(|l| l.strip_prefix("] "))
-        else {
-            return false;
-        };
-        match self.kind {
-            EchoKind::DriverDomain => console::NIC_LINK_UP.iter().all(|s| text.contains(s)),
-            EchoKind::Guest => text.contains(console::NET_UP),
-        }
+        ready_line(&self.vm, self.kind, line)
     }
 
     /// Feed every console line; the first line that [`starts_on`](Self::starts_on) starts the
-    /// echo on a thread of its own.
+    /// echo on a thread of its own (which first enters the namespace with the tap option).
     pub fn on_line(&self, line: &str) {
-        if !self.starts_on(line) || self.started.swap(true, Ordering::SeqCst) {
+        if !self.starts_on(line) {
             return;
         }
-        let (kind, udp_port, tcp_port, timeouts) =
-            (self.kind, self.udp_port, self.tcp_port, self.timeouts);
-        let outcome = Arc::clone(&self.outcome);
-        std::thread::spawn(move || {
-            let result = run_echo(kind, udp_port, tcp_port, timeouts);
-            *outcome.lock().expect("not poisoned") = Some(result);
+        let (kind, (udp, tcp), timeouts) = (self.kind, self.targets(), self.timeouts);
+        let netns = match &self.route {
+            Route::Netns(netns) => Some(netns.clone()),
+            Route::Forwarded { .. } => None,
+        };
+        self.run.start(move || {
+            if let Some(netns) = netns {
+                crate::tap::enter_netns(&netns)?;
+            }
+            run_echo(kind, udp, tcp, timeouts)
         });
     }
 
     /// True once the echo has finished (either way).
     pub fn done(&self) -> bool {
-        self.outcome.lock().expect("not poisoned").is_some()
+        self.run.done()
     }
 
     /// The echo's outcome: a summary, or why it failed.
     pub fn outcome(&self) -> Result<String, String> {
-        if !self.started.load(Ordering::SeqCst) {
-            return Err(match self.kind {
-                EchoKind::DriverDomain => format!(
-                    "{} never said its NIC link is up (see its console lines)",
-                    self.vm
-                ),
-                EchoKind::Guest => format!(
-                    "{} never printed '{}' (see its console lines)",
-                    self.vm,
-                    console::NET_UP
-                ),
-            });
-        }
-        self.outcome
-            .lock()
-            .expect("not poisoned")
-            .clone()
-            .unwrap_or_else(|| {
-                Err(String::from(
-                    "the echo did not finish before the boot ended",
-                ))
-            })
+        self.run
+            .outcome(|| never_ready(&self.vm, self.kind), "echo")
     }
 
     /// The outcome as a named check.
@@ -590,13 +731,13 @@ impl HostEcho {
 /// The traffic of one [`HostEcho`]; the summary or why it failed.
 fn run_echo(
     kind: EchoKind,
-    udp_port: Option<u16>,
-    tcp_port: u16,
+    udp: Option<SocketAddr>,
+    tcp: SocketAddr,
     timeouts: Timeouts,
 ) -> Result<String, String> {
-    let udp = match udp_port {
-        Some(port) => {
-            let udp = udp_echo(port, UDP_COUNT, 64, timeouts.udp_each);
+    let udp = match udp {
+        Some(peer) => {
+            let udp = udp_echo_at(peer, UDP_COUNT, 64, timeouts.udp_each);
             if udp.received < udp.sent || udp.mismatched > 0 {
                 return Err(format!(
                     "udp echo: {}/{} answered, {} corrupted",
@@ -607,7 +748,7 @@ fn run_echo(
         }
         None => None,
     };
-    let tcp = tcp_echo(tcp_port, TCP_BYTES, timeouts.tcp).map_err(|e| format!("tcp echo: {e}"))?;
+    let tcp = tcp_echo_at(tcp, TCP_BYTES, timeouts.tcp).map_err(|e| format!("tcp echo: {e}"))?;
     let tcp_text = format!(
         "{} KiB in {} ms ({:.1} Mbit/s each way)",
         tcp.bytes / 1024,
@@ -627,21 +768,157 @@ fn run_echo(
     })
 }
 
-/// Every host echo a topology asks for: `host -> <driver domain>` when a driver domain owns
-/// the NIC, and `tcp host -> <guest> echo` for each guest with `host_echo = true`.
+/// Echo requests each [`HostPing`] sends.
+pub const HOST_PING_COUNT: u32 = 5;
+/// How long a [`HostPing`]'s `ping` may run before it is killed.
+pub const HOST_PING_LIMIT: Duration = Duration::from_secs(30);
+
+/// With the tap option: the host's real `ping` (iputils) run inside the network namespace
+/// against one VM's address ([`HOST_PING_COUNT`] requests), started when that VM's console says
+/// its network is up, like a [`HostEcho`]. Check `ping host -> <vm>`; it passes when every
+/// request was sent and answered.
+pub struct HostPing {
+    vm: String,
+    ip: Ipv4Addr,
+    kind: EchoKind,
+    netns: String,
+    count: u32,
+    run: Background<PingSummary>,
+}
+
+impl HostPing {
+    /// The driver domain `vm` at `ip`, once its NIC link is up.
+    pub fn driver_domain(vm: &str, ip: Ipv4Addr, netns: &str) -> HostPing {
+        HostPing::new(vm, ip, EchoKind::DriverDomain, netns)
+    }
+
+    /// The `net` guest `vm` at `ip`, once it prints [`console::NET_UP`].
+    pub fn guest(vm: &str, ip: Ipv4Addr, netns: &str) -> HostPing {
+        HostPing::new(vm, ip, EchoKind::Guest, netns)
+    }
+
+    fn new(vm: &str, ip: Ipv4Addr, kind: EchoKind, netns: &str) -> HostPing {
+        HostPing {
+            vm: vm.to_string(),
+            ip,
+            kind,
+            netns: netns.to_string(),
+            count: HOST_PING_COUNT,
+            run: Background::new(),
+        }
+    }
+
+    /// The VM this check pings.
+    pub fn vm(&self) -> &str {
+        &self.vm
+    }
+
+    /// The address pinged.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// Requests sent.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// `ping host -> <vm>` (the guests' own pings of the host are `ping <vm> -> host`).
+    pub fn name(&self) -> String {
+        format!("ping host -> {}", self.vm)
+    }
+
+    /// Whether `line` is the VM saying its network is up.
+    pub fn starts_on(&self, line: &str) -> bool {
+        ready_line(&self.vm, self.kind, line)
+    }
+
+    /// Feed every console line; the first line that [`starts_on`](Self::starts_on) starts
+    /// `ip netns exec NS ping ...` on a thread of its own.
+    pub fn on_line(&self, line: &str) {
+        if !self.starts_on(line) {
+            return;
+        }
+        let (netns, ip, count) = (self.netns.clone(), self.ip, self.count);
+        self.run
+            .start(move || crate::tap::ping_in_netns(&netns, ip, count, HOST_PING_LIMIT));
+    }
+
+    /// True once `ping` has finished (either way).
+    pub fn done(&self) -> bool {
+        self.run.done()
+    }
+
+    /// What `ping` printed as its statistics, or why there are none.
+    pub fn summary(&self) -> Result<PingSummary, String> {
+        self.run
+            .outcome(|| never_ready(&self.vm, self.kind), "ping")
+    }
+
+    /// The outcome as a named check: passes when all [`count`](Self::count) requests were
+    /// sent and answered.
+    pub fn check(&self) -> Check {
+        match self.summary() {
+            Ok(summary) => {
+                let mut detail = summary.detail();
+                if summary.sent != self.count {
+                    detail += &format!(" ({} requests asked for)", self.count);
+                }
+                Check::new(
+                    self.name(),
+                    summary.sent == self.count && summary.all_answered(),
+                    detail,
+                )
+            }
+            Err(why) => Check::new(self.name(), false, why),
+        }
+    }
+}
+
+/// Every host check a topology asks for: `host -> <driver domain>` when a driver domain owns
+/// the NIC, and `tcp host -> <guest> echo` for each guest with `host_echo = true`; with the tap
+/// option also `ping host -> <vm>` for each of those VMs.
 pub struct HostChecks {
     echoes: Vec<HostEcho>,
+    pings: Vec<HostPing>,
 }
 
 impl HostChecks {
-    /// The echoes of `topology`, in VM order. `Err` for a `host_echo` the boot cannot honour:
-    /// no NIC in the topology, no usable `ip` on the guest, or a value other than true/false.
-    pub fn plan(topology: &Topology) -> Result<HostChecks, String> {
+    /// The checks of `topology`, in VM order. `netns` is the network namespace of the boot's
+    /// [`TapNet`](crate::tap::TapNet): required for a topology with `nic = "tap"`, refused for
+    /// any other. `Err` also for a `host_echo` the boot cannot honour: no NIC in the topology,
+    /// no usable `ip` on the guest, or a value other than true/false.
+    pub fn plan(topology: &Topology, netns: Option<&str>) -> Result<HostChecks, String> {
+        let tap = match (&topology.machine.nic, netns) {
+            (Some(NicBackend::Tap), Some(netns)) => Some(netns),
+            (Some(NicBackend::Tap), None) => {
+                return Err(
+                    "the topology has nic = \"tap\": its host checks run in the boot's \
+                            network namespace (TapNet::for_topology), and none was given"
+                        .to_owned(),
+                )
+            }
+            (_, Some(netns)) => {
+                return Err(format!(
+                    "network namespace {netns} was given, but the topology's NIC is not \
+                     nic = \"tap\""
+                ))
+            }
+            (_, None) => None,
+        };
         let mut echoes = Vec::new();
+        let mut pings = Vec::new();
         let nic = topology.passthrough().map(|(vm, _)| vm.name.clone());
         for vm in &topology.vms {
             if vm.passthrough.is_some() {
-                echoes.push(HostEcho::driver_domain(&vm.name, vm.ip()?));
+                let ip = vm.ip()?;
+                echoes.push(match tap {
+                    None => HostEcho::driver_domain(&vm.name, ip),
+                    Some(netns) => {
+                        pings.push(HostPing::driver_domain(&vm.name, ip, netns));
+                        HostEcho::driver_domain_in_netns(&vm.name, ip, netns)
+                    }
+                });
             }
             let wanted = match vm.setting("host_echo") {
                 None | Some("false") => false,
@@ -669,13 +946,25 @@ impl HostChecks {
                     vm.name
                 ));
             }
-            echoes.push(HostEcho::guest(&vm.name, vm.ip()?));
+            let ip = vm.ip()?;
+            echoes.push(match tap {
+                None => HostEcho::guest(&vm.name, ip),
+                Some(netns) => {
+                    pings.push(HostPing::guest(&vm.name, ip, netns));
+                    HostEcho::guest_in_netns(&vm.name, ip, netns)
+                }
+            });
         }
-        Ok(HostChecks { echoes })
+        Ok(HostChecks { echoes, pings })
     }
 
     pub fn echoes(&self) -> &[HostEcho] {
         &self.echoes
+    }
+
+    /// The host's pings (only with the tap option).
+    pub fn pings(&self) -> &[HostPing] {
+        &self.pings
     }
 
     /// The echo of VM `vm`, if it has one.
@@ -683,7 +972,13 @@ impl HostChecks {
         self.echoes.iter().find(|e| e.vm == vm)
     }
 
-    /// Every port forward QEMU needs (for [`BootOptions::host_forwards`](crate::qemu::BootOptions)).
+    /// The host's ping of VM `vm`, if it has one.
+    pub fn ping(&self, vm: &str) -> Option<&HostPing> {
+        self.pings.iter().find(|p| p.vm == vm)
+    }
+
+    /// Every port forward QEMU needs (for [`BootOptions::host_forwards`](crate::qemu::BootOptions));
+    /// none with the tap option.
     pub fn forwards(&self) -> Vec<HostForward> {
         self.echoes.iter().flat_map(HostEcho::forwards).collect()
     }
@@ -693,11 +988,17 @@ impl HostChecks {
         for echo in &self.echoes {
             echo.on_line(line);
         }
+        for ping in &self.pings {
+            ping.on_line(line);
+        }
     }
 
-    /// One check per echo, after the boot.
+    /// One check per echo, then one per ping, after the boot.
     pub fn checks(&self) -> Vec<Check> {
-        self.echoes.iter().map(HostEcho::check).collect()
+        let echoes = self.echoes.iter().map(HostEcho::check);
+        echoes
+            .chain(self.pings.iter().map(HostPing::check))
+            .collect()
     }
 }
 
@@ -1040,7 +1341,10 @@ mod tests {
             quick(300),
         );
         assert_eq!(
-            run_echo(e.kind, e.udp_port, e.tcp_port, e.timeouts).unwrap_err(),
+            {
+                let (udp, tcp) = e.targets();
+                run_echo(e.kind, udp, tcp, e.timeouts).unwrap_err()
+            },
             "udp echo: 0/10 answered, 0 corrupted"
         );
     }
@@ -1085,7 +1389,7 @@ settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
     #[test]
     fn host_checks_follow_the_topology() {
         let t = Topology::from_toml_str(NET_TOPOLOGY).unwrap();
-        let plan = HostChecks::plan(&t).unwrap();
+        let plan = HostChecks::plan(&t, None).unwrap();
         let names: Vec<String> = plan.echoes().iter().map(HostEcho::name).collect();
         assert_eq!(
             names,
@@ -1124,7 +1428,7 @@ settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
         let default = Topology::from_file(&path).unwrap();
-        let names: Vec<String> = HostChecks::plan(&default)
+        let names: Vec<String> = HostChecks::plan(&default, None)
             .unwrap()
             .echoes()
             .iter()
@@ -1134,11 +1438,97 @@ settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
     }
 
     #[test]
+    fn with_the_tap_option_the_host_pings_and_echoes_without_forwards() {
+        let tap =
+            NET_TOPOLOGY.replacen("memory_mib = 256\n", "memory_mib = 256\nnic = \"tap\"\n", 1);
+        let t = Topology::from_toml_str(&tap).unwrap();
+        let plan = HostChecks::plan(&t, Some("sluice-7-0")).unwrap();
+        assert!(plan.forwards().is_empty(), "{:?}", plan.forwards());
+        let names: Vec<String> = plan.checks().into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "host -> dd",
+                "tcp host -> g1 echo",
+                "tcp host -> g3 echo",
+                "ping host -> dd",
+                "ping host -> g1",
+                "ping host -> g3",
+            ]
+        );
+        // Straight to the VMs' addresses: UDP and TCP for the driver domain, TCP for guests.
+        let dd = plan.get("dd").unwrap();
+        let at = |ip: [u8; 4]| SocketAddr::from((Ipv4Addr::from(ip), ECHO_PORT));
+        assert_eq!(dd.targets(), (Some(at([10, 0, 2, 15])), at([10, 0, 2, 15])));
+        assert_eq!(
+            plan.get("g3").unwrap().targets(),
+            (None, at([10, 0, 2, 18]))
+        );
+        assert_eq!(dd.route, Route::Netns("sluice-7-0".into()));
+        let ping = plan.ping("g1").unwrap();
+        assert_eq!((ping.ip(), ping.count()), (Ipv4Addr::new(10, 0, 2, 16), 5));
+        assert_eq!(ping.name(), "ping host -> g1");
+        assert!(plan.ping("g2").is_none());
+        // Pings start on the same lines as the echoes, and say why when they never did.
+        assert!(!ping.starts_on("[g2] net up: MAC 02:51:55:00:00:03, IP 10.0.2.17/24"));
+        assert!(ping.starts_on("[g1] net up: MAC 02:51:55:00:00:02, IP 10.0.2.16/24"));
+        assert!(plan
+            .ping("dd")
+            .unwrap()
+            .starts_on("[dd] NIC 00:02.0 link up, MAC x"));
+        let check = plan.ping("dd").unwrap().check();
+        assert_eq!(
+            check.summary_line(),
+            "FAIL ping host -> dd: dd never said its NIC link is up (see its console lines)"
+        );
+        // The namespace is required with the tap option, and refused without it.
+        let e = HostChecks::plan(&t, None).err().unwrap();
+        assert!(e.contains("nic = \"tap\""), "{e}");
+        let user = Topology::from_toml_str(NET_TOPOLOGY).unwrap();
+        let e = HostChecks::plan(&user, Some("sluice-7-0")).err().unwrap();
+        assert!(e.contains("is not nic = \"tap\""), "{e}");
+    }
+
+    #[test]
+    fn a_host_ping_passes_only_with_every_reply() {
+        let ping = HostPing::guest("g1", Ipv4Addr::new(10, 0, 2, 16), "sluice-7-0");
+        let judge = |output: &'static str| {
+            let p = HostPing::guest("g1", ping.ip(), "sluice-7-0");
+            p.run.start(move || {
+                crate::tap::parse_ping_output(output).ok_or_else(|| "no statistics".to_string())
+            });
+            while !p.done() {
+                std::thread::sleep(ms(5));
+            }
+            p.check().summary_line()
+        };
+        assert_eq!(
+            judge(
+                "--- 10.0.2.16 ping statistics ---\n5 packets transmitted, 5 received, 0% packet \
+                 loss, time 4005ms\nrtt min/avg/max/mdev = 0.3/0.4/0.5/0.1 ms\n"
+            ),
+            "PASS ping host -> g1: 5/5, rtt min/avg/max 0.3/0.4/0.5 ms"
+        );
+        assert_eq!(
+            judge(
+                "--- 10.0.2.16 ping statistics ---\n5 packets transmitted, 4 received, 20% packet \
+                 loss, time 4005ms\nrtt min/avg/max/mdev = 0.3/0.4/0.5/0.1 ms\n"
+            ),
+            "FAIL ping host -> g1: 4/5 replies, rtt min/avg/max 0.3/0.4/0.5 ms"
+        );
+        assert_eq!(
+            judge("--- 10.0.2.16 ping statistics ---\n3 packets transmitted, 3 received\n"),
+            "FAIL ping host -> g1: 3/3 (5 requests asked for)"
+        );
+        assert_eq!(judge("garbage"), "FAIL ping host -> g1: no statistics");
+    }
+
+    #[test]
     fn host_checks_refuse_what_cannot_be_done() {
         let case = |from: &str, to: &str| {
             assert!(NET_TOPOLOGY.contains(from), "{from}");
             let t = Topology::from_toml_str(&NET_TOPOLOGY.replacen(from, to, 1)).unwrap();
-            HostChecks::plan(&t).err().unwrap_or_default()
+            HostChecks::plan(&t, None).err().unwrap_or_default()
         };
         let e = case("host_echo = false", "host_echo = \"yes\"");
         assert_eq!(e, "vm \"g2\": host_echo = \"yes\" must be true or false");
@@ -1158,7 +1548,7 @@ settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
                 .replace("host_echo = true", "host_echo = false"),
         )
         .unwrap();
-        let plan = HostChecks::plan(&t).unwrap();
+        let plan = HostChecks::plan(&t, None).unwrap();
         assert!(plan.echoes().is_empty() && plan.forwards().is_empty());
     }
 }

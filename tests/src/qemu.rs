@@ -4,9 +4,12 @@
 //!
 //! A topology with a passthrough VM gets a NIC: the machine gains an SMMUv3 (stage 2, which is
 //! what the hypervisor programs), and a modern-only virtio-net-pci function that goes through
-//! the IOMMU is placed on the root bus at the topology's address. Its host side is QEMU user
-//! networking on [`USER_NET`], with the host ports of [`BootOptions::host_forwards`] forwarded
-//! from 127.0.0.1 to the guest network. A topology without one gets no NIC at all (`-nic none`).
+//! the IOMMU is placed on the root bus at the topology's address. Its host side is what the
+//! topology's `[machine] nic` says: QEMU user networking on [`USER_NET`] (the default), with the
+//! host ports of [`BootOptions::host_forwards`] forwarded from 127.0.0.1 to the guest network;
+//! or, with `nic = "tap"`, the tap device of a [`TapNet`] (a network namespace of its own, see
+//! [`crate::tap`]), with QEMU started inside that namespace (`ip netns exec NS qemu-system-aarch64
+//! ...`). A topology without a passthrough VM gets no NIC at all (`-nic none`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +21,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use crate::net::Proto;
+use crate::tap::{in_netns_args, TapNet, TAP_IFNAME};
 use crate::topology::{pack, NicBackend, Topology};
 
 /// The guest network of QEMU user networking: the host is 10.0.2.2, its DNS 10.0.2.3.
@@ -26,6 +30,8 @@ pub const USER_NET: &str = "10.0.2.0/24";
 pub const NIC_MAC: &str = "52:54:00:12:34:56";
 /// QEMU id of the NIC's host side (`-netdev ...,id=`).
 pub const NIC_NETDEV_ID: &str = "nic0";
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-aarch64";
 
 /// A host port forwarded into the guest network: QEMU listens on 127.0.0.1:`host_port` and
 /// relays to `guest_ip`:`guest_port`. Rendered as QEMU's `hostfwd=` value.
@@ -114,8 +120,12 @@ pub struct BootOptions<'a> {
     /// Use these bytes as the boot bundle instead of packing the topology (corruption tests).
     pub bundle_override: Option<Vec<u8>>,
     /// Host ports forwarded to the guest network of the NIC. Only for a topology with a
-    /// passthrough VM (otherwise there is no NIC and [`boot`] refuses them).
+    /// passthrough VM and user networking (otherwise [`boot`] refuses them).
     pub host_forwards: Vec<HostForward>,
+    /// For a topology with `nic = "tap"`: the network namespace and tap to run QEMU in, made by
+    /// the caller so that its host tools can use it while the VMs run. Without one, [`boot`]
+    /// makes its own for the boot. Refused for other topologies.
+    pub tap: Option<&'a TapNet>,
     /// Called with every line as it arrives (console lines and `[qemu] ` stderr lines, in the
     /// order they are recorded), before `stop_when`: e.g. to start host-side traffic once the
     /// driver domain says its network is up. It runs on the thread that reads the console, so
@@ -131,6 +141,7 @@ impl Default for BootOptions<'_> {
             stop_when: None,
             bundle_override: None,
             host_forwards: Vec::new(),
+            tap: None,
             on_line: None,
         }
     }
@@ -181,9 +192,11 @@ impl Drop for QemuGuard {
     }
 }
 
-/// The QEMU command line for a topology. Without a passthrough VM it is the plain machine and
-/// `host_forwards` is ignored ([`boot`] refuses that combination); with one, the machine gets
-/// an SMMUv3 and the NIC (see the module docs).
+/// The QEMU command line for a topology (the arguments; see [`qemu_program`] for what runs
+/// them). Without a passthrough VM it is the plain machine and `host_forwards` is ignored
+/// ([`boot`] refuses that combination); with one, the machine gets an SMMUv3 and the NIC (see
+/// the module docs). With `nic = "tap"` the NIC's host side is the tap [`TAP_IFNAME`] of the
+/// namespace QEMU runs in, and `host_forwards` is ignored too.
 pub fn qemu_args(
     topology: &Topology,
     hypervisor: &Path,
@@ -234,6 +247,11 @@ pub fn qemu_args(
             }
             netdev
         }
+        // The tap exists already (TapNet made it, persistent), so no scripts; QEMU only
+        // attaches to it.
+        NicBackend::Tap => {
+            format!("tap,id={NIC_NETDEV_ID},ifname={TAP_IFNAME},script=no,downscript=no")
+        }
     };
     // The topology guarantees bus 0: QEMU virt's root bus is pcie.0. `romfile=` because
     // the option ROM (x86 PXE code, package ipxe-qemu) is useless here and absent on
@@ -257,16 +275,62 @@ pub fn qemu_args(
     args
 }
 
+/// The program and first arguments that run QEMU: `qemu-system-aarch64`, or inside network
+/// namespace `netns`, `ip netns exec NS qemu-system-aarch64` (ip execs QEMU, so the process is
+/// QEMU's and killing it kills QEMU).
+pub fn qemu_program(netns: Option<&str>) -> Vec<String> {
+    match netns {
+        None => vec![QEMU.to_string()],
+        Some(netns) => {
+            let mut argv = vec!["ip".to_string()];
+            argv.extend(in_netns_args(netns, QEMU));
+            argv
+        }
+    }
+}
+
 pub fn boot(
     topology: &Topology,
     artifacts: &Artifacts,
     options: &BootOptions,
 ) -> Result<Boot, String> {
-    if !options.host_forwards.is_empty() && topology.passthrough().is_none() {
-        return Err(
-            "host forwards need a NIC, but no VM of the topology has a passthrough".to_owned(),
-        );
+    let nic = topology
+        .passthrough()
+        .map(|_| topology.machine.nic.clone().unwrap_or(NicBackend::User));
+    if !options.host_forwards.is_empty() {
+        match nic {
+            None => {
+                return Err(
+                    "host forwards need a NIC, but no VM of the topology has a passthrough"
+                        .to_owned(),
+                )
+            }
+            Some(NicBackend::Tap) => {
+                return Err(
+                    "host forwards are for nic = \"user\"; with nic = \"tap\" the host's \
+                            tools reach the VMs' addresses from inside the network namespace"
+                        .to_owned(),
+                )
+            }
+            Some(NicBackend::User) => {}
+        }
     }
+    // Declared before QEMU's guard, so QEMU is killed before the namespace goes.
+    let own_tap;
+    let tap = match (nic, options.tap) {
+        (Some(NicBackend::Tap), Some(tap)) => Some(tap),
+        (Some(NicBackend::Tap), None) => {
+            own_tap = TapNet::create()?;
+            Some(&own_tap)
+        }
+        (_, Some(tap)) => {
+            return Err(format!(
+                "a tap network ({}) was given, but the topology's NIC is not nic = \"tap\"",
+                tap.netns()
+            ))
+        }
+        (_, None) => None,
+    };
     let bundle = match &options.bundle_override {
         Some(bytes) => bytes.clone(),
         None => pack(topology, &artifacts.images).map_err(|e| e.to_string())?,
@@ -287,7 +351,9 @@ pub fn boot(
         .map_err(|e| format!("cannot write {}: {e}", bundle_path.display()))?;
 
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-aarch64")
+    let program = qemu_program(tap.map(TapNet::netns));
+    let spawned = Command::new(&program[0])
+        .args(&program[1..])
         .args(qemu_args(
             topology,
             &artifacts.hypervisor,
@@ -297,8 +363,17 @@ pub fn boot(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start qemu-system-aarch64 ({e}): run ./run.sh setup"))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_file(&bundle_path);
+            return Err(format!(
+                "cannot start {} ({e}): run ./run.sh setup",
+                program.join(" ")
+            ));
+        }
+    };
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut guard = QemuGuard(child);
@@ -477,6 +552,59 @@ vcpus = 1
             ))
             .unwrap();
         assert_eq!(args(&explicit, &[]), a);
+    }
+
+    #[test]
+    fn the_tap_option_attaches_the_nic_to_the_namespaces_tap() {
+        let t = Topology::from_toml_str(&format!("{PLAIN}passthrough = \"00:02.0\"\n").replacen(
+            "memory_mib = 512\n",
+            "memory_mib = 512\nnic = \"tap\"\n",
+            1,
+        ))
+        .unwrap();
+        // Same machine and device as with user networking; only the netdev differs, and
+        // forwards (a user-networking thing) do not appear.
+        let user = args(&topology("passthrough = \"00:02.0\"\n"), &[]);
+        let fwd = HostForward::tcp(40001, Ipv4Addr::new(10, 0, 2, 15), 7);
+        let tap = args(&t, &[fwd]);
+        assert_eq!(tap.len(), user.len());
+        let netdev = tap.iter().position(|s| s == "-netdev").unwrap() + 1;
+        for (i, (a, b)) in tap.iter().zip(&user).enumerate() {
+            if i != netdev {
+                assert_eq!(a, b);
+            }
+        }
+        assert_eq!(
+            tap[netdev],
+            "tap,id=nic0,ifname=sluice-tap,script=no,downscript=no"
+        );
+        // QEMU itself runs inside the namespace.
+        assert_eq!(qemu_program(None), ["qemu-system-aarch64"]);
+        assert_eq!(
+            qemu_program(Some("sluice-42-0")),
+            ["ip", "netns", "exec", "sluice-42-0", "qemu-system-aarch64"]
+        );
+    }
+
+    #[test]
+    fn boot_refuses_forwards_with_the_tap_option() {
+        let t = Topology::from_toml_str(&format!("{PLAIN}passthrough = \"00:02.0\"\n").replacen(
+            "memory_mib = 512\n",
+            "memory_mib = 512\nnic = \"tap\"\n",
+            1,
+        ))
+        .unwrap();
+        let artifacts = Artifacts {
+            dir: PathBuf::from("/nonexistent"),
+            hypervisor: PathBuf::from("/nonexistent/hypervisor.bin"),
+            images: HashMap::new(),
+        };
+        let options = BootOptions {
+            host_forwards: vec![HostForward::udp(1, Ipv4Addr::LOCALHOST, 2)],
+            ..BootOptions::default()
+        };
+        let e = boot(&t, &artifacts, &options).unwrap_err();
+        assert!(e.starts_with("host forwards are for nic = \"user\""), "{e}");
     }
 
     #[test]

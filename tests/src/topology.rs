@@ -12,7 +12,7 @@
 //! Device passthrough is part of the topology too: a driver domain's optional
 //! `passthrough = "00:02.0"` names the PCI function (bus:device.function, hex) it owns behind the
 //! SMMU, and `[machine] nic` says how the QEMU NIC placed at that address reaches the host
-//! ([`NicBackend`]; `"user"`, the default, is the only one implemented). The machine has one NIC,
+//! ([`NicBackend`]: `"user"`, the default, or `"tap"`). The machine has one NIC,
 //! so at most one VM has a passthrough, on QEMU virt's root bus (`00`), never in the host
 //! bridge's slot (`00:00`).
 
@@ -47,15 +47,18 @@ pub struct Machine {
 
 /// How the QEMU NIC that a driver domain owns reaches the host network (`[machine] nic`).
 ///
-/// Spelled as one string so that later back-ends fit the same key: the planned
-/// `Tap { ifname }` will be `nic = "tap:IFNAME"` (a host tap interface, for benchmarks that
-/// need more than user networking). Only `"user"` is implemented; anything else, `tap:` included,
-/// is refused by [`NicBackend::parse`].
+/// Either way the VMs see the same network: 10.0.2.0/24 with the host side at 10.0.2.2, their
+/// default gateway. `"tap:IFNAME"` (an existing host interface) is not supported: the harness
+/// always makes its own tap, in a namespace nothing else uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NicBackend {
     /// QEMU user networking (slirp): no privileges needed; the guest network is
-    /// `10.0.2.0/24` and the harness forwards host ports to it per boot.
+    /// `10.0.2.0/24` and the harness forwards host ports on 127.0.0.1 to it per boot.
     User,
+    /// A tap device in a fresh network namespace ([`crate::tap`]): the tap is 10.0.2.2/24,
+    /// QEMU and the host's tools run inside the namespace and reach the VMs at their own
+    /// addresses (the real `ping`, `iperf3`, std sockets). Needs root and /dev/net/tun.
+    Tap,
 }
 
 impl NicBackend {
@@ -63,7 +66,17 @@ impl NicBackend {
     pub fn parse(text: &str) -> Result<NicBackend, String> {
         match text {
             "user" => Ok(NicBackend::User),
-            _ => Err("only nic = \"user\" is implemented".to_owned()),
+            "tap" => Ok(NicBackend::Tap),
+            _ if text.starts_with("tap:") => Err(
+                "an existing tap interface is not supported; nic = \"tap\" makes its own in a \
+                 network namespace of its own"
+                    .to_owned(),
+            ),
+            _ => Err(
+                "must be \"user\" (QEMU user networking) or \"tap\" (a tap device in a network \
+                 namespace; needs root)"
+                    .to_owned(),
+            ),
         }
     }
 
@@ -71,6 +84,7 @@ impl NicBackend {
     pub fn as_str(&self) -> &'static str {
         match self {
             NicBackend::User => "user",
+            NicBackend::Tap => "tap",
         }
     }
 }
@@ -261,7 +275,7 @@ pub enum TopologyError {
         first: String,
         second: String,
     },
-    /// `[machine] nic` is not an implemented back-end.
+    /// `[machine] nic` is not one of the back-ends ("user", "tap").
     Nic {
         value: String,
         problem: String,
@@ -1134,19 +1148,40 @@ vcpus = 1
 
     #[test]
     fn nic_backend_spelling() {
-        assert_eq!(NicBackend::parse("user"), Ok(NicBackend::User));
-        assert_eq!(NicBackend::User.as_str(), "user");
-        for other in ["tap:tap0", "tap", "User", "", "none"] {
-            assert_eq!(
-                NicBackend::parse(other),
-                Err("only nic = \"user\" is implemented".to_owned()),
-                "{other}"
-            );
+        for backend in [NicBackend::User, NicBackend::Tap] {
+            assert_eq!(NicBackend::parse(backend.as_str()), Ok(backend.clone()));
         }
+        assert_eq!(NicBackend::User.as_str(), "user");
+        assert_eq!(NicBackend::Tap.as_str(), "tap");
+        for other in ["User", "TAP", "", "none", "tap0", " tap"] {
+            let e = NicBackend::parse(other).unwrap_err();
+            assert!(e.starts_with("must be \"user\" "), "{other}: {e}");
+        }
+        let e = NicBackend::parse("tap:tap0").unwrap_err();
+        assert!(e.contains("nic = \"tap\" makes its own"), "{e}");
     }
 
     #[test]
-    fn rejects_unimplemented_nic_backends() {
+    fn tap_is_parsed_and_needs_a_passthrough() {
+        let t = with_dd("nic = \"tap\"\n", "passthrough = \"00:02.0\"\n").unwrap();
+        assert_eq!(t.machine.nic, Some(NicBackend::Tap));
+        assert_eq!(t.passthrough().map(|(vm, _)| vm.name.as_str()), Some("dd"));
+        // Parsing needs no privileges; only booting it does.
+        let e = with_dd("nic = \"tap\"\n", "").unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::NicWithoutPassthrough { nic } if nic == "tap"),
+            "{e}"
+        );
+        // The default topology with the tap option.
+        let text = std::fs::read_to_string(default_path()).unwrap();
+        assert!(text.contains("\nnic = \"user\""));
+        let t =
+            Topology::from_toml_str(&text.replacen("nic = \"user\"", "nic = \"tap\"", 1)).unwrap();
+        assert_eq!(t.machine.nic, Some(NicBackend::Tap));
+    }
+
+    #[test]
+    fn rejects_unknown_nic_backends() {
         for value in ["tap:tap0", "socket", ""] {
             let e = with_dd(
                 &format!("nic = \"{value}\"\n"),
@@ -1159,7 +1194,10 @@ vcpus = 1
             );
             assert_eq!(
                 e.to_string(),
-                format!("machine.nic = {value:?}: only nic = \"user\" is implemented")
+                format!(
+                    "machine.nic = {value:?}: {}",
+                    NicBackend::parse(value).unwrap_err()
+                )
             );
         }
         let e = with_dd("nic = 1\n", "passthrough = \"00:02.0\"\n").unwrap_err();

@@ -9,7 +9,8 @@ use sluice_harness::console;
 use sluice_harness::net::HostChecks;
 use sluice_harness::qemu::{boot, Artifacts, Boot, BootOptions};
 use sluice_harness::report::{evaluate, kill_reason, ping_checks, spoofed_count, Check};
-use sluice_harness::topology::Topology;
+use sluice_harness::tap::{netns_exists, tap_support, TapNet, TAP_IFNAME};
+use sluice_harness::topology::{NicBackend, Topology};
 
 fn artifacts() -> Artifacts {
     Artifacts::load().unwrap_or_else(|e| panic!("{e}"))
@@ -709,20 +710,33 @@ fn guests_can_neither_see_nor_touch_the_nic() {
 /// Boots `topology` as `sluice-run` does (host echoes through the NIC as the topology asks) and
 /// returns the boot with every check: `evaluate`'s (ping checks included) and the host's.
 fn boot_like_the_demo(topology: &Topology, timeout_s: u64) -> (Boot, Vec<Check>) {
-    let host = HostChecks::plan(topology).unwrap_or_else(|e| panic!("host checks: {e}"));
+    let (boot, checks, _) = boot_like_the_demo_in(topology, None, timeout_s);
+    (boot, checks)
+}
+
+/// [`boot_like_the_demo`] for any NIC option: a topology with `nic = "tap"` runs in `tap`'s
+/// network namespace. Also returns the host checks (their outcomes in detail).
+fn boot_like_the_demo_in(
+    topology: &Topology,
+    tap: Option<&TapNet>,
+    timeout_s: u64,
+) -> (Boot, Vec<Check>, HostChecks) {
+    let host = HostChecks::plan(topology, tap.map(TapNet::netns))
+        .unwrap_or_else(|e| panic!("host checks: {e}"));
     let on_line = |line: &str| host.on_line(line);
     let boot = boot_with(
         topology,
         BootOptions {
             timeout: Duration::from_secs(timeout_s),
             host_forwards: host.forwards(),
+            tap,
             on_line: Some(&on_line),
             ..BootOptions::default()
         },
     );
     let mut checks = evaluate(topology, &boot);
     checks.extend(host.checks());
-    (boot, checks)
+    (boot, checks, host)
 }
 
 fn topology_file(name: &str) -> Topology {
@@ -960,6 +974,132 @@ fn a_malicious_front_end_is_cut_off_while_the_others_keep_pinging() {
     let mut wrong = hostile_boot(&violations);
     wrong.extend(hostile_boot(&others));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---- The tap option: the NIC's host side in a network namespace ------------------------------
+
+/// A fresh tap network, or `None` (after saying so on the terminal) when this machine cannot
+/// have one: not root, or no usable /dev/net/tun. Nothing else skips a tap test; on a machine
+/// that has both (CI runs as root), a failure to set it up fails the test.
+fn tap_or_skip(test: &str) -> Option<TapNet> {
+    if let Err(why) = tap_support() {
+        // Straight to stderr: the test harness captures print!/eprint! of passing tests.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\nSKIPPED: {test}: {why}");
+        return None;
+    }
+    Some(TapNet::create().unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[test]
+fn the_host_pings_the_driver_domain_and_a_guest_through_the_tap_option() {
+    let Some(tap) =
+        tap_or_skip("the_host_pings_the_driver_domain_and_a_guest_through_the_tap_option")
+    else {
+        return;
+    };
+    // The demo topology with the tap option: QEMU runs in the namespace, the tap there is
+    // 10.0.2.2, the VMs' default gateway, so their own pings of the host go to its kernel.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    let text = std::fs::read_to_string(&path).expect("topologies/default.toml");
+    assert!(
+        text.contains("\nnic = \"user\""),
+        "default.toml changed its nic line"
+    );
+    let topology = Topology::from_toml_str(&text.replacen("nic = \"user\"", "nic = \"tap\"", 1))
+        .expect("default topology with nic = tap");
+    assert_eq!(topology.machine.nic, Some(NicBackend::Tap));
+    let (boot, checks, host) = boot_like_the_demo_in(&topology, Some(&tap), 150);
+    let t = boot.transcript();
+    // The host's real ping, inside the namespace, once each VM said its network is up.
+    for (vm, ip) in [("driver-domain", "10.0.2.15"), ("guest1", "10.0.2.16")] {
+        let ping = host
+            .ping(vm)
+            .unwrap_or_else(|| panic!("no host ping planned for {vm}"));
+        assert_eq!(ping.ip().to_string(), ip);
+        let summary = ping
+            .summary()
+            .unwrap_or_else(|e| panic!("ping host -> {vm}: {e}\n{t}"));
+        assert_eq!(summary.target, ip, "{summary:?}");
+        assert_eq!(
+            (summary.replies, summary.sent),
+            (5, 5),
+            "ping host -> {vm}: {}\n{t}",
+            summary.detail()
+        );
+        assert!(summary.rtt.is_some(), "{summary:?}");
+    }
+    assert!(boot.has("NIC ping gateway 10.0.2.2: reply in"), "{t}");
+    let names = [
+        "ping host -> driver-domain",
+        "ping host -> guest1",
+        "ping guest1 -> host",
+        "ping guest2 -> host",
+        "ping guest1 -> guest2",
+        "ping guest2 -> guest1",
+        "host -> driver-domain",
+        "tcp host -> guest1 echo",
+    ]
+    .map(String::from);
+    assert_checks_pass(&boot, &checks, &names);
+    // Teardown: the namespace, and the tap with it, are gone.
+    let netns = tap.netns().to_string();
+    drop(tap);
+    assert!(!netns_exists(&netns), "{netns} is still there");
+}
+
+#[test]
+fn tap_namespaces_are_deleted_when_their_owner_panics_or_is_gone() {
+    let Some(first) = tap_or_skip("tap_namespaces_are_deleted_when_their_owner_panics_or_is_gone")
+    else {
+        return;
+    };
+    drop(first);
+    // A namespace left behind by a harness process that no longer exists (killed before it
+    // could drop its TapNet): the next TapNet::create deletes it.
+    let gone = {
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        child.wait().expect("wait for true");
+        pid
+    };
+    let stale = format!("sluice-{gone}-0");
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip")
+    };
+    assert!(ip(&["netns", "add", &stale]).status.success());
+    let created = TapNet::create();
+    let left = netns_exists(&stale);
+    if left {
+        ip(&["netns", "delete", &stale]);
+    }
+    let tap = created.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!left, "the stale namespace {stale} was not deleted");
+
+    let netns = tap.netns().to_string();
+    assert!(netns_exists(&netns));
+    // The tap is inside the namespace (not on the host), with the gateway address.
+    let out = tap
+        .command("ip")
+        .args(["-4", "-o", "addr", "show", "dev", TAP_IFNAME])
+        .output()
+        .expect("ip in the namespace");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("inet 10.0.2.2/24"), "{shown}");
+    assert!(
+        !ip(&["link", "show", "dev", TAP_IFNAME]).status.success(),
+        "{TAP_IFNAME} is on the host"
+    );
+    // A test that panics while it holds the tap network still deletes it.
+    let owner = std::thread::spawn(move || {
+        let _tap = tap;
+        panic!("a test failing while it holds the tap network");
+    });
+    assert!(owner.join().is_err());
+    assert!(!netns_exists(&netns), "{netns} outlived the panic");
 }
 
 // ---- The benchmark ----------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 //! The checks are [`evaluate`]'s (boot, each VM's REPORT, isolation, shutdown, and one per ping
 //! target of every guest with a `ping` setting) and the host's echoes through the NIC
 //! ([`HostChecks`]: the driver domain that owns it, and each guest with `host_echo = true`).
+//! A topology with `nic = "tap"` boots in a network namespace of its own ([`TapNet`]), where
+//! the host also pings those VMs with the real `ping`; it needs root and /dev/net/tun.
 //!
 //! Usage: sluice-run --topology FILE [--json FILE] [--timeout SECONDS]
 
@@ -14,6 +16,7 @@ use std::time::Duration;
 use sluice_harness::net::HostChecks;
 use sluice_harness::qemu::{boot, Artifacts, BootOptions};
 use sluice_harness::report::{evaluate, report};
+use sluice_harness::tap::TapNet;
 use sluice_harness::topology::Topology;
 
 fn main() -> ExitCode {
@@ -53,10 +56,13 @@ fn run() -> Result<bool, String> {
     let topology_path = topology_path.ok_or("--topology FILE is required")?;
     let topology = Topology::from_file(&topology_path)
         .map_err(|e| format!("{}: {e}", topology_path.display()))?;
-    // With a NIC, the host checks echo services through it while the VMs boot.
-    let host_checks =
-        HostChecks::plan(&topology).map_err(|e| format!("{}: {e}", topology_path.display()))?;
     let artifacts = Artifacts::load()?;
+    // The tap option: the namespace the boot runs in, deleted when this function returns.
+    let tap =
+        TapNet::for_topology(&topology).map_err(|e| format!("{}: {e}", topology_path.display()))?;
+    // With a NIC, the host checks echo services through it while the VMs boot.
+    let host_checks = HostChecks::plan(&topology, tap.as_ref().map(TapNet::netns))
+        .map_err(|e| format!("{}: {e}", topology_path.display()))?;
     println!(
         "Booting {} ({} VMs on {} pCPUs, {} MiB) in QEMU; hard timeout {} s",
         topology_path.display(),
@@ -65,6 +71,13 @@ fn run() -> Result<bool, String> {
         topology.machine.memory_mib,
         timeout.as_secs()
     );
+    if let Some(tap) = &tap {
+        println!(
+            "NIC host side: tap {} (10.0.2.2/24) in network namespace {}",
+            tap.ifname(),
+            tap.netns()
+        );
+    }
     println!("----------------------------------------------------------------------");
     let on_line = |line: &str| host_checks.on_line(line);
     let result = boot(
@@ -74,6 +87,7 @@ fn run() -> Result<bool, String> {
             timeout,
             echo: true,
             host_forwards: host_checks.forwards(),
+            tap: tap.as_ref(),
             on_line: Some(&on_line),
             ..BootOptions::default()
         },
