@@ -13,7 +13,10 @@
 //! Client: `iperf_server` (IPv4, required), `iperf_seconds` (default 5), `iperf_reverse`
 //! (`true`: the server sends, default `false`), `iperf_len` (block size, default 131072),
 //! `iperf_omit` (seconds not counted at the start, default 0), `iperf_wait_ms` (how long to
-//! keep trying while the server boots, default 15000).
+//! keep trying while the server boots, default 15000), `iperf_udp` (`true`: a UDP test, like
+//! `iperf3 -u`, default `false`; its block size defaults to 1460), `iperf_bitrate` (the UDP
+//! target rate in bits/s, like `-b`: default 1000000, at most 1000000000, 0 for unlimited).
+//! A UDP result line ends with the receiver's jitter and losses.
 
 use alloc::format;
 use alloc::string::String;
@@ -28,6 +31,8 @@ use crate::netfront::{ConnectOptions, NetFront};
 
 /// The longest sleep between polls (the loop also wakes on every event from the back-end).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// The highest UDP target rate `iperf_bitrate` takes: 1 Gbit/s.
+const MAX_BITRATE: u64 = 1_000_000_000;
 /// How long the server keeps polling after its last test, so the client's close completes.
 const SERVER_LINGER: Duration = Duration::from_secs(3);
 
@@ -79,17 +84,33 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
                 .ok_or("setting iperf_server is required for iperf = \"client\"")?
                 .parse()
                 .map_err(|_| "setting iperf_server is not an IPv4 address")?;
-            let reverse = match setting(info.settings, "iperf_reverse").unwrap_or("false") {
-                "true" => true,
-                "false" => false,
-                other => return Err(format!("setting iperf_reverse={other} is not true/false")),
+            let flag = |key: &str| match setting(info.settings, key).unwrap_or("false") {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                other => Err(format!("setting {key}={other} is not true/false")),
             };
+            let reverse = flag("iperf_reverse")?;
+            let udp = flag("iperf_udp")?;
+            let bitrate = number("iperf_bitrate", iperf3::DEFAULT_UDP_RATE)?;
+            if bitrate > MAX_BITRATE {
+                return Err(format!(
+                    "setting iperf_bitrate={bitrate} is out of range (0..{MAX_BITRATE})"
+                ));
+            }
             let seconds = number("iperf_seconds", 5)?;
             if seconds == 0 || seconds > u64::from(iperf3::MAX_SECONDS) {
                 return Err(format!("setting iperf_seconds={seconds} is out of range"));
             }
-            let len = number("iperf_len", u64::from(iperf3::DEFAULT_BLOCK_LEN))?;
-            if len == 0 || len > u64::from(iperf3::MAX_BLOCK_LEN) {
+            let (default_len, lens) = if udp {
+                (
+                    iperf3::DEFAULT_UDP_BLOCK_LEN,
+                    iperf3::MIN_UDP_BLOCK_LEN..=iperf3::MAX_UDP_BLOCK_LEN,
+                )
+            } else {
+                (iperf3::DEFAULT_BLOCK_LEN, 1..=iperf3::MAX_BLOCK_LEN)
+            };
+            let len = number("iperf_len", u64::from(default_len))?;
+            if !u32::try_from(len).is_ok_and(|len| lens.contains(&len)) {
                 return Err(format!("setting iperf_len={len} is out of range"));
             }
             let omit = number("iperf_omit", 0)?;
@@ -97,6 +118,9 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
                 return Err(format!("setting iperf_omit={omit} is out of range"));
             }
             let mut config = ClientConfig::new(server);
+            if udp {
+                config = config.udp(bitrate);
+            }
             config.port = port;
             config.seconds = seconds as u32;
             config.reverse = reverse;
@@ -300,10 +324,11 @@ fn client(
 ) -> Result<String, String> {
     let mut client = Client::new(config, vm_net::now());
     println!(
-        "iperf: client testing {}:{} for {} s{}",
+        "iperf: client testing {}:{} for {} s{}{}",
         config.server,
         config.port,
         config.seconds,
+        if config.udp { " over UDP" } else { "" },
         if config.reverse { " (reverse)" } else { "" }
     );
     let mut result: Option<Result<String, String>> = None;

@@ -5,6 +5,10 @@
 //!
 //! The server may still be booting: until [`ClientConfig::connect_wait`] is over, a refused
 //! or unanswered control connection is tried again every half second.
+//!
+//! A UDP test ([`ClientConfig::udp`]) sends its data from a UDP socket on an ephemeral port
+//! to the server's port: first the connect message (again every second until the server
+//! answers), then, once the test runs, datagrams paced to the target rate.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -12,7 +16,7 @@ use alloc::string::{String, ToString};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::Device;
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
 
@@ -20,8 +24,9 @@ use super::proto::{
     ClientControl, ClientEvent, ClientPhase, Cookie, ProtoError, Results, TestParams,
     DEFAULT_BLOCK_LEN, DEFAULT_PORT,
 };
-use super::report::{Event, Failure, Report, Role, TestInfo};
-use super::stream::{self, DataStream, Meter, Retiring, CONTROL_BUFFER};
+use super::report::{Event, Failure, Report, Role, TestInfo, UdpSummary};
+use super::stream::{self, DataStream, Meter, Retiring, UdpStream, CONTROL_BUFFER};
+use super::udp::{DEFAULT_UDP_BLOCK_LEN, DEFAULT_UDP_RATE};
 use crate::Stack;
 
 /// Between two tries to reach a server that is not there yet.
@@ -48,6 +53,10 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Entropy for the cookie.
     pub seed: u64,
+    /// A UDP test (`-u`).
+    pub udp: bool,
+    /// The UDP sender's target rate, bits/s (`-b`; 0: unlimited).
+    pub bitrate: u64,
 }
 
 impl ClientConfig {
@@ -64,11 +73,25 @@ impl ClientConfig {
             buffer: super::DEFAULT_BUFFER,
             idle_timeout: Duration::from_secs(10),
             seed: 0,
+            udp: false,
+            bitrate: DEFAULT_UDP_RATE,
         }
     }
 
+    /// This test over UDP at `bitrate` bits/s (0: unlimited), with iperf3's UDP block size.
+    pub fn udp(mut self, bitrate: u64) -> ClientConfig {
+        self.udp = true;
+        self.bitrate = bitrate;
+        self.block_len = DEFAULT_UDP_BLOCK_LEN;
+        self
+    }
+
     fn params(&self) -> TestParams {
-        let mut params = TestParams::tcp(self.seconds);
+        let mut params = if self.udp {
+            TestParams::udp(self.seconds, self.bitrate)
+        } else {
+            TestParams::tcp(self.seconds)
+        };
         params.reverse = self.reverse;
         params.block_len = self.block_len;
         params.omit = self.omit;
@@ -86,6 +109,8 @@ pub struct Client {
     retry_at: Instant,
     local: Option<IpAddress>,
     data: Option<DataStream>,
+    /// A UDP test's data stream (instead of `data`).
+    udp: Option<UdpStream>,
     cookie_sent: bool,
     meter: Option<Meter>,
     end_at: Option<Instant>,
@@ -114,6 +139,7 @@ impl Client {
             retry_at: now,
             local: None,
             data: None,
+            udp: None,
             cookie_sent: false,
             meter: None,
             end_at: None,
@@ -163,6 +189,12 @@ impl Client {
         consider(self.meter.as_ref().map(|m| m.next_tick()));
         if self.totals.is_none() {
             consider(self.end_at);
+            if let Some(udp) = &self.udp {
+                consider(udp.next_hello());
+                if self.meter.is_some() {
+                    consider(udp.next_send());
+                }
+            }
         }
         consider(Some(self.active_at + self.config.idle_timeout));
         next
@@ -278,6 +310,9 @@ impl Client {
                         self.end_at = Some(now + Duration::from_secs(run));
                     }
                     self.active_at = now;
+                    if let Some(udp) = self.udp.as_mut() {
+                        udp.start(now);
+                    }
                     self.events.push_back(Event::Started(TestInfo {
                         role: Role::Client,
                         local: self.local_ip(),
@@ -288,7 +323,11 @@ impl Client {
                 ClientEvent::ResultsWanted => {
                     let (bytes, micros) = self.totals.unwrap_or((0, 0));
                     let sending = !self.config.reverse;
-                    let results = Results::one_stream(sending, bytes, micros as f64 / 1e6);
+                    let seconds = micros as f64 / 1e6;
+                    let results = match &self.udp {
+                        Some(udp) => Results::udp_stream(sending, bytes, seconds, &udp.counts()),
+                        None => Results::one_stream(sending, bytes, seconds),
+                    };
                     self.machine.send_results(&results);
                 }
                 ClientEvent::PeerResults(results) => self.peer_results = Some(results),
@@ -306,6 +345,20 @@ impl Client {
     /// The data stream: connects to the server's port; the cookie goes first.
     fn open_data<D: Device>(&mut self, stack: &mut Stack<D>) {
         let sending = !self.config.reverse;
+        if self.config.udp {
+            let mut socket = stream::udp_socket(sending, self.config.buffer);
+            let port = stack.ephemeral_port();
+            if socket.bind(port).is_err() {
+                return self
+                    .machine
+                    .terminate(ProtoError::DataStream("cannot bind a UDP port"));
+            }
+            let handle = stack.sockets_mut().add(socket);
+            let server = IpEndpoint::new(IpAddress::Ipv4(self.config.server), self.config.port);
+            let params = *self.machine.params();
+            self.udp = Some(UdpStream::new(handle, sending, &params, None, Some(server)));
+            return;
+        }
         let socket = stream::data_socket(sending, self.config.buffer);
         let handle = stack.sockets_mut().add(socket);
         let server = IpEndpoint::new(IpAddress::Ipv4(self.config.server), self.config.port);
@@ -319,7 +372,41 @@ impl Client {
         self.data = Some(DataStream::new(handle, sending, None));
     }
 
+    fn pump_udp<D: Device>(&mut self, stack: &mut Stack<D>, now: Instant) {
+        let Some(udp) = self.udp.as_mut() else {
+            return;
+        };
+        let socket = stack.sockets_mut().get_mut::<udp::Socket>(udp.handle);
+        udp.hello(socket, now);
+        let running = self.meter.is_some() && self.totals.is_none();
+        if udp.pump(socket, now) > 0 && running {
+            self.active_at = now;
+        }
+        let Some(meter) = self.meter.as_mut() else {
+            return;
+        };
+        if let Some(interval) = meter.tick(now, udp.counted()) {
+            if self.totals.is_none() {
+                self.events.push_back(Event::Interval(interval));
+            }
+        }
+        if self.machine.params().omit > 0 && meter.omit_over() {
+            udp.mark_omitted();
+        }
+        if running && self.end_at.is_some_and(|end| now >= end) {
+            udp.stop();
+            self.totals = Some(meter.total(now, udp.counted()));
+            self.machine.end_test();
+        }
+        if self.machine.phase() != ClientPhase::Running {
+            udp.stop();
+        }
+    }
+
     fn pump_data<D: Device>(&mut self, stack: &mut Stack<D>, now: Instant) {
+        if self.udp.is_some() {
+            return self.pump_udp(stack, now);
+        }
         let Some(data) = self.data.as_mut() else {
             return;
         };
@@ -400,6 +487,9 @@ impl Client {
                 self.retiring.abort(sockets, ctrl);
             }
         }
+        if let Some(udp) = &self.udp {
+            sockets.remove(udp.handle);
+        }
         if let Some(data) = self.data.take() {
             if done {
                 self.retiring.close(sockets, data.handle, now);
@@ -409,15 +499,21 @@ impl Client {
         }
         if done && !self.over {
             let (bytes, micros) = self.totals.unwrap_or((0, 0));
+            let sender = !self.config.reverse;
+            let udp = self
+                .udp
+                .as_ref()
+                .map(|u| UdpSummary::new(sender, &u.counts(), self.peer_results.as_ref()));
             self.events.push_back(Event::Finished(Report {
                 role: Role::Client,
                 local: self.local_ip(),
                 peer: IpAddress::Ipv4(self.config.server),
                 params: *self.machine.params(),
-                sender: !self.config.reverse,
+                sender,
                 bytes,
                 micros,
                 peer_results: self.peer_results.take(),
+                udp,
             }));
         }
         self.over = true;

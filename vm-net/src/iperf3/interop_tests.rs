@@ -1,17 +1,21 @@
 //! Interoperability with the real thing: the sans-IO [`ClientControl`] and [`ServerControl`]
 //! driven over std TCP sockets against the `iperf3` binary on the host (one-second tests, both
-//! directions, both roles, refusals). Without `iperf3` installed the tests say so and pass.
+//! directions, both roles, refusals; TCP and UDP). Without `iperf3` installed the tests say so
+//! and pass.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
 use std::string::String;
 use std::time::{Duration, Instant};
+
+use smoltcp::time::Instant as SmolInstant;
 
 use super::json::{self, Value};
 use super::{
     ClientControl, ClientEvent, Cookie, Results, ServerControl, ServerEvent, TestParams, COOKIE_LEN,
 };
+use super::{UdpCounts, UdpReceiver, UdpSender, UDP_CONNECT_MSG, UDP_CONNECT_REPLY};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -392,7 +396,7 @@ fn the_real_client_receives_from_our_server() {
 fn the_real_client_hears_why_it_was_refused() {
     for (args, expect) in [
         (&["-t", "1", "-P", "2"][..], "parallel"),
-        (&["-t", "1", "-u"][..], "not implemented"),
+        (&["-t", "1", "--sctp"][..], "not implemented"),
         (&["-t", "1", "--bidir"][..], "not implemented"),
     ] {
         let Some((out, _)) = real_client_against_our_server(args) else {
@@ -403,4 +407,396 @@ fn the_real_client_hears_why_it_was_refused() {
         assert!(!out.status.success(), "{args:?} accepted: {stderr}");
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
     }
+}
+
+// UDP (`-u`): the connect exchange and datagrams over std UDP sockets, counted by our
+// `UdpSender`/`UdpReceiver` on a clock that starts with the test.
+
+/// Microseconds since `epoch`, as the smoltcp clock our UDP code takes.
+fn smol_now(epoch: Instant) -> SmolInstant {
+    SmolInstant::from_micros(epoch.elapsed().as_micros() as i64)
+}
+
+/// Sends the datagrams the pacing allows (a few at most) until the socket is full.
+fn send_paced(socket: &UdpSocket, sender: &mut UdpSender, block: &mut [u8], epoch: Instant) {
+    for _ in 0..64 {
+        let now = smol_now(epoch);
+        if !sender.may_send(now) {
+            return;
+        }
+        let mut next = block.to_vec();
+        let mut probe = sender.clone();
+        probe.fill(&mut next, now);
+        match socket.send(&next) {
+            Ok(_) => *sender = probe,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+            Err(e) => panic!("UDP send: {e}"),
+        }
+    }
+}
+
+/// Everything waiting on `socket` into `receiver` (if counting).
+fn receive_all(socket: &UdpSocket, receiver: &mut UdpReceiver, counting: bool, epoch: Instant) {
+    let mut buf = std::vec![0u8; 65536];
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                if counting {
+                    let at = epoch.elapsed().as_micros() as u64;
+                    receiver.datagram(&buf[..n], at);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+            Err(e) => panic!("UDP recv: {e}"),
+        }
+    }
+}
+
+struct UdpOutcome {
+    bytes: u64,
+    counts: UdpCounts,
+    theirs: Results,
+}
+
+/// Our client machine and UDP code against `iperf3 -s -1`: one second at 10 Mbit/s.
+fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
+    if !have_iperf3() {
+        return None;
+    }
+    let port = free_port();
+    let mut server = Reaped(
+        Command::new("iperf3")
+            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 -s starts"),
+    );
+    let start = Instant::now();
+    let mut ctrl = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("iperf3 -s did not come up: {e}"),
+        }
+    };
+    ctrl.set_nonblocking(true).unwrap();
+    let mut params = TestParams::udp(1, 10_000_000);
+    params.reverse = reverse;
+    let mut machine = ClientControl::new(Cookie::generate(port.into()), params);
+    let mut data: Option<UdpSocket> = None;
+    let mut buf = std::vec![0u8; 4096];
+    let mut block = std::vec![0x5au8; params.block_len as usize];
+    let mut sender: Option<UdpSender> = None;
+    let mut receiver = UdpReceiver::new(false);
+    let (mut running_since, mut totals, mut theirs) = (None::<Instant>, None, None);
+    let epoch = Instant::now();
+    loop {
+        assert!(start.elapsed() < TIMEOUT, "hangs in {:?}", machine.phase());
+        let n = flush(&mut ctrl, machine.output());
+        machine.consume_output(n);
+        match read_some(&mut ctrl, &mut buf) {
+            Some(n) => machine.receive(&buf[..n]),
+            None => machine.peer_closed(),
+        }
+        while let Some(event) = machine.next_event() {
+            match event {
+                ClientEvent::CreateStreams => {
+                    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    socket.connect(("127.0.0.1", port)).unwrap();
+                    socket.send(&UDP_CONNECT_MSG).unwrap();
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let n = socket.recv(&mut buf).expect("the server's UDP reply");
+                    assert_eq!(n, 4, "reply {:?}", &buf[..n]);
+                    socket.set_nonblocking(true).unwrap();
+                    data = Some(socket);
+                }
+                ClientEvent::TestStart => {}
+                ClientEvent::TestRunning => {
+                    running_since = Some(Instant::now());
+                    if !reverse {
+                        sender = Some(UdpSender::new(false, 10_000_000, smol_now(epoch)));
+                    }
+                }
+                ClientEvent::ResultsWanted => {
+                    let (bytes, secs): (u64, f64) = totals.expect("ended");
+                    let counts = sender.as_ref().map_or(receiver.counts, |s| s.counts);
+                    machine.send_results(&Results::udp_stream(!reverse, bytes, secs, &counts));
+                }
+                ClientEvent::PeerResults(r) => theirs = Some(r),
+                ClientEvent::Done => {}
+                ClientEvent::Failed(e) => panic!("client failed: {e}"),
+            }
+        }
+        if machine.is_finished() && machine.output().is_empty() {
+            break;
+        }
+        if let (Some(socket), Some(since)) = (data.as_ref(), running_since) {
+            match sender.as_mut() {
+                Some(sender) if totals.is_none() => send_paced(socket, sender, &mut block, epoch),
+                Some(_) => {}
+                None => receive_all(socket, &mut receiver, totals.is_none(), epoch),
+            }
+            if totals.is_none() && since.elapsed() >= Duration::from_secs(1) {
+                let bytes = sender.as_ref().map_or(receiver.bytes, |s| s.bytes);
+                totals = Some((bytes, since.elapsed().as_secs_f64()));
+                machine.end_test();
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let status = server.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = server.0.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "iperf3 -s failed: {stderr}");
+    Some(UdpOutcome {
+        bytes: totals.unwrap().0,
+        counts: sender.map_or(receiver.counts, |s| s.counts),
+        theirs: theirs.expect("server results"),
+    })
+}
+
+#[test]
+fn our_udp_client_sends_to_the_real_server() {
+    let Some(out) = udp_client_against_real_server(false) else {
+        return;
+    };
+    // 10 Mbit/s for a second in 1460-byte datagrams: ~856.
+    assert!(
+        (800..=900).contains(&out.counts.packets),
+        "{}",
+        out.counts.packets
+    );
+    let theirs = out.theirs.streams[0];
+    assert!(theirs.packets > 800 && theirs.packets as u64 <= out.counts.packets);
+    assert!(theirs.bytes > 0 && theirs.bytes <= out.bytes);
+    assert!(theirs.errors <= 2, "{theirs:?}");
+    assert!(theirs.jitter >= 0.0 && theirs.jitter < 0.01, "{theirs:?}");
+}
+
+#[test]
+fn our_udp_client_receives_from_the_real_server() {
+    let Some(out) = udp_client_against_real_server(true) else {
+        return;
+    };
+    let theirs = out.theirs.streams[0];
+    assert!(out.counts.packets > 800, "{:?}", out.counts);
+    assert!(theirs.packets as u64 >= out.counts.packets, "{theirs:?}");
+    assert!(out.counts.errors <= 2, "{:?}", out.counts);
+    assert!(out.counts.jitter < 0.01, "{:?}", out.counts);
+    assert!(out.bytes > 1_000_000, "{}", out.bytes);
+}
+
+/// `iperf3 -c -u` against our server machine and UDP code; the client's output, the
+/// parameters and what we counted.
+fn real_udp_client_against_our_server(args: &[&str]) -> Option<(Output, TestParams, UdpCounts)> {
+    if !have_iperf3() {
+        return None;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let mut client = Reaped(
+        Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-u", "-J"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 -c starts"),
+    );
+    let start = Instant::now();
+    let mut ctrl = loop {
+        assert!(start.elapsed() < TIMEOUT, "no control connection");
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    ctrl.set_nonblocking(true).unwrap();
+    let mut machine = ServerControl::new();
+    let mut data: Option<UdpSocket> = None;
+    let mut params = None;
+    let mut buf = std::vec![0u8; 65536];
+    let mut block = std::vec![];
+    let mut sender: Option<UdpSender> = None;
+    let mut receiver = UdpReceiver::new(false);
+    let mut ended = false;
+    let epoch = Instant::now();
+    loop {
+        assert!(start.elapsed() < TIMEOUT, "hangs in {:?}", machine.phase());
+        match read_some(&mut ctrl, &mut buf) {
+            Some(n) => machine.receive(&buf[..n]),
+            None => machine.peer_closed(),
+        }
+        while let Some(event) = machine.next_event() {
+            match event {
+                ServerEvent::CreateStreams(p) => {
+                    params = Some(p);
+                    receiver = UdpReceiver::new(p.counters_64bit);
+                    block = std::vec![0xa5u8; p.block_len as usize];
+                    let socket = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+                    while !machine.output().is_empty() {
+                        let n = flush(&mut ctrl, machine.output());
+                        machine.consume_output(n);
+                    }
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
+                    let (n, from) = socket.recv_from(&mut buf).expect("connect message");
+                    assert_eq!(&buf[..n], &UDP_CONNECT_MSG);
+                    socket.connect(from).unwrap();
+                    socket.send(&UDP_CONNECT_REPLY).unwrap();
+                    socket.set_nonblocking(true).unwrap();
+                    data = Some(socket);
+                    machine.stream_connected();
+                    if p.reverse {
+                        let now = smol_now(epoch);
+                        sender = Some(UdpSender::new(p.counters_64bit, p.bandwidth, now));
+                    }
+                }
+                ServerEvent::TestEnd => {
+                    ended = true;
+                    let secs = epoch.elapsed().as_secs_f64();
+                    let (bytes, counts) = match &sender {
+                        Some(s) => (s.bytes, s.counts),
+                        None => (receiver.bytes, receiver.counts),
+                    };
+                    let sending = sender.is_some();
+                    machine.test_ended(&Results::udp_stream(sending, bytes, secs, &counts));
+                }
+                ServerEvent::PeerResults(_) | ServerEvent::Done | ServerEvent::Failed(_) => {}
+            }
+        }
+        let n = flush(&mut ctrl, machine.output());
+        machine.consume_output(n);
+        if machine.is_finished() && machine.output().is_empty() {
+            break;
+        }
+        if let Some(socket) = data.as_ref() {
+            match sender.as_mut() {
+                Some(sender) if !ended => send_paced(socket, sender, &mut block, epoch),
+                Some(_) => {}
+                None => receive_all(socket, &mut receiver, !ended, epoch),
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop(data);
+    drop(ctrl);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = client.0.stdout.take() {
+        let _ = out.read_to_end(&mut stdout);
+    }
+    if let Some(mut err) = client.0.stderr.take() {
+        let _ = err.read_to_end(&mut stderr);
+    }
+    let status = client.0.wait().unwrap();
+    let counts = sender.map_or(receiver.counts, |s| s.counts);
+    Some((
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        params.expect("parameters"),
+        counts,
+    ))
+}
+
+/// `end.<sum>.<field>` of `iperf3 -J` output, as a number.
+fn json_sum_field(stdout: &[u8], sum: &[u8], field: &[u8]) -> Option<f64> {
+    let mut end = None;
+    json::members(stdout, |k, v| {
+        if k == b"end" {
+            end = Some(v)
+        }
+    })
+    .ok()?;
+    let Some(Value::Object(end)) = end else {
+        return None;
+    };
+    let mut total = None;
+    json::members(end, |k, v| {
+        if k == sum {
+            total = Some(v)
+        }
+    })
+    .ok()?;
+    let Some(Value::Object(total)) = total else {
+        return None;
+    };
+    let mut value = None;
+    json::members(total, |k, v| {
+        if k == field {
+            value = v.as_number().map(|n| n.value)
+        }
+    })
+    .ok()?;
+    value
+}
+
+fn check_real_udp_client(reverse: bool) {
+    let mut args = std::vec!["-b", "10M", "-t", "1", "-l", "1400"];
+    if reverse {
+        args.push("-R");
+    }
+    let Some((out, params, ours)) = real_udp_client_against_our_server(&args) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "iperf3 -c -u failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(params.protocol, super::Protocol::Udp);
+    assert_eq!(
+        (
+            params.seconds,
+            params.reverse,
+            params.bandwidth,
+            params.block_len
+        ),
+        (1, reverse, 10_000_000, 1400)
+    );
+    let field = |name: &[u8]| json_sum_field(&out.stdout, b"sum", name).expect("end.sum");
+    let (packets, lost, jitter) = (
+        field(b"packets"),
+        field(b"lost_packets"),
+        field(b"jitter_ms"),
+    );
+    // 10 Mbit/s for a second in 1400-byte datagrams: ~893.
+    assert!((800.0..=950.0).contains(&packets), "{stdout}");
+    assert!(lost <= 2.0, "{stdout}");
+    assert!((0.0..10.0).contains(&jitter), "{stdout}");
+    if reverse {
+        // The client received what we sent, and lost what it did not.
+        assert_eq!(packets as u64, ours.packets, "{stdout}");
+    } else {
+        assert!(ours.packets > 800 && ours.errors <= 2, "{ours:?}");
+        let received = json_sum_field(&out.stdout, b"sum_received", b"bytes").unwrap_or(0.0);
+        assert!(received > 1_000_000.0, "{stdout}");
+    }
+}
+
+#[test]
+fn the_real_udp_client_sends_to_our_server() {
+    check_real_udp_client(false);
+}
+
+#[test]
+fn the_real_udp_client_receives_from_our_server() {
+    check_real_udp_client(true);
 }

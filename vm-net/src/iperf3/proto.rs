@@ -36,6 +36,9 @@ use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
 use super::json::{self, JsonError, Value};
+use super::udp::{
+    UdpCounts, DEFAULT_UDP_BLOCK_LEN, DEFAULT_UDP_RATE, MAX_UDP_BLOCK_LEN, MIN_UDP_BLOCK_LEN,
+};
 
 /// Length of the cookie that names a test: 36 characters and a NUL.
 pub const COOKIE_LEN: usize = 37;
@@ -68,6 +71,8 @@ pub mod errno {
     pub const IENUMSTREAMS: i32 = 6;
     /// "block size too large"
     pub const IEBLOCKSIZE: i32 = 7;
+    /// "block size invalid" (UDP)
+    pub const IEUDPBLOCKSIZE: i32 = 20;
     /// "bogus value for --omit"
     pub const IEOMIT: i32 = 12;
     /// "an option you are trying to set is not implemented yet"
@@ -218,6 +223,10 @@ pub struct TestParams {
     pub bidirectional: bool,
     /// `omit`: seconds at the start not counted.
     pub omit: u32,
+    /// `bandwidth`: the UDP sender's target rate, bits/s (0: unlimited). TCP is not paced.
+    pub bandwidth: u64,
+    /// `udp_counters_64bit`: UDP packet numbers are 64-bit.
+    pub counters_64bit: bool,
 }
 
 impl TestParams {
@@ -233,6 +242,18 @@ impl TestParams {
             reverse: false,
             bidirectional: false,
             omit: 0,
+            bandwidth: DEFAULT_UDP_RATE,
+            counters_64bit: false,
+        }
+    }
+
+    /// A one-stream UDP test of `seconds` at `bandwidth` bits/s with iperf3's defaults.
+    pub fn udp(seconds: u32, bandwidth: u64) -> TestParams {
+        TestParams {
+            protocol: Protocol::Udp,
+            block_len: DEFAULT_UDP_BLOCK_LEN,
+            bandwidth,
+            ..TestParams::tcp(seconds)
         }
     }
 
@@ -273,14 +294,22 @@ impl TestParams {
         if self.bidirectional {
             s.push_str(",\"bidirectional\":true");
         }
+        if self.protocol == Protocol::Udp {
+            let _ = write!(s, ",\"bandwidth\":{}", self.bandwidth);
+            if self.counters_64bit {
+                s.push_str(",\"udp_counters_64bit\":1");
+            }
+        }
         let _ = write!(s, ",\"len\":{}}}", self.block_len);
         s
     }
 
     /// The parameters a client sent. Absent fields take iperf3's server defaults; a field of
-    /// the wrong type or sign is an error; unknown fields are ignored.
+    /// the wrong type or sign is an error; unknown fields are ignored. A UDP test without
+    /// `len` gets iperf3's UDP block size.
     pub fn from_json(text: &[u8]) -> Result<TestParams, ProtoError> {
         let mut params = TestParams::tcp(10);
+        let mut len_given = false;
         let mut bad: Option<&'static str> = None;
         let mut check = |ok: bool, key: &'static str| {
             if !ok && bad.is_none() {
@@ -308,9 +337,17 @@ impl TestParams {
                 None => check(false, "parallel"),
             },
             b"len" => match small(&value) {
-                Some(n) => params.block_len = n,
+                Some(n) => {
+                    params.block_len = n;
+                    len_given = true;
+                }
                 None => check(false, "len"),
             },
+            b"bandwidth" => match count(&value) {
+                Some(n) => params.bandwidth = n,
+                None => check(false, "bandwidth"),
+            },
+            b"udp_counters_64bit" => params.counters_64bit = value.is_set(),
             b"num" => match count(&value) {
                 Some(n) => params.bytes = n,
                 None => check(false, "num"),
@@ -322,17 +359,21 @@ impl TestParams {
             _ => {}
         })
         .map_err(ProtoError::BadJson)?;
+        if params.protocol == Protocol::Udp && !len_given {
+            params.block_len = DEFAULT_UDP_BLOCK_LEN;
+        }
         match bad {
             Some(key) => Err(ProtoError::BadParameter(key)),
             None => Ok(params),
         }
     }
 
-    /// What this implementation runs: one TCP stream, one direction, within the limits.
+    /// What this implementation runs: one TCP or UDP stream, one direction, within the
+    /// limits.
     pub fn check(&self) -> Result<(), Refusal> {
         let refuse = |i_errno, reason| Err(Refusal { i_errno, reason });
-        if self.protocol != Protocol::Tcp {
-            return refuse(errno::IEUNIMP, "only TCP tests are supported");
+        if self.protocol == Protocol::Sctp {
+            return refuse(errno::IEUNIMP, "only TCP and UDP tests are supported");
         }
         if self.parallel != 1 {
             return refuse(errno::IENUMSTREAMS, "only one stream (-P 1) is supported");
@@ -348,6 +389,11 @@ impl TestParams {
         }
         if self.block_len == 0 || self.block_len > MAX_BLOCK_LEN {
             return refuse(errno::IEBLOCKSIZE, "the block size is out of range");
+        }
+        if self.protocol == Protocol::Udp
+            && !(MIN_UDP_BLOCK_LEN..=MAX_UDP_BLOCK_LEN).contains(&self.block_len)
+        {
+            return refuse(errno::IEUDPBLOCKSIZE, "the UDP block size is out of range");
         }
         Ok(())
     }
@@ -368,12 +414,16 @@ pub struct StreamResult {
     pub bytes: u64,
     /// -1: not counted.
     pub retransmits: i64,
-    /// UDP only (ms).
+    /// UDP only: the receiver's jitter estimate, seconds.
     pub jitter: f64,
-    /// UDP only: lost datagrams.
+    /// UDP only: lost datagrams (receiver).
     pub errors: i64,
-    /// UDP only: datagrams.
+    /// UDP only: of `errors`, those in the omitted start.
+    pub omitted_errors: i64,
+    /// UDP only: datagrams sent (sender) or the highest packet number seen (receiver).
     pub packets: i64,
+    /// UDP only: of `packets`, those in the omitted start.
+    pub omitted_packets: i64,
     /// Seconds, relative to the test start.
     pub start_time: f64,
     pub end_time: f64,
@@ -408,6 +458,19 @@ impl Results {
         }
     }
 
+    /// [`Results::one_stream`] of a UDP test, with its datagram counts.
+    pub fn udp_stream(sender: bool, bytes: u64, seconds: f64, counts: &UdpCounts) -> Results {
+        let mut results = Results::one_stream(sender, bytes, seconds);
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let stream = &mut results.streams[0];
+        stream.jitter = counts.jitter;
+        stream.errors = count(counts.errors);
+        stream.omitted_errors = count(counts.omitted_errors);
+        stream.packets = count(counts.packets);
+        stream.omitted_packets = count(counts.omitted_packets);
+        results
+    }
+
     /// The results as JSON.
     pub fn to_json(&self) -> String {
         let float = |x: f64| if x.is_finite() { x } else { 0.0 };
@@ -424,15 +487,18 @@ impl Results {
         for (i, r) in self.streams.iter().enumerate() {
             let _ = write!(
                 s,
-                "{}{{\"id\":{},\"bytes\":{},\"retransmits\":{},\"jitter\":{:.6},\"errors\":{},\
-                 \"packets\":{},\"start_time\":{:.6},\"end_time\":{:.6}}}",
+                "{}{{\"id\":{},\"bytes\":{},\"retransmits\":{},\"jitter\":{:.9},\"errors\":{},\
+                 \"omitted_errors\":{},\"packets\":{},\"omitted_packets\":{},\
+                 \"start_time\":{:.6},\"end_time\":{:.6}}}",
                 if i == 0 { "" } else { "," },
                 r.id,
                 r.bytes,
                 r.retransmits,
                 float(r.jitter),
                 r.errors,
+                r.omitted_errors,
                 r.packets,
+                r.omitted_packets,
                 float(r.start_time),
                 float(r.end_time)
             );
@@ -478,7 +544,9 @@ impl Results {
                     b"retransmits" => r.retransmits = int(&value),
                     b"jitter" => r.jitter = float(&value),
                     b"errors" => r.errors = int(&value),
+                    b"omitted_errors" => r.omitted_errors = int(&value),
                     b"packets" => r.packets = int(&value),
+                    b"omitted_packets" => r.omitted_packets = int(&value),
                     b"start_time" => r.start_time = float(&value),
                     b"end_time" => r.end_time = float(&value),
                     _ => {}
@@ -1275,7 +1343,12 @@ mod tests {
         assert_eq!(ours, p);
 
         let udp = TestParams::from_json(br#"{"udp":true,"parallel":1}"#).unwrap();
-        assert_eq!(udp.check().unwrap_err().i_errno, errno::IEUNIMP);
+        assert_eq!(udp.check(), Ok(()));
+        assert_eq!((udp.block_len, udp.bandwidth), (1460, 1_000_000));
+        let sctp = TestParams::from_json(br#"{"sctp":true,"parallel":1}"#).unwrap();
+        assert_eq!(sctp.check().unwrap_err().i_errno, errno::IEUNIMP);
+        let big = TestParams::from_json(br#"{"udp":true,"len":65508}"#).unwrap();
+        assert_eq!(big.check().unwrap_err().i_errno, errno::IEUDPBLOCKSIZE);
         let p4 = TestParams::from_json(br#"{"tcp":true,"parallel":4}"#).unwrap();
         assert_eq!(p4.check().unwrap_err().i_errno, errno::IENUMSTREAMS);
         let n = TestParams::from_json(br#"{"tcp":true,"num":1000,"len":100}"#).unwrap();

@@ -12,14 +12,23 @@
 //! ```
 //!
 //! The arrow points from the client to the server; the local address comes first. A reverse
-//! test (`-R`: the server sends) ends the result line with ` (reverse)`.
+//! test (`-R`: the server sends) ends the result line with ` (reverse)`. A UDP test says `udp`
+//! for `tcp`, its start line names the target rate, and its result line ends with the
+//! receiver's jitter and the datagrams lost of those sent (omitted start excluded), the
+//! percentage with two significant digits like iperf3's:
+//!
+//! ```text
+//! iperf: client 10.0.2.16 -> 10.0.2.17: udp test started, 5 s, this side sends, 100.00 Mbit/s target
+//! IPERF client 10.0.2.16 -> 10.0.2.17: udp 5.00 s, 62500000 bytes, 100.00 Mbit/s, sender, jitter 0.123 ms, lost 3/1000 (0.3%)
+//! ```
 
 use alloc::string::String;
 use core::fmt;
 
 use smoltcp::wire::IpAddress;
 
-use super::proto::{Results, TestParams};
+use super::proto::{Protocol, Results, TestParams};
+use super::udp::UdpCounts;
 
 /// Which end of the test this side is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,11 +115,12 @@ impl fmt::Display for TestInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "iperf: {} {} {} {}: tcp test started, ",
+            "iperf: {} {} {} {}: {} test started, ",
             self.role.name(),
             self.local,
             self.role.arrow(),
-            self.peer
+            self.peer,
+            protocol_name(&self.params)
         )?;
         match self.params.byte_limit() {
             Some(bytes) if self.params.seconds == 0 => write!(f, "{bytes} bytes")?,
@@ -124,7 +134,21 @@ impl fmt::Display for TestInfo {
         if self.params.reverse {
             write!(f, " (reverse)")?;
         }
+        if self.params.protocol == Protocol::Udp {
+            match self.params.bandwidth {
+                0 => write!(f, ", unlimited rate")?,
+                bits => write!(f, ", {} Mbit/s target", Rate(bits, 8_000_000))?,
+            }
+        }
         Ok(())
+    }
+}
+
+fn protocol_name(params: &TestParams) -> &'static str {
+    match params.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
     }
 }
 
@@ -172,6 +196,87 @@ pub struct Report {
     pub micros: u64,
     /// The peer's results message.
     pub peer_results: Option<Results>,
+    /// UDP: what the receiver saw.
+    pub udp: Option<UdpSummary>,
+}
+
+/// A UDP test's loss and jitter, as the receiver counted them, the omitted start excluded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UdpSummary {
+    /// The receiver's jitter estimate, milliseconds.
+    pub jitter_ms: f64,
+    /// Datagrams lost.
+    pub lost: u64,
+    /// Datagrams sent (the sender's count; the receiver's highest number if it is unknown).
+    pub packets: u64,
+}
+
+impl UdpSummary {
+    /// From this side's counts and the peer's results: the receiver's jitter and losses, the
+    /// sender's count of datagrams.
+    pub fn new(sender: bool, ours: &UdpCounts, peer: Option<&Results>) -> UdpSummary {
+        let theirs = peer.and_then(|r| r.streams.first()).map(|s| UdpCounts {
+            packets: s.packets.max(0) as u64,
+            errors: s.errors.max(0) as u64,
+            omitted_packets: s.omitted_packets.max(0) as u64,
+            omitted_errors: s.omitted_errors.max(0) as u64,
+            jitter: if s.jitter.is_finite() { s.jitter } else { 0.0 },
+            out_of_order: 0,
+        });
+        let (sent, received) = if sender {
+            (Some(*ours), theirs)
+        } else {
+            (theirs, Some(*ours))
+        };
+        let received = received.unwrap_or_default();
+        let sent = sent.filter(|s| s.packets > 0).unwrap_or(received);
+        UdpSummary {
+            jitter_ms: received.jitter * 1000.0,
+            lost: received.errors.saturating_sub(received.omitted_errors),
+            packets: sent.packets.saturating_sub(sent.omitted_packets),
+        }
+    }
+}
+
+impl fmt::Display for UdpSummary {
+    /// `jitter 0.123 ms, lost 3/1000 (0.3%)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "jitter {:.3} ms, lost {}/{} (",
+            self.jitter_ms, self.lost, self.packets
+        )?;
+        let percent = if self.packets == 0 {
+            0.0
+        } else {
+            self.lost as f64 * 100.0 / self.packets as f64
+        };
+        two_digits(f, percent)?;
+        write!(f, "%)")
+    }
+}
+
+/// `x` (not negative) with two significant digits and no exponent, trailing zeros dropped
+/// (C's `%.2g` for the values a percentage takes).
+fn two_digits(f: &mut fmt::Formatter<'_>, x: f64) -> fmt::Result {
+    if x <= 0.0 || !x.is_finite() {
+        return write!(f, "0");
+    }
+    let (mut decimals, mut scaled) = (0usize, x);
+    while scaled < 10.0 && decimals < 6 {
+        scaled *= 10.0;
+        decimals += 1;
+    }
+    let mut text = alloc::format!("{x:.decimals$}");
+    if text.contains('.') {
+        while text.ends_with('0') {
+            text.pop();
+        }
+        if text.ends_with('.') {
+            text.pop();
+        }
+    }
+    f.write_str(&text)
 }
 
 impl Report {
@@ -193,11 +298,12 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "IPERF {} {} {} {}: tcp {}.{:02} s, {} bytes, {} Mbit/s, {}",
+            "IPERF {} {} {} {}: {} {}.{:02} s, {} bytes, {} Mbit/s, {}",
             self.role.name(),
             self.local,
             self.role.arrow(),
             self.peer,
+            protocol_name(&self.params),
             self.micros / 1_000_000,
             self.micros % 1_000_000 / 10_000,
             self.bytes,
@@ -206,6 +312,9 @@ impl fmt::Display for Report {
         )?;
         if self.params.reverse {
             write!(f, " (reverse)")?;
+        }
+        if let Some(udp) = &self.udp {
+            write!(f, ", {udp}")?;
         }
         Ok(())
     }
@@ -272,6 +381,7 @@ mod tests {
             bytes: 12_345_678,
             micros: 5_000_000,
             peer_results: None,
+            udp: None,
         };
         assert_eq!(
             report.to_string(),
@@ -328,6 +438,84 @@ mod tests {
             "iperf: server 10.0.2.17 <- 10.0.2.16: test failed: the peer went quiet"
         );
         assert_eq!(centi_mbit(u64::MAX, 1), u64::MAX);
+    }
+
+    #[test]
+    fn udp_line_formats() {
+        let mut report = Report {
+            role: Role::Client,
+            local: ip(16),
+            peer: ip(17),
+            params: TestParams::udp(5, 100_000_000),
+            sender: true,
+            bytes: 62_500_000,
+            micros: 5_000_000,
+            peer_results: None,
+            udp: Some(UdpSummary {
+                jitter_ms: 0.1234,
+                lost: 3,
+                packets: 1000,
+            }),
+        };
+        assert_eq!(
+            report.to_string(),
+            "IPERF client 10.0.2.16 -> 10.0.2.17: udp 5.00 s, 62500000 bytes, 100.00 Mbit/s, \
+             sender, jitter 0.123 ms, lost 3/1000 (0.3%)"
+        );
+        report.params.reverse = true;
+        report.sender = false;
+        report.udp = Some(UdpSummary {
+            jitter_ms: 0.0,
+            lost: 0,
+            packets: 0,
+        });
+        assert_eq!(
+            report.to_string(),
+            "IPERF client 10.0.2.16 -> 10.0.2.17: udp 5.00 s, 62500000 bytes, 100.00 Mbit/s, \
+             receiver (reverse), jitter 0.000 ms, lost 0/0 (0%)"
+        );
+        let info = TestInfo {
+            role: Role::Client,
+            local: ip(16),
+            peer: ip(17),
+            params: TestParams::udp(5, 100_000_000),
+        };
+        assert_eq!(
+            info.to_string(),
+            "iperf: client 10.0.2.16 -> 10.0.2.17: udp test started, 5 s, this side sends, \
+             100.00 Mbit/s target"
+        );
+        let pct = |lost, packets| {
+            UdpSummary {
+                jitter_ms: 0.0,
+                lost,
+                packets,
+            }
+            .to_string()
+        };
+        assert!(pct(1, 3).ends_with("(33%)"), "{}", pct(1, 3));
+        assert!(pct(1, 40).ends_with("(2.5%)"));
+        assert!(pct(123, 1_000_000).ends_with("(0.012%)"));
+        assert!(pct(5, 5).ends_with("(100%)"));
+        // The summary from both sides' counts.
+        let sent = UdpCounts {
+            packets: 1000,
+            ..UdpCounts::default()
+        };
+        let received = UdpCounts {
+            packets: 998,
+            errors: 7,
+            omitted_errors: 2,
+            jitter: 0.0005,
+            ..UdpCounts::default()
+        };
+        let server = Results::udp_stream(false, 1, 1.0, &received);
+        let summary = UdpSummary::new(true, &sent, Some(&server));
+        assert_eq!((summary.lost, summary.packets), (5, 1000));
+        assert!((summary.jitter_ms - 0.5).abs() < 1e-9);
+        let client = Results::udp_stream(true, 1, 1.0, &sent);
+        assert_eq!(UdpSummary::new(false, &received, Some(&client)), summary);
+        assert_eq!(UdpSummary::new(false, &received, None).packets, 998);
         assert_eq!(centi_mbit(1, 0), 0);
     }
 }

@@ -8,23 +8,25 @@
 //! Sockets: one listener on the port takes the next test's control connection; while a test
 //! runs, it answers anyone else with ACCESS_DENIED. After the parameters, a data socket sized
 //! for the direction of the test listens on the same port for the stream with the test's
-//! cookie (until then no other listener is open, so the stream cannot go astray).
+//! cookie (until then no other listener is open, so the stream cannot go astray). A UDP test
+//! binds a UDP socket to the port instead; the first datagram from the control connection's
+//! address is the client's connect message, answered, and names the endpoint of the data.
 
 use alloc::collections::VecDeque;
 use alloc::string::ToString;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::phy::Device;
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::IpAddress;
 
 use super::proto::{
-    ProtoError, Results, ServerControl, ServerEvent, ServerPhase, State, TestParams, COOKIE_LEN,
-    DEFAULT_PORT,
+    ProtoError, Protocol, Results, ServerControl, ServerEvent, ServerPhase, State, TestParams,
+    COOKIE_LEN, DEFAULT_PORT,
 };
-use super::report::{Event, Failure, Report, Role, TestInfo};
-use super::stream::{self, DataStream, Meter, Retiring, CONTROL_BUFFER, SMALL_BUFFER};
+use super::report::{Event, Failure, Report, Role, TestInfo, UdpSummary};
+use super::stream::{self, DataStream, Meter, Retiring, UdpStream, CONTROL_BUFFER, SMALL_BUFFER};
 use crate::Stack;
 
 /// Data streams with a wrong cookie a test tolerates before it gives up.
@@ -77,6 +79,8 @@ struct ServerTest {
     machine: ServerControl,
     params: Option<TestParams>,
     data: Option<DataStream>,
+    /// A UDP test's data stream (instead of `data`).
+    udp: Option<UdpStream>,
     /// The data stream's cookie, as far as it came.
     cookie: [u8; COOKIE_LEN],
     cookie_len: usize,
@@ -138,6 +142,9 @@ impl Server {
         };
         if let Some(test) = &self.test {
             consider(test.meter.as_ref().map(|m| m.next_tick()));
+            if test.totals.is_none() {
+                consider(test.udp.as_ref().and_then(|u| u.next_send()));
+            }
             match test.deadline {
                 Some(deadline) => consider(Some(deadline)),
                 None => consider(Some(test.active_at + self.config.idle_timeout)),
@@ -232,6 +239,9 @@ impl Server {
                 self.retiring.close(sockets, test.ctrl, now);
             }
         }
+        if let Some(udp) = &test.udp {
+            sockets.remove(udp.handle);
+        }
         if let Some(data) = &test.data {
             if data.sending && test.streaming {
                 // What is queued still goes out; the client drains it.
@@ -242,18 +252,25 @@ impl Server {
         }
         if done {
             self.finished += 1;
-            if let (Some(params), Some((bytes, micros)), Some(data)) =
-                (test.params, test.totals, &test.data)
+            let has_data = test.data.is_some() || test.udp.is_some();
+            if let (Some(params), Some((bytes, micros)), true) =
+                (test.params, test.totals, has_data)
             {
+                let sender = params.reverse;
+                let udp = test
+                    .udp
+                    .as_ref()
+                    .map(|u| UdpSummary::new(sender, &u.counts(), test.peer_results.as_ref()));
                 self.events.push_back(Event::Finished(Report {
                     role: Role::Server,
                     local: test.local,
                     peer: test.peer,
                     params,
-                    sender: data.sending,
+                    sender,
                     bytes,
                     micros,
                     peer_results: test.peer_results,
+                    udp,
                 }));
             }
         } else {
@@ -271,6 +288,7 @@ impl ServerTest {
             machine: ServerControl::new(),
             params: None,
             data: None,
+            udp: None,
             cookie: [0; COOKIE_LEN],
             cookie_len: 0,
             streaming: false,
@@ -301,16 +319,26 @@ impl ServerTest {
         self.handle_events(sockets, now, config, events);
 
         // The data stream.
-        if self.data.is_some() && !self.machine.is_finished() {
+        if (self.data.is_some() || self.udp.is_some()) && !self.machine.is_finished() {
             self.pump_data(sockets, now, config, retiring);
             self.handle_events(sockets, now, config, events);
         }
 
         // Progress, timeouts.
-        if let (Some(meter), Some(data), None) = (&mut self.meter, &self.data, self.totals) {
-            let counted = data.counted(sockets.get::<tcp::Socket>(data.handle));
-            if let Some(interval) = meter.tick(now, counted) {
-                events.push_back(Event::Interval(interval));
+        if let (Some(meter), None) = (&mut self.meter, self.totals) {
+            let counted = match (&self.data, &self.udp) {
+                (Some(data), _) => Some(data.counted(sockets.get::<tcp::Socket>(data.handle))),
+                (None, Some(udp)) => Some(udp.counted()),
+                (None, None) => None,
+            };
+            if let Some(counted) = counted {
+                if let Some(interval) = meter.tick(now, counted) {
+                    events.push_back(Event::Interval(interval));
+                }
+            }
+            let omit = self.params.is_some_and(|p| p.omit > 0);
+            if let (true, true, Some(udp)) = (omit, meter.omit_over(), self.udp.as_mut()) {
+                udp.mark_omitted();
             }
         }
         if closed {
@@ -352,6 +380,21 @@ impl ServerTest {
                     }));
                 }
                 ServerEvent::TestEnd => {
+                    if let Some(udp) = self.udp.as_mut() {
+                        udp.pump(sockets.get_mut::<udp::Socket>(udp.handle), now);
+                        udp.stop();
+                        let totals = match &self.meter {
+                            Some(meter) => meter.total(now, udp.counted()),
+                            None => (0, 0),
+                        };
+                        self.totals = Some(totals);
+                        self.deadline = None;
+                        let seconds = totals.1 as f64 / 1e6;
+                        let results =
+                            Results::udp_stream(udp.sending, totals.0, seconds, &udp.counts());
+                        self.machine.test_ended(&results);
+                        continue;
+                    }
                     let (sending, totals) = match (&mut self.data, &self.meter) {
                         (Some(data), Some(meter)) => {
                             data.stop();
@@ -389,6 +432,18 @@ impl ServerTest {
             return;
         };
         let sending = params.reverse;
+        if params.protocol == Protocol::Udp {
+            let mut socket = stream::udp_socket(sending, config.buffer);
+            if socket.bind(config.port).is_err() {
+                return self
+                    .machine
+                    .terminate(ProtoError::DataStream("cannot bind the UDP port"));
+            }
+            let handle = sockets.add(socket);
+            let limit = if sending { params.byte_limit() } else { None };
+            self.udp = Some(UdpStream::new(handle, sending, &params, limit, None));
+            return;
+        }
         let mut socket = stream::data_socket(sending, config.buffer.max(SMALL_BUFFER));
         if socket.listen(config.port).is_err() {
             return self
@@ -401,6 +456,19 @@ impl ServerTest {
         self.cookie_len = 0;
     }
 
+    /// The data stream is in: the test runs from `now`.
+    fn start_running(&mut self, now: Instant) {
+        self.streaming = true;
+        self.active_at = now;
+        let params = self.params.unwrap_or(TestParams::tcp(0));
+        self.meter = Some(Meter::new(now, params.omit));
+        if params.seconds != 0 {
+            let run = u64::from(params.seconds) + u64::from(params.omit);
+            self.deadline = Some(now + Duration::from_secs(run) + RUN_GRACE);
+        }
+        self.machine.stream_connected();
+    }
+
     fn pump_data(
         &mut self,
         sockets: &mut SocketSet<'static>,
@@ -408,6 +476,26 @@ impl ServerTest {
         config: &ServerConfig,
         retiring: &mut Retiring,
     ) {
+        if let Some(handle) = self.udp.as_ref().map(|u| u.handle) {
+            if !self.streaming {
+                let peer = self.peer;
+                let accepted = self
+                    .udp
+                    .as_mut()
+                    .is_some_and(|u| u.accept(sockets.get_mut::<udp::Socket>(handle), peer));
+                if !accepted {
+                    return;
+                }
+                self.start_running(now);
+            }
+            if let Some(udp) = self.udp.as_mut() {
+                udp.start(now);
+                if udp.pump(sockets.get_mut::<udp::Socket>(handle), now) > 0 {
+                    self.active_at = now;
+                }
+            }
+            return;
+        }
         let Some(data) = self.data.as_mut() else {
             return;
         };
@@ -442,16 +530,11 @@ impl ServerTest {
             return;
         }
         if self.machine.check_stream_cookie(&self.cookie) {
-            self.streaming = true;
-            self.active_at = now;
-            let params = self.params.unwrap_or(TestParams::tcp(0));
-            self.meter = Some(Meter::new(now, params.omit));
-            if params.seconds != 0 {
-                let run = u64::from(params.seconds) + u64::from(params.omit);
-                self.deadline = Some(now + Duration::from_secs(run) + RUN_GRACE);
+            let handle = data.handle;
+            self.start_running(now);
+            if let Some(data) = self.data.as_mut() {
+                data.pump(sockets.get_mut::<tcp::Socket>(handle));
             }
-            self.machine.stream_connected();
-            data.pump(socket);
             return;
         }
         // Someone else's stream: deny it and listen again.

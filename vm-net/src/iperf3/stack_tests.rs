@@ -1,6 +1,7 @@
 //! Host tests of the iperf3 [`Server`] and [`Client`] on smoltcp: two [`Stack`]s joined by an
 //! in-memory cable of limited rate, in virtual time (1 ms per round), running whole tests in
-//! both directions, back to back, and against nothing.
+//! both directions, back to back, and against nothing; UDP tests over a cable that loses
+//! every n-th datagram.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -76,6 +77,17 @@ struct Net {
     cable: (Queue, Queue, Queue, Queue),
     now: Instant,
     server_events: Vec<Event>,
+    /// Drop every n-th UDP data frame (either way).
+    drop_every: Option<usize>,
+    /// Every n-th round the cable carries nothing (frames wait: jitter).
+    stall_every: Option<u64>,
+    udp_frames: usize,
+    dropped: usize,
+}
+
+/// Whether an Ethernet frame carries an IPv4 UDP datagram bigger than a connect message.
+fn is_udp_data(frame: &[u8]) -> bool {
+    frame.len() > 100 && frame[12..14] == [0x08, 0x00] && frame[14 + 9] == 17
 }
 
 fn stack(rx: Queue, tx: Queue, ip: Ipv4Address, last: u8) -> Stack<End> {
@@ -103,6 +115,10 @@ impl Net {
             cable: (s_tx, c_rx, c_tx, s_rx),
             now: Instant::ZERO,
             server_events: Vec::new(),
+            drop_every: None,
+            stall_every: None,
+            udp_frames: 0,
+            dropped: 0,
         }
     }
 
@@ -115,16 +131,28 @@ impl Net {
         self.client.poll_at(self.now);
         client.poll(&mut self.client, self.now);
         self.client.poll_at(self.now);
-        let carry = |from: &Queue, to: &Queue| {
+        let (drop_every, udp_frames, dropped) =
+            (self.drop_every, &mut self.udp_frames, &mut self.dropped);
+        let mut carry = |from: &Queue, to: &Queue| {
             for _ in 0..FRAMES_PER_ROUND {
                 let Some(frame) = from.borrow_mut().pop_front() else {
                     break;
                 };
+                if is_udp_data(&frame) {
+                    *udp_frames += 1;
+                    if drop_every.is_some_and(|n| udp_frames.is_multiple_of(n)) {
+                        *dropped += 1;
+                        continue;
+                    }
+                }
                 to.borrow_mut().push_back(frame);
             }
         };
-        carry(&self.cable.0, &self.cable.1);
-        carry(&self.cable.2, &self.cable.3);
+        let round = self.now.total_millis() as u64;
+        if self.stall_every.is_none_or(|n| !round.is_multiple_of(n)) {
+            carry(&self.cable.0, &self.cable.1);
+            carry(&self.cable.2, &self.cable.3);
+        }
         self.now += Duration::from_millis(1);
     }
 
@@ -266,4 +294,78 @@ fn nobody_there() {
         "{events:?}"
     );
     assert!(net.now - started >= Duration::from_secs(2));
+}
+
+/// A one-second UDP test at 20 Mbit/s one way; the client's and the server's reports.
+fn udp_test(net: &mut Net, reverse: bool) -> (Report, Report) {
+    net.server_events.clear();
+    let mut config = net.client_config(reverse).udp(20_000_000);
+    config.seed = 11;
+    let mut client = Client::new(config, net.now);
+    let events = net.run(&mut client, Duration::from_secs(10));
+    assert!(
+        !net.server_events
+            .iter()
+            .any(|e| matches!(e, Event::Failed(_))),
+        "{:?}",
+        net.server_events
+    );
+    let c = report(&events);
+    let s = report(&net.server_events);
+    assert_eq!((c.sender, s.sender), (!reverse, reverse));
+    for r in [&c, &s] {
+        assert!(r.to_string().contains(": udp 1."), "{r}");
+        // 20 Mbit/s for a second: 2.5 MB in 1460-byte datagrams, give or take a burst.
+        assert!((2_200_000..=2_700_000).contains(&r.bytes), "{r}");
+        let udp = r.udp.expect("UDP summary");
+        assert!((1500..=1850).contains(&udp.packets), "{r}");
+        assert!(udp.jitter_ms < 2.0, "{r}");
+    }
+    assert_eq!(c.udp.map(|u| u.lost), s.udp.map(|u| u.lost));
+    // Everything the test opened is gone again.
+    assert_eq!(net.client.sockets().iter().count(), 6);
+    (c, s)
+}
+
+#[test]
+fn udp_tests_run_both_ways() {
+    let mut net = Net::new();
+    for reverse in [false, true] {
+        let (c, s) = udp_test(&mut net, reverse);
+        assert_eq!(c.udp.map(|u| u.lost), Some(0), "{c}");
+        assert_eq!(c.peer_bytes(), Some(s.bytes));
+        std::println!("{c}\n{s}");
+    }
+    // TCP still works after UDP on the same port.
+    let mut client = Client::new(net.client_config(false), net.now);
+    let events = net.run(&mut client, Duration::from_secs(10));
+    assert!(report(&events).to_string().contains(": tcp "));
+}
+
+#[test]
+fn udp_losses_are_counted() {
+    let mut net = Net::new();
+    net.drop_every = Some(50);
+    net.stall_every = Some(7);
+    for reverse in [false, true] {
+        let before = net.dropped;
+        let (c, s) = udp_test(&mut net, reverse);
+        let dropped = (net.dropped - before) as u64;
+        let lost = c.udp.map_or(0, |u| u.lost);
+        // A loss shows once a later datagram arrives: the last ones may go unnoticed, and
+        // datagrams still on the way when the test ended are neither lost nor received.
+        assert!(dropped >= 30, "{dropped}");
+        assert!(
+            lost + 2 >= dropped && lost <= dropped,
+            "{lost} of {dropped} dropped"
+        );
+        assert!(
+            c.to_string().contains(&std::format!(", lost {lost}/")),
+            "{c}"
+        );
+        // Every 7th millisecond waits: the transit time varies by up to a millisecond.
+        let jitter = c.udp.map_or(0.0, |u| u.jitter_ms);
+        assert!(jitter > 0.05 && jitter < 1.0, "{c}");
+        std::println!("{c}\n{s}");
+    }
 }

@@ -1,16 +1,23 @@
 //! What the iperf3 server and client share on smoltcp: making their sockets, moving a data
 //! stream's bytes (sending from a send buffer filled once with a pattern, so nothing is copied;
 //! receiving by counting, so nothing is copied either), counting what a test moved per second
-//! ([`Meter`]), and closing sockets without waiting for them ([`Retiring`]).
+//! ([`Meter`]), and closing sockets without waiting for them ([`Retiring`]). A UDP test's
+//! data goes through a [`UdpStream`] instead: the connect exchange, paced sending, loss and
+//! jitter accounting (the sans-IO parts in `udp`).
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use smoltcp::iface::{SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpAddress, IpEndpoint};
 
+use super::proto::TestParams;
 use super::report::Interval;
+use super::udp::{
+    UdpCounts, UdpReceiver, UdpSender, MAX_UDP_BLOCK_LEN, UDP_CONNECT_MSG, UDP_CONNECT_REPLY,
+};
 
 /// Control connection buffers: parameters and results are a few hundred bytes.
 pub(crate) const CONTROL_BUFFER: usize = 4 * 1024;
@@ -204,6 +211,11 @@ impl Meter {
         Some(interval)
     }
 
+    /// Whether the omitted start is over (as of the last tick).
+    pub fn omit_over(&self) -> bool {
+        self.omit_mark.is_some()
+    }
+
     /// When the next interval ends.
     pub fn next_tick(&self) -> Instant {
         self.next_tick
@@ -272,5 +284,196 @@ impl Retiring {
 
     pub fn is_empty(&self) -> bool {
         self.sockets.is_empty()
+    }
+}
+
+/// How often a UDP client repeats its connect message while no answer came.
+const HELLO_AGAIN: Duration = Duration::from_secs(1);
+/// Datagrams the small direction of a UDP stream holds (connect messages).
+const SMALL_SLOTS: usize = 8;
+
+/// A UDP data socket: `buffer` bytes (at least two of the largest datagrams) in the direction
+/// of the data, a slot per 512 of them; the send buffer holds the data pattern, so a datagram
+/// only needs its header written.
+pub(crate) fn udp_socket(sending: bool, buffer: usize) -> udp::Socket<'static> {
+    let big = buffer.max(2 * MAX_UDP_BLOCK_LEN as usize);
+    let slots = (big / 512).clamp(64, 4096);
+    let (rx, tx) = if sending {
+        ((SMALL_SLOTS, SMALL_BUFFER), (slots, big))
+    } else {
+        ((slots, big), (SMALL_SLOTS, SMALL_BUFFER))
+    };
+    let send: Vec<u8> = PATTERN.iter().copied().cycle().take(tx.1).collect();
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; rx.0], vec![0u8; rx.1]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; tx.0], send),
+    )
+}
+
+/// One UDP test's data stream: the socket, the peer's endpoint and the counts.
+pub(crate) struct UdpStream {
+    pub handle: SocketHandle,
+    /// This side sends the data.
+    pub sending: bool,
+    /// Where the data goes / comes from: the server's port (client), the client's endpoint
+    /// once its connect message arrived (server).
+    peer: Option<IpEndpoint>,
+    /// The other side answered (client: the server's reply arrived).
+    connected: bool,
+    hello_at: Option<Instant>,
+    counters_64bit: bool,
+    block_len: usize,
+    rate: u64,
+    /// Data bytes to send at most.
+    limit: Option<u64>,
+    sender: Option<UdpSender>,
+    receiver: UdpReceiver,
+    stopped: bool,
+    omit_marked: bool,
+}
+
+impl UdpStream {
+    /// The stream of a test with `params`; `peer`: the server's endpoint (client side).
+    pub fn new(
+        handle: SocketHandle,
+        sending: bool,
+        params: &TestParams,
+        limit: Option<u64>,
+        peer: Option<IpEndpoint>,
+    ) -> UdpStream {
+        UdpStream {
+            handle,
+            sending,
+            peer,
+            connected: false,
+            hello_at: None,
+            counters_64bit: params.counters_64bit,
+            block_len: params.block_len as usize,
+            rate: params.bandwidth,
+            limit,
+            sender: None,
+            receiver: UdpReceiver::new(params.counters_64bit),
+            stopped: false,
+            omit_marked: false,
+        }
+    }
+
+    /// Client: sends the connect message (again, if no answer came for a while).
+    pub fn hello(&mut self, socket: &mut udp::Socket, now: Instant) {
+        let Some(peer) = self.peer else {
+            return;
+        };
+        if self.connected || self.hello_at.is_some_and(|at| now < at + HELLO_AGAIN) {
+            return;
+        }
+        if socket.send_slice(&UDP_CONNECT_MSG, peer).is_ok() {
+            self.hello_at = Some(now);
+        }
+    }
+
+    /// When the client sends its connect message again.
+    pub fn next_hello(&self) -> Option<Instant> {
+        match (self.connected, self.hello_at) {
+            (false, Some(at)) => Some(at + HELLO_AGAIN),
+            _ => None,
+        }
+    }
+
+    /// Server: takes the first datagram from `client` (its connect message), remembers where
+    /// it came from and answers. True once that happened.
+    pub fn accept(&mut self, socket: &mut udp::Socket, client: IpAddress) -> bool {
+        while self.peer.is_none() {
+            let Ok((_, meta)) = socket.recv() else {
+                break;
+            };
+            if meta.endpoint.addr == client {
+                self.peer = Some(meta.endpoint);
+            }
+        }
+        let Some(peer) = self.peer else {
+            return false;
+        };
+        if !self.connected && socket.send_slice(&UDP_CONNECT_REPLY, peer).is_ok() {
+            self.connected = true;
+        }
+        self.connected
+    }
+
+    /// The test runs: the sender's pacing starts now.
+    pub fn start(&mut self, now: Instant) {
+        self.connected = true;
+        if self.sending && self.sender.is_none() {
+            self.sender = Some(UdpSender::new(self.counters_64bit, self.rate, now));
+        }
+    }
+
+    /// Moves data: sends what the pacing allows and the socket takes, or accounts for what
+    /// arrived from the peer (after [`UdpStream::stop`], drops it). Returns the datagrams moved.
+    pub fn pump(&mut self, socket: &mut udp::Socket, now: Instant) -> u64 {
+        let mut moved = 0;
+        let arrival = now.total_micros().max(0) as u64;
+        while let Ok((data, meta)) = socket.recv() {
+            if Some(meta.endpoint) != self.peer {
+                continue;
+            }
+            self.connected = true;
+            if !self.sending && !self.stopped && self.receiver.datagram(data, arrival) {
+                moved += 1;
+            }
+        }
+        let (Some(sender), Some(peer)) = (self.sender.as_mut(), self.peer) else {
+            return moved;
+        };
+        while !self.stopped && sender.may_send(now) {
+            if self.limit.is_some_and(|limit| sender.bytes >= limit) {
+                break;
+            }
+            match socket.send(self.block_len, peer) {
+                Ok(block) => sender.fill(block, now),
+                Err(_) => break,
+            }
+            moved += 1;
+        }
+        moved
+    }
+
+    /// When the sender may send again (None: not sending, or not paced).
+    pub fn next_send(&self) -> Option<Instant> {
+        self.sender
+            .as_ref()
+            .filter(|_| !self.stopped)
+            .and_then(|s| s.next_send())
+    }
+
+    /// Send no more; count no more.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// The omitted start is over: what was counted so far is not part of the result.
+    pub fn mark_omitted(&mut self) {
+        if !self.omit_marked {
+            self.omit_marked = true;
+            self.receiver.counts.mark_omitted();
+            if let Some(sender) = self.sender.as_mut() {
+                sender.counts.mark_omitted();
+            }
+        }
+    }
+
+    /// Data bytes sent or received so far.
+    pub fn counted(&self) -> u64 {
+        match &self.sender {
+            Some(sender) => sender.bytes,
+            None => self.receiver.bytes,
+        }
+    }
+
+    /// The datagram counts this side keeps.
+    pub fn counts(&self) -> UdpCounts {
+        match &self.sender {
+            Some(sender) => sender.counts,
+            None => self.receiver.counts,
+        }
     }
 }
