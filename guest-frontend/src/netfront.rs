@@ -236,7 +236,7 @@ impl NetFront {
             };
             let buffer = usize::from(self.rx_buffer_of[usize::from(used.head)]);
             let len = used.len as usize;
-            let frame = (len >= NET_HDR_LEN + 14).then(|| {
+            let frame = (len >= NET_HDR_LEN + ETH_HDR_LEN).then(|| {
                 let mut frame = vec![0u8; len - NET_HDR_LEN];
                 self.pool
                     .read(buffer * self.buffer_len + NET_HDR_LEN, &mut frame);

@@ -108,7 +108,7 @@ pub fn grant_run(peer: u16, first_gpa: u64, pages: u32) -> Result<u32, Status> {
     // Ref 0 is never handed out. The table lock keeps other granters of this VM out; entries
     // are only ever set by us, so a free run stays free until we fill it.
     let mut first = 1;
-    while first + pages <= refs {
+    while pages < refs && first <= refs - pages {
         match (first..first + pages).find(|&r| !free(r)) {
             Some(busy) => first = busy + 1,
             None => {
