@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -245,30 +245,15 @@ pub fn netns_exists(netns: &str) -> bool {
     Path::new(NETNS_DIR).join(netns).exists()
 }
 
-/// `CLONE_NEWNET` from <sched.h>: setns(2) must find a network namespace.
-const CLONE_NEWNET: std::ffi::c_int = 0x4000_0000;
-
-extern "C" {
-    /// setns(2) from the C library (std links it already; Linux only, like `ip netns`).
-    fn setns(fd: std::ffi::c_int, nstype: std::ffi::c_int) -> std::ffi::c_int;
-}
-
 /// Moves the calling thread into network namespace `netns` for good: sockets it creates from
 /// then on live there (reach the VMs at their own addresses). Other threads are not affected;
 /// use it on a thread of its own.
 pub fn enter_netns(netns: &str) -> Result<(), String> {
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
     let path = Path::new(NETNS_DIR).join(netns);
     let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    // SAFETY: setns(2) is given a descriptor that `file` keeps open for the whole call; it
-    // changes only the calling thread's network namespace and touches none of our memory.
-    let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(format!(
-            "cannot enter network namespace {netns}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+        .map_err(|e| format!("cannot enter network namespace {netns}: {e}"))
 }
 
 /// Runs `command` with its output captured, killing it if it has not finished within `limit`.
