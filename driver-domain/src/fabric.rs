@@ -276,11 +276,15 @@ impl Fabric {
             }
         }
 
-        // The local endpoint: run its stack, then switch what it sent.
+        // The local endpoint: run its stack when it has work (frames from the switch, or a
+        // send or timer due now: smoltcp's poll delay is zero then), then switch what it sent.
+        // Most rounds carry only guest traffic; polling an idle stack there is wasted.
         if let Some(local) = self.local.as_mut() {
-            local.poll();
-            while let Some(event) = local.iperf3_server().and_then(|s| s.next_event()) {
-                println!("{event}");
+            if !local.device.to_stack.is_empty() || local.poll_delay_us() == Some(0) {
+                local.poll();
+                while let Some(event) = local.iperf3_server().and_then(|s| s.next_event()) {
+                    println!("{event}");
+                }
             }
         }
         for _ in 0..FRAMES_PER_PORT_PER_ROUND {

@@ -16,7 +16,6 @@
 //!   sends only; `"receive"`: the host receives only. The VM must run an iperf3 server
 //!   (`iperf = "server"`), and the topology needs a NIC.
 
-use std::io::Read;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +26,7 @@ use shared_abi::bundle::VmKind;
 
 use crate::console;
 use crate::net::{free_port, Proto};
+use crate::process::run_with_limit;
 use crate::qemu::HostForward;
 use crate::topology::{Topology, VmDef};
 
@@ -302,36 +302,8 @@ fn run_once(
     if reverse {
         command.arg("-R");
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {binary} ({e}): run ./run.sh setup"))?;
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().expect("piped")));
-    let stderr = read_all(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for iperf3: {e}")),
-        }
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
+    let (status, stdout, stderr) =
+        run_with_limit(command, timeout).map_err(|e| format!("{e}: run ./run.sh setup"))?;
     let Some(status) = status else {
         return Err(format!(
             "iperf3 -c 127.0.0.1 -p {host_port}{} did not finish within {timeout:?} (killed)",

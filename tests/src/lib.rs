@@ -7,6 +7,7 @@ pub mod console;
 pub mod iperf;
 pub mod net;
 pub mod plot;
+pub mod process;
 pub mod qemu;
 pub mod report;
 pub mod tap;

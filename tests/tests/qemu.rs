@@ -808,6 +808,71 @@ fn guests_ping_each_other_and_the_host_through_the_driver_domain() {
     assert_checks_pass(&boot, &checks, &pings);
 }
 
+/// The first REPORT line of `vm`, which must be a `REPORT fail` naming `why`.
+fn assert_report_fail(boot: &Boot, vm: &str, why: &str) {
+    let line = boot.vm_lines(vm).find(|l| l.starts_with("REPORT"));
+    assert!(
+        line.is_some_and(|l| l.starts_with("REPORT fail") && l.contains(why)),
+        "{vm} should have failed with '{why}', reported {line:?}:\n{}",
+        boot.transcript()
+    );
+}
+
+#[test]
+fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
+    // Each guest's settings come from the topology file: a bad one stops that guest with the
+    // reason before it connects; the driver domain and the guests that connected carry on.
+    let toml = format!(
+        "{MACHINE}{}{}{}{}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("good", 16, ""),
+        net_guest("bad-mtu", 20, ", mtu = 100000"),
+        frontend("bad-ip", "driver-domain", "app = \"net\", ip = \"banana\""),
+        net_guest("bad-ping", 21, ", ping = \"10.0.2.999\""),
+        net_guest("bad-corrupt", 22, ", corrupt = \"nonsense\""),
+        frontend(
+            "bad-iperf",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.23/24\", iperf_window = 1"
+        ),
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    assert_report_fail(
+        &boot,
+        "bad-mtu",
+        "setting mtu = 100000 is outside 576..=9000",
+    );
+    assert_report_fail(&boot, "bad-ip", "setting ip is not an IPv4 CIDR");
+    assert_report_fail(
+        &boot,
+        "bad-ping",
+        "ping target \"10.0.2.999\" is not an IPv4 address",
+    );
+    assert_report_fail(&boot, "bad-corrupt", "unknown corrupt mode \"nonsense\"");
+    assert_report_fail(&boot, "bad-iperf", "setting iperf_window=1 is out of range");
+    assert_report_ok(&boot, "good", "net 10.0.2.16/24");
+    assert_report_ok(&boot, "driver-domain", "served");
+    for vm in [
+        "driver-domain",
+        "good",
+        "bad-mtu",
+        "bad-ip",
+        "bad-ping",
+        "bad-corrupt",
+    ] {
+        assert_eq!(kill_reason(&boot, vm), None, "{vm} was killed");
+    }
+
+    // The driver domain's own endpoint only serves iperf3.
+    let toml = format!("{MACHINE}{}", switch_driver_domain(", iperf = \"client\""));
+    let (_, boot) = boot_toml(&toml, 60);
+    assert_report_fail(
+        &boot,
+        "driver-domain",
+        "setting iperf = \"client\": the driver domain can only be \"server\"",
+    );
+}
+
 #[test]
 fn the_host_reaches_a_guests_tcp_echo_through_the_nic() {
     // Two guests with their TCP echo forwarded from the host: the host's connections go through

@@ -71,6 +71,89 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Option<usize> {
     }
 }
 
+/// `iperf3 -s -1` on a free port, and our control connection to it (non-blocking).
+fn real_server() -> (u16, Reaped, TcpStream) {
+    let port = free_port();
+    let server = Reaped(
+        Command::new("iperf3")
+            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 -s starts"),
+    );
+    let start = Instant::now();
+    let ctrl = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("iperf3 -s did not come up: {e}"),
+        }
+    };
+    ctrl.set_nonblocking(true).unwrap();
+    (port, server, ctrl)
+}
+
+/// Waits for a real `iperf3 -s -1` to end and asserts it was content.
+fn expect_success(mut server: Reaped) {
+    let status = server.0.wait().unwrap();
+    let mut stderr = String::new();
+    if let Some(mut e) = server.0.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "iperf3 -s failed: {stderr}");
+}
+
+/// A real `iperf3 -c` with `args` against a listener of ours (non-blocking).
+fn real_client(args: &[&str]) -> (TcpListener, Reaped) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let client = Reaped(
+        Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 -c starts"),
+    );
+    (listener, client)
+}
+
+/// The next connection to `listener`, within the test's time.
+fn accept(listener: &TcpListener, start: Instant, what: &str) -> TcpStream {
+    loop {
+        assert!(start.elapsed() < TIMEOUT, "no {what} connection");
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// What a real `iperf3 -c` printed, once it ended.
+fn client_output(mut client: Reaped) -> Output {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = client.0.stdout.take() {
+        let _ = out.read_to_end(&mut stdout);
+    }
+    if let Some(mut err) = client.0.stderr.take() {
+        let _ = err.read_to_end(&mut stderr);
+    }
+    let status = client.0.wait().unwrap();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
 struct ClientOutcome {
     ours: u64,
     theirs: Results,
@@ -81,26 +164,8 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
     if !have_iperf3() {
         return None;
     }
-    let port = free_port();
-    let mut server = Reaped(
-        Command::new("iperf3")
-            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("iperf3 -s starts"),
-    );
+    let (port, server, mut ctrl) = real_server();
     let start = Instant::now();
-    let mut ctrl = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if start.elapsed() < Duration::from_secs(5) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("iperf3 -s did not come up: {e}"),
-        }
-    };
-    ctrl.set_nonblocking(true).unwrap();
     let mut params = TestParams::tcp(1);
     params.reverse = reverse;
     let mut machine = ClientControl::new(Cookie::generate(port.into()), params);
@@ -168,12 +233,7 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    let status = server.0.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut e) = server.0.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "iperf3 -s failed: {stderr}");
+    expect_success(server);
     Some(ClientOutcome {
         ours: totals.unwrap().0,
         theirs: theirs.expect("server results"),
@@ -210,30 +270,9 @@ fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestP
     if !have_iperf3() {
         return None;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let mut client = Reaped(
-        Command::new("iperf3")
-            .args(["-c", "127.0.0.1", "-p", &port.to_string()])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("iperf3 -c starts"),
-    );
+    let (listener, client) = real_client(args);
     let start = Instant::now();
-    let accept = |what: &str| loop {
-        assert!(start.elapsed() < TIMEOUT, "no {what} connection");
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
-    let mut ctrl = accept("control");
+    let mut ctrl = accept(&listener, start, "control");
     ctrl.set_nonblocking(true).unwrap();
     let mut machine = ServerControl::new();
     let mut data: Option<TcpStream> = None;
@@ -261,7 +300,7 @@ fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestP
                         let n = flush(&mut ctrl, machine.output());
                         machine.consume_output(n);
                     }
-                    let mut stream = accept("data");
+                    let mut stream = accept(&listener, start, "data");
                     stream.set_nonblocking(false).unwrap();
                     let mut cookie = [0u8; COOKIE_LEN];
                     stream.read_exact(&mut cookie).unwrap();
@@ -309,54 +348,7 @@ fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestP
     }
     drop(data);
     drop(ctrl);
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    if let Some(mut out) = client.0.stdout.take() {
-        let _ = out.read_to_end(&mut stdout);
-    }
-    if let Some(mut err) = client.0.stderr.take() {
-        let _ = err.read_to_end(&mut stderr);
-    }
-    let status = client.0.wait().unwrap();
-    Some((
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        params,
-    ))
-}
-
-/// `end.<sum>.bytes` of `iperf3 -J` output.
-fn json_sum_bytes(stdout: &[u8], sum: &[u8]) -> Option<u64> {
-    let mut end = None;
-    json::members(stdout, |k, v| {
-        if k == b"end" {
-            end = Some(v)
-        }
-    })
-    .ok()?;
-    let Some(Value::Object(end)) = end else {
-        return None;
-    };
-    let mut total = None;
-    json::members(end, |k, v| {
-        if k == sum {
-            total = Some(v)
-        }
-    })
-    .ok()?;
-    let Some(Value::Object(total)) = total else {
-        return None;
-    };
-    let mut bytes = None;
-    json::members(total, |k, v| {
-        if k == b"bytes" {
-            bytes = v.as_number().and_then(|n| n.as_u64())
-        }
-    })
-    .ok()?;
-    bytes
+    Some((client_output(client), params))
 }
 
 fn check_real_client(reverse: bool) {
@@ -376,8 +368,12 @@ fn check_real_client(reverse: bool) {
     );
     let params = params.unwrap();
     assert_eq!((params.seconds, params.reverse), (1, reverse));
-    let sent = json_sum_bytes(&out.stdout, b"sum_sent").expect("sum_sent");
-    let received = json_sum_bytes(&out.stdout, b"sum_received").expect("sum_received");
+    let sent = json_sum_field(&out.stdout, b"sum_sent", b"bytes")
+        .map(|b| b as u64)
+        .expect("sum_sent");
+    let received = json_sum_field(&out.stdout, b"sum_received", b"bytes")
+        .map(|b| b as u64)
+        .expect("sum_received");
     assert!(received > 1_000_000, "{stdout}");
     assert!(sent >= received, "{stdout}");
 }
@@ -465,26 +461,8 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
     if !have_iperf3() {
         return None;
     }
-    let port = free_port();
-    let mut server = Reaped(
-        Command::new("iperf3")
-            .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("iperf3 -s starts"),
-    );
+    let (port, server, mut ctrl) = real_server();
     let start = Instant::now();
-    let mut ctrl = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if start.elapsed() < Duration::from_secs(5) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("iperf3 -s did not come up: {e}"),
-        }
-    };
-    ctrl.set_nonblocking(true).unwrap();
     let mut params = TestParams::udp(1, 10_000_000);
     params.reverse = reverse;
     let mut machine = ClientControl::new(Cookie::generate(port.into()), params);
@@ -551,12 +529,7 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    let status = server.0.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut e) = server.0.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "iperf3 -s failed: {stderr}");
+    expect_success(server);
     Some(UdpOutcome {
         bytes: totals.unwrap().0,
         counts: sender.map_or(receiver.counts, |s| s.counts),
@@ -601,29 +574,11 @@ fn real_udp_client_against_our_server(args: &[&str]) -> Option<(Output, TestPara
     if !have_iperf3() {
         return None;
     }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let args: Vec<&str> = ["-u", "-J"].iter().chain(args).copied().collect();
+    let (listener, client) = real_client(&args);
     let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let mut client = Reaped(
-        Command::new("iperf3")
-            .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-u", "-J"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("iperf3 -c starts"),
-    );
     let start = Instant::now();
-    let mut ctrl = loop {
-        assert!(start.elapsed() < TIMEOUT, "no control connection");
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
+    let mut ctrl = accept(&listener, start, "control");
     ctrl.set_nonblocking(true).unwrap();
     let mut machine = ServerControl::new();
     let mut data: Option<UdpSocket> = None;
@@ -695,24 +650,8 @@ fn real_udp_client_against_our_server(args: &[&str]) -> Option<(Output, TestPara
     }
     drop(data);
     drop(ctrl);
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    if let Some(mut out) = client.0.stdout.take() {
-        let _ = out.read_to_end(&mut stdout);
-    }
-    if let Some(mut err) = client.0.stderr.take() {
-        let _ = err.read_to_end(&mut stderr);
-    }
-    let status = client.0.wait().unwrap();
     let counts = sender.map_or(receiver.counts, |s| s.counts);
-    Some((
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        params.expect("parameters"),
-        counts,
-    ))
+    Some((client_output(client), params.expect("parameters"), counts))
 }
 
 /// `end.<sum>.<field>` of `iperf3 -J` output, as a number.
