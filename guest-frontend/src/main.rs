@@ -22,6 +22,7 @@ fn main(info: &StartInfo<'static>) {
         "hello" => apps::hello::run(info),
         "hostile" => apps::hostile::run(info),
         "iperf" => apps::iperf::run(info),
+        "lifecycle" => apps::lifecycle::run(info),
         "memcpy" => apps::memcpy::run(info),
         "net" => apps::net::run(info),
         "pingpong" => apps::pingpong::run(info),

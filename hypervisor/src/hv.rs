@@ -71,17 +71,22 @@ enum Action {
 }
 
 impl Hv {
-    pub fn vm_of(&self, id: VcpuId) -> &Vm {
-        self.vms[self.vcpus[id].vm]
-            .as_ref()
-            .expect("a vCPU's VM exists while the vCPU does")
+    /// The VM of vCPU `id`; `None` once the VM has been torn down. A vCPU of a torn-down VM
+    /// is never scheduled (see [`Hv::try_finish_stop`]), so `None` here means a stale id, which
+    /// callers treat like a stopping VM rather than trusting an invariant.
+    pub fn vm_of(&self, id: VcpuId) -> Option<&Vm> {
+        self.vms.get(self.vcpus.get(id)?.vm)?.as_ref()
     }
 
-    fn vm_of_mut(&mut self, id: VcpuId) -> &mut Vm {
-        let vm = self.vcpus[id].vm;
-        self.vms[vm]
-            .as_mut()
-            .expect("a vCPU's VM exists while the vCPU does")
+    fn vm_of_mut(&mut self, id: VcpuId) -> Option<&mut Vm> {
+        let vm = self.vcpus.get(id)?.vm;
+        self.vms.get_mut(vm)?.as_mut()
+    }
+
+    /// The VM's name for log lines, or a placeholder for a vCPU whose VM is gone.
+    fn name_of(&self, id: VcpuId) -> String {
+        self.vm_of(id)
+            .map_or_else(|| String::from("(stopped VM)"), |vm| vm.name.clone())
     }
 
     pub fn live_vms(&self) -> usize {
@@ -111,9 +116,12 @@ impl Hv {
         cpu::set_vtimer_ctl(0);
     }
 
-    /// Loads vCPU `id` onto this pCPU; `frame` becomes its register file.
-    fn load(&mut self, pcpu: usize, id: VcpuId, frame: &mut TrapFrame) {
-        let vm = self.vm_of_mut(id);
+    /// Loads vCPU `id` onto this pCPU; `frame` becomes its register file. False (nothing
+    /// loaded) if the vCPU's VM is gone or stopping: such a vCPU must not run again.
+    fn load(&mut self, pcpu: usize, id: VcpuId, frame: &mut TrapFrame) -> bool {
+        let Some(vm) = self.vm_of_mut(id).filter(|vm| vm.stop.is_none()) else {
+            return false;
+        };
         cpu::set_vttbr(vm.vmid, vm.stage2.root_pa());
         if vm.vmid_needs_flush {
             mem::tlbi_current_vmid_all();
@@ -129,6 +137,7 @@ impl Hv {
         *frame = vcpu.frame;
         CURRENT[pcpu].store(id, Ordering::Relaxed);
         self.arm_timer(cpu::counter());
+        true
     }
 
     /// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
@@ -150,7 +159,9 @@ impl Hv {
         x: [u64; 31],
         pcpu: usize,
     ) -> (Status, Option<u64>) {
-        let caller = self.vm_of(id).id;
+        let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
+            return (Status::InvalidArgument, None);
+        };
         let (sharing, vms, frames) = (&mut self.sharing, &mut self.vms[..], &mut self.frames);
         let mut env = Env { vms, frames };
         let done = |r: Result<(), Status>| (r.err().unwrap_or(Status::Ok), None);
@@ -214,7 +225,9 @@ impl Hv {
         if vm.stop.is_some() {
             return;
         }
-        let first = vm.vcpus[0];
+        let Some(&first) = vm.vcpus.first() else {
+            return;
+        };
         let _ = self.inject(first, EVTCHN_INTID, pcpu);
     }
 
@@ -253,7 +266,10 @@ impl Hv {
             .and_then(|id| self.vms.get(usize::from(id).wrapping_sub(1)))
             .and_then(Option::as_ref)
             .filter(|vm| vm.stop.is_none())
-            .map(|vm| vm.vcpus[0]);
+            .and_then(|vm| vm.vcpus.first().copied())
+            // A vCPU that is off would only hold the line until it is reset: release it now
+            // (INTx is level-triggered, so a device still asserting it interrupts again).
+            .filter(|&id| self.sched.state(id) != RunState::Off);
         let queued = owner.is_some_and(|id| {
             self.vcpus[id]
                 .virqs
@@ -298,10 +314,12 @@ impl Hv {
 
     /// Completes a requested stop when no vCPU of the VM runs any more.
     fn try_finish_stop(&mut self, vm_index: usize, this_pcpu: usize) {
-        let Some(vm) = self.vms[vm_index].as_ref() else {
+        let Some(vm) = self.vms.get(vm_index).and_then(Option::as_ref) else {
             return;
         };
-        let Some(kind) = vm.stop.clone() else { return };
+        let Some(mut kind) = vm.stop.clone() else {
+            return;
+        };
         if vm
             .vcpus
             .iter()
@@ -310,7 +328,17 @@ impl Hv {
             return;
         }
         let vm_id = vm.id;
+        let vcpu_ids = vm.vcpus.clone();
         let pages = (vm.ram_bytes / PAGE_SIZE) as usize;
+        // No vCPU of this incarnation runs again: a CPU_ON that slipped in before the stop was
+        // requested (or a stale run-queue entry) must not resurrect one, and the device lines
+        // its vCPUs held are released.
+        for &id in &vcpu_ids {
+            self.sched.stop(id);
+            if let Some(vcpu) = self.vcpus.get_mut(id) {
+                vcpu.release_hardware_interrupts();
+            }
+        }
         // The owner's device stops and its stream aborts before any of the owner's RAM (or the
         // pages granted to it) can change hands.
         let owns_device = self
@@ -322,12 +350,30 @@ impl Hv {
                 p.owner_stopped();
             }
         }
-        let stopped = self.sharing.vm_stopped(
-            &mut self.vms,
-            &mut self.frames,
-            vm_id,
-            kind == StopKind::Reset,
-        );
+        // A restart while peers still map frames of its RAM needs fresh RAM. It is decided
+        // before the sharing teardown, so that a restart that cannot happen is torn down as a
+        // stop for good and the peers are told the VM is gone rather than left waiting for an
+        // incarnation that never comes.
+        let mut replaced_ram = None;
+        if kind == StopKind::Reset && self.sharing.grants.lent_count(vm_id) > 0 {
+            let frames = &mut self.frames;
+            match self.vms[vm_index]
+                .as_mut()
+                .and_then(|vm| vm.replace_ram(frames))
+            {
+                Some(old_pa) => replaced_ram = Some(old_pa),
+                None => {
+                    kind = StopKind::Killed(String::from(
+                        "cannot restart: peers still map its RAM and there is no free RAM for a \
+                         fresh copy",
+                    ))
+                }
+            }
+        }
+        let restart = kind == StopKind::Reset;
+        let stopped = self
+            .sharing
+            .vm_stopped(&mut self.vms, &mut self.frames, vm_id, restart);
         self.sharing.release(&mut self.frames, &stopped.released);
         for notify in &stopped.notify {
             self.notify(*notify, this_pcpu);
@@ -340,23 +386,15 @@ impl Hv {
             pa,
             pages,
         };
-        let mut vm = self.vms[vm_index].take().expect("checked above");
-        vm.console.flush(|line| print_vm_line(&vm.name, line));
-        let kind = if kind == StopKind::Reset && !stopped.ram_free_now {
-            match vm.replace_ram(&mut self.frames) {
-                Some(old_pa) => {
-                    self.sharing.retained.push(retained(old_pa));
-                    kind
-                }
-                None => StopKind::Killed(String::from(
-                    "cannot restart: peers still map its RAM and there is no free RAM for a fresh copy",
-                )),
-            }
-        } else {
-            kind
+        let Some(mut vm) = self.vms[vm_index].take() else {
+            return;
         };
+        vm.console.flush(|line| print_vm_line(&vm.name, line));
         match kind {
             StopKind::Reset => {
+                if let Some(old_pa) = replaced_ram {
+                    self.sharing.retained.push(retained(old_pa));
+                }
                 info!(
                     "VM {} restarting (PSCI SYSTEM_RESET, boot {})",
                     vm.name,
@@ -369,12 +407,14 @@ impl Hv {
                         p.owner_restarted(&vm);
                     }
                 }
-                let first = vm.vcpus[0];
+                let first = vm.vcpus.first().copied();
                 let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
                 self.vms[vm_index] = Some(vm);
-                self.vcpus[first].reset(GUEST_RAM_BASE, info_gpa);
-                self.sched.wake(first);
-                self.kick_idle(this_pcpu);
+                if let Some(first) = first {
+                    self.vcpus[first].reset(GUEST_RAM_BASE, info_gpa);
+                    self.sched.wake(first);
+                    self.kick_idle(this_pcpu);
+                }
             }
             StopKind::PowerOff | StopKind::Killed(_) => {
                 let how = if kind == StopKind::PowerOff {
@@ -386,9 +426,10 @@ impl Hv {
                 let vmid = vm.vmid;
                 if let StopKind::Killed(reason) = &kind {
                     if reason.starts_with("cannot restart") {
-                        error!("VM {name}: {reason}");
+                        error!("VM {name}: {reason}; it stays stopped and its peers are told");
                     }
                 }
+                // RAM that peers still map stays readable to them until they unmap.
                 if !stopped.ram_free_now {
                     self.sharing.retained.push(retained(vm.ram_pa));
                 }
@@ -429,10 +470,13 @@ fn schedule(pcpu: usize, frame: &mut TrapFrame) {
             let mut guard = HV.lock();
             let hv = guard.as_mut().expect("hypervisor state installed at boot");
             hv.sched.wake_expired(cpu::counter());
-            if let Some(id) = hv.sched.pick(pcpu) {
-                IDLE[pcpu].store(false, Ordering::Release);
-                hv.load(pcpu, id, frame);
-                return;
+            while let Some(id) = hv.sched.pick(pcpu) {
+                if hv.load(pcpu, id, frame) {
+                    IDLE[pcpu].store(false, Ordering::Release);
+                    return;
+                }
+                // Its VM is stopping or gone: it stays off.
+                hv.sched.stop(id);
             }
             if hv.live_vms() == 0 {
                 drop(guard);
@@ -480,10 +524,9 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
             hv.request_stop(vm_index, kind, pcpu);
             Action::StopVm(StopKind::PowerOff)
         }
-        other if hv.vm_of(id).stop.is_some() => {
-            let _ = other;
-            Action::StopVm(StopKind::PowerOff)
-        }
+        // Another vCPU asked the VM to stop (or it is gone): this one stops too, whatever it
+        // trapped for.
+        _ if hv.vm_of(id).is_none_or(|vm| vm.stop.is_some()) => Action::StopVm(StopKind::PowerOff),
         other => other,
     };
     match action {
@@ -515,17 +558,21 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
         }
         Action::VcpuOff => {
             hv.save(id, frame);
+            hv.vcpus[id].release_hardware_interrupts();
             hv.sched.stop(id);
-            let vm = hv.vm_of(id);
-            if vm.vcpus.iter().all(|&v| hv.sched.state(v) == RunState::Off) {
-                let name = vm.name.clone();
-                info!("VM {name}: every vCPU is off");
+            let all_off = hv
+                .vm_of(id)
+                .is_some_and(|vm| vm.vcpus.iter().all(|&v| hv.sched.state(v) == RunState::Off));
+            if all_off {
+                info!("VM {}: every vCPU is off", hv.name_of(id));
                 hv.request_stop(vm_index, StopKind::PowerOff, pcpu);
             }
             hv.try_finish_stop(vm_index, pcpu);
         }
         Action::StopVm(_) => {
-            cpu::set_vtimer_ctl(0);
+            // Saved so that the teardown sees (and releases) the interrupts its list
+            // registers held.
+            hv.save(id, frame);
             hv.sched.stop(id);
             hv.try_finish_stop(vm_index, pcpu);
         }
@@ -597,7 +644,7 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
     };
     if let Action::StopVm(StopKind::Killed(reason)) = &action {
         let id = CURRENT[pcpu].load(Ordering::Relaxed);
-        let name = with_hv(|hv| hv.vm_of(id).name.clone());
+        let name = with_hv(|hv| hv.name_of(id));
         error!("killing VM {name}: {reason}");
     }
     finish(pcpu, frame, action);
@@ -681,10 +728,11 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
             let regs = [frame.x[2], frame.x[3], frame.x[4], frame.x[5], frame.x[6]];
             let (bytes, len) = hypercall::unpack_console_bytes(frame.x[1], &regs);
             with_hv(|hv| {
-                let vm = hv.vm_of_mut(id);
-                let name = vm.name.clone();
-                vm.console
-                    .push(&bytes[..len], |line| print_vm_line(&name, line));
+                if let Some(vm) = hv.vm_of_mut(id) {
+                    let name = vm.name.clone();
+                    vm.console
+                        .push(&bytes[..len], |line| print_vm_line(&name, line));
+                }
             });
             set_return(frame, Status::Ok.as_u64());
             Action::Continue
@@ -752,7 +800,7 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
         }
         psci::CPU_OFF => Action::VcpuOff,
         psci::SYSTEM_OFF => {
-            let name = with_hv(|hv| hv.vm_of(id).name.clone());
+            let name = with_hv(|hv| hv.name_of(id));
             info!("VM {name} requested power off (PSCI SYSTEM_OFF)");
             Action::StopVm(StopKind::PowerOff)
         }
@@ -764,18 +812,28 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
     }
 }
 
-/// PSCI CPU_ON for a vCPU of the caller's VM.
+/// PSCI CPU_ON for a vCPU of the caller's VM. Refused once the VM is stopping: a vCPU started
+/// after the stop was requested would outlive its VM's teardown.
 fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pcpu: usize) -> i64 {
-    let vm = hv.vm_of(caller);
+    let Some(vm) = hv.vm_of(caller) else {
+        return psci::DENIED;
+    };
+    if vm.stop.is_some() {
+        return psci::DENIED;
+    }
     let index = (target & 0xff) as usize;
-    if target >> 8 != 0 || index >= vm.vcpus.len() || index >= MAX_VCPUS_PER_VM as usize {
+    if target >> 8 != 0 || index >= MAX_VCPUS_PER_VM as usize {
         return psci::INVALID_PARAMETERS;
     }
-    if entry < GUEST_RAM_BASE || entry >= GUEST_RAM_BASE + vm.ram_bytes || !entry.is_multiple_of(4)
-    {
+    let Some(&target_id) = vm.vcpus.get(index) else {
+        return psci::INVALID_PARAMETERS;
+    };
+    let in_ram = entry
+        .checked_sub(GUEST_RAM_BASE)
+        .is_some_and(|offset| offset < vm.ram_bytes);
+    if !in_ram || !entry.is_multiple_of(4) {
         return psci::INVALID_PARAMETERS;
     }
-    let target_id = vm.vcpus[index];
     if hv.sched.state(target_id) != RunState::Off {
         return psci::ALREADY_ON;
     }

@@ -210,11 +210,35 @@ mod boot {
             );
             hv.vms.push(Some(vm));
         }
-        if let Some(spec) = bundle.vms().find(|s| s.passthrough.is_some()) {
-            let bdf = spec.passthrough.expect("found by it");
-            let vm = hv.vms[usize::from(spec.id) - 1]
-                .as_mut()
-                .expect("just created");
+        let mut owners = bundle
+            .vms()
+            .filter_map(|spec| spec.passthrough.map(|bdf| (spec, bdf)));
+        let first_owner = owners.next();
+        if let Some((second, bdf)) = owners.next() {
+            // The bundle format can describe several owners, but this hypervisor drives one
+            // passed-through function (one attached stream, one INTx): refuse rather than
+            // silently leave the second device unattached.
+            fail(
+                &alloc::format!(
+                    "the bundle passes more than one PCI function ({bdf} to {}, besides {}); \
+                     this hypervisor passes through exactly one",
+                    second.name,
+                    first_owner.map_or("", |(s, _)| s.name)
+                ),
+                "give one driver domain a passthrough device in the topology",
+            );
+        }
+        if let Some((spec, bdf)) = first_owner {
+            let Some(vm) = usize::from(spec.id)
+                .checked_sub(1)
+                .and_then(|i| hv.vms.get_mut(i))
+                .and_then(Option::as_mut)
+            else {
+                fail(
+                    &alloc::format!("the passthrough owner {} was not created", spec.name),
+                    "check the bundle",
+                );
+            };
             let vtcr = VTCR.load(Ordering::Relaxed) as u64;
             match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, vtcr) {
                 Ok(p) => hv.passthrough = Some(p),

@@ -148,11 +148,30 @@ pub fn report_smmu_events() {
 pub fn invalidate_ipas(vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
     tlbi_ipas_for(vmid, root_pa, pieces);
     let mut guard = SMMU.lock();
-    if let Some(state) = guard.as_mut() {
-        if matches!(&state.attached, Some((_, attached, _)) if *attached == vmid) {
-            if let Err(e) = state.smmu.tlbi_ipas(vmid, pieces) {
-                error!("SMMU TLB invalidation for VMID {vmid} failed: {e}");
-            }
+    let Some(state) = guard.as_mut() else {
+        return;
+    };
+    let Some((sid, attached_vmid, owner)) = state.attached.clone() else {
+        return;
+    };
+    if attached_vmid != vmid {
+        return;
+    }
+    if let Err(e) = state.smmu.tlbi_ipas(vmid, pieces) {
+        // The device could still reach the unmapped pages through a stale translation, and
+        // they may already belong to someone else: cut its DMA off entirely. Aborting the
+        // stream is a stream-table write plus CFGI, which does not depend on the TLBI that
+        // failed; if even that fails, say so loudly.
+        state.attached = None;
+        match state.smmu.detach(sid) {
+            Ok(()) => error!(
+                "SMMU TLB invalidation for VMID {vmid} failed ({e}): stream {sid:#x} of {owner} \
+                 detached, its DMA now aborts"
+            ),
+            Err(detach) => error!(
+                "SMMU TLB invalidation for VMID {vmid} failed ({e}) and detaching stream \
+                 {sid:#x} of {owner} failed too ({detach}): its DMA may reach stale pages"
+            ),
         }
     }
 }

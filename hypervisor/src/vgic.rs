@@ -39,6 +39,9 @@ pub const DEFAULT_PRIORITY: u8 = 0xa0;
 
 /// How many virtual interrupts may wait per vCPU beyond the list registers.
 pub const QUEUE_CAPACITY: usize = 64;
+/// How many distinct physical interrupts one vCPU can hold through hardware list registers (one
+/// passed-through function's line today; room for a few more).
+pub const HW_RELEASE_MAX: usize = 8;
 
 /// A pending, group-1 list register value for `intid`.
 pub const fn pending_lr(intid: u32, priority: u8) -> u64 {
@@ -164,6 +167,32 @@ impl VirqQueue {
             let _ = self.waiting.push_back(virq);
         }
         out_of_registers
+    }
+
+    /// Forgets every waiting and listed interrupt of a vCPU that is being reset or switched off,
+    /// and returns the physical INTIDs linked to them. Each of those was only priority-dropped
+    /// when the hypervisor took it: the caller must deactivate them, or the physical line stays
+    /// active and never fires again (for the device's owner, after any CPU_OFF/CPU_ON cycle).
+    pub fn take_hardware(&mut self, lrs: &mut [u64]) -> heapless::Vec<u32, HW_RELEASE_MAX> {
+        let mut physical: heapless::Vec<u32, HW_RELEASE_MAX> = heapless::Vec::new();
+        let mut note = |pintid: u32| {
+            if !physical.contains(&pintid) {
+                // At most one entry per distinct INTID; the capacity covers every SPI a VM can
+                // be given, so nothing is dropped.
+                let _ = physical.push(pintid);
+            }
+        };
+        for lr in lrs.iter_mut() {
+            if !lr_is_free(*lr) && *lr & LR_HW != 0 {
+                note(((*lr & LR_PINTID_MASK) >> LR_PINTID_SHIFT) as u32);
+            }
+            *lr = 0;
+        }
+        for waiting in self.waiting.iter().filter(|w| w.physical != 0) {
+            note(waiting.physical);
+        }
+        self.waiting.clear();
+        physical
     }
 
     /// True when `lrs` or the queue hold an interrupt the guest has not taken yet, i.e. a WFI
@@ -306,6 +335,28 @@ mod tests {
         lrs[0] &= !LR_STATE_MASK;
         assert!(!queue.refill(&mut lrs));
         assert_eq!(lrs[0], pending_hw_lr(48, 37, DEFAULT_PRIORITY));
+    }
+
+    #[test]
+    fn a_reset_vcpu_hands_back_every_physical_interrupt_it_held_once() {
+        let mut queue = VirqQueue::new();
+        queue.push(3).unwrap();
+        queue.push_hw(48, 37).unwrap();
+        queue.push_hw(48, 37).unwrap();
+        let mut lrs = [
+            (pending_hw_lr(48, 37, DEFAULT_PRIORITY) & !LR_STATE_MASK) | LR_STATE_ACTIVE,
+            pending_hw_lr(49, 40, DEFAULT_PRIORITY),
+            pending_lr(27, DEFAULT_PRIORITY),
+            // Spent (invalid) hardware list register: the guest already deactivated it.
+            pending_hw_lr(50, 41, DEFAULT_PRIORITY) & !LR_STATE_MASK,
+        ];
+        let mut released = queue.take_hardware(&mut lrs).to_vec();
+        released.sort();
+        assert_eq!(released, [37, 40]);
+        assert_eq!(lrs, [0; 4]);
+        assert!(queue.is_empty());
+        // Nothing held: nothing to hand back.
+        assert!(queue.take_hardware(&mut lrs).is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use shared_abi::layout::{start_info_gpa, BLOCK_SIZE, GUEST_RAM_BASE, PAGE_SIZE};
 use shared_abi::start_info::StartInfo;
 
 use crate::arch::cpu::{El1Context, FpContext};
-use crate::arch::gic::VgicContext;
+use crate::arch::gic::{self, VgicContext};
 use crate::arch::mem::{phys_bytes_mut, sync_for_execution, GuestRam, PhysTableMemory};
 use crate::arch::vectors::TrapFrame;
 use crate::passthrough::invalidate_ipas;
@@ -85,6 +85,7 @@ impl Vcpu {
 
     /// Architectural reset, then entry at `entry` with x0 = `arg` (boot, PSCI CPU_ON, reset).
     pub fn reset(&mut self, entry: u64, arg: u64) {
+        self.release_hardware_interrupts();
         self.frame = TrapFrame::default();
         self.frame.elr = entry;
         self.frame.spsr = SPSR_EL1H_MASKED;
@@ -93,6 +94,16 @@ impl Vcpu {
         self.fp = FpContext::default();
         self.vgic = VgicContext::default();
         self.virqs.clear();
+    }
+
+    /// Drops every virtual interrupt this (not running) vCPU holds and deactivates the physical
+    /// interrupts linked to them, so a device line handed to a vCPU that then switches off or
+    /// resets is not left active forever. INTx is level-triggered: a device still asserting it
+    /// interrupts again.
+    pub fn release_hardware_interrupts(&mut self) {
+        for physical in self.virqs.take_hardware(&mut self.vgic.lrs) {
+            gic::deactivate(physical);
+        }
     }
 }
 

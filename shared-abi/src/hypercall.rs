@@ -134,6 +134,8 @@ pub mod psci {
     pub const SUCCESS: i64 = 0;
     pub const NOT_SUPPORTED: i64 = -1;
     pub const INVALID_PARAMETERS: i64 = -2;
+    /// CPU_ON while the caller's VM is being stopped or reset: no vCPU may start any more.
+    pub const DENIED: i64 = -3;
     pub const ALREADY_ON: i64 = -4;
 }
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use shared_abi::bundle;
 use sluice_harness::console;
 use sluice_harness::net::HostChecks;
 use sluice_harness::qemu::{boot, Artifacts, Boot, BootOptions};
@@ -337,6 +338,97 @@ fn hostile_hypercalls_get_documented_errors_and_harm_no_one() {
     );
 }
 
+/// The good pair of every hostile-guest test: a driver domain that switches, and two guests
+/// pinging each other through it the whole time. Returns the topology text and the pair's names.
+fn bystander_pair() -> String {
+    let good = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 4000";
+    format!(
+        "{}{}{}",
+        switch_driver_domain(""),
+        net_guest("good1", 16, &format!(", ping = \"10.0.2.17\"{good}")),
+        net_guest("good2", 17, &format!(", ping = \"10.0.2.16\"{good}")),
+    )
+}
+
+/// What went wrong for the bystander pair of [`bystander_pair`]: a lost ping, a kill, a
+/// driver domain that did not finish, or a hypervisor that did not power off cleanly.
+fn bystander_failures(topology: &Topology, boot: &Boot) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let pings = ping_checks(topology, boot);
+    if pings.len() != 2 {
+        wrong.push(format!("expected 2 bystander ping checks, got {pings:?}"));
+    }
+    wrong.extend(pings.iter().filter(|c| !c.pass).map(|c| c.summary_line()));
+    for vm in ["driver-domain", "good1", "good2"] {
+        if let Some(why) = kill_reason(boot, vm) {
+            wrong.push(format!("bystander {vm} was killed: {why}"));
+        }
+        if !boot.vm_lines(vm).any(|l| l.starts_with("REPORT ok")) {
+            wrong.push(format!("bystander {vm} did not report ok"));
+        }
+    }
+    if boot.has("exception in the hypervisor itself") || boot.has("panicked") {
+        wrong.push("the hypervisor crashed".into());
+    }
+    if !(boot.exited && boot.has("all VMs have stopped; powering off")) {
+        wrong.push("the hypervisor did not power off after every VM stopped".into());
+    }
+    wrong
+}
+
+#[test]
+fn cpu_on_racing_the_end_of_its_vm_harms_no_one() {
+    // Each racer churns CPU_ON/CPU_OFF of its vCPU 2 from vCPU 1 while vCPU 0 ends the VM.
+    let racer = |name: &str, ending: &str| {
+        guest(
+            name,
+            4,
+            3,
+            &format!("app = \"lifecycle\", ending = \"{ending}\", rounds = 6"),
+        )
+    };
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        bystander_pair(),
+        racer("racer-off", "off"),
+        racer("racer-reset", "reset"),
+        racer("racer-fault", "fault"),
+    );
+    let (topology, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    let mut wrong = bystander_failures(&topology, &boot);
+    for (racer, report) in [
+        ("racer-off", "SYSTEM_OFF during CPU_ON churn"),
+        (
+            "racer-reset",
+            "6 boots ended by SYSTEM_RESET during CPU_ON churn",
+        ),
+        ("racer-fault", "fatal fault during CPU_ON churn"),
+    ] {
+        if !boot
+            .vm_lines(racer)
+            .any(|l| l.starts_with("REPORT ok") && l.contains(report))
+        {
+            wrong.push(format!("{racer} did not report '{report}'"));
+        }
+        if !boot.has(&format!("VM {racer} stopped (")) {
+            wrong.push(format!("{racer} was never torn down"));
+        }
+    }
+    match kill_reason(&boot, "racer-fault") {
+        Some(why) if why.contains("stage-2 fault at IPA 0x9000000") => {}
+        other => wrong.push(format!(
+            "racer-fault: expected a stage-2 kill, got {other:?}"
+        )),
+    }
+    for racer in ["racer-off", "racer-reset"] {
+        if let Some(why) = kill_reason(&boot, racer) {
+            wrong.push(format!("{racer} was killed: {why}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n{t}", wrong.join("\n"));
+}
+
 #[test]
 fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
     let toml = format!("{MACHINE}{}", guest("g", 4, 1, "app = \"hello\""));
@@ -367,6 +459,51 @@ fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
         );
         assert!(!result.has("[g] "), "{what}: no VM may start");
     }
+}
+
+#[test]
+fn a_bundle_passing_two_pci_functions_is_refused_with_a_message() {
+    // The bundle format can name one function per driver domain, but the hypervisor passes
+    // exactly one through: a second owner must stop the boot, not be left silently unattached.
+    let toml = format!(
+        "{MACHINE}{}{}",
+        nic_driver_domain(""),
+        driver_domain("dd2", 4)
+    );
+    let topology = Topology::from_toml_str(&toml).unwrap();
+    let mut bytes = sluice_harness::topology::pack(&topology, &artifacts().images).unwrap();
+    let read_u64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    // VM 2's entry: passthrough routing ID 00:03.0 (offset 38) and its flag (offset 50).
+    let entry = read_u64(&bytes, 40) as usize + bundle::VM_ENTRY_SIZE;
+    let second = bundle::Bdf::new(0, 3, 0).unwrap();
+    bytes[entry + 38..entry + 40].copy_from_slice(&second.routing_id().to_le_bytes());
+    bytes[entry + 50..entry + 52].copy_from_slice(&bundle::VM_FLAG_PASSTHROUGH.to_le_bytes());
+    let total = read_u64(&bytes, 16) as usize;
+    let sum = bundle::fnv1a64(&bytes[bundle::HEADER_SIZE..total]);
+    bytes[24..32].copy_from_slice(&sum.to_le_bytes());
+    bundle::Bundle::parse(&bytes).expect("the format itself allows two owners");
+    let result = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(30),
+            bundle_override: Some(bytes),
+            ..BootOptions::default()
+        },
+    );
+    let t = result.transcript();
+    assert!(
+        result.has("the bundle passes more than one PCI function (00:03.0 to dd2"),
+        "{t}"
+    );
+    assert!(result.has("what to do: give one driver domain"), "{t}");
+    assert!(
+        result.exited,
+        "the hypervisor must power off, not hang:\n{t}"
+    );
+    assert!(
+        !result.has("[driver-domain] ") && !result.has("[dd2] "),
+        "no VM may start:\n{t}"
+    );
 }
 
 // ---- Grants, event channels and the handshake -------------------------------------------------

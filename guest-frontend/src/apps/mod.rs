@@ -7,6 +7,7 @@ pub mod granter;
 pub mod hello;
 pub mod hostile;
 pub mod iperf;
+pub mod lifecycle;
 pub mod memcpy;
 pub mod net;
 pub mod pingpong;

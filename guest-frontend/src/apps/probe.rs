@@ -25,8 +25,15 @@ pub fn run(info: &StartInfo<'static>) {
         return;
     }
     println!("probing {op} at {addr:#x}");
+    let value = access(addr, op == "write");
+    println!("PROBE SURVIVED at {addr:#x} value={value:#x}");
+}
+
+/// One volatile 8-byte access at `addr` (aligned): a write of [`PATTERN`] or a read. Also the
+/// fault other apps use when they need their VM killed at stage 2.
+pub fn access(addr: u64, write: bool) -> u64 {
     let ptr = addr as usize as *mut u64;
-    let value = if op == "write" {
+    if write {
         // SAFETY: deliberately not sound in general: this is the isolation probe. The address
         // is aligned and, outside this VM's RAM, mapped (Device) by the runtime's identity map, so
         // the access reaches stage 2, where the hypervisor must stop it. Inside our RAM it may
@@ -36,6 +43,5 @@ pub fn run(info: &StartInfo<'static>) {
     } else {
         // SAFETY: as above, for a read.
         unsafe { ptr.read_volatile() }
-    };
-    println!("PROBE SURVIVED at {addr:#x} value={value:#x}");
+    }
 }
