@@ -376,6 +376,8 @@ mod tests {
     use shared_abi::layout::GUEST_RAM_BASE;
 
     const PAGE: u64 = GUEST_RAM_BASE + 0x3000;
+    /// The first id above every VM id.
+    const BEYOND: VmId = MAX_VMS as VmId + 1;
 
     fn in_ram(gpa: u64, len: u64) -> bool {
         gpa >= GUEST_RAM_BASE
@@ -412,7 +414,7 @@ mod tests {
         );
         assert_eq!(ec.setup(1, !0xfffu64, in_ram), Err(Status::InvalidArgument));
         assert_eq!(ec.setup(0, PAGE, in_ram), Err(Status::InvalidArgument));
-        assert_eq!(ec.setup(17, PAGE, in_ram), Err(Status::InvalidArgument));
+        assert_eq!(ec.setup(BEYOND, PAGE, in_ram), Err(Status::InvalidArgument));
         let mut asked = None;
         assert_eq!(
             ec.setup(1, PAGE, |g, l| {
@@ -494,7 +496,14 @@ mod tests {
     #[test]
     fn alloc_rules() {
         let mut ec = world();
-        for remote in [0, 1, 17, u16::MAX as u64, 1 << 16 | 2, u64::MAX] {
+        for remote in [
+            0,
+            1,
+            u64::from(BEYOND),
+            u16::MAX as u64,
+            1 << 16 | 2,
+            u64::MAX,
+        ] {
             assert_eq!(
                 ec.alloc_unbound(1, remote),
                 Err(Status::InvalidArgument),
@@ -520,7 +529,7 @@ mod tests {
         let mut ec = world();
         let p = ec.alloc_unbound(1, 2).unwrap();
         // Remote ids.
-        for remote in [0, 2, 17, 1 << 16 | 1] {
+        for remote in [0, 2, u64::from(BEYOND), 1 << 16 | 1] {
             assert_eq!(
                 ec.bind_interdomain(2, remote, p as u64),
                 Err(Status::InvalidArgument)
@@ -636,7 +645,7 @@ mod tests {
         assert_eq!(ec.bind_pair(1, 1), Err(Status::InvalidArgument));
         assert_eq!(ec.bind_pair(0, 1), Err(Status::InvalidArgument));
         assert_eq!(ec.bind_pair(1, 0), Err(Status::InvalidArgument));
-        assert_eq!(ec.bind_pair(1, 17), Err(Status::InvalidArgument));
+        assert_eq!(ec.bind_pair(1, BEYOND), Err(Status::InvalidArgument));
         let (a, b) = ec.bind_pair(1, 2).unwrap();
         assert_eq!((a, b), (1, 1));
         assert_eq!(ec.state(1, a), Some(bound(2, b)));
@@ -681,7 +690,7 @@ mod tests {
                 page_gpa: Some(PAGE)
             })
         );
-        assert!(ec.vm_died(0).is_empty() && ec.vm_died(17).is_empty());
+        assert!(ec.vm_died(0).is_empty() && ec.vm_died(BEYOND).is_empty());
         // VM 3 holds only an unbound port now: nothing to unbind elsewhere.
         assert!(ec.vm_died(3).is_empty());
         assert_eq!(ec.state(3, p3), Some(PortState::Free));

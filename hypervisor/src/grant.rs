@@ -85,7 +85,8 @@ use alloc::vec::Vec;
 
 use shared_abi::grant::{
     entry_gpa, in_grant_window, within_frame, CopyKind, CopyOp, GrantEntry, MapOp, UnmapOp,
-    ENTRIES_PER_PAGE, ENTRY_SIZE, IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_VM, MAX_TABLE_PAGES, PERMIT,
+    ENTRIES_PER_PAGE, ENTRY_SIZE, IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_GUEST, MAX_TABLE_PAGES,
+    PERMIT,
 };
 use shared_abi::hypercall::Status;
 use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
@@ -237,14 +238,28 @@ struct Lent {
     count: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct VmGrants {
     incarnation: u64,
+    /// Most mappings it may hold (see [`GrantTables::set_mapping_budget`]).
+    budget: u32,
     table: Option<Table>,
     /// Mappings this VM holds of other VMs' frames, by destination IPA.
     maps: BTreeMap<u64, Mapping>,
     /// Foreign mappings of this incarnation's refs, by ref.
     lent: BTreeMap<u32, Lent>,
+}
+
+impl Default for VmGrants {
+    fn default() -> Self {
+        VmGrants {
+            incarnation: 0,
+            budget: MAX_MAPPINGS_PER_GUEST,
+            table: None,
+            maps: BTreeMap::new(),
+            lent: BTreeMap::new(),
+        }
+    }
 }
 
 /// A dead incarnation whose frames are still mapped by others.
@@ -516,6 +531,14 @@ impl GrantTables {
         }
     }
 
+    /// Sets how many grant mappings `vm` may hold at once (by default
+    /// [`MAX_MAPPINGS_PER_GUEST`]; a driver domain gets more). Set at boot, before it runs.
+    pub fn set_mapping_budget(&mut self, vm: VmId, budget: u32) {
+        if let Some(vi) = vm_index(vm) {
+            self.vms[vi].budget = budget;
+        }
+    }
+
     /// The current incarnation of `vm` (0 at boot, +1 per [`vm_died`](Self::vm_died)).
     pub fn incarnation(&self, vm: VmId) -> Option<u64> {
         Some(self.vms[vm_index(vm)?].incarnation)
@@ -592,7 +615,7 @@ impl GrantTables {
         if self.vms[ci].maps.contains_key(&op.dest_gpa) {
             return Err(Status::Busy);
         }
-        if self.vms[ci].maps.len() >= MAX_MAPPINGS_PER_VM as usize {
+        if self.vms[ci].maps.len() >= self.vms[ci].budget as usize {
             return Err(Status::NoSpace);
         }
         let (entry_gpa, raw) = self.read_entry(env, op.granter, gi, op.gref)?;
@@ -1459,13 +1482,13 @@ mod tests {
     fn map_limit_is_no_space() {
         let (mut gt, mut m) = world();
         m.grant(1, 0, 2, FRAME, PERMIT);
-        for i in 0..MAX_MAPPINGS_PER_VM as u64 {
+        for i in 0..MAX_MAPPINGS_PER_GUEST as u64 {
             assert_eq!(
                 map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + i * PAGE_SIZE, 0)),
                 Status::Ok
             );
         }
-        let next = WIN + MAX_MAPPINGS_PER_VM as u64 * PAGE_SIZE;
+        let next = WIN + MAX_MAPPINGS_PER_GUEST as u64 * PAGE_SIZE;
         assert_eq!(
             map1(&mut gt, &mut m, 2, map_op(1, 0, next, 0)),
             Status::NoSpace
@@ -1887,7 +1910,10 @@ mod tests {
             (with(2, 1 | 1 << 32), Status::InvalidArgument), // own with a ref
             (with(0, 2 | 2 << 16), Status::InvalidArgument), // granter is the caller
             (with(0, 2), Status::InvalidArgument),           // granter 0
-            (with(0, 2 | 17 << 16), Status::InvalidArgument), // not a VM id
+            (
+                with(0, 2 | (MAX_VMS as u64 + 1) << 16),
+                Status::InvalidArgument,
+            ), // not a VM id
             (with(0, 2 | 1 << 16 | 512 << 32), Status::BadRef), // beyond the table
             (with(0, 2 | 4 << 16), Status::BadRef),          // no table
             (with(1, 4096), Status::InvalidArgument),        // offset beyond the frame

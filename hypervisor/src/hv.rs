@@ -172,6 +172,11 @@ impl Hv {
         let mut notify = None;
         let result = match function {
             hypercall::GRANT_TABLE_SETUP => (sharing.grants.setup(&env, caller, x[1], x[2]), None),
+            // A mapping grows the heap: refuse it while the heap is low rather than let an
+            // allocation fail.
+            hypercall::GRANT_MAP if crate::boot::heap_free_bytes() < crate::boot::HEAP_RESERVE => {
+                (Status::NoSpace, None)
+            }
             hypercall::GRANT_MAP => (sharing.grants.map_batch(&mut env, caller, x[1], x[2]), None),
             hypercall::GRANT_UNMAP => {
                 let result = sharing.grants.unmap_batch(&mut env, caller, x[1], x[2]);

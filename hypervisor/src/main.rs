@@ -35,7 +35,10 @@ mod boot {
     use hypervisor::mm::vmid::VmidAllocator;
     use hypervisor::sched::Scheduler;
     use log::{error, info};
-    use shared_abi::bundle::Bundle;
+    use shared_abi::bundle::{Bundle, VmKind};
+    use shared_abi::grant::{
+        HEAP_BYTES_PER_MAPPING, MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST,
+    };
     use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE};
 
     use crate::arch::{self, cpu, gic, mem};
@@ -44,7 +47,15 @@ mod boot {
     use crate::vm::{Vcpu, Vm};
     use crate::{dtb, logger};
 
-    const HEAP_SIZE: usize = 4 << 20;
+    /// The hypervisor's heap: VMs, vCPUs, and the grant records guests create.
+    const HEAP_SIZE: usize = 16 << 20;
+    /// The share of the heap grant-mapping budgets may promise away (the rest is for
+    /// everything else); a topology whose budgets need more is refused at boot.
+    const HEAP_FOR_MAPPINGS: u64 = (HEAP_SIZE as u64 / 4) * 3;
+    /// Hypercalls that grow the heap are refused (`NoSpace`) below this much free heap, so
+    /// that no guest-triggered allocation can fail (which would stop the hypervisor) even if
+    /// [`HEAP_BYTES_PER_MAPPING`] were too optimistic.
+    pub const HEAP_RESERVE: usize = 1 << 20;
 
     #[repr(C, align(4096))]
     struct HeapSpace([u8; HEAP_SIZE]);
@@ -52,6 +63,13 @@ mod boot {
 
     #[global_allocator]
     static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+    /// Bytes of the heap not handed out (including the allocator's rounding).
+    pub fn heap_free_bytes() -> usize {
+        let heap = HEAP.lock();
+        heap.stats_total_bytes()
+            .saturating_sub(heap.stats_alloc_actual())
+    }
 
     /// Where QEMU puts the DTB when it boots an ELF instead of the Image (e.g. under gdb).
     const DEFAULT_DTB: u64 = 0x4000_0000;
@@ -174,7 +192,29 @@ mod boot {
                 "check QEMU's -M virt,iommu=smmuv3 and the SMMU model",
             );
         }
+        let budget = |kind: VmKind| match kind {
+            VmKind::DriverDomain => MAX_MAPPINGS_PER_DRIVER_DOMAIN,
+            VmKind::Guest => MAX_MAPPINGS_PER_GUEST,
+        };
+        let promised: u64 = bundle
+            .vms()
+            .map(|spec| u64::from(budget(spec.kind)) * HEAP_BYTES_PER_MAPPING)
+            .sum();
+        if promised > HEAP_FOR_MAPPINGS {
+            fail(
+                &alloc::format!(
+                    "the topology's grant-mapping budgets could need {} KiB of hypervisor heap, \
+                     more than the {} KiB set aside for them",
+                    promised >> 10,
+                    HEAP_FOR_MAPPINGS >> 10
+                ),
+                "use fewer driver domains",
+            );
+        }
         for spec in bundle.vms() {
+            hv.sharing
+                .grants
+                .set_mapping_budget(spec.id, budget(spec.kind));
             let grant = hv
                 .vmids
                 .alloc()

@@ -70,7 +70,7 @@
 //! | MAP, COPY   | granter is the caller, 0, or not a VM id                          | `InvalidArgument` |
 //! | MAP         | `dest_gpa` not page aligned or outside the caller's grant window  | `InvalidArgument` |
 //! | MAP         | `dest_gpa` already holds a grant mapping                          | `Busy`            |
-//! | MAP         | the caller already holds `MAX_MAPPINGS_PER_VM` (4096) mappings    | `NoSpace`         |
+//! | MAP         | the caller holds its budget of mappings, or the hypervisor's heap is low | `NoSpace` |
 //! | MAP, COPY   | granter dead or without a table, ref beyond its table             | `BadRef`          |
 //! | MAP, COPY   | entry's PERMIT clear, or unknown entry flag bits set              | `BadRef`          |
 //! | MAP, COPY   | entry's `peer` is not the caller                                  | `Denied`          |
@@ -98,9 +98,18 @@ pub const MAX_REFS: u32 = ENTRIES_PER_PAGE * MAX_TABLE_PAGES;
 pub const ENTRY_SIZE: u64 = 8;
 /// Most ops in one GRANT_MAP / GRANT_UNMAP / GRANT_COPY call, so one hypercall is bounded work.
 pub const MAX_BATCH: u64 = 64;
-/// Most grant mappings one VM may hold at a time (its own mappings of peers' frames), so the
-/// hypervisor's record of them is bounded; GRANT_MAP beyond it is `NoSpace`.
-pub const MAX_MAPPINGS_PER_VM: u32 = 4096;
+/// Most grant mappings a guest may hold at a time (its own mappings of peers' frames), so the
+/// hypervisor's record of them is bounded; GRANT_MAP beyond it is `NoSpace`. Guests map little
+/// (front-ends grant, they do not map).
+pub const MAX_MAPPINGS_PER_GUEST: u32 = 512;
+/// The same for a driver domain, which maps every front-end's rings and buffer pool: room for
+/// [`MAX_VMS`](crate::layout::MAX_VMS) - 1 front-ends with pools of a jumbo-frame ring
+/// (about 430 pages each).
+pub const MAX_MAPPINGS_PER_DRIVER_DOMAIN: u32 = 16384;
+/// Hypervisor heap a single grant mapping may cost at most (its record, the B-tree node share
+/// and the allocator's rounding); the hypervisor refuses a topology whose budgets could need
+/// more heap than it sets aside for mappings. A host test measures the real cost against it.
+pub const HEAP_BYTES_PER_MAPPING: u64 = 256;
 
 /// Foreign frames are mapped only inside this IPA window of the caller (256 MiB starting at 4 GiB,
 /// above all RAM).

@@ -923,7 +923,10 @@ mod tests {
         assert_eq!(corrupt(|p| p[12] = 0), HandshakeError::BadVmIds);
         assert_eq!(corrupt(|p| p[14] = 0), HandshakeError::BadVmIds);
         assert_eq!(corrupt(|p| p[12] = 1), HandshakeError::BadVmIds);
-        assert_eq!(corrupt(|p| p[14] = 17), HandshakeError::BadVmIds);
+        assert_eq!(
+            corrupt(|p| p[14] = MAX_VMS as u8 + 1),
+            HandshakeError::BadVmIds
+        );
         assert_eq!(corrupt(|p| p[13] = 1), HandshakeError::BadVmIds);
         assert_eq!(corrupt(|p| p[16] = 0), HandshakeError::BadPort { port: 0 });
         assert_eq!(corrupt(|p| p[20] = 0), HandshakeError::BadPort { port: 0 });

@@ -16,7 +16,7 @@ pub const MIN_VM_RAM: u64 = BLOCK_SIZE;
 pub const MAX_VM_RAM: u64 = 1024 * 1024 * 1024;
 
 /// Limits on the topology, checked when the bundle is parsed.
-pub const MAX_VMS: usize = 16;
+pub const MAX_VMS: usize = 32;
 pub const MAX_VCPUS_PER_VM: u32 = 8;
 pub const MAX_VM_NAME_LEN: usize = 31;
 pub const MAX_SETTINGS_LEN: usize = 2048;
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(control_page_ipa(1), 0x1_1000_1000);
         assert_eq!(
             control_page_ipa(MAX_VMS as u16),
-            0x1_1000_0000 + 16 * 0x1000
+            0x1_1000_0000 + MAX_VMS as u64 * 0x1000
         );
         for id in 1..=MAX_VMS as u16 {
             let ipa = control_page_ipa(id);

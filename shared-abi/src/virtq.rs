@@ -137,7 +137,7 @@ pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
 /// looping chain.
 pub const MAX_CHAIN: usize = 16;
 /// Largest buffer pool, in pages: as many as one grant table can name. Keeps pool offsets in a
-/// `u32`; the back-end's mapping budget (`grant::MAX_MAPPINGS_PER_VM`) is the tighter limit.
+/// `u32`; the back-end's mapping budget (`grant::MAX_MAPPINGS_PER_DRIVER_DOMAIN`) is the tighter limit.
 pub const MAX_POOL_PAGES: u32 = MAX_REFS;
 
 /// Bytes of `virtio_net_hdr_v1` in front of every frame.

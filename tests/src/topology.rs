@@ -1075,11 +1075,11 @@ vcpus = 1
     }
 
     #[test]
-    fn eight_guests_topology_fits_and_pings_everyone() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/eight-guests.toml");
+    fn sixteen_guests_topology_fits_and_pings_everyone() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/sixteen-guests.toml");
         let t = Topology::from_file(&path).unwrap();
         assert_eq!(t.machine.cpus, 2);
-        assert_eq!(t.vms.len(), 9);
+        assert_eq!(t.vms.len(), 17);
         assert!(t.vms.len() <= MAX_VMS);
         let (dd, _) = t.passthrough().unwrap();
         assert_eq!(dd.name, "driver-domain");
