@@ -23,6 +23,7 @@ fn main(info: &StartInfo<'static>) {
         "hostile" => apps::hostile::run(info),
         "iperf" => apps::iperf::run(info),
         "lifecycle" => apps::lifecycle::run(info),
+        "load" => apps::load::run(info),
         "memcpy" => apps::memcpy::run(info),
         "net" => apps::net::run(info),
         "pingpong" => apps::pingpong::run(info),

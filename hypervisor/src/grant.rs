@@ -315,6 +315,25 @@ fn clear_bits(env: &mut impl GrantEnv, vm: VmId, gpa: u64, bits: u64) -> bool {
     false
 }
 
+/// The batch-level rule of every grant batch call: `count` in `1..=MAX_BATCH` ops of
+/// `op_words` words each, 8-byte aligned, the whole array in `caller`'s RAM. A caller that runs
+/// a batch one op at a time (to release its lock between ops) checks this first, so the batch
+/// is refused as a whole exactly as [`run_batch`] would.
+pub fn batch_array_ok(
+    env: &impl GrantEnv,
+    caller: VmId,
+    ops_gpa: u64,
+    count: u64,
+    op_words: usize,
+) -> bool {
+    if count == 0 || count > MAX_BATCH || !ops_gpa.is_multiple_of(8) {
+        return false;
+    }
+    // count <= MAX_BATCH, so the product cannot overflow; the sum can.
+    let bytes = count * op_words as u64 * 8;
+    ops_gpa.checked_add(bytes).is_some() && env.in_ram(caller, ops_gpa, bytes)
+}
+
 /// Runs a batch: validates the array, then for each op reads its `W` words once (all but the
 /// status word), runs `op`, and writes the status word.
 fn run_batch<E: GrantEnv, const W: usize>(
@@ -326,12 +345,7 @@ fn run_batch<E: GrantEnv, const W: usize>(
     mut op: impl FnMut(&mut E, [u64; W]) -> Status,
 ) -> Status {
     let op_bytes = W as u64 * 8;
-    if count == 0 || count > MAX_BATCH || !ops_gpa.is_multiple_of(8) {
-        return Status::InvalidArgument;
-    }
-    // count <= MAX_BATCH, so the product cannot overflow; the sum can.
-    let bytes = count * op_bytes;
-    if ops_gpa.checked_add(bytes).is_none() || !env.in_ram(caller, ops_gpa, bytes) {
+    if !batch_array_ok(env, caller, ops_gpa, count, W) {
         return Status::InvalidArgument;
     }
     for i in 0..count {
@@ -1029,6 +1043,31 @@ mod tests {
     }
 
     /// VMs 1, 2, 3 with a one-page table each.
+    #[test]
+    fn the_batch_rule_alone_refuses_exactly_the_batches_a_whole_call_refuses() {
+        let (mut gt, mut m) = world();
+        let op_bytes = CopyOp::WORDS as u64 * 8;
+        let end_of_ram = GUEST_RAM_BASE + RAM;
+        for (gpa, count) in [
+            (OPS, 0),
+            (OPS, 1),
+            (OPS, MAX_BATCH),
+            (OPS, MAX_BATCH + 1),
+            (OPS + 4, 1),
+            (end_of_ram - op_bytes, 1),
+            (end_of_ram - op_bytes, 2),
+            (u64::MAX - 7, 1),
+            (0, 1),
+        ] {
+            let whole = gt.copy_batch(&mut m, 2, gpa, count);
+            assert_eq!(
+                batch_array_ok(&m, 2, gpa, count, CopyOp::WORDS),
+                whole != Status::InvalidArgument,
+                "{gpa:#x} x {count}"
+            );
+        }
+    }
+
     fn world() -> (GrantTables, Model) {
         let mut gt = GrantTables::new();
         let m = Model::new(&[1, 2, 3]);

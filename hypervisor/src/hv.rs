@@ -7,7 +7,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::mm::frame_alloc::FrameAllocator;
@@ -17,19 +17,20 @@ use log::{error, info, warn};
 use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::hypercall::{self, psci, Status};
 use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM, PAGE_SIZE};
-use spin::Mutex;
+use spin::mutex::TicketMutex;
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
 use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
-use crate::logger::print_vm_line;
+use crate::logger::{flush_vm_console, vm_console_write};
 use crate::passthrough::{self, Passthrough};
 pub use crate::sharing::Sharing;
 use crate::sharing::{deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
 use crate::vm::{StopKind, Vcpu, Vm};
-use hypervisor::grant::RamRelease;
+use hypervisor::grant::{batch_array_ok, RamRelease};
+use shared_abi::grant::CopyOp;
 
 /// Time slice in milliseconds.
 pub const SLICE_MS: u64 = 10;
@@ -49,11 +50,26 @@ pub struct Hv {
     pub sharing: Sharing,
     /// The PCI function passed through to a driver domain, if the topology names one.
     pub passthrough: Option<Passthrough>,
+    /// VMs being reloaded for a restart outside the lock (out of `vms` meanwhile, but alive).
+    pub reloading: usize,
 }
 
-pub static HV: Mutex<Option<Hv>> = Mutex::new(None);
+/// A VM restarting (PSCI SYSTEM_RESET) whose RAM is reloaded without the HV lock held: zeroing
+/// and copying megabytes must not keep other VMs' traps waiting. Out of `Hv::vms` meanwhile, so
+/// nothing else can reach its RAM.
+pub struct Reload {
+    vm_index: usize,
+    vm: Vm,
+    owns_device: bool,
+}
+
+/// Fair (first come, first served): a pCPU that releases it between the steps of long work,
+/// such as the ops of a GRANT_COPY batch, lets the waiting pCPUs in instead of winning it back.
+pub static HV: TicketMutex<Option<Hv>> = TicketMutex::new(None);
 /// The vCPU each pCPU is running (NO_VCPU when idle). Only written by that pCPU.
 static CURRENT: [AtomicUsize; MAX_PCPUS] = [const { AtomicUsize::new(NO_VCPU) }; MAX_PCPUS];
+/// The VM id of the vCPU each pCPU is running (0 when idle). Only written by that pCPU.
+static CURRENT_VM: [AtomicU16; MAX_PCPUS] = [const { AtomicU16::new(0) }; MAX_PCPUS];
 /// pCPUs sleeping in WFI, to be kicked when work appears. Written under the HV lock.
 static IDLE: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
 
@@ -90,7 +106,7 @@ impl Hv {
     }
 
     pub fn live_vms(&self) -> usize {
-        self.vms.iter().filter(|v| v.is_some()).count()
+        self.vms.iter().filter(|v| v.is_some()).count() + self.reloading
     }
 
     /// Wakes idle pCPUs so they look at the run queue.
@@ -122,6 +138,7 @@ impl Hv {
         let Some(vm) = self.vm_of_mut(id).filter(|vm| vm.stop.is_none()) else {
             return false;
         };
+        CURRENT_VM[pcpu].store(vm.id, Ordering::Relaxed);
         cpu::set_vttbr(vm.vmid, vm.stage2.root_pa());
         if vm.vmid_needs_flush {
             mem::tlbi_current_vmid_all();
@@ -216,6 +233,19 @@ impl Hv {
             self.notify(n, pcpu);
         }
         result
+    }
+
+    /// True if vCPU `id`'s VM may run a GRANT_COPY batch of `count` ops at `ops_gpa` (the
+    /// batch-level rules; each op is then checked on its own).
+    fn copy_array_ok(&mut self, id: VcpuId, ops_gpa: u64, count: u64) -> bool {
+        let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
+            return false;
+        };
+        let env = Env {
+            vms: &mut self.vms[..],
+            frames: &mut self.frames,
+        };
+        batch_array_ok(&env, caller, ops_gpa, count, CopyOp::WORDS)
     }
 
     /// Raises the event-channel interrupt on a VM's first vCPU.
@@ -317,20 +347,19 @@ impl Hv {
         }
     }
 
-    /// Completes a requested stop when no vCPU of the VM runs any more.
-    fn try_finish_stop(&mut self, vm_index: usize, this_pcpu: usize) {
-        let Some(vm) = self.vms.get(vm_index).and_then(Option::as_ref) else {
-            return;
-        };
-        let Some(mut kind) = vm.stop.clone() else {
-            return;
-        };
+    /// Completes a requested stop when no vCPU of the VM runs any more. A restart is completed
+    /// by the caller: it reloads the returned VM's RAM after releasing the lock, then calls
+    /// [`Hv::reinstall`].
+    #[must_use]
+    fn try_finish_stop(&mut self, vm_index: usize, this_pcpu: usize) -> Option<Reload> {
+        let vm = self.vms.get(vm_index).and_then(Option::as_ref)?;
+        let mut kind = vm.stop.clone()?;
         if vm
             .vcpus
             .iter()
             .any(|&id| matches!(self.sched.state(id), RunState::Running { .. }))
         {
-            return;
+            return None;
         }
         let vm_id = vm.id;
         let vcpu_ids = vm.vcpus.clone();
@@ -391,10 +420,8 @@ impl Hv {
             pa,
             pages,
         };
-        let Some(mut vm) = self.vms[vm_index].take() else {
-            return;
-        };
-        vm.console.flush(|line| print_vm_line(&vm.name, line));
+        let mut vm = self.vms[vm_index].take()?;
+        flush_vm_console(vm_id);
         match kind {
             StopKind::Reset => {
                 if let Some(old_pa) = replaced_ram {
@@ -406,20 +433,12 @@ impl Hv {
                     vm.boots + 1
                 );
                 vm.stop = None;
-                vm.load_memory(vm.vcpus.len() as u32);
-                if owns_device {
-                    if let Some(p) = self.passthrough.as_mut() {
-                        p.owner_restarted(&vm);
-                    }
-                }
-                let first = vm.vcpus.first().copied();
-                let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
-                self.vms[vm_index] = Some(vm);
-                if let Some(first) = first {
-                    self.vcpus[first].reset(GUEST_RAM_BASE, info_gpa);
-                    self.sched.wake(first);
-                    self.kick_idle(this_pcpu);
-                }
+                self.reloading += 1;
+                return Some(Reload {
+                    vm_index,
+                    vm,
+                    owns_device,
+                });
             }
             StopKind::PowerOff | StopKind::Killed(_) => {
                 let how = if kind == StopKind::PowerOff {
@@ -446,7 +465,38 @@ impl Hv {
                 );
             }
         }
+        None
     }
+
+    /// Puts a VM reloaded by [`reload_outside_lock`] back and starts its first vCPU.
+    fn reinstall(&mut self, reload: Reload, this_pcpu: usize) {
+        let Reload {
+            vm_index,
+            vm,
+            owns_device,
+        } = reload;
+        self.reloading -= 1;
+        if owns_device {
+            if let Some(p) = self.passthrough.as_mut() {
+                p.owner_restarted(&vm);
+            }
+        }
+        let first = vm.vcpus.first().copied();
+        let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
+        self.vms[vm_index] = Some(vm);
+        if let Some(first) = first {
+            self.vcpus[first].reset(GUEST_RAM_BASE, info_gpa);
+            self.sched.wake(first);
+            self.kick_idle(this_pcpu);
+        }
+    }
+}
+
+/// Zeroes and reloads a restarting VM's RAM with no lock held, then puts it back.
+fn reload_outside_lock(mut reload: Reload, pcpu: usize) {
+    let vcpus = reload.vm.vcpus.len() as u32;
+    reload.vm.load_memory(vcpus);
+    with_hv(|hv| hv.reinstall(reload, pcpu));
 }
 
 /// Builds the global state. Called once by the primary before any vCPU runs.
@@ -534,7 +584,7 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
         _ if hv.vm_of(id).is_none_or(|vm| vm.stop.is_some()) => Action::StopVm(StopKind::PowerOff),
         other => other,
     };
-    match action {
+    let reload = match action {
         Action::Continue => {
             hv.refill_live(id);
             return;
@@ -547,6 +597,7 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
             }
             hv.save(id, frame);
             hv.sched.preempt(id);
+            None
         }
         Action::Wait => {
             let vcpu = &mut hv.vcpus[id];
@@ -560,6 +611,7 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
             let deadline = (timer.cntv_ctl & (TIMER_ENABLE | TIMER_IMASK) == TIMER_ENABLE)
                 .then_some(timer.cntv_cval);
             hv.sched.block(id, deadline);
+            None
         }
         Action::VcpuOff => {
             hv.save(id, frame);
@@ -572,17 +624,20 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
                 info!("VM {}: every vCPU is off", hv.name_of(id));
                 hv.request_stop(vm_index, StopKind::PowerOff, pcpu);
             }
-            hv.try_finish_stop(vm_index, pcpu);
+            hv.try_finish_stop(vm_index, pcpu)
         }
         Action::StopVm(_) => {
             // Saved so that the teardown sees (and releases) the interrupts its list
             // registers held.
             hv.save(id, frame);
             hv.sched.stop(id);
-            hv.try_finish_stop(vm_index, pcpu);
+            hv.try_finish_stop(vm_index, pcpu)
         }
-    }
+    };
     drop(guard);
+    if let Some(reload) = reload {
+        reload_outside_lock(reload, pcpu);
+    }
     schedule(pcpu, frame);
 }
 
@@ -732,13 +787,9 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
         hypercall::CONSOLE_WRITE => {
             let regs = [frame.x[2], frame.x[3], frame.x[4], frame.x[5], frame.x[6]];
             let (bytes, len) = hypercall::unpack_console_bytes(frame.x[1], &regs);
-            with_hv(|hv| {
-                if let Some(vm) = hv.vm_of_mut(id) {
-                    let name = vm.name.clone();
-                    vm.console
-                        .push(&bytes[..len], |line| print_vm_line(&name, line));
-                }
-            });
+            // Only this VM's console lock: printing never holds up other VMs' traps.
+            let vm_id = CURRENT_VM[pcpu].load(Ordering::Relaxed);
+            vm_console_write(vm_id, bytes.get(..len).unwrap_or(&[]));
             set_return(frame, Status::Ok.as_u64());
             Action::Continue
         }
@@ -762,6 +813,11 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
                     Status::Ok
                 })
             };
+            set_return(frame, status.as_u64());
+            Action::Continue
+        }
+        hypercall::GRANT_COPY => {
+            let status = grant_copy_op_by_op(id, frame.x[1], frame.x[2], pcpu);
             set_return(frame, status.as_u64());
             Action::Continue
         }
@@ -815,6 +871,28 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
             Action::Continue
         }
     }
+}
+
+/// GRANT_COPY with the HV lock taken once per op rather than for the whole batch: a batch can
+/// move `MAX_BATCH` pages, and no VM may keep the others' traps waiting that long. The batch
+/// is still refused as a whole when its array is bad; each op's status is written as it runs.
+fn grant_copy_op_by_op(id: VcpuId, ops_gpa: u64, count: u64, pcpu: usize) -> Status {
+    if !with_hv(|hv| hv.copy_array_ok(id, ops_gpa, count)) {
+        return Status::InvalidArgument;
+    }
+    let op_bytes = CopyOp::WORDS as u64 * 8;
+    for i in 0..count {
+        let mut x = [0u64; 31];
+        x[0] = hypercall::GRANT_COPY;
+        x[1] = ops_gpa + i * op_bytes;
+        x[2] = 1;
+        let (status, _) = with_hv(|hv| hv.sharing_call(id, hypercall::GRANT_COPY, x, pcpu));
+        // Per-op failures are in the ops' status words; a failed call means the VM went away.
+        if status != Status::Ok {
+            return status;
+        }
+    }
+    Status::Ok
 }
 
 /// PSCI CPU_ON for a vCPU of the caller's VM. Refused once the VM is stopping: a vCPU started

@@ -184,6 +184,7 @@ mod boot {
             pcpus,
             sharing: hv::Sharing::default(),
             passthrough: None,
+            reloading: 0,
         };
         // Before any VM exists: from here on no device DMA gets through unless attached.
         if let Err(why) = passthrough::init_smmu(&machine, &mut hv.frames) {
@@ -248,6 +249,7 @@ mod boot {
                 vm.vmid,
                 spec.image.len() / 1024
             );
+            logger::open_vm_console(vm.id, &vm.name);
             hv.vms.push(Some(vm));
         }
         let mut owners = bundle

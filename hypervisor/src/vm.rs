@@ -4,7 +4,6 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use hypervisor::console::LineBuffer;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
 use hypervisor::sched::VcpuId;
@@ -40,7 +39,6 @@ pub struct Vm {
     pub image: &'static [u8],
     pub settings: &'static str,
     pub vcpus: Vec<VcpuId>,
-    pub console: LineBuffer,
     pub stop: Option<StopKind>,
     pub boots: u32,
     /// VMs connected to this one (bit i = VM id i), from the bundle's back-end links; written to
@@ -174,7 +172,6 @@ impl Vm {
             image: spec.image,
             settings: spec.settings,
             vcpus: Vec::new(),
-            console: LineBuffer::default(),
             stop: None,
             boots: 0,
             peers,

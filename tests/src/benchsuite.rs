@@ -12,6 +12,7 @@
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain` |
 //! | `ping` | driver domain, two `net` guests pinging each other (20 x 50 ms) | `ping_rtt_us.guest_to_guest` |
 //! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
+//! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
 //!
 //! Throughput is TCP, one stream, in Mbit/s (10^6 bit/s) as iperf3 counts it; in every case the
 //! receiving side's figure is used. Nothing here asserts a speed.
@@ -236,6 +237,46 @@ settings = {{ app = "attack", peer = 1, mode = "bench", rounds = {rounds} }}
     )
 }
 
+/// The neighbours the bystander figure is measured beside: the key in
+/// `bystander_evtchn_us`, and the VMs added to [`evtchn_topology`] (ids 3 and 4). Each load
+/// lasts longer than the measurement; the boot is stopped once the ping-pong has reported.
+pub const BYSTANDER_LOADS: [(&str, &str); 5] = [
+    ("idle", ""),
+    (
+        "copy_loop",
+        "source:4:load = \"source\", peer = 4, duration_ms = 120000|\
+         copier:4:load = \"copy\", peer = 3, duration_ms = 120000",
+    ),
+    (
+        "reset_loop",
+        "resetter:128:load = \"reset\", rounds = 100000",
+    ),
+    (
+        "console_flood",
+        "flooder:4:load = \"console\", duration_ms = 120000",
+    ),
+    (
+        "evtchn_storm",
+        "source:4:load = \"source\", peer = 4, duration_ms = 120000|\
+         sender:4:load = \"evtchn\", peer = 3, duration_ms = 120000",
+    ),
+];
+
+/// [`evtchn_topology`] with the VMs of bystander load `load` (a key of [`BYSTANDER_LOADS`]).
+pub fn bystander_topology(rounds: u64, load: &str) -> Option<String> {
+    let (_, vms) = BYSTANDER_LOADS.iter().find(|(key, _)| *key == load)?;
+    let mut toml = evtchn_topology(rounds);
+    for vm in vms.split('|').filter(|v| !v.trim().is_empty()) {
+        let mut fields = vm.trim().splitn(3, ':');
+        let (name, mib, settings) = (fields.next()?, fields.next()?, fields.next()?);
+        toml += &format!(
+            "[[vm]]\nname = \"{name}\"\nkind = \"guest\"\nimage = \"guest-frontend\"\n\
+             memory_mib = {mib}\nvcpus = 1\nsettings = {{ app = \"load\", {settings} }}\n"
+        );
+    }
+    Some(toml)
+}
+
 // ---- Results ----------------------------------------------------------------------------------
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -291,6 +332,9 @@ pub struct Results {
     pub memcpy_mbps: Option<Stat>,
     pub ping_rtt_us: PingRtt,
     pub evtchn_roundtrip_us: Option<Stat>,
+    /// The event-channel round trip of a bystander pair with each of [`BYSTANDER_LOADS`]
+    /// running beside it (`idle`: nothing beside it); goal: every load under 2x idle.
+    pub bystander_evtchn_us: BTreeMap<String, Option<Stat>>,
     pub scaling: Vec<ScalingPoint>,
     pub ratios: Ratios,
     /// The raw `BENCH` figures (event channel, grants: counter ticks; memcpy: Mbit/s).
@@ -300,7 +344,7 @@ pub struct Results {
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 11] = [
+pub const REQUIRED_FIGURES: [&str; 16] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -312,6 +356,11 @@ pub const REQUIRED_FIGURES: [&str; 11] = [
     "/ratios/host_to_guest_over_passthrough",
     "/figures/grant_map_ticks",
     "/figures/grant_copy_4k_ticks",
+    "/bystander_evtchn_us/idle",
+    "/bystander_evtchn_us/copy_loop",
+    "/bystander_evtchn_us/reset_loop",
+    "/bystander_evtchn_us/console_flood",
+    "/bystander_evtchn_us/evtchn_storm",
 ];
 
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
@@ -357,6 +406,8 @@ struct Raw {
     ping_rtts_us: Vec<Vec<f64>>,
     /// Pair count -> per run, each pair's figure.
     scaling: BTreeMap<usize, Vec<Vec<f64>>>,
+    /// Bystander load -> per run, the event-channel round trip median in us.
+    bystander_us: BTreeMap<String, Vec<f64>>,
     samples: Vec<Sample>,
     errors: Vec<String>,
 }
@@ -404,6 +455,13 @@ impl Results {
                 guest_to_guest: Stat::of_sampled_runs(&raw.ping_rtts_us),
             },
             evtchn_roundtrip_us: stat_of("evtchn_roundtrip_ticks"),
+            bystander_evtchn_us: BYSTANDER_LOADS
+                .iter()
+                .map(|(load, _)| {
+                    let runs = raw.bystander_us.get(*load).cloned().unwrap_or_default();
+                    (load.to_string(), Stat::of_runs(&runs))
+                })
+                .collect(),
             scaling,
             ratios: Ratios::default(),
             figures,
@@ -503,6 +561,13 @@ impl Results {
             self.evtchn_roundtrip_us.as_ref(),
             "us",
         ));
+        for (load, stat) in &self.bystander_evtchn_us {
+            rows.push((
+                format!("bystander evtchn rtt, {}", load.replace('_', " ")),
+                stat.as_ref(),
+                "us",
+            ));
+        }
         // The other `BENCH` figures: the grant costs (ticks, shown in us), and any further
         // rate a VM prints (like the memcpy app's `shared_copy_mbps`).
         let others: Vec<(String, Option<Stat>, &str)> = self
@@ -551,6 +616,25 @@ impl Results {
         ] {
             out += &match value {
                 Some(r) => format!("{label:<40} {:>10.4}  ({:.1} %)\n", r, r * 100.0),
+                None => format!("{label:<40} {:>10}\n", "-"),
+            };
+        }
+        let idle = self.bystander_evtchn_us.get("idle").cloned().flatten();
+        for (load, stat) in self
+            .bystander_evtchn_us
+            .iter()
+            .filter(|(l, _)| *l != "idle")
+        {
+            let label = format!("bystander {} / idle", load.replace('_', " "));
+            out += &match ratio(stat, &idle) {
+                Some(r) => format!(
+                    "{label:<40} {r:>10.2}x {}\n",
+                    if r < 2.0 {
+                        "(goal < 2x: met)"
+                    } else {
+                        "(goal < 2x: missed)"
+                    }
+                ),
                 None => format!("{label:<40} {:>10}\n", "-"),
             };
         }
@@ -656,7 +740,44 @@ impl Suite<'_> {
                 }
             }
         }
+        for (load, _) in BYSTANDER_LOADS {
+            let key = format!("bystander_{load}");
+            for run in 1..=runs {
+                let what = format!("{rounds} evtchn rounds beside {load}");
+                match self.scenario(&key, run, &what, |s, r| s.bystander_run(load, r)) {
+                    Ok(Micros(us)) => raw.bystander_us.entry(load.into()).or_default().push(us),
+                    Err(e) => raw.errors.push(e),
+                }
+            }
+        }
         Results::from_raw(&self.options, raw)
+    }
+
+    /// The bystander ping-pong beside `load`: the round trip's median in us. The boot stops
+    /// once the ping-pong has reported (the loads would run on).
+    fn bystander_run(&self, load: &str, run: usize) -> Result<Micros, String> {
+        let toml = bystander_topology(self.options.rounds, load)
+            .ok_or_else(|| format!("no bystander load {load}"))?;
+        let topology = parse(&toml)?;
+        let reported = |line: &str| line.contains("[pinger] BENCH evtchn_roundtrip_ticks");
+        let key = format!("bystander_{load}");
+        let booted = self.boot_once(
+            &key,
+            run,
+            &topology,
+            Duration::from_secs(300),
+            None,
+            &reported,
+        )?;
+        if let Some(problem) = booted.problems().into_iter().next() {
+            return Err(booted.failure(&format!("a VM failed: {problem}")));
+        }
+        let samples = bench::collect(&booted.boot.lines)?;
+        let sample = samples
+            .iter()
+            .find(|s| s.vm == "pinger" && s.name == "evtchn_roundtrip_ticks" && s.freq_hz > 0)
+            .ok_or_else(|| booted.failure("the ping-pong did not report its round trip"))?;
+        Ok(Micros(sample.median as f64 * 1e6 / sample.freq_hz as f64))
     }
 
     /// Runs one scenario run with progress lines; the error names the scenario and run.
@@ -959,6 +1080,15 @@ trait Describe {
     fn describe(&self) -> String;
 }
 
+/// A round trip in microseconds.
+struct Micros(f64);
+
+impl Describe for Micros {
+    fn describe(&self) -> String {
+        format!("round trip median {:.0} us", self.0)
+    }
+}
+
 impl Describe for f64 {
     fn describe(&self) -> String {
         format!("{self:.2} Mbit/s")
@@ -1072,6 +1202,14 @@ mod tests {
         for toml in [evtchn_topology(10), grant_topology(10)] {
             Topology::from_toml_str(&toml).unwrap();
         }
+        for ((load, _), expected) in BYSTANDER_LOADS.iter().zip([0, 2, 1, 1, 2]) {
+            let t = Topology::from_toml_str(&bystander_topology(10, load).unwrap()).unwrap();
+            let loads = t.vms.iter().filter(|v| v.setting("app") == Some("load"));
+            assert_eq!(loads.count(), expected, "{load}");
+            assert_eq!(t.vms.len(), 2 + expected, "{load}");
+            assert_eq!(t.vms[1].name, "pinger", "{load}: the pinger stays VM 2");
+        }
+        assert!(bystander_topology(10, "no-such-load").is_none());
     }
 
     fn raw_complete(options: &Options) -> Raw {
@@ -1100,6 +1238,11 @@ mod tests {
                 .map(|r| vec![100.0 / pairs as f64 + r as f64; pairs])
                 .collect();
             raw.scaling.insert(pairs, per_run);
+        }
+        for (i, (load, _)) in BYSTANDER_LOADS.iter().enumerate() {
+            let us = 200.0 * (1.0 + i as f64);
+            raw.bystander_us
+                .insert(load.to_string(), vec![us; options.runs]);
         }
         raw
     }
@@ -1138,6 +1281,14 @@ mod tests {
             serde_json::json!([26.0, 26.0, 26.0, 26.0])
         );
         assert_eq!(doc["figures"]["grant_map_ticks"]["median"], 16);
+        assert_eq!(doc["bystander_evtchn_us"]["idle"]["median"], 200.0);
+        assert_eq!(doc["bystander_evtchn_us"]["evtchn_storm"]["median"], 1000.0);
+        let table = results.table();
+        assert!(
+            table.contains("bystander copy loop / idle")
+                && table.contains("2.00x (goal < 2x: missed)"),
+            "{table}"
+        );
         assert_eq!(doc["errors"], serde_json::json!([]));
         assert_eq!(
             (doc["runs"].as_u64(), doc["iperf_seconds"].as_u64()),
@@ -1152,6 +1303,7 @@ mod tests {
         raw.passthrough.clear();
         raw.scaling.remove(&2);
         raw.ping_rtts_us = vec![vec![]];
+        raw.bystander_us.remove("reset_loop");
         raw.errors.push("passthrough run 1: it broke".into());
         let results = Results::from_raw(&options, raw);
         assert_eq!(results.ratios.host_to_guest_over_passthrough, None);
@@ -1163,6 +1315,7 @@ mod tests {
                 "/passthrough_tcp_mbps/host_to_driver_domain",
                 "/ping_rtt_us/guest_to_guest",
                 "/ratios/host_to_guest_over_passthrough",
+                "/bystander_evtchn_us/reset_loop",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
             ]
         );

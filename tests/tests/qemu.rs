@@ -462,6 +462,79 @@ fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
 }
 
 #[test]
+fn console_floods_reset_loops_and_copy_loops_leave_the_others_running() {
+    // VM ids: driver-domain 1, good1 2, good2 3, then the loads in this order.
+    let toml = format!(
+        "{MACHINE}{}{}{}{}{}",
+        bystander_pair(),
+        guest(
+            "flooder",
+            4,
+            1,
+            "app = \"load\", load = \"console\", duration_ms = 3000"
+        ),
+        guest(
+            "resetter",
+            64,
+            1,
+            "app = \"load\", load = \"reset\", rounds = 15"
+        ),
+        guest(
+            "source",
+            4,
+            1,
+            "app = \"load\", load = \"source\", peer = 7, duration_ms = 4000"
+        ),
+        guest(
+            "copier",
+            4,
+            1,
+            "app = \"load\", load = \"copy\", peer = 6, duration_ms = 3000"
+        ),
+    );
+    let (topology, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    let mut wrong = bystander_failures(&topology, &boot);
+    for (vm, report) in [
+        ("flooder", "load console: wrote "),
+        ("resetter", "load reset: 15 boots of 64 MiB"),
+        ("source", "load source: served vm 7"),
+        ("copier", "load copy: "),
+    ] {
+        if !boot
+            .vm_lines(vm)
+            .any(|l| l.starts_with("REPORT ok") && l.contains(report))
+        {
+            wrong.push(format!("{vm} did not report '{report}'"));
+        }
+    }
+    // The flood was cut to the rate limit, and the log says how much was dropped.
+    let printed = boot
+        .vm_lines("flooder")
+        .filter(|l| l.starts_with("console flood line"))
+        .count();
+    let dropped: u64 = boot
+        .lines
+        .iter()
+        .filter_map(|l| l.split_once("[hv] console of flooder: "))
+        .filter_map(|(_, rest)| rest.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    if dropped == 0 {
+        wrong.push(format!(
+            "no console lines of the flooder were dropped ({printed} printed)"
+        ));
+    }
+    let copies = boot
+        .vm_lines("copier")
+        .find_map(|l| l.split_once("load copy: "))
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse::<u64>().ok());
+    if copies.unwrap_or(0) == 0 {
+        wrong.push(format!("the copier made no copies: {copies:?}"));
+    }
+    assert!(wrong.is_empty(), "{}\n{t}", wrong.join("\n"));
+}
+
+#[test]
 fn a_bundle_passing_two_pci_functions_is_refused_with_a_message() {
     // The bundle format can name one function per driver domain, but the hypervisor passes
     // exactly one through: a second owner must stop the boot, not be left silently unattached.

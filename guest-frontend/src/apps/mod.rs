@@ -8,6 +8,7 @@ pub mod hello;
 pub mod hostile;
 pub mod iperf;
 pub mod lifecycle;
+pub mod load;
 pub mod memcpy;
 pub mod net;
 pub mod pingpong;
