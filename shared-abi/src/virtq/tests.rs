@@ -1706,8 +1706,17 @@ fn tx_header_is_read_once_and_checked_without_the_body() {
     let chain = tx_chain_with(&page, &pool, 0, &[5, 30, 2000], &frame);
     let got = chain.read_tx_header(&pool.shared(), false, 1514).unwrap();
     assert_eq!(got.hdr, NetHdr::plain(Direction::Tx));
-    assert_eq!(&got.eth[..], &frame[..ETH_HDR_LEN]);
+    assert_eq!(got.head(), &frame[..TX_HEAD_LEN]);
     assert_eq!(got.frame_len, 1000);
+    // A frame shorter than the head: all of it, and nothing past its end.
+    let short_page = Page::new();
+    let short_pool = Pool::new(POOL_PAGES);
+    let short = eth_frame(30, 9);
+    let short_chain = tx_chain_with(&short_page, &short_pool, 0, &[3, 100], &short);
+    let got = short_chain
+        .read_tx_header(&short_pool.shared(), false, 1514)
+        .unwrap();
+    assert_eq!((got.head(), got.frame_len), (&short[..], 30));
     // Over the back-end's limit: a bad frame, not a violation.
     let e = chain
         .read_tx_header(&pool.shared(), false, 999)
@@ -1873,4 +1882,67 @@ proptest! {
             prop_assert_eq!(hdr.validate(frame.len(), Direction::Tx, true), Ok(()));
         }
     }
+}
+
+/// An RX ring whose guest re-offers its one short buffer (descriptor 0, 10 bytes) the moment
+/// it comes back: every read of avail.idx shows one more entry, every slot names head 0.
+struct Recycler<'a> {
+    ring: SharedRing<'a>,
+    offered: core::cell::Cell<u16>,
+}
+
+impl RingMem for Recycler<'_> {
+    fn load_u16(&self, offset: usize) -> u16 {
+        if offset == AVAIL_IDX {
+            self.offered.set(self.offered.get().wrapping_add(1));
+            return self.offered.get();
+        }
+        if (AVAIL_RING..AVAIL_RING + 2 * usize::from(QUEUE_SIZE)).contains(&offset) {
+            return 0;
+        }
+        self.ring.load_u16(offset)
+    }
+    fn load_u16_acquire(&self, offset: usize) -> u16 {
+        self.load_u16(offset)
+    }
+    fn store_u16(&self, offset: usize, value: u16) {
+        self.ring.store_u16(offset, value)
+    }
+    fn store_u16_release(&self, offset: usize, value: u16) {
+        self.ring.store_u16_release(offset, value)
+    }
+    fn fence(&self) {
+        self.ring.fence()
+    }
+}
+
+#[test]
+fn short_receive_buffers_cost_a_bounded_number_of_pops() {
+    let page = Page::new();
+    put_desc(&page, 0, 0, 10, VIRTQ_DESC_F_WRITE, 0);
+    let recycler = Recycler {
+        ring: page.ring(),
+        offered: core::cell::Cell::new(0),
+    };
+    let mut q = DeviceQueue::new(&recycler, Direction::Rx, POOL_PAGES, true).unwrap();
+    // An endless supply of short buffers: the pick gives up after the bound.
+    let pick = q.pop_rx_buffer(8).unwrap();
+    assert_eq!((pick.chain, pick.skipped), (None, 8));
+    assert_eq!(q.used_idx(), 8, "each short buffer went back empty");
+    assert_eq!(q.in_flight(), 0);
+
+    // Short buffers, then a usable one: it is found and the short ones are given back.
+    let page = Page::new();
+    put_desc(&page, 0, 0, 10, VIRTQ_DESC_F_WRITE, 0);
+    put_desc(&page, 1, 64, 20, VIRTQ_DESC_F_WRITE, 0);
+    put_desc(&page, 2, 4096, 2048, VIRTQ_DESC_F_WRITE, 0);
+    offer(&page, 0, &[0, 1, 2]);
+    let mut q = device(&page, Direction::Rx);
+    let pick = q.pop_rx_buffer(8).unwrap();
+    assert_eq!(pick.skipped, 2);
+    assert_eq!(pick.chain.map(|c| c.head()), Some(2));
+    assert_eq!(q.pop_rx_buffer(8).unwrap(), RxPick { chain: None, skipped: 0 });
+    // A violation still ends the queue.
+    offer(&page, 3, &[200]);
+    assert!(q.pop_rx_buffer(8).unwrap_err().is_violation());
 }
