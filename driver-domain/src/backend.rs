@@ -17,8 +17,8 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 
-use log::{info, warn};
 use driver_domain::budget::TokenBucket;
+use log::{info, warn};
 use shared_abi::handshake::{next_state, Backend, Frontend, Side, State};
 use shared_abi::identity::default_mac;
 use shared_abi::pingpong::{self, PAYLOAD_WORDS, REPLY, REPLY_WORDS, REQUEST_WORDS, SEQ_WORD};

@@ -1543,7 +1543,10 @@ mod tests {
         let gateway = [10, 0, 2, 2];
         // Their own identity passes.
         let own_arp = arp(m1, m1, IP1, IP2);
-        assert_eq!(sw.forward(G1, &own_arp, 0), Forward::Flood(set(&[UP, G2, G3])));
+        assert_eq!(
+            sw.forward(G1, &own_arp, 0),
+            Forward::Flood(set(&[UP, G2, G3]))
+        );
         assert_eq!(sw.forward(G1, &ipv4(m2, m1, IP1), 0), Forward::One(G2));
         // The gateway's or another guest's address, as ARP sender or IPv4 source.
         let cases = [
@@ -1612,7 +1615,10 @@ mod tests {
         let (m1, m2) = (guest_mac(1), guest_mac(2));
         let f = arp(m1, m1, IP1, IP2);
         // The caller's copy of the header decides, whatever the rest of the frame holds.
-        assert_eq!(check_identity(m1, Some(IP1), &f[..IDENTITY_HEADER_LEN], 1500), Ok(()));
+        assert_eq!(
+            check_identity(m1, Some(IP1), &f[..IDENTITY_HEADER_LEN], 1500),
+            Ok(())
+        );
         // A frame that ends before the ARP body is malformed even if the buffer is longer.
         assert_eq!(
             check_identity(m1, Some(IP1), &f, ETH_HEADER_LEN + 10),
@@ -1620,7 +1626,10 @@ mod tests {
         );
         let ip = ipv4(m2, m1, IP1);
         assert_eq!(check_identity(m1, Some(IP1), &ip[..34], 34), Ok(()));
-        assert_eq!(check_identity(m1, Some(IP1), &ip[..12], 12), Err(DropReason::Runt));
+        assert_eq!(
+            check_identity(m1, Some(IP1), &ip[..12], 12),
+            Err(DropReason::Runt)
+        );
     }
 
     #[test]

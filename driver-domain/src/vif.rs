@@ -115,11 +115,11 @@ mod tests {
         assert_eq!(vifs.assign(4, [0; 6]).ip, None);
         // Not listed: the default MAC, no address.
         let unlisted = vifs.assign(9, [0; 6]);
-        assert_eq!((unlisted.mac, unlisted.ip), (identity::default_mac(9), None));
         assert_eq!(
-            own2.to_string(),
-            "MAC 02:51:55:00:00:02, IP 10.0.2.16"
+            (unlisted.mac, unlisted.ip),
+            (identity::default_mac(9), None)
         );
+        assert_eq!(own2.to_string(), "MAC 02:51:55:00:00:02, IP 10.0.2.16");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use super::net::check_pool_pages;
 use super::{
     avail_slot_offset, bit, read_desc, used_slot_offset, Desc, Direction, LayoutError, NetHdr,
     PoolMem, QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, ETH_HDR_LEN, MAX_CHAIN,
-    MAX_FRAME, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, TX_HEAD_LEN, USED_EVENT, USED_IDX, VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    MAX_FRAME, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, TX_HEAD_LEN, USED_EVENT, USED_IDX,
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use crate::virtq::vring_need_event;
 

@@ -1941,7 +1941,13 @@ fn short_receive_buffers_cost_a_bounded_number_of_pops() {
     let pick = q.pop_rx_buffer(8).unwrap();
     assert_eq!(pick.skipped, 2);
     assert_eq!(pick.chain.map(|c| c.head()), Some(2));
-    assert_eq!(q.pop_rx_buffer(8).unwrap(), RxPick { chain: None, skipped: 0 });
+    assert_eq!(
+        q.pop_rx_buffer(8).unwrap(),
+        RxPick {
+            chain: None,
+            skipped: 0
+        }
+    );
     // A violation still ends the queue.
     offer(&page, 3, &[200]);
     assert!(q.pop_rx_buffer(8).unwrap_err().is_violation());
