@@ -87,6 +87,8 @@ impl Device for LocalPort {
 }
 
 /// Where a frame being switched is.
+// Lives on the stack for one dispatch; boxing the guest variant would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 enum Source<'a> {
     /// In the driver domain's own memory (a NIC buffer, a local endpoint frame).
     Private(&'a [u8]),

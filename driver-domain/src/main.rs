@@ -116,9 +116,18 @@ fn main(info: &StartInfo<'static>) {
     loop {
         let mut busy = false;
         let now_ms = timer::ticks_to_ms(timer::now());
+        // A control event only says "some control page changed": which port it came on is
+        // not trusted to name the connection. A front-end that forged its page's header
+        // before we first read it could have us listen on another guest's control port, and
+        // then its events must not go unseen: any control event steps every connection
+        // (each step reads that connection's own page, which is cheap and bounded).
+        let mut control_news = recheck;
+        for conn in &connections {
+            control_news |= evtchn::take(conn.control_port());
+        }
         for conn in &mut connections {
             let retry_due = conn.retry_at().is_some_and(|at| now_ms >= at);
-            if evtchn::take(conn.control_port()) || recheck || retry_due {
+            if control_news || retry_due {
                 conn.step(&mut fabric);
             }
             // A network port's events only say "look at the rings", which every round does;

@@ -66,6 +66,8 @@ pub enum DeliverError {
 }
 
 /// The next thing a guest's TX ring holds.
+// Returned once per frame on the stack; boxing the frame's variant would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 pub enum TxItem {
     /// A frame, still in the guest's pool: its chain (to copy from, then to complete with
     /// [`NetPort::complete_tx`]) and its headers, read once and checked.

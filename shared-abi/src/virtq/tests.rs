@@ -808,19 +808,16 @@ fn push_used_refuses_heads_not_held() {
     assert_eq!(page.ring().load_u16(USED_IDX), 0, "nothing written");
 }
 
-/// A ring page whose guest rewrites every field with garbage right after the device reads it,
-/// and which counts the reads: a device that fetched a field twice would see the garbage.
-struct Racing<'a> {
+/// A ring page as a hostile guest makes it look: every load goes through `load` (which sees
+/// the real page and may change it); stores and fences reach the page.
+struct Hooked<'a, F> {
     ring: SharedRing<'a>,
-    loads: RefCell<HashMap<usize, u32>>,
+    load: F,
 }
 
-impl RingMem for Racing<'_> {
+impl<F: Fn(&SharedRing<'_>, usize) -> u16> RingMem for Hooked<'_, F> {
     fn load_u16(&self, offset: usize) -> u16 {
-        *self.loads.borrow_mut().entry(offset).or_default() += 1;
-        let v = self.ring.load_u16(offset);
-        self.ring.store_u16(offset, 0xffff);
-        v
+        (self.load)(&self.ring, offset)
     }
     fn load_u16_acquire(&self, offset: usize) -> u16 {
         self.load_u16(offset)
@@ -843,9 +840,17 @@ fn every_field_is_fetched_once() {
     put_desc(&page, 4, 4000, 100, VIRTQ_DESC_F_NEXT, 60);
     put_desc(&page, 60, POOL_LEN as u64 - 50, 50, 0, 0);
     offer(&page, 0, &[9]);
-    let racing = Racing {
+    // The guest rewrites every field with garbage right after the device reads it, and the
+    // reads are counted: a device that fetched a field twice would see the garbage.
+    let loads: RefCell<HashMap<usize, u32>> = RefCell::new(HashMap::new());
+    let racing = Hooked {
         ring: page.ring(),
-        loads: RefCell::new(HashMap::new()),
+        load: |ring: &SharedRing<'_>, offset| {
+            *loads.borrow_mut().entry(offset).or_default() += 1;
+            let v = ring.load_u16(offset);
+            ring.store_u16(offset, 0xffff);
+            v
+        },
     };
     let mut q = DeviceQueue::new(&racing, Direction::Tx, POOL_PAGES, true).unwrap();
     let chain = q.pop().unwrap().unwrap();
@@ -867,7 +872,7 @@ fn every_field_is_fetched_once() {
         ]
     );
     assert_eq!(chain.total_len(), 162);
-    let loads = racing.loads.borrow();
+    let loads = loads.borrow();
     assert!(loads.values().all(|&n| n == 1), "{loads:?}");
     // avail.idx, one slot, and 8 words for each of 3 descriptors.
     assert_eq!(loads.len(), 2 + 3 * 8);
@@ -1884,45 +1889,25 @@ proptest! {
     }
 }
 
-/// An RX ring whose guest re-offers its one short buffer (descriptor 0, 10 bytes) the moment
-/// it comes back: every read of avail.idx shows one more entry, every slot names head 0.
-struct Recycler<'a> {
-    ring: SharedRing<'a>,
-    offered: core::cell::Cell<u16>,
-}
-
-impl RingMem for Recycler<'_> {
-    fn load_u16(&self, offset: usize) -> u16 {
-        if offset == AVAIL_IDX {
-            self.offered.set(self.offered.get().wrapping_add(1));
-            return self.offered.get();
-        }
-        if (AVAIL_RING..AVAIL_RING + 2 * usize::from(QUEUE_SIZE)).contains(&offset) {
-            return 0;
-        }
-        self.ring.load_u16(offset)
-    }
-    fn load_u16_acquire(&self, offset: usize) -> u16 {
-        self.load_u16(offset)
-    }
-    fn store_u16(&self, offset: usize, value: u16) {
-        self.ring.store_u16(offset, value)
-    }
-    fn store_u16_release(&self, offset: usize, value: u16) {
-        self.ring.store_u16_release(offset, value)
-    }
-    fn fence(&self) {
-        self.ring.fence()
-    }
-}
-
 #[test]
 fn short_receive_buffers_cost_a_bounded_number_of_pops() {
     let page = Page::new();
     put_desc(&page, 0, 0, 10, VIRTQ_DESC_F_WRITE, 0);
-    let recycler = Recycler {
+    // The guest re-offers its one short buffer (descriptor 0, 10 bytes) the moment it comes
+    // back: every read of avail.idx shows one more entry, every slot names head 0.
+    let offered = core::cell::Cell::new(0u16);
+    let recycler = Hooked {
         ring: page.ring(),
-        offered: core::cell::Cell::new(0),
+        load: |ring: &SharedRing<'_>, offset| {
+            if offset == AVAIL_IDX {
+                offered.set(offered.get().wrapping_add(1));
+                offered.get()
+            } else if (AVAIL_RING..AVAIL_RING + 2 * usize::from(QUEUE_SIZE)).contains(&offset) {
+                0
+            } else {
+                ring.load_u16(offset)
+            }
+        },
     };
     let mut q = DeviceQueue::new(&recycler, Direction::Rx, POOL_PAGES, true).unwrap();
     // An endless supply of short buffers: the pick gives up after the bound.
