@@ -1140,12 +1140,18 @@ fn a_guest_cannot_pass_for_another_while_the_others_keep_pinging() {
     // gateway's address claimed in ARP, another guest's as ARP sender hardware address and as
     // IPv4 source. Shared pages (class 4): a header rewritten after connecting.
     let good2_mac = "claim_mac = \"02:51:55:00:00:03\"";
+    let pings = "ping = \"10.0.2.16\", ping_count = 5";
     let wrong = hostile_boot_of(&[
         (
-            "bad-claim-mac",
-            &format!(
-                ", corrupt = \"claim_mac\", {good2_mac}, ping = \"10.0.2.16\", ping_count = 5"
-            ),
+            "bad-claim-peer",
+            &format!(", corrupt = \"claim_mac\", {good2_mac}, {pings}"),
+            Hostile::MacRefused,
+        ),
+        // The gateway's MAC (claim_mac's default), which no port owns: before, it was free
+        // for the taking, and the switch then took it over from the uplink.
+        (
+            "bad-claim-gw",
+            &format!(", corrupt = \"claim_mac\", {pings}"),
             Hostile::MacRefused,
         ),
         (
