@@ -108,7 +108,7 @@ impl Source<'_> {
         }
     }
 
-    /// The Ethernet header the switch decides on (for a guest's frame, the checked copy).
+    /// The start of the frame the switch decides on (for a guest's frame, the head read once).
     fn header(&self) -> &[u8] {
         match self {
             Source::Private(frame) => frame,

@@ -4,8 +4,9 @@
 //!
 //! The port moves frames only when asked by the switch loop (`fabric`): [`NetPort::take_tx`]
 //! checks the next frame the guest sends and reads its headers once (the switch decides on
-//! that copy, and every destination gets that copy of the Ethernet header, so a guest that
-//! rewrites its buffer meanwhile cannot smuggle another source MAC past the check);
+//! that copy, and every destination gets that copy of the frame's first `TX_HEAD_LEN` bytes,
+//! so a guest that rewrites its buffer meanwhile cannot smuggle another source MAC, ARP
+//! sender or IPv4 source past the check);
 //! [`NetPort::deliver_from`] then copies the body straight from that guest's pool into
 //! another guest's receive buffer (one copy), [`NetPort::deliver`] does the same for frames
 //! from the NIC or the local endpoint, and [`NetPort::complete_tx`] gives the chain back with

@@ -3,7 +3,8 @@
 //! but in software.
 //!
 //! This module only decides; the caller moves bytes. For every frame the back-end or the NIC
-//! hands in, [`Switch::forward`] looks at the 14-byte Ethernet header and nothing else, and answers
+//! hands in, [`Switch::forward`] looks at the 14-byte Ethernet header (and, for a guest held to
+//! its identity, the ARP or IPv4 sender fields after it) and nothing else, and answers
 //! with a [`Forward`]: drop (and why), one port, or a flood to an owned [`PortSet`]. The caller then
 //! asks [`Switch::try_reserve`] for room on each destination before it copies the frame there (at
 //! most one copy per destination) and gives the room back with [`Switch::release`] once that port
@@ -645,14 +646,16 @@ impl Switch {
     }
 
     /// Decides where `frame`, received on `ingress` at `now_ms`, goes, learning its source on the
-    /// way. Reads only the Ethernet header; counts rx, drops and floods on the ingress port.
+    /// way. Reads only the Ethernet header, and the sender fields of ARP or IPv4 on a port held
+    /// to an identity; counts rx, drops and floods on the ingress port.
     pub fn forward(&mut self, ingress: PortId, frame: &[u8], now_ms: u64) -> Forward {
         self.forward_header(ingress, frame, frame.len(), now_ms)
     }
 
     /// [`forward`](Self::forward) for a frame of `frame_len` bytes of which the caller holds
-    /// only the start (`header`, at least the Ethernet header): a back-end that copies the
-    /// body straight from one guest's buffer to another's never holds the whole frame.
+    /// only the start (`header`, at least the Ethernet header and [`IDENTITY_HEADER_LEN`] bytes
+    /// of a longer frame): a back-end that copies the body straight from one guest's buffer to
+    /// another's never holds the whole frame.
     pub fn forward_header(
         &mut self,
         ingress: PortId,

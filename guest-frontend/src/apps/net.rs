@@ -15,6 +15,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::RingMem;
 use shared_abi::virtq::{
     Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, NET_HDR_LEN, QUEUE_SIZE,
@@ -405,8 +406,16 @@ impl Net {
                 let port = link.control_port;
                 evtchn::take(port);
                 // Leave: the back-end tears down and tells us on its control port, which must
-                // still be the one the hypervisor bound, not the one we wrote.
-                let _ = front.link.close(2_000);
+                // still be the one the hypervisor bound, not the one we wrote. (Not through
+                // `Link::close`, whose waiting consumes the events we are listening for.)
+                let closing = Frontend {
+                    state: State::Closing,
+                    ..Frontend::initialising()
+                };
+                link.control
+                    .write_frontend(&closing)
+                    .map_err(|e| format!("writing Closing: {e:?}"))?;
+                let _ = evtchn::send(port);
                 let start = timer::now();
                 let mut heard = false;
                 while !heard && timer::now() - start < timer::ms_to_ticks(2_000) {
