@@ -5,7 +5,11 @@
 //!
 //! Everything the front-end writes is hostile: a section that does not validate is ignored, a ref
 //! that does not map or a port that does not bind closes the connection with a log line, and the
-//! request payload is read from shared memory exactly once.
+//! request payload is read from shared memory exactly once. The control page is the front-end's
+//! to write too, header included, so our control port is read from it once, when the
+//! connection is opened, and never again; the MAC the front-end asks for is only a wish (it
+//! gets the one the topology gives it, `vif`); and connection attempts are rate-limited, so a
+//! front-end that reconnects in a loop costs a bounded amount of mapping work.
 
 use core::sync::atomic::Ordering;
 
@@ -13,15 +17,24 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 
+use driver_domain::budget::TokenBucket;
 use log::{info, warn};
 use shared_abi::handshake::{next_state, Backend, Frontend, Side, State};
+use shared_abi::identity::default_mac;
 use shared_abi::pingpong::{self, PAYLOAD_WORDS, REPLY, REPLY_WORDS, REQUEST_WORDS, SEQ_WORD};
 use shared_abi::virtq::FEATURE_NET;
 use vm_runtime::control::ControlPage;
-use vm_runtime::{evtchn, grant, println};
+use vm_runtime::{evtchn, grant, println, timer};
 
 use crate::fabric::Fabric;
 use crate::netback::NetPort;
+
+/// Connection attempts a front-end may make back to back, then one per
+/// [`CONNECT_PERIOD_MS`]: each maps and unmaps up to 514 pages.
+const CONNECT_BURST: u32 = 4;
+const CONNECT_PERIOD_MS: u64 = 1_000;
+/// Ping-pong requests answered per connection per round of the main loop.
+pub const PINGPONG_PER_ROUND: usize = 8;
 
 /// The ping-pong test service of a connected front-end.
 struct PingPongPath {
@@ -63,6 +76,9 @@ pub struct Connection {
     pub counters: Counters,
     /// Set when the front-end broke the ring protocol: it stays disconnected.
     banned: Option<String>,
+    /// Connection attempts left; when empty, the next attempt waits until `retry_at` (ms).
+    attempts: TokenBucket,
+    retry_at: Option<u64>,
 }
 
 impl Connection {
@@ -79,6 +95,8 @@ impl Connection {
             data: None,
             counters: Counters::default(),
             banned: None,
+            attempts: TokenBucket::new(CONNECT_BURST, CONNECT_PERIOD_MS),
+            retry_at: None,
         };
         conn.publish(State::Initialising);
         Some(conn)
@@ -104,10 +122,9 @@ impl Connection {
             );
         }
         self.state = state;
-        // The hypervisor rebinds the control port when the front-end restarts: reread it.
-        if let Ok(header) = self.control.header() {
-            self.control_port = header.backend_port;
-        }
+        // Our control port is never reread from the page: the front-end can write the header
+        // too. It never changes while we run (a restarted front-end gets a new port of its own,
+        // bound to ours; only a restarted back-end would get a new one, and reads it afresh).
         let _ = evtchn::send(self.control_port);
     }
 
@@ -118,6 +135,11 @@ impl Connection {
 
     pub fn control_port(&self) -> u32 {
         self.control_port
+    }
+
+    /// When a connection attempt held back by the rate limit is due (ms), if one is.
+    pub fn retry_at(&self) -> Option<u64> {
+        self.retry_at
     }
 
     /// Follows the front-end's state until there is nothing more to do now.
@@ -144,6 +166,18 @@ impl Connection {
             };
             match next {
                 State::Connected => {
+                    let now = timer::ticks_to_ms(timer::now());
+                    if let Err(wait) = self.attempts.take(now) {
+                        if self.retry_at.is_none() {
+                            warn!(
+                                "front-end {}: connecting too often; next attempt in {wait} ms",
+                                self.frontend
+                            );
+                        }
+                        self.retry_at = Some(now + wait);
+                        return;
+                    }
+                    self.retry_at = None;
                     if let Some(why) = &self.banned {
                         warn!("front-end {}: refusing to reconnect ({why})", self.frontend);
                         self.publish(State::Closing);
@@ -204,23 +238,27 @@ impl Connection {
         Ok(())
     }
 
-    /// A network port: the MAC the front-end asks for if it is a free unicast address, else
-    /// one we assign; then the rings and pool, then the switch port.
+    /// A network port: the identity the topology gives the front-end (whatever MAC it asks
+    /// for: a request for another is refused and logged, and it gets its own), then the rings
+    /// and pool, then the switch port held to that identity.
     fn attach_net(&mut self, peer: &Frontend, fabric: &mut Fabric) -> Result<(), String> {
-        let asked = driver_domain::switch::MacAddr(peer.mac);
-        let mac = if asked.is_valid_source() && !fabric.mac_in_use(peer.mac) {
-            peer.mac
-        } else {
-            default_mac(self.frontend)
-        };
+        let identity = fabric.vifs.assign(self.frontend, peer.mac);
+        if let Some(asked) = identity.refused {
+            warn!(
+                "front-end {}: asked for MAC {}, which is not its own; refused, it gets {}",
+                self.frontend,
+                driver_domain::switch::MacAddr(asked),
+                identity
+            );
+        }
         let port = NetPort::attach(self.frontend, peer)?;
-        if let Err(why) = fabric.add_guest(self.frontend, mac) {
+        if let Err(why) = fabric.add_guest(self.frontend, &identity) {
             let _ = port.detach();
             return Err(why);
         }
         self.data = Some(DataPath::Net {
             port: Box::new(port),
-            mac,
+            mac: identity.mac,
         });
         Ok(())
     }
@@ -246,12 +284,14 @@ impl Connection {
                 }
                 println!(
                     "front-end {} closed: sent {} frames ({} dropped), received {}, \
-                     {} not delivered (no buffer), events {} sent / {} suppressed",
+                     {} not delivered (no buffer), {} short receive buffers returned, \
+                     events {} sent / {} suppressed",
                     self.frontend,
                     s.tx_frames,
                     s.tx_bad_frames,
                     s.rx_frames,
                     s.rx_no_buffer,
+                    s.rx_short_buffers,
                     s.events_sent,
                     s.events_suppressed
                 );
@@ -327,9 +367,4 @@ impl Connection {
     pub fn data_port(&self) -> Option<u32> {
         self.data.as_ref().map(DataPath::port)
     }
-}
-
-/// The locally administered unicast MAC we give front-end `id` when it asks for none.
-fn default_mac(id: u16) -> [u8; 6] {
-    [0x02, 0x51, 0x55, 0x00, (id >> 8) as u8, id as u8]
 }

@@ -17,7 +17,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use driver_domain::csum::{self, Verdict};
-use driver_domain::switch::{Config, Forward, MacAddr, PortId, Switch};
+use driver_domain::switch::{self, Config, Forward, MacAddr, PortId, Switch};
+use driver_domain::vif::{Assignment, Vifs};
 use shared_abi::virtq::{
     Chain, Direction, NetHdr, TxHeader, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
 };
@@ -86,6 +87,8 @@ impl Device for LocalPort {
 }
 
 /// Where a frame being switched is.
+// Lives on the stack for one dispatch; boxing the guest variant would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 enum Source<'a> {
     /// In the driver domain's own memory (a NIC buffer, a local endpoint frame).
     Private(&'a [u8]),
@@ -105,11 +108,11 @@ impl Source<'_> {
         }
     }
 
-    /// The Ethernet header the switch decides on (for a guest's frame, the checked copy).
+    /// The start of the frame the switch decides on (for a guest's frame, the head read once).
     fn header(&self) -> &[u8] {
         match self {
             Source::Private(frame) => frame,
-            Source::Guest { header, .. } => &header.eth,
+            Source::Guest { header, .. } => header.head(),
         }
     }
 
@@ -142,6 +145,8 @@ pub struct Violation {
 
 pub struct Fabric {
     switch: Switch,
+    /// Every guest's identity, from the topology: what its port is held to.
+    pub vifs: Vifs,
     /// The driver domain's own endpoint (with a NIC only: it shares the NIC's MAC).
     pub local: Option<Stack<LocalPort>>,
     has_uplink: bool,
@@ -201,7 +206,11 @@ fn now_ms() -> u64 {
 impl Fabric {
     /// A fabric with the NIC as uplink and the local endpoint on it when there is a NIC; the
     /// local endpoint also serves iperf3 if asked (the passthrough throughput figure).
-    pub fn new(nic: Option<([u8; 6], IpCidr, Ipv4Address)>, iperf_server: bool) -> Fabric {
+    pub fn new(
+        nic: Option<([u8; 6], IpCidr, Ipv4Address)>,
+        iperf_server: bool,
+        vifs: Vifs,
+    ) -> Fabric {
         let mut switch = Switch::new(Config::default());
         let mut local = None;
         if let Some((mac, address, gateway)) = nic {
@@ -222,6 +231,7 @@ impl Fabric {
         }
         Fabric {
             switch,
+            vifs,
             local,
             has_uplink: nic.is_some(),
             nic: NicCounters::default(),
@@ -229,10 +239,11 @@ impl Fabric {
         }
     }
 
-    /// Connects guest `id`'s port, which may send only from `mac`.
-    pub fn add_guest(&mut self, id: u16, mac: [u8; 6]) -> Result<(), String> {
+    /// Connects guest `id`'s port, which may send only as `identity` (its MAC, and ARP and
+    /// IPv4 from its address).
+    pub fn add_guest(&mut self, id: u16, identity: &Assignment) -> Result<(), String> {
         self.switch
-            .add_guest(id, MacAddr(mac))
+            .add_guest_with_ip(id, MacAddr(identity.mac), identity.ip)
             .map(|_| ())
             .map_err(|e| format!("switch port for front-end {id}: {e}"))
     }
@@ -243,15 +254,6 @@ impl Fabric {
             println!("switch port closed: {line}");
         }
         self.switch.remove_port(PortId::Guest(id));
-    }
-
-    /// Whether MAC `mac` is taken by a port already.
-    pub fn mac_in_use(&self, mac: [u8; 6]) -> bool {
-        let mac = MacAddr(mac);
-        self.switch
-            .ports()
-            .into_iter()
-            .any(|p| self.switch.owner(p) == Some(mac))
     }
 
     /// One round: moves what every port has to send. Returns whether any frame moved and the
@@ -361,7 +363,14 @@ impl Fabric {
         let decision = self
             .switch
             .forward_header(ingress, source.header(), len, now_ms());
-        if let Forward::Drop(_) = decision {
+        if let Forward::Drop(reason) = decision {
+            let count = self
+                .switch
+                .counters(ingress)
+                .map_or(0, |c| c.drops.of(reason));
+            if switch::worth_logging(count) {
+                println!("switch port {ingress}: dropped a frame: {reason} ({count} so far)");
+            }
             return false;
         }
         // A guest's frame whose TCP/UDP checksum it left to us; a frame from the NIC that a

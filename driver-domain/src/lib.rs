@@ -7,5 +7,7 @@
 
 extern crate alloc;
 
+pub mod budget;
 pub mod csum;
 pub mod switch;
+pub mod vif;

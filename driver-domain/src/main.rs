@@ -79,9 +79,18 @@ fn main(info: &StartInfo<'static>) {
             return;
         }
     };
+    // The front-ends' identities, read once from our own start-info (no guest can write it).
+    let vifs = match driver_domain::vif::Vifs::from_settings(info.settings) {
+        Ok(vifs) => vifs,
+        Err(e) => {
+            println!("REPORT fail: {e}");
+            return;
+        }
+    };
     let mut fabric = Fabric::new(
         nic.as_ref().map(|n| (n.mac, n.address, n.gateway)),
         iperf_server,
+        vifs,
     );
     if let Some(nic) = nic {
         ping_gateway(&mut fabric, nic.gateway);
@@ -106,8 +115,19 @@ fn main(info: &StartInfo<'static>) {
     let mut recheck = true;
     loop {
         let mut busy = false;
+        let now_ms = timer::ticks_to_ms(timer::now());
+        // A control event only says "some control page changed": which port it came on is
+        // not trusted to name the connection. A front-end that forged its page's header
+        // before we first read it could have us listen on another guest's control port, and
+        // then its events must not go unseen: any control event steps every connection
+        // (each step reads that connection's own page, which is cheap and bounded).
+        let mut control_news = recheck;
+        for conn in &connections {
+            control_news |= evtchn::take(conn.control_port());
+        }
         for conn in &mut connections {
-            if evtchn::take(conn.control_port()) || recheck {
+            let retry_due = conn.retry_at().is_some_and(|at| now_ms >= at);
+            if control_news || retry_due {
                 conn.step(&mut fabric);
             }
             // A network port's events only say "look at the rings", which every round does;
@@ -115,7 +135,11 @@ fn main(info: &StartInfo<'static>) {
             if let (Some(port), Some(_)) = (conn.data_port(), conn.net()) {
                 evtchn::take(port);
             }
-            while conn.serve() {
+            // A bounded number per round: a front-end can send requests as fast as we answer.
+            for _ in 0..backend::PINGPONG_PER_ROUND {
+                if !conn.serve() {
+                    break;
+                }
                 busy = true;
             }
         }
@@ -148,6 +172,11 @@ fn main(info: &StartInfo<'static>) {
             let mut wait_us = 50_000;
             if let Some(delay) = fabric.poll_delay_us() {
                 wait_us = wait_us.min(delay.max(100));
+            }
+            // A connection attempt the rate limit held back.
+            let now_ms = timer::ticks_to_ms(timer::now());
+            if let Some(at) = connections.iter().filter_map(Connection::retry_at).min() {
+                wait_us = wait_us.min(at.saturating_sub(now_ms).max(1) * 1_000);
             }
             let deadline = timer::now() + timer::us_to_ticks(wait_us);
             recheck = !timer::wait_until(deadline, || {

@@ -4,8 +4,9 @@
 //!
 //! The port moves frames only when asked by the switch loop (`fabric`): [`NetPort::take_tx`]
 //! checks the next frame the guest sends and reads its headers once (the switch decides on
-//! that copy, and every destination gets that copy of the Ethernet header, so a guest that
-//! rewrites its buffer meanwhile cannot smuggle another source MAC past the check);
+//! that copy, and every destination gets that copy of the frame's first `TX_HEAD_LEN` bytes,
+//! so a guest that rewrites its buffer meanwhile cannot smuggle another source MAC, ARP
+//! sender or IPv4 source past the check);
 //! [`NetPort::deliver_from`] then copies the body straight from that guest's pool into
 //! another guest's receive buffer (one copy), [`NetPort::deliver`] does the same for frames
 //! from the NIC or the local endpoint, and [`NetPort::complete_tx`] gives the chain back with
@@ -18,7 +19,7 @@ use alloc::string::String;
 use shared_abi::handshake::Frontend;
 use shared_abi::virtq::{
     copy_plan, Chain, DeviceQueue, Direction, NetFeatures, NetHdr, QueueError, RingLayout,
-    TxHeader, ETH_HDR_LEN, FEATURE_EVENT_IDX, NET_HDR_LEN, TX_DROPPED, TX_OK,
+    TxHeader, FEATURE_EVENT_IDX, NET_HDR_LEN, TX_DROPPED, TX_OK,
 };
 use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
@@ -35,6 +36,9 @@ pub const NIC_MAX_FRAME: usize = 1514;
 /// Most events we send one guest per second; beyond that, events wait for the next second's
 /// budget (the guest sees its rings anyway when it polls).
 const EVENTS_PER_SECOND: u32 = 20_000;
+/// Receive buffers too short for any frame given back per frame delivered, at most: beyond
+/// that the frame is dropped as if the ring were empty.
+const SHORT_RX_PER_FRAME: u32 = 4;
 
 /// What a guest's port did, for the counters line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,6 +47,8 @@ pub struct PortStats {
     pub tx_bad_frames: u64,
     pub rx_frames: u64,
     pub rx_no_buffer: u64,
+    /// Receive buffers too short for any frame, given back empty.
+    pub rx_short_buffers: u64,
     pub events_sent: u64,
     pub events_suppressed: u64,
     /// Why the last bad frame was dropped.
@@ -61,6 +67,8 @@ pub enum DeliverError {
 }
 
 /// The next thing a guest's TX ring holds.
+// Returned once per frame on the stack; boxing the frame's variant would allocate per frame.
+#[allow(clippy::large_enum_variant)]
 pub enum TxItem {
     /// A frame, still in the guest's pool: its chain (to copy from, then to complete with
     /// [`NetPort::complete_tx`]) and its headers, read once and checked.
@@ -227,24 +235,18 @@ impl NetPort {
         }
     }
 
-    /// The next receive buffer the guest offered.
+    /// The next receive buffer the guest offered. Buffers too short for any frame go back
+    /// empty, a few per frame at most (the guest could re-offer them forever).
     fn next_rx(&mut self) -> Result<Chain, DeliverError> {
-        loop {
-            match self.rx.pop() {
-                Ok(Some(chain)) => return Ok(chain),
-                Ok(None) => {
-                    self.stats.rx_no_buffer += 1;
-                    return Err(DeliverError::NoBuffer);
-                }
-                Err(e) if e.is_violation() => return Err(DeliverError::Violation(e)),
-                // A receive buffer too short to hold any frame: give it back empty.
-                Err(e) => {
-                    if let Some(head) = e.bad_frame_head() {
-                        let _ = self.rx.push_used(head, 0);
-                    }
-                }
-            }
-        }
+        let pick = self
+            .rx
+            .pop_rx_buffer(SHORT_RX_PER_FRAME)
+            .map_err(DeliverError::Violation)?;
+        self.stats.rx_short_buffers += u64::from(pick.skipped);
+        pick.chain.ok_or_else(|| {
+            self.stats.rx_no_buffer += 1;
+            DeliverError::NoBuffer
+        })
     }
 
     /// Writes `frame` (from our own memory: the NIC's or the local endpoint's) into the next
@@ -282,15 +284,15 @@ impl NetPort {
             return Err(DeliverError::TooSmall);
         }
         chain.write(&self.pool, 0, &hdr.encode());
-        chain.write(&self.pool, NET_HDR_LEN, &header.eth);
-        let body = NET_HDR_LEN + ETH_HDR_LEN;
+        chain.write(&self.pool, NET_HDR_LEN, header.head());
+        let body = NET_HDR_LEN + header.head_len;
         let pool = self.pool;
         copy_plan(
             src,
             body,
             &chain,
             body,
-            header.frame_len - ETH_HDR_LEN,
+            header.frame_len - header.head_len,
             |s, d, n| src_pool.copy_to(s, &pool, d, n),
         );
         let _ = self.rx.push_used(chain.head(), need as u32);
@@ -351,10 +353,10 @@ impl NetPort {
 }
 
 /// Copies a TX frame out of a guest's pool into `dst` (the first `header.frame_len` bytes):
-/// the Ethernet header from the checked copy, the body from the pool, once.
+/// the head from the checked copy, the rest from the pool, once.
 pub fn read_guest_frame(pool: &SharedMem, chain: &Chain, header: &TxHeader, dst: &mut [u8]) {
     let len = header.frame_len.min(dst.len());
-    let eth = ETH_HDR_LEN.min(len);
-    dst[..eth].copy_from_slice(&header.eth[..eth]);
-    chain.read(pool, NET_HDR_LEN + ETH_HDR_LEN, &mut dst[eth..len]);
+    let head = header.head_len.min(len);
+    dst[..head].copy_from_slice(&header.head()[..head]);
+    chain.read(pool, NET_HDR_LEN + head, &mut dst[head..len]);
 }

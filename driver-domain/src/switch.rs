@@ -3,7 +3,8 @@
 //! but in software.
 //!
 //! This module only decides; the caller moves bytes. For every frame the back-end or the NIC
-//! hands in, [`Switch::forward`] looks at the 14-byte Ethernet header and nothing else, and answers
+//! hands in, [`Switch::forward`] looks at the 14-byte Ethernet header (and, for a guest held to
+//! its identity, the ARP or IPv4 sender fields after it) and nothing else, and answers
 //! with a [`Forward`]: drop (and why), one port, or a flood to an owned [`PortSet`]. The caller then
 //! asks [`Switch::try_reserve`] for room on each destination before it copies the frame there (at
 //! most one copy per destination) and gives the room back with [`Switch::release`] once that port
@@ -14,6 +15,14 @@
 //!   MAC is dropped as spoofed. Owner MACs are static entries: learning never moves them, and a
 //!   frame arriving on the uplink with a local guest's MAC as its source is dropped as spoofed too
 //!   (it is an impersonation or a loop, and either way delivering it would lie to the guests);
+//! - a guest port added with its identity ([`Switch::add_guest_with_ip`]) is held to it like a
+//!   Xen vif with anti-spoofing: it may send only ARP and IPv4; ARP must name its own MAC as
+//!   sender hardware address and its own address as sender address, IPv4 must come from its
+//!   own address (a port without an address may send neither). Everything else is dropped and
+//!   counted by reason;
+//! - floods (broadcast, multicast, unknown unicast) are rate-limited per ingress port
+//!   ([`Config::flood_burst`], [`Config::flood_period_ms`]), so a storm from one port costs the
+//!   others a bounded number of copies;
 //! - the learned-MAC table is bounded (aging by the caller's clock, then eviction of the oldest), so
 //!   a flood of made-up sources from outside cannot grow it;
 //! - every port's egress has a byte budget, so a guest that stops draining its receive ring (or
@@ -26,9 +35,25 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::budget::TokenBucket;
+
 /// Bytes of an Ethernet header (destination, source, EtherType): all the switch reads, and the
 /// shortest frame it forwards.
 pub const ETH_HEADER_LEN: usize = 14;
+
+/// Bytes of a frame the identity checks read: the Ethernet header and an ARP body for IPv4
+/// over Ethernet (28 bytes), which also covers an IPv4 header's source address. A caller that
+/// holds only the start of a frame must hold this much of it (or the whole frame if shorter).
+pub const IDENTITY_HEADER_LEN: usize = ETH_HEADER_LEN + ARP_LEN;
+
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+/// ARP for IPv4 over Ethernet: htype, ptype, hlen, plen, op, then the four addresses.
+const ARP_LEN: usize = 28;
+const ARP_IPV4_ETHERNET: [u8; 6] = [0, 1, 0x08, 0x00, 6, 4];
+const IPV4_MIN_HEADER: usize = 20;
+// A guest's frame is checked on the head the back-end read once; it must cover the checks.
+const _: () = assert!(shared_abi::virtq::TX_HEAD_LEN >= IDENTITY_HEADER_LEN);
 
 /// Highest guest port id. Guest ports are named by the front-end's VM id, and VM ids fit the
 /// 64-bit peers bitmap of start-info, which also lets [`PortSet`] be a plain bitmap.
@@ -214,6 +239,16 @@ pub enum DropReason {
     /// The ingress port does not exist (a frame racing with the port's removal); not counted
     /// anywhere, as there is no port to count it on.
     UnknownPort,
+    /// ARP whose sender address, or IPv4 whose source address, is not the guest's own.
+    SpoofedIp,
+    /// ARP whose sender hardware address is not the guest's own MAC.
+    SpoofedArpMac,
+    /// An EtherType a guest may not send (only ARP and IPv4 are allowed).
+    Protocol,
+    /// ARP or IPv4 too short or not for IPv4 over Ethernet, so its sender cannot be checked.
+    Malformed,
+    /// A flood over the ingress port's flood budget.
+    FloodLimited,
 }
 
 impl fmt::Display for DropReason {
@@ -224,6 +259,11 @@ impl fmt::Display for DropReason {
             DropReason::Spoofed => "spoofed",
             DropReason::Hairpin => "hairpin",
             DropReason::UnknownPort => "unknown port",
+            DropReason::SpoofedIp => "spoofed IP address",
+            DropReason::SpoofedArpMac => "spoofed ARP sender MAC",
+            DropReason::Protocol => "EtherType not allowed",
+            DropReason::Malformed => "malformed ARP/IPv4 header",
+            DropReason::FloodLimited => "flood rate limit",
         })
     }
 }
@@ -264,12 +304,63 @@ pub struct Drops {
     pub hairpin: u64,
     /// Egress: the port's byte budget was used up.
     pub queue_full: u64,
+    /// Ingress: ARP sender or IPv4 source address not the guest's own.
+    pub spoofed_ip: u64,
+    /// Ingress: ARP sender hardware address not the guest's own MAC.
+    pub spoofed_arp_mac: u64,
+    /// Ingress: an EtherType other than ARP and IPv4 from a guest held to its identity.
+    pub protocol: u64,
+    /// Ingress: ARP or IPv4 whose sender cannot be checked.
+    pub malformed: u64,
+    /// Ingress: floods over the port's flood budget.
+    pub flood_limited: u64,
 }
 
 impl Drops {
     /// All drops, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.spoofed + self.runt + self.bad_source + self.hairpin + self.queue_full
+        self.spoofed
+            + self.runt
+            + self.bad_source
+            + self.hairpin
+            + self.queue_full
+            + self.spoofed_ip
+            + self.spoofed_arp_mac
+            + self.protocol
+            + self.malformed
+            + self.flood_limited
+    }
+
+    /// Drops for `reason` (0 for [`DropReason::UnknownPort`], which is counted nowhere).
+    pub fn of(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::Runt => self.runt,
+            DropReason::BadSource => self.bad_source,
+            DropReason::Spoofed => self.spoofed,
+            DropReason::Hairpin => self.hairpin,
+            DropReason::SpoofedIp => self.spoofed_ip,
+            DropReason::SpoofedArpMac => self.spoofed_arp_mac,
+            DropReason::Protocol => self.protocol,
+            DropReason::Malformed => self.malformed,
+            DropReason::FloodLimited => self.flood_limited,
+            DropReason::UnknownPort => 0,
+        }
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        let counter = match reason {
+            DropReason::Runt => &mut self.runt,
+            DropReason::BadSource => &mut self.bad_source,
+            DropReason::Spoofed => &mut self.spoofed,
+            DropReason::Hairpin => &mut self.hairpin,
+            DropReason::SpoofedIp => &mut self.spoofed_ip,
+            DropReason::SpoofedArpMac => &mut self.spoofed_arp_mac,
+            DropReason::Protocol => &mut self.protocol,
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::FloodLimited => &mut self.flood_limited,
+            DropReason::UnknownPort => return,
+        };
+        *counter += 1;
     }
 }
 
@@ -301,16 +392,24 @@ pub struct Config {
     pub max_age_ms: u64,
     /// Egress byte budget a new port starts with.
     pub egress_budget: usize,
+    /// Floods a port may send back to back.
+    pub flood_burst: u32,
+    /// One more flood allowed per this many milliseconds once the burst is used (0: no limit).
+    pub flood_period_ms: u64,
 }
 
 impl Default for Config {
     /// 256 learned MACs, 802.1D's 300 s aging time, and a 64 KiB budget per port (about 43
     /// full-size frames: enough to ride out a scheduling slice, small next to the domain's heap).
+    /// Floods: 64 back to back, then 250 a second per port, far above what ARP and the odd
+    /// unknown destination need, far below what a storm would cost every other port.
     fn default() -> Self {
         Config {
             table_capacity: 256,
             max_age_ms: 300_000,
             egress_budget: 64 * 1024,
+            flood_burst: 64,
+            flood_period_ms: 4,
         }
     }
 }
@@ -339,10 +438,21 @@ impl fmt::Display for PortError {
     }
 }
 
+/// The addresses a guest port is held to beyond its MAC (see [`Switch::add_guest_with_ip`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum L3Filter {
+    /// No checks above Ethernet (the uplink, the local port, a guest added by MAC alone).
+    Off,
+    /// Only ARP and IPv4, from this address (`None`: neither is allowed).
+    Only(Option<[u8; 4]>),
+}
+
 #[derive(Clone, Debug)]
 struct Port {
     /// The only source a guest may send from; `None` for the uplink.
     owner: Option<MacAddr>,
+    l3: L3Filter,
+    floods: TokenBucket,
     counters: PortCounters,
     queued: usize,
     budget: usize,
@@ -413,6 +523,22 @@ impl Switch {
         self.add(PortId::Guest(id), Some(owner))
     }
 
+    /// Adds the port of front-end VM `id` held to its whole identity: it may only send from
+    /// `owner`, and only ARP and IPv4 whose sender is `owner` and `ip` (with `ip` of `None`,
+    /// neither ARP nor IPv4 at all).
+    pub fn add_guest_with_ip(
+        &mut self,
+        id: u16,
+        owner: MacAddr,
+        ip: Option<[u8; 4]>,
+    ) -> Result<PortId, PortError> {
+        let port = self.add_guest(id, owner)?;
+        if let Some(p) = self.port_mut(port) {
+            p.l3 = L3Filter::Only(ip);
+        }
+        Ok(port)
+    }
+
     fn add(&mut self, port: PortId, owner: Option<MacAddr>) -> Result<PortId, PortError> {
         let slot = port.slot().ok_or(PortError::IdOutOfRange)?;
         if self.ports[slot].is_some() {
@@ -427,6 +553,8 @@ impl Switch {
         }
         self.ports[slot] = Some(Port {
             owner,
+            l3: L3Filter::Off,
+            floods: TokenBucket::new(self.config.flood_burst, self.config.flood_period_ms),
             counters: PortCounters::default(),
             queued: 0,
             budget: self.config.egress_budget,
@@ -518,14 +646,16 @@ impl Switch {
     }
 
     /// Decides where `frame`, received on `ingress` at `now_ms`, goes, learning its source on the
-    /// way. Reads only the Ethernet header; counts rx, drops and floods on the ingress port.
+    /// way. Reads only the Ethernet header, and the sender fields of ARP or IPv4 on a port held
+    /// to an identity; counts rx, drops and floods on the ingress port.
     pub fn forward(&mut self, ingress: PortId, frame: &[u8], now_ms: u64) -> Forward {
         self.forward_header(ingress, frame, frame.len(), now_ms)
     }
 
     /// [`forward`](Self::forward) for a frame of `frame_len` bytes of which the caller holds
-    /// only the start (`header`, at least the Ethernet header): a back-end that copies the
-    /// body straight from one guest's buffer to another's never holds the whole frame.
+    /// only the start (`header`, at least the Ethernet header and [`IDENTITY_HEADER_LEN`] bytes
+    /// of a longer frame): a back-end that copies the body straight from one guest's buffer to
+    /// another's never holds the whole frame.
     pub fn forward_header(
         &mut self,
         ingress: PortId,
@@ -541,6 +671,7 @@ impl Switch {
         counters.rx_frames += 1;
         counters.rx_bytes += frame_len as u64;
 
+        let header_all = header;
         let Some(header) = header
             .get(..ETH_HEADER_LEN)
             .filter(|_| frame_len >= ETH_HEADER_LEN)
@@ -565,6 +696,12 @@ impl Switch {
             counters.drops.spoofed += 1;
             return Forward::Drop(DropReason::Spoofed);
         }
+        if let L3Filter::Only(ip) = port.l3 {
+            if let Err(reason) = check_identity(src, ip, header_all, frame_len) {
+                counters.drops.count(reason);
+                return Forward::Drop(reason);
+            }
+        }
 
         self.learn(src, ingress, now_ms);
 
@@ -573,16 +710,24 @@ impl Switch {
         } else {
             self.lookup(dst, now_ms)
         };
-        let counters = &mut self.port_mut(ingress).expect("checked above").counters;
+        let present = self.present;
+        let Some(port) = self.port_mut(ingress) else {
+            return Forward::Drop(DropReason::UnknownPort);
+        };
+        let counters = &mut port.counters;
         match target {
             Some(port) if port == ingress => {
                 counters.drops.hairpin += 1;
                 Forward::Drop(DropReason::Hairpin)
             }
             Some(port) => Forward::One(port),
+            None if port.floods.take(now_ms).is_err() => {
+                counters.drops.flood_limited += 1;
+                Forward::Drop(DropReason::FloodLimited)
+            }
             None => {
                 counters.flooded += 1;
-                Forward::Flood(self.present.without(ingress))
+                Forward::Flood(present.without(ingress))
             }
         }
     }
@@ -668,6 +813,52 @@ impl Switch {
     }
 }
 
+/// Whether the `n`th drop of one reason on one port deserves a log line: the first, then each
+/// power of ten, so a flood of bad frames costs a handful of lines.
+pub fn worth_logging(n: u64) -> bool {
+    n > 0 && 10u64.pow(n.ilog10()) == n
+}
+
+/// The identity checks of a guest held to MAC `mac` and address `ip` (Xen's vif
+/// anti-spoofing rules): only ARP and IPv4; ARP for IPv4 over Ethernet with `mac` as sender
+/// hardware address and `ip` as sender address; IPv4 from `ip`. `header` is the start of a
+/// `frame_len`-byte frame, at least [`IDENTITY_HEADER_LEN`] bytes of it when it is longer.
+pub fn check_identity(
+    mac: MacAddr,
+    ip: Option<[u8; 4]>,
+    header: &[u8],
+    frame_len: usize,
+) -> Result<(), DropReason> {
+    let held = header.len().min(frame_len);
+    let header = &header[..held];
+    let ethertype = header.get(12..14).ok_or(DropReason::Runt)?;
+    let payload = &header[ETH_HEADER_LEN..];
+    let sender = if ethertype == ETHERTYPE_ARP {
+        let arp = payload.get(..ARP_LEN).ok_or(DropReason::Malformed)?;
+        if arp[..6] != ARP_IPV4_ETHERNET {
+            return Err(DropReason::Malformed);
+        }
+        if arp[8..14] != mac.0 {
+            return Err(DropReason::SpoofedArpMac);
+        }
+        &arp[14..18]
+    } else if ethertype == ETHERTYPE_IPV4 {
+        let ipv4 = payload
+            .get(..IPV4_MIN_HEADER)
+            .ok_or(DropReason::Malformed)?;
+        if ipv4[0] >> 4 != 4 {
+            return Err(DropReason::Malformed);
+        }
+        &ipv4[12..16]
+    } else {
+        return Err(DropReason::Protocol);
+    };
+    match ip {
+        Some(own) if sender == own => Ok(()),
+        _ => Err(DropReason::SpoofedIp),
+    }
+}
+
 /// One port's line of the counters table (see [`Switch::port_summary`]).
 pub struct PortSummary<'a> {
     id: PortId,
@@ -690,7 +881,7 @@ impl fmt::Display for PortSummary<'_> {
         write!(
             f,
             " rx {}/{}B tx {}/{}B flood {} drop spoofed {} runt {} badsrc {} hairpin {} qfull {} \
-             queued {}/{}B",
+             spoofip {} arpmac {} proto {} malformed {} floodlim {} queued {}/{}B",
             c.rx_frames,
             c.rx_bytes,
             c.tx_frames,
@@ -701,6 +892,11 @@ impl fmt::Display for PortSummary<'_> {
             d.bad_source,
             d.hairpin,
             d.queue_full,
+            d.spoofed_ip,
+            d.spoofed_arp_mac,
+            d.protocol,
+            d.malformed,
+            d.flood_limited,
             self.port.queued,
             self.port.budget
         )
@@ -1308,6 +1504,194 @@ mod tests {
 
     /// Thousands of random frames, port churn, and random reservations and releases, checking the
     /// switch's promises after every step.
+    const IP1: [u8; 4] = [10, 0, 2, 16];
+    const IP2: [u8; 4] = [10, 0, 2, 17];
+
+    /// An ARP frame from `src` with sender `sha`/`spa` (a request for `tpa`).
+    fn arp(src: MacAddr, sha: MacAddr, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+        let mut f = frame(MacAddr::BROADCAST, src, IDENTITY_HEADER_LEN);
+        f[12..14].copy_from_slice(&ETHERTYPE_ARP);
+        f[14..20].copy_from_slice(&ARP_IPV4_ETHERNET);
+        f[20..22].copy_from_slice(&[0, 1]);
+        f[22..28].copy_from_slice(&sha.0);
+        f[28..32].copy_from_slice(&spa);
+        f[38..42].copy_from_slice(&tpa);
+        f
+    }
+
+    /// An IPv4 frame (header only) from `src`, address `from`, to `dst`.
+    fn ipv4(dst: MacAddr, src: MacAddr, from: [u8; 4]) -> Vec<u8> {
+        let mut f = frame(dst, src, ETH_HEADER_LEN + IPV4_MIN_HEADER + 8);
+        f[14] = 0x45;
+        f[26..30].copy_from_slice(&from);
+        f[30..34].copy_from_slice(&IP2);
+        f
+    }
+
+    /// Uplink, guest 1 held to (guest_mac(1), IP1), guest 2 to (guest_mac(2), IP2), guest 3
+    /// to guest_mac(3) and no address.
+    fn identity_switch() -> Switch {
+        let mut sw = Switch::new(Config::default());
+        sw.add_uplink().unwrap();
+        sw.add_guest_with_ip(1, guest_mac(1), Some(IP1)).unwrap();
+        sw.add_guest_with_ip(2, guest_mac(2), Some(IP2)).unwrap();
+        sw.add_guest_with_ip(3, guest_mac(3), None).unwrap();
+        sw
+    }
+
+    #[test]
+    fn guests_send_arp_and_ipv4_only_as_themselves() {
+        let mut sw = identity_switch();
+        let (m1, m2) = (guest_mac(1), guest_mac(2));
+        let gateway = [10, 0, 2, 2];
+        // Their own identity passes.
+        let own_arp = arp(m1, m1, IP1, IP2);
+        assert_eq!(
+            sw.forward(G1, &own_arp, 0),
+            Forward::Flood(set(&[UP, G2, G3]))
+        );
+        assert_eq!(sw.forward(G1, &ipv4(m2, m1, IP1), 0), Forward::One(G2));
+        // The gateway's or another guest's address, as ARP sender or IPv4 source.
+        let cases = [
+            (arp(m1, m1, gateway, IP2), DropReason::SpoofedIp),
+            (arp(m1, m1, IP2, IP2), DropReason::SpoofedIp),
+            (arp(m1, m1, [0; 4], IP2), DropReason::SpoofedIp),
+            (ipv4(m2, m1, IP2), DropReason::SpoofedIp),
+            (ipv4(m2, m1, gateway), DropReason::SpoofedIp),
+            // Its own address with another sender MAC inside the ARP body.
+            (arp(m1, m2, IP1, IP2), DropReason::SpoofedArpMac),
+            (arp(m1, ext_mac(1), IP1, IP2), DropReason::SpoofedArpMac),
+        ];
+        for (f, reason) in &cases {
+            assert_eq!(sw.forward(G1, f, 0), Forward::Drop(*reason), "{f:02x?}");
+        }
+        // Other protocols (IPv6, a VLAN tag that could hide an ARP) and headers too short or
+        // not for IPv4 over Ethernet to check.
+        let mut ipv6 = ipv4(m2, m1, IP1);
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let mut vlan = arp(m1, m1, IP2, IP2);
+        vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+        let mut short_arp = arp(m1, m1, IP1, IP2);
+        short_arp.truncate(ETH_HEADER_LEN + 20);
+        let mut arp_for_ipv6 = arp(m1, m1, IP1, IP2);
+        arp_for_ipv6[16..18].copy_from_slice(&[0x86, 0xdd]);
+        let mut not_v4 = ipv4(m2, m1, IP1);
+        not_v4[14] = 0x65;
+        let mut short_ip = ipv4(m2, m1, IP1);
+        short_ip.truncate(ETH_HEADER_LEN + 19);
+        for (f, reason) in [
+            (ipv6, DropReason::Protocol),
+            (vlan, DropReason::Protocol),
+            (short_arp, DropReason::Malformed),
+            (arp_for_ipv6, DropReason::Malformed),
+            (not_v4, DropReason::Malformed),
+            (short_ip, DropReason::Malformed),
+        ] {
+            assert_eq!(sw.forward(G1, &f, 0), Forward::Drop(reason), "{reason}");
+        }
+        let d = sw.counters(G1).unwrap().drops;
+        assert_eq!((d.spoofed_ip, d.spoofed_arp_mac), (5, 2));
+        assert_eq!((d.protocol, d.malformed, d.spoofed), (2, 4, 0));
+        // A guest without an address sends neither ARP nor IPv4, even "its own".
+        assert_eq!(
+            sw.forward(G3, &arp(guest_mac(3), guest_mac(3), IP1, IP2), 0),
+            Forward::Drop(DropReason::SpoofedIp)
+        );
+        assert_eq!(
+            sw.forward(G3, &ipv4(m1, guest_mac(3), [0; 4]), 0),
+            Forward::Drop(DropReason::SpoofedIp)
+        );
+        // The uplink and a guest added by MAC alone are not held to addresses.
+        assert_eq!(
+            sw.forward(UP, &ipv4(m1, ext_mac(1), IP2), 0),
+            Forward::One(G1)
+        );
+        let summary = sw.port_summary(G1).unwrap().to_string();
+        assert!(
+            summary.contains("spoofip 5 arpmac 2 proto 2 malformed 4"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn the_identity_check_reads_only_the_header_it_is_given() {
+        let (m1, m2) = (guest_mac(1), guest_mac(2));
+        let f = arp(m1, m1, IP1, IP2);
+        // The caller's copy of the header decides, whatever the rest of the frame holds.
+        assert_eq!(
+            check_identity(m1, Some(IP1), &f[..IDENTITY_HEADER_LEN], 1500),
+            Ok(())
+        );
+        // A frame that ends before the ARP body is malformed even if the buffer is longer.
+        assert_eq!(
+            check_identity(m1, Some(IP1), &f, ETH_HEADER_LEN + 10),
+            Err(DropReason::Malformed)
+        );
+        let ip = ipv4(m2, m1, IP1);
+        assert_eq!(check_identity(m1, Some(IP1), &ip[..34], 34), Ok(()));
+        assert_eq!(
+            check_identity(m1, Some(IP1), &ip[..12], 12),
+            Err(DropReason::Runt)
+        );
+    }
+
+    #[test]
+    fn drops_are_logged_at_powers_of_ten() {
+        let logged: Vec<u64> = (0..=20_000).filter(|&n| worth_logging(n)).collect();
+        assert_eq!(logged, [1, 10, 100, 1_000, 10_000]);
+        assert!(worth_logging(10u64.pow(19)));
+        let mut d = Drops::default();
+        d.count(DropReason::SpoofedIp);
+        d.count(DropReason::SpoofedIp);
+        d.count(DropReason::FloodLimited);
+        assert_eq!(d.of(DropReason::SpoofedIp), 2);
+        assert_eq!(d.of(DropReason::FloodLimited), 1);
+        assert_eq!(d.of(DropReason::Runt), 0);
+        assert_eq!(d.of(DropReason::UnknownPort), 0);
+    }
+
+    #[test]
+    fn floods_are_rate_limited_per_ingress_port() {
+        let mut sw = Switch::new(Config {
+            flood_burst: 4,
+            flood_period_ms: 100,
+            ..Config::default()
+        });
+        sw.add_uplink().unwrap();
+        for id in 1..=2 {
+            sw.add_guest(id, guest_mac(id as u8)).unwrap();
+        }
+        let storm = frame(MacAddr::BROADCAST, guest_mac(1), 60);
+        let verdicts: Vec<Forward> = (0..10).map(|_| sw.forward(G1, &storm, 1_000)).collect();
+        assert!(verdicts[..4].iter().all(|v| matches!(v, Forward::Flood(_))));
+        assert!(verdicts[4..]
+            .iter()
+            .all(|v| *v == Forward::Drop(DropReason::FloodLimited)));
+        // Known unicast is not a flood and is not limited.
+        sw.forward(G2, &frame(guest_mac(1), guest_mac(2), 60), 1_000);
+        assert_eq!(
+            sw.forward(G1, &frame(guest_mac(2), guest_mac(1), 60), 1_000),
+            Forward::One(G2)
+        );
+        // Another port's budget is its own.
+        let other = frame(MacAddr::BROADCAST, guest_mac(2), 60);
+        assert!(matches!(sw.forward(G2, &other, 1_000), Forward::Flood(_)));
+        // Unknown unicast counts as a flood too; one more is allowed a period later.
+        let unknown = frame(ext_mac(9), guest_mac(1), 60);
+        assert_eq!(
+            sw.forward(G1, &unknown, 1_050),
+            Forward::Drop(DropReason::FloodLimited)
+        );
+        assert!(matches!(sw.forward(G1, &unknown, 1_100), Forward::Flood(_)));
+        let c = sw.counters(G1).unwrap();
+        assert_eq!((c.flooded, c.drops.flood_limited), (5, 7));
+        assert!(sw
+            .port_summary(G1)
+            .unwrap()
+            .to_string()
+            .contains("floodlim 7"));
+    }
+
     #[test]
     fn random_traffic_keeps_invariants() {
         const CAPACITY: usize = 16;
@@ -1318,6 +1702,9 @@ mod tests {
             table_capacity: CAPACITY,
             max_age_ms: 5_000,
             egress_budget: BUDGET,
+            // Floods are counted below as forwarded: no limit here (tested on its own).
+            flood_burst: 0,
+            flood_period_ms: 0,
         });
         let all: Vec<PortId> = core::iter::once(UP)
             .chain((1..=GUESTS).map(PortId::Guest))
@@ -1427,6 +1814,8 @@ mod tests {
                             None => owners.iter().any(|&(_, m)| m == src),
                         }),
                         DropReason::Hairpin => assert_eq!(sw.lookup(dst, now), Some(ingress)),
+                        // Ports here have no identity filter and no flood limit.
+                        other => panic!("unexpected drop: {other}"),
                     }
                     continue;
                 }
@@ -1505,6 +1894,7 @@ mod tests {
                 bad_source: a.bad_source + d.bad_source,
                 hairpin: a.hairpin + d.hairpin,
                 queue_full: a.queue_full + d.queue_full,
+                ..Drops::default()
             });
         assert!(totals.spoofed > 0 && totals.runt > 0 && totals.bad_source > 0);
         assert!(totals.hairpin > 0 && totals.queue_full > 0, "{totals:?}");

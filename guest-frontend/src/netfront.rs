@@ -22,8 +22,8 @@ use alloc::vec::Vec;
 
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, Segment, ETH_HDR_LEN, FEATURE_CSUM,
-    FEATURE_EVENT_IDX, FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, RingMem, Segment, ETH_HDR_LEN,
+    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
 };
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use vm_net::smoltcp::time::Instant as NetInstant;
@@ -58,6 +58,9 @@ pub struct FrontStats {
 pub struct NetFront {
     pub link: Link,
     tx_ring: SharedMem,
+    rx_ring: SharedMem,
+    /// What we published to connect, to connect again (hostile churn mode).
+    offer: Frontend,
     tx: DriverQueue<SharedMem>,
     rx: DriverQueue<SharedMem>,
     pool: SharedMem,
@@ -183,6 +186,8 @@ impl NetFront {
         Ok(NetFront {
             link,
             tx_ring,
+            rx_ring,
+            offer,
             tx,
             rx,
             pool,
@@ -336,6 +341,35 @@ impl NetFront {
     /// Hostile test modes write the TX ring page directly: our own page, outside the queue.
     pub fn raw_tx_ring(&self) -> &SharedMem {
         &self.tx_ring
+    }
+
+    /// Hostile test modes write the RX ring page directly too.
+    pub fn raw_rx_ring(&self) -> &SharedMem {
+        &self.rx_ring
+    }
+
+    /// Hostile test mode: closes the connection and connects again with the same rings, at
+    /// most `times` times or until `until` (ticks); returns how many reconnections completed.
+    /// The rings are not used afterwards.
+    pub fn churn(&mut self, times: u32, until: u64) -> u32 {
+        let mut done = 0;
+        while done < times && vm_runtime::timer::now() < until {
+            if self.link.close(2_000).is_err() {
+                break;
+            }
+            // A new connection starts from empty rings (indices zero), as the back-end's
+            // queues do: otherwise our old avail index would be a ring violation.
+            for ring in [self.tx_ring, self.rx_ring] {
+                for at in (0..RING_PAGE_LEN).step_by(2) {
+                    ring.store_u16(at, 0);
+                }
+            }
+            if self.link.connect(self.offer, 5_000).is_err() {
+                break;
+            }
+            done += 1;
+        }
+        done
     }
 
     /// Hostile test modes: adds a well-formed TX chain of `segments` (pool offsets of our

@@ -10,6 +10,7 @@ pub mod evtchn;
 pub mod grant;
 pub mod handshake;
 pub mod hypercall;
+pub mod identity;
 pub mod layout;
 pub mod pci;
 pub mod pingpong;

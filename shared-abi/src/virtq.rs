@@ -78,7 +78,7 @@ mod tests;
 
 use core::fmt;
 
-pub use device::{copy_plan, Chain, DeviceQueue, NotInFlight, TxHeader};
+pub use device::{copy_plan, Chain, DeviceQueue, NotInFlight, RxPick, TxHeader};
 pub use driver::{AddError, DriverQueue, Used};
 pub use mem::{PoolMem, RingMem, SharedPool, SharedRing};
 pub use net::{
@@ -144,6 +144,11 @@ pub const MAX_POOL_PAGES: u32 = MAX_REFS;
 pub const NET_HDR_LEN: usize = 12;
 /// Bytes of an Ethernet header (destination, source, EtherType).
 pub const ETH_HDR_LEN: usize = 14;
+/// Bytes at the start of a TX frame that the back-end reads once and decides on (see
+/// [`TxHeader`]): the Ethernet header and an ARP body for IPv4 over Ethernet (28 bytes), which
+/// also covers an IPv4 header's source address, so the switch can check who the sender
+/// claims to be on a copy the guest cannot change.
+pub const TX_HEAD_LEN: usize = ETH_HDR_LEN + 28;
 /// Fewest bytes in a chain: a net header and an Ethernet header.
 pub const MIN_FRAME: u32 = (NET_HDR_LEN + ETH_HDR_LEN) as u32;
 /// Most bytes in a chain: a net header and 65550 bytes of frame (64 KiB of IP payload plus

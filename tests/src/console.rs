@@ -57,6 +57,27 @@ pub const SWITCH_COUNTERS: &str = "switch: ";
 pub const SWITCH_GUEST_PORT: &str = "guest ";
 /// In a port entry: frames the switch dropped because their source MAC was not the port's.
 pub const SWITCH_SPOOFED: &str = "spoofed ";
+/// In a port entry: ARP or IPv4 from a guest whose sender address was not its own.
+pub const SWITCH_SPOOFED_IP: &str = "spoofip ";
+/// In a port entry: ARP from a guest whose sender hardware address was not its MAC.
+pub const SWITCH_SPOOFED_ARP_MAC: &str = "arpmac ";
+/// In a port entry: floods over the port's flood rate limit.
+pub const SWITCH_FLOOD_LIMITED: &str = "floodlim ";
+
+/// The driver domain's closing line for front-end `id`: `front-end 5 closed: sent 3 frames
+/// (0 dropped), received 140, 12 not delivered (no buffer), 7 short receive buffers
+/// returned, events 3 sent / 1 suppressed`.
+pub fn front_end_closed(id: u16) -> String {
+    format!("front-end {id} closed: ")
+}
+/// In a [`front_end_closed`] line, after a count: frames for it dropped as it had no buffer.
+pub const FRONT_END_NO_BUFFER: &str = "not delivered (no buffer)";
+/// In a [`front_end_closed`] line, after a count: receive buffers too short for any frame.
+pub const FRONT_END_SHORT_RX: &str = "short receive buffers returned";
+/// In a [`front_end_said`] line: it asked for a MAC that is not its own.
+pub const MAC_REFUSED: &str = "which is not its own; refused";
+/// In a [`front_end_said`] line: its connection attempts hit the rate limit.
+pub const CONNECTING_TOO_OFTEN: &str = "connecting too often";
 
 /// Start of a `net` guest's per-reply ping line: `ping 10.0.2.17: seq 3 rtt 0.532 ms` (parsed
 /// by [`parse_ping_reply`](crate::bench::parse_ping_reply); must start the line's text).

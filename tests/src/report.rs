@@ -290,10 +290,21 @@ fn why_unfinished(boot: &Boot, vm: &str) -> String {
 
 /// The highest `spoofed N` count that the switch counters among `lines` (a driver domain's
 /// console, prefix stripped) show for the port of guest VM `guest_id`; `None` if no counters
-/// entry for that port was printed. An entry starts at `guest <id>` (a whole number) and ends
-/// at the next `guest ` or the end of the line, so it does not matter whether the switch prints
-/// its ports on one line or one per line.
+/// entry for that port was printed (see [`port_drop_count`]).
 pub fn spoofed_count<'a>(lines: impl IntoIterator<Item = &'a str>, guest_id: u16) -> Option<u64> {
+    port_drop_count(lines, guest_id, console::SWITCH_SPOOFED)
+}
+
+/// The highest count after `counter` (like `spoofed `, `spoofip `, `floodlim `) that the switch
+/// counters among `lines` (a driver domain's console, prefix stripped) show for the port of
+/// guest VM `guest_id`; `None` if no counters entry for that port was printed. An entry starts
+/// at `guest <id>` (a whole number) and ends at the next `guest ` or the end of the line, so it
+/// does not matter whether the switch prints its ports on one line or one per line.
+pub fn port_drop_count<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    guest_id: u16,
+    counter: &str,
+) -> Option<u64> {
     let id = guest_id.to_string();
     let mut best = None;
     for line in lines {
@@ -308,21 +319,43 @@ pub fn spoofed_count<'a>(lines: impl IntoIterator<Item = &'a str>, guest_id: u16
             if digits != id {
                 continue;
             }
-            let count = entry
-                .split_once(console::SWITCH_SPOOFED)
-                .and_then(|(_, rest)| {
-                    rest.chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect::<String>()
-                        .parse::<u64>()
-                        .ok()
-                });
-            if let Some(count) = count {
+            if let Some(count) = entry
+                .split_once(counter)
+                .and_then(|(_, rest)| leading_u64(rest))
+            {
                 best = Some(best.map_or(count, |b: u64| b.max(count)));
             }
         }
     }
     best
+}
+
+fn leading_u64(text: &str) -> Option<u64> {
+    text.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// The number just before `phrase` (like `not delivered (no buffer)`) in the driver domain's
+/// closing line for front-end `id` (`front-end 5 closed: sent 3 frames (0 dropped), received
+/// 140, 12 not delivered (no buffer), ...`); the highest if it closed more than once.
+pub fn front_end_closed_count<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    id: u16,
+    phrase: &str,
+) -> Option<u64> {
+    let start = console::front_end_closed(id);
+    lines
+        .into_iter()
+        .filter(|l| l.contains(&start))
+        .filter_map(|l| {
+            let before = l.split_once(phrase)?.0.trim_end();
+            let digits = before.rsplit(|c: char| !c.is_ascii_digit()).next()?;
+            digits.parse::<u64>().ok()
+        })
+        .max()
 }
 
 pub fn report(topology_name: &str, topology: &Topology, boot: &Boot, checks: Vec<Check>) -> Report {
@@ -666,5 +699,30 @@ settings = { app = "net", ip = "10.0.2.18/24" }
         assert_eq!(spoofed_count(lines, 13), Some(77));
         assert_eq!(spoofed_count(lines, 1), None);
         assert_eq!(spoofed_count(lines[..2].iter().copied(), 3), None);
+    }
+
+    #[test]
+    fn other_drop_counters_and_closing_counts_are_read_per_guest() {
+        let lines = [
+            "guest 3  02:51:55:00:00:03 rx 9/1B drop spoofed 0 runt 0 spoofip 4 arpmac 2 \
+             floodlim 0 queued 0/65536B",
+            "guest 4  02:51:55:00:00:04 rx 9/1B drop spoofed 0 spoofip 0 floodlim 377",
+            "front-end 4 closed: sent 3 frames (0 dropped), received 140, 12 not delivered \
+             (no buffer), 7 short receive buffers returned, events 3 sent / 1 suppressed",
+            "front-end 14 closed: sent 1 frames (0 dropped), received 1, 99 not delivered \
+             (no buffer), 0 short receive buffers returned",
+        ];
+        assert_eq!(port_drop_count(lines, 3, "spoofip "), Some(4));
+        assert_eq!(port_drop_count(lines, 3, "arpmac "), Some(2));
+        assert_eq!(port_drop_count(lines, 4, "floodlim "), Some(377));
+        assert_eq!(port_drop_count(lines, 5, "floodlim "), None);
+        let nb = console::FRONT_END_NO_BUFFER;
+        assert_eq!(front_end_closed_count(lines, 4, nb), Some(12));
+        assert_eq!(front_end_closed_count(lines, 14, nb), Some(99));
+        assert_eq!(
+            front_end_closed_count(lines, 4, console::FRONT_END_SHORT_RX),
+            Some(7)
+        );
+        assert_eq!(front_end_closed_count(lines, 3, nb), None);
     }
 }

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use shared_abi::bundle::{self, BundleError, NameProblem, VmDescription, VmKind};
+use shared_abi::identity::{self, Identity};
 use shared_abi::layout::{MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM};
 pub use shared_abi::pci::{Bdf, BdfError};
 
@@ -284,6 +285,12 @@ pub enum TopologyError {
     NicWithoutPassthrough {
         nic: String,
     },
+    /// The identities of a driver domain's front-ends clash (two guests with one MAC or
+    /// address), or its settings already have the key the packer writes them under.
+    Identities {
+        vm: String,
+        problem: String,
+    },
 }
 
 impl fmt::Display for TopologyError {
@@ -403,6 +410,7 @@ impl fmt::Display for TopologyError {
                 "machine.nic = {nic:?}, but no VM has a passthrough; the NIC only exists for a \
                  driver domain with passthrough = \"bb:dd.f\", remove machine.nic or add one"
             ),
+            Identities { vm, problem } => write!(f, "vm {vm:?}: {problem}"),
         }
     }
 }
@@ -607,6 +615,9 @@ impl Topology {
             vm.validate_backend(&self.vms)?;
         }
         self.validate_passthrough()?;
+        for vm in self.vms.iter().filter(|vm| vm.kind == VmKind::DriverDomain) {
+            self.frontends_setting(vm)?;
+        }
         // Each VM is at most MAX_VM_RAM and there are at most MAX_VMS, so this cannot overflow.
         let total_mib: u64 = self.vms.iter().map(|vm| vm.memory_mib).sum();
         let available = self
@@ -620,6 +631,65 @@ impl Topology {
             });
         }
         Ok(())
+    }
+
+    /// The identities of the guests whose back-end is driver domain `dd`, in VM id order: the
+    /// MAC of the guest's `mac` setting (else [`identity::default_mac`] of its id) and the
+    /// address of its `ip` setting. A setting the guest cannot use either is left out here
+    /// (the default MAC, no address): the guest refuses it with its own message.
+    pub fn frontend_identities(&self, dd: &str) -> Vec<Identity> {
+        self.vms
+            .iter()
+            .enumerate()
+            .filter(|(_, vm)| vm.backend.as_deref() == Some(dd))
+            .map(|(index, vm)| {
+                // At most MAX_VMS VMs, so the id fits.
+                let id = (index + 1) as u16;
+                let mac = vm
+                    .setting("mac")
+                    .and_then(identity::parse_mac)
+                    .filter(|&m| identity::is_unicast(m))
+                    .unwrap_or(identity::default_mac(id));
+                let ip = vm.setting("ip").and(vm.ip().ok()).map(|ip| ip.octets());
+                Identity { vm: id, mac, ip }
+            })
+            .collect()
+    }
+
+    /// The settings VM `vm` boots with: its own, and for a driver domain the identities of its
+    /// front-ends (see [`frontend_identities`](Self::frontend_identities)).
+    pub fn packed_settings(&self, vm: &VmDef) -> Result<String, TopologyError> {
+        let own = vm.settings_text();
+        match vm.kind {
+            VmKind::DriverDomain => Ok(own + &self.frontends_setting(vm)?),
+            VmKind::Guest => Ok(own),
+        }
+    }
+
+    /// The line the packer adds to driver domain `dd`'s settings (empty without front-ends),
+    /// checked: no two guests share a MAC or an address, and `dd` does not set the key itself.
+    fn frontends_setting(&self, dd: &VmDef) -> Result<String, TopologyError> {
+        let problem = |problem: String| TopologyError::Identities {
+            vm: dd.name.clone(),
+            problem,
+        };
+        if dd.setting(identity::SETTING).is_some() {
+            return Err(problem(format!(
+                "setting {} is reserved: the packer writes the front-ends' identities there",
+                identity::SETTING
+            )));
+        }
+        let list = self.frontend_identities(&dd.name);
+        if list.is_empty() {
+            return Ok(String::new());
+        }
+        let value = list
+            .iter()
+            .map(Identity::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        identity::check_list(&value).map_err(|e| problem(e.to_string()))?;
+        Ok(format!("{}={value}\n", identity::SETTING))
     }
 
     /// Each passthrough on its own (kind, address), then across VMs: one function per VM, one
@@ -760,6 +830,9 @@ pub enum PackError {
         backend: String,
     },
     Bundle(BundleError),
+    /// Only for a [`Topology`] built by hand: files are validated, which catches this earlier
+    /// (the front-ends' identities, see [`TopologyError::Identities`]).
+    Identities(String),
 }
 
 impl fmt::Display for PackError {
@@ -775,6 +848,7 @@ impl fmt::Display for PackError {
                 "vm {vm:?}: backend = {backend:?} is not the name of any VM in this topology"
             ),
             PackError::Bundle(e) => write!(f, "cannot build the bundle: {e}"),
+            PackError::Identities(e) => f.write_str(e),
         }
     }
 }
@@ -783,7 +857,9 @@ impl std::error::Error for PackError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PackError::Bundle(e) => Some(e),
-            PackError::MissingImage { .. } | PackError::UnknownBackend { .. } => None,
+            PackError::MissingImage { .. }
+            | PackError::UnknownBackend { .. }
+            | PackError::Identities(_) => None,
         }
     }
 }
@@ -820,7 +896,9 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
                 // Validated to at most MAX_VM_RAM / MIB, so no overflow.
                 ram_bytes: vm.memory_mib * MIB,
                 image: image.clone(),
-                settings: vm.settings_text(),
+                settings: topology
+                    .packed_settings(vm)
+                    .map_err(|e| PackError::Identities(e.to_string()))?,
                 backend,
                 passthrough: vm.passthrough,
             })
@@ -1045,6 +1123,74 @@ vcpus = 1
             1,
         );
         Topology::from_toml_str(&format!("{text}{}", dd_table("dd", dd_extra)))
+    }
+
+    /// A driver domain "dd" (VM 1) and guests connected to it, each with `settings`.
+    fn dd_with_guests(dd_settings: &str, guests: &[&str]) -> Result<Topology, TopologyError> {
+        let mut text = format!(
+            "[machine]\ncpus = 2\nmemory_mib = 512\n{}",
+            dd_table("dd", &format!("settings = {{ {dd_settings} }}\n"))
+        );
+        for (i, settings) in guests.iter().enumerate() {
+            text += &format!(
+                "[[vm]]\nname = \"g{i}\"\nkind = \"guest\"\nimage = \"img\"\nmemory_mib = 8\n\
+                 vcpus = 1\nbackend = \"dd\"\nsettings = {{ {settings} }}\n"
+            );
+        }
+        Topology::from_toml_str(&text)
+    }
+
+    #[test]
+    fn driver_domains_learn_their_front_ends_identities() {
+        let t = dd_with_guests(
+            "role = \"switch\"",
+            &[
+                "ip = \"10.0.2.16/24\"",
+                "ip = \"10.0.2.17\", mac = \"02:aa:bb:cc:dd:ee\"",
+                // Settings the guest refuses itself: the default MAC, no address.
+                "ip = \"bogus\", mac = \"01:00:5e:00:00:01\"",
+                "app = \"pingpong\"",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            t.packed_settings(&t.vms[0]).unwrap(),
+            "role=switch\nfrontends=2=02:51:55:00:00:02/10.0.2.16,3=02:aa:bb:cc:dd:ee/10.0.2.17,\
+             4=02:51:55:00:00:04,5=02:51:55:00:00:05\n"
+        );
+        // Guests get only their own settings.
+        assert_eq!(t.packed_settings(&t.vms[1]).unwrap(), "ip=10.0.2.16/24\n");
+        // A driver domain without front-ends gets nothing added.
+        let alone = dd_with_guests("role = \"switch\"", &[]).unwrap();
+        assert_eq!(
+            alone.packed_settings(&alone.vms[0]).unwrap(),
+            "role=switch\n"
+        );
+    }
+
+    #[test]
+    fn front_ends_may_not_share_an_identity() {
+        let clash = |guests: &[&str]| match dd_with_guests("role = \"switch\"", guests) {
+            Err(TopologyError::Identities { vm, problem }) => {
+                assert_eq!(vm, "dd");
+                problem
+            }
+            other => panic!("{guests:?}: expected an identity clash, got {other:?}"),
+        };
+        assert!(clash(&["ip = \"10.0.2.16/24\"", "ip = \"10.0.2.16/24\""]).contains("vm 3"));
+        // Guest 3 takes guest 2's default MAC.
+        let p = clash(&[
+            "ip = \"10.0.2.16/24\"",
+            "ip = \"10.0.2.17/24\", mac = \"02:51:55:00:00:02\"",
+        ]);
+        assert!(p.contains("vm 3"), "{p}");
+        // The packer's key is not the user's to set.
+        let e = dd_with_guests(
+            "frontends = \"2=02:00:00:00:00:09\"",
+            &["ip = \"10.0.2.16\""],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
     }
 
     #[test]
@@ -1657,6 +1803,10 @@ vcpus = 1
                 problem: "p".into(),
             },
             TopologyError::NicWithoutPassthrough { nic: "user".into() },
+            TopologyError::Identities {
+                vm: vm(),
+                problem: "p".into(),
+            },
         ];
         let messages: HashSet<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(messages.len(), errors.len());
@@ -1681,7 +1831,7 @@ vcpus = 1
             assert_eq!(spec.kind, def.kind);
             assert_eq!(spec.vcpus, def.vcpus);
             assert_eq!(spec.ram_bytes, def.memory_mib * MIB);
-            assert_eq!(spec.settings, def.settings_text());
+            assert_eq!(spec.settings, t.packed_settings(def).unwrap());
             assert_eq!(spec.image, images[&def.image].as_slice());
         }
         // Every guest names the driver domain, VM id 1, and the peers follow.
@@ -1693,7 +1843,8 @@ vcpus = 1
         assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3));
         assert_eq!(
             bundle.vm(0).unwrap().settings,
-            "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n"
+            "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n\
+             frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17\n"
         );
         assert_eq!(bundle.vm(0).unwrap().passthrough, Bdf::new(0, 2, 0));
         assert_eq!(

@@ -9,7 +9,10 @@ use shared_abi::bundle;
 use sluice_harness::console;
 use sluice_harness::net::HostChecks;
 use sluice_harness::qemu::{boot, Artifacts, Boot, BootOptions};
-use sluice_harness::report::{evaluate, kill_reason, ping_checks, spoofed_count, Check};
+use sluice_harness::report::{
+    evaluate, front_end_closed_count, kill_reason, ping_checks, port_drop_count, spoofed_count,
+    Check,
+};
 use sluice_harness::tap::{netns_exists, tap_support, TapNet, TAP_IFNAME};
 use sluice_harness::topology::{NicBackend, Topology};
 
@@ -1207,36 +1210,41 @@ fn hostile_boot(modes: &[(&str, Corruption)]) -> Vec<String> {
             ));
         }
     }
-    // The good guests were never blamed, and every one of their pings was answered.
+    wrong.extend(bystanders_unharmed(&topology, &boot, 2));
+    if !wrong.is_empty() {
+        wrong.push(format!("transcript:\n{}", boot.transcript()));
+    }
+    wrong
+}
+
+/// What went wrong for the bystanders of a hostile boot: the good guests (ids 2 and 3, `good1`
+/// and `good2`) were never blamed, all `pings` ping checks of the boot passed, and the driver
+/// domain and the hypervisor carried on to a clean end.
+fn bystanders_unharmed(topology: &Topology, boot: &Boot, pings: usize) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let dd: Vec<&str> = boot.vm_lines("driver-domain").collect();
     for id in [2, 3] {
         if let Some(line) = dd.iter().find(|l| l.contains(&console::front_end_said(id))) {
             wrong.push(format!("good front-end {id} was blamed: {line}"));
         }
     }
-    let pings = ping_checks(&topology, &boot);
-    if pings.len() != 2 {
-        wrong.push(format!("expected 2 ping checks, got {pings:?}"));
+    let checks = ping_checks(topology, boot);
+    if checks.len() != pings {
+        wrong.push(format!("expected {pings} ping checks, got {checks:?}"));
     }
-    for check in pings.iter().filter(|c| !c.pass) {
+    for check in checks.iter().filter(|c| !c.pass) {
         wrong.push(check.summary_line());
     }
-    // The driver domain and the hypervisor carried on to a clean end.
     for vm in ["driver-domain", "good1", "good2"] {
-        if let Some(why) = kill_reason(&boot, vm) {
+        if let Some(why) = kill_reason(boot, vm) {
             wrong.push(format!("{vm} was killed: {why}"));
         }
     }
-    if !boot
-        .vm_lines("driver-domain")
-        .any(|l| l.starts_with("REPORT ok"))
-    {
+    if !dd.iter().any(|l| l.starts_with("REPORT ok")) {
         wrong.push("the driver domain did not report ok".into());
     }
     if !(boot.exited && boot.has("all VMs have stopped; powering off")) {
         wrong.push("the hypervisor did not power off after every VM stopped".into());
-    }
-    if !wrong.is_empty() {
-        wrong.push(format!("transcript:\n{}", boot.transcript()));
     }
     wrong
 }
@@ -1250,6 +1258,160 @@ fn a_malicious_front_end_is_cut_off_while_the_others_keep_pinging() {
         .partition(|(_, expect)| matches!(expect, Corruption::Violation));
     let mut wrong = hostile_boot(&violations);
     wrong.extend(hostile_boot(&others));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// What the driver domain must do about a hostile guest of issue 13 (identity, bounded work,
+/// shared pages), checked on the consoles.
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    /// It asked for another MAC: refused and logged (`front-end N: asked for MAC ..., which is
+    /// not its own; refused ...`), it got its own default MAC, and its pings work.
+    MacRefused,
+    /// Frames it sent were dropped by the switch: this counter of its port is above zero, and
+    /// it stayed connected without a protocol violation.
+    Dropped(&'static [&'static str]),
+    /// The driver domain's closing line for it counts something above zero before this phrase.
+    Counted(&'static str),
+    /// The driver domain said this about it (`front-end N: ...`).
+    Said(&'static str),
+    /// The guest itself printed this.
+    GuestSaid(&'static str),
+}
+
+/// Boots the driver domain (id 1), the two good guests of [`hostile_boot`] pinging each other
+/// (ids 2 and 3), and one hostile guest per entry (ids 4, 5, ...: name, settings); returns what
+/// went wrong.
+fn hostile_boot_of(guests: &[(&str, &str, Hostile)]) -> Vec<String> {
+    let good = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 7000";
+    let mut toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("good1", 16, &format!(", ping = \"10.0.2.17\"{good}")),
+        net_guest("good2", 17, &format!(", ping = \"10.0.2.16\"{good}")),
+    );
+    for (i, (name, settings, _)) in guests.iter().enumerate() {
+        toml += &net_guest(name, 18 + i as u8, settings);
+    }
+    let (topology, boot) = boot_toml(&toml, 180);
+    let dd: Vec<&str> = boot.vm_lines("driver-domain").collect();
+    let said = |id: u16, what: &str| {
+        dd.iter()
+            .any(|l| l.contains(&console::front_end_said(id)) && l.contains(what))
+    };
+    let mut wrong = Vec::new();
+    let mut pings = 2;
+    for (i, (name, _, expect)) in guests.iter().enumerate() {
+        let id = 4 + i as u16;
+        let connected = dd
+            .iter()
+            .any(|l| l.contains(&console::front_end_connected(id)));
+        let violation = said(id, console::PROTOCOL_VIOLATION);
+        let ok = match *expect {
+            Hostile::MacRefused => {
+                pings += 1;
+                let own = format!("MAC 02:51:55:00:00:{id:02x}");
+                said(id, console::MAC_REFUSED)
+                    && boot
+                        .vm_lines(name)
+                        .any(|l| l.contains(console::NET_UP) && l.contains(&own))
+            }
+            Hostile::Dropped(counters) => {
+                connected
+                    && !violation
+                    && counters
+                        .iter()
+                        .all(|c| port_drop_count(dd.iter().copied(), id, c).is_some_and(|n| n > 0))
+            }
+            Hostile::Counted(phrase) => {
+                front_end_closed_count(dd.iter().copied(), id, phrase).is_some_and(|n| n > 0)
+            }
+            Hostile::Said(what) => said(id, what),
+            Hostile::GuestSaid(what) => boot.vm_lines(name).any(|l| l.contains(what)),
+        };
+        if !ok {
+            wrong.push(format!(
+                "{name} (front-end {id}): expected {expect:?}; connected: {connected}, \
+                 protocol violation: {violation}"
+            ));
+        }
+        if let Some(why) = kill_reason(&boot, name) {
+            wrong.push(format!("{name} was killed: {why}"));
+        }
+    }
+    wrong.extend(bystanders_unharmed(&topology, &boot, pings));
+    if !wrong.is_empty() {
+        wrong.push(format!("transcript:\n{}", boot.transcript()));
+    }
+    wrong
+}
+
+#[test]
+fn a_guest_cannot_pass_for_another_while_the_others_keep_pinging() {
+    // Identity (issue 13, class 2): another guest's MAC asked for in the handshake, the
+    // gateway's address claimed in ARP, another guest's as ARP sender hardware address and as
+    // IPv4 source. Shared pages (class 4): a header rewritten after connecting.
+    let good2_mac = "claim_mac = \"02:51:55:00:00:03\"";
+    let pings = "ping = \"10.0.2.16\", ping_count = 5";
+    let wrong = hostile_boot_of(&[
+        (
+            "bad-claim-peer",
+            &format!(", corrupt = \"claim_mac\", {good2_mac}, {pings}"),
+            Hostile::MacRefused,
+        ),
+        // The gateway's MAC (claim_mac's default), which no port owns: before, it was free
+        // for the taking, and the switch then took it over from the uplink.
+        (
+            "bad-claim-gw",
+            &format!(", corrupt = \"claim_mac\", {pings}"),
+            Hostile::MacRefused,
+        ),
+        (
+            "bad-spoof-arp",
+            &format!(", corrupt = \"spoof_arp\", {good2_mac}"),
+            Hostile::Dropped(&[console::SWITCH_SPOOFED_IP, console::SWITCH_SPOOFED_ARP_MAC]),
+        ),
+        (
+            "bad-spoof-ip",
+            ", corrupt = \"spoof_ip\", claim_ip = \"10.0.2.17\"",
+            Hostile::Dropped(&[console::SWITCH_SPOOFED_IP]),
+        ),
+        (
+            "bad-forge-header",
+            ", corrupt = \"forge_header\"",
+            Hostile::GuestSaid("the back-end still signals our own control port"),
+        ),
+    ]);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn hostile_load_costs_the_others_nothing_while_they_keep_pinging() {
+    // Bounded work (issue 13, class 3): a broadcast storm, receive buffers too short for any
+    // frame re-offered as fast as they come back, a receive ring never drained (the storm
+    // feeds the last two), and a guest reconnecting in a loop.
+    let wrong = hostile_boot_of(&[
+        (
+            "bad-storm",
+            ", corrupt = \"broadcast_storm\"",
+            Hostile::Dropped(&[console::SWITCH_FLOOD_LIMITED]),
+        ),
+        (
+            "bad-short-rx",
+            ", corrupt = \"short_rx\"",
+            Hostile::Counted(console::FRONT_END_SHORT_RX),
+        ),
+        (
+            "bad-no-drain",
+            ", corrupt = \"no_drain\"",
+            Hostile::Counted(console::FRONT_END_NO_BUFFER),
+        ),
+        (
+            "bad-churn",
+            ", corrupt = \"churn\"",
+            Hostile::Said(console::CONNECTING_TOO_OFTEN),
+        ),
+    ]);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

@@ -24,33 +24,4 @@ pub use stack::{Buffers, PingReply, ServiceCounters, Stack, ECHO_PORT};
 #[cfg(target_os = "none")]
 pub use stack::now;
 
-/// Parses a MAC address written `aa:bb:cc:dd:ee:ff` (hex, case-insensitive).
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.is_empty() || part.len() > 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_mac;
-
-    #[test]
-    fn macs_parse() {
-        assert_eq!(
-            parse_mac("aa:bb:cc:dd:ee:0f"),
-            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x0f])
-        );
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee"), None);
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee:ff:00"), None);
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee:+f"), None);
-        assert_eq!(parse_mac("aa:bb:cc:dd:ee:fff"), None);
-    }
-}
+pub use shared_abi::identity::parse_mac;

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use shared_abi::handshake::{
-    self, Backend, Frontend, HandshakeError, Header, BACKEND, FRONTEND, PAGE_LEN,
+    self, Backend, Frontend, HandshakeError, Header, BACKEND, FRONTEND, HEADER, PAGE_LEN,
 };
 use shared_abi::layout::control_page_ipa;
 
@@ -102,6 +102,15 @@ impl ControlPage {
         let mut bytes = self.snapshot();
         section.write_to(&mut bytes)?;
         self.store(&bytes, BACKEND);
+        Ok(())
+    }
+
+    /// Writes the header, which is the hypervisor's: only hostile test modes do, to check that
+    /// the peer never trusts a header rewritten after it first read it.
+    pub fn forge_header(&self, header: &Header) -> Result<(), HandshakeError> {
+        let mut bytes = self.snapshot();
+        header.write(&mut bytes)?;
+        self.store(&bytes, HEADER);
         Ok(())
     }
 

@@ -7,12 +7,15 @@
 //! aa:bb:cc:dd:ee:ff), `mtu` (IP MTU, default 9000: jumbo frames between guests; see
 //! `netfront`), `ping` (comma-separated IPv4 targets), `ping_count` (default 10),
 //! `ping_interval_ms` (default 200), `serve_ms` (how long to keep serving after the pings,
-//! default 5000), and for hostile tests `corrupt` (see [`Corruption`]).
+//! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
+//! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
+//! 52:55:0a:00:02:02 and 10.0.2.2).
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::RingMem;
 use shared_abi::virtq::{
     Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, NET_HDR_LEN, QUEUE_SIZE,
@@ -29,6 +32,10 @@ use crate::netfront::{ConnectOptions, NetFront};
 const FIRST_REPLY_TIMEOUT_MS: u64 = 15_000;
 /// How long after the last request we wait for late replies.
 const LATE_REPLY_MS: u64 = 1_000;
+/// QEMU user networking's gateway MAC: what the identity modes claim by default.
+const SLIRP_GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
+/// How long the flooding and churning modes keep at it.
+const HOSTILE_MS: u64 = 3_000;
 
 pub fn run(info: &StartInfo<'static>) {
     if let Err(why) = net(info) {
@@ -45,6 +52,9 @@ struct Plan {
     interval_ms: u64,
     serve_ms: u64,
     corruption: Option<Corruption>,
+    /// The identity the identity modes try to pass for.
+    claim_mac: [u8; 6],
+    claim_ip: Ipv4Address,
 }
 
 fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
@@ -71,6 +81,18 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
             Corruption::NAMES.join(", ")
         ))?),
     };
+    let claim_mac = match setting(info.settings, "claim_mac") {
+        None => SLIRP_GATEWAY_MAC,
+        Some(text) => vm_net::parse_mac(text).ok_or(format!(
+            "setting claim_mac {text:?} is not aa:bb:cc:dd:ee:ff"
+        ))?,
+    };
+    let claim_ip = match setting(info.settings, "claim_ip") {
+        None => gateway,
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("setting claim_ip {text:?} is not an IPv4 address"))?,
+    };
     Ok(Plan {
         address,
         gateway,
@@ -79,6 +101,8 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         interval_ms: number("ping_interval_ms", 200)?,
         serve_ms: number("serve_ms", 5_000)?,
         corruption,
+        claim_mac,
+        claim_ip,
     })
 }
 
@@ -88,6 +112,13 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
     let mut options = ConnectOptions::from_settings(info.settings)?;
     options.bad_pool_ref = plan.corruption == Some(Corruption::BadPoolRef);
+    if plan.corruption == Some(Corruption::ClaimMac) {
+        println!(
+            "corrupt claim_mac: asking for MAC {}",
+            mac_text(plan.claim_mac)
+        );
+        options.mac = plan.claim_mac;
+    }
     let front = match NetFront::connect(info, &options) {
         Ok(front) => front,
         Err(why) if options.bad_pool_ref => {
@@ -100,13 +131,16 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     };
     let mac = front.mac;
     println!(
-        "net up: MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, IP {}, gateway {}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], plan.address, plan.gateway
+        "net up: MAC {}, IP {}, gateway {}",
+        mac_text(mac),
+        plan.address,
+        plan.gateway
     );
     let stack = Stack::new(front, mac, plan.address, plan.gateway, Buffers::default());
     let mut net = Net { stack };
 
-    if let Some(corruption) = plan.corruption {
+    // A refused MAC still makes a working port: this guest then pings like any other.
+    if let Some(corruption) = plan.corruption.filter(|&c| c != Corruption::ClaimMac) {
         return net.misbehave(corruption, &plan);
     }
     let mut lost_any = false;
@@ -273,7 +307,11 @@ impl Net {
         self.serve_for(1_000);
         println!("corrupt {}: misbehaving now", corruption.name());
         let mac = self.stack.device.mac;
-        corruption.apply(&mut self.stack.device, mac)?;
+        if let Some(outcome) = self.misbehave_long(corruption, plan)? {
+            println!("REPORT ok: corrupt {} done; {outcome}", corruption.name());
+            return Ok(());
+        }
+        corruption.apply(&mut self.stack.device, mac, plan)?;
         self.stack.device.flush();
         let _ = evtchn::send(self.stack.device.port);
         self.serve_for(plan.serve_ms.min(3_000));
@@ -289,6 +327,167 @@ impl Net {
         );
         Ok(())
     }
+}
+
+impl Net {
+    /// The modes that misbehave over time rather than with one bad ring state; `None` for the
+    /// others. Returns what happened, for the report line.
+    fn misbehave_long(
+        &mut self,
+        corruption: Corruption,
+        plan: &Plan,
+    ) -> Result<Option<String>, String> {
+        let front = &mut self.stack.device;
+        let until = timer::now() + timer::ms_to_ticks(HOSTILE_MS);
+        let own_ip = match plan.address {
+            IpCidr::Ipv4(cidr) => cidr.address().octets(),
+        };
+        let outcome = match corruption {
+            Corruption::BroadcastStorm => {
+                // ARP requests, each one a flood, as fast as the ring takes them.
+                let request = arp_frame(front.mac, front.mac, own_ip, [10, 0, 2, 254]);
+                let mut sent = 0u64;
+                while timer::now() < until && front.broken.is_none() {
+                    while front.send_frame(&request) {
+                        sent += 1;
+                    }
+                    front.flush();
+                    timer::sleep_ms(1);
+                }
+                format!("{sent} broadcast frames sent")
+            }
+            Corruption::ShortRx => {
+                // Every receive buffer shrunk below a net + Ethernet header, again and again
+                // (the queue re-offers each at full size when it comes back empty).
+                let before = front.stats.rx_empty;
+                while timer::now() < until {
+                    let front = &mut self.stack.device;
+                    return_if_broken(front)?;
+                    let ring = front.raw_rx_ring();
+                    for id in 0..QUEUE_SIZE {
+                        ring.store_u32(DESC_TABLE + usize::from(id) * DESC_LEN + 8, 10);
+                    }
+                    front.flush();
+                    let _ = evtchn::send(front.port);
+                    self.stack.poll();
+                    timer::sleep_ms(1);
+                }
+                format!(
+                    "{} short receive buffers came back empty",
+                    self.stack.device.stats.rx_empty - before
+                )
+            }
+            Corruption::NoDrain => {
+                // Never look at the receive ring again: no polling at all.
+                timer::sleep_ms(HOSTILE_MS);
+                String::from("did not drain its receive ring")
+            }
+            Corruption::Churn => {
+                let n = front.churn(1_000, until);
+                format!("reconnected {n} times")
+            }
+            Corruption::ForgeHeader => {
+                let link = &front.link;
+                let mut header = link
+                    .control
+                    .header()
+                    .map_err(|e| format!("control page header: {e:?}"))?;
+                let own = header.backend_port;
+                // Another of the back-end's ports: most likely another guest's control port.
+                header.backend_port = if own > 1 { own - 1 } else { own + 1 };
+                header.frontend_port = header.frontend_port.wrapping_add(7) % 200 + 1;
+                link.control
+                    .forge_header(&header)
+                    .map_err(|e| format!("forging the header: {e:?}"))?;
+                println!(
+                    "corrupt forge_header: told the back-end its control port is {} (was {own})",
+                    header.backend_port
+                );
+                let port = link.control_port;
+                evtchn::take(port);
+                // Leave: the back-end tears down and tells us on its control port, which must
+                // still be the one the hypervisor bound, not the one we wrote. (Not through
+                // `Link::close`, whose waiting consumes the events we are listening for.)
+                let closing = Frontend {
+                    state: State::Closing,
+                    ..Frontend::initialising()
+                };
+                link.control
+                    .write_frontend(&closing)
+                    .map_err(|e| format!("writing Closing: {e:?}"))?;
+                let _ = evtchn::send(port);
+                let start = timer::now();
+                let mut heard = false;
+                while !heard && timer::now() - start < timer::ms_to_ticks(2_000) {
+                    heard = evtchn::take(port);
+                    timer::sleep_ms(5);
+                }
+                format!(
+                    "the back-end {} our own control port",
+                    if heard {
+                        "still signals"
+                    } else {
+                        "no longer signals"
+                    }
+                )
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(outcome))
+    }
+}
+
+fn return_if_broken(front: &NetFront) -> Result<(), String> {
+    match &front.broken {
+        Some(why) => Err(format!("the back-end broke the ring protocol: {why}")),
+        None => Ok(()),
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    )
+}
+
+/// An ARP reply for IPv4 over Ethernet from Ethernet source `src`, naming `sha`/`spa` as its
+/// sender, broadcast (a gratuitous ARP: every neighbour would take it into its cache).
+fn arp_frame(src: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut frame = broadcast_frame(src);
+    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    frame[22..28].copy_from_slice(&sha);
+    frame[28..32].copy_from_slice(&spa);
+    frame[38..42].copy_from_slice(&tpa);
+    frame
+}
+
+/// An ICMP echo request from `from` to `to`, broadcast at the Ethernet level (the switch
+/// floods it; the guest at `to` answers the address it claims to come from).
+fn icmp_from(src: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
+    let mut frame = broadcast_frame(src);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut frame[14..42];
+    ip[..12].copy_from_slice(&[0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0]);
+    ip[12..16].copy_from_slice(&from);
+    ip[16..20].copy_from_slice(&to);
+    let sum = !internet_sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip[20..28].copy_from_slice(&[8, 0, 0, 0, 0x51, 0x55, 0, 1]);
+    let sum = !internet_sum(&ip[20..28]);
+    ip[22..24].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+fn internet_sum(bytes: &[u8]) -> u16 {
+    let mut sum = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum::<u32>();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 /// The ways a hostile front-end breaks the rules (setting `corrupt`).
@@ -316,10 +515,28 @@ pub enum Corruption {
     WriteOnlyTx,
     /// Frames with someone else's source MAC.
     SpoofMac,
+    /// Asks the handshake for `claim_mac` (another guest's, the gateway's) instead of its own,
+    /// then pings like a good guest with whatever MAC it got.
+    ClaimMac,
+    /// Gratuitous ARP claiming `claim_ip` with its own MAC, and its own address with
+    /// `claim_mac` as ARP sender hardware address.
+    SpoofArp,
+    /// ICMP echo requests from `claim_ip` to the gateway.
+    SpoofIp,
+    /// Broadcast frames as fast as the ring takes them, for a few seconds.
+    BroadcastStorm,
+    /// Receive buffers too short for any frame, re-offered as fast as they come back.
+    ShortRx,
+    /// Never drains its receive ring.
+    NoDrain,
+    /// Closes and reconnects as fast as the back-end lets it.
+    Churn,
+    /// Rewrites the control page header (its ports) after connecting, then leaves.
+    ForgeHeader,
 }
 
 impl Corruption {
-    const ALL: [Corruption; 11] = [
+    const ALL: [Corruption; 19] = [
         Corruption::AvailAhead,
         Corruption::DescOutOfRange,
         Corruption::DescLoop,
@@ -331,8 +548,16 @@ impl Corruption {
         Corruption::BadPoolRef,
         Corruption::WriteOnlyTx,
         Corruption::SpoofMac,
+        Corruption::ClaimMac,
+        Corruption::SpoofArp,
+        Corruption::SpoofIp,
+        Corruption::BroadcastStorm,
+        Corruption::ShortRx,
+        Corruption::NoDrain,
+        Corruption::Churn,
+        Corruption::ForgeHeader,
     ];
-    const NAMES: [&'static str; 11] = [
+    const NAMES: [&'static str; 19] = [
         "avail_ahead",
         "desc_out_of_range",
         "desc_loop",
@@ -344,6 +569,14 @@ impl Corruption {
         "bad_pool_ref",
         "write_only_tx",
         "spoof_mac",
+        "claim_mac",
+        "spoof_arp",
+        "spoof_ip",
+        "broadcast_storm",
+        "short_rx",
+        "no_drain",
+        "churn",
+        "forge_header",
     ];
 
     fn from_name(name: &str) -> Option<Corruption> {
@@ -359,7 +592,7 @@ impl Corruption {
 
     /// Writes the bad ring state. Chains are first added through the queue (so our own
     /// bookkeeping stays sane) and then damaged in the page before publishing.
-    fn apply(self, front: &mut NetFront, mac: [u8; 6]) -> Result<(), String> {
+    fn apply(self, front: &mut NetFront, mac: [u8; 6], plan: &Plan) -> Result<(), String> {
         let buffer = front.take_tx_buffer().ok_or("no free transmit buffer")?;
         let frame = broadcast_frame(mac);
         front.write_pool(buffer, &[0; NET_HDR_LEN]);
@@ -377,7 +610,32 @@ impl Corruption {
                 }
                 return Ok(());
             }
-            Corruption::BadPoolRef => return Ok(()),
+            Corruption::SpoofArp => {
+                let own_ip = match plan.address {
+                    IpCidr::Ipv4(cidr) => cidr.address().octets(),
+                };
+                let claim = plan.claim_ip.octets();
+                for _ in 0..5 {
+                    front.send_frame(&arp_frame(mac, mac, claim, claim));
+                    front.send_frame(&arp_frame(mac, plan.claim_mac, own_ip, own_ip));
+                }
+                return Ok(());
+            }
+            Corruption::SpoofIp => {
+                // To the gateway: to the outside, where nothing else would stop it.
+                for _ in 0..5 {
+                    let (from, to) = (plan.claim_ip.octets(), plan.gateway.octets());
+                    front.send_frame(&icmp_from(mac, from, to));
+                }
+                return Ok(());
+            }
+            Corruption::BadPoolRef
+            | Corruption::ClaimMac
+            | Corruption::BroadcastStorm
+            | Corruption::ShortRx
+            | Corruption::NoDrain
+            | Corruption::Churn
+            | Corruption::ForgeHeader => return Ok(()),
             Corruption::AvailAhead => {
                 let ring = front.raw_tx_ring();
                 let idx = ring.load_u16(AVAIL_IDX);

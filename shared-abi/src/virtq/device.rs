@@ -8,8 +8,8 @@ use super::net::check_pool_pages;
 use super::{
     avail_slot_offset, bit, read_desc, used_slot_offset, Desc, Direction, LayoutError, NetHdr,
     PoolMem, QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, ETH_HDR_LEN, MAX_CHAIN,
-    MAX_FRAME, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, USED_EVENT, USED_IDX, VIRTQ_DESC_F_INDIRECT,
-    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    MAX_FRAME, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, TX_HEAD_LEN, USED_EVENT, USED_IDX,
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use crate::virtq::vring_need_event;
 
@@ -121,11 +121,12 @@ impl Chain {
         Ok((hdr, frame_len))
     }
 
-    /// TX without copying the frame: reads the net header and the Ethernet header (once) and
-    /// checks the header and the frame length against `max_frame` (the back-end's limit, net
-    /// header excluded). The caller then moves the frame's body with [`copy_plan`], straight
-    /// into its destination, and writes the Ethernet header from this copy, so what it
-    /// forwards is what it checked even if the guest rewrites its buffer meanwhile.
+    /// TX without copying the frame: reads the net header and the frame's first bytes (the
+    /// Ethernet header and up to [`TX_HEAD_LEN`] in all, once) and checks the header and the
+    /// frame length against `max_frame` (the back-end's limit, net header excluded). The caller
+    /// then moves the rest of the frame with [`copy_plan`], straight into its destination, and
+    /// writes the head from this copy, so what it forwards is what it checked even if the
+    /// guest rewrites its buffer meanwhile.
     pub fn read_tx_header<P: PoolMem + ?Sized>(
         &self,
         pool: &P,
@@ -140,9 +141,10 @@ impl Chain {
                 len: u64::from(self.total),
             });
         }
-        let mut both = [0u8; NET_HDR_LEN + ETH_HDR_LEN];
-        let got = self.read(pool, 0, &mut both);
-        if got < both.len() {
+        let mut both = [0u8; NET_HDR_LEN + TX_HEAD_LEN];
+        let want = total.min(both.len());
+        let got = self.read(pool, 0, &mut both[..want]);
+        if got < want || got < NET_HDR_LEN + ETH_HDR_LEN {
             // `pop` guarantees MIN_FRAME bytes; only a pool shorter than the queue's gets here.
             return Err(QueueError::FrameTooShort {
                 head,
@@ -154,11 +156,12 @@ impl Chain {
         let frame_len = total - NET_HDR_LEN;
         let hdr = NetHdr::decode(&hdr, frame_len, Direction::Tx, csum_offload)
             .map_err(|reason| QueueError::BadNetHeader { head, reason })?;
-        let mut eth = [0; ETH_HDR_LEN];
-        eth.copy_from_slice(&both[NET_HDR_LEN..]);
+        let mut first = [0; TX_HEAD_LEN];
+        first.copy_from_slice(&both[NET_HDR_LEN..]);
         Ok(TxHeader {
             hdr,
-            eth,
+            head: first,
+            head_len: got - NET_HDR_LEN,
             frame_len,
         })
     }
@@ -179,6 +182,16 @@ impl Chain {
             && self.write(pool, NET_HDR_LEN, frame) == frame.len();
         fits.then_some(need as u32)
     }
+}
+
+/// What [`DeviceQueue::pop_rx_buffer`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxPick {
+    /// A buffer that can hold a frame; `None`: the ring had none (or only short ones, up to
+    /// the bound).
+    pub chain: Option<Chain>,
+    /// Buffers too short for any frame, given back empty.
+    pub skipped: u32,
 }
 
 /// [`DeviceQueue::push_used`] of a head the device does not hold: a bug in the back-end.
@@ -203,10 +216,21 @@ impl core::error::Error for NotInFlight {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxHeader {
     pub hdr: NetHdr,
-    /// The frame's Ethernet header (destination, source, EtherType) as read, once.
-    pub eth: [u8; ETH_HDR_LEN],
+    /// The frame's first `head_len` bytes as read, once: the Ethernet header (destination,
+    /// source, EtherType), then the start of what it carries.
+    pub head: [u8; TX_HEAD_LEN],
+    /// Bytes of `head` that are the frame's: `min(frame_len, TX_HEAD_LEN)`, at least
+    /// [`ETH_HDR_LEN`].
+    pub head_len: usize,
     /// Bytes of the Ethernet frame (net header excluded).
     pub frame_len: usize,
+}
+
+impl TxHeader {
+    /// The frame's first bytes, as read once.
+    pub fn head(&self) -> &[u8] {
+        &self.head[..self.head_len]
+    }
 }
 
 /// Plans a copy of `len` bytes from chain `src` (from byte `src_skip` of it) to chain `dst`
@@ -332,6 +356,34 @@ impl<M: RingMem> DeviceQueue<M> {
             }
         }
         taken
+    }
+
+    /// RX: the next receive buffer that can hold a frame, with how many buffers too short for
+    /// any frame were given back empty (`push_used(head, 0)`) on the way. At most `max_short`
+    /// of those per call, then `chain` is `None` as if the ring were empty: the guest can
+    /// re-offer each one as soon as it comes back, so without the bound one delivery would
+    /// loop for as long as it likes. A violation is returned as with [`pop`](Self::pop).
+    pub fn pop_rx_buffer(&mut self, max_short: u32) -> Result<RxPick, QueueError> {
+        let mut pick = RxPick {
+            chain: None,
+            skipped: 0,
+        };
+        while pick.skipped < max_short {
+            match self.pop() {
+                Ok(chain) => {
+                    pick.chain = chain;
+                    return Ok(pick);
+                }
+                Err(e) if e.is_violation() => return Err(e),
+                Err(e) => {
+                    if let Some(head) = e.bad_frame_head() {
+                        let _ = self.push_used(head, 0);
+                    }
+                    pick.skipped += 1;
+                }
+            }
+        }
+        Ok(pick)
     }
 
     fn take(&mut self) -> Result<Option<Chain>, QueueError> {

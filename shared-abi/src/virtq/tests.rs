@@ -808,19 +808,16 @@ fn push_used_refuses_heads_not_held() {
     assert_eq!(page.ring().load_u16(USED_IDX), 0, "nothing written");
 }
 
-/// A ring page whose guest rewrites every field with garbage right after the device reads it,
-/// and which counts the reads: a device that fetched a field twice would see the garbage.
-struct Racing<'a> {
+/// A ring page as a hostile guest makes it look: every load goes through `load` (which sees
+/// the real page and may change it); stores and fences reach the page.
+struct Hooked<'a, F> {
     ring: SharedRing<'a>,
-    loads: RefCell<HashMap<usize, u32>>,
+    load: F,
 }
 
-impl RingMem for Racing<'_> {
+impl<F: Fn(&SharedRing<'_>, usize) -> u16> RingMem for Hooked<'_, F> {
     fn load_u16(&self, offset: usize) -> u16 {
-        *self.loads.borrow_mut().entry(offset).or_default() += 1;
-        let v = self.ring.load_u16(offset);
-        self.ring.store_u16(offset, 0xffff);
-        v
+        (self.load)(&self.ring, offset)
     }
     fn load_u16_acquire(&self, offset: usize) -> u16 {
         self.load_u16(offset)
@@ -843,9 +840,17 @@ fn every_field_is_fetched_once() {
     put_desc(&page, 4, 4000, 100, VIRTQ_DESC_F_NEXT, 60);
     put_desc(&page, 60, POOL_LEN as u64 - 50, 50, 0, 0);
     offer(&page, 0, &[9]);
-    let racing = Racing {
+    // The guest rewrites every field with garbage right after the device reads it, and the
+    // reads are counted: a device that fetched a field twice would see the garbage.
+    let loads: RefCell<HashMap<usize, u32>> = RefCell::new(HashMap::new());
+    let racing = Hooked {
         ring: page.ring(),
-        loads: RefCell::new(HashMap::new()),
+        load: |ring: &SharedRing<'_>, offset| {
+            *loads.borrow_mut().entry(offset).or_default() += 1;
+            let v = ring.load_u16(offset);
+            ring.store_u16(offset, 0xffff);
+            v
+        },
     };
     let mut q = DeviceQueue::new(&racing, Direction::Tx, POOL_PAGES, true).unwrap();
     let chain = q.pop().unwrap().unwrap();
@@ -867,7 +872,7 @@ fn every_field_is_fetched_once() {
         ]
     );
     assert_eq!(chain.total_len(), 162);
-    let loads = racing.loads.borrow();
+    let loads = loads.borrow();
     assert!(loads.values().all(|&n| n == 1), "{loads:?}");
     // avail.idx, one slot, and 8 words for each of 3 descriptors.
     assert_eq!(loads.len(), 2 + 3 * 8);
@@ -1706,8 +1711,17 @@ fn tx_header_is_read_once_and_checked_without_the_body() {
     let chain = tx_chain_with(&page, &pool, 0, &[5, 30, 2000], &frame);
     let got = chain.read_tx_header(&pool.shared(), false, 1514).unwrap();
     assert_eq!(got.hdr, NetHdr::plain(Direction::Tx));
-    assert_eq!(&got.eth[..], &frame[..ETH_HDR_LEN]);
+    assert_eq!(got.head(), &frame[..TX_HEAD_LEN]);
     assert_eq!(got.frame_len, 1000);
+    // A frame shorter than the head: all of it, and nothing past its end.
+    let short_page = Page::new();
+    let short_pool = Pool::new(POOL_PAGES);
+    let short = eth_frame(30, 9);
+    let short_chain = tx_chain_with(&short_page, &short_pool, 0, &[3, 100], &short);
+    let got = short_chain
+        .read_tx_header(&short_pool.shared(), false, 1514)
+        .unwrap();
+    assert_eq!((got.head(), got.frame_len), (&short[..], 30));
     // Over the back-end's limit: a bad frame, not a violation.
     let e = chain
         .read_tx_header(&pool.shared(), false, 999)
@@ -1873,4 +1887,53 @@ proptest! {
             prop_assert_eq!(hdr.validate(frame.len(), Direction::Tx, true), Ok(()));
         }
     }
+}
+
+#[test]
+fn short_receive_buffers_cost_a_bounded_number_of_pops() {
+    let page = Page::new();
+    put_desc(&page, 0, 0, 10, VIRTQ_DESC_F_WRITE, 0);
+    // The guest re-offers its one short buffer (descriptor 0, 10 bytes) the moment it comes
+    // back: every read of avail.idx shows one more entry, every slot names head 0.
+    let offered = core::cell::Cell::new(0u16);
+    let recycler = Hooked {
+        ring: page.ring(),
+        load: |ring: &SharedRing<'_>, offset| {
+            if offset == AVAIL_IDX {
+                offered.set(offered.get().wrapping_add(1));
+                offered.get()
+            } else if (AVAIL_RING..AVAIL_RING + 2 * usize::from(QUEUE_SIZE)).contains(&offset) {
+                0
+            } else {
+                ring.load_u16(offset)
+            }
+        },
+    };
+    let mut q = DeviceQueue::new(&recycler, Direction::Rx, POOL_PAGES, true).unwrap();
+    // An endless supply of short buffers: the pick gives up after the bound.
+    let pick = q.pop_rx_buffer(8).unwrap();
+    assert_eq!((pick.chain, pick.skipped), (None, 8));
+    assert_eq!(q.used_idx(), 8, "each short buffer went back empty");
+    assert_eq!(q.in_flight(), 0);
+
+    // Short buffers, then a usable one: it is found and the short ones are given back.
+    let page = Page::new();
+    put_desc(&page, 0, 0, 10, VIRTQ_DESC_F_WRITE, 0);
+    put_desc(&page, 1, 64, 20, VIRTQ_DESC_F_WRITE, 0);
+    put_desc(&page, 2, 4096, 2048, VIRTQ_DESC_F_WRITE, 0);
+    offer(&page, 0, &[0, 1, 2]);
+    let mut q = device(&page, Direction::Rx);
+    let pick = q.pop_rx_buffer(8).unwrap();
+    assert_eq!(pick.skipped, 2);
+    assert_eq!(pick.chain.map(|c| c.head()), Some(2));
+    assert_eq!(
+        q.pop_rx_buffer(8).unwrap(),
+        RxPick {
+            chain: None,
+            skipped: 0
+        }
+    );
+    // A violation still ends the queue.
+    offer(&page, 3, &[200]);
+    assert!(q.pop_rx_buffer(8).unwrap_err().is_violation());
 }
