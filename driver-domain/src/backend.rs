@@ -86,11 +86,20 @@ impl Connection {
     /// valid.
     pub fn open(frontend: u16) -> Option<Connection> {
         let control = ControlPage::of(frontend)?;
-        let header = control.header().ok()?;
+        // The header must be valid, but its port is not believed: the front-end can write the
+        // page (even before we first read it). The hypervisor's record is the trusted copy.
+        control.header().ok()?;
+        let control_port = match evtchn::connection_port(frontend) {
+            Ok(port) => port,
+            Err(e) => {
+                warn!("front-end {frontend}: the hypervisor knows no connection with it ({e:?})");
+                return None;
+            }
+        };
         let mut conn = Connection {
             control,
             frontend,
-            control_port: header.backend_port,
+            control_port,
             state: State::Initialising,
             data: None,
             counters: Counters::default(),

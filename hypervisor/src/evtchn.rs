@@ -140,6 +140,35 @@ impl VmPorts {
     }
 }
 
+/// One connection the hypervisor set up (a front-end, its back-end, and each side's port of
+/// their control channel), as [`own_connection_port`] reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLink {
+    pub frontend: VmId,
+    pub backend: VmId,
+    pub frontend_port: Port,
+    pub backend_port: Port,
+}
+
+/// CONNECTION_PORT: `caller`'s own port of its connection with `peer` (a guest-given id), if
+/// the two are connected either way round.
+pub fn own_connection_port(
+    mut links: impl Iterator<Item = ConnectionLink>,
+    caller: VmId,
+    peer: u64,
+) -> Option<Port> {
+    let peer = VmId::try_from(peer).ok()?;
+    links.find_map(|c| {
+        if c.frontend == caller && c.backend == peer {
+            Some(c.frontend_port)
+        } else if c.backend == caller && c.frontend == peer {
+            Some(c.backend_port)
+        } else {
+            None
+        }
+    })
+}
+
 /// Port tables and event pages of every VM. See the module documentation.
 #[derive(Debug)]
 pub struct EventChannels {
@@ -376,6 +405,33 @@ mod tests {
     use shared_abi::layout::GUEST_RAM_BASE;
 
     const PAGE: u64 = GUEST_RAM_BASE + 0x3000;
+
+    #[test]
+    fn each_side_learns_only_its_own_port_of_its_own_connections() {
+        let links = [
+            ConnectionLink {
+                frontend: 2,
+                backend: 1,
+                frontend_port: 5,
+                backend_port: 7,
+            },
+            ConnectionLink {
+                frontend: 3,
+                backend: 1,
+                frontend_port: 4,
+                backend_port: 8,
+            },
+        ];
+        let ask = |caller, peer| own_connection_port(links.iter().copied(), caller, peer);
+        assert_eq!(ask(2, 1), Some(5));
+        assert_eq!(ask(1, 2), Some(7));
+        assert_eq!(ask(1, 3), Some(8));
+        assert_eq!(ask(3, 1), Some(4));
+        // Not connected, itself, not a VM id, or an id that truncates to one.
+        for (caller, peer) in [(2, 3), (3, 2), (1, 1), (2, 0), (2, u64::MAX), (2, 1 << 16 | 1)] {
+            assert_eq!(ask(caller, peer), None, "{caller} asks about {peer}");
+        }
+    }
     /// The first id above every VM id.
     const BEYOND: VmId = MAX_VMS as VmId + 1;
 

@@ -27,7 +27,7 @@ use crate::arch::MAX_PCPUS;
 use crate::logger::{flush_vm_console, vm_console_write};
 use crate::passthrough::{self, Passthrough};
 pub use crate::sharing::Sharing;
-use crate::sharing::{deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
+use crate::sharing::{connection_port, deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
 use crate::vm::{StopKind, Vcpu, Vm};
 use hypervisor::grant::{batch_array_ok, RamRelease};
 use shared_abi::grant::CopyOp;
@@ -220,6 +220,9 @@ impl Hv {
                 Err(e) => (e, None),
             },
             hypercall::EVTCHN_CLOSE => done(sharing.events.close(caller, x[1])),
+            hypercall::CONNECTION_PORT => port(
+                connection_port(&sharing.connections, caller, x[1]).ok_or(Status::InvalidArgument),
+            ),
             hypercall::EVTCHN_UNMASK => match sharing.events.unmask(caller, x[1]) {
                 Ok(page_gpa) => {
                     notify = unmask_port(env.vms, caller, page_gpa, x[1] as u32);
@@ -822,7 +825,8 @@ fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
             Action::Continue
         }
         hypercall::GRANT_TABLE_SETUP..=hypercall::GRANT_END
-        | hypercall::EVTCHN_SETUP..=hypercall::EVTCHN_UNMASK => {
+        | hypercall::EVTCHN_SETUP..=hypercall::EVTCHN_UNMASK
+        | hypercall::CONNECTION_PORT => {
             let (status, value) = with_hv(|hv| hv.sharing_call(id, function, frame.x, pcpu));
             set_return(frame, status.as_u64());
             if let Some(value) = value {

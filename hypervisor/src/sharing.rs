@@ -6,7 +6,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::SeqCst;
 
-use hypervisor::evtchn::{EventChannels, Signal};
+use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels, Signal};
 use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
@@ -33,6 +33,18 @@ pub struct Connection {
     pub page: OwnedFrame,
     pub frontend_port: u32,
     pub backend_port: u32,
+}
+
+/// `caller`'s own port of its connection with `peer`, from the hypervisor's record (not the
+/// shared control page, which the peer can write).
+pub fn connection_port(connections: &[Connection], caller: VmId, peer: u64) -> Option<u32> {
+    let links = connections.iter().map(|c| ConnectionLink {
+        frontend: c.frontend,
+        backend: c.backend,
+        frontend_port: c.frontend_port,
+        backend_port: c.backend_port,
+    });
+    own_connection_port(links, caller, peer)
 }
 
 impl Connection {

@@ -71,6 +71,12 @@ pub const EVTCHN_CLOSE: u64 = VENDOR_HYP_BASE | 0x34;
 /// pending, so an event that arrived while masked is not lost.
 pub const EVTCHN_UNMASK: u64 = VENDOR_HYP_BASE | 0x35;
 
+/// The caller's own event-channel port of the connection it shares with VM x1 (its back-end or
+/// one of its front-ends), as the hypervisor set it up. Returns x1 = the port. This is the
+/// trusted copy of the port in the control page's header, which the peer can write too.
+/// `InvalidArgument` when the caller has no connection with that VM.
+pub const CONNECTION_PORT: u64 = VENDOR_HYP_BASE | 0x40;
+
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.
 #[repr(i64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,6 +223,7 @@ mod tests {
             EVTCHN_SEND,
             EVTCHN_CLOSE,
             EVTCHN_UNMASK,
+            CONNECTION_PORT,
         ];
         for (i, a) in ids.iter().enumerate() {
             assert_eq!(a & !0xffff, VENDOR_HYP_BASE);

@@ -7,8 +7,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use shared_abi::evtchn::{self as abi, BITMAP_WORDS, EVTCHN_INTID, MAX_PORTS};
 use shared_abi::hypercall::{
-    Status, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_CLOSE, EVTCHN_SEND, EVTCHN_SETUP,
-    EVTCHN_UNMASK,
+    Status, CONNECTION_PORT, EVTCHN_ALLOC_UNBOUND, EVTCHN_BIND_INTERDOMAIN, EVTCHN_CLOSE,
+    EVTCHN_SEND, EVTCHN_SETUP, EVTCHN_UNMASK,
 };
 use spin::{Mutex, Once};
 
@@ -78,6 +78,12 @@ pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<u32, Status> {
         EVTCHN_BIND_INTERDOMAIN,
         [u64::from(remote), u64::from(remote_port), 0, 0, 0, 0],
     ))
+}
+
+/// CONNECTION_PORT: our own port of the connection with VM `peer`, as the hypervisor set it
+/// up (the control page's header holds a copy, but the peer can write that page).
+pub fn connection_port(peer: u16) -> Result<u32, Status> {
+    port_result(hvc(CONNECTION_PORT, [u64::from(peer), 0, 0, 0, 0, 0]))
 }
 
 /// EVTCHN_SEND: signals the other end of `port`.

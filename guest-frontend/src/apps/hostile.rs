@@ -40,6 +40,12 @@ fn probes(info: &StartInfo<'static>) -> Vec<Probe> {
             expect: Status::InvalidArgument.as_u64(),
         },
         Probe {
+            what: "the control port of a connection this VM does not have",
+            id: hypercall::CONNECTION_PORT,
+            args: [u64::from(info.vm_id) + 1, 0, 0, 0, 0, 0],
+            expect: Status::InvalidArgument.as_u64(),
+        },
+        Probe {
             what: "interrupt injection of a non-SGI",
             id: hypercall::TEST_INJECT,
             args: [1 << 20, 1, 0, 0, 0, 0],
