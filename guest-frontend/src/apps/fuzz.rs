@@ -627,7 +627,7 @@ impl Fuzz {
                 };
                 // Bytes the hypervisor drops (control characters), so the log stays readable;
                 // rarely anything at all.
-                let any = rng.chance(256);
+                let any = rng.chance(4096);
                 for reg in &mut a[1..] {
                     *reg = if any {
                         rng.next()
