@@ -8,7 +8,11 @@
 //! 0 = no limit), `seed` (default: from the counter; printed at start so a run can be replayed),
 //! `partner` (the VM id of another fuzzer: grants and ports are aimed at it often, so the calls
 //! also succeed and the success paths are fuzzed too), `trace = 1` (print every call before it is
-//! made: with `seed` and one vCPU, the exact sequence that broke something).
+//! made: with `seed` and one vCPU, the exact sequence that broke something), `only` (a
+//! comma-separated list of the call names the histogram prints, e.g. `GRANT_MAP,GRANT_TABLE_SETUP`:
+//! issue only those, to aim at one path or to keep away from one), `window_pages` (how many pages
+//! of the grant window maps and unmaps aim at, default 128 so both often meet a mapping; up to
+//! the whole window, so mappings pile up to the limits).
 //!
 //! The fuzzer must survive its own calls: it never issues SYSTEM_OFF, SYSTEM_RESET or CPU_OFF,
 //! keeps every vCPU on (so CPU_ON can only be refused), and points everything a hypercall may
@@ -290,6 +294,7 @@ const SCRATCH_PAGES: usize = TABLE_PAGES + EVENT_PAGES + FRAME_PAGES + OPS_PAGES
 /// Grant-window pages the fuzzer maps at and unmaps, few enough that MAP meets Busy and UNMAP
 /// finds real mappings.
 const WINDOW_PAGES: u64 = 128;
+const WINDOW_MAX_PAGES: u64 = GRANT_WINDOW_SIZE / PAGE_SIZE;
 /// Ports remembered from successful ALLOC_UNBOUND/BIND calls, to reuse them.
 const KNOWN_PORTS: usize = 16;
 
@@ -302,6 +307,9 @@ struct Fuzz {
     seed: u64,
     partner: Option<u16>,
     trace: bool,
+    /// How often each of [`CALLS`] is drawn (zero: never, see `only`).
+    weights: [u32; CALLS.len()],
+    window_pages: u64,
     scratch: &'static [Page],
     /// Calls issued so far, by every vCPU.
     issued: AtomicU64,
@@ -601,16 +609,16 @@ impl Fuzz {
         match rng.below(8) {
             0 => self.outside(rng),
             1 => GRANT_WINDOW_BASE + rng.below(GRANT_WINDOW_SIZE),
-            _ => GRANT_WINDOW_BASE + PAGE_SIZE * rng.below(WINDOW_PAGES),
+            _ => GRANT_WINDOW_BASE + PAGE_SIZE * rng.below(self.window_pages),
         }
     }
 
     /// Draws one call and its registers.
     fn draw(&self, rng: &mut Rng, vcpu: usize) -> (Call, u64, [u64; 6]) {
-        let total: u32 = WEIGHTS.iter().sum();
+        let total: u32 = self.weights.iter().sum();
         let mut pick = rng.below(u64::from(total)) as u32;
         let mut call = Call::Console;
-        for (c, w) in CALLS.iter().zip(WEIGHTS) {
+        for (c, w) in CALLS.iter().zip(self.weights) {
             if pick < w {
                 call = *c;
                 break;
@@ -849,8 +857,32 @@ fn secondary(index: usize) {
     }
 }
 
+/// The draw weights with every call not named in `only` (if given) at zero.
+fn weights(only: Option<&str>) -> Result<[u32; CALLS.len()], String> {
+    let Some(only) = only else {
+        return Ok(WEIGHTS);
+    };
+    let mut weights = [0; CALLS.len()];
+    for name in only.split(',').map(str::trim) {
+        let i = CALLS
+            .iter()
+            .position(|c| c.name() == name)
+            .ok_or_else(|| format!("setting only: unknown call '{name}'"))?;
+        weights[i] = WEIGHTS[i];
+    }
+    Ok(weights)
+}
+
 fn settings(info: &StartInfo<'static>) -> Option<Fuzz> {
     let limit = super::number(info, "calls", 1_000_000)?;
+    let window_pages = super::number(info, "window_pages", WINDOW_PAGES)?;
+    if !(1..=WINDOW_MAX_PAGES).contains(&window_pages) {
+        println!("REPORT fail: setting window_pages must be 1..={WINDOW_MAX_PAGES}");
+        return None;
+    }
+    let weights = weights(setting(info.settings, "only"))
+        .map_err(|e| println!("REPORT fail: {e}"))
+        .ok()?;
     let duration_ms = super::number(info, "duration_ms", 0)?;
     let seed = super::number(info, "seed", timer::now() ^ 0x5eed_5eed)?;
     let partner = match super::number(info, "partner", 0)? {
@@ -872,6 +904,8 @@ fn settings(info: &StartInfo<'static>) -> Option<Fuzz> {
         seed,
         partner,
         trace: matches!(setting(info.settings, "trace"), Some("1" | "true")),
+        weights,
+        window_pages,
         scratch: Page::leak_many(SCRATCH_PAGES),
         issued: AtomicU64::new(0),
         undocumented: AtomicU64::new(0),
@@ -889,11 +923,12 @@ pub fn run(info: &StartInfo<'static>) {
     };
     let f = FUZZ.call_once(|| fuzz);
     println!(
-        "fuzz: seed {:#x}, {} calls, {} vCPU(s), partner {:?}, scratch {:#x}+{:#x}",
+        "fuzz: seed {:#x}, {} calls, {} vCPU(s), partner {:?}, window {} pages, scratch {:#x}+{:#x}",
         f.seed,
         f.limit,
         f.vcpus,
         f.partner,
+        f.window_pages,
         f.scratch[0].gpa(),
         SCRATCH_PAGES as u64 * PAGE_SIZE
     );
