@@ -85,13 +85,22 @@ use alloc::vec::Vec;
 
 use shared_abi::grant::{
     entry_gpa, in_grant_window, within_frame, CopyKind, CopyOp, GrantEntry, MapOp, UnmapOp,
-    ENTRIES_PER_PAGE, ENTRY_SIZE, IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_VM, MAX_TABLE_PAGES, PERMIT,
+    ENTRIES_PER_PAGE, ENTRY_SIZE, IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_VM, MAX_MAPPINGS_TOTAL,
+    MAX_TABLE_PAGES, PERMIT,
 };
 use shared_abi::hypercall::Status;
 use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
 
 /// A VM id, `1..=MAX_VMS` (0 is never a VM).
 pub type VmId = u16;
+
+/// Heap bytes the records of one grant mapping take at most: its [`Mapping`] in a B-tree leaf
+/// (544 bytes for 11 entries, a 1 KiB block from the hypervisor's buddy allocator, at least 5
+/// entries per leaf) plus its share of the inner nodes and of the per-ref count. Measured with
+/// a buddy-rounding allocator: about 137 bytes per mapping when guests map in random order; this
+/// is the bound for the sparsest tree. The hypervisor's heap is sized for
+/// `MAX_MAPPINGS_TOTAL` of them.
+pub const HEAP_PER_MAPPING: usize = 320;
 
 /// Index of `vm` in per-VM arrays, or `None` if it is not a VM id.
 pub const fn vm_index(vm: VmId) -> Option<usize> {
@@ -593,6 +602,11 @@ impl GrantTables {
             return Err(Status::Busy);
         }
         if self.vms[ci].maps.len() >= MAX_MAPPINGS_PER_VM as usize {
+            return Err(Status::NoSpace);
+        }
+        // The records live on the hypervisor's heap, which an allocation failure would end.
+        let total: usize = self.vms.iter().map(|vm| vm.maps.len()).sum();
+        if total >= MAX_MAPPINGS_TOTAL as usize {
             return Err(Status::NoSpace);
         }
         let (entry_gpa, raw) = self.read_entry(env, op.granter, gi, op.gref)?;
@@ -1483,6 +1497,51 @@ mod tests {
         assert_eq!(map1(&mut gt, &mut m, 3, map_op(1, 1, WIN, 0)), Status::Ok);
         assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
         assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, next, 0)), Status::Ok);
+    }
+
+    /// Regression: eight fuzzing guests mapping each other's refs as much as each may
+    /// (4096 each) ran the hypervisor's heap out ("memory allocation of 544 bytes failed",
+    /// a hypervisor panic). The records of all VMs together are now bounded.
+    #[test]
+    fn machine_wide_map_limit_is_no_space() {
+        let vms: Vec<VmId> = (1..=6).collect();
+        let mut gt = GrantTables::new();
+        let mut m = Model::new(&vms);
+        for &vm in &vms {
+            assert_eq!(gt.setup(&m, vm, TABLE, 1), Status::Ok);
+            // VM 1 grants ref `vm` to every other VM.
+            m.grant(1, vm.into(), vm, FRAME, PERMIT);
+        }
+        let mut mapped = 0;
+        let mut last = Status::Ok;
+        for &vm in &vms[1..] {
+            for i in 0..MAX_MAPPINGS_PER_VM as u64 {
+                last = map1(
+                    &mut gt,
+                    &mut m,
+                    vm,
+                    map_op(1, vm.into(), WIN + i * PAGE_SIZE, 0),
+                );
+                if last != Status::Ok {
+                    break;
+                }
+                mapped += 1;
+            }
+            if last != Status::Ok {
+                break;
+            }
+        }
+        assert_eq!(last, Status::NoSpace);
+        assert_eq!(mapped, MAX_MAPPINGS_TOTAL);
+        assert!(MAX_MAPPINGS_TOTAL < MAX_MAPPINGS_PER_VM * MAX_VMS as u32);
+        // An unmap anywhere makes room for anyone.
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        let fresh = WIN + MAX_MAPPINGS_PER_VM as u64 * PAGE_SIZE;
+        assert_eq!(map1(&mut gt, &mut m, 6, map_op(1, 6, fresh, 0)), Status::Ok);
+        assert_eq!(
+            map1(&mut gt, &mut m, 6, map_op(1, 6, fresh + PAGE_SIZE, 0)),
+            Status::NoSpace
+        );
     }
 
     #[test]

@@ -44,7 +44,14 @@ mod boot {
     use crate::vm::{Vcpu, Vm};
     use crate::{dtb, logger};
 
-    const HEAP_SIZE: usize = 4 << 20;
+    const HEAP_SIZE: usize = 8 << 20;
+    // Every grant mapping guests may hold has its record here, and 2 MiB remain for the rest
+    // (VMs, vCPUs, event channels), so no guest can run the heap out.
+    const _: () = assert!(
+        HEAP_SIZE
+            >= shared_abi::grant::MAX_MAPPINGS_TOTAL as usize * hypervisor::grant::HEAP_PER_MAPPING
+                + (2 << 20)
+    );
 
     #[repr(C, align(4096))]
     struct HeapSpace([u8; HEAP_SIZE]);

@@ -71,6 +71,7 @@
 //! | MAP         | `dest_gpa` not page aligned or outside the caller's grant window  | `InvalidArgument` |
 //! | MAP         | `dest_gpa` already holds a grant mapping                          | `Busy`            |
 //! | MAP         | the caller already holds `MAX_MAPPINGS_PER_VM` (4096) mappings    | `NoSpace`         |
+//! | MAP         | all VMs together hold `MAX_MAPPINGS_TOTAL` (16384) mappings       | `NoSpace`         |
 //! | MAP, COPY   | granter dead or without a table, ref beyond its table             | `BadRef`          |
 //! | MAP, COPY   | entry's PERMIT clear, or unknown entry flag bits set              | `BadRef`          |
 //! | MAP, COPY   | entry's `peer` is not the caller                                  | `Denied`          |
@@ -101,6 +102,12 @@ pub const MAX_BATCH: u64 = 64;
 /// Most grant mappings one VM may hold at a time (its own mappings of peers' frames), so the
 /// hypervisor's record of them is bounded; GRANT_MAP beyond it is `NoSpace`.
 pub const MAX_MAPPINGS_PER_VM: u32 = 4096;
+/// Most grant mappings all VMs together may hold. The hypervisor keeps a record of each in its
+/// fixed-size heap, which cannot hold `MAX_VMS` x [`MAX_MAPPINGS_PER_VM`] of them; beyond this
+/// GRANT_MAP is `NoSpace` instead of the hypervisor running out of memory. Four times what the
+/// largest topology needs (a driver domain mapping the rings and pools of eight guests, about
+/// 3500).
+pub const MAX_MAPPINGS_TOTAL: u32 = 16384;
 
 /// Foreign frames are mapped only inside this IPA window of the caller (256 MiB starting at 4 GiB,
 /// above all RAM).
