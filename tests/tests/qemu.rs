@@ -1388,3 +1388,50 @@ fn twenty_seconds_of_fuzzed_hypercalls_harm_neither_the_hypervisor_nor_a_bystand
     assert!(kill_reason(&boot, "dd").is_none(), "{t}");
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
+
+/// The `Ok` count of a fuzzer's `GRANT_MAP ops` histogram row.
+fn fuzz_ok_maps(boot: &Boot, vm: &str) -> u64 {
+    boot.vm_lines(vm)
+        .find_map(|l| l.strip_prefix("fuzz: GRANT_MAP ops "))
+        .and_then(|row| row.split(" Ok ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn eight_guests_mapping_all_they_may_cannot_run_the_hypervisor_out_of_memory() {
+    // Found by the fuzzer: eight guests each mapping their partner's refs up to the per-VM
+    // limit ran the hypervisor's heap out (a hypervisor panic). Only MAP and SETUP, spread over
+    // the whole grant window, so nothing is unmapped and the machine-wide limit is reached.
+    let fuzzers: String = (1..=8u32)
+        .map(|i| {
+            let partner = if i % 2 == 1 { i + 1 } else { i - 1 };
+            guest(
+                &format!("f{i}"),
+                4,
+                1,
+                &format!(
+                    "app = \"fuzz\", partner = {partner}, duration_ms = 50000, \
+                     only = \"GRANT_TABLE_SETUP,GRANT_MAP\", window_pages = 65536"
+                ),
+            )
+        })
+        .collect();
+    let (_, boot) = boot_toml(&format!("{MACHINE}{fuzzers}"), 240);
+    let t = boot.transcript();
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    let mut mapped = 0;
+    for i in 1..=8 {
+        let vm = format!("f{i}");
+        assert_report_ok(&boot, &vm, "every answer documented");
+        mapped += fuzz_ok_maps(&boot, &vm);
+    }
+    // Nothing was unmapped, so exactly the machine-wide limit was granted in all.
+    assert_eq!(
+        mapped,
+        u64::from(shared_abi::grant::MAX_MAPPINGS_TOTAL),
+        "{t}"
+    );
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
