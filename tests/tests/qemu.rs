@@ -1305,6 +1305,16 @@ const FUZZ_ROWS: [&str; 22] = [
 /// most of the run does not.
 const FUZZ_FLOOR: u64 = 20_000;
 
+/// A fuzzer guest (4 MiB) aimed at VM `partner`, with more settings.
+fn fuzz_guest(name: &str, vcpus: u32, partner: u32, settings: &str) -> String {
+    guest(
+        name,
+        4,
+        vcpus,
+        &format!("app = \"fuzz\", partner = {partner}, {settings}"),
+    )
+}
+
 /// The number of calls a fuzzer's histogram row `row` counts, from `fuzz: <row> <n>: ...`.
 fn fuzz_row(boot: &Boot, vm: &str, row: &str) -> Option<u64> {
     let prefix = format!("fuzz: {row} ");
@@ -1323,18 +1333,8 @@ fn twenty_seconds_of_fuzzed_hypercalls_harm_neither_the_hypervisor_nor_a_bystand
     // domain and a front-end exchanging a granted page over event channels.
     let toml = format!(
         "{MACHINE}{}{}{}{}",
-        guest(
-            "fuzz-a",
-            4,
-            2,
-            "app = \"fuzz\", partner = 2, duration_ms = 20000"
-        ),
-        guest(
-            "fuzz-b",
-            4,
-            2,
-            "app = \"fuzz\", partner = 1, duration_ms = 20000"
-        ),
+        fuzz_guest("fuzz-a", 2, 2, "duration_ms = 20000"),
+        fuzz_guest("fuzz-b", 2, 1, "duration_ms = 20000"),
         driver_domain("dd", 8),
         frontend("pinger", "dd", "app = \"pingpong\", rounds = 3000"),
     );
@@ -1407,14 +1407,11 @@ fn eight_guests_mapping_all_they_may_cannot_run_the_hypervisor_out_of_memory() {
     let fuzzers: String = (1..=8u32)
         .map(|i| {
             let partner = if i % 2 == 1 { i + 1 } else { i - 1 };
-            guest(
+            fuzz_guest(
                 &format!("f{i}"),
-                4,
                 1,
-                &format!(
-                    "app = \"fuzz\", partner = {partner}, duration_ms = 50000, \
-                     only = \"GRANT_TABLE_SETUP,GRANT_MAP\", window_pages = 65536"
-                ),
+                partner,
+                "duration_ms = 50000, only = \"GRANT_TABLE_SETUP,GRANT_MAP\", window_pages = 65536",
             )
         })
         .collect();
