@@ -12,7 +12,9 @@
 //! comma-separated list of the call names the histogram prints, e.g. `GRANT_MAP,GRANT_TABLE_SETUP`:
 //! issue only those, to aim at one path or to keep away from one), `window_pages` (how many pages
 //! of the grant window maps and unmaps aim at, default 128 so both often meet a mapping; up to
-//! the whole window, so mappings pile up to the limits).
+//! the whole window, so mappings pile up to the limits), `restarts` (after its run, the VM
+//! restarts itself with PSCI SYSTEM_RESET this many times and fuzzes again each boot, so its
+//! partner's mappings of its frames and its ports die under the partner's calls; default 0).
 //!
 //! The fuzzer must survive its own calls: it never issues SYSTEM_OFF, SYSTEM_RESET or CPU_OFF,
 //! keeps every vCPU on (so CPU_ON can only be refused), and points everything a hypercall may
@@ -884,7 +886,9 @@ fn settings(info: &StartInfo<'static>) -> Option<Fuzz> {
         .map_err(|e| println!("REPORT fail: {e}"))
         .ok()?;
     let duration_ms = super::number(info, "duration_ms", 0)?;
-    let seed = super::number(info, "seed", timer::now() ^ 0x5eed_5eed)?;
+    // Each boot of a restarting fuzzer replays differently but reproducibly.
+    let seed = super::number(info, "seed", timer::now() ^ 0x5eed_5eed)?
+        ^ u64::from(info.boot_count - 1) << 32;
     let partner = match super::number(info, "partner", 0)? {
         0 => None,
         id => match u16::try_from(id) {
@@ -948,6 +952,17 @@ pub fn run(info: &StartInfo<'static>) {
     }
     let ms = start.elapsed_ms().max(1);
     report(f, ms);
+    let Some(restarts) = super::number(info, "restarts", 0) else {
+        return;
+    };
+    if u64::from(info.boot_count) <= restarts {
+        println!(
+            "fuzz: restarting (boot {} of {})",
+            info.boot_count,
+            restarts + 1
+        );
+        vm_runtime::psci::system_reset();
+    }
 }
 
 fn report(f: &Fuzz, ms: u64) {
