@@ -1423,17 +1423,21 @@ fn eight_guests_mapping_all_they_may_cannot_run_the_hypervisor_out_of_memory() {
     let (_, boot) = boot_toml(&format!("{MACHINE}{fuzzers}"), 240);
     let t = boot.transcript();
     assert!(!boot.has("[hv] PANIC"), "{t}");
+    use shared_abi::grant::{MAX_MAPPINGS_PER_VM, MAX_MAPPINGS_TOTAL};
     let mut mapped = 0;
     for i in 1..=8 {
         let vm = format!("f{i}");
         assert_report_ok(&boot, &vm, "every answer documented");
-        mapped += fuzz_ok_maps(&boot, &vm);
+        let own = fuzz_ok_maps(&boot, &vm);
+        // The machine-wide limit stopped it, not its own.
+        assert!(own < u64::from(MAX_MAPPINGS_PER_VM), "{vm}: {own}\n{t}");
+        mapped += own;
     }
-    // Nothing was unmapped, so exactly the machine-wide limit was granted in all.
-    assert_eq!(
-        mapped,
-        u64::from(shared_abi::grant::MAX_MAPPINGS_TOTAL),
-        "{t}"
+    // Nothing is unmapped while all eight run, so the machine-wide limit was reached; a few
+    // more maps succeed once the first fuzzer has finished and its mappings are gone.
+    assert!(
+        (u64::from(MAX_MAPPINGS_TOTAL)..u64::from(MAX_MAPPINGS_TOTAL) + 2048).contains(&mapped),
+        "{mapped} maps succeeded\n{t}"
     );
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
