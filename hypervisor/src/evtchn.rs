@@ -428,7 +428,14 @@ mod tests {
         assert_eq!(ask(1, 3), Some(8));
         assert_eq!(ask(3, 1), Some(4));
         // Not connected, itself, not a VM id, or an id that truncates to one.
-        for (caller, peer) in [(2, 3), (3, 2), (1, 1), (2, 0), (2, u64::MAX), (2, 1 << 16 | 1)] {
+        for (caller, peer) in [
+            (2, 3),
+            (3, 2),
+            (1, 1),
+            (2, 0),
+            (2, u64::MAX),
+            (2, 1 << 16 | 1),
+        ] {
             assert_eq!(ask(caller, peer), None, "{caller} asks about {peer}");
         }
     }
@@ -759,6 +766,9 @@ mod tests {
         Pair(VmId, VmId),
         Close(VmId, u64),
         Die(VmId),
+        Setup(VmId, u64),
+        Send(VmId, u64),
+        Unmask(VmId, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -773,27 +783,78 @@ mod tests {
         ]
     }
 
-    /// Whatever the sequence: port 0 is never used, every bound port's peer points back at
-    /// it, sending works exactly on bound ports and goes to the peer.
+    /// A guest's raw register: small values that name real VMs and ports, the edges of every
+    /// range, values that only truncation would make valid, anything.
+    fn register() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => 0..8u64,
+            1 => prop::sample::select(vec![
+                u64::from(MAX_PORTS - 1),
+                u64::from(MAX_PORTS),
+                MAX_VMS as u64,
+                MAX_VMS as u64 + 1,
+                1 << 16 | 2,
+                1 << 32 | 1,
+                u64::MAX,
+            ]),
+            1 => any::<u64>(),
+            1 => (0..0x20u64).prop_map(|page| GUEST_RAM_BASE + page * PAGE_SIZE / 2),
+        ]
+    }
+
+    /// Every hypercall with raw registers, from any caller id (the hypervisor only passes real
+    /// ones, but a bad id must not panic either).
+    fn hostile_op() -> impl Strategy<Value = Op> {
+        let vm = prop_oneof![4 => 1..=4u16, 1 => any::<u16>()];
+        prop_oneof![
+            (vm.clone(), register()).prop_map(|(v, r)| Op::Alloc(v, r)),
+            (vm.clone(), register(), register()).prop_map(|(v, r, p)| Op::Bind(v, r, p)),
+            (vm.clone(), register()).prop_map(|(v, p)| Op::Close(v, p)),
+            (vm.clone(), register()).prop_map(|(v, g)| Op::Setup(v, g)),
+            (vm.clone(), register()).prop_map(|(v, p)| Op::Send(v, p)),
+            (vm.clone(), register()).prop_map(|(v, p)| Op::Unmask(v, p)),
+            vm.prop_map(Op::Die),
+        ]
+    }
+
+    /// Whatever the sequence: every call answers a status its rule table allows, port 0 is
+    /// never used, every bound port's peer points back at it, sending works exactly on bound
+    /// ports and goes to the peer.
     fn symmetric(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        // What a call on one of the caller's ports may answer (a bad caller id is
+        // InvalidArgument, and so is UNMASK without an event page).
+        const PORT_RULES: &[Status] = &[Status::InvalidArgument, Status::BadPort];
         let mut ec = world();
         for op in ops {
-            match op {
-                Op::Alloc(v, r) => {
-                    let _ = ec.alloc_unbound(v, r);
-                }
-                Op::Bind(v, r, p) => {
-                    let _ = ec.bind_interdomain(v, r, p);
-                }
-                Op::Pair(a, b) => {
-                    let _ = ec.bind_pair(a, b);
-                }
-                Op::Close(v, p) => {
-                    let _ = ec.close(v, p);
-                }
+            let (status, allowed): (Option<Status>, &[Status]) = match op {
+                Op::Alloc(v, r) => (
+                    ec.alloc_unbound(v, r).err(),
+                    &[Status::InvalidArgument, Status::NoSpace],
+                ),
+                Op::Bind(v, r, p) => (
+                    ec.bind_interdomain(v, r, p).err(),
+                    &[
+                        Status::InvalidArgument,
+                        Status::BadPort,
+                        Status::Denied,
+                        Status::NoSpace,
+                    ],
+                ),
+                Op::Pair(a, b) => (
+                    ec.bind_pair(a, b).err(),
+                    &[Status::InvalidArgument, Status::NoSpace],
+                ),
+                Op::Close(v, p) => (ec.close(v, p).err(), PORT_RULES),
                 Op::Die(v) => {
                     let _ = ec.vm_died(v);
+                    (None, &[])
                 }
+                Op::Setup(v, g) => (ec.setup(v, g, in_ram).err(), &[Status::InvalidArgument]),
+                Op::Send(v, p) => (ec.send(v, p).err(), PORT_RULES),
+                Op::Unmask(v, p) => (ec.unmask(v, p).err(), PORT_RULES),
+            };
+            if let Some(status) = status {
+                prop_assert!(allowed.contains(&status), "{:?}: {:?}", op, status);
             }
             for vm in 1..=4u16 {
                 prop_assert_eq!(ec.state(vm, NO_PORT), Some(PortState::Free));
@@ -826,6 +887,11 @@ mod tests {
     proptest! {
         #[test]
         fn bindings_stay_symmetric(ops in prop::collection::vec(op(), 1..100)) {
+            symmetric(ops)?;
+        }
+
+        #[test]
+        fn raw_registers_get_documented_statuses(ops in prop::collection::vec(hostile_op(), 1..100)) {
             symmetric(ops)?;
         }
     }

@@ -94,6 +94,14 @@ use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
 /// A VM id, `1..=MAX_VMS` (0 is never a VM).
 pub type VmId = u16;
 
+/// Heap bytes the records of one grant mapping take at most: its [`Mapping`] in a B-tree leaf
+/// (544 bytes for 11 entries, a 1 KiB block from the hypervisor's buddy allocator, at least 5
+/// entries per leaf) plus its share of the inner nodes and of the per-ref count. Measured with
+/// a buddy-rounding allocator: about 137 bytes per mapping when guests map in random order; this
+/// is the bound for the sparsest tree. The hypervisor refuses, at boot, a topology whose
+/// mapping budgets could need more heap than it sets aside for them.
+pub const HEAP_PER_MAPPING: usize = 320;
+
 /// Index of `vm` in per-VM arrays, or `None` if it is not a VM id.
 pub const fn vm_index(vm: VmId) -> Option<usize> {
     if vm >= 1 && vm as usize <= MAX_VMS {
@@ -873,6 +881,9 @@ mod tests {
         freed: HashSet<VmId>,
         /// Killed VMs: their stage-2 is unreachable (being destroyed, VMID flushed before reuse).
         killed: HashSet<VmId>,
+        /// The guests may write anything anywhere, IN_USE bits included, so "IN_USE is only
+        /// cleared when nothing maps the frame" is theirs to break and not checked.
+        hostile: bool,
     }
 
     impl Model {
@@ -976,7 +987,7 @@ mod tests {
             }
             let actual = self.word(vm, gpa);
             let in_use = IN_USE as u64;
-            if actual == current && current & in_use != 0 && new & in_use == 0 {
+            if !self.hostile && actual == current && current & in_use != 0 && new & in_use == 0 {
                 // IN_USE of a ref may only drop once no reachable stage-2 maps its frame, unless
                 // another in-use ref of the same VM names the same frame (it covers those).
                 let frame = GrantEntry::from_u64(current).frame;
@@ -1542,6 +1553,43 @@ mod tests {
         assert_eq!(map1(&mut gt, &mut m, 3, map_op(1, 1, WIN, 0)), Status::Ok);
         assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
         assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, next, 0)), Status::Ok);
+    }
+
+    /// A driver domain gets a larger budget than a guest (it maps every front-end's pool);
+    /// each VM is held to its own, so no VM's mappings can use up another's.
+    #[test]
+    fn each_vm_is_held_to_its_own_mapping_budget() {
+        let (mut gt, mut m) = world();
+        m.grant(1, 0, 2, FRAME, PERMIT);
+        m.grant(1, 1, 3, FRAME, PERMIT);
+        let big = MAX_MAPPINGS_PER_GUEST as u64 + 100;
+        gt.set_mapping_budget(2, big as u32);
+        for i in 0..big {
+            assert_eq!(
+                map1(&mut gt, &mut m, 2, map_op(1, 0, WIN + i * PAGE_SIZE, 0)),
+                Status::Ok
+            );
+        }
+        let next = WIN + big * PAGE_SIZE;
+        assert_eq!(
+            map1(&mut gt, &mut m, 2, map_op(1, 0, next, 0)),
+            Status::NoSpace
+        );
+        // VM 3 keeps the guest budget, whatever VM 2 holds.
+        for i in 0..MAX_MAPPINGS_PER_GUEST as u64 {
+            assert_eq!(
+                map1(&mut gt, &mut m, 3, map_op(1, 1, WIN + i * PAGE_SIZE, 0)),
+                Status::Ok
+            );
+        }
+        let next = WIN + MAX_MAPPINGS_PER_GUEST as u64 * PAGE_SIZE;
+        assert_eq!(
+            map1(&mut gt, &mut m, 3, map_op(1, 1, next, 0)),
+            Status::NoSpace
+        );
+        // An unmap makes room again for that VM.
+        assert_eq!(unmap1(&mut gt, &mut m, 2, WIN), Status::Ok);
+        assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 0, WIN, 0)), Status::Ok);
     }
 
     #[test]
@@ -2429,6 +2477,387 @@ mod tests {
         #[test]
         fn invariants_hold(ops in prop::collection::vec(op(), 1..80)) {
             invariants(ops)?;
+        }
+    }
+
+    // ---- hostile guests: any memory contents, any registers ----
+
+    /// A step of a hostile guest: it writes words anywhere in its RAM (tables, op arrays), or
+    /// makes a grant hypercall with raw registers, or dies.
+    #[derive(Clone, Debug)]
+    enum Hostile {
+        Write {
+            vm: VmId,
+            gpa: u64,
+            words: Vec<u64>,
+        },
+        Setup {
+            vm: VmId,
+            x1: u64,
+            x2: u64,
+        },
+        /// The batch calls first store `ops` (op words) at x1, as far as it is in RAM.
+        Map {
+            vm: VmId,
+            x1: u64,
+            x2: u64,
+            ops: Vec<u64>,
+        },
+        Unmap {
+            vm: VmId,
+            x1: u64,
+            x2: u64,
+            ops: Vec<u64>,
+        },
+        Copy {
+            vm: VmId,
+            x1: u64,
+            x2: u64,
+            ops: Vec<u64>,
+        },
+        End {
+            vm: VmId,
+            x1: u64,
+        },
+        Die(VmId, bool),
+    }
+
+    /// 8-byte aligned GPAs where guests keep things, RAM's edges and beyond, anything.
+    fn hostile_gpa() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => prop::sample::select(vec![TABLE, OPS, OPS + 8, FRAME, GUEST_RAM_BASE]),
+            4 => (0..6u64).prop_map(|gref| entry_gpa(TABLE, gref as u32)),
+            1 => prop::sample::select(vec![
+                0,
+                u64::MAX,
+                u64::MAX - 7,
+                OPS + 4,
+                GUEST_RAM_BASE + RAM - 8,
+                GUEST_RAM_BASE + RAM,
+                GUEST_RAM_BASE - 8,
+                WIN,
+            ]),
+            2 => (0..RAM / 8).prop_map(|w| GUEST_RAM_BASE + 8 * w),
+            1 => any::<u64>(),
+        ]
+    }
+
+    /// A grant entry, mostly a usable one: flags (PERMIT, READONLY, IN_USE, reserved), peer,
+    /// frame.
+    fn hostile_entry() -> impl Strategy<Value = u64> {
+        let frame = prop_oneof![
+            4 => Just(FRAME),
+            2 => Just(FRAME2),
+            1 => Just(TABLE),
+            1 => Just(GUEST_RAM_BASE + RAM),
+            1 => any::<u64>()
+        ];
+        let flags = prop_oneof![
+            Just(PERMIT as u64),
+            Just((PERMIT | READONLY) as u64),
+            0..16u64
+        ];
+        (flags, 0..=4u64, frame).prop_map(|(f, peer, gpa)| f | peer << 16 | (gpa >> 12) << 32)
+    }
+
+    /// Words a hostile guest stores: near-valid entries and ops (so the rules past the format
+    /// checks are reached), and anything.
+    fn hostile_word() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            hostile_entry(),
+            // Word 0 of a map op or a copy side: granter or kind, flags or granter, gref.
+            (0..=4u64, 0..=3u64, 0..6u64).prop_map(|(a, b, gref)| a | b << 16 | gref << 32),
+            // A destination in the grant window, or an offset or GPA for a copy.
+            (0..6u64).prop_map(|slot| WIN + slot * PAGE_SIZE),
+            (0..PAGE_SIZE + 2).prop_map(|o| FRAME + o),
+            0..=PAGE_SIZE + 1,
+            any::<u64>(),
+        ]
+    }
+
+    fn hostile_count() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => 1..=4u64,
+            1 => prop::sample::select(vec![0, MAX_BATCH, MAX_BATCH + 1, u64::MAX]),
+            1 => any::<u64>(),
+        ]
+    }
+
+    /// Op words of `n` plausible ops of one kind (1 = map, 2 = unmap, else copy), some words
+    /// replaced by hostile ones.
+    fn hostile_ops(kind: u8) -> impl Strategy<Value = Vec<u64>> {
+        let flags = prop_oneof![4 => 0..=1u64, 1 => 0..=4u64];
+        let granter = prop_oneof![4 => 1..=3u64, 1 => 0..=4u64];
+        let head = (granter, flags, 0..6u64).prop_map(|(a, b, gref)| a | b << 16 | gref << 32);
+        let dest = (0..6u64).prop_map(|slot| WIN + slot * PAGE_SIZE);
+        let own = (0..PAGE_SIZE + 2).prop_map(|o| vec![1, FRAME + o]);
+        let grant = ((1..=3u64, 0..6u64), 0..PAGE_SIZE + 2)
+            .prop_map(|((granter, gref), o)| vec![2 | granter << 16 | gref << 32, o]);
+        let side = prop_oneof![own, grant];
+        let op = match kind {
+            1 => (head, dest).prop_map(|(h, d)| vec![h, d, 0]).boxed(),
+            2 => dest.prop_map(|d| vec![d, 0]).boxed(),
+            _ => (side.clone(), side, 0..=PAGE_SIZE + 1)
+                .prop_map(|(src, dst, len)| [src, dst, vec![len, 0]].concat())
+                .boxed(),
+        };
+        let mutation = prop::option::weighted(0.25, (any::<prop::sample::Index>(), hostile_word()));
+        prop::collection::vec((op, mutation), 1..6).prop_map(|ops| {
+            ops.into_iter()
+                .flat_map(|(mut words, mutation)| {
+                    if let Some((i, w)) = mutation {
+                        *i.get_mut(&mut words) = w;
+                    }
+                    words
+                })
+                .collect()
+        })
+    }
+
+    fn hostile_step() -> impl Strategy<Value = Hostile> {
+        let vm = 1..=3u16;
+        let small = prop_oneof![0..=(2 * ENTRIES_PER_PAGE as u64), any::<u64>()];
+        // Mostly as many ops as were stored; sometimes any count.
+        let count = || prop::option::weighted(0.3, hostile_count());
+        prop_oneof![
+            6 => (vm.clone(), hostile_gpa(), prop::collection::vec(hostile_word(), 1..12))
+                .prop_map(|(vm, gpa, words)| Hostile::Write { vm, gpa, words }),
+            6 => (vm.clone(), 0..6u32, hostile_entry()).prop_map(|(vm, gref, entry)| {
+                Hostile::Write {
+                    vm,
+                    gpa: entry_gpa(TABLE, gref),
+                    words: vec![entry],
+                }
+            }),
+            1 => (vm.clone(), hostile_gpa(), prop_oneof![0..=5u64, any::<u64>()])
+                .prop_map(|(vm, x1, x2)| Hostile::Setup { vm, x1, x2 }),
+            3 => (vm.clone(), hostile_gpa(), count(), hostile_ops(1))
+                .prop_map(|(vm, x1, x2, ops)| {
+                    let x2 = x2.unwrap_or(ops.len() as u64 / MapOp::WORDS as u64);
+                    Hostile::Map { vm, x1, x2, ops }
+                }),
+            2 => (vm.clone(), hostile_gpa(), count(), hostile_ops(2))
+                .prop_map(|(vm, x1, x2, ops)| {
+                    let x2 = x2.unwrap_or(ops.len() as u64 / UnmapOp::WORDS as u64);
+                    Hostile::Unmap { vm, x1, x2, ops }
+                }),
+            3 => (vm.clone(), hostile_gpa(), count(), hostile_ops(3))
+                .prop_map(|(vm, x1, x2, ops)| {
+                    let x2 = x2.unwrap_or(ops.len() as u64 / CopyOp::WORDS as u64);
+                    Hostile::Copy { vm, x1, x2, ops }
+                }),
+            1 => (vm.clone(), small).prop_map(|(vm, x1)| Hostile::End { vm, x1 }),
+            1 => (vm, any::<bool>()).prop_map(|(vm, reset)| Hostile::Die(vm, reset)),
+        ]
+    }
+
+    /// The op statuses the ABI's rule table allows for each batch call.
+    const MAP_OP_STATUSES: [Status; 8] = [
+        Status::Ok,
+        Status::InvalidArgument,
+        Status::Busy,
+        Status::NoSpace,
+        Status::BadRef,
+        Status::Denied,
+        Status::ReadOnly,
+        Status::BadFrame,
+    ];
+    const UNMAP_OP_STATUSES: [Status; 3] = [Status::Ok, Status::InvalidArgument, Status::NotMapped];
+    const COPY_OP_STATUSES: [Status; 6] = [
+        Status::Ok,
+        Status::InvalidArgument,
+        Status::BadRef,
+        Status::Denied,
+        Status::ReadOnly,
+        Status::BadFrame,
+    ];
+
+    /// What a guest storing `words` from `gpa` on gets into its RAM (the rest would fault).
+    fn store_words(m: &mut Model, vm: VmId, gpa: u64, words: &[u64]) {
+        for (i, w) in words.iter().enumerate() {
+            let at = gpa.wrapping_add(8 * i as u64);
+            if at.is_multiple_of(8) && m.in_ram(vm, at, 8) {
+                m.set_word(vm, at, *w);
+            }
+        }
+    }
+
+    /// Words of `vm`'s RAM that differ between two snapshots.
+    fn changed_words(before: &HashMap<VmId, Vec<u8>>, m: &Model, vm: VmId) -> Vec<(u64, u64)> {
+        let (Some(a), Some(b)) = (before.get(&vm), m.ram.get(&vm)) else {
+            return Vec::new();
+        };
+        a.chunks(8)
+            .zip(b.chunks(8))
+            .enumerate()
+            .filter(|(_, (x, y))| x != y)
+            .map(|(i, (x, y))| {
+                let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap());
+                (GUEST_RAM_BASE + 8 * i as u64, word(x) ^ word(y))
+            })
+            .collect()
+    }
+
+    /// One batch call with raw registers: the call status is one the ABI documents, a refused
+    /// call writes nothing, an accepted one writes a documented status into every op; MAP and
+    /// UNMAP change no other word of the caller and only IN_USE bits of the other VMs.
+    fn hostile_batch(
+        gt: &mut GrantTables,
+        m: &mut Model,
+        call: &Hostile,
+    ) -> Result<(), TestCaseError> {
+        let (vm, x1, x2, ops, words, status_word, allowed): (_, _, _, _, usize, usize, &[Status]) =
+            match call {
+                Hostile::Map { vm, x1, x2, ops } => (
+                    *vm,
+                    *x1,
+                    *x2,
+                    ops,
+                    MapOp::WORDS,
+                    MapOp::STATUS_WORD,
+                    &MAP_OP_STATUSES,
+                ),
+                Hostile::Unmap { vm, x1, x2, ops } => (
+                    *vm,
+                    *x1,
+                    *x2,
+                    ops,
+                    UnmapOp::WORDS,
+                    UnmapOp::STATUS_WORD,
+                    &UNMAP_OP_STATUSES,
+                ),
+                Hostile::Copy { vm, x1, x2, ops } => (
+                    *vm,
+                    *x1,
+                    *x2,
+                    ops,
+                    CopyOp::WORDS,
+                    CopyOp::STATUS_WORD,
+                    &COPY_OP_STATUSES,
+                ),
+                _ => return Ok(()),
+            };
+        store_words(m, vm, x1, ops);
+        let before = m.ram.clone();
+        let status = match call {
+            Hostile::Map { .. } => gt.map_batch(m, vm, x1, x2),
+            Hostile::Unmap { .. } => gt.unmap_batch(m, vm, x1, x2).status,
+            _ => gt.copy_batch(m, vm, x1, x2),
+        };
+        prop_assert!(
+            [Status::Ok, Status::InvalidArgument].contains(&status),
+            "{call:?}: {status:?}"
+        );
+        if status != Status::Ok {
+            prop_assert!(
+                m.ram == before,
+                "{call:?} was refused but wrote guest memory"
+            );
+            return Ok(());
+        }
+        let status_gpas: HashSet<u64> = (0..x2)
+            .map(|i| x1 + 8 * (i * words as u64 + status_word as u64))
+            .collect();
+        for gpa in &status_gpas {
+            let raw = m.word(vm, *gpa);
+            prop_assert!(
+                Status::from_u64(raw).is_some_and(|s| allowed.contains(&s)),
+                "{call:?}: op status {raw:#x}"
+            );
+        }
+        if matches!(call, Hostile::Copy { .. }) {
+            return Ok(());
+        }
+        for other in 1..=3u16 {
+            for (gpa, diff) in changed_words(&before, m, other) {
+                if other == vm {
+                    prop_assert!(status_gpas.contains(&gpa), "{call:?} wrote {gpa:#x}");
+                } else {
+                    prop_assert_eq!(
+                        diff,
+                        IN_USE as u64,
+                        "{:?} changed {}:{:#x}",
+                        call,
+                        other,
+                        gpa
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hostile guests whatever they do: the env contract holds (the model panics otherwise),
+    /// every status is documented, writes stay where the ABI says, and the stage-2 holds
+    /// exactly the recorded mappings, each counted once as lent or zombie.
+    fn hostile(steps: Vec<Hostile>) -> Result<(), TestCaseError> {
+        let (mut gt, mut m) = world();
+        m.hostile = true;
+        // Refs 0..6 of every VM start granted to the other two, so maps and copies can
+        // succeed and the steps have live grants to break.
+        for granter in 1..=3u16 {
+            for gref in 0..6u32 {
+                let peer = (granter + gref as u16 % 2) % 3 + 1;
+                let flags = if gref == 5 { PERMIT | READONLY } else { PERMIT };
+                m.grant(
+                    granter,
+                    gref,
+                    peer,
+                    FRAME + u64::from(gref % 2) * PAGE_SIZE,
+                    flags,
+                );
+            }
+        }
+        for step in steps {
+            match &step {
+                Hostile::Write { vm, gpa, words } => store_words(&mut m, *vm, *gpa, words),
+                Hostile::Setup { vm, x1, x2 } => {
+                    let status = gt.setup(&m, *vm, *x1, *x2);
+                    let allowed = [Status::Ok, Status::InvalidArgument, Status::Busy];
+                    prop_assert!(allowed.contains(&status), "{step:?}: {status:?}");
+                }
+                Hostile::End { vm, x1 } => {
+                    let before = m.ram.clone();
+                    let status = gt.end(&mut m, *vm, *x1);
+                    let allowed = [Status::Ok, Status::BadRef, Status::Busy];
+                    prop_assert!(allowed.contains(&status), "{step:?}: {status:?}");
+                    let changed = changed_words(&before, &m, *vm);
+                    prop_assert!(changed.iter().all(|(_, diff)| *diff == PERMIT as u64));
+                    prop_assert!(changed.len() <= usize::from(status == Status::Ok));
+                }
+                Hostile::Die(vm, reset) => {
+                    if *reset {
+                        gt.vm_died(&mut m, *vm, Teardown::Reset);
+                    } else {
+                        kill(&mut gt, &mut m, *vm);
+                        m.killed.remove(vm);
+                    }
+                    m.reload(*vm);
+                }
+                batch => hostile_batch(&mut gt, &mut m, batch)?,
+            }
+            let mut recorded = 0;
+            for vm in 1..=3u16 {
+                let mapped: Vec<_> = m.stage2.iter().filter(|((v, _), _)| *v == vm).collect();
+                prop_assert_eq!(gt.mapping_count(vm), mapped.len());
+                for ((_, ipa), (pa, ro)) in mapped {
+                    let rec = gt.mapping(vm, *ipa).map(|r| (r.host_pa, r.readonly));
+                    prop_assert_eq!(rec, Some((*pa, *ro)));
+                }
+                recorded += gt.mapping_count(vm);
+            }
+            let lent: usize = (1..=3u16).map(|vm| gt.lent_count(vm)).sum();
+            let zombie: usize = gt.zombies().map(|(_, n)| n).sum();
+            prop_assert_eq!(lent + zombie, recorded);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn hostile_guests_break_no_rule(steps in prop::collection::vec(hostile_step(), 1..60)) {
+            hostile(steps)?;
         }
     }
 

@@ -30,15 +30,14 @@ mod boot {
     use core::sync::atomic::{AtomicUsize, Ordering};
 
     use buddy_system_allocator::LockedHeap;
+    use hypervisor::grant::HEAP_PER_MAPPING;
     use hypervisor::mm::frame_alloc::FrameAllocator;
     use hypervisor::mm::stage2::vtcr_el2;
     use hypervisor::mm::vmid::VmidAllocator;
     use hypervisor::sched::Scheduler;
     use log::{error, info};
     use shared_abi::bundle::{Bundle, VmKind};
-    use shared_abi::grant::{
-        HEAP_BYTES_PER_MAPPING, MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST,
-    };
+    use shared_abi::grant::{MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST};
     use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE};
 
     use crate::arch::{self, cpu, gic, mem};
@@ -48,13 +47,13 @@ mod boot {
     use crate::{dtb, logger};
 
     /// The hypervisor's heap: VMs, vCPUs, and the grant records guests create.
-    const HEAP_SIZE: usize = 16 << 20;
+    const HEAP_SIZE: usize = 24 << 20;
     /// The share of the heap grant-mapping budgets may promise away (the rest is for
     /// everything else); a topology whose budgets need more is refused at boot.
     const HEAP_FOR_MAPPINGS: u64 = (HEAP_SIZE as u64 / 4) * 3;
     /// Hypercalls that grow the heap are refused (`NoSpace`) below this much free heap, so
     /// that no guest-triggered allocation can fail (which would stop the hypervisor) even if
-    /// [`HEAP_BYTES_PER_MAPPING`] were too optimistic.
+    /// [`HEAP_PER_MAPPING`] were too optimistic.
     pub const HEAP_RESERVE: usize = 1 << 20;
 
     #[repr(C, align(4096))]
@@ -199,7 +198,7 @@ mod boot {
         };
         let promised: u64 = bundle
             .vms()
-            .map(|spec| u64::from(budget(spec.kind)) * HEAP_BYTES_PER_MAPPING)
+            .map(|spec| u64::from(budget(spec.kind)) * HEAP_PER_MAPPING as u64)
             .sum();
         if promised > HEAP_FOR_MAPPINGS {
             fail(

@@ -239,7 +239,48 @@ mod tests {
         ]
     }
 
+    fn page_of(words: [u64; PAGE_WORDS]) -> [AtomicU64; PAGE_WORDS] {
+        words.map(AtomicU64::new)
+    }
+
     proptest! {
+        /// Whatever a guest left in its event page: a send sets exactly its bit and reports
+        /// what the bits said before, and a take returns exactly the pending unmasked ports and
+        /// leaves every other bit alone.
+        #[test]
+        fn any_page_contents(words in any::<[u64; PAGE_WORDS]>(), port in 0..MAX_PORTS + 2) {
+            let before = page_of(words);
+            let p = page_of(words);
+            let delivery = set_pending(&p, port);
+            if port >= MAX_PORTS {
+                prop_assert_eq!(delivery, None);
+                prop_assert!((0..PAGE_WORDS).all(|i| p[i].load(SeqCst) == words[i]));
+            } else {
+                let was_pending = is_pending(&before, port);
+                let masked = is_masked(&before, port);
+                let expect = match (was_pending, masked) {
+                    (true, _) => Delivery::AlreadyPending,
+                    (false, true) => Delivery::Masked,
+                    (false, false) => Delivery::Notify,
+                };
+                prop_assert_eq!(delivery, Some(expect));
+                prop_assert!(is_pending(&p, port));
+            }
+            let pending: std::vec::Vec<u64> = (0..PAGE_WORDS).map(|i| p[i].load(SeqCst)).collect();
+            let expect: std::vec::Vec<u32> = (0..MAX_PORTS)
+                .filter(|&q| {
+                    let (w, b) = ((q / 64) as usize, 1u64 << (q % 64));
+                    pending[w] & b != 0 && pending[BITMAP_WORDS + w] & b == 0
+                })
+                .collect();
+            prop_assert_eq!(taken(&p), expect);
+            for w in 0..BITMAP_WORDS {
+                let mask = pending[BITMAP_WORDS + w];
+                prop_assert_eq!(p[w].load(SeqCst), pending[w] & mask);
+                prop_assert_eq!(p[BITMAP_WORDS + w].load(SeqCst), mask);
+            }
+        }
+
         /// Against a model: every send is taken exactly once per pending episode, an interrupt is
         /// reported exactly when a port becomes pending unmasked, and unmask reports pending work.
         #[test]

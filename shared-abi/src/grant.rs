@@ -106,10 +106,6 @@ pub const MAX_MAPPINGS_PER_GUEST: u32 = 512;
 /// [`MAX_VMS`](crate::layout::MAX_VMS) - 1 front-ends with pools of a jumbo-frame ring
 /// (about 430 pages each).
 pub const MAX_MAPPINGS_PER_DRIVER_DOMAIN: u32 = 16384;
-/// Hypervisor heap a single grant mapping may cost at most (its record, the B-tree node share
-/// and the allocator's rounding); the hypervisor refuses a topology whose budgets could need
-/// more heap than it sets aside for mappings. A host test measures the real cost against it.
-pub const HEAP_BYTES_PER_MAPPING: u64 = 256;
 
 /// Foreign frames are mapped only inside this IPA window of the caller (256 MiB starting at 4 GiB,
 /// above all RAM).
@@ -540,6 +536,48 @@ mod tests {
                     prop_assert!((w[0] >> 16) as u16 & !MAP_READONLY != 0);
                 }
             }
+        }
+
+        /// Any six words a guest puts in a copy op: accepted exactly when the kinds are known,
+        /// an own side names no granter or ref, and the bits beside `len` are zero; an accepted
+        /// op encodes back to the same words.
+        #[test]
+        fn copy_op_decode_is_inverse_when_accepted(
+            w in any::<[u64; 6]>(),
+            kinds in any::<[u16; 2]>(),
+            small in any::<[bool; 3]>(),
+        ) {
+            let mut w = w;
+            // Random words almost never hold a known kind or a clean `len`: plant them often.
+            for (i, side) in [0usize, 2].into_iter().enumerate() {
+                if small[i] {
+                    w[side] = (w[side] & !0xffff) | u64::from(kinds[i] % 3);
+                }
+            }
+            if small[2] {
+                w[4] &= 0xffff;
+            }
+            let side_ok = |head: u64| match head as u16 {
+                1 => head >> 16 == 0,
+                2 => true,
+                _ => false,
+            };
+            let valid = side_ok(w[0]) && side_ok(w[2]) && w[4] >> 16 == 0;
+            match CopyOp::from_words(w) {
+                Ok(op) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(op.to_words(), w);
+                }
+                Err(s) => {
+                    prop_assert!(!valid);
+                    prop_assert_eq!(s, Status::InvalidArgument);
+                }
+            }
+        }
+
+        #[test]
+        fn unmap_op_round_trips(w in any::<[u64; 2]>()) {
+            prop_assert_eq!(UnmapOp::from_words(w).to_words(), w);
         }
 
         #[test]

@@ -1786,6 +1786,95 @@ mod tests {
         }
     }
 
+    // ---- a hostile peer: any bytes in the control page ----
+
+    /// A valid page with up to 16 bytes of the used part (header, sections, stop word) set to
+    /// anything: mostly one field broken at a time, so each check is reached.
+    fn scribbled_page() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec((0..STOPPED_WORD + 8, any::<u8>()), 0..16).prop_map(|edits| {
+            let mut page = full_page();
+            for (at, byte) in edits {
+                page[at] = byte;
+            }
+            page
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Whatever a peer wrote, every reader returns a value or an error, and a value it
+        /// returns is exactly what writing it back produces: nothing half-checked gets through.
+        #[test]
+        fn readers_accept_only_what_writers_produce(page in scribbled_page()) {
+            if let Ok(h) = Header::read_from(&page) {
+                let mut again = vec![0; PAGE_LEN];
+                h.init_page(&mut again).unwrap();
+                prop_assert_eq!(Header::read_from(&again), Ok(h));
+                prop_assert_eq!(&page[HEADER], &again[HEADER]);
+            }
+            if let Ok(f) = Frontend::read_from(&page) {
+                let mut again = fresh_page();
+                f.write_to(&mut again).unwrap();
+                prop_assert_eq!(&page[FRONTEND], &again[FRONTEND]);
+            }
+            if let Ok(b) = Backend::read_from(&page) {
+                let mut again = fresh_page();
+                b.write_to(&mut again).unwrap();
+                prop_assert_eq!(&page[BACKEND], &again[BACKEND]);
+            }
+        }
+
+        /// The hypervisor's writes into a page a guest scribbled on touch only their own bytes
+        /// and leave a section the peer reads as `Closed`.
+        #[test]
+        fn hypervisor_marks_touch_only_their_bytes(
+            page in scribbled_page(),
+            front in any::<bool>(),
+            stop in any::<bool>(),
+        ) {
+            let (side, range) = if front {
+                (Side::Frontend, FRONTEND)
+            } else {
+                (Side::Backend, BACKEND)
+            };
+            let mut marked = page.clone();
+            mark_closed(&mut marked, side);
+            if stop {
+                mark_stopped(&mut marked, side);
+            }
+            for (i, (a, b)) in page.iter().zip(&marked).enumerate() {
+                let stop_word = stop && (STOPPED_WORD..STOPPED_WORD + 4).contains(&i);
+                prop_assert!(a == b || range.contains(&i) || stop_word, "byte {} changed", i);
+            }
+            let state = if front {
+                Frontend::read_from(&marked).map(|f| f.state)
+            } else {
+                Backend::read_from(&marked).map(|b| b.state)
+            };
+            prop_assert_eq!(state, Ok(State::Closed));
+        }
+
+        /// A page shorter than the layout is refused by every reader and left alone by every
+        /// writer.
+        #[test]
+        fn short_pages_are_refused(len in 0..PAGE_LEN, front in any::<bool>()) {
+            let mut page = full_page();
+            page.truncate(len);
+            let before = page.clone();
+            let too_small = Some(HandshakeError::PageTooSmall { len });
+            prop_assert_eq!(Header::read_from(&page).err(), too_small);
+            prop_assert_eq!(Frontend::read_from(&page).err(), too_small);
+            prop_assert_eq!(Backend::read_from(&page).err(), too_small);
+            let side = if front { Side::Frontend } else { Side::Backend };
+            mark_closed(&mut page, side);
+            prop_assert_eq!(&page, &before);
+            if len < STOPPED_WORD + 4 {
+                mark_stopped(&mut page, side);
+                prop_assert_eq!(&page, &before);
+            }
+        }
+    }
+
     fn event() -> impl Strategy<Value = Ev> {
         let side = prop_oneof![Just(Side::Frontend), Just(Side::Backend)];
         (0..12u8, side).prop_map(|(kind, side)| match kind {

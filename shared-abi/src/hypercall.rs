@@ -185,6 +185,24 @@ mod tests {
         assert_eq!(&out[..3], b"abc");
     }
 
+    proptest::proptest! {
+        /// Any length and registers a guest passes: at most the register payload comes out,
+        /// byte for byte.
+        #[test]
+        fn console_unpack_takes_any_registers(len in proptest::prelude::any::<u64>(), regs in proptest::prelude::any::<[u64; 5]>()) {
+            let (bytes, n) = unpack_console_bytes(len, &regs);
+            proptest::prop_assert_eq!(n as u64, len.min(CONSOLE_MAX_BYTES as u64));
+            proptest::prop_assert_eq!(pack_console_bytes(&bytes[..n]), {
+                let mut expect = regs;
+                for (i, reg) in expect.iter_mut().enumerate() {
+                    let keep = n.saturating_sub(i * 8).min(8);
+                    *reg &= if keep == 8 { u64::MAX } else { (1u64 << (keep * 8)) - 1 };
+                }
+                expect
+            });
+        }
+    }
+
     #[test]
     fn status_round_trips() {
         for s in [

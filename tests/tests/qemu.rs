@@ -1662,3 +1662,170 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
     drop(group);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- Hostile guests: the hypercall fuzzer (issue 13) ------------------------------------------
+
+/// The rows of the fuzzer's status histogram (`guest-frontend/src/apps/fuzz.rs`): one per call it
+/// issues, then the per-op statuses of the batch calls.
+const FUZZ_ROWS: [&str; 23] = [
+    "CONSOLE_WRITE",
+    "YIELD",
+    "TEST_INJECT",
+    "GRANT_TABLE_SETUP",
+    "GRANT_MAP",
+    "GRANT_UNMAP",
+    "GRANT_COPY",
+    "GRANT_END",
+    "EVTCHN_SETUP",
+    "EVTCHN_ALLOC_UNBOUND",
+    "EVTCHN_BIND_INTERDOMAIN",
+    "EVTCHN_SEND",
+    "EVTCHN_CLOSE",
+    "EVTCHN_UNMASK",
+    "CONNECTION_PORT",
+    "PSCI_VERSION",
+    "PSCI_FEATURES",
+    "PSCI_CPU_ON",
+    "unknown vendor id",
+    "random id",
+    "GRANT_MAP ops",
+    "GRANT_UNMAP ops",
+    "GRANT_COPY ops",
+];
+
+/// Least hypercalls one fuzzer must get through in its 20 s. Alone on an idle host a 2-vCPU
+/// fuzzer beside a second one and the bystanders makes about 12 000 per second (240 000 in
+/// 20 s); the floor is 1/12 of that, so a host shared with other QEMU runs still passes, while a
+/// fuzzer that a wedged hypervisor (a lost wake-up, a vCPU never scheduled again) held up for
+/// most of the run does not.
+const FUZZ_FLOOR: u64 = 20_000;
+
+/// A fuzzer guest (4 MiB) aimed at VM `partner`, with more settings.
+fn fuzz_guest(name: &str, vcpus: u32, partner: u32, settings: &str) -> String {
+    guest(
+        name,
+        4,
+        vcpus,
+        &format!("app = \"fuzz\", partner = {partner}, {settings}"),
+    )
+}
+
+/// The number of calls a fuzzer's histogram row `row` counts, from `fuzz: <row> <n>: ...`.
+fn fuzz_row(boot: &Boot, vm: &str, row: &str) -> Option<u64> {
+    let prefix = format!("fuzz: {row} ");
+    boot.vm_lines(vm).find_map(|l| {
+        l.strip_prefix(prefix.as_str())?
+            .split(':')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn twenty_seconds_of_fuzzed_hypercalls_harm_neither_the_hypervisor_nor_a_bystander_pair() {
+    // Two fuzzers aimed at each other (so maps, copies and binds also succeed), beside a driver
+    // domain and a front-end exchanging a granted page over event channels. fuzz-b restarts
+    // itself every 4 s, so fuzz-a's mappings of its frames and its ports die under fuzz-a's
+    // calls.
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        fuzz_guest("fuzz-a", 2, 2, "duration_ms = 20000"),
+        fuzz_guest("fuzz-b", 2, 1, "duration_ms = 4000, restarts = 4"),
+        driver_domain("dd", 8),
+        frontend("pinger", "dd", "app = \"pingpong\", rounds = 3000"),
+    );
+    let (_, boot) = boot_toml(&toml, 240);
+    let t = boot.transcript();
+    assert!(
+        !boot.has("[hv] PANIC") && !boot.has("exception in the hypervisor itself"),
+        "{t}"
+    );
+    // Each boot's report, and the least calls it must have made.
+    for (vm, boots, floor) in [("fuzz-a", 1, FUZZ_FLOOR), ("fuzz-b", 5, FUZZ_FLOOR / 5)] {
+        let seeds = boot.vm_lines(vm).filter(|l| l.starts_with("fuzz: seed 0x"));
+        assert_eq!(seeds.count(), boots, "{vm} printed a seed per boot:\n{t}");
+        let reports: Vec<&str> = boot
+            .vm_lines(vm)
+            .filter(|l| l.starts_with("REPORT "))
+            .collect();
+        assert_eq!(reports.len(), boots, "{vm} reported once per boot:\n{t}");
+        assert!(
+            reports.iter().all(|r| r.starts_with("REPORT ok: fuzz: ")),
+            "{vm}:\n{t}"
+        );
+        // The histogram rows read below are the first boot's.
+        let report = reports[0];
+        let calls: u64 = report
+            .strip_prefix("REPORT ok: fuzz: ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{vm}: {report}\n{t}"));
+        assert!(calls >= floor, "{vm}: {calls} calls < {floor}\n{t}");
+        let mut per_call = 0;
+        for row in FUZZ_ROWS {
+            let n = fuzz_row(&boot, vm, row).unwrap_or_else(|| panic!("{vm}: no row {row}\n{t}"));
+            assert!(n > 0, "{vm}: row {row} is empty\n{t}");
+            // The op rows count ops, not calls.
+            if !row.ends_with(" ops") {
+                per_call += n;
+            }
+        }
+        assert_eq!(per_call, calls, "{vm}: the histogram does not add up\n{t}");
+        assert!(kill_reason(&boot, vm).is_none(), "{t}");
+    }
+    // Grant success paths were reached, not just the format checks.
+    assert!(
+        ["fuzz-a", "fuzz-b"].iter().all(|vm| {
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("fuzz: GRANT_MAP ops ") && l.contains(" Ok "))
+        }),
+        "{t}"
+    );
+    assert_report_ok(&boot, "pinger", "3000 ping-pong rounds");
+    assert_report_ok(&boot, "dd", "3000 ping-pong requests, 0 bad words");
+    assert!(kill_reason(&boot, "pinger").is_none(), "{t}");
+    assert!(kill_reason(&boot, "dd").is_none(), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+/// The `Ok` count of a fuzzer's `GRANT_MAP ops` histogram row.
+fn fuzz_ok_maps(boot: &Boot, vm: &str) -> u64 {
+    boot.vm_lines(vm)
+        .find_map(|l| l.strip_prefix("fuzz: GRANT_MAP ops "))
+        .and_then(|row| row.split(" Ok ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn eight_guests_mapping_all_they_may_cannot_run_the_hypervisor_out_of_memory() {
+    // Found by the fuzzer: eight guests each mapping their partner's refs up to the per-VM
+    // limit (then 4096) ran the hypervisor's heap out (a hypervisor panic). Only MAP and SETUP,
+    // spread over the whole grant window, so nothing is unmapped and each guest runs into its
+    // own budget, which the heap holds for every VM of the topology at once.
+    let fuzzers: String = (1..=8u32)
+        .map(|i| {
+            let partner = if i % 2 == 1 { i + 1 } else { i - 1 };
+            fuzz_guest(
+                &format!("f{i}"),
+                1,
+                partner,
+                "duration_ms = 50000, only = \"GRANT_TABLE_SETUP,GRANT_MAP\", window_pages = 65536",
+            )
+        })
+        .collect();
+    let (_, boot) = boot_toml(&format!("{MACHINE}{fuzzers}"), 240);
+    let t = boot.transcript();
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    use shared_abi::grant::MAX_MAPPINGS_PER_GUEST;
+    for i in 1..=8 {
+        let vm = format!("f{i}");
+        assert_report_ok(&boot, &vm, "every answer documented");
+        // Nothing is unmapped, so each got exactly its budget, and then NoSpace.
+        let own = fuzz_ok_maps(&boot, &vm);
+        assert_eq!(own, u64::from(MAX_MAPPINGS_PER_GUEST), "{vm}\n{t}");
+    }
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
