@@ -4,6 +4,9 @@
 //! image) adds the parts that touch the hypervisor and devices: control pages, grants, event
 //! channels and the NIC.
 #![cfg_attr(not(test), no_std)]
+// The trusted base is kept small: unsafe code lives only in the arch/driver modules of the
+// binaries and in vm-runtime, never in this library.
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

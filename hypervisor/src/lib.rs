@@ -3,6 +3,9 @@
 //! Everything here is safe Rust and is unit-tested on the host (`cargo test -p hypervisor --lib`).
 //! The binary (`main.rs`) adds the arch layer: boot, exception vectors, register access, MMIO.
 #![cfg_attr(not(test), no_std)]
+// The trusted base is kept small: unsafe code lives only in the arch/driver modules of the
+// binaries and in vm-runtime, never in this library.
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

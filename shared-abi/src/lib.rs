@@ -4,6 +4,9 @@
 //! defined here cannot drift between them. Everything that parses untrusted bytes (the boot bundle
 //! from a file, later ring descriptors from a guest) lives here so it can be tested on the host.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+// The trusted base is kept small: unsafe code lives only in the arch/driver modules of the
+// binaries and in vm-runtime, never in this library.
+#![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod evtchn;

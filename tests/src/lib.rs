@@ -1,5 +1,8 @@
 //! sluice-harness: the host side of sluice. It turns a user's topology file into the boot bundle
 //! the hypervisor parses (`sluice-pack`), and hosts the QEMU runner and integration tests.
+// The trusted base is kept small: unsafe code lives only in the arch/driver modules of the
+// binaries and in vm-runtime, never in this library.
+#![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod benchsuite;

@@ -683,6 +683,35 @@ fn a_restarted_front_end_reconnects_through_the_handshake() {
     assert_report_ok(&boot, "dd", "200 ping-pong requests, 0 bad words");
 }
 
+#[test]
+fn a_restart_that_finds_no_memory_is_a_stop_for_good_that_its_peers_see() {
+    // The back-end maps the pinger's page, so a restart needs a fresh copy of its 256 MiB; of
+    // the machine's 512 MiB, the hypervisor, the back-end and the pinger leave less than that.
+    let toml = format!(
+        "{MACHINE}{}[[vm]]\nname = \"pinger\"\nkind = \"guest\"\nimage = \"guest-frontend\"\n\
+         memory_mib = 256\nvcpus = 1\nbackend = \"dd\"\n\
+         settings = {{ app = \"pingpong\", rounds = 200, restart = 1 }}\n",
+        driver_domain("dd", 8),
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    assert!(boot.has("[pinger] restarting while connected"), "{t}");
+    assert!(
+        boot.has("VM pinger: cannot restart: peers still map its RAM and there is no free RAM"),
+        "{t}"
+    );
+    assert!(boot.has("VM pinger stopped (killed)"), "{t}");
+    // The back-end was told the front-end is gone for good: it closes the connection, finishes
+    // and powers off instead of waiting for a new incarnation that never comes.
+    assert!(boot.has("[dd] front-end 2 closed"), "{t}");
+    assert!(
+        boot.vm_lines("dd").any(|l| l.starts_with("REPORT ok")),
+        "{t}"
+    );
+    assert!(kill_reason(&boot, "dd").is_none(), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
 /// granter (id 1) grants to attacker (id 2) and to bystander (id 3).
 fn attack_topology(attacker_settings: &str, granter_settings: &str) -> String {
     format!(

@@ -12,6 +12,9 @@
 //! Time is a parameter (`*_at(now)` methods), so everything runs in host tests; the VM build
 //! adds the clock-reading conveniences (`Stack::new`, `poll`, ...) on top.
 #![cfg_attr(not(test), no_std)]
+// The trusted base is kept small: unsafe code lives only in the arch/driver modules of the
+// binaries and in vm-runtime, never in this library.
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
