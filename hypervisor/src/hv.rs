@@ -495,11 +495,24 @@ impl Hv {
     }
 }
 
-/// Zeroes and reloads a restarting VM's RAM with no lock held, then puts it back.
+/// Zeroes and reloads a restarting VM's RAM with no lock held, then puts it back; a VM whose
+/// reload fails is put back stopping, and torn down for good (its peers are told).
 fn reload_outside_lock(mut reload: Reload, pcpu: usize) {
     let vcpus = reload.vm.vcpus.len() as u32;
-    reload.vm.load_memory(vcpus);
-    with_hv(|hv| hv.reinstall(reload, pcpu));
+    let loaded = reload.vm.load_memory(vcpus);
+    with_hv(|hv| match loaded {
+        Ok(()) => hv.reinstall(reload, pcpu),
+        Err(e) => {
+            let vm_index = reload.vm_index;
+            let why = format!("cannot restart: reloading its memory failed ({e})");
+            error!("VM {}: {why}", reload.vm.name);
+            reload.vm.stop = Some(StopKind::Killed(why));
+            hv.reloading -= 1;
+            hv.vms[vm_index] = Some(reload.vm);
+            // Every vCPU is off, so this completes the stop at once (and restarts nothing).
+            let _ = hv.try_finish_stop(vm_index, pcpu);
+        }
+    });
 }
 
 /// Builds the global state. Called once by the primary before any vCPU runs.

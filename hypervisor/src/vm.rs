@@ -10,7 +10,7 @@ use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
 use shared_abi::layout::{start_info_gpa, BLOCK_SIZE, GUEST_RAM_BASE, PAGE_SIZE};
-use shared_abi::start_info::StartInfo;
+use shared_abi::start_info::{StartInfo, StartInfoError};
 
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
@@ -109,6 +109,7 @@ impl Vcpu {
 pub enum CreateError {
     OutOfMemory { needed: u64 },
     Stage2(&'static str),
+    StartInfo(StartInfoError),
 }
 
 impl core::fmt::Display for CreateError {
@@ -118,6 +119,7 @@ impl core::fmt::Display for CreateError {
                 write!(f, "not enough free RAM for {} MiB (give QEMU more with -m, or shrink the topology)", needed >> 20)
             }
             CreateError::Stage2(why) => write!(f, "stage-2 setup failed: {why}"),
+            CreateError::StartInfo(e) => write!(f, "start-info page: {e}"),
         }
     }
 }
@@ -177,12 +179,19 @@ impl Vm {
             peers,
             passthrough: spec.passthrough.map(|bdf| bdf.routing_id()),
         };
-        vm.load_memory(spec.vcpus);
+        if let Err(e) = vm.load_memory(spec.vcpus) {
+            let mut tables = PhysTableMemory { frames };
+            vm.stage2.destroy(&mut tables);
+            let _ = tables.frames.free(ram_pa, pages);
+            return Err(CreateError::StartInfo(e));
+        }
         Ok(vm)
     }
 
-    /// (Re)initialises RAM: zeroed, image at the base, start-info page at the top.
-    pub fn load_memory(&mut self, vcpus: u32) {
+    /// (Re)initialises RAM: zeroed, image at the base, start-info page at the top. Fails only if
+    /// the start-info does not fit its page, which bundle validation rules out; a restart that
+    /// fails anyway stops the VM instead of the hypervisor.
+    pub fn load_memory(&mut self, vcpus: u32) -> Result<(), StartInfoError> {
         self.boots += 1;
         // SAFETY: [ram_pa, ram_pa + ram_bytes) was allocated to this VM and no vCPU of it runs now.
         let ram = unsafe { phys_bytes_mut(self.ram_pa, self.ram_bytes as usize) };
@@ -201,9 +210,12 @@ impl Vm {
             peers: self.peers,
             passthrough: self.passthrough,
         };
-        info.write_to(&mut ram[info_offset..info_offset + PAGE_SIZE as usize])
-            .expect("bundle validation guarantees the start-info fits");
+        let page = ram
+            .get_mut(info_offset..info_offset + PAGE_SIZE as usize)
+            .ok_or(StartInfoError::PageTooSmall { len: 0 })?;
+        info.write_to(page)?;
         sync_for_execution(self.ram_pa, self.ram_bytes);
+        Ok(())
     }
 
     /// The VM's RAM, for access while its vCPUs may run (atomics and copies only).
