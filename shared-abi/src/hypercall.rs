@@ -128,21 +128,24 @@ impl Status {
     }
 }
 
-/// PSCI function ids the hypervisor emulates for guests (PSCI 1.1, SMC64 where it matters).
+/// PSCI function ids the hypervisor emulates for guests (PSCI 1.1, SMC64 where it matters), as
+/// the `smccc` crate defines them, widened to the register width the hypervisor decodes.
 pub mod psci {
-    pub const VERSION: u64 = 0x8400_0000;
-    pub const CPU_OFF: u64 = 0x8400_0002;
-    pub const CPU_ON_64: u64 = 0xC400_0003;
-    pub const SYSTEM_OFF: u64 = 0x8400_0008;
-    pub const SYSTEM_RESET: u64 = 0x8400_0009;
-    pub const FEATURES: u64 = 0x8400_000A;
+    use smccc::psci::{self as ids, error as codes};
+
+    pub const VERSION: u64 = ids::PSCI_VERSION as u64;
+    pub const CPU_OFF: u64 = ids::PSCI_CPU_OFF as u64;
+    pub const CPU_ON_64: u64 = ids::PSCI_CPU_ON_64 as u64;
+    pub const SYSTEM_OFF: u64 = ids::PSCI_SYSTEM_OFF as u64;
+    pub const SYSTEM_RESET: u64 = ids::PSCI_SYSTEM_RESET as u64;
+    pub const FEATURES: u64 = ids::PSCI_FEATURES as u64;
     /// PSCI return codes.
     pub const SUCCESS: i64 = 0;
-    pub const NOT_SUPPORTED: i64 = -1;
-    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const NOT_SUPPORTED: i64 = codes::NOT_SUPPORTED as i64;
+    pub const INVALID_PARAMETERS: i64 = codes::INVALID_PARAMETERS as i64;
     /// CPU_ON while the caller's VM is being stopped or reset: no vCPU may start any more.
-    pub const DENIED: i64 = -3;
-    pub const ALREADY_ON: i64 = -4;
+    pub const DENIED: i64 = codes::DENIED as i64;
+    pub const ALREADY_ON: i64 = codes::ALREADY_ON as i64;
 }
 
 /// Packs up to [`CONSOLE_MAX_BYTES`] bytes into the five argument registers of CONSOLE_WRITE.
@@ -167,6 +170,28 @@ pub fn unpack_console_bytes(len: u64, regs: &[u64; 5]) -> ([u8; CONSOLE_MAX_BYTE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn psci_ids_and_codes_are_the_specifications() {
+        // PSCI (Arm DEN 0022): the values every guest OS uses, whatever the crate says.
+        assert_eq!(
+            [psci::VERSION, psci::CPU_OFF, psci::CPU_ON_64],
+            [0x8400_0000, 0x8400_0002, 0xC400_0003]
+        );
+        assert_eq!(
+            [psci::SYSTEM_OFF, psci::SYSTEM_RESET, psci::FEATURES],
+            [0x8400_0008, 0x8400_0009, 0x8400_000A]
+        );
+        assert_eq!(
+            [
+                psci::NOT_SUPPORTED,
+                psci::INVALID_PARAMETERS,
+                psci::DENIED,
+                psci::ALREADY_ON
+            ],
+            [-1, -2, -3, -4]
+        );
+    }
 
     #[test]
     fn console_bytes_round_trip() {
