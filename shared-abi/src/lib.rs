@@ -19,3 +19,4 @@ pub mod pci;
 pub mod pingpong;
 pub mod start_info;
 pub mod virtq;
+pub mod window;

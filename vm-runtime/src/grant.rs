@@ -15,6 +15,7 @@ use shared_abi::hypercall::{
     Status, GRANT_COPY, GRANT_END, GRANT_MAP, GRANT_TABLE_SETUP, GRANT_UNMAP,
 };
 use shared_abi::layout::PAGE_SIZE;
+use shared_abi::window::WindowRuns;
 use spin::{Mutex, Once};
 
 use crate::hypercall::{hvc, result};
@@ -30,18 +31,15 @@ struct Table {
 
 static TABLE: Once<Mutex<Table>> = Once::new();
 
-/// Pages of the grant window handed out to mappings: a bump pointer plus returned runs, reused
-/// first-fit (a back-end maps a guest's buffer pool as one contiguous run).
-struct Window {
-    next_page: u64,
-    /// Returned runs: (first page index, pages).
-    free: Vec<(u64, u64)>,
-}
+/// Separate free runs of the grant window remembered at once (merged runs number at most one more
+/// than the live mappings' runs, and a back-end holds a few per front-end).
+const WINDOW_FREE_RUNS: usize = 256;
 
-static WINDOW: Mutex<Window> = Mutex::new(Window {
-    next_page: 0,
-    free: Vec::new(),
-});
+/// Pages of the grant window handed out to mappings (a back-end maps a guest's buffer pool as
+/// one contiguous run): first fit, and returned runs merge, so reconnects with changing pool
+/// sizes do not use the window up.
+static WINDOW: Mutex<WindowRuns<WINDOW_FREE_RUNS>> =
+    Mutex::new(WindowRuns::new(GRANT_WINDOW_SIZE / PAGE_SIZE));
 
 /// Allocates a grant table of `pages` pages and registers it (GRANT_TABLE_SETUP). Call once.
 pub fn init(pages: u32) -> Result<(), Status> {
@@ -160,29 +158,14 @@ pub struct Mapping {
 
 /// `pages` contiguous pages of the grant window; returns the GPA of the first.
 fn take_window_run(pages: u64) -> Result<u64, Status> {
-    let mut window = WINDOW.lock();
-    if let Some(i) = window.free.iter().position(|&(_, n)| n >= pages) {
-        let (first, n) = window.free[i];
-        if n == pages {
-            window.free.swap_remove(i);
-        } else {
-            window.free[i] = (first + pages, n - pages);
-        }
-        return Ok(GRANT_WINDOW_BASE + first * PAGE_SIZE);
-    }
-    if pages > GRANT_WINDOW_SIZE / PAGE_SIZE - window.next_page {
-        return Err(Status::NoSpace);
-    }
-    let first = window.next_page;
-    window.next_page += pages;
+    let first = WINDOW.lock().take(pages).ok_or(Status::NoSpace)?;
     Ok(GRANT_WINDOW_BASE + first * PAGE_SIZE)
 }
 
 fn return_window_run(gpa: u64, pages: u64) {
     WINDOW
         .lock()
-        .free
-        .push(((gpa - GRANT_WINDOW_BASE) / PAGE_SIZE, pages));
+        .give_back((gpa - GRANT_WINDOW_BASE) / PAGE_SIZE, pages);
 }
 
 /// Maps `granter`'s ref `gref` into this VM (GRANT_MAP with one op).
