@@ -1,8 +1,14 @@
 //! The hypervisor's global state and its reaction to every trap: hypercalls, PSCI emulation,
 //! WFI/WFE, stage-2 faults, physical interrupts, and the scheduling mechanics around them.
 //!
-//! One lock ([`HV`]) guards the VMs, vCPUs and scheduler. A pCPU holds it only while handling a
-//! trap, never while a guest runs or while it sleeps in WFI.
+//! One lock ([`HV`], a fair ticket lock) guards the VMs, vCPUs and scheduler. A pCPU holds it
+//! only while handling a trap, never while a guest runs or while it sleeps in WFI, and never for
+//! long: a GRANT_COPY batch takes it once per op, a restarting VM's RAM is reloaded without it,
+//! and console writes do not take it at all.
+//!
+//! Lock order (a lock may only be taken while holding those before it): `HV`, then a VM's
+//! console (`logger`), or the SMMU's (`passthrough`), then the UART's; the heap's lock is taken
+//! by any allocation, under any of them, and takes none.
 
 use alloc::format;
 use alloc::string::String;
