@@ -15,6 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
+use hypervisor::dispatch::{self, Call, CallerVm};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::vmid::VmidAllocator;
@@ -22,7 +23,7 @@ use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::hypercall::{self, psci, Status};
-use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM, PAGE_SIZE};
+use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
 use spin::mutex::TicketMutex;
 
 use crate::arch::cpu::{self, El1Context};
@@ -797,103 +798,64 @@ fn set_return(frame: &mut TrapFrame, value: u64) {
     frame.x[0] = value;
 }
 
-/// HVC (or SMC) from a guest: the console, scheduling hints, diagnostics and PSCI.
+/// HVC (or SMC) from a guest: decoded and checked by [`hypervisor::dispatch`], carried out here.
 fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
-    let function = frame.x[0];
-    match function {
-        hypercall::CONSOLE_WRITE if frame.x[1] > hypercall::CONSOLE_MAX_BYTES as u64 => {
-            set_return(frame, Status::InvalidArgument.as_u64());
-            Action::Continue
+    let call = match dispatch::decode(&frame.x) {
+        Ok(call) => call,
+        Err(refused) => {
+            set_return(frame, refused);
+            return Action::Continue;
         }
-        hypercall::CONSOLE_WRITE => {
-            let regs = [frame.x[2], frame.x[3], frame.x[4], frame.x[5], frame.x[6]];
-            let (bytes, len) = hypercall::unpack_console_bytes(frame.x[1], &regs);
+    };
+    let status = match call {
+        Call::Answer(value) => value,
+        Call::Console { bytes, len } => {
             // Only this VM's console lock: printing never holds up other VMs' traps.
             let vm_id = CURRENT_VM[pcpu].load(Ordering::Relaxed);
             vm_console_write(vm_id, bytes.get(..len).unwrap_or(&[]));
-            set_return(frame, Status::Ok.as_u64());
-            Action::Continue
+            Status::Ok.as_u64()
         }
-        hypercall::YIELD => {
+        Call::Yield => {
             set_return(frame, Status::Ok.as_u64());
-            Action::Preempt
+            return Action::Preempt;
         }
-        hypercall::TEST_INJECT => {
-            let (mask, repeat) = (frame.x[1], frame.x[2]);
-            let status = if mask >> intid::SGI_COUNT != 0 || repeat == 0 || repeat > 8 {
-                Status::InvalidArgument
-            } else {
-                with_hv(|hv| {
-                    for _ in 0..repeat {
-                        for sgi in (0..intid::SGI_COUNT).filter(|b| mask & (1 << b) != 0) {
-                            if let Err(status) = hv.inject(id, sgi, pcpu) {
-                                return status;
-                            }
-                        }
+        Call::TestInject { mask, repeat } => with_hv(|hv| {
+            for _ in 0..repeat {
+                for sgi in (0..intid::SGI_COUNT).filter(|b| mask & (1 << b) != 0) {
+                    if let Err(status) = hv.inject(id, sgi, pcpu) {
+                        return status;
                     }
-                    Status::Ok
-                })
-            };
-            set_return(frame, status.as_u64());
-            Action::Continue
+                }
+            }
+            Status::Ok
+        })
+        .as_u64(),
+        Call::GrantCopy { ops_gpa, count } => {
+            grant_copy_op_by_op(id, ops_gpa, count, pcpu).as_u64()
         }
-        hypercall::GRANT_COPY => {
-            let status = grant_copy_op_by_op(id, frame.x[1], frame.x[2], pcpu);
-            set_return(frame, status.as_u64());
-            Action::Continue
-        }
-        hypercall::GRANT_TABLE_SETUP..=hypercall::GRANT_END
-        | hypercall::EVTCHN_SETUP..=hypercall::EVTCHN_UNMASK
-        | hypercall::CONNECTION_PORT => {
+        Call::Sharing { function } => {
             let (status, value) = with_hv(|hv| hv.sharing_call(id, function, frame.x, pcpu));
-            set_return(frame, status.as_u64());
             if let Some(value) = value {
                 frame.x[1] = value;
             }
-            Action::Continue
+            status.as_u64()
         }
-        psci::VERSION => {
-            set_return(frame, 0x1_0001);
-            Action::Continue
-        }
-        psci::FEATURES => {
-            let supported = matches!(
-                frame.x[1],
-                psci::VERSION
-                    | psci::CPU_OFF
-                    | psci::CPU_ON_64
-                    | psci::SYSTEM_OFF
-                    | psci::SYSTEM_RESET
-                    | psci::FEATURES
-            );
-            set_return(
-                frame,
-                if supported {
-                    0
-                } else {
-                    psci::NOT_SUPPORTED as u64
-                },
-            );
-            Action::Continue
-        }
-        psci::CPU_ON_64 => {
-            let result = with_hv(|hv| cpu_on(hv, id, frame.x[1], frame.x[2], frame.x[3], pcpu));
-            set_return(frame, result as u64);
-            Action::Continue
-        }
-        psci::CPU_OFF => Action::VcpuOff,
-        psci::SYSTEM_OFF => {
+        Call::CpuOn {
+            target,
+            entry,
+            context,
+        } => with_hv(|hv| cpu_on(hv, id, target, entry, context, pcpu)) as u64,
+        Call::CpuOff => return Action::VcpuOff,
+        Call::SystemOff => {
             let name = with_hv(|hv| hv.name_of(id));
             info!("VM {name} requested power off (PSCI SYSTEM_OFF)");
-            Action::StopVm(StopKind::PowerOff)
+            return Action::StopVm(StopKind::PowerOff);
         }
-        psci::SYSTEM_RESET => Action::StopVm(StopKind::Reset),
-        _ => {
-            set_return(frame, Status::NotSupported.as_u64());
-            Action::Continue
-        }
-    }
+        Call::SystemReset => return Action::StopVm(StopKind::Reset),
+    };
+    set_return(frame, status);
+    Action::Continue
 }
 
 /// GRANT_COPY with the HV lock taken once per op rather than for the whole batch: a batch can
@@ -918,28 +880,24 @@ fn grant_copy_op_by_op(id: VcpuId, ops_gpa: u64, count: u64, pcpu: usize) -> Sta
     Status::Ok
 }
 
-/// PSCI CPU_ON for a vCPU of the caller's VM. Refused once the VM is stopping: a vCPU started
-/// after the stop was requested would outlive its VM's teardown.
+/// PSCI CPU_ON for a vCPU of the caller's VM: checked ([`dispatch::check_cpu_on`]) and started
+/// under the one lock, so a stop requested meanwhile cannot slip in between.
 fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pcpu: usize) -> i64 {
     let Some(vm) = hv.vm_of(caller) else {
         return psci::DENIED;
     };
-    if vm.stop.is_some() {
-        return psci::DENIED;
-    }
-    let index = (target & 0xff) as usize;
-    if target >> 8 != 0 || index >= MAX_VCPUS_PER_VM as usize {
-        return psci::INVALID_PARAMETERS;
-    }
-    let Some(&target_id) = vm.vcpus.get(index) else {
-        return psci::INVALID_PARAMETERS;
+    let shape = CallerVm {
+        vcpus: vm.vcpus.len(),
+        ram_bytes: vm.ram_bytes,
+        stopping: vm.stop.is_some(),
     };
-    let in_ram = entry
-        .checked_sub(GUEST_RAM_BASE)
-        .is_some_and(|offset| offset < vm.ram_bytes);
-    if !in_ram || !entry.is_multiple_of(4) {
-        return psci::INVALID_PARAMETERS;
-    }
+    let target_id = match dispatch::check_cpu_on(shape, target, entry) {
+        Ok(index) => match vm.vcpus.get(index) {
+            Some(&id) => id,
+            None => return psci::INVALID_PARAMETERS,
+        },
+        Err(code) => return code,
+    };
     if hv.sched.state(target_id) != RunState::Off {
         return psci::ALREADY_ON;
     }

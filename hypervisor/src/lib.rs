@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod console;
+pub mod dispatch;
 pub mod esr;
 pub mod evtchn;
 pub mod grant;
