@@ -160,20 +160,9 @@ mod tests {
     #[test]
     fn every_hypercall_id_decodes_to_its_call() {
         use hypercall::*;
-        let sharing = [
-            GRANT_TABLE_SETUP,
-            GRANT_MAP,
-            GRANT_UNMAP,
-            GRANT_END,
-            EVTCHN_SETUP,
-            EVTCHN_ALLOC_UNBOUND,
-            EVTCHN_BIND_INTERDOMAIN,
-            EVTCHN_SEND,
-            EVTCHN_CLOSE,
-            EVTCHN_UNMASK,
-            CONNECTION_PORT,
-        ];
-        for function in sharing {
+        // The vendor calls with a case of their own; the sharing layer checks all the others.
+        let own_case = [CONSOLE_WRITE, YIELD, TEST_INJECT, GRANT_COPY];
+        for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
             assert_eq!(
                 decode(&regs(function, &[1, 2])),
                 Ok(Call::Sharing { function })

@@ -77,6 +77,25 @@ pub const EVTCHN_UNMASK: u64 = VENDOR_HYP_BASE | 0x35;
 /// `InvalidArgument` when the caller has no connection with that VM.
 pub const CONNECTION_PORT: u64 = VENDOR_HYP_BASE | 0x40;
 
+/// Every vendor-range hypercall the hypervisor answers.
+pub const VENDOR_CALLS: [u64; 15] = [
+    CONSOLE_WRITE,
+    YIELD,
+    TEST_INJECT,
+    GRANT_TABLE_SETUP,
+    GRANT_MAP,
+    GRANT_UNMAP,
+    GRANT_COPY,
+    GRANT_END,
+    EVTCHN_SETUP,
+    EVTCHN_ALLOC_UNBOUND,
+    EVTCHN_BIND_INTERDOMAIN,
+    EVTCHN_SEND,
+    EVTCHN_CLOSE,
+    EVTCHN_UNMASK,
+    CONNECTION_PORT,
+];
+
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.
 #[repr(i64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,23 +270,7 @@ mod tests {
 
     #[test]
     fn function_ids_are_distinct_vendor_fast_calls() {
-        let ids = [
-            CONSOLE_WRITE,
-            YIELD,
-            TEST_INJECT,
-            GRANT_TABLE_SETUP,
-            GRANT_MAP,
-            GRANT_UNMAP,
-            GRANT_COPY,
-            GRANT_END,
-            EVTCHN_SETUP,
-            EVTCHN_ALLOC_UNBOUND,
-            EVTCHN_BIND_INTERDOMAIN,
-            EVTCHN_SEND,
-            EVTCHN_CLOSE,
-            EVTCHN_UNMASK,
-            CONNECTION_PORT,
-        ];
+        let ids = VENDOR_CALLS;
         for (i, a) in ids.iter().enumerate() {
             assert_eq!(a & !0xffff, VENDOR_HYP_BASE);
             for b in &ids[i + 1..] {
