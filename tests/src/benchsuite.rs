@@ -589,20 +589,33 @@ impl Results {
             "{:<40} {:>10} {:>10} {:>10}  {:<7} {:>4}\n",
             "figure", "median", "min", "max", "unit", "runs"
         );
+        let mut unsteady = false;
         for (label, stat, unit) in rows {
             out += &match stat {
-                Some(s) => format!(
-                    "{label:<40} {:>10} {:>10} {:>10}  {unit:<7} {:>4}\n",
-                    number(s.median),
-                    number(s.min),
-                    number(s.max),
-                    s.runs
-                ),
+                Some(s) => {
+                    let flag = if spread_over_2x(s) {
+                        unsteady = true;
+                        "  !"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{label:<40} {:>10} {:>10} {:>10}  {unit:<7} {:>4}{flag}\n",
+                        number(s.median),
+                        number(s.min),
+                        number(s.max),
+                        s.runs
+                    )
+                }
                 None => format!(
                     "{label:<40} {:>10} {:>10} {:>10}  {unit:<7} {:>4}\n",
                     "-", "-", "-", 0
                 ),
             };
+        }
+        if unsteady {
+            out += "! max/min over 2x: the figure moved a lot between runs (a noisy machine, or \
+                    a bimodal effect); compare ratios from one run, or add --runs\n";
         }
         for (label, value) in [
             (
@@ -651,6 +664,11 @@ fn number(x: f64) -> String {
     } else {
         format!("{x:.3}")
     }
+}
+
+/// A figure whose largest run is more than twice its smallest: flagged in the table.
+fn spread_over_2x(s: &Stat) -> bool {
+    s.runs > 1 && s.min > 0.0 && s.max / s.min > 2.0
 }
 
 fn ratio(a: &Option<Stat>, b: &Option<Stat>) -> Option<f64> {
@@ -1245,6 +1263,32 @@ mod tests {
                 .insert(load.to_string(), vec![us; options.runs]);
         }
         raw
+    }
+
+    #[test]
+    fn figures_that_moved_more_than_2x_between_runs_are_flagged() {
+        let options = Options::full();
+        let steady = Results::from_raw(&options, raw_complete(&options)).table();
+        assert!(
+            !steady.contains("  !\n") && !steady.contains("max/min over 2x"),
+            "{steady}"
+        );
+        let mut raw = raw_complete(&options);
+        raw.passthrough = vec![50.0, 200.0, 100.0];
+        let table = Results::from_raw(&options, raw).table();
+        let row = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no row {label}:\n{table}"))
+                .to_string()
+        };
+        assert!(row("passthrough TCP").ends_with("  !"), "{table}");
+        assert!(
+            !row("paravirt TCP guest -> guest").ends_with('!'),
+            "{table}"
+        );
+        assert!(table.contains("! max/min over 2x"), "{table}");
     }
 
     #[test]
