@@ -2,8 +2,13 @@
 //! the emergency path the panic and fault handlers use. Bytes are buffered and sent in chunks of
 //! up to 40 (what fits in the hypercall's registers); a newline flushes. The hypervisor prefixes
 //! each line with the VM's name.
+//!
+//! The writer is an `embedded_io::Write` byte sink (writes never fail: a refused hypercall
+//! just loses the chunk); `core::fmt::Write`, which `print!` and the logger use, goes through
+//! it.
 
-use core::fmt::{self, Write};
+use core::convert::Infallible;
+use core::fmt::{self, Write as _};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use shared_abi::hypercall::CONSOLE_MAX_BYTES;
@@ -42,10 +47,27 @@ impl Writer {
     }
 }
 
-impl Write for Writer {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        s.bytes().for_each(|b| self.push(b));
+impl embedded_io::ErrorType for Writer {
+    type Error = Infallible;
+}
+
+impl embedded_io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
+        buf.iter().for_each(|&b| self.push(b));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> Result<(), Infallible> {
+        Writer::flush(self);
         Ok(())
+    }
+}
+
+impl fmt::Write for Writer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match embedded_io::Write::write_all(self, s.as_bytes()) {
+            Ok(()) => Ok(()),
+        }
     }
 }
 

@@ -1,15 +1,22 @@
-//! A run of pages shared with a peer VM (our own pages we granted, or a peer's pages mapped in
-//! our grant window), as the virtqueue code of `shared_abi::virtq` accesses it: ring words as
-//! `AtomicU16` ([`RingMem`]) and buffer bytes with copies ([`PoolMem`]).
+//! A run of pages shared with a peer VM (our own pages we granted, a peer's pages mapped in
+//! our grant window, or a connection's control page), as the virtqueue code of
+//! `shared_abi::virtq` accesses it: ring words as `AtomicU16` ([`RingMem`]), buffer bytes with
+//! copies ([`PoolMem`]), and whole pages as atomic words ([`SharedMem::words`]).
+//!
+//! One of the runtime's two rooms for code the compiler cannot check (with `arch`): every
+//! raw access to memory a peer writes is here. A `SharedMem` can only be made over memory no
+//! Rust reference of ours points into (leaked pages, the grant window, the control window),
+//! which is what makes the views below sound.
 //!
 //! The peer writes this memory whenever it likes, so nothing here ever hands out a plain
 //! reference into it: ring words are atomics, and buffer copies are volatile word-at-a-time
 //! loads and stores, so the compiler neither merges nor repeats them (no double fetch behind
 //! the caller's back) and a torn read is just some bytes, which the caller validates.
 
-use core::sync::atomic::{fence, AtomicU16, Ordering};
+use core::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
 
-use shared_abi::layout::PAGE_SIZE;
+use shared_abi::grant::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
+use shared_abi::layout::{control_page_ipa, MAX_VMS, PAGE_SIZE};
 
 use crate::page::Page;
 use shared_abi::virtq::{PoolMem, RingMem, RING_PAGE_LEN};
@@ -22,27 +29,56 @@ pub struct SharedMem {
 }
 
 impl SharedMem {
-    /// The run of `pages` pages at `base`.
-    ///
-    /// # Safety
-    /// `[base, base + pages * 4 KiB)` must be page aligned, mapped read-write as Normal memory
-    /// in this VM, and stay so for as long as this value (or a copy) is used; no Rust reference
-    /// to it may exist elsewhere (only other `SharedMem`s and the peer access it).
-    pub unsafe fn new(base: u64, pages: usize) -> SharedMem {
-        debug_assert!(base.is_multiple_of(PAGE_SIZE));
-        SharedMem {
-            base: base as usize,
-            len: pages * PAGE_SIZE as usize,
-        }
+    /// `pages` pages of our grant window from `gpa` (where peers' frames are mapped), if the
+    /// whole run lies inside it and `gpa` is page aligned. Whether anything is mapped there is
+    /// the hypervisor's business: an access to a page that is not (or no longer) mapped, or a
+    /// store to a read-only one, is a stage-2 fault and the hypervisor stops this VM; it can
+    /// never reach memory of ours.
+    pub fn in_grant_window(gpa: u64, pages: usize) -> Option<SharedMem> {
+        let len = u64::try_from(pages).ok()?.checked_mul(PAGE_SIZE)?;
+        let end = gpa.checked_add(len)?;
+        let inside = gpa.is_multiple_of(PAGE_SIZE)
+            && gpa >= GRANT_WINDOW_BASE
+            && end <= GRANT_WINDOW_BASE + GRANT_WINDOW_SIZE;
+        inside.then_some(SharedMem {
+            base: gpa as usize,
+            len: len as usize,
+        })
+    }
+
+    /// The control page of the connection whose front-end is VM `frontend` (mapped by the
+    /// hypervisor at `control_page_ipa(frontend)` in both VMs of a connection), if the id is a
+    /// possible VM id. As in the grant window, an access where nothing is mapped faults
+    /// into the hypervisor and never reaches memory of ours.
+    pub fn control_page(frontend: u16) -> Option<SharedMem> {
+        (usize::from(frontend) <= MAX_VMS).then_some(SharedMem {
+            base: control_page_ipa(frontend) as usize,
+            len: PAGE_SIZE as usize,
+        })
     }
 
     /// `pages` zeroed pages of our own RAM, leaked (they will be granted: see `page`).
     pub fn leak_pages(pages: usize) -> SharedMem {
-        let run = Page::leak_many(pages.max(1));
-        // SAFETY: the pages are ours, page aligned, contiguous, mapped read-write as Normal
-        // memory, and leaked, so they stay valid forever; `Page` is atomics only, so the
+        let pages = pages.max(1);
+        let run = Page::leak_many(pages);
+        // The pages are ours, page aligned, contiguous, mapped read-write as Normal memory,
+        // and leaked, so they stay valid forever; `Page` is atomics only, so the
         // `&'static [Page]` dropped here never conflicts with our accesses or the peer's.
-        unsafe { SharedMem::new(run[0].gpa(), pages.max(1)) }
+        SharedMem {
+            base: run.as_ptr() as usize,
+            len: pages * PAGE_SIZE as usize,
+        }
+    }
+
+    /// The run as 64-bit words (a granted page, a control page): the peer writes them at any
+    /// time, so they are atomics.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: every `SharedMem` is page aligned and lies in our leaked pages, the grant
+        // window or the control window (its constructors), none of which Rust ever holds a
+        // plain reference into: only atomics and volatile accesses touch them, so an
+        // `AtomicU64` view is sound even while the peer writes. Where nothing is mapped an
+        // access faults into the hypervisor, which stops this VM.
+        unsafe { core::slice::from_raw_parts(self.base as *const AtomicU64, self.len / 8) }
     }
 
     /// Guest-physical (= virtual) address of the first byte.
@@ -70,8 +106,8 @@ impl SharedMem {
 
     fn halfword(&self, offset: usize) -> &AtomicU16 {
         assert!(offset.is_multiple_of(2) && offset + 2 <= self.len);
-        // SAFETY: in bounds and 2-aligned (checked above; base is page aligned), and `new`'s
-        // contract makes the memory valid for the life of `self`; only atomics and volatile
+        // SAFETY: in bounds and 2-aligned (checked above; base is page aligned), and its
+        // constructors make the memory valid for the life of `self` (see `words`); only atomics and volatile
         // accesses touch it, so an `AtomicU16` view is sound even while the peer writes.
         unsafe { &*((self.base + offset) as *const AtomicU16) }
     }
@@ -88,7 +124,7 @@ impl SharedMem {
         let mut done = 0;
         let byte = |i: usize| {
             // SAFETY: `i < len`, so both addresses are inside their runs (asserted above),
-            // which `new` guarantees mapped (the destination read-write).
+            // which the constructors keep in memory only peers and atomics touch (see `words`).
             unsafe {
                 let b = core::ptr::read_volatile((src + i) as *const u8);
                 core::ptr::write_volatile((to + i) as *mut u8, b);
@@ -166,7 +202,7 @@ impl PoolMem for SharedMem {
         // Head bytes until the shared side is 8-aligned, then words (four at a time: this is
         // the data path's copy), then the tail. The private side may be unaligned.
         while done < len && !(src + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted above), which `new` guarantees mapped; `out` is
+            // SAFETY: inside the run (asserted above), which the constructors keep in shared memory (see `words`); `out` is
             // valid for `len` bytes.
             unsafe { *out.add(done) = core::ptr::read_volatile((src + done) as *const u8) };
             done += 1;
@@ -211,7 +247,7 @@ impl PoolMem for SharedMem {
         let from = src.as_ptr();
         let mut done = 0;
         while done < len && !(dst + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted above), mapped read-write per `new`; `from` is
+            // SAFETY: inside the run (asserted above), shared memory per the constructors (see `words`); `from` is
             // valid for `len` bytes.
             unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
             done += 1;

@@ -87,6 +87,8 @@ const SCTLR: u64 = 0x30d0_0800 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12);
 /// CPACR_EL1.FPEN = 0b11: FP/SIMD does not trap (Rust uses NEON registers freely).
 const CPACR_FPEN: u64 = 0b11 << 20;
 
+// asm: this code runs before there is a stack or an MMU, so it cannot be Rust (aarch64-cpu's
+// register writes are Rust functions that need both).
 global_asm!(
     r#"
     .section .text.boot, "ax"

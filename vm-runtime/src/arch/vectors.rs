@@ -43,6 +43,8 @@ const KIND_NAMES: [&str; 16] = [
 const KIND_EL1_SYNC: u64 = 4;
 const KIND_EL1_IRQ: u64 = 5;
 
+// asm: a vector table is fixed-layout code that must save every register before any Rust
+// runs; no crate provides an EL1 one with this frame.
 global_asm!(
     r#"
     .macro SLUICE_VENTRY kind
