@@ -284,3 +284,132 @@ impl PoolMem for SharedMem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A run over a host buffer (8-aligned, as pages are), for the copy code.
+    fn over(buf: &mut [u64]) -> SharedMem {
+        SharedMem {
+            base: buf.as_mut_ptr() as usize,
+            len: buf.len() * 8,
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn only_whole_page_aligned_runs_inside_the_grant_window_are_made() {
+        let page = PAGE_SIZE;
+        let end = GRANT_WINDOW_BASE + GRANT_WINDOW_SIZE;
+        let run = SharedMem::in_grant_window(GRANT_WINDOW_BASE, 3).unwrap();
+        assert_eq!(
+            (run.gpa(), run.len()),
+            (GRANT_WINDOW_BASE, 3 * page as usize)
+        );
+        let all = (GRANT_WINDOW_SIZE / page) as usize;
+        assert!(SharedMem::in_grant_window(GRANT_WINDOW_BASE, all).is_some());
+        assert!(SharedMem::in_grant_window(end - page, 1).is_some());
+        for (gpa, pages) in [
+            (end - page, 2),
+            (end, 1),
+            (GRANT_WINDOW_BASE - page, 1),
+            (GRANT_WINDOW_BASE + 8, 1),
+            (GRANT_WINDOW_BASE, all + 1),
+            (u64::MAX - page + 1, 1),
+            (GRANT_WINDOW_BASE, usize::MAX),
+            // Our RAM is never foreign memory.
+            (0x4000_0000, 1),
+        ] {
+            assert!(
+                SharedMem::in_grant_window(gpa, pages).is_none(),
+                "{gpa:#x} x {pages}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_pages_exist_for_vm_ids_only() {
+        for id in [0, 1, MAX_VMS as u16] {
+            let page = SharedMem::control_page(id).unwrap();
+            assert_eq!(page.gpa(), control_page_ipa(id));
+            assert_eq!(page.words().len(), PAGE_SIZE as usize / 8);
+        }
+        assert!(SharedMem::control_page(MAX_VMS as u16 + 1).is_none());
+        assert!(SharedMem::control_page(u16::MAX).is_none());
+    }
+
+    #[test]
+    fn reads_and_writes_copy_exactly_the_range_at_every_alignment() {
+        for offset in 0..16 {
+            for len in [0, 1, 7, 8, 9, 31, 32, 33, 64, 100] {
+                let mut backing = vec![0u64; 32];
+                let mem = over(&mut backing);
+                let data = pattern(len, offset as u8);
+                mem.write(offset, &data);
+                // Private side unaligned too.
+                let mut out = vec![0xeeu8; len + 1];
+                mem.read(offset, &mut out[1..]);
+                assert_eq!(&out[1..], &data[..], "offset {offset} len {len}");
+                let bytes: Vec<u8> = backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                assert!(bytes[..offset].iter().all(|&b| b == 0));
+                assert_eq!(&bytes[offset..offset + len], &data[..]);
+                assert!(bytes[offset + len..].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn copies_between_runs_move_exactly_the_range_at_every_alignment() {
+        for (from, to) in [(0, 0), (3, 3), (8, 0), (1, 6), (5, 0), (0, 13)] {
+            for len in [0, 1, 8, 31, 32, 33, 65, 120] {
+                let mut src_backing = vec![0u64; 32];
+                let mut dst_backing = vec![0u64; 32];
+                let src = over(&mut src_backing);
+                let dst = over(&mut dst_backing);
+                let data = pattern(len, 9);
+                src.write(from, &data);
+                src.copy_to(from, &dst, to, len);
+                let mut got = vec![0u8; len];
+                dst.read(to, &mut got);
+                assert_eq!(got, data, "from {from} to {to} len {len}");
+                let bytes: Vec<u8> = dst_backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                assert!(bytes[..to].iter().all(|&b| b == 0));
+                assert!(bytes[to + len..].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_read_past_the_run_is_refused() {
+        let mut backing = vec![0u64; 4];
+        let mut out = [0u8; 8];
+        over(&mut backing).read(25, &mut out);
+    }
+
+    #[test]
+    fn ring_halfwords_and_page_words_see_the_same_bytes() {
+        let mut backing = vec![0u64; 8];
+        let mem = over(&mut backing);
+        mem.store_u16_release(2, 0xbeef);
+        mem.store_u16(6, 0x1234);
+        assert_eq!(mem.load_u16_acquire(2), 0xbeef);
+        assert_eq!(mem.load_u16(6), 0x1234);
+        let words = mem.words();
+        assert_eq!(words.len(), 8);
+        let w0 = words[0].load(Ordering::Relaxed);
+        assert_eq!(w0.to_le_bytes()[2..4], 0xbeefu16.to_le_bytes());
+        words[1].store(u64::from_le_bytes(*b"sluice!!"), Ordering::Relaxed);
+        let mut out = [0u8; 8];
+        mem.read(8, &mut out);
+        assert_eq!(&out, b"sluice!!");
+    }
+}

@@ -3,6 +3,7 @@
 //! MMU/cache/FP/VBAR setup, and the few raw-memory views the runtime takes of its own image
 //! (linker symbols, the start-info page, the heap region).
 
+#[cfg(target_arch = "aarch64")]
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 
@@ -89,6 +90,7 @@ const CPACR_FPEN: u64 = 0b11 << 20;
 
 // asm: this code runs before there is a stack or an MMU, so it cannot be Rust (aarch64-cpu's
 // register writes are Rust functions that need both).
+#[cfg(target_arch = "aarch64")]
 global_asm!(
     r#"
     .section .text.boot, "ax"
