@@ -26,7 +26,7 @@ use shared_abi::virtq::FEATURE_NET;
 use vm_runtime::control::ControlPage;
 use vm_runtime::{evtchn, grant, println, timer};
 
-use crate::fabric::Fabric;
+use crate::fabric::{Fabric, GuestLink};
 use crate::netback::NetPort;
 
 /// Connection attempts a front-end may make back to back, then one per
@@ -79,6 +79,20 @@ pub struct Connection {
     /// Connection attempts left; when empty, the next attempt waits until `retry_at` (ms).
     attempts: TokenBucket,
     retry_at: Option<u64>,
+}
+
+impl GuestLink for Connection {
+    fn frontend(&self) -> u16 {
+        self.frontend
+    }
+
+    fn net(&self) -> Option<&NetPort> {
+        Connection::net(self)
+    }
+
+    fn net_mut(&mut self) -> Option<&mut NetPort> {
+        Connection::net_mut(self)
+    }
 }
 
 impl Connection {

@@ -30,8 +30,9 @@ use vm_net::{Buffers, Stack};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{println, timer};
 
-use crate::backend::Connection;
-use crate::netback::{read_guest_frame, DeliverError, TxItem, MAX_TX_FRAME, NIC_MAX_FRAME};
+use crate::netback::{
+    read_guest_frame, DeliverError, NetPort, TxItem, MAX_TX_FRAME, NIC_MAX_FRAME,
+};
 use crate::nic::{self, with_nic};
 
 /// Frames taken from one port per round.
@@ -135,6 +136,15 @@ impl Source<'_> {
             } => read_guest_frame(pool, chain, header, dst),
         }
     }
+}
+
+/// A connected guest as the fabric sees it: its VM id and its network port, if its connection
+/// carries one. The back-end's `Connection` implements it; the data plane sits below the
+/// handshake code and does not name it.
+pub trait GuestLink {
+    fn frontend(&self) -> u16;
+    fn net(&self) -> Option<&NetPort>;
+    fn net_mut(&mut self) -> Option<&mut NetPort>;
 }
 
 /// A guest whose port broke the protocol: the caller disconnects it.
@@ -258,7 +268,7 @@ impl Fabric {
 
     /// One round: moves what every port has to send. Returns whether any frame moved and the
     /// guests that broke the protocol (to disconnect outside this loop).
-    pub fn pump(&mut self, connections: &mut [Connection]) -> (bool, Vec<Violation>) {
+    pub fn pump<G: GuestLink>(&mut self, connections: &mut [G]) -> (bool, Vec<Violation>) {
         let mut moved = false;
         let mut violations = Vec::new();
 
@@ -305,7 +315,7 @@ impl Fabric {
         // The guests: each frame is checked, switched, copied from its pool to each
         // destination, and only then completed.
         for i in 0..connections.len() {
-            let guest = connections[i].frontend;
+            let guest = connections[i].frontend();
             for _ in 0..FRAMES_PER_PORT_PER_ROUND {
                 let Some(port) = connections[i].net_mut() else {
                     break;
@@ -352,11 +362,11 @@ impl Fabric {
 
     /// Sends a frame received on `ingress` where the switch says, one copy per destination.
     /// Returns whether the switch forwarded it (false: dropped, e.g. spoofed).
-    fn dispatch(
+    fn dispatch<G: GuestLink>(
         &mut self,
         ingress: PortId,
         source: &Source<'_>,
-        connections: &mut [Connection],
+        connections: &mut [G],
         violations: &mut Vec<Violation>,
     ) -> bool {
         let len = source.len();
@@ -418,8 +428,8 @@ impl Fabric {
                 PortId::Guest(id) => {
                     let Some(target) = connections
                         .iter_mut()
-                        .find(|c| c.frontend == id)
-                        .and_then(Connection::net_mut)
+                        .find(|c| c.frontend() == id)
+                        .and_then(G::net_mut)
                     else {
                         continue;
                     };
@@ -478,7 +488,7 @@ impl Fabric {
 
     /// Before sleeping: re-arms every guest's TX event; true if one already has frames (then
     /// do not sleep).
-    pub fn arm(&self, connections: &[Connection]) -> bool {
+    pub fn arm<G: GuestLink>(&self, connections: &[G]) -> bool {
         let mut waiting = false;
         for conn in connections {
             if let Some(port) = conn.net() {

@@ -4,8 +4,8 @@
 //! image) adds the parts that touch the hypervisor and devices: control pages, grants, event
 //! channels and the NIC.
 #![cfg_attr(not(test), no_std)]
-// The trusted base is kept small: unsafe code lives only in the arch/driver modules of the
-// binaries and in vm-runtime, never in this library.
+// The trusted base is kept small: code the compiler cannot check lives only in the driver
+// modules of the binary (`nic`, `dma`) and in vm-runtime's rooms, never in this library.
 #![forbid(unsafe_code)]
 
 extern crate alloc;

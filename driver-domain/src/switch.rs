@@ -225,47 +225,40 @@ impl Iterator for PortSetIter {
 impl ExactSizeIterator for PortSetIter {}
 
 /// Why [`Switch::forward`] dropped a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum DropReason {
     /// Shorter than an Ethernet header.
+    #[error("runt")]
     Runt,
     /// Multicast, broadcast or all-zero source MAC.
+    #[error("bad source")]
     BadSource,
     /// A guest sent with a source other than its own MAC, or the uplink sent with a local guest's
     /// MAC as source.
+    #[error("spoofed")]
     Spoofed,
     /// The destination sits on the port the frame came in on.
+    #[error("hairpin")]
     Hairpin,
     /// The ingress port does not exist (a frame racing with the port's removal); not counted
     /// anywhere, as there is no port to count it on.
+    #[error("unknown port")]
     UnknownPort,
     /// ARP whose sender address, or IPv4 whose source address, is not the guest's own.
+    #[error("spoofed IP address")]
     SpoofedIp,
     /// ARP whose sender hardware address is not the guest's own MAC.
+    #[error("spoofed ARP sender MAC")]
     SpoofedArpMac,
     /// An EtherType a guest may not send (only ARP and IPv4 are allowed).
+    #[error("EtherType not allowed")]
     Protocol,
     /// ARP or IPv4 too short or not for IPv4 over Ethernet, so its sender cannot be checked.
+    #[error("malformed ARP/IPv4 header")]
     Malformed,
     /// A flood over the ingress port's flood budget.
+    #[error("flood rate limit")]
     FloodLimited,
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DropReason::Runt => "runt",
-            DropReason::BadSource => "bad source",
-            DropReason::Spoofed => "spoofed",
-            DropReason::Hairpin => "hairpin",
-            DropReason::UnknownPort => "unknown port",
-            DropReason::SpoofedIp => "spoofed IP address",
-            DropReason::SpoofedArpMac => "spoofed ARP sender MAC",
-            DropReason::Protocol => "EtherType not allowed",
-            DropReason::Malformed => "malformed ARP/IPv4 header",
-            DropReason::FloodLimited => "flood rate limit",
-        })
-    }
 }
 
 /// What to do with a frame.
@@ -415,27 +408,20 @@ impl Default for Config {
 }
 
 /// Why a port could not be added.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
     /// That port already exists.
+    #[error("port already exists")]
     Exists,
     /// Guest id above [`MAX_GUEST_ID`].
+    #[error("guest id out of range")]
     IdOutOfRange,
     /// The owner MAC is not a valid unicast source.
+    #[error("owner MAC is not a unicast address")]
     BadOwnerMac,
     /// Another guest port already owns that MAC.
+    #[error("owner MAC already used by another guest")]
     OwnerMacInUse,
-}
-
-impl fmt::Display for PortError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PortError::Exists => "port already exists",
-            PortError::IdOutOfRange => "guest id out of range",
-            PortError::BadOwnerMac => "owner MAC is not a unicast address",
-            PortError::OwnerMacInUse => "owner MAC already used by another guest",
-        })
-    }
 }
 
 /// The addresses a guest port is held to beyond its MAC (see [`Switch::add_guest_with_ip`]).

@@ -3,6 +3,8 @@
 //! echo; see `netfront`) or a diagnostic one, and powers off when the app returns.
 #![no_std]
 #![no_main]
+// Apps are safe Rust: their deliberate stray accesses go through `vm_runtime::probe`.
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -2,8 +2,13 @@
 //! the emergency path the panic and fault handlers use. Bytes are buffered and sent in chunks of
 //! up to 40 (what fits in the hypercall's registers); a newline flushes. The hypervisor prefixes
 //! each line with the VM's name.
+//!
+//! The writer is an `embedded_io::Write` byte sink (writes never fail: a refused hypercall
+//! just loses the chunk); `core::fmt::Write`, which `print!` and the logger use, goes through
+//! it.
 
-use core::fmt::{self, Write};
+use core::convert::Infallible;
+use core::fmt::{self, Write as _};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use shared_abi::hypercall::CONSOLE_MAX_BYTES;
@@ -15,13 +20,25 @@ use crate::{gic, hypercall};
 struct Writer {
     buf: [u8; CONSOLE_MAX_BYTES],
     len: usize,
+    /// Where a full chunk goes: the hypercall (host tests record it instead).
+    send: fn(&[u8]),
+}
+
+/// Sends one chunk. Nothing useful to do if the console refuses bytes.
+fn send_chunk(bytes: &[u8]) {
+    let _ = hypercall::console_write(bytes);
 }
 
 impl Writer {
     const fn new() -> Writer {
+        Writer::with_sink(send_chunk)
+    }
+
+    const fn with_sink(send: fn(&[u8])) -> Writer {
         Writer {
             buf: [0; CONSOLE_MAX_BYTES],
             len: 0,
+            send,
         }
     }
 
@@ -35,17 +52,33 @@ impl Writer {
 
     fn flush(&mut self) {
         if self.len > 0 {
-            // Nothing useful to do if the console refuses bytes.
-            let _ = hypercall::console_write(&self.buf[..self.len]);
+            (self.send)(&self.buf[..self.len]);
             self.len = 0;
         }
     }
 }
 
-impl Write for Writer {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        s.bytes().for_each(|b| self.push(b));
+impl embedded_io::ErrorType for Writer {
+    type Error = Infallible;
+}
+
+impl embedded_io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
+        buf.iter().for_each(|&b| self.push(b));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> Result<(), Infallible> {
+        Writer::flush(self);
         Ok(())
+    }
+}
+
+impl fmt::Write for Writer {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match embedded_io::Write::write_all(self, s.as_bytes()) {
+            Ok(()) => Ok(()),
+        }
     }
 }
 
@@ -154,5 +187,43 @@ pub fn init_log(settings: &str) {
     log::set_max_level(level);
     if let Some(value) = requested.filter(|v| v.parse::<LevelFilter>().is_err()) {
         log::warn!("setting log={value} is not a log level; using info");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+    use std::vec::Vec;
+
+    /// Chunks sent by the writer under test (one test uses it).
+    static SENT: StdMutex<Vec<Vec<u8>>> = StdMutex::new(Vec::new());
+
+    fn record(bytes: &[u8]) {
+        SENT.lock().unwrap().push(bytes.to_vec());
+    }
+
+    #[test]
+    fn bytes_go_out_in_chunks_of_forty_and_a_newline_ends_a_chunk() {
+        let mut w = Writer::with_sink(record);
+        let long = [b'x'; 100];
+        assert_eq!(embedded_io::Write::write(&mut w, &long), Ok(100));
+        // Two full chunks are out; 20 bytes wait for more or a flush.
+        let sent: Vec<usize> = SENT.lock().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(sent, [CONSOLE_MAX_BYTES, CONSOLE_MAX_BYTES]);
+        assert_eq!(w.len, 100 - 2 * CONSOLE_MAX_BYTES);
+        // core::fmt goes through the same byte sink; the newline sends the partial chunk.
+        writeln!(w, "{}", 7).unwrap();
+        let last = SENT.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.len(), 22);
+        assert!(last.ends_with(b"x7\n"));
+        assert_eq!(w.len, 0);
+        // An explicit flush sends a partial line; flushing nothing sends nothing.
+        embedded_io::Write::write_all(&mut w, b"ab").unwrap();
+        embedded_io::Write::flush(&mut w).unwrap();
+        embedded_io::Write::flush(&mut w).unwrap();
+        let sent = SENT.lock().unwrap();
+        assert_eq!(sent.len(), 4);
+        assert_eq!(sent[3], b"ab");
     }
 }

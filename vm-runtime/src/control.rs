@@ -11,13 +11,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use shared_abi::handshake::{
     self, Backend, Frontend, HandshakeError, Header, BACKEND, FRONTEND, HEADER, PAGE_LEN,
 };
-use shared_abi::layout::control_page_ipa;
 
-use crate::page::PAGE_WORDS;
+use crate::shared::SharedMem;
 
 /// This VM's view of one control page.
 pub struct ControlPage {
-    words: &'static [AtomicU64],
+    page: SharedMem,
     frontend: u16,
 }
 
@@ -35,13 +34,16 @@ impl ControlPage {
         if other & info.peers == 0 || other == 0 {
             return None;
         }
-        let ipa = control_page_ipa(frontend);
-        // SAFETY: the hypervisor maps the control page of every connection this VM is part of
-        // (checked against `peers` above) at this IPA, read-write, for the life of the system; it
-        // is inside the Normal-memory gigabyte of the boot map. Both VMs write it concurrently,
-        // so it is only accessed through atomics.
-        let words = unsafe { core::slice::from_raw_parts(ipa as *const AtomicU64, PAGE_WORDS) };
-        Some(ControlPage { words, frontend })
+        // The hypervisor maps the control page of every connection this VM is part of (checked
+        // against `peers` above), read-write, for the life of the system. Both VMs write it
+        // concurrently, so it is only accessed through atomics.
+        let page = SharedMem::control_page(frontend)?;
+        Some(ControlPage { page, frontend })
+    }
+
+    /// The page as atomic words.
+    fn words(&self) -> &[AtomicU64] {
+        self.page.words()
     }
 
     /// The front-end VM id of this connection.
@@ -52,7 +54,7 @@ impl ControlPage {
     /// A byte copy of the page.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut bytes = vec![0u8; PAGE_LEN];
-        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.words) {
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.words()) {
             chunk.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
         }
         bytes
@@ -63,7 +65,7 @@ impl ControlPage {
     fn stopped(&self) -> u32 {
         const _: () = assert!(handshake::STOPPED_WORD.is_multiple_of(8));
         // The stop word is the low half (little-endian) of its aligned 64-bit word.
-        let word = self.words[handshake::STOPPED_WORD / 8].load(Ordering::Acquire);
+        let word = self.words()[handshake::STOPPED_WORD / 8].load(Ordering::Acquire);
         word as u32
     }
 
@@ -125,8 +127,8 @@ impl ControlPage {
             u64::from_le_bytes(w)
         };
         for i in (first + 1)..(first + words) {
-            self.words[i].store(word_at(i), Ordering::Relaxed);
+            self.words()[i].store(word_at(i), Ordering::Relaxed);
         }
-        self.words[first].store(word_at(first), Ordering::Release);
+        self.words()[first].store(word_at(first), Ordering::Release);
     }
 }

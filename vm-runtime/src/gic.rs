@@ -1,8 +1,14 @@
 //! The GICv3 CPU interface (ICC_*_EL1 system registers, which the hypervisor routes to the
-//! virtual CPU interface) and IRQ masking in PSTATE.DAIF. VMs see no distributor or
-//! redistributor: these registers are the whole interrupt controller.
+//! virtual CPU interface; driven through `arm-gic`'s `GicCpuInterface`) and IRQ masking in
+//! PSTATE.DAIF (through `aarch64-cpu`). VMs see no distributor or redistributor: these
+//! registers are the whole interrupt controller.
 
-use core::arch::asm;
+use core::sync::atomic::{compiler_fence, Ordering};
+
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{ReadWriteable, Readable, DAIF};
+use arm_gic::gicv3::GicCpuInterface;
+use arm_gic::{IntId, InterruptGroup};
 
 /// INTIDs 1020..=1023 are special; 1023 means "nothing pending" (spurious).
 pub const SPURIOUS: u32 = 1023;
@@ -11,56 +17,41 @@ pub const SPURIOUS: u32 = 1023;
 /// interrupts are enabled (ICC_IGRPEN1_EL1 = 1). EOI mode stays 0 (EOIR drops priority and
 /// deactivates). Called by the runtime on every vCPU before it unmasks IRQs.
 pub fn init_cpu() {
-    // SAFETY: writes to this vCPU's own (virtual) CPU interface; they only change which virtual
-    // interrupts are signalled to it.
-    unsafe {
-        asm!(
-            "msr icc_pmr_el1, {pmr}",
-            "msr icc_igrpen1_el1, {en}",
-            "isb",
-            pmr = in(reg) 0xffu64,
-            en = in(reg) 1u64,
-            options(nostack, preserves_flags),
-        )
-    };
+    GicCpuInterface::set_priority_mask(0xff);
+    GicCpuInterface::enable_group1(true);
+    barrier::isb(barrier::SY);
 }
 
-/// Acknowledges the highest-priority pending group 1 interrupt; returns the raw ICC_IAR1_EL1
-/// value (INTID in bits 0..24), [`SPURIOUS`] if none is pending.
-pub(crate) fn acknowledge() -> u32 {
-    let iar: u64;
-    // SAFETY: reading IAR1 acknowledges an interrupt; the caller ends it with `end_of_interrupt`.
-    unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) iar, options(nostack, preserves_flags)) };
-    (iar & 0x00ff_ffff) as u32
+/// Acknowledges the highest-priority pending group 1 interrupt; `None` if none is pending
+/// (ICC_IAR1_EL1 read [`SPURIOUS`]).
+pub(crate) fn acknowledge() -> Option<IntId> {
+    GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1)
 }
 
 /// Ends an interrupt returned by [`acknowledge`] (priority drop and deactivation, EOI mode 0).
-pub(crate) fn end_of_interrupt(intid: u32) {
-    // SAFETY: writes the INTID we acknowledged back to EOIR1.
-    unsafe {
-        asm!("msr icc_eoir1_el1, {}", "isb", in(reg) u64::from(intid), options(nostack, preserves_flags))
-    };
+pub(crate) fn end_of_interrupt(intid: IntId) {
+    GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);
+    barrier::isb(barrier::SY);
 }
 
 /// Unmasks IRQs on this vCPU (clears PSTATE.I).
 pub fn enable_irqs() {
-    // SAFETY: the vectors are installed before any Rust code runs. Not `nomem`: this is a
-    // compiler barrier, so memory accesses stay on their side of it.
-    unsafe { asm!("msr daifclr, #2", options(nostack, preserves_flags)) };
+    // The register access is `nomem`: the fence keeps the critical section's memory accesses
+    // before the unmask.
+    compiler_fence(Ordering::SeqCst);
+    DAIF.modify(DAIF::I::Unmasked);
 }
 
 /// Masks IRQs on this vCPU (sets PSTATE.I).
 pub fn disable_irqs() {
-    // SAFETY: masking interrupts cannot break memory safety; compiler barrier as above.
-    unsafe { asm!("msr daifset, #2", options(nostack, preserves_flags)) };
+    DAIF.modify(DAIF::I::Masked);
+    // As above: the critical section's accesses stay after the mask.
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// Whether IRQs are currently unmasked on this vCPU.
 pub fn irqs_enabled() -> bool {
-    let daif: u64;
-    // SAFETY: reading DAIF has no side effects.
-    unsafe { asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack, preserves_flags)) };
-    daif & (1 << 7) == 0
+    !DAIF.is_set(DAIF::I)
 }
 
 /// Runs `f` with IRQs masked, then restores the previous mask state. Use it around anything an

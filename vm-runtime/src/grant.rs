@@ -19,7 +19,7 @@ use shared_abi::window::WindowRuns;
 use spin::{Mutex, Once};
 
 use crate::hypercall::{hvc, result};
-use crate::page::{Page, PAGE_WORDS};
+use crate::page::Page;
 use crate::shared::SharedMem;
 
 /// This VM's registered grant table.
@@ -154,6 +154,8 @@ pub fn in_use(gref: u32) -> bool {
 pub struct Mapping {
     gpa: u64,
     readonly: bool,
+    /// The page in our grant window, kept mapped until `unmap` consumes `self`.
+    memory: SharedMem,
 }
 
 /// `pages` contiguous pages of the grant window; returns the GPA of the first.
@@ -171,6 +173,10 @@ fn return_window_run(gpa: u64, pages: u64) {
 /// Maps `granter`'s ref `gref` into this VM (GRANT_MAP with one op).
 pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
     let dest = take_window_run(1)?;
+    let Some(memory) = SharedMem::in_grant_window(dest, 1) else {
+        return_window_run(dest, 1);
+        return Err(Status::InvalidArgument);
+    };
     let mut op = [MapOp {
         granter,
         flags: if readonly { MAP_READONLY } else { 0 },
@@ -183,6 +189,7 @@ pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
         Ok(()) => Ok(Mapping {
             gpa: dest,
             readonly,
+            memory,
         }),
         Err(e) => {
             return_window_run(dest, 1);
@@ -199,6 +206,10 @@ pub fn map_run(granter: u16, first_ref: u32, pages: u32) -> Result<MappedRun, St
         return Err(Status::InvalidArgument);
     }
     let base = take_window_run(u64::from(pages))?;
+    let Some(memory) = SharedMem::in_grant_window(base, pages as usize) else {
+        return_window_run(base, u64::from(pages));
+        return Err(Status::InvalidArgument);
+    };
     let mut mapped: Vec<u64> = Vec::new();
     let mut failure = None;
     let mut next = 0u32;
@@ -229,7 +240,11 @@ pub fn map_run(granter: u16, first_ref: u32, pages: u32) -> Result<MappedRun, St
         next += count;
     }
     match failure {
-        None => Ok(MappedRun { gpa: base, pages }),
+        None => Ok(MappedRun {
+            gpa: base,
+            pages,
+            memory,
+        }),
         Some(e) => {
             for gpa in mapped {
                 let _ = unmap_raw(&mut [UnmapOp {
@@ -290,22 +305,16 @@ impl Mapping {
         self.readonly
     }
 
-    /// The page as atomic words. Storing through a read-only mapping is a stage-2 permission
-    /// fault: the hypervisor kills this VM.
+    /// The page as atomic words (the peer writes it concurrently). Storing through a
+    /// read-only mapping is a stage-2 permission fault: the hypervisor kills this VM.
     pub fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the hypervisor mapped a whole 4 KiB frame of RAM at `gpa` (page aligned, in the
-        // grant window, which the boot map covers as Normal memory) and keeps it mapped until
-        // `unmap`, which consumes `self`, so the slice cannot outlive the mapping. The peer
-        // writes it concurrently, hence atomics only.
-        unsafe { core::slice::from_raw_parts(self.gpa as *const AtomicU64, PAGE_WORDS) }
+        self.memory.words()
     }
 
     /// The page as shared memory for ring access. Stores through a read-only mapping kill
-    /// this VM, as with [`Mapping::words`].
+    /// this VM, as with [`Mapping::words`]. Users hold it only while they hold the mapping.
     pub fn memory(&self) -> SharedMem {
-        // SAFETY: as in `words`: one whole frame mapped at `gpa` until `unmap` consumes
-        // `self`; users hold the `SharedMem` only while they hold the mapping.
-        unsafe { SharedMem::new(self.gpa, 1) }
+        self.memory
     }
 
     /// Unmaps the page (GRANT_UNMAP; the hypervisor invalidates the TLB entries for it).
@@ -327,16 +336,15 @@ impl Mapping {
 pub struct MappedRun {
     gpa: u64,
     pages: u32,
+    /// The run in our grant window, kept mapped until `unmap` consumes `self`.
+    memory: SharedMem,
 }
 
 impl MappedRun {
-    /// The run as shared memory for ring and buffer access.
+    /// The run as shared memory for ring and buffer access. Users hold it only while they
+    /// hold the run (the back-end drops both together).
     pub fn memory(&self) -> SharedMem {
-        // SAFETY: the hypervisor mapped `pages` whole frames read-write at `gpa` (page aligned,
-        // in the grant window, which the boot map covers as Normal memory) and keeps them
-        // mapped until `unmap`, which consumes `self`; users hold the `SharedMem` only while
-        // they hold the run (the back-end drops both together).
-        unsafe { SharedMem::new(self.gpa, self.pages as usize) }
+        self.memory
     }
 
     pub fn pages(&self) -> u32 {

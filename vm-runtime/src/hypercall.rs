@@ -1,33 +1,10 @@
-//! The sluice hypercall instruction (`HVC #0`, SMCCC register convention) and typed wrappers for
-//! the vendor hypercalls in [`shared_abi::hypercall`]. PSCI goes through [`crate::psci`].
+//! The sluice hypercalls: [`hvc`] (`HVC #0`, SMCCC register convention; the instruction is in
+//! `arch::hvc`), status decoding, and typed wrappers for the vendor hypercalls in
+//! [`shared_abi::hypercall`]. PSCI goes through [`crate::psci`].
 
-use core::arch::asm;
-
+pub use crate::arch::hvc::hvc;
 pub use shared_abi::hypercall::Status;
 use shared_abi::hypercall::{pack_console_bytes, CONSOLE_MAX_BYTES, CONSOLE_WRITE, TEST_INJECT};
-
-/// Issues `HVC #0` with x0 = `id` and x1..x6 = `args`; returns x0..x3.
-pub fn hvc(id: u64, args: [u64; 6]) -> [u64; 4] {
-    let (r0, r1, r2, r3): (u64, u64, u64, u64);
-    // SAFETY: the hypervisor follows the SMCCC: it may change x0..x17 (declared clobbered via the
-    // C ABI) and never writes this VM's memory on our behalf. Not `nomem`: calls such as CPU_ON
-    // must see our earlier memory writes, so the asm is a compiler barrier.
-    unsafe {
-        asm!(
-            "hvc #0",
-            inlateout("x0") id => r0,
-            inlateout("x1") args[0] => r1,
-            inlateout("x2") args[1] => r2,
-            inlateout("x3") args[2] => r3,
-            inlateout("x4") args[3] => _,
-            inlateout("x5") args[4] => _,
-            inlateout("x6") args[5] => _,
-            clobber_abi("C"),
-            options(nostack),
-        )
-    };
-    [r0, r1, r2, r3]
-}
 
 /// Maps a raw x0 to a [`Status`]; a code the ABI does not define reads as `NotSupported`.
 pub fn status(raw: u64) -> Status {

@@ -4,8 +4,6 @@
 //! Handlers run on the interrupted vCPU with IRQs masked. They may print, but must not sleep,
 //! allocate, or take a lock the interrupted code might hold without masking IRQs.
 
-use core::fmt;
-
 use spin::Mutex;
 
 use crate::gic;
@@ -16,23 +14,11 @@ pub const MAX_INTID: u32 = 128;
 /// An IRQ handler; it receives the INTID it was registered for.
 pub type Handler = fn(u32);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IrqError {
     /// The INTID is not below [`MAX_INTID`].
+    #[error("INTID {intid} is out of range (handlers exist below {MAX_INTID})")]
     OutOfRange { intid: u32 },
-}
-
-impl fmt::Display for IrqError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IrqError::OutOfRange { intid } => {
-                write!(
-                    f,
-                    "INTID {intid} is out of range (handlers exist below {MAX_INTID})"
-                )
-            }
-        }
-    }
 }
 
 static HANDLERS: Mutex<[Option<Handler>; MAX_INTID as usize]> =
@@ -67,9 +53,12 @@ const MAX_PER_EXCEPTION: usize = 64;
 /// Called by the IRQ vector with IRQs masked.
 pub(crate) fn handle() {
     for _ in 0..MAX_PER_EXCEPTION {
-        let intid = gic::acknowledge();
+        let Some(id) = gic::acknowledge() else {
+            break;
+        };
+        let intid = u32::from(id);
         if intid >= 1020 {
-            // 1023: spurious, nothing (more) pending. 1020..=1022 cannot occur for group 1.
+            // 1020..=1022 cannot occur for group 1 (1023, nothing pending, is `None`).
             break;
         }
         log::trace!("irq {intid}");
@@ -77,6 +66,6 @@ pub(crate) fn handle() {
             Some(handler) => handler(intid),
             None => log::warn!("unhandled IRQ {intid}"),
         }
-        gic::end_of_interrupt(intid);
+        gic::end_of_interrupt(id);
     }
 }

@@ -8,34 +8,43 @@
 //! first byte at EL1h with the MMU off and x0 = GPA of the start-info page (the last page of RAM);
 //! only RAM is mapped; the GIC is the ICC_*_EL1 CPU interface; the console is a hypercall.
 //!
-//! Unsafe code is confined to `boot`, `vectors`, `cpu`, `gic`, `hypercall`, `heap`, the shared-memory
-//! views of `shared`, and the one foreign-page view in `grant`.
-#![no_std]
+//! The trusted base: the crate denies `unsafe_code`, and only two modules are allowed it:
+//! `arch` (boot stub, vectors, the hypercall instruction, the heap's raw RAM, the app's entry
+//! symbol, the isolation probes) and `shared` (memory a peer writes too: rings, buffer pools,
+//! granted pages, control pages). Every other module is safe Rust over those and over typed
+//! register crates (`aarch64-cpu` for system registers, `arm-gic` for the GIC CPU interface).
+// Host builds (`cargo test -p vm-runtime --lib`) test the pure parts; the machine-level parts
+// compile there but are only ever run in a VM.
+#![cfg_attr(not(test), no_std)]
+// On the host the boot path (assembly, aarch64 only) is left out, so what it calls looks unused.
+#![cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
-mod boot;
+#[allow(unsafe_code)]
+mod arch;
 pub mod console;
 pub mod control;
 pub mod cpu;
 pub mod evtchn;
 pub mod gic;
 pub mod grant;
-pub mod heap;
 pub mod hypercall;
 pub mod irq;
 pub mod page;
+// Only a VM image needs a panic handler; a host build has std's.
+#[cfg(target_os = "none")]
 mod panic;
 pub mod psci;
 pub mod report;
 mod rt;
+#[allow(unsafe_code)]
 pub mod shared;
 pub mod smp;
 pub mod timer;
-mod vectors;
 
-use core::fmt;
-
+pub use arch::{heap, probe};
 pub use rt::start_info;
 pub use shared_abi;
 pub use shared_abi::bundle::VmKind;
@@ -43,20 +52,11 @@ pub use shared_abi::start_info::{setting, setting_u64, StartInfo};
 pub use smp::cpu_on;
 
 /// A setting that is present but not a number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("setting {key}={value} is not a number (decimal or 0x hex)")]
 pub struct BadSetting<'a> {
     pub key: &'a str,
     pub value: &'a str,
-}
-
-impl fmt::Display for BadSetting<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "setting {}={} is not a number (decimal or 0x hex)",
-            self.key, self.value
-        )
-    }
 }
 
 /// The numeric setting `key`, `default` if it is absent, an error if it is malformed.
@@ -69,20 +69,4 @@ pub fn setting_u64_or<'a>(
         None => Ok(default),
         Some(value) => setting_u64(settings, key).ok_or(BadSetting { key, value }),
     }
-}
-
-/// Declares the VM's main function: `vm_runtime::entry!(main);` where `main` is
-/// `fn(&StartInfo<'static>) -> !` or `fn(&StartInfo<'static>)`; in the second case the VM powers
-/// off (PSCI SYSTEM_OFF) when it returns. `main` runs on vCPU 0 with the heap, console, logging
-/// and IRQs ready.
-#[macro_export]
-macro_rules! entry {
-    ($main:path) => {
-        #[unsafe(export_name = "__sluice_vm_main")]
-        #[allow(unreachable_code)]
-        fn __sluice_vm_main(info: &'static $crate::StartInfo<'static>) -> ! {
-            $main(info);
-            $crate::psci::system_off()
-        }
-    };
 }

@@ -1,7 +1,7 @@
 //! PSCI over HVC (via the `smccc` crate): power the VM off or reset it, start and stop vCPUs.
 //! The hypervisor emulates PSCI per VM, so SYSTEM_OFF/SYSTEM_RESET only affect this VM.
 
-use smccc::Hvc;
+use crate::arch::hvc::Conduit as Hvc;
 
 pub use smccc::psci::Error;
 

@@ -6,7 +6,8 @@ use shared_abi::layout::start_info_gpa;
 use shared_abi::start_info::StartInfo;
 use spin::Once;
 
-use crate::{boot, gic, heap, psci, smp, timer};
+use crate::arch::{boot, heap};
+use crate::{gic, psci, smp, timer};
 
 static START_INFO: Once<StartInfo<'static>> = Once::new();
 

@@ -1,15 +1,22 @@
-//! A run of pages shared with a peer VM (our own pages we granted, or a peer's pages mapped in
-//! our grant window), as the virtqueue code of `shared_abi::virtq` accesses it: ring words as
-//! `AtomicU16` ([`RingMem`]) and buffer bytes with copies ([`PoolMem`]).
+//! A run of pages shared with a peer VM (our own pages we granted, a peer's pages mapped in
+//! our grant window, or a connection's control page), as the virtqueue code of
+//! `shared_abi::virtq` accesses it: ring words as `AtomicU16` ([`RingMem`]), buffer bytes with
+//! copies ([`PoolMem`]), and whole pages as atomic words ([`SharedMem::words`]).
+//!
+//! One of the runtime's two rooms for code the compiler cannot check (with `arch`): every
+//! raw access to memory a peer writes is here. A `SharedMem` can only be made over memory no
+//! Rust reference of ours points into (leaked pages, the grant window, the control window),
+//! which is what makes the views below sound.
 //!
 //! The peer writes this memory whenever it likes, so nothing here ever hands out a plain
 //! reference into it: ring words are atomics, and buffer copies are volatile word-at-a-time
 //! loads and stores, so the compiler neither merges nor repeats them (no double fetch behind
 //! the caller's back) and a torn read is just some bytes, which the caller validates.
 
-use core::sync::atomic::{fence, AtomicU16, Ordering};
+use core::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
 
-use shared_abi::layout::PAGE_SIZE;
+use shared_abi::grant::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
+use shared_abi::layout::{control_page_ipa, MAX_VMS, PAGE_SIZE};
 
 use crate::page::Page;
 use shared_abi::virtq::{PoolMem, RingMem, RING_PAGE_LEN};
@@ -22,27 +29,56 @@ pub struct SharedMem {
 }
 
 impl SharedMem {
-    /// The run of `pages` pages at `base`.
-    ///
-    /// # Safety
-    /// `[base, base + pages * 4 KiB)` must be page aligned, mapped read-write as Normal memory
-    /// in this VM, and stay so for as long as this value (or a copy) is used; no Rust reference
-    /// to it may exist elsewhere (only other `SharedMem`s and the peer access it).
-    pub unsafe fn new(base: u64, pages: usize) -> SharedMem {
-        debug_assert!(base.is_multiple_of(PAGE_SIZE));
-        SharedMem {
-            base: base as usize,
-            len: pages * PAGE_SIZE as usize,
-        }
+    /// `pages` pages of our grant window from `gpa` (where peers' frames are mapped), if the
+    /// whole run lies inside it and `gpa` is page aligned. Whether anything is mapped there is
+    /// the hypervisor's business: an access to a page that is not (or no longer) mapped, or a
+    /// store to a read-only one, is a stage-2 fault and the hypervisor stops this VM; it can
+    /// never reach memory of ours.
+    pub fn in_grant_window(gpa: u64, pages: usize) -> Option<SharedMem> {
+        let len = u64::try_from(pages).ok()?.checked_mul(PAGE_SIZE)?;
+        let end = gpa.checked_add(len)?;
+        let inside = gpa.is_multiple_of(PAGE_SIZE)
+            && gpa >= GRANT_WINDOW_BASE
+            && end <= GRANT_WINDOW_BASE + GRANT_WINDOW_SIZE;
+        inside.then_some(SharedMem {
+            base: gpa as usize,
+            len: len as usize,
+        })
+    }
+
+    /// The control page of the connection whose front-end is VM `frontend` (mapped by the
+    /// hypervisor at `control_page_ipa(frontend)` in both VMs of a connection), if the id is a
+    /// possible VM id. As in the grant window, an access where nothing is mapped faults
+    /// into the hypervisor and never reaches memory of ours.
+    pub fn control_page(frontend: u16) -> Option<SharedMem> {
+        (usize::from(frontend) <= MAX_VMS).then_some(SharedMem {
+            base: control_page_ipa(frontend) as usize,
+            len: PAGE_SIZE as usize,
+        })
     }
 
     /// `pages` zeroed pages of our own RAM, leaked (they will be granted: see `page`).
     pub fn leak_pages(pages: usize) -> SharedMem {
-        let run = Page::leak_many(pages.max(1));
-        // SAFETY: the pages are ours, page aligned, contiguous, mapped read-write as Normal
-        // memory, and leaked, so they stay valid forever; `Page` is atomics only, so the
+        let pages = pages.max(1);
+        let run = Page::leak_many(pages);
+        // The pages are ours, page aligned, contiguous, mapped read-write as Normal memory,
+        // and leaked, so they stay valid forever; `Page` is atomics only, so the
         // `&'static [Page]` dropped here never conflicts with our accesses or the peer's.
-        unsafe { SharedMem::new(run[0].gpa(), pages.max(1)) }
+        SharedMem {
+            base: run.as_ptr() as usize,
+            len: pages * PAGE_SIZE as usize,
+        }
+    }
+
+    /// The run as 64-bit words (a granted page, a control page): the peer writes them at any
+    /// time, so they are atomics.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: every `SharedMem` is page aligned and lies in our leaked pages, the grant
+        // window or the control window (its constructors), none of which Rust ever holds a
+        // plain reference into: only atomics and volatile accesses touch them, so an
+        // `AtomicU64` view is sound even while the peer writes. Where nothing is mapped an
+        // access faults into the hypervisor, which stops this VM.
+        unsafe { core::slice::from_raw_parts(self.base as *const AtomicU64, self.len / 8) }
     }
 
     /// Guest-physical (= virtual) address of the first byte.
@@ -70,8 +106,8 @@ impl SharedMem {
 
     fn halfword(&self, offset: usize) -> &AtomicU16 {
         assert!(offset.is_multiple_of(2) && offset + 2 <= self.len);
-        // SAFETY: in bounds and 2-aligned (checked above; base is page aligned), and `new`'s
-        // contract makes the memory valid for the life of `self`; only atomics and volatile
+        // SAFETY: in bounds and 2-aligned (checked above; base is page aligned), and its
+        // constructors make the memory valid for the life of `self` (see `words`); only atomics and volatile
         // accesses touch it, so an `AtomicU16` view is sound even while the peer writes.
         unsafe { &*((self.base + offset) as *const AtomicU16) }
     }
@@ -88,7 +124,7 @@ impl SharedMem {
         let mut done = 0;
         let byte = |i: usize| {
             // SAFETY: `i < len`, so both addresses are inside their runs (asserted above),
-            // which `new` guarantees mapped (the destination read-write).
+            // which the constructors keep in memory only peers and atomics touch (see `words`).
             unsafe {
                 let b = core::ptr::read_volatile((src + i) as *const u8);
                 core::ptr::write_volatile((to + i) as *mut u8, b);
@@ -166,7 +202,7 @@ impl PoolMem for SharedMem {
         // Head bytes until the shared side is 8-aligned, then words (four at a time: this is
         // the data path's copy), then the tail. The private side may be unaligned.
         while done < len && !(src + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted above), which `new` guarantees mapped; `out` is
+            // SAFETY: inside the run (asserted above), which the constructors keep in shared memory (see `words`); `out` is
             // valid for `len` bytes.
             unsafe { *out.add(done) = core::ptr::read_volatile((src + done) as *const u8) };
             done += 1;
@@ -211,7 +247,7 @@ impl PoolMem for SharedMem {
         let from = src.as_ptr();
         let mut done = 0;
         while done < len && !(dst + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted above), mapped read-write per `new`; `from` is
+            // SAFETY: inside the run (asserted above), shared memory per the constructors (see `words`); `from` is
             // valid for `len` bytes.
             unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
             done += 1;
@@ -246,5 +282,134 @@ impl PoolMem for SharedMem {
             unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
             done += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A run over a host buffer (8-aligned, as pages are), for the copy code.
+    fn over(buf: &mut [u64]) -> SharedMem {
+        SharedMem {
+            base: buf.as_mut_ptr() as usize,
+            len: buf.len() * 8,
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn only_whole_page_aligned_runs_inside_the_grant_window_are_made() {
+        let page = PAGE_SIZE;
+        let end = GRANT_WINDOW_BASE + GRANT_WINDOW_SIZE;
+        let run = SharedMem::in_grant_window(GRANT_WINDOW_BASE, 3).unwrap();
+        assert_eq!(
+            (run.gpa(), run.len()),
+            (GRANT_WINDOW_BASE, 3 * page as usize)
+        );
+        let all = (GRANT_WINDOW_SIZE / page) as usize;
+        assert!(SharedMem::in_grant_window(GRANT_WINDOW_BASE, all).is_some());
+        assert!(SharedMem::in_grant_window(end - page, 1).is_some());
+        for (gpa, pages) in [
+            (end - page, 2),
+            (end, 1),
+            (GRANT_WINDOW_BASE - page, 1),
+            (GRANT_WINDOW_BASE + 8, 1),
+            (GRANT_WINDOW_BASE, all + 1),
+            (u64::MAX - page + 1, 1),
+            (GRANT_WINDOW_BASE, usize::MAX),
+            // Our RAM is never foreign memory.
+            (0x4000_0000, 1),
+        ] {
+            assert!(
+                SharedMem::in_grant_window(gpa, pages).is_none(),
+                "{gpa:#x} x {pages}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_pages_exist_for_vm_ids_only() {
+        for id in [0, 1, MAX_VMS as u16] {
+            let page = SharedMem::control_page(id).unwrap();
+            assert_eq!(page.gpa(), control_page_ipa(id));
+            assert_eq!(page.words().len(), PAGE_SIZE as usize / 8);
+        }
+        assert!(SharedMem::control_page(MAX_VMS as u16 + 1).is_none());
+        assert!(SharedMem::control_page(u16::MAX).is_none());
+    }
+
+    #[test]
+    fn reads_and_writes_copy_exactly_the_range_at_every_alignment() {
+        for offset in 0..16 {
+            for len in [0, 1, 7, 8, 9, 31, 32, 33, 64, 100] {
+                let mut backing = vec![0u64; 32];
+                let mem = over(&mut backing);
+                let data = pattern(len, offset as u8);
+                mem.write(offset, &data);
+                // Private side unaligned too.
+                let mut out = vec![0xeeu8; len + 1];
+                mem.read(offset, &mut out[1..]);
+                assert_eq!(&out[1..], &data[..], "offset {offset} len {len}");
+                let bytes: Vec<u8> = backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                assert!(bytes[..offset].iter().all(|&b| b == 0));
+                assert_eq!(&bytes[offset..offset + len], &data[..]);
+                assert!(bytes[offset + len..].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn copies_between_runs_move_exactly_the_range_at_every_alignment() {
+        for (from, to) in [(0, 0), (3, 3), (8, 0), (1, 6), (5, 0), (0, 13)] {
+            for len in [0, 1, 8, 31, 32, 33, 65, 120] {
+                let mut src_backing = vec![0u64; 32];
+                let mut dst_backing = vec![0u64; 32];
+                let src = over(&mut src_backing);
+                let dst = over(&mut dst_backing);
+                let data = pattern(len, 9);
+                src.write(from, &data);
+                src.copy_to(from, &dst, to, len);
+                let mut got = vec![0u8; len];
+                dst.read(to, &mut got);
+                assert_eq!(got, data, "from {from} to {to} len {len}");
+                let bytes: Vec<u8> = dst_backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
+                assert!(bytes[..to].iter().all(|&b| b == 0));
+                assert!(bytes[to + len..].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_read_past_the_run_is_refused() {
+        let mut backing = vec![0u64; 4];
+        let mut out = [0u8; 8];
+        over(&mut backing).read(25, &mut out);
+    }
+
+    #[test]
+    fn ring_halfwords_and_page_words_see_the_same_bytes() {
+        let mut backing = vec![0u64; 8];
+        let mem = over(&mut backing);
+        mem.store_u16_release(2, 0xbeef);
+        mem.store_u16(6, 0x1234);
+        assert_eq!(mem.load_u16_acquire(2), 0xbeef);
+        assert_eq!(mem.load_u16(6), 0x1234);
+        let words = mem.words();
+        assert_eq!(words.len(), 8);
+        let w0 = words[0].load(Ordering::Relaxed);
+        assert_eq!(w0.to_le_bytes()[2..4], 0xbeefu16.to_le_bytes());
+        words[1].store(u64::from_le_bytes(*b"sluice!!"), Ordering::Relaxed);
+        let mut out = [0u8; 8];
+        mem.read(8, &mut out);
+        assert_eq!(&out, b"sluice!!");
     }
 }

@@ -1,31 +1,20 @@
 //! Secondary vCPUs: start vCPU `i` running a Rust function on its own stack, with the same MMU
 //! setup, its GIC CPU interface initialised and IRQs unmasked.
 
-use core::fmt;
-
 use shared_abi::layout::MAX_VCPUS_PER_VM;
 use spin::Mutex;
 
-use crate::{boot, psci};
+use crate::arch::boot;
+use crate::psci;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SmpError {
     /// The index is 0 (the boot vCPU) or not below the VM's vCPU count.
+    #[error("cannot start vCPU {index}: this VM has vCPUs 0..{vcpus} and 0 is already running")]
     NoSuchVcpu { index: usize, vcpus: u32 },
     /// The hypervisor refused CPU_ON (e.g. `AlreadyOn`).
+    #[error("PSCI CPU_ON failed: {0:?}")]
     Psci(psci::Error),
-}
-
-impl fmt::Display for SmpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SmpError::NoSuchVcpu { index, vcpus } => write!(
-                f,
-                "cannot start vCPU {index}: this VM has vCPUs 0..{vcpus} and 0 is already running"
-            ),
-            SmpError::Psci(e) => write!(f, "PSCI CPU_ON failed: {e:?}"),
-        }
-    }
 }
 
 /// What one secondary vCPU runs, set by `cpu_on` before CPU_ON.

@@ -975,3 +975,38 @@ fn random_traffic_keeps_invariants() {
     assert!(totals.spoofed > 0 && totals.runt > 0 && totals.bad_source > 0);
     assert!(totals.hairpin > 0 && totals.queue_full > 0, "{totals:?}");
 }
+
+#[test]
+fn drop_reasons_and_port_errors_keep_their_log_texts() {
+    // The drop log lines and the counters' reasons are read by people and by the QEMU tests.
+    let reasons = [
+        (DropReason::Runt, "runt"),
+        (DropReason::BadSource, "bad source"),
+        (DropReason::Spoofed, "spoofed"),
+        (DropReason::Hairpin, "hairpin"),
+        (DropReason::UnknownPort, "unknown port"),
+        (DropReason::SpoofedIp, "spoofed IP address"),
+        (DropReason::SpoofedArpMac, "spoofed ARP sender MAC"),
+        (DropReason::Protocol, "EtherType not allowed"),
+        (DropReason::Malformed, "malformed ARP/IPv4 header"),
+        (DropReason::FloodLimited, "flood rate limit"),
+    ];
+    for (reason, text) in reasons {
+        assert_eq!(reason.to_string(), text);
+    }
+    let errors = [
+        (PortError::Exists, "port already exists"),
+        (PortError::IdOutOfRange, "guest id out of range"),
+        (PortError::BadOwnerMac, "owner MAC is not a unicast address"),
+        (
+            PortError::OwnerMacInUse,
+            "owner MAC already used by another guest",
+        ),
+    ];
+    for (error, text) in errors {
+        assert_eq!(error.to_string(), text);
+    }
+    // A port error is a real error type, so callers can box or chain it.
+    let boxed: Box<dyn std::error::Error> = Box::new(PortError::Exists);
+    assert_eq!(boxed.to_string(), "port already exists");
+}

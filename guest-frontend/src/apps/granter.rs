@@ -59,9 +59,7 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         println!("ref 1 is mapped by vm {peer}; dying now with it mapped");
         // An access outside our RAM is a stage-2 fault: the hypervisor kills us and must keep
         // page A alive for the peer.
-        let outside = 0x0900_0000 as *const u64;
-        // SAFETY: deliberately invalid; the read never completes (the VM is killed at the trap).
-        let _ = unsafe { outside.read_volatile() };
+        let _ = vm_runtime::probe::read_u64_at(0x0900_0000);
         return Err("survived a stage-2 fault".into());
     }
     // Done when the peer has written page A (its last legitimate step) and unmapped everything.

@@ -58,8 +58,8 @@ pub fn run(info: &StartInfo<'static>) {
         }
         "fault" => {
             println!("REPORT ok: fatal fault during CPU_ON churn ({starts} cycles)");
-            let value = super::probe::access(FAULT_ADDR, false);
-            println!("REPORT fail: reading {FAULT_ADDR:#x} returned {value:#x} instead of a kill");
+            let value = vm_runtime::probe::read_u64_at(FAULT_ADDR);
+            println!("REPORT fail: reading {FAULT_ADDR:#x} returned {value:x?} instead of a kill");
         }
         _ if u64::from(boot) < rounds => {
             println!("boot {boot}: SYSTEM_RESET during CPU_ON churn ({starts} cycles)");

@@ -1,8 +1,10 @@
 //! `probe`: one volatile 8-byte access at `probe_addr` (`probe_op` = `read` or `write`). The
 //! hypervisor must kill the VM when the address is not its RAM; surviving prints
-//! `PROBE SURVIVED`, which the tests treat as an isolation failure.
+//! `PROBE SURVIVED`, which the tests treat as an isolation failure. The access itself is
+//! `vm_runtime::probe`'s (a write into this VM's own RAM is refused there: it would show
+//! nothing about isolation).
 
-use vm_runtime::{println, setting, StartInfo};
+use vm_runtime::{println, probe, setting, StartInfo};
 
 /// Written by `probe_op=write`.
 const PATTERN: u64 = 0x5a5a_dead_beef_a5a5;
@@ -25,23 +27,13 @@ pub fn run(info: &StartInfo<'static>) {
         return;
     }
     println!("probing {op} at {addr:#x}");
-    let value = access(addr, op == "write");
-    println!("PROBE SURVIVED at {addr:#x} value={value:#x}");
-}
-
-/// One volatile 8-byte access at `addr` (aligned): a write of [`PATTERN`] or a read. Also the
-/// fault other apps use when they need their VM killed at stage 2.
-pub fn access(addr: u64, write: bool) -> u64 {
-    let ptr = addr as usize as *mut u64;
-    if write {
-        // SAFETY: deliberately not sound in general: this is the isolation probe. The address
-        // is aligned and, outside this VM's RAM, mapped (Device) by the runtime's identity map, so
-        // the access reaches stage 2, where the hypervisor must stop it. Inside our RAM it may
-        // corrupt this VM, which only ever hurts the probe itself.
-        unsafe { ptr.write_volatile(PATTERN) };
-        PATTERN
+    let value = if op == "write" {
+        probe::write_u64_at(addr, PATTERN).map(|()| PATTERN)
     } else {
-        // SAFETY: as above, for a read.
-        unsafe { ptr.read_volatile() }
+        probe::read_u64_at(addr)
+    };
+    match value {
+        Ok(value) => println!("PROBE SURVIVED at {addr:#x} value={value:#x}"),
+        Err(e) => println!("REPORT fail: probe not made: {e}"),
     }
 }

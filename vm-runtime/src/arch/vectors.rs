@@ -2,6 +2,7 @@
 //! boot code) that saves the interrupted context, and the Rust side that dispatches IRQs to
 //! [`crate::irq`] and reports fatal exceptions before powering the VM off.
 
+#[cfg(target_arch = "aarch64")]
 use core::arch::global_asm;
 
 use crate::{console, cpu, irq, psci};
@@ -43,6 +44,9 @@ const KIND_NAMES: [&str; 16] = [
 const KIND_EL1_SYNC: u64 = 4;
 const KIND_EL1_IRQ: u64 = 5;
 
+// asm: a vector table is fixed-layout code that must save every register before any Rust
+// runs; no crate provides an EL1 one with this frame.
+#[cfg(target_arch = "aarch64")]
 global_asm!(
     r#"
     .macro SLUICE_VENTRY kind

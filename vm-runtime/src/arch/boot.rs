@@ -3,6 +3,7 @@
 //! MMU/cache/FP/VBAR setup, and the few raw-memory views the runtime takes of its own image
 //! (linker symbols, the start-info page, the heap region).
 
+#[cfg(target_arch = "aarch64")]
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 
@@ -87,6 +88,9 @@ const SCTLR: u64 = 0x30d0_0800 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12);
 /// CPACR_EL1.FPEN = 0b11: FP/SIMD does not trap (Rust uses NEON registers freely).
 const CPACR_FPEN: u64 = 0b11 << 20;
 
+// asm: this code runs before there is a stack or an MMU, so it cannot be Rust (aarch64-cpu's
+// register writes are Rust functions that need both).
+#[cfg(target_arch = "aarch64")]
 global_asm!(
     r#"
     .section .text.boot, "ax"

@@ -5,7 +5,8 @@
 
 use buddy_system_allocator::LockedHeap;
 
-#[global_allocator]
+// Host tests keep the host's allocator.
+#[cfg_attr(not(test), global_allocator)]
 static HEAP: LockedHeap<32> = LockedHeap::new();
 
 /// Hands `[start, end)` to the allocator. Called once, by the runtime on vCPU 0, before `main`.
