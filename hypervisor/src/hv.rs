@@ -7,8 +7,8 @@
 //! and console writes do not take it at all.
 //!
 //! Lock order (a lock may only be taken while holding those before it): `HV`, then a VM's
-//! console (`logger`), or the SMMU's (`passthrough`), then the UART's; the heap's lock is taken
-//! by any allocation, under any of them, and takes none.
+//! console (`logger`), then the UART's; the heap's lock is taken by any allocation, under any
+//! of them, and takes none. The SMMU has no lock of its own: [`Hv::iommu`] owns it.
 
 use alloc::format;
 use alloc::string::String;
@@ -32,7 +32,8 @@ use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::logger::{flush_vm_console, vm_console_write};
-use crate::passthrough::{self, Passthrough};
+use crate::iommu::Iommu;
+use crate::passthrough::Passthrough;
 pub use crate::sharing::Sharing;
 use crate::sharing::{connection_port, deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
 use crate::vm::{StopKind, Vcpu, Vm};
@@ -55,6 +56,8 @@ pub struct Hv {
     pub slice_ticks: u64,
     pub pcpus: usize,
     pub sharing: Sharing,
+    /// The SMMU (if the machine has one) and what is attached to it.
+    pub iommu: Iommu,
     /// The PCI function passed through to a driver domain, if the topology names one.
     pub passthrough: Option<Passthrough>,
     /// VMs being reloaded for a restart outside the lock (out of `vms` meanwhile, but alive).
@@ -186,8 +189,13 @@ impl Hv {
         let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
             return (Status::InvalidArgument, None);
         };
-        let (sharing, vms, frames) = (&mut self.sharing, &mut self.vms[..], &mut self.frames);
-        let mut env = Env { vms, frames };
+        let (sharing, vms, frames, iommu) = (
+            &mut self.sharing,
+            &mut self.vms[..],
+            &mut self.frames,
+            &mut self.iommu,
+        );
+        let mut env = Env { vms, frames, iommu };
         let done = |r: Result<(), Status>| (r.err().unwrap_or(Status::Ok), None);
         let port = |r: Result<u32, Status>| match r {
             Ok(port) => (Status::Ok, Some(u64::from(port))),
@@ -254,6 +262,7 @@ impl Hv {
         let env = Env {
             vms: &mut self.vms[..],
             frames: &mut self.frames,
+            iommu: &mut self.iommu,
         };
         batch_array_ok(&env, caller, ops_gpa, count, CopyOp::WORDS)
     }
@@ -391,7 +400,7 @@ impl Hv {
             .is_some_and(|p| p.owner_id == vm_id);
         if owns_device {
             if let Some(p) = self.passthrough.as_mut() {
-                p.owner_stopped();
+                p.owner_stopped(&mut self.iommu);
             }
         }
         // A restart while peers still map frames of its RAM needs fresh RAM. It is decided
@@ -400,10 +409,10 @@ impl Hv {
         // incarnation that never comes.
         let mut replaced_ram = None;
         if kind == StopKind::Reset && self.sharing.grants.lent_count(vm_id) > 0 {
-            let frames = &mut self.frames;
+            let (frames, iommu) = (&mut self.frames, &mut self.iommu);
             match self.vms[vm_index]
                 .as_mut()
-                .and_then(|vm| vm.replace_ram(frames))
+                .and_then(|vm| vm.replace_ram(frames, iommu))
             {
                 Some(old_pa) => replaced_ram = Some(old_pa),
                 None => {
@@ -417,7 +426,7 @@ impl Hv {
         let restart = kind == StopKind::Reset;
         let stopped = self
             .sharing
-            .vm_stopped(&mut self.vms, &mut self.frames, vm_id, restart);
+            .vm_stopped(&mut self.vms, &mut self.frames, &mut self.iommu, vm_id, restart);
         self.sharing.release(&mut self.frames, &stopped.released);
         for notify in &stopped.notify {
             self.notify(*notify, this_pcpu);
@@ -467,7 +476,7 @@ impl Hv {
                 if !stopped.ram_free_now {
                     self.sharing.retained.push(retained(vm.ram_pa));
                 }
-                vm.destroy(&mut self.frames, stopped.ram_free_now);
+                vm.destroy(&mut self.frames, &mut self.iommu, stopped.ram_free_now);
                 let _ = self.vmids.free(vmid);
                 info!(
                     "VM {name} stopped ({how}); {} VM(s) still running",
@@ -488,7 +497,7 @@ impl Hv {
         self.reloading -= 1;
         if owns_device {
             if let Some(p) = self.passthrough.as_mut() {
-                p.owner_restarted(&vm);
+                p.owner_restarted(&mut self.iommu, &vm);
             }
         }
         let first = vm.vcpus.first().copied();
@@ -667,12 +676,12 @@ fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
 /// A device's interrupt (the SMMU's, or the passed-through function's INTx), taken while a guest
 /// or the idle loop ran; ends or hands on the interrupt itself.
 fn device_irq(raw: u32, pcpu: usize) {
-    if passthrough::is_smmu_irq(raw) {
-        passthrough::report_smmu_events();
-        gic::end(raw);
-        return;
-    }
     let handled = with_hv(|hv| {
+        if hv.iommu.is_own_irq(raw) {
+            hv.iommu.report_events();
+            gic::end(raw);
+            return true;
+        }
         let is_intx = hv.passthrough.as_ref().and_then(|p| p.intx) == Some(raw);
         if is_intx {
             // Priority drop only: the owner's EOI of the virtual interrupt deactivates it.
@@ -710,7 +719,13 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
         esr::EC_DABT_LOWER | esr::EC_IABT_LOWER => {
             let ipa = esr::fault_ipa(fault.hpfar, fault.far);
             let id = CURRENT[pcpu].load(Ordering::Relaxed);
-            match with_hv(|hv| crate::mmio::emulate(hv, id, ipa, fault.esr, frame)) {
+            let emulated = with_hv(|hv| {
+                // Field by field, so the VM can be read while the device model changes.
+                let vm = hv.vcpus.get(id).and_then(|v| hv.vms.get(v.vm)?.as_ref());
+                let vm = vm.ok_or_else(|| String::from("the VM is gone"))?;
+                crate::mmio::emulate(vm, hv.passthrough.as_mut(), ipa, fault.esr, frame)
+            });
+            match emulated {
                 Ok(()) => Action::Continue,
                 Err(why) => Action::StopVm(StopKind::Killed(format!(
                     "stage-2 fault at IPA {ipa:#x} ({}) at PC {:#x}: {why}",

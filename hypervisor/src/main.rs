@@ -13,6 +13,8 @@ mod dtb;
 #[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
+mod iommu;
+#[cfg(target_os = "none")]
 #[macro_use]
 mod logger;
 #[cfg(target_os = "none")]
@@ -42,7 +44,8 @@ mod boot {
 
     use crate::arch::{self, cpu, gic, mem};
     use crate::hv::{self, Hv};
-    use crate::passthrough::{self, Passthrough};
+    use crate::iommu::Iommu;
+    use crate::passthrough::Passthrough;
     use crate::vm::{Vcpu, Vm};
     use crate::{dtb, logger};
 
@@ -182,16 +185,17 @@ mod boot {
             slice_ticks: cpu::counter_frequency() * hv::SLICE_MS / 1000,
             pcpus,
             sharing: hv::Sharing::default(),
+            iommu: Iommu::none(),
             passthrough: None,
             reloading: 0,
         };
         // Before any VM exists: from here on no device DMA gets through unless attached.
-        if let Err(why) = passthrough::init_smmu(&machine, &mut hv.frames) {
+        hv.iommu = Iommu::take_over(&machine, &mut hv.frames).unwrap_or_else(|why| {
             fail(
                 &alloc::format!("cannot take the SMMU over: {why}"),
                 "check QEMU's -M virt,iommu=smmuv3 and the SMMU model",
-            );
-        }
+            )
+        });
         let budget = |kind: VmKind| match kind {
             VmKind::DriverDomain => MAX_MAPPINGS_PER_DRIVER_DOMAIN,
             VmKind::Guest => MAX_MAPPINGS_PER_GUEST,
@@ -281,7 +285,8 @@ mod boot {
                 );
             };
             let vtcr = VTCR.load(Ordering::Relaxed) as u64;
-            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, vtcr) {
+            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, &mut hv.iommu, vtcr)
+            {
                 Ok(p) => hv.passthrough = Some(p),
                 Err(why) => fail(
                     &alloc::format!("cannot pass PCI {bdf} to {}: {why}", spec.name),

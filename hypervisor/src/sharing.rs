@@ -16,7 +16,7 @@ use shared_abi::handshake::{self, Header};
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
 use crate::arch::mem::{GuestRam, OwnedFrame, PhysTableMemory};
-use crate::passthrough::invalidate_ipas;
+use crate::iommu::Iommu;
 use crate::vm::Vm;
 
 /// RAM of a dead VM incarnation that a peer still maps; freed when the last mapping goes.
@@ -104,6 +104,7 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
 pub struct Env<'a> {
     pub vms: &'a mut [Option<Vm>],
     pub frames: &'a mut FrameAllocator,
+    pub iommu: &'a mut Iommu,
 }
 
 impl Env<'_> {
@@ -194,7 +195,8 @@ impl GrantEnv for Env<'_> {
             })
             .is_ok()
         {
-            invalidate_ipas(vm.vmid, vm.stage2.root_pa(), &pieces);
+            self.iommu
+                .invalidate_ipas(vm.vmid, vm.stage2.root_pa(), &pieces);
         }
     }
 }
@@ -272,6 +274,7 @@ impl Sharing {
         &mut self,
         vms: &mut [Option<Vm>],
         frames: &mut FrameAllocator,
+        iommu: &mut Iommu,
         vm: VmId,
         restart: bool,
     ) -> Stopped {
@@ -280,7 +283,9 @@ impl Sharing {
         } else {
             Teardown::Kill
         };
-        let death = self.grants.vm_died(&mut Env { vms, frames }, vm, teardown);
+        let death = self
+            .grants
+            .vm_died(&mut Env { vms, frames, iommu }, vm, teardown);
         self.events.vm_died(vm);
         let mut notify = Vec::new();
         for conn in self

@@ -16,7 +16,7 @@ use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
 use crate::arch::mem::{phys_bytes_mut, sync_for_execution, GuestRam, PhysTableMemory};
 use crate::arch::vectors::TrapFrame;
-use crate::passthrough::invalidate_ipas;
+use crate::iommu::Iommu;
 
 /// Why a VM is stopping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,7 +228,7 @@ impl Vm {
 
     /// Unmaps the RAM range from stage 2 and invalidates its TLB entries under the VM's VMID
     /// (by IPA, then the VMID's stage-1 entries). False if the unmap failed.
-    fn unmap_ram(&mut self, tables: &mut PhysTableMemory) -> bool {
+    fn unmap_ram(&mut self, tables: &mut PhysTableMemory, iommu: &mut Iommu) -> bool {
         let mut pieces: Vec<(u64, u64)> = Vec::new();
         let unmapped = self
             .stage2
@@ -236,7 +236,7 @@ impl Vm {
                 pieces.push((ipa, size))
             })
             .is_ok();
-        invalidate_ipas(self.vmid, self.stage2.root_pa(), &pieces);
+        iommu.invalidate_ipas(self.vmid, self.stage2.root_pa(), &pieces);
         unmapped
     }
 
@@ -244,11 +244,11 @@ impl Vm {
     /// must stay untouched until they unmap): the stage-2 RAM range is remapped to the new frames
     /// and the old translations are invalidated. Returns the old RAM's PA, which the caller now
     /// owns; `None` (nothing changed) when there is no free RAM or the remap fails.
-    pub fn replace_ram(&mut self, frames: &mut FrameAllocator) -> Option<u64> {
+    pub fn replace_ram(&mut self, frames: &mut FrameAllocator, iommu: &mut Iommu) -> Option<u64> {
         let pages = (self.ram_bytes / PAGE_SIZE) as usize;
         let new_pa = frames.alloc(pages, (BLOCK_SIZE / PAGE_SIZE) as usize)?;
         let mut tables = PhysTableMemory { frames };
-        let remapped = self.unmap_ram(&mut tables)
+        let remapped = self.unmap_ram(&mut tables, iommu)
             && self
                 .stage2
                 .map(
@@ -279,9 +279,9 @@ impl Vm {
     /// peer still maps some of it and the caller keeps it). Its VMID is released by the caller.
     /// The TLB entries of the unmapped RAM are invalidated by IPA under the VM's own VMID, so the
     /// frames can go to another VM at once.
-    pub fn destroy(mut self, frames: &mut FrameAllocator, free_ram: bool) {
+    pub fn destroy(mut self, frames: &mut FrameAllocator, iommu: &mut Iommu, free_ram: bool) {
         let mut tables = PhysTableMemory { frames };
-        self.unmap_ram(&mut tables);
+        self.unmap_ram(&mut tables, iommu);
         self.stage2.destroy(&mut tables);
         if free_ram {
             let _ = tables
