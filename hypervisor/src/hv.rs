@@ -15,14 +15,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
-use hypervisor::dispatch::{self, Call, CallerVm};
+use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::vmid::VmidAllocator;
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::evtchn::EVTCHN_INTID;
-use shared_abi::hypercall::{self, psci, Status};
+use shared_abi::hypercall::{self, Status};
 use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
 use spin::mutex::TicketMutex;
 
@@ -809,115 +809,125 @@ extern "C" fn el2_unexpected(frame: &mut TrapFrame) {
     );
 }
 
-fn set_return(frame: &mut TrapFrame, value: u64) {
-    frame.x[0] = value;
-}
-
-/// HVC (or SMC) from a guest: decoded and checked by [`hypervisor::dispatch`], carried out here.
+/// HVC (or SMC) from a guest: carried out by [`dispatch::execute`] on this vCPU's
+/// [`TrapMachine`]; the outcome is applied to the vCPU here.
 fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
-    let id = CURRENT[pcpu].load(Ordering::Relaxed);
-    let call = match dispatch::decode(&frame.x) {
-        Ok(call) => call,
-        Err(refused) => {
-            set_return(frame, refused);
-            return Action::Continue;
-        }
+    let mut machine = TrapMachine {
+        pcpu,
+        vcpu: CURRENT[pcpu].load(Ordering::Relaxed),
+        vm_id: CURRENT_VM[pcpu].load(Ordering::Relaxed),
     };
-    let status = match call {
-        Call::Answer(value) => value,
-        Call::Console { bytes, len } => {
-            // Only this VM's console lock: printing never holds up other VMs' traps.
-            let vm_id = CURRENT_VM[pcpu].load(Ordering::Relaxed);
-            vm_console_write(vm_id, bytes.get(..len).unwrap_or(&[]));
-            Status::Ok.as_u64()
-        }
-        Call::Yield => {
-            set_return(frame, Status::Ok.as_u64());
-            return Action::Preempt;
-        }
-        Call::TestInject { mask, repeat } => with_hv(|hv| {
-            for _ in 0..repeat {
-                for sgi in (0..intid::SGI_COUNT).filter(|b| mask & (1 << b) != 0) {
-                    if let Err(status) = hv.inject(id, sgi, pcpu) {
-                        return status;
-                    }
-                }
+    match dispatch::execute(&frame.x, &mut machine) {
+        Outcome::Return { x0, x1 } => {
+            frame.x[0] = x0;
+            if let Some(x1) = x1 {
+                frame.x[1] = x1;
             }
-            Status::Ok
-        })
-        .as_u64(),
-        Call::GrantCopy { ops_gpa, count } => {
-            grant_copy_op_by_op(id, ops_gpa, count, pcpu).as_u64()
+            Action::Continue
         }
-        Call::Sharing { function } => {
-            let (status, value) = with_hv(|hv| hv.sharing_call(id, function, frame.x, pcpu));
-            if let Some(value) = value {
-                frame.x[1] = value;
-            }
-            status.as_u64()
+        Outcome::Yield => {
+            frame.x[0] = Status::Ok.as_u64();
+            Action::Preempt
         }
-        Call::CpuOn {
-            target,
-            entry,
-            context,
-        } => with_hv(|hv| cpu_on(hv, id, target, entry, context, pcpu)) as u64,
-        Call::CpuOff => return Action::VcpuOff,
-        Call::SystemOff => {
-            let name = with_hv(|hv| hv.name_of(id));
+        Outcome::VcpuOff => Action::VcpuOff,
+        Outcome::SystemOff => {
+            let name = with_hv(|hv| hv.name_of(machine.vcpu));
             info!("VM {name} requested power off (PSCI SYSTEM_OFF)");
-            return Action::StopVm(StopKind::PowerOff);
+            Action::StopVm(StopKind::PowerOff)
         }
-        Call::SystemReset => return Action::StopVm(StopKind::Reset),
-    };
-    set_return(frame, status);
-    Action::Continue
+        Outcome::SystemReset => Action::StopVm(StopKind::Reset),
+    }
 }
 
-/// GRANT_COPY with the HV lock taken once per op rather than for the whole batch: a batch can
-/// move `MAX_BATCH` pages, and no VM may keep the others' traps waiting that long. The batch
-/// is still refused as a whole when its array is bad; each op's status is written as it runs.
-fn grant_copy_op_by_op(id: VcpuId, ops_gpa: u64, count: u64, pcpu: usize) -> Status {
-    if !with_hv(|hv| hv.copy_array_ok(id, ops_gpa, count)) {
-        return Status::InvalidArgument;
+/// The machine as the hypercall of vCPU `vcpu` (of VM `vm_id`, on `pcpu`) sees it. Each method
+/// takes the HV lock for itself alone, so the dispatcher's loops (GRANT_COPY's ops, TEST_INJECT's
+/// SGIs) let other pCPUs in between steps; console writes take only that VM's console lock.
+struct TrapMachine {
+    pcpu: usize,
+    vcpu: VcpuId,
+    vm_id: u16,
+}
+
+impl dispatch::Machine for TrapMachine {
+    fn console(&mut self, bytes: &[u8]) {
+        vm_console_write(self.vm_id, bytes);
     }
-    let op_bytes = CopyOp::WORDS as u64 * 8;
-    for i in 0..count {
+
+    fn inject_sgi(&mut self, sgi: u32) -> Result<(), Status> {
+        with_hv(|hv| hv.inject(self.vcpu, sgi, self.pcpu))
+    }
+
+    fn copy_batch_ok(&mut self, ops_gpa: u64, count: u64) -> bool {
+        with_hv(|hv| hv.copy_array_ok(self.vcpu, ops_gpa, count))
+    }
+
+    fn copy_op(&mut self, op_gpa: u64) -> Status {
         let mut x = [0u64; 31];
         x[0] = hypercall::GRANT_COPY;
-        x[1] = ops_gpa + i * op_bytes;
+        x[1] = op_gpa;
         x[2] = 1;
-        let (status, _) = with_hv(|hv| hv.sharing_call(id, hypercall::GRANT_COPY, x, pcpu));
-        // Per-op failures are in the ops' status words; a failed call means the VM went away.
-        if status != Status::Ok {
-            return status;
-        }
+        with_hv(|hv| hv.sharing_call(self.vcpu, hypercall::GRANT_COPY, x, self.pcpu)).0
     }
-    Status::Ok
+
+    fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>) {
+        with_hv(|hv| hv.sharing_call(self.vcpu, function, *x, self.pcpu))
+    }
+
+    fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R> {
+        with_hv(|hv| {
+            let vm_index = hv.vcpus.get(self.vcpu)?.vm;
+            hv.vms.get(vm_index)?.as_ref()?;
+            let mut view = VmVcpus {
+                hv,
+                vm_index,
+                pcpu: self.pcpu,
+            };
+            Some(f(&mut view))
+        })
+    }
 }
 
-/// PSCI CPU_ON for a vCPU of the caller's VM: checked ([`dispatch::check_cpu_on`]) and started
-/// under the one lock, so a stop requested meanwhile cannot slip in between.
-fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pcpu: usize) -> i64 {
-    let Some(vm) = hv.vm_of(caller) else {
-        return psci::DENIED;
-    };
-    let shape = CallerVm {
-        vcpus: vm.vcpus.len(),
-        ram_bytes: vm.ram_bytes,
-        stopping: vm.stop.is_some(),
-    };
-    let target_id = match dispatch::check_cpu_on(shape, target, entry) {
-        Ok(index) => match vm.vcpus.get(index) {
-            Some(&id) => id,
-            None => return psci::INVALID_PARAMETERS,
-        },
-        Err(code) => return code,
-    };
-    if hv.sched.state(target_id) != RunState::Off {
-        return psci::ALREADY_ON;
+/// One VM's vCPUs for PSCI CPU_ON, under the HV lock.
+struct VmVcpus<'a> {
+    hv: &'a mut Hv,
+    vm_index: usize,
+    pcpu: usize,
+}
+
+impl VmVcpus<'_> {
+    fn vcpu_id(&self, index: usize) -> Option<VcpuId> {
+        self.hv.vms.get(self.vm_index)?.as_ref()?.vcpus.get(index).copied()
     }
-    hv.vcpus[target_id].reset(entry, context);
-    hv.sched.wake(target_id);
-    hv.kick_idle(pcpu);
-    psci::SUCCESS
+}
+
+impl VcpuControl for VmVcpus<'_> {
+    fn caller_vm(&self) -> CallerVm {
+        match self.hv.vms.get(self.vm_index).and_then(Option::as_ref) {
+            Some(vm) => CallerVm {
+                vcpus: vm.vcpus.len(),
+                ram_bytes: vm.ram_bytes,
+                stopping: vm.stop.is_some(),
+            },
+            // Checked by `with_vcpus`; a VM that is gone is as good as stopping.
+            None => CallerVm {
+                vcpus: 0,
+                ram_bytes: 0,
+                stopping: true,
+            },
+        }
+    }
+
+    fn is_off(&self, index: usize) -> bool {
+        self.vcpu_id(index)
+            .is_some_and(|id| self.hv.sched.state(id) == RunState::Off)
+    }
+
+    fn start(&mut self, index: usize, entry: u64, context: u64) {
+        let Some(id) = self.vcpu_id(index) else {
+            return;
+        };
+        self.hv.vcpus[id].reset(entry, context);
+        self.hv.sched.wake(id);
+        self.hv.kick_idle(self.pcpu);
+    }
 }

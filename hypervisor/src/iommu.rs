@@ -1,4 +1,4 @@
-//! The SMMU as the hypervisor state owns it ([`crate::hv::Hv::iommu`]): taken over at boot so
+//! The SMMU as the hypervisor state owns it (`Hv::iommu`): taken over at boot so
 //! that every stream aborts, one stream attached to its owner's stage 2 at a time, its events
 //! logged, and the TLB maintenance every stage-2 unmap needs.
 //!
