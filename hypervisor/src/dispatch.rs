@@ -219,9 +219,7 @@ pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
         }
         Call::Yield => Outcome::Yield,
         Call::TestInject { mask, repeat } => Outcome::status(test_inject(machine, mask, repeat)),
-        Call::GrantCopy { ops_gpa, count } => {
-            Outcome::status(grant_copy(machine, ops_gpa, count))
-        }
+        Call::GrantCopy { ops_gpa, count } => Outcome::status(grant_copy(machine, ops_gpa, count)),
         Call::Sharing { function } => {
             let (status, x1) = machine.sharing(function, x);
             Outcome::Return {
@@ -288,6 +286,8 @@ pub fn cpu_on(vm: &mut dyn VcpuControl, target: u64, entry: u64, context: u64) -
     vm.start(index, entry, context);
     psci::SUCCESS
 }
+
+pub mod sharing;
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 
+use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::mm::frame_alloc::FrameAllocator;
@@ -31,11 +32,11 @@ use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
 use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
-use crate::logger::{flush_vm_console, vm_console_write};
 use crate::iommu::Iommu;
+use crate::logger::{flush_vm_console, vm_console_write};
 use crate::passthrough::Passthrough;
 pub use crate::sharing::Sharing;
-use crate::sharing::{connection_port, deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
+use crate::sharing::{Env, Notify, RetainedRam};
 use crate::vm::{StopKind, Vcpu, Vm};
 use hypervisor::grant::{batch_array_ok, RamRelease};
 use shared_abi::grant::CopyOp;
@@ -177,80 +178,37 @@ impl Hv {
         cpu::set_hyp_timer(deadline);
     }
 
-    /// Grant and event-channel hypercalls of vCPU `id`: the status for x0 and, for calls that
-    /// return a port, the value for x1.
+    /// Grant and event-channel hypercalls of vCPU `id` ([`dispatch::sharing::sharing_call`]
+    /// over this machine): the status for x0 and, for calls that return a port, the value for
+    /// x1.
     fn sharing_call(
         &mut self,
         id: VcpuId,
         function: u64,
-        x: [u64; 31],
+        x: &[u64; 31],
         pcpu: usize,
     ) -> (Status, Option<u64>) {
         let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
             return (Status::InvalidArgument, None);
         };
-        let (sharing, vms, frames, iommu) = (
-            &mut self.sharing,
-            &mut self.vms[..],
-            &mut self.frames,
-            &mut self.iommu,
-        );
-        let mut env = Env { vms, frames, iommu };
-        let done = |r: Result<(), Status>| (r.err().unwrap_or(Status::Ok), None);
-        let port = |r: Result<u32, Status>| match r {
-            Ok(port) => (Status::Ok, Some(u64::from(port))),
-            Err(e) => (e, None),
+        let Sharing {
+            grants,
+            events,
+            connections,
+            ..
+        } = &mut self.sharing;
+        let mut env = Env {
+            vms: &mut self.vms[..],
+            frames: &mut self.frames,
+            iommu: &mut self.iommu,
+            connections,
         };
-        let mut notify = None;
-        let result = match function {
-            hypercall::GRANT_TABLE_SETUP => (sharing.grants.setup(&env, caller, x[1], x[2]), None),
-            // A mapping grows the heap: refuse it while the heap is low rather than let an
-            // allocation fail.
-            hypercall::GRANT_MAP if crate::boot::heap_free_bytes() < crate::boot::HEAP_RESERVE => {
-                (Status::NoSpace, None)
-            }
-            hypercall::GRANT_MAP => (sharing.grants.map_batch(&mut env, caller, x[1], x[2]), None),
-            hypercall::GRANT_UNMAP => {
-                let result = sharing.grants.unmap_batch(&mut env, caller, x[1], x[2]);
-                sharing.release(env.frames, &result.released);
-                (result.status, None)
-            }
-            hypercall::GRANT_COPY => (
-                sharing.grants.copy_batch(&mut env, caller, x[1], x[2]),
-                None,
-            ),
-            hypercall::GRANT_END => (sharing.grants.end(&mut env, caller, x[1]), None),
-            hypercall::EVTCHN_SETUP => done(sharing.events.setup(caller, x[1], |gpa, len| {
-                ram_pa(env.vms, caller, gpa, len).is_some()
-            })),
-            hypercall::EVTCHN_ALLOC_UNBOUND => port(sharing.events.alloc_unbound(caller, x[1])),
-            hypercall::EVTCHN_BIND_INTERDOMAIN => {
-                port(sharing.events.bind_interdomain(caller, x[1], x[2]))
-            }
-            hypercall::EVTCHN_SEND => match sharing.events.send(caller, x[1]) {
-                Ok(signal) => {
-                    notify = deliver(env.vms, signal);
-                    (Status::Ok, None)
-                }
-                Err(e) => (e, None),
-            },
-            hypercall::EVTCHN_CLOSE => done(sharing.events.close(caller, x[1])),
-            hypercall::CONNECTION_PORT => port(
-                connection_port(&sharing.connections, caller, x[1]).ok_or(Status::InvalidArgument),
-            ),
-            hypercall::EVTCHN_UNMASK => match sharing.events.unmask(caller, x[1]) {
-                Ok(page_gpa) => {
-                    notify = unmask_port(env.vms, caller, page_gpa, x[1] as u32);
-                    (Status::Ok, None)
-                }
-                Err(e) => (e, None),
-            },
-            _ => (Status::NotSupported, None),
-        };
-        if let Some(n) = notify {
-            self.notify(n, pcpu);
+        let answer = sharing_call(grants, events, &mut env, caller, function, x);
+        self.sharing.release(&mut self.frames, &answer.released);
+        if let Some(vm) = answer.notify {
+            self.notify(Notify { vm }, pcpu);
         }
-        result
+        (answer.status, answer.x1)
     }
 
     /// True if vCPU `id`'s VM may run a GRANT_COPY batch of `count` ops at `ops_gpa` (the
@@ -263,6 +221,7 @@ impl Hv {
             vms: &mut self.vms[..],
             frames: &mut self.frames,
             iommu: &mut self.iommu,
+            connections: &self.sharing.connections,
         };
         batch_array_ok(&env, caller, ops_gpa, count, CopyOp::WORDS)
     }
@@ -424,9 +383,13 @@ impl Hv {
             }
         }
         let restart = kind == StopKind::Reset;
-        let stopped = self
-            .sharing
-            .vm_stopped(&mut self.vms, &mut self.frames, &mut self.iommu, vm_id, restart);
+        let stopped = self.sharing.vm_stopped(
+            &mut self.vms,
+            &mut self.frames,
+            &mut self.iommu,
+            vm_id,
+            restart,
+        );
         self.sharing.release(&mut self.frames, &stopped.released);
         for notify in &stopped.notify {
             self.notify(*notify, this_pcpu);
@@ -866,11 +829,11 @@ impl dispatch::Machine for TrapMachine {
         x[0] = hypercall::GRANT_COPY;
         x[1] = op_gpa;
         x[2] = 1;
-        with_hv(|hv| hv.sharing_call(self.vcpu, hypercall::GRANT_COPY, x, self.pcpu)).0
+        with_hv(|hv| hv.sharing_call(self.vcpu, hypercall::GRANT_COPY, &x, self.pcpu)).0
     }
 
     fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>) {
-        with_hv(|hv| hv.sharing_call(self.vcpu, function, *x, self.pcpu))
+        with_hv(|hv| hv.sharing_call(self.vcpu, function, x, self.pcpu))
     }
 
     fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R> {
@@ -896,7 +859,13 @@ struct VmVcpus<'a> {
 
 impl VmVcpus<'_> {
     fn vcpu_id(&self, index: usize) -> Option<VcpuId> {
-        self.hv.vms.get(self.vm_index)?.as_ref()?.vcpus.get(index).copied()
+        self.hv
+            .vms
+            .get(self.vm_index)?
+            .as_ref()?
+            .vcpus
+            .get(index)
+            .copied()
     }
 }
 

@@ -285,8 +285,7 @@ mod boot {
                 );
             };
             let vtcr = VTCR.load(Ordering::Relaxed) as u64;
-            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, &mut hv.iommu, vtcr)
-            {
+            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, &mut hv.iommu, vtcr) {
                 Ok(p) => hv.passthrough = Some(p),
                 Err(why) => fail(
                     &alloc::format!("cannot pass PCI {bdf} to {}: {why}", spec.name),

@@ -6,7 +6,8 @@
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::SeqCst;
 
-use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels, Signal};
+use hypervisor::dispatch::sharing::SharingEnv;
+use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels};
 use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
@@ -105,6 +106,7 @@ pub struct Env<'a> {
     pub vms: &'a mut [Option<Vm>],
     pub frames: &'a mut FrameAllocator,
     pub iommu: &'a mut Iommu,
+    pub connections: &'a [Connection],
 }
 
 impl Env<'_> {
@@ -201,6 +203,28 @@ impl GrantEnv for Env<'_> {
     }
 }
 
+impl SharingEnv for Env<'_> {
+    fn heap_low(&self) -> bool {
+        crate::boot::heap_free_bytes() < crate::boot::HEAP_RESERVE
+    }
+
+    fn set_pending(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
+        set_port_pending(self.vms, vm, page_gpa, port).is_some()
+    }
+
+    fn clear_mask(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
+        let Some((ram, offset)) = ram_at(self.vms, vm, page_gpa) else {
+            return false;
+        };
+        ram.atomics(offset, PAGE_WORDS)
+            .is_some_and(|words| shared_abi::evtchn::clear_mask(words, port) == Some(true))
+    }
+
+    fn connection_port(&self, caller: VmId, peer: u64) -> Option<u32> {
+        connection_port(self.connections, caller, peer)
+    }
+}
+
 /// A virtual interrupt the caller must inject: [`EVTCHN_INTID`] to VM `vm`'s first vCPU.
 ///
 /// [`EVTCHN_INTID`]: shared_abi::evtchn::EVTCHN_INTID
@@ -214,11 +238,6 @@ pub fn set_port_pending(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) 
     let (ram, offset) = ram_at(vms, vm, page_gpa)?;
     let words = ram.atomics(offset, PAGE_WORDS)?;
     (set_pending(words, port) == Some(Delivery::Notify)).then_some(Notify { vm })
-}
-
-/// Delivers a send's [`Signal`]: a VM without an event page simply does not hear it.
-pub fn deliver(vms: &[Option<Vm>], signal: Signal) -> Option<Notify> {
-    set_port_pending(vms, signal.vm, signal.page_gpa?, signal.port)
 }
 
 impl Sharing {
@@ -283,9 +302,16 @@ impl Sharing {
         } else {
             Teardown::Kill
         };
-        let death = self
-            .grants
-            .vm_died(&mut Env { vms, frames, iommu }, vm, teardown);
+        let death = self.grants.vm_died(
+            &mut Env {
+                vms,
+                frames,
+                iommu,
+                connections: &self.connections,
+            },
+            vm,
+            teardown,
+        );
         self.events.vm_died(vm);
         let mut notify = Vec::new();
         for conn in self
@@ -351,12 +377,4 @@ impl Sharing {
             }
         }
     }
-}
-
-/// EVTCHN_UNMASK's second half: clears the mask bit in the caller's event page; if the port is
-/// pending, the event that arrived while masked is delivered now.
-pub fn unmask_port(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
-    let (ram, offset) = ram_at(vms, vm, page_gpa)?;
-    let words = ram.atomics(offset, PAGE_WORDS)?;
-    (shared_abi::evtchn::clear_mask(words, port) == Some(true)).then_some(Notify { vm })
 }

@@ -171,10 +171,21 @@ fn cpu_on_checks_the_target_the_entry_and_a_stopping_vm() {
 enum Effect {
     Console(Vec<u8>),
     Sgi(u32),
-    BatchCheck { ops_gpa: u64, count: u64 },
+    BatchCheck {
+        ops_gpa: u64,
+        count: u64,
+    },
     CopyOp(u64),
-    Sharing { function: u64, x1: u64, x2: u64 },
-    Start { index: usize, entry: u64, context: u64 },
+    Sharing {
+        function: u64,
+        x1: u64,
+        x2: u64,
+    },
+    Start {
+        index: usize,
+        entry: u64,
+        context: u64,
+    },
 }
 
 /// A machine that records every effect and answers as configured.
@@ -301,13 +312,23 @@ fn every_call_has_exactly_its_effect_and_outcome() {
     let hi = u64::from_le_bytes(*b"hi\0\0\0\0\0\0");
     let entry = GUEST_RAM_BASE + 0x2000;
     let cases: Vec<(u64, Vec<u64>, Outcome, Vec<Effect>)> = vec![
-        (CONSOLE_WRITE, vec![2, hi], ok(), vec![Effect::Console(b"hi".to_vec())]),
+        (
+            CONSOLE_WRITE,
+            vec![2, hi],
+            ok(),
+            vec![Effect::Console(b"hi".to_vec())],
+        ),
         (YIELD, vec![], Outcome::Yield, vec![]),
         (
             TEST_INJECT,
             vec![0b101, 2],
             ok(),
-            vec![Effect::Sgi(0), Effect::Sgi(2), Effect::Sgi(0), Effect::Sgi(2)],
+            vec![
+                Effect::Sgi(0),
+                Effect::Sgi(2),
+                Effect::Sgi(0),
+                Effect::Sgi(2),
+            ],
         ),
         (
             GRANT_COPY,
@@ -443,18 +464,21 @@ fn grant_copy_is_refused_whole_or_runs_op_by_op_until_one_ends_it() {
     );
     assert!(m.effects.is_empty());
     let mut m = Model::new();
-    assert_eq!(m.run(hypercall::GRANT_COPY, &[0x4000_0000, MAX_BATCH]), ok());
+    assert_eq!(
+        m.run(hypercall::GRANT_COPY, &[0x4000_0000, MAX_BATCH]),
+        ok()
+    );
     assert_eq!(m.effects.len() as u64, MAX_BATCH + 1);
 }
 
 #[test]
 fn cpu_on_answers_every_psci_status() {
     let entry = GUEST_RAM_BASE + 0x1000;
-    let cpu_on = |m: &mut Model, target: u64, entry: u64| {
-        match m.run(psci::CPU_ON_64, &[target, entry, 5]) {
-            Outcome::Return { x0, x1: None } => x0 as i64,
-            other => panic!("{other:?}"),
-        }
+    let cpu_on = |m: &mut Model, target: u64, entry: u64| match m
+        .run(psci::CPU_ON_64, &[target, entry, 5])
+    {
+        Outcome::Return { x0, x1: None } => x0 as i64,
+        other => panic!("{other:?}"),
     };
     let mut m = Model::new();
     assert_eq!(cpu_on(&mut m, 1, entry), psci::SUCCESS);
