@@ -436,10 +436,11 @@ impl Hv {
                     }
                 }
                 // RAM that peers still map stays readable to them until they unmap.
-                if !stopped.ram_free_now {
-                    self.sharing.retained.push(retained(vm.ram_pa));
+                if let Some(kept) =
+                    vm.destroy(&mut self.frames, &mut self.iommu, stopped.ram_free_now)
+                {
+                    self.sharing.retained.push(retained(kept));
                 }
-                vm.destroy(&mut self.frames, &mut self.iommu, stopped.ram_free_now);
                 let _ = self.vmids.free(vmid);
                 info!(
                     "VM {name} stopped ({how}); {} VM(s) still running",

@@ -15,9 +15,9 @@ use alloc::string::String;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use log::{error, info, warn};
 
-use crate::arch::gic;
 use crate::arch::mem::tlbi_ipas_for;
 use crate::arch::smmu::Smmu;
+use crate::arch::{gic, platform};
 use crate::dtb::Machine;
 
 /// Stream-table size: bus 0 only (the virt machine's root bus); streams beyond abort anyway.
@@ -62,13 +62,10 @@ impl Iommu {
         let Some(base) = machine.smmu else {
             return Ok(Self::none());
         };
-        // SAFETY: `base` is the SMMUv3 of the device tree, inside the EL2 identity map's Device
-        // region, and this is the only place that creates a driver for it.
-        let mut smmu = unsafe {
-            Smmu::new(base, SID_BITS, &mut |pages, align| {
-                frames.alloc(pages, align)
-            })
-        }
+        let mut smmu = platform::smmu(base, SID_BITS, &mut |pages, align| {
+            frames.alloc(pages, align)
+        })
+        .ok_or("the SMMU was taken over already")?
         .map_err(|e| format!("{e}"))?;
         for irq in [machine.smmu_eventq_irq, machine.smmu_gerror_irq]
             .into_iter()

@@ -1,5 +1,7 @@
 //! sluice hypervisor binary: boots on every pCPU at EL2, reads the device tree and the boot
 //! bundle, builds one VM per bundle entry, and hands the pCPUs to the scheduler.
+//!
+//! Unsafe code lives in `arch` only; every other module forbids it.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 
@@ -9,21 +11,30 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod dtb;
+// No unsafe block either, but its trap entry points are `#[no_mangle]` (the vectors branch to
+// them by name), which the `unsafe_code` lint counts as unsafe.
 #[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod iommu;
 #[cfg(target_os = "none")]
 #[macro_use]
+#[forbid(unsafe_code)]
 mod logger;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod mmio;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod passthrough;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod sharing;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod vm;
 
 #[cfg(target_os = "none")]
@@ -31,7 +42,6 @@ mod boot {
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicUsize, Ordering};
 
-    use buddy_system_allocator::LockedHeap;
     use hypervisor::grant::HEAP_PER_MAPPING;
     use hypervisor::mm::frame_alloc::FrameAllocator;
     use hypervisor::mm::stage2::vtcr_el2;
@@ -42,15 +52,14 @@ mod boot {
     use shared_abi::grant::{MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST};
     use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE};
 
-    use crate::arch::{self, cpu, gic, mem};
+    use crate::arch::heap::{self, HEAP_SIZE};
+    use crate::arch::{self, cpu, gic, mem, platform};
     use crate::hv::{self, Hv};
     use crate::iommu::Iommu;
     use crate::passthrough::Passthrough;
     use crate::vm::{Vcpu, Vm};
     use crate::{dtb, logger};
 
-    /// The hypervisor's heap: VMs, vCPUs, and the grant records guests create.
-    const HEAP_SIZE: usize = 24 << 20;
     /// The share of the heap grant-mapping budgets may promise away (the rest is for
     /// everything else); a topology whose budgets need more is refused at boot.
     const HEAP_FOR_MAPPINGS: u64 = (HEAP_SIZE as u64 / 4) * 3;
@@ -58,20 +67,6 @@ mod boot {
     /// that no guest-triggered allocation can fail (which would stop the hypervisor) even if
     /// [`HEAP_PER_MAPPING`] were too optimistic.
     pub const HEAP_RESERVE: usize = 1 << 20;
-
-    #[repr(C, align(4096))]
-    struct HeapSpace([u8; HEAP_SIZE]);
-    static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
-
-    #[global_allocator]
-    static HEAP: LockedHeap<32> = LockedHeap::empty();
-
-    /// Bytes of the heap not handed out (including the allocator's rounding).
-    pub fn heap_free_bytes() -> usize {
-        let heap = HEAP.lock();
-        heap.stats_total_bytes()
-            .saturating_sub(heap.stats_alloc_actual())
-    }
 
     /// Where QEMU puts the DTB when it boots an ELF instead of the Image (e.g. under gdb).
     const DEFAULT_DTB: u64 = 0x4000_0000;
@@ -101,14 +96,9 @@ mod boot {
                 cpu::wait_for_interrupt();
             }
         }
-        // SAFETY: HEAP_SPACE is used only as this heap's backing store, handed over once here.
-        unsafe {
-            HEAP.lock()
-                .init(core::ptr::addr_of_mut!(HEAP_SPACE) as usize, HEAP_SIZE);
-        }
+        heap::init();
         let dtb_pa = if dtb_arg != 0 { dtb_arg } else { DEFAULT_DTB };
-        // SAFETY: QEMU put a DTB at this address; the blob is only read.
-        let blob = unsafe { mem::dtb_blob(dtb_pa) }.unwrap_or_else(|| {
+        let blob = platform::device_tree(dtb_pa).unwrap_or_else(|| {
             fail(
                 "no device tree found",
                 "boot the hypervisor ELF with QEMU's -kernel",
@@ -130,10 +120,7 @@ mod boot {
                 "pass the bundle built by ./run.sh with -initrd",
             )
         });
-        // SAFETY: QEMU loaded the initrd there; it is excluded from the frame allocator below and
-        // never written, so a shared 'static view is sound.
-        let bundle_bytes =
-            unsafe { mem::phys_bytes(bundle_start, (bundle_end - bundle_start) as usize) };
+        let bundle_bytes = platform::boot_bundle(bundle_start, bundle_end);
         let bundle = Bundle::parse(bundle_bytes).unwrap_or_else(|e| {
             error!("boot bundle rejected: {e}");
             fail(
@@ -162,8 +149,7 @@ mod boot {
         VTCR.store(vtcr as usize, Ordering::Relaxed);
         cpu::init_el2(vtcr);
         let pcpus = machine.cpus.min(arch::MAX_PCPUS);
-        // SAFETY: the GIC addresses come from the device tree; nothing else drives the GIC.
-        unsafe { gic::init_primary(machine.gicd as usize, machine.gicr as usize, pcpus) };
+        platform::init_gic(machine.gicd, machine.gicr, pcpus);
         info!(
             "{} list registers, {}-bit VMIDs, PCI ECAM {}, SMMUv3 {}",
             gic::list_register_count(),
@@ -248,7 +234,7 @@ mod boot {
                 vm.kind,
                 spec.vcpus,
                 spec.ram_bytes >> 20,
-                vm.ram_pa,
+                vm.ram.pa(),
                 vm.vmid,
                 spec.image.len() / 1024
             );

@@ -26,9 +26,9 @@ use shared_abi::layout::intid::PASSTHROUGH_INTX;
 use shared_abi::layout::{PCI_ECAM_IPA, PCI_ECAM_SIZE, PCI_WINDOW_IPA};
 
 use crate::arch::ecam::Ecam;
-use crate::arch::gic;
 use crate::arch::mem::PhysTableMemory;
 use crate::arch::vectors::TrapFrame;
+use crate::arch::{gic, platform};
 use crate::dtb::{self, Machine};
 use crate::iommu::Iommu;
 use crate::vm::Vm;
@@ -78,9 +78,7 @@ impl Passthrough {
             ));
         }
         let window = Window::new(PCI_WINDOW_IPA.0, PCI_WINDOW_IPA.1).ok_or("bad PCI window")?;
-        // SAFETY: the ECAM of the device tree's host bridge, in the EL2 identity map's Device
-        // region; only this module drives it.
-        let ecam = unsafe { Ecam::new(ecam_base) };
+        let ecam = platform::ecam(ecam_base).ok_or("the PCI ECAM is driven already")?;
         quiet_other_functions(&ecam, bdf);
         let (filter, events) = ConfigFilter::probe(bdf, window, &mut ecam.function(bdf))
             .map_err(|e| format!("{e}"))?;

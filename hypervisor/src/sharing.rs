@@ -98,7 +98,7 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
     let vm = vm_slot(vms, vm)?;
     let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
     let end = offset.checked_add(len)?;
-    (len >= 1 && end <= vm.ram_bytes).then_some(vm.ram_pa + offset)
+    (len >= 1 && end <= vm.ram_bytes).then_some(vm.ram.pa() + offset)
 }
 
 /// The grant tables' view of the machine: VM RAM through the identity map, stage-2 tables.
@@ -205,7 +205,7 @@ impl GrantEnv for Env<'_> {
 
 impl SharingEnv for Env<'_> {
     fn heap_low(&self) -> bool {
-        crate::boot::heap_free_bytes() < crate::boot::HEAP_RESERVE
+        crate::arch::heap::free_bytes() < crate::boot::HEAP_RESERVE
     }
 
     fn set_pending(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
