@@ -182,7 +182,7 @@ impl Outcome {
 pub trait VcpuControl {
     fn caller_vm(&self) -> CallerVm;
     /// Whether vCPU `index` (below `caller_vm().vcpus`) is off.
-    fn is_off(&self, index: usize) -> bool;
+    fn is_off(&mut self, index: usize) -> bool;
     /// Resets vCPU `index` to start at `entry` with x0 = `context`, and makes it runnable.
     fn start(&mut self, index: usize, entry: u64, context: u64);
 }

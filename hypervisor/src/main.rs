@@ -21,6 +21,9 @@ mod hv;
 #[forbid(unsafe_code)]
 mod iommu;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
+mod locks;
+#[cfg(target_os = "none")]
 #[macro_use]
 #[forbid(unsafe_code)]
 mod logger;
@@ -57,7 +60,7 @@ mod boot {
     use crate::hv::{self, Hv};
     use crate::iommu::Iommu;
     use crate::passthrough::Passthrough;
-    use crate::vm::{Vcpu, Vm};
+    use crate::vm::{Vcpu, VcpuRun, Vm};
     use crate::{dtb, logger};
 
     /// The share of the heap grant-mapping budgets may promise away (the rest is for
@@ -162,14 +165,13 @@ mod boot {
                 .map_or("absent".into(), |a| alloc::format!("at {a:#x}")),
         );
 
+        let mut vcpus: Vec<Vcpu> = Vec::new();
+        let mut sched = Scheduler::new();
         let mut hv = Hv {
             frames,
             vmids: VmidAllocator::new(if vmid16 { 16 } else { 8 }),
             vms: Vec::new(),
-            vcpus: Vec::new(),
-            sched: Scheduler::new(),
-            slice_ticks: cpu::counter_frequency() * hv::SLICE_MS / 1000,
-            pcpus,
+            vcpu_vm: Vec::new(),
             sharing: hv::Sharing::default(),
             iommu: Iommu::none(),
             passthrough: None,
@@ -210,23 +212,30 @@ mod boot {
                 .alloc()
                 .unwrap_or_else(|| fail("out of VMIDs", "use fewer VMs"));
             let peers = bundle.peers_of(spec.id);
-            let mut vm = Vm::create(&spec, peers, grant.vmid, grant.needs_flush, &mut hv.frames)
-                .unwrap_or_else(|e| {
-                    error!("cannot create VM {}: {e}", spec.name);
-                    fail(
-                        "not enough resources for the topology",
-                        "lower VM memory or raise QEMU's -m",
-                    )
-                });
+            let mut vm = Vm::create(&spec, peers, grant.vmid, &mut hv.frames).unwrap_or_else(|e| {
+                error!("cannot create VM {}: {e}", spec.name);
+                fail(
+                    "not enough resources for the topology",
+                    "lower VM memory or raise QEMU's -m",
+                )
+            });
             let vm_index = hv.vms.len();
             for index in 0..spec.vcpus {
-                let id = hv.sched.add();
-                hv.vcpus.push(Vcpu::new(vm_index, index));
+                let id = sched.add();
+                let run = VcpuRun {
+                    vm_id: vm.id,
+                    vmid: vm.vmid,
+                    stage2_root: vm.stage2.root_pa(),
+                    flush_vmid: grant.needs_flush,
+                    stopping: false,
+                };
+                vcpus.push(Vcpu::new(index, run));
+                hv.vcpu_vm.push(vm_index);
                 vm.vcpus.push(id);
             }
             let first = vm.vcpus[0];
-            hv.vcpus[first].reset(GUEST_RAM_BASE, start_info_gpa(spec.ram_bytes));
-            hv.sched.wake(first);
+            vcpus[first].reset(GUEST_RAM_BASE, start_info_gpa(spec.ram_bytes));
+            sched.wake(first);
             info!(
                 "VM {} (id {}, {:?}): {} vCPU(s), {} MiB RAM at PA {:#x}, VMID {}, image {} KiB",
                 vm.name,
@@ -297,7 +306,8 @@ mod boot {
                 shared_abi::layout::control_page_ipa(spec.id)
             );
         }
-        hv::install(hv);
+        let slice_ticks = cpu::counter_frequency() * hv::SLICE_MS / 1000;
+        hv::install(hv, vcpus, sched, slice_ticks, pcpus);
 
         for index in 1..pcpus {
             if let Err(e) = cpu::start_secondary(index) {

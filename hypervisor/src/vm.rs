@@ -32,8 +32,6 @@ pub struct Vm {
     pub name: String,
     pub kind: VmKind,
     pub vmid: u16,
-    /// The VMID was used by an earlier VM: flush its TLB entries before first use.
-    pub vmid_needs_flush: bool,
     pub stage2: Stage2,
     pub ram: VmRam,
     pub ram_bytes: u64,
@@ -49,9 +47,22 @@ pub struct Vm {
     pub passthrough: Option<u16>,
 }
 
+/// What switching a vCPU in needs of its VM, kept with the vCPU so that a context switch
+/// takes only the vCPU's lock (and the scheduler's), never the HV lock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRun {
+    pub vm_id: u16,
+    pub vmid: u16,
+    pub stage2_root: u64,
+    /// The VMID was used by an earlier VM: flush its TLB entries before this vCPU first runs.
+    pub flush_vmid: bool,
+    /// Its VM is stopping (or stopped): it must not run again until a restart clears this.
+    pub stopping: bool,
+}
+
 pub struct Vcpu {
-    pub vm: usize,
     pub index: u32,
+    pub run: VcpuRun,
     pub frame: TrapFrame,
     pub el1: El1Context,
     pub fp: FpContext,
@@ -70,10 +81,10 @@ const RAM_ATTRS: MapAttrs = MapAttrs {
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
 impl Vcpu {
-    pub fn new(vm: usize, index: u32) -> Self {
+    pub fn new(index: u32, run: VcpuRun) -> Self {
         Vcpu {
-            vm,
             index,
+            run,
             frame: TrapFrame::default(),
             el1: El1Context::reset(),
             fp: FpContext::default(),
@@ -133,7 +144,6 @@ impl Vm {
         spec: &VmSpec<'static>,
         peers: u64,
         vmid: u16,
-        vmid_needs_flush: bool,
         frames: &mut FrameAllocator,
     ) -> Result<Vm, CreateError> {
         let ram = VmRam::alloc(frames, spec.ram_bytes).ok_or(CreateError::OutOfMemory {
@@ -166,7 +176,6 @@ impl Vm {
             name: String::from(spec.name),
             kind: spec.kind,
             vmid,
-            vmid_needs_flush,
             stage2,
             ram,
             ram_bytes: spec.ram_bytes,

@@ -234,7 +234,7 @@ impl VcpuControl for ModelVcpus<'_> {
         self.vm
     }
 
-    fn is_off(&self, index: usize) -> bool {
+    fn is_off(&mut self, index: usize) -> bool {
         self.off[index]
     }
 
