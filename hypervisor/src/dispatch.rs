@@ -1,12 +1,15 @@
-//! Hypercall dispatch, the decision half: which call a trapped HVC or SMC is, whether its
-//! register arguments are acceptable, and the PSCI answers that need no state (VERSION,
-//! FEATURES) or only the caller VM's shape (CPU_ON's checks). The binary's trap entry decodes
-//! with [`decode`], carries out the [`Call`] under its locks and writes the answers back; every
-//! rule a guest can hit at the register level is here, host-tested.
+//! Hypercall dispatch: which call a trapped HVC or SMC is ([`decode`]), whether its register
+//! arguments are acceptable, and what it does ([`execute`]), including PSCI emulation
+//! (VERSION, FEATURES, CPU_ON, CPU_OFF, SYSTEM_OFF, SYSTEM_RESET). The machine it acts on is
+//! the small [`Machine`] trait: the binary implements it over the hypervisor state (taking its
+//! lock inside each method, so a GRANT_COPY batch or a TEST_INJECT loop never holds it across
+//! steps), the tests over a model. The binary's trap entry only calls [`execute`] and applies
+//! the [`Outcome`] to the vCPU.
 //!
 //! Calls that read guest memory (grants, event channels) are only routed here; their rules are
 //! in [`crate::grant`] and [`crate::evtchn`].
 
+use shared_abi::grant::{CopyOp, MAX_BATCH};
 use shared_abi::hypercall::{self, psci, Status, CONSOLE_MAX_BYTES};
 use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM};
 
@@ -145,172 +148,146 @@ pub fn check_cpu_on(vm: CallerVm, target: u64, entry: u64) -> Result<usize, i64>
     Ok(index)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shared_abi::hypercall::VENDOR_HYP_BASE;
+/// What the vCPU that made a hypercall does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Back into the guest with x0 (and x1 when `Some`).
+    Return { x0: u64, x1: Option<u64> },
+    /// x0 = `Status::Ok`, then the pCPU goes to another runnable vCPU if there is one.
+    Yield,
+    /// PSCI CPU_OFF: this vCPU powers off (a successful CPU_OFF does not return).
+    VcpuOff,
+    /// PSCI SYSTEM_OFF: the VM stops for good.
+    SystemOff,
+    /// PSCI SYSTEM_RESET: the VM stops and boots again.
+    SystemReset,
+}
 
-    fn regs(function: u64, args: &[u64]) -> [u64; 31] {
-        let mut x = [0; 31];
-        x[0] = function;
-        x[1..=args.len()].copy_from_slice(args);
-        x
-    }
-
-    #[test]
-    fn every_hypercall_id_decodes_to_its_call() {
-        use hypercall::*;
-        // The vendor calls with a case of their own; the sharing layer checks all the others.
-        let own_case = [CONSOLE_WRITE, YIELD, TEST_INJECT, GRANT_COPY];
-        for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
-            assert_eq!(
-                decode(&regs(function, &[1, 2])),
-                Ok(Call::Sharing { function })
-            );
-        }
-        assert_eq!(decode(&regs(YIELD, &[])), Ok(Call::Yield));
-        assert_eq!(
-            decode(&regs(GRANT_COPY, &[0x4000_1000, 3])),
-            Ok(Call::GrantCopy {
-                ops_gpa: 0x4000_1000,
-                count: 3
-            })
-        );
-        assert_eq!(
-            decode(&regs(psci::CPU_ON_64, &[1, 0x4000_0000, 7])),
-            Ok(Call::CpuOn {
-                target: 1,
-                entry: 0x4000_0000,
-                context: 7
-            })
-        );
-        assert_eq!(decode(&regs(psci::CPU_OFF, &[])), Ok(Call::CpuOff));
-        assert_eq!(decode(&regs(psci::SYSTEM_OFF, &[])), Ok(Call::SystemOff));
-        assert_eq!(
-            decode(&regs(psci::SYSTEM_RESET, &[])),
-            Ok(Call::SystemReset)
-        );
-        assert_eq!(
-            decode(&regs(psci::VERSION, &[])),
-            Ok(Call::Answer(PSCI_VERSION_1_1))
-        );
-    }
-
-    #[test]
-    fn unknown_ids_are_not_supported() {
-        let not_supported = Err(Status::NotSupported.as_u64());
-        for function in [
-            VENDOR_HYP_BASE | 0xfff,
-            VENDOR_HYP_BASE | 0x36,
-            0,
-            0x1234_5678,
-            u64::MAX,
-            // PSCI calls the hypervisor does not emulate.
-            0x8400_0001,
-            0xC400_0004,
-            0x8400_0012,
-        ] {
-            assert_eq!(decode(&regs(function, &[])), not_supported, "{function:#x}");
+impl Outcome {
+    fn x0(value: u64) -> Self {
+        Outcome::Return {
+            x0: value,
+            x1: None,
         }
     }
 
-    #[test]
-    fn console_write_takes_at_most_the_register_payload() {
-        let hello = u64::from_le_bytes(*b"hello, w");
-        match decode(&regs(hypercall::CONSOLE_WRITE, &[5, hello])) {
-            Ok(Call::Console { bytes, len }) => assert_eq!(&bytes[..len], b"hello"),
-            other => panic!("{other:?}"),
-        }
-        match decode(&regs(hypercall::CONSOLE_WRITE, &[CONSOLE_MAX_BYTES as u64])) {
-            Ok(Call::Console { len, .. }) => assert_eq!(len, CONSOLE_MAX_BYTES),
-            other => panic!("{other:?}"),
-        }
-        for len in [CONSOLE_MAX_BYTES as u64 + 1, 1 << 40, u64::MAX] {
-            assert_eq!(
-                decode(&regs(hypercall::CONSOLE_WRITE, &[len])),
-                Err(Status::InvalidArgument.as_u64())
-            );
-        }
-    }
-
-    #[test]
-    fn test_inject_takes_sgis_and_a_small_repeat() {
-        let invalid = Err(Status::InvalidArgument.as_u64());
-        assert_eq!(
-            decode(&regs(hypercall::TEST_INJECT, &[0xffff, 8])),
-            Ok(Call::TestInject {
-                mask: 0xffff,
-                repeat: 8
-            })
-        );
-        for (mask, repeat) in [(1 << 16, 1), (1 << 20, 1), (1, 0), (1, 9), (1, 1000)] {
-            assert_eq!(
-                decode(&regs(hypercall::TEST_INJECT, &[mask, repeat])),
-                invalid,
-                "{mask:#x} x {repeat}"
-            );
-        }
-    }
-
-    #[test]
-    fn psci_features_lists_exactly_the_emulated_calls() {
-        for f in [
-            psci::VERSION,
-            psci::CPU_OFF,
-            psci::CPU_ON_64,
-            psci::SYSTEM_OFF,
-            psci::SYSTEM_RESET,
-            psci::FEATURES,
-        ] {
-            assert_eq!(psci_features(f), psci::SUCCESS, "{f:#x}");
-        }
-        for f in [0x8400_0001, 0xC400_0004, 0x8400_0003, 0, u64::MAX] {
-            assert_eq!(psci_features(f), psci::NOT_SUPPORTED, "{f:#x}");
-        }
-        assert_eq!(
-            decode(&regs(psci::FEATURES, &[psci::CPU_ON_64])),
-            Ok(Call::Answer(0))
-        );
-        assert_eq!(
-            decode(&regs(psci::FEATURES, &[7])),
-            Ok(Call::Answer(psci::NOT_SUPPORTED as u64))
-        );
-    }
-
-    #[test]
-    fn cpu_on_checks_the_target_the_entry_and_a_stopping_vm() {
-        let vm = CallerVm {
-            vcpus: 3,
-            ram_bytes: 0x40_0000,
-            stopping: false,
-        };
-        let entry = GUEST_RAM_BASE + 0x1000;
-        assert_eq!(check_cpu_on(vm, 2, entry), Ok(2));
-        assert_eq!(check_cpu_on(vm, 0, GUEST_RAM_BASE), Ok(0));
-        let invalid = Err(psci::INVALID_PARAMETERS);
-        // Beyond the VM's vCPUs, other affinity levels, the 8-vCPU limit.
-        for target in [3, 7, 1 << 8, 1 << 8 | 1, u64::MAX] {
-            assert_eq!(check_cpu_on(vm, target, entry), invalid, "{target:#x}");
-        }
-        // Outside RAM, at its end, misaligned, wrapping.
-        for entry in [
-            0,
-            GUEST_RAM_BASE - 4,
-            GUEST_RAM_BASE + 0x40_0000,
-            GUEST_RAM_BASE + 2,
-            u64::MAX - 3,
-        ] {
-            assert_eq!(check_cpu_on(vm, 1, entry), invalid, "{entry:#x}");
-        }
-        let stopping = CallerVm {
-            stopping: true,
-            ..vm
-        };
-        assert_eq!(check_cpu_on(stopping, 1, entry), Err(psci::DENIED));
-        let huge = CallerVm { vcpus: 64, ..vm };
-        assert_eq!(
-            check_cpu_on(huge, u64::from(MAX_VCPUS_PER_VM), entry),
-            invalid
-        );
+    fn status(status: Status) -> Self {
+        Outcome::x0(status.as_u64())
     }
 }
+
+/// The caller's VM as PSCI CPU_ON sees it, its checks and its effect in one step (the binary
+/// holds its lock for the whole [`Machine::with_vcpus`] call, so a stop requested by another
+/// vCPU cannot slip in between the check and the start).
+pub trait VcpuControl {
+    fn caller_vm(&self) -> CallerVm;
+    /// Whether vCPU `index` (below `caller_vm().vcpus`) is off.
+    fn is_off(&mut self, index: usize) -> bool;
+    /// Resets vCPU `index` to start at `entry` with x0 = `context`, and makes it runnable.
+    fn start(&mut self, index: usize, entry: u64, context: u64);
+}
+
+/// Everything a hypercall may do, on behalf of the calling vCPU.
+pub trait Machine {
+    /// Prints `bytes` on the caller VM's console.
+    fn console(&mut self, bytes: &[u8]);
+    /// Queues SGI `sgi` for the calling vCPU; `NoSpace` when its queue is full.
+    fn inject_sgi(&mut self, sgi: u32) -> Result<(), Status>;
+    /// GRANT_COPY's batch-level rule ([`crate::grant::batch_array_ok`]) for the caller.
+    fn copy_batch_ok(&mut self, ops_gpa: u64, count: u64) -> bool;
+    /// Runs the one GRANT_COPY op at `op_gpa` (its own status goes into its status word); a
+    /// status other than `Ok` ends the batch with that status (the caller's VM is going away).
+    fn copy_op(&mut self, op_gpa: u64) -> Status;
+    /// A grant, event-channel or CONNECTION_PORT call (its rules are the sharing layer's): the
+    /// status for x0 and, for calls that return a port, the value for x1.
+    fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>);
+    /// Runs `f` on the caller's VM; `None` when the VM is gone.
+    fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R>;
+}
+
+/// Carries out the hypercall in the trapped vCPU's `x` on `machine`.
+pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
+    let call = match decode(x) {
+        Ok(call) => call,
+        Err(refused) => return Outcome::x0(refused),
+    };
+    match call {
+        Call::Answer(value) => Outcome::x0(value),
+        Call::Console { bytes, len } => {
+            machine.console(bytes.get(..len).unwrap_or(&[]));
+            Outcome::status(Status::Ok)
+        }
+        Call::Yield => Outcome::Yield,
+        Call::TestInject { mask, repeat } => Outcome::status(test_inject(machine, mask, repeat)),
+        Call::GrantCopy { ops_gpa, count } => Outcome::status(grant_copy(machine, ops_gpa, count)),
+        Call::Sharing { function } => {
+            let (status, x1) = machine.sharing(function, x);
+            Outcome::Return {
+                x0: status.as_u64(),
+                x1,
+            }
+        }
+        Call::CpuOn {
+            target,
+            entry,
+            context,
+        } => {
+            let code = machine
+                .with_vcpus(|vm| cpu_on(vm, target, entry, context))
+                .unwrap_or(psci::DENIED);
+            Outcome::x0(code as u64)
+        }
+        Call::CpuOff => Outcome::VcpuOff,
+        Call::SystemOff => Outcome::SystemOff,
+        Call::SystemReset => Outcome::SystemReset,
+    }
+}
+
+/// TEST_INJECT: the SGIs of `mask`, lowest first, `repeat` times; stops at the first refusal.
+fn test_inject(machine: &mut impl Machine, mask: u16, repeat: u8) -> Status {
+    for _ in 0..repeat {
+        for sgi in (0..intid::SGI_COUNT).filter(|b| mask & (1 << b) != 0) {
+            if let Err(status) = machine.inject_sgi(sgi) {
+                return status;
+            }
+        }
+    }
+    Status::Ok
+}
+
+/// GRANT_COPY one op at a time: a batch can move `MAX_BATCH` pages, and the binary releases its
+/// lock between ops so that no VM keeps the others' traps waiting that long. The batch is still
+/// refused as a whole when its array is bad; each op's status is written as it runs.
+fn grant_copy(machine: &mut impl Machine, ops_gpa: u64, count: u64) -> Status {
+    // The machine's rule bounds `count` too; the loop does not rely on it.
+    if count > MAX_BATCH || !machine.copy_batch_ok(ops_gpa, count) {
+        return Status::InvalidArgument;
+    }
+    let op_bytes = CopyOp::WORDS as u64 * 8;
+    for i in 0..count {
+        let status = machine.copy_op(ops_gpa + i * op_bytes);
+        if status != Status::Ok {
+            return status;
+        }
+    }
+    Status::Ok
+}
+
+/// PSCI CPU_ON: checked ([`check_cpu_on`]), refused with ALREADY_ON for a vCPU that is not off,
+/// else started.
+pub fn cpu_on(vm: &mut dyn VcpuControl, target: u64, entry: u64, context: u64) -> i64 {
+    let index = match check_cpu_on(vm.caller_vm(), target, entry) {
+        Ok(index) => index,
+        Err(code) => return code,
+    };
+    if !vm.is_off(index) {
+        return psci::ALREADY_ON;
+    }
+    vm.start(index, entry, context);
+    psci::SUCCESS
+}
+
+pub mod sharing;
+
+#[cfg(test)]
+mod tests;

@@ -848,4 +848,4 @@ impl GrantTables {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

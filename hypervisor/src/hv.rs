@@ -1,43 +1,47 @@
-//! The hypervisor's global state and its reaction to every trap: hypercalls, PSCI emulation,
-//! WFI/WFE, stage-2 faults, physical interrupts, and the scheduling mechanics around them.
+//! The hypervisor's reaction to every trap: hypercalls (carried out by the library's
+//! `dispatch`), WFI/WFE, stage-2 faults, physical interrupts, VM stops and restarts, and the
+//! scheduling mechanics around them.
 //!
-//! One lock ([`HV`], a fair ticket lock) guards the VMs, vCPUs and scheduler. A pCPU holds it
-//! only while handling a trap, never while a guest runs or while it sleeps in WFI, and never for
-//! long: a GRANT_COPY batch takes it once per op, a restarting VM's RAM is reloaded without it,
-//! and console writes do not take it at all.
-//!
-//! Lock order (a lock may only be taken while holding those before it): `HV`, then a VM's
-//! console (`logger`), or the SMMU's (`passthrough`), then the UART's; the heap's lock is taken
-//! by any allocation, under any of them, and takes none.
+//! The state is split over three kinds of lock (`locks.rs` has the order and the tokens that
+//! enforce it): [`Hv`], the machine, under the HV lock; each vCPU's context and pending
+//! interrupts under its own lock; the scheduler under its own. A pCPU holds a lock only while
+//! handling a trap, never while a guest runs or while it sleeps in WFI. Timer ticks, WFI,
+//! context switches and interrupt injection take only a vCPU's lock and the scheduler's; the HV
+//! lock is taken once per GRANT_COPY op, not per batch; a restarting VM's RAM is reloaded
+//! without any lock; console writes take only that VM's console lock.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
-use hypervisor::dispatch::{self, Call, CallerVm};
+use hypervisor::dispatch::sharing::sharing_call;
+use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
+use hypervisor::grant::{batch_array_ok, RamRelease};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::vmid::VmidAllocator;
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::evtchn::EVTCHN_INTID;
-use shared_abi::hypercall::{self, psci, Status};
+use shared_abi::grant::CopyOp;
+use shared_abi::hypercall::{self, Status};
 use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
-use spin::mutex::TicketMutex;
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
 use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
+use crate::iommu::Iommu;
+use crate::locks::{
+    HvHeld, HvLocked, MayLockSched, MayLockVcpu, SchedLocked, Unlocked, VcpuLocked,
+};
 use crate::logger::{flush_vm_console, vm_console_write};
-use crate::passthrough::{self, Passthrough};
+use crate::passthrough::Passthrough;
 pub use crate::sharing::Sharing;
-use crate::sharing::{connection_port, deliver, ram_pa, unmask_port, Env, Notify, RetainedRam};
+use crate::sharing::{Env, Notify, RetainedRam};
 use crate::vm::{StopKind, Vcpu, Vm};
-use hypervisor::grant::{batch_array_ok, RamRelease};
-use shared_abi::grant::CopyOp;
 
 /// Time slice in milliseconds.
 pub const SLICE_MS: u64 = 10;
@@ -46,15 +50,16 @@ const NO_VCPU: usize = usize::MAX;
 const TIMER_ENABLE: u64 = 1 << 0;
 const TIMER_IMASK: u64 = 1 << 1;
 
+/// The machine: everything a VM's stop or a sharing call touches. Under the HV lock.
 pub struct Hv {
     pub frames: FrameAllocator,
     pub vmids: VmidAllocator,
     pub vms: Vec<Option<Vm>>,
-    pub vcpus: Vec<Vcpu>,
-    pub sched: Scheduler,
-    pub slice_ticks: u64,
-    pub pcpus: usize,
+    /// The VM (index into `vms`) of each vCPU; fixed at boot.
+    pub vcpu_vm: Vec<usize>,
     pub sharing: Sharing,
+    /// The SMMU (if the machine has one) and what is attached to it.
+    pub iommu: Iommu,
     /// The PCI function passed through to a driver domain, if the topology names one.
     pub passthrough: Option<Passthrough>,
     /// VMs being reloaded for a restart outside the lock (out of `vms` meanwhile, but alive).
@@ -70,15 +75,17 @@ pub struct Reload {
     owns_device: bool,
 }
 
-/// Fair (first come, first served): a pCPU that releases it between the steps of long work,
-/// such as the ops of a GRANT_COPY batch, lets the waiting pCPUs in instead of winning it back.
-pub static HV: TicketMutex<Option<Hv>> = TicketMutex::new(None);
 /// The vCPU each pCPU is running (NO_VCPU when idle). Only written by that pCPU.
 static CURRENT: [AtomicUsize; MAX_PCPUS] = [const { AtomicUsize::new(NO_VCPU) }; MAX_PCPUS];
 /// The VM id of the vCPU each pCPU is running (0 when idle). Only written by that pCPU.
 static CURRENT_VM: [AtomicU16; MAX_PCPUS] = [const { AtomicU16::new(0) }; MAX_PCPUS];
-/// pCPUs sleeping in WFI, to be kicked when work appears. Written under the HV lock.
+/// pCPUs sleeping in WFI, to be kicked when work appears. Set under the scheduler's lock in the
+/// same step that found nothing to run, so a wake-up after it always sees the flag.
 static IDLE: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
+/// pCPUs in use, EL2 timer ticks per slice, and VMs alive (in the table or being reloaded).
+static PCPUS: AtomicUsize = AtomicUsize::new(0);
+static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
+static LIVE_VMS: AtomicUsize = AtomicUsize::new(0);
 
 /// What the trapped vCPU should do next.
 enum Action {
@@ -93,17 +100,123 @@ enum Action {
     StopVm(StopKind),
 }
 
-impl Hv {
-    /// The VM of vCPU `id`; `None` once the VM has been torn down. A vCPU of a torn-down VM
-    /// is never scheduled (see [`Hv::try_finish_stop`]), so `None` here means a stale id, which
-    /// callers treat like a stopping VM rather than trusting an invariant.
-    pub fn vm_of(&self, id: VcpuId) -> Option<&Vm> {
-        self.vms.get(self.vcpus.get(id)?.vm)?.as_ref()
-    }
+/// Installs the state behind the locks. Called once by the primary before any vCPU runs.
+pub fn install(hv: Hv, vcpus: Vec<Vcpu>, sched: Scheduler, slice_ticks: u64, pcpus: usize) {
+    PCPUS.store(pcpus, Ordering::Relaxed);
+    SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
+    LIVE_VMS.store(hv.live_vms(), Ordering::Release);
+    crate::locks::install(hv, vcpus, sched);
+}
 
-    fn vm_of_mut(&mut self, id: VcpuId) -> Option<&mut Vm> {
-        let vm = self.vcpus.get(id)?.vm;
-        self.vms.get_mut(vm)?.as_mut()
+/// Wakes idle pCPUs so they look at the run queue.
+fn kick_idle(this_pcpu: usize) {
+    let pcpus = PCPUS.load(Ordering::Relaxed);
+    for (pcpu, idle) in IDLE.iter().enumerate().take(pcpus) {
+        if pcpu != this_pcpu && idle.load(Ordering::Acquire) {
+            gic::kick(pcpu);
+        }
+    }
+}
+
+/// Makes a vCPU with a newly queued interrupt notice it: wakes it from WFI, or kicks the pCPU
+/// it runs on.
+fn wake_for_interrupt(sched: &mut Scheduler, id: VcpuId, this_pcpu: usize) {
+    match sched.state(id) {
+        RunState::Blocked { .. } => {
+            sched.wake(id);
+            kick_idle(this_pcpu);
+        }
+        RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
+        _ => {}
+    }
+}
+
+/// Queues a virtual interrupt for the locked vCPU `id` and wakes it if it sleeps in WFI.
+fn inject(vcpu: &mut VcpuLocked, id: VcpuId, intid: u32, this_pcpu: usize) -> Result<(), Status> {
+    // Level-style sources: one queued copy is enough, since the guest's handler looks at the
+    // source (the timer, or every pending port) rather than counting interrupts.
+    let pushed = if intid == intid::VIRTUAL_TIMER || intid == EVTCHN_INTID {
+        vcpu.virqs.push_unique(intid)
+    } else {
+        vcpu.virqs.push(intid)
+    };
+    pushed.map_err(|_| Status::NoSpace)?;
+    wake_for_interrupt(&mut SchedLocked::lock(vcpu.token()), id, this_pcpu);
+    Ok(())
+}
+
+/// [`inject`] into vCPU `id`, taking its lock.
+fn inject_to(
+    token: &mut impl MayLockVcpu,
+    id: VcpuId,
+    intid: u32,
+    this_pcpu: usize,
+) -> Result<(), Status> {
+    let mut vcpu = VcpuLocked::lock(token, id).ok_or(Status::InvalidArgument)?;
+    inject(&mut vcpu, id, intid, this_pcpu)
+}
+
+/// Refills the live list registers of the running vCPU (after new interrupts were queued).
+fn refill_live(vcpu: &mut Vcpu) {
+    vcpu.vgic.save();
+    let waiting = vcpu.virqs.refill(&mut vcpu.vgic.lrs);
+    vcpu.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
+    vcpu.vgic.restore();
+}
+
+/// Saves the running vCPU's state from the CPU into its structure.
+fn save(vcpu: &mut Vcpu, frame: &TrapFrame) {
+    vcpu.frame = *frame;
+    vcpu.el1 = El1Context::save();
+    vcpu.fp.save();
+    vcpu.vgic.save();
+    // Its list registers must not raise maintenance interrupts while another vCPU (or the idle
+    // loop) owns this pCPU.
+    VgicContext::quiesce();
+    // A vCPU that is not running must not have its timer fire on this pCPU.
+    cpu::set_vtimer_ctl(0);
+}
+
+/// Loads the locked vCPU `id` onto this pCPU; `frame` becomes its register file.
+fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
+    let (v, token) = vcpu.split();
+    CURRENT_VM[pcpu].store(v.run.vm_id, Ordering::Relaxed);
+    cpu::set_vttbr(v.run.vmid, v.run.stage2_root);
+    if v.run.flush_vmid {
+        mem::tlbi_current_vmid_all();
+        v.run.flush_vmid = false;
+    }
+    cpu::set_vmpidr(v.index);
+    v.el1.restore();
+    v.fp.restore();
+    let waiting = v.virqs.refill(&mut v.vgic.lrs);
+    v.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
+    v.vgic.restore();
+    *frame = v.frame;
+    CURRENT[pcpu].store(id, Ordering::Relaxed);
+    arm_timer(&SchedLocked::lock(token), cpu::counter());
+}
+
+/// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
+fn arm_timer(sched: &Scheduler, now: u64) {
+    let slice_end = now + SLICE_TICKS.load(Ordering::Relaxed);
+    let deadline = sched
+        .earliest_deadline()
+        .map_or(slice_end, |d| d.min(slice_end));
+    cpu::set_hyp_timer(deadline);
+}
+
+/// Wakes the vCPUs whose WFI deadline has passed (and the idle pCPUs to run them).
+fn wake_expired(token: &mut impl MayLockSched, pcpu: usize) {
+    if SchedLocked::lock(token).wake_expired(cpu::counter()) > 0 {
+        kick_idle(pcpu);
+    }
+}
+
+impl Hv {
+    /// The VM of vCPU `id`; `None` once the VM has been torn down.
+    pub fn vm_of(&self, id: VcpuId) -> Option<&Vm> {
+        self.vms.get(*self.vcpu_vm.get(id)?)?.as_ref()
     }
 
     /// The VM's name for log lines, or a placeholder for a vCPU whose VM is gone.
@@ -116,133 +229,37 @@ impl Hv {
         self.vms.iter().filter(|v| v.is_some()).count() + self.reloading
     }
 
-    /// Wakes idle pCPUs so they look at the run queue.
-    fn kick_idle(&self, this_pcpu: usize) {
-        for (pcpu, idle) in IDLE.iter().enumerate().take(self.pcpus) {
-            if pcpu != this_pcpu && idle.load(Ordering::Acquire) {
-                gic::kick(pcpu);
-            }
-        }
-    }
-
-    /// Saves the running vCPU's state from the CPU into its structure.
-    fn save(&mut self, id: VcpuId, frame: &TrapFrame) {
-        let vcpu = &mut self.vcpus[id];
-        vcpu.frame = *frame;
-        vcpu.el1 = El1Context::save();
-        vcpu.fp.save();
-        vcpu.vgic.save();
-        // Its list registers must not raise maintenance interrupts while another vCPU (or the
-        // idle loop) owns this pCPU.
-        VgicContext::quiesce();
-        // A vCPU that is not running must not have its timer fire on this pCPU.
-        cpu::set_vtimer_ctl(0);
-    }
-
-    /// Loads vCPU `id` onto this pCPU; `frame` becomes its register file. False (nothing
-    /// loaded) if the vCPU's VM is gone or stopping: such a vCPU must not run again.
-    fn load(&mut self, pcpu: usize, id: VcpuId, frame: &mut TrapFrame) -> bool {
-        let Some(vm) = self.vm_of_mut(id).filter(|vm| vm.stop.is_none()) else {
-            return false;
-        };
-        CURRENT_VM[pcpu].store(vm.id, Ordering::Relaxed);
-        cpu::set_vttbr(vm.vmid, vm.stage2.root_pa());
-        if vm.vmid_needs_flush {
-            mem::tlbi_current_vmid_all();
-            vm.vmid_needs_flush = false;
-        }
-        let vcpu = &mut self.vcpus[id];
-        cpu::set_vmpidr(vcpu.index);
-        vcpu.el1.restore();
-        vcpu.fp.restore();
-        let waiting = vcpu.virqs.refill(&mut vcpu.vgic.lrs);
-        vcpu.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
-        vcpu.vgic.restore();
-        *frame = vcpu.frame;
-        CURRENT[pcpu].store(id, Ordering::Relaxed);
-        self.arm_timer(cpu::counter());
-        true
-    }
-
-    /// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
-    fn arm_timer(&self, now: u64) {
-        let slice_end = now + self.slice_ticks;
-        let deadline = self
-            .sched
-            .earliest_deadline()
-            .map_or(slice_end, |d| d.min(slice_end));
-        cpu::set_hyp_timer(deadline);
-    }
-
-    /// Grant and event-channel hypercalls of vCPU `id`: the status for x0 and, for calls that
-    /// return a port, the value for x1.
+    /// Grant and event-channel hypercalls of vCPU `id` ([`sharing_call`] over this machine):
+    /// the status for x0 and, for calls that return a port, the value for x1.
     fn sharing_call(
         &mut self,
+        token: &mut HvHeld,
         id: VcpuId,
         function: u64,
-        x: [u64; 31],
+        x: &[u64; 31],
         pcpu: usize,
     ) -> (Status, Option<u64>) {
         let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
             return (Status::InvalidArgument, None);
         };
-        let (sharing, vms, frames) = (&mut self.sharing, &mut self.vms[..], &mut self.frames);
-        let mut env = Env { vms, frames };
-        let done = |r: Result<(), Status>| (r.err().unwrap_or(Status::Ok), None);
-        let port = |r: Result<u32, Status>| match r {
-            Ok(port) => (Status::Ok, Some(u64::from(port))),
-            Err(e) => (e, None),
+        let Sharing {
+            grants,
+            events,
+            connections,
+            ..
+        } = &mut self.sharing;
+        let mut env = Env {
+            vms: &mut self.vms[..],
+            frames: &mut self.frames,
+            iommu: &mut self.iommu,
+            connections,
         };
-        let mut notify = None;
-        let result = match function {
-            hypercall::GRANT_TABLE_SETUP => (sharing.grants.setup(&env, caller, x[1], x[2]), None),
-            // A mapping grows the heap: refuse it while the heap is low rather than let an
-            // allocation fail.
-            hypercall::GRANT_MAP if crate::boot::heap_free_bytes() < crate::boot::HEAP_RESERVE => {
-                (Status::NoSpace, None)
-            }
-            hypercall::GRANT_MAP => (sharing.grants.map_batch(&mut env, caller, x[1], x[2]), None),
-            hypercall::GRANT_UNMAP => {
-                let result = sharing.grants.unmap_batch(&mut env, caller, x[1], x[2]);
-                sharing.release(env.frames, &result.released);
-                (result.status, None)
-            }
-            hypercall::GRANT_COPY => (
-                sharing.grants.copy_batch(&mut env, caller, x[1], x[2]),
-                None,
-            ),
-            hypercall::GRANT_END => (sharing.grants.end(&mut env, caller, x[1]), None),
-            hypercall::EVTCHN_SETUP => done(sharing.events.setup(caller, x[1], |gpa, len| {
-                ram_pa(env.vms, caller, gpa, len).is_some()
-            })),
-            hypercall::EVTCHN_ALLOC_UNBOUND => port(sharing.events.alloc_unbound(caller, x[1])),
-            hypercall::EVTCHN_BIND_INTERDOMAIN => {
-                port(sharing.events.bind_interdomain(caller, x[1], x[2]))
-            }
-            hypercall::EVTCHN_SEND => match sharing.events.send(caller, x[1]) {
-                Ok(signal) => {
-                    notify = deliver(env.vms, signal);
-                    (Status::Ok, None)
-                }
-                Err(e) => (e, None),
-            },
-            hypercall::EVTCHN_CLOSE => done(sharing.events.close(caller, x[1])),
-            hypercall::CONNECTION_PORT => port(
-                connection_port(&sharing.connections, caller, x[1]).ok_or(Status::InvalidArgument),
-            ),
-            hypercall::EVTCHN_UNMASK => match sharing.events.unmask(caller, x[1]) {
-                Ok(page_gpa) => {
-                    notify = unmask_port(env.vms, caller, page_gpa, x[1] as u32);
-                    (Status::Ok, None)
-                }
-                Err(e) => (e, None),
-            },
-            _ => (Status::NotSupported, None),
-        };
-        if let Some(n) = notify {
-            self.notify(n, pcpu);
+        let answer = sharing_call(grants, events, &mut env, caller, function, x);
+        self.sharing.release(&mut self.frames, &answer.released);
+        if let Some(vm) = answer.notify {
+            self.notify(token, Notify { vm }, pcpu);
         }
-        result
+        (answer.status, answer.x1)
     }
 
     /// True if vCPU `id`'s VM may run a GRANT_COPY batch of `count` ops at `ops_gpa` (the
@@ -254,12 +271,14 @@ impl Hv {
         let env = Env {
             vms: &mut self.vms[..],
             frames: &mut self.frames,
+            iommu: &mut self.iommu,
+            connections: &self.sharing.connections,
         };
         batch_array_ok(&env, caller, ops_gpa, count, CopyOp::WORDS)
     }
 
     /// Raises the event-channel interrupt on a VM's first vCPU.
-    fn notify(&mut self, notify: Notify, pcpu: usize) {
+    fn notify(&self, token: &mut HvHeld, notify: Notify, pcpu: usize) {
         let Some(vm) = self
             .vms
             .get(usize::from(notify.vm).wrapping_sub(1))
@@ -270,40 +289,16 @@ impl Hv {
         if vm.stop.is_some() {
             return;
         }
-        let Some(&first) = vm.vcpus.first() else {
-            return;
-        };
-        let _ = self.inject(first, EVTCHN_INTID, pcpu);
-    }
-
-    /// Refills the live list registers of the running vCPU (after new interrupts were queued).
-    fn refill_live(&mut self, id: VcpuId) {
-        let vcpu = &mut self.vcpus[id];
-        vcpu.vgic.save();
-        let waiting = vcpu.virqs.refill(&mut vcpu.vgic.lrs);
-        vcpu.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
-        vcpu.vgic.restore();
-    }
-
-    /// Queues a virtual interrupt for a vCPU and wakes it if it sleeps in WFI.
-    fn inject(&mut self, id: VcpuId, intid: u32, this_pcpu: usize) -> Result<(), Status> {
-        // Level-style sources: one queued copy is enough, since the guest's handler looks at the
-        // source (the timer, or every pending port) rather than counting interrupts.
-        let pushed = if intid == intid::VIRTUAL_TIMER || intid == EVTCHN_INTID {
-            self.vcpus[id].virqs.push_unique(intid)
-        } else {
-            self.vcpus[id].virqs.push(intid)
-        };
-        pushed.map_err(|_| Status::NoSpace)?;
-        self.wake_for_interrupt(id, this_pcpu);
-        Ok(())
+        if let Some(&first) = vm.vcpus.first() {
+            let _ = inject_to(token, first, EVTCHN_INTID, pcpu);
+        }
     }
 
     /// The passed-through function raised its INTx line `raw` (acknowledged, priority dropped,
     /// still active): hand it to the owner's vCPU 0 with the hardware bit, or deactivate it at
-    /// once if the owner cannot take it (stopping, or its queue is full), so the line is not
-    /// lost forever.
-    fn inject_passthrough_intx(&mut self, raw: u32, this_pcpu: usize) {
+    /// once if the owner cannot take it (stopping, off, or its queue is full), so the line is
+    /// not lost forever.
+    fn inject_passthrough_intx(&self, token: &mut HvHeld, raw: u32, this_pcpu: usize) {
         let owner = self
             .passthrough
             .as_ref()
@@ -311,48 +306,49 @@ impl Hv {
             .and_then(|id| self.vms.get(usize::from(id).wrapping_sub(1)))
             .and_then(Option::as_ref)
             .filter(|vm| vm.stop.is_none())
-            .and_then(|vm| vm.vcpus.first().copied())
-            // A vCPU that is off would only hold the line until it is reset: release it now
-            // (INTx is level-triggered, so a device still asserting it interrupts again).
-            .filter(|&id| self.sched.state(id) != RunState::Off);
-        let queued = owner.is_some_and(|id| {
-            self.vcpus[id]
-                .virqs
-                .push_hw(intid::PASSTHROUGH_INTX, raw)
-                .is_ok()
-        });
-        match owner {
-            Some(id) if queued => self.wake_for_interrupt(id, this_pcpu),
-            _ => gic::deactivate(raw),
-        }
-    }
-
-    /// Makes a vCPU with a newly queued interrupt notice it: wakes it from WFI, or kicks the
-    /// pCPU it runs on.
-    fn wake_for_interrupt(&mut self, id: VcpuId, this_pcpu: usize) {
-        match self.sched.state(id) {
-            RunState::Blocked { .. } => {
-                self.sched.wake(id);
-                self.kick_idle(this_pcpu);
-            }
-            RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
-            _ => {}
+            .and_then(|vm| vm.vcpus.first().copied());
+        let Some(id) = owner else {
+            gic::deactivate(raw);
+            return;
+        };
+        let Some(mut vcpu) = VcpuLocked::lock(token, id) else {
+            gic::deactivate(raw);
+            return;
+        };
+        // Decided under the vCPU's lock, which CPU_OFF and reset hold while they hand back the
+        // lines the vCPU held: a vCPU that is off would only hold the line until it is reset, so
+        // it is released now (INTx is level-triggered: a device still asserting it interrupts
+        // again).
+        let (v, vtoken) = vcpu.split();
+        let mut sched = SchedLocked::lock(vtoken);
+        let queued = sched.state(id) != RunState::Off
+            && v.virqs.push_hw(intid::PASSTHROUGH_INTX, raw).is_ok();
+        if queued {
+            wake_for_interrupt(&mut sched, id, this_pcpu);
+        } else {
+            gic::deactivate(raw);
         }
     }
 
     /// Asks every vCPU of a VM to stop; the VM is finished once none of them is running.
-    fn request_stop(&mut self, vm_index: usize, kind: StopKind, this_pcpu: usize) {
-        let Some(vm) = self.vms[vm_index].as_mut() else {
+    fn request_stop(&mut self, token: &mut HvHeld, vm_index: usize, kind: StopKind, pcpu: usize) {
+        let Some(vm) = self.vms.get_mut(vm_index).and_then(Option::as_mut) else {
             return;
         };
         if vm.stop.is_none() || matches!(kind, StopKind::Killed(_)) {
             vm.stop = Some(kind);
         }
-        for id in vm.vcpus.clone() {
-            match self.sched.state(id) {
-                RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
+        for &id in &vm.vcpus {
+            let Some(mut vcpu) = VcpuLocked::lock(token, id) else {
+                continue;
+            };
+            // Seen by a pCPU that picked the vCPU and is about to load it: it stops it instead.
+            vcpu.run.stopping = true;
+            let mut sched = SchedLocked::lock(vcpu.token());
+            match sched.state(id) {
+                RunState::Running { pcpu: other } if other != pcpu => gic::kick(other),
                 RunState::Running { .. } => {}
-                _ => self.sched.stop(id),
+                _ => sched.stop(id),
             }
         }
     }
@@ -361,26 +357,35 @@ impl Hv {
     /// by the caller: it reloads the returned VM's RAM after releasing the lock, then calls
     /// [`Hv::reinstall`].
     #[must_use]
-    fn try_finish_stop(&mut self, vm_index: usize, this_pcpu: usize) -> Option<Reload> {
+    fn try_finish_stop(
+        &mut self,
+        token: &mut HvHeld,
+        vm_index: usize,
+        pcpu: usize,
+    ) -> Option<Reload> {
         let vm = self.vms.get(vm_index).and_then(Option::as_ref)?;
         let mut kind = vm.stop.clone()?;
-        if vm
-            .vcpus
-            .iter()
-            .any(|&id| matches!(self.sched.state(id), RunState::Running { .. }))
+        let vcpu_ids = vm.vcpus.clone();
         {
-            return None;
+            let sched = SchedLocked::lock(token);
+            if vcpu_ids
+                .iter()
+                .any(|&id| matches!(sched.state(id), RunState::Running { .. }))
+            {
+                return None;
+            }
         }
         let vm_id = vm.id;
-        let vcpu_ids = vm.vcpus.clone();
         let pages = (vm.ram_bytes / PAGE_SIZE) as usize;
         // No vCPU of this incarnation runs again: a CPU_ON that slipped in before the stop was
         // requested (or a stale run-queue entry) must not resurrect one, and the device lines
         // its vCPUs held are released.
         for &id in &vcpu_ids {
-            self.sched.stop(id);
-            if let Some(vcpu) = self.vcpus.get_mut(id) {
-                vcpu.release_hardware_interrupts();
+            if let Some(mut vcpu) = VcpuLocked::lock(token, id) {
+                let (v, vtoken) = vcpu.split();
+                v.run.stopping = true;
+                v.release_hardware_interrupts();
+                SchedLocked::lock(vtoken).stop(id);
             }
         }
         // The owner's device stops and its stream aborts before any of the owner's RAM (or the
@@ -391,7 +396,7 @@ impl Hv {
             .is_some_and(|p| p.owner_id == vm_id);
         if owns_device {
             if let Some(p) = self.passthrough.as_mut() {
-                p.owner_stopped();
+                p.owner_stopped(&mut self.iommu);
             }
         }
         // A restart while peers still map frames of its RAM needs fresh RAM. It is decided
@@ -400,10 +405,10 @@ impl Hv {
         // incarnation that never comes.
         let mut replaced_ram = None;
         if kind == StopKind::Reset && self.sharing.grants.lent_count(vm_id) > 0 {
-            let frames = &mut self.frames;
+            let (frames, iommu) = (&mut self.frames, &mut self.iommu);
             match self.vms[vm_index]
                 .as_mut()
-                .and_then(|vm| vm.replace_ram(frames))
+                .and_then(|vm| vm.replace_ram(frames, iommu))
             {
                 Some(old_pa) => replaced_ram = Some(old_pa),
                 None => {
@@ -415,12 +420,16 @@ impl Hv {
             }
         }
         let restart = kind == StopKind::Reset;
-        let stopped = self
-            .sharing
-            .vm_stopped(&mut self.vms, &mut self.frames, vm_id, restart);
+        let stopped = self.sharing.vm_stopped(
+            &mut self.vms,
+            &mut self.frames,
+            &mut self.iommu,
+            vm_id,
+            restart,
+        );
         self.sharing.release(&mut self.frames, &stopped.released);
         for notify in &stopped.notify {
-            self.notify(*notify, this_pcpu);
+            self.notify(token, *notify, pcpu);
         }
         let retained = |pa| RetainedRam {
             release: RamRelease {
@@ -464,22 +473,22 @@ impl Hv {
                     }
                 }
                 // RAM that peers still map stays readable to them until they unmap.
-                if !stopped.ram_free_now {
-                    self.sharing.retained.push(retained(vm.ram_pa));
+                if let Some(kept) =
+                    vm.destroy(&mut self.frames, &mut self.iommu, stopped.ram_free_now)
+                {
+                    self.sharing.retained.push(retained(kept));
                 }
-                vm.destroy(&mut self.frames, stopped.ram_free_now);
                 let _ = self.vmids.free(vmid);
-                info!(
-                    "VM {name} stopped ({how}); {} VM(s) still running",
-                    self.live_vms()
-                );
+                let live = self.live_vms();
+                LIVE_VMS.store(live, Ordering::Release);
+                info!("VM {name} stopped ({how}); {live} VM(s) still running");
             }
         }
         None
     }
 
     /// Puts a VM reloaded by [`reload_outside_lock`] back and starts its first vCPU.
-    fn reinstall(&mut self, reload: Reload, this_pcpu: usize) {
+    fn reinstall(&mut self, token: &mut HvHeld, reload: Reload, pcpu: usize) {
         let Reload {
             vm_index,
             vm,
@@ -488,27 +497,53 @@ impl Hv {
         self.reloading -= 1;
         if owns_device {
             if let Some(p) = self.passthrough.as_mut() {
-                p.owner_restarted(&vm);
+                p.owner_restarted(&mut self.iommu, &vm);
             }
         }
-        let first = vm.vcpus.first().copied();
         let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
-        self.vms[vm_index] = Some(vm);
-        if let Some(first) = first {
-            self.vcpus[first].reset(GUEST_RAM_BASE, info_gpa);
-            self.sched.wake(first);
-            self.kick_idle(this_pcpu);
+        for (index, &id) in vm.vcpus.iter().enumerate() {
+            let Some(mut vcpu) = VcpuLocked::lock(token, id) else {
+                continue;
+            };
+            let (v, vtoken) = vcpu.split();
+            v.run.stopping = false;
+            if index == 0 {
+                v.reset(GUEST_RAM_BASE, info_gpa);
+                SchedLocked::lock(vtoken).wake(id);
+                kick_idle(pcpu);
+            }
         }
+        self.vms[vm_index] = Some(vm);
+    }
+
+    /// This pCPU's vCPU `id` stops: saved (so the teardown sees, and releases, the interrupts
+    /// its list registers held), off, and its VM finished if it was the last one running.
+    fn stop_current(
+        &mut self,
+        token: &mut HvHeld,
+        id: VcpuId,
+        frame: &TrapFrame,
+        pcpu: usize,
+    ) -> Option<Reload> {
+        if let Some(mut vcpu) = VcpuLocked::lock(token, id) {
+            let (v, vtoken) = vcpu.split();
+            save(v, frame);
+            SchedLocked::lock(vtoken).stop(id);
+        }
+        let vm_index = *self.vcpu_vm.get(id)?;
+        self.try_finish_stop(token, vm_index, pcpu)
     }
 }
 
 /// Zeroes and reloads a restarting VM's RAM with no lock held, then puts it back; a VM whose
 /// reload fails is put back stopping, and torn down for good (its peers are told).
-fn reload_outside_lock(mut reload: Reload, pcpu: usize) {
+fn reload_outside_lock(entry: &mut Unlocked, mut reload: Reload, pcpu: usize) {
     let vcpus = reload.vm.vcpus.len() as u32;
     let loaded = reload.vm.load_memory(vcpus);
-    with_hv(|hv| match loaded {
-        Ok(()) => hv.reinstall(reload, pcpu),
+    let mut locked = HvLocked::lock(entry);
+    let (hv, token) = locked.split();
+    match loaded {
+        Ok(()) => hv.reinstall(token, reload, pcpu),
         Err(e) => {
             let vm_index = reload.vm_index;
             let why = format!("cannot restart: reloading its memory failed ({e})");
@@ -517,53 +552,67 @@ fn reload_outside_lock(mut reload: Reload, pcpu: usize) {
             hv.reloading -= 1;
             hv.vms[vm_index] = Some(reload.vm);
             // Every vCPU is off, so this completes the stop at once (and restarts nothing).
-            let _ = hv.try_finish_stop(vm_index, pcpu);
+            let _ = hv.try_finish_stop(token, vm_index, pcpu);
         }
-    });
+    }
 }
 
-/// Builds the global state. Called once by the primary before any vCPU runs.
-pub fn install(hv: Hv) {
-    *HV.lock() = Some(hv);
-}
-
-fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
-    let mut guard = HV.lock();
-    f(guard.as_mut().expect("hypervisor state installed at boot"))
+/// Runs `f` under the HV lock.
+fn with_hv<R>(entry: &mut Unlocked, f: impl FnOnce(&mut Hv, &mut HvHeld) -> R) -> R {
+    let mut locked = HvLocked::lock(entry);
+    let (hv, token) = locked.split();
+    f(hv, token)
 }
 
 /// A pCPU's entry into the scheduler at boot: waits for a runnable vCPU and enters it.
 pub fn run_first(pcpu: usize) -> ! {
     let mut frame = TrapFrame::default();
-    schedule(pcpu, &mut frame);
+    schedule(&mut Unlocked::entry(), pcpu, &mut frame);
     crate::arch::vectors::enter_guest(&frame)
 }
 
 /// Picks the next vCPU for this pCPU and loads it into `frame`, sleeping while there is none.
 /// Powers the machine off when every VM has stopped.
-fn schedule(pcpu: usize, frame: &mut TrapFrame) {
+fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
     CURRENT[pcpu].store(NO_VCPU, Ordering::Relaxed);
     loop {
-        let deadline = {
-            let mut guard = HV.lock();
-            let hv = guard.as_mut().expect("hypervisor state installed at boot");
-            hv.sched.wake_expired(cpu::counter());
-            while let Some(id) = hv.sched.pick(pcpu) {
-                if hv.load(pcpu, id, frame) {
-                    IDLE[pcpu].store(false, Ordering::Release);
-                    return;
+        let (picked, deadline) = {
+            let mut sched = SchedLocked::lock(entry);
+            sched.wake_expired(cpu::counter());
+            match sched.pick(pcpu) {
+                Some(id) => (Some(id), None),
+                None => {
+                    IDLE[pcpu].store(true, Ordering::Release);
+                    (None, sched.earliest_deadline())
                 }
-                // Its VM is stopping or gone: it stays off.
-                hv.sched.stop(id);
             }
-            if hv.live_vms() == 0 {
-                drop(guard);
-                info!("all VMs have stopped; powering off");
-                cpu::system_off();
-            }
-            IDLE[pcpu].store(true, Ordering::Release);
-            hv.sched.earliest_deadline()
         };
+        if let Some(id) = picked {
+            let Some(mut vcpu) = VcpuLocked::lock(entry, id) else {
+                continue;
+            };
+            if !vcpu.run.stopping {
+                IDLE[pcpu].store(false, Ordering::Release);
+                load(pcpu, id, &mut vcpu, frame);
+                return;
+            }
+            // Its VM stopped between the pick and now: it stays off, and if it was the last of
+            // its VM's vCPUs the pick made look running, the stop is completed here.
+            SchedLocked::lock(vcpu.token()).stop(id);
+            drop(vcpu);
+            let reload = with_hv(entry, |hv, token| {
+                let vm_index = *hv.vcpu_vm.get(id)?;
+                hv.try_finish_stop(token, vm_index, pcpu)
+            });
+            if let Some(reload) = reload {
+                reload_outside_lock(entry, reload, pcpu);
+            }
+            continue;
+        }
+        if LIVE_VMS.load(Ordering::Acquire) == 0 {
+            info!("all VMs have stopped; powering off");
+            cpu::system_off();
+        }
         match deadline {
             Some(d) => cpu::set_hyp_timer(d),
             None => cpu::stop_hyp_timer(),
@@ -578,7 +627,7 @@ fn schedule(pcpu: usize, frame: &mut TrapFrame) {
                 gic::HYP_TIMER_PPI => cpu::stop_hyp_timer(),
                 gic::MAINTENANCE_PPI | gic::VTIMER_PPI | gic::KICK_SGI => {}
                 other => {
-                    device_irq(other, pcpu);
+                    device_irq(entry, other, pcpu);
                     continue;
                 }
             }
@@ -588,96 +637,107 @@ fn schedule(pcpu: usize, frame: &mut TrapFrame) {
 }
 
 /// Applies `action` for the vCPU that trapped on this pCPU.
-fn finish(pcpu: usize, frame: &mut TrapFrame, action: Action) {
+fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Action) {
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
-    let mut guard = HV.lock();
-    let hv = guard.as_mut().expect("hypervisor state installed at boot");
-    let now = cpu::counter();
-    if hv.sched.wake_expired(now) > 0 {
-        hv.kick_idle(pcpu);
-    }
-    let vm_index = hv.vcpus[id].vm;
-    let action = match action {
-        Action::StopVm(kind) => {
-            hv.request_stop(vm_index, kind, pcpu);
-            Action::StopVm(StopKind::PowerOff)
-        }
-        // Another vCPU asked the VM to stop (or it is gone): this one stops too, whatever it
-        // trapped for.
-        _ if hv.vm_of(id).is_none_or(|vm| vm.stop.is_some()) => Action::StopVm(StopKind::PowerOff),
-        other => other,
-    };
+    wake_expired(entry, pcpu);
     let reload = match action {
-        Action::Continue => {
-            hv.refill_live(id);
-            return;
-        }
-        Action::Preempt => {
-            if !hv.sched.has_runnable() {
-                hv.refill_live(id);
-                hv.arm_timer(now);
-                return;
+        Action::StopVm(kind) => with_hv(entry, |hv, token| {
+            let vm_index = *hv.vcpu_vm.get(id)?;
+            hv.request_stop(token, vm_index, kind, pcpu);
+            hv.stop_current(token, id, frame, pcpu)
+        }),
+        Action::VcpuOff => with_hv(entry, |hv, token| {
+            let vm_index = *hv.vcpu_vm.get(id)?;
+            if let Some(mut vcpu) = VcpuLocked::lock(token, id) {
+                let (v, vtoken) = vcpu.split();
+                save(v, frame);
+                v.release_hardware_interrupts();
+                SchedLocked::lock(vtoken).stop(id);
             }
-            hv.save(id, frame);
-            hv.sched.preempt(id);
-            None
-        }
-        Action::Wait => {
-            let vcpu = &mut hv.vcpus[id];
-            vcpu.vgic.save();
-            if vcpu.virqs.has_pending(&vcpu.vgic.lrs) {
-                hv.refill_live(id);
-                return;
-            }
-            hv.save(id, frame);
-            let timer = &hv.vcpus[id].el1;
-            let deadline = (timer.cntv_ctl & (TIMER_ENABLE | TIMER_IMASK) == TIMER_ENABLE)
-                .then_some(timer.cntv_cval);
-            hv.sched.block(id, deadline);
-            None
-        }
-        Action::VcpuOff => {
-            hv.save(id, frame);
-            hv.vcpus[id].release_hardware_interrupts();
-            hv.sched.stop(id);
-            let all_off = hv
-                .vm_of(id)
-                .is_some_and(|vm| vm.vcpus.iter().all(|&v| hv.sched.state(v) == RunState::Off));
+            let all_off = {
+                let sched = SchedLocked::lock(token);
+                hv.vm_of(id)
+                    .is_some_and(|vm| vm.vcpus.iter().all(|&v| sched.state(v) == RunState::Off))
+            };
             if all_off {
                 info!("VM {}: every vCPU is off", hv.name_of(id));
-                hv.request_stop(vm_index, StopKind::PowerOff, pcpu);
+                hv.request_stop(token, vm_index, StopKind::PowerOff, pcpu);
             }
-            hv.try_finish_stop(vm_index, pcpu)
-        }
-        Action::StopVm(_) => {
-            // Saved so that the teardown sees (and releases) the interrupts its list
-            // registers held.
-            hv.save(id, frame);
-            hv.sched.stop(id);
-            hv.try_finish_stop(vm_index, pcpu)
+            hv.try_finish_stop(token, vm_index, pcpu)
+        }),
+        action => {
+            let Some(mut vcpu) = VcpuLocked::lock(entry, id) else {
+                return;
+            };
+            if vcpu.run.stopping {
+                // Another vCPU asked the VM to stop: this one stops too, whatever it trapped
+                // for.
+                drop(vcpu);
+                with_hv(entry, |hv, token| hv.stop_current(token, id, frame, pcpu))
+            } else if keep_running(&mut vcpu, id, frame, action) {
+                return;
+            } else {
+                None
+            }
         }
     };
-    drop(guard);
     if let Some(reload) = reload {
-        reload_outside_lock(reload, pcpu);
+        reload_outside_lock(entry, reload, pcpu);
     }
-    schedule(pcpu, frame);
+    schedule(entry, pcpu, frame);
+}
+
+/// Continue, Preempt or Wait for the locked, running vCPU `id`: true if it keeps this pCPU.
+fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Action) -> bool {
+    let (v, token) = vcpu.split();
+    match action {
+        Action::Preempt => {
+            let mut sched = SchedLocked::lock(token);
+            if !sched.has_runnable() {
+                refill_live(v);
+                arm_timer(&sched, cpu::counter());
+                return true;
+            }
+            save(v, frame);
+            sched.preempt(id);
+            false
+        }
+        Action::Wait => {
+            v.vgic.save();
+            if v.virqs.has_pending(&v.vgic.lrs) {
+                refill_live(v);
+                return true;
+            }
+            save(v, frame);
+            let timer = &v.el1;
+            let deadline = (timer.cntv_ctl & (TIMER_ENABLE | TIMER_IMASK) == TIMER_ENABLE)
+                .then_some(timer.cntv_cval);
+            // Under the vCPU's lock: an interrupt queued from now on finds it blocked and
+            // wakes it.
+            SchedLocked::lock(token).block(id, deadline);
+            false
+        }
+        _ => {
+            refill_live(v);
+            true
+        }
+    }
 }
 
 /// A device's interrupt (the SMMU's, or the passed-through function's INTx), taken while a guest
 /// or the idle loop ran; ends or hands on the interrupt itself.
-fn device_irq(raw: u32, pcpu: usize) {
-    if passthrough::is_smmu_irq(raw) {
-        passthrough::report_smmu_events();
-        gic::end(raw);
-        return;
-    }
-    let handled = with_hv(|hv| {
+fn device_irq(entry: &mut Unlocked, raw: u32, pcpu: usize) {
+    let handled = with_hv(entry, |hv, token| {
+        if hv.iommu.is_own_irq(raw) {
+            hv.iommu.report_events();
+            gic::end(raw);
+            return true;
+        }
         let is_intx = hv.passthrough.as_ref().and_then(|p| p.intx) == Some(raw);
         if is_intx {
             // Priority drop only: the owner's EOI of the virtual interrupt deactivates it.
             gic::drop_priority(raw);
-            hv.inject_passthrough_intx(raw, pcpu);
+            hv.inject_passthrough_intx(token, raw, pcpu);
         }
         is_intx
     });
@@ -692,12 +752,13 @@ fn device_irq(raw: u32, pcpu: usize) {
 extern "C" fn lower_sync(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
     let fault = cpu::fault_info();
+    let mut entry = Unlocked::entry();
     let action = match esr::exception_class(fault.esr) {
-        esr::EC_HVC64 => hypercall(pcpu, frame),
+        esr::EC_HVC64 => hypercall(&mut entry, pcpu, frame),
         esr::EC_SMC64 => {
             // SMC traps report the SMC itself as the return address; step over it.
             frame.elr += 4;
-            hypercall(pcpu, frame)
+            hypercall(&mut entry, pcpu, frame)
         }
         esr::EC_WFX => {
             frame.elr += 4;
@@ -710,7 +771,13 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
         esr::EC_DABT_LOWER | esr::EC_IABT_LOWER => {
             let ipa = esr::fault_ipa(fault.hpfar, fault.far);
             let id = CURRENT[pcpu].load(Ordering::Relaxed);
-            match with_hv(|hv| crate::mmio::emulate(hv, id, ipa, fault.esr, frame)) {
+            let emulated = with_hv(&mut entry, |hv, _| {
+                // Field by field, so the VM can be read while the device model changes.
+                let vm = hv.vcpu_vm.get(id).and_then(|&v| hv.vms.get(v)?.as_ref());
+                let vm = vm.ok_or_else(|| String::from("the VM is gone"))?;
+                crate::mmio::emulate(vm, hv.passthrough.as_mut(), ipa, fault.esr, frame)
+            });
+            match emulated {
                 Ok(()) => Action::Continue,
                 Err(why) => Action::StopVm(StopKind::Killed(format!(
                     "stage-2 fault at IPA {ipa:#x} ({}) at PC {:#x}: {why}",
@@ -727,10 +794,10 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
     };
     if let Action::StopVm(StopKind::Killed(reason)) = &action {
         let id = CURRENT[pcpu].load(Ordering::Relaxed);
-        let name = with_hv(|hv| hv.name_of(id));
+        let name = with_hv(&mut entry, |hv, _| hv.name_of(id));
         error!("killing VM {name}: {reason}");
     }
-    finish(pcpu, frame, action);
+    finish(&mut entry, pcpu, frame, action);
 }
 
 /// Physical interrupt while a guest ran.
@@ -738,6 +805,7 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
 extern "C" fn lower_irq(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
+    let mut entry = Unlocked::entry();
     let mut action = Action::Continue;
     while let Some(raw) = gic::acknowledge() {
         if raw >= 1020 {
@@ -752,28 +820,33 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
                 // The guest's timer fired: mask it at the source (the guest unmasks it when it
                 // reprograms the timer) and deliver it as a virtual interrupt.
                 cpu::set_vtimer_ctl(cpu::vtimer_ctl() | TIMER_IMASK);
-                let _ = with_hv(|hv| hv.inject(id, intid::VIRTUAL_TIMER, pcpu));
+                let _ = inject_to(&mut entry, id, intid::VIRTUAL_TIMER, pcpu);
             }
             // The maintenance interrupt is level-triggered: its cause (an underflow, or a spent
             // EOI request in a list register) must be cleared before it is ended, or it would
             // be taken again at once. Refilling the list registers clears both.
-            gic::MAINTENANCE_PPI => with_hv(|hv| hv.refill_live(id)),
+            gic::MAINTENANCE_PPI => {
+                if let Some(mut vcpu) = VcpuLocked::lock(&mut entry, id) {
+                    refill_live(&mut vcpu);
+                }
+            }
             // A kick only brings the pCPU here; `finish` notices stop requests.
             gic::KICK_SGI => {}
             other => {
-                device_irq(other, pcpu);
+                device_irq(&mut entry, other, pcpu);
                 continue;
             }
         }
         gic::end(raw);
     }
-    finish(pcpu, frame, action);
+    finish(&mut entry, pcpu, frame, action);
 }
 
 #[no_mangle]
 extern "C" fn lower_serror(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
     finish(
+        &mut Unlocked::entry(),
         pcpu,
         frame,
         Action::StopVm(StopKind::Killed(String::from(
@@ -794,115 +867,142 @@ extern "C" fn el2_unexpected(frame: &mut TrapFrame) {
     );
 }
 
-fn set_return(frame: &mut TrapFrame, value: u64) {
-    frame.x[0] = value;
-}
-
-/// HVC (or SMC) from a guest: decoded and checked by [`hypervisor::dispatch`], carried out here.
-fn hypercall(pcpu: usize, frame: &mut TrapFrame) -> Action {
-    let id = CURRENT[pcpu].load(Ordering::Relaxed);
-    let call = match dispatch::decode(&frame.x) {
-        Ok(call) => call,
-        Err(refused) => {
-            set_return(frame, refused);
-            return Action::Continue;
-        }
+/// HVC (or SMC) from a guest: carried out by [`dispatch::execute`] on this vCPU's
+/// [`TrapMachine`]; the outcome is applied to the vCPU here.
+fn hypercall(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) -> Action {
+    let mut machine = TrapMachine {
+        token: entry,
+        pcpu,
+        vcpu: CURRENT[pcpu].load(Ordering::Relaxed),
+        vm_id: CURRENT_VM[pcpu].load(Ordering::Relaxed),
     };
-    let status = match call {
-        Call::Answer(value) => value,
-        Call::Console { bytes, len } => {
-            // Only this VM's console lock: printing never holds up other VMs' traps.
-            let vm_id = CURRENT_VM[pcpu].load(Ordering::Relaxed);
-            vm_console_write(vm_id, bytes.get(..len).unwrap_or(&[]));
-            Status::Ok.as_u64()
-        }
-        Call::Yield => {
-            set_return(frame, Status::Ok.as_u64());
-            return Action::Preempt;
-        }
-        Call::TestInject { mask, repeat } => with_hv(|hv| {
-            for _ in 0..repeat {
-                for sgi in (0..intid::SGI_COUNT).filter(|b| mask & (1 << b) != 0) {
-                    if let Err(status) = hv.inject(id, sgi, pcpu) {
-                        return status;
-                    }
-                }
+    match dispatch::execute(&frame.x, &mut machine) {
+        Outcome::Return { x0, x1 } => {
+            frame.x[0] = x0;
+            if let Some(x1) = x1 {
+                frame.x[1] = x1;
             }
-            Status::Ok
-        })
-        .as_u64(),
-        Call::GrantCopy { ops_gpa, count } => {
-            grant_copy_op_by_op(id, ops_gpa, count, pcpu).as_u64()
+            Action::Continue
         }
-        Call::Sharing { function } => {
-            let (status, value) = with_hv(|hv| hv.sharing_call(id, function, frame.x, pcpu));
-            if let Some(value) = value {
-                frame.x[1] = value;
-            }
-            status.as_u64()
+        Outcome::Yield => {
+            frame.x[0] = Status::Ok.as_u64();
+            Action::Preempt
         }
-        Call::CpuOn {
-            target,
-            entry,
-            context,
-        } => with_hv(|hv| cpu_on(hv, id, target, entry, context, pcpu)) as u64,
-        Call::CpuOff => return Action::VcpuOff,
-        Call::SystemOff => {
-            let name = with_hv(|hv| hv.name_of(id));
+        Outcome::VcpuOff => Action::VcpuOff,
+        Outcome::SystemOff => {
+            let name = with_hv(machine.token, |hv, _| hv.name_of(machine.vcpu));
             info!("VM {name} requested power off (PSCI SYSTEM_OFF)");
-            return Action::StopVm(StopKind::PowerOff);
+            Action::StopVm(StopKind::PowerOff)
         }
-        Call::SystemReset => return Action::StopVm(StopKind::Reset),
-    };
-    set_return(frame, status);
-    Action::Continue
+        Outcome::SystemReset => Action::StopVm(StopKind::Reset),
+    }
 }
 
-/// GRANT_COPY with the HV lock taken once per op rather than for the whole batch: a batch can
-/// move `MAX_BATCH` pages, and no VM may keep the others' traps waiting that long. The batch
-/// is still refused as a whole when its array is bad; each op's status is written as it runs.
-fn grant_copy_op_by_op(id: VcpuId, ops_gpa: u64, count: u64, pcpu: usize) -> Status {
-    if !with_hv(|hv| hv.copy_array_ok(id, ops_gpa, count)) {
-        return Status::InvalidArgument;
+/// The machine as the hypercall of vCPU `vcpu` (of VM `vm_id`, on `pcpu`) sees it. Each method
+/// takes the locks it needs for itself alone, so the dispatcher's loops (GRANT_COPY's ops,
+/// TEST_INJECT's SGIs) let other pCPUs in between steps; console writes take only that VM's
+/// console lock.
+struct TrapMachine<'t> {
+    token: &'t mut Unlocked,
+    pcpu: usize,
+    vcpu: VcpuId,
+    vm_id: u16,
+}
+
+impl dispatch::Machine for TrapMachine<'_> {
+    fn console(&mut self, bytes: &[u8]) {
+        vm_console_write(self.vm_id, bytes);
     }
-    let op_bytes = CopyOp::WORDS as u64 * 8;
-    for i in 0..count {
+
+    fn inject_sgi(&mut self, sgi: u32) -> Result<(), Status> {
+        inject_to(self.token, self.vcpu, sgi, self.pcpu)
+    }
+
+    fn copy_batch_ok(&mut self, ops_gpa: u64, count: u64) -> bool {
+        HvLocked::lock(self.token).copy_array_ok(self.vcpu, ops_gpa, count)
+    }
+
+    fn copy_op(&mut self, op_gpa: u64) -> Status {
         let mut x = [0u64; 31];
         x[0] = hypercall::GRANT_COPY;
-        x[1] = ops_gpa + i * op_bytes;
+        x[1] = op_gpa;
         x[2] = 1;
-        let (status, _) = with_hv(|hv| hv.sharing_call(id, hypercall::GRANT_COPY, x, pcpu));
-        // Per-op failures are in the ops' status words; a failed call means the VM went away.
-        if status != Status::Ok {
-            return status;
-        }
+        self.sharing(hypercall::GRANT_COPY, &x).0
     }
-    Status::Ok
+
+    fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>) {
+        let mut locked = HvLocked::lock(self.token);
+        let (hv, token) = locked.split();
+        hv.sharing_call(token, self.vcpu, function, x, self.pcpu)
+    }
+
+    fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R> {
+        let mut locked = HvLocked::lock(self.token);
+        let (hv, token) = locked.split();
+        let vm_index = *hv.vcpu_vm.get(self.vcpu)?;
+        hv.vms.get(vm_index)?.as_ref()?;
+        let mut view = VmVcpus {
+            hv,
+            token,
+            vm_index,
+            pcpu: self.pcpu,
+        };
+        Some(f(&mut view))
+    }
 }
 
-/// PSCI CPU_ON for a vCPU of the caller's VM: checked ([`dispatch::check_cpu_on`]) and started
-/// under the one lock, so a stop requested meanwhile cannot slip in between.
-fn cpu_on(hv: &mut Hv, caller: VcpuId, target: u64, entry: u64, context: u64, pcpu: usize) -> i64 {
-    let Some(vm) = hv.vm_of(caller) else {
-        return psci::DENIED;
-    };
-    let shape = CallerVm {
-        vcpus: vm.vcpus.len(),
-        ram_bytes: vm.ram_bytes,
-        stopping: vm.stop.is_some(),
-    };
-    let target_id = match dispatch::check_cpu_on(shape, target, entry) {
-        Ok(index) => match vm.vcpus.get(index) {
-            Some(&id) => id,
-            None => return psci::INVALID_PARAMETERS,
-        },
-        Err(code) => return code,
-    };
-    if hv.sched.state(target_id) != RunState::Off {
-        return psci::ALREADY_ON;
+/// One VM's vCPUs for PSCI CPU_ON, under the HV lock (so a stop requested meanwhile cannot slip
+/// in between the check and the start).
+struct VmVcpus<'a> {
+    hv: &'a mut Hv,
+    token: &'a mut HvHeld,
+    vm_index: usize,
+    pcpu: usize,
+}
+
+impl VmVcpus<'_> {
+    fn vcpu_id(&self, index: usize) -> Option<VcpuId> {
+        self.hv
+            .vms
+            .get(self.vm_index)?
+            .as_ref()?
+            .vcpus
+            .get(index)
+            .copied()
     }
-    hv.vcpus[target_id].reset(entry, context);
-    hv.sched.wake(target_id);
-    hv.kick_idle(pcpu);
-    psci::SUCCESS
+}
+
+impl VcpuControl for VmVcpus<'_> {
+    fn caller_vm(&self) -> CallerVm {
+        match self.hv.vms.get(self.vm_index).and_then(Option::as_ref) {
+            Some(vm) => CallerVm {
+                vcpus: vm.vcpus.len(),
+                ram_bytes: vm.ram_bytes,
+                stopping: vm.stop.is_some(),
+            },
+            // Checked by `with_vcpus`; a VM that is gone is as good as stopping.
+            None => CallerVm {
+                vcpus: 0,
+                ram_bytes: 0,
+                stopping: true,
+            },
+        }
+    }
+
+    fn is_off(&mut self, index: usize) -> bool {
+        self.vcpu_id(index)
+            .is_some_and(|id| SchedLocked::lock(self.token).state(id) == RunState::Off)
+    }
+
+    fn start(&mut self, index: usize, entry: u64, context: u64) {
+        let Some(id) = self.vcpu_id(index) else {
+            return;
+        };
+        if let Some(mut vcpu) = VcpuLocked::lock(self.token, id) {
+            let (v, vtoken) = vcpu.split();
+            v.reset(entry, context);
+            SchedLocked::lock(vtoken).wake(id);
+        }
+        kick_idle(self.pcpu);
+    }
 }

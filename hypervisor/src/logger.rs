@@ -13,6 +13,7 @@ use shared_abi::layout::MAX_VMS;
 use spin::Mutex;
 
 use crate::arch::cpu;
+use crate::arch::platform;
 use crate::arch::uart::Pl011;
 
 static UART: Mutex<Option<Pl011>> = Mutex::new(None);
@@ -21,9 +22,7 @@ static UART: Mutex<Option<Pl011>> = Mutex::new(None);
 pub const EARLY_UART: u64 = 0x0900_0000;
 
 pub fn init(uart_base: u64) {
-    // SAFETY: the address comes from the device tree (or is QEMU virt's fixed PL011); the
-    // hypervisor is the only driver of the UART.
-    *UART.lock() = Some(unsafe { Pl011::new(uart_base as usize) });
+    *UART.lock() = Some(platform::uart(uart_base));
 }
 
 pub fn print_fmt(args: core::fmt::Arguments) {

@@ -1,5 +1,7 @@
 //! sluice hypervisor binary: boots on every pCPU at EL2, reads the device tree and the boot
 //! bundle, builds one VM per bundle entry, and hands the pCPUs to the scheduler.
+//!
+//! Unsafe code lives in `arch` only; every other module forbids it.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 
@@ -9,19 +11,33 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod dtb;
+// No unsafe block either, but its trap entry points are `#[no_mangle]` (the vectors branch to
+// them by name), which the `unsafe_code` lint counts as unsafe.
 #[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
+mod iommu;
+#[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
+mod locks;
+#[cfg(target_os = "none")]
 #[macro_use]
+#[forbid(unsafe_code)]
 mod logger;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod mmio;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod passthrough;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod sharing;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod vm;
 
 #[cfg(target_os = "none")]
@@ -29,7 +45,6 @@ mod boot {
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicUsize, Ordering};
 
-    use buddy_system_allocator::LockedHeap;
     use hypervisor::grant::HEAP_PER_MAPPING;
     use hypervisor::mm::frame_alloc::FrameAllocator;
     use hypervisor::mm::stage2::vtcr_el2;
@@ -40,14 +55,14 @@ mod boot {
     use shared_abi::grant::{MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST};
     use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE};
 
-    use crate::arch::{self, cpu, gic, mem};
+    use crate::arch::heap::{self, HEAP_SIZE};
+    use crate::arch::{self, cpu, gic, mem, platform};
     use crate::hv::{self, Hv};
-    use crate::passthrough::{self, Passthrough};
-    use crate::vm::{Vcpu, Vm};
+    use crate::iommu::Iommu;
+    use crate::passthrough::Passthrough;
+    use crate::vm::{Vcpu, VcpuRun, Vm};
     use crate::{dtb, logger};
 
-    /// The hypervisor's heap: VMs, vCPUs, and the grant records guests create.
-    const HEAP_SIZE: usize = 24 << 20;
     /// The share of the heap grant-mapping budgets may promise away (the rest is for
     /// everything else); a topology whose budgets need more is refused at boot.
     const HEAP_FOR_MAPPINGS: u64 = (HEAP_SIZE as u64 / 4) * 3;
@@ -55,20 +70,6 @@ mod boot {
     /// that no guest-triggered allocation can fail (which would stop the hypervisor) even if
     /// [`HEAP_PER_MAPPING`] were too optimistic.
     pub const HEAP_RESERVE: usize = 1 << 20;
-
-    #[repr(C, align(4096))]
-    struct HeapSpace([u8; HEAP_SIZE]);
-    static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
-
-    #[global_allocator]
-    static HEAP: LockedHeap<32> = LockedHeap::empty();
-
-    /// Bytes of the heap not handed out (including the allocator's rounding).
-    pub fn heap_free_bytes() -> usize {
-        let heap = HEAP.lock();
-        heap.stats_total_bytes()
-            .saturating_sub(heap.stats_alloc_actual())
-    }
 
     /// Where QEMU puts the DTB when it boots an ELF instead of the Image (e.g. under gdb).
     const DEFAULT_DTB: u64 = 0x4000_0000;
@@ -98,14 +99,9 @@ mod boot {
                 cpu::wait_for_interrupt();
             }
         }
-        // SAFETY: HEAP_SPACE is used only as this heap's backing store, handed over once here.
-        unsafe {
-            HEAP.lock()
-                .init(core::ptr::addr_of_mut!(HEAP_SPACE) as usize, HEAP_SIZE);
-        }
+        heap::init();
         let dtb_pa = if dtb_arg != 0 { dtb_arg } else { DEFAULT_DTB };
-        // SAFETY: QEMU put a DTB at this address; the blob is only read.
-        let blob = unsafe { mem::dtb_blob(dtb_pa) }.unwrap_or_else(|| {
+        let blob = platform::device_tree(dtb_pa).unwrap_or_else(|| {
             fail(
                 "no device tree found",
                 "boot the hypervisor ELF with QEMU's -kernel",
@@ -127,10 +123,7 @@ mod boot {
                 "pass the bundle built by ./run.sh with -initrd",
             )
         });
-        // SAFETY: QEMU loaded the initrd there; it is excluded from the frame allocator below and
-        // never written, so a shared 'static view is sound.
-        let bundle_bytes =
-            unsafe { mem::phys_bytes(bundle_start, (bundle_end - bundle_start) as usize) };
+        let bundle_bytes = platform::boot_bundle(bundle_start, bundle_end);
         let bundle = Bundle::parse(bundle_bytes).unwrap_or_else(|e| {
             error!("boot bundle rejected: {e}");
             fail(
@@ -159,8 +152,7 @@ mod boot {
         VTCR.store(vtcr as usize, Ordering::Relaxed);
         cpu::init_el2(vtcr);
         let pcpus = machine.cpus.min(arch::MAX_PCPUS);
-        // SAFETY: the GIC addresses come from the device tree; nothing else drives the GIC.
-        unsafe { gic::init_primary(machine.gicd as usize, machine.gicr as usize, pcpus) };
+        platform::init_gic(machine.gicd, machine.gicr, pcpus);
         info!(
             "{} list registers, {}-bit VMIDs, PCI ECAM {}, SMMUv3 {}",
             gic::list_register_count(),
@@ -173,25 +165,25 @@ mod boot {
                 .map_or("absent".into(), |a| alloc::format!("at {a:#x}")),
         );
 
+        let mut vcpus: Vec<Vcpu> = Vec::new();
+        let mut sched = Scheduler::new();
         let mut hv = Hv {
             frames,
             vmids: VmidAllocator::new(if vmid16 { 16 } else { 8 }),
             vms: Vec::new(),
-            vcpus: Vec::new(),
-            sched: Scheduler::new(),
-            slice_ticks: cpu::counter_frequency() * hv::SLICE_MS / 1000,
-            pcpus,
+            vcpu_vm: Vec::new(),
             sharing: hv::Sharing::default(),
+            iommu: Iommu::none(),
             passthrough: None,
             reloading: 0,
         };
         // Before any VM exists: from here on no device DMA gets through unless attached.
-        if let Err(why) = passthrough::init_smmu(&machine, &mut hv.frames) {
+        hv.iommu = Iommu::take_over(&machine, &mut hv.frames).unwrap_or_else(|why| {
             fail(
                 &alloc::format!("cannot take the SMMU over: {why}"),
                 "check QEMU's -M virt,iommu=smmuv3 and the SMMU model",
-            );
-        }
+            )
+        });
         let budget = |kind: VmKind| match kind {
             VmKind::DriverDomain => MAX_MAPPINGS_PER_DRIVER_DOMAIN,
             VmKind::Guest => MAX_MAPPINGS_PER_GUEST,
@@ -220,23 +212,30 @@ mod boot {
                 .alloc()
                 .unwrap_or_else(|| fail("out of VMIDs", "use fewer VMs"));
             let peers = bundle.peers_of(spec.id);
-            let mut vm = Vm::create(&spec, peers, grant.vmid, grant.needs_flush, &mut hv.frames)
-                .unwrap_or_else(|e| {
-                    error!("cannot create VM {}: {e}", spec.name);
-                    fail(
-                        "not enough resources for the topology",
-                        "lower VM memory or raise QEMU's -m",
-                    )
-                });
+            let mut vm = Vm::create(&spec, peers, grant.vmid, &mut hv.frames).unwrap_or_else(|e| {
+                error!("cannot create VM {}: {e}", spec.name);
+                fail(
+                    "not enough resources for the topology",
+                    "lower VM memory or raise QEMU's -m",
+                )
+            });
             let vm_index = hv.vms.len();
             for index in 0..spec.vcpus {
-                let id = hv.sched.add();
-                hv.vcpus.push(Vcpu::new(vm_index, index));
+                let id = sched.add();
+                let run = VcpuRun {
+                    vm_id: vm.id,
+                    vmid: vm.vmid,
+                    stage2_root: vm.stage2.root_pa(),
+                    flush_vmid: grant.needs_flush,
+                    stopping: false,
+                };
+                vcpus.push(Vcpu::new(index, run));
+                hv.vcpu_vm.push(vm_index);
                 vm.vcpus.push(id);
             }
             let first = vm.vcpus[0];
-            hv.vcpus[first].reset(GUEST_RAM_BASE, start_info_gpa(spec.ram_bytes));
-            hv.sched.wake(first);
+            vcpus[first].reset(GUEST_RAM_BASE, start_info_gpa(spec.ram_bytes));
+            sched.wake(first);
             info!(
                 "VM {} (id {}, {:?}): {} vCPU(s), {} MiB RAM at PA {:#x}, VMID {}, image {} KiB",
                 vm.name,
@@ -244,7 +243,7 @@ mod boot {
                 vm.kind,
                 spec.vcpus,
                 spec.ram_bytes >> 20,
-                vm.ram_pa,
+                vm.ram.pa(),
                 vm.vmid,
                 spec.image.len() / 1024
             );
@@ -281,7 +280,7 @@ mod boot {
                 );
             };
             let vtcr = VTCR.load(Ordering::Relaxed) as u64;
-            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, vtcr) {
+            match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, &mut hv.iommu, vtcr) {
                 Ok(p) => hv.passthrough = Some(p),
                 Err(why) => fail(
                     &alloc::format!("cannot pass PCI {bdf} to {}: {why}", spec.name),
@@ -307,7 +306,8 @@ mod boot {
                 shared_abi::layout::control_page_ipa(spec.id)
             );
         }
-        hv::install(hv);
+        let slice_ticks = cpu::counter_frequency() * hv::SLICE_MS / 1000;
+        hv::install(hv, vcpus, sched, slice_ticks, pcpus);
 
         for index in 1..pcpus {
             if let Err(e) = cpu::start_secondary(index) {

@@ -7,25 +7,21 @@ use alloc::format;
 use alloc::string::String;
 
 use hypervisor::esr;
-use hypervisor::sched::VcpuId;
 
 use crate::arch::vectors::TrapFrame;
-use crate::hv::Hv;
+use crate::passthrough::Passthrough;
+use crate::vm::Vm;
 
-/// Completes the faulting access of vCPU `id` at `ipa` if an emulated device owns it; otherwise
-/// says why not.
+/// Completes `vm`'s faulting access at `ipa` if an emulated device owns it; otherwise says why
+/// not.
 pub fn emulate(
-    hv: &mut Hv,
-    id: VcpuId,
+    vm: &Vm,
+    passthrough: Option<&mut Passthrough>,
     ipa: u64,
     esr: u64,
     frame: &mut TrapFrame,
 ) -> Result<(), String> {
-    // Field by field, so the VM can be read while the passthrough state is changed.
-    let Some(vm) = hv.vms[hv.vcpus[id].vm].as_ref() else {
-        return Err(String::from("the VM is gone"));
-    };
-    let Some(passthrough) = hv.passthrough.as_mut().filter(|p| p.owner_id == vm.id) else {
+    let Some(passthrough) = passthrough.filter(|p| p.owner_id == vm.id) else {
         return Err(String::from("no device at this address"));
     };
     let access = esr::mmio_access(esr).map_err(|e| format!("{e}"))?;

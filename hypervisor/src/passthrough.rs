@@ -1,11 +1,8 @@
-//! Device passthrough: the SMMU that confines DMA, and the one PCI function the topology gives a
-//! driver domain.
+//! Device passthrough: the one PCI function the topology gives a driver domain.
 //!
-//! When the machine has an SMMU it is always taken over at boot: GBPA aborts and every stream
-//! table entry aborts, so no PCI device can DMA anywhere unless the hypervisor attached it. The
-//! passed function's stream is attached to its owner's stage-2 table and VMID, so its DMA
-//! addresses are the owner's guest-physical addresses and reach exactly what the owner's stage 2
-//! maps (its RAM, and pages granted to it, read-only ones read-only).
+//! The function's stream is attached (through [`Iommu`]) to its owner's stage-2 table and VMID,
+//! so its DMA addresses are the owner's guest-physical addresses and reach exactly what the
+//! owner's stage 2 maps (its RAM, and pages granted to it, read-only ones read-only).
 //!
 //! The owner sees PCI through an emulated ECAM ([`PCI_ECAM_IPA`]): no ECAM is mapped at stage 2,
 //! every config access traps here and `hypervisor::pci::ConfigFilter` decides (other functions
@@ -15,15 +12,10 @@
 //! bit: the owner's deactivation deactivates the physical line. INTx rather than MSI because
 //! QEMU's virt machine has no ITS in this configuration and MSI writes would be DMA through the
 //! SMMU into the owner's address space, where no doorbell is mapped.
-//!
-//! Every stage-2 unmap in any VM goes through [`invalidate_ipas`], which also invalidates the
-//! SMMU's TLB when that VM owns a device: otherwise the device could keep writing to a page the
-//! owner no longer maps (an ended grant) through a cached translation.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
@@ -32,149 +24,17 @@ use hypervisor::pci::{self, Bdf, ConfigFilter, ReadDecision, Window};
 use log::{error, info, warn};
 use shared_abi::layout::intid::PASSTHROUGH_INTX;
 use shared_abi::layout::{PCI_ECAM_IPA, PCI_ECAM_SIZE, PCI_WINDOW_IPA};
-use spin::Mutex;
 
 use crate::arch::ecam::Ecam;
-use crate::arch::gic;
-use crate::arch::mem::{tlbi_ipas_for, PhysTableMemory};
-use crate::arch::smmu::Smmu;
+use crate::arch::mem::PhysTableMemory;
 use crate::arch::vectors::TrapFrame;
+use crate::arch::{gic, platform};
 use crate::dtb::{self, Machine};
+use crate::iommu::Iommu;
 use crate::vm::Vm;
 
-/// Stream-table size: bus 0 only (the virt machine's root bus); streams beyond abort anyway.
-const SID_BITS: u8 = 8;
-/// SMMU events logged in full; after that only a count every `EVENT_LOG_EVERY` events, so a
-/// device hammering a bad address cannot flood the console.
-const EVENTS_LOGGED_IN_FULL: u32 = 16;
-const EVENT_LOG_EVERY: u32 = 1000;
-const NO_IRQ: u32 = u32::MAX;
 /// Configuration register holding the function's INTx pin (0 none, 1 INTA .. 4 INTD).
 const REG_INTERRUPT_PIN: u16 = 0x3d;
-
-/// The SMMU and what is attached to it. Locked after the HV lock when both are held.
-struct SmmuState {
-    smmu: Smmu,
-    /// The attached stream: (stream id, VMID, owner's name).
-    attached: Option<(u32, u16, String)>,
-    events: u32,
-}
-
-static SMMU: Mutex<Option<SmmuState>> = Mutex::new(None);
-static SMMU_EVENTQ_IRQ: AtomicU32 = AtomicU32::new(NO_IRQ);
-static SMMU_GERROR_IRQ: AtomicU32 = AtomicU32::new(NO_IRQ);
-
-/// Takes the SMMU over (every stream aborts) and turns its event and error interrupts on.
-pub fn init_smmu(machine: &Machine, frames: &mut FrameAllocator) -> Result<(), String> {
-    let Some(base) = machine.smmu else {
-        return Ok(());
-    };
-    // SAFETY: `base` is the SMMUv3 of the device tree, inside the EL2 identity map's Device
-    // region, and this is the only place that creates a driver for it.
-    let mut smmu = unsafe {
-        Smmu::new(base, SID_BITS, &mut |pages, align| {
-            frames.alloc(pages, align)
-        })
-    }
-    .map_err(|e| format!("{e}"))?;
-    for (irq, slot) in [
-        (machine.smmu_eventq_irq, &SMMU_EVENTQ_IRQ),
-        (machine.smmu_gerror_irq, &SMMU_GERROR_IRQ),
-    ] {
-        if let Some(irq) = irq {
-            gic::configure_spi(irq.intid, irq.level, true)?;
-            slot.store(irq.intid, Ordering::Relaxed);
-        }
-    }
-    smmu.enable_irqs(
-        machine.smmu_eventq_irq.is_some(),
-        machine.smmu_gerror_irq.is_some(),
-    )
-    .map_err(|e| format!("{e}"))?;
-    info!(
-        "SMMUv3 at {base:#x}: all {} streams abort until attached (stage 2: {}, {}-bit VMIDs)",
-        smmu.streams(),
-        smmu.features().stage2,
-        if smmu.features().vmid16 { 16 } else { 8 }
-    );
-    *SMMU.lock() = Some(SmmuState {
-        smmu,
-        attached: None,
-        events: 0,
-    });
-    Ok(())
-}
-
-/// True for the SMMU's own interrupts.
-pub fn is_smmu_irq(raw: u32) -> bool {
-    raw == SMMU_EVENTQ_IRQ.load(Ordering::Relaxed) || raw == SMMU_GERROR_IRQ.load(Ordering::Relaxed)
-}
-
-/// Reads, logs and acknowledges SMMU events and global errors (rate-limited).
-pub fn report_smmu_events() {
-    let mut guard = SMMU.lock();
-    let Some(state) = guard.as_mut() else {
-        return;
-    };
-    let poll = state.smmu.poll_events();
-    if poll.overflowed {
-        warn!("SMMU event queue overflowed: some events were lost");
-    }
-    for event in &poll.events {
-        state.events += 1;
-        let n = state.events;
-        if n <= EVENTS_LOGGED_IN_FULL {
-            let owner = match &state.attached {
-                Some((sid, _, name)) if *sid == event.stream_id => {
-                    format!(" (device of {name}; DMA refused, memory untouched)")
-                }
-                _ => String::from(" (unattached stream: DMA refused)"),
-            };
-            warn!("{event}{owner}");
-            if n == EVENTS_LOGGED_IN_FULL {
-                warn!("further SMMU events are counted, not logged one by one");
-            }
-        } else if n.is_multiple_of(EVENT_LOG_EVERY) {
-            warn!("{n} SMMU events so far");
-        }
-    }
-    if let Some(gerror) = state.smmu.check_gerror() {
-        error!("SMMU global error: {gerror}");
-    }
-}
-
-/// Invalidates the TLB entries of `pieces` (from `Stage2::unmap`) of the VM with `vmid` and
-/// stage-2 root `root_pa`: on the CPUs, and in the SMMU if that VM owns a device.
-pub fn invalidate_ipas(vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
-    tlbi_ipas_for(vmid, root_pa, pieces);
-    let mut guard = SMMU.lock();
-    let Some(state) = guard.as_mut() else {
-        return;
-    };
-    let Some((sid, attached_vmid, owner)) = state.attached.clone() else {
-        return;
-    };
-    if attached_vmid != vmid {
-        return;
-    }
-    if let Err(e) = state.smmu.tlbi_ipas(vmid, pieces) {
-        // The device could still reach the unmapped pages through a stale translation, and
-        // they may already belong to someone else: cut its DMA off entirely. Aborting the
-        // stream is a stream-table write plus CFGI, which does not depend on the TLBI that
-        // failed; if even that fails, say so loudly.
-        state.attached = None;
-        match state.smmu.detach(sid) {
-            Ok(()) => error!(
-                "SMMU TLB invalidation for VMID {vmid} failed ({e}): stream {sid:#x} of {owner} \
-                 detached, its DMA now aborts"
-            ),
-            Err(detach) => error!(
-                "SMMU TLB invalidation for VMID {vmid} failed ({e}) and detaching stream \
-                 {sid:#x} of {owner} failed too ({detach}): its DMA may reach stale pages"
-            ),
-        }
-    }
-}
 
 /// The passed function and its owner.
 pub struct Passthrough {
@@ -205,21 +65,20 @@ impl Passthrough {
         vm: &mut Vm,
         bdf: Bdf,
         frames: &mut FrameAllocator,
+        iommu: &mut Iommu,
         vtcr: u64,
     ) -> Result<Passthrough, String> {
         let ecam_base = machine
             .pci_ecam
             .ok_or("the topology passes a PCI function but the machine has no PCI host bridge")?;
-        if SMMU.lock().is_none() {
+        if !iommu.present() {
             return Err(String::from(
                 "the topology passes a PCI function but the machine has no SMMUv3 to confine \
                  its DMA (start QEMU with -M virt,iommu=smmuv3)",
             ));
         }
         let window = Window::new(PCI_WINDOW_IPA.0, PCI_WINDOW_IPA.1).ok_or("bad PCI window")?;
-        // SAFETY: the ECAM of the device tree's host bridge, in the EL2 identity map's Device
-        // region; only this module drives it.
-        let ecam = unsafe { Ecam::new(ecam_base) };
+        let ecam = platform::ecam(ecam_base).ok_or("the PCI ECAM is driven already")?;
         quiet_other_functions(&ecam, bdf);
         let (filter, events) = ConfigFilter::probe(bdf, window, &mut ecam.function(bdf))
             .map_err(|e| format!("{e}"))?;
@@ -249,7 +108,7 @@ impl Passthrough {
             gic::configure_spi(irq.intid, irq.level, true)?;
             Some(irq.intid)
         };
-        let mut passthrough = Passthrough {
+        let passthrough = Passthrough {
             owner_id: vm.id,
             bdf,
             filter,
@@ -257,7 +116,7 @@ impl Passthrough {
             intx,
             vtcr,
         };
-        passthrough.attach(vm)?;
+        passthrough.attach(iommu, vm)?;
         info!(
             "PCI {bdf} passed to {}: stream {:#x} -> its stage 2 (VMID {}), BAR window {window}, \
              INTx {} -> virtual INTID {PASSTHROUGH_INTX}",
@@ -269,22 +128,15 @@ impl Passthrough {
         Ok(passthrough)
     }
 
-    fn attach(&mut self, vm: &Vm) -> Result<(), String> {
-        let mut guard = SMMU.lock();
-        let state = guard.as_mut().ok_or("no SMMU")?;
+    fn attach(&self, iommu: &mut Iommu, vm: &Vm) -> Result<(), String> {
         let sid = u32::from(self.bdf.routing_id());
-        state
-            .smmu
-            .attach_stage2(sid, vm.vmid, vm.stage2.root_pa(), self.vtcr)
-            .map_err(|e| format!("{e}"))?;
-        state.attached = Some((sid, vm.vmid, vm.name.clone()));
-        Ok(())
+        iommu.attach(sid, vm.vmid, vm.stage2.root_pa(), self.vtcr, &vm.name)
     }
 
     /// The owner is stopping (killed, powered off or restarting): stop the function's DMA and
     /// decoding, abort its stream before the owner's RAM can be reused, and release an INTx
     /// the owner never deactivated.
-    pub fn owner_stopped(&mut self) {
+    pub fn owner_stopped(&mut self, iommu: &mut Iommu) {
         // No decoding, no DMA, and no INTx either, so the line cannot stay asserted.
         self.ecam.write(
             self.bdf,
@@ -292,22 +144,14 @@ impl Passthrough {
             2,
             u32::from(pci::CMD_INTX_DISABLE),
         );
-        let mut guard = SMMU.lock();
-        if let Some(state) = guard.as_mut() {
-            let sid = u32::from(self.bdf.routing_id());
-            if let Err(e) = state.smmu.detach(sid) {
-                error!("SMMU detach of stream {sid:#x} failed: {e}");
-            }
-            state.attached = None;
-        }
-        drop(guard);
+        iommu.detach(u32::from(self.bdf.routing_id()));
         if let Some(intx) = self.intx {
             gic::deactivate(intx);
         }
     }
 
     /// The owner starts again (after a reset): a fresh view of the function, attached again.
-    pub fn owner_restarted(&mut self, vm: &Vm) {
+    pub fn owner_restarted(&mut self, iommu: &mut Iommu, vm: &Vm) {
         let window = self.filter.window();
         match ConfigFilter::probe(self.bdf, window, &mut self.ecam.function(self.bdf)) {
             Ok((filter, _)) => self.filter = filter,
@@ -316,7 +160,7 @@ impl Passthrough {
                 return;
             }
         }
-        if let Err(e) = self.attach(vm) {
+        if let Err(e) = self.attach(iommu, vm) {
             error!(
                 "PCI {}: cannot attach it to {} again: {e}",
                 self.bdf, vm.name

@@ -6,7 +6,8 @@
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::SeqCst;
 
-use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels, Signal};
+use hypervisor::dispatch::sharing::SharingEnv;
+use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels};
 use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
@@ -16,7 +17,7 @@ use shared_abi::handshake::{self, Header};
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
 use crate::arch::mem::{GuestRam, OwnedFrame, PhysTableMemory};
-use crate::passthrough::invalidate_ipas;
+use crate::iommu::Iommu;
 use crate::vm::Vm;
 
 /// RAM of a dead VM incarnation that a peer still maps; freed when the last mapping goes.
@@ -97,13 +98,15 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
     let vm = vm_slot(vms, vm)?;
     let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
     let end = offset.checked_add(len)?;
-    (len >= 1 && end <= vm.ram_bytes).then_some(vm.ram_pa + offset)
+    (len >= 1 && end <= vm.ram_bytes).then_some(vm.ram.pa() + offset)
 }
 
 /// The grant tables' view of the machine: VM RAM through the identity map, stage-2 tables.
 pub struct Env<'a> {
     pub vms: &'a mut [Option<Vm>],
     pub frames: &'a mut FrameAllocator,
+    pub iommu: &'a mut Iommu,
+    pub connections: &'a [Connection],
 }
 
 impl Env<'_> {
@@ -194,8 +197,31 @@ impl GrantEnv for Env<'_> {
             })
             .is_ok()
         {
-            invalidate_ipas(vm.vmid, vm.stage2.root_pa(), &pieces);
+            self.iommu
+                .invalidate_ipas(vm.vmid, vm.stage2.root_pa(), &pieces);
         }
+    }
+}
+
+impl SharingEnv for Env<'_> {
+    fn heap_low(&self) -> bool {
+        crate::arch::heap::free_bytes() < crate::boot::HEAP_RESERVE
+    }
+
+    fn set_pending(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
+        set_port_pending(self.vms, vm, page_gpa, port).is_some()
+    }
+
+    fn clear_mask(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
+        let Some((ram, offset)) = ram_at(self.vms, vm, page_gpa) else {
+            return false;
+        };
+        ram.atomics(offset, PAGE_WORDS)
+            .is_some_and(|words| shared_abi::evtchn::clear_mask(words, port) == Some(true))
+    }
+
+    fn connection_port(&self, caller: VmId, peer: u64) -> Option<u32> {
+        connection_port(self.connections, caller, peer)
     }
 }
 
@@ -212,11 +238,6 @@ pub fn set_port_pending(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) 
     let (ram, offset) = ram_at(vms, vm, page_gpa)?;
     let words = ram.atomics(offset, PAGE_WORDS)?;
     (set_pending(words, port) == Some(Delivery::Notify)).then_some(Notify { vm })
-}
-
-/// Delivers a send's [`Signal`]: a VM without an event page simply does not hear it.
-pub fn deliver(vms: &[Option<Vm>], signal: Signal) -> Option<Notify> {
-    set_port_pending(vms, signal.vm, signal.page_gpa?, signal.port)
 }
 
 impl Sharing {
@@ -272,6 +293,7 @@ impl Sharing {
         &mut self,
         vms: &mut [Option<Vm>],
         frames: &mut FrameAllocator,
+        iommu: &mut Iommu,
         vm: VmId,
         restart: bool,
     ) -> Stopped {
@@ -280,7 +302,16 @@ impl Sharing {
         } else {
             Teardown::Kill
         };
-        let death = self.grants.vm_died(&mut Env { vms, frames }, vm, teardown);
+        let death = self.grants.vm_died(
+            &mut Env {
+                vms,
+                frames,
+                iommu,
+                connections: &self.connections,
+            },
+            vm,
+            teardown,
+        );
         self.events.vm_died(vm);
         let mut notify = Vec::new();
         for conn in self
@@ -346,12 +377,4 @@ impl Sharing {
             }
         }
     }
-}
-
-/// EVTCHN_UNMASK's second half: clears the mask bit in the caller's event page; if the port is
-/// pending, the event that arrived while masked is delivered now.
-pub fn unmask_port(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
-    let (ram, offset) = ram_at(vms, vm, page_gpa)?;
-    let words = ram.atomics(offset, PAGE_WORDS)?;
-    (shared_abi::evtchn::clear_mask(words, port) == Some(true)).then_some(Notify { vm })
 }

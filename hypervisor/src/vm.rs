@@ -2,6 +2,7 @@
 //! resetting it, and tearing it down.
 
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use hypervisor::mm::frame_alloc::FrameAllocator;
@@ -9,14 +10,14 @@ use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
 use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
-use shared_abi::layout::{start_info_gpa, BLOCK_SIZE, GUEST_RAM_BASE, PAGE_SIZE};
+use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE, PAGE_SIZE};
 use shared_abi::start_info::{StartInfo, StartInfoError};
 
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
-use crate::arch::mem::{phys_bytes_mut, sync_for_execution, GuestRam, PhysTableMemory};
+use crate::arch::mem::{GuestRam, PhysTableMemory, VmRam};
 use crate::arch::vectors::TrapFrame;
-use crate::passthrough::invalidate_ipas;
+use crate::iommu::Iommu;
 
 /// Why a VM is stopping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,10 +32,8 @@ pub struct Vm {
     pub name: String,
     pub kind: VmKind,
     pub vmid: u16,
-    /// The VMID was used by an earlier VM: flush its TLB entries before first use.
-    pub vmid_needs_flush: bool,
     pub stage2: Stage2,
-    pub ram_pa: u64,
+    pub ram: VmRam,
     pub ram_bytes: u64,
     pub image: &'static [u8],
     pub settings: &'static str,
@@ -48,9 +47,22 @@ pub struct Vm {
     pub passthrough: Option<u16>,
 }
 
+/// What switching a vCPU in needs of its VM, kept with the vCPU so that a context switch
+/// takes only the vCPU's lock (and the scheduler's), never the HV lock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuRun {
+    pub vm_id: u16,
+    pub vmid: u16,
+    pub stage2_root: u64,
+    /// The VMID was used by an earlier VM: flush its TLB entries before this vCPU first runs.
+    pub flush_vmid: bool,
+    /// Its VM is stopping (or stopped): it must not run again until a restart clears this.
+    pub stopping: bool,
+}
+
 pub struct Vcpu {
-    pub vm: usize,
     pub index: u32,
+    pub run: VcpuRun,
     pub frame: TrapFrame,
     pub el1: El1Context,
     pub fp: FpContext,
@@ -69,10 +81,10 @@ const RAM_ATTRS: MapAttrs = MapAttrs {
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
 impl Vcpu {
-    pub fn new(vm: usize, index: u32) -> Self {
+    pub fn new(index: u32, run: VcpuRun) -> Self {
         Vcpu {
-            vm,
             index,
+            run,
             frame: TrapFrame::default(),
             el1: El1Context::reset(),
             fp: FpContext::default(),
@@ -132,19 +144,16 @@ impl Vm {
         spec: &VmSpec<'static>,
         peers: u64,
         vmid: u16,
-        vmid_needs_flush: bool,
         frames: &mut FrameAllocator,
     ) -> Result<Vm, CreateError> {
-        let pages = (spec.ram_bytes / PAGE_SIZE) as usize;
-        let align = (BLOCK_SIZE / PAGE_SIZE) as usize;
-        let ram_pa = frames.alloc(pages, align).ok_or(CreateError::OutOfMemory {
+        let ram = VmRam::alloc(frames, spec.ram_bytes).ok_or(CreateError::OutOfMemory {
             needed: spec.ram_bytes,
         })?;
         let mut tables = PhysTableMemory { frames };
         let mut stage2 = match Stage2::new(&mut tables) {
             Ok(s) => s,
             Err(_) => {
-                let _ = tables.frames.free(ram_pa, pages);
+                ram.free(tables.frames);
                 return Err(CreateError::Stage2("no frame for the root table"));
             }
         };
@@ -152,14 +161,14 @@ impl Vm {
             .map(
                 &mut tables,
                 GUEST_RAM_BASE,
-                ram_pa,
+                ram.pa(),
                 spec.ram_bytes,
                 RAM_ATTRS,
             )
             .is_err()
         {
             stage2.destroy(&mut tables);
-            let _ = tables.frames.free(ram_pa, pages);
+            ram.free(tables.frames);
             return Err(CreateError::Stage2("mapping RAM failed"));
         }
         let mut vm = Vm {
@@ -167,9 +176,8 @@ impl Vm {
             name: String::from(spec.name),
             kind: spec.kind,
             vmid,
-            vmid_needs_flush,
             stage2,
-            ram_pa,
+            ram,
             ram_bytes: spec.ram_bytes,
             image: spec.image,
             settings: spec.settings,
@@ -182,7 +190,7 @@ impl Vm {
         if let Err(e) = vm.load_memory(spec.vcpus) {
             let mut tables = PhysTableMemory { frames };
             vm.stage2.destroy(&mut tables);
-            let _ = tables.frames.free(ram_pa, pages);
+            vm.ram.free(tables.frames);
             return Err(CreateError::StartInfo(e));
         }
         Ok(vm)
@@ -193,11 +201,7 @@ impl Vm {
     /// fails anyway stops the VM instead of the hypervisor.
     pub fn load_memory(&mut self, vcpus: u32) -> Result<(), StartInfoError> {
         self.boots += 1;
-        // SAFETY: [ram_pa, ram_pa + ram_bytes) was allocated to this VM and no vCPU of it runs now.
-        let ram = unsafe { phys_bytes_mut(self.ram_pa, self.ram_bytes as usize) };
-        ram.fill(0);
-        ram[..self.image.len()].copy_from_slice(self.image);
-        let info_offset = (start_info_gpa(self.ram_bytes) - GUEST_RAM_BASE) as usize;
+        let info_offset = start_info_gpa(self.ram_bytes) - GUEST_RAM_BASE;
         let info = StartInfo {
             vm_id: self.id,
             name: &self.name,
@@ -210,25 +214,27 @@ impl Vm {
             peers: self.peers,
             passthrough: self.passthrough,
         };
-        let page = ram
-            .get_mut(info_offset..info_offset + PAGE_SIZE as usize)
-            .ok_or(StartInfoError::PageTooSmall { len: 0 })?;
-        info.write_to(page)?;
-        sync_for_execution(self.ram_pa, self.ram_bytes);
+        // Built in private memory first: guest RAM is only ever written through raw copies.
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        info.write_to(&mut page)?;
+        let ram = self.ram.view();
+        ram.zero();
+        let loaded = ram.write(0, self.image) && ram.write(info_offset, &page);
+        if !loaded {
+            return Err(StartInfoError::PageTooSmall { len: 0 });
+        }
+        self.ram.sync_for_execution();
         Ok(())
     }
 
     /// The VM's RAM, for access while its vCPUs may run (atomics and copies only).
     pub fn ram(&self) -> GuestRam<'_> {
-        // SAFETY: [ram_pa, ram_pa + ram_bytes) was allocated to this VM and is freed or replaced
-        // only through `destroy` (which consumes the VM) or `replace_ram` (`&mut self`), neither
-        // of which can run while this borrow of the VM lives.
-        unsafe { GuestRam::new(self.ram_pa, self.ram_bytes) }
+        self.ram.view()
     }
 
     /// Unmaps the RAM range from stage 2 and invalidates its TLB entries under the VM's VMID
     /// (by IPA, then the VMID's stage-1 entries). False if the unmap failed.
-    fn unmap_ram(&mut self, tables: &mut PhysTableMemory) -> bool {
+    fn unmap_ram(&mut self, tables: &mut PhysTableMemory, iommu: &mut Iommu) -> bool {
         let mut pieces: Vec<(u64, u64)> = Vec::new();
         let unmapped = self
             .stage2
@@ -236,7 +242,7 @@ impl Vm {
                 pieces.push((ipa, size))
             })
             .is_ok();
-        invalidate_ipas(self.vmid, self.stage2.root_pa(), &pieces);
+        iommu.invalidate_ipas(self.vmid, self.stage2.root_pa(), &pieces);
         unmapped
     }
 
@@ -244,17 +250,16 @@ impl Vm {
     /// must stay untouched until they unmap): the stage-2 RAM range is remapped to the new frames
     /// and the old translations are invalidated. Returns the old RAM's PA, which the caller now
     /// owns; `None` (nothing changed) when there is no free RAM or the remap fails.
-    pub fn replace_ram(&mut self, frames: &mut FrameAllocator) -> Option<u64> {
-        let pages = (self.ram_bytes / PAGE_SIZE) as usize;
-        let new_pa = frames.alloc(pages, (BLOCK_SIZE / PAGE_SIZE) as usize)?;
+    pub fn replace_ram(&mut self, frames: &mut FrameAllocator, iommu: &mut Iommu) -> Option<u64> {
+        let new = VmRam::alloc(frames, self.ram_bytes)?;
         let mut tables = PhysTableMemory { frames };
-        let remapped = self.unmap_ram(&mut tables)
+        let remapped = self.unmap_ram(&mut tables, iommu)
             && self
                 .stage2
                 .map(
                     &mut tables,
                     GUEST_RAM_BASE,
-                    new_pa,
+                    new.pa(),
                     self.ram_bytes,
                     RAM_ATTRS,
                 )
@@ -265,28 +270,35 @@ impl Vm {
             let _ = self.stage2.map(
                 &mut tables,
                 GUEST_RAM_BASE,
-                self.ram_pa,
+                self.ram.pa(),
                 self.ram_bytes,
                 RAM_ATTRS,
             );
-            let _ = tables.frames.free(new_pa, pages);
+            new.free(tables.frames);
             return None;
         }
-        Some(core::mem::replace(&mut self.ram_pa, new_pa))
+        Some(core::mem::replace(&mut self.ram, new).into_pa())
     }
 
-    /// Unmaps the VM's RAM and frees its tables; frees the RAM too when `free_ram` (otherwise a
-    /// peer still maps some of it and the caller keeps it). Its VMID is released by the caller.
-    /// The TLB entries of the unmapped RAM are invalidated by IPA under the VM's own VMID, so the
-    /// frames can go to another VM at once.
-    pub fn destroy(mut self, frames: &mut FrameAllocator, free_ram: bool) {
+    /// Unmaps the VM's RAM and frees its tables; frees the RAM too when `free_ram`, otherwise a
+    /// peer still maps some of it and its PA is returned: the caller keeps it. Its VMID is
+    /// released by the caller. The TLB entries of the unmapped RAM are invalidated by IPA under
+    /// the VM's own VMID, so the frames can go to another VM at once.
+    #[must_use]
+    pub fn destroy(
+        mut self,
+        frames: &mut FrameAllocator,
+        iommu: &mut Iommu,
+        free_ram: bool,
+    ) -> Option<u64> {
         let mut tables = PhysTableMemory { frames };
-        self.unmap_ram(&mut tables);
+        self.unmap_ram(&mut tables, iommu);
         self.stage2.destroy(&mut tables);
         if free_ram {
-            let _ = tables
-                .frames
-                .free(self.ram_pa, (self.ram_bytes / PAGE_SIZE) as usize);
+            self.ram.free(tables.frames);
+            None
+        } else {
+            Some(self.ram.into_pa())
         }
     }
 }

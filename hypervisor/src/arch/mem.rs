@@ -12,7 +12,9 @@ use core::sync::atomic::AtomicU64;
 use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2};
 use spin::Once;
 
+use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::TableMemory;
+use shared_abi::layout::{BLOCK_SIZE, PAGE_SIZE};
 
 const GIB: u64 = 1 << 30;
 const ENTRIES: usize = 512;
@@ -155,6 +157,69 @@ impl<'a> GuestRam<'a> {
     }
 }
 
+impl GuestRam<'_> {
+    /// Writes `bytes` at `offset`; false, and nothing written, if the range is outside.
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> bool {
+        let Some(pa) = self.range(offset, bytes.len() as u64) else {
+            return false;
+        };
+        // SAFETY: inside RAM the constructor vouches for (checked); a private buffer cannot
+        // overlap guest RAM, and no reference to guest bytes is made.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), pa as *mut u8, bytes.len()) };
+        true
+    }
+
+    /// Zeroes the whole range.
+    pub fn zero(&self) {
+        // SAFETY: exactly the range the constructor vouches for, through a raw pointer.
+        unsafe { core::ptr::write_bytes(self.pa as *mut u8, 0, self.len as usize) };
+    }
+}
+
+/// A VM's RAM: one 2 MiB-aligned run of frames from the frame allocator, owned by this value
+/// until it is freed or handed over ([`VmRam::into_pa`]). Everything the hypervisor does to it
+/// goes through [`GuestRam`] views, which are sound while the VM's vCPUs run.
+pub struct VmRam {
+    pa: u64,
+    len: u64,
+}
+
+impl VmRam {
+    /// `len` bytes (a multiple of 2 MiB) of free RAM, or `None`.
+    pub fn alloc(frames: &mut FrameAllocator, len: u64) -> Option<VmRam> {
+        let pages = (len / PAGE_SIZE) as usize;
+        let pa = frames.alloc(pages, (BLOCK_SIZE / PAGE_SIZE) as usize)?;
+        Some(VmRam { pa, len })
+    }
+
+    pub fn pa(&self) -> u64 {
+        self.pa
+    }
+
+    /// The RAM, for access while the VM's vCPUs may run.
+    pub fn view(&self) -> GuestRam<'_> {
+        // SAFETY: the run was allocated to this value and is freed only by consuming it, which
+        // cannot happen while this borrow lives.
+        unsafe { GuestRam::new(self.pa, self.len) }
+    }
+
+    /// Cleans the caches for code just written into the RAM (see [`sync_for_execution`]).
+    pub fn sync_for_execution(&self) {
+        sync_for_execution(self.pa, self.len);
+    }
+
+    /// Gives the frames back to the allocator.
+    pub fn free(self, frames: &mut FrameAllocator) {
+        let _ = frames.free(self.pa, (self.len / PAGE_SIZE) as usize);
+    }
+
+    /// Hands the run over to the caller, which now owns (and must eventually free) `[pa, pa +
+    /// len)`: RAM kept for peers that still map it.
+    pub fn into_pa(self) -> u64 {
+        self.pa
+    }
+}
+
 /// A frame the hypervisor owns for the life of the system and may map into VMs (a connection's
 /// control page).
 pub struct OwnedFrame {
@@ -163,7 +228,7 @@ pub struct OwnedFrame {
 
 impl OwnedFrame {
     /// A zeroed frame from the frame allocator, never given back.
-    pub fn alloc_zeroed(frames: &mut hypervisor::mm::frame_alloc::FrameAllocator) -> Option<Self> {
+    pub fn alloc_zeroed(frames: &mut FrameAllocator) -> Option<Self> {
         let pa = frames.alloc(1, 1)?;
         let mut frame = OwnedFrame { pa };
         frame.bytes_mut().fill(0);

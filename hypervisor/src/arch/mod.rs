@@ -1,8 +1,8 @@
 //! The arch layer: the place for asm, system-register access, raw pointers and MMIO.
 //!
-//! Everything above it (scheduler, VMs, hypercalls) is safe Rust over the small interfaces here;
-//! the few calls into it that are unsafe (creating a driver for a device-tree address, a view of
-//! a VM's RAM) say why they are sound where they are made.
+//! Everything above it (scheduler, VMs, hypercalls, device passthrough) is safe Rust over the
+//! small interfaces here: devices and boot memory are claimed through `platform`, VM RAM is
+//! owned by `mem::VmRam` and touched through `mem::GuestRam` views. No `unsafe` outside `arch`.
 
 pub mod boot;
 pub mod cpu;
@@ -11,7 +11,9 @@ pub mod cpu;
 #[allow(dead_code)]
 pub mod ecam;
 pub mod gic;
+pub mod heap;
 pub mod mem;
+pub mod platform;
 #[allow(dead_code)]
 pub mod smmu;
 pub mod uart;

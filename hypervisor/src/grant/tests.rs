@@ -11,19 +11,19 @@ use std::collections::{HashMap, HashSet};
 /// RAM per VM in the model: 64 pages.
 const RAM: u64 = 64 * PAGE_SIZE;
 /// Where each test VM keeps its grant table (one page) and its op arrays.
-const TABLE: u64 = GUEST_RAM_BASE + 0x1000;
-const OPS: u64 = GUEST_RAM_BASE + 0x8000;
+pub(crate) const TABLE: u64 = GUEST_RAM_BASE + 0x1000;
+pub(crate) const OPS: u64 = GUEST_RAM_BASE + 0x8000;
 /// A frame VMs grant, and a second one.
-const FRAME: u64 = GUEST_RAM_BASE + 0x10_000;
+pub(crate) const FRAME: u64 = GUEST_RAM_BASE + 0x10_000;
 const FRAME2: u64 = GUEST_RAM_BASE + 0x11_000;
-const WIN: u64 = GRANT_WINDOW_BASE;
+pub(crate) const WIN: u64 = GRANT_WINDOW_BASE;
 
 /// VM RAM as byte vectors, stage-2 as a map, and hooks to inject failures. Any access the
 /// env contract forbids panics, which fails the test.
 #[derive(Default)]
-struct Model {
+pub(crate) struct Model {
     ram: HashMap<VmId, Vec<u8>>,
-    stage2: HashMap<(VmId, u64), (u64, bool)>,
+    pub(crate) stage2: HashMap<(VmId, u64), (u64, bool)>,
     unmaps: Vec<(VmId, u64)>,
     fail_map: bool,
     /// Applied just before the next compare-exchange: a concurrent guest write.
@@ -69,7 +69,14 @@ impl Model {
         GrantEntry::from_u64(self.word(vm, entry_gpa(TABLE, gref)))
     }
 
-    fn grant(&mut self, granter: VmId, gref: u32, peer: VmId, frame_gpa: u64, flags: u16) {
+    pub(crate) fn grant(
+        &mut self,
+        granter: VmId,
+        gref: u32,
+        peer: VmId,
+        frame_gpa: u64,
+        flags: u16,
+    ) {
         let e = GrantEntry {
             flags,
             peer,
@@ -88,7 +95,7 @@ impl Model {
         self.ram.get_mut(&vm).unwrap()[o..o + data.len()].copy_from_slice(data);
     }
 
-    fn host(vm: VmId, gpa: u64) -> u64 {
+    pub(crate) fn host(vm: VmId, gpa: u64) -> u64 {
         ((vm as u64) << 32) + (gpa - GUEST_RAM_BASE)
     }
 
@@ -231,7 +238,7 @@ fn the_batch_rule_alone_refuses_exactly_the_batches_a_whole_call_refuses() {
     }
 }
 
-fn world() -> (GrantTables, Model) {
+pub(crate) fn world() -> (GrantTables, Model) {
     let mut gt = GrantTables::new();
     let m = Model::new(&[1, 2, 3]);
     for vm in 1..=3 {
@@ -249,14 +256,20 @@ fn kill(gt: &mut GrantTables, m: &mut Model, vm: VmId) -> Death {
     death
 }
 
-fn write_ops(m: &mut Model, caller: VmId, words: &[u64]) {
+pub(crate) fn write_ops(m: &mut Model, caller: VmId, words: &[u64]) {
     for (i, w) in words.iter().enumerate() {
         m.set_word(caller, OPS + 8 * i as u64, *w);
     }
 }
 
 /// Status words of `n` ops of `op_words` words each, decoded.
-fn statuses(m: &Model, caller: VmId, n: usize, op_words: usize, status_word: usize) -> Vec<Status> {
+pub(crate) fn statuses(
+    m: &Model,
+    caller: VmId,
+    n: usize,
+    op_words: usize,
+    status_word: usize,
+) -> Vec<Status> {
     (0..n)
         .map(|i| {
             let raw = m.word(caller, OPS + 8 * (i * op_words + status_word) as u64);
@@ -265,7 +278,7 @@ fn statuses(m: &Model, caller: VmId, n: usize, op_words: usize, status_word: usi
         .collect()
 }
 
-fn map_op(granter: VmId, gref: u32, dest_gpa: u64, flags: u16) -> MapOp {
+pub(crate) fn map_op(granter: VmId, gref: u32, dest_gpa: u64, flags: u16) -> MapOp {
     MapOp {
         granter,
         flags,
