@@ -41,25 +41,18 @@ pub struct MmioAccess {
 }
 
 /// Why a data abort cannot be emulated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MmioDecodeError {
     /// Not a data abort from a lower exception level.
+    #[error("not a data abort")]
     NotDataAbort,
     /// ISV is clear: a load/store pair, a writeback or a SIMD access, which the syndrome does
     /// not describe. MMIO must be accessed with plain single-register loads and stores.
+    #[error(
+        "an MMIO access the syndrome does not describe (pair, writeback or SIMD \
+             load/store); use single-register LDR/STR for device registers"
+    )]
     NoSyndrome,
-}
-
-impl fmt::Display for MmioDecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MmioDecodeError::NotDataAbort => "not a data abort",
-            MmioDecodeError::NoSyndrome => {
-                "an MMIO access the syndrome does not describe (pair, writeback or SIMD \
-                 load/store); use single-register LDR/STR for device registers"
-            }
-        })
-    }
 }
 
 /// Decodes the access of a lower-EL data abort (ESR_EL2.ISS: ISV 24, SAS 23:22, SSE 21,

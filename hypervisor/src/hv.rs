@@ -19,8 +19,6 @@ use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease};
-use hypervisor::mm::frame_alloc::FrameAllocator;
-use hypervisor::mm::vmid::VmidAllocator;
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::evtchn::EVTCHN_INTID;
@@ -33,14 +31,12 @@ use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
 use crate::arch::mem;
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
-use crate::iommu::Iommu;
 use crate::locks::{
     HvHeld, HvLocked, MayLockSched, MayLockVcpu, SchedLocked, Unlocked, VcpuLocked,
 };
 use crate::logger::{flush_vm_console, vm_console_write};
-use crate::passthrough::Passthrough;
-pub use crate::sharing::Sharing;
-use crate::sharing::{Env, Notify, RetainedRam};
+pub use crate::machine::Hv;
+use crate::sharing::{Env, Notify, RetainedRam, Sharing};
 use crate::vm::{StopKind, Vcpu, Vm};
 
 /// Time slice in milliseconds.
@@ -49,22 +45,6 @@ const NO_VCPU: usize = usize::MAX;
 /// CNTV_CTL_EL0 bits.
 const TIMER_ENABLE: u64 = 1 << 0;
 const TIMER_IMASK: u64 = 1 << 1;
-
-/// The machine: everything a VM's stop or a sharing call touches. Under the HV lock.
-pub struct Hv {
-    pub frames: FrameAllocator,
-    pub vmids: VmidAllocator,
-    pub vms: Vec<Option<Vm>>,
-    /// The VM (index into `vms`) of each vCPU; fixed at boot.
-    pub vcpu_vm: Vec<usize>,
-    pub sharing: Sharing,
-    /// The SMMU (if the machine has one) and what is attached to it.
-    pub iommu: Iommu,
-    /// The PCI function passed through to a driver domain, if the topology names one.
-    pub passthrough: Option<Passthrough>,
-    /// VMs being reloaded for a restart outside the lock (out of `vms` meanwhile, but alive).
-    pub reloading: usize,
-}
 
 /// A VM restarting (PSCI SYSTEM_RESET) whose RAM is reloaded without the HV lock held: zeroing
 /// and copying megabytes must not keep other VMs' traps waiting. Out of `Hv::vms` meanwhile, so

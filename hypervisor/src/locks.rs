@@ -30,7 +30,7 @@ use hypervisor::sched::{Scheduler, VcpuId};
 use spin::mutex::{TicketMutex, TicketMutexGuard};
 use spin::Once;
 
-use crate::hv::Hv;
+use crate::machine::Hv;
 use crate::vm::Vcpu;
 
 /// Fair (first come, first served): a pCPU that releases the HV lock between the steps of long

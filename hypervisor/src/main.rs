@@ -24,6 +24,9 @@ mod iommu;
 #[forbid(unsafe_code)]
 mod locks;
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
+mod machine;
+#[cfg(target_os = "none")]
 #[macro_use]
 #[forbid(unsafe_code)]
 mod logger;
@@ -172,7 +175,7 @@ mod boot {
             vmids: VmidAllocator::new(if vmid16 { 16 } else { 8 }),
             vms: Vec::new(),
             vcpu_vm: Vec::new(),
-            sharing: hv::Sharing::default(),
+            sharing: crate::sharing::Sharing::default(),
             iommu: Iommu::none(),
             passthrough: None,
             reloading: 0,

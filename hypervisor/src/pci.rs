@@ -366,25 +366,17 @@ impl WriteDecision {
 // The filter.
 
 /// Why [`ConfigFilter::probe`] refused a function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
     /// Vendor ID reads all ones: nothing there.
+    #[error("no PCI function at {0}")]
     NoFunction(Bdf),
     /// Header type is not 0 (a bridge or CardBus function).
+    #[error(
+        "PCI function {bdf} has header type {header_type:#x}; only endpoints (type 0) \
+             can be passed through"
+    )]
     NotType0 { bdf: Bdf, header_type: u8 },
-}
-
-impl fmt::Display for ProbeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProbeError::NoFunction(bdf) => write!(f, "no PCI function at {bdf}"),
-            ProbeError::NotType0 { bdf, header_type } => write!(
-                f,
-                "PCI function {bdf} has header type {header_type:#x}; only endpoints (type 0) \
-                 can be passed through"
-            ),
-        }
-    }
 }
 
 /// Public view of one emulated BAR.

@@ -248,36 +248,27 @@ pub struct Features {
 }
 
 /// Why the SMMU cannot be used the way the hypervisor uses it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unsupported {
     /// No stage-2 translation (QEMU: add `-global arm-smmuv3.stage=2`).
+    #[error("the SMMU has no stage-2 translation (QEMU: -global arm-smmuv3.stage=2)")]
     NoStage2,
     /// No AArch64 translation table format.
+    #[error("the SMMU cannot walk AArch64 translation tables")]
     NoAarch64Tables,
     /// Not IO-coherent: the driver keeps tables and queues in write-back memory without cache
     /// maintenance, which is only correct for a coherent SMMU.
+    #[error("the SMMU is not IO-coherent (IDR0.COHACC = 0)")]
     NotCoherent,
     /// Big-endian translation tables only.
+    #[error("the SMMU walks big-endian tables only")]
     BigEndianOnly,
     /// No 4 KiB granule.
+    #[error("the SMMU has no 4 KiB translation granule")]
     No4kGranule,
     /// OAS below the 40 bits our stage-2 IPA space needs (S2T0SZ = 24 requires IAS >= 40).
+    #[error("the SMMU output address size is below 40 bits")]
     OutputTooSmall,
-}
-
-impl fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Unsupported::NoStage2 => {
-                "the SMMU has no stage-2 translation (QEMU: -global arm-smmuv3.stage=2)"
-            }
-            Unsupported::NoAarch64Tables => "the SMMU cannot walk AArch64 translation tables",
-            Unsupported::NotCoherent => "the SMMU is not IO-coherent (IDR0.COHACC = 0)",
-            Unsupported::BigEndianOnly => "the SMMU walks big-endian tables only",
-            Unsupported::No4kGranule => "the SMMU has no 4 KiB translation granule",
-            Unsupported::OutputTooSmall => "the SMMU output address size is below 40 bits",
-        })
-    }
 }
 
 impl Features {
@@ -406,24 +397,17 @@ pub const fn ste_config(ste: &Ste) -> Option<u64> {
 }
 
 /// Why a stage-2 STE was not built.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SteError {
     /// The VMID does not fit the SMMU's VMID width.
+    #[error("the VMID is wider than the SMMU's VMIDs")]
     VmidTooWide,
     /// The stage-2 root table is not 4 KiB aligned.
+    #[error("the stage-2 root table is not 4 KiB aligned")]
     RootUnaligned,
     /// The stage-2 root table lies beyond the SMMU's output address size.
+    #[error("the stage-2 root table is beyond the SMMU's address size")]
     RootOutOfRange,
-}
-
-impl fmt::Display for SteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SteError::VmidTooWide => "the VMID is wider than the SMMU's VMIDs",
-            SteError::RootUnaligned => "the stage-2 root table is not 4 KiB aligned",
-            SteError::RootOutOfRange => "the stage-2 root table is beyond the SMMU's address size",
-        })
-    }
 }
 
 /// The STE that translates a stream with stage 2 only, through the VM's own stage-2 table:
@@ -587,17 +571,22 @@ pub const fn cmd_sync() -> Command {
 }
 
 /// CMDQ_CONS.ERR: why the command queue stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CmdqError {
     /// CERROR_NONE (only seen with GERROR.CMDQ_ERR set if something else went wrong).
+    #[error("no error code")]
     None,
     /// CERROR_ILL: an illegal or unsupported command.
+    #[error("illegal command (CERROR_ILL)")]
     Illegal,
     /// CERROR_ABT: fetching the command aborted.
+    #[error("command fetch aborted (CERROR_ABT)")]
     Abort,
     /// CERROR_ATC_INV_SYNC.
+    #[error("ATC invalidation timed out (CERROR_ATC_INV_SYNC)")]
     AtcInvSync,
     /// An IMPLEMENTATION DEFINED code.
+    #[error("error code {0:#x}")]
     Other(u8),
 }
 
@@ -610,20 +599,6 @@ impl CmdqError {
             2 => CmdqError::Abort,
             3 => CmdqError::AtcInvSync,
             other => CmdqError::Other(other),
-        }
-    }
-}
-
-impl fmt::Display for CmdqError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CmdqError::None => f.write_str("no error code"),
-            CmdqError::Illegal => f.write_str("illegal command (CERROR_ILL)"),
-            CmdqError::Abort => f.write_str("command fetch aborted (CERROR_ABT)"),
-            CmdqError::AtcInvSync => {
-                f.write_str("ATC invalidation timed out (CERROR_ATC_INV_SYNC)")
-            }
-            CmdqError::Other(code) => write!(f, "error code {code:#x}"),
         }
     }
 }

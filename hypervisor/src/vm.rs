@@ -117,23 +117,17 @@ impl Vcpu {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CreateError {
+    #[error(
+        "not enough free RAM for {} MiB (give QEMU more with -m, or shrink the topology)",
+        needed >> 20
+    )]
     OutOfMemory { needed: u64 },
+    #[error("stage-2 setup failed: {0}")]
     Stage2(&'static str),
+    #[error("start-info page: {0}")]
     StartInfo(StartInfoError),
-}
-
-impl core::fmt::Display for CreateError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            CreateError::OutOfMemory { needed } => {
-                write!(f, "not enough free RAM for {} MiB (give QEMU more with -m, or shrink the topology)", needed >> 20)
-            }
-            CreateError::Stage2(why) => write!(f, "stage-2 setup failed: {why}"),
-            CreateError::StartInfo(e) => write!(f, "start-info page: {e}"),
-        }
-    }
 }
 
 impl Vm {

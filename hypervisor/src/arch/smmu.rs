@@ -17,7 +17,6 @@
 
 use alloc::vec::Vec;
 use core::arch::asm;
-use core::fmt;
 use core::ptr;
 
 use hypervisor::smmu::{self, Command, Event, Features, Gerror, QueueIndex, Ste};
@@ -37,41 +36,29 @@ const TIMEOUT_US: u64 = 100_000;
 const PAGE: usize = 4096;
 
 /// Why the SMMU could not be set up or did not do what was asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SmmuError {
     /// The SMMU lacks something the hypervisor needs.
+    #[error("unusable SMMU: {0}")]
     Unsupported(smmu::Unsupported),
     /// No memory for the stream table or a queue.
+    #[error("no memory for the SMMU stream table or queues")]
     OutOfMemory,
     /// `what` did not happen within the timeout.
+    #[error("SMMU timeout: {0}")]
     Timeout(&'static str),
     /// The command queue stopped on a command; it was skipped and the queue restarted.
+    #[error("SMMU rejected {}: {error}", smmu::opcode_name(*opcode))]
     Command { error: smmu::CmdqError, opcode: u8 },
     /// The stream ID is beyond the stream table (those streams abort anyway).
+    #[error("stream {sid:#x} is beyond the SMMU stream table ({streams} streams)")]
     StreamOutOfRange { sid: u32, streams: u32 },
     /// The stage-2 entry could not be built.
+    #[error("cannot build the stream table entry: {0}")]
     Ste(smmu::SteError),
     /// A stream-ID width of 0 was asked for.
+    #[error("an SMMU stream table needs at least one stream")]
     NoStreams,
-}
-
-impl fmt::Display for SmmuError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SmmuError::Unsupported(why) => write!(f, "unusable SMMU: {why}"),
-            SmmuError::OutOfMemory => f.write_str("no memory for the SMMU stream table or queues"),
-            SmmuError::Timeout(what) => write!(f, "SMMU timeout: {what}"),
-            SmmuError::Command { error, opcode } => {
-                write!(f, "SMMU rejected {}: {error}", smmu::opcode_name(*opcode))
-            }
-            SmmuError::StreamOutOfRange { sid, streams } => write!(
-                f,
-                "stream {sid:#x} is beyond the SMMU stream table ({streams} streams)"
-            ),
-            SmmuError::Ste(why) => write!(f, "cannot build the stream table entry: {why}"),
-            SmmuError::NoStreams => f.write_str("an SMMU stream table needs at least one stream"),
-        }
-    }
 }
 
 impl From<smmu::SteError> for SmmuError {

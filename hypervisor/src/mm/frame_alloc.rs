@@ -13,7 +13,6 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::alloc::Layout;
-use core::fmt;
 
 /// Bytes in a frame.
 pub const FRAME_SIZE: u64 = 1 << 12;
@@ -22,25 +21,18 @@ pub const FRAME_SIZE: u64 = 1 << 12;
 const ORDER: usize = 32;
 
 /// Why a frame allocator request was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// `end` lies below `start`.
+    #[error("region ends before it starts")]
     InvalidRange,
     /// The region overlaps one added earlier.
+    #[error("region overlaps one already added")]
     Overlap,
     /// `free` of a range that is not exactly a live allocation (never added, never allocated,
     /// already freed, or a different size).
+    #[error("not a live allocation of that size")]
     NotAllocated,
-}
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FrameError::InvalidRange => "region ends before it starts",
-            FrameError::Overlap => "region overlaps one already added",
-            FrameError::NotAllocated => "not a live allocation of that size",
-        })
-    }
 }
 
 /// Buddy allocator of 4 KiB physical frames.

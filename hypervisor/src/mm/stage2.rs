@@ -13,7 +13,7 @@
 //! TLB maintenance is the caller's job: [`Stage2::unmap`] reports every piece it removed so the
 //! caller can invalidate exactly those.
 
-use core::fmt;
+use aarch64_paging::descriptor::Stage2Attributes as S2;
 
 /// Size of a translation granule and of a page.
 pub const PAGE_SIZE: u64 = 1 << 12;
@@ -84,40 +84,33 @@ pub const fn vtcr_el2(pa_range_field: u64, vmid16: bool) -> u64 {
         | ((vmid16 as u64) << VTCR_VS_BIT)
 }
 
-// Stage-2 descriptor fields (VMSAv8-64, without FEAT_S2FWB).
+// Stage-2 descriptor fields (VMSAv8-64, without FEAT_S2FWB). The attribute bits are
+// aarch64-paging's typed `Stage2Attributes`; the shifts below are kept only so tests and the
+// walk model can pick single fields out of a raw descriptor.
 /// Bit 0: the descriptor is valid.
-pub const DESC_VALID: u64 = 1 << 0;
+pub const DESC_VALID: u64 = S2::VALID.bits() as u64;
 /// Bit 1: table (levels 0-2) or page (level 3); clear means block.
-pub const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
+pub const DESC_TABLE_OR_PAGE: u64 = S2::TABLE_OR_PAGE.bits() as u64;
 /// Output address / next-level table address, bits [47:12].
 pub const DESC_ADDR_MASK: u64 = ((1 << PA_BITS) - 1) & !(PAGE_SIZE - 1);
 /// MemAttr, bits [5:2].
 pub const DESC_MEMATTR_SHIFT: u32 = 2;
-/// MemAttr for Normal, inner and outer write-back cacheable.
-pub const MEMATTR_NORMAL_WB: u64 = 0b1111;
-/// MemAttr for Device-nGnRE.
-pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
 /// S2AP, bits [7:6].
 pub const DESC_S2AP_SHIFT: u32 = 6;
-/// S2AP read-only.
-pub const S2AP_RO: u64 = 0b01;
-/// S2AP read-write.
-pub const S2AP_RW: u64 = 0b11;
 /// SH, bits [9:8].
 pub const DESC_SH_SHIFT: u32 = 8;
-/// SH inner shareable.
-pub const SH_INNER: u64 = 0b11;
 /// AF, bit 10: set up front because nothing here handles Access flag faults.
-pub const DESC_AF: u64 = 1 << 10;
+pub const DESC_AF: u64 = S2::ACCESS_FLAG.bits() as u64;
 /// XN, bits [54:53].
 pub const DESC_XN_SHIFT: u32 = 53;
-/// XN = 0b10: not executable at any EL (also the right value without FEAT_XNX, where bit 53 is
-/// RES0 and bit 54 alone is XN).
-pub const XN_NONE: u64 = 0b10;
 
-const MEMATTR_MASK: u64 = 0b1111 << DESC_MEMATTR_SHIFT;
-const S2AP_MASK: u64 = 0b11 << DESC_S2AP_SHIFT;
-const XN_MASK: u64 = 0b11 << DESC_XN_SHIFT;
+/// MemAttr of RAM: Normal, inner and outer write-back cacheable.
+const NORMAL_WB: S2 = S2::MEMATTR_NORMAL_INNER_WB.union(S2::MEMATTR_NORMAL_OUTER_WB);
+/// The whole MemAttr field.
+const MEMATTR_FIELD: S2 = NORMAL_WB;
+/// Both XN bits: without FEAT_XNX bit 53 is RES0 and bit 54 alone is XN, so "not executable at
+/// any EL" is bit 54 either way ([`S2::XN`]), and executable means both clear.
+const XN_FIELD: u64 = 0b11 << DESC_XN_SHIFT;
 
 /// Backing store for translation tables.
 pub trait TableMemory {
@@ -165,33 +158,26 @@ pub struct Translation {
 }
 
 /// Why a stage-2 operation was refused. Every refusal leaves the tables as they were.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Stage2Error {
     /// An address or size is not a multiple of 4 KiB.
+    #[error("address or size not 4 KiB aligned")]
     Unaligned,
     /// The size is zero.
+    #[error("empty range")]
     ZeroSize,
     /// The range leaves the 40-bit IPA space or the 48-bit PA space.
+    #[error("range outside the 40-bit IPA or 48-bit PA space")]
     OutOfRange,
     /// Part of the IPA range is already mapped.
+    #[error("part of the range is already mapped")]
     AlreadyMapped,
     /// Part of the IPA range is not mapped.
+    #[error("part of the range is not mapped")]
     NotMapped,
     /// No page for a translation table.
+    #[error("no memory for a translation table")]
     OutOfMemory,
-}
-
-impl fmt::Display for Stage2Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage2Error::Unaligned => "address or size not 4 KiB aligned",
-            Stage2Error::ZeroSize => "empty range",
-            Stage2Error::OutOfRange => "range outside the 40-bit IPA or 48-bit PA space",
-            Stage2Error::AlreadyMapped => "part of the range is already mapped",
-            Stage2Error::NotMapped => "part of the range is not mapped",
-            Stage2Error::OutOfMemory => "no memory for a translation table",
-        })
-    }
 }
 
 /// One VM's stage-2 table tree.
@@ -222,37 +208,33 @@ fn table_desc(pa: u64) -> u64 {
 }
 
 fn leaf_desc(level: u8, pa: u64, attrs: MapAttrs) -> u64 {
-    let kind = if level == 3 {
-        DESC_TABLE_OR_PAGE | DESC_VALID
-    } else {
-        DESC_VALID
-    };
-    let (memattr, sh) = match attrs.mem {
-        MemType::Normal => (MEMATTR_NORMAL_WB, SH_INNER),
+    let mut bits = S2::VALID | S2::ACCESS_FLAG;
+    if level == 3 {
+        bits |= S2::TABLE_OR_PAGE;
+    }
+    bits |= match attrs.mem {
+        MemType::Normal => NORMAL_WB | S2::SH_INNER,
         // Device memory is always treated as outer shareable; SH is ignored, so leave it zero.
-        MemType::Device => (MEMATTR_DEVICE_NGNRE, 0),
+        MemType::Device => S2::MEMATTR_DEVICE_nGnRE,
     };
-    let s2ap = match attrs.access {
-        Access::ReadWrite => S2AP_RW,
-        Access::ReadOnly => S2AP_RO,
+    bits |= match attrs.access {
+        Access::ReadWrite => S2::S2AP_ACCESS_RW,
+        Access::ReadOnly => S2::S2AP_ACCESS_RO,
     };
-    let xn = if attrs.executable { 0 } else { XN_NONE };
-    (pa & DESC_ADDR_MASK)
-        | kind
-        | (memattr << DESC_MEMATTR_SHIFT)
-        | (s2ap << DESC_S2AP_SHIFT)
-        | (sh << DESC_SH_SHIFT)
-        | DESC_AF
-        | (xn << DESC_XN_SHIFT)
+    if !attrs.executable {
+        bits |= S2::XN;
+    }
+    (pa & DESC_ADDR_MASK) | bits.bits() as u64
 }
 
 fn leaf_attrs(desc: u64) -> MapAttrs {
-    let mem = if (desc & MEMATTR_MASK) >> DESC_MEMATTR_SHIFT == MEMATTR_NORMAL_WB {
+    let bits = S2::from_bits_truncate(desc as usize);
+    let mem = if bits.intersection(MEMATTR_FIELD) == NORMAL_WB {
         MemType::Normal
     } else {
         MemType::Device
     };
-    let access = if (desc & S2AP_MASK) >> DESC_S2AP_SHIFT == S2AP_RW {
+    let access = if bits.contains(S2::S2AP_ACCESS_RW) {
         Access::ReadWrite
     } else {
         Access::ReadOnly
@@ -260,7 +242,7 @@ fn leaf_attrs(desc: u64) -> MapAttrs {
     MapAttrs {
         mem,
         access,
-        executable: desc & XN_MASK == 0,
+        executable: desc & XN_FIELD == 0,
     }
 }
 

@@ -9,7 +9,6 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 
 /// A VMID handed out by [`VmidAllocator::alloc`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,24 +19,17 @@ pub struct VmidGrant {
 }
 
 /// Why [`VmidAllocator::free`] refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VmidError {
     /// VMID 0 is reserved and never handed out.
+    #[error("VMID 0 is reserved")]
     Reserved,
     /// Wider than the configured VMID width.
+    #[error("VMID wider than the configured width")]
     OutOfRange,
     /// Not currently allocated (double free, or never handed out).
+    #[error("VMID is not allocated")]
     NotAllocated,
-}
-
-impl fmt::Display for VmidError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VmidError::Reserved => "VMID 0 is reserved",
-            VmidError::OutOfRange => "VMID wider than the configured width",
-            VmidError::NotAllocated => "VMID is not allocated",
-        })
-    }
 }
 
 /// Allocator of 8- or 16-bit VMIDs.

@@ -23,7 +23,6 @@
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use core::cell::Cell;
-use core::fmt;
 
 use super::stage2::{
     Access, MapAttrs, MemType, Stage2, Stage2Error, TableMemory, DESC_ADDR_MASK, ENTRIES, PAGE_SIZE,
@@ -109,33 +108,26 @@ pub enum Stage2Layout {
 }
 
 /// Why the model could not be set up as asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     /// Stage-1 start level above 2, or a leaf level other than 2 or 3 or above the start level.
+    #[error("unsupported stage-1 level")]
     BadLevel,
     /// GVA or GPA not aligned to the leaf size.
+    #[error("address not aligned to the leaf size")]
     Unaligned,
     /// GVA outside the stage-1 input range, or GPA outside guest RAM.
+    #[error("address outside the modelled spaces")]
     OutOfRange,
     /// The stage-1 path already holds a mapping there.
+    #[error("stage-1 already maps that address")]
     Stage1Conflict,
     /// No guest page left for a stage-1 table.
+    #[error("no guest RAM left for a stage-1 table")]
     GuestRamFull,
     /// Building stage-2 failed.
+    #[error("stage-2: {0}")]
     Stage2(Stage2Error),
-}
-
-impl fmt::Display for ModelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ModelError::BadLevel => f.write_str("unsupported stage-1 level"),
-            ModelError::Unaligned => f.write_str("address not aligned to the leaf size"),
-            ModelError::OutOfRange => f.write_str("address outside the modelled spaces"),
-            ModelError::Stage1Conflict => f.write_str("stage-1 already maps that address"),
-            ModelError::GuestRamFull => f.write_str("no guest RAM left for a stage-1 table"),
-            ModelError::Stage2(e) => write!(f, "stage-2: {e}"),
-        }
-    }
 }
 
 /// Where a counted walk stopped.

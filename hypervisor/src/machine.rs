@@ -1,0 +1,30 @@
+//! The machine state behind the HV lock ([`crate::locks::HvLocked`]): VMs, frames, VMIDs, the
+//! sharing tables, the SMMU and the passed-through function. What the traps do with it is in
+//! `hv`; its own module so that the lock module and the trap handlers both depend on it and
+//! not on each other.
+
+use alloc::vec::Vec;
+
+use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::vmid::VmidAllocator;
+
+use crate::iommu::Iommu;
+use crate::passthrough::Passthrough;
+use crate::sharing::Sharing;
+use crate::vm::Vm;
+
+/// The machine: everything a VM's stop or a sharing call touches. Under the HV lock.
+pub struct Hv {
+    pub frames: FrameAllocator,
+    pub vmids: VmidAllocator,
+    pub vms: Vec<Option<Vm>>,
+    /// The VM (index into `vms`) of each vCPU; fixed at boot.
+    pub vcpu_vm: Vec<usize>,
+    pub sharing: Sharing,
+    /// The SMMU (if the machine has one) and what is attached to it.
+    pub iommu: Iommu,
+    /// The PCI function passed through to a driver domain, if the topology names one.
+    pub passthrough: Option<Passthrough>,
+    /// VMs being reloaded for a restart outside the lock (out of `vms` meanwhile, but alive).
+    pub reloading: usize,
+}
