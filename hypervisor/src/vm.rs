@@ -210,9 +210,8 @@ impl Vm {
             peers: self.peers,
             passthrough: self.passthrough,
         };
-        let page = ram
-            .get_mut(info_offset..info_offset + PAGE_SIZE as usize)
-            .ok_or(StartInfoError::PageTooSmall { len: 0 })?;
+        // write_to refuses anything shorter than a page, with the length it found.
+        let page = ram.get_mut(info_offset..).unwrap_or_default();
         info.write_to(page)?;
         sync_for_execution(self.ram_pa, self.ram_bytes);
         Ok(())

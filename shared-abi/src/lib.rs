@@ -20,3 +20,4 @@ pub mod pingpong;
 pub mod start_info;
 pub mod virtq;
 pub mod window;
+pub mod wire;
