@@ -21,3 +21,6 @@ pub mod start_info;
 pub mod virtq;
 pub mod window;
 pub mod wire;
+
+#[cfg(test)]
+mod error_texts;

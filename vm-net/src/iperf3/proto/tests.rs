@@ -1,5 +1,6 @@
 //! Host tests of the control protocol: both roles against each other and against hostile bytes.
 
+use super::super::json::JsonError;
 use super::messages::{splitmix64, COOKIE_CHARS, MAX_STREAMS_KEPT};
 use super::*;
 use std::vec;
@@ -408,4 +409,51 @@ fn random_input_never_panics() {
         c.receive(&bytes);
         let _ = events_client(&mut c);
     }
+}
+
+/// The texts the drivers log and the harness matches on, pinned across the move to thiserror.
+#[test]
+fn error_texts_are_unchanged() {
+    use std::string::ToString;
+    let says = |e: ProtoError, text: &str| assert_eq!(e.to_string(), text);
+    says(ProtoError::BadCookie, "bad cookie");
+    says(
+        ProtoError::MessageTooLong(70000),
+        "JSON message of 70000 bytes (limit 65536)",
+    );
+    says(
+        ProtoError::BadJson(JsonError::Syntax(12)),
+        "bad JSON at byte 12",
+    );
+    says(
+        ProtoError::BadJson(JsonError::TooDeep),
+        "JSON nested too deeply",
+    );
+    says(
+        ProtoError::BadJson(JsonError::NotAnObject),
+        "JSON is not an object",
+    );
+    says(ProtoError::BadParameter("time"), "bad parameter \"time\"");
+    says(ProtoError::UnknownState(0xfe), "unknown control message -2");
+    says(
+        ProtoError::UnexpectedState(State::TestEnd),
+        "unexpected control message TestEnd",
+    );
+    says(
+        ProtoError::Refused(Refusal {
+            i_errno: 5,
+            reason: "test duration too long",
+        }),
+        "refused: test duration too long",
+    );
+    says(
+        ProtoError::ServerError {
+            i_errno: 3,
+            errno: 0,
+        },
+        "the server refused the test (i_errno 3, errno 0)",
+    );
+    says(ProtoError::DataStream("reset"), "data stream: reset");
+    says(ProtoError::Misuse("twice"), "driver error: twice");
+    says(ProtoError::TimedOut, "the peer went quiet");
 }
