@@ -5,7 +5,7 @@
 //! ignores the rest. Strings stay raw (escapes are checked, not decoded): the fields we read
 //! are numbers and booleans, and keys with escapes simply match nothing.
 //!
-//! The messages we send are written with `core::fmt` where they are built (`proto.rs`).
+//! The messages we send are written with `core::fmt` where they are built (`proto/messages.rs`).
 
 use thiserror::Error;
 
