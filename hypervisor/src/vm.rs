@@ -12,6 +12,7 @@ use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
 use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE, PAGE_SIZE};
 use shared_abi::start_info::{StartInfo, StartInfoError};
+use shared_abi::wire::WireError;
 
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
@@ -215,7 +216,12 @@ impl Vm {
         ram.zero();
         let loaded = ram.write(0, self.image) && ram.write(info_offset, &page);
         if !loaded {
-            return Err(StartInfoError::PageTooSmall { len: 0 });
+            // Bundle validation rules this out (the image and the page fit the RAM).
+            return Err(StartInfoError::Wire(WireError::TooShort {
+                format: "VM RAM for its image and start-info page",
+                len: self.ram_bytes as usize,
+                need: self.image.len().max(info_offset as usize + PAGE_SIZE as usize),
+            }));
         }
         self.ram.sync_for_execution();
         Ok(())

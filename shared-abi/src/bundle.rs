@@ -1,5 +1,6 @@
 //! Boot bundle: the one file (loaded by QEMU as `-initrd`) that carries the topology and every VM
-//! image, its parser ([`Bundle::parse`], no allocation) and, on the host, its builder ([`build`]).
+//! image, and its parser ([`Bundle::parse`], no allocation); the host's builder is
+//! [`builder::build`] (feature `std`). Both go through [`crate::wire`].
 //!
 //! The bundle is untrusted input: `parse` validates every field, range and cross-reference before
 //! returning, so the hypervisor can use a [`Bundle`] without further checks. That includes the
@@ -73,11 +74,17 @@
 
 use core::fmt;
 
+use thiserror::Error;
+
 use crate::layout::{
     BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_NAME_LEN, MAX_VM_RAM,
     MIN_VM_RAM, PAGE_SIZE,
 };
 pub use crate::pci::Bdf;
+use crate::wire::{Format, Reader, WireError, HEADER_LEN};
+
+#[cfg(any(test, feature = "std"))]
+pub mod builder;
 
 pub const MAGIC: [u8; 8] = *b"SLUICEBN";
 pub const VERSION: u32 = 3;
@@ -85,6 +92,35 @@ pub const VERSION: u32 = 3;
 pub const HEADER_SIZE: usize = 72;
 pub const VM_ENTRY_SIZE: usize = 64;
 pub const IMAGE_ENTRY_SIZE: usize = 16;
+
+/// The shared header check: magic, version, and at least a whole header.
+pub const FORMAT: Format = Format {
+    name: "bundle",
+    magic: MAGIC,
+    version: VERSION,
+    min_len: HEADER_SIZE,
+};
+
+// The fields in the order the parser reads them (and the builder writes them) fill the header
+// and the entries exactly, as the tables above say.
+const _: () = assert!(
+    HEADER_LEN
+        + size_of::<u32>()
+        + 2 * size_of::<u64>()
+        + 2 * size_of::<u32>()
+        + 4 * size_of::<u64>()
+        == HEADER_SIZE
+);
+const _: () = assert!(
+    NAME_FIELD_LEN
+        + 4 * size_of::<u16>()
+        + size_of::<u64>()
+        + 2 * size_of::<u16>()
+        + size_of::<u32>()
+        + size_of::<u64>()
+        == VM_ENTRY_SIZE
+);
+const _: () = assert!(2 * size_of::<u64>() == IMAGE_ENTRY_SIZE);
 /// VM entry flag: the entry's passthrough field (offset 38) names a PCI function it owns.
 pub const VM_FLAG_PASSTHROUGH: u16 = 1 << 0;
 /// Every VM entry flag this version defines; any other bit is refused.
@@ -158,29 +194,20 @@ pub struct VmSpec<'a> {
 
 /// Why a VM name is unacceptable. Shared by the bundle, the start-info page and the topology so
 /// the three cannot disagree on what a name is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum NameProblem {
+    #[error("name is empty")]
     Empty,
+    #[error("name is longer than {MAX_VM_NAME_LEN} bytes")]
     TooLong,
+    #[error("name is not valid UTF-8")]
     NotUtf8,
     /// Contains a character outside `[a-z0-9-]`.
+    #[error("name may only contain lowercase letters, digits and '-'")]
     InvalidChar,
     /// Non-zero bytes after the terminating NUL of a stored name.
+    #[error("name field has bytes after its NUL terminator")]
     BadPadding,
-}
-
-impl fmt::Display for NameProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NameProblem::Empty => f.write_str("name is empty"),
-            NameProblem::TooLong => write!(f, "name is longer than {MAX_VM_NAME_LEN} bytes"),
-            NameProblem::NotUtf8 => f.write_str("name is not valid UTF-8"),
-            NameProblem::InvalidChar => {
-                f.write_str("name may only contain lowercase letters, digits and '-'")
-            }
-            NameProblem::BadPadding => f.write_str("name field has bytes after its NUL terminator"),
-        }
-    }
 }
 
 /// Checks a VM name against the rules every component enforces: `[a-z0-9-]{1,31}`.
@@ -250,318 +277,128 @@ impl fmt::Display for Region {
     }
 }
 
-/// Everything [`Bundle::parse`] (and [`build`]) can reject. `vm` fields are 0-based VM table
-/// indices (the VM id is one more).
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+/// Everything [`Bundle::parse`] (and [`builder::build`]) can reject. `vm` fields are 0-based VM
+/// table indices (the VM id is one more).
+#[derive(Debug, PartialEq, Eq, Clone, Copy, Error)]
 pub enum BundleError {
-    TooShort {
-        len: usize,
-    },
-    BadMagic {
-        found: [u8; 8],
-    },
-    UnsupportedVersion {
-        found: u32,
-    },
-    BadHeaderSize {
-        found: u32,
-    },
-    TotalSizeTooSmall {
-        claimed: u64,
-    },
-    TooLarge {
-        claimed: u64,
-    },
-    Truncated {
-        claimed: u64,
-        present: usize,
-    },
-    ChecksumMismatch {
-        stored: u64,
-        computed: u64,
-    },
+    /// Shorter than the header, bad magic or unknown version (the header checks every format
+    /// shares).
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("bundle header size is {found}, version {VERSION} headers are {HEADER_SIZE} bytes")]
+    BadHeaderSize { found: u32 },
+    #[error("bundle header says the bundle is {claimed} bytes, smaller than the header itself")]
+    TotalSizeTooSmall { claimed: u64 },
+    #[error("bundle header says {claimed} bytes, more than the {MAX_BUNDLE_SIZE}-byte limit")]
+    TooLarge { claimed: u64 },
+    #[error("bundle truncated: header says {claimed} bytes, only {present} present")]
+    Truncated { claimed: u64, present: usize },
+    #[error("bundle corrupted: checksum is {computed:#018x}, header says {stored:#018x}")]
+    ChecksumMismatch { stored: u64, computed: u64 },
+    #[error("bundle describes no VMs")]
     NoVms,
-    TooManyVms {
-        count: usize,
-    },
-    TooManyImages {
-        count: usize,
-    },
+    #[error("bundle describes {count} VMs, at most {MAX_VMS} are supported")]
+    TooManyVms { count: usize },
+    #[error("bundle holds {count} images, at most {MAX_VMS} are supported")]
+    TooManyImages { count: usize },
+    #[error("bundle {region} ({len} bytes at offset {offset}) lies outside the bundle")]
     OutOfBounds {
         region: Region,
         offset: u64,
         len: u64,
     },
-    Overlap {
-        first: Region,
-        second: Region,
-    },
-    EmptyImage {
-        image: usize,
-    },
-    BadName {
-        vm: usize,
-        problem: NameProblem,
-    },
-    DuplicateName {
-        first: usize,
-        second: usize,
-    },
-    UnknownKind {
-        vm: usize,
-        code: u32,
-    },
-    BadVcpus {
-        vm: usize,
-        vcpus: u32,
-    },
-    RamNotBlockMultiple {
-        vm: usize,
-        ram_bytes: u64,
-    },
-    RamOutOfRange {
-        vm: usize,
-        ram_bytes: u64,
-    },
+    #[error("bundle {first} overlaps {second}")]
+    Overlap { first: Region, second: Region },
+    #[error("bundle image {image} is empty")]
+    EmptyImage { image: usize },
+    #[error("VM entry {vm}: {problem}")]
+    BadName { vm: usize, problem: NameProblem },
+    #[error("VM entries {first} and {second} have the same name; names must be unique")]
+    DuplicateName { first: usize, second: usize },
+    #[error("VM entry {vm}: unknown kind {code} (1 = guest, 2 = driver domain)")]
+    UnknownKind { vm: usize, code: u32 },
+    #[error("VM entry {vm}: {vcpus} vCPUs, must be 1..={MAX_VCPUS_PER_VM}")]
+    BadVcpus { vm: usize, vcpus: u32 },
+    #[error("VM entry {vm}: RAM of {ram_bytes} bytes is not a multiple of {BLOCK_SIZE} bytes")]
+    RamNotBlockMultiple { vm: usize, ram_bytes: u64 },
+    #[error("VM entry {vm}: RAM of {ram_bytes} bytes is outside {MIN_VM_RAM}..={MAX_VM_RAM}")]
+    RamOutOfRange { vm: usize, ram_bytes: u64 },
+    #[error("VM entry {vm}: image index {index} but the bundle holds {image_count} images")]
     ImageIndexOutOfRange {
         vm: usize,
         index: u32,
         image_count: usize,
     },
+    #[error(
+        "VM entry {vm}: image of {image_len} bytes plus the {PAGE_SIZE}-byte start-info page \
+         does not fit in {ram_bytes} bytes of RAM"
+    )]
     ImageTooLarge {
         vm: usize,
         image_len: u64,
         ram_bytes: u64,
     },
-    SettingsTooLong {
-        vm: usize,
-        len: u64,
-    },
-    SettingsNotUtf8 {
-        vm: usize,
-    },
+    #[error("VM entry {vm}: settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed")]
+    SettingsTooLong { vm: usize, len: u64 },
+    #[error("VM entry {vm}: settings are not valid UTF-8")]
+    SettingsNotUtf8 { vm: usize },
     /// The back-end id is not the id of a VM in this bundle.
+    #[error(
+        "VM entry {vm}: back-end VM id {backend} is not a VM of this bundle (ids are \
+         1..={vm_count})"
+    )]
     BackendOutOfRange {
         vm: usize,
         backend: u16,
         vm_count: usize,
     },
     /// The entry names itself as its back-end.
-    BackendIsSelf {
-        vm: usize,
-    },
+    #[error("VM entry {vm}: names itself (VM id {}) as its back-end", vm + 1)]
+    BackendIsSelf { vm: usize },
     /// The back-end id names a VM that is not a driver domain.
-    BackendNotDriverDomain {
-        vm: usize,
-        backend: u16,
-    },
+    #[error("VM entry {vm}: back-end VM id {backend} is not a driver domain")]
+    BackendNotDriverDomain { vm: usize, backend: u16 },
     /// A driver domain names a back-end; only guests connect to one.
-    DriverDomainHasBackend {
-        vm: usize,
-        backend: u16,
-    },
+    #[error(
+        "VM entry {vm}: is a driver domain but names back-end VM id {backend}; only guests \
+         connect to a back-end"
+    )]
+    DriverDomainHasBackend { vm: usize, backend: u16 },
     /// Flag bits outside [`VM_FLAGS_KNOWN`] are set.
-    UnknownVmFlags {
-        vm: usize,
-        flags: u16,
-    },
+    #[error(
+        "VM entry {vm}: unknown flags {flags:#06x} (version {VERSION} defines only \
+         {VM_FLAGS_KNOWN:#06x})"
+    )]
+    UnknownVmFlags { vm: usize, flags: u16 },
     /// The passthrough field is non-zero but flag `PASSTHROUGH` is clear.
-    StrayPassthrough {
-        vm: usize,
-        routing_id: u16,
-    },
+    #[error(
+        "VM entry {vm}: passthrough field is {routing_id:#06x} but the passthrough flag is \
+         clear"
+    )]
+    StrayPassthrough { vm: usize, routing_id: u16 },
     /// A guest owns a PCI function; only driver domains do.
-    PassthroughNotDriverDomain {
-        vm: usize,
-        bdf: Bdf,
-    },
+    #[error(
+        "VM entry {vm}: is a guest but owns PCI function {bdf}; only driver domains get a \
+         passthrough device"
+    )]
+    PassthroughNotDriverDomain { vm: usize, bdf: Bdf },
     /// The passed function is `00:00.0`, the host bridge.
-    PassthroughHostBridge {
-        vm: usize,
-    },
+    #[error(
+        "VM entry {vm}: passthrough PCI function {} is the host bridge, which is never passed \
+         to a VM",
+        Bdf::HOST_BRIDGE
+    )]
+    PassthroughHostBridge { vm: usize },
     /// Two VMs own the same PCI function.
+    #[error(
+        "VM entries {first} and {second} both own PCI function {bdf}; a function is passed to \
+         at most one VM"
+    )]
     DuplicatePassthrough {
         first: usize,
         second: usize,
         bdf: Bdf,
     },
-}
-
-impl fmt::Display for BundleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use BundleError::*;
-        match *self {
-            TooShort { len } => write!(
-                f,
-                "bundle too short: {len} bytes, the header alone is {HEADER_SIZE} bytes"
-            ),
-            BadMagic { found } => write!(
-                f,
-                "not a sluice bundle: magic is {found:02x?}, expected \"SLUICEBN\""
-            ),
-            UnsupportedVersion { found } => write!(
-                f,
-                "unsupported bundle format version {found} (this build reads version {VERSION})"
-            ),
-            BadHeaderSize { found } => write!(
-                f,
-                "bundle header size is {found}, version {VERSION} headers are {HEADER_SIZE} bytes"
-            ),
-            TotalSizeTooSmall { claimed } => write!(
-                f,
-                "bundle header says the bundle is {claimed} bytes, smaller than the header itself"
-            ),
-            TooLarge { claimed } => write!(
-                f,
-                "bundle header says {claimed} bytes, more than the {MAX_BUNDLE_SIZE}-byte limit"
-            ),
-            Truncated { claimed, present } => write!(
-                f,
-                "bundle truncated: header says {claimed} bytes, only {present} present"
-            ),
-            ChecksumMismatch { stored, computed } => write!(
-                f,
-                "bundle corrupted: checksum is {computed:#018x}, header says {stored:#018x}"
-            ),
-            NoVms => f.write_str("bundle describes no VMs"),
-            TooManyVms { count } => write!(
-                f,
-                "bundle describes {count} VMs, at most {MAX_VMS} are supported"
-            ),
-            TooManyImages { count } => write!(
-                f,
-                "bundle holds {count} images, at most {MAX_VMS} are supported"
-            ),
-            OutOfBounds {
-                region,
-                offset,
-                len,
-            } => write!(
-                f,
-                "bundle {region} ({len} bytes at offset {offset}) lies outside the bundle"
-            ),
-            Overlap { first, second } => {
-                write!(f, "bundle {first} overlaps {second}")
-            }
-            EmptyImage { image } => write!(f, "bundle image {image} is empty"),
-            BadName { vm, problem } => write!(f, "VM entry {vm}: {problem}"),
-            DuplicateName { first, second } => write!(
-                f,
-                "VM entries {first} and {second} have the same name; names must be unique"
-            ),
-            UnknownKind { vm, code } => write!(
-                f,
-                "VM entry {vm}: unknown kind {code} (1 = guest, 2 = driver domain)"
-            ),
-            BadVcpus { vm, vcpus } => write!(
-                f,
-                "VM entry {vm}: {vcpus} vCPUs, must be 1..={MAX_VCPUS_PER_VM}"
-            ),
-            RamNotBlockMultiple { vm, ram_bytes } => write!(
-                f,
-                "VM entry {vm}: RAM of {ram_bytes} bytes is not a multiple of {BLOCK_SIZE} bytes"
-            ),
-            RamOutOfRange { vm, ram_bytes } => write!(
-                f,
-                "VM entry {vm}: RAM of {ram_bytes} bytes is outside {MIN_VM_RAM}..={MAX_VM_RAM}"
-            ),
-            ImageIndexOutOfRange {
-                vm,
-                index,
-                image_count,
-            } => write!(
-                f,
-                "VM entry {vm}: image index {index} but the bundle holds {image_count} images"
-            ),
-            ImageTooLarge {
-                vm,
-                image_len,
-                ram_bytes,
-            } => write!(
-                f,
-                "VM entry {vm}: image of {image_len} bytes plus the {PAGE_SIZE}-byte start-info \
-                 page does not fit in {ram_bytes} bytes of RAM"
-            ),
-            SettingsTooLong { vm, len } => write!(
-                f,
-                "VM entry {vm}: settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed"
-            ),
-            SettingsNotUtf8 { vm } => write!(f, "VM entry {vm}: settings are not valid UTF-8"),
-            BackendOutOfRange {
-                vm,
-                backend,
-                vm_count,
-            } => write!(
-                f,
-                "VM entry {vm}: back-end VM id {backend} is not a VM of this bundle (ids are \
-                 1..={vm_count})"
-            ),
-            BackendIsSelf { vm } => write!(
-                f,
-                "VM entry {vm}: names itself (VM id {}) as its back-end",
-                vm + 1
-            ),
-            BackendNotDriverDomain { vm, backend } => write!(
-                f,
-                "VM entry {vm}: back-end VM id {backend} is not a driver domain"
-            ),
-            DriverDomainHasBackend { vm, backend } => write!(
-                f,
-                "VM entry {vm}: is a driver domain but names back-end VM id {backend}; only \
-                 guests connect to a back-end"
-            ),
-            UnknownVmFlags { vm, flags } => write!(
-                f,
-                "VM entry {vm}: unknown flags {flags:#06x} (version {VERSION} defines only \
-                 {VM_FLAGS_KNOWN:#06x})"
-            ),
-            StrayPassthrough { vm, routing_id } => write!(
-                f,
-                "VM entry {vm}: passthrough field is {routing_id:#06x} but the passthrough flag \
-                 is clear"
-            ),
-            PassthroughNotDriverDomain { vm, bdf } => write!(
-                f,
-                "VM entry {vm}: is a guest but owns PCI function {bdf}; only driver domains get \
-                 a passthrough device"
-            ),
-            PassthroughHostBridge { vm } => write!(
-                f,
-                "VM entry {vm}: passthrough PCI function {} is the host bridge, which is never \
-                 passed to a VM",
-                Bdf::HOST_BRIDGE
-            ),
-            DuplicatePassthrough { first, second, bdf } => write!(
-                f,
-                "VM entries {first} and {second} both own PCI function {bdf}; a function is \
-                 passed to at most one VM"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for BundleError {}
-
-/// Copies `N` bytes at `at`. Only used on slices whose length was already checked, so the
-/// zero fill for a short slice is unreachable; it exists so that no path can panic.
-fn array_at<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Some(src) = bytes.get(at..).and_then(|s| s.get(..N)) {
-        out.copy_from_slice(src);
-    }
-    out
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(array_at(bytes, at))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(array_at(bytes, at))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(array_at(bytes, at))
 }
 
 /// `[offset, offset + len)` as a usize range if it lies within `[lo, hi)`. `offset` and `len`
@@ -603,22 +440,20 @@ pub struct Bundle<'a> {
 impl<'a> Bundle<'a> {
     /// Validates everything up front; see the module docs for the rules.
     pub fn parse(bytes: &'a [u8]) -> Result<Bundle<'a>, BundleError> {
-        if bytes.len() < HEADER_SIZE {
-            return Err(BundleError::TooShort { len: bytes.len() });
-        }
-        let magic: [u8; 8] = array_at(bytes, 0);
-        if magic != MAGIC {
-            return Err(BundleError::BadMagic { found: magic });
-        }
-        let version = u32_at(bytes, 8);
-        if version != VERSION {
-            return Err(BundleError::UnsupportedVersion { found: version });
-        }
-        let header_size = u32_at(bytes, 12);
+        let mut header = FORMAT.check(bytes)?;
+        let header_size = header.u32()?;
+        let claimed = header.u64()?;
+        let stored = header.u64()?;
+        let vm_count = header.u32()? as usize;
+        let image_count = header.u32()? as usize;
+        let vm_table_offset = header.u64()?;
+        let image_table_offset = header.u64()?;
+        let strings_offset = header.u64()?;
+        let strings_len = header.u64()?;
+
         if header_size as usize != HEADER_SIZE {
             return Err(BundleError::BadHeaderSize { found: header_size });
         }
-        let claimed = u64_at(bytes, 16);
         if claimed < HEADER_SIZE as u64 {
             return Err(BundleError::TotalSizeTooSmall { claimed });
         }
@@ -633,20 +468,17 @@ impl<'a> Bundle<'a> {
         // Anything past the claimed size (initrd padding) is ignored from here on.
         let bytes = bytes.get(..total).ok_or(truncated)?;
 
-        let stored = u64_at(bytes, 24);
         let computed = fnv1a64(bytes.get(HEADER_SIZE..).unwrap_or_default());
         if stored != computed {
             return Err(BundleError::ChecksumMismatch { stored, computed });
         }
 
-        let vm_count = u32_at(bytes, 32) as usize;
         if vm_count == 0 {
             return Err(BundleError::NoVms);
         }
         if vm_count > MAX_VMS {
             return Err(BundleError::TooManyVms { count: vm_count });
         }
-        let image_count = u32_at(bytes, 36) as usize;
         if image_count > MAX_VMS {
             return Err(BundleError::TooManyImages { count: image_count });
         }
@@ -661,15 +493,15 @@ impl<'a> Bundle<'a> {
         // Counts are bounded by MAX_VMS above, so these products cannot overflow.
         let vm_table = region(
             Region::VmTable,
-            u64_at(bytes, 40),
+            vm_table_offset,
             (vm_count * VM_ENTRY_SIZE) as u64,
         )?;
         let image_table = region(
             Region::ImageTable,
-            u64_at(bytes, 48),
+            image_table_offset,
             (image_count * IMAGE_ENTRY_SIZE) as u64,
         )?;
-        let strings = region(Region::StringArea, u64_at(bytes, 56), u64_at(bytes, 64))?;
+        let strings = region(Region::StringArea, strings_offset, strings_len)?;
 
         // Every non-empty region, for the overlap check; no allocator, so a fixed array.
         let mut regions: [Option<(Region, (usize, usize))>; 3 + MAX_VMS] = [None; 3 + MAX_VMS];
@@ -681,14 +513,14 @@ impl<'a> Bundle<'a> {
         check_overlaps(&regions)?;
 
         let mut images: [&'a [u8]; MAX_VMS] = [&[]; MAX_VMS];
+        let mut entries = Reader::new(bytes.get(image_table.0..image_table.1).unwrap_or_default());
         for (i, (image, slot)) in images
             .iter_mut()
             .zip(regions.iter_mut().skip(3))
             .take(image_count)
             .enumerate()
         {
-            let entry = image_table.0 + i * IMAGE_ENTRY_SIZE;
-            let (offset, len) = (u64_at(bytes, entry), u64_at(bytes, entry + 8));
+            let (offset, len) = (entries.u64()?, entries.u64()?);
             if len == 0 {
                 return Err(BundleError::EmptyImage { image: i });
             }
@@ -701,9 +533,9 @@ impl<'a> Bundle<'a> {
 
         let string_area = bytes.get(strings.0..strings.1).unwrap_or_default();
         let mut vms: [Option<VmSpec<'a>>; MAX_VMS] = [None; MAX_VMS];
+        let mut entries = Reader::new(bytes.get(vm_table.0..vm_table.1).unwrap_or_default());
         for (vm, slot) in vms.iter_mut().take(vm_count).enumerate() {
-            let at = vm_table.0 + vm * VM_ENTRY_SIZE;
-            let entry = bytes.get(at..at + VM_ENTRY_SIZE).unwrap_or_default();
+            let entry = entries.bytes(VM_ENTRY_SIZE)?;
             let spec = Self::parse_vm(
                 vm,
                 vm_count,
@@ -766,18 +598,27 @@ impl<'a> Bundle<'a> {
         images: &[&'a [u8]],
         string_area: &'a [u8],
     ) -> Result<VmSpec<'a>, BundleError> {
-        let name = decode_name_field(entry.get(..NAME_FIELD_LEN).unwrap_or_default())
-            .map_err(|problem| BundleError::BadName { vm, problem })?;
+        let mut r = Reader::new(entry);
+        let name = r.bytes(NAME_FIELD_LEN)?;
+        let code = u32::from(r.u16()?);
+        let backend = r.u16()?;
+        let vcpus = u32::from(r.u16()?);
+        let routing_id = r.u16()?;
+        let ram_bytes = r.u64()?;
+        let index = u32::from(r.u16()?);
+        let flags = r.u16()?;
+        let settings_len = u64::from(r.u32()?);
+        let settings_offset = r.u64()?;
 
-        let code = u32::from(u16_at(entry, 32));
+        let name =
+            decode_name_field(name).map_err(|problem| BundleError::BadName { vm, problem })?;
+
         let kind = VmKind::from_code(code).ok_or(BundleError::UnknownKind { vm, code })?;
 
-        let vcpus = u32::from(u16_at(entry, 36));
         if vcpus == 0 || vcpus > MAX_VCPUS_PER_VM {
             return Err(BundleError::BadVcpus { vm, vcpus });
         }
 
-        let ram_bytes = u64_at(entry, 40);
         if !ram_bytes.is_multiple_of(BLOCK_SIZE) {
             return Err(BundleError::RamNotBlockMultiple { vm, ram_bytes });
         }
@@ -785,7 +626,6 @@ impl<'a> Bundle<'a> {
             return Err(BundleError::RamOutOfRange { vm, ram_bytes });
         }
 
-        let index = u32::from(u16_at(entry, 48));
         let image = *images
             .get(index as usize)
             .ok_or(BundleError::ImageIndexOutOfRange {
@@ -803,14 +643,12 @@ impl<'a> Bundle<'a> {
             });
         }
 
-        let settings_len = u64::from(u32_at(entry, 52));
         if settings_len > MAX_SETTINGS_LEN as u64 {
             return Err(BundleError::SettingsTooLong {
                 vm,
                 len: settings_len,
             });
         }
-        let settings_offset = u64_at(entry, 56);
         let (start, end) = checked_range(settings_offset, settings_len, 0, string_area.len())
             .ok_or(BundleError::OutOfBounds {
                 region: Region::Settings(vm),
@@ -822,7 +660,7 @@ impl<'a> Bundle<'a> {
 
         // vm < MAX_VMS, so the id fits.
         let id = vm as u16 + 1;
-        let backend = match u16_at(entry, 34) {
+        let backend = match backend {
             0 => None,
             backend if kind == VmKind::DriverDomain => {
                 return Err(BundleError::DriverDomainHasBackend { vm, backend });
@@ -838,11 +676,9 @@ impl<'a> Bundle<'a> {
             backend => Some(backend),
         };
 
-        let flags = u16_at(entry, 50);
         if flags & !VM_FLAGS_KNOWN != 0 {
             return Err(BundleError::UnknownVmFlags { vm, flags });
         }
-        let routing_id = u16_at(entry, 38);
         let passthrough = if flags & VM_FLAG_PASSTHROUGH == 0 {
             if routing_id != 0 {
                 return Err(BundleError::StrayPassthrough { vm, routing_id });
@@ -916,144 +752,6 @@ impl<'a> Bundle<'a> {
 const _: () = assert!(MAX_VMS < 64);
 // The VM entry stores the vCPU count and the image index in 16 bits.
 const _: () = assert!(MAX_VCPUS_PER_VM <= u16::MAX as u32 && MAX_VMS <= u16::MAX as usize);
-
-/// A VM as the host-side builder takes it.
-#[cfg(any(test, feature = "std"))]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmDescription {
-    pub name: String,
-    pub kind: VmKind,
-    pub vcpus: u32,
-    pub ram_bytes: u64,
-    pub image: Vec<u8>,
-    pub settings: String,
-    /// VM id (1-based, so entry index + 1) of the driver domain this guest connects to.
-    pub backend: Option<u16>,
-    /// PCI function passed through to this driver domain.
-    pub passthrough: Option<Bdf>,
-}
-
-/// Images start on this boundary; not needed by the parser, but it keeps hexdumps readable and
-/// lets the hypervisor copy images with aligned accesses.
-#[cfg(any(test, feature = "std"))]
-const IMAGE_ALIGN: usize = 16;
-
-/// Builds a bundle. Identical images are stored once. The output is run through
-/// [`Bundle::parse`] before it is returned, so every rule the hypervisor enforces is enforced
-/// here too, with the same error.
-#[cfg(any(test, feature = "std"))]
-pub fn build(vms: &[VmDescription]) -> Result<Vec<u8>, BundleError> {
-    if vms.is_empty() {
-        return Err(BundleError::NoVms);
-    }
-    if vms.len() > MAX_VMS {
-        return Err(BundleError::TooManyVms { count: vms.len() });
-    }
-
-    let mut images: Vec<&[u8]> = Vec::new();
-    let mut image_of_vm = Vec::with_capacity(vms.len());
-    for vm in vms {
-        let index = match images.iter().position(|i| *i == vm.image.as_slice()) {
-            Some(index) => index,
-            None => {
-                images.push(&vm.image);
-                images.len() - 1
-            }
-        };
-        image_of_vm.push(index);
-    }
-
-    let mut strings = Vec::new();
-    let mut settings_of_vm = Vec::with_capacity(vms.len());
-    for (vm, desc) in vms.iter().enumerate() {
-        let len = desc.settings.len();
-        if len > MAX_SETTINGS_LEN {
-            return Err(BundleError::SettingsTooLong {
-                vm,
-                len: len as u64,
-            });
-        }
-        settings_of_vm.push((strings.len() as u64, len as u32));
-        strings.extend_from_slice(desc.settings.as_bytes());
-    }
-
-    let vm_table = HEADER_SIZE;
-    let image_table = vm_table + vms.len() * VM_ENTRY_SIZE;
-    let string_area = image_table + images.len() * IMAGE_ENTRY_SIZE;
-    let mut out = vec![0u8; string_area];
-    out.extend_from_slice(&strings);
-
-    let mut image_entries = Vec::with_capacity(images.len());
-    for image in &images {
-        out.resize(out.len().next_multiple_of(IMAGE_ALIGN), 0);
-        image_entries.push((out.len() as u64, image.len() as u64));
-        out.extend_from_slice(image);
-    }
-
-    let total = out.len() as u64;
-    out[0..8].copy_from_slice(&MAGIC);
-    out[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    out[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-    out[16..24].copy_from_slice(&total.to_le_bytes());
-    out[32..36].copy_from_slice(&(vms.len() as u32).to_le_bytes());
-    out[36..40].copy_from_slice(&(images.len() as u32).to_le_bytes());
-    out[40..48].copy_from_slice(&(vm_table as u64).to_le_bytes());
-    out[48..56].copy_from_slice(&(image_table as u64).to_le_bytes());
-    out[56..64].copy_from_slice(&(string_area as u64).to_le_bytes());
-    out[64..72].copy_from_slice(&(strings.len() as u64).to_le_bytes());
-
-    for (vm, desc) in vms.iter().enumerate() {
-        let name = encode_name_field(&desc.name)
-            .map_err(|problem| BundleError::BadName { vm, problem })?;
-        // 0 is "none" on disk, so Some(0) cannot be encoded; every other id is checked by the
-        // parse of the output.
-        let backend = match desc.backend {
-            None => 0,
-            Some(0) => {
-                return Err(BundleError::BackendOutOfRange {
-                    vm,
-                    backend: 0,
-                    vm_count: vms.len(),
-                })
-            }
-            Some(id) => id,
-        };
-        // The entry stores 16 bits; a larger count must not wrap into a valid one.
-        let vcpus = u16::try_from(desc.vcpus).map_err(|_| BundleError::BadVcpus {
-            vm,
-            vcpus: desc.vcpus,
-        })?;
-        let (flags, routing_id) = match desc.passthrough {
-            None => (0u16, 0u16),
-            Some(bdf) => (VM_FLAG_PASSTHROUGH, bdf.routing_id()),
-        };
-        let (settings_offset, settings_len) = settings_of_vm[vm];
-        let e = &mut out[vm_table + vm * VM_ENTRY_SIZE..][..VM_ENTRY_SIZE];
-        e[0..NAME_FIELD_LEN].copy_from_slice(&name);
-        // Kind codes are 1 and 2, so the narrowing is lossless.
-        e[32..34].copy_from_slice(&(desc.kind.code() as u16).to_le_bytes());
-        e[34..36].copy_from_slice(&backend.to_le_bytes());
-        e[36..38].copy_from_slice(&vcpus.to_le_bytes());
-        e[38..40].copy_from_slice(&routing_id.to_le_bytes());
-        e[40..48].copy_from_slice(&desc.ram_bytes.to_le_bytes());
-        // At most MAX_VMS images, so the index fits.
-        e[48..50].copy_from_slice(&(image_of_vm[vm] as u16).to_le_bytes());
-        e[50..52].copy_from_slice(&flags.to_le_bytes());
-        e[52..56].copy_from_slice(&settings_len.to_le_bytes());
-        e[56..64].copy_from_slice(&settings_offset.to_le_bytes());
-    }
-    for (i, (offset, len)) in image_entries.iter().enumerate() {
-        let e = &mut out[image_table + i * IMAGE_ENTRY_SIZE..][..IMAGE_ENTRY_SIZE];
-        e[0..8].copy_from_slice(&offset.to_le_bytes());
-        e[8..16].copy_from_slice(&len.to_le_bytes());
-    }
-
-    let checksum = fnv1a64(&out[HEADER_SIZE..]);
-    out[24..32].copy_from_slice(&checksum.to_le_bytes());
-
-    Bundle::parse(&out)?;
-    Ok(out)
-}
 
 #[cfg(test)]
 mod tests;

@@ -107,10 +107,9 @@ pub const MAX_MAPPINGS_PER_GUEST: u32 = 512;
 /// (about 430 pages each).
 pub const MAX_MAPPINGS_PER_DRIVER_DOMAIN: u32 = 16384;
 
-/// Foreign frames are mapped only inside this IPA window of the caller (256 MiB starting at 4 GiB,
-/// above all RAM).
-pub const GRANT_WINDOW_BASE: u64 = 0x1_0000_0000;
-pub const GRANT_WINDOW_SIZE: u64 = 0x1000_0000;
+/// The grant window is part of the guest-physical layout, defined in [`layout`](crate::layout);
+/// re-exported here because every grant user needs it next to the op formats.
+pub use crate::layout::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
 
 /// Entry flag bits.
 pub const PERMIT: u16 = 1 << 0;

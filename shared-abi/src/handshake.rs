@@ -131,16 +131,26 @@
 //! rings, unless the back-end that wrote it has died since (which no page can tell; the
 //! hypervisor's `Closed` then closes the connection).
 
-use core::fmt;
 use core::ops::Range;
+
+use thiserror::Error;
 
 use crate::evtchn::{MAX_PORTS, NO_PORT};
 use crate::grant::MAX_REFS;
 use crate::layout::{MAX_VMS, PAGE_SIZE};
+use crate::wire::{Format, Reader, WireError, Writer, HEADER_LEN};
 
 pub const MAGIC: [u8; 8] = *b"SLCTRL\0\0";
 pub const VERSION: u32 = 1;
 pub const PAGE_LEN: usize = PAGE_SIZE as usize;
+
+/// The shared header check: magic, version, and a whole page.
+pub const FORMAT: Format = Format {
+    name: "control page",
+    magic: MAGIC,
+    version: VERSION,
+    min_len: PAGE_LEN,
+};
 
 /// Byte range of each part; everything outside the listed fields is reserved.
 pub const HEADER: Range<usize> = 0..64;
@@ -149,33 +159,38 @@ pub const BACKEND: Range<usize> = 128..192;
 
 const H_VERSION: usize = 8;
 const H_FRONTEND_ID: usize = 12;
-const H_BACKEND_ID: usize = 14;
-const H_FRONTEND_PORT: usize = 16;
-const H_BACKEND_PORT: usize = 20;
 const H_END: usize = 24;
 
-// Offsets relative to the section start.
+// Offsets relative to the section start (fields between them follow the table above).
 const F_STATE: usize = 0;
-const F_TX_REF: usize = 4;
-const F_RX_REF: usize = 8;
-const F_POOL_FIRST: usize = 12;
-const F_POOL_COUNT: usize = 16;
-const F_DATA_PORT: usize = 20;
 const F_MAC: usize = 24;
 const F_FEATURES: usize = 32;
 const F_END: usize = 40;
+/// Reserved bytes between the MAC and the features.
+const F_MAC_PAD: usize = 2;
 
 const B_STATE: usize = 0;
 const B_FEATURES: usize = 8;
 const B_MAC: usize = 16;
 const B_END: usize = 22;
+/// Reserved bytes between the state and the features.
+const B_STATE_PAD: usize = 4;
 
 /// Bytes in one section.
 const SECTION_LEN: usize = 64;
 /// Both sections start with the state word, which is published last.
 const STATE_LEN: usize = 4;
 
+// The field types the readers and writers use, laid end to end, fill each part exactly.
 const _: () = {
+    assert!(HEADER_LEN == H_VERSION + size_of::<u32>());
+    assert!(H_END == HEADER_LEN + 2 * size_of::<u16>() + 2 * size_of::<u32>());
+    assert!(F_MAC == F_STATE + 6 * size_of::<u32>());
+    assert!(F_FEATURES == F_MAC + size_of::<[u8; 6]>() + F_MAC_PAD);
+    assert!(F_END == F_FEATURES + size_of::<u64>());
+    assert!(B_FEATURES == B_STATE + STATE_LEN + B_STATE_PAD);
+    assert!(B_END == B_MAC + size_of::<[u8; 6]>() && B_MAC == B_FEATURES + size_of::<u64>());
+    assert!(STATE_LEN == size_of::<u32>());
     assert!(HEADER.end == FRONTEND.start && FRONTEND.end == BACKEND.start);
     assert!(FRONTEND.end - FRONTEND.start == SECTION_LEN);
     assert!(BACKEND.end - BACKEND.start == SECTION_LEN);
@@ -348,99 +363,40 @@ impl Backend {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum HandshakeError {
-    PageTooSmall {
-        len: usize,
-    },
-    BadMagic,
-    UnsupportedVersion {
-        found: u32,
-    },
+    /// Too short for a page, bad magic or unknown version (the header checks every format
+    /// shares).
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("control page reserved bytes are not zero")]
     ReservedNotZero,
     /// A VM id is 0, above `MAX_VMS`, or both ids are the same VM.
+    #[error("control page VM ids are zero, out of range or equal")]
     BadVmIds,
     /// A control port is 0 or out of range, or a data port is out of range.
-    BadPort {
-        port: u32,
-    },
-    UnknownState {
-        code: u32,
-    },
+    #[error("control page port {port} is invalid")]
+    BadPort { port: u32 },
+    #[error("control page state {code} is unknown")]
+    UnknownState { code: u32 },
     /// A grant ref beyond the largest grant table.
-    BadRef {
-        gref: u32,
-    },
+    #[error("control page grant ref {gref} is out of range")]
+    BadRef { gref: u32 },
     /// The buffer pool runs past the largest grant table.
+    #[error("control page buffer pool runs past the grant table")]
     BadPool,
     /// A MAC with the multicast bit set.
+    #[error("control page MAC is a multicast address")]
     MulticastMac,
     /// A front-end `Initialised`/`Connected` without a data port, or a back-end `Connected`
     /// without a MAC.
+    #[error("control page section lacks a port or MAC for its state")]
     Incomplete,
 }
 
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use HandshakeError::*;
-        match *self {
-            PageTooSmall { len } => write!(f, "control page is {len} bytes, need {PAGE_LEN}"),
-            BadMagic => f.write_str("no control page here: bad magic"),
-            UnsupportedVersion { found } => write!(
-                f,
-                "unsupported control page version {found} (this build reads {VERSION})"
-            ),
-            ReservedNotZero => f.write_str("control page reserved bytes are not zero"),
-            BadVmIds => f.write_str("control page VM ids are zero, out of range or equal"),
-            BadPort { port } => write!(f, "control page port {port} is invalid"),
-            UnknownState { code } => write!(f, "control page state {code} is unknown"),
-            BadRef { gref } => write!(f, "control page grant ref {gref} is out of range"),
-            BadPool => f.write_str("control page buffer pool runs past the grant table"),
-            MulticastMac => f.write_str("control page MAC is a multicast address"),
-            Incomplete => f.write_str("control page section lacks a port or MAC for its state"),
-        }
-    }
-}
-
-impl core::error::Error for HandshakeError {}
-
-fn page_of(page: &[u8]) -> Result<&[u8], HandshakeError> {
-    page.get(..PAGE_LEN)
-        .ok_or(HandshakeError::PageTooSmall { len: page.len() })
-}
-
 fn page_of_mut(page: &mut [u8]) -> Result<&mut [u8], HandshakeError> {
-    let len = page.len();
-    page.get_mut(..PAGE_LEN)
-        .ok_or(HandshakeError::PageTooSmall { len })
+    Ok(FORMAT.fixed_part_mut(page)?)
 }
-
-fn u16_at(s: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([s[at], s[at + 1]])
-}
-
-fn u32_at(s: &[u8], at: usize) -> u32 {
-    let mut b = [0; 4];
-    b.copy_from_slice(&s[at..at + 4]);
-    u32::from_le_bytes(b)
-}
-
-fn u64_at(s: &[u8], at: usize) -> u64 {
-    let mut b = [0; 8];
-    b.copy_from_slice(&s[at..at + 8]);
-    u64::from_le_bytes(b)
-}
-
-fn mac_at(s: &[u8], at: usize) -> [u8; 6] {
-    let mut m = [0; 6];
-    m.copy_from_slice(&s[at..at + 6]);
-    m
-}
-
-fn put(s: &mut [u8], at: usize, bytes: &[u8]) {
-    s[at..at + bytes.len()].copy_from_slice(bytes);
-}
-
 /// Stores an encoded section into `dest` (the section's bytes in the page): everything but the
 /// state word, then the state word, so a reader racing the write sees the old state or a
 /// validation error, never the new state with old fields. `dest` is a plain slice, so this orders
@@ -451,10 +407,9 @@ fn store_section(dest: &mut [u8], encoded: &[u8; SECTION_LEN]) {
     dest[..STATE_LEN].copy_from_slice(&encoded[..STATE_LEN]);
 }
 
-/// Reserved bytes of a part: everything in `part` outside `fields`.
-fn reserved_zero(part: &[u8], fields: &[Range<usize>]) -> Result<(), HandshakeError> {
-    let used = |i: usize| fields.iter().any(|r| r.contains(&i));
-    if part.iter().enumerate().all(|(i, &b)| b == 0 || used(i)) {
+/// Reserved bytes, as read: every one must be zero.
+fn reserved_zero(reserved: &[&[u8]]) -> Result<(), HandshakeError> {
+    if reserved.iter().all(|part| part.iter().all(|&b| b == 0)) {
         Ok(())
     } else {
         Err(HandshakeError::ReservedNotZero)
@@ -493,8 +448,7 @@ impl Header {
         let page = page_of_mut(page)?;
         self.validate()?;
         page.fill(0);
-        put(page, 0, &MAGIC);
-        put(page, H_VERSION, &VERSION.to_le_bytes());
+        FORMAT.write_header(&mut Writer::new(page))?;
         self.write(page)?;
         Frontend::initialising().write_to(page)?;
         Backend::initialising().write_to(page)
@@ -504,29 +458,24 @@ impl Header {
     pub fn write(&self, page: &mut [u8]) -> Result<(), HandshakeError> {
         let page = page_of_mut(page)?;
         self.validate()?;
-        put(page, H_FRONTEND_ID, &self.frontend.to_le_bytes());
-        put(page, H_BACKEND_ID, &self.backend.to_le_bytes());
-        put(page, H_FRONTEND_PORT, &self.frontend_port.to_le_bytes());
-        put(page, H_BACKEND_PORT, &self.backend_port.to_le_bytes());
+        let mut w = Writer::new(page);
+        w.skip_to(H_FRONTEND_ID)?;
+        w.u16(self.frontend)?;
+        w.u16(self.backend)?;
+        w.u32(self.frontend_port)?;
+        w.u32(self.backend_port)?;
         Ok(())
     }
 
     pub fn read_from(page: &[u8]) -> Result<Header, HandshakeError> {
-        let page = page_of(page)?;
-        if page[..8] != MAGIC {
-            return Err(HandshakeError::BadMagic);
-        }
-        let version = u32_at(page, H_VERSION);
-        if version != VERSION {
-            return Err(HandshakeError::UnsupportedVersion { found: version });
-        }
-        reserved_zero(&page[HEADER], &[0..H_VERSION, H_VERSION..H_END])?;
+        let mut r = FORMAT.check(page)?;
         let header = Header {
-            frontend: u16_at(page, H_FRONTEND_ID),
-            backend: u16_at(page, H_BACKEND_ID),
-            frontend_port: u32_at(page, H_FRONTEND_PORT),
-            backend_port: u32_at(page, H_BACKEND_PORT),
+            frontend: r.u16()?,
+            backend: r.u16()?,
+            frontend_port: r.u32()?,
+            backend_port: r.u32()?,
         };
+        reserved_zero(&[r.bytes(HEADER.end - H_END)?])?;
         header.validate()?;
         Ok(header)
     }
@@ -559,15 +508,21 @@ impl Frontend {
     /// The section's bytes, without validation.
     fn encode(&self) -> [u8; SECTION_LEN] {
         let mut s = [0; SECTION_LEN];
-        put(&mut s, F_STATE, &self.state.code().to_le_bytes());
-        put(&mut s, F_TX_REF, &self.tx_ring_ref.to_le_bytes());
-        put(&mut s, F_RX_REF, &self.rx_ring_ref.to_le_bytes());
-        put(&mut s, F_POOL_FIRST, &self.pool_first_ref.to_le_bytes());
-        put(&mut s, F_POOL_COUNT, &self.pool_count.to_le_bytes());
-        put(&mut s, F_DATA_PORT, &self.data_port.to_le_bytes());
-        put(&mut s, F_MAC, &self.mac);
-        put(&mut s, F_FEATURES, &self.features.to_le_bytes());
+        // Cannot overrun: the fields end at F_END <= SECTION_LEN (asserted at compile time).
+        let _ = self.encode_fields(&mut Writer::new(&mut s));
         s
+    }
+
+    fn encode_fields(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.u32(self.state.code())?;
+        w.u32(self.tx_ring_ref)?;
+        w.u32(self.rx_ring_ref)?;
+        w.u32(self.pool_first_ref)?;
+        w.u32(self.pool_count)?;
+        w.u32(self.data_port)?;
+        w.bytes(&self.mac)?;
+        w.skip(F_MAC_PAD)?;
+        w.u64(self.features)
     }
 
     /// Front-end: writes its whole section (only bytes 64..128, reserved bytes zeroed), the state
@@ -580,17 +535,24 @@ impl Frontend {
     }
 
     pub fn read_from(page: &[u8]) -> Result<Frontend, HandshakeError> {
-        let s = &page_of(page)?[FRONTEND];
-        reserved_zero(s, &[F_STATE..F_MAC + 6, F_FEATURES..F_END])?;
+        let mut r = Reader::new(FORMAT.fixed_part(page)?);
+        r.skip_to(FRONTEND.start)?;
+        let state = r.u32()?;
+        let (tx_ring_ref, rx_ring_ref) = (r.u32()?, r.u32()?);
+        let (pool_first_ref, pool_count, data_port) = (r.u32()?, r.u32()?, r.u32()?);
+        let mac = r.array()?;
+        let pad = r.bytes(F_MAC_PAD)?;
+        let features = r.u64()?;
+        reserved_zero(&[pad, r.bytes(SECTION_LEN - F_END)?])?;
         let section = Frontend {
-            state: state_of(u32_at(s, F_STATE))?,
-            tx_ring_ref: u32_at(s, F_TX_REF),
-            rx_ring_ref: u32_at(s, F_RX_REF),
-            pool_first_ref: u32_at(s, F_POOL_FIRST),
-            pool_count: u32_at(s, F_POOL_COUNT),
-            data_port: u32_at(s, F_DATA_PORT),
-            mac: mac_at(s, F_MAC),
-            features: u64_at(s, F_FEATURES),
+            state: state_of(state)?,
+            tx_ring_ref,
+            rx_ring_ref,
+            pool_first_ref,
+            pool_count,
+            data_port,
+            mac,
+            features,
         };
         section.validate()?;
         Ok(section)
@@ -611,10 +573,16 @@ impl Backend {
     /// The section's bytes, without validation.
     fn encode(&self) -> [u8; SECTION_LEN] {
         let mut s = [0; SECTION_LEN];
-        put(&mut s, B_STATE, &self.state.code().to_le_bytes());
-        put(&mut s, B_FEATURES, &self.features.to_le_bytes());
-        put(&mut s, B_MAC, &self.mac);
+        // Cannot overrun: the fields end at B_END <= SECTION_LEN (asserted at compile time).
+        let _ = self.encode_fields(&mut Writer::new(&mut s));
         s
+    }
+
+    fn encode_fields(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        w.u32(self.state.code())?;
+        w.skip(B_STATE_PAD)?;
+        w.u64(self.features)?;
+        w.bytes(&self.mac)
     }
 
     /// Back-end: writes its whole section (only bytes 128..192, reserved bytes zeroed), the state
@@ -627,12 +595,17 @@ impl Backend {
     }
 
     pub fn read_from(page: &[u8]) -> Result<Backend, HandshakeError> {
-        let s = &page_of(page)?[BACKEND];
-        reserved_zero(s, &[B_STATE..B_STATE + STATE_LEN, B_FEATURES..B_END])?;
+        let mut r = Reader::new(FORMAT.fixed_part(page)?);
+        r.skip_to(BACKEND.start)?;
+        let state = r.u32()?;
+        let pad = r.bytes(B_STATE_PAD)?;
+        let features = r.u64()?;
+        let mac = r.array()?;
+        reserved_zero(&[pad, r.bytes(SECTION_LEN - B_END)?])?;
         let section = Backend {
-            state: state_of(u32_at(s, B_STATE))?,
-            features: u64_at(s, B_FEATURES),
-            mac: mac_at(s, B_MAC),
+            state: state_of(state)?,
+            features,
+            mac,
         };
         section.validate()?;
         Ok(section)
@@ -662,8 +635,8 @@ pub fn mark_stopped(page: &mut [u8], side: Side) {
 
 /// The stop word (0 when the page is too short).
 pub fn stopped(page: &[u8]) -> u32 {
-    page.get(STOPPED_WORD..STOPPED_WORD + 4)
-        .map_or(0, |w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    let mut r = Reader::new(page);
+    r.skip_to(STOPPED_WORD).and_then(|()| r.u32()).unwrap_or(0)
 }
 
 #[cfg(test)]

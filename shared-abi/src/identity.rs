@@ -15,8 +15,10 @@
 //! guest may send no IPv4 and no ARP at all).
 
 use core::fmt;
+
 use core::net::Ipv4Addr;
 use core::str::FromStr;
+use thiserror::Error;
 
 /// The driver domain's setting that lists its front-ends' identities.
 pub const SETTING: &str = "frontends";
@@ -56,37 +58,18 @@ pub struct Identity {
 }
 
 /// Why a `frontends` setting is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum IdentityError {
     /// An entry that is not `<id>=<mac>[/<ipv4>]`.
+    #[error("setting {SETTING}: an entry is not <id>=<mac>[/<ipv4>]")]
     Malformed,
     /// A multicast or zero MAC.
+    #[error("setting {SETTING}: vm {vm} has a MAC that is not unicast")]
     NotUnicast { vm: u16 },
     /// Two entries for the same VM, or two VMs with the same MAC or address.
+    #[error("setting {SETTING}: vm {vm} repeats a VM id, MAC or address of another entry")]
     Duplicate { vm: u16 },
 }
-
-impl fmt::Display for IdentityError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            IdentityError::Malformed => {
-                write!(f, "setting {SETTING}: an entry is not <id>=<mac>[/<ipv4>]")
-            }
-            IdentityError::NotUnicast { vm } => {
-                write!(
-                    f,
-                    "setting {SETTING}: vm {vm} has a MAC that is not unicast"
-                )
-            }
-            IdentityError::Duplicate { vm } => write!(
-                f,
-                "setting {SETTING}: vm {vm} repeats a VM id, MAC or address of another entry"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for IdentityError {}
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -20,3 +20,7 @@ pub mod pingpong;
 pub mod start_info;
 pub mod virtq;
 pub mod window;
+pub mod wire;
+
+#[cfg(test)]
+mod error_texts;

@@ -8,7 +8,9 @@
 //! routing ID read from untrusted bytes needs no range check ([`Bdf::from_routing_id`]).
 
 use core::fmt;
+
 use core::str::FromStr;
+use thiserror::Error;
 
 // ECAM layout: bus [27:20], device [19:15], function [14:12], register [11:0].
 pub const ECAM_BUS_SHIFT: u32 = 20;
@@ -41,46 +43,34 @@ impl BdfField {
             BdfField::Function => "function",
         }
     }
-}
 
-/// Why a textual BDF was rejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BdfError {
-    /// Nothing but whitespace.
-    Empty,
-    /// Not of the form `[domain:]bus:device.function`.
-    Format,
-    /// A field is not hexadecimal or has too many digits.
-    NotHex(BdfField),
-    /// Device above 0x1f, function above 7, or a domain other than 0.
-    OutOfRange(BdfField),
-}
-
-impl fmt::Display for BdfError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The message of [`BdfError::OutOfRange`]: the domain has a rule of its own.
+    const fn out_of_range(self) -> &'static str {
         match self {
-            BdfError::Empty => f.write_str("empty PCI address (expected e.g. 00:02.0)"),
-            BdfError::Format => f.write_str(
-                "malformed PCI address (expected [domain:]bus:device.function, e.g. 00:02.0)",
-            ),
-            BdfError::NotHex(field) => write!(
-                f,
-                "PCI address {} is not a hexadecimal number of the right width",
-                field.name()
-            ),
-            BdfError::OutOfRange(BdfField::Domain) => {
-                f.write_str("PCI domain must be 0000 (there is one PCI segment)")
-            }
-            BdfError::OutOfRange(field) => write!(
-                f,
-                "PCI address {} out of range (device 00-1f, function 0-7)",
-                field.name()
-            ),
+            BdfField::Domain => "PCI domain must be 0000 (there is one PCI segment)",
+            BdfField::Bus => "PCI address bus out of range (device 00-1f, function 0-7)",
+            BdfField::Device => "PCI address device out of range (device 00-1f, function 0-7)",
+            BdfField::Function => "PCI address function out of range (device 00-1f, function 0-7)",
         }
     }
 }
 
-impl core::error::Error for BdfError {}
+/// Why a textual BDF was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum BdfError {
+    /// Nothing but whitespace.
+    #[error("empty PCI address (expected e.g. 00:02.0)")]
+    Empty,
+    /// Not of the form `[domain:]bus:device.function`.
+    #[error("malformed PCI address (expected [domain:]bus:device.function, e.g. 00:02.0)")]
+    Format,
+    /// A field is not hexadecimal or has too many digits.
+    #[error("PCI address {} is not a hexadecimal number of the right width", .0.name())]
+    NotHex(BdfField),
+    /// Device above 0x1f, function above 7, or a domain other than 0.
+    #[error("{}", .0.out_of_range())]
+    OutOfRange(BdfField),
+}
 
 fn hex_field(text: &str, max_digits: usize, field: BdfField) -> Result<u32, BdfError> {
     if text.is_empty() || text.len() > max_digits || !text.bytes().all(|b| b.is_ascii_hexdigit()) {

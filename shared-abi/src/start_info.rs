@@ -42,16 +42,25 @@
 //! [`PCI_WINDOW_IPA`](crate::layout::PCI_WINDOW_IPA). Only driver domains can have one; bits
 //! 30..16 are zero.
 
-use core::fmt;
+use thiserror::Error;
 
 use crate::bundle::{decode_name_field, encode_name_field, NameProblem, VmKind, NAME_FIELD_LEN};
 use crate::layout::{
     BLOCK_SIZE, MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM, PAGE_SIZE,
 };
+use crate::wire::{Format, WireError, Writer, HEADER_LEN};
 
 pub const MAGIC: [u8; 8] = *b"SLSTART\0";
 pub const VERSION: u32 = 1;
 pub const PAGE_LEN: usize = PAGE_SIZE as usize;
+
+/// The shared header check: magic, version, and a whole page.
+pub const FORMAT: Format = Format {
+    name: "start-info page",
+    magic: MAGIC,
+    version: VERSION,
+    min_len: PAGE_LEN,
+};
 
 const VM_ID: usize = 12;
 const KIND: usize = 14;
@@ -68,6 +77,21 @@ const PASSTHROUGH: usize = 2136;
 /// Bit 31 of the passthrough word: a function is present.
 const PASSTHROUGH_PRESENT: u32 = 1 << 31;
 
+// Each offset of the table is the previous one plus the size of the type the reader and the
+// writer take there, so the code and the table cannot drift apart.
+const _: () = {
+    assert!(VM_ID == HEADER_LEN);
+    assert!(KIND == VM_ID + size_of::<u16>());
+    assert!(RESERVED_0 == KIND + size_of::<u8>());
+    assert!(VCPUS == RESERVED_0 + size_of::<u8>());
+    assert!(BOOT_COUNT == VCPUS + size_of::<u32>());
+    assert!(RAM_BASE == BOOT_COUNT + size_of::<u32>());
+    assert!(RAM_BYTES == RAM_BASE + size_of::<u64>());
+    assert!(NAME == RAM_BYTES + size_of::<u64>());
+    assert!(SETTINGS_LEN == NAME + NAME_FIELD_LEN);
+    assert!(SETTINGS == SETTINGS_LEN + size_of::<u32>());
+};
+const _: () = assert!(PASSTHROUGH == PEERS + size_of::<u64>());
 /// Guarantees at compile time that the largest settings string fits in the page.
 const _: () = assert!(SETTINGS + MAX_SETTINGS_LEN <= PAGE_LEN);
 /// The peers field lies past the largest settings string, 8-aligned, inside the page.
@@ -100,126 +124,52 @@ pub struct StartInfo<'a> {
     pub passthrough: Option<u16>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum StartInfoError {
-    PageTooSmall {
-        len: usize,
-    },
-    BadMagic,
-    UnsupportedVersion {
-        found: u32,
-    },
+    /// Too short for a page, bad magic or unknown version (the header checks every format
+    /// shares).
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("start-info reserved bytes are not zero")]
     ReservedNotZero,
     /// VM id 0 is the hypervisor.
+    #[error("start-info VM id is 0, which is the hypervisor's")]
     ZeroVmId,
     /// The boot count is 0 (the first boot is 1).
+    #[error("start-info boot count is 0 (the first boot is 1)")]
     ZeroBootCount,
-    UnknownKind {
-        code: u32,
-    },
-    BadVcpus {
-        vcpus: u32,
-    },
-    BadRamBase {
-        ram_base: u64,
-    },
-    BadRamSize {
-        ram_bytes: u64,
-    },
+    #[error("start-info VM kind {code} is unknown")]
+    UnknownKind { code: u32 },
+    #[error("start-info vCPU count {vcpus} is outside 1..={MAX_VCPUS_PER_VM}")]
+    BadVcpus { vcpus: u32 },
+    #[error("start-info RAM base {ram_base:#x} is not page aligned or RAM wraps around")]
+    BadRamBase { ram_base: u64 },
+    #[error(
+        "start-info RAM size {ram_bytes} is not a multiple of {BLOCK_SIZE} in \
+         {MIN_VM_RAM}..={MAX_VM_RAM}"
+    )]
+    BadRamSize { ram_bytes: u64 },
+    #[error("start-info VM {0}")]
     BadName(NameProblem),
-    SettingsTooLong {
-        len: usize,
-    },
+    #[error("start-info settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed")]
+    SettingsTooLong { len: usize },
+    #[error("start-info settings are not valid UTF-8")]
     SettingsNotUtf8,
     /// The peers bitmap has bit 0 set: the hypervisor is not a peer.
+    #[error("start-info peers include bit 0, the hypervisor, which is no peer")]
     PeersIncludeHypervisor,
     /// The peers bitmap has the VM's own bit set.
-    PeersIncludeSelf {
-        vm_id: u16,
-    },
+    #[error("start-info peers include VM id {vm_id}, the VM itself")]
+    PeersIncludeSelf { vm_id: u16 },
     /// The peers bitmap has bits above `MAX_VMS`, which no VM id can have.
-    PeersOutOfRange {
-        peers: u64,
-    },
+    #[error("start-info peers {peers:#x} name VM ids above the maximum {MAX_VMS}")]
+    PeersOutOfRange { peers: u64 },
     /// The passthrough word has bits set besides bit 31 and the routing id.
-    BadPassthrough {
-        word: u32,
-    },
+    #[error("start-info passthrough word {word:#010x} has reserved bits 30..16 set")]
+    BadPassthrough { word: u32 },
     /// A guest was given a PCI function: only driver domains own devices.
+    #[error("start-info gives a PCI function to a guest; only driver domains own devices")]
     PassthroughToGuest,
-}
-
-impl fmt::Display for StartInfoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use StartInfoError::*;
-        match *self {
-            PageTooSmall { len } => write!(
-                f,
-                "start-info buffer is {len} bytes, it must be a whole {PAGE_LEN}-byte page"
-            ),
-            BadMagic => f.write_str("no start-info page here: bad magic"),
-            UnsupportedVersion { found } => write!(
-                f,
-                "unsupported start-info version {found} (this build reads version {VERSION})"
-            ),
-            ReservedNotZero => f.write_str("start-info reserved bytes are not zero"),
-            ZeroVmId => f.write_str("start-info VM id is 0, which is the hypervisor's"),
-            ZeroBootCount => f.write_str("start-info boot count is 0 (the first boot is 1)"),
-            UnknownKind { code } => write!(f, "start-info VM kind {code} is unknown"),
-            BadVcpus { vcpus } => write!(
-                f,
-                "start-info vCPU count {vcpus} is outside 1..={MAX_VCPUS_PER_VM}"
-            ),
-            BadRamBase { ram_base } => write!(
-                f,
-                "start-info RAM base {ram_base:#x} is not page aligned or RAM wraps around"
-            ),
-            BadRamSize { ram_bytes } => write!(
-                f,
-                "start-info RAM size {ram_bytes} is not a multiple of {BLOCK_SIZE} in \
-                 {MIN_VM_RAM}..={MAX_VM_RAM}"
-            ),
-            BadName(problem) => write!(f, "start-info VM {problem}"),
-            SettingsTooLong { len } => write!(
-                f,
-                "start-info settings are {len} bytes, at most {MAX_SETTINGS_LEN} allowed"
-            ),
-            SettingsNotUtf8 => f.write_str("start-info settings are not valid UTF-8"),
-            PeersIncludeHypervisor => {
-                f.write_str("start-info peers include bit 0, the hypervisor, which is no peer")
-            }
-            PeersIncludeSelf { vm_id } => {
-                write!(f, "start-info peers include VM id {vm_id}, the VM itself")
-            }
-            PeersOutOfRange { peers } => write!(
-                f,
-                "start-info peers {peers:#x} name VM ids above the maximum {MAX_VMS}"
-            ),
-            BadPassthrough { word } => write!(
-                f,
-                "start-info passthrough word {word:#010x} has reserved bits 30..16 set"
-            ),
-            PassthroughToGuest => f.write_str(
-                "start-info gives a PCI function to a guest; only driver domains own devices",
-            ),
-        }
-    }
-}
-
-impl core::error::Error for StartInfoError {}
-
-fn bytes_at<const N: usize>(page: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Some(src) = page.get(at..).and_then(|s| s.get(..N)) {
-        out.copy_from_slice(src);
-    }
-    out
-}
-
-fn put(page: &mut [u8], at: usize, bytes: &[u8]) {
-    if let Some(dst) = page.get_mut(at..).and_then(|s| s.get_mut(..bytes.len())) {
-        dst.copy_from_slice(bytes);
-    }
 }
 
 impl<'a> StartInfo<'a> {
@@ -275,70 +225,59 @@ impl<'a> StartInfo<'a> {
     /// Fills the first 4096 bytes of `page` (zeroing everything not written, so nothing stale
     /// leaks into the VM).
     pub fn write_to(&self, page: &mut [u8]) -> Result<(), StartInfoError> {
-        let Some(page) = page.get_mut(..PAGE_LEN) else {
-            return Err(StartInfoError::PageTooSmall { len: page.len() });
-        };
+        let page = FORMAT.fixed_part_mut(page)?;
         self.validate()?;
         let name = encode_name_field(self.name).map_err(StartInfoError::BadName)?;
         page.fill(0);
-        put(page, 0, &MAGIC);
-        put(page, 8, &VERSION.to_le_bytes());
-        put(page, VM_ID, &self.vm_id.to_le_bytes());
+        let mut w = Writer::new(page);
+        FORMAT.write_header(&mut w)?;
+        w.u16(self.vm_id)?;
         // Kind codes are 1 and 2, so the narrowing is lossless.
-        put(page, KIND, &[self.kind.code() as u8]);
-        put(page, VCPUS, &self.vcpus.to_le_bytes());
-        put(page, BOOT_COUNT, &self.boot_count.to_le_bytes());
-        put(page, RAM_BASE, &self.ram_base.to_le_bytes());
-        put(page, RAM_BYTES, &self.ram_bytes.to_le_bytes());
-        put(page, NAME, &name);
-        put(
-            page,
-            SETTINGS_LEN,
-            &(self.settings.len() as u32).to_le_bytes(),
-        );
-        put(page, SETTINGS, self.settings.as_bytes());
-        put(page, PEERS, &self.peers.to_le_bytes());
+        w.u8(self.kind.code() as u8)?;
+        w.skip(1)?;
+        w.u32(self.vcpus)?;
+        w.u32(self.boot_count)?;
+        w.u64(self.ram_base)?;
+        w.u64(self.ram_bytes)?;
+        w.bytes(&name)?;
+        // validate() bounds the length by MAX_SETTINGS_LEN.
+        w.u32(self.settings.len() as u32)?;
+        w.bytes(self.settings.as_bytes())?;
+        w.skip_to(PEERS)?;
+        w.u64(self.peers)?;
         if let Some(rid) = self.passthrough {
-            put(
-                page,
-                PASSTHROUGH,
-                &(PASSTHROUGH_PRESENT | u32::from(rid)).to_le_bytes(),
-            );
+            w.u32(PASSTHROUGH_PRESENT | u32::from(rid))?;
         }
         Ok(())
     }
 
     /// Parses and validates a page; the result borrows its strings from `page`.
     pub fn read_from(page: &'a [u8]) -> Result<StartInfo<'a>, StartInfoError> {
-        if page.len() < PAGE_LEN {
-            return Err(StartInfoError::PageTooSmall { len: page.len() });
-        }
-        if bytes_at::<8>(page, 0) != MAGIC {
-            return Err(StartInfoError::BadMagic);
-        }
-        let version = u32::from_le_bytes(bytes_at(page, 8));
-        if version != VERSION {
-            return Err(StartInfoError::UnsupportedVersion { found: version });
-        }
-        if bytes_at::<1>(page, RESERVED_0) != [0] {
+        let mut r = FORMAT.check(page)?;
+        let vm_id = r.u16()?;
+        let code = r.u8()?;
+        let reserved = r.u8()?;
+        let vcpus = r.u32()?;
+        let boot_count = r.u32()?;
+        let ram_base = r.u64()?;
+        let ram_bytes = r.u64()?;
+        let name = r.bytes(NAME_FIELD_LEN)?;
+        let settings_len = r.u32()? as usize;
+        if reserved != 0 {
             return Err(StartInfoError::ReservedNotZero);
         }
-        let code = bytes_at::<1>(page, KIND)[0];
         let kind = VmKind::from_code(u32::from(code)).ok_or(StartInfoError::UnknownKind {
             code: u32::from(code),
         })?;
-        let name = decode_name_field(page.get(NAME..NAME + NAME_FIELD_LEN).unwrap_or_default())
-            .map_err(StartInfoError::BadName)?;
-        let settings_len = u32::from_le_bytes(bytes_at(page, SETTINGS_LEN)) as usize;
+        let name = decode_name_field(name).map_err(StartInfoError::BadName)?;
         if settings_len > MAX_SETTINGS_LEN {
             return Err(StartInfoError::SettingsTooLong { len: settings_len });
         }
-        let settings = page
-            .get(SETTINGS..SETTINGS + settings_len)
-            .unwrap_or_default();
-        let settings =
-            core::str::from_utf8(settings).map_err(|_| StartInfoError::SettingsNotUtf8)?;
-        let word = u32::from_le_bytes(bytes_at(page, PASSTHROUGH));
+        let settings = core::str::from_utf8(r.bytes(settings_len)?)
+            .map_err(|_| StartInfoError::SettingsNotUtf8)?;
+        r.skip_to(PEERS)?;
+        let peers = r.u64()?;
+        let word = r.u32()?;
         let passthrough = match word {
             0 => None,
             w if w & !(PASSTHROUGH_PRESENT | 0xffff) == 0 && w & PASSTHROUGH_PRESENT != 0 => {
@@ -347,15 +286,15 @@ impl<'a> StartInfo<'a> {
             _ => return Err(StartInfoError::BadPassthrough { word }),
         };
         let info = StartInfo {
-            vm_id: u16::from_le_bytes(bytes_at(page, VM_ID)),
+            vm_id,
             name,
             kind,
-            vcpus: u32::from_le_bytes(bytes_at(page, VCPUS)),
-            ram_base: u64::from_le_bytes(bytes_at(page, RAM_BASE)),
-            ram_bytes: u64::from_le_bytes(bytes_at(page, RAM_BYTES)),
+            vcpus,
+            ram_base,
+            ram_bytes,
             settings,
-            boot_count: u32::from_le_bytes(bytes_at(page, BOOT_COUNT)),
-            peers: u64::from_le_bytes(bytes_at(page, PEERS)),
+            boot_count,
+            peers,
             passthrough,
         };
         info.validate()?;
@@ -396,6 +335,28 @@ pub fn setting_u64(settings: &str, key: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::layout::{start_info_gpa, GUEST_RAM_BASE};
+
+    fn put(page: &mut [u8], at: usize, bytes: &[u8]) {
+        page[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn too_short(len: usize) -> StartInfoError {
+        WireError::TooShort {
+            format: "start-info page",
+            len,
+            need: PAGE_LEN,
+        }
+        .into()
+    }
+
+    fn unsupported(found: u32) -> StartInfoError {
+        WireError::UnsupportedVersion {
+            format: "start-info page",
+            found,
+            supported: VERSION,
+        }
+        .into()
+    }
 
     fn sample() -> StartInfo<'static> {
         StartInfo {
@@ -468,26 +429,28 @@ mod tests {
         let page = written();
         assert_eq!(
             StartInfo::read_from(&page[..PAGE_LEN - 1]),
-            Err(StartInfoError::PageTooSmall { len: PAGE_LEN - 1 })
+            Err(too_short(PAGE_LEN - 1))
         );
         let mut small = [0u8; 100];
-        assert_eq!(
-            sample().write_to(&mut small),
-            Err(StartInfoError::PageTooSmall { len: 100 })
-        );
+        assert_eq!(sample().write_to(&mut small), Err(too_short(100)));
     }
 
     #[test]
     fn rejects_bad_magic() {
-        assert_eq!(read_err(|p| p[0] = 0), StartInfoError::BadMagic);
+        assert_eq!(
+            read_err(|p| p[0] = 0),
+            WireError::BadMagic {
+                format: "start-info page",
+                found: *b"\0LSTART\0",
+                expected: MAGIC
+            }
+            .into()
+        );
     }
 
     #[test]
     fn rejects_unknown_version() {
-        assert_eq!(
-            read_err(|p| p[8] = 2),
-            StartInfoError::UnsupportedVersion { found: 2 }
-        );
+        assert_eq!(read_err(|p| p[8] = 2), unsupported(2));
     }
 
     #[test]
@@ -754,9 +717,14 @@ mod tests {
     #[test]
     fn errors_have_distinct_messages() {
         let errors = [
-            StartInfoError::PageTooSmall { len: 1 },
-            StartInfoError::BadMagic,
-            StartInfoError::UnsupportedVersion { found: 2 },
+            too_short(1),
+            WireError::BadMagic {
+                format: "start-info page",
+                found: [0; 8],
+                expected: MAGIC,
+            }
+            .into(),
+            unsupported(2),
             StartInfoError::ReservedNotZero,
             StartInfoError::ZeroVmId,
             StartInfoError::UnknownKind { code: 9 },

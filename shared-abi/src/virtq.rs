@@ -76,7 +76,7 @@ mod notify_model;
 #[cfg(test)]
 mod tests;
 
-use core::fmt;
+use thiserror::Error;
 
 pub use device::{copy_plan, Chain, DeviceQueue, NotInFlight, RxPick, TxHeader};
 pub use driver::{AddError, DriverQueue, Used};
@@ -201,44 +201,74 @@ pub enum Severity {
 }
 
 /// Everything that can be wrong with what the peer wrote in a ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum QueueError {
     // ---- Violations by the front-end, found by the device ----
     /// avail.idx runs more than `QUEUE_SIZE` entries ahead of what the device consumed.
+    #[error(
+        "ring violation: avail idx {avail_idx} is {} entries past the device's {last_avail} \
+         (at most {QUEUE_SIZE})",
+        avail_idx.wrapping_sub(*last_avail)
+    )]
     AvailTooFarAhead { avail_idx: u16, last_avail: u16 },
     /// A head or `next` descriptor id is not below `QUEUE_SIZE`.
+    #[error("ring violation: descriptor id {index} out of range (queue size {QUEUE_SIZE})")]
     DescIndexOutOfRange { index: u16 },
     /// A head is offered again while the device still holds it.
+    #[error("ring violation: head {head} offered again while the device holds it")]
     HeadInFlight { head: u16 },
     /// A chain comes back to a descriptor it already went through.
+    #[error("ring violation: chain at head {head} loops back to descriptor {index}")]
     ChainLoop { head: u16, index: u16 },
     /// A chain has more than [`MAX_CHAIN`] descriptors.
+    #[error("ring violation: chain at head {head} has more than {MAX_CHAIN} descriptors")]
     ChainTooLong { head: u16 },
     /// A descriptor asks for an indirect table.
+    #[error("ring violation: descriptor {index} is indirect (not supported)")]
     Indirect { index: u16 },
     /// A descriptor has flag bits this version does not define.
+    #[error("ring violation: descriptor {index} has unknown flags {flags:#x}")]
     UnknownDescFlags { index: u16, flags: u16 },
     /// A device-writable descriptor in a TX chain, or a read-only one in an RX chain.
+    #[error("ring violation: descriptor {index} is {}", match queue {
+        Direction::Tx => "device-writable in a TX chain",
+        Direction::Rx => "read-only in an RX chain",
+    })]
     WrongDirection { index: u16, queue: Direction },
     /// A buffer is not inside the pool.
+    #[error("ring violation: descriptor {index} buffer {addr:#x}+{len:#x} is outside the pool")]
     OutsidePool { index: u16, addr: u64, len: u32 },
     // ---- Violations by the back-end, found by the driver ----
     /// used.idx runs ahead of the number of chains the device holds.
+    #[error(
+        "ring violation: used idx {used_idx} is {} entries past {last_used}, more than \
+         outstanding",
+        used_idx.wrapping_sub(*last_used)
+    )]
     UsedTooFarAhead { used_idx: u16, last_used: u16 },
     /// A used element names a descriptor id not below `QUEUE_SIZE`.
+    #[error("ring violation: used id {id} out of range (queue size {QUEUE_SIZE})")]
     UsedIdOutOfRange { id: u32 },
     /// A used element names a chain that is not published and outstanding.
+    #[error("ring violation: used id {id} is not an outstanding chain")]
     UsedIdNotOutstanding { id: u16 },
     /// A used length that the chain cannot have (see the module doc).
+    #[error("ring violation: used length {len} impossible for chain {id}")]
     UsedLenInvalid { id: u16, len: u32 },
     // ---- Bad frames: drop this one and complete its chain ----
     /// The chain has no bytes.
+    #[error("bad frame at head {head}: empty chain")]
     FrameEmpty { head: u16 },
     /// The chain is shorter than [`MIN_FRAME`].
+    #[error(
+        "bad frame at head {head}: {len} bytes, shorter than net + Ethernet header ({MIN_FRAME})"
+    )]
     FrameTooShort { head: u16, len: u64 },
     /// The chain is longer than [`MAX_FRAME`] (or than the back-end's buffer).
+    #[error("bad frame at head {head}: {len} bytes is too long")]
     FrameTooLong { head: u16, len: u64 },
     /// The net header is malformed or asks for an offload not negotiated.
+    #[error("bad frame at head {head}: {reason}")]
     BadNetHeader { head: u16, reason: HeaderError },
 }
 
@@ -272,95 +302,6 @@ impl QueueError {
         }
     }
 }
-
-impl fmt::Display for QueueError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use QueueError::*;
-        match *self {
-            AvailTooFarAhead {
-                avail_idx,
-                last_avail,
-            } => write!(
-                f,
-                "ring violation: avail idx {avail_idx} is {} entries past the device's {last_avail} (at most {QUEUE_SIZE})",
-                avail_idx.wrapping_sub(last_avail)
-            ),
-            DescIndexOutOfRange { index } => write!(
-                f,
-                "ring violation: descriptor id {index} out of range (queue size {QUEUE_SIZE})"
-            ),
-            HeadInFlight { head } => write!(
-                f,
-                "ring violation: head {head} offered again while the device holds it"
-            ),
-            ChainLoop { head, index } => write!(
-                f,
-                "ring violation: chain at head {head} loops back to descriptor {index}"
-            ),
-            ChainTooLong { head } => write!(
-                f,
-                "ring violation: chain at head {head} has more than {MAX_CHAIN} descriptors"
-            ),
-            Indirect { index } => write!(
-                f,
-                "ring violation: descriptor {index} is indirect (not supported)"
-            ),
-            UnknownDescFlags { index, flags } => write!(
-                f,
-                "ring violation: descriptor {index} has unknown flags {flags:#x}"
-            ),
-            WrongDirection {
-                index,
-                queue: Direction::Tx,
-            } => write!(
-                f,
-                "ring violation: descriptor {index} is device-writable in a TX chain"
-            ),
-            WrongDirection {
-                index,
-                queue: Direction::Rx,
-            } => write!(
-                f,
-                "ring violation: descriptor {index} is read-only in an RX chain"
-            ),
-            OutsidePool { index, addr, len } => write!(
-                f,
-                "ring violation: descriptor {index} buffer {addr:#x}+{len:#x} is outside the pool"
-            ),
-            UsedTooFarAhead {
-                used_idx,
-                last_used,
-            } => write!(
-                f,
-                "ring violation: used idx {used_idx} is {} entries past {last_used}, more than outstanding",
-                used_idx.wrapping_sub(last_used)
-            ),
-            UsedIdOutOfRange { id } => write!(
-                f,
-                "ring violation: used id {id} out of range (queue size {QUEUE_SIZE})"
-            ),
-            UsedIdNotOutstanding { id } => write!(
-                f,
-                "ring violation: used id {id} is not an outstanding chain"
-            ),
-            UsedLenInvalid { id, len } => write!(
-                f,
-                "ring violation: used length {len} impossible for chain {id}"
-            ),
-            FrameEmpty { head } => write!(f, "bad frame at head {head}: empty chain"),
-            FrameTooShort { head, len } => write!(
-                f,
-                "bad frame at head {head}: {len} bytes, shorter than net + Ethernet header ({MIN_FRAME})"
-            ),
-            FrameTooLong { head, len } => {
-                write!(f, "bad frame at head {head}: {len} bytes is too long")
-            }
-            BadNetHeader { head, reason } => write!(f, "bad frame at head {head}: {reason}"),
-        }
-    }
-}
-
-impl core::error::Error for QueueError {}
 
 // ---- Where things are in the page ----
 

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use shared_abi::bundle::{self, BundleError, NameProblem, VmDescription, VmKind};
+use shared_abi::bundle::builder::{self, VmDescription};
+use shared_abi::bundle::{self, BundleError, NameProblem, VmKind};
 use shared_abi::identity::{self, Identity};
 use shared_abi::layout::{MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM};
 pub use shared_abi::pci::{Bdf, BdfError};
@@ -904,7 +905,7 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
             })
         })
         .collect::<Result<Vec<_>, PackError>>()?;
-    bundle::build(&vms).map_err(PackError::Bundle)
+    builder::build(&vms).map_err(PackError::Bundle)
 }
 
 #[cfg(test)]

@@ -1,7 +1,26 @@
 //! Host tests of `bundle`.
 
+use super::builder::{build, VmDescription};
 use super::*;
 use proptest::prelude::*;
+
+fn too_short(len: usize) -> BundleError {
+    WireError::TooShort {
+        format: "bundle",
+        len,
+        need: HEADER_SIZE,
+    }
+    .into()
+}
+
+fn unsupported(found: u32) -> BundleError {
+    WireError::UnsupportedVersion {
+        format: "bundle",
+        found,
+        supported: VERSION,
+    }
+    .into()
+}
 
 const MIB: u64 = 1024 * 1024;
 
@@ -209,22 +228,19 @@ fn empty_settings_are_allowed() {
 fn rejects_input_shorter_than_header() {
     let bytes = fixture();
     let err = Bundle::parse(&bytes[..HEADER_SIZE - 1]).unwrap_err();
-    assert_eq!(
-        err,
-        BundleError::TooShort {
-            len: HEADER_SIZE - 1
-        }
-    );
+    assert_eq!(err, too_short(HEADER_SIZE - 1));
     assert!(matches!(
         Bundle::parse(&[]),
-        Err(BundleError::TooShort { len: 0 })
+        Err(e) if e == too_short(0)
     ));
 }
 
 #[test]
 fn rejects_bad_magic() {
     let err = corrupted(|b| b[0] = b'X');
-    assert!(matches!(err, BundleError::BadMagic { found } if &found == b"XLUICEBN"));
+    assert!(
+        matches!(err, BundleError::Wire(WireError::BadMagic { found, .. }) if &found == b"XLUICEBN")
+    );
 }
 
 #[test]
@@ -233,12 +249,12 @@ fn rejects_unknown_version() {
     // the vCPU count and the passthrough function: both are refused, not misread.
     for found in [0, 1, 2, 4, u32::MAX] {
         let err = corrupted(|b| put_u32(b, 8, found));
-        assert_eq!(err, BundleError::UnsupportedVersion { found });
+        assert_eq!(err, unsupported(found));
     }
     assert_eq!(get_u32(&fixture(), 8), 3);
     assert_eq!(
-        std::format!("{}", BundleError::UnsupportedVersion { found: 2 }),
-        "unsupported bundle format version 2 (this build reads version 3)"
+        std::format!("{}", unsupported(2)),
+        "unsupported bundle version 2 (this build reads version 3)"
     );
 }
 
@@ -1095,11 +1111,13 @@ fn check_vm_name_rules() {
 fn every_error_has_a_distinct_message() {
     let r = Region::Image(3);
     let errors = [
-        BundleError::TooShort { len: 1 },
-        BundleError::BadMagic {
+        too_short(1),
+        BundleError::Wire(WireError::BadMagic {
+            format: "bundle",
             found: *b"ABCDEFGH",
-        },
-        BundleError::UnsupportedVersion { found: 9 },
+            expected: MAGIC,
+        }),
+        unsupported(9),
         BundleError::BadHeaderSize { found: 9 },
         BundleError::TotalSizeTooSmall { claimed: 9 },
         BundleError::TooLarge { claimed: 9 },

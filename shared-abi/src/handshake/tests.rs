@@ -4,6 +4,30 @@ use super::*;
 use proptest::prelude::*;
 use std::vec::Vec;
 
+fn too_small(len: usize) -> HandshakeError {
+    HandshakeError::Wire(WireError::TooShort {
+        format: "control page",
+        len,
+        need: PAGE_LEN,
+    })
+}
+
+fn bad_magic(found: &[u8; 8]) -> HandshakeError {
+    HandshakeError::Wire(WireError::BadMagic {
+        format: "control page",
+        found: *found,
+        expected: MAGIC,
+    })
+}
+
+fn unsupported(found: u32) -> HandshakeError {
+    HandshakeError::Wire(WireError::UnsupportedVersion {
+        format: "control page",
+        found,
+        supported: VERSION,
+    })
+}
+
 fn header() -> Header {
     Header {
         frontend: 2,
@@ -170,11 +194,11 @@ fn each_side_writes_only_its_section() {
 fn short_page_is_refused() {
     let page = fresh_page();
     let short = &page[..PAGE_LEN - 1];
-    let err = HandshakeError::PageTooSmall { len: PAGE_LEN - 1 };
+    let err = too_small(PAGE_LEN - 1);
     assert_eq!(Header::read_from(short), Err(err));
     assert_eq!(Frontend::read_from(short), Err(err));
     assert_eq!(Backend::read_from(short), Err(err));
-    let err = HandshakeError::PageTooSmall { len: 10 };
+    let err = too_small(10);
     let mut small = [0u8; 10];
     assert_eq!(header().init_page(&mut small), Err(err));
     assert_eq!(header().write(&mut small), Err(err));
@@ -193,20 +217,11 @@ fn bad_header_is_refused() {
         f(&mut page);
         Header::read_from(&page).unwrap_err()
     };
-    assert_eq!(corrupt(|p| p[0] = b'X'), HandshakeError::BadMagic);
-    assert_eq!(corrupt(|p| p[7] = 1), HandshakeError::BadMagic);
-    assert_eq!(
-        corrupt(|p| p[8] = 2),
-        HandshakeError::UnsupportedVersion { found: 2 }
-    );
-    assert_eq!(
-        corrupt(|p| p[8] = 0),
-        HandshakeError::UnsupportedVersion { found: 0 }
-    );
-    assert_eq!(
-        corrupt(|p| p[11] = 1),
-        HandshakeError::UnsupportedVersion { found: 0x0100_0001 }
-    );
+    assert_eq!(corrupt(|p| p[0] = b'X'), bad_magic(b"XLCTRL\0\0"));
+    assert_eq!(corrupt(|p| p[7] = 1), bad_magic(b"SLCTRL\0\x01"));
+    assert_eq!(corrupt(|p| p[8] = 2), unsupported(2));
+    assert_eq!(corrupt(|p| p[8] = 0), unsupported(0));
+    assert_eq!(corrupt(|p| p[11] = 1), unsupported(0x0100_0001));
     assert_eq!(corrupt(|p| p[24] = 1), HandshakeError::ReservedNotZero);
     assert_eq!(corrupt(|p| p[63] = 1), HandshakeError::ReservedNotZero);
     assert_eq!(corrupt(|p| p[12] = 0), HandshakeError::BadVmIds);
@@ -486,9 +501,9 @@ fn bad_backend_values_are_refused() {
 fn every_error_displays_distinctly() {
     use HandshakeError::*;
     let all = [
-        PageTooSmall { len: 10 },
-        BadMagic,
-        UnsupportedVersion { found: 2 },
+        too_small(10),
+        bad_magic(b"XLCTRL\0\0"),
+        unsupported(2),
         ReservedNotZero,
         BadVmIds,
         BadPort { port: 300 },
@@ -1150,7 +1165,7 @@ proptest! {
         let mut page = full_page();
         page.truncate(len);
         let before = page.clone();
-        let too_small = Some(HandshakeError::PageTooSmall { len });
+        let too_small = Some(too_small(len));
         prop_assert_eq!(Header::read_from(&page).err(), too_small);
         prop_assert_eq!(Frontend::read_from(&page).err(), too_small);
         prop_assert_eq!(Backend::read_from(&page).err(), too_small);

@@ -1,8 +1,8 @@
 //! The back-end's side of a queue (virtio's device): takes chains the guest offers, checks them
 //! against its own state, and gives them back.
 
-use core::fmt;
 use core::ops::Range;
+use thiserror::Error;
 
 use super::net::check_pool_pages;
 use super::{
@@ -195,22 +195,11 @@ pub struct RxPick {
 }
 
 /// [`DeviceQueue::push_used`] of a head the device does not hold: a bug in the back-end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("push_used of head {head}, which the device does not hold")]
 pub struct NotInFlight {
     pub head: u16,
 }
-
-impl fmt::Display for NotInFlight {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "push_used of head {}, which the device does not hold",
-            self.head
-        )
-    }
-}
-
-impl core::error::Error for NotInFlight {}
 
 /// What [`Chain::read_tx_header`] read and checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The front-end's side of a queue (virtio's driver): offers chains, publishes them, and takes
 //! them back, trusting the back-end's used ring no more than it must.
 
-use core::fmt;
+use thiserror::Error;
 
 use super::net::check_pool_pages;
 use super::{
@@ -21,45 +21,24 @@ pub struct Used {
 }
 
 /// Why [`DriverQueue::add`] refused a chain (nothing was written).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum AddError {
     /// No segments.
+    #[error("empty chain")]
     Empty,
     /// More than [`MAX_CHAIN`] segments.
+    #[error("chain of {count} segments (at most {MAX_CHAIN})")]
     TooManySegments { count: usize },
     /// Fewer free descriptors than segments: wait for used chains.
+    #[error("chain needs {needed} descriptors, {free} free")]
     NoSpace { needed: usize, free: u16 },
     /// A segment outside the pool.
+    #[error("buffer {:#x}+{:#x} is outside the pool", segment.offset, segment.len)]
     OutsidePool { segment: Segment },
     /// A total length outside `MIN_FRAME..=MAX_FRAME`.
+    #[error("chain of {len} bytes (must be {MIN_FRAME}..={MAX_FRAME})")]
     BadLength { len: u64 },
 }
-
-impl fmt::Display for AddError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use AddError::*;
-        match *self {
-            Empty => f.write_str("empty chain"),
-            TooManySegments { count } => {
-                write!(f, "chain of {count} segments (at most {MAX_CHAIN})")
-            }
-            NoSpace { needed, free } => {
-                write!(f, "chain needs {needed} descriptors, {free} free")
-            }
-            OutsidePool { segment } => write!(
-                f,
-                "buffer {:#x}+{:#x} is outside the pool",
-                segment.offset, segment.len
-            ),
-            BadLength { len } => write!(
-                f,
-                "chain of {len} bytes (must be {MIN_FRAME}..={MAX_FRAME})"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for AddError {}
 
 /// The driver side of one queue. Everything it needs to take a chain back (its descriptors,
 /// length and direction) is kept here, never read back from the page, which the back-end can

@@ -1,8 +1,8 @@
 //! What rides on the rings and around them: the virtio-net header, the feature bits of the
 //! handshake, and the ring layout named by the front-end's section of the control page.
 
-use core::fmt;
 use core::ops::Range;
+use thiserror::Error;
 
 use super::{Direction, ETH_HDR_LEN, MAX_POOL_PAGES, NET_HDR_LEN, RING_PAGE_LEN};
 use crate::grant::MAX_REFS;
@@ -86,52 +86,33 @@ pub struct NetHdr {
 }
 
 /// Why a [`NetHdr`] is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum HeaderError {
     /// Flag bits beyond NEEDS_CSUM and DATA_VALID.
+    #[error("net header has unknown flags {flags:#x}")]
     UnknownFlags { flags: u8 },
     /// DATA_VALID in a TX header (virtio: only the device sets it).
+    #[error("net header sets DATA_VALID on transmit")]
     DataValidOnTx,
     /// NEEDS_CSUM or DATA_VALID without [`FEATURE_CSUM`] negotiated.
+    #[error("net header asks for checksum offload, not negotiated")]
     CsumNotNegotiated,
     /// A GSO type other than NONE.
+    #[error("net header GSO type {gso_type:#x} is not supported")]
     UnsupportedGso { gso_type: u8 },
     /// `hdr_len` or `gso_size` set without GSO.
+    #[error("net header sets hdr_len/gso_size without GSO")]
     GsoFieldsSet,
     /// NEEDS_CSUM with the checksum field not inside the frame.
+    #[error("net header checksum at {start}+{offset} is outside the frame")]
     CsumOutOfFrame { start: u16, offset: u16 },
     /// `csum_start`/`csum_offset` set without NEEDS_CSUM.
+    #[error("net header sets checksum fields without NEEDS_CSUM")]
     CsumFieldsSet,
     /// `num_buffers` other than 0 (TX) or 1 (RX, no mergeable buffers).
+    #[error("net header num_buffers {num_buffers} is invalid")]
     BadNumBuffers { num_buffers: u16 },
 }
-
-impl fmt::Display for HeaderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use HeaderError::*;
-        match *self {
-            UnknownFlags { flags } => write!(f, "net header has unknown flags {flags:#x}"),
-            DataValidOnTx => f.write_str("net header sets DATA_VALID on transmit"),
-            CsumNotNegotiated => {
-                f.write_str("net header asks for checksum offload, not negotiated")
-            }
-            UnsupportedGso { gso_type } => {
-                write!(f, "net header GSO type {gso_type:#x} is not supported")
-            }
-            GsoFieldsSet => f.write_str("net header sets hdr_len/gso_size without GSO"),
-            CsumOutOfFrame { start, offset } => write!(
-                f,
-                "net header checksum at {start}+{offset} is outside the frame"
-            ),
-            CsumFieldsSet => f.write_str("net header sets checksum fields without NEEDS_CSUM"),
-            BadNumBuffers { num_buffers } => {
-                write!(f, "net header num_buffers {num_buffers} is invalid")
-            }
-        }
-    }
-}
-
-impl core::error::Error for HeaderError {}
 
 impl NetHdr {
     /// The header of a frame without offloads, for direction `dir`.
@@ -299,43 +280,27 @@ pub struct RingLayout {
 }
 
 /// Why a [`RingLayout`] is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum LayoutError {
     /// The section's features lack [`FEATURE_NET`]: it does not describe network rings.
+    #[error("connection does not offer network rings")]
     NotNet,
     /// A pool of no pages, or of more than [`MAX_POOL_PAGES`].
+    #[error("buffer pool of {pages} pages (must be 1..={MAX_POOL_PAGES})")]
     BadPoolSize { pages: u32 },
     /// A ref beyond the largest grant table.
+    #[error("ring grant ref {gref} is out of range")]
     RefOutOfRange { gref: u32 },
     /// The pool runs past the largest grant table.
+    #[error("buffer pool of {pages} pages from ref {first} runs past the grant table")]
     PoolPastTable { first: u32, pages: u32 },
     /// TX and RX are the same page.
+    #[error("TX and RX rings are the same page")]
     SameRing,
     /// A ring page is also a pool page.
+    #[error("ring page ref {gref} is inside the buffer pool")]
     RingInPool { gref: u32 },
 }
-
-impl fmt::Display for LayoutError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use LayoutError::*;
-        match *self {
-            NotNet => f.write_str("connection does not offer network rings"),
-            BadPoolSize { pages } => write!(
-                f,
-                "buffer pool of {pages} pages (must be 1..={MAX_POOL_PAGES})"
-            ),
-            RefOutOfRange { gref } => write!(f, "ring grant ref {gref} is out of range"),
-            PoolPastTable { first, pages } => write!(
-                f,
-                "buffer pool of {pages} pages from ref {first} runs past the grant table"
-            ),
-            SameRing => f.write_str("TX and RX rings are the same page"),
-            RingInPool { gref } => write!(f, "ring page ref {gref} is inside the buffer pool"),
-        }
-    }
-}
-
-impl core::error::Error for LayoutError {}
 
 /// Pool sizes a queue accepts; the queues check it too, so they never compute with a pool
 /// length that does not fit a `u32`.

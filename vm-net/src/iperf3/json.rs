@@ -5,19 +5,24 @@
 //! ignores the rest. Strings stay raw (escapes are checked, not decoded): the fields we read
 //! are numbers and booleans, and keys with escapes simply match nothing.
 //!
-//! The messages we send are written with `core::fmt` where they are built (`proto.rs`).
+//! The messages we send are written with `core::fmt` where they are built (`proto/messages.rs`).
+
+use thiserror::Error;
 
 /// How deeply arrays and objects may nest.
 pub const MAX_DEPTH: usize = 16;
 
 /// Why a text is not the JSON we accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum JsonError {
     /// Not JSON at this byte offset.
+    #[error("bad JSON at byte {0}")]
     Syntax(usize),
     /// Arrays or objects nested more than [`MAX_DEPTH`] deep.
+    #[error("JSON nested too deeply")]
     TooDeep,
     /// Valid JSON, but not an object where one is required.
+    #[error("JSON is not an object")]
     NotAnObject,
 }
 
