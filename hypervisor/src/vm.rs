@@ -220,7 +220,10 @@ impl Vm {
             return Err(StartInfoError::Wire(WireError::TooShort {
                 format: "VM RAM for its image and start-info page",
                 len: self.ram_bytes as usize,
-                need: self.image.len().max(info_offset as usize + PAGE_SIZE as usize),
+                need: self
+                    .image
+                    .len()
+                    .max(info_offset as usize + PAGE_SIZE as usize),
             }));
         }
         self.ram.sync_for_execution();
