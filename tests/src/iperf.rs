@@ -355,6 +355,11 @@ impl HostServer {
         self.port
     }
 
+    /// Whether the server has exited (its test done, or given up).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Waits for the server to finish (at most the limit given to `start`).
     pub fn finish(self) -> Result<HostRun, String> {
         self.thread
@@ -905,6 +910,7 @@ settings = { app = "iperf", ip = "10.0.2.18/24", iperf = "client", host_iperf = 
         // The client retries until the server listens.
         let client = run_client(server.port(), 1, false, Duration::from_secs(30)).unwrap();
         let run = server.finish().unwrap();
+        assert!(run.bytes > 0);
         assert!(
             !run.reverse && run.receiver_mbps > 0.0 && run.bytes > 0,
             "{run:?}"
@@ -912,6 +918,7 @@ settings = { app = "iperf", ip = "10.0.2.18/24", iperf = "client", host_iperf = 
         // Its count is the one the client was told.
         assert_eq!(run.bytes, client.bytes, "{run:?} {client:?}");
         let idle = HostServer::start(Duration::from_secs(1));
+        assert!(!idle.is_finished());
         let e = idle.finish().unwrap_err();
         assert!(e.contains("ran no test within"), "{e}");
     }
