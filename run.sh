@@ -112,12 +112,25 @@ install_net_tools() {
     command -v ip >/dev/null || die "ip did not install: install Debian's iproute2 package"
 }
 
+# passt: the host side of the passt networking option (nic = "passt" in a topology; the bench
+# measures the host paths over it next to user networking).
+install_passt() {
+    command -v passt >/dev/null && return 0
+    command -v apt-get >/dev/null || die "no apt-get: install passt yourself"
+    say "Installing passt (host side of the passt networking option) ..."
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0 \
+        --no-install-recommends install passt >/dev/null
+    command -v passt >/dev/null || die "passt did not install: install Debian's passt package"
+}
+
 setup() {
     install_qemu
     install_rust
     install_model_checker
     install_iperf3
     install_net_tools
+    install_passt
 }
 
 objcopy_bin() {

@@ -30,9 +30,7 @@ use vm_net::{Buffers, Stack};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{println, timer};
 
-use crate::netback::{
-    read_guest_frame, DeliverError, NetPort, TxItem, MAX_TX_FRAME, NIC_MAX_FRAME,
-};
+use crate::netback::{read_guest_frame, DeliverError, NetPort, TxItem, NIC_MAX_FRAME};
 use crate::nic::{self, with_nic};
 
 /// Frames taken from one port per round.
@@ -81,7 +79,11 @@ impl Device for LocalPort {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_TX_FRAME;
+        // The NIC's: the endpoint shares the NIC's MAC and mostly talks to the outside, and
+        // its TCP MSS follows this. A back-end that honours the MSS we announce (passt, a tap
+        // peer; slirp clamps to its own) would otherwise send 9000-byte segments that the
+        // NIC's 2 KiB receive buffers cannot take.
+        caps.max_transmission_unit = NIC_MAX_FRAME;
         caps.max_burst_size = Some(LOCAL_QUEUE_FRAMES / 2);
         caps
     }
@@ -276,14 +278,14 @@ impl Fabric {
         if self.has_uplink {
             nic::NEWS.store(false, core::sync::atomic::Ordering::Release);
             for _ in 0..FRAMES_PER_PORT_PER_ROUND {
-                let Some(buffer) = with_nic(|nic| nic.receive().ok()).flatten() else {
+                let Some(frame) = with_nic(|nic| nic.receive()).flatten() else {
                     break;
                 };
                 self.nic.rx_frames += 1;
-                self.nic.rx_bytes += buffer.packet_len() as u64;
-                let source = Source::Private(buffer.packet());
+                self.nic.rx_bytes += frame.packet_len() as u64;
+                let source = Source::Private(frame.packet());
                 self.dispatch(PortId::Uplink, &source, connections, &mut violations);
-                let _ = with_nic(|nic| nic.recycle_rx_buffer(buffer));
+                with_nic(|nic| nic.recycle(frame));
                 moved = true;
             }
         }
@@ -397,15 +399,11 @@ impl Fabric {
                     let sent = with_nic(|nic| {
                         // A jumbo frame between guests that was flooded to the uplink too (TCP's
                         // MSS keeps the real traffic to the outside within the NIC's MTU).
-                        if len > NIC_MAX_FRAME || !nic.can_send() {
-                            return false;
-                        }
-                        let mut buffer = nic.new_tx_buffer(len);
-                        source.copy_into(buffer.packet_mut());
-                        if needs_csum && !csum.fill(buffer.packet_mut()) {
-                            return false;
-                        }
-                        nic.send(buffer).is_ok()
+                        len <= NIC_MAX_FRAME
+                            && nic.send(len, |frame| {
+                                source.copy_into(frame);
+                                !needs_csum || csum.fill(frame)
+                            })
                     });
                     if sent == Some(true) {
                         self.nic.tx_frames += 1;

@@ -6,30 +6,43 @@
 //! INTx arrives as `PASSTHROUGH_INTX` through a hardware-linked list register, so our EOI
 //! deactivates the physical line; the handler reads the device's ISR (which drops the line) and
 //! leaves the work to the service loop.
+//!
+//! [`Nic`] owns the buffers itself on top of `VirtIONetRaw`, so that sending never waits for the
+//! device: virtio-drivers' `VirtIONet::send` spins until the device has consumed each frame,
+//! which under QEMU means until QEMU's I/O thread got to it (milliseconds on a busy host, with
+//! our interrupts masked). Here a frame is handed over and the loop goes on; finished transmit
+//! buffers are taken back when the next frame is sent.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use shared_abi::layout::intid::PASSTHROUGH_INTX;
 use shared_abi::layout::{PCI_ECAM_IPA, PCI_WINDOW_IPA};
 use spin::Mutex;
-use virtio_drivers::device::net::VirtIONet;
+use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{
     BarInfo, Cam, Command, DeviceFunction, MemoryBarType, MmioCam, PciRoot,
 };
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::Error as VirtioError;
-use vm_runtime::{gic, irq};
+use vm_runtime::{gic, irq, timer};
 
 use crate::dma::DmaHal;
 
 /// Receive and transmit queue size: enough frames in flight for a busy link on an emulator.
 pub const QUEUE_SIZE: usize = 64;
-/// Receive buffer size: a 1514-byte frame plus the virtio-net header, rounded up.
+/// Receive and transmit buffer size: a 1514-byte frame plus the virtio-net header, rounded up.
 pub const RX_BUFFER_LEN: usize = 2048;
+/// The longest wait for a free transmit slot before a frame for the NIC is dropped.
+pub const TX_FULL_WAIT_US: u64 = 5_000;
 
+/// VIRTIO_F_EVENT_IDX (VIRTIO_RING_F_EVENT_IDX).
+const F_EVENT_IDX: u64 = 1 << 29;
 /// VIRTIO_F_ACCESS_PLATFORM: the device's DMA goes through the platform's IOMMU.
 const F_ACCESS_PLATFORM: u64 = 1 << 33;
 
@@ -58,7 +71,7 @@ impl<T: Transport> Transport for PlatformAccess<T> {
         self.inner.device_type()
     }
     fn read_device_features(&mut self) -> u64 {
-        self.inner.read_device_features()
+        self.inner.read_device_features() & !F_EVENT_IDX
     }
     fn write_driver_features(&mut self, driver_features: u64) {
         let offered = self.inner.read_device_features() & F_ACCESS_PLATFORM;
@@ -125,11 +138,183 @@ impl<T: Transport> Transport for PlatformAccess<T> {
     }
 }
 
-pub type NetDevice = VirtIONet<DmaHal, PlatformAccess<PciTransport>, QUEUE_SIZE>;
+pub type RawNet = VirtIONetRaw<DmaHal, PlatformAccess<PciTransport>, QUEUE_SIZE>;
+
+/// A frame the NIC received, in its own buffer (give it back with [`Nic::recycle`]).
+pub struct RxFrame {
+    buffer: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl RxFrame {
+    /// The Ethernet frame (after the virtio-net header).
+    pub fn packet(&self) -> &[u8] {
+        &self.buffer[self.start..self.start + self.len]
+    }
+
+    pub fn packet_len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The virtio-net device and the buffers the device holds: receive buffers always posted,
+/// transmit buffers in flight until the device has sent them. Each buffer is one descriptor,
+/// so a token (the descriptor's index) names it.
+pub struct Nic {
+    raw: RawNet,
+    rx: [Option<Box<[u8]>>; QUEUE_SIZE],
+    /// Receive buffers that could not be posted again (never expected: the ring has a slot
+    /// for each); posted with the next recycled one.
+    rx_spare: Vec<Box<[u8]>>,
+    /// In flight: the buffer and the length handed to the device.
+    tx: [Option<(Box<[u8]>, usize)>; QUEUE_SIZE],
+    tx_free: Vec<Box<[u8]>>,
+}
+
+impl Nic {
+    /// Takes the device over and posts a receive buffer in every slot.
+    pub fn new(raw: RawNet) -> Result<Nic, VirtioError> {
+        let mut nic = Nic {
+            raw,
+            rx: core::array::from_fn(|_| None),
+            rx_spare: Vec::new(),
+            tx: core::array::from_fn(|_| None),
+            tx_free: Vec::new(),
+        };
+        for _ in 0..QUEUE_SIZE {
+            nic.post_rx(vec![0u8; RX_BUFFER_LEN].into_boxed_slice())?;
+        }
+        Ok(nic)
+    }
+
+    fn post_rx(&mut self, mut buffer: Box<[u8]>) -> Result<(), VirtioError> {
+        // SAFETY: the buffer is kept in `rx` under its token and not touched until the device
+        // returns that token (`receive`); a Box's heap memory does not move with the Box.
+        let token = unsafe { self.raw.receive_begin(&mut buffer)? };
+        match self.rx.get_mut(usize::from(token)) {
+            Some(slot) => *slot = Some(buffer),
+            None => return Err(VirtioError::WrongToken),
+        }
+        Ok(())
+    }
+
+    pub fn mac_address(&self) -> [u8; 6] {
+        self.raw.mac_address()
+    }
+
+    pub fn enable_interrupts(&mut self) {
+        self.raw.enable_interrupts();
+    }
+
+    /// Reads the ISR, which lowers INTx.
+    pub fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.raw.ack_interrupt()
+    }
+
+    /// The next received frame, if any. A used entry that names no buffer of ours, or a length
+    /// that does not fit the buffer, is skipped (the buffer is posted again).
+    pub fn receive(&mut self) -> Option<RxFrame> {
+        loop {
+            let token = self.raw.poll_receive()?;
+            let mut buffer = self.rx.get_mut(usize::from(token))?.take()?;
+            // SAFETY: `buffer` is the one posted under `token`.
+            let done = unsafe { self.raw.receive_complete(token, &mut buffer) };
+            match done {
+                Ok((start, len)) if start + len <= buffer.len() => {
+                    return Some(RxFrame { buffer, start, len })
+                }
+                _ => self.recycle_buffer(buffer),
+            }
+        }
+    }
+
+    /// Gives a received frame's buffer back to the device.
+    pub fn recycle(&mut self, frame: RxFrame) {
+        self.recycle_buffer(frame.buffer);
+    }
+
+    fn recycle_buffer(&mut self, buffer: Box<[u8]>) {
+        self.rx_spare.push(buffer);
+        while let Some(buffer) = self.rx_spare.pop() {
+            if self.post_rx(buffer).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Takes back the transmit buffers the device has finished with.
+    fn reap_tx(&mut self) {
+        while let Some(token) = self.raw.poll_transmit() {
+            let Some((buffer, len)) = self.tx.get_mut(usize::from(token)).and_then(Option::take)
+            else {
+                return;
+            };
+            // SAFETY: the same buffer and length as handed over under `token`.
+            let _ = unsafe { self.raw.transmit_complete(token, &buffer[..len]) };
+            self.tx_free.push(buffer);
+        }
+    }
+
+    /// Waits, at most [`TX_FULL_WAIT_US`], for the device to finish a frame when all transmit
+    /// slots are in flight. Dropping instead would cost TCP a retransmission timeout (smoltcp's
+    /// is at least a second); waiting here happens once per queue-full of frames, not per frame.
+    fn wait_for_room(&mut self) -> bool {
+        let deadline = timer::now() + timer::us_to_ticks(TX_FULL_WAIT_US);
+        while timer::now() < deadline {
+            core::hint::spin_loop();
+            if self.can_send() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a frame can be handed over now.
+    pub fn can_send(&mut self) -> bool {
+        self.reap_tx();
+        self.raw.can_send()
+    }
+
+    /// Hands a frame of `len` bytes to the device without waiting for it to be sent; `fill`
+    /// writes the frame and may refuse it (returns false). False when the frame was not sent:
+    /// no free transmit slot, too long, or refused.
+    pub fn send(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        if !self.can_send() && !self.wait_for_room() {
+            return false;
+        }
+        let mut buffer = self
+            .tx_free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; RX_BUFFER_LEN].into_boxed_slice());
+        let sent = match self.raw.fill_buffer_header(&mut buffer) {
+            Ok(header)
+                if header + len <= buffer.len() && fill(&mut buffer[header..header + len]) =>
+            {
+                // SAFETY: the buffer is kept in `tx` under its token and not touched until the
+                // device returns that token (`reap_tx`).
+                match unsafe { self.raw.transmit_begin(&buffer[..header + len]) } {
+                    Ok(token) => match self.tx.get_mut(usize::from(token)) {
+                        Some(slot) => {
+                            *slot = Some((buffer, header + len));
+                            return true;
+                        }
+                        // Never: tokens are descriptor indices below the queue size.
+                        None => false,
+                    },
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        };
+        self.tx_free.push(buffer);
+        sent
+    }
+}
 
 /// The NIC, shared between the service loop and the interrupt handler. The loop only holds the
 /// lock with IRQs masked, so the handler (same vCPU) never finds it taken.
-pub static NIC: Mutex<Option<NetDevice>> = Mutex::new(None);
+pub static NIC: Mutex<Option<Nic>> = Mutex::new(None);
 /// Interrupts taken (for the counters line).
 pub static INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 /// Set by the handler, cleared by the service loop: the device has news.
@@ -145,7 +330,7 @@ fn on_interrupt(_intid: u32) {
 }
 
 /// Runs `f` on the NIC with IRQs masked (see [`NIC`]).
-pub fn with_nic<R>(f: impl FnOnce(&mut NetDevice) -> R) -> Option<R> {
+pub fn with_nic<R>(f: impl FnOnce(&mut Nic) -> R) -> Option<R> {
     gic::without_irqs(|| NIC.lock().as_mut().map(f))
 }
 
@@ -195,7 +380,7 @@ pub fn probe(routing_id: u16) -> Result<NicInfo, String> {
     // The device may raise INTx as soon as it is live, and only the handler can lower it (by
     // reading the ISR through the device in NIC): keep IRQs masked until NIC holds it.
     let mac = gic::without_irqs(|| {
-        let device = NetDevice::new(PlatformAccess::new(transport), RX_BUFFER_LEN);
+        let device = RawNet::new(PlatformAccess::new(transport)).and_then(Nic::new);
         if FEATURES_REFUSED.load(Ordering::Relaxed) {
             return Err(String::from(
                 "the device refused our features (FEATURES_OK cleared) even with ACCESS_PLATFORM",

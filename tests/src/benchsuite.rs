@@ -10,12 +10,19 @@
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain` |
+//! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
+//! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
 //! | `ping` | driver domain, two `net` guests pinging each other (20 x 50 ms) | `ping_rtt_us.guest_to_guest` |
 //! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
 //! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
 //!
 //! Throughput is TCP, one stream, in Mbit/s (10^6 bit/s) as iperf3 counts it; in every case the
 //! receiving side's figure is used. Nothing here asserts a speed.
+//!
+//! Why the guest is the client over passt: passt sends everything to the last address it saw
+//! from the guest side (see [`crate::passt`]), so the guest has to speak first; a connection it
+//! opens does that. Its `mtu` is 1500 there: passt follows the MSS a guest announces, and a
+//! guest's default 9000 would have it send frames the NIC cannot take (slirp clamps to its own).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,11 +32,11 @@ use serde::Serialize;
 
 use crate::bench::{self, parse_ping_reply, round_to, Figure, Sample, Stat, Unit};
 use crate::console;
-use crate::iperf::{parse_result_line, Direction, HostIperfs, ResultLine};
+use crate::iperf::{parse_result_line, Direction, HostIperfs, HostServer, ResultLine};
 use crate::plot::{self, PlotPoint};
 use crate::qemu::{boot, Artifacts, Boot, BootOptions};
 use crate::report::parse_ping_summary;
-use crate::topology::Topology;
+use crate::topology::{NicBackend, Topology};
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +50,24 @@ pub struct Options {
     /// Guest pair counts of the scaling figure (1 is the `guest_to_guest` boot).
     pub pair_counts: Vec<usize>,
     pub short: bool,
+    /// Run only these scenario groups ([`SCENARIO_GROUPS`]); empty: all of them.
+    pub only: Vec<String>,
 }
+
+/// The scenario groups `--only` can pick: the scenario keys of the module docs, with every
+/// `scaling_N_pairs` under `scaling` and every `bystander_LOAD` under `bystander`.
+pub const SCENARIO_GROUPS: [&str; 10] = [
+    "guest_to_guest",
+    "scaling",
+    "host_guest",
+    "passthrough",
+    "host_guest_passt",
+    "passthrough_passt",
+    "ping",
+    "evtchn",
+    "grant",
+    "bystander",
+];
 
 impl Options {
     /// `./run.sh bench`: 3 runs, 5-second tests, 1, 2 and 4 pairs.
@@ -54,6 +78,7 @@ impl Options {
             rounds: 2_000,
             pair_counts: vec![1, 2, 4],
             short: false,
+            only: Vec::new(),
         }
     }
 
@@ -65,7 +90,13 @@ impl Options {
             rounds: 2_000,
             pair_counts: vec![1, 2],
             short: true,
+            only: Vec::new(),
         }
+    }
+
+    /// Whether scenario group `group` (one of [`SCENARIO_GROUPS`]) runs.
+    pub fn runs_group(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
     }
 }
 
@@ -76,6 +107,11 @@ pub const DRIVER_DOMAIN: &str = "driver-domain";
 
 /// A 2-pCPU machine with room for nine VMs.
 const MACHINE: &str = "[machine]\ncpus = 2\nmemory_mib = 1024\nnic = \"user\"\n";
+
+/// [`MACHINE`] with the NIC on `nic` instead.
+fn machine_on(nic: NicBackend) -> String {
+    MACHINE.replace("nic = \"user\"", &format!("nic = \"{}\"", nic.as_str()))
+}
 
 /// The driver domain as in topologies/default.toml (NIC at 00:02.0, switch), 32 MiB so that
 /// eight front-ends fit, with extra settings.
@@ -162,10 +198,44 @@ pub fn host_topology(seconds: u32) -> String {
     )
 }
 
+/// The guest client's data socket buffer, which bounds its receive window (`-R`): passt
+/// fills whatever window a guest offers at once, and nothing on the way queues (the driver
+/// domain drops what a guest has no receive buffer for), so a large window buys losses, from
+/// which passt and smoltcp recover badly (with 1 MiB and with 128 KiB the host -> guest test
+/// mostly stalled after a second: passt kept sending past the hole while the guest repeated
+/// its ACK). 64 KiB, slirp's window, is what the path holds.
+pub const GUEST_CLIENT_WINDOW: usize = 64 * 1024;
+
+/// One iperf3 client guest against the host's server at `port` (reached at the gateway
+/// address), the NIC on `nic`; `reverse`: the host sends.
+pub fn guest_client_topology(nic: NicBackend, seconds: u32, port: u16, reverse: bool) -> String {
+    format!(
+        "{}{}{}",
+        machine_on(nic),
+        driver_domain(&format!(", nic_serve_ms = {}", nic_serve_ms(seconds))),
+        guest(
+            "guest1",
+            true,
+            &format!(
+                "app = \"iperf\", ip = \"10.0.2.16/24\", mtu = 1500, iperf = \"client\", \
+                 iperf_server = \"10.0.2.2\", iperf_port = {port}, iperf_seconds = {seconds}, \
+                 iperf_reverse = {reverse}, iperf_wait_ms = 30000, \
+                 iperf_window = {GUEST_CLIENT_WINDOW}"
+            )
+        )
+    )
+}
+
 /// The driver domain alone, running an iperf3 server on its own endpoint next to the NIC.
 pub fn passthrough_topology(seconds: u32) -> String {
+    passthrough_topology_on(NicBackend::User, seconds)
+}
+
+/// [`passthrough_topology`] with the NIC on `nic`.
+pub fn passthrough_topology_on(nic: NicBackend, seconds: u32) -> String {
     format!(
-        "{MACHINE}{}",
+        "{}{}",
+        machine_on(nic),
         driver_domain(&format!(
             ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = 1, host_iperf = \"send\"",
             nic_serve_ms(seconds)
@@ -282,12 +352,28 @@ pub fn bystander_topology(rounds: u64, load: &str) -> Option<String> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Paravirt {
     pub guest_to_guest: Option<Stat>,
+    /// Over QEMU user networking (slirp), the host's iperf3 the client.
+    pub host_to_guest: Option<Stat>,
+    pub guest_to_host: Option<Stat>,
+    /// The host paths with the NIC on passt (the guest the client).
+    pub passt: HostPaths,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HostPaths {
     pub host_to_guest: Option<Stat>,
     pub guest_to_host: Option<Stat>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Passthrough {
+    /// Over QEMU user networking (slirp).
+    pub host_to_driver_domain: Option<Stat>,
+    pub passt: PassthroughPasst,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PassthroughPasst {
     pub host_to_driver_domain: Option<Stat>,
 }
 
@@ -344,11 +430,14 @@ pub struct Results {
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 16] = [
+pub const REQUIRED_FIGURES: [&str; 19] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
+    "/paravirt_tcp_mbps/passt/host_to_guest",
+    "/paravirt_tcp_mbps/passt/guest_to_host",
     "/passthrough_tcp_mbps/host_to_driver_domain",
+    "/passthrough_tcp_mbps/passt/host_to_driver_domain",
     "/memcpy_mbps",
     "/ping_rtt_us/guest_to_guest",
     "/evtchn_roundtrip_us",
@@ -403,6 +492,9 @@ struct Raw {
     host_to_guest: Vec<f64>,
     guest_to_host: Vec<f64>,
     passthrough: Vec<f64>,
+    passt_host_to_guest: Vec<f64>,
+    passt_guest_to_host: Vec<f64>,
+    passt_passthrough: Vec<f64>,
     ping_rtts_us: Vec<Vec<f64>>,
     /// Pair count -> per run, each pair's figure.
     scaling: BTreeMap<usize, Vec<Vec<f64>>>,
@@ -446,9 +538,16 @@ impl Results {
                 guest_to_guest: Stat::of_runs(&raw.guest_to_guest),
                 host_to_guest: Stat::of_runs(&raw.host_to_guest),
                 guest_to_host: Stat::of_runs(&raw.guest_to_host),
+                passt: HostPaths {
+                    host_to_guest: Stat::of_runs(&raw.passt_host_to_guest),
+                    guest_to_host: Stat::of_runs(&raw.passt_guest_to_host),
+                },
             },
             passthrough_tcp_mbps: Passthrough {
                 host_to_driver_domain: Stat::of_runs(&raw.passthrough),
+                passt: PassthroughPasst {
+                    host_to_driver_domain: Stat::of_runs(&raw.passt_passthrough),
+                },
             },
             memcpy_mbps: stat_of("memcpy_mbps"),
             ping_rtt_us: PingRtt {
@@ -532,6 +631,24 @@ impl Results {
             (
                 "passthrough TCP host -> driver domain".into(),
                 self.passthrough_tcp_mbps.host_to_driver_domain.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "passt: paravirt TCP host -> guest".into(),
+                self.paravirt_tcp_mbps.passt.host_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "passt: paravirt TCP guest -> host".into(),
+                self.paravirt_tcp_mbps.passt.guest_to_host.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "passt: passthrough host -> driver dom.".into(),
+                self.passthrough_tcp_mbps
+                    .passt
+                    .host_to_driver_domain
+                    .as_ref(),
                 "Mbit/s",
             ),
             (
@@ -695,7 +812,8 @@ impl Suite<'_> {
         let mut raw = Raw::default();
         let runs = self.options.runs;
         let secs = self.options.seconds;
-        for run in 1..=runs {
+        let wants = |group: &str| self.options.runs_group(group);
+        for run in (1..=runs).filter(|_| wants("guest_to_guest")) {
             let what = format!("1 pair + memcpy, {secs} s iperf");
             match self.scenario("guest_to_guest", run, &what, |s, r| s.pairs_run(1, true, r)) {
                 Ok((pairs, samples)) => {
@@ -706,7 +824,12 @@ impl Suite<'_> {
                 Err(e) => raw.errors.push(e),
             }
         }
-        for &pairs in self.options.pair_counts.iter().filter(|&&p| p != 1) {
+        for &pairs in self
+            .options
+            .pair_counts
+            .iter()
+            .filter(|&&p| p != 1 && wants("scaling"))
+        {
             let key = format!("scaling_{pairs}_pairs");
             for run in 1..=runs {
                 let what = format!("{pairs} pairs at once, {secs} s iperf");
@@ -716,7 +839,7 @@ impl Suite<'_> {
                 }
             }
         }
-        for run in 1..=runs {
+        for run in (1..=runs).filter(|_| wants("host_guest")) {
             let what = format!("host iperf3 -> guest, then -R, {secs} s each");
             match self.scenario("host_guest", run, &what, Suite::host_run) {
                 Ok((to, from)) => {
@@ -732,14 +855,45 @@ impl Suite<'_> {
                 Err(e) => raw.errors.push(e),
             }
         }
-        for run in 1..=runs {
+        for run in (1..=runs).filter(|_| wants("passthrough")) {
             let what = format!("host iperf3 -> driver domain, {secs} s");
             match self.scenario("passthrough", run, &what, Suite::passthrough_run) {
                 Ok(v) => raw.passthrough.push(v),
                 Err(e) => raw.errors.push(e),
             }
         }
-        for run in 1..=runs {
+        for run in (1..=runs).filter(|_| wants("host_guest_passt")) {
+            for (reverse, figures) in [
+                (false, &mut raw.passt_guest_to_host),
+                (true, &mut raw.passt_host_to_guest),
+            ] {
+                let key = if reverse {
+                    "host_guest_passt (host -> guest)"
+                } else {
+                    "host_guest_passt (guest -> host)"
+                };
+                let what = format!(
+                    "guest iperf3 client{} -> host server over passt, {secs} s",
+                    if reverse { " -R" } else { "" }
+                );
+                match self.scenario(key, run, &what, |s, r| {
+                    s.guest_client_run(NicBackend::Passt, reverse, r)
+                }) {
+                    Ok(v) => figures.push(v),
+                    Err(e) => raw.errors.push(e),
+                }
+            }
+        }
+        for run in (1..=runs).filter(|_| wants("passthrough_passt")) {
+            let what = format!("host iperf3 -> driver domain over passt, {secs} s");
+            match self.scenario("passthrough_passt", run, &what, |s, r| {
+                s.passthrough_run_on(NicBackend::Passt, r)
+            }) {
+                Ok(v) => raw.passt_passthrough.push(v),
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in (1..=runs).filter(|_| wants("ping")) {
             match self.scenario("ping", run, "20 pings each way", Suite::ping_run) {
                 Ok(rtts) => raw.ping_rtts_us.push(rtts),
                 Err(e) => raw.errors.push(e),
@@ -750,7 +904,7 @@ impl Suite<'_> {
             ("evtchn", evtchn_topology(rounds)),
             ("grant", grant_topology(rounds)),
         ] {
-            for run in 1..=runs {
+            for run in (1..=runs).filter(|_| wants(key)) {
                 let what = format!("{rounds} rounds");
                 match self.scenario(key, run, &what, |s, r| s.bench_run(key, &toml, r)) {
                     Ok(samples) => raw.samples.extend(samples),
@@ -760,7 +914,7 @@ impl Suite<'_> {
         }
         for (load, _) in BYSTANDER_LOADS {
             let key = format!("bystander_{load}");
-            for run in 1..=runs {
+            for run in (1..=runs).filter(|_| wants("bystander")) {
                 let what = format!("{rounds} evtchn rounds beside {load}");
                 match self.scenario(&key, run, &what, |s, r| s.bystander_run(load, r)) {
                     Ok(Micros(us)) => raw.bystander_us.entry(load.into()).or_default().push(us),
@@ -950,13 +1104,70 @@ impl Suite<'_> {
         Ok((figure(Direction::ToVm), figure(Direction::FromVm)))
     }
 
+    /// The guest's iperf3 client against the host's server, the NIC on `nic`: the receiver's
+    /// figure (the host server's when the guest sends, the guest's with `reverse`).
+    fn guest_client_run(&self, nic: NicBackend, reverse: bool, run: usize) -> Result<f64, String> {
+        let seconds = self.options.seconds;
+        let timeout = Duration::from_secs(90 + 2 * u64::from(seconds));
+        let server = HostServer::start(timeout + Duration::from_secs(10));
+        let topology = parse(&guest_client_topology(
+            nic.clone(),
+            seconds,
+            server.port(),
+            reverse,
+        ))?;
+        // Not at the guest's result line: the host server may still be finishing the exchange
+        // over the control connection, which killing QEMU (and passt) would break. The driver
+        // domain's counters lines keep coming, so this is looked at again.
+        let result_seen = std::cell::Cell::new(false);
+        let stop = |line: &str| {
+            if line.starts_with("[guest1] ") && parse_result_line(line).is_some_and(|r| r.is_ok()) {
+                result_seen.set(true);
+            }
+            line.starts_with("[guest1] REPORT ")
+                || (result_seen.get() && (reverse || server.is_finished()))
+        };
+        let key = format!(
+            "host_guest_{}_{}",
+            nic.as_str(),
+            if reverse { "reverse" } else { "forward" }
+        );
+        let booted = self.boot_once(&key, run, &topology, timeout, None, &stop)?;
+        if let Some(problem) = booted.problems().into_iter().next() {
+            return Err(booted.failure(&format!("a VM failed: {problem}")));
+        }
+        if reverse {
+            // The server is done once the guest has its result; it only needs reaping.
+            let _ = server.finish();
+            return match receiver_figure(&booted.boot, "guest1", true)? {
+                Some(line) => Ok(line.mbps),
+                None => Err(booted.failure("guest1 printed no receiver result")),
+            };
+        }
+        let host = server.finish().map_err(|e| booted.failure(&e))?;
+        if host.receiver_mbps > 0.0 {
+            Ok(host.receiver_mbps)
+        } else {
+            Err(booted.failure("the host's iperf3 server received nothing"))
+        }
+    }
+
     /// The host's iperf3 against the driver domain's own server (no split driver on the way).
     fn passthrough_run(&self, run: usize) -> Result<f64, String> {
-        let topology = parse(&passthrough_topology(self.options.seconds))?;
+        self.passthrough_run_on(NicBackend::User, run)
+    }
+
+    /// [`Suite::passthrough_run`] with the NIC on `nic`.
+    fn passthrough_run_on(&self, nic: NicBackend, run: usize) -> Result<f64, String> {
+        let key = match &nic {
+            NicBackend::User => "passthrough".to_string(),
+            other => format!("passthrough_{}", other.as_str()),
+        };
+        let topology = parse(&passthrough_topology_on(nic, self.options.seconds))?;
         let host = HostIperfs::plan(&topology, self.options.seconds)?;
         let stop = |_: &str| host.done();
         let timeout = Duration::from_secs(60 + u64::from(self.options.seconds) + 60);
-        let booted = self.boot_once("passthrough", run, &topology, timeout, Some(&host), &stop)?;
+        let booted = self.boot_once(&key, run, &topology, timeout, Some(&host), &stop)?;
         let client = host
             .get(DRIVER_DOMAIN)
             .ok_or("no host iperf3 for the driver domain")?;
@@ -1167,6 +1378,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_passt_scenarios_put_the_nic_on_passt_and_the_guest_on_the_host_server() {
+        let t = Topology::from_toml_str(&guest_client_topology(NicBackend::Passt, 3, 40123, true))
+            .unwrap();
+        assert_eq!(t.machine.nic, Some(NicBackend::Passt));
+        let guest = t.vms.iter().find(|v| v.name == "guest1").unwrap();
+        assert_eq!(guest.setting("iperf"), Some("client"));
+        assert_eq!(guest.setting("iperf_server"), Some("10.0.2.2"));
+        assert_eq!(guest.setting("iperf_port"), Some("40123"));
+        assert_eq!(guest.setting("iperf_reverse"), Some("true"));
+        assert_eq!(guest.setting("iperf_seconds"), Some("3"));
+        assert_eq!(guest.setting("mtu"), Some("1500"));
+        let window = GUEST_CLIENT_WINDOW.to_string();
+        assert_eq!(guest.setting("iperf_window"), Some(window.as_str()));
+        let forward =
+            Topology::from_toml_str(&guest_client_topology(NicBackend::User, 3, 1, false)).unwrap();
+        assert_eq!(forward.machine.nic, Some(NicBackend::User));
+        let g = forward.vms.iter().find(|v| v.name == "guest1").unwrap();
+        assert_eq!(g.setting("iperf_reverse"), Some("false"));
+        let p = Topology::from_toml_str(&passthrough_topology_on(NicBackend::Passt, 2)).unwrap();
+        assert_eq!(p.machine.nic, Some(NicBackend::Passt));
+        assert_eq!(p.vms.len(), 1);
+        // The plain passthrough scenario stays on user networking.
+        let u = Topology::from_toml_str(&passthrough_topology(2)).unwrap();
+        assert_eq!(u.machine.nic, Some(NicBackend::User));
+    }
+
+    #[test]
     fn every_scenario_topology_parses() {
         for pairs in [1, 2, 4] {
             for memcpy in [false, true] {
@@ -1247,6 +1485,9 @@ mod tests {
             host_to_guest: vec![50.0, 40.0, 45.0],
             guest_to_host: vec![60.0, 70.0, 65.0],
             passthrough: vec![90.0, 100.0, 80.0],
+            passt_host_to_guest: vec![150.0, 160.0, 170.0],
+            passt_guest_to_host: vec![140.0, 130.0, 120.0],
+            passt_passthrough: vec![200.0, 210.0, 190.0],
             ping_rtts_us: vec![vec![400.0, 500.0, 600.0], vec![450.0, 550.0]],
             samples: bench::collect(&bench_lines).unwrap(),
             ..Raw::default()
@@ -1303,6 +1544,18 @@ mod tests {
         );
         assert_eq!(doc["paravirt_tcp_mbps"]["guest_to_guest"]["median"], 110.0);
         assert_eq!(doc["paravirt_tcp_mbps"]["guest_to_guest"]["runs"], 3);
+        assert_eq!(
+            doc["paravirt_tcp_mbps"]["passt"]["host_to_guest"]["median"],
+            160.0
+        );
+        assert_eq!(
+            doc["paravirt_tcp_mbps"]["passt"]["guest_to_host"]["median"],
+            130.0
+        );
+        assert_eq!(
+            doc["passthrough_tcp_mbps"]["passt"]["host_to_driver_domain"]["median"],
+            200.0
+        );
         assert_eq!(doc["memcpy_mbps"]["median"], 8000.0);
         assert_eq!(doc["evtchn_roundtrip_us"]["median"], 100.0);
         assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["min"], 400.0);
@@ -1345,6 +1598,7 @@ mod tests {
         let options = Options::short();
         let mut raw = raw_complete(&options);
         raw.passthrough.clear();
+        raw.passt_guest_to_host.clear();
         raw.scaling.remove(&2);
         raw.ping_rtts_us = vec![vec![]];
         raw.bystander_us.remove("reset_loop");
@@ -1356,6 +1610,7 @@ mod tests {
         assert_eq!(
             missing_figures(&doc, &options.pair_counts),
             [
+                "/paravirt_tcp_mbps/passt/guest_to_host",
                 "/passthrough_tcp_mbps/host_to_driver_domain",
                 "/ping_rtt_us/guest_to_guest",
                 "/ratios/host_to_guest_over_passthrough",
@@ -1400,6 +1655,9 @@ mod tests {
             "paravirt TCP host -> guest",
             "paravirt TCP guest -> host",
             "passthrough TCP host -> driver domain",
+            "passt: paravirt TCP host -> guest",
+            "passt: paravirt TCP guest -> host",
+            "passt: passthrough host -> driver dom.",
             "memcpy in a guest (one copy)",
             "scaling: 1 pair at once, sum",
             "scaling: 2 pairs at once, sum",

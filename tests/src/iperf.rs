@@ -320,6 +320,54 @@ fn run_once(
     })
 }
 
+/// The host's stock `iperf3 -s -1 -J` on 127.0.0.1 (one test, then it exits), for a VM that
+/// runs the client: reached by a guest at its gateway address, which passt (like slirp) maps to
+/// the host's loopback. [`HostServer::finish`] gives the server's JSON, read like the client's
+/// ([`parse_client_json`]): its `end.sum_received` is the receiver's figure when the VM sends;
+/// when the server sends (the VM's `-R`), the VM's own result line has the receiver's figure.
+pub struct HostServer {
+    port: u16,
+    thread: std::thread::JoinHandle<Result<HostRun, String>>,
+}
+
+impl HostServer {
+    /// Starts the server on a free port; it is killed if it has not finished within `limit`.
+    pub fn start(limit: Duration) -> HostServer {
+        let port = free_port(Proto::Tcp);
+        let binary = iperf3_binary();
+        let thread = std::thread::spawn(move || {
+            let mut command = Command::new(&binary);
+            command.args(["-s", "-1", "-J", "-B", "127.0.0.1", "-p", &port.to_string()]);
+            let (status, stdout, stderr) =
+                run_with_limit(command, limit).map_err(|e| format!("{e}: run ./run.sh setup"))?;
+            if status.is_none() {
+                return Err(format!(
+                    "iperf3 -s -p {port} ran no test within {limit:?} (killed)"
+                ));
+            }
+            parse_client_json(&stdout).map_err(|e| format!("{e} (stderr: {})", stderr.trim()))
+        });
+        HostServer { port, thread }
+    }
+
+    /// The port the server listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server has exited (its test done, or given up).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the server to finish (at most the limit given to `start`).
+    pub fn finish(self) -> Result<HostRun, String> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err("the iperf3 server thread panicked".into()))
+    }
+}
+
 /// Which way the data of a host iperf3 test flows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -850,5 +898,28 @@ settings = { app = "iperf", ip = "10.0.2.18/24", iperf = "client", host_iperf = 
         let e = run_client(free_port(Proto::Tcp), 1, false, Duration::from_secs(3)).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(10));
         assert!(e.contains("unable to connect"), "{e}");
+    }
+
+    #[test]
+    fn the_host_server_reports_what_it_received_and_gives_up_without_a_client() {
+        if check_host_iperf3().is_err() {
+            eprintln!("skipped: no iperf3 on this host");
+            return;
+        }
+        let server = HostServer::start(Duration::from_secs(30));
+        // The client retries until the server listens.
+        let client = run_client(server.port(), 1, false, Duration::from_secs(30)).unwrap();
+        let run = server.finish().unwrap();
+        assert!(run.bytes > 0);
+        assert!(
+            !run.reverse && run.receiver_mbps > 0.0 && run.bytes > 0,
+            "{run:?}"
+        );
+        // Its count is the one the client was told.
+        assert_eq!(run.bytes, client.bytes, "{run:?} {client:?}");
+        let idle = HostServer::start(Duration::from_secs(1));
+        assert!(!idle.is_finished());
+        let e = idle.finish().unwrap_err();
+        assert!(e.contains("ran no test within"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ pub mod benchsuite;
 pub mod console;
 pub mod iperf;
 pub mod net;
+pub mod passt;
 pub mod plot;
 pub mod process;
 pub mod qemu;

@@ -9,7 +9,9 @@
 //! host ports of [`BootOptions::host_forwards`] forwarded from 127.0.0.1 to the guest network;
 //! or, with `nic = "tap"`, the tap device of a [`TapNet`] (a network namespace of its own, see
 //! [`crate::tap`]), with QEMU started inside that namespace (`ip netns exec NS qemu-system-aarch64
-//! ...`). A topology without a passthrough VM gets no NIC at all (`-nic none`).
+//! ...`); or, with `nic = "passt"`, a [`PasstNet`] started for the boot (QEMU connects to its
+//! unix socket with `-netdev stream`; the host forwards become passt's `-t`/`-u` options).
+//! A topology without a passthrough VM gets no NIC at all (`-nic none`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use crate::net::Proto;
+use crate::passt::PasstNet;
 use crate::tap::{in_netns_args, TapNet, TAP_IFNAME};
 use crate::topology::{pack, NicBackend, Topology};
 
@@ -32,6 +35,32 @@ pub const NIC_MAC: &str = "52:54:00:12:34:56";
 pub const NIC_NETDEV_ID: &str = "nic0";
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-aarch64";
+/// The environment variable naming a pcap file for the NIC's frames ([`BootOptions::nic_pcap`]).
+pub const NIC_PCAP_ENV: &str = "SLUICE_NIC_PCAP";
+
+/// The capture file for one boot: `path` itself, or in a directory `path`, a file of its own
+/// per boot (`nic-<pid>-<n>.pcap`, numbered in boot order).
+fn pcap_file(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if path.is_dir() {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        path.join(format!("nic-{}-{n}.pcap", std::process::id()))
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// QEMU arguments that dump every frame of the NIC's netdev into `path` (pcap). Appended
+/// after the `-netdev` they name.
+pub fn nic_pcap_args(path: &Path) -> Vec<String> {
+    vec![
+        "-object".into(),
+        format!(
+            "filter-dump,id=nicdump,netdev={NIC_NETDEV_ID},file={}",
+            path.display()
+        ),
+    ]
+}
 
 /// A host port forwarded into the guest network: QEMU listens on 127.0.0.1:`host_port` and
 /// relays to `guest_ip`:`guest_port`. Rendered as QEMU's `hostfwd=` value.
@@ -120,7 +149,7 @@ pub struct BootOptions<'a> {
     /// Use these bytes as the boot bundle instead of packing the topology (corruption tests).
     pub bundle_override: Option<Vec<u8>>,
     /// Host ports forwarded to the guest network of the NIC. Only for a topology with a
-    /// passthrough VM and user networking (otherwise [`boot`] refuses them).
+    /// passthrough VM and user networking or passt (otherwise [`boot`] refuses them).
     pub host_forwards: Vec<HostForward>,
     /// For a topology with `nic = "tap"`: the network namespace and tap to run QEMU in, made by
     /// the caller so that its host tools can use it while the VMs run. Without one, [`boot`]
@@ -131,6 +160,12 @@ pub struct BootOptions<'a> {
     /// driver domain says its network is up. It runs on the thread that reads the console, so
     /// anything long-running belongs on a thread of its own.
     pub on_line: Option<&'a dyn Fn(&str)>,
+    /// Record every frame through the NIC's host side into this pcap file (QEMU's
+    /// `filter-dump`), for timing studies with tcpdump or tshark; a directory gets one file per
+    /// boot. Default: the path in
+    /// `$SLUICE_NIC_PCAP` when set, so any test or bench boot can be captured without code
+    /// changes. Ignored for a topology without a NIC.
+    pub nic_pcap: Option<PathBuf>,
 }
 
 impl Default for BootOptions<'_> {
@@ -143,6 +178,7 @@ impl Default for BootOptions<'_> {
             host_forwards: Vec::new(),
             tap: None,
             on_line: None,
+            nic_pcap: std::env::var_os(NIC_PCAP_ENV).map(PathBuf::from),
         }
     }
 }
@@ -196,12 +232,14 @@ impl Drop for QemuGuard {
 /// them). Without a passthrough VM it is the plain machine and `host_forwards` is ignored
 /// ([`boot`] refuses that combination); with one, the machine gets an SMMUv3 and the NIC (see
 /// the module docs). With `nic = "tap"` the NIC's host side is the tap [`TAP_IFNAME`] of the
-/// namespace QEMU runs in, and `host_forwards` is ignored too.
+/// namespace QEMU runs in, and `host_forwards` is ignored too; with `nic = "passt"` it is the
+/// passt socket `passt_socket` (passt does the forwarding).
 pub fn qemu_args(
     topology: &Topology,
     hypervisor: &Path,
     bundle: &Path,
     host_forwards: &[HostForward],
+    passt_socket: Option<&Path>,
 ) -> Vec<String> {
     let nic = topology.passthrough().map(|(_, bdf)| {
         (
@@ -252,6 +290,10 @@ pub fn qemu_args(
         NicBackend::Tap => {
             format!("tap,id={NIC_NETDEV_ID},ifname={TAP_IFNAME},script=no,downscript=no")
         }
+        NicBackend::Passt => format!(
+            "stream,id={NIC_NETDEV_ID},server=off,addr.type=unix,addr.path={}",
+            passt_socket.map_or_else(String::new, |p| p.display().to_string())
+        ),
     };
     // The topology guarantees bus 0: QEMU virt's root bus is pcie.0. `romfile=` because
     // the option ROM (x86 PXE code, package ipxe-qemu) is useless here and absent on
@@ -312,12 +354,12 @@ pub fn boot(
                         .to_owned(),
                 )
             }
-            Some(NicBackend::User) => {}
+            Some(NicBackend::User | NicBackend::Passt) => {}
         }
     }
     // Declared before QEMU's guard, so QEMU is killed before the namespace goes.
     let own_tap;
-    let tap = match (nic, options.tap) {
+    let tap = match (nic.clone(), options.tap) {
         (Some(NicBackend::Tap), Some(tap)) => Some(tap),
         (Some(NicBackend::Tap), None) => {
             own_tap = TapNet::create()?;
@@ -330,6 +372,11 @@ pub fn boot(
             ))
         }
         (_, None) => None,
+    };
+    // Like the namespace, passt goes after QEMU (it also quits by itself when QEMU does).
+    let passt = match nic {
+        Some(NicBackend::Passt) => Some(PasstNet::start(&options.host_forwards)?),
+        _ => None,
     };
     let bundle = match &options.bundle_override {
         Some(bytes) => bytes.clone(),
@@ -352,14 +399,19 @@ pub fn boot(
 
     let start = Instant::now();
     let program = qemu_program(tap.map(TapNet::netns));
+    let mut args = qemu_args(
+        topology,
+        &artifacts.hypervisor,
+        &bundle_path,
+        &options.host_forwards,
+        passt.as_ref().map(PasstNet::socket),
+    );
+    if let (Some(_), Some(path)) = (topology.passthrough(), &options.nic_pcap) {
+        args.extend(nic_pcap_args(&pcap_file(path)));
+    }
     let spawned = Command::new(&program[0])
         .args(&program[1..])
-        .args(qemu_args(
-            topology,
-            &artifacts.hypervisor,
-            &bundle_path,
-            &options.host_forwards,
-        ))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -433,6 +485,7 @@ pub fn boot(
     // Both pipes closed without a timeout or early stop: QEMU exited, so reap it.
     let exited = !timed_out && !stopped_early && guard.0.wait().is_ok();
     drop(guard);
+    drop(passt);
     let _ = std::fs::remove_file(&bundle_path);
     Ok(Boot {
         lines,
@@ -470,6 +523,7 @@ vcpus = 1
             Path::new("/a/hypervisor.bin"),
             Path::new("/b/x.bundle"),
             forwards,
+            None,
         )
     }
 
@@ -587,6 +641,38 @@ vcpus = 1
     }
 
     #[test]
+    fn the_passt_option_connects_the_nic_to_passts_socket() {
+        let t = Topology::from_toml_str(&format!("{PLAIN}passthrough = \"00:02.0\"\n").replacen(
+            "memory_mib = 512\n",
+            "memory_mib = 512\nnic = \"passt\"\n",
+            1,
+        ))
+        .unwrap();
+        let user = args(&topology("passthrough = \"00:02.0\"\n"), &[]);
+        let fwd = HostForward::tcp(40001, Ipv4Addr::new(10, 0, 2, 15), 7);
+        let passt = qemu_args(
+            &t,
+            Path::new("/a/hypervisor.bin"),
+            Path::new("/b/x.bundle"),
+            &[fwd],
+            Some(Path::new("/tmp/sluice-passt-1-0/passt.sock")),
+        );
+        // Same machine and device as with user networking; the netdev is passt's socket, and
+        // the forwards are passt's business.
+        assert_eq!(passt.len(), user.len());
+        let netdev = passt.iter().position(|s| s == "-netdev").unwrap() + 1;
+        for (i, (a, b)) in passt.iter().zip(&user).enumerate() {
+            if i != netdev {
+                assert_eq!(a, b);
+            }
+        }
+        assert_eq!(
+            passt[netdev],
+            "stream,id=nic0,server=off,addr.type=unix,addr.path=/tmp/sluice-passt-1-0/passt.sock"
+        );
+    }
+
+    #[test]
     fn boot_refuses_forwards_with_the_tap_option() {
         let t = Topology::from_toml_str(&format!("{PLAIN}passthrough = \"00:02.0\"\n").replacen(
             "memory_mib = 512\n",
@@ -605,6 +691,32 @@ vcpus = 1
         };
         let e = boot(&t, &artifacts, &options).unwrap_err();
         assert!(e.starts_with("host forwards are for nic = \"user\""), "{e}");
+    }
+
+    #[test]
+    fn the_nic_capture_names_the_nics_netdev_and_the_file() {
+        assert_eq!(
+            nic_pcap_args(Path::new("/tmp/x y/n.pcap")),
+            [
+                "-object",
+                "filter-dump,id=nicdump,netdev=nic0,file=/tmp/x y/n.pcap"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_capture_directory_gets_a_file_per_boot() {
+        let dir = std::env::temp_dir().join(format!("sluice-pcap-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (pcap_file(&dir), pcap_file(&dir));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(&dir) && a.extension().is_some_and(|e| e == "pcap"),
+            "{a:?}"
+        );
+        let file = dir.join("one.pcap");
+        assert_eq!(pcap_file(&file), file);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

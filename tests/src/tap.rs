@@ -195,7 +195,7 @@ impl TapNet {
     pub fn for_topology(topology: &Topology) -> Result<Option<TapNet>, String> {
         match topology.machine.nic {
             Some(NicBackend::Tap) => TapNet::create().map(Some),
-            Some(NicBackend::User) | None => Ok(None),
+            Some(NicBackend::User | NicBackend::Passt) | None => Ok(None),
         }
     }
 

@@ -12,7 +12,7 @@
 //! Device passthrough is part of the topology too: a driver domain's optional
 //! `passthrough = "00:02.0"` names the PCI function (bus:device.function, hex) it owns behind the
 //! SMMU, and `[machine] nic` says how the QEMU NIC placed at that address reaches the host
-//! ([`NicBackend`]: `"user"`, the default, or `"tap"`). The machine has one NIC,
+//! ([`NicBackend`]: `"user"`, the default, `"passt"` or `"tap"`). The machine has one NIC,
 //! so at most one VM has a passthrough, on QEMU virt's root bus (`00`), never in the host
 //! bridge's slot (`00:00`).
 
@@ -61,6 +61,10 @@ pub enum NicBackend {
     /// QEMU and the host's tools run inside the namespace and reach the VMs at their own
     /// addresses (the real `ping`, `iperf3`, std sockets). Needs root and /dev/net/tun.
     Tap,
+    /// passt ([`crate::passt`]), a user-mode back-end with a real TCP stack on the host side
+    /// (window scaling, no 64 KiB window): no privileges needed; host ports are forwarded like
+    /// with user networking. passt talks to one guest address, the last it saw sending.
+    Passt,
 }
 
 impl NicBackend {
@@ -69,14 +73,15 @@ impl NicBackend {
         match text {
             "user" => Ok(NicBackend::User),
             "tap" => Ok(NicBackend::Tap),
+            "passt" => Ok(NicBackend::Passt),
             _ if text.starts_with("tap:") => Err(
                 "an existing tap interface is not supported; nic = \"tap\" makes its own in a \
                  network namespace of its own"
                     .to_owned(),
             ),
             _ => Err(
-                "must be \"user\" (QEMU user networking) or \"tap\" (a tap device in a network \
-                 namespace; needs root)"
+                "must be \"user\" (QEMU user networking), \"passt\" (passt, user mode) or \"tap\" \
+                 (a tap device in a network namespace; needs root)"
                     .to_owned(),
             ),
         }
@@ -87,6 +92,7 @@ impl NicBackend {
         match self {
             NicBackend::User => "user",
             NicBackend::Tap => "tap",
+            NicBackend::Passt => "passt",
         }
     }
 }
@@ -277,7 +283,7 @@ pub enum TopologyError {
         first: String,
         second: String,
     },
-    /// `[machine] nic` is not one of the back-ends ("user", "tap").
+    /// `[machine] nic` is not one of the back-ends ("user", "passt", "tap").
     Nic {
         value: String,
         problem: String,
@@ -1300,12 +1306,13 @@ vcpus = 1
 
     #[test]
     fn nic_backend_spelling() {
-        for backend in [NicBackend::User, NicBackend::Tap] {
+        for backend in [NicBackend::User, NicBackend::Tap, NicBackend::Passt] {
             assert_eq!(NicBackend::parse(backend.as_str()), Ok(backend.clone()));
         }
         assert_eq!(NicBackend::User.as_str(), "user");
         assert_eq!(NicBackend::Tap.as_str(), "tap");
-        for other in ["User", "TAP", "", "none", "tap0", " tap"] {
+        assert_eq!(NicBackend::Passt.as_str(), "passt");
+        for other in ["User", "TAP", "", "none", "tap0", " tap", "pasta", "PASST"] {
             let e = NicBackend::parse(other).unwrap_err();
             assert!(e.starts_with("must be \"user\" "), "{other}: {e}");
         }

@@ -846,6 +846,75 @@ fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
+/// passt as the NIC's host side: the same echo checks through passt's port forwards, and the
+/// driver domain's gateway ping answered by passt when the host lets it open ICMP "ping"
+/// sockets (sluice_harness::passt: net.ipv4.ping_group_range; without that passt drops the
+/// echo requests and the driver domain says so). Only the driver domain's endpoint talks to
+/// the host here: passt sends to the last address it saw (see sluice_harness::passt). The
+/// boot's hard timeout kills QEMU, and dropping the boot's PasstNet kills passt.
+#[test]
+fn the_host_reaches_the_driver_domain_through_passt() {
+    if let Err(why) = sluice_harness::passt::passt_support() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPED: the_host_reaches_the_driver_domain_through_passt: {why}"
+        );
+        return;
+    }
+    let toml = format!(
+        "{}{}",
+        MACHINE.replace("memory_mib = 512\n", "memory_mib = 512\nnic = \"passt\"\n"),
+        nic_driver_domain("")
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let check = sluice_harness::net::HostEcho::driver_domain(
+        "driver-domain",
+        sluice_harness::net::DRIVER_DOMAIN_IP,
+    );
+    let on_line = |line: &str| check.on_line(line);
+    let boot = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(90),
+            host_forwards: check.forwards(),
+            on_line: Some(&on_line),
+            ..BootOptions::default()
+        },
+    );
+    let t = boot.transcript();
+    let outcome = check.outcome();
+    assert!(
+        outcome.is_ok(),
+        "host -> driver-domain over passt: {outcome:?}\n{t}"
+    );
+    if sluice_harness::passt::host_ping_sockets_allowed() {
+        assert!(boot.has("NIC ping gateway 10.0.2.2: reply in"), "{t}");
+    } else {
+        assert!(boot.has("NIC ping gateway 10.0.2.2: no reply"), "{t}");
+    }
+    let counters = boot
+        .vm_lines("driver-domain")
+        .filter(|l| l.contains("NIC counters"))
+        .last()
+        .unwrap_or_else(|| panic!("no counters line:\n{t}"))
+        .to_string();
+    assert!(counters.contains("udp echoed 10"), "{counters}");
+    assert!(!counters.contains("tcp echoed 0 B"), "{counters}");
+    assert!(!boot.has("killing VM"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+    // passt went with the boot.
+    let dirs: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("sluice-passt-{}-", std::process::id())))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "passt directories left: {dirs:?}");
+}
+
 #[test]
 fn nic_dma_aimed_at_memory_the_driver_domain_does_not_own_is_stopped_by_the_smmu() {
     // The granter (vm 2) grants the driver domain (vm 1) page B read-only; the driver domain

@@ -5,20 +5,23 @@
 //! asserts a speed. Exit status 0 only when every run of every scenario produced its figures.
 //!
 //! Usage: sluice-bench [--short] [--runs N] [--seconds N] [--pairs 1,2,4] [--rounds N]
-//!                     [--json FILE] [--svg FILE]
+//!                     [--only GROUP,...] [--json FILE] [--svg FILE]
 //!
 //! `--short`: 1 run, 2-second iperf3 tests, scaling with 1 and 2 pairs (explicit options win).
+//! `--only`: run only these scenario groups (`benchsuite::SCENARIO_GROUPS`, e.g.
+//! `host_guest,passthrough`); the figures of the others are then missing, and the exit status
+//! only says whether the chosen ones all worked.
 //! Needs the host's iperf3 (`./run.sh setup` installs it) and the built images.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sluice_harness::benchsuite::{Options, Suite};
+use sluice_harness::benchsuite::{Options, Suite, SCENARIO_GROUPS};
 use sluice_harness::iperf::check_host_iperf3;
 use sluice_harness::qemu::Artifacts;
 
 const USAGE: &str = "usage: sluice-bench [--short] [--runs N] [--seconds N] [--pairs 1,2,4] \
-                     [--rounds N] [--json FILE] [--svg FILE]";
+                     [--rounds N] [--only GROUP,...] [--json FILE] [--svg FILE]";
 
 fn main() -> ExitCode {
     match run() {
@@ -39,6 +42,7 @@ struct Args {
     seconds: Option<u32>,
     rounds: Option<u64>,
     pairs: Option<Vec<usize>>,
+    only: Vec<String>,
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
 }
@@ -75,6 +79,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                     .collect::<Result<Vec<usize>, String>>()?;
                 out.pairs = Some(pairs);
             }
+            "--only" => {
+                let text = value("--only")?;
+                for group in text.split(',').map(str::trim) {
+                    if !SCENARIO_GROUPS.contains(&group) {
+                        return Err(format!(
+                            "--only takes scenario groups from {}; not '{group}'",
+                            SCENARIO_GROUPS.join(",")
+                        ));
+                    }
+                    out.only.push(group.to_string());
+                }
+            }
             "--json" => out.json = Some(PathBuf::from(value("--json")?)),
             "--svg" => out.svg = Some(PathBuf::from(value("--svg")?)),
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -105,6 +121,7 @@ fn options(args: &Args) -> Options {
         pairs.dedup();
         options.pair_counts = pairs;
     }
+    options.only = args.only.clone();
     options
 }
 
@@ -195,6 +212,10 @@ mod tests {
         let a = args("--json /tmp/x/r.json --svg /tmp/p.svg").unwrap();
         assert_eq!(a.json, Some(PathBuf::from("/tmp/x/r.json")));
         assert_eq!(a.svg, Some(PathBuf::from("/tmp/p.svg")));
+        let o = options(&args("--short --only host_guest,passthrough").unwrap());
+        assert_eq!(o.only, ["host_guest", "passthrough"]);
+        assert!(o.runs_group("passthrough") && !o.runs_group("ping"));
+        assert!(Options::short().runs_group("ping"));
     }
 
     #[test]
@@ -206,6 +227,8 @@ mod tests {
             ("--pairs 1,8", "from 1 to 4"),
             ("--pairs", "needs a value"),
             ("--fast", "unknown argument '--fast'"),
+            ("--only host_guest,nope", "not 'nope'"),
+            ("--only", "needs a value"),
         ] {
             let e = args(text).err().unwrap_or_default();
             assert!(e.contains(why), "{text}: {e}");
