@@ -1,6 +1,6 @@
 //! Access to shared memory: the ring page ([`RingMem`]) and the buffer pool ([`PoolMem`]), with
-//! safe implementations over slices of atomics. A VM builds such a slice from the page it maps
-//! with one unsafe cast; tests build it from a `Vec`.
+//! safe implementations over slices of atomics. A VM gets such a slice for the page it maps from
+//! `vm_runtime::shared` (the runtime's room for raw memory); tests build it from a `Vec`.
 
 use core::sync::atomic::{fence, AtomicU16, AtomicU8, Ordering};
 
