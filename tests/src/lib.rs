@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod benchsuite;
 pub mod console;
+pub mod hostnet;
 pub mod iperf;
 pub mod net;
 pub mod passt;

@@ -1,6 +1,6 @@
 //! Host-side network helpers for tests that talk to a VM through the NIC passed through to the
 //! driver domain: QEMU forwards host ports on 127.0.0.1 to the guest network
-//! ([`HostForward`](crate::qemu::HostForward)), and these helpers pick the ports and run the
+//! ([`HostForward`](crate::hostnet::HostForward)), and these helpers pick the ports and run the
 //! traffic.
 //!
 //! - [`free_port`]: a port that is free on 127.0.0.1 right now (to forward from).
@@ -26,31 +26,10 @@ use std::time::{Duration, Instant};
 use shared_abi::bundle::VmKind;
 
 use crate::console;
-use crate::qemu::HostForward;
+use crate::hostnet::HostForward;
+pub use crate::hostnet::{Proto, DEFAULT_GATEWAY, DRIVER_DOMAIN_IP};
 use crate::report::{Check, PingSummary};
 use crate::topology::{NicBackend, Topology};
-
-/// A transport protocol, as QEMU's `hostfwd=` spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proto {
-    Udp,
-    Tcp,
-}
-
-impl Proto {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Proto::Udp => "udp",
-            Proto::Tcp => "tcp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Where the helpers connect: QEMU's host forwards listen on the loopback address only.
 const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -424,10 +403,6 @@ fn tcp_attempt(peer: SocketAddr, data: &Arc<[u8]>, deadline: Instant) -> Attempt
     }
 }
 
-/// The driver domain's address on QEMU's user network (its default `ip` setting).
-pub const DRIVER_DOMAIN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
-/// QEMU user networking's host side, every VM's default gateway (the `gateway` setting).
-pub const DEFAULT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// The echo service port of every VM's network stack (UDP and TCP).
 pub const ECHO_PORT: u16 = 7;
 /// UDP datagrams and TCP bytes the checks send.

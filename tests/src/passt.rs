@@ -29,8 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::net::Proto;
-use crate::qemu::HostForward;
+use crate::hostnet::{HostForward, Proto};
 
 /// The passt binary (Debian package `passt`).
 pub const PASST: &str = "passt";

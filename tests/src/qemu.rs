@@ -14,15 +14,13 @@
 //! A topology without a passthrough VM gets no NIC at all (`-nic none`).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub use crate::net::Proto;
+pub use crate::hostnet::{HostForward, Proto};
 use crate::passt::PasstNet;
 use crate::tap::{in_netns_args, TapNet, TAP_IFNAME};
 use crate::topology::{pack, NicBackend, Topology};
@@ -60,47 +58,6 @@ pub fn nic_pcap_args(path: &Path) -> Vec<String> {
             path.display()
         ),
     ]
-}
-
-/// A host port forwarded into the guest network: QEMU listens on 127.0.0.1:`host_port` and
-/// relays to `guest_ip`:`guest_port`. Rendered as QEMU's `hostfwd=` value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostForward {
-    pub proto: Proto,
-    pub host_port: u16,
-    pub guest_ip: Ipv4Addr,
-    pub guest_port: u16,
-}
-
-impl HostForward {
-    pub const fn udp(host_port: u16, guest_ip: Ipv4Addr, guest_port: u16) -> HostForward {
-        HostForward {
-            proto: Proto::Udp,
-            host_port,
-            guest_ip,
-            guest_port,
-        }
-    }
-
-    pub const fn tcp(host_port: u16, guest_ip: Ipv4Addr, guest_port: u16) -> HostForward {
-        HostForward {
-            proto: Proto::Tcp,
-            host_port,
-            guest_ip,
-            guest_port,
-        }
-    }
-}
-
-/// `udp:127.0.0.1:HOSTPORT-GUESTIP:GUESTPORT`, the value of QEMU's `hostfwd=`.
-impl fmt::Display for HostForward {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:127.0.0.1:{}-{}:{}",
-            self.proto, self.host_port, self.guest_ip, self.guest_port
-        )
-    }
 }
 
 /// Built images: the hypervisor (a flat arm64 Image; the ELF beside it is for gdb) and one flat
@@ -499,6 +456,7 @@ pub fn boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const PLAIN: &str = r#"
 [machine]

@@ -407,7 +407,7 @@ mod tests {
         );
         // The tap's address is every VM's default gateway.
         let gateway: Ipv4Addr = TAP_ADDRESS.split('/').next().unwrap().parse().unwrap();
-        assert_eq!(gateway, crate::net::DEFAULT_GATEWAY);
+        assert_eq!(gateway, crate::hostnet::DEFAULT_GATEWAY);
         assert_eq!(
             in_netns_args("sluice-1-0", "ping"),
             ["netns", "exec", "sluice-1-0", "ping"]

@@ -133,12 +133,12 @@ impl VmDef {
 
     /// The VM's address on the NIC's network: the address part of its `ip` setting
     /// (`ip = "10.0.2.16/24"`), or for a driver domain without one the address it defaults to
-    /// ([`DRIVER_DOMAIN_IP`](crate::net::DRIVER_DOMAIN_IP)). `Err` says what is wrong: no `ip`
+    /// ([`DRIVER_DOMAIN_IP`](crate::hostnet::DRIVER_DOMAIN_IP)). `Err` says what is wrong: no `ip`
     /// on a guest, or a value that is not an IPv4 address with an optional prefix length.
     pub fn ip(&self) -> Result<Ipv4Addr, String> {
         let Some(text) = self.setting("ip") else {
             return match self.kind {
-                VmKind::DriverDomain => Ok(crate::net::DRIVER_DOMAIN_IP),
+                VmKind::DriverDomain => Ok(crate::hostnet::DRIVER_DOMAIN_IP),
                 VmKind::Guest => Err(format!(
                     "vm {:?} has no ip setting (like ip = \"10.0.2.16/24\")",
                     self.name
@@ -156,11 +156,11 @@ impl VmDef {
     }
 
     /// The VM's default gateway: its `gateway` setting, else QEMU user networking's host side
-    /// ([`DEFAULT_GATEWAY`](crate::net::DEFAULT_GATEWAY)). A malformed value is returned as
+    /// ([`DEFAULT_GATEWAY`](crate::hostnet::DEFAULT_GATEWAY)). A malformed value is returned as
     /// `Err` with the reason.
     pub fn gateway(&self) -> Result<Ipv4Addr, String> {
         match self.setting("gateway") {
-            None => Ok(crate::net::DEFAULT_GATEWAY),
+            None => Ok(crate::hostnet::DEFAULT_GATEWAY),
             Some(text) => text.parse().map_err(|_| {
                 format!(
                     "vm {:?}: gateway = {text:?} is not an IPv4 address",
@@ -1275,7 +1275,7 @@ vcpus = 1
         // Defaults: a guest has no address, a driver domain 10.0.2.15; the gateway is the host.
         let t = with_dd("", "").unwrap();
         assert!(t.vms[0].ip().unwrap_err().contains("has no ip setting"));
-        assert_eq!(t.vms[1].ip(), Ok(crate::net::DRIVER_DOMAIN_IP));
+        assert_eq!(t.vms[1].ip(), Ok(crate::hostnet::DRIVER_DOMAIN_IP));
         assert_eq!(t.vms[0].gateway(), Ok(Ipv4Addr::new(10, 0, 2, 2)));
         // Without a prefix length is fine; malformed values say what is wrong.
         let t = with(

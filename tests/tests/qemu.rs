@@ -796,14 +796,11 @@ fn nic_driver_domain(settings: &str) -> String {
     )
 }
 
-#[test]
-fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
-    let toml = format!(
-        "{MACHINE}{}{}",
-        nic_driver_domain(""),
-        guest("guest1", 8, 1, "app = \"hello\"")
-    );
-    let topology = Topology::from_toml_str(&toml).expect("test topology");
+/// Boots `toml` (a driver domain named `driver-domain` owning the NIC) while the host checks
+/// the driver domain's UDP and TCP echo through the NIC's host forwards; the boot and what the
+/// check found.
+fn boot_with_driver_domain_echo(toml: &str) -> (Boot, Result<String, String>) {
+    let topology = Topology::from_toml_str(toml).expect("test topology");
     let check = sluice_harness::net::HostEcho::driver_domain(
         "driver-domain",
         sluice_harness::net::DRIVER_DOMAIN_IP,
@@ -818,8 +815,19 @@ fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
             ..BootOptions::default()
         },
     );
-    let t = boot.transcript();
     let outcome = check.outcome();
+    (boot, outcome)
+}
+
+#[test]
+fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        nic_driver_domain(""),
+        guest("guest1", 8, 1, "app = \"hello\"")
+    );
+    let (boot, outcome) = boot_with_driver_domain_echo(&toml);
+    let t = boot.transcript();
     assert!(outcome.is_ok(), "host -> driver-domain: {outcome:?}\n{t}");
     assert!(
         boot.has("[hv] PCI 00:02.0 passed to driver-domain: stream 0x10"),
@@ -867,23 +875,8 @@ fn the_host_reaches_the_driver_domain_through_passt() {
         MACHINE.replace("memory_mib = 512\n", "memory_mib = 512\nnic = \"passt\"\n"),
         nic_driver_domain("")
     );
-    let topology = Topology::from_toml_str(&toml).expect("test topology");
-    let check = sluice_harness::net::HostEcho::driver_domain(
-        "driver-domain",
-        sluice_harness::net::DRIVER_DOMAIN_IP,
-    );
-    let on_line = |line: &str| check.on_line(line);
-    let boot = boot_with(
-        &topology,
-        BootOptions {
-            timeout: Duration::from_secs(90),
-            host_forwards: check.forwards(),
-            on_line: Some(&on_line),
-            ..BootOptions::default()
-        },
-    );
+    let (boot, outcome) = boot_with_driver_domain_echo(&toml);
     let t = boot.transcript();
-    let outcome = check.outcome();
     assert!(
         outcome.is_ok(),
         "host -> driver-domain over passt: {outcome:?}\n{t}"
