@@ -89,14 +89,16 @@ impl Scheduler {
     }
 
     /// Makes every blocked vCPU whose deadline has passed runnable; returns how many woke.
+    /// Runs on every trap, so it allocates nothing.
     pub fn wake_expired(&mut self, now: u64) -> usize {
-        let expired: Vec<VcpuId> = (0..self.states.len())
-            .filter(|&id| matches!(self.states[id], RunState::Blocked { deadline: Some(d) } if d <= now))
-            .collect();
-        for &id in &expired {
-            self.wake(id);
+        let mut woken = 0;
+        for id in 0..self.states.len() {
+            if matches!(self.states[id], RunState::Blocked { deadline: Some(d) } if d <= now) {
+                self.wake(id);
+                woken += 1;
+            }
         }
-        expired.len()
+        woken
     }
 
     /// The earliest deadline among blocked vCPUs (when an idle pCPU must wake up).

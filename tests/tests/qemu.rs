@@ -796,6 +796,15 @@ fn nic_driver_domain(settings: &str) -> String {
     )
 }
 
+/// The driver domain's last NIC counters line (it prints one when it stops).
+fn nic_counters(boot: &Boot) -> String {
+    boot.vm_lines("driver-domain")
+        .filter(|l| l.contains("NIC counters"))
+        .last()
+        .unwrap_or_else(|| panic!("no counters line:\n{}", boot.transcript()))
+        .to_string()
+}
+
 /// Boots `toml` (a driver domain named `driver-domain` owning the NIC) while the host checks
 /// the driver domain's UDP and TCP echo through the NIC's host forwards; the boot and what the
 /// check found.
@@ -841,12 +850,7 @@ fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
         "{t}"
     );
     assert!(boot.has("NIC ping gateway 10.0.2.2: reply in"), "{t}");
-    let counters = boot
-        .vm_lines("driver-domain")
-        .filter(|l| l.contains("NIC counters"))
-        .last()
-        .unwrap_or_else(|| panic!("no counters line:\n{t}"))
-        .to_string();
+    let counters = nic_counters(&boot);
     assert!(!counters.contains("interrupts 0,"), "{counters}");
     assert!(counters.contains("udp echoed 10"), "{counters}");
     assert_report_ok(&boot, "guest1", "done");
@@ -886,12 +890,7 @@ fn the_host_reaches_the_driver_domain_through_passt() {
     } else {
         assert!(boot.has("NIC ping gateway 10.0.2.2: no reply"), "{t}");
     }
-    let counters = boot
-        .vm_lines("driver-domain")
-        .filter(|l| l.contains("NIC counters"))
-        .last()
-        .unwrap_or_else(|| panic!("no counters line:\n{t}"))
-        .to_string();
+    let counters = nic_counters(&boot);
     assert!(counters.contains("udp echoed 10"), "{counters}");
     assert!(!counters.contains("tcp echoed 0 B"), "{counters}");
     assert!(!boot.has("killing VM"), "{t}");
