@@ -49,7 +49,7 @@
 //! |     38 |    2 | passthrough PCI function's routing ID (see below), else `0`         |
 //! |     40 |    8 | RAM bytes, multiple of `BLOCK_SIZE`, in `MIN_VM_RAM..=MAX_VM_RAM`   |
 //! |     48 |    2 | image index into the image table                                    |
-//! |     50 |    2 | flags: bit 0 `PASSTHROUGH` (offset 38 is valid); other bits `0`     |
+//! |     50 |    2 | flags: bit 0 `PASSTHROUGH` (offset 38 is valid), bit 1 `EMULATED_NIC` (see below); other bits `0` |
 //! |     52 |    4 | settings length, `<= MAX_SETTINGS_LEN`                              |
 //! |     56 |    8 | settings offset within the string area (UTF-8 `key=value` lines)   |
 //!
@@ -123,8 +123,12 @@ const _: () = assert!(
 const _: () = assert!(2 * size_of::<u64>() == IMAGE_ENTRY_SIZE);
 /// VM entry flag: the entry's passthrough field (offset 38) names a PCI function it owns.
 pub const VM_FLAG_PASSTHROUGH: u16 = 1 << 0;
+/// VM entry flag: this guest's NIC is the emulated one (registers trapped and forwarded to its
+/// back-end, see [`crate::ioreq`]) instead of a para-virtual front-end. Only a guest with a
+/// back-end may set it.
+pub const VM_FLAG_EMULATED_NIC: u16 = 1 << 1;
 /// Every VM entry flag this version defines; any other bit is refused.
-pub const VM_FLAGS_KNOWN: u16 = VM_FLAG_PASSTHROUGH;
+pub const VM_FLAGS_KNOWN: u16 = VM_FLAG_PASSTHROUGH | VM_FLAG_EMULATED_NIC;
 /// One byte more than the longest name, so a stored name is always NUL terminated.
 pub const NAME_FIELD_LEN: usize = MAX_VM_NAME_LEN + 1;
 /// Refuse bundles larger than this before hashing them: a corrupt size field must not make the
@@ -190,6 +194,9 @@ pub struct VmSpec<'a> {
     /// The PCI function passed through to this VM. Validated: only a driver domain has one, no
     /// two VMs share one, and it is never the host bridge (`00:00.0`).
     pub passthrough: Option<Bdf>,
+    /// The guest's NIC is emulated: its back-end serves the device model (see [`crate::ioreq`]).
+    /// Validated: only a guest with a back-end.
+    pub emulated_nic: bool,
 }
 
 /// Why a VM name is unacceptable. Shared by the bundle, the start-info page and the topology so
@@ -382,6 +389,12 @@ pub enum BundleError {
          passthrough device"
     )]
     PassthroughNotDriverDomain { vm: usize, bdf: Bdf },
+    /// The emulated-NIC flag on a VM that is not a guest with a back-end.
+    #[error(
+        "VM entry {vm}: an emulated NIC needs a guest with a back-end to serve it (the flag is \
+         set on a driver domain or a guest without one)"
+    )]
+    EmulatedNicWithoutBackend { vm: usize },
     /// The passed function is `00:00.0`, the host bridge.
     #[error(
         "VM entry {vm}: passthrough PCI function {} is the host bridge, which is never passed \
@@ -694,6 +707,10 @@ impl<'a> Bundle<'a> {
             }
             Some(bdf)
         };
+        let emulated_nic = flags & VM_FLAG_EMULATED_NIC != 0;
+        if emulated_nic && (kind != VmKind::Guest || backend.is_none()) {
+            return Err(BundleError::EmulatedNicWithoutBackend { vm });
+        }
 
         Ok(VmSpec {
             id,
@@ -705,6 +722,7 @@ impl<'a> Bundle<'a> {
             settings,
             backend,
             passthrough,
+            emulated_nic,
         })
     }
 

@@ -84,7 +84,12 @@ fn bundle_and_name_errors_keep_their_texts() {
     );
     says(
         BundleError::UnknownVmFlags { vm: 0, flags: 6 },
-        "VM entry 0: unknown flags 0x0006 (version 3 defines only 0x0001)",
+        "VM entry 0: unknown flags 0x0006 (version 3 defines only 0x0003)",
+    );
+    says(
+        BundleError::EmulatedNicWithoutBackend { vm: 0 },
+        "VM entry 0: an emulated NIC needs a guest with a back-end to serve it (the flag is set \
+         on a driver domain or a guest without one)",
     );
     says(
         BundleError::PassthroughHostBridge { vm: 1 },

@@ -77,8 +77,24 @@ pub const EVTCHN_UNMASK: u64 = VENDOR_HYP_BASE | 0x35;
 /// `InvalidArgument` when the caller has no connection with that VM.
 pub const CONNECTION_PORT: u64 = VENDOR_HYP_BASE | 0x40;
 
+/// Device model only: raise the emulated NIC's interrupt
+/// ([`layout::intid::EMULATED_NIC`](crate::layout::intid::EMULATED_NIC)) in guest x1, whose
+/// emulated device the caller serves (see [`ioreq`](crate::ioreq)). `Denied` for any other
+/// caller or guest; `NoSpace` when the guest's vCPU 0 already holds too many pending virtual
+/// interrupts (the interrupt is then lost, as a device's edge would be while the line is
+/// masked; the guest's driver polls the status register when it next runs).
+pub const IOREQ_SET_IRQ: u64 = VENDOR_HYP_BASE | 0x50;
+
+/// Print the hypervisor's per-VM accounting on its console, tagged with x1 (any value the
+/// caller chooses, so a harness can pair the report before a measurement with the one after).
+/// One line per live VM: `accounting <tag> vm=<name> run_us=<n> exits=<n> hypercalls=<n>
+/// mmio_exits=<n> ioreqs=<n> virqs=<n>`, then `accounting <tag> idle_us=<n> pcpus=<n>`; every
+/// counter counts from boot (a restarted VM's keep counting). Any VM may ask: the figures
+/// describe scheduling, not another VM's data.
+pub const ACCOUNTING_REPORT: u64 = VENDOR_HYP_BASE | 0x60;
+
 /// Every vendor-range hypercall the hypervisor answers.
-pub const VENDOR_CALLS: [u64; 15] = [
+pub const VENDOR_CALLS: [u64; 17] = [
     CONSOLE_WRITE,
     YIELD,
     TEST_INJECT,
@@ -94,6 +110,8 @@ pub const VENDOR_CALLS: [u64; 15] = [
     EVTCHN_CLOSE,
     EVTCHN_UNMASK,
     CONNECTION_PORT,
+    IOREQ_SET_IRQ,
+    ACCOUNTING_REPORT,
 ];
 
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.

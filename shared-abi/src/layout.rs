@@ -78,6 +78,16 @@ pub const PCI_ECAM_SIZE: u64 = 256 << 20;
 pub const PCI_WINDOW_IPA: (u64, u64) = (0x1000_0000, 0x1100_0000);
 
 const _: () = assert!(PCI_WINDOW_IPA.1 <= GUEST_RAM_BASE);
+
+/// Where a guest with an emulated NIC (`nic = "emulated"`) finds its device's registers. Never
+/// mapped at stage 2: every access traps, and the hypervisor forwards it to the device model
+/// (see [`crate::ioreq`]). Below RAM and outside QEMU virt's own devices, in the range VMs map
+/// as Device memory at stage 1.
+pub const EMULATED_NIC_IPA: u64 = 0x0b00_0000;
+/// Size of the emulated NIC's register window: one page.
+pub const EMULATED_NIC_SIZE: u64 = PAGE_SIZE;
+
+const _: () = assert!(EMULATED_NIC_IPA + EMULATED_NIC_SIZE <= PCI_WINDOW_IPA.0);
 const _: () = assert!(PCI_ECAM_IPA + PCI_ECAM_SIZE <= 1 << 39);
 
 /// Virtual interrupt IDs the hypervisor delivers to VMs (GICv3 INTIDs).
@@ -90,6 +100,10 @@ pub mod intid {
     /// The interrupt of the PCI function passed through to a driver domain (its INTx line,
     /// whatever physical SPI it is wired to): an SPI number no other source uses.
     pub const PASSTHROUGH_INTX: u32 = 48;
+    /// The emulated NIC's interrupt in a guest that has one: an SPI the device model raises
+    /// with `IOREQ_SET_IRQ`, delivered edge-style (one interrupt per call; the guest's driver
+    /// reads the device's status register to learn why).
+    pub const EMULATED_NIC: u32 = 49;
 }
 
 #[cfg(test)]

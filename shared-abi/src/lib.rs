@@ -14,6 +14,7 @@ pub mod grant;
 pub mod handshake;
 pub mod hypercall;
 pub mod identity;
+pub mod ioreq;
 pub mod layout;
 pub mod pci;
 pub mod pingpong;

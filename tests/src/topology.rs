@@ -908,6 +908,8 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
                     .map_err(|e| PackError::Identities(e.to_string()))?,
                 backend,
                 passthrough: vm.passthrough,
+                // Wired to the topology's per-guest `nic` in the emulated-NIC work (issue 12).
+                emulated_nic: false,
             })
         })
         .collect::<Result<Vec<_>, PackError>>()?;

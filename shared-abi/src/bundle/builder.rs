@@ -9,7 +9,7 @@ use std::vec::Vec;
 
 use super::{
     encode_name_field, fnv1a64, Bdf, Bundle, BundleError, VmKind, FORMAT, HEADER_SIZE,
-    IMAGE_ENTRY_SIZE, VM_ENTRY_SIZE, VM_FLAG_PASSTHROUGH,
+    IMAGE_ENTRY_SIZE, VM_ENTRY_SIZE, VM_FLAG_EMULATED_NIC, VM_FLAG_PASSTHROUGH,
 };
 use crate::layout::{MAX_SETTINGS_LEN, MAX_VMS};
 use crate::wire::{Writer, HEADER_LEN};
@@ -27,6 +27,8 @@ pub struct VmDescription {
     pub backend: Option<u16>,
     /// PCI function passed through to this driver domain.
     pub passthrough: Option<Bdf>,
+    /// This guest's NIC is the emulated one, served by its back-end.
+    pub emulated_nic: bool,
 }
 
 /// Where the header keeps the checksum (after magic, version, header size and total size).
@@ -121,10 +123,13 @@ pub fn build(vms: &[VmDescription]) -> Result<Vec<u8>, BundleError> {
             vm,
             vcpus: desc.vcpus,
         })?;
-        let (flags, routing_id) = match desc.passthrough {
+        let (mut flags, routing_id) = match desc.passthrough {
             None => (0u16, 0u16),
             Some(bdf) => (VM_FLAG_PASSTHROUGH, bdf.routing_id()),
         };
+        if desc.emulated_nic {
+            flags |= VM_FLAG_EMULATED_NIC;
+        }
         let (settings_offset, settings_len) = settings_of_vm[vm];
         w.bytes(&name)?;
         // Kind codes are 1 and 2, so the narrowing is lossless.

@@ -41,6 +41,7 @@ fn desc(
         settings: settings.into(),
         backend: None,
         passthrough: None,
+        emulated_nic: false,
     }
 }
 
@@ -1023,12 +1024,40 @@ fn rejects_a_function_given_to_two_vms() {
 
 #[test]
 fn rejects_unknown_flags() {
-    for flags in [2, 0x8000, 0xffff] {
+    for flags in [4, 0x8000, 0xffff] {
         let err = corrupted(|b| put_vm_u16(b, 1, 50, flags));
         assert_eq!(err, BundleError::UnknownVmFlags { vm: 1, flags });
     }
     let err = corrupted(|b| put_vm_u16(b, 0, 50, VM_FLAG_PASSTHROUGH | 4));
     assert_eq!(err, BundleError::UnknownVmFlags { vm: 0, flags: 5 });
+}
+
+#[test]
+fn an_emulated_nic_is_carried_for_a_guest_with_a_back_end_only() {
+    let mut descs = fixture_descs();
+    descs[2].emulated_nic = true;
+    let bytes = build(&descs).expect("a guest with a back-end may have an emulated NIC");
+    let bundle = Bundle::parse(&bytes).unwrap();
+    let flags: Vec<bool> = bundle.vms().map(|vm| vm.emulated_nic).collect();
+    assert_eq!(flags, [false, false, true]);
+
+    // On the driver domain, or on a guest without a back-end: refused by the builder (which
+    // runs its output through the parser) and by the parser.
+    let mut descs = fixture_descs();
+    descs[0].emulated_nic = true;
+    assert_eq!(
+        build(&descs),
+        Err(BundleError::EmulatedNicWithoutBackend { vm: 0 })
+    );
+    let mut descs = fixture_descs();
+    descs[1].backend = None;
+    descs[1].emulated_nic = true;
+    assert_eq!(
+        build(&descs),
+        Err(BundleError::EmulatedNicWithoutBackend { vm: 1 })
+    );
+    let err = corrupted(|b| put_vm_u16(b, 0, 50, VM_FLAG_PASSTHROUGH | VM_FLAG_EMULATED_NIC));
+    assert_eq!(err, BundleError::EmulatedNicWithoutBackend { vm: 0 });
 }
 
 #[test]
@@ -1196,7 +1225,8 @@ fn every_error_has_a_distinct_message() {
         BundleError::BackendIsSelf { vm: 1 },
         BundleError::BackendNotDriverDomain { vm: 1, backend: 3 },
         BundleError::DriverDomainHasBackend { vm: 1, backend: 3 },
-        BundleError::UnknownVmFlags { vm: 1, flags: 2 },
+        BundleError::UnknownVmFlags { vm: 1, flags: 4 },
+        BundleError::EmulatedNicWithoutBackend { vm: 1 },
         BundleError::StrayPassthrough {
             vm: 1,
             routing_id: 0x10,
