@@ -281,8 +281,13 @@ impl Machine for Model {
         self.set_irq_answer
     }
 
-    fn accounting_report(&mut self, tag: u64) {
+    fn accounting_report(&mut self, tag: u64) -> Status {
         self.effects.push(Effect::Accounting(tag));
+        if tag == 13 {
+            Status::Busy
+        } else {
+            Status::Ok
+        }
     }
 
     fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>) {
