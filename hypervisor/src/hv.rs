@@ -22,8 +22,10 @@ use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
+use hypervisor::restart::{self, Verdict};
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
+use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::grant::CopyOp;
 use shared_abi::hypercall::{self, Status};
@@ -528,6 +530,11 @@ impl Hv {
         let Some(vm) = self.vms.get_mut(vm_index).and_then(Option::as_mut) else {
             return;
         };
+        let kind = if vm.stop.is_none() {
+            crash_policy(vm, kind)
+        } else {
+            kind
+        };
         if vm.stop.is_none() || matches!(kind, StopKind::Killed(_)) {
             vm.stop = Some(kind);
         }
@@ -652,12 +659,7 @@ impl Hv {
                     }
                 }
                 vm.balloon = VmBalloon::new(vm.ram_bytes);
-                self.log_free_memory();
-                info!(
-                    "VM {} restarting (PSCI SYSTEM_RESET, boot {})",
-                    vm.name,
-                    vm.boots + 1
-                );
+                info!("VM {} restarting (boot {})", vm.name, vm.boots + 1);
                 vm.stop = None;
                 self.reloading += 1;
                 return Some(Reload {
@@ -699,7 +701,7 @@ impl Hv {
     fn reinstall(&mut self, token: &mut HvHeld, reload: Reload, pcpu: usize) {
         let Reload {
             vm_index,
-            vm,
+            mut vm,
             owns_device,
         } = reload;
         self.reloading -= 1;
@@ -717,10 +719,18 @@ impl Hv {
             v.run.stopping = false;
             if index == 0 {
                 v.reset(GUEST_RAM_BASE, info_gpa);
-                SchedLocked::lock(vtoken).wake(id);
+                let mut sched = SchedLocked::lock(vtoken);
+                if vm.start_delay_ms == 0 {
+                    sched.wake(id);
+                } else {
+                    let delay = cpu::counter_frequency() * vm.start_delay_ms / 1000;
+                    sched.start_at(id, cpu::counter() + delay);
+                }
+                drop(sched);
                 kick_idle(pcpu);
             }
         }
+        vm.start_delay_ms = 0;
         self.vms[vm_index] = Some(vm);
     }
 
@@ -1035,6 +1045,47 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
     };
     report_kill(&mut entry, pcpu, &action);
     finish(&mut entry, pcpu, frame, action);
+}
+
+/// What a stop of `vm` becomes under the restart policy: a driver domain that crashed (killed
+/// for a fault, or a panic or reset, which reach the hypervisor as SYSTEM_RESET) is restarted,
+/// with a growing back-off, until it has crashed too often (`hypervisor::restart`); every other
+/// stop stays what it is.
+fn crash_policy(vm: &mut Vm, kind: StopKind) -> StopKind {
+    if vm.kind != VmKind::DriverDomain || kind == StopKind::PowerOff {
+        return kind;
+    }
+    let now_ms = cpu::counter() * 1000 / cpu::counter_frequency().max(1);
+    let what = match &kind {
+        StopKind::Killed(reason) => format!("crashed ({reason})"),
+        _ => String::from("reset itself (PSCI SYSTEM_RESET: a reset or a panic)"),
+    };
+    match vm.crashes.crashed(now_ms) {
+        Verdict::Restart { delay_ms, crash } => {
+            warn!(
+                "driver domain {} {what}; restarting it (crash {crash} within {} s{})",
+                vm.name,
+                restart::WINDOW_MS / 1000,
+                if delay_ms > 0 {
+                    format!(", after {delay_ms} ms")
+                } else {
+                    String::new()
+                }
+            );
+            vm.start_delay_ms = delay_ms;
+            StopKind::Reset
+        }
+        Verdict::GiveUp { crashes } => {
+            let why = format!(
+                "driver domain {} {what}: {crashes} crashes within {} s, left stopped (its \
+                 guests lose their network; fix the driver and boot again)",
+                vm.name,
+                restart::WINDOW_MS / 1000
+            );
+            error!("{why}");
+            StopKind::Killed(why)
+        }
+    }
 }
 
 /// Logs why the VM running on this pCPU is being killed, if it is.

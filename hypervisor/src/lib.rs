@@ -20,6 +20,7 @@ pub mod ioreq;
 pub mod irqmap;
 pub mod mm;
 pub mod pci;
+pub mod restart;
 pub mod sched;
 pub mod smmu;
 pub mod vgic;

@@ -9,6 +9,7 @@ use hypervisor::balloon::VmBalloon;
 use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
+use hypervisor::restart::CrashHistory;
 use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
@@ -50,6 +51,11 @@ pub struct Vm {
     pub passthrough: Option<u16>,
     /// What it gave back to the balloon and what the balloon gave it.
     pub balloon: VmBalloon,
+    /// Its recent crashes (driver domains are restarted after one, see `restart`).
+    pub crashes: CrashHistory,
+    /// How long its next incarnation's first vCPU waits before it starts (the back-off of a
+    /// restart after a crash).
+    pub start_delay_ms: u64,
 }
 
 /// What switching a vCPU in needs of its VM, kept with the vCPU so that a context switch
@@ -192,6 +198,8 @@ impl Vm {
             peers,
             passthrough: spec.passthrough.map(|bdf| bdf.routing_id()),
             balloon: VmBalloon::new(spec.ram_bytes),
+            crashes: CrashHistory::default(),
+            start_delay_ms: 0,
         };
         if let Err(e) = vm.load_memory(spec.vcpus) {
             let mut tables = PhysTableMemory { frames };
