@@ -13,7 +13,8 @@
 //! Architecture Specification, GIC architecture version 3 and version 4": §5.3 "ITS commands",
 //! and the GITS_* and GICR_V* register descriptions) and are cross-checked against the `FIELD(...)` macros of QEMU's
 //! `hw/intc/gicv3_internal.h`, which is what the emulated GIC decodes
-//! (`hw/intc/arm_gicv3_its.c`, `process_*`). Only GICv4.0 is modelled: QEMU 10's TCG GIC does
+//! (`hw/intc/arm_gicv3_its.c`, `process_*`), and Linux's `its_encode_*` in
+//! `drivers/irqchip/irq-gic-v3-its.c`, which agree on every command field. Only GICv4.0 is modelled: QEMU 10's TCG GIC does
 //! not implement GICv4.1, whose VMAPP, VMOVP and VPENDBASER layouts differ.
 
 /// Bits [51:0]: the physical address width of every address field below.
@@ -811,8 +812,9 @@ impl CommandQueue {
         self.slots
     }
 
-    /// The GITS_CBASER value for this queue at `addr`, 64 KiB-aligned (Linux's choice; the
-    /// architecture allows 4 KiB, QEMU accepts either).
+    /// The GITS_CBASER value for this queue at `addr`. Physical_Address is [51:12], but the
+    /// queue is required to be 64 KiB-aligned here, as Linux allocates it (ITS_CMD_QUEUE_SZ),
+    /// so no reading of the alignment rules for larger queues can bite; QEMU takes any 4 KiB.
     pub fn cbaser(&self, addr: u64) -> Result<u64, ItsError> {
         let addr = check_addr("command queue", addr, SZ_64K)?;
         let pages = self.slots * COMMAND_BYTES / SZ_4K;
@@ -829,7 +831,8 @@ impl CommandQueue {
         write == read
     }
 
-    /// No room: writing one more would make CWRITER equal CREADR, which reads as empty.
+    /// No room: writing one more would make CWRITER equal CREADR, which reads as empty
+    /// (Linux `its_queue_full`: `(widx + 1) % entries == ridx`).
     pub const fn is_full(&self, write: u64, read: u64) -> bool {
         self.next(write) == read
     }

@@ -589,6 +589,11 @@ fn baser_values_for_the_three_tables() {
         Ok(0xbc07_0000_4100_3400)
     );
     assert_eq!(
+        Baser::decode(0xbc07_0000_4100_3400).addr,
+        0x4100_3000,
+        "4 KiB pages: Physical_Address is [47:12]"
+    );
+    assert_eq!(
         baser_value(
             QEMU_BASER_VPE,
             TableType::Vpe,
