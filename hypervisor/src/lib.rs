@@ -18,6 +18,7 @@ pub mod evtchn;
 pub mod grant;
 pub mod ioreq;
 pub mod irqmap;
+pub mod its;
 pub mod mm;
 pub mod pci;
 pub mod restart;
