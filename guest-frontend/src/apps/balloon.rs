@@ -5,7 +5,8 @@
 //! ms`); `balloon_take_mib = N` waits (serving its network, at most [`CREDIT_WAIT_MS`]) until
 //! the balloon's credit holds N MiB, takes them (`balloon took N MiB in T ms`), then allocates,
 //! fills and checks memory until some of it lies in the new pages. The harness builds the
-//! demo's `balloon` check from these lines (`tests/src/balloon.rs`).
+//! demo's `balloon` check from these lines (`tests/src/balloon.rs`). `balloon_after_ms = T`
+//! serves the network for T ms first (to move memory in the middle of other traffic).
 //!
 //! The app: `balloon_attack = "floor"` gives until refused and expects `Denied` at the floor;
 //! `"granted"` connects its front-end and gives back its TX ring page, which the driver domain
@@ -36,8 +37,12 @@ const CHECK_CHUNK: usize = 2 << 20;
 /// Runs the move the settings ask for; `serve(ms)` keeps the network going for `ms` while the
 /// taker waits. An error is the guest's `REPORT fail` text.
 pub fn on_net_up(info: &StartInfo<'static>, serve: &mut dyn FnMut(u64)) -> Result<(), String> {
-    let mib = |key| setting_u64_or(info.settings, key, 0).map_err(|e| format!("{e}"));
-    let (give, take) = (mib("balloon_give_mib")?, mib("balloon_take_mib")?);
+    let number = |key| setting_u64_or(info.settings, key, 0).map_err(|e| format!("{e}"));
+    let (give, take) = (number("balloon_give_mib")?, number("balloon_take_mib")?);
+    let after_ms = number("balloon_after_ms")?;
+    if give + take > 0 && after_ms > 0 {
+        serve(after_ms);
+    }
     if give > 0 {
         let out = balloon::give(give * MIB);
         check_whole("gave", give, &out)?;
