@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use hypervisor::accounting::{self, Accounting, Counter};
+use hypervisor::balloon::VmBalloon;
 use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
@@ -27,11 +28,11 @@ use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::grant::CopyOp;
 use shared_abi::hypercall::{self, Status};
 use shared_abi::ioreq::take_response;
-use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
+use shared_abi::layout::{intid, GUEST_RAM_BASE};
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
-use crate::arch::mem;
+use crate::arch::mem::{self, free_kept_runs};
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::locks::{
@@ -559,7 +560,9 @@ impl Hv {
             }
         }
         let vm_id = vm.id;
-        let pages = (vm.ram_bytes / PAGE_SIZE) as usize;
+        // Its RAM as it stands: minus the pages it gave back to the balloon.
+        let kept_runs = vm.kept_ram_runs();
+        let gave_pages = vm.balloon.given_pages() > 0;
         // No vCPU of this incarnation runs again: a CPU_ON that slipped in before the stop was
         // requested (or a stale run-queue entry) must not resurrect one, and the device lines
         // its vCPUs held are released.
@@ -582,12 +585,18 @@ impl Hv {
                 p.owner_stopped(&mut self.iommu);
             }
         }
-        // A restart while peers still map frames of its RAM needs fresh RAM. It is decided
+        // The pages the balloon gave it go back to the credit; the next incarnation, if any,
+        // starts with its RAM from the topology only.
+        if let Some(vm) = self.vms[vm_index].as_mut() {
+            self.balloon_credit += vm.drop_populated(&mut self.frames, &mut self.iommu);
+        }
+        // A restart while peers still map frames of its RAM needs fresh RAM, and so does one
+        // after it gave pages back to the balloon (those frames are someone else's). It is decided
         // before the sharing teardown, so that a restart that cannot happen is torn down as a
         // stop for good and the peers are told the VM is gone rather than left waiting for an
         // incarnation that never comes.
         let mut replaced_ram = None;
-        if kind == StopKind::Reset && self.sharing.grants.lent_count(vm_id) > 0 {
+        if kind == StopKind::Reset && (self.sharing.grants.lent_count(vm_id) > 0 || gave_pages) {
             let (frames, iommu) = (&mut self.frames, &mut self.iommu);
             match self.vms[vm_index]
                 .as_mut()
@@ -620,15 +629,21 @@ impl Hv {
                 incarnation: stopped.incarnation,
             },
             pa,
-            pages,
+            kept: kept_runs.clone(),
         };
         let mut vm = self.vms[vm_index].take()?;
         flush_vm_console(vm_id);
         match kind {
             StopKind::Reset => {
                 if let Some(old_pa) = replaced_ram {
-                    self.sharing.retained.push(retained(old_pa));
+                    if stopped.ram_free_now {
+                        free_kept_runs(&mut self.frames, old_pa, &kept_runs);
+                    } else {
+                        self.sharing.retained.push(retained(old_pa));
+                    }
                 }
+                vm.balloon = VmBalloon::new(vm.ram_bytes);
+                self.log_free_memory();
                 info!(
                     "VM {} restarting (PSCI SYSTEM_RESET, boot {})",
                     vm.name,
@@ -665,6 +680,7 @@ impl Hv {
                 let live = self.live_vms();
                 LIVE_VMS.store(live, Ordering::Release);
                 info!("VM {name} stopped ({how}); {live} VM(s) still running");
+                self.log_free_memory();
             }
         }
         None
@@ -986,6 +1002,11 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
                 // Field by field, so the VM can be read while the device model changes.
                 let vm = hv.vcpu_vm.get(id).and_then(|&v| hv.vms.get(v)?.as_ref());
                 let vm = vm.ok_or_else(|| String::from("the VM is gone"))?;
+                if vm.balloon.gave_page_at(ipa) {
+                    return Err(String::from(
+                        "it touched a page it gave back to the balloon (BALLOON_RELEASE)",
+                    ));
+                }
                 crate::mmio::emulate(vm, hv.passthrough.as_mut(), ipa, fault.esr, frame)
             });
             match emulated {
@@ -1095,10 +1116,13 @@ fn hypercall(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) -> Action
         vm_id: CURRENT_VM[pcpu].load(Ordering::Relaxed),
     };
     match dispatch::execute(&frame.x, &mut machine) {
-        Outcome::Return { x0, x1 } => {
+        Outcome::Return { x0, x1, x2 } => {
             frame.x[0] = x0;
             if let Some(x1) = x1 {
                 frame.x[1] = x1;
+            }
+            if let Some(x2) = x2 {
+                frame.x[2] = x2;
             }
             Action::Continue
         }
@@ -1158,6 +1182,14 @@ impl dispatch::Machine for TrapMachine<'_> {
         let mut locked = HvLocked::lock(self.token);
         let (hv, token) = locked.split();
         hv.set_emulated_irq(token, self.vm_id, guest, self.pcpu)
+    }
+
+    fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>) {
+        let vcpu = self.vcpu;
+        with_hv(self.token, |hv, _| match hv.vcpu_vm.get(vcpu) {
+            Some(&vm_index) => hv.balloon_call(vm_index, function, x1, x2),
+            None => (Status::InvalidArgument, None, None),
+        })
     }
 
     fn accounting_report(&mut self, tag: u64) {

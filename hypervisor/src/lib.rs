@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod accounting;
+pub mod balloon;
 pub mod console;
 pub mod dispatch;
 pub mod esr;

@@ -20,6 +20,9 @@ fn every_hypercall_id_decodes_to_its_call() {
         GRANT_COPY,
         IOREQ_SET_IRQ,
         ACCOUNTING_REPORT,
+        BALLOON_RELEASE,
+        BALLOON_POPULATE,
+        BALLOON_INFO,
     ];
     for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
         assert_eq!(
@@ -203,6 +206,11 @@ enum Effect {
     },
     SetIrq(u64),
     Accounting(u64),
+    Balloon {
+        function: u64,
+        x1: u64,
+        x2: u64,
+    },
 }
 
 /// A machine that records every effect and answers as configured.
@@ -277,6 +285,11 @@ impl Machine for Model {
         self.effects.push(Effect::Accounting(tag));
     }
 
+    fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>) {
+        self.effects.push(Effect::Balloon { function, x1, x2 });
+        (Status::Busy, Some(x1 + 1), Some(x2 + 1))
+    }
+
     fn console(&mut self, bytes: &[u8]) {
         self.effects.push(Effect::Console(bytes.to_vec()));
     }
@@ -327,11 +340,16 @@ fn ok() -> Outcome {
     Outcome::Return {
         x0: Status::Ok.as_u64(),
         x1: None,
+        x2: None,
     }
 }
 
 fn returns(x0: u64) -> Outcome {
-    Outcome::Return { x0, x1: None }
+    Outcome::Return {
+        x0,
+        x1: None,
+        x2: None,
+    }
 }
 
 #[test]
@@ -413,6 +431,9 @@ fn every_call_has_exactly_its_effect_and_outcome() {
         GRANT_COPY,
         IOREQ_SET_IRQ,
         ACCOUNTING_REPORT,
+        BALLOON_RELEASE,
+        BALLOON_POPULATE,
+        BALLOON_INFO,
     ];
     for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
         let mut m = Model::new();
@@ -470,7 +491,8 @@ fn every_sharing_status_and_port_reaches_the_guest_unchanged() {
                 m.run(hypercall::EVTCHN_ALLOC_UNBOUND, &[2]),
                 Outcome::Return {
                     x0: status.as_u64(),
-                    x1
+                    x1,
+                    x2: None
                 }
             );
         }
@@ -532,7 +554,11 @@ fn cpu_on_answers_every_psci_status() {
     let cpu_on = |m: &mut Model, target: u64, entry: u64| match m
         .run(psci::CPU_ON_64, &[target, entry, 5])
     {
-        Outcome::Return { x0, x1: None } => x0 as i64,
+        Outcome::Return {
+            x0,
+            x1: None,
+            x2: None,
+        } => x0 as i64,
         other => panic!("{other:?}"),
     };
     let mut m = Model::new();
