@@ -66,6 +66,8 @@ pub struct Outcome {
     pub shortfall: Option<Shortfall>,
     /// How long it took (ms, the virtual counter); 0 in host tests.
     pub ms: u64,
+    /// How much of that was spent in the balloon hypercalls (ms); 0 in host tests.
+    pub call_ms: u64,
 }
 
 impl Outcome {
@@ -205,6 +207,7 @@ impl Driver {
             pages: done,
             shortfall,
             ms: 0,
+            call_ms: 0,
         }
     }
 
@@ -254,6 +257,7 @@ impl Driver {
             pages: done,
             shortfall,
             ms: 0,
+            call_ms: 0,
         }
     }
 }
@@ -276,8 +280,21 @@ pub fn info() -> Info {
     }
 }
 
-/// The real hypercalls. The GPA array must be [`BATCH`] (VA = GPA: it is in `.bss`, in RAM).
-struct Hypervisor;
+/// The real hypercalls, counting the ticks spent in them. The GPA array must be [`BATCH`]
+/// (VA = GPA: it is in `.bss`, in RAM).
+#[derive(Default)]
+struct Hypervisor {
+    ticks: u64,
+}
+
+impl Hypervisor {
+    fn call(&mut self, id: u64, gpas: &[u64]) -> (Status, u64) {
+        let start = crate::timer::now();
+        let answer = batch_call(id, gpas);
+        self.ticks += crate::timer::now().saturating_sub(start);
+        answer
+    }
+}
 
 fn batch_call(id: u64, gpas: &[u64]) -> (Status, u64) {
     let [x0, x1, ..] = hvc(id, [gpas.as_ptr() as u64, gpas.len() as u64, 0, 0, 0, 0]);
@@ -286,11 +303,11 @@ fn batch_call(id: u64, gpas: &[u64]) -> (Status, u64) {
 
 impl Calls for Hypervisor {
     fn release(&mut self, gpas: &[u64]) -> (Status, u64) {
-        batch_call(BALLOON_RELEASE, gpas)
+        self.call(BALLOON_RELEASE, gpas)
     }
 
     fn populate(&mut self, gpas: &[u64]) -> (Status, u64) {
-        batch_call(BALLOON_POPULATE, gpas)
+        self.call(BALLOON_POPULATE, gpas)
     }
 }
 
@@ -322,11 +339,14 @@ fn with_driver<R>(f: impl FnOnce(&mut Driver, &mut Batch) -> R) -> R {
     f(driver, &mut BATCH.lock())
 }
 
-fn timed(f: impl FnOnce() -> Outcome) -> Outcome {
+/// Runs `f` on the real hypercalls and fills in the times.
+fn timed(f: impl FnOnce(&mut Hypervisor) -> Outcome) -> Outcome {
     let start = crate::timer::Instant::now();
-    let outcome = f();
+    let mut calls = Hypervisor::default();
+    let outcome = f(&mut calls);
     Outcome {
         ms: crate::timer::ticks_to_ms(start.elapsed_ticks()),
+        call_ms: crate::timer::ticks_to_ms(calls.ticks),
         ..outcome
     }
 }
@@ -334,13 +354,13 @@ fn timed(f: impl FnOnce() -> Outcome) -> Outcome {
 /// Gives `bytes` (rounded up to whole pages) of the heap back to the balloon.
 pub fn give(bytes: u64) -> Outcome {
     let pages = bytes.div_ceil(PAGE_SIZE);
-    with_driver(|d, batch| timed(|| d.give(&mut Hypervisor, &mut Heap, batch, pages)))
+    with_driver(|d, batch| timed(|calls| d.give(calls, &mut Heap, batch, pages)))
 }
 
 /// Takes `bytes` (rounded up to whole pages) from the balloon's credit into the heap.
 pub fn take(bytes: u64) -> Outcome {
     let pages = bytes.div_ceil(PAGE_SIZE);
-    with_driver(|d, batch| timed(|| d.take(&mut Hypervisor, &mut Heap, batch, pages)))
+    with_driver(|d, batch| timed(|calls| d.take(calls, &mut Heap, batch, pages)))
 }
 
 /// The runs given back so far.

@@ -47,12 +47,17 @@ pub fn on_net_up(info: &StartInfo<'static>, serve: &mut dyn FnMut(u64)) -> Resul
         let out = balloon::give(give * MIB);
         check_whole("gave", give, &out)?;
         println!("balloon gave {give} MiB in {} ms", out.ms);
+        println!("balloon: {} ms of it in BALLOON_RELEASE calls", out.call_ms);
     }
     if take > 0 {
         wait_for_credit(take, serve)?;
         let out = balloon::take(take * MIB);
         check_whole("took", take, &out)?;
         println!("balloon took {take} MiB in {} ms", out.ms);
+        println!(
+            "balloon: {} ms of it in BALLOON_POPULATE calls",
+            out.call_ms
+        );
         let (checked, new) = use_new_memory(info.ram_bytes, take * MIB / 2)?;
         println!(
             "balloon: allocated and checked {} MiB, {} MiB of it in the new memory",

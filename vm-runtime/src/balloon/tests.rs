@@ -149,7 +149,8 @@ fn giving_hands_pages_over_in_page_aligned_batches_of_at_most_512() {
         Outcome {
             pages: 1500,
             shortfall: None,
-            ms: 0
+            ms: 0,
+            call_ms: 0
         }
     );
     assert!(hv.calls.iter().all(|&n| n <= 512), "{:?}", hv.calls);
