@@ -175,18 +175,7 @@ impl VmBalloon {
         pages: &[u64],
     ) -> BatchResult {
         let floor = FLOOR_BYTES / PAGE_SIZE;
-        let mut done = 0;
-        for &gpa in pages {
-            let status = self.release_one(env, ram_pa, gpa, floor);
-            if status != Status::Ok {
-                return BatchResult { status, done };
-            }
-            done += 1;
-        }
-        BatchResult {
-            status: Status::Ok,
-            done,
-        }
+        each_page(pages, |gpa| self.release_one(env, ram_pa, gpa, floor))
     }
 
     fn release_one(
@@ -240,18 +229,7 @@ impl VmBalloon {
 
     /// BALLOON_POPULATE of `pages` (the call's array, see [`read_batch`]).
     pub fn populate(&mut self, env: &mut impl BalloonEnv, pages: &[u64]) -> BatchResult {
-        let mut done = 0;
-        for &gpa in pages {
-            let status = self.populate_one(env, gpa);
-            if status != Status::Ok {
-                return BatchResult { status, done };
-            }
-            done += 1;
-        }
-        BatchResult {
-            status: Status::Ok,
-            done,
-        }
+        each_page(pages, |gpa| self.populate_one(env, gpa))
     }
 
     fn populate_one(&mut self, env: &mut impl BalloonEnv, gpa: u64) -> Status {
@@ -274,6 +252,24 @@ impl VmBalloon {
         }
         self.populated.insert(gpa, pa);
         Status::Ok
+    }
+}
+
+/// Runs `one` on each page in order until one is refused: that page's status and how many
+/// were done before it.
+fn each_page(pages: &[u64], mut one: impl FnMut(u64) -> Status) -> BatchResult {
+    for (done, &gpa) in pages.iter().enumerate() {
+        let status = one(gpa);
+        if status != Status::Ok {
+            return BatchResult {
+                status,
+                done: done as u64,
+            };
+        }
+    }
+    BatchResult {
+        status: Status::Ok,
+        done: pages.len() as u64,
     }
 }
 

@@ -237,8 +237,9 @@ pub trait Machine {
     /// that guest's device model (`Denied` otherwise, `InvalidArgument` for an id that is no
     /// VM).
     fn ioreq_set_irq(&mut self, guest: u64) -> Status;
-    /// ACCOUNTING_REPORT: prints every live VM's counters, tagged `tag`.
-    fn accounting_report(&mut self, tag: u64);
+    /// ACCOUNTING_REPORT: prints every live VM's counters, tagged `tag`; `Busy` (nothing
+    /// printed) when the caller asked too recently.
+    fn accounting_report(&mut self, tag: u64) -> Status;
     /// A balloon call (`function` with the caller's x1 and x2): x0's status, then x1 and x2.
     fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>);
 }
@@ -280,10 +281,7 @@ pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
         Call::SystemOff => Outcome::SystemOff,
         Call::SystemReset => Outcome::SystemReset,
         Call::IoreqSetIrq { guest } => Outcome::status(machine.ioreq_set_irq(guest)),
-        Call::AccountingReport { tag } => {
-            machine.accounting_report(tag);
-            Outcome::status(Status::Ok)
-        }
+        Call::AccountingReport { tag } => Outcome::status(machine.accounting_report(tag)),
         Call::Balloon { function, x1, x2 } => {
             let (status, x1, x2) = machine.balloon(function, x1, x2);
             Outcome::Return {

@@ -72,6 +72,9 @@ static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 static LIVE_VMS: AtomicUsize = AtomicUsize::new(0);
 /// Per-VM counters for ACCOUNTING_REPORT.
 static ACCOUNTING: Accounting = Accounting::new();
+/// When each VM id last had an ACCOUNTING_REPORT printed (counter ticks, 0 = never).
+static LAST_REPORT: [AtomicU64; shared_abi::layout::MAX_VMS + 1] =
+    [const { AtomicU64::new(0) }; shared_abi::layout::MAX_VMS + 1];
 /// When each pCPU last charged its running VM's time (counter ticks).
 static CHARGED_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 
@@ -363,8 +366,9 @@ impl Hv {
     /// vCPU `id` (running on `pcpu`, its registers in `frame`) accessed its emulated NIC's
     /// window at `offset`: the access becomes an I/O request to the device model, and the vCPU
     /// waits for the answer (`Ok(true)`: it is saved and blocked). With no device model
-    /// running, the hypervisor answers as an absent device at once (`Ok(false)`). `Err` says
-    /// why the guest must be killed.
+    /// running, the hypervisor answers as an absent device at once (`Ok(false)`); a vCPU whose
+    /// VM is stopping is left as it is (`Ok(false)`, and `finish` stops it). `Err` says why the
+    /// guest must be killed.
     fn forward_to_device_model(
         &self,
         token: &mut HvHeld,
@@ -390,6 +394,11 @@ impl Hv {
             return Err(String::from("the vCPU is gone"));
         };
         let (v, vtoken) = vcpu.split();
+        if v.run.stopping {
+            // Its VM is stopping: the vCPU must not start waiting (nothing would finish the
+            // stop if the device model never answered); `finish` stops it instead.
+            return Ok(false);
+        }
         let request = ioreq::request_of(&access, offset, &frame.x);
         shared_abi::ioreq::post(conn.page.atomics(), v.index as usize, request)
             .map_err(|e| format!("emulated NIC: {e}"))?;
@@ -1192,7 +1201,18 @@ impl dispatch::Machine for TrapMachine<'_> {
         })
     }
 
-    fn accounting_report(&mut self, tag: u64) {
+    fn accounting_report(&mut self, tag: u64) -> Status {
+        let frequency = cpu::counter_frequency();
+        let now = cpu::counter();
+        let min_gap = frequency * hypercall::ACCOUNTING_MIN_INTERVAL_MS / 1000;
+        let Some(last) = LAST_REPORT.get(usize::from(self.vm_id)) else {
+            return Status::InvalidArgument;
+        };
+        let previous = last.load(Ordering::Relaxed);
+        if previous != 0 && now.saturating_sub(previous) < min_gap {
+            return Status::Busy;
+        }
+        last.store(now, Ordering::Relaxed);
         // Names under the lock, printing without it.
         let vms: Vec<(VmId, String)> = with_hv(self.token, |hv, _| {
             hv.vms
@@ -1217,6 +1237,7 @@ impl dispatch::Machine for TrapMachine<'_> {
                 PCPUS.load(Ordering::Relaxed)
             )
         );
+        Status::Ok
     }
 
     fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R> {
