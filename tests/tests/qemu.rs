@@ -2052,7 +2052,7 @@ fn a_balloon_move_beside_a_running_iperf3_between_two_other_guests() {
             "giver",
             144,
             "app = \"net\", ip = \"10.0.2.16/24\", ping = \"10.0.2.17\", \
-             balloon_give_mib = 128, balloon_after_ms = 4000"
+             balloon_give_mib = 128, balloon_after_ms = 6000"
         ),
         balloon_guest(
             "taker",
@@ -2068,7 +2068,7 @@ fn a_balloon_move_beside_a_running_iperf3_between_two_other_guests() {
             "iperf-client",
             "driver-domain",
             "app = \"iperf\", ip = \"10.0.2.21/24\", iperf = \"client\", \
-             iperf_server = \"10.0.2.20\", iperf_seconds = 12, iperf_wait_ms = 30000"
+             iperf_server = \"10.0.2.20\", iperf_seconds = 16, iperf_wait_ms = 30000"
         ),
     );
     let (topology, boot) = boot_toml(&toml, 180);
