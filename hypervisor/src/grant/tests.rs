@@ -35,6 +35,9 @@ pub(crate) struct Model {
     /// The guests may write anything anywhere, IN_USE bits included, so "IN_USE is only
     /// cleared when nothing maps the frame" is theirs to break and not checked.
     hostile: bool,
+    /// Incarnations per VM: a new one gets fresh RAM (other host frames), as the hypervisor
+    /// gives a VM whose old frames peers still map.
+    generation: HashMap<VmId, u64>,
 }
 
 impl Model {
@@ -95,8 +98,14 @@ impl Model {
         self.ram.get_mut(&vm).unwrap()[o..o + data.len()].copy_from_slice(data);
     }
 
+    /// The host frame of `vm`'s `gpa` in its first incarnation.
     pub(crate) fn host(vm: VmId, gpa: u64) -> u64 {
         ((vm as u64) << 32) + (gpa - GUEST_RAM_BASE)
+    }
+
+    /// The host frame of `vm`'s `gpa` in its current incarnation.
+    fn host_now(&self, vm: VmId, gpa: u64) -> u64 {
+        Model::host(vm, gpa) + (self.generation.get(&vm).copied().unwrap_or(0) << 40)
     }
 
     /// Frees a dead VM's RAM: any later access panics.
@@ -108,6 +117,7 @@ impl Model {
     /// A new incarnation in fresh (zeroed) RAM.
     fn reload(&mut self, vm: VmId) {
         self.freed.remove(&vm);
+        *self.generation.entry(vm).or_default() += 1;
         self.ram.insert(vm, vec![0; RAM as usize]);
     }
 }
@@ -149,7 +159,7 @@ impl GrantEnv for Model {
             // IN_USE of a ref may only drop once no reachable stage-2 maps its frame, unless
             // another in-use ref of the same VM names the same frame (it covers those).
             let frame = GrantEntry::from_u64(current).frame;
-            let pa = Model::host(vm, (frame as u64) << 12);
+            let pa = self.host_now(vm, (frame as u64) << 12);
             let mapped = self
                 .stage2
                 .iter()
@@ -184,7 +194,7 @@ impl GrantEnv for Model {
     fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
         assert_eq!(gpa % PAGE_SIZE, 0);
         self.offset(vm, gpa, PAGE_SIZE);
-        Model::host(vm, gpa)
+        self.host_now(vm, gpa)
     }
 
     fn map_page(
