@@ -164,15 +164,22 @@ impl Hv {
         } else {
             vm.balloon.populate(&mut machine, &pages)
         };
-        if result.done > 0 {
+        // Refusals are the guest's to report; a VM that gave or took everything it asked for
+        // in a batch that leaves it at a new low or high is not worth a line per batch (a
+        // 128 MiB move is 64 calls), so only a refused batch is logged here.
+        if result.status != Status::Ok {
             info!(
-                "balloon: VM {} {} {} KiB, now has {} KiB",
+                "balloon: VM {} {}: {} page(s) done, then {:?}; it has {} KiB",
                 vm.name,
-                if giving { "gave back" } else { "was given" },
-                result.done * PAGE_SIZE / 1024,
+                if giving {
+                    "gives back"
+                } else {
+                    "asks for more"
+                },
+                result.done,
+                result.status,
                 vm.balloon.pages() * PAGE_SIZE / 1024
             );
-            self.log_free_memory();
         }
         (result.status, Some(result.done), None)
     }

@@ -118,6 +118,8 @@ pub fn install(hv: Hv, vcpus: Vec<Vcpu>, sched: Scheduler, slice_ticks: u64, pcp
     PCPUS.store(pcpus, Ordering::Relaxed);
     SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
     LIVE_VMS.store(hv.live_vms(), Ordering::Release);
+    // The "before" of the free-memory lines every stop prints: nothing may leak.
+    hv.log_free_memory();
     crate::locks::install(hv, vcpus, sched);
 }
 
