@@ -570,10 +570,20 @@ pub fn counter_delta(
 }
 
 /// The counter difference of `vm` over its test n (its marks 2n and 2n+1), if it printed
-/// both.
+/// both. A mark may span several lines (a console line holds 200 bytes): their counters are
+/// merged, the first line's value winning.
 pub fn test_delta(stats: &[NetStats], vm: &str, test: u64) -> Option<BTreeMap<String, u64>> {
-    let mark = |tag: u64| stats.iter().find(|s| s.vm == vm && s.tag == tag);
-    counter_delta(&mark(2 * test)?.counters, &mark(2 * test + 1)?.counters)
+    let mark = |tag: u64| {
+        let mut merged: Option<BTreeMap<String, u64>> = None;
+        for s in stats.iter().filter(|s| s.vm == vm && s.tag == tag) {
+            let m = merged.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &s.counters {
+                m.entry(k.clone()).or_insert(*v);
+            }
+        }
+        merged
+    };
+    counter_delta(&mark(2 * test)?, &mark(2 * test + 1)?)
 }
 
 impl PathRun {
@@ -1032,6 +1042,23 @@ mod tests {
             .collect();
         let client = test_delta(&stats, "client1", 1).unwrap();
         assert_eq!((client["tx_frames"], client["events_sent"]), (1000, 100));
+        // A mark split over lines is merged.
+        let split: Vec<NetStats> = [
+            "[g] netstats 2 tx_frames=1 rx_frames=2",
+            "[g] netstats 2 copied_app_to_stack=3",
+            "[g] netstats 3 tx_frames=11 rx_frames=12",
+            "[g] netstats 3 copied_app_to_stack=13",
+            "[g] netstats 3 tx_frames=999",
+        ]
+        .iter()
+        .map(|l| parse_netstats_line(l).unwrap().unwrap())
+        .collect();
+        let d = test_delta(&split, "g", 1).unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            (d["tx_frames"], d["rx_frames"], d["copied_app_to_stack"]),
+            (10, 10, 10)
+        );
         assert!(test_delta(&stats, "server1", 1).is_none(), "no end mark");
         assert!(test_delta(&stats, "client1", 2).is_none());
         // Counters that went backwards (a reconnect) are no difference.

@@ -21,7 +21,7 @@
 //! A UDP result line ends with the receiver's jitter and losses.
 //!
 //! For the bench's reasons, at the start and the end of test n this side prints
-//! `netstats <tag> k=v ...` (its front-end's counters from connect, see [`netstats_line`]),
+//! `netstats <tag> k=v ...` (its front-end's counters from connect, see [`netstats_lines`]),
 //! tag 2n at the start and 2n+1 at the end; with `iperf_accounting = true` it also asks the
 //! hypervisor for its scheduling accounting under the same tag (ACCOUNTING_REPORT).
 
@@ -234,31 +234,39 @@ impl Marks {
             // A hypervisor without it answers NOT_SUPPORTED: the figures are then missing.
             let _ = hypercall::accounting_report(tag);
         }
-        println!("{}", netstats_line(tag, stats, self.app_copied));
+        for line in netstats_lines(tag, stats, self.app_copied) {
+            println!("{line}");
+        }
     }
 }
 
-/// `netstats <tag> ...`: the front-end's counters from connect (frames and frame bytes each
-/// way, events sent, suppressed and delivered to us, and the bytes copied at each copy site,
-/// the app's copy into its sockets first). The harness parses it (`bench::NetStats`).
-fn netstats_line(tag: u64, s: &FrontStats, app_copied: u64) -> String {
-    format!(
-        "netstats {tag} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} events_sent={} \
-         events_suppressed={} events_received={} copied_app_to_stack={app_copied} \
-         copied_stack_to_frame={} copied_frame_to_pool={} copied_pool_to_frame={} \
-         copied_frame_to_stack={}",
-        s.tx_frames,
-        s.tx_bytes,
-        s.rx_frames,
-        s.rx_bytes,
-        s.events_sent,
-        s.events_suppressed,
-        evtchn::delivered(),
-        s.copied_stack_to_frame,
-        s.copied_frame_to_pool,
-        s.copied_pool_to_frame,
-        s.copied_frame_to_stack
-    )
+/// `netstats <tag> ...` lines: the front-end's counters from connect (frames and frame bytes
+/// each way, events sent, suppressed and delivered to us, and the bytes copied at each copy
+/// site, the app's copy into its sockets first). Three lines, as the hypervisor cuts console
+/// lines at 200 bytes; the harness merges the lines of one tag (`bench::NetStats`).
+fn netstats_lines(tag: u64, s: &FrontStats, app_copied: u64) -> [String; 3] {
+    [
+        format!(
+            "netstats {tag} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} events_sent={} \
+             events_suppressed={} events_received={}",
+            s.tx_frames,
+            s.tx_bytes,
+            s.rx_frames,
+            s.rx_bytes,
+            s.events_sent,
+            s.events_suppressed,
+            evtchn::delivered(),
+        ),
+        format!(
+            "netstats {tag} copied_app_to_stack={app_copied} copied_stack_to_frame={} \
+             copied_frame_to_pool={}",
+            s.copied_stack_to_frame, s.copied_frame_to_pool,
+        ),
+        format!(
+            "netstats {tag} copied_pool_to_frame={} copied_frame_to_stack={}",
+            s.copied_pool_to_frame, s.copied_frame_to_stack
+        ),
+    ]
 }
 
 /// Where the app's time went, for the counters line.
