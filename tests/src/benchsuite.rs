@@ -452,7 +452,7 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 34] = [
+pub const REQUIRED_FIGURES: [&str; 39] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -487,6 +487,11 @@ pub const REQUIRED_FIGURES: [&str; 34] = [
     "/reasons/passt_guest_to_host/events_per_frame",
     "/reasons/passt_guest_to_host/bytes_per_notification",
     "/reasons/passt_guest_to_host/copies_per_byte",
+    "/reasons/guest_to_guest/pcpu_share/driver-domain",
+    "/reasons/host_to_guest/pcpu_share/driver-domain",
+    "/reasons/guest_to_host/pcpu_share/driver-domain",
+    "/reasons/passt_host_to_guest/pcpu_share/driver-domain",
+    "/reasons/passt_guest_to_host/pcpu_share/driver-domain",
 ];
 
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
@@ -1936,6 +1941,7 @@ mod tests {
                 "/reasons/host_to_guest/events_per_frame",
                 "/reasons/host_to_guest/bytes_per_notification",
                 "/reasons/host_to_guest/copies_per_byte",
+                "/reasons/host_to_guest/pcpu_share/driver-domain",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
             ]
         );
