@@ -6,7 +6,7 @@
 //!
 //! | key | boot | figures |
 //! |---|---|---|
-//! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps`, `scaling` at 1 pair |
+//! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps` and the other placements (`figures.memcpy_*`, `shared_copy_mbps`), `scaling` at 1 pair |
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain` |
@@ -17,7 +17,13 @@
 //! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
 //!
 //! Throughput is TCP, one stream, in Mbit/s (10^6 bit/s) as iperf3 counts it; in every case the
-//! receiving side's figure is used. Nothing here asserts a speed.
+//! receiving side's figure is used. Nothing here asserts a speed. A figure whose run values
+//! differ by more than 2x is flagged (`spread_over_2x`).
+//!
+//! Beside each para-virtual path's throughput, `reasons` (see [`bench::PathRun::reasons`]):
+//! events per frame, bytes per notification, copies per byte (per copy site too) and each VM's
+//! share of the pCPU time, from the iperf guests' `netstats` marks around their test, the
+//! driver domain's `netback` port lines and the hypervisor's `accounting` reports.
 //!
 //! Why the guest is the client over passt: passt sends everything to the last address it saw
 //! from the guest side (see [`crate::passt`]), so the guest has to speak first; a connection it
