@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod accounting;
+pub mod balloon;
 pub mod console;
 pub mod dispatch;
 pub mod esr;
@@ -19,6 +20,7 @@ pub mod ioreq;
 pub mod irqmap;
 pub mod mm;
 pub mod pci;
+pub mod restart;
 pub mod sched;
 pub mod smmu;
 pub mod vgic;

@@ -355,6 +355,22 @@ fn copy1(
 // ---- SETUP ----
 
 #[test]
+fn the_balloon_sees_grant_tables_and_lent_frames_as_in_use() {
+    let (mut gt, mut m) = world();
+    m.grant(1, 7, 2, FRAME, PERMIT);
+    // The table page, and nothing lent yet.
+    assert!(gt.page_in_use(1, TABLE + 0x10));
+    assert!(!gt.page_in_use(1, FRAME));
+    assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 7, WIN, 0)), Status::Ok);
+    assert!(gt.page_in_use(1, FRAME + 0x800));
+    assert!(!gt.page_in_use(1, FRAME2));
+    // The mapper's own pages are not the granter's business, and bad ids are nobody's.
+    assert!(!gt.page_in_use(2, FRAME));
+    assert!(!gt.page_in_use(0, TABLE));
+    assert!(!gt.page_in_use(MAX_VMS as VmId + 1, TABLE));
+}
+
+#[test]
 fn setup_rejects_bad_arguments() {
     let mut gt = GrantTables::new();
     let m = Model::new(&[1]);
