@@ -56,6 +56,8 @@ pub struct PortStats {
     pub last_bad_frame: Option<QueueError>,
     /// Frame bytes of the well-formed frames the guest sent (before the switch's verdict).
     pub tx_bytes: u64,
+    /// Frame bytes delivered to the guest.
+    pub rx_bytes: u64,
     /// Bytes we copied into the guest's receive buffers (net header and frame): the bench's
     /// count of this copy site.
     pub copied_to_guest: u64,
@@ -72,11 +74,12 @@ impl PortStats {
     /// driver domain's [`COPIED_FROM_GUESTS`] so far.
     pub fn line(&self, guest: u16) -> String {
         format!(
-            "netback {guest} tx_frames={} tx_bytes={} rx_frames={} copied_to_guest={} \
-             events_sent={} events_suppressed={} copied_from_guests={}",
+            "netback {guest} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} \
+             copied_to_guest={} events_sent={} events_suppressed={} copied_from_guests={}",
             self.tx_frames,
             self.tx_bytes,
             self.rx_frames,
+            self.rx_bytes,
             self.copied_to_guest,
             self.events_sent,
             self.events_suppressed,
@@ -291,6 +294,7 @@ impl NetPort {
             Some(len) => {
                 let _ = self.rx.push_used(chain.head(), len);
                 self.stats.rx_frames += 1;
+                self.stats.rx_bytes += frame.len() as u64;
                 self.stats.copied_to_guest += u64::from(len);
                 Ok(())
             }
@@ -331,6 +335,7 @@ impl NetPort {
         );
         let _ = self.rx.push_used(chain.head(), need as u32);
         self.stats.rx_frames += 1;
+        self.stats.rx_bytes += header.frame_len as u64;
         self.stats.copied_to_guest += need as u64;
         Ok(())
     }

@@ -593,9 +593,10 @@ impl PathRun {
     ///   frames, else the sending guest's);
     /// - bytes per notification: payload bytes over those events;
     /// - copies per byte: each copy site's bytes over the payload bytes; the back-end's share
-    ///   is its connection's copy bytes into the receiving guest (or out of the sending
-    ///   guest toward the NIC), scaled to this test by the guest's frame count in the test
-    ///   over the connection's;
+    ///   is its copies per frame byte over its connection (bytes copied into the receiving
+    ///   guest over frame bytes delivered to it; or, toward the NIC, bytes copied out of
+    ///   guests over the frame bytes the sending guest sent) times the frame bytes of this
+    ///   test as the guest counted them;
     /// - the pCPU share of every VM between the accounting reports.
     pub fn reasons(&self) -> RunReasons {
         let mut r = RunReasons::default();
@@ -637,33 +638,31 @@ impl PathRun {
             }
         }
         // The back-end's copy: into the receiving guest's buffers, else (toward the NIC)
-        // out of the sending guest's pool.
+        // out of the sending guest's pool; per frame byte of its connection, applied to the
+        // test's frame bytes (a connection may carry other tests).
         let scaled = |port: &Option<BTreeMap<String, u64>>,
                       guest: &Option<BTreeMap<String, u64>>,
                       copied: &str,
-                      port_frames: &str,
-                      guest_frames: &str|
+                      bytes: &str|
          -> Option<f64> {
             let copied = get(port, copied)? as f64;
-            let all = get(port, port_frames)? as f64;
-            let test = get(guest, guest_frames)? as f64;
-            (all > 0.0).then(|| copied * (test / all).min(1.0))
+            let all = get(port, bytes)? as f64;
+            let test = get(guest, bytes)? as f64;
+            (all > 0.0).then(|| copied / all * test)
         };
         let backend = if self.receiver.is_some() {
             scaled(
                 &self.receiver_port,
                 &self.receiver,
                 "copied_to_guest",
-                "rx_frames",
-                "rx_frames",
+                "rx_bytes",
             )
         } else {
             scaled(
                 &self.sender_port,
                 &self.sender,
                 "copied_from_guests",
-                "tx_frames",
-                "tx_frames",
+                "tx_bytes",
             )
         };
         if let Some(bytes) = backend {
@@ -1073,6 +1072,7 @@ mod tests {
         };
         let sender = c(&[
             ("tx_frames", 1000),
+            ("tx_bytes", 1_030_000),
             ("events_sent", 100),
             ("events_received", 150),
             ("copied_app_to_stack", 1_000_000),
@@ -1082,6 +1082,7 @@ mod tests {
         ]);
         let receiver = c(&[
             ("rx_frames", 1000),
+            ("rx_bytes", 1_010_000),
             ("events_sent", 200),
             ("events_received", 50),
             ("copied_pool_to_frame", 1_010_000),
@@ -1091,8 +1092,12 @@ mod tests {
             payload_bytes: 1_000_000,
             sender: Some(sender.clone()),
             receiver: Some(receiver.clone()),
-            // The connection carried 2000 frames to the server; this test 1000 of them.
-            receiver_port: Some(c(&[("rx_frames", 2000), ("copied_to_guest", 2_044_000)])),
+            // The connection carried 2 000 000 frame bytes to the server (copied with their
+            // net headers); this test 1 010 000 of them.
+            receiver_port: Some(c(&[
+                ("rx_bytes", 2_000_000),
+                ("copied_to_guest", 2_024_000),
+            ])),
             sender_port: None,
             accounting: None,
         };
@@ -1105,11 +1110,12 @@ mod tests {
             r.copies["pool_to_frame"], 1.01,
             "the receiver's site, not the sender's"
         );
-        assert_eq!(r.copies["backend"], 1.022);
+        // 1.012 copied per frame byte, 1.01 frame bytes per payload byte.
+        assert_eq!(r.copies["backend"], 1.0221);
         assert_eq!(r.copies.len(), 6);
         assert_eq!(
             r.copies_per_byte,
-            Some(1.0 + 1.01 + 1.02 + 1.01 + 1.01 + 1.022)
+            Some(round_to(1.0 + 1.01 + 1.02 + 1.01 + 1.01 + 1.0221, 4))
         );
         assert!(r.pcpu_share.is_empty());
 
@@ -1118,7 +1124,10 @@ mod tests {
             payload_bytes: 1_000_000,
             sender: Some(sender),
             receiver: None,
-            sender_port: Some(c(&[("tx_frames", 1000), ("copied_from_guests", 1_030_000)])),
+            sender_port: Some(c(&[
+                ("tx_bytes", 2_000_000),
+                ("copied_from_guests", 2_000_000),
+            ])),
             receiver_port: None,
             accounting: Some((Accounting::default(), Accounting::default())),
         };
