@@ -15,6 +15,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use shared_abi::handshake::Frontend;
 use shared_abi::virtq::{
@@ -53,6 +54,38 @@ pub struct PortStats {
     pub events_suppressed: u64,
     /// Why the last bad frame was dropped.
     pub last_bad_frame: Option<QueueError>,
+    /// Frame bytes of the well-formed frames the guest sent (before the switch's verdict).
+    pub tx_bytes: u64,
+    /// Frame bytes delivered to the guest.
+    pub rx_bytes: u64,
+    /// Bytes we copied into the guest's receive buffers (net header and frame): the bench's
+    /// count of this copy site.
+    pub copied_to_guest: u64,
+}
+
+/// Bytes [`read_guest_frame`] copied out of any guest's pool (toward the NIC, the local
+/// endpoint or a guest that checks its checksums), for the bench's count of copies. One
+/// counter for the driver domain: the copy does not know its port.
+static COPIED_FROM_GUESTS: AtomicU64 = AtomicU64::new(0);
+
+impl PortStats {
+    /// The `netback <guest> k=v ...` line printed when the port closes, which the bench
+    /// parses (`bench::BackendStats`): this port's counters over its connection, and the
+    /// driver domain's [`COPIED_FROM_GUESTS`] so far.
+    pub fn line(&self, guest: u16) -> String {
+        format!(
+            "netback {guest} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} \
+             copied_to_guest={} events_sent={} events_suppressed={} copied_from_guests={}",
+            self.tx_frames,
+            self.tx_bytes,
+            self.rx_frames,
+            self.rx_bytes,
+            self.copied_to_guest,
+            self.events_sent,
+            self.events_suppressed,
+            COPIED_FROM_GUESTS.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// Why a frame could not be delivered to a guest.
@@ -199,7 +232,10 @@ impl NetPort {
             }
         };
         match chain.read_tx_header(&self.pool, self.features.csum, MAX_TX_FRAME) {
-            Ok(header) => Ok(TxItem::Frame { chain, header }),
+            Ok(header) => {
+                self.stats.tx_bytes += header.frame_len as u64;
+                Ok(TxItem::Frame { chain, header })
+            }
             Err(e) => {
                 let _ = self.tx.push_used(chain.head(), TX_DROPPED);
                 self.stats.tx_bad_frames += 1;
@@ -258,6 +294,8 @@ impl NetPort {
             Some(len) => {
                 let _ = self.rx.push_used(chain.head(), len);
                 self.stats.rx_frames += 1;
+                self.stats.rx_bytes += frame.len() as u64;
+                self.stats.copied_to_guest += u64::from(len);
                 Ok(())
             }
             None => {
@@ -297,6 +335,8 @@ impl NetPort {
         );
         let _ = self.rx.push_used(chain.head(), need as u32);
         self.stats.rx_frames += 1;
+        self.stats.rx_bytes += header.frame_len as u64;
+        self.stats.copied_to_guest += need as u64;
         Ok(())
     }
 
@@ -336,10 +376,11 @@ impl NetPort {
         self.tx.enable_notify()
     }
 
-    /// Unmaps everything and closes the port.
+    /// Unmaps everything and closes the port; prints the port's counters line for the bench.
     pub fn detach(self) -> Result<(), String> {
         let _ = evtchn::close(self.port);
         let guest = self.guest;
+        vm_runtime::println!("{}", self.stats.line(guest));
         let results = [
             self.tx_ring.unmap(),
             self.rx_ring.unmap(),
@@ -359,4 +400,5 @@ pub fn read_guest_frame(pool: &SharedMem, chain: &Chain, header: &TxHeader, dst:
     let head = header.head_len.min(len);
     dst[..head].copy_from_slice(&header.head()[..head]);
     chain.read(pool, NET_HDR_LEN + head, &mut dst[head..len]);
+    COPIED_FROM_GUESTS.fetch_add(len as u64, Ordering::Relaxed);
 }

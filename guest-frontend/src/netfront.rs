@@ -44,15 +44,28 @@ pub const MTU_RANGE: core::ops::RangeInclusive<usize> = 576..=9000;
 /// Features we ask for.
 const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX | FEATURE_CSUM;
 
-/// What the front-end did, for the closing line.
+/// What the front-end did, for the closing line and the bench's reasons (`NetFront::stats`
+/// snapshots around a measurement; the harness takes the differences).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrontStats {
     pub tx_frames: u64,
+    /// Frame bytes queued to the back-end (Ethernet header on, net header off).
+    pub tx_bytes: u64,
     pub tx_dropped_by_backend: u64,
     pub rx_frames: u64,
+    /// Frame bytes received from the back-end.
+    pub rx_bytes: u64,
     pub rx_empty: u64,
     pub events_sent: u64,
     pub events_suppressed: u64,
+    /// Bytes copied at each copy site of this side, counted where the copy is made: the
+    /// stack building a frame into our transmit token (from its socket buffer), the frame
+    /// into the shared pool, a received frame out of the pool, and the stack taking a
+    /// received frame (into its socket buffer).
+    pub copied_stack_to_frame: u64,
+    pub copied_frame_to_pool: u64,
+    pub copied_pool_to_frame: u64,
+    pub copied_frame_to_stack: u64,
 }
 
 pub struct NetFront {
@@ -245,6 +258,7 @@ impl NetFront {
                 let mut frame = vec![0u8; len - NET_HDR_LEN];
                 self.pool
                     .read(buffer * self.buffer_len + NET_HDR_LEN, &mut frame);
+                self.stats.copied_pool_to_frame += frame.len() as u64;
                 frame
             });
             match self
@@ -257,6 +271,7 @@ impl NetFront {
             match frame {
                 Some(frame) => {
                     self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += frame.len() as u64;
                     return Some(frame);
                 }
                 None => self.stats.rx_empty += 1,
@@ -278,6 +293,7 @@ impl NetFront {
         let hdr = NetHdr::for_tx_frame(frame, self.csum_offload);
         self.pool.write(at, &hdr.encode());
         self.pool.write(at + NET_HDR_LEN, frame);
+        self.stats.copied_frame_to_pool += (NET_HDR_LEN + frame.len()) as u64;
         let segment = Segment {
             offset: at as u32,
             len: (NET_HDR_LEN + frame.len()) as u32,
@@ -286,6 +302,7 @@ impl NetFront {
             Ok(head) => {
                 self.tx_buffer_of[usize::from(head)] = buffer;
                 self.stats.tx_frames += 1;
+                self.stats.tx_bytes += frame.len() as u64;
                 true
             }
             Err(_) => {
@@ -417,6 +434,7 @@ impl TxToken for FrontTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut frame = vec![0u8; len];
         let result = f(&mut frame);
+        self.0.stats.copied_stack_to_frame += len as u64;
         // `transmit` checked a buffer is free; a failure here only loses this frame.
         let _ = self.0.send_frame(&frame);
         result
@@ -429,6 +447,9 @@ impl Device for NetFront {
 
     fn receive(&mut self, _now: NetInstant) -> Option<(FrontRx, FrontTx<'_>)> {
         let frame = self.next_rx()?;
+        // Counted as handed over: the stack always consumes the token, parses the frame and
+        // copies its payload into a socket buffer.
+        self.stats.copied_frame_to_stack += frame.len() as u64;
         Some((FrontRx(frame), FrontTx(self)))
     }
 

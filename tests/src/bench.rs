@@ -203,6 +203,19 @@ pub struct Stat {
     /// Single measurements behind the figure, when a run has more than one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<u64>,
+    /// The largest run value is more than twice the smallest (see [`spread_over_2x`]): the
+    /// figure is flagged in the table.
+    pub spread_over_2x: bool,
+}
+
+/// The flag rule: over more than one run, the largest run value (a run's result, or a
+/// run's median) over the smallest exceeds 2. Run values, not single samples: one slow
+/// event-channel round trip among thousands is no unsteady figure, a run twice as fast as
+/// another is.
+pub fn spread_over_2x(values: &[f64]) -> bool {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    values.len() > 1 && min > 0.0 && max / min > 2.0
 }
 
 /// `x` rounded to `decimals` places (what the JSON shows: no float noise like 95.89000000000001).
@@ -224,6 +237,7 @@ impl Stat {
             min: values.iter().copied().fold(f64::INFINITY, f64::min),
             max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             runs: values.len(),
+            spread_over_2x: spread_over_2x(&values),
             values,
             samples: None,
         })
@@ -293,6 +307,446 @@ pub fn parse_ping_reply(line: &str) -> Option<PingReply> {
             rtt_us: value * scale,
         }
     })
+}
+
+// ---- The reasons beside the figures ------------------------------------------------------------
+
+/// The `key=value` words of a counters line; an unknown key is kept, a value that is not a
+/// number is an error naming the line.
+fn counters(words: &[&str], what: &str) -> Result<BTreeMap<String, u64>, String> {
+    let mut out = BTreeMap::new();
+    for word in words {
+        let (k, v) = word
+            .split_once('=')
+            .ok_or_else(|| format!("{what}: '{word}' is not key=value"))?;
+        let v = v
+            .parse::<u64>()
+            .map_err(|_| format!("{what}: {k}={v} is not a number"))?;
+        out.insert(k.to_string(), v);
+    }
+    Ok(out)
+}
+
+/// A tag as the hypervisor or a VM prints it: decimal or `0x` hexadecimal.
+fn parse_tag(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// One VM's scheduling counters in an accounting report (hypervisor, counted from boot).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmAccount {
+    pub run_us: u64,
+    pub exits: u64,
+    pub hypercalls: u64,
+    pub mmio_exits: u64,
+    pub ioreqs: u64,
+    pub virqs: u64,
+}
+
+/// One line of the hypervisor's ACCOUNTING_REPORT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountingLine {
+    Vm {
+        tag: u64,
+        vm: String,
+        account: VmAccount,
+    },
+    Machine {
+        tag: u64,
+        idle_us: u64,
+        pcpus: u64,
+    },
+}
+
+/// Parses `accounting <tag> vm=<name> run_us=.. exits=.. hypercalls=.. mmio_exits=..
+/// ioreqs=.. virqs=..` or `accounting <tag> idle_us=.. pcpus=..`, after the hypervisor's `[hv] `
+/// prefix (a line without it, or from a VM, is `None`: a guest cannot forge the hypervisor's
+/// figures). A malformed accounting line is an error.
+pub fn parse_accounting_line(line: &str) -> Option<Result<AccountingLine, String>> {
+    let rest = line.strip_prefix("[hv] ")?.strip_prefix("accounting ")?;
+    let mut words = rest.split_whitespace();
+    let tag_text = words.next()?;
+    let words: Vec<&str> = words.collect();
+    Some((|| {
+        let tag = parse_tag(tag_text).ok_or_else(|| format!("accounting: bad tag '{tag_text}'"))?;
+        let (vm, numbers): (Option<&str>, Vec<&str>) = match words.first() {
+            Some(w) if w.starts_with("vm=") => (Some(&w[3..]), words[1..].to_vec()),
+            _ => (None, words.clone()),
+        };
+        let c = counters(&numbers, "accounting")?;
+        let get = |k: &str| {
+            c.get(k)
+                .copied()
+                .ok_or_else(|| format!("accounting {tag}: no {k}="))
+        };
+        Ok(match vm {
+            Some(vm) if !vm.is_empty() => AccountingLine::Vm {
+                tag,
+                vm: vm.to_string(),
+                account: VmAccount {
+                    run_us: get("run_us")?,
+                    exits: get("exits")?,
+                    hypercalls: get("hypercalls")?,
+                    mmio_exits: get("mmio_exits")?,
+                    ioreqs: get("ioreqs")?,
+                    virqs: get("virqs")?,
+                },
+            },
+            Some(_) => return Err(format!("accounting {tag}: empty vm=")),
+            None => AccountingLine::Machine {
+                tag,
+                idle_us: get("idle_us")?,
+                pcpus: get("pcpus")?,
+            },
+        })
+    })())
+}
+
+/// One tagged accounting report: every live VM's counters and the idle time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accounting {
+    pub vms: BTreeMap<String, VmAccount>,
+    pub idle_us: Option<u64>,
+    pub pcpus: Option<u64>,
+}
+
+/// Every accounting report of a boot's console, by tag (a tag reported twice keeps the
+/// first report).
+pub fn accounting_reports<'a>(
+    lines: impl IntoIterator<Item = &'a String>,
+) -> Result<BTreeMap<u64, Accounting>, String> {
+    let mut reports: BTreeMap<u64, Accounting> = BTreeMap::new();
+    for line in lines {
+        match parse_accounting_line(line) {
+            None => {}
+            Some(Err(e)) => return Err(e),
+            Some(Ok(AccountingLine::Vm { tag, vm, account })) => {
+                reports
+                    .entry(tag)
+                    .or_default()
+                    .vms
+                    .entry(vm)
+                    .or_insert(account);
+            }
+            Some(Ok(AccountingLine::Machine {
+                tag,
+                idle_us,
+                pcpus,
+            })) => {
+                let r = reports.entry(tag).or_default();
+                r.idle_us.get_or_insert(idle_us);
+                r.pcpus.get_or_insert(pcpus);
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// The share of pCPU time each VM got between two reports: its run time over all the pCPU
+/// time accounted in between (every VM's run time plus the idle time), and `idle` the idle
+/// share. `None` unless both reports are complete and time passed. A VM that only exists in
+/// the later report counts from zero.
+pub fn pcpu_shares(before: &Accounting, after: &Accounting) -> Option<BTreeMap<String, f64>> {
+    let idle = after.idle_us?.checked_sub(before.idle_us?)?;
+    let mut runs = BTreeMap::new();
+    for (vm, a) in &after.vms {
+        let b = before.vms.get(vm).map_or(0, |b| b.run_us);
+        runs.insert(vm.clone(), a.run_us.saturating_sub(b));
+    }
+    let total = runs.values().sum::<u64>() + idle;
+    if total == 0 {
+        return None;
+    }
+    let mut shares: BTreeMap<String, f64> = runs
+        .into_iter()
+        .map(|(vm, us)| (vm, us as f64 / total as f64))
+        .collect();
+    shares.insert("idle".into(), idle as f64 / total as f64);
+    Some(shares)
+}
+
+/// A `netstats <tag> k=v ...` line of an iperf guest (its front-end's counters from connect;
+/// tag 2n at the start of its test n, 2n+1 at the end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetStats {
+    pub vm: String,
+    pub tag: u64,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// The front-end's copy sites in the order of the data path, sender's first: the key in a
+/// `netstats` line and whether the sending side makes it.
+pub const FRONT_COPY_SITES: [(&str, bool); 5] = [
+    ("copied_app_to_stack", true),
+    ("copied_stack_to_frame", true),
+    ("copied_frame_to_pool", true),
+    ("copied_pool_to_frame", false),
+    ("copied_frame_to_stack", false),
+];
+
+/// Parses `[vm] netstats <tag> k=v ...`; `None` for other lines.
+pub fn parse_netstats_line(line: &str) -> Option<Result<NetStats, String>> {
+    let rest = line.strip_prefix('[')?;
+    let (vm, rest) = rest.split_once("] ")?;
+    let rest = rest.strip_prefix("netstats ")?;
+    let mut words = rest.split_whitespace();
+    let tag_text = words.next()?;
+    let words: Vec<&str> = words.collect();
+    Some((|| {
+        Ok(NetStats {
+            vm: vm.to_string(),
+            tag: parse_tag(tag_text)
+                .ok_or_else(|| format!("netstats from {vm}: bad tag '{tag_text}'"))?,
+            counters: counters(&words, &format!("netstats from {vm}"))?,
+        })
+    })())
+}
+
+/// The per-port line the driver domain prints when a guest's port closes:
+/// `[dd] netback <guest id> k=v ...` (this connection's counters).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendStats {
+    pub guest: u16,
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Parses `[vm] netback <guest> k=v ...`; `None` for other lines.
+pub fn parse_backend_line(line: &str) -> Option<Result<BackendStats, String>> {
+    let rest = line.strip_prefix('[')?;
+    let (_vm, rest) = rest.split_once("] ")?;
+    let rest = rest.strip_prefix("netback ")?;
+    let mut words = rest.split_whitespace();
+    let guest_text = words.next()?;
+    let words: Vec<&str> = words.collect();
+    Some((|| {
+        Ok(BackendStats {
+            guest: guest_text
+                .parse()
+                .map_err(|_| format!("netback: bad guest '{guest_text}'"))?,
+            counters: counters(&words, "netback")?,
+        })
+    })())
+}
+
+/// What one test of one path measured, for its reasons: the counters of the guests on it
+/// between the marks of their test, the back-end's port lines, the accounting reports.
+#[derive(Clone, Debug, Default)]
+pub struct PathRun {
+    /// Payload bytes the receiver counted (iperf3).
+    pub payload_bytes: u64,
+    /// The sending and receiving guest's counter differences over the test (`None`: the
+    /// side is not a guest of the split driver: the host, or the driver domain's NIC).
+    pub sender: Option<BTreeMap<String, u64>>,
+    pub receiver: Option<BTreeMap<String, u64>>,
+    /// The back-end's lines of the sending and receiving guest's ports (whole connection).
+    pub sender_port: Option<BTreeMap<String, u64>>,
+    pub receiver_port: Option<BTreeMap<String, u64>>,
+    /// Accounting reports before and after the test.
+    pub accounting: Option<(Accounting, Accounting)>,
+}
+
+/// The reasons of one run of one path (see [`Reasons`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunReasons {
+    pub events_per_frame: Option<f64>,
+    pub bytes_per_notification: Option<f64>,
+    pub copies_per_byte: Option<f64>,
+    /// Copies per payload byte at each copy site (front-end sites, then `backend`).
+    pub copies: BTreeMap<String, f64>,
+    pub pcpu_share: BTreeMap<String, f64>,
+}
+
+/// The difference of two counter snapshots (`None` if a key is missing or went backwards).
+pub fn counter_delta(
+    start: &BTreeMap<String, u64>,
+    end: &BTreeMap<String, u64>,
+) -> Option<BTreeMap<String, u64>> {
+    end.iter()
+        .map(|(k, v)| Some((k.clone(), v.checked_sub(*start.get(k)?)?)))
+        .collect()
+}
+
+/// The counter difference of `vm` over its test n (its marks 2n and 2n+1), if it printed
+/// both. A mark may span several lines (a console line holds 200 bytes): their counters are
+/// merged, the first line's value winning.
+pub fn test_delta(stats: &[NetStats], vm: &str, test: u64) -> Option<BTreeMap<String, u64>> {
+    let mark = |tag: u64| {
+        let mut merged: Option<BTreeMap<String, u64>> = None;
+        for s in stats.iter().filter(|s| s.vm == vm && s.tag == tag) {
+            let m = merged.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &s.counters {
+                m.entry(k.clone()).or_insert(*v);
+            }
+        }
+        merged
+    };
+    counter_delta(&mark(2 * test)?, &mark(2 * test + 1)?)
+}
+
+impl PathRun {
+    /// The reasons, from the counters only:
+    /// - events per frame: the events the path's guests sent and had delivered (each
+    ///   back-end event that woke a guest), over the data frames (the receiving guest's
+    ///   frames, else the sending guest's);
+    /// - bytes per notification: payload bytes over those events;
+    /// - copies per byte: each copy site's bytes over the payload bytes; the back-end's share
+    ///   is its copies per frame byte over its connection (bytes copied into the receiving
+    ///   guest over frame bytes delivered to it; or, toward the NIC, bytes copied out of
+    ///   guests over the frame bytes the sending guest sent) times the frame bytes of this
+    ///   test as the guest counted them;
+    /// - the pCPU share of every VM between the accounting reports.
+    pub fn reasons(&self) -> RunReasons {
+        let mut r = RunReasons::default();
+        if let Some((before, after)) = &self.accounting {
+            r.pcpu_share = pcpu_shares(before, after).unwrap_or_default();
+        }
+        let get =
+            |m: &Option<BTreeMap<String, u64>>, k: &str| m.as_ref().and_then(|m| m.get(k).copied());
+        let frames = get(&self.receiver, "rx_frames").or(get(&self.sender, "tx_frames"));
+        let events: u64 = [&self.sender, &self.receiver]
+            .iter()
+            .filter_map(|m| m.as_ref())
+            .map(|m| {
+                m.get("events_sent").copied().unwrap_or(0)
+                    + m.get("events_received").copied().unwrap_or(0)
+            })
+            .sum();
+        let guests = self.sender.is_some() || self.receiver.is_some();
+        if let Some(frames) = frames.filter(|&f| f > 0) {
+            r.events_per_frame = Some(round_to(events as f64 / frames as f64, 4));
+        }
+        let payload = self.payload_bytes;
+        if guests && events > 0 && payload > 0 {
+            r.bytes_per_notification = Some(round_to(payload as f64 / events as f64, 1));
+        }
+        if payload == 0 || !guests {
+            return r;
+        }
+        for (site, sending) in FRONT_COPY_SITES {
+            let side = if sending {
+                &self.sender
+            } else {
+                &self.receiver
+            };
+            if let Some(bytes) = get(side, site) {
+                let name = site.trim_start_matches("copied_");
+                r.copies
+                    .insert(name.to_string(), round_to(bytes as f64 / payload as f64, 4));
+            }
+        }
+        // The back-end's copy: into the receiving guest's buffers, else (toward the NIC)
+        // out of the sending guest's pool; per frame byte of its connection, applied to the
+        // test's frame bytes (a connection may carry other tests).
+        let scaled = |port: &Option<BTreeMap<String, u64>>,
+                      guest: &Option<BTreeMap<String, u64>>,
+                      copied: &str,
+                      bytes: &str|
+         -> Option<f64> {
+            let copied = get(port, copied)? as f64;
+            let all = get(port, bytes)? as f64;
+            let test = get(guest, bytes)? as f64;
+            (all > 0.0).then(|| copied / all * test)
+        };
+        let backend = if self.receiver.is_some() {
+            scaled(
+                &self.receiver_port,
+                &self.receiver,
+                "copied_to_guest",
+                "rx_bytes",
+            )
+        } else {
+            scaled(
+                &self.sender_port,
+                &self.sender,
+                "copied_from_guests",
+                "tx_bytes",
+            )
+        };
+        if let Some(bytes) = backend {
+            r.copies
+                .insert("backend".into(), round_to(bytes / payload as f64, 4));
+        }
+        if !r.copies.is_empty() {
+            r.copies_per_byte = Some(round_to(r.copies.values().sum(), 4));
+        }
+        r
+    }
+}
+
+/// The reasons beside a path's throughput over several runs, each a [`Stat`] over the runs'
+/// values (see [`PathRun::reasons`] for how each is counted). Missing where no run had it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Reasons {
+    pub events_per_frame: Option<Stat>,
+    pub bytes_per_notification: Option<Stat>,
+    pub copies_per_byte: Option<Stat>,
+    /// Copies per payload byte at each copy site (medians over runs).
+    pub copies: BTreeMap<String, f64>,
+    /// Each VM's share of the pCPU time during the test, and `idle` (medians over runs).
+    pub pcpu_share: BTreeMap<String, f64>,
+}
+
+impl Reasons {
+    pub fn of_runs(runs: &[RunReasons]) -> Reasons {
+        let stat = |f: fn(&RunReasons) -> Option<f64>| {
+            Stat::of_runs(&runs.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        let medians = |f: fn(&RunReasons) -> &BTreeMap<String, f64>| {
+            let mut by_key: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for run in runs {
+                for (k, v) in f(run) {
+                    by_key.entry(k.clone()).or_default().push(*v);
+                }
+            }
+            by_key
+                .into_iter()
+                .map(|(k, v)| (k, round_to(median(&v), 4)))
+                .collect()
+        };
+        Reasons {
+            events_per_frame: stat(|r| r.events_per_frame),
+            bytes_per_notification: stat(|r| r.bytes_per_notification),
+            copies_per_byte: stat(|r| r.copies_per_byte),
+            copies: medians(|r| &r.copies),
+            pcpu_share: medians(|r| &r.pcpu_share),
+        }
+    }
+
+    /// Whether nothing was measured.
+    pub fn is_empty(&self) -> bool {
+        self.events_per_frame.is_none()
+            && self.copies_per_byte.is_none()
+            && self.pcpu_share.is_empty()
+    }
+
+    /// One table line: `0.52 ev/frame, 17000 B/notif., 5.06 copies/B; pCPU dd 40%, ...`.
+    pub fn summary(&self) -> String {
+        let num = |s: &Option<Stat>, decimals: usize| {
+            s.as_ref()
+                .map(|s| format!("{:.*}", decimals, s.median))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut out = format!(
+            "{} events/frame, {} B/notification, {} copies/B",
+            num(&self.events_per_frame, 3),
+            num(&self.bytes_per_notification, 0),
+            num(&self.copies_per_byte, 2)
+        );
+        if self.pcpu_share.is_empty() {
+            out += "; pCPU share -";
+        } else {
+            let shares: Vec<String> = self
+                .pcpu_share
+                .iter()
+                .map(|(vm, s)| format!("{vm} {:.0}%", s * 100.0))
+                .collect();
+            out += &format!("; pCPU share {}", shares.join(", "));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -432,5 +886,311 @@ mod tests {
         ] {
             assert_eq!(parse_ping_reply(other), None, "{other}");
         }
+    }
+
+    const ACCOUNTING: [&str; 8] = [
+        "[hv] accounting 2 vm=driver-domain run_us=1000 exits=10 hypercalls=5 mmio_exits=1 ioreqs=0 virqs=3",
+        "[hv] accounting 2 vm=client1 run_us=2000 exits=20 hypercalls=6 mmio_exits=0 ioreqs=0 virqs=4",
+        "[hv] accounting 2 idle_us=7000 pcpus=2",
+        "[client1] accounting 3 vm=client1 run_us=999999999 exits=0 hypercalls=0 mmio_exits=0 ioreqs=0 virqs=0",
+        "[hv] accounting 0x3 vm=driver-domain run_us=5000 exits=90 hypercalls=50 mmio_exits=1 ioreqs=0 virqs=30",
+        "[hv] accounting 3 vm=client1 run_us=4000 exits=40 hypercalls=60 mmio_exits=0 ioreqs=0 virqs=40",
+        "[hv] accounting 3 vm=server1 run_us=1000 exits=4 hypercalls=6 mmio_exits=0 ioreqs=0 virqs=4",
+        "[hv] accounting 3 idle_us=9000 pcpus=2",
+    ];
+
+    #[test]
+    fn parses_accounting_lines_from_the_hypervisor_only() {
+        let l = parse_accounting_line(ACCOUNTING[0]).unwrap().unwrap();
+        assert_eq!(
+            l,
+            AccountingLine::Vm {
+                tag: 2,
+                vm: "driver-domain".into(),
+                account: VmAccount {
+                    run_us: 1000,
+                    exits: 10,
+                    hypercalls: 5,
+                    mmio_exits: 1,
+                    ioreqs: 0,
+                    virqs: 3
+                }
+            }
+        );
+        assert_eq!(
+            parse_accounting_line(ACCOUNTING[2]).unwrap().unwrap(),
+            AccountingLine::Machine {
+                tag: 2,
+                idle_us: 7000,
+                pcpus: 2
+            }
+        );
+        // A VM printing the same words forges nothing.
+        assert!(parse_accounting_line(ACCOUNTING[3]).is_none());
+        assert!(parse_accounting_line("[hv] VM client1 stopped").is_none());
+        for bad in [
+            "[hv] accounting 2 vm=dd run_us=x exits=1 hypercalls=1 mmio_exits=1 ioreqs=1 virqs=1",
+            "[hv] accounting 2 vm=dd run_us=1 exits=1",
+            "[hv] accounting two idle_us=1 pcpus=2",
+            "[hv] accounting 2 idle_us=1",
+            "[hv] accounting 2 vm= run_us=1 exits=1 hypercalls=1 mmio_exits=1 ioreqs=1 virqs=1",
+            "[hv] accounting 2 idle_us=1 pcpus",
+        ] {
+            assert!(parse_accounting_line(bad).unwrap().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shares_are_run_time_over_all_accounted_time_between_two_reports() {
+        let lines: Vec<String> = ACCOUNTING.iter().map(|l| l.to_string()).collect();
+        let reports = accounting_reports(&lines).unwrap();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(
+            reports[&3].vms["client1"].run_us, 4000,
+            "the VM's forged line is ignored"
+        );
+        assert_eq!(
+            (reports[&3].idle_us, reports[&3].pcpus),
+            (Some(9000), Some(2))
+        );
+        let shares = pcpu_shares(&reports[&2], &reports[&3]).unwrap();
+        // dd 4000, client1 2000, server1 1000 (new: from zero), idle 2000: 9000 in all.
+        let expect = [
+            ("client1", 2.0 / 9.0),
+            ("driver-domain", 4.0 / 9.0),
+            ("idle", 2.0 / 9.0),
+            ("server1", 1.0 / 9.0),
+        ];
+        assert_eq!(shares.len(), expect.len());
+        for (vm, share) in expect {
+            assert!((shares[vm] - share).abs() < 1e-12, "{vm}: {shares:?}");
+        }
+        assert!((shares.values().sum::<f64>() - 1.0).abs() < 1e-12);
+        // Incomplete or backwards reports give nothing.
+        let mut no_idle = reports[&3].clone();
+        no_idle.idle_us = None;
+        assert!(pcpu_shares(&reports[&2], &no_idle).is_none());
+        assert!(pcpu_shares(&reports[&3], &reports[&2]).is_none());
+        assert!(pcpu_shares(&Accounting::default(), &Accounting::default()).is_none());
+        let bad = vec!["[hv] accounting 2 idle_us=q pcpus=2".to_string()];
+        assert!(accounting_reports(&bad).is_err());
+    }
+
+    fn netstats(vm: &str, tag: u64, scale: u64) -> String {
+        format!(
+            "[{vm}] netstats {tag} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} \
+             events_sent={} events_suppressed=0 events_received={} copied_app_to_stack={} \
+             copied_stack_to_frame={} copied_frame_to_pool={} copied_pool_to_frame={} \
+             copied_frame_to_stack={}",
+            100 * scale,
+            100_000 * scale,
+            50 * scale,
+            3_000 * scale,
+            10 * scale,
+            20 * scale,
+            100_000 * scale,
+            101_000 * scale,
+            101_500 * scale,
+            3_000 * scale,
+            3_000 * scale,
+        )
+    }
+
+    #[test]
+    fn parses_netstats_and_netback_lines() {
+        let n = parse_netstats_line(&netstats("client1", 3, 2))
+            .unwrap()
+            .unwrap();
+        assert_eq!((n.vm.as_str(), n.tag), ("client1", 3));
+        assert_eq!(n.counters["tx_frames"], 200);
+        assert_eq!(n.counters["copied_frame_to_pool"], 203_000);
+        assert!(parse_netstats_line("[c] iperf counters: tx 1").is_none());
+        assert!(parse_netstats_line("[c] netstats 3 tx_frames=x")
+            .unwrap()
+            .is_err());
+        assert!(parse_netstats_line("[c] netstats 3 tx_frames")
+            .unwrap()
+            .is_err());
+        assert!(parse_netstats_line("[c] netstats y tx_frames=1")
+            .unwrap()
+            .is_err());
+        let b = parse_backend_line(
+            "[driver-domain] netback 2 tx_frames=5 tx_bytes=500 rx_frames=7 copied_to_guest=712 \
+             events_sent=3 events_suppressed=1 copied_from_guests=0",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((b.guest, b.counters["copied_to_guest"]), (2, 712));
+        assert!(parse_backend_line("[driver-domain] netback x a=1")
+            .unwrap()
+            .is_err());
+        assert!(parse_backend_line("[driver-domain] switch: 2 port(s)").is_none());
+    }
+
+    #[test]
+    fn reasons_come_from_the_counter_differences_of_the_test() {
+        let lines: Vec<String> = [
+            netstats("client1", 2, 1),
+            netstats("client1", 3, 11),
+            netstats("server1", 2, 0),
+        ]
+        .to_vec();
+        let stats: Vec<NetStats> = lines
+            .iter()
+            .map(|l| parse_netstats_line(l).unwrap().unwrap())
+            .collect();
+        let client = test_delta(&stats, "client1", 1).unwrap();
+        assert_eq!((client["tx_frames"], client["events_sent"]), (1000, 100));
+        // A mark split over lines is merged.
+        let split: Vec<NetStats> = [
+            "[g] netstats 2 tx_frames=1 rx_frames=2",
+            "[g] netstats 2 copied_app_to_stack=3",
+            "[g] netstats 3 tx_frames=11 rx_frames=12",
+            "[g] netstats 3 copied_app_to_stack=13",
+            "[g] netstats 3 tx_frames=999",
+        ]
+        .iter()
+        .map(|l| parse_netstats_line(l).unwrap().unwrap())
+        .collect();
+        let d = test_delta(&split, "g", 1).unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            (d["tx_frames"], d["rx_frames"], d["copied_app_to_stack"]),
+            (10, 10, 10)
+        );
+        assert!(test_delta(&stats, "server1", 1).is_none(), "no end mark");
+        assert!(test_delta(&stats, "client1", 2).is_none());
+        // Counters that went backwards (a reconnect) are no difference.
+        let mut back = stats[1].counters.clone();
+        back.insert("tx_frames".into(), 1);
+        assert!(counter_delta(&stats[0].counters, &back).is_none());
+
+        // Guest to guest: client sends 1000 frames of 1000 B (1 000 000 payload bytes), the
+        // server receives them.
+        let c = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let sender = c(&[
+            ("tx_frames", 1000),
+            ("tx_bytes", 1_030_000),
+            ("events_sent", 100),
+            ("events_received", 150),
+            ("copied_app_to_stack", 1_000_000),
+            ("copied_stack_to_frame", 1_010_000),
+            ("copied_frame_to_pool", 1_020_000),
+            ("copied_pool_to_frame", 30_000),
+        ]);
+        let receiver = c(&[
+            ("rx_frames", 1000),
+            ("rx_bytes", 1_010_000),
+            ("events_sent", 200),
+            ("events_received", 50),
+            ("copied_pool_to_frame", 1_010_000),
+            ("copied_frame_to_stack", 1_010_000),
+        ]);
+        let run = PathRun {
+            payload_bytes: 1_000_000,
+            sender: Some(sender.clone()),
+            receiver: Some(receiver.clone()),
+            // The connection carried 2 000 000 frame bytes to the server (copied with their
+            // net headers); this test 1 010 000 of them.
+            receiver_port: Some(c(&[
+                ("rx_bytes", 2_000_000),
+                ("copied_to_guest", 2_024_000),
+            ])),
+            sender_port: None,
+            accounting: None,
+        };
+        let r = run.reasons();
+        assert_eq!(r.events_per_frame, Some(0.5));
+        assert_eq!(r.bytes_per_notification, Some(2000.0));
+        assert_eq!(r.copies["app_to_stack"], 1.0);
+        assert_eq!(r.copies["frame_to_pool"], 1.02);
+        assert_eq!(
+            r.copies["pool_to_frame"], 1.01,
+            "the receiver's site, not the sender's"
+        );
+        // 1.012 copied per frame byte, 1.01 frame bytes per payload byte.
+        assert_eq!(r.copies["backend"], 1.0221);
+        assert_eq!(r.copies.len(), 6);
+        assert_eq!(
+            r.copies_per_byte,
+            Some(round_to(1.0 + 1.01 + 1.02 + 1.01 + 1.01 + 1.0221, 4))
+        );
+        assert!(r.pcpu_share.is_empty());
+
+        // Guest to host: only the sender is a guest; the back-end's copy is out of its pool.
+        let run = PathRun {
+            payload_bytes: 1_000_000,
+            sender: Some(sender),
+            receiver: None,
+            sender_port: Some(c(&[
+                ("tx_bytes", 2_000_000),
+                ("copied_from_guests", 2_000_000),
+            ])),
+            receiver_port: None,
+            accounting: Some((Accounting::default(), Accounting::default())),
+        };
+        let r = run.reasons();
+        assert_eq!(r.events_per_frame, Some(0.25));
+        assert_eq!(r.copies["backend"], 1.03);
+        assert_eq!(r.copies.len(), 4);
+        assert!(r.pcpu_share.is_empty(), "empty reports have no shares");
+        // Nothing counted: nothing claimed.
+        let r = PathRun::default().reasons();
+        assert_eq!(r, RunReasons::default());
+        let r = PathRun {
+            payload_bytes: 0,
+            receiver: Some(receiver),
+            ..PathRun::default()
+        }
+        .reasons();
+        assert_eq!((r.events_per_frame, r.copies_per_byte), (Some(0.25), None));
+    }
+
+    #[test]
+    fn reasons_over_runs_are_medians_and_the_summary_shows_them() {
+        let run = |events: f64, copies: f64, dd: f64| RunReasons {
+            events_per_frame: Some(events),
+            bytes_per_notification: Some(1000.0 / events),
+            copies_per_byte: Some(copies),
+            copies: [("backend".to_string(), 1.0)].into(),
+            pcpu_share: [("dd".to_string(), dd), ("idle".to_string(), 1.0 - dd)].into(),
+        };
+        let r = Reasons::of_runs(&[run(0.5, 6.0, 0.4), run(0.1, 6.2, 0.5), run(0.3, 6.1, 0.6)]);
+        assert_eq!(r.events_per_frame.as_ref().unwrap().median, 0.3);
+        assert!(r.events_per_frame.as_ref().unwrap().spread_over_2x);
+        assert!(!r.copies_per_byte.as_ref().unwrap().spread_over_2x);
+        assert_eq!(r.pcpu_share["dd"], 0.5);
+        assert_eq!(r.copies["backend"], 1.0);
+        let text = r.summary();
+        assert!(
+            text.contains("0.300 events/frame")
+                && text.contains("3333 B/notification")
+                && text.contains("6.10 copies/B")
+                && text.contains("dd 50%"),
+            "{text}"
+        );
+        let empty = Reasons::of_runs(&[]);
+        assert!(empty.is_empty());
+        assert!(
+            empty.summary().contains("- events/frame") && empty.summary().contains("pCPU share -")
+        );
+    }
+
+    #[test]
+    fn the_flag_rule_looks_at_run_values() {
+        assert!(!spread_over_2x(&[10.0]));
+        assert!(!spread_over_2x(&[10.0, 20.0]));
+        assert!(spread_over_2x(&[10.0, 20.1]));
+        assert!(!spread_over_2x(&[0.0, 5.0]), "a zero run is no ratio");
+        assert!(!spread_over_2x(&[]));
+        assert!(Stat::of_runs(&[1.0, 3.0]).unwrap().spread_over_2x);
+        // Sampled runs: the extremes of single samples do not flag, the run medians do.
+        let s = Stat::of_sampled_runs(&[vec![1.0, 10.0, 30.0], vec![9.0, 11.0]]).unwrap();
+        assert_eq!((s.min, s.max), (1.0, 30.0));
+        assert!(!s.spread_over_2x);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["spread_over_2x"], false);
     }
 }

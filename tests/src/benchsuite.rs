@@ -6,7 +6,7 @@
 //!
 //! | key | boot | figures |
 //! |---|---|---|
-//! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps`, `scaling` at 1 pair |
+//! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps` and the other placements (`figures.memcpy_*`, `shared_copy_mbps`), `scaling` at 1 pair |
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain` |
@@ -17,7 +17,13 @@
 //! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
 //!
 //! Throughput is TCP, one stream, in Mbit/s (10^6 bit/s) as iperf3 counts it; in every case the
-//! receiving side's figure is used. Nothing here asserts a speed.
+//! receiving side's figure is used. Nothing here asserts a speed. A figure whose run values
+//! differ by more than 2x is flagged (`spread_over_2x`).
+//!
+//! Beside each para-virtual path's throughput, `reasons` (see [`bench::PathRun::reasons`]):
+//! events per frame, bytes per notification, copies per byte (per copy site too) and each VM's
+//! share of the pCPU time, from the iperf guests' `netstats` marks around their test, the
+//! driver domain's `netback` port lines and the hypervisor's `accounting` reports.
 //!
 //! Why the guest is the client over passt: passt sends everything to the last address it saw
 //! from the guest side (see [`crate::passt`]), so the guest has to speak first; a connection it
@@ -30,10 +36,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::{self, parse_ping_reply, round_to, Figure, Sample, Stat, Unit};
+use crate::bench::{
+    self, parse_ping_reply, round_to, Figure, PathRun, Reasons, RunReasons, Sample, Stat, Unit,
+};
 use crate::console;
 use crate::iperf::{parse_result_line, Direction, HostIperfs, HostServer, ResultLine};
-use crate::plot::{self, PlotPoint};
+use crate::plot::{self, PathBar, PlotPoint};
 use crate::qemu::{boot, Artifacts, Boot, BootOptions};
 use crate::report::parse_ping_summary;
 use crate::topology::{NicBackend, Topology};
@@ -70,10 +78,10 @@ pub const SCENARIO_GROUPS: [&str; 10] = [
 ];
 
 impl Options {
-    /// `./run.sh bench`: 3 runs, 5-second tests, 1, 2 and 4 pairs.
+    /// `./run.sh bench`: 5 runs, 5-second tests, 1, 2 and 4 pairs.
     pub fn full() -> Options {
         Options {
-            runs: 3,
+            runs: 5,
             seconds: 5,
             rounds: 2_000,
             pair_counts: vec![1, 2, 4],
@@ -144,6 +152,9 @@ pub fn pair_ips(i: usize) -> (String, String) {
     )
 }
 
+/// The memcpy guest's RAM: its arena holds buffers 4 MiB apart and 4 MiB copies.
+const MEMCPY_GUEST_MIB: u32 = 64;
+
 /// `pairs` iperf3 pairs, all starting at boot (the clients retry until their server listens),
 /// plus a `memcpy` guest when `memcpy` (the `guest_to_guest` boot).
 pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
@@ -162,7 +173,9 @@ pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
             true,
             &format!(
                 "app = \"iperf\", ip = \"{client_ip}/24\", iperf = \"client\", \
-                 iperf_server = \"{server_ip}\", iperf_seconds = {seconds}, iperf_wait_ms = 30000"
+                 iperf_server = \"{server_ip}\", iperf_seconds = {seconds}, \
+                 iperf_wait_ms = 30000, iperf_accounting = {}",
+                memcpy && i == 1
             ),
         );
     }
@@ -173,6 +186,10 @@ pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
             "memcpy",
             false,
             &format!("app = \"memcpy\", memcpy_delay_ms = {delay_ms}"),
+        )
+        .replace(
+            "memory_mib = 8\n",
+            &format!("memory_mib = {MEMCPY_GUEST_MIB}\n"),
         );
     }
     toml
@@ -193,7 +210,7 @@ pub fn host_topology(seconds: u32) -> String {
             "guest1",
             true,
             "app = \"iperf\", ip = \"10.0.2.16/24\", iperf = \"server\", iperf_tests = 2, \
-             host_iperf = true"
+             host_iperf = true, iperf_accounting = true"
         )
     )
 }
@@ -220,7 +237,7 @@ pub fn guest_client_topology(nic: NicBackend, seconds: u32, port: u16, reverse: 
                 "app = \"iperf\", ip = \"10.0.2.16/24\", mtu = 1500, iperf = \"client\", \
                  iperf_server = \"10.0.2.2\", iperf_port = {port}, iperf_seconds = {seconds}, \
                  iperf_reverse = {reverse}, iperf_wait_ms = 30000, \
-                 iperf_window = {GUEST_CLIENT_WINDOW}"
+                 iperf_window = {GUEST_CLIENT_WINDOW}, iperf_accounting = true"
             )
         )
     )
@@ -425,12 +442,23 @@ pub struct Results {
     pub ratios: Ratios,
     /// The raw `BENCH` figures (event channel, grants: counter ticks; memcpy: Mbit/s).
     pub figures: BTreeMap<String, Figure>,
+    /// The reasons beside each para-virtual path's throughput, by [`REASON_PATHS`] key.
+    pub reasons: BTreeMap<String, Reasons>,
     pub errors: Vec<String>,
 }
 
+/// The para-virtual paths that get reasons: the key in `reasons` and the table's label.
+pub const REASON_PATHS: [(&str, &str); 5] = [
+    ("guest_to_guest", "guest -> guest"),
+    ("host_to_guest", "host -> guest"),
+    ("guest_to_host", "guest -> host"),
+    ("passt_host_to_guest", "passt: host -> guest"),
+    ("passt_guest_to_host", "passt: guest -> host"),
+];
+
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 19] = [
+pub const REQUIRED_FIGURES: [&str; 39] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -450,6 +478,26 @@ pub const REQUIRED_FIGURES: [&str; 19] = [
     "/bystander_evtchn_us/reset_loop",
     "/bystander_evtchn_us/console_flood",
     "/bystander_evtchn_us/evtchn_storm",
+    "/reasons/guest_to_guest/events_per_frame",
+    "/reasons/guest_to_guest/bytes_per_notification",
+    "/reasons/guest_to_guest/copies_per_byte",
+    "/reasons/host_to_guest/events_per_frame",
+    "/reasons/host_to_guest/bytes_per_notification",
+    "/reasons/host_to_guest/copies_per_byte",
+    "/reasons/guest_to_host/events_per_frame",
+    "/reasons/guest_to_host/bytes_per_notification",
+    "/reasons/guest_to_host/copies_per_byte",
+    "/reasons/passt_host_to_guest/events_per_frame",
+    "/reasons/passt_host_to_guest/bytes_per_notification",
+    "/reasons/passt_host_to_guest/copies_per_byte",
+    "/reasons/passt_guest_to_host/events_per_frame",
+    "/reasons/passt_guest_to_host/bytes_per_notification",
+    "/reasons/passt_guest_to_host/copies_per_byte",
+    "/reasons/guest_to_guest/pcpu_share/driver-domain",
+    "/reasons/host_to_guest/pcpu_share/driver-domain",
+    "/reasons/guest_to_host/pcpu_share/driver-domain",
+    "/reasons/passt_host_to_guest/pcpu_share/driver-domain",
+    "/reasons/passt_guest_to_host/pcpu_share/driver-domain",
 ];
 
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
@@ -501,7 +549,20 @@ struct Raw {
     /// Bystander load -> per run, the event-channel round trip median in us.
     bystander_us: BTreeMap<String, Vec<f64>>,
     samples: Vec<Sample>,
+    /// Path key ([`REASON_PATHS`]) -> each run's reasons.
+    reasons: BTreeMap<&'static str, Vec<RunReasons>>,
     errors: Vec<String>,
+}
+
+impl Raw {
+    /// Records a run's reasons for `path`, or why they could not be had (the throughput
+    /// figure still counts).
+    fn add_reasons(&mut self, path: &'static str, run: usize, reasons: Result<RunReasons, String>) {
+        match reasons {
+            Ok(r) => self.reasons.entry(path).or_default().push(r),
+            Err(e) => self.errors.push(format!("{path} run {run}, reasons: {e}")),
+        }
+    }
 }
 
 impl Results {
@@ -564,6 +625,13 @@ impl Results {
             scaling,
             ratios: Ratios::default(),
             figures,
+            reasons: REASON_PATHS
+                .iter()
+                .map(|(key, _)| {
+                    let runs = raw.reasons.get(key).map(Vec::as_slice).unwrap_or_default();
+                    (key.to_string(), Reasons::of_runs(runs))
+                })
+                .collect(),
             errors: raw.errors,
         };
         results.ratios = Ratios {
@@ -608,6 +676,38 @@ impl Results {
             "Guest-to-guest throughput against guest pairs",
             &subtitle,
         )
+    }
+
+    /// The paths plot (see [`plot::paths_svg`]): throughput of each path, user networking
+    /// then passt, and a slot for the emulated NIC (not measured yet).
+    pub fn paths_svg(&self) -> String {
+        let bar = |label: &str, stat: &Option<Stat>| PathBar {
+            label: label.to_string(),
+            figure: stat.as_ref().map(|s| (s.median, s.min, s.max)),
+        };
+        let p = &self.paravirt_tcp_mbps;
+        let bars = [
+            bar("guest <-> guest", &p.guest_to_guest),
+            bar("host -> guest", &p.host_to_guest),
+            bar("guest -> host", &p.guest_to_host),
+            bar(
+                "passthrough",
+                &self.passthrough_tcp_mbps.host_to_driver_domain,
+            ),
+            bar("passt: host -> guest", &p.passt.host_to_guest),
+            bar("passt: guest -> host", &p.passt.guest_to_host),
+            bar(
+                "passt: passthrough",
+                &self.passthrough_tcp_mbps.passt.host_to_driver_domain,
+            ),
+            bar("emulated NIC", &None),
+        ];
+        let subtitle = format!(
+            "2 pCPUs; TCP, one stream, {} s tests, median of {} run(s) with min-max; host paths \
+             over user networking, then passt",
+            self.iperf_seconds, self.runs
+        );
+        plot::paths_svg(&bars, "Throughput per path", &subtitle)
     }
 
     /// The table `sluice-bench` prints.
@@ -710,7 +810,7 @@ impl Results {
         for (label, stat, unit) in rows {
             out += &match stat {
                 Some(s) => {
-                    let flag = if spread_over_2x(s) {
+                    let flag = if s.spread_over_2x {
                         unsteady = true;
                         "  !"
                     } else {
@@ -731,8 +831,10 @@ impl Results {
             };
         }
         if unsteady {
-            out += "! max/min over 2x: the figure moved a lot between runs (a noisy machine, or \
-                    a bimodal effect); compare ratios from one run, or add --runs\n";
+            out +=
+                "! run values' max/min over 2x (`spread_over_2x` in the JSON): the figure moved \
+                    a lot between runs (a noisy machine, or a bimodal effect); compare ratios \
+                    from one run, or add --runs\n";
         }
         for (label, value) in [
             (
@@ -748,6 +850,16 @@ impl Results {
                 Some(r) => format!("{label:<40} {:>10.4}  ({:.1} %)\n", r, r * 100.0),
                 None => format!("{label:<40} {:>10}\n", "-"),
             };
+        }
+        out += "reasons (medians over runs; see docs/ARCHITECTURE.md, the bench section):\n";
+        for (key, label) in REASON_PATHS {
+            let summary = self
+                .reasons
+                .get(key)
+                .filter(|r| !r.is_empty())
+                .map(Reasons::summary)
+                .unwrap_or_else(|| "-".into());
+            out += &format!("  {label:<22} {summary}\n");
         }
         let idle = self.bystander_evtchn_us.get("idle").cloned().flatten();
         for (load, stat) in self
@@ -783,11 +895,6 @@ fn number(x: f64) -> String {
     }
 }
 
-/// A figure whose largest run is more than twice its smallest: flagged in the table.
-fn spread_over_2x(s: &Stat) -> bool {
-    s.runs > 1 && s.min > 0.0 && s.max / s.min > 2.0
-}
-
 fn ratio(a: &Option<Stat>, b: &Option<Stat>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b.median > 0.0 => Some(round_to(a.median / b.median, 6)),
@@ -816,10 +923,11 @@ impl Suite<'_> {
         for run in (1..=runs).filter(|_| wants("guest_to_guest")) {
             let what = format!("1 pair + memcpy, {secs} s iperf");
             match self.scenario("guest_to_guest", run, &what, |s, r| s.pairs_run(1, true, r)) {
-                Ok((pairs, samples)) => {
+                Ok((pairs, samples, reasons)) => {
                     raw.guest_to_guest.push(pairs[0]);
                     raw.scaling.entry(1).or_default().push(pairs);
                     raw.samples.extend(samples);
+                    raw.add_reasons("guest_to_guest", run, reasons);
                 }
                 Err(e) => raw.errors.push(e),
             }
@@ -834,7 +942,7 @@ impl Suite<'_> {
             for run in 1..=runs {
                 let what = format!("{pairs} pairs at once, {secs} s iperf");
                 match self.scenario(&key, run, &what, |s, r| s.pairs_run(pairs, false, r)) {
-                    Ok((figures, _)) => raw.scaling.entry(pairs).or_default().push(figures),
+                    Ok((figures, _, _)) => raw.scaling.entry(pairs).or_default().push(figures),
                     Err(e) => raw.errors.push(e),
                 }
             }
@@ -842,7 +950,14 @@ impl Suite<'_> {
         for run in (1..=runs).filter(|_| wants("host_guest")) {
             let what = format!("host iperf3 -> guest, then -R, {secs} s each");
             match self.scenario("host_guest", run, &what, Suite::host_run) {
-                Ok((to, from)) => {
+                Ok(HostRun {
+                    to,
+                    from,
+                    to_reasons,
+                    from_reasons,
+                }) => {
+                    raw.add_reasons("host_to_guest", run, to_reasons);
+                    raw.add_reasons("guest_to_host", run, from_reasons);
                     match to {
                         Ok(v) => raw.host_to_guest.push(v),
                         Err(e) => raw.errors.push(format!("host_to_guest run {run}: {e}")),
@@ -863,10 +978,7 @@ impl Suite<'_> {
             }
         }
         for run in (1..=runs).filter(|_| wants("host_guest_passt")) {
-            for (reverse, figures) in [
-                (false, &mut raw.passt_guest_to_host),
-                (true, &mut raw.passt_host_to_guest),
-            ] {
+            for reverse in [false, true] {
                 let key = if reverse {
                     "host_guest_passt (host -> guest)"
                 } else {
@@ -879,7 +991,15 @@ impl Suite<'_> {
                 match self.scenario(key, run, &what, |s, r| {
                     s.guest_client_run(NicBackend::Passt, reverse, r)
                 }) {
-                    Ok(v) => figures.push(v),
+                    Ok((v, reasons)) => {
+                        let (figures, path) = if reverse {
+                            (&mut raw.passt_host_to_guest, "passt_host_to_guest")
+                        } else {
+                            (&mut raw.passt_guest_to_host, "passt_guest_to_host")
+                        };
+                        figures.push(v);
+                        raw.add_reasons(path, run, reasons);
+                    }
                     Err(e) => raw.errors.push(e),
                 }
             }
@@ -1015,12 +1135,13 @@ impl Suite<'_> {
 
     /// `pairs` iperf3 pairs (and the memcpy guest): each pair's receiver figure, in pair
     /// order, and the `BENCH` samples.
+    #[allow(clippy::type_complexity)]
     fn pairs_run(
         &self,
         pairs: usize,
         memcpy: bool,
         run: usize,
-    ) -> Result<(Vec<f64>, Vec<Sample>), String> {
+    ) -> Result<(Vec<f64>, Vec<Sample>, Result<RunReasons, String>), String> {
         let toml = pairs_topology(pairs, self.options.seconds, memcpy);
         let topology = parse(&toml)?;
         // Servers that printed their result (each serves one test).
@@ -1072,15 +1193,28 @@ impl Suite<'_> {
         if let Some(problem) = booted.problems().into_iter().next() {
             return Err(booted.failure(&format!("a VM failed: {problem}")));
         }
-        Ok((figures, samples))
+        // The reasons of pair 1 (the guest_to_guest boot asks for the accounting).
+        let reasons = result_bytes(boot, "server1", true, false)
+            .ok_or_else(|| "server1 printed no receiver bytes".to_string())
+            .and_then(|payload| {
+                path_reasons(
+                    boot,
+                    &topology,
+                    1,
+                    Some("client1"),
+                    Some("server1"),
+                    payload,
+                )
+            });
+        Ok((figures, samples, reasons))
     }
 
     /// The host's iperf3 against a guest's server: host -> guest, then guest -> host.
-    #[allow(clippy::type_complexity)]
-    fn host_run(&self, run: usize) -> Result<(Result<f64, String>, Result<f64, String>), String> {
+    fn host_run(&self, run: usize) -> Result<HostRun, String> {
         let topology = parse(&host_topology(self.options.seconds))?;
         let host = HostIperfs::plan(&topology, self.options.seconds)?;
-        let stop = |_: &str| host.done();
+        let closing = Closing::default();
+        let stop = |line: &str| closing.stop(host.done(), line);
         let timeout = Duration::from_secs(60 + 2 * (u64::from(self.options.seconds) + 60));
         let booted = self.boot_once("host_guest", run, &topology, timeout, Some(&host), &stop)?;
         let client = host.get("guest1").ok_or("no host iperf3 for guest1")?;
@@ -1101,12 +1235,36 @@ impl Suite<'_> {
                 }
             }
         };
-        Ok((figure(Direction::ToVm), figure(Direction::FromVm)))
+        let boot = &booted.boot;
+        let reasons = |test: u64, receiver: bool| {
+            // Test 1: the guest receives; test 2 (-R): it sends.
+            let (sender, receiver_vm) = if receiver {
+                (None, Some("guest1"))
+            } else {
+                (Some("guest1"), None)
+            };
+            result_bytes(boot, "guest1", receiver, !receiver)
+                .ok_or_else(|| format!("guest1 printed no byte count of test {test}"))
+                .and_then(|payload| {
+                    path_reasons(boot, &topology, test, sender, receiver_vm, payload)
+                })
+        };
+        Ok(HostRun {
+            to: figure(Direction::ToVm),
+            from: figure(Direction::FromVm),
+            to_reasons: reasons(1, true),
+            from_reasons: reasons(2, false),
+        })
     }
 
     /// The guest's iperf3 client against the host's server, the NIC on `nic`: the receiver's
     /// figure (the host server's when the guest sends, the guest's with `reverse`).
-    fn guest_client_run(&self, nic: NicBackend, reverse: bool, run: usize) -> Result<f64, String> {
+    fn guest_client_run(
+        &self,
+        nic: NicBackend,
+        reverse: bool,
+        run: usize,
+    ) -> Result<(f64, Result<RunReasons, String>), String> {
         let seconds = self.options.seconds;
         let timeout = Duration::from_secs(90 + 2 * u64::from(seconds));
         let server = HostServer::start(timeout + Duration::from_secs(10));
@@ -1120,12 +1278,13 @@ impl Suite<'_> {
         // over the control connection, which killing QEMU (and passt) would break. The driver
         // domain's counters lines keep coming, so this is looked at again.
         let result_seen = std::cell::Cell::new(false);
+        let closing = Closing::default();
         let stop = |line: &str| {
             if line.starts_with("[guest1] ") && parse_result_line(line).is_some_and(|r| r.is_ok()) {
                 result_seen.set(true);
             }
-            line.starts_with("[guest1] REPORT ")
-                || (result_seen.get() && (reverse || server.is_finished()))
+            let done = result_seen.get() && (reverse || server.is_finished());
+            line.starts_with("[guest1] REPORT fail") || closing.stop(done, line)
         };
         let key = format!(
             "host_guest_{}_{}",
@@ -1136,17 +1295,28 @@ impl Suite<'_> {
         if let Some(problem) = booted.problems().into_iter().next() {
             return Err(booted.failure(&format!("a VM failed: {problem}")));
         }
+        // The guest receives with -R, else sends; its own byte count is the payload.
+        let reasons = result_bytes(&booted.boot, "guest1", reverse, reverse)
+            .ok_or_else(|| "guest1 printed no byte count".to_string())
+            .and_then(|payload| {
+                let (sender, receiver) = if reverse {
+                    (None, Some("guest1"))
+                } else {
+                    (Some("guest1"), None)
+                };
+                path_reasons(&booted.boot, &topology, 1, sender, receiver, payload)
+            });
         if reverse {
             // The server is done once the guest has its result; it only needs reaping.
             let _ = server.finish();
             return match receiver_figure(&booted.boot, "guest1", true)? {
-                Some(line) => Ok(line.mbps),
+                Some(line) => Ok((line.mbps, reasons)),
                 None => Err(booted.failure("guest1 printed no receiver result")),
             };
         }
         let host = server.finish().map_err(|e| booted.failure(&e))?;
         if host.receiver_mbps > 0.0 {
-            Ok(host.receiver_mbps)
+            Ok((host.receiver_mbps, reasons))
         } else {
             Err(booted.failure("the host's iperf3 server received nothing"))
         }
@@ -1254,6 +1424,103 @@ fn receiver_figure(boot: &Boot, vm: &str, reverse: bool) -> Result<Option<Result
     Ok(None)
 }
 
+/// The byte count of the first result line `vm` printed as receiver (or sender) of a test in
+/// the given mode.
+fn result_bytes(boot: &Boot, vm: &str, receiver: bool, reverse: bool) -> Option<u64> {
+    boot.vm_lines(vm)
+        .filter_map(|l| parse_result_line(l)?.ok())
+        .find(|r| r.receiver == receiver && r.reverse == reverse)?
+        .bytes
+}
+
+/// The reasons of test `test` (1-based, as the guests count their tests) on one path of a
+/// finished boot: the `netstats` marks of `sender` and `receiver` (guests of the split
+/// driver; `None` for the host's side), their ports' `netback` lines, and the accounting
+/// reports tagged 2 `test` and 2 `test` + 1 (see [`PathRun::reasons`]).
+fn path_reasons(
+    boot: &Boot,
+    topology: &Topology,
+    test: u64,
+    sender: Option<&str>,
+    receiver: Option<&str>,
+    payload: u64,
+) -> Result<RunReasons, String> {
+    let lines = &boot.lines;
+    let stats: Vec<bench::NetStats> = lines
+        .iter()
+        .filter_map(|l| bench::parse_netstats_line(l))
+        .collect::<Result<_, _>>()?;
+    let ports: Vec<bench::BackendStats> = lines
+        .iter()
+        .filter_map(|l| bench::parse_backend_line(l))
+        .collect::<Result<_, _>>()?;
+    let reports = bench::accounting_reports(lines)?;
+    // VM ids follow the topology's order from 1.
+    let port_of = |vm: Option<&str>| {
+        let id = topology
+            .vms
+            .iter()
+            .position(|v| Some(v.name.as_str()) == vm)?
+            + 1;
+        ports
+            .iter()
+            .find(|p| usize::from(p.guest) == id)
+            .map(|p| p.counters.clone())
+    };
+    let delta = |vm: Option<&str>| match vm {
+        None => Ok(None),
+        Some(vm) => bench::test_delta(&stats, vm, test)
+            .map(Some)
+            .ok_or_else(|| format!("{vm} printed no netstats marks of test {test}")),
+    };
+    let run = PathRun {
+        payload_bytes: payload,
+        sender: delta(sender)?,
+        receiver: delta(receiver)?,
+        sender_port: port_of(sender),
+        receiver_port: port_of(receiver),
+        accounting: reports
+            .get(&(2 * test))
+            .cloned()
+            .zip(reports.get(&(2 * test + 1)).cloned()),
+    };
+    Ok(run.reasons())
+}
+
+/// Keeps a boot running a little past the moment it is done, until the driver domain has
+/// printed a guest port's `netback` counters (the guest closes its connection as it stops),
+/// for at most [`Closing::LINGER`].
+#[derive(Default)]
+struct Closing {
+    done_at: std::cell::Cell<Option<Instant>>,
+    seen: std::cell::Cell<bool>,
+}
+
+impl Closing {
+    const LINGER: Duration = Duration::from_secs(8);
+
+    /// Whether to stop at `line`, given whether the measurement is `done`.
+    fn stop(&self, done: bool, line: &str) -> bool {
+        if bench::parse_backend_line(line).is_some() {
+            self.seen.set(true);
+        }
+        if !done {
+            return false;
+        }
+        let at = *self.done_at.get().get_or_insert_with(Instant::now);
+        self.done_at.set(Some(at));
+        self.seen.get() || at.elapsed() >= Closing::LINGER
+    }
+}
+
+/// What one `host_guest` boot measured: both directions and their reasons.
+struct HostRun {
+    to: Result<f64, String>,
+    from: Result<f64, String>,
+    to_reasons: Result<RunReasons, String>,
+    from_reasons: Result<RunReasons, String>,
+}
+
 /// A finished boot and where its transcript was saved.
 struct Booted {
     boot: Boot,
@@ -1344,7 +1611,7 @@ impl Describe for Vec<Sample> {
     }
 }
 
-impl Describe for (Vec<f64>, Vec<Sample>) {
+impl Describe for (Vec<f64>, Vec<Sample>, Result<RunReasons, String>) {
     fn describe(&self) -> String {
         let pairs: Vec<String> = self.0.iter().map(|m| format!("{m:.2}")).collect();
         let mut out = format!(
@@ -1359,7 +1626,7 @@ impl Describe for (Vec<f64>, Vec<Sample>) {
     }
 }
 
-impl Describe for (Result<f64, String>, Result<f64, String>) {
+impl Describe for HostRun {
     fn describe(&self) -> String {
         let one = |r: &Result<f64, String>| match r {
             Ok(v) => format!("{v:.2} Mbit/s"),
@@ -1367,9 +1634,15 @@ impl Describe for (Result<f64, String>, Result<f64, String>) {
         };
         format!(
             "host -> guest {}, guest -> host {}",
-            one(&self.0),
-            one(&self.1)
+            one(&self.to),
+            one(&self.from)
         )
+    }
+}
+
+impl Describe for (f64, Result<RunReasons, String>) {
+    fn describe(&self) -> String {
+        self.0.describe()
     }
 }
 
@@ -1492,6 +1765,22 @@ mod tests {
             samples: bench::collect(&bench_lines).unwrap(),
             ..Raw::default()
         };
+        for (i, (path, _)) in REASON_PATHS.iter().enumerate() {
+            let runs = (0..options.runs)
+                .map(|r| RunReasons {
+                    events_per_frame: Some(0.5 + i as f64 + r as f64 / 10.0),
+                    bytes_per_notification: Some(9000.0),
+                    copies_per_byte: Some(6.0),
+                    copies: [("backend".to_string(), 1.0)].into(),
+                    pcpu_share: [
+                        ("driver-domain".to_string(), 0.4),
+                        ("idle".to_string(), 0.6),
+                    ]
+                    .into(),
+                })
+                .collect();
+            raw.reasons.insert(path, runs);
+        }
         for &pairs in &options.pair_counts {
             let per_run: Vec<Vec<f64>> = (0..options.runs)
                 .map(|r| vec![100.0 / pairs as f64 + r as f64; pairs])
@@ -1503,6 +1792,12 @@ mod tests {
             raw.bystander_us
                 .insert(load.to_string(), vec![us; options.runs]);
         }
+        raw
+    }
+
+    fn raw_flagged() -> Raw {
+        let mut raw = raw_complete(&Options::full());
+        raw.passthrough = vec![50.0, 200.0, 100.0];
         raw
     }
 
@@ -1529,7 +1824,17 @@ mod tests {
             !row("paravirt TCP guest -> guest").ends_with('!'),
             "{table}"
         );
-        assert!(table.contains("! max/min over 2x"), "{table}");
+        assert!(table.contains("! run values' max/min over 2x"), "{table}");
+        let doc: serde_json::Value =
+            serde_json::from_str(&Results::from_raw(&options, raw_flagged()).to_json()).unwrap();
+        assert_eq!(
+            doc["passthrough_tcp_mbps"]["host_to_driver_domain"]["spread_over_2x"],
+            true
+        );
+        assert_eq!(
+            doc["paravirt_tcp_mbps"]["guest_to_guest"]["spread_over_2x"],
+            false
+        );
     }
 
     #[test]
@@ -1570,9 +1875,9 @@ mod tests {
         let scaling = doc["scaling"].as_array().unwrap();
         assert_eq!(scaling.len(), 3);
         assert_eq!(scaling[2]["pairs"], 4);
-        // 4 pairs of 25 + run: sums 100, 104, 108.
-        assert_eq!(scaling[2]["aggregate_tcp_mbps"]["median"], 104.0);
-        assert_eq!(scaling[2]["per_pair_tcp_mbps"], 26.0);
+        // 4 pairs of 25 + run: sums 100, 104, 108, 112, 116.
+        assert_eq!(scaling[2]["aggregate_tcp_mbps"]["median"], 108.0);
+        assert_eq!(scaling[2]["per_pair_tcp_mbps"], 27.0);
         assert_eq!(
             scaling[2]["pair_mbps"][1],
             serde_json::json!([26.0, 26.0, 26.0, 26.0])
@@ -1587,9 +1892,32 @@ mod tests {
             "{table}"
         );
         assert_eq!(doc["errors"], serde_json::json!([]));
+        // The reasons: medians over runs, per path.
+        let g2g = &doc["reasons"]["guest_to_guest"];
+        assert_eq!(g2g["events_per_frame"]["median"], 0.7);
+        assert_eq!(g2g["events_per_frame"]["runs"], 5);
+        assert_eq!(
+            doc["reasons"]["guest_to_host"]["events_per_frame"]["median"],
+            2.7
+        );
+        assert_eq!(g2g["copies"]["backend"], 1.0);
+        assert_eq!(g2g["pcpu_share"]["driver-domain"], 0.4);
+        let reasons = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("passt: guest -> host"))
+            .unwrap();
+        assert!(
+            reasons.contains("4.700 events/frame")
+                && reasons.contains("6.00 copies/B")
+                && reasons.contains("driver-domain 40%"),
+            "{reasons}"
+        );
+        let paths = results.paths_svg();
+        assert_eq!(paths.matches("class=\"bar\"").count(), 7, "{paths}");
+        assert_eq!(paths.matches("class=\"empty\"").count(), 1, "{paths}");
         assert_eq!(
             (doc["runs"].as_u64(), doc["iperf_seconds"].as_u64()),
-            (Some(3), Some(5))
+            (Some(5), Some(5))
         );
     }
 
@@ -1603,6 +1931,7 @@ mod tests {
         raw.ping_rtts_us = vec![vec![]];
         raw.bystander_us.remove("reset_loop");
         raw.errors.push("passthrough run 1: it broke".into());
+        raw.reasons.remove("host_to_guest");
         let results = Results::from_raw(&options, raw);
         assert_eq!(results.ratios.host_to_guest_over_passthrough, None);
         let doc: serde_json::Value = serde_json::from_str(&results.to_json()).unwrap();
@@ -1615,6 +1944,10 @@ mod tests {
                 "/ping_rtt_us/guest_to_guest",
                 "/ratios/host_to_guest_over_passthrough",
                 "/bystander_evtchn_us/reset_loop",
+                "/reasons/host_to_guest/events_per_frame",
+                "/reasons/host_to_guest/bytes_per_notification",
+                "/reasons/host_to_guest/copies_per_byte",
+                "/reasons/host_to_guest/pcpu_share/driver-domain",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
             ]
         );

@@ -1,6 +1,9 @@
-//! The scaling plot of `./run.sh bench` (`target/bench/scaling.svg`), written by hand as SVG:
-//! aggregate guest-to-guest throughput against the number of guest pairs running at once (the
-//! median with a min-max bar per pair count), and the per-pair share (median / pairs) dashed.
+//! The plots of `./run.sh bench`, written by hand as SVG: the scaling plot
+//! (`target/bench/scaling.svg`: aggregate guest-to-guest throughput against the number of
+//! guest pairs running at once, the median with a min-max bar per pair count, and the
+//! per-pair share (median / pairs) dashed), and the paths plot (`target/bench/paths.svg`:
+//! throughput per path, one bar per path at its median with a min-max whisker, an empty
+//! labelled slot for a path not measured yet).
 
 use std::fmt::Write;
 
@@ -232,6 +235,119 @@ pub fn scaling_svg(points: &[PlotPoint], title: &str, subtitle: &str) -> String 
     svg
 }
 
+/// One path's throughput in the paths plot, in Mbit/s; `None`: not measured (an empty slot,
+/// labelled as such, like the emulated NIC before it exists).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PathBar {
+    pub label: String,
+    pub figure: Option<(f64, f64, f64)>,
+}
+
+/// The paths plot as a standalone SVG document: one `<rect class="bar">` per measured path
+/// (height the median, a whisker from min to max) and one `<text class="empty">` per slot
+/// without a figure, in the given order.
+pub fn paths_svg(bars: &[PathBar], title: &str, subtitle: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="38" text-anchor="middle" font-size="11" fill="dimgray">{}</text>"#,
+        WIDTH / 2.0,
+        escape(subtitle)
+    );
+    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
+    let top = nice_ceil(
+        bars.iter()
+            .filter_map(|b| b.figure)
+            .map(|(median, _, max)| median.max(max))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            * 1.1,
+    );
+    let y = |v: f64| y0 - (v.max(0.0) / top) * (y0 - y1);
+    for i in 0..=5 {
+        let v = top * f64::from(i) / 5.0;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{x0}" y1="{:.1}" x2="{x1}" y2="{:.1}" stroke="gainsboro"/><text x="{}" y="{:.1}" text-anchor="end" fill="dimgray">{}</text>"#,
+            y(v),
+            y(v),
+            x0 - 8.0,
+            y(v) + 4.0,
+            label(v)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="18" y="{:.1}" transform="rotate(-90 18 {:.1})" text-anchor="middle">Mbit/s (median, min-max)</text>"#,
+        (y0 + y1) / 2.0,
+        (y0 + y1) / 2.0
+    );
+    let slot = (x1 - x0) / bars.len().max(1) as f64;
+    for (i, bar) in bars.iter().enumerate() {
+        let cx = x0 + slot * (i as f64 + 0.5);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+            y0 + 18.0,
+            escape(&bar.label)
+        );
+        match bar
+            .figure
+            .filter(|(m, lo, hi)| m.is_finite() && lo.is_finite() && hi.is_finite())
+        {
+            Some((median, min, max)) => {
+                let w = slot * 0.6;
+                let _ = writeln!(
+                    svg,
+                    r#"<rect class="bar" x="{:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="steelblue"/>"#,
+                    cx - w / 2.0,
+                    y(median),
+                    y0 - y(median)
+                );
+                let _ = writeln!(
+                    svg,
+                    r#"<line class="whisker" x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="black"/>"#,
+                    y(min),
+                    y(max)
+                );
+                let _ = writeln!(
+                    svg,
+                    r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+                    y(max.max(median)) - 6.0,
+                    label(median)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    svg,
+                    r#"<text class="empty" x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="11" fill="gray">not measured</text>"#,
+                    y0 - 10.0
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>"#
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +441,49 @@ mod tests {
         ] {
             assert!((nice_ceil(v) - top).abs() < 1e-9, "{v}: {}", nice_ceil(v));
         }
+    }
+
+    #[test]
+    fn paths_plot_has_a_bar_per_measured_path_and_an_empty_slot_otherwise() {
+        let bars = [
+            PathBar {
+                label: "guest <-> guest".into(),
+                figure: Some((1000.0, 900.0, 1100.0)),
+            },
+            PathBar {
+                label: "host -> guest".into(),
+                figure: Some((200.0, 100.0, 300.0)),
+            },
+            PathBar {
+                label: "emulated".into(),
+                figure: None,
+            },
+        ];
+        let svg = paths_svg(&bars, "t", "s & <x>");
+        assert!(
+            svg.starts_with("<svg") && svg.ends_with("</svg>\n"),
+            "{svg}"
+        );
+        assert!(balanced(&svg), "{svg}");
+        assert_eq!(svg.matches("class=\"bar\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("class=\"whisker\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("class=\"empty\"").count(), 1, "{svg}");
+        assert!(
+            svg.contains("s &amp; &lt;x&gt;") && svg.contains("emulated"),
+            "{svg}"
+        );
+        // The taller bar is the larger median: a smaller y and a larger height.
+        let heights: Vec<f64> = svg
+            .lines()
+            .filter(|l| l.contains("class=\"bar\""))
+            .map(|l| {
+                let at = l.find("height=\"").unwrap() + 8;
+                l[at..].split('"').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        assert!(heights[0] > heights[1] * 4.0, "{heights:?}");
+        let none = paths_svg(&bars[2..], "t", "s");
+        assert_eq!(none.matches("class=\"bar\"").count(), 0);
+        assert!(balanced(&none));
     }
 }

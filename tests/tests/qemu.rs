@@ -1722,6 +1722,35 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
         2,
         "one point per pair count:\n{svg}"
     );
+    let paths = std::fs::read_to_string(dir.join("paths.svg")).expect("the paths plot");
+    assert!(paths.starts_with("<svg"), "{paths}");
+    assert_eq!(
+        (
+            paths.matches("class=\"bar\"").count(),
+            paths.matches("class=\"empty\"").count()
+        ),
+        (7, 1),
+        "a bar per measured path, an empty emulated slot:\n{paths}"
+    );
+    // Every figure carries its flag, and the memcpy placements are there.
+    assert_eq!(
+        doc["paravirt_tcp_mbps"]["guest_to_guest"]["spread_over_2x"], false,
+        "{text}"
+    );
+    for figure in [
+        "memcpy_aliased_mbps",
+        "memcpy_unaligned_mbps",
+        "memcpy_64k_mbps",
+        "memcpy_4m_mbps",
+        "shared_copy_mbps",
+    ] {
+        assert!(
+            doc["figures"][figure]["median"]
+                .as_u64()
+                .is_some_and(|m| m > 0),
+            "{figure}: {text}"
+        );
+    }
     assert!(
         output.contains("bench: guest_to_guest run 1/1"),
         "no progress lines:\n{output}"

@@ -30,3 +30,15 @@ pub fn console_write(bytes: &[u8]) -> Status {
 pub fn test_inject(mask: u64, repeat: u64) -> Status {
     status(hvc(TEST_INJECT, [mask, repeat, 0, 0, 0, 0])[0])
 }
+
+/// ACCOUNTING_REPORT: asks the hypervisor to print its per-VM scheduling counters on its
+/// console, tagged with `tag` (a bench calls it before and after a measurement and pairs the
+/// two reports by tag). `NotSupported` from a hypervisor without it.
+pub fn accounting_report(tag: u64) -> Status {
+    status(
+        hvc(
+            shared_abi::hypercall::ACCOUNTING_REPORT,
+            [tag, 0, 0, 0, 0, 0],
+        )[0],
+    )
+}

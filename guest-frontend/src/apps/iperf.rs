@@ -8,6 +8,8 @@
 //! (default 9000), `iperf` (`server` or `client`, default `server`), `iperf_port` (default 5201), `iperf_window` (the
 //! data socket's buffer in the direction of the data, which bounds the TCP window when
 //! receiving; default 1 MiB).
+//! `iperf_accounting` (`true`: ask the hypervisor for its accounting around each test, default
+//! `false`).
 //! Server: `iperf_tests` (tests to serve before exiting, default 1), `iperf_idle_ms` (give up
 //! when no client shows up for this long, default 60000).
 //! Client: `iperf_server` (IPv4, required), `iperf_seconds` (default 5), `iperf_reverse`
@@ -17,6 +19,11 @@
 //! `iperf3 -u`, default `false`; its block size defaults to 1460), `iperf_bitrate` (the UDP
 //! target rate in bits/s, like `-b`: default 1000000, at most 1000000000, 0 for unlimited).
 //! A UDP result line ends with the receiver's jitter and losses.
+//!
+//! For the bench's reasons, at the start and the end of test n this side prints
+//! `netstats <tag> k=v ...` (its front-end's counters from connect, see [`netstats_lines`]),
+//! tag 2n at the start and 2n+1 at the end; with `iperf_accounting = true` it also asks the
+//! hypervisor for its scheduling accounting under the same tag (ACCOUNTING_REPORT).
 
 use alloc::format;
 use alloc::string::String;
@@ -25,9 +32,9 @@ use vm_net::iperf3::{self, Client, ClientConfig, Event, ServerConfig};
 use vm_net::smoltcp::time::{Duration, Instant};
 use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::{Buffers, Stack};
-use vm_runtime::{evtchn, grant, println, setting, timer, StartInfo};
+use vm_runtime::{evtchn, grant, hypercall, println, setting, timer, StartInfo};
 
-use crate::netfront::{ConnectOptions, NetFront};
+use crate::netfront::{ConnectOptions, FrontStats, NetFront};
 
 /// The longest sleep between polls (the loop also wakes on every event from the back-end).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
@@ -57,6 +64,7 @@ struct Plan {
     gateway: Ipv4Address,
     port: u16,
     mode: Mode,
+    accounting: bool,
 }
 
 fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
@@ -73,6 +81,12 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         ));
     }
     let buffer = buffer as usize;
+    let flag = |key: &str| match setting(info.settings, key).unwrap_or("false") {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("setting {key}={other} is not true/false")),
+    };
+    let accounting = flag("iperf_accounting")?;
     let mode = match setting(info.settings, "iperf").unwrap_or("server") {
         "server" => Mode::Server {
             tests: number("iperf_tests", 1)?.max(1),
@@ -84,11 +98,6 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
                 .ok_or("setting iperf_server is required for iperf = \"client\"")?
                 .parse()
                 .map_err(|_| "setting iperf_server is not an IPv4 address")?;
-            let flag = |key: &str| match setting(info.settings, key).unwrap_or("false") {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                other => Err(format!("setting {key}={other} is not true/false")),
-            };
             let reverse = flag("iperf_reverse")?;
             let udp = flag("iperf_udp")?;
             let bitrate = number("iperf_bitrate", iperf3::DEFAULT_UDP_RATE)?;
@@ -142,6 +151,7 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         gateway,
         port,
         mode,
+        accounting,
     })
 }
 
@@ -158,15 +168,22 @@ fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
     );
     let mut stack = Stack::new(front, mac, plan.address, plan.gateway, Buffers::default());
     let mut rounds = Rounds::default();
+    let mut marks = Marks {
+        accounting: plan.accounting,
+        ..Marks::default()
+    };
+    let rounds = &mut rounds;
     let result = match plan.mode {
         Mode::Server {
             tests,
             idle,
             buffer,
-        } => serve(&mut stack, &mut rounds, plan.port, tests, idle, buffer),
-        Mode::Client(config) => client(&mut stack, &mut rounds, config),
+        } => serve(
+            &mut stack, rounds, &mut marks, plan.port, tests, idle, buffer,
+        ),
+        Mode::Client(config) => client(&mut stack, rounds, &mut marks, config),
     };
-    print_counters(&stack, &rounds);
+    print_counters(&stack, rounds);
     if stack.device.broken.is_some() || stack.device.backend_left() {
         return Err("the connection to the back-end was lost".into());
     }
@@ -184,6 +201,72 @@ fn print_event(event: &Event) {
             );
         }
     }
+}
+
+/// The marks around each test: how many tests started, the bytes the app copied into its
+/// sockets so far, whether to ask the hypervisor for its accounting.
+#[derive(Default)]
+struct Marks {
+    tests: u64,
+    app_copied: u64,
+    accounting: bool,
+}
+
+impl Marks {
+    /// At an event: a start or an end mark for `Started` and `Finished`/`Failed`.
+    fn on(&mut self, event: &Event, stats: &FrontStats) {
+        let tag = match event {
+            Event::Started(_) => {
+                self.tests += 1;
+                2 * self.tests
+            }
+            Event::Finished(report) => {
+                if report.sender {
+                    // The app's copy into the socket, as the test counted it.
+                    self.app_copied += report.bytes;
+                }
+                2 * self.tests + 1
+            }
+            Event::Failed(_) => 2 * self.tests + 1,
+            Event::Interval(_) => return,
+        };
+        if self.accounting {
+            // A hypervisor without it answers NOT_SUPPORTED: the figures are then missing.
+            let _ = hypercall::accounting_report(tag);
+        }
+        for line in netstats_lines(tag, stats, self.app_copied) {
+            println!("{line}");
+        }
+    }
+}
+
+/// `netstats <tag> ...` lines: the front-end's counters from connect (frames and frame bytes
+/// each way, events sent, suppressed and delivered to us, and the bytes copied at each copy
+/// site, the app's copy into its sockets first). Three lines, as the hypervisor cuts console
+/// lines at 200 bytes; the harness merges the lines of one tag (`bench::NetStats`).
+fn netstats_lines(tag: u64, s: &FrontStats, app_copied: u64) -> [String; 3] {
+    [
+        format!(
+            "netstats {tag} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} events_sent={} \
+             events_suppressed={} events_received={}",
+            s.tx_frames,
+            s.tx_bytes,
+            s.rx_frames,
+            s.rx_bytes,
+            s.events_sent,
+            s.events_suppressed,
+            evtchn::delivered(),
+        ),
+        format!(
+            "netstats {tag} copied_app_to_stack={app_copied} copied_stack_to_frame={} \
+             copied_frame_to_pool={}",
+            s.copied_stack_to_frame, s.copied_frame_to_pool,
+        ),
+        format!(
+            "netstats {tag} copied_pool_to_frame={} copied_frame_to_stack={}",
+            s.copied_pool_to_frame, s.copied_frame_to_stack
+        ),
+    ]
 }
 
 /// Where the app's time went, for the counters line.
@@ -251,6 +334,7 @@ fn round(
 fn serve(
     stack: &mut Stack<NetFront>,
     rounds: &mut Rounds,
+    marks: &mut Marks,
     port: u16,
     tests: u64,
     idle: Duration,
@@ -273,8 +357,13 @@ fn serve(
         round(stack, rounds, |_, _| {}, None);
         let server = stack.iperf3_server().ok_or("the iperf3 server is gone")?;
         let busy = server.busy();
+        let mut events = alloc::vec::Vec::new();
         while let Some(event) = server.next_event() {
+            events.push(event);
+        }
+        for event in events {
             print_event(&event);
+            marks.on(&event, &stack.device.stats);
             match event {
                 Event::Finished(report) => {
                     finished += 1;
@@ -320,6 +409,7 @@ fn serve(
 fn client(
     stack: &mut Stack<NetFront>,
     rounds: &mut Rounds,
+    marks: &mut Marks,
     config: ClientConfig,
 ) -> Result<String, String> {
     let mut client = Client::new(config, vm_net::now());
@@ -342,6 +432,7 @@ fn client(
         );
         while let Some(event) = client.next_event() {
             print_event(&event);
+            marks.on(&event, &stack.device.stats);
             match event {
                 Event::Finished(report) => result = Some(Ok(format!("{report}"))),
                 Event::Failed(failure) => result = Some(Err(failure.reason)),

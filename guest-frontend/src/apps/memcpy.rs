@@ -1,12 +1,27 @@
 //! `memcpy`: single-copy memory bandwidth inside a guest, the ceiling of any data path that
-//! copies each byte once (like the back-end's guest-to-guest copy) on this machine. Copies a
-//! buffer of `memcpy_kib` KiB (default 1024: larger than the caches QEMU models, so memory
-//! speed, not cache speed) `memcpy_rounds` times (default 32), timing each copy with the
-//! virtual counter, and prints a `BENCH memcpy_mbps` line in Mbit/s (as iperf counts), and a
-//! `BENCH shared_copy_mbps` line for the volatile copy the rings use, timed in the same rounds.
+//! copies each byte once (like the back-end's guest-to-guest copy) on this machine, measured
+//! at several buffer placements and sizes in one boot so that QEMU's placement effects show
+//! as figures of their own instead of moving the ceiling between boots.
 //!
-//! Settings: `memcpy_kib`, `memcpy_rounds`, `memcpy_delay_ms` (wait this long first, so a
-//! test sharing the boot is over).
+//! Why placements: QEMU's soft TLB is direct-mapped (entry = page number modulo its size, a
+//! power of two that QEMU resizes at each flush from recent use). Two buffers a power of two
+//! apart, which is what a buddy allocator hands out, put source page i and destination page
+//! i in the same entry whenever the TLB is no larger than their distance in pages: every
+//! access then misses and walks both translation stages. Whether it is depends on the TLB
+//! size at that moment, so one plain memcpy figure is bimodal across boots (issue 11 saw
+//! 530-22 250 Mbit/s). Unaligned accesses take QEMU's slow helper path on `-cpu max`.
+//!
+//! Every round copies, in turn (so all see the same machine):
+//! - `memcpy_mbps`: 1 MiB (`memcpy_kib`), source and destination staggered by a whole number
+//!   of pages plus a few cache lines past a power of two, four such placements: the ceiling;
+//! - `memcpy_aliased_mbps`: the same size exactly [`ALIAS`] apart (the collision case);
+//! - `memcpy_unaligned_mbps`: staggered, but the destination one byte off;
+//! - `memcpy_64k_mbps`, `memcpy_4m_mbps`: other sizes, staggered;
+//! - `shared_copy_mbps`: the volatile copy the rings use, out of leaked (shared) pages.
+//!
+//! Each figure is a `BENCH ... unit=mbit_per_s` line (min, median, max over its copies).
+//! Settings: `memcpy_kib`, `memcpy_rounds` (default 16), `memcpy_delay_ms` (wait this long
+//! first, so a test sharing the boot is over). Needs a guest of at least 32 MiB.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -16,10 +31,31 @@ use vm_runtime::shared::SharedMem;
 use vm_runtime::timer;
 use vm_runtime::{println, StartInfo};
 
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+/// The power-of-two distance between the two buffers of the aliased case, and the base of
+/// the staggered ones. Bigger than any TLB this copy lets QEMU grow to (1024 pages).
+const ALIAS: usize = 4 * MIB;
+/// The largest copy.
+const MAX_LEN: usize = 4 * MIB;
+/// Staggered placements: destination distance past [`ALIAS`] (pages and cache lines).
+const STAGGER: [usize; 4] = [4096 + 64, 3 * 4096 + 192, 7 * 4096 + 320, 17 * 4096 + 448];
+
+/// One kind of copy.
+struct Case {
+    name: &'static str,
+    what: &'static str,
+    len: usize,
+    /// Destination offset past the source, per placement (used in turn each round).
+    distances: Vec<usize>,
+    /// Mbit/s of each copy.
+    rates: Vec<u64>,
+}
+
 pub fn run(info: &StartInfo<'static>) {
     let (Some(kib), Some(rounds), Some(delay_ms)) = (
         super::number(info, "memcpy_kib", 1024),
-        super::number(info, "memcpy_rounds", 32),
+        super::number(info, "memcpy_rounds", 16),
         super::number(info, "memcpy_delay_ms", 0),
     ) else {
         return;
@@ -29,70 +65,120 @@ pub fn run(info: &StartInfo<'static>) {
         println!("memcpy: waiting {delay_ms} ms for the machine to be quiet");
         timer::sleep_ms(delay_ms);
     }
-    let len = (kib.clamp(4, 4096) * 1024) as usize;
+    let len = (kib.clamp(4, 4096) as usize) * KIB;
     let rounds = rounds.clamp(3, 10_000) as usize;
-    let mut src = vec![0u8; len];
-    for (i, byte) in src.iter_mut().enumerate() {
+    let staggered = |n: usize| STAGGER.iter().map(|s| ALIAS + s).cycle().take(n).collect();
+    let mut cases = [
+        Case {
+            name: "memcpy_mbps",
+            what: "memcpy, 4 staggered placements",
+            len,
+            distances: staggered(STAGGER.len()),
+            rates: Vec::new(),
+        },
+        Case {
+            name: "memcpy_aliased_mbps",
+            what: "memcpy, buffers 4 MiB apart",
+            len,
+            distances: vec![ALIAS],
+            rates: Vec::new(),
+        },
+        Case {
+            name: "memcpy_unaligned_mbps",
+            what: "memcpy, destination 1 byte off",
+            len,
+            distances: vec![ALIAS + STAGGER[0] + 1],
+            rates: Vec::new(),
+        },
+        Case {
+            name: "memcpy_64k_mbps",
+            what: "memcpy, staggered",
+            len: 64 * KIB,
+            distances: staggered(STAGGER.len()),
+            rates: Vec::new(),
+        },
+        Case {
+            name: "memcpy_4m_mbps",
+            what: "memcpy, staggered",
+            len: MAX_LEN,
+            distances: staggered(STAGGER.len()),
+            rates: Vec::new(),
+        },
+    ];
+    // One arena holds every placement: the source at an `ALIAS`-aligned offset inside it (the
+    // heap is a buddy allocator, so such a block is aligned anyway; the offset makes sure).
+    let span = ALIAS + STAGGER[STAGGER.len() - 1] + 1 + MAX_LEN;
+    let mut arena = vec![0u8; span + ALIAS];
+    let base = (ALIAS - arena.as_ptr() as usize % ALIAS) % ALIAS;
+    for (i, byte) in arena[base..base + MAX_LEN].iter_mut().enumerate() {
         *byte = i as u8;
     }
-    let mut dst = vec![0u8; len];
-    // The same copy out of shared memory, as the front-end and back-end do it (volatile, so a
-    // peer writing meanwhile is no undefined behaviour): the data path's real copy cost. Both
-    // kinds alternate in each round so they see the same machine (QEMU's speed moves a lot).
+    // The volatile copy out of shared memory, as the front-end and back-end do it: the data
+    // path's real copy cost, into the first staggered destination.
     let shared = SharedMem::leak_pages(len / 4096);
-    shared.write(0, &src);
-    let mut mbps: Vec<u64> = Vec::with_capacity(rounds);
-    let mut shared_mbps: Vec<u64> = Vec::with_capacity(rounds);
-    // One untimed round, so every page has been touched before the clock runs. (Under QEMU the
-    // memcpy figure still varies about tenfold between boots, 1.2 or 11-16 Gbit/s, and within
-    // a boot it stays in one mode; the volatile copy moves much less. Cause not found.)
-    dst.copy_from_slice(&src);
-    shared.read(0, &mut dst);
-    let rate = |ticks: u64| len as u64 * 8 / timer::ticks_to_us(ticks.max(1)).max(1);
-    for round in 0..rounds {
-        // Vary the source so no copy can be elided or served from the previous round.
-        src[round % len] = round as u8;
-        let start = timer::now();
-        dst.copy_from_slice(&src);
-        let copied = timer::now();
-        // `black_box` keeps the copy from being optimised away.
-        core::hint::black_box(&mut dst);
-        mbps.push(rate(copied - start));
-        let start = timer::now();
-        shared.read(0, &mut dst);
-        shared_mbps.push(rate(timer::now() - start));
-        core::hint::black_box(&mut dst);
+    shared.write(0, &arena[base..base + len]);
+    let mut shared_rates = Vec::with_capacity(rounds);
+    let rate = |len: usize, ticks: u64| len as u64 * 8 / timer::ticks_to_us(ticks.max(1)).max(1);
+    // One untimed pass, so every page has been touched before the clock runs.
+    for case in &cases {
+        for &d in &case.distances {
+            let (src, dst) = arena[base..].split_at_mut(d);
+            dst[..case.len].copy_from_slice(&src[..case.len]);
+        }
     }
-    shared.write(0, &src);
-    shared.read(0, &mut dst);
-    if dst != src {
+    for round in 0..rounds {
+        for case in cases.iter_mut() {
+            let d = case.distances[round % case.distances.len()];
+            let (src, dst) = arena[base..].split_at_mut(d);
+            // Vary the source so no copy can be elided or served from the previous round.
+            src[round % case.len] = round as u8;
+            let start = timer::now();
+            dst[..case.len].copy_from_slice(&src[..case.len]);
+            let ticks = timer::now() - start;
+            // `black_box` keeps the copy from being optimised away.
+            core::hint::black_box(&mut dst[..case.len]);
+            case.rates.push(rate(case.len, ticks));
+        }
+        let dst = &mut arena[base + ALIAS + STAGGER[0]..][..len];
+        let start = timer::now();
+        shared.read(0, dst);
+        shared_rates.push(rate(len, timer::now() - start));
+        core::hint::black_box(dst);
+    }
+    let (src, dst) = arena[base..].split_at_mut(ALIAS + STAGGER[0]);
+    shared.write(0, &src[..len]);
+    shared.read(0, &mut dst[..len]);
+    if dst[..len] != src[..len] {
         println!("REPORT fail: copy out of shared memory does not match its source");
         return;
     }
-    // The shared copy first: a harness may stop reading at the memcpy figure.
-    for (name, values, what) in [
-        (
-            "shared_copy_mbps",
-            &mut shared_mbps,
-            "volatile copy out of shared pages",
-        ),
-        ("memcpy_mbps", &mut mbps, "memcpy"),
-    ] {
-        values.sort_unstable();
-        println!(
-            "BENCH {name} min={} median={} max={} n={} freq_hz=0 unit=mbit_per_s ({what}, {} \
-             KiB per copy)",
-            values[0],
-            values[rounds / 2],
-            values[rounds - 1],
-            rounds,
-            kib
-        );
+    // The others first, memcpy_mbps last: a harness may stop reading at the memcpy figure.
+    print_figure(
+        "shared_copy_mbps",
+        "volatile copy out of shared pages",
+        len,
+        &mut shared_rates,
+    );
+    cases.rotate_left(1);
+    for case in cases.iter_mut() {
+        print_figure(case.name, case.what, case.len, &mut case.rates);
     }
     println!(
-        "REPORT ok: memcpy {} KiB x {rounds}: median {} Mbit/s, out of shared memory {} Mbit/s",
-        len / 1024,
-        mbps[rounds / 2],
-        shared_mbps[rounds / 2]
+        "REPORT ok: memcpy {} KiB x {rounds} rounds at {} placements",
+        len / KIB,
+        STAGGER.len()
+    );
+}
+
+fn print_figure(name: &str, what: &str, len: usize, rates: &mut [u64]) {
+    rates.sort_unstable();
+    let n = rates.len();
+    println!(
+        "BENCH {name} min={} median={} max={} n={n} freq_hz=0 unit=mbit_per_s ({what}, {} KiB \
+         per copy)",
+        rates[0],
+        rates[n / 2],
+        rates[n - 1],
+        len / KIB
     );
 }

@@ -1,6 +1,6 @@
 //! sluice-bench: measures the para-virtual network and the primitives under it, several runs
-//! each, and prints a table, `target/bench/results.json` and the scaling plot
-//! `target/bench/scaling.svg` (next to the JSON). The scenarios and what each figure means are in
+//! each, and prints a table, `target/bench/results.json`, the scaling plot
+//! `target/bench/scaling.svg` and the throughput-per-path plot `paths.svg` (next to the JSON). The scenarios and what each figure means are in
 //! `sluice_harness::benchsuite`; every figure is the median over runs. Not a test: nothing here
 //! asserts a speed. Exit status 0 only when every run of every scenario produced its figures.
 //!
@@ -134,6 +134,7 @@ fn write(path: &PathBuf, text: &str) -> Result<(), String> {
 }
 
 fn run() -> Result<bool, String> {
+    let started = std::time::Instant::now();
     let args = parse_args(std::env::args().skip(1))?;
     let options = options(&args);
     let json_path = args
@@ -171,11 +172,15 @@ fn run() -> Result<bool, String> {
     print!("{}", results.table());
     write(&json_path, &results.to_json())?;
     write(&svg_path, &results.scaling_svg())?;
+    let paths_path = svg_path.with_file_name("paths.svg");
+    write(&paths_path, &results.paths_svg())?;
     println!(
-        "results written to {}, plot to {} (boot consoles in {})",
+        "results written to {}, plots to {} and {} (boot consoles in {}); {:.0} s in all",
         json_path.display(),
         svg_path.display(),
-        log_dir.display()
+        paths_path.display(),
+        log_dir.display(),
+        started.elapsed().as_secs_f64()
     );
     if !results.errors.is_empty() {
         println!("\n{} run(s) failed:", results.errors.len());
@@ -200,7 +205,7 @@ mod tests {
         assert_eq!(o, Options::full());
         assert_eq!(
             (o.runs, o.seconds, o.pair_counts.as_slice()),
-            (3, 5, &[1, 2, 4][..])
+            (5, 5, &[1, 2, 4][..])
         );
         let o = options(&args("--short").unwrap());
         assert_eq!((o.runs, o.seconds, o.short), (1, 2, true));
