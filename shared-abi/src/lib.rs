@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod emunic;
 pub mod evtchn;
 pub mod grant;
 pub mod handshake;
