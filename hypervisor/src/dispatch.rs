@@ -51,6 +51,15 @@ pub enum Call {
     CpuOff,
     SystemOff,
     SystemReset,
+    /// IOREQ_SET_IRQ: raise the emulated NIC's interrupt in guest `guest` (a guest-given id,
+    /// checked by the machine: the caller must be that guest's device model).
+    IoreqSetIrq {
+        guest: u64,
+    },
+    /// ACCOUNTING_REPORT: print the per-VM accounting, tagged `tag`.
+    AccountingReport {
+        tag: u64,
+    },
     /// A call answered from the registers alone: x0 gets this value.
     Answer(u64),
 }
@@ -86,6 +95,8 @@ pub fn decode(x: &[u64; 31]) -> Result<Call, u64> {
         hypercall::GRANT_TABLE_SETUP..=hypercall::GRANT_END
         | hypercall::EVTCHN_SETUP..=hypercall::EVTCHN_UNMASK
         | hypercall::CONNECTION_PORT => Call::Sharing { function },
+        hypercall::IOREQ_SET_IRQ => Call::IoreqSetIrq { guest: x[1] },
+        hypercall::ACCOUNTING_REPORT => Call::AccountingReport { tag: x[1] },
         psci::VERSION => Call::Answer(PSCI_VERSION_1_1),
         psci::FEATURES => Call::Answer(psci_features(x[1]) as u64),
         psci::CPU_ON_64 => Call::CpuOn {
@@ -203,6 +214,12 @@ pub trait Machine {
     fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>);
     /// Runs `f` on the caller's VM; `None` when the VM is gone.
     fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R>;
+    /// IOREQ_SET_IRQ: raises the emulated NIC's interrupt in guest `guest` if the caller is
+    /// that guest's device model (`Denied` otherwise, `InvalidArgument` for an id that is no
+    /// VM).
+    fn ioreq_set_irq(&mut self, guest: u64) -> Status;
+    /// ACCOUNTING_REPORT: prints every live VM's counters, tagged `tag`.
+    fn accounting_report(&mut self, tag: u64);
 }
 
 /// Carries out the hypercall in the trapped vCPU's `x` on `machine`.
@@ -240,6 +257,11 @@ pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
         Call::CpuOff => Outcome::VcpuOff,
         Call::SystemOff => Outcome::SystemOff,
         Call::SystemReset => Outcome::SystemReset,
+        Call::IoreqSetIrq { guest } => Outcome::status(machine.ioreq_set_irq(guest)),
+        Call::AccountingReport { tag } => {
+            machine.accounting_report(tag);
+            Outcome::status(Status::Ok)
+        }
     }
 }
 

@@ -96,6 +96,20 @@ pub enum PortState {
     Unbound { remote: VmId },
     /// Connected to `remote_port` of `remote`.
     Interdomain { remote: VmId, remote_port: Port },
+    /// Bound to the hypervisor: the request port of guest `client`'s emulated device, whose
+    /// device model owns the port (see `shared_abi::ioreq`). The hypervisor marks it pending
+    /// when it posts a request; the owner's EVTCHN_SEND on it says "answers are ready". Made
+    /// only by [`EventChannels::bind_hypervisor`]; the owner cannot close it.
+    Hypervisor { client: VmId },
+}
+
+/// Where an EVTCHN_SEND goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendTarget {
+    /// To the peer at the other end of an interdomain port.
+    Peer(Signal),
+    /// To the hypervisor: the device model of guest `client` has answered requests.
+    Hypervisor { client: VmId },
 }
 
 /// Where an EVTCHN_SEND goes: mark `port` pending on `vm`'s event page at `page_gpa`.
@@ -293,19 +307,31 @@ impl EventChannels {
         Ok((port_a, port_b))
     }
 
+    /// A new port of `owner` bound to the hypervisor as the request port of guest `client`'s
+    /// emulated device (the owner is its device model).
+    pub fn bind_hypervisor(&mut self, owner: VmId, client: VmId) -> Result<Port, Status> {
+        let oi = caller_index(owner)?;
+        let (client, _) = remote_id(owner, u64::from(client))?;
+        let vm = &mut self.vms[oi];
+        let port = vm.free_port().ok_or(Status::NoSpace)?;
+        vm.ports[port as usize] = PortState::Hypervisor { client };
+        Ok(port)
+    }
+
     /// EVTCHN_SEND: where the event on `caller`'s `port` goes. Only a bound port can send.
-    pub fn send(&self, caller: VmId, port: u64) -> Result<Signal, Status> {
+    pub fn send(&self, caller: VmId, port: u64) -> Result<SendTarget, Status> {
         let ci = caller_index(caller)?;
         let port = port_number(port)?;
         match self.vms[ci].ports[port as usize] {
             PortState::Interdomain {
                 remote,
                 remote_port,
-            } => Ok(Signal {
+            } => Ok(SendTarget::Peer(Signal {
                 vm: remote,
                 port: remote_port,
                 page_gpa: self.event_page(remote),
-            }),
+            })),
+            PortState::Hypervisor { client } => Ok(SendTarget::Hypervisor { client }),
             PortState::Free | PortState::Unbound { .. } => Err(Status::BadPort),
         }
     }
@@ -316,6 +342,8 @@ impl EventChannels {
         let port = port_number(port)?;
         match self.vms[ci].ports[port as usize] {
             PortState::Free => return Err(Status::BadPort),
+            // The hypervisor's channel: closing it would leave the guest's requests unheard.
+            PortState::Hypervisor { .. } => return Err(Status::Denied),
             PortState::Unbound { .. } => {}
             PortState::Interdomain {
                 remote,
@@ -405,6 +433,39 @@ mod tests {
     use shared_abi::layout::GUEST_RAM_BASE;
 
     const PAGE: u64 = GUEST_RAM_BASE + 0x3000;
+
+    /// A send's signal to a peer (a send to the hypervisor is not one).
+    fn peer(sent: Result<SendTarget, Status>) -> Result<Signal, Status> {
+        match sent? {
+            SendTarget::Peer(signal) => Ok(signal),
+            SendTarget::Hypervisor { client } => panic!("a send to the hypervisor for {client}"),
+        }
+    }
+
+    #[test]
+    fn a_request_port_reaches_only_the_hypervisor_and_stays_open() {
+        let mut ec = world();
+        let port = ec.bind_hypervisor(1, 3).unwrap();
+        assert_eq!(ec.state(1, port), Some(PortState::Hypervisor { client: 3 }));
+        assert_eq!(
+            ec.send(1, u64::from(port)),
+            Ok(SendTarget::Hypervisor { client: 3 })
+        );
+        // Nobody else can send on it, bind to it, or close it.
+        assert_eq!(ec.send(3, u64::from(port)), Err(Status::BadPort));
+        assert_eq!(
+            ec.bind_interdomain(3, 1, u64::from(port)),
+            Err(Status::BadPort)
+        );
+        assert_eq!(ec.close(1, u64::from(port)), Err(Status::Denied));
+        // Unmask works on it like on any port of the owner.
+        assert_eq!(ec.unmask(1, u64::from(port)), Ok(PAGE));
+        // Bad ids are refused; a death frees it.
+        assert_eq!(ec.bind_hypervisor(1, 1), Err(Status::InvalidArgument));
+        assert_eq!(ec.bind_hypervisor(0, 3), Err(Status::InvalidArgument));
+        assert!(ec.vm_died(1).is_empty());
+        assert_eq!(ec.state(1, port), Some(PortState::Free));
+    }
 
     #[test]
     fn each_side_learns_only_its_own_port_of_its_own_connections() {
@@ -505,7 +566,7 @@ mod tests {
         assert_eq!(p1, 1, "lowest free port, never 0");
         assert_eq!(ec.state(1, p1), Some(PortState::Unbound { remote: 2 }));
         assert_eq!(
-            ec.send(1, p1 as u64),
+            peer(ec.send(1, p1 as u64)),
             Err(Status::BadPort),
             "unbound cannot send"
         );
@@ -513,7 +574,7 @@ mod tests {
         assert_eq!(ec.state(1, p1), Some(bound(2, p2)));
         assert_eq!(ec.state(2, p2), Some(bound(1, p1)));
         assert_eq!(
-            ec.send(1, p1 as u64),
+            peer(ec.send(1, p1 as u64)),
             Ok(Signal {
                 vm: 2,
                 port: p2,
@@ -521,7 +582,7 @@ mod tests {
             })
         );
         assert_eq!(
-            ec.send(2, p2 as u64),
+            peer(ec.send(2, p2 as u64)),
             Ok(Signal {
                 vm: 1,
                 port: p1,
@@ -539,7 +600,7 @@ mod tests {
         ec.setup(1, PAGE, in_ram).unwrap();
         let (a, b) = ec.bind_pair(1, 2).unwrap();
         assert_eq!(
-            ec.send(1, a as u64),
+            peer(ec.send(1, a as u64)),
             Ok(Signal {
                 vm: 2,
                 port: b,
@@ -547,7 +608,7 @@ mod tests {
             })
         );
         assert_eq!(
-            ec.send(2, b as u64),
+            peer(ec.send(2, b as u64)),
             Ok(Signal {
                 vm: 1,
                 port: a,
@@ -631,21 +692,21 @@ mod tests {
     fn send_rules() {
         let mut ec = world();
         for port in [0, 1, MAX_PORTS as u64, 1 << 32 | 1, u64::MAX] {
-            assert_eq!(ec.send(1, port), Err(Status::BadPort));
+            assert_eq!(peer(ec.send(1, port)), Err(Status::BadPort));
         }
-        assert_eq!(ec.send(0, 1), Err(Status::InvalidArgument));
+        assert_eq!(peer(ec.send(0, 1)), Err(Status::InvalidArgument));
         let (a, b) = ec.bind_pair(1, 2).unwrap();
         // Another VM cannot send on VM 1's port number: the number means its own port.
-        assert_eq!(ec.send(3, a as u64), Err(Status::BadPort));
-        assert!(ec.send(1, a as u64).is_ok());
+        assert_eq!(peer(ec.send(3, a as u64)), Err(Status::BadPort));
+        assert!(peer(ec.send(1, a as u64)).is_ok());
         // The peer closes: the sender's end is unbound, sending is BadPort.
         ec.close(2, b as u64).unwrap();
         assert_eq!(ec.state(1, a), Some(PortState::Unbound { remote: 2 }));
-        assert_eq!(ec.send(1, a as u64), Err(Status::BadPort));
+        assert_eq!(peer(ec.send(1, a as u64)), Err(Status::BadPort));
         // The closer binds again to the same port: the sender's port number is unchanged.
         let c = ec.bind_interdomain(2, 1, a as u64).unwrap();
         assert_eq!(
-            ec.send(1, a as u64),
+            peer(ec.send(1, a as u64)),
             Ok(Signal {
                 vm: 2,
                 port: c,
@@ -671,7 +732,7 @@ mod tests {
         assert_eq!(ec.close(1, a as u64), Ok(()));
         assert_eq!(ec.state(1, a), Some(PortState::Free));
         assert_eq!(ec.state(2, b), Some(PortState::Unbound { remote: 1 }));
-        assert_eq!(ec.send(2, b as u64), Err(Status::BadPort));
+        assert_eq!(peer(ec.send(2, b as u64)), Err(Status::BadPort));
         // The remaining unbound end closes normally.
         assert_eq!(ec.close(2, b as u64), Ok(()));
         assert_eq!(ec.state(2, b), Some(PortState::Free));
@@ -739,14 +800,14 @@ mod tests {
         assert_eq!(ec.event_page(1), None);
         assert_eq!(ec.state(2, b12), Some(PortState::Unbound { remote: 1 }));
         assert_eq!(ec.state(3, p3), Some(PortState::Unbound { remote: 1 }));
-        assert_eq!(ec.send(2, b12 as u64), Err(Status::BadPort));
+        assert_eq!(peer(ec.send(2, b12 as u64)), Err(Status::BadPort));
         // Ports other VMs allocated for VM 1 stay unbound for it.
         assert_eq!(ec.state(2, waiting), Some(PortState::Unbound { remote: 1 }));
         // The next incarnation (a reset) can reconnect to the peers' old ports.
         ec.setup(1, PAGE, in_ram).unwrap();
         let n = ec.bind_interdomain(1, 2, b12 as u64).unwrap();
         assert_eq!(
-            ec.send(2, b12 as u64),
+            peer(ec.send(2, b12 as u64)),
             Ok(Signal {
                 vm: 1,
                 port: n,
@@ -850,7 +911,7 @@ mod tests {
                     (None, &[])
                 }
                 Op::Setup(v, g) => (ec.setup(v, g, in_ram).err(), &[Status::InvalidArgument]),
-                Op::Send(v, p) => (ec.send(v, p).err(), PORT_RULES),
+                Op::Send(v, p) => (peer(ec.send(v, p)).err(), PORT_RULES),
                 Op::Unmask(v, p) => (ec.unmask(v, p).err(), PORT_RULES),
             };
             if let Some(status) = status {
@@ -867,15 +928,18 @@ mod tests {
                         } => {
                             prop_assert_ne!(remote, vm);
                             prop_assert_eq!(ec.state(remote, remote_port), Some(bound(vm, port)));
-                            let signal = ec.send(vm, port as u64).unwrap();
+                            let signal = peer(ec.send(vm, port as u64)).unwrap();
                             prop_assert_eq!((signal.vm, signal.port), (remote, remote_port));
                         }
                         PortState::Unbound { remote } => {
                             prop_assert_ne!(remote, vm);
-                            prop_assert_eq!(ec.send(vm, port as u64), Err(Status::BadPort));
+                            prop_assert_eq!(peer(ec.send(vm, port as u64)), Err(Status::BadPort));
                         }
                         PortState::Free => {
-                            prop_assert_eq!(ec.send(vm, port as u64), Err(Status::BadPort));
+                            prop_assert_eq!(peer(ec.send(vm, port as u64)), Err(Status::BadPort));
+                        }
+                        PortState::Hypervisor { .. } => {
+                            prop_assert!(false, "no op here makes a request port");
                         }
                     }
                 }

@@ -15,15 +15,18 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
+use hypervisor::accounting::{self, Accounting, Counter};
 use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
-use hypervisor::grant::{batch_array_ok, RamRelease};
+use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
+use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::grant::CopyOp;
 use shared_abi::hypercall::{self, Status};
+use shared_abi::ioreq::take_response;
 use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
 
 use crate::arch::cpu::{self, El1Context};
@@ -36,7 +39,7 @@ use crate::locks::{
 };
 use crate::logger::{flush_vm_console, vm_console_write};
 pub use crate::machine::Hv;
-use crate::sharing::{Env, Notify, RetainedRam, Sharing};
+use crate::sharing::{set_port_pending, ConnectionKind, Env, Notify, RetainedRam, Sharing};
 use crate::vm::{StopKind, Vcpu, Vm};
 
 /// Time slice in milliseconds.
@@ -66,6 +69,10 @@ static IDLE: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PC
 static PCPUS: AtomicUsize = AtomicUsize::new(0);
 static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 static LIVE_VMS: AtomicUsize = AtomicUsize::new(0);
+/// Per-VM counters for ACCOUNTING_REPORT.
+static ACCOUNTING: Accounting = Accounting::new();
+/// When each pCPU last charged its running VM's time (counter ticks).
+static CHARGED_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 
 /// What the trapped vCPU should do next.
 enum Action {
@@ -78,6 +85,26 @@ enum Action {
     VcpuOff,
     /// The VM stops for this reason.
     StopVm(StopKind),
+    /// The vCPU was saved and blocked already (it waits for a device model's answer): pick
+    /// another.
+    Descheduled,
+}
+
+/// Charges the time since the last charge on this pCPU to the VM running there (the time a
+/// VM's traps take in EL2 counts as that VM's).
+fn charge_run_time(pcpu: usize) {
+    let now = cpu::counter();
+    let since = CHARGED_AT[pcpu].swap(now, Ordering::Relaxed);
+    if CURRENT[pcpu].load(Ordering::Relaxed) != NO_VCPU {
+        let vm = CURRENT_VM[pcpu].load(Ordering::Relaxed);
+        ACCOUNTING.add(vm, Counter::RunTicks, now.saturating_sub(since));
+    }
+}
+
+/// A trap from the VM running on this pCPU: its time so far, and one exit.
+fn count_exit(pcpu: usize) {
+    charge_run_time(pcpu);
+    ACCOUNTING.add(CURRENT_VM[pcpu].load(Ordering::Relaxed), Counter::Exits, 1);
 }
 
 /// Installs the state behind the locks. Called once by the primary before any vCPU runs.
@@ -115,12 +142,14 @@ fn wake_for_interrupt(sched: &mut Scheduler, id: VcpuId, this_pcpu: usize) {
 fn inject(vcpu: &mut VcpuLocked, id: VcpuId, intid: u32, this_pcpu: usize) -> Result<(), Status> {
     // Level-style sources: one queued copy is enough, since the guest's handler looks at the
     // source (the timer, or every pending port) rather than counting interrupts.
-    let pushed = if intid == intid::VIRTUAL_TIMER || intid == EVTCHN_INTID {
-        vcpu.virqs.push_unique(intid)
-    } else {
-        vcpu.virqs.push(intid)
-    };
+    let pushed =
+        if intid == intid::VIRTUAL_TIMER || intid == EVTCHN_INTID || intid == intid::EMULATED_NIC {
+            vcpu.virqs.push_unique(intid)
+        } else {
+            vcpu.virqs.push(intid)
+        };
     pushed.map_err(|_| Status::NoSpace)?;
+    ACCOUNTING.add(vcpu.run.vm_id, Counter::Virqs, 1);
     wake_for_interrupt(&mut SchedLocked::lock(vcpu.token()), id, this_pcpu);
     Ok(())
 }
@@ -174,6 +203,7 @@ fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
     v.vgic.restore();
     *frame = v.frame;
     CURRENT[pcpu].store(id, Ordering::Relaxed);
+    CHARGED_AT[pcpu].store(cpu::counter(), Ordering::Relaxed);
     arm_timer(&SchedLocked::lock(token), cpu::counter());
 }
 
@@ -238,6 +268,9 @@ impl Hv {
         self.sharing.release(&mut self.frames, &answer.released);
         if let Some(vm) = answer.notify {
             self.notify(token, Notify { vm }, pcpu);
+        }
+        if let Some(client) = answer.answers_from_device_model {
+            self.collect_answers(token, caller, client, pcpu);
         }
         (answer.status, answer.x1)
     }
@@ -310,8 +343,178 @@ impl Hv {
         }
     }
 
+    /// The emulated connection of guest `client`, if it has an emulated NIC.
+    fn emulated_connection(&self, client: VmId) -> Option<&crate::sharing::Connection> {
+        self.sharing
+            .connections
+            .iter()
+            .find(|c| c.frontend == client && c.kind == ConnectionKind::Emulated)
+    }
+
+    /// VM `id` if it exists and is not stopping.
+    fn running_vm(&self, id: VmId) -> Option<&Vm> {
+        self.vms
+            .get(usize::from(id).wrapping_sub(1))?
+            .as_ref()
+            .filter(|vm| vm.stop.is_none())
+    }
+
+    /// vCPU `id` (running on `pcpu`, its registers in `frame`) accessed its emulated NIC's
+    /// window at `offset`: the access becomes an I/O request to the device model, and the vCPU
+    /// waits for the answer (`Ok(true)`: it is saved and blocked). With no device model
+    /// running, the hypervisor answers as an absent device at once (`Ok(false)`). `Err` says
+    /// why the guest must be killed.
+    fn forward_to_device_model(
+        &self,
+        token: &mut HvHeld,
+        id: VcpuId,
+        offset: u64,
+        esr: u64,
+        frame: &mut TrapFrame,
+        pcpu: usize,
+    ) -> Result<bool, String> {
+        let client = self.vm_of(id).ok_or("the VM is gone")?.id;
+        let conn = self
+            .emulated_connection(client)
+            .ok_or("no device at this address (this VM has no emulated NIC)")?;
+        let access = esr::mmio_access(esr).map_err(|e| format!("emulated NIC: {e}"))?;
+        ACCOUNTING.add(client, Counter::Ioreqs, 1);
+        let device_model_runs = conn.backend_port != shared_abi::evtchn::NO_PORT
+            && self.running_vm(conn.backend).is_some();
+        if !device_model_runs {
+            ioreq::complete(&access, ABSENT_DEVICE_READ, &mut frame.x, &mut frame.elr);
+            return Ok(false);
+        }
+        let Some(mut vcpu) = VcpuLocked::lock(token, id) else {
+            return Err(String::from("the vCPU is gone"));
+        };
+        let (v, vtoken) = vcpu.split();
+        let request = ioreq::request_of(&access, offset, &frame.x);
+        shared_abi::ioreq::post(conn.page.atomics(), v.index as usize, request)
+            .map_err(|e| format!("emulated NIC: {e}"))?;
+        v.io = Some(access);
+        // Saved and blocked under the vCPU's lock, so the answer (which takes that lock) finds
+        // it waiting with its registers in place.
+        save(v, frame);
+        SchedLocked::lock(vtoken).block_io(id);
+        drop(vcpu);
+        let page = self.sharing.events.event_page(conn.backend);
+        if let Some(notify) =
+            page.and_then(|page| set_port_pending(&self.vms, conn.backend, page, conn.backend_port))
+        {
+            self.notify(token, notify, pcpu);
+        }
+        Ok(true)
+    }
+
+    /// Device model `caller` signalled the request port of guest `client`: every vCPU of the
+    /// guest that waits for an answer and has one in its slot resumes with it. Slots without a
+    /// request outstanding are not looked at, so a stray answer does nothing.
+    fn collect_answers(&self, token: &mut HvHeld, caller: VmId, client: VmId, pcpu: usize) {
+        let Some(conn) = self
+            .emulated_connection(client)
+            .filter(|c| c.backend == caller)
+        else {
+            return;
+        };
+        let page = conn.page.atomics();
+        self.complete_requests(token, client, pcpu, |slot| {
+            take_response(page, slot).ok().flatten()
+        });
+    }
+
+    /// Completes each waiting I/O request of guest `client` for which `answer(slot)` has a
+    /// value, and makes those vCPUs runnable.
+    fn complete_requests(
+        &self,
+        token: &mut HvHeld,
+        client: VmId,
+        pcpu: usize,
+        mut answer: impl FnMut(usize) -> Option<u64>,
+    ) {
+        let Some(vm) = self
+            .vms
+            .get(usize::from(client).wrapping_sub(1))
+            .and_then(Option::as_ref)
+        else {
+            return;
+        };
+        let mut woke = false;
+        for &id in &vm.vcpus {
+            let Some(mut vcpu) = VcpuLocked::lock(token, id) else {
+                continue;
+            };
+            let (v, vtoken) = vcpu.split();
+            let Some(access) = v.io else {
+                continue;
+            };
+            let mut sched = SchedLocked::lock(vtoken);
+            if sched.state(id) != RunState::WaitingIo {
+                continue;
+            }
+            let Some(data) = answer(v.index as usize) else {
+                continue;
+            };
+            ioreq::complete(&access, data, &mut v.frame.x, &mut v.frame.elr);
+            v.io = None;
+            woke |= sched.wake_io(id);
+        }
+        if woke {
+            kick_idle(pcpu);
+        }
+    }
+
+    /// IOREQ_SET_IRQ from VM `caller`: the emulated NIC's interrupt for guest `guest`.
+    fn set_emulated_irq(
+        &self,
+        token: &mut HvHeld,
+        caller: VmId,
+        guest: u64,
+        pcpu: usize,
+    ) -> Status {
+        let Some(guest) = VmId::try_from(guest)
+            .ok()
+            .filter(|&g| g != 0 && usize::from(g) <= self.vms.len())
+        else {
+            return Status::InvalidArgument;
+        };
+        if self
+            .emulated_connection(guest)
+            .is_none_or(|c| c.backend != caller)
+        {
+            return Status::Denied;
+        }
+        // A guest that is stopping hears nothing; the device model did nothing wrong.
+        let Some(&first) = self.running_vm(guest).and_then(|vm| vm.vcpus.first()) else {
+            return Status::Ok;
+        };
+        match inject_to(token, first, intid::EMULATED_NIC, pcpu) {
+            Ok(()) => Status::Ok,
+            Err(status) => status,
+        }
+    }
+
     /// Asks every vCPU of a VM to stop; the VM is finished once none of them is running.
     fn request_stop(&mut self, token: &mut HvHeld, vm_index: usize, kind: StopKind, pcpu: usize) {
+        // A device model that stops answers no more: its guests' waiting accesses complete as
+        // an absent device's, so none of them waits on the dead.
+        let stopping_id = self
+            .vms
+            .get(vm_index)
+            .and_then(Option::as_ref)
+            .map(|vm| vm.id);
+        if let Some(stopping_id) = stopping_id {
+            let clients: Vec<VmId> = self
+                .sharing
+                .connections
+                .iter()
+                .filter(|c| c.backend == stopping_id && c.kind == ConnectionKind::Emulated)
+                .map(|c| c.frontend)
+                .collect();
+            for client in clients {
+                self.complete_requests(token, client, pcpu, |_| Some(ABSENT_DEVICE_READ));
+            }
+        }
         let Some(vm) = self.vms.get_mut(vm_index).and_then(Option::as_mut) else {
             return;
         };
@@ -554,6 +757,7 @@ pub fn run_first(pcpu: usize) -> ! {
 /// Picks the next vCPU for this pCPU and loads it into `frame`, sleeping while there is none.
 /// Powers the machine off when every VM has stopped.
 fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
+    charge_run_time(pcpu);
     CURRENT[pcpu].store(NO_VCPU, Ordering::Relaxed);
     loop {
         let (picked, deadline) = {
@@ -597,7 +801,9 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             Some(d) => cpu::set_hyp_timer(d),
             None => cpu::stop_hyp_timer(),
         }
+        let slept_at = cpu::counter();
         cpu::wait_for_interrupt();
+        ACCOUNTING.add_idle(cpu::counter().saturating_sub(slept_at));
         // Whatever woke us (kick, timer, a stale guest timer) only needs acknowledging.
         while let Some(id) = gic::acknowledge() {
             if id >= 1020 {
@@ -645,6 +851,7 @@ fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Acti
             }
             hv.try_finish_stop(token, vm_index, pcpu)
         }),
+        Action::Descheduled => None,
         action => {
             let Some(mut vcpu) = VcpuLocked::lock(entry, id) else {
                 return;
@@ -733,9 +940,15 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
     let fault = cpu::fault_info();
     let mut entry = Unlocked::entry();
+    count_exit(pcpu);
+    let vm_id = CURRENT_VM[pcpu].load(Ordering::Relaxed);
     let action = match esr::exception_class(fault.esr) {
-        esr::EC_HVC64 => hypercall(&mut entry, pcpu, frame),
+        esr::EC_HVC64 => {
+            ACCOUNTING.add(vm_id, Counter::Hypercalls, 1);
+            hypercall(&mut entry, pcpu, frame)
+        }
         esr::EC_SMC64 => {
+            ACCOUNTING.add(vm_id, Counter::Hypercalls, 1);
             // SMC traps report the SMC itself as the return address; step over it.
             frame.elr += 4;
             hypercall(&mut entry, pcpu, frame)
@@ -749,8 +962,26 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
             }
         }
         esr::EC_DABT_LOWER | esr::EC_IABT_LOWER => {
+            ACCOUNTING.add(vm_id, Counter::MmioExits, 1);
             let ipa = esr::fault_ipa(fault.hpfar, fault.far);
             let id = CURRENT[pcpu].load(Ordering::Relaxed);
+            let data_abort = esr::exception_class(fault.esr) == esr::EC_DABT_LOWER;
+            if let Some(offset) = ioreq::window_offset(ipa).filter(|_| data_abort) {
+                let forwarded = with_hv(&mut entry, |hv, token| {
+                    hv.forward_to_device_model(token, id, offset, fault.esr, frame, pcpu)
+                });
+                let action = match forwarded {
+                    Ok(true) => Action::Descheduled,
+                    Ok(false) => Action::Continue,
+                    Err(why) => Action::StopVm(StopKind::Killed(format!(
+                        "stage-2 fault at IPA {ipa:#x} ({}) at PC {:#x}: {why}",
+                        Syndrome(fault.esr),
+                        frame.elr
+                    ))),
+                };
+                report_kill(&mut entry, pcpu, &action);
+                return finish(&mut entry, pcpu, frame, action);
+            }
             let emulated = with_hv(&mut entry, |hv, _| {
                 // Field by field, so the VM can be read while the device model changes.
                 let vm = hv.vcpu_vm.get(id).and_then(|&v| hv.vms.get(v)?.as_ref());
@@ -772,18 +1003,24 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
             frame.elr
         ))),
     };
-    if let Action::StopVm(StopKind::Killed(reason)) = &action {
+    report_kill(&mut entry, pcpu, &action);
+    finish(&mut entry, pcpu, frame, action);
+}
+
+/// Logs why the VM running on this pCPU is being killed, if it is.
+fn report_kill(entry: &mut Unlocked, pcpu: usize, action: &Action) {
+    if let Action::StopVm(StopKind::Killed(reason)) = action {
         let id = CURRENT[pcpu].load(Ordering::Relaxed);
-        let name = with_hv(&mut entry, |hv, _| hv.name_of(id));
+        let name = with_hv(entry, |hv, _| hv.name_of(id));
         error!("killing VM {name}: {reason}");
     }
-    finish(&mut entry, pcpu, frame, action);
 }
 
 /// Physical interrupt while a guest ran.
 #[no_mangle]
 extern "C" fn lower_irq(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
+    count_exit(pcpu);
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
     let mut entry = Unlocked::entry();
     let mut action = Action::Continue;
@@ -825,6 +1062,7 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
 #[no_mangle]
 extern "C" fn lower_serror(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
+    count_exit(pcpu);
     finish(
         &mut Unlocked::entry(),
         pcpu,
@@ -914,6 +1152,39 @@ impl dispatch::Machine for TrapMachine<'_> {
         let mut locked = HvLocked::lock(self.token);
         let (hv, token) = locked.split();
         hv.sharing_call(token, self.vcpu, function, x, self.pcpu)
+    }
+
+    fn ioreq_set_irq(&mut self, guest: u64) -> Status {
+        let mut locked = HvLocked::lock(self.token);
+        let (hv, token) = locked.split();
+        hv.set_emulated_irq(token, self.vm_id, guest, self.pcpu)
+    }
+
+    fn accounting_report(&mut self, tag: u64) {
+        // Names under the lock, printing without it.
+        let vms: Vec<(VmId, String)> = with_hv(self.token, |hv, _| {
+            hv.vms
+                .iter()
+                .flatten()
+                .map(|vm| (vm.id, vm.name.clone()))
+                .collect()
+        });
+        let frequency = cpu::counter_frequency();
+        for (id, name) in vms {
+            info!(
+                "{}",
+                accounting::vm_line(tag, &name, &ACCOUNTING.snapshot(id), frequency)
+            );
+        }
+        info!(
+            "{}",
+            accounting::idle_line(
+                tag,
+                ACCOUNTING.idle_ticks(),
+                frequency,
+                PCPUS.load(Ordering::Relaxed)
+            )
+        );
     }
 
     fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R> {

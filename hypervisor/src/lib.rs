@@ -9,11 +9,13 @@
 
 extern crate alloc;
 
+pub mod accounting;
 pub mod console;
 pub mod dispatch;
 pub mod esr;
 pub mod evtchn;
 pub mod grant;
+pub mod ioreq;
 pub mod irqmap;
 pub mod mm;
 pub mod pci;

@@ -63,6 +63,7 @@ mod boot {
     use crate::hv::{self, Hv};
     use crate::iommu::Iommu;
     use crate::passthrough::Passthrough;
+    use crate::sharing::ConnectionKind;
     use crate::vm::{Vcpu, VcpuRun, Vm};
     use crate::{dtb, logger};
 
@@ -295,19 +296,32 @@ mod boot {
             let Some(backend) = spec.backend else {
                 continue;
             };
-            if let Err(why) = hv
-                .sharing
-                .connect(&mut hv.vms, &mut hv.frames, spec.id, backend)
+            let kind = if spec.emulated_nic {
+                ConnectionKind::Emulated
+            } else {
+                ConnectionKind::Paravirt
+            };
+            if let Err(why) =
+                hv.sharing
+                    .connect(&mut hv.vms, &mut hv.frames, spec.id, backend, kind)
             {
                 error!("cannot connect VM {} to its back-end: {why}", spec.name);
                 fail("connection setup failed", "lower the number of VMs");
             }
-            info!(
-                "connection {} -> back-end {}: control page at IPA {:#x} in both",
-                spec.name,
-                backend,
-                shared_abi::layout::control_page_ipa(spec.id)
-            );
+            let page_ipa = shared_abi::layout::control_page_ipa(spec.id);
+            match kind {
+                ConnectionKind::Paravirt => info!(
+                    "connection {} -> back-end {backend}: control page at IPA {page_ipa:#x} in \
+                     both",
+                    spec.name
+                ),
+                ConnectionKind::Emulated => info!(
+                    "emulated NIC of {} at IPA {:#x}: every access trapped and forwarded to its \
+                     device model in back-end {backend} (request page at IPA {page_ipa:#x} there)",
+                    spec.name,
+                    shared_abi::layout::EMULATED_NIC_IPA
+                ),
+            }
         }
         let slice_ticks = cpu::counter_frequency() * hv::SLICE_MS / 1000;
         hv::install(hv, vcpus, sched, slice_ticks, pcpus);

@@ -18,6 +18,10 @@ pub enum RunState {
     Running { pcpu: usize },
     /// Executed WFI; wakes at `deadline` (counter ticks) if given, or when an interrupt arrives.
     Blocked { deadline: Option<u64> },
+    /// Waiting for the answer to a trapped device access (an I/O request to a device model):
+    /// only that answer wakes it ([`Scheduler::wake_io`]); interrupts and deadlines do not,
+    /// since the instruction that trapped has not completed.
+    WaitingIo,
     /// Powered off (never started, PSCI CPU_OFF, or its VM stopped).
     Off,
 }
@@ -51,8 +55,23 @@ impl Scheduler {
                 self.queue.push_back(id);
                 true
             }
-            RunState::Runnable | RunState::Running { .. } => false,
+            RunState::Runnable | RunState::Running { .. } | RunState::WaitingIo => false,
         }
+    }
+
+    /// A running vCPU waits for the answer to its I/O request.
+    pub fn block_io(&mut self, id: VcpuId) {
+        self.states[id] = RunState::WaitingIo;
+    }
+
+    /// The answer to `id`'s I/O request is in: waiting → runnable. False in any other state.
+    pub fn wake_io(&mut self, id: VcpuId) -> bool {
+        if self.states[id] != RunState::WaitingIo {
+            return false;
+        }
+        self.states[id] = RunState::Runnable;
+        self.queue.push_back(id);
+        true
     }
 
     /// Takes the next runnable vCPU for `pcpu`.
@@ -170,6 +189,33 @@ mod tests {
         assert_eq!(s.pick(0), Some(b));
         assert_eq!(s.pick(1), None);
         assert!(!s.has_runnable());
+    }
+
+    #[test]
+    fn only_its_answer_wakes_a_vcpu_waiting_for_io() {
+        let mut s = Scheduler::new();
+        let a = s.add();
+        let b = s.add();
+        s.wake(a);
+        s.wake(b);
+        assert_eq!(s.pick(0), Some(a));
+        s.block_io(a);
+        // An interrupt's wake-up, a passing deadline: still waiting, and not in the queue.
+        assert!(!s.wake(a));
+        assert_eq!(s.wake_expired(u64::MAX), 0);
+        assert_eq!(s.earliest_deadline(), None);
+        assert_eq!(s.state(a), RunState::WaitingIo);
+        assert_eq!(s.pick(1), Some(b));
+        assert_eq!(s.pick(1), None);
+        // Its answer: runnable once, then picked.
+        assert!(s.wake_io(a));
+        assert!(!s.wake_io(a));
+        assert_eq!(s.pick(0), Some(a));
+        // A stop ends the wait for good.
+        s.block_io(a);
+        s.stop(a);
+        assert!(!s.wake_io(a));
+        assert_eq!(s.state(a), RunState::Off);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, 
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
 use log::{info, warn};
-use shared_abi::evtchn::{set_pending, Delivery, PAGE_WORDS};
+use shared_abi::evtchn::{set_pending, Delivery, NO_PORT, PAGE_WORDS};
 use shared_abi::handshake::{self, Header};
+use shared_abi::ioreq;
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
 use crate::arch::mem::{GuestRam, OwnedFrame, PhysTableMemory};
@@ -27,11 +28,24 @@ pub struct RetainedRam {
     pub pages: usize,
 }
 
-/// One front-end/back-end connection and its hypervisor-owned control page.
+/// How a front-end reaches its back-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// A para-virtual front-end: the control page (mapped in both) and a bound pair of ports.
+    Paravirt,
+    /// An emulated NIC in the front-end: its back-end is the device model. The page is the I/O
+    /// request page (`shared_abi::ioreq`), mapped in the back-end only; the back-end's port is
+    /// bound to the hypervisor and the front-end has none.
+    Emulated,
+}
+
+/// One front-end/back-end connection and its hypervisor-owned page.
 pub struct Connection {
     pub frontend: VmId,
     pub backend: VmId,
+    pub kind: ConnectionKind,
     pub page: OwnedFrame,
+    /// `NO_PORT` for an emulated connection.
     pub frontend_port: u32,
     pub backend_port: u32,
 }
@@ -45,7 +59,7 @@ pub fn connection_port(connections: &[Connection], caller: VmId, peer: u64) -> O
         frontend_port: c.frontend_port,
         backend_port: c.backend_port,
     });
-    own_connection_port(links, caller, peer)
+    own_connection_port(links, caller, peer).filter(|&port| port != NO_PORT)
 }
 
 impl Connection {
@@ -244,33 +258,51 @@ impl Sharing {
     /// Creates the connection of `frontend` to `backend`: a zeroed control page with its header,
     /// a bound pair of control ports, and the page mapped read-write into both VMs at
     /// [`control_page_ipa`]`(frontend)`.
+    ///
+    /// For an [`ConnectionKind::Emulated`] one: an initialised I/O request page mapped into the
+    /// back-end only, at the same IPA, and a back-end port bound to the hypervisor.
     pub fn connect(
         &mut self,
         vms: &mut [Option<Vm>],
         frames: &mut FrameAllocator,
         frontend: VmId,
         backend: VmId,
+        kind: ConnectionKind,
     ) -> Result<(), &'static str> {
-        let (frontend_port, backend_port) = self
-            .events
-            .bind_pair(frontend, backend)
-            .map_err(|_| "no free event-channel ports")?;
+        let (frontend_port, backend_port) = match kind {
+            ConnectionKind::Paravirt => self.events.bind_pair(frontend, backend),
+            ConnectionKind::Emulated => self
+                .events
+                .bind_hypervisor(backend, frontend)
+                .map(|port| (NO_PORT, port)),
+        }
+        .map_err(|_| "no free event-channel ports")?;
         let mut conn = Connection {
             frontend,
             backend,
+            kind,
             page: OwnedFrame::alloc_zeroed(frames).ok_or("no free frame for the control page")?,
             frontend_port,
             backend_port,
         };
-        conn.header()
-            .init_page(conn.page.bytes_mut())
-            .map_err(|_| "control page header rejected")?;
+        let sides: &[VmId] = match kind {
+            ConnectionKind::Paravirt => {
+                conn.header()
+                    .init_page(conn.page.bytes_mut())
+                    .map_err(|_| "control page header rejected")?;
+                &[frontend, backend]
+            }
+            ConnectionKind::Emulated => {
+                ioreq::init_page(conn.page.atomics()).map_err(|_| "request page rejected")?;
+                &[backend]
+            }
+        };
         let attrs = MapAttrs {
             mem: MemType::Normal,
             access: Access::ReadWrite,
             executable: false,
         };
-        for vm in [frontend, backend] {
+        for &vm in sides {
             let vm = vm_slot_mut(vms, vm).ok_or("connection names a missing VM")?;
             vm.stage2
                 .map(
@@ -319,6 +351,24 @@ impl Sharing {
             .iter_mut()
             .filter(|c| c.frontend == vm || c.backend == vm)
         {
+            if conn.kind == ConnectionKind::Emulated {
+                // No handshake here: the page holds I/O requests. The requests of a stopped
+                // guest are abandoned; a stopped device model's are answered by the
+                // hypervisor (`hv.rs`) before this runs. A restarted device model gets a new
+                // request port (its old one died with it) and empty slots.
+                if conn.backend == vm && restart {
+                    match self.events.bind_hypervisor(vm, conn.frontend) {
+                        Ok(port) => conn.backend_port = port,
+                        Err(e) => warn!("VM {vm}: request port not rebound after restart: {e:?}"),
+                    }
+                } else if conn.backend == vm {
+                    conn.backend_port = NO_PORT;
+                }
+                if ioreq::init_page(conn.page.atomics()).is_err() {
+                    warn!("request page {:#x}: reset failed", conn.page.pa());
+                }
+                continue;
+            }
             let (side, survivor, survivor_port) = if conn.frontend == vm {
                 (handshake::Side::Frontend, conn.backend, conn.backend_port)
             } else {

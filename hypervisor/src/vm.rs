@@ -5,6 +5,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
 use hypervisor::sched::VcpuId;
@@ -69,6 +70,9 @@ pub struct Vcpu {
     pub fp: FpContext,
     pub vgic: VgicContext,
     pub virqs: VirqQueue,
+    /// The device access this vCPU trapped on and waits for the device model to answer (its
+    /// request is in the slot of this vCPU's index); `None` when it waits for nothing.
+    pub io: Option<MmioAccess>,
 }
 
 /// How a VM's RAM is mapped at stage 2.
@@ -91,6 +95,7 @@ impl Vcpu {
             fp: FpContext::default(),
             vgic: VgicContext::default(),
             virqs: VirqQueue::new(),
+            io: None,
         }
     }
 
@@ -105,6 +110,8 @@ impl Vcpu {
         self.fp = FpContext::default();
         self.vgic = VgicContext::default();
         self.virqs.clear();
+        // A request outstanding from before the reset is abandoned.
+        self.io = None;
     }
 
     /// Drops every virtual interrupt this (not running) vCPU holds and deactivates the physical

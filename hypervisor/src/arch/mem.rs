@@ -248,6 +248,15 @@ impl OwnedFrame {
         // exclusive.
         unsafe { phys_bytes_mut(self.pa, 4096) }
     }
+
+    /// The frame as atomic words, for a page the hypervisor and a VM both write at any time
+    /// (an I/O request page).
+    pub fn atomics(&self) -> &[AtomicU64] {
+        // SAFETY: as in `bytes_mut`, the frame is identity-mapped RAM owned by this value for
+        // as long as it lives; page aligned, so aligned for AtomicU64; the VMs it is mapped
+        // into access it concurrently, which atomics allow.
+        unsafe { core::slice::from_raw_parts(self.pa as *const AtomicU64, 4096 / 8) }
+    }
 }
 
 /// Like [`tlbi_ipas`], for the VM with `vmid` and stage-2 root `root_pa`, which need not be the

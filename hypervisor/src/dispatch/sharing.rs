@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use shared_abi::hypercall::{self, Status};
 
-use crate::evtchn::EventChannels;
+use crate::evtchn::{EventChannels, SendTarget};
 use crate::grant::{GrantEnv, GrantTables, RamRelease, VmId};
 
 /// What the sharing calls need of the machine beyond [`GrantEnv`].
@@ -37,6 +37,9 @@ pub struct SharingAnswer {
     pub notify: Option<VmId>,
     /// RAM of dead VMs that has just lost its last foreign mapping: free it.
     pub released: Vec<RamRelease>,
+    /// The caller, device model of this guest's emulated device, signalled its request port:
+    /// collect the answers it has given.
+    pub answers_from_device_model: Option<VmId>,
 }
 
 impl SharingAnswer {
@@ -46,6 +49,7 @@ impl SharingAnswer {
             x1: None,
             notify: None,
             released: Vec::new(),
+            answers_from_device_model: None,
         }
     }
 
@@ -104,10 +108,16 @@ pub fn sharing_call(
         }
         hypercall::EVTCHN_SEND => match events.send(caller, x[1]) {
             // A VM without an event page simply does not hear it.
-            Ok(signal) => SharingAnswer::notifying(signal.page_gpa.and_then(|page| {
-                env.set_pending(signal.vm, page, signal.port)
-                    .then_some(signal.vm)
-            })),
+            Ok(SendTarget::Peer(signal)) => {
+                SharingAnswer::notifying(signal.page_gpa.and_then(|page| {
+                    env.set_pending(signal.vm, page, signal.port)
+                        .then_some(signal.vm)
+                }))
+            }
+            Ok(SendTarget::Hypervisor { client }) => SharingAnswer {
+                answers_from_device_model: Some(client),
+                ..SharingAnswer::status(Status::Ok)
+            },
             Err(e) => SharingAnswer::status(e),
         },
         hypercall::EVTCHN_CLOSE => SharingAnswer::done(events.close(caller, x[1])),

@@ -13,7 +13,14 @@ fn regs(function: u64, args: &[u64]) -> [u64; 31] {
 fn every_hypercall_id_decodes_to_its_call() {
     use hypercall::*;
     // The vendor calls with a case of their own; the sharing layer checks all the others.
-    let own_case = [CONSOLE_WRITE, YIELD, TEST_INJECT, GRANT_COPY];
+    let own_case = [
+        CONSOLE_WRITE,
+        YIELD,
+        TEST_INJECT,
+        GRANT_COPY,
+        IOREQ_SET_IRQ,
+        ACCOUNTING_REPORT,
+    ];
     for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
         assert_eq!(
             decode(&regs(function, &[1, 2])),
@@ -21,6 +28,14 @@ fn every_hypercall_id_decodes_to_its_call() {
         );
     }
     assert_eq!(decode(&regs(YIELD, &[])), Ok(Call::Yield));
+    assert_eq!(
+        decode(&regs(IOREQ_SET_IRQ, &[u64::MAX])),
+        Ok(Call::IoreqSetIrq { guest: u64::MAX })
+    );
+    assert_eq!(
+        decode(&regs(ACCOUNTING_REPORT, &[7])),
+        Ok(Call::AccountingReport { tag: 7 })
+    );
     assert_eq!(
         decode(&regs(GRANT_COPY, &[0x4000_1000, 3])),
         Ok(Call::GrantCopy {
@@ -186,6 +201,8 @@ enum Effect {
         entry: u64,
         context: u64,
     },
+    SetIrq(u64),
+    Accounting(u64),
 }
 
 /// A machine that records every effect and answers as configured.
@@ -199,6 +216,7 @@ struct Model {
     /// The status of each GRANT_COPY op in turn (then `Ok`).
     copy_statuses: Vec<Status>,
     sharing_answer: (Status, Option<u64>),
+    set_irq_answer: Status,
 }
 
 impl Model {
@@ -215,6 +233,7 @@ impl Model {
             batch_ok: true,
             copy_statuses: Vec::new(),
             sharing_answer: (Status::Ok, None),
+            set_irq_answer: Status::Ok,
         }
     }
 
@@ -249,6 +268,15 @@ impl VcpuControl for ModelVcpus<'_> {
 }
 
 impl Machine for Model {
+    fn ioreq_set_irq(&mut self, guest: u64) -> Status {
+        self.effects.push(Effect::SetIrq(guest));
+        self.set_irq_answer
+    }
+
+    fn accounting_report(&mut self, tag: u64) {
+        self.effects.push(Effect::Accounting(tag));
+    }
+
     fn console(&mut self, bytes: &[u8]) {
         self.effects.push(Effect::Console(bytes.to_vec()));
     }
@@ -358,6 +386,13 @@ fn every_call_has_exactly_its_effect_and_outcome() {
         (psci::CPU_OFF, vec![], Outcome::VcpuOff, vec![]),
         (psci::SYSTEM_OFF, vec![], Outcome::SystemOff, vec![]),
         (psci::SYSTEM_RESET, vec![], Outcome::SystemReset, vec![]),
+        (IOREQ_SET_IRQ, vec![3], ok(), vec![Effect::SetIrq(3)]),
+        (
+            ACCOUNTING_REPORT,
+            vec![42],
+            ok(),
+            vec![Effect::Accounting(42)],
+        ),
         (
             VENDOR_HYP_BASE | 0xfff,
             vec![1, 2],
@@ -371,7 +406,14 @@ fn every_call_has_exactly_its_effect_and_outcome() {
         assert_eq!(m.effects, effects, "{function:#x}");
     }
     // Every other vendor call goes to the sharing layer with its registers, and nothing else.
-    let own_case = [CONSOLE_WRITE, YIELD, TEST_INJECT, GRANT_COPY];
+    let own_case = [
+        CONSOLE_WRITE,
+        YIELD,
+        TEST_INJECT,
+        GRANT_COPY,
+        IOREQ_SET_IRQ,
+        ACCOUNTING_REPORT,
+    ];
     for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
         let mut m = Model::new();
         assert_eq!(m.run(function, &[7, 8]), ok(), "{function:#x}");
@@ -383,6 +425,19 @@ fn every_call_has_exactly_its_effect_and_outcome() {
                 x2: 8
             }]
         );
+    }
+}
+
+#[test]
+fn set_irq_refusals_reach_the_device_model_unchanged() {
+    for status in [Status::Denied, Status::InvalidArgument, Status::NoSpace] {
+        let mut m = Model::new();
+        m.set_irq_answer = status;
+        assert_eq!(
+            m.run(hypercall::IOREQ_SET_IRQ, &[9]),
+            returns(status.as_u64())
+        );
+        assert_eq!(m.effects, vec![Effect::SetIrq(9)]);
     }
 }
 

@@ -216,12 +216,11 @@ proptest! {
         }
         // Once every slot is served honestly (after fresh posts), the hypervisor gets every
         // answer, whatever was scribbled before.
-        for slot in 0..SLOTS {
-            if outstanding[slot].is_none() {
+        for (slot, outstanding) in outstanding.iter().enumerate() {
+            let Some(request) = *outstanding else {
                 continue;
-            }
+            };
             // Re-post as the hypervisor does when it resets a slot it gave up on.
-            let request = outstanding[slot].unwrap();
             reset_slot(&page, slot).unwrap();
             post(&page, slot, request).unwrap();
             prop_assert_eq!(take_request(&page, slot).unwrap(), Some(request));

@@ -132,6 +132,7 @@ fn status(status: Status) -> SharingAnswer {
         x1: None,
         notify: None,
         released: Vec::new(),
+        answers_from_device_model: None,
     }
 }
 
@@ -207,6 +208,34 @@ fn event_calls_route_to_the_tables_and_deliver_through_the_event_pages() {
         status(Status::BadPort)
     );
     assert_eq!(w.env.pending.len(), 2);
+}
+
+#[test]
+fn a_send_on_a_request_port_reaches_the_hypervisor_not_a_peer() {
+    let mut w = World::new();
+    for vm in [1, 2] {
+        w.call(vm, hypercall::EVTCHN_SETUP, &[EVENT_PAGE]);
+    }
+    let port = w.events.bind_hypervisor(1, 2).unwrap();
+    let sent = w.call(1, hypercall::EVTCHN_SEND, &[u64::from(port)]);
+    assert_eq!(
+        sent,
+        SharingAnswer {
+            answers_from_device_model: Some(2),
+            ..status(Status::Ok)
+        }
+    );
+    // No event page was touched: the guest hears nothing of its device model's signal.
+    assert!(w.env.pending.is_empty());
+    // The guest cannot signal, or close, its device model's request port.
+    assert_eq!(
+        w.call(2, hypercall::EVTCHN_SEND, &[u64::from(port)]),
+        status(Status::BadPort)
+    );
+    assert_eq!(
+        w.call(1, hypercall::EVTCHN_CLOSE, &[u64::from(port)]),
+        status(Status::Denied)
+    );
 }
 
 #[test]

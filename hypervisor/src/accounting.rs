@@ -1,0 +1,184 @@
+//! Per-VM accounting: how much pCPU time each VM got and how often it made the hypervisor
+//! work (exits, hypercalls, MMIO traps, forwarded I/O requests, injected interrupts), counted
+//! from boot in lock-free atomics so that every trap path can count without a lock, and the
+//! report line ACCOUNTING_REPORT prints (`shared_abi::hypercall::ACCOUNTING_REPORT` has the
+//! format, which the bench parses).
+
+use alloc::format;
+use alloc::string::String;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use shared_abi::layout::MAX_VMS;
+
+/// What is counted per VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Counter ticks spent running this VM's vCPUs.
+    RunTicks,
+    /// Traps from the VM to EL2 (synchronous exceptions, interrupts, SErrors).
+    Exits,
+    Hypercalls,
+    /// Stage-2 faults handled as device accesses (emulated ECAM, forwarded requests).
+    MmioExits,
+    /// Accesses forwarded to a device model as I/O requests.
+    Ioreqs,
+    /// Virtual interrupts queued for the VM.
+    Virqs,
+}
+
+const COUNTERS: usize = 6;
+
+impl Counter {
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One VM's counters, as read at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub run_ticks: u64,
+    pub exits: u64,
+    pub hypercalls: u64,
+    pub mmio_exits: u64,
+    pub ioreqs: u64,
+    pub virqs: u64,
+}
+
+/// The counters of every VM id (`1..=MAX_VMS`; id 0, the hypervisor, counts nothing) and the
+/// pCPUs' idle time.
+pub struct Accounting {
+    vms: [[AtomicU64; COUNTERS]; MAX_VMS + 1],
+    idle_ticks: AtomicU64,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Accounting {
+    pub const fn new() -> Self {
+        Accounting {
+            vms: [const { [const { AtomicU64::new(0) }; COUNTERS] }; MAX_VMS + 1],
+            idle_ticks: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `n` to `vm`'s `counter`; ids outside `1..=MAX_VMS` count nothing.
+    pub fn add(&self, vm: u16, counter: Counter, n: u64) {
+        if let Some(counters) = self.vms.get(usize::from(vm)).filter(|_| vm != 0) {
+            counters[counter.index()].fetch_add(n, Relaxed);
+        }
+    }
+
+    pub fn add_idle(&self, ticks: u64) {
+        self.idle_ticks.fetch_add(ticks, Relaxed);
+    }
+
+    pub fn idle_ticks(&self) -> u64 {
+        self.idle_ticks.load(Relaxed)
+    }
+
+    /// `vm`'s counters now (all zero for an id outside `1..=MAX_VMS`).
+    pub fn snapshot(&self, vm: u16) -> Snapshot {
+        let Some(c) = self.vms.get(usize::from(vm)).filter(|_| vm != 0) else {
+            return Snapshot::default();
+        };
+        let read = |counter: Counter| c[counter.index()].load(Relaxed);
+        Snapshot {
+            run_ticks: read(Counter::RunTicks),
+            exits: read(Counter::Exits),
+            hypercalls: read(Counter::Hypercalls),
+            mmio_exits: read(Counter::MmioExits),
+            ioreqs: read(Counter::Ioreqs),
+            virqs: read(Counter::Virqs),
+        }
+    }
+}
+
+/// Counter ticks to microseconds at `frequency` Hz (0 if the frequency is unknown).
+pub fn ticks_to_us(ticks: u64, frequency: u64) -> u64 {
+    if frequency == 0 {
+        return 0;
+    }
+    (u128::from(ticks) * 1_000_000 / u128::from(frequency)) as u64
+}
+
+/// The report line of one VM.
+pub fn vm_line(tag: u64, name: &str, s: &Snapshot, frequency: u64) -> String {
+    format!(
+        "accounting {tag} vm={name} run_us={} exits={} hypercalls={} mmio_exits={} ioreqs={} \
+         virqs={}",
+        ticks_to_us(s.run_ticks, frequency),
+        s.exits,
+        s.hypercalls,
+        s.mmio_exits,
+        s.ioreqs,
+        s.virqs
+    )
+}
+
+/// The report's last line: the pCPUs' idle time.
+pub fn idle_line(tag: u64, idle_ticks: u64, frequency: u64, pcpus: usize) -> String {
+    format!(
+        "accounting {tag} idle_us={} pcpus={pcpus}",
+        ticks_to_us(idle_ticks, frequency)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_per_vm_and_bad_ids_count_nothing() {
+        let a = Accounting::new();
+        a.add(1, Counter::Exits, 3);
+        a.add(1, Counter::Exits, 2);
+        a.add(2, Counter::Ioreqs, 7);
+        a.add(MAX_VMS as u16, Counter::Virqs, 1);
+        a.add(0, Counter::Exits, 100);
+        a.add(MAX_VMS as u16 + 1, Counter::Exits, 100);
+        a.add(u16::MAX, Counter::Exits, 100);
+        assert_eq!(a.snapshot(1).exits, 5);
+        assert_eq!(
+            a.snapshot(2),
+            Snapshot {
+                ioreqs: 7,
+                ..Snapshot::default()
+            }
+        );
+        assert_eq!(a.snapshot(MAX_VMS as u16).virqs, 1);
+        assert_eq!(a.snapshot(0), Snapshot::default());
+        assert_eq!(a.snapshot(u16::MAX), Snapshot::default());
+        a.add_idle(10);
+        a.add_idle(5);
+        assert_eq!(a.idle_ticks(), 15);
+    }
+
+    #[test]
+    fn report_lines_have_the_documented_shape() {
+        let s = Snapshot {
+            run_ticks: 62_500_000,
+            exits: 1,
+            hypercalls: 2,
+            mmio_exits: 3,
+            ioreqs: 4,
+            virqs: 5,
+        };
+        assert_eq!(
+            vm_line(9, "guest1", &s, 62_500_000),
+            "accounting 9 vm=guest1 run_us=1000000 exits=1 hypercalls=2 mmio_exits=3 ioreqs=4 \
+             virqs=5"
+        );
+        assert_eq!(
+            idle_line(9, 125_000_000, 62_500_000, 2),
+            "accounting 9 idle_us=2000000 pcpus=2"
+        );
+        // No frequency, no division by zero; huge tick counts do not overflow.
+        assert_eq!(ticks_to_us(5, 0), 0);
+        assert_eq!(ticks_to_us(u64::MAX, 1_000_000), u64::MAX);
+    }
+}
