@@ -12,5 +12,6 @@ extern crate alloc;
 
 pub mod budget;
 pub mod csum;
+pub mod devmodel;
 pub mod switch;
 pub mod vif;

@@ -4,7 +4,9 @@
 
 pub use crate::arch::hvc::hvc;
 pub use shared_abi::hypercall::Status;
-use shared_abi::hypercall::{pack_console_bytes, CONSOLE_MAX_BYTES, CONSOLE_WRITE, TEST_INJECT};
+use shared_abi::hypercall::{
+    pack_console_bytes, CONSOLE_MAX_BYTES, CONSOLE_WRITE, IOREQ_SET_IRQ, TEST_INJECT,
+};
 
 /// Maps a raw x0 to a [`Status`]; a code the ABI does not define reads as `NotSupported`.
 pub fn status(raw: u64) -> Status {
@@ -29,4 +31,9 @@ pub fn console_write(bytes: &[u8]) -> Status {
 /// TEST_INJECT: queue the SGIs in `mask` (bits 0..16) on this vCPU, `repeat` times over.
 pub fn test_inject(mask: u64, repeat: u64) -> Status {
     status(hvc(TEST_INJECT, [mask, repeat, 0, 0, 0, 0])[0])
+}
+
+/// IOREQ_SET_IRQ: raises the emulated NIC's interrupt in `guest`, whose device model we are.
+pub fn ioreq_set_irq(guest: u16) -> Status {
+    status(hvc(IOREQ_SET_IRQ, [u64::from(guest), 0, 0, 0, 0, 0])[0])
 }
