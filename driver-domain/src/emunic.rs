@@ -1,0 +1,142 @@
+//! The device model of each guest with the emulated NIC (`nic = "emulated"`): its request page
+//! (mapped by the hypervisor at `control_page_ipa(guest)`, in this VM only), its request port
+//! (our port of the connection, bound to the hypervisor: CONNECTION_PORT), and the device
+//! itself (`shared_abi::emunic::Device`), which the fabric plugs into the switch as that
+//! guest's port, held to the guest's identity from the topology like a para-virtual port.
+//!
+//! [`EmuPort::serve`] does one bounded pass over the page (`driver_domain::devmodel`) and
+//! signals the port when it answered anything; frames the guest completed come back to the
+//! fabric to switch. [`EmuPort::deliver`] puts a frame from the switch into the device's
+//! receive FIFO. Both raise the guest's interrupt with IOREQ_SET_IRQ when the device owes
+//! one.
+//!
+//! A guest's stop is not signalled to its device model (the hypervisor only empties the
+//! page), so an emulated guest counts as finished once it has made no access for
+//! [`QUIET_MS`]: the guest driver reads the device at least every second while it runs.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use driver_domain::devmodel;
+use shared_abi::emunic::Device;
+use shared_abi::ioreq;
+use vm_runtime::hypercall::{ioreq_set_irq, Status};
+use vm_runtime::shared::SharedMem;
+use vm_runtime::{evtchn, println, timer};
+
+/// How long an emulated guest may make no access before we take it to be gone.
+pub const QUIET_MS: u64 = 3_000;
+
+/// What the device model did besides the device's own counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModelStats {
+    pub requests: u64,
+    pub malformed: u64,
+    pub passes: u64,
+    pub irqs: u64,
+    pub irqs_lost: u64,
+}
+
+pub struct EmuPort {
+    pub guest: u16,
+    page: SharedMem,
+    port: u32,
+    device: Box<Device>,
+    pub stats: ModelStats,
+    last_access_ms: u64,
+}
+
+impl EmuPort {
+    /// The device model of guest `guest`, whose device gets MAC `mac`.
+    pub fn open(guest: u16, mac: [u8; 6]) -> Result<EmuPort, String> {
+        let page = SharedMem::control_page(guest).ok_or("no request page for that id")?;
+        ioreq::check_header(page.words()).map_err(|e| format!("request page: {e}"))?;
+        let port = evtchn::connection_port(guest)
+            .map_err(|e| format!("the hypervisor knows no request port ({e:?})"))?;
+        Ok(EmuPort {
+            guest,
+            page,
+            port,
+            device: Box::new(Device::new(mac)),
+            stats: ModelStats::default(),
+            last_access_ms: timer::ticks_to_ms(timer::now()),
+        })
+    }
+
+    /// The port the hypervisor signals when it posts a request.
+    pub fn request_port(&self) -> u32 {
+        self.port
+    }
+
+    /// Answers every waiting request once; frames the guest completed are pushed to `sent`.
+    /// Returns how many requests were answered.
+    pub fn serve(&mut self, sent: &mut Vec<Vec<u8>>) -> usize {
+        evtchn::take(self.port);
+        let pass = match devmodel::serve(self.page.words(), &mut self.device, |frame| {
+            sent.push(frame.to_vec())
+        }) {
+            Ok(pass) => pass,
+            Err(e) => {
+                println!("emulated NIC of front-end {}: {e}", self.guest);
+                return 0;
+            }
+        };
+        if pass.answered > 0 {
+            self.stats.passes += 1;
+            self.stats.requests += pass.answered as u64;
+            self.stats.malformed += pass.malformed as u64;
+            self.last_access_ms = timer::ticks_to_ms(timer::now());
+            let _ = evtchn::send(self.port);
+        }
+        self.raise_if_owed();
+        pass.answered
+    }
+
+    /// A frame from the switch for the guest; false if the device dropped it (FIFO full).
+    pub fn deliver(&mut self, frame: &[u8]) -> bool {
+        let taken = self.device.receive(frame);
+        self.raise_if_owed();
+        taken
+    }
+
+    fn raise_if_owed(&mut self) {
+        if !self.device.take_interrupt() {
+            return;
+        }
+        match ioreq_set_irq(self.guest) {
+            Status::Ok => self.stats.irqs += 1,
+            _ => self.stats.irqs_lost += 1,
+        }
+    }
+
+    /// No access for [`QUIET_MS`]: the guest is taken to be gone.
+    pub fn quiet(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_access_ms) >= QUIET_MS
+    }
+
+    /// The closing line.
+    pub fn summary(&self) -> String {
+        let c = self.device.counters;
+        let s = self.stats;
+        format!(
+            "emulated NIC of front-end {}: {} requests ({} reads, {} writes, {} malformed) in {} \
+             passes, tx {} frames, rx {} frames, rx dropped {}, tx errors {}, bad accesses {}, \
+             interrupts {} raised / {} lost",
+            self.guest,
+            s.requests,
+            c.reads,
+            c.writes,
+            s.malformed,
+            s.passes,
+            c.tx_frames,
+            c.rx_frames,
+            c.rx_dropped,
+            c.tx_errors,
+            c.bad_accesses,
+            s.irqs,
+            s.irqs_lost
+        )
+    }
+}
