@@ -216,7 +216,7 @@ fn main(info: &StartInfo<'static>) {
     println!(
         "REPORT ok: {} served {} front-end(s), {served} ping-pong requests, {bad} bad words",
         info.name,
-        connections.len()
+        connections.len() + fabric.emulated.len()
     );
 }
 

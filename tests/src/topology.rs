@@ -1112,6 +1112,17 @@ vcpus = 1
                 ),
                 ("guest1", VmKind::Guest, "guest-frontend", 8, 1),
                 ("guest2", VmKind::Guest, "guest-frontend", 8, 1),
+                ("guest3", VmKind::Guest, "guest-frontend", 8, 1),
+            ]
+        );
+        let nics: Vec<_> = t.vms.iter().map(|vm| vm.nic).collect();
+        assert_eq!(
+            nics,
+            [
+                GuestNic::Paravirt,
+                GuestNic::Paravirt,
+                GuestNic::Paravirt,
+                GuestNic::Emulated
             ]
         );
         assert_eq!(
@@ -1125,7 +1136,7 @@ vcpus = 1
             [
                 pair("app", "net"),
                 pair("ip", "10.0.2.16/24"),
-                pair("ping", "10.0.2.17,10.0.2.2"),
+                pair("ping", "10.0.2.17,10.0.2.18,10.0.2.2"),
                 pair("host_echo", "true"),
             ]
         );
@@ -1142,7 +1153,15 @@ vcpus = 1
             .iter()
             .map(|vm| vm.ip().unwrap().to_string())
             .collect();
-        assert_eq!(ips, ["10.0.2.15", "10.0.2.16", "10.0.2.17"]);
+        assert_eq!(
+            t.vms[3].settings,
+            [
+                pair("app", "net"),
+                pair("ip", "10.0.2.18/24"),
+                pair("ping", "10.0.2.16,10.0.2.2"),
+            ]
+        );
+        assert_eq!(ips, ["10.0.2.15", "10.0.2.16", "10.0.2.17", "10.0.2.18"]);
         for guest in &t.vms[1..] {
             assert_eq!(guest.backend.as_deref(), Some("driver-domain"));
         }
@@ -2055,18 +2074,21 @@ vcpus = 1
             assert_eq!(guest.backend, Some(1));
             assert_eq!(bundle.peers_of(guest.id), 1 << 1);
         }
-        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3));
+        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3) | (1 << 4));
         assert_eq!(
             bundle.vm(0).unwrap().settings,
             "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n\
-             frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17\n"
+             frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17,\
+             4=02:51:55:00:00:04/10.0.2.18+emulated\n"
         );
+        let emulated: Vec<_> = bundle.vms().map(|vm| vm.emulated_nic).collect();
+        assert_eq!(emulated, [false, false, false, true]);
         assert_eq!(bundle.vm(0).unwrap().passthrough, Bdf::new(0, 2, 0));
         assert_eq!(
             shared_abi::start_info::setting(bundle.vm(2).unwrap().settings, "ip"),
             Some("10.0.2.17/24")
         );
-        // The two guests share one copy of their image.
+        // The guests share one copy of their image.
         assert!(bytes.len() < 4000 + 2 * 2500);
     }
 

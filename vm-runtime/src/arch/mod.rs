@@ -10,7 +10,7 @@
 pub(crate) mod boot;
 mod entry;
 pub mod heap;
-pub mod mmio;
 pub(crate) mod hvc;
+pub mod mmio;
 pub mod probe;
 mod vectors;
