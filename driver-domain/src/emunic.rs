@@ -28,6 +28,15 @@ use vm_runtime::{evtchn, println, timer};
 
 /// How long an emulated guest may make no access before we take it to be gone.
 pub const QUIET_MS: u64 = 3_000;
+/// After an answer, how long we keep watching the page for the guest's next access before
+/// going back to the other ports (and to sleep): a guest moving a frame makes one access
+/// after another, and catching the next one here saves a wake-up of this VM per access.
+/// Measured (17:05 UTC, one emulated guest making 4039 accesses): sleeping between accesses
+/// cost 5.1 ms per access (waking this VM from WFI for each request), watching the page
+/// 0.13 ms; any gap shorter than a wake-up is cheaper to spin through.
+const SPIN_US: u64 = 5_000;
+/// Most requests answered per call, so the other ports are served in between.
+const REQUESTS_PER_CALL: usize = 256;
 
 /// What the device model did besides the device's own counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,28 +79,45 @@ impl EmuPort {
         self.port
     }
 
-    /// Answers every waiting request once; frames the guest completed are pushed to `sent`.
-    /// Returns how many requests were answered.
+    /// Answers the waiting requests, and those that follow within [`SPIN_US`] of an answer,
+    /// up to [`REQUESTS_PER_CALL`]; frames the guest completed are pushed to `sent`. Returns
+    /// how many requests were answered.
     pub fn serve(&mut self, sent: &mut Vec<Vec<u8>>) -> usize {
         evtchn::take(self.port);
-        let pass = match devmodel::serve(self.page.words(), &mut self.device, |frame| {
-            sent.push(frame.to_vec())
-        }) {
-            Ok(pass) => pass,
-            Err(e) => {
-                println!("emulated NIC of front-end {}: {e}", self.guest);
-                return 0;
+        let mut answered = 0;
+        let mut last = timer::now();
+        let spin = timer::us_to_ticks(SPIN_US);
+        while answered < REQUESTS_PER_CALL {
+            let pass = match devmodel::serve(self.page.words(), &mut self.device, |frame| {
+                sent.push(frame.to_vec())
+            }) {
+                Ok(pass) => pass,
+                Err(e) => {
+                    println!("emulated NIC of front-end {}: {e}", self.guest);
+                    break;
+                }
+            };
+            let now = timer::now();
+            if pass.answered > 0 {
+                self.stats.passes += 1;
+                self.stats.requests += pass.answered as u64;
+                self.stats.malformed += pass.malformed as u64;
+                let _ = evtchn::send(self.port);
+                answered += pass.answered;
+                last = now;
+                // A frame the guest completed goes out before we wait for more.
+                if !sent.is_empty() {
+                    break;
+                }
+            } else if answered == 0 || now - last > spin {
+                break;
             }
-        };
-        if pass.answered > 0 {
-            self.stats.passes += 1;
-            self.stats.requests += pass.answered as u64;
-            self.stats.malformed += pass.malformed as u64;
+        }
+        if answered > 0 {
             self.last_access_ms = timer::ticks_to_ms(timer::now());
-            let _ = evtchn::send(self.port);
         }
         self.raise_if_owed();
-        pass.answered
+        answered
     }
 
     /// A frame from the switch for the guest; false if the device dropped it (FIFO full).

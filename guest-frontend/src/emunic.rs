@@ -89,6 +89,13 @@ impl EmuNic {
         true
     }
 
+    /// Whether to send now: only with the receive FIFO empty. A frame costs hundreds of
+    /// accesses, and smoltcp sends a whole TCP window in one poll; without this the peer's
+    /// ACKs overflow the FIFO meanwhile and TCP stalls on their loss. One access per frame.
+    pub fn can_send(&mut self) -> bool {
+        self.broken.is_none() && read(RX_STATUS) == 0
+    }
+
     /// The next received frame, if the device has one.
     pub fn next_rx(&mut self) -> Option<Vec<u8>> {
         if self.broken.is_some() {

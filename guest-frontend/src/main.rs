@@ -30,6 +30,7 @@ fn main(info: &StartInfo<'static>) {
         "load" => apps::load::run(info),
         "memcpy" => apps::memcpy::run(info),
         "net" => apps::net::run(info),
+        "nicabuse" => apps::nicabuse::run(info),
         "pingpong" => apps::pingpong::run(info),
         "probe" => apps::probe::run(info),
         "reset" => apps::reset::run(info),

@@ -590,7 +590,7 @@ impl Device for NetFront {
     fn transmit(&mut self, _now: NetInstant) -> Option<FrontTx<'_>> {
         let ready = match &mut self.path {
             Path::Paravirt(r) => r.can_send(),
-            Path::Emulated(e) => e.broken.is_none(),
+            Path::Emulated(e) => e.can_send(),
         };
         ready.then_some(FrontTx(self))
     }

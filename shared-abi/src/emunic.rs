@@ -102,7 +102,7 @@ pub const MIN_FRAME: usize = 14;
 /// Largest frame: standard Ethernet without FCS (the device has no jumbo frames).
 pub const MAX_FRAME: usize = 1514;
 /// What the receive FIFO holds at most.
-pub const RX_FIFO_FRAMES: usize = 32;
+pub const RX_FIFO_FRAMES: usize = 64;
 pub const RX_FIFO_BYTES: usize = 16 * 1024;
 
 /// What a write did that the device model must act on.
