@@ -24,6 +24,8 @@ pub struct Pass {
     pub answered: usize,
     /// Of those, requests that could not be decoded (answered [`BAD_REQUEST_ANSWER`]).
     pub malformed: usize,
+    /// The guest is in the middle of moving a frame (see `Device::transfer_in_progress`).
+    pub mid_frame: bool,
 }
 
 /// Answers every request waiting in `page`, once each. `sent` gets each frame a write
@@ -57,6 +59,7 @@ pub fn serve(
         ioreq::respond(page, slot, answer)?;
         pass.answered += 1;
     }
+    pass.mid_frame = device.transfer_in_progress();
     Ok(pass)
 }
 
@@ -97,13 +100,8 @@ mod tests {
         ioreq::post(page, slot, request).unwrap();
         let mut frames = Vec::new();
         let pass = serve(page, dev, |f| frames.push(f.to_vec())).unwrap();
-        assert_eq!(
-            pass,
-            Pass {
-                answered: 1,
-                malformed: 0
-            }
-        );
+        assert_eq!((pass.answered, pass.malformed), (1, 0));
+        assert_eq!(pass.mid_frame, dev.transfer_in_progress());
         (ioreq::take_response(page, slot).unwrap().unwrap(), frames)
     }
 
@@ -191,7 +189,8 @@ mod tests {
             pass,
             Pass {
                 answered: 1,
-                malformed: 1
+                malformed: 1,
+                mid_frame: false
             }
         );
         assert_eq!(

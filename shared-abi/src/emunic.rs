@@ -145,6 +145,8 @@ pub struct Device {
     rx_lens: Deque<u16, RX_FIFO_FRAMES>,
     /// Bytes of the head frame already read through `RX_DATA`.
     rx_read: usize,
+    /// `RX_STATUS` announced the head frame and it has not been read out yet.
+    rx_announced: bool,
     pub counters: Counters,
 }
 
@@ -165,6 +167,7 @@ impl Device {
             rx_used: 0,
             rx_lens: Deque::new(),
             rx_read: 0,
+            rx_announced: false,
             counters: Counters::default(),
         }
     }
@@ -211,7 +214,11 @@ impl Device {
             INT_EN => self.int_en,
             MAC_LO => u32::from_le_bytes([self.mac[0], self.mac[1], self.mac[2], self.mac[3]]),
             MAC_HI => u32::from(u16::from_le_bytes([self.mac[4], self.mac[5]])),
-            RX_STATUS => self.rx_lens.front().map_or(0, |&len| u32::from(len)),
+            RX_STATUS => {
+                let len = self.rx_lens.front().map_or(0, |&len| u32::from(len));
+                self.rx_announced = len != 0;
+                len
+            }
             RX_DATA => match self.rx_data() {
                 Some(word) => word,
                 None => {
@@ -346,6 +353,14 @@ impl Device {
             self.rx_used -= len;
         }
         self.rx_read = 0;
+        self.rx_announced = false;
+    }
+
+    /// Whether the guest is in the middle of moving a frame (a `TX_CMD` whose data has not all
+    /// come, or a received frame announced or partly read): its next access is imminent, which
+    /// a device model can use to wait for it instead of sleeping.
+    pub fn transfer_in_progress(&self) -> bool {
+        self.tx_len != 0 || self.rx_read != 0 || self.rx_announced
     }
 }
 

@@ -77,6 +77,36 @@ fn frames_go_out_whole_at_every_length_and_raise_tx_done() {
 }
 
 #[test]
+fn a_transfer_is_in_progress_from_its_first_access_to_its_last() {
+    let mut dev = device();
+    assert!(!dev.transfer_in_progress());
+    dev.write(TX_CMD, 4, 16);
+    assert!(dev.transfer_in_progress());
+    for _ in 0..3 {
+        dev.write(TX_DATA, 4, 0);
+        assert!(dev.transfer_in_progress());
+    }
+    dev.write(TX_DATA, 4, 0);
+    assert!(!dev.transfer_in_progress());
+    assert!(dev.receive(&frame(20, 0)));
+    assert!(!dev.transfer_in_progress(), "not until the guest looks");
+    assert_eq!(dev.read(RX_STATUS, 4), 20);
+    assert!(dev.transfer_in_progress());
+    for _ in 0..5 {
+        assert!(dev.transfer_in_progress());
+        dev.read(RX_DATA, 4);
+    }
+    assert!(!dev.transfer_in_progress());
+    // An empty FIFO announces nothing; a skipped frame ends the transfer.
+    assert_eq!(dev.read(RX_STATUS, 4), 0);
+    assert!(!dev.transfer_in_progress());
+    assert!(dev.receive(&frame(20, 0)));
+    dev.read(RX_STATUS, 4);
+    dev.write(RX_SKIP, 4, 0);
+    assert!(!dev.transfer_in_progress());
+}
+
+#[test]
 fn frames_come_in_whole_in_order_and_raise_rx_frame() {
     let mut dev = device();
     dev.write(INT_EN, 4, u64::from(INT_RX_FRAME));
