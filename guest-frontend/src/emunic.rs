@@ -30,6 +30,11 @@ pub struct EmuNic {
     pub mac: [u8; 6],
     pub broken: Option<String>,
     pub stats: FrontStats,
+    /// A frame may be waiting: the last `RX_STATUS` said so, or has not been read since the
+    /// device last interrupted. Otherwise a poll costs no access (each one is a trap).
+    rx_maybe: bool,
+    /// Interrupts seen when `RX_STATUS` was last read.
+    irqs_seen: u64,
 }
 
 /// A 32-bit register read; the window offsets used here are fixed and valid.
@@ -66,6 +71,8 @@ impl EmuNic {
             mac,
             broken: None,
             stats: FrontStats::default(),
+            rx_maybe: true,
+            irqs_seen: evtchn::local_irqs(),
         })
     }
 
@@ -93,7 +100,12 @@ impl EmuNic {
     /// accesses, and smoltcp sends a whole TCP window in one poll; without this the peer's
     /// ACKs overflow the FIFO meanwhile and TCP stalls on their loss. One access per frame.
     pub fn can_send(&mut self) -> bool {
-        self.broken.is_none() && read(RX_STATUS) == 0
+        if self.broken.is_some() {
+            return false;
+        }
+        let empty = read(RX_STATUS) == 0;
+        self.rx_maybe |= !empty;
+        empty
     }
 
     /// The next received frame, if the device has one.
@@ -101,7 +113,15 @@ impl EmuNic {
         if self.broken.is_some() {
             return None;
         }
+        // No access while nothing says a frame came: a frame that arrives unannounced (its
+        // status bit was still set) is seen by the next send's or sleep's `RX_STATUS` read.
+        let irqs = evtchn::local_irqs();
+        if !self.rx_maybe && irqs == self.irqs_seen {
+            return None;
+        }
+        self.irqs_seen = irqs;
         let len = read(RX_STATUS) as usize;
+        self.rx_maybe = len != 0;
         if len == 0 {
             self.stats.rx_empty += 1;
             return None;
@@ -128,7 +148,8 @@ impl EmuNic {
             return false;
         }
         write(INT_STS, INT_ALL);
-        read(RX_STATUS) != 0
+        self.rx_maybe = read(RX_STATUS) != 0;
+        self.rx_maybe
     }
 
     pub fn capabilities(&self) -> DeviceCapabilities {
