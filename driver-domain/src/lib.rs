@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod budget;
+pub mod crash;
 pub mod csum;
 pub mod devmodel;
 pub mod switch;

@@ -39,6 +39,21 @@ vm_runtime::entry!(main);
 
 /// How long the NIC is served when no front-end keeps the domain alive (setting `nic_serve_ms`).
 const DEFAULT_NIC_SERVE_MS: u64 = 10_000;
+/// Carries out a test crash (see `driver_domain::crash`).
+fn crash_now(kind: driver_domain::crash::CrashKind) -> ! {
+    use driver_domain::crash::CrashKind;
+    println!("test crash: {kind:?} now");
+    match kind {
+        // Nothing is mapped there at stage 2: the hypervisor kills the VM at this load.
+        CrashKind::Fault => {
+            let _ = vm_runtime::probe::read_u64_at(0x3000_0000);
+            panic!("the faulting load returned")
+        }
+        CrashKind::Panic => panic!("test crash"),
+        CrashKind::Reset => vm_runtime::psci::system_reset(),
+    }
+}
+
 /// Counters line period while serving the NIC.
 const COUNTERS_EVERY_MS: u64 = 2_000;
 
@@ -59,6 +74,13 @@ fn main(info: &StartInfo<'static>) {
         info.ram_bytes >> 20,
         info.peers.count_ones()
     );
+    let crash = match driver_domain::crash::plan(info.settings, info.boot_count) {
+        Ok(plan) => plan.map(|p| (p.kind, timer::now() + timer::ms_to_ticks(p.after_ms))),
+        Err(e) => {
+            println!("REPORT fail: {e}");
+            return;
+        }
+    };
     let nic = info.passthrough.and_then(|rid| start_nic(info, rid));
     if info.peers == 0 && nic.is_none() {
         report::hello(info);
@@ -136,6 +158,11 @@ fn main(info: &StartInfo<'static>) {
     // page at the start and whenever a wait times out.
     let mut recheck = true;
     loop {
+        if let Some((kind, at)) = crash {
+            if timer::now() >= at {
+                crash_now(kind);
+            }
+        }
         let mut busy = false;
         let now_ms = timer::ticks_to_ms(timer::now());
         // A control event only says "some control page changed": which port it came on is

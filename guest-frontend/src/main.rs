@@ -21,6 +21,7 @@ fn main(info: &StartInfo<'static>) {
     let app = setting(info.settings, "app").unwrap_or("hello");
     match app {
         "attack" => apps::attack::run(info),
+        "balloon" => apps::balloon::run(info),
         "fuzz" => apps::fuzz::run(info),
         "granter" => apps::granter::run(info),
         "hello" => apps::hello::run(info),

@@ -60,6 +60,13 @@ pub enum Call {
     AccountingReport {
         tag: u64,
     },
+    /// BALLOON_RELEASE, BALLOON_POPULATE or BALLOON_INFO, with x1 and x2 (checked by the
+    /// balloon's rules).
+    Balloon {
+        function: u64,
+        x1: u64,
+        x2: u64,
+    },
     /// A call answered from the registers alone: x0 gets this value.
     Answer(u64),
 }
@@ -97,6 +104,13 @@ pub fn decode(x: &[u64; 31]) -> Result<Call, u64> {
         | hypercall::CONNECTION_PORT => Call::Sharing { function },
         hypercall::IOREQ_SET_IRQ => Call::IoreqSetIrq { guest: x[1] },
         hypercall::ACCOUNTING_REPORT => Call::AccountingReport { tag: x[1] },
+        hypercall::BALLOON_RELEASE | hypercall::BALLOON_POPULATE | hypercall::BALLOON_INFO => {
+            Call::Balloon {
+                function,
+                x1: x[1],
+                x2: x[2],
+            }
+        }
         psci::VERSION => Call::Answer(PSCI_VERSION_1_1),
         psci::FEATURES => Call::Answer(psci_features(x[1]) as u64),
         psci::CPU_ON_64 => Call::CpuOn {
@@ -162,8 +176,12 @@ pub fn check_cpu_on(vm: CallerVm, target: u64, entry: u64) -> Result<usize, i64>
 /// What the vCPU that made a hypercall does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Back into the guest with x0 (and x1 when `Some`).
-    Return { x0: u64, x1: Option<u64> },
+    /// Back into the guest with x0 (and x1, x2 when `Some`).
+    Return {
+        x0: u64,
+        x1: Option<u64>,
+        x2: Option<u64>,
+    },
     /// x0 = `Status::Ok`, then the pCPU goes to another runnable vCPU if there is one.
     Yield,
     /// PSCI CPU_OFF: this vCPU powers off (a successful CPU_OFF does not return).
@@ -179,6 +197,7 @@ impl Outcome {
         Outcome::Return {
             x0: value,
             x1: None,
+            x2: None,
         }
     }
 
@@ -218,8 +237,11 @@ pub trait Machine {
     /// that guest's device model (`Denied` otherwise, `InvalidArgument` for an id that is no
     /// VM).
     fn ioreq_set_irq(&mut self, guest: u64) -> Status;
-    /// ACCOUNTING_REPORT: prints every live VM's counters, tagged `tag`.
-    fn accounting_report(&mut self, tag: u64);
+    /// ACCOUNTING_REPORT: prints every live VM's counters, tagged `tag`; `Busy` (nothing
+    /// printed) when the caller asked too recently.
+    fn accounting_report(&mut self, tag: u64) -> Status;
+    /// A balloon call (`function` with the caller's x1 and x2): x0's status, then x1 and x2.
+    fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>);
 }
 
 /// Carries out the hypercall in the trapped vCPU's `x` on `machine`.
@@ -242,6 +264,7 @@ pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
             Outcome::Return {
                 x0: status.as_u64(),
                 x1,
+                x2: None,
             }
         }
         Call::CpuOn {
@@ -258,9 +281,14 @@ pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
         Call::SystemOff => Outcome::SystemOff,
         Call::SystemReset => Outcome::SystemReset,
         Call::IoreqSetIrq { guest } => Outcome::status(machine.ioreq_set_irq(guest)),
-        Call::AccountingReport { tag } => {
-            machine.accounting_report(tag);
-            Outcome::status(Status::Ok)
+        Call::AccountingReport { tag } => Outcome::status(machine.accounting_report(tag)),
+        Call::Balloon { function, x1, x2 } => {
+            let (status, x1, x2) = machine.balloon(function, x1, x2);
+            Outcome::Return {
+                x0: status.as_u64(),
+                x1,
+                x2,
+            }
         }
     }
 }

@@ -577,6 +577,23 @@ impl GrantTables {
     }
 
     /// How many foreign mappings exist of the current incarnation's refs of `vm`.
+    /// True if the page at `gpa` of `vm`'s RAM is a page of its grant table or a frame a peer
+    /// maps through one of its refs: the balloon may not take it.
+    pub fn page_in_use(&self, vm: VmId, gpa: u64) -> bool {
+        let Some(v) = vm_index(vm).map(|vi| &self.vms[vi]) else {
+            return false;
+        };
+        let page = gpa & !(PAGE_SIZE - 1);
+        let in_table = v.table.is_some_and(|t| {
+            let bytes = u64::from(t.refs) * ENTRY_SIZE;
+            page >= t.gpa & !(PAGE_SIZE - 1) && page < t.gpa + bytes
+        });
+        in_table
+            || v.lent
+                .values()
+                .any(|lent| u64::from(lent.frame) << 12 == page)
+    }
+
     pub fn lent_count(&self, vm: VmId) -> usize {
         vm_index(vm).map_or(0, |vi| {
             self.vms[vi]

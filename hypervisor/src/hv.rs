@@ -16,22 +16,25 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 
 use hypervisor::accounting::{self, Accounting, Counter};
+use hypervisor::balloon::VmBalloon;
 use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
+use hypervisor::restart::{self, Verdict};
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
+use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::EVTCHN_INTID;
 use shared_abi::grant::CopyOp;
 use shared_abi::hypercall::{self, Status};
 use shared_abi::ioreq::take_response;
-use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
+use shared_abi::layout::{intid, GUEST_RAM_BASE};
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
-use crate::arch::mem;
+use crate::arch::mem::{self, free_kept_runs};
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::locks::{
@@ -71,6 +74,9 @@ static SLICE_TICKS: AtomicU64 = AtomicU64::new(0);
 static LIVE_VMS: AtomicUsize = AtomicUsize::new(0);
 /// Per-VM counters for ACCOUNTING_REPORT.
 static ACCOUNTING: Accounting = Accounting::new();
+/// When each VM id last had an ACCOUNTING_REPORT printed (counter ticks, 0 = never).
+static LAST_REPORT: [AtomicU64; shared_abi::layout::MAX_VMS + 1] =
+    [const { AtomicU64::new(0) }; shared_abi::layout::MAX_VMS + 1];
 /// When each pCPU last charged its running VM's time (counter ticks).
 static CHARGED_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 
@@ -112,6 +118,8 @@ pub fn install(hv: Hv, vcpus: Vec<Vcpu>, sched: Scheduler, slice_ticks: u64, pcp
     PCPUS.store(pcpus, Ordering::Relaxed);
     SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
     LIVE_VMS.store(hv.live_vms(), Ordering::Release);
+    // The "before" of the free-memory lines every stop prints: nothing may leak.
+    hv.log_free_memory();
     crate::locks::install(hv, vcpus, sched);
 }
 
@@ -362,8 +370,9 @@ impl Hv {
     /// vCPU `id` (running on `pcpu`, its registers in `frame`) accessed its emulated NIC's
     /// window at `offset`: the access becomes an I/O request to the device model, and the vCPU
     /// waits for the answer (`Ok(true)`: it is saved and blocked). With no device model
-    /// running, the hypervisor answers as an absent device at once (`Ok(false)`). `Err` says
-    /// why the guest must be killed.
+    /// running, the hypervisor answers as an absent device at once (`Ok(false)`); a vCPU whose
+    /// VM is stopping is left as it is (`Ok(false)`, and `finish` stops it). `Err` says why the
+    /// guest must be killed.
     fn forward_to_device_model(
         &self,
         token: &mut HvHeld,
@@ -389,6 +398,11 @@ impl Hv {
             return Err(String::from("the vCPU is gone"));
         };
         let (v, vtoken) = vcpu.split();
+        if v.run.stopping {
+            // Its VM is stopping: the vCPU must not start waiting (nothing would finish the
+            // stop if the device model never answered); `finish` stops it instead.
+            return Ok(false);
+        }
         let request = ioreq::request_of(&access, offset, &frame.x);
         shared_abi::ioreq::post(conn.page.atomics(), v.index as usize, request)
             .map_err(|e| format!("emulated NIC: {e}"))?;
@@ -518,6 +532,11 @@ impl Hv {
         let Some(vm) = self.vms.get_mut(vm_index).and_then(Option::as_mut) else {
             return;
         };
+        let kind = if vm.stop.is_none() {
+            crash_policy(vm, kind)
+        } else {
+            kind
+        };
         if vm.stop.is_none() || matches!(kind, StopKind::Killed(_)) {
             vm.stop = Some(kind);
         }
@@ -559,7 +578,9 @@ impl Hv {
             }
         }
         let vm_id = vm.id;
-        let pages = (vm.ram_bytes / PAGE_SIZE) as usize;
+        // Its RAM as it stands: minus the pages it gave back to the balloon.
+        let kept_runs = vm.kept_ram_runs();
+        let gave_pages = vm.balloon.given_pages() > 0;
         // No vCPU of this incarnation runs again: a CPU_ON that slipped in before the stop was
         // requested (or a stale run-queue entry) must not resurrect one, and the device lines
         // its vCPUs held are released.
@@ -582,12 +603,18 @@ impl Hv {
                 p.owner_stopped(&mut self.iommu);
             }
         }
-        // A restart while peers still map frames of its RAM needs fresh RAM. It is decided
+        // The pages the balloon gave it go back to the credit; the next incarnation, if any,
+        // starts with its RAM from the topology only.
+        if let Some(vm) = self.vms[vm_index].as_mut() {
+            self.balloon_credit += vm.drop_populated(&mut self.frames, &mut self.iommu);
+        }
+        // A restart while peers still map frames of its RAM needs fresh RAM, and so does one
+        // after it gave pages back to the balloon (those frames are someone else's). It is decided
         // before the sharing teardown, so that a restart that cannot happen is torn down as a
         // stop for good and the peers are told the VM is gone rather than left waiting for an
         // incarnation that never comes.
         let mut replaced_ram = None;
-        if kind == StopKind::Reset && self.sharing.grants.lent_count(vm_id) > 0 {
+        if kind == StopKind::Reset && (self.sharing.grants.lent_count(vm_id) > 0 || gave_pages) {
             let (frames, iommu) = (&mut self.frames, &mut self.iommu);
             match self.vms[vm_index]
                 .as_mut()
@@ -620,20 +647,21 @@ impl Hv {
                 incarnation: stopped.incarnation,
             },
             pa,
-            pages,
+            kept: kept_runs.clone(),
         };
         let mut vm = self.vms[vm_index].take()?;
         flush_vm_console(vm_id);
         match kind {
             StopKind::Reset => {
                 if let Some(old_pa) = replaced_ram {
-                    self.sharing.retained.push(retained(old_pa));
+                    if stopped.ram_free_now {
+                        free_kept_runs(&mut self.frames, old_pa, &kept_runs);
+                    } else {
+                        self.sharing.retained.push(retained(old_pa));
+                    }
                 }
-                info!(
-                    "VM {} restarting (PSCI SYSTEM_RESET, boot {})",
-                    vm.name,
-                    vm.boots + 1
-                );
+                vm.balloon = VmBalloon::new(vm.ram_bytes);
+                info!("VM {} restarting (boot {})", vm.name, vm.boots + 1);
                 vm.stop = None;
                 self.reloading += 1;
                 return Some(Reload {
@@ -665,6 +693,7 @@ impl Hv {
                 let live = self.live_vms();
                 LIVE_VMS.store(live, Ordering::Release);
                 info!("VM {name} stopped ({how}); {live} VM(s) still running");
+                self.log_free_memory();
             }
         }
         None
@@ -674,7 +703,7 @@ impl Hv {
     fn reinstall(&mut self, token: &mut HvHeld, reload: Reload, pcpu: usize) {
         let Reload {
             vm_index,
-            vm,
+            mut vm,
             owns_device,
         } = reload;
         self.reloading -= 1;
@@ -692,10 +721,18 @@ impl Hv {
             v.run.stopping = false;
             if index == 0 {
                 v.reset(GUEST_RAM_BASE, info_gpa);
-                SchedLocked::lock(vtoken).wake(id);
+                let mut sched = SchedLocked::lock(vtoken);
+                if vm.start_delay_ms == 0 {
+                    sched.wake(id);
+                } else {
+                    let delay = cpu::counter_frequency() * vm.start_delay_ms / 1000;
+                    sched.start_at(id, cpu::counter() + delay);
+                }
+                drop(sched);
                 kick_idle(pcpu);
             }
         }
+        vm.start_delay_ms = 0;
         self.vms[vm_index] = Some(vm);
     }
 
@@ -986,6 +1023,11 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
                 // Field by field, so the VM can be read while the device model changes.
                 let vm = hv.vcpu_vm.get(id).and_then(|&v| hv.vms.get(v)?.as_ref());
                 let vm = vm.ok_or_else(|| String::from("the VM is gone"))?;
+                if vm.balloon.gave_page_at(ipa) {
+                    return Err(String::from(
+                        "it touched a page it gave back to the balloon (BALLOON_RELEASE)",
+                    ));
+                }
                 crate::mmio::emulate(vm, hv.passthrough.as_mut(), ipa, fault.esr, frame)
             });
             match emulated {
@@ -1005,6 +1047,47 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
     };
     report_kill(&mut entry, pcpu, &action);
     finish(&mut entry, pcpu, frame, action);
+}
+
+/// What a stop of `vm` becomes under the restart policy: a driver domain that crashed (killed
+/// for a fault, or a panic or reset, which reach the hypervisor as SYSTEM_RESET) is restarted,
+/// with a growing back-off, until it has crashed too often (`hypervisor::restart`); every other
+/// stop stays what it is.
+fn crash_policy(vm: &mut Vm, kind: StopKind) -> StopKind {
+    if vm.kind != VmKind::DriverDomain || kind == StopKind::PowerOff {
+        return kind;
+    }
+    let now_ms = cpu::counter() * 1000 / cpu::counter_frequency().max(1);
+    let what = match &kind {
+        StopKind::Killed(reason) => format!("crashed ({reason})"),
+        _ => String::from("reset itself (PSCI SYSTEM_RESET: a reset or a panic)"),
+    };
+    match vm.crashes.crashed(now_ms) {
+        Verdict::Restart { delay_ms, crash } => {
+            warn!(
+                "driver domain {} {what}; restarting it (crash {crash} within {} s{})",
+                vm.name,
+                restart::WINDOW_MS / 1000,
+                if delay_ms > 0 {
+                    format!(", after {delay_ms} ms")
+                } else {
+                    String::new()
+                }
+            );
+            vm.start_delay_ms = delay_ms;
+            StopKind::Reset
+        }
+        Verdict::GiveUp { crashes } => {
+            let why = format!(
+                "driver domain {} {what}: {crashes} crashes within {} s, left stopped (its \
+                 guests lose their network; fix the driver and boot again)",
+                vm.name,
+                restart::WINDOW_MS / 1000
+            );
+            error!("{why}");
+            StopKind::Killed(why)
+        }
+    }
 }
 
 /// Logs why the VM running on this pCPU is being killed, if it is.
@@ -1095,10 +1178,13 @@ fn hypercall(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) -> Action
         vm_id: CURRENT_VM[pcpu].load(Ordering::Relaxed),
     };
     match dispatch::execute(&frame.x, &mut machine) {
-        Outcome::Return { x0, x1 } => {
+        Outcome::Return { x0, x1, x2 } => {
             frame.x[0] = x0;
             if let Some(x1) = x1 {
                 frame.x[1] = x1;
+            }
+            if let Some(x2) = x2 {
+                frame.x[2] = x2;
             }
             Action::Continue
         }
@@ -1160,7 +1246,26 @@ impl dispatch::Machine for TrapMachine<'_> {
         hv.set_emulated_irq(token, self.vm_id, guest, self.pcpu)
     }
 
-    fn accounting_report(&mut self, tag: u64) {
+    fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>) {
+        let vcpu = self.vcpu;
+        with_hv(self.token, |hv, _| match hv.vcpu_vm.get(vcpu) {
+            Some(&vm_index) => hv.balloon_call(vm_index, function, x1, x2),
+            None => (Status::InvalidArgument, None, None),
+        })
+    }
+
+    fn accounting_report(&mut self, tag: u64) -> Status {
+        let frequency = cpu::counter_frequency();
+        let now = cpu::counter();
+        let min_gap = frequency * hypercall::ACCOUNTING_MIN_INTERVAL_MS / 1000;
+        let Some(last) = LAST_REPORT.get(usize::from(self.vm_id)) else {
+            return Status::InvalidArgument;
+        };
+        let previous = last.load(Ordering::Relaxed);
+        if previous != 0 && now.saturating_sub(previous) < min_gap {
+            return Status::Busy;
+        }
+        last.store(now, Ordering::Relaxed);
         // Names under the lock, printing without it.
         let vms: Vec<(VmId, String)> = with_hv(self.token, |hv, _| {
             hv.vms
@@ -1185,6 +1290,7 @@ impl dispatch::Machine for TrapMachine<'_> {
                 PCPUS.load(Ordering::Relaxed)
             )
         );
+        Status::Ok
     }
 
     fn with_vcpus<R>(&mut self, f: impl FnOnce(&mut dyn VcpuControl) -> R) -> Option<R> {

@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod accounting;
+pub mod balloon;
 pub mod console;
 pub mod dispatch;
 pub mod esr;
@@ -17,8 +18,10 @@ pub mod evtchn;
 pub mod grant;
 pub mod ioreq;
 pub mod irqmap;
+pub mod its;
 pub mod mm;
 pub mod pci;
+pub mod restart;
 pub mod sched;
 pub mod smmu;
 pub mod vgic;

@@ -12,6 +12,9 @@ extern crate alloc;
 mod arch;
 #[cfg(target_os = "none")]
 #[forbid(unsafe_code)]
+mod ballooning;
+#[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod dtb;
 // No unsafe block either, but its trap entry points are `#[no_mangle]` (the vectors branch to
 // them by name), which the `unsafe_code` lint counts as unsafe.
@@ -180,6 +183,7 @@ mod boot {
             iommu: Iommu::none(),
             passthrough: None,
             reloading: 0,
+            balloon_credit: 0,
         };
         // Before any VM exists: from here on no device DMA gets through unless attached.
         hv.iommu = Iommu::take_over(&machine, &mut hv.frames).unwrap_or_else(|why| {

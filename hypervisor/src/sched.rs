@@ -22,6 +22,9 @@ pub enum RunState {
     /// only that answer wakes it ([`Scheduler::wake_io`]); interrupts and deadlines do not,
     /// since the instruction that trapped has not completed.
     WaitingIo,
+    /// A restarted VM's first vCPU held back until `until` (counter ticks): the back-off of a
+    /// driver domain that keeps crashing. Only the time wakes it, not an interrupt.
+    Delayed { until: u64 },
     /// Powered off (never started, PSCI CPU_OFF, or its VM stopped).
     Off,
 }
@@ -55,8 +58,16 @@ impl Scheduler {
                 self.queue.push_back(id);
                 true
             }
-            RunState::Runnable | RunState::Running { .. } | RunState::WaitingIo => false,
+            RunState::Runnable
+            | RunState::Running { .. }
+            | RunState::WaitingIo
+            | RunState::Delayed { .. } => false,
         }
+    }
+
+    /// An off vCPU becomes runnable at `until` (counter ticks), not before.
+    pub fn start_at(&mut self, id: VcpuId, until: u64) {
+        self.states[id] = RunState::Delayed { until };
     }
 
     /// A running vCPU waits for the answer to its I/O request.
@@ -112,8 +123,14 @@ impl Scheduler {
     pub fn wake_expired(&mut self, now: u64) -> usize {
         let mut woken = 0;
         for id in 0..self.states.len() {
-            if matches!(self.states[id], RunState::Blocked { deadline: Some(d) } if d <= now) {
-                self.wake(id);
+            let due = match self.states[id] {
+                RunState::Blocked { deadline: Some(d) } => d <= now,
+                RunState::Delayed { until } => until <= now,
+                _ => false,
+            };
+            if due {
+                self.states[id] = RunState::Runnable;
+                self.queue.push_back(id);
                 woken += 1;
             }
         }
@@ -126,6 +143,7 @@ impl Scheduler {
             .iter()
             .filter_map(|s| match s {
                 RunState::Blocked { deadline } => *deadline,
+                RunState::Delayed { until } => Some(*until),
                 _ => None,
             })
             .min()
@@ -216,6 +234,19 @@ mod tests {
         s.stop(a);
         assert!(!s.wake_io(a));
         assert_eq!(s.state(a), RunState::Off);
+    }
+
+    #[test]
+    fn a_delayed_vcpu_starts_at_its_time_and_not_before() {
+        let mut s = Scheduler::new();
+        let a = s.add();
+        s.start_at(a, 500);
+        assert!(!s.wake(a), "an interrupt does not start it early");
+        assert_eq!(s.earliest_deadline(), Some(500));
+        assert_eq!(s.wake_expired(499), 0);
+        assert_eq!(s.pick(0), None);
+        assert_eq!(s.wake_expired(500), 1);
+        assert_eq!(s.pick(0), Some(a));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use shared_abi::handshake::{self, Header};
 use shared_abi::ioreq;
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
-use crate::arch::mem::{GuestRam, OwnedFrame, PhysTableMemory};
+use crate::arch::mem::{free_kept_runs, GuestRam, OwnedFrame, PhysTableMemory};
 use crate::iommu::Iommu;
 use crate::vm::Vm;
 
@@ -25,7 +25,9 @@ use crate::vm::Vm;
 pub struct RetainedRam {
     pub release: RamRelease,
     pub pa: u64,
-    pub pages: usize,
+    /// The runs `(first page, pages)` of it to free (all of it, minus pages the VM gave back to
+    /// the balloon, which are not its any more).
+    pub kept: Vec<(u64, u64)>,
 }
 
 /// How a front-end reaches its back-end.
@@ -112,7 +114,9 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
     let vm = vm_slot(vms, vm)?;
     let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
     let end = offset.checked_add(len)?;
-    (len >= 1 && end <= vm.ram_bytes).then_some(vm.ram.pa() + offset)
+    // Pages given back to the balloon are not the VM's memory any more.
+    (len >= 1 && end <= vm.ram_bytes && !vm.balloon.gave(offset, len))
+        .then_some(vm.ram.pa() + offset)
 }
 
 /// The grant tables' view of the machine: VM RAM through the identity map, stage-2 tables.
@@ -204,15 +208,20 @@ impl GrantEnv for Env<'_> {
         let mut tables = PhysTableMemory {
             frames: self.frames,
         };
+        let (vmid, root) = (vm.vmid, vm.stage2.root_pa());
+        let iommu = &mut *self.iommu;
         if vm
             .stage2
-            .unmap(&mut tables, ipa, PAGE_SIZE, &mut |ipa, size| {
-                pieces.push((ipa, size))
-            })
+            .unmap(
+                &mut tables,
+                ipa,
+                PAGE_SIZE,
+                &mut |ipa, size| pieces.push((ipa, size)),
+                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
+            )
             .is_ok()
         {
-            self.iommu
-                .invalidate_ipas(vm.vmid, vm.stage2.root_pa(), &pieces);
+            iommu.invalidate_ipas(vmid, root, &pieces);
         }
     }
 }
@@ -419,7 +428,7 @@ impl Sharing {
         for release in released {
             if let Some(i) = self.retained.iter().position(|r| r.release == *release) {
                 let ram = self.retained.swap_remove(i);
-                let _ = frames.free(ram.pa, ram.pages);
+                free_kept_runs(frames, ram.pa, &ram.kept);
                 info!(
                     "RAM of VM {} (incarnation {}) released: its last foreign mapping is gone",
                     release.vm, release.incarnation

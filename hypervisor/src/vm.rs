@@ -5,9 +5,11 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use hypervisor::balloon::VmBalloon;
 use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
+use hypervisor::restart::CrashHistory;
 use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
@@ -17,7 +19,7 @@ use shared_abi::wire::WireError;
 
 use crate::arch::cpu::{El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
-use crate::arch::mem::{GuestRam, PhysTableMemory, VmRam};
+use crate::arch::mem::{scrub_frame, GuestRam, PhysTableMemory, VmRam};
 use crate::arch::vectors::TrapFrame;
 use crate::iommu::Iommu;
 
@@ -47,6 +49,13 @@ pub struct Vm {
     pub peers: u64,
     /// Routing id of the PCI function passed through to this VM (told in start-info).
     pub passthrough: Option<u16>,
+    /// What it gave back to the balloon and what the balloon gave it.
+    pub balloon: VmBalloon,
+    /// Its recent crashes (driver domains are restarted after one, see `restart`).
+    pub crashes: CrashHistory,
+    /// How long its next incarnation's first vCPU waits before it starts (the back-off of a
+    /// restart after a crash).
+    pub start_delay_ms: u64,
 }
 
 /// What switching a vCPU in needs of its VM, kept with the vCPU so that a context switch
@@ -76,7 +85,7 @@ pub struct Vcpu {
 }
 
 /// How a VM's RAM is mapped at stage 2.
-const RAM_ATTRS: MapAttrs = MapAttrs {
+pub const RAM_ATTRS: MapAttrs = MapAttrs {
     mem: MemType::Normal,
     access: Access::ReadWrite,
     executable: true,
@@ -155,7 +164,7 @@ impl Vm {
         let mut stage2 = match Stage2::new(&mut tables) {
             Ok(s) => s,
             Err(_) => {
-                ram.free(tables.frames);
+                ram.free(tables.frames, &[(0, spec.ram_bytes / PAGE_SIZE)]);
                 return Err(CreateError::Stage2("no frame for the root table"));
             }
         };
@@ -170,7 +179,7 @@ impl Vm {
             .is_err()
         {
             stage2.destroy(&mut tables);
-            ram.free(tables.frames);
+            ram.free(tables.frames, &[(0, spec.ram_bytes / PAGE_SIZE)]);
             return Err(CreateError::Stage2("mapping RAM failed"));
         }
         let mut vm = Vm {
@@ -188,11 +197,15 @@ impl Vm {
             boots: 0,
             peers,
             passthrough: spec.passthrough.map(|bdf| bdf.routing_id()),
+            balloon: VmBalloon::new(spec.ram_bytes),
+            crashes: CrashHistory::default(),
+            start_delay_ms: 0,
         };
         if let Err(e) = vm.load_memory(spec.vcpus) {
             let mut tables = PhysTableMemory { frames };
             vm.stage2.destroy(&mut tables);
-            vm.ram.free(tables.frames);
+            vm.ram
+                .free(tables.frames, &[(0, spec.ram_bytes / PAGE_SIZE)]);
             return Err(CreateError::StartInfo(e));
         }
         Ok(vm)
@@ -239,21 +252,58 @@ impl Vm {
 
     /// The VM's RAM, for access while its vCPUs may run (atomics and copies only).
     pub fn ram(&self) -> GuestRam<'_> {
-        self.ram.view()
+        self.ram.view().without_given(&self.balloon)
     }
 
-    /// Unmaps the RAM range from stage 2 and invalidates its TLB entries under the VM's VMID
-    /// (by IPA, then the VMID's stage-1 entries). False if the unmap failed.
+    /// Unmaps the RAM range from stage 2 (what is left of it: pages given back to the balloon
+    /// are unmapped already) and invalidates its TLB entries under the VM's VMID (by IPA, then
+    /// the VMID's stage-1 entries). False if the unmap failed.
     fn unmap_ram(&mut self, tables: &mut PhysTableMemory, iommu: &mut Iommu) -> bool {
         let mut pieces: Vec<(u64, u64)> = Vec::new();
+        let (vmid, root) = (self.vmid, self.stage2.root_pa());
         let unmapped = self
             .stage2
-            .unmap(tables, GUEST_RAM_BASE, self.ram_bytes, &mut |ipa, size| {
-                pieces.push((ipa, size))
-            })
+            .unmap_present(
+                tables,
+                GUEST_RAM_BASE,
+                self.ram_bytes,
+                &mut |ipa, size| pieces.push((ipa, size)),
+                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
+            )
             .is_ok();
-        iommu.invalidate_ipas(self.vmid, self.stage2.root_pa(), &pieces);
+        iommu.invalidate_ipas(vmid, root, &pieces);
         unmapped
+    }
+
+    /// The runs `(first page, pages)` of its RAM it still owns (all of it unless it gave pages
+    /// back to the balloon).
+    pub fn kept_ram_runs(&self) -> Vec<(u64, u64)> {
+        self.balloon.kept_runs()
+    }
+
+    /// Unmaps the pages the balloon populated for it, scrubs them and frees their frames;
+    /// returns how many (they go back to the balloon's credit). For a stop or a restart: the
+    /// next incarnation starts with its RAM from the topology only.
+    pub fn drop_populated(&mut self, frames: &mut FrameAllocator, iommu: &mut Iommu) -> u64 {
+        let populated = self.balloon.take_populated();
+        let (vmid, root) = (self.vmid, self.stage2.root_pa());
+        let mut tables = PhysTableMemory { frames };
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        for &(gpa, _) in &populated {
+            let _ = self.stage2.unmap(
+                &mut tables,
+                gpa,
+                PAGE_SIZE,
+                &mut |ipa, size| pieces.push((ipa, size)),
+                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
+            );
+        }
+        iommu.invalidate_ipas(vmid, root, &pieces);
+        for &(_, pa) in &populated {
+            scrub_frame(pa);
+            let _ = tables.frames.free(pa, 1);
+        }
+        populated.len() as u64
     }
 
     /// Gives the VM fresh RAM (for a restart while peers still map frames of the old RAM, which
@@ -275,16 +325,19 @@ impl Vm {
                 )
                 .is_ok();
         if !remapped {
-            // Put the old RAM back; if even that fails the VM cannot run again, and its stage-2
-            // simply lacks RAM (any access is a fault that kills it).
-            let _ = self.stage2.map(
-                &mut tables,
-                GUEST_RAM_BASE,
-                self.ram.pa(),
-                self.ram_bytes,
-                RAM_ATTRS,
-            );
-            new.free(tables.frames);
+            // Put back what is left of the old RAM (never the pages given back to the balloon:
+            // their frames are someone else's now); if even that fails the VM cannot run again,
+            // and its stage-2 simply lacks RAM (any access is a fault that kills it).
+            for (first, pages) in self.balloon.kept_runs() {
+                let _ = self.stage2.map(
+                    &mut tables,
+                    GUEST_RAM_BASE + first * PAGE_SIZE,
+                    self.ram.pa() + first * PAGE_SIZE,
+                    pages * PAGE_SIZE,
+                    RAM_ATTRS,
+                );
+            }
+            new.free(tables.frames, &[(0, self.ram_bytes / PAGE_SIZE)]);
             return None;
         }
         Some(core::mem::replace(&mut self.ram, new).into_pa())
@@ -305,7 +358,8 @@ impl Vm {
         self.unmap_ram(&mut tables, iommu);
         self.stage2.destroy(&mut tables);
         if free_ram {
-            self.ram.free(tables.frames);
+            let kept = self.balloon.kept_runs();
+            self.ram.free(tables.frames, &kept);
             None
         } else {
             Some(self.ram.into_pa())

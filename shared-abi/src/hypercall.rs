@@ -90,11 +90,27 @@ pub const IOREQ_SET_IRQ: u64 = VENDOR_HYP_BASE | 0x50;
 /// One line per live VM: `accounting <tag> vm=<name> run_us=<n> exits=<n> hypercalls=<n>
 /// mmio_exits=<n> ioreqs=<n> virqs=<n>`, then `accounting <tag> idle_us=<n> pcpus=<n>`; every
 /// counter counts from boot (a restarted VM's keep counting). Any VM may ask: the figures
-/// describe scheduling, not another VM's data.
+/// describe scheduling, not another VM's data. At most one report per VM every
+/// [`ACCOUNTING_MIN_INTERVAL_MS`]: a call sooner is `Busy` and prints nothing, so no VM can
+/// flood the console with the hypervisor's lines.
 pub const ACCOUNTING_REPORT: u64 = VENDOR_HYP_BASE | 0x60;
+pub const ACCOUNTING_MIN_INTERVAL_MS: u64 = 20;
+
+/// Give pages of the caller's memory back to the balloon. x1 = GPA of an array of page GPAs,
+/// x2 = count, `1..=balloon::MAX_BATCH`. Returns x1 = pages taken; x0 is the status of the
+/// first page refused (see [`balloon`](crate::balloon)).
+pub const BALLOON_RELEASE: u64 = VENDOR_HYP_BASE | 0x70;
+
+/// Populate pages of the caller's memory window from the balloon. x1 = GPA of an array of page
+/// GPAs, x2 = count, `1..=balloon::MAX_BATCH`. Returns x1 = pages populated; x0 is the status
+/// of the first page refused (see [`balloon`](crate::balloon)).
+pub const BALLOON_POPULATE: u64 = VENDOR_HYP_BASE | 0x71;
+
+/// The caller's memory in pages (x1) and the balloon's credit in pages (x2).
+pub const BALLOON_INFO: u64 = VENDOR_HYP_BASE | 0x72;
 
 /// Every vendor-range hypercall the hypervisor answers.
-pub const VENDOR_CALLS: [u64; 17] = [
+pub const VENDOR_CALLS: [u64; 20] = [
     CONSOLE_WRITE,
     YIELD,
     TEST_INJECT,
@@ -112,6 +128,9 @@ pub const VENDOR_CALLS: [u64; 17] = [
     CONNECTION_PORT,
     IOREQ_SET_IRQ,
     ACCOUNTING_REPORT,
+    BALLOON_RELEASE,
+    BALLOON_POPULATE,
+    BALLOON_INFO,
 ];
 
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.

@@ -22,7 +22,7 @@
 //! - The device model's request port is its port of the connection: `CONNECTION_PORT(guest id)`.
 //!   It is bound to the hypervisor, not to the guest, so the guest cannot signal it.
 //! - The device's interrupt is the SPI [`EMULATED_NIC`](crate::layout::intid::EMULATED_NIC),
-//!   raised edge-style in the guest by the device model with `IOREQ_SET_IRQ`.
+//!   raised in the guest by the device model with `IOREQ_SET_IRQ` (at most one copy pending).
 //!
 //! # Page layout (little-endian `u64` words)
 //!

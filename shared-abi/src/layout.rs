@@ -101,8 +101,8 @@ pub mod intid {
     /// whatever physical SPI it is wired to): an SPI number no other source uses.
     pub const PASSTHROUGH_INTX: u32 = 48;
     /// The emulated NIC's interrupt in a guest that has one: an SPI the device model raises
-    /// with `IOREQ_SET_IRQ`, delivered edge-style (one interrupt per call; the guest's driver
-    /// reads the device's status register to learn why).
+    /// with `IOREQ_SET_IRQ`, at most one copy pending (the guest's driver reads the device's
+    /// status register to learn why).
     pub const EMULATED_NIC: u32 = 49;
 }
 

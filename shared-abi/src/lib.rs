@@ -8,6 +8,7 @@
 // binaries and in vm-runtime, never in this library.
 #![forbid(unsafe_code)]
 
+pub mod balloon;
 pub mod bundle;
 pub mod emunic;
 pub mod evtchn;

@@ -4,6 +4,7 @@
 // binaries and in vm-runtime, never in this library.
 #![forbid(unsafe_code)]
 
+pub mod balloon;
 pub mod bench;
 pub mod benchsuite;
 pub mod console;

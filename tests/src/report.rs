@@ -55,7 +55,8 @@ pub fn kill_reason(boot: &Boot, vm: &str) -> Option<String> {
 
 /// The checks every boot of a topology must pass: the hypervisor came up on every pCPU, each VM
 /// reported `REPORT ok`, nobody was killed, and the machine powered itself off at the end; then
-/// one check per ping target of every guest with a `ping` setting ([`ping_checks`]).
+/// one check per ping target of every guest with a `ping` setting ([`ping_checks`]), and the
+/// balloon move's check if the topology moves memory ([`crate::balloon::checks`]).
 pub fn evaluate(topology: &Topology, boot: &Boot) -> Vec<Check> {
     let mut checks = Vec::new();
     let cpus = topology.machine.cpus as usize;
@@ -132,6 +133,7 @@ pub fn evaluate(topology: &Topology, boot: &Boot) -> Vec<Check> {
     };
     checks.push(Check::new("shutdown", shutdown, detail));
     checks.extend(ping_checks(topology, boot));
+    checks.extend(crate::balloon::checks(topology, boot));
     checks
 }
 

@@ -1110,7 +1110,7 @@ vcpus = 1
                     16,
                     1
                 ),
-                ("guest1", VmKind::Guest, "guest-frontend", 8, 1),
+                ("guest1", VmKind::Guest, "guest-frontend", 144, 1),
                 ("guest2", VmKind::Guest, "guest-frontend", 8, 1),
                 ("guest3", VmKind::Guest, "guest-frontend", 8, 1),
             ]
@@ -1138,6 +1138,7 @@ vcpus = 1
                 pair("ip", "10.0.2.16/24"),
                 pair("ping", "10.0.2.17,10.0.2.18,10.0.2.2"),
                 pair("host_echo", "true"),
+                pair("balloon_give_mib", "128"),
             ]
         );
         assert_eq!(
@@ -1146,6 +1147,7 @@ vcpus = 1
                 pair("app", "net"),
                 pair("ip", "10.0.2.17/24"),
                 pair("ping", "10.0.2.16,10.0.2.2"),
+                pair("balloon_take_mib", "128"),
             ]
         );
         let ips: Vec<_> = t

@@ -24,6 +24,7 @@ extern crate alloc;
 
 #[allow(unsafe_code)]
 mod arch;
+pub mod balloon;
 pub mod console;
 pub mod control;
 pub mod cpu;

@@ -17,6 +17,11 @@ pub fn start_info() -> &'static StartInfo<'static> {
     START_INFO.get().expect("start-info is read before main")
 }
 
+/// This VM's start-info if the runtime has read it (for the panic handler, which may run before).
+pub(crate) fn try_start_info() -> Option<&'static StartInfo<'static>> {
+    START_INFO.get()
+}
+
 /// Entered from `_start` on vCPU 0 with the MMU on, .bss zeroed and a stack.
 pub(crate) extern "C" fn primary_main(start_info_page: usize) -> ! {
     let Some(page) = boot::start_info_page(start_info_page) else {

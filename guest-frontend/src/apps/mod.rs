@@ -3,6 +3,7 @@
 //! powers the VM off.
 
 pub mod attack;
+pub mod balloon;
 pub mod fuzz;
 pub mod granter;
 pub mod hello;

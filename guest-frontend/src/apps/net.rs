@@ -146,6 +146,8 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     if let Some(corruption) = plan.corruption.filter(|&c| c != Corruption::ClaimMac) {
         return net.misbehave(corruption, &plan);
     }
+    // Issue 16's memory move (settings balloon_give_mib / balloon_take_mib), before the pings.
+    super::balloon::on_net_up(info, &mut |ms| net.serve_for(ms))?;
     let mut lost_any = false;
     for &target in &plan.targets {
         lost_any |= !net.ping(target, &plan)?;

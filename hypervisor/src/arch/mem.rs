@@ -12,6 +12,7 @@ use core::sync::atomic::AtomicU64;
 use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2};
 use spin::Once;
 
+use hypervisor::balloon::VmBalloon;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::TableMemory;
 use shared_abi::layout::{BLOCK_SIZE, PAGE_SIZE};
@@ -106,6 +107,9 @@ pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a [u8] {
 pub struct GuestRam<'a> {
     pa: u64,
     len: u64,
+    /// The VM's balloon record: pages it gave back are not its RAM any more (their frames may
+    /// belong to another VM), so every range touching one is refused.
+    balloon: Option<&'a VmBalloon>,
     _owner: PhantomData<&'a ()>,
 }
 
@@ -117,13 +121,25 @@ impl<'a> GuestRam<'a> {
         GuestRam {
             pa,
             len,
+            balloon: None,
             _owner: PhantomData,
         }
     }
 
-    /// The PA of `[offset, offset + len)`, if that range is inside.
+    /// The same RAM without the pages `balloon` says the VM gave back.
+    pub fn without_given(self, balloon: &'a VmBalloon) -> GuestRam<'a> {
+        GuestRam {
+            balloon: Some(balloon),
+            ..self
+        }
+    }
+
+    /// The PA of `[offset, offset + len)`, if that range is inside and none of it was given
+    /// back.
     fn range(&self, offset: u64, len: u64) -> Option<u64> {
-        (offset.checked_add(len)? <= self.len).then_some(self.pa + offset)
+        let inside = offset.checked_add(len)? <= self.len;
+        let given = self.balloon.is_some_and(|b| b.gave(offset, len));
+        (inside && !given).then_some(self.pa + offset)
     }
 
     /// `words` atomic words at byte `offset`; `None` if outside or not 8-byte aligned.
@@ -169,8 +185,11 @@ impl GuestRam<'_> {
         true
     }
 
-    /// Zeroes the whole range.
+    /// Zeroes the whole range (a VM being loaded, which has given nothing back).
     pub fn zero(&self) {
+        if self.balloon.is_some_and(|b| b.given_pages() > 0) {
+            return;
+        }
         // SAFETY: exactly the range the constructor vouches for, through a raw pointer.
         unsafe { core::ptr::write_bytes(self.pa as *mut u8, 0, self.len as usize) };
     }
@@ -208,9 +227,10 @@ impl VmRam {
         sync_for_execution(self.pa, self.len);
     }
 
-    /// Gives the frames back to the allocator.
-    pub fn free(self, frames: &mut FrameAllocator) {
-        let _ = frames.free(self.pa, (self.len / PAGE_SIZE) as usize);
+    /// Gives the frames back to the allocator, except the pages given back to the balloon
+    /// (`kept` lists the runs `(first page, pages)` still owned).
+    pub fn free(self, frames: &mut FrameAllocator, kept: &[(u64, u64)]) {
+        free_kept_runs(frames, self.pa, kept);
     }
 
     /// Hands the run over to the caller, which now owns (and must eventually free) `[pa, pa +
@@ -218,6 +238,21 @@ impl VmRam {
     pub fn into_pa(self) -> u64 {
         self.pa
     }
+}
+
+/// Frees the runs `(first page, pages)` of the RAM at `pa` (a VM's RAM minus the pages it gave
+/// back to the balloon, which went back to the allocator one by one).
+pub fn free_kept_runs(frames: &mut FrameAllocator, pa: u64, kept: &[(u64, u64)]) {
+    for &(first, pages) in kept {
+        let _ = frames.free(pa + first * PAGE_SIZE, pages as usize);
+    }
+}
+
+/// Zeroes the frame at `pa` (a page given back to the balloon, or about to be given to a VM).
+pub fn scrub_frame(pa: u64) {
+    // SAFETY: the callers pass a frame they own (just unmapped from its VM and invalidated, or
+    // just allocated), identity-mapped RAM no one else accesses.
+    unsafe { phys_bytes_mut(pa, PAGE_SIZE as usize).fill(0) };
 }
 
 /// A frame the hypervisor owns for the life of the system and may map into VMs (a connection's

@@ -2,6 +2,19 @@
 use super::*;
 use shared_abi::hypercall::VENDOR_HYP_BASE;
 
+/// The vendor calls with a case of their own; the sharing layer checks all the others.
+const OWN_CASE: [u64; 9] = [
+    hypercall::CONSOLE_WRITE,
+    hypercall::YIELD,
+    hypercall::TEST_INJECT,
+    hypercall::GRANT_COPY,
+    hypercall::IOREQ_SET_IRQ,
+    hypercall::ACCOUNTING_REPORT,
+    hypercall::BALLOON_RELEASE,
+    hypercall::BALLOON_POPULATE,
+    hypercall::BALLOON_INFO,
+];
+
 fn regs(function: u64, args: &[u64]) -> [u64; 31] {
     let mut x = [0; 31];
     x[0] = function;
@@ -12,16 +25,7 @@ fn regs(function: u64, args: &[u64]) -> [u64; 31] {
 #[test]
 fn every_hypercall_id_decodes_to_its_call() {
     use hypercall::*;
-    // The vendor calls with a case of their own; the sharing layer checks all the others.
-    let own_case = [
-        CONSOLE_WRITE,
-        YIELD,
-        TEST_INJECT,
-        GRANT_COPY,
-        IOREQ_SET_IRQ,
-        ACCOUNTING_REPORT,
-    ];
-    for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
+    for function in VENDOR_CALLS.into_iter().filter(|f| !OWN_CASE.contains(f)) {
         assert_eq!(
             decode(&regs(function, &[1, 2])),
             Ok(Call::Sharing { function })
@@ -203,6 +207,11 @@ enum Effect {
     },
     SetIrq(u64),
     Accounting(u64),
+    Balloon {
+        function: u64,
+        x1: u64,
+        x2: u64,
+    },
 }
 
 /// A machine that records every effect and answers as configured.
@@ -273,8 +282,18 @@ impl Machine for Model {
         self.set_irq_answer
     }
 
-    fn accounting_report(&mut self, tag: u64) {
+    fn accounting_report(&mut self, tag: u64) -> Status {
         self.effects.push(Effect::Accounting(tag));
+        if tag == 13 {
+            Status::Busy
+        } else {
+            Status::Ok
+        }
+    }
+
+    fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>) {
+        self.effects.push(Effect::Balloon { function, x1, x2 });
+        (Status::Busy, Some(x1 + 1), Some(x2 + 1))
     }
 
     fn console(&mut self, bytes: &[u8]) {
@@ -327,11 +346,16 @@ fn ok() -> Outcome {
     Outcome::Return {
         x0: Status::Ok.as_u64(),
         x1: None,
+        x2: None,
     }
 }
 
 fn returns(x0: u64) -> Outcome {
-    Outcome::Return { x0, x1: None }
+    Outcome::Return {
+        x0,
+        x1: None,
+        x2: None,
+    }
 }
 
 #[test]
@@ -406,15 +430,7 @@ fn every_call_has_exactly_its_effect_and_outcome() {
         assert_eq!(m.effects, effects, "{function:#x}");
     }
     // Every other vendor call goes to the sharing layer with its registers, and nothing else.
-    let own_case = [
-        CONSOLE_WRITE,
-        YIELD,
-        TEST_INJECT,
-        GRANT_COPY,
-        IOREQ_SET_IRQ,
-        ACCOUNTING_REPORT,
-    ];
-    for function in VENDOR_CALLS.into_iter().filter(|f| !own_case.contains(f)) {
+    for function in VENDOR_CALLS.into_iter().filter(|f| !OWN_CASE.contains(f)) {
         let mut m = Model::new();
         assert_eq!(m.run(function, &[7, 8]), ok(), "{function:#x}");
         assert_eq!(
@@ -470,7 +486,8 @@ fn every_sharing_status_and_port_reaches_the_guest_unchanged() {
                 m.run(hypercall::EVTCHN_ALLOC_UNBOUND, &[2]),
                 Outcome::Return {
                     x0: status.as_u64(),
-                    x1
+                    x1,
+                    x2: None
                 }
             );
         }
@@ -532,7 +549,11 @@ fn cpu_on_answers_every_psci_status() {
     let cpu_on = |m: &mut Model, target: u64, entry: u64| match m
         .run(psci::CPU_ON_64, &[target, entry, 5])
     {
-        Outcome::Return { x0, x1: None } => x0 as i64,
+        Outcome::Return {
+            x0,
+            x1: None,
+            x2: None,
+        } => x0 as i64,
         other => panic!("{other:?}"),
     };
     let mut m = Model::new();

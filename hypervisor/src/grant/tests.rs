@@ -35,6 +35,9 @@ pub(crate) struct Model {
     /// The guests may write anything anywhere, IN_USE bits included, so "IN_USE is only
     /// cleared when nothing maps the frame" is theirs to break and not checked.
     hostile: bool,
+    /// Incarnations per VM: a new one gets fresh RAM (other host frames), as the hypervisor
+    /// gives a VM whose old frames peers still map.
+    generation: HashMap<VmId, u64>,
 }
 
 impl Model {
@@ -95,8 +98,14 @@ impl Model {
         self.ram.get_mut(&vm).unwrap()[o..o + data.len()].copy_from_slice(data);
     }
 
+    /// The host frame of `vm`'s `gpa` in its first incarnation.
     pub(crate) fn host(vm: VmId, gpa: u64) -> u64 {
         ((vm as u64) << 32) + (gpa - GUEST_RAM_BASE)
+    }
+
+    /// The host frame of `vm`'s `gpa` in its current incarnation.
+    fn host_now(&self, vm: VmId, gpa: u64) -> u64 {
+        Model::host(vm, gpa) + (self.generation.get(&vm).copied().unwrap_or(0) << 40)
     }
 
     /// Frees a dead VM's RAM: any later access panics.
@@ -108,6 +117,7 @@ impl Model {
     /// A new incarnation in fresh (zeroed) RAM.
     fn reload(&mut self, vm: VmId) {
         self.freed.remove(&vm);
+        *self.generation.entry(vm).or_default() += 1;
         self.ram.insert(vm, vec![0; RAM as usize]);
     }
 }
@@ -149,7 +159,7 @@ impl GrantEnv for Model {
             // IN_USE of a ref may only drop once no reachable stage-2 maps its frame, unless
             // another in-use ref of the same VM names the same frame (it covers those).
             let frame = GrantEntry::from_u64(current).frame;
-            let pa = Model::host(vm, (frame as u64) << 12);
+            let pa = self.host_now(vm, (frame as u64) << 12);
             let mapped = self
                 .stage2
                 .iter()
@@ -184,7 +194,7 @@ impl GrantEnv for Model {
     fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
         assert_eq!(gpa % PAGE_SIZE, 0);
         self.offset(vm, gpa, PAGE_SIZE);
-        Model::host(vm, gpa)
+        self.host_now(vm, gpa)
     }
 
     fn map_page(
@@ -353,6 +363,22 @@ fn copy1(
 }
 
 // ---- SETUP ----
+
+#[test]
+fn the_balloon_sees_grant_tables_and_lent_frames_as_in_use() {
+    let (mut gt, mut m) = world();
+    m.grant(1, 7, 2, FRAME, PERMIT);
+    // The table page, and nothing lent yet.
+    assert!(gt.page_in_use(1, TABLE + 0x10));
+    assert!(!gt.page_in_use(1, FRAME));
+    assert_eq!(map1(&mut gt, &mut m, 2, map_op(1, 7, WIN, 0)), Status::Ok);
+    assert!(gt.page_in_use(1, FRAME + 0x800));
+    assert!(!gt.page_in_use(1, FRAME2));
+    // The mapper's own pages are not the granter's business, and bad ids are nobody's.
+    assert!(!gt.page_in_use(2, FRAME));
+    assert!(!gt.page_in_use(0, TABLE));
+    assert!(!gt.page_in_use(MAX_VMS as VmId + 1, TABLE));
+}
 
 #[test]
 fn setup_rejects_bad_arguments() {

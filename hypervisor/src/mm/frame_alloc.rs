@@ -124,6 +124,36 @@ impl FrameAllocator {
         Ok(())
     }
 
+    /// Gives back the one frame at `pa` out of the middle of a live allocation (a page a VM
+    /// gave back to the balloon). The rest of that allocation stays live as up to two
+    /// allocations, before and after the frame, each freed on its own later.
+    pub fn free_page_within(&mut self, pa: u64) -> Result<(), FrameError> {
+        if !pa.is_multiple_of(FRAME_SIZE) {
+            return Err(FrameError::NotAllocated);
+        }
+        let frame = pa / FRAME_SIZE;
+        let (&first, &pages) = self
+            .live
+            .range(..=frame)
+            .next_back()
+            .ok_or(FrameError::NotAllocated)?;
+        if frame >= first + pages as u64 {
+            return Err(FrameError::NotAllocated);
+        }
+        self.live.remove(&first);
+        let before = (frame - first) as usize;
+        let after = pages - before - 1;
+        if before > 0 {
+            self.live.insert(first, before);
+        }
+        if after > 0 {
+            self.live.insert(frame + 1, after);
+        }
+        self.release(frame as usize, 1);
+        self.free += 1;
+        Ok(())
+    }
+
     /// Frames currently free.
     pub fn free_pages(&self) -> usize {
         self.free
@@ -158,6 +188,30 @@ mod tests {
         let mut f = FrameAllocator::new();
         f.try_add_region(start, end).unwrap();
         f
+    }
+
+    #[test]
+    fn a_frame_freed_out_of_an_allocation_splits_it() {
+        let mut a = FrameAllocator::new();
+        a.add_region(0x10_0000, 0x20_0000);
+        let total = a.free_pages();
+        let pa = a.alloc(8, 1).unwrap();
+        // Frame 3 of 8, then frame 0 and the last one: three holes, four pages left live.
+        a.free_page_within(pa + 3 * FRAME_SIZE).unwrap();
+        a.free_page_within(pa).unwrap();
+        a.free_page_within(pa + 7 * FRAME_SIZE).unwrap();
+        assert_eq!(a.free_pages(), total - 5);
+        // Twice, outside anything, or unaligned: refused, nothing changes.
+        for bad in [pa + 3 * FRAME_SIZE, pa, 0x30_0000, pa + 5 * FRAME_SIZE + 1] {
+            assert_eq!(a.free_page_within(bad), Err(FrameError::NotAllocated));
+        }
+        // The old allocation as a whole is gone; its pieces free exactly.
+        assert_eq!(a.free(pa, 8), Err(FrameError::NotAllocated));
+        a.free(pa + FRAME_SIZE, 2).unwrap();
+        a.free(pa + 4 * FRAME_SIZE, 3).unwrap();
+        assert_eq!(a.free_pages(), total);
+        // Everything is one buddy block again: the whole region can be taken at once.
+        assert!(a.alloc(total, 1).is_some());
     }
 
     #[test]

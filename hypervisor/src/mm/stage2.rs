@@ -328,7 +328,10 @@ impl Stage2 {
                 ipa,
                 end,
                 &mut Spares::none(),
-                &mut |_, _| {},
+                &mut Callbacks {
+                    on_unmapped: &mut |_, _| {},
+                    invalidate_now: &mut |_, _| {},
+                },
             );
             return Err(Stage2Error::OutOfMemory);
         }
@@ -341,10 +344,12 @@ impl Stage2 {
     /// TLBI VMALLE1IS, DSB ISH, ISB (stage-1 entries cached from the old mapping are combined
     /// entries, and TLBI by IPA does not reach them).
     ///
-    /// A split replaces a valid block with an equivalent table without break-before-make. The
-    /// old block entry is removed from TLBs by the caller's TLBI of the unmapped page inside it
-    /// (TLBI by IPA hits entries of any size containing the IPA); until then a CPU without
-    /// FEAT_BBM level 2 could see a TLB conflict for that block.
+    /// A split is break-before-make (the architecture's rule for changing a block into a
+    /// table while other CPUs may walk it): the block entry is cleared, then
+    /// `invalidate_now(ipa, size)` is called for the block's range and must have removed every
+    /// TLB entry of it (TLBI IPAS2E1IS, DSB ISH) before it returns, and only then is the table
+    /// written. A vCPU touching the block meanwhile takes a stage-2 fault that finds the
+    /// mapping back and retries.
     ///
     /// Refused with `NotMapped`, changing nothing, unless the whole range is mapped.
     pub fn unmap(
@@ -353,11 +358,37 @@ impl Stage2 {
         ipa: u64,
         size: u64,
         on_unmapped: &mut impl FnMut(u64, u64),
+        invalidate_now: &mut impl FnMut(u64, u64),
     ) -> Result<(), Stage2Error> {
         let end = check_range(ipa, size)?;
         if !range_is_mapped(mem, self.root, START_LEVEL, 0, ipa, end) {
             return Err(Stage2Error::NotMapped);
         }
+        self.unmap_checked(mem, ipa, end, on_unmapped, invalidate_now)
+    }
+
+    /// Like [`Stage2::unmap`], but parts of the range that are not mapped are skipped instead of
+    /// refused (a VM's RAM with pages given back to the balloon).
+    pub fn unmap_present(
+        &mut self,
+        mem: &mut impl TableMemory,
+        ipa: u64,
+        size: u64,
+        on_unmapped: &mut impl FnMut(u64, u64),
+        invalidate_now: &mut impl FnMut(u64, u64),
+    ) -> Result<(), Stage2Error> {
+        let end = check_range(ipa, size)?;
+        self.unmap_checked(mem, ipa, end, on_unmapped, invalidate_now)
+    }
+
+    fn unmap_checked(
+        &mut self,
+        mem: &mut impl TableMemory,
+        ipa: u64,
+        end: u64,
+        on_unmapped: &mut impl FnMut(u64, u64),
+        invalidate_now: &mut impl FnMut(u64, u64),
+    ) -> Result<(), Stage2Error> {
         // At most the blocks holding the first and the last byte are cut; take their tables now.
         let first = self.leaf(mem, ipa);
         let last = self.leaf(mem, end - 1);
@@ -384,7 +415,10 @@ impl Stage2 {
             ipa,
             end,
             &mut spares,
-            on_unmapped,
+            &mut Callbacks {
+                on_unmapped,
+                invalidate_now,
+            },
         );
         debug_assert!(result.is_ok() && spares.count == 0, "split count mismatch");
         while let Some(page) = spares.take() {
@@ -511,10 +545,19 @@ fn map_range(
     Ok(())
 }
 
+/// What an unmap tells its caller as it goes.
+struct Callbacks<'a, U, I> {
+    /// A page or block was removed.
+    on_unmapped: &'a mut U,
+    /// A block entry was cleared for a split: invalidate it before the table goes in.
+    invalidate_now: &'a mut I,
+}
+
 /// Clears every valid leaf in the range (skipping holes), splits blocks cut by the range edges
-/// with pages from `spares`, and frees tables left empty. Errs only if `spares` runs dry.
+/// with pages from `spares` (break-before-make), and frees tables left empty. Errs only if
+/// `spares` runs dry.
 #[allow(clippy::too_many_arguments)]
-fn unmap_range(
+fn unmap_range<U: FnMut(u64, u64), I: FnMut(u64, u64)>(
     mem: &mut impl TableMemory,
     table: u64,
     level: u8,
@@ -522,7 +565,7 @@ fn unmap_range(
     start: u64,
     end: u64,
     spares: &mut Spares,
-    on_unmapped: &mut impl FnMut(u64, u64),
+    callbacks: &mut Callbacks<'_, U, I>,
 ) -> Result<(), ()> {
     for idx in entries(level, base, start, end) {
         let (entry_base, s, e) = clip(level, base, idx, start, end);
@@ -535,15 +578,18 @@ fn unmap_range(
             desc & DESC_ADDR_MASK
         } else if whole {
             mem.table_mut(table)[idx] = 0;
-            on_unmapped(entry_base, entry_size(level));
+            (callbacks.on_unmapped)(entry_base, entry_size(level));
             continue;
         } else {
             let next = spares.take().ok_or(())?;
             split_block(mem, level, desc, next);
+            // Break, invalidate, make: no CPU may hold the block and the new pages at once.
+            mem.table_mut(table)[idx] = 0;
+            (callbacks.invalidate_now)(entry_base, entry_size(level));
             mem.table_mut(table)[idx] = table_desc(next);
             next
         };
-        unmap_range(mem, next, level + 1, entry_base, s, e, spares, on_unmapped)?;
+        unmap_range(mem, next, level + 1, entry_base, s, e, spares, callbacks)?;
         if mem.table(next).iter().all(|&d| !is_valid(d)) {
             mem.table_mut(table)[idx] = 0;
             mem.free_table(next);

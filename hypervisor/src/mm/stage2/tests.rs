@@ -99,8 +99,82 @@ fn collect_unmap(
     size: u64,
 ) -> Result<Vec<(u64, u64)>, Stage2Error> {
     let mut pieces = Vec::new();
-    s2.unmap(mem, ipa, size, &mut |a, s| pieces.push((a, s)))
-        .map(|()| pieces)
+    s2.unmap(
+        mem,
+        ipa,
+        size,
+        &mut |a, s| pieces.push((a, s)),
+        &mut |_, _| {},
+    )
+    .map(|()| pieces)
+}
+
+#[test]
+fn a_split_breaks_the_block_and_invalidates_it_before_the_table_goes_in() {
+    let (mut mem, mut s2) = setup();
+    s2.map(&mut mem, GIB, 0x4_0000_0000, 4 * MIB, RAM).unwrap();
+    let mut broken = Vec::new();
+    let mut pieces = Vec::new();
+    // One page out of each of the two blocks, in one call: two splits.
+    s2.unmap(
+        &mut mem,
+        GIB + 2 * MIB - PAGE_SIZE,
+        2 * PAGE_SIZE,
+        &mut |a, s| pieces.push((a, s)),
+        &mut |a, s| broken.push((a, s)),
+    )
+    .unwrap();
+    assert_eq!(broken, vec![(GIB, 2 * MIB), (GIB + 2 * MIB, 2 * MIB)]);
+    assert_eq!(
+        pieces,
+        vec![
+            (GIB + 2 * MIB - PAGE_SIZE, PAGE_SIZE),
+            (GIB + 2 * MIB, PAGE_SIZE)
+        ]
+    );
+    // Everything else still maps where it did, now with pages.
+    for ipa in [
+        GIB,
+        GIB + 2 * MIB - 2 * PAGE_SIZE,
+        GIB + 2 * MIB + PAGE_SIZE,
+    ] {
+        let t = s2.translate(&mem, ipa).unwrap();
+        assert_eq!((t.pa, t.level), (0x4_0000_0000 + (ipa - GIB), 3));
+    }
+    assert!(s2.translate(&mem, GIB + 2 * MIB).is_none());
+    // A page unmapped out of a table needs no break.
+    broken.clear();
+    s2.unmap(&mut mem, GIB, PAGE_SIZE, &mut |_, _| {}, &mut |a, s| {
+        broken.push((a, s))
+    })
+    .unwrap();
+    assert!(broken.is_empty());
+}
+
+#[test]
+fn unmap_present_skips_holes_that_unmap_refuses() {
+    let (mut mem, mut s2) = setup();
+    s2.map(&mut mem, GIB, 0x4_0000_0000, 4 * MIB, RAM).unwrap();
+    collect_unmap(&mut s2, &mut mem, GIB + MIB, PAGE_SIZE).unwrap();
+    assert_eq!(
+        collect_unmap(&mut s2, &mut mem, GIB, 4 * MIB),
+        Err(Stage2Error::NotMapped)
+    );
+    let mut pieces = Vec::new();
+    s2.unmap_present(
+        &mut mem,
+        GIB,
+        4 * MIB,
+        &mut |a, s| pieces.push((a, s)),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let unmapped: u64 = pieces.iter().map(|&(_, s)| s).sum();
+    assert_eq!(unmapped, 4 * MIB - PAGE_SIZE);
+    assert!(s2.translate(&mem, GIB).is_none());
+    assert!(s2.translate(&mem, GIB + 3 * MIB).is_none());
+    // Only the root is left.
+    assert_eq!(mem.live(), 1);
 }
 
 #[test]
