@@ -1,6 +1,7 @@
 //! The driver domain's data plane: the learning switch (`switch`, host-tested) wired to its
-//! ports — the NIC (uplink), the driver domain's own IP endpoint (local port, `vm_net`), and
-//! one back-end per connected guest (`netback`).
+//! ports — the NIC (uplink), the driver domain's own IP endpoint (local port, `vm_net`), one
+//! back-end per connected para-virtual guest (`netback`), and one device model per guest with
+//! the emulated NIC (`emunic`), which is a guest port like the others (same identity rules).
 //!
 //! One call to [`Fabric::pump`] is one round of the main loop: take what each port has to send
 //! (bounded per port, so one busy guest cannot starve the others or the NIC), ask the switch
@@ -30,6 +31,7 @@ use vm_net::{Buffers, Stack};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{println, timer};
 
+use crate::emunic::EmuPort;
 use crate::netback::{read_guest_frame, DeliverError, NetPort, TxItem, NIC_MAX_FRAME};
 use crate::nic::{self, with_nic};
 
@@ -162,6 +164,9 @@ pub struct Fabric {
     /// The driver domain's own endpoint (with a NIC only: it shares the NIC's MAC).
     pub local: Option<Stack<LocalPort>>,
     has_uplink: bool,
+    /// The device models of the guests with the emulated NIC; their frames are private
+    /// copies (the device assembled them word by word), switched like the local endpoint's.
+    pub emulated: Vec<EmuPort>,
     pub nic: NicCounters,
     pub csum: CsumOffload,
 }
@@ -246,6 +251,7 @@ impl Fabric {
             vifs,
             local,
             has_uplink: nic.is_some(),
+            emulated: Vec::new(),
             nic: NicCounters::default(),
             csum: CsumOffload::default(),
         }
@@ -258,6 +264,20 @@ impl Fabric {
             .add_guest_with_ip(id, MacAddr(identity.mac), identity.ip)
             .map(|_| ())
             .map_err(|e| format!("switch port for front-end {id}: {e}"))
+    }
+
+    /// Connects the emulated NIC of guest `port.guest` as its switch port, held to `identity`
+    /// like a para-virtual guest's.
+    pub fn add_emulated(&mut self, port: EmuPort, identity: &Assignment) -> Result<(), String> {
+        self.add_guest(port.guest, identity)?;
+        self.emulated.push(port);
+        Ok(())
+    }
+
+    /// Whether every emulated guest has gone quiet (see `emunic::QUIET_MS`).
+    pub fn emulated_quiet(&self) -> bool {
+        let now = now_ms();
+        self.emulated.iter().all(|p| p.quiet(now))
     }
 
     /// Disconnects guest `id`'s port, printing its last counters.
@@ -354,6 +374,18 @@ impl Fabric {
             }
         }
 
+        // The emulated NICs: one pass over each request page (at most one answer per vCPU,
+        // so at most that many frames), then the frames their guests completed.
+        let mut sent = Vec::new();
+        for i in 0..self.emulated.len() {
+            let guest = self.emulated[i].guest;
+            moved |= self.emulated[i].serve(&mut sent) > 0;
+            for frame in sent.drain(..) {
+                let source = Source::Private(&frame);
+                self.dispatch(PortId::Guest(guest), &source, connections, &mut violations);
+            }
+        }
+
         for conn in connections.iter_mut() {
             if let Some(port) = conn.net_mut() {
                 port.flush_events();
@@ -421,6 +453,26 @@ impl Fabric {
                                 local.device.to_stack.push_back(frame);
                             }
                         }
+                    }
+                }
+                PortId::Guest(id) if self.emulated.iter().any(|p| p.guest == id) => {
+                    // The device takes frames from private memory: a para-virtual guest's is
+                    // copied out of its pool first, with the checksum it left to us (the
+                    // emulated guest checks checksums).
+                    let mut copy = Vec::new();
+                    let frame = match source {
+                        Source::Private(frame) => *frame,
+                        Source::Guest { .. } => {
+                            copy.resize(len, 0);
+                            source.copy_into(&mut copy);
+                            if needs_csum && !self.csum.fill(&mut copy) {
+                                continue;
+                            }
+                            &copy
+                        }
+                    };
+                    if let Some(port) = self.emulated.iter_mut().find(|p| p.guest == id) {
+                        port.deliver(frame);
                     }
                 }
                 PortId::Guest(id) => {
@@ -505,8 +557,11 @@ impl Fabric {
         local.poll_delay_us()
     }
 
-    /// The switch's counters table.
+    /// The switch's counters table, and each emulated NIC's line.
     pub fn print_counters(&self) {
         println!("{}", self.switch);
+        for port in &self.emulated {
+            println!("{}", port.summary());
+        }
     }
 }

@@ -13,5 +13,6 @@ extern crate alloc;
 pub mod budget;
 pub mod crash;
 pub mod csum;
+pub mod devmodel;
 pub mod switch;
 pub mod vif;

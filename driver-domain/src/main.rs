@@ -1,6 +1,7 @@
 //! driver-domain: the sluice driver domain. It owns the NIC the hypervisor passes through (see
 //! `nic`: virtio-net over PCI behind the SMMU), serves one back-end per connected guest (see
-//! `backend` and `netback`), and switches frames between the guests, the NIC and its own IP
+//! `backend` and `netback`, or `emunic`: the device model of a guest's emulated NIC), and
+//! switches frames between the guests, the NIC and its own IP
 //! endpoint, which answers ARP, ping and echo on the NIC's MAC (see `fabric`). It powers off
 //! when every front-end VM has stopped for good and its NIC serving time is over.
 #![no_std]
@@ -14,6 +15,7 @@ extern crate alloc;
 mod backend;
 #[allow(unsafe_code)]
 mod dma;
+mod emunic;
 mod fabric;
 mod netback;
 #[allow(unsafe_code)]
@@ -127,8 +129,23 @@ fn main(info: &StartInfo<'static>) {
     }
     let serve_until = timer::now() + timer::ms_to_ticks(serve_ms);
     let mut next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
+    // Guests with the emulated NIC get a device model on their request page instead of a
+    // para-virtual back-end on a control page.
+    let emulated: Vec<u16> = (1..64u16)
+        .filter(|&id| info.peers & (1 << id) != 0 && fabric.vifs.is_emulated(id))
+        .collect();
+    for id in emulated {
+        let identity = fabric.vifs.assign(id, [0; 6]);
+        let attached = emunic::EmuPort::open(id, identity.mac)
+            .and_then(|port| fabric.add_emulated(port, &identity));
+        match attached {
+            Ok(()) => println!("front-end {id}: emulated NIC served, {identity}"),
+            Err(why) => println!("front-end {id}: emulated NIC not served: {why}"),
+        }
+    }
     let mut connections: Vec<Connection> = (1..64u16)
         .filter(|id| info.peers & (1 << id) != 0)
+        .filter(|&id| !fabric.vifs.is_emulated(id))
         .filter_map(|id| {
             let conn = Connection::open(id);
             if conn.is_none() {
@@ -191,7 +208,7 @@ fn main(info: &StartInfo<'static>) {
         }
         recheck = false;
         let nic_done = !has_nic || timer::now() >= serve_until;
-        if nic_done && connections.iter().all(Connection::finished) {
+        if nic_done && connections.iter().all(Connection::finished) && fabric.emulated_quiet() {
             break;
         }
         if !busy && !fabric.arm(&connections) {
@@ -200,6 +217,7 @@ fn main(info: &StartInfo<'static>) {
                 .iter()
                 .flat_map(|c| [Some(c.control_port()), c.data_port()])
                 .flatten()
+                .chain(fabric.emulated.iter().map(emunic::EmuPort::request_port))
                 .collect();
             let mut wait_us = 50_000;
             if let Some(delay) = fabric.poll_delay_us() {
@@ -225,7 +243,7 @@ fn main(info: &StartInfo<'static>) {
     println!(
         "REPORT ok: {} served {} front-end(s), {served} ping-pong requests, {bad} bad words",
         info.name,
-        connections.len()
+        connections.len() + fabric.emulated.len()
     );
 }
 

@@ -60,6 +60,12 @@ impl Vifs {
         self.entries.is_empty()
     }
 
+    /// Whether front-end `vm` has the emulated NIC (its entry carries the marker): then we
+    /// serve it as a device model on its request page, not as a para-virtual back-end.
+    pub fn is_emulated(&self, vm: u16) -> bool {
+        self.entries.iter().any(|e| e.vm == vm && e.emulated)
+    }
+
     /// What front-end `vm` gets when it asks for MAC `asked` (zero: "assign one"): always its
     /// own identity; a request for anything else is noted as refused.
     pub fn assign(&self, vm: u16, asked: [u8; 6]) -> Assignment {
@@ -120,6 +126,20 @@ mod tests {
             (identity::default_mac(9), None)
         );
         assert_eq!(own2.to_string(), "MAC 02:51:55:00:00:02, IP 10.0.2.16");
+    }
+
+    #[test]
+    fn the_emulated_marker_names_exactly_its_guests() {
+        let vifs = Vifs::from_settings(
+            "frontends=2=02:51:55:00:00:02/10.0.2.16+emulated,3=02:51:55:00:00:03/10.0.2.17\n",
+        )
+        .unwrap();
+        assert!(vifs.is_emulated(2));
+        assert!(!vifs.is_emulated(3));
+        assert!(!vifs.is_emulated(4));
+        // The emulated guest is held to its identity like any other.
+        assert_eq!(vifs.assign(2, [0; 6]).ip, Some([10, 0, 2, 16]));
+        assert!(!Vifs::from_settings(SETTINGS).unwrap().is_emulated(2));
     }
 
     #[test]

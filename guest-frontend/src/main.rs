@@ -1,6 +1,6 @@
 //! guest-frontend: the sluice unikernel guest. It runs one app, chosen by the start-info setting
-//! `app` (default `hello`): the network guest `net` (para-virtual front-end, smoltcp, ping and
-//! echo; see `netfront`) or a diagnostic one, and powers off when the app returns.
+//! `app` (default `hello`): the network guest `net` (para-virtual front-end or the emulated
+//! NIC, smoltcp, ping and echo; see `netfront` and `emunic`) or a diagnostic one, and powers off when the app returns.
 #![no_std]
 #![no_main]
 // Apps are safe Rust: their deliberate stray accesses go through `vm_runtime::probe`.
@@ -9,6 +9,7 @@
 extern crate alloc;
 
 mod apps;
+mod emunic;
 mod link;
 mod netfront;
 
@@ -30,6 +31,7 @@ fn main(info: &StartInfo<'static>) {
         "load" => apps::load::run(info),
         "memcpy" => apps::memcpy::run(info),
         "net" => apps::net::run(info),
+        "nicabuse" => apps::nicabuse::run(info),
         "pingpong" => apps::pingpong::run(info),
         "probe" => apps::probe::run(info),
         "reset" => apps::reset::run(info),

@@ -10,11 +10,15 @@
 //! one descriptor: net header, then frame. Buffers may cross page boundaries: the pool is
 //! contiguous for both sides.
 //!
-//! [`NetFront`] is a `smoltcp::phy::Device`. Received frames are copied out of the pool before
+//! [`NetFront`] is the guest's NIC as a `smoltcp::phy::Device`: these rings ([`Rings`]), or
+//! with the setting `nic=emulated` (the packer writes it for `nic = "emulated"` in the
+//! topology) the emulated register-FIFO NIC (`crate::emunic`). Apps use either unchanged.
+//! Received frames are copied out of the pool before
 //! smoltcp sees them (the back-end could rewrite the pool under the parser otherwise) and the
 //! buffer goes straight back to the ring; frames to send are built in private memory and
 //! copied into a transmit buffer once.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -30,6 +34,7 @@ use vm_net::smoltcp::time::Instant as NetInstant;
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, grant, println};
 
+use crate::emunic::EmuNic;
 use crate::link::Link;
 
 /// Receive buffers: a whole ring of them.
@@ -68,7 +73,8 @@ pub struct FrontStats {
     pub copied_frame_to_stack: u64,
 }
 
-pub struct NetFront {
+/// The para-virtual front-end's rings, pool and connection.
+pub struct Rings {
     pub link: Link,
     tx_ring: SharedMem,
     rx_ring: SharedMem,
@@ -103,11 +109,13 @@ pub struct ConnectOptions {
     pub mtu: usize,
     /// Test only: name pool refs we never granted, to check the back-end refuses them.
     pub bad_pool_ref: bool,
+    /// The NIC is the emulated one (setting `nic=emulated`), not the para-virtual rings.
+    pub emulated: bool,
 }
 
 impl ConnectOptions {
-    /// The options a guest's settings ask for: `mac` (aa:bb:cc:dd:ee:ff, optional) and `mtu`
-    /// (default [`DEFAULT_MTU`]).
+    /// The options a guest's settings ask for: `mac` (aa:bb:cc:dd:ee:ff, optional), `mtu`
+    /// (default [`DEFAULT_MTU`]) and `nic` (`emulated`, or `paravirt`: the default).
     pub fn from_settings(settings: &str) -> Result<ConnectOptions, String> {
         let mac = match vm_runtime::setting(settings, "mac") {
             None => [0; 6],
@@ -123,21 +131,31 @@ impl ConnectOptions {
                 MTU_RANGE.end()
             ));
         }
+        let emulated = match vm_runtime::setting(settings, "nic") {
+            None | Some("paravirt") => false,
+            Some("emulated") => true,
+            Some(other) => {
+                return Err(format!(
+                    "setting nic = {other:?} is not \"emulated\" or \"paravirt\""
+                ))
+            }
+        };
         Ok(ConnectOptions {
             mac,
             mtu,
             bad_pool_ref: false,
+            emulated,
         })
     }
 }
 
-impl NetFront {
+impl Rings {
     /// Grants rings and pool to our back-end, offers all receive buffers, and runs the
     /// handshake. Needs the event channels and the grant table initialised.
     pub fn connect(
         info: &vm_runtime::StartInfo<'static>,
         options: &ConnectOptions,
-    ) -> Result<NetFront, String> {
+    ) -> Result<Rings, String> {
         let mut link = Link::open(info)?;
         let backend = link.backend;
         let tx_ring = SharedMem::leak_pages(1);
@@ -196,7 +214,7 @@ impl NetFront {
         if !agreed.event_idx {
             return Err("back-end refused event-index suppression, which our rings use".into());
         }
-        Ok(NetFront {
+        Ok(Rings {
             link,
             tx_ring,
             rx_ring,
@@ -242,7 +260,7 @@ impl NetFront {
     }
 
     /// The next received frame, copied out of the pool; its buffer is offered again at once.
-    fn next_rx(&mut self) -> Option<Vec<u8>> {
+    pub fn next_rx(&mut self) -> Option<Vec<u8>> {
         while self.broken.is_none() {
             let used = match self.rx.pop_used() {
                 Ok(Some(used)) => used,
@@ -403,6 +421,26 @@ impl NetFront {
             .map(|b| (usize::from(b) * self.buffer_len) as u32)
     }
 
+    /// Whether a frame can be queued now (completions reaped first).
+    pub fn can_send(&mut self) -> bool {
+        self.reap_tx();
+        self.broken.is_none() && !self.tx_free.is_empty()
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.frame_limit;
+        caps.max_burst_size = Some(TX_BUFFERS / 2);
+        if self.csum_offload {
+            // The back-end fills them in for whoever checks, and checks what comes from
+            // outside the machine (see `shared_abi::virtq::FEATURE_CSUM`).
+            caps.checksum.tcp = Checksum::None;
+            caps.checksum.udp = Checksum::None;
+        }
+        caps
+    }
+
     /// Pool bytes, for hostile modes that aim outside it.
     pub fn pool_len(&self) -> u32 {
         self.pool.len() as u32
@@ -421,6 +459,123 @@ fn buffer_segment(buffer: usize, buffer_len: usize) -> Segment {
     }
 }
 
+/// The guest's NIC, whichever it is. The fields apps read (`port` to sleep on, `mac`,
+/// `broken`, `stats`) are the NIC's own, refreshed after every call that moves frames.
+pub struct NetFront {
+    /// The port to wait on for news: the data port of the rings, or the local port the
+    /// emulated NIC's interrupt marks.
+    pub port: u32,
+    pub mac: [u8; 6],
+    pub broken: Option<String>,
+    pub stats: FrontStats,
+    path: Path,
+}
+
+enum Path {
+    // Boxed: the rings' bookkeeping is several times the emulated driver's.
+    Paravirt(Box<Rings>),
+    Emulated(EmuNic),
+}
+
+impl NetFront {
+    /// Connects the NIC the settings choose (`options.emulated`): the para-virtual rings
+    /// (needs the event channels and the grant table initialised) or the emulated NIC (needs
+    /// the event channels).
+    pub fn connect(
+        info: &vm_runtime::StartInfo<'static>,
+        options: &ConnectOptions,
+    ) -> Result<NetFront, String> {
+        let path = if options.emulated {
+            Path::Emulated(EmuNic::open()?)
+        } else {
+            Path::Paravirt(Box::new(Rings::connect(info, options)?))
+        };
+        let (port, mac) = match &path {
+            Path::Paravirt(r) => (r.port, r.mac),
+            Path::Emulated(e) => (e.port, e.mac),
+        };
+        Ok(NetFront {
+            port,
+            mac,
+            broken: None,
+            stats: FrontStats::default(),
+            path,
+        })
+    }
+
+    /// Copies the NIC's state into the fields apps read.
+    fn sync(&mut self) {
+        let (stats, broken) = match &self.path {
+            Path::Paravirt(r) => (r.stats, &r.broken),
+            Path::Emulated(e) => (e.stats, &e.broken),
+        };
+        self.stats = stats;
+        if self.broken.is_none() && broken.is_some() {
+            self.broken = broken.clone();
+        }
+    }
+
+    /// Whether this is the emulated NIC.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.path, Path::Emulated(_))
+    }
+
+    /// The para-virtual rings, for the hostile modes that write them directly.
+    pub fn rings_mut(&mut self) -> Result<&mut Rings, String> {
+        match &mut self.path {
+            Path::Paravirt(r) => Ok(r),
+            Path::Emulated(_) => Err("this mode needs the para-virtual NIC".into()),
+        }
+    }
+
+    /// Queues `frame` (an Ethernet frame) for sending; false if it cannot go now.
+    pub fn send_frame(&mut self, frame: &[u8]) -> bool {
+        let sent = match &mut self.path {
+            Path::Paravirt(r) => r.send_frame(frame),
+            Path::Emulated(e) => e.send_frame(frame),
+        };
+        self.sync();
+        sent
+    }
+
+    /// Publishes what was queued and notifies the other side if it asked (rings only: the
+    /// emulated NIC sends each frame as it is written).
+    pub fn flush(&mut self) {
+        if let Path::Paravirt(r) = &mut self.path {
+            r.flush();
+        }
+        self.sync();
+    }
+
+    /// Before sleeping: asks for a wake-up on news; true if news is already there.
+    pub fn arm(&mut self) -> bool {
+        let waiting = match &mut self.path {
+            Path::Paravirt(r) => r.arm(),
+            Path::Emulated(e) => e.arm(),
+        };
+        self.sync();
+        waiting
+    }
+
+    /// Whether the back-end has left (rings: it closed the connection; the emulated NIC has
+    /// no connection, and a device model that is gone shows as `broken`).
+    pub fn backend_left(&self) -> bool {
+        match &self.path {
+            Path::Paravirt(r) => r.backend_left(),
+            Path::Emulated(_) => false,
+        }
+    }
+
+    fn next_rx(&mut self) -> Option<Vec<u8>> {
+        let frame = match &mut self.path {
+            Path::Paravirt(r) => r.next_rx(),
+            Path::Emulated(e) => e.next_rx(),
+        };
+        self.sync();
+        frame
+    }
+}
+
 pub struct FrontRx(Vec<u8>);
 pub struct FrontTx<'a>(&'a mut NetFront);
 
@@ -435,7 +590,7 @@ impl TxToken for FrontTx<'_> {
         let mut frame = vec![0u8; len];
         let result = f(&mut frame);
         self.0.stats.copied_stack_to_frame += len as u64;
-        // `transmit` checked a buffer is free; a failure here only loses this frame.
+        // `transmit` checked a frame can go; a failure here only loses this frame.
         let _ = self.0.send_frame(&frame);
         result
     }
@@ -454,21 +609,17 @@ impl Device for NetFront {
     }
 
     fn transmit(&mut self, _now: NetInstant) -> Option<FrontTx<'_>> {
-        self.reap_tx();
-        (self.broken.is_none() && !self.tx_free.is_empty()).then_some(FrontTx(self))
+        let ready = match &mut self.path {
+            Path::Paravirt(r) => r.can_send(),
+            Path::Emulated(e) => e.can_send(),
+        };
+        ready.then_some(FrontTx(self))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.frame_limit;
-        caps.max_burst_size = Some(TX_BUFFERS / 2);
-        if self.csum_offload {
-            // The back-end fills them in for whoever checks, and checks what comes from
-            // outside the machine (see `shared_abi::virtq::FEATURE_CSUM`).
-            caps.checksum.tcp = Checksum::None;
-            caps.checksum.udp = Checksum::None;
+        match &self.path {
+            Path::Paravirt(r) => r.capabilities(),
+            Path::Emulated(e) => e.capabilities(),
         }
-        caps
     }
 }

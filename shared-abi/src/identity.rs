@@ -6,13 +6,15 @@
 //! hypervisor and that VM can write, so no guest can edit it):
 //!
 //! ```text
-//! frontends=<entry>,<entry>,...      entry = <vm id>=<mac>[/<ipv4>]
-//! frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17
+//! frontends=<entry>,<entry>,...      entry = <vm id>=<mac>[/<ipv4>][+emulated]
+//! frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17+emulated
 //! ```
 //!
 //! Every guest whose `backend` is that driver domain has an entry; the MAC is the guest's `mac`
 //! setting or [`default_mac`] of its id, the address the one of its `ip` setting (none: the
-//! guest may send no IPv4 and no ARP at all).
+//! guest may send no IPv4 and no ARP at all). The [`EMULATED`] marker says the guest's NIC is
+//! the emulated one (`nic = "emulated"`, [`crate::emunic`]): the driver domain serves it as a
+//! device model on the guest's request page instead of a para-virtual back-end.
 
 use core::fmt;
 
@@ -22,6 +24,8 @@ use thiserror::Error;
 
 /// The driver domain's setting that lists its front-ends' identities.
 pub const SETTING: &str = "frontends";
+/// The suffix of an entry whose guest has the emulated NIC.
+pub const EMULATED: &str = "+emulated";
 
 /// The locally administered unicast MAC of front-end `id` when the topology sets none.
 pub const fn default_mac(id: u16) -> [u8; 6] {
@@ -55,12 +59,15 @@ pub struct Identity {
     pub mac: [u8; 6],
     /// Its only IPv4 address; `None`: it may send neither IPv4 nor ARP.
     pub ip: Option<[u8; 4]>,
+    /// Its NIC is the emulated one (the entry ends in [`EMULATED`]).
+    pub emulated: bool,
 }
 
 /// Why a `frontends` setting is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum IdentityError {
-    /// An entry that is not `<id>=<mac>[/<ipv4>]`.
+    /// An entry that is not `<id>=<mac>[/<ipv4>][+emulated]` (the text predates the marker,
+    /// and logs are matched on it).
     #[error("setting {SETTING}: an entry is not <id>=<mac>[/<ipv4>]")]
     Malformed,
     /// A multicast or zero MAC.
@@ -82,6 +89,9 @@ impl fmt::Display for Identity {
         if let Some(ip) = self.ip {
             write!(f, "/{}", Ipv4Addr::from(ip))?;
         }
+        if self.emulated {
+            f.write_str(EMULATED)?;
+        }
         Ok(())
     }
 }
@@ -90,6 +100,10 @@ impl FromStr for Identity {
     type Err = IdentityError;
 
     fn from_str(entry: &str) -> Result<Identity, IdentityError> {
+        let (entry, emulated) = match entry.strip_suffix(EMULATED) {
+            Some(rest) => (rest, true),
+            None => (entry, false),
+        };
         let (vm, rest) = entry.split_once('=').ok_or(IdentityError::Malformed)?;
         if vm.is_empty() || !vm.bytes().all(|b| b.is_ascii_digit()) {
             return Err(IdentityError::Malformed);
@@ -111,7 +125,12 @@ impl FromStr for Identity {
                     .octets(),
             ),
         };
-        Ok(Identity { vm, mac, ip })
+        Ok(Identity {
+            vm,
+            mac,
+            ip,
+            emulated,
+        })
     }
 }
 
@@ -171,17 +190,33 @@ mod tests {
             vm: 2,
             mac: default_mac(2),
             ip: Some([10, 0, 2, 16]),
+            emulated: false,
         };
         let b = Identity {
             vm: 3,
             mac: [0x02, 0xaa, 0, 0, 0, 1],
             ip: None,
+            emulated: false,
+        };
+        let c = Identity {
+            vm: 4,
+            mac: default_mac(4),
+            ip: Some([10, 0, 2, 18]),
+            emulated: true,
+        };
+        let d = Identity {
+            vm: 5,
+            ip: None,
+            ..c
         };
         assert_eq!(a.to_string(), "2=02:51:55:00:00:02/10.0.2.16");
         assert_eq!(b.to_string(), "3=02:aa:00:00:00:01");
-        let list = [a.to_string(), b.to_string()].join(",");
+        assert_eq!(c.to_string(), "4=02:51:55:00:00:04/10.0.2.18+emulated");
+        assert_eq!(d.to_string(), "5=02:51:55:00:00:04+emulated");
+        let list = [a.to_string(), b.to_string(), c.to_string()].join(",");
         let parsed: Vec<_> = entries(&list).collect();
-        assert_eq!(parsed, [Ok(a), Ok(b)]);
+        assert_eq!(parsed, [Ok(a), Ok(b), Ok(c)]);
+        assert_eq!("5=02:51:55:00:00:04+emulated".parse(), Ok(d));
         assert_eq!(check_list(&list), Ok(()));
         assert_eq!(check_list(""), Ok(()));
     }
@@ -197,6 +232,10 @@ mod tests {
             "2=02:51:55:00:00:02/10.0.2",
             "2=02:51:55:00:00:02/",
             "99999=02:51:55:00:00:02",
+            "2=02:51:55:00:00:02+emulated+emulated",
+            "2=02:51:55:00:00:02/10.0.2.16+emu",
+            "2=02:51:55:00:00:02+emulated/10.0.2.16",
+            "+emulated",
         ] {
             assert_eq!(
                 bad.parse::<Identity>(),

@@ -10,6 +10,7 @@
 
 pub mod balloon;
 pub mod bundle;
+pub mod emunic;
 pub mod evtchn;
 pub mod grant;
 pub mod handshake;

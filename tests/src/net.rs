@@ -29,7 +29,7 @@ use crate::console;
 use crate::hostnet::HostForward;
 pub use crate::hostnet::{Proto, DEFAULT_GATEWAY, DRIVER_DOMAIN_IP};
 use crate::report::{Check, PingSummary};
-use crate::topology::{NicBackend, Topology};
+use crate::topology::{GuestNic, NicBackend, Topology};
 
 /// Where the helpers connect: QEMU's host forwards listen on the loopback address only.
 const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -415,6 +415,14 @@ pub const ECHO_TIMEOUTS: Timeouts = Timeouts {
     tcp: Duration::from_secs(20),
 };
 
+/// [`ECHO_TIMEOUTS`] for a guest with the emulated NIC, whose every 4 bytes of frame cost a
+/// trapped access: its TCP echo moves at tens of KB/s (0.34 Mbit/s measured guest to guest,
+/// 17:12 UTC), so 256 KiB each way needs far more than 20 s.
+pub const EMULATED_ECHO_TIMEOUTS: Timeouts = Timeouts {
+    udp_each: Duration::from_secs(2),
+    tcp: Duration::from_secs(150),
+};
+
 /// Time limits of a [`HostEcho`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -614,6 +622,11 @@ impl HostEcho {
             timeouts,
             run: Background::new(),
         }
+    }
+
+    /// The same check with other time limits.
+    pub fn with_timeouts(self, timeouts: Timeouts) -> HostEcho {
+        HostEcho { timeouts, ..self }
     }
 
     /// The VM this check talks to.
@@ -922,12 +935,16 @@ impl HostChecks {
                 ));
             }
             let ip = vm.ip()?;
-            echoes.push(match tap {
+            let echo = match tap {
                 None => HostEcho::guest(&vm.name, ip),
                 Some(netns) => {
                     pings.push(HostPing::guest(&vm.name, ip, netns));
                     HostEcho::guest_in_netns(&vm.name, ip, netns)
                 }
+            };
+            echoes.push(match vm.nic {
+                GuestNic::Emulated => echo.with_timeouts(EMULATED_ECHO_TIMEOUTS),
+                GuestNic::Paravirt => echo,
             });
         }
         Ok(HostChecks { echoes, pings })
@@ -1362,6 +1379,20 @@ settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
 "#;
 
     #[test]
+    fn an_emulated_guests_echo_gets_the_emulated_nics_time_limits() {
+        let text = NET_TOPOLOGY.replacen(
+            "backend = \"dd\"\nsettings = { app = \"net\", ip = \"10.0.2.18/24\"",
+            "backend = \"dd\"\nnic = \"emulated\"\nsettings = { app = \"net\", ip = \"10.0.2.18/24\"",
+            1,
+        );
+        assert_ne!(text, NET_TOPOLOGY);
+        let plan = HostChecks::plan(&Topology::from_toml_str(&text).unwrap(), None).unwrap();
+        assert_eq!(plan.get("g1").unwrap().timeouts, ECHO_TIMEOUTS);
+        assert_eq!(plan.get("g3").unwrap().timeouts, EMULATED_ECHO_TIMEOUTS);
+        assert!(EMULATED_ECHO_TIMEOUTS.tcp > ECHO_TIMEOUTS.tcp);
+    }
+
+    #[test]
     fn host_checks_follow_the_topology() {
         let t = Topology::from_toml_str(NET_TOPOLOGY).unwrap();
         let plan = HostChecks::plan(&t, None).unwrap();
@@ -1390,6 +1421,8 @@ settings = { app = "net", ip = "10.0.2.18/24", host_echo = true }
         ports.dedup();
         assert_eq!(ports.len(), 4, "every forward has its own host port");
         assert!(plan.get("g3").is_some() && plan.get("g2").is_none());
+        // Para-virtual guests get the usual limits.
+        assert_eq!(plan.get("g3").unwrap().timeouts, ECHO_TIMEOUTS);
         // Nothing has started, so every check fails with the reason.
         plan.on_line("[g2] net up: MAC 02:51:55:00:00:03, IP 10.0.2.17/24, gateway 10.0.2.2");
         let checks = plan.checks();

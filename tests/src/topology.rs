@@ -9,6 +9,11 @@
 //! driver domain, is not the guest itself; driver domains have no backend) and [`pack`] turns the
 //! name into the VM id the bundle stores.
 //!
+//! A guest's NIC is para-virtual unless it says `nic = "emulated"` ([`GuestNic`]): then its
+//! back-end serves it as an emulated register-FIFO NIC (`shared_abi::emunic`). Only a guest with
+//! a backend can have one; the packer sets the bundle's `EMULATED_NIC` flag, gives the guest the
+//! setting `nic=emulated` and marks its entry in the driver domain's `frontends` list.
+//!
 //! Device passthrough is part of the topology too: a driver domain's optional
 //! `passthrough = "00:02.0"` names the PCI function (bus:device.function, hex) it owns behind the
 //! SMMU, and `[machine] nic` says how the QEMU NIC placed at that address reaches the host
@@ -112,6 +117,38 @@ pub struct VmDef {
     /// The PCI function this driver domain owns (`passthrough = "00:02.0"`); `None` for guests
     /// and for driver domains without a device.
     pub passthrough: Option<Bdf>,
+    /// The guest's NIC (`nic = "emulated" | "paravirt"`, default para-virtual).
+    pub nic: GuestNic,
+}
+
+/// A guest's NIC, the VM field `nic`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GuestNic {
+    /// The split driver: rings and grants, one event now and then (the default).
+    #[default]
+    Paravirt,
+    /// The emulated register-FIFO NIC: every register access traps to the device model.
+    Emulated,
+}
+
+impl GuestNic {
+    /// The guest setting that tells the guest which NIC driver to run.
+    pub const SETTING: &'static str = "nic";
+
+    pub fn parse(text: &str) -> Option<GuestNic> {
+        match text {
+            "paravirt" => Some(GuestNic::Paravirt),
+            "emulated" => Some(GuestNic::Emulated),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestNic::Paravirt => "paravirt",
+            GuestNic::Emulated => "emulated",
+        }
+    }
 }
 
 impl VmDef {
@@ -298,6 +335,13 @@ pub enum TopologyError {
         vm: String,
         problem: String,
     },
+    /// A VM's `nic` is not "emulated" or "paravirt", is on a driver domain, or is "emulated"
+    /// on a guest without a backend (no device model), or the guest's settings have the key
+    /// the packer writes it under.
+    GuestNic {
+        vm: String,
+        problem: String,
+    },
 }
 
 impl fmt::Display for TopologyError {
@@ -418,6 +462,7 @@ impl fmt::Display for TopologyError {
                  driver domain with passthrough = \"bb:dd.f\", remove machine.nic or add one"
             ),
             Identities { vm, problem } => write!(f, "vm {vm:?}: {problem}"),
+            GuestNic { vm, problem } => write!(f, "vm {vm:?}: {problem}"),
         }
     }
 }
@@ -463,6 +508,8 @@ struct RawVm {
     backend: Option<String>,
     #[serde(default)]
     passthrough: Option<String>,
+    #[serde(default)]
+    nic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -541,18 +588,37 @@ impl Topology {
                         }
                     })?),
                 };
+                let nic = match vm.nic {
+                    None => GuestNic::Paravirt,
+                    Some(value) => {
+                        GuestNic::parse(&value).ok_or_else(|| TopologyError::GuestNic {
+                            vm: vm.name.clone(),
+                            problem: format!("nic = {value:?} is not \"emulated\" or \"paravirt\""),
+                        })?
+                    }
+                };
+                let kind = match vm.kind {
+                    RawKind::Guest => VmKind::Guest,
+                    RawKind::DriverDomain => VmKind::DriverDomain,
+                };
+                if kind == VmKind::DriverDomain && nic == GuestNic::Emulated {
+                    return Err(TopologyError::GuestNic {
+                        vm: vm.name.clone(),
+                        problem: "nic = \"emulated\" is for guests; a driver domain's NIC is \
+                                  set with passthrough"
+                            .into(),
+                    });
+                }
                 Ok(VmDef {
                     name: vm.name,
-                    kind: match vm.kind {
-                        RawKind::Guest => VmKind::Guest,
-                        RawKind::DriverDomain => VmKind::DriverDomain,
-                    },
+                    kind,
                     image: vm.image,
                     memory_mib: vm.memory_mib,
                     vcpus: vm.vcpus,
                     settings: vm.settings.0,
                     backend: vm.backend,
                     passthrough,
+                    nic,
                 })
             })
             .collect::<Result<Vec<_>, TopologyError>>()?;
@@ -620,6 +686,7 @@ impl Topology {
         // After the name checks, so a backend is looked up among valid, unique names.
         for vm in &self.vms {
             vm.validate_backend(&self.vms)?;
+            vm.validate_nic()?;
         }
         self.validate_passthrough()?;
         for vm in self.vms.iter().filter(|vm| vm.kind == VmKind::DriverDomain) {
@@ -658,17 +725,28 @@ impl Topology {
                     .filter(|&m| identity::is_unicast(m))
                     .unwrap_or(identity::default_mac(id));
                 let ip = vm.setting("ip").and(vm.ip().ok()).map(|ip| ip.octets());
-                Identity { vm: id, mac, ip }
+                Identity {
+                    vm: id,
+                    mac,
+                    ip,
+                    emulated: vm.nic == GuestNic::Emulated,
+                }
             })
             .collect()
     }
 
-    /// The settings VM `vm` boots with: its own, and for a driver domain the identities of its
-    /// front-ends (see [`frontend_identities`](Self::frontend_identities)).
+    /// The settings VM `vm` boots with: its own, for a driver domain the identities of its
+    /// front-ends (see [`frontend_identities`](Self::frontend_identities)), and for a guest
+    /// with the emulated NIC `nic=emulated`.
     pub fn packed_settings(&self, vm: &VmDef) -> Result<String, TopologyError> {
         let own = vm.settings_text();
         match vm.kind {
             VmKind::DriverDomain => Ok(own + &self.frontends_setting(vm)?),
+            VmKind::Guest if vm.nic == GuestNic::Emulated => Ok(format!(
+                "{own}{}={}\n",
+                GuestNic::SETTING,
+                GuestNic::Emulated.name()
+            )),
             VmKind::Guest => Ok(own),
         }
     }
@@ -793,6 +871,30 @@ impl VmDef {
         Ok(())
     }
 
+    /// An emulated NIC needs a device model: the guest's back-end. The guest's `nic` setting is
+    /// the packer's to write.
+    fn validate_nic(&self) -> Result<(), TopologyError> {
+        let problem = |problem: &str| {
+            Err(TopologyError::GuestNic {
+                vm: self.name.clone(),
+                problem: problem.into(),
+            })
+        };
+        if self.setting(GuestNic::SETTING).is_some() {
+            return problem(
+                "setting nic is reserved: give the VM field nic = \"emulated\" or \"paravirt\" \
+                 instead (outside [vm.settings])",
+            );
+        }
+        if self.nic == GuestNic::Emulated && self.backend.is_none() {
+            return problem(
+                "nic = \"emulated\" needs a backend = \"<driver domain>\": the device model runs \
+                 there",
+            );
+        }
+        Ok(())
+    }
+
     /// Checks `backend` against the other VMs, in the order that gives the most useful message:
     /// a driver domain with any backend is wrong whatever it names.
     fn validate_backend(&self, vms: &[VmDef]) -> Result<(), TopologyError> {
@@ -908,8 +1010,7 @@ pub fn pack(topology: &Topology, images: &HashMap<String, Vec<u8>>) -> Result<Ve
                     .map_err(|e| PackError::Identities(e.to_string()))?,
                 backend,
                 passthrough: vm.passthrough,
-                // Wired to the topology's per-guest `nic` in the emulated-NIC work (issue 12).
-                emulated_nic: false,
+                emulated_nic: vm.nic == GuestNic::Emulated,
             })
         })
         .collect::<Result<Vec<_>, PackError>>()?;
@@ -1011,6 +1112,17 @@ vcpus = 1
                 ),
                 ("guest1", VmKind::Guest, "guest-frontend", 144, 1),
                 ("guest2", VmKind::Guest, "guest-frontend", 8, 1),
+                ("guest3", VmKind::Guest, "guest-frontend", 8, 1),
+            ]
+        );
+        let nics: Vec<_> = t.vms.iter().map(|vm| vm.nic).collect();
+        assert_eq!(
+            nics,
+            [
+                GuestNic::Paravirt,
+                GuestNic::Paravirt,
+                GuestNic::Paravirt,
+                GuestNic::Emulated
             ]
         );
         assert_eq!(
@@ -1024,7 +1136,7 @@ vcpus = 1
             [
                 pair("app", "net"),
                 pair("ip", "10.0.2.16/24"),
-                pair("ping", "10.0.2.17,10.0.2.2"),
+                pair("ping", "10.0.2.17,10.0.2.18,10.0.2.2"),
                 pair("host_echo", "true"),
                 pair("balloon_give_mib", "128"),
             ]
@@ -1043,7 +1155,15 @@ vcpus = 1
             .iter()
             .map(|vm| vm.ip().unwrap().to_string())
             .collect();
-        assert_eq!(ips, ["10.0.2.15", "10.0.2.16", "10.0.2.17"]);
+        assert_eq!(
+            t.vms[3].settings,
+            [
+                pair("app", "net"),
+                pair("ip", "10.0.2.18/24"),
+                pair("ping", "10.0.2.16,10.0.2.2"),
+            ]
+        );
+        assert_eq!(ips, ["10.0.2.15", "10.0.2.16", "10.0.2.17", "10.0.2.18"]);
         for guest in &t.vms[1..] {
             assert_eq!(guest.backend.as_deref(), Some("driver-domain"));
         }
@@ -1202,6 +1322,105 @@ vcpus = 1
         )
         .unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
+    }
+
+    /// A driver domain "dd" and guests connected to it, each with its own extra VM lines.
+    fn dd_with_guest_lines(guests: &[&str]) -> Result<Topology, TopologyError> {
+        let mut text = format!(
+            "[machine]\ncpus = 2\nmemory_mib = 512\n{}",
+            dd_table("dd", "")
+        );
+        for (i, lines) in guests.iter().enumerate() {
+            text += &format!(
+                "[[vm]]\nname = \"g{i}\"\nkind = \"guest\"\nimage = \"img\"\nmemory_mib = 8\n\
+                 vcpus = 1\n{lines}\n"
+            );
+        }
+        Topology::from_toml_str(&text)
+    }
+
+    #[test]
+    fn an_emulated_nic_is_packed_into_the_bundle_the_guest_and_its_driver_domain() {
+        let t = dd_with_guest_lines(&[
+            "backend = \"dd\"\nnic = \"emulated\"\nsettings = { ip = \"10.0.2.16/24\" }",
+            "backend = \"dd\"\nnic = \"paravirt\"\nsettings = { ip = \"10.0.2.17/24\" }",
+            "backend = \"dd\"\nsettings = { ip = \"10.0.2.18/24\" }",
+        ])
+        .unwrap();
+        let nics: Vec<_> = t.vms.iter().map(|vm| vm.nic).collect();
+        use GuestNic::{Emulated, Paravirt};
+        assert_eq!(nics, [Paravirt, Emulated, Paravirt, Paravirt]);
+        assert_eq!(
+            t.packed_settings(&t.vms[0]).unwrap(),
+            "frontends=2=02:51:55:00:00:02/10.0.2.16+emulated,3=02:51:55:00:00:03/10.0.2.17,\
+             4=02:51:55:00:00:04/10.0.2.18\n"
+        );
+        assert_eq!(
+            t.packed_settings(&t.vms[1]).unwrap(),
+            "ip=10.0.2.16/24\nnic=emulated\n"
+        );
+        assert_eq!(t.packed_settings(&t.vms[2]).unwrap(), "ip=10.0.2.17/24\n");
+        let images = HashMap::from([
+            ("img".to_owned(), vec![1; 100]),
+            ("dd".to_owned(), vec![2; 100]),
+        ]);
+        let bytes = pack(&t, &images).unwrap();
+        let bundle = Bundle::parse(&bytes).unwrap();
+        let flags: Vec<_> = bundle.vms().map(|vm| vm.emulated_nic).collect();
+        assert_eq!(flags, [false, true, false, false]);
+        // What the driver domain reads back marks exactly the emulated guest.
+        let value =
+            shared_abi::start_info::setting(bundle.vm(0).unwrap().settings, identity::SETTING)
+                .unwrap();
+        let emulated: Vec<_> = identity::entries(value)
+            .map(|e| e.unwrap())
+            .filter(|e| e.emulated)
+            .map(|e| e.vm)
+            .collect();
+        assert_eq!(emulated, [2]);
+    }
+
+    #[test]
+    fn rejects_a_bad_or_misplaced_nic() {
+        let problem = |guests: &[&str]| match dd_with_guest_lines(guests) {
+            Err(TopologyError::GuestNic { vm, problem }) => format!("{vm}: {problem}"),
+            other => panic!("{guests:?}: expected a nic error, got {other:?}"),
+        };
+        let p = problem(&["backend = \"dd\"\nnic = \"e1000\""]);
+        assert_eq!(p, "g0: nic = \"e1000\" is not \"emulated\" or \"paravirt\"");
+        // No backend, no device model.
+        let p = problem(&["nic = \"emulated\""]);
+        assert!(
+            p.starts_with("g0: nic = \"emulated\" needs a backend"),
+            "{p}"
+        );
+        // The setting is the packer's.
+        let p = problem(&["backend = \"dd\"\nsettings = { nic = \"emulated\" }"]);
+        assert!(p.contains("setting nic is reserved"), "{p}");
+        // A driver domain cannot have one.
+        let e = Topology::from_toml_str(&format!(
+            "[machine]\ncpus = 2\nmemory_mib = 512\n{}",
+            dd_table("dd", "nic = \"emulated\"\n")
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("vm \"dd\": nic = \"emulated\" is for guests"),
+            "{e}"
+        );
+        // A paravirt guest without a backend is fine (it simply has no network).
+        assert!(dd_with_guest_lines(&["nic = \"paravirt\""]).is_ok());
+        // A hand-built topology skips validation; the bundle's own rule still applies.
+        let mut t = dd_with_guest_lines(&[""]).unwrap();
+        t.vms[1].nic = GuestNic::Emulated;
+        let images = HashMap::from([
+            ("img".to_owned(), vec![1; 100]),
+            ("dd".to_owned(), vec![2; 100]),
+        ]);
+        assert_eq!(
+            pack(&t, &images).unwrap_err(),
+            PackError::Bundle(BundleError::EmulatedNicWithoutBackend { vm: 1 })
+        );
     }
 
     #[test]
@@ -1857,18 +2076,21 @@ vcpus = 1
             assert_eq!(guest.backend, Some(1));
             assert_eq!(bundle.peers_of(guest.id), 1 << 1);
         }
-        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3));
+        assert_eq!(bundle.peers_of(1), (1 << 2) | (1 << 3) | (1 << 4));
         assert_eq!(
             bundle.vm(0).unwrap().settings,
             "role=switch\nip=10.0.2.15/24\nnic_serve_ms=6000\n\
-             frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17\n"
+             frontends=2=02:51:55:00:00:02/10.0.2.16,3=02:51:55:00:00:03/10.0.2.17,\
+             4=02:51:55:00:00:04/10.0.2.18+emulated\n"
         );
+        let emulated: Vec<_> = bundle.vms().map(|vm| vm.emulated_nic).collect();
+        assert_eq!(emulated, [false, false, false, true]);
         assert_eq!(bundle.vm(0).unwrap().passthrough, Bdf::new(0, 2, 0));
         assert_eq!(
             shared_abi::start_info::setting(bundle.vm(2).unwrap().settings, "ip"),
             Some("10.0.2.17/24")
         );
-        // The two guests share one copy of their image.
+        // The guests share one copy of their image.
         assert!(bytes.len() < 4000 + 2 * 2500);
     }
 

@@ -1061,12 +1061,20 @@ fn guests_ping_each_other_and_the_host_through_the_driver_domain() {
     let topology = topology_file("default.toml");
     let (boot, checks) = boot_like_the_demo(&topology, 120);
     let t = boot.transcript();
-    for (id, guest) in [(2, "guest1"), (3, "guest2")] {
+    for (id, guest) in [(2, "guest1"), (3, "guest2"), (4, "guest3")] {
         assert!(
             boot.vm_lines(guest).any(|l| l.contains(console::NET_UP)),
             "{guest} never printed '{}':\n{t}",
             console::NET_UP
         );
+        if guest == "guest3" {
+            assert!(
+                boot.vm_lines("driver-domain")
+                    .any(|l| l.contains("front-end 4: emulated NIC served")),
+                "the driver domain never served guest3's emulated NIC:\n{t}"
+            );
+            continue;
+        }
         assert!(
             boot.vm_lines("driver-domain")
                 .any(|l| l.contains(&console::front_end_connected(id))),
@@ -1076,14 +1084,97 @@ fn guests_ping_each_other_and_the_host_through_the_driver_domain() {
     }
     let pings: Vec<String> = [
         "ping guest1 -> guest2",
+        "ping guest1 -> guest3",
         "ping guest1 -> host",
         "ping guest2 -> guest1",
         "ping guest2 -> host",
+        "ping guest3 -> guest1",
+        "ping guest3 -> host",
     ]
     .map(String::from)
     .to_vec();
     // The default topology is the demo: every check of `./run.sh` must pass.
     assert_checks_pass(&boot, &checks, &pings);
+}
+
+/// A guest on the driver domain's switch at 10.0.2.`host` with the emulated NIC.
+fn emulated_guest(name: &str, host: u8, settings: &str) -> String {
+    net_guest(name, host, settings).replacen("backend = ", "nic = \"emulated\"\nbackend = ", 1)
+}
+
+#[test]
+fn the_emulated_nic_carries_ping_and_tcp_to_a_para_virtual_guest_and_the_host() {
+    // emu1 pings a para-virtual guest and the host, is pinged back, and the host runs 256 KiB
+    // of TCP echo through it (QEMU's user network, the NIC, the switch, the device model).
+    // Every frame crosses the data ports four bytes per trapped access.
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("pv1", 16, ", ping = \"10.0.2.18\", serve_ms = 8000"),
+        emulated_guest(
+            "emu1",
+            18,
+            ", ping = \"10.0.2.16,10.0.2.2\", host_echo = true, serve_ms = 20000"
+        ),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let (boot, checks) = boot_like_the_demo(&topology, 300);
+    let t = boot.transcript();
+    let names = [
+        "ping pv1 -> emu1",
+        "ping emu1 -> pv1",
+        "ping emu1 -> host",
+        "tcp host -> emu1 echo",
+    ]
+    .map(String::from);
+    assert_checks_pass(&boot, &checks, &names);
+    assert!(
+        boot.vm_lines("driver-domain")
+            .any(|l| l.contains("front-end 3: emulated NIC served")),
+        "no device model for emu1:\n{t}"
+    );
+    // The device model's own account: frames both ways, nothing refused.
+    let model = boot
+        .vm_lines("driver-domain")
+        .find(|l| l.starts_with("emulated NIC of front-end 3:"))
+        .unwrap_or_else(|| panic!("no device model line:\n{t}"));
+    assert!(
+        model.contains("tx errors 0, bad accesses 0") && !model.contains("tx 0 frames"),
+        "{model}"
+    );
+}
+
+#[test]
+fn an_iperf3_tcp_test_runs_from_an_emulated_guest_to_a_para_virtual_one() {
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        frontend(
+            "pv",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.16/24\", iperf = \"server\", iperf_tests = 1"
+        ),
+        frontend(
+            "emu",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.18/24\", iperf = \"client\", \
+             iperf_server = \"10.0.2.16\", iperf_seconds = 3"
+        )
+        .replacen("backend = ", "nic = \"emulated\"\nbackend = ", 1),
+    );
+    let (_, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    assert_report_ok(&boot, "emu", "iperf client");
+    assert_report_ok(&boot, "pv", "iperf server");
+    let result = boot
+        .vm_lines("emu")
+        .find_map(sluice_harness::iperf::parse_result_line)
+        .unwrap_or_else(|| panic!("no iperf result from emu:\n{t}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        result.bytes.is_some_and(|b| b > 10_000) && result.mbps > 0.0,
+        "{result:?}\n{t}"
+    );
 }
 
 /// The first REPORT line of `vm`, which must be a `REPORT fail` naming `why`.
@@ -1335,6 +1426,67 @@ fn bystanders_unharmed(topology: &Topology, boot: &Boot, pings: usize) -> Vec<St
         wrong.push("the hypervisor did not power off after every VM stopped".into());
     }
     wrong
+}
+
+#[test]
+fn a_guest_misusing_its_emulated_nic_gets_the_documented_answers_while_the_others_keep_pinging() {
+    // The abuser (id 4) touches unimplemented registers, uses odd widths, writes read-only
+    // registers, asks for frames the device refuses and floods the data port, checking each
+    // answer and the device's counters itself; then an unaligned access, which its own
+    // Device mapping turns into an alignment fault before any trap. The bystander pair pings
+    // through the same driver domain the whole time.
+    let good = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 6000";
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("good1", 16, &format!(", ping = \"10.0.2.17\"{good}")),
+        net_guest("good2", 17, &format!(", ping = \"10.0.2.16\"{good}")),
+        emulated_guest("abuser", 18, ", unaligned = true").replacen(
+            "app = \"net\"",
+            "app = \"nicabuse\"",
+            1
+        ),
+    );
+    let (topology, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    let mut wrong = bystanders_unharmed(&topology, &boot, 2);
+    let report = boot.vm_lines("abuser").find(|l| l.starts_with("REPORT"));
+    if !report.is_some_and(|l| {
+        l.starts_with("REPORT ok")
+            && [
+                "unimplemented registers +5",
+                "read-only registers written +3",
+                "odd widths +6",
+                "refused frame lengths +5",
+                "data-port flood +2000",
+                "data past a frame's end +1996",
+            ]
+            .iter()
+            .all(|w| l.contains(w))
+    }) {
+        wrong.push(format!("abuser reported {report:?}"));
+    }
+    // The unaligned access ends the abuser in its own alignment fault (a data abort taken at
+    // EL1, DFSC 0x21), never in the device model.
+    if !boot
+        .vm_lines("abuser")
+        .any(|l| l.starts_with("fatal: synchronous exception") && l.contains("EC 0x25"))
+    {
+        wrong.push("the unaligned access did not fault in the abuser".into());
+    }
+    if boot
+        .vm_lines("abuser")
+        .any(|l| l.contains("unaligned read returned"))
+    {
+        wrong.push("the unaligned access returned".into());
+    }
+    let model = boot
+        .vm_lines("driver-domain")
+        .find(|l| l.starts_with("emulated NIC of front-end 4:"));
+    if !model.is_some_and(|l| l.contains("bad accesses 14") && l.contains("tx errors 4001")) {
+        wrong.push(format!("the device model counted otherwise: {model:?}"));
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\n{t}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The guest side of event channels (see `shared_abi::evtchn` for the ABI): this VM's event page,
 //! the port hypercalls, and delivery: the hypervisor raises [`EVTCHN_INTID`]; the handler takes
 //! the pending ports, records them for [`wait`]/[`take`], and calls a port's handler if it has
-//! one.
+//! one. One device interrupt may be bound to the local port [`LOCAL_IRQ_PORT`]
+//! ([`bind_local_irq`], like Xen's VIRQ ports), so a driver sleeps on it the same way.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +21,14 @@ static PAGE: Once<&'static Page> = Once::new();
 
 /// Ports the IRQ handler has taken from the event page and not yet consumed by [`take`].
 static ARRIVED: [AtomicU64; BITMAP_WORDS] = [const { AtomicU64::new(0) }; BITMAP_WORDS];
+
+/// Port 0 is never allocated (`shared_abi::evtchn::NO_PORT`): it stands for the one device
+/// interrupt bound with [`bind_local_irq`], so [`wait`], [`take`] and [`pending`] serve it too.
+/// It has no other end: [`send`] on it is refused by the hypervisor.
+pub const LOCAL_IRQ_PORT: u32 = abi::NO_PORT;
+
+/// Interrupts taken for [`LOCAL_IRQ_PORT`] since boot.
+static LOCAL_IRQS: AtomicU64 = AtomicU64::new(0);
 
 /// Events delivered to this VM since boot (all ports), for statistics.
 static DELIVERED: AtomicU64 = AtomicU64::new(0);
@@ -62,6 +71,22 @@ fn on_irq(_intid: u32) {
             }
         }
     }
+}
+
+/// Routes device interrupt `intid` to [`LOCAL_IRQ_PORT`]: each one marks the port arrived.
+pub fn bind_local_irq(intid: u32) -> Result<u32, irq::IrqError> {
+    irq::register(intid, on_local_irq)?;
+    Ok(LOCAL_IRQ_PORT)
+}
+
+fn on_local_irq(_intid: u32) {
+    LOCAL_IRQS.fetch_add(1, Ordering::Relaxed);
+    ARRIVED[0].fetch_or(1 << LOCAL_IRQ_PORT, Ordering::Release);
+}
+
+/// Interrupts taken for [`LOCAL_IRQ_PORT`] so far.
+pub fn local_irqs() -> u64 {
+    LOCAL_IRQS.load(Ordering::Relaxed)
 }
 
 /// EVTCHN_ALLOC_UNBOUND: a new local port that VM `remote` may bind to.

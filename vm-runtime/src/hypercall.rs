@@ -4,7 +4,9 @@
 
 pub use crate::arch::hvc::hvc;
 pub use shared_abi::hypercall::Status;
-use shared_abi::hypercall::{pack_console_bytes, CONSOLE_MAX_BYTES, CONSOLE_WRITE, TEST_INJECT};
+use shared_abi::hypercall::{
+    pack_console_bytes, CONSOLE_MAX_BYTES, CONSOLE_WRITE, IOREQ_SET_IRQ, TEST_INJECT,
+};
 
 /// Maps a raw x0 to a [`Status`]; a code the ABI does not define reads as `NotSupported`.
 pub fn status(raw: u64) -> Status {
@@ -41,4 +43,9 @@ pub fn accounting_report(tag: u64) -> Status {
             [tag, 0, 0, 0, 0, 0],
         )[0],
     )
+}
+
+/// IOREQ_SET_IRQ: raises the emulated NIC's interrupt in `guest`, whose device model we are.
+pub fn ioreq_set_irq(guest: u16) -> Status {
+    status(hvc(IOREQ_SET_IRQ, [u64::from(guest), 0, 0, 0, 0, 0])[0])
 }

@@ -10,7 +10,7 @@
 //!
 //! The trusted base: the crate denies `unsafe_code`, and only two modules are allowed it:
 //! `arch` (boot stub, vectors, the hypercall instruction, the heap's raw RAM, the app's entry
-//! symbol, the isolation probes) and `shared` (memory a peer writes too: rings, buffer pools,
+//! symbol, the isolation probes, the emulated NIC's register accesses) and `shared` (memory a peer writes too: rings, buffer pools,
 //! granted pages, control pages). Every other module is safe Rust over those and over typed
 //! register crates (`aarch64-cpu` for system registers, `arm-gic` for the GIC CPU interface).
 // Host builds (`cargo test -p vm-runtime --lib`) test the pure parts; the machine-level parts
@@ -45,7 +45,7 @@ pub mod shared;
 pub mod smp;
 pub mod timer;
 
-pub use arch::{heap, probe};
+pub use arch::{heap, mmio, probe};
 pub use rt::start_info;
 pub use shared_abi;
 pub use shared_abi::bundle::VmKind;

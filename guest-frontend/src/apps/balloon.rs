@@ -183,8 +183,8 @@ fn floor(info: &StartInfo<'static>) -> Result<String, String> {
 fn granted(info: &StartInfo<'static>) -> Result<String, String> {
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
-    let front = NetFront::connect(info, &ConnectOptions::from_settings(info.settings)?)?;
-    let ring = front.raw_tx_ring().gpa();
+    let mut front = NetFront::connect(info, &ConnectOptions::from_settings(info.settings)?)?;
+    let ring = front.rings_mut()?.raw_tx_ring().gpa();
     match balloon::release_raw(&[ring]) {
         (Status::Busy, 0) => Ok(format!(
             "the TX ring page {ring:#x}, mapped by the back-end, was refused with Busy"

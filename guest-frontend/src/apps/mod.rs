@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod memcpy;
 pub mod net;
+pub mod nicabuse;
 pub mod pingpong;
 pub mod probe;
 pub mod reset;

@@ -34,6 +34,9 @@ const FIRST_REPLY_TIMEOUT_MS: u64 = 15_000;
 const LATE_REPLY_MS: u64 = 1_000;
 /// QEMU user networking's gateway MAC: what the identity modes claim by default.
 const SLIRP_GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
+/// Longest sleep with the emulated NIC: its device model takes a guest that makes no access
+/// for 3 s to be gone (`driver-domain/src/emunic.rs`).
+const EMULATED_KEEPALIVE_MS: u64 = 1_000;
 /// How long the flooding and churning modes keep at it.
 const HOSTILE_MS: u64 = 3_000;
 
@@ -186,6 +189,10 @@ impl Net {
         if let Some(us) = self.stack.poll_delay_us() {
             deadline = deadline.min(timer::now() + timer::us_to_ticks(us));
         }
+        if self.stack.device.is_emulated() {
+            // The device model learns nothing of our stop but our silence: keep talking.
+            deadline = deadline.min(timer::now() + timer::ms_to_ticks(EMULATED_KEEPALIVE_MS));
+        }
         let port = self.stack.device.port;
         let now = timer::now();
         if deadline > now {
@@ -292,13 +299,14 @@ impl Net {
         let s = self.stack.device.stats;
         println!(
             "net counters: tx {} frames ({} dropped by the back-end), rx {} frames, events {} \
-             sent / {} suppressed, {} delivered to us",
+             sent / {} suppressed, {} delivered to us, {} NIC interrupts",
             s.tx_frames,
             s.tx_dropped_by_backend,
             s.rx_frames,
             s.events_sent,
             s.events_suppressed,
-            evtchn::delivered()
+            evtchn::delivered(),
+            evtchn::local_irqs()
         );
     }
 
@@ -365,7 +373,7 @@ impl Net {
                 while timer::now() < until {
                     let front = &mut self.stack.device;
                     return_if_broken(front)?;
-                    let ring = front.raw_rx_ring();
+                    let ring = *front.rings_mut()?.raw_rx_ring();
                     for id in 0..QUEUE_SIZE {
                         ring.store_u32(DESC_TABLE + usize::from(id) * DESC_LEN + 8, 10);
                     }
@@ -385,11 +393,11 @@ impl Net {
                 String::from("did not drain its receive ring")
             }
             Corruption::Churn => {
-                let n = front.churn(1_000, until);
+                let n = front.rings_mut()?.churn(1_000, until);
                 format!("reconnected {n} times")
             }
             Corruption::ForgeHeader => {
-                let link = &front.link;
+                let link = &front.rings_mut()?.link;
                 let mut header = link
                     .control
                     .header()
@@ -595,6 +603,7 @@ impl Corruption {
     /// Writes the bad ring state. Chains are first added through the queue (so our own
     /// bookkeeping stays sane) and then damaged in the page before publishing.
     fn apply(self, front: &mut NetFront, mac: [u8; 6], plan: &Plan) -> Result<(), String> {
+        let front = front.rings_mut()?;
         let buffer = front.take_tx_buffer().ok_or("no free transmit buffer")?;
         let frame = broadcast_frame(mac);
         front.write_pool(buffer, &[0; NET_HDR_LEN]);

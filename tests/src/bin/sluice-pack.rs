@@ -261,13 +261,16 @@ mod tests {
             out: out.clone(),
         })
         .unwrap();
-        assert_eq!(summary.lines().filter(|l| l.starts_with("vm ")).count(), 3);
+        assert_eq!(summary.lines().filter(|l| l.starts_with("vm ")).count(), 4);
         assert!(
             summary.contains("vm 3 guest2: kind=guest vcpus=1 memory_mib=8"),
             "{summary}"
         );
         let bytes = std::fs::read(&out).unwrap();
-        assert_eq!(Bundle::parse(&bytes).unwrap().vm_count(), 3);
+        let bundle = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bundle.vm_count(), 4);
+        // guest3 has the emulated NIC.
+        assert!(bundle.vm(3).unwrap().emulated_nic);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
