@@ -65,27 +65,7 @@ pub fn scaling_svg(points: &[PlotPoint], title: &str, subtitle: &str) -> String 
         .filter(|p| p.pairs > 0 && p.median.is_finite())
         .collect();
     points.sort_by_key(|p| p.pairs);
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = writeln!(
-        svg,
-        r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="38" text-anchor="middle" font-size="11" fill="dimgray">{}</text>"#,
-        WIDTH / 2.0,
-        escape(subtitle)
-    );
+    let mut svg = svg_head(title, subtitle);
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     if points.is_empty() {
         let _ = writeln!(
@@ -243,10 +223,8 @@ pub struct PathBar {
     pub figure: Option<(f64, f64, f64)>,
 }
 
-/// The paths plot as a standalone SVG document: one `<rect class="bar">` per measured path
-/// (height the median, a whisker from min to max) and one `<text class="empty">` per slot
-/// without a figure, in the given order.
-pub fn paths_svg(bars: &[PathBar], title: &str, subtitle: &str) -> String {
+/// The start of a plot: the SVG element, a white background, the title and the subtitle.
+fn svg_head(title: &str, subtitle: &str) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -268,6 +246,14 @@ pub fn paths_svg(bars: &[PathBar], title: &str, subtitle: &str) -> String {
         WIDTH / 2.0,
         escape(subtitle)
     );
+    svg
+}
+
+/// The paths plot as a standalone SVG document: one `<rect class="bar">` per measured path
+/// (height the median, a whisker from min to max) and one `<text class="empty">` per slot
+/// without a figure, in the given order.
+pub fn paths_svg(bars: &[PathBar], title: &str, subtitle: &str) -> String {
+    let mut svg = svg_head(title, subtitle);
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     let top = nice_ceil(
         bars.iter()

@@ -345,7 +345,12 @@ fn hostile_hypercalls_get_documented_errors_and_harm_no_one() {
 /// guests (`good1`, `good2`, ids 2 and 3) pinging each other through it the whole time; see
 /// [`bystanders_unharmed`].
 fn bystander_pair() -> String {
-    let good = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 4000";
+    bystander_pair_serving(4000)
+}
+
+/// [`bystander_pair`] with the guests serving `serve_ms` after their pings.
+fn bystander_pair_serving(serve_ms: u64) -> String {
+    let good = format!(", ping_count = 20, ping_interval_ms = 200, serve_ms = {serve_ms}");
     format!(
         "{}{}{}",
         switch_driver_domain(""),
@@ -2207,15 +2212,9 @@ fn balloon_guest(name: &str, memory_mib: u64, settings: &str) -> String {
 }
 
 /// The driver domain owning the NIC (id 1) and the bystander pair `good1` and `good2` (ids 2
-/// and 3) pinging each other, as [`bystanders_unharmed`] expects them.
+/// and 3) pinging each other, as [`bystanders_unharmed`] expects them, serving 6 s.
 fn balloon_bystanders() -> String {
-    let good = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 6000";
-    format!(
-        "{MACHINE}{}{}{}",
-        switch_driver_domain(""),
-        net_guest("good1", 16, &format!(", ping = \"10.0.2.17\"{good}")),
-        net_guest("good2", 17, &format!(", ping = \"10.0.2.16\"{good}")),
-    )
+    format!("{MACHINE}{}", bystander_pair_serving(6000))
 }
 
 /// The `balloon` check of a boot, which must exist.
