@@ -2204,6 +2204,16 @@ fn a_driver_domain_in_a_crash_loop_is_restarted_with_back_off_then_left_stopped(
 
 // ---- The memory balloon (issue 16) ------------------------------------------------------------
 
+/// Panics with every problem found and the transcript unless `wrong` is empty.
+fn assert_nothing_wrong(wrong: &[String], boot: &Boot) {
+    assert!(
+        wrong.is_empty(),
+        "{}\ntranscript:\n{}",
+        wrong.join("\n"),
+        boot.transcript()
+    );
+}
+
 /// A guest of `memory_mib` on the driver domain's switch.
 fn balloon_guest(name: &str, memory_mib: u64, settings: &str) -> String {
     format!(
@@ -2290,12 +2300,7 @@ fn giving_back_a_granted_page_is_busy_and_going_below_the_floor_is_denied() {
         }
     }
     wrong.extend(bystanders_unharmed(&topology, &boot, 2));
-    assert!(
-        wrong.is_empty(),
-        "{}\ntranscript:\n{}",
-        wrong.join("\n"),
-        boot.transcript()
-    );
+    assert_nothing_wrong(&wrong, &boot);
 }
 
 #[test]
@@ -2328,12 +2333,7 @@ fn a_guest_reading_a_page_it_gave_back_is_killed_and_the_others_keep_pinging() {
         wrong.push(format!("reuser went on after the read: {report}"));
     }
     wrong.extend(bystanders_unharmed(&topology, &boot, 2));
-    assert!(
-        wrong.is_empty(),
-        "{}\ntranscript:\n{}",
-        wrong.join("\n"),
-        boot.transcript()
-    );
+    assert_nothing_wrong(&wrong, &boot);
 }
 
 #[test]
