@@ -197,6 +197,11 @@ case "$cmd" in
     demo)
         build
         SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-run --topology "$topology" --json target/demo/results.json
+        if [ "$topology" = topologies/default.toml ]; then
+            say "Driver-domain restart (issue 14): the NIC's driver domain panics under an iperf3 stream"
+            SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-run --topology topologies/restart.toml \
+                --json target/demo/restart.json
+        fi
         ;;
     test)
         build

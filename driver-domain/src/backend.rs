@@ -71,6 +71,9 @@ pub struct Connection {
     control: ControlPage,
     pub frontend: u16,
     control_port: u32,
+    /// Our generation (the hypervisor's count of our restarts, read when we start): we map
+    /// only offers made for it (`shared_abi::handshake`, Generations).
+    generation: u32,
     state: State,
     data: Option<DataPath>,
     pub counters: Counters,
@@ -110,10 +113,12 @@ impl Connection {
                 return None;
             }
         };
+        let generation = control.generation();
         let mut conn = Connection {
             control,
             frontend,
             control_port,
+            generation,
             state: State::Initialising,
             data: None,
             counters: Counters::default(),
@@ -188,6 +193,11 @@ impl Connection {
                 return;
             };
             match next {
+                State::Connected if peer.backend_generation != self.generation => {
+                    // Offered to an earlier incarnation of ours, which may have used those
+                    // rings: the front-end resets them and offers again.
+                    return;
+                }
                 State::Connected => {
                     let now = timer::ticks_to_ms(timer::now());
                     if let Err(wait) = self.attempts.take(now) {

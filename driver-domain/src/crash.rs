@@ -1,7 +1,9 @@
 //! The test-only crash hooks of the driver domain, for the restart tests: settings
 //! `test_crash = "fault" | "panic" | "reset"` make it crash that way `test_crash_after_ms`
 //! (default 1000) after it starts, on each of its first `test_crash_boots` boots (default 1, so
-//! the restarted driver domain then runs normally; a large number makes a crash loop). This
+//! the restarted driver domain then runs normally; a large number makes a crash loop);
+//! `test_crash_again_ms` (default `test_crash_after_ms`) is the delay on the boots after the
+//! first, so a restarted incarnation can crash while its guests are still reconnecting. This
 //! module only reads the plan; the binary carries the crash out.
 
 use alloc::format;
@@ -47,7 +49,9 @@ pub fn plan(settings: &str, boot_count: u32) -> Result<Option<CrashPlan>, String
         Some(value) => setting_u64(settings, key)
             .ok_or_else(|| format!("setting {key} = {value:?} is not a number")),
     };
-    let after_ms = number("test_crash_after_ms", 1_000)?;
+    let first_ms = number("test_crash_after_ms", 1_000)?;
+    let again_ms = number("test_crash_again_ms", first_ms)?;
+    let after_ms = if boot_count <= 1 { first_ms } else { again_ms };
     let boots = number("test_crash_boots", 1)?;
     Ok((u64::from(boot_count) <= boots).then_some(CrashPlan { kind, after_ms }))
 }
@@ -77,6 +81,17 @@ mod tests {
             })
         );
         assert_eq!(plan("role=switch\n", 1).unwrap(), None);
+    }
+
+    #[test]
+    fn later_boots_may_crash_sooner() {
+        let s = "test_crash=reset\ntest_crash_after_ms=3000\ntest_crash_again_ms=30\n\
+                 test_crash_boots=2\n";
+        let after = |boot| plan(s, boot).unwrap().map(|p| p.after_ms);
+        assert_eq!(after(1), Some(3000));
+        assert_eq!(after(2), Some(30));
+        assert_eq!(after(3), None);
+        assert!(plan("test_crash=reset\ntest_crash_again_ms=x\n", 2).is_err());
     }
 
     #[test]

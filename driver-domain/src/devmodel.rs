@@ -28,6 +28,59 @@ pub struct Pass {
     pub mid_frame: bool,
 }
 
+/// What became of the guest since the device model last looked (`shared_abi::ioreq`, "The
+/// guest's life").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestChange {
+    /// Nothing new.
+    Same,
+    /// The guest stopped and boots again: the device must go back to its power-on state.
+    Restarted,
+    /// The guest stopped for good: nothing more to serve.
+    Gone,
+}
+
+/// The device model's record of its guest's life: the last epoch it saw on the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestWatch {
+    epoch: u64,
+    gone: bool,
+}
+
+impl GuestWatch {
+    /// Starts from what the page says now: stops from before this device model (a restarted
+    /// driver domain) are not news, but a guest already gone is.
+    pub fn new(page: &[AtomicU64]) -> Result<GuestWatch, IoreqError> {
+        let status = ioreq::guest_status(page)?;
+        Ok(GuestWatch {
+            epoch: status.epoch,
+            gone: status.gone,
+        })
+    }
+
+    /// Reads the page's guest words once and says what changed. Only a new epoch is news: the
+    /// hypervisor writes the state with every stop, so a state word that changed alone was
+    /// written by someone else (this VM's own bug) and is ignored.
+    pub fn look(&mut self, page: &[AtomicU64]) -> Result<GuestChange, IoreqError> {
+        let status = ioreq::guest_status(page)?;
+        if status.epoch == self.epoch {
+            return Ok(GuestChange::Same);
+        }
+        self.epoch = status.epoch;
+        self.gone = status.gone;
+        Ok(if status.gone {
+            GuestChange::Gone
+        } else {
+            GuestChange::Restarted
+        })
+    }
+
+    /// The guest stopped for good.
+    pub fn gone(&self) -> bool {
+        self.gone
+    }
+}
+
 /// Answers every request waiting in `page`, once each. `sent` gets each frame a write
 /// completed, in order. `Err` only for a page too short to be a request page.
 pub fn serve(
@@ -175,6 +228,31 @@ mod tests {
         // Nothing is answered twice.
         assert_eq!(serve(&page, &mut dev, |_| {}).unwrap().answered, 0);
         assert_eq!(dev.counters.reads, 3);
+    }
+
+    #[test]
+    fn the_watch_reports_each_stop_once_and_only_new_epochs() {
+        let page = page();
+        // A guest that stopped twice before this device model started: no news, not gone.
+        ioreq::record_guest_stop(&page, 2, false).unwrap();
+        let mut watch = GuestWatch::new(&page).unwrap();
+        assert!(!watch.gone());
+        assert_eq!(watch.look(&page), Ok(GuestChange::Same));
+        ioreq::record_guest_stop(&page, 3, false).unwrap();
+        assert_eq!(watch.look(&page), Ok(GuestChange::Restarted));
+        assert_eq!(watch.look(&page), Ok(GuestChange::Same));
+        // A state word written without a new epoch is not the hypervisor's.
+        page[3].store(ioreq::GUEST_GONE, Ordering::Relaxed);
+        assert_eq!(watch.look(&page), Ok(GuestChange::Same));
+        assert!(!watch.gone());
+        ioreq::record_guest_stop(&page, 4, true).unwrap();
+        assert_eq!(watch.look(&page), Ok(GuestChange::Gone));
+        assert!(watch.gone());
+        // A device model started after the guest went is told at once.
+        assert!(GuestWatch::new(&page).unwrap().gone());
+        let short: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        assert!(GuestWatch::new(&short).is_err());
+        assert!(watch.look(&short).is_err());
     }
 
     #[test]

@@ -10,24 +10,22 @@
 //! receive FIFO. Both raise the guest's interrupt with IOREQ_SET_IRQ when the device owes
 //! one.
 //!
-//! A guest's stop is not signalled to its device model (the hypervisor only empties the
-//! page), so an emulated guest counts as finished once it has made no access for
-//! [`QUIET_MS`]: the guest driver reads the device at least every second while it runs.
+//! The hypervisor tells us when the guest stops (the page's guest epoch and state, then our
+//! request port; `shared_abi::ioreq`, "The guest's life"): a restarted guest finds the device
+//! back in its power-on state, and a guest gone for good ends our serving of it.
 
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use driver_domain::devmodel;
+use driver_domain::devmodel::{self, GuestChange, GuestWatch};
 use shared_abi::emunic::Device;
 use shared_abi::ioreq;
 use vm_runtime::hypercall::{ioreq_set_irq, Status};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, println, timer};
 
-/// How long an emulated guest may make no access before we take it to be gone.
-pub const QUIET_MS: u64 = 3_000;
 /// After an answer in the middle of a frame, how long we keep watching the page for the
 /// guest's next access before going back to the other ports (and to sleep): a guest moving a
 /// frame makes one access after another, and catching the next one here saves a wake-up of
@@ -57,7 +55,9 @@ pub struct EmuPort {
     port: u32,
     device: Box<Device>,
     pub stats: ModelStats,
-    last_access_ms: u64,
+    watch: GuestWatch,
+    /// Times the device went back to its power-on state for a restarted guest.
+    pub resets: u64,
 }
 
 impl EmuPort {
@@ -65,6 +65,7 @@ impl EmuPort {
     pub fn open(guest: u16, mac: [u8; 6]) -> Result<EmuPort, String> {
         let page = SharedMem::control_page(guest).ok_or("no request page for that id")?;
         ioreq::check_header(page.words()).map_err(|e| format!("request page: {e}"))?;
+        let watch = GuestWatch::new(page.words()).map_err(|e| format!("request page: {e}"))?;
         let port = evtchn::connection_port(guest)
             .map_err(|e| format!("the hypervisor knows no request port ({e:?})"))?;
         Ok(EmuPort {
@@ -73,7 +74,8 @@ impl EmuPort {
             port,
             device: Box::new(Device::new(mac)),
             stats: ModelStats::default(),
-            last_access_ms: timer::ticks_to_ms(timer::now()),
+            watch,
+            resets: 0,
         })
     }
 
@@ -87,6 +89,7 @@ impl EmuPort {
     /// how many requests were answered.
     pub fn serve(&mut self, sent: &mut Vec<Vec<u8>>) -> usize {
         evtchn::take(self.port);
+        self.follow_guest();
         let mut answered = 0;
         let mut last = timer::now();
         let spin = timer::us_to_ticks(SPIN_US);
@@ -121,9 +124,6 @@ impl EmuPort {
                 core::hint::spin_loop();
             }
         }
-        if answered > 0 {
-            self.last_access_ms = timer::ticks_to_ms(timer::now());
-        }
         self.raise_if_owed();
         answered
     }
@@ -145,9 +145,32 @@ impl EmuPort {
         }
     }
 
-    /// No access for [`QUIET_MS`]: the guest is taken to be gone.
-    pub fn quiet(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.last_access_ms) >= QUIET_MS
+    /// Acts on the guest's stops the hypervisor recorded since the last look: a restarted
+    /// guest gets a device in its power-on state (empty FIFOs, interrupts disabled), as a real
+    /// NIC after a bus reset; its counters keep counting.
+    fn follow_guest(&mut self) {
+        match self.watch.look(self.page.words()) {
+            Ok(GuestChange::Same) => {}
+            Ok(GuestChange::Restarted) => {
+                self.device.reset();
+                self.resets += 1;
+                println!(
+                    "front-end {}: guest restarted, its emulated NIC reset to the power-on state",
+                    self.guest
+                );
+            }
+            Ok(GuestChange::Gone) => println!(
+                "front-end {}: guest stopped for good after {} device reset(s); its emulated NIC \
+                 serves no more",
+                self.guest, self.resets
+            ),
+            Err(e) => println!("emulated NIC of front-end {}: {e}", self.guest),
+        }
+    }
+
+    /// The guest stopped for good (the hypervisor said so).
+    pub fn finished(&self) -> bool {
+        self.watch.gone()
     }
 
     /// The closing line.

@@ -26,10 +26,10 @@ use shared_abi::virtq::{
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant as NetInstant;
 use smoltcp::wire::{IpCidr, Ipv4Address};
-use vm_net::iperf3::ServerConfig;
+use vm_net::iperf3::{ServerConfig, TestMarks};
 use vm_net::{Buffers, Stack};
 use vm_runtime::shared::SharedMem;
-use vm_runtime::{println, timer};
+use vm_runtime::{hypercall, println, timer};
 
 use crate::emunic::EmuPort;
 use crate::netback::{read_guest_frame, DeliverError, NetPort, TxItem, NIC_MAX_FRAME};
@@ -169,6 +169,10 @@ pub struct Fabric {
     pub emulated: Vec<EmuPort>,
     pub nic: NicCounters,
     pub csum: CsumOffload,
+    /// With `iperf_accounting = true`: the local iperf3 server's tests are marked with
+    /// ACCOUNTING_REPORT, tagged as the guests' iperf app tags them (the bench's passthrough
+    /// costs per packet).
+    pub iperf_marks: Option<TestMarks>,
 }
 
 /// Checksum work done for offloading guests (see `csum`), with its counters.
@@ -229,10 +233,19 @@ impl Fabric {
         vifs: Vifs,
     ) -> Fabric {
         let mut switch = Switch::new(Config::default());
+        // Every front-end's MAC from the topology, before any connects: a frame for a guest
+        // that is not (or not yet again) connected is dropped, not flooded to the outside.
+        for mac in vifs.macs() {
+            switch.reserve_guest_mac(MacAddr(mac));
+        }
         let mut local = None;
         if let Some((mac, address, gateway)) = nic {
-            let _ = switch.add_uplink();
+            // Neither the NIC nor the endpoint (which announces the NIC's MSS) takes more.
+            if switch.add_uplink().is_ok() {
+                switch.set_max_frame(PortId::Uplink, NIC_MAX_FRAME);
+            }
             if switch.add_local(MacAddr(mac)).is_ok() {
+                switch.set_max_frame(PortId::Local, NIC_MAX_FRAME);
                 let mut stack = Stack::new(
                     LocalPort::default(),
                     mac,
@@ -254,6 +267,7 @@ impl Fabric {
             emulated: Vec::new(),
             nic: NicCounters::default(),
             csum: CsumOffload::default(),
+            iperf_marks: None,
         }
     }
 
@@ -270,14 +284,16 @@ impl Fabric {
     /// like a para-virtual guest's.
     pub fn add_emulated(&mut self, port: EmuPort, identity: &Assignment) -> Result<(), String> {
         self.add_guest(port.guest, identity)?;
+        self.switch
+            .set_max_frame(PortId::Guest(port.guest), shared_abi::emunic::MAX_FRAME);
         self.emulated.push(port);
         Ok(())
     }
 
-    /// Whether every emulated guest has gone quiet (see `emunic::QUIET_MS`).
-    pub fn emulated_quiet(&self) -> bool {
-        let now = now_ms();
-        self.emulated.iter().all(|p| p.quiet(now))
+    /// Whether every emulated guest has stopped for good (the hypervisor tells each device
+    /// model; see `emunic`).
+    pub fn emulated_finished(&self) -> bool {
+        self.emulated.iter().all(EmuPort::finished)
     }
 
     /// Disconnects guest `id`'s port, printing its last counters.
@@ -318,6 +334,10 @@ impl Fabric {
                 local.poll();
                 while let Some(event) = local.iperf3_server().and_then(|s| s.next_event()) {
                     println!("{event}");
+                    if let Some(tag) = self.iperf_marks.as_mut().and_then(|m| m.tag(&event)) {
+                        // Refused only by a hypervisor without accounting: no figures then.
+                        let _ = hypercall::accounting_report(tag);
+                    }
                 }
             }
         }
@@ -428,14 +448,12 @@ impl Fabric {
             match port {
                 PortId::Uplink => {
                     let csum = &mut self.csum;
+                    // `try_reserve` held the frame to the uplink's largest (NIC_MAX_FRAME).
                     let sent = with_nic(|nic| {
-                        // A jumbo frame between guests that was flooded to the uplink too (TCP's
-                        // MSS keeps the real traffic to the outside within the NIC's MTU).
-                        len <= NIC_MAX_FRAME
-                            && nic.send(len, |frame| {
-                                source.copy_into(frame);
-                                !needs_csum || csum.fill(frame)
-                            })
+                        nic.send(len, |frame| {
+                            source.copy_into(frame);
+                            !needs_csum || csum.fill(frame)
+                        })
                     });
                     if sent == Some(true) {
                         self.nic.tx_frames += 1;

@@ -26,12 +26,11 @@ use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, timer};
 
-/// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest
-/// (a front-end with 9000-byte MTU buffers uses 426 pages).
-pub const MAX_POOL_PAGES: u32 = 512;
-/// Largest frame we accept from a guest (net header excluded): a 9000-byte jumbo frame between
-/// guests. Frames for the NIC must also fit its 1514 ([`NIC_MAX_FRAME`]).
-pub const MAX_TX_FRAME: usize = 9014;
+/// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest.
+pub const MAX_POOL_PAGES: u32 = shared_abi::virtq::POOL_BUDGET_PAGES;
+/// Largest frame we accept from a guest (net header excluded): a 64 KiB IP packet between
+/// guests. The switch holds frames for the NIC to its 1514 ([`NIC_MAX_FRAME`]).
+pub const MAX_TX_FRAME: usize = shared_abi::virtq::MAX_ETH_FRAME;
 /// Largest frame the NIC (and the outside behind it) takes: standard Ethernet without FCS.
 pub const NIC_MAX_FRAME: usize = 1514;
 /// Most events we send one guest per second; beyond that, events wait for the next second's
@@ -163,7 +162,13 @@ impl NetPort {
                 ));
             }
         };
-        let pool_run = match grant::map_run(guest, layout.pool_first_ref, layout.pool_pages) {
+        // The transmit part read-only, as the guest granted it: it builds frames there in place.
+        let pool_run = match grant::map_run(
+            guest,
+            layout.pool_first_ref,
+            layout.pool_pages,
+            layout.pool_writable,
+        ) {
             Ok(run) => run,
             Err(e) => {
                 let _ = tx_ring.unmap();
@@ -189,8 +194,15 @@ impl NetPort {
         // The layout was validated, so these cannot fail.
         let tx = DeviceQueue::new(tx_ring.memory(), Direction::Tx, pages, event_idx)
             .map_err(|e| format!("{e}"))?;
-        let rx = DeviceQueue::new(rx_ring.memory(), Direction::Rx, pages, event_idx)
-            .map_err(|e| format!("{e}"))?;
+        // Receive buffers only in the writable part: a guest naming a read-only page would
+        // otherwise make us fault on our own store (a ring violation instead).
+        let rx = DeviceQueue::new(
+            rx_ring.memory(),
+            Direction::Rx,
+            layout.pool_writable,
+            event_idx,
+        )
+        .map_err(|e| format!("{e}"))?;
         let pool = pool_run.memory();
         Ok(NetPort {
             guest,

@@ -20,6 +20,10 @@
 //!   sender hardware address and its own address as sender address, IPv4 must come from its
 //!   own address (a port without an address may send neither). Everything else is dropped and
 //!   counted by reason;
+//! - a unicast frame for a guest MAC the topology reserved ([`Switch::reserve_guest_mac`]) whose
+//!   guest is not connected (not yet, or reconnecting after a driver-domain restart) is dropped
+//!   and counted as "absent", never flooded: flooded to the uplink, QEMU's user network answered
+//!   a guest's TCP segments for its absent peer with a reset and killed the stream;
 //! - floods (broadcast, multicast, unknown unicast) are rate-limited per ingress port
 //!   ([`Config::flood_burst`], [`Config::flood_period_ms`]), so a storm from one port costs the
 //!   others a bounded number of copies;
@@ -27,13 +31,19 @@
 //!   a flood of made-up sources from outside cannot grow it;
 //! - every port's egress has a byte budget, so a guest that stops draining its receive ring (or
 //!   one that sends faster than the others drain) costs at most that budget of queued data per
-//!   port, and the excess is dropped and counted as "queue full".
+//!   port, and the excess is dropped and counted as "queue full";
+//! - every port has a largest frame ([`Switch::set_max_frame`]: the NIC's 1514 on the uplink,
+//!   the internal link's 64 KiB frames between guests): a larger frame is never handed to the
+//!   port, it is dropped and counted as "oversize" (a 64 KiB segment between guests that was
+//!   flooded toward the NIC, say; TCP's MSS keeps real traffic to the outside within 1514).
 //!
 //! Counters are kept per port; `Display` on [`Switch`] gives a table for logs.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
+
+use shared_abi::virtq::MAX_ETH_FRAME;
 
 use crate::budget::TokenBucket;
 
@@ -259,6 +269,9 @@ pub enum DropReason {
     /// A flood over the ingress port's flood budget.
     #[error("flood rate limit")]
     FloodLimited,
+    /// Unicast for a reserved guest MAC whose guest is not connected.
+    #[error("destination guest absent")]
+    AbsentGuest,
 }
 
 /// What to do with a frame.
@@ -297,6 +310,8 @@ pub struct Drops {
     pub hairpin: u64,
     /// Egress: the port's byte budget was used up.
     pub queue_full: u64,
+    /// Egress: larger than the port's largest frame.
+    pub oversize: u64,
     /// Ingress: ARP sender or IPv4 source address not the guest's own.
     pub spoofed_ip: u64,
     /// Ingress: ARP sender hardware address not the guest's own MAC.
@@ -307,6 +322,8 @@ pub struct Drops {
     pub malformed: u64,
     /// Ingress: floods over the port's flood budget.
     pub flood_limited: u64,
+    /// Ingress: unicast for a reserved guest MAC whose guest is not connected.
+    pub absent: u64,
 }
 
 impl Drops {
@@ -317,11 +334,13 @@ impl Drops {
             + self.bad_source
             + self.hairpin
             + self.queue_full
+            + self.oversize
             + self.spoofed_ip
             + self.spoofed_arp_mac
             + self.protocol
             + self.malformed
             + self.flood_limited
+            + self.absent
     }
 
     /// Drops for `reason` (0 for [`DropReason::UnknownPort`], which is counted nowhere).
@@ -336,6 +355,7 @@ impl Drops {
             DropReason::Protocol => self.protocol,
             DropReason::Malformed => self.malformed,
             DropReason::FloodLimited => self.flood_limited,
+            DropReason::AbsentGuest => self.absent,
             DropReason::UnknownPort => 0,
         }
     }
@@ -351,6 +371,7 @@ impl Drops {
             DropReason::Protocol => &mut self.protocol,
             DropReason::Malformed => &mut self.malformed,
             DropReason::FloodLimited => &mut self.flood_limited,
+            DropReason::AbsentGuest => &mut self.absent,
             DropReason::UnknownPort => return,
         };
         *counter += 1;
@@ -385,6 +406,8 @@ pub struct Config {
     pub max_age_ms: u64,
     /// Egress byte budget a new port starts with.
     pub egress_budget: usize,
+    /// Largest frame a new port takes.
+    pub max_frame: usize,
     /// Floods a port may send back to back.
     pub flood_burst: u32,
     /// One more flood allowed per this many milliseconds once the burst is used (0: no limit).
@@ -392,15 +415,17 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// 256 learned MACs, 802.1D's 300 s aging time, and a 64 KiB budget per port (about 43
-    /// full-size frames: enough to ride out a scheduling slice, small next to the domain's heap).
+    /// 256 learned MACs, 802.1D's 300 s aging time, and a 128 KiB budget per port (two of the
+    /// internal link's largest frames, about 86 standard ones: enough to ride out a scheduling
+    /// slice, small next to the domain's heap); the internal link's largest frame.
     /// Floods: 64 back to back, then 250 a second per port, far above what ARP and the odd
     /// unknown destination need, far below what a storm would cost every other port.
     fn default() -> Self {
         Config {
             table_capacity: 256,
             max_age_ms: 300_000,
-            egress_budget: 64 * 1024,
+            egress_budget: 128 * 1024,
+            max_frame: MAX_ETH_FRAME,
             flood_burst: 64,
             flood_period_ms: 4,
         }
@@ -442,6 +467,7 @@ struct Port {
     counters: PortCounters,
     queued: usize,
     budget: usize,
+    max_frame: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -461,6 +487,8 @@ pub struct Switch {
     owners: BTreeMap<MacAddr, PortId>,
     /// Dynamic entries, at most `config.table_capacity`.
     learned: BTreeMap<MacAddr, Learned>,
+    /// Guest MACs the topology gave out, connected or not (at most one per guest slot).
+    reserved: BTreeSet<MacAddr>,
 }
 
 impl Switch {
@@ -472,7 +500,20 @@ impl Switch {
             present: PortSet::EMPTY,
             owners: BTreeMap::new(),
             learned: BTreeMap::new(),
+            reserved: BTreeSet::new(),
         }
+    }
+
+    /// Reserves `mac` for a guest of the topology, connected or not: unicast for it is never
+    /// flooded (dropped as "absent" while no port owns it) and the uplink may not send from it.
+    /// False (nothing reserved) for a multicast or zero MAC, or once every guest slot has one.
+    pub fn reserve_guest_mac(&mut self, mac: MacAddr) -> bool {
+        if !mac.is_valid_source() || (self.reserved.len() >= SLOTS && !self.reserved.contains(&mac))
+        {
+            return false;
+        }
+        self.reserved.insert(mac);
+        true
     }
 
     /// The tunables it was made with.
@@ -544,6 +585,7 @@ impl Switch {
             counters: PortCounters::default(),
             queued: 0,
             budget: self.config.egress_budget,
+            max_frame: self.config.max_frame,
         });
         self.present.insert(port);
         Ok(port)
@@ -597,6 +639,23 @@ impl Switch {
         match self.port_mut(port) {
             Some(p) => {
                 p.budget = bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A port's largest frame.
+    pub fn max_frame(&self, port: PortId) -> Option<usize> {
+        self.port(port).map(|p| p.max_frame)
+    }
+
+    /// Changes a port's largest frame (the uplink's to the NIC's, an emulated NIC's to its
+    /// device's). Returns false if there is no such port.
+    pub fn set_max_frame(&mut self, port: PortId, bytes: usize) -> bool {
+        match self.port_mut(port) {
+            Some(p) => {
+                p.max_frame = bytes;
                 true
             }
             None => false,
@@ -676,7 +735,7 @@ impl Switch {
         }
         let spoofed = match port.owner {
             Some(own) => src != own,
-            None => owners.contains_key(&src),
+            None => owners.contains_key(&src) || self.reserved.contains(&src),
         };
         if spoofed {
             counters.drops.spoofed += 1;
@@ -697,6 +756,7 @@ impl Switch {
             self.lookup(dst, now_ms)
         };
         let present = self.present;
+        let absent = target.is_none() && !dst.is_multicast() && self.reserved.contains(&dst);
         let Some(port) = self.port_mut(ingress) else {
             return Forward::Drop(DropReason::UnknownPort);
         };
@@ -707,6 +767,10 @@ impl Switch {
                 Forward::Drop(DropReason::Hairpin)
             }
             Some(port) => Forward::One(port),
+            None if absent => {
+                counters.drops.absent += 1;
+                Forward::Drop(DropReason::AbsentGuest)
+            }
             None if port.floods.take(now_ms).is_err() => {
                 counters.drops.flood_limited += 1;
                 Forward::Drop(DropReason::FloodLimited)
@@ -719,12 +783,17 @@ impl Switch {
     }
 
     /// Asks for `bytes` of room on `port`'s egress before the caller copies a frame there. On
-    /// success the frame counts as transmitted on the port; on failure it counts as a queue-full
-    /// drop and the caller must not copy it. False for a missing port as well.
+    /// success the frame counts as transmitted on the port; on failure it counts as an oversize
+    /// drop (larger than the port's largest frame) or a queue-full one, and the caller must not
+    /// copy it. False for a missing port as well.
     pub fn try_reserve(&mut self, port: PortId, bytes: usize) -> bool {
         let Some(p) = self.port_mut(port) else {
             return false;
         };
+        if bytes > p.max_frame {
+            p.counters.drops.oversize += 1;
+            return false;
+        }
         if bytes > p.budget.saturating_sub(p.queued) {
             p.counters.drops.queue_full += 1;
             return false;
@@ -867,7 +936,7 @@ impl fmt::Display for PortSummary<'_> {
         write!(
             f,
             " rx {}/{}B tx {}/{}B flood {} drop spoofed {} runt {} badsrc {} hairpin {} qfull {} \
-             spoofip {} arpmac {} proto {} malformed {} floodlim {} queued {}/{}B",
+             oversize {} spoofip {} arpmac {} proto {} malformed {} floodlim {} absent {} queued {}/{}B",
             c.rx_frames,
             c.rx_bytes,
             c.tx_frames,
@@ -878,11 +947,13 @@ impl fmt::Display for PortSummary<'_> {
             d.bad_source,
             d.hairpin,
             d.queue_full,
+            d.oversize,
             d.spoofed_ip,
             d.spoofed_arp_mac,
             d.protocol,
             d.malformed,
             d.flood_limited,
+            d.absent,
             self.port.queued,
             self.port.budget
         )

@@ -60,6 +60,11 @@ impl Vifs {
         self.entries.is_empty()
     }
 
+    /// The MAC of every listed front-end.
+    pub fn macs(&self) -> impl Iterator<Item = [u8; 6]> + '_ {
+        self.entries.iter().map(|e| e.mac)
+    }
+
     /// Whether front-end `vm` has the emulated NIC (its entry carries the marker): then we
     /// serve it as a device model on its request page, not as a para-virtual back-end.
     pub fn is_emulated(&self, vm: u16) -> bool {
@@ -89,6 +94,14 @@ mod tests {
     fn every_guest_gets_its_own_identity_whatever_it_asks() {
         let vifs = Vifs::from_settings(SETTINGS).unwrap();
         assert_eq!(vifs.len(), 3);
+        assert_eq!(
+            vifs.macs().collect::<Vec<_>>(),
+            [
+                identity::default_mac(2),
+                [0x02, 0xaa, 0, 0, 0, 3],
+                identity::default_mac(4)
+            ]
+        );
         let own2 = Assignment {
             mac: identity::default_mac(2),
             ip: Some([10, 0, 2, 16]),

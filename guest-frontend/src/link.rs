@@ -6,7 +6,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use shared_abi::handshake::{next_state, Backend, Frontend, Side, State};
+use shared_abi::handshake::{frontend_next, Backend, Frontend, State};
 use vm_runtime::control::ControlPage;
 use vm_runtime::timer::{self, Instant};
 use vm_runtime::{evtchn, StartInfo};
@@ -18,6 +18,18 @@ pub struct Link {
     /// Our end of the control event channel.
     pub control_port: u32,
     state: State,
+    /// The back-end generation our current offer was made for (`shared_abi::handshake`,
+    /// Generations).
+    offered_for: u32,
+}
+
+/// A step [`Link::decide`] chose: what to write, on which copy of the page.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub next: State,
+    /// The back-end's section and the generation in that copy.
+    pub peer: Backend,
+    pub generation: u32,
 }
 
 impl Link {
@@ -53,6 +65,7 @@ impl Link {
             backend,
             control_port: header.frontend_port,
             state: start,
+            offered_for: 0,
         };
         link.publish(&Frontend {
             state: start,
@@ -76,36 +89,70 @@ impl Link {
         self.control.backend().ok()
     }
 
+    /// Our state, as we last wrote it.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The back-end generation our current offer was made for.
+    pub fn offered_for(&self) -> u32 {
+        self.offered_for
+    }
+
+    /// The next step of the handshake on a fresh copy of the page, if there is one to take
+    /// (`shared_abi::handshake::frontend_next`). The caller does the work the step needs (rings
+    /// reset before `Initialised`) and then [`Link::take`]s it.
+    pub fn decide(&self) -> Option<Step> {
+        let (peer, generation) = self.control.backend_and_generation().ok()?;
+        let next = frontend_next(self.state, peer.state, self.offered_for, generation)?;
+        Some(Step {
+            next,
+            peer,
+            generation,
+        })
+    }
+
+    /// Writes the step [`Link::decide`] chose: `offer` (refs, data port, MAC, features) for
+    /// `Initialised` and `Connected`, made for the generation of the copy it decided on.
+    pub fn take(&mut self, step: Step, offer: &Frontend) -> Result<(), String> {
+        if step.next == State::Initialised {
+            self.offered_for = step.generation;
+        }
+        let section = match step.next {
+            State::Initialised | State::Connected => Frontend {
+                state: step.next,
+                backend_generation: self.offered_for,
+                ..*offer
+            },
+            other => Frontend {
+                state: other,
+                ..Frontend::initialising()
+            },
+        };
+        self.publish(&section)?;
+        self.state = step.next;
+        Ok(())
+    }
+
     /// Runs the handshake until `Connected`, publishing `offer` (refs, data port, MAC, features)
-    /// when the back-end is ready. Returns the back-end's section.
+    /// when the back-end is ready. Returns the back-end's section. The caller's rings must be
+    /// fresh (nothing used them since they were offered last).
     pub fn connect(&mut self, offer: Frontend, timeout_ms: u64) -> Result<Backend, String> {
         let start = Instant::now();
         loop {
-            let peer = self.backend_section();
-            let peer_state = peer.map(|b| b.state);
-            if let Some(next) = peer_state.and_then(|p| next_state(Side::Frontend, self.state, p)) {
-                let section = match next {
-                    State::Initialised | State::Connected => Frontend {
-                        state: next,
-                        ..offer
-                    },
-                    other => Frontend {
-                        state: other,
-                        ..Frontend::initialising()
-                    },
-                };
-                self.publish(&section)?;
-                self.state = next;
-                if next == State::Connected {
-                    return peer.ok_or_else(|| String::from("back-end section vanished"));
+            if let Some(step) = self.decide() {
+                self.take(step, &offer)?;
+                if step.next == State::Connected {
+                    return Ok(step.peer);
                 }
                 continue;
             }
             let waited = start.elapsed_ms();
             if waited >= timeout_ms {
                 return Err(format!(
-                    "no connection after {timeout_ms} ms: we are {:?}, back-end is {peer_state:?}",
-                    self.state
+                    "no connection after {timeout_ms} ms: we are {:?}, back-end is {:?}",
+                    self.state,
+                    self.backend_section().map(|b| b.state)
                 ));
             }
             evtchn::wait(

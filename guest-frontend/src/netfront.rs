@@ -3,49 +3,55 @@
 //! time, so the data path needs no hypercall per frame — only an event now and then, and only
 //! when the other side asked for one (event index).
 //!
-//! Pool layout: buffers big enough for a net header and a frame of the MTU (setting `mtu`,
-//! default [`DEFAULT_MTU`]: jumbo frames between guests; TCP's MSS keeps traffic to the outside
-//! at the NIC's 1500), rounded to 64 bytes; the first [`RX_BUFFERS`] are receive buffers, always
-//! all offered to the back-end, the next [`TX_BUFFERS`] are transmit buffers. Every chain is
-//! one descriptor: net header, then frame. Buffers may cross page boundaries: the pool is
-//! contiguous for both sides.
+//! Pool layout (`shared_abi::virtq::PoolPlan`, sized in bytes): buffers big enough for a net
+//! header and a frame of the MTU (setting `mtu` up to 65535, a whole 64 KiB TCP segment per
+//! frame between guests; default [`DEFAULT_MTU`]; TCP's MSS keeps traffic to the outside at
+//! the NIC's 1500), rounded to 64 bytes; the receive buffers come first, always all offered to the
+//! back-end and granted read-write, then, from a page of their own, the transmit buffers,
+//! granted read-only. Every chain is one descriptor: net header, then frame. Buffers may cross
+//! page boundaries: the pool is contiguous for both sides.
 //!
 //! [`NetFront`] is the guest's NIC as a `smoltcp::phy::Device`: these rings ([`Rings`]), or
 //! with the setting `nic=emulated` (the packer writes it for `nic = "emulated"` in the
 //! topology) the emulated register-FIFO NIC (`crate::emunic`). Apps use either unchanged.
 //! Received frames are copied out of the pool before
 //! smoltcp sees them (the back-end could rewrite the pool under the parser otherwise) and the
-//! buffer goes straight back to the ring; frames to send are built in private memory and
-//! copied into a transmit buffer once.
+//! buffer goes straight back to the ring; frames to send are built by smoltcp right in a
+//! transmit buffer ([`Rings::send_in_place`]): only we can write those pages, so the stack may
+//! hold a `&mut [u8]` over them, and the back-end copies the frame out once after we publish
+//! it.
 
 use alloc::boxed::Box;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::Cell;
 
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    DriverQueue, NetFeatures, NetHdr, PoolMem, RingLayout, RingMem, Segment, ETH_HDR_LEN,
-    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, Segment, ETH_HDR_LEN,
+    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, MAX_MTU, MIN_MTU, NET_HDR_LEN, QUEUE_SIZE,
+    RING_PAGE_LEN, TX_OK,
 };
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use vm_net::smoltcp::time::Instant as NetInstant;
-use vm_runtime::shared::SharedMem;
+use vm_runtime::shared::{ExclusiveRun, SharedMem};
 use vm_runtime::{evtchn, grant, println};
 
 use crate::emunic::EmuNic;
 use crate::link::Link;
 
-/// Receive buffers: a whole ring of them.
-const RX_BUFFERS: usize = QUEUE_SIZE as usize;
-/// Transmit buffers: half a ring (frames leave as fast as the back-end takes them).
-const TX_BUFFERS: usize = QUEUE_SIZE as usize / 2;
-/// IP MTU without a setting: jumbo frames (guest to guest they cut the per-frame costs six
-/// times; to the outside TCP's MSS negotiation keeps segments at the NIC's 1500).
+mod reconnect;
+
+/// IP MTU without a setting: jumbo frames (to the outside TCP's MSS negotiation keeps
+/// segments at the NIC's 1500). `mtu = 65535` carries a whole 64 KiB TCP segment per frame
+/// between guests, but its pool has 20 receive buffers instead of 128, and measured under
+/// load it was slower, and lost bystander pings under a broadcast storm (see
+/// docs/ARCHITECTURE.md, "64 KiB frames between guests").
 pub const DEFAULT_MTU: usize = 9000;
-/// The IP MTUs a front-end may use: Ethernet's minimum to the back-end's largest frame.
-pub const MTU_RANGE: core::ops::RangeInclusive<usize> = 576..=9000;
+/// The IP MTUs a front-end may use: IPv4's minimum to the internal link's largest frame.
+pub const MTU_RANGE: core::ops::RangeInclusive<usize> = MIN_MTU..=MAX_MTU;
 /// Features we ask for.
 const WANTED_FEATURES: u64 = FEATURE_NET | FEATURE_EVENT_IDX | FEATURE_CSUM;
 
@@ -71,6 +77,11 @@ pub struct FrontStats {
     pub copied_frame_to_pool: u64,
     pub copied_pool_to_frame: u64,
     pub copied_frame_to_stack: u64,
+    /// Reconnections to a restarted back-end, frames refused while it was away, and the
+    /// longest gap between received data frames across a reconnection.
+    pub reconnects: u64,
+    pub tx_dropped_disconnected: u64,
+    pub longest_data_gap_ms: u64,
 }
 
 /// The para-virtual front-end's rings, pool and connection.
@@ -83,14 +94,19 @@ pub struct Rings {
     tx: DriverQueue<SharedMem>,
     rx: DriverQueue<SharedMem>,
     pool: SharedMem,
+    /// The transmit part of the pool (granted read-only: only we write it), where frames to
+    /// send are built in place. Offset 0 is pool offset `plan.tx_start()`.
+    tx_area: ExclusiveRun,
+    pool_pages: u32,
+    reconnect: reconnect::Reconnect,
     pub port: u32,
     pub mac: [u8; 6],
     /// Checksum offload agreed: TCP/UDP checksums are neither computed nor checked here.
     pub csum_offload: bool,
     /// Largest Ethernet frame (header included, as smoltcp counts it).
     frame_limit: usize,
-    /// Bytes per pool buffer.
-    buffer_len: usize,
+    /// Where the buffers are in the pool, and their lengths.
+    plan: PoolPlan,
     /// Transmit buffers not in the ring.
     tx_free: Vec<u16>,
     /// Buffer index of each outstanding chain, by head.
@@ -160,9 +176,10 @@ impl Rings {
         let backend = link.backend;
         let tx_ring = SharedMem::leak_pages(1);
         let rx_ring = SharedMem::leak_pages(1);
-        let frame_limit = ETH_HDR_LEN + options.mtu;
-        let buffer_len = (NET_HDR_LEN + frame_limit).next_multiple_of(64);
-        let pool_pages = ((RX_BUFFERS + TX_BUFFERS) * buffer_len).div_ceil(RING_PAGE_LEN) as u32;
+        let plan = PoolPlan::for_mtu(options.mtu)
+            .ok_or_else(|| format!("no pool for an MTU of {}", options.mtu))?;
+        let frame_limit = plan.frame_limit(options.mtu);
+        let pool_pages = plan.pages;
         let pool = SharedMem::leak_pages(pool_pages as usize);
         let event_idx = true;
         let tx = DriverQueue::new(tx_ring, pool_pages, event_idx).map_err(|e| format!("{e}"))?;
@@ -173,28 +190,23 @@ impl Rings {
             grant::grant(backend, tx_ring.gpa(), false).map_err(|e| grant_err("TX ring", e))?;
         let rx_ring_ref =
             grant::grant(backend, rx_ring.gpa(), false).map_err(|e| grant_err("RX ring", e))?;
-        let mut pool_first_ref =
-            grant::grant_run(backend, pool.gpa(), pool_pages).map_err(|e| grant_err("pool", e))?;
+        let (mut pool_first_ref, tx_area) =
+            grant::grant_run(backend, &pool, plan.rx_pages).map_err(|e| grant_err("pool", e))?;
+        let tx_area = tx_area.ok_or("the pool plan has no transmit pages")?;
         if options.bad_pool_ref {
             // Far past every ref we granted (but inside the table): the back-end's map fails.
             pool_first_ref += 300;
         }
         let port = evtchn::alloc_unbound(backend).map_err(|e| format!("alloc_unbound: {e:?}"))?;
 
-        let mut rx_buffer_of = [0u16; QUEUE_SIZE as usize];
-        for buffer in 0..RX_BUFFERS {
-            let head = rx
-                .add(&[buffer_segment(buffer, buffer_len)], true)
-                .map_err(|e| format!("offering receive buffer {buffer}: {e}"))?;
-            rx_buffer_of[usize::from(head)] = buffer as u16;
-        }
-        rx.publish();
+        let rx_buffer_of = offer_rx_buffers(&mut rx, &plan)?;
 
         let layout = RingLayout {
             tx_ring_ref,
             rx_ring_ref,
             pool_first_ref,
             pool_pages,
+            pool_writable: plan.rx_pages,
         };
         let mut offer = Frontend {
             state: State::Initialised,
@@ -222,15 +234,15 @@ impl Rings {
             tx,
             rx,
             pool,
+            tx_area,
+            pool_pages,
+            reconnect: reconnect::Reconnect::default(),
             port,
             mac: section.mac,
             csum_offload: agreed.csum,
             frame_limit,
-            buffer_len,
-            tx_free: (RX_BUFFERS..RX_BUFFERS + TX_BUFFERS)
-                .rev()
-                .map(|b| b as u16)
-                .collect(),
+            plan,
+            tx_free: tx_buffers(&plan),
             tx_buffer_of: [0; QUEUE_SIZE as usize],
             rx_buffer_of,
             broken: None,
@@ -259,9 +271,11 @@ impl Rings {
         self.broken = Some(why);
     }
 
-    /// The next received frame, copied out of the pool; its buffer is offered again at once.
-    pub fn next_rx(&mut self) -> Option<Vec<u8>> {
-        while self.broken.is_none() {
+    /// The next received frame, copied out of the pool into `frame` (whose bytes past the
+    /// frame are left as they were, so a reused vector is never cleared); its pool buffer is
+    /// offered again at once. Returns the frame's length.
+    pub fn next_rx_into(&mut self, frame: &mut Vec<u8>) -> Option<usize> {
+        while self.broken.is_none() && self.up() {
             let used = match self.rx.pop_used() {
                 Ok(Some(used)) => used,
                 Ok(None) => return None,
@@ -272,25 +286,23 @@ impl Rings {
             };
             let buffer = usize::from(self.rx_buffer_of[usize::from(used.head)]);
             let len = used.len as usize;
-            let frame = (len >= NET_HDR_LEN + ETH_HDR_LEN).then(|| {
-                let mut frame = vec![0u8; len - NET_HDR_LEN];
-                self.pool
-                    .read(buffer * self.buffer_len + NET_HDR_LEN, &mut frame);
-                self.stats.copied_pool_to_frame += frame.len() as u64;
-                frame
+            let frame_len = (len >= NET_HDR_LEN + ETH_HDR_LEN).then(|| {
+                let frame_len = len - NET_HDR_LEN;
+                let at = buffer_offset(buffer, &self.plan) + NET_HDR_LEN;
+                self.pool.read_into_reused(at, frame_len, frame);
+                self.stats.copied_pool_to_frame += frame_len as u64;
+                frame_len
             });
-            match self
-                .rx
-                .add(&[buffer_segment(buffer, self.buffer_len)], true)
-            {
+            match self.rx.add(&[buffer_segment(buffer, &self.plan)], true) {
                 Ok(head) => self.rx_buffer_of[usize::from(head)] = buffer as u16,
                 Err(e) => self.fail(format!("re-offering receive buffer {buffer}: {e}")),
             }
-            match frame {
-                Some(frame) => {
+            match frame_len {
+                Some(frame_len) => {
+                    self.on_rx(frame_len);
                     self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += frame.len() as u64;
-                    return Some(frame);
+                    self.stats.rx_bytes += frame_len as u64;
+                    return Some(frame_len);
                 }
                 None => self.stats.rx_empty += 1,
             }
@@ -298,42 +310,81 @@ impl Rings {
         None
     }
 
-    /// Queues `frame` (an Ethernet frame) for sending; false if no buffer is free.
+    /// Queues `frame` (an Ethernet frame) for sending, copied into a transmit buffer; false
+    /// if it cannot go now. The stack's frames do not come this way ([`Self::send_in_place`]);
+    /// the hostile modes' do.
     pub fn send_frame(&mut self, frame: &[u8]) -> bool {
+        let sent = self.send_in_place(frame.len(), |buf| buf.copy_from_slice(frame));
+        if sent.is_ok() {
+            self.stats.copied_frame_to_pool += frame.len() as u64;
+        }
+        sent.is_ok()
+    }
+
+    /// Queues a frame of `len` bytes built by `build` right in a free transmit buffer (the
+    /// slice it gets has its first [`HEADER_BYTES_CLEARED`] bytes zeroed, the rest holds an
+    /// earlier frame's bytes) and returns what `build` returned; gives `build` back unused if
+    /// the frame cannot go now (not connected, too long, no free buffer, a broken ring).
+    ///
+    /// The transmit buffers are ours alone (granted read-only), so `build` writes them
+    /// directly; the back-end sees the frame only once the chain is published, and copies it
+    /// out once. The net header is computed from the frame as built.
+    pub fn send_in_place<R, F: FnOnce(&mut [u8]) -> R>(
+        &mut self,
+        len: usize,
+        build: F,
+    ) -> Result<R, F> {
+        if !self.up() {
+            self.stats.tx_dropped_disconnected += 1;
+            return Err(build);
+        }
         self.reap_tx();
-        if self.broken.is_some() || frame.len() > self.frame_limit {
-            return false;
+        if self.broken.is_some() || len > self.frame_limit {
+            return Err(build);
         }
         let Some(buffer) = self.tx_free.pop() else {
-            return false;
+            return Err(build);
         };
-        let at = usize::from(buffer) * self.buffer_len;
-        let hdr = NetHdr::for_tx_frame(frame, self.csum_offload);
-        self.pool.write(at, &hdr.encode());
-        self.pool.write(at + NET_HDR_LEN, frame);
-        self.stats.copied_frame_to_pool += (NET_HDR_LEN + frame.len()) as u64;
+        let at = buffer_offset(usize::from(buffer), &self.plan);
+        let csum_offload = self.csum_offload;
+        let result = self
+            .tx_area
+            .with_mut(at - self.plan.tx_start(), NET_HDR_LEN + len, |bytes| {
+                let (hdr, frame) = bytes.split_at_mut(NET_HDR_LEN);
+                frame[..len.min(HEADER_BYTES_CLEARED)].fill(0);
+                let result = build(frame);
+                hdr.copy_from_slice(&NetHdr::for_tx_frame(frame, csum_offload).encode());
+                result
+            });
         let segment = Segment {
             offset: at as u32,
-            len: (NET_HDR_LEN + frame.len()) as u32,
+            len: (NET_HDR_LEN + len) as u32,
         };
         match self.tx.add(&[segment], false) {
             Ok(head) => {
                 self.tx_buffer_of[usize::from(head)] = buffer;
                 self.stats.tx_frames += 1;
-                self.stats.tx_bytes += frame.len() as u64;
-                true
+                self.stats.tx_bytes += len as u64;
             }
-            Err(_) => {
+            Err(e) => {
+                // Cannot happen with a buffer free (the ring has room for every buffer): the
+                // frame is lost, as a full ring would lose it.
                 self.tx_free.push(buffer);
-                false
+                self.fail(format!("adding transmit buffer {buffer}: {e}"));
             }
         }
+        Ok(result)
     }
 
     /// Publishes what was added since the last flush and sends the back-end one event if it
     /// asked for one.
     pub fn flush(&mut self) {
-        if self.broken.is_some() {
+        self.service();
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        if self.broken.is_some() || !self.up() {
             return;
         }
         let (tx_old, tx_new) = self.tx.publish();
@@ -356,6 +407,10 @@ impl Rings {
     /// reaped when we next send, and waking for them would only spin). True if what we asked
     /// for is already there (then do not sleep: its event may have been suppressed).
     pub fn arm(&mut self) -> bool {
+        self.service();
+        if !self.up() {
+            return false;
+        }
         self.reap_tx();
         if self.broken.is_some() {
             return false;
@@ -418,11 +473,14 @@ impl Rings {
         self.reap_tx();
         self.tx_free
             .pop()
-            .map(|b| (usize::from(b) * self.buffer_len) as u32)
+            .map(|b| buffer_offset(usize::from(b), &self.plan) as u32)
     }
 
     /// Whether a frame can be queued now (completions reaped first).
     pub fn can_send(&mut self) -> bool {
+        if !self.up() {
+            return false;
+        }
         self.reap_tx();
         self.broken.is_none() && !self.tx_free.is_empty()
     }
@@ -431,7 +489,7 @@ impl Rings {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.frame_limit;
-        caps.max_burst_size = Some(TX_BUFFERS / 2);
+        caps.max_burst_size = Some(self.plan.tx_buffers / 2);
         if self.csum_offload {
             // The back-end fills them in for whoever checks, and checks what comes from
             // outside the machine (see `shared_abi::virtq::FEATURE_CSUM`).
@@ -452,11 +510,41 @@ impl Rings {
     }
 }
 
-fn buffer_segment(buffer: usize, buffer_len: usize) -> Segment {
-    Segment {
-        offset: (buffer * buffer_len) as u32,
-        len: buffer_len as u32,
+/// Offers every receive buffer on a fresh `rx` queue and publishes them; the buffer of each
+/// chain, by head.
+fn offer_rx_buffers(
+    rx: &mut DriverQueue<SharedMem>,
+    plan: &PoolPlan,
+) -> Result<[u16; QUEUE_SIZE as usize], String> {
+    let mut rx_buffer_of = [0u16; QUEUE_SIZE as usize];
+    for buffer in 0..plan.rx_buffers {
+        let head = rx
+            .add(&[buffer_segment(buffer, plan)], true)
+            .map_err(|e| format!("offering receive buffer {buffer}: {e}"))?;
+        rx_buffer_of[usize::from(head)] = buffer as u16;
     }
+    rx.publish();
+    Ok(rx_buffer_of)
+}
+
+/// Every transmit buffer, free.
+fn tx_buffers(plan: &PoolPlan) -> Vec<u16> {
+    (plan.rx_buffers..plan.rx_buffers + plan.tx_buffers)
+        .rev()
+        .map(|b| b as u16)
+        .collect()
+}
+
+fn buffer_segment(buffer: usize, plan: &PoolPlan) -> Segment {
+    Segment {
+        offset: buffer_offset(buffer, plan) as u32,
+        len: plan.buffer_len as u32,
+    }
+}
+
+/// Pool offset of one of our buffers (indices come from the plan itself, so always inside).
+fn buffer_offset(buffer: usize, plan: &PoolPlan) -> usize {
+    plan.offset(buffer).unwrap_or(0)
 }
 
 /// The guest's NIC, whichever it is. The fields apps read (`port` to sleep on, `mac`,
@@ -469,7 +557,21 @@ pub struct NetFront {
     pub broken: Option<String>,
     pub stats: FrontStats,
     path: Path,
+    /// The stack's copies, counted here (the NIC's own counters are copied over `stats`).
+    copied_stack_to_frame: u64,
+    copied_frame_to_stack: u64,
+    /// Where the stack builds each frame to send: one buffer for the life of the NIC, so no
+    /// frame costs an allocation or a clearing pass over its bytes.
+    tx_frame: Vec<u8>,
+    /// A received frame's buffer, back from the stack ([`FrontRx`] returns it when dropped)
+    /// for the next frame: the same, for receiving.
+    rx_spare: Rc<Cell<Vec<u8>>>,
 }
+
+/// Bytes at the start of a frame cleared before the stack builds one in the reused transmit
+/// buffer: more than any Ethernet, IPv4 and TCP headers with options (14 + 60 + 60), so
+/// padding the stack skips never carries an earlier frame's bytes.
+const HEADER_BYTES_CLEARED: usize = 160;
 
 enum Path {
     // Boxed: the rings' bookkeeping is several times the emulated driver's.
@@ -500,24 +602,31 @@ impl NetFront {
             broken: None,
             stats: FrontStats::default(),
             path,
+            copied_stack_to_frame: 0,
+            copied_frame_to_stack: 0,
+            tx_frame: Vec::new(),
+            rx_spare: Rc::new(Cell::new(Vec::new())),
         })
     }
 
     /// Copies the NIC's state into the fields apps read.
     fn sync(&mut self) {
         let (stats, broken) = match &self.path {
-            Path::Paravirt(r) => (r.stats, &r.broken),
+            Path::Paravirt(r) => {
+                // While the back-end is away, news comes on the control port.
+                self.port = if r.up() { r.port } else { r.link.control_port };
+                (r.stats, &r.broken)
+            }
             Path::Emulated(e) => (e.stats, &e.broken),
         };
-        self.stats = stats;
+        self.stats = FrontStats {
+            copied_stack_to_frame: self.copied_stack_to_frame,
+            copied_frame_to_stack: self.copied_frame_to_stack,
+            ..stats
+        };
         if self.broken.is_none() && broken.is_some() {
             self.broken = broken.clone();
         }
-    }
-
-    /// Whether this is the emulated NIC.
-    pub fn is_emulated(&self) -> bool {
-        matches!(self.path, Path::Emulated(_))
     }
 
     /// The para-virtual rings, for the hostile modes that write them directly.
@@ -548,6 +657,11 @@ impl NetFront {
     }
 
     /// Before sleeping: asks for a wake-up on news; true if news is already there.
+    /// Whether this is the emulated NIC.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.path, Path::Emulated(_))
+    }
+
     pub fn arm(&mut self) -> bool {
         let waiting = match &mut self.path {
             Path::Paravirt(r) => r.arm(),
@@ -566,32 +680,82 @@ impl NetFront {
         }
     }
 
-    fn next_rx(&mut self) -> Option<Vec<u8>> {
-        let frame = match &mut self.path {
-            Path::Paravirt(r) => r.next_rx(),
-            Path::Emulated(e) => e.next_rx(),
+    /// The next received frame, in the spare buffer, with its length.
+    fn next_rx(&mut self) -> Option<FrontRx> {
+        let mut frame = self.rx_spare.take();
+        let len = match &mut self.path {
+            Path::Paravirt(r) => r.next_rx_into(&mut frame),
+            Path::Emulated(e) => e.next_rx().map(|f| {
+                let len = f.len();
+                frame = f;
+                len
+            }),
         };
         self.sync();
-        frame
+        match len {
+            Some(len) => Some(FrontRx {
+                frame,
+                len,
+                spare: self.rx_spare.clone(),
+            }),
+            None => {
+                self.rx_spare.set(frame);
+                None
+            }
+        }
     }
 }
 
-pub struct FrontRx(Vec<u8>);
+/// A received frame: the first `len` bytes of `frame`, whose buffer goes back to the NIC's
+/// spare when the stack is done with it.
+pub struct FrontRx {
+    frame: Vec<u8>,
+    len: usize,
+    spare: Rc<Cell<Vec<u8>>>,
+}
 pub struct FrontTx<'a>(&'a mut NetFront);
 
 impl RxToken for FrontRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        f(&self.frame[..self.len])
+    }
+}
+
+impl Drop for FrontRx {
+    fn drop(&mut self) {
+        self.spare.set(core::mem::take(&mut self.frame));
     }
 }
 
 impl TxToken for FrontTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0u8; len];
-        let result = f(&mut frame);
-        self.0.stats.copied_stack_to_frame += len as u64;
-        // `transmit` checked a frame can go; a failure here only loses this frame.
-        let _ = self.0.send_frame(&frame);
+        // The rings: the stack builds the frame in a transmit buffer, no copy after it.
+        let f = match &mut self.0.path {
+            Path::Paravirt(r) => match r.send_in_place(len, f) {
+                Ok(result) => {
+                    self.0.copied_stack_to_frame += len as u64;
+                    self.0.sync();
+                    return result;
+                }
+                // `transmit` checked a buffer was free; if it is gone, the frame is lost.
+                Err(f) => f,
+            },
+            Path::Emulated(_) => f,
+        };
+        let mut frame = core::mem::take(&mut self.0.tx_frame);
+        if frame.len() < len {
+            frame.resize(len, 0);
+        }
+        let frame_bytes = &mut frame[..len];
+        frame_bytes[..len.min(HEADER_BYTES_CLEARED)].fill(0);
+        let result = f(frame_bytes);
+        self.0.copied_stack_to_frame += len as u64;
+        // `transmit` checked a frame can go; a failure here only loses this frame. (A frame
+        // the rings refused above is lost already: the stack had to build it somewhere.)
+        if self.0.is_emulated() {
+            let _ = self.0.send_frame(&frame[..len]);
+        }
+        self.0.tx_frame = frame;
         result
     }
 }
@@ -604,8 +768,9 @@ impl Device for NetFront {
         let frame = self.next_rx()?;
         // Counted as handed over: the stack always consumes the token, parses the frame and
         // copies its payload into a socket buffer.
-        self.stats.copied_frame_to_stack += frame.len() as u64;
-        Some((FrontRx(frame), FrontTx(self)))
+        self.copied_frame_to_stack += frame.len as u64;
+        self.stats.copied_frame_to_stack = self.copied_frame_to_stack;
+        Some((frame, FrontTx(self)))
     }
 
     fn transmit(&mut self, _now: NetInstant) -> Option<FrontTx<'_>> {

@@ -37,9 +37,11 @@ pub trait BalloonEnv {
     fn unmap(&mut self, gpa: u64) -> bool;
     /// Maps host frame `pa` at `gpa` as RAM; false if a table could not be had.
     fn map(&mut self, gpa: u64, pa: u64) -> bool;
-    /// A base-RAM frame the VM gave back leaves its RAM: scrub it and add it to the credit.
+    /// A base-RAM frame the VM gave back leaves its RAM (already unmapped and invalidated):
+    /// scrub it and add it to the credit. The hypervisor does both after the batch, the scrub
+    /// with no lock held (`ballooning::Scrub`).
     fn give_ram_frame(&mut self, pa: u64);
-    /// A populated frame the VM gave back: scrub it and add it to the credit.
+    /// A populated frame the VM gave back: scrub it and add it to the credit (as above).
     fn give_frame(&mut self, pa: u64);
     /// A frame from the credit for the VM, zeroed; `None` when there is none.
     fn take_frame(&mut self) -> Option<u64>;
@@ -281,6 +283,17 @@ pub fn read_batch(count: u64, read: impl FnOnce(usize) -> Option<Vec<u64>>) -> O
         return None;
     }
     read(count as usize)
+}
+
+/// How many fresh frames to set aside (and zero outside the lock) for a BALLOON_POPULATE of
+/// `count` pages when the credit is `credit`: what the batch can use at most, none for a count
+/// the call refuses anyway.
+pub fn populate_reserve(count: u64, credit: u64) -> u64 {
+    if count == 0 || count > MAX_BATCH {
+        0
+    } else {
+        count.min(credit)
+    }
 }
 
 #[cfg(test)]

@@ -2,15 +2,28 @@
 //! `balloon`) carried out on a VM's stage 2, the frame allocator, the SMMU and the balloon's
 //! credit, and the free-memory line it logs.
 //!
-//! Where the frames go: a page a VM gives back is scrubbed and returned to the frame allocator
-//! at once (cut out of the VM's RAM allocation), and the credit grows by one; a populated page
-//! is a fresh frame from the allocator, zeroed, and the credit shrinks by one. So the credit is
+//! Where the frames go: a page a VM gives back is taken out of its stage 2 under the HV lock
+//! (recorded as given, unmapped, invalidated, and any GRANT_COPY still copying the VM's RAM
+//! waited for), scrubbed with **no lock held** ([`Scrub`]), then, under the lock again, returned
+//! to the frame allocator (cut out of the VM's RAM allocation) and credited. A populated page
+//! is a fresh frame from the allocator, and the credit shrinks by one: a populate batch sets
+//! its frames aside under the lock, zeroes them with no lock held ([`Fresh`]), maps them under
+//! the lock again and gives back what it did not use. So the credit is
 //! what the balloon may still hand out, the frames themselves live in the free memory, and
-//! "free memory + credit" is what the log line shows stay constant while memory moves.
+//! "free memory + credit" is what the log line shows stay constant while memory moves (a batch
+//! being scrubbed is in neither for that moment).
+//!
+//! Between the two lock holds the frames are the scrubbing pCPU's alone: out of the VM's stage
+//! 2 and TLBs, refused by every view of its RAM (marked given), not yet free. A concurrent
+//! release by another vCPU of the same VM finds those pages given (`InvalidArgument`); a
+//! populate of their GPAs maps other frames (the credit has not grown yet, so it cannot be
+//! handed these); and a stop of the VM cannot complete meanwhile, because the vCPU scrubbing
+//! is still running (a stop finishes only once none of the VM's vCPUs runs), so the VM's RAM
+//! allocation the frames are cut out of is still there when they are freed.
 
 use alloc::vec::Vec;
 
-use hypervisor::balloon::{read_batch, BalloonEnv, BatchResult};
+use hypervisor::balloon::{populate_reserve, read_batch, BalloonEnv, BatchResult};
 use hypervisor::grant::{GrantTables, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::Stage2;
@@ -21,6 +34,7 @@ use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE, PAGE_SIZE};
 use crate::arch::mem::{scrub_frame, PhysTableMemory};
 use crate::iommu::Iommu;
 use crate::machine::Hv;
+use crate::sharing::wait_for_copies;
 use crate::vm::RAM_ATTRS;
 
 /// One VM's machine, as the balloon's rules see it.
@@ -33,7 +47,52 @@ struct Machine<'a> {
     grants: &'a GrantTables,
     frames: &'a mut FrameAllocator,
     iommu: &'a mut Iommu,
-    credit: &'a mut u64,
+    /// Frames given back in this batch, scrubbed and freed after the lock is dropped.
+    scrub: &'a mut Scrub,
+    /// Frames set aside from the credit for this batch and zeroed outside the lock.
+    fresh: &'a mut Fresh,
+}
+
+/// Frames a populate batch may map: taken from the credit and the allocator under the HV lock
+/// ([`Hv::balloon_reserve`]), zeroed with no lock held ([`Fresh::zero`]), handed out by the
+/// batch, and what it did not use freed and credited back ([`Hv::balloon_unreserve`]). Between
+/// the holds they are the caller's alone: allocated, in no VM's stage 2, not in the credit.
+#[derive(Default)]
+pub struct Fresh {
+    frames: Vec<u64>,
+}
+
+impl Fresh {
+    /// Zeroes every frame. Runs with no lock held.
+    pub fn zero(&self) {
+        for &pa in &self.frames {
+            scrub_frame(pa);
+        }
+    }
+}
+
+/// Frames a balloon batch took from a VM, to be zeroed with no lock held and then freed and
+/// credited by [`Hv::balloon_freed`].
+#[derive(Default)]
+pub struct Scrub {
+    /// Frames of the VM's RAM from the topology (cut out of its allocation when freed).
+    ram: Vec<u64>,
+    /// Populated frames (single-frame allocations).
+    populated: Vec<u64>,
+}
+
+impl Scrub {
+    pub fn is_empty(&self) -> bool {
+        self.ram.is_empty() && self.populated.is_empty()
+    }
+
+    /// Zeroes every frame. Runs with no lock held: the frames are the caller's alone (see the
+    /// module documentation).
+    pub fn run(&self) {
+        for &pa in self.ram.iter().chain(&self.populated) {
+            scrub_frame(pa);
+        }
+    }
 }
 
 impl BalloonEnv for Machine<'_> {
@@ -79,27 +138,16 @@ impl BalloonEnv for Machine<'_> {
     }
 
     fn give_ram_frame(&mut self, pa: u64) {
-        scrub_frame(pa);
-        if self.frames.free_page_within(pa).is_ok() {
-            *self.credit += 1;
-        }
+        self.scrub.ram.push(pa);
     }
 
     fn give_frame(&mut self, pa: u64) {
-        scrub_frame(pa);
-        if self.frames.free(pa, 1).is_ok() {
-            *self.credit += 1;
-        }
+        self.scrub.populated.push(pa);
     }
 
     fn take_frame(&mut self) -> Option<u64> {
-        if *self.credit == 0 {
-            return None;
-        }
-        let pa = self.frames.alloc(1, 1)?;
-        scrub_frame(pa);
-        *self.credit -= 1;
-        Some(pa)
+        // Zeroed already, and taken from the credit when set aside.
+        self.fresh.frames.pop()
     }
 
     fn heap_low(&self) -> bool {
@@ -108,13 +156,17 @@ impl BalloonEnv for Machine<'_> {
 }
 
 impl Hv {
-    /// A balloon call of VM `vm_index` (checked by the library's rules): x0's status, x1, x2.
+    /// A balloon call of VM `vm_index` (checked by the library's rules): x0's status, x1, x2,
+    /// and the frames it took from the VM, for the caller to [`Scrub::run`] once the HV lock is
+    /// dropped and then hand to [`Hv::balloon_freed`].
     pub fn balloon_call(
         &mut self,
         vm_index: usize,
         function: u64,
         x1: u64,
         x2: u64,
+        scrub: &mut Scrub,
+        fresh: &mut Fresh,
     ) -> (Status, Option<u64>, Option<u64>) {
         let event_page = self
             .vms
@@ -156,7 +208,8 @@ impl Hv {
             grants: &self.sharing.grants,
             frames: &mut self.frames,
             iommu: &mut self.iommu,
-            credit: &mut self.balloon_credit,
+            scrub,
+            fresh,
         };
         let giving = function == hypercall::BALLOON_RELEASE;
         let result: BatchResult = if giving {
@@ -164,6 +217,11 @@ impl Hv {
         } else {
             vm.balloon.populate(&mut machine, &pages)
         };
+        if giving && !machine.scrub.is_empty() {
+            // A copy of this VM's RAM checked before the pages were marked given may still be
+            // running with no lock: it ends before the frames are scrubbed and handed on.
+            wait_for_copies(vm.id);
+        }
         // Refusals are the guest's to report; a VM that gave or took everything it asked for
         // in a batch that leaves it at a new low or high is not worth a line per batch (a
         // 128 MiB move is 64 calls), so only a refused batch is logged here.
@@ -182,6 +240,44 @@ impl Hv {
             );
         }
         (result.status, Some(result.done), None)
+    }
+
+    /// Sets aside, from the credit, the frames a BALLOON_POPULATE of `count` pages can map at
+    /// most (see [`Fresh`]).
+    pub fn balloon_reserve(&mut self, count: u64) -> Fresh {
+        let mut fresh = Fresh::default();
+        for _ in 0..populate_reserve(count, self.balloon_credit) {
+            let Some(pa) = self.frames.alloc(1, 1) else {
+                break;
+            };
+            fresh.frames.push(pa);
+            self.balloon_credit -= 1;
+        }
+        fresh
+    }
+
+    /// The frames of a populate batch it did not map: back to the allocator and the credit.
+    pub fn balloon_unreserve(&mut self, fresh: &mut Fresh) {
+        for pa in fresh.frames.drain(..) {
+            if self.frames.free(pa, 1).is_ok() {
+                self.balloon_credit += 1;
+            }
+        }
+    }
+
+    /// The frames of a balloon batch, scrubbed: back to the frame allocator, and each one the
+    /// allocator takes back grows the credit.
+    pub fn balloon_freed(&mut self, scrub: &Scrub) {
+        for &pa in &scrub.ram {
+            if self.frames.free_page_within(pa).is_ok() {
+                self.balloon_credit += 1;
+            }
+        }
+        for &pa in &scrub.populated {
+            if self.frames.free(pa, 1).is_ok() {
+                self.balloon_credit += 1;
+            }
+        }
     }
 
     /// The free-memory line: frames free in the allocator and the balloon's credit.

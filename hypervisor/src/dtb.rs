@@ -1,5 +1,5 @@
 //! What the hypervisor needs from QEMU's device tree: RAM, the GIC, the UART, CPUs, the boot bundle
-//! (as the initrd in /chosen), and whether PCI and an SMMU exist.
+//! (as the initrd in /chosen), and whether PCI, an SMMU and a GIC ITS exist.
 
 use fdt::Fdt;
 use hypervisor::irqmap::{self, GicIrq};
@@ -15,6 +15,8 @@ pub struct Machine {
     pub bundle: Option<(u64, u64)>,
     pub pci_ecam: Option<u64>,
     pub smmu: Option<u64>,
+    /// The GIC's Interrupt Translation Service (`arm,gic-v3-its`, a child of the GIC node).
+    pub its: Option<u64>,
     /// The SMMU's wired event-queue and global-error interrupts.
     pub smmu_eventq_irq: Option<GicIrq>,
     pub smmu_gerror_irq: Option<GicIrq>,
@@ -89,6 +91,7 @@ pub fn parse(blob: &[u8]) -> Result<Machine, &'static str> {
         bundle,
         pci_ecam: first_reg(&fdt, &["pci-host-ecam-generic"], 0),
         smmu: first_reg(&fdt, &["arm,smmu-v3"], 0),
+        its: first_reg(&fdt, &["arm,gic-v3-its"], 0),
         smmu_eventq_irq: smmu_irq(&fdt, "eventq"),
         smmu_gerror_irq: smmu_irq(&fdt, "gerror"),
     })

@@ -37,9 +37,13 @@
 //! grants). After that, the [`Mapping`] record is the truth; the table is not consulted again for
 //! an existing mapping.
 //!
-//! GRANT_COPY takes no pin on the entry: the copy happens under the lock right after the entry was
-//! read, and the only sanctioned revocation (GRANT_END) also takes the lock. A granter that clears
-//! PERMIT by writing its table directly while a copy is in flight races only against itself.
+//! GRANT_COPY checks an op under the lock and hands the env the resolved copy; the hypervisor's
+//! env pins both VMs' RAM ([`pins`]) and copies the bytes after dropping the lock, so no other
+//! VM's sharing call waits for a `memmove`. The only sanctioned revocation (GRANT_END) clears
+//! PERMIT under the lock and then waits for the granter's pins ([`GrantEnv::revoked`]), so once
+//! it returns, no copy checked against the old entry can still write the frame. A granter that
+//! clears PERMIT by writing its table directly while a copy is in flight races only against
+//! itself.
 //!
 //! # Decisions
 //!
@@ -79,6 +83,8 @@
 //! See [`GrantEnv`]. In short: every address this module passes to the memory methods has been
 //! checked with [`GrantEnv::in_ram`] for the same VM during the same call (under the lock), and is
 //! 8-byte aligned for the word methods.
+
+pub mod pins;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -174,6 +180,12 @@ pub trait GrantEnv {
     /// Unmaps the page at `ipa` of `vm`'s stage-2 and invalidates it (TLBI IPAS2E1IS, DSB, TLBI
     /// VMALLE1IS, DSB) before returning: the caller relies on no translation surviving the call.
     fn unmap_page(&mut self, vm: VmId, ipa: u64);
+
+    /// `vm` has just revoked a grant (GRANT_END cleared PERMIT): returns once no copy that read
+    /// the entry before the revoke can still write `vm`'s RAM. An env whose [`copy`](Self::copy)
+    /// finishes before it returns has nothing to wait for; the hypervisor's copies the bytes
+    /// after dropping its lock and waits for their [`pins`] here.
+    fn revoked(&mut self, vm: VmId);
 }
 
 /// What happens to a dying VM's stage-2, see [`GrantTables::vm_died`].
@@ -504,6 +516,9 @@ impl GrantTables {
             return Status::BadRef;
         }
         if clear_bits(env, caller, gpa, PERMIT as u64) {
+            // A copy that checked the entry before the clear may still be writing: the revoke
+            // returns only once it is done, so a revoked grant is never written afterwards.
+            env.revoked(caller);
             Status::Ok
         } else {
             Status::Busy

@@ -7,8 +7,10 @@
 //! interrupts under its own lock; the scheduler under its own. A pCPU holds a lock only while
 //! handling a trap, never while a guest runs or while it sleeps in WFI. Timer ticks, WFI,
 //! context switches and interrupt injection take only a vCPU's lock and the scheduler's; the HV
-//! lock is taken once per GRANT_COPY op, not per batch; a restarting VM's RAM is reloaded
-//! without any lock; console writes take only that VM's console lock.
+//! lock is taken once per GRANT_COPY op, not per batch, for the op's checks only (the bytes are
+//! copied after it is dropped, the frames pinned: `sharing::COPY_PINS`); a balloon batch
+//! scrubs or zeroes its frames with no lock held; a restarting VM's RAM is reloaded without any lock;
+//! console writes take only that VM's console lock.
 
 use alloc::format;
 use alloc::string::String;
@@ -34,15 +36,18 @@ use shared_abi::layout::{intid, GUEST_RAM_BASE};
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
-use crate::arch::mem::{self, free_kept_runs};
+use crate::arch::mem::{self, free_kept_runs, PinnedCopy};
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
+use crate::ballooning::{Fresh, Scrub};
 use crate::locks::{
     HvHeld, HvLocked, MayLockSched, MayLockVcpu, SchedLocked, Unlocked, VcpuLocked,
 };
 use crate::logger::{flush_vm_console, vm_console_write};
 pub use crate::machine::Hv;
-use crate::sharing::{set_port_pending, ConnectionKind, Env, Notify, RetainedRam, Sharing};
+use crate::sharing::{
+    set_port_pending, wait_for_copies, ConnectionKind, Env, Notify, RetainedRam, Sharing,
+};
 use crate::vm::{StopKind, Vcpu, Vm};
 
 /// Time slice in milliseconds.
@@ -187,6 +192,7 @@ fn save(vcpu: &mut Vcpu, frame: &TrapFrame) {
     vcpu.el1 = El1Context::save();
     vcpu.fp.save();
     vcpu.vgic.save();
+    crate::gicv4::leave();
     // Its list registers must not raise maintenance interrupts while another vCPU (or the idle
     // loop) owns this pCPU.
     VgicContext::quiesce();
@@ -209,6 +215,7 @@ fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
     let waiting = v.virqs.refill(&mut v.vgic.lrs);
     v.vgic.hcr = if waiting { ICH_HCR_UIE } else { 0 };
     v.vgic.restore();
+    crate::gicv4::enter(id, pcpu);
     *frame = v.frame;
     CURRENT[pcpu].store(id, Ordering::Relaxed);
     CHARGED_AT[pcpu].store(cpu::counter(), Ordering::Relaxed);
@@ -271,6 +278,7 @@ impl Hv {
             frames: &mut self.frames,
             iommu: &mut self.iommu,
             connections,
+            copy_out: None,
         };
         let answer = sharing_call(grants, events, &mut env, caller, function, x);
         self.sharing.release(&mut self.frames, &answer.released);
@@ -294,8 +302,28 @@ impl Hv {
             frames: &mut self.frames,
             iommu: &mut self.iommu,
             connections: &self.sharing.connections,
+            copy_out: None,
         };
         batch_array_ok(&env, caller, ops_gpa, count, CopyOp::WORDS)
+    }
+
+    /// One GRANT_COPY op of vCPU `id` at `op_gpa`, checked (and its status word written) here,
+    /// under the HV lock; the bytes, if the op is good, come back as a pinned copy for the
+    /// caller to run once the lock is dropped.
+    fn copy_op(&mut self, id: VcpuId, op_gpa: u64) -> (Status, Option<PinnedCopy>) {
+        let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
+            return (Status::InvalidArgument, None);
+        };
+        let mut copy = None;
+        let mut env = Env {
+            vms: &mut self.vms[..],
+            frames: &mut self.frames,
+            iommu: &mut self.iommu,
+            connections: &self.sharing.connections,
+            copy_out: Some(&mut copy),
+        };
+        let status = self.sharing.grants.copy_batch(&mut env, caller, op_gpa, 1);
+        (status, copy)
     }
 
     /// Raises the event-channel interrupt on a VM's first vCPU.
@@ -578,6 +606,11 @@ impl Hv {
             }
         }
         let vm_id = vm.id;
+        // A peer's GRANT_COPY may still be copying into or out of its RAM (checked before the
+        // stop, running with no lock): it finishes before the RAM is freed, reloaded or
+        // replaced. No new one can start: we hold the HV lock, and the VM is gone from the
+        // table (or its grant table forgotten) before we drop it.
+        wait_for_copies(vm_id);
         // Its RAM as it stands: minus the pages it gave back to the balloon.
         let kept_runs = vm.kept_ram_runs();
         let gave_pages = vm.balloon.given_pages() > 0;
@@ -602,6 +635,7 @@ impl Hv {
             if let Some(p) = self.passthrough.as_mut() {
                 p.owner_stopped(&mut self.iommu);
             }
+            crate::gicv4::vm_stopped(vm_id);
         }
         // The pages the balloon gave it go back to the credit; the next incarnation, if any,
         // starts with its RAM from the topology only.
@@ -711,6 +745,7 @@ impl Hv {
             if let Some(p) = self.passthrough.as_mut() {
                 p.owner_restarted(&mut self.iommu, &vm);
             }
+            crate::gicv4::vm_started(vm.id);
         }
         let info_gpa = shared_abi::layout::start_info_gpa(vm.ram_bytes);
         for (index, &id) in vm.vcpus.iter().enumerate() {
@@ -938,7 +973,12 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
                 .then_some(timer.cntv_cval);
             // Under the vCPU's lock: an interrupt queued from now on finds it blocked and
             // wakes it.
-            SchedLocked::lock(token).block(id, deadline);
+            let mut sched = SchedLocked::lock(token);
+            sched.block(id, deadline);
+            // A vLPI that arrived between the WFI trap and the vPE's exit rings no doorbell.
+            if crate::gicv4::left_pending(id) {
+                sched.wake(id);
+            }
             false
         }
         _ => {
@@ -951,6 +991,11 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
 /// A device's interrupt (the SMMU's, or the passed-through function's INTx), taken while a guest
 /// or the idle loop ran; ends or hands on the interrupt itself.
 fn device_irq(entry: &mut Unlocked, raw: u32, pcpu: usize) {
+    if let Some(id) = crate::gicv4::doorbell(raw) {
+        // An LPI: no active state, the priority drop ends it.
+        gic::drop_priority(raw);
+        return wake_for_interrupt(&mut SchedLocked::lock(entry), id, pcpu);
+    }
     let handled = with_hv(entry, |hv, token| {
         if hv.iommu.is_own_irq(raw) {
             hv.iommu.report_events();
@@ -1227,11 +1272,12 @@ impl dispatch::Machine for TrapMachine<'_> {
     }
 
     fn copy_op(&mut self, op_gpa: u64) -> Status {
-        let mut x = [0u64; 31];
-        x[0] = hypercall::GRANT_COPY;
-        x[1] = op_gpa;
-        x[2] = 1;
-        self.sharing(hypercall::GRANT_COPY, &x).0
+        let (status, copy) = HvLocked::lock(self.token).copy_op(self.vcpu, op_gpa);
+        // With no lock held: the pins keep both frames where they are until it is done.
+        if let Some(copy) = copy {
+            copy.run();
+        }
+        status
     }
 
     fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>) {
@@ -1248,10 +1294,29 @@ impl dispatch::Machine for TrapMachine<'_> {
 
     fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>) {
         let vcpu = self.vcpu;
-        with_hv(self.token, |hv, _| match hv.vcpu_vm.get(vcpu) {
-            Some(&vm_index) => hv.balloon_call(vm_index, function, x1, x2),
-            None => (Status::InvalidArgument, None, None),
-        })
+        let mut scrub = Scrub::default();
+        let mut fresh = Fresh::default();
+        if function == hypercall::BALLOON_POPULATE {
+            fresh = with_hv(self.token, |hv, _| hv.balloon_reserve(x2));
+            // Up to a batch of zeroing, with no lock another VM needs.
+            fresh.zero();
+        }
+        let answer = with_hv(self.token, |hv, _| {
+            let answer = match hv.vcpu_vm.get(vcpu) {
+                Some(&vm_index) => {
+                    hv.balloon_call(vm_index, function, x1, x2, &mut scrub, &mut fresh)
+                }
+                None => (Status::InvalidArgument, None, None),
+            };
+            hv.balloon_unreserve(&mut fresh);
+            answer
+        });
+        if !scrub.is_empty() {
+            // Up to a batch (2 MiB) of zeroing, with no lock another VM needs.
+            scrub.run();
+            with_hv(self.token, |hv, _| hv.balloon_freed(&scrub));
+        }
+        answer
     }
 
     fn accounting_report(&mut self, tag: u64) -> Status {

@@ -967,5 +967,9 @@ impl Vpendbaser {
     }
 }
 
+pub mod bringup;
+pub mod msi;
+pub mod vpe;
+
 #[cfg(test)]
 mod tests;

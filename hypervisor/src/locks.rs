@@ -13,6 +13,12 @@
 //! Then a VM's console lock, then the UART's (`logger`); the heap's lock is taken by any
 //! allocation, under any of them, and takes none.
 //!
+//! Not a lock, but ordered with them: GRANT_COPY's copy pins (`hypervisor::grant::pins`). A pin
+//! is taken only under the HV lock; the copy and the pin's release run with **no** lock held;
+//! a wait for a VM's pins (GRANT_END, a VM's teardown, a balloon release) is made holding the
+//! HV lock, so no new pin can start while it waits and it cannot deadlock with a copier, which
+//! takes no lock before it unpins.
+//!
 //! So a timer tick, a WFI, a context switch or an interrupt injection never waits for another
 //! VM's grant copy: those need only a vCPU's lock and the scheduler's.
 //!

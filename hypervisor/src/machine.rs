@@ -30,4 +30,6 @@ pub struct Hv {
     /// Pages VMs gave back to the balloon and nobody has taken yet: how many frames
     /// BALLOON_POPULATE may still take from the free memory (see `ballooning`).
     pub balloon_credit: u64,
+    /// The ITS when the machine has GICv4.0 direct injection (`None`: the NIC stays on INTx).
+    pub its: Option<crate::gicv4::DirectInjection>,
 }

@@ -19,6 +19,9 @@ mod dtb;
 // No unsafe block either, but its trap entry points are `#[no_mangle]` (the vectors branch to
 // them by name), which the `unsafe_code` lint counts as unsafe.
 #[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
+mod gicv4;
+#[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
 #[forbid(unsafe_code)]
@@ -184,7 +187,11 @@ mod boot {
             passthrough: None,
             reloading: 0,
             balloon_credit: 0,
+            its: None,
         };
+        // After the GIC, before any VM: the NIC's interrupt path is known before its owner
+        // is created.
+        hv.its = crate::gicv4::probe(&machine, &mut hv.frames, pcpus);
         // Before any VM exists: from here on no device DMA gets through unless attached.
         hv.iommu = Iommu::take_over(&machine, &mut hv.frames).unwrap_or_else(|why| {
             fail(
@@ -288,6 +295,7 @@ mod boot {
                 );
             };
             let vtcr = VTCR.load(Ordering::Relaxed) as u64;
+            crate::gicv4::add_vm(vm.id, &vm.name, &vm.vcpus, &mut hv.frames);
             match Passthrough::setup(&machine, blob, vm, bdf, &mut hv.frames, &mut hv.iommu, vtcr) {
                 Ok(p) => hv.passthrough = Some(p),
                 Err(why) => fail(

@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering::SeqCst;
 
 use hypervisor::dispatch::sharing::SharingEnv;
 use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels};
+use hypervisor::grant::pins::CopyPins;
 use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
@@ -17,7 +18,7 @@ use shared_abi::handshake::{self, Header};
 use shared_abi::ioreq;
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
-use crate::arch::mem::{free_kept_runs, GuestRam, OwnedFrame, PhysTableMemory};
+use crate::arch::mem::{free_kept_runs, GuestRam, OwnedFrame, PhysTableMemory, PinnedCopy};
 use crate::iommu::Iommu;
 use crate::vm::Vm;
 
@@ -50,6 +51,10 @@ pub struct Connection {
     /// `NO_PORT` for an emulated connection.
     pub frontend_port: u32,
     pub backend_port: u32,
+    /// How many times the front-end stopped: the epoch an emulated connection's request page
+    /// shows its device model (`shared_abi::ioreq`, "The guest's life"), counted here because
+    /// the page is the device model's to write.
+    pub frontend_stops: u64,
 }
 
 /// `caller`'s own port of its connection with `peer`, from the hypervisor's record (not the
@@ -119,12 +124,24 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
         .then_some(vm.ram.pa() + offset)
 }
 
+/// GRANT_COPY's copies in flight, per VM (see `hypervisor::grant::pins` for the protocol).
+pub static COPY_PINS: CopyPins = CopyPins::new();
+
+/// Returns once no GRANT_COPY copy touching `vm`'s RAM is in flight. Call it holding the HV
+/// lock, after the change that makes new copies of that RAM refuse.
+pub fn wait_for_copies(vm: VmId) {
+    COPY_PINS.wait_unpinned(vm, core::hint::spin_loop);
+}
+
 /// The grant tables' view of the machine: VM RAM through the identity map, stage-2 tables.
 pub struct Env<'a> {
     pub vms: &'a mut [Option<Vm>],
     pub frames: &'a mut FrameAllocator,
     pub iommu: &'a mut Iommu,
     pub connections: &'a [Connection],
+    /// Where a GRANT_COPY op's checked copy goes, pinned, to run after the HV lock is dropped;
+    /// `None`: copies run at once (under the lock).
+    pub copy_out: Option<&'a mut Option<PinnedCopy>>,
 }
 
 impl Env<'_> {
@@ -163,12 +180,25 @@ impl GrantEnv for Env<'_> {
     }
 
     fn copy(&mut self, dst_vm: VmId, dst_gpa: u64, src_vm: VmId, src_gpa: u64, len: u64) {
-        if let (Some((dst, dst_offset)), Some((src, src_offset))) = (
+        let (Some((dst, dst_offset)), Some((src, src_offset))) = (
             ram_at(self.vms, dst_vm, dst_gpa),
             ram_at(self.vms, src_vm, src_gpa),
-        ) {
-            dst.copy_from(dst_offset, &src, src_offset, len);
+        ) else {
+            return;
+        };
+        if let Some(out) = self.copy_out.as_deref_mut() {
+            // One op per lock hold, so at most one copy waits here; a pin that cannot be had
+            // (a count at its limit: never in practice) falls back to copying now.
+            if out.is_none() {
+                if let Some(pins) = COPY_PINS.pin(src_vm, dst_vm) {
+                    *out = PinnedCopy::new(&dst, dst_offset, &src, src_offset, len, pins);
+                    if out.is_some() {
+                        return;
+                    }
+                }
+            }
         }
+        dst.copy_from(dst_offset, &src, src_offset, len);
     }
 
     fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
@@ -223,6 +253,10 @@ impl GrantEnv for Env<'_> {
         {
             iommu.invalidate_ipas(vmid, root, &pieces);
         }
+    }
+
+    fn revoked(&mut self, vm: VmId) {
+        wait_for_copies(vm);
     }
 }
 
@@ -293,6 +327,7 @@ impl Sharing {
             page: OwnedFrame::alloc_zeroed(frames).ok_or("no free frame for the control page")?,
             frontend_port,
             backend_port,
+            frontend_stops: 0,
         };
         let sides: &[VmId] = match kind {
             ConnectionKind::Paravirt => {
@@ -349,6 +384,7 @@ impl Sharing {
                 frames,
                 iommu,
                 connections: &self.connections,
+                copy_out: None,
             },
             vm,
             teardown,
@@ -376,6 +412,30 @@ impl Sharing {
                 if ioreq::init_page(conn.page.atomics()).is_err() {
                     warn!("request page {:#x}: reset failed", conn.page.pa());
                 }
+                if conn.frontend == vm {
+                    // The device model learns now, through its request port, that its guest
+                    // stopped: it resets the device for a restarted guest and stops serving
+                    // one that is gone (before, it had to wait for the guest to fall quiet).
+                    conn.frontend_stops += 1;
+                    if ioreq::record_guest_stop(conn.page.atomics(), conn.frontend_stops, !restart)
+                        .is_err()
+                    {
+                        warn!(
+                            "request page {:#x}: guest stop not recorded",
+                            conn.page.pa()
+                        );
+                    }
+                    if conn.backend_port != NO_PORT {
+                        if let Some(page_gpa) = self.events.event_page(conn.backend) {
+                            notify.extend(set_port_pending(
+                                vms,
+                                conn.backend,
+                                page_gpa,
+                                conn.backend_port,
+                            ));
+                        }
+                    }
+                }
                 continue;
             }
             let (side, survivor, survivor_port) = if conn.frontend == vm {
@@ -383,6 +443,11 @@ impl Sharing {
             } else {
                 (handshake::Side::Backend, conn.frontend, conn.frontend_port)
             };
+            if restart && side == handshake::Side::Backend {
+                // Before the new incarnation runs: the front-end learns its rings may have
+                // been used and must be reset, even if it sees none of the states between.
+                handshake::bump_generation(conn.page.bytes_mut());
+            }
             handshake::mark_closed(conn.page.bytes_mut(), side);
             if !restart {
                 handshake::mark_stopped(conn.page.bytes_mut(), side);

@@ -176,6 +176,25 @@ impl Device {
         self.mac
     }
 
+    /// A bus reset, as for a guest that restarted: the power-on state of [`Device::new`] (same
+    /// MAC, nothing enabled, FIFOs empty and zeroed, no interrupt owed), done in place since
+    /// the device is too large for a stack temporary. The counters keep counting.
+    pub fn reset(&mut self) {
+        self.int_sts = 0;
+        self.int_en = 0;
+        self.irq = false;
+        self.tx_len = 0;
+        self.tx_have = 0;
+        self.tx_buf.fill(0);
+        self.tx_done = None;
+        self.rx_buf.fill(0);
+        self.rx_start = 0;
+        self.rx_used = 0;
+        self.rx_lens.clear();
+        self.rx_read = 0;
+        self.rx_announced = false;
+    }
+
     /// Sets status bits; owes an interrupt if an enabled bit went from 0 to 1.
     fn raise(&mut self, bits: u32) {
         let new = bits & !self.int_sts;

@@ -139,6 +139,13 @@ fn start_info_and_control_page_errors_keep_their_texts() {
         HandshakeError::Incomplete,
         "control page section lacks a port or MAC for its state",
     );
+    says(
+        HandshakeError::BadWritablePool {
+            writable: 9,
+            pages: 8,
+        },
+        "control page names 9 writable pool pages of 8",
+    );
 }
 
 #[test]
@@ -251,6 +258,13 @@ fn ring_errors_keep_their_texts() {
             pages: 100,
         },
         "buffer pool of 100 pages from ref 2000 runs past the grant table",
+    );
+    says(
+        LayoutError::BadWritablePart {
+            writable: 0,
+            pages: 100,
+        },
+        "0 of the 100 pool pages writable (must be 1..=100: the receive buffers)",
     );
     says(
         NotInFlight { head: 5 },

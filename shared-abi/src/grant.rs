@@ -103,8 +103,8 @@ pub const MAX_BATCH: u64 = 64;
 /// (front-ends grant, they do not map).
 pub const MAX_MAPPINGS_PER_GUEST: u32 = 512;
 /// The same for a driver domain, which maps every front-end's rings and buffer pool: room for
-/// [`MAX_VMS`](crate::layout::MAX_VMS) - 1 front-ends with pools of a jumbo-frame ring
-/// (about 430 pages each).
+/// [`MAX_VMS`](crate::layout::MAX_VMS) - 1 front-ends with pools of the largest size
+/// ([`POOL_BUDGET_PAGES`](crate::virtq::POOL_BUDGET_PAGES), 512 pages) and their two rings.
 pub const MAX_MAPPINGS_PER_DRIVER_DOMAIN: u32 = 16384;
 
 /// The grant window is part of the guest-physical layout, defined in [`layout`](crate::layout);

@@ -28,7 +28,10 @@
 //! |      88 |    6 | MAC it asks for (zero: "assign one")                   | front-end  |
 //! |   94-95 |      | reserved                                               |            |
 //! |      96 |    8 | feature bits                                           | front-end  |
-//! | 104-127 |      | reserved                                               |            |
+//! |     104 |    4 | back-end generation the offer is for (see Restarts)    | front-end  |
+//! |     108 |    4 | buffer pool: pages the back-end may write (the first   | front-end  |
+//! |         |      | ones; the rest are granted read-only), <= ref count    |            |
+//! | 112-127 |      | reserved                                               |            |
 //! |     128 |    4 | back-end state                                         | back-end   |
 //! | 132-135 |      | reserved                                               |            |
 //! |     136 |    8 | feature bits (accepted subset)                         | back-end   |
@@ -36,7 +39,9 @@
 //! | 150-191 |      | reserved                                               |            |
 //! |     192 |    4 | stop word ([`STOPPED_WORD`]): bit 0 front-end, bit 1   | hypervisor |
 //! |         |      | back-end stopped for good                              |            |
-//! |196-4095 |      | unused: zeroed by the hypervisor, never read           |            |
+//! |     196 |    4 | back-end generation ([`GENERATION_WORD`]): how many    | hypervisor |
+//! |         |      | times the back-end VM has restarted                    |            |
+//! |200-4095 |      | unused: zeroed by the hypervisor, never read           |            |
 //!
 //! States are `u32`: `Initialising = 1, InitWait = 2, Initialised = 3, Connected = 4,
 //! Closing = 5, Closed = 6`; any other number is an error. Readers refuse a part whose reserved
@@ -72,7 +77,7 @@
 //!    again on a dead front-end's last `Initialised` until the next incarnation starts).
 //! 5. The front-end, `Initialised`, seeing `Connected`, writes `Connected`. Data flows. Whatever
 //!    else it sees, an `Initialised` front-end just waits: the back-end always comes round to map
-//!    what it published (step 8).
+//!    what it published (step 8), unless the back-end restarted since (step 10).
 //!
 //! **Closing.**
 //! 6. Either side may go `Closing` from any state but `Closing`/`Closed`, to reset the connection
@@ -107,6 +112,21 @@
 //! take that `Connected` for its own. A back-end that shows `Initialising` after the front-end
 //! started holds no mapping and maps only what a later copy shows; the `InitWait → Closing` of
 //! step 6 makes sure the front-end gets to see one.
+//!
+//! **Generations** (a restarted back-end while the front-end lives on). Rings carry state
+//! (indices) that a back-end which used them moved, and a new back-end's queues start from
+//! zero, so rings an earlier back-end incarnation may have used must be reset (zeroed, all
+//! receive buffers offered again) before another maps them. The hypervisor counts the back-end's
+//! restarts in the page ([`GENERATION_WORD`], [`bump_generation`], done before the new
+//! incarnation runs, with [`mark_closed`]); the front-end writes the generation it saw into
+//! every offer ([`Frontend::backend_generation`]).
+//! 10. A front-end `Initialised` or `Connected` whose copy shows another generation than its
+//!     offer was made for goes `Closing` ([`frontend_next`]), and so resets its rings on the
+//!     way to its next `Initialised`, whatever the new back-end's state shows (it may have
+//!     seen none of the states in between).
+//! 11. A back-end maps only an offer for its own generation (read from the page when it
+//!     starts); an offer for another one it treats as not yet made and waits (the front-end
+//!     closes and offers again by step 10).
 //!
 //! State sequences with current copies, the front-end stepping first (the restarts start from
 //! connected; the hypervisor has marked the dead side `Closed`):
@@ -165,7 +185,9 @@ const H_END: usize = 24;
 const F_STATE: usize = 0;
 const F_MAC: usize = 24;
 const F_FEATURES: usize = 32;
-const F_END: usize = 40;
+const F_GENERATION: usize = 40;
+const F_POOL_WRITABLE: usize = 44;
+const F_END: usize = 48;
 /// Reserved bytes between the MAC and the features.
 const F_MAC_PAD: usize = 2;
 
@@ -187,7 +209,9 @@ const _: () = {
     assert!(H_END == HEADER_LEN + 2 * size_of::<u16>() + 2 * size_of::<u32>());
     assert!(F_MAC == F_STATE + 6 * size_of::<u32>());
     assert!(F_FEATURES == F_MAC + size_of::<[u8; 6]>() + F_MAC_PAD);
-    assert!(F_END == F_FEATURES + size_of::<u64>());
+    assert!(F_GENERATION == F_FEATURES + size_of::<u64>());
+    assert!(F_POOL_WRITABLE == F_GENERATION + size_of::<u32>());
+    assert!(F_END == F_POOL_WRITABLE + size_of::<u32>());
     assert!(B_FEATURES == B_STATE + STATE_LEN + B_STATE_PAD);
     assert!(B_END == B_MAC + size_of::<[u8; 6]>() && B_MAC == B_FEATURES + size_of::<u64>());
     assert!(STATE_LEN == size_of::<u32>());
@@ -197,6 +221,7 @@ const _: () = {
     assert!(H_END <= HEADER.end && F_END <= SECTION_LEN && B_END <= SECTION_LEN);
     assert!(F_STATE == 0 && B_STATE == 0);
     assert!(STOPPED_WORD >= BACKEND.end && STOPPED_WORD + 4 <= PAGE_LEN);
+    assert!(GENERATION_WORD == STOPPED_WORD + 4 && GENERATION_WORD + 4 <= PAGE_LEN);
 };
 
 #[repr(u32)]
@@ -328,6 +353,14 @@ pub struct Frontend {
     pub data_port: u32,
     pub mac: [u8; 6],
     pub features: u64,
+    /// The back-end generation ([`generation`]) this offer was made for: a back-end maps only
+    /// an offer for its own generation, because rings offered to an earlier one may have been
+    /// used by it (their indices moved) and must be reset first.
+    pub backend_generation: u32,
+    /// How many pool pages, from the first, the back-end may write (the receive buffers);
+    /// the rest of the pool (the transmit buffers) is granted read-only, so the front-end
+    /// can build frames there in place. At most `pool_count`.
+    pub pool_writable: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,6 +382,8 @@ impl Frontend {
             data_port: NO_PORT,
             mac: [0; 6],
             features: 0,
+            backend_generation: 0,
+            pool_writable: 0,
         }
     }
 }
@@ -385,6 +420,9 @@ pub enum HandshakeError {
     /// The buffer pool runs past the largest grant table.
     #[error("control page buffer pool runs past the grant table")]
     BadPool,
+    /// More writable pool pages than pool pages.
+    #[error("control page names {writable} writable pool pages of {pages}")]
+    BadWritablePool { writable: u32, pages: u32 },
     /// A MAC with the multicast bit set.
     #[error("control page MAC is a multicast address")]
     MulticastMac,
@@ -491,6 +529,12 @@ impl Frontend {
         if u64::from(self.pool_first_ref) + u64::from(self.pool_count) > u64::from(MAX_REFS) {
             return Err(HandshakeError::BadPool);
         }
+        if self.pool_writable > self.pool_count {
+            return Err(HandshakeError::BadWritablePool {
+                writable: self.pool_writable,
+                pages: self.pool_count,
+            });
+        }
         if self.data_port >= MAX_PORTS {
             return Err(HandshakeError::BadPort {
                 port: self.data_port,
@@ -522,7 +566,9 @@ impl Frontend {
         w.u32(self.data_port)?;
         w.bytes(&self.mac)?;
         w.skip(F_MAC_PAD)?;
-        w.u64(self.features)
+        w.u64(self.features)?;
+        w.u32(self.backend_generation)?;
+        w.u32(self.pool_writable)
     }
 
     /// Front-end: writes its whole section (only bytes 64..128, reserved bytes zeroed), the state
@@ -543,6 +589,8 @@ impl Frontend {
         let mac = r.array()?;
         let pad = r.bytes(F_MAC_PAD)?;
         let features = r.u64()?;
+        let backend_generation = r.u32()?;
+        let pool_writable = r.u32()?;
         reserved_zero(&[pad, r.bytes(SECTION_LEN - F_END)?])?;
         let section = Frontend {
             state: state_of(state)?,
@@ -553,6 +601,8 @@ impl Frontend {
             data_port,
             mac,
             features,
+            backend_generation,
+            pool_writable,
         };
         section.validate()?;
         Ok(section)
@@ -639,6 +689,39 @@ pub fn stopped(page: &[u8]) -> u32 {
     r.skip_to(STOPPED_WORD).and_then(|()| r.u32()).unwrap_or(0)
 }
 
+/// Byte offset of the back-end generation (a little-endian `u32` the hypervisor writes): how
+/// many times the back-end VM has restarted (wrapping). It tells the front-end that the back-end
+/// it offered its rings to is gone even when it saw none of the states in between, and lets a
+/// back-end recognise an offer made to an earlier incarnation (see the protocol's Restarts).
+pub const GENERATION_WORD: usize = 196;
+
+/// Hypervisor side: the back-end VM restarts; its next incarnation is a new generation.
+pub fn bump_generation(page: &mut [u8]) {
+    let next = generation(page).wrapping_add(1);
+    if let Some(word) = page.get_mut(GENERATION_WORD..GENERATION_WORD + 4) {
+        word.copy_from_slice(&next.to_le_bytes());
+    }
+}
+
+/// The back-end generation (0 when the page is too short).
+pub fn generation(page: &[u8]) -> u32 {
+    let mut r = Reader::new(page);
+    r.skip_to(GENERATION_WORD)
+        .and_then(|()| r.u32())
+        .unwrap_or(0)
+}
+
+/// The front-end's step ([`next_state`]) with the back-end generation it sees in the same copy
+/// of the page as `peer`: an `Initialised` or `Connected` front-end whose offer was made for
+/// another generation (`offered_for`) goes `Closing`, whatever state the new back-end shows,
+/// so that it resets its rings before offering them again (step 10 of the protocol).
+pub const fn frontend_next(own: State, peer: State, offered_for: u32, seen: u32) -> Option<State> {
+    if offered_for != seen && matches!(own, State::Initialised | State::Connected) {
+        return Some(State::Closing);
+    }
+    next_state(Side::Frontend, own, peer)
+}
+
 #[cfg(test)]
 mod stop_tests {
     use super::*;
@@ -653,6 +736,40 @@ mod stop_tests {
         let mut short = [0u8; 8];
         mark_stopped(&mut short, Side::Backend);
         assert_eq!(stopped(&short), 0);
+    }
+
+    #[test]
+    fn the_generation_counts_restarts_and_wraps() {
+        let mut page = std::vec![0u8; PAGE_LEN];
+        assert_eq!(generation(&page), 0);
+        bump_generation(&mut page);
+        bump_generation(&mut page);
+        assert_eq!(generation(&page), 2);
+        assert_eq!(stopped(&page), 0, "the stop word is not touched");
+        page[GENERATION_WORD..GENERATION_WORD + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        bump_generation(&mut page);
+        assert_eq!(generation(&page), 0);
+        let mut short = [0u8; 8];
+        bump_generation(&mut short);
+        assert_eq!(generation(&short), 0);
+    }
+
+    #[test]
+    fn a_front_end_offered_to_another_generation_closes() {
+        use State::*;
+        for own in State::ALL {
+            for peer in State::ALL {
+                let same = frontend_next(own, peer, 3, 3);
+                assert_eq!(same, next_state(Side::Frontend, own, peer));
+                let other = frontend_next(own, peer, 3, 4);
+                if matches!(own, Initialised | Connected) {
+                    assert_eq!(other, Some(Closing), "{own:?} {peer:?}");
+                    assert!(transition_allowed(own, Closing));
+                } else {
+                    assert_eq!(other, same, "{own:?} {peer:?}");
+                }
+            }
+        }
     }
 }
 

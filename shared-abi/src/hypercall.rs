@@ -96,6 +96,18 @@ pub const IOREQ_SET_IRQ: u64 = VENDOR_HYP_BASE | 0x50;
 pub const ACCOUNTING_REPORT: u64 = VENDOR_HYP_BASE | 0x60;
 pub const ACCOUNTING_MIN_INTERVAL_MS: u64 = 20;
 
+/// Driver domain only (issue 15; ids 0x80..=0x8f are the interrupt-virtualization calls):
+/// deliver vectors `0..x2` of the MSI-X table of PCI function x1 (its routing id, bus << 8 |
+/// device << 3 | function) as virtual LPIs straight into the caller's vCPU 0 (GICv4 direct
+/// injection). The caller must own the function (`Denied` otherwise) and ask for
+/// 1..=its MSI-X table size vectors (`InvalidArgument` otherwise); `NotSupported` without
+/// direct injection (GICv3, or the ITS failed): the driver then uses INTx. On `Ok`, x1 is the
+/// doorbell IOVA to program in every vector's Message Address (the ITS's translation page,
+/// mapped there and nowhere else in the caller's stage 2 and the device's SMMU view), vector n's
+/// Message Data is n, and x2 is the vINTID of vector 0 (vector n arrives as x2 + n). A second
+/// call for the same function is `Busy`; a stop or restart of the caller unmaps everything.
+pub const MSIX_MAP: u64 = VENDOR_HYP_BASE | 0x80;
+
 /// Give pages of the caller's memory back to the balloon. x1 = GPA of an array of page GPAs,
 /// x2 = count, `1..=balloon::MAX_BATCH`. Returns x1 = pages taken; x0 is the status of the
 /// first page refused (see [`balloon`](crate::balloon)).

@@ -30,6 +30,8 @@
 //! |-------------:|-------------------------------------------------------------------|
 //! |            0 | [`MAGIC`] (low 32 bits) and [`VERSION`] (high 32 bits)            |
 //! |            1 | slot count, [`SLOTS`]                                             |
+//! |            2 | guest epoch: how many times the guest stopped (hypervisor writes) |
+//! |            3 | guest state: [`GUEST_RUNNING`] or [`GUEST_GONE`] (hypervisor writes) |
 //! | `8 + 4 * i`  | slot `i` (vCPU `i` of the guest): state                           |
 //! | `9 + 4 * i`  | offset of the access inside the device window                     |
 //! | `10 + 4 * i` | data: the value a write stores, or the answer to a read           |
@@ -46,6 +48,18 @@
 //! It knows which slots have a request outstanding from its own records, takes an answer only
 //! from such a slot, ignores anything else, and reads the data word once. A stray
 //! `RESPONSE_READY` is simply not an answer to anything.
+//!
+//! # The guest's life
+//!
+//! A device model must know when its guest goes away, as a real device sees its bus reset: the
+//! hypervisor counts every stop of the guest in the epoch word (a SYSTEM_RESET, a kill, a
+//! power-off) and sets the state word to [`GUEST_GONE`] when the guest will not come back, then
+//! signals the request port. The device model reads both words once per look
+//! ([`guest_status`]): a new epoch means the guest it served is gone, so the device goes back to
+//! its power-on state (a restarted guest finds a fresh device, not the old one's FIFOs);
+//! `GUEST_GONE` means it can stop serving. The hypervisor only ever writes these two words
+//! (it increments the epoch from its own count, never from what the page holds), so a device
+//! model that scribbles on them misleads only itself.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,9 +67,16 @@ use crate::layout::MAX_VCPUS_PER_VM;
 
 /// `"IORQ"` little-endian, in the low half of word 0.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"IORQ");
-pub const VERSION: u32 = 1;
+/// Version 2 added the guest's epoch and state (words 2 and 3).
+pub const VERSION: u32 = 2;
 /// One slot per vCPU of the guest.
 pub const SLOTS: usize = MAX_VCPUS_PER_VM as usize;
+/// Words of the guest's epoch and state.
+const GUEST_EPOCH: usize = 2;
+const GUEST_STATE: usize = 3;
+/// Guest states (word 3).
+pub const GUEST_RUNNING: u64 = 0;
+pub const GUEST_GONE: u64 = 1;
 /// Word index of slot 0 and words per slot.
 const SLOT_BASE: usize = 8;
 const SLOT_WORDS: usize = 4;
@@ -122,7 +143,39 @@ pub const fn truncate(value: u64, size: u8) -> u64 {
     }
 }
 
-/// Hypervisor side: writes the header and empties every slot.
+/// The guest's life as the page tells it (see "The guest's life").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestStatus {
+    /// How many times the guest has stopped since the page was made.
+    pub epoch: u64,
+    /// The guest stopped for good.
+    pub gone: bool,
+}
+
+/// Hypervisor side: the guest stopped for the `epoch`-th time (the hypervisor's own count),
+/// `for_good` unless it is restarting. Written before the request port is signalled.
+pub fn record_guest_stop(page: &[AtomicU64], epoch: u64, for_good: bool) -> Result<(), IoreqError> {
+    if page.len() < PAGE_WORDS {
+        return Err(IoreqError::PageTooShort { words: page.len() });
+    }
+    let state = if for_good { GUEST_GONE } else { GUEST_RUNNING };
+    page[GUEST_STATE].store(state, Ordering::Relaxed);
+    page[GUEST_EPOCH].store(epoch, Ordering::Release);
+    Ok(())
+}
+
+/// Device-model side: the guest's epoch and state, each word read once.
+pub fn guest_status(page: &[AtomicU64]) -> Result<GuestStatus, IoreqError> {
+    if page.len() < PAGE_WORDS {
+        return Err(IoreqError::PageTooShort { words: page.len() });
+    }
+    let epoch = page[GUEST_EPOCH].load(Ordering::Acquire);
+    let gone = page[GUEST_STATE].load(Ordering::Relaxed) == GUEST_GONE;
+    Ok(GuestStatus { epoch, gone })
+}
+
+/// Hypervisor side: writes the header and empties every slot. The guest's epoch and state
+/// are left as they are (a fresh page is all zeros: epoch 0, running).
 pub fn init_page(page: &[AtomicU64]) -> Result<(), IoreqError> {
     if page.len() < PAGE_WORDS {
         return Err(IoreqError::PageTooShort { words: page.len() });

@@ -311,6 +311,15 @@ pub fn setting<'a>(settings: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// The value of `key` as a flag: exactly `true` or `false` (`None`: absent or anything else).
+pub fn setting_bool(settings: &str, key: &str) -> Option<bool> {
+    match setting(settings, key)? {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The value of `key` as a decimal or `0x`-prefixed hexadecimal number.
 pub fn setting_u64(settings: &str, key: &str) -> Option<u64> {
     let value = setting(settings, key)?;
@@ -758,6 +767,16 @@ mod tests {
         assert_eq!(setting("no equals sign\n", "no equals sign"), None);
         assert_eq!(setting("", "a"), None);
         assert_eq!(setting("a=1\r\nb=2\r\n", "a"), Some("1"));
+    }
+
+    #[test]
+    fn setting_bool_takes_exactly_true_and_false() {
+        let s = "on=true\noff=false\nupper=True\none=1\nempty=\nspace= true\n";
+        assert_eq!(setting_bool(s, "on"), Some(true));
+        assert_eq!(setting_bool(s, "off"), Some(false));
+        for bad in ["upper", "one", "empty", "space", "missing"] {
+            assert_eq!(setting_bool(s, bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -38,7 +38,10 @@
 //! `pool_pages` consecutive grant refs starting at the pool's first ref, which the back-end maps
 //! contiguously (the front-end need not have them contiguous in its RAM). The back-end can
 //! therefore check a buffer with one range comparison, `[addr, addr + len)` inside
-//! `[0, pool_pages * 4096)`, and never translates a guest address.
+//! `[0, pool_pages * 4096)`, and never translates a guest address. A back-end maps at most
+//! [`POOL_BUDGET_PAGES`] per connection; [`PoolPlan`] sizes a front-end's buffers from its
+//! MTU (up to [`MAX_MTU`], so one frame of up to [`MAX_ETH_FRAME`] bytes carries a 64 KiB TCP
+//! segment between guests) within that budget.
 //!
 //! # Frames
 //!
@@ -73,6 +76,7 @@ mod mem;
 mod net;
 #[cfg(test)]
 mod notify_model;
+mod pool;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +89,9 @@ pub use net::{
     l4_checksum_field, HeaderError, LayoutError, NetFeatures, NetHdr, RingLayout, FEATURE_CSUM,
     FEATURE_EVENT_IDX, FEATURE_NET, NET_FEATURES, VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+};
+pub use pool::{
+    PoolPlan, MAX_ETH_FRAME, MAX_MTU, MAX_RX_BUFFERS, MAX_TX_BUFFERS, MIN_MTU, POOL_BUDGET_PAGES,
 };
 
 use crate::grant::MAX_REFS;

@@ -749,6 +749,183 @@ impl Reasons {
     }
 }
 
+// ---- The three ways to give a VM a NIC: costs per packet ----------------------------------------
+
+/// The MSS of a 1500-byte MTU: the passthrough path's data packets are counted as its
+/// payload over this (the driver domain prints no per-test frame counter; slirp sends
+/// full-sized segments in a bulk transfer).
+pub const NIC_MSS: u64 = 1460;
+
+/// What one test of one path cost per data packet the receiver got, from the accounting
+/// reports before and after it: the path's VMs' exits to EL2, forwarded I/O requests (the
+/// device-model requests of an emulated NIC) and injected virtual interrupts (the virtual
+/// timer's included), summed over the VMs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PacketCosts {
+    pub packets: u64,
+    pub exits: f64,
+    pub ioreqs: f64,
+    pub interrupts: f64,
+    /// Each VM's exits per packet.
+    pub exits_by_vm: BTreeMap<String, f64>,
+}
+
+/// The costs of `vms` between `before` and `after` over `packets`. An error when there are no
+/// packets, a VM is missing from a report, or a counter went backwards (a VM restarted).
+pub fn packet_costs(
+    before: &Accounting,
+    after: &Accounting,
+    vms: &[&str],
+    packets: u64,
+) -> Result<PacketCosts, String> {
+    if packets == 0 {
+        return Err("no packets were carried".into());
+    }
+    let mut costs = PacketCosts {
+        packets,
+        ..PacketCosts::default()
+    };
+    let per = |n: u64| round_to(n as f64 / packets as f64, 4);
+    let (mut exits, mut ioreqs, mut virqs) = (0u64, 0u64, 0u64);
+    for vm in vms {
+        let (b, a) = match (before.vms.get(*vm), after.vms.get(*vm)) {
+            (Some(b), Some(a)) => (b, a),
+            _ => return Err(format!("no accounting of {vm} in both reports")),
+        };
+        let delta = |f: fn(&VmAccount) -> u64| {
+            f(a).checked_sub(f(b))
+                .ok_or_else(|| format!("the accounting of {vm} went backwards"))
+        };
+        let vm_exits = delta(|v| v.exits)?;
+        exits += vm_exits;
+        ioreqs += delta(|v| v.ioreqs)?;
+        virqs += delta(|v| v.virqs)?;
+        costs.exits_by_vm.insert(vm.to_string(), per(vm_exits));
+    }
+    costs.exits = per(exits);
+    costs.ioreqs = per(ioreqs);
+    costs.interrupts = per(virqs);
+    Ok(costs)
+}
+
+/// A path's costs per packet over several runs: each a [`Stat`] over the runs' values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PathCosts {
+    /// Data packets the receiver got in a test.
+    pub packets: Option<Stat>,
+    pub exits_per_packet: Option<Stat>,
+    pub ioreqs_per_packet: Option<Stat>,
+    pub interrupts_per_packet: Option<Stat>,
+    /// Each VM's exits per packet (medians over runs).
+    pub exits_per_packet_by_vm: BTreeMap<String, f64>,
+}
+
+impl PathCosts {
+    pub fn of_runs(runs: &[PacketCosts]) -> PathCosts {
+        let stat =
+            |f: fn(&PacketCosts) -> f64| Stat::of_runs(&runs.iter().map(f).collect::<Vec<_>>());
+        let mut by_vm: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for run in runs {
+            for (vm, v) in &run.exits_by_vm {
+                by_vm.entry(vm.clone()).or_default().push(*v);
+            }
+        }
+        PathCosts {
+            packets: stat(|r| r.packets as f64),
+            exits_per_packet: stat(|r| r.exits),
+            ioreqs_per_packet: stat(|r| r.ioreqs),
+            interrupts_per_packet: stat(|r| r.interrupts),
+            exits_per_packet_by_vm: by_vm
+                .into_iter()
+                .map(|(vm, v)| (vm, round_to(median(&v), 4)))
+                .collect(),
+        }
+    }
+}
+
+/// The NIC interrupts a driver domain's `<name> NIC counters: ... interrupts N, ...` line
+/// says it has taken since boot; `None` for any other line.
+pub fn nic_interrupts(line: &str) -> Option<u64> {
+    let rest = line.split_once(" NIC counters: ")?.1;
+    let after = rest.split_once("interrupts ")?.1;
+    after.split(',').next()?.trim().parse().ok()
+}
+
+/// The NIC interrupts taken between the accounting reports tagged `before` and `after`: the
+/// last NIC counters line before the first report (none: from boot, 0) and the first one
+/// after the second. The lines come every 2 s, so this brackets the test with up to 2 s on
+/// each side; `None` without a line after the second report.
+pub fn nic_interrupts_between<'a>(
+    lines: impl IntoIterator<Item = &'a String>,
+    before: u64,
+    after: u64,
+) -> Option<u64> {
+    let (first, second) = (
+        format!("[hv] accounting {before} idle_us="),
+        format!("[hv] accounting {after} idle_us="),
+    );
+    let (mut start, mut seen_first, mut seen_second) = (0, false, false);
+    for line in lines {
+        if line.starts_with(&first) {
+            seen_first = true;
+        } else if line.starts_with(&second) && seen_first {
+            seen_second = true;
+        } else if let Some(n) = nic_interrupts(line) {
+            if seen_second {
+                return n.checked_sub(start);
+            }
+            if !seen_first {
+                start = n;
+            }
+        }
+    }
+    None
+}
+
+/// One test an iperf3 server served, as its console tells: the test's number (1-based, in
+/// the order they started: the `netstats`/accounting tags are 2n and 2n + 1), its peer, and
+/// its receiver result if it finished.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServedTest {
+    pub n: u64,
+    pub peer: String,
+    pub result: Option<crate::iperf::ResultLine>,
+}
+
+/// The tests a server VM's console lines show: each `iperf: server A <- B: ... test started`
+/// line opens test n (peer B), and the receiver result line that follows is its result. A
+/// malformed result line is an error.
+pub fn served_tests<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<ServedTest>, String> {
+    let mut tests: Vec<ServedTest> = Vec::new();
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("iperf: server ") {
+            if let Some((head, _)) = rest
+                .split_once(": ")
+                .filter(|(_, t)| t.contains("test started"))
+            {
+                let peer = head.rsplit_once(" <- ").map(|(_, p)| p).unwrap_or_default();
+                tests.push(ServedTest {
+                    n: tests.len() as u64 + 1,
+                    peer: peer.to_string(),
+                    result: None,
+                });
+            }
+            continue;
+        }
+        if let Some(result) = crate::iperf::parse_result_line(line) {
+            let result = result?;
+            if let Some(test) = tests.last_mut().filter(|t| t.result.is_none()) {
+                if result.receiver {
+                    test.result = Some(result);
+                }
+            }
+        }
+    }
+    Ok(tests)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1192,5 +1369,112 @@ mod tests {
         assert!(!s.spread_over_2x);
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["spread_over_2x"], false);
+    }
+
+    fn account(vm: &str, tag: u64, exits: u64, ioreqs: u64, virqs: u64) -> String {
+        format!(
+            "[hv] accounting {tag} vm={vm} run_us=1 exits={exits} hypercalls=0 mmio_exits={ioreqs} \
+             ioreqs={ioreqs} virqs={virqs}"
+        )
+    }
+
+    #[test]
+    fn packet_costs_are_the_path_vms_counter_differences_over_the_packets() {
+        let lines = vec![
+            account("dd", 2, 100, 0, 10),
+            account("emu", 2, 50, 40, 1),
+            account("bystander", 2, 0, 0, 0),
+            account("dd", 3, 300, 0, 30),
+            account("emu", 3, 4_050, 4_040, 11),
+            account("bystander", 3, 999_999, 0, 0),
+        ];
+        let reports = accounting_reports(&lines).unwrap();
+        let (b, a) = (&reports[&2], &reports[&3]);
+        let c = packet_costs(b, a, &["emu", "dd"], 10).unwrap();
+        // emu: 4000 exits, 4000 requests, 10 interrupts; dd: 200 exits, 20 interrupts.
+        assert_eq!(c.packets, 10);
+        assert_eq!((c.exits, c.ioreqs, c.interrupts), (420.0, 400.0, 3.0));
+        assert_eq!(c.exits_by_vm["emu"], 400.0);
+        assert_eq!(c.exits_by_vm["dd"], 20.0);
+        assert!(!c.exits_by_vm.contains_key("bystander"));
+        assert!(packet_costs(b, a, &["emu"], 0)
+            .unwrap_err()
+            .contains("no packets"));
+        assert!(packet_costs(b, a, &["ghost"], 1)
+            .unwrap_err()
+            .contains("ghost"));
+        assert!(packet_costs(a, b, &["dd"], 1)
+            .unwrap_err()
+            .contains("went backwards"));
+        // Over runs: medians, min and max of the run values.
+        let mut c2 = c.clone();
+        c2.exits = 500.0;
+        c2.packets = 30;
+        c2.exits_by_vm.insert("emu".into(), 480.0);
+        let mut c3 = c.clone();
+        c3.exits = 380.0;
+        let path = PathCosts::of_runs(&[c, c2, c3]);
+        let exits = path.exits_per_packet.unwrap();
+        assert_eq!((exits.median, exits.min, exits.max), (420.0, 380.0, 500.0));
+        assert_eq!(path.packets.unwrap().median, 10.0);
+        assert_eq!(path.exits_per_packet_by_vm["emu"], 400.0);
+        assert_eq!(PathCosts::of_runs(&[]), PathCosts::default());
+    }
+
+    #[test]
+    fn served_tests_pair_each_start_with_its_result() {
+        let lines = [
+            "iperf: server listening on 10.0.2.18:5201",
+            "iperf: server 10.0.2.18 <- 10.0.2.16: tcp test started, 3 s, this side receives",
+            "iperf: 1 s, 1000 bytes, 0.01 Mbit/s",
+            "IPERF server 10.0.2.18 <- 10.0.2.16: tcp 3.00 s, 90000 bytes, 0.24 Mbit/s, receiver",
+            "iperf: the sender counted 90000 bytes",
+            "iperf: server 10.0.2.18 <- 10.0.2.16: tcp test started, 3 s, this side receives",
+            "iperf: server 10.0.2.18 <- 10.0.2.16: test failed: the peer went quiet",
+            "iperf: server 10.0.2.18 <- 10.0.2.2: tcp test started, 3 s, this side receives",
+            "IPERF server 10.0.2.18 <- 10.0.2.2: tcp 3.00 s, 120000 bytes, 0.32 Mbit/s, receiver",
+        ];
+        let tests = served_tests(lines).unwrap();
+        assert_eq!(tests.len(), 3);
+        assert_eq!((tests[0].n, tests[0].peer.as_str()), (1, "10.0.2.16"));
+        assert_eq!(tests[0].result.as_ref().unwrap().bytes, Some(90_000));
+        assert!(tests[1].result.is_none(), "the failed test has no result");
+        assert_eq!((tests[2].n, tests[2].peer.as_str()), (3, "10.0.2.2"));
+        assert!((tests[2].result.as_ref().unwrap().mbps - 0.32).abs() < 1e-9);
+        let bad = ["IPERF server 1 <- 2: tcp 3.00 s, receiver"];
+        assert!(served_tests(bad).is_err());
+    }
+
+    #[test]
+    fn nic_interrupts_are_bracketed_by_the_counters_lines_around_the_reports() {
+        let nic = |n: u64| {
+            format!(
+                "[driver-domain] driver-domain NIC counters: rx 5 frames / 9 B, tx 1 frames / 2 B, \
+                 tx errors 0, interrupts {n}, udp echoed 0, tcp echoed 0 B"
+            )
+        };
+        assert_eq!(nic_interrupts(&nic(1909)), Some(1909));
+        assert_eq!(nic_interrupts("[dd] interrupts 5,"), None);
+        let lines: Vec<String> = vec![
+            nic(3),
+            nic(7),
+            "[hv] accounting 2 idle_us=0 pcpus=2".into(),
+            nic(500),
+            "[hv] accounting 3 idle_us=9 pcpus=2".into(),
+            nic(1007),
+            nic(2000),
+        ];
+        assert_eq!(nic_interrupts_between(&lines, 2, 3), Some(1000));
+        assert_eq!(
+            nic_interrupts_between(&lines[2..], 2, 3),
+            Some(1007),
+            "from boot"
+        );
+        assert_eq!(
+            nic_interrupts_between(&lines[..5], 2, 3),
+            None,
+            "no line after"
+        );
+        assert_eq!(nic_interrupts_between(&lines, 4, 5), None);
     }
 }

@@ -9,12 +9,15 @@
 //! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps` and the other placements (`figures.memcpy_*`, `shared_copy_mbps`), `scaling` at 1 pair |
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
-//! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain` |
+//! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain`, its costs per packet (`three_way.passthrough`) |
 //! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
 //! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
 //! | `ping` | driver domain, two `net` guests pinging each other (20 x 50 ms) | `ping_rtt_us.guest_to_guest` |
 //! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
 //! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
+//! | `emulated` | ONE boot: driver domain (NIC), an iperf3 server guest `emu` with the emulated NIC, a para-virtual client guest `pv`; `runs` tests pv -> emu (`iperf_repeat`), then `runs` tests host -> emu | `emulated_tcp_mbps.{guest_to_guest,host_to_guest}`, `three_way.emulated` |
+//! | `balloon` | driver domain, a `net` guest giving 128 MiB back and one taking them | `balloon_mib_per_s.{inflate,deflate}` |
+//! | `restart` | the NIC's driver domain panics 4 s in, under an iperf3 stream guest -> guest and one host -> guest (8 s each) | `driver_domain_recovery_ms` (crash -> first frame through the new incarnation), `driver_domain_restart_gap_ms.{guest_to_guest,host_to_guest}` (each stream's receiver's longest data gap), from [`crate::restart::recovery`] |
 //!
 //! Throughput is TCP, one stream, in Mbit/s (10^6 bit/s) as iperf3 counts it; in every case the
 //! receiving side's figure is used. Nothing here asserts a speed. A figure whose run values
@@ -24,6 +27,18 @@
 //! events per frame, bytes per notification, copies per byte (per copy site too) and each VM's
 //! share of the pCPU time, from the iperf guests' `netstats` marks around their test, the
 //! driver domain's `netback` port lines and the hypervisor's `accounting` reports.
+//!
+//! The three-way table (issue 12: emulation, para-virtualization, passthrough): for each
+//! method, TCP host -> guest and guest -> guest, and per data packet the receiver got (its
+//! front-end's received frames between the `netstats` marks of its test; for passthrough the
+//! driver domain's payload over [`bench::NIC_MSS`]) the exits to EL2, device-model requests and
+//! virtual interrupts of the path's VMs between the accounting reports around the test
+//! ([`bench::packet_costs`]). `exits_per_packet`, `ioreqs_per_packet` and
+//! `interrupts_per_packet` are the host -> guest figures (the test all three methods have; a
+//! passed-through NIC has one owner, so it has no guest pair); `three_way` has both tests.
+//! The emulated NIC carries at most about 0.3 Mbit/s (every 4 bytes a trapped access), and
+//! a test's set-up takes seconds through it, so all its tests run in one boot, one after
+//! another: still `runs` values per figure, each test's own.
 //!
 //! Why the guest is the client over passt: passt sends everything to the last address it saw
 //! from the guest side (see [`crate::passt`]), so the guest has to speak first; a connection it
@@ -36,11 +51,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::balloon;
 use crate::bench::{
-    self, parse_ping_reply, round_to, Figure, PathRun, Reasons, RunReasons, Sample, Stat, Unit,
+    self, parse_ping_reply, round_to, Figure, PacketCosts, PathRun, Reasons, RunReasons, Sample,
+    Stat, Unit,
 };
 use crate::console;
-use crate::iperf::{parse_result_line, Direction, HostIperfs, HostServer, ResultLine};
+use crate::hostnet::HostForward;
+use crate::iperf::{
+    parse_result_line, run_client, Direction, HostIperfs, HostServer, ResultLine, IPERF_PORT,
+};
+use crate::net::{free_port, Proto};
 use crate::plot::{self, PathBar, PlotPoint};
 use crate::qemu::{boot, Artifacts, Boot, BootOptions};
 use crate::report::parse_ping_summary;
@@ -64,7 +85,7 @@ pub struct Options {
 
 /// The scenario groups `--only` can pick: the scenario keys of the module docs, with every
 /// `scaling_N_pairs` under `scaling` and every `bystander_LOAD` under `bystander`.
-pub const SCENARIO_GROUPS: [&str; 10] = [
+pub const SCENARIO_GROUPS: [&str; 13] = [
     "guest_to_guest",
     "scaling",
     "host_guest",
@@ -75,6 +96,9 @@ pub const SCENARIO_GROUPS: [&str; 10] = [
     "evtchn",
     "grant",
     "bystander",
+    "emulated",
+    "balloon",
+    "restart",
 ];
 
 impl Options {
@@ -254,7 +278,8 @@ pub fn passthrough_topology_on(nic: NicBackend, seconds: u32) -> String {
         "{}{}",
         machine_on(nic),
         driver_domain(&format!(
-            ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = 1, host_iperf = \"send\"",
+            ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = 1, host_iperf = \"send\", \
+             iperf_accounting = true",
             nic_serve_ms(seconds)
         ))
     )
@@ -273,6 +298,115 @@ pub fn ping_topology() -> String {
         driver_domain(", nic_serve_ms = 1000"),
         guest("guest1", true, &net("10.0.2.16", "10.0.2.17")),
         guest("guest2", true, &net("10.0.2.17", "10.0.2.16")),
+    )
+}
+
+/// The emulated guest's address: the `emulated` boot's iperf3 server.
+pub const EMU_IP: &str = "10.0.2.18";
+/// The para-virtual client guest's address in the `emulated` boot.
+pub const PV_IP: &str = "10.0.2.16";
+
+/// How long the iperf3 ends of the `emulated` boot wait for each other outside the data
+/// phase (the default 10 s is less than some round trips through the emulated NIC take on a
+/// loaded machine).
+pub const EMU_TIMEOUT_MS: u64 = 30_000;
+
+/// The `emulated` boot: `emu` (emulated NIC) serves `2 * tests` iperf3 tests: `tests` from
+/// the para-virtual guest `pv` (its `iperf_repeat`), then `tests` from the host. Both ask for
+/// the accounting: `pv`'s test k is `emu`'s test k (it runs first), so they tag it alike and
+/// the first report of a tag counts; `pv`'s own report keeps it in the report that ends its
+/// last test (it stops right after, possibly before `emu`'s).
+pub fn emulated_topology(seconds: u32, tests: usize) -> String {
+    let serve_ms = (tests as u64 * 2 * (u64::from(seconds) + 60) + 150) * 1000;
+    format!(
+        "{MACHINE}{}{}{}",
+        driver_domain(&format!(", nic_serve_ms = {serve_ms}")),
+        guest(
+            "emu",
+            true,
+            &format!(
+                "app = \"iperf\", ip = \"{EMU_IP}/24\", iperf = \"server\", iperf_tests = {}, \
+                 iperf_accounting = true, iperf_idle_ms = 120000, \
+                 iperf_timeout_ms = {EMU_TIMEOUT_MS}",
+                2 * tests
+            )
+        )
+        .replacen("backend = ", "nic = \"emulated\"\nbackend = ", 1),
+        guest(
+            "pv",
+            true,
+            &format!(
+                "app = \"iperf\", ip = \"{PV_IP}/24\", iperf = \"client\", \
+                 iperf_server = \"{EMU_IP}\", iperf_seconds = {seconds}, iperf_repeat = {tests}, \
+                 iperf_wait_ms = 60000, iperf_timeout_ms = {EMU_TIMEOUT_MS}, \
+                 iperf_accounting = true"
+            )
+        ),
+    )
+}
+
+/// The MiB the `balloon` boot moves (the demo's figure).
+pub const BALLOON_MIB: u64 = 128;
+
+/// The balloon's move: `giver` (8 MiB it uses plus [`BALLOON_MIB`]) gives [`BALLOON_MIB`] back
+/// once its network is up, `taker` takes them once the credit holds them. No NIC: the `net`
+/// app only needs its front-end connected.
+pub fn balloon_topology() -> String {
+    let net = |ip: &str, setting: &str| {
+        format!("app = \"net\", ip = \"{ip}/24\", serve_ms = 1000, {setting} = {BALLOON_MIB}")
+    };
+    format!(
+        "[machine]\ncpus = 2\nmemory_mib = 1024\n\
+         [[vm]]\nname = \"{DRIVER_DOMAIN}\"\nkind = \"driver-domain\"\nimage = \"driver-domain\"\n\
+         memory_mib = 8\nvcpus = 1\n{}{}",
+        guest("giver", true, &net("10.0.2.16", "balloon_give_mib")).replace(
+            "memory_mib = 8\n",
+            &format!("memory_mib = {}\n", BALLOON_MIB + 16)
+        ),
+        guest("taker", true, &net("10.0.2.17", "balloon_take_mib")),
+    )
+}
+
+/// How long after it starts the driver domain of the `restart` boot crashes.
+pub const RESTART_CRASH_AFTER_MS: u64 = 4_000;
+/// The length of the `restart` boot's streams: past the crash by as long again (fixed, so the
+/// figure does not depend on `--short`).
+pub const RESTART_STREAM_SECONDS: u32 = 8;
+/// The receivers of the `restart` boot's streams: guest -> guest, host -> guest.
+pub const RESTART_RECEIVERS: [(&str, &str); 2] = [
+    ("guest_to_guest", "g-server"),
+    ("host_to_guest", "h-server"),
+];
+
+/// The demo's restart (topologies/restart.toml) with a host -> guest stream beside the guest
+/// -> guest one: the NIC's driver domain panics [`RESTART_CRASH_AFTER_MS`] after it starts.
+pub fn restart_topology() -> String {
+    let seconds = RESTART_STREAM_SECONDS;
+    format!(
+        "{MACHINE}{}{}{}{}",
+        driver_domain(&format!(
+            ", nic_serve_ms = 2000, test_crash = \"panic\", \
+             test_crash_after_ms = {RESTART_CRASH_AFTER_MS}"
+        )),
+        guest(
+            "g-server",
+            true,
+            "app = \"iperf\", ip = \"10.0.2.20/24\", iperf = \"server\", iperf_tests = 1"
+        ),
+        guest(
+            "g-client",
+            true,
+            &format!(
+                "app = \"iperf\", ip = \"10.0.2.21/24\", iperf = \"client\", \
+                 iperf_server = \"10.0.2.20\", iperf_seconds = {seconds}, iperf_wait_ms = 30000"
+            )
+        ),
+        guest(
+            "h-server",
+            true,
+            "app = \"iperf\", ip = \"10.0.2.22/24\", iperf = \"server\", iperf_tests = 1, \
+             host_iperf = \"send\""
+        ),
     )
 }
 
@@ -394,6 +528,58 @@ pub struct PassthroughPasst {
     pub host_to_driver_domain: Option<Stat>,
 }
 
+/// TCP through the emulated NIC (the receiver's figure: the emulated guest's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Emulated {
+    /// From a para-virtual guest to the emulated one.
+    pub guest_to_guest: Option<Stat>,
+    /// From the host (user networking) to the emulated guest.
+    pub host_to_guest: Option<Stat>,
+}
+
+/// One per-packet cost of the host -> guest test, for each of the lecture's three methods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ByMethod {
+    pub emulated: Option<Stat>,
+    pub paravirt: Option<Stat>,
+    pub passthrough: Option<Stat>,
+}
+
+/// The methods and tests of the three-way table: the key in `three_way` and the label.
+pub const METHODS: [(&str, &str); 3] = [
+    ("emulated", "emulated"),
+    ("paravirt", "para-virtual"),
+    ("passthrough", "passthrough"),
+];
+pub const TESTS: [(&str, &str); 2] = [
+    ("host_to_guest", "host -> guest"),
+    ("guest_to_guest", "guest -> guest"),
+];
+
+/// The balloon's speed: MiB a guest gave back (inflate) or took (deflate) per second, as
+/// the guest timed its whole give or take.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Balloon {
+    pub inflate: Option<Stat>,
+    pub deflate: Option<Stat>,
+}
+
+/// The longest gap between data frames a stream's receiver saw across a driver-domain restart.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RestartGap {
+    pub guest_to_guest: Option<Stat>,
+    pub host_to_guest: Option<Stat>,
+}
+
+/// The anchors beside the restart figures (issue 14).
+pub const RESTART_ANCHOR: &str = "goal < 100 ms; a warm-spare driver VM: < 10 ms (Le et al., \
+                                  2009); Linux netfront: no reconnect by itself";
+
+/// The anchor beside the balloon figures: Linux virtio-balloon inflating 7 GiB in 0.49 s
+/// batched, 4.1 s page by page (LKML, 2017).
+pub const BALLOON_ANCHOR: &str = "Linux virtio-balloon: 7 GiB in 0.49 s batched (14629 MiB/s), \
+                                  4.1 s page by page (1748 MiB/s)";
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PingRtt {
     pub guest_to_guest: Option<Stat>,
@@ -432,6 +618,22 @@ pub struct Results {
     pub rounds_per_run: u64,
     pub paravirt_tcp_mbps: Paravirt,
     pub passthrough_tcp_mbps: Passthrough,
+    pub emulated_tcp_mbps: Emulated,
+    /// Exits to EL2 of the path's VMs per data packet, host -> guest (see the module docs).
+    pub exits_per_packet: ByMethod,
+    /// Device-model requests (forwarded I/O requests) per data packet, host -> guest.
+    pub ioreqs_per_packet: ByMethod,
+    /// Virtual interrupts injected into the path's VMs per data packet, host -> guest.
+    pub interrupts_per_packet: ByMethod,
+    /// Method ([`METHODS`]) -> test ([`TESTS`]) -> costs per packet.
+    pub three_way: BTreeMap<String, BTreeMap<String, bench::PathCosts>>,
+    pub balloon_mib_per_s: Balloon,
+    /// A driver-domain restart under load (issue 14): its crash to the first frame a guest
+    /// received through the new incarnation.
+    pub driver_domain_recovery_ms: Option<Stat>,
+    pub driver_domain_restart_gap_ms: RestartGap,
+    /// Where the recovery's time goes: each of [`crate::restart::PHASES`], ms after the crash.
+    pub driver_domain_restart_phases_ms: BTreeMap<String, Option<Stat>>,
     pub memcpy_mbps: Option<Stat>,
     pub ping_rtt_us: PingRtt,
     pub evtchn_roundtrip_us: Option<Stat>,
@@ -458,7 +660,7 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 39] = [
+pub const REQUIRED_FIGURES: [&str; 53] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -498,6 +700,20 @@ pub const REQUIRED_FIGURES: [&str; 39] = [
     "/reasons/guest_to_host/pcpu_share/driver-domain",
     "/reasons/passt_host_to_guest/pcpu_share/driver-domain",
     "/reasons/passt_guest_to_host/pcpu_share/driver-domain",
+    "/emulated_tcp_mbps/guest_to_guest",
+    "/emulated_tcp_mbps/host_to_guest",
+    "/exits_per_packet/emulated",
+    "/exits_per_packet/paravirt",
+    "/exits_per_packet/passthrough",
+    "/ioreqs_per_packet/emulated",
+    "/interrupts_per_packet/emulated",
+    "/interrupts_per_packet/paravirt",
+    "/interrupts_per_packet/passthrough",
+    "/balloon_mib_per_s/inflate",
+    "/balloon_mib_per_s/deflate",
+    "/driver_domain_recovery_ms",
+    "/driver_domain_restart_gap_ms/guest_to_guest",
+    "/driver_domain_restart_gap_ms/host_to_guest",
 ];
 
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
@@ -551,6 +767,17 @@ struct Raw {
     samples: Vec<Sample>,
     /// Path key ([`REASON_PATHS`]) -> each run's reasons.
     reasons: BTreeMap<&'static str, Vec<RunReasons>>,
+    emulated_host_to_guest: Vec<f64>,
+    emulated_guest_to_guest: Vec<f64>,
+    /// (method, test) of [`METHODS`] and [`TESTS`] -> each run's costs per packet.
+    costs: BTreeMap<(&'static str, &'static str), Vec<PacketCosts>>,
+    balloon_inflate: Vec<f64>,
+    balloon_deflate: Vec<f64>,
+    restart_recovery: Vec<f64>,
+    /// [`RESTART_RECEIVERS`] key -> each run's longest gap.
+    restart_gaps: BTreeMap<&'static str, Vec<f64>>,
+    /// [`crate::restart::PHASES`] entry -> each run's ms after the crash.
+    restart_phases: BTreeMap<&'static str, Vec<f64>>,
     errors: Vec<String>,
 }
 
@@ -561,6 +788,22 @@ impl Raw {
         match reasons {
             Ok(r) => self.reasons.entry(path).or_default().push(r),
             Err(e) => self.errors.push(format!("{path} run {run}, reasons: {e}")),
+        }
+    }
+
+    /// Records a run's costs per packet for `method`'s `test`, or why there are none.
+    fn add_costs(
+        &mut self,
+        method: &'static str,
+        test: &'static str,
+        run: usize,
+        costs: Result<PacketCosts, String>,
+    ) {
+        match costs {
+            Ok(c) => self.costs.entry((method, test)).or_default().push(c),
+            Err(e) => self
+                .errors
+                .push(format!("{method} {test} run {run}, costs per packet: {e}")),
         }
     }
 }
@@ -610,6 +853,57 @@ impl Results {
                     host_to_driver_domain: Stat::of_runs(&raw.passt_passthrough),
                 },
             },
+            emulated_tcp_mbps: Emulated {
+                guest_to_guest: Stat::of_runs(&raw.emulated_guest_to_guest),
+                host_to_guest: Stat::of_runs(&raw.emulated_host_to_guest),
+            },
+            exits_per_packet: ByMethod::default(),
+            ioreqs_per_packet: ByMethod::default(),
+            interrupts_per_packet: ByMethod::default(),
+            three_way: METHODS
+                .iter()
+                .map(|(method, _)| {
+                    let tests = TESTS
+                        .iter()
+                        .filter(|(test, _)| *method != "passthrough" || *test == "host_to_guest")
+                        .map(|(test, _)| {
+                            let runs = raw
+                                .costs
+                                .get(&(*method, *test))
+                                .map(Vec::as_slice)
+                                .unwrap_or_default();
+                            (test.to_string(), bench::PathCosts::of_runs(runs))
+                        })
+                        .collect();
+                    (method.to_string(), tests)
+                })
+                .collect(),
+            balloon_mib_per_s: Balloon {
+                inflate: Stat::of_runs(&raw.balloon_inflate),
+                deflate: Stat::of_runs(&raw.balloon_deflate),
+            },
+            driver_domain_recovery_ms: Stat::of_runs(&raw.restart_recovery),
+            driver_domain_restart_gap_ms: {
+                let gaps = |key: &str| {
+                    Stat::of_runs(
+                        raw.restart_gaps
+                            .get(key)
+                            .map(Vec::as_slice)
+                            .unwrap_or_default(),
+                    )
+                };
+                RestartGap {
+                    guest_to_guest: gaps("guest_to_guest"),
+                    host_to_guest: gaps("host_to_guest"),
+                }
+            },
+            driver_domain_restart_phases_ms: crate::restart::PHASES
+                .iter()
+                .map(|phase| {
+                    let runs = raw.restart_phases.get(phase).cloned().unwrap_or_default();
+                    (phase.to_string(), Stat::of_runs(&runs))
+                })
+                .collect(),
             memcpy_mbps: stat_of("memcpy_mbps"),
             ping_rtt_us: PingRtt {
                 guest_to_guest: Stat::of_sampled_runs(&raw.ping_rtts_us),
@@ -634,6 +928,21 @@ impl Results {
                 .collect(),
             errors: raw.errors,
         };
+        let host = |method: &str, f: fn(&bench::PathCosts) -> &Option<Stat>| {
+            results
+                .three_way
+                .get(method)
+                .and_then(|t| t.get("host_to_guest"))
+                .and_then(|c| f(c).clone())
+        };
+        let by_method = |f: fn(&bench::PathCosts) -> &Option<Stat>| ByMethod {
+            emulated: host("emulated", f),
+            paravirt: host("paravirt", f),
+            passthrough: host("passthrough", f),
+        };
+        results.exits_per_packet = by_method(|c| &c.exits_per_packet);
+        results.ioreqs_per_packet = by_method(|c| &c.ioreqs_per_packet);
+        results.interrupts_per_packet = by_method(|c| &c.interrupts_per_packet);
         results.ratios = Ratios {
             guest_to_guest_over_memcpy: ratio(
                 &results.paravirt_tcp_mbps.guest_to_guest,
@@ -679,7 +988,8 @@ impl Results {
     }
 
     /// The paths plot (see [`plot::paths_svg`]): throughput of each path, user networking
-    /// then passt, and a slot for the emulated NIC (not measured yet).
+    /// then passt, then the emulated NIC (its bars are a sliver on this scale: the label
+    /// says the figure).
     pub fn paths_svg(&self) -> String {
         let bar = |label: &str, stat: &Option<Stat>| PathBar {
             label: label.to_string(),
@@ -700,12 +1010,19 @@ impl Results {
                 "passt: passthrough",
                 &self.passthrough_tcp_mbps.passt.host_to_driver_domain,
             ),
-            bar("emulated NIC", &None),
+            bar(
+                "emulated: host -> guest",
+                &self.emulated_tcp_mbps.host_to_guest,
+            ),
+            bar(
+                "emulated: guest -> guest",
+                &self.emulated_tcp_mbps.guest_to_guest,
+            ),
         ];
         let subtitle = format!(
             "2 pCPUs; TCP, one stream, {} s tests, median of {} run(s) with min-max; host paths \
-             over user networking, then passt",
-            self.iperf_seconds, self.runs
+             over user networking, then passt, then the emulated NIC (all its tests in one boot)",
+            self.iperf_seconds, self.runs,
         );
         plot::paths_svg(&bars, "Throughput per path", &subtitle)
     }
@@ -752,9 +1069,44 @@ impl Results {
                 "Mbit/s",
             ),
             (
+                "emulated TCP host -> guest".into(),
+                self.emulated_tcp_mbps.host_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "emulated TCP guest -> guest".into(),
+                self.emulated_tcp_mbps.guest_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
                 "memcpy in a guest (one copy)".into(),
                 self.memcpy_mbps.as_ref(),
                 "Mbit/s",
+            ),
+            (
+                "balloon inflate (give back)".into(),
+                self.balloon_mib_per_s.inflate.as_ref(),
+                "MiB/s",
+            ),
+            (
+                "balloon deflate (take)".into(),
+                self.balloon_mib_per_s.deflate.as_ref(),
+                "MiB/s",
+            ),
+            (
+                "driver-domain restart: recovery".into(),
+                self.driver_domain_recovery_ms.as_ref(),
+                "ms",
+            ),
+            (
+                "restart: TCP gap guest -> guest".into(),
+                self.driver_domain_restart_gap_ms.guest_to_guest.as_ref(),
+                "ms",
+            ),
+            (
+                "restart: TCP gap host -> guest".into(),
+                self.driver_domain_restart_gap_ms.host_to_guest.as_ref(),
+                "ms",
             ),
         ];
         for p in &self.scaling {
@@ -766,6 +1118,15 @@ impl Results {
                 ),
                 p.aggregate_tcp_mbps.as_ref(),
                 "Mbit/s",
+            ));
+        }
+        for phase in crate::restart::PHASES {
+            rows.push((
+                format!("restart phase: {}", phase.replace('_', " ")),
+                self.driver_domain_restart_phases_ms
+                    .get(phase)
+                    .and_then(Option::as_ref),
+                "ms",
             ));
         }
         rows.push((
@@ -851,6 +1212,9 @@ impl Results {
                 None => format!("{label:<40} {:>10}\n", "-"),
             };
         }
+        out += &format!("{:<40} {BALLOON_ANCHOR}\n", "balloon anchor");
+        out += &format!("{:<40} {RESTART_ANCHOR}\n", "restart anchor");
+        out += &self.three_way_table();
         out += "reasons (medians over runs; see docs/ARCHITECTURE.md, the bench section):\n";
         for (key, label) in REASON_PATHS {
             let summary = self
@@ -881,6 +1245,74 @@ impl Results {
             };
         }
         out
+    }
+}
+
+impl Results {
+    /// The lecture's three methods side by side: each test's throughput and its costs per
+    /// data packet (medians over runs), then how many times the emulated NIC's figure
+    /// para-virtualization carries.
+    pub fn three_way_table(&self) -> String {
+        let mut out = format!(
+            "three-way (TCP; costs per data packet the receiver got, path VMs summed):\n  \
+             {:<13} {:<15} {:>9} {:>10} {:>10} {:>10} {:>8}\n",
+            "method", "test", "Mbit/s", "exits/pkt", "ioreqs/pkt", "irqs/pkt", "packets"
+        );
+        let cell = |s: &Option<Stat>| s.as_ref().map_or("-".to_string(), |s| number(s.median));
+        for (method, method_label) in METHODS {
+            for (test, test_label) in TESTS {
+                // The passthrough "guest" is the NIC's owner, the driver domain.
+                let test_label = match (method, test) {
+                    ("passthrough", "host_to_guest") => "host -> owner",
+                    _ => test_label,
+                };
+                let mbps = self.throughput(method, test);
+                let costs = self.three_way.get(method).and_then(|t| t.get(test));
+                let line = match costs {
+                    None => format!(
+                        "  {method_label:<13} {test_label:<15} {:>9}  (one PCI function, one \
+                         owner: no guest pair shares it)\n",
+                        "-"
+                    ),
+                    Some(c) => format!(
+                        "  {method_label:<13} {test_label:<15} {:>9} {:>10} {:>10} {:>10} {:>8}\n",
+                        cell(&mbps),
+                        cell(&c.exits_per_packet),
+                        cell(&c.ioreqs_per_packet),
+                        cell(&c.interrupts_per_packet),
+                        cell(&c.packets)
+                    ),
+                };
+                out += &line;
+            }
+        }
+        for (test, label) in TESTS {
+            let r = ratio(
+                &self.throughput("paravirt", test),
+                &self.throughput("emulated", test),
+            );
+            out += &match r {
+                Some(r) => format!(
+                    "  para-virtual / emulated, {label}: {r:.0}x (the lecture expects >= 3x)\n"
+                ),
+                None => format!("  para-virtual / emulated, {label}: -\n"),
+            };
+        }
+        out
+    }
+
+    /// The throughput of `method`'s `test` (keys of [`METHODS`] and [`TESTS`]).
+    fn throughput(&self, method: &str, test: &str) -> Option<Stat> {
+        match (method, test) {
+            ("emulated", "host_to_guest") => self.emulated_tcp_mbps.host_to_guest.clone(),
+            ("emulated", "guest_to_guest") => self.emulated_tcp_mbps.guest_to_guest.clone(),
+            ("paravirt", "host_to_guest") => self.paravirt_tcp_mbps.host_to_guest.clone(),
+            ("paravirt", "guest_to_guest") => self.paravirt_tcp_mbps.guest_to_guest.clone(),
+            ("passthrough", "host_to_guest") => {
+                self.passthrough_tcp_mbps.host_to_driver_domain.clone()
+            }
+            _ => None,
+        }
     }
 }
 
@@ -923,11 +1355,17 @@ impl Suite<'_> {
         for run in (1..=runs).filter(|_| wants("guest_to_guest")) {
             let what = format!("1 pair + memcpy, {secs} s iperf");
             match self.scenario("guest_to_guest", run, &what, |s, r| s.pairs_run(1, true, r)) {
-                Ok((pairs, samples, reasons)) => {
-                    raw.guest_to_guest.push(pairs[0]);
-                    raw.scaling.entry(1).or_default().push(pairs);
+                Ok(PairsRun {
+                    figures,
+                    samples,
+                    reasons,
+                    costs,
+                }) => {
+                    raw.guest_to_guest.push(figures[0]);
+                    raw.scaling.entry(1).or_default().push(figures);
                     raw.samples.extend(samples);
                     raw.add_reasons("guest_to_guest", run, reasons);
+                    raw.add_costs("paravirt", "guest_to_guest", run, costs);
                 }
                 Err(e) => raw.errors.push(e),
             }
@@ -942,7 +1380,7 @@ impl Suite<'_> {
             for run in 1..=runs {
                 let what = format!("{pairs} pairs at once, {secs} s iperf");
                 match self.scenario(&key, run, &what, |s, r| s.pairs_run(pairs, false, r)) {
-                    Ok((figures, _, _)) => raw.scaling.entry(pairs).or_default().push(figures),
+                    Ok(r) => raw.scaling.entry(pairs).or_default().push(r.figures),
                     Err(e) => raw.errors.push(e),
                 }
             }
@@ -955,7 +1393,9 @@ impl Suite<'_> {
                     from,
                     to_reasons,
                     from_reasons,
+                    to_costs,
                 }) => {
+                    raw.add_costs("paravirt", "host_to_guest", run, to_costs);
                     raw.add_reasons("host_to_guest", run, to_reasons);
                     raw.add_reasons("guest_to_host", run, from_reasons);
                     match to {
@@ -973,7 +1413,10 @@ impl Suite<'_> {
         for run in (1..=runs).filter(|_| wants("passthrough")) {
             let what = format!("host iperf3 -> driver domain, {secs} s");
             match self.scenario("passthrough", run, &what, Suite::passthrough_run) {
-                Ok(v) => raw.passthrough.push(v),
+                Ok((v, costs)) => {
+                    raw.passthrough.push(v);
+                    raw.add_costs("passthrough", "host_to_guest", run, costs);
+                }
                 Err(e) => raw.errors.push(e),
             }
         }
@@ -1009,7 +1452,7 @@ impl Suite<'_> {
             match self.scenario("passthrough_passt", run, &what, |s, r| {
                 s.passthrough_run_on(NicBackend::Passt, r)
             }) {
-                Ok(v) => raw.passt_passthrough.push(v),
+                Ok((v, _)) => raw.passt_passthrough.push(v),
                 Err(e) => raw.errors.push(e),
             }
         }
@@ -1042,7 +1485,235 @@ impl Suite<'_> {
                 }
             }
         }
+        if wants("emulated") {
+            let seconds = secs;
+            let what = format!(
+                "{runs} guest -> emulated guest, then {runs} host -> emulated guest, {seconds} s \
+                 each, in one boot"
+            );
+            match self.scenario("emulated", 1, &what, |s, _| s.emulated_run()) {
+                Ok(r) => {
+                    raw.emulated_guest_to_guest = r.guest_to_guest;
+                    raw.emulated_host_to_guest = r.host_to_guest;
+                    for (test, costs) in r.costs {
+                        for (run, c) in costs.into_iter().enumerate() {
+                            raw.add_costs("emulated", test, run + 1, c);
+                        }
+                    }
+                    raw.errors.extend(r.errors);
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in (1..=runs).filter(|_| wants("balloon")) {
+            let what = format!("{BALLOON_MIB} MiB from one guest to another");
+            match self.scenario("balloon", run, &what, Suite::balloon_run) {
+                Ok(BalloonRun { inflate, deflate }) => {
+                    raw.balloon_inflate.push(inflate);
+                    raw.balloon_deflate.push(deflate);
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in (1..=runs).filter(|_| wants("restart")) {
+            let what =
+                format!("driver domain panics under 2 streams of {RESTART_STREAM_SECONDS} s");
+            match self.scenario("restart", run, &what, Suite::restart_run) {
+                Ok(r) => {
+                    raw.restart_recovery.push(r.recovered_ms as f64);
+                    for (phase, ms) in r.phases_ms {
+                        raw.restart_phases.entry(phase).or_default().push(ms);
+                    }
+                    for (key, gap) in r.gaps {
+                        match gap {
+                            Ok(ms) => raw.restart_gaps.entry(key).or_default().push(ms as f64),
+                            Err(e) => raw.errors.push(format!("restart run {run}, {key}: {e}")),
+                        }
+                    }
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
         Results::from_raw(&self.options, raw)
+    }
+
+    /// One driver-domain restart under load (see [`restart_topology`]): the recovery and each
+    /// stream's receiver's longest data gap, as the demo's check reads them.
+    fn restart_run(&self, run: usize) -> Result<RestartRun, String> {
+        let topology = parse(&restart_topology())?;
+        let host = HostIperfs::plan(&topology, RESTART_STREAM_SECONDS)?;
+        let received = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let closing = Closing::default();
+        let stop = |line: &str| {
+            if let Some(Ok(result)) = parse_result_line(line) {
+                if let Some(vm) = result.vm.filter(|_| result.receiver) {
+                    received.borrow_mut().insert(vm);
+                }
+            }
+            let done = host.done()
+                && RESTART_RECEIVERS
+                    .iter()
+                    .all(|(_, vm)| received.borrow().contains(*vm));
+            closing.stop(done, line)
+        };
+        let timeout = Duration::from_secs(150);
+        let booted = self.boot_once("restart", run, &topology, timeout, Some(&host), &stop)?;
+        if let Some(problem) = booted.problems().into_iter().next() {
+            return Err(booted.failure(&format!("a VM failed: {problem}")));
+        }
+        let recovery =
+            crate::restart::recovery(&topology, &booted.boot).map_err(|e| booted.failure(&e))?;
+        let gaps = RESTART_RECEIVERS
+            .iter()
+            .map(|&(key, vm)| {
+                let gap = recovery
+                    .gaps_ms
+                    .get(vm)
+                    .copied()
+                    .ok_or_else(|| booted.failure(&format!("{vm} saw no data frames again")));
+                (key, gap)
+            })
+            .collect();
+        Ok(RestartRun {
+            recovered_ms: recovery.recovered_ms,
+            gaps,
+            phases_ms: recovery.phases_ms,
+        })
+    }
+
+    /// The `emulated` boot (see [`emulated_topology`]): the para-virtual client's tests run
+    /// first; the host's start once it has reported. Each test's figure is the emulated
+    /// guest's receiver line; its costs come from the accounting the emulated guest asks for
+    /// around each of its tests and its received frames between its marks.
+    fn emulated_run(&self) -> Result<EmulatedRun, String> {
+        let tests = self.options.runs;
+        let seconds = self.options.seconds;
+        let topology = parse(&emulated_topology(seconds, tests))?;
+        let emu_ip: std::net::Ipv4Addr = EMU_IP.parse().map_err(|_| "bad EMU_IP")?;
+        let host = HostSeries::new(seconds, tests);
+        let forward = HostForward::tcp(host.port, emu_ip, IPERF_PORT);
+        let start_host = |line: &str| {
+            if line.starts_with("[pv] REPORT") {
+                host.start();
+            }
+        };
+        let emu_done = std::cell::Cell::new(false);
+        let host_done_at = std::cell::Cell::new(None);
+        let stop = |line: &str| {
+            if line.starts_with("[emu] REPORT") {
+                emu_done.set(true);
+            }
+            if line.contains("killing VM ") {
+                return true;
+            }
+            if !host.done() {
+                return false;
+            }
+            // Past the host's tests: until the emulated guest has reported, at most a while.
+            let at = host_done_at.get().unwrap_or_else(Instant::now);
+            host_done_at.set(Some(at));
+            emu_done.get() || at.elapsed() >= Closing::LINGER
+        };
+        let per_test = 2 * u64::from(seconds) + 60;
+        let timeout = Duration::from_secs(120 + 2 * tests as u64 * per_test);
+        let booted = self.boot_with(
+            "emulated",
+            1,
+            &topology,
+            timeout,
+            vec![forward],
+            &start_host,
+            &stop,
+        )?;
+        let boot = &booted.boot;
+        if let Some(problem) = booted.problems().into_iter().next() {
+            // A failed test is only that test's loss; anything else spoils the boot.
+            if !problem.contains(console::IPERF_FAILED) && !problem.contains("REPORT fail") {
+                return Err(booted.failure(&format!("a VM failed: {problem}")));
+            }
+        }
+        let served = bench::served_tests(boot.vm_lines("emu"))?;
+        let mut out = EmulatedRun::default();
+        for test in &served {
+            let (key, vms): (&'static str, &[&str]) = if test.peer == PV_IP {
+                ("guest_to_guest", &["emu", "pv", DRIVER_DOMAIN])
+            } else {
+                ("host_to_guest", &["emu", DRIVER_DOMAIN])
+            };
+            let Some(result) = &test.result else {
+                out.errors.push(format!(
+                    "emulated {key}: test {} of the emulated guest did not finish",
+                    test.n
+                ));
+                continue;
+            };
+            match key {
+                "guest_to_guest" => out.guest_to_guest.push(result.mbps),
+                _ => out.host_to_guest.push(result.mbps),
+            }
+            let costs = received_frames(boot, "emu", test.n)
+                .and_then(|packets| test_costs(boot, test.n, vms, packets));
+            out.costs.entry(key).or_default().push(costs);
+        }
+        for (key, got) in [
+            ("guest_to_guest", out.guest_to_guest.len()),
+            ("host_to_guest", out.host_to_guest.len()),
+        ] {
+            if got < tests {
+                out.errors.push(booted.failure(&format!(
+                    "emulated {key}: {got} of {tests} test(s) gave a figure{}",
+                    host.failures()
+                )));
+            }
+        }
+        if out.guest_to_guest.is_empty() && out.host_to_guest.is_empty() {
+            return Err(booted.failure("no test through the emulated NIC finished"));
+        }
+        Ok(out)
+    }
+
+    /// One balloon move: the giver's and the taker's MiB per second.
+    fn balloon_run(&self, run: usize) -> Result<BalloonRun, String> {
+        let topology = parse(&balloon_topology())?;
+        let moved = |vm: &str, prefix: &str, line: &str| {
+            line.strip_prefix(&format!("[{vm}] "))
+                .and_then(|l| balloon::parse_moved(l, prefix))
+        };
+        let gave = std::cell::Cell::new(false);
+        let stop = |line: &str| {
+            if moved("giver", balloon::GAVE, line).is_some() {
+                gave.set(true);
+            }
+            gave.get() && moved("taker", balloon::TOOK, line).is_some()
+        };
+        let booted = self.boot_once(
+            "balloon",
+            run,
+            &topology,
+            Duration::from_secs(120),
+            None,
+            &stop,
+        )?;
+        if let Some(problem) = booted.problems().into_iter().next() {
+            return Err(booted.failure(&format!("a VM failed: {problem}")));
+        }
+        let rate = |vm: &str, prefix: &str| -> Result<f64, String> {
+            let (mib, ms) = booted
+                .boot
+                .vm_lines(vm)
+                .find_map(|l| balloon::parse_moved(l, prefix))
+                .ok_or_else(|| booted.failure(&format!("{vm} printed no '{prefix}...' line")))?;
+            if mib != BALLOON_MIB || ms == 0 {
+                return Err(booted.failure(&format!(
+                    "{vm} moved {mib} MiB in {ms} ms, not {BALLOON_MIB} MiB in a measurable time"
+                )));
+            }
+            Ok(round_to(mib as f64 * 1000.0 / ms as f64, 3))
+        };
+        Ok(BalloonRun {
+            inflate: rate("giver", balloon::GAVE)?,
+            deflate: rate("taker", balloon::TOOK)?,
+        })
     }
 
     /// The bystander ping-pong beside `load`: the round trip's median in us. The boot stops
@@ -1111,16 +1782,33 @@ impl Suite<'_> {
                 host.on_line(line);
             }
         };
+        let forwards = host.map(HostIperfs::forwards).unwrap_or_default();
         let stop_when =
             |line: &str| stop(line) || line.contains("REPORT fail") || line.contains("killing VM ");
+        self.boot_with(key, run, topology, timeout, forwards, &on_line, &stop_when)
+    }
+
+    /// [`Suite::boot_once`] with any port forwards and any `on_line`, stopping only where
+    /// `stop` says (not at a `REPORT fail` of its own accord).
+    #[allow(clippy::too_many_arguments)]
+    fn boot_with(
+        &self,
+        key: &str,
+        run: usize,
+        topology: &Topology,
+        timeout: Duration,
+        host_forwards: Vec<HostForward>,
+        on_line: &dyn Fn(&str),
+        stop: &dyn Fn(&str) -> bool,
+    ) -> Result<Booted, String> {
         let boot = boot(
             topology,
             self.artifacts,
             &BootOptions {
                 timeout,
-                host_forwards: host.map(HostIperfs::forwards).unwrap_or_default(),
-                on_line: Some(&on_line),
-                stop_when: Some(&stop_when),
+                host_forwards,
+                on_line: Some(on_line),
+                stop_when: Some(stop),
                 ..BootOptions::default()
             },
         )?;
@@ -1134,14 +1822,8 @@ impl Suite<'_> {
     }
 
     /// `pairs` iperf3 pairs (and the memcpy guest): each pair's receiver figure, in pair
-    /// order, and the `BENCH` samples.
-    #[allow(clippy::type_complexity)]
-    fn pairs_run(
-        &self,
-        pairs: usize,
-        memcpy: bool,
-        run: usize,
-    ) -> Result<(Vec<f64>, Vec<Sample>, Result<RunReasons, String>), String> {
+    /// order, the `BENCH` samples, and pair 1's reasons and costs per packet.
+    fn pairs_run(&self, pairs: usize, memcpy: bool, run: usize) -> Result<PairsRun, String> {
         let toml = pairs_topology(pairs, self.options.seconds, memcpy);
         let topology = parse(&toml)?;
         // Servers that printed their result (each serves one test).
@@ -1206,7 +1888,16 @@ impl Suite<'_> {
                     payload,
                 )
             });
-        Ok((figures, samples, reasons))
+        // Tagged by client1's test 1; the packets are server1's in its test 1.
+        let costs = received_frames(boot, "server1", 1).and_then(|packets| {
+            test_costs(boot, 1, &["client1", "server1", DRIVER_DOMAIN], packets)
+        });
+        Ok(PairsRun {
+            figures,
+            samples,
+            reasons,
+            costs,
+        })
     }
 
     /// The host's iperf3 against a guest's server: host -> guest, then guest -> host.
@@ -1249,11 +1940,14 @@ impl Suite<'_> {
                     path_reasons(boot, &topology, test, sender, receiver_vm, payload)
                 })
         };
+        let to_costs = received_frames(boot, "guest1", 1)
+            .and_then(|packets| test_costs(boot, 1, &["guest1", DRIVER_DOMAIN], packets));
         Ok(HostRun {
             to: figure(Direction::ToVm),
             from: figure(Direction::FromVm),
             to_reasons: reasons(1, true),
             from_reasons: reasons(2, false),
+            to_costs,
         })
     }
 
@@ -1323,19 +2017,42 @@ impl Suite<'_> {
     }
 
     /// The host's iperf3 against the driver domain's own server (no split driver on the way).
-    fn passthrough_run(&self, run: usize) -> Result<f64, String> {
+    fn passthrough_run(&self, run: usize) -> Result<(f64, Result<PacketCosts, String>), String> {
         self.passthrough_run_on(NicBackend::User, run)
     }
 
-    /// [`Suite::passthrough_run`] with the NIC on `nic`.
-    fn passthrough_run_on(&self, nic: NicBackend, run: usize) -> Result<f64, String> {
+    /// [`Suite::passthrough_run`] with the NIC on `nic`: the figure and the costs per packet
+    /// (the driver domain's payload over [`bench::NIC_MSS`]: it prints no per-test frame
+    /// count).
+    fn passthrough_run_on(
+        &self,
+        nic: NicBackend,
+        run: usize,
+    ) -> Result<(f64, Result<PacketCosts, String>), String> {
         let key = match &nic {
             NicBackend::User => "passthrough".to_string(),
             other => format!("passthrough_{}", other.as_str()),
         };
         let topology = parse(&passthrough_topology_on(nic, self.options.seconds))?;
         let host = HostIperfs::plan(&topology, self.options.seconds)?;
-        let stop = |_: &str| host.done();
+        // Past the host's test, until the driver domain's closing accounting report (its
+        // server may end the test after the host's client has its result), at most a while.
+        let reported = std::cell::Cell::new(false);
+        let counted = std::cell::Cell::new(false);
+        let done_at = std::cell::Cell::new(None);
+        let stop = |line: &str| {
+            if line.starts_with("[hv] accounting 3 idle_us=") {
+                reported.set(true);
+            } else if reported.get() && bench::nic_interrupts(line).is_some() {
+                counted.set(true);
+            }
+            if !host.done() {
+                return false;
+            }
+            let at = done_at.get().unwrap_or_else(Instant::now);
+            done_at.set(Some(at));
+            counted.get() || at.elapsed() >= Closing::LINGER
+        };
         let timeout = Duration::from_secs(60 + u64::from(self.options.seconds) + 60);
         let booted = self.boot_once(&key, run, &topology, timeout, Some(&host), &stop)?;
         let client = host
@@ -1344,11 +2061,23 @@ impl Suite<'_> {
         let run = client
             .outcome(Direction::ToVm)
             .map_err(|e| booted.failure(&e))?;
+        // The NIC's INTx goes to the owner through a hardware list register, which the
+        // hypervisor's `virqs` does not count: the driver domain's own count is added.
+        let costs = result_bytes(&booted.boot, DRIVER_DOMAIN, true, false)
+            .ok_or_else(|| "the driver domain printed no receiver bytes".to_string())
+            .and_then(|payload| {
+                let packets = payload / bench::NIC_MSS;
+                let mut costs = test_costs(&booted.boot, 1, &[DRIVER_DOMAIN], packets)?;
+                let irqs = bench::nic_interrupts_between(&booted.boot.lines, 2, 3)
+                    .ok_or("no NIC counters line after the test")?;
+                costs.interrupts = round_to(costs.interrupts + irqs as f64 / packets as f64, 4);
+                Ok(costs)
+            });
         if run.receiver_mbps > 0.0 {
-            return Ok(run.receiver_mbps);
+            return Ok((run.receiver_mbps, costs));
         }
         match receiver_figure(&booted.boot, DRIVER_DOMAIN, false)? {
-            Some(line) => Ok(line.mbps),
+            Some(line) => Ok((line.mbps, costs)),
             None => {
                 Err(booted
                     .failure("no receiver figure from the host's iperf3 or the driver domain"))
@@ -1487,6 +2216,115 @@ fn path_reasons(
     Ok(run.reasons())
 }
 
+/// The frames `vm` received in its test `test` (between its `netstats` marks 2 `test` and
+/// 2 `test` + 1): the data packets of a test it received.
+fn received_frames(boot: &Boot, vm: &str, test: u64) -> Result<u64, String> {
+    let stats: Vec<bench::NetStats> = boot
+        .lines
+        .iter()
+        .filter_map(|l| bench::parse_netstats_line(l))
+        .collect::<Result<_, _>>()?;
+    bench::test_delta(&stats, vm, test)
+        .and_then(|d| d.get("rx_frames").copied())
+        .ok_or_else(|| format!("{vm} printed no netstats marks of test {test}"))
+}
+
+/// The costs per packet of `vms` between the accounting reports tagged 2 `test` and
+/// 2 `test` + 1 (see [`bench::packet_costs`]).
+fn test_costs(boot: &Boot, test: u64, vms: &[&str], packets: u64) -> Result<PacketCosts, String> {
+    let reports = bench::accounting_reports(&boot.lines)?;
+    let report = |tag: u64| {
+        reports
+            .get(&tag)
+            .ok_or_else(|| format!("no accounting report tagged {tag}"))
+    };
+    bench::packet_costs(report(2 * test)?, report(2 * test + 1)?, vms, packets)
+}
+
+/// The host's iperf3 client run `count` times one after another against a forwarded port
+/// (host -> VM), started from a console line (see [`HostSeries::start`]).
+struct HostSeries {
+    port: u16,
+    seconds: u32,
+    count: usize,
+    started: std::sync::atomic::AtomicBool,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    outcomes: std::sync::Arc<std::sync::Mutex<Vec<Result<f64, String>>>>,
+}
+
+impl HostSeries {
+    fn new(seconds: u32, count: usize) -> HostSeries {
+        HostSeries {
+            port: free_port(Proto::Tcp),
+            seconds,
+            count,
+            started: Default::default(),
+            done: Default::default(),
+            outcomes: Default::default(),
+        }
+    }
+
+    /// Starts the tests on a thread of their own (once; later calls do nothing). Each
+    /// connection is retried while the VM's server is still busy with its previous test.
+    fn start(&self) {
+        use std::sync::atomic::Ordering;
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (port, seconds, count) = (self.port, self.seconds, self.count);
+        let (done, outcomes) = (self.done.clone(), self.outcomes.clone());
+        std::thread::spawn(move || {
+            let limit = Duration::from_secs(u64::from(seconds) + 90);
+            for _ in 0..count {
+                let outcome = run_client(port, seconds, false, limit).map(|r| r.receiver_mbps);
+                outcomes.lock().expect("not poisoned").push(outcome);
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+    }
+
+    fn done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The host's errors, for a failure message (empty if none).
+    fn failures(&self) -> String {
+        let outcomes = self.outcomes.lock().expect("not poisoned");
+        let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+        if !self.started.load(std::sync::atomic::Ordering::SeqCst) {
+            return "; the host's tests never started (no '[pv] REPORT' line)".into();
+        }
+        match errors.first() {
+            Some(e) => format!("; the host's iperf3: {} failed, e.g. {e}", errors.len()),
+            None => String::new(),
+        }
+    }
+}
+
+/// What a `pairs` boot measured.
+struct PairsRun {
+    figures: Vec<f64>,
+    samples: Vec<Sample>,
+    reasons: Result<RunReasons, String>,
+    costs: Result<PacketCosts, String>,
+}
+
+/// What the `emulated` boot measured: each test's figure, by test key, with its costs per
+/// packet, and the tests that gave nothing.
+#[derive(Default)]
+struct EmulatedRun {
+    host_to_guest: Vec<f64>,
+    guest_to_guest: Vec<f64>,
+    costs: BTreeMap<&'static str, Vec<Result<PacketCosts, String>>>,
+    errors: Vec<String>,
+}
+
+/// One balloon move, in MiB/s.
+struct BalloonRun {
+    inflate: f64,
+    deflate: f64,
+}
+
 /// Keeps a boot running a little past the moment it is done, until the driver domain has
 /// printed a guest port's `netback` counters (the guest closes its connection as it stops),
 /// for at most [`Closing::LINGER`].
@@ -1519,6 +2357,34 @@ struct HostRun {
     from: Result<f64, String>,
     to_reasons: Result<RunReasons, String>,
     from_reasons: Result<RunReasons, String>,
+    to_costs: Result<PacketCosts, String>,
+}
+
+/// What one `restart` boot measured.
+struct RestartRun {
+    recovered_ms: u64,
+    /// [`RESTART_RECEIVERS`] key -> the receiver's longest data gap.
+    gaps: Vec<(&'static str, Result<u64, String>)>,
+    phases_ms: BTreeMap<&'static str, f64>,
+}
+
+impl Describe for RestartRun {
+    fn describe(&self) -> String {
+        let gaps: Vec<String> = self
+            .gaps
+            .iter()
+            .map(|(key, gap)| match gap {
+                Ok(ms) => format!("{key} gap {ms} ms"),
+                Err(_) => format!("{key} gap -"),
+            })
+            .collect();
+        format!(
+            "recovered in {} ms, {}; {}",
+            self.recovered_ms,
+            gaps.join(", "),
+            crate::restart::phases_text(&self.phases_ms)
+        )
+    }
 }
 
 /// A finished boot and where its transcript was saved.
@@ -1611,15 +2477,15 @@ impl Describe for Vec<Sample> {
     }
 }
 
-impl Describe for (Vec<f64>, Vec<Sample>, Result<RunReasons, String>) {
+impl Describe for PairsRun {
     fn describe(&self) -> String {
-        let pairs: Vec<String> = self.0.iter().map(|m| format!("{m:.2}")).collect();
+        let pairs: Vec<String> = self.figures.iter().map(|m| format!("{m:.2}")).collect();
         let mut out = format!(
             "{:.2} Mbit/s in all (pairs: {})",
-            self.0.iter().sum::<f64>(),
+            self.figures.iter().sum::<f64>(),
             pairs.join(" + ")
         );
-        if let Some(m) = self.1.iter().find(|s| s.name == "memcpy_mbps") {
+        if let Some(m) = self.samples.iter().find(|s| s.name == "memcpy_mbps") {
             out += &format!(", memcpy median {} Mbit/s", m.median);
         }
         out
@@ -1640,9 +2506,34 @@ impl Describe for HostRun {
     }
 }
 
-impl Describe for (f64, Result<RunReasons, String>) {
+impl<T> Describe for (f64, Result<T, String>) {
     fn describe(&self) -> String {
         self.0.describe()
+    }
+}
+
+impl Describe for EmulatedRun {
+    fn describe(&self) -> String {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|m| format!("{m:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "guest -> emulated guest [{}] Mbit/s, host -> emulated guest [{}] Mbit/s",
+            list(&self.guest_to_guest),
+            list(&self.host_to_guest)
+        )
+    }
+}
+
+impl Describe for BalloonRun {
+    fn describe(&self) -> String {
+        format!(
+            "inflate {:.0} MiB/s, deflate {:.0} MiB/s",
+            self.inflate, self.deflate
+        )
     }
 }
 
@@ -1675,6 +2566,27 @@ mod tests {
         // The plain passthrough scenario stays on user networking.
         let u = Topology::from_toml_str(&passthrough_topology(2)).unwrap();
         assert_eq!(u.machine.nic, Some(NicBackend::User));
+    }
+
+    #[test]
+    fn the_restart_scenario_crashes_its_nic_driver_domain_under_both_streams() {
+        let t = Topology::from_toml_str(&restart_topology()).unwrap();
+        let dd = t.vms.iter().find(|v| v.name == DRIVER_DOMAIN).unwrap();
+        assert_eq!(dd.setting("test_crash"), Some("panic"));
+        assert!(t.passthrough().is_some());
+        let plan = HostIperfs::plan(&t, RESTART_STREAM_SECONDS).unwrap();
+        assert_eq!(
+            plan.get("h-server").unwrap().directions(),
+            [Direction::ToVm]
+        );
+        for (_, vm) in RESTART_RECEIVERS {
+            let v = t.vms.iter().find(|v| v.name == vm).unwrap();
+            assert_eq!(v.setting("iperf"), Some("server"), "{vm}");
+        }
+        let client = t.vms.iter().find(|v| v.name == "g-client").unwrap();
+        assert_eq!(client.setting("iperf_server"), Some("10.0.2.20"));
+        // The streams outlast the crash by as long again.
+        assert!(u64::from(RESTART_STREAM_SECONDS) * 1000 >= 2 * RESTART_CRASH_AFTER_MS);
     }
 
     #[test]
@@ -1739,6 +2651,34 @@ mod tests {
             assert_eq!(t.vms[1].name, "pinger", "{load}: the pinger stays VM 2");
         }
         assert!(bystander_topology(10, "no-such-load").is_none());
+        // The emulated boot: one server behind the emulated NIC for both kinds of tests.
+        let t = Topology::from_toml_str(&emulated_topology(3, 5)).unwrap();
+        assert!(t.passthrough().is_some());
+        let emu = t.vms.iter().find(|v| v.name == "emu").unwrap();
+        assert_eq!(emu.nic, crate::topology::GuestNic::Emulated);
+        assert_eq!(emu.setting("iperf_tests"), Some("10"));
+        assert_eq!(emu.setting("iperf_accounting"), Some("true"));
+        assert_eq!(emu.ip().unwrap().to_string(), EMU_IP);
+        let pv = t.vms.iter().find(|v| v.name == "pv").unwrap();
+        assert_eq!(
+            pv.nic,
+            crate::topology::GuestNic::Paravirt,
+            "the client is para-virtual"
+        );
+        assert_eq!(pv.setting("iperf_repeat"), Some("5"));
+        assert_eq!(pv.setting("iperf_server"), Some(EMU_IP));
+        assert_eq!(pv.setting("iperf_accounting"), Some("true"));
+        // The balloon boot: the giver has room for what it gives.
+        let t = Topology::from_toml_str(&balloon_topology()).unwrap();
+        let giver = t.vms.iter().find(|v| v.name == "giver").unwrap();
+        assert_eq!(giver.setting("balloon_give_mib"), Some("128"));
+        assert!(giver.memory_mib >= BALLOON_MIB + 8);
+        let taker = t.vms.iter().find(|v| v.name == "taker").unwrap();
+        assert_eq!(taker.setting("balloon_take_mib"), Some("128"));
+        assert_eq!(crate::balloon::sides(&t).0[0].vm, "giver");
+        // The passthrough boots mark the driver domain's test for the accounting.
+        let p = Topology::from_toml_str(&passthrough_topology(2)).unwrap();
+        assert_eq!(p.vms[0].setting("iperf_accounting"), Some("true"));
     }
 
     fn raw_complete(options: &Options) -> Raw {
@@ -1780,6 +2720,31 @@ mod tests {
                 })
                 .collect();
             raw.reasons.insert(path, runs);
+        }
+        raw.emulated_host_to_guest = vec![0.2, 0.3, 0.25];
+        raw.emulated_guest_to_guest = vec![0.3, 0.28, 0.35];
+        raw.balloon_inflate = vec![80.0, 90.0, 85.0];
+        raw.balloon_deflate = vec![250.0, 400.0, 300.0];
+        raw.restart_recovery = vec![220.0, 180.0, 250.0];
+        raw.restart_gaps
+            .insert("guest_to_guest", vec![400.0, 450.0, 350.0]);
+        raw.restart_gaps
+            .insert("host_to_guest", vec![1300.0, 1500.0, 1400.0]);
+        raw.restart_phases
+            .insert("first_frame", vec![90.0, 80.0, 85.0]);
+        for (m, (method, _)) in METHODS.iter().enumerate() {
+            for (test, _) in TESTS {
+                let runs = (0..options.runs)
+                    .map(|r| PacketCosts {
+                        packets: 100 + r as u64,
+                        exits: [700.0, 0.5, 0.03][m] + r as f64,
+                        ioreqs: [300.0, 0.0, 0.0][m],
+                        interrupts: [2.0, 0.2, 0.03][m],
+                        exits_by_vm: [("driver-domain".to_string(), 1.0)].into(),
+                    })
+                    .collect();
+                raw.costs.insert((method, test), runs);
+            }
         }
         for &pairs in &options.pair_counts {
             let per_run: Vec<Vec<f64>> = (0..options.runs)
@@ -1913,8 +2878,47 @@ mod tests {
             "{reasons}"
         );
         let paths = results.paths_svg();
-        assert_eq!(paths.matches("class=\"bar\"").count(), 7, "{paths}");
-        assert_eq!(paths.matches("class=\"empty\"").count(), 1, "{paths}");
+        assert_eq!(paths.matches("class=\"bar\"").count(), 9, "{paths}");
+        assert_eq!(paths.matches("class=\"empty\"").count(), 0, "{paths}");
+        assert!(paths.contains("emulated: host -&gt; guest"), "{paths}");
+        // The three-way figures: host -> guest on top, both tests in `three_way`.
+        assert_eq!(doc["emulated_tcp_mbps"]["host_to_guest"]["median"], 0.25);
+        assert_eq!(doc["emulated_tcp_mbps"]["guest_to_guest"]["median"], 0.3);
+        // Runs 0..5: 700 + r, median 702.
+        assert_eq!(doc["exits_per_packet"]["emulated"]["median"], 702.0);
+        assert_eq!(doc["exits_per_packet"]["paravirt"]["median"], 2.5);
+        assert_eq!(doc["ioreqs_per_packet"]["emulated"]["median"], 300.0);
+        assert_eq!(doc["interrupts_per_packet"]["passthrough"]["median"], 0.03);
+        assert_eq!(
+            doc["three_way"]["emulated"]["guest_to_guest"]["packets"]["median"],
+            102.0
+        );
+        assert!(doc["three_way"]["passthrough"]
+            .get("guest_to_guest")
+            .is_none());
+        assert_eq!(doc["balloon_mib_per_s"]["deflate"]["median"], 300.0);
+        let three = results.three_way_table();
+        let row = |label: &str| {
+            three
+                .lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap_or_else(|| panic!("no row {label}:\n{three}"))
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("emulated      host -> guest")[4..],
+            ["0.250", "702.0", "300.0", "2.000", "102.0"]
+        );
+        assert!(row("passthrough   guest -> guest").contains(&"owner:".to_string()));
+        assert_eq!(row("passthrough   host -> owner")[4], "90.0");
+        // para-virtual 45 over emulated 0.25, 110 over 0.3.
+        assert!(
+            three.contains("host -> guest: 180x") && three.contains("guest -> guest: 367x"),
+            "{three}"
+        );
+        assert!(table.contains("balloon anchor") && table.contains("0.49 s batched"));
         assert_eq!(
             (doc["runs"].as_u64(), doc["iperf_seconds"].as_u64()),
             (Some(5), Some(5))
@@ -1932,6 +2936,10 @@ mod tests {
         raw.bystander_us.remove("reset_loop");
         raw.errors.push("passthrough run 1: it broke".into());
         raw.reasons.remove("host_to_guest");
+        raw.emulated_host_to_guest.clear();
+        raw.costs.remove(&("passthrough", "host_to_guest"));
+        raw.balloon_inflate.clear();
+        raw.restart_gaps.remove("host_to_guest");
         let results = Results::from_raw(&options, raw);
         assert_eq!(results.ratios.host_to_guest_over_passthrough, None);
         let doc: serde_json::Value = serde_json::from_str(&results.to_json()).unwrap();
@@ -1948,6 +2956,11 @@ mod tests {
                 "/reasons/host_to_guest/bytes_per_notification",
                 "/reasons/host_to_guest/copies_per_byte",
                 "/reasons/host_to_guest/pcpu_share/driver-domain",
+                "/emulated_tcp_mbps/host_to_guest",
+                "/exits_per_packet/passthrough",
+                "/interrupts_per_packet/passthrough",
+                "/balloon_mib_per_s/inflate",
+                "/driver_domain_restart_gap_ms/host_to_guest",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
             ]
         );
@@ -1991,6 +3004,15 @@ mod tests {
             "passt: paravirt TCP host -> guest",
             "passt: paravirt TCP guest -> host",
             "passt: passthrough host -> driver dom.",
+            "emulated TCP host -> guest",
+            "emulated TCP guest -> guest",
+            "balloon inflate (give back)",
+            "balloon deflate (take)",
+            "driver-domain restart: recovery",
+            "restart: TCP gap guest -> guest",
+            "restart: TCP gap host -> guest",
+            "restart anchor",
+            "restart phase: first frame",
             "memcpy in a guest (one copy)",
             "scaling: 1 pair at once, sum",
             "scaling: 2 pairs at once, sum",

@@ -16,5 +16,6 @@ pub mod plot;
 pub mod process;
 pub mod qemu;
 pub mod report;
+pub mod restart;
 pub mod tap;
 pub mod topology;

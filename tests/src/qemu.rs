@@ -204,13 +204,16 @@ pub fn qemu_args(
             topology.machine.nic.clone().unwrap_or(NicBackend::User),
         )
     });
-    let machine = match nic {
-        None => "virt,virtualization=on,gic-version=3",
-        Some(_) => "virt,virtualization=on,gic-version=3,iommu=smmuv3",
-    };
+    let mut machine = format!(
+        "virt,virtualization=on,gic-version={}",
+        topology.machine.gic
+    );
+    if nic.is_some() {
+        machine.push_str(",iommu=smmuv3");
+    }
     let mut args: Vec<String> = vec![
         "-M".into(),
-        machine.into(),
+        machine,
         "-cpu".into(),
         "max".into(),
         "-smp".into(),
@@ -516,6 +519,19 @@ vcpus = 1
         // Forwards without a NIC have nowhere to go; qemu_args ignores them (boot refuses).
         let fwd = HostForward::udp(5555, Ipv4Addr::new(10, 0, 2, 15), 7);
         assert_eq!(args(&t, &[fwd]), expected);
+    }
+
+    #[test]
+    fn machine_gic_picks_qemus_gic_version() {
+        let mut t = topology("");
+        t.machine.gic = 4;
+        assert_eq!(args(&t, &[])[1], "virt,virtualization=on,gic-version=4");
+        let mut t = topology("passthrough = \"00:02.0\"\n");
+        t.machine.gic = 4;
+        assert_eq!(
+            args(&t, &[])[1],
+            "virt,virtualization=on,gic-version=4,iommu=smmuv3"
+        );
     }
 
     #[test]

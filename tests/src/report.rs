@@ -134,6 +134,7 @@ pub fn evaluate(topology: &Topology, boot: &Boot) -> Vec<Check> {
     checks.push(Check::new("shutdown", shutdown, detail));
     checks.extend(ping_checks(topology, boot));
     checks.extend(crate::balloon::checks(topology, boot));
+    checks.extend(crate::restart::checks(topology, boot));
     checks
 }
 

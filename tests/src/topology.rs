@@ -50,7 +50,14 @@ pub struct Machine {
     /// The NIC's host side. `Some` exactly when a VM has a passthrough (a topology file that
     /// has one but no `nic` key gets [`NicBackend::User`]); `None`: no NIC at all.
     pub nic: Option<NicBackend>,
+    /// QEMU virt's `gic-version` (`[machine] gic`, 3 or 4, default 3): with 4 the GIC is a
+    /// GICv4.0 whose ITS can inject the NIC's MSIs as vLPIs (docs/ARCHITECTURE.md, "GICv4
+    /// direct injection"); with 3 the NIC stays on INTx.
+    pub gic: u8,
 }
+
+/// `[machine] gic` values QEMU virt's TCG GIC offers with virtualization=on.
+pub const GIC_VERSIONS: [u8; 2] = [3, 4];
 
 /// How the QEMU NIC that a driver domain owns reaches the host network (`[machine] nic`).
 ///
@@ -329,6 +336,10 @@ pub enum TopologyError {
     NicWithoutPassthrough {
         nic: String,
     },
+    /// `[machine] gic` is neither 3 nor 4.
+    Gic {
+        gic: u8,
+    },
     /// The identities of a driver domain's front-ends clash (two guests with one MAC or
     /// address), or its settings already have the key the packer writes them under.
     Identities {
@@ -456,6 +467,11 @@ impl fmt::Display for TopologyError {
                  machine has a single NIC; remove one of them"
             ),
             Nic { value, problem } => write!(f, "machine.nic = {value:?}: {problem}"),
+            Gic { gic } => write!(
+                f,
+                "machine.gic = {gic}: must be 3 (GICv3, the NIC on INTx) or 4 (GICv4.0, the NIC's \
+                 MSIs as vLPIs)"
+            ),
             NicWithoutPassthrough { nic } => write!(
                 f,
                 "machine.nic = {nic:?}, but no VM has a passthrough; the NIC only exists for a \
@@ -492,6 +508,8 @@ struct RawMachine {
     memory_mib: u64,
     #[serde(default)]
     nic: Option<String>,
+    #[serde(default)]
+    gic: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -634,11 +652,16 @@ impl Topology {
             None if any_passthrough => Some(NicBackend::User),
             None => None,
         };
+        let gic = raw.machine.gic.unwrap_or(3);
+        if !GIC_VERSIONS.contains(&gic) {
+            return Err(TopologyError::Gic { gic });
+        }
         let topology = Topology {
             machine: Machine {
                 cpus: raw.machine.cpus,
                 memory_mib: raw.machine.memory_mib,
                 nic,
+                gic,
             },
             vms,
         };
@@ -1078,7 +1101,8 @@ vcpus = 1
             Machine {
                 cpus: 2,
                 memory_mib: 1024,
-                nic: Some(NicBackend::User)
+                nic: Some(NicBackend::User),
+                gic: 3,
             }
         );
         assert_eq!(t.vms[0].passthrough, Bdf::new(0, 2, 0));
@@ -1137,6 +1161,7 @@ vcpus = 1
                 pair("app", "net"),
                 pair("ip", "10.0.2.16/24"),
                 pair("ping", "10.0.2.17,10.0.2.18,10.0.2.2"),
+                pair("ping_late_ms", "10000"),
                 pair("host_echo", "true"),
                 pair("balloon_give_mib", "128"),
             ]
@@ -1541,6 +1566,18 @@ vcpus = 1
         }
         let e = NicBackend::parse("tap:tap0").unwrap_err();
         assert!(e.contains("nic = \"tap\" makes its own"), "{e}");
+    }
+
+    #[test]
+    fn gic_is_3_by_default_4_on_request_and_nothing_else() {
+        assert_eq!(with_dd("", "").unwrap().machine.gic, 3);
+        assert_eq!(with_dd("gic = 4\n", "").unwrap().machine.gic, 4);
+        assert_eq!(with_dd("gic = 3\n", "").unwrap().machine.gic, 3);
+        for bad in [0, 2, 5] {
+            let e = with_dd(&format!("gic = {bad}\n"), "").unwrap_err();
+            assert!(matches!(e, TopologyError::Gic { gic } if gic == bad), "{e}");
+        }
+        assert!(with_dd("gic = \"4\"\n", "").is_err());
     }
 
     #[test]
@@ -2039,6 +2076,7 @@ vcpus = 1
                 problem: "p".into(),
             },
             TopologyError::NicWithoutPassthrough { nic: "user".into() },
+            TopologyError::Gic { gic: 2 },
             TopologyError::Identities {
                 vm: vm(),
                 problem: "p".into(),

@@ -863,6 +863,110 @@ fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
+/// A GICv4.0 machine (`[machine] gic = 4`): the hypervisor finds the ITS, brings it up (its
+/// three tables, the command queue, LPIs on both redistributors, a collection per pCPU) and
+/// says so, and the NIC keeps working (still on INTx: the vPEs and the NIC's vectors are issue
+/// 15's next steps).
+#[test]
+fn on_a_gicv4_machine_the_its_comes_up_and_the_nic_still_works() {
+    let toml = format!(
+        "{}gic = 4\n{}{}",
+        MACHINE,
+        nic_driver_domain(""),
+        guest("guest1", 8, 1, "app = \"hello\"")
+    );
+    let (boot, outcome) = boot_with_driver_domain_echo(&toml);
+    let t = boot.transcript();
+    assert!(
+        boot.has("[hv] GICv4 ITS found: vLPI direct injection available (ITS at 0x8080000, 2 collection(s)"),
+        "{t}"
+    );
+    for table in ["device", "collection", "vPE"] {
+        assert!(
+            boot.has(&format!("[hv] ITS {table} table: 64 KiB at 0x")),
+            "{t}"
+        );
+    }
+    assert!(!boot.has("bring-up failed"), "{t}");
+    assert!(!boot.has("no vLPI direct injection"), "{t}");
+    // Step 2: the NIC owner's one vCPU has a vPE, mapped at boot.
+    assert!(
+        boot.has("[hv] vPE 0 for driver-domain vCPU id 0: virtual pending table at 0x"),
+        "{t}"
+    );
+    assert!(
+        boot.has("[hv] driver-domain: 1 vPE(s) mapped (VMAPP)"),
+        "{t}"
+    );
+    assert!(!boot.has("no vPEs"), "{t}");
+    assert!(outcome.is_ok(), "host -> driver-domain: {outcome:?}\n{t}");
+    let counters = nic_counters(&boot);
+    assert!(!counters.contains("interrupts 0,"), "{counters}");
+    assert_report_ok(&boot, "guest1", "done");
+    assert!(!boot.has("killing VM"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+/// GICv4: the NIC owner's vPE is unmapped when it restarts and mapped again for the new
+/// incarnation, whose NIC works; entering and leaving the vPE on every vCPU switch (and
+/// moving it between the two pCPUs) breaks nothing.
+#[test]
+fn on_a_gicv4_machine_a_restart_unmaps_the_nic_owners_vpe_and_maps_it_again() {
+    let toml = format!(
+        "{}gic = 4\n{}{}",
+        MACHINE,
+        nic_driver_domain(", test_crash = \"reset\", test_crash_after_ms = 1500"),
+        guest("guest1", 8, 1, "app = \"hello\"")
+    );
+    let (boot, _) = boot_with_driver_domain_echo(&toml);
+    let t = boot.transcript();
+    assert!(
+        boot.has("[hv] driver-domain: 1 vPE(s) mapped (VMAPP)"),
+        "{t}"
+    );
+    assert!(boot.has("VM driver-domain restarting (boot"), "{t}");
+    let unmapped = t.find("[hv] driver-domain: vPEs unmapped (VMAPP V = 0)");
+    let mapped = t.find("[hv] driver-domain: vPEs mapped again (VMAPP)");
+    assert!(
+        unmapped.is_some() && mapped.is_some() && unmapped < mapped,
+        "{t}"
+    );
+    for bad in [
+        "its vPEs failed",
+        "VMOVP to pCPU",
+        "cannot make it resident",
+        "GICR_VPENDBASER",
+    ] {
+        assert!(!boot.has(bad), "{bad}:\n{t}");
+    }
+    // The second incarnation's NIC took interrupts (INTx still: no vector is on a vLPI yet).
+    let counters = nic_counters(&boot);
+    assert!(!counters.contains("interrupts 0,"), "{counters}");
+    assert_report_ok(&boot, "guest1", "done");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+/// A GICv3 machine (the default): its ITS has no virtual LPIs, and the boot log says why the
+/// NIC stays on INTx.
+#[test]
+fn on_a_gicv3_machine_the_boot_log_says_why_interrupts_stay_on_intx() {
+    let (_, boot) = boot_toml(
+        &format!("{MACHINE}{}", guest("g", 8, 1, "app = \"hello\"")),
+        30,
+    );
+    let t = boot.transcript();
+    assert!(
+        boot.has(
+            "[hv] no vLPI direct injection: the ITS translates physical LPIs only (GICv3: \
+             GITS_TYPER.Virtual = 0); the NIC's interrupts use INTx"
+        ),
+        "{t}"
+    );
+    assert!(!boot.has("GICv4 ITS found"), "{t}");
+    assert_report_ok(&boot, "g", "done");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
 /// passt as the NIC's host side: the same echo checks through passt's port forwards, and the
 /// driver domain's gateway ping answered by passt when the host lets it open ICMP "ping"
 /// sockets (sluice_harness::passt: net.ipv4.ping_group_range; without that passt drops the
@@ -1149,6 +1253,61 @@ fn the_emulated_nic_carries_ping_and_tcp_to_a_para_virtual_guest_and_the_host() 
     );
 }
 
+/// The guest's life reaches its device model (issue 12): emu1 pings pv1, resets itself and
+/// pings again. The hypervisor records each stop on the request page and signals the device
+/// model, which puts the device back in its power-on state for the restarted guest (its
+/// driver then finds empty FIFOs, not the first boot's leftovers) and, once emu1 powers off,
+/// stops serving it at once instead of waiting for it to fall quiet.
+#[test]
+fn the_device_model_resets_the_nic_for_a_restarted_guest_and_lets_go_of_a_gone_one() {
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        net_guest("pv1", 16, ", serve_ms = 40000"),
+        emulated_guest(
+            "emu1",
+            18,
+            ", ping = \"10.0.2.16\", ping_count = 3, serve_ms = 500, restart_once = true"
+        ),
+    );
+    let (_, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    assert!(boot.has("[emu1] boot 1 done: resetting this VM"), "{t}");
+    assert!(boot.has("[hv] VM emu1 restarting (boot 2)"), "{t}");
+    // Both boots reached pv1 through the emulated NIC.
+    let pings: Vec<&str> = boot
+        .vm_lines("emu1")
+        .filter(|l| l.starts_with("PING 10.0.2.16:"))
+        .collect();
+    assert_eq!(pings.len(), 2, "{t}");
+    assert!(pings.iter().all(|l| !l.contains(": 0/")), "{pings:?}\n{t}");
+    assert_eq!(
+        boot.vm_lines("emu1")
+            .filter(|l| l.starts_with("REPORT ok: net 10.0.2.18/24"))
+            .count(),
+        2,
+        "{t}"
+    );
+    let model = |text: &str| {
+        boot.vm_lines("driver-domain")
+            .filter(|l| l.starts_with("front-end 3: guest") && l.contains(text))
+            .count()
+    };
+    assert_eq!(
+        model("restarted, its emulated NIC reset to the power-on state"),
+        1,
+        "{t}"
+    );
+    assert_eq!(
+        model("stopped for good after 1 device reset(s); its emulated NIC serves no more"),
+        1,
+        "{t}"
+    );
+    assert_report_ok(&boot, "pv1", "net");
+    assert!(!boot.has("killing VM"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
 #[test]
 fn an_iperf3_tcp_test_runs_from_an_emulated_guest_to_a_para_virtual_one() {
     let toml = format!(
@@ -1214,7 +1373,7 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
     assert_report_fail(
         &boot,
         "bad-mtu",
-        "setting mtu = 100000 is outside 576..=9000",
+        "setting mtu = 100000 is outside 576..=65535",
     );
     assert_report_fail(&boot, "bad-ip", "setting ip is not an IPv4 CIDR");
     assert_report_fail(
@@ -1886,8 +2045,22 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
             paths.matches("class=\"bar\"").count(),
             paths.matches("class=\"empty\"").count()
         ),
-        (7, 1),
-        "a bar per measured path, an empty emulated slot:\n{paths}"
+        (9, 0),
+        "a bar per path, the emulated NIC's two included:\n{paths}"
+    );
+    // The three-way table (issue 12) and the balloon (issue 16): in the JSON (their keys are
+    // among the required figures above) and in the printed table.
+    for method in ["emulated", "paravirt", "passthrough"] {
+        assert!(
+            doc["three_way"][method]["host_to_guest"]["packets"]["median"]
+                .as_f64()
+                .is_some_and(|p| p > 0.0),
+            "{method}: {text}"
+        );
+    }
+    assert!(
+        output.contains("three-way (TCP;") && output.contains("balloon inflate"),
+        "{output}"
     );
     // Every figure carries its flag, and the memcpy placements are there.
     assert_eq!(
@@ -2408,5 +2581,351 @@ fn a_balloon_move_beside_a_running_iperf3_between_two_other_guests() {
     ] {
         assert_eq!(kill_reason(&boot, vm), None, "{t}");
     }
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+// ---- Driver-domain restart: guests reconnect, TCP streams survive (issue 14) -----------------
+
+/// The NIC's driver domain crashing `kind`-wise 6 s after it starts (first boot only), a
+/// guest-to-guest iperf3 stream and a host-to-guest one running across the crash. Returns the
+/// boot; asserts that both streams completed, that every para-virtual guest reconnected, and
+/// that nothing else broke.
+fn restart_with_streams(kind: &str) -> Boot {
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        switch_driver_domain(&format!(
+            ", test_crash = \"{kind}\", test_crash_after_ms = 6000"
+        )),
+        frontend(
+            "g-server",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.20/24\", iperf = \"server\", iperf_tests = 1"
+        ),
+        frontend(
+            "g-client",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.21/24\", iperf = \"client\", \
+             iperf_server = \"10.0.2.20\", iperf_seconds = 12, iperf_wait_ms = 30000"
+        ),
+        frontend(
+            "h-server",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.22/24\", iperf = \"server\", iperf_tests = 1, \
+             host_iperf = \"send\""
+        ),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let host = sluice_harness::iperf::HostIperfs::plan(&topology, 12).expect("host iperf3 plan");
+    let on_line = |line: &str| host.on_line(line);
+    let boot = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(150),
+            host_forwards: host.forwards(),
+            on_line: Some(&on_line),
+            ..BootOptions::default()
+        },
+    );
+    let t = boot.transcript();
+    assert!(
+        boot.has("driver domain driver-domain ") && boot.has("restarting it (crash 1 within 60 s)"),
+        "no restart:\n{t}"
+    );
+    for vm in ["g-server", "g-client", "h-server"] {
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: reconnected to back-end")),
+            "{vm} did not reconnect:\n{t}"
+        );
+        assert_report_ok(&boot, vm, "iperf");
+        assert_eq!(kill_reason(&boot, vm), None, "{t}");
+    }
+    // The guest-to-guest receiver saw data again after the gap.
+    assert!(
+        boot.vm_lines("g-server")
+            .any(|l| l.starts_with("net: data frames again after a gap of")),
+        "{t}"
+    );
+    let run = host
+        .get("h-server")
+        .expect("planned")
+        .outcome(sluice_harness::iperf::Direction::ToVm)
+        .unwrap_or_else(|e| panic!("host -> guest stream: {e}\n{t}"));
+    assert!(run.bytes > 0, "{run:?}\n{t}");
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+    // What the recovery looked like, for `--nocapture` runs.
+    for line in boot.lines.iter().filter(|l| {
+        l.contains("net: ")
+            || l.contains("restarting it")
+            || l.contains("sec ")
+            || l.contains("IPERF")
+            || l.contains("up:")
+    }) {
+        eprintln!("{line}");
+    }
+    eprintln!("host -> guest: {run:?}");
+    boot
+}
+
+#[test]
+fn tcp_streams_survive_a_driver_domain_restart_by_fault() {
+    restart_with_streams("fault");
+}
+
+#[test]
+fn tcp_streams_survive_a_driver_domain_restart_by_panic() {
+    restart_with_streams("panic");
+}
+
+#[test]
+fn tcp_streams_survive_a_driver_domain_restart_by_reset() {
+    restart_with_streams("reset");
+}
+
+/// Two `net` guests pinging each other (and the driver domain) through a NIC driver domain
+/// that crashes as `crash` says.
+fn pinging_pair_on_a_crashing_driver_domain(crash: &str, pings: u32) -> String {
+    format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(&format!(", {crash}")),
+        net_guest(
+            "pa",
+            16,
+            &format!(
+                ", ping = \"10.0.2.17,10.0.2.15\", ping_count = {pings}, ping_interval_ms = 100"
+            )
+        ),
+        net_guest(
+            "pb",
+            17,
+            &format!(", ping = \"10.0.2.16\", ping_count = {pings}, ping_interval_ms = 100")
+        ),
+    )
+}
+
+#[test]
+fn guests_reconnect_when_the_driver_domain_crashes_again_during_their_reconnect() {
+    // The first incarnation crashes 3 s in; the second 30 ms after it starts, while the guests
+    // are in the middle of the handshake with it; the third runs on.
+    let toml = pinging_pair_on_a_crashing_driver_domain(
+        "test_crash = \"reset\", test_crash_after_ms = 3000, test_crash_again_ms = 30, \
+         test_crash_boots = 2",
+        80,
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    assert!(
+        boot.has("restarting it (crash 2 within 60 s, after 100 ms)"),
+        "no second crash:\n{t}"
+    );
+    let ups = boot
+        .vm_lines("driver-domain")
+        .filter(|l| l.starts_with("driver domain driver-domain up"))
+        .count();
+    assert_eq!(ups, 3, "{t}");
+    for vm in ["pa", "pb"] {
+        // Whatever step the second crash caught them in, they end connected to the third.
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: reconnected to back-end 1 (generation 2)")),
+            "{vm} did not reconnect to the third incarnation:\n{t}"
+        );
+        assert_report_ok(&boot, vm, "pinged");
+        assert_eq!(kill_reason(&boot, vm), None, "{t}");
+    }
+    // Pings go through again after the restarts: most of them are answered.
+    for (vm, target) in [("pa", "10.0.2.17"), ("pb", "10.0.2.16")] {
+        let summary = boot
+            .vm_lines(vm)
+            .find(|l| l.starts_with(&format!("PING {target}: ")))
+            .unwrap_or_else(|| panic!("no summary from {vm}:\n{t}"));
+        let received: u32 = summary
+            .split(": ")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{summary}"));
+        assert!(received >= 40, "{vm}: {summary}\n{t}");
+    }
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+#[test]
+fn guests_fail_their_sends_cleanly_when_the_driver_domain_is_left_stopped() {
+    let toml = pinging_pair_on_a_crashing_driver_domain(
+        "test_crash = \"fault\", test_crash_after_ms = 1500, test_crash_boots = 100",
+        300,
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    assert!(boot.has("5 crashes within 60 s, left stopped"), "{t}");
+    for vm in ["pa", "pb"] {
+        // They reconnected to each incarnation in between, then learnt it was gone for good
+        // and ended their network with a clear report instead of waiting forever.
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: reconnected to back-end 1 (generation 3)")),
+            "{vm} did not follow the restarts:\n{t}"
+        );
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: back-end 1 stopped for good")),
+            "{vm}:\n{t}"
+        );
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("REPORT fail: the connection to the back-end was lost")),
+            "{vm}:\n{t}"
+        );
+        assert_eq!(kill_reason(&boot, vm), None, "{t}");
+    }
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+/// The host's UDP echo against `port` in batches of 5 (each datagram waits at most 150 ms for
+/// its echo) until `stop`: when each batch ended and what it saw.
+fn host_udp_echo_batches(
+    port: u16,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(std::time::Instant, sluice_harness::net::EchoStats)> {
+    let mut batches = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let stats = sluice_harness::net::udp_echo(port, 5, 64, Duration::from_millis(150));
+        batches.push((std::time::Instant::now(), stats));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    batches
+}
+
+#[test]
+fn a_udp_echo_answers_before_a_driver_domain_restart_stops_during_it_and_answers_after() {
+    use sluice_harness::hostnet::{HostForward, Proto};
+    use sluice_harness::restart::parse_udp_echo;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+
+    // ua asks ub's echo (guest -> guest) every 50 ms for 8 s; the host asks ub's through a port
+    // forward; the NIC's driver domain is killed for a fault 3 s after it starts.
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(", test_crash = \"fault\", test_crash_after_ms = 3000"),
+        net_guest(
+            "ua",
+            16,
+            ", udp_echo = \"10.0.2.17\", udp_echo_count = 160, udp_echo_interval_ms = 50, \
+             serve_ms = 1000"
+        ),
+        net_guest("ub", 17, ", serve_ms = 12000"),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let port = sluice_harness::net::free_port(Proto::Udp);
+    let ub_ip = "10.0.2.17".parse().expect("address");
+    let stop = AtomicBool::new(false);
+    let restarted_at: OnceLock<Instant> = OnceLock::new();
+    let batches = Mutex::new(Vec::new());
+    let boot = std::thread::scope(|scope| {
+        let host = Mutex::new(None);
+        let on_line = |line: &str| {
+            if line.starts_with("[ub] net up") {
+                let mut host = host.lock().expect("host thread slot");
+                if host.is_none() {
+                    *host = Some(scope.spawn(|| {
+                        *batches.lock().expect("batches") = host_udp_echo_batches(port, &stop);
+                    }));
+                }
+            }
+            if line.contains("restarting it (crash 1") {
+                let _ = restarted_at.set(Instant::now());
+            }
+            if line.starts_with("[ub] REPORT") {
+                stop.store(true, Ordering::Release);
+            }
+        };
+        let boot = boot_with(
+            &topology,
+            BootOptions {
+                timeout: Duration::from_secs(120),
+                host_forwards: vec![HostForward::udp(port, ub_ip, 7)],
+                on_line: Some(&on_line),
+                ..BootOptions::default()
+            },
+        );
+        stop.store(true, Ordering::Release);
+        boot
+    });
+    let t = boot.transcript();
+    assert!(
+        boot.has("driver domain driver-domain crashed")
+            && boot.has("restarting it (crash 1 within 60 s)"),
+        "no restart:\n{t}"
+    );
+    for vm in ["ua", "ub"] {
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: reconnected to back-end")),
+            "{vm} did not reconnect:\n{t}"
+        );
+        assert_report_ok(&boot, vm, "net 10.0.2.");
+        assert_eq!(kill_reason(&boot, vm), None, "{t}");
+    }
+    // Guest -> guest: answers, a silence (the restart), answers again; what was lost is said.
+    let line = boot
+        .vm_lines("ua")
+        .find(|l| l.starts_with("UDP ECHO 10.0.2.17: "))
+        .unwrap_or_else(|| panic!("no UDP ECHO line from ua:\n{t}"));
+    let echo = parse_udp_echo(line).unwrap_or_else(|| panic!("{line}\n{t}"));
+    eprintln!("guest -> guest: {line}");
+    assert_eq!(echo.sent, 160, "{line}");
+    assert!(
+        echo.answered_before >= 5 && echo.answered_after >= 20,
+        "{line}\n{t}"
+    );
+    assert!(
+        echo.silence_ms >= 100,
+        "no silence over the restart: {line}\n{t}"
+    );
+    assert_eq!(echo.answered + echo.lost, echo.sent, "{line}");
+    // Host -> guest: batches answered before the restart, lost datagrams around it, and
+    // answered again after it.
+    let restarted_at = *restarted_at
+        .get()
+        .unwrap_or_else(|| panic!("the restart line was not seen live\n{t}"));
+    let batches = batches.into_inner().expect("batches");
+    let answered = |b: &[(Instant, sluice_harness::net::EchoStats)]| -> usize {
+        b.iter().map(|(_, s)| s.received).sum()
+    };
+    let before: Vec<_> = batches
+        .iter()
+        .filter(|(at, _)| *at < restarted_at)
+        .cloned()
+        .collect();
+    let after: Vec<_> = batches
+        .iter()
+        .filter(|(at, _)| *at >= restarted_at)
+        .cloned()
+        .collect();
+    let lost: usize = batches.iter().map(|(_, s)| s.lost()).sum();
+    let sent: usize = batches.iter().map(|(_, s)| s.sent).sum();
+    eprintln!(
+        "host -> guest: {sent} sent, {} answered before the restart, {} after, {lost} lost",
+        answered(&before),
+        answered(&after)
+    );
+    assert!(answered(&before) >= 5, "{batches:?}\n{t}");
+    // (The last batch may find ub done serving.)
+    let whole = after.iter().filter(|(_, s)| s.received == s.sent).count();
+    assert!(
+        whole >= 3 && answered(&after) >= 15,
+        "the host's echo did not answer again after the restart: {batches:?}\n{t}"
+    );
+    assert!(
+        lost >= 1,
+        "nothing lost across the restart? {batches:?}\n{t}"
+    );
+    assert!(!boot.has("[hv] PANIC"), "{t}");
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }

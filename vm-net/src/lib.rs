@@ -5,6 +5,8 @@
 //!   TCP echo on port 7 (RFC 862), ping as a client, and optionally an iperf3 server.
 //! - [`iperf3`]: the iperf3 protocol (control messages as a sans-IO state machine, both roles)
 //!   and its server and client on smoltcp sockets.
+//! - [`udp_echo`]: a UDP echo client's requests and the tally of their answers (which came
+//!   back, the longest silence between them), for the restart test.
 //!
 //! The frames come and go through whatever `smoltcp::phy::Device` the VM has: the driver domain
 //! its switch port, a guest its para-virtual front-end. Waiting for news is the caller's
@@ -18,8 +20,12 @@
 
 extern crate alloc;
 
+mod announce;
 pub mod iperf3;
 mod stack;
+pub mod udp_echo;
+
+pub use announce::gratuitous_arp;
 
 pub use smoltcp;
 pub use stack::{Buffers, PingReply, ServiceCounters, Stack, ECHO_PORT};

@@ -91,6 +91,19 @@ impl ControlPage {
         Backend::read_from(&self.snapshot())
     }
 
+    /// The back-end generation the hypervisor counts (its restarts).
+    pub fn generation(&self) -> u32 {
+        handshake::generation(&self.snapshot())
+    }
+
+    /// The back-end's section and the generation, from one copy of the page (the generation
+    /// loaded after the state word, so a state a new incarnation wrote comes with its
+    /// generation).
+    pub fn backend_and_generation(&self) -> Result<(Backend, u32), HandshakeError> {
+        let page = self.snapshot();
+        Ok((Backend::read_from(&page)?, handshake::generation(&page)))
+    }
+
     /// Writes the front-end section (the caller must be the front-end).
     pub fn write_frontend(&self, section: &Frontend) -> Result<(), HandshakeError> {
         let mut bytes = self.snapshot();

@@ -20,7 +20,7 @@ use spin::{Mutex, Once};
 
 use crate::hypercall::{hvc, result};
 use crate::page::Page;
-use crate::shared::SharedMem;
+use crate::shared::{ExclusiveRun, SharedMem};
 
 /// This VM's registered grant table.
 struct Table {
@@ -92,13 +92,30 @@ pub fn grant(peer: u16, page_gpa: u64, readonly: bool) -> Result<u32, Status> {
     Err(Status::NoSpace)
 }
 
-/// Grants `peer` read-write access to `pages` pages starting at `first_gpa` under consecutive
-/// refs (a buffer pool is named by its first ref and a count); returns the first ref. All or
-/// nothing: `NoSpace` if no run of that many free refs exists.
-pub fn grant_run(peer: u16, first_gpa: u64, pages: u32) -> Result<u32, Status> {
-    if !first_gpa.is_multiple_of(PAGE_SIZE) || pages == 0 {
+/// Grants `peer` access to every page of `run` (our own leaked pages) under consecutive refs
+/// (a buffer pool is named by its first ref and a count): the first `writable` pages
+/// read-write, the rest read-only. Returns the first ref and, when some pages are read-only,
+/// those pages as an [`ExclusiveRun`] (only we can write them). All or nothing: `NoSpace` if
+/// no run of that many free refs exists; `InvalidArgument` for memory not our own or
+/// `writable` past the run.
+pub fn grant_run(
+    peer: u16,
+    run: &SharedMem,
+    writable: u32,
+) -> Result<(u32, Option<ExclusiveRun>), Status> {
+    let first_gpa = run.gpa();
+    let pages = (run.len() as u64 / PAGE_SIZE) as u32;
+    if !first_gpa.is_multiple_of(PAGE_SIZE) || pages == 0 || writable > pages {
         return Err(Status::InvalidArgument);
     }
+    let exclusive = if writable < pages {
+        Some(
+            ExclusiveRun::tail_of(run, writable as usize * PAGE_SIZE as usize)
+                .ok_or(Status::InvalidArgument)?,
+        )
+    } else {
+        None
+    };
     let table = TABLE.get().ok_or(Status::InvalidArgument)?;
     let table = table.lock();
     let refs = table.entries.len() as u32 * ENTRIES_PER_PAGE;
@@ -112,7 +129,7 @@ pub fn grant_run(peer: u16, first_gpa: u64, pages: u32) -> Result<u32, Status> {
             None => {
                 for i in 0..pages {
                     let value = GrantEntry {
-                        flags: PERMIT,
+                        flags: PERMIT | if i < writable { 0 } else { READONLY },
                         peer,
                         frame: (first_gpa / PAGE_SIZE) as u32 + i,
                     }
@@ -121,7 +138,7 @@ pub fn grant_run(peer: u16, first_gpa: u64, pages: u32) -> Result<u32, Status> {
                         slot.store(value, Ordering::Release);
                     }
                 }
-                return Ok(first);
+                return Ok((first, exclusive));
             }
         }
     }
@@ -198,11 +215,18 @@ pub fn map(granter: u16, gref: u32, readonly: bool) -> Result<Mapping, Status> {
     }
 }
 
-/// Maps `granter`'s refs `first_ref..first_ref + pages` read-write as one contiguous run of
-/// our grant window (GRANT_MAP in batches). All or nothing: on any failure the pages mapped so
-/// far are unmapped again and the first failing status is returned.
-pub fn map_run(granter: u16, first_ref: u32, pages: u32) -> Result<MappedRun, Status> {
-    if pages == 0 || first_ref.checked_add(pages).is_none() {
+/// Maps `granter`'s refs `first_ref..first_ref + pages` as one contiguous run of our grant
+/// window (GRANT_MAP in batches): the first `writable` read-write, the rest read-only (a
+/// read-only grant mapped read-write is refused with `ReadOnly`). All or nothing: on any
+/// failure the pages mapped so far are unmapped again and the first failing status is
+/// returned.
+pub fn map_run(
+    granter: u16,
+    first_ref: u32,
+    pages: u32,
+    writable: u32,
+) -> Result<MappedRun, Status> {
+    if pages == 0 || writable > pages || first_ref.checked_add(pages).is_none() {
         return Err(Status::InvalidArgument);
     }
     let base = take_window_run(u64::from(pages))?;
@@ -218,7 +242,7 @@ pub fn map_run(granter: u16, first_ref: u32, pages: u32) -> Result<MappedRun, St
         let mut ops: Vec<MapOp> = (next..next + count)
             .map(|i| MapOp {
                 granter,
-                flags: 0,
+                flags: if i < writable { 0 } else { MAP_READONLY },
                 gref: first_ref + i,
                 dest_gpa: base + u64::from(i) * PAGE_SIZE,
                 status: 0,
@@ -330,7 +354,8 @@ impl Mapping {
     }
 }
 
-/// A peer's pages mapped read-write as one contiguous run of our grant window ([`map_run`]).
+/// A peer's pages mapped as one contiguous run of our grant window ([`map_run`]); a store to
+/// its read-only part is a stage-2 fault that stops this VM.
 /// Dropping it without [`MappedRun::unmap`] leaves the pages mapped until the VM ends.
 #[derive(Debug)]
 pub struct MappedRun {

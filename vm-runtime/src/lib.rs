@@ -49,7 +49,7 @@ pub use arch::{heap, mmio, probe};
 pub use rt::start_info;
 pub use shared_abi;
 pub use shared_abi::bundle::VmKind;
-pub use shared_abi::start_info::{setting, setting_u64, StartInfo};
+pub use shared_abi::start_info::{setting, setting_bool, setting_u64, StartInfo};
 pub use smp::cpu_on;
 
 /// A setting that is present but not a number.
@@ -58,6 +58,27 @@ pub use smp::cpu_on;
 pub struct BadSetting<'a> {
     pub key: &'a str,
     pub value: &'a str,
+}
+
+/// A setting that is present but not `true` or `false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("setting {key}={value} is not true/false")]
+pub struct NotAFlag<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+/// The flag setting `key`, `default` if it is absent, an error if it is neither `true` nor
+/// `false`.
+pub fn setting_bool_or<'a>(
+    settings: &'a str,
+    key: &'a str,
+    default: bool,
+) -> Result<bool, NotAFlag<'a>> {
+    match setting(settings, key) {
+        None => Ok(default),
+        Some(value) => setting_bool(settings, key).ok_or(NotAFlag { key, value }),
+    }
 }
 
 /// The numeric setting `key`, `default` if it is absent, an error if it is malformed.

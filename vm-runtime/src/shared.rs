@@ -13,6 +13,7 @@
 //! loads and stores, so the compiler neither merges nor repeats them (no double fetch behind
 //! the caller's back) and a torn read is just some bytes, which the caller validates.
 
+use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
 
 use shared_abi::grant::{GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE};
@@ -26,6 +27,9 @@ use shared_abi::virtq::{PoolMem, RingMem, RING_PAGE_LEN};
 pub struct SharedMem {
     base: usize,
     len: usize,
+    /// Leaked pages of our own RAM (not the grant or control window): the only memory an
+    /// [`ExclusiveRun`] may be made of.
+    own: bool,
 }
 
 impl SharedMem {
@@ -43,6 +47,7 @@ impl SharedMem {
         inside.then_some(SharedMem {
             base: gpa as usize,
             len: len as usize,
+            own: false,
         })
     }
 
@@ -54,6 +59,7 @@ impl SharedMem {
         (usize::from(frontend) <= MAX_VMS).then_some(SharedMem {
             base: control_page_ipa(frontend) as usize,
             len: PAGE_SIZE as usize,
+            own: false,
         })
     }
 
@@ -67,6 +73,7 @@ impl SharedMem {
         SharedMem {
             base: run.as_ptr() as usize,
             len: pages * PAGE_SIZE as usize,
+            own: true,
         }
     }
 
@@ -101,6 +108,7 @@ impl SharedMem {
         (start + RING_PAGE_LEN <= self.len).then_some(SharedMem {
             base: self.base + start,
             len: RING_PAGE_LEN,
+            own: self.own,
         })
     }
 
@@ -114,6 +122,24 @@ impl SharedMem {
 }
 
 impl SharedMem {
+    /// Copies `len` bytes at `offset` into the front of `buf`, a private buffer reused from
+    /// frame to frame (a front-end's received frame): it only ever grows (zero-filled when it
+    /// does), so a frame no longer than the largest before costs the copy alone, no allocation
+    /// and no clearing pass. The bytes after `len` are left as they were. Returns `&buf[..len]`.
+    /// Panics if the range is outside the run.
+    pub fn read_into_reused<'b>(
+        &self,
+        offset: usize,
+        len: usize,
+        buf: &'b mut Vec<u8>,
+    ) -> &'b [u8] {
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        self.read(offset, &mut buf[..len]);
+        &buf[..len]
+    }
+
     /// Copies `len` bytes at `offset` of this run to `dst_offset` of `dst`, memory to memory
     /// (a back-end moving a frame from one guest's pool to another's). Eight bytes at a time
     /// when both sides allow it. Panics if either range is outside its run.
@@ -165,6 +191,60 @@ impl SharedMem {
             byte(done);
             done += 1;
         }
+    }
+}
+
+/// Pages of our own that no peer can write: the tail of a run we granted with the tail
+/// read-only ([`crate::grant::grant_run`]), so the hypervisor maps it read-only for the peer
+/// and refuses GRANT_COPY into it. Only we write these bytes, so code may hold a plain
+/// `&mut [u8]` over them for a while ([`ExclusiveRun::with_mut`]): a front-end lets its stack
+/// build frames to send right in its transmit buffers. The peer may read them at any time
+/// (it copies a frame out once, after we publish it with release ordering on the ring).
+///
+/// Not `Copy` or `Clone`, and `with_mut` takes `&mut self`, so at most one such slice exists
+/// at a time. Valid for as long as the grants stay read-only: the front-end never ends them.
+#[derive(Debug)]
+pub struct ExclusiveRun {
+    base: usize,
+    len: usize,
+}
+
+impl ExclusiveRun {
+    /// The part of `mem` from byte `from` on, if `mem` is leaked memory of our own and `from`
+    /// is page aligned and inside it. Only the grant code makes one, for pages it has just
+    /// granted read-only.
+    pub(crate) fn tail_of(mem: &SharedMem, from: usize) -> Option<ExclusiveRun> {
+        (mem.own && from.is_multiple_of(PAGE_SIZE as usize) && from < mem.len).then_some(
+            ExclusiveRun {
+                base: mem.base + from,
+                len: mem.len - from,
+            },
+        )
+    }
+
+    /// Bytes in the run.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Runs `f` on bytes `offset..offset + len` as a plain mutable slice and returns what it
+    /// returns. Panics if the range is outside the run (a caller bug: the ranges come from
+    /// our own pool plan).
+    pub fn with_mut<R>(&mut self, offset: usize, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        assert!(offset <= self.len && len <= self.len - offset);
+        // SAFETY: the range is inside the run (asserted above), which is leaked RAM of our own
+        // (valid forever, `tail_of` checked `own`) that no peer can write: it was granted
+        // read-only, so the hypervisor maps it read-only for the peer and refuses copies into
+        // it. No other Rust reference points into it (a `SharedMem` view only makes volatile
+        // accesses for the span of one call, and `&mut self` keeps a second slice from
+        // existing), so for `f`'s duration the slice is the only way to the bytes.
+        let bytes =
+            unsafe { core::slice::from_raw_parts_mut((self.base + offset) as *mut u8, len) };
+        f(bytes)
     }
 }
 
@@ -296,7 +376,47 @@ mod tests {
         SharedMem {
             base: buf.as_mut_ptr() as usize,
             len: buf.len() * 8,
+            own: true,
         }
+    }
+
+    #[test]
+    fn an_exclusive_run_is_only_made_over_our_own_pages_from_a_page_boundary() {
+        let window = SharedMem::in_grant_window(GRANT_WINDOW_BASE, 3).unwrap();
+        assert!(ExclusiveRun::tail_of(&window, PAGE_SIZE as usize).is_none());
+        assert!(ExclusiveRun::tail_of(&SharedMem::control_page(1).unwrap(), 0).is_none());
+        // A 3-page buffer of our own; page alignment of the base does not matter to the view.
+        let mut buf = vec![0u64; 3 * PAGE_SIZE as usize / 8];
+        let own = over(&mut buf);
+        assert!(
+            ExclusiveRun::tail_of(&own, 100).is_none(),
+            "not a page boundary"
+        );
+        assert!(
+            ExclusiveRun::tail_of(&own, 3 * PAGE_SIZE as usize).is_none(),
+            "empty"
+        );
+        let mut tail = ExclusiveRun::tail_of(&own, PAGE_SIZE as usize).unwrap();
+        assert_eq!(tail.len(), 2 * PAGE_SIZE as usize);
+        // What is written through the slice is what the shared view then reads, at the right
+        // place, and nothing around it moves.
+        let written = tail.with_mut(10, 5, |bytes| {
+            bytes.copy_from_slice(&[1, 2, 3, 4, 5]);
+            bytes.len()
+        });
+        assert_eq!(written, 5);
+        let mut back = [0u8; 7];
+        own.read(PAGE_SIZE as usize + 9, &mut back);
+        assert_eq!(back, [0, 1, 2, 3, 4, 5, 0]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn an_exclusive_slice_past_the_run_is_refused() {
+        let mut buf = vec![0u64; 2 * PAGE_SIZE as usize / 8];
+        let own = over(&mut buf);
+        let mut tail = ExclusiveRun::tail_of(&own, PAGE_SIZE as usize).unwrap();
+        tail.with_mut(PAGE_SIZE as usize - 4, 5, |_| ());
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -383,6 +503,33 @@ mod tests {
                 let bytes: Vec<u8> = dst_backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
                 assert!(bytes[..to].iter().all(|&b| b == 0));
                 assert!(bytes[to + len..].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Frames of any lengths, one after another into one reused buffer: each read gives
+        /// exactly its range, the buffer never shrinks, and it grows only to the longest.
+        #[test]
+        fn reads_into_a_reused_buffer_give_exactly_each_frame(
+            frames in proptest::collection::vec((0usize..200, 0usize..56), 1..12),
+            start in 0usize..80,
+        ) {
+            let mut backing: Vec<u64> = (0..32u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+            let mem = over(&mut backing);
+            let bytes: Vec<u8> = backing.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let mut buf = vec![0xaau8; start];
+            let mut longest = start;
+            for (offset, len) in frames {
+                let before = buf.clone();
+                let got = mem.read_into_reused(offset, len, &mut buf).to_vec();
+                proptest::prop_assert_eq!(&got[..], &bytes[offset..offset + len]);
+                longest = longest.max(len);
+                proptest::prop_assert_eq!(buf.len(), longest);
+                // Past the frame: what was there, or zeros where the buffer grew.
+                for (i, &b) in buf.iter().enumerate().skip(len) {
+                    proptest::prop_assert_eq!(b, before.get(i).copied().unwrap_or(0));
+                }
             }
         }
     }

@@ -183,6 +183,61 @@ fn guest_macs_are_known_without_learning() {
 }
 
 #[test]
+fn unicast_for_a_reserved_guest_that_is_not_connected_is_dropped_not_flooded() {
+    let mut sw = Switch::new(Config::default());
+    sw.add_uplink().unwrap();
+    sw.add_guest(1, guest_mac(1)).unwrap();
+    for id in 1..=2 {
+        assert!(sw.reserve_guest_mac(guest_mac(id)));
+    }
+    assert!(!sw.reserve_guest_mac(MCAST));
+    assert!(!sw.reserve_guest_mac(MacAddr::ZERO));
+    // Guest 2 is not connected (not yet, or its driver domain restarted): its frames go
+    // nowhere, above all not to the outside, which would answer for it.
+    let absent = Forward::Drop(DropReason::AbsentGuest);
+    assert_eq!(
+        sw.forward(G1, &frame(guest_mac(2), guest_mac(1), 60), 0),
+        absent
+    );
+    assert_eq!(
+        sw.forward(UP, &frame(guest_mac(2), ext_mac(1), 60), 0),
+        absent
+    );
+    assert_eq!(sw.counters(G1).unwrap().drops.absent, 1);
+    assert_eq!(
+        sw.counters(UP).unwrap().drops.of(DropReason::AbsentGuest),
+        1
+    );
+    assert_eq!(sw.counters(G1).unwrap().flooded, 0);
+    // The outside may not send as an absent guest either; broadcasts still flood.
+    assert_eq!(
+        sw.forward(UP, &frame(MacAddr::BROADCAST, guest_mac(2), 60), 0),
+        Forward::Drop(DropReason::Spoofed)
+    );
+    assert_eq!(
+        sw.forward(G1, &frame(MacAddr::BROADCAST, guest_mac(1), 60), 0),
+        Forward::Flood(set(&[UP]))
+    );
+    // Unknown, unreserved unicast still floods.
+    assert_eq!(
+        sw.forward(G1, &frame(ext_mac(9), guest_mac(1), 60), 0),
+        Forward::Flood(set(&[UP]))
+    );
+    // Connected, it gets them; gone again, they are dropped again.
+    sw.add_guest(2, guest_mac(2)).unwrap();
+    assert_eq!(
+        sw.forward(G1, &frame(guest_mac(2), guest_mac(1), 60), 0),
+        Forward::One(G2)
+    );
+    assert!(sw.remove_port(G2));
+    assert_eq!(
+        sw.forward(G1, &frame(guest_mac(2), guest_mac(1), 60), 0),
+        absent
+    );
+    assert!(sw.to_string().contains("absent 2"), "{sw}");
+}
+
+#[test]
 fn floods_broadcast_multicast_and_unknown_unicast() {
     let mut sw = switch();
     let others = Forward::Flood(set(&[UP, G1, G3]));
@@ -544,7 +599,7 @@ fn counters_and_summary() {
     );
     assert!(lines[3].contains("spoofed 1 "), "{text}");
     assert!(lines[4].contains("runt 1 "), "{text}");
-    assert!(lines[4].ends_with("queued 100/65536B"), "{text}");
+    assert!(lines[4].ends_with("queued 100/131072B"), "{text}");
     assert_eq!(sw.port_summary(G1).unwrap().to_string(), lines[2]);
     assert!(sw.port_summary(PortId::Guest(9)).is_none());
 }
@@ -781,6 +836,7 @@ fn random_traffic_keeps_invariants() {
         // Floods are counted below as forwarded: no limit here (tested on its own).
         flood_burst: 0,
         flood_period_ms: 0,
+        ..Config::default()
     });
     let all: Vec<PortId> = core::iter::once(UP)
         .chain((1..=GUESTS).map(PortId::Guest))
@@ -1009,4 +1065,47 @@ fn drop_reasons_and_port_errors_keep_their_log_texts() {
     // A port error is a real error type, so callers can box or chain it.
     let boxed: Box<dyn std::error::Error> = Box::new(PortError::Exists);
     assert_eq!(boxed.to_string(), "port already exists");
+}
+
+#[test]
+fn a_64k_frame_goes_between_guests_but_never_to_a_port_with_smaller_frames() {
+    let mut sw = switch();
+    assert!(sw.set_max_frame(UP, 1514));
+    assert_eq!(sw.max_frame(UP), Some(1514));
+    assert_eq!(sw.max_frame(G2), Some(MAX_ETH_FRAME));
+    let big = MAX_ETH_FRAME;
+    // Known unicast guest to guest: forwarded whole, with room for it.
+    let f = frame(guest_mac(2), guest_mac(1), 14);
+    assert_eq!(sw.forward_header(G1, &f, big, 0), Forward::One(G2));
+    assert!(sw.try_reserve(G2, big));
+    sw.release(G2, big);
+    // Flooded (broadcast): every guest may take it, the uplink refuses it, counted.
+    let f = frame(MacAddr::BROADCAST, guest_mac(1), 14);
+    let Forward::Flood(ports) = sw.forward_header(G1, &f, big, 0) else {
+        panic!("a broadcast floods");
+    };
+    let taken: Vec<PortId> = ports
+        .into_iter()
+        .filter(|&p| {
+            let ok = sw.try_reserve(p, big);
+            if ok {
+                sw.release(p, big);
+            }
+            ok
+        })
+        .collect();
+    assert_eq!(taken, vec![G2, G3]);
+    let up = sw.counters(UP).unwrap();
+    assert_eq!(
+        (up.drops.oversize, up.tx_frames, up.drops.queue_full),
+        (1, 0, 0)
+    );
+    assert!(sw.to_string().contains("oversize 1"));
+    // A frame of exactly the uplink's largest still goes; one byte more does not.
+    assert!(sw.try_reserve(UP, 1514));
+    assert!(!sw.try_reserve(UP, 1515));
+    assert_eq!(sw.counters(UP).unwrap().drops.oversize, 2);
+    // Beyond the internal link's largest frame nothing takes it.
+    assert!(!sw.try_reserve(G3, big + 1));
+    assert!(!sw.set_max_frame(PortId::Guest(9), 1514));
 }

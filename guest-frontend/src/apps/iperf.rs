@@ -5,17 +5,20 @@
 //! test (formats in `vm_net::iperf3`'s report module), the front-end's counters, and REPORT.
 //!
 //! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional), `mtu`
-//! (default 9000), `iperf` (`server` or `client`, default `server`), `iperf_port` (default 5201), `iperf_window` (the
+//! (default 9000, up to 65535), `iperf` (`server` or `client`, default `server`), `iperf_port` (default 5201), `iperf_window` (the
 //! data socket's buffer in the direction of the data, which bounds the TCP window when
 //! receiving; default 1 MiB).
 //! `iperf_accounting` (`true`: ask the hypervisor for its accounting around each test, default
-//! `false`).
+//! `false`), `iperf_timeout_ms` (how long the peer may keep a test waiting outside its data
+//! phase, default 10000; the emulated NIC's round trips need more).
 //! Server: `iperf_tests` (tests to serve before exiting, default 1), `iperf_idle_ms` (give up
 //! when no client shows up for this long, default 60000).
 //! Client: `iperf_server` (IPv4, required), `iperf_seconds` (default 5), `iperf_reverse`
 //! (`true`: the server sends, default `false`), `iperf_len` (block size, default 131072),
 //! `iperf_omit` (seconds not counted at the start, default 0), `iperf_wait_ms` (how long to
-//! keep trying while the server boots, default 15000), `iperf_udp` (`true`: a UDP test, like
+//! keep trying while the server boots, default 15000), `iperf_repeat` (tests run one after
+//! another, each a fresh connection, default 1: the bench's several short tests in one boot),
+//! `iperf_udp` (`true`: a UDP test, like
 //! `iperf3 -u`, default `false`; its block size defaults to 1460), `iperf_bitrate` (the UDP
 //! target rate in bits/s, like `-b`: default 1000000, at most 1000000000, 0 for unlimited).
 //! A UDP result line ends with the receiver's jitter and losses.
@@ -28,7 +31,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use vm_net::iperf3::{self, Client, ClientConfig, Event, ServerConfig};
+use vm_net::iperf3::{self, Client, ClientConfig, Event, ServerConfig, TestMarks};
 use vm_net::smoltcp::time::{Duration, Instant};
 use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::{Buffers, Stack};
@@ -42,6 +45,11 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 const MAX_BITRATE: u64 = 1_000_000_000;
 /// How long the server keeps polling after its last test, so the client's close completes.
 const SERVER_LINGER: Duration = Duration::from_secs(3);
+/// The most tests `iperf_repeat` runs.
+const MAX_REPEAT: u64 = 100;
+/// The pause between repeated tests: the server retires the last test's sockets before it
+/// takes the next one (until then it would deny it as busy).
+const REPEAT_PAUSE: Duration = Duration::from_millis(500);
 
 pub fn run(info: &StartInfo<'static>) {
     match iperf(info) {
@@ -55,8 +63,12 @@ enum Mode {
         tests: u64,
         idle: Duration,
         buffer: usize,
+        timeout: Duration,
     },
-    Client(ClientConfig),
+    Client {
+        config: ClientConfig,
+        repeat: u64,
+    },
 }
 
 struct Plan {
@@ -81,17 +93,23 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         ));
     }
     let buffer = buffer as usize;
-    let flag = |key: &str| match setting(info.settings, key).unwrap_or("false") {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        other => Err(format!("setting {key}={other} is not true/false")),
+    let flag = |key: &'static str| {
+        vm_runtime::setting_bool_or(info.settings, key, false).map_err(|e| format!("{e}"))
     };
     let accounting = flag("iperf_accounting")?;
+    let timeout = number("iperf_timeout_ms", 10_000)?;
+    if !(1_000..=600_000).contains(&timeout) {
+        return Err(format!(
+            "setting iperf_timeout_ms={timeout} is out of range (1000..600000)"
+        ));
+    }
+    let timeout = Duration::from_millis(timeout);
     let mode = match setting(info.settings, "iperf").unwrap_or("server") {
         "server" => Mode::Server {
             tests: number("iperf_tests", 1)?.max(1),
             idle: Duration::from_millis(number("iperf_idle_ms", 60_000)?),
             buffer,
+            timeout,
         },
         "client" => {
             let server: Ipv4Address = setting(info.settings, "iperf_server")
@@ -138,7 +156,14 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
             config.connect_wait = Duration::from_millis(number("iperf_wait_ms", 15_000)?);
             config.seed = timer::now();
             config.buffer = buffer;
-            Mode::Client(config)
+            config.idle_timeout = timeout;
+            let repeat = number("iperf_repeat", 1)?;
+            if !(1..=MAX_REPEAT).contains(&repeat) {
+                return Err(format!(
+                    "setting iperf_repeat={repeat} is out of range (1..{MAX_REPEAT})"
+                ));
+            }
+            Mode::Client { config, repeat }
         }
         other => {
             return Err(format!(
@@ -178,10 +203,22 @@ fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
             tests,
             idle,
             buffer,
+            timeout,
         } => serve(
-            &mut stack, rounds, &mut marks, plan.port, tests, idle, buffer,
+            &mut stack,
+            rounds,
+            &mut marks,
+            ServerConfig {
+                port: plan.port,
+                buffer,
+                idle_timeout: timeout,
+            },
+            tests,
+            idle,
         ),
-        Mode::Client(config) => client(&mut stack, rounds, &mut marks, config),
+        Mode::Client { config, repeat } => {
+            repeat_client(&mut stack, rounds, &mut marks, config, repeat)
+        }
     };
     print_counters(&stack, rounds);
     if stack.device.broken.is_some() || stack.device.backend_left() {
@@ -203,38 +240,30 @@ fn print_event(event: &Event) {
     }
 }
 
-/// The marks around each test: how many tests started, the bytes the app copied into its
-/// sockets so far, whether to ask the hypervisor for its accounting.
+/// The marks around each test: their tags, whether to ask the hypervisor for its accounting.
 #[derive(Default)]
 struct Marks {
-    tests: u64,
-    app_copied: u64,
+    tags: TestMarks,
     accounting: bool,
 }
+
+/// Bytes the app copies into its sockets: none. vm-net's iperf3 sender fills its send buffer
+/// with the pattern once and then only commits bytes (`vm_net::iperf3::stream`), so the
+/// bench's `app_to_stack` site reads 0 (it used to count the bytes sent, which are never
+/// copied, and so made the copies per byte one more than there were).
+const APP_COPIED: u64 = 0;
 
 impl Marks {
     /// At an event: a start or an end mark for `Started` and `Finished`/`Failed`.
     fn on(&mut self, event: &Event, stats: &FrontStats) {
-        let tag = match event {
-            Event::Started(_) => {
-                self.tests += 1;
-                2 * self.tests
-            }
-            Event::Finished(report) => {
-                if report.sender {
-                    // The app's copy into the socket, as the test counted it.
-                    self.app_copied += report.bytes;
-                }
-                2 * self.tests + 1
-            }
-            Event::Failed(_) => 2 * self.tests + 1,
-            Event::Interval(_) => return,
+        let Some(tag) = self.tags.tag(event) else {
+            return;
         };
         if self.accounting {
             // A hypervisor without it answers NOT_SUPPORTED: the figures are then missing.
             let _ = hypercall::accounting_report(tag);
         }
-        for line in netstats_lines(tag, stats, self.app_copied) {
+        for line in netstats_lines(tag, stats, APP_COPIED) {
             println!("{line}");
         }
     }
@@ -325,9 +354,10 @@ fn round(
     if let Some(at) = extra_deadline {
         wait = wait.min(if at > now { at - now } else { Duration::ZERO });
     }
-    let port = stack.device.port;
     rounds.sleeps += 1;
-    evtchn::wait(port, timer::us_to_ticks(wait.total_micros()).max(1));
+    stack
+        .device
+        .wait(timer::us_to_ticks(wait.total_micros()).max(1));
     rounds.asleep += timer::now() - polled;
 }
 
@@ -335,16 +365,11 @@ fn serve(
     stack: &mut Stack<NetFront>,
     rounds: &mut Rounds,
     marks: &mut Marks,
-    port: u16,
+    config: ServerConfig,
     tests: u64,
     idle: Duration,
-    buffer: usize,
 ) -> Result<String, String> {
-    let listening = stack.serve_iperf3(ServerConfig {
-        port,
-        buffer,
-        ..ServerConfig::default()
-    });
+    let listening = stack.serve_iperf3(config);
     // The first round opens the listener.
     round(stack, rounds, |_, _| {}, None);
     println!("{listening}");
@@ -406,6 +431,46 @@ fn serve(
     }
 }
 
+/// `repeat` client tests one after another (a pause between them); every test runs even when
+/// one fails, and the summary is the last one's, or how many failed.
+fn repeat_client(
+    stack: &mut Stack<NetFront>,
+    rounds: &mut Rounds,
+    marks: &mut Marks,
+    config: ClientConfig,
+    repeat: u64,
+) -> Result<String, String> {
+    let mut last = Err(String::from("iperf client: no test ran"));
+    let mut failed = 0u64;
+    for n in 0..repeat {
+        if n > 0 {
+            let until = vm_net::now() + REPEAT_PAUSE;
+            while vm_net::now() < until && stack.device.broken.is_none() {
+                round(stack, rounds, |_, _| {}, Some(until));
+            }
+        }
+        let config = ClientConfig {
+            seed: timer::now(),
+            ..config
+        };
+        last = client(stack, rounds, marks, config);
+        if let Err(why) = &last {
+            failed += 1;
+            println!("iperf: test {} of {repeat}: {why}", n + 1);
+        }
+        if stack.device.broken.is_some() {
+            break;
+        }
+    }
+    match last {
+        Ok(line) if failed == 0 => Ok(line),
+        Ok(_) | Err(_) if repeat > 1 => {
+            Err(format!("iperf client: {failed} of {repeat} test(s) failed"))
+        }
+        other => other,
+    }
+}
+
 fn client(
     stack: &mut Stack<NetFront>,
     rounds: &mut Rounds,
@@ -460,6 +525,13 @@ fn print_counters(stack: &Stack<NetFront>, rounds: &Rounds) {
         s.events_suppressed,
         evtchn::delivered()
     );
+    if s.reconnects > 0 || s.tx_dropped_disconnected > 0 {
+        println!(
+            "iperf reconnects: {} to a restarted back-end, {} frames refused while it was away, \
+             longest data gap {} ms",
+            s.reconnects, s.tx_dropped_disconnected, s.longest_data_gap_ms
+        );
+    }
     let us = timer::ticks_to_us;
     println!(
         "iperf time: {} rounds: {} us in the stack, {} us in the client, {} us publishing; {} \

@@ -4,12 +4,20 @@
 //! serving for a while.
 //!
 //! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional,
-//! aa:bb:cc:dd:ee:ff), `mtu` (IP MTU, default 9000: jumbo frames between guests; see
+//! aa:bb:cc:dd:ee:ff), `mtu` (IP MTU, default 9000: jumbo frames between guests, up to 65535; see
 //! `netfront`), `ping` (comma-separated IPv4 targets), `ping_count` (default 10),
-//! `ping_interval_ms` (default 200), `serve_ms` (how long to keep serving after the pings,
+//! `ping_interval_ms` (default 200), `ping_late_ms` (how long after the last request late
+//! replies still count: default 1000, 10000 behind the emulated NIC; a guest that pings an
+//! emulated guest needs the longer wait too, as that guest answers in seconds under load),
+//! `udp_echo` (an IPv4 address whose UDP echo service this
+//! guest asks, after the pings: `udp_echo_count` requests, default 100, every
+//! `udp_echo_interval_ms`, default 50; the `UDP ECHO` line says which came back, see
+//! `vm_net::udp_echo`), `serve_ms` (how long to keep serving after the pings,
 //! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
 //! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
-//! 52:55:0a:00:02:02 and 10.0.2.2).
+//! 52:55:0a:00:02:02 and 10.0.2.2). With `restart_once = true` the guest resets itself (PSCI
+//! SYSTEM_RESET) at the end of its first boot and does everything again on its second: how the
+//! tests show that a back-end or device model serves a restarted guest afresh.
 
 use alloc::format;
 use alloc::string::String;
@@ -18,11 +26,13 @@ use alloc::vec::Vec;
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::RingMem;
 use shared_abi::virtq::{
-    Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, NET_HDR_LEN, QUEUE_SIZE,
+    Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, MAX_ETH_FRAME, NET_HDR_LEN, QUEUE_SIZE,
     VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
+use vm_net::smoltcp::socket::udp;
 use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
-use vm_net::{Buffers, Stack};
+use vm_net::udp_echo::{self, Tally};
+use vm_net::{Buffers, Stack, ECHO_PORT};
 use vm_runtime::timer::{self, Instant};
 use vm_runtime::{evtchn, grant, println, setting, StartInfo};
 
@@ -35,11 +45,10 @@ const LATE_REPLY_MS: u64 = 1_000;
 /// The same behind the emulated NIC, whose every four bytes trap to the device model: round
 /// trips of seconds are its normal, not a loss.
 const LATE_REPLY_EMULATED_MS: u64 = 10_000;
+/// Longest `ping_late_ms` a topology may ask for.
+const MAX_LATE_REPLY_MS: u64 = 60_000;
 /// QEMU user networking's gateway MAC: what the identity modes claim by default.
 const SLIRP_GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
-/// Longest sleep with the emulated NIC: its device model takes a guest that makes no access
-/// for 3 s to be gone (`driver-domain/src/emunic.rs`).
-const EMULATED_KEEPALIVE_MS: u64 = 1_000;
 /// How long the flooding and churning modes keep at it.
 const HOSTILE_MS: u64 = 3_000;
 
@@ -59,10 +68,13 @@ struct Plan {
     /// How long after the last request late replies still count.
     late_ms: u64,
     serve_ms: u64,
+    /// The UDP echo to ask: target, requests, interval (ms).
+    udp_echo: Option<(Ipv4Address, u32, u64)>,
     corruption: Option<Corruption>,
     /// The identity the identity modes try to pass for.
     claim_mac: [u8; 6],
     claim_ip: Ipv4Address,
+    restart_once: bool,
 }
 
 fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
@@ -107,15 +119,35 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         targets,
         count: number("ping_count", 10)?.max(1),
         interval_ms: number("ping_interval_ms", 200)?,
-        late_ms: if setting(info.settings, "nic") == Some("emulated") {
-            LATE_REPLY_EMULATED_MS
-        } else {
-            LATE_REPLY_MS
+        late_ms: {
+            let default = if setting(info.settings, "nic") == Some("emulated") {
+                LATE_REPLY_EMULATED_MS
+            } else {
+                LATE_REPLY_MS
+            };
+            let late = number("ping_late_ms", default)?;
+            if late > MAX_LATE_REPLY_MS {
+                return Err(format!(
+                    "setting ping_late_ms={late} is above {MAX_LATE_REPLY_MS}"
+                ));
+            }
+            late
         },
         serve_ms: number("serve_ms", 5_000)?,
+        udp_echo: match setting(info.settings, "udp_echo") {
+            None => None,
+            Some(text) => Some((
+                text.parse()
+                    .map_err(|_| format!("udp_echo target {text:?} is not an IPv4 address"))?,
+                number("udp_echo_count", 100)?.clamp(1, u64::from(udp_echo::MAX_REQUESTS)) as u32,
+                number("udp_echo_interval_ms", 50)?.max(1),
+            )),
+        },
         corruption,
         claim_mac,
         claim_ip,
+        restart_once: vm_runtime::setting_bool_or(info.settings, "restart_once", false)
+            .map_err(|e| format!("{e}"))?,
     })
 }
 
@@ -162,6 +194,9 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     for &target in &plan.targets {
         lost_any |= !net.ping(target, &plan)?;
     }
+    if let Some((target, count, interval_ms)) = plan.udp_echo {
+        net.udp_echo(target, count, interval_ms, plan.late_ms)?;
+    }
     net.serve_for(plan.serve_ms);
     net.print_closing();
     if net.stack.device.broken.is_some() || net.stack.device.backend_left() {
@@ -176,6 +211,10 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
         s.tx_frames,
         s.rx_frames
     );
+    if plan.restart_once && info.boot_count == 1 {
+        println!("boot 1 done: resetting this VM (restart_once)");
+        vm_runtime::psci::system_reset();
+    }
     Ok(())
 }
 
@@ -199,14 +238,9 @@ impl Net {
         if let Some(us) = self.stack.poll_delay_us() {
             deadline = deadline.min(timer::now() + timer::us_to_ticks(us));
         }
-        if self.stack.device.is_emulated() {
-            // The device model learns nothing of our stop but our silence: keep talking.
-            deadline = deadline.min(timer::now() + timer::ms_to_ticks(EMULATED_KEEPALIVE_MS));
-        }
-        let port = self.stack.device.port;
         let now = timer::now();
         if deadline > now {
-            evtchn::wait(port, deadline - now);
+            self.stack.device.wait(deadline - now);
         }
     }
 
@@ -237,7 +271,10 @@ impl Net {
         // Warm-up (sequence 0, not counted): resolves the target's MAC and waits for it to boot.
         let start = Instant::now();
         let mut answered = false;
-        while !answered && start.elapsed_ms() < FIRST_REPLY_TIMEOUT_MS {
+        while !answered
+            && start.elapsed_ms() < FIRST_REPLY_TIMEOUT_MS
+            && self.stack.device.broken.is_none()
+        {
             let _ = self.stack.send_ping(target, 0);
             let until = timer::now() + timer::ms_to_ticks(250);
             self.run_until(until, |r| {
@@ -262,6 +299,9 @@ impl Net {
             }
         };
         for seq in 1..=plan.count as u16 {
+            if self.stack.device.broken.is_some() {
+                break; // the network is down for good: no use pinging on
+            }
             if self.stack.send_ping(target, seq).is_err() {
                 println!("ping {target}: seq {seq} not sent (ICMP buffer full)");
             }
@@ -305,6 +345,75 @@ impl Net {
         Ok(received == expected)
     }
 
+    /// Asks `target`'s UDP echo service `count` times, `interval_ms` apart, waits `late_ms`
+    /// for the last answers, and prints the tally (`UDP ECHO <target>: ...`). Requests made
+    /// while the back-end is away wait in the socket (the device refuses them), as TCP's do.
+    fn udp_echo(
+        &mut self,
+        target: Ipv4Address,
+        count: u32,
+        interval_ms: u64,
+        late_ms: u64,
+    ) -> Result<(), String> {
+        const SLOTS: usize = 64;
+        let buffer = || {
+            udp::PacketBuffer::new(
+                alloc::vec![udp::PacketMetadata::EMPTY; SLOTS],
+                alloc::vec![0u8; SLOTS * udp_echo::DATAGRAM_LEN],
+            )
+        };
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        let port = self.stack.ephemeral_port();
+        socket
+            .bind(port)
+            .map_err(|e| format!("udp echo: cannot bind port {port}: {e:?}"))?;
+        let handle = self.stack.sockets_mut().add(socket);
+        let us = |ticks: u64| timer::ticks_to_us(ticks);
+        let mut tally = Tally::new(count);
+        let interval = timer::ms_to_ticks(interval_ms);
+        let mut next_send = timer::now();
+        let mut done_at: Option<u64> = None;
+        let mut buf = [0u8; 2 * udp_echo::DATAGRAM_LEN];
+        loop {
+            let now = timer::now();
+            if now >= next_send {
+                if let Some(seq) = tally.next_seq() {
+                    let socket = self.stack.sockets_mut().get_mut::<udp::Socket>(handle);
+                    if socket
+                        .send_slice(&udp_echo::datagram(seq), (target, ECHO_PORT))
+                        .is_ok()
+                    {
+                        tally.sent(seq, us(now));
+                    }
+                    next_send += interval;
+                } else if done_at.is_none() {
+                    done_at = Some(now + timer::ms_to_ticks(late_ms));
+                }
+            }
+            self.poll();
+            let socket = self.stack.sockets_mut().get_mut::<udp::Socket>(handle);
+            while let Ok((n, meta)) = socket.recv_slice(&mut buf) {
+                if meta.endpoint.addr == target.into() && meta.endpoint.port == ECHO_PORT {
+                    tally.received(&buf[..n], us(timer::now()));
+                } else {
+                    tally.strays += 1;
+                }
+            }
+            let s = tally.summary();
+            let all_back = tally.next_seq().is_none() && s.answered == s.sent;
+            if all_back
+                || done_at.is_some_and(|at| timer::now() >= at)
+                || self.stack.device.broken.is_some()
+            {
+                break;
+            }
+            self.sleep(done_at.unwrap_or(next_send).max(timer::now()));
+        }
+        self.stack.sockets_mut().remove(handle);
+        println!("UDP ECHO {target}: {}", tally.summary());
+        Ok(())
+    }
+
     fn print_closing(&self) {
         let s = self.stack.device.stats;
         println!(
@@ -318,6 +427,13 @@ impl Net {
             evtchn::delivered(),
             evtchn::local_irqs()
         );
+        if s.reconnects > 0 || s.tx_dropped_disconnected > 0 {
+            println!(
+                "net reconnects: {} to a restarted back-end, {} frames refused while it was \
+                 away, longest data gap {} ms",
+                s.reconnects, s.tx_dropped_disconnected, s.longest_data_gap_ms
+            );
+        }
     }
 
     /// Hostile test build: breaks the ring (or the switch's rules) in the way `corruption`
@@ -713,8 +829,15 @@ impl Corruption {
                 let head = front.add_raw_tx(&[whole]).ok_or("add failed")?;
                 let len: u32 = match self {
                     Corruption::ZeroLen => 0,
-                    // Past any back-end's frame limit (9014 + header) yet inside the pool.
-                    Corruption::OversizedLen => 16_000,
+                    // Past the back-end's frame limit (the internal link's largest frame and
+                    // the header) yet inside the pool, so a bad frame and not a violation.
+                    Corruption::OversizedLen => {
+                        let len = (NET_HDR_LEN + MAX_ETH_FRAME + 1) as u32;
+                        if u64::from(buffer) + u64::from(len) > u64::from(front.pool_len()) {
+                            return Err("pool too small for an oversized frame".into());
+                        }
+                        len
+                    }
                     _ => (NET_HDR_LEN + 10) as u32,
                 };
                 front.raw_tx_ring().store_u32(desc(head) + 8, len);

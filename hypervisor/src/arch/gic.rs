@@ -2,12 +2,18 @@
 //! the physical CPU interface, and the virtual CPU interface's list registers (ICH_*_EL2), which
 //! `arm-gic` does not cover.
 
-use core::ptr::NonNull;
+use core::arch::asm;
+use core::ptr::{self, NonNull};
 
 use arm_gic::gicv3::{GicCpuInterface, GicV3, Group, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, UniqueMmioPointer};
 use arm_gic::{InterruptGroup, Trigger};
 use spin::Mutex;
+
+use hypervisor::its::bringup::{
+    RedistributorLpis, GICR_CTLR, GICR_CTLR_ENABLE_LPIS, GICR_PENDBASER, GICR_PROPBASER,
+};
+use hypervisor::its::{GICR_VPENDBASER, GICR_VPROPBASER, GICV4_REDIST_STRIDE, LPI_INTID_BASE};
 
 use super::cpu::{mrs, msr};
 
@@ -24,11 +30,16 @@ struct Gic(GicV3<'static>);
 unsafe impl Send for Gic {}
 
 static GIC: Mutex<Option<Gic>> = Mutex::new(None);
+/// The redistributor region (RD_base of CPU 0) and the distance between two redistributors,
+/// for the LPI registers `arm-gic` does not drive.
+static GICR: Mutex<(usize, usize)> = Mutex::new((0, 0));
 
 pub fn intid(raw: u32) -> IntId {
     match raw {
         0..=15 => IntId::sgi(raw),
         16..=31 => IntId::ppi(raw - 16),
+        // The doorbells (issue 15) are LPIs.
+        LPI_INTID_BASE.. => IntId::lpi(raw - LPI_INTID_BASE),
         _ => IntId::spi(raw - 32),
     }
 }
@@ -50,6 +61,13 @@ pub unsafe fn init_primary(gicd: usize, gicr: usize, cpu_count: usize) {
     }
     .expect("GICv3 redistributors found");
     gic.setup(0);
+    // arm-gic steps by two 64 KiB frames for a GICv3 redistributor and by four for a GICv4
+    // one (GICR_TYPER.VLPIS), and so do we.
+    let stride = match gic.gicr_typer(0) {
+        Ok(t) if t.virtual_lpis_supported() => GICV4_REDIST_STRIDE,
+        _ => GICV4_REDIST_STRIDE / 2,
+    };
+    *GICR.lock() = (gicr, stride);
     *GIC.lock() = Some(Gic(gic));
     init_this_cpu(0);
 }
@@ -126,6 +144,115 @@ pub fn configure_spi(raw: u32, level: bool, enable: bool) -> Result<(), &'static
         gic.enable_interrupt(id, None, enable)
     })()
     .map_err(|_| "the distributor refused the SPI's configuration")
+}
+
+/// What the distributor and the first `cpus` redistributors offer for LPIs: (GICD_TYPER.LPIS,
+/// GICD_TYPER.IDbits + 1, GICR_TYPER.VLPIS on every one of them).
+pub fn lpi_features(cpus: usize) -> (bool, u32, bool) {
+    let mut guard = GIC.lock();
+    let Some(Gic(gic)) = guard.as_mut() else {
+        return (false, 0, false);
+    };
+    let typer = gic.typer();
+    let vlpis = (0..cpus).all(|cpu| {
+        gic.gicr_typer(cpu)
+            .is_ok_and(|t| t.virtual_lpis_supported() && t.physical_lpis_supported())
+    });
+    (typer.lpis_supported(), typer.id_bits(), vlpis)
+}
+
+/// GICR_TYPER.Processor_Number of pCPU `cpu`'s redistributor (what an ITS with PTA = 0 takes
+/// as RDbase) and the redistributor's RD_base address (what one with PTA = 1 takes).
+pub fn redistributor_target(cpu: usize) -> Option<(u16, u64)> {
+    let mut guard = GIC.lock();
+    let gic = &mut guard.as_mut()?.0;
+    let number = gic.gicr_typer(cpu).ok()?.processor_number();
+    let (base, stride) = *GICR.lock();
+    Some((number, (base + cpu * stride) as u64))
+}
+
+/// Gives pCPU `cpu`'s redistributor its LPI tables and enables LPIs on it. Fails (and leaves
+/// LPIs off) if the base registers do not take the values, or LPIs were on already with
+/// other tables (EnableLPIs cannot be cleared reliably: GICR_CTLR.EnableLPIs is
+/// IMPLEMENTATION DEFINED once set).
+pub fn enable_lpis(cpu: usize, lpis: RedistributorLpis) -> Result<(), &'static str> {
+    let _gic = GIC.lock();
+    let (base, stride) = *GICR.lock();
+    if base == 0 {
+        return Err("the GIC is not initialised");
+    }
+    let rd = base + cpu * stride;
+    let ctlr = (rd + GICR_CTLR) as *mut u32;
+    let prop = (rd + GICR_PROPBASER) as *mut u64;
+    let pend = (rd + GICR_PENDBASER) as *mut u64;
+    // SAFETY: `rd` is RD_base of one of the redistributors arm-gic found in the device tree's
+    // region (`cpu` below the count it was created with: the caller's, who got it from
+    // `lpi_features`); GICR_CTLR, GICR_PROPBASER and GICR_PENDBASER are aligned registers
+    // that arm-gic never touches (only its save/restore does, which sluice does not use), and
+    // the GIC lock held here serialises every access to the region. Volatile is how MMIO is
+    // reached.
+    unsafe {
+        if ptr::read_volatile(ctlr) & GICR_CTLR_ENABLE_LPIS != 0 {
+            return Err("LPIs were already enabled on this redistributor");
+        }
+        // The zeroed tables must be visible to the GIC before it is told where they are.
+        asm!("dsb st", options(nostack, preserves_flags));
+        ptr::write_volatile(prop, lpis.propbaser);
+        ptr::write_volatile(pend, lpis.pendbaser);
+        if !lpis.taken(ptr::read_volatile(prop), ptr::read_volatile(pend)) {
+            return Err("GICR_PROPBASER/PENDBASER did not take the LPI tables");
+        }
+        ptr::write_volatile(ctlr, ptr::read_volatile(ctlr) | GICR_CTLR_ENABLE_LPIS);
+        if ptr::read_volatile(ctlr) & GICR_CTLR_ENABLE_LPIS == 0 {
+            return Err("GICR_CTLR.EnableLPIs did not stick");
+        }
+    }
+    Ok(())
+}
+
+/// pCPU `cpu`'s GICR_VPROPBASER and GICR_VPENDBASER (in its VLPI frame), if the GIC is up.
+fn vlpi_registers(cpu: usize) -> Option<(*mut u64, *mut u64)> {
+    let (base, stride) = *GICR.lock();
+    if base == 0 || stride < GICV4_REDIST_STRIDE {
+        return None;
+    }
+    let rd = base + cpu * stride;
+    Some((
+        (rd + GICR_VPROPBASER) as *mut u64,
+        (rd + GICR_VPENDBASER) as *mut u64,
+    ))
+}
+
+/// Makes a vPE resident on pCPU `cpu`'s redistributor (the calling pCPU's own): the VM's vLPI
+/// configuration table, then its pending table with Valid. 64-bit writes only: QEMU applies a
+/// 32-bit write to either half to the whole register.
+pub fn vpe_enter(cpu: usize, vpropbaser: u64, vpendbaser: u64) -> Result<(), &'static str> {
+    let (prop, pend) = vlpi_registers(cpu).ok_or("the GIC has no GICv4 redistributors")?;
+    // SAFETY: `prop` and `pend` are GICR_VPROPBASER/GICR_VPENDBASER of a redistributor arm-gic
+    // found (GICv4 stride, checked above), which arm-gic never touches; only the pCPU that owns
+    // that redistributor writes them (vCPU entry and exit run on it), so no lock is needed.
+    // VPROPBASER is written while Valid is clear (the previous vPE left in `vpe_leave`).
+    unsafe {
+        asm!("dsb st", options(nostack, preserves_flags));
+        ptr::write_volatile(prop, vpropbaser);
+        ptr::write_volatile(pend, vpendbaser);
+    }
+    Ok(())
+}
+
+/// Writes pCPU `cpu`'s GICR_VPENDBASER with `value` (Valid clear) and hands back each later
+/// read through `read_back` until it says the vPE is out.
+pub fn vpe_leave<R>(
+    cpu: usize,
+    value: u64,
+    read_back: impl FnOnce(&mut dyn FnMut() -> u64) -> R,
+) -> Result<R, &'static str> {
+    let (_, pend) = vlpi_registers(cpu).ok_or("the GIC has no GICv4 redistributors")?;
+    // SAFETY: as in `vpe_enter`: this pCPU's own redistributor's GICR_VPENDBASER.
+    unsafe { ptr::write_volatile(pend, value) };
+    // SAFETY: as above; a read has no side effect.
+    let mut read = || unsafe { ptr::read_volatile(pend) };
+    Ok(read_back(&mut read))
 }
 
 /// Sends the kick SGI to pCPU `target` (Aff0 on QEMU virt).

@@ -13,6 +13,7 @@ use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2}
 use spin::Once;
 
 use hypervisor::balloon::VmBalloon;
+use hypervisor::grant::pins::Pinned;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::TableMemory;
 use shared_abi::layout::{BLOCK_SIZE, PAGE_SIZE};
@@ -173,6 +174,54 @@ impl<'a> GuestRam<'a> {
     }
 }
 
+/// One GRANT_COPY op's bytes, checked under the HV lock and copied after it is dropped, so
+/// other VMs' sharing calls never wait for a `memmove`. The pins keep both ranges allocated to
+/// their VMs: everything that frees, scrubs, reloads or revokes a VM's RAM waits for that VM's
+/// pins under the HV lock first, and no pin can be taken without that lock
+/// (`hypervisor::grant::pins`).
+pub struct PinnedCopy {
+    dst_pa: u64,
+    src_pa: u64,
+    len: u64,
+    _pins: Pinned<'static>,
+}
+
+impl PinnedCopy {
+    /// The copy of `len` bytes from `src` at `src_offset` to `dst` at `dst_offset`, with `pins`
+    /// held on both VMs; `None` if either range is outside its view (nothing pinned then).
+    pub fn new(
+        dst: &GuestRam<'_>,
+        dst_offset: u64,
+        src: &GuestRam<'_>,
+        src_offset: u64,
+        len: u64,
+        pins: Pinned<'static>,
+    ) -> Option<PinnedCopy> {
+        Some(PinnedCopy {
+            dst_pa: dst.range(dst_offset, len)?,
+            src_pa: src.range(src_offset, len)?,
+            len,
+            _pins: pins,
+        })
+    }
+
+    /// Copies the bytes (`memmove`: the two may overlap), then releases the pins.
+    pub fn run(self) {
+        // SAFETY: both ranges were inside RAM their views vouched for when the pins were
+        // taken under the HV lock, and stay allocated to the same VMs until the pins drop
+        // (after this copy): every path that frees, scrubs or reloads a VM's RAM waits for the
+        // VM's pins first. Guest RAM is never behind a Rust reference to plain bytes, and
+        // `copy` allows overlap.
+        unsafe {
+            core::ptr::copy(
+                self.src_pa as *const u8,
+                self.dst_pa as *mut u8,
+                self.len as usize,
+            )
+        };
+    }
+}
+
 impl GuestRam<'_> {
     /// Writes `bytes` at `offset`; false, and nothing written, if the range is outside.
     pub fn write(&self, offset: u64, bytes: &[u8]) -> bool {
@@ -250,8 +299,9 @@ pub fn free_kept_runs(frames: &mut FrameAllocator, pa: u64, kept: &[(u64, u64)])
 
 /// Zeroes the frame at `pa` (a page given back to the balloon, or about to be given to a VM).
 pub fn scrub_frame(pa: u64) {
-    // SAFETY: the callers pass a frame they own (just unmapped from its VM and invalidated, or
-    // just allocated), identity-mapped RAM no one else accesses.
+    // SAFETY: the callers pass a frame they own (just unmapped from its VM and invalidated,
+    // with its VM's copy pins drained, and not yet freed; or just allocated), identity-mapped
+    // RAM no one else accesses.
     unsafe { phys_bytes_mut(pa, PAGE_SIZE as usize).fill(0) };
 }
 

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod ecam;
 pub mod gic;
 pub mod heap;
+pub mod its;
 pub mod mem;
 pub mod platform;
 #[allow(dead_code)]

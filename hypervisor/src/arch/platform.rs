@@ -1,11 +1,12 @@
 //! The devices and boot-time memory the hypervisor takes over, created here from addresses the
 //! firmware (QEMU) hands over: the device tree, and what it names (GIC, UART, PCI ECAM, SMMU,
-//! the boot bundle). The device tree is trusted boot input, like the hypervisor image itself;
+//! the boot bundle, the ITS). The device tree is trusted boot input, like the hypervisor image itself;
 //! each device is claimed once, so no second driver for it can exist.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::ecam::Ecam;
+use super::its::ItsMmio;
 use super::smmu::{Smmu, SmmuError};
 use super::uart::Pl011;
 use super::{gic, mem};
@@ -13,6 +14,7 @@ use super::{gic, mem};
 static GIC_CLAIMED: AtomicBool = AtomicBool::new(false);
 static ECAM_CLAIMED: AtomicBool = AtomicBool::new(false);
 static SMMU_CLAIMED: AtomicBool = AtomicBool::new(false);
+static ITS_CLAIMED: AtomicBool = AtomicBool::new(false);
 
 /// The device tree QEMU placed at `pa`, or `None` if there is none.
 pub fn device_tree(pa: u64) -> Option<&'static [u8]> {
@@ -67,4 +69,14 @@ pub fn smmu(
     // SAFETY: the device tree's SMMUv3 register frame, in the identity map's Device region;
     // claimed once (flag above).
     Some(unsafe { Smmu::new(base, sid_bits, alloc) })
+}
+
+/// The GICv3/v4 ITS at `base`; `None` if it was claimed already.
+pub fn its(base: u64) -> Option<ItsMmio> {
+    if ITS_CLAIMED.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the device tree's ITS register frames (`arm,gic-v3-its`), in the identity map's
+    // Device region below RAM; claimed once (flag above).
+    Some(unsafe { ItsMmio::new(base) })
 }

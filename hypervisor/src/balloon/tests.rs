@@ -366,3 +366,16 @@ proptest! {
         prop_assert_eq!(kept + b.given_pages(), RAM_BYTES / PAGE_SIZE);
     }
 }
+
+#[test]
+fn a_populate_reserves_what_the_batch_can_use_and_no_more() {
+    use super::populate_reserve;
+    assert_eq!(populate_reserve(10, 100), 10);
+    assert_eq!(populate_reserve(100, 10), 10);
+    assert_eq!(populate_reserve(MAX_BATCH, u64::MAX), MAX_BATCH);
+    // Counts the call refuses (read_batch) reserve nothing, whatever the credit.
+    assert_eq!(populate_reserve(0, 100), 0);
+    assert_eq!(populate_reserve(MAX_BATCH + 1, u64::MAX), 0);
+    assert_eq!(populate_reserve(u64::MAX, u64::MAX), 0);
+    assert_eq!(populate_reserve(5, 0), 0);
+}

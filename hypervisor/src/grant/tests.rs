@@ -38,6 +38,8 @@ pub(crate) struct Model {
     /// Incarnations per VM: a new one gets fresh RAM (other host frames), as the hypervisor
     /// gives a VM whose old frames peers still map.
     generation: HashMap<VmId, u64>,
+    /// The VMs `revoked` was called for, in order.
+    pub(crate) revokes: Vec<VmId>,
 }
 
 impl Model {
@@ -219,6 +221,11 @@ impl GrantEnv for Model {
             "unmap of unmapped page"
         );
         self.unmaps.push((vm, ipa));
+    }
+
+    fn revoked(&mut self, vm: VmId) {
+        assert!(!self.freed.contains(&vm), "revoke by a freed VM {vm}");
+        self.revokes.push(vm);
     }
 }
 
@@ -962,6 +969,56 @@ fn end_rules() {
     assert!(m.entry(1, 4).permit());
 }
 
+/// GRANT_END waits for in-flight copies (`GrantEnv::revoked`) only once PERMIT is cleared, so
+/// a copy starting after the wait is refused; a refused or failed end waits for nothing.
+#[test]
+fn end_waits_for_copies_after_permit_is_cleared_and_only_then() {
+    struct Watch(Model, Vec<bool>);
+    impl GrantEnv for Watch {
+        fn in_ram(&self, vm: VmId, gpa: u64, len: u64) -> bool {
+            self.0.in_ram(vm, gpa, len)
+        }
+        fn read_u64(&self, vm: VmId, gpa: u64) -> u64 {
+            self.0.read_u64(vm, gpa)
+        }
+        fn write_u64(&mut self, vm: VmId, gpa: u64, value: u64) {
+            self.0.write_u64(vm, gpa, value)
+        }
+        fn compare_exchange_u64(&mut self, v: VmId, g: u64, c: u64, n: u64) -> Result<u64, u64> {
+            self.0.compare_exchange_u64(v, g, c, n)
+        }
+        fn copy(&mut self, a: VmId, b: u64, c: VmId, d: u64, len: u64) {
+            self.0.copy(a, b, c, d, len)
+        }
+        fn host_pa(&self, vm: VmId, gpa: u64) -> u64 {
+            self.0.host_pa(vm, gpa)
+        }
+        fn map_page(&mut self, vm: VmId, ipa: u64, pa: u64, ro: bool) -> Result<(), MapFailed> {
+            self.0.map_page(vm, ipa, pa, ro)
+        }
+        fn unmap_page(&mut self, vm: VmId, ipa: u64) {
+            self.0.unmap_page(vm, ipa)
+        }
+        fn revoked(&mut self, vm: VmId) {
+            // What a copy checked from now on would see.
+            self.1.push(self.0.entry(vm, 4).permit());
+            self.0.revoked(vm)
+        }
+    }
+    let (mut gt, m) = world();
+    let mut w = Watch(m, Vec::new());
+    w.0.grant(1, 4, 2, FRAME, PERMIT);
+    assert_eq!(gt.end(&mut w, 1, 4), Status::Ok);
+    assert_eq!(w.0.revokes, vec![1]);
+    assert_eq!(w.1, vec![false], "the wait ran before PERMIT was cleared");
+    // Beyond the table, and a lent ref: refused, nothing to wait for.
+    assert_eq!(gt.end(&mut w, 1, u64::from(u32::MAX)), Status::BadRef);
+    w.0.grant(1, 4, 2, FRAME, PERMIT);
+    assert_eq!(map1(&mut gt, &mut w.0, 2, map_op(1, 4, WIN, 0)), Status::Ok);
+    assert_eq!(gt.end(&mut w, 1, 4), Status::Busy);
+    assert_eq!(w.0.revokes, vec![1]);
+}
+
 #[test]
 fn end_gives_up_when_the_guest_keeps_rewriting_the_entry() {
     // A model whose CAS always fails: the entry changes under every attempt.
@@ -996,6 +1053,9 @@ fn end_gives_up_when_the_guest_keeps_rewriting_the_entry() {
         }
         fn unmap_page(&mut self, vm: VmId, ipa: u64) {
             self.0.unmap_page(vm, ipa)
+        }
+        fn revoked(&mut self, vm: VmId) {
+            self.0.revoked(vm)
         }
     }
     let (mut gt, mut m) = world();

@@ -121,6 +121,41 @@ fn frames_come_in_whole_in_order_and_raise_rx_frame() {
 }
 
 #[test]
+fn a_reset_device_is_a_power_on_device_that_kept_its_counts() {
+    let mut dev = device();
+    dev.write(INT_EN, 4, u64::from(INT_ALL));
+    assert!(dev.receive(&frame(60, 1)));
+    assert!(dev.receive(&frame(200, 2)));
+    // Mid-frame on both sides: half a frame sent, half of one read.
+    dev.write(TX_CMD, 4, 100);
+    dev.write(TX_DATA, 4, 0x1234_5678);
+    assert_eq!(dev.read(RX_STATUS, 4), 60);
+    dev.read(RX_DATA, 4);
+    let counted = dev.counters;
+    dev.reset();
+    let fresh = device();
+    assert!(!dev.take_interrupt());
+    assert!(dev.rx_empty() && !dev.transfer_in_progress());
+    for register in [
+        INT_STS, INT_EN, RX_STATUS, ID_REV, BYTE_TEST, MAC_HI, MAC_LO,
+    ] {
+        let mut fresh = Box::new(Device::new(MAC));
+        assert_eq!(
+            dev.read(register, 4),
+            fresh.read(register, 4),
+            "{register:#x}"
+        );
+    }
+    assert_eq!(dev.counters.rx_frames, counted.rx_frames);
+    assert_eq!(dev.counters.writes, counted.writes);
+    // And it works like a new one: a whole frame each way.
+    assert_eq!(send(&mut dev, &frame(64, 3)), Some(frame(64, 3)));
+    assert!(dev.receive(&frame(90, 4)));
+    assert_eq!(receive(&mut dev), Some(frame(90, 4)));
+    assert_eq!(dev.mac(), fresh.mac());
+}
+
+#[test]
 fn enabling_a_bit_already_set_interrupts_and_w1c_clears_only_what_is_written() {
     let mut dev = device();
     assert!(dev.receive(&frame(60, 1)));

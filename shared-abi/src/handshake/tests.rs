@@ -53,6 +53,8 @@ fn frontend() -> Frontend {
         data_port: 4,
         mac: [0x02, 0, 0, 0, 0, 0x22],
         features: 0b101,
+        backend_generation: 7,
+        pool_writable: 200,
     }
 }
 
@@ -73,7 +75,7 @@ fn full_page() -> Vec<u8> {
 }
 
 /// The reserved bytes of each part, as the documented table lists them.
-const RESERVED: [Range<usize>; 5] = [24..64, 94..96, 104..128, 132..136, 150..192];
+const RESERVED: [Range<usize>; 5] = [24..64, 94..96, 112..128, 132..136, 150..192];
 
 #[test]
 fn fresh_page_round_trips_and_clears_stale_bytes() {
@@ -101,6 +103,8 @@ fn byte_offsets_match_the_documented_table() {
         data_port: 0xf5,
         mac: [0x02, 0x11, 0x12, 0x13, 0x14, 0x15],
         features: 0x2122_2324_2526_2728,
+        backend_generation: 0x4142_4344,
+        pool_writable: 0x100,
     };
     let be = Backend {
         state: State::Connected,
@@ -129,6 +133,8 @@ fn byte_offsets_match_the_documented_table() {
     at(84, &0xf5u32.to_le_bytes());
     at(88, &[0x02, 0x11, 0x12, 0x13, 0x14, 0x15]);
     at(96, &0x2122_2324_2526_2728u64.to_le_bytes());
+    at(104, &0x4142_4344u32.to_le_bytes());
+    at(108, &0x100u32.to_le_bytes());
     at(128, &4u32.to_le_bytes());
     at(136, &0x3132_3334_3536_3738u64.to_le_bytes());
     at(144, &[0x06, 0x41, 0x42, 0x43, 0x44, 0x45]);
@@ -372,6 +378,16 @@ fn bad_frontend_values_are_refused() {
         ),
         (
             Frontend {
+                pool_writable: 257,
+                ..frontend()
+            },
+            HandshakeError::BadWritablePool {
+                writable: 257,
+                pages: 256,
+            },
+        ),
+        (
+            Frontend {
                 data_port: MAX_PORTS,
                 ..frontend()
             },
@@ -413,6 +429,7 @@ fn bad_frontend_values_are_refused() {
     let edge = Frontend {
         pool_first_ref: MAX_REFS - 2,
         pool_count: 2,
+        pool_writable: 2,
         data_port: MAX_PORTS - 1,
         mac: [0; 6],
         ..frontend()
@@ -430,7 +447,7 @@ fn bad_frontend_values_are_refused() {
         assert_eq!(Frontend::read_from(&page), Ok(section));
     }
     // Reserved bytes, by absolute offset as the table gives them.
-    for at in [94, 95, 104, 127] {
+    for at in [94, 95, 112, 127] {
         let mut page = full_page();
         page[at] = 1;
         assert_eq!(
@@ -758,6 +775,7 @@ mod paged {
                     rx_ring_ref: r + 1,
                     pool_first_ref: r + 2,
                     pool_count: 1,
+                    pool_writable: 1,
                     ..frontend()
                 },
                 _ => Frontend {
@@ -1230,6 +1248,8 @@ mod exhaustive {
     struct FeSec {
         state: State,
         ring: Option<Ring>,
+        /// The back-end generation the offer was made for.
+        gen: u8,
     }
 
     /// The back-end section as written: its state and, as ghost data the page does not hold,
@@ -1255,6 +1275,10 @@ mod exhaustive {
         unused: bool,
         /// Died; its next incarnation has not started yet.
         dead: bool,
+        /// The back-end generation in its copy of the page.
+        gen_seen: u8,
+        /// The generation its current rings were offered for (reset for).
+        offered_for: u8,
     }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1284,13 +1308,19 @@ mod exhaustive {
         /// Disturbances left.
         restarts: u8,
         closes: u8,
+        /// The hypervisor's back-end generation word (back-end deaths so far; the back-end's
+        /// incarnation number is its generation).
+        generation: u8,
+        /// Ghost: the rings the last back-end `Connected` was written for, and by which
+        /// incarnation (that one may have moved their indices).
+        used: Option<(Ring, u8)>,
     }
 
     fn ring_code(r: Option<Ring>) -> u8 {
         r.map_or(0xff, |r| r.inc << 4 | r.sess)
     }
 
-    fn key(w: &World) -> [u8; 18] {
+    fn key(w: &World) -> [u8; 23] {
         let st = |s: State| s as u8;
         let flags = u8::from(w.fe.unused)
             | u8::from(w.be.unused) << 1
@@ -1316,7 +1346,12 @@ mod exhaustive {
             w.restarts,
             w.closes,
             loading,
-            0,
+            w.generation,
+            w.fe.gen_seen,
+            w.fe.offered_for,
+            w.fsec.gen,
+            ring_code(w.used.map(|(r, _)| r)),
+            w.used.map_or(0xff, |(_, inc)| inc),
         ]
     }
 
@@ -1329,7 +1364,7 @@ mod exhaustive {
         let used = |unused| if unused { "" } else { " (used)" };
         std::format!(
             "fe#{}{} {:?} granted {} sees {:?}({}){} | be#{}{} {:?}{} mapped {} sees \
-                 {:?}({}){} | page fe {:?}({}) be {:?} | restarts {} closes {}",
+                 {:?}({}){} | page fe {:?}({}) be {:?} gen {} | restarts {} closes {}",
             w.fe.inc,
             if w.fe.dead { " dead" } else { "" },
             w.fe.state,
@@ -1348,6 +1383,7 @@ mod exhaustive {
             w.fsec.state,
             show_ring(w.fsec.ring),
             w.bsec.state,
+            w.generation,
             w.restarts,
             w.closes,
         )
@@ -1371,7 +1407,16 @@ mod exhaustive {
             State::Initialised | State::Connected | State::Closing => w.fe.granted,
             _ => None,
         };
-        w.fsec = FeSec { state: next, ring };
+        w.fsec = FeSec {
+            state: next,
+            ring,
+            gen: w.fe.offered_for,
+        };
+    }
+
+    /// The front-end takes a current copy: the back-end's section and the generation word.
+    fn fe_copy(w: &mut World) {
+        (w.fe.view, w.fe.unused, w.fe.gen_seen) = (w.bsec, true, w.generation);
     }
 
     fn write_be(w: &mut World, next: State, start: bool) {
@@ -1396,15 +1441,22 @@ mod exhaustive {
             n.fe.sess = 0;
             n.fe.dead = false;
             write_fe(&mut n, start_state(w.fsec.state), true);
-            (n.fe.view, n.fe.unused) = (w.bsec, true);
+            fe_copy(&mut n);
             return Some(n);
         }
         if !w.fe.unused {
             return None;
         }
-        let next = next_state(Side::Frontend, w.fe.state, w.fe.view.state)?;
+        let next = frontend_next(
+            w.fe.state,
+            w.fe.view.state,
+            u32::from(w.fe.offered_for),
+            u32::from(w.fe.gen_seen),
+        )?;
         match next {
             State::Initialised => {
+                // New (reset) rings, offered for the generation this copy shows.
+                n.fe.offered_for = w.fe.gen_seen;
                 n.fe.sess += 1;
                 n.fe.granted = Some(Ring {
                     inc: n.fe.inc,
@@ -1433,6 +1485,7 @@ mod exhaustive {
         }
         if w.be.connecting {
             n.be.connecting = false;
+            n.used = w.be.mapped.map(|r| (r, w.be.inc));
             write_be(&mut n, State::Connected, false);
             return Some(n);
         }
@@ -1442,6 +1495,10 @@ mod exhaustive {
         let next = next_state(Side::Backend, w.be.state, w.be.view.state)?;
         match next {
             State::Connected => {
+                // An offer made to an earlier generation is not for it: it waits.
+                if w.be.view.gen != w.be.inc {
+                    return None;
+                }
                 // GRANT_MAP of the refs in its copy fails unless they are granted now.
                 let ring = w.be.view.ring;
                 if ring.is_none() || ring != w.fe.granted {
@@ -1450,6 +1507,14 @@ mod exhaustive {
                     }
                     write_be(&mut n, State::Closing, false);
                     return Some(n);
+                }
+                if let (Some(r), Some((used, by))) = (ring, w.used) {
+                    assert!(
+                        r != used || by == w.be.inc,
+                        "back-end #{} maps rings back-end #{by} used:\n{}",
+                        w.be.inc,
+                        show(w)
+                    );
                 }
                 n.be.mapped = ring;
                 n.be.connecting = true;
@@ -1470,7 +1535,7 @@ mod exhaustive {
         // refuses if it is `Initialised`/`Connected` without rings).
         if !w.fe.dead {
             let mut n = *w;
-            (n.fe.view, n.fe.unused) = (w.bsec, true);
+            fe_copy(&mut n);
             out.push(n);
         }
         if !w.be.dead {
@@ -1486,10 +1551,7 @@ mod exhaustive {
                 Some(state) => {
                     let mut n = *w;
                     n.be.loading = None;
-                    let torn = FeSec {
-                        state,
-                        ring: w.fsec.ring,
-                    };
+                    let torn = FeSec { state, ..w.fsec };
                     if !past_setup(state) || torn.ring.is_some() {
                         (n.be.view, n.be.unused) = (torn, true);
                     }
@@ -1511,6 +1573,7 @@ mod exhaustive {
                 n.fsec = FeSec {
                     state: State::Closed,
                     ring: None,
+                    gen: 0,
                 };
             }
             out.push(n);
@@ -1522,6 +1585,7 @@ mod exhaustive {
             n.be.mapped = None;
             n.be.connecting = false;
             n.be.loading = None;
+            n.generation += 1;
             if opts.marks_dead {
                 n.bsec.state = State::Closed;
                 n.bsec.ring = None;
@@ -1553,6 +1617,7 @@ mod exhaustive {
         let forget = |w: &World| {
             let mut w = *w;
             w.fe.view = w.bsec;
+            w.fe.gen_seen = w.generation;
             w.fe.unused = false;
             w.be.view = w.fsec;
             w.be.unused = false;
@@ -1653,7 +1718,9 @@ mod exhaustive {
     /// 2. every world in which neither side can step on a current copy has both sides
     ///    `Connected`, the back-end mapping the rings the current front-end grants;
     /// 3. the front-end only connects on a `Connected` written for its current rings, or by a
-    ///    back-end incarnation that has died since.
+    ///    back-end incarnation that has died since;
+    /// 4. no back-end incarnation maps rings an earlier one connected on (and so may have
+    ///    used: their indices moved): the generation rules reset them first.
     ///
     /// Each write is followed by an event after which the peer takes a current copy, so by
     /// 1 the sides stop writing once the disturbances stop, and then by 2 they are connected.
@@ -1662,6 +1729,7 @@ mod exhaustive {
         let fresh_fe = FeSec {
             state: State::Initialising,
             ring: None,
+            gen: 0,
         };
         let fresh_be = BeSec {
             state: State::Initialising,
@@ -1677,6 +1745,8 @@ mod exhaustive {
                 view: fresh_be,
                 unused: true,
                 dead: false,
+                gen_seen: 0,
+                offered_for: 0,
             },
             be: Be {
                 inc: 0,
@@ -1692,6 +1762,8 @@ mod exhaustive {
             bsec: fresh_be,
             restarts,
             closes,
+            generation: 0,
+            used: None,
         };
         let mut index = HashMap::from([(key(&start), 0)]);
         let mut worlds = vec![start];
@@ -1744,7 +1816,7 @@ mod exhaustive {
         for (i, w) in worlds.iter().enumerate() {
             let mut r = *w;
             if !r.fe.dead {
-                (r.fe.view, r.fe.unused) = (w.bsec, true);
+                fe_copy(&mut r);
             }
             if !r.be.dead {
                 (r.be.view, r.be.unused, r.be.loading) = (w.fsec, true, None);

@@ -93,16 +93,57 @@ fn bad_slots_sizes_and_pages_are_errors_not_panics() {
 #[test]
 fn a_foreign_or_old_page_is_refused() {
     let page = page();
-    page[0].store(u64::from(MAGIC) | (2 << 32), Ordering::Relaxed);
+    // Version 1 had no guest epoch and state: a device model of that build must not serve
+    // a guest whose stops it cannot see.
+    page[0].store(u64::from(MAGIC) | (1 << 32), Ordering::Relaxed);
     assert_eq!(
         check_header(&page),
         Err(IoreqError::BadHeader {
             magic: MAGIC,
-            version: 2
+            version: 1
         })
     );
     let zero: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
     assert!(check_header(&zero).is_err());
+}
+
+#[test]
+fn the_guests_stops_reach_the_device_model_and_survive_a_page_reset() {
+    let page: Vec<AtomicU64> = (0..512).map(|_| AtomicU64::new(0)).collect();
+    init_page(&page).unwrap();
+    let running = |epoch| GuestStatus { epoch, gone: false };
+    assert_eq!(guest_status(&page), Ok(running(0)));
+    // A SYSTEM_RESET: a new epoch, still running; the hypervisor then empties the slots.
+    post(&page, 0, read(0, 4)).unwrap();
+    record_guest_stop(&page, 1, false).unwrap();
+    init_page(&page).unwrap();
+    assert_eq!(guest_status(&page), Ok(running(1)));
+    assert_eq!(take_request(&page, 0), Ok(None));
+    // A kill: gone for good.
+    record_guest_stop(&page, 2, true).unwrap();
+    init_page(&page).unwrap();
+    assert_eq!(
+        guest_status(&page),
+        Ok(GuestStatus {
+            epoch: 2,
+            gone: true
+        })
+    );
+    // Whatever the device model writes there, only the hypervisor's next write counts.
+    page[GUEST_STATE].store(77, Ordering::Relaxed);
+    page[GUEST_EPOCH].store(u64::MAX, Ordering::Relaxed);
+    assert_eq!(guest_status(&page).map(|s| s.gone), Ok(false));
+    record_guest_stop(&page, 3, true).unwrap();
+    assert_eq!(
+        guest_status(&page),
+        Ok(GuestStatus {
+            epoch: 3,
+            gone: true
+        })
+    );
+    let short: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+    assert!(record_guest_stop(&short, 1, true).is_err());
+    assert!(guest_status(&short).is_err());
 }
 
 #[test]

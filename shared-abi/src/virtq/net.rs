@@ -268,15 +268,20 @@ pub fn l4_checksum_field(frame: &[u8]) -> Option<(u16, u16)> {
 // ---- Ring layout from the handshake ----
 
 /// Where a connection's rings and pool are: the grant refs the front-end publishes in its
-/// section of the control page (`tx_ring_ref`, `rx_ring_ref`, `pool_first_ref`, `pool_count`).
-/// Each ring ref is one ring page; the pool is `pool_pages` consecutive refs, which the back-end
-/// maps contiguously so that pool page `i` is bytes `[4096 i, 4096 (i + 1))` of the pool.
+/// section of the control page (`tx_ring_ref`, `rx_ring_ref`, `pool_first_ref`, `pool_count`,
+/// `pool_writable`). Each ring ref is one ring page; the pool is `pool_pages` consecutive refs,
+/// which the back-end maps contiguously so that pool page `i` is bytes `[4096 i, 4096 (i + 1))`
+/// of the pool. The first `pool_writable` pages hold the receive buffers and are mapped
+/// read-write; the rest hold the transmit buffers, granted and mapped read-only, so the
+/// front-end may build frames in them in place (nothing but the front-end can write them). The
+/// back-end's receive queue accepts buffers in the writable part only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingLayout {
     pub tx_ring_ref: u32,
     pub rx_ring_ref: u32,
     pub pool_first_ref: u32,
     pub pool_pages: u32,
+    pub pool_writable: u32,
 }
 
 /// Why a [`RingLayout`] is refused.
@@ -300,6 +305,11 @@ pub enum LayoutError {
     /// A ring page is also a pool page.
     #[error("ring page ref {gref} is inside the buffer pool")]
     RingInPool { gref: u32 },
+    /// No writable pool page (nowhere to receive), or more than the pool has.
+    #[error(
+        "{writable} of the {pages} pool pages writable (must be 1..={pages}: the receive buffers)"
+    )]
+    BadWritablePart { writable: u32, pages: u32 },
 }
 
 /// Pool sizes a queue accepts; the queues check it too, so they never compute with a pool
@@ -325,6 +335,7 @@ impl RingLayout {
             rx_ring_ref: section.rx_ring_ref,
             pool_first_ref: section.pool_first_ref,
             pool_pages: section.pool_count,
+            pool_writable: section.pool_writable,
         };
         layout.validate()?;
         Ok(layout)
@@ -336,12 +347,20 @@ impl RingLayout {
         section.rx_ring_ref = self.rx_ring_ref;
         section.pool_first_ref = self.pool_first_ref;
         section.pool_count = self.pool_pages;
+        section.pool_writable = self.pool_writable;
     }
 
-    /// Refs in range, a pool of `1..=MAX_POOL_PAGES` pages, and no page used twice (a ring page
-    /// that is also a pool page would let pool data and ring fields overwrite each other).
+    /// Refs in range, a pool of `1..=MAX_POOL_PAGES` pages of which `1..=pool_pages` writable,
+    /// and no page used twice (a ring page that is also a pool page would let pool data and
+    /// ring fields overwrite each other).
     pub fn validate(&self) -> Result<(), LayoutError> {
         check_pool_pages(self.pool_pages)?;
+        if self.pool_writable == 0 || self.pool_writable > self.pool_pages {
+            return Err(LayoutError::BadWritablePart {
+                writable: self.pool_writable,
+                pages: self.pool_pages,
+            });
+        }
         for gref in [self.tx_ring_ref, self.rx_ring_ref, self.pool_first_ref] {
             if gref >= MAX_REFS {
                 return Err(LayoutError::RefOutOfRange { gref });

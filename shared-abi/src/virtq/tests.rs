@@ -197,8 +197,10 @@ fn ring_layout_from_the_handshake() {
         rx_ring_ref: 1,
         pool_first_ref: 2,
         pool_pages: 16,
+        pool_writable: 10,
     };
     good.write_to(&mut section);
+    assert_eq!(section.pool_writable, 10);
     assert_eq!(RingLayout::from_frontend(&section), Ok(good));
     assert_eq!(good.pool_len(), 16 * 4096);
     assert_eq!(good.pool_refs(), 2..18);
@@ -256,7 +258,36 @@ fn ring_layout_from_the_handshake() {
                 pages: 16,
             },
         ),
+        (
+            RingLayout {
+                pool_writable: 0,
+                ..good
+            },
+            LayoutError::BadWritablePart {
+                writable: 0,
+                pages: 16,
+            },
+        ),
+        (
+            RingLayout {
+                pool_writable: 17,
+                ..good
+            },
+            LayoutError::BadWritablePart {
+                writable: 17,
+                pages: 16,
+            },
+        ),
     ];
+    // A whole pool writable is a valid (if old-fashioned) layout.
+    assert_eq!(
+        RingLayout {
+            pool_writable: 16,
+            ..good
+        }
+        .validate(),
+        Ok(())
+    );
     for (layout, err) in cases {
         assert_eq!(layout.validate(), Err(err), "{layout:?}");
         assert!(!format!("{err}").is_empty());
@@ -1936,4 +1967,100 @@ fn short_receive_buffers_cost_a_bounded_number_of_pops() {
     // A violation still ends the queue.
     offer(&page, 3, &[200]);
     assert!(q.pop_rx_buffer(8).unwrap_err().is_violation());
+}
+
+#[test]
+fn a_64k_frame_passes_the_back_ends_check_and_one_byte_more_or_gso_metadata_does_not() {
+    // The largest frame of the internal link, as one buffer: taken whole.
+    let page = Page::new();
+    let pool = Pool::new(POOL_PAGES);
+    let frame = eth_frame(MAX_ETH_FRAME, 3);
+    let chain = tx_chain_with(&page, &pool, 0, &[200_000], &frame);
+    let got = chain
+        .read_tx_header(&pool.shared(), true, MAX_ETH_FRAME)
+        .unwrap();
+    assert_eq!(got.frame_len, MAX_ETH_FRAME);
+    assert_eq!(got.head(), &frame[..TX_HEAD_LEN]);
+    // One byte more: a bad frame (dropped, the guest stays connected), never cut short.
+    let page = Page::new();
+    let frame = eth_frame(MAX_ETH_FRAME + 1, 3);
+    let chain = tx_chain_with(&page, &pool, 0, &[200_000], &frame);
+    let e = chain
+        .read_tx_header(&pool.shared(), true, MAX_ETH_FRAME)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        QueueError::FrameTooLong {
+            head: 0,
+            len: (NET_HDR_LEN + MAX_ETH_FRAME + 1) as u64
+        }
+    );
+    assert_eq!(e.severity(), Severity::BadFrame);
+    // Segmentation metadata was never negotiated: a front-end that sets it on a large frame
+    // (TCPv4 GSO, or a size without a type) has sent a bad frame.
+    for hdr in [
+        NetHdr {
+            gso_type: 1,
+            gso_size: 1448,
+            hdr_len: 54,
+            ..NetHdr::plain(Direction::Tx)
+        },
+        NetHdr {
+            gso_size: 65_000,
+            ..NetHdr::plain(Direction::Tx)
+        },
+    ] {
+        let page = Page::new();
+        let frame = eth_frame(MAX_ETH_FRAME, 4);
+        let chain = tx_chain_with(&page, &pool, 0, &[200_000], &frame);
+        pool.shared().write(0, &hdr.encode());
+        let e = chain
+            .read_tx_header(&pool.shared(), true, MAX_ETH_FRAME)
+            .unwrap_err();
+        assert!(
+            matches!(e, QueueError::BadNetHeader { head: 0, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.severity(), Severity::BadFrame);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Transmit in place: a back-end whose receive queue checks against the writable part
+    /// (`RingLayout::pool_writable` = the plan's `rx_pages`) takes every receive buffer the
+    /// plan offers, and a transmit buffer (read-only pages) named as a receive buffer is a
+    /// violation, never a store into a read-only page; its transmit queue takes the transmit
+    /// buffers over the whole pool.
+    #[test]
+    fn receive_buffers_only_in_the_writable_part_transmit_buffers_anywhere(
+        mtu in MIN_MTU..=MAX_MTU,
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let plan = PoolPlan::for_mtu(mtu).unwrap();
+        let rx_index = pick.index(plan.rx_buffers);
+        let tx_index = plan.rx_buffers + pick.index(plan.tx_buffers);
+        let rx_at = plan.offset(rx_index).unwrap() as u64;
+        let tx_at = plan.offset(tx_index).unwrap() as u64;
+        let len = plan.buffer_len as u32;
+        // A receive buffer: taken.
+        let page = Page::new();
+        single(&page, rx_at, len, VIRTQ_DESC_F_WRITE);
+        let mut q = DeviceQueue::new(page.ring(), Direction::Rx, plan.rx_pages, true).unwrap();
+        let chain = q.pop().unwrap().unwrap();
+        prop_assert_eq!(chain.segments(), &[Segment { offset: rx_at as u32, len }]);
+        // A transmit buffer offered for receiving: outside the part we may write.
+        let page = Page::new();
+        single(&page, tx_at, len, VIRTQ_DESC_F_WRITE);
+        let mut q = DeviceQueue::new(page.ring(), Direction::Rx, plan.rx_pages, true).unwrap();
+        let e = q.pop().unwrap_err();
+        prop_assert_eq!(e, QueueError::OutsidePool { index: 0, addr: tx_at, len });
+        prop_assert!(e.is_violation());
+        // The same buffer on the transmit ring: fine (the back-end only reads it).
+        let page = Page::new();
+        single(&page, tx_at, len, 0);
+        let mut q = DeviceQueue::new(page.ring(), Direction::Tx, plan.pages, true).unwrap();
+        let chain = q.pop().unwrap().unwrap();
+        prop_assert_eq!(chain.segments(), &[Segment { offset: tx_at as u32, len }]);
+    }
 }

@@ -49,7 +49,7 @@ pub use proto::{
     DEFAULT_BLOCK_LEN, DEFAULT_PORT, MAX_BLOCK_LEN, MAX_JSON_LEN, MAX_OMIT, MAX_SECONDS,
 };
 pub use report::{
-    centi_mbit, Event, Failure, Interval, Listening, Report, Role, TestInfo, UdpSummary,
+    centi_mbit, Event, Failure, Interval, Listening, Report, Role, TestInfo, TestMarks, UdpSummary,
 };
 pub use server::{Server, ServerConfig};
 pub use udp::{

@@ -360,6 +360,29 @@ impl fmt::Display for Rate {
     }
 }
 
+/// The bench's marks around tests (`tests/src/bench.rs` pairs them): test n starts at tag 2n
+/// and ends, finished or failed, at tag 2n + 1. A VM that marks its tests (console lines,
+/// ACCOUNTING_REPORT) takes its tags from here, so every VM counts them alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestMarks {
+    /// Tests started so far.
+    pub tests: u64,
+}
+
+impl TestMarks {
+    /// The tag `event` marks, if any (intervals mark nothing).
+    pub fn tag(&mut self, event: &Event) -> Option<u64> {
+        match event {
+            Event::Started(_) => {
+                self.tests += 1;
+                Some(2 * self.tests)
+            }
+            Event::Finished(_) | Event::Failed(_) => Some(2 * self.tests + 1),
+            Event::Interval(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +540,40 @@ mod tests {
         assert_eq!(UdpSummary::new(false, &received, Some(&client)), summary);
         assert_eq!(UdpSummary::new(false, &received, None).packets, 998);
         assert_eq!(centi_mbit(1, 0), 0);
+    }
+
+    #[test]
+    fn tests_are_marked_2n_at_the_start_and_2n_plus_1_at_the_end() {
+        let info = TestInfo {
+            role: Role::Server,
+            local: ip(17),
+            peer: ip(16),
+            params: TestParams::tcp(5),
+        };
+        let failure = Failure {
+            role: Role::Server,
+            local: None,
+            peer: None,
+            reason: "x".into(),
+        };
+        let interval = Interval {
+            second: 1,
+            bytes: 1,
+            micros: 1,
+            omitted: false,
+        };
+        let mut marks = TestMarks::default();
+        let tags: alloc::vec::Vec<Option<u64>> = [
+            Event::Started(info),
+            Event::Interval(interval),
+            Event::Failed(failure.clone()),
+            Event::Started(info),
+            Event::Failed(failure),
+        ]
+        .iter()
+        .map(|e| marks.tag(e))
+        .collect();
+        assert_eq!(tags, [Some(2), None, Some(3), Some(4), Some(5)]);
+        assert_eq!(marks.tests, 2);
     }
 }

@@ -57,6 +57,9 @@ impl GrantEnv for Env {
     fn unmap_page(&mut self, vm: VmId, ipa: u64) {
         self.model.unmap_page(vm, ipa)
     }
+    fn revoked(&mut self, vm: VmId) {
+        self.model.revoked(vm)
+    }
 }
 
 impl SharingEnv for Env {
