@@ -3,8 +3,10 @@
 //! (default 1000) after it starts, on each of its first `test_crash_boots` boots (default 1, so
 //! the restarted driver domain then runs normally; a large number makes a crash loop);
 //! `test_crash_again_ms` (default `test_crash_after_ms`) is the delay on the boots after the
-//! first, so a restarted incarnation can crash while its guests are still reconnecting. This
-//! module only reads the plan; the binary carries the crash out.
+//! first, so a restarted incarnation can crash while its guests are still reconnecting;
+//! `test_crash_masked_ms` (default 0) masks IRQs that long before the crash, so a NIC that
+//! receives meanwhile is left with its interrupt pending for the next incarnation. This module
+//! only reads the plan; the binary carries the crash out.
 
 use alloc::format;
 use alloc::string::String;
@@ -27,6 +29,8 @@ pub enum CrashKind {
 pub struct CrashPlan {
     pub kind: CrashKind,
     pub after_ms: u64,
+    /// IRQs are masked this long just before the crash (its interrupts go unanswered).
+    pub irqs_masked_ms: u64,
 }
 
 /// The crash this boot (`boot_count`, 1 = the first) must carry out, if any.
@@ -53,7 +57,12 @@ pub fn plan(settings: &str, boot_count: u32) -> Result<Option<CrashPlan>, String
     let again_ms = number("test_crash_again_ms", first_ms)?;
     let after_ms = if boot_count <= 1 { first_ms } else { again_ms };
     let boots = number("test_crash_boots", 1)?;
-    Ok((u64::from(boot_count) <= boots).then_some(CrashPlan { kind, after_ms }))
+    let irqs_masked_ms = number("test_crash_masked_ms", 0)?;
+    Ok((u64::from(boot_count) <= boots).then_some(CrashPlan {
+        kind,
+        after_ms,
+        irqs_masked_ms,
+    }))
 }
 
 #[cfg(test)]
@@ -68,7 +77,8 @@ mod tests {
             plan1,
             Some(CrashPlan {
                 kind: CrashKind::Panic,
-                after_ms: 250
+                after_ms: 250,
+                irqs_masked_ms: 0,
             })
         );
         assert_eq!(plan(s, 2).unwrap(), None);
@@ -77,7 +87,8 @@ mod tests {
             plan(looping, 50).unwrap(),
             Some(CrashPlan {
                 kind: CrashKind::Fault,
-                after_ms: 1_000
+                after_ms: 1_000,
+                irqs_masked_ms: 0,
             })
         );
         assert_eq!(plan("role=switch\n", 1).unwrap(), None);
@@ -92,6 +103,13 @@ mod tests {
         assert_eq!(after(2), Some(30));
         assert_eq!(after(3), None);
         assert!(plan("test_crash=reset\ntest_crash_again_ms=x\n", 2).is_err());
+    }
+
+    #[test]
+    fn a_crash_may_leave_its_interrupts_unanswered_first() {
+        let s = "test_crash=fault\ntest_crash_masked_ms=300\n";
+        assert_eq!(plan(s, 1).unwrap().map(|p| p.irqs_masked_ms), Some(300));
+        assert!(plan("test_crash=fault\ntest_crash_masked_ms=long\n", 1).is_err());
     }
 
     #[test]

@@ -40,8 +40,20 @@ vm_runtime::entry!(main);
 /// How long the NIC is served when no front-end keeps the domain alive (setting `nic_serve_ms`).
 const DEFAULT_NIC_SERVE_MS: u64 = 10_000;
 /// Carries out a test crash (see `driver_domain::crash`).
-fn crash_now(kind: driver_domain::crash::CrashKind) -> ! {
+fn crash_now(plan: driver_domain::crash::CrashPlan) -> ! {
     use driver_domain::crash::CrashKind;
+    let kind = plan.kind;
+    if plan.irqs_masked_ms > 0 {
+        println!(
+            "test crash: IRQs masked for {} ms first",
+            plan.irqs_masked_ms
+        );
+        vm_runtime::gic::disable_irqs();
+        let until = timer::now() + timer::ms_to_ticks(plan.irqs_masked_ms);
+        while timer::now() < until {
+            core::hint::spin_loop();
+        }
+    }
     // The time (the counter every VM shares) is where the restart's phases start.
     println!("test crash: {kind:?} now (at {} us)", now_us());
     match kind {
@@ -83,7 +95,7 @@ fn main(info: &StartInfo<'static>) {
         info.peers.count_ones()
     );
     let crash = match driver_domain::crash::plan(info.settings, info.boot_count) {
-        Ok(plan) => plan.map(|p| (p.kind, timer::now() + timer::ms_to_ticks(p.after_ms))),
+        Ok(plan) => plan.map(|p| (p, timer::now() + timer::ms_to_ticks(p.after_ms))),
         Err(e) => {
             println!("REPORT fail: {e}");
             return;
@@ -192,9 +204,9 @@ fn main(info: &StartInfo<'static>) {
     // page at the start and whenever a wait times out.
     let mut recheck = true;
     loop {
-        if let Some((kind, at)) = crash {
+        if let Some((plan, at)) = crash {
             if timer::now() >= at {
-                crash_now(kind);
+                crash_now(plan);
             }
         }
         let mut busy = false;

@@ -373,7 +373,12 @@ pub fn probe(routing_id: u16) -> Result<NicInfo, String> {
         info.device_id
     );
     place_bars(&mut root, wanted)?;
-    root.set_command(wanted, Command::MEMORY_SPACE | Command::BUS_MASTER);
+    // INTx stays disabled at the function until the device is reset and NIC holds it: an
+    // earlier incarnation of this VM may have died with the device's ISR set, and with the
+    // line asserted before anything here can read the ISR, every EOI would let it fire again
+    // at once (the hypervisor disabled INTx when that incarnation stopped).
+    let running = Command::MEMORY_SPACE | Command::BUS_MASTER;
+    root.set_command(wanted, running | Command::INTERRUPT_DISABLE);
     let transport = PciTransport::new::<DmaHal, _>(&mut root, wanted)
         .map_err(|e| format!("virtio PCI transport: {e}"))?;
     irq::register(PASSTHROUGH_INTX, on_interrupt).map_err(|e| format!("{e}"))?;
@@ -392,6 +397,8 @@ pub fn probe(routing_id: u16) -> Result<NicInfo, String> {
         *NIC.lock() = Some(device);
         Ok(mac)
     })?;
+    // The reset in RawNet::new cleared the ISR; from here on the handler lowers the line.
+    root.set_command(wanted, running);
     Ok(NicInfo {
         function: format!("{wanted}"),
         mac,

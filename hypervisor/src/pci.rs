@@ -515,7 +515,7 @@ fn bar_size(mask: u64, min: u64) -> Option<u64> {
 
 impl ConfigFilter {
     /// Takes the passed function over: checks it is a type-0 endpoint, turns off its memory/I/O
-    /// decoding and bus mastering (the driver domain turns them on), sizes every BAR and the
+    /// decoding, bus mastering and INTx (the driver domain turns them on), sizes every BAR and the
     /// expansion ROM with decoding off, and unassigns BARs found outside `window`. Returns the
     /// filter and what it noticed, for the log.
     pub fn probe(
@@ -530,9 +530,12 @@ impl ConfigFilter {
         if header_type != 0 {
             return Err(ProbeError::NotType0 { bdf, header_type });
         }
-        // Decoding off while BARs hold all ones during sizing, and no DMA before the guest asks
-        // for it. Status (the upper half) is write-1-to-clear, so writing 0 leaves it alone.
-        hw.write32(REG_COMMAND, 0);
+        // Decoding off while BARs hold all ones during sizing, no DMA before the guest asks for
+        // it, and INTx held low: after a driver-domain restart the device may still have an
+        // interrupt pending from the dead incarnation, which would fire before the new one has
+        // a handler (it clears the bit once it has reset the device). Status (the upper half)
+        // is write-1-to-clear, so writing 0 there leaves it alone.
+        hw.write32(REG_COMMAND, u32::from(CMD_INTX_DISABLE));
 
         let mut filter = ConfigFilter {
             bdf,

@@ -2809,10 +2809,14 @@ fn a_udp_echo_answers_before_a_driver_domain_restart_stops_during_it_and_answers
     use std::time::Instant;
 
     // ua asks ub's echo (guest -> guest) every 50 ms for 8 s; the host asks ub's through a port
-    // forward; the NIC's driver domain is killed for a fault 3 s after it starts.
+    // forward; the NIC's driver domain is killed for a fault 3 s after it starts, after 300 ms
+    // with IRQs masked, so the host's echoes leave the NIC with its interrupt pending (a
+    // restarted driver domain once drowned in that dead incarnation's interrupt).
     let toml = format!(
         "{MACHINE}{}{}{}",
-        switch_driver_domain(", test_crash = \"fault\", test_crash_after_ms = 3000"),
+        switch_driver_domain(
+            ", test_crash = \"fault\", test_crash_after_ms = 3000, test_crash_masked_ms = 300"
+        ),
         net_guest(
             "ua",
             16,

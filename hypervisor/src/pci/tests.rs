@@ -155,7 +155,11 @@ fn other_functions_are_absent() {
 #[test]
 fn probe_sizes_bars_with_decoding_off() {
     let (filter, model) = probed();
-    assert_eq!(model.writes[0], (REG_COMMAND, 0), "decoding off first");
+    assert_eq!(
+        model.writes[0],
+        (REG_COMMAND, u32::from(CMD_INTX_DISABLE)),
+        "decoding, DMA and INTx off first"
+    );
     let bars: Vec<BarInfo> = filter.bars().collect();
     assert_eq!(
         bars,
