@@ -314,6 +314,16 @@ impl Fabric {
         if self.has_uplink {
             nic::NEWS.store(false, core::sync::atomic::Ordering::Release);
             for _ in 0..FRAMES_PER_PORT_PER_ROUND {
+                if !self.local_has_room() {
+                    // Back-pressure: what the NIC holds waits in its ring (and behind it in
+                    // the host's back-end) until the stack below has run. Without it a burst
+                    // larger than the local queue lost segments, the stack answered each
+                    // later one with a duplicate ACK, and passt retransmitted its whole
+                    // window per duplicate: a storm that ended in a reset. The NIC has work
+                    // left, so this round counts as moving.
+                    moved = true;
+                    break;
+                }
                 let Some(frame) = with_nic(|nic| nic.receive()).flatten() else {
                     break;
                 };
@@ -470,6 +480,11 @@ impl Fabric {
                             if !needs_csum || self.csum.fill(&mut frame) {
                                 local.device.to_stack.push_back(frame);
                             }
+                        } else {
+                            // Counted, never silent: a lost segment here once set off a
+                            // retransmission storm with passt (see `local_has_room`).
+                            self.switch.refuse_reserved(port, len);
+                            continue;
                         }
                     }
                 }
@@ -552,6 +567,13 @@ impl Fabric {
             self.switch.release(port, len);
         }
         true
+    }
+
+    /// Whether the local endpoint can take one more frame (or there is none).
+    fn local_has_room(&self) -> bool {
+        self.local
+            .as_ref()
+            .is_none_or(|l| l.device.to_stack.len() < LOCAL_QUEUE_FRAMES)
     }
 
     /// Before sleeping: re-arms every guest's TX event; true if one already has frames (then

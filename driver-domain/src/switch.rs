@@ -804,6 +804,19 @@ impl Switch {
         true
     }
 
+    /// Undoes a successful [`Switch::try_reserve`] for a frame the port could not take after
+    /// all (a queue the switch does not see, such as the local endpoint's frame queue): the
+    /// room is given back and the frame counts as a queue-full drop, not as transmitted.
+    pub fn refuse_reserved(&mut self, port: PortId, bytes: usize) {
+        let Some(p) = self.port_mut(port) else {
+            return;
+        };
+        p.queued = p.queued.saturating_sub(bytes);
+        p.counters.tx_frames = p.counters.tx_frames.saturating_sub(1);
+        p.counters.tx_bytes = p.counters.tx_bytes.saturating_sub(bytes as u64);
+        p.counters.drops.queue_full += 1;
+    }
+
     /// Gives back room reserved with [`Switch::try_reserve`] once the port has consumed (or the
     /// caller has discarded) the frame. Ignored for a missing port, whose room went with it, and
     /// never takes the queue below zero, so a stale release cannot buy extra budget.

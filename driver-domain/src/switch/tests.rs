@@ -1109,3 +1109,25 @@ fn a_64k_frame_goes_between_guests_but_never_to_a_port_with_smaller_frames() {
     assert!(!sw.try_reserve(G3, big + 1));
     assert!(!sw.set_max_frame(PortId::Guest(9), 1514));
 }
+
+#[test]
+fn a_reserved_frame_the_port_refuses_counts_as_a_queue_full_drop() {
+    let mut sw = switch_with(Config::default());
+    assert!(sw.try_reserve(G1, 1500));
+    assert!(sw.try_reserve(G1, 600));
+    sw.refuse_reserved(G1, 600);
+    let c = sw.counters(G1).unwrap();
+    assert_eq!(
+        (c.tx_frames, c.tx_bytes),
+        (1, 1500),
+        "only the frame taken is sent"
+    );
+    assert_eq!(c.drops.queue_full, 1);
+    assert_eq!(
+        sw.queued(G1),
+        Some(1500),
+        "the refused frame's room is free again"
+    );
+    // A missing port is ignored.
+    sw.refuse_reserved(PortId::Guest(9), 1);
+}
