@@ -301,10 +301,11 @@ fn print_counters(name: &str, fabric: &Fabric) {
         .as_ref()
         .map(|l| l.counters)
         .unwrap_or_default();
+    let stale_acks = fabric.local.as_ref().map_or(0, |l| l.stale_acks_repaired());
     println!(
         "{name} NIC counters: rx {} frames / {} B, tx {} frames / {} B, tx errors {}, \
          interrupts {}, udp echoed {}, tcp echoed {} B; checksums filled {} verified {} \
-         dropped {}",
+         dropped {}; stale ACKs repaired {stale_acks}",
         c.rx_frames,
         c.rx_bytes,
         c.tx_frames,

@@ -5,6 +5,8 @@
 //!   TCP echo on port 7 (RFC 862), ping as a client, and optionally an iperf3 server.
 //! - [`iperf3`]: the iperf3 protocol (control messages as a sans-IO state machine, both roles)
 //!   and its server and client on smoltcp sockets.
+//! - `stale_ack`: the workaround for smoltcp dropping data that arrives with a stale ACK
+//!   (applied to every stack's device while it polls).
 //! - [`udp_echo`]: a UDP echo client's requests and the tally of their answers (which came
 //!   back, the longest silence between them), for the restart test.
 //!
@@ -23,6 +25,7 @@ extern crate alloc;
 mod announce;
 pub mod iperf3;
 mod stack;
+mod stale_ack;
 pub mod udp_echo;
 
 pub use announce::gratuitous_arp;

@@ -17,6 +17,7 @@ use smoltcp::wire::{
 };
 
 use crate::iperf3;
+use crate::stale_ack::{AckTable, Repairing};
 
 /// The echo service port (RFC 862), for UDP and TCP.
 pub const ECHO_PORT: u16 = 7;
@@ -94,6 +95,8 @@ pub struct Stack<D: Device> {
     iperf3: Option<iperf3::Server>,
     /// The next local port [`Stack::ephemeral_port`] hands out.
     next_port: u16,
+    /// The peers' highest ACKs, for smoltcp's stale-ACK drop (see `stale_ack`).
+    stale_acks: AckTable,
 }
 
 fn socket_buffers<T: Clone>(empty: T, slots: usize) -> (Vec<T>, Vec<T>) {
@@ -204,7 +207,13 @@ impl<D: Device> Stack<D> {
             counters: ServiceCounters::default(),
             iperf3: None,
             next_port: EPHEMERAL_FIRST + (seed % span) as u16,
+            stale_acks: AckTable::default(),
         }
+    }
+
+    /// TCP segments whose stale ACK was raised so smoltcp would take their data.
+    pub fn stale_acks_repaired(&self) -> u64 {
+        self.stale_acks.repaired
     }
 
     pub fn gateway(&self) -> Ipv4Address {
@@ -220,13 +229,21 @@ impl<D: Device> Stack<D> {
     /// True if a socket changed state (callers that need to know whether frames moved ask
     /// their device).
     pub fn poll_at(&mut self, now: Instant) -> bool {
-        let first = self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let mut device = Repairing {
+            device: &mut self.device,
+            table: &mut self.stale_acks,
+        };
+        let first = self.iface.poll(now, &mut device, &mut self.sockets);
         self.serve_udp_echo();
         self.serve_tcp_echo();
         if let Some(server) = self.iperf3.as_mut() {
             server.pump(&mut self.sockets, now);
         }
-        let second = self.iface.poll(now, &mut self.device, &mut self.sockets);
+        let mut device = Repairing {
+            device: &mut self.device,
+            table: &mut self.stale_acks,
+        };
+        let second = self.iface.poll(now, &mut device, &mut self.sockets);
         first == PollResult::SocketStateChanged || second == PollResult::SocketStateChanged
     }
 
