@@ -170,7 +170,7 @@ run_tests() {
     cargo test -p driver-domain -p vm-net --lib
     # vm-runtime's pure parts (shared-memory copies and windows, console chunks, probe checks).
     cargo test -p vm-runtime --lib
-    say "== model check: notification suppression never loses a wake-up (Spin)"
+    say "== model check (Spin): notification suppression never loses a wake-up; the I/O request page answers each request once"
     bash models/check.sh
     say "== QEMU integration tests (each boots QEMU with a hard timeout)"
     SLUICE_ARTIFACTS="$PWD/$OUT" cargo test -p sluice-harness --test qemu -- --test-threads=1
