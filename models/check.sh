@@ -69,7 +69,12 @@ sane() {
 }
 
 status=0
-line() { printf '%-28s %s\n' "$1" "$2"; }
+line() { printf '%-42s %s\n' "$1" "$2"; }
+# failed NAME WHY SPIN_OUTPUT: the FAIL line, then Spin's first lines that say what went wrong.
+failed() {
+    line "$1" "FAIL  $2"
+    grep -E 'violated|acceptance cycle|FAILED|too small|out of memory|rror' <<<"$3" | grep -v 'errors: 0' | head -5 | sed 's/^/    /'
+}
 
 # ---- the correct protocol: both runs must finish with 0 errors
 s_out=$(run "$CORRECT" safety)
@@ -79,8 +84,7 @@ read -r le ls ld <<<"$(facts "$l_out")"
 if sane "$s_out" && sane "$l_out" && [ "$se" = 0 ] && [ "$le" = 0 ]; then
     line "$CORRECT" "PASS  verified, 0 errors: safety $ss states (depth $sd), LTL <>all_consumed $ls states (depth $ld)"
 else
-    line "$CORRECT" "FAIL  expected 0 errors, got safety errors=$se, liveness errors=$le"
-    grep -E 'violated|acceptance cycle|FAILED|too small|out of memory|rror' <<<"$s_out"$'\n'"$l_out" | head -5 | sed 's/^/    /'
+    failed "$CORRECT" "expected 0 errors, got safety errors=$se, liveness errors=$le" "$s_out"$'\n'"$l_out"
     status=1
 fi
 
@@ -94,8 +98,7 @@ for v in "${BROKEN[@]}"; do
     if sane "$s_out" && sane "$l_out" && [ -n "$s_hit" ] && grep -q 'acceptance cycle' <<<"$l_out"; then
         line "$v" "PASS  lost wake-up found as expected: Watchdog $s_hit ($ss states); LTL <>all_consumed violated (acceptance cycle, $ls states)"
     else
-        line "$v" "FAIL  expected a lost wake-up, but Spin reported none (safety errors=$se, liveness errors=$le)"
-        grep -E 'violated|FAILED|too small|out of memory|rror' <<<"$s_out"$'\n'"$l_out" | grep -v 'errors: 0' | head -5 | sed 's/^/    /'
+        failed "$v" "expected a lost wake-up, but Spin reported none (safety errors=$se, liveness errors=$le)" "$s_out"$'\n'"$l_out"
         status=1
     fi
     if [ "$v" = "$trail_for" ] && [ -f "$TMP/notify.$v.safety/model.pml.trail" ]; then
@@ -124,8 +127,7 @@ for v in CORRECT HOSTILE; do
     if sane "$out" && [ "$e" = 0 ]; then
         line "ioreq $v" "PASS  verified, 0 errors ($st states, depth $d)"
     else
-        line "ioreq $v" "FAIL  expected 0 errors, got $e"
-        grep -E 'violated|FAILED|too small|out of memory|rror' <<<"$out" | head -5 | sed 's/^/    /'
+        failed "ioreq $v" "expected 0 errors, got $e" "$out"
         ioreq_status=1
     fi
 done
@@ -138,8 +140,7 @@ for case in "BROKEN_STATE_BEFORE_FIELDS:got==" "BROKEN_CLEAR_AFTER_SCAN:(done\\[
     if sane "$out" && [ -n "$hit" ]; then
         line "ioreq $v" "PASS  caught as expected: ${hit#pan:1: } ($st states)"
     else
-        line "ioreq $v" "FAIL  expected 'assertion violated ($expect...', got errors=$e"
-        grep -E 'violated|FAILED|too small|out of memory|rror' <<<"$out" | head -5 | sed 's/^/    /'
+        failed "ioreq $v" "expected 'assertion violated ($expect...', got errors=$e" "$out"
         ioreq_status=1
     fi
 done

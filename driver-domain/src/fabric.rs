@@ -11,7 +11,6 @@
 //! the local endpoint's few frames: a destination with no free buffer drops the frame
 //! (counted), as a switch with a full egress queue would.
 
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -23,9 +22,8 @@ use driver_domain::vif::{Assignment, Vifs};
 use shared_abi::virtq::{
     Chain, Direction, NetHdr, TxHeader, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
 };
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
-use smoltcp::time::Instant as NetInstant;
 use smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::frame_queues::FrameQueues;
 use vm_net::iperf3::{ServerConfig, TestMarks};
 use vm_net::{Buffers, Stack};
 use vm_runtime::shared::SharedMem;
@@ -41,55 +39,7 @@ const FRAMES_PER_PORT_PER_ROUND: usize = 32;
 const LOCAL_QUEUE_FRAMES: usize = 64;
 
 /// The local endpoint's device: two small queues the fabric fills and drains.
-#[derive(Default)]
-pub struct LocalPort {
-    to_stack: VecDeque<Vec<u8>>,
-    from_stack: VecDeque<Vec<u8>>,
-}
-
-pub struct LocalRx(Vec<u8>);
-pub struct LocalTx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl RxToken for LocalRx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl TxToken for LocalTx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0u8; len];
-        let result = f(&mut frame);
-        self.0.push_back(frame);
-        result
-    }
-}
-
-impl Device for LocalPort {
-    type RxToken<'a> = LocalRx;
-    type TxToken<'a> = LocalTx<'a>;
-
-    fn receive(&mut self, _now: NetInstant) -> Option<(LocalRx, LocalTx<'_>)> {
-        let frame = self.to_stack.pop_front()?;
-        Some((LocalRx(frame), LocalTx(&mut self.from_stack)))
-    }
-
-    fn transmit(&mut self, _now: NetInstant) -> Option<LocalTx<'_>> {
-        (self.from_stack.len() < LOCAL_QUEUE_FRAMES).then_some(LocalTx(&mut self.from_stack))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        // The NIC's: the endpoint shares the NIC's MAC and mostly talks to the outside, and
-        // its TCP MSS follows this. A back-end that honours the MSS we announce (passt, a tap
-        // peer; slirp clamps to its own) would otherwise send 9000-byte segments that the
-        // NIC's 2 KiB receive buffers cannot take.
-        caps.max_transmission_unit = NIC_MAX_FRAME;
-        caps.max_burst_size = Some(LOCAL_QUEUE_FRAMES / 2);
-        caps
-    }
-}
+pub type LocalPort = FrameQueues;
 
 /// Where a frame being switched is.
 // Lives on the stack for one dispatch; boxing the guest variant would allocate per frame.
@@ -247,7 +197,11 @@ impl Fabric {
             if switch.add_local(MacAddr(mac)).is_ok() {
                 switch.set_max_frame(PortId::Local, NIC_MAX_FRAME);
                 let mut stack = Stack::new(
-                    LocalPort::default(),
+                    // The NIC's MTU: the endpoint shares the NIC's MAC and mostly talks to the
+                    // outside, and its TCP MSS follows this. A back-end that honours the MSS we
+                    // announce (passt, a tap peer; slirp clamps to its own) would otherwise send
+                    // 9000-byte segments that the NIC's 2 KiB receive buffers cannot take.
+                    LocalPort::new(NIC_MAX_FRAME, LOCAL_QUEUE_FRAMES),
                     mac,
                     address,
                     gateway,

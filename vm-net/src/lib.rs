@@ -23,6 +23,7 @@
 extern crate alloc;
 
 mod announce;
+pub mod frame_queues;
 pub mod iperf3;
 mod stack;
 mod stale_ack;
