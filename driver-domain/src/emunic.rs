@@ -58,11 +58,15 @@ pub struct EmuPort {
     watch: GuestWatch,
     /// Times the device went back to its power-on state for a restarted guest.
     pub resets: u64,
+    /// Test hook (setting `test_devmodel_mute`): take the hypervisor's events and answer
+    /// nothing, like a hung device model, to show that it stalls only its own guest's vCPU.
+    mute: bool,
 }
 
 impl EmuPort {
-    /// The device model of guest `guest`, whose device gets MAC `mac`.
-    pub fn open(guest: u16, mac: [u8; 6]) -> Result<EmuPort, String> {
+    /// The device model of guest `guest`, whose device gets MAC `mac`; a `mute` one never
+    /// answers (a test hook).
+    pub fn open(guest: u16, mac: [u8; 6], mute: bool) -> Result<EmuPort, String> {
         let page = SharedMem::control_page(guest).ok_or("no request page for that id")?;
         ioreq::check_header(page.words()).map_err(|e| format!("request page: {e}"))?;
         let watch = GuestWatch::new(page.words()).map_err(|e| format!("request page: {e}"))?;
@@ -76,6 +80,7 @@ impl EmuPort {
             stats: ModelStats::default(),
             watch,
             resets: 0,
+            mute,
         })
     }
 
@@ -89,6 +94,9 @@ impl EmuPort {
     /// how many requests were answered.
     pub fn serve(&mut self, sent: &mut Vec<Vec<u8>>) -> usize {
         evtchn::take(self.port);
+        if self.mute {
+            return 0;
+        }
         self.follow_guest();
         let mut answered = 0;
         let mut last = timer::now();
@@ -168,9 +176,10 @@ impl EmuPort {
         }
     }
 
-    /// The guest stopped for good (the hypervisor said so).
+    /// The guest stopped for good (the hypervisor said so), or we never answer it (a mute
+    /// device model does not keep the driver domain running: its end releases the guest).
     pub fn finished(&self) -> bool {
-        self.watch.gone()
+        self.mute || self.watch.gone()
     }
 
     /// The closing line.

@@ -171,11 +171,22 @@ fn main(info: &StartInfo<'static>) {
     let emulated: Vec<u16> = (1..64u16)
         .filter(|&id| info.peers & (1 << id) != 0 && fabric.vifs.is_emulated(id))
         .collect();
+    let mute = match setting_bool_or(info.settings, "test_devmodel_mute", false) {
+        Ok(mute) => mute,
+        Err(why) => {
+            println!("REPORT fail: {why}");
+            return;
+        }
+    };
     for id in emulated {
         let identity = fabric.vifs.assign(id, [0; 6]);
-        let attached = emunic::EmuPort::open(id, identity.mac)
+        let attached = emunic::EmuPort::open(id, identity.mac, mute)
             .and_then(|port| fabric.add_emulated(port, &identity));
         match attached {
+            Ok(()) if mute => println!(
+                "front-end {id}: emulated NIC attached MUTE (test hook test_devmodel_mute): \
+                 its accesses get no answer while this domain runs, {identity}"
+            ),
             Ok(()) => println!("front-end {id}: emulated NIC served, {identity}"),
             Err(why) => println!("front-end {id}: emulated NIC not served: {why}"),
         }

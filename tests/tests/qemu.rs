@@ -1308,6 +1308,52 @@ fn the_device_model_resets_the_nic_for_a_restarted_guest_and_lets_go_of_a_gone_o
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
+/// A device model that never answers stalls only its own guest (issue 12's policy, no
+/// timeout): emu1's first register read waits for an answer that does not come (the driver
+/// domain's test hook `test_devmodel_mute`), while the para-virtual pair pings through the
+/// same driver domain. When the driver domain ends, the hypervisor answers the waiting read as
+/// an absent device (all ones), so emu1's driver finds no NIC, says so and emu1 ends: nothing
+/// waits forever and the machine powers off.
+#[test]
+fn a_device_model_that_never_answers_stalls_only_its_own_guest() {
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        switch_driver_domain(", test_devmodel_mute = true"),
+        net_guest("pv1", 16, ", ping = \"10.0.2.17\", serve_ms = 3000"),
+        net_guest("pv2", 17, ", ping = \"10.0.2.16\", serve_ms = 3000"),
+        emulated_guest("emu1", 18, ", ping = \"10.0.2.16\", serve_ms = 1000"),
+    );
+    let (_, boot) = boot_toml(&toml, 180);
+    let t = boot.transcript();
+    assert!(
+        boot.has("front-end 4: emulated NIC attached MUTE"),
+        "the hook did not take:\n{t}"
+    );
+    for (guest, peer) in [("pv1", "10.0.2.17"), ("pv2", "10.0.2.16")] {
+        assert!(
+            boot.vm_lines(guest)
+                .any(|l| l.starts_with(&format!("PING {peer}: 10/10"))),
+            "{guest} did not get every ping through while emu1 was stalled:\n{t}"
+        );
+        assert_report_ok(&boot, guest, "net");
+    }
+    // emu1 stayed blocked on its first access until the device model's VM ended: its
+    // driver's verdict comes after the driver domain has stopped, and it is the absent
+    // device's all-ones answer, not a device's.
+    let stopped = t
+        .find("VM driver-domain stopped")
+        .unwrap_or_else(|| panic!("the driver domain never stopped:\n{t}"));
+    let verdict = t
+        .find("no emulated NIC: ID_REV reads 0xffffffff")
+        .unwrap_or_else(|| panic!("emu1 did not get the absent device's answer:\n{t}"));
+    assert!(
+        verdict > stopped,
+        "emu1 was answered before the driver domain ended:\n{t}"
+    );
+    assert!(!boot.has("killing VM"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
 #[test]
 fn an_iperf3_tcp_test_runs_from_an_emulated_guest_to_a_para_virtual_one() {
     let toml = format!(
