@@ -127,6 +127,16 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// No points.
+    pub const EMPTY: Schedule = Schedule {
+        points: [SchedulePoint {
+            at_ms: 0,
+            pages: 0,
+            vm: 0,
+        }; MAX_SCHEDULE_POINTS],
+        len: 0,
+    };
+
     pub fn points(&self) -> &[SchedulePoint] {
         self.points.get(..self.len).unwrap_or(&[])
     }

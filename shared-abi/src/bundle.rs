@@ -740,7 +740,13 @@ impl<'a> Bundle<'a> {
     /// The balloon target schedule of a VM (its `balloon_schedule` setting, validated by
     /// [`Bundle::parse`]); empty when it has none.
     pub fn balloon_schedule(spec: &VmSpec<'_>) -> crate::balloon::Schedule {
-        crate::start_info::setting(spec.settings, crate::balloon::SCHEDULE_KEY)
+        Self::balloon_schedule_of(spec.settings)
+    }
+
+    /// The balloon target schedule in a VM's settings (empty when it has none or it is bad,
+    /// which [`Bundle::parse`] refuses).
+    pub fn balloon_schedule_of(settings: &str) -> crate::balloon::Schedule {
+        crate::start_info::setting(settings, crate::balloon::SCHEDULE_KEY)
             .and_then(|text| crate::balloon::parse_schedule(text).ok())
             .unwrap_or_default()
     }
