@@ -78,6 +78,14 @@ pub fn on_net_up(info: &StartInfo<'static>, serve: &mut dyn FnMut(u64)) -> Resul
     Ok(())
 }
 
+/// True if the guest follows its balloon target: unless it moves memory by the fixed
+/// `balloon_give_mib` / `balloon_take_mib` settings, whose move a target would undo.
+pub fn follows_target(info: &StartInfo<'static>) -> bool {
+    ["balloon_give_mib", "balloon_take_mib"]
+        .iter()
+        .all(|key| setting(info.settings, key).is_none())
+}
+
 /// One step towards this guest's balloon target (see the module documentation); called on
 /// every round of the `net` app's loop. An error is the guest's `REPORT fail` text.
 pub fn follow_poll(ram_bytes: u64) -> Result<(), String> {

@@ -153,8 +153,12 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
 
 fn net(info: &StartInfo<'static>) -> Result<(), String> {
     let plan = plan(info)?;
-    // Issue 16: this guest follows its balloon target (one step per round of `Net::poll`).
-    vm_runtime::balloon::follow_init();
+    // Issue 16: this guest follows its balloon target (one step per round of `Net::poll`),
+    // unless it moves memory by the fixed settings instead (a target would undo that move).
+    let follow_target = super::balloon::follows_target(info);
+    if follow_target {
+        vm_runtime::balloon::follow_init();
+    }
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
     let mut options = ConnectOptions::from_settings(info.settings)?;
@@ -187,7 +191,7 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     let mut net = Net {
         stack,
         ram_bytes: info.ram_bytes,
-        balloon_failed: None,
+        balloon_failed: (!follow_target).then(String::new),
     };
 
     // A refused MAC still makes a working port: this guest then pings like any other.
@@ -205,7 +209,7 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     }
     net.serve_for(plan.serve_ms);
     net.print_closing();
-    if let Some(why) = net.balloon_failed.take() {
+    if let Some(why) = net.balloon_failed.take().filter(|why| !why.is_empty()) {
         return Err(why);
     }
     if net.stack.device.broken.is_some() || net.stack.device.backend_left() {
@@ -230,7 +234,8 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
 struct Net {
     stack: Stack<NetFront>,
     ram_bytes: u64,
-    /// Why following the balloon target failed (the guest then reports failure).
+    /// Why following the balloon target failed (the guest then reports failure); empty when
+    /// it does not follow its target.
     balloon_failed: Option<String>,
 }
 
