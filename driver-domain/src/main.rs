@@ -226,7 +226,7 @@ fn main(info: &StartInfo<'static>) {
                 println!(
                     "balloon_control: VM {} target {} MiB: {status:?}",
                     command.vm,
-                    command.pages * 4096 >> 20
+                    (command.pages * 4096) >> 20
                 );
             }
         }

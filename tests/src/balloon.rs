@@ -68,7 +68,7 @@ pub fn sides(topology: &Topology) -> (Vec<Side>, Vec<Side>) {
 fn first_target_mib(text: &str) -> Option<u64> {
     let schedule = parse_schedule(text).ok()?;
     let first = schedule.points().first()?;
-    Some(first.pages * PAGE_SIZE >> 20)
+    Some((first.pages * PAGE_SIZE) >> 20)
 }
 
 /// `(MiB, ms)` of a line whose text starts with `prefix` (`GAVE` or `TOOK`), as in

@@ -2594,10 +2594,13 @@ fn lines_starting(boot: &Boot, vm: &str, prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_balloon_schedule_moves_128_mib_there_and_back_while_both_keep_pinging() {
-    // giver: 144 MiB, down to 16 at 1 s, back to 144 at 12 s; taker: 8 MiB, up to 136 at 1 s,
-    // back to 8 at 8 s. Each point is the hypervisor's (applied on a trap exit); the guests
-    // follow in 16 MiB steps while they ping.
-    let pings = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 16000";
+    // giver: 144 MiB, down to 16 at 1 s, back to 144 at 21 s; taker: 8 MiB, up to 136 at 1 s,
+    // back to 8 at 20 s. Each point is the hypervisor's (applied on a trap exit); the guests
+    // follow in 16 MiB steps while they ping. The way back starts 19 s after the way there so
+    // that a slow, shared machine still finishes one move before the next (a target that
+    // changes mid-move just redirects it, and the lines below would not be there); the giver
+    // takes back only as the taker's pages reach the credit, so their order needs no gap.
+    let pings = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 28000";
     let toml = format!(
         "{MACHINE}{}{}{}",
         switch_driver_domain(""),
@@ -2606,7 +2609,7 @@ fn a_balloon_schedule_moves_128_mib_there_and_back_while_both_keep_pinging() {
             144,
             &format!(
                 "app = \"net\", ip = \"10.0.2.16/24\", ping = \"10.0.2.17\"{pings}, \
-                 balloon_schedule = \"1000:16,12000:144\""
+                 balloon_schedule = \"1000:16,21000:144\""
             )
         ),
         balloon_guest(
@@ -2614,7 +2617,7 @@ fn a_balloon_schedule_moves_128_mib_there_and_back_while_both_keep_pinging() {
             8,
             &format!(
                 "app = \"net\", ip = \"10.0.2.17/24\", ping = \"10.0.2.16\"{pings}, \
-                 balloon_schedule = \"1000:136,8000:8\""
+                 balloon_schedule = \"1000:136,20000:8\""
             )
         ),
     );

@@ -12,8 +12,8 @@
 //! of at most 16 MiB per round of its network loop, [`follow_poll`]) and prints
 //! `balloon: target N MiB, have M MiB` when it changes, then, once reached, `balloon gave N
 //! MiB in T ms` and/or `balloon took N MiB in T ms` (T: the time in the balloon calls, not
-//! the waits for credit) and `balloon: reached its target of N MiB`; after a take it checks
-//! that it can use the new memory, as a `balloon_take_mib` move does. So a topology's
+//! the waits for credit) and `balloon: reached its target of N MiB`; after a take to a target
+//! above its RAM it checks that it can use the new memory, as a `balloon_take_mib` move does. So a topology's
 //! `balloon_schedule` (or a driver domain's `balloon_control`) moves memory with the same lines
 //! the demo's check reads.
 //!
@@ -113,8 +113,11 @@ pub fn follow_poll(ram_bytes: u64) -> Result<(), String> {
                 println!("balloon took {} MiB in {take_ms} ms", mib(took));
             }
             println!("balloon: reached its target of {} MiB", mib(target));
-            if took > 0 {
-                let (checked, new) = use_new_memory(ram_bytes, took * PAGE_SIZE / 2)?;
+            // Memory above RAM now: show it is usable (half of it, as a fixed take does).
+            let above_ram = (target * PAGE_SIZE).saturating_sub(ram_bytes);
+            if took > 0 && above_ram > 0 {
+                let (checked, new) =
+                    use_new_memory(ram_bytes, above_ram.min(took * PAGE_SIZE) / 2)?;
                 println!(
                     "balloon: allocated and checked {} MiB, {} MiB of it in the new memory",
                     checked / MIB,

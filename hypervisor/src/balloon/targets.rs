@@ -163,8 +163,10 @@ mod tests {
 
     #[test]
     fn points_apply_when_due_and_the_last_due_wins() {
-        let mut t = VmTarget::default();
-        t.schedule = parse_schedule("100:16,200:32,300:64").unwrap();
+        let mut t = VmTarget {
+            schedule: parse_schedule("100:16,200:32,300:64").unwrap(),
+            ..VmTarget::default()
+        };
         assert_eq!(t.pages(144 * MIB), 144 * MIB);
         assert_eq!(t.next_due_ms(), Some(100));
         assert!(!t.apply_due(99));
