@@ -164,6 +164,15 @@ fn main(info: &StartInfo<'static>) {
         }
     }
     let gateway_us = now_us();
+    // Issue 16: the balloon targets this driver domain sets (its `balloon_control`).
+    let mut balloon_control =
+        match driver_domain::balloon_control::Control::from_settings(info.settings) {
+            Ok(control) => control,
+            Err(e) => {
+                println!("REPORT fail: {e}");
+                return;
+            }
+        };
     let serve_until = timer::now() + timer::ms_to_ticks(serve_ms);
     let mut next_counters = timer::now() + timer::ms_to_ticks(COUNTERS_EVERY_MS);
     // Guests with the emulated NIC get a device model on their request page instead of a
@@ -222,6 +231,16 @@ fn main(info: &StartInfo<'static>) {
         }
         let mut busy = false;
         let now_ms = timer::ticks_to_ms(timer::now());
+        if let Some(control) = balloon_control.as_mut() {
+            while let Some(command) = control.due(now_ms) {
+                let status = vm_runtime::balloon::set_target(u64::from(command.vm), command.pages);
+                println!(
+                    "balloon_control: VM {} target {} MiB: {status:?}",
+                    command.vm,
+                    (command.pages * 4096) >> 20
+                );
+            }
+        }
         // A control event only says "some control page changed": which port it came on is
         // not trusted to name the connection. A front-end that forged its page's header
         // before we first read it could have us listen on another guest's control port, and

@@ -296,5 +296,7 @@ pub fn populate_reserve(count: u64, credit: u64) -> u64 {
     }
 }
 
+pub mod targets;
+
 #[cfg(test)]
 mod tests;

@@ -20,14 +20,24 @@
 //! handed these); and a stop of the VM cannot complete meanwhile, because the vCPU scrubbing
 //! is still running (a stop finishes only once none of the VM's vCPUs runs), so the VM's RAM
 //! allocation the frames are cut out of is still there when they are freed.
+//!
+//! Targets (`hypervisor::balloon::targets`): one table by VM id behind [`TARGETS`], a leaf
+//! lock only ever taken under the HV lock. BALLOON_TARGET reads it, BALLOON_SET_TARGET
+//! (driver domains) writes it, and [`Hv::apply_balloon_targets`], called from the trap exit
+//! when [`targets_due`] says so (one atomic load and compare otherwise), applies due schedule
+//! points and names the vCPUs to raise `TARGET_INTID` in.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
+use hypervisor::balloon::targets::{check_set_target, free_for_targets, Targets, VmMemory};
 use hypervisor::balloon::{populate_reserve, read_batch, BalloonEnv, BatchResult};
 use hypervisor::grant::{GrantTables, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::Stage2;
+use hypervisor::sched::VcpuId;
 use log::info;
+use shared_abi::bundle::{Bundle, VmKind};
 use shared_abi::hypercall::{self, Status};
 use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE, PAGE_SIZE};
 
@@ -36,6 +46,19 @@ use crate::iommu::Iommu;
 use crate::machine::Hv;
 use crate::sharing::wait_for_copies;
 use crate::vm::RAM_ATTRS;
+
+/// Every VM's balloon target and schedule. Taken only under the HV lock (a leaf lock).
+static TARGETS: spin::Mutex<Targets> = spin::Mutex::new(Targets::new());
+/// When the trap exit must next look at the targets (counter ticks): the next schedule point,
+/// 0 when a target changed and its VM has not been told, `u64::MAX` when nothing is left.
+/// Starts at 0: the first trap exit loads the schedules and starts their clock.
+static NEXT_DUE: AtomicU64 = AtomicU64::new(0);
+
+/// True when [`Hv::apply_balloon_targets`] has work at counter value `now`: the trap exit's
+/// cheap check.
+pub fn targets_due(now: u64) -> bool {
+    now >= NEXT_DUE.load(Ordering::Relaxed)
+}
 
 /// One VM's machine, as the balloon's rules see it.
 struct Machine<'a> {
@@ -183,6 +206,18 @@ impl Hv {
                 Some(self.balloon_credit),
             );
         }
+        if function == hypercall::BALLOON_TARGET {
+            let ram_pages = vm.ram_bytes / PAGE_SIZE;
+            let target = TARGETS
+                .lock()
+                .get(vm.id)
+                .map_or(ram_pages, |t| t.pages(ram_pages));
+            return (Status::Ok, Some(target), None);
+        }
+        if function == hypercall::BALLOON_SET_TARGET {
+            let driver = vm.kind == VmKind::DriverDomain;
+            return (self.balloon_set_target(driver, x1, x2), None, None);
+        }
         // The array, read once, from memory the VM still has.
         let ram = vm.ram();
         let pages = read_batch(x2, |count| {
@@ -240,6 +275,99 @@ impl Hv {
             );
         }
         (result.status, Some(result.done), None)
+    }
+
+    /// BALLOON_SET_TARGET of a caller (a driver domain if `driver`): VM `id`'s target to
+    /// `pages` (`balloon::targets::check_set_target`). A refusal is not logged (a guest must
+    /// not flood the log); a target set is, and the VM hears `TARGET_INTID` on this trap's
+    /// exit.
+    fn balloon_set_target(&mut self, driver: bool, id: u64, pages: u64) -> Status {
+        let mut targets = TARGETS.lock();
+        let memory = |vm: &crate::vm::Vm| {
+            let ram_pages = vm.ram_bytes / PAGE_SIZE;
+            VmMemory {
+                pages: vm.balloon.pages(),
+                target: targets.get(vm.id).map_or(ram_pages, |t| t.pages(ram_pages)),
+            }
+        };
+        let live = |vm: &&crate::vm::Vm| vm.stop.is_none();
+        let target = u16::try_from(id).ok().and_then(|id| {
+            self.vms
+                .iter()
+                .flatten()
+                .filter(live)
+                .find(|vm| vm.id == id && id != 0)
+        });
+        let free = free_for_targets(
+            self.balloon_credit,
+            self.vms
+                .iter()
+                .flatten()
+                .filter(live)
+                .filter(|vm| target.is_none_or(|t| t.id != vm.id))
+                .map(memory),
+        );
+        let status = check_set_target(driver, target.map(memory), pages, free);
+        if status != Status::Ok {
+            return status;
+        }
+        let Some(vm) = target else {
+            return Status::InvalidArgument;
+        };
+        let (name, vm_id) = (vm.name.clone(), vm.id);
+        if let Some(entry) = targets.get_mut(vm_id) {
+            if entry.set(pages) {
+                NEXT_DUE.store(0, Ordering::Relaxed);
+            }
+        }
+        info!(
+            "balloon: VM {name}'s target set to {} KiB by a driver domain",
+            pages * PAGE_SIZE / 1024
+        );
+        Status::Ok
+    }
+
+    /// The trap exit's work when [`targets_due`]: loads the schedules on the first call (and
+    /// starts their clock), applies every point due at counter value `now`, and returns the
+    /// first vCPU of each live VM whose target changed since it was last told (the caller
+    /// raises `TARGET_INTID` there once the HV lock is dropped).
+    pub fn apply_balloon_targets(&self, now: u64, frequency: u64) -> Vec<VcpuId> {
+        let mut targets = TARGETS.lock();
+        if !targets.started {
+            targets.started = true;
+            targets.start_ticks = now;
+            for vm in self.vms.iter().flatten() {
+                // The bundle parser validated the setting.
+                let schedule = Bundle::balloon_schedule_of(vm.settings);
+                targets.load(vm.id, schedule);
+            }
+        }
+        let ticks_per_ms = (frequency / 1000).max(1);
+        let now_ms = now.saturating_sub(targets.start_ticks) / ticks_per_ms;
+        let mut tell = Vec::new();
+        for vm in self.vms.iter().flatten().filter(|vm| vm.stop.is_none()) {
+            let Some(entry) = targets.get_mut(vm.id) else {
+                continue;
+            };
+            if entry.apply_due(now_ms) {
+                info!(
+                    "balloon: VM {}'s target is {} KiB (its balloon_schedule)",
+                    vm.name,
+                    entry.pages(0) * PAGE_SIZE / 1024
+                );
+            }
+            if entry.notify {
+                entry.notify = false;
+                tell.extend(vm.vcpus.first().copied());
+            }
+        }
+        let next = targets.next_due_ms().map_or(u64::MAX, |ms| {
+            targets
+                .start_ticks
+                .saturating_add(ms.saturating_mul(ticks_per_ms))
+        });
+        NEXT_DUE.store(next, Ordering::Relaxed);
+        tell
     }
 
     /// Sets aside, from the credit, the frames a BALLOON_POPULATE of `count` pages can map at

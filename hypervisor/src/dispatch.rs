@@ -60,8 +60,8 @@ pub enum Call {
     AccountingReport {
         tag: u64,
     },
-    /// BALLOON_RELEASE, BALLOON_POPULATE or BALLOON_INFO, with x1 and x2 (checked by the
-    /// balloon's rules).
+    /// BALLOON_RELEASE, BALLOON_POPULATE, BALLOON_INFO, BALLOON_TARGET or BALLOON_SET_TARGET,
+    /// with x1 and x2 (checked by the balloon's rules, `balloon` and `balloon::targets`).
     Balloon {
         function: u64,
         x1: u64,
@@ -104,13 +104,15 @@ pub fn decode(x: &[u64; 31]) -> Result<Call, u64> {
         | hypercall::CONNECTION_PORT => Call::Sharing { function },
         hypercall::IOREQ_SET_IRQ => Call::IoreqSetIrq { guest: x[1] },
         hypercall::ACCOUNTING_REPORT => Call::AccountingReport { tag: x[1] },
-        hypercall::BALLOON_RELEASE | hypercall::BALLOON_POPULATE | hypercall::BALLOON_INFO => {
-            Call::Balloon {
-                function,
-                x1: x[1],
-                x2: x[2],
-            }
-        }
+        hypercall::BALLOON_RELEASE
+        | hypercall::BALLOON_POPULATE
+        | hypercall::BALLOON_INFO
+        | hypercall::BALLOON_TARGET
+        | hypercall::BALLOON_SET_TARGET => Call::Balloon {
+            function,
+            x1: x[1],
+            x2: x[2],
+        },
         psci::VERSION => Call::Answer(PSCI_VERSION_1_1),
         psci::FEATURES => Call::Answer(psci_features(x[1]) as u64),
         psci::CPU_ON_64 => Call::CpuOn {

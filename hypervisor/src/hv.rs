@@ -894,10 +894,26 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
     }
 }
 
+/// Balloon targets (issue 16): applies the schedule points that are due and raises
+/// `TARGET_INTID` in each VM whose target changed. One atomic compare when nothing is due.
+fn balloon_targets(entry: &mut Unlocked, pcpu: usize) {
+    let now = cpu::counter();
+    if !crate::ballooning::targets_due(now) {
+        return;
+    }
+    let tell = with_hv(entry, |hv, _| {
+        hv.apply_balloon_targets(now, cpu::counter_frequency())
+    });
+    for vcpu in tell {
+        let _ = inject_to(entry, vcpu, intid::TARGET_INTID, pcpu);
+    }
+}
+
 /// Applies `action` for the vCPU that trapped on this pCPU.
 fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Action) {
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
     wake_expired(entry, pcpu);
+    balloon_targets(entry, pcpu);
     let reload = match action {
         Action::StopVm(kind) => with_hv(entry, |hv, token| {
             let vm_index = *hv.vcpu_vm.get(id)?;

@@ -349,6 +349,12 @@ pub enum BundleError {
     SettingsTooLong { vm: usize, len: u64 },
     #[error("VM entry {vm}: settings are not valid UTF-8")]
     SettingsNotUtf8 { vm: usize },
+    /// Its `balloon_schedule` setting is refused (see [`crate::balloon::parse_schedule`]).
+    #[error("VM entry {vm}: balloon_schedule: {problem}")]
+    BadBalloonSchedule {
+        vm: usize,
+        problem: crate::balloon::ScheduleError,
+    },
     /// The back-end id is not the id of a VM in this bundle.
     #[error(
         "VM entry {vm}: back-end VM id {backend} is not a VM of this bundle (ids are \
@@ -670,6 +676,11 @@ impl<'a> Bundle<'a> {
             })?;
         let settings = core::str::from_utf8(string_area.get(start..end).unwrap_or_default())
             .map_err(|_| BundleError::SettingsNotUtf8 { vm })?;
+        // The hypervisor acts on this one setting itself (the balloon target's schedule).
+        if let Some(text) = crate::start_info::setting(settings, crate::balloon::SCHEDULE_KEY) {
+            crate::balloon::parse_schedule(text)
+                .map_err(|problem| BundleError::BadBalloonSchedule { vm, problem })?;
+        }
 
         // vm < MAX_VMS, so the id fits.
         let id = vm as u16 + 1;
@@ -724,6 +735,20 @@ impl<'a> Bundle<'a> {
             passthrough,
             emulated_nic,
         })
+    }
+
+    /// The balloon target schedule of a VM (its `balloon_schedule` setting, validated by
+    /// [`Bundle::parse`]); empty when it has none.
+    pub fn balloon_schedule(spec: &VmSpec<'_>) -> crate::balloon::Schedule {
+        Self::balloon_schedule_of(spec.settings)
+    }
+
+    /// The balloon target schedule in a VM's settings (empty when it has none or it is bad,
+    /// which [`Bundle::parse`] refuses).
+    pub fn balloon_schedule_of(settings: &str) -> crate::balloon::Schedule {
+        crate::start_info::setting(settings, crate::balloon::SCHEDULE_KEY)
+            .and_then(|text| crate::balloon::parse_schedule(text).ok())
+            .unwrap_or_default()
     }
 
     pub fn vm_count(&self) -> usize {

@@ -121,8 +121,19 @@ pub const BALLOON_POPULATE: u64 = VENDOR_HYP_BASE | 0x71;
 /// The caller's memory in pages (x1) and the balloon's credit in pages (x2).
 pub const BALLOON_INFO: u64 = VENDOR_HYP_BASE | 0x72;
 
+/// The caller's balloon target in pages (x1): how much memory the hypervisor wants it to have
+/// (see [`balloon`](crate::balloon)'s "Targets"). Any VM may ask about itself.
+pub const BALLOON_TARGET: u64 = VENDOR_HYP_BASE | 0x73;
+
+/// Driver domains only: set VM x1's balloon target to x2 pages and raise
+/// [`TARGET_INTID`](crate::layout::intid::TARGET_INTID) in it. `Denied` for any other caller
+/// (not logged); `InvalidArgument` for an id that is no live VM or a target outside
+/// `FLOOR_BYTES..=MAX_TARGET_BYTES`; `NoSpace` when the growth cannot be met from the
+/// balloon's free memory (see [`balloon`](crate::balloon)).
+pub const BALLOON_SET_TARGET: u64 = VENDOR_HYP_BASE | 0x74;
+
 /// Every vendor-range hypercall the hypervisor answers.
-pub const VENDOR_CALLS: [u64; 20] = [
+pub const VENDOR_CALLS: [u64; 22] = [
     CONSOLE_WRITE,
     YIELD,
     TEST_INJECT,
@@ -143,6 +154,8 @@ pub const VENDOR_CALLS: [u64; 20] = [
     BALLOON_RELEASE,
     BALLOON_POPULATE,
     BALLOON_INFO,
+    BALLOON_TARGET,
+    BALLOON_SET_TARGET,
 ];
 
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.

@@ -94,6 +94,9 @@ const _: () = assert!(PCI_ECAM_IPA + PCI_ECAM_SIZE <= 1 << 39);
 pub mod intid {
     /// EL1 virtual timer PPI (architected number on QEMU virt).
     pub const VIRTUAL_TIMER: u32 = 27;
+    /// The VM's balloon target changed (a schedule point or BALLOON_SET_TARGET): a PPI, read
+    /// the new target with `BALLOON_TARGET`. At most one copy pending.
+    pub const TARGET_INTID: u32 = 21;
     /// Software-generated interrupts 0..16 are the guest's own; the diagnostic hypercall
     /// `TEST_INJECT` may raise any of them.
     pub const SGI_COUNT: u32 = 16;

@@ -1,11 +1,16 @@
 //! The demo's balloon check (issue 16): from a topology's `balloon_give_mib` /
-//! `balloon_take_mib` guests and their console lines, one check named `balloon`:
+//! `balloon_take_mib` guests, or guests whose `balloon_schedule`'s first point is below or
+//! above their RAM (givers and takers of the difference, printed when they reach that target),
+//! and their console lines, one check named `balloon`:
 //! `PASS balloon: moved 128 MiB guest1 -> guest2 in 75 ms, both still pinging`, where the time
 //! is the givers' and the takers' own figures added up, and "still pinging" means every ping
 //! check of every guest in the move passed (the move runs between their `net up` and their
 //! pings, see `guest-frontend/src/apps/balloon.rs`).
 //!
 //! The console strings are defined here rather than in `console.rs`, which other work edits.
+
+use shared_abi::balloon::{parse_schedule, SCHEDULE_KEY};
+use shared_abi::layout::PAGE_SIZE;
 
 use crate::qemu::Boot;
 use crate::report::{kill_reason, ping_checks, Check};
@@ -27,14 +32,25 @@ pub struct Side {
 }
 
 /// The givers and takers a topology names (settings `balloon_give_mib` / `balloon_take_mib`
-/// above zero), in topology order.
+/// above zero, or a `balloon_schedule` whose first target is below / above the VM's RAM), in
+/// topology order.
 pub fn sides(topology: &Topology) -> (Vec<Side>, Vec<Side>) {
-    let side = |key: &str| -> Vec<Side> {
+    let side = |key: &str, giving: bool| -> Vec<Side> {
         topology
             .vms
             .iter()
             .filter_map(|vm| {
-                let mib = vm.setting(key)?.trim().parse::<u64>().ok()?;
+                let mib = match vm.setting(key) {
+                    Some(text) => text.trim().parse::<u64>().ok()?,
+                    None => {
+                        let first_mib = first_target_mib(vm.setting(SCHEDULE_KEY)?)?;
+                        if giving {
+                            vm.memory_mib.saturating_sub(first_mib)
+                        } else {
+                            first_mib.saturating_sub(vm.memory_mib)
+                        }
+                    }
+                };
                 (mib > 0).then(|| Side {
                     vm: vm.name.clone(),
                     mib,
@@ -42,7 +58,17 @@ pub fn sides(topology: &Topology) -> (Vec<Side>, Vec<Side>) {
             })
             .collect()
     };
-    (side("balloon_give_mib"), side("balloon_take_mib"))
+    (
+        side("balloon_give_mib", true),
+        side("balloon_take_mib", false),
+    )
+}
+
+/// The first target of a `balloon_schedule`, in MiB.
+fn first_target_mib(text: &str) -> Option<u64> {
+    let schedule = parse_schedule(text).ok()?;
+    let first = schedule.points().first()?;
+    Some((first.pages * PAGE_SIZE) >> 20)
 }
 
 /// `(MiB, ms)` of a line whose text starts with `prefix` (`GAVE` or `TOOK`), as in
@@ -291,6 +317,32 @@ settings = { app = "net", ip = "10.0.2.17/24", ping = "10.0.2.16", balloon_take_
             .replace(", balloon_take_mib = 128", "");
         assert!(checks(&topology(&text), &boot(&GOOD)).is_empty());
         assert_eq!(sides(&topology(&text)), (vec![], vec![]));
+    }
+
+    #[test]
+    fn schedules_name_givers_and_takers_by_their_first_target() {
+        let text = TOPOLOGY
+            .replace(
+                "balloon_give_mib = 128",
+                "balloon_schedule = \"1000:16,9000:144\"",
+            )
+            .replace("balloon_take_mib = 128", "balloon_schedule = \"1000:136\"");
+        let (givers, takers) = sides(&topology(&text));
+        assert_eq!(
+            (givers, takers),
+            (
+                vec![Side {
+                    vm: "guest1".into(),
+                    mib: 128
+                }],
+                vec![Side {
+                    vm: "guest2".into(),
+                    mib: 128
+                }]
+            )
+        );
+        let checks = checks(&topology(&text), &boot(&GOOD));
+        assert!(checks[0].pass, "{}", checks[0].detail);
     }
 
     #[test]

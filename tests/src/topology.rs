@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use shared_abi::balloon;
 use shared_abi::bundle::builder::{self, VmDescription};
 use shared_abi::bundle::{self, BundleError, NameProblem, VmKind};
 use shared_abi::identity::{self, Identity};
@@ -346,6 +347,13 @@ pub enum TopologyError {
         vm: String,
         problem: String,
     },
+    /// A VM's `balloon_schedule` or (driver domains only) `balloon_control` setting is refused
+    /// by shared-abi's parser, or `balloon_control` is on a guest.
+    Balloon {
+        vm: String,
+        key: &'static str,
+        problem: String,
+    },
     /// A VM's `nic` is not "emulated" or "paravirt", is on a driver domain, or is "emulated"
     /// on a guest without a backend (no device model), or the guest's settings have the key
     /// the packer writes it under.
@@ -405,6 +413,11 @@ impl fmt::Display for TopologyError {
             SettingValue { vm, key } => {
                 write!(f, "vm {vm:?}: settings.{key} must not contain a line break")
             }
+            Balloon { vm, key, problem } => write!(
+                f,
+                "vm {vm:?}: settings.{key}: {problem} (targets are ms:MiB points, see \
+                 docs/ARCHITECTURE.md \"The balloon\")"
+            ),
             SettingsTooLong { vm, len } => write!(
                 f,
                 "vm {vm:?}: settings come to {len} bytes as key=value lines; at most \
@@ -891,6 +904,31 @@ impl VmDef {
         if len > MAX_SETTINGS_LEN {
             return Err(TopologyError::SettingsTooLong { vm: vm(), len });
         }
+        self.validate_balloon()
+    }
+
+    /// The balloon's target settings, by shared-abi's own parsers (the bundle parser checks the
+    /// schedule again; the control commands are the driver domain's to run).
+    fn validate_balloon(&self) -> Result<(), TopologyError> {
+        let refused = |key, problem: String| TopologyError::Balloon {
+            vm: self.name.clone(),
+            key,
+            problem,
+        };
+        if let Some(text) = self.setting(balloon::SCHEDULE_KEY) {
+            balloon::parse_schedule(text)
+                .map_err(|e| refused(balloon::SCHEDULE_KEY, e.to_string()))?;
+        }
+        if let Some(text) = self.setting(balloon::CONTROL_KEY) {
+            if self.kind != VmKind::DriverDomain {
+                return Err(refused(
+                    balloon::CONTROL_KEY,
+                    "only a driver domain may set other VMs' targets".into(),
+                ));
+            }
+            balloon::parse_control(text)
+                .map_err(|e| refused(balloon::CONTROL_KEY, e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -1163,7 +1201,7 @@ vcpus = 1
                 pair("ping", "10.0.2.17,10.0.2.18,10.0.2.2"),
                 pair("ping_late_ms", "10000"),
                 pair("host_echo", "true"),
-                pair("balloon_give_mib", "128"),
+                pair("balloon_schedule", "1000:16"),
             ]
         );
         assert_eq!(
@@ -1172,7 +1210,7 @@ vcpus = 1
                 pair("app", "net"),
                 pair("ip", "10.0.2.17/24"),
                 pair("ping", "10.0.2.16,10.0.2.2"),
-                pair("balloon_take_mib", "128"),
+                pair("balloon_schedule", "1000:136"),
             ]
         );
         let ips: Vec<_> = t
@@ -1938,6 +1976,43 @@ vcpus = 1
     }
 
     #[test]
+    fn rejects_bad_balloon_schedules_and_control_on_a_guest() {
+        for (value, says) in [
+            ("\"\"", "empty"),
+            ("\"1000\"", "not ms:MiB"),
+            ("\"1000:2\"", "outside 4..=1024 MiB"),
+            ("\"1000:2048\"", "outside 4..=1024 MiB"),
+            ("\"3600001:16\"", "one hour"),
+            ("\"9:16,8:32\"", "does not come after"),
+        ] {
+            let e = err(
+                "vcpus = 1\n",
+                &format!("vcpus = 1\nsettings = {{ balloon_schedule = {value} }}\n"),
+            );
+            assert!(
+                matches!(
+                    &e,
+                    TopologyError::Balloon {
+                        key: "balloon_schedule",
+                        ..
+                    }
+                ) && e.to_string().contains(says),
+                "{value}: {e}"
+            );
+        }
+        let e = err(
+            "vcpus = 1\n",
+            "vcpus = 1\nsettings = { balloon_control = \"1:2:16\" }\n",
+        );
+        assert!(e.to_string().contains("only a driver domain"), "{e}");
+        let ok = with(
+            "vcpus = 1\n",
+            "vcpus = 1\nsettings = { balloon_schedule = \"1000:4,2000:8\" }\n",
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
     fn rejects_bad_setting_keys() {
         for key in ["\"Bad\"", "\"a-b\"", "\"\"", "\"a b\"", "\"x=y\""] {
             let e = err(
@@ -2033,6 +2108,11 @@ vcpus = 1
             TopologyError::SettingsTooLong {
                 vm: vm(),
                 len: 9999,
+            },
+            TopologyError::Balloon {
+                vm: vm(),
+                key: "balloon_schedule",
+                problem: "p".into(),
             },
             TopologyError::OutOfMemory {
                 total_mib: 1,

@@ -2630,6 +2630,181 @@ fn a_balloon_move_beside_a_running_iperf3_between_two_other_guests() {
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
+/// The lines of `vm` that start with `prefix`, in order.
+fn lines_starting(boot: &Boot, vm: &str, prefix: &str) -> Vec<String> {
+    boot.vm_lines(vm)
+        .filter(|l| l.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_balloon_schedule_moves_128_mib_there_and_back_while_both_keep_pinging() {
+    // giver: 144 MiB, down to 16 at 1 s, back to 144 at 21 s; taker: 8 MiB, up to 136 at 1 s,
+    // back to 8 at 20 s. Each point is the hypervisor's (applied on a trap exit); the guests
+    // follow in 16 MiB steps while they ping. The way back starts 19 s after the way there so
+    // that a slow, shared machine still finishes one move before the next (a target that
+    // changes mid-move just redirects it, and the lines below would not be there); the giver
+    // takes back only as the taker's pages reach the credit, so their order needs no gap.
+    let pings = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 28000";
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        balloon_guest(
+            "giver",
+            144,
+            &format!(
+                "app = \"net\", ip = \"10.0.2.16/24\", ping = \"10.0.2.17\"{pings}, \
+                 balloon_schedule = \"1000:16,21000:144\""
+            )
+        ),
+        balloon_guest(
+            "taker",
+            8,
+            &format!(
+                "app = \"net\", ip = \"10.0.2.17/24\", ping = \"10.0.2.16\"{pings}, \
+                 balloon_schedule = \"1000:136,20000:8\""
+            )
+        ),
+    );
+    let (topology, boot) = boot_toml(&toml, 240);
+    let mut wrong = Vec::new();
+    let check = balloon_check(&topology, &boot);
+    if !(check.pass && check.detail.starts_with("moved 128 MiB giver -> taker in ")) {
+        wrong.push(format!("the move there: {}", check.summary_line()));
+    }
+    for (vm, expect) in [
+        (
+            "giver",
+            [
+                "balloon gave 128 MiB in ",
+                "balloon: reached its target of 16 MiB",
+                "balloon took 128 MiB in ",
+                "balloon: reached its target of 144 MiB",
+            ],
+        ),
+        (
+            "taker",
+            [
+                "balloon took 128 MiB in ",
+                "balloon: reached its target of 136 MiB",
+                "balloon gave 128 MiB in ",
+                "balloon: reached its target of 8 MiB",
+            ],
+        ),
+    ] {
+        // In this order: there, then back.
+        let lines: Vec<String> = boot.vm_lines(vm).map(String::from).collect();
+        let mut at = 0;
+        for prefix in expect {
+            match lines[at..].iter().position(|l| l.starts_with(prefix)) {
+                Some(i) => at += i + 1,
+                None => wrong.push(format!("{vm}: no '{prefix}' after its line {at}")),
+            }
+        }
+        if !lines.iter().any(|l| l.starts_with("REPORT ok")) {
+            wrong.push(format!("{vm} did not report ok"));
+        }
+        if let Some(why) = kill_reason(&boot, vm) {
+            wrong.push(format!("{vm} was killed: {why}"));
+        }
+    }
+    // The hypervisor applied the four points and logged each.
+    let applied = boot
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("[hv] balloon: VM ") && l.ends_with("(its balloon_schedule)"))
+        .count();
+    if applied != 4 {
+        wrong.push(format!("{applied} schedule points applied, expected 4"));
+    }
+    for c in sluice_harness::report::ping_checks(&topology, &boot) {
+        if !c.pass {
+            wrong.push(format!("{}: {}", c.name, c.detail));
+        }
+    }
+    assert_nothing_wrong(&wrong, &boot);
+}
+
+#[test]
+fn a_driver_domain_steers_targets_with_balloon_control_and_a_guest_cannot() {
+    // VM ids: driver-domain 1, giver 2, taker 3, setter 4. The commands in order: no VM 9
+    // (InvalidArgument), the taker below the floor (InvalidArgument) and above 1 GiB
+    // (InvalidArgument), the taker up by 128 MiB with nothing to give (NoSpace), the giver down
+    // to 16 MiB (Ok), then the taker up to 136 MiB, which the giver's promise now covers (Ok).
+    let control = "1000:9:16,1100:3:2,1200:3:2048,1300:3:136,1400:2:16,1500:3:136";
+    let pings = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 6000";
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        switch_driver_domain(&format!(", balloon_control = \"{control}\"")),
+        balloon_guest(
+            "giver",
+            144,
+            &format!("app = \"net\", ip = \"10.0.2.16/24\", ping = \"10.0.2.17\"{pings}")
+        ),
+        balloon_guest(
+            "taker",
+            8,
+            &format!("app = \"net\", ip = \"10.0.2.17/24\", ping = \"10.0.2.16\"{pings}")
+        ),
+        guest(
+            "setter",
+            8,
+            1,
+            "app = \"balloon\", balloon_attack = \"set_target\""
+        ),
+    );
+    let (topology, boot) = boot_toml(&toml, 240);
+    let mut wrong = Vec::new();
+    let answers = lines_starting(&boot, "driver-domain", "balloon_control: ");
+    let expected = [
+        "balloon_control: VM 9 target 16 MiB: InvalidArgument",
+        "balloon_control: VM 3 target 2 MiB: InvalidArgument",
+        "balloon_control: VM 3 target 2048 MiB: InvalidArgument",
+        "balloon_control: VM 3 target 136 MiB: NoSpace",
+        "balloon_control: VM 2 target 16 MiB: Ok",
+        "balloon_control: VM 3 target 136 MiB: Ok",
+    ];
+    if answers != expected {
+        wrong.push(format!("the driver domain's commands answered {answers:?}"));
+    }
+    for (vm, line) in [
+        ("giver", "balloon gave 128 MiB in "),
+        ("taker", "balloon took 128 MiB in "),
+        ("taker", "balloon: allocated and checked 64 MiB"),
+    ] {
+        if lines_starting(&boot, vm, line).is_empty() {
+            wrong.push(format!("{vm} never printed '{line}'"));
+        }
+    }
+    if !boot.vm_lines("setter").any(|l| {
+        l.starts_with("REPORT ok: balloon set_target") && l.contains("refused with Denied")
+    }) {
+        wrong.push("setter did not report its SET_TARGET refused with Denied".into());
+    }
+    // Only the two accepted commands are logged by the hypervisor; refusals are not (a guest
+    // must not be able to flood the log).
+    let logged = boot
+        .lines
+        .iter()
+        .filter(|l| l.contains("target set to"))
+        .count();
+    if logged != 2 {
+        wrong.push(format!("{logged} 'target set to' lines, expected 2"));
+    }
+    for vm in ["driver-domain", "giver", "taker", "setter"] {
+        if let Some(why) = kill_reason(&boot, vm) {
+            wrong.push(format!("{vm} was killed: {why}"));
+        }
+    }
+    for c in sluice_harness::report::ping_checks(&topology, &boot) {
+        if !c.pass {
+            wrong.push(format!("{}: {}", c.name, c.detail));
+        }
+    }
+    assert_nothing_wrong(&wrong, &boot);
+}
+
 // ---- Driver-domain restart: guests reconnect, TCP streams survive (issue 14) -----------------
 
 /// The NIC's driver domain crashing `kind`-wise 6 s after it starts (first boot only), a

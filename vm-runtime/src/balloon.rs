@@ -15,11 +15,23 @@
 //!
 //! The batch and address planning is pure logic ([`Driver`]) over two small traits, [`Calls`]
 //! (the hypercalls) and [`PageSource`] (the heap), so host tests run it against models.
+//!
+//! **Following the target** ([`follow`]): the hypervisor holds a target per VM (see
+//! `shared_abi::balloon`'s "Targets") and raises `TARGET_INTID` when it changes. A VM that
+//! calls [`follow_init`] and then [`follow`] from its main loop gives or takes at most
+//! [`FOLLOW_STEP_BYTES`] per call ([`plan_step`]) until its memory equals the target, so the
+//! loop keeps serving its network between steps. A take waits (nothing done) while the credit
+//! is empty: the memory it is promised is still on its way from a giver.
 
 use alloc::vec::Vec;
 
-use shared_abi::balloon::{MAX_BATCH, WINDOW};
-use shared_abi::hypercall::{Status, BALLOON_INFO, BALLOON_POPULATE, BALLOON_RELEASE};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use shared_abi::balloon::{FOLLOW_STEP_BYTES, MAX_BATCH, WINDOW};
+use shared_abi::hypercall::{
+    Status, BALLOON_INFO, BALLOON_POPULATE, BALLOON_RELEASE, BALLOON_SET_TARGET, BALLOON_TARGET,
+};
+use shared_abi::layout::intid::TARGET_INTID;
 use shared_abi::layout::{GUEST_RAM_BASE, PAGE_SIZE};
 use spin::Mutex;
 
@@ -378,6 +390,163 @@ pub fn release_raw(gpas: &[u64]) -> (Status, u64) {
     let mut batch = BATCH.lock();
     batch.0[..gpas.len()].copy_from_slice(gpas);
     batch_call(BALLOON_RELEASE, &batch.0[..gpas.len()])
+}
+
+/// BALLOON_TARGET: this VM's target, in pages.
+pub fn target() -> u64 {
+    let [_, pages, ..] = hvc(BALLOON_TARGET, [0; 6]);
+    pages
+}
+
+/// BALLOON_SET_TARGET (driver domains only): VM `vm`'s target to `pages`.
+pub fn set_target(vm: u64, pages: u64) -> Status {
+    let [x0, ..] = hvc(BALLOON_SET_TARGET, [vm, pages, 0, 0, 0, 0]);
+    status(x0)
+}
+
+/// One step towards the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Memory equals the target.
+    Reached,
+    /// Give this many pages back.
+    Give(u64),
+    /// Take this many pages from the credit.
+    Take(u64),
+    /// Below the target with an empty credit: wait for a giver.
+    Wait,
+}
+
+/// The next step for a VM with `memory` pages, a target of `target` pages and `credit` pages
+/// in the balloon: at most [`FOLLOW_STEP_BYTES`] at a time, a take at most the credit.
+pub fn plan_step(memory: u64, target: u64, credit: u64) -> Step {
+    let step = FOLLOW_STEP_BYTES / PAGE_SIZE;
+    if memory > target {
+        Step::Give((memory - target).min(step))
+    } else if memory < target {
+        match (target - memory).min(step).min(credit) {
+            0 => Step::Wait,
+            pages => Step::Take(pages),
+        }
+    } else {
+        Step::Reached
+    }
+}
+
+/// What a [`follow`] call has to tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// A new target: `memory` pages now, `target` wanted.
+    NewTarget { memory: u64, target: u64 },
+    /// The target is reached: pages given and taken since the chase began, and the ms spent
+    /// giving and taking (the waits for credit not counted).
+    Reached {
+        target: u64,
+        gave: u64,
+        give_ms: u64,
+        took: u64,
+        take_ms: u64,
+    },
+    /// A give or take was refused (not a take waiting for credit): the chase stops until the
+    /// next target.
+    Stuck(Shortfall),
+}
+
+/// The chase in progress.
+#[derive(Clone, Copy, Debug, Default)]
+struct Chase {
+    target: u64,
+    on: bool,
+    gave: u64,
+    give_ms: u64,
+    took: u64,
+    take_ms: u64,
+}
+
+/// Set by `TARGET_INTID` (and at the start, so the first [`follow`] reads the target).
+static TARGET_CHANGED: AtomicBool = AtomicBool::new(true);
+static CHASE: Mutex<Chase> = Mutex::new(Chase {
+    target: 0,
+    on: false,
+    gave: 0,
+    give_ms: 0,
+    took: 0,
+    take_ms: 0,
+});
+
+fn on_target_irq(_: u32) {
+    TARGET_CHANGED.store(true, Ordering::Release);
+}
+
+/// Listens for `TARGET_INTID`; call it before the first [`follow`].
+pub fn follow_init() {
+    // TARGET_INTID is a PPI, below irq::MAX_INTID: registration cannot fail.
+    let _ = crate::irq::register(TARGET_INTID, on_target_irq);
+}
+
+/// One step towards this VM's target, if it has one to reach: reads the target again after
+/// `TARGET_INTID`, then gives or takes at most [`FOLLOW_STEP_BYTES`]. Returns what there is to
+/// tell; `None` while nothing happened or a step is done with more to go.
+pub fn follow() -> Option<Followed> {
+    let mut chase = CHASE.lock();
+    let mut news = None;
+    if TARGET_CHANGED.swap(false, Ordering::AcqRel) {
+        let target = target();
+        let memory = info().memory_pages;
+        if target != chase.target || (!chase.on && target != memory) {
+            if !chase.on {
+                *chase = Chase::default();
+            }
+            chase.target = target;
+            chase.on = target != memory || chase.on;
+            if target != memory {
+                news = Some(Followed::NewTarget { memory, target });
+            }
+        }
+    }
+    if !chase.on || news.is_some() {
+        return news;
+    }
+    let now = info();
+    match plan_step(now.memory_pages, chase.target, now.credit_pages) {
+        Step::Reached => {
+            chase.on = false;
+            Some(Followed::Reached {
+                target: chase.target,
+                gave: chase.gave,
+                give_ms: chase.give_ms,
+                took: chase.took,
+                take_ms: chase.take_ms,
+            })
+        }
+        Step::Wait => None,
+        Step::Give(pages) => {
+            let out = give(pages * PAGE_SIZE);
+            chase.gave += out.pages;
+            chase.give_ms += out.ms;
+            out.shortfall.map(|why| {
+                chase.on = false;
+                Followed::Stuck(why)
+            })
+        }
+        Step::Take(pages) => {
+            let out = take(pages * PAGE_SIZE);
+            chase.took += out.pages;
+            chase.take_ms += out.ms;
+            match out.shortfall {
+                // Another taker got the credit first: wait for more.
+                None
+                | Some(Shortfall::Refused {
+                    status: Status::NoSpace,
+                    ..
+                }) => None,
+                Some(why) => {
+                    chase.on = false;
+                    Some(Followed::Stuck(why))
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,20 @@
 //! demo's `balloon` check from these lines (`tests/src/balloon.rs`). `balloon_after_ms = T`
 //! serves the network for T ms first (to move memory in the middle of other traffic).
 //!
+//! Targets: a `net` guest follows its balloon target (`vm_runtime::balloon::follow`, one step
+//! of at most 16 MiB per round of its network loop, [`follow_poll`]) and prints
+//! `balloon: target N MiB, have M MiB` when it changes, then, once reached, `balloon gave N
+//! MiB in T ms` and/or `balloon took N MiB in T ms` (T: the time in the balloon calls, not
+//! the waits for credit) and `balloon: reached its target of N MiB`; after a take to a target
+//! above its RAM it checks that it can use the new memory, as a `balloon_take_mib` move does. So a topology's
+//! `balloon_schedule` (or a driver domain's `balloon_control`) moves memory with the same lines
+//! the demo's check reads.
+//!
 //! The app: `balloon_attack = "floor"` gives until refused and expects `Denied` at the floor;
 //! `"granted"` connects its front-end and gives back its TX ring page, which the driver domain
 //! maps, expecting `Busy`; `"use_after_give"` gives a page and then reads it, which the
-//! hypervisor must answer by killing this VM.
+//! hypervisor must answer by killing this VM; `"set_target"` (a guest) asks to set another
+//! VM's target and expects `Denied`.
 
 use alloc::format;
 use alloc::string::String;
@@ -20,7 +30,7 @@ use alloc::vec::Vec;
 use shared_abi::balloon::FLOOR_BYTES;
 use shared_abi::hypercall::Status;
 use shared_abi::layout::{GUEST_RAM_BASE, PAGE_SIZE};
-use vm_runtime::balloon::{self, Outcome, Shortfall};
+use vm_runtime::balloon::{self, Followed, Outcome, Shortfall};
 use vm_runtime::timer::Instant;
 use vm_runtime::{evtchn, grant, println, setting, setting_u64_or, StartInfo};
 
@@ -64,6 +74,60 @@ pub fn on_net_up(info: &StartInfo<'static>, serve: &mut dyn FnMut(u64)) -> Resul
             checked / MIB,
             new / MIB
         );
+    }
+    Ok(())
+}
+
+/// True if the guest follows its balloon target: unless it moves memory by the fixed
+/// `balloon_give_mib` / `balloon_take_mib` settings, whose move a target would undo.
+pub fn follows_target(info: &StartInfo<'static>) -> bool {
+    ["balloon_give_mib", "balloon_take_mib"]
+        .iter()
+        .all(|key| setting(info.settings, key).is_none())
+}
+
+/// One step towards this guest's balloon target (see the module documentation); called on
+/// every round of the `net` app's loop. An error is the guest's `REPORT fail` text.
+pub fn follow_poll(ram_bytes: u64) -> Result<(), String> {
+    let mib = |pages: u64| pages * PAGE_SIZE / MIB;
+    match balloon::follow() {
+        None => {}
+        Some(Followed::NewTarget { memory, target }) => {
+            println!(
+                "balloon: target {} MiB, have {} MiB",
+                mib(target),
+                mib(memory)
+            );
+        }
+        Some(Followed::Reached {
+            target,
+            gave,
+            give_ms,
+            took,
+            take_ms,
+        }) => {
+            if gave > 0 {
+                println!("balloon gave {} MiB in {give_ms} ms", mib(gave));
+            }
+            if took > 0 {
+                println!("balloon took {} MiB in {take_ms} ms", mib(took));
+            }
+            println!("balloon: reached its target of {} MiB", mib(target));
+            // Memory above RAM now: show it is usable (half of it, as a fixed take does).
+            let above_ram = (target * PAGE_SIZE).saturating_sub(ram_bytes);
+            if took > 0 && above_ram > 0 {
+                let (checked, new) =
+                    use_new_memory(ram_bytes, above_ram.min(took * PAGE_SIZE) / 2)?;
+                println!(
+                    "balloon: allocated and checked {} MiB, {} MiB of it in the new memory",
+                    checked / MIB,
+                    new / MIB
+                );
+            }
+        }
+        Some(Followed::Stuck(why)) => {
+            println!("balloon: cannot reach its target: {why}");
+        }
     }
     Ok(())
 }
@@ -148,8 +212,10 @@ pub fn run(info: &StartInfo<'static>) {
         "floor" => floor(info),
         "granted" => granted(info),
         "use_after_give" => use_after_give(),
+        "set_target" => set_target(),
         other => Err(format!(
-            "unknown balloon_attack {other:?} (known: floor, granted, use_after_give)"
+            "unknown balloon_attack {other:?} (known: floor, granted, use_after_give, \
+             set_target)"
         )),
     };
     match result {
@@ -209,5 +275,21 @@ fn use_after_give() -> Result<String, String> {
     let value = vm_runtime::probe::read_u64_at(page).map_err(|e| format!("{e}"))?;
     Err(format!(
         "read {value:#x} from page {page:#x} after giving it back, and was not stopped"
+    ))
+}
+
+/// A guest asks to set another VM's target (VM 1's, and its own): `Denied` both times.
+fn set_target() -> Result<String, String> {
+    let pages = 64 * MIB / PAGE_SIZE;
+    let own = vm_runtime::start_info().vm_id;
+    for vm in [1, u64::from(own)] {
+        let status = balloon::set_target(vm, pages);
+        if status != Status::Denied {
+            return Err(format!("BALLOON_SET_TARGET of VM {vm} answered {status:?}"));
+        }
+    }
+    Ok(format!(
+        "BALLOON_SET_TARGET of VM 1 and of itself refused with Denied; its target is {} MiB",
+        balloon::target() * PAGE_SIZE / MIB
     ))
 }

@@ -153,6 +153,12 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
 
 fn net(info: &StartInfo<'static>) -> Result<(), String> {
     let plan = plan(info)?;
+    // Issue 16: this guest follows its balloon target (one step per round of `Net::poll`),
+    // unless it moves memory by the fixed settings instead (a target would undo that move).
+    let follow_target = super::balloon::follows_target(info);
+    if follow_target {
+        vm_runtime::balloon::follow_init();
+    }
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
     let mut options = ConnectOptions::from_settings(info.settings)?;
@@ -182,7 +188,11 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
         plan.gateway
     );
     let stack = Stack::new(front, mac, plan.address, plan.gateway, Buffers::default());
-    let mut net = Net { stack };
+    let mut net = Net {
+        stack,
+        ram_bytes: info.ram_bytes,
+        balloon_failed: (!follow_target).then(String::new),
+    };
 
     // A refused MAC still makes a working port: this guest then pings like any other.
     if let Some(corruption) = plan.corruption.filter(|&c| c != Corruption::ClaimMac) {
@@ -199,6 +209,9 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     }
     net.serve_for(plan.serve_ms);
     net.print_closing();
+    if let Some(why) = net.balloon_failed.take().filter(|why| !why.is_empty()) {
+        return Err(why);
+    }
     if net.stack.device.broken.is_some() || net.stack.device.backend_left() {
         return Err("the connection to the back-end was lost".into());
     }
@@ -220,13 +233,23 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
 
 struct Net {
     stack: Stack<NetFront>,
+    ram_bytes: u64,
+    /// Why following the balloon target failed (the guest then reports failure); empty when
+    /// it does not follow its target.
+    balloon_failed: Option<String>,
 }
 
 impl Net {
-    /// One round: frames both ways, services, ring publish and events.
+    /// One round: frames both ways, services, ring publish and events, and a step towards
+    /// the balloon target.
     fn poll(&mut self) {
         self.stack.poll();
         self.stack.device.flush();
+        if self.balloon_failed.is_none() {
+            if let Err(why) = super::balloon::follow_poll(self.ram_bytes) {
+                self.balloon_failed = Some(why);
+            }
+        }
     }
 
     /// Sleeps until the back-end signals, smoltcp has a timer due, or `until` (ticks).

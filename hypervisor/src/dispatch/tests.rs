@@ -3,7 +3,7 @@ use super::*;
 use shared_abi::hypercall::VENDOR_HYP_BASE;
 
 /// The vendor calls with a case of their own; the sharing layer checks all the others.
-const OWN_CASE: [u64; 9] = [
+const OWN_CASE: [u64; 11] = [
     hypercall::CONSOLE_WRITE,
     hypercall::YIELD,
     hypercall::TEST_INJECT,
@@ -13,6 +13,8 @@ const OWN_CASE: [u64; 9] = [
     hypercall::BALLOON_RELEASE,
     hypercall::BALLOON_POPULATE,
     hypercall::BALLOON_INFO,
+    hypercall::BALLOON_TARGET,
+    hypercall::BALLOON_SET_TARGET,
 ];
 
 fn regs(function: u64, args: &[u64]) -> [u64; 31] {
@@ -575,4 +577,70 @@ fn cpu_on_answers_every_psci_status() {
     m.vm = None;
     assert_eq!(cpu_on(&mut m, 1, entry), psci::DENIED);
     assert!(m.effects.is_empty());
+}
+
+#[test]
+fn balloon_target_calls_reach_the_balloon_with_their_registers() {
+    for function in [hypercall::BALLOON_TARGET, hypercall::BALLOON_SET_TARGET] {
+        assert_eq!(
+            decode(&regs(function, &[3, u64::MAX])),
+            Ok(Call::Balloon {
+                function,
+                x1: 3,
+                x2: u64::MAX
+            })
+        );
+    }
+}
+
+/// BALLOON_SET_TARGET's every status (`balloon::targets::check_set_target`, which the binary
+/// runs under the HV lock).
+#[test]
+fn balloon_set_target_answers_every_status() {
+    use crate::balloon::targets::{check_set_target, free_for_targets, VmMemory};
+    use shared_abi::balloon::{FLOOR_BYTES, MAX_TARGET_BYTES};
+    let mib = (1u64 << 20) / 4096;
+    let guest = Some(VmMemory {
+        pages: 8 * mib,
+        target: 8 * mib,
+    });
+    // Only a driver domain, and a guest's refusal comes before anything else is looked at.
+    assert_eq!(
+        check_set_target(false, guest, 16 * mib, u64::MAX),
+        Status::Denied
+    );
+    assert_eq!(check_set_target(false, None, 0, 0), Status::Denied);
+    // No such live VM.
+    assert_eq!(
+        check_set_target(true, None, 16 * mib, u64::MAX),
+        Status::InvalidArgument
+    );
+    // Outside floor..=1 GiB.
+    let floor = FLOOR_BYTES / 4096;
+    assert_eq!(
+        check_set_target(true, guest, floor - 1, u64::MAX),
+        Status::InvalidArgument
+    );
+    assert_eq!(
+        check_set_target(true, guest, MAX_TARGET_BYTES / 4096 + 1, u64::MAX),
+        Status::InvalidArgument
+    );
+    assert_eq!(check_set_target(true, guest, floor, 0), Status::Ok);
+    // Growth: from the balloon's free memory (credit + promised gives - promised takes).
+    let giver = VmMemory {
+        pages: 144 * mib,
+        target: 16 * mib,
+    };
+    let free = free_for_targets(0, [giver]);
+    assert_eq!(check_set_target(true, guest, 136 * mib, free), Status::Ok);
+    assert_eq!(
+        check_set_target(true, guest, 137 * mib, free),
+        Status::NoSpace
+    );
+    assert_eq!(
+        check_set_target(true, guest, 9 * mib, free_for_targets(0, [])),
+        Status::NoSpace
+    );
+    // Shrinking never needs free memory.
+    assert_eq!(check_set_target(true, guest, 4 * mib, 0), Status::Ok);
 }

@@ -726,6 +726,59 @@ fn rejects_settings_out_of_bounds() {
     ));
 }
 
+/// The bundle parser refuses every bad `balloon_schedule` itself (the hypervisor applies it),
+/// whatever the topology tool let through: each refusal of the schedule's rules.
+#[test]
+fn rejects_every_bad_balloon_schedule() {
+    use crate::balloon::ScheduleError as E;
+    let sixteen: Vec<String> = (1..=17).map(|i| std::format!("{i}:16")).collect();
+    let cases = [
+        ("", E::Empty),
+        (
+            "1000",
+            E::BadPoint {
+                point: 0,
+                shape: "ms:MiB",
+            },
+        ),
+        (
+            "3600001:16",
+            E::TooLate {
+                point: 0,
+                ms: 3_600_001,
+            },
+        ),
+        ("5:16,5:32", E::NotRising { point: 1, ms: 5 }),
+        ("5:2", E::TargetOutOfRange { point: 0, mib: 2 }),
+        (
+            "5:1025",
+            E::TargetOutOfRange {
+                point: 0,
+                mib: 1025,
+            },
+        ),
+        (&sixteen.join(","), E::TooManyPoints),
+    ];
+    for (text, problem) in cases {
+        let mut descs = fixture_descs();
+        descs[1].settings = std::format!("app=hello\nballoon_schedule={text}\n");
+        assert_eq!(
+            build(&descs).err(),
+            Some(BundleError::BadBalloonSchedule { vm: 1, problem }),
+            "{text:?}"
+        );
+    }
+    let mut descs = fixture_descs();
+    descs[2].settings = "balloon_schedule=1000:16,3000:8\n".into();
+    let bytes = build(&descs).unwrap();
+    let bundle = Bundle::parse(&bytes).unwrap();
+    let guest2 = bundle.vm(2).unwrap();
+    let schedule = Bundle::balloon_schedule(&guest2);
+    assert_eq!(schedule.points().len(), 2);
+    assert_eq!(schedule.points()[1].pages, 8 * MIB / PAGE_SIZE);
+    assert!(Bundle::balloon_schedule(&bundle.vm(0).unwrap()).is_empty());
+}
+
 #[test]
 fn rejects_settings_not_utf8() {
     let err = corrupted(|b| {
@@ -1217,6 +1270,10 @@ fn every_error_has_a_distinct_message() {
         },
         BundleError::SettingsTooLong { vm: 1, len: 5000 },
         BundleError::SettingsNotUtf8 { vm: 1 },
+        BundleError::BadBalloonSchedule {
+            vm: 1,
+            problem: crate::balloon::ScheduleError::Empty,
+        },
         BundleError::BackendOutOfRange {
             vm: 1,
             backend: 9,

@@ -361,3 +361,19 @@ fn a_batch_lists_a_runs_pages_in_order_and_at_most_512() {
     assert_eq!(core::mem::align_of::<Batch>(), 4096);
     assert_eq!(core::mem::size_of::<Batch>(), 4096);
 }
+
+#[test]
+fn following_steps_at_most_16_mib_and_takes_only_the_credit() {
+    let step = FOLLOW_STEP_BYTES / PAGE;
+    let mib = (1 << 20) / PAGE;
+    assert_eq!(plan_step(144 * mib, 16 * mib, 0), Step::Give(step));
+    assert_eq!(plan_step(20 * mib, 16 * mib, 0), Step::Give(4 * mib));
+    assert_eq!(plan_step(16 * mib, 16 * mib, 99), Step::Reached);
+    assert_eq!(plan_step(8 * mib, 136 * mib, 0), Step::Wait);
+    assert_eq!(plan_step(8 * mib, 136 * mib, 3), Step::Take(3));
+    assert_eq!(plan_step(8 * mib, 136 * mib, 1 << 30), Step::Take(step));
+    assert_eq!(
+        plan_step(130 * mib, 136 * mib, 1 << 30),
+        Step::Take(6 * mib)
+    );
+}
