@@ -122,7 +122,7 @@ pub const BALLOON_POPULATE: u64 = VENDOR_HYP_BASE | 0x71;
 pub const BALLOON_INFO: u64 = VENDOR_HYP_BASE | 0x72;
 
 /// Every vendor-range hypercall the hypervisor answers.
-pub const VENDOR_CALLS: [u64; 20] = [
+pub const VENDOR_CALLS: [u64; 21] = [
     CONSOLE_WRITE,
     YIELD,
     TEST_INJECT,
@@ -143,6 +143,7 @@ pub const VENDOR_CALLS: [u64; 20] = [
     BALLOON_RELEASE,
     BALLOON_POPULATE,
     BALLOON_INFO,
+    MSIX_MAP,
 ];
 
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.
