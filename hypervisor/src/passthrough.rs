@@ -168,6 +168,11 @@ impl Passthrough {
         }
     }
 
+    /// The function's MSI-X table size, read from its capability list (`None`: no MSI-X).
+    pub fn msix_table_size(&self) -> Option<u16> {
+        hypervisor::its::msi::find_msix_table_size(|reg| self.ecam.read(self.bdf, reg, 4))
+    }
+
     /// Emulates a config access of the owner to its ECAM. None if `ipa` is not in the ECAM.
     pub fn config_access(
         &mut self,
