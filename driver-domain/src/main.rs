@@ -373,7 +373,8 @@ fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<NicUp> {
         }
         None => None,
     };
-    let nic = match nic::probe(routing_id) {
+    let msix_probe = setting_bool_or(info.settings, "msix_probe", false).unwrap_or(false);
+    let nic = match nic::probe(routing_id, msix_probe) {
         Ok(nic) => nic,
         Err(why) => {
             println!("NIC FAIL: {why}");
@@ -386,6 +387,7 @@ fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<NicUp> {
         nic.function,
         driver_domain::switch::MacAddr(nic.mac),
     );
+    println!("NIC interrupts: {}", nic.interrupts);
     Some(NicUp {
         mac: nic.mac,
         address,

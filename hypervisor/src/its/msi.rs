@@ -45,11 +45,28 @@ const STATUS_CAP_LIST: u32 = 1 << (16 + 4);
 /// above 0x40, so a longer walk is a loop.
 const MAX_CAPS: usize = 48;
 
-/// The MSI-X table size of a function, found by walking its capability list with
-/// `read(reg)` (an aligned 32-bit configuration read). `None`: no list, no MSI-X capability, or
-/// a list that loops or points outside 0x40..0x100 (the device's own config space is the
-/// owner's to program, so the walk is bounded and checked like guest input).
-pub fn find_msix_table_size(mut read: impl FnMut(u16) -> u32) -> Option<u16> {
+/// Configuration-space offset of a function's MSI-X capability (`at`) and its table size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixCapability {
+    pub at: u16,
+    pub table_size: u16,
+}
+
+impl MsixCapability {
+    /// Where Message Control is (a 16-bit register; Enable is bit 15).
+    pub fn message_control(&self) -> u16 {
+        self.at + 2
+    }
+}
+
+/// Message Control's MSI-X Enable bit.
+pub const MSIX_ENABLE: u16 = 1 << 15;
+
+/// A function's MSI-X capability, found by walking its capability list with `read(reg)` (an
+/// aligned 32-bit configuration read). `None`: no list, no MSI-X capability, or a list that
+/// loops or points outside 0x40..0x100 (the device's own config space is the owner's to
+/// program, so the walk is bounded and checked like guest input).
+pub fn find_msix(mut read: impl FnMut(u16) -> u32) -> Option<MsixCapability> {
     if read(0x04) & STATUS_CAP_LIST == 0 {
         return None;
     }
@@ -60,11 +77,19 @@ pub fn find_msix_table_size(mut read: impl FnMut(u16) -> u32) -> Option<u16> {
         }
         let header = read(at);
         if header as u8 == CAP_ID_MSIX {
-            return Some(msix_table_size((header >> 16) as u16));
+            return Some(MsixCapability {
+                at,
+                table_size: msix_table_size((header >> 16) as u16),
+            });
         }
         at = ((header >> 8) & 0xfc) as u16;
     }
     None
+}
+
+/// The MSI-X table size of a function ([`find_msix`]).
+pub fn find_msix_table_size(read: impl FnMut(u16) -> u32) -> Option<u16> {
+    find_msix(read).map(|cap| cap.table_size)
 }
 
 /// What the hypervisor knows when MSIX_MAP arrives.

@@ -194,6 +194,8 @@ fn the_msix_table_size_is_found_by_a_bounded_walk() {
         (0x40, 0x09, 0),
     ]);
     assert_eq!(find_msix_table_size(|r| space[usize::from(r) / 4]), Some(3));
+    let cap = find_msix(|r| space[usize::from(r) / 4]).unwrap();
+    assert_eq!((cap.at, cap.message_control()), (0x98, 0x9a));
     // No MSI-X capability, or no capability list at all.
     let space = config_with(&[(0x84, 0x09, 0), (0x40, 0x05, 0)]);
     assert_eq!(find_msix_table_size(|r| space[usize::from(r) / 4]), None);
