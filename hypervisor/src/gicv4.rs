@@ -602,8 +602,8 @@ const WINDOW_ATTRS: MapAttrs = MapAttrs {
 /// Delivers vectors `0..vectors` of `bdf` (checked by `msi::check`) as vLPIs of `vm`'s vCPU 0:
 /// the ITS's translation page mapped at the MSI window of `vm`'s stage 2 (the page and nothing
 /// else of the ITS; the SMMU walks the same tables for the device), the vLPIs enabled in the
-/// VM's configuration table, then MAPD (an ITT for the whole MSI-X table) + VMAPTI per vector
-/// + VINVALL + VSYNC. Returns the doorbell IOVA and the first vINTID. On any failure nothing
+/// VM's configuration table, then MAPD (an ITT for the whole MSI-X table), VMAPTI per vector,
+/// VINVALL and VSYNC. Returns the doorbell IOVA and the first vINTID. On any failure nothing
 /// stays mapped.
 pub fn msix_map_for(
     vm: &mut Vm,

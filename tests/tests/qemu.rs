@@ -877,8 +877,7 @@ fn nic_interrupts_and_exits(boot: &Boot) -> (u64, u64) {
         .unwrap_or_else(|| panic!("no interrupt count in {counters}"));
     let exits = t
         .lines()
-        .filter(|l| l.starts_with("[hv] accounting 21 vm=driver-domain "))
-        .last()
+        .rfind(|l| l.starts_with("[hv] accounting 21 vm=driver-domain "))
         .and_then(|l| l.split("device_irqs=").nth(1))
         .and_then(|n| n.split_whitespace().next())
         .and_then(|n| n.parse().ok())
