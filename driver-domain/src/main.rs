@@ -311,6 +311,11 @@ fn main(info: &StartInfo<'static>) {
         }
     }
     if has_nic {
+        // Setting `nic_accounting`: the hypervisor's counters (its `device_irqs=`: the NIC's
+        // interrupts that went through EL2) next to our own count of NIC interrupts.
+        if setting_bool_or(info.settings, "nic_accounting", false).unwrap_or(false) {
+            let _ = vm_runtime::hypercall::accounting_report(NIC_ACCOUNTING_TAG);
+        }
         print_counters(info.name, &fabric);
     }
     fabric.print_counters();
@@ -322,6 +327,9 @@ fn main(info: &StartInfo<'static>) {
         connections.len() + fabric.emulated.len()
     );
 }
+
+/// The ACCOUNTING_REPORT tag of the report `nic_accounting` asks for at the end.
+const NIC_ACCOUNTING_TAG: u64 = 0x15;
 
 /// One line of NIC and local-endpoint counters.
 fn print_counters(name: &str, fabric: &Fabric) {
@@ -403,7 +411,8 @@ fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<NicUp> {
         }
         None => None,
     };
-    let nic = match nic::probe(routing_id) {
+    let msix_probe = setting_bool_or(info.settings, "msix_probe", false).unwrap_or(false);
+    let nic = match nic::probe(routing_id, msix_probe) {
         Ok(nic) => nic,
         Err(why) => {
             println!("NIC FAIL: {why}");
@@ -416,6 +425,7 @@ fn start_nic(info: &StartInfo<'static>, routing_id: u16) -> Option<NicUp> {
         nic.function,
         driver_domain::switch::MacAddr(nic.mac),
     );
+    println!("NIC interrupts: {}", nic.interrupts);
     Some(NicUp {
         mac: nic.mac,
         address,

@@ -2,10 +2,14 @@
 //! placement inside the window the hypervisor allows, and `virtio-drivers`' virtio-net driver on
 //! its PCI transport, wrapped so VIRTIO_F_ACCESS_PLATFORM is negotiated (see [`PlatformAccess`]).
 //!
-//! The hypervisor shows us exactly one function; everything else on the bus reads as absent. Its
-//! INTx arrives as `PASSTHROUGH_INTX` through a hardware-linked list register, so our EOI
-//! deactivates the physical line; the handler reads the device's ISR (which drops the line) and
-//! leaves the work to the service loop.
+//! The hypervisor shows us exactly one function; everything else on the bus reads as absent.
+//! Its interrupts arrive one of two ways (the boot line `NIC interrupts: ...` says which):
+//! - **vLPI direct** (GICv4, issue 15; see [`msix`]): the receive and transmit queues' MSI-X
+//!   vectors are virtual LPIs the GIC delivers straight to our vCPU, with no exit to the
+//!   hypervisor while we run; the handler only notes the news.
+//! - **INTx** otherwise: it arrives as `PASSTHROUGH_INTX` through a hardware-linked list
+//!   register, so our EOI deactivates the physical line; the handler reads the device's ISR
+//!   (which drops the line) and leaves the work to the service loop.
 //!
 //! [`Nic`] owns the buffers itself on top of `VirtIONetRaw`, so that sending never waits for the
 //! device: virtio-drivers' `VirtIONet::send` spins until the device has consumed each frame,
@@ -25,7 +29,7 @@ use shared_abi::layout::{PCI_ECAM_IPA, PCI_WINDOW_IPA};
 use spin::Mutex;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::pci::bus::{
-    BarInfo, Cam, Command, DeviceFunction, MemoryBarType, MmioCam, PciRoot,
+    BarInfo, Command, DeviceFunction, MemoryBarType, PciRoot,
 };
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
@@ -33,6 +37,10 @@ use virtio_drivers::Error as VirtioError;
 use vm_runtime::{gic, irq, timer};
 
 use crate::dma::DmaHal;
+
+pub mod msix;
+
+use msix::{Ecam, Mode};
 
 /// Receive and transmit queue size: enough frames in flight for a busy link on an emulator.
 pub const QUEUE_SIZE: usize = 64;
@@ -53,16 +61,21 @@ const F_ACCESS_PLATFORM: u64 = 1 << 33;
 /// `iommu_platform=on` devices refuse a driver that does not accept ACCESS_PLATFORM by clearing
 /// FEATURES_OK, which the crate never reads back: the device would then silently do nothing. This
 /// is the one place that works around it.
+/// It also points each queue at its MSI-X vector when the NIC is on vLPIs (virtio-drivers
+/// 0.13 never writes `queue_msix_vector`).
 pub struct PlatformAccess<T: Transport> {
     inner: T,
+    vectors: Option<msix::QueueVectors>,
 }
 
 /// Set when the device refused our features (FEATURES_OK did not stick).
 static FEATURES_REFUSED: AtomicBool = AtomicBool::new(false);
+/// Set when the device did not take a queue's MSI-X vector.
+static VECTOR_REFUSED: AtomicBool = AtomicBool::new(false);
 
 impl<T: Transport> PlatformAccess<T> {
-    pub fn new(inner: T) -> Self {
-        PlatformAccess { inner }
+    pub fn new(inner: T, vectors: Option<msix::QueueVectors>) -> Self {
+        PlatformAccess { inner, vectors }
     }
 }
 
@@ -109,7 +122,13 @@ impl<T: Transport> Transport for PlatformAccess<T> {
         device_area: virtio_drivers::PhysAddr,
     ) {
         self.inner
-            .queue_set(queue, size, descriptors, driver_area, device_area)
+            .queue_set(queue, size, descriptors, driver_area, device_area);
+        // Queue n -> vector n: receive queue 0 on vector 0, transmit queue 1 on vector 1.
+        if let Some(vectors) = self.vectors {
+            if !vectors.assign(queue) {
+                VECTOR_REFUSED.store(true, Ordering::Relaxed);
+            }
+        }
     }
     fn queue_unset(&mut self, queue: u16) {
         self.inner.queue_unset(queue)
@@ -329,6 +348,12 @@ fn on_interrupt(_intid: u32) {
     NEWS.store(true, Ordering::Release);
 }
 
+/// A receive or transmit vector's vLPI: no line to lower (MSI-X is edge-like), only news.
+fn on_vlpi(_intid: u32) {
+    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    NEWS.store(true, Ordering::Release);
+}
+
 /// Runs `f` on the NIC with IRQs masked (see [`NIC`]).
 pub fn with_nic<R>(f: impl FnOnce(&mut Nic) -> R) -> Option<R> {
     gic::without_irqs(|| NIC.lock().as_mut().map(f))
@@ -338,15 +363,19 @@ pub fn with_nic<R>(f: impl FnOnce(&mut Nic) -> R) -> Option<R> {
 pub struct NicInfo {
     pub function: String,
     pub mac: [u8; 6],
+    /// How its interrupts arrive (the boot line's words).
+    pub interrupts: String,
 }
 
-/// Finds the passed virtio-net function, places its BARs, starts the driver and its interrupt.
-pub fn probe(routing_id: u16) -> Result<NicInfo, String> {
+/// Finds the passed virtio-net function, places its BARs, starts the driver and its interrupts
+/// (vLPIs when the hypervisor grants MSIX_MAP, INTx otherwise). `msix_probe`: first check that
+/// MSIX_MAP refuses what it must (a function not ours, 0 or too many vectors, a second call).
+pub fn probe(routing_id: u16, msix_probe: bool) -> Result<NicInfo, String> {
     // SAFETY: the hypervisor emulates a 256-bus ECAM at PCI_ECAM_IPA for us (we own a passed
-    // function, or we would not be here); it is identity-mapped as Device memory and nothing
-    // else in this VM touches it.
-    let cam = unsafe { MmioCam::new(PCI_ECAM_IPA as *mut u8, Cam::Ecam) };
-    let mut root = PciRoot::new(cam);
+    // function, or we would not be here); it is identity-mapped as Device memory, every access
+    // traps, and nothing but this module touches it.
+    let ecam = unsafe { Ecam::new(PCI_ECAM_IPA) };
+    let mut root = PciRoot::new(ecam);
     let wanted = DeviceFunction {
         bus: (routing_id >> 8) as u8,
         device: ((routing_id >> 3) & 0x1f) as u8,
@@ -372,23 +401,52 @@ pub fn probe(routing_id: u16) -> Result<NicInfo, String> {
         info.vendor_id,
         info.device_id
     );
-    place_bars(&mut root, wanted)?;
+    let bars = place_bars(&mut root, wanted)?;
     // INTx stays disabled at the function until the device is reset and NIC holds it: an
     // earlier incarnation of this VM may have died with the device's ISR set, and with the
     // line asserted before anything here can read the ISR, every EOI would let it fire again
     // at once (the hypervisor disabled INTx when that incarnation stopped).
     let running = Command::MEMORY_SPACE | Command::BUS_MASTER;
     root.set_command(wanted, running | Command::INTERRUPT_DISABLE);
+    let refusals = msix_probe.then(|| msix::probe_refusals(routing_id));
+    let mode = msix::setup(&root, ecam, wanted, routing_id, &bars, on_vlpi);
+    if let Some(refusals) = refusals {
+        vm_runtime::println!(
+            "MSIX_MAP probes: {refusals}{}",
+            msix::probe_again(routing_id)
+        );
+    }
+    let (vectors, interrupts) = match mode {
+        Mode::Vlpi {
+            first_vintid,
+            queues,
+        } => (
+            Some(queues),
+            format!(
+                "vLPI direct (MSI-X vectors {} -> vINTIDs {first_vintid}..={}; config vector none)",
+                msix::VECTORS,
+                first_vintid + u32::from(msix::VECTORS) - 1
+            ),
+        ),
+        Mode::Intx(why) => (None, format!("INTx ({why})")),
+    };
     let transport = PciTransport::new::<DmaHal, _>(&mut root, wanted)
         .map_err(|e| format!("virtio PCI transport: {e}"))?;
-    irq::register(PASSTHROUGH_INTX, on_interrupt).map_err(|e| format!("{e}"))?;
+    if vectors.is_none() {
+        irq::register(PASSTHROUGH_INTX, on_interrupt).map_err(|e| format!("{e}"))?;
+    }
     // The device may raise INTx as soon as it is live, and only the handler can lower it (by
     // reading the ISR through the device in NIC): keep IRQs masked until NIC holds it.
     let mac = gic::without_irqs(|| {
-        let device = RawNet::new(PlatformAccess::new(transport)).and_then(Nic::new);
+        let device = RawNet::new(PlatformAccess::new(transport, vectors)).and_then(Nic::new);
         if FEATURES_REFUSED.load(Ordering::Relaxed) {
             return Err(String::from(
                 "the device refused our features (FEATURES_OK cleared) even with ACCESS_PLATFORM",
+            ));
+        }
+        if VECTOR_REFUSED.load(Ordering::Relaxed) {
+            return Err(String::from(
+                "the device did not take a queue's MSI-X vector (read back NO_VECTOR)",
             ));
         }
         let mut device = device.map_err(|e: VirtioError| format!("virtio-net init: {e}"))?;
@@ -398,17 +456,23 @@ pub fn probe(routing_id: u16) -> Result<NicInfo, String> {
         Ok(mac)
     })?;
     // The reset in RawNet::new cleared the ISR; from here on the handler lowers the line.
-    root.set_command(wanted, running);
+    // With MSI-X enabled the function does not use INTx: it stays disabled.
+    if vectors.is_none() {
+        root.set_command(wanted, running);
+    }
     Ok(NicInfo {
         function: format!("{wanted}"),
         mac,
+        interrupts,
     })
 }
 
-/// Places every memory BAR in the window the hypervisor maps for us, naturally aligned.
-fn place_bars(root: &mut PciRoot<MmioCam<'_>>, function: DeviceFunction) -> Result<(), String> {
+/// Places every memory BAR in the window the hypervisor maps for us, naturally aligned; each
+/// BAR's address (0: none).
+fn place_bars(root: &mut PciRoot<Ecam>, function: DeviceFunction) -> Result<[u64; 6], String> {
     let (start, end) = PCI_WINDOW_IPA;
     let mut next = start;
+    let mut placed = [0u64; 6];
     let bars = root
         .bars(function)
         .map_err(|e| format!("reading BARs: {e}"))?;
@@ -432,7 +496,10 @@ fn place_bars(root: &mut PciRoot<MmioCam<'_>>, function: DeviceFunction) -> Resu
             MemoryBarType::Width64 => root.set_bar_64(function, index as u8, address),
             _ => root.set_bar_32(function, index as u8, address as u32),
         }
+        if let Some(slot) = placed.get_mut(index) {
+            *slot = address;
+        }
         next = address + size;
     }
-    Ok(())
+    Ok(placed)
 }

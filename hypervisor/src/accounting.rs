@@ -24,9 +24,13 @@ pub enum Counter {
     Ioreqs,
     /// Virtual interrupts queued for the VM.
     Virqs,
+    /// Interrupts of the VM's passed-through device that went through EL2: each INTx taken and
+    /// injected, each vPE doorbell (a vLPI for a vCPU that was not resident). A vLPI delivered
+    /// straight to a running vCPU costs no exit and is not counted.
+    DeviceIrqs,
 }
 
-const COUNTERS: usize = 6;
+const COUNTERS: usize = 7;
 
 impl Counter {
     const fn index(self) -> usize {
@@ -43,6 +47,7 @@ pub struct Snapshot {
     pub mmio_exits: u64,
     pub ioreqs: u64,
     pub virqs: u64,
+    pub device_irqs: u64,
 }
 
 /// The counters of every VM id (`1..=MAX_VMS`; id 0, the hypervisor, counts nothing) and the
@@ -94,6 +99,7 @@ impl Accounting {
             mmio_exits: read(Counter::MmioExits),
             ioreqs: read(Counter::Ioreqs),
             virqs: read(Counter::Virqs),
+            device_irqs: read(Counter::DeviceIrqs),
         }
     }
 }
@@ -110,13 +116,14 @@ pub fn ticks_to_us(ticks: u64, frequency: u64) -> u64 {
 pub fn vm_line(tag: u64, name: &str, s: &Snapshot, frequency: u64) -> String {
     format!(
         "accounting {tag} vm={name} run_us={} exits={} hypercalls={} mmio_exits={} ioreqs={} \
-         virqs={}",
+         virqs={} device_irqs={}",
         ticks_to_us(s.run_ticks, frequency),
         s.exits,
         s.hypercalls,
         s.mmio_exits,
         s.ioreqs,
-        s.virqs
+        s.virqs,
+        s.device_irqs
     )
 }
 
@@ -167,11 +174,12 @@ mod tests {
             mmio_exits: 3,
             ioreqs: 4,
             virqs: 5,
+            device_irqs: 6,
         };
         assert_eq!(
             vm_line(9, "guest1", &s, 62_500_000),
             "accounting 9 vm=guest1 run_us=1000000 exits=1 hypercalls=2 mmio_exits=3 ioreqs=4 \
-             virqs=5"
+             virqs=5 device_irqs=6"
         );
         assert_eq!(
             idle_line(9, 125_000_000, 62_500_000, 2),

@@ -12,6 +12,9 @@
 use shared_abi::grant::{CopyOp, MAX_BATCH};
 use shared_abi::hypercall::{self, psci, Status, CONSOLE_MAX_BYTES};
 use shared_abi::layout::{intid, GUEST_RAM_BASE, MAX_VCPUS_PER_VM};
+use shared_abi::pci::Bdf;
+
+use crate::its::msi;
 
 /// PSCI version the hypervisor emulates (1.1), as PSCI_VERSION returns it.
 pub const PSCI_VERSION_1_1: u64 = 0x1_0001;
@@ -67,6 +70,12 @@ pub enum Call {
         x1: u64,
         x2: u64,
     },
+    /// MSIX_MAP: vectors `0..vectors` of PCI function `routing_id` as vLPIs of the caller
+    /// (both checked by [`msix_map`] against what the machine knows).
+    MsixMap {
+        routing_id: u64,
+        vectors: u64,
+    },
     /// A call answered from the registers alone: x0 gets this value.
     Answer(u64),
 }
@@ -112,6 +121,10 @@ pub fn decode(x: &[u64; 31]) -> Result<Call, u64> {
             function,
             x1: x[1],
             x2: x[2],
+        },
+        hypercall::MSIX_MAP => Call::MsixMap {
+            routing_id: x[1],
+            vectors: x[2],
         },
         psci::VERSION => Call::Answer(PSCI_VERSION_1_1),
         psci::FEATURES => Call::Answer(psci_features(x[1]) as u64),
@@ -219,6 +232,30 @@ pub trait VcpuControl {
     fn start(&mut self, index: usize, entry: u64, context: u64);
 }
 
+/// What MSIX_MAP needs of the machine. The binary holds its lock from [`MsixControl::facts`]
+/// to the end of [`MsixControl::map`], so two vCPUs of the owner cannot both pass the
+/// "mapped once" check.
+pub trait MsixControl {
+    /// What the hypervisor knows of the caller's function and of direct injection.
+    fn facts(&mut self) -> msi::Facts;
+    /// Maps vectors `0..vectors` of `bdf` (already checked against [`MsixControl::facts`]) as
+    /// vLPIs of the caller: the doorbell IOVA and the vINTID of vector 0, or the status when
+    /// the machine cannot (`NoSpace`: no memory for the ITT or the window's table;
+    /// `NotSupported`: the ITS went out of service).
+    fn map(&mut self, bdf: Bdf, vectors: u16) -> Result<(u64, u32), Status>;
+}
+
+/// MSIX_MAP's checks ([`msi::check`]: one status per refusal) and, if they pass, the mapping.
+pub fn msix_map(
+    ctl: &mut dyn MsixControl,
+    routing_id: u64,
+    vectors: u64,
+) -> Result<(u64, u32), Status> {
+    let facts = ctl.facts();
+    let (bdf, vectors) = msi::check(&facts, routing_id, vectors).map_err(msi::Refusal::status)?;
+    ctl.map(bdf, vectors)
+}
+
 /// Everything a hypercall may do, on behalf of the calling vCPU.
 pub trait Machine {
     /// Prints `bytes` on the caller VM's console.
@@ -244,6 +281,9 @@ pub trait Machine {
     fn accounting_report(&mut self, tag: u64) -> Status;
     /// A balloon call (`function` with the caller's x1 and x2): x0's status, then x1 and x2.
     fn balloon(&mut self, function: u64, x1: u64, x2: u64) -> (Status, Option<u64>, Option<u64>);
+    /// Runs `f` on the caller's MSI-X state under one lock; `None` when the caller's VM is
+    /// gone.
+    fn with_msix<R>(&mut self, f: impl FnOnce(&mut dyn MsixControl) -> R) -> Option<R>;
 }
 
 /// Carries out the hypercall in the trapped vCPU's `x` on `machine`.
@@ -292,6 +332,18 @@ pub fn execute(x: &[u64; 31], machine: &mut impl Machine) -> Outcome {
                 x2,
             }
         }
+        Call::MsixMap {
+            routing_id,
+            vectors,
+        } => match machine.with_msix(|ctl| msix_map(ctl, routing_id, vectors)) {
+            Some(Ok((doorbell, vintid))) => Outcome::Return {
+                x0: Status::Ok.as_u64(),
+                x1: Some(doorbell),
+                x2: Some(u64::from(vintid)),
+            },
+            Some(Err(status)) => Outcome::status(status),
+            None => Outcome::status(Status::Denied),
+        },
     }
 }
 

@@ -9,7 +9,13 @@
 //! VM one vLPI configuration table; VMAPP at VM start, VMAPP V = 0 at its stop (and again
 //! VMAPP at a restart); GICR_VPENDBASER.Valid set on vCPU entry and cleared on exit with
 //! PendingLast kept for the WFI decision; VMOVP when a vCPU enters on another pCPU than its
-//! vPE is mapped to; a doorbell wakes the vCPU. The NIC's vectors are not wired yet
+//! vPE is mapped to; a doorbell wakes the vCPU.
+//!
+//! Then the NIC's MSI-X vectors (step 3, the checks and commands in `hypervisor::its::msi`):
+//! MSIX_MAP ([`VmMsix`], the hypercall's machine side) maps the ITS's translation page at the
+//! MSI window in the owner's stage 2 (which the SMMU walks for the device's writes), gives the
+//! device an ITT and VMAPTIs each vector to the vPE of the owner's vCPU 0; the owner's stop
+//! DISCARDs every event and unmaps the device and the window, so a new incarnation maps again
 //! (docs/ARCHITECTURE.md, "GICv4 direct injection").
 //!
 //! The state is under [`STATE`], a leaf lock: it is taken inside the vCPU, scheduler or HV
@@ -20,20 +26,28 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use alloc::vec::Vec;
 
+use hypervisor::dispatch::MsixControl;
 use hypervisor::its::bringup::{
     direct_injection, physical_lpi_table_bytes, table_name, GicFeatures, Its, ItsFault, ItsHw,
     RedistributorLpis,
 };
+use hypervisor::its::msi::{self, Facts};
 use hypervisor::its::vpe::{self, Residency, Vpe, VpeIds};
-use hypervisor::its::{self, RdBase, GITS_TYPER};
+use hypervisor::its::{self, IttLayout, RdBase, GITS_TYPER, ITT_ALIGN};
 use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
+use hypervisor::pci::Bdf;
 use hypervisor::sched::VcpuId;
 use log::{error, info, warn};
+use shared_abi::hypercall::Status;
 use spin::Mutex;
 
 use crate::arch::its::ItsMmio;
+use crate::arch::mem::PhysTableMemory;
 use crate::arch::{cpu, gic, mem, platform, MAX_PCPUS};
 use crate::dtb::Machine;
+use crate::machine::Hv;
+use crate::vm::Vm;
 
 const FRAME: u64 = 0x1000;
 /// Priority of the doorbell LPIs: the hypervisor's other interrupts' (`arch::gic`).
@@ -55,6 +69,8 @@ pub struct DirectInjection;
 struct State {
     hw: ItsMmio,
     its: Its,
+    /// Physical address of the ITS's frames (its translation page is what the MSI window maps).
+    its_base: u64,
     /// Each pCPU's redistributor as the ITS names it (the MAPC, VMAPP and VMOVP target), by
     /// pCPU index; collection i is pCPU i's.
     targets: Vec<RdBase>,
@@ -71,6 +87,18 @@ struct VmVpes {
     vpes: Vec<VcpuVpe>,
     /// VMAPP'd (between the VM's start and its stop).
     mapped: bool,
+    /// The ITT of its device (allocated at the first MSIX_MAP, kept and zeroed across
+    /// restarts: sized for the function's whole MSI-X table).
+    itt: Option<(u64, IttLayout)>,
+    /// The device's vectors mapped to its vPE (MSIX_MAP until the VM stops).
+    msix: Option<MsixMapping>,
+}
+
+/// A device's MSI-X vectors delivered as vLPIs.
+#[derive(Clone, Copy)]
+struct MsixMapping {
+    device_id: u32,
+    vectors: u16,
 }
 
 /// One vCPU's vPE.
@@ -138,6 +166,7 @@ pub fn probe(
             *STATE.lock() = Some(State {
                 hw,
                 its,
+                its_base: machine.its.unwrap_or(0),
                 targets,
                 ids: VpeIds::default(),
                 vms: Vec::new(),
@@ -280,6 +309,8 @@ impl State {
             config: (config, config_bytes),
             vpes,
             mapped: false,
+            itt: None,
+            msix: None,
         });
         let index = self.vms.len() - 1;
         self.map(index)?;
@@ -307,9 +338,22 @@ impl State {
             return Ok(());
         }
         vm.mapped = false;
+        // The device's events first (an MSI arriving now translates to nothing and is
+        // dropped), then the vPEs they pointed at.
+        let msix = vm.msix.take();
         let ids: Vec<u16> = vm.vpes.iter().map(|v| v.vpe.id).collect();
-        let commands = vpe::stop_commands(&ids)?;
+        let mut commands = match msix {
+            Some(m) => msi::unmap_commands(m.device_id, m.vectors)?,
+            None => Vec::new(),
+        };
+        commands.extend(vpe::stop_commands(&ids)?);
         let result = self.its.run(&mut self.hw, &commands);
+        if let Some(m) = msix {
+            info!(
+                "{}: NIC vectors unmapped (DISCARD x {}, MAPD V = 0)",
+                self.vms[index].name, m.vectors
+            );
+        }
         // The ITS no longer writes them (or is out of service and writes nothing): the next
         // incarnation starts with no vLPI pending or enabled.
         let vm = &mut self.vms[index];
@@ -318,6 +362,9 @@ impl State {
             v.pending_last = false;
         }
         scrub(vm.config.0, vm.config.1);
+        if let Some((pa, layout)) = vm.itt {
+            scrub(pa, layout.bytes);
+        }
         result
     }
 
@@ -461,16 +508,210 @@ pub fn left_pending(vcpu: VcpuId) -> bool {
         .is_some_and(|(v, _)| core::mem::take(&mut v.pending_last))
 }
 
-/// The vCPU whose doorbell physical interrupt `raw` is, if it is one of a mapped vPE.
-pub fn doorbell(raw: u32) -> Option<VcpuId> {
+/// The vCPU (and its VM's id) whose doorbell physical interrupt `raw` is, if it is one of a
+/// mapped vPE.
+pub fn doorbell(raw: u32) -> Option<(VcpuId, u16)> {
     let id = vpe::vpe_of_doorbell(raw)?;
     if !ACTIVE.load(Ordering::Acquire) {
         return None;
     }
     let guard = STATE.lock();
-    guard
-        .as_ref()?
+    guard.as_ref()?.vms.iter().find_map(|vm| {
+        vm.vpes
+            .iter()
+            .find(|v| v.vpe.id == id)
+            .map(|v| (v.vcpu, vm.vm_id))
+    })
+}
+
+/// MSIX_MAP's machine side for the calling VM, under the HV lock (held by the caller from
+/// [`MsixControl::facts`] to the end of [`MsixControl::map`]; the ITS state's leaf lock is
+/// taken inside it).
+pub struct VmMsix<'a> {
+    pub hv: &'a mut Hv,
+    pub vm_index: usize,
+}
+
+impl VmMsix<'_> {
+    fn vm_id(&self) -> Option<u16> {
+        Some(self.hv.vms.get(self.vm_index)?.as_ref()?.id)
+    }
+}
+
+impl MsixControl for VmMsix<'_> {
+    fn facts(&mut self) -> Facts {
+        let vm_id = self.vm_id();
+        let owned = self
+            .hv
+            .passthrough
+            .as_ref()
+            .filter(|p| Some(p.owner_id) == vm_id);
+        let (direct_injection, mapped) = vm_id.map_or((false, 0), vectors_state);
+        Facts {
+            direct_injection,
+            owned: owned.map(|p| p.bdf),
+            table_size: owned.and_then(|p| p.msix_table_size()),
+            mapped,
+        }
+    }
+
+    fn map(&mut self, bdf: Bdf, vectors: u16) -> Result<(u64, u32), Status> {
+        let table_size = self
+            .hv
+            .passthrough
+            .as_ref()
+            .and_then(|p| p.msix_table_size())
+            .ok_or(Status::NotSupported)?;
+        let hv = &mut *self.hv;
+        let vm = hv
+            .vms
+            .get_mut(self.vm_index)
+            .and_then(Option::as_mut)
+            .ok_or(Status::Denied)?;
+        msix_map_for(vm, bdf, vectors, table_size, &mut hv.frames)
+    }
+}
+
+/// Whether VM `vm_id` can have vectors delivered as vLPIs now (the ITS in service, its vPEs
+/// mapped), and how many are mapped already.
+fn vectors_state(vm_id: u16) -> (bool, u16) {
+    if !ACTIVE.load(Ordering::Acquire) {
+        return (false, 0);
+    }
+    let guard = STATE.lock();
+    let Some(state) = guard.as_ref() else {
+        return (false, 0);
+    };
+    match state.vms.iter().find(|vm| vm.vm_id == vm_id) {
+        Some(vm) => (
+            vm.mapped && !vm.vpes.is_empty() && !state.its.failed(),
+            vm.msix.map_or(0, |m| m.vectors),
+        ),
+        None => (false, 0),
+    }
+}
+
+/// How the MSI window is mapped into the owner: the ITS's registers are Device memory, never
+/// executable.
+const WINDOW_ATTRS: MapAttrs = MapAttrs {
+    mem: MemType::Device,
+    access: Access::ReadWrite,
+    executable: false,
+};
+
+/// Delivers vectors `0..vectors` of `bdf` (checked by `msi::check`) as vLPIs of `vm`'s vCPU 0:
+/// the ITS's translation page mapped at the MSI window of `vm`'s stage 2 (the page and nothing
+/// else of the ITS; the SMMU walks the same tables for the device), the vLPIs enabled in the
+/// VM's configuration table, then MAPD (an ITT for the whole MSI-X table), VMAPTI per vector,
+/// VINVALL and VSYNC. Returns the doorbell IOVA and the first vINTID. On any failure nothing
+/// stays mapped.
+pub fn msix_map_for(
+    vm: &mut Vm,
+    bdf: Bdf,
+    vectors: u16,
+    table_size: u16,
+    frames: &mut FrameAllocator,
+) -> Result<(u64, u32), Status> {
+    let mut guard = STATE.lock();
+    let state = guard.as_mut().ok_or(Status::NotSupported)?;
+    let index = state
         .vms
         .iter()
-        .find_map(|vm| vm.vpes.iter().find(|v| v.vpe.id == id).map(|v| v.vcpu))
+        .position(|v| v.vm_id == vm.id && v.mapped)
+        .ok_or(Status::NotSupported)?;
+    let (page, doorbell_iova) = msi::translater(state.its_base);
+    let window = msi::MSI_WINDOW_IPA;
+    let device_id = u32::from(bdf.routing_id());
+    let name = vm.name.clone();
+    let fail = |what: &str, why: &dyn core::fmt::Display| {
+        error!("{name}: MSIX_MAP of NIC {bdf} failed: {what}: {why}");
+    };
+    if let Err(why) = state.its.typer.check_device_id(device_id) {
+        fail("DeviceID", &why);
+        return Err(Status::NotSupported);
+    }
+    let itt = match state.vms[index].itt {
+        Some(itt) => itt,
+        None => {
+            let layout = match state.its.typer.itt_for(u32::from(table_size)) {
+                Ok(layout) => layout,
+                Err(why) => {
+                    fail("ITT", &why);
+                    return Err(Status::NotSupported);
+                }
+            };
+            let pa = alloc_zeroed(frames, layout.bytes, ITT_ALIGN).ok_or(Status::NoSpace)?;
+            state.vms[index].itt = Some((pa, layout));
+            (pa, layout)
+        }
+    };
+    let vpeid = state.vms[index].vpes[0].vpe.id;
+    let commands = match msi::map_commands(device_id, itt.1.mapping(itt.0), vectors, vpeid)
+        .and_then(|c| Ok((c, msi::config_bytes(vectors)?)))
+    {
+        Ok(c) => c,
+        Err(why) => {
+            fail("ITS commands", &why);
+            return Err(Status::NotSupported);
+        }
+    };
+    let mut tables = PhysTableMemory { frames };
+    if let Err(why) = vm
+        .stage2
+        .map(&mut tables, window, page, FRAME, WINDOW_ATTRS)
+    {
+        fail("MSI window", &alloc::format!("{why:?}"));
+        return Err(Status::NoSpace);
+    }
+    let config = state.vms[index].config.0;
+    for &(offset, byte) in &commands.1 {
+        crate::arch::its::write_table_byte(config + offset, byte);
+    }
+    if let Err(why) = state.its.run(&mut state.hw, &commands.0) {
+        fail("ITS", &why);
+        drop(guard);
+        unmap_msi_window(vm, frames, None);
+        return Err(Status::NotSupported);
+    }
+    state.vms[index].msix = Some(MsixMapping { device_id, vectors });
+    let first = msi::FIRST_VINTID;
+    info!(
+        "vLPI direct injection: NIC {bdf} vectors {vectors} -> {name} vPE {vpeid} (vINTIDs \
+         {first}..={}, doorbell LPI {}; MSI window IOVA {doorbell_iova:#x} -> ITS page \
+         {page:#x}, nothing else of the ITS mapped)",
+        first + u32::from(vectors) - 1,
+        vpe::doorbell_of(vpeid).unwrap_or(0),
+    );
+    Ok((doorbell_iova, first))
+}
+
+/// Unmaps the MSI window from `vm`'s stage 2 if it is mapped (the owner stops or restarts,
+/// or its MSIX_MAP failed), invalidating the CPUs' and the SMMU's TLB entries for it.
+pub fn unmap_msi_window(
+    vm: &mut Vm,
+    frames: &mut FrameAllocator,
+    iommu: Option<&mut crate::iommu::Iommu>,
+) {
+    let window = msi::MSI_WINDOW_IPA;
+    let mut tables = PhysTableMemory { frames };
+    if vm.stage2.translate(&tables, window).is_none() {
+        return;
+    }
+    let (vmid, root) = (vm.vmid, vm.stage2.root_pa());
+    let mut pieces: Vec<(u64, u64)> = Vec::new();
+    let unmapped = vm.stage2.unmap(
+        &mut tables,
+        window,
+        FRAME,
+        &mut |ipa, size| pieces.push((ipa, size)),
+        &mut |ipa, size| mem::tlbi_ipas_for(vmid, root, &[(ipa, size)]),
+    );
+    match iommu {
+        Some(iommu) => iommu.invalidate_ipas(vmid, root, &pieces),
+        None => mem::tlbi_ipas_for(vmid, root, &pieces),
+    }
+    match unmapped {
+        Ok(()) => info!("{}: MSI window unmapped", vm.name),
+        Err(why) => error!("{}: unmapping the MSI window failed: {why:?}", vm.name),
+    }
 }

@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering
 use hypervisor::accounting::{self, Accounting, Counter};
 use hypervisor::balloon::VmBalloon;
 use hypervisor::dispatch::sharing::sharing_call;
-use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
+use hypervisor::dispatch::{self, CallerVm, MsixControl, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
@@ -636,6 +636,9 @@ impl Hv {
                 p.owner_stopped(&mut self.iommu);
             }
             crate::gicv4::vm_stopped(vm_id);
+            if let Some(vm) = self.vms[vm_index].as_mut() {
+                crate::gicv4::unmap_msi_window(vm, &mut self.frames, Some(&mut self.iommu));
+            }
         }
         // The pages the balloon gave it go back to the credit; the next incarnation, if any,
         // starts with its RAM from the topology only.
@@ -876,9 +879,10 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
         let slept_at = cpu::counter();
         cpu::wait_for_interrupt();
         ACCOUNTING.add_idle(cpu::counter().saturating_sub(slept_at));
-        // Whatever woke us (kick, timer, a stale guest timer) only needs acknowledging.
+        // Whatever woke us (kick, timer, a stale guest timer, a doorbell) only needs
+        // acknowledging and ending; a doorbell also wakes its vCPU.
         while let Some(id) = gic::acknowledge() {
-            if id >= 1020 {
+            if gic::is_special(id) {
                 break;
             }
             match id {
@@ -1007,9 +1011,10 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
 /// A device's interrupt (the SMMU's, or the passed-through function's INTx), taken while a guest
 /// or the idle loop ran; ends or hands on the interrupt itself.
 fn device_irq(entry: &mut Unlocked, raw: u32, pcpu: usize) {
-    if let Some(id) = crate::gicv4::doorbell(raw) {
+    if let Some((id, vm_id)) = crate::gicv4::doorbell(raw) {
         // An LPI: no active state, the priority drop ends it.
         gic::drop_priority(raw);
+        ACCOUNTING.add(vm_id, Counter::DeviceIrqs, 1);
         return wake_for_interrupt(&mut SchedLocked::lock(entry), id, pcpu);
     }
     let handled = with_hv(entry, |hv, token| {
@@ -1020,6 +1025,9 @@ fn device_irq(entry: &mut Unlocked, raw: u32, pcpu: usize) {
         }
         let is_intx = hv.passthrough.as_ref().and_then(|p| p.intx) == Some(raw);
         if is_intx {
+            if let Some(p) = hv.passthrough.as_ref() {
+                ACCOUNTING.add(p.owner_id, Counter::DeviceIrqs, 1);
+            }
             // Priority drop only: the owner's EOI of the virtual interrupt deactivates it.
             gic::drop_priority(raw);
             hv.inject_passthrough_intx(token, raw, pcpu);
@@ -1169,7 +1177,10 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
     let mut entry = Unlocked::entry();
     let mut action = Action::Continue;
     while let Some(raw) = gic::acknowledge() {
-        if raw >= 1020 {
+        // Only 1020..=1023 are special: an LPI (a vPE's doorbell, INTID >= 8192) is
+        // acknowledged, handled and ended like any other interrupt (stopping at it without an
+        // EOI would leave this pCPU's running priority raised for good).
+        if gic::is_special(raw) {
             break;
         }
         match raw {
@@ -1386,6 +1397,14 @@ impl dispatch::Machine for TrapMachine<'_> {
             pcpu: self.pcpu,
         };
         Some(f(&mut view))
+    }
+
+    fn with_msix<R>(&mut self, f: impl FnOnce(&mut dyn MsixControl) -> R) -> Option<R> {
+        let mut locked = HvLocked::lock(self.token);
+        let (hv, _) = locked.split();
+        let vm_index = *hv.vcpu_vm.get(self.vcpu)?;
+        hv.vms.get(vm_index)?.as_ref()?;
+        Some(f(&mut crate::gicv4::VmMsix { hv, vm_index }))
     }
 }
 

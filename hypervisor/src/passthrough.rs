@@ -144,6 +144,15 @@ impl Passthrough {
             2,
             u32::from(pci::CMD_INTX_DISABLE),
         );
+        // MSI-X off too (issue 15): the next incarnation's driver enables it again once its
+        // vectors are mapped; until then the device must not write to an MSI window that is
+        // no longer mapped.
+        if let Some(cap) = hypervisor::its::msi::find_msix(|reg| self.ecam.read(self.bdf, reg, 4)) {
+            let reg = cap.message_control();
+            let control = self.ecam.read(self.bdf, reg, 2) as u16;
+            let off = control & !hypervisor::its::msi::MSIX_ENABLE;
+            self.ecam.write(self.bdf, reg, 2, u32::from(off));
+        }
         iommu.detach(u32::from(self.bdf.routing_id()));
         if let Some(intx) = self.intx {
             gic::deactivate(intx);
@@ -166,6 +175,11 @@ impl Passthrough {
                 self.bdf, vm.name
             );
         }
+    }
+
+    /// The function's MSI-X table size, read from its capability list (`None`: no MSI-X).
+    pub fn msix_table_size(&self) -> Option<u16> {
+        hypervisor::its::msi::find_msix_table_size(|reg| self.ecam.read(self.bdf, reg, 4))
     }
 
     /// Emulates a config access of the owner to its ECAM. None if `ipa` is not in the ECAM.

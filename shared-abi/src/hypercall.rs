@@ -88,7 +88,8 @@ pub const IOREQ_SET_IRQ: u64 = VENDOR_HYP_BASE | 0x50;
 /// Print the hypervisor's per-VM accounting on its console, tagged with x1 (any value the
 /// caller chooses, so a harness can pair the report before a measurement with the one after).
 /// One line per live VM: `accounting <tag> vm=<name> run_us=<n> exits=<n> hypercalls=<n>
-/// mmio_exits=<n> ioreqs=<n> virqs=<n>`, then `accounting <tag> idle_us=<n> pcpus=<n>`; every
+/// mmio_exits=<n> ioreqs=<n> virqs=<n> device_irqs=<n>` (device_irqs: its passed-through
+/// device's interrupts that went through EL2, INTx or vPE doorbells), then `accounting <tag> idle_us=<n> pcpus=<n>`; every
 /// counter counts from boot (a restarted VM's keep counting). Any VM may ask: the figures
 /// describe scheduling, not another VM's data. At most one report per VM every
 /// [`ACCOUNTING_MIN_INTERVAL_MS`]: a call sooner is `Busy` and prints nothing, so no VM can
@@ -133,7 +134,7 @@ pub const BALLOON_TARGET: u64 = VENDOR_HYP_BASE | 0x73;
 pub const BALLOON_SET_TARGET: u64 = VENDOR_HYP_BASE | 0x74;
 
 /// Every vendor-range hypercall the hypervisor answers.
-pub const VENDOR_CALLS: [u64; 22] = [
+pub const VENDOR_CALLS: [u64; 23] = [
     CONSOLE_WRITE,
     YIELD,
     TEST_INJECT,
@@ -156,6 +157,7 @@ pub const VENDOR_CALLS: [u64; 22] = [
     BALLOON_INFO,
     BALLOON_TARGET,
     BALLOON_SET_TARGET,
+    MSIX_MAP,
 ];
 
 /// Status codes returned in x0. Zero is success; errors are negative like SMCCC's.

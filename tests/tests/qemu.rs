@@ -863,16 +863,39 @@ fn the_host_reaches_the_driver_domain_through_the_passed_through_nic() {
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
+/// The driver domain's NIC interrupts (its counters line) and the hypervisor's count of them
+/// that went through EL2 (`device_irqs=` of the ACCOUNTING_REPORT the setting `nic_accounting`
+/// asks for at the end, tag 0x15).
+fn nic_interrupts_and_exits(boot: &Boot) -> (u64, u64) {
+    let t = boot.transcript();
+    let counters = nic_counters(boot);
+    let interrupts = counters
+        .split("interrupts ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no interrupt count in {counters}"));
+    let exits = t
+        .lines()
+        .rfind(|l| l.starts_with("[hv] accounting 21 vm=driver-domain "))
+        .and_then(|l| l.split("device_irqs=").nth(1))
+        .and_then(|n| n.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no device_irqs for the driver domain:\n{t}"));
+    (interrupts, exits)
+}
+
 /// A GICv4.0 machine (`[machine] gic = 4`): the hypervisor finds the ITS, brings it up (its
-/// three tables, the command queue, LPIs on both redistributors, a collection per pCPU) and
-/// says so, and the NIC keeps working (still on INTx: the vPEs and the NIC's vectors are issue
-/// 15's next steps).
+/// three tables, the command queue, LPIs on both redistributors, a collection per pCPU), gives
+/// the NIC owner's vCPU a vPE, and maps the NIC's two MSI-X vectors (receive, transmit) to it
+/// at the owner's MSIX_MAP; the NIC's interrupts then reach the driver domain as vLPIs, most of
+/// them without an exit (only doorbells for a vCPU that was not running go through EL2).
 #[test]
-fn on_a_gicv4_machine_the_its_comes_up_and_the_nic_still_works() {
+fn on_a_gicv4_machine_the_nics_msix_arrives_as_vlpis_without_exits() {
     let toml = format!(
         "{}gic = 4\n{}{}",
         MACHINE,
-        nic_driver_domain(""),
+        nic_driver_domain(", nic_accounting = true"),
         guest("guest1", 8, 1, "app = \"hello\"")
     );
     let (boot, outcome) = boot_with_driver_domain_echo(&toml);
@@ -889,7 +912,6 @@ fn on_a_gicv4_machine_the_its_comes_up_and_the_nic_still_works() {
     }
     assert!(!boot.has("bring-up failed"), "{t}");
     assert!(!boot.has("no vLPI direct injection"), "{t}");
-    // Step 2: the NIC owner's one vCPU has a vPE, mapped at boot.
     assert!(
         boot.has("[hv] vPE 0 for driver-domain vCPU id 0: virtual pending table at 0x"),
         "{t}"
@@ -898,18 +920,113 @@ fn on_a_gicv4_machine_the_its_comes_up_and_the_nic_still_works() {
         boot.has("[hv] driver-domain: 1 vPE(s) mapped (VMAPP)"),
         "{t}"
     );
-    assert!(!boot.has("no vPEs"), "{t}");
+    // Step 3: the vectors, the window, the driver's side.
+    assert!(
+        boot.has(
+            "[hv] vLPI direct injection: NIC 00:02.0 vectors 2 -> driver-domain vPE 0 (vINTIDs \
+             8192..=8193, doorbell LPI 8192; MSI window IOVA 0x8000040 -> ITS page 0x8090000"
+        ),
+        "{t}"
+    );
+    assert!(
+        boot.has(
+            "[driver-domain] NIC interrupts: vLPI direct (MSI-X vectors 2 -> vINTIDs 8192..=8193"
+        ),
+        "{t}"
+    );
+    for bad in [
+        "no vPEs",
+        "MSIX_MAP of NIC",
+        "SMMU event",
+        "unexpected physical interrupt",
+    ] {
+        assert!(!boot.has(bad), "{bad}:\n{t}");
+    }
     assert!(outcome.is_ok(), "host -> driver-domain: {outcome:?}\n{t}");
-    let counters = nic_counters(&boot);
-    assert!(!counters.contains("interrupts 0,"), "{counters}");
+    let (interrupts, exits) = nic_interrupts_and_exits(&boot);
+    eprintln!("vLPI: {exits} of {interrupts} NIC interrupts went through EL2");
+    assert!(interrupts > 0, "{t}");
+    assert!(
+        exits < interrupts,
+        "{exits} of {interrupts} NIC interrupts went through EL2:\n{t}"
+    );
     assert_report_ok(&boot, "guest1", "done");
     assert!(!boot.has("killing VM"), "{t}");
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
-/// GICv4: the NIC owner's vPE is unmapped when it restarts and mapped again for the new
-/// incarnation, whose NIC works; entering and leaving the vPE on every vCPU switch (and
-/// moving it between the two pCPUs) breaks nothing.
+/// GICv4: MSIX_MAP refuses what it must (a function the caller does not own, 0 vectors, more
+/// than the table has, a second call; a guest asking for the NIC's vectors), and the NIC still
+/// gets its vLPIs.
+#[test]
+fn on_a_gicv4_machine_msix_map_refuses_what_it_must_and_the_nic_still_gets_vlpis() {
+    let toml = format!(
+        "{}gic = 4\n{}{}",
+        MACHINE,
+        nic_driver_domain(", msix_probe = true"),
+        guest("hostile", 4, 1, "app = \"hostile\"")
+    );
+    let (boot, outcome) = boot_with_driver_domain_echo(&toml);
+    let t = boot.transcript();
+    assert!(
+        boot.has(
+            "[driver-domain] MSIX_MAP probes: not owned Denied, 0 vectors InvalidArgument, \
+             4096 vectors InvalidArgument, again Busy"
+        ),
+        "{t}"
+    );
+    assert!(
+        boot.has("[driver-domain] NIC interrupts: vLPI direct"),
+        "{t}"
+    );
+    assert!(
+        boot.vm_lines("hostile")
+            .any(|l| l.contains("MSI-X vectors of the NIC") && l.ends_with("as documented")),
+        "{t}"
+    );
+    assert!(
+        boot.vm_lines("hostile")
+            .any(|l| l.starts_with("REPORT ok: ") && l.contains("hostile hypercalls refused")),
+        "{t}"
+    );
+    assert!(outcome.is_ok(), "host -> driver-domain: {outcome:?}\n{t}");
+    let counters = nic_counters(&boot);
+    assert!(!counters.contains("interrupts 0,"), "{counters}");
+    assert!(!boot.has("killing VM"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+/// GICv3 (no virtual LPIs): MSIX_MAP answers NotSupported and the driver domain keeps the NIC on
+/// INTx, every interrupt of which goes through EL2.
+#[test]
+fn on_a_gicv3_machine_the_nic_falls_back_to_intx() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        nic_driver_domain(", nic_accounting = true"),
+        guest("guest1", 8, 1, "app = \"hello\"")
+    );
+    let (boot, outcome) = boot_with_driver_domain_echo(&toml);
+    let t = boot.transcript();
+    assert!(
+        boot.has("[driver-domain] NIC interrupts: INTx (MSIX_MAP: NotSupported (no vLPI direct injection))"),
+        "{t}"
+    );
+    assert!(!boot.has("vLPI direct injection: NIC"), "{t}");
+    assert!(outcome.is_ok(), "host -> driver-domain: {outcome:?}\n{t}");
+    let (interrupts, exits) = nic_interrupts_and_exits(&boot);
+    eprintln!("INTx: {exits} of {interrupts} NIC interrupts went through EL2");
+    assert!(interrupts > 0, "{t}");
+    assert!(
+        exits >= interrupts,
+        "{exits} exits for {interrupts} INTx:\n{t}"
+    );
+    assert_report_ok(&boot, "guest1", "done");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+/// GICv4: the NIC owner's vPE and its NIC's vectors are unmapped when it restarts and mapped
+/// again for the new incarnation, whose NIC works on vLPIs; entering and leaving the vPE on
+/// every vCPU switch (and moving it between the two pCPUs) breaks nothing.
 #[test]
 fn on_a_gicv4_machine_a_restart_unmaps_the_nic_owners_vpe_and_maps_it_again() {
     let toml = format!(
@@ -936,10 +1053,29 @@ fn on_a_gicv4_machine_a_restart_unmaps_the_nic_owners_vpe_and_maps_it_again() {
         "VMOVP to pCPU",
         "cannot make it resident",
         "GICR_VPENDBASER",
+        "MSIX_MAP of NIC",
+        "SMMU event",
     ] {
         assert!(!boot.has(bad), "{bad}:\n{t}");
     }
-    // The second incarnation's NIC took interrupts (INTx still: no vector is on a vLPI yet).
+    // Both incarnations mapped their NIC's vectors; the stop discarded the first's events and
+    // unmapped its MSI window before the second mapped them again.
+    let vectors = "[hv] vLPI direct injection: NIC 00:02.0 vectors 2 -> driver-domain vPE 0";
+    assert_eq!(t.matches(vectors).count(), 2, "{t}");
+    assert_eq!(
+        t.matches("[driver-domain] NIC interrupts: vLPI direct")
+            .count(),
+        2,
+        "{t}"
+    );
+    let discarded = t.find("[hv] driver-domain: NIC vectors unmapped (DISCARD x 2, MAPD V = 0)");
+    let window = t.find("[hv] driver-domain: MSI window unmapped");
+    let again = t.rfind(vectors);
+    assert!(
+        discarded.is_some() && window.is_some() && discarded < again && window < again,
+        "{t}"
+    );
+    // The second incarnation's NIC took interrupts, as vLPIs.
     let counters = nic_counters(&boot);
     assert!(!counters.contains("interrupts 0,"), "{counters}");
     assert_report_ok(&boot, "guest1", "done");

@@ -46,6 +46,14 @@ fn probes(info: &StartInfo<'static>) -> Vec<Probe> {
             expect: Status::InvalidArgument.as_u64(),
         },
         Probe {
+            // Issue 15: only the driver domain that owns the function may map its vectors;
+            // a guest owns none, on a GICv3 or a GICv4 machine alike.
+            what: "MSI-X vectors of the NIC, which this VM does not own",
+            id: hypercall::MSIX_MAP,
+            args: [0x10, 1, 0, 0, 0, 0],
+            expect: Status::Denied.as_u64(),
+        },
+        Probe {
             what: "interrupt injection of a non-SGI",
             id: hypercall::TEST_INJECT,
             args: [1 << 20, 1, 0, 0, 0, 0],

@@ -106,6 +106,12 @@ pub fn acknowledge() -> Option<u32> {
     GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1).map(|id| id.into())
 }
 
+/// Whether an acknowledged INTID is one of the special ones (1020..=1023), which are never
+/// ended. LPIs (8192 and up) are not special.
+pub fn is_special(raw: u32) -> bool {
+    (1020..=1023).contains(&raw)
+}
+
 const ICC_CTLR_EOIMODE: u64 = 1 << 1;
 
 /// Ends a physical interrupt the hypervisor handled itself: priority drop, then deactivation.

@@ -3,7 +3,7 @@ use super::*;
 use shared_abi::hypercall::VENDOR_HYP_BASE;
 
 /// The vendor calls with a case of their own; the sharing layer checks all the others.
-const OWN_CASE: [u64; 11] = [
+const OWN_CASE: [u64; 12] = [
     hypercall::CONSOLE_WRITE,
     hypercall::YIELD,
     hypercall::TEST_INJECT,
@@ -15,6 +15,7 @@ const OWN_CASE: [u64; 11] = [
     hypercall::BALLOON_INFO,
     hypercall::BALLOON_TARGET,
     hypercall::BALLOON_SET_TARGET,
+    hypercall::MSIX_MAP,
 ];
 
 fn regs(function: u64, args: &[u64]) -> [u64; 31] {
@@ -214,6 +215,10 @@ enum Effect {
         x1: u64,
         x2: u64,
     },
+    MsixMap {
+        bdf: Bdf,
+        vectors: u16,
+    },
 }
 
 /// A machine that records every effect and answers as configured.
@@ -228,6 +233,9 @@ struct Model {
     copy_statuses: Vec<Status>,
     sharing_answer: (Status, Option<u64>),
     set_irq_answer: Status,
+    /// What MSIX_MAP finds, and what its mapping answers.
+    msix: msi::Facts,
+    msix_map_answer: Result<(u64, u32), Status>,
 }
 
 impl Model {
@@ -245,6 +253,13 @@ impl Model {
             copy_statuses: Vec::new(),
             sharing_answer: (Status::Ok, None),
             set_irq_answer: Status::Ok,
+            msix: msi::Facts {
+                direct_injection: true,
+                owned: Bdf::new(0, 2, 0),
+                table_size: Some(3),
+                mapped: 0,
+            },
+            msix_map_answer: Ok((0x800_0040, 8192)),
         }
     }
 
@@ -278,7 +293,37 @@ impl VcpuControl for ModelVcpus<'_> {
     }
 }
 
+struct ModelMsix<'a> {
+    facts: &'a mut msi::Facts,
+    answer: Result<(u64, u32), Status>,
+    effects: &'a mut Vec<Effect>,
+}
+
+impl MsixControl for ModelMsix<'_> {
+    fn facts(&mut self) -> msi::Facts {
+        *self.facts
+    }
+
+    fn map(&mut self, bdf: Bdf, vectors: u16) -> Result<(u64, u32), Status> {
+        self.effects.push(Effect::MsixMap { bdf, vectors });
+        if self.answer.is_ok() {
+            self.facts.mapped = vectors;
+        }
+        self.answer
+    }
+}
+
 impl Machine for Model {
+    fn with_msix<R>(&mut self, f: impl FnOnce(&mut dyn MsixControl) -> R) -> Option<R> {
+        self.vm?;
+        let mut view = ModelMsix {
+            facts: &mut self.msix,
+            answer: self.msix_map_answer,
+            effects: &mut self.effects,
+        };
+        Some(f(&mut view))
+    }
+
     fn ioreq_set_irq(&mut self, guest: u64) -> Status {
         self.effects.push(Effect::SetIrq(guest));
         self.set_irq_answer
@@ -643,4 +688,117 @@ fn balloon_set_target_answers_every_status() {
     );
     // Shrinking never needs free memory.
     assert_eq!(check_set_target(true, guest, 4 * mib, 0), Status::Ok);
+}
+
+#[test]
+fn msix_map_answers_the_doorbell_and_first_vintid_once_then_busy() {
+    let mut m = Model::new();
+    assert_eq!(
+        m.run(hypercall::MSIX_MAP, &[0x10, 2]),
+        Outcome::Return {
+            x0: Status::Ok.as_u64(),
+            x1: Some(0x800_0040),
+            x2: Some(8192)
+        }
+    );
+    assert_eq!(
+        m.effects,
+        vec![Effect::MsixMap {
+            bdf: Bdf::new(0, 2, 0).unwrap(),
+            vectors: 2
+        }]
+    );
+    // A second call for the function, whatever it asks: Busy, and nothing mapped again.
+    for vectors in [1, 2, 3] {
+        assert_eq!(
+            m.run(hypercall::MSIX_MAP, &[0x10, vectors]),
+            returns(Status::Busy.as_u64())
+        );
+    }
+    assert_eq!(m.effects.len(), 1);
+}
+
+#[test]
+fn msix_map_refusals_each_have_their_status_and_map_nothing() {
+    let base = Model::new().msix;
+    let cases = [
+        // A function the caller does not own (another device, high bits, an owner of none).
+        (base, 0x18, 1, Status::Denied),
+        (base, 0x10 | 1 << 16, 1, Status::Denied),
+        (base, u64::MAX, 1, Status::Denied),
+        (
+            msi::Facts {
+                owned: None,
+                ..base
+            },
+            0x10,
+            1,
+            Status::Denied,
+        ),
+        (
+            msi::Facts {
+                owned: None,
+                direct_injection: false,
+                ..base
+            },
+            0x10,
+            1,
+            Status::Denied,
+        ),
+        // 0 vectors, or more than the table has.
+        (base, 0x10, 0, Status::InvalidArgument),
+        (base, 0x10, 4, Status::InvalidArgument),
+        (base, 0x10, u64::MAX, Status::InvalidArgument),
+        // No direct injection (GICv3, the ITS failed), or no MSI-X: the INTx cue.
+        (
+            msi::Facts {
+                direct_injection: false,
+                ..base
+            },
+            0x10,
+            2,
+            Status::NotSupported,
+        ),
+        (
+            msi::Facts {
+                table_size: None,
+                ..base
+            },
+            0x10,
+            2,
+            Status::NotSupported,
+        ),
+        // Mapped already.
+        (msi::Facts { mapped: 2, ..base }, 0x10, 2, Status::Busy),
+    ];
+    for (facts, routing_id, vectors, status) in cases {
+        let mut m = Model::new();
+        m.msix = facts;
+        assert_eq!(
+            m.run(hypercall::MSIX_MAP, &[routing_id, vectors]),
+            returns(status.as_u64()),
+            "{facts:?} {routing_id:#x} x {vectors}"
+        );
+        assert!(m.effects.is_empty(), "{:?}", m.effects);
+    }
+}
+
+#[test]
+fn msix_map_failures_of_the_machine_reach_the_caller_and_a_gone_vm_is_denied() {
+    for status in [Status::NoSpace, Status::NotSupported] {
+        let mut m = Model::new();
+        m.msix_map_answer = Err(status);
+        assert_eq!(
+            m.run(hypercall::MSIX_MAP, &[0x10, 3]),
+            returns(status.as_u64())
+        );
+        assert_eq!(m.msix.mapped, 0, "a failed mapping is not counted");
+    }
+    let mut m = Model::new();
+    m.vm = None;
+    assert_eq!(
+        m.run(hypercall::MSIX_MAP, &[0x10, 1]),
+        returns(Status::Denied.as_u64())
+    );
+    assert!(m.effects.is_empty());
 }

@@ -1,5 +1,5 @@
-//! The NIC's MSI-X vectors as vLPIs (issue 15, step 3's pure part; not called by the binary
-//! yet): the MSIX_MAP hypercall's checks (the caller owns the function, asks for 1..=its table
+//! The NIC's MSI-X vectors as vLPIs (issue 15, step 3's pure part; the binary's side is
+//! `gicv4::msix_map_for`, the call's route `dispatch::msix_map`): the MSIX_MAP hypercall's checks (the caller owns the function, asks for 1..=its table
 //! size vectors, once), the MSI window (the doorbell IOVA the device writes: the ITS's
 //! translation page at Linux's software MSI window), the ITS commands that map the device's
 //! events to the owner's vPE (MAPD, VMAPTI per vector with the vPE's doorbell, VINVALL, VSYNC)
@@ -33,6 +33,63 @@ pub fn translater(its_base: u64) -> (u64, u64) {
 /// Vectors of an MSI-X capability: Message Control's Table Size [10:0] is N - 1.
 pub fn msix_table_size(message_control: u16) -> u16 {
     (message_control & 0x7ff) + 1
+}
+
+/// PCI capability ID of MSI-X.
+pub const CAP_ID_MSIX: u8 = 0x11;
+/// Configuration register holding the first capability's offset (Capabilities Pointer).
+const REG_CAP_POINTER: u16 = 0x34;
+/// Status register bit: the function has a capability list.
+const STATUS_CAP_LIST: u32 = 1 << (16 + 4);
+/// Most capabilities walked: the standard space holds at most 48 four-byte-aligned ones
+/// above 0x40, so a longer walk is a loop.
+const MAX_CAPS: usize = 48;
+
+/// Configuration-space offset of a function's MSI-X capability (`at`) and its table size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixCapability {
+    pub at: u16,
+    pub table_size: u16,
+}
+
+impl MsixCapability {
+    /// Where Message Control is (a 16-bit register; Enable is bit 15).
+    pub fn message_control(&self) -> u16 {
+        self.at + 2
+    }
+}
+
+/// Message Control's MSI-X Enable bit.
+pub const MSIX_ENABLE: u16 = 1 << 15;
+
+/// A function's MSI-X capability, found by walking its capability list with `read(reg)` (an
+/// aligned 32-bit configuration read). `None`: no list, no MSI-X capability, or a list that
+/// loops or points outside 0x40..0x100 (the device's own config space is the owner's to
+/// program, so the walk is bounded and checked like guest input).
+pub fn find_msix(mut read: impl FnMut(u16) -> u32) -> Option<MsixCapability> {
+    if read(0x04) & STATUS_CAP_LIST == 0 {
+        return None;
+    }
+    let mut at = (read(REG_CAP_POINTER) & 0xfc) as u16;
+    for _ in 0..MAX_CAPS {
+        if !(0x40..0x100).contains(&at) {
+            return None;
+        }
+        let header = read(at);
+        if header as u8 == CAP_ID_MSIX {
+            return Some(MsixCapability {
+                at,
+                table_size: msix_table_size((header >> 16) as u16),
+            });
+        }
+        at = ((header >> 8) & 0xfc) as u16;
+    }
+    None
+}
+
+/// The MSI-X table size of a function ([`find_msix`]).
+pub fn find_msix_table_size(read: impl FnMut(u16) -> u32) -> Option<u16> {
+    find_msix(read).map(|cap| cap.table_size)
 }
 
 /// What the hypervisor knows when MSIX_MAP arrives.
@@ -77,13 +134,15 @@ impl Refusal {
 /// Checks MSIX_MAP's x1 (routing id) and x2 (vectors) against `facts`: the function and the
 /// vector count to map.
 pub fn check(facts: &Facts, routing_id: u64, vectors: u64) -> Result<(Bdf, u16), Refusal> {
-    if !facts.direct_injection {
-        return Err(Refusal::NoDirectInjection);
-    }
+    // Ownership first: a VM that owns no function is refused the same way on every machine
+    // (it learns nothing of the GIC), and only the owner gets the INTx cue.
     let owned = facts
         .owned
         .filter(|bdf| u64::from(bdf.routing_id()) == routing_id)
         .ok_or(Refusal::NotOwner(routing_id))?;
+    if !facts.direct_injection {
+        return Err(Refusal::NoDirectInjection);
+    }
     let has = facts.table_size.ok_or(Refusal::NoMsix)?;
     if vectors == 0 || vectors > u64::from(has) {
         return Err(Refusal::Vectors {

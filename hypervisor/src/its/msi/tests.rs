@@ -154,3 +154,66 @@ fn vintids_stay_below_qemus_limit_and_config_bytes_enable_them() {
         vec![(0, 0xa3), (1, 0xa3), (2, 0xa3)]
     );
 }
+
+#[test]
+fn a_caller_that_owns_nothing_is_denied_on_every_machine() {
+    for direct_injection in [false, true] {
+        let f = Facts {
+            direct_injection,
+            owned: None,
+            ..facts()
+        };
+        assert_eq!(check(&f, 0x10, 1).unwrap_err().status(), Status::Denied);
+        let f = Facts {
+            direct_injection,
+            ..facts()
+        };
+        assert_eq!(check(&f, 0x18, 1).unwrap_err().status(), Status::Denied);
+    }
+}
+
+/// A configuration space of 64 dwords with a capability list through `caps` (offset, id).
+fn config_with(caps: &[(u16, u8, u16)]) -> [u32; 64] {
+    let mut space = [0u32; 64];
+    space[1] = STATUS_CAP_LIST;
+    space[0x34 / 4] = caps.first().map_or(0, |c| u32::from(c.0));
+    for (i, &(at, id, control)) in caps.iter().enumerate() {
+        let next = caps.get(i + 1).map_or(0, |c| c.0);
+        space[usize::from(at) / 4] =
+            u32::from(id) | u32::from(next) << 8 | u32::from(control) << 16;
+    }
+    space
+}
+
+#[test]
+fn the_msix_table_size_is_found_by_a_bounded_walk() {
+    // QEMU's virtio-net-pci: vendor capabilities, then MSI-X with 3 vectors (Table Size 2).
+    let space = config_with(&[
+        (0x84, 0x09, 0),
+        (0x98, CAP_ID_MSIX, 0x0002),
+        (0x40, 0x09, 0),
+    ]);
+    assert_eq!(find_msix_table_size(|r| space[usize::from(r) / 4]), Some(3));
+    let cap = find_msix(|r| space[usize::from(r) / 4]).unwrap();
+    assert_eq!((cap.at, cap.message_control()), (0x98, 0x9a));
+    // No MSI-X capability, or no capability list at all.
+    let space = config_with(&[(0x84, 0x09, 0), (0x40, 0x05, 0)]);
+    assert_eq!(find_msix_table_size(|r| space[usize::from(r) / 4]), None);
+    let mut space = config_with(&[(0x98, CAP_ID_MSIX, 2)]);
+    space[1] = 0;
+    assert_eq!(find_msix_table_size(|r| space[usize::from(r) / 4]), None);
+    // A list that loops, or points below 0x40: the walk ends, no size.
+    let mut space = config_with(&[(0x84, 0x09, 0), (0x90, 0x09, 0)]);
+    space[0x90 / 4] |= 0x84 << 8;
+    let mut reads = 0;
+    assert_eq!(
+        find_msix_table_size(|r| {
+            reads += 1;
+            space[usize::from(r) / 4]
+        }),
+        None
+    );
+    assert!(reads <= 2 + MAX_CAPS, "{reads} reads");
+    let space = config_with(&[(0x20, CAP_ID_MSIX, 2)]);
+    assert_eq!(find_msix_table_size(|r| space[usize::from(r) / 4]), None);
+}
