@@ -271,10 +271,12 @@ impl Rings {
         self.broken = Some(why);
     }
 
-    /// The next received frame, copied out of the pool into `frame` (whose bytes past the
-    /// frame are left as they were, so a reused vector is never cleared); its pool buffer is
-    /// offered again at once. Returns the frame's length.
-    pub fn next_rx_into(&mut self, frame: &mut Vec<u8>) -> Option<usize> {
+    /// The next received frame, copied out of the pool into `frame` (whose bytes outside the
+    /// frame are left as they were, so a reused vector is never cleared) at the place in it
+    /// co-aligned with the pool buffer, so the copy runs at memcpy speed (see
+    /// `SharedMem::read_into_reused`); its pool buffer is offered again at once. Returns where
+    /// the frame starts in `frame` and its length.
+    pub fn next_rx_into(&mut self, frame: &mut Vec<u8>) -> Option<(usize, usize)> {
         while self.broken.is_none() && self.up() {
             let used = match self.rx.pop_used() {
                 Ok(Some(used)) => used,
@@ -289,20 +291,20 @@ impl Rings {
             let frame_len = (len >= NET_HDR_LEN + ETH_HDR_LEN).then(|| {
                 let frame_len = len - NET_HDR_LEN;
                 let at = buffer_offset(buffer, &self.plan) + NET_HDR_LEN;
-                self.pool.read_into_reused(at, frame_len, frame);
+                let start = self.pool.read_into_reused(at, frame_len, frame);
                 self.stats.copied_pool_to_frame += frame_len as u64;
-                frame_len
+                (start, frame_len)
             });
             match self.rx.add(&[buffer_segment(buffer, &self.plan)], true) {
                 Ok(head) => self.rx_buffer_of[usize::from(head)] = buffer as u16,
                 Err(e) => self.fail(format!("re-offering receive buffer {buffer}: {e}")),
             }
             match frame_len {
-                Some(frame_len) => {
+                Some((start, frame_len)) => {
                     self.on_rx(frame_len);
                     self.stats.rx_frames += 1;
                     self.stats.rx_bytes += frame_len as u64;
-                    return Some(frame_len);
+                    return Some((start, frame_len));
                 }
                 None => self.stats.rx_empty += 1,
             }
@@ -680,21 +682,22 @@ impl NetFront {
         }
     }
 
-    /// The next received frame, in the spare buffer, with its length.
+    /// The next received frame, in the spare buffer, with its place.
     fn next_rx(&mut self) -> Option<FrontRx> {
         let mut frame = self.rx_spare.take();
-        let len = match &mut self.path {
+        let place = match &mut self.path {
             Path::Paravirt(r) => r.next_rx_into(&mut frame),
             Path::Emulated(e) => e.next_rx().map(|f| {
                 let len = f.len();
                 frame = f;
-                len
+                (0, len)
             }),
         };
         self.sync();
-        match len {
-            Some(len) => Some(FrontRx {
+        match place {
+            Some((start, len)) => Some(FrontRx {
                 frame,
+                start,
                 len,
                 spare: self.rx_spare.clone(),
             }),
@@ -706,10 +709,11 @@ impl NetFront {
     }
 }
 
-/// A received frame: the first `len` bytes of `frame`, whose buffer goes back to the NIC's
-/// spare when the stack is done with it.
+/// A received frame: `len` bytes of `frame` from `start` (where the copy out of the pool was
+/// co-aligned), whose buffer goes back to the NIC's spare when the stack is done with it.
 pub struct FrontRx {
     frame: Vec<u8>,
+    start: usize,
     len: usize,
     spare: Rc<Cell<Vec<u8>>>,
 }
@@ -717,7 +721,7 @@ pub struct FrontTx<'a>(&'a mut NetFront);
 
 impl RxToken for FrontRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.frame[..self.len])
+        f(&self.frame[self.start..self.start + self.len])
     }
 }
 
