@@ -24,7 +24,7 @@ use hypervisor::dispatch::{self, CallerVm, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
-use hypervisor::restart::{self, Verdict};
+use hypervisor::restart::{self, Mark, Timeline, Verdict};
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
@@ -614,6 +614,12 @@ impl Hv {
         // Its RAM as it stands: minus the pages it gave back to the balloon.
         let kept_runs = vm.kept_ram_runs();
         let gave_pages = vm.balloon.given_pages() > 0;
+        if let Some(t) = self.vms[vm_index]
+            .as_mut()
+            .and_then(|vm| vm.timeline.as_mut())
+        {
+            t.mark(Mark::Stop, cpu::counter());
+        }
         // No vCPU of this incarnation runs again: a CPU_ON that slipped in before the stop was
         // requested (or a stale run-queue entry) must not resurrect one, and the device lines
         // its vCPUs held are released.
@@ -697,6 +703,9 @@ impl Hv {
                 vm.balloon = VmBalloon::new(vm.ram_bytes);
                 info!("VM {} restarting (boot {})", vm.name, vm.boots + 1);
                 vm.stop = None;
+                if let Some(t) = vm.timeline.as_mut() {
+                    t.mark(Mark::Teardown, cpu::counter());
+                }
                 self.reloading += 1;
                 return Some(Reload {
                     vm_index,
@@ -768,6 +777,10 @@ impl Hv {
             }
         }
         vm.start_delay_ms = 0;
+        if let Some(mut t) = vm.timeline.take() {
+            t.mark(Mark::Start, cpu::counter());
+            info!("{}", t.line(&vm.name, cpu::counter_frequency()));
+        }
         self.vms[vm_index] = Some(vm);
     }
 
@@ -1120,6 +1133,7 @@ fn crash_policy(vm: &mut Vm, kind: StopKind) -> StopKind {
                 }
             );
             vm.start_delay_ms = delay_ms;
+            vm.timeline = Some(Timeline::noticed(cpu::counter()));
             StopKind::Reset
         }
         Verdict::GiveUp { crashes } => {

@@ -9,7 +9,7 @@ use hypervisor::balloon::VmBalloon;
 use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
-use hypervisor::restart::CrashHistory;
+use hypervisor::restart::{CrashHistory, Mark, Timeline};
 use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
@@ -17,7 +17,7 @@ use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE, PAGE_SIZE};
 use shared_abi::start_info::{StartInfo, StartInfoError};
 use shared_abi::wire::WireError;
 
-use crate::arch::cpu::{El1Context, FpContext};
+use crate::arch::cpu::{self, El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
 use crate::arch::mem::{scrub_frame, GuestRam, PhysTableMemory, VmRam};
 use crate::arch::vectors::TrapFrame;
@@ -56,6 +56,9 @@ pub struct Vm {
     /// How long its next incarnation's first vCPU waits before it starts (the back-off of a
     /// restart after a crash).
     pub start_delay_ms: u64,
+    /// The restart in progress, timed from the crash notice (printed when its first vCPU is
+    /// made runnable again).
+    pub timeline: Option<Timeline>,
 }
 
 /// What switching a vCPU in needs of its VM, kept with the vCPU so that a context switch
@@ -200,6 +203,7 @@ impl Vm {
             balloon: VmBalloon::new(spec.ram_bytes),
             crashes: CrashHistory::default(),
             start_delay_ms: 0,
+            timeline: None,
         };
         if let Err(e) = vm.load_memory(spec.vcpus) {
             let mut tables = PhysTableMemory { frames };
@@ -234,6 +238,9 @@ impl Vm {
         info.write_to(&mut page)?;
         let ram = self.ram.view();
         ram.zero();
+        if let Some(t) = self.timeline.as_mut() {
+            t.mark(Mark::Zero, cpu::counter());
+        }
         let loaded = ram.write(0, self.image) && ram.write(info_offset, &page);
         if !loaded {
             // Bundle validation rules this out (the image and the page fit the RAM).
@@ -247,6 +254,9 @@ impl Vm {
             }));
         }
         self.ram.sync_for_execution();
+        if let Some(t) = self.timeline.as_mut() {
+            t.mark(Mark::Load, cpu::counter());
+        }
         Ok(())
     }
 
