@@ -410,10 +410,12 @@ impl Hv {
 
     /// The free-memory line: frames free in the allocator and the balloon's credit.
     pub fn log_free_memory(&self) {
+        // A warm spare of RAM (`spare`) is allocated: neither free nor credit, printed apart.
         info!(
-            "balloon: free memory {} KiB, credit {} KiB",
+            "balloon: free memory {} KiB, credit {} KiB, warm spare {} KiB",
             self.frames.free_pages() as u64 * PAGE_SIZE / 1024,
-            self.balloon_credit * PAGE_SIZE / 1024
+            self.balloon_credit * PAGE_SIZE / 1024,
+            self.spare_bytes() / 1024
         );
     }
 }

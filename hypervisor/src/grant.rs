@@ -181,6 +181,19 @@ pub trait GrantEnv {
     /// VMALLE1IS, DSB) before returning: the caller relies on no translation surviving the call.
     fn unmap_page(&mut self, vm: VmId, ipa: u64);
 
+    /// Unmaps the page at `ipa` of `vm`'s stage-2 but leaves the TLB invalidation to
+    /// [`flush_unmapped`](Self::flush_unmapped), so that a teardown of many mappings pays for
+    /// one invalidation instead of one each: until that call the translation may live on in a
+    /// TLB, so nothing may treat the frame as unmapped (clear IN_USE, release RAM) before it.
+    /// The default unmaps and invalidates at once.
+    fn unmap_page_deferred(&mut self, vm: VmId, ipa: u64) {
+        self.unmap_page(vm, ipa);
+    }
+
+    /// Invalidates every translation [`unmap_page_deferred`](Self::unmap_page_deferred) left
+    /// for `vm`; none survives the call.
+    fn flush_unmapped(&mut self, _vm: VmId) {}
+
     /// `vm` has just revoked a grant (GRANT_END cleared PERMIT): returns once no copy that read
     /// the entry before the revoke can still write `vm`'s RAM. An env whose [`copy`](Self::copy)
     /// finishes before it returns has nothing to wait for; the hypervisor's copies the bytes
@@ -540,11 +553,17 @@ impl GrantTables {
         };
         // (a) Its own mappings of others' frames.
         let maps = core::mem::take(&mut self.vms[vi].maps);
-        for mapping in maps.values() {
-            if teardown == Teardown::Reset {
-                // The stage-2 survives; unmap before the granter may see IN_USE clear.
-                env.unmap_page(vm, mapping.dest_gpa);
+        if teardown == Teardown::Reset {
+            // The stage-2 survives: every grant page is unmapped, then one TLB invalidation
+            // covers them all (a driver domain holds a thousand and more; one invalidation
+            // each was most of its restart's teardown), and only then may a granter see
+            // IN_USE clear or a dead granter's RAM be released.
+            for &dest_gpa in maps.keys() {
+                env.unmap_page_deferred(vm, dest_gpa);
             }
+            env.flush_unmapped(vm);
+        }
+        for mapping in maps.values() {
             self.drop_use(env, mapping, &mut released);
         }
         // (b) Others' mappings of its frames: they stay, counted as zombie RAM.

@@ -24,7 +24,7 @@ use hypervisor::dispatch::{self, CallerVm, MsixControl, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
-use hypervisor::restart::{self, Verdict};
+use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
@@ -64,6 +64,8 @@ pub struct Reload {
     vm_index: usize,
     vm: Vm,
     owns_device: bool,
+    /// Its RAM is a warm spare, zeroed already: only the image and start-info are written.
+    warm: bool,
 }
 
 /// The vCPU each pCPU is running (NO_VCPU when idle). Only written by that pCPU.
@@ -123,6 +125,8 @@ pub fn install(hv: Hv, vcpus: Vec<Vcpu>, sched: Scheduler, slice_ticks: u64, pcp
     PCPUS.store(pcpus, Ordering::Relaxed);
     SLICE_TICKS.store(slice_ticks, Ordering::Relaxed);
     LIVE_VMS.store(hv.live_vms(), Ordering::Release);
+    let mut hv = hv;
+    hv.set_up_spare();
     // The "before" of the free-memory lines every stop prints: nothing may leak.
     hv.log_free_memory();
     crate::locks::install(hv, vcpus, sched);
@@ -614,6 +618,12 @@ impl Hv {
         // Its RAM as it stands: minus the pages it gave back to the balloon.
         let kept_runs = vm.kept_ram_runs();
         let gave_pages = vm.balloon.given_pages() > 0;
+        if let Some(t) = self.vms[vm_index]
+            .as_mut()
+            .and_then(|vm| vm.timeline.as_mut())
+        {
+            t.mark(Mark::Stop, cpu::counter());
+        }
         // No vCPU of this incarnation runs again: a CPU_ON that slipped in before the stop was
         // requested (or a stale run-queue entry) must not resurrect one, and the device lines
         // its vCPUs held are released.
@@ -651,7 +661,13 @@ impl Hv {
         // stop for good and the peers are told the VM is gone rather than left waiting for an
         // incarnation that never comes.
         let mut replaced_ram = None;
-        if kind == StopKind::Reset && (self.sharing.grants.lent_count(vm_id) > 0 || gave_pages) {
+        // The NIC's driver domain swaps in its warm spare of RAM, zeroed ahead of time, instead
+        // of zeroing its RAM now; the old RAM becomes the next spare (below).
+        let warm = kind == StopKind::Reset && self.swap_in_spare(vm_index, &mut replaced_ram);
+        if replaced_ram.is_none()
+            && kind == StopKind::Reset
+            && (self.sharing.grants.lent_count(vm_id) > 0 || gave_pages)
+        {
             let (frames, iommu) = (&mut self.frames, &mut self.iommu);
             match self.vms[vm_index]
                 .as_mut()
@@ -691,20 +707,39 @@ impl Hv {
         match kind {
             StopKind::Reset => {
                 if let Some(old_pa) = replaced_ram {
-                    if stopped.ram_free_now {
+                    if stopped.ram_free_now && warm && !gave_pages {
+                        // Whole and no one maps it: the next spare, once idle pCPUs zero it.
+                        self.set_dirty_spare(SpareRam::dirty(vm_id, old_pa, vm.ram_bytes));
+                    } else if stopped.ram_free_now {
                         free_kept_runs(&mut self.frames, old_pa, &kept_runs);
                     } else {
                         self.sharing.retained.push(retained(old_pa));
                     }
                 }
+                if warm && self.spare.is_none() {
+                    self.new_spare(vm_id, &vm.name, vm.ram_bytes);
+                }
                 vm.balloon = VmBalloon::new(vm.ram_bytes);
-                info!("VM {} restarting (boot {})", vm.name, vm.boots + 1);
+                info!(
+                    "VM {} restarting (boot {}){}",
+                    vm.name,
+                    vm.boots + 1,
+                    if warm {
+                        " on its warm spare of RAM"
+                    } else {
+                        ""
+                    }
+                );
                 vm.stop = None;
+                if let Some(t) = vm.timeline.as_mut() {
+                    t.mark(Mark::Teardown, cpu::counter());
+                }
                 self.reloading += 1;
                 return Some(Reload {
                     vm_index,
                     vm,
                     owns_device,
+                    warm,
                 });
             }
             StopKind::PowerOff | StopKind::Killed(_) => {
@@ -715,6 +750,12 @@ impl Hv {
                 };
                 let name = vm.name.clone();
                 let vmid = vm.vmid;
+                // Its warm spare goes back to the free memory (once no chunk is being zeroed).
+                if let Some(spare) = self.spare.as_mut().filter(|s| s.owner == vm_id) {
+                    if spare.retire() {
+                        self.free_spare();
+                    }
+                }
                 if let StopKind::Killed(reason) = &kind {
                     if reason.starts_with("cannot restart") {
                         error!("VM {name}: {reason}; it stays stopped and its peers are told");
@@ -742,6 +783,7 @@ impl Hv {
             vm_index,
             mut vm,
             owns_device,
+            ..
         } = reload;
         self.reloading -= 1;
         if owns_device {
@@ -771,6 +813,10 @@ impl Hv {
             }
         }
         vm.start_delay_ms = 0;
+        if let Some(mut t) = vm.timeline.take() {
+            t.mark(Mark::Start, cpu::counter());
+            info!("{}", t.line(&vm.name, cpu::counter_frequency()));
+        }
         self.vms[vm_index] = Some(vm);
     }
 
@@ -797,7 +843,7 @@ impl Hv {
 /// reload fails is put back stopping, and torn down for good (its peers are told).
 fn reload_outside_lock(entry: &mut Unlocked, mut reload: Reload, pcpu: usize) {
     let vcpus = reload.vm.vcpus.len() as u32;
-    let loaded = reload.vm.load_memory(vcpus);
+    let loaded = reload.vm.load_memory(vcpus, reload.warm);
     let mut locked = HvLocked::lock(entry);
     let (hv, token) = locked.split();
     match loaded {
@@ -816,7 +862,7 @@ fn reload_outside_lock(entry: &mut Unlocked, mut reload: Reload, pcpu: usize) {
 }
 
 /// Runs `f` under the HV lock.
-fn with_hv<R>(entry: &mut Unlocked, f: impl FnOnce(&mut Hv, &mut HvHeld) -> R) -> R {
+pub(crate) fn with_hv<R>(entry: &mut Unlocked, f: impl FnOnce(&mut Hv, &mut HvHeld) -> R) -> R {
     let mut locked = HvLocked::lock(entry);
     let (hv, token) = locked.split();
     f(hv, token)
@@ -871,6 +917,10 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
         if LIVE_VMS.load(Ordering::Acquire) == 0 {
             info!("all VMs have stopped; powering off");
             cpu::system_off();
+        }
+        // Idle: zero a chunk of the warm spare of RAM, if one is left, and look again.
+        if crate::spare::scrub_a_chunk(entry) {
+            continue;
         }
         match deadline {
             Some(d) => cpu::set_hyp_timer(d),
@@ -1144,6 +1194,7 @@ fn crash_policy(vm: &mut Vm, kind: StopKind) -> StopKind {
                 }
             );
             vm.start_delay_ms = delay_ms;
+            vm.timeline = Some(Timeline::noticed(cpu::counter()));
             StopKind::Reset
         }
         Verdict::GiveUp { crashes } => {

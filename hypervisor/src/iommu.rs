@@ -15,7 +15,9 @@ use alloc::string::String;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use log::{error, info, warn};
 
-use crate::arch::mem::tlbi_ipas_for;
+use alloc::vec::Vec;
+
+use crate::arch::mem::{tlbi_ipas_for, tlbi_vmid_all_for};
 use crate::arch::smmu::Smmu;
 use crate::arch::{gic, platform};
 use crate::dtb::Machine;
@@ -35,10 +37,24 @@ struct Attached {
     owner: String,
 }
 
+/// Unmapped stage-2 pieces of one VM whose invalidation waits for
+/// [`Iommu::flush_deferred`] (a teardown's many grant unmaps, one invalidation for all).
+struct Deferred {
+    vmid: u16,
+    root_pa: u64,
+    pieces: Vec<(u64, u64)>,
+}
+
+/// Deferred pieces up to this many are invalidated one by one (TLBI by IPA); more, and every
+/// entry of the VMID goes at once (one TLBI VMALLS12E1IS, one CMD_TLBI_S12_VMALL): under QEMU
+/// each broadcast TLBI is a synchronised flush of every vCPU's soft TLB.
+const BY_IPA_MAX: usize = 16;
+
 /// The machine's SMMU, if it has one, and what is attached to it.
 pub struct Iommu {
     smmu: Option<Smmu>,
     attached: Option<Attached>,
+    deferred: Option<Deferred>,
     events: u32,
     eventq_irq: Option<u32>,
     gerror_irq: Option<u32>,
@@ -50,6 +66,7 @@ impl Iommu {
         Iommu {
             smmu: None,
             attached: None,
+            deferred: None,
             events: 0,
             eventq_irq: None,
             gerror_irq: None,
@@ -87,6 +104,7 @@ impl Iommu {
         Ok(Iommu {
             smmu: Some(smmu),
             attached: None,
+            deferred: None,
             events: 0,
             eventq_irq: machine.smmu_eventq_irq.map(|i| i.intid),
             gerror_irq: machine.smmu_gerror_irq.map(|i| i.intid),
@@ -168,6 +186,47 @@ impl Iommu {
     /// stage-2 root `root_pa`: on the CPUs, and in the SMMU if that VM owns a device.
     pub fn invalidate_ipas(&mut self, vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
         tlbi_ipas_for(vmid, root_pa, pieces);
+        self.smmu_invalidate(vmid, Some(pieces));
+    }
+
+    /// Records unmapped `pieces` of the VM with `vmid` and stage-2 root `root_pa` whose TLB
+    /// entries [`Iommu::flush_deferred`] invalidates, all at once; nothing may reuse their
+    /// frames before that. Pieces of another VM flush what was deferred first.
+    pub fn defer_invalidation(&mut self, vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
+        if self
+            .deferred
+            .as_ref()
+            .is_some_and(|d| d.vmid != vmid || d.root_pa != root_pa)
+        {
+            self.flush_deferred();
+        }
+        self.deferred
+            .get_or_insert_with(|| Deferred {
+                vmid,
+                root_pa,
+                pieces: Vec::new(),
+            })
+            .pieces
+            .extend_from_slice(pieces);
+    }
+
+    /// Invalidates what [`Iommu::defer_invalidation`] recorded: by IPA when it is a few pieces,
+    /// else every entry of the VMID (on the CPUs and in the SMMU when that VM owns a device).
+    pub fn flush_deferred(&mut self) {
+        let Some(d) = self.deferred.take() else {
+            return;
+        };
+        if d.pieces.len() <= BY_IPA_MAX {
+            self.invalidate_ipas(d.vmid, d.root_pa, &d.pieces);
+        } else {
+            tlbi_vmid_all_for(d.vmid, d.root_pa);
+            self.smmu_invalidate(d.vmid, None);
+        }
+    }
+
+    /// The SMMU's side of an invalidation for `vmid`, if that VM owns the attached device:
+    /// `pieces` by IPA, or (`None`) every entry of the VMID.
+    fn smmu_invalidate(&mut self, vmid: u16, pieces: Option<&[(u64, u64)]>) {
         let Some(smmu) = self.smmu.as_mut() else {
             return;
         };
@@ -175,7 +234,11 @@ impl Iommu {
         else {
             return;
         };
-        if let Err(e) = smmu.tlbi_ipas(vmid, pieces) {
+        let done = match pieces {
+            Some(pieces) => smmu.tlbi_ipas(vmid, pieces),
+            None => smmu.tlbi_vmid(vmid),
+        };
+        if let Err(e) = done {
             // The device could still reach the unmapped pages through a stale translation, and
             // they may already belong to someone else: cut its DMA off entirely. Aborting the
             // stream is a stream-table write plus CFGI, which does not depend on the TLBI that

@@ -27,6 +27,8 @@ pub struct Hv {
     pub passthrough: Option<Passthrough>,
     /// VMs being reloaded for a restart outside the lock (out of `vms` meanwhile, but alive).
     pub reloading: usize,
+    /// The NIC's driver domain's warm spare of RAM, if there was room for one (`spare`).
+    pub spare: Option<hypervisor::restart::SpareRam>,
     /// Pages VMs gave back to the balloon and nobody has taken yet: how many frames
     /// BALLOON_POPULATE may still take from the free memory (see `ballooning`).
     pub balloon_credit: u64,

@@ -47,6 +47,9 @@ mod passthrough;
 mod sharing;
 #[cfg(target_os = "none")]
 #[forbid(unsafe_code)]
+mod spare;
+#[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod vm;
 
 #[cfg(target_os = "none")]
@@ -186,6 +189,7 @@ mod boot {
             iommu: Iommu::none(),
             passthrough: None,
             reloading: 0,
+            spare: None,
             balloon_credit: 0,
             its: None,
         };

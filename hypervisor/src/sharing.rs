@@ -255,6 +255,37 @@ impl GrantEnv for Env<'_> {
         }
     }
 
+    fn unmap_page_deferred(&mut self, vm: VmId, ipa: u64) {
+        let Some(vm) = vm_slot_mut(self.vms, vm) else {
+            return;
+        };
+        let mut pieces = Vec::new();
+        let mut tables = PhysTableMemory {
+            frames: self.frames,
+        };
+        let (vmid, root) = (vm.vmid, vm.stage2.root_pa());
+        let iommu = &mut *self.iommu;
+        if vm
+            .stage2
+            .unmap(
+                &mut tables,
+                ipa,
+                PAGE_SIZE,
+                &mut |ipa, size| pieces.push((ipa, size)),
+                // A table frame freed by the unmap is invalidated at once, as always: it goes
+                // back to the allocator before this returns.
+                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
+            )
+            .is_ok()
+        {
+            iommu.defer_invalidation(vmid, root, &pieces);
+        }
+    }
+
+    fn flush_unmapped(&mut self, _vm: VmId) {
+        self.iommu.flush_deferred();
+    }
+
     fn revoked(&mut self, vm: VmId) {
         wait_for_copies(vm);
     }

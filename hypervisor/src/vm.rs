@@ -9,7 +9,7 @@ use hypervisor::balloon::VmBalloon;
 use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
-use hypervisor::restart::CrashHistory;
+use hypervisor::restart::{CrashHistory, Mark, Timeline};
 use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
 use shared_abi::bundle::{VmKind, VmSpec};
@@ -17,7 +17,7 @@ use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE, PAGE_SIZE};
 use shared_abi::start_info::{StartInfo, StartInfoError};
 use shared_abi::wire::WireError;
 
-use crate::arch::cpu::{El1Context, FpContext};
+use crate::arch::cpu::{self, El1Context, FpContext};
 use crate::arch::gic::{self, VgicContext};
 use crate::arch::mem::{scrub_frame, GuestRam, PhysTableMemory, VmRam};
 use crate::arch::vectors::TrapFrame;
@@ -56,6 +56,9 @@ pub struct Vm {
     /// How long its next incarnation's first vCPU waits before it starts (the back-off of a
     /// restart after a crash).
     pub start_delay_ms: u64,
+    /// The restart in progress, timed from the crash notice (printed when its first vCPU is
+    /// made runnable again).
+    pub timeline: Option<Timeline>,
 }
 
 /// What switching a vCPU in needs of its VM, kept with the vCPU so that a context switch
@@ -200,8 +203,9 @@ impl Vm {
             balloon: VmBalloon::new(spec.ram_bytes),
             crashes: CrashHistory::default(),
             start_delay_ms: 0,
+            timeline: None,
         };
-        if let Err(e) = vm.load_memory(spec.vcpus) {
+        if let Err(e) = vm.load_memory(spec.vcpus, false) {
             let mut tables = PhysTableMemory { frames };
             vm.stage2.destroy(&mut tables);
             vm.ram
@@ -213,8 +217,9 @@ impl Vm {
 
     /// (Re)initialises RAM: zeroed, image at the base, start-info page at the top. Fails only if
     /// the start-info does not fit its page, which bundle validation rules out; a restart that
-    /// fails anyway stops the VM instead of the hypervisor.
-    pub fn load_memory(&mut self, vcpus: u32) -> Result<(), StartInfoError> {
+    /// fails anyway stops the VM instead of the hypervisor. `zeroed`: the RAM is a warm spare,
+    /// zeroed and cleaned from the caches already, so only what is written here is cleaned.
+    pub fn load_memory(&mut self, vcpus: u32, zeroed: bool) -> Result<(), StartInfoError> {
         self.boots += 1;
         let info_offset = start_info_gpa(self.ram_bytes) - GUEST_RAM_BASE;
         let info = StartInfo {
@@ -233,7 +238,12 @@ impl Vm {
         let mut page = vec![0u8; PAGE_SIZE as usize];
         info.write_to(&mut page)?;
         let ram = self.ram.view();
-        ram.zero();
+        if !zeroed {
+            ram.zero();
+        }
+        if let Some(t) = self.timeline.as_mut() {
+            t.mark(Mark::Zero, cpu::counter());
+        }
         let loaded = ram.write(0, self.image) && ram.write(info_offset, &page);
         if !loaded {
             // Bundle validation rules this out (the image and the page fit the RAM).
@@ -246,7 +256,16 @@ impl Vm {
                     .max(info_offset as usize + PAGE_SIZE as usize),
             }));
         }
-        self.ram.sync_for_execution();
+        if zeroed {
+            self.ram
+                .sync_range_for_execution(0, self.image.len() as u64);
+            self.ram.sync_range_for_execution(info_offset, PAGE_SIZE);
+        } else {
+            self.ram.sync_for_execution();
+        }
+        if let Some(t) = self.timeline.as_mut() {
+            t.mark(Mark::Load, cpu::counter());
+        }
         Ok(())
     }
 
@@ -312,6 +331,23 @@ impl Vm {
     /// owns; `None` (nothing changed) when there is no free RAM or the remap fails.
     pub fn replace_ram(&mut self, frames: &mut FrameAllocator, iommu: &mut Iommu) -> Option<u64> {
         let new = VmRam::alloc(frames, self.ram_bytes)?;
+        match self.replace_ram_with(new, frames, iommu) {
+            Ok(old_pa) => Some(old_pa),
+            Err(new) => {
+                new.free(frames, &[(0, self.ram_bytes / PAGE_SIZE)]);
+                None
+            }
+        }
+    }
+
+    /// Like [`Vm::replace_ram`], with the given RAM (of the VM's size: a fresh allocation or a
+    /// warm spare); gives it back (`Err`) if the remap fails.
+    pub fn replace_ram_with(
+        &mut self,
+        new: VmRam,
+        frames: &mut FrameAllocator,
+        iommu: &mut Iommu,
+    ) -> Result<u64, VmRam> {
         let mut tables = PhysTableMemory { frames };
         let remapped = self.unmap_ram(&mut tables, iommu)
             && self
@@ -337,10 +373,9 @@ impl Vm {
                     RAM_ATTRS,
                 );
             }
-            new.free(tables.frames, &[(0, self.ram_bytes / PAGE_SIZE)]);
-            return None;
+            return Err(new);
         }
-        Some(core::mem::replace(&mut self.ram, new).into_pa())
+        Ok(core::mem::replace(&mut self.ram, new).into_pa())
     }
 
     /// Unmaps the VM's RAM and frees its tables; frees the RAM too when `free_ram`, otherwise a

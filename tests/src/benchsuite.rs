@@ -634,6 +634,8 @@ pub struct Results {
     pub driver_domain_restart_gap_ms: RestartGap,
     /// Where the recovery's time goes: each of [`crate::restart::PHASES`], ms after the crash.
     pub driver_domain_restart_phases_ms: BTreeMap<String, Option<Stat>>,
+    /// The recovery cut into consecutive spans: each of [`crate::restart::SPANS`], ms.
+    pub driver_domain_restart_spans_ms: BTreeMap<String, Option<Stat>>,
     pub memcpy_mbps: Option<Stat>,
     pub ping_rtt_us: PingRtt,
     pub evtchn_roundtrip_us: Option<Stat>,
@@ -778,6 +780,8 @@ struct Raw {
     restart_gaps: BTreeMap<&'static str, Vec<f64>>,
     /// [`crate::restart::PHASES`] entry -> each run's ms after the crash.
     restart_phases: BTreeMap<&'static str, Vec<f64>>,
+    /// [`crate::restart::SPANS`] entry -> each run's ms.
+    restart_spans: BTreeMap<&'static str, Vec<f64>>,
     errors: Vec<String>,
 }
 
@@ -902,6 +906,13 @@ impl Results {
                 .map(|phase| {
                     let runs = raw.restart_phases.get(phase).cloned().unwrap_or_default();
                     (phase.to_string(), Stat::of_runs(&runs))
+                })
+                .collect(),
+            driver_domain_restart_spans_ms: crate::restart::SPANS
+                .iter()
+                .map(|span| {
+                    let runs = raw.restart_spans.get(span).cloned().unwrap_or_default();
+                    (span.to_string(), Stat::of_runs(&runs))
                 })
                 .collect(),
             memcpy_mbps: stat_of("memcpy_mbps"),
@@ -1125,6 +1136,15 @@ impl Results {
                 format!("restart phase: {}", phase.replace('_', " ")),
                 self.driver_domain_restart_phases_ms
                     .get(phase)
+                    .and_then(Option::as_ref),
+                "ms",
+            ));
+        }
+        for span in crate::restart::SPANS {
+            rows.push((
+                format!("restart span: {}", span.replace('_', " ")),
+                self.driver_domain_restart_spans_ms
+                    .get(span)
                     .and_then(Option::as_ref),
                 "ms",
             ));
@@ -1524,6 +1544,9 @@ impl Suite<'_> {
                     for (phase, ms) in r.phases_ms {
                         raw.restart_phases.entry(phase).or_default().push(ms);
                     }
+                    for (span, ms) in r.spans_ms {
+                        raw.restart_spans.entry(span).or_default().push(ms);
+                    }
                     for (key, gap) in r.gaps {
                         match gap {
                             Ok(ms) => raw.restart_gaps.entry(key).or_default().push(ms as f64),
@@ -1578,6 +1601,7 @@ impl Suite<'_> {
             recovered_ms: recovery.recovered_ms,
             gaps,
             phases_ms: recovery.phases_ms,
+            spans_ms: recovery.spans_ms,
         })
     }
 
@@ -2366,6 +2390,7 @@ struct RestartRun {
     /// [`RESTART_RECEIVERS`] key -> the receiver's longest data gap.
     gaps: Vec<(&'static str, Result<u64, String>)>,
     phases_ms: BTreeMap<&'static str, f64>,
+    spans_ms: BTreeMap<&'static str, f64>,
 }
 
 impl Describe for RestartRun {
@@ -2379,10 +2404,11 @@ impl Describe for RestartRun {
             })
             .collect();
         format!(
-            "recovered in {} ms, {}; {}",
+            "recovered in {} ms, {}; {}; spans (ms): {}",
             self.recovered_ms,
             gaps.join(", "),
-            crate::restart::phases_text(&self.phases_ms)
+            crate::restart::phases_text(&self.phases_ms),
+            crate::restart::spans_text(&self.spans_ms)
         )
     }
 }
@@ -2732,6 +2758,8 @@ mod tests {
             .insert("host_to_guest", vec![1300.0, 1500.0, 1400.0]);
         raw.restart_phases
             .insert("first_frame", vec![90.0, 80.0, 85.0]);
+        raw.restart_spans
+            .insert("hv_teardown", vec![9.0, 8.0, 12.0]);
         for (m, (method, _)) in METHODS.iter().enumerate() {
             for (test, _) in TESTS {
                 let runs = (0..options.runs)
@@ -3013,6 +3041,7 @@ mod tests {
             "restart: TCP gap host -> guest",
             "restart anchor",
             "restart phase: first frame",
+            "restart span: hv teardown",
             "memcpy in a guest (one copy)",
             "scaling: 1 pair at once, sum",
             "scaling: 2 pairs at once, sum",

@@ -12,6 +12,10 @@
 //! test crash printed its time, else from the first guest noticing. The bench's `restart`
 //! group reads the same [`Recovery`]; [`parse_udp_echo`] reads a guest's UDP echo tally.
 //!
+//! The same line carries the recovery cut into [`SPANS`] that add up to it: the hypervisor's
+//! own (its `restart timeline: VM ...` line, [`parse_hv_timeline`]: notice, stop, teardown,
+//! zero, load, start), the driver domain's bring-up, and the handshake with the guests.
+//!
 //! The console strings are the front-end's (`guest-frontend/src/netfront/reconnect.rs`) and
 //! the driver domain's (`driver-domain/src/main.rs`), defined here rather than in
 //! `console.rs`, which other work edits.
@@ -40,6 +44,48 @@ pub const CRASH: &str = "test crash: ";
 /// A restarted driver domain's timeline: `restart timeline: entered at T us, NIC up at T us,
 /// gateway answered at T us, serving at T us`.
 pub const TIMELINE: &str = "restart timeline: ";
+/// The hypervisor's timeline of a restart (`hypervisor::restart::Timeline`): `restart
+/// timeline: VM dd: notice at T us; ms after it: stop 0.1, teardown 7.5, zero 7.6, load 9.9,
+/// start 10.3`.
+pub const HV_TIMELINE: &str = "restart timeline: VM ";
+/// The hypervisor's marks in its timeline line, in order.
+pub const HV_MARKS: [&str; 5] = ["stop", "teardown", "zero", "load", "start"];
+/// The recovery cut into consecutive spans (ms each; together the crash to the first frame):
+/// the crash to the hypervisor's notice (`hv_notice`); from there to every vCPU stopped
+/// (`hv_stop`), the sharing and stage-2 teardown (`hv_teardown`), zeroing the RAM (`hv_zero`),
+/// writing the image (`hv_load`); from there to the driver domain's first code (`hv_start`:
+/// the re-attach of the NIC, the first vCPU made runnable, and its wait for a pCPU); the
+/// driver domain's NIC bring-up (`dd_boot_to_nic`) and the rest until it serves its
+/// front-ends (`dd_to_serving`); the handshake until a guest receives the first frame through
+/// it (`handshake`).
+pub const SPANS: [&str; 9] = [
+    "hv_notice",
+    "hv_stop",
+    "hv_teardown",
+    "hv_zero",
+    "hv_load",
+    "hv_start",
+    "dd_boot_to_nic",
+    "dd_to_serving",
+    "handshake",
+];
+
+/// A hypervisor timeline line (the text after `[hv] `): the VM, the notice in us and each
+/// [`HV_MARKS`] entry present with its ms after the notice.
+pub fn parse_hv_timeline(text: &str) -> Option<(String, u64, BTreeMap<&'static str, f64>)> {
+    let rest = text.strip_prefix(HV_TIMELINE)?;
+    let (vm, rest) = rest.split_once(": notice at ")?;
+    let (notice, rest) = rest.split_once(" us; ms after it:")?;
+    let notice_us = notice.trim().parse().ok()?;
+    let mut marks = BTreeMap::new();
+    for part in rest.split(',') {
+        let (name, ms) = part.trim().split_once(' ')?;
+        let mark = HV_MARKS.iter().find(|m| **m == name)?;
+        marks.insert(*mark, ms.trim().parse().ok()?);
+    }
+    Some((vm.to_string(), notice_us, marks))
+}
+
 /// A guest's `net: back-end 1 went away (...) ... (at T us)` contains this.
 pub const WENT_AWAY: &str = " went away (generation ";
 /// A guest's reconnection: `net: reconnected to back-end 1 (generation 1) ... (at T us)`.
@@ -107,6 +153,9 @@ pub struct Recovery {
     /// [`PHASES`] that could be timed -> ms after the crash; empty without the driver
     /// domain's crash line (a crash not of the test hook).
     pub phases_ms: BTreeMap<&'static str, f64>,
+    /// [`SPANS`] that could be timed -> ms each (needs the crash line, the hypervisor's
+    /// timeline and the restarted driver domain's).
+    pub spans_ms: BTreeMap<&'static str, f64>,
 }
 
 impl Recovery {
@@ -132,6 +181,7 @@ pub fn recovery(topology: &Topology, boot: &Boot) -> Result<Recovery, String> {
         *gap = (*gap).max(ms);
     }
     let phases_ms = phases(topology, boot);
+    let spans_ms = spans(topology, boot, &phases_ms);
     // From the crash when it is known; otherwise from the first guest noticing.
     let recovered_ms = phases_ms
         .get("first_frame")
@@ -140,7 +190,65 @@ pub fn recovery(topology: &Topology, boot: &Boot) -> Result<Recovery, String> {
         recovered_ms,
         gaps_ms,
         phases_ms,
+        spans_ms,
     })
+}
+
+/// The first restart's [`SPANS`], from its phases and the hypervisor's timeline for it.
+fn spans(
+    topology: &Topology,
+    boot: &Boot,
+    phases_ms: &BTreeMap<&'static str, f64>,
+) -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::new();
+    let dds: Vec<&str> = topology
+        .vms
+        .iter()
+        .filter(|vm| vm.kind == VmKind::DriverDomain)
+        .map(|vm| vm.name.as_str())
+        .collect();
+    let Some(crash) = dds
+        .iter()
+        .flat_map(|dd| boot.vm_lines(dd))
+        .filter(|l| l.starts_with(CRASH))
+        .find_map(|l| times_us(l).first().copied())
+    else {
+        return out;
+    };
+    let Some((_, notice, marks)) = boot
+        .vm_lines("hv")
+        .filter_map(parse_hv_timeline)
+        .find(|(vm, notice, _)| dds.contains(&vm.as_str()) && *notice >= crash)
+    else {
+        return out;
+    };
+    let round = |ms: f64| (ms * 10.0).round() / 10.0;
+    let notice_ms = round(notice.saturating_sub(crash) as f64 / 1000.0);
+    out.insert("hv_notice", notice_ms);
+    // Consecutive differences of the marks that are there, each from the one before.
+    let mut before = 0.0;
+    for (span, mark) in SPANS[1..5].iter().zip(&HV_MARKS[..4]) {
+        if let Some(&ms) = marks.get(mark) {
+            out.insert(*span, round(ms - before));
+            before = ms;
+        }
+    }
+    // The rest from the phases (ms after the crash), the first from the RAM loaded.
+    let loaded = notice_ms + before;
+    let mut before = Some(loaded).filter(|_| marks.contains_key("load"));
+    for (span, phase) in [
+        ("hv_start", "entered"),
+        ("dd_boot_to_nic", "nic_up"),
+        ("dd_to_serving", "serving"),
+        ("handshake", "first_frame"),
+    ] {
+        let at = phases_ms.get(phase).copied();
+        if let (Some(from), Some(to)) = (before, at) {
+            out.insert(span, round(to - from));
+        }
+        before = at;
+    }
+    out
 }
 
 /// The first restart's phases (see [`PHASES`]), from the first test crash.
@@ -207,6 +315,15 @@ pub fn phases_text(phases_ms: &BTreeMap<&'static str, f64>) -> String {
     format!("ms after the crash: {}", parts.join(", "))
 }
 
+/// `hv_notice 1.0, hv_stop 0.1, ...` in [`SPANS`] order.
+pub fn spans_text(spans_ms: &BTreeMap<&'static str, f64>) -> String {
+    let parts: Vec<String> = SPANS
+        .iter()
+        .filter_map(|s| spans_ms.get(s).map(|ms| format!("{s} {ms:.1}")))
+        .collect();
+    parts.join(", ")
+}
+
 /// A guest's UDP echo tally (`vm_net::udp_echo`): `UDP ECHO 10.0.2.17: 160 sent, 151
 /// answered, 9 lost; longest silence 548 ms (answered 60 before, 91 after, from seq 69); 0
 /// duplicate(s), 0 stray(s)`.
@@ -263,7 +380,11 @@ pub fn checks(topology: &Topology, boot: &Boot) -> Vec<Check> {
     // Where the recovery's time went (information: it passes whenever it could be timed).
     if let Ok(r) = recovery(topology, boot) {
         if !r.phases_ms.is_empty() {
-            checks.push(Check::new(PHASES_CHECK, true, phases_text(&r.phases_ms)));
+            let mut detail = phases_text(&r.phases_ms);
+            if !r.spans_ms.is_empty() {
+                detail += &format!("; spans (ms): {}", spans_text(&r.spans_ms));
+            }
+            checks.push(Check::new(PHASES_CHECK, true, detail));
         }
     }
     checks
@@ -507,6 +628,10 @@ settings = { app = "iperf", ip = "10.0.2.21/24", iperf = "client", iperf_server 
         );
         // The recovery counts from the crash now, not from the guests noticing.
         assert_eq!(r.recovered_ms, 97);
+        assert!(
+            r.spans_ms.is_empty(),
+            "no spans without the hypervisor's timeline"
+        );
         let checks = checks(&topology, &boot(&lines));
         assert_eq!(checks.len(), 2);
         assert_eq!(
@@ -515,5 +640,64 @@ settings = { app = "iperf", ip = "10.0.2.21/24", iperf = "client", iperf_server 
              gateway 70.0, serving 70.1, noticed 1.0, reconnected 91.0, first_frame 97.0"
         );
         assert_eq!(times_us("at 12 us, at x us, at 7 ms, at 3 us"), vec![12, 3]);
+    }
+
+    #[test]
+    fn the_spans_cut_the_recovery_into_the_hypervisors_the_driver_domains_and_the_handshakes() {
+        let topology = Topology::from_toml_str(TOPOLOGY).unwrap();
+        let mut lines = good_lines();
+        lines.extend([
+            // A timeline of an earlier restart and one of a guest: neither counts.
+            "[hv] restart timeline: VM dd: notice at 4000000 us; ms after it: stop 9.0",
+            "[hv] restart timeline: VM s: notice at 5001000 us; ms after it: stop 9.0",
+            "[dd] test crash: Panic now (at 5000000 us)",
+            "[hv] restart timeline: VM dd: notice at 5001500 us; ms after it: stop 0.2, \
+             teardown 10.0, zero 20.5, load 22.0, start 22.5",
+            "[dd] restart timeline: entered at 5030000 us, NIC up at 5050500 us, gateway \
+             answered at 5070000 us, serving at 5070100 us",
+            "[s] net: first frame through the back-end again 95 ms after it went away (at \
+             5097000 us)",
+        ]);
+        let r = recovery(&topology, &boot(&lines)).unwrap();
+        let spans: Vec<(&str, f64)> = SPANS
+            .iter()
+            .map(|s| (*s, *r.spans_ms.get(s).unwrap()))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                ("hv_notice", 1.5),
+                ("hv_stop", 0.2),
+                ("hv_teardown", 9.8),
+                ("hv_zero", 10.5),
+                ("hv_load", 1.5),
+                ("hv_start", 6.5),
+                ("dd_boot_to_nic", 20.5),
+                ("dd_to_serving", 19.6),
+                ("handshake", 26.9),
+            ]
+        );
+        // They add up to the recovery.
+        let sum: f64 = r.spans_ms.values().sum();
+        assert!((sum - r.recovered_ms as f64).abs() < 0.5, "{sum}");
+        let checks = checks(&topology, &boot(&lines));
+        assert!(checks[1].detail.ends_with(
+            "; spans (ms): hv_notice 1.5, hv_stop 0.2, hv_teardown 9.8, hv_zero 10.5, hv_load \
+             1.5, hv_start 6.5, dd_boot_to_nic 20.5, dd_to_serving 19.6, handshake 26.9"
+        ));
+        // A timeline without zero (never printed so, but) skips that span, not the others.
+        let (vm, notice, marks) = parse_hv_timeline(
+            "restart timeline: VM dd: notice at 7 us; ms after it: stop 0.5, load 3.0",
+        )
+        .unwrap();
+        assert_eq!((vm.as_str(), notice, marks.len()), ("dd", 7, 2));
+        for bad in [
+            "restart timeline: VM dd: notice at x us; ms after it: stop 0.5",
+            "restart timeline: VM dd: notice at 7 us; ms after it: stop x",
+            "restart timeline: VM dd: notice at 7 us; ms after it: lunch 0.5",
+            "restart timeline: entered at 5030000 us, NIC up at 5050500 us",
+        ] {
+            assert_eq!(parse_hv_timeline(bad), None, "{bad}");
+        }
     }
 }

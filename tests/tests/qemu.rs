@@ -3148,6 +3148,95 @@ fn guests_reconnect_when_the_driver_domain_crashes_again_during_their_reconnect(
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
 
+/// The hypervisor's restart lines for the driver domain: how many restarts ran on a warm spare,
+/// and how many printed their timeline.
+fn warm_restarts(boot: &Boot) -> (usize, usize) {
+    let warm = boot
+        .vm_lines("hv")
+        .filter(|l| {
+            l.starts_with("VM driver-domain restarting (boot")
+                && l.ends_with("on its warm spare of RAM")
+        })
+        .count();
+    let timelines = boot
+        .vm_lines("hv")
+        .filter(|l| l.starts_with("restart timeline: VM driver-domain: notice at "))
+        .count();
+    (warm, timelines)
+}
+
+#[test]
+fn a_nic_driver_domain_restarts_on_its_warm_spare_and_its_old_ram_becomes_the_next() {
+    // Two crashes 2 s apart: the first restart swaps the spare set aside at boot in, the
+    // second the old RAM of the first incarnation, zeroed meanwhile by idle pCPUs.
+    let toml = pinging_pair_on_a_crashing_driver_domain(
+        "test_crash = \"panic\", test_crash_after_ms = 2500, test_crash_again_ms = 2000, \
+         test_crash_boots = 2",
+        80,
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    assert!(
+        boot.has("[hv] warm spare: 16 MiB set aside for driver-domain's next restart"),
+        "{t}"
+    );
+    assert!(
+        boot.has("warm spare 16384 KiB"),
+        "the free-memory line shows it:\n{t}"
+    );
+    assert!(
+        boot.has("restarting it (crash 2 within 60 s"),
+        "no second crash:\n{t}"
+    );
+    assert_eq!(warm_restarts(&boot), (2, 2), "{t}");
+    assert!(!boot.has("not ready"), "{t}");
+    for vm in ["pa", "pb"] {
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: reconnected to back-end 1 (generation 2)")),
+            "{vm} did not reconnect to the third incarnation:\n{t}"
+        );
+        assert_report_ok(&boot, vm, "pinged");
+    }
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+#[test]
+fn a_nic_driver_domain_without_room_for_a_spare_restarts_by_zeroing_its_ram() {
+    // 288 MiB of driver domain on a 512 MiB machine: no room for a second 288 MiB.
+    let toml = pinging_pair_on_a_crashing_driver_domain(
+        "test_crash = \"reset\", test_crash_after_ms = 2500",
+        40,
+    )
+    .replacen(
+        "memory_mib = 16\nvcpus = 1\npassthrough",
+        "memory_mib = 288\nvcpus = 1\npassthrough",
+        1,
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    assert!(
+        boot.has(
+            "[hv] warm spare: no room for 288 MiB beside the VMs; a restart of driver-domain \
+             zeroes its RAM first"
+        ),
+        "{t}"
+    );
+    assert!(boot.has("VM driver-domain restarting (boot 2)"), "{t}");
+    assert_eq!(warm_restarts(&boot), (0, 1), "{t}");
+    for vm in ["pa", "pb"] {
+        assert!(
+            boot.vm_lines(vm)
+                .any(|l| l.starts_with("net: reconnected to back-end 1 (generation 1)")),
+            "{vm} did not reconnect:\n{t}"
+        );
+        assert_report_ok(&boot, vm, "pinged");
+    }
+    assert!(!boot.has("[hv] PANIC"), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
 #[test]
 fn guests_fail_their_sends_cleanly_when_the_driver_domain_is_left_stopped() {
     let toml = pinging_pair_on_a_crashing_driver_domain(

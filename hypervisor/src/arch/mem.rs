@@ -7,7 +7,7 @@
 
 use core::arch::asm;
 use core::marker::PhantomData;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2};
 use spin::Once;
@@ -239,8 +239,9 @@ impl GuestRam<'_> {
         if self.balloon.is_some_and(|b| b.given_pages() > 0) {
             return;
         }
-        // SAFETY: exactly the range the constructor vouches for, through a raw pointer.
-        unsafe { core::ptr::write_bytes(self.pa as *mut u8, 0, self.len as usize) };
+        // SAFETY: exactly the range the constructor vouches for, through raw pointers and
+        // cache maintenance only.
+        unsafe { zero_phys(self.pa, self.len) };
     }
 }
 
@@ -260,6 +261,12 @@ impl VmRam {
         Some(VmRam { pa, len })
     }
 
+    /// Takes back a run that an earlier `VmRam` (from [`VmRam::alloc`], of `len` bytes) handed
+    /// over with [`VmRam::into_pa`]: a warm spare of RAM, owned by the spare's record meanwhile.
+    pub fn from_pa(pa: u64, len: u64) -> VmRam {
+        VmRam { pa, len }
+    }
+
     pub fn pa(&self) -> u64 {
         self.pa
     }
@@ -274,6 +281,14 @@ impl VmRam {
     /// Cleans the caches for code just written into the RAM (see [`sync_for_execution`]).
     pub fn sync_for_execution(&self) {
         sync_for_execution(self.pa, self.len);
+    }
+
+    /// As [`VmRam::sync_for_execution`], for `[offset, offset + len)` only (clipped to the RAM):
+    /// RAM whose rest is zeroed and already cleaned (a warm spare, [`scrub_run`]).
+    pub fn sync_range_for_execution(&self, offset: u64, len: u64) {
+        let start = offset.min(self.len);
+        let end = offset.saturating_add(len).min(self.len);
+        sync_for_execution(self.pa + start, end - start);
     }
 
     /// Gives the frames back to the allocator, except the pages given back to the balloon
@@ -302,7 +317,62 @@ pub fn scrub_frame(pa: u64) {
     // SAFETY: the callers pass a frame they own (just unmapped from its VM and invalidated,
     // with its VM's copy pins drained, and not yet freed; or just allocated), identity-mapped
     // RAM no one else accesses.
-    unsafe { phys_bytes_mut(pa, PAGE_SIZE as usize).fill(0) };
+    unsafe { zero_phys(pa, PAGE_SIZE) };
+}
+
+/// DC ZVA's block in bytes, read once from DCZID_EL0: 0 until read, 1 when DC ZVA is
+/// prohibited (DZP), else 4 << BS.
+static ZVA_BLOCK: AtomicUsize = AtomicUsize::new(0);
+
+/// The block DC ZVA zeroes, or `None` when this CPU prohibits it.
+pub fn zva_block() -> Option<u64> {
+    let mut block = ZVA_BLOCK.load(Ordering::Relaxed);
+    if block == 0 {
+        let dczid: u64;
+        // SAFETY: reading an identification register has no side effect.
+        unsafe { asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack)) };
+        // DZP (bit 4) set: DC ZVA is prohibited. Else BS (bits 3:0) is log2 of the block in
+        // words.
+        block = if dczid & (1 << 4) != 0 {
+            1
+        } else {
+            4usize << (dczid & 0xf)
+        };
+        ZVA_BLOCK.store(block, Ordering::Relaxed);
+    }
+    (block > 1).then_some(block as u64)
+}
+
+/// Zeroes `[pa, pa + len)`: with DC ZVA, one instruction per block (under QEMU one helper
+/// call where a store loop is one translated store per 16 bytes), the unaligned head and tail
+/// with stores; all of it with stores when DCZID_EL0 prohibits DC ZVA.
+///
+/// # Safety
+/// The range must be RAM inside the identity map (Normal memory, as DC ZVA needs) that the
+/// caller may write; no Rust reference to its bytes may be live.
+pub unsafe fn zero_phys(pa: u64, len: u64) {
+    let end = pa + len;
+    let Some(block) = zva_block().filter(|&b| len >= 2 * b) else {
+        // SAFETY: forwarded to the caller.
+        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len as usize) };
+        return;
+    };
+    let first = pa.next_multiple_of(block);
+    let last = end & !(block - 1);
+    // SAFETY: forwarded to the caller; head and tail are inside the range.
+    unsafe {
+        core::ptr::write_bytes(pa as *mut u8, 0, (first - pa) as usize);
+        core::ptr::write_bytes(last as *mut u8, 0, (end - last) as usize);
+    }
+    let mut at = first;
+    while at < last {
+        // SAFETY: zeroes the aligned block at `at`, inside the range the caller vouches for;
+        // DC ZVA is a store as far as ordering goes.
+        unsafe { asm!("dc zva, {}", in(reg) at, options(nostack)) };
+        at += block;
+    }
+    // SAFETY: a barrier only: the zeroes are visible before whatever the caller does next.
+    unsafe { asm!("dsb ish", options(nostack)) };
 }
 
 /// A frame the hypervisor owns for the life of the system and may map into VMs (a connection's
@@ -353,16 +423,47 @@ pub fn tlbi_ipas_for(vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
     super::cpu::restore_vttbr(saved);
 }
 
-/// Cleans the data cache to the point of coherency and invalidates the instruction cache for a
-/// range just written with code, so a vCPU with its MMU and caches off sees it.
-pub fn sync_for_execution(pa: u64, len: u64) {
+/// Zeroes `[pa, pa + len)` and cleans and invalidates it to the point of coherency, so a VM
+/// that gets it next with its caches off sees zeroes and no stale line (a chunk of a warm
+/// spare of RAM, scrubbed by an idle pCPU with no lock held).
+pub fn scrub_run(pa: u64, len: u64) {
+    // SAFETY: the one caller (`spare::scrub_a_chunk`) passes a chunk it claimed under the HV
+    // lock: identity-mapped RAM of a spare no VM maps, which nothing else takes, frees or
+    // zeroes until the chunk is reported done; no reference to its bytes exists.
+    unsafe { zero_phys(pa, len) };
+    clean_invalidate(pa, len);
+    // SAFETY: a barrier only: the maintenance is complete before the chunk is reported done.
+    unsafe { asm!("dsb ish", options(nostack)) };
+}
+
+/// DC CIVAC over `[pa, pa + len)`, line by line.
+fn clean_invalidate(pa: u64, len: u64) {
     const LINE: u64 = 64;
     let mut line = pa & !(LINE - 1);
     while line < pa + len {
-        // SAFETY: cache maintenance by address on mapped RAM has no other effect.
-        unsafe { asm!("dc cvac, {}", in(reg) line, options(nostack)) };
+        // SAFETY: cache maintenance by address on mapped RAM has no other effect (the lines
+        // are written back before they are dropped).
+        unsafe { asm!("dc civac, {}", in(reg) line, options(nostack)) };
         line += LINE;
     }
+}
+
+/// Like [`tlbi_current_vmid_all`], for the VM with `vmid` and stage-2 root `root_pa`, which
+/// need not be the one loaded on this pCPU (many unmaps of that VM at once).
+pub fn tlbi_vmid_all_for(vmid: u16, root_pa: u64) {
+    let saved = super::cpu::vttbr();
+    super::cpu::set_vttbr(vmid, root_pa);
+    tlbi_current_vmid_all();
+    super::cpu::restore_vttbr(saved);
+}
+
+/// Cleans and invalidates the data cache to the point of coherency and invalidates the
+/// instruction cache for a range just written with code, so a vCPU with its MMU and caches off
+/// sees it. Invalidate too (DC CIVAC, not DC CVAC): a clean line left in the cache would hide
+/// from the VM, once it turns its caches on, what it wrote with them off (its own stack and
+/// zeroed BSS), as the arm64 Linux boot protocol's "clean and invalidate" is there for.
+pub fn sync_for_execution(pa: u64, len: u64) {
+    clean_invalidate(pa, len);
     // SAFETY: barrier and instruction-cache invalidation only.
     unsafe { asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack)) };
 }

@@ -25,6 +25,11 @@ pub(crate) struct Model {
     ram: HashMap<VmId, Vec<u8>>,
     pub(crate) stage2: HashMap<(VmId, u64), (u64, bool)>,
     unmaps: Vec<(VmId, u64)>,
+    /// Pages unmapped by `unmap_page_deferred` whose TLB invalidation has not come yet: their
+    /// translations (mapper, ipa) -> host frame may still be used, so they count as mapped.
+    stale: HashMap<(VmId, u64), u64>,
+    /// `flush_unmapped` calls, in order.
+    pub(crate) flushes: Vec<VmId>,
     fail_map: bool,
     /// Applied just before the next compare-exchange: a concurrent guest write.
     tamper: Option<(VmId, u64, u64)>,
@@ -112,6 +117,13 @@ impl Model {
 
     /// Frees a dead VM's RAM: any later access panics.
     fn free(&mut self, vm: VmId) {
+        assert!(
+            !self
+                .stale
+                .values()
+                .any(|pa| pa >> 32 & 0xff == u64::from(vm)),
+            "RAM of VM {vm} freed while a TLB may still translate to it"
+        );
         self.ram.remove(&vm);
         self.freed.insert(vm);
     }
@@ -165,7 +177,9 @@ impl GrantEnv for Model {
             let mapped = self
                 .stage2
                 .iter()
-                .any(|((mapper, _), (mapped, _))| *mapped == pa && !self.killed.contains(mapper));
+                .map(|(key, (mapped, _))| (key, mapped))
+                .chain(self.stale.iter())
+                .any(|((mapper, _), mapped)| *mapped == pa && !self.killed.contains(mapper));
             let covered = (0..MAX_REFS).map(|r| entry_gpa(TABLE, r)).any(|e| {
                 e != gpa && self.in_ram(vm, e, 8) && {
                     let other = GrantEntry::from_u64(self.word(vm, e));
@@ -221,6 +235,20 @@ impl GrantEnv for Model {
             "unmap of unmapped page"
         );
         self.unmaps.push((vm, ipa));
+    }
+
+    fn unmap_page_deferred(&mut self, vm: VmId, ipa: u64) {
+        let (pa, _) = self
+            .stage2
+            .remove(&(vm, ipa))
+            .expect("unmap of unmapped page");
+        self.unmaps.push((vm, ipa));
+        self.stale.insert((vm, ipa), pa);
+    }
+
+    fn flush_unmapped(&mut self, vm: VmId) {
+        self.stale.retain(|(mapper, _), _| *mapper != vm);
+        self.flushes.push(vm);
     }
 
     fn revoked(&mut self, vm: VmId) {
@@ -1520,6 +1548,63 @@ fn reset_unmaps_own_grant_pages_and_starts_a_new_incarnation() {
     assert_eq!(unmap1(&mut gt, &mut m, 2, WIN + PAGE_SIZE), Status::Ok);
     assert!(!m.entry(1, 0).in_use());
     assert_eq!(gt.end(&mut m, 1, 0), Status::Ok);
+}
+
+#[test]
+fn a_reset_unmaps_every_grant_page_then_flushes_once_before_any_frame_is_let_go() {
+    let (mut gt, mut m) = world();
+    // VM 1 (a driver domain, say) maps 8 frames of VM 2 and 8 of VM 3; VM 3 then dies, so
+    // its frames are zombie RAM that VM 1's teardown releases.
+    let mut ops = Vec::new();
+    for r in 0..8u32 {
+        let frame = FRAME + u64::from(r) * PAGE_SIZE;
+        m.grant(2, r, 1, frame, PERMIT);
+        m.grant(3, r, 1, frame, PERMIT);
+        ops.push(map_op(2, r, WIN + u64::from(r) * PAGE_SIZE, 0));
+        ops.push(map_op(3, r, WIN + u64::from(8 + r) * PAGE_SIZE, 0));
+    }
+    assert_eq!(map(&mut gt, &mut m, 1, &ops), [Status::Ok; 16]);
+    let dead = kill(&mut gt, &mut m, 3);
+    assert!(!dead.ram_free_now);
+    let death = gt.vm_died(&mut m, 1, Teardown::Reset);
+    // Every page unmapped, one flush for all of them; the model panics if IN_USE had been
+    // cleared while a translation might still be cached.
+    assert_eq!(m.unmaps.len(), 16);
+    assert_eq!(m.flushes, [1]);
+    assert!(m.stale.is_empty());
+    assert!((0..8).all(|r| !m.entry(2, r).in_use()));
+    assert_eq!(
+        death.released,
+        [RamRelease {
+            vm: 3,
+            incarnation: 0
+        }]
+    );
+    // The caller frees the released RAM after vm_died: no stale translation reaches it.
+    m.free(3);
+}
+
+#[test]
+#[should_panic(expected = "IN_USE cleared while the frame is still mapped")]
+fn the_model_catches_in_use_cleared_before_the_flush() {
+    let (mut gt, mut m) = world();
+    m.grant(2, 0, 1, FRAME, PERMIT);
+    assert_eq!(map1(&mut gt, &mut m, 1, map_op(2, 0, WIN, 0)), Status::Ok);
+    m.unmap_page_deferred(1, WIN);
+    // The wrong order: the granter's IN_USE cleared with the flush still to come.
+    let gpa = entry_gpa(TABLE, 0);
+    let current = m.word(2, gpa);
+    let _ = m.compare_exchange_u64(2, gpa, current, current & !(IN_USE as u64));
+}
+
+#[test]
+#[should_panic(expected = "freed while a TLB may still translate to it")]
+fn the_model_catches_ram_freed_before_the_flush() {
+    let (mut gt, mut m) = world();
+    m.grant(2, 0, 1, FRAME, PERMIT);
+    assert_eq!(map1(&mut gt, &mut m, 1, map_op(2, 0, WIN, 0)), Status::Ok);
+    m.unmap_page_deferred(1, WIN);
+    m.free(2);
 }
 
 #[test]
