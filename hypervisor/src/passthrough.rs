@@ -9,9 +9,11 @@
 //! are absent, BARs can only be placed in [`PCI_WINDOW_IPA`], which is mapped IPA = PA as Device
 //! memory). The function's INTx line is taken by the hypervisor with only a priority drop and
 //! injected into the owner's vCPU 0 as [`PASSTHROUGH_INTX`] with the list register's hardware
-//! bit: the owner's deactivation deactivates the physical line. INTx rather than MSI because
-//! QEMU's virt machine has no ITS in this configuration and MSI writes would be DMA through the
-//! SMMU into the owner's address space, where no doorbell is mapped.
+//! bit: the owner's deactivation deactivates the physical line. On a GICv4 machine the owner
+//! asks for the function's MSI-X vectors as vLPIs instead (MSIX_MAP, `crate::gicv4`): the
+//! device's MSI writes are DMA through the SMMU into the owner's stage 2, where the ITS's
+//! translation page is mapped at the MSI window for that; without an ITS with virtual LPIs
+//! no doorbell is mapped and the owner stays on INTx.
 
 use alloc::format;
 use alloc::string::String;

@@ -344,6 +344,9 @@ pub struct VmAccount {
     pub mmio_exits: u64,
     pub ioreqs: u64,
     pub virqs: u64,
+    /// Its passed-through device's interrupts that went through EL2 (INTx, vPE doorbells);
+    /// 0 from a hypervisor that does not report them.
+    pub device_irqs: u64,
 }
 
 /// One line of the hypervisor's ACCOUNTING_REPORT.
@@ -393,6 +396,7 @@ pub fn parse_accounting_line(line: &str) -> Option<Result<AccountingLine, String
                     mmio_exits: get("mmio_exits")?,
                     ioreqs: get("ioreqs")?,
                     virqs: get("virqs")?,
+                    device_irqs: c.get("device_irqs").copied().unwrap_or(0),
                 },
             },
             Some(_) => return Err(format!("accounting {tag}: empty vm=")),
@@ -768,6 +772,10 @@ pub struct PacketCosts {
     pub interrupts: f64,
     /// Each VM's exits per packet.
     pub exits_by_vm: BTreeMap<String, f64>,
+    /// The VMs' passed-through device interrupts that went through EL2 (not per packet).
+    pub device_irqs: u64,
+    /// The NIC interrupts the driver domain counted around the test (passthrough only).
+    pub nic_interrupts: Option<u64>,
 }
 
 /// The costs of `vms` between `before` and `after` over `packets`. An error when there are no
@@ -800,6 +808,7 @@ pub fn packet_costs(
         exits += vm_exits;
         ioreqs += delta(|v| v.ioreqs)?;
         virqs += delta(|v| v.virqs)?;
+        costs.device_irqs += delta(|v| v.device_irqs)?;
         costs.exits_by_vm.insert(vm.to_string(), per(vm_exits));
     }
     costs.exits = per(exits);
@@ -1090,7 +1099,8 @@ mod tests {
                     hypercalls: 5,
                     mmio_exits: 1,
                     ioreqs: 0,
-                    virqs: 3
+                    virqs: 3,
+                    device_irqs: 0
                 }
             }
         );

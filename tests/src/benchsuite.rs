@@ -12,6 +12,7 @@
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain`, its costs per packet (`three_way.passthrough`) |
 //! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
 //! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
+//! | `passthrough_vlpi` | `passthrough` on a GICv4 machine (`gic = 4`): the NIC's MSI-X as vLPIs (issue 15) | `passthrough_tcp_mbps.vlpi.host_to_driver_domain`, `nic_interrupt_exits.vlpi` (and `passthrough` gives `nic_interrupt_exits.intx`): the hypervisor's `device_irqs` between the test's accounting reports over the driver domain's NIC interrupts between its counters lines around them (2 s apart, so a lower bound) |
 //! | `ping` | driver domain, two `net` guests pinging each other (20 x 50 ms) | `ping_rtt_us.guest_to_guest` |
 //! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
 //! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
@@ -85,13 +86,14 @@ pub struct Options {
 
 /// The scenario groups `--only` can pick: the scenario keys of the module docs, with every
 /// `scaling_N_pairs` under `scaling` and every `bystander_LOAD` under `bystander`.
-pub const SCENARIO_GROUPS: [&str; 13] = [
+pub const SCENARIO_GROUPS: [&str; 14] = [
     "guest_to_guest",
     "scaling",
     "host_guest",
     "passthrough",
     "host_guest_passt",
     "passthrough_passt",
+    "passthrough_vlpi",
     "ping",
     "evtchn",
     "grant",
@@ -274,8 +276,14 @@ pub fn passthrough_topology(seconds: u32) -> String {
 
 /// [`passthrough_topology`] with the NIC on `nic`.
 pub fn passthrough_topology_on(nic: NicBackend, seconds: u32) -> String {
+    passthrough_topology_gic(nic, 3, seconds)
+}
+
+/// [`passthrough_topology_on`] on a machine with GIC version `gic` (4: the NIC's MSI-X
+/// arrives as vLPIs).
+pub fn passthrough_topology_gic(nic: NicBackend, gic: u8, seconds: u32) -> String {
     format!(
-        "{}{}",
+        "{}gic = {gic}\n{}",
         machine_on(nic),
         driver_domain(&format!(
             ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = 1, host_iperf = \"send\", \
@@ -521,11 +529,23 @@ pub struct Passthrough {
     /// Over QEMU user networking (slirp).
     pub host_to_driver_domain: Option<Stat>,
     pub passt: PassthroughPasst,
+    /// On a GICv4 machine, the NIC's MSI-X delivered as vLPIs.
+    pub vlpi: PassthroughPasst,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PassthroughPasst {
     pub host_to_driver_domain: Option<Stat>,
+}
+
+/// The NIC's interrupts through EL2 per NIC interrupt the driver domain took (issue 15), on
+/// each interrupt path of the `passthrough` boot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NicInterruptExits {
+    /// GICv4: MSI-X as vLPIs (only doorbells for a blocked vCPU exit).
+    pub vlpi: Option<Stat>,
+    /// GICv3: INTx through a list register (every one exits).
+    pub intx: Option<Stat>,
 }
 
 /// TCP through the emulated NIC (the receiver's figure: the emulated guest's).
@@ -618,6 +638,7 @@ pub struct Results {
     pub rounds_per_run: u64,
     pub paravirt_tcp_mbps: Paravirt,
     pub passthrough_tcp_mbps: Passthrough,
+    pub nic_interrupt_exits: NicInterruptExits,
     pub emulated_tcp_mbps: Emulated,
     /// Exits to EL2 of the path's VMs per data packet, host -> guest (see the module docs).
     pub exits_per_packet: ByMethod,
@@ -662,7 +683,7 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 53] = [
+pub const REQUIRED_FIGURES: [&str; 56] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -670,6 +691,9 @@ pub const REQUIRED_FIGURES: [&str; 53] = [
     "/paravirt_tcp_mbps/passt/guest_to_host",
     "/passthrough_tcp_mbps/host_to_driver_domain",
     "/passthrough_tcp_mbps/passt/host_to_driver_domain",
+    "/passthrough_tcp_mbps/vlpi/host_to_driver_domain",
+    "/nic_interrupt_exits/vlpi",
+    "/nic_interrupt_exits/intx",
     "/memcpy_mbps",
     "/ping_rtt_us/guest_to_guest",
     "/evtchn_roundtrip_us",
@@ -761,6 +785,9 @@ struct Raw {
     passt_host_to_guest: Vec<f64>,
     passt_guest_to_host: Vec<f64>,
     passt_passthrough: Vec<f64>,
+    vlpi_passthrough: Vec<f64>,
+    nic_exits_vlpi: Vec<f64>,
+    nic_exits_intx: Vec<f64>,
     ping_rtts_us: Vec<Vec<f64>>,
     /// Pair count -> per run, each pair's figure.
     scaling: BTreeMap<usize, Vec<Vec<f64>>>,
@@ -856,6 +883,13 @@ impl Results {
                 passt: PassthroughPasst {
                     host_to_driver_domain: Stat::of_runs(&raw.passt_passthrough),
                 },
+                vlpi: PassthroughPasst {
+                    host_to_driver_domain: Stat::of_runs(&raw.vlpi_passthrough),
+                },
+            },
+            nic_interrupt_exits: NicInterruptExits {
+                vlpi: Stat::of_runs(&raw.nic_exits_vlpi),
+                intx: Stat::of_runs(&raw.nic_exits_intx),
             },
             emulated_tcp_mbps: Emulated {
                 guest_to_guest: Stat::of_runs(&raw.emulated_guest_to_guest),
@@ -1060,6 +1094,24 @@ impl Results {
                 "passthrough TCP host -> driver domain".into(),
                 self.passthrough_tcp_mbps.host_to_driver_domain.as_ref(),
                 "Mbit/s",
+            ),
+            (
+                "passthrough (vLPI, gic 4) host -> dd".into(),
+                self.passthrough_tcp_mbps
+                    .vlpi
+                    .host_to_driver_domain
+                    .as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "NIC exits per NIC interrupt, vLPI".into(),
+                self.nic_interrupt_exits.vlpi.as_ref(),
+                "",
+            ),
+            (
+                "NIC exits per NIC interrupt, INTx".into(),
+                self.nic_interrupt_exits.intx.as_ref(),
+                "",
             ),
             (
                 "passt: paravirt TCP host -> guest".into(),
@@ -1435,7 +1487,26 @@ impl Suite<'_> {
             match self.scenario("passthrough", run, &what, Suite::passthrough_run) {
                 Ok((v, costs)) => {
                     raw.passthrough.push(v);
+                    match Suite::nic_exits(&costs) {
+                        Ok(x) => raw.nic_exits_intx.push(x),
+                        Err(e) => raw.errors.push(format!("passthrough run {run}: {e}")),
+                    }
                     raw.add_costs("passthrough", "host_to_guest", run, costs);
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in (1..=runs).filter(|_| wants("passthrough_vlpi")) {
+            let what = format!("host iperf3 -> driver domain, NIC on vLPIs (gic 4), {secs} s");
+            match self.scenario("passthrough_vlpi", run, &what, |s, r| {
+                s.passthrough_run_gic(NicBackend::User, 4, r)
+            }) {
+                Ok((v, costs)) => {
+                    raw.vlpi_passthrough.push(v);
+                    match Suite::nic_exits(&costs) {
+                        Ok(x) => raw.nic_exits_vlpi.push(x),
+                        Err(e) => raw.errors.push(format!("passthrough_vlpi run {run}: {e}")),
+                    }
                 }
                 Err(e) => raw.errors.push(e),
             }
@@ -2053,11 +2124,22 @@ impl Suite<'_> {
         nic: NicBackend,
         run: usize,
     ) -> Result<(f64, Result<PacketCosts, String>), String> {
-        let key = match &nic {
-            NicBackend::User => "passthrough".to_string(),
-            other => format!("passthrough_{}", other.as_str()),
+        self.passthrough_run_gic(nic, 3, run)
+    }
+
+    /// [`Suite::passthrough_run_on`] on a machine with GIC version `gic`.
+    fn passthrough_run_gic(
+        &self,
+        nic: NicBackend,
+        gic: u8,
+        run: usize,
+    ) -> Result<(f64, Result<PacketCosts, String>), String> {
+        let key = match (&nic, gic) {
+            (NicBackend::User, 4) => "passthrough_vlpi".to_string(),
+            (NicBackend::User, _) => "passthrough".to_string(),
+            (other, _) => format!("passthrough_{}", other.as_str()),
         };
-        let topology = parse(&passthrough_topology_on(nic, self.options.seconds))?;
+        let topology = parse(&passthrough_topology_gic(nic, gic, self.options.seconds))?;
         let host = HostIperfs::plan(&topology, self.options.seconds)?;
         // Past the host's test, until the driver domain's closing accounting report (its
         // server may end the test after the host's client has its result), at most a while.
@@ -2095,6 +2177,7 @@ impl Suite<'_> {
                 let irqs = bench::nic_interrupts_between(&booted.boot.lines, 2, 3)
                     .ok_or("no NIC counters line after the test")?;
                 costs.interrupts = round_to(costs.interrupts + irqs as f64 / packets as f64, 4);
+                costs.nic_interrupts = Some(irqs);
                 Ok(costs)
             });
         if run.receiver_mbps > 0.0 {
@@ -2106,6 +2189,16 @@ impl Suite<'_> {
                 Err(booted
                     .failure("no receiver figure from the host's iperf3 or the driver domain"))
             }
+        }
+    }
+
+    /// A passthrough run's NIC interrupts that went through EL2 per NIC interrupt the driver
+    /// domain took (see the module docs).
+    fn nic_exits(costs: &Result<PacketCosts, String>) -> Result<f64, String> {
+        let costs = costs.as_ref().map_err(|e| format!("NIC exits: {e}"))?;
+        match costs.nic_interrupts {
+            Some(irqs) if irqs > 0 => Ok(round_to(costs.device_irqs as f64 / irqs as f64, 4)),
+            _ => Err("NIC exits: no NIC interrupts counted during the test".into()),
         }
     }
 
@@ -2727,6 +2820,9 @@ mod tests {
             passt_host_to_guest: vec![150.0, 160.0, 170.0],
             passt_guest_to_host: vec![140.0, 130.0, 120.0],
             passt_passthrough: vec![200.0, 210.0, 190.0],
+            vlpi_passthrough: vec![95.0, 105.0, 85.0],
+            nic_exits_vlpi: vec![0.07, 0.05, 0.1],
+            nic_exits_intx: vec![1.0, 1.0, 0.98],
             ping_rtts_us: vec![vec![400.0, 500.0, 600.0], vec![450.0, 550.0]],
             samples: bench::collect(&bench_lines).unwrap(),
             ..Raw::default()
@@ -2769,6 +2865,8 @@ mod tests {
                         ioreqs: [300.0, 0.0, 0.0][m],
                         interrupts: [2.0, 0.2, 0.03][m],
                         exits_by_vm: [("driver-domain".to_string(), 1.0)].into(),
+                        device_irqs: 3,
+                        nic_interrupts: Some(4),
                     })
                     .collect();
                 raw.costs.insert((method, test), runs);

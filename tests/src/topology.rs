@@ -1140,7 +1140,8 @@ vcpus = 1
                 cpus: 2,
                 memory_mib: 1024,
                 nic: Some(NicBackend::User),
-                gic: 3,
+                // The NIC's MSI-X as vLPIs (issue 15).
+                gic: 4,
             }
         );
         assert_eq!(t.vms[0].passthrough, Bdf::new(0, 2, 0));
