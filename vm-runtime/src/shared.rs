@@ -163,8 +163,8 @@ impl SharedMem {
         // SAFETY: `head + bulk <= len`, so both block ranges are inside their runs (asserted
         // above), which the constructors keep in memory no Rust reference points into (see
         // `words`); `bulk_split` made both addresses 16-aligned and `bulk` whole blocks. Two
-        // runs may be the same memory, but a frame's source and destination buffers are
-        // different buffers, and a peer's overlapping ranges only scramble the bytes copied.
+        // runs may be the same memory and the ranges overlap (a guest's chain names what it
+        // likes in its pool): that only scrambles the bytes copied, as `copy_blocks` allows.
         unsafe { copy_blocks(src + head, to + head, bulk / BULK_BLOCK) };
         let done = head + bulk;
         copy_words(src + done, to + done, len - done);
@@ -206,8 +206,10 @@ fn bulk_split(src: usize, dst: usize, len: usize) -> (usize, usize) {
 ///
 /// # Safety
 /// Both addresses 16-aligned; both ranges of `blocks * 64` bytes valid (mapped, the
-/// destination writable) and not overlapping; any Rust reference into them is a private
-/// buffer the caller holds exclusively (`&mut` for the destination).
+/// destination writable); any Rust reference into them is a private buffer the caller holds
+/// exclusively (`&mut` for the destination), which then overlaps nothing else. Two shared
+/// ranges may overlap (a hostile guest's chain can name anything in its pool): raw loads and
+/// stores then copy unspecified bytes, no worse than a racing peer.
 #[cfg(target_arch = "aarch64")]
 unsafe fn copy_blocks(src: usize, dst: usize, blocks: usize) {
     if blocks == 0 {
