@@ -17,9 +17,12 @@
 //! co-aligned (same address modulo 16), a short head brings both to 16-byte alignment, whole
 //! 64-byte blocks then move with `ldp`/`stp` of four register pairs ([`copy_blocks`]), and
 //! the rest goes the word-at-a-time volatile way, as does a copy whose sides are not
-//! co-aligned. Under QEMU the volatile words measured 4-5 Gbit/s against memcpy's 19; the
-//! blocks run at 16-27. Callers that pick where a private copy lands (a front-end's
-//! received frame: [`SharedMem::read_into_reused`]) place it co-aligned.
+//! co-aligned. Under QEMU (`-cpu max`) the volatile words measured about 7 Gbit/s against
+//! memcpy's 17-18 in the same guest; the blocks run at 28-29. Not co-aligned, pair stores
+//! would straddle 16 bytes, which QEMU on an LSE2 CPU sends through its slow helper (4.5-5
+//! Gbit/s measured, slower than the words), so callers that pick where a private copy
+//! lands (a front-end's received frame: [`SharedMem::read_into_reused`]) place it
+//! co-aligned.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
