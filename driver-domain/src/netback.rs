@@ -393,6 +393,15 @@ impl NetPort {
         let _ = evtchn::close(self.port);
         let guest = self.guest;
         vm_runtime::println!("{}", self.stats.line(guest));
+        // A line of its own (the counters line is near the console's 200 bytes): how the
+        // driver domain's shared-memory copies went so far, in 64-byte blocks or the slow way
+        // (co-aligned pool buffers make nearly all of copy 2 bulk; see vm_runtime::shared).
+        let copies = vm_runtime::shared::copy_counters();
+        vm_runtime::println!(
+            "shared copies (driver domain, all ports): bulk_bytes={} word_bytes={}",
+            copies.bulk_bytes,
+            copies.word_bytes
+        );
         let results = [
             self.tx_ring.unmap(),
             self.rx_ring.unmap(),

@@ -15,8 +15,10 @@
 //! with the setting `nic=emulated` (the packer writes it for `nic = "emulated"` in the
 //! topology) the emulated register-FIFO NIC (`crate::emunic`). Apps use either unchanged.
 //! Received frames are copied out of the pool before
-//! smoltcp sees them (the back-end could rewrite the pool under the parser otherwise) and the
-//! buffer goes straight back to the ring; frames to send are built by smoltcp right in a
+//! smoltcp sees them (the back-end could rewrite the pool under the parser otherwise, and
+//! smoltcp reads header fields more than once), placed co-aligned with their pool buffer so
+//! the copy takes `SharedMem`'s 64-byte bulk path, and the buffer goes straight back to the
+//! ring; frames to send are built by smoltcp right in a
 //! transmit buffer ([`Rings::send_in_place`]): only we can write those pages, so the stack may
 //! hold a `&mut [u8]` over them, and the back-end copies the frame out once after we publish
 //! it.
