@@ -3,7 +3,8 @@
 #   ./run.sh                    install what is missing, build, boot the demo topology, print a summary
 #   ./run.sh test               every test: formatting, lints, host unit tests, QEMU integration tests
 #   ./run.sh --topology FILE    boot another topology (see topologies/)
-#   ./run.sh bench [--short]    measure throughput (iperf3), latency, copy and sharing costs -> target/bench/
+#   ./run.sh bench [--short] [--only GROUP,...]
+#                               measure throughput (iperf3), latency, copy and sharing costs -> target/bench/
 #   ./run.sh fuzz               2 x 1,000,000 fuzzed hypercalls beside a bystander pair (topologies/fuzz.toml)
 #   ./run.sh setup | build      only install prerequisites / only build
 set -euo pipefail
@@ -183,6 +184,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         test|setup|build|demo|bench|fuzz) cmd=$1 ;;
         --short) bench_args+=(--short) ;;
+        --only) shift; bench_args+=(--only "${1:?--only needs scenario groups, e.g. host_guest,passthrough}") ;;
+        --only=*) bench_args+=(--only "${1#--only=}") ;;
         --topology) shift; topology=${1:?--topology needs a file} ;;
         -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try ./run.sh --help)" ;;
