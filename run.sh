@@ -187,7 +187,7 @@ while [ $# -gt 0 ]; do
         --only) shift; bench_args+=(--only "${1:?--only needs scenario groups, e.g. host_guest,passthrough}") ;;
         --only=*) bench_args+=(--only "${1#--only=}") ;;
         --topology) shift; topology=${1:?--topology needs a file} ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try ./run.sh --help)" ;;
     esac
     shift
