@@ -11,18 +11,28 @@
 //! restart that finds the spare not ready (a crash soon after the last) zeroes the RAM as
 //! before. A machine without room for a spare says so at boot and restarts the old way.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hypervisor::restart::SpareRam;
 use log::info;
 use shared_abi::layout::PAGE_SIZE;
 
+use crate::arch::cpu;
 use crate::arch::mem::{scrub_run, VmRam};
 use crate::locks::Unlocked;
 use crate::machine::Hv;
 
 /// A spare may have chunks left to zero: the idle loop takes the HV lock to look only then.
 static SCRUB_PENDING: AtomicBool = AtomicBool::new(false);
+/// No scrubbing before this counter value: a restart's old RAM waits [`SCRUB_AFTER_RESTART_MS`]
+/// before idle pCPUs zero it.
+static SCRUB_NOT_BEFORE: AtomicU64 = AtomicU64::new(0);
+/// How long after a restart the idle pCPUs leave the old RAM alone. Zeroing keeps an idle
+/// pCPU busy where it would sleep in WFI; on a host with fewer free cores than vCPU threads
+/// (QEMU's, under load) that time comes out of the restarted driver domain's own bring-up
+/// (its NIC up 14-140 ms later in the first measurement). The next restart does not need the
+/// spare before its back-off anyway.
+const SCRUB_AFTER_RESTART_MS: u64 = 500;
 
 impl Hv {
     /// Sets the NIC's driver domain's spare aside (boot, before any vCPU runs).
@@ -39,15 +49,16 @@ impl Hv {
         else {
             return;
         };
-        self.new_spare(owner, &name, bytes);
+        self.new_spare(owner, &name, bytes, false);
     }
 
-    /// Allocates a new spare of `bytes` for VM `owner` (`name`), to be zeroed by idle pCPUs; on
-    /// a machine without room for it, says that restarts zero the RAM first.
-    pub fn new_spare(&mut self, owner: u16, name: &str, bytes: u64) {
+    /// Allocates a new spare of `bytes` for VM `owner` (`name`), to be zeroed by idle pCPUs
+    /// (not at once `after_restart`); on a machine without room for it, says that restarts
+    /// zero the RAM first.
+    pub fn new_spare(&mut self, owner: u16, name: &str, bytes: u64, after_restart: bool) {
         match VmRam::alloc(&mut self.frames, bytes) {
             Some(ram) => {
-                self.set_dirty_spare(SpareRam::dirty(owner, ram.into_pa(), bytes));
+                self.set_dirty_spare(SpareRam::dirty(owner, ram.into_pa(), bytes), after_restart);
                 info!(
                     "warm spare: {} MiB set aside for {name}'s next restart (zeroed by idle pCPUs)",
                     bytes >> 20
@@ -97,9 +108,16 @@ impl Hv {
         }
     }
 
-    /// Makes `spare` (to be zeroed) the spare and wakes the idle loop's scrubbing.
-    pub fn set_dirty_spare(&mut self, spare: SpareRam) {
+    /// Makes `spare` (to be zeroed) the spare and wakes the idle loop's scrubbing, only
+    /// [`SCRUB_AFTER_RESTART_MS`] from now `after_restart`.
+    pub fn set_dirty_spare(&mut self, spare: SpareRam, after_restart: bool) {
         self.spare = Some(spare);
+        let delay = if after_restart {
+            cpu::counter_frequency() * SCRUB_AFTER_RESTART_MS / 1000
+        } else {
+            0
+        };
+        SCRUB_NOT_BEFORE.store(cpu::counter() + delay, Ordering::Relaxed);
         SCRUB_PENDING.store(true, Ordering::Release);
     }
 
@@ -120,7 +138,9 @@ impl Hv {
 /// Zeroes one chunk of the spare if one is left (the scheduler's idle loop, no lock held on
 /// entry): true if it did, so the caller looks at the run queue again before sleeping.
 pub fn scrub_a_chunk(entry: &mut Unlocked) -> bool {
-    if !SCRUB_PENDING.load(Ordering::Acquire) {
+    if !SCRUB_PENDING.load(Ordering::Acquire)
+        || cpu::counter() < SCRUB_NOT_BEFORE.load(Ordering::Relaxed)
+    {
         return false;
     }
     let chunk = crate::hv::with_hv(entry, |hv, _| {
