@@ -706,7 +706,7 @@ impl Hv {
                 if let Some(old_pa) = replaced_ram {
                     if stopped.ram_free_now && warm && !gave_pages {
                         // Whole and no one maps it: the next spare, once idle pCPUs zero it.
-                        self.set_dirty_spare(SpareRam::dirty(vm_id, old_pa, vm.ram_bytes), true);
+                        self.set_dirty_spare(SpareRam::dirty(vm_id, old_pa, vm.ram_bytes));
                     } else if stopped.ram_free_now {
                         free_kept_runs(&mut self.frames, old_pa, &kept_runs);
                     } else {
@@ -714,7 +714,7 @@ impl Hv {
                     }
                 }
                 if warm && self.spare.is_none() {
-                    self.new_spare(vm_id, &vm.name, vm.ram_bytes, true);
+                    self.new_spare(vm_id, &vm.name, vm.ram_bytes);
                 }
                 vm.balloon = VmBalloon::new(vm.ram_bytes);
                 info!(
