@@ -19,7 +19,10 @@ use log::info;
 use shared_abi::layout::PAGE_SIZE;
 
 use crate::arch::cpu;
-use crate::arch::mem::{scrub_run, VmRam};
+use alloc::format;
+use alloc::string::String;
+
+use crate::arch::mem::{scrub_run, zva_block, VmRam};
 use crate::locks::Unlocked;
 use crate::machine::Hv;
 
@@ -59,8 +62,12 @@ impl Hv {
                 scrub_run(pa, bytes);
                 self.spare = Some(SpareRam::clean(owner, pa, bytes));
                 info!(
-                    "warm spare: {} MiB set aside for {name}'s next restart (zeroed at boot)",
-                    bytes >> 20
+                    "warm spare: {} MiB set aside for {name}'s next restart (zeroed at boot, {})",
+                    bytes >> 20,
+                    match zva_block() {
+                        Some(block) => format!("DC ZVA in {block}-byte blocks"),
+                        None => String::from("with stores: DC ZVA prohibited"),
+                    }
                 );
             }
             None => no_room(&name, bytes),
