@@ -2,30 +2,47 @@
 //! `hypervisor::restart::SpareRam`.
 //!
 //! At boot a run the size of the driver domain's RAM is set aside (allocated, so not free
-//! memory: the balloon's free-memory line prints it apart). Idle pCPUs zero it, a chunk at a
-//! time ([`scrub_a_chunk`], called from the scheduler's idle loop): each chunk is claimed under
-//! the HV lock, zeroed and cleaned from the caches with no lock held, and reported done under
-//! the lock again, so no other VM's trap waits for the zeroing (threat class 5). A restart of
+//! memory: the balloon's free-memory line prints it apart) and zeroed before any VM runs.
+//! Later spares (a restart's old RAM) are zeroed by idle pCPUs, a chunk at a time
+//! ([`scrub_a_chunk`], called from the scheduler's idle loop): each chunk is claimed under the
+//! HV lock, zeroed and cleaned from the caches with no lock held, and reported done under the
+//! lock again, so no other VM's trap waits for the zeroing (threat class 5). A restart of
 //! the driver domain swaps the spare in for its RAM at once when every chunk is done
 //! ([`Hv::swap_in_spare`]), and the old RAM, once nothing maps it, becomes the next spare; a
 //! restart that finds the spare not ready (a crash soon after the last) zeroes the RAM as
 //! before. A machine without room for a spare says so at boot and restarts the old way.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hypervisor::restart::SpareRam;
 use log::info;
 use shared_abi::layout::PAGE_SIZE;
 
-use crate::arch::mem::{scrub_run, VmRam};
+use crate::arch::cpu;
+use alloc::format;
+use alloc::string::String;
+
+use crate::arch::mem::{scrub_run, zva_block, VmRam};
 use crate::locks::Unlocked;
 use crate::machine::Hv;
 
 /// A spare may have chunks left to zero: the idle loop takes the HV lock to look only then.
 static SCRUB_PENDING: AtomicBool = AtomicBool::new(false);
+/// No scrubbing before this counter value: a restart's old RAM waits [`SCRUB_AFTER_RESTART_MS`]
+/// before idle pCPUs zero it.
+static SCRUB_NOT_BEFORE: AtomicU64 = AtomicU64::new(0);
+/// How long after a restart the idle pCPUs leave the old RAM alone. Zeroing keeps an idle
+/// pCPU busy where it would sleep in WFI; on a host with fewer free cores than vCPU threads
+/// (QEMU's, under load) that time comes out of the restarted driver domain's own bring-up
+/// (its NIC up 14-140 ms later in the first measurement). The next restart does not need the
+/// spare before its back-off anyway.
+const SCRUB_AFTER_RESTART_MS: u64 = 500;
 
 impl Hv {
-    /// Sets the NIC's driver domain's spare aside (boot, before any vCPU runs).
+    /// Sets the NIC's driver domain's spare aside and zeroes it now (boot, before any vCPU
+    /// runs, so no lock is contended): under a busy start (two iperf3 streams from the first
+    /// second) the idle pCPUs had zeroed only 20 of 32 MiB when the driver domain crashed 4 s
+    /// in.
     pub fn set_up_spare(&mut self) {
         let Some(owner) = self.passthrough.as_ref().map(|p| p.owner_id) else {
             return;
@@ -39,11 +56,26 @@ impl Hv {
         else {
             return;
         };
-        self.new_spare(owner, &name, bytes);
+        match VmRam::alloc(&mut self.frames, bytes) {
+            Some(ram) => {
+                let pa = ram.into_pa();
+                scrub_run(pa, bytes);
+                self.spare = Some(SpareRam::clean(owner, pa, bytes));
+                info!(
+                    "warm spare: {} MiB set aside for {name}'s next restart (zeroed at boot, {})",
+                    bytes >> 20,
+                    match zva_block() {
+                        Some(block) => format!("DC ZVA in {block}-byte blocks"),
+                        None => String::from("with stores: DC ZVA prohibited"),
+                    }
+                );
+            }
+            None => no_room(&name, bytes),
+        }
     }
 
-    /// Allocates a new spare of `bytes` for VM `owner` (`name`), to be zeroed by idle pCPUs; on
-    /// a machine without room for it, says that restarts zero the RAM first.
+    /// Allocates a new spare of `bytes` for VM `owner` (`name`) after a restart, to be zeroed
+    /// by idle pCPUs; on a machine without room for it, says that restarts zero the RAM first.
     pub fn new_spare(&mut self, owner: u16, name: &str, bytes: u64) {
         match VmRam::alloc(&mut self.frames, bytes) {
             Some(ram) => {
@@ -53,11 +85,7 @@ impl Hv {
                     bytes >> 20
                 );
             }
-            None => info!(
-                "warm spare: no room for {} MiB beside the VMs; a restart of {name} zeroes its RAM \
-                 first",
-                bytes >> 20
-            ),
+            None => no_room(name, bytes),
         }
     }
 
@@ -97,9 +125,12 @@ impl Hv {
         }
     }
 
-    /// Makes `spare` (to be zeroed) the spare and wakes the idle loop's scrubbing.
+    /// Makes `spare` (a restart's old RAM, or a fresh run, to be zeroed) the spare and wakes
+    /// the idle loop's scrubbing [`SCRUB_AFTER_RESTART_MS`] from now.
     pub fn set_dirty_spare(&mut self, spare: SpareRam) {
         self.spare = Some(spare);
+        let delay = cpu::counter_frequency() * SCRUB_AFTER_RESTART_MS / 1000;
+        SCRUB_NOT_BEFORE.store(cpu::counter() + delay, Ordering::Relaxed);
         SCRUB_PENDING.store(true, Ordering::Release);
     }
 
@@ -117,10 +148,20 @@ impl Hv {
     }
 }
 
+/// Says there is no room for a spare of `bytes` for `name`, and what a restart does then.
+fn no_room(name: &str, bytes: u64) {
+    info!(
+        "warm spare: no room for {} MiB beside the VMs; a restart of {name} zeroes its RAM first",
+        bytes >> 20
+    );
+}
+
 /// Zeroes one chunk of the spare if one is left (the scheduler's idle loop, no lock held on
 /// entry): true if it did, so the caller looks at the run queue again before sleeping.
 pub fn scrub_a_chunk(entry: &mut Unlocked) -> bool {
-    if !SCRUB_PENDING.load(Ordering::Acquire) {
+    if !SCRUB_PENDING.load(Ordering::Acquire)
+        || cpu::counter() < SCRUB_NOT_BEFORE.load(Ordering::Relaxed)
+    {
         return false;
     }
     let chunk = crate::hv::with_hv(entry, |hv, _| {

@@ -3204,21 +3204,31 @@ fn a_nic_driver_domain_restarts_on_its_warm_spare_and_its_old_ram_becomes_the_ne
 
 #[test]
 fn a_nic_driver_domain_without_room_for_a_spare_restarts_by_zeroing_its_ram() {
-    // 288 MiB of driver domain on a 512 MiB machine: no room for a second 288 MiB.
-    let toml = pinging_pair_on_a_crashing_driver_domain(
+    // A 48 MiB driver domain and guests that leave about 67 MiB free on the 512 MiB machine,
+    // in pieces none of which holds 48 MiB (checked at 14:20 UTC: 5 x 64 MiB fill the top of
+    // RAM, 32 MiB most of what is left below it): no room for a spare.
+    let mut toml = pinging_pair_on_a_crashing_driver_domain(
         "test_crash = \"reset\", test_crash_after_ms = 2500",
         40,
     )
     .replacen(
         "memory_mib = 16\nvcpus = 1\npassthrough",
-        "memory_mib = 288\nvcpus = 1\npassthrough",
+        "memory_mib = 48\nvcpus = 1\npassthrough",
         1,
     );
+    for (i, mib) in [64, 64, 64, 64, 64, 32].into_iter().enumerate() {
+        toml += &guest(
+            &format!("fat{i}"),
+            mib,
+            1,
+            "app = \"sleep\", sleep_ms = 500, rounds = 8",
+        );
+    }
     let (_, boot) = boot_toml(&toml, 120);
     let t = boot.transcript();
     assert!(
         boot.has(
-            "[hv] warm spare: no room for 288 MiB beside the VMs; a restart of driver-domain \
+            "[hv] warm spare: no room for 48 MiB beside the VMs; a restart of driver-domain \
              zeroes its RAM first"
         ),
         "{t}"

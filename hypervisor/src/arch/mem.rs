@@ -427,9 +427,10 @@ pub fn tlbi_ipas_for(vmid: u16, root_pa: u64, pieces: &[(u64, u64)]) {
 /// that gets it next with its caches off sees zeroes and no stale line (a chunk of a warm
 /// spare of RAM, scrubbed by an idle pCPU with no lock held).
 pub fn scrub_run(pa: u64, len: u64) {
-    // SAFETY: the one caller (`spare::scrub_a_chunk`) passes a chunk it claimed under the HV
-    // lock: identity-mapped RAM of a spare no VM maps, which nothing else takes, frees or
-    // zeroes until the chunk is reported done; no reference to its bytes exists.
+    // SAFETY: the callers (`spare`) pass a run of a spare no VM maps: at boot the whole run,
+    // just allocated, before any vCPU runs; later a chunk claimed under the HV lock, which
+    // nothing else takes, frees or zeroes until it is reported done. Identity-mapped RAM, no
+    // reference to its bytes exists.
     unsafe { zero_phys(pa, len) };
     clean_invalidate(pa, len);
     // SAFETY: a barrier only: the maintenance is complete before the chunk is reported done.
