@@ -258,6 +258,11 @@ impl Net {
             return;
         }
         let mut deadline = until;
+        // A balloon take waiting for credit looks again every 10 ms (no interrupt says the
+        // credit grew).
+        if vm_runtime::balloon::chasing() {
+            deadline = deadline.min(timer::now() + timer::ms_to_ticks(10));
+        }
         if let Some(us) = self.stack.poll_delay_us() {
             deadline = deadline.min(timer::now() + timer::us_to_ticks(us));
         }
