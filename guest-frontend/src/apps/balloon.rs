@@ -91,6 +91,17 @@ pub fn follows_target(info: &StartInfo<'static>) -> bool {
     wants && !fixed
 }
 
+/// Serves the network (stepping towards the target on every round) until the target is
+/// reached or a chase stops, for at most [`CREDIT_WAIT_MS`].
+pub fn reach_target_first(serve: &mut dyn FnMut(u64)) {
+    let start = Instant::now();
+    // The first round reads the target.
+    serve(0);
+    while balloon::chasing() && start.elapsed_ms() < CREDIT_WAIT_MS {
+        serve(POLL_MS);
+    }
+}
+
 /// One step towards this guest's balloon target (see the module documentation); called on
 /// every round of the `net` app's loop. An error is the guest's `REPORT fail` text.
 pub fn follow_poll(ram_bytes: u64) -> Result<(), String> {
