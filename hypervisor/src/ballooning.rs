@@ -315,15 +315,14 @@ impl Hv {
             return Status::InvalidArgument;
         };
         let (name, vm_id) = (vm.name.clone(), vm.id);
-        if let Some(entry) = targets.get_mut(vm_id) {
-            if entry.set(pages) {
-                NEXT_DUE.store(0, Ordering::Relaxed);
-            }
+        // Logged only when it changes: setting the same target again is a no-op.
+        if targets.get_mut(vm_id).is_some_and(|entry| entry.set(pages)) {
+            NEXT_DUE.store(0, Ordering::Relaxed);
+            info!(
+                "balloon: VM {name}'s target set to {} KiB by a driver domain",
+                pages * PAGE_SIZE / 1024
+            );
         }
-        info!(
-            "balloon: VM {name}'s target set to {} KiB by a driver domain",
-            pages * PAGE_SIZE / 1024
-        );
         Status::Ok
     }
 

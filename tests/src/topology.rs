@@ -1202,7 +1202,7 @@ vcpus = 1
                 pair("ping", "10.0.2.17,10.0.2.18,10.0.2.2"),
                 pair("ping_late_ms", "10000"),
                 pair("host_echo", "true"),
-                pair("balloon_schedule", "1000:16"),
+                pair("balloon_schedule", "0:16"),
             ]
         );
         assert_eq!(
@@ -1211,7 +1211,7 @@ vcpus = 1
                 pair("app", "net"),
                 pair("ip", "10.0.2.17/24"),
                 pair("ping", "10.0.2.16,10.0.2.2"),
-                pair("balloon_schedule", "1000:136"),
+                pair("balloon_schedule", "0:136"),
             ]
         );
         let ips: Vec<_> = t

@@ -2908,7 +2908,7 @@ fn a_driver_domain_steers_targets_with_balloon_control_and_a_guest_cannot() {
     // (InvalidArgument), the taker up by 128 MiB with nothing to give (NoSpace), the giver down
     // to 16 MiB (Ok), then the taker up to 136 MiB, which the giver's promise now covers (Ok).
     let control = "1000:9:16,1100:3:2,1200:3:2048,1300:3:136,1400:2:16,1500:3:136";
-    let pings = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 6000";
+    let pings = ", ping_count = 20, ping_interval_ms = 200, serve_ms = 6000, balloon_follow = true";
     let toml = format!(
         "{MACHINE}{}{}{}{}",
         switch_driver_domain(&format!(", balloon_control = \"{control}\"")),

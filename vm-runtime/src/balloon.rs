@@ -463,8 +463,8 @@ struct Chase {
     take_ms: u64,
 }
 
-/// Set by `TARGET_INTID` (and at the start, so the first [`follow`] reads the target).
-static TARGET_CHANGED: AtomicBool = AtomicBool::new(true);
+/// Set by `TARGET_INTID` (and by [`follow_init`], so the first [`follow`] reads the target).
+static TARGET_CHANGED: AtomicBool = AtomicBool::new(false);
 static CHASE: Mutex<Chase> = Mutex::new(Chase {
     target: 0,
     on: false,
@@ -482,6 +482,19 @@ fn on_target_irq(_: u32) {
 pub fn follow_init() {
     // TARGET_INTID is a PPI, below irq::MAX_INTID: registration cannot fail.
     let _ = crate::irq::register(TARGET_INTID, on_target_irq);
+    TARGET_CHANGED.store(true, Ordering::Release);
+}
+
+/// True when the target changed and [`follow`] has not read it yet: a wait of the VM's main
+/// loop ends on it (the interrupt alone only ends one WFI).
+pub fn target_changed() -> bool {
+    TARGET_CHANGED.load(Ordering::Acquire)
+}
+
+/// True while a chase is on: below or above the target. A take that waits for credit hears
+/// no interrupt when the credit grows, so the main loop should come back soon.
+pub fn chasing() -> bool {
+    CHASE.lock().on
 }
 
 /// One step towards this VM's target, if it has one to reach: reads the target again after

@@ -8,7 +8,8 @@
 //! demo's `balloon` check from these lines (`tests/src/balloon.rs`). `balloon_after_ms = T`
 //! serves the network for T ms first (to move memory in the middle of other traffic).
 //!
-//! Targets: a `net` guest follows its balloon target (`vm_runtime::balloon::follow`, one step
+//! Targets: a `net` guest with a `balloon_schedule` or `balloon_follow = true` follows its
+//! balloon target (`vm_runtime::balloon::follow`, one step
 //! of at most 16 MiB per round of its network loop, [`follow_poll`]) and prints
 //! `balloon: target N MiB, have M MiB` when it changes, then, once reached, `balloon gave N
 //! MiB in T ms` and/or `balloon took N MiB in T ms` (T: the time in the balloon calls, not
@@ -78,12 +79,27 @@ pub fn on_net_up(info: &StartInfo<'static>, serve: &mut dyn FnMut(u64)) -> Resul
     Ok(())
 }
 
-/// True if the guest follows its balloon target: unless it moves memory by the fixed
-/// `balloon_give_mib` / `balloon_take_mib` settings, whose move a target would undo.
+/// True if the guest follows its balloon target: with a `balloon_schedule` or
+/// `balloon_follow = true` (a driver domain steers it), and not the fixed `balloon_give_mib`
+/// / `balloon_take_mib` settings, whose move a target would undo.
 pub fn follows_target(info: &StartInfo<'static>) -> bool {
-    ["balloon_give_mib", "balloon_take_mib"]
+    let fixed = ["balloon_give_mib", "balloon_take_mib"]
         .iter()
-        .all(|key| setting(info.settings, key).is_none())
+        .any(|key| setting(info.settings, key).is_some());
+    let wants = setting(info.settings, shared_abi::balloon::SCHEDULE_KEY).is_some()
+        || setting(info.settings, "balloon_follow") == Some("true");
+    wants && !fixed
+}
+
+/// Serves the network (stepping towards the target on every round) until the target is
+/// reached or a chase stops, for at most [`CREDIT_WAIT_MS`].
+pub fn reach_target_first(serve: &mut dyn FnMut(u64)) {
+    let start = Instant::now();
+    // The first round reads the target.
+    serve(0);
+    while balloon::chasing() && start.elapsed_ms() < CREDIT_WAIT_MS {
+        serve(POLL_MS);
+    }
 }
 
 /// One step towards this guest's balloon target (see the module documentation); called on

@@ -200,6 +200,11 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
     }
     // Issue 16's memory move (settings balloon_give_mib / balloon_take_mib), before the pings.
     super::balloon::on_net_up(info, &mut |ms| net.serve_for(ms))?;
+    if follow_target {
+        // A target that differs at net up (a schedule point at 0 ms) is reached before the
+        // pings, like the fixed move: the pings then show that both sides still work.
+        super::balloon::reach_target_first(&mut |ms| net.serve_for(ms));
+    }
     let mut lost_any = false;
     for &target in &plan.targets {
         lost_any |= !net.ping(target, &plan)?;
@@ -258,6 +263,11 @@ impl Net {
             return;
         }
         let mut deadline = until;
+        // A balloon take waiting for credit looks again every 10 ms (no interrupt says the
+        // credit grew).
+        if vm_runtime::balloon::chasing() {
+            deadline = deadline.min(timer::now() + timer::ms_to_ticks(10));
+        }
         if let Some(us) = self.stack.poll_delay_us() {
             deadline = deadline.min(timer::now() + timer::us_to_ticks(us));
         }

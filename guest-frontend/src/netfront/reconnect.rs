@@ -181,12 +181,14 @@ impl super::NetFront {
             super::Path::Paravirt(r) if r.up() => Some(r.link.control_port),
             _ => None,
         };
-        if evtchn::take(port) || control.is_some_and(evtchn::pending) {
+        // A new balloon target (issue 16) ends the wait too: the app follows it at once.
+        let balloon = vm_runtime::balloon::target_changed;
+        if evtchn::take(port) || control.is_some_and(evtchn::pending) || balloon() {
             return;
         }
         let deadline = timer::now().saturating_add(timeout_ticks);
         timer::wait_until(deadline, || {
-            evtchn::take(port) || control.is_some_and(evtchn::pending)
+            evtchn::take(port) || control.is_some_and(evtchn::pending) || balloon()
         });
     }
 }
