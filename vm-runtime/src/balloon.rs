@@ -478,10 +478,15 @@ fn on_target_irq(_: u32) {
     TARGET_CHANGED.store(true, Ordering::Release);
 }
 
-/// Listens for `TARGET_INTID`; call it before the first [`follow`].
-pub fn follow_init() {
+/// Listens for `TARGET_INTID` from boot (the runtime calls it), so a VM that does not follow
+/// its target still takes the interrupt quietly when a driver domain sets one.
+pub(crate) fn listen_for_targets() {
     // TARGET_INTID is a PPI, below irq::MAX_INTID: registration cannot fail.
     let _ = crate::irq::register(TARGET_INTID, on_target_irq);
+}
+
+/// Starts following: the first [`follow`] reads the target.
+pub fn follow_init() {
     TARGET_CHANGED.store(true, Ordering::Release);
 }
 

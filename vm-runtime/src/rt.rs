@@ -44,6 +44,7 @@ pub(crate) extern "C" fn primary_main(start_info_page: usize) -> ! {
     // The heap ends where the start-info page starts (the last page of RAM).
     heap::init(boot::heap_start(), start_info_page);
     timer::init();
+    crate::balloon::listen_for_targets();
     cpu_init();
     boot::call_app_main(info)
 }
