@@ -109,6 +109,11 @@ impl Scrub {
         self.ram.is_empty() && self.populated.is_empty()
     }
 
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.ram.len() + self.populated.len()
+    }
+
     /// Zeroes every frame. Runs with no lock held: the frames are the caller's alone (see the
     /// module documentation).
     pub fn run(&self) {
@@ -247,11 +252,17 @@ impl Hv {
             fresh,
         };
         let giving = function == hypercall::BALLOON_RELEASE;
+        let (given_before, fresh_before) = (machine.scrub.len(), machine.fresh.frames.len());
         let result: BatchResult = if giving {
             vm.balloon.release(&mut machine, ram_pa, &pages)
         } else {
             vm.balloon.populate(&mut machine, &pages)
         };
+        // Given frames go in transit until scrubbed and credited (`balloon_freed`); set-aside
+        // frames the batch mapped are the VM's now, out of transit.
+        let given = machine.scrub.len().saturating_sub(given_before) as u64;
+        let mapped = fresh_before.saturating_sub(machine.fresh.frames.len()) as u64;
+        self.balloon_in_transit = (self.balloon_in_transit + given).saturating_sub(mapped);
         if giving && !machine.scrub.is_empty() {
             // A copy of this VM's RAM checked before the pages were marked given may still be
             // running with no lock: it ends before the frames are scrubbed and handed on.
@@ -299,7 +310,7 @@ impl Hv {
                 .find(|vm| vm.id == id && id != 0)
         });
         let free = free_for_targets(
-            self.balloon_credit,
+            self.balloon_credit + self.balloon_in_transit,
             self.vms
                 .iter()
                 .flatten()
@@ -379,6 +390,7 @@ impl Hv {
             };
             fresh.frames.push(pa);
             self.balloon_credit -= 1;
+            self.balloon_in_transit += 1;
         }
         fresh
     }
@@ -386,6 +398,7 @@ impl Hv {
     /// The frames of a populate batch it did not map: back to the allocator and the credit.
     pub fn balloon_unreserve(&mut self, fresh: &mut Fresh) {
         for pa in fresh.frames.drain(..) {
+            self.balloon_in_transit = self.balloon_in_transit.saturating_sub(1);
             if self.frames.free(pa, 1).is_ok() {
                 self.balloon_credit += 1;
             }
@@ -395,6 +408,7 @@ impl Hv {
     /// The frames of a balloon batch, scrubbed: back to the frame allocator, and each one the
     /// allocator takes back grows the credit.
     pub fn balloon_freed(&mut self, scrub: &Scrub) {
+        self.balloon_in_transit = self.balloon_in_transit.saturating_sub(scrub.len() as u64);
         for &pa in &scrub.ram {
             if self.frames.free_page_within(pa).is_ok() {
                 self.balloon_credit += 1;

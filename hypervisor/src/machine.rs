@@ -32,6 +32,11 @@ pub struct Hv {
     /// Pages VMs gave back to the balloon and nobody has taken yet: how many frames
     /// BALLOON_POPULATE may still take from the free memory (see `ballooning`).
     pub balloon_credit: u64,
+    /// Balloon frames between two lock holds: given back and being scrubbed (not yet in the
+    /// credit), or set aside from the credit for a populate (not yet mapped or returned). The
+    /// targets' free-memory rule counts them with the credit, so a batch in flight does not
+    /// make a target that fits look as if it did not.
+    pub balloon_in_transit: u64,
     /// The ITS when the machine has GICv4.0 direct injection (`None`: the NIC stays on INTx).
     pub its: Option<crate::gicv4::DirectInjection>,
 }

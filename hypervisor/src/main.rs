@@ -191,6 +191,7 @@ mod boot {
             reloading: 0,
             spare: None,
             balloon_credit: 0,
+            balloon_in_transit: 0,
             its: None,
         };
         // After the GIC, before any VM: the NIC's interrupt path is known before its owner

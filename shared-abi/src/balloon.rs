@@ -65,7 +65,8 @@
 //! any other caller, not logged, so a guest cannot flood the log). `InvalidArgument` for an id
 //! that names no live VM or a target outside `FLOOR_BYTES..=MAX_TARGET_BYTES` in pages.
 //! `NoSpace` when the growth cannot be met: a target above the VM's memory now needs the
-//! difference from the balloon's **free memory**, which is the credit, plus what VMs above
+//! difference from the balloon's **free memory**, which is the credit (counting the frames of
+//! batches in flight between the hypervisor's two lock holds), plus what VMs above
 //! their own targets still have to give, minus what VMs below their own targets still have to
 //! take. So "shrink A, then grow B by as much" is accepted before A has given anything, and
 //! "grow B" alone, with nothing in the credit, is `NoSpace`.
