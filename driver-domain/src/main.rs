@@ -339,11 +339,13 @@ fn print_counters(name: &str, fabric: &Fabric) {
         .as_ref()
         .map(|l| l.counters)
         .unwrap_or_default();
-    let stale_acks = fabric.local.as_ref().map_or(0, |l| l.stale_acks_repaired());
+    let (stale_acks, ahead_acks) = fabric.local.as_ref().map_or((0, 0), |l| {
+        (l.stale_acks_repaired(), l.ahead_acks_pulled_back())
+    });
     println!(
         "{name} NIC counters: rx {} frames / {} B, tx {} frames / {} B, tx errors {}, \
          interrupts {}, udp echoed {}, tcp echoed {} B; checksums filled {} verified {} \
-         dropped {}; stale ACKs repaired {stale_acks}",
+         dropped {}; stale ACKs repaired {stale_acks}, ahead ACKs pulled back {ahead_acks}",
         c.rx_frames,
         c.rx_bytes,
         c.tx_frames,

@@ -216,6 +216,11 @@ impl<D: Device> Stack<D> {
         self.stale_acks.repaired
     }
 
+    /// Pure ACKs whose sequence number ran ahead of the peer's data and was pulled back.
+    pub fn ahead_acks_pulled_back(&self) -> u64 {
+        self.stale_acks.pulled_back
+    }
+
     pub fn gateway(&self) -> Ipv4Address {
         self.gateway
     }

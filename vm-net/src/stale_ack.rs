@@ -12,9 +12,21 @@
 //! [`Repairing`] wraps the stack's device for each poll. For every TCP segment it remembers,
 //! per flow, the highest acknowledgment the peer has sent; a later segment that carries data
 //! (or FIN) with a lower one gets that highest value instead, which is what the peer had
-//! already said, so the stack takes its data. Pure ACKs are left alone (smoltcp ignores stale
-//! ones correctly, and they drive duplicate-ACK counting). The table is small and bounded; a
-//! flow it forgot is simply not repaired.
+//! already said, so the stack takes its data. Pure ACKs keep their acknowledgment (smoltcp
+//! ignores stale ones correctly, and they drive duplicate-ACK counting).
+//!
+//! The second repair is for passt's pure ACKs that run *ahead* of its data: a pure ACK whose
+//! sequence number already counts data frames that reach us after it. When our receive window
+//! is full, that sequence number sits at (or past) the window's right edge; smoltcp holds a
+//! zero-length segment there to be out of window (Linux accepts `SEG.SEQ = RCV.NXT + RCV.WND`),
+//! ignores its acknowledgment and answers with a duplicate ACK. passt retransmitted its window
+//! on it, smoltcp answered each retransmitted (already received) segment with another duplicate
+//! ACK, and the two fed each other until passt reset the connection: captured with the NIC
+//! dump, seen in about one passt test run in ten after the first repair. A pure ACK whose
+//! sequence number is past the end of the data the peer has sent us so far gets that end
+//! instead (the peer's data in flight is not ours to count yet), which every receiver accepts.
+//!
+//! The table is small and bounded; a flow it forgot is simply not repaired.
 
 use smoltcp::phy::{Device, DeviceCapabilities, RxToken};
 use smoltcp::time::Instant;
@@ -39,6 +51,17 @@ struct FlowKey {
 struct Flow {
     key: FlowKey,
     highest_ack: u32,
+    /// The end (in sequence space) of the furthest data or FIN the peer sent us, once any.
+    data_end: Option<u32>,
+}
+
+/// What to rewrite in a segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// A stale acknowledgment on data, raised to the peer's highest.
+    pub ack: Option<u32>,
+    /// A pure ACK's sequence number ahead of the peer's data, pulled back to its end.
+    pub seq: Option<u32>,
 }
 
 /// The highest acknowledgment each recent flow's peer has sent, and what was repaired.
@@ -49,6 +72,8 @@ pub struct AckTable {
     next_victim: usize,
     /// Segments whose stale ACK was raised.
     pub repaired: u64,
+    /// Pure ACKs whose sequence number was pulled back to the peer's data.
+    pub pulled_back: u64,
 }
 
 /// `a` is after `b` in sequence space.
@@ -57,10 +82,10 @@ fn seq_after(a: u32, b: u32) -> bool {
 }
 
 impl AckTable {
-    /// Notes the segment in `frame` (an Ethernet frame) and returns the acknowledgment number
-    /// it should carry if it must be repaired. Anything that is not a well-formed, unfragmented
-    /// IPv4 TCP segment with the ACK flag is ignored.
-    pub fn inspect(&mut self, frame: &[u8]) -> Option<u32> {
+    /// Notes the segment in `frame` (an Ethernet frame) and returns what must be rewritten in
+    /// it, if anything. Anything that is not a well-formed, unfragmented IPv4 TCP segment with
+    /// the ACK flag is ignored.
+    pub fn inspect(&mut self, frame: &[u8]) -> Option<Repair> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             return None;
@@ -88,24 +113,38 @@ impl AckTable {
             return None;
         }
         let ack = tcp.ack_number().0 as u32;
-        let carries_data = !tcp.payload().is_empty() || tcp.fin();
+        let seq = tcp.seq_number().0 as u32;
+        let length = tcp.payload().len() as u32 + u32::from(tcp.fin());
+        let carries_data = length > 0;
+        let end = carries_data.then(|| seq.wrapping_add(length));
         let Some(i) = index else {
             self.remember(Flow {
                 key,
                 highest_ack: ack,
+                data_end: end,
             });
             return None;
         };
-        let highest = self.flows[i].highest_ack;
+        let flow = &mut self.flows[i];
+        let mut repair = Repair::default();
+        if let Some(end) = end {
+            if flow.data_end.is_none_or(|known| seq_after(end, known)) {
+                flow.data_end = Some(end);
+            }
+        } else if let Some(known) = flow.data_end {
+            if seq_after(seq, known) && seq.wrapping_sub(known) <= MAX_STALENESS {
+                repair.seq = Some(known);
+            }
+        }
+        let highest = flow.highest_ack;
         if seq_after(ack, highest) || ack == highest {
-            self.flows[i].highest_ack = ack;
-            return None;
+            flow.highest_ack = ack;
+        } else if carries_data && highest.wrapping_sub(ack) <= MAX_STALENESS {
+            repair.ack = Some(highest);
         }
-        if carries_data && highest.wrapping_sub(ack) <= MAX_STALENESS {
-            self.repaired += 1;
-            return Some(highest);
-        }
-        None
+        self.repaired += u64::from(repair.ack.is_some());
+        self.pulled_back += u64::from(repair.seq.is_some());
+        (repair != Repair::default()).then_some(repair)
     }
 
     fn remember(&mut self, flow: Flow) {
@@ -117,40 +156,49 @@ impl AckTable {
     }
 }
 
-/// Writes `ack` into the TCP segment of `frame` (already checked by [`AckTable::inspect`])
-/// and adjusts the checksum incrementally (RFC 1624), so a checksum that was right stays right,
-/// a wrong one stays wrong, and a partial one left for offload is not made into a full one.
-fn rewrite_ack(frame: &mut [u8], ack: u32) {
+/// Writes `repair` into the TCP segment of `frame` (already checked by [`AckTable::inspect`]).
+fn rewrite(frame: &mut [u8], repair: Repair) {
+    if let Some(seq) = repair.seq {
+        rewrite_word(frame, 4, seq);
+    }
+    if let Some(ack) = repair.ack {
+        rewrite_word(frame, 8, ack);
+    }
+}
+
+/// Writes `value` into the 32-bit TCP header field at `field` (4: sequence number, 8:
+/// acknowledgment number) and adjusts the checksum incrementally (RFC 1624), so a checksum that
+/// was right stays right, a wrong one stays wrong, and a partial one left for offload is not
+/// made into a full one.
+fn rewrite_word(frame: &mut [u8], field: usize, value: u32) {
     let ip_start = 14;
     let Some(ihl) = frame.get(ip_start).map(|b| usize::from(b & 0x0f) * 4) else {
         return;
     };
     let tcp_start = ip_start + ihl;
-    let (ack_at, csum_at) = (tcp_start + 8, tcp_start + 16);
-    let (Some(old_ack), Some(old_csum)) = (
-        frame.get(ack_at..ack_at + 4),
-        frame.get(csum_at..csum_at + 2),
-    ) else {
+    let (at, csum_at) = (tcp_start + field, tcp_start + 16);
+    let (Some(old), Some(old_csum)) = (frame.get(at..at + 4), frame.get(csum_at..csum_at + 2))
+    else {
         return;
     };
-    let old_ack = u32::from_be_bytes([old_ack[0], old_ack[1], old_ack[2], old_ack[3]]);
+    let old = u32::from_be_bytes([old[0], old[1], old[2], old[3]]);
     let old_csum = u16::from_be_bytes([old_csum[0], old_csum[1]]);
     // HC' = ~(~HC + ~m + m'), over the two 16-bit words of the field.
     let mut sum = u32::from(!old_csum);
     for (old, new) in [
-        ((old_ack >> 16) as u16, (ack >> 16) as u16),
-        (old_ack as u16, ack as u16),
+        ((old >> 16) as u16, (value >> 16) as u16),
+        (old as u16, value as u16),
     ] {
         sum += u32::from(!old) + u32::from(new);
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    frame[ack_at..ack_at + 4].copy_from_slice(&ack.to_be_bytes());
+    frame[at..at + 4].copy_from_slice(&value.to_be_bytes());
     frame[csum_at..csum_at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
-/// A device that passes frames through and repairs stale ACKs on the way in.
+/// A device that passes frames through and makes the repairs on the way in.
 pub struct Repairing<'a, D> {
     pub device: &'a mut D,
     pub table: &'a mut AckTable,
@@ -166,10 +214,10 @@ impl<R: RxToken> RxToken for RepairingRx<'_, R> {
         let table = self.table;
         self.token.consume(|frame| match table.inspect(frame) {
             None => f(frame),
-            Some(ack) => {
+            Some(repair) => {
                 // Rare (a stale segment): the copy is cheaper than a writable token for all.
                 let mut copy = alloc::vec::Vec::from(frame);
-                rewrite_ack(&mut copy, ack);
+                rewrite(&mut copy, repair);
                 f(&copy)
             }
         })

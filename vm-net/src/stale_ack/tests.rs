@@ -82,6 +82,56 @@ fn parse(frame: &[u8]) -> Option<(u32, u32, Vec<u8>, bool)> {
     ))
 }
 
+/// The repair of a stale acknowledgment to `ack`.
+fn acked(ack: u32) -> Option<Repair> {
+    Some(Repair {
+        ack: Some(ack),
+        seq: None,
+    })
+}
+
+#[test]
+fn a_pure_ack_ahead_of_the_peers_data_is_pulled_back_to_its_end() {
+    let mut table = AckTable::default();
+    // No data seen yet on the flow: nothing to judge a pure ACK's sequence number by.
+    assert_eq!(
+        table.inspect(&segment(TcpControl::None, 50, Some(1000), b"")),
+        None
+    );
+    assert_eq!(
+        table.inspect(&segment(TcpControl::Psh, 100, Some(1000), b"data")),
+        None
+    );
+    // At the end of the data, or behind it: as sent.
+    for seq in [104, 90] {
+        assert_eq!(
+            table.inspect(&segment(TcpControl::None, seq, Some(1000), b"")),
+            None
+        );
+    }
+    // Ahead of it (counting data still on its way): pulled back, checksum still right, the
+    // acknowledgment untouched.
+    let mut ahead = segment(TcpControl::None, 8296, Some(2000), b"");
+    let repair = table.inspect(&ahead);
+    assert_eq!(
+        repair,
+        Some(Repair {
+            ack: None,
+            seq: Some(104)
+        })
+    );
+    rewrite(&mut ahead, repair.unwrap());
+    let (seq, ack, payload, valid) = parse(&ahead).unwrap();
+    assert_eq!((seq, ack, payload.len(), valid), (104, 2000, 0, true));
+    // The data then arrives and moves the end; a pure ACK there passes.
+    table.inspect(&segment(TcpControl::None, 104, Some(2000), &[7; 8192]));
+    assert_eq!(
+        table.inspect(&segment(TcpControl::None, 8296, Some(2000), b"")),
+        None
+    );
+    assert_eq!((table.pulled_back, table.repaired), (1, 0));
+}
+
 #[test]
 fn data_with_a_stale_ack_gets_the_highest_ack_and_a_checksum_that_still_holds() {
     let mut table = AckTable::default();
@@ -94,8 +144,8 @@ fn data_with_a_stale_ack_gets_the_highest_ack_and_a_checksum_that_still_holds() 
         None
     );
     let mut stale = segment(TcpControl::Psh, 101, Some(3000), b"data");
-    assert_eq!(table.inspect(&stale), Some(5000));
-    rewrite_ack(&mut stale, 5000);
+    assert_eq!(table.inspect(&stale), acked(5000));
+    rewrite(&mut stale, acked(5000).unwrap());
     let (seq, ack, payload, valid) = parse(&stale).unwrap();
     assert_eq!(
         (seq, ack, payload.as_slice(), valid),
@@ -105,7 +155,7 @@ fn data_with_a_stale_ack_gets_the_highest_ack_and_a_checksum_that_still_holds() 
     // A FIN with a stale ACK is repaired too: its sequence number matters.
     assert_eq!(
         table.inspect(&segment(TcpControl::Fin, 105, Some(4000), b"")),
-        Some(5000)
+        acked(5000)
     );
 }
 
@@ -124,7 +174,7 @@ fn pure_acks_and_fresh_acks_pass_untouched() {
     for (seq, ack, payload, expected) in steps {
         assert_eq!(
             table.inspect(&segment(TcpControl::None, seq, Some(ack), payload)),
-            expected,
+            expected.and_then(acked),
             "seq {seq} ack {ack}"
         );
     }
@@ -147,7 +197,7 @@ fn sequence_numbers_wrap_and_garbage_is_left_alone() {
     // Before the wrap is now stale.
     assert_eq!(
         table.inspect(&segment(TcpControl::None, 3, Some(near_end + 5), b"c")),
-        Some(20)
+        acked(20)
     );
     // Half the sequence space away is not a stale ACK but nonsense: the stack judges it.
     assert_eq!(
@@ -182,7 +232,7 @@ fn a_wrong_checksum_stays_wrong() {
     let mut frame = segment(TcpControl::None, 1, Some(100), b"abc");
     let len = frame.len();
     frame[len - 1] ^= 0xff;
-    rewrite_ack(&mut frame, 200);
+    rewrite(&mut frame, acked(200).unwrap());
     let (_, ack, _, valid) = parse(&frame).unwrap();
     assert_eq!(ack, 200);
     assert!(
@@ -218,12 +268,16 @@ fn the_table_is_bounded_and_any_bytes_are_harmless() {
                 frame[at] = next() as u8;
             }
         }
-        if table.inspect(&frame).is_some() {
-            rewrite_ack(&mut frame, 5);
+        if let Some(repair) = table.inspect(&frame) {
+            rewrite(&mut frame, repair);
         }
         // Rewriting a frame too short for its header changes nothing and does not panic.
         let short = len.min(frame.len());
-        rewrite_ack(&mut frame[..short], 7);
+        let both = Repair {
+            ack: Some(7),
+            seq: Some(9),
+        };
+        rewrite(&mut frame[..short], both);
     }
 }
 
@@ -274,8 +328,10 @@ fn run(stack: &mut Stack<Cable>, now: &mut Instant, ms: u32) -> Vec<(u32, u32, V
     sent
 }
 
-#[test]
-fn a_tcp_echo_takes_data_that_comes_with_a_stale_ack() {
+/// A stack with its TCP echo connected to the hand-played peer, which has sent "hello" and
+/// seen it echoed: returns the stack, the clock, the peer's next sequence number and the
+/// stack's (the echo still unacknowledged).
+fn connected_echo() -> (Stack<FrameQueues>, Instant, u32, u32) {
     let mut now = Instant::from_millis(1_000);
     let mut stack = Stack::new_at(
         FrameQueues::new(1514, 1024),
@@ -295,7 +351,7 @@ fn a_tcp_echo_takes_data_that_comes_with_a_stale_ack() {
     let synack = run(&mut stack, &mut now, 5);
     let server_isn = synack.first().expect("a SYN-ACK").0;
     let mut ours = isn + 1;
-    let mut theirs = server_isn + 1;
+    let theirs = server_isn + 1;
     stack
         .device
         .to_stack
@@ -310,6 +366,12 @@ fn a_tcp_echo_takes_data_that_comes_with_a_stale_ack() {
         .flat_map(|(_, _, p)| p)
         .collect();
     assert_eq!(echoed, b"hello");
+    (stack, now, ours, theirs)
+}
+
+#[test]
+fn a_tcp_echo_takes_data_that_comes_with_a_stale_ack() {
+    let (mut stack, mut now, ours, mut theirs) = connected_echo();
     // The peer acknowledges the echo in a pure ACK, then sends more data whose ACK field is
     // from before that (passt's order): the stack must still take it.
     let stale = theirs;
@@ -330,4 +392,24 @@ fn a_tcp_echo_takes_data_that_comes_with_a_stale_ack() {
         "the data was acknowledged"
     );
     assert_eq!(stack.stale_acks_repaired(), 1);
+}
+
+/// passt's pure ACK ahead of its data (its sequence number already counts data frames that
+/// come after it), here past the stack's whole receive window: without the repair smoltcp
+/// holds it out of window, ignores the acknowledgment in it, answers with a duplicate ACK and
+/// later retransmits the echo the peer had acknowledged.
+#[test]
+fn a_tcp_echo_takes_a_pure_ack_whose_sequence_number_runs_ahead_of_the_data() {
+    let (mut stack, mut now, ours, theirs) = connected_echo();
+    let ahead = ours + 2 * Buffers::default().tcp as u32;
+    stack
+        .device
+        .to_stack
+        .push_back(segment(TcpControl::None, ahead, Some(theirs + 5), b""));
+    let after = run(&mut stack, &mut now, 1_500);
+    assert!(
+        after.is_empty(),
+        "the stack answered or retransmitted: {after:?}"
+    );
+    assert_eq!(stack.ahead_acks_pulled_back(), 1);
 }
