@@ -149,6 +149,39 @@ impl Env<'_> {
         let (ram, offset) = ram_at(self.vms, vm, gpa)?;
         ram.atomics(offset, 1)?.first()
     }
+
+    /// Unmaps one page of `vm`'s stage 2 and invalidates it on the CPUs and in the SMMU now,
+    /// or (`defer`) queues the invalidation for [`GrantEnv::flush_unmapped`]. A table frame
+    /// freed by the unmap is invalidated at once either way: it goes back to the allocator
+    /// before this returns.
+    fn unmap_one(&mut self, vm: VmId, ipa: u64, defer: bool) {
+        let Some(vm) = vm_slot_mut(self.vms, vm) else {
+            return;
+        };
+        let mut pieces = Vec::new();
+        let mut tables = PhysTableMemory {
+            frames: self.frames,
+        };
+        let (vmid, root) = (vm.vmid, vm.stage2.root_pa());
+        let iommu = &mut *self.iommu;
+        if vm
+            .stage2
+            .unmap(
+                &mut tables,
+                ipa,
+                PAGE_SIZE,
+                &mut |ipa, size| pieces.push((ipa, size)),
+                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
+            )
+            .is_ok()
+        {
+            if defer {
+                iommu.defer_invalidation(vmid, root, &pieces);
+            } else {
+                iommu.invalidate_ipas(vmid, root, &pieces);
+            }
+        }
+    }
 }
 
 impl GrantEnv for Env<'_> {
@@ -231,55 +264,11 @@ impl GrantEnv for Env<'_> {
     }
 
     fn unmap_page(&mut self, vm: VmId, ipa: u64) {
-        let Some(vm) = vm_slot_mut(self.vms, vm) else {
-            return;
-        };
-        let mut pieces = Vec::new();
-        let mut tables = PhysTableMemory {
-            frames: self.frames,
-        };
-        let (vmid, root) = (vm.vmid, vm.stage2.root_pa());
-        let iommu = &mut *self.iommu;
-        if vm
-            .stage2
-            .unmap(
-                &mut tables,
-                ipa,
-                PAGE_SIZE,
-                &mut |ipa, size| pieces.push((ipa, size)),
-                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
-            )
-            .is_ok()
-        {
-            iommu.invalidate_ipas(vmid, root, &pieces);
-        }
+        self.unmap_one(vm, ipa, false);
     }
 
     fn unmap_page_deferred(&mut self, vm: VmId, ipa: u64) {
-        let Some(vm) = vm_slot_mut(self.vms, vm) else {
-            return;
-        };
-        let mut pieces = Vec::new();
-        let mut tables = PhysTableMemory {
-            frames: self.frames,
-        };
-        let (vmid, root) = (vm.vmid, vm.stage2.root_pa());
-        let iommu = &mut *self.iommu;
-        if vm
-            .stage2
-            .unmap(
-                &mut tables,
-                ipa,
-                PAGE_SIZE,
-                &mut |ipa, size| pieces.push((ipa, size)),
-                // A table frame freed by the unmap is invalidated at once, as always: it goes
-                // back to the allocator before this returns.
-                &mut |ipa, size| iommu.invalidate_ipas(vmid, root, &[(ipa, size)]),
-            )
-            .is_ok()
-        {
-            iommu.defer_invalidation(vmid, root, &pieces);
-        }
+        self.unmap_one(vm, ipa, true);
     }
 
     fn flush_unmapped(&mut self, _vm: VmId) {
