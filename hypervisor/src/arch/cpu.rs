@@ -144,8 +144,18 @@ macro_rules! el1_context {
             pub fn save() -> Self {
                 El1Context { $($field: mrs!($reg)),* }
             }
+            /// Loads the context into the CPU. A register that already holds the value is
+            /// left alone: under QEMU a write to TCR_EL1 flushes the whole soft TLB even when
+            /// the value does not change, so writing it on every switch made a vCPU that
+            /// comes back to the pCPU it left (the common case: it slept in WFI and nothing
+            /// else ran there) start again with a cold TLB. Reading a system register costs
+            /// far less than refilling the TLB.
             pub fn restore(&self) {
-                $(msr!($reg, self.$field);)*
+                $(
+                    if mrs!($reg) != self.$field {
+                        msr!($reg, self.$field);
+                    }
+                )*
                 isb();
             }
         }
