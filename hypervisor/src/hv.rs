@@ -25,7 +25,7 @@ use hypervisor::esr::{self, Syndrome};
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
 use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
-use hypervisor::sched::{RunState, Scheduler, VcpuId};
+use hypervisor::sched::{self, RunState, Scheduler, VcpuId, WakeKick};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::EVTCHN_INTID;
@@ -86,6 +86,11 @@ static LAST_REPORT: [AtomicU64; shared_abi::layout::MAX_VMS + 1] =
     [const { AtomicU64::new(0) }; shared_abi::layout::MAX_VMS + 1];
 /// When each pCPU last charged its running VM's time (counter ticks).
 static CHARGED_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+/// Per pCPU: when the idle pCPUs are to be kicked for a vCPU this pCPU's running vCPU woke
+/// (counter ticks; 0 = no kick pending). See [`sched::WakeKick`].
+static KICK_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+/// Per pCPU: when the running vCPU's time slice ends (counter ticks).
+static SLICE_END: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 
 /// What the trapped vCPU should do next.
 enum Action {
@@ -143,15 +148,47 @@ fn kick_idle(this_pcpu: usize) {
 }
 
 /// Makes a vCPU with a newly queued interrupt notice it: wakes it from WFI, or kicks the pCPU
-/// it runs on.
+/// it runs on. A vCPU woken from WFI is left for this pCPU for a moment (see
+/// [`sched::WakeKick`]) before the idle pCPUs are kicked.
 fn wake_for_interrupt(sched: &mut Scheduler, id: VcpuId, this_pcpu: usize) {
     match sched.state(id) {
         RunState::Blocked { .. } => {
             sched.wake(id);
-            kick_idle(this_pcpu);
+            match sched::wake_kick(IDLE[this_pcpu].load(Ordering::Acquire)) {
+                WakeKick::None => {}
+                WakeKick::Deferred => defer_kick(sched, this_pcpu),
+            }
         }
         RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
         _ => {}
+    }
+}
+
+/// Arms this pCPU's timer to kick the idle pCPUs [`sched::KICK_DELAY_US`] from now, unless a
+/// kick is pending already (the earlier one stands).
+fn defer_kick(sched: &Scheduler, pcpu: usize) {
+    let now = cpu::counter();
+    let kick_at = match KICK_AT[pcpu].load(Ordering::Relaxed) {
+        0 => {
+            let at = now + sched::KICK_DELAY_US * cpu::counter_frequency() / 1_000_000;
+            KICK_AT[pcpu].store(at, Ordering::Relaxed);
+            at
+        }
+        at => at,
+    };
+    let slice_end = SLICE_END[pcpu].load(Ordering::Relaxed);
+    cpu::set_hyp_timer(sched::next_timer(
+        slice_end,
+        sched.earliest_deadline(),
+        Some(kick_at),
+    ));
+}
+
+/// The kick deferred by this pCPU, if one is pending.
+fn pending_kick(pcpu: usize) -> Option<u64> {
+    match KICK_AT[pcpu].load(Ordering::Relaxed) {
+        0 => None,
+        at => Some(at),
     }
 }
 
@@ -223,16 +260,19 @@ fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
     *frame = v.frame;
     CURRENT[pcpu].store(id, Ordering::Relaxed);
     CHARGED_AT[pcpu].store(cpu::counter(), Ordering::Relaxed);
-    arm_timer(&SchedLocked::lock(token), cpu::counter());
+    arm_timer(&SchedLocked::lock(token), cpu::counter(), pcpu);
 }
 
-/// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
-fn arm_timer(sched: &Scheduler, now: u64) {
+/// Starts a slice on this pCPU: programs the EL2 timer for its end, the earliest blocked
+/// deadline or a pending deferred kick, whichever comes first.
+fn arm_timer(sched: &Scheduler, now: u64, pcpu: usize) {
     let slice_end = now + SLICE_TICKS.load(Ordering::Relaxed);
-    let deadline = sched
-        .earliest_deadline()
-        .map_or(slice_end, |d| d.min(slice_end));
-    cpu::set_hyp_timer(deadline);
+    SLICE_END[pcpu].store(slice_end, Ordering::Relaxed);
+    cpu::set_hyp_timer(sched::next_timer(
+        slice_end,
+        sched.earliest_deadline(),
+        pending_kick(pcpu),
+    ));
 }
 
 /// Wakes the vCPUs whose WFI deadline has passed (and the idle pCPUs to run them).
@@ -884,8 +924,16 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
         let (picked, deadline) = {
             let mut sched = SchedLocked::lock(entry);
             sched.wake_expired(cpu::counter());
+            // This pCPU takes the next vCPU itself: a kick it deferred is moot, unless
+            // more vCPUs wait than it can take.
+            KICK_AT[pcpu].store(0, Ordering::Relaxed);
             match sched.pick(pcpu) {
-                Some(id) => (Some(id), None),
+                Some(id) => {
+                    if sched.has_runnable() {
+                        kick_idle(pcpu);
+                    }
+                    (Some(id), None)
+                }
                 None => {
                     IDLE[pcpu].store(true, Ordering::Release);
                     (None, sched.earliest_deadline())
@@ -1024,7 +1072,7 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
             let mut sched = SchedLocked::lock(token);
             if !sched.has_runnable() {
                 refill_live(v);
-                arm_timer(&sched, cpu::counter());
+                arm_timer(&sched, cpu::counter(), cpu::pcpu_index());
                 return true;
             }
             save(v, frame);
@@ -1237,7 +1285,19 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
         match raw {
             gic::HYP_TIMER_PPI => {
                 cpu::stop_hyp_timer();
-                action = Action::Preempt;
+                let now = cpu::counter();
+                let slice_end = SLICE_END[pcpu].load(Ordering::Relaxed);
+                let deadline = SchedLocked::lock(&mut entry).earliest_deadline();
+                let tick = sched::timer_tick(now, pending_kick(pcpu), slice_end, deadline);
+                if tick.kick {
+                    KICK_AT[pcpu].store(0, Ordering::Relaxed);
+                    kick_idle(pcpu);
+                }
+                if tick.preempt {
+                    action = Action::Preempt;
+                } else {
+                    cpu::set_hyp_timer(sched::next_timer(slice_end, deadline, pending_kick(pcpu)));
+                }
             }
             gic::VTIMER_PPI => {
                 // The guest's timer fired: mask it at the source (the guest unmasks it when it

@@ -150,6 +150,73 @@ impl Scheduler {
     }
 }
 
+/// Who brings a vCPU that was just woken (blocked → runnable) onto a pCPU.
+///
+/// Under QEMU every pCPU is a host thread, and kicking an idle pCPU means waking that thread:
+/// on a busy host the woken thread waits for the host scheduler (its next tick, several ms),
+/// and then for QEMU's big lock at its first GIC access. The common waker, a vCPU that sends
+/// an event and then sleeps in WFI (a front-end that published a frame, the driver domain that
+/// delivered one), frees its own pCPU within microseconds, and that pCPU's thread is already
+/// running. So the kick is deferred: the woken vCPU waits in the run queue for
+/// [`KICK_DELAY_US`]; if the waker blocks first, its pCPU picks the woken vCPU with no thread
+/// woken at all, and only if it does not are the idle pCPUs kicked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeKick {
+    /// The waker is this pCPU's idle loop, which picks the vCPU itself on its next turn.
+    None,
+    /// A vCPU runs here: kick the idle pCPUs at the deadline unless this pCPU is free by then.
+    Deferred,
+}
+
+/// How long a woken vCPU waits for its waker's pCPU before the idle pCPUs are kicked, in
+/// microseconds: longer than a sender takes from its event to its WFI under TCG (about
+/// 100 us measured per wake-up), short next to a time slice.
+pub const KICK_DELAY_US: u64 = 200;
+
+/// See [`WakeKick`]: `waker_idle` is whether the waking pCPU is in its idle loop (an
+/// interrupt taken there, or a deadline) rather than running a vCPU.
+pub fn wake_kick(waker_idle: bool) -> WakeKick {
+    if waker_idle {
+        WakeKick::None
+    } else {
+        WakeKick::Deferred
+    }
+}
+
+/// What the EL2 timer of a pCPU that runs a vCPU means when it fires at `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerTick {
+    /// A deferred kick is due: wake the idle pCPUs.
+    pub kick: bool,
+    /// The running vCPU's slice is over, or a blocked vCPU's deadline has passed: the usual
+    /// preemption check (it keeps its pCPU if nothing else is runnable).
+    pub preempt: bool,
+}
+
+/// Sorts out why the timer fired: `kick_at` is the pending deferred kick (if any), `slice_end`
+/// the end of the running vCPU's slice, `deadline` the earliest blocked vCPU's deadline.
+pub fn timer_tick(
+    now: u64,
+    kick_at: Option<u64>,
+    slice_end: u64,
+    deadline: Option<u64>,
+) -> TimerTick {
+    TimerTick {
+        kick: kick_at.is_some_and(|at| at <= now),
+        preempt: slice_end <= now || deadline.is_some_and(|d| d <= now),
+    }
+}
+
+/// When the EL2 timer of a pCPU running a vCPU must fire next: the slice end, the earliest
+/// blocked deadline or the pending kick, whichever comes first.
+pub fn next_timer(slice_end: u64, deadline: Option<u64>, kick_at: Option<u64>) -> u64 {
+    [Some(slice_end), deadline, kick_at]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(slice_end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +324,56 @@ mod tests {
         assert!(!s.wake(a));
         assert_eq!(s.pick(0), Some(a));
         assert_eq!(s.pick(0), None);
+    }
+
+    #[test]
+    fn a_wake_from_the_idle_loop_kicks_nobody_and_one_from_a_running_vcpu_waits() {
+        assert_eq!(wake_kick(true), WakeKick::None);
+        assert_eq!(wake_kick(false), WakeKick::Deferred);
+    }
+
+    #[test]
+    fn the_timer_kicks_only_when_the_kick_is_due_and_preempts_only_at_the_slice_end_or_a_deadline()
+    {
+        // The kick's deadline alone: kick, keep the running vCPU.
+        assert_eq!(
+            timer_tick(100, Some(100), 1000, None),
+            TimerTick {
+                kick: true,
+                preempt: false
+            }
+        );
+        // Early (a timer that fired before its time): nothing.
+        assert_eq!(
+            timer_tick(99, Some(100), 1000, Some(500)),
+            TimerTick {
+                kick: false,
+                preempt: false
+            }
+        );
+        // The slice is over with no kick pending: the usual preemption.
+        assert_eq!(
+            timer_tick(1000, None, 1000, None),
+            TimerTick {
+                kick: false,
+                preempt: true
+            }
+        );
+        // A blocked vCPU's deadline passed: preemption check too, and the due kick.
+        assert_eq!(
+            timer_tick(600, Some(200), 1000, Some(500)),
+            TimerTick {
+                kick: true,
+                preempt: true
+            }
+        );
+    }
+
+    #[test]
+    fn the_next_timer_is_the_earliest_of_slice_end_deadline_and_kick() {
+        assert_eq!(next_timer(1000, None, None), 1000);
+        assert_eq!(next_timer(1000, Some(700), None), 700);
+        assert_eq!(next_timer(1000, Some(700), Some(300)), 300);
+        assert_eq!(next_timer(1000, Some(2000), Some(3000)), 1000);
     }
 }
