@@ -43,7 +43,9 @@
 //! out none, so nothing can be locked under it; code holding a vCPU has a [`VcpuHeld`], which
 //! cannot take another vCPU, a VM's events or the HV lock; code holding a VM's events has an
 //! [`EventsHeld`], which cannot take another VM's events or the HV lock. A pCPU gets its one
-//! [`Unlocked`] token at a trap entry point or in the scheduler loop.
+//! [`Unlocked`] token at a trap entry point or in the scheduler loop. The tokens are the
+//! library's (`hypervisor::lock_order`), where `compile_fail` examples check the orders that
+//! must not compile.
 //!
 //! Console writes: nothing is printed holding the HV lock. The logger keeps the lines (and VM
 //! console flushes) of a pCPU that holds it and prints them when [`HvLocked`] is dropped, after
@@ -72,44 +74,9 @@ static SCHED: TicketMutex<Option<Scheduler>> = TicketMutex::new(None);
 /// which is the boot's connection setup, before any vCPU runs.
 static EVENTS: Once<Box<[TicketMutex<VmEvents>]>> = Once::new();
 
-/// Not `Send`: a token stays on the pCPU that made it.
-type Local = PhantomData<*mut ()>;
-
-/// No lock held: any lock may be taken.
-pub struct Unlocked(Local);
-/// The HV lock is held: a vCPU's or the scheduler's may be taken.
-pub struct HvHeld(Local);
-/// A VM's event lock is held: a vCPU's or the scheduler's may be taken.
-pub struct EventsHeld(Local);
-/// A vCPU's lock is held: only the scheduler's may be taken.
-pub struct VcpuHeld(Local);
-
-/// Tokens that allow taking the HV lock.
-pub trait MayLockHv {}
-/// Tokens that allow taking a VM's event lock.
-pub trait MayLockEvents {}
-/// Tokens that allow taking a vCPU's lock.
-pub trait MayLockVcpu {}
-/// Tokens that allow taking the scheduler's lock.
-pub trait MayLockSched {}
-
-impl MayLockHv for Unlocked {}
-impl MayLockEvents for Unlocked {}
-impl MayLockEvents for HvHeld {}
-impl MayLockVcpu for Unlocked {}
-impl MayLockVcpu for HvHeld {}
-impl MayLockVcpu for EventsHeld {}
-impl MayLockSched for Unlocked {}
-impl MayLockSched for HvHeld {}
-impl MayLockSched for EventsHeld {}
-impl MayLockSched for VcpuHeld {}
-
-impl Unlocked {
-    /// The pCPU's token at a trap entry point or in the scheduler loop, where it holds no lock.
-    pub fn entry() -> Unlocked {
-        Unlocked(PhantomData)
-    }
-}
+pub use hypervisor::lock_order::{
+    EventsHeld, HvHeld, MayLockEvents, MayLockHv, MayLockSched, MayLockVcpu, Unlocked, VcpuHeld,
+};
 
 /// Installs the state behind the locks. Called once by the primary before any vCPU runs.
 pub fn install(hv: Hv, vcpus: alloc::vec::Vec<Vcpu>, sched: Scheduler) {
@@ -127,12 +94,12 @@ pub struct HvLocked<'t> {
 }
 
 impl<'t> HvLocked<'t> {
-    pub fn lock(_order: &'t mut impl MayLockHv) -> Self {
+    pub fn lock(order: &'t mut impl MayLockHv) -> Self {
         let guard = HV.lock();
         crate::logger::hv_lock_taken();
         HvLocked {
             guard: Some(guard),
-            token: HvHeld(PhantomData),
+            token: HvHeld::taken(order),
             _order: PhantomData,
         }
     }
@@ -185,7 +152,7 @@ impl<'t> EventsLocked<'t> {
     }
 
     /// The event lock of the VM at `index` (`0..MAX_VMS`); `None` beyond.
-    pub fn lock_index(_order: &'t mut impl MayLockEvents, index: usize) -> Option<Self> {
+    pub fn lock_index(order: &'t mut impl MayLockEvents, index: usize) -> Option<Self> {
         let slots = EVENTS.call_once(|| {
             (0..shared_abi::layout::MAX_VMS)
                 .map(|_| TicketMutex::new(VmEvents::default()))
@@ -193,7 +160,7 @@ impl<'t> EventsLocked<'t> {
         });
         Some(EventsLocked {
             guard: slots.get(index)?.lock(),
-            token: EventsHeld(PhantomData),
+            token: EventsHeld::taken(order),
             _order: PhantomData,
         })
     }
@@ -226,11 +193,11 @@ pub struct VcpuLocked<'t> {
 
 impl<'t> VcpuLocked<'t> {
     /// vCPU `id`'s lock; `None` for an id that names no vCPU.
-    pub fn lock(_order: &'t mut impl MayLockVcpu, id: VcpuId) -> Option<Self> {
+    pub fn lock(order: &'t mut impl MayLockVcpu, id: VcpuId) -> Option<Self> {
         let vcpu = VCPUS.get()?.get(id)?;
         Some(VcpuLocked {
             guard: vcpu.lock(),
-            token: VcpuHeld(PhantomData),
+            token: VcpuHeld::taken(order),
             _order: PhantomData,
         })
     }
