@@ -8,8 +8,14 @@
 //!
 //! # Use from the hypercall handler
 //!
-//! One [`EventChannels`] for the machine, used under the hypervisor lock. Guest-provided register
-//! values are passed as the raw `u64`s, so no truncation can turn a bad value into a good one:
+//! One [`EventChannels`] for the machine over a [`PortStore`] that holds each VM's table
+//! ([`VmPorts`]): the hypervisor keeps each under that VM's own lock, and makes every change
+//! (setup, bind, close, death) holding the HV lock, one VM's table at a time. EVTCHN_SEND and
+//! EVTCHN_UNMASK need no HV lock: they run on the tables alone ([`VmPorts::route`] on the
+//! sender's, then [`VmPorts::deliver_from`] on the target's, which checks the binding still
+//! holds; [`VmPorts::unmask`]), as [`EventChannels::send`] and [`EventChannels::unmask`] do
+//! here. Guest-provided register values are passed as the raw `u64`s, so no truncation can turn
+//! a bad value into a good one:
 //!
 //! | hypercall               | call                                     | on `Ok(v)`      |
 //! |-------------------------|------------------------------------------|-----------------|

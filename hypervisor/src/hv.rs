@@ -8,7 +8,8 @@
 //! handling a trap, never while a guest runs or while it sleeps in WFI. Timer ticks, WFI,
 //! context switches and interrupt injection take only a vCPU's lock and the scheduler's; the HV
 //! lock is taken once per GRANT_COPY op, not per batch, for the op's checks only (the bytes are
-//! copied after it is dropped, the frames pinned: `sharing::COPY_PINS`); a balloon batch
+//! copied after it is dropped, the frames pinned: `sharing::COPY_PINS`); EVTCHN_SEND and
+//! EVTCHN_UNMASK take only the two VMs' event locks, one after the other; a balloon batch
 //! scrubs or zeroes its frames with no lock held; a restarting VM's RAM is reloaded without any lock;
 //! console writes take only that VM's console lock.
 
