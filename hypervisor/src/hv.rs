@@ -747,6 +747,9 @@ impl Hv {
             }
         }
         let restart = kind == StopKind::Reset;
+        // Forgets its ports and event page under its event lock: a sender in flight (which
+        // holds that lock while it writes the page) has finished, and none writes the page
+        // again. Its old RAM, even if replaced above, is freed or handed on only below.
         let stopped = self.sharing.vm_stopped(
             &mut events(token),
             &mut self.vms,
