@@ -984,6 +984,9 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             continue;
         }
         if LIVE_VMS.load(Ordering::Acquire) == 0 {
+            // The last stop's lines, kept under the HV lock, are printed first.
+            drop(HvLocked::lock(entry));
+            crate::logger::wait_for_kept_lines();
             info!("all VMs have stopped; powering off");
             cpu::system_off();
         }

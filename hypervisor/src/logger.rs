@@ -33,6 +33,9 @@ enum Deferred {
 
 /// Which pCPUs hold the HV lock (each writes only its own).
 static HOLDS_HV: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
+/// Which pCPUs have kept output not yet printed (set under the HV lock, cleared once printed),
+/// for [`wait_for_kept_lines`].
+static KEPT: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
 /// Each pCPU's kept output (each takes only its own: never contended).
 static DEFERRED: [Mutex<Vec<Deferred>>; MAX_PCPUS] = [const { Mutex::new(Vec::new()) }; MAX_PCPUS];
 
@@ -50,6 +53,9 @@ fn defer(item: Deferred) -> Option<Deferred> {
     match holding_hv().and_then(|pcpu| DEFERRED.get(pcpu)) {
         Some(kept) => {
             kept.lock().push(item);
+            if let Some(flag) = KEPT.get(cpu::pcpu_index()) {
+                flag.store(true, Ordering::Release);
+            }
             None
         }
         None => Some(item),
@@ -78,6 +84,27 @@ pub fn hv_lock_dropped() {
             Deferred::Line(line) => print_fmt(format_args!("{line}")),
             Deferred::FlushConsole(id) => flush_vm_console(id),
         }
+    }
+    if let Some(flag) = KEPT.get(pcpu) {
+        flag.store(false, Ordering::Release);
+    }
+}
+
+/// Before powering off: waits until the other pCPUs have printed what they kept under the HV
+/// lock (the last VM's stop lines). Call it after taking and dropping the HV lock once, so every
+/// line kept before that is flagged. Bounded, so a pCPU that never finishes cannot hold the
+/// power-off forever.
+pub fn wait_for_kept_lines() {
+    let me = cpu::pcpu_index();
+    for _ in 0..(1u64 << 24) {
+        let busy = KEPT
+            .iter()
+            .enumerate()
+            .any(|(pcpu, flag)| pcpu != me && flag.load(Ordering::Acquire));
+        if !busy {
+            return;
+        }
+        core::hint::spin_loop();
     }
 }
 
