@@ -187,8 +187,10 @@ impl Hv {
     /// A balloon call of VM `vm_index` (checked by the library's rules): x0's status, x1, x2,
     /// and the frames it took from the VM, for the caller to [`Scrub::run`] once the HV lock is
     /// dropped and then hand to [`Hv::balloon_freed`].
+    #[allow(clippy::too_many_arguments)] // the HV lock's token on top of the call's own
     pub fn balloon_call(
         &mut self,
+        token: &mut crate::locks::HvHeld,
         vm_index: usize,
         function: u64,
         x1: u64,
@@ -196,11 +198,13 @@ impl Hv {
         scrub: &mut Scrub,
         fresh: &mut Fresh,
     ) -> (Status, Option<u64>, Option<u64>) {
+        // Read under the HV lock, which every EVTCHN_SETUP holds: it stays the page until the
+        // batch is done, and the batch refuses it.
         let event_page = self
             .vms
             .get(vm_index)
             .and_then(Option::as_ref)
-            .and_then(|vm| self.sharing.events.event_page(vm.id));
+            .and_then(|vm| crate::sharing::events(token).event_page(vm.id));
         let Some(vm) = self.vms.get_mut(vm_index).and_then(Option::as_mut) else {
             return (Status::InvalidArgument, None, None);
         };

@@ -8,8 +8,14 @@
 //!
 //! # Use from the hypercall handler
 //!
-//! One [`EventChannels`] for the machine, used under the hypervisor lock. Guest-provided register
-//! values are passed as the raw `u64`s, so no truncation can turn a bad value into a good one:
+//! One [`EventChannels`] for the machine over a [`PortStore`] that holds each VM's table
+//! ([`VmPorts`]): the hypervisor keeps each under that VM's own lock, and makes every change
+//! (setup, bind, close, death) holding the HV lock, one VM's table at a time. EVTCHN_SEND and
+//! EVTCHN_UNMASK need no HV lock: they run on the tables alone ([`VmPorts::route`] on the
+//! sender's, then [`VmPorts::deliver_from`] on the target's, which checks the binding still
+//! holds; [`VmPorts::unmask`]), as [`EventChannels::send`] and [`EventChannels::unmask`] do
+//! here. Guest-provided register values are passed as the raw `u64`s, so no truncation can turn
+//! a bad value into a good one:
 //!
 //! | hypercall               | call                                     | on `Ok(v)`      |
 //! |-------------------------|------------------------------------------|-----------------|
@@ -105,20 +111,21 @@ pub enum PortState {
 
 /// Where an EVTCHN_SEND goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SendTarget {
+pub enum SendTarget<P = u64> {
     /// To the peer at the other end of an interdomain port.
-    Peer(Signal),
+    Peer(Signal<P>),
     /// To the hypervisor: the device model of guest `client` has answered requests.
     Hypervisor { client: VmId },
 }
 
-/// Where an EVTCHN_SEND goes: mark `port` pending on `vm`'s event page at `page_gpa`.
+/// Where an EVTCHN_SEND goes: mark `port` pending on `vm`'s event page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Signal {
+pub struct Signal<P = u64> {
     pub vm: VmId,
     pub port: Port,
-    /// The target's event page, `None` if it registered none (the event is then dropped).
-    pub page_gpa: Option<u64>,
+    /// The target's event page (its handle, see [`PortStore::Page`]), `None` if it registered
+    /// none (the event is then dropped).
+    pub page_gpa: Option<P>,
 }
 
 /// A port of a VM.
@@ -128,21 +135,37 @@ pub struct PortRef {
     pub port: Port,
 }
 
-#[derive(Debug)]
-struct VmPorts {
-    page_gpa: Option<u64>,
+/// Where a port of the sender leads, as its own table says ([`VmPorts::route`]): the first
+/// half of a send, decided under the sender's table alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To `port` of VM `vm`; the target's table must still agree ([`VmPorts::deliver_from`]).
+    Peer(PortRef),
+    /// To the hypervisor: the device model of guest `client` has answered requests.
+    Hypervisor { client: VmId },
+}
+
+/// One VM's event channels: its ports and its registered event page. The running hypervisor
+/// keeps each VM's under that VM's own lock (so a send takes no lock another pair of VMs
+/// needs); `P` is how it holds the event page (the host tests: its GPA).
+#[derive(Clone, Debug)]
+pub struct VmPorts<P = u64> {
+    /// The page's GPA and the caller's handle for it.
+    page: Option<(u64, P)>,
     /// Indexed by port; entry 0 (NO_PORT) stays `Free` forever.
     ports: Vec<PortState>,
 }
 
-impl VmPorts {
-    fn new() -> Self {
+impl<P: Copy> Default for VmPorts<P> {
+    fn default() -> Self {
         VmPorts {
-            page_gpa: None,
+            page: None,
             ports: vec![PortState::Free; MAX_PORTS as usize],
         }
     }
+}
 
+impl<P: Copy> VmPorts<P> {
     /// Lowest free port, never port 0.
     fn free_port(&self) -> Option<Port> {
         self.ports
@@ -151,6 +174,84 @@ impl VmPorts {
             .skip(1)
             .find(|(_, state)| **state == PortState::Free)
             .map(|(port, _)| port as Port)
+    }
+
+    /// The GPA of the event page, if one is registered.
+    pub fn page_gpa(&self) -> Option<u64> {
+        self.page.map(|(gpa, _)| gpa)
+    }
+
+    /// The event page's handle, if one is registered.
+    pub fn page(&self) -> Option<P> {
+        self.page.map(|(_, page)| page)
+    }
+
+    /// EVTCHN_SEND's first half, on the sender's table: where its (guest-given) `port` leads.
+    /// Only a bound port can send.
+    pub fn route(&self, port: u64) -> Result<Route, Status> {
+        let port = port_number(port)?;
+        match self.ports[port as usize] {
+            PortState::Interdomain {
+                remote,
+                remote_port,
+            } => Ok(Route::Peer(PortRef {
+                vm: remote,
+                port: remote_port,
+            })),
+            PortState::Hypervisor { client } => Ok(Route::Hypervisor { client }),
+            PortState::Free | PortState::Unbound { .. } => Err(Status::BadPort),
+        }
+    }
+
+    /// EVTCHN_SEND's second half, on the target's table: `port` must still be bound to `from`'s
+    /// `from_port` (the sender's table was read under another lock, and a close or a death may
+    /// have come between: the send then fails as if it came after, `BadPort`). Returns the
+    /// target's event page, `None` if it has none (the event is dropped).
+    pub fn deliver_from(
+        &self,
+        port: Port,
+        from: VmId,
+        from_port: Port,
+    ) -> Result<Option<P>, Status> {
+        let bound = PortState::Interdomain {
+            remote: from,
+            remote_port: from_port,
+        };
+        match self.ports.get(port as usize) {
+            Some(state) if *state == bound => Ok(self.page()),
+            _ => Err(Status::BadPort),
+        }
+    }
+
+    /// EVTCHN_UNMASK on this VM's table: checks that it owns `port` and returns its event page,
+    /// on which the hypervisor clears the mask bit (and re-raises the interrupt if pending).
+    pub fn unmask(&self, port: u64) -> Result<P, Status> {
+        let port = port_number(port)?;
+        if self.ports[port as usize] == PortState::Free {
+            return Err(Status::BadPort);
+        }
+        self.page().ok_or(Status::InvalidArgument)
+    }
+}
+
+/// Where [`EventChannels`] keeps the VMs' tables. The host tests keep them in one vector
+/// ([`PortVec`]); the hypervisor keeps each under its VM's lock and takes that lock for the
+/// length of `f` (one VM at a time: no two tables are ever held together).
+pub trait PortStore {
+    /// How an event page is held (a GPA in the tests, a host mapping in the hypervisor).
+    type Page: Copy;
+    /// Runs `f` on the table of the VM at `index` (`0..MAX_VMS`, from [`vm_index`]).
+    fn with<R>(&mut self, index: usize, f: impl FnOnce(&mut VmPorts<Self::Page>) -> R) -> R;
+}
+
+/// Every VM's table in one vector.
+#[derive(Debug)]
+pub struct PortVec(Vec<VmPorts>);
+
+impl PortStore for PortVec {
+    type Page = u64;
+    fn with<R>(&mut self, index: usize, f: impl FnOnce(&mut VmPorts) -> R) -> R {
+        f(&mut self.0[index])
     }
 }
 
@@ -183,10 +284,13 @@ pub fn own_connection_port(
     })
 }
 
-/// Port tables and event pages of every VM. See the module documentation.
+/// Port tables and event pages of every VM, over a [`PortStore`]. See the module
+/// documentation. Every change to the tables goes through here; in the hypervisor, under the HV
+/// lock, so two changes never interleave, while a send or an unmask reads one VM's table under
+/// that VM's lock only ([`VmPorts::route`], [`VmPorts::deliver_from`], [`VmPorts::unmask`]).
 #[derive(Debug)]
-pub struct EventChannels {
-    vms: Vec<VmPorts>,
+pub struct EventChannels<S = PortVec> {
+    store: S,
 }
 
 impl Default for EventChannels {
@@ -220,45 +324,60 @@ fn port_number(port: u64) -> Result<Port, Status> {
 impl EventChannels {
     pub fn new() -> Self {
         EventChannels {
-            vms: (0..MAX_VMS).map(|_| VmPorts::new()).collect(),
+            store: PortVec((0..MAX_VMS).map(|_| VmPorts::default()).collect()),
         }
     }
+}
 
-    /// EVTCHN_SETUP: registers (or replaces) `caller`'s event page. `in_ram(gpa, len)` must say
-    /// whether `[gpa, gpa + len)` lies inside the caller's RAM; it is called with `len ==
-    /// PAGE_SIZE` for an aligned `page_gpa`.
+impl<S: PortStore> EventChannels<S> {
+    /// The tables kept in `store`.
+    pub fn over(store: S) -> Self {
+        EventChannels { store }
+    }
+
+    /// EVTCHN_SETUP: registers (or replaces) `caller`'s event page. `resolve(gpa, len)` must
+    /// return the page's handle if `[gpa, gpa + len)` lies inside the caller's RAM; it is called
+    /// with `len == PAGE_SIZE` for an aligned `page_gpa`.
     pub fn setup(
         &mut self,
         caller: VmId,
         page_gpa: u64,
-        in_ram: impl FnOnce(u64, u64) -> bool,
+        resolve: impl FnOnce(u64, u64) -> Option<S::Page>,
     ) -> Result<(), Status> {
         let ci = caller_index(caller)?;
-        if !page_gpa.is_multiple_of(PAGE_SIZE) || !in_ram(page_gpa, PAGE_SIZE) {
+        if !page_gpa.is_multiple_of(PAGE_SIZE) {
             return Err(Status::InvalidArgument);
         }
-        self.vms[ci].page_gpa = Some(page_gpa);
+        let page = resolve(page_gpa, PAGE_SIZE).ok_or(Status::InvalidArgument)?;
+        self.store.with(ci, |vm| vm.page = Some((page_gpa, page)));
         Ok(())
     }
 
     /// The GPA of `vm`'s event page, if it registered one.
-    pub fn event_page(&self, vm: VmId) -> Option<u64> {
-        self.vms[vm_index(vm)?].page_gpa
+    pub fn event_page(&mut self, vm: VmId) -> Option<u64> {
+        self.store.with(vm_index(vm)?, |v| v.page_gpa())
+    }
+
+    /// The handle of `vm`'s event page, if it registered one.
+    pub fn event_page_handle(&mut self, vm: VmId) -> Option<S::Page> {
+        self.store.with(vm_index(vm)?, |v| v.page())
     }
 
     /// State of `vm`'s `port` (`None` for a bad id or port number).
-    pub fn state(&self, vm: VmId, port: Port) -> Option<PortState> {
-        self.vms[vm_index(vm)?].ports.get(port as usize).copied()
+    pub fn state(&mut self, vm: VmId, port: Port) -> Option<PortState> {
+        self.store
+            .with(vm_index(vm)?, |v| v.ports.get(port as usize).copied())
     }
 
     /// EVTCHN_ALLOC_UNBOUND: a new port of `caller` that only `remote` may bind to.
     pub fn alloc_unbound(&mut self, caller: VmId, remote: u64) -> Result<Port, Status> {
         let ci = caller_index(caller)?;
         let (remote, _) = remote_id(caller, remote)?;
-        let vm = &mut self.vms[ci];
-        let port = vm.free_port().ok_or(Status::NoSpace)?;
-        vm.ports[port as usize] = PortState::Unbound { remote };
-        Ok(port)
+        self.store.with(ci, |vm| {
+            let port = vm.free_port().ok_or(Status::NoSpace)?;
+            vm.ports[port as usize] = PortState::Unbound { remote };
+            Ok(port)
+        })
     }
 
     /// EVTCHN_BIND_INTERDOMAIN: connects a new port of `caller` to `remote`'s `remote_port`,
@@ -272,20 +391,25 @@ impl EventChannels {
         let ci = caller_index(caller)?;
         let (remote, ri) = remote_id(caller, remote)?;
         let remote_port = port_number(remote_port)?;
-        match self.vms[ri].ports[remote_port as usize] {
+        match self.store.with(ri, |vm| vm.ports[remote_port as usize]) {
             PortState::Unbound { remote: allowed } if allowed == caller => {}
             PortState::Unbound { .. } => return Err(Status::Denied),
             _ => return Err(Status::BadPort),
         }
-        let port = self.vms[ci].free_port().ok_or(Status::NoSpace)?;
-        self.vms[ci].ports[port as usize] = PortState::Interdomain {
-            remote,
-            remote_port,
-        };
-        self.vms[ri].ports[remote_port as usize] = PortState::Interdomain {
-            remote: caller,
-            remote_port: port,
-        };
+        let port = self.store.with(ci, |vm| {
+            let port = vm.free_port().ok_or(Status::NoSpace)?;
+            vm.ports[port as usize] = PortState::Interdomain {
+                remote,
+                remote_port,
+            };
+            Ok(port)
+        })?;
+        self.store.with(ri, |vm| {
+            vm.ports[remote_port as usize] = PortState::Interdomain {
+                remote: caller,
+                remote_port: port,
+            }
+        });
         Ok(port)
     }
 
@@ -294,16 +418,26 @@ impl EventChannels {
     pub fn bind_pair(&mut self, a: VmId, b: VmId) -> Result<(Port, Port), Status> {
         let ai = caller_index(a)?;
         let (b, bi) = remote_id(a, b as u64)?;
-        let port_a = self.vms[ai].free_port().ok_or(Status::NoSpace)?;
-        let port_b = self.vms[bi].free_port().ok_or(Status::NoSpace)?;
-        self.vms[ai].ports[port_a as usize] = PortState::Interdomain {
-            remote: b,
-            remote_port: port_b,
-        };
-        self.vms[bi].ports[port_b as usize] = PortState::Interdomain {
-            remote: a,
-            remote_port: port_a,
-        };
+        let port_a = self
+            .store
+            .with(ai, |vm| vm.free_port())
+            .ok_or(Status::NoSpace)?;
+        let port_b = self
+            .store
+            .with(bi, |vm| vm.free_port())
+            .ok_or(Status::NoSpace)?;
+        self.store.with(ai, |vm| {
+            vm.ports[port_a as usize] = PortState::Interdomain {
+                remote: b,
+                remote_port: port_b,
+            }
+        });
+        self.store.with(bi, |vm| {
+            vm.ports[port_b as usize] = PortState::Interdomain {
+                remote: a,
+                remote_port: port_a,
+            }
+        });
         Ok((port_a, port_b))
     }
 
@@ -312,27 +446,31 @@ impl EventChannels {
     pub fn bind_hypervisor(&mut self, owner: VmId, client: VmId) -> Result<Port, Status> {
         let oi = caller_index(owner)?;
         let (client, _) = remote_id(owner, u64::from(client))?;
-        let vm = &mut self.vms[oi];
-        let port = vm.free_port().ok_or(Status::NoSpace)?;
-        vm.ports[port as usize] = PortState::Hypervisor { client };
-        Ok(port)
+        self.store.with(oi, |vm| {
+            let port = vm.free_port().ok_or(Status::NoSpace)?;
+            vm.ports[port as usize] = PortState::Hypervisor { client };
+            Ok(port)
+        })
     }
 
     /// EVTCHN_SEND: where the event on `caller`'s `port` goes. Only a bound port can send.
-    pub fn send(&self, caller: VmId, port: u64) -> Result<SendTarget, Status> {
+    /// Read as the hypervisor's fast path reads it: the caller's table, then the target's.
+    pub fn send(&mut self, caller: VmId, port: u64) -> Result<SendTarget<S::Page>, Status> {
         let ci = caller_index(caller)?;
-        let port = port_number(port)?;
-        match self.vms[ci].ports[port as usize] {
-            PortState::Interdomain {
-                remote,
-                remote_port,
-            } => Ok(SendTarget::Peer(Signal {
-                vm: remote,
-                port: remote_port,
-                page_gpa: self.event_page(remote),
-            })),
-            PortState::Hypervisor { client } => Ok(SendTarget::Hypervisor { client }),
-            PortState::Free | PortState::Unbound { .. } => Err(Status::BadPort),
+        match self.store.with(ci, |vm| vm.route(port))? {
+            Route::Peer(to) => {
+                let ti = vm_index(to.vm).ok_or(Status::BadPort)?;
+                // `port` is a valid port number: `route` checked it.
+                let page = self
+                    .store
+                    .with(ti, |vm| vm.deliver_from(to.port, caller, port as Port))?;
+                Ok(SendTarget::Peer(Signal {
+                    vm: to.vm,
+                    port: to.port,
+                    page_gpa: page,
+                }))
+            }
+            Route::Hypervisor { client } => Ok(SendTarget::Hypervisor { client }),
         }
     }
 
@@ -340,7 +478,7 @@ impl EventChannels {
     pub fn close(&mut self, caller: VmId, port: u64) -> Result<(), Status> {
         let ci = caller_index(caller)?;
         let port = port_number(port)?;
-        match self.vms[ci].ports[port as usize] {
+        match self.store.with(ci, |vm| vm.ports[port as usize]) {
             PortState::Free => return Err(Status::BadPort),
             // The hypervisor's channel: closing it would leave the guest's requests unheard.
             PortState::Hypervisor { .. } => return Err(Status::Denied),
@@ -352,19 +490,16 @@ impl EventChannels {
                 self.unbind_peer_end(caller, port, remote, remote_port);
             }
         }
-        self.vms[ci].ports[port as usize] = PortState::Free;
+        self.store
+            .with(ci, |vm| vm.ports[port as usize] = PortState::Free);
         Ok(())
     }
 
     /// EVTCHN_UNMASK: checks that `caller` owns `port` and returns the caller's event page, on
     /// which the hypervisor clears the mask bit (and re-raises the interrupt if pending).
-    pub fn unmask(&self, caller: VmId, port: u64) -> Result<u64, Status> {
+    pub fn unmask(&mut self, caller: VmId, port: u64) -> Result<S::Page, Status> {
         let ci = caller_index(caller)?;
-        let port = port_number(port)?;
-        if self.vms[ci].ports[port as usize] == PortState::Free {
-            return Err(Status::BadPort);
-        }
-        self.vms[ci].page_gpa.ok_or(Status::InvalidArgument)
+        self.store.with(ci, |vm| vm.unmask(port))
     }
 
     /// `vm` has stopped (killed, powered off or reset): closes all its ports and forgets its
@@ -374,11 +509,10 @@ impl EventChannels {
         let Some(vi) = vm_index(vm) else {
             return unbound;
         };
-        let ports = core::mem::replace(
-            &mut self.vms[vi].ports,
-            vec![PortState::Free; MAX_PORTS as usize],
-        );
-        self.vms[vi].page_gpa = None;
+        let ports = self.store.with(vi, |v| {
+            v.page = None;
+            core::mem::replace(&mut v.ports, vec![PortState::Free; MAX_PORTS as usize])
+        });
         for (port, state) in ports.into_iter().enumerate() {
             if let PortState::Interdomain {
                 remote,
@@ -409,20 +543,22 @@ impl EventChannels {
         let Some(ri) = vm_index(remote) else {
             return false;
         };
-        let Some(end) = self.vms[ri].ports.get_mut(remote_port as usize) else {
-            return false;
-        };
-        if *end
-            == (PortState::Interdomain {
-                remote: closer,
-                remote_port: port,
-            })
-        {
-            *end = PortState::Unbound { remote: closer };
-            true
-        } else {
-            false
-        }
+        self.store.with(ri, |vm| {
+            let Some(end) = vm.ports.get_mut(remote_port as usize) else {
+                return false;
+            };
+            if *end
+                == (PortState::Interdomain {
+                    remote: closer,
+                    remote_port: port,
+                })
+            {
+                *end = PortState::Unbound { remote: closer };
+                true
+            } else {
+                false
+            }
+        })
     }
 }
 
@@ -467,6 +603,121 @@ mod tests {
         assert_eq!(ec.state(1, port), Some(PortState::Free));
     }
 
+    /// VM 1's port bound to a port of VM 2: `(port of 1, port of 2)`.
+    fn bound_pair(ec: &mut EventChannels) -> (Port, Port) {
+        let a = ec.alloc_unbound(1, 2).unwrap();
+        let b = ec.bind_interdomain(2, 1, u64::from(a)).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_send_read_in_two_halves_delivers_only_to_the_port_still_bound_to_the_sender() {
+        let mut ec = world();
+        let (a, b) = bound_pair(&mut ec);
+        // The sender's half, under its own table only.
+        let route = ec.store.0[0].route(u64::from(a));
+        assert_eq!(route, Ok(Route::Peer(PortRef { vm: 2, port: b })));
+        // The target's half, under its own table only.
+        assert_eq!(ec.store.0[1].deliver_from(b, 1, a), Ok(Some(PAGE)));
+        // Another sender, or another of the sender's ports, is not who the port is bound to.
+        assert_eq!(ec.store.0[1].deliver_from(b, 3, a), Err(Status::BadPort));
+        assert_eq!(
+            ec.store.0[1].deliver_from(b, 1, a + 1),
+            Err(Status::BadPort)
+        );
+        // The target closes its end between the halves, and its port number is bound again,
+        // to VM 3: the send fails as if it came after the close, and VM 3's channel hears
+        // nothing of it.
+        ec.close(2, u64::from(b)).unwrap();
+        assert_eq!(ec.store.0[1].deliver_from(b, 1, a), Err(Status::BadPort));
+        let c = ec.alloc_unbound(3, 2).unwrap();
+        assert_eq!(
+            ec.bind_interdomain(2, 3, u64::from(c)),
+            Ok(b),
+            "the number is reused"
+        );
+        assert_eq!(ec.store.0[1].deliver_from(b, 1, a), Err(Status::BadPort));
+        // So does a death of the target between the halves.
+        let (a, b) = bound_pair(&mut ec);
+        assert_eq!(
+            ec.store.0[0].route(u64::from(a)),
+            Ok(Route::Peer(PortRef { vm: 2, port: b }))
+        );
+        ec.vm_died(2);
+        assert_eq!(ec.store.0[1].deliver_from(b, 1, a), Err(Status::BadPort));
+        // Port numbers out of range, in either half.
+        for port in [0, MAX_PORTS, u32::MAX] {
+            assert_eq!(ec.store.0[1].deliver_from(port, 1, a), Err(Status::BadPort));
+            assert_eq!(ec.store.0[0].route(u64::from(port)), Err(Status::BadPort));
+        }
+        assert_eq!(ec.store.0[0].route(u64::MAX), Err(Status::BadPort));
+    }
+
+    #[test]
+    fn a_target_without_an_event_page_is_still_reached_and_hears_nothing() {
+        let mut ec = EventChannels::new();
+        ec.setup(1, PAGE, in_ram).unwrap();
+        let (a, b) = bound_pair(&mut ec);
+        assert_eq!(ec.store.0[1].deliver_from(b, 1, a), Ok(None));
+        assert_eq!(ec.store.0[0].deliver_from(a, 2, b), Ok(Some(PAGE)));
+        // Unmask on a table alone: the owner's page, or why not.
+        assert_eq!(ec.store.0[0].unmask(u64::from(a)), Ok(PAGE));
+        assert_eq!(
+            ec.store.0[1].unmask(u64::from(b)),
+            Err(Status::InvalidArgument)
+        );
+        assert_eq!(ec.store.0[0].unmask(u64::from(a) + 1), Err(Status::BadPort));
+        assert_eq!(ec.store.0[0].unmask(0), Err(Status::BadPort));
+    }
+
+    /// A store that counts how often it is entered and never lends two tables at once (the
+    /// hypervisor's takes one VM's lock per entry).
+    struct Counting {
+        tables: PortVec,
+        entered: usize,
+        inside: bool,
+    }
+
+    impl PortStore for Counting {
+        type Page = u64;
+        fn with<R>(&mut self, index: usize, f: impl FnOnce(&mut VmPorts) -> R) -> R {
+            assert!(!self.inside, "two tables held at once");
+            self.inside = true;
+            self.entered += 1;
+            let r = self.tables.with(index, f);
+            self.inside = false;
+            r
+        }
+    }
+
+    #[test]
+    fn changes_take_one_table_at_a_time_and_agree_with_the_vector() {
+        let mut counted = EventChannels::over(Counting {
+            tables: PortVec((0..MAX_VMS).map(|_| VmPorts::default()).collect()),
+            entered: 0,
+            inside: false,
+        });
+        let mut plain = world();
+        for vm in 1..=3 {
+            counted.setup(vm, PAGE, in_ram).unwrap();
+        }
+        let a = counted.alloc_unbound(1, 2).unwrap();
+        let b = counted.bind_interdomain(2, 1, u64::from(a)).unwrap();
+        let (pa, pb) = bound_pair(&mut plain);
+        assert_eq!((a, b), (pa, pb));
+        let (x, y) = counted.bind_pair(1, 3).unwrap();
+        assert_eq!(plain.bind_pair(1, 3), Ok((x, y)));
+        assert_eq!(counted.send(1, u64::from(a)), plain.send(1, u64::from(a)));
+        assert_eq!(counted.close(3, u64::from(y)), plain.close(3, u64::from(y)));
+        assert_eq!(counted.vm_died(1), plain.vm_died(1));
+        for vm in 1..=3 {
+            for port in 0..8 {
+                assert_eq!(counted.state(vm, port), plain.state(vm, port));
+            }
+        }
+        assert!(counted.store.entered > 0);
+    }
+
     #[test]
     fn each_side_learns_only_its_own_port_of_its_own_connections() {
         let links = [
@@ -503,11 +754,12 @@ mod tests {
     /// The first id above every VM id.
     const BEYOND: VmId = MAX_VMS as VmId + 1;
 
-    fn in_ram(gpa: u64, len: u64) -> bool {
-        gpa >= GUEST_RAM_BASE
+    fn in_ram(gpa: u64, len: u64) -> Option<u64> {
+        (gpa >= GUEST_RAM_BASE
             && gpa
                 .checked_add(len)
-                .is_some_and(|end| end <= GUEST_RAM_BASE + 0x10_0000)
+                .is_some_and(|end| end <= GUEST_RAM_BASE + 0x10_0000))
+        .then_some(gpa)
     }
 
     /// VMs 1, 2, 3 with event pages.
@@ -543,7 +795,7 @@ mod tests {
         assert_eq!(
             ec.setup(1, PAGE, |g, l| {
                 asked = Some((g, l));
-                true
+                Some(g)
             }),
             Ok(())
         );

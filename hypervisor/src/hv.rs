@@ -8,7 +8,8 @@
 //! handling a trap, never while a guest runs or while it sleeps in WFI. Timer ticks, WFI,
 //! context switches and interrupt injection take only a vCPU's lock and the scheduler's; the HV
 //! lock is taken once per GRANT_COPY op, not per batch, for the op's checks only (the bytes are
-//! copied after it is dropped, the frames pinned: `sharing::COPY_PINS`); a balloon batch
+//! copied after it is dropped, the frames pinned: `sharing::COPY_PINS`); EVTCHN_SEND and
+//! EVTCHN_UNMASK take only the two VMs' event locks, one after the other; a balloon batch
 //! scrubs or zeroes its frames with no lock held; a restarting VM's RAM is reloaded without any lock;
 //! console writes take only that VM's console lock.
 
@@ -22,13 +23,14 @@ use hypervisor::balloon::VmBalloon;
 use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, MsixControl, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
+use hypervisor::evtchn::Route;
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
 use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
 use hypervisor::sched::{self, RunState, Scheduler, VcpuId, WakeKick};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
-use shared_abi::evtchn::EVTCHN_INTID;
+use shared_abi::evtchn::{clear_mask, set_pending, Delivery, EVTCHN_INTID};
 use shared_abi::grant::CopyOp;
 use shared_abi::hypercall::{self, Status};
 use shared_abi::ioreq::take_response;
@@ -41,12 +43,13 @@ use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::ballooning::{Fresh, Scrub};
 use crate::locks::{
-    HvHeld, HvLocked, MayLockSched, MayLockVcpu, SchedLocked, Unlocked, VcpuLocked,
+    EventsLocked, HvHeld, HvLocked, MayLockEvents, MayLockSched, MayLockVcpu, SchedLocked,
+    Unlocked, VcpuLocked,
 };
 use crate::logger::{flush_vm_console, vm_console_write};
 pub use crate::machine::Hv;
 use crate::sharing::{
-    set_port_pending, wait_for_copies, ConnectionKind, Env, Notify, RetainedRam, Sharing,
+    events, set_port_pending, wait_for_copies, ConnectionKind, Env, Notify, RetainedRam, Sharing,
 };
 use crate::vm::{StopKind, Vcpu, Vm};
 
@@ -134,7 +137,69 @@ pub fn install(hv: Hv, vcpus: Vec<Vcpu>, sched: Scheduler, slice_ticks: u64, pcp
     hv.set_up_spare();
     // The "before" of the free-memory lines every stop prints: nothing may leak.
     hv.log_free_memory();
+    for vm in hv.vms.iter().flatten() {
+        set_delivery(&mut Unlocked::entry(), vm.id, vm.vcpus.first().copied());
+    }
     crate::locks::install(hv, vcpus, sched);
+}
+
+/// Where VM `vm`'s events interrupt from now on: its first vCPU while it runs, `None` once its
+/// stop is requested.
+fn set_delivery(token: &mut impl MayLockEvents, vm: VmId, to: Option<VcpuId>) {
+    if let Some(mut slot) = EventsLocked::lock(token, vm) {
+        slot.deliver_to = to;
+    }
+}
+
+/// EVTCHN_SEND of VM `caller` on its `port` with only event locks held: the caller's table,
+/// then the target's, whose pending bit is set (and the interrupt injected) holding the
+/// target's lock (see `locks.rs`). `None`: a port bound to the hypervisor, whose answer
+/// collection needs the HV lock.
+fn send_event(token: &mut Unlocked, caller: VmId, port: u64, pcpu: usize) -> Option<Status> {
+    let route = match EventsLocked::lock(token, caller) {
+        Some(slot) => slot.ports.route(port),
+        None => Err(Status::InvalidArgument),
+    };
+    let to = match route {
+        Ok(Route::Peer(to)) => to,
+        Ok(Route::Hypervisor { .. }) => return None,
+        Err(e) => return Some(e),
+    };
+    let Some(mut target) = EventsLocked::lock(token, to.vm) else {
+        return Some(Status::BadPort);
+    };
+    let (slot, etoken) = target.split();
+    // `route` accepted `port`, so it is a port number.
+    let page = match slot.ports.deliver_from(to.port, caller, port as u32) {
+        Ok(page) => page,
+        Err(e) => return Some(e),
+    };
+    // A VM without an event page simply does not hear it.
+    let notify =
+        page.is_some_and(|page| set_pending(page.words(), to.port) == Some(Delivery::Notify));
+    if let (true, Some(first)) = (notify, slot.deliver_to) {
+        let _ = inject_to(etoken, first, EVTCHN_INTID, pcpu);
+    }
+    Some(Status::Ok)
+}
+
+/// EVTCHN_UNMASK of VM `caller` on its `port`, holding only the caller's event lock.
+fn unmask_event(token: &mut Unlocked, caller: VmId, port: u64, pcpu: usize) -> Status {
+    let Some(mut own) = EventsLocked::lock(token, caller) else {
+        return Status::InvalidArgument;
+    };
+    let (slot, etoken) = own.split();
+    let page = match slot.ports.unmask(port) {
+        Ok(page) => page,
+        Err(e) => return e,
+    };
+    // `unmask` accepted `port`, so it is a port number.
+    if clear_mask(page.words(), port as u32) == Some(true) {
+        if let Some(first) = slot.deliver_to {
+            let _ = inject_to(etoken, first, EVTCHN_INTID, pcpu);
+        }
+    }
+    Status::Ok
 }
 
 /// Wakes idle pCPUs so they look at the run queue.
@@ -313,7 +378,6 @@ impl Hv {
         };
         let Sharing {
             grants,
-            events,
             connections,
             ..
         } = &mut self.sharing;
@@ -324,7 +388,7 @@ impl Hv {
             connections,
             copy_out: None,
         };
-        let answer = sharing_call(grants, events, &mut env, caller, function, x);
+        let answer = sharing_call(grants, &mut events(token), &mut env, caller, function, x);
         self.sharing.release(&mut self.frames, &answer.released);
         if let Some(vm) = answer.notify {
             self.notify(token, Notify { vm }, pcpu);
@@ -484,9 +548,7 @@ impl Hv {
         save(v, frame);
         SchedLocked::lock(vtoken).block_io(id);
         drop(vcpu);
-        let page = self.sharing.events.event_page(conn.backend);
-        if let Some(notify) =
-            page.and_then(|page| set_port_pending(&self.vms, conn.backend, page, conn.backend_port))
+        if let Some(notify) = set_port_pending(&mut events(token), conn.backend, conn.backend_port)
         {
             self.notify(token, notify, pcpu);
         }
@@ -590,6 +652,8 @@ impl Hv {
             .and_then(Option::as_ref)
             .map(|vm| vm.id);
         if let Some(stopping_id) = stopping_id {
+            // Its events from now on only mark its page (see `notify`).
+            set_delivery(token, stopping_id, None);
             let clients: Vec<VmId> = self
                 .sharing
                 .connections
@@ -723,7 +787,11 @@ impl Hv {
             }
         }
         let restart = kind == StopKind::Reset;
+        // Forgets its ports and event page under its event lock: a sender in flight (which
+        // holds that lock while it writes the page) has finished, and none writes the page
+        // again. Its old RAM, even if replaced above, is freed or handed on only below.
         let stopped = self.sharing.vm_stopped(
+            &mut events(token),
             &mut self.vms,
             &mut self.frames,
             &mut self.iommu,
@@ -853,6 +921,7 @@ impl Hv {
             }
         }
         vm.start_delay_ms = 0;
+        set_delivery(token, vm.id, vm.vcpus.first().copied());
         if let Some(mut t) = vm.timeline.take() {
             t.mark(Mark::Start, cpu::counter());
             info!("{}", t.line(&vm.name, cpu::counter_frequency()));
@@ -963,6 +1032,9 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             continue;
         }
         if LIVE_VMS.load(Ordering::Acquire) == 0 {
+            // The last stop's lines, kept under the HV lock, are printed first.
+            drop(HvLocked::lock(entry));
+            crate::logger::wait_for_kept_lines();
             info!("all VMs have stopped; powering off");
             cpu::system_off();
         }
@@ -1419,6 +1491,19 @@ impl dispatch::Machine for TrapMachine<'_> {
     }
 
     fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>) {
+        // The hot pair takes no HV lock (`locks.rs`); a send on a port bound to the hypervisor
+        // falls through to collect the device model's answers.
+        match function {
+            hypercall::EVTCHN_SEND => {
+                if let Some(status) = send_event(self.token, self.vm_id, x[1], self.pcpu) {
+                    return (status, None);
+                }
+            }
+            hypercall::EVTCHN_UNMASK => {
+                return (unmask_event(self.token, self.vm_id, x[1], self.pcpu), None)
+            }
+            _ => {}
+        }
         let mut locked = HvLocked::lock(self.token);
         let (hv, token) = locked.split();
         hv.sharing_call(token, self.vcpu, function, x, self.pcpu)
@@ -1439,10 +1524,10 @@ impl dispatch::Machine for TrapMachine<'_> {
             // Up to a batch of zeroing, with no lock another VM needs.
             fresh.zero();
         }
-        let answer = with_hv(self.token, |hv, _| {
+        let answer = with_hv(self.token, |hv, token| {
             let answer = match hv.vcpu_vm.get(vcpu) {
                 Some(&vm_index) => {
-                    hv.balloon_call(vm_index, function, x1, x2, &mut scrub, &mut fresh)
+                    hv.balloon_call(token, vm_index, function, x1, x2, &mut scrub, &mut fresh)
                 }
                 None => (Status::InvalidArgument, None, None),
             };

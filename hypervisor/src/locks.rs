@@ -2,13 +2,28 @@
 //!
 //! Lock order (a lock may only be taken while holding locks before it, and never two of one
 //! level):
-//! 1. [`HvLocked`], the machine: the VM table, frames, VMIDs, grant and event-channel tables,
-//!    connections, the SMMU and the passed-through function. Taken by hypercalls that share
-//!    memory, PSCI calls that start or stop vCPUs, stage-2 faults, device interrupts, and a VM's
-//!    stop.
-//! 2. [`VcpuLocked`], one vCPU: its saved context and its queue of pending virtual interrupts.
-//!    Taken to switch it in or out, and to queue an interrupt for it.
-//! 3. [`SchedLocked`], the scheduler: run queue, run states, deadlines.
+//! 1. [`HvLocked`], the machine: the VM table, frames, VMIDs, grant tables, connections, the
+//!    SMMU and the passed-through function. Taken by hypercalls that share memory (but not
+//!    EVTCHN_SEND or EVTCHN_UNMASK), PSCI calls that start or stop vCPUs, stage-2 faults,
+//!    device interrupts, and a VM's stop. Every *change* to event channels (setup, bind, close,
+//!    a VM's death or restart) is made holding it, so two changes never interleave.
+//! 2. [`EventsLocked`], one VM's event channels: its ports, its event page and the vCPU its
+//!    events interrupt (`sharing::VmEvents`). Taken alone (from [`Unlocked`]) by EVTCHN_SEND
+//!    and EVTCHN_UNMASK, and under the HV lock by the changes, which take each VM's for the
+//!    moment they read or write that VM's table. **One VM's at a time**: its token
+//!    ([`EventsHeld`]) cannot take another VM's, so two VMs are never held together and no
+//!    order between VMs is needed. A send reads the sender's table, drops it, then takes the
+//!    target's and checks there that the target's port is still bound to the sender's
+//!    (`hypervisor::evtchn::VmPorts::deliver_from`): a close or a death in between makes it
+//!    `BadPort`, as if it came after.
+//!    The pending bit is set in the target's event page holding the target's lock: a stop,
+//!    a restart or a balloon release (all under the HV lock) forget or refuse that page under
+//!    the same lock before its RAM changes hands (`arch::mem::GuestPage`), so a sender in
+//!    flight writes only the page of a VM that still owns it.
+//! 3. [`VcpuLocked`], one vCPU: its saved context and its queue of pending virtual interrupts.
+//!    Taken to switch it in or out, and to queue an interrupt for it (a send injects holding
+//!    the target's event lock, so a stop that clears `deliver_to` is not overtaken).
+//! 4. [`SchedLocked`], the scheduler: run queue, run states, deadlines.
 //!
 //! Then a VM's console lock, then the UART's (`logger`); the heap's lock is taken by any
 //! allocation, under any of them, and takes none.
@@ -20,13 +35,22 @@
 //! takes no lock before it unpins.
 //!
 //! So a timer tick, a WFI, a context switch or an interrupt injection never waits for another
-//! VM's grant copy: those need only a vCPU's lock and the scheduler's.
+//! VM's grant copy: those need only a vCPU's lock and the scheduler's; and an event sent between
+//! two VMs waits only for those two VMs' event locks, never for the HV lock.
 //!
 //! Each lock is taken through a *token* of an earlier level, mutably borrowed for as long as the
 //! guard lives, and the guard hands out the token of its own level. The scheduler's guard hands
 //! out none, so nothing can be locked under it; code holding a vCPU has a [`VcpuHeld`], which
-//! cannot take another vCPU or the HV lock. A pCPU gets its one [`Unlocked`] token at a trap
-//! entry point or in the scheduler loop.
+//! cannot take another vCPU, a VM's events or the HV lock; code holding a VM's events has an
+//! [`EventsHeld`], which cannot take another VM's events or the HV lock. A pCPU gets its one
+//! [`Unlocked`] token at a trap entry point or in the scheduler loop. The tokens are the
+//! library's (`hypervisor::lock_order`), where `compile_fail` examples check the orders that
+//! must not compile.
+//!
+//! Console writes: nothing is printed holding the HV lock. The logger keeps the lines (and VM
+//! console flushes) of a pCPU that holds it and prints them when [`HvLocked`] is dropped, after
+//! the lock is released (`logger`): the UART is shared with every VM's console, and a stop or a
+//! restart logs several lines.
 
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
@@ -37,6 +61,7 @@ use spin::mutex::{TicketMutex, TicketMutexGuard};
 use spin::Once;
 
 use crate::machine::Hv;
+use crate::sharing::VmEvents;
 use crate::vm::Vcpu;
 
 /// Fair (first come, first served): a pCPU that releases the HV lock between the steps of long
@@ -45,37 +70,13 @@ use crate::vm::Vcpu;
 static HV: TicketMutex<Option<Hv>> = TicketMutex::new(None);
 static VCPUS: Once<Box<[TicketMutex<Vcpu>]>> = Once::new();
 static SCHED: TicketMutex<Option<Scheduler>> = TicketMutex::new(None);
+/// Each VM's event channels, by VM index (`hypervisor::grant::vm_index`). Made on first use,
+/// which is the boot's connection setup, before any vCPU runs.
+static EVENTS: Once<Box<[TicketMutex<VmEvents>]>> = Once::new();
 
-/// Not `Send`: a token stays on the pCPU that made it.
-type Local = PhantomData<*mut ()>;
-
-/// No lock held: any lock may be taken.
-pub struct Unlocked(Local);
-/// The HV lock is held: a vCPU's or the scheduler's may be taken.
-pub struct HvHeld(Local);
-/// A vCPU's lock is held: only the scheduler's may be taken.
-pub struct VcpuHeld(Local);
-
-/// Tokens that allow taking the HV lock.
-pub trait MayLockHv {}
-/// Tokens that allow taking a vCPU's lock.
-pub trait MayLockVcpu {}
-/// Tokens that allow taking the scheduler's lock.
-pub trait MayLockSched {}
-
-impl MayLockHv for Unlocked {}
-impl MayLockVcpu for Unlocked {}
-impl MayLockVcpu for HvHeld {}
-impl MayLockSched for Unlocked {}
-impl MayLockSched for HvHeld {}
-impl MayLockSched for VcpuHeld {}
-
-impl Unlocked {
-    /// The pCPU's token at a trap entry point or in the scheduler loop, where it holds no lock.
-    pub fn entry() -> Unlocked {
-        Unlocked(PhantomData)
-    }
-}
+pub use hypervisor::lock_order::{
+    EventsHeld, HvHeld, MayLockEvents, MayLockHv, MayLockSched, MayLockVcpu, Unlocked, VcpuHeld,
+};
 
 /// Installs the state behind the locks. Called once by the primary before any vCPU runs.
 pub fn install(hv: Hv, vcpus: alloc::vec::Vec<Vcpu>, sched: Scheduler) {
@@ -84,18 +85,21 @@ pub fn install(hv: Hv, vcpus: alloc::vec::Vec<Vcpu>, sched: Scheduler) {
     *SCHED.lock() = Some(sched);
 }
 
-/// The HV lock held.
+/// The HV lock held. Dropping it prints what the logger kept meanwhile (see `logger`).
 pub struct HvLocked<'t> {
-    guard: TicketMutexGuard<'static, Option<Hv>>,
+    /// `None` only inside `drop`, which releases the lock before printing.
+    guard: Option<TicketMutexGuard<'static, Option<Hv>>>,
     token: HvHeld,
     _order: PhantomData<&'t mut ()>,
 }
 
 impl<'t> HvLocked<'t> {
-    pub fn lock(_order: &'t mut impl MayLockHv) -> Self {
+    pub fn lock(order: &'t mut impl MayLockHv) -> Self {
+        let guard = HV.lock();
+        crate::logger::hv_lock_taken();
         HvLocked {
-            guard: HV.lock(),
-            token: HvHeld(PhantomData),
+            guard: Some(guard),
+            token: HvHeld::taken(order),
             _order: PhantomData,
         }
     }
@@ -105,8 +109,16 @@ impl<'t> HvLocked<'t> {
         let hv = self
             .guard
             .as_mut()
+            .and_then(|guard| guard.as_mut())
             .expect("the hypervisor state is installed at boot");
         (hv, &mut self.token)
+    }
+}
+
+impl Drop for HvLocked<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        crate::logger::hv_lock_dropped();
     }
 }
 
@@ -115,6 +127,7 @@ impl Deref for HvLocked<'_> {
     fn deref(&self) -> &Hv {
         self.guard
             .as_ref()
+            .and_then(|guard| guard.as_ref())
             .expect("the hypervisor state is installed at boot")
     }
 }
@@ -122,6 +135,52 @@ impl Deref for HvLocked<'_> {
 impl DerefMut for HvLocked<'_> {
     fn deref_mut(&mut self) -> &mut Hv {
         self.split().0
+    }
+}
+
+/// One VM's event lock held.
+pub struct EventsLocked<'t> {
+    guard: TicketMutexGuard<'static, VmEvents>,
+    token: EventsHeld,
+    _order: PhantomData<&'t mut ()>,
+}
+
+impl<'t> EventsLocked<'t> {
+    /// VM `vm`'s event lock; `None` for an id that names no VM.
+    pub fn lock(order: &'t mut impl MayLockEvents, vm: hypervisor::grant::VmId) -> Option<Self> {
+        Self::lock_index(order, hypervisor::grant::vm_index(vm)?)
+    }
+
+    /// The event lock of the VM at `index` (`0..MAX_VMS`); `None` beyond.
+    pub fn lock_index(order: &'t mut impl MayLockEvents, index: usize) -> Option<Self> {
+        let slots = EVENTS.call_once(|| {
+            (0..shared_abi::layout::MAX_VMS)
+                .map(|_| TicketMutex::new(VmEvents::default()))
+                .collect()
+        });
+        Some(EventsLocked {
+            guard: slots.get(index)?.lock(),
+            token: EventsHeld::taken(order),
+            _order: PhantomData,
+        })
+    }
+
+    /// The VM's events and the token for the locks after this one.
+    pub fn split(&mut self) -> (&mut VmEvents, &mut EventsHeld) {
+        (&mut self.guard, &mut self.token)
+    }
+}
+
+impl Deref for EventsLocked<'_> {
+    type Target = VmEvents;
+    fn deref(&self) -> &VmEvents {
+        &self.guard
+    }
+}
+
+impl DerefMut for EventsLocked<'_> {
+    fn deref_mut(&mut self) -> &mut VmEvents {
+        &mut self.guard
     }
 }
 
@@ -134,11 +193,11 @@ pub struct VcpuLocked<'t> {
 
 impl<'t> VcpuLocked<'t> {
     /// vCPU `id`'s lock; `None` for an id that names no vCPU.
-    pub fn lock(_order: &'t mut impl MayLockVcpu, id: VcpuId) -> Option<Self> {
+    pub fn lock(order: &'t mut impl MayLockVcpu, id: VcpuId) -> Option<Self> {
         let vcpu = VCPUS.get()?.get(id)?;
         Some(VcpuLocked {
             guard: vcpu.lock(),
-            token: VcpuHeld(PhantomData),
+            token: VcpuHeld::taken(order),
             _order: PhantomData,
         })
     }

@@ -4,9 +4,17 @@
 //!
 //! Lock order: the HV lock, then a VM console's lock, then the UART's. A console write takes only
 //! its own VM's console lock and the UART's, never the HV lock.
+//!
+//! Nothing is printed holding the HV lock, though: a pCPU that holds it (`locks::HvLocked` says
+//! so through [`hv_lock_taken`]) keeps its log lines and console flushes, and prints them once
+//! it has dropped the lock ([`hv_lock_dropped`]). A stop or a restart logs several lines, and
+//! the UART (shared with every VM's console) must not keep other VMs' traps waiting for the HV
+//! lock.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use hypervisor::console::{Admit, LineBuffer, RateLimit};
 use shared_abi::layout::MAX_VMS;
@@ -15,6 +23,90 @@ use spin::Mutex;
 use crate::arch::cpu;
 use crate::arch::platform;
 use crate::arch::uart::Pl011;
+use crate::arch::MAX_PCPUS;
+
+/// Output a pCPU holding the HV lock keeps for when it drops it.
+enum Deferred {
+    Line(String),
+    FlushConsole(u16),
+}
+
+/// Which pCPUs hold the HV lock (each writes only its own).
+static HOLDS_HV: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
+/// Which pCPUs have kept output not yet printed (set under the HV lock, cleared once printed),
+/// for [`wait_for_kept_lines`].
+static KEPT: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
+/// Each pCPU's kept output (each takes only its own: never contended).
+static DEFERRED: [Mutex<Vec<Deferred>>; MAX_PCPUS] = [const { Mutex::new(Vec::new()) }; MAX_PCPUS];
+
+/// This pCPU's index if it holds the HV lock now.
+fn holding_hv() -> Option<usize> {
+    let pcpu = cpu::pcpu_index();
+    HOLDS_HV
+        .get(pcpu)
+        .is_some_and(|held| held.load(Ordering::Relaxed))
+        .then_some(pcpu)
+}
+
+/// Keeps `item` if this pCPU holds the HV lock; gives it back otherwise.
+fn defer(item: Deferred) -> Option<Deferred> {
+    match holding_hv().and_then(|pcpu| DEFERRED.get(pcpu)) {
+        Some(kept) => {
+            kept.lock().push(item);
+            if let Some(flag) = KEPT.get(cpu::pcpu_index()) {
+                flag.store(true, Ordering::Release);
+            }
+            None
+        }
+        None => Some(item),
+    }
+}
+
+/// This pCPU took the HV lock: its output waits until [`hv_lock_dropped`].
+pub fn hv_lock_taken() {
+    if let Some(held) = HOLDS_HV.get(cpu::pcpu_index()) {
+        held.store(true, Ordering::Relaxed);
+    }
+}
+
+/// This pCPU dropped the HV lock: prints what it kept meanwhile.
+pub fn hv_lock_dropped() {
+    let pcpu = cpu::pcpu_index();
+    if let Some(held) = HOLDS_HV.get(pcpu) {
+        held.store(false, Ordering::Relaxed);
+    }
+    let Some(kept) = DEFERRED.get(pcpu) else {
+        return;
+    };
+    let items = core::mem::take(&mut *kept.lock());
+    for item in items {
+        match item {
+            Deferred::Line(line) => print_fmt(format_args!("{line}")),
+            Deferred::FlushConsole(id) => flush_vm_console(id),
+        }
+    }
+    if let Some(flag) = KEPT.get(pcpu) {
+        flag.store(false, Ordering::Release);
+    }
+}
+
+/// Before powering off: waits until the other pCPUs have printed what they kept under the HV
+/// lock (the last VM's stop lines). Call it after taking and dropping the HV lock once, so every
+/// line kept before that is flagged. Bounded, so a pCPU that never finishes cannot hold the
+/// power-off forever.
+pub fn wait_for_kept_lines() {
+    let me = cpu::pcpu_index();
+    for _ in 0..(1u64 << 24) {
+        let busy = KEPT
+            .iter()
+            .enumerate()
+            .any(|(pcpu, flag)| pcpu != me && flag.load(Ordering::Acquire));
+        if !busy {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
 
 static UART: Mutex<Option<Pl011>> = Mutex::new(None);
 
@@ -103,8 +195,27 @@ pub fn vm_console_write(id: u16, bytes: &[u8]) {
     }
 }
 
-/// VM `id` stopped: prints its partial line and says what the rate limit dropped last.
+/// A panic: prints the lines this pCPU kept under the HV lock (they may say what led to it).
+pub fn print_kept_on_panic() {
+    let Some(mut kept) = DEFERRED
+        .get(cpu::pcpu_index())
+        .and_then(|kept| kept.try_lock())
+    else {
+        return;
+    };
+    for item in kept.drain(..) {
+        if let Deferred::Line(line) = item {
+            print_fmt(format_args!("{line}"));
+        }
+    }
+}
+
+/// VM `id` stopped: prints its partial line and says what the rate limit dropped last (once
+/// the HV lock is dropped, if this pCPU holds it).
 pub fn flush_vm_console(id: u16) {
+    if defer(Deferred::FlushConsole(id)).is_none() {
+        return;
+    }
     let Some(slot) = vm_console(id) else {
         return;
     };
@@ -133,10 +244,18 @@ impl log::Log for HvLogger {
     }
 
     fn log(&self, record: &log::Record) {
-        match record.level() {
-            log::Level::Error => print_fmt(format_args!("[hv] ERROR: {}\n", record.args())),
-            log::Level::Warn => print_fmt(format_args!("[hv] warning: {}\n", record.args())),
-            _ => print_fmt(format_args!("[hv] {}\n", record.args())),
+        let prefix = match record.level() {
+            log::Level::Error => "ERROR: ",
+            log::Level::Warn => "warning: ",
+            _ => "",
+        };
+        if holding_hv().is_some() {
+            let line = alloc::format!("[hv] {prefix}{}\n", record.args());
+            if let Some(Deferred::Line(line)) = defer(Deferred::Line(line)) {
+                print_fmt(format_args!("{line}"));
+            }
+        } else {
+            print_fmt(format_args!("[hv] {prefix}{}\n", record.args()));
         }
     }
 

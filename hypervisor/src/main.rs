@@ -318,10 +318,15 @@ mod boot {
             } else {
                 ConnectionKind::Paravirt
             };
-            if let Err(why) =
-                hv.sharing
-                    .connect(&mut hv.vms, &mut hv.frames, spec.id, backend, kind)
-            {
+            if let Err(why) = hv.sharing.connect(
+                // Boot: no vCPU runs yet, no lock is held.
+                &mut crate::sharing::events(&mut crate::locks::Unlocked::entry()),
+                &mut hv.vms,
+                &mut hv.frames,
+                spec.id,
+                backend,
+                kind,
+            ) {
                 error!("cannot connect VM {} to its back-end: {why}", spec.name);
                 fail("connection setup failed", "lower the number of VMs");
             }
@@ -378,6 +383,7 @@ mod boot {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo) -> ! {
+        logger::print_kept_on_panic();
         println!("[hv] PANIC on pCPU {}: {info}", cpu::pcpu_index());
         cpu::system_off();
     }

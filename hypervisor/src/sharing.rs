@@ -2,25 +2,67 @@
 //! the hypervisor library) wired to physical memory and stage-2, event delivery as a virtual
 //! interrupt, the control page of each front-end/back-end connection, RAM kept alive for
 //! dead VMs whose frames peers still map, and what all of it does when a VM stops or restarts.
+//!
+//! Event channels are kept per VM ([`VmEvents`], each under its VM's event lock, see
+//! `locks.rs`): every change goes through [`EventChannels`] over [`LockedPorts`] under the HV
+//! lock, while EVTCHN_SEND and EVTCHN_UNMASK (`hv.rs`) take only the event locks.
 
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::SeqCst;
 
 use hypervisor::dispatch::sharing::SharingEnv;
-use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels};
+use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels, PortStore, VmPorts};
 use hypervisor::grant::pins::CopyPins;
 use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
+use hypervisor::sched::VcpuId;
 use log::{info, warn};
-use shared_abi::evtchn::{set_pending, Delivery, NO_PORT, PAGE_WORDS};
+use shared_abi::evtchn::{set_pending, Delivery, NO_PORT};
 use shared_abi::handshake::{self, Header};
 use shared_abi::ioreq;
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
-use crate::arch::mem::{free_kept_runs, GuestRam, OwnedFrame, PhysTableMemory, PinnedCopy};
+use crate::arch::mem::{
+    free_kept_runs, GuestPage, GuestRam, OwnedFrame, PhysTableMemory, PinnedCopy,
+};
 use crate::iommu::Iommu;
+use crate::locks::{EventsLocked, MayLockEvents};
 use crate::vm::Vm;
+
+/// One VM's event channels, under its own lock ([`EventsLocked`]).
+#[derive(Default)]
+pub struct VmEvents {
+    /// Its ports and its event page.
+    pub ports: VmPorts<GuestPage>,
+    /// The vCPU its events interrupt (its first), while it runs; `None` from the moment its
+    /// stop is requested until its next incarnation is installed (an event then only marks
+    /// its page, until its death forgets the page).
+    pub deliver_to: Option<VcpuId>,
+}
+
+/// The event tables as [`EventChannels`] changes them under the HV lock: each VM's taken for
+/// the moment it is read or written, one at a time.
+pub struct LockedPorts<'a, T: MayLockEvents> {
+    pub token: &'a mut T,
+}
+
+impl<T: MayLockEvents> PortStore for LockedPorts<'_, T> {
+    type Page = GuestPage;
+    fn with<R>(&mut self, index: usize, f: impl FnOnce(&mut VmPorts<GuestPage>) -> R) -> R {
+        // `index` comes from `vm_index`, so always below MAX_VMS: the slot exists. A missing
+        // one would be a bug; `f` then runs on an empty table that is thrown away.
+        match EventsLocked::lock_index(self.token, index) {
+            Some(mut slot) => f(&mut slot.ports),
+            None => f(&mut VmPorts::default()),
+        }
+    }
+}
+
+/// The machine's event channels, seen through `token` (the HV lock's, or none at boot).
+pub fn events<T: MayLockEvents>(token: &mut T) -> EventChannels<LockedPorts<'_, T>> {
+    EventChannels::over(LockedPorts { token })
+}
 
 /// RAM of a dead VM incarnation that a peer still maps; freed when the last mapping goes.
 pub struct RetainedRam {
@@ -96,7 +138,6 @@ pub struct Stopped {
 #[derive(Default)]
 pub struct Sharing {
     pub grants: GrantTables,
-    pub events: EventChannels,
     pub retained: Vec<RetainedRam>,
     pub connections: Vec<Connection>,
 }
@@ -281,20 +322,23 @@ impl GrantEnv for Env<'_> {
 }
 
 impl SharingEnv for Env<'_> {
+    type Page = GuestPage;
+
+    fn event_page(&self, vm: VmId, page_gpa: u64) -> Option<GuestPage> {
+        let (ram, offset) = ram_at(self.vms, vm, page_gpa)?;
+        ram.page(offset)
+    }
+
     fn heap_low(&self) -> bool {
         crate::arch::heap::free_bytes() < crate::boot::HEAP_RESERVE
     }
 
-    fn set_pending(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
-        set_port_pending(self.vms, vm, page_gpa, port).is_some()
+    fn set_pending(&mut self, _vm: VmId, page: GuestPage, port: u32) -> bool {
+        set_pending(page.words(), port) == Some(Delivery::Notify)
     }
 
-    fn clear_mask(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool {
-        let Some((ram, offset)) = ram_at(self.vms, vm, page_gpa) else {
-            return false;
-        };
-        ram.atomics(offset, PAGE_WORDS)
-            .is_some_and(|words| shared_abi::evtchn::clear_mask(words, port) == Some(true))
+    fn clear_mask(&mut self, _vm: VmId, page: GuestPage, port: u32) -> bool {
+        shared_abi::evtchn::clear_mask(page.words(), port) == Some(true)
     }
 
     fn connection_port(&self, caller: VmId, peer: u64) -> Option<u32> {
@@ -310,11 +354,15 @@ pub struct Notify {
     pub vm: VmId,
 }
 
-/// Marks `port` pending in `vm`'s event page; `Some` when the VM must be interrupted.
-pub fn set_port_pending(vms: &[Option<Vm>], vm: VmId, page_gpa: u64, port: u32) -> Option<Notify> {
-    let (ram, offset) = ram_at(vms, vm, page_gpa)?;
-    let words = ram.atomics(offset, PAGE_WORDS)?;
-    (set_pending(words, port) == Some(Delivery::Notify)).then_some(Notify { vm })
+/// Marks `port` pending in `vm`'s event page, if it has one; `Some` when the VM must be
+/// interrupted.
+pub fn set_port_pending(
+    events: &mut EventChannels<impl PortStore<Page = GuestPage>>,
+    vm: VmId,
+    port: u32,
+) -> Option<Notify> {
+    let page = events.event_page_handle(vm)?;
+    (set_pending(page.words(), port) == Some(Delivery::Notify)).then_some(Notify { vm })
 }
 
 impl Sharing {
@@ -326,6 +374,7 @@ impl Sharing {
     /// back-end only, at the same IPA, and a back-end port bound to the hypervisor.
     pub fn connect(
         &mut self,
+        events: &mut EventChannels<impl PortStore>,
         vms: &mut [Option<Vm>],
         frames: &mut FrameAllocator,
         frontend: VmId,
@@ -333,9 +382,8 @@ impl Sharing {
         kind: ConnectionKind,
     ) -> Result<(), &'static str> {
         let (frontend_port, backend_port) = match kind {
-            ConnectionKind::Paravirt => self.events.bind_pair(frontend, backend),
-            ConnectionKind::Emulated => self
-                .events
+            ConnectionKind::Paravirt => events.bind_pair(frontend, backend),
+            ConnectionKind::Emulated => events
                 .bind_hypervisor(backend, frontend)
                 .map(|port| (NO_PORT, port)),
         }
@@ -387,6 +435,7 @@ impl Sharing {
     /// VMs that became free, and the interrupts to inject into connection peers.
     pub fn vm_stopped(
         &mut self,
+        events: &mut EventChannels<impl PortStore<Page = GuestPage>>,
         vms: &mut [Option<Vm>],
         frames: &mut FrameAllocator,
         iommu: &mut Iommu,
@@ -409,7 +458,7 @@ impl Sharing {
             vm,
             teardown,
         );
-        self.events.vm_died(vm);
+        events.vm_died(vm);
         let mut notify = Vec::new();
         for conn in self
             .connections
@@ -422,7 +471,7 @@ impl Sharing {
                 // hypervisor (`hv.rs`) before this runs. A restarted device model gets a new
                 // request port (its old one died with it) and empty slots.
                 if conn.backend == vm && restart {
-                    match self.events.bind_hypervisor(vm, conn.frontend) {
+                    match events.bind_hypervisor(vm, conn.frontend) {
                         Ok(port) => conn.backend_port = port,
                         Err(e) => warn!("VM {vm}: request port not rebound after restart: {e:?}"),
                     }
@@ -446,14 +495,7 @@ impl Sharing {
                         );
                     }
                     if conn.backend_port != NO_PORT {
-                        if let Some(page_gpa) = self.events.event_page(conn.backend) {
-                            notify.extend(set_port_pending(
-                                vms,
-                                conn.backend,
-                                page_gpa,
-                                conn.backend_port,
-                            ));
-                        }
+                        notify.extend(set_port_pending(events, conn.backend, conn.backend_port));
                     }
                 }
                 continue;
@@ -474,11 +516,7 @@ impl Sharing {
             }
             if restart {
                 // The new incarnation gets a fresh control port bound to the survivor's.
-                match self.events.bind_interdomain(
-                    vm,
-                    u64::from(survivor),
-                    u64::from(survivor_port),
-                ) {
+                match events.bind_interdomain(vm, u64::from(survivor), u64::from(survivor_port)) {
                     Ok(port) => {
                         if conn.frontend == vm {
                             conn.frontend_port = port;
@@ -493,9 +531,7 @@ impl Sharing {
                     Err(e) => warn!("VM {vm}: control port not rebound after restart: {e:?}"),
                 }
             }
-            if let Some(page_gpa) = self.events.event_page(survivor) {
-                notify.extend(set_port_pending(vms, survivor, page_gpa, survivor_port));
-            }
+            notify.extend(set_port_pending(events, survivor, survivor_port));
         }
         if !death.ram_free_now {
             info!("VM {vm}: RAM kept until peers unmap its granted frames");

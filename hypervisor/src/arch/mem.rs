@@ -100,6 +100,29 @@ pub unsafe fn phys_bytes<'a>(pa: u64, len: usize) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(pa as *const u8, len) }
 }
 
+/// One page of a VM's RAM that the hypervisor keeps to write words into without the HV lock:
+/// the VM's event page, held only in the VM's event-channel slot (`sharing::VmEvents`, under
+/// that VM's event lock). Made only by [`GuestRam::page`] from a live VM's RAM under the HV
+/// lock. The slot forgets it (under its lock) before that RAM is freed, reloaded or given away:
+/// a stop forgets the VM's ports and page before its RAM changes hands, and the balloon refuses
+/// to take the registered event page. So the page is the VM's for as long as it is held.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestPage {
+    pa: u64,
+}
+
+impl GuestPage {
+    /// The page as atomic words.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: a page-aligned page of a VM's RAM in the identity map (`GuestRam::page`
+        // checked it), still the VM's while the page is held (the type's rule above); the guest
+        // accesses it concurrently, which is what atomics allow.
+        unsafe {
+            core::slice::from_raw_parts(self.pa as *const AtomicU64, (PAGE_SIZE / 8) as usize)
+        }
+    }
+}
+
 /// A VM's RAM as the hypervisor touches it while the VM may be running: only through atomics and
 /// `memmove` on raw pointers (never references to plain bytes), because the VM's vCPUs access it
 /// concurrently. Every access is bounds-checked against the range, so the one obligation is at
@@ -151,6 +174,16 @@ impl<'a> GuestRam<'a> {
         // SAFETY: inside the range `new` vouches for, aligned for AtomicU64 (checked); the guest
         // accesses the same memory concurrently, which is what atomics allow.
         Some(unsafe { core::slice::from_raw_parts(pa as *const AtomicU64, words) })
+    }
+
+    /// The page at byte `offset` (page aligned, inside, not given back), to keep as the VM's
+    /// event page ([`GuestPage`]).
+    pub fn page(&self, offset: u64) -> Option<GuestPage> {
+        if !offset.is_multiple_of(PAGE_SIZE) {
+            return None;
+        }
+        let pa = self.range(offset, PAGE_SIZE)?;
+        Some(GuestPage { pa })
     }
 
     /// `memmove` of `len` bytes from `src` at `src_offset` to `self` at `dst_offset` (the two may

@@ -8,20 +8,24 @@ use alloc::vec::Vec;
 
 use shared_abi::hypercall::{self, Status};
 
-use crate::evtchn::{EventChannels, SendTarget};
+use crate::evtchn::{EventChannels, PortStore, SendTarget};
 use crate::grant::{GrantEnv, GrantTables, RamRelease, VmId};
 
 /// What the sharing calls need of the machine beyond [`GrantEnv`].
 pub trait SharingEnv: GrantEnv {
+    /// How the machine holds an event page (see [`PortStore::Page`]).
+    type Page: Copy;
+    /// The handle of `vm`'s page at `page_gpa` if the whole page is in its RAM (EVTCHN_SETUP).
+    fn event_page(&self, vm: VmId, page_gpa: u64) -> Option<Self::Page>;
     /// True while the hypervisor's heap is too low to record another grant mapping: GRANT_MAP
     /// is then refused (`NoSpace`) rather than let an allocation fail.
     fn heap_low(&self) -> bool;
-    /// Marks `port` pending in `vm`'s event page at `page_gpa`; true when `vm` must be
-    /// interrupted (the port was neither pending nor masked).
-    fn set_pending(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool;
-    /// Clears `port`'s mask bit in `vm`'s event page at `page_gpa`; true when it is pending, so
-    /// the event that arrived while masked must be delivered now.
-    fn clear_mask(&mut self, vm: VmId, page_gpa: u64, port: u32) -> bool;
+    /// Marks `port` pending in `vm`'s event page `page`; true when `vm` must be interrupted
+    /// (the port was neither pending nor masked).
+    fn set_pending(&mut self, vm: VmId, page: Self::Page, port: u32) -> bool;
+    /// Clears `port`'s mask bit in `vm`'s event page `page`; true when it is pending, so the
+    /// event that arrived while masked must be delivered now.
+    fn clear_mask(&mut self, vm: VmId, page: Self::Page, port: u32) -> bool;
     /// `caller`'s own port of its connection with VM `peer`, from the hypervisor's record.
     fn connection_port(&self, caller: VmId, peer: u64) -> Option<u32>;
 }
@@ -76,10 +80,10 @@ impl SharingAnswer {
 }
 
 /// Carries out grant or event-channel call `function` of VM `caller` with registers `x`.
-pub fn sharing_call(
+pub fn sharing_call<E: SharingEnv>(
     grants: &mut GrantTables,
-    events: &mut EventChannels,
-    env: &mut impl SharingEnv,
+    events: &mut EventChannels<impl PortStore<Page = E::Page>>,
+    env: &mut E,
     caller: VmId,
     function: u64,
     x: &[u64; 31],
@@ -99,9 +103,11 @@ pub fn sharing_call(
         }
         hypercall::GRANT_COPY => SharingAnswer::status(grants.copy_batch(env, caller, x[1], x[2])),
         hypercall::GRANT_END => SharingAnswer::status(grants.end(env, caller, x[1])),
-        hypercall::EVTCHN_SETUP => {
-            SharingAnswer::done(events.setup(caller, x[1], |gpa, len| env.in_ram(caller, gpa, len)))
-        }
+        hypercall::EVTCHN_SETUP => SharingAnswer::done(events.setup(caller, x[1], |gpa, len| {
+            env.in_ram(caller, gpa, len)
+                .then(|| env.event_page(caller, gpa))
+                .flatten()
+        })),
         hypercall::EVTCHN_ALLOC_UNBOUND => SharingAnswer::port(events.alloc_unbound(caller, x[1])),
         hypercall::EVTCHN_BIND_INTERDOMAIN => {
             SharingAnswer::port(events.bind_interdomain(caller, x[1], x[2]))

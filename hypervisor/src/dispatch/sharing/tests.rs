@@ -63,6 +63,10 @@ impl GrantEnv for Env {
 }
 
 impl SharingEnv for Env {
+    type Page = u64;
+    fn event_page(&self, _vm: VmId, page_gpa: u64) -> Option<u64> {
+        Some(page_gpa)
+    }
     fn heap_low(&self) -> bool {
         self.heap_low
     }
