@@ -216,23 +216,27 @@ impl Connection {
                         self.publish(State::Closing);
                         return;
                     }
+                    let attach_start = timer::now();
                     if let Err(why) = self.attach(&peer, fabric) {
                         warn!("front-end {}: {why}; closing the connection", self.frontend);
                         self.publish(State::Closing);
                         continue;
                     }
                     self.counters.connects += 1;
+                    let now = timer::now();
                     match &self.data {
                         Some(DataPath::Net { mac, .. }) => info!(
                             "front-end {} connected: MAC {}, rings {}/{}, pool {} pages from ref {}, \
-                             data port {}",
+                             data port {}; mapped in {} us (at {} us)",
                             self.frontend,
                             driver_domain::switch::MacAddr(*mac),
                             peer.tx_ring_ref,
                             peer.rx_ring_ref,
                             peer.pool_count,
                             peer.pool_first_ref,
-                            peer.data_port
+                            peer.data_port,
+                            timer::ticks_to_us(now - attach_start),
+                            timer::ticks_to_us(now)
                         ),
                         _ => info!(
                             "front-end {} connected: page ref {}, data port {}",
@@ -243,6 +247,11 @@ impl Connection {
                 State::Closing | State::Closed => self.teardown(fabric),
                 _ => {}
             }
+            println!(
+                "DBG fe {} -> {next:?} (at {} us)",
+                self.frontend,
+                timer::ticks_to_us(timer::now())
+            );
             self.publish(next);
         }
     }

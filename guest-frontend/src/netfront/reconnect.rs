@@ -88,6 +88,11 @@ impl Rings {
                 self.reconnect.gone_at = Some(now);
                 self.reconnect.data_before_gap = self.reconnect.last_data_at;
             }
+            println!(
+                "DBG net -> {:?} (at {} us)",
+                step.next,
+                timer::ticks_to_us(timer::now())
+            );
             if step.next == State::Initialised {
                 if let Err(why) = self.reset_rings() {
                     self.fail(why);
