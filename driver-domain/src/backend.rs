@@ -161,6 +161,13 @@ impl Connection {
         self.data.is_none() && self.control.frontend_gone()
     }
 
+    /// Whether the handshake with a live front-end is still under way (not `Connected`, not
+    /// refused for good): the serving loop looks at its page now and then even without an
+    /// event.
+    pub fn handshaking(&self) -> bool {
+        self.state != State::Connected && self.banned.is_none() && !self.finished()
+    }
+
     pub fn control_port(&self) -> u32 {
         self.control_port
     }
@@ -168,6 +175,19 @@ impl Connection {
     /// When a connection attempt held back by the rate limit is due (ms), if one is.
     pub fn retry_at(&self) -> Option<u64> {
         self.retry_at
+    }
+
+    /// The first step of the handshake, which needs no switch: `InitWait` if the front-end's
+    /// section asks for it (it is `Initialising`, or `Initialised` from an earlier offer,
+    /// which is mapped only if made for our generation). Taken before the NIC is brought up,
+    /// so the front-ends offer their rings meanwhile; [`Connection::step`] does the rest.
+    pub fn ready(&mut self) {
+        let Ok(peer) = self.control.frontend() else {
+            return;
+        };
+        if next_state(Side::Backend, self.state, peer.state) == Some(State::InitWait) {
+            self.publish(State::InitWait);
+        }
     }
 
     /// Follows the front-end's state until there is nothing more to do now.
@@ -223,6 +243,9 @@ impl Connection {
                         continue;
                     }
                     self.counters.connects += 1;
+                    // `Connected` goes out before the line that says so: a console line can
+                    // take milliseconds when every VM prints at once (as around a restart).
+                    self.publish(next);
                     let now = timer::now();
                     match &self.data {
                         Some(DataPath::Net { mac, .. }) => info!(
@@ -243,15 +266,11 @@ impl Connection {
                             self.frontend, peer.tx_ring_ref, peer.data_port
                         ),
                     }
+                    continue;
                 }
                 State::Closing | State::Closed => self.teardown(fabric),
                 _ => {}
             }
-            println!(
-                "DBG fe {} -> {next:?} (at {} us)",
-                self.frontend,
-                timer::ticks_to_us(timer::now())
-            );
             self.publish(next);
         }
     }

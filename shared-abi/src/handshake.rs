@@ -127,6 +127,15 @@
 //! 11. A back-end maps only an offer for its own generation (read from the page when it
 //!     starts); an offer for another one it treats as not yet made and waits (the front-end
 //!     closes and offers again by step 10).
+//! 12. A front-end `Closed` that has made an offer in this incarnation, for another generation
+//!     than its copy shows, goes `Initialising` when the back-end shows `Closed` (the
+//!     hypervisor's mark of the dead back-end, or a new incarnation that starts `Closed`)
+//!     instead of waiting for the new back-end's `Initialising` ([`frontend_next`]). The
+//!     back-end that died can no longer act on anything, and the next one maps only offers
+//!     made for its own generation (step 11), so nothing stale can connect; a new back-end
+//!     incarnation that starts `Initialising` then answers `InitWait` in its first step, and
+//!     the reconnection is one round trip shorter. A front-end before its first offer (a new
+//!     incarnation) still leaves `Closed` on `Initialising` only (Restarts, above).
 //!
 //! State sequences with current copies, the front-end stepping first (the restarts start from
 //! connected; the hypervisor has marked the dead side `Closed`):
@@ -136,10 +145,12 @@
 //!   → Initialising`; front-end `Closed → Initialising`; back-end `Initialising → InitWait`;
 //!   front-end `Initialising → Initialised`; back-end `InitWait → Connected`; front-end
 //!   `Initialised → Connected`.
-//! - back-end restart: back-end (new, starts) `Closed`; front-end `Connected → Closing → Closed`;
-//!   back-end `Closed → Initialising`; front-end `Closed → Initialising`; back-end
-//!   `Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
-//!   `InitWait → Connected`; front-end `Initialised → Connected`.
+//! - back-end restart: back-end (new, starts) `Closed`; front-end `Connected → Closing → Closed
+//!   → Initialising` (step 12 on the hypervisor's or the new back-end's `Closed`); back-end
+//!   `Closed → Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
+//!   `InitWait → Connected`; front-end `Initialised → Connected`. sluice's driver domain
+//!   starts `Initialising` and writes `InitWait` in its first step, before it brings its NIC
+//!   up, so the front-ends offer their rings meanwhile.
 //!
 //! **Guarantee**, checked exhaustively by the tests for bounded numbers of disturbances (and by
 //! a property test on real pages), with or without [`mark_closed`] and for both reactions to a
