@@ -107,8 +107,8 @@ fn main(info: &StartInfo<'static>) {
         }
     };
     // The para-virtual front-ends' handshakes start before the NIC comes up (issue 14): each
-    // front-end sees our `InitWait` and resets and offers its rings while we bring the NIC
-    // up, so the first pass of the serving loop maps every offer at once. On a restart the
+    // front-end sees our `InitWait` (`Connection::open`) and resets and offers its rings while
+    // we bring the NIC up, so the first pass of the serving loop maps every offer at once. On a restart the
     // guests wait for this; the NIC bring-up is tens of ms and more.
     let mut connections: Vec<Connection> = Vec::new();
     let mut events_us = 0;
@@ -129,9 +129,6 @@ fn main(info: &StartInfo<'static>) {
                 conn
             })
             .collect();
-        for conn in &mut connections {
-            conn.ready();
-        }
     }
     let offered_us = now_us();
     // After the offers: a console line can take milliseconds when every VM prints at once.
@@ -239,12 +236,19 @@ fn main(info: &StartInfo<'static>) {
     // crash, `tests/src/restart.rs`; it reads the first four times in order). Printed after
     // the first round of serving, which maps the offers waiting since before the NIC came up:
     // a console line can take milliseconds when every VM prints at once.
+    let opens: Vec<String> = connections
+        .iter()
+        .map(|c| format!("{} {:?}", c.frontend, c.open_us))
+        .collect();
     let mut timeline = (info.boot_count > 1).then(|| {
         format!(
             "restart timeline: entered at {entered_us} us, NIC up at {nic_up_us} us, gateway \
              answered at {gateway_us} us, serving at {} us; event channels up at {events_us} \
              us, front-ends offered InitWait at {offered_us} us",
             now_us()
+        ) + &format!(
+            "\nrestart opens (us to read the page, get our port, publish): {}",
+            opens.join(", ")
         )
     });
     // Control events sent before our event page existed were dropped, so look at every control

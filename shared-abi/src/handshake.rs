@@ -149,8 +149,10 @@
 //!   → Initialising` (step 12 on the hypervisor's or the new back-end's `Closed`); back-end
 //!   `Closed → Initialising → InitWait`; front-end `Initialising → Initialised`; back-end
 //!   `InitWait → Connected`; front-end `Initialised → Connected`. sluice's driver domain
-//!   starts `Initialising` and writes `InitWait` in its first step, before it brings its NIC
-//!   up, so the front-ends offer their rings meanwhile.
+//!   starts `Initialising` and, when the front-end's section already shows `Initialising`,
+//!   takes its first step on the copy it started from at once, writing `InitWait` as its
+//!   first write (the front-end reacts to nothing but `InitWait` there); it does so before it
+//!   brings its NIC up, so the front-ends offer their rings meanwhile.
 //!
 //! **Guarantee**, checked exhaustively by the tests for bounded numbers of disturbances (and by
 //! a property test on real pages), with or without [`mark_closed`] and for both reactions to a
