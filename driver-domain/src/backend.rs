@@ -82,6 +82,9 @@ pub struct Connection {
     /// Connection attempts left; when empty, the next attempt waits until `retry_at` (ms).
     attempts: TokenBucket,
     retry_at: Option<u64>,
+    /// How long opening took (us): reading the page, asking the hypervisor for our port, the
+    /// first write and event (printed on a restart: the last two are hypercalls).
+    pub open_us: [u64; 3],
 }
 
 impl GuestLink for Connection {
@@ -102,10 +105,12 @@ impl Connection {
     /// The connection of front-end `frontend` (a peer in our start-info), if its control page is
     /// valid.
     pub fn open(frontend: u16) -> Option<Connection> {
+        let t0 = timer::now();
         let control = ControlPage::of(frontend)?;
         // The header must be valid, but its port is not believed: the front-end can write the
         // page (even before we first read it). The hypervisor's record is the trusted copy.
         control.header().ok()?;
+        let t1 = timer::now();
         let control_port = match evtchn::connection_port(frontend) {
             Ok(port) => port,
             Err(e) => {
@@ -125,8 +130,22 @@ impl Connection {
             banned: None,
             attempts: TokenBucket::new(CONNECT_BURST, CONNECT_PERIOD_MS),
             retry_at: None,
+            open_us: [0; 3],
         };
-        conn.publish(State::Initialising);
+        let t2 = timer::now();
+        // We start `Initialising`; if the front-end's section already asks for our next step
+        // (`InitWait`: it is `Initialising`, or shows an earlier offer), that is our first
+        // write instead. The front-end reacts to nothing but `InitWait` there, so it misses
+        // nothing, and a restart costs one page write and event less per front-end.
+        let first = match conn.control.frontend() {
+            Ok(peer) => next_state(Side::Backend, State::Initialising, peer.state)
+                .filter(|&next| next == State::InitWait)
+                .unwrap_or(State::Initialising),
+            Err(_) => State::Initialising,
+        };
+        conn.publish(first);
+        let t3 = timer::now();
+        conn.open_us = [t1 - t0, t2 - t1, t3 - t2].map(timer::ticks_to_us);
         Some(conn)
     }
 
@@ -159,6 +178,13 @@ impl Connection {
     /// True once the front-end VM has stopped for good and our end is closed.
     pub fn finished(&self) -> bool {
         self.data.is_none() && self.control.frontend_gone()
+    }
+
+    /// Whether the handshake with a live front-end is still under way (not `Connected`, not
+    /// refused for good): the serving loop looks at its page now and then even without an
+    /// event.
+    pub fn handshaking(&self) -> bool {
+        self.state != State::Connected && self.banned.is_none() && !self.finished()
     }
 
     pub fn control_port(&self) -> u32 {
@@ -216,29 +242,37 @@ impl Connection {
                         self.publish(State::Closing);
                         return;
                     }
+                    let attach_start = timer::now();
                     if let Err(why) = self.attach(&peer, fabric) {
                         warn!("front-end {}: {why}; closing the connection", self.frontend);
                         self.publish(State::Closing);
                         continue;
                     }
                     self.counters.connects += 1;
+                    // `Connected` goes out before the line that says so: a console line can
+                    // take milliseconds when every VM prints at once (as around a restart).
+                    self.publish(next);
+                    let now = timer::now();
                     match &self.data {
                         Some(DataPath::Net { mac, .. }) => info!(
                             "front-end {} connected: MAC {}, rings {}/{}, pool {} pages from ref {}, \
-                             data port {}",
+                             data port {}; mapped in {} us (at {} us)",
                             self.frontend,
                             driver_domain::switch::MacAddr(*mac),
                             peer.tx_ring_ref,
                             peer.rx_ring_ref,
                             peer.pool_count,
                             peer.pool_first_ref,
-                            peer.data_port
+                            peer.data_port,
+                            timer::ticks_to_us(now - attach_start),
+                            timer::ticks_to_us(now)
                         ),
                         _ => info!(
                             "front-end {} connected: page ref {}, data port {}",
                             self.frontend, peer.tx_ring_ref, peer.data_port
                         ),
                     }
+                    continue;
                 }
                 State::Closing | State::Closed => self.teardown(fabric),
                 _ => {}

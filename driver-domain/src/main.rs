@@ -73,6 +73,10 @@ fn now_us() -> u64 {
     timer::ticks_to_us(timer::now())
 }
 
+/// How often the control pages are read again, without an event, while a front-end is not
+/// connected (ms): a lost control event then costs at most this much, not the connection.
+const HANDSHAKE_RECHECK_MS: u64 = 50;
+
 /// Counters line period while serving the NIC.
 const COUNTERS_EVERY_MS: u64 = 2_000;
 
@@ -87,13 +91,6 @@ fn main(info: &StartInfo<'static>) {
         ),
         None => String::from("no NIC"),
     };
-    println!(
-        "driver domain {} up: vm {}, {} MiB, {} front-end(s), {nic_text}",
-        info.name,
-        info.vm_id,
-        info.ram_bytes >> 20,
-        info.peers.count_ones()
-    );
     let crash = match driver_domain::crash::plan(info.settings, info.boot_count) {
         Ok(plan) => plan.map(|p| (p, timer::now() + timer::ms_to_ticks(p.after_ms))),
         Err(e) => {
@@ -101,15 +98,58 @@ fn main(info: &StartInfo<'static>) {
             return;
         }
     };
+    // The front-ends' identities, read once from our own start-info (no guest can write it).
+    let vifs = match driver_domain::vif::Vifs::from_settings(info.settings) {
+        Ok(vifs) => vifs,
+        Err(e) => {
+            println!("REPORT fail: {e}");
+            return;
+        }
+    };
+    // The para-virtual front-ends' handshakes start before the NIC comes up (issue 14): each
+    // front-end sees our `InitWait` (`Connection::open`) and resets and offers its rings while
+    // we bring the NIC up, so the first pass of the serving loop maps every offer at once. On a restart the
+    // guests wait for this; the NIC bring-up is tens of ms and more.
+    let mut connections: Vec<Connection> = Vec::new();
+    let mut events_us = 0;
+    if info.peers != 0 {
+        if let Err(e) = evtchn::init() {
+            println!("REPORT fail: event channels: {e:?}");
+            return;
+        }
+        events_us = now_us();
+        connections = (1..64u16)
+            .filter(|id| info.peers & (1 << id) != 0)
+            .filter(|&id| !vifs.is_emulated(id))
+            .filter_map(|id| {
+                let conn = Connection::open(id);
+                if conn.is_none() {
+                    println!("front-end {id}: no valid control page; not serving it");
+                }
+                conn
+            })
+            .collect();
+    }
+    let offered_us = now_us();
+    // After the offers: a console line can take milliseconds when every VM prints at once.
+    println!(
+        "driver domain {} up: vm {}, {} MiB, {} front-end(s), {nic_text}",
+        info.name,
+        info.vm_id,
+        info.ram_bytes >> 20,
+        info.peers.count_ones()
+    );
     let nic = info.passthrough.and_then(|rid| start_nic(info, rid));
     let nic_up_us = now_us();
     if info.peers == 0 && nic.is_none() {
         report::hello(info);
         return;
     }
-    if let Err(e) = evtchn::init() {
-        println!("REPORT fail: event channels: {e:?}");
-        return;
+    if info.peers == 0 {
+        if let Err(e) = evtchn::init() {
+            println!("REPORT fail: event channels: {e:?}");
+            return;
+        }
     }
     let serve_ms = match setting_u64_or(info.settings, "nic_serve_ms", DEFAULT_NIC_SERVE_MS) {
         Ok(ms) => ms,
@@ -126,14 +166,6 @@ fn main(info: &StartInfo<'static>) {
             println!(
                 "REPORT fail: setting iperf = {other:?}: the driver domain can only be \"server\""
             );
-            return;
-        }
-    };
-    // The front-ends' identities, read once from our own start-info (no guest can write it).
-    let vifs = match driver_domain::vif::Vifs::from_settings(info.settings) {
-        Ok(vifs) => vifs,
-        Err(e) => {
-            println!("REPORT fail: {e}");
             return;
         }
     };
@@ -200,29 +232,29 @@ fn main(info: &StartInfo<'static>) {
             Err(why) => println!("front-end {id}: emulated NIC not served: {why}"),
         }
     }
-    let mut connections: Vec<Connection> = (1..64u16)
-        .filter(|id| info.peers & (1 << id) != 0)
-        .filter(|&id| !fabric.vifs.is_emulated(id))
-        .filter_map(|id| {
-            let conn = Connection::open(id);
-            if conn.is_none() {
-                println!("front-end {id}: no valid control page; not serving it");
-            }
-            conn
-        })
+    // A restarted incarnation's phases (the harness adds the guests' and lines them up with the
+    // crash, `tests/src/restart.rs`; it reads the first four times in order). Printed after
+    // the first round of serving, which maps the offers waiting since before the NIC came up:
+    // a console line can take milliseconds when every VM prints at once.
+    let opens: Vec<String> = connections
+        .iter()
+        .map(|c| format!("{} {:?}", c.frontend, c.open_us))
         .collect();
-    if info.boot_count > 1 {
-        // A restarted incarnation: its phases (the harness adds the guests' and lines them up
-        // with the crash, `tests/src/restart.rs`).
-        println!(
+    let mut timeline = (info.boot_count > 1).then(|| {
+        format!(
             "restart timeline: entered at {entered_us} us, NIC up at {nic_up_us} us, gateway \
-             answered at {gateway_us} us, serving at {} us",
+             answered at {gateway_us} us, serving at {} us; event channels up at {events_us} \
+             us, front-ends offered InitWait at {offered_us} us",
             now_us()
-        );
-    }
+        ) + &format!(
+            "\nrestart opens (us to read the page, get our port, publish): {}",
+            opens.join(", ")
+        )
+    });
     // Control events sent before our event page existed were dropped, so look at every control
     // page at the start and whenever a wait times out.
     let mut recheck = true;
+    let mut next_handshake_check = timer::now() + timer::ms_to_ticks(HANDSHAKE_RECHECK_MS);
     loop {
         if let Some((plan, at)) = crash {
             if timer::now() >= at {
@@ -247,6 +279,13 @@ fn main(info: &StartInfo<'static>) {
         // then its events must not go unseen: any control event steps every connection
         // (each step reads that connection's own page, which is cheap and bounded).
         let mut control_news = recheck;
+        // A handshake that waits on an event we never got is looked at again (with the NIC the
+        // loop's waits rarely time out, so the re-check above does not cover it): a first
+        // boot's driver domain once left every front-end in `Initialising` until it crashed.
+        if timer::now() >= next_handshake_check {
+            next_handshake_check = timer::now() + timer::ms_to_ticks(HANDSHAKE_RECHECK_MS);
+            control_news |= connections.iter().any(Connection::handshaking);
+        }
         for conn in &connections {
             control_news |= evtchn::take(conn.control_port());
         }
@@ -277,6 +316,9 @@ fn main(info: &StartInfo<'static>) {
             {
                 conn.disconnect(&violation.reason, &mut fabric);
             }
+        }
+        if let Some(line) = timeline.take() {
+            println!("{line}");
         }
         if has_nic && timer::now() >= next_counters {
             print_counters(info.name, &fabric);

@@ -19,8 +19,8 @@ pub struct Link {
     pub control_port: u32,
     state: State,
     /// The back-end generation our current offer was made for (`shared_abi::handshake`,
-    /// Generations).
-    offered_for: u32,
+    /// Generations); `None` before our first offer.
+    offered_for: Option<u32>,
 }
 
 /// A step [`Link::decide`] chose: what to write, on which copy of the page.
@@ -65,7 +65,7 @@ impl Link {
             backend,
             control_port: header.frontend_port,
             state: start,
-            offered_for: 0,
+            offered_for: None,
         };
         link.publish(&Frontend {
             state: start,
@@ -94,9 +94,9 @@ impl Link {
         self.state
     }
 
-    /// The back-end generation our current offer was made for.
+    /// The back-end generation our current offer was made for (0 before the first).
     pub fn offered_for(&self) -> u32 {
-        self.offered_for
+        self.offered_for.unwrap_or(0)
     }
 
     /// The next step of the handshake on a fresh copy of the page, if there is one to take
@@ -116,12 +116,12 @@ impl Link {
     /// `Initialised` and `Connected`, made for the generation of the copy it decided on.
     pub fn take(&mut self, step: Step, offer: &Frontend) -> Result<(), String> {
         if step.next == State::Initialised {
-            self.offered_for = step.generation;
+            self.offered_for = Some(step.generation);
         }
         let section = match step.next {
             State::Initialised | State::Connected => Frontend {
                 state: step.next,
-                backend_generation: self.offered_for,
+                backend_generation: self.offered_for(),
                 ..*offer
             },
             other => Frontend {

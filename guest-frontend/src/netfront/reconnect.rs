@@ -102,14 +102,7 @@ impl Rings {
                 self.stats.reconnects += 1;
                 self.reconnect.first_frame_due = true;
                 self.reconnect.first_data_due = true;
-                println!(
-                    "net: reconnected to back-end {} (generation {}) {} ms after it went away \
-                     (at {} us)",
-                    self.link.backend,
-                    step.generation,
-                    self.since_gone_ms(),
-                    timer::ticks_to_us(timer::now())
-                );
+                let (after_ms, at) = (self.since_gone_ms(), timer::now());
                 if let Some(ip) = own_address() {
                     self.send_frame(&vm_net::gratuitous_arp(self.mac, ip));
                 }
@@ -117,6 +110,15 @@ impl Rings {
                 // when it hears from us.
                 self.publish();
                 let _ = evtchn::send(self.port);
+                // Said once the announcement is out: a console line can take milliseconds
+                // when every VM prints at once (as they do around a restart).
+                println!(
+                    "net: reconnected to back-end {} (generation {}) {after_ms} ms after it went \
+                     away (at {} us)",
+                    self.link.backend,
+                    step.generation,
+                    timer::ticks_to_us(at)
+                );
                 return;
             }
         }

@@ -1447,10 +1447,12 @@ mod exhaustive {
         if !w.fe.unused {
             return None;
         }
+        // An incarnation that has granted no rings yet has made no offer.
+        let offered_for = (w.fe.sess > 0).then_some(u32::from(w.fe.offered_for));
         let next = frontend_next(
             w.fe.state,
             w.fe.view.state,
-            u32::from(w.fe.offered_for),
+            offered_for,
             u32::from(w.fe.gen_seen),
         )?;
         match next {
