@@ -166,6 +166,8 @@ run_tests() {
     cargo clippy --quiet -p vm-runtime -p vm-net -p guest-frontend -p driver-domain --target "$VM_TARGET" -- -D warnings
     say "== host unit tests"
     cargo test -p shared-abi -p hypervisor -p sluice-harness --lib --bins
+    # The lock order's compile_fail examples: taking locks out of order must not compile.
+    cargo test -p hypervisor --doc
     # The driver domain's binary is a VM image; only its library is host code. vm-net's tests
     # include interop with the host's stock iperf3 (installed by setup).
     cargo test -p driver-domain -p vm-net --lib
