@@ -117,8 +117,9 @@ impl<'t> HvLocked<'t> {
 
 impl Drop for HvLocked<'_> {
     fn drop(&mut self) {
+        let turn = crate::logger::hv_lock_releasing();
         drop(self.guard.take());
-        crate::logger::hv_lock_dropped();
+        crate::logger::hv_lock_dropped(turn);
     }
 }
 

@@ -9,12 +9,14 @@
 //! so through [`hv_lock_taken`]) keeps its log lines and console flushes, and prints them once
 //! it has dropped the lock ([`hv_lock_dropped`]). A stop or a restart logs several lines, and
 //! the UART (shared with every VM's console) must not keep other VMs' traps waiting for the HV
-//! lock.
+//! lock. Kept output still comes out in the order the HV lock was held: a holder with output
+//! draws a turn ([`hv_lock_releasing`]) before it releases the lock and prints when its turn
+//! comes, after the lock is released, so a stop's lines never come after the next holder's.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hypervisor::console::{Admit, LineBuffer, RateLimit};
 use shared_abi::layout::MAX_VMS;
@@ -69,8 +71,26 @@ pub fn hv_lock_taken() {
     }
 }
 
-/// This pCPU dropped the HV lock: prints what it kept meanwhile.
-pub fn hv_lock_dropped() {
+/// The next print turn to hand out, and the turn now printing: the HV lock's holders with kept
+/// output print in the order they held it.
+static NEXT_TURN: AtomicU64 = AtomicU64::new(0);
+static NOW_PRINTING: AtomicU64 = AtomicU64::new(0);
+
+/// A place in the order kept output is printed (see [`hv_lock_releasing`]).
+pub struct PrintTurn(Option<u64>);
+
+/// Called holding the HV lock, just before releasing it: a pCPU that kept output draws its turn
+/// to print it, in the lock's order; one that kept nothing needs none.
+pub fn hv_lock_releasing() -> PrintTurn {
+    let kept = KEPT
+        .get(cpu::pcpu_index())
+        .is_some_and(|flag| flag.load(Ordering::Relaxed));
+    PrintTurn(kept.then(|| NEXT_TURN.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// This pCPU dropped the HV lock: prints what it kept meanwhile, once the holders before it
+/// have printed theirs (they do so without any lock, so the wait is for their printing only).
+pub fn hv_lock_dropped(PrintTurn(turn): PrintTurn) {
     let pcpu = cpu::pcpu_index();
     if let Some(held) = HOLDS_HV.get(pcpu) {
         held.store(false, Ordering::Relaxed);
@@ -79,11 +99,19 @@ pub fn hv_lock_dropped() {
         return;
     };
     let items = core::mem::take(&mut *kept.lock());
+    if let Some(turn) = turn {
+        while NOW_PRINTING.load(Ordering::Acquire) != turn {
+            core::hint::spin_loop();
+        }
+    }
     for item in items {
         match item {
             Deferred::Line(line) => print_fmt(format_args!("{line}")),
             Deferred::FlushConsole(id) => flush_vm_console(id),
         }
+    }
+    if turn.is_some() {
+        NOW_PRINTING.fetch_add(1, Ordering::Release);
     }
     if let Some(flag) = KEPT.get(pcpu) {
         flag.store(false, Ordering::Release);
