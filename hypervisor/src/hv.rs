@@ -27,7 +27,7 @@ use hypervisor::evtchn::Route;
 use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
 use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
-use hypervisor::sched::{self, RunState, Scheduler, VcpuId, WakeKick};
+use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::{clear_mask, set_pending, Delivery, EVTCHN_INTID};
@@ -89,11 +89,6 @@ static LAST_REPORT: [AtomicU64; shared_abi::layout::MAX_VMS + 1] =
     [const { AtomicU64::new(0) }; shared_abi::layout::MAX_VMS + 1];
 /// When each pCPU last charged its running VM's time (counter ticks).
 static CHARGED_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
-/// Per pCPU: when the idle pCPUs are to be kicked for a vCPU this pCPU's running vCPU woke
-/// (counter ticks; 0 = no kick pending). See [`sched::WakeKick`].
-static KICK_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
-/// Per pCPU: when the running vCPU's time slice ends (counter ticks).
-static SLICE_END: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 
 /// What the trapped vCPU should do next.
 enum Action {
@@ -213,47 +208,15 @@ fn kick_idle(this_pcpu: usize) {
 }
 
 /// Makes a vCPU with a newly queued interrupt notice it: wakes it from WFI, or kicks the pCPU
-/// it runs on. A vCPU woken from WFI is left for this pCPU for a moment (see
-/// [`sched::WakeKick`]) before the idle pCPUs are kicked.
+/// it runs on.
 fn wake_for_interrupt(sched: &mut Scheduler, id: VcpuId, this_pcpu: usize) {
     match sched.state(id) {
         RunState::Blocked { .. } => {
             sched.wake(id);
-            match sched::wake_kick(IDLE[this_pcpu].load(Ordering::Acquire)) {
-                WakeKick::None => {}
-                WakeKick::Deferred => defer_kick(sched, this_pcpu),
-            }
+            kick_idle(this_pcpu);
         }
         RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
         _ => {}
-    }
-}
-
-/// Arms this pCPU's timer to kick the idle pCPUs [`sched::KICK_DELAY_US`] from now, unless a
-/// kick is pending already (the earlier one stands).
-fn defer_kick(sched: &Scheduler, pcpu: usize) {
-    let now = cpu::counter();
-    let kick_at = match KICK_AT[pcpu].load(Ordering::Relaxed) {
-        0 => {
-            let at = now + sched::KICK_DELAY_US * cpu::counter_frequency() / 1_000_000;
-            KICK_AT[pcpu].store(at, Ordering::Relaxed);
-            at
-        }
-        at => at,
-    };
-    let slice_end = SLICE_END[pcpu].load(Ordering::Relaxed);
-    cpu::set_hyp_timer(sched::next_timer(
-        slice_end,
-        sched.earliest_deadline(),
-        Some(kick_at),
-    ));
-}
-
-/// The kick deferred by this pCPU, if one is pending.
-fn pending_kick(pcpu: usize) -> Option<u64> {
-    match KICK_AT[pcpu].load(Ordering::Relaxed) {
-        0 => None,
-        at => Some(at),
     }
 }
 
@@ -325,19 +288,16 @@ fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
     *frame = v.frame;
     CURRENT[pcpu].store(id, Ordering::Relaxed);
     CHARGED_AT[pcpu].store(cpu::counter(), Ordering::Relaxed);
-    arm_timer(&SchedLocked::lock(token), cpu::counter(), pcpu);
+    arm_timer(&SchedLocked::lock(token), cpu::counter());
 }
 
-/// Starts a slice on this pCPU: programs the EL2 timer for its end, the earliest blocked
-/// deadline or a pending deferred kick, whichever comes first.
-fn arm_timer(sched: &Scheduler, now: u64, pcpu: usize) {
+/// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
+fn arm_timer(sched: &Scheduler, now: u64) {
     let slice_end = now + SLICE_TICKS.load(Ordering::Relaxed);
-    SLICE_END[pcpu].store(slice_end, Ordering::Relaxed);
-    cpu::set_hyp_timer(sched::next_timer(
-        slice_end,
-        sched.earliest_deadline(),
-        pending_kick(pcpu),
-    ));
+    let deadline = sched
+        .earliest_deadline()
+        .map_or(slice_end, |d| d.min(slice_end));
+    cpu::set_hyp_timer(deadline);
 }
 
 /// Wakes the vCPUs whose WFI deadline has passed (and the idle pCPUs to run them).
@@ -993,16 +953,8 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
         let (picked, deadline) = {
             let mut sched = SchedLocked::lock(entry);
             sched.wake_expired(cpu::counter());
-            // This pCPU takes the next vCPU itself: a kick it deferred is moot, unless
-            // more vCPUs wait than it can take.
-            KICK_AT[pcpu].store(0, Ordering::Relaxed);
             match sched.pick(pcpu) {
-                Some(id) => {
-                    if sched.has_runnable() {
-                        kick_idle(pcpu);
-                    }
-                    (Some(id), None)
-                }
+                Some(id) => (Some(id), None),
                 None => {
                     IDLE[pcpu].store(true, Ordering::Release);
                     (None, sched.earliest_deadline())
@@ -1144,7 +1096,7 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
             let mut sched = SchedLocked::lock(token);
             if !sched.has_runnable() {
                 refill_live(v);
-                arm_timer(&sched, cpu::counter(), cpu::pcpu_index());
+                arm_timer(&sched, cpu::counter());
                 return true;
             }
             save(v, frame);
@@ -1357,19 +1309,7 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
         match raw {
             gic::HYP_TIMER_PPI => {
                 cpu::stop_hyp_timer();
-                let now = cpu::counter();
-                let slice_end = SLICE_END[pcpu].load(Ordering::Relaxed);
-                let deadline = SchedLocked::lock(&mut entry).earliest_deadline();
-                let tick = sched::timer_tick(now, pending_kick(pcpu), slice_end, deadline);
-                if tick.kick {
-                    KICK_AT[pcpu].store(0, Ordering::Relaxed);
-                    kick_idle(pcpu);
-                }
-                if tick.preempt {
-                    action = Action::Preempt;
-                } else {
-                    cpu::set_hyp_timer(sched::next_timer(slice_end, deadline, pending_kick(pcpu)));
-                }
+                action = Action::Preempt;
             }
             gic::VTIMER_PPI => {
                 // The guest's timer fired: mask it at the source (the guest unmasks it when it
