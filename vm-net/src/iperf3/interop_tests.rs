@@ -35,6 +35,19 @@ fn have_iperf3() -> bool {
 /// A child process killed when dropped (also when a test panics), so no iperf3 outlives its test.
 struct Reaped(Child);
 
+impl Reaped {
+    /// Ends the server and says what it wrote to stderr: the other half of a failed test.
+    fn stop_and_say(&mut self) -> String {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let mut said = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut said);
+        }
+        said
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -164,7 +177,7 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
     if !have_iperf3() {
         return None;
     }
-    let (port, server, mut ctrl) = real_server();
+    let (port, mut server, mut ctrl) = real_server();
     let start = Instant::now();
     let mut params = TestParams::tcp(1);
     params.reverse = reverse;
@@ -202,7 +215,12 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
                 }
                 ClientEvent::PeerResults(r) => theirs = Some(r),
                 ClientEvent::Done => {}
-                ClientEvent::Failed(e) => panic!("client failed: {e}"),
+                ClientEvent::Failed(e) => {
+                    panic!(
+                        "client failed: {e}; iperf3 -s said: {}",
+                        server.stop_and_say()
+                    )
+                }
             }
         }
         if machine.is_finished() && machine.output().is_empty() {
@@ -461,7 +479,7 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
     if !have_iperf3() {
         return None;
     }
-    let (port, server, mut ctrl) = real_server();
+    let (port, mut server, mut ctrl) = real_server();
     let start = Instant::now();
     let mut params = TestParams::udp(1, 10_000_000);
     params.reverse = reverse;
@@ -509,7 +527,12 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
                 }
                 ClientEvent::PeerResults(r) => theirs = Some(r),
                 ClientEvent::Done => {}
-                ClientEvent::Failed(e) => panic!("client failed: {e}"),
+                ClientEvent::Failed(e) => {
+                    panic!(
+                        "client failed: {e}; iperf3 -s said: {}",
+                        server.stop_and_say()
+                    )
+                }
             }
         }
         if machine.is_finished() && machine.output().is_empty() {
