@@ -95,14 +95,16 @@ pub fn hv_lock_dropped(PrintTurn(turn): PrintTurn) {
     if let Some(held) = HOLDS_HV.get(pcpu) {
         held.store(false, Ordering::Relaxed);
     }
-    let Some(kept) = DEFERRED.get(pcpu) else {
+    // No turn: nothing was kept (the usual release), so there is nothing to print or wait for.
+    let Some(turn) = turn else {
         return;
     };
-    let items = core::mem::take(&mut *kept.lock());
-    if let Some(turn) = turn {
-        while NOW_PRINTING.load(Ordering::Acquire) != turn {
-            core::hint::spin_loop();
-        }
+    let items = DEFERRED
+        .get(pcpu)
+        .map(|kept| core::mem::take(&mut *kept.lock()))
+        .unwrap_or_default();
+    while NOW_PRINTING.load(Ordering::Acquire) != turn {
+        core::hint::spin_loop();
     }
     for item in items {
         match item {
@@ -110,9 +112,7 @@ pub fn hv_lock_dropped(PrintTurn(turn): PrintTurn) {
             Deferred::FlushConsole(id) => flush_vm_console(id),
         }
     }
-    if turn.is_some() {
-        NOW_PRINTING.fetch_add(1, Ordering::Release);
-    }
+    NOW_PRINTING.fetch_add(1, Ordering::Release);
     if let Some(flag) = KEPT.get(pcpu) {
         flag.store(false, Ordering::Release);
     }
