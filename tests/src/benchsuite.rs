@@ -9,7 +9,7 @@
 //! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps` and the other placements (`figures.memcpy_*`, `shared_copy_mbps`), `scaling` at 1 pair |
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
-//! | `passthrough` | driver domain running an iperf3 server on its own endpoint | `passthrough_tcp_mbps.host_to_driver_domain`, its costs per packet (`three_way.passthrough`) |
+//! | `passthrough` | driver domain running an iperf3 server on its own endpoint; the host sends, then receives (`-R`) | `passthrough_tcp_mbps.host_to_driver_domain`, `.driver_domain_to_host`, its costs per packet (`three_way.passthrough`) |
 //! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
 //! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
 //! | `passthrough_vlpi` | `passthrough` on a GICv4 machine (`gic = 4`): the NIC's MSI-X as vLPIs (issue 15) | `passthrough_tcp_mbps.vlpi.host_to_driver_domain`, `nic_interrupt_exits.vlpi` (and `passthrough` gives `nic_interrupt_exits.intx`): the hypervisor's `device_irqs` between the test's accounting reports over the driver domain's NIC interrupts between its counters lines around them (2 s apart, so a lower bound) |
@@ -282,15 +282,30 @@ pub fn passthrough_topology_on(nic: NicBackend, seconds: u32) -> String {
 /// [`passthrough_topology_on`] on a machine with GIC version `gic` (4: the NIC's MSI-X
 /// arrives as vLPIs).
 pub fn passthrough_topology_gic(nic: NicBackend, gic: u8, seconds: u32) -> String {
+    passthrough_topology_with(nic, gic, seconds, false)
+}
+
+/// [`passthrough_topology_gic`]; with `both`, the host also receives from the driver domain
+/// (`-R`), the passthrough figure the para-virtual guest -> host path is compared with.
+pub fn passthrough_topology_with(nic: NicBackend, gic: u8, seconds: u32, both: bool) -> String {
+    let (tests, directions) = if both { (2, "both") } else { (1, "send") };
     format!(
         "{}gic = {gic}\n{}",
         machine_on(nic),
         driver_domain(&format!(
-            ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = 1, host_iperf = \"send\", \
-             iperf_accounting = true",
+            ", nic_serve_ms = {}, iperf = \"server\", iperf_tests = {tests}, \
+             host_iperf = \"{directions}\", iperf_accounting = true",
             nic_serve_ms(seconds)
         ))
     )
+}
+
+/// One `passthrough` boot: host -> driver domain, driver domain -> host if asked for, and the
+/// first test's costs per packet.
+struct PassthroughRun {
+    to: f64,
+    from: Option<Result<f64, String>>,
+    costs: Result<PacketCosts, String>,
 }
 
 /// Two `net` guests pinging each other, 20 pings 50 ms apart.
@@ -528,6 +543,8 @@ pub struct HostPaths {
 pub struct Passthrough {
     /// Over QEMU user networking (slirp).
     pub host_to_driver_domain: Option<Stat>,
+    /// The same boot's second test (`iperf3 -R`): the driver domain sends to the host.
+    pub driver_domain_to_host: Option<Stat>,
     pub passt: PassthroughPasst,
     /// On a GICv4 machine, the NIC's MSI-X delivered as vLPIs.
     pub vlpi: PassthroughPasst,
@@ -625,6 +642,9 @@ pub struct Ratios {
     /// `paravirt_tcp_mbps.host_to_guest` / `passthrough_tcp_mbps.host_to_driver_domain`
     /// (medians): what the split driver costs on the way from the NIC to a guest.
     pub host_to_guest_over_passthrough: Option<f64>,
+    /// `paravirt_tcp_mbps.guest_to_host` / `passthrough_tcp_mbps.driver_domain_to_host`
+    /// (medians): the same, from a guest to the NIC.
+    pub guest_to_host_over_passthrough: Option<f64>,
 }
 
 /// Everything `./run.sh bench` reports; serialised as `target/bench/results.json`. A figure
@@ -683,13 +703,14 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 56] = [
+pub const REQUIRED_FIGURES: [&str; 58] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
     "/paravirt_tcp_mbps/passt/host_to_guest",
     "/paravirt_tcp_mbps/passt/guest_to_host",
     "/passthrough_tcp_mbps/host_to_driver_domain",
+    "/passthrough_tcp_mbps/driver_domain_to_host",
     "/passthrough_tcp_mbps/passt/host_to_driver_domain",
     "/passthrough_tcp_mbps/vlpi/host_to_driver_domain",
     "/nic_interrupt_exits/vlpi",
@@ -699,6 +720,7 @@ pub const REQUIRED_FIGURES: [&str; 56] = [
     "/evtchn_roundtrip_us",
     "/ratios/guest_to_guest_over_memcpy",
     "/ratios/host_to_guest_over_passthrough",
+    "/ratios/guest_to_host_over_passthrough",
     "/figures/grant_map_ticks",
     "/figures/grant_copy_4k_ticks",
     "/bystander_evtchn_us/idle",
@@ -782,6 +804,8 @@ struct Raw {
     host_to_guest: Vec<f64>,
     guest_to_host: Vec<f64>,
     passthrough: Vec<f64>,
+    /// The `passthrough` boot's `-R` test: driver domain -> host.
+    passthrough_from: Vec<f64>,
     passt_host_to_guest: Vec<f64>,
     passt_guest_to_host: Vec<f64>,
     passt_passthrough: Vec<f64>,
@@ -880,6 +904,7 @@ impl Results {
             },
             passthrough_tcp_mbps: Passthrough {
                 host_to_driver_domain: Stat::of_runs(&raw.passthrough),
+                driver_domain_to_host: Stat::of_runs(&raw.passthrough_from),
                 passt: PassthroughPasst {
                     host_to_driver_domain: Stat::of_runs(&raw.passt_passthrough),
                 },
@@ -997,6 +1022,10 @@ impl Results {
                 &results.paravirt_tcp_mbps.host_to_guest,
                 &results.passthrough_tcp_mbps.host_to_driver_domain,
             ),
+            guest_to_host_over_passthrough: ratio(
+                &results.paravirt_tcp_mbps.guest_to_host,
+                &results.passthrough_tcp_mbps.driver_domain_to_host,
+            ),
         };
         results
     }
@@ -1093,6 +1122,11 @@ impl Results {
             (
                 "passthrough TCP host -> driver domain".into(),
                 self.passthrough_tcp_mbps.host_to_driver_domain.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "passthrough TCP driver domain -> host".into(),
+                self.passthrough_tcp_mbps.driver_domain_to_host.as_ref(),
                 "Mbit/s",
             ),
             (
@@ -1277,6 +1311,10 @@ impl Results {
             (
                 "ratio host -> guest / passthrough",
                 self.ratios.host_to_guest_over_passthrough,
+            ),
+            (
+                "ratio guest -> host / passthrough",
+                self.ratios.guest_to_host_over_passthrough,
             ),
         ] {
             out += &match value {
@@ -1483,10 +1521,17 @@ impl Suite<'_> {
             }
         }
         for run in (1..=runs).filter(|_| wants("passthrough")) {
-            let what = format!("host iperf3 -> driver domain, {secs} s");
+            let what = format!("host iperf3 -> driver domain, then -R, {secs} s each");
             match self.scenario("passthrough", run, &what, Suite::passthrough_run) {
-                Ok((v, costs)) => {
+                Ok(PassthroughRun { to: v, from, costs }) => {
                     raw.passthrough.push(v);
+                    match from {
+                        Some(Ok(v)) => raw.passthrough_from.push(v),
+                        Some(Err(e)) => raw.errors.push(format!(
+                            "passthrough (driver domain -> host) run {run}: {e}"
+                        )),
+                        None => {}
+                    }
                     match Suite::nic_exits(&costs) {
                         Ok(x) => raw.nic_exits_intx.push(x),
                         Err(e) => raw.errors.push(format!("passthrough run {run}: {e}")),
@@ -2112,19 +2157,19 @@ impl Suite<'_> {
     }
 
     /// The host's iperf3 against the driver domain's own server (no split driver on the way).
-    fn passthrough_run(&self, run: usize) -> Result<(f64, Result<PacketCosts, String>), String> {
-        self.passthrough_run_on(NicBackend::User, run)
+    fn passthrough_run(&self, run: usize) -> Result<PassthroughRun, String> {
+        self.passthrough_run_with(NicBackend::User, 3, true, run)
     }
 
-    /// [`Suite::passthrough_run`] with the NIC on `nic`: the figure and the costs per packet
-    /// (the driver domain's payload over [`bench::NIC_MSS`]: it prints no per-test frame
-    /// count).
+    /// [`Suite::passthrough_run`] with the NIC on `nic`, host -> driver domain only: the figure
+    /// and the costs per packet.
     fn passthrough_run_on(
         &self,
         nic: NicBackend,
         run: usize,
     ) -> Result<(f64, Result<PacketCosts, String>), String> {
-        self.passthrough_run_gic(nic, 3, run)
+        let r = self.passthrough_run_with(nic, 3, false, run)?;
+        Ok((r.to, r.costs))
     }
 
     /// [`Suite::passthrough_run_on`] on a machine with GIC version `gic`.
@@ -2134,15 +2179,36 @@ impl Suite<'_> {
         gic: u8,
         run: usize,
     ) -> Result<(f64, Result<PacketCosts, String>), String> {
+        let r = self.passthrough_run_with(nic, gic, false, run)?;
+        Ok((r.to, r.costs))
+    }
+
+    /// The host's iperf3 against the driver domain's own server, the NIC on `nic` and the GIC
+    /// at version `gic`; with `both`, then `-R` (the driver domain sends). The costs per packet
+    /// are the first test's (the driver domain's payload over [`bench::NIC_MSS`]: it prints no
+    /// per-test frame count).
+    fn passthrough_run_with(
+        &self,
+        nic: NicBackend,
+        gic: u8,
+        both: bool,
+        run: usize,
+    ) -> Result<PassthroughRun, String> {
         let key = match (&nic, gic) {
             (NicBackend::User, 4) => "passthrough_vlpi".to_string(),
             (NicBackend::User, _) => "passthrough".to_string(),
             (other, _) => format!("passthrough_{}", other.as_str()),
         };
-        let topology = parse(&passthrough_topology_gic(nic, gic, self.options.seconds))?;
+        let topology = parse(&passthrough_topology_with(
+            nic,
+            gic,
+            self.options.seconds,
+            both,
+        ))?;
         let host = HostIperfs::plan(&topology, self.options.seconds)?;
-        // Past the host's test, until the driver domain's closing accounting report (its
-        // server may end the test after the host's client has its result), at most a while.
+        // Past the host's tests, until the driver domain's accounting report closing its first
+        // test and a NIC counters line after it (its server may end the test after the host's
+        // client has its result), at most a while.
         let reported = std::cell::Cell::new(false);
         let counted = std::cell::Cell::new(false);
         let done_at = std::cell::Cell::new(None);
@@ -2159,12 +2225,13 @@ impl Suite<'_> {
             done_at.set(Some(at));
             counted.get() || at.elapsed() >= Closing::LINGER
         };
-        let timeout = Duration::from_secs(60 + u64::from(self.options.seconds) + 60);
+        let tests = if both { 2 } else { 1 };
+        let timeout = Duration::from_secs(60 + tests * (u64::from(self.options.seconds) + 60));
         let booted = self.boot_once(&key, run, &topology, timeout, Some(&host), &stop)?;
         let client = host
             .get(DRIVER_DOMAIN)
             .ok_or("no host iperf3 for the driver domain")?;
-        let run = client
+        let forward = client
             .outcome(Direction::ToVm)
             .map_err(|e| booted.failure(&e))?;
         // The NIC's INTx goes to the owner through a hardware list register, which the
@@ -2180,16 +2247,26 @@ impl Suite<'_> {
                 costs.nic_interrupts = Some(irqs);
                 Ok(costs)
             });
-        if run.receiver_mbps > 0.0 {
-            return Ok((run.receiver_mbps, costs));
-        }
-        match receiver_figure(&booted.boot, DRIVER_DOMAIN, false)? {
-            Some(line) => Ok((line.mbps, costs)),
-            None => {
-                Err(booted
-                    .failure("no receiver figure from the host's iperf3 or the driver domain"))
+        // The host is the receiver of `-R`: its own figure, nothing to fall back on.
+        let from = both.then(|| match client.outcome(Direction::FromVm) {
+            Ok(r) if r.receiver_mbps > 0.0 => Ok(r.receiver_mbps),
+            Ok(_) => {
+                Err(booted.failure("the host's iperf3 received nothing from the driver domain"))
             }
-        }
+            Err(e) => Err(booted.failure(&e)),
+        });
+        let to = if forward.receiver_mbps > 0.0 {
+            forward.receiver_mbps
+        } else {
+            match receiver_figure(&booted.boot, DRIVER_DOMAIN, false)? {
+                Some(line) => line.mbps,
+                None => {
+                    return Err(booted
+                        .failure("no receiver figure from the host's iperf3 or the driver domain"))
+                }
+            }
+        };
+        Ok(PassthroughRun { to, from, costs })
     }
 
     /// A passthrough run's NIC interrupts that went through EL2 per NIC interrupt the driver
@@ -2625,6 +2702,23 @@ impl Describe for HostRun {
     }
 }
 
+impl Describe for PassthroughRun {
+    fn describe(&self) -> String {
+        match &self.from {
+            None => format!("{:.2} Mbit/s", self.to),
+            Some(Ok(v)) => format!(
+                "host -> driver domain {:.2} Mbit/s, driver domain -> host {v:.2} Mbit/s",
+                self.to
+            ),
+            Some(Err(e)) => format!(
+                "host -> driver domain {:.2} Mbit/s, driver domain -> host FAILED ({})",
+                self.to,
+                e.lines().next().unwrap_or_default()
+            ),
+        }
+    }
+}
+
 impl<T> Describe for (f64, Result<T, String>) {
     fn describe(&self) -> String {
         self.0.describe()
@@ -2756,6 +2850,15 @@ mod tests {
             [Direction::ToVm]
         );
         assert_eq!(plan.forwards()[0].guest_ip.to_string(), "10.0.2.15");
+        // The bench's own passthrough boot also measures the other direction (`-R`).
+        let t = Topology::from_toml_str(&passthrough_topology_with(NicBackend::User, 3, 2, true))
+            .unwrap();
+        let plan = HostIperfs::plan(&t, 2).unwrap();
+        assert_eq!(
+            plan.get(DRIVER_DOMAIN).unwrap().directions(),
+            [Direction::ToVm, Direction::FromVm]
+        );
+        assert_eq!(t.vms[0].setting("iperf_tests"), Some("2"));
         let t = Topology::from_toml_str(&ping_topology()).unwrap();
         assert_eq!(crate::report::ping_targets(&t).len(), 2);
         assert_eq!(t.vms[1].setting("ping_count"), Some("20"));
@@ -2817,6 +2920,7 @@ mod tests {
             host_to_guest: vec![50.0, 40.0, 45.0],
             guest_to_host: vec![60.0, 70.0, 65.0],
             passthrough: vec![90.0, 100.0, 80.0],
+            passthrough_from: vec![60.0, 70.0, 50.0],
             passt_host_to_guest: vec![150.0, 160.0, 170.0],
             passt_guest_to_host: vec![140.0, 130.0, 120.0],
             passt_passthrough: vec![200.0, 210.0, 190.0],
@@ -2963,6 +3067,10 @@ mod tests {
             (ratios["guest_to_guest_over_memcpy"].as_f64().unwrap() - 110.0 / 8000.0).abs() < 1e-12
         );
         assert!((ratios["host_to_guest_over_passthrough"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+        // guest -> host 65 over driver domain -> host 60 (medians).
+        assert!(
+            (ratios["guest_to_host_over_passthrough"].as_f64().unwrap() - 1.083333).abs() < 1e-12
+        );
         let scaling = doc["scaling"].as_array().unwrap();
         assert_eq!(scaling.len(), 3);
         assert_eq!(scaling[2]["pairs"], 4);
@@ -3056,6 +3164,7 @@ mod tests {
         let options = Options::short();
         let mut raw = raw_complete(&options);
         raw.passthrough.clear();
+        raw.passthrough_from.clear();
         raw.passt_guest_to_host.clear();
         raw.scaling.remove(&2);
         raw.ping_rtts_us = vec![vec![]];
@@ -3068,6 +3177,7 @@ mod tests {
         raw.restart_gaps.remove("host_to_guest");
         let results = Results::from_raw(&options, raw);
         assert_eq!(results.ratios.host_to_guest_over_passthrough, None);
+        assert_eq!(results.ratios.guest_to_host_over_passthrough, None);
         let doc: serde_json::Value = serde_json::from_str(&results.to_json()).unwrap();
         assert!(doc["passthrough_tcp_mbps"]["host_to_driver_domain"].is_null());
         assert_eq!(
@@ -3075,8 +3185,10 @@ mod tests {
             [
                 "/paravirt_tcp_mbps/passt/guest_to_host",
                 "/passthrough_tcp_mbps/host_to_driver_domain",
+                "/passthrough_tcp_mbps/driver_domain_to_host",
                 "/ping_rtt_us/guest_to_guest",
                 "/ratios/host_to_guest_over_passthrough",
+                "/ratios/guest_to_host_over_passthrough",
                 "/bystander_evtchn_us/reset_loop",
                 "/reasons/host_to_guest/events_per_frame",
                 "/reasons/host_to_guest/bytes_per_notification",
