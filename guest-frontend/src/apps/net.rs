@@ -49,8 +49,15 @@ const LATE_REPLY_EMULATED_MS: u64 = 10_000;
 const MAX_LATE_REPLY_MS: u64 = 60_000;
 /// QEMU user networking's gateway MAC: what the identity modes claim by default.
 const SLIRP_GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
-/// How long the flooding and churning modes keep at it.
+/// How long the flooding modes keep at it.
 const HOSTILE_MS: u64 = 3_000;
+/// The churning mode reconnects this many times: past any sane back-end's burst of
+/// connections (the driver domain allows 4 back to back, then 1 a second), so it is held back
+/// however slowly a loaded host lets it connect. Counted, not timed: under load a few
+/// reconnects could fill any fixed time, and the limit would never be reached.
+const CHURN_CONNECTS: u32 = 8;
+/// ... at most for this long.
+const CHURN_MAX_MS: u64 = 20_000;
 
 pub fn run(info: &StartInfo<'static>) {
     if let Err(why) = net(info) {
@@ -552,7 +559,8 @@ impl Net {
                 String::from("did not drain its receive ring")
             }
             Corruption::Churn => {
-                let n = front.rings_mut()?.churn(1_000, until);
+                let until = timer::now() + timer::ms_to_ticks(CHURN_MAX_MS);
+                let n = front.rings_mut()?.churn(CHURN_CONNECTS, until);
                 format!("reconnected {n} times")
             }
             Corruption::ForgeHeader => {
