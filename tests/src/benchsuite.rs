@@ -7,6 +7,7 @@
 //! | key | boot | figures |
 //! |---|---|---|
 //! | `guest_to_guest` | driver domain (NIC), one iperf3 client/server guest pair, a `memcpy` guest | `paravirt_tcp_mbps.guest_to_guest` (the server's receiver figure), `memcpy_mbps` and the other placements (`figures.memcpy_*`, `shared_copy_mbps`), `scaling` at 1 pair |
+//! | `guest_to_guest_64k` | driver domain, one pair with `mtu = 65535` (64 KiB TCP segments cross the internal link unsegmented) | `paravirt_tcp_mbps.guest_to_guest_64k`, `ratios.guest_to_guest_64k_over_memcpy` (over the `guest_to_guest` boots' memcpy) |
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint; the host sends, then receives (`-R`) | `passthrough_tcp_mbps.host_to_driver_domain`, `.driver_domain_to_host`, its costs per packet (`three_way.passthrough`) |
@@ -86,8 +87,9 @@ pub struct Options {
 
 /// The scenario groups `--only` can pick: the scenario keys of the module docs, with every
 /// `scaling_N_pairs` under `scaling` and every `bystander_LOAD` under `bystander`.
-pub const SCENARIO_GROUPS: [&str; 14] = [
+pub const SCENARIO_GROUPS: [&str; 15] = [
     "guest_to_guest",
+    "guest_to_guest_64k",
     "scaling",
     "host_guest",
     "passthrough",
@@ -184,6 +186,15 @@ const MEMCPY_GUEST_MIB: u32 = 64;
 /// `pairs` iperf3 pairs, all starting at boot (the clients retry until their server listens),
 /// plus a `memcpy` guest when `memcpy` (the `guest_to_guest` boot).
 pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
+    pairs_topology_mtu(pairs, seconds, memcpy, None)
+}
+
+/// The largest IP MTU of the internal link: a whole 64 KiB TCP segment in one frame.
+pub const LARGE_FRAME_MTU: usize = shared_abi::virtq::MAX_MTU;
+
+/// [`pairs_topology`] with every pair guest at IP MTU `mtu` (default: the front-end's).
+pub fn pairs_topology_mtu(pairs: usize, seconds: u32, memcpy: bool, mtu: Option<usize>) -> String {
+    let mtu = mtu.map_or(String::new(), |m| format!(", mtu = {m}"));
     let mut toml = format!("{MACHINE}{}", driver_domain(", nic_serve_ms = 1000"));
     for i in 1..=pairs {
         let (client_ip, server_ip) = pair_ips(i);
@@ -191,7 +202,7 @@ pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
             &format!("server{i}"),
             true,
             &format!(
-                "app = \"iperf\", ip = \"{server_ip}/24\", iperf = \"server\", iperf_tests = 1"
+                "app = \"iperf\", ip = \"{server_ip}/24\", iperf = \"server\", iperf_tests = 1{mtu}"
             ),
         );
         toml += &guest(
@@ -200,7 +211,7 @@ pub fn pairs_topology(pairs: usize, seconds: u32, memcpy: bool) -> String {
             &format!(
                 "app = \"iperf\", ip = \"{client_ip}/24\", iperf = \"client\", \
                  iperf_server = \"{server_ip}\", iperf_seconds = {seconds}, \
-                 iperf_wait_ms = 30000, iperf_accounting = {}",
+                 iperf_wait_ms = 30000, iperf_accounting = {}{mtu}",
                 memcpy && i == 1
             ),
         );
@@ -526,6 +537,8 @@ pub fn bystander_topology(rounds: u64, load: &str) -> Option<String> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Paravirt {
     pub guest_to_guest: Option<Stat>,
+    /// One pair at [`LARGE_FRAME_MTU`]: 64 KiB segments guest to guest.
+    pub guest_to_guest_64k: Option<Stat>,
     /// Over QEMU user networking (slirp), the host's iperf3 the client.
     pub host_to_guest: Option<Stat>,
     pub guest_to_host: Option<Stat>,
@@ -645,6 +658,8 @@ pub struct Ratios {
     /// `paravirt_tcp_mbps.guest_to_host` / `passthrough_tcp_mbps.driver_domain_to_host`
     /// (medians): the same, from a guest to the NIC.
     pub guest_to_host_over_passthrough: Option<f64>,
+    /// `paravirt_tcp_mbps.guest_to_guest_64k` / `memcpy_mbps` (medians).
+    pub guest_to_guest_64k_over_memcpy: Option<f64>,
 }
 
 /// Everything `./run.sh bench` reports; serialised as `target/bench/results.json`. A figure
@@ -703,7 +718,7 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 58] = [
+pub const REQUIRED_FIGURES: [&str; 60] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -711,6 +726,8 @@ pub const REQUIRED_FIGURES: [&str; 58] = [
     "/paravirt_tcp_mbps/passt/guest_to_host",
     "/passthrough_tcp_mbps/host_to_driver_domain",
     "/passthrough_tcp_mbps/driver_domain_to_host",
+    "/paravirt_tcp_mbps/guest_to_guest_64k",
+    "/ratios/guest_to_guest_64k_over_memcpy",
     "/passthrough_tcp_mbps/passt/host_to_driver_domain",
     "/passthrough_tcp_mbps/vlpi/host_to_driver_domain",
     "/nic_interrupt_exits/vlpi",
@@ -801,6 +818,8 @@ pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<St
 #[derive(Default)]
 struct Raw {
     guest_to_guest: Vec<f64>,
+    /// One pair at [`LARGE_FRAME_MTU`].
+    guest_to_guest_64k: Vec<f64>,
     host_to_guest: Vec<f64>,
     guest_to_host: Vec<f64>,
     passthrough: Vec<f64>,
@@ -895,6 +914,7 @@ impl Results {
             rounds_per_run: options.rounds,
             paravirt_tcp_mbps: Paravirt {
                 guest_to_guest: Stat::of_runs(&raw.guest_to_guest),
+                guest_to_guest_64k: Stat::of_runs(&raw.guest_to_guest_64k),
                 host_to_guest: Stat::of_runs(&raw.host_to_guest),
                 guest_to_host: Stat::of_runs(&raw.guest_to_host),
                 passt: HostPaths {
@@ -1026,6 +1046,10 @@ impl Results {
                 &results.paravirt_tcp_mbps.guest_to_host,
                 &results.passthrough_tcp_mbps.driver_domain_to_host,
             ),
+            guest_to_guest_64k_over_memcpy: ratio(
+                &results.paravirt_tcp_mbps.guest_to_guest_64k,
+                &results.memcpy_mbps,
+            ),
         };
         results
     }
@@ -1107,6 +1131,11 @@ impl Results {
             (
                 "paravirt TCP guest -> guest".into(),
                 self.paravirt_tcp_mbps.guest_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "paravirt TCP 64K frames guest -> guest".into(),
+                self.paravirt_tcp_mbps.guest_to_guest_64k.as_ref(),
                 "Mbit/s",
             ),
             (
@@ -1309,6 +1338,10 @@ impl Results {
                 self.ratios.guest_to_guest_over_memcpy,
             ),
             (
+                "ratio 64K frames guest -> guest / memcpy",
+                self.ratios.guest_to_guest_64k_over_memcpy,
+            ),
+            (
                 "ratio host -> guest / passthrough",
                 self.ratios.host_to_guest_over_passthrough,
             ),
@@ -1477,6 +1510,15 @@ impl Suite<'_> {
                     raw.add_reasons("guest_to_guest", run, reasons);
                     raw.add_costs("paravirt", "guest_to_guest", run, costs);
                 }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in (1..=runs).filter(|_| wants("guest_to_guest_64k")) {
+            let what = format!("1 pair at mtu {LARGE_FRAME_MTU}, {secs} s iperf");
+            match self.scenario("guest_to_guest_64k", run, &what, |s, r| {
+                s.pairs_run_mtu(1, false, Some(LARGE_FRAME_MTU), r)
+            }) {
+                Ok(PairsRun { figures, .. }) => raw.guest_to_guest_64k.push(figures[0]),
                 Err(e) => raw.errors.push(e),
             }
         }
@@ -1964,7 +2006,19 @@ impl Suite<'_> {
     /// `pairs` iperf3 pairs (and the memcpy guest): each pair's receiver figure, in pair
     /// order, the `BENCH` samples, and pair 1's reasons and costs per packet.
     fn pairs_run(&self, pairs: usize, memcpy: bool, run: usize) -> Result<PairsRun, String> {
-        let toml = pairs_topology(pairs, self.options.seconds, memcpy);
+        self.pairs_run_mtu(pairs, memcpy, None, run)
+    }
+
+    /// [`Suite::pairs_run`] with the pair guests at IP MTU `mtu` (the scenario
+    /// `guest_to_guest_64k` when given).
+    fn pairs_run_mtu(
+        &self,
+        pairs: usize,
+        memcpy: bool,
+        mtu: Option<usize>,
+        run: usize,
+    ) -> Result<PairsRun, String> {
+        let toml = pairs_topology_mtu(pairs, self.options.seconds, memcpy, mtu);
         let topology = parse(&toml)?;
         // Servers that printed their result (each serves one test).
         let done = std::cell::RefCell::new(std::collections::BTreeSet::new());
@@ -1984,7 +2038,9 @@ impl Suite<'_> {
         };
         let timeout =
             Duration::from_secs(90 + 2 * u64::from(self.options.seconds) + 20 * pairs as u64);
-        let key = if memcpy {
+        let key = if mtu.is_some() {
+            "guest_to_guest_64k".to_string()
+        } else if memcpy {
             "guest_to_guest".to_string()
         } else {
             format!("scaling_{pairs}_pairs")
@@ -2859,6 +2915,17 @@ mod tests {
             [Direction::ToVm, Direction::FromVm]
         );
         assert_eq!(t.vms[0].setting("iperf_tests"), Some("2"));
+        // The 64 KiB pair: both guests at the largest MTU, and nothing else changed.
+        let t = Topology::from_toml_str(&pairs_topology_mtu(1, 5, false, Some(LARGE_FRAME_MTU)))
+            .unwrap();
+        for vm in ["server1", "client1"] {
+            let v = t.vms.iter().find(|v| v.name == vm).unwrap();
+            assert_eq!(v.setting("mtu"), Some("65535"), "{vm}");
+        }
+        assert_eq!(
+            pairs_topology_mtu(1, 5, false, None),
+            pairs_topology(1, 5, false)
+        );
         let t = Topology::from_toml_str(&ping_topology()).unwrap();
         assert_eq!(crate::report::ping_targets(&t).len(), 2);
         assert_eq!(t.vms[1].setting("ping_count"), Some("20"));
@@ -2917,6 +2984,7 @@ mod tests {
         .to_vec();
         let mut raw = Raw {
             guest_to_guest: vec![100.0, 120.0, 110.0],
+            guest_to_guest_64k: vec![160.0, 150.0, 170.0],
             host_to_guest: vec![50.0, 40.0, 45.0],
             guest_to_host: vec![60.0, 70.0, 65.0],
             passthrough: vec![90.0, 100.0, 80.0],
@@ -3067,6 +3135,8 @@ mod tests {
             (ratios["guest_to_guest_over_memcpy"].as_f64().unwrap() - 110.0 / 8000.0).abs() < 1e-12
         );
         assert!((ratios["host_to_guest_over_passthrough"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+        // guest -> guest 64 KiB 160 over memcpy 8000.
+        assert!((ratios["guest_to_guest_64k_over_memcpy"].as_f64().unwrap() - 0.02).abs() < 1e-12);
         // guest -> host 65 over driver domain -> host 60 (medians).
         assert!(
             (ratios["guest_to_host_over_passthrough"].as_f64().unwrap() - 1.083333).abs() < 1e-12
@@ -3265,6 +3335,10 @@ mod tests {
             "shared copy",
             "ratio guest -> guest / memcpy",
             "ratio host -> guest / passthrough",
+            "ratio guest -> host / passthrough",
+            "ratio 64K frames guest -> guest / memcpy",
+            "paravirt TCP 64K frames guest -> guest",
+            "passthrough TCP driver domain -> host",
         ] {
             assert_eq!(
                 table.lines().filter(|l| l.starts_with(label)).count(),
