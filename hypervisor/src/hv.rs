@@ -197,12 +197,23 @@ fn unmask_event(token: &mut Unlocked, caller: VmId, port: u64, pcpu: usize) -> S
     Status::Ok
 }
 
+/// Set when a pCPU is kicked; a halt poll ([`halt_poll`]) watches it instead of taking locks.
+static KICKED: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
+
+/// Sends `pcpu` the kick SGI (it leaves WFI, or its guest traps), and tells a halt poll there.
+fn kick(pcpu: usize) {
+    if let Some(flag) = KICKED.get(pcpu) {
+        flag.store(true, Ordering::Release);
+    }
+    gic::kick(pcpu);
+}
+
 /// Wakes idle pCPUs so they look at the run queue.
 fn kick_idle(this_pcpu: usize) {
     let pcpus = PCPUS.load(Ordering::Relaxed);
     for (pcpu, idle) in IDLE.iter().enumerate().take(pcpus) {
         if pcpu != this_pcpu && idle.load(Ordering::Acquire) {
-            gic::kick(pcpu);
+            kick(pcpu);
         }
     }
 }
@@ -215,7 +226,7 @@ fn wake_for_interrupt(sched: &mut Scheduler, id: VcpuId, this_pcpu: usize) {
             sched.wake(id);
             kick_idle(this_pcpu);
         }
-        RunState::Running { pcpu } if pcpu != this_pcpu => gic::kick(pcpu),
+        RunState::Running { pcpu } if pcpu != this_pcpu => kick(pcpu),
         _ => {}
     }
 }
@@ -644,7 +655,7 @@ impl Hv {
             vcpu.run.stopping = true;
             let mut sched = SchedLocked::lock(vcpu.token());
             match sched.state(id) {
-                RunState::Running { pcpu: other } if other != pcpu => gic::kick(other),
+                RunState::Running { pcpu: other } if other != pcpu => kick(other),
                 RunState::Running { .. } => {}
                 _ => sched.stop(id),
             }
@@ -1067,6 +1078,9 @@ fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Acti
         }),
         Action::Descheduled => None,
         action => {
+            if matches!(action, Action::Wait) {
+                halt_poll(entry, id, pcpu);
+            }
             let Some(mut vcpu) = VcpuLocked::lock(entry, id) else {
                 return;
             };
@@ -1086,6 +1100,36 @@ fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Acti
         reload_outside_lock(entry, reload, pcpu);
     }
     schedule(entry, pcpu, frame);
+}
+
+/// How long a vCPU that executed WFI stays loaded, waiting for an interrupt, before it blocks
+/// (when nothing else wants its pCPU): KVM's halt polling. Under QEMU a blocked vCPU's wake-up
+/// costs a host thread wake-up (a kick) and, if another VM ran there meanwhile, a cold TLB;
+/// an event that comes back within the window costs neither.
+const HALT_POLL_US: u64 = 50;
+
+/// Before vCPU `id` (running here, which trapped on WFI) blocks: waits up to [`HALT_POLL_US`]
+/// for a kick, if no other vCPU is runnable. Only a delay: what the vCPU does next is decided by
+/// [`keep_running`] as before. While it polls the pCPU counts as idle, so a vCPU that becomes
+/// runnable kicks it ([`kick_idle`]), as does an interrupt queued for this vCPU
+/// ([`wake_for_interrupt`]); the loop reads one flag and the counter, and takes no lock. The
+/// kick SGI stays pending and is taken (and ignored) when the vCPU runs on or the pCPU idles.
+fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
+    let Some(kicked) = KICKED.get(pcpu) else {
+        return;
+    };
+    kicked.store(false, Ordering::Relaxed);
+    IDLE[pcpu].store(true, Ordering::Release);
+    // After the flag is published: a vCPU queued before it would not have kicked us.
+    let quiet = !SchedLocked::lock(entry).has_runnable()
+        && VcpuLocked::lock(entry, id).is_some_and(|v| !v.run.stopping && v.virqs.is_empty());
+    if quiet {
+        let until = cpu::counter() + cpu::counter_frequency() * HALT_POLL_US / 1_000_000;
+        while !kicked.load(Ordering::Acquire) && cpu::counter() < until {
+            core::hint::spin_loop();
+        }
+    }
+    IDLE[pcpu].store(false, Ordering::Release);
 }
 
 /// Continue, Preempt or Wait for the locked, running vCPU `id`: true if it keeps this pCPU.
