@@ -60,6 +60,8 @@ use hypervisor::sched::{Scheduler, VcpuId};
 use spin::mutex::{TicketMutex, TicketMutexGuard};
 use spin::Once;
 
+use hypervisor::grant::copy::CopyView;
+
 use crate::machine::Hv;
 use crate::sharing::VmEvents;
 use crate::vm::Vcpu;
@@ -73,9 +75,13 @@ static SCHED: TicketMutex<Option<Scheduler>> = TicketMutex::new(None);
 /// Each VM's event channels, by VM index (`hypervisor::grant::vm_index`). Made on first use,
 /// which is the boot's connection setup, before any vCPU runs.
 static EVENTS: Once<Box<[TicketMutex<VmEvents>]>> = Once::new();
+/// Each VM's copy view (what GRANT_COPY's checks need of it), by VM index. Made on first use,
+/// at boot, before any vCPU runs.
+static VIEWS: Once<Box<[TicketMutex<CopyView>]>> = Once::new();
 
 pub use hypervisor::lock_order::{
-    EventsHeld, HvHeld, MayLockEvents, MayLockHv, MayLockSched, MayLockVcpu, Unlocked, VcpuHeld,
+    EventsHeld, GrantsHeld, HvHeld, MayLockEvents, MayLockGrants, MayLockHv, MayLockSched,
+    MayLockVcpu, Unlocked, VcpuHeld,
 };
 
 /// Installs the state behind the locks. Called once by the primary before any vCPU runs.
@@ -181,6 +187,42 @@ impl Deref for EventsLocked<'_> {
 
 impl DerefMut for EventsLocked<'_> {
     fn deref_mut(&mut self) -> &mut VmEvents {
+        &mut self.guard
+    }
+}
+
+/// One VM's copy view held. Nothing can be locked under it: its token is never handed out.
+pub struct ViewLocked<'t> {
+    guard: TicketMutexGuard<'static, CopyView>,
+    _token: GrantsHeld,
+    _order: PhantomData<&'t mut ()>,
+}
+
+impl<'t> ViewLocked<'t> {
+    /// VM `vm`'s copy view; `None` for an id that names no VM.
+    pub fn lock(order: &'t mut impl MayLockGrants, vm: hypervisor::grant::VmId) -> Option<Self> {
+        let slots = VIEWS.call_once(|| {
+            (0..shared_abi::layout::MAX_VMS)
+                .map(|_| TicketMutex::new(CopyView::default()))
+                .collect()
+        });
+        Some(ViewLocked {
+            guard: slots.get(hypervisor::grant::vm_index(vm)?)?.lock(),
+            _token: GrantsHeld::taken(order),
+            _order: PhantomData,
+        })
+    }
+}
+
+impl Deref for ViewLocked<'_> {
+    type Target = CopyView;
+    fn deref(&self) -> &CopyView {
+        &self.guard
+    }
+}
+
+impl DerefMut for ViewLocked<'_> {
+    fn deref_mut(&mut self) -> &mut CopyView {
         &mut self.guard
     }
 }
