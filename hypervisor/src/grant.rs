@@ -37,13 +37,16 @@
 //! grants). After that, the [`Mapping`] record is the truth; the table is not consulted again for
 //! an existing mapping.
 //!
-//! GRANT_COPY checks an op under the lock and hands the env the resolved copy; the hypervisor's
-//! env pins both VMs' RAM ([`pins`]) and copies the bytes after dropping the lock, so no other
-//! VM's sharing call waits for a `memmove`. The only sanctioned revocation (GRANT_END) clears
-//! PERMIT under the lock and then waits for the granter's pins ([`GrantEnv::revoked`]), so once
-//! it returns, no copy checked against the old entry can still write the frame. A granter that
-//! clears PERMIT by writing its table directly while a copy is in flight races only against
-//! itself.
+//! GRANT_COPY's rules are [`copy`]'s, checked one VM at a time ([`copy::check_op`]):
+//! [`GrantTables::copy_batch`] runs them over its env, and the hypervisor runs them with no HV
+//! lock, over each VM's [`copy::CopyView`] under that VM's own lock, the sides pinned ([`pins`])
+//! and the bytes copied after the locks are dropped. So every other call here changes the
+//! tables under the HV lock while copies run beside it; the views get what copies need
+//! (the table's place, from [`GrantTables::table`]) under both locks. The only sanctioned
+//! revocation (GRANT_END) clears PERMIT and then waits for the granter's pins
+//! ([`GrantEnv::revoked`]), so once it returns, no copy checked against the old entry can still
+//! write the frame. A granter that clears PERMIT by writing its table directly while a copy is
+//! in flight races only against itself.
 //!
 //! # Decisions
 //!
