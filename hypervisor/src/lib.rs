@@ -19,7 +19,6 @@ pub mod grant;
 pub mod ioreq;
 pub mod irqmap;
 pub mod its;
-pub mod kept_output;
 pub mod lock_order;
 pub mod mm;
 pub mod pci;

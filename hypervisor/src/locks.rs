@@ -87,8 +87,7 @@
 //! Console writes: nothing is printed holding the HV lock. The logger keeps the lines (and VM
 //! console flushes) of a pCPU that holds it and prints them when [`HvLocked`] is dropped, after
 //! the lock is released (`logger`): the UART is shared with every VM's console, and a stop or a
-//! restart logs several lines. The kept lines go into a fixed per-pCPU buffer
-//! (`hypervisor::kept_output`), so nothing is allocated for them under the lock.
+//! restart logs several lines.
 
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};

@@ -12,16 +12,13 @@
 //! lock. Kept output still comes out in the order the HV lock was held: a holder with output
 //! draws a turn ([`hv_lock_releasing`]) before it releases the lock and prints when its turn
 //! comes, after the lock is released, so a stop's lines never come after the next holder's.
-//! The kept output lives in a fixed buffer per pCPU (`hypervisor::kept_output`), so logging
-//! under the HV lock allocates nothing; lines that do not fit are dropped whole, and a line
-//! after the kept ones says how many.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hypervisor::console::{Admit, LineBuffer, RateLimit};
-use hypervisor::kept_output::{Kept, KeptOutput};
 use shared_abi::layout::MAX_VMS;
 use spin::Mutex;
 
@@ -30,13 +27,11 @@ use crate::arch::platform;
 use crate::arch::uart::Pl011;
 use crate::arch::MAX_PCPUS;
 
-/// Bytes of log text a pCPU keeps under one hold of the HV lock (a stop with a full teardown
-/// logs about 1 KiB), and how many lines and console flushes.
-const KEPT_BYTES: usize = 8 * 1024;
-const KEPT_ITEMS: usize = 128;
-
 /// Output a pCPU holding the HV lock keeps for when it drops it.
-type Deferred = KeptOutput<KEPT_BYTES, KEPT_ITEMS>;
+enum Deferred {
+    Line(String),
+    FlushConsole(u16),
+}
 
 /// Which pCPUs hold the HV lock (each writes only its own).
 static HOLDS_HV: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
@@ -44,8 +39,7 @@ static HOLDS_HV: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MA
 /// for [`wait_for_kept_lines`].
 static KEPT: [AtomicBool; MAX_PCPUS] = [const { AtomicBool::new(false) }; MAX_PCPUS];
 /// Each pCPU's kept output (each takes only its own: never contended).
-static DEFERRED: [Mutex<Deferred>; MAX_PCPUS] =
-    [const { Mutex::new(KeptOutput::new()) }; MAX_PCPUS];
+static DEFERRED: [Mutex<Vec<Deferred>>; MAX_PCPUS] = [const { Mutex::new(Vec::new()) }; MAX_PCPUS];
 
 /// This pCPU's index if it holds the HV lock now.
 fn holding_hv() -> Option<usize> {
@@ -56,34 +50,17 @@ fn holding_hv() -> Option<usize> {
         .then_some(pcpu)
 }
 
-/// Keeps output with `keep` if this pCPU holds the HV lock (true); false otherwise, and
-/// nothing kept.
-fn defer(keep: impl FnOnce(&mut Deferred)) -> bool {
+/// Keeps `item` if this pCPU holds the HV lock; gives it back otherwise.
+fn defer(item: Deferred) -> Option<Deferred> {
     match holding_hv().and_then(|pcpu| DEFERRED.get(pcpu)) {
         Some(kept) => {
-            keep(&mut kept.lock());
+            kept.lock().push(item);
             if let Some(flag) = KEPT.get(cpu::pcpu_index()) {
                 flag.store(true, Ordering::Release);
             }
-            true
+            None
         }
-        None => false,
-    }
-}
-
-/// Prints kept output (`Text` as it is, `Flush` by flushing that VM's console), then how much
-/// did not fit.
-fn print_kept(kept: &mut Deferred) {
-    let (lines, bytes) = kept.dropped();
-    kept.drain(|item| match item {
-        Kept::Text(text) => print_fmt(format_args!("{text}")),
-        Kept::Flush(id) => flush_vm_console(id),
-    });
-    if lines > 0 {
-        print_fmt(format_args!(
-            "[hv] {lines} log line(s) ({bytes} bytes) dropped: more than {KEPT_BYTES} bytes \
-             were logged under one hold of the HV lock\n"
-        ));
+        None => Some(item),
     }
 }
 
@@ -122,13 +99,18 @@ pub fn hv_lock_dropped(PrintTurn(turn): PrintTurn) {
     let Some(turn) = turn else {
         return;
     };
+    let items = DEFERRED
+        .get(pcpu)
+        .map(|kept| core::mem::take(&mut *kept.lock()))
+        .unwrap_or_default();
     while NOW_PRINTING.load(Ordering::Acquire) != turn {
         core::hint::spin_loop();
     }
-    // Nothing is added meanwhile: this pCPU no longer holds the HV lock, so what it logs or
-    // flushes now (the flushes below too) is printed at once.
-    if let Some(kept) = DEFERRED.get(pcpu) {
-        print_kept(&mut kept.lock());
+    for item in items {
+        match item {
+            Deferred::Line(line) => print_fmt(format_args!("{line}")),
+            Deferred::FlushConsole(id) => flush_vm_console(id),
+        }
     }
     NOW_PRINTING.fetch_add(1, Ordering::Release);
     if let Some(flag) = KEPT.get(pcpu) {
@@ -249,17 +231,17 @@ pub fn print_kept_on_panic() {
     else {
         return;
     };
-    kept.drain(|item| {
-        if let Kept::Text(text) = item {
-            print_fmt(format_args!("{text}"));
+    for item in kept.drain(..) {
+        if let Deferred::Line(line) = item {
+            print_fmt(format_args!("{line}"));
         }
-    });
+    }
 }
 
 /// VM `id` stopped: prints its partial line and says what the rate limit dropped last (once
 /// the HV lock is dropped, if this pCPU holds it).
 pub fn flush_vm_console(id: u16) {
-    if defer(|kept| kept.push_flush(id)) {
+    if defer(Deferred::FlushConsole(id)).is_none() {
         return;
     }
     let Some(slot) = vm_console(id) else {
@@ -295,9 +277,13 @@ impl log::Log for HvLogger {
             log::Level::Warn => "warning: ",
             _ => "",
         };
-        let args = record.args();
-        if !defer(|kept| kept.push_fmt(format_args!("[hv] {prefix}{args}\n"))) {
-            print_fmt(format_args!("[hv] {prefix}{args}\n"));
+        if holding_hv().is_some() {
+            let line = alloc::format!("[hv] {prefix}{}\n", record.args());
+            if let Some(Deferred::Line(line)) = defer(Deferred::Line(line)) {
+                print_fmt(format_args!("{line}"));
+            }
+        } else {
+            print_fmt(format_args!("[hv] {prefix}{}\n", record.args()));
         }
     }
 
