@@ -95,6 +95,12 @@ impl VmBalloon {
         self.populated.len() as u64
     }
 
+    /// The bitmap of pages given back (page `i` of its RAM is bit `i % 64` of word `i / 64`); empty
+    /// when none was.
+    pub fn given_words(&self) -> &[u64] {
+        &self.given
+    }
+
     fn is_given(&self, page: u64) -> bool {
         self.given
             .get((page / 64) as usize)

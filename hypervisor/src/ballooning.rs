@@ -268,8 +268,10 @@ impl Hv {
         let mapped = fresh_before.saturating_sub(machine.fresh.frames.len()) as u64;
         self.balloon_in_transit = (self.balloon_in_transit + given).saturating_sub(mapped);
         if giving && !machine.scrub.is_empty() {
-            // A copy of this VM's RAM checked before the pages were marked given may still be
-            // running with no lock: it ends before the frames are scrubbed and handed on.
+            // Copies check the VM's copy view, not the HV lock, so the view gets the record
+            // first; a copy of this VM's RAM checked before that may still be running with no
+            // lock: it ends before the frames are scrubbed and handed on.
+            crate::sharing::publish_given(token, vm);
             wait_for_copies(vm.id);
         }
         // Refusals are the guest's to report; a VM that gave or took everything it asked for

@@ -37,13 +37,16 @@
 //! grants). After that, the [`Mapping`] record is the truth; the table is not consulted again for
 //! an existing mapping.
 //!
-//! GRANT_COPY checks an op under the lock and hands the env the resolved copy; the hypervisor's
-//! env pins both VMs' RAM ([`pins`]) and copies the bytes after dropping the lock, so no other
-//! VM's sharing call waits for a `memmove`. The only sanctioned revocation (GRANT_END) clears
-//! PERMIT under the lock and then waits for the granter's pins ([`GrantEnv::revoked`]), so once
-//! it returns, no copy checked against the old entry can still write the frame. A granter that
-//! clears PERMIT by writing its table directly while a copy is in flight races only against
-//! itself.
+//! GRANT_COPY's rules are [`copy`]'s, checked one VM at a time ([`copy::check_op`]):
+//! [`GrantTables::copy_batch`] runs them over its env, and the hypervisor runs them with no HV
+//! lock, over each VM's [`copy::CopyView`] under that VM's own lock, the sides pinned ([`pins`])
+//! and the bytes copied after the locks are dropped. So every other call here changes the
+//! tables under the HV lock while copies run beside it; the views get what copies need
+//! (the table's place, from [`GrantTables::table`]) under both locks. The only sanctioned
+//! revocation (GRANT_END) clears PERMIT and then waits for the granter's pins
+//! ([`GrantEnv::revoked`]), so once it returns, no copy checked against the old entry can still
+//! write the frame. A granter that clears PERMIT by writing its table directly while a copy is
+//! in flight races only against itself.
 //!
 //! # Decisions
 //!
@@ -84,15 +87,15 @@
 //! checked with [`GrantEnv::in_ram`] for the same VM during the same call (under the lock), and is
 //! 8-byte aligned for the word methods.
 
+pub mod copy;
 pub mod pins;
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use shared_abi::grant::{
-    entry_gpa, in_grant_window, within_frame, CopyKind, CopyOp, GrantEntry, MapOp, UnmapOp,
-    ENTRIES_PER_PAGE, ENTRY_SIZE, IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_GUEST, MAX_TABLE_PAGES,
-    PERMIT,
+    entry_gpa, in_grant_window, CopyOp, GrantEntry, MapOp, UnmapOp, ENTRIES_PER_PAGE, ENTRY_SIZE,
+    IN_USE, MAX_BATCH, MAX_MAPPINGS_PER_GUEST, MAX_TABLE_PAGES, PERMIT,
 };
 use shared_abi::hypercall::Status;
 use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
@@ -257,10 +260,12 @@ pub struct Mapping {
     pub readonly: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Table {
-    gpa: u64,
-    refs: u32,
+/// Where a VM's grant table is (GRANT_TABLE_SETUP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub gpa: u64,
+    /// How many refs it holds.
+    pub refs: u32,
 }
 
 /// Foreign mappings of one ref of the current incarnation.
@@ -359,12 +364,25 @@ pub fn batch_array_ok(
     count: u64,
     op_words: usize,
 ) -> bool {
+    batch_array_ok_by(ops_gpa, count, op_words, |gpa, bytes| {
+        env.in_ram(caller, gpa, bytes)
+    })
+}
+
+/// [`batch_array_ok`] with the caller's RAM as `in_ram(gpa, bytes)` (the hypervisor's copy
+/// path asks the caller's copy view).
+pub fn batch_array_ok_by(
+    ops_gpa: u64,
+    count: u64,
+    op_words: usize,
+    in_ram: impl FnOnce(u64, u64) -> bool,
+) -> bool {
     if count == 0 || count > MAX_BATCH || !ops_gpa.is_multiple_of(8) {
         return false;
     }
     // count <= MAX_BATCH, so the product cannot overflow; the sum can.
     let bytes = count * op_words as u64 * 8;
-    ops_gpa.checked_add(bytes).is_some() && env.in_ram(caller, ops_gpa, bytes)
+    ops_gpa.checked_add(bytes).is_some() && in_ram(ops_gpa, bytes)
 }
 
 /// Runs a batch: validates the array, then for each op reads its `W` words once (all but the
@@ -835,66 +853,74 @@ impl GrantTables {
         words: [u64; CopyOp::WORDS],
     ) -> Result<(), Status> {
         let op = CopyOp::from_words(words)?;
-        let sides = [op.src, op.dst];
-        // The table's rules are checked rule by rule over both sides, so the first broken rule
-        // decides whichever side breaks it.
-        let mut granters = [None; 2];
-        for (side, granter) in sides.iter().zip(granters.iter_mut()) {
-            if side.kind == CopyKind::Grant {
-                *granter = Some(peer_index(caller, side.granter)?);
-            }
-        }
-        let mut entries: [Option<GrantEntry>; 2] = [None; 2];
-        for ((side, granter), entry) in sides.iter().zip(granters).zip(entries.iter_mut()) {
-            if let Some(gi) = granter {
-                let (_, raw) = self.read_entry(env, side.granter, gi, side.gref)?;
-                let read = GrantEntry::from_u64(raw);
-                if !read.permit() || read.has_unknown_flags() {
-                    return Err(Status::BadRef);
-                }
-                *entry = Some(read);
-            }
-        }
-        if entries.iter().flatten().any(|entry| entry.peer != caller) {
-            return Err(Status::Denied);
-        }
-        let [_, dst_entry] = entries;
-        if dst_entry.is_some_and(|entry| entry.readonly()) {
-            return Err(Status::ReadOnly);
-        }
-        for (side, entry) in sides.iter().zip(entries) {
-            if let Some(entry) = entry {
-                if !env.in_ram(side.granter, entry.frame_gpa(), PAGE_SIZE) {
-                    return Err(Status::BadFrame);
-                }
-            }
-        }
-        let mut addrs = [(0, 0); 2];
-        for ((side, entry), addr) in sides.iter().zip(entries).zip(addrs.iter_mut()) {
-            let offset = side.gpa_or_offset;
-            *addr = match entry {
-                Some(entry) => {
-                    if !within_frame(offset, op.len) {
-                        return Err(Status::InvalidArgument);
-                    }
-                    (side.granter, entry.frame_gpa() + offset)
-                }
-                None => {
-                    let frame = offset - offset % PAGE_SIZE;
-                    if !within_frame(offset % PAGE_SIZE, op.len)
-                        || !env.in_ram(caller, frame, PAGE_SIZE)
-                    {
-                        return Err(Status::InvalidArgument);
-                    }
-                    (caller, offset)
-                }
-            };
-        }
-        let [(src_vm, src_gpa), (dst_vm, dst_gpa)] = addrs;
+        let [src, dst] = copy::check_op(
+            &mut EnvVms {
+                env: &*env,
+                tables: self,
+            },
+            caller,
+            &op,
+        )?;
         if op.len > 0 {
-            env.copy(dst_vm, dst_gpa, src_vm, src_gpa, op.len as u64);
+            env.copy(dst.vm, dst.gpa, src.vm, src.gpa, u64::from(op.len));
         }
         Ok(())
+    }
+
+    /// `vm`'s grant table, if it registered one (for the hypervisor's per-VM copy view).
+    pub fn table(&self, vm: VmId) -> Option<Table> {
+        self.vms[vm_index(vm)?].table
+    }
+}
+
+/// The VMs of a copy op as [`GrantTables`] and its env see them (no locks: the caller holds
+/// whatever covers the whole machine).
+struct EnvVms<'a, E> {
+    env: &'a E,
+    tables: &'a GrantTables,
+}
+
+/// One VM through the env.
+struct EnvVm<'a, E> {
+    env: &'a E,
+    vm: VmId,
+    table: Option<Table>,
+}
+
+impl<E: GrantEnv> copy::CopyVm for EnvVm<'_, E> {
+    type Pin = ();
+    type Addr = ();
+    fn pin(&self) -> Option<()> {
+        Some(())
+    }
+    fn in_ram(&self, gpa: u64, len: u64) -> bool {
+        self.env.in_ram(self.vm, gpa, len)
+    }
+    fn read_u64(&self, gpa: u64) -> u64 {
+        self.env.read_u64(self.vm, gpa)
+    }
+    fn table(&self) -> Option<Table> {
+        self.table
+    }
+    fn address(&self, gpa: u64, len: u64) -> Option<()> {
+        self.env.in_ram(self.vm, gpa, len).then_some(())
+    }
+}
+
+impl<E: GrantEnv> copy::CopyVms for EnvVms<'_, E> {
+    type Pin = ();
+    type Addr = ();
+    fn with_vm<R>(
+        &mut self,
+        vm: VmId,
+        f: impl FnOnce(&dyn copy::CopyVm<Pin = (), Addr = ()>) -> R,
+    ) -> Option<R> {
+        let vi = vm_index(vm)?;
+        Some(f(&EnvVm {
+            env: self.env,
+            vm,
+            table: self.tables.vms[vi].table,
+        }))
     }
 }
 

@@ -7,8 +7,8 @@
 //! interrupts under its own lock; the scheduler under its own. A pCPU holds a lock only while
 //! handling a trap, never while a guest runs or while it sleeps in WFI. Timer ticks, WFI,
 //! context switches and interrupt injection take only a vCPU's lock and the scheduler's; the HV
-//! lock is taken once per GRANT_COPY op, not per batch, for the op's checks only (the bytes are
-//! copied after it is dropped, the frames pinned: `sharing::COPY_PINS`); EVTCHN_SEND and
+//! lock is not taken by GRANT_COPY (each op is checked under the copy view of one VM at a time,
+//! and the bytes copied with no lock, the frames pinned: `sharing::copy_op`); EVTCHN_SEND and
 //! EVTCHN_UNMASK take only the two VMs' event locks, one after the other; a balloon batch
 //! scrubs or zeroes its frames with no lock held; a restarting VM's RAM is reloaded without any lock;
 //! console writes take only that VM's console lock.
@@ -24,21 +24,20 @@ use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, MsixControl, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
 use hypervisor::evtchn::Route;
-use hypervisor::grant::{batch_array_ok, RamRelease, VmId};
+use hypervisor::grant::{RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
 use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
 use hypervisor::sched::{RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::{clear_mask, set_pending, Delivery, EVTCHN_INTID};
-use shared_abi::grant::CopyOp;
 use shared_abi::hypercall::{self, Status};
 use shared_abi::ioreq::take_response;
 use shared_abi::layout::{intid, GUEST_RAM_BASE};
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
-use crate::arch::mem::{self, free_kept_runs, PinnedCopy};
+use crate::arch::mem::{self, free_kept_runs};
 use crate::arch::vectors::TrapFrame;
 use crate::arch::MAX_PCPUS;
 use crate::ballooning::{Fresh, Scrub};
@@ -49,7 +48,8 @@ use crate::locks::{
 use crate::logger::{flush_vm_console, vm_console_write};
 pub use crate::machine::Hv;
 use crate::sharing::{
-    events, set_port_pending, wait_for_copies, ConnectionKind, Env, Notify, RetainedRam, Sharing,
+    close_view, events, open_view, publish_table, set_port_pending, wait_for_copies,
+    ConnectionKind, Env, Notify, RetainedRam, Sharing,
 };
 use crate::vm::{StopKind, Vcpu, Vm};
 
@@ -134,6 +134,7 @@ pub fn install(hv: Hv, vcpus: Vec<Vcpu>, sched: Scheduler, slice_ticks: u64, pcp
     hv.log_free_memory();
     for vm in hv.vms.iter().flatten() {
         set_delivery(&mut Unlocked::entry(), vm.id, vm.vcpus.first().copied());
+        open_view(&mut Unlocked::entry(), vm);
     }
     crate::locks::install(hv, vcpus, sched);
 }
@@ -357,9 +358,12 @@ impl Hv {
             frames: &mut self.frames,
             iommu: &mut self.iommu,
             connections,
-            copy_out: None,
         };
         let answer = sharing_call(grants, &mut events(token), &mut env, caller, function, x);
+        if function == hypercall::GRANT_TABLE_SETUP && answer.status == Status::Ok {
+            // Copies of its refs check the table in its copy view from now on.
+            publish_table(token, caller, self.sharing.grants.table(caller));
+        }
         self.sharing.release(&mut self.frames, &answer.released);
         if let Some(vm) = answer.notify {
             self.notify(token, Notify { vm }, pcpu);
@@ -368,41 +372,6 @@ impl Hv {
             self.collect_answers(token, caller, client, pcpu);
         }
         (answer.status, answer.x1)
-    }
-
-    /// True if vCPU `id`'s VM may run a GRANT_COPY batch of `count` ops at `ops_gpa` (the
-    /// batch-level rules; each op is then checked on its own).
-    fn copy_array_ok(&mut self, id: VcpuId, ops_gpa: u64, count: u64) -> bool {
-        let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
-            return false;
-        };
-        let env = Env {
-            vms: &mut self.vms[..],
-            frames: &mut self.frames,
-            iommu: &mut self.iommu,
-            connections: &self.sharing.connections,
-            copy_out: None,
-        };
-        batch_array_ok(&env, caller, ops_gpa, count, CopyOp::WORDS)
-    }
-
-    /// One GRANT_COPY op of vCPU `id` at `op_gpa`, checked (and its status word written) here,
-    /// under the HV lock; the bytes, if the op is good, come back as a pinned copy for the
-    /// caller to run once the lock is dropped.
-    fn copy_op(&mut self, id: VcpuId, op_gpa: u64) -> (Status, Option<PinnedCopy>) {
-        let Some(caller) = self.vm_of(id).map(|vm| vm.id) else {
-            return (Status::InvalidArgument, None);
-        };
-        let mut copy = None;
-        let mut env = Env {
-            vms: &mut self.vms[..],
-            frames: &mut self.frames,
-            iommu: &mut self.iommu,
-            connections: &self.sharing.connections,
-            copy_out: Some(&mut copy),
-        };
-        let status = self.sharing.grants.copy_batch(&mut env, caller, op_gpa, 1);
-        (status, copy)
     }
 
     /// Raises the event-channel interrupt on a VM's first vCPU.
@@ -687,8 +656,9 @@ impl Hv {
         let vm_id = vm.id;
         // A peer's GRANT_COPY may still be copying into or out of its RAM (checked before the
         // stop, running with no lock): it finishes before the RAM is freed, reloaded or
-        // replaced. No new one can start: we hold the HV lock, and the VM is gone from the
-        // table (or its grant table forgotten) before we drop it.
+        // replaced. No new one can start: its copy view is closed first (copies check it, not
+        // the HV lock), and opens again only on its next incarnation's RAM.
+        close_view(token, vm_id);
         wait_for_copies(vm_id);
         // Its RAM as it stands: minus the pages it gave back to the balloon.
         let kept_runs = vm.kept_ram_runs();
@@ -865,6 +835,8 @@ impl Hv {
             ..
         } = reload;
         self.reloading -= 1;
+        // Before its first vCPU can run: its copies check this view.
+        open_view(token, &vm);
         if owns_device {
             if let Some(p) = self.passthrough.as_mut() {
                 p.owner_restarted(&mut self.iommu, &vm);
@@ -1462,16 +1434,12 @@ impl dispatch::Machine for TrapMachine<'_> {
     }
 
     fn copy_batch_ok(&mut self, ops_gpa: u64, count: u64) -> bool {
-        HvLocked::lock(self.token).copy_array_ok(self.vcpu, ops_gpa, count)
+        crate::sharing::copy_batch_ok(self.token, self.vm_id, ops_gpa, count)
     }
 
     fn copy_op(&mut self, op_gpa: u64) -> Status {
-        let (status, copy) = HvLocked::lock(self.token).copy_op(self.vcpu, op_gpa);
-        // With no lock held: the pins keep both frames where they are until it is done.
-        if let Some(copy) = copy {
-            copy.run();
-        }
-        status
+        // No HV lock: each VM's copy view alone, then the bytes with no lock (`sharing.rs`).
+        crate::sharing::copy_op(self.token, self.vm_id, op_gpa)
     }
 
     fn sharing(&mut self, function: u64, x: &[u64; 31]) -> (Status, Option<u64>) {

@@ -4,7 +4,8 @@
 //! `compile_fail` examples below are the orders that must not compile).
 //!
 //! Order: the HV lock, then **one** VM's event lock, then one vCPU's lock, then the scheduler's.
-//! Each guard takes a token of an earlier level (mutably borrowed while it lives) and hands out
+//! Beside the event lock, at the same place in the order: **one** VM's copy view (GRANT_COPY's
+//! checks, `grant::copy::CopyView`), under which nothing at all is taken. Each guard takes a token of an earlier level (mutably borrowed while it lives) and hands out
 //! the token of its own level, made by `taken` here.
 //!
 //! The order that compiles, each level under the one before:
@@ -20,6 +21,10 @@
 //!     // A send takes a VM's event lock with no HV lock, a tick a vCPU's alone.
 //!     let _ = EventsHeld::taken(entry);
 //!     let _ = VcpuHeld::taken(entry);
+//!     // A copy takes one VM's copy view at a time with no HV lock; a change (balloon,
+//!     // stop, GRANT_TABLE_SETUP) takes it under the HV lock.
+//!     let _ = GrantsHeld::taken(entry);
+//!     let _ = GrantsHeld::taken(&mut hv);
 //! }
 //! ```
 //!
@@ -51,6 +56,65 @@
 //! }
 //! ```
 //!
+//! The HV lock under a VM's copy view (a copier holds pins while it takes the views one after
+//! the other: a wait for pins holds the HV lock, so a copier must never wait for it):
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(view: &mut GrantsHeld) {
+//!     let _ = HvHeld::taken(view);
+//! }
+//! ```
+//!
+//! Two VMs' copy views at once (the sides of an op are checked one VM at a time):
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(view: &mut GrantsHeld) {
+//!     let _ = GrantsHeld::taken(view);
+//! }
+//! ```
+//!
+//! A VM's event lock, a vCPU's or the scheduler's under a copy view:
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(view: &mut GrantsHeld) {
+//!     let _ = EventsHeld::taken(view);
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(view: &mut GrantsHeld) {
+//!     let _ = VcpuHeld::taken(view);
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(view: &mut GrantsHeld) {
+//!     fn sched(_: &mut impl MayLockSched) {}
+//!     sched(view);
+//! }
+//! ```
+//!
+//! A copy view under a VM's event lock or a vCPU's:
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(events: &mut EventsHeld) {
+//!     let _ = GrantsHeld::taken(events);
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use hypervisor::lock_order::*;
+//! fn f(vcpu: &mut VcpuHeld) {
+//!     let _ = GrantsHeld::taken(vcpu);
+//! }
+//! ```
+//!
 //! A token does not leave its pCPU:
 //!
 //! ```compile_fail
@@ -66,12 +130,15 @@ type Local = PhantomData<*mut ()>;
 
 /// No lock held: any lock may be taken.
 pub struct Unlocked(Local);
-/// The HV lock is held: a VM's event lock, a vCPU's or the scheduler's may be taken.
+/// The HV lock is held: a VM's event lock or copy view, a vCPU's or the scheduler's may be
+/// taken.
 pub struct HvHeld(Local);
 /// One VM's event lock is held: a vCPU's or the scheduler's may be taken (not another VM's).
 pub struct EventsHeld(Local);
 /// A vCPU's lock is held: only the scheduler's may be taken.
 pub struct VcpuHeld(Local);
+/// One VM's copy view is held: no lock may be taken (the heap's aside).
+pub struct GrantsHeld(Local);
 
 /// Tokens that allow taking the HV lock.
 pub trait MayLockHv {}
@@ -81,6 +148,8 @@ pub trait MayLockEvents {}
 pub trait MayLockVcpu {}
 /// Tokens that allow taking the scheduler's lock.
 pub trait MayLockSched {}
+/// Tokens that allow taking a VM's copy view.
+pub trait MayLockGrants {}
 
 impl MayLockHv for Unlocked {}
 impl MayLockEvents for Unlocked {}
@@ -92,6 +161,8 @@ impl MayLockSched for Unlocked {}
 impl MayLockSched for HvHeld {}
 impl MayLockSched for EventsHeld {}
 impl MayLockSched for VcpuHeld {}
+impl MayLockGrants for Unlocked {}
+impl MayLockGrants for HvHeld {}
 
 impl Unlocked {
     /// The pCPU's token at a trap entry point or in the scheduler loop, where it holds no lock.
@@ -111,6 +182,13 @@ impl EventsHeld {
     /// The token of a VM's event-lock guard, made once it holds the lock.
     pub fn taken(_order: &mut impl MayLockEvents) -> EventsHeld {
         EventsHeld(PhantomData)
+    }
+}
+
+impl GrantsHeld {
+    /// The token of a VM's copy-view guard, made once it holds the lock.
+    pub fn taken(_order: &mut impl MayLockGrants) -> GrantsHeld {
+        GrantsHeld(PhantomData)
     }
 }
 

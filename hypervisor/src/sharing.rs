@@ -6,28 +6,39 @@
 //! Event channels are kept per VM ([`VmEvents`], each under its VM's event lock, see
 //! `locks.rs`): every change goes through [`EventChannels`] over [`LockedPorts`] under the HV
 //! lock, while EVTCHN_SEND and EVTCHN_UNMASK (`hv.rs`) take only the event locks.
+//!
+//! GRANT_COPY takes no HV lock either ([`copy_op`]): what its checks need of each VM is that
+//! VM's copy view (`hypervisor::grant::copy::CopyView`, under its own lock, `locks.rs`), which
+//! the paths that change it update holding the HV lock too ([`open_view`], [`close_view`],
+//! [`publish_given`], [`publish_table`]).
 
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::SeqCst;
 
 use hypervisor::dispatch::sharing::SharingEnv;
 use hypervisor::evtchn::{own_connection_port, ConnectionLink, EventChannels, PortStore, VmPorts};
-use hypervisor::grant::pins::CopyPins;
-use hypervisor::grant::{GrantEnv, GrantTables, MapFailed, RamRelease, Teardown, VmId};
+use hypervisor::grant::copy::{check_op, CopyView, CopyVm, CopyVms, RamExtent};
+use hypervisor::grant::pins::{CopyPins, Pin};
+use hypervisor::grant::{
+    batch_array_ok_by, GrantEnv, GrantTables, MapFailed, RamRelease, Table, Teardown, VmId,
+};
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::{Access, MapAttrs, MemType};
 use hypervisor::sched::VcpuId;
 use log::{info, warn};
 use shared_abi::evtchn::{set_pending, Delivery, NO_PORT};
+use shared_abi::grant::CopyOp;
 use shared_abi::handshake::{self, Header};
+use shared_abi::hypercall::Status;
 use shared_abi::ioreq;
 use shared_abi::layout::{control_page_ipa, GUEST_RAM_BASE, PAGE_SIZE};
 
 use crate::arch::mem::{
-    free_kept_runs, GuestPage, GuestRam, OwnedFrame, PhysTableMemory, PinnedCopy,
+    copy_pinned, free_kept_runs, store_pinned, view_word, GuestPage, GuestRam, OwnedFrame,
+    PhysTableMemory, ViewRange,
 };
 use crate::iommu::Iommu;
-use crate::locks::{EventsLocked, MayLockEvents};
+use crate::locks::{EventsLocked, MayLockEvents, MayLockGrants, ViewLocked};
 use crate::vm::Vm;
 
 /// One VM's event channels, under its own lock ([`EventsLocked`]).
@@ -169,9 +180,148 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
 pub static COPY_PINS: CopyPins = CopyPins::new();
 
 /// Returns once no GRANT_COPY copy touching `vm`'s RAM is in flight. Call it holding the HV
-/// lock, after the change that makes new copies of that RAM refuse.
+/// lock and no copy view, after the change that makes new copies of that RAM refuse.
 pub fn wait_for_copies(vm: VmId) {
     COPY_PINS.wait_unpinned(vm, core::hint::spin_loop);
+}
+
+/// Opens `vm`'s copy view on its RAM: its incarnation is about to run (boot, or a restart's
+/// reinstall, before its first vCPU is woken). Under the HV lock (or at boot).
+pub fn open_view(token: &mut impl MayLockGrants, vm: &Vm) {
+    if let Some(mut view) = ViewLocked::lock(token, vm.id) {
+        view.open(RamExtent {
+            pa: vm.ram.pa(),
+            bytes: vm.ram_bytes,
+        });
+    }
+}
+
+/// Closes `vm`'s copy view: its stop completes, and its RAM and grant table are about to go.
+/// Call it under the HV lock before [`wait_for_copies`] and before any of its RAM changes
+/// hands: from here every copy side in `vm` refuses.
+pub fn close_view(token: &mut impl MayLockGrants, vm: VmId) {
+    if let Some(mut view) = ViewLocked::lock(token, vm) {
+        view.close();
+    }
+}
+
+/// Gives `vm`'s copy view the balloon's record of the pages it gave back: after a release
+/// batch, before [`wait_for_copies`] and the scrub.
+pub fn publish_given(token: &mut impl MayLockGrants, vm: &Vm) {
+    if let Some(mut view) = ViewLocked::lock(token, vm.id) {
+        if !view.set_given(&vm.balloon) {
+            // Fail safe: with no room for the record its copies are refused until it restarts.
+            warn!(
+                "VM {}: no heap for its copy view; GRANT_COPY refused",
+                vm.name
+            );
+        }
+    }
+}
+
+/// Gives `vm`'s copy view its grant table (after GRANT_TABLE_SETUP).
+pub fn publish_table(token: &mut impl MayLockGrants, vm: VmId, table: Option<Table>) {
+    if let Some(mut view) = ViewLocked::lock(token, vm) {
+        view.set_table(table);
+    }
+}
+
+/// One VM's copy view, locked: the copy checks' [`CopyVm`], its RAM read through the identity
+/// map.
+struct LockedView<'v> {
+    view: &'v CopyView,
+    vm: VmId,
+}
+
+impl CopyVm for LockedView<'_> {
+    type Pin = Pin<'static>;
+    type Addr = ViewRange;
+    fn pin(&self) -> Option<Pin<'static>> {
+        COPY_PINS.pin(self.vm)
+    }
+    fn in_ram(&self, gpa: u64, len: u64) -> bool {
+        self.view.host_pa(gpa, len).is_some()
+    }
+    fn read_u64(&self, gpa: u64) -> u64 {
+        view_word(self.view, gpa).map_or(0, |w| w.load(SeqCst))
+    }
+    fn table(&self) -> Option<Table> {
+        self.view.table()
+    }
+    fn address(&self, gpa: u64, len: u64) -> Option<ViewRange> {
+        ViewRange::of(self.view, gpa, len)
+    }
+}
+
+/// The VMs of a copy op: each view taken alone, one after the other.
+struct Views<'t, T: MayLockGrants> {
+    token: &'t mut T,
+}
+
+impl<T: MayLockGrants> CopyVms for Views<'_, T> {
+    type Pin = Pin<'static>;
+    type Addr = ViewRange;
+    fn with_vm<R>(
+        &mut self,
+        vm: VmId,
+        f: impl FnOnce(&dyn CopyVm<Pin = Pin<'static>, Addr = ViewRange>) -> R,
+    ) -> Option<R> {
+        let view = ViewLocked::lock(self.token, vm)?;
+        Some(f(&LockedView { view: &view, vm }))
+    }
+}
+
+/// GRANT_COPY's batch-level rule for `caller`'s array, against its copy view.
+pub fn copy_batch_ok(
+    token: &mut impl MayLockGrants,
+    caller: VmId,
+    ops_gpa: u64,
+    count: u64,
+) -> bool {
+    ViewLocked::lock(token, caller).is_some_and(|view| {
+        batch_array_ok_by(ops_gpa, count, CopyOp::WORDS, |gpa, bytes| {
+            view.host_pa(gpa, bytes).is_some()
+        })
+    })
+}
+
+/// One GRANT_COPY op of VM `caller` at `op_gpa`, holding no HV lock: the caller's view
+/// (its op read once, its status word, its RAM pinned), then each side's VM's view alone
+/// (pinned, checked: `hypervisor::grant::copy`), then the bytes copied and the status word
+/// written with no lock held, then the pins dropped. `Ok` once the op's own status is
+/// written; another status ends the batch (the op is no longer in the caller's RAM).
+pub fn copy_op(token: &mut impl MayLockGrants, caller: VmId, op_gpa: u64) -> Status {
+    let (words, status_word, caller_pin) = {
+        let Some(view) = ViewLocked::lock(token, caller) else {
+            return Status::InvalidArgument;
+        };
+        let in_ram = |gpa, bytes| view.host_pa(gpa, bytes).is_some();
+        if !batch_array_ok_by(op_gpa, 1, CopyOp::WORDS, in_ram) {
+            return Status::InvalidArgument;
+        }
+        let Some(pin) = COPY_PINS.pin(caller) else {
+            return Status::Busy;
+        };
+        let mut words = [0u64; CopyOp::WORDS];
+        for (j, word) in words.iter_mut().enumerate() {
+            if j != CopyOp::STATUS_WORD {
+                *word = view_word(&view, op_gpa + j as u64 * 8).map_or(0, |w| w.load(SeqCst));
+            }
+        }
+        let status_gpa = op_gpa + CopyOp::STATUS_WORD as u64 * 8;
+        let Some(status_word) = ViewRange::of(&view, status_gpa, 8) else {
+            return Status::InvalidArgument;
+        };
+        (words, status_word, pin)
+    };
+    let result = CopyOp::from_words(words).and_then(|op| {
+        let [src, dst] = check_op(&mut Views { token }, caller, &op)?;
+        copy_pinned(dst.addr, src.addr, u64::from(op.len), [&dst.pin, &src.pin]);
+        Ok(())
+    });
+    let status = result.err().unwrap_or(Status::Ok);
+    store_pinned(status_word, &caller_pin, status.as_u64());
+    Status::Ok
 }
 
 /// The grant tables' view of the machine: VM RAM through the identity map, stage-2 tables.
@@ -180,9 +330,6 @@ pub struct Env<'a> {
     pub frames: &'a mut FrameAllocator,
     pub iommu: &'a mut Iommu,
     pub connections: &'a [Connection],
-    /// Where a GRANT_COPY op's checked copy goes, pinned, to run after the HV lock is dropped;
-    /// `None`: copies run at once (under the lock).
-    pub copy_out: Option<&'a mut Option<PinnedCopy>>,
 }
 
 impl Env<'_> {
@@ -260,18 +407,8 @@ impl GrantEnv for Env<'_> {
         ) else {
             return;
         };
-        if let Some(out) = self.copy_out.as_deref_mut() {
-            // One op per lock hold, so at most one copy waits here; a pin that cannot be had
-            // (a count at its limit: never in practice) falls back to copying now.
-            if out.is_none() {
-                if let Some(pins) = COPY_PINS.pin(src_vm, dst_vm) {
-                    *out = PinnedCopy::new(&dst, dst_offset, &src, src_offset, len, pins);
-                    if out.is_some() {
-                        return;
-                    }
-                }
-            }
-        }
+        // Only `sharing_call`'s GRANT_COPY would get here, under the HV lock; the hypervisor
+        // routes GRANT_COPY to `copy_op` instead.
         dst.copy_from(dst_offset, &src, src_offset, len);
     }
 
@@ -453,7 +590,6 @@ impl Sharing {
                 frames,
                 iommu,
                 connections: &self.connections,
-                copy_out: None,
             },
             vm,
             teardown,

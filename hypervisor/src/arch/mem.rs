@@ -13,7 +13,8 @@ use aarch64_cpu::registers::{Writeable, MAIR_EL2, SCTLR_EL2, TCR_EL2, TTBR0_EL2}
 use spin::Once;
 
 use hypervisor::balloon::VmBalloon;
-use hypervisor::grant::pins::Pinned;
+use hypervisor::grant::copy::CopyView;
+use hypervisor::grant::pins::Pin;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::stage2::TableMemory;
 use shared_abi::layout::{BLOCK_SIZE, PAGE_SIZE};
@@ -207,52 +208,61 @@ impl<'a> GuestRam<'a> {
     }
 }
 
-/// One GRANT_COPY op's bytes, checked under the HV lock and copied after it is dropped, so
-/// other VMs' sharing calls never wait for a `memmove`. The pins keep both ranges allocated to
-/// their VMs: everything that frees, scrubs, reloads or revokes a VM's RAM waits for that VM's
-/// pins under the HV lock first, and no pin can be taken without that lock
-/// (`hypervisor::grant::pins`).
-pub struct PinnedCopy {
-    dst_pa: u64,
-    src_pa: u64,
+/// A range of a VM's RAM as its copy view (`hypervisor::grant::copy::CopyView`) vouched for
+/// under the view's lock, for GRANT_COPY to use once that lock is dropped, with a pin on that
+/// VM's RAM held ([`copy_pinned`], [`store_pinned`]).
+///
+/// The view's rule: it has RAM only while that RAM is the VM's, and every path that frees,
+/// scrubs, reloads or gives away a VM's RAM first changes the view (under its lock, so not
+/// while anyone checks against it) and then waits for the VM's pins (`sharing.rs`,
+/// `hypervisor::grant::pins`). So a range taken from the view with the VM pinned stays the
+/// VM's RAM until the pin is dropped.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewRange {
+    pa: u64,
     len: u64,
-    _pins: Pinned<'static>,
 }
 
-impl PinnedCopy {
-    /// The copy of `len` bytes from `src` at `src_offset` to `dst` at `dst_offset`, with `pins`
-    /// held on both VMs; `None` if either range is outside its view (nothing pinned then).
-    pub fn new(
-        dst: &GuestRam<'_>,
-        dst_offset: u64,
-        src: &GuestRam<'_>,
-        src_offset: u64,
-        len: u64,
-        pins: Pinned<'static>,
-    ) -> Option<PinnedCopy> {
-        Some(PinnedCopy {
-            dst_pa: dst.range(dst_offset, len)?,
-            src_pa: src.range(src_offset, len)?,
+impl ViewRange {
+    /// `[gpa, gpa + len)` of the VM of `view` (held under its lock), if it is all that VM's RAM.
+    pub fn of(view: &CopyView, gpa: u64, len: u64) -> Option<ViewRange> {
+        Some(ViewRange {
+            pa: view.host_pa(gpa, len)?,
             len,
-            _pins: pins,
         })
     }
+}
 
-    /// Copies the bytes (`memmove`: the two may overlap), then releases the pins.
-    pub fn run(self) {
-        // SAFETY: both ranges were inside RAM their views vouched for when the pins were
-        // taken under the HV lock, and stay allocated to the same VMs until the pins drop
-        // (after this copy): every path that frees, scrubs or reloads a VM's RAM waits for the
-        // VM's pins first. Guest RAM is never behind a Rust reference to plain bytes, and
-        // `copy` allows overlap.
-        unsafe {
-            core::ptr::copy(
-                self.src_pa as *const u8,
-                self.dst_pa as *mut u8,
-                self.len as usize,
-            )
-        };
+/// The word at `gpa` of the VM of `view`, read under the view's lock; `None` if it is not the
+/// VM's RAM or not 8-byte aligned.
+pub fn view_word(view: &CopyView, gpa: u64) -> Option<&AtomicU64> {
+    let pa = view.host_pa(gpa, 8).filter(|pa| pa.is_multiple_of(8))?;
+    // SAFETY: the view has this RAM only while it is the VM's, and cannot change while it is
+    // borrowed (its changes need its lock, which the borrow's holder has); aligned (checked);
+    // the guest accesses the same memory concurrently, which is what atomics allow.
+    Some(unsafe { &*(pa as *const AtomicU64) })
+}
+
+/// `memmove` of `len` bytes from `src` to `dst`, each taken from its VM's view with that VM
+/// pinned (`_pins`, held for the call).
+pub fn copy_pinned(dst: ViewRange, src: ViewRange, len: u64, _pins: [&Pin<'_>; 2]) {
+    if len > dst.len || len > src.len {
+        return;
     }
+    // SAFETY: both ranges came from views under their locks and their VMs are pinned, so they
+    // are still those VMs' RAM (the rule on `ViewRange`); `len` is inside both (checked).
+    // Guest RAM is never behind a Rust reference to plain bytes, and `copy` allows overlap.
+    unsafe { core::ptr::copy(src.pa as *const u8, dst.pa as *mut u8, len as usize) };
+}
+
+/// Stores `value` in the word at the start of `range` (a GRANT_COPY op's status word), its VM
+/// pinned (`_pin`).
+pub fn store_pinned(range: ViewRange, _pin: &Pin<'_>, value: u64) {
+    if range.len < 8 || !range.pa.is_multiple_of(8) {
+        return;
+    }
+    // SAFETY: as in `copy_pinned`: the VM's RAM while pinned; aligned and inside (checked).
+    unsafe { &*(range.pa as *const AtomicU64) }.store(value, Ordering::SeqCst);
 }
 
 impl GuestRam<'_> {

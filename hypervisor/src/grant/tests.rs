@@ -3,7 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 use shared_abi::grant::{
-    CopyPtr, GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE, MAP_READONLY, MAX_REFS, READONLY,
+    CopyKind, CopyPtr, GRANT_WINDOW_BASE, GRANT_WINDOW_SIZE, MAP_READONLY, MAX_REFS, READONLY,
 };
 use shared_abi::layout::GUEST_RAM_BASE;
 use std::collections::{HashMap, HashSet};
