@@ -1096,11 +1096,16 @@ impl Results {
         let p = &self.paravirt_tcp_mbps;
         let bars = [
             bar("guest <-> guest", &p.guest_to_guest),
+            bar("guest <-> guest, 64K frames", &p.guest_to_guest_64k),
             bar("host -> guest", &p.host_to_guest),
             bar("guest -> host", &p.guest_to_host),
             bar(
-                "passthrough",
+                "passthrough: host -> dd",
                 &self.passthrough_tcp_mbps.host_to_driver_domain,
+            ),
+            bar(
+                "passthrough: dd -> host",
+                &self.passthrough_tcp_mbps.driver_domain_to_host,
             ),
             bar("passt: host -> guest", &p.passt.host_to_guest),
             bar("passt: guest -> host", &p.passt.guest_to_host),
@@ -3182,9 +3187,11 @@ mod tests {
             "{reasons}"
         );
         let paths = results.paths_svg();
-        assert_eq!(paths.matches("class=\"bar\"").count(), 9, "{paths}");
+        assert_eq!(paths.matches("class=\"bar\"").count(), 11, "{paths}");
         assert_eq!(paths.matches("class=\"empty\"").count(), 0, "{paths}");
         assert!(paths.contains("emulated: host -&gt; guest"), "{paths}");
+        assert!(paths.contains("passthrough: dd -&gt; host"), "{paths}");
+        assert!(paths.contains("64K frames"), "{paths}");
         // The three-way figures: host -> guest on top, both tests in `three_way`.
         assert_eq!(doc["emulated_tcp_mbps"]["host_to_guest"]["median"], 0.25);
         assert_eq!(doc["emulated_tcp_mbps"]["guest_to_guest"]["median"], 0.3);

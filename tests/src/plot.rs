@@ -22,6 +22,9 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 72.0;
 const BOTTOM: f64 = 70.0;
+/// The paths plot is taller: its bar names are slanted below the axis.
+const PATHS_HEIGHT: f64 = 500.0;
+const PATHS_BOTTOM: f64 = 130.0;
 
 /// The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is at least `v`
 /// (1 for `v <= 0`): the top of the y axis, in five gridline steps.
@@ -65,7 +68,7 @@ pub fn scaling_svg(points: &[PlotPoint], title: &str, subtitle: &str) -> String 
         .filter(|p| p.pairs > 0 && p.median.is_finite())
         .collect();
     points.sort_by_key(|p| p.pairs);
-    let mut svg = svg_head(title, subtitle);
+    let mut svg = svg_head(title, subtitle, HEIGHT);
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     if points.is_empty() {
         let _ = writeln!(
@@ -224,15 +227,15 @@ pub struct PathBar {
 }
 
 /// The start of a plot: the SVG element, a white background, the title and the subtitle.
-fn svg_head(title: &str, subtitle: &str) -> String {
+fn svg_head(title: &str, subtitle: &str, height: f64) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="13">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="13">"#
     );
     let _ = writeln!(
         svg,
-        r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+        r#"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>"#
     );
     let _ = writeln!(
         svg,
@@ -253,8 +256,8 @@ fn svg_head(title: &str, subtitle: &str) -> String {
 /// (height the median, a whisker from min to max) and one `<text class="empty">` per slot
 /// without a figure, in the given order.
 pub fn paths_svg(bars: &[PathBar], title: &str, subtitle: &str) -> String {
-    let mut svg = svg_head(title, subtitle);
-    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
+    let mut svg = svg_head(title, subtitle, PATHS_HEIGHT);
+    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, PATHS_HEIGHT - PATHS_BOTTOM, TOP);
     let top = nice_ceil(
         bars.iter()
             .filter_map(|b| b.figure)
@@ -285,10 +288,11 @@ pub fn paths_svg(bars: &[PathBar], title: &str, subtitle: &str) -> String {
     let slot = (x1 - x0) / bars.len().max(1) as f64;
     for (i, bar) in bars.iter().enumerate() {
         let cx = x0 + slot * (i as f64 + 0.5);
+        // Slanted: a path's name is wider than its slot.
+        let ly = y0 + 14.0;
         let _ = writeln!(
             svg,
-            r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
-            y0 + 18.0,
+            r#"<text x="{cx:.1}" y="{ly:.1}" text-anchor="end" font-size="11" transform="rotate(-35 {cx:.1} {ly:.1})">{}</text>"#,
             escape(&bar.label)
         );
         match bar
