@@ -494,6 +494,14 @@ pub fn leave() {
     }
 }
 
+/// Whether a vPE is resident on pCPU `pcpu` (its vCPU is loaded there). Its vLPIs then reach
+/// the vCPU only once it runs again, and ring no doorbell.
+pub fn resident_on(pcpu: usize) -> bool {
+    RESIDENT
+        .get(pcpu)
+        .is_some_and(|r| r.load(Ordering::Relaxed) != 0)
+}
+
 /// Whether vCPU `vcpu`'s vPE had a vLPI pending when it last left (and forgets it): a vCPU
 /// that trapped on WFI then must not stay blocked, since its doorbell rings only for vLPIs
 /// that arrive while it is out.

@@ -1090,6 +1090,11 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
     let Some(kicked) = KICKED.get(pcpu) else {
         return;
     };
+    // A resident vPE's vLPIs would wait for the poll's end unseen (they kick nobody): a VM on
+    // direct injection blocks at once, and its vPE's exit rings the doorbell.
+    if crate::gicv4::resident_on(pcpu) {
+        return;
+    }
     kicked.store(false, Ordering::Relaxed);
     IDLE[pcpu].store(true, Ordering::Release);
     // After the flag is published: a vCPU queued before it would not have kicked us.
