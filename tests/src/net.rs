@@ -39,14 +39,30 @@ const HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// (the usual race of this technique); the kernel hands out ephemeral ports round-robin, so
 /// that is rare. Panics if no socket can be bound at all, which means the host has no loopback
 /// networking and no network test can run.
+///
+/// A port is handed out at most once per process: the kernel may give a just-released port to
+/// the next bind of port 0, and two forwards of one boot on the same port make QEMU refuse to
+/// start ("Could not set up host forwarding rule", seen once in CI).
 pub fn free_port(proto: Proto) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let addr = SocketAddr::from((HOST, 0));
-    let port = match proto {
-        Proto::Udp => UdpSocket::bind(addr).and_then(|s| s.local_addr()),
-        Proto::Tcp => TcpListener::bind(addr).and_then(|s| s.local_addr()),
+    let mut last = 0;
+    for _ in 0..1000 {
+        let port = match proto {
+            Proto::Udp => UdpSocket::bind(addr).and_then(|s| s.local_addr()),
+            Proto::Tcp => TcpListener::bind(addr).and_then(|s| s.local_addr()),
+        }
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind a {proto} socket on {HOST}: {e}"));
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+        last = port;
     }
-    .map(|a| a.port());
-    port.unwrap_or_else(|e| panic!("cannot bind a {proto} socket on {HOST}: {e}"))
+    // Every try gave a port this process already has: the set is not the problem then.
+    last
 }
 
 /// What a UDP echo run saw.
@@ -1043,6 +1059,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port(Proto::Tcp)).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 
     #[test]
