@@ -2268,9 +2268,9 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
             paths.matches("class=\"bar\"").count(),
             paths.matches("class=\"empty\"").count()
         ),
-        (11, 0),
-        "a bar per path (passthrough both ways, the 64 KiB pair and the emulated NIC's two \
-         included):\n{paths}"
+        (13, 0),
+        "a bar per path (passthrough both ways, the 64 KiB pair, the stock Linux guest's two \
+         and the emulated NIC's two included):\n{paths}"
     );
     // The three-way table (issue 12) and the balloon (issue 16): in the JSON (their keys are
     // among the required figures above) and in the printed table.
