@@ -204,8 +204,15 @@ impl Measured {
         if self.ready_after.is_none() {
             out += &format!("\n    the guest never printed '{READY}'");
         }
-        let tail = b.lines.len().saturating_sub(15);
-        out += &format!("\n    last console lines:\n{}", b.lines[tail..].join("\n"));
+        // The heartbeat says nothing; the lines before it do.
+        let lines: Vec<&str> = b
+            .lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.contains(HEARTBEAT))
+            .collect();
+        let tail = lines.len().saturating_sub(15);
+        out += &format!("\n    last console lines:\n{}", lines[tail..].join("\n"));
         out
     }
 }
@@ -216,7 +223,7 @@ type Outcome = (bool, Result<HostRun, String>);
 /// Boots the stock Linux guest once and runs the host's iperf3 against it: host -> guest, then
 /// guest -> host, `runs` times, each test `seconds` long. QEMU is killed when the tests are done,
 /// at [`timeout`], or if anything here panics. `Err` only when the image is missing or QEMU
-/// cannot start; a boot that never got ready has every test `Err`.
+/// cannot start; a boot that never got ready has no tests, one cut short fewer than `runs`.
 pub fn measure(seconds: u32, runs: usize) -> Result<Measured, String> {
     let image = Image::find()?;
     let port = free_port(Proto::Tcp);
