@@ -111,18 +111,25 @@ apt_opts=(
 
 log=$CACHE/last-fetch.log
 : >"$log"
-apt-get "${apt_opts[@]}" -q update >>"$log" 2>&1 ||
+# --error-on=any: a list that could not be fetched is an error, not a warning.
+if ! apt-get "${apt_opts[@]}" -q --error-on=any update >>"$log" 2>&1; then
+    # An older image of this recipe still measures the same thing: use it, and say so.
+    if complete "$CACHE/current"; then
+        echo "linux-guest.sh: could not look up newer packages (see $log); using the image in $CACHE/current" >&2
+        done_paths
+    fi
     die "apt-get update of Debian's arm64 lists from $MIRROR failed (see $log)"
+fi
 
 # The kernel metapackage names the versioned image package.
 kernel_pkg=$(apt-cache "${apt_opts[@]}" show "$KERNEL_META/bookworm-backports" 2>>"$log" |
-    sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -n 1)
+    sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -n 1) || true
 [ -n "$kernel_pkg" ] || die "no $KERNEL_META in bookworm-backports (see $log)"
 
 # Each package's candidate version, for the cache key.
 versions=""
 for p in "$kernel_pkg" "${PACKAGES[@]}"; do
-    v=$(apt-cache "${apt_opts[@]}" policy "$p" 2>>"$log" | sed -n 's/^  Candidate: //p')
+    v=$(apt-cache "${apt_opts[@]}" policy "$p" 2>>"$log" | sed -n 's/^  Candidate: //p') || true
     [ -n "$v" ] && [ "$v" != "(none)" ] || die "no arm64 candidate for package $p (see $log)"
     versions+="$p=$v"$'\n'
 done
