@@ -127,14 +127,21 @@ install_passt() {
     command -v passt >/dev/null || die "passt did not install: install Debian's passt package"
 }
 
-# cpio: packs the initramfs of the bench's stock Linux guest (scripts/linux-guest.sh).
-install_cpio() {
-    command -v cpio >/dev/null && return 0
-    command -v apt-get >/dev/null || die "no apt-get: install cpio yourself"
-    say "Installing cpio (the stock Linux guest's initramfs) ..."
+# What scripts/linux-guest.sh needs to build the bench's stock Linux guest: cpio (the initramfs),
+# Debian's archive keyring (apt checks the arm64 lists against it; Ubuntu has the package too),
+# readelf and strings (iperf3's libraries, the modules' dependencies) and xz (the modules).
+install_linux_guest_tools() {
+    local packages=()
+    command -v cpio >/dev/null || packages+=(cpio)
+    [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || packages+=(debian-archive-keyring)
+    { command -v readelf >/dev/null && command -v strings >/dev/null; } || packages+=(binutils)
+    command -v xz >/dev/null || packages+=(xz-utils)
+    [ ${#packages[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "no apt-get: install ${packages[*]} yourself"
+    say "Installing ${packages[*]} (to build the bench's stock Linux guest) ..."
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0 \
-        --no-install-recommends install cpio >/dev/null
+        --no-install-recommends install "${packages[@]}" >/dev/null
     command -v cpio >/dev/null || die "cpio did not install: install Debian's cpio package"
 }
 
@@ -155,7 +162,7 @@ setup() {
     install_iperf3
     install_net_tools
     install_passt
-    install_cpio
+    install_linux_guest_tools
 }
 
 objcopy_bin() {

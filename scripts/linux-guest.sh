@@ -12,8 +12,9 @@
 # private state, cache and sources list: the host's apt configuration and package lists are not
 # touched. Everything is cached outside the clone, in $SLUICE_LINUX_GUEST_CACHE (default
 # ~/.cache/sluice/linux-guest), one directory per set of package versions (and version of this
-# script), and `current` points at the newest. A built image is reused without asking the network for 7 days; after that (or
-# with --refresh) the versions are looked up again and a new image is built only if one changed.
+# script), and `current` points at the newest. A built image is reused without asking the network
+# for 7 days; after that (or with --refresh) the versions are looked up again and a new image is
+# built only if one changed.
 set -euo pipefail
 
 CACHE=${SLUICE_LINUX_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/linux-guest}
@@ -45,7 +46,7 @@ for arg in "$@"; do
     case "$arg" in
         --print) print=1 ;;
         --refresh) refresh=1 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$arg'" ;;
     esac
 done
@@ -70,9 +71,9 @@ if [ "$refresh" = 0 ] && complete "$CACHE/current" &&
 fi
 
 for tool in apt-get apt-cache dpkg-deb cpio gzip xz readelf strings flock sha256sum; do
-    command -v "$tool" >/dev/null || die "'$tool' is missing (./run.sh setup installs cpio; the others are Debian's apt, dpkg, gzip, xz-utils, binutils, util-linux, coreutils)"
+    command -v "$tool" >/dev/null || die "'$tool' is missing (./run.sh setup installs it: packages apt, dpkg, cpio, gzip, xz-utils, binutils, util-linux, coreutils)"
 done
-[ -r "$KEYRING" ] || die "$KEYRING is missing: install Debian's debian-archive-keyring package"
+[ -r "$KEYRING" ] || die "$KEYRING is missing: ./run.sh setup installs it (package debian-archive-keyring)"
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
