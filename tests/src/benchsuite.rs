@@ -3193,8 +3193,12 @@ mod tests {
         );
         // Two pairs over one: the scaling aggregates' medians; the bound from the one-pair
         // idle share 0.6 is 2.5, capped at 2.
-        let one = doc["scaling"][0]["aggregate_tcp_mbps"]["median"].as_f64().unwrap();
-        let two = doc["scaling"][1]["aggregate_tcp_mbps"]["median"].as_f64().unwrap();
+        let one = doc["scaling"][0]["aggregate_tcp_mbps"]["median"]
+            .as_f64()
+            .unwrap();
+        let two = doc["scaling"][1]["aggregate_tcp_mbps"]["median"]
+            .as_f64()
+            .unwrap();
         assert_eq!(doc["scaling"][1]["pairs"], 2);
         assert!((ratios["two_pairs_over_one"].as_f64().unwrap() - two / one).abs() < 1e-6);
         assert_eq!(ratios["two_pairs_pcpu_bound"], 2.0);
