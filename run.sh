@@ -4,7 +4,9 @@
 #   ./run.sh test               every test: formatting, lints, host unit tests, QEMU integration tests
 #   ./run.sh --topology FILE    boot another topology (see topologies/)
 #   ./run.sh bench [--short] [--only GROUP,...]
-#                               measure throughput (iperf3), latency, copy and sharing costs -> target/bench/
+#                               measure throughput (iperf3), latency, copy and sharing costs -> target/bench/,
+#                               and a stock Debian Linux guest's host paths beside ours (group 'linux';
+#                               scripts/linux-guest.sh fetches it once into ~/.cache/sluice/linux-guest)
 #   ./run.sh fuzz               2 x 1,000,000 fuzzed hypercalls beside a bystander pair (topologies/fuzz.toml)
 #   ./run.sh setup | build      only install prerequisites / only build
 set -euo pipefail
@@ -125,6 +127,27 @@ install_passt() {
     command -v passt >/dev/null || die "passt did not install: install Debian's passt package"
 }
 
+# cpio: packs the initramfs of the bench's stock Linux guest (scripts/linux-guest.sh).
+install_cpio() {
+    command -v cpio >/dev/null && return 0
+    command -v apt-get >/dev/null || die "no apt-get: install cpio yourself"
+    say "Installing cpio (the stock Linux guest's initramfs) ..."
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o=Dpkg::Use-Pty=0 \
+        --no-install-recommends install cpio >/dev/null
+    command -v cpio >/dev/null || die "cpio did not install: install Debian's cpio package"
+}
+
+# The stock Debian arm64 Linux guest the bench measures beside sluice (its `linux` group) and a
+# QEMU test boots: fetched with apt's signature checks into ~/.cache/sluice/linux-guest, once.
+# Without it the bench still runs (that group says why it has no figures); the tests need it.
+install_linux_guest() {
+    if ! scripts/linux-guest.sh; then
+        [ "$1" = required ] && die "the stock Linux guest could not be fetched (see above)"
+        say "run.sh: going on without the stock Linux guest: the bench's 'linux' group will say it is missing"
+    fi
+}
+
 setup() {
     install_qemu
     install_rust
@@ -132,6 +155,7 @@ setup() {
     install_iperf3
     install_net_tools
     install_passt
+    install_cpio
 }
 
 objcopy_bin() {
@@ -189,7 +213,7 @@ while [ $# -gt 0 ]; do
         --only) shift; bench_args+=(--only "${1:?--only needs scenario groups, e.g. host_guest,passthrough}") ;;
         --only=*) bench_args+=(--only "${1#--only=}") ;;
         --topology) shift; topology=${1:?--topology needs a file} ;;
-        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try ./run.sh --help)" ;;
     esac
     shift
@@ -209,6 +233,7 @@ case "$cmd" in
         fi
         ;;
     test)
+        install_linux_guest required
         build
         run_tests
         ;;
@@ -220,6 +245,7 @@ case "$cmd" in
             --timeout 1200 --json target/fuzz/results.json
         ;;
     bench)
+        install_linux_guest optional
         build
         SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-bench --json target/bench/results.json "${bench_args[@]}"
         ;;

@@ -10,6 +10,7 @@
 //! | `guest_to_guest_64k` | driver domain, one pair with `mtu = 65535` (64 KiB TCP segments cross the internal link unsegmented) | `paravirt_tcp_mbps.guest_to_guest_64k`, `ratios.guest_to_guest_64k_over_memcpy` (over the `guest_to_guest` boots' memcpy) |
 //! | `scaling_N_pairs` | driver domain, N pairs at once | `scaling`: the sum of the N receiver figures |
 //! | `host_guest` | driver domain (NIC), one iperf3 server guest (`host_iperf`) | `paravirt_tcp_mbps.host_to_guest`, `.guest_to_host` (host `iperf3 -c`, then `-c -R`) |
+//! | `linux` | ONE boot of the stock Debian Linux guest ([`crate::linux_guest`]: its kernel and iperf3 on the same QEMU, virtio-net-pci on user networking, 2 vCPUs, no EL2), `runs` host tests each way | `linux_guest_tcp_mbps.host_to_guest`, `.guest_to_host`; `ratios.host_to_guest_over_linux`, `.guest_to_host_over_linux` (issue 11's goal: >= 1.2) |
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint; the host sends, then receives (`-R`) | `passthrough_tcp_mbps.host_to_driver_domain`, `.driver_domain_to_host`, its costs per packet (`three_way.passthrough`) |
 //! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
 //! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
@@ -87,11 +88,12 @@ pub struct Options {
 
 /// The scenario groups `--only` can pick: the scenario keys of the module docs, with every
 /// `scaling_N_pairs` under `scaling` and every `bystander_LOAD` under `bystander`.
-pub const SCENARIO_GROUPS: [&str; 15] = [
+pub const SCENARIO_GROUPS: [&str; 16] = [
     "guest_to_guest",
     "guest_to_guest_64k",
     "scaling",
     "host_guest",
+    "linux",
     "passthrough",
     "host_guest_passt",
     "passthrough_passt",
@@ -674,6 +676,11 @@ pub struct Ratios {
     /// (`reasons.guest_to_guest.pcpu_share.idle`), at most 2. The bound
     /// [`Ratios::two_pairs_over_one`] meets unless more pairs make each byte cheaper.
     pub two_pairs_pcpu_bound: Option<f64>,
+    /// `paravirt_tcp_mbps.host_to_guest` / `linux_guest_tcp_mbps.host_to_guest` (medians, same
+    /// run): our para-virtual path over a stock Linux guest's on the same QEMU and slirp.
+    pub host_to_guest_over_linux: Option<f64>,
+    /// `paravirt_tcp_mbps.guest_to_host` / `linux_guest_tcp_mbps.guest_to_host`.
+    pub guest_to_host_over_linux: Option<f64>,
 }
 
 /// [`Ratios::two_pairs_pcpu_bound`] for a one-pair idle share `idle` (0..1).
@@ -692,6 +699,9 @@ pub struct Results {
     pub iperf_seconds: u32,
     pub rounds_per_run: u64,
     pub paravirt_tcp_mbps: Paravirt,
+    /// The stock Linux guest's host paths (the `linux` group, [`crate::linux_guest`]): the
+    /// baseline of issue 11's host-path goal.
+    pub linux_guest_tcp_mbps: HostPaths,
     pub passthrough_tcp_mbps: Passthrough,
     pub nic_interrupt_exits: NicInterruptExits,
     pub emulated_tcp_mbps: Emulated,
@@ -738,7 +748,7 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 60] = [
+pub const REQUIRED_FIGURES: [&str; 64] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -758,6 +768,10 @@ pub const REQUIRED_FIGURES: [&str; 60] = [
     "/ratios/guest_to_guest_over_memcpy",
     "/ratios/host_to_guest_over_passthrough",
     "/ratios/guest_to_host_over_passthrough",
+    "/linux_guest_tcp_mbps/host_to_guest",
+    "/linux_guest_tcp_mbps/guest_to_host",
+    "/ratios/host_to_guest_over_linux",
+    "/ratios/guest_to_host_over_linux",
     "/figures/grant_map_ticks",
     "/figures/grant_copy_4k_ticks",
     "/bystander_evtchn_us/idle",
@@ -849,6 +863,9 @@ struct Raw {
     guest_to_guest_64k: Vec<f64>,
     host_to_guest: Vec<f64>,
     guest_to_host: Vec<f64>,
+    /// The stock Linux guest's tests, all from its one boot.
+    linux_host_to_guest: Vec<f64>,
+    linux_guest_to_host: Vec<f64>,
     passthrough: Vec<f64>,
     /// The `passthrough` boot's `-R` test: driver domain -> host.
     passthrough_from: Vec<f64>,
@@ -948,6 +965,10 @@ impl Results {
                     host_to_guest: Stat::of_runs(&raw.passt_host_to_guest),
                     guest_to_host: Stat::of_runs(&raw.passt_guest_to_host),
                 },
+            },
+            linux_guest_tcp_mbps: HostPaths {
+                host_to_guest: Stat::of_runs(&raw.linux_host_to_guest),
+                guest_to_host: Stat::of_runs(&raw.linux_guest_to_host),
             },
             passthrough_tcp_mbps: Passthrough {
                 host_to_driver_domain: Stat::of_runs(&raw.passthrough),
@@ -1090,6 +1111,14 @@ impl Results {
                 .get("guest_to_guest")
                 .and_then(|r| r.pcpu_share.get("idle"))
                 .and_then(|&idle| pcpu_bound(2, idle)),
+            host_to_guest_over_linux: ratio(
+                &results.paravirt_tcp_mbps.host_to_guest,
+                &results.linux_guest_tcp_mbps.host_to_guest,
+            ),
+            guest_to_host_over_linux: ratio(
+                &results.paravirt_tcp_mbps.guest_to_host,
+                &results.linux_guest_tcp_mbps.guest_to_host,
+            ),
         };
         results
     }
@@ -1140,6 +1169,14 @@ impl Results {
             bar("host -> guest", &p.host_to_guest),
             bar("guest -> host", &p.guest_to_host),
             bar(
+                "Linux guest: host -> guest",
+                &self.linux_guest_tcp_mbps.host_to_guest,
+            ),
+            bar(
+                "Linux guest: guest -> host",
+                &self.linux_guest_tcp_mbps.guest_to_host,
+            ),
+            bar(
                 "passthrough: host -> dd",
                 &self.passthrough_tcp_mbps.host_to_driver_domain,
             ),
@@ -1164,7 +1201,8 @@ impl Results {
         ];
         let subtitle = format!(
             "2 pCPUs; TCP, one stream, {} s tests, median of {} run(s) with min-max; host paths \
-             over user networking, then passt, then the emulated NIC (all its tests in one boot)",
+             over user networking (ours, then a stock Linux guest's), then passt, then the \
+             emulated NIC (all its tests in one boot)",
             self.iperf_seconds, self.runs,
         );
         plot::paths_svg(&bars, "Throughput per path", &subtitle)
@@ -1191,6 +1229,16 @@ impl Results {
             (
                 "paravirt TCP guest -> host".into(),
                 self.paravirt_tcp_mbps.guest_to_host.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "stock Linux guest TCP host -> guest".into(),
+                self.linux_guest_tcp_mbps.host_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "stock Linux guest TCP guest -> host".into(),
+                self.linux_guest_tcp_mbps.guest_to_host.as_ref(),
                 "Mbit/s",
             ),
             (
@@ -1405,6 +1453,25 @@ impl Results {
                 None => format!("{label:<40} {:>10}\n", "-"),
             };
         }
+        // Issue 11's goal for the host paths: at least 1.2x a stock Linux guest's.
+        for (label, value) in [
+            (
+                "ratio host -> guest / Linux guest",
+                self.ratios.host_to_guest_over_linux,
+            ),
+            (
+                "ratio guest -> host / Linux guest",
+                self.ratios.guest_to_host_over_linux,
+            ),
+        ] {
+            out += &match value {
+                Some(r) => format!(
+                    "{label:<40} {r:>10.2}x (goal >= 1.2x: {})\n",
+                    if r >= 1.2 { "met" } else { "missed" }
+                ),
+                None => format!("{label:<40} {:>10}\n", "-"),
+            };
+        }
         out += &format!("{:<40} {BALLOON_ANCHOR}\n", "balloon anchor");
         out += &format!("{:<40} {RESTART_ANCHOR}\n", "restart anchor");
         out += &self.three_way_table();
@@ -1611,6 +1678,9 @@ impl Suite<'_> {
                 }
                 Err(e) => raw.errors.push(e),
             }
+        }
+        if wants("linux") {
+            self.linux_run(&mut raw);
         }
         for run in (1..=runs).filter(|_| wants("passthrough")) {
             let what = format!("host iperf3 -> driver domain, then -R, {secs} s each");
@@ -2195,6 +2265,74 @@ impl Suite<'_> {
             from_reasons: reasons(2, false),
             to_costs,
         })
+    }
+
+    /// The `linux` group: one boot of the stock Linux guest, `runs` host tests each way (see
+    /// [`crate::linux_guest::measure`]). Without the image the group says so and the bench goes
+    /// on.
+    fn linux_run(&self, raw: &mut Raw) {
+        let (runs, secs) = (self.options.runs, self.options.seconds);
+        eprintln!(
+            "bench: linux (one boot of the stock Linux guest; host iperf3 -> guest, then -R, \
+             {runs} x each, {secs} s) ..."
+        );
+        let start = Instant::now();
+        let measured = match crate::linux_guest::measure(secs, runs) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("bench: linux FAILED: {e}");
+                raw.errors.push(format!("linux: {e}"));
+                return;
+            }
+        };
+        if let Some(dir) = &self.log_dir {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(dir.join("linux.log"), measured.boot.transcript() + "\n");
+        }
+        let mut figures =
+            |tests: &[Result<crate::iperf::HostRun, String>], into: &mut Vec<f64>, way: &str| {
+                for (i, test) in tests.iter().enumerate() {
+                    match test {
+                        Ok(r) if r.receiver_mbps > 0.0 => into.push(r.receiver_mbps),
+                        Ok(_) => raw
+                            .errors
+                            .push(format!("linux {way} test {}: nothing received", i + 1)),
+                        Err(e) => raw.errors.push(format!(
+                            "linux {way} test {}: {}",
+                            i + 1,
+                            measured.failure(e)
+                        )),
+                    }
+                }
+                if tests.len() < runs {
+                    raw.errors.push(format!(
+                        "linux {way}: {} of {runs} tests ran; {}",
+                        tests.len(),
+                        measured.failure("the boot ended early")
+                    ));
+                }
+            };
+        let (mut to, mut from) = (Vec::new(), Vec::new());
+        figures(&measured.to_guest, &mut to, "host_to_guest");
+        figures(&measured.from_guest, &mut from, "guest_to_host");
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let kernel = crate::linux_guest::kernel_package(&measured.packages)
+            .map_or("?".to_string(), |(p, v)| format!("{p} {v}"));
+        eprintln!(
+            "bench: linux: host -> guest {} Mbit/s, guest -> host {} Mbit/s ({kernel}; ready after \
+             {:.1} s; {:.1} s in all)",
+            list(&to),
+            list(&from),
+            measured.ready_after.map_or(f64::NAN, |d| d.as_secs_f64()),
+            start.elapsed().as_secs_f64()
+        );
+        raw.linux_host_to_guest.extend(to);
+        raw.linux_guest_to_host.extend(from);
     }
 
     /// The guest's iperf3 client against the host's server, the NIC on `nic`: the receiver's
@@ -3037,6 +3175,8 @@ mod tests {
             guest_to_guest_64k: vec![160.0, 150.0, 170.0],
             host_to_guest: vec![50.0, 40.0, 45.0],
             guest_to_host: vec![60.0, 70.0, 65.0],
+            linux_host_to_guest: vec![30.0, 40.0, 35.0],
+            linux_guest_to_host: vec![100.0, 120.0, 110.0],
             passthrough: vec![90.0, 100.0, 80.0],
             passthrough_from: vec![60.0, 70.0, 50.0],
             passt_host_to_guest: vec![150.0, 160.0, 170.0],
@@ -3242,8 +3382,30 @@ mod tests {
                 && reasons.contains("driver-domain 40%"),
             "{reasons}"
         );
+        // The stock Linux guest's paths, and ours over them: host -> guest 45 / 35, guest ->
+        // host 65 / 110 (medians).
+        assert_eq!(doc["linux_guest_tcp_mbps"]["host_to_guest"]["median"], 35.0);
+        assert_eq!(doc["linux_guest_tcp_mbps"]["guest_to_host"]["max"], 120.0);
+        assert_eq!(ratios["host_to_guest_over_linux"], 1.285714);
+        assert_eq!(ratios["guest_to_host_over_linux"], 0.590909);
+        let goal = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no row {label}:\n{table}"))
+                .to_string()
+        };
+        assert!(
+            goal("ratio host -> guest / Linux guest").ends_with("1.29x (goal >= 1.2x: met)"),
+            "{table}"
+        );
+        assert!(
+            goal("ratio guest -> host / Linux guest").ends_with("0.59x (goal >= 1.2x: missed)"),
+            "{table}"
+        );
         let paths = results.paths_svg();
-        assert_eq!(paths.matches("class=\"bar\"").count(), 11, "{paths}");
+        assert_eq!(paths.matches("class=\"bar\"").count(), 13, "{paths}");
+        assert!(paths.contains("Linux guest: guest -&gt; host"), "{paths}");
         assert_eq!(paths.matches("class=\"empty\"").count(), 0, "{paths}");
         assert!(paths.contains("emulated: host -&gt; guest"), "{paths}");
         assert!(paths.contains("passthrough: dd -&gt; host"), "{paths}");
@@ -3319,6 +3481,9 @@ mod tests {
         raw.costs.remove(&("passthrough", "host_to_guest"));
         raw.balloon_inflate.clear();
         raw.restart_gaps.remove("host_to_guest");
+        // The stock Linux guest could not be fetched: its figures and our ratios over them.
+        raw.linux_host_to_guest.clear();
+        raw.linux_guest_to_host.clear();
         let results = Results::from_raw(&options, raw);
         assert_eq!(results.ratios.host_to_guest_over_passthrough, None);
         assert_eq!(results.ratios.guest_to_host_over_passthrough, None);
@@ -3333,6 +3498,10 @@ mod tests {
                 "/ping_rtt_us/guest_to_guest",
                 "/ratios/host_to_guest_over_passthrough",
                 "/ratios/guest_to_host_over_passthrough",
+                "/linux_guest_tcp_mbps/host_to_guest",
+                "/linux_guest_tcp_mbps/guest_to_host",
+                "/ratios/host_to_guest_over_linux",
+                "/ratios/guest_to_host_over_linux",
                 "/bystander_evtchn_us/reset_loop",
                 "/reasons/host_to_guest/events_per_frame",
                 "/reasons/host_to_guest/bytes_per_notification",
@@ -3360,6 +3529,10 @@ mod tests {
         assert!(table
             .lines()
             .any(|l| l.starts_with("ratio host -> guest / passthrough")
+                && l.trim_end().ends_with('-')));
+        assert!(table
+            .lines()
+            .any(|l| l.starts_with("ratio guest -> host / Linux guest")
                 && l.trim_end().ends_with('-')));
         assert_eq!(
             results
@@ -3416,6 +3589,10 @@ mod tests {
             "ratio 64K frames guest -> guest / memcpy",
             "paravirt TCP 64K frames guest -> guest",
             "passthrough TCP driver domain -> host",
+            "stock Linux guest TCP host -> guest",
+            "stock Linux guest TCP guest -> host",
+            "ratio host -> guest / Linux guest",
+            "ratio guest -> host / Linux guest",
         ] {
             assert_eq!(
                 table.lines().filter(|l| l.starts_with(label)).count(),

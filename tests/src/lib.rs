@@ -10,6 +10,7 @@ pub mod benchsuite;
 pub mod console;
 pub mod hostnet;
 pub mod iperf;
+pub mod linux_guest;
 pub mod net;
 pub mod passt;
 pub mod plot;

@@ -33,6 +33,8 @@ pub const NIC_MAC: &str = "52:54:00:12:34:56";
 pub const NIC_NETDEV_ID: &str = "nic0";
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-aarch64";
+/// The CPU model of every boot (the stock Linux guest's too, so that both run the same TCG CPU).
+pub const CPU: &str = "max";
 /// The environment variable naming a pcap file for the NIC's frames ([`BootOptions::nic_pcap`]).
 pub const NIC_PCAP_ENV: &str = "SLUICE_NIC_PCAP";
 
@@ -215,7 +217,7 @@ pub fn qemu_args(
         "-M".into(),
         machine,
         "-cpu".into(),
-        "max".into(),
+        CPU.into(),
         "-smp".into(),
         topology.machine.cpus.to_string(),
         "-m".into(),
@@ -369,6 +371,23 @@ pub fn boot(
     if let (Some(_), Some(path)) = (topology.passthrough(), &options.nic_pcap) {
         args.extend(nic_pcap_args(&pcap_file(path)));
     }
+    let booted = run(&program, &args, start, options);
+    drop(passt);
+    let _ = std::fs::remove_file(&bundle_path);
+    booted
+}
+
+/// Runs QEMU (`program` then `args`, see [`qemu_program`]) with the console on stdout and
+/// QEMU's own messages on stderr (prefixed `[qemu] `), feeding each line to `options.on_line`
+/// and `options.stop_when` and killing QEMU at the timeout (counted from `start`), at an early
+/// stop, or when anything here panics. [`boot`] runs a topology with it; other machines (the
+/// bench's stock Linux guest, [`crate::linux_guest`]) use it with their own command line.
+pub fn run(
+    program: &[String],
+    args: &[String],
+    start: Instant,
+    options: &BootOptions,
+) -> Result<Boot, String> {
     let spawned = Command::new(&program[0])
         .args(&program[1..])
         .args(args)
@@ -379,11 +398,10 @@ pub fn boot(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            let _ = std::fs::remove_file(&bundle_path);
             return Err(format!(
                 "cannot start {} ({e}): run ./run.sh setup",
                 program.join(" ")
-            ));
+            ))
         }
     };
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -445,8 +463,6 @@ pub fn boot(
     // Both pipes closed without a timeout or early stop: QEMU exited, so reap it.
     let exited = !timed_out && !stopped_early && guard.0.wait().is_ok();
     drop(guard);
-    drop(passt);
-    let _ = std::fs::remove_file(&bundle_path);
     Ok(Boot {
         lines,
         timed_out,

@@ -2268,9 +2268,9 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
             paths.matches("class=\"bar\"").count(),
             paths.matches("class=\"empty\"").count()
         ),
-        (11, 0),
-        "a bar per path (passthrough both ways, the 64 KiB pair and the emulated NIC's two \
-         included):\n{paths}"
+        (13, 0),
+        "a bar per path (passthrough both ways, the 64 KiB pair, the stock Linux guest's two \
+         and the emulated NIC's two included):\n{paths}"
     );
     // The three-way table (issue 12) and the balloon (issue 16): in the JSON (their keys are
     // among the required figures above) and in the printed table.
@@ -2312,6 +2312,48 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
     assert!(status.success(), "exit {status}\n{output}");
     drop(group);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_stock_linux_guest_boots_and_moves_data_both_ways() {
+    // The bench's `linux` baseline (issue 11): Debian's arm64 kernel and iperf3 on the same
+    // QEMU and user networking, one host iperf3 test each way. Not a speed test: each test
+    // must have moved data. `measure` has a hard timeout and always kills QEMU. The image
+    // comes from scripts/linux-guest.sh (./run.sh test runs it first).
+    use sluice_harness::linux_guest::{measure, READY};
+    let m = measure(2, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.ready_after.is_some(), "{}", m.failure("no ready line"));
+    assert!(
+        m.boot.has("sluice-linux-guest: 6.12."),
+        "{}",
+        m.failure("not the 6.12 kernel of the package list")
+    );
+    for (way, outcomes) in [
+        ("host -> guest", &m.to_guest),
+        ("guest -> host", &m.from_guest),
+    ] {
+        assert_eq!(
+            outcomes.len(),
+            1,
+            "{way}: {}",
+            m.failure("one test each way")
+        );
+        match &outcomes[0] {
+            Ok(run) => assert!(
+                run.bytes > 0 && run.receiver_mbps > 0.0,
+                "{way}: nothing moved: {run:?}\n{}",
+                m.boot.transcript()
+            ),
+            Err(e) => panic!("{way}: {}", m.failure(e)),
+        }
+    }
+    assert!(m.from_guest[0].as_ref().is_ok_and(|r| r.reverse));
+    assert!(
+        m.boot.stopped_early,
+        "{}",
+        m.failure("QEMU was not stopped after the tests")
+    );
+    assert!(m.boot.position(READY).is_some());
 }
 
 // ---- Hostile guests: the hypercall fuzzer (issue 13) ------------------------------------------
