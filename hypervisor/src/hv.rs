@@ -1082,8 +1082,8 @@ const HALT_POLL_US: u64 = 50;
 
 /// Before vCPU `id` (running here, which trapped on WFI) blocks: waits up to [`HALT_POLL_US`]
 /// for a kick, if no other vCPU is runnable. Only a delay: what the vCPU does next is decided by
-/// [`keep_running`] as before. While it polls the pCPU counts as idle, so a vCPU that becomes
-/// runnable kicks it ([`kick_idle`]), as does an interrupt queued for this vCPU
+/// [`keep_running`] as before. While it polls the pCPU counts as idle (in the accounting too:
+/// the poll is charged as idle time, not to the VM), so a vCPU that becomes runnable kicks it ([`kick_idle`]), as does an interrupt queued for this vCPU
 /// ([`wake_for_interrupt`]); the loop reads one flag and the counter, and takes no lock. The
 /// kick SGI stays pending and is taken (and ignored) when the vCPU runs on or the pCPU idles.
 fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
@@ -1101,10 +1101,18 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
     let quiet = !SchedLocked::lock(entry).has_runnable()
         && VcpuLocked::lock(entry, id).is_some_and(|v| !v.run.stopping && v.virqs.is_empty());
     if quiet {
-        let until = cpu::counter() + cpu::counter_frequency() * HALT_POLL_US / 1_000_000;
-        while !kicked.load(Ordering::Acquire) && cpu::counter() < until {
+        // The VM's time up to the poll is its own; the poll is idle time, not work the VM
+        // did: the bench reads the idle share as the room left on the pCPUs.
+        charge_run_time(pcpu);
+        let start = cpu::counter();
+        let until = start + cpu::counter_frequency() * HALT_POLL_US / 1_000_000;
+        let mut now = start;
+        while !kicked.load(Ordering::Acquire) && now < until {
             core::hint::spin_loop();
+            now = cpu::counter();
         }
+        ACCOUNTING.add_idle(now.saturating_sub(start));
+        CHARGED_AT[pcpu].store(now, Ordering::Relaxed);
     }
     IDLE[pcpu].store(false, Ordering::Release);
 }

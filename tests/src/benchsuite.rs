@@ -219,8 +219,11 @@ pub fn pairs_topology_mtu(pairs: usize, seconds: u32, memcpy: bool, mtu: Option<
         );
     }
     if memcpy {
-        // After the iperf3 test (boot, connect, test): the ceiling of a quiet machine.
-        let delay_ms = (u64::from(seconds) + 12) * 1000;
+        // After the iperf3 test: the ceiling of a quiet machine. The pair is connected about
+        // 0.7 s into the boot and powered off about a second after its test; 5 s over the
+        // test leaves a margin for a slower boot without idling the bench (it was 12 s: 7 s of
+        // every `guest_to_guest` boot waited for nothing).
+        let delay_ms = (u64::from(seconds) + MEMCPY_MARGIN_S) * 1000;
         toml += &guest(
             "memcpy",
             false,
@@ -233,6 +236,10 @@ pub fn pairs_topology_mtu(pairs: usize, seconds: u32, memcpy: bool, mtu: Option<
     }
     toml
 }
+
+/// Seconds past the iperf3 test the `memcpy` guest of a `guest_to_guest` boot waits before it
+/// measures.
+pub const MEMCPY_MARGIN_S: u64 = 5;
 
 /// How long the driver domain keeps its NIC up when the host has to reach it: past anything
 /// the host does (the boot is stopped as soon as the host is done).
@@ -662,11 +669,24 @@ pub struct Ratios {
     pub guest_to_host_over_passthrough: Option<f64>,
     /// `paravirt_tcp_mbps.guest_to_guest_64k` / `memcpy_mbps` (medians).
     pub guest_to_guest_64k_over_memcpy: Option<f64>,
+    /// Two pairs at once over one pair (the `scaling` aggregates' medians).
+    pub two_pairs_over_one: Option<f64>,
+    /// What two pairs could get over one if the pCPU time one pair leaves idle were all they
+    /// gained: `1 / (1 - idle)` with `idle` the one-pair stream's idle share
+    /// (`reasons.guest_to_guest.pcpu_share.idle`), at most 2. The bound
+    /// [`Ratios::two_pairs_over_one`] meets unless more pairs make each byte cheaper.
+    pub two_pairs_pcpu_bound: Option<f64>,
     /// `paravirt_tcp_mbps.host_to_guest` / `linux_guest_tcp_mbps.host_to_guest` (medians, same
     /// run): our para-virtual path over a stock Linux guest's on the same QEMU and slirp.
     pub host_to_guest_over_linux: Option<f64>,
     /// `paravirt_tcp_mbps.guest_to_host` / `linux_guest_tcp_mbps.guest_to_host`.
     pub guest_to_host_over_linux: Option<f64>,
+}
+
+/// [`Ratios::two_pairs_pcpu_bound`] for a one-pair idle share `idle` (0..1).
+pub fn pcpu_bound(pairs: usize, idle: f64) -> Option<f64> {
+    (pairs > 0 && (0.0..1.0).contains(&idle))
+        .then(|| round_to((1.0 / (1.0 - idle)).min(pairs as f64), 4))
 }
 
 /// Everything `./run.sh bench` reports; serialised as `target/bench/results.json`. A figure
@@ -823,6 +843,13 @@ pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<St
             });
         if !positive(point.and_then(|p| p.get("aggregate_tcp_mbps"))) {
             missing.push(format!("/scaling[pairs={pairs}]/aggregate_tcp_mbps"));
+        }
+    }
+    if pair_counts.contains(&1) && pair_counts.contains(&2) {
+        for p in ["/ratios/two_pairs_over_one", "/ratios/two_pairs_pcpu_bound"] {
+            if !positive(doc.pointer(p)) {
+                missing.push(p.to_string());
+            }
         }
     }
     missing
@@ -1054,6 +1081,13 @@ impl Results {
         results.exits_per_packet = by_method(|c| &c.exits_per_packet);
         results.ioreqs_per_packet = by_method(|c| &c.ioreqs_per_packet);
         results.interrupts_per_packet = by_method(|c| &c.interrupts_per_packet);
+        let scaling_at = |pairs: usize| {
+            results
+                .scaling
+                .iter()
+                .find(|p| p.pairs == pairs)
+                .and_then(|p| p.aggregate_tcp_mbps.clone())
+        };
         results.ratios = Ratios {
             guest_to_guest_over_memcpy: ratio(
                 &results.paravirt_tcp_mbps.guest_to_guest,
@@ -1071,6 +1105,12 @@ impl Results {
                 &results.paravirt_tcp_mbps.guest_to_guest_64k,
                 &results.memcpy_mbps,
             ),
+            two_pairs_over_one: ratio(&scaling_at(2), &scaling_at(1)),
+            two_pairs_pcpu_bound: results
+                .reasons
+                .get("guest_to_guest")
+                .and_then(|r| r.pcpu_share.get("idle"))
+                .and_then(|&idle| pcpu_bound(2, idle)),
             host_to_guest_over_linux: ratio(
                 &results.paravirt_tcp_mbps.host_to_guest,
                 &results.linux_guest_tcp_mbps.host_to_guest,
@@ -1401,6 +1441,11 @@ impl Results {
             (
                 "ratio guest -> host / passthrough",
                 self.ratios.guest_to_host_over_passthrough,
+            ),
+            ("ratio 2 pairs / 1 pair", self.ratios.two_pairs_over_one),
+            (
+                "bound 2 pairs / 1 pair, idle pCPU time",
+                self.ratios.two_pairs_pcpu_bound,
             ),
         ] {
             out += &match value {
@@ -3286,6 +3331,17 @@ mod tests {
         assert!(
             (ratios["guest_to_host_over_passthrough"].as_f64().unwrap() - 1.083333).abs() < 1e-12
         );
+        // Two pairs over one: the scaling aggregates' medians; the bound from the one-pair
+        // idle share 0.6 is 2.5, capped at 2.
+        let one = doc["scaling"][0]["aggregate_tcp_mbps"]["median"]
+            .as_f64()
+            .unwrap();
+        let two = doc["scaling"][1]["aggregate_tcp_mbps"]["median"]
+            .as_f64()
+            .unwrap();
+        assert_eq!(doc["scaling"][1]["pairs"], 2);
+        assert!((ratios["two_pairs_over_one"].as_f64().unwrap() - two / one).abs() < 1e-6);
+        assert_eq!(ratios["two_pairs_pcpu_bound"], 2.0);
         let scaling = doc["scaling"].as_array().unwrap();
         assert_eq!(scaling.len(), 3);
         assert_eq!(scaling[2]["pairs"], 4);
@@ -3399,6 +3455,17 @@ mod tests {
     }
 
     #[test]
+    fn the_pcpu_bound_is_what_the_idle_time_leaves_and_at_most_the_pairs() {
+        assert_eq!(pcpu_bound(2, 0.25), Some(1.3333));
+        assert_eq!(pcpu_bound(2, 0.0), Some(1.0));
+        assert_eq!(pcpu_bound(2, 0.6), Some(2.0));
+        assert_eq!(pcpu_bound(4, 0.6), Some(2.5));
+        assert_eq!(pcpu_bound(2, 1.0), None);
+        assert_eq!(pcpu_bound(2, -0.1), None);
+        assert_eq!(pcpu_bound(0, 0.5), None);
+    }
+
+    #[test]
     fn missing_figures_are_null_and_listed() {
         let options = Options::short();
         let mut raw = raw_complete(&options);
@@ -3446,8 +3513,11 @@ mod tests {
                 "/balloon_mib_per_s/inflate",
                 "/driver_domain_restart_gap_ms/host_to_guest",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
+                // No two-pair figure, no ratio of it; the bound needs only the one pair.
+                "/ratios/two_pairs_over_one",
             ]
         );
+        assert!(doc["ratios"]["two_pairs_pcpu_bound"].as_f64().is_some());
         assert_eq!(doc["errors"][0], "passthrough run 1: it broke");
         // The table shows the gaps as dashes, and the plot only the measured point.
         let table = results.table();

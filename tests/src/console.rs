@@ -9,6 +9,11 @@
 /// The driver domain's NIC is usable: a line containing both (`NIC 00:02.0 link up ...`).
 pub const NIC_LINK_UP: [&str; 2] = ["NIC ", "link up"];
 
+/// The driver domain pinged its gateway at boot (`NIC ping gateway 10.0.2.2: reply in 812 us`,
+/// `...: no reply within 2 s`, or `...: skipped on a restart`), whatever came of it: its first
+/// frames have left through the NIC by then.
+pub const NIC_PING_GATEWAY: &str = "NIC ping gateway ";
+
 /// A `net` guest is connected and configured:
 /// `net up: MAC 02:51:55:00:00:02, IP 10.0.2.16/24, gateway 10.0.2.2`.
 pub const NET_UP: &str = "net up:";
