@@ -974,7 +974,7 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             // The last stop's lines, kept under the HV lock, are printed first.
             drop(HvLocked::lock(entry));
             crate::logger::wait_for_kept_lines();
-            sampler::print(shared_abi::profile::FINAL_TAG);
+            sampler::print_final();
             info!("all VMs have stopped; powering off");
             cpu::system_off();
         }

@@ -159,6 +159,21 @@ pub fn entering_guest(pcpu: usize) {
     }
 }
 
+/// At power-off: prints what is left, once, and returns only when it is printed, so that no
+/// pCPU powers the machine off in the middle of another's print (every pCPU that finds the
+/// last VM gone calls this before powering off).
+pub fn print_final() {
+    static PRINTED: Mutex<bool> = Mutex::new(false);
+    if !on() {
+        return;
+    }
+    let mut printed = PRINTED.lock();
+    if !*printed {
+        print(shared_abi::profile::FINAL_TAG);
+        *printed = true;
+    }
+}
+
 /// Prints the samples since the last print, tagged `tag`, and starts afresh.
 pub fn print(tag: &str) {
     if !on() {
