@@ -45,6 +45,9 @@ pub struct Histogram {
     overflow: [u64; MAX_VMS + 1],
     idle: u64,
     hyp: u64,
+    /// Whole periods that passed without a sample (the timer was taken late: in EL2 with
+    /// interrupts masked, or QEMU late).
+    missed: u64,
 }
 
 impl Default for Histogram {
@@ -62,7 +65,13 @@ impl Histogram {
             overflow: [0; MAX_VMS + 1],
             idle: 0,
             hyp: 0,
+            missed: 0,
         }
+    }
+
+    /// `n` sampling periods passed without a sample.
+    pub fn missed(&mut self, n: u64) {
+        self.missed = self.missed.saturating_add(n);
     }
 
     /// Counts one sample. A VM id outside `1..=MAX_VMS` counts as the hypervisor's (it cannot
@@ -98,6 +107,7 @@ impl Histogram {
         self.overflow.fill(0);
         self.idle = 0;
         self.hyp = 0;
+        self.missed = 0;
     }
 
     /// Distinct PC entries held.
@@ -125,10 +135,11 @@ pub fn report<'a>(
     names: &[(u16, String)],
 ) -> Vec<String> {
     let mut vms: BTreeMap<u16, VmProfile> = BTreeMap::new();
-    let (mut idle, mut hyp) = (0u64, 0u64);
+    let (mut idle, mut hyp, mut missed) = (0u64, 0u64, 0u64);
     for h in histograms {
         idle += h.idle;
         hyp += h.hyp;
+        missed += h.missed;
         for id in 1..=MAX_VMS {
             if h.samples[id] != 0 {
                 let p = vms.entry(id as u16).or_default();
@@ -163,7 +174,7 @@ pub fn report<'a>(
     }
     let lost: u64 = vms.values().map(|p| p.samples).sum();
     lines.push(format!(
-        "{LINE_PREFIX}{tag} hz={hz} pcpus={pcpus} idle={idle} hyp={hyp} lost={lost}"
+        "{LINE_PREFIX}{tag} hz={hz} pcpus={pcpus} idle={idle} hyp={hyp} lost={lost} missed={missed}"
     ));
     lines
 }
@@ -195,6 +206,7 @@ mod tests {
         h.record(guest(MAX_VMS as u16 + 1, 0x10));
         h.record(guest(u16::MAX, 0x10));
         assert_eq!(h.entries(), 3);
+        h.missed(3);
         let names = [(1, "a".to_string()), (2, "b".to_string())];
         let lines = report("7", 1000, 2, [&h], &names);
         assert_eq!(
@@ -205,14 +217,14 @@ mod tests {
                 "profile 7 vm=a pc=0x40000100 el=0 n=1",
                 "profile 7 vm=b samples=1 el0=0 overflow=0 shown=1",
                 "profile 7 vm=b pc=0x40000200 el=1 n=1",
-                "profile 7 hz=1000 pcpus=2 idle=1 hyp=4 lost=0",
+                "profile 7 hz=1000 pcpus=2 idle=1 hyp=4 lost=0 missed=3",
             ]
         );
         h.clear();
         assert_eq!(h.entries(), 0);
         assert_eq!(
             report("final", 1000, 2, [&h], &names),
-            ["profile final hz=1000 pcpus=2 idle=0 hyp=0 lost=0"]
+            ["profile final hz=1000 pcpus=2 idle=0 hyp=0 lost=0 missed=0"]
         );
     }
 
@@ -258,7 +270,7 @@ mod tests {
                 "profile 9 vm=one samples=3 el0=0 overflow=0 shown=3",
                 "profile 9 vm=one pc=0x100 el=1 n=2",
                 "profile 9 vm=one pc=0x104 el=1 n=1",
-                "profile 9 hz=200 pcpus=2 idle=1 hyp=0 lost=1",
+                "profile 9 hz=200 pcpus=2 idle=1 hyp=0 lost=1 missed=0",
             ]
         );
     }

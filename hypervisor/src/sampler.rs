@@ -92,7 +92,7 @@ pub fn deadline_passed(pcpu: usize) -> bool {
 }
 
 /// The time the sample of `pcpu` was due, if one is due now; moves the next one on a period
-/// (or a period from now, if whole periods were missed).
+/// (or a period from now, if whole periods were missed: those are counted as missed).
 fn due(pcpu: usize) -> Option<u64> {
     let period = PERIOD.load(Relaxed);
     let next = NEXT.get(pcpu)?;
@@ -101,12 +101,18 @@ fn due(pcpu: usize) -> Option<u64> {
     if period == 0 || now < due {
         return None;
     }
-    let after = if now - due < period {
+    let late = (now - due) / period;
+    let after = if late == 0 {
         due + period
     } else {
         now + period
     };
     next.store(after, Relaxed);
+    if late > 0 {
+        if let Some(h) = HISTOGRAMS.get(pcpu) {
+            h.lock().missed(late);
+        }
+    }
     Some(due)
 }
 

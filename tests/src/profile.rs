@@ -52,6 +52,8 @@ pub struct Report {
     pub idle: u64,
     pub hyp: u64,
     pub lost: u64,
+    /// Sampling periods that passed without a sample.
+    pub missed: u64,
 }
 
 /// One parsed line.
@@ -78,6 +80,7 @@ pub enum Line {
         idle: u64,
         hyp: u64,
         lost: u64,
+        missed: u64,
     },
 }
 
@@ -150,6 +153,7 @@ pub fn parse_line(line: &str) -> Option<Result<Line, String>> {
                     idle: get(&f, "idle")?,
                     hyp: get(&f, "hyp")?,
                     lost: get(&f, "lost")?,
+                    missed: f.get("missed").copied().unwrap_or(0),
                 })
             }
         }
@@ -199,8 +203,10 @@ pub fn reports<'a>(lines: impl IntoIterator<Item = &'a String>) -> Result<Vec<Re
                 idle,
                 hyp,
                 lost,
+                missed,
                 ..
             } => {
+                report.missed = missed;
                 report.hz = hz;
                 report.pcpus = pcpus;
                 report.idle = idle;
@@ -244,6 +250,7 @@ pub fn merge(reports: &[&Report]) -> Report {
         out.idle += r.idle;
         out.hyp += r.hyp;
         out.lost += r.lost;
+        out.missed += r.missed;
         for (vm, s) in &r.vms {
             let o = out.vms.entry(vm.clone()).or_default();
             o.samples += s.samples;
@@ -294,7 +301,7 @@ fn demangle(name: &str) -> String {
 
 impl Symbolize for ElfSymbols {
     fn place(&self, pc: u64) -> Option<Place> {
-        let symbol = self.loader.find_symbol(pc).map(demangle);
+        // The debug info's frames, innermost first; the last is the function whose code it is.
         let mut innermost = None;
         let mut outermost = None;
         if let Ok(mut frames) = self.loader.find_frames(pc) {
@@ -309,7 +316,13 @@ impl Symbolize for ElfSymbols {
                 outermost = Some(name);
             }
         }
-        let function = symbol.or(outermost)?;
+        // Without debug info, the symbol table (not an ELF mapping symbol such as `$x`).
+        let function = outermost.or_else(|| {
+            self.loader
+                .find_symbol(pc)
+                .filter(|name| !name.starts_with('$'))
+                .map(demangle)
+        })?;
         Some(Place {
             inlined: innermost.unwrap_or_else(|| function.clone()),
             function,
@@ -352,6 +365,8 @@ pub struct Profile {
     pub samples: u64,
     pub idle_share: f64,
     pub hypervisor_share: f64,
+    /// Sampling periods with no sample, over the periods of the window (samples + missed).
+    pub missed_share: f64,
     pub vms: Vec<VmProfile>,
 }
 
@@ -434,6 +449,7 @@ pub fn summarize<'a>(
         samples: total,
         idle_share: share(report.idle, total),
         hypervisor_share: share(report.hyp, total),
+        missed_share: share(report.missed, total + report.missed),
         vms,
     }
 }
@@ -443,13 +459,15 @@ impl Profile {
     pub fn table(&self) -> String {
         let pct = |x: f64| format!("{:5.1} %", x * 100.0);
         let mut out = format!(
-            "profile (window {}): {} samples at {} Hz on {} pCPUs; idle {}, hypervisor {}\n",
+            "profile (window {}): {} samples at {} Hz on {} pCPUs; idle {}, hypervisor {}; \
+             {} of the periods passed without a sample (timer taken late)\n",
             self.window,
             self.samples,
             self.hz,
             self.pcpus,
             pct(self.idle_share).trim(),
-            pct(self.hypervisor_share).trim()
+            pct(self.hypervisor_share).trim(),
+            pct(self.missed_share).trim()
         );
         for vm in &self.vms {
             let _ = writeln!(
@@ -605,7 +623,7 @@ mod tests {
 [hv] profile 1 vm=a pc=0x40000300 el=1 n=1
 [hv] profile 1 vm=b samples=2 el0=0 overflow=0 shown=2
 [hv] profile 1 vm=b pc=0x40000100 el=1 n=2
-[hv] profile 1 hz=1000 pcpus=2 idle=1 hyp=0 lost=0
+[hv] profile 1 hz=1000 pcpus=2 idle=1 hyp=0 lost=0 missed=10
 [hv] profile final vm=a samples=1 el0=0 overflow=0 shown=1
 ";
 
@@ -662,6 +680,7 @@ mod tests {
         assert_eq!(m.vms["a"].pcs[0].n, 9);
         assert_eq!(m.vms["a"].pcs.len(), 3);
         assert_eq!(m.idle, 11);
+        assert_eq!(m.missed, 10);
     }
 
     struct Fake;
@@ -692,6 +711,7 @@ mod tests {
         );
         assert_eq!(p.samples, 10);
         assert_eq!(p.idle_share, 0.1);
+        assert_eq!(p.missed_share, 0.5);
         let a = &p.vms[0];
         assert_eq!(a.vm, "a");
         assert_eq!(a.share_of_pcpus, 0.7);
