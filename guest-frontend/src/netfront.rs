@@ -32,9 +32,9 @@ use core::cell::Cell;
 
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, Segment, ETH_HDR_LEN,
-    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, MAX_MTU, MIN_MTU, NET_HDR_LEN, QUEUE_SIZE,
-    RING_PAGE_LEN, TX_OK,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, Segment,
+    BUFFER_HEADROOM, ETH_HDR_LEN, FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, MAX_MTU, MIN_MTU,
+    NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
 };
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use vm_net::smoltcp::time::Instant as NetInstant;
@@ -546,9 +546,10 @@ fn buffer_segment(buffer: usize, plan: &PoolPlan) -> Segment {
     }
 }
 
-/// Pool offset of one of our buffers (indices come from the plan itself, so always inside).
+/// Pool offset of one of our buffers (indices come from the plan itself, so always inside):
+/// [`BUFFER_HEADROOM`] into its slot, so that TCP payloads land 8-byte aligned.
 fn buffer_offset(buffer: usize, plan: &PoolPlan) -> usize {
-    plan.offset(buffer).unwrap_or(0)
+    plan.offset(buffer).unwrap_or(0) + BUFFER_HEADROOM
 }
 
 /// The guest's NIC, whichever it is. The fields apps read (`port` to sleep on, `mac`,
