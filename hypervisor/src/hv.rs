@@ -1572,7 +1572,7 @@ impl dispatch::Machine for TrapMachine<'_> {
                 PCPUS.load(Ordering::Relaxed)
             )
         );
-        sampler::print(&format!("{tag}"));
+        sampler::print_at_report(&format!("{tag}"));
         Status::Ok
     }
 

@@ -116,6 +116,13 @@ impl Histogram {
     }
 }
 
+/// Whether a print at an accounting report may go ahead at `now` after the last one at `last`
+/// (0: none yet), `gap` apart at least (counter ticks). A guest that asks for reports in a
+/// loop gets at most one profile print per gap.
+pub fn may_print(last: u64, now: u64, gap: u64) -> bool {
+    last == 0 || now.saturating_sub(last) >= gap
+}
+
 /// One VM's merged samples.
 #[derive(Default)]
 struct VmProfile {
@@ -251,6 +258,16 @@ mod tests {
         assert_eq!(lines[1], "profile 1 vm=c pc=0x40000000 el=1 n=2");
         // At most TOP_PCS PC lines per VM, whatever the table holds.
         assert_eq!(lines.len(), 1 + TOP_PCS + 1);
+    }
+
+    #[test]
+    fn prints_at_reports_are_at_least_a_gap_apart() {
+        assert!(may_print(0, 5, 1000));
+        assert!(!may_print(100, 100, 1000));
+        assert!(!may_print(100, 1099, 1000));
+        assert!(may_print(100, 1100, 1000));
+        // A counter that went backwards (another pCPU's later store) prints nothing.
+        assert!(!may_print(5000, 100, 1000));
     }
 
     #[test]

@@ -40,6 +40,8 @@ static HISTOGRAMS: [Mutex<Histogram>; MAX_PCPUS] =
 /// The boot's VMs by id (a restart keeps its VM's id and name), for the prints.
 static NAMES: Once<Vec<(u16, String)>> = Once::new();
 static PCPUS: AtomicU64 = AtomicU64::new(0);
+/// When the profile was last printed at an accounting report (counter ticks, 0 = never).
+static LAST_PRINT: AtomicU64 = AtomicU64::new(0);
 
 /// Turns sampling on at `hz` per pCPU (before any vCPU runs); `names` are the boot's VMs.
 pub fn start(hz: u32, pcpus: usize, names: Vec<(u16, String)>) {
@@ -180,8 +182,30 @@ pub fn print_final() {
     }
 }
 
+/// At an accounting report tagged `tag`: prints the samples since the last print and starts
+/// afresh, unless the last print was less than
+/// [`PRINT_MIN_INTERVAL_MS`](shared_abi::profile::PRINT_MIN_INTERVAL_MS) ago (any VM may ask
+/// for reports, each print is up to 64 lines per VM: the samples then wait for the next).
+pub fn print_at_report(tag: &str) {
+    if !on() {
+        return;
+    }
+    let now = cpu::counter();
+    let gap = cpu::counter_frequency() * shared_abi::profile::PRINT_MIN_INTERVAL_MS / 1000;
+    let last = LAST_PRINT.load(Relaxed);
+    if !profile::may_print(last, now, gap) {
+        return;
+    }
+    if LAST_PRINT
+        .compare_exchange(last, now, Relaxed, Relaxed)
+        .is_ok()
+    {
+        print(tag);
+    }
+}
+
 /// Prints the samples since the last print, tagged `tag`, and starts afresh.
-pub fn print(tag: &str) {
+fn print(tag: &str) {
     if !on() {
         return;
     }

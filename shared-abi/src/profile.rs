@@ -7,9 +7,9 @@
 //! `/chosen/bootargs`); [`from_bootargs`] reads it, [`check_hz`] bounds it to
 //! [`MIN_HZ`]`..=`[`MAX_HZ`]. Without it nothing is sampled.
 //!
-//! **Lines.** At every ACCOUNTING_REPORT (tagged as that report) and at power-off (tag
-//! [`FINAL_TAG`]), the hypervisor prints the samples taken since the previous print, then
-//! starts afresh:
+//! **Lines.** At an ACCOUNTING_REPORT (tagged as that report; at most one every
+//! [`PRINT_MIN_INTERVAL_MS`]) and at power-off (tag [`FINAL_TAG`]), the hypervisor prints the
+//! samples taken since the previous print, then starts afresh:
 //!
 //! ```text
 //! [hv] profile <tag> vm=<name> samples=<n> el0=<n> overflow=<n> shown=<n>
@@ -35,6 +35,10 @@ pub const MIN_HZ: u32 = 100;
 pub const MAX_HZ: u32 = 10_000;
 /// Most PC lines per VM in one print (the harness gets the rest as `samples - shown`).
 pub const TOP_PCS: usize = 64;
+/// Least time between two prints at accounting reports (a report sooner prints no profile; its
+/// samples go to the next print): any VM may ask for reports, and a print is up to
+/// [`TOP_PCS`] lines per VM.
+pub const PRINT_MIN_INTERVAL_MS: u64 = 1000;
 /// The tag of the print at power-off.
 pub const FINAL_TAG: &str = "final";
 /// Every profile line starts with this, after the hypervisor's `[hv] ` prefix.
