@@ -7,6 +7,8 @@
 #                               measure throughput (iperf3), latency, copy and sharing costs -> target/bench/,
 #                               and a stock Debian Linux guest's host paths beside ours (group 'linux';
 #                               scripts/linux-guest.sh fetches it once into ~/.cache/sluice/linux-guest)
+#   ./run.sh profile [GROUP]    boot a bench group (default guest_to_guest) once with the hypervisor's
+#                               guest-PC sampling on; print per VM where its time went
 #   ./run.sh fuzz               2 x 1,000,000 fuzzed hypercalls beside a bystander pair (topologies/fuzz.toml)
 #   ./run.sh setup | build      only install prerequisites / only build
 set -euo pipefail
@@ -183,6 +185,8 @@ build() {
     objcopy_bin -O binary "$OUT/hypervisor.elf" "$OUT/hypervisor.bin"
     for vm in guest-frontend driver-domain; do
         objcopy_bin -O binary "target/$VM_TARGET/release/$vm" "$OUT/$vm.bin"
+        # The ELF (symbols, debug info) names the PCs of the profiler's samples.
+        cp "target/$VM_TARGET/release/$vm" "$OUT/$vm.elf"
     done
 }
 
@@ -216,11 +220,15 @@ bench_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         test|setup|build|demo|bench|fuzz) cmd=$1 ;;
+        profile)
+            cmd=profile
+            if [ $# -gt 1 ] && [ "${2#-}" = "$2" ]; then shift; bench_args+=(--only "$1"); fi
+            ;;
         --short) bench_args+=(--short) ;;
         --only) shift; bench_args+=(--only "${1:?--only needs scenario groups, e.g. host_guest,passthrough}") ;;
         --only=*) bench_args+=(--only "${1#--only=}") ;;
         --topology) shift; topology=${1:?--topology needs a file} ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (try ./run.sh --help)" ;;
     esac
     shift
@@ -255,5 +263,9 @@ case "$cmd" in
         install_linux_guest optional
         build
         SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-bench --json target/bench/results.json "${bench_args[@]}"
+        ;;
+    profile)
+        build
+        SLUICE_ARTIFACTS="$PWD/$OUT" target/release/sluice-bench --profile --json target/bench/profile.json "${bench_args[@]}"
         ;;
 esac

@@ -32,9 +32,9 @@ use core::cell::Cell;
 
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, Segment, ETH_HDR_LEN,
-    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, MAX_MTU, MIN_MTU, NET_HDR_LEN, QUEUE_SIZE,
-    RING_PAGE_LEN, TX_OK,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, Segment,
+    BUFFER_HEADROOM, ETH_HDR_LEN, FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, MAX_MTU, MIN_MTU,
+    NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
 };
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use vm_net::smoltcp::time::Instant as NetInstant;
@@ -277,8 +277,8 @@ impl Rings {
     /// frame are left as they were, so a reused vector is never cleared) at the place in it
     /// co-aligned with the pool buffer, so the copy runs at memcpy speed (see
     /// `SharedMem::read_into_reused`); its pool buffer is offered again at once. Returns where
-    /// the frame starts in `frame` and its length.
-    pub fn next_rx_into(&mut self, frame: &mut Vec<u8>) -> Option<(usize, usize)> {
+    /// the frame starts in `frame` and its length. `now_us`: the stack's clock.
+    pub fn next_rx_into(&mut self, frame: &mut Vec<u8>, now_us: u64) -> Option<(usize, usize)> {
         while self.broken.is_none() && self.up() {
             let used = match self.rx.pop_used() {
                 Ok(Some(used)) => used,
@@ -303,7 +303,7 @@ impl Rings {
             }
             match frame_len {
                 Some((start, frame_len)) => {
-                    self.on_rx(frame_len);
+                    self.on_rx(frame_len, now_us);
                     self.stats.rx_frames += 1;
                     self.stats.rx_bytes += frame_len as u64;
                     return Some((start, frame_len));
@@ -546,9 +546,10 @@ fn buffer_segment(buffer: usize, plan: &PoolPlan) -> Segment {
     }
 }
 
-/// Pool offset of one of our buffers (indices come from the plan itself, so always inside).
+/// Pool offset of one of our buffers (indices come from the plan itself, so always inside):
+/// [`BUFFER_HEADROOM`] into its slot, so that TCP payloads land 8-byte aligned.
 fn buffer_offset(buffer: usize, plan: &PoolPlan) -> usize {
-    plan.offset(buffer).unwrap_or(0)
+    plan.offset(buffer).unwrap_or(0) + BUFFER_HEADROOM
 }
 
 /// The guest's NIC, whichever it is. The fields apps read (`port` to sleep on, `mac`,
@@ -684,11 +685,12 @@ impl NetFront {
         }
     }
 
-    /// The next received frame, in the spare buffer, with its place.
-    fn next_rx(&mut self) -> Option<FrontRx> {
+    /// The next received frame, in the spare buffer, with its place; `now_us`: the stack's
+    /// clock.
+    fn next_rx(&mut self, now_us: u64) -> Option<FrontRx> {
         let mut frame = self.rx_spare.take();
         let place = match &mut self.path {
-            Path::Paravirt(r) => r.next_rx_into(&mut frame),
+            Path::Paravirt(r) => r.next_rx_into(&mut frame, now_us),
             Path::Emulated(e) => e.next_rx().map(|f| {
                 let len = f.len();
                 frame = f;
@@ -770,8 +772,8 @@ impl Device for NetFront {
     type RxToken<'a> = FrontRx;
     type TxToken<'a> = FrontTx<'a>;
 
-    fn receive(&mut self, _now: NetInstant) -> Option<(FrontRx, FrontTx<'_>)> {
-        let frame = self.next_rx()?;
+    fn receive(&mut self, now: NetInstant) -> Option<(FrontRx, FrontTx<'_>)> {
+        let frame = self.next_rx(u64::try_from(now.total_micros()).unwrap_or(0))?;
         // Counted as handed over: the stack always consumes the token, parses the frame and
         // copies its payload into a socket buffer.
         self.copied_frame_to_stack += frame.len as u64;

@@ -64,6 +64,11 @@ fn chosen_u64(fdt: &Fdt, name: &str) -> Option<u64> {
     }
 }
 
+/// The kernel command line (`/chosen/bootargs`, QEMU's `-append`), if there is one.
+pub fn bootargs(blob: &[u8]) -> Option<&str> {
+    Fdt::new(blob).ok()?.chosen().bootargs()
+}
+
 pub fn parse(blob: &[u8]) -> Result<Machine, &'static str> {
     let fdt = Fdt::new(blob).map_err(|_| "the device tree blob is malformed")?;
     let ram = fdt

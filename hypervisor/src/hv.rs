@@ -47,6 +47,7 @@ use crate::locks::{
 };
 use crate::logger::{flush_vm_console, vm_console_write};
 pub use crate::machine::Hv;
+use crate::sampler;
 use crate::sharing::{
     close_view, events, open_view, publish_table, set_port_pending, wait_for_copies,
     ConnectionKind, Env, Notify, RetainedRam, Sharing,
@@ -304,11 +305,13 @@ fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
 }
 
 /// Programs the EL2 timer for the end of this slice or the earliest blocked deadline.
+/// (Or the pCPU's next profiling sample, if that comes first: `sampler`.)
 fn arm_timer(sched: &Scheduler, now: u64) {
     let slice_end = now + SLICE_TICKS.load(Ordering::Relaxed);
     let deadline = sched
         .earliest_deadline()
         .map_or(slice_end, |d| d.min(slice_end));
+    let deadline = sampler::timer_deadline(cpu::pcpu_index(), Some(deadline)).unwrap_or(deadline);
     cpu::set_hyp_timer(deadline);
 }
 
@@ -924,6 +927,7 @@ pub(crate) fn with_hv<R>(entry: &mut Unlocked, f: impl FnOnce(&mut Hv, &mut HvHe
 pub fn run_first(pcpu: usize) -> ! {
     let mut frame = TrapFrame::default();
     schedule(&mut Unlocked::entry(), pcpu, &mut frame);
+    sampler::entering_guest(pcpu);
     crate::arch::vectors::enter_guest(&frame)
 }
 
@@ -970,6 +974,7 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             // The last stop's lines, kept under the HV lock, are printed first.
             drop(HvLocked::lock(entry));
             crate::logger::wait_for_kept_lines();
+            sampler::print_final();
             info!("all VMs have stopped; powering off");
             cpu::system_off();
         }
@@ -977,7 +982,7 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
         if crate::spare::scrub_a_chunk(entry) {
             continue;
         }
-        match deadline {
+        match sampler::timer_deadline(pcpu, deadline) {
             Some(d) => cpu::set_hyp_timer(d),
             None => cpu::stop_hyp_timer(),
         }
@@ -991,7 +996,10 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
                 break;
             }
             match id {
-                gic::HYP_TIMER_PPI => cpu::stop_hyp_timer(),
+                gic::HYP_TIMER_PPI => {
+                    cpu::stop_hyp_timer();
+                    sampler::from_idle(pcpu, slept_at);
+                }
                 gic::MAINTENANCE_PPI | gic::VTIMER_PPI | gic::KICK_SGI => {}
                 other => {
                     device_irq(entry, other, pcpu);
@@ -1018,8 +1026,26 @@ fn balloon_targets(entry: &mut Unlocked, pcpu: usize) {
     }
 }
 
-/// Applies `action` for the vCPU that trapped on this pCPU.
+/// Re-arms this pCPU's EL2 timer after a sample-only tick: the scheduling deadline it was
+/// armed for (or a blocked vCPU's earlier one), or the next sample.
+fn rearm_timer(entry: &mut Unlocked) {
+    let sched = SchedLocked::lock(entry);
+    let pcpu = cpu::pcpu_index();
+    let slice_end = sampler::slice_deadline(pcpu);
+    let deadline = sched
+        .earliest_deadline()
+        .map_or(slice_end, |d| d.min(slice_end));
+    let deadline = sampler::timer_deadline(pcpu, Some(deadline)).unwrap_or(deadline);
+    cpu::set_hyp_timer(deadline);
+}
+
+/// Applies `action` for the vCPU that trapped on this pCPU, which then leaves for a guest.
 fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Action) {
+    finish_action(entry, pcpu, frame, action);
+    sampler::entering_guest(pcpu);
+}
+
+fn finish_action(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Action) {
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
     wake_expired(entry, pcpu);
     balloon_targets(entry, pcpu);
@@ -1338,7 +1364,18 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
         match raw {
             gic::HYP_TIMER_PPI => {
                 cpu::stop_hyp_timer();
-                action = Action::Preempt;
+                sampler::from_guest(
+                    pcpu,
+                    CURRENT_VM[pcpu].load(Ordering::Relaxed),
+                    frame.elr,
+                    frame.spsr,
+                );
+                if sampler::deadline_passed(pcpu) {
+                    action = Action::Preempt;
+                } else {
+                    // Only a sample was due: the slice goes on, the timer to its next target.
+                    rearm_timer(&mut entry);
+                }
             }
             gic::VTIMER_PPI => {
                 // The guest's timer fired: mask it at the source (the guest unmasks it when it
@@ -1543,6 +1580,7 @@ impl dispatch::Machine for TrapMachine<'_> {
                 PCPUS.load(Ordering::Relaxed)
             )
         );
+        sampler::print_at_report(&format!("{tag}"));
         Status::Ok
     }
 

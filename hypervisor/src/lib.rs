@@ -22,6 +22,7 @@ pub mod its;
 pub mod lock_order;
 pub mod mm;
 pub mod pci;
+pub mod profile;
 pub mod restart;
 pub mod sched;
 pub mod smmu;

@@ -44,6 +44,9 @@ mod mmio;
 mod passthrough;
 #[cfg(target_os = "none")]
 #[forbid(unsafe_code)]
+mod sampler;
+#[cfg(target_os = "none")]
+#[forbid(unsafe_code)]
 mod sharing;
 #[cfg(target_os = "none")]
 #[forbid(unsafe_code)]
@@ -121,6 +124,15 @@ mod boot {
             )
         });
         let machine = dtb::parse(blob).unwrap_or_else(|why| fail(why, "use QEMU's virt machine"));
+        let profile_hz = shared_abi::profile::from_bootargs(dtb::bootargs(blob).unwrap_or(""))
+            .unwrap_or_else(|why| {
+                error!("{why}");
+                fail(
+                    "the kernel command line's profile_hz is refused",
+                    "set [machine] profile_hz in the topology (or -append profile_hz=N) to a \
+                     rate in 100..=10000, or leave it out",
+                )
+            });
         logger::init(machine.uart);
         info!(
             "sluice hypervisor: {} pCPU(s), RAM {:#x}..{:#x}, GICv3 at {:#x}",
@@ -346,6 +358,17 @@ mod boot {
             }
         }
         let slice_ticks = cpu::counter_frequency() * hv::SLICE_MS / 1000;
+        if let Some(hz) = profile_hz {
+            crate::sampler::start(
+                hz,
+                pcpus,
+                hv.vms
+                    .iter()
+                    .flatten()
+                    .map(|vm| (vm.id, vm.name.clone()))
+                    .collect(),
+            );
+        }
         hv::install(hv, vcpus, sched, slice_ticks, pcpus);
 
         for index in 1..pcpus {

@@ -20,6 +20,7 @@ pub mod ioreq;
 pub mod layout;
 pub mod pci;
 pub mod pingpong;
+pub mod profile;
 pub mod start_info;
 pub mod virtq;
 pub mod window;

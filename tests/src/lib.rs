@@ -15,6 +15,7 @@ pub mod net;
 pub mod passt;
 pub mod plot;
 pub mod process;
+pub mod profile;
 pub mod qemu;
 pub mod report;
 pub mod restart;

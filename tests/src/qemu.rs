@@ -233,6 +233,13 @@ pub fn qemu_args(
         "-initrd".into(),
         bundle.display().to_string(),
     ];
+    // The hypervisor reads it from the device tree's /chosen/bootargs.
+    if let Some(hz) = topology.machine.profile_hz {
+        args.extend([
+            "-append".into(),
+            format!("{}={hz}", shared_abi::profile::KEY),
+        ]);
+    }
     let Some((bdf, backend)) = nic else {
         // Without this QEMU adds its default NIC (a virtio-net-pci that nobody owns and whose
         // option ROM, package ipxe-qemu, may not even be installed).
@@ -535,6 +542,21 @@ vcpus = 1
         // Forwards without a NIC have nowhere to go; qemu_args ignores them (boot refuses).
         let fwd = HostForward::udp(5555, Ipv4Addr::new(10, 0, 2, 15), 7);
         assert_eq!(args(&t, &[fwd]), expected);
+    }
+
+    #[test]
+    fn profile_hz_reaches_the_hypervisor_on_the_kernel_command_line() {
+        let mut t = topology("");
+        assert!(!args(&t, &[]).contains(&"-append".to_string()));
+        t.machine.profile_hz = Some(1000);
+        let a = args(&t, &[]);
+        let at = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[at + 1], "profile_hz=1000");
+        // What the hypervisor makes of it.
+        assert_eq!(
+            shared_abi::profile::from_bootargs(&a[at + 1]),
+            Ok(Some(1000))
+        );
     }
 
     #[test]

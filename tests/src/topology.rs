@@ -55,6 +55,9 @@ pub struct Machine {
     /// GICv4.0 whose ITS can inject the NIC's MSIs as vLPIs (docs/ARCHITECTURE.md, "GICv4
     /// direct injection"); with 3 the NIC stays on INTx.
     pub gic: u8,
+    /// The hypervisor's guest-PC sampling rate per pCPU (`[machine] profile_hz`,
+    /// `shared_abi::profile`); `None`: no sampling.
+    pub profile_hz: Option<u32>,
 }
 
 /// `[machine] gic` values QEMU virt's TCG GIC offers with virtualization=on.
@@ -341,6 +344,8 @@ pub enum TopologyError {
     Gic {
         gic: u8,
     },
+    /// `[machine] profile_hz` is out of range.
+    ProfileHz(shared_abi::profile::ProfileHzError),
     /// The identities of a driver domain's front-ends clash (two guests with one MAC or
     /// address), or its settings already have the key the packer writes them under.
     Identities {
@@ -480,6 +485,7 @@ impl fmt::Display for TopologyError {
                  machine has a single NIC; remove one of them"
             ),
             Nic { value, problem } => write!(f, "machine.nic = {value:?}: {problem}"),
+            ProfileHz(e) => write!(f, "machine.{e}"),
             Gic { gic } => write!(
                 f,
                 "machine.gic = {gic}: must be 3 (GICv3, the NIC on INTx) or 4 (GICv4.0, the NIC's \
@@ -523,6 +529,8 @@ struct RawMachine {
     nic: Option<String>,
     #[serde(default)]
     gic: Option<u8>,
+    #[serde(default)]
+    profile_hz: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -669,12 +677,19 @@ impl Topology {
         if !GIC_VERSIONS.contains(&gic) {
             return Err(TopologyError::Gic { gic });
         }
+        let profile_hz = raw
+            .machine
+            .profile_hz
+            .map(shared_abi::profile::check_hz)
+            .transpose()
+            .map_err(TopologyError::ProfileHz)?;
         let topology = Topology {
             machine: Machine {
                 cpus: raw.machine.cpus,
                 memory_mib: raw.machine.memory_mib,
                 nic,
                 gic,
+                profile_hz,
             },
             vms,
         };
@@ -1142,6 +1157,7 @@ vcpus = 1
                 nic: Some(NicBackend::User),
                 // The NIC's MSI-X as vLPIs (issue 15).
                 gic: 4,
+                profile_hz: None,
             }
         );
         assert_eq!(t.vms[0].passthrough, Bdf::new(0, 2, 0));
@@ -1617,6 +1633,30 @@ vcpus = 1
             assert!(matches!(e, TopologyError::Gic { gic } if gic == bad), "{e}");
         }
         assert!(with_dd("gic = \"4\"\n", "").is_err());
+    }
+
+    #[test]
+    fn profile_hz_is_off_by_default_and_bounded() {
+        assert_eq!(with_dd("", "").unwrap().machine.profile_hz, None);
+        assert_eq!(
+            with_dd("profile_hz = 1000\n", "")
+                .unwrap()
+                .machine
+                .profile_hz,
+            Some(1000)
+        );
+        for bad in [0u64, 99, 10_001, 1 << 40] {
+            let e = with_dd(&format!("profile_hz = {bad}\n"), "").unwrap_err();
+            assert!(matches!(e, TopologyError::ProfileHz(_)), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "machine.profile_hz = {bad} is outside 100..=10000 samples per second per pCPU"
+                )
+            );
+        }
+        assert!(with_dd("profile_hz = -5\n", "").is_err());
+        assert!(with_dd("profile_hz = \"fast\"\n", "").is_err());
     }
 
     #[test]

@@ -3473,3 +3473,82 @@ fn a_udp_echo_answers_before_a_driver_domain_restart_stops_during_it_and_answers
     assert!(!boot.has("[hv] PANIC"), "{t}");
     assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
 }
+
+/// The guest-PC sampling profiler (issue 11): with `profile_hz` set, the hypervisor prints a
+/// profile at power-off whose samples, symbolized against the images' ELFs, fall in the
+/// functions of the running apps (the ping-pong's event-channel calls and waits); without it,
+/// no profile line at all.
+#[test]
+fn a_profiled_ping_pong_names_the_functions_of_its_apps() {
+    use sluice_harness::profile::{self, ElfSymbols, Symbolize};
+    let toml = format!(
+        "{}{}{}",
+        MACHINE,
+        driver_domain("dd", 8),
+        frontend("pinger", "dd", "app = \"pingpong\", rounds = 5000")
+    );
+    let (topology, boot) = boot_toml(&profile::with_profiling(&toml, 2000), 240);
+    assert_report_ok(&boot, "pinger", "5000 ping-pong rounds");
+    assert!(boot.exited, "{}", boot.transcript());
+    let reports = profile::reports(&boot.lines).unwrap_or_else(|e| panic!("{e}"));
+    let last = reports
+        .iter()
+        .find(|r| r.tag == shared_abi::profile::FINAL_TAG)
+        .unwrap_or_else(|| panic!("no final profile:\n{}", boot.transcript()));
+    assert_eq!((last.hz, last.pcpus, last.lost), (2000, 2, 0));
+    let artifacts = artifacts();
+    let symbols: Vec<(String, ElfSymbols)> = topology
+        .vms
+        .iter()
+        .map(|vm| {
+            let path = profile::elf_path(&artifacts, &vm.image);
+            let s = ElfSymbols::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            (vm.name.clone(), s)
+        })
+        .collect();
+    let p = profile::summarize(
+        last,
+        |vm| {
+            symbols
+                .iter()
+                .find(|(n, _)| n == vm)
+                .map(|(_, s)| s as &dyn Symbolize)
+        },
+        50,
+    );
+    for (vm, crate_name) in [("pinger", "guest_frontend"), ("dd", "driver_domain")] {
+        let v = p
+            .vms
+            .iter()
+            .find(|v| v.vm == vm)
+            .unwrap_or_else(|| panic!("no samples of {vm}:\n{}", p.table()));
+        assert!(v.samples > 0, "{}", p.table());
+        // Its PCs are in its own code and the runtime's: named, not hex.
+        let named: u64 = v
+            .functions
+            .iter()
+            .filter(|f| {
+                f.function.starts_with("vm_runtime::")
+                    || f.function.starts_with(&format!("{crate_name}::"))
+                    || f.function.starts_with("shared_abi::")
+            })
+            .map(|f| f.samples)
+            .sum();
+        assert!(named * 2 > v.samples, "{vm}:\n{}", p.table());
+    }
+    // The ping-pong's own loop: it sends and waits for events.
+    let pinger = p.vms.iter().find(|v| v.vm == "pinger").unwrap();
+    assert!(
+        pinger
+            .functions
+            .iter()
+            .any(|f| f.function.starts_with("vm_runtime::evtchn::")
+                || f.function.contains("pingpong")),
+        "{}",
+        p.table()
+    );
+    // Off by default: not a line.
+    let (_, plain) = boot_toml(&toml, 240);
+    assert_report_ok(&plain, "pinger", "5000 ping-pong rounds");
+    assert!(!plain.has("[hv] profile"), "{}", plain.transcript());
+}

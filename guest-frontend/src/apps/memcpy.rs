@@ -290,6 +290,15 @@ fn self_check() -> Result<(), String> {
                 if !exact(back, other, &data, 0xee) {
                     return Err(what("read"));
                 }
+                // memcpy (vm-runtime's, every alignment pair): private (at `other`) into
+                // private (at `offset`), guards around.
+                let staged = aligned(&mut staging);
+                let back = aligned(&mut out);
+                back.fill(0xee);
+                back[offset..offset + len].copy_from_slice(&staged[other..other + len]);
+                if !exact(back, offset, &data, 0xee) {
+                    return Err(what("memcpy"));
+                }
                 // copy_to: shared (at `offset`) into shared (at `other`).
                 fill(&b, 0xa5);
                 a.copy_to(offset, &b, other, len);

@@ -6,6 +6,12 @@
 //!
 //! Usage: sluice-bench [--short] [--runs N] [--seconds N] [--pairs 1,2,4] [--rounds N]
 //!                     [--only GROUP,...] [--json FILE] [--svg FILE]
+//!        sluice-bench --profile [--profile-hz N] [--seconds N] [--only GROUP,...] [--json FILE]
+//!
+//! `--profile`: instead of measuring, boots each group (default `guest_to_guest`, one pair; see
+//! `sluice_harness::profile::GROUPS`) once with the hypervisor's guest-PC sampling on
+//! (`--profile-hz`, default 1000 per pCPU) and prints per VM the functions its samples fell in,
+//! and the idle and hypervisor shares (JSON to `--json`, default `target/bench/profile.json`).
 //!
 //! `--short`: 1 run, 2-second iperf3 tests, scaling with 1 and 2 pairs (explicit options win).
 //! `--only`: run only these scenario groups (`benchsuite::SCENARIO_GROUPS`, e.g.
@@ -18,10 +24,20 @@ use std::process::ExitCode;
 
 use sluice_harness::benchsuite::{Options, Suite, SCENARIO_GROUPS};
 use sluice_harness::iperf::check_host_iperf3;
+use sluice_harness::profile;
 use sluice_harness::qemu::Artifacts;
 
 const USAGE: &str = "usage: sluice-bench [--short] [--runs N] [--seconds N] [--pairs 1,2,4] \
-                     [--rounds N] [--only GROUP,...] [--json FILE] [--svg FILE]";
+                     [--rounds N] [--only GROUP,...] [--json FILE] [--svg FILE]\n       \
+                     sluice-bench --profile [--profile-hz N] [--seconds N] [--only GROUP,...] \
+                     [--json FILE]";
+
+/// Default sampling rate of `--profile`, per pCPU.
+const PROFILE_HZ: u32 = 1000;
+/// Functions listed per VM by `--profile`.
+const PROFILE_TOP: usize = 20;
+/// iperf3 seconds of a `--profile` boot unless `--seconds` says otherwise.
+const PROFILE_SECONDS: u32 = 10;
 
 fn main() -> ExitCode {
     match run() {
@@ -45,6 +61,8 @@ struct Args {
     only: Vec<String>,
     json: Option<PathBuf>,
     svg: Option<PathBuf>,
+    profile: bool,
+    profile_hz: Option<u32>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -93,6 +111,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--json" => out.json = Some(PathBuf::from(value("--json")?)),
             "--svg" => out.svg = Some(PathBuf::from(value("--svg")?)),
+            "--profile" => out.profile = true,
+            "--profile-hz" => {
+                let text = value("--profile-hz")?;
+                let hz = text
+                    .parse::<u64>()
+                    .map_err(|_| format!("--profile-hz needs a number, not '{text}'"))?;
+                out.profile_hz = Some(
+                    shared_abi::profile::check_hz(hz).map_err(|e| format!("--profile-hz: {e}"))?,
+                );
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}' ({USAGE})")),
         }
@@ -133,9 +161,47 @@ fn write(path: &PathBuf, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// `--profile`: each group booted once with sampling on, its profile printed.
+fn run_profile(args: &Args) -> Result<bool, String> {
+    let artifacts = Artifacts::load()?;
+    let hz = args.profile_hz.unwrap_or(PROFILE_HZ);
+    let seconds = args.seconds.unwrap_or(PROFILE_SECONDS);
+    let groups = if args.only.is_empty() {
+        vec!["guest_to_guest".to_string()]
+    } else {
+        args.only.clone()
+    };
+    let mut all = serde_json::Map::new();
+    for group in &groups {
+        eprintln!(
+            "profile: booting {group} with sampling at {hz} Hz per pCPU ({seconds} s of iperf3 \
+             where there is a stream)"
+        );
+        let p = profile::run(group, hz, seconds, PROFILE_TOP, &artifacts)?;
+        println!("\n== {group}");
+        print!("{}", p.table());
+        all.insert(
+            group.clone(),
+            serde_json::to_value(&p).map_err(|e| e.to_string())?,
+        );
+    }
+    let json_path = args
+        .json
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/bench/profile.json"));
+    let text =
+        serde_json::to_string_pretty(&serde_json::Value::Object(all)).map_err(|e| e.to_string())?;
+    write(&json_path, &text)?;
+    println!("\nprofile written to {}", json_path.display());
+    Ok(true)
+}
+
 fn run() -> Result<bool, String> {
     let started = std::time::Instant::now();
     let args = parse_args(std::env::args().skip(1))?;
+    if args.profile {
+        return run_profile(&args);
+    }
     let options = options(&args);
     let json_path = args
         .json
@@ -221,6 +287,10 @@ mod tests {
         assert_eq!(o.only, ["host_guest", "passthrough"]);
         assert!(o.runs_group("passthrough") && !o.runs_group("ping"));
         assert!(Options::short().runs_group("ping"));
+        let a = args("--profile --only guest_to_guest --profile-hz 2000").unwrap();
+        assert!(a.profile);
+        assert_eq!(a.profile_hz, Some(2000));
+        assert!(!args("").unwrap().profile);
     }
 
     #[test]
@@ -234,6 +304,8 @@ mod tests {
             ("--fast", "unknown argument '--fast'"),
             ("--only host_guest,nope", "not 'nope'"),
             ("--only", "needs a value"),
+            ("--profile --profile-hz 50", "outside 100..=10000"),
+            ("--profile-hz x", "needs a number"),
         ] {
             let e = args(text).err().unwrap_or_default();
             assert!(e.contains(why), "{text}: {e}");

@@ -4,7 +4,8 @@
 //! and per-vCPU set-up (`boot`), the EL1 exception vectors (`vectors`), the hypercall
 //! instruction (`hvc`), the heap's hand-over of raw RAM (`heap`, at boot and for the
 //! balloon), the link to the application's main (`entry`), the emulated NIC's register
-//! accesses (`mmio`), and the deliberate stray accesses of the isolation tests (`probe`).
+//! accesses (`mmio`), the deliberate stray accesses of the isolation tests (`probe`), and
+//! the VMs' `memcpy` (`memcpy`: aligned loads only, for QEMU's sake).
 //! System registers and the GIC CPU interface are not here: `aarch64-cpu` and
 //! `arm-gic` give safe typed access to them (see `crate::cpu`, `crate::gic`).
 
@@ -12,6 +13,7 @@ pub(crate) mod boot;
 mod entry;
 pub mod heap;
 pub(crate) mod hvc;
+mod memcpy;
 pub mod mmio;
 pub mod probe;
 mod vectors;
