@@ -177,16 +177,17 @@ objcopy_bin() {
 
 build() {
     say "Building (release) ..."
-    cargo build --quiet --release -p hypervisor --target "$HV_TARGET"
-    cargo build --quiet --release -p guest-frontend -p driver-domain --target "$VM_TARGET"
+    # The images with the `vm` profile (Cargo.toml: release plus whole-program optimisation).
+    cargo build --quiet --profile vm -p hypervisor --target "$HV_TARGET"
+    cargo build --quiet --profile vm -p guest-frontend -p driver-domain --target "$VM_TARGET"
     cargo build --quiet --release -p sluice-harness
     mkdir -p "$OUT"
-    cp "target/$HV_TARGET/release/hypervisor" "$OUT/hypervisor.elf"
+    cp "target/$HV_TARGET/vm/hypervisor" "$OUT/hypervisor.elf"
     objcopy_bin -O binary "$OUT/hypervisor.elf" "$OUT/hypervisor.bin"
     for vm in guest-frontend driver-domain; do
-        objcopy_bin -O binary "target/$VM_TARGET/release/$vm" "$OUT/$vm.bin"
+        objcopy_bin -O binary "target/$VM_TARGET/vm/$vm" "$OUT/$vm.bin"
         # The ELF (symbols, debug info) names the PCs of the profiler's samples.
-        cp "target/$VM_TARGET/release/$vm" "$OUT/$vm.elf"
+        cp "target/$VM_TARGET/vm/$vm" "$OUT/$vm.elf"
     done
 }
 
