@@ -2858,14 +2858,7 @@ impl Booted {
             out += &format!("\n    {problem}");
         }
         let b = &self.boot;
-        if b.timed_out {
-            out += &format!(
-                "\n    QEMU timed out after {:.0} s (killed)",
-                b.elapsed.as_secs_f64()
-            );
-        } else if b.exited {
-            out += &format!("\n    QEMU exited after {:.1} s", b.elapsed.as_secs_f64());
-        }
+        out += &b.end_note();
         match &self.log {
             Some(path) => out += &format!("\n    console: {}", path.display()),
             None => {

@@ -44,7 +44,7 @@ pub const CACHE_ENV: &str = "SLUICE_LINUX_GUEST_CACHE";
 pub const FETCH_SCRIPT: &str = "scripts/linux-guest.sh";
 /// vCPUs and memory of the guest: those of the user's guest, and of our bench machine.
 pub const CPUS: u32 = 2;
-pub const MEMORY_MIB: u32 = 1024;
+pub const MEMORY_MIB: u64 = 1024;
 
 /// Where `scripts/linux-guest.sh` keeps its images: `$SLUICE_LINUX_GUEST_CACHE`, else
 /// `$XDG_CACHE_HOME/sluice/linux-guest`, else `~/.cache/sluice/linux-guest`.
@@ -136,21 +136,8 @@ pub fn kernel_command_line() -> String {
 /// guest's iperf3 server (see the module docs for why each part is what it is).
 pub fn qemu_args(image: &Image, host_port: u16) -> Vec<String> {
     let forward = HostForward::tcp(host_port, GUEST_IP, IPERF_PORT);
-    vec![
-        "-M".into(),
-        "virt,gic-version=3".into(),
-        "-cpu".into(),
-        qemu::CPU.into(),
-        "-smp".into(),
-        CPUS.to_string(),
-        "-m".into(),
-        format!("{MEMORY_MIB}M"),
-        "-display".into(),
-        "none".into(),
-        "-monitor".into(),
-        "none".into(),
-        "-serial".into(),
-        "stdio".into(),
+    let mut args = qemu::machine_args("virt,gic-version=3", CPUS, MEMORY_MIB);
+    args.extend([
         // A kernel panic reboots (panic=-1), which ends QEMU here.
         "-no-reboot".into(),
         "-kernel".into(),
@@ -164,7 +151,8 @@ pub fn qemu_args(image: &Image, host_port: u16) -> Vec<String> {
         "-device".into(),
         // `romfile=`: the option ROM is x86 PXE code, absent without ipxe-qemu.
         format!("virtio-net-pci,netdev={NIC_NETDEV_ID},romfile=,mac={NIC_MAC}"),
-    ]
+    ]);
+    args
 }
 
 /// How long the boot of [`measure`] may take in all: boot (the kernel under TCG on a loaded
@@ -193,14 +181,7 @@ impl Measured {
     pub fn failure(&self, why: &str) -> String {
         let b = &self.boot;
         let mut out = why.to_string();
-        if b.timed_out {
-            out += &format!(
-                "\n    QEMU timed out after {:.0} s (killed)",
-                b.elapsed.as_secs_f64()
-            );
-        } else if b.exited {
-            out += &format!("\n    QEMU exited after {:.1} s", b.elapsed.as_secs_f64());
-        }
+        out += &b.end_note();
         if self.ready_after.is_none() {
             out += &format!("\n    the guest never printed '{READY}'");
         }

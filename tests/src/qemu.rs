@@ -35,6 +35,28 @@ pub const NIC_NETDEV_ID: &str = "nic0";
 pub const QEMU: &str = "qemu-system-aarch64";
 /// The CPU model of every boot (the stock Linux guest's too, so that both run the same TCG CPU).
 pub const CPU: &str = "max";
+
+/// The start of every QEMU command line of the harness: machine `machine`, [`CPU`], `cpus`
+/// vCPUs, `memory_mib` of RAM, no display or monitor, the serial console on stdio (which the
+/// harness reads).
+pub fn machine_args(machine: &str, cpus: u32, memory_mib: u64) -> Vec<String> {
+    vec![
+        "-M".into(),
+        machine.into(),
+        "-cpu".into(),
+        CPU.into(),
+        "-smp".into(),
+        cpus.to_string(),
+        "-m".into(),
+        format!("{memory_mib}M"),
+        "-display".into(),
+        "none".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-serial".into(),
+        "stdio".into(),
+    ]
+}
 /// The environment variable naming a pcap file for the NIC's frames ([`BootOptions::nic_pcap`]).
 pub const NIC_PCAP_ENV: &str = "SLUICE_NIC_PCAP";
 
@@ -154,6 +176,24 @@ pub struct Boot {
 }
 
 impl Boot {
+    /// How QEMU ended, for a failure message: an indented line of its own when it timed out
+    /// (and was killed) or exited by itself, else nothing (the harness stopped it).
+    pub fn end_note(&self) -> String {
+        if self.timed_out {
+            format!(
+                "\n    QEMU timed out after {:.0} s (killed)",
+                self.elapsed.as_secs_f64()
+            )
+        } else if self.exited {
+            format!(
+                "\n    QEMU exited after {:.1} s",
+                self.elapsed.as_secs_f64()
+            )
+        } else {
+            String::new()
+        }
+    }
+
     pub fn has(&self, needle: &str) -> bool {
         self.lines.iter().any(|l| l.contains(needle))
     }
@@ -213,26 +253,13 @@ pub fn qemu_args(
     if nic.is_some() {
         machine.push_str(",iommu=smmuv3");
     }
-    let mut args: Vec<String> = vec![
-        "-M".into(),
-        machine,
-        "-cpu".into(),
-        CPU.into(),
-        "-smp".into(),
-        topology.machine.cpus.to_string(),
-        "-m".into(),
-        format!("{}M", topology.machine.memory_mib),
-        "-display".into(),
-        "none".into(),
-        "-monitor".into(),
-        "none".into(),
-        "-serial".into(),
-        "stdio".into(),
+    let mut args = machine_args(&machine, topology.machine.cpus, topology.machine.memory_mib);
+    args.extend([
         "-kernel".into(),
         hypervisor.display().to_string(),
         "-initrd".into(),
         bundle.display().to_string(),
-    ];
+    ]);
     // The hypervisor reads it from the device tree's /chosen/bootargs.
     if let Some(hz) = topology.machine.profile_hz {
         args.extend([

@@ -227,7 +227,8 @@ fn bulk_split(src: usize, dst: usize, len: usize) -> (usize, usize) {
 }
 
 /// Copies `blocks` 64-byte blocks from address `src` to address `dst`, loading each source
-/// byte exactly once, with `ldp`/`stp` of four pairs of x registers per block.
+/// byte exactly once, with `ldp`/`stp` of four pairs of x registers per block: the VMs' own
+/// memcpy's bulk loop (`arch::memcpy::aligned_words`), one loop for private and shared copies.
 ///
 /// Why plain `ldp`/`stp` on shared memory is sound here: no Rust reference to the shared side
 /// is ever formed (only raw addresses go into the assembly), so the peer writing it meanwhile
@@ -244,60 +245,10 @@ fn bulk_split(src: usize, dst: usize, len: usize) -> (usize, usize) {
 /// exclusively (`&mut` for the destination), which then overlaps nothing else. Two shared
 /// ranges may overlap (a hostile guest's chain can name anything in its pool): raw loads and
 /// stores then copy unspecified bytes, no worse than a racing peer.
-#[cfg(target_arch = "aarch64")]
 unsafe fn copy_blocks(src: usize, dst: usize, blocks: usize) {
-    if blocks == 0 {
-        return;
-    }
-    // SAFETY: the caller's contract: both ranges valid and 16-aligned; the loop runs `blocks`
-    // times (at least once, checked above), each time loading 64 bytes at `src` and storing
-    // them at `dst`, then advancing both by 64, so it touches exactly the two ranges. Only the
-    // named registers are clobbered, no stack, flags declared clobbered by default.
-    unsafe {
-        core::arch::asm!(
-            "2:",
-            "ldp {a}, {b}, [{src}]",
-            "ldp {c}, {d}, [{src}, #16]",
-            "ldp {e}, {f}, [{src}, #32]",
-            "ldp {g}, {h}, [{src}, #48]",
-            "add {src}, {src}, #64",
-            "stp {a}, {b}, [{dst}]",
-            "stp {c}, {d}, [{dst}, #16]",
-            "stp {e}, {f}, [{dst}, #32]",
-            "stp {g}, {h}, [{dst}, #48]",
-            "add {dst}, {dst}, #64",
-            "subs {n}, {n}, #1",
-            "b.ne 2b",
-            src = inout(reg) src => _,
-            dst = inout(reg) dst => _,
-            n = inout(reg) blocks => _,
-            a = out(reg) _,
-            b = out(reg) _,
-            c = out(reg) _,
-            d = out(reg) _,
-            e = out(reg) _,
-            f = out(reg) _,
-            g = out(reg) _,
-            h = out(reg) _,
-            options(nostack),
-        );
-    }
-}
-
-/// Host builds (the unit tests of the split around the blocks): the same blocks as eight
-/// volatile words each.
-///
-/// # Safety
-/// As on aarch64.
-#[cfg(not(target_arch = "aarch64"))]
-unsafe fn copy_blocks(src: usize, dst: usize, blocks: usize) {
-    for i in 0..blocks * BULK_BLOCK / 8 {
-        // SAFETY: the caller's contract; `i * 8` stays inside both ranges, 8-aligned.
-        unsafe {
-            let w = core::ptr::read_volatile((src as *const u64).add(i));
-            core::ptr::write_volatile((dst as *mut u64).add(i), w);
-        }
-    }
+    // SAFETY: the caller's contract is `aligned_words`' for `blocks * 8` words (both ranges
+    // valid and 8-aligned, 16 here), with overlapping shared ranges allowed as it documents.
+    unsafe { crate::arch::memcpy::aligned_words(dst, src, blocks * BULK_BLOCK / 8) }
 }
 
 /// Copies `len` bytes from address `src` to address `dst` the slow way: volatile loads and

@@ -65,12 +65,16 @@ unsafe fn byte(d: usize, s: usize) {
     unsafe { core::ptr::write_volatile(d as *mut u8, core::ptr::read_volatile(s as *const u8)) }
 }
 
-/// `words` 8-byte words from `s` to `d`, both 8-aligned: 64 bytes per round, then words.
+/// `words` 8-byte words from `s` to `d`, both 8-aligned: 64 bytes per round, then words. Also
+/// the bulk loop of the shared-memory copies (`crate::shared`), which is why it reads each
+/// source byte exactly once and forms no reference.
 ///
 /// # Safety
-/// Both ranges of `8 * words` bytes valid, 8-aligned, not overlapping.
+/// Both ranges of `8 * words` bytes valid, 8-aligned. If they overlap (only shared ranges a
+/// hostile peer named may), the bytes copied are unspecified, nothing else goes wrong: raw
+/// loads and stores, no Rust reference.
 #[cfg(target_arch = "aarch64")]
-unsafe fn aligned_words(d: usize, s: usize, words: usize) {
+pub(crate) unsafe fn aligned_words(d: usize, s: usize, words: usize) {
     let blocks = words / 8;
     let rest = words % 8;
     // SAFETY: the caller's contract; the first loop runs `blocks` times over 64 bytes and the
@@ -170,7 +174,7 @@ unsafe fn shifted_words(d: usize, s: usize, words: usize) {
 /// # Safety
 /// As on aarch64.
 #[cfg(not(target_arch = "aarch64"))]
-unsafe fn aligned_words(d: usize, s: usize, words: usize) {
+pub(crate) unsafe fn aligned_words(d: usize, s: usize, words: usize) {
     for k in 0..words {
         // SAFETY: the caller's contract; word `k` is inside both ranges, 8-aligned.
         unsafe {

@@ -13,7 +13,7 @@ pub(crate) mod boot;
 mod entry;
 pub mod heap;
 pub(crate) mod hvc;
-mod memcpy;
+pub(crate) mod memcpy;
 pub mod mmio;
 pub mod probe;
 mod vectors;
