@@ -1109,9 +1109,10 @@ const HALT_POLL_US: u64 = 50;
 /// Before vCPU `id` (running here, which trapped on WFI) blocks: waits up to [`HALT_POLL_US`]
 /// for a kick, if no other vCPU is runnable. Only a delay: what the vCPU does next is decided by
 /// [`keep_running`] as before. While it polls the pCPU counts as idle (in the accounting too:
-/// the poll is charged as idle time, not to the VM), so a vCPU that becomes runnable kicks it ([`kick_idle`]), as does an interrupt queued for this vCPU
-/// ([`wake_for_interrupt`]); the loop reads one flag and the counter, and takes no lock. The
-/// kick SGI stays pending and is taken (and ignored) when the vCPU runs on or the pCPU idles.
+/// the poll is charged as idle time, not to the VM), so a vCPU that becomes runnable kicks it
+/// ([`kick_idle`]), as does an interrupt queued for this vCPU ([`wake_for_interrupt`]); the
+/// loop reads one flag and the counter, and takes no lock. The kick SGI stays pending and is
+/// taken (and ignored) when the vCPU runs on or the pCPU idles.
 fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
     let Some(kicked) = KICKED.get(pcpu) else {
         return;
