@@ -1581,7 +1581,7 @@ impl dispatch::Machine for TrapMachine<'_> {
                 PCPUS.load(Ordering::Relaxed)
             )
         );
-        sampler::print_at_report(&format!("{tag}"));
+        sampler::print_at_report(tag);
         Status::Ok
     }
 

@@ -186,7 +186,7 @@ pub fn print_final() {
 /// afresh, unless the last print was less than
 /// [`PRINT_MIN_INTERVAL_MS`](shared_abi::profile::PRINT_MIN_INTERVAL_MS) ago (any VM may ask
 /// for reports, each print is up to 64 lines per VM: the samples then wait for the next).
-pub fn print_at_report(tag: &str) {
+pub fn print_at_report(tag: u64) {
     if !on() {
         return;
     }
@@ -200,7 +200,8 @@ pub fn print_at_report(tag: &str) {
         .compare_exchange(last, now, Relaxed, Relaxed)
         .is_ok()
     {
-        print(tag);
+        // Formatted only here: with sampling off a report costs this module one load.
+        print(&alloc::format!("{tag}"));
     }
 }
 
