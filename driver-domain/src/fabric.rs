@@ -22,7 +22,9 @@ use driver_domain::vif::{Assignment, Vifs};
 use shared_abi::virtq::{
     Chain, Direction, NetHdr, TxHeader, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
 };
+use smoltcp::time::Duration;
 use smoltcp::wire::{IpCidr, Ipv4Address};
+use vm_net::budget::FrameBudget;
 use vm_net::frame_queues::FrameQueues;
 use vm_net::iperf3::{ServerConfig, TestMarks};
 use vm_net::{Buffers, Stack};
@@ -174,8 +176,30 @@ pub struct NicCounters {
     pub tx_errors: u64,
 }
 
-fn now_ms() -> u64 {
-    timer::ticks_to_ms(timer::now())
+/// Frames switched between two rounds of guest events. A window arrives in a burst faster
+/// than this domain forwards it; telling the guests only at the end of a round (up to
+/// [`FRAMES_PER_PORT_PER_ROUND`] frames from every port) kept a receiver from starting, and
+/// so from acknowledging, until most of the window had crossed (issue 11). A guest that is
+/// awake asked for no event, so an early flush usually costs no event at all.
+const FRAMES_PER_EVENT_FLUSH: usize = 8;
+
+/// Publishes every guest port's completions and sends the events they asked for.
+fn flush_events<G: GuestLink>(connections: &mut [G]) {
+    for conn in connections.iter_mut() {
+        if let Some(port) = conn.net_mut() {
+            port.flush_events();
+        }
+    }
+}
+
+/// After one more frame switched: flushes the guests' events once `since_flush` (frames since
+/// the last flush) is spent.
+fn count_for_events<G: GuestLink>(since_flush: &mut FrameBudget, connections: &mut [G]) {
+    since_flush.try_take();
+    if since_flush.spent() {
+        flush_events(connections);
+        since_flush.reset();
+    }
 }
 
 impl Fabric {
@@ -221,7 +245,7 @@ impl Fabric {
             switch,
             vifs,
             local,
-            pass_ms: now_ms(),
+            pass_ms: timer::ticks_to_ms(timer::now()),
             has_uplink: nic.is_some(),
             emulated: Vec::new(),
             nic: NicCounters::default(),
@@ -263,12 +287,18 @@ impl Fabric {
         self.switch.remove_port(PortId::Guest(id));
     }
 
-    /// One round: moves what every port has to send. Returns whether any frame moved and the
-    /// guests that broke the protocol (to disconnect outside this loop).
-    pub fn pump<G: GuestLink>(&mut self, connections: &mut [G]) -> (bool, Vec<Violation>) {
+    /// One round at counter reading `now` (the caller's, for its whole round): moves what every
+    /// port has to send. Returns whether any frame moved and the guests that broke the
+    /// protocol (to disconnect outside this loop).
+    pub fn pump<G: GuestLink>(
+        &mut self,
+        connections: &mut [G],
+        now: u64,
+    ) -> (bool, Vec<Violation>) {
         let mut moved = false;
         let mut violations = Vec::new();
-        self.pass_ms = now_ms();
+        let mut since_flush = FrameBudget::new(FRAMES_PER_EVENT_FLUSH);
+        self.pass_ms = timer::ticks_to_ms(now);
 
         // The NIC: frames from the outside, dispatched from the NIC's own buffer.
         if self.has_uplink {
@@ -293,6 +323,7 @@ impl Fabric {
                 self.dispatch(PortId::Uplink, &source, connections, &mut violations);
                 with_nic(|nic| nic.recycle(frame));
                 moved = true;
+                count_for_events(&mut since_flush, connections);
             }
         }
 
@@ -300,7 +331,9 @@ impl Fabric {
         // send or timer due now: smoltcp's poll delay is zero then), then switch what it sent.
         // Most rounds carry only guest traffic; polling an idle stack there is wasted.
         if let Some(local) = self.local.as_mut() {
-            if !local.device.to_stack.is_empty() || local.poll_delay_us() == Some(0) {
+            if !local.device.to_stack.is_empty()
+                || local.poll_delay_at(vm_net::instant_at(now)) == Some(Duration::ZERO)
+            {
                 local.poll();
                 while let Some(event) = local.iperf3_server().and_then(|s| s.next_event()) {
                     println!("{event}");
@@ -350,6 +383,7 @@ impl Fabric {
                             port.complete_tx(chain.head(), forwarded);
                         }
                         moved = true;
+                        count_for_events(&mut since_flush, connections);
                     }
                     Ok(TxItem::Dropped) => moved = true,
                     Ok(TxItem::Empty) => break,
@@ -376,11 +410,7 @@ impl Fabric {
             }
         }
 
-        for conn in connections.iter_mut() {
-            if let Some(port) = conn.net_mut() {
-                port.flush_events();
-            }
-        }
+        flush_events(connections);
         (moved, violations)
     }
 

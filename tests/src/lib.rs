@@ -13,6 +13,7 @@ pub mod iperf;
 pub mod linux_guest;
 pub mod net;
 pub mod passt;
+pub mod pcap;
 pub mod plot;
 pub mod process;
 pub mod profile;

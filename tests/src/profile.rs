@@ -19,6 +19,7 @@ use serde::Serialize;
 use shared_abi::profile::{FINAL_TAG, LINE_PREFIX};
 
 use crate::benchsuite;
+use crate::iperf::HostIperfs;
 use crate::qemu::{self, Artifacts, BootOptions};
 use crate::topology::Topology;
 
@@ -522,11 +523,29 @@ pub fn symbols_for(topology: &Topology, artifacts: &Artifacts) -> BTreeMap<Strin
 }
 
 /// The bench groups `sluice-bench --profile` can boot, and their topologies (`seconds` of
-/// iperf3 where there is a stream). The iperf client asks for accounting around its test, so
-/// the profile of the test itself is printed apart from the boot's.
-pub const GROUPS: [&str; 4] = ["guest_to_guest", "guest_to_guest_64k", "ping", "evtchn"];
+/// iperf3 where there is a stream). The iperf app asks for accounting around its test, so
+/// the profile of the test itself is printed apart from the boot's. `host_to_guest` and
+/// `guest_to_host` boot the `host_guest` scenario (the host's iperf3 against a guest's server
+/// through the driver domain's NIC) and keep the window of that direction's test.
+pub const GROUPS: [&str; 6] = [
+    "guest_to_guest",
+    "guest_to_guest_64k",
+    "host_to_guest",
+    "guest_to_host",
+    "ping",
+    "evtchn",
+];
 
-fn group_topology(group: &str, seconds: u32) -> Option<String> {
+/// How [`run`] boots a group and which of its reports it keeps.
+struct GroupPlan {
+    topology: String,
+    /// The host runs iperf3 against the guest's server (`host_iperf`).
+    host_client: bool,
+    /// The one report to keep (the window of that test), or `None`: every test's.
+    window: Option<String>,
+}
+
+fn group_plan(group: &str, seconds: u32) -> Option<GroupPlan> {
     let with_accounting = |t: String| {
         t.replace(
             "iperf = \"client\"",
@@ -538,16 +557,32 @@ fn group_topology(group: &str, seconds: u32) -> Option<String> {
             ", iperf_accounting = true",
         )
     };
+    // The host_guest guest serves the host's tests in order: test 1 host -> guest, test 2
+    // (-R) guest -> host; the report after test n is tagged 2n + 1.
+    let host_test = |test: u32| GroupPlan {
+        topology: benchsuite::host_topology(seconds),
+        host_client: true,
+        window: Some((2 * test + 1).to_string()),
+    };
+    let plain = |topology: String| GroupPlan {
+        topology,
+        host_client: false,
+        window: None,
+    };
     Some(match group {
-        "guest_to_guest" => with_accounting(benchsuite::pairs_topology(1, seconds, false)),
-        "guest_to_guest_64k" => with_accounting(benchsuite::pairs_topology_mtu(
+        "guest_to_guest" => plain(with_accounting(benchsuite::pairs_topology(
+            1, seconds, false,
+        ))),
+        "guest_to_guest_64k" => plain(with_accounting(benchsuite::pairs_topology_mtu(
             1,
             seconds,
             false,
             Some(benchsuite::LARGE_FRAME_MTU),
-        )),
-        "ping" => benchsuite::ping_topology(),
-        "evtchn" => benchsuite::evtchn_topology(20_000),
+        ))),
+        "host_to_guest" => host_test(1),
+        "guest_to_host" => host_test(2),
+        "ping" => plain(benchsuite::ping_topology()),
+        "evtchn" => plain(benchsuite::evtchn_topology(20_000)),
         _ => return None,
     })
 }
@@ -570,32 +605,59 @@ pub fn run(
     top: usize,
     artifacts: &Artifacts,
 ) -> Result<Profile, String> {
-    let toml = group_topology(group, seconds).ok_or_else(|| {
+    let plan = group_plan(group, seconds).ok_or_else(|| {
         format!(
             "--profile knows the groups {}; not '{group}'",
             GROUPS.join(",")
         )
     })?;
-    let topology = Topology::from_toml_str(&with_profiling(&toml, hz))
+    let topology = Topology::from_toml_str(&with_profiling(&plan.topology, hz))
         .map_err(|e| format!("the {group} topology: {e}"))?;
+    let host = if plan.host_client {
+        Some(HostIperfs::plan(&topology, seconds)?)
+    } else {
+        None
+    };
     let final_line = format!("[hv] {LINE_PREFIX}{FINAL_TAG} hz=");
-    let stop = |line: &str| line.starts_with(&final_line);
+    // A report ends with its machine line; the boot can stop at the window's.
+    let window_line = plan
+        .window
+        .as_ref()
+        .map(|tag| format!("[hv] {LINE_PREFIX}{tag} hz="));
+    let stop = |line: &str| {
+        line.starts_with(&final_line) || window_line.as_ref().is_some_and(|w| line.starts_with(w))
+    };
+    let on_line = |line: &str| {
+        if let Some(host) = &host {
+            host.on_line(line);
+        }
+    };
     let options = BootOptions {
-        timeout: Duration::from_secs(u64::from(seconds) + 120),
+        timeout: Duration::from_secs(2 * u64::from(seconds) + 120),
         stop_when: Some(&stop),
+        on_line: Some(&on_line),
+        host_forwards: host.as_ref().map(HostIperfs::forwards).unwrap_or_default(),
         ..BootOptions::default()
     };
     let boot = qemu::boot(&topology, artifacts, &options)?;
     let all = reports(&boot.lines)?;
-    if all.is_empty() {
+    let chosen: Vec<&Report> = match &plan.window {
+        Some(tag) => all.iter().filter(|r| &r.tag == tag).collect(),
+        None => measurement_reports(&all),
+    };
+    if chosen.is_empty() {
         let tail = boot.lines.len().saturating_sub(15);
         return Err(format!(
-            "the {group} boot printed no profile (timed out: {}); its last lines:\n{}",
+            "the {group} boot printed no profile{} (timed out: {}); its last lines:\n{}",
+            plan.window
+                .as_ref()
+                .map(|t| format!(" tagged {t}"))
+                .unwrap_or_default(),
             boot.timed_out,
             boot.lines[tail..].join("\n")
         ));
     }
-    let window = merge(&measurement_reports(&all));
+    let window = merge(&chosen);
     let symbols = symbols_for(&topology, artifacts);
     Ok(summarize(
         &window,
@@ -747,13 +809,13 @@ mod tests {
     #[test]
     fn the_profiled_topologies_parse_and_ask_for_accounting_around_the_test() {
         for group in GROUPS {
-            let toml = with_profiling(&group_topology(group, 10).unwrap(), 1000);
+            let toml = with_profiling(&group_plan(group, 10).unwrap().topology, 1000);
             let t = Topology::from_toml_str(&toml).unwrap_or_else(|e| panic!("{group}: {e}"));
             assert_eq!(t.machine.profile_hz, Some(1000), "{group}");
             if group.starts_with("guest_to_guest") {
                 assert_eq!(toml.matches("iperf_accounting = true").count(), 1, "{toml}");
             }
         }
-        assert!(group_topology("nope", 1).is_none());
+        assert!(group_plan("nope", 1).is_none());
     }
 }

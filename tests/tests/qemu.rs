@@ -1652,6 +1652,71 @@ fn the_host_reaches_a_guests_tcp_echo_through_the_nic() {
 }
 
 #[test]
+fn a_guest_acknowledges_a_burst_from_the_host_in_parts() {
+    // The host's iperf3 sends to a guest through QEMU's user network, which never scales its
+    // window: 64 KiB, about 44 segments. A receiver that took every waiting frame before it
+    // answered sent one ACK per window (44 segments per ACK in a capture, issue 11) and the
+    // sender idled until the whole window had crossed. The front-end hands its stack at most
+    // 16 frames per round and the driver domain tells the guest every 8 frames, so the capture
+    // on the NIC must show an ACK for every 16 segments or so: 24 leaves room for a round that
+    // could not send its ACK at once, and is far from 44.
+    let seconds = 3;
+    let toml = format!(
+        "{MACHINE}{}{}",
+        switch_driver_domain(""),
+        frontend(
+            "receiver",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.16/24\", iperf = \"server\", iperf_tests = 1, \
+             host_iperf = \"send\""
+        ),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let host =
+        sluice_harness::iperf::HostIperfs::plan(&topology, seconds).expect("host iperf3 plan");
+    let on_line = |line: &str| host.on_line(line);
+    let capture =
+        std::env::temp_dir().join(format!("sluice-ack-pacing-{}.pcap", std::process::id()));
+    let boot = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(90),
+            host_forwards: host.forwards(),
+            on_line: Some(&on_line),
+            nic_pcap: Some(capture.clone()),
+            ..BootOptions::default()
+        },
+    );
+    let t = boot.transcript();
+    let segments = sluice_harness::pcap::read_tcp_segments(&capture);
+    let _ = std::fs::remove_file(&capture);
+    let run = host
+        .get("receiver")
+        .expect("planned")
+        .outcome(sluice_harness::iperf::Direction::ToVm)
+        .unwrap_or_else(|e| panic!("host -> guest stream: {e}\n{t}"));
+    assert!(run.bytes > 0, "{run:?}\n{t}");
+    assert_report_ok(&boot, "receiver", "iperf");
+    let segments = segments.unwrap_or_else(|e| panic!("the NIC capture: {e}\n{t}"));
+    let pacing = sluice_harness::pcap::ack_pacing(&segments, "10.0.2.16".parse().unwrap())
+        .unwrap_or_else(|| panic!("the capture holds no stream to the guest\n{t}"));
+    eprintln!(
+        "{pacing:?}: {:.1} segments per ACK",
+        pacing.segments_per_ack()
+    );
+    assert!(
+        pacing.data_segments >= 1000,
+        "too short a stream to judge: {pacing:?}\n{t}"
+    );
+    assert!(
+        pacing.segments_per_ack() <= 24.0,
+        "the guest acknowledged {:.1} segments per ACK (largest step {} bytes): {pacing:?}\n{t}",
+        pacing.segments_per_ack(),
+        pacing.largest_step
+    );
+}
+
+#[test]
 fn sixteen_guests_all_connect_and_ping_each_other() {
     // Sixteen front-ends' jumbo-frame pools on one driver domain: more than the grant-mapping
     // budget used to allow (ten could not all connect) and more VMs than the old limit of 16.

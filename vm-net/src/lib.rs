@@ -7,6 +7,8 @@
 //!   and its server and client on smoltcp sockets.
 //! - `stale_ack`: the workaround for smoltcp dropping data that arrives with a stale ACK
 //!   (applied to every stack's device while it polls).
+//! - [`budget`]: a count of frames against a limit, pacing work in rounds (front-end and
+//!   driver domain alike).
 //! - [`udp_echo`]: a UDP echo client's requests and the tally of their answers (which came
 //!   back, the longest silence between them), for the restart test.
 //!
@@ -23,6 +25,7 @@
 extern crate alloc;
 
 mod announce;
+pub mod budget;
 pub mod frame_queues;
 pub mod iperf3;
 mod stack;
@@ -35,6 +38,6 @@ pub use smoltcp;
 pub use stack::{Buffers, PingReply, ServiceCounters, Stack, ECHO_PORT};
 
 #[cfg(target_os = "none")]
-pub use stack::now;
+pub use stack::{instant_at, now};
 
 pub use shared_abi::identity::parse_mac;

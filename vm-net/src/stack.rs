@@ -70,8 +70,13 @@ pub struct PingReply {
 /// smoltcp's clock: the virtual timer.
 #[cfg(target_os = "none")]
 pub fn now() -> Instant {
-    use vm_runtime::timer;
-    Instant::from_micros(timer::ticks_to_us(timer::now()) as i64)
+    instant_at(vm_runtime::timer::now())
+}
+
+/// The stack's instant of counter reading `ticks` (for a caller that read the clock already).
+#[cfg(target_os = "none")]
+pub fn instant_at(ticks: u64) -> Instant {
+    Instant::from_micros(vm_runtime::timer::ticks_to_us(ticks) as i64)
 }
 
 /// The interface, its device and its services.

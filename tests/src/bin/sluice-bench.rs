@@ -99,15 +99,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--only" => {
                 let text = value("--only")?;
-                for group in text.split(',').map(str::trim) {
-                    if !SCENARIO_GROUPS.contains(&group) {
-                        return Err(format!(
-                            "--only takes scenario groups from {}; not '{group}'",
-                            SCENARIO_GROUPS.join(",")
-                        ));
-                    }
-                    out.only.push(group.to_string());
-                }
+                out.only
+                    .extend(text.split(',').map(|g| g.trim().to_string()));
             }
             "--json" => out.json = Some(PathBuf::from(value("--json")?)),
             "--svg" => out.svg = Some(PathBuf::from(value("--svg")?)),
@@ -124,6 +117,18 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}' ({USAGE})")),
         }
+    }
+    // Checked once every argument is in: --profile has groups of its own.
+    let (known, what): (&[&str], &str) = if out.profile {
+        (&profile::GROUPS, "profile groups")
+    } else {
+        (&SCENARIO_GROUPS, "scenario groups")
+    };
+    if let Some(group) = out.only.iter().find(|g| !known.contains(&g.as_str())) {
+        return Err(format!(
+            "--only takes {what} from {}; not '{group}'",
+            known.join(",")
+        ));
     }
     Ok(out)
 }
@@ -287,7 +292,7 @@ mod tests {
         assert_eq!(o.only, ["host_guest", "passthrough"]);
         assert!(o.runs_group("passthrough") && !o.runs_group("ping"));
         assert!(Options::short().runs_group("ping"));
-        let a = args("--profile --only guest_to_guest --profile-hz 2000").unwrap();
+        let a = args("--only guest_to_host --profile --profile-hz 2000").unwrap();
         assert!(a.profile);
         assert_eq!(a.profile_hz, Some(2000));
         assert!(!args("").unwrap().profile);
@@ -303,6 +308,8 @@ mod tests {
             ("--pairs", "needs a value"),
             ("--fast", "unknown argument '--fast'"),
             ("--only host_guest,nope", "not 'nope'"),
+            ("--only host_to_guest", "scenario groups"),
+            ("--profile --only host_guest", "profile groups"),
             ("--only", "needs a value"),
             ("--profile --profile-hz 50", "outside 100..=10000"),
             ("--profile-hz x", "needs a number"),
