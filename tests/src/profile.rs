@@ -817,5 +817,26 @@ mod tests {
             }
         }
         assert!(group_plan("nope", 1).is_none());
+        // The host groups boot the bench's host_guest scenario and keep one test's window:
+        // the report after test n is tagged 2n + 1 (host -> guest first, then -R).
+        for (group, tag) in [("host_to_guest", "3"), ("guest_to_host", "5")] {
+            let plan = group_plan(group, 10).unwrap();
+            assert!(plan.host_client, "{group}");
+            assert_eq!(plan.window.as_deref(), Some(tag), "{group}");
+            assert!(
+                plan.topology.contains("host_iperf = true"),
+                "{}",
+                plan.topology
+            );
+            assert!(
+                plan.topology.contains("iperf_accounting = true"),
+                "{}",
+                plan.topology
+            );
+        }
+        assert!(GROUPS
+            .iter()
+            .filter(|g| !g.contains("host"))
+            .all(|g| group_plan(g, 10).is_some_and(|p| !p.host_client && p.window.is_none())));
     }
 }
