@@ -1,6 +1,8 @@
 //! Rate budgets for what a guest can make the driver domain do: a token bucket on the caller's
 //! millisecond clock. The switch gives each port one for floods (broadcast, multicast and
-//! unknown unicast), the back-end each connection one for connection attempts.
+//! unknown unicast), the back-end each connection one for connection attempts. And the event
+//! window: how many events a guest's port may send it per window, with an event held back by
+//! the budget owed, not dropped.
 
 /// A token bucket: up to `burst` tokens, one more every `period_ms`. Time is the caller's, in
 /// milliseconds, so the same bucket runs in host tests.
@@ -71,9 +73,104 @@ impl TokenBucket {
     }
 }
 
+/// Events per window for one guest, on the caller's clock (counter ticks). A guest that asks
+/// for an event on every completion cannot make us send more than `limit` a window; an event
+/// the budget holds back is owed and goes at the start of the next window ([`Self::owed_at`]),
+/// so a guest that sleeps waiting for it is woken late, never left asleep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventWindow {
+    limit: u32,
+    window_ticks: u64,
+    started: u64,
+    sent: u32,
+    owed: bool,
+}
+
+impl EventWindow {
+    /// A fresh window starting at `now` allowing `limit` events every `window_ticks`.
+    pub const fn new(limit: u32, window_ticks: u64, now: u64) -> EventWindow {
+        EventWindow {
+            limit,
+            window_ticks,
+            started: now,
+            sent: 0,
+            owed: false,
+        }
+    }
+
+    /// Whether an event may be sent at `now` (and counts it); if not, the event is owed.
+    pub fn try_send(&mut self, now: u64) -> bool {
+        if now.saturating_sub(self.started) >= self.window_ticks {
+            self.started = now;
+            self.sent = 0;
+        }
+        if self.sent >= self.limit {
+            self.owed = true;
+            return false;
+        }
+        self.sent += 1;
+        self.owed = false;
+        true
+    }
+
+    /// Whether an event was held back and not sent since.
+    pub const fn owed(&self) -> bool {
+        self.owed
+    }
+
+    /// When the owed event may go (the next window's start), if one is owed.
+    pub const fn owed_at(&self) -> Option<u64> {
+        if self.owed {
+            Some(self.started.saturating_add(self.window_ticks))
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_over_the_budget_is_owed_until_the_next_window() {
+        let mut w = EventWindow::new(3, 1_000, 500);
+        assert!((0..3).all(|i| w.try_send(500 + i)));
+        assert_eq!(w.owed_at(), None);
+        assert!(!w.try_send(600));
+        assert!(w.owed());
+        assert_eq!(w.owed_at(), Some(1_500));
+        // Still the same window: still owed.
+        assert!(!w.try_send(1_499));
+        assert_eq!(w.owed_at(), Some(1_500));
+        // The next window pays it.
+        assert!(w.try_send(1_500));
+        assert!(!w.owed());
+        assert_eq!(w.owed_at(), None);
+    }
+
+    #[test]
+    fn a_steady_hammer_gets_the_limit_per_window() {
+        let mut w = EventWindow::new(20, 1_000, 0);
+        let sent = (0..10_000u64).filter(|&t| w.try_send(t)).count();
+        assert_eq!(sent, 20 * 10);
+        let mut none = EventWindow::new(0, 1_000, 0);
+        assert!(!none.try_send(5));
+        assert_eq!(none.owed_at(), Some(1_000));
+    }
+
+    #[test]
+    fn a_clock_that_stands_still_or_goes_back_opens_no_window() {
+        let mut w = EventWindow::new(1, 1_000, 10_000);
+        assert!(w.try_send(10_000));
+        assert!(!w.try_send(9_000));
+        assert!(!w.try_send(10_000));
+        assert_eq!(w.owed_at(), Some(11_000));
+        // Nor does the end of time overflow.
+        assert!(w.try_send(u64::MAX));
+        assert!(!w.try_send(u64::MAX));
+        assert_eq!(w.owed_at(), Some(u64::MAX));
+    }
 
     #[test]
     fn a_burst_then_one_token_per_period() {

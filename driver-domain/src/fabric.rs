@@ -578,6 +578,15 @@ impl Fabric {
         waiting
     }
 
+    /// The earliest time (counter ticks) an event held back by a guest's event budget may go:
+    /// the loop must look again by then, or that guest may sleep on.
+    pub fn owed_event_at<G: GuestLink>(&self, connections: &[G]) -> Option<u64> {
+        connections
+            .iter()
+            .filter_map(|c| c.net()?.owed_event_at())
+            .min()
+    }
+
     /// When the local endpoint next needs to run, in microseconds.
     pub fn poll_delay_us(&mut self) -> Option<u64> {
         let local = self.local.as_mut()?;

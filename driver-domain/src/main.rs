@@ -351,7 +351,10 @@ fn main(info: &StartInfo<'static>) {
             if let Some(at) = connections.iter().filter_map(Connection::retry_at).min() {
                 wait_us = wait_us.min(at.saturating_sub(now_ms).max(1) * 1_000);
             }
-            let deadline = now + timer::us_to_ticks(wait_us);
+            let mut deadline = now + timer::us_to_ticks(wait_us);
+            if let Some(at) = fabric.owed_event_at(&connections) {
+                deadline = deadline.min(at.max(now + 1));
+            }
             recheck = !timer::wait_until(deadline, || {
                 nic::NEWS.load(Ordering::Acquire) || ports.iter().any(|&p| evtchn::pending(p))
             }) && !has_nic;

@@ -26,6 +26,8 @@ use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, timer};
 
+use driver_domain::budget::EventWindow;
+
 /// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest.
 pub const MAX_POOL_PAGES: u32 = shared_abi::virtq::POOL_BUDGET_PAGES;
 /// Largest frame we accept from a guest (net header excluded): a 64 KiB IP packet between
@@ -126,8 +128,8 @@ pub struct NetPort {
     /// used.idx of each queue at the last flush, to decide about events.
     tx_used_flushed: u16,
     rx_used_flushed: u16,
-    events_this_second: u32,
-    second_started: u64,
+    /// At most [`EVENTS_PER_SECOND`] events a second to this guest; one held back is owed.
+    events: EventWindow,
     pub stats: PortStats,
 }
 
@@ -216,8 +218,7 @@ impl NetPort {
             port,
             tx_used_flushed: 0,
             rx_used_flushed: 0,
-            events_this_second: 0,
-            second_started: timer::now(),
+            events: EventWindow::new(EVENTS_PER_SECOND, timer::ms_to_ticks(1000), timer::now()),
             stats: PortStats::default(),
         })
     }
@@ -353,33 +354,35 @@ impl NetPort {
     }
 
     /// Sends the guest one event if either queue completed chains it asked to hear about since
-    /// the last flush, within the event budget.
+    /// the last flush, or an event the budget held back is owed, within the event budget.
     pub fn flush_events(&mut self) {
         let (tx_old, tx_new) = (self.tx_used_flushed, self.tx.used_idx());
         let (rx_old, rx_new) = (self.rx_used_flushed, self.rx.used_idx());
-        if tx_old == tx_new && rx_old == rx_new {
+        let owed = self.events.owed();
+        if tx_old == tx_new && rx_old == rx_new && !owed {
             return;
         }
         let wanted = self.tx.should_notify_driver(tx_old, tx_new)
             || self.rx.should_notify_driver(rx_old, rx_new);
         self.tx_used_flushed = tx_new;
         self.rx_used_flushed = rx_new;
-        if !wanted {
+        if !wanted && !owed {
             self.stats.events_suppressed += 1;
             return;
         }
-        let now = timer::now();
-        if now - self.second_started >= timer::ms_to_ticks(1000) {
-            self.second_started = now;
-            self.events_this_second = 0;
-        }
-        if self.events_this_second >= EVENTS_PER_SECOND {
+        if !self.events.try_send(timer::now()) {
+            // Owed: the driver domain's loop wakes for it at the next window
+            // (`owed_event_at`), as the guest may be asleep waiting for exactly this.
             self.stats.events_suppressed += 1;
             return;
         }
-        self.events_this_second += 1;
         self.stats.events_sent += 1;
         let _ = evtchn::send(self.port);
+    }
+
+    /// When an event the budget held back may go (counter ticks), if one is owed.
+    pub fn owed_event_at(&self) -> Option<u64> {
+        self.events.owed_at()
     }
 
     /// Before the loop sleeps: re-arms the TX ring's event and says whether frames are already

@@ -145,6 +145,8 @@ pub const DRIVER_DOMAIN: &str = "driver-domain";
 
 /// A 2-pCPU machine with room for nine VMs.
 const MACHINE: &str = "[machine]\ncpus = 2\nmemory_mib = 1024\nnic = \"user\"\n";
+/// The pCPUs of [`MACHINE`].
+const MACHINE_CPUS: usize = 2;
 
 /// [`MACHINE`] with the NIC on `nic` instead.
 fn machine_on(nic: NicBackend) -> String {
@@ -698,6 +700,8 @@ pub struct Results {
     pub runs: usize,
     pub iperf_seconds: u32,
     pub rounds_per_run: u64,
+    /// How QEMU's vCPU threads ran on the host ([`crate::pinning::policy`]): pinned, or why not.
+    pub vcpu_pinning: String,
     pub paravirt_tcp_mbps: Paravirt,
     /// The stock Linux guest's host paths (the `linux` group, [`crate::linux_guest`]): the
     /// baseline of issue 11's host-path goal.
@@ -956,6 +960,7 @@ impl Results {
             runs: options.runs,
             iperf_seconds: options.seconds,
             rounds_per_run: options.rounds,
+            vcpu_pinning: crate::pinning::policy(MACHINE_CPUS),
             paravirt_tcp_mbps: Paravirt {
                 guest_to_guest: Stat::of_runs(&raw.guest_to_guest),
                 guest_to_guest_64k: Stat::of_runs(&raw.guest_to_guest_64k),
@@ -1419,6 +1424,7 @@ impl Results {
                 ),
             };
         }
+        out += &format!("{:<40} {}\n", "QEMU vCPU threads", self.vcpu_pinning);
         if unsteady {
             out +=
                 "! run values' max/min over 2x (`spread_over_2x` in the JSON): the figure moved \
@@ -2990,6 +2996,12 @@ impl Describe for BalloonRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pinning_policy_is_planned_for_the_bench_machine() {
+        let topology = parse(&ping_topology()).unwrap();
+        assert_eq!(topology.machine.cpus as usize, MACHINE_CPUS);
+    }
 
     #[test]
     fn the_passt_scenarios_put_the_nic_on_passt_and_the_guest_on_the_host_server() {

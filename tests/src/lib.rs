@@ -14,6 +14,7 @@ pub mod linux_guest;
 pub mod net;
 pub mod passt;
 pub mod pcap;
+pub mod pinning;
 pub mod plot;
 pub mod process;
 pub mod profile;

@@ -38,8 +38,9 @@ pub const CPU: &str = "max";
 
 /// The start of every QEMU command line of the harness: machine `machine`, [`CPU`], `cpus`
 /// vCPUs, `memory_mib` of RAM, no display or monitor, the serial console on stdio (which the
-/// harness reads).
+/// harness reads), and named threads (for [`crate::pinning`]).
 pub fn machine_args(machine: &str, cpus: u32, memory_mib: u64) -> Vec<String> {
+    let [name, threads] = crate::pinning::qemu_thread_name_args();
     vec![
         "-M".into(),
         machine.into(),
@@ -55,6 +56,8 @@ pub fn machine_args(machine: &str, cpus: u32, memory_mib: u64) -> Vec<String> {
         "none".into(),
         "-serial".into(),
         "stdio".into(),
+        name,
+        threads,
     ]
 }
 /// The environment variable naming a pcap file for the NIC's frames ([`BootOptions::nic_pcap`]).
@@ -411,6 +414,9 @@ pub fn boot(
     booted
 }
 
+/// How long [`run`] waits for QEMU's vCPU threads to appear before it runs them unpinned.
+const PIN_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs QEMU (`program` then `args`, see [`qemu_program`]) with the console on stdout and
 /// QEMU's own messages on stderr (prefixed `[qemu] `), feeding each line to `options.on_line`
 /// and `options.stop_when` and killing QEMU at the timeout (counted from `start`), at an early
@@ -438,6 +444,10 @@ pub fn run(
             ))
         }
     };
+    // Before the console is read: QEMU creates its vCPU threads before the guest runs, and the
+    // console's first lines wait in the pipe meanwhile.
+    let pinned =
+        crate::pinning::pin_qemu(child.id(), crate::pinning::vcpus_of_args(args), PIN_WAIT);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut guard = QemuGuard(child);
@@ -464,6 +474,10 @@ pub fn run(
 
     let deadline = start + options.timeout;
     let mut lines = Vec::new();
+    // A boot that runs unpinned says so where its failures are read.
+    if let Err(why) = pinned {
+        lines.push(format!("[harness] vCPU threads not pinned: {why}"));
+    }
     let (mut timed_out, mut stopped_early) = (false, false);
     loop {
         let now = Instant::now();
@@ -539,7 +553,7 @@ vcpus = 1
     }
 
     /// The command line every topology starts with.
-    const PLAIN_ARGS: [&str; 18] = [
+    const PLAIN_ARGS: [&str; 20] = [
         "-M",
         "virt,virtualization=on,gic-version=3",
         "-cpu",
@@ -554,6 +568,8 @@ vcpus = 1
         "none",
         "-serial",
         "stdio",
+        "-name",
+        "sluice,debug-threads=on",
         "-kernel",
         "/a/hypervisor.bin",
         "-initrd",
