@@ -107,6 +107,44 @@ fn vcpu_threads(pid: u32) -> Vec<(usize, i32)> {
         .collect()
 }
 
+/// The QEMU processes this process started and that still run (for checks from inside a boot).
+pub fn qemu_children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !is_gone(&stat) && stat.contains("(qemu-system-") && parent_of(&stat) == Some(me)
+        })
+        .collect()
+}
+
+/// The parent process id in a `/proc/<pid>/stat` line.
+fn parent_of(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The host CPUs each vCPU thread of QEMU process `pid` may run on, by vCPU index.
+pub fn vcpu_affinities(pid: u32) -> Result<Vec<(usize, Vec<usize>)>, String> {
+    let mut out = Vec::new();
+    for (vcpu, tid) in vcpu_threads(pid) {
+        let pid = Pid::from_raw(tid).ok_or_else(|| format!("bad thread id {tid}"))?;
+        let set = sched_getaffinity(Some(pid))
+            .map_err(|e| format!("sched_getaffinity of vCPU {vcpu}'s thread {tid}: {e}"))?;
+        out.push((
+            vcpu,
+            (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Whether a process whose `/proc/<pid>/stat` reads `stat` has ended (it is missing, a zombie
 /// not yet reaped, or dead): its threads will never appear.
 fn is_gone(stat: &str) -> bool {
@@ -237,5 +275,13 @@ mod tests {
         assert!(is_gone("1234 (qemu-system-aar) Z 1 1234 ..."));
         assert!(is_gone("1234 (x) X 1"));
         assert!(is_gone(""));
+    }
+
+    #[test]
+    fn the_parent_comes_after_the_state() {
+        assert_eq!(parent_of("1234 (qemu-system-aar) S 77 1234 0"), Some(77));
+        assert_eq!(parent_of("9 (odd) name) R 1 9"), Some(1));
+        assert_eq!(parent_of("9 (x) S"), None);
+        assert_eq!(parent_of(""), None);
     }
 }

@@ -246,6 +246,66 @@ fn timed_sleep_wakes_on_time() {
 }
 
 #[test]
+fn each_vcpu_thread_of_qemu_runs_on_a_host_cpu_of_its_own() {
+    use sluice_harness::pinning;
+    let toml = format!(
+        "{MACHINE}{}",
+        guest(
+            "sleeper",
+            8,
+            1,
+            "app = \"sleep\", sleep_ms = 100, rounds = 2"
+        )
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    // Read from inside the boot, at its first console line: QEMU runs then.
+    let seen = std::sync::Mutex::new(None);
+    let on_line = |_: &str| {
+        let mut seen = seen.lock().unwrap();
+        if seen.is_none() {
+            let children = pinning::qemu_children();
+            *seen = Some(match children.as_slice() {
+                [qemu] => pinning::vcpu_affinities(*qemu),
+                other => Err(format!("expected one QEMU child, found {other:?}")),
+            });
+        }
+    };
+    let result = boot_with(
+        &topology,
+        BootOptions {
+            timeout: Duration::from_secs(60),
+            on_line: Some(&on_line),
+            ..BootOptions::default()
+        },
+    );
+    assert_report_ok(&result, "sleeper", "slept 2 x 100 ms");
+    let affinities = seen
+        .into_inner()
+        .unwrap()
+        .expect("no console line")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vcpus: Vec<usize> = affinities.iter().map(|(v, _)| *v).collect();
+    assert_eq!(vcpus, [0, 1], "QEMU's vCPU threads by name");
+    let allowed = pinning::allowed_cpus().unwrap();
+    match pinning::plan(2, &allowed) {
+        // The usual case (and this machine's): one host CPU each, never the same one.
+        Ok(cpus) if !pinning::policy(2).starts_with("off") => {
+            let got: Vec<Vec<usize>> = affinities.into_iter().map(|(_, c)| c).collect();
+            assert_eq!(got, [vec![cpus[0]], vec![cpus[1]]]);
+        }
+        // Turned off, or too few host CPUs: they run wherever the host puts them.
+        _ => {
+            for (vcpu, cpus) in affinities {
+                assert_eq!(
+                    cpus, allowed,
+                    "vCPU {vcpu} was pinned though pinning is off"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn spinning_vcpus_do_not_starve_others() {
     // Two guests spin for 4 s without ever trapping, one per pCPU; the third guest still gets
     // time slices and finishes before them.
