@@ -3457,6 +3457,18 @@ mod tests {
             (doc["runs"].as_u64(), doc["iperf_seconds"].as_u64()),
             (Some(5), Some(5))
         );
+        // How QEMU's threads ran, in words, in both.
+        let pinning = doc["vcpu_pinning"].as_str().unwrap();
+        assert!(
+            pinning.starts_with("vCPU threads pinned to host CPUs") || pinning.starts_with("off ("),
+            "{pinning}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("QEMU vCPU threads") && l.ends_with(pinning)),
+            "{table}"
+        );
     }
 
     #[test]

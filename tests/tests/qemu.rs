@@ -2378,6 +2378,11 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
         "figures missing or not positive: {missing:#?}\n{text}\n{output}"
     );
     assert_eq!(doc["short"], true, "{text}");
+    assert_eq!(
+        doc["vcpu_pinning"].as_str(),
+        Some(sluice_harness::pinning::policy(2).as_str()),
+        "{text}"
+    );
     assert_eq!(doc["scaling"].as_array().map(Vec::len), Some(2), "{text}");
     let svg = std::fs::read_to_string(dir.join("scaling.svg")).expect("the scaling plot");
     assert!(svg.starts_with("<svg"), "{svg}");
