@@ -15,6 +15,5 @@ pub mod budget;
 pub mod crash;
 pub mod csum;
 pub mod devmodel;
-pub mod gateway_ping;
 pub mod switch;
 pub mod vif;

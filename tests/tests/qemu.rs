@@ -1232,11 +1232,7 @@ fn the_host_reaches_the_driver_domain_through_passt() {
     if sluice_harness::passt::host_ping_sockets_allowed() {
         assert!(boot.has("NIC ping gateway 10.0.2.2: reply in"), "{t}");
     } else {
-        // The gateway answered ARP, so the ping gives up half a second after its request.
-        assert!(
-            boot.has("NIC ping gateway 10.0.2.2: no reply within 500 ms of the request leaving"),
-            "{t}"
-        );
+        assert!(boot.has("NIC ping gateway 10.0.2.2: no reply"), "{t}");
     }
     let counters = nic_counters(&boot);
     assert!(counters.contains("udp echoed 10"), "{counters}");

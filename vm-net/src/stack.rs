@@ -388,13 +388,6 @@ impl<D: Device> Stack<D> {
         Ok(())
     }
 
-    /// Whether every echo request queued has left the stack. smoltcp holds a request back
-    /// until the target's (or the gateway's) link-layer address is known, so for a first ping
-    /// this says that the next hop answered ARP.
-    pub fn pings_left(&self) -> bool {
-        self.sockets.get::<icmp::Socket>(self.icmp).send_queue() == 0
-    }
-
     /// Replies to our echo requests that arrived since the last call (`now`: when they are
     /// collected); duplicates and replies to requests we do not remember are ignored.
     pub fn ping_replies_at(&mut self, now: Instant) -> Vec<PingReply> {
