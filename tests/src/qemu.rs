@@ -444,13 +444,13 @@ pub fn run(
             ))
         }
     };
-    // Before the console is read: QEMU creates its vCPU threads before the guest runs, and the
-    // console's first lines wait in the pipe meanwhile.
-    let pinned =
-        crate::pinning::pin_qemu(child.id(), crate::pinning::vcpus_of_args(args), PIN_WAIT);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut guard = QemuGuard(child);
+    // Before the console is read (and with QEMU's guard in place): QEMU creates its vCPU
+    // threads before the guest runs, and the console's first lines wait in the pipe meanwhile.
+    let pinned =
+        crate::pinning::pin_qemu(guard.0.id(), crate::pinning::vcpus_of_args(args), PIN_WAIT);
 
     let (tx, rx) = mpsc::channel::<String>();
     let tx_err = tx.clone();
@@ -474,9 +474,13 @@ pub fn run(
 
     let deadline = start + options.timeout;
     let mut lines = Vec::new();
-    // A boot that runs unpinned says so where its failures are read.
+    // A boot that runs unpinned says so where its failures are read (and on the demo's screen).
     if let Err(why) = pinned {
-        lines.push(format!("[harness] vCPU threads not pinned: {why}"));
+        let line = format!("[harness] vCPU threads not pinned: {why}");
+        if options.echo {
+            println!("{line}");
+        }
+        lines.push(line);
     }
     let (mut timed_out, mut stopped_early) = (false, false);
     loop {
