@@ -248,8 +248,10 @@ fn timed_sleep_wakes_on_time() {
 #[test]
 fn each_vcpu_thread_of_qemu_runs_on_a_host_cpu_of_its_own() {
     use sluice_harness::pinning;
+    // An odd RAM size tells this boot's QEMU from other tests' running beside it.
     let toml = format!(
-        "{MACHINE}{}",
+        "{}{}",
+        MACHINE.replace("memory_mib = 512", "memory_mib = 520"),
         guest(
             "sleeper",
             8,
@@ -258,15 +260,21 @@ fn each_vcpu_thread_of_qemu_runs_on_a_host_cpu_of_its_own() {
         )
     );
     let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let ours = |pid: &u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == b"520M"))
+    };
     // Read from inside the boot, at its first console line: QEMU runs then.
     let seen = std::sync::Mutex::new(None);
     let on_line = |_: &str| {
         let mut seen = seen.lock().unwrap();
         if seen.is_none() {
-            let children = pinning::qemu_children();
+            let children: Vec<u32> = pinning::qemu_children().into_iter().filter(ours).collect();
             *seen = Some(match children.as_slice() {
                 [qemu] => pinning::vcpu_affinities(*qemu),
-                other => Err(format!("expected one QEMU child, found {other:?}")),
+                other => Err(format!(
+                    "expected one QEMU child with -m 520M, found {other:?}"
+                )),
             });
         }
     };
