@@ -60,18 +60,29 @@ pub fn plan(vcpus: usize, allowed: &[usize]) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
+/// The CPUs in `set`, ascending.
+fn cpus_in(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+}
+
 /// The host CPUs this process may run on.
 pub fn allowed_cpus() -> Result<Vec<usize>, String> {
     let set = sched_getaffinity(None).map_err(|e| format!("sched_getaffinity: {e}"))?;
-    Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
+    Ok(cpus_in(&set))
+}
+
+/// The host CPU for each of `vcpus` vCPUs on this host, or why they stay unpinned (turned off
+/// by [`PIN_ENV`], or too few host CPUs).
+fn host_plan(vcpus: usize) -> Result<Vec<usize>, String> {
+    if !wanted(std::env::var(PIN_ENV).ok().as_deref()) {
+        return Err(format!("{PIN_ENV}=0"));
+    }
+    allowed_cpus().and_then(|allowed| plan(vcpus, &allowed))
 }
 
 /// What pinning would do for `vcpus` vCPUs on this host, in words (the bench's JSON and table).
 pub fn policy(vcpus: usize) -> String {
-    if !wanted(std::env::var(PIN_ENV).ok().as_deref()) {
-        return format!("off ({PIN_ENV}=0)");
-    }
-    match allowed_cpus().and_then(|allowed| plan(vcpus, &allowed)) {
+    match host_plan(vcpus) {
         Ok(cpus) => format!(
             "vCPU threads pinned to host CPUs {}",
             cpus.iter()
@@ -136,10 +147,7 @@ pub fn vcpu_affinities(pid: u32) -> Result<Vec<(usize, Vec<usize>)>, String> {
         let pid = Pid::from_raw(tid).ok_or_else(|| format!("bad thread id {tid}"))?;
         let set = sched_getaffinity(Some(pid))
             .map_err(|e| format!("sched_getaffinity of vCPU {vcpu}'s thread {tid}: {e}"))?;
-        out.push((
-            vcpu,
-            (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
-        ));
+        out.push((vcpu, cpus_in(&set)));
     }
     out.sort();
     Ok(out)
@@ -160,10 +168,7 @@ fn is_gone(stat: &str) -> bool {
 /// pinning is off (by [`PIN_ENV`] or too few host CPUs); `Ok(Some(cpus))`: vCPU n is on
 /// `cpus[n]`.
 pub fn pin_qemu(pid: u32, vcpus: usize, wait: Duration) -> Result<Option<Vec<usize>>, String> {
-    if !wanted(std::env::var(PIN_ENV).ok().as_deref()) {
-        return Ok(None);
-    }
-    let Ok(cpus) = allowed_cpus().and_then(|allowed| plan(vcpus, &allowed)) else {
+    let Ok(cpus) = host_plan(vcpus) else {
         return Ok(None);
     };
     let start = Instant::now();
