@@ -28,9 +28,13 @@ pub enum Counter {
     /// injected, each vPE doorbell (a vLPI for a vCPU that was not resident). A vLPI delivered
     /// straight to a running vCPU costs no exit and is not counted.
     DeviceIrqs,
+    /// Loads of one of the VM's vCPUs onto a pCPU whose stage-2 context (VTTBR_EL2) held
+    /// another VM: a world switch that changed the VMID. Under QEMU each one flushes the
+    /// pCPU's whole soft TLB, so every page the VM touches next is walked again.
+    VmidSwitches,
 }
 
-const COUNTERS: usize = 7;
+const COUNTERS: usize = 8;
 
 impl Counter {
     const fn index(self) -> usize {
@@ -48,6 +52,7 @@ pub struct Snapshot {
     pub ioreqs: u64,
     pub virqs: u64,
     pub device_irqs: u64,
+    pub vmid_switches: u64,
 }
 
 /// The counters of every VM id (`1..=MAX_VMS`; id 0, the hypervisor, counts nothing) and the
@@ -100,6 +105,7 @@ impl Accounting {
             ioreqs: read(Counter::Ioreqs),
             virqs: read(Counter::Virqs),
             device_irqs: read(Counter::DeviceIrqs),
+            vmid_switches: read(Counter::VmidSwitches),
         }
     }
 }
@@ -116,14 +122,15 @@ pub fn ticks_to_us(ticks: u64, frequency: u64) -> u64 {
 pub fn vm_line(tag: u64, name: &str, s: &Snapshot, frequency: u64) -> String {
     format!(
         "accounting {tag} vm={name} run_us={} exits={} hypercalls={} mmio_exits={} ioreqs={} \
-         virqs={} device_irqs={}",
+         virqs={} device_irqs={} vmid_switches={}",
         ticks_to_us(s.run_ticks, frequency),
         s.exits,
         s.hypercalls,
         s.mmio_exits,
         s.ioreqs,
         s.virqs,
-        s.device_irqs
+        s.device_irqs,
+        s.vmid_switches
     )
 }
 
@@ -175,11 +182,12 @@ mod tests {
             ioreqs: 4,
             virqs: 5,
             device_irqs: 6,
+            vmid_switches: 7,
         };
         assert_eq!(
             vm_line(9, "guest1", &s, 62_500_000),
             "accounting 9 vm=guest1 run_us=1000000 exits=1 hypercalls=2 mmio_exits=3 ioreqs=4 \
-             virqs=5 device_irqs=6"
+             virqs=5 device_irqs=6 vmid_switches=7"
         );
         assert_eq!(
             idle_line(9, 125_000_000, 62_500_000, 2),

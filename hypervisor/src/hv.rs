@@ -286,6 +286,9 @@ fn save(vcpu: &mut Vcpu, frame: &TrapFrame) {
 fn load(pcpu: usize, id: VcpuId, vcpu: &mut VcpuLocked, frame: &mut TrapFrame) {
     let (v, token) = vcpu.split();
     CURRENT_VM[pcpu].store(v.run.vm_id, Ordering::Relaxed);
+    if cpu::vttbr_vmid() != v.run.vmid {
+        ACCOUNTING.add(v.run.vm_id, Counter::VmidSwitches, 1);
+    }
     cpu::set_vttbr(v.run.vmid, v.run.stage2_root);
     if v.run.flush_vmid {
         mem::tlbi_current_vmid_all();

@@ -347,6 +347,9 @@ pub struct VmAccount {
     /// Its passed-through device's interrupts that went through EL2 (INTx, vPE doorbells);
     /// 0 from a hypervisor that does not report them.
     pub device_irqs: u64,
+    /// Loads of its vCPUs onto a pCPU that held another VM's stage 2 (each one a whole soft-TLB
+    /// flush under QEMU); `None` from a hypervisor that does not report them.
+    pub vmid_switches: Option<u64>,
 }
 
 /// One line of the hypervisor's ACCOUNTING_REPORT.
@@ -397,6 +400,7 @@ pub fn parse_accounting_line(line: &str) -> Option<Result<AccountingLine, String
                     ioreqs: get("ioreqs")?,
                     virqs: get("virqs")?,
                     device_irqs: c.get("device_irqs").copied().unwrap_or(0),
+                    vmid_switches: c.get("vmid_switches").copied(),
                 },
             },
             Some(_) => return Err(format!("accounting {tag}: empty vm=")),
@@ -561,6 +565,7 @@ pub struct RunReasons {
     /// Copies per payload byte at each copy site (front-end sites, then `backend`).
     pub copies: BTreeMap<String, f64>,
     pub pcpu_share: BTreeMap<String, f64>,
+    pub vmid_switches_per_frame: Option<f64>,
 }
 
 /// The difference of two counter snapshots (`None` if a key is missing or went backwards).
@@ -604,8 +609,10 @@ impl PathRun {
     /// - the pCPU share of every VM between the accounting reports.
     pub fn reasons(&self) -> RunReasons {
         let mut r = RunReasons::default();
+        let mut vmid_switches = None;
         if let Some((before, after)) = &self.accounting {
             r.pcpu_share = pcpu_shares(before, after).unwrap_or_default();
+            vmid_switches = vmid_switches_between(before, after);
         }
         let get =
             |m: &Option<BTreeMap<String, u64>>, k: &str| m.as_ref().and_then(|m| m.get(k).copied());
@@ -621,6 +628,8 @@ impl PathRun {
         let guests = self.sender.is_some() || self.receiver.is_some();
         if let Some(frames) = frames.filter(|&f| f > 0) {
             r.events_per_frame = Some(round_to(events as f64 / frames as f64, 4));
+            r.vmid_switches_per_frame =
+                vmid_switches.map(|n| round_to(n as f64 / frames as f64, 4));
         }
         let payload = self.payload_bytes;
         if guests && events > 0 && payload > 0 {
@@ -680,6 +689,19 @@ impl PathRun {
     }
 }
 
+/// Every VM's VMID switches between two reports, summed (`None` if a VM of the later report
+/// does not report them, or a count went backwards). A VM only in the later report counts from
+/// zero.
+pub fn vmid_switches_between(before: &Accounting, after: &Accounting) -> Option<u64> {
+    after.vms.iter().try_fold(0u64, |sum, (vm, a)| {
+        let earlier = match before.vms.get(vm) {
+            Some(b) => b.vmid_switches?,
+            None => 0,
+        };
+        Some(sum + a.vmid_switches?.checked_sub(earlier)?)
+    })
+}
+
 /// The reasons beside a path's throughput over several runs, each a [`Stat`] over the runs'
 /// values (see [`PathRun::reasons`] for how each is counted). Missing where no run had it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -687,6 +709,8 @@ pub struct Reasons {
     pub events_per_frame: Option<Stat>,
     pub bytes_per_notification: Option<Stat>,
     pub copies_per_byte: Option<Stat>,
+    /// World switches that changed a pCPU's VMID (every VM's, summed) per data frame.
+    pub vmid_switches_per_frame: Option<Stat>,
     /// Copies per payload byte at each copy site (medians over runs).
     pub copies: BTreeMap<String, f64>,
     /// Each VM's share of the pCPU time during the test, and `idle` (medians over runs).
@@ -714,6 +738,7 @@ impl Reasons {
             events_per_frame: stat(|r| r.events_per_frame),
             bytes_per_notification: stat(|r| r.bytes_per_notification),
             copies_per_byte: stat(|r| r.copies_per_byte),
+            vmid_switches_per_frame: stat(|r| r.vmid_switches_per_frame),
             copies: medians(|r| &r.copies),
             pcpu_share: medians(|r| &r.pcpu_share),
         }
@@ -734,10 +759,11 @@ impl Reasons {
                 .unwrap_or_else(|| "-".into())
         };
         let mut out = format!(
-            "{} events/frame, {} B/notification, {} copies/B",
+            "{} events/frame, {} B/notification, {} copies/B, {} VMID switches/frame",
             num(&self.events_per_frame, 3),
             num(&self.bytes_per_notification, 0),
-            num(&self.copies_per_byte, 2)
+            num(&self.copies_per_byte, 2),
+            num(&self.vmid_switches_per_frame, 3)
         );
         if self.pcpu_share.is_empty() {
             out += "; pCPU share -";
@@ -1075,13 +1101,13 @@ mod tests {
     }
 
     const ACCOUNTING: [&str; 8] = [
-        "[hv] accounting 2 vm=driver-domain run_us=1000 exits=10 hypercalls=5 mmio_exits=1 ioreqs=0 virqs=3",
-        "[hv] accounting 2 vm=client1 run_us=2000 exits=20 hypercalls=6 mmio_exits=0 ioreqs=0 virqs=4",
+        "[hv] accounting 2 vm=driver-domain run_us=1000 exits=10 hypercalls=5 mmio_exits=1 ioreqs=0 virqs=3 vmid_switches=7",
+        "[hv] accounting 2 vm=client1 run_us=2000 exits=20 hypercalls=6 mmio_exits=0 ioreqs=0 virqs=4 vmid_switches=5",
         "[hv] accounting 2 idle_us=7000 pcpus=2",
         "[client1] accounting 3 vm=client1 run_us=999999999 exits=0 hypercalls=0 mmio_exits=0 ioreqs=0 virqs=0",
-        "[hv] accounting 0x3 vm=driver-domain run_us=5000 exits=90 hypercalls=50 mmio_exits=1 ioreqs=0 virqs=30",
-        "[hv] accounting 3 vm=client1 run_us=4000 exits=40 hypercalls=60 mmio_exits=0 ioreqs=0 virqs=40",
-        "[hv] accounting 3 vm=server1 run_us=1000 exits=4 hypercalls=6 mmio_exits=0 ioreqs=0 virqs=4",
+        "[hv] accounting 0x3 vm=driver-domain run_us=5000 exits=90 hypercalls=50 mmio_exits=1 ioreqs=0 virqs=30 vmid_switches=27",
+        "[hv] accounting 3 vm=client1 run_us=4000 exits=40 hypercalls=60 mmio_exits=0 ioreqs=0 virqs=40 vmid_switches=15",
+        "[hv] accounting 3 vm=server1 run_us=1000 exits=4 hypercalls=6 mmio_exits=0 ioreqs=0 virqs=4 vmid_switches=10",
         "[hv] accounting 3 idle_us=9000 pcpus=2",
     ];
 
@@ -1100,7 +1126,8 @@ mod tests {
                     mmio_exits: 1,
                     ioreqs: 0,
                     virqs: 3,
-                    device_irqs: 0
+                    device_irqs: 0,
+                    vmid_switches: Some(7),
                 }
             }
         );
@@ -1161,6 +1188,39 @@ mod tests {
         assert!(pcpu_shares(&Accounting::default(), &Accounting::default()).is_none());
         let bad = vec!["[hv] accounting 2 idle_us=q pcpus=2".to_string()];
         assert!(accounting_reports(&bad).is_err());
+    }
+
+    #[test]
+    fn vmid_switches_are_summed_over_the_vms_between_two_reports() {
+        let lines: Vec<String> = ACCOUNTING.iter().map(|l| l.to_string()).collect();
+        let reports = accounting_reports(&lines).unwrap();
+        // dd 27 - 7, client1 15 - 5, server1 10 (new: from zero).
+        assert_eq!(vmid_switches_between(&reports[&2], &reports[&3]), Some(40));
+        // Backwards, or a VM that does not report them: no figure rather than a wrong one.
+        assert_eq!(vmid_switches_between(&reports[&3], &reports[&2]), None);
+        let mut silent = reports[&3].clone();
+        silent.vms.get_mut("server1").unwrap().vmid_switches = None;
+        assert_eq!(vmid_switches_between(&reports[&2], &silent), None);
+        let old = parse_accounting_line(
+            "[hv] accounting 2 vm=dd run_us=1 exits=1 hypercalls=1 mmio_exits=1 ioreqs=1 virqs=1",
+        );
+        assert!(matches!(
+            old,
+            Some(Ok(AccountingLine::Vm {
+                account: VmAccount {
+                    vmid_switches: None,
+                    ..
+                },
+                ..
+            }))
+        ));
+        // Per data frame in the path's reasons.
+        let run = PathRun {
+            receiver: Some([("rx_frames".to_string(), 80)].into()),
+            accounting: Some((reports[&2].clone(), reports[&3].clone())),
+            ..PathRun::default()
+        };
+        assert_eq!(run.reasons().vmid_switches_per_frame, Some(0.5));
     }
 
     fn netstats(vm: &str, tag: u64, scale: u64) -> String {
@@ -1343,6 +1403,7 @@ mod tests {
             copies_per_byte: Some(copies),
             copies: [("backend".to_string(), 1.0)].into(),
             pcpu_share: [("dd".to_string(), dd), ("idle".to_string(), 1.0 - dd)].into(),
+            vmid_switches_per_frame: Some(events * 2.0),
         };
         let r = Reasons::of_runs(&[run(0.5, 6.0, 0.4), run(0.1, 6.2, 0.5), run(0.3, 6.1, 0.6)]);
         assert_eq!(r.events_per_frame.as_ref().unwrap().median, 0.3);
@@ -1355,6 +1416,7 @@ mod tests {
             text.contains("0.300 events/frame")
                 && text.contains("3333 B/notification")
                 && text.contains("6.10 copies/B")
+                && text.contains("0.600 VMID switches/frame")
                 && text.contains("dd 50%"),
             "{text}"
         );

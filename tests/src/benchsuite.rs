@@ -752,7 +752,7 @@ pub const REASON_PATHS: [(&str, &str); 5] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 64] = [
+pub const REQUIRED_FIGURES: [&str; 65] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -786,6 +786,7 @@ pub const REQUIRED_FIGURES: [&str; 64] = [
     "/reasons/guest_to_guest/events_per_frame",
     "/reasons/guest_to_guest/bytes_per_notification",
     "/reasons/guest_to_guest/copies_per_byte",
+    "/reasons/guest_to_guest/vmid_switches_per_frame",
     "/reasons/host_to_guest/events_per_frame",
     "/reasons/host_to_guest/bytes_per_notification",
     "/reasons/host_to_guest/copies_per_byte",
@@ -3206,6 +3207,7 @@ mod tests {
                         ("idle".to_string(), 0.6),
                     ]
                     .into(),
+                    vmid_switches_per_frame: Some(0.25),
                 })
                 .collect();
             raw.reasons.insert(path, runs);

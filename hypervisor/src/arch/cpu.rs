@@ -80,6 +80,11 @@ pub fn vttbr() -> u64 {
     VTTBR_EL2.get()
 }
 
+/// The VMID loaded in VTTBR_EL2 now.
+pub fn vttbr_vmid() -> u16 {
+    (VTTBR_EL2.get() >> 48) as u16
+}
+
 pub fn restore_vttbr(raw: u64) {
     VTTBR_EL2.set(raw);
     isb();
