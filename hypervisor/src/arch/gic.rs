@@ -4,6 +4,7 @@
 
 use core::arch::asm;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use arm_gic::gicv3::{GicCpuInterface, GicV3, Group, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, UniqueMmioPointer};
@@ -16,6 +17,7 @@ use hypervisor::its::bringup::{
 use hypervisor::its::{GICR_VPENDBASER, GICR_VPROPBASER, GICV4_REDIST_STRIDE, LPI_INTID_BASE};
 
 use super::cpu::{mrs, msr};
+use super::MAX_PCPUS;
 
 /// PPIs the hypervisor itself takes.
 pub const MAINTENANCE_PPI: u32 = 25;
@@ -99,6 +101,7 @@ pub fn init_this_cpu(cpu: usize) {
     msr!("icc_ctlr_el1", mrs!("icc_ctlr_el1") | ICC_CTLR_EOIMODE);
     // The virtual CPU interface: enabled, no maintenance interrupts until a vCPU asks for one.
     msr!("ich_hcr_el2", ICH_HCR_EN);
+    hw_vgic().hcr.store(ICH_HCR_EN, Relaxed);
 }
 
 /// Acknowledges the highest-priority pending physical interrupt, if any.
@@ -287,41 +290,123 @@ pub fn list_register_count() -> usize {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VgicContext {
     pub lrs: [u64; 4],
+    /// What [`restore`](Self::restore) programs into ICH_HCR_EL2 (with EN added): the vCPU's
+    /// maintenance requests. Not read back by [`save`](Self::save): nothing here uses the
+    /// fields the hardware updates (EOIcount).
     pub hcr: u64,
     pub vmcr: u64,
     pub ap1r0: u64,
 }
 
+/// What each pCPU's virtual CPU interface registers hold, as far as this pCPU last wrote or
+/// read them, so that a switch touches only the registers that must change. Under QEMU every
+/// ICH_*_EL2 access is a helper call that takes its big lock (the registers are `ARM_CP_IO`)
+/// and recomputes the virtual interrupt lines; a switch that read and wrote all of them cost
+/// 19 such calls. Each entry is touched only by its own pCPU, with interrupts masked in EL2.
+struct HwVgic {
+    /// Bit i set: list register i may hold a non-zero value (written non-zero and not zeroed
+    /// since; the hardware changes an LR's state, never an LR written as zero).
+    live_lrs: AtomicU8,
+    hcr: AtomicU64,
+    /// [`UNKNOWN`] until first read or written.
+    vmcr: AtomicU64,
+    ap1r0: AtomicU64,
+}
+
+/// Not a value either register can hold (both have RES0 bits).
+const UNKNOWN: u64 = u64::MAX;
+
+static HW_VGIC: [HwVgic; MAX_PCPUS] = [const {
+    HwVgic {
+        live_lrs: AtomicU8::new(0),
+        hcr: AtomicU64::new(UNKNOWN),
+        vmcr: AtomicU64::new(UNKNOWN),
+        ap1r0: AtomicU64::new(UNKNOWN),
+    }
+}; MAX_PCPUS];
+
+fn hw_vgic() -> &'static HwVgic {
+    // `pcpu_index` is below MAX_PCPUS on every pCPU the boot brought up.
+    &HW_VGIC[super::cpu::pcpu_index() % MAX_PCPUS]
+}
+
+fn read_lr(i: usize) -> u64 {
+    match i {
+        0 => mrs!("ich_lr0_el2"),
+        1 => mrs!("ich_lr1_el2"),
+        2 => mrs!("ich_lr2_el2"),
+        _ => mrs!("ich_lr3_el2"),
+    }
+}
+
+fn write_lr(i: usize, value: u64) {
+    match i {
+        0 => msr!("ich_lr0_el2", value),
+        1 => msr!("ich_lr1_el2", value),
+        2 => msr!("ich_lr2_el2", value),
+        _ => msr!("ich_lr3_el2", value),
+    }
+}
+
+/// Writes ICH_HCR_EL2 unless it already holds `value`.
+fn set_hcr(hw: &HwVgic, value: u64) {
+    if hw.hcr.load(Relaxed) != value {
+        msr!("ich_hcr_el2", value);
+        hw.hcr.store(value, Relaxed);
+    }
+}
+
 impl VgicContext {
+    /// Reads the vCPU's live state from this pCPU: the list registers that may be non-zero
+    /// (the others are zero), VMCR and the active priorities.
     pub fn save(&mut self) {
-        self.lrs = [
-            mrs!("ich_lr0_el2"),
-            mrs!("ich_lr1_el2"),
-            mrs!("ich_lr2_el2"),
-            mrs!("ich_lr3_el2"),
-        ];
-        self.hcr = mrs!("ich_hcr_el2");
+        let hw = hw_vgic();
+        let live = hw.live_lrs.load(Relaxed);
+        for (i, lr) in self.lrs.iter_mut().enumerate() {
+            *lr = if live & (1 << i) != 0 { read_lr(i) } else { 0 };
+        }
         self.vmcr = mrs!("ich_vmcr_el2");
         self.ap1r0 = mrs!("ich_ap1r0_el2");
+        hw.vmcr.store(self.vmcr, Relaxed);
+        hw.ap1r0.store(self.ap1r0, Relaxed);
     }
 
     /// Empties the live list registers and turns maintenance interrupts off, keeping the
     /// virtual interface enabled: the state after [`save`](Self::save) when no vCPU is loaded.
     pub fn quiesce() {
-        msr!("ich_hcr_el2", ICH_HCR_EN);
-        msr!("ich_lr0_el2", 0);
-        msr!("ich_lr1_el2", 0);
-        msr!("ich_lr2_el2", 0);
-        msr!("ich_lr3_el2", 0);
+        let hw = hw_vgic();
+        set_hcr(hw, ICH_HCR_EN);
+        let live = hw.live_lrs.swap(0, Relaxed);
+        for i in 0..4 {
+            if live & (1 << i) != 0 {
+                write_lr(i, 0);
+            }
+        }
     }
 
+    /// Programs this pCPU's virtual interface with the vCPU's state, writing only what differs
+    /// from what it holds.
     pub fn restore(&self) {
-        msr!("ich_lr0_el2", self.lrs[0]);
-        msr!("ich_lr1_el2", self.lrs[1]);
-        msr!("ich_lr2_el2", self.lrs[2]);
-        msr!("ich_lr3_el2", self.lrs[3]);
-        msr!("ich_vmcr_el2", self.vmcr);
-        msr!("ich_ap1r0_el2", self.ap1r0);
-        msr!("ich_hcr_el2", self.hcr | ICH_HCR_EN);
+        let hw = hw_vgic();
+        let live = hw.live_lrs.load(Relaxed);
+        let mut now_live = 0;
+        for (i, &lr) in self.lrs.iter().enumerate() {
+            if lr != 0 || live & (1 << i) != 0 {
+                write_lr(i, lr);
+            }
+            if lr != 0 {
+                now_live |= 1 << i;
+            }
+        }
+        hw.live_lrs.store(now_live, Relaxed);
+        if hw.vmcr.load(Relaxed) != self.vmcr {
+            msr!("ich_vmcr_el2", self.vmcr);
+            hw.vmcr.store(self.vmcr, Relaxed);
+        }
+        if hw.ap1r0.load(Relaxed) != self.ap1r0 {
+            msr!("ich_ap1r0_el2", self.ap1r0);
+            hw.ap1r0.store(self.ap1r0, Relaxed);
+        }
+        set_hcr(hw, self.hcr | ICH_HCR_EN);
     }
 }
