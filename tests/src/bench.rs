@@ -606,7 +606,9 @@ impl PathRun {
     ///   guest over frame bytes delivered to it; or, toward the NIC, bytes copied out of
     ///   guests over the frame bytes the sending guest sent) times the frame bytes of this
     ///   test as the guest counted them;
-    /// - the pCPU share of every VM between the accounting reports.
+    /// - the pCPU share of every VM between the accounting reports;
+    /// - VMID switches per frame: every VM's `vmid_switches` between the reports over the data
+    ///   frames.
     pub fn reasons(&self) -> RunReasons {
         let mut r = RunReasons::default();
         let mut vmid_switches = None;

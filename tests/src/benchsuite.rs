@@ -27,8 +27,8 @@
 //! differ by more than 2x is flagged (`spread_over_2x`).
 //!
 //! Beside each para-virtual path's throughput, `reasons` (see [`bench::PathRun::reasons`]):
-//! events per frame, bytes per notification, copies per byte (per copy site too) and each VM's
-//! share of the pCPU time, from the iperf guests' `netstats` marks around their test, the
+//! events per frame, bytes per notification, copies per byte (per copy site too), VMID switches
+//! per frame and each VM's share of the pCPU time, from the iperf guests' `netstats` marks around their test, the
 //! driver domain's `netback` port lines and the hypervisor's `accounting` reports.
 //!
 //! The three-way table (issue 12: emulation, para-virtualization, passthrough): for each
