@@ -28,8 +28,9 @@
 //!
 //! Beside each para-virtual path's throughput, `reasons` (see [`bench::PathRun::reasons`]):
 //! events per frame, bytes per notification, copies per byte (per copy site too), VMID switches
-//! per frame and each VM's share of the pCPU time, from the iperf guests' `netstats` marks around their test, the
-//! driver domain's `netback` port lines and the hypervisor's `accounting` reports.
+//! per frame and each VM's share of the pCPU time, from the iperf guests' `netstats` marks
+//! around their test, the driver domain's `netback` port lines and the hypervisor's
+//! `accounting` reports.
 //!
 //! The three-way table (issue 12: emulation, para-virtualization, passthrough): for each
 //! method, TCP host -> guest and guest -> guest, and per data packet the receiver got (its

@@ -125,9 +125,10 @@ pub(crate) unsafe fn aligned_words(d: usize, s: usize, words: usize) {
 /// the top of one aligned source word and the bottom of the next (little-endian), so every
 /// load is aligned. 64 bytes per round (`ldp`/`stp`), as in [`aligned_words`]: a receiver's
 /// copy into its socket buffer takes this path for a whole stream when the stream offset is
-/// off (iperf3's cookie), and one word per round ran at about half the co-aligned speed. The first aligned word starts before `s` and the last may end after the
-/// source's last byte: bytes of the same aligned 8-byte word, so of the same page, never
-/// another mapping; they are loaded, never used.
+/// off (iperf3's cookie), and one word per round ran at about half the co-aligned speed. The
+/// first aligned word starts before `s` and the last may end after the source's last byte:
+/// bytes of the same aligned 8-byte word, so of the same page, never another mapping; they
+/// are loaded, never used.
 ///
 /// # Safety
 /// `d` valid and 8-aligned for `8 * words` bytes of writes; `s` valid for `8 * words` bytes of
