@@ -202,6 +202,85 @@ impl VirqQueue {
     }
 }
 
+/// What one pCPU's virtual interface registers hold, as far as that pCPU last wrote or read
+/// them, so that a switch touches only the registers that must change (`arch::gic` keeps one
+/// per pCPU). Under QEMU every ICH_*_EL2 access is a helper call that takes QEMU's big lock (the
+/// registers are `ARM_CP_IO`) and recomputes the virtual interrupt lines: a switch that read
+/// and wrote all of them made 19 such calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceMirror {
+    /// Bit i set: list register i may hold a non-zero value (written non-zero and not zeroed
+    /// since; the hardware changes an LR's state, never an LR written as zero).
+    live_lrs: u8,
+    /// ICH_HCR_EL2, ICH_VMCR_EL2, ICH_AP1R0_EL2 (`None`: not known yet).
+    hcr: Option<u64>,
+    vmcr: Option<u64>,
+    ap1r0: Option<u64>,
+}
+
+/// The list registers a mirror tracks (QEMU's GIC has four).
+pub const MIRRORED_LRS: usize = 4;
+
+impl InterfaceMirror {
+    /// A pCPU's interface at reset: list registers zero, the rest not known.
+    pub const RESET: InterfaceMirror = InterfaceMirror {
+        live_lrs: 0,
+        hcr: None,
+        vmcr: None,
+        ap1r0: None,
+    };
+
+    /// The list registers a save must read (bit i: LR i); the others are zero.
+    pub fn lrs_to_read(&self) -> u8 {
+        self.live_lrs
+    }
+
+    /// The list registers an emptying must zero; none is live afterwards.
+    pub fn empty_lrs(&mut self) -> u8 {
+        core::mem::take(&mut self.live_lrs)
+    }
+
+    /// The list registers to write to program `lrs`: the non-zero ones, and the live ones that
+    /// must become zero.
+    pub fn lrs_to_write(&mut self, lrs: &[u64; MIRRORED_LRS]) -> u8 {
+        let now_live = lrs
+            .iter()
+            .enumerate()
+            .filter(|(_, &lr)| lr != 0)
+            .fold(0u8, |mask, (i, _)| mask | 1 << i);
+        let write = now_live | self.live_lrs;
+        self.live_lrs = now_live;
+        write
+    }
+
+    /// Whether HCR must be written to hold `value` (and records that it will).
+    pub fn hcr_write(&mut self, value: u64) -> bool {
+        needs_write(&mut self.hcr, value)
+    }
+
+    /// Whether VMCR must be written to hold `value` (and records that it will).
+    pub fn vmcr_write(&mut self, value: u64) -> bool {
+        needs_write(&mut self.vmcr, value)
+    }
+
+    /// Whether AP1R0 must be written to hold `value` (and records that it will).
+    pub fn ap1r0_write(&mut self, value: u64) -> bool {
+        needs_write(&mut self.ap1r0, value)
+    }
+
+    /// VMCR and AP1R0 as a save read them (the guest changes both without trapping).
+    pub fn read_back(&mut self, vmcr: u64, ap1r0: u64) {
+        self.vmcr = Some(vmcr);
+        self.ap1r0 = Some(ap1r0);
+    }
+}
+
+fn needs_write(slot: &mut Option<u64>, value: u64) -> bool {
+    let changed = *slot != Some(value);
+    *slot = Some(value);
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +445,38 @@ mod tests {
         assert_eq!((lr >> 60) & 1, 1);
         assert_eq!((lr >> 48) & 0xff, 0xa0);
         assert_eq!(lr_intid(lr), 27);
+    }
+
+    #[test]
+    fn a_mirror_writes_only_what_differs_and_reads_only_live_list_registers() {
+        let mut m = InterfaceMirror::RESET;
+        // Nothing known: the first restore writes every register; its list registers as set.
+        let lrs = [pending_lr(27, 0x80), 0, pending_lr(48, 0xa0), 0];
+        assert_eq!(m.lrs_to_write(&lrs), 0b0101);
+        assert!(m.vmcr_write(0xf0) && m.ap1r0_write(0) && m.hcr_write(1));
+        // The same again: nothing.
+        assert_eq!(
+            m.lrs_to_write(&lrs),
+            0b0101,
+            "non-zero LRs are always written"
+        );
+        assert!(!m.vmcr_write(0xf0) && !m.ap1r0_write(0) && !m.hcr_write(1));
+        // A save reads the live ones only; what it read of VMCR/AP1R0 becomes known.
+        assert_eq!(m.lrs_to_read(), 0b0101);
+        m.read_back(0xf1, 0x8000_0000);
+        assert!(!m.vmcr_write(0xf1) && !m.ap1r0_write(0x8000_0000));
+        // A refill that empties LR 2 and fills LR 1 writes all three, and only 0 and 1 stay live.
+        let refill = [lrs[0], pending_lr(30, 0x80), 0, 0];
+        assert_eq!(m.lrs_to_write(&refill), 0b0111);
+        assert_eq!(m.lrs_to_read(), 0b0011);
+        // Emptying zeroes the live ones; afterwards none is read, and a restore of nothing
+        // writes nothing.
+        assert_eq!(m.empty_lrs(), 0b0011);
+        assert_eq!((m.lrs_to_read(), m.empty_lrs()), (0, 0));
+        assert_eq!(m.lrs_to_write(&[0; MIRRORED_LRS]), 0);
+        // HCR: a change is written once.
+        assert!(m.hcr_write(3));
+        assert!(!m.hcr_write(3));
+        assert!(m.hcr_write(1));
     }
 }

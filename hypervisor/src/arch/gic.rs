@@ -4,7 +4,6 @@
 
 use core::arch::asm;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use arm_gic::gicv3::{GicCpuInterface, GicV3, Group, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, UniqueMmioPointer};
@@ -15,6 +14,7 @@ use hypervisor::its::bringup::{
     RedistributorLpis, GICR_CTLR, GICR_CTLR_ENABLE_LPIS, GICR_PENDBASER, GICR_PROPBASER,
 };
 use hypervisor::its::{GICR_VPENDBASER, GICR_VPROPBASER, GICV4_REDIST_STRIDE, LPI_INTID_BASE};
+use hypervisor::vgic::{InterfaceMirror, MIRRORED_LRS};
 
 use super::cpu::{mrs, msr};
 use super::MAX_PCPUS;
@@ -101,7 +101,8 @@ pub fn init_this_cpu(cpu: usize) {
     msr!("icc_ctlr_el1", mrs!("icc_ctlr_el1") | ICC_CTLR_EOIMODE);
     // The virtual CPU interface: enabled, no maintenance interrupts until a vCPU asks for one.
     msr!("ich_hcr_el2", ICH_HCR_EN);
-    hw_vgic().hcr.store(ICH_HCR_EN, Relaxed);
+    // The mirror now knows it (the write it would ask for was just made).
+    mirror().hcr_write(ICH_HCR_EN);
 }
 
 /// Acknowledges the highest-priority pending physical interrupt, if any.
@@ -289,7 +290,7 @@ pub fn list_register_count() -> usize {
 /// The virtual CPU interface state that belongs to a vCPU.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VgicContext {
-    pub lrs: [u64; 4],
+    pub lrs: [u64; MIRRORED_LRS],
     /// What [`restore`](Self::restore) programs into ICH_HCR_EL2 (with EN added): the vCPU's
     /// maintenance requests. Not read back by [`save`](Self::save): nothing here uses the
     /// fields the hardware updates (EOIcount).
@@ -298,36 +299,14 @@ pub struct VgicContext {
     pub ap1r0: u64,
 }
 
-/// What each pCPU's virtual CPU interface registers hold, as far as this pCPU last wrote or
-/// read them, so that a switch touches only the registers that must change. Under QEMU every
-/// ICH_*_EL2 access is a helper call that takes its big lock (the registers are `ARM_CP_IO`)
-/// and recomputes the virtual interrupt lines; a switch that read and wrote all of them cost
-/// 19 such calls. Each entry is touched only by its own pCPU, with interrupts masked in EL2.
-struct HwVgic {
-    /// Bit i set: list register i may hold a non-zero value (written non-zero and not zeroed
-    /// since; the hardware changes an LR's state, never an LR written as zero).
-    live_lrs: AtomicU8,
-    hcr: AtomicU64,
-    /// [`UNKNOWN`] until first read or written.
-    vmcr: AtomicU64,
-    ap1r0: AtomicU64,
-}
+/// Each pCPU's [`InterfaceMirror`]: only its own pCPU takes it (with interrupts masked in
+/// EL2), so the lock is never contended.
+static MIRRORS: [Mutex<InterfaceMirror>; MAX_PCPUS] =
+    [const { Mutex::new(InterfaceMirror::RESET) }; MAX_PCPUS];
 
-/// Not a value either register can hold (both have RES0 bits).
-const UNKNOWN: u64 = u64::MAX;
-
-static HW_VGIC: [HwVgic; MAX_PCPUS] = [const {
-    HwVgic {
-        live_lrs: AtomicU8::new(0),
-        hcr: AtomicU64::new(UNKNOWN),
-        vmcr: AtomicU64::new(UNKNOWN),
-        ap1r0: AtomicU64::new(UNKNOWN),
-    }
-}; MAX_PCPUS];
-
-fn hw_vgic() -> &'static HwVgic {
+fn mirror() -> spin::MutexGuard<'static, InterfaceMirror> {
     // `pcpu_index` is below MAX_PCPUS on every pCPU the boot brought up.
-    &HW_VGIC[super::cpu::pcpu_index() % MAX_PCPUS]
+    MIRRORS[super::cpu::pcpu_index() % MAX_PCPUS].lock()
 }
 
 fn read_lr(i: usize) -> u64 {
@@ -348,36 +327,29 @@ fn write_lr(i: usize, value: u64) {
     }
 }
 
-/// Writes ICH_HCR_EL2 unless it already holds `value`.
-fn set_hcr(hw: &HwVgic, value: u64) {
-    if hw.hcr.load(Relaxed) != value {
-        msr!("ich_hcr_el2", value);
-        hw.hcr.store(value, Relaxed);
-    }
-}
-
 impl VgicContext {
     /// Reads the vCPU's live state from this pCPU: the list registers that may be non-zero
     /// (the others are zero), VMCR and the active priorities.
     pub fn save(&mut self) {
-        let hw = hw_vgic();
-        let live = hw.live_lrs.load(Relaxed);
+        let mut m = mirror();
+        let live = m.lrs_to_read();
         for (i, lr) in self.lrs.iter_mut().enumerate() {
             *lr = if live & (1 << i) != 0 { read_lr(i) } else { 0 };
         }
         self.vmcr = mrs!("ich_vmcr_el2");
         self.ap1r0 = mrs!("ich_ap1r0_el2");
-        hw.vmcr.store(self.vmcr, Relaxed);
-        hw.ap1r0.store(self.ap1r0, Relaxed);
+        m.read_back(self.vmcr, self.ap1r0);
     }
 
     /// Empties the live list registers and turns maintenance interrupts off, keeping the
     /// virtual interface enabled: the state after [`save`](Self::save) when no vCPU is loaded.
     pub fn quiesce() {
-        let hw = hw_vgic();
-        set_hcr(hw, ICH_HCR_EN);
-        let live = hw.live_lrs.swap(0, Relaxed);
-        for i in 0..4 {
+        let mut m = mirror();
+        if m.hcr_write(ICH_HCR_EN) {
+            msr!("ich_hcr_el2", ICH_HCR_EN);
+        }
+        let live = m.empty_lrs();
+        for i in 0..MIRRORED_LRS {
             if live & (1 << i) != 0 {
                 write_lr(i, 0);
             }
@@ -387,26 +359,22 @@ impl VgicContext {
     /// Programs this pCPU's virtual interface with the vCPU's state, writing only what differs
     /// from what it holds.
     pub fn restore(&self) {
-        let hw = hw_vgic();
-        let live = hw.live_lrs.load(Relaxed);
-        let mut now_live = 0;
+        let mut m = mirror();
+        let write = m.lrs_to_write(&self.lrs);
         for (i, &lr) in self.lrs.iter().enumerate() {
-            if lr != 0 || live & (1 << i) != 0 {
+            if write & (1 << i) != 0 {
                 write_lr(i, lr);
             }
-            if lr != 0 {
-                now_live |= 1 << i;
-            }
         }
-        hw.live_lrs.store(now_live, Relaxed);
-        if hw.vmcr.load(Relaxed) != self.vmcr {
+        if m.vmcr_write(self.vmcr) {
             msr!("ich_vmcr_el2", self.vmcr);
-            hw.vmcr.store(self.vmcr, Relaxed);
         }
-        if hw.ap1r0.load(Relaxed) != self.ap1r0 {
+        if m.ap1r0_write(self.ap1r0) {
             msr!("ich_ap1r0_el2", self.ap1r0);
-            hw.ap1r0.store(self.ap1r0, Relaxed);
         }
-        set_hcr(hw, self.hcr | ICH_HCR_EN);
+        let hcr = self.hcr | ICH_HCR_EN;
+        if m.hcr_write(hcr) {
+            msr!("ich_hcr_el2", hcr);
+        }
     }
 }
