@@ -454,7 +454,8 @@ mod tests {
         let lrs = [pending_lr(27, 0x80), 0, pending_lr(48, 0xa0), 0];
         assert_eq!(m.lrs_to_write(&lrs), 0b0101);
         assert!(m.vmcr_write(0xf0) && m.ap1r0_write(0) && m.hcr_write(1));
-        // The same again: nothing.
+        // The same again: the non-zero list registers are written again (the vCPU's state, which
+        // the hardware may have moved on since), nothing else.
         assert_eq!(
             m.lrs_to_write(&lrs),
             0b0101,
