@@ -182,6 +182,9 @@ pub struct NicCounters {
 /// so from acknowledging, until most of the window had crossed (issue 11). A guest that is
 /// awake asked for no event, so an early flush usually costs no event at all.
 const FRAMES_PER_EVENT_FLUSH: usize = 8;
+/// Bytes switched between two rounds of guest events: eight frames of the 9000-byte MTU (those
+/// rounds end on the frame count), one of 64 KiB (eight would be half a 1 MiB window).
+const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 
 /// Publishes every guest port's completions and sends the events they asked for.
 fn flush_events<G: GuestLink>(connections: &mut [G]) {
@@ -192,10 +195,14 @@ fn flush_events<G: GuestLink>(connections: &mut [G]) {
     }
 }
 
-/// After one more frame switched: flushes the guests' events once `since_flush` (frames since
-/// the last flush) is spent.
-fn count_for_events<G: GuestLink>(since_flush: &mut FrameBudget, connections: &mut [G]) {
-    since_flush.try_take();
+/// After one more frame of `bytes` switched: flushes the guests' events once `since_flush`
+/// (frames since the last flush) is spent.
+fn count_for_events<G: GuestLink>(
+    since_flush: &mut FrameBudget,
+    bytes: usize,
+    connections: &mut [G],
+) {
+    since_flush.try_take(bytes);
     if since_flush.spent() {
         flush_events(connections);
         since_flush.reset();
@@ -297,7 +304,7 @@ impl Fabric {
     ) -> (bool, Vec<Violation>) {
         let mut moved = false;
         let mut violations = Vec::new();
-        let mut since_flush = FrameBudget::new(FRAMES_PER_EVENT_FLUSH);
+        let mut since_flush = FrameBudget::new(FRAMES_PER_EVENT_FLUSH, BYTES_PER_EVENT_FLUSH);
         self.pass_ms = timer::ticks_to_ms(now);
 
         // The NIC: frames from the outside, dispatched from the NIC's own buffer.
@@ -319,11 +326,12 @@ impl Fabric {
                 };
                 self.nic.rx_frames += 1;
                 self.nic.rx_bytes += frame.packet_len() as u64;
+                let bytes = frame.packet_len();
                 let source = Source::Private(frame.packet());
                 self.dispatch(PortId::Uplink, &source, connections, &mut violations);
                 with_nic(|nic| nic.recycle(frame));
                 moved = true;
-                count_for_events(&mut since_flush, connections);
+                count_for_events(&mut since_flush, bytes, connections);
             }
         }
 
@@ -368,6 +376,7 @@ impl Fabric {
                 let pool = port.pool();
                 match port.take_tx() {
                     Ok(TxItem::Frame { chain, header }) => {
+                        let bytes = header.frame_len;
                         let source = Source::Guest {
                             pool,
                             chain,
@@ -383,7 +392,7 @@ impl Fabric {
                             port.complete_tx(chain.head(), forwarded);
                         }
                         moved = true;
-                        count_for_events(&mut since_flush, connections);
+                        count_for_events(&mut since_flush, bytes, connections);
                     }
                     Ok(TxItem::Dropped) => moved = true,
                     Ok(TxItem::Empty) => break,
