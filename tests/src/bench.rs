@@ -566,6 +566,7 @@ pub struct RunReasons {
     pub copies: BTreeMap<String, f64>,
     pub pcpu_share: BTreeMap<String, f64>,
     pub vmid_switches_per_frame: Option<f64>,
+    pub frames_per_ack: Option<f64>,
 }
 
 /// The difference of two counter snapshots (`None` if a key is missing or went backwards).
@@ -608,7 +609,11 @@ impl PathRun {
     ///   test as the guest counted them;
     /// - the pCPU share of every VM between the accounting reports;
     /// - VMID switches per frame: every VM's `vmid_switches` between the reports over the data
-    ///   frames.
+    ///   frames;
+    /// - data frames per ACK: the frames the receiving guest got over the frames it sent back
+    ///   (its ACKs and window updates), else the sending guest's frames sent over those it got.
+    ///   How much of a burst a receiver takes before it answers (issue 11: a receiver that took
+    ///   a whole window per answer left its sender waiting).
     pub fn reasons(&self) -> RunReasons {
         let mut r = RunReasons::default();
         let mut vmid_switches = None;
@@ -628,6 +633,20 @@ impl PathRun {
             })
             .sum();
         let guests = self.sender.is_some() || self.receiver.is_some();
+        let (data, acks) = match (&self.receiver, &self.sender) {
+            (Some(_), _) => (
+                get(&self.receiver, "rx_frames"),
+                get(&self.receiver, "tx_frames"),
+            ),
+            (None, Some(_)) => (
+                get(&self.sender, "tx_frames"),
+                get(&self.sender, "rx_frames"),
+            ),
+            (None, None) => (None, None),
+        };
+        if let (Some(data), Some(acks)) = (data, acks.filter(|&a| a > 0)) {
+            r.frames_per_ack = Some(round_to(data as f64 / acks as f64, 3));
+        }
         if let Some(frames) = frames.filter(|&f| f > 0) {
             r.events_per_frame = Some(round_to(events as f64 / frames as f64, 4));
             r.vmid_switches_per_frame =
@@ -713,6 +732,8 @@ pub struct Reasons {
     pub copies_per_byte: Option<Stat>,
     /// World switches that changed a pCPU's VMID (every VM's, summed) per data frame.
     pub vmid_switches_per_frame: Option<Stat>,
+    /// Data frames per frame the other way (the receiver's ACKs and window updates).
+    pub frames_per_ack: Option<Stat>,
     /// Copies per payload byte at each copy site (medians over runs).
     pub copies: BTreeMap<String, f64>,
     /// Each VM's share of the pCPU time during the test, and `idle` (medians over runs).
@@ -741,6 +762,7 @@ impl Reasons {
             bytes_per_notification: stat(|r| r.bytes_per_notification),
             copies_per_byte: stat(|r| r.copies_per_byte),
             vmid_switches_per_frame: stat(|r| r.vmid_switches_per_frame),
+            frames_per_ack: stat(|r| r.frames_per_ack),
             copies: medians(|r| &r.copies),
             pcpu_share: medians(|r| &r.pcpu_share),
         }
@@ -761,11 +783,13 @@ impl Reasons {
                 .unwrap_or_else(|| "-".into())
         };
         let mut out = format!(
-            "{} events/frame, {} B/notification, {} copies/B, {} VMID switches/frame",
+            "{} events/frame, {} B/notification, {} copies/B, {} VMID switches/frame, \
+             {} frames/ACK",
             num(&self.events_per_frame, 3),
             num(&self.bytes_per_notification, 0),
             num(&self.copies_per_byte, 2),
-            num(&self.vmid_switches_per_frame, 3)
+            num(&self.vmid_switches_per_frame, 3),
+            num(&self.frames_per_ack, 2)
         );
         if self.pcpu_share.is_empty() {
             out += "; pCPU share -";
@@ -1398,6 +1422,37 @@ mod tests {
     }
 
     #[test]
+    fn frames_per_ack_come_from_the_receiving_guest_else_the_sending_one() {
+        let c = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        // The receiver got 300 data frames and answered with 100.
+        let run = PathRun {
+            receiver: Some(c(&[("rx_frames", 300), ("tx_frames", 100)])),
+            sender: Some(c(&[("tx_frames", 999), ("rx_frames", 1)])),
+            ..PathRun::default()
+        };
+        assert_eq!(run.reasons().frames_per_ack, Some(3.0));
+        // Toward the host only the sender is a guest: its frames sent over those it got.
+        let run = PathRun {
+            sender: Some(c(&[("tx_frames", 500), ("rx_frames", 200)])),
+            ..PathRun::default()
+        };
+        assert_eq!(run.reasons().frames_per_ack, Some(2.5));
+        // No frame back, or no counter: no figure rather than an infinite or made-up one.
+        for receiver in [
+            c(&[("rx_frames", 300), ("tx_frames", 0)]),
+            c(&[("rx_frames", 300)]),
+        ] {
+            let run = PathRun {
+                receiver: Some(receiver),
+                ..PathRun::default()
+            };
+            assert_eq!(run.reasons().frames_per_ack, None);
+        }
+    }
+
+    #[test]
     fn reasons_over_runs_are_medians_and_the_summary_shows_them() {
         let run = |events: f64, copies: f64, dd: f64| RunReasons {
             events_per_frame: Some(events),
@@ -1406,6 +1461,7 @@ mod tests {
             copies: [("backend".to_string(), 1.0)].into(),
             pcpu_share: [("dd".to_string(), dd), ("idle".to_string(), 1.0 - dd)].into(),
             vmid_switches_per_frame: Some(events * 2.0),
+            frames_per_ack: Some(copies / 2.0),
         };
         let r = Reasons::of_runs(&[run(0.5, 6.0, 0.4), run(0.1, 6.2, 0.5), run(0.3, 6.1, 0.6)]);
         assert_eq!(r.events_per_frame.as_ref().unwrap().median, 0.3);
@@ -1419,6 +1475,7 @@ mod tests {
                 && text.contains("3333 B/notification")
                 && text.contains("6.10 copies/B")
                 && text.contains("0.600 VMID switches/frame")
+                && text.contains("3.05 frames/ACK")
                 && text.contains("dd 50%"),
             "{text}"
         );

@@ -546,17 +546,9 @@ struct GroupPlan {
 }
 
 fn group_plan(group: &str, seconds: u32) -> Option<GroupPlan> {
-    let with_accounting = |t: String| {
-        t.replace(
-            "iperf = \"client\"",
-            "iperf = \"client\", iperf_accounting = true",
-        )
-        .replace(", iperf_accounting = false", "")
-        .replace(
-            ", iperf_accounting = true, iperf_accounting = true",
-            ", iperf_accounting = true",
-        )
-    };
+    // The bench's pair topologies name the setting for every client: pair 1's is turned on.
+    let with_accounting =
+        |t: String| t.replacen("iperf_accounting = false", "iperf_accounting = true", 1);
     // The host_guest guest serves the host's tests in order: test 1 host -> guest, test 2
     // (-R) guest -> host; the report after test n is tagged 2n + 1.
     let host_test = |test: u32| GroupPlan {
