@@ -33,7 +33,7 @@ use vm_runtime::{hypercall, println, timer};
 
 use crate::emunic::EmuPort;
 use crate::netback::{read_guest_frame, DeliverError, NetPort, TxItem, NIC_MAX_FRAME};
-use crate::nic::{self, with_nic};
+use crate::nic::{self, with_nic, Nic};
 
 /// Frames taken from one port per round.
 const FRAMES_PER_PORT_PER_ROUND: usize = 32;
@@ -186,8 +186,10 @@ const FRAMES_PER_EVENT_FLUSH: usize = 8;
 /// rounds end on the frame count), one of 64 KiB (eight would be half a 1 MiB window).
 const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 
-/// Publishes every guest port's completions and sends the events they asked for.
+/// Publishes every guest port's completions and sends the events they asked for, and rings the
+/// NIC's transmit doorbell for the frames queued for it since the last flush.
 fn flush_events<G: GuestLink>(connections: &mut [G]) {
+    with_nic(Nic::ring_tx_doorbell);
     for conn in connections.iter_mut() {
         if let Some(port) = conn.net_mut() {
             port.flush_events();

@@ -408,6 +408,13 @@ fn print_counters(name: &str, fabric: &Fabric) {
         fabric.csum.verified,
         fabric.csum.dropped
     );
+    // A line of its own: the counters line is near the console's 200 bytes.
+    println!(
+        "{name} NIC doorbells: transmit {} rung for {} frames ({} asked by the driver)",
+        nic::TX_DOORBELLS_RUNG.load(Ordering::Relaxed),
+        c.tx_frames,
+        nic::TX_DOORBELLS_ASKED.load(Ordering::Relaxed)
+    );
 }
 
 /// Pings the gateway once through the local endpoint and says how it went.

@@ -28,7 +28,8 @@
 //!
 //! Beside each para-virtual path's throughput, `reasons` (see [`bench::PathRun::reasons`]):
 //! events per frame, bytes per notification, copies per byte (per copy site too), VMID switches
-//! per frame and each VM's share of the pCPU time, from the iperf guests' `netstats` marks
+//! per frame, data frames per ACK and each VM's share of the pCPU time (the one-pair paths at
+//! both MTUs and the host paths), from the iperf guests' `netstats` marks
 //! around their test, the driver domain's `netback` port lines and the hypervisor's
 //! `accounting` reports.
 //!

@@ -1782,6 +1782,37 @@ fn a_guest_acknowledges_a_burst_from_the_host_in_parts() {
         pacing.segments_per_ack(),
         pacing.largest_step
     );
+    // The guest's ACKs leave through the NIC, and its transmit doorbell is rung once per batch
+    // of frames the driver domain switches, not once per frame.
+    let (rung, frames, asked) = nic_doorbells(&boot);
+    eprintln!("NIC transmit doorbells: {rung} rung for {frames} frames, {asked} asked");
+    assert!(frames >= 500, "too few frames to the NIC to judge\n{t}");
+    assert!(rung <= asked, "more doorbells rung than asked for\n{t}");
+    assert!(
+        rung * 2 <= frames,
+        "{rung} transmit doorbells for {frames} frames: not batched\n{t}"
+    );
+}
+
+/// The driver domain's last `NIC doorbells: transmit N rung for M frames (K asked by the
+/// driver)` line: (N, M, K).
+fn nic_doorbells(boot: &Boot) -> (u64, u64, u64) {
+    let line = boot
+        .vm_lines("driver-domain")
+        .filter_map(|l| {
+            l.split_once("NIC doorbells: transmit ")
+                .map(|(_, rest)| rest)
+        })
+        .last()
+        .unwrap_or_else(|| panic!("no NIC doorbells line\n{}", boot.transcript()));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match numbers[..] {
+        [rung, frames, asked] => (rung, frames, asked),
+        _ => panic!("a NIC doorbells line of another shape: {line}"),
+    }
 }
 
 #[test]
