@@ -187,12 +187,13 @@ const FRAMES_PER_EVENT_FLUSH: usize = 8;
 const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 
 /// Publishes every guest port's completions and sends the events they asked for, and rings the
-/// NIC's transmit doorbell for the frames queued for it since the last flush.
-fn flush_events<G: GuestLink>(connections: &mut [G]) {
+/// NIC's transmit doorbell for the frames queued for it since the last flush. `now`: the
+/// round's counter reading.
+fn flush_events<G: GuestLink>(connections: &mut [G], now: u64) {
     with_nic(Nic::ring_tx_doorbell);
     for conn in connections.iter_mut() {
         if let Some(port) = conn.net_mut() {
-            port.flush_events();
+            port.flush_events(now);
         }
     }
 }
@@ -203,10 +204,11 @@ fn count_for_events<G: GuestLink>(
     since_flush: &mut FrameBudget,
     bytes: usize,
     connections: &mut [G],
+    now: u64,
 ) {
     since_flush.try_take(bytes);
     if since_flush.spent() {
-        flush_events(connections);
+        flush_events(connections, now);
         since_flush.reset();
     }
 }
@@ -333,7 +335,7 @@ impl Fabric {
                 self.dispatch(PortId::Uplink, &source, connections, &mut violations);
                 with_nic(|nic| nic.recycle(frame));
                 moved = true;
-                count_for_events(&mut since_flush, bytes, connections);
+                count_for_events(&mut since_flush, bytes, connections, now);
             }
         }
 
@@ -394,7 +396,7 @@ impl Fabric {
                             port.complete_tx(chain.head(), forwarded);
                         }
                         moved = true;
-                        count_for_events(&mut since_flush, bytes, connections);
+                        count_for_events(&mut since_flush, bytes, connections, now);
                     }
                     Ok(TxItem::Dropped) => moved = true,
                     Ok(TxItem::Empty) => break,
@@ -421,7 +423,7 @@ impl Fabric {
             }
         }
 
-        flush_events(connections);
+        flush_events(connections, now);
         (moved, violations)
     }
 

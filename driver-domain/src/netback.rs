@@ -355,7 +355,9 @@ impl NetPort {
 
     /// Sends the guest one event if either queue completed chains it asked to hear about since
     /// the last flush, or an event the budget held back is owed, within the event budget.
-    pub fn flush_events(&mut self) {
+    /// `now`: the caller's counter reading for its round (the budget counts per second, and
+    /// under TCG each reading is a helper call that ends a translated block).
+    pub fn flush_events(&mut self, now: u64) {
         let (tx_old, tx_new) = (self.tx_used_flushed, self.tx.used_idx());
         let (rx_old, rx_new) = (self.rx_used_flushed, self.rx.used_idx());
         let owed = self.events.owed();
@@ -370,7 +372,7 @@ impl NetPort {
             self.stats.events_suppressed += 1;
             return;
         }
-        if !self.events.try_send(timer::now()) {
+        if !self.events.try_send(now) {
             // Owed: the driver domain's loop wakes for it at the next window
             // (`owed_event_at`), as the guest may be asleep waiting for exactly this.
             self.stats.events_suppressed += 1;
