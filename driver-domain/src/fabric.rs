@@ -182,8 +182,9 @@ pub struct NicCounters {
 /// so from acknowledging, until most of the window had crossed (issue 11). A guest that is
 /// awake asked for no event, so an early flush usually costs no event at all.
 const FRAMES_PER_EVENT_FLUSH: usize = 8;
-/// Bytes switched between two rounds of guest events: eight frames of the 9000-byte MTU (those
-/// rounds end on the frame count), one of 64 KiB (eight would be half a 1 MiB window).
+/// Bytes switched between two rounds of guest events: more than eight frames of the 9000-byte
+/// MTU (those rounds end on the frame count), two of 64 KiB (the second crosses it; eight would
+/// be half a 1 MiB window).
 const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 
 /// Publishes every guest port's completions and sends the events they asked for, and rings the

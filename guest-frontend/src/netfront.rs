@@ -584,10 +584,10 @@ pub struct NetFront {
 /// and this guest (one ACK per 44 segments, the sender idle two thirds of the time, issue 11).
 /// With a budget the ACK for the first frames leaves while the rest are still on their way.
 const RX_FRAMES_PER_ROUND: usize = 16;
-/// Bytes the stack gets per round: 16 frames of the 9000-byte MTU (so those rounds still end on
-/// the frame count), three of 64 KiB. A round of 16 frames of 64 KiB is a whole 1 MiB window:
-/// the sender then waited for the one ACK covering all of it, and the stream ran in bursts with
-/// the pCPUs idle half the time.
+/// Bytes the stack gets per round: more than 16 frames of the 9000-byte MTU (so those rounds
+/// still end on the frame count), three of 64 KiB (the third crosses it). A round of 16 frames
+/// of 64 KiB is a whole 1 MiB window: the receiver answered about once per six such frames, the
+/// sender waited for those ACKs, and the pCPUs sat idle a fifth of the time (issue 11).
 const RX_BYTES_PER_ROUND: usize = 144 * 1024;
 
 /// Bytes at the start of a frame cleared before the stack builds one in the reused transmit
