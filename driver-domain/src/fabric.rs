@@ -191,7 +191,9 @@ const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 /// NIC's transmit doorbell for the frames queued for it since the last flush. `now`: the
 /// round's counter reading.
 fn flush_events<G: GuestLink>(connections: &mut [G], now: u64) {
-    with_nic(Nic::ring_tx_doorbell);
+    if nic::tx_doorbell_pending() {
+        with_nic(Nic::ring_tx_doorbell);
+    }
     for conn in connections.iter_mut() {
         if let Some(port) = conn.net_mut() {
             port.flush_events(now);
@@ -329,9 +331,9 @@ impl Fabric {
                 let Some(frame) = with_nic(|nic| nic.receive()).flatten() else {
                     break;
                 };
-                self.nic.rx_frames += 1;
-                self.nic.rx_bytes += frame.packet_len() as u64;
                 let bytes = frame.packet_len();
+                self.nic.rx_frames += 1;
+                self.nic.rx_bytes += bytes as u64;
                 let source = Source::Private(frame.packet());
                 self.dispatch(PortId::Uplink, &source, connections, &mut violations);
                 with_nic(|nic| nic.recycle(frame));

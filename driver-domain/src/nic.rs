@@ -77,7 +77,16 @@ const F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub struct PlatformAccess<T: Transport> {
     inner: Arc<Mutex<T>>,
     vectors: Option<msix::QueueVectors>,
-    tx_pending: Arc<AtomicBool>,
+}
+
+/// A transmit notification [`PlatformAccess`] held back and [`TxDoorbell::ring`] has not yet
+/// given (there is one NIC). A static, so the fabric can see that there is nothing to ring
+/// without taking the NIC's lock.
+static TX_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Whether frames were handed to the NIC since its transmit doorbell last rang.
+pub fn tx_doorbell_pending() -> bool {
+    TX_PENDING.load(Ordering::Relaxed)
 }
 
 /// Transmit doorbells the driver asked for (the device had not turned notifications off) and
@@ -88,13 +97,12 @@ pub static TX_DOORBELLS_RUNG: AtomicU64 = AtomicU64::new(0);
 /// The transmit doorbell [`PlatformAccess`] held back: rung at the end of a batch of frames.
 pub struct TxDoorbell<T: Transport> {
     transport: Arc<Mutex<T>>,
-    pending: Arc<AtomicBool>,
 }
 
 impl<T: Transport> TxDoorbell<T> {
     /// Tells the device about the frames queued since the last ring, if there are any.
     pub fn ring(&self) {
-        if self.pending.swap(false, Ordering::Relaxed) {
+        if TX_PENDING.swap(false, Ordering::Relaxed) {
             TX_DOORBELLS_RUNG.fetch_add(1, Ordering::Relaxed);
             self.transport.lock().notify(TX_QUEUE);
         }
@@ -110,17 +118,10 @@ impl<T: Transport> PlatformAccess<T> {
     /// The transport, and the doorbell its transmit notifications wait at.
     pub fn new(inner: T, vectors: Option<msix::QueueVectors>) -> (Self, TxDoorbell<T>) {
         let inner = Arc::new(Mutex::new(inner));
-        let tx_pending = Arc::new(AtomicBool::new(false));
         let doorbell = TxDoorbell {
             transport: inner.clone(),
-            pending: tx_pending.clone(),
         };
-        let access = PlatformAccess {
-            inner,
-            vectors,
-            tx_pending,
-        };
-        (access, doorbell)
+        (PlatformAccess { inner, vectors }, doorbell)
     }
 }
 
@@ -143,7 +144,7 @@ impl<T: Transport> Transport for PlatformAccess<T> {
     fn notify(&mut self, queue: u16) {
         if queue == TX_QUEUE {
             TX_DOORBELLS_ASKED.fetch_add(1, Ordering::Relaxed);
-            self.tx_pending.store(true, Ordering::Relaxed);
+            TX_PENDING.store(true, Ordering::Relaxed);
         } else {
             self.inner.lock().notify(queue)
         }

@@ -2169,10 +2169,9 @@ impl Suite<'_> {
         // after the guests' last marks, when they stop.
         let ports_wanted = if mtu.is_some() { 2 } else { 0 };
         let ports_seen = std::cell::Cell::new(0);
+        let driver_domain_line = format!("[{DRIVER_DOMAIN}] ");
         let stop = |line: &str| {
-            if line.starts_with(&format!("[{DRIVER_DOMAIN}] "))
-                && bench::parse_backend_line(line).is_some()
-            {
+            if line.starts_with(&driver_domain_line) && bench::parse_backend_line(line).is_some() {
                 ports_seen.set(ports_seen.get() + 1);
             }
             if let Some(Ok(result)) = parse_result_line(line) {
