@@ -350,14 +350,17 @@ impl Connection {
                     warn!("{why}");
                 }
                 println!(
-                    "front-end {} closed: sent {} frames ({} dropped), received {}, \
-                     {} not delivered (no buffer), {} short receive buffers returned, \
-                     events {} sent / {} suppressed",
+                    "front-end {} closed: sent {} frames ({} dropped), received {} ({} over \
+                     several buffers), {} not delivered (no buffer), {} longer than its \
+                     receive buffers, {} short receive buffers returned, events {} sent / {} \
+                     suppressed",
                     self.frontend,
                     s.tx_frames,
                     s.tx_bad_frames,
                     s.rx_frames,
+                    s.rx_merged_frames,
                     s.rx_no_buffer,
+                    s.rx_too_small,
                     s.rx_short_buffers,
                     s.events_sent,
                     s.events_suppressed

@@ -8,19 +8,22 @@
 //! so a guest that rewrites its buffer meanwhile cannot smuggle another source MAC, ARP
 //! sender or IPv4 source past the check);
 //! [`NetPort::deliver_from`] then copies the body straight from that guest's pool into
-//! another guest's receive buffer (one copy), [`NetPort::deliver`] does the same for frames
+//! another guest's receive buffers (one copy; with mergeable receive buffers a frame may take
+//! several, see `DeviceQueue::deliver`), [`NetPort::deliver`] does the same for frames
 //! from the NIC or the local endpoint, and [`NetPort::complete_tx`] gives the chain back with
 //! the switch's verdict. Events go out at most once per loop round, and only when the guest asked
 //! for one (event index), in [`NetPort::flush_events`].
 
 use alloc::format;
 use alloc::string::String;
+use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use shared_abi::handshake::Frontend;
 use shared_abi::virtq::{
     copy_plan, Chain, DeviceQueue, Direction, NetFeatures, NetHdr, QueueError, RingLayout,
-    TxHeader, FEATURE_EVENT_IDX, NET_HDR_LEN, TX_DROPPED, TX_OK,
+    RxOutcome, TxHeader, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, MAX_MERGED_BUFFERS, NET_HDR_LEN,
+    TX_DROPPED, TX_OK,
 };
 use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
@@ -38,8 +41,9 @@ pub const NIC_MAX_FRAME: usize = 1514;
 /// Most events we send one guest per second; beyond that, events wait for the next second's
 /// budget (the guest sees its rings anyway when it polls).
 const EVENTS_PER_SECOND: u32 = 20_000;
-/// Receive buffers too short for any frame given back per frame delivered, at most: beyond
-/// that the frame is dropped as if the ring were empty.
+/// Receive buffers too short for any frame given back per frame delivered (over all the
+/// buffers a merged frame takes), at most: beyond that the frame is dropped as if the ring
+/// were empty.
 const SHORT_RX_PER_FRAME: u32 = 4;
 
 /// What a guest's port did, for the counters line.
@@ -51,6 +55,9 @@ pub struct PortStats {
     pub rx_no_buffer: u64,
     /// Receive buffers too short for any frame, given back empty.
     pub rx_short_buffers: u64,
+    /// Frames dropped because the buffers offered could not hold them (without mergeable
+    /// buffers one too short; with them more than a frame may take).
+    pub rx_too_small: u64,
     pub events_sent: u64,
     pub events_suppressed: u64,
     /// Why the last bad frame was dropped.
@@ -62,6 +69,8 @@ pub struct PortStats {
     /// Bytes we copied into the guest's receive buffers (net header and frame): the bench's
     /// count of this copy site.
     pub copied_to_guest: u64,
+    /// Frames delivered over more than one receive buffer (mergeable buffers).
+    pub rx_merged_frames: u64,
 }
 
 /// Bytes [`read_guest_frame`] copied out of any guest's pool (toward the NIC, the local
@@ -133,11 +142,13 @@ pub struct NetPort {
     pub stats: PortStats,
 }
 
-/// Features we offer: the net ring protocol, event-index suppression, and checksum offload
-/// (we fill in checksums for frames that leave the machine and check those that come in: see
-/// `csum`).
-pub const OFFERED_FEATURES: u64 =
-    shared_abi::virtq::FEATURE_NET | FEATURE_EVENT_IDX | shared_abi::virtq::FEATURE_CSUM;
+/// Features we offer: the net ring protocol, event-index suppression, checksum offload (we
+/// fill in checksums for frames that leave the machine and check those that come in: see
+/// `csum`) and mergeable receive buffers.
+pub const OFFERED_FEATURES: u64 = shared_abi::virtq::FEATURE_NET
+    | FEATURE_EVENT_IDX
+    | shared_abi::virtq::FEATURE_CSUM
+    | FEATURE_MRG_RXBUF;
 
 impl NetPort {
     /// Maps what `section` names and binds its data port. On error nothing stays mapped or
@@ -284,41 +295,16 @@ impl NetPort {
         }
     }
 
-    /// The next receive buffer the guest offered. Buffers too short for any frame go back
-    /// empty, a few per frame at most (the guest could re-offer them forever).
-    fn next_rx(&mut self) -> Result<Chain, DeliverError> {
-        let pick = self
-            .rx
-            .pop_rx_buffer(SHORT_RX_PER_FRAME)
-            .map_err(DeliverError::Violation)?;
-        self.stats.rx_short_buffers += u64::from(pick.skipped);
-        pick.chain.ok_or_else(|| {
-            self.stats.rx_no_buffer += 1;
-            DeliverError::NoBuffer
+    /// Writes `frame` (from our own memory: the NIC's or the local endpoint's) into the next
+    /// receive buffers the guest offered. `hdr` is the receive header to give it (plain, or
+    /// `DATA_VALID` for a checked frame).
+    pub fn deliver(&mut self, frame: &[u8], hdr: &NetHdr) -> Result<(), DeliverError> {
+        self.deliver_with(hdr, frame.len(), |pool, chain, at, bytes| {
+            chain.write(pool, at, &frame[bytes]);
         })
     }
 
-    /// Writes `frame` (from our own memory: the NIC's or the local endpoint's) into the next
-    /// receive buffer the guest offered.
-    /// `hdr` is the receive header to give it (plain, or `DATA_VALID` for a checked frame).
-    pub fn deliver(&mut self, frame: &[u8], hdr: &NetHdr) -> Result<(), DeliverError> {
-        let chain = self.next_rx()?;
-        match chain.write_rx(&self.pool, hdr, frame) {
-            Some(len) => {
-                let _ = self.rx.push_used(chain.head(), len);
-                self.stats.rx_frames += 1;
-                self.stats.rx_bytes += frame.len() as u64;
-                self.stats.copied_to_guest += u64::from(len);
-                Ok(())
-            }
-            None => {
-                let _ = self.rx.push_used(chain.head(), 0);
-                Err(DeliverError::TooSmall)
-            }
-        }
-    }
-
-    /// Moves a frame from another guest's TX chain straight into our next receive buffer:
+    /// Moves a frame from another guest's TX chain straight into our next receive buffers:
     /// headers from the checked copy, the body pool to pool, one copy in all. `hdr` is the
     /// receive header (it carries the sender's `NEEDS_CSUM` to a guest that offloads too).
     pub fn deliver_from(
@@ -328,29 +314,66 @@ impl NetPort {
         header: &TxHeader,
         hdr: &NetHdr,
     ) -> Result<(), DeliverError> {
-        let chain = self.next_rx()?;
-        let need = NET_HDR_LEN + header.frame_len;
-        if need > chain.total_len() as usize {
-            let _ = self.rx.push_used(chain.head(), 0);
-            return Err(DeliverError::TooSmall);
+        self.deliver_with(hdr, header.frame_len, |pool, chain, mut at, bytes| {
+            let mut from = bytes.start;
+            if from < header.head_len {
+                let to = bytes.end.min(header.head_len);
+                chain.write(pool, at, &header.head()[from..to]);
+                at += to - from;
+                from = to;
+            }
+            if from < bytes.end {
+                copy_plan(
+                    src,
+                    NET_HDR_LEN + from,
+                    chain,
+                    at,
+                    bytes.end - from,
+                    |s, d, n| src_pool.copy_to(s, pool, d, n),
+                );
+            }
+        })
+    }
+
+    /// Writes a frame of `frame_len` bytes behind `hdr` into the guest's receive buffers
+    /// (`DeviceQueue::deliver`: one, or with mergeable buffers as many as it takes) and
+    /// counts what happened. `write(pool, chain, at, bytes)` copies frame bytes `bytes` into
+    /// `chain` from chain byte `at`.
+    fn deliver_with(
+        &mut self,
+        hdr: &NetHdr,
+        frame_len: usize,
+        write: impl FnMut(&SharedMem, &Chain, usize, Range<usize>),
+    ) -> Result<(), DeliverError> {
+        let most = if self.features.mergeable {
+            usize::from(MAX_MERGED_BUFFERS)
+        } else {
+            1
+        };
+        let done = self
+            .rx
+            .deliver(&self.pool, hdr, frame_len, most, SHORT_RX_PER_FRAME, write)
+            .map_err(DeliverError::Violation)?;
+        self.stats.rx_short_buffers += u64::from(done.skipped);
+        match done.outcome {
+            RxOutcome::Delivered { buffers } => {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += frame_len as u64;
+                self.stats.copied_to_guest += (NET_HDR_LEN + frame_len) as u64;
+                if buffers > 1 {
+                    self.stats.rx_merged_frames += 1;
+                }
+                Ok(())
+            }
+            RxOutcome::NoBuffer => {
+                self.stats.rx_no_buffer += 1;
+                Err(DeliverError::NoBuffer)
+            }
+            RxOutcome::TooSmall => {
+                self.stats.rx_too_small += 1;
+                Err(DeliverError::TooSmall)
+            }
         }
-        chain.write(&self.pool, 0, &hdr.encode());
-        chain.write(&self.pool, NET_HDR_LEN, header.head());
-        let body = NET_HDR_LEN + header.head_len;
-        let pool = self.pool;
-        copy_plan(
-            src,
-            body,
-            &chain,
-            body,
-            header.frame_len - header.head_len,
-            |s, d, n| src_pool.copy_to(s, &pool, d, n),
-        );
-        let _ = self.rx.push_used(chain.head(), need as u32);
-        self.stats.rx_frames += 1;
-        self.stats.rx_bytes += header.frame_len as u64;
-        self.stats.copied_to_guest += need as u64;
-        Ok(())
     }
 
     /// Sends the guest one event if either queue completed chains it asked to hear about since

@@ -3,13 +3,16 @@
 //! time, so the data path needs no hypercall per frame — only an event now and then, and only
 //! when the other side asked for one (event index).
 //!
-//! Pool layout (`shared_abi::virtq::PoolPlan`, sized in bytes): buffers big enough for a net
-//! header and a frame of the MTU (setting `mtu` up to 65535, a whole 64 KiB TCP segment per
-//! frame between guests; default [`DEFAULT_MTU`]; TCP's MSS keeps traffic to the outside at
-//! the NIC's 1500), rounded to 64 bytes; the receive buffers come first, always all offered to the
-//! back-end and granted read-write, then, from a page of their own, the transmit buffers,
-//! granted read-only. Every chain is one descriptor: net header, then frame. Buffers may cross
-//! page boundaries: the pool is contiguous for both sides.
+//! Pool layout (`shared_abi::virtq::PoolPlan`, sized in bytes): transmit buffers big enough
+//! for a net header and a frame of the MTU (setting `mtu` up to 65535, a whole 64 KiB TCP
+//! segment per frame between guests; default [`DEFAULT_MTU`]; TCP's MSS keeps traffic to the
+//! outside at the NIC's 1500), rounded to 64 bytes; receive buffers as big up to a jumbo
+//! frame's MTU, and beyond it a whole ring of jumbo-sized ones over which the back-end spreads
+//! a frame (mergeable receive buffers, asked for in the handshake). The receive buffers come
+//! first, always all offered to the back-end and granted read-write, then, from a page of
+//! their own, the transmit buffers, granted read-only. Every chain is one descriptor, tagged
+//! with its buffer's index (`DriverQueue::add_tagged`), so no table by head is kept. Buffers
+//! may cross page boundaries: the pool is contiguous for both sides.
 //!
 //! [`NetFront`] is the guest's NIC as a `smoltcp::phy::Device`: these rings ([`Rings`]), or
 //! with the setting `nic=emulated` (the packer writes it for `nic = "emulated"` in the
@@ -30,11 +33,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::Cell;
 
+use shared_abi::grant::ENTRIES_PER_PAGE;
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::{
-    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, Segment,
-    BUFFER_HEADROOM, ETH_HDR_LEN, FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_NET, MAX_MTU, MIN_MTU,
-    NET_HDR_LEN, QUEUE_SIZE, RING_PAGE_LEN, TX_OK,
+    DriverQueue, NetFeatures, NetHdr, PoolMem, PoolPlan, RingLayout, RingMem, RxFrame, Segment,
+    BUFFER_HEADROOM, ETH_HDR_LEN, FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, FEATURE_NET,
+    MAX_MTU, MIN_MTU, NET_HDR_LEN, NUM_BUFFERS_AT, POOL_BUDGET_PAGES, RING_PAGE_LEN, TX_OK,
 };
 use vm_net::budget::FrameBudget;
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
@@ -47,12 +51,21 @@ use crate::link::Link;
 
 mod reconnect;
 
-/// IP MTU without a setting: jumbo frames (to the outside TCP's MSS negotiation keeps
-/// segments at the NIC's 1500). `mtu = 65535` carries a whole 64 KiB TCP segment per frame
-/// between guests, but its pool has 20 receive buffers instead of 128, and measured under
-/// load it was slower, and lost bystander pings under a broadcast storm (see
-/// docs/ARCHITECTURE.md, "64 KiB frames between guests").
-pub const DEFAULT_MTU: usize = 9000;
+/// IP MTU without a setting: the largest, so a whole 64 KiB TCP segment crosses to another
+/// guest as one frame (to the outside TCP's MSS negotiation keeps segments at the NIC's
+/// 1500). Its frames are spread over receive buffers of a jumbo frame's size (mergeable
+/// receive buffers), so the ring keeps 128 of them for bursts of small frames (see
+/// docs/ARCHITECTURE.md, "Mergeable receive buffers").
+pub const DEFAULT_MTU: usize = 65535;
+/// Grant-table pages a network guest sets up: room for the largest pool
+/// ([`POOL_BUDGET_PAGES`]), the two ring pages and ref 0, which is never handed out.
+pub const GRANT_TABLE_PAGES: u32 = (POOL_BUDGET_PAGES + 3).div_ceil(ENTRIES_PER_PAGE);
+
+/// Sets up this guest's grant table at [`GRANT_TABLE_PAGES`]: what an app calls once before
+/// [`NetFront::connect`], whatever its MTU.
+pub fn init_grant_table() -> Result<(), String> {
+    grant::init(GRANT_TABLE_PAGES).map_err(|e| format!("grant table: {e:?}"))
+}
 /// The IP MTUs a front-end may use: IPv4's minimum to the internal link's largest frame.
 pub const MTU_RANGE: core::ops::RangeInclusive<usize> = MIN_MTU..=MAX_MTU;
 /// Features we ask for.
@@ -70,6 +83,10 @@ pub struct FrontStats {
     /// Frame bytes received from the back-end.
     pub rx_bytes: u64,
     pub rx_empty: u64,
+    /// Frames that came over more than one receive buffer (mergeable buffers), and frames
+    /// longer than our MTU, dropped (a back-end does not know our MTU).
+    pub rx_merged_frames: u64,
+    pub rx_too_long: u64,
     pub events_sent: u64,
     pub events_suppressed: u64,
     /// Bytes copied at each copy site of this side, counted where the copy is made: the
@@ -106,15 +123,15 @@ pub struct Rings {
     pub mac: [u8; 6],
     /// Checksum offload agreed: TCP/UDP checksums are neither computed nor checked here.
     pub csum_offload: bool,
+    /// Frames may come over several receive buffers (mergeable buffers agreed).
+    merged: bool,
     /// Largest Ethernet frame (header included, as smoltcp counts it).
     frame_limit: usize,
     /// Where the buffers are in the pool, and their lengths.
     plan: PoolPlan,
-    /// Transmit buffers not in the ring.
+    /// Transmit buffers not in the ring. Each chain's buffer index is its token
+    /// (`DriverQueue::add_tagged`), so no table by head is kept.
     tx_free: Vec<u16>,
-    /// Buffer index of each outstanding chain, by head.
-    tx_buffer_of: [u16; QUEUE_SIZE as usize],
-    rx_buffer_of: [u16; QUEUE_SIZE as usize],
     /// The back-end broke the ring protocol: we stop using the rings.
     pub broken: Option<String>,
     pub stats: FrontStats,
@@ -179,8 +196,15 @@ impl Rings {
         let backend = link.backend;
         let tx_ring = SharedMem::leak_pages(1);
         let rx_ring = SharedMem::leak_pages(1);
-        let plan = PoolPlan::for_mtu(options.mtu)
+        // Mergeable receive buffers when a frame of our MTU is longer than a jumbo frame's
+        // buffer: a whole ring of those then, instead of a few buffers of the MTU.
+        let plan = PoolPlan::for_mtu_merged(options.mtu)
             .ok_or_else(|| format!("no pool for an MTU of {}", options.mtu))?;
+        let features = if plan.merges() {
+            WANTED_FEATURES | FEATURE_MRG_RXBUF
+        } else {
+            WANTED_FEATURES
+        };
         let frame_limit = plan.frame_limit(options.mtu);
         let pool_pages = plan.pages;
         let pool = SharedMem::leak_pages(pool_pages as usize);
@@ -202,7 +226,7 @@ impl Rings {
         }
         let port = evtchn::alloc_unbound(backend).map_err(|e| format!("alloc_unbound: {e:?}"))?;
 
-        let rx_buffer_of = offer_rx_buffers(&mut rx, &plan)?;
+        offer_rx_buffers(&mut rx, &plan)?;
 
         let layout = RingLayout {
             tx_ring_ref,
@@ -215,7 +239,7 @@ impl Rings {
             state: State::Initialised,
             data_port: port,
             mac: options.mac,
-            features: WANTED_FEATURES,
+            features,
             ..Frontend::initialising()
         };
         layout.write_to(&mut offer);
@@ -229,6 +253,28 @@ impl Rings {
         if !agreed.event_idx {
             return Err("back-end refused event-index suppression, which our rings use".into());
         }
+        if plan.merges() && !agreed.mergeable {
+            return Err(format!(
+                "back-end refused mergeable receive buffers, which an MTU of {} needs (our \
+                 receive buffers hold {} bytes); set a smaller mtu",
+                options.mtu, plan.rx_buffer_len
+            ));
+        }
+        println!(
+            "net: MTU {}: {} receive buffers of {} B{}, {} transmit buffers of {} B, {} pool \
+             pages",
+            options.mtu,
+            plan.rx_buffers,
+            plan.rx_buffer_len,
+            if plan.merges() {
+                " (a frame may take several)"
+            } else {
+                ""
+            },
+            plan.tx_buffers,
+            plan.buffer_len,
+            plan.pages
+        );
         Ok(Rings {
             link,
             tx_ring,
@@ -243,11 +289,10 @@ impl Rings {
             port,
             mac: section.mac,
             csum_offload: agreed.csum,
+            merged: plan.merges(),
             frame_limit,
             plan,
             tx_free: tx_buffers(&plan),
-            tx_buffer_of: [0; QUEUE_SIZE as usize],
-            rx_buffer_of,
             broken: None,
             stats: FrontStats::default(),
         })
@@ -258,7 +303,7 @@ impl Rings {
         while self.broken.is_none() {
             match self.tx.pop_used() {
                 Ok(Some(used)) => {
-                    self.tx_free.push(self.tx_buffer_of[usize::from(used.head)]);
+                    self.tx_free.push(used.token);
                     if used.len != TX_OK {
                         self.stats.tx_dropped_by_backend += 1;
                     }
@@ -281,28 +326,34 @@ impl Rings {
     /// the frame starts in `frame` and its length. `now_us`: the stack's clock.
     pub fn next_rx_into(&mut self, frame: &mut Vec<u8>, now_us: u64) -> Option<(usize, usize)> {
         while self.broken.is_none() && self.up() {
-            let used = match self.rx.pop_used() {
-                Ok(Some(used)) => used,
+            let (pool, plan) = (self.pool, self.plan);
+            // With mergeable buffers the first buffer's header says how many the frame took:
+            // read once, checked by the queue.
+            let num_buffers = |buffer: u16| {
+                let mut count = [0u8; 2];
+                pool.read(
+                    buffer_offset(usize::from(buffer), &plan) + NUM_BUFFERS_AT,
+                    &mut count,
+                );
+                u16::from_le_bytes(count)
+            };
+            let taken = match self.rx.pop_rx_frame(self.merged, num_buffers) {
+                Ok(Some(taken)) => taken,
                 Ok(None) => return None,
                 Err(e) => {
                     self.fail(format!("RX ring: {e}"));
                     return None;
                 }
             };
-            let buffer = usize::from(self.rx_buffer_of[usize::from(used.head)]);
-            let len = used.len as usize;
-            let frame_len = (len >= NET_HDR_LEN + ETH_HDR_LEN).then(|| {
-                let frame_len = len - NET_HDR_LEN;
-                let at = buffer_offset(buffer, &self.plan) + NET_HDR_LEN;
-                let start = self.pool.read_into_reused(at, frame_len, frame);
-                self.stats.copied_pool_to_frame += frame_len as u64;
-                (start, frame_len)
-            });
-            match self.rx.add(&[buffer_segment(buffer, &self.plan)], true) {
-                Ok(head) => self.rx_buffer_of[usize::from(head)] = buffer as u16,
-                Err(e) => self.fail(format!("re-offering receive buffer {buffer}: {e}")),
+            let place = self.copy_out(&taken, frame);
+            // Each chain's token is its buffer: no lookup by head, which a chain offered again
+            // here could already have taken.
+            for &buffer in taken.tokens() {
+                if let Err(e) = offer_rx_buffer(&mut self.rx, usize::from(buffer), &self.plan) {
+                    self.fail(e);
+                }
             }
-            match frame_len {
+            match place {
                 Some((start, frame_len)) => {
                     self.on_rx(frame_len, now_us);
                     self.stats.rx_frames += 1;
@@ -313,6 +364,45 @@ impl Rings {
             }
         }
         None
+    }
+
+    /// Copies a received frame out of its buffers into `frame`, co-aligned with the first
+    /// buffer (the later ones of a merged frame then line up too: see
+    /// `MERGED_RX_BUFFER_LEN`). Returns where the frame starts in `frame` and its length;
+    /// `None` for a buffer given back empty or a frame longer than our MTU (a back-end does
+    /// not know our MTU; dropped).
+    fn copy_out(&mut self, taken: &RxFrame, frame: &mut Vec<u8>) -> Option<(usize, usize)> {
+        let frame_len = taken.frame_len();
+        if taken.is_empty() || frame_len < ETH_HDR_LEN {
+            return None;
+        }
+        if frame_len > self.frame_limit {
+            self.stats.rx_too_long += 1;
+            return None;
+        }
+        // Room for the whole frame at any placement, so that placing the first piece does not
+        // grow (and move) the vector.
+        if frame.len() < frame_len + 64 {
+            frame.resize(frame_len + 64, 0);
+        }
+        let buffer_at = |buffer: u16| buffer_offset(usize::from(buffer), &self.plan);
+        let (buffers, lens) = (taken.tokens(), taken.lens());
+        let first_len = lens[0] as usize - NET_HDR_LEN;
+        let start =
+            self.pool
+                .read_into_reused(buffer_at(buffers[0]) + NET_HDR_LEN, first_len, frame);
+        let mut end = start + first_len;
+        for (&buffer, &len) in buffers.iter().zip(lens).skip(1) {
+            let len = len as usize;
+            self.pool
+                .read(buffer_at(buffer), &mut frame[end..end + len]);
+            end += len;
+        }
+        self.stats.copied_pool_to_frame += frame_len as u64;
+        if buffers.len() > 1 {
+            self.stats.rx_merged_frames += 1;
+        }
+        Some((start, frame_len))
     }
 
     /// Queues `frame` (an Ethernet frame) for sending, copied into a transmit buffer; false
@@ -365,9 +455,8 @@ impl Rings {
             offset: at as u32,
             len: (NET_HDR_LEN + len) as u32,
         };
-        match self.tx.add(&[segment], false) {
-            Ok(head) => {
-                self.tx_buffer_of[usize::from(head)] = buffer;
+        match self.tx.add_tagged(&[segment], false, buffer) {
+            Ok(_) => {
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += len as u64;
             }
@@ -515,21 +604,24 @@ impl Rings {
     }
 }
 
-/// Offers every receive buffer on a fresh `rx` queue and publishes them; the buffer of each
-/// chain, by head.
-fn offer_rx_buffers(
-    rx: &mut DriverQueue<SharedMem>,
-    plan: &PoolPlan,
-) -> Result<[u16; QUEUE_SIZE as usize], String> {
-    let mut rx_buffer_of = [0u16; QUEUE_SIZE as usize];
+/// Offers every receive buffer on a fresh `rx` queue and publishes them.
+fn offer_rx_buffers(rx: &mut DriverQueue<SharedMem>, plan: &PoolPlan) -> Result<(), String> {
     for buffer in 0..plan.rx_buffers {
-        let head = rx
-            .add(&[buffer_segment(buffer, plan)], true)
-            .map_err(|e| format!("offering receive buffer {buffer}: {e}"))?;
-        rx_buffer_of[usize::from(head)] = buffer as u16;
+        offer_rx_buffer(rx, buffer, plan)?;
     }
     rx.publish();
-    Ok(rx_buffer_of)
+    Ok(())
+}
+
+/// Offers receive buffer `buffer` (not published), tagged with its index.
+fn offer_rx_buffer(
+    rx: &mut DriverQueue<SharedMem>,
+    buffer: usize,
+    plan: &PoolPlan,
+) -> Result<(), String> {
+    rx.add_tagged(&[buffer_segment(buffer, plan)], true, buffer as u16)
+        .map(|_| ())
+        .map_err(|e| format!("offering receive buffer {buffer}: {e}"))
 }
 
 /// Every transmit buffer, free.
@@ -540,10 +632,11 @@ fn tx_buffers(plan: &PoolPlan) -> Vec<u16> {
         .collect()
 }
 
+/// Receive buffer `buffer` as offered.
 fn buffer_segment(buffer: usize, plan: &PoolPlan) -> Segment {
     Segment {
         offset: buffer_offset(buffer, plan) as u32,
-        len: plan.buffer_len as u32,
+        len: plan.rx_buffer_len as u32,
     }
 }
 

@@ -46,7 +46,11 @@
 //! # Frames
 //!
 //! A chain carries one frame: the 12-byte `virtio_net_hdr_v1` ([`NetHdr`]), then the Ethernet
-//! frame, possibly split over several descriptors. A chain holds at most [`MAX_CHAIN`]
+//! frame, possibly split over several descriptors. With mergeable receive buffers
+//! ([`FEATURE_MRG_RXBUF`]) a received frame may instead take several receive chains, in ring
+//! order, published together with one store of used.idx ([`DeviceQueue::deliver`]); the
+//! first chain's header says how many (`num_buffers`), the later ones hold frame bytes only,
+//! and the front-end takes them as one ([`DriverQueue::pop_rx_frame`]). A chain holds at most [`MAX_CHAIN`]
 //! descriptors and [`MIN_FRAME`]`..=`[`MAX_FRAME`] bytes. An RX buffer the guest offers obeys
 //! the same bounds (it must be able to hold a minimal frame). `used.len` is what the device
 //! wrote for RX (0: buffer given back without a frame), and for TX a status: [`TX_OK`] or
@@ -82,17 +86,20 @@ mod tests;
 
 use thiserror::Error;
 
-pub use device::{copy_plan, Chain, DeviceQueue, NotInFlight, RxPick, TxHeader};
-pub use driver::{AddError, DriverQueue, Used};
+pub use device::{
+    copy_plan, Chain, DeviceQueue, NotInFlight, RxDelivery, RxOutcome, RxPick, TxHeader,
+};
+pub use driver::{AddError, DriverQueue, RxFrame, Used};
 pub use mem::{PoolMem, RingMem, SharedPool, SharedRing};
 pub use net::{
     l4_checksum_field, HeaderError, LayoutError, NetFeatures, NetHdr, RingLayout, FEATURE_CSUM,
-    FEATURE_EVENT_IDX, FEATURE_NET, NET_FEATURES, VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, FEATURE_NET, MAX_MERGED_BUFFERS, NET_FEATURES,
+    NUM_BUFFERS_AT, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE,
 };
 pub use pool::{
-    PoolPlan, BUFFER_HEADROOM, MAX_ETH_FRAME, MAX_MTU, MAX_RX_BUFFERS, MAX_TX_BUFFERS, MIN_MTU,
-    POOL_BUDGET_PAGES,
+    PoolPlan, BUFFER_HEADROOM, MAX_ETH_FRAME, MAX_MTU, MAX_RX_BUFFERS, MAX_TX_BUFFERS,
+    MERGED_RX_BUFFER_LEN, MIN_MTU, POOL_BUDGET_PAGES,
 };
 
 use crate::grant::MAX_REFS;
@@ -263,6 +270,23 @@ pub enum QueueError {
     /// A used length that the chain cannot have (see the module doc).
     #[error("ring violation: used length {len} impossible for chain {id}")]
     UsedLenInvalid { id: u16, len: u32 },
+    /// With mergeable buffers: a frame's first buffer says it takes no buffer or more than
+    /// [`MAX_MERGED_BUFFERS`].
+    #[error(
+        "ring violation: frame at used id {id} says it takes {num_buffers} buffers (must be \
+         1..={MAX_MERGED_BUFFERS})"
+    )]
+    MergedCountInvalid { id: u16, num_buffers: u16 },
+    /// With mergeable buffers: a frame's buffers were not all published with its first.
+    #[error(
+        "ring violation: frame at used id {id} takes {num_buffers} buffers, {published} \
+         published"
+    )]
+    MergedFrameIncomplete {
+        id: u16,
+        num_buffers: u16,
+        published: u16,
+    },
     // ---- Bad frames: drop this one and complete its chain ----
     /// The chain has no bytes.
     #[error("bad frame at head {head}: empty chain")]

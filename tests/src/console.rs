@@ -70,13 +70,24 @@ pub const SWITCH_SPOOFED_ARP_MAC: &str = "arpmac ";
 pub const SWITCH_FLOOD_LIMITED: &str = "floodlim ";
 
 /// The driver domain's closing line for front-end `id`: `front-end 5 closed: sent 3 frames
-/// (0 dropped), received 140, 12 not delivered (no buffer), 7 short receive buffers
-/// returned, events 3 sent / 1 suppressed`.
+/// (0 dropped), received 140 (0 over several buffers), 12 not delivered (no buffer), 0 longer
+/// than its receive buffers, 7 short receive buffers returned, events 3 sent / 1 suppressed`.
 pub fn front_end_closed(id: u16) -> String {
     format!("front-end {id} closed: ")
 }
 /// In a [`front_end_closed`] line, after a count: frames for it dropped as it had no buffer.
 pub const FRONT_END_NO_BUFFER: &str = "not delivered (no buffer)";
+/// A para-virtual front-end's pool, once connected: `net: MTU 65535: 128 receive buffers of
+/// 9088 B (a frame may take several), 14 transmit buffers of 65561 B, 511 pool pages`.
+pub const NET_POOL: &str = "net: MTU ";
+/// In a [`NET_POOL`] line: receive buffers that a frame may span (mergeable buffers).
+pub const NET_POOL_MERGED: &str = "(a frame may take several)";
+/// In a [`front_end_closed`] line, after a count: frames delivered over more than one receive
+/// buffer (mergeable receive buffers).
+pub const FRONT_END_MERGED: &str = "over several buffers";
+/// In a [`front_end_closed`] line, after a count: frames dropped because the receive buffers
+/// offered could not hold them (with mergeable buffers: more than a frame may take).
+pub const FRONT_END_TOO_SMALL: &str = "longer than its receive buffers";
 /// In a [`front_end_closed`] line, after a count: receive buffers too short for any frame.
 pub const FRONT_END_SHORT_RX: &str = "short receive buffers returned";
 /// In a [`front_end_said`] line: it asked for a MAC that is not its own.

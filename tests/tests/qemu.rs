@@ -1858,6 +1858,47 @@ fn a_guest_acknowledges_64k_frames_from_a_guest_in_parts() {
 }
 
 #[test]
+fn guests_at_the_default_mtu_carry_64k_frames_over_merged_receive_buffers() {
+    // The default MTU is 65535: a 64 KiB TCP segment crosses as one frame, spread by the
+    // driver domain over receive buffers of a jumbo frame's size (mergeable receive buffers),
+    // so the ring keeps 128 of them for bursts of small frames.
+    let toml = sluice_harness::benchsuite::pairs_topology(1, 3, false);
+    let (topology, boot) = boot_toml(&toml, 90);
+    let t = boot.transcript();
+    assert_report_ok(&boot, "client1", "iperf");
+    assert_report_ok(&boot, "server1", "iperf");
+    for vm in ["server1", "client1"] {
+        let pool = boot
+            .vm_lines(vm)
+            .find(|l| l.contains(console::NET_POOL))
+            .unwrap_or_else(|| panic!("{vm} printed no pool line\n{t}"));
+        assert!(
+            pool.contains("MTU 65535: 128 receive buffers of 9088 B")
+                && pool.contains(console::NET_POOL_MERGED),
+            "{vm}: {pool}\n{t}"
+        );
+    }
+    let server = topology
+        .vms
+        .iter()
+        .position(|v| v.name == "server1")
+        .expect("server1 in the topology") as u16
+        + 1;
+    let dd: Vec<&str> = boot.vm_lines("driver-domain").collect();
+    let count = |phrase| front_end_closed_count(dd.iter().copied(), server, phrase);
+    let merged = count(console::FRONT_END_MERGED).unwrap_or(0);
+    let too_small = count(console::FRONT_END_TOO_SMALL).unwrap_or(u64::MAX);
+    assert!(
+        merged >= 1000,
+        "the server got {merged} frames over several buffers\n{t}"
+    );
+    assert_eq!(
+        too_small, 0,
+        "frames the server's buffers could not hold\n{t}"
+    );
+}
+
+#[test]
 fn sixteen_guests_all_connect_and_ping_each_other() {
     // Sixteen front-ends' jumbo-frame pools on one driver domain: more than the grant-mapping
     // budget used to allow (ten could not all connect) and more VMs than the old limit of 16.
@@ -2222,7 +2263,9 @@ fn a_guest_cannot_pass_for_another_while_the_others_keep_pinging() {
 fn hostile_load_costs_the_others_nothing_while_they_keep_pinging() {
     // Bounded work (issue 13, class 3): a broadcast storm, receive buffers too short for any
     // frame re-offered as fast as they come back, a receive ring never drained (the storm
-    // feeds the last two), and a guest reconnecting in a loop.
+    // feeds the last two), and a guest reconnecting in a loop. With mergeable receive buffers
+    // (a 64 KiB MTU): buffers of the fewest bytes a frame may have, while it pings the driver
+    // domain with payloads whose replies would need more of them than a frame may take.
     let wrong = hostile_boot_of(&[
         (
             "bad-storm",
@@ -2238,6 +2281,11 @@ fn hostile_load_costs_the_others_nothing_while_they_keep_pinging() {
             "bad-no-drain",
             ", corrupt = \"no_drain\"",
             Hostile::Counted(console::FRONT_END_NO_BUFFER),
+        ),
+        (
+            "bad-tiny-rx",
+            ", corrupt = \"tiny_rx\", mtu = 65535, big_ping_to = \"10.0.2.15\"",
+            Hostile::Counted(console::FRONT_END_TOO_SMALL),
         ),
         (
             "bad-churn",

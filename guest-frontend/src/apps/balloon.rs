@@ -33,7 +33,7 @@ use shared_abi::hypercall::Status;
 use shared_abi::layout::{GUEST_RAM_BASE, PAGE_SIZE};
 use vm_runtime::balloon::{self, Followed, Outcome, Shortfall};
 use vm_runtime::timer::Instant;
-use vm_runtime::{evtchn, grant, println, setting, setting_u64_or, StartInfo};
+use vm_runtime::{evtchn, println, setting, setting_u64_or, StartInfo};
 
 use crate::netfront::{ConnectOptions, NetFront};
 
@@ -264,7 +264,7 @@ fn floor(info: &StartInfo<'static>) -> Result<String, String> {
 /// Gives back the TX ring page the driver domain maps through a grant: `Busy`.
 fn granted(info: &StartInfo<'static>) -> Result<String, String> {
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
-    grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
+    crate::netfront::init_grant_table()?;
     let mut front = NetFront::connect(info, &ConnectOptions::from_settings(info.settings)?)?;
     let ring = front.rings_mut()?.raw_tx_ring().gpa();
     match balloon::release_raw(&[ring]) {

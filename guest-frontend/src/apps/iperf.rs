@@ -35,7 +35,7 @@ use vm_net::iperf3::{self, Client, ClientConfig, Event, ServerConfig, TestMarks}
 use vm_net::smoltcp::time::{Duration, Instant};
 use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::{Buffers, Stack};
-use vm_runtime::{evtchn, grant, hypercall, println, setting, timer, StartInfo};
+use vm_runtime::{evtchn, hypercall, println, setting, timer, StartInfo};
 
 use crate::netfront::{ConnectOptions, FrontStats, NetFront};
 
@@ -183,7 +183,7 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
 fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
     let plan = plan(info)?;
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
-    grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
+    crate::netfront::init_grant_table()?;
     let options = ConnectOptions::from_settings(info.settings)?;
     let front = NetFront::connect(info, &options)?;
     let mac = front.mac;

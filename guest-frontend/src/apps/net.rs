@@ -15,7 +15,8 @@
 //! `vm_net::udp_echo`), `serve_ms` (how long to keep serving after the pings,
 //! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
 //! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
-//! 52:55:0a:00:02:02 and 10.0.2.2). With `restart_once = true` the guest resets itself (PSCI
+//! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` sends its large pings
+//! (default: the gateway). With `restart_once = true` the guest resets itself (PSCI
 //! SYSTEM_RESET) at the end of its first boot and does everything again on its second: how the
 //! tests show that a back-end or device model serves a restarted guest afresh.
 
@@ -26,15 +27,15 @@ use alloc::vec::Vec;
 use shared_abi::handshake::{Frontend, State};
 use shared_abi::virtq::RingMem;
 use shared_abi::virtq::{
-    Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, MAX_ETH_FRAME, NET_HDR_LEN, QUEUE_SIZE,
-    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Segment, AVAIL_IDX, AVAIL_RING, DESC_LEN, DESC_TABLE, ETH_HDR_LEN, MAX_ETH_FRAME, MIN_FRAME,
+    NET_HDR_LEN, QUEUE_SIZE, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use vm_net::smoltcp::socket::udp;
 use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::udp_echo::{self, Tally};
 use vm_net::{Buffers, Stack, ECHO_PORT};
 use vm_runtime::timer::{self, Instant};
-use vm_runtime::{evtchn, grant, println, setting, StartInfo};
+use vm_runtime::{evtchn, println, setting, StartInfo};
 
 use crate::netfront::{ConnectOptions, NetFront};
 
@@ -81,6 +82,8 @@ struct Plan {
     /// The identity the identity modes try to pass for.
     claim_mac: [u8; 6],
     claim_ip: Ipv4Address,
+    /// Where [`Corruption::TinyRx`] sends its large pings.
+    big_ping_to: Ipv4Address,
     restart_once: bool,
 }
 
@@ -120,6 +123,12 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
             .parse()
             .map_err(|_| format!("setting claim_ip {text:?} is not an IPv4 address"))?,
     };
+    let big_ping_to = match setting(info.settings, "big_ping_to") {
+        None => gateway,
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("setting big_ping_to {text:?} is not an IPv4 address"))?,
+    };
     Ok(Plan {
         address,
         gateway,
@@ -153,6 +162,7 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         corruption,
         claim_mac,
         claim_ip,
+        big_ping_to,
         restart_once: vm_runtime::setting_bool_or(info.settings, "restart_once", false)
             .map_err(|e| format!("{e}"))?,
     })
@@ -167,7 +177,7 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
         vm_runtime::balloon::follow_init();
     }
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
-    grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
+    crate::netfront::init_grant_table()?;
     let mut options = ConnectOptions::from_settings(info.settings)?;
     options.bad_pool_ref = plan.corruption == Some(Corruption::BadPoolRef);
     if plan.corruption == Some(Corruption::ClaimMac) {
@@ -532,16 +542,28 @@ impl Net {
                 }
                 format!("{sent} broadcast frames sent")
             }
-            Corruption::ShortRx => {
-                // Every receive buffer shrunk below a net + Ethernet header, again and again
-                // (the queue re-offers each at full size when it comes back empty).
+            Corruption::ShortRx | Corruption::TinyRx => {
+                // Every receive buffer shrunk below a net + Ethernet header (or to just that),
+                // again and again (the queue re-offers each at full size when it comes back
+                // empty).
                 let before = front.stats.rx_empty;
+                let (len, big_ping) = match corruption {
+                    Corruption::TinyRx => {
+                        let to = plan.big_ping_to.octets();
+                        let ping = icmp_echo(front.mac, own_ip, to, TINY_RX_PING_BYTES);
+                        (MIN_FRAME, Some(ping))
+                    }
+                    _ => (10, None),
+                };
                 while timer::now() < until {
                     let front = &mut self.stack.device;
                     return_if_broken(front)?;
                     let ring = *front.rings_mut()?.raw_rx_ring();
                     for id in 0..QUEUE_SIZE {
-                        ring.store_u32(DESC_TABLE + usize::from(id) * DESC_LEN + 8, 10);
+                        ring.store_u32(DESC_TABLE + usize::from(id) * DESC_LEN + 8, len);
+                    }
+                    if let Some(ping) = &big_ping {
+                        front.send_frame(ping);
                     }
                     front.flush();
                     let _ = evtchn::send(front.port);
@@ -549,8 +571,9 @@ impl Net {
                     timer::sleep_ms(1);
                 }
                 format!(
-                    "{} short receive buffers came back empty",
-                    self.stack.device.stats.rx_empty - before
+                    "{} {} receive buffers came back empty",
+                    self.stack.device.stats.rx_empty - before,
+                    if len < MIN_FRAME { "short" } else { "tiny" }
                 )
             }
             Corruption::NoDrain => {
@@ -656,6 +679,34 @@ fn icmp_from(src: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
     frame
 }
 
+/// Payload bytes of [`Corruption::TinyRx`]'s pings: a reply then needs 56 receive buffers of
+/// the fewest bytes a frame may have, more than a frame may take.
+const TINY_RX_PING_BYTES: usize = 1400;
+
+/// An ICMP echo request of `payload` bytes from `from` to `to`, sent to the broadcast MAC
+/// (the switch floods it, so it reaches `to` without an ARP exchange first).
+fn icmp_echo(src: [u8; 6], from: [u8; 4], to: [u8; 4], payload: usize) -> Vec<u8> {
+    let mut frame = broadcast_frame(src);
+    frame.truncate(ETH_HDR_LEN);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let total = 20 + 8 + payload;
+    let mut ip = alloc::vec![0u8; total];
+    ip[..12].copy_from_slice(&[0x45, 0, 0, 0, 0, 2, 0, 0, 64, 1, 0, 0]);
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[12..16].copy_from_slice(&from);
+    ip[16..20].copy_from_slice(&to);
+    let sum = !internet_sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip[20..28].copy_from_slice(&[8, 0, 0, 0, 0x51, 0x56, 0, 1]);
+    for (i, b) in ip[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let sum = !internet_sum(&ip[20..]);
+    ip[22..24].copy_from_slice(&sum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame
+}
+
 fn internet_sum(bytes: &[u8]) -> u16 {
     let mut sum = bytes
         .chunks(2)
@@ -704,6 +755,11 @@ pub enum Corruption {
     BroadcastStorm,
     /// Receive buffers too short for any frame, re-offered as fast as they come back.
     ShortRx,
+    /// Receive buffers of the fewest bytes a frame may have (a net and an Ethernet header),
+    /// re-offered as fast as they come back, while pinging `big_ping_to` (default: the
+    /// gateway) with 1400-byte payloads: with mergeable buffers (`mtu` above 9000) each reply
+    /// would take more buffers than a frame may.
+    TinyRx,
     /// Never drains its receive ring.
     NoDrain,
     /// Closes and reconnects as fast as the back-end lets it.
@@ -713,7 +769,7 @@ pub enum Corruption {
 }
 
 impl Corruption {
-    const ALL: [Corruption; 19] = [
+    const ALL: [Corruption; 20] = [
         Corruption::AvailAhead,
         Corruption::DescOutOfRange,
         Corruption::DescLoop,
@@ -730,11 +786,12 @@ impl Corruption {
         Corruption::SpoofIp,
         Corruption::BroadcastStorm,
         Corruption::ShortRx,
+        Corruption::TinyRx,
         Corruption::NoDrain,
         Corruption::Churn,
         Corruption::ForgeHeader,
     ];
-    const NAMES: [&'static str; 19] = [
+    const NAMES: [&'static str; 20] = [
         "avail_ahead",
         "desc_out_of_range",
         "desc_loop",
@@ -751,6 +808,7 @@ impl Corruption {
         "spoof_ip",
         "broadcast_storm",
         "short_rx",
+        "tiny_rx",
         "no_drain",
         "churn",
         "forge_header",
@@ -811,6 +869,7 @@ impl Corruption {
             | Corruption::ClaimMac
             | Corruption::BroadcastStorm
             | Corruption::ShortRx
+            | Corruption::TinyRx
             | Corruption::NoDrain
             | Corruption::Churn
             | Corruption::ForgeHeader => return Ok(()),

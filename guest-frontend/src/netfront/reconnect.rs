@@ -168,7 +168,7 @@ impl Rings {
             DriverQueue::new(self.tx_ring, self.pool_pages, true).map_err(|e| format!("{e}"))?;
         let mut rx =
             DriverQueue::new(self.rx_ring, self.pool_pages, true).map_err(|e| format!("{e}"))?;
-        self.rx_buffer_of = offer_rx_buffers(&mut rx, &self.plan)?;
+        offer_rx_buffers(&mut rx, &self.plan)?;
         self.rx = rx;
         self.tx_free = tx_buffers(&self.plan);
         Ok(())

@@ -8,8 +8,8 @@ use super::net::check_pool_pages;
 use super::{
     avail_slot_offset, bit, read_desc, used_slot_offset, Desc, Direction, LayoutError, NetHdr,
     PoolMem, QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, ETH_HDR_LEN, MAX_CHAIN,
-    MAX_FRAME, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, TX_HEAD_LEN, USED_EVENT, USED_IDX,
-    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    MAX_FRAME, MAX_MERGED_BUFFERS, MIN_FRAME, NET_HDR_LEN, QUEUE_SIZE, TX_HEAD_LEN, USED_EVENT,
+    USED_IDX, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use crate::virtq::vring_need_event;
 
@@ -165,23 +165,6 @@ impl Chain {
             frame_len,
         })
     }
-
-    /// RX: writes `hdr` and `frame` into the chain's buffers. Returns the `used.len` to give
-    /// back, or `None` (nothing meaningful written) when they do not fit.
-    pub fn write_rx<P: PoolMem + ?Sized>(
-        &self,
-        pool: &P,
-        hdr: &NetHdr,
-        frame: &[u8],
-    ) -> Option<u32> {
-        let need = NET_HDR_LEN.checked_add(frame.len())?;
-        if need > self.total as usize {
-            return None;
-        }
-        let fits = self.write(pool, 0, &hdr.encode()) == NET_HDR_LEN
-            && self.write(pool, NET_HDR_LEN, frame) == frame.len();
-        fits.then_some(need as u32)
-    }
 }
 
 /// What [`DeviceQueue::pop_rx_buffer`] found.
@@ -191,6 +174,28 @@ pub struct RxPick {
     /// the bound).
     pub chain: Option<Chain>,
     /// Buffers too short for any frame, given back empty.
+    pub skipped: u32,
+}
+
+/// How [`DeviceQueue::deliver`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// The frame is in `buffers` receive buffers, given back together.
+    Delivered { buffers: usize },
+    /// Too few receive buffers offered: the frame is dropped, and any buffer taken for it
+    /// went back empty.
+    NoBuffer,
+    /// The buffers offered cannot hold the frame (without merging, one too short; with it,
+    /// more than the bound would be needed): the frame is dropped and the buffers taken for
+    /// it went back empty.
+    TooSmall,
+}
+
+/// What [`DeviceQueue::deliver`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxDelivery {
+    pub outcome: RxOutcome,
+    /// Buffers too short for any frame, given back empty on the way.
     pub skipped: u32,
 }
 
@@ -307,6 +312,9 @@ pub struct DeviceQueue<M> {
     in_flight: u128,
     /// The violation that ended the queue: nothing is taken from it after that.
     broken: Option<QueueError>,
+    /// RX: bytes of the last receive buffer taken, by which [`deliver`](Self::deliver) judges
+    /// how many buffers a merged frame needs before it takes any.
+    rx_buffer_hint: u32,
 }
 
 impl<M: RingMem> DeviceQueue<M> {
@@ -328,6 +336,7 @@ impl<M: RingMem> DeviceQueue<M> {
             used_idx: 0,
             in_flight: 0,
             broken: None,
+            rx_buffer_hint: 0,
         })
     }
 
@@ -373,6 +382,91 @@ impl<M: RingMem> DeviceQueue<M> {
             }
         }
         Ok(pick)
+    }
+
+    /// RX: writes a frame of `frame_len` bytes behind the net header `hdr` into the next
+    /// receive buffers and gives them back. One buffer, or with mergeable buffers up to `most`
+    /// (clamped to `1..=`[`MAX_MERGED_BUFFERS`]), filled in ring order and published with one
+    /// store of used.idx, the first one's header (written last) saying how many
+    /// (`num_buffers`). `write(pool, chain, at, bytes)` copies frame bytes `bytes` into `chain`
+    /// from chain byte `at`; only the first chain holds the header, so `at` is
+    /// [`NET_HDR_LEN`] there and 0 in the others.
+    ///
+    /// Bounded whatever the guest offers: at most `most` buffers taken and `max_short` buffers
+    /// too short for any frame skipped (given back empty) per frame. A merged frame first
+    /// checks that enough buffers are offered, judging by the last buffer's size, so a full
+    /// ring costs nothing; if the guest's buffers turn out shorter, those taken go back
+    /// empty. A violation is returned as with [`pop`](Self::pop).
+    pub fn deliver<P: PoolMem + ?Sized>(
+        &mut self,
+        pool: &P,
+        hdr: &NetHdr,
+        frame_len: usize,
+        most: usize,
+        max_short: u32,
+        mut write: impl FnMut(&P, &Chain, usize, Range<usize>),
+    ) -> Result<RxDelivery, QueueError> {
+        let most = most.clamp(1, usize::from(MAX_MERGED_BUFFERS));
+        let need = NET_HDR_LEN + frame_len;
+        let mut done = RxDelivery {
+            outcome: RxOutcome::NoBuffer,
+            skipped: 0,
+        };
+        let hint = self.rx_buffer_hint as usize;
+        if most > 1 && hint > 0 && usize::from(self.offered()) < need.div_ceil(hint) {
+            return Ok(done);
+        }
+        let mut taken = [(0u16, 0u32); MAX_MERGED_BUFFERS as usize];
+        let mut count = 0;
+        let mut first = None;
+        let mut written = 0;
+        while written < need {
+            let pick = self.pop_rx_buffer(max_short - done.skipped)?;
+            done.skipped += pick.skipped;
+            let Some(chain) = pick.chain else {
+                self.give_back_empty(&taken[..count]);
+                return Ok(done);
+            };
+            let room = chain.total_len() as usize;
+            self.rx_buffer_hint = chain.total_len();
+            taken[count] = (chain.head(), 0);
+            count += 1;
+            if count == most && room < need - written {
+                self.give_back_empty(&taken[..count]);
+                done.outcome = RxOutcome::TooSmall;
+                return Ok(done);
+            }
+            let n = room.min(need - written);
+            // Chains hold at least MIN_FRAME bytes, so the first one holds the whole header.
+            let at = NET_HDR_LEN.saturating_sub(written);
+            let bytes = (written + at - NET_HDR_LEN)..(written + n - NET_HDR_LEN);
+            if !bytes.is_empty() {
+                write(pool, &chain, at, bytes);
+            }
+            taken[count - 1].1 = n as u32;
+            first.get_or_insert(chain);
+            written += n;
+        }
+        if let Some(first) = first {
+            let hdr = NetHdr {
+                num_buffers: count as u16,
+                ..*hdr
+            };
+            first.write(pool, 0, &hdr.encode());
+        }
+        // Every head was popped above and is held until now.
+        let _ = self.push_used_batch(&taken[..count]);
+        done.outcome = RxOutcome::Delivered { buffers: count };
+        Ok(done)
+    }
+
+    /// Gives the receive buffers taken for a frame that was then dropped back without one.
+    fn give_back_empty(&mut self, taken: &[(u16, u32)]) {
+        let mut empty = [(0u16, 0u32); MAX_MERGED_BUFFERS as usize];
+        for (slot, &(head, _)) in empty.iter_mut().zip(taken) {
+            *slot = (head, 0);
+        }
+        let _ = self.push_used_batch(&empty[..taken.len()]);
     }
 
     fn take(&mut self) -> Result<Option<Chain>, QueueError> {
@@ -482,16 +576,43 @@ impl<M: RingMem> DeviceQueue<M> {
     /// [`TX_OK`]: super::TX_OK
     /// [`TX_DROPPED`]: super::TX_DROPPED
     pub fn push_used(&mut self, head: u16, len: u32) -> Result<(), NotInFlight> {
-        if head >= QUEUE_SIZE || self.in_flight & bit(head) == 0 {
-            return Err(NotInFlight { head });
+        self.push_used_batch(&[(head, len)])
+    }
+
+    /// Gives several chains back (`(head, len)` each, as [`push_used`](Self::push_used)) with
+    /// one store of used.idx after all their elements, so the guest sees all of them or none:
+    /// the buffers of one merged frame ([`FEATURE_MRG_RXBUF`](super::FEATURE_MRG_RXBUF)).
+    /// Refused, with nothing written, if any head is not held or appears twice
+    /// ([`NotInFlight`] names it).
+    pub fn push_used_batch(&mut self, entries: &[(u16, u32)]) -> Result<(), NotInFlight> {
+        let mut heads = 0u128;
+        for &(head, _) in entries {
+            if head >= QUEUE_SIZE || self.in_flight & bit(head) == 0 || heads & bit(head) != 0 {
+                return Err(NotInFlight { head });
+            }
+            heads |= bit(head);
         }
-        let at = used_slot_offset(self.used_idx);
-        self.mem.store_u32(at, u32::from(head));
-        self.mem.store_u32(at + 4, len);
-        self.used_idx = self.used_idx.wrapping_add(1);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for &(head, len) in entries {
+            let at = used_slot_offset(self.used_idx);
+            self.mem.store_u32(at, u32::from(head));
+            self.mem.store_u32(at + 4, len);
+            self.used_idx = self.used_idx.wrapping_add(1);
+        }
         self.mem.store_u16_release(USED_IDX, self.used_idx);
-        self.in_flight &= !bit(head);
+        self.in_flight &= !heads;
         Ok(())
+    }
+
+    /// Chains the guest has published and we have not taken yet, as avail.idx shows now (a
+    /// guest that lies gets a wrong count here, and its lie is caught by [`pop`](Self::pop)).
+    pub fn offered(&self) -> u16 {
+        self.mem
+            .load_u16_acquire(AVAIL_IDX)
+            .wrapping_sub(self.last_avail)
+            .min(QUEUE_SIZE)
     }
 
     /// After moving used.idx from `old_used` to `new_used` (read [`used_idx`](Self::used_idx)

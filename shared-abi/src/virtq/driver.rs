@@ -6,9 +6,9 @@ use thiserror::Error;
 use super::net::check_pool_pages;
 use super::{
     avail_slot_offset, bit, used_slot_offset, vring_need_event, write_desc, Desc, LayoutError,
-    QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, MAX_CHAIN, MAX_FRAME, MIN_FRAME, Q,
-    QUEUE_SIZE, RING_PAGE_LEN, TX_DROPPED, TX_OK, USED_EVENT, USED_IDX, VIRTQ_DESC_F_NEXT,
-    VIRTQ_DESC_F_WRITE,
+    QueueError, RingMem, Segment, AVAIL_EVENT, AVAIL_IDX, MAX_CHAIN, MAX_FRAME, MAX_MERGED_BUFFERS,
+    MIN_FRAME, NET_HDR_LEN, Q, QUEUE_SIZE, RING_PAGE_LEN, TX_DROPPED, TX_OK, USED_EVENT, USED_IDX,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 
 /// A chain the device gave back.
@@ -16,8 +16,58 @@ use super::{
 pub struct Used {
     /// Its head, as [`DriverQueue::add`] returned it.
     pub head: u16,
+    /// The caller's name for it, as given to [`DriverQueue::add_tagged`] (the head for
+    /// [`DriverQueue::add`]): kept by the queue, so the caller needs no table by head, which a
+    /// chain added meanwhile could reuse.
+    pub token: u16,
     /// RX: bytes written (0: no frame); TX: [`TX_OK`] or [`TX_DROPPED`].
     pub len: u32,
+}
+
+/// A received frame's chains as the device gave them back ([`DriverQueue::pop_rx_frame`]):
+/// one, or with mergeable buffers as many as the frame took, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxFrame {
+    heads: [u16; MAX_MERGED_BUFFERS as usize],
+    tokens: [u16; MAX_MERGED_BUFFERS as usize],
+    lens: [u32; MAX_MERGED_BUFFERS as usize],
+    count: u8,
+}
+
+impl RxFrame {
+    /// The chains' heads, in frame order.
+    pub fn heads(&self) -> &[u16] {
+        &self.heads[..usize::from(self.count)]
+    }
+
+    /// The chains' tokens ([`DriverQueue::add_tagged`]), in frame order.
+    pub fn tokens(&self) -> &[u16] {
+        &self.tokens[..usize::from(self.count)]
+    }
+
+    /// Bytes the device wrote in each chain: the first has the net header in front.
+    pub fn lens(&self) -> &[u32] {
+        &self.lens[..usize::from(self.count)]
+    }
+
+    /// Bytes of the Ethernet frame (net header off); 0 for a buffer given back without one.
+    pub fn frame_len(&self) -> usize {
+        let total: usize = self.lens().iter().map(|&l| l as usize).sum();
+        total.saturating_sub(NET_HDR_LEN)
+    }
+
+    /// A buffer given back without a frame (`used.len` 0).
+    pub fn is_empty(&self) -> bool {
+        self.lens[0] == 0
+    }
+
+    fn push(&mut self, used: Used) {
+        let at = usize::from(self.count);
+        self.heads[at] = used.head;
+        self.tokens[at] = used.token;
+        self.lens[at] = used.len;
+        self.count += 1;
+    }
 }
 
 /// Why [`DriverQueue::add`] refused a chain (nothing was written).
@@ -52,8 +102,9 @@ pub struct DriverQueue<M> {
     free_count: u16,
     /// Our copy of each descriptor's `next`.
     next: [u16; Q],
-    /// Per head: descriptors and bytes in its chain.
+    /// Per head: descriptors and bytes in its chain, and the caller's token.
     descs: [u8; Q],
+    tokens: [u16; Q],
     bytes: [u32; Q],
     /// Heads whose chain is device-writable (RX).
     writable: u128,
@@ -91,6 +142,7 @@ impl<M: RingMem> DriverQueue<M> {
             free_count: QUEUE_SIZE,
             next: [0; Q],
             descs: [0; Q],
+            tokens: [0; Q],
             bytes: [0; Q],
             writable: 0,
             added: 0,
@@ -106,6 +158,26 @@ impl<M: RingMem> DriverQueue<M> {
     /// sees it after [`publish`](Self::publish). Returns its head id. A queue carries one
     /// direction: a chain of the other is a violation for the device.
     pub fn add(&mut self, segments: &[Segment], device_writable: bool) -> Result<u16, AddError> {
+        self.add_as(segments, device_writable, None)
+    }
+
+    /// [`add`](Self::add), with `token`, the caller's name for the chain (its buffer, say),
+    /// given back with it in [`Used::token`].
+    pub fn add_tagged(
+        &mut self,
+        segments: &[Segment],
+        device_writable: bool,
+        token: u16,
+    ) -> Result<u16, AddError> {
+        self.add_as(segments, device_writable, Some(token))
+    }
+
+    fn add_as(
+        &mut self,
+        segments: &[Segment],
+        device_writable: bool,
+        token: Option<u16>,
+    ) -> Result<u16, AddError> {
         let n = segments.len();
         if n == 0 {
             return Err(AddError::Empty);
@@ -152,6 +224,7 @@ impl<M: RingMem> DriverQueue<M> {
         let head = ids[0];
         let h = usize::from(head);
         self.descs[h] = n as u8;
+        self.tokens[h] = token.unwrap_or(head);
         self.bytes[h] = total as u32;
         if device_writable {
             self.writable |= bit(head);
@@ -194,17 +267,85 @@ impl<M: RingMem> DriverQueue<M> {
     /// published chain not yet returned and its length possible for that chain; anything else
     /// is a violation that ends the queue (returned again on every call).
     pub fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
+        self.pop_used_as(false)
+    }
+
+    /// RX with mergeable buffers: the next chain given back as a later buffer of a merged
+    /// frame, which holds frame bytes only: its length is `1..=` the chain's bytes (0, "no
+    /// frame", and the first buffer's lower bound do not apply). Otherwise as
+    /// [`pop_used`](Self::pop_used).
+    pub fn pop_used_continuation(&mut self) -> Result<Option<Used>, QueueError> {
+        self.pop_used_as(true)
+    }
+
+    /// RX: the next frame the device gave back, `None` if there is none. Without mergeable
+    /// buffers (`merged` false) one chain. With them, the first chain's net header says how
+    /// many the frame took: `num_buffers(token)` reads it (from the pool, once; `token` is the
+    /// first chain's, see [`add_tagged`](Self::add_tagged)), and the rest
+    /// must have been published with the first ([`pop_used_continuation`]'s rules). A count
+    /// outside `1..=`[`MAX_MERGED_BUFFERS`] or a frame published in part is a violation that
+    /// ends the queue, as one in [`pop_used`](Self::pop_used). A chain given back empty is a
+    /// frame of its own, whose header is not read.
+    ///
+    /// [`pop_used_continuation`]: Self::pop_used_continuation
+    pub fn pop_rx_frame(
+        &mut self,
+        merged: bool,
+        num_buffers: impl FnOnce(u16) -> u16,
+    ) -> Result<Option<RxFrame>, QueueError> {
+        let Some(first) = self.pop_used()? else {
+            return Ok(None);
+        };
+        let mut frame = RxFrame {
+            heads: [0; MAX_MERGED_BUFFERS as usize],
+            tokens: [0; MAX_MERGED_BUFFERS as usize],
+            lens: [0; MAX_MERGED_BUFFERS as usize],
+            count: 0,
+        };
+        frame.push(first);
+        if !merged || frame.is_empty() {
+            return Ok(Some(frame));
+        }
+        let claimed = num_buffers(first.token);
+        if claimed == 0 || claimed > MAX_MERGED_BUFFERS {
+            return Err(self.break_with(QueueError::MergedCountInvalid {
+                id: first.head,
+                num_buffers: claimed,
+            }));
+        }
+        while u16::from(frame.count) < claimed {
+            match self.pop_used_continuation()? {
+                Some(used) => frame.push(used),
+                None => {
+                    return Err(self.break_with(QueueError::MergedFrameIncomplete {
+                        id: first.head,
+                        num_buffers: claimed,
+                        published: u16::from(frame.count),
+                    }))
+                }
+            }
+        }
+        Ok(Some(frame))
+    }
+
+    /// Ends the queue with violation `e` and returns it.
+    fn break_with(&mut self, e: QueueError) -> QueueError {
+        self.broken = Some(e);
+        e
+    }
+
+    fn pop_used_as(&mut self, continuation: bool) -> Result<Option<Used>, QueueError> {
         if let Some(e) = self.broken {
             return Err(e);
         }
-        let taken = self.take_used();
+        let taken = self.take_used(continuation);
         if let Err(e) = taken {
             self.broken = Some(e);
         }
         taken
     }
 
-    fn take_used(&mut self) -> Result<Option<Used>, QueueError> {
+    fn take_used(&mut self, continuation: bool) -> Result<Option<Used>, QueueError> {
         let used_idx = self.mem.load_u16_acquire(USED_IDX);
         let pending = used_idx.wrapping_sub(self.last_used);
         if pending == 0 {
@@ -228,7 +369,11 @@ impl<M: RingMem> DriverQueue<M> {
         }
         let h = usize::from(head);
         let len_ok = if self.writable & bit(head) != 0 {
-            len == 0 || (MIN_FRAME..=self.bytes[h]).contains(&len)
+            if continuation {
+                (1..=self.bytes[h]).contains(&len)
+            } else {
+                len == 0 || (MIN_FRAME..=self.bytes[h]).contains(&len)
+            }
         } else {
             len == TX_OK || len == TX_DROPPED
         };
@@ -244,7 +389,11 @@ impl<M: RingMem> DriverQueue<M> {
         self.published &= !bit(head);
         self.writable &= !bit(head);
         self.last_used = self.last_used.wrapping_add(1);
-        Ok(Some(Used { head, len }))
+        Ok(Some(Used {
+            head,
+            token: self.tokens[h],
+            len,
+        }))
     }
 
     /// Before sleeping: asks for an event on the next used entry (used_event = what we took),

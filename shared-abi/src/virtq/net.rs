@@ -28,18 +28,34 @@ pub const FEATURE_CSUM: u64 = 1 << 0;
 /// Notification suppression by event indices (virtio's `VIRTIO_F_RING_EVENT_IDX` bit); without
 /// it every publish notifies.
 pub const FEATURE_EVENT_IDX: u64 = 1 << 29;
+/// Mergeable receive buffers (virtio's `VIRTIO_NET_F_MRG_RXBUF` bit): the back-end may spread
+/// one received frame over several receive buffers, taken from the ring in order and given back
+/// in one publish of `used.idx`; the first buffer's net header says how many
+/// (`num_buffers`, `1..=`[`MAX_MERGED_BUFFERS`]), and only the first holds the net header. A
+/// front-end with a 64 KiB MTU asks for it so that its receive buffers can stay the size of a
+/// jumbo frame, a whole ring of them, instead of 20 buffers of 64 KiB
+/// ([`PoolPlan::for_mtu_merged`](super::PoolPlan::for_mtu_merged)).
+pub const FEATURE_MRG_RXBUF: u64 = 1 << 15;
+/// Most receive buffers one frame may take with [`FEATURE_MRG_RXBUF`]: a back-end that would
+/// need more (a front-end offering buffers shorter than about 2 KiB for 64 KiB frames) drops
+/// the frame and gives the buffers back empty, so a guest's offer cannot make one delivery
+/// loop for long.
+pub const MAX_MERGED_BUFFERS: u16 = 32;
 /// Every bit this version understands for network rings.
-pub const NET_FEATURES: u64 = FEATURE_NET | FEATURE_CSUM | FEATURE_EVENT_IDX;
+pub const NET_FEATURES: u64 = FEATURE_NET | FEATURE_CSUM | FEATURE_EVENT_IDX | FEATURE_MRG_RXBUF;
 
 const _: () = assert!(NET_FEATURES & pingpong::FEATURE == 0);
 const _: () = assert!(FEATURE_NET & (FEATURE_CSUM | FEATURE_EVENT_IDX) == 0);
 const _: () = assert!(FEATURE_CSUM & FEATURE_EVENT_IDX == 0);
+const _: () = assert!(FEATURE_MRG_RXBUF & (FEATURE_NET | FEATURE_CSUM | FEATURE_EVENT_IDX) == 0);
 
 /// The network options of a feature word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetFeatures {
     pub event_idx: bool,
     pub csum: bool,
+    /// Mergeable receive buffers ([`FEATURE_MRG_RXBUF`]).
+    pub mergeable: bool,
 }
 
 impl NetFeatures {
@@ -53,6 +69,7 @@ impl NetFeatures {
         Some(NetFeatures {
             event_idx: bits & FEATURE_EVENT_IDX != 0,
             csum: bits & FEATURE_CSUM != 0,
+            mergeable: bits & FEATURE_MRG_RXBUF != 0,
         })
     }
 
@@ -61,6 +78,7 @@ impl NetFeatures {
         FEATURE_NET
             | if self.event_idx { FEATURE_EVENT_IDX } else { 0 }
             | if self.csum { FEATURE_CSUM } else { 0 }
+            | if self.mergeable { FEATURE_MRG_RXBUF } else { 0 }
     }
 }
 
@@ -109,10 +127,15 @@ pub enum HeaderError {
     /// `csum_start`/`csum_offset` set without NEEDS_CSUM.
     #[error("net header sets checksum fields without NEEDS_CSUM")]
     CsumFieldsSet,
-    /// `num_buffers` other than 0 (TX) or 1 (RX, no mergeable buffers).
+    /// `num_buffers` other than 0 (TX) or 1 (RX, no mergeable buffers: a merged frame's count
+    /// is checked by [`DriverQueue::pop_rx_frame`](super::DriverQueue::pop_rx_frame)).
     #[error("net header num_buffers {num_buffers} is invalid")]
     BadNumBuffers { num_buffers: u16 },
 }
+
+/// Where `num_buffers` sits in the encoded header.
+pub const NUM_BUFFERS_AT: usize = 10;
+const _: () = assert!(NUM_BUFFERS_AT + 2 <= NET_HDR_LEN);
 
 impl NetHdr {
     /// The header of a frame without offloads, for direction `dir`.

@@ -8,6 +8,13 @@
 //! in one frame between guests) gets 31 buffers of 16 pages each, two thirds of them for
 //! receiving: about the same bytes in flight, far fewer frames.
 //!
+//! With mergeable receive buffers ([`FEATURE_MRG_RXBUF`](super::FEATURE_MRG_RXBUF),
+//! [`PoolPlan::for_mtu_merged`]) an MTU whose frames do not fit [`MERGED_RX_BUFFER_LEN`] keeps
+//! a whole ring of receive buffers of that length, a jumbo frame's, and a larger frame takes
+//! several of them; only the transmit buffers grow to the MTU. A 64 KiB MTU then has 128
+//! receive buffers (a burst of small frames from the NIC still finds room) holding 16 frames
+//! of 64 KiB, and 14 transmit buffers.
+//!
 //! The transmit buffers start on a page of their own ([`PoolPlan::rx_pages`]): the receive part
 //! is granted read-write, the transmit part read-only, so the front-end builds frames in its
 //! transmit buffers in place and no other VM can write them meanwhile.
@@ -43,6 +50,20 @@ const _: () = assert!(
 /// driver domain's copy move with it, so that copy stays co-aligned.
 pub const BUFFER_HEADROOM: usize = 6;
 
+/// Bytes of a receive buffer when frames are merged: a multiple of 64 that holds a net header
+/// and a 9000-byte-MTU frame, so frames from the NIC and jumbo frames take one buffer. Being a
+/// multiple of 64, and every buffer starting [`BUFFER_HEADROOM`] into a 64-byte-aligned slot,
+/// keeps a merged frame co-aligned with a transmit buffer and with the receiver's copy across
+/// every buffer boundary: a frame byte at offset `o` of the frame sits at the same address
+/// modulo 64 in whichever buffer holds it.
+pub const MERGED_RX_BUFFER_LEN: usize = 9088;
+const _: () = assert!(MERGED_RX_BUFFER_LEN.is_multiple_of(64));
+const _: () = assert!(MERGED_RX_BUFFER_LEN >= NET_HDR_LEN + ETH_HDR_LEN + 9000);
+const _: () = assert!(
+    MERGED_RX_BUFFER_LEN * super::MAX_MERGED_BUFFERS as usize >= super::MAX_FRAME as usize,
+    "the largest frame fits the most buffers a frame may take"
+);
+
 /// Most receive buffers: a whole ring.
 pub const MAX_RX_BUFFERS: usize = QUEUE_SIZE as usize;
 /// Most transmit buffers: half a ring (frames leave as fast as the back-end takes them).
@@ -53,12 +74,18 @@ pub const MAX_TX_BUFFERS: usize = QUEUE_SIZE as usize / 2;
 /// `rx_pages` on, in `pages` pages in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolPlan {
-    /// Bytes of a buffer as offered: a net header and the largest frame (at most
-    /// [`MAX_FRAME`](super::MAX_FRAME), the longest chain).
+    /// Bytes of a transmit buffer as offered: a net header and the largest frame (at most
+    /// [`MAX_FRAME`](super::MAX_FRAME), the longest chain). Receive buffers are as long
+    /// unless frames are merged ([`rx_buffer_len`](Self::rx_buffer_len)).
     pub buffer_len: usize,
-    /// Bytes from one buffer to the next: `buffer_len` and [`BUFFER_HEADROOM`] rounded up to
-    /// 64, so every buffer's slot starts on a cache line.
+    /// Bytes from one transmit buffer to the next: `buffer_len` and [`BUFFER_HEADROOM`]
+    /// rounded up to 64, so every buffer's slot starts on a cache line.
     pub stride: usize,
+    /// Bytes of a receive buffer as offered: `buffer_len`, or [`MERGED_RX_BUFFER_LEN`] when
+    /// a frame may take several ([`merges`](Self::merges)).
+    pub rx_buffer_len: usize,
+    /// Bytes from one receive buffer to the next, as `stride`.
+    pub rx_stride: usize,
     pub rx_buffers: usize,
     pub tx_buffers: usize,
     /// Pages of the receive part (the writable one); the transmit part starts after them.
@@ -75,34 +102,77 @@ impl PoolPlan {
             return None;
         }
         let buffer_len = NET_HDR_LEN + ETH_HDR_LEN + mtu;
-        let stride = (buffer_len + BUFFER_HEADROOM).next_multiple_of(64);
+        let stride = slot(buffer_len);
         let budget = POOL_BUDGET_PAGES as usize * PAGE_SIZE as usize;
         let buffers = budget / stride;
         let rx_buffers = min(buffers * 2 / 3, MAX_RX_BUFFERS);
-        let mut tx_buffers = min(buffers - rx_buffers, MAX_TX_BUFFERS);
-        let page = PAGE_SIZE as usize;
-        let rx_pages = (rx_buffers * stride).div_ceil(page);
-        // The transmit part's own first page may cost up to a page of the budget: one
-        // transmit buffer fewer then.
-        while rx_pages + (tx_buffers * stride).div_ceil(page) > POOL_BUDGET_PAGES as usize {
-            tx_buffers -= 1;
+        Some(PoolPlan::with_rx(
+            buffer_len,
+            buffer_len,
+            rx_buffers,
+            MAX_TX_BUFFERS,
+        ))
+    }
+
+    /// The pool for an IP MTU when the back-end merges frames over receive buffers
+    /// ([`FEATURE_MRG_RXBUF`](super::FEATURE_MRG_RXBUF)): [`for_mtu`](Self::for_mtu) if a
+    /// frame fits [`MERGED_RX_BUFFER_LEN`]; else a whole ring of receive buffers of that
+    /// length, and the rest of the budget in transmit buffers for the MTU (at most half a
+    /// ring).
+    pub const fn for_mtu_merged(mtu: usize) -> Option<PoolPlan> {
+        let Some(plain) = PoolPlan::for_mtu(mtu) else {
+            return None;
+        };
+        if plain.buffer_len <= MERGED_RX_BUFFER_LEN {
+            return Some(plain);
         }
+        Some(PoolPlan::with_rx(
+            plain.buffer_len,
+            MERGED_RX_BUFFER_LEN,
+            MAX_RX_BUFFERS,
+            MAX_TX_BUFFERS,
+        ))
+    }
+
+    /// `rx_buffers` receive buffers of `rx_buffer_len` bytes, then as many transmit buffers
+    /// of `buffer_len` bytes as the rest of the budget holds, at most `max_tx`.
+    const fn with_rx(
+        buffer_len: usize,
+        rx_buffer_len: usize,
+        rx_buffers: usize,
+        max_tx: usize,
+    ) -> PoolPlan {
+        let stride = slot(buffer_len);
+        let rx_stride = slot(rx_buffer_len);
+        let page = PAGE_SIZE as usize;
+        let budget = POOL_BUDGET_PAGES as usize * page;
+        let rx_pages = (rx_buffers * rx_stride).div_ceil(page);
+        // The transmit part starts on a page of its own, so what it may take is whole pages.
+        let tx_buffers = min((budget - rx_pages * page) / stride, max_tx);
         let pages = rx_pages + (tx_buffers * stride).div_ceil(page);
-        Some(PoolPlan {
+        PoolPlan {
             buffer_len,
             stride,
+            rx_buffer_len,
+            rx_stride,
             rx_buffers,
             tx_buffers,
             rx_pages: rx_pages as u32,
             pages: pages as u32,
-        })
+        }
+    }
+
+    /// Whether a largest frame takes more than one receive buffer (only plans made by
+    /// [`for_mtu_merged`](Self::for_mtu_merged) do).
+    pub const fn merges(&self) -> bool {
+        self.rx_buffer_len < self.buffer_len
     }
 
     /// Pool offset of buffer `index`: receive buffers are `0..rx_buffers`, transmit buffers
     /// `rx_buffers..rx_buffers + tx_buffers` (`None` past them).
     pub const fn offset(&self, index: usize) -> Option<usize> {
         if index < self.rx_buffers {
-            Some(index * self.stride)
+            Some(index * self.rx_stride)
         } else if index < self.rx_buffers + self.tx_buffers {
             Some(self.tx_start() + (index - self.rx_buffers) * self.stride)
         } else {
@@ -119,6 +189,12 @@ impl PoolPlan {
     pub const fn frame_limit(&self, mtu: usize) -> usize {
         ETH_HDR_LEN + mtu
     }
+}
+
+/// Bytes from one buffer of `len` bytes to the next: with [`BUFFER_HEADROOM`], rounded up to
+/// 64.
+const fn slot(len: usize) -> usize {
+    (len + BUFFER_HEADROOM).next_multiple_of(64)
 }
 
 const fn min(a: usize, b: usize) -> usize {
@@ -167,6 +243,29 @@ mod tests {
     }
 
     #[test]
+    fn a_64k_mtu_with_merged_frames_keeps_a_whole_ring_of_jumbo_buffers() {
+        let plan = PoolPlan::for_mtu_merged(MAX_MTU).unwrap();
+        assert!(plan.merges());
+        assert_eq!((plan.rx_buffer_len, plan.rx_stride), (9088, 9152));
+        assert_eq!((plan.buffer_len, plan.stride), (65561, 65600));
+        assert_eq!((plan.rx_buffers, plan.tx_buffers), (128, 14));
+        assert_eq!((plan.rx_pages, plan.pages), (286, 511));
+        assert_eq!(plan.offset(1), Some(9152));
+        assert_eq!(plan.offset(128), Some(286 * 4096));
+        assert_eq!(plan.offset(129), Some(286 * 4096 + 65600));
+        // Up to jumbo frames nothing changes: a frame fits one buffer.
+        for mtu in [MIN_MTU, 1500, 9000] {
+            let plan = PoolPlan::for_mtu_merged(mtu).unwrap();
+            assert_eq!(Some(plan), PoolPlan::for_mtu(mtu));
+            assert!(!plan.merges());
+        }
+        // At an MTU of 9062 the net header, Ethernet header and frame fill a buffer exactly.
+        assert!(!PoolPlan::for_mtu_merged(9062).unwrap().merges());
+        assert!(PoolPlan::for_mtu_merged(9063).unwrap().merges());
+        assert_eq!(PoolPlan::for_mtu_merged(MAX_MTU + 1), None);
+    }
+
+    #[test]
     fn mtus_outside_the_range_have_no_plan() {
         assert_eq!(PoolPlan::for_mtu(MIN_MTU - 1), None);
         assert_eq!(PoolPlan::for_mtu(MAX_MTU + 1), None);
@@ -208,6 +307,31 @@ mod tests {
             prop_assert_eq!(plan.offset(total), None);
             prop_assert!(plan.rx_buffers >= 16 && plan.tx_buffers >= 8, "{plan:?}");
             prop_assert!(plan.rx_buffers <= MAX_RX_BUFFERS && plan.tx_buffers <= MAX_TX_BUFFERS);
+        }
+
+        #[test]
+        fn every_merged_plan_fits_its_frames_and_the_budget(mtu in MIN_MTU..=MAX_MTU) {
+            let plan = PoolPlan::for_mtu_merged(mtu).unwrap();
+            let page = PAGE_SIZE as usize;
+            prop_assert_eq!(plan.buffer_len, NET_HDR_LEN + plan.frame_limit(mtu));
+            prop_assert!(plan.rx_buffer_len <= plan.buffer_len);
+            prop_assert!(plan.rx_buffer_len >= super::super::MIN_FRAME as usize);
+            // A largest frame fits the most buffers one frame may take.
+            let buffers = plan.buffer_len.div_ceil(plan.rx_buffer_len);
+            prop_assert!(buffers <= usize::from(super::super::MAX_MERGED_BUFFERS));
+            prop_assert!(plan.rx_stride >= plan.rx_buffer_len + BUFFER_HEADROOM);
+            prop_assert!(plan.rx_stride.is_multiple_of(64));
+            if plan.merges() {
+                // Co-aligned across buffer boundaries (see MERGED_RX_BUFFER_LEN).
+                prop_assert!(plan.rx_buffer_len.is_multiple_of(64));
+                prop_assert_eq!(plan.rx_buffers, MAX_RX_BUFFERS);
+            }
+            prop_assert!(plan.pages <= POOL_BUDGET_PAGES);
+            prop_assert!(plan.rx_buffers * plan.rx_stride <= plan.tx_start());
+            prop_assert!(plan.tx_start().is_multiple_of(page));
+            let last_tx = plan.offset(plan.rx_buffers + plan.tx_buffers - 1).unwrap();
+            prop_assert!(last_tx + plan.buffer_len <= plan.pages as usize * page);
+            prop_assert!(plan.tx_buffers >= 8, "{plan:?}");
         }
     }
 }

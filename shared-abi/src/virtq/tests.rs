@@ -1,4 +1,5 @@
 use core::cell::RefCell;
+use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::collections::{HashMap, VecDeque};
 use std::vec::Vec;
@@ -158,6 +159,7 @@ fn feature_bits_do_not_collide_and_round_trip() {
         FEATURE_NET,
         FEATURE_CSUM,
         FEATURE_EVENT_IDX,
+        FEATURE_MRG_RXBUF,
         crate::pingpong::FEATURE,
     ];
     for (i, a) in bits.iter().enumerate() {
@@ -176,9 +178,13 @@ fn feature_bits_do_not_collide_and_round_trip() {
         f,
         NetFeatures {
             event_idx: false,
-            csum: true
+            csum: true,
+            mergeable: false,
         }
     );
+    let merged = NetFeatures::from_bits(FEATURE_NET | FEATURE_MRG_RXBUF).unwrap();
+    assert!(merged.mergeable && !merged.csum);
+    assert_eq!(merged.bits(), FEATURE_NET | FEATURE_MRG_RXBUF);
     assert_eq!(
         f.bits(),
         FEATURE_NET | FEATURE_CSUM,
@@ -1030,6 +1036,7 @@ fn used_id_out_of_range_or_not_outstanding() {
         drv.pop_used(),
         Ok(Some(Used {
             head: a2,
+            token: a2,
             len: TX_OK
         }))
     );
@@ -1068,7 +1075,14 @@ fn used_len_invalid() {
         put_used(&page, 0, u32::from(h), len);
         let got = drv.pop_used();
         if ok {
-            assert_eq!(got, Ok(Some(Used { head: h, len })));
+            assert_eq!(
+                got,
+                Ok(Some(Used {
+                    head: h,
+                    token: h,
+                    len
+                }))
+            );
             assert_eq!(drv.free_descriptors(), QUEUE_SIZE);
         } else {
             assert_eq!(got, Err(QueueError::UsedLenInvalid { id: h, len }));
@@ -1094,6 +1108,7 @@ fn driver_frees_its_own_record_of_the_chain_not_the_page() {
         drv.pop_used(),
         Ok(Some(Used {
             head: h,
+            token: h,
             len: TX_OK
         }))
     );
@@ -1155,6 +1170,7 @@ fn tx_round_trip_with_real_frames() {
             drv.pop_used(),
             Ok(Some(Used {
                 head: h,
+                token: h,
                 len: TX_OK
             }))
         );
@@ -1185,17 +1201,17 @@ fn rx_round_trip_with_real_frames() {
     };
     let mut expect = Vec::new();
     for f in &frames {
-        let chain = dev.pop().unwrap().unwrap();
-        match chain.write_rx(&pool.shared(), &hdr, f) {
-            Some(len) => {
-                dev.push_used(chain.head(), len).unwrap();
-                expect.push(Some(f.clone()));
-            }
-            None => {
-                // Too big for this guest's buffer: give the buffer back empty.
-                dev.push_used(chain.head(), 0).unwrap();
-                expect.push(None);
-            }
+        let write = |pool: &SharedPool<'_>, chain: &Chain, at: usize, bytes: Range<usize>| {
+            chain.write(pool, at, &f[bytes]);
+        };
+        let done = dev
+            .deliver(&pool.shared(), &hdr, f.len(), 1, 4, write)
+            .unwrap();
+        match done.outcome {
+            RxOutcome::Delivered { buffers: 1 } => expect.push(Some(f.clone())),
+            // Too big for this guest's buffer: the buffer went back empty.
+            RxOutcome::TooSmall => expect.push(None),
+            other => panic!("{other:?}"),
         }
     }
     for want in expect {
@@ -1620,7 +1636,11 @@ fn check_pair(dir: Direction, event_idx: bool, ops: &[Op]) -> Result<(), TestCas
                 };
                 let old = dev.used_idx();
                 prop_assert_eq!(dev.push_used(h, len), Ok(()));
-                used.push_back(Used { head: h, len });
+                used.push_back(Used {
+                    head: h,
+                    token: h,
+                    len,
+                });
                 let notify = dev.should_notify_driver(old, dev.used_idx());
                 if driver_asleep {
                     prop_assert!(notify, "driver asleep and not notified");
@@ -2064,3 +2084,5 @@ proptest! {
         prop_assert_eq!(chain.segments(), &[Segment { offset: tx_at as u32, len }]);
     }
 }
+
+mod merged;
