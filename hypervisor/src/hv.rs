@@ -1142,6 +1142,7 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
             now = cpu::counter();
         }
         ACCOUNTING.add_idle(now.saturating_sub(start));
+        crate::sampler::polled(pcpu, start, now);
         CHARGED_AT[pcpu].store(now, Ordering::Relaxed);
     }
     IDLE[pcpu].store(false, Ordering::Release);

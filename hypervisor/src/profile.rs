@@ -27,7 +27,10 @@ pub enum Where {
     Guest { vm: u16, pc: u64, el0: bool },
     /// Sleeping in the idle loop.
     Idle,
-    /// In the hypervisor (handling a trap, switching, polling) with interrupts masked.
+    /// Spinning in a halted vCPU's halt poll (EL2, interrupts masked, waiting for work: idle
+    /// time in the accounting).
+    HaltPoll,
+    /// In the hypervisor (handling a trap, switching) with interrupts masked.
     Hypervisor,
 }
 
@@ -44,6 +47,7 @@ pub struct Histogram {
     el0: [u64; MAX_VMS + 1],
     overflow: [u64; MAX_VMS + 1],
     idle: u64,
+    poll: u64,
     hyp: u64,
     /// Whole periods that passed without a sample (the timer was taken late: in EL2 with
     /// interrupts masked, or QEMU late).
@@ -64,6 +68,7 @@ impl Histogram {
             el0: [0; MAX_VMS + 1],
             overflow: [0; MAX_VMS + 1],
             idle: 0,
+            poll: 0,
             hyp: 0,
             missed: 0,
         }
@@ -79,6 +84,7 @@ impl Histogram {
     pub fn record(&mut self, at: Where) {
         match at {
             Where::Idle => self.idle += 1,
+            Where::HaltPoll => self.poll += 1,
             Where::Hypervisor => self.hyp += 1,
             Where::Guest { vm, pc, el0 } => {
                 let index = usize::from(vm);
@@ -106,6 +112,7 @@ impl Histogram {
         self.el0.fill(0);
         self.overflow.fill(0);
         self.idle = 0;
+        self.poll = 0;
         self.hyp = 0;
         self.missed = 0;
     }
@@ -142,9 +149,10 @@ pub fn report<'a>(
     names: &[(u16, String)],
 ) -> Vec<String> {
     let mut vms: BTreeMap<u16, VmProfile> = BTreeMap::new();
-    let (mut idle, mut hyp, mut missed) = (0u64, 0u64, 0u64);
+    let (mut idle, mut poll, mut hyp, mut missed) = (0u64, 0u64, 0u64, 0u64);
     for h in histograms {
         idle += h.idle;
+        poll += h.poll;
         hyp += h.hyp;
         missed += h.missed;
         for id in 1..=MAX_VMS {
@@ -181,7 +189,8 @@ pub fn report<'a>(
     }
     let lost: u64 = vms.values().map(|p| p.samples).sum();
     lines.push(format!(
-        "{LINE_PREFIX}{tag} hz={hz} pcpus={pcpus} idle={idle} hyp={hyp} lost={lost} missed={missed}"
+        "{LINE_PREFIX}{tag} hz={hz} pcpus={pcpus} idle={idle} poll={poll} hyp={hyp} lost={lost} \
+         missed={missed}"
     ));
     lines
 }
@@ -207,6 +216,8 @@ mod tests {
         });
         h.record(guest(2, 0x4000_0200));
         h.record(Where::Idle);
+        h.record(Where::HaltPoll);
+        h.record(Where::HaltPoll);
         h.record(Where::Hypervisor);
         // Ids the hypervisor never hands out count as its own, never index out of range.
         h.record(guest(0, 0x10));
@@ -224,14 +235,14 @@ mod tests {
                 "profile 7 vm=a pc=0x40000100 el=0 n=1",
                 "profile 7 vm=b samples=1 el0=0 overflow=0 shown=1",
                 "profile 7 vm=b pc=0x40000200 el=1 n=1",
-                "profile 7 hz=1000 pcpus=2 idle=1 hyp=4 lost=0 missed=3",
+                "profile 7 hz=1000 pcpus=2 idle=1 poll=2 hyp=4 lost=0 missed=3",
             ]
         );
         h.clear();
         assert_eq!(h.entries(), 0);
         assert_eq!(
             report("final", 1000, 2, [&h], &names),
-            ["profile final hz=1000 pcpus=2 idle=0 hyp=0 lost=0 missed=0"]
+            ["profile final hz=1000 pcpus=2 idle=0 poll=0 hyp=0 lost=0 missed=0"]
         );
     }
 
@@ -287,7 +298,7 @@ mod tests {
                 "profile 9 vm=one samples=3 el0=0 overflow=0 shown=3",
                 "profile 9 vm=one pc=0x100 el=1 n=2",
                 "profile 9 vm=one pc=0x104 el=1 n=1",
-                "profile 9 hz=200 pcpus=2 idle=1 hyp=0 lost=1 missed=0",
+                "profile 9 hz=200 pcpus=2 idle=1 poll=0 hyp=0 lost=1 missed=0",
             ]
         );
     }

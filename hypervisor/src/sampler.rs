@@ -7,8 +7,10 @@
 //! - in a guest, if the pCPU entered that guest before the due time: the guest's VM and the PC
 //!   the interrupt came in at (ELR_EL2, and EL0 or EL1 from SPSR_EL2);
 //! - in the idle loop, if it slept since before the due time;
+//! - in a halt poll, if the pCPU's last poll (`polled`) spanned the due time: a halted vCPU
+//!   spinning in EL2 for work to come back, idle time in the accounting;
 //! - else in the hypervisor: EL2 runs with interrupts masked, so a sample due while it handled
-//!   a trap (or polled a halted vCPU) is only taken on the way out, and is the hypervisor's.
+//!   a trap is only taken on the way out, and is the hypervisor's.
 //!
 //! One sample per timer interrupt: periods missed entirely inside EL2 are not made up.
 //! Off, every entry point returns after one relaxed load.
@@ -31,6 +33,9 @@ static HZ: AtomicU32 = AtomicU32::new(0);
 static NEXT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 /// When each pCPU last left EL2 for a guest (counter ticks).
 static IN_GUEST_SINCE: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+/// Each pCPU's last halt poll: from, to (counter ticks).
+static POLLED: [(AtomicU64, AtomicU64); MAX_PCPUS] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_PCPUS];
 /// Each pCPU's scheduling deadline (the timer's target without sampling).
 static SCHED_DEADLINE: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_PCPUS];
 /// Each pCPU's samples since the last print. Leaf locks: a pCPU's sample takes only its own;
@@ -118,6 +123,30 @@ fn due(pcpu: usize) -> Option<u64> {
     Some(due)
 }
 
+/// Where a sample due at `due` found `pcpu` that was not in a guest or asleep: in its last
+/// halt poll, or in the hypervisor.
+fn in_el2(pcpu: usize, due: u64) -> Where {
+    let in_poll = POLLED
+        .get(pcpu)
+        .is_some_and(|(from, to)| (from.load(Relaxed)..=to.load(Relaxed)).contains(&due));
+    if in_poll {
+        Where::HaltPoll
+    } else {
+        Where::Hypervisor
+    }
+}
+
+/// `pcpu` spun in a halt poll from `from` to `to` (counter ticks).
+pub fn polled(pcpu: usize, from: u64, to: u64) {
+    if !on() {
+        return;
+    }
+    if let Some((f, t)) = POLLED.get(pcpu) {
+        f.store(from, Relaxed);
+        t.store(to, Relaxed);
+    }
+}
+
 fn record(pcpu: usize, at: Where) {
     if let Some(h) = HISTOGRAMS.get(pcpu) {
         h.lock().record(at);
@@ -136,7 +165,7 @@ pub fn from_guest(pcpu: usize, vm: u16, pc: u64, spsr: u64) {
         let el0 = (spsr >> 2) & 0b11 == 0;
         Where::Guest { vm, pc, el0 }
     } else {
-        Where::Hypervisor
+        in_el2(pcpu, due)
     };
     record(pcpu, at);
 }
@@ -152,7 +181,7 @@ pub fn from_idle(pcpu: usize, slept_at: u64) {
         if due >= slept_at {
             Where::Idle
         } else {
-            Where::Hypervisor
+            in_el2(pcpu, due)
         },
     );
 }

@@ -51,6 +51,8 @@ pub struct Report {
     pub hz: u64,
     pub pcpus: u64,
     pub idle: u64,
+    /// Samples in a halted vCPU's halt poll (idle time spent spinning in EL2).
+    pub poll: u64,
     pub hyp: u64,
     pub lost: u64,
     /// Sampling periods that passed without a sample.
@@ -79,6 +81,7 @@ pub enum Line {
         hz: u64,
         pcpus: u64,
         idle: u64,
+        poll: u64,
         hyp: u64,
         lost: u64,
         missed: u64,
@@ -152,6 +155,7 @@ pub fn parse_line(line: &str) -> Option<Result<Line, String>> {
                     hz: get(&f, "hz")?,
                     pcpus: get(&f, "pcpus")?,
                     idle: get(&f, "idle")?,
+                    poll: f.get("poll").copied().unwrap_or(0),
                     hyp: get(&f, "hyp")?,
                     lost: get(&f, "lost")?,
                     missed: f.get("missed").copied().unwrap_or(0),
@@ -202,6 +206,7 @@ pub fn reports<'a>(lines: impl IntoIterator<Item = &'a String>) -> Result<Vec<Re
                 hz,
                 pcpus,
                 idle,
+                poll,
                 hyp,
                 lost,
                 missed,
@@ -211,6 +216,7 @@ pub fn reports<'a>(lines: impl IntoIterator<Item = &'a String>) -> Result<Vec<Re
                 report.hz = hz;
                 report.pcpus = pcpus;
                 report.idle = idle;
+                report.poll = poll;
                 report.hyp = hyp;
                 report.lost = lost;
                 done.extend(open.take());
@@ -249,6 +255,7 @@ pub fn merge(reports: &[&Report]) -> Report {
         out.hz = r.hz;
         out.pcpus = r.pcpus;
         out.idle += r.idle;
+        out.poll += r.poll;
         out.hyp += r.hyp;
         out.lost += r.lost;
         out.missed += r.missed;
@@ -365,6 +372,9 @@ pub struct Profile {
     pub pcpus: u64,
     pub samples: u64,
     pub idle_share: f64,
+    /// Samples spinning in a halted vCPU's halt poll: idle time, spent in EL2.
+    pub halt_poll_share: f64,
+    /// Samples in the hypervisor otherwise (traps, switches).
     pub hypervisor_share: f64,
     /// Sampling periods with no sample, over the periods of the window (samples + missed).
     pub missed_share: f64,
@@ -405,7 +415,7 @@ pub fn summarize<'a>(
     top: usize,
 ) -> Profile {
     let vm_total: u64 = report.vms.values().map(|v| v.samples).sum();
-    let total = vm_total + report.idle + report.hyp;
+    let total = vm_total + report.idle + report.poll + report.hyp;
     let vms = report
         .vms
         .iter()
@@ -449,6 +459,7 @@ pub fn summarize<'a>(
         pcpus: report.pcpus,
         samples: total,
         idle_share: share(report.idle, total),
+        halt_poll_share: share(report.poll, total),
         hypervisor_share: share(report.hyp, total),
         missed_share: share(report.missed, total + report.missed),
         vms,
@@ -460,13 +471,14 @@ impl Profile {
     pub fn table(&self) -> String {
         let pct = |x: f64| format!("{:5.1} %", x * 100.0);
         let mut out = format!(
-            "profile (window {}): {} samples at {} Hz on {} pCPUs; idle {}, hypervisor {}; \
-             {} of the periods passed without a sample (timer taken late)\n",
+            "profile (window {}): {} samples at {} Hz on {} pCPUs; idle {}, halt polling {}, \
+             hypervisor {}; {} of the periods passed without a sample (timer taken late)\n",
             self.window,
             self.samples,
             self.hz,
             self.pcpus,
             pct(self.idle_share).trim(),
+            pct(self.halt_poll_share).trim(),
             pct(self.hypervisor_share).trim(),
             pct(self.missed_share).trim()
         );
@@ -669,7 +681,7 @@ mod tests {
     const TWO: &str = "\
 [hv] profile 0 vm=a samples=5 el0=0 overflow=0 shown=5
 [hv] profile 0 vm=a pc=0x40000100 el=1 n=5
-[hv] profile 0 hz=1000 pcpus=2 idle=10 hyp=1 lost=0
+[hv] profile 0 hz=1000 pcpus=2 idle=10 poll=4 hyp=1 lost=0
 [a] profile 0 vm=a samples=999 el0=0 overflow=0 shown=0
 [hv] profile 1 vm=a samples=7 el0=1 overflow=1 shown=6
 [hv] profile 1 vm=a pc=0x40000100 el=1 n=4
@@ -688,7 +700,8 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].tag, "0");
         assert_eq!(all[0].vms["a"].samples, 5);
-        assert_eq!((all[0].idle, all[0].hyp), (10, 1));
+        assert_eq!((all[0].idle, all[0].poll, all[0].hyp), (10, 4, 1));
+        assert_eq!(all[1].poll, 0, "a line without poll= counts none");
         let r = &all[1];
         assert_eq!(r.vms["a"].overflow, 1);
         assert_eq!(
@@ -766,6 +779,20 @@ mod tests {
         assert_eq!(p.samples, 10);
         assert_eq!(p.idle_share, 0.1);
         assert_eq!(p.missed_share, 0.5);
+        // The halt poll's samples count among the pCPUs' time, apart from the hypervisor's.
+        let first = summarize(&all[0], |_| None, 10);
+        assert_eq!(first.samples, 20);
+        assert_eq!(
+            (
+                first.idle_share,
+                first.halt_poll_share,
+                first.hypervisor_share
+            ),
+            (0.5, 0.2, 0.05)
+        );
+        assert!(first
+            .table()
+            .contains("idle 50.0 %, halt polling 20.0 %, hypervisor 5.0 %"));
         let a = &p.vms[0];
         assert_eq!(a.vm, "a");
         assert_eq!(a.share_of_pcpus, 0.7);
