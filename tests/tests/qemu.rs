@@ -3755,6 +3755,14 @@ fn a_profiled_ping_pong_names_the_functions_of_its_apps() {
         .find(|r| r.tag == shared_abi::profile::FINAL_TAG)
         .unwrap_or_else(|| panic!("no final profile:\n{}", boot.transcript()));
     assert_eq!((last.hz, last.pcpus, last.lost), (2000, 2, 0));
+    // Each side waits a few tens of microseconds for the other's answer: halt polls, counted
+    // apart from the hypervisor's own work.
+    let polled: u64 = reports.iter().map(|r| r.poll).sum();
+    assert!(
+        polled > 0,
+        "no sample found a halt poll:\n{}",
+        boot.transcript()
+    );
     let artifacts = artifacts();
     let symbols: Vec<(String, ElfSymbols)> = topology
         .vms
