@@ -303,7 +303,10 @@ impl Rings {
         while self.broken.is_none() {
             match self.tx.pop_used() {
                 Ok(Some(used)) => {
-                    self.tx_free.push(used.token);
+                    // A hostile mode's raw chain names no buffer of ours: nothing to free.
+                    if used.token != RAW_CHAIN {
+                        self.tx_free.push(used.token);
+                    }
                     if used.len != TX_OK {
                         self.stats.tx_dropped_by_backend += 1;
                     }
@@ -559,7 +562,7 @@ impl Rings {
     /// Hostile test modes: adds a well-formed TX chain of `segments` (pool offsets of our
     /// transmit buffers) without publishing it; returns its head.
     pub fn add_raw_tx(&mut self, segments: &[Segment]) -> Option<u16> {
-        self.tx.add(segments, false).ok()
+        self.tx.add_tagged(segments, false, RAW_CHAIN).ok()
     }
 
     /// A free transmit buffer's pool offset, taken for good (hostile modes).
@@ -623,6 +626,10 @@ fn offer_rx_buffer(
         .map(|_| ())
         .map_err(|e| format!("offering receive buffer {buffer}: {e}"))
 }
+
+/// The token of a hostile mode's raw transmit chain ([`Rings::add_raw_tx`]): not one of our
+/// buffers (indices stay below the ring's 128), so its completion frees nothing.
+const RAW_CHAIN: u16 = u16::MAX;
 
 /// Every transmit buffer, free.
 fn tx_buffers(plan: &PoolPlan) -> Vec<u16> {
