@@ -515,12 +515,15 @@ fn client(
 fn print_counters(stack: &Stack<NetFront>, rounds: &Rounds) {
     let s = stack.device.stats;
     println!(
-        "iperf counters: tx {} frames ({} dropped by the back-end), rx {} frames ({} polls \
-         found none), events {} sent / {} suppressed, {} delivered to us",
+        "iperf counters: tx {} frames ({} dropped by the back-end), rx {} frames ({} over \
+         several buffers, {} polls found none, {} longer than our MTU dropped), events {} sent \
+         / {} suppressed, {} delivered to us",
         s.tx_frames,
         s.tx_dropped_by_backend,
         s.rx_frames,
+        s.rx_merged_frames,
         s.rx_empty,
+        s.rx_too_long,
         s.events_sent,
         s.events_suppressed,
         evtchn::delivered()
