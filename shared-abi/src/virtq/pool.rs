@@ -69,9 +69,9 @@ pub const MAX_RX_BUFFERS: usize = QUEUE_SIZE as usize;
 /// Most transmit buffers: half a ring (frames leave as fast as the back-end takes them).
 pub const MAX_TX_BUFFERS: usize = QUEUE_SIZE as usize / 2;
 
-/// A front-end's pool for one MTU: `rx_buffers` receive buffers `stride` bytes apart in the
-/// first `rx_pages` pages, then `tx_buffers` transmit buffers `stride` bytes apart from page
-/// `rx_pages` on, in `pages` pages in all.
+/// A front-end's pool for one MTU: `rx_buffers` receive buffers `rx_stride` bytes apart in
+/// the first `rx_pages` pages, then `tx_buffers` transmit buffers `stride` bytes apart from
+/// page `rx_pages` on, in `pages` pages in all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolPlan {
     /// Bytes of a transmit buffer as offered: a net header and the largest frame (at most
