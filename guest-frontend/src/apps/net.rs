@@ -665,18 +665,7 @@ fn arp_frame(src: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> 
 /// An ICMP echo request from `from` to `to`, broadcast at the Ethernet level (the switch
 /// floods it; the guest at `to` answers the address it claims to come from).
 fn icmp_from(src: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
-    let mut frame = broadcast_frame(src);
-    frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut frame[14..42];
-    ip[..12].copy_from_slice(&[0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0]);
-    ip[12..16].copy_from_slice(&from);
-    ip[16..20].copy_from_slice(&to);
-    let sum = !internet_sum(&ip[..20]);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip[20..28].copy_from_slice(&[8, 0, 0, 0, 0x51, 0x55, 0, 1]);
-    let sum = !internet_sum(&ip[20..28]);
-    ip[22..24].copy_from_slice(&sum.to_be_bytes());
-    frame
+    icmp_echo(src, from, to, 0)
 }
 
 /// Payload bytes of [`Corruption::TinyRx`]'s pings: a reply then needs 56 receive buffers of
@@ -684,26 +673,30 @@ fn icmp_from(src: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
 const TINY_RX_PING_BYTES: usize = 1400;
 
 /// An ICMP echo request of `payload` bytes from `from` to `to`, sent to the broadcast MAC
-/// (the switch floods it, so it reaches `to` without an ARP exchange first).
+/// (the switch floods it, so it reaches `to` without an ARP exchange first), padded to
+/// Ethernet's 60 bytes.
 fn icmp_echo(src: [u8; 6], from: [u8; 4], to: [u8; 4], payload: usize) -> Vec<u8> {
     let mut frame = broadcast_frame(src);
     frame.truncate(ETH_HDR_LEN);
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
     let total = 20 + 8 + payload;
     let mut ip = alloc::vec![0u8; total];
-    ip[..12].copy_from_slice(&[0x45, 0, 0, 0, 0, 2, 0, 0, 64, 1, 0, 0]);
+    ip[..12].copy_from_slice(&[0x45, 0, 0, 0, 0, 1, 0, 0, 64, 1, 0, 0]);
     ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     ip[12..16].copy_from_slice(&from);
     ip[16..20].copy_from_slice(&to);
     let sum = !internet_sum(&ip[..20]);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip[20..28].copy_from_slice(&[8, 0, 0, 0, 0x51, 0x56, 0, 1]);
+    ip[20..28].copy_from_slice(&[8, 0, 0, 0, 0x51, 0x55, 0, 1]);
     for (i, b) in ip[28..].iter_mut().enumerate() {
         *b = i as u8;
     }
     let sum = !internet_sum(&ip[20..]);
     ip[22..24].copy_from_slice(&sum.to_be_bytes());
     frame.extend_from_slice(&ip);
+    if frame.len() < 60 {
+        frame.resize(60, 0);
+    }
     frame
 }
 
