@@ -2296,6 +2296,26 @@ fn hostile_load_costs_the_others_nothing_while_they_keep_pinging() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+#[test]
+fn a_guest_drops_frames_longer_than_its_mtu_while_the_others_keep_pinging() {
+    // A back-end does not know a guest's MTU: with mergeable receive buffers it fills as many
+    // as a frame takes. A guest at the default 65 535 pings one at 16 000 (merged buffers too)
+    // with 30 000-byte frames; that guest drops them, counts them and keeps working.
+    let wrong = hostile_boot_of(&[
+        (
+            "small-mtu",
+            ", mtu = 16000, serve_ms = 10000",
+            Hostile::GuestSaid(console::GUEST_DROPPED_TOO_LONG),
+        ),
+        (
+            "bad-big-pings",
+            ", corrupt = \"big_pings\", big_ping_to = \"10.0.2.18\"",
+            Hostile::GuestSaid("corrupt big_pings done"),
+        ),
+    ]);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 // ---- The tap option: the NIC's host side in a network namespace ------------------------------
 
 /// A fresh tap network, or `None` (after saying so on the terminal) when this machine cannot

@@ -15,8 +15,8 @@
 //! `vm_net::udp_echo`), `serve_ms` (how long to keep serving after the pings,
 //! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
 //! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
-//! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` sends its large pings
-//! (default: the gateway). With `restart_once = true` the guest resets itself (PSCI
+//! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` and `big_pings` send
+//! their large pings (default: the gateway). With `restart_once = true` the guest resets itself (PSCI
 //! SYSTEM_RESET) at the end of its first boot and does everything again on its second: how the
 //! tests show that a back-end or device model serves a restarted guest afresh.
 
@@ -82,7 +82,7 @@ struct Plan {
     /// The identity the identity modes try to pass for.
     claim_mac: [u8; 6],
     claim_ip: Ipv4Address,
-    /// Where [`Corruption::TinyRx`] sends its large pings.
+    /// Where [`Corruption::TinyRx`] and [`Corruption::BigPings`] send their large pings.
     big_ping_to: Ipv4Address,
     restart_once: bool,
 }
@@ -477,6 +477,12 @@ impl Net {
             evtchn::delivered(),
             evtchn::local_irqs()
         );
+        if s.rx_too_long > 0 {
+            println!(
+                "net: {} received frames were longer than our MTU and dropped",
+                s.rx_too_long
+            );
+        }
         if s.reconnects > 0 || s.tx_dropped_disconnected > 0 {
             println!(
                 "net reconnects: {} to a restarted back-end, {} frames refused while it was \
@@ -576,6 +582,22 @@ impl Net {
                     if len < MIN_FRAME { "short" } else { "tiny" }
                 )
             }
+            Corruption::BigPings => {
+                let to = plan.big_ping_to.octets();
+                let ping = icmp_echo(front.mac, own_ip, to, BIG_PINGS_BYTES);
+                let mut sent = 0u64;
+                while timer::now() < until {
+                    let front = &mut self.stack.device;
+                    return_if_broken(front)?;
+                    if front.send_frame(&ping) {
+                        sent += 1;
+                    }
+                    front.flush();
+                    self.stack.poll();
+                    timer::sleep_ms(5);
+                }
+                format!("{sent} pings of {} bytes sent", ping.len())
+            }
             Corruption::NoDrain => {
                 // Never look at the receive ring again: no polling at all.
                 timer::sleep_ms(HOSTILE_MS);
@@ -672,6 +694,10 @@ fn icmp_from(src: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
 /// the fewest bytes a frame may have, more than a frame may take.
 const TINY_RX_PING_BYTES: usize = 1400;
 
+/// Payload bytes of [`Corruption::BigPings`]'s pings: frames longer than an MTU of 16 000
+/// and shorter than the default 65 535.
+const BIG_PINGS_BYTES: usize = 30_000;
+
 /// An ICMP echo request of `payload` bytes from `from` to `to`, sent to the broadcast MAC
 /// (the switch floods it, so it reaches `to` without an ARP exchange first), padded to
 /// Ethernet's 60 bytes.
@@ -753,6 +779,10 @@ pub enum Corruption {
     /// gateway) with 1400-byte payloads: with mergeable buffers (`mtu` above 9000) each reply
     /// would take more buffers than a frame may.
     TinyRx,
+    /// Pings `big_ping_to` with frames of 30 000 bytes for a few seconds: fine for a guest
+    /// whose MTU takes them, and for one with a smaller MTU (and mergeable receive buffers,
+    /// which the back-end fills whatever that MTU) frames it has to drop.
+    BigPings,
     /// Never drains its receive ring.
     NoDrain,
     /// Closes and reconnects as fast as the back-end lets it.
@@ -762,7 +792,7 @@ pub enum Corruption {
 }
 
 impl Corruption {
-    const ALL: [Corruption; 20] = [
+    const ALL: [Corruption; 21] = [
         Corruption::AvailAhead,
         Corruption::DescOutOfRange,
         Corruption::DescLoop,
@@ -780,11 +810,12 @@ impl Corruption {
         Corruption::BroadcastStorm,
         Corruption::ShortRx,
         Corruption::TinyRx,
+        Corruption::BigPings,
         Corruption::NoDrain,
         Corruption::Churn,
         Corruption::ForgeHeader,
     ];
-    const NAMES: [&'static str; 20] = [
+    const NAMES: [&'static str; 21] = [
         "avail_ahead",
         "desc_out_of_range",
         "desc_loop",
@@ -802,6 +833,7 @@ impl Corruption {
         "broadcast_storm",
         "short_rx",
         "tiny_rx",
+        "big_pings",
         "no_drain",
         "churn",
         "forge_header",
@@ -863,6 +895,7 @@ impl Corruption {
             | Corruption::BroadcastStorm
             | Corruption::ShortRx
             | Corruption::TinyRx
+            | Corruption::BigPings
             | Corruption::NoDrain
             | Corruption::Churn
             | Corruption::ForgeHeader => return Ok(()),

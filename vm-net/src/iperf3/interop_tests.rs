@@ -36,15 +36,27 @@ fn have_iperf3() -> bool {
 struct Reaped(Child);
 
 impl Reaped {
-    /// Ends the server and says what it wrote to stderr: the other half of a failed test.
+    /// Ends the process and says what it wrote: the other half of a failed test. It gets a
+    /// few seconds to end by itself first: iperf3 closes its sockets before it prints why,
+    /// and its stdout (a pipe) is only flushed when it exits.
     fn stop_and_say(&mut self) -> String {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
-        let mut said = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            let _ = e.read_to_string(&mut said);
+        let (mut out, mut err) = (String::new(), String::new());
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = o.read_to_string(&mut out);
         }
-        said
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        std::format!("stdout: {out:?}, stderr: {err:?}")
     }
 }
 
@@ -90,7 +102,7 @@ fn real_server() -> (u16, Reaped, TcpStream) {
     let server = Reaped(
         Command::new("iperf3")
             .args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("iperf3 -s starts"),
@@ -188,11 +200,13 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
     let (mut moved, mut running_since, mut totals) = (0u64, None, None);
     let mut theirs = None;
     loop {
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "test hangs in {:?}",
-            machine.phase()
-        );
+        let phase = machine.phase();
+        if start.elapsed() >= TIMEOUT {
+            panic!(
+                "test hangs in {phase:?}; iperf3 -s: {}",
+                server.stop_and_say()
+            );
+        }
         let n = flush(&mut ctrl, machine.output());
         machine.consume_output(n);
         match read_some(&mut ctrl, &mut buf) {
@@ -217,7 +231,7 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
                 ClientEvent::Done => {}
                 ClientEvent::Failed(e) => {
                     panic!(
-                        "client failed: {e}; iperf3 -s said: {}",
+                        "client failed in {phase:?}: {e}; iperf3 -s: {}",
                         server.stop_and_say()
                     )
                 }
@@ -288,7 +302,7 @@ fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestP
     if !have_iperf3() {
         return None;
     }
-    let (listener, client) = real_client(args);
+    let (listener, mut client) = real_client(args);
     let start = Instant::now();
     let mut ctrl = accept(&listener, start, "control");
     ctrl.set_nonblocking(true).unwrap();
@@ -300,11 +314,13 @@ fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestP
     let (mut moved, mut running_since) = (0u64, None::<Instant>);
     let mut ended = false;
     loop {
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "test hangs in {:?}",
-            machine.phase()
-        );
+        if start.elapsed() >= TIMEOUT {
+            panic!(
+                "test hangs in {:?}; iperf3 -c: {}",
+                machine.phase(),
+                client.stop_and_say()
+            );
+        }
         match read_some(&mut ctrl, &mut buf) {
             Some(n) => machine.receive(&buf[..n]),
             None => machine.peer_closed(),
@@ -330,6 +346,10 @@ fn real_client_against_our_server(args: &[&str]) -> Option<(Output, Option<TestP
                 }
                 ServerEvent::TestEnd => {
                     ended = true;
+                    // As iperf3's server does: a client reading the rest of a block gets EOF.
+                    if let Some(stream) = &data {
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                    }
                     let secs = running_since.map_or(0.0, |s| s.elapsed().as_secs_f64());
                     let sending = params.is_some_and(|p| p.reverse);
                     machine.test_ended(&Results::one_stream(sending, moved, secs));
@@ -492,7 +512,13 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
     let (mut running_since, mut totals, mut theirs) = (None::<Instant>, None, None);
     let epoch = Instant::now();
     loop {
-        assert!(start.elapsed() < TIMEOUT, "hangs in {:?}", machine.phase());
+        let phase = machine.phase();
+        if start.elapsed() >= TIMEOUT {
+            panic!(
+                "test hangs in {phase:?}; iperf3 -s: {}",
+                server.stop_and_say()
+            );
+        }
         let n = flush(&mut ctrl, machine.output());
         machine.consume_output(n);
         match read_some(&mut ctrl, &mut buf) {
@@ -529,7 +555,7 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
                 ClientEvent::Done => {}
                 ClientEvent::Failed(e) => {
                     panic!(
-                        "client failed: {e}; iperf3 -s said: {}",
+                        "client failed in {phase:?}: {e}; iperf3 -s: {}",
                         server.stop_and_say()
                     )
                 }
@@ -598,7 +624,7 @@ fn real_udp_client_against_our_server(args: &[&str]) -> Option<(Output, TestPara
         return None;
     }
     let args: Vec<&str> = ["-u", "-J"].iter().chain(args).copied().collect();
-    let (listener, client) = real_client(&args);
+    let (listener, mut client) = real_client(&args);
     let port = listener.local_addr().unwrap().port();
     let start = Instant::now();
     let mut ctrl = accept(&listener, start, "control");
@@ -613,7 +639,13 @@ fn real_udp_client_against_our_server(args: &[&str]) -> Option<(Output, TestPara
     let mut ended = false;
     let epoch = Instant::now();
     loop {
-        assert!(start.elapsed() < TIMEOUT, "hangs in {:?}", machine.phase());
+        if start.elapsed() >= TIMEOUT {
+            panic!(
+                "test hangs in {:?}; iperf3 -c: {}",
+                machine.phase(),
+                client.stop_and_say()
+            );
+        }
         match read_some(&mut ctrl, &mut buf) {
             Some(n) => machine.receive(&buf[..n]),
             None => machine.peer_closed(),

@@ -401,7 +401,12 @@ impl ServerTest {
                             let socket = sockets.get_mut::<tcp::Socket>(data.handle);
                             // What already arrived counts too.
                             data.pump(socket);
-                            (data.sending, meter.total(now, data.counted(socket)))
+                            let totals = (data.sending, meter.total(now, data.counted(socket)));
+                            // Our FIN, as iperf3's server closes its streams at TEST_END:
+                            // iperf3 3.12's client drains a reverse test with blocking reads
+                            // of whole blocks and would wait forever for the rest of one.
+                            socket.close();
+                            totals
                         }
                         (data, _) => (data.as_ref().is_some_and(|d| d.sending), (0, 0)),
                     };

@@ -83,6 +83,31 @@ struct Net {
     stall_every: Option<u64>,
     udp_frames: usize,
     dropped: usize,
+    /// What the server sent over TCP, in order.
+    server_segments: Vec<Segment>,
+}
+
+/// A TCP segment the server sent: the client's port, its length, and whether it carries
+/// a test's results.
+struct Segment {
+    client_port: u16,
+    len: usize,
+    results: bool,
+}
+
+/// The TCP segment in an Ethernet frame, if it carries one.
+fn tcp_segment(frame: &[u8]) -> Option<Segment> {
+    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
+        return None;
+    }
+    let tcp = 14 + usize::from(frame[14] & 0x0f) * 4;
+    let header = frame.get(tcp..tcp + 20)?;
+    let payload = frame.get(tcp + usize::from(header[12] >> 4) * 4..)?;
+    Some(Segment {
+        client_port: u16::from_be_bytes([header[2], header[3]]),
+        len: payload.len(),
+        results: payload.windows(9).any(|w| w == b"\"streams\""),
+    })
 }
 
 /// Whether an Ethernet frame carries an IPv4 UDP datagram bigger than a connect message.
@@ -119,6 +144,7 @@ impl Net {
             stall_every: None,
             udp_frames: 0,
             dropped: 0,
+            server_segments: Vec::new(),
         }
     }
 
@@ -131,13 +157,20 @@ impl Net {
         self.client.poll_at(self.now);
         client.poll(&mut self.client, self.now);
         self.client.poll_at(self.now);
-        let (drop_every, udp_frames, dropped) =
-            (self.drop_every, &mut self.udp_frames, &mut self.dropped);
-        let mut carry = |from: &Queue, to: &Queue| {
+        let (drop_every, udp_frames, dropped, server_segments) = (
+            self.drop_every,
+            &mut self.udp_frames,
+            &mut self.dropped,
+            &mut self.server_segments,
+        );
+        let mut carry = |from: &Queue, to: &Queue, from_server: bool| {
             for _ in 0..FRAMES_PER_ROUND {
                 let Some(frame) = from.borrow_mut().pop_front() else {
                     break;
                 };
+                if from_server {
+                    server_segments.extend(tcp_segment(&frame));
+                }
                 if is_udp_data(&frame) {
                     *udp_frames += 1;
                     if drop_every.is_some_and(|n| udp_frames.is_multiple_of(n)) {
@@ -150,8 +183,8 @@ impl Net {
         };
         let round = self.now.total_millis() as u64;
         if self.stall_every.is_none_or(|n| !round.is_multiple_of(n)) {
-            carry(&self.cable.0, &self.cable.1);
-            carry(&self.cable.2, &self.cable.3);
+            carry(&self.cable.0, &self.cable.1, true);
+            carry(&self.cable.2, &self.cable.3, false);
         }
         self.now += Duration::from_millis(1);
     }
@@ -240,6 +273,51 @@ fn tests_run_both_ways_back_to_back() {
         assert_eq!(net.client.sockets().iter().count(), 6);
     }
     assert_eq!(net.server.iperf3_server().map(|s| s.finished), Some(3));
+}
+
+/// iperf3's server closes a test's data stream when the test ends, and iperf3 3.12's client
+/// relies on it: it drains a reverse test with blocking reads of whole blocks, and would wait
+/// forever for the rest of one. So when our server sends its results, its data socket is
+/// already closing (its FIN queued behind the data).
+#[test]
+fn the_server_closes_its_data_stream_when_the_test_ends() {
+    let mut net = Net::new();
+    let mut client = Client::new(net.client_config(true), net.now);
+    while !net.server_segments.iter().any(|s| s.results) {
+        assert!(
+            net.now < Instant::from_secs(10),
+            "no results from the server"
+        );
+        net.round(&mut client);
+    }
+    let data_port = net
+        .server_segments
+        .iter()
+        .find(|s| s.len > 1000)
+        .map(|s| s.client_port)
+        .expect("the server sent data");
+    let data_state = net
+        .server
+        .sockets()
+        .iter()
+        .find_map(|(_, socket)| match socket {
+            smoltcp::socket::Socket::Tcp(tcp)
+                if tcp.remote_endpoint().is_some_and(|e| e.port == data_port) =>
+            {
+                Some(tcp.state())
+            }
+            _ => None,
+        })
+        .expect("the server's data socket");
+    use smoltcp::socket::tcp::State;
+    assert!(
+        matches!(
+            data_state,
+            State::FinWait1 | State::FinWait2 | State::Closing | State::TimeWait
+        ),
+        "the data socket is {data_state} when the results go out"
+    );
+    report(&net.run(&mut client, Duration::from_secs(10)));
 }
 
 #[test]
