@@ -2,7 +2,8 @@
 //! work (exits, hypercalls, MMIO traps, forwarded I/O requests, injected interrupts), counted
 //! from boot in lock-free atomics so that every trap path can count without a lock, and the
 //! report line ACCOUNTING_REPORT prints (`shared_abi::hypercall::ACCOUNTING_REPORT` has the
-//! format, which the bench parses).
+//! format, which the bench parses); and the hypervisor's own busy time by kind of exit
+//! ([`El2Time`]), printed after each report and when the machine powers off.
 
 use alloc::format;
 use alloc::string::String;
@@ -110,6 +111,100 @@ impl Accounting {
     }
 }
 
+/// Why a vCPU left for EL2, for [`El2Time`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// HVC or SMC: a hypercall (or PSCI).
+    Hypercall,
+    /// WFI: the vCPU waits for an interrupt (its halt poll and any switch to another vCPU).
+    Wait,
+    /// A stage-2 fault: an emulated device access, a forwarded one, or a bad one.
+    Mmio,
+    /// Any other trap (WFE, a system register, an SError).
+    Other,
+    /// A physical interrupt: the slice or sample timer, a kick, a device's, the guest's timer.
+    Interrupt,
+}
+
+const EXIT_KINDS: usize = 5;
+const EXIT_KIND_NAMES: [&str; EXIT_KINDS] = ["hypercall", "wait", "mmio", "other", "interrupt"];
+
+impl ExitKind {
+    const ALL: [ExitKind; EXIT_KINDS] = [
+        ExitKind::Hypercall,
+        ExitKind::Wait,
+        ExitKind::Mmio,
+        ExitKind::Other,
+        ExitKind::Interrupt,
+    ];
+
+    /// As a byte, for a per-pCPU atomic.
+    pub const fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Back from [`ExitKind::to_u8`]; anything else is `Other`.
+    pub fn from_u8(b: u8) -> ExitKind {
+        Self::ALL
+            .get(usize::from(b))
+            .copied()
+            .unwrap_or(ExitKind::Other)
+    }
+}
+
+/// The hypervisor's busy time per kind of exit: from the trap to the return to a guest, less
+/// the idle time in between (a halt poll, the idle loop). Under QEMU this is where the
+/// hypervisor's share of the pCPUs goes; a sampling profile cannot look inside EL2, which
+/// runs with interrupts masked.
+pub struct El2Time {
+    ticks: [AtomicU64; EXIT_KINDS],
+    exits: [AtomicU64; EXIT_KINDS],
+}
+
+impl Default for El2Time {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl El2Time {
+    pub const fn new() -> Self {
+        El2Time {
+            ticks: [const { AtomicU64::new(0) }; EXIT_KINDS],
+            exits: [const { AtomicU64::new(0) }; EXIT_KINDS],
+        }
+    }
+
+    /// One exit of `kind` that kept EL2 busy for `ticks`.
+    pub fn add(&self, kind: ExitKind, ticks: u64) {
+        let i = kind as usize;
+        self.ticks[i].fetch_add(ticks, Relaxed);
+        self.exits[i].fetch_add(1, Relaxed);
+    }
+
+    /// The line printed at power-off: per kind, the exits, their mean and their sum.
+    pub fn line(&self, frequency: u64) -> String {
+        let mut line = String::from("EL2 busy time by exit kind:");
+        let mut total = 0;
+        for (i, name) in EXIT_KIND_NAMES.iter().enumerate() {
+            let (ticks, exits) = (self.ticks[i].load(Relaxed), self.exits[i].load(Relaxed));
+            total += ticks;
+            let us = ticks_to_us(ticks, frequency);
+            let mean_tenths = (ticks_to_us(ticks.saturating_mul(10), frequency))
+                .checked_div(exits)
+                .unwrap_or(0);
+            line += &format!(
+                " {name} {exits} x {}.{} us = {} ms,",
+                mean_tenths / 10,
+                mean_tenths % 10,
+                us / 1000
+            );
+        }
+        line.pop();
+        line + &format!("; in all {} ms", ticks_to_us(total, frequency) / 1000)
+    }
+}
+
 /// Counter ticks to microseconds at `frequency` Hz (0 if the frequency is unknown).
 pub fn ticks_to_us(ticks: u64, frequency: u64) -> u64 {
     if frequency == 0 {
@@ -145,6 +240,25 @@ pub fn idle_line(tag: u64, idle_ticks: u64, frequency: u64, pcpus: usize) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn el2_time_is_summed_per_kind_of_exit() {
+        let t = El2Time::new();
+        // 62.5 MHz (QEMU virt's counter): 625 ticks are 10 us.
+        t.add(ExitKind::Hypercall, 625);
+        t.add(ExitKind::Hypercall, 1250);
+        t.add(ExitKind::Interrupt, 62_500_000);
+        assert_eq!(
+            t.line(62_500_000),
+            "EL2 busy time by exit kind: hypercall 2 x 15.0 us = 0 ms, wait 0 x 0.0 us = 0 ms, \
+             mmio 0 x 0.0 us = 0 ms, other 0 x 0.0 us = 0 ms, interrupt 1 x 1000000.0 us = \
+             1000 ms; in all 1000 ms"
+        );
+        for kind in ExitKind::ALL {
+            assert_eq!(ExitKind::from_u8(kind.to_u8()), kind);
+        }
+        assert_eq!(ExitKind::from_u8(200), ExitKind::Other);
+    }
 
     #[test]
     fn counters_are_per_vm_and_bad_ids_count_nothing() {

@@ -16,9 +16,9 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-use hypervisor::accounting::{self, Accounting, Counter};
+use hypervisor::accounting::{self, Accounting, Counter, El2Time, ExitKind};
 use hypervisor::balloon::VmBalloon;
 use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, MsixControl, Outcome, VcpuControl};
@@ -107,21 +107,54 @@ enum Action {
     Descheduled,
 }
 
+static EL2_TIME: El2Time = El2Time::new();
+/// Each pCPU's idle time in the accounting (counter ticks), for [`EL2_TIME`].
+static PCPU_IDLE: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+/// Each pCPU's current exit: when it trapped, the pCPU's idle time then, its kind.
+static EXIT_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+static EXIT_IDLE_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+static EXIT_KIND: [AtomicU8; MAX_PCPUS] = [const { AtomicU8::new(0) }; MAX_PCPUS];
+
 /// Charges the time since the last charge on this pCPU to the VM running there (the time a
-/// VM's traps take in EL2 counts as that VM's).
-fn charge_run_time(pcpu: usize) {
+/// VM's traps take in EL2 counts as that VM's); returns the counter.
+fn charge_run_time(pcpu: usize) -> u64 {
     let now = cpu::counter();
     let since = CHARGED_AT[pcpu].swap(now, Ordering::Relaxed);
     if CURRENT[pcpu].load(Ordering::Relaxed) != NO_VCPU {
         let vm = CURRENT_VM[pcpu].load(Ordering::Relaxed);
         ACCOUNTING.add(vm, Counter::RunTicks, now.saturating_sub(since));
     }
+    now
 }
 
-/// A trap from the VM running on this pCPU: its time so far, and one exit.
-fn count_exit(pcpu: usize) {
-    charge_run_time(pcpu);
+/// A trap from the VM running on this pCPU: its time so far, and one exit of `kind`, whose
+/// EL2 time [`finish`] notes.
+fn count_exit(pcpu: usize, kind: ExitKind) {
+    let now = charge_run_time(pcpu);
     ACCOUNTING.add(CURRENT_VM[pcpu].load(Ordering::Relaxed), Counter::Exits, 1);
+    EXIT_AT[pcpu].store(now, Ordering::Relaxed);
+    EXIT_IDLE_AT[pcpu].store(PCPU_IDLE[pcpu].load(Ordering::Relaxed), Ordering::Relaxed);
+    EXIT_KIND[pcpu].store(kind.to_u8(), Ordering::Relaxed);
+}
+
+/// Idle time of this pCPU (the idle loop, a halt poll), in the accounting and for the exit
+/// under way.
+fn add_idle(pcpu: usize, ticks: u64) {
+    ACCOUNTING.add_idle(ticks);
+    PCPU_IDLE[pcpu].fetch_add(ticks, Ordering::Relaxed);
+}
+
+/// The exit that is ending on this pCPU kept EL2 busy from its trap until now, less the idle
+/// time in between.
+fn note_el2_time(pcpu: usize) {
+    let idle = PCPU_IDLE[pcpu]
+        .load(Ordering::Relaxed)
+        .saturating_sub(EXIT_IDLE_AT[pcpu].load(Ordering::Relaxed));
+    let busy = cpu::counter()
+        .saturating_sub(EXIT_AT[pcpu].load(Ordering::Relaxed))
+        .saturating_sub(idle);
+    let kind = ExitKind::from_u8(EXIT_KIND[pcpu].load(Ordering::Relaxed));
+    EL2_TIME.add(kind, busy);
 }
 
 /// Installs the state behind the locks. Called once by the primary before any vCPU runs.
@@ -978,6 +1011,7 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             drop(HvLocked::lock(entry));
             crate::logger::wait_for_kept_lines();
             sampler::print_final();
+            info!("{}", EL2_TIME.line(cpu::counter_frequency()));
             info!("all VMs have stopped; powering off");
             cpu::system_off();
         }
@@ -991,7 +1025,7 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
         }
         let slept_at = cpu::counter();
         cpu::wait_for_interrupt();
-        ACCOUNTING.add_idle(cpu::counter().saturating_sub(slept_at));
+        add_idle(pcpu, cpu::counter().saturating_sub(slept_at));
         // Whatever woke us (kick, timer, a stale guest timer, a doorbell) only needs
         // acknowledging and ending; a doorbell also wakes its vCPU.
         while let Some(id) = gic::acknowledge() {
@@ -1045,6 +1079,7 @@ fn rearm_timer(entry: &mut Unlocked) {
 /// Applies `action` for the vCPU that trapped on this pCPU, which then leaves for a guest.
 fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Action) {
     finish_action(entry, pcpu, frame, action);
+    note_el2_time(pcpu);
     sampler::entering_guest(pcpu);
 }
 
@@ -1141,7 +1176,7 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
             core::hint::spin_loop();
             now = cpu::counter();
         }
-        ACCOUNTING.add_idle(now.saturating_sub(start));
+        add_idle(pcpu, now.saturating_sub(start));
         crate::sampler::polled(pcpu, start, now);
         CHARGED_AT[pcpu].store(now, Ordering::Relaxed);
     }
@@ -1228,7 +1263,7 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
     let fault = cpu::fault_info();
     let mut entry = Unlocked::entry();
-    count_exit(pcpu);
+    count_exit(pcpu, exit_kind(fault.esr));
     let vm_id = CURRENT_VM[pcpu].load(Ordering::Relaxed);
     let action = match esr::exception_class(fault.esr) {
         esr::EC_HVC64 => {
@@ -1342,6 +1377,16 @@ fn crash_policy(vm: &mut Vm, kind: StopKind) -> StopKind {
     }
 }
 
+/// The kind of a synchronous exit with syndrome `esr`, for [`EL2_TIME`].
+fn exit_kind(esr: u64) -> ExitKind {
+    match esr::exception_class(esr) {
+        esr::EC_HVC64 | esr::EC_SMC64 => ExitKind::Hypercall,
+        esr::EC_WFX if !esr::is_wfe(esr) => ExitKind::Wait,
+        esr::EC_DABT_LOWER | esr::EC_IABT_LOWER => ExitKind::Mmio,
+        _ => ExitKind::Other,
+    }
+}
+
 /// Logs why the VM running on this pCPU is being killed, if it is.
 fn report_kill(entry: &mut Unlocked, pcpu: usize, action: &Action) {
     if let Action::StopVm(StopKind::Killed(reason)) = action {
@@ -1355,7 +1400,7 @@ fn report_kill(entry: &mut Unlocked, pcpu: usize, action: &Action) {
 #[no_mangle]
 extern "C" fn lower_irq(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
-    count_exit(pcpu);
+    count_exit(pcpu, ExitKind::Interrupt);
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
     let mut entry = Unlocked::entry();
     let mut action = Action::Continue;
@@ -1411,7 +1456,7 @@ extern "C" fn lower_irq(frame: &mut TrapFrame) {
 #[no_mangle]
 extern "C" fn lower_serror(frame: &mut TrapFrame) {
     let pcpu = cpu::pcpu_index();
-    count_exit(pcpu);
+    count_exit(pcpu, ExitKind::Other);
     finish(
         &mut Unlocked::entry(),
         pcpu,
@@ -1585,6 +1630,8 @@ impl dispatch::Machine for TrapMachine<'_> {
                 PCPUS.load(Ordering::Relaxed)
             )
         );
+        // Since boot, like the counters: the bench's boots report at a test's start and end.
+        info!("{} (report {tag})", EL2_TIME.line(frequency));
         sampler::print_at_report(tag);
         Status::Ok
     }

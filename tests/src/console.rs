@@ -90,6 +90,9 @@ pub const FRONT_END_MERGED: &str = "over several buffers";
 pub const FRONT_END_TOO_SMALL: &str = "longer than its receive buffers";
 /// In a [`front_end_closed`] line, after a count: receive buffers too short for any frame.
 pub const FRONT_END_SHORT_RX: &str = "short receive buffers returned";
+/// The hypervisor's line (after each accounting report and at power-off): its busy time by
+/// kind of exit (`hypervisor::accounting::El2Time`).
+pub const EL2_BUSY: &str = "[hv] EL2 busy time by exit kind:";
 /// A guest's own line: received frames longer than its MTU, dropped (printed when any were).
 pub const GUEST_DROPPED_TOO_LONG: &str = "received frames were longer than our MTU and dropped";
 /// In a [`front_end_said`] line: it asked for a MAC that is not its own.

@@ -93,6 +93,23 @@ fn a_driver_domain_and_three_guests_boot_every_vm_on_two_pcpus() {
         .map(|c| c.summary_line())
         .collect();
     assert!(failed.is_empty(), "{failed:#?}\n{}", result.transcript());
+    // At power-off the hypervisor says where its own time went, by kind of exit: the
+    // ping-pong's hypercalls and everyone's waits are in it.
+    let el2 = result
+        .transcript()
+        .lines()
+        .rfind(|l| l.starts_with(console::EL2_BUSY))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no EL2 time line:\n{}", result.transcript()));
+    let exits = |kind: &str| -> u64 {
+        el2.split(&format!(" {kind} "))
+            .nth(1)
+            .and_then(|rest| rest.split(" x ").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {kind} count in {el2}"))
+    };
+    assert!(exits("hypercall") > 1000 && exits("wait") > 0, "{el2}");
+    assert!(el2.contains("; in all "), "{el2}");
     // Multi-vCPU guests bring up their secondaries through PSCI CPU_ON.
     for vm in topology.vms.iter().filter(|v| v.vcpus > 1) {
         for i in 1..vm.vcpus {

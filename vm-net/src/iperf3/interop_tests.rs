@@ -13,7 +13,8 @@ use smoltcp::time::Instant as SmolInstant;
 
 use super::json::{self, Value};
 use super::{
-    ClientControl, ClientEvent, Cookie, Results, ServerControl, ServerEvent, TestParams, COOKIE_LEN,
+    ClientControl, ClientEvent, ClientPhase, Cookie, ProtoError, Results, ServerControl,
+    ServerEvent, TestParams, COOKIE_LEN,
 };
 use super::{UdpCounts, UdpReceiver, UdpSender, UDP_CONNECT_MSG, UDP_CONNECT_REPLY};
 
@@ -67,11 +68,32 @@ impl Drop for Reaped {
     }
 }
 
+/// A listener on a port below the kernel's ephemeral range (`ip_local_port_range`), each call
+/// of this process on another one. A port from that range (`bind` to port 0), free when we
+/// looked, can be any connection's source port by the time iperf3 binds it: beside two busy
+/// loops iperf3 -s then could not listen (1 run in 90).
+fn server_listener() -> TcpListener {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener;
+        }
+    }
+    panic!("no free port between {LOWEST} and {}", LOWEST + span);
+}
+
+/// A port of [`server_listener`] for a server of ours to bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    server_listener().local_addr().expect("a bound port").port()
 }
 
 /// Writes what the machine has to say; returns whether anything went.
@@ -107,6 +129,12 @@ fn real_server() -> (u16, Reaped, TcpStream) {
             .spawn()
             .expect("iperf3 -s starts"),
     );
+    let ctrl = connect_control(port);
+    (port, server, ctrl)
+}
+
+/// A control connection to the real server on `port` once it listens (non-blocking).
+fn connect_control(port: u16) -> TcpStream {
     let start = Instant::now();
     let ctrl = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -118,7 +146,19 @@ fn real_server() -> (u16, Reaped, TcpStream) {
         }
     };
     ctrl.set_nonblocking(true).unwrap();
-    (port, server, ctrl)
+    ctrl
+}
+
+/// How often a client test connects again after [`reset_before_hello`].
+const HELLO_RETRIES: u32 = 3;
+
+/// Whether the real server reset a fresh control connection before it said anything (no
+/// PARAM_EXCHANGE yet): beside two busy loops 4 runs in 300 of the client tests, and still 2
+/// in 150 with the port below the ephemeral range; iperf3 silent and still listening
+/// afterwards, with no connection of its own (`ss`). Why is not known; a new connection gets
+/// past it, and nothing of ours but the cookie went out by then.
+fn reset_before_hello(phase: ClientPhase, e: &ProtoError) -> bool {
+    phase == ClientPhase::ParamExchange && matches!(e, ProtoError::Closed)
 }
 
 /// Waits for a real `iperf3 -s -1` to end and asserts it was content.
@@ -133,7 +173,7 @@ fn expect_success(mut server: Reaped) {
 
 /// A real `iperf3 -c` with `args` against a listener of ours (non-blocking).
 fn real_client(args: &[&str]) -> (TcpListener, Reaped) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = server_listener();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     let client = Reaped(
@@ -194,6 +234,7 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
     let mut params = TestParams::tcp(1);
     params.reverse = reverse;
     let mut machine = ClientControl::new(Cookie::generate(port.into()), params);
+    let mut retries = 0;
     let mut data: Option<TcpStream> = None;
     let block = std::vec![0x5au8; 128 * 1024];
     let mut buf = std::vec![0u8; 128 * 1024];
@@ -229,6 +270,14 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
                 }
                 ClientEvent::PeerResults(r) => theirs = Some(r),
                 ClientEvent::Done => {}
+                ClientEvent::Failed(e)
+                    if reset_before_hello(phase, &e) && retries < HELLO_RETRIES =>
+                {
+                    retries += 1;
+                    std::eprintln!("iperf3 -s reset our control connection at once: again");
+                    ctrl = connect_control(port);
+                    machine = ClientControl::new(Cookie::generate(port.into()), params);
+                }
                 ClientEvent::Failed(e) => {
                     panic!(
                         "client failed in {phase:?}: {e}; iperf3 -s: {}",
@@ -504,6 +553,7 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
     let mut params = TestParams::udp(1, 10_000_000);
     params.reverse = reverse;
     let mut machine = ClientControl::new(Cookie::generate(port.into()), params);
+    let mut retries = 0;
     let mut data: Option<UdpSocket> = None;
     let mut buf = std::vec![0u8; 4096];
     let mut block = std::vec![0x5au8; params.block_len as usize];
@@ -553,6 +603,14 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
                 }
                 ClientEvent::PeerResults(r) => theirs = Some(r),
                 ClientEvent::Done => {}
+                ClientEvent::Failed(e)
+                    if reset_before_hello(phase, &e) && retries < HELLO_RETRIES =>
+                {
+                    retries += 1;
+                    std::eprintln!("iperf3 -s reset our control connection at once: again");
+                    ctrl = connect_control(port);
+                    machine = ClientControl::new(Cookie::generate(port.into()), params);
+                }
                 ClientEvent::Failed(e) => {
                     panic!(
                         "client failed in {phase:?}: {e}; iperf3 -s: {}",
