@@ -135,6 +135,7 @@ fn count_exit(pcpu: usize, kind: ExitKind) {
     EXIT_AT[pcpu].store(now, Ordering::Relaxed);
     EXIT_IDLE_AT[pcpu].store(PCPU_IDLE[pcpu].load(Ordering::Relaxed), Ordering::Relaxed);
     EXIT_KIND[pcpu].store(kind.to_u8(), Ordering::Relaxed);
+    sampler::leaving_guest(pcpu, now);
 }
 
 /// Idle time of this pCPU (the idle loop, a halt poll), in the accounting and for the exit

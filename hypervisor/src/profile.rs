@@ -32,6 +32,23 @@ pub enum Where {
     HaltPoll,
     /// In the hypervisor (handling a trap, switching) with interrupts masked.
     Hypervisor,
+    /// Taken so late that the pCPU had left EL2 for a guest and trapped again since it was
+    /// due: where it was then (a guest, or the hypervisor) is not known. Under QEMU a timer
+    /// interrupt can come hundreds of microseconds late while the host is busy.
+    Late,
+}
+
+/// Where a sample due at `due` found a pCPU that was neither in a guest nor asleep then: in
+/// its last halt poll (`poll`, counter ticks), in the hypervisor if its stay in EL2 that began
+/// at `el2_since` was under way, else [`Where::Late`] (it was due before that stay began).
+pub fn place_in_el2(due: u64, el2_since: u64, poll: core::ops::RangeInclusive<u64>) -> Where {
+    if poll.contains(&due) {
+        Where::HaltPoll
+    } else if due >= el2_since {
+        Where::Hypervisor
+    } else {
+        Where::Late
+    }
 }
 
 /// The key of a PC entry: the PC with bit 0 set for EL0 (A64 PCs are 4-byte aligned).
@@ -49,6 +66,7 @@ pub struct Histogram {
     idle: u64,
     poll: u64,
     hyp: u64,
+    late: u64,
     /// Whole periods that passed without a sample (the timer was taken late: in EL2 with
     /// interrupts masked, or QEMU late).
     missed: u64,
@@ -70,6 +88,7 @@ impl Histogram {
             idle: 0,
             poll: 0,
             hyp: 0,
+            late: 0,
             missed: 0,
         }
     }
@@ -86,6 +105,7 @@ impl Histogram {
             Where::Idle => self.idle += 1,
             Where::HaltPoll => self.poll += 1,
             Where::Hypervisor => self.hyp += 1,
+            Where::Late => self.late += 1,
             Where::Guest { vm, pc, el0 } => {
                 let index = usize::from(vm);
                 if vm == 0 || index > MAX_VMS {
@@ -114,6 +134,7 @@ impl Histogram {
         self.idle = 0;
         self.poll = 0;
         self.hyp = 0;
+        self.late = 0;
         self.missed = 0;
     }
 
@@ -149,11 +170,12 @@ pub fn report<'a>(
     names: &[(u16, String)],
 ) -> Vec<String> {
     let mut vms: BTreeMap<u16, VmProfile> = BTreeMap::new();
-    let (mut idle, mut poll, mut hyp, mut missed) = (0u64, 0u64, 0u64, 0u64);
+    let (mut idle, mut poll, mut hyp, mut late, mut missed) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for h in histograms {
         idle += h.idle;
         poll += h.poll;
         hyp += h.hyp;
+        late += h.late;
         missed += h.missed;
         for id in 1..=MAX_VMS {
             if h.samples[id] != 0 {
@@ -189,8 +211,8 @@ pub fn report<'a>(
     }
     let lost: u64 = vms.values().map(|p| p.samples).sum();
     lines.push(format!(
-        "{LINE_PREFIX}{tag} hz={hz} pcpus={pcpus} idle={idle} poll={poll} hyp={hyp} lost={lost} \
-         missed={missed}"
+        "{LINE_PREFIX}{tag} hz={hz} pcpus={pcpus} idle={idle} poll={poll} hyp={hyp} late={late} \
+         lost={lost} missed={missed}"
     ));
     lines
 }
@@ -219,6 +241,8 @@ mod tests {
         h.record(Where::HaltPoll);
         h.record(Where::HaltPoll);
         h.record(Where::Hypervisor);
+        h.record(Where::Late);
+        h.record(Where::Late);
         // Ids the hypervisor never hands out count as its own, never index out of range.
         h.record(guest(0, 0x10));
         h.record(guest(MAX_VMS as u16 + 1, 0x10));
@@ -235,15 +259,27 @@ mod tests {
                 "profile 7 vm=a pc=0x40000100 el=0 n=1",
                 "profile 7 vm=b samples=1 el0=0 overflow=0 shown=1",
                 "profile 7 vm=b pc=0x40000200 el=1 n=1",
-                "profile 7 hz=1000 pcpus=2 idle=1 poll=2 hyp=4 lost=0 missed=3",
+                "profile 7 hz=1000 pcpus=2 idle=1 poll=2 hyp=4 late=2 lost=0 missed=3",
             ]
         );
         h.clear();
         assert_eq!(h.entries(), 0);
         assert_eq!(
             report("final", 1000, 2, [&h], &names),
-            ["profile final hz=1000 pcpus=2 idle=0 poll=0 hyp=0 lost=0 missed=0"]
+            ["profile final hz=1000 pcpus=2 idle=0 poll=0 hyp=0 late=0 lost=0 missed=0"]
         );
+    }
+
+    #[test]
+    fn a_sample_taken_after_a_later_trap_is_late_not_the_hypervisors() {
+        // The last stay in EL2 began at 1000; a halt poll spun from 1200 to 1300 in it.
+        assert_eq!(place_in_el2(1250, 1000, 1200..=1300), Where::HaltPoll);
+        assert_eq!(place_in_el2(1000, 1000, 1200..=1300), Where::Hypervisor);
+        assert_eq!(place_in_el2(1400, 1000, 1200..=1300), Where::Hypervisor);
+        // Due before that stay: the pCPU went back to a guest and trapped again meanwhile.
+        assert_eq!(place_in_el2(999, 1000, 1200..=1300), Where::Late);
+        // No poll yet (0..=0), no trap yet (0): the hypervisor's, as before any trap.
+        assert_eq!(place_in_el2(5, 0, 0..=0), Where::Hypervisor);
     }
 
     #[test]
@@ -298,7 +334,7 @@ mod tests {
                 "profile 9 vm=one samples=3 el0=0 overflow=0 shown=3",
                 "profile 9 vm=one pc=0x100 el=1 n=2",
                 "profile 9 vm=one pc=0x104 el=1 n=1",
-                "profile 9 hz=200 pcpus=2 idle=1 poll=0 hyp=0 lost=1 missed=0",
+                "profile 9 hz=200 pcpus=2 idle=1 poll=0 hyp=0 late=0 lost=1 missed=0",
             ]
         );
     }

@@ -9,8 +9,12 @@
 //! - in the idle loop, if it slept since before the due time;
 //! - in a halt poll, if the pCPU's last poll (`polled`) spanned the due time: a halted vCPU
 //!   spinning in EL2 for work to come back, idle time in the accounting;
-//! - else in the hypervisor: EL2 runs with interrupts masked, so a sample due while it handled
-//!   a trap is only taken on the way out, and is the hypervisor's.
+//! - in the hypervisor, if it was due during the pCPU's last stay in EL2 (from the trap to the
+//!   return to a guest): EL2 runs with interrupts masked, so a sample due while it handled a
+//!   trap is only taken on the way out;
+//! - else nowhere known ("late"): it was due before that stay began, so the pCPU left EL2
+//!   for a guest and trapped again before the interrupt was taken. Under QEMU on a busy host
+//!   the timer comes that late; such samples used to count as the hypervisor's.
 //!
 //! One sample per timer interrupt: periods missed entirely inside EL2 are not made up.
 //! Off, every entry point returns after one relaxed load.
@@ -33,6 +37,9 @@ static HZ: AtomicU32 = AtomicU32::new(0);
 static NEXT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
 /// When each pCPU last left EL2 for a guest (counter ticks).
 static IN_GUEST_SINCE: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+/// When each pCPU last trapped from a guest to EL2, and the trap before that (counter ticks).
+static IN_EL2_SINCE: [(AtomicU64, AtomicU64); MAX_PCPUS] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_PCPUS];
 /// Each pCPU's last halt poll: from, to (counter ticks).
 static POLLED: [(AtomicU64, AtomicU64); MAX_PCPUS] =
     [const { (AtomicU64::new(0), AtomicU64::new(0)) }; MAX_PCPUS];
@@ -123,16 +130,23 @@ fn due(pcpu: usize) -> Option<u64> {
     Some(due)
 }
 
-/// Where a sample due at `due` found `pcpu` that was not in a guest or asleep: in its last
-/// halt poll, or in the hypervisor.
-fn in_el2(pcpu: usize, due: u64) -> Where {
-    let in_poll = POLLED
+/// Where a sample due at `due` found `pcpu` that was not in a guest or asleep, its stay in
+/// EL2 under way since `el2_since` ([`profile::place_in_el2`]).
+fn in_el2(pcpu: usize, due: u64, el2_since: u64) -> Where {
+    let poll = POLLED
         .get(pcpu)
-        .is_some_and(|(from, to)| (from.load(Relaxed)..=to.load(Relaxed)).contains(&due));
-    if in_poll {
-        Where::HaltPoll
-    } else {
-        Where::Hypervisor
+        .map_or(0..=0, |(from, to)| from.load(Relaxed)..=to.load(Relaxed));
+    profile::place_in_el2(due, el2_since, poll)
+}
+
+/// `pcpu` trapped from a guest to EL2 at `now` (counter ticks).
+pub fn leaving_guest(pcpu: usize, now: u64) {
+    if !on() {
+        return;
+    }
+    if let Some((last, before)) = IN_EL2_SINCE.get(pcpu) {
+        before.store(last.load(Relaxed), Relaxed);
+        last.store(now, Relaxed);
     }
 }
 
@@ -165,7 +179,10 @@ pub fn from_guest(pcpu: usize, vm: u16, pc: u64, spsr: u64) {
         let el0 = (spsr >> 2) & 0b11 == 0;
         Where::Guest { vm, pc, el0 }
     } else {
-        in_el2(pcpu, due)
+        // This interrupt's own trap is the last one; the stay in EL2 before it began at the
+        // one before.
+        let el2_since = IN_EL2_SINCE.get(pcpu).map_or(0, |(_, b)| b.load(Relaxed));
+        in_el2(pcpu, due, el2_since)
     };
     record(pcpu, at);
 }
@@ -181,7 +198,9 @@ pub fn from_idle(pcpu: usize, slept_at: u64) {
         if due >= slept_at {
             Where::Idle
         } else {
-            in_el2(pcpu, due)
+            // The idle loop is part of the stay in EL2 that began at the last trap.
+            let el2_since = IN_EL2_SINCE.get(pcpu).map_or(0, |(l, _)| l.load(Relaxed));
+            in_el2(pcpu, due, el2_since)
         },
     );
 }

@@ -14,14 +14,16 @@
 //! ```text
 //! [hv] profile <tag> vm=<name> samples=<n> el0=<n> overflow=<n> shown=<n>
 //! [hv] profile <tag> vm=<name> pc=<hex> el=<0|1> n=<count>      (at most TOP_PCS per VM)
-//! [hv] profile <tag> hz=<hz> pcpus=<n> idle=<n> poll=<n> hyp=<n> lost=<n> missed=<n>   (last)
+//! [hv] profile <tag> hz=<hz> pcpus=<n> idle=<n> poll=<n> hyp=<n> late=<n> lost=<n> missed=<n>
 //! ```
 //!
 //! `samples` counts every sample that found the VM's vCPU running (at EL0 `el0` of them);
 //! `overflow` those whose PC found the histogram full (counted in `samples`, no PC kept);
 //! `shown` the samples of the PC lines printed. `idle` counts samples that found a pCPU in the
 //! idle loop, `poll` in a halted vCPU's halt poll (spinning in EL2 for work to come back: idle
-//! time in the accounting), `hyp` in the hypervisor otherwise (a trap being handled), `lost`
+//! time in the accounting), `hyp` in the hypervisor otherwise (a trap being handled), `late`
+//! samples taken only after the pCPU had left EL2 and trapped again since they were due (where
+//! it was is not known), `lost`
 //! samples of VMs that were gone by the time of the print, `missed` the whole periods that
 //! passed with no sample (the timer interrupt was taken more than a period late: one sample
 //! per interrupt, the periods in between are only counted).

@@ -54,6 +54,8 @@ pub struct Report {
     /// Samples in a halted vCPU's halt poll (idle time spent spinning in EL2).
     pub poll: u64,
     pub hyp: u64,
+    /// Samples taken after the pCPU had left EL2 and trapped again since they were due.
+    pub late: u64,
     pub lost: u64,
     /// Sampling periods that passed without a sample.
     pub missed: u64,
@@ -83,6 +85,7 @@ pub enum Line {
         idle: u64,
         poll: u64,
         hyp: u64,
+        late: u64,
         lost: u64,
         missed: u64,
     },
@@ -157,6 +160,7 @@ pub fn parse_line(line: &str) -> Option<Result<Line, String>> {
                     idle: get(&f, "idle")?,
                     poll: f.get("poll").copied().unwrap_or(0),
                     hyp: get(&f, "hyp")?,
+                    late: f.get("late").copied().unwrap_or(0),
                     lost: get(&f, "lost")?,
                     missed: f.get("missed").copied().unwrap_or(0),
                 })
@@ -208,6 +212,7 @@ pub fn reports<'a>(lines: impl IntoIterator<Item = &'a String>) -> Result<Vec<Re
                 idle,
                 poll,
                 hyp,
+                late,
                 lost,
                 missed,
                 ..
@@ -218,6 +223,7 @@ pub fn reports<'a>(lines: impl IntoIterator<Item = &'a String>) -> Result<Vec<Re
                 report.idle = idle;
                 report.poll = poll;
                 report.hyp = hyp;
+                report.late = late;
                 report.lost = lost;
                 done.extend(open.take());
             }
@@ -257,6 +263,7 @@ pub fn merge(reports: &[&Report]) -> Report {
         out.idle += r.idle;
         out.poll += r.poll;
         out.hyp += r.hyp;
+        out.late += r.late;
         out.lost += r.lost;
         out.missed += r.missed;
         for (vm, s) in &r.vms {
@@ -376,6 +383,8 @@ pub struct Profile {
     pub halt_poll_share: f64,
     /// Samples in the hypervisor otherwise (traps, switches).
     pub hypervisor_share: f64,
+    /// Samples taken too late to say where the pCPU was (see [`Report::late`]).
+    pub late_share: f64,
     /// Sampling periods with no sample, over the periods of the window (samples + missed).
     pub missed_share: f64,
     pub vms: Vec<VmProfile>,
@@ -415,7 +424,7 @@ pub fn summarize<'a>(
     top: usize,
 ) -> Profile {
     let vm_total: u64 = report.vms.values().map(|v| v.samples).sum();
-    let total = vm_total + report.idle + report.poll + report.hyp;
+    let total = vm_total + report.idle + report.poll + report.hyp + report.late;
     let vms = report
         .vms
         .iter()
@@ -461,6 +470,7 @@ pub fn summarize<'a>(
         idle_share: share(report.idle, total),
         halt_poll_share: share(report.poll, total),
         hypervisor_share: share(report.hyp, total),
+        late_share: share(report.late, total),
         missed_share: share(report.missed, total + report.missed),
         vms,
     }
@@ -472,7 +482,8 @@ impl Profile {
         let pct = |x: f64| format!("{:5.1} %", x * 100.0);
         let mut out = format!(
             "profile (window {}): {} samples at {} Hz on {} pCPUs; idle {}, halt polling {}, \
-             hypervisor {}; {} of the periods passed without a sample (timer taken late)\n",
+             hypervisor {}, taken too late to place {}; {} of the periods passed without a \
+             sample (timer taken late)\n",
             self.window,
             self.samples,
             self.hz,
@@ -480,6 +491,7 @@ impl Profile {
             pct(self.idle_share).trim(),
             pct(self.halt_poll_share).trim(),
             pct(self.hypervisor_share).trim(),
+            pct(self.late_share).trim(),
             pct(self.missed_share).trim()
         );
         for vm in &self.vms {
@@ -681,7 +693,7 @@ mod tests {
     const TWO: &str = "\
 [hv] profile 0 vm=a samples=5 el0=0 overflow=0 shown=5
 [hv] profile 0 vm=a pc=0x40000100 el=1 n=5
-[hv] profile 0 hz=1000 pcpus=2 idle=10 poll=4 hyp=1 lost=0
+[hv] profile 0 hz=1000 pcpus=2 idle=10 poll=4 hyp=1 late=5 lost=0
 [a] profile 0 vm=a samples=999 el0=0 overflow=0 shown=0
 [hv] profile 1 vm=a samples=7 el0=1 overflow=1 shown=6
 [hv] profile 1 vm=a pc=0x40000100 el=1 n=4
@@ -700,8 +712,12 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].tag, "0");
         assert_eq!(all[0].vms["a"].samples, 5);
-        assert_eq!((all[0].idle, all[0].poll, all[0].hyp), (10, 4, 1));
+        assert_eq!(
+            (all[0].idle, all[0].poll, all[0].hyp, all[0].late),
+            (10, 4, 1, 5)
+        );
         assert_eq!(all[1].poll, 0, "a line without poll= counts none");
+        assert_eq!(all[1].late, 0, "a line without late= counts none");
         let r = &all[1];
         assert_eq!(r.vms["a"].overflow, 1);
         assert_eq!(
@@ -779,20 +795,22 @@ mod tests {
         assert_eq!(p.samples, 10);
         assert_eq!(p.idle_share, 0.1);
         assert_eq!(p.missed_share, 0.5);
-        // The halt poll's samples count among the pCPUs' time, apart from the hypervisor's.
+        // The halt poll's samples and the late ones count among the pCPUs' time, apart from
+        // the hypervisor's.
         let first = summarize(&all[0], |_| None, 10);
-        assert_eq!(first.samples, 20);
+        assert_eq!(first.samples, 25);
         assert_eq!(
             (
                 first.idle_share,
                 first.halt_poll_share,
-                first.hypervisor_share
+                first.hypervisor_share,
+                first.late_share
             ),
-            (0.5, 0.2, 0.05)
+            (0.4, 0.16, 0.04, 0.2)
         );
-        assert!(first
-            .table()
-            .contains("idle 50.0 %, halt polling 20.0 %, hypervisor 5.0 %"));
+        assert!(first.table().contains(
+            "idle 40.0 %, halt polling 16.0 %, hypervisor 4.0 %, taken too late to place 20.0 %"
+        ));
         let a = &p.vms[0];
         assert_eq!(a.vm, "a");
         assert_eq!(a.share_of_pcpus, 0.7);

@@ -3800,6 +3800,14 @@ fn a_profiled_ping_pong_names_the_functions_of_its_apps() {
         "no sample found a halt poll:\n{}",
         boot.transcript()
     );
+    // Samples taken too late to place are counted apart too (often none on a quiet boot).
+    assert!(
+        boot.lines
+            .iter()
+            .any(|l| l.starts_with("[hv] profile final hz=") && l.contains(" late=")),
+        "{}",
+        boot.transcript()
+    );
     let artifacts = artifacts();
     let symbols: Vec<(String, ElfSymbols)> = topology
         .vms

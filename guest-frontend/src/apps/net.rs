@@ -16,9 +16,9 @@
 //! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
 //! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
 //! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` and `big_pings` send
-//! their large pings (default: the gateway). With `restart_once = true` the guest resets itself (PSCI
-//! SYSTEM_RESET) at the end of its first boot and does everything again on its second: how the
-//! tests show that a back-end or device model serves a restarted guest afresh.
+//! their large pings (default: the gateway). With `restart_once = true` the guest resets
+//! itself (PSCI SYSTEM_RESET) at the end of its first boot and does everything again on its
+//! second: how the tests show that a back-end or device model serves a restarted guest afresh.
 
 use alloc::format;
 use alloc::string::String;
