@@ -153,9 +153,8 @@ impl ExitKind {
 }
 
 /// The hypervisor's busy time per kind of exit: from the trap to the return to a guest, less
-/// the idle time in between (a halt poll, the idle loop). Under QEMU this is where the
-/// hypervisor's share of the pCPUs goes; a sampling profile cannot look inside EL2, which
-/// runs with interrupts masked.
+/// the idle time in between (a halt poll, the idle loop): what the hypervisor's own code
+/// costs, which a sampling profile cannot look inside (EL2 runs with interrupts masked).
 pub struct El2Time {
     ticks: [AtomicU64; EXIT_KINDS],
     exits: [AtomicU64; EXIT_KINDS],
@@ -182,7 +181,8 @@ impl El2Time {
         self.exits[i].fetch_add(1, Relaxed);
     }
 
-    /// The line printed at power-off: per kind, the exits, their mean and their sum.
+    /// The line printed after each accounting report and at power-off: per kind, the exits,
+    /// their mean and their sum, since boot.
     pub fn line(&self, frequency: u64) -> String {
         let mut line = String::from("EL2 busy time by exit kind:");
         let mut total = 0;

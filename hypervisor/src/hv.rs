@@ -107,6 +107,7 @@ enum Action {
     Descheduled,
 }
 
+/// The hypervisor's busy time per kind of exit, printed after each accounting report.
 static EL2_TIME: El2Time = El2Time::new();
 /// Each pCPU's idle time in the accounting (counter ticks), for [`EL2_TIME`].
 static PCPU_IDLE: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];

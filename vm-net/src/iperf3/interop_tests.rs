@@ -161,6 +161,29 @@ fn reset_before_hello(phase: ClientPhase, e: &ProtoError) -> bool {
     phase == ClientPhase::ParamExchange && matches!(e, ProtoError::Closed)
 }
 
+/// After our client machine failed with `e` in `phase` against the real server on `port`: a
+/// new control connection and machine if it was [`reset_before_hello`] and `retries` are left,
+/// else the test fails with what iperf3 printed.
+fn again_or_fail(
+    e: &ProtoError,
+    phase: ClientPhase,
+    retries: &mut u32,
+    port: u16,
+    params: TestParams,
+    server: &mut Reaped,
+) -> (TcpStream, ClientControl) {
+    if reset_before_hello(phase, e) && *retries < HELLO_RETRIES {
+        *retries += 1;
+        std::eprintln!("iperf3 -s reset our control connection at once: again");
+        let machine = ClientControl::new(Cookie::generate(port.into()), params);
+        return (connect_control(port), machine);
+    }
+    panic!(
+        "client failed in {phase:?}: {e}; iperf3 -s: {}",
+        server.stop_and_say()
+    )
+}
+
 /// Waits for a real `iperf3 -s -1` to end and asserts it was content.
 fn expect_success(mut server: Reaped) {
     let status = server.0.wait().unwrap();
@@ -270,19 +293,9 @@ fn client_against_real_server(reverse: bool) -> Option<ClientOutcome> {
                 }
                 ClientEvent::PeerResults(r) => theirs = Some(r),
                 ClientEvent::Done => {}
-                ClientEvent::Failed(e)
-                    if reset_before_hello(phase, &e) && retries < HELLO_RETRIES =>
-                {
-                    retries += 1;
-                    std::eprintln!("iperf3 -s reset our control connection at once: again");
-                    ctrl = connect_control(port);
-                    machine = ClientControl::new(Cookie::generate(port.into()), params);
-                }
                 ClientEvent::Failed(e) => {
-                    panic!(
-                        "client failed in {phase:?}: {e}; iperf3 -s: {}",
-                        server.stop_and_say()
-                    )
+                    (ctrl, machine) =
+                        again_or_fail(&e, phase, &mut retries, port, params, &mut server);
                 }
             }
         }
@@ -603,19 +616,9 @@ fn udp_client_against_real_server(reverse: bool) -> Option<UdpOutcome> {
                 }
                 ClientEvent::PeerResults(r) => theirs = Some(r),
                 ClientEvent::Done => {}
-                ClientEvent::Failed(e)
-                    if reset_before_hello(phase, &e) && retries < HELLO_RETRIES =>
-                {
-                    retries += 1;
-                    std::eprintln!("iperf3 -s reset our control connection at once: again");
-                    ctrl = connect_control(port);
-                    machine = ClientControl::new(Cookie::generate(port.into()), params);
-                }
                 ClientEvent::Failed(e) => {
-                    panic!(
-                        "client failed in {phase:?}: {e}; iperf3 -s: {}",
-                        server.stop_and_say()
-                    )
+                    (ctrl, machine) =
+                        again_or_fail(&e, phase, &mut retries, port, params, &mut server);
                 }
             }
         }
