@@ -180,13 +180,6 @@ impl Connection {
         self.data.is_none() && self.control.frontend_gone()
     }
 
-    /// Whether the handshake with a live front-end is still under way (not `Connected`, not
-    /// refused for good): the serving loop looks at its page now and then even without an
-    /// event.
-    pub fn handshaking(&self) -> bool {
-        self.state != State::Connected && self.banned.is_none() && !self.finished()
-    }
-
     pub fn control_port(&self) -> u32 {
         self.control_port
     }

@@ -73,9 +73,10 @@ fn now_us() -> u64 {
     timer::ticks_to_us(timer::now())
 }
 
-/// How often the control pages are read again, without an event, while a front-end is not
-/// connected (ms): a lost control event then costs at most this much, not the connection.
-const HANDSHAKE_RECHECK_MS: u64 = 50;
+/// How often the control pages of the connections not finished are read again, without an
+/// event (ms): a lost control event then costs at most this much, not the connection (in a
+/// handshake) or the domain's end (a front-end that stopped unseen kept it serving forever).
+const CONTROL_RECHECK_MS: u64 = 50;
 
 /// Counters line period while serving the NIC.
 const COUNTERS_EVERY_MS: u64 = 2_000;
@@ -254,7 +255,7 @@ fn main(info: &StartInfo<'static>) {
     // Control events sent before our event page existed were dropped, so look at every control
     // page at the start and whenever a wait times out.
     let mut recheck = true;
-    let mut next_handshake_check = timer::now() + timer::ms_to_ticks(HANDSHAKE_RECHECK_MS);
+    let mut next_control_check = timer::now() + timer::ms_to_ticks(CONTROL_RECHECK_MS);
     loop {
         // One clock reading per round: under TCG each is a helper call that ends a translated
         // block, and the round's checks read it five times (10 % of this domain's samples in
@@ -283,12 +284,13 @@ fn main(info: &StartInfo<'static>) {
         // then its events must not go unseen: any control event steps every connection
         // (each step reads that connection's own page, which is cheap and bounded).
         let mut control_news = recheck;
-        // A handshake that waits on an event we never got is looked at again (with the NIC the
-        // loop's waits rarely time out, so the re-check above does not cover it): a first
-        // boot's driver domain once left every front-end in `Initialising` until it crashed.
-        if now >= next_handshake_check {
-            next_handshake_check = now + timer::ms_to_ticks(HANDSHAKE_RECHECK_MS);
-            control_news |= connections.iter().any(Connection::handshaking);
+        // A connection that waits on an event we never got is looked at again (with the NIC
+        // the loop's waits rarely time out, so the re-check above does not cover it): a first
+        // boot's driver domain once left every front-end in `Initialising` until it crashed,
+        // and once served on after a connected front-end had stopped, seeing no event.
+        if now >= next_control_check {
+            next_control_check = now + timer::ms_to_ticks(CONTROL_RECHECK_MS);
+            control_news |= connections.iter().any(|c| !c.finished());
         }
         for conn in &connections {
             control_news |= evtchn::take(conn.control_port());

@@ -413,12 +413,43 @@ pub fn parse_accounting_line(line: &str) -> Option<Result<AccountingLine, String
     })())
 }
 
+/// Per kind of exit (`hypercall`, `wait`, ...): the exits and the busy milliseconds since boot.
+pub type El2Counts = BTreeMap<String, (u64, u64)>;
+
+/// Parses the hypervisor's `EL2 busy time by exit kind: hypercall N x M us = T ms, ...; in all
+/// T ms (report <tag>)`: the report's tag and, per kind of exit, the exits and the busy
+/// milliseconds since boot. `None` for another line, or the power-off line (no tag); a
+/// malformed line is an error.
+pub fn parse_el2_line(line: &str) -> Option<Result<(u64, El2Counts), String>> {
+    let rest = line.strip_prefix(crate::console::EL2_BUSY)?;
+    let (kinds, total) = rest.split_once("; in all ")?;
+    let tag = total.split_once("(report ")?.1.strip_suffix(')')?;
+    Some((|| {
+        let tag = parse_tag(tag).ok_or_else(|| format!("EL2 busy: bad tag '{tag}'"))?;
+        let mut out = BTreeMap::new();
+        for kind in kinds.split(',') {
+            let w: Vec<&str> = kind.split_whitespace().collect();
+            let bad = || format!("EL2 busy: cannot read '{}'", kind.trim());
+            let [name, exits, "x", _, "us", "=", ms, "ms"] = w[..] else {
+                return Err(bad());
+            };
+            let exits = exits.parse().map_err(|_| bad())?;
+            let ms = ms.parse().map_err(|_| bad())?;
+            out.insert(name.to_string(), (exits, ms));
+        }
+        Ok((tag, out))
+    })())
+}
+
 /// One tagged accounting report: every live VM's counters and the idle time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Accounting {
     pub vms: BTreeMap<String, VmAccount>,
     pub idle_us: Option<u64>,
     pub pcpus: Option<u64>,
+    /// The hypervisor's busy time by kind of exit since boot: exits and milliseconds (`None`
+    /// from a hypervisor that does not print it).
+    pub el2_busy: Option<El2Counts>,
 }
 
 /// Every accounting report of a boot's console, by tag (a tag reported twice keeps the
@@ -428,6 +459,11 @@ pub fn accounting_reports<'a>(
 ) -> Result<BTreeMap<u64, Accounting>, String> {
     let mut reports: BTreeMap<u64, Accounting> = BTreeMap::new();
     for line in lines {
+        if let Some(el2) = parse_el2_line(line) {
+            let (tag, busy) = el2?;
+            reports.entry(tag).or_default().el2_busy.get_or_insert(busy);
+            continue;
+        }
         match parse_accounting_line(line) {
             None => {}
             Some(Err(e)) => return Err(e),
@@ -474,6 +510,48 @@ pub fn pcpu_shares(before: &Accounting, after: &Accounting) -> Option<BTreeMap<S
         .collect();
     shares.insert("idle".into(), idle as f64 / total as f64);
     Some(shares)
+}
+
+/// The hypervisor's own busy share of the pCPU time between two reports (its busy
+/// milliseconds over every VM's run time plus the idle time: the run times include the traps'
+/// EL2 time), and the microseconds per exit of each kind. `None` unless both reports have it
+/// and time passed.
+pub fn el2_busy_between(before: &Accounting, after: &Accounting) -> Option<El2Busy> {
+    let (b, a) = (before.el2_busy.as_ref()?, after.el2_busy.as_ref()?);
+    let idle = after.idle_us?.checked_sub(before.idle_us?)?;
+    let runs: u64 = after
+        .vms
+        .iter()
+        .map(|(vm, a)| {
+            a.run_us
+                .saturating_sub(before.vms.get(vm).map_or(0, |b| b.run_us))
+        })
+        .sum();
+    let total_us = runs + idle;
+    if total_us == 0 {
+        return None;
+    }
+    let mut busy_ms = 0;
+    let mut us_per_exit = BTreeMap::new();
+    for (kind, &(exits, ms)) in a {
+        let (exits0, ms0) = b.get(kind).copied().unwrap_or((0, 0));
+        let (exits, ms) = (exits.checked_sub(exits0)?, ms.checked_sub(ms0)?);
+        busy_ms += ms;
+        if exits > 0 {
+            us_per_exit.insert(kind.clone(), round_to(ms as f64 * 1000.0 / exits as f64, 1));
+        }
+    }
+    Some(El2Busy {
+        share: round_to(busy_ms as f64 * 1000.0 / total_us as f64, 4),
+        us_per_exit,
+    })
+}
+
+/// What [`el2_busy_between`] finds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct El2Busy {
+    pub share: f64,
+    pub us_per_exit: BTreeMap<String, f64>,
 }
 
 /// A `netstats <tag> k=v ...` line of an iperf guest (its front-end's counters from connect;
@@ -567,6 +645,10 @@ pub struct RunReasons {
     pub pcpu_share: BTreeMap<String, f64>,
     pub vmid_switches_per_frame: Option<f64>,
     pub frames_per_ack: Option<f64>,
+    /// The hypervisor's own busy share of the pCPU time, and its microseconds per exit of each
+    /// kind.
+    pub el2_busy_share: Option<f64>,
+    pub el2_us_per_exit: BTreeMap<String, f64>,
 }
 
 /// The difference of two counter snapshots (`None` if a key is missing or went backwards).
@@ -620,6 +702,10 @@ impl PathRun {
         if let Some((before, after)) = &self.accounting {
             r.pcpu_share = pcpu_shares(before, after).unwrap_or_default();
             vmid_switches = vmid_switches_between(before, after);
+            if let Some(el2) = el2_busy_between(before, after) {
+                r.el2_busy_share = Some(el2.share);
+                r.el2_us_per_exit = el2.us_per_exit;
+            }
         }
         let get =
             |m: &Option<BTreeMap<String, u64>>, k: &str| m.as_ref().and_then(|m| m.get(k).copied());
@@ -734,6 +820,10 @@ pub struct Reasons {
     pub vmid_switches_per_frame: Option<Stat>,
     /// Data frames per frame the other way (the receiver's ACKs and window updates).
     pub frames_per_ack: Option<Stat>,
+    /// The hypervisor's own busy share of the pCPU time (EL2, from trap to return, less
+    /// idle), and its microseconds per exit of each kind (medians over runs).
+    pub el2_busy_share: Option<Stat>,
+    pub el2_us_per_exit: BTreeMap<String, f64>,
     /// Copies per payload byte at each copy site (medians over runs).
     pub copies: BTreeMap<String, f64>,
     /// Each VM's share of the pCPU time during the test, and `idle` (medians over runs).
@@ -763,6 +853,8 @@ impl Reasons {
             copies_per_byte: stat(|r| r.copies_per_byte),
             vmid_switches_per_frame: stat(|r| r.vmid_switches_per_frame),
             frames_per_ack: stat(|r| r.frames_per_ack),
+            el2_busy_share: stat(|r| r.el2_busy_share),
+            el2_us_per_exit: medians(|r| &r.el2_us_per_exit),
             copies: medians(|r| &r.copies),
             pcpu_share: medians(|r| &r.pcpu_share),
         }
@@ -791,6 +883,16 @@ impl Reasons {
             num(&self.vmid_switches_per_frame, 3),
             num(&self.frames_per_ack, 2)
         );
+        if let Some(el2) = &self.el2_busy_share {
+            let per_exit: Vec<String> = ["wait", "hypercall", "interrupt"]
+                .iter()
+                .filter_map(|k| Some(format!("{k} {:.0} us", self.el2_us_per_exit.get(*k)?)))
+                .collect();
+            out += &format!("; EL2 busy {:.1}%", el2.median * 100.0);
+            if !per_exit.is_empty() {
+                out += &format!(" ({})", per_exit.join(", "));
+            }
+        }
         if self.pcpu_share.is_empty() {
             out += "; pCPU share -";
         } else {
@@ -1138,6 +1240,50 @@ mod tests {
     ];
 
     #[test]
+    fn the_hypervisors_busy_time_is_its_share_of_the_pcpus_between_two_reports() {
+        let mut lines: Vec<String> = ACCOUNTING.iter().map(|l| l.to_string()).collect();
+        lines.extend(
+            [
+                "[hv] EL2 busy time by exit kind: hypercall 10 x 100.0 us = 1 ms, wait 5 x 200.0 us = 1 ms, mmio 0 x 0.0 us = 0 ms, other 0 x 0.0 us = 0 ms, interrupt 0 x 0.0 us = 0 ms; in all 2 ms (report 2)",
+                "[client1] EL2 busy time by exit kind: hypercall 1 x 1.0 us = 999 ms; in all 999 ms (report 3)",
+                "[hv] EL2 busy time by exit kind: hypercall 110 x 18.1 us = 2 ms, wait 25 x 200.0 us = 5 ms, mmio 0 x 0.0 us = 0 ms, other 0 x 0.0 us = 0 ms, interrupt 4 x 10.0 us = 0 ms; in all 7 ms (report 3)",
+                "[hv] EL2 busy time by exit kind: hypercall 999 x 1.0 us = 999 ms, wait 0 x 0.0 us = 0 ms, mmio 0 x 0.0 us = 0 ms, other 0 x 0.0 us = 0 ms, interrupt 0 x 0.0 us = 0 ms; in all 999 ms",
+            ]
+            .map(String::from),
+        );
+        let reports = accounting_reports(&lines).unwrap();
+        // Runs 4000 + 2000 + 1000 us and 2000 us idle between the reports: 9000 us, 5 of its
+        // ms in EL2; a VM's line and the power-off line (no tag) count nothing.
+        let el2 = el2_busy_between(&reports[&2], &reports[&3]).unwrap();
+        assert_eq!(el2.share, round_to(5000.0 / 9000.0, 4));
+        assert_eq!(el2.us_per_exit["hypercall"], 10.0);
+        assert_eq!(el2.us_per_exit["wait"], 200.0);
+        assert_eq!(el2.us_per_exit["interrupt"], 0.0);
+        assert!(!el2.us_per_exit.contains_key("mmio"));
+        let run = PathRun {
+            accounting: Some((reports[&2].clone(), reports[&3].clone())),
+            ..PathRun::default()
+        };
+        let reasons = Reasons::of_runs(&[run.reasons()]);
+        assert!(
+            reasons
+                .summary()
+                .contains("; EL2 busy 55.6% (wait 200 us, hypercall 10 us, interrupt 0 us)"),
+            "{}",
+            reasons.summary()
+        );
+        // Without the lines (an older hypervisor): nothing, and no error.
+        let without = accounting_reports(&lines[..8]).unwrap();
+        assert_eq!(el2_busy_between(&without[&2], &without[&3]), None);
+        // A malformed line is an error, not a silent zero.
+        assert!(parse_el2_line(
+            "[hv] EL2 busy time by exit kind: hypercall ten x 1.0 us = 1 ms; in all 1 ms (report 3)"
+        )
+        .unwrap()
+        .is_err());
+    }
+
+    #[test]
     fn parses_accounting_lines_from_the_hypervisor_only() {
         let l = parse_accounting_line(ACCOUNTING[0]).unwrap().unwrap();
         assert_eq!(
@@ -1462,6 +1608,7 @@ mod tests {
             pcpu_share: [("dd".to_string(), dd), ("idle".to_string(), 1.0 - dd)].into(),
             vmid_switches_per_frame: Some(events * 2.0),
             frames_per_ack: Some(copies / 2.0),
+            ..RunReasons::default()
         };
         let r = Reasons::of_runs(&[run(0.5, 6.0, 0.4), run(0.1, 6.2, 0.5), run(0.3, 6.1, 0.6)]);
         assert_eq!(r.events_per_frame.as_ref().unwrap().median, 0.3);

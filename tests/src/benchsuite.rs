@@ -757,7 +757,7 @@ pub const REASON_PATHS: [(&str, &str); 6] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 69] = [
+pub const REQUIRED_FIGURES: [&str; 70] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -793,6 +793,7 @@ pub const REQUIRED_FIGURES: [&str; 69] = [
     "/reasons/guest_to_guest/copies_per_byte",
     "/reasons/guest_to_guest/vmid_switches_per_frame",
     "/reasons/guest_to_guest/frames_per_ack",
+    "/reasons/guest_to_guest/el2_busy_share",
     "/reasons/guest_to_guest_64k/events_per_frame",
     "/reasons/guest_to_guest_64k/frames_per_ack",
     "/reasons/host_to_guest/frames_per_ack",
@@ -3232,6 +3233,8 @@ mod tests {
                     .into(),
                     vmid_switches_per_frame: Some(0.25),
                     frames_per_ack: Some(3.0),
+                    el2_busy_share: Some(0.08),
+                    el2_us_per_exit: [("wait".to_string(), 20.0)].into(),
                 })
                 .collect();
             raw.reasons.insert(path, runs);
