@@ -8,14 +8,18 @@
 //! where each frame goes, copy it there — once per destination, straight from where it is (a
 //! guest's pool, a NIC buffer) to where it goes (another guest's pool, a NIC buffer) — and
 //! then send each guest at most one event. Nothing is queued inside the driver domain except
-//! the local endpoint's few frames: a destination with no free buffer drops the frame
-//! (counted), as a switch with a full egress queue would.
+//! the local endpoint's few frames. A guest's frame for one other guest whose ring has no room
+//! waits in its sender's port, in the sender's own buffer, its later frames behind it
+//! (back-pressure, `driver_domain::backpressure`: at most `HOLD_MS`); any other frame for a
+//! destination with no free buffer is dropped (counted), as a switch with a full egress queue
+//! would.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use driver_domain::backpressure::{Held, Holds, StillFull, HOLD_MS, UNRESPONSIVE_MS};
 use driver_domain::csum::{self, Verdict};
 use driver_domain::switch::{self, Config, Forward, MacAddr, PortId, Switch};
 use driver_domain::vif::{Assignment, Vifs};
@@ -32,7 +36,7 @@ use vm_runtime::shared::SharedMem;
 use vm_runtime::{hypercall, println, timer};
 
 use crate::emunic::EmuPort;
-use crate::netback::{read_guest_frame, DeliverError, NetPort, TxItem, NIC_MAX_FRAME};
+use crate::netback::{read_guest_frame, DeliverError, HeldTx, NetPort, TxItem, NIC_MAX_FRAME};
 use crate::nic::{self, with_nic, Nic};
 
 /// Frames taken from one port per round.
@@ -103,6 +107,18 @@ pub trait GuestLink {
     fn net_mut(&mut self) -> Option<&mut NetPort>;
 }
 
+/// What became of a frame the fabric switched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Switched {
+    /// Sent on to its destinations (a destination that could not take it counted the drop).
+    Forwarded,
+    /// Refused by the switch (spoofed, say).
+    Refused,
+    /// A guest's frame for guest `to` alone, whose ring had no room: it waits, and nothing was
+    /// counted for it at the destination yet.
+    Wait { to: u16 },
+}
+
 /// A guest whose port broke the protocol: the caller disconnects it.
 pub struct Violation {
     pub guest: u16,
@@ -125,6 +141,8 @@ pub struct Fabric {
     pub emulated: Vec<EmuPort>,
     pub nic: NicCounters,
     pub csum: CsumOffload,
+    /// The back-pressure rules for guests' frames that wait for their receivers.
+    holds: Holds,
     /// With `iperf_accounting = true`: the local iperf3 server's tests are marked with
     /// ACCOUNTING_REPORT, tagged as the guests' iperf app tags them (the bench's passthrough
     /// costs per packet).
@@ -264,6 +282,7 @@ impl Fabric {
             emulated: Vec::new(),
             nic: NicCounters::default(),
             csum: CsumOffload::default(),
+            holds: Holds::new(),
             iperf_marks: None,
         }
     }
@@ -295,6 +314,7 @@ impl Fabric {
 
     /// Disconnects guest `id`'s port, printing its last counters.
     pub fn remove_guest(&mut self, id: u16) {
+        self.holds.forget(id);
         if let Some(line) = self.switch.port_summary(PortId::Guest(id)) {
             println!("switch port closed: {line}");
         }
@@ -376,6 +396,19 @@ impl Fabric {
         // destination, and only then completed.
         for i in 0..connections.len() {
             let guest = connections[i].frontend();
+            // A frame that waits for its receiver goes first; while it waits, nothing of this
+            // guest's moves.
+            if let Some(held) = connections[i].net_mut().and_then(NetPort::take_held) {
+                let bytes = held.frame.header.frame_len;
+                if let Some(held) = self.retry_held(guest, held, connections, &mut violations) {
+                    if let Some(port) = connections[i].net_mut() {
+                        port.hold(held);
+                    }
+                    continue;
+                }
+                moved = true;
+                count_for_events(&mut since_flush, bytes, connections, now);
+            }
             for _ in 0..FRAMES_PER_PORT_PER_ROUND {
                 let Some(port) = connections[i].net_mut() else {
                     break;
@@ -389,16 +422,23 @@ impl Fabric {
                             chain,
                             header,
                         };
-                        let forwarded = self.dispatch(
+                        let switched = self.dispatch(
                             PortId::Guest(guest),
                             &source,
                             connections,
                             &mut violations,
                         );
-                        if let Some(port) = connections[i].net_mut() {
-                            port.complete_tx(chain.head(), forwarded);
-                        }
                         moved = true;
+                        if let Switched::Wait { to } = switched {
+                            let held = self.holds.hold(HeldTx { chain, header }, to, self.pass_ms);
+                            if let Some(port) = connections[i].net_mut() {
+                                port.hold(held);
+                            }
+                            break;
+                        }
+                        if let Some(port) = connections[i].net_mut() {
+                            port.complete_tx(chain.head(), switched == Switched::Forwarded);
+                        }
                         count_for_events(&mut since_flush, bytes, connections, now);
                     }
                     Ok(TxItem::Dropped) => moved = true,
@@ -422,7 +462,8 @@ impl Fabric {
             moved |= self.emulated[i].serve(&mut sent) > 0;
             for frame in sent.drain(..) {
                 let source = Source::Private(&frame);
-                self.dispatch(PortId::Guest(guest), &source, connections, &mut violations);
+                // A private frame never waits (only a guest's pool frame can).
+                let _ = self.dispatch(PortId::Guest(guest), &source, connections, &mut violations);
             }
         }
 
@@ -431,14 +472,16 @@ impl Fabric {
     }
 
     /// Sends a frame received on `ingress` where the switch says, one copy per destination.
-    /// Returns whether the switch forwarded it (false: dropped, e.g. spoofed).
+    /// A guest's frame for one other guest whose ring has no room comes back as
+    /// [`Switched::Wait`] (not delivered, not counted there yet), unless that receiver let a
+    /// hold run out lately.
     fn dispatch<G: GuestLink>(
         &mut self,
         ingress: PortId,
         source: &Source<'_>,
         connections: &mut [G],
         violations: &mut Vec<Violation>,
-    ) -> bool {
+    ) -> Switched {
         let len = source.len();
         let decision = self
             .switch
@@ -451,8 +494,12 @@ impl Fabric {
             if switch::worth_logging(count) {
                 println!("switch port {ingress}: dropped a frame: {reason} ({count} so far)");
             }
-            return false;
+            return Switched::Refused;
         }
+        // Only a guest's frame can wait (it stays in the guest's buffer), and only for one
+        // receiver: a flood goes on to the ports that have room.
+        let may_wait = matches!(source, Source::Guest { .. })
+            && matches!(decision, Forward::One(PortId::Guest(_)));
         // A guest's frame whose TCP/UDP checksum it left to us; a frame from the NIC that a
         // checksum-offloading guest will not check itself (checked once, on first need).
         let needs_csum = source.needs_csum();
@@ -522,57 +569,109 @@ impl Fabric {
                     else {
                         continue;
                     };
-                    let offloads = target.csum_offload();
-                    let delivered = match source {
-                        Source::Private(frame) if ingress == PortId::Uplink && offloads => {
-                            let verdict =
-                                *outside_verdict.get_or_insert_with(|| self.csum.verify(frame));
-                            let mut hdr = NetHdr::plain(Direction::Rx);
-                            match verdict {
-                                Verdict::Invalid => continue,
-                                Verdict::Valid => hdr.flags = VIRTIO_NET_HDR_F_DATA_VALID,
-                                Verdict::NotApplicable => {}
-                            }
-                            target.deliver(frame, &hdr)
+                    let delivered = to_guest(
+                        &mut self.csum,
+                        target,
+                        ingress,
+                        source,
+                        needs_csum,
+                        &mut outside_verdict,
+                    );
+                    match delivered {
+                        Some(Err(DeliverError::NoBuffer))
+                            if may_wait && self.holds.may_hold(id, self.pass_ms) =>
+                        {
+                            target.count_held();
+                            self.switch.unreserve(port, len);
+                            return Switched::Wait { to: id };
                         }
-                        Source::Private(frame) => {
-                            target.deliver(frame, &NetHdr::plain(Direction::Rx))
-                        }
-                        Source::Guest {
-                            pool,
-                            chain,
-                            header,
-                        } if offloads || !needs_csum => {
-                            // NEEDS_CSUM travels on: the receiver does not check either.
-                            let hdr = NetHdr {
-                                num_buffers: 1,
-                                ..header.hdr
-                            };
-                            target.deliver_from(pool, chain, header, &hdr)
-                        }
-                        Source::Guest { .. } => {
-                            // A guest that checks gets a completed copy (the rare path: two
-                            // copies, as it needs the whole frame in hand).
-                            let mut frame = vec![0; len];
-                            source.copy_into(&mut frame);
-                            if !self.csum.fill(&mut frame) {
-                                continue;
-                            }
-                            target.deliver(&frame, &NetHdr::plain(Direction::Rx))
-                        }
-                    };
-                    if let Err(DeliverError::Violation(e)) = delivered {
-                        violations.push(Violation {
+                        Some(Err(DeliverError::NoBuffer)) => target.count_no_buffer(),
+                        Some(Err(DeliverError::Violation(e))) => violations.push(Violation {
                             guest: id,
                             reason: format!("RX ring: {e}"),
-                        });
+                        }),
+                        _ => {}
                     }
                 }
             }
             // Nothing waits inside the driver domain: the copy is done, the room is free.
             self.switch.release(port, len);
         }
-        true
+        Switched::Forwarded
+    }
+
+    /// Offers guest `sender`'s held frame to its receiver again: delivered if it has room now,
+    /// dropped if its hold ran out (that receiver then gets no holds for a while) or it is gone.
+    /// The sender's chain is completed unless the frame waits on: then it comes back, to be
+    /// held again.
+    fn retry_held<G: GuestLink>(
+        &mut self,
+        sender: u16,
+        held: Held<HeldTx>,
+        connections: &mut [G],
+        violations: &mut Vec<Violation>,
+    ) -> Option<Held<HeldTx>> {
+        // A sender that left took its frame with it.
+        let pool = connections
+            .iter()
+            .find(|c| c.frontend() == sender)
+            .and_then(G::net)
+            .map(NetPort::pool)?;
+        let source = Source::Guest {
+            pool,
+            chain: held.frame.chain,
+            header: held.frame.header,
+        };
+        let (len, port) = (source.len(), PortId::Guest(held.to));
+        let target = connections
+            .iter_mut()
+            .find(|c| c.frontend() == held.to)
+            .and_then(G::net_mut);
+        // A receiver that left (or a port the switch no longer has): the frame goes nowhere.
+        if let Some(target) = target.filter(|_| self.switch.try_reserve(port, len)) {
+            let delivered = to_guest(
+                &mut self.csum,
+                target,
+                PortId::Guest(sender),
+                &source,
+                source.needs_csum(),
+                &mut None,
+            );
+            match delivered {
+                Some(Err(DeliverError::NoBuffer)) => {
+                    self.switch.unreserve(port, len);
+                    if self.holds.still_full(&held, self.pass_ms) == StillFull::Wait {
+                        return Some(held);
+                    }
+                    target.count_no_buffer();
+                    println!(
+                        "front-end {}: a frame from front-end {sender} waited {HOLD_MS} ms for \
+                         a receive buffer and was dropped; frames for it are not held for the \
+                         next {UNRESPONSIVE_MS} ms",
+                        held.to
+                    );
+                }
+                Some(Err(DeliverError::Violation(e))) => {
+                    violations.push(Violation {
+                        guest: held.to,
+                        reason: format!("RX ring: {e}"),
+                    });
+                    self.switch.release(port, len);
+                }
+                _ => {
+                    self.holds.delivered(&held);
+                    self.switch.release(port, len);
+                }
+            }
+        }
+        if let Some(port) = connections
+            .iter_mut()
+            .find(|c| c.frontend() == sender)
+            .and_then(G::net_mut)
+        {
+            port.complete_tx(held.frame.chain.head(), true);
+        }
+        None
     }
 
     /// Whether the local endpoint can take one more frame (or there is none).
@@ -582,16 +681,35 @@ impl Fabric {
             .is_none_or(|l| l.device.to_stack.len() < LOCAL_QUEUE_FRAMES)
     }
 
-    /// Before sleeping: re-arms every guest's TX event; true if one already has frames (then
-    /// do not sleep).
+    /// Before sleeping: re-arms every guest's TX event, and for each held frame asks its
+    /// receiver for an event once it has room; true if a guest already has frames that can
+    /// move, or a held frame's receiver has room (or is gone) (then do not sleep).
     pub fn arm<G: GuestLink>(&self, connections: &[G]) -> bool {
         let mut waiting = false;
         for conn in connections {
-            if let Some(port) = conn.net() {
-                waiting |= port.arm();
+            let Some(port) = conn.net() else {
+                continue;
+            };
+            waiting |= port.arm();
+            if let Some(held) = port.held() {
+                waiting |= connections
+                    .iter()
+                    .find(|c| c.frontend() == held.to)
+                    .and_then(G::net)
+                    .is_none_or(|target| target.notify_when_room(held.frame.header.frame_len));
             }
         }
         waiting
+    }
+
+    /// When the earliest hold runs out (counter ticks): the loop must look again by then, as
+    /// a receiver that never makes room sends no event.
+    pub fn hold_ends_at<G: GuestLink>(&self, connections: &[G]) -> Option<u64> {
+        connections
+            .iter()
+            .filter_map(|c| c.net()?.held())
+            .map(|held| timer::ms_to_ticks(held.expires_ms()))
+            .min()
     }
 
     /// The earliest time (counter ticks) an event held back by a guest's event budget may go:
@@ -619,4 +737,54 @@ impl Fabric {
             println!("{}", port.summary());
         }
     }
+}
+
+/// Delivers a switched frame to the para-virtual guest `target` as it wants it: a frame from
+/// the outside checked for a guest that does not check checksums itself (`outside_verdict`:
+/// checked once for all destinations), a guest's frame whose checksum it left to us filled in
+/// for a guest that checks. `None`: dropped here for its checksum (counted in `csum`).
+fn to_guest(
+    csum: &mut CsumOffload,
+    target: &mut NetPort,
+    ingress: PortId,
+    source: &Source<'_>,
+    needs_csum: bool,
+    outside_verdict: &mut Option<Verdict>,
+) -> Option<Result<(), DeliverError>> {
+    let offloads = target.csum_offload();
+    Some(match source {
+        Source::Private(frame) if ingress == PortId::Uplink && offloads => {
+            let verdict = *outside_verdict.get_or_insert_with(|| csum.verify(frame));
+            let mut hdr = NetHdr::plain(Direction::Rx);
+            match verdict {
+                Verdict::Invalid => return None,
+                Verdict::Valid => hdr.flags = VIRTIO_NET_HDR_F_DATA_VALID,
+                Verdict::NotApplicable => {}
+            }
+            target.deliver(frame, &hdr)
+        }
+        Source::Private(frame) => target.deliver(frame, &NetHdr::plain(Direction::Rx)),
+        Source::Guest {
+            pool,
+            chain,
+            header,
+        } if offloads || !needs_csum => {
+            // NEEDS_CSUM travels on: the receiver does not check either.
+            let hdr = NetHdr {
+                num_buffers: 1,
+                ..header.hdr
+            };
+            target.deliver_from(pool, chain, header, &hdr)
+        }
+        Source::Guest { .. } => {
+            // A guest that checks gets a completed copy (the rare path: two copies, as it
+            // needs the whole frame in hand).
+            let mut frame = vec![0; source.len()];
+            source.copy_into(&mut frame);
+            if !csum.fill(&mut frame) {
+                return None;
+            }
+            target.deliver(&frame, &NetHdr::plain(Direction::Rx))
+        }
+    })
 }

@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+pub mod backpressure;
 pub mod balloon_control;
 pub mod budget;
 pub mod crash;

@@ -357,6 +357,9 @@ fn main(info: &StartInfo<'static>) {
             if let Some(at) = fabric.owed_event_at(&connections) {
                 deadline = deadline.min(at.max(now + 1));
             }
+            if let Some(at) = fabric.hold_ends_at(&connections) {
+                deadline = deadline.min(at.max(now + 1));
+            }
             recheck = !timer::wait_until(deadline, || {
                 nic::NEWS.load(Ordering::Acquire) || ports.iter().any(|&p| evtchn::pending(p))
             }) && !has_nic;

@@ -12,7 +12,9 @@
 //! several, see `DeviceQueue::deliver`), [`NetPort::deliver`] does the same for frames
 //! from the NIC or the local endpoint, and [`NetPort::complete_tx`] gives the chain back with
 //! the switch's verdict. Events go out at most once per loop round, and only when the guest asked
-//! for one (event index), in [`NetPort::flush_events`].
+//! for one (event index), in [`NetPort::flush_events`]. A frame for another guest whose ring
+//! has no room waits in its sender's port ([`NetPort::hold`], see
+//! `driver_domain::backpressure`), its chain not completed, the sender's later frames behind it.
 
 use alloc::format;
 use alloc::string::String;
@@ -29,6 +31,7 @@ use vm_runtime::grant::{self, MappedRun, Mapping};
 use vm_runtime::shared::SharedMem;
 use vm_runtime::{evtchn, timer};
 
+use driver_domain::backpressure::Held;
 use driver_domain::budget::EventWindow;
 
 /// Largest pool a guest may ask us to map: our grant-window and mapping budget per guest.
@@ -52,7 +55,12 @@ pub struct PortStats {
     pub tx_frames: u64,
     pub tx_bad_frames: u64,
     pub rx_frames: u64,
+    /// Frames dropped because the guest offered too few receive buffers (after a hold ran
+    /// out, or where no hold applies: frames from the NIC, floods).
     pub rx_no_buffer: u64,
+    /// Frames from other guests that found too few receive buffers and waited for them
+    /// (delivered later, or counted in `rx_no_buffer` if the wait ran out).
+    pub rx_held: u64,
     /// Receive buffers too short for any frame, given back empty.
     pub rx_short_buffers: u64,
     /// Frames dropped because the buffers offered could not hold them (without mergeable
@@ -85,7 +93,8 @@ impl PortStats {
     pub fn line(&self, guest: u16) -> String {
         format!(
             "netback {guest} tx_frames={} tx_bytes={} rx_frames={} rx_bytes={} \
-             copied_to_guest={} events_sent={} events_suppressed={} copied_from_guests={}",
+             copied_to_guest={} events_sent={} events_suppressed={} copied_from_guests={} \
+             rx_no_buffer={} rx_held={}",
             self.tx_frames,
             self.tx_bytes,
             self.rx_frames,
@@ -93,7 +102,9 @@ impl PortStats {
             self.copied_to_guest,
             self.events_sent,
             self.events_suppressed,
-            COPIED_FROM_GUESTS.load(Ordering::Relaxed)
+            COPIED_FROM_GUESTS.load(Ordering::Relaxed),
+            self.rx_no_buffer,
+            self.rx_held
         )
     }
 }
@@ -124,6 +135,14 @@ pub enum TxItem {
     Empty,
 }
 
+/// A frame of this port's guest, taken from its TX ring and not yet completed, that waits for
+/// another guest's receive buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct HeldTx {
+    pub chain: Chain,
+    pub header: TxHeader,
+}
+
 pub struct NetPort {
     guest: u16,
     tx_ring: Mapping,
@@ -139,6 +158,9 @@ pub struct NetPort {
     rx_used_flushed: u16,
     /// At most [`EVENTS_PER_SECOND`] events a second to this guest; one held back is owed.
     events: EventWindow,
+    /// Our guest's frame that waits for its receiver (nothing more is taken from the TX ring
+    /// meanwhile, so its frames stay in order).
+    held: Option<Held<HeldTx>>,
     pub stats: PortStats,
 }
 
@@ -230,6 +252,7 @@ impl NetPort {
             tx_used_flushed: 0,
             rx_used_flushed: 0,
             events: EventWindow::new(EVENTS_PER_SECOND, timer::ms_to_ticks(1000), timer::now()),
+            held: None,
             stats: PortStats::default(),
         })
     }
@@ -267,6 +290,49 @@ impl NetPort {
                 Ok(TxItem::Dropped)
             }
         }
+    }
+
+    /// Keeps our guest's frame `held` until its receiver has room; take nothing from our TX
+    /// ring until [`take_held`](Self::take_held) hands it back.
+    pub fn hold(&mut self, held: Held<HeldTx>) {
+        self.held = Some(held);
+    }
+
+    /// The frame waiting for its receiver, if any (taken out: hold it again if it must wait).
+    pub fn take_held(&mut self) -> Option<Held<HeldTx>> {
+        self.held.take()
+    }
+
+    /// The frame waiting for its receiver, if any.
+    pub fn held(&self) -> Option<&Held<HeldTx>> {
+        self.held.as_ref()
+    }
+
+    /// Another guest's frame of `frame_len` bytes found too few of our receive buffers and
+    /// waits: asks our guest for an event once it has offered enough, and says whether it has
+    /// already (then retry instead of sleeping).
+    pub fn notify_when_room(&self, frame_len: usize) -> bool {
+        self.rx.notify_when_room(frame_len, self.most_buffers())
+    }
+
+    /// Receive buffers one frame may take.
+    fn most_buffers(&self) -> usize {
+        if self.features.mergeable {
+            usize::from(MAX_MERGED_BUFFERS)
+        } else {
+            1
+        }
+    }
+
+    /// A frame for our guest is dropped for lack of receive buffers (counted here: a
+    /// [`DeliverError::NoBuffer`] from a delivery that will be tried again is not a drop).
+    pub fn count_no_buffer(&mut self) {
+        self.stats.rx_no_buffer += 1;
+    }
+
+    /// A frame for our guest waits for receive buffers.
+    pub fn count_held(&mut self) {
+        self.stats.rx_held += 1;
     }
 
     /// The guest's pool, to copy a frame out of (valid while this port is attached: the
@@ -345,11 +411,7 @@ impl NetPort {
         frame_len: usize,
         write: impl FnMut(&SharedMem, &Chain, usize, Range<usize>),
     ) -> Result<(), DeliverError> {
-        let most = if self.features.mergeable {
-            usize::from(MAX_MERGED_BUFFERS)
-        } else {
-            1
-        };
+        let most = self.most_buffers();
         let done = self
             .rx
             .deliver(&self.pool, hdr, frame_len, most, SHORT_RX_PER_FRAME, write)
@@ -365,10 +427,8 @@ impl NetPort {
                 }
                 Ok(())
             }
-            RxOutcome::NoBuffer => {
-                self.stats.rx_no_buffer += 1;
-                Err(DeliverError::NoBuffer)
-            }
+            // Counted by the caller if it drops the frame (`count_no_buffer`).
+            RxOutcome::NoBuffer => Err(DeliverError::NoBuffer),
             RxOutcome::TooSmall => {
                 self.stats.rx_too_small += 1;
                 Err(DeliverError::TooSmall)
@@ -411,9 +471,10 @@ impl NetPort {
     }
 
     /// Before the loop sleeps: re-arms the TX ring's event and says whether frames are already
-    /// waiting (then the loop must not sleep: their event may have been suppressed).
+    /// waiting (then the loop must not sleep: their event may have been suppressed). With a
+    /// frame held, what waits behind it cannot move, so only the event is re-armed.
     pub fn arm(&self) -> bool {
-        self.tx.enable_notify()
+        self.tx.enable_notify() && self.held.is_none()
     }
 
     /// Unmaps everything and closes the port; prints the port's counters line for the bench.

@@ -817,6 +817,18 @@ impl Switch {
         p.counters.drops.queue_full += 1;
     }
 
+    /// Undoes a successful [`Switch::try_reserve`] for a frame that will be offered to the port
+    /// again later (a frame held for a receiver with no room, see `backpressure`): the room is
+    /// given back and nothing is counted, neither as transmitted nor as dropped.
+    pub fn unreserve(&mut self, port: PortId, bytes: usize) {
+        let Some(p) = self.port_mut(port) else {
+            return;
+        };
+        p.queued = p.queued.saturating_sub(bytes);
+        p.counters.tx_frames = p.counters.tx_frames.saturating_sub(1);
+        p.counters.tx_bytes = p.counters.tx_bytes.saturating_sub(bytes as u64);
+    }
+
     /// Gives back room reserved with [`Switch::try_reserve`] once the port has consumed (or the
     /// caller has discarded) the frame. Ignored for a missing port, whose room went with it, and
     /// never takes the queue below zero, so a stale release cannot buy extra budget.

@@ -1131,3 +1131,19 @@ fn a_reserved_frame_the_port_refuses_counts_as_a_queue_full_drop() {
     // A missing port is ignored.
     sw.refuse_reserved(PortId::Guest(9), 1);
 }
+
+#[test]
+fn an_unreserved_frame_counts_neither_as_sent_nor_as_dropped() {
+    let mut sw = switch_with(Config::default());
+    assert!(sw.try_reserve(G1, 1500));
+    assert!(sw.try_reserve(G1, 9000));
+    // Held for later: offered again, and counted then.
+    sw.unreserve(G1, 9000);
+    let c = sw.counters(G1).unwrap();
+    assert_eq!((c.tx_frames, c.tx_bytes), (1, 1500));
+    assert_eq!(c.drops, Drops::default());
+    assert_eq!(sw.queued(G1), Some(1500));
+    assert!(sw.try_reserve(G1, 9000));
+    assert_eq!(sw.counters(G1).unwrap().tx_frames, 2);
+    sw.unreserve(PortId::Guest(9), 1);
+}

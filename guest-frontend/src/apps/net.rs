@@ -16,7 +16,8 @@
 //! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
 //! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
 //! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` and `big_pings` send
-//! their large pings (default: the gateway). With `restart_once = true` the guest resets
+//! their large pings (default: the gateway; `big_ping_mac`, their destination MAC for
+//! `big_pings`, default broadcast). With `restart_once = true` the guest resets
 //! itself (PSCI SYSTEM_RESET) at the end of its first boot and does everything again on its
 //! second: how the tests show that a back-end or device model serves a restarted guest afresh.
 
@@ -82,8 +83,10 @@ struct Plan {
     /// The identity the identity modes try to pass for.
     claim_mac: [u8; 6],
     claim_ip: Ipv4Address,
-    /// Where [`Corruption::TinyRx`] and [`Corruption::BigPings`] send their large pings.
+    /// Where [`Corruption::TinyRx`] and [`Corruption::BigPings`] send their large pings, and
+    /// to which MAC (broadcast unless set: a flood; a guest's MAC makes them unicast).
     big_ping_to: Ipv4Address,
+    big_ping_mac: [u8; 6],
     restart_once: bool,
 }
 
@@ -115,6 +118,12 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         None => SLIRP_GATEWAY_MAC,
         Some(text) => vm_net::parse_mac(text).ok_or(format!(
             "setting claim_mac {text:?} is not aa:bb:cc:dd:ee:ff"
+        ))?,
+    };
+    let big_ping_mac = match setting(info.settings, "big_ping_mac") {
+        None => [0xff; 6],
+        Some(text) => vm_net::parse_mac(text).ok_or(format!(
+            "setting big_ping_mac {text:?} is not aa:bb:cc:dd:ee:ff"
         ))?,
     };
     let claim_ip = match setting(info.settings, "claim_ip") {
@@ -163,6 +172,7 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         claim_mac,
         claim_ip,
         big_ping_to,
+        big_ping_mac,
         restart_once: vm_runtime::setting_bool_or(info.settings, "restart_once", false)
             .map_err(|e| format!("{e}"))?,
     })
@@ -584,7 +594,8 @@ impl Net {
             }
             Corruption::BigPings => {
                 let to = plan.big_ping_to.octets();
-                let ping = icmp_echo(front.mac, own_ip, to, BIG_PINGS_BYTES);
+                let mut ping = icmp_echo(front.mac, own_ip, to, BIG_PINGS_BYTES);
+                ping[..6].copy_from_slice(&plan.big_ping_mac);
                 let mut sent = 0u64;
                 while timer::now() < until {
                     let front = &mut self.stack.device;

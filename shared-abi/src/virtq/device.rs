@@ -641,6 +641,36 @@ impl<M: RingMem> DeviceQueue<M> {
         self.mem.load_u16_acquire(AVAIL_IDX) != self.last_avail
     }
 
+    /// RX, before waiting for room for a frame of `frame_len` bytes that found too few buffers
+    /// (the driver domain holds such a frame instead of dropping it): asks for an event once
+    /// the guest has offered as many buffers as the frame takes, judged by the last buffer's
+    /// size as [`deliver`](Self::deliver) judges (one buffer without merging or before any
+    /// size is known; at most `most`), then, after a full fence, re-checks. True means that
+    /// many are offered already: deliver instead of sleeping.
+    pub fn notify_when_room(&self, frame_len: usize, most: usize) -> bool {
+        let needed = self.buffers_needed(frame_len, most);
+        if self.event_idx {
+            // The guest notifies when avail.idx passes avail_event, i.e. reaches
+            // last_avail + needed.
+            self.mem
+                .store_u16(AVAIL_EVENT, self.last_avail.wrapping_add(needed - 1));
+            self.mem.fence();
+        }
+        self.offered() >= needed
+    }
+
+    /// Receive buffers a frame of `frame_len` bytes takes, as far as we can tell: 1 to
+    /// `most` (and to the ring's size).
+    fn buffers_needed(&self, frame_len: usize, most: usize) -> u16 {
+        let most = most.clamp(1, usize::from(MAX_MERGED_BUFFERS.min(QUEUE_SIZE)));
+        let hint = self.rx_buffer_hint as usize;
+        if most == 1 || hint == 0 {
+            return 1;
+        }
+        // `most` fits in a u16 (clamped above).
+        (NET_HDR_LEN + frame_len).div_ceil(hint).clamp(1, most) as u16
+    }
+
     /// Used entries published so far (free-running).
     pub const fn used_idx(&self) -> u16 {
         self.used_idx

@@ -219,6 +219,54 @@ fn a_merged_frame_that_runs_out_of_buffers_takes_none_the_next_time() {
 }
 
 #[test]
+fn a_held_frame_asks_for_an_event_once_enough_buffers_are_offered() {
+    let page = Page::new();
+    let pool = Pool::new(POOL_PAGES);
+    let (mut drv, mut dev, buffers) = rx_pair(&page, 3, BUFFER);
+    let merged = usize::from(MAX_MERGED_BUFFERS);
+    // Before any delivery the buffers' size is not known: one buffer is what it waits for.
+    assert!(dev.notify_when_room(65_000, merged));
+    // A small frame teaches the queue the buffers' size.
+    let small = eth_frame(1514, 1);
+    round_trip((&mut drv, &mut dev), &pool, &buffers, &small, merged, 1);
+    let big = eth_frame(65_550, 2);
+    let needed = (NET_HDR_LEN + big.len()).div_ceil(BUFFER as usize) as u16;
+    assert!(needed > 2);
+    assert_eq!(dev.offered(), 2);
+    assert!(
+        !dev.notify_when_room(big.len(), merged),
+        "two buffers are too few"
+    );
+    assert_eq!(
+        deliver(&mut dev, &pool, &big, merged).outcome,
+        RxOutcome::NoBuffer
+    );
+    // The guest offers one buffer at a time: no event until the frame fits.
+    let mut notified_at = None;
+    for token in 3..3 + needed {
+        buffers.offer(&mut drv, token % 14);
+        let (old, new) = drv.publish();
+        if drv.should_notify_device(old, new) {
+            notified_at.get_or_insert(dev.offered());
+        }
+    }
+    assert_eq!(
+        notified_at,
+        Some(needed),
+        "the event comes with the last buffer needed"
+    );
+    assert!(dev.notify_when_room(big.len(), merged));
+    assert_eq!(
+        deliver(&mut dev, &pool, &big, merged).outcome,
+        RxOutcome::Delivered {
+            buffers: usize::from(needed)
+        }
+    );
+    // Without merging a frame takes one buffer.
+    assert!(dev.notify_when_room(big.len(), 1) == (dev.offered() >= 1));
+}
+
+#[test]
 fn a_frame_needing_more_buffers_than_the_bound_is_too_small() {
     let page = Page::new();
     let pool = Pool::new(POOL_PAGES);
