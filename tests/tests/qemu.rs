@@ -1664,7 +1664,7 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
     // Each guest's settings come from the topology file: a bad one stops that guest with the
     // reason before it connects; the driver domain and the guests that connected carry on.
     let toml = format!(
-        "{MACHINE}{}{}{}{}{}{}{}",
+        "{MACHINE}{}{}{}{}{}{}{}{}",
         switch_driver_domain(""),
         net_guest("good", 16, ""),
         net_guest("bad-mtu", 20, ", mtu = 100000"),
@@ -1675,6 +1675,14 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
             "bad-iperf",
             "driver-domain",
             "app = \"iperf\", ip = \"10.0.2.23/24\", iperf_window = 1"
+        ),
+        // In range, but more than an 8 MiB guest has left once its network is up: refused
+        // before the test (it was an allocation failure, a panic, when the stream began).
+        frontend(
+            "bad-window",
+            "driver-domain",
+            "app = \"iperf\", ip = \"10.0.2.24/24\", iperf = \"server\", \
+             iperf_window = 4194304"
         ),
     );
     let (_, boot) = boot_toml(&toml, 120);
@@ -1691,6 +1699,11 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
     );
     assert_report_fail(&boot, "bad-corrupt", "unknown corrupt mode \"nonsense\"");
     assert_report_fail(&boot, "bad-iperf", "setting iperf_window=1 is out of range");
+    assert_report_fail(
+        &boot,
+        "bad-window",
+        "setting iperf_window=4194304 does not fit in this guest's memory",
+    );
     assert_report_ok(&boot, "good", "net 10.0.2.16/24");
     assert_report_ok(&boot, "driver-domain", "served");
     for vm in [
@@ -1700,6 +1713,7 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
         "bad-ip",
         "bad-ping",
         "bad-corrupt",
+        "bad-window",
     ] {
         assert_eq!(kill_reason(&boot, vm), None, "{vm} was killed");
     }

@@ -30,6 +30,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use vm_net::iperf3::{self, Client, ClientConfig, Event, ServerConfig, TestMarks};
 use vm_net::smoltcp::time::{Duration, Instant};
@@ -69,6 +70,16 @@ enum Mode {
         config: ClientConfig,
         repeat: u64,
     },
+}
+
+impl Mode {
+    /// The data socket's buffer in the direction of the data (the window).
+    fn buffer(&self) -> usize {
+        match self {
+            Mode::Server { buffer, .. } => *buffer,
+            Mode::Client { config, .. } => config.buffer,
+        }
+    }
 }
 
 struct Plan {
@@ -180,6 +191,32 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
     })
 }
 
+/// Heap a test needs besides its data socket's buffer: the control connection, the other
+/// direction, iperf3's messages and smoltcp's state, with room to spare.
+const TEST_HEAP_SLACK: usize = 256 * 1024;
+
+/// Whether a data stream with a `buffer`-byte window fits in what is left of the heap now that
+/// the network is up (pool, stack): a window this guest's RAM cannot hold is a setting to
+/// refuse with a reason, not an allocation failure in the middle of a test. Tried for real
+/// (and given back at once): the heap hands out power-of-two blocks, so a 3 MiB buffer needs a
+/// free 4 MiB block, which the free byte count does not show.
+fn window_fits(buffer: usize) -> Result<(), String> {
+    let mut window: Vec<u8> = Vec::new();
+    let mut slack: Vec<u8> = Vec::new();
+    if window.try_reserve_exact(buffer).is_err()
+        || slack.try_reserve_exact(TEST_HEAP_SLACK).is_err()
+    {
+        let (used, total) = vm_runtime::heap::stats();
+        return Err(format!(
+            "setting iperf_window={buffer} does not fit in this guest's memory ({} KiB of heap \
+             left with the network up, in power-of-two blocks); give the guest more memory_mib \
+             or a smaller window",
+            total.saturating_sub(used) / 1024
+        ));
+    }
+    Ok(())
+}
+
 fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
     let plan = plan(info)?;
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
@@ -192,6 +229,7 @@ fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], plan.address, plan.gateway
     );
     let mut stack = Stack::new(front, mac, plan.address, plan.gateway, Buffers::default());
+    window_fits(plan.mode.buffer())?;
     let mut rounds = Rounds::default();
     let mut marks = Marks {
         accounting: plan.accounting,
