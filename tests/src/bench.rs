@@ -649,6 +649,11 @@ pub struct RunReasons {
     /// kind.
     pub el2_busy_share: Option<f64>,
     pub el2_us_per_exit: BTreeMap<String, f64>,
+    /// Per 1000 frames the back-end had for the receiving guest over its connection: frames
+    /// dropped as it offered too few receive buffers, and frames that waited for them
+    /// (back-pressure between guests).
+    pub receiver_drops_per_kframe: Option<f64>,
+    pub receiver_waits_per_kframe: Option<f64>,
 }
 
 /// The difference of two counter snapshots (`None` if a key is missing or went backwards).
@@ -695,7 +700,10 @@ impl PathRun {
     /// - data frames per ACK: the frames the receiving guest got over the frames it sent back
     ///   (its ACKs and window updates), else the sending guest's frames sent over those it got.
     ///   How much of a burst a receiver takes before it answers (issue 11: a receiver that took
-    ///   a whole window per answer left its sender waiting).
+    ///   a whole window per answer left its sender waiting);
+    /// - the receiving guest's drops and waits per 1000 frames the back-end had for it (its
+    ///   port's `rx_no_buffer` and `rx_held` over delivered plus dropped frames, whole
+    ///   connection): loss inside the machine, which TCP pays for in retransmissions.
     pub fn reasons(&self) -> RunReasons {
         let mut r = RunReasons::default();
         let mut vmid_switches = None;
@@ -737,6 +745,17 @@ impl PathRun {
             r.events_per_frame = Some(round_to(events as f64 / frames as f64, 4));
             r.vmid_switches_per_frame =
                 vmid_switches.map(|n| round_to(n as f64 / frames as f64, 4));
+        }
+        if let (Some(delivered), Some(dropped)) = (
+            get(&self.receiver_port, "rx_frames"),
+            get(&self.receiver_port, "rx_no_buffer"),
+        ) {
+            let offered = delivered + dropped;
+            if offered > 0 {
+                let per_k = |n: u64| round_to(n as f64 * 1000.0 / offered as f64, 3);
+                r.receiver_drops_per_kframe = Some(per_k(dropped));
+                r.receiver_waits_per_kframe = get(&self.receiver_port, "rx_held").map(per_k);
+            }
         }
         let payload = self.payload_bytes;
         if guests && events > 0 && payload > 0 {
@@ -824,6 +843,9 @@ pub struct Reasons {
     /// idle), and its microseconds per exit of each kind (medians over runs).
     pub el2_busy_share: Option<Stat>,
     pub el2_us_per_exit: BTreeMap<String, f64>,
+    /// The receiving guest's drops and waits for receive buffers per 1000 frames.
+    pub receiver_drops_per_kframe: Option<Stat>,
+    pub receiver_waits_per_kframe: Option<Stat>,
     /// Copies per payload byte at each copy site (medians over runs).
     pub copies: BTreeMap<String, f64>,
     /// Each VM's share of the pCPU time during the test, and `idle` (medians over runs).
@@ -855,6 +877,8 @@ impl Reasons {
             frames_per_ack: stat(|r| r.frames_per_ack),
             el2_busy_share: stat(|r| r.el2_busy_share),
             el2_us_per_exit: medians(|r| &r.el2_us_per_exit),
+            receiver_drops_per_kframe: stat(|r| r.receiver_drops_per_kframe),
+            receiver_waits_per_kframe: stat(|r| r.receiver_waits_per_kframe),
             copies: medians(|r| &r.copies),
             pcpu_share: medians(|r| &r.pcpu_share),
         }
@@ -883,6 +907,15 @@ impl Reasons {
             num(&self.vmid_switches_per_frame, 3),
             num(&self.frames_per_ack, 2)
         );
+        if let Some(drops) = &self.receiver_drops_per_kframe {
+            out += &format!(
+                "; receiver per 1000 frames: {:.1} dropped, {} waited",
+                drops.median,
+                self.receiver_waits_per_kframe
+                    .as_ref()
+                    .map_or("-".into(), |w| format!("{:.1}", w.median))
+            );
+        }
         if let Some(el2) = &self.el2_busy_share {
             let per_exit: Vec<String> = ["wait", "hypercall", "interrupt"]
                 .iter()
@@ -1568,6 +1601,45 @@ mod tests {
     }
 
     #[test]
+    fn the_receivers_drops_and_waits_count_per_thousand_frames_offered() {
+        let c = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        // 1990 delivered, 10 dropped: 2000 offered; 40 of them waited first.
+        let run = PathRun {
+            receiver_port: Some(c(&[
+                ("rx_frames", 1990),
+                ("rx_no_buffer", 10),
+                ("rx_held", 40),
+            ])),
+            ..PathRun::default()
+        };
+        let r = run.reasons();
+        assert_eq!(r.receiver_drops_per_kframe, Some(5.0));
+        assert_eq!(r.receiver_waits_per_kframe, Some(20.0));
+        let summary = Reasons::of_runs(&[r]).summary();
+        assert!(
+            summary.contains("receiver per 1000 frames: 5.0 dropped, 20.0 waited"),
+            "{summary}"
+        );
+        // A driver domain from before the holds: drops, no waits. Nothing offered: no figure.
+        let run = PathRun {
+            receiver_port: Some(c(&[("rx_frames", 995), ("rx_no_buffer", 5)])),
+            ..PathRun::default()
+        };
+        let r = run.reasons();
+        assert_eq!(
+            (r.receiver_drops_per_kframe, r.receiver_waits_per_kframe),
+            (Some(5.0), None)
+        );
+        let run = PathRun {
+            receiver_port: Some(c(&[("rx_frames", 0), ("rx_no_buffer", 0)])),
+            ..PathRun::default()
+        };
+        assert_eq!(run.reasons().receiver_drops_per_kframe, None);
+    }
+
+    #[test]
     fn frames_per_ack_come_from_the_receiving_guest_else_the_sending_one() {
         let c = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
             kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -1579,6 +1651,11 @@ mod tests {
             ..PathRun::default()
         };
         assert_eq!(run.reasons().frames_per_ack, Some(3.0));
+        assert_eq!(
+            run.reasons().receiver_drops_per_kframe,
+            None,
+            "no port line"
+        );
         // Toward the host only the sender is a guest: its frames sent over those it got.
         let run = PathRun {
             sender: Some(c(&[("tx_frames", 500), ("rx_frames", 200)])),

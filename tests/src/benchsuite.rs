@@ -3235,6 +3235,8 @@ mod tests {
                     frames_per_ack: Some(3.0),
                     el2_busy_share: Some(0.08),
                     el2_us_per_exit: [("wait".to_string(), 20.0)].into(),
+                    receiver_drops_per_kframe: Some(0.0),
+                    receiver_waits_per_kframe: Some(4.0),
                 })
                 .collect();
             raw.reasons.insert(path, runs);
