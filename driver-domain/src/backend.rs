@@ -180,6 +180,11 @@ impl Connection {
         self.data.is_none() && self.control.frontend_gone()
     }
 
+    /// Our handshake state, as we last wrote it.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
     pub fn control_port(&self) -> u32 {
         self.control_port
     }

@@ -29,6 +29,7 @@ use core::sync::atomic::Ordering;
 use backend::Connection;
 use fabric::Fabric;
 use shared_abi::grant::test_pattern::{MARKER, PEER_WROTE};
+use shared_abi::handshake::State;
 use shared_abi::start_info::setting;
 use smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::ECHO_PORT;
@@ -77,6 +78,17 @@ fn now_us() -> u64 {
 /// event (ms): a lost control event then costs at most this much, not the connection (in a
 /// handshake) or the domain's end (a front-end that stopped unseen kept it serving forever).
 const CONTROL_RECHECK_MS: u64 = 50;
+/// How long after the periodic look found a change with no event its event may still come
+/// before the change is reported as unannounced.
+const UNANNOUNCED_GRACE_MS: u64 = 100;
+
+/// A control section change the periodic look found with no event (yet).
+struct Unannounced {
+    frontend: u16,
+    before: State,
+    after: State,
+    at_ms: u64,
+}
 
 /// Counters line period while serving the NIC.
 const COUNTERS_EVERY_MS: u64 = 2_000;
@@ -256,6 +268,7 @@ fn main(info: &StartInfo<'static>) {
     // page at the start and whenever a wait times out.
     let mut recheck = true;
     let mut next_control_check = timer::now() + timer::ms_to_ticks(CONTROL_RECHECK_MS);
+    let mut unannounced: Vec<Unannounced> = Vec::new();
     loop {
         // One clock reading per round: under TCG each is a helper call that ends a translated
         // block, and the round's checks read it five times (10 % of this domain's samples in
@@ -288,17 +301,38 @@ fn main(info: &StartInfo<'static>) {
         // the loop's waits rarely time out, so the re-check above does not cover it): a first
         // boot's driver domain once left every front-end in `Initialising` until it crashed,
         // and once served on after a connected front-end had stopped, seeing no event.
+        let mut periodic = false;
         if now >= next_control_check {
             next_control_check = now + timer::ms_to_ticks(CONTROL_RECHECK_MS);
-            control_news |= connections.iter().any(|c| !c.finished());
+            periodic = connections.iter().any(|c| !c.finished());
+            control_news |= periodic;
         }
+        let mut evented = false;
         for conn in &connections {
-            control_news |= evtchn::take(conn.control_port());
+            if evtchn::take(conn.control_port()) {
+                evented = true;
+                // Its event came after all (late, not lost): nothing to say.
+                unannounced.retain(|u| u.frontend != conn.frontend);
+            }
         }
+        control_news |= evented;
+        // Only the periodic look, with no event this round: a change it finds is a change
+        // whose event has not come. Said if none comes within UNANNOUNCED_GRACE_MS, so that
+        // lost events show (a front-end writes its section before it sends the event).
+        let quiet_look = periodic && !evented && !recheck;
         for conn in &mut connections {
             let retry_due = conn.retry_at().is_some_and(|at| now_ms >= at);
             if control_news || retry_due {
+                let before = conn.state();
                 conn.step(&mut fabric);
+                if quiet_look && !retry_due && conn.state() != before {
+                    unannounced.push(Unannounced {
+                        frontend: conn.frontend,
+                        before,
+                        after: conn.state(),
+                        at_ms: now_ms,
+                    });
+                }
             }
             // A network port's events only say "look at the rings", which every round does;
             // the ping-pong service consumes its own in `serve`.
@@ -326,6 +360,18 @@ fn main(info: &StartInfo<'static>) {
         if let Some(line) = timeline.take() {
             println!("{line}");
         }
+        unannounced.retain(|u| {
+            if now_ms < u.at_ms + UNANNOUNCED_GRACE_MS {
+                return true;
+            }
+            println!(
+                "control page of front-end {} changed with no event ({:?} -> {:?}); the \
+                 {CONTROL_RECHECK_MS} ms look found it, and no event followed within \
+                 {UNANNOUNCED_GRACE_MS} ms",
+                u.frontend, u.before, u.after
+            );
+            false
+        });
         if has_nic && now >= next_counters {
             print_counters(info.name, &fabric);
             next_counters = now + timer::ms_to_ticks(COUNTERS_EVERY_MS);

@@ -42,6 +42,13 @@ pub fn front_end_said(id: u16) -> String {
     format!("front-end {id}: ")
 }
 
+/// The driver domain's periodic look at the control pages found a change no event announced,
+/// and none came within its grace: `control page of front-end 4 changed with no event
+/// (Connected -> Closed); the 50 ms look found it, and no event followed within 100 ms`.
+pub fn control_changed_unannounced(id: u16) -> String {
+    format!("control page of front-end {id} changed with no event")
+}
+
 /// In a [`front_end_said`] line: the front-end broke the ring protocol.
 pub const PROTOCOL_VIOLATION: &str = "protocol violation: ";
 /// In a [`front_end_said`] line: and its switch port is gone.

@@ -2351,6 +2351,42 @@ fn a_receiver_that_stops_draining_holds_its_sender_briefly_while_the_others_keep
 }
 
 #[test]
+fn a_front_end_that_closes_without_an_event_is_seen_by_the_periodic_look() {
+    // Lost events (issue 11): the driver domain twice missed a control event it should have
+    // had (a restart's handshake, a stopped front-end), cause unknown. It now re-reads every
+    // unfinished connection's control page every 50 ms, and says when that look finds a change
+    // no event announced. A front-end that writes `Closing` and sends nothing stands in for
+    // the lost event: it is torn down (it reports how soon), the change is named, and the good
+    // guest beside it pings the driver domain throughout.
+    let toml = format!(
+        "{MACHINE}{}{}{}",
+        switch_driver_domain(""),
+        net_guest(
+            "good",
+            16,
+            ", ping = \"10.0.2.15\", ping_count = 10, ping_interval_ms = 200, serve_ms = 1000"
+        ),
+        net_guest("bad-silent-close", 17, ", corrupt = \"silent_close\""),
+    );
+    let (_, boot) = boot_toml(&toml, 120);
+    let t = boot.transcript();
+    assert_report_ok(&boot, "bad-silent-close", "the back-end noticed in");
+    assert_report_ok(&boot, "good", "net 10.0.2.16/24");
+    assert!(
+        boot.vm_lines("driver-domain")
+            .any(|l| l.contains(&console::control_changed_unannounced(3))),
+        "the driver domain did not name the unannounced change:\n{t}"
+    );
+    assert!(
+        !boot
+            .vm_lines("driver-domain")
+            .any(|l| l.contains(&console::control_changed_unannounced(2))),
+        "the good guest's changes all came with events:\n{t}"
+    );
+    assert_report_ok(&boot, "driver-domain", "served");
+}
+
+#[test]
 fn a_stream_with_a_window_larger_than_the_receivers_ring_loses_no_frame() {
     // Back-pressure (issue 11): a 2 MiB window is about twice what the receiver's ring holds
     // in 64 KiB frames. Before, the driver domain dropped what did not fit and the stream fell

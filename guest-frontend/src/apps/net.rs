@@ -53,6 +53,8 @@ const MAX_LATE_REPLY_MS: u64 = 60_000;
 const SLIRP_GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 /// How long the flooding modes keep at it.
 const HOSTILE_MS: u64 = 3_000;
+/// How long the `silent_close` mode stays (silent) after the back-end noticed.
+const SILENT_CLOSE_LINGER_MS: u64 = 500;
 /// The churning mode reconnects this many times: past any sane back-end's burst of
 /// connections (the driver domain allows 4 back to back, then 1 a second), so it is held back
 /// however slowly a loaded host lets it connect. Counted, not timed: under load a few
@@ -609,6 +611,38 @@ impl Net {
                 }
                 format!("{sent} pings of {} bytes sent", ping.len())
             }
+            Corruption::SilentClose => {
+                let link = &front.rings_mut()?.link;
+                link.control
+                    .write_frontend(&Frontend {
+                        state: State::Closing,
+                        ..Frontend::initialising()
+                    })
+                    .map_err(|e| format!("writing our section: {e:?}"))?;
+                let start = Instant::now();
+                while start.elapsed_ms() < HOSTILE_MS
+                    && matches!(
+                        link.backend_section().map(|b| b.state),
+                        Some(State::Connected)
+                    )
+                {
+                    timer::sleep_ms(1);
+                }
+                let noticed_ms = start.elapsed_ms();
+                let outcome = match link.backend_section().map(|b| b.state) {
+                    Some(State::Connected) => {
+                        format!("the back-end did not notice within {HOSTILE_MS} ms")
+                    }
+                    state => format!(
+                        "wrote Closing with no event; the back-end noticed in {noticed_ms} ms \
+                         (now {state:?})"
+                    ),
+                };
+                // Still silent a while: our stop is an event of its own, and the back-end
+                // waits a little for a late event before it calls this one lost.
+                timer::sleep_ms(SILENT_CLOSE_LINGER_MS);
+                outcome
+            }
             Corruption::NoDrain => {
                 // Never look at the receive ring again: no polling at all.
                 timer::sleep_ms(HOSTILE_MS);
@@ -800,10 +834,13 @@ pub enum Corruption {
     Churn,
     /// Rewrites the control page header (its ports) after connecting, then leaves.
     ForgeHeader,
+    /// Writes `Closing` into its control section without the event that should go with it,
+    /// then waits (sending nothing) for the back-end to notice: as if the event were lost.
+    SilentClose,
 }
 
 impl Corruption {
-    const ALL: [Corruption; 21] = [
+    const ALL: [Corruption; 22] = [
         Corruption::AvailAhead,
         Corruption::DescOutOfRange,
         Corruption::DescLoop,
@@ -825,8 +862,9 @@ impl Corruption {
         Corruption::NoDrain,
         Corruption::Churn,
         Corruption::ForgeHeader,
+        Corruption::SilentClose,
     ];
-    const NAMES: [&'static str; 21] = [
+    const NAMES: [&'static str; 22] = [
         "avail_ahead",
         "desc_out_of_range",
         "desc_loop",
@@ -848,6 +886,7 @@ impl Corruption {
         "no_drain",
         "churn",
         "forge_header",
+        "silent_close",
     ];
 
     fn from_name(name: &str) -> Option<Corruption> {
@@ -909,7 +948,8 @@ impl Corruption {
             | Corruption::BigPings
             | Corruption::NoDrain
             | Corruption::Churn
-            | Corruption::ForgeHeader => return Ok(()),
+            | Corruption::ForgeHeader
+            | Corruption::SilentClose => return Ok(()),
             Corruption::AvailAhead => {
                 let ring = front.raw_tx_ring();
                 let idx = ring.load_u16(AVAIL_IDX);
