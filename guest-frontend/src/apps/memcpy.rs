@@ -242,11 +242,12 @@ fn print_figure(name: &str, what: &str, len: usize, rates: &mut [u64]) {
     );
 }
 
-/// Lengths of the self-check: below, at and past one and two 64-byte blocks, so every head
-/// and tail around the bulk path shows.
-const CHECK_LENGTHS: [usize; 25] = [
+/// Lengths of the self-check: below, at and past one and two 64-byte blocks, and runs of
+/// several blocks up to what the span holds, so every head and tail around the bulk path
+/// shows.
+const CHECK_LENGTHS: [usize; 32] = [
     0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 79, 80, 81, 127, 128, 129, 143, 191, 192,
-    193, 300,
+    193, 255, 256, 257, 300, 383, 384, 400, 496,
 ];
 /// Bytes of each run the self-check looks at (every range it copies lies inside).
 const CHECK_SPAN: usize = 512;
