@@ -808,13 +808,10 @@ impl Switch {
     /// all (a queue the switch does not see, such as the local endpoint's frame queue): the
     /// room is given back and the frame counts as a queue-full drop, not as transmitted.
     pub fn refuse_reserved(&mut self, port: PortId, bytes: usize) {
-        let Some(p) = self.port_mut(port) else {
-            return;
-        };
-        p.queued = p.queued.saturating_sub(bytes);
-        p.counters.tx_frames = p.counters.tx_frames.saturating_sub(1);
-        p.counters.tx_bytes = p.counters.tx_bytes.saturating_sub(bytes as u64);
-        p.counters.drops.queue_full += 1;
+        self.unreserve(port, bytes);
+        if let Some(p) = self.port_mut(port) {
+            p.counters.drops.queue_full += 1;
+        }
     }
 
     /// Undoes a successful [`Switch::try_reserve`] for a frame that will be offered to the port

@@ -617,6 +617,21 @@ pub fn parse_backend_line(line: &str) -> Option<Result<BackendStats, String>> {
     })())
 }
 
+/// The counters of guest `id`'s port from all its `netback` lines (the driver domain prints
+/// two per port, as a console line holds 200 bytes), the first value of a key winning: a guest
+/// that reconnected has lines from each connection, and the first connection's are taken, as
+/// they were when there was one line. `None` if there is no line for it.
+pub fn merged_backend(ports: &[BackendStats], id: usize) -> Option<BTreeMap<String, u64>> {
+    let mut merged: Option<BTreeMap<String, u64>> = None;
+    for port in ports.iter().filter(|p| usize::from(p.guest) == id) {
+        let m = merged.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &port.counters {
+            m.entry(k.clone()).or_insert(*v);
+        }
+    }
+    merged
+}
+
 /// What one test of one path measured, for its reasons: the counters of the guests on it
 /// between the marks of their test, the back-end's port lines, the accounting reports.
 #[derive(Clone, Debug, Default)]
@@ -1598,6 +1613,35 @@ mod tests {
         }
         .reasons();
         assert_eq!((r.events_per_frame, r.copies_per_byte), (Some(0.25), None));
+    }
+
+    #[test]
+    fn a_ports_two_netback_lines_merge_and_the_first_connection_wins() {
+        let lines = [
+            "[dd] netback 2 tx_frames=5 rx_frames=10",
+            "[dd] netback 3 tx_frames=7 rx_frames=1",
+            "[dd] netback 2 rx_no_buffer=0 rx_held=4",
+            "[dd] netback 2 tx_frames=99 rx_frames=99",
+            "[dd] netback 2 rx_no_buffer=9 rx_held=9",
+        ];
+        let ports: Vec<BackendStats> = lines
+            .iter()
+            .filter_map(|l| parse_backend_line(l))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let two = merged_backend(&ports, 2).unwrap();
+        let get = |k: &str| two.get(k).copied();
+        assert_eq!(
+            (
+                get("tx_frames"),
+                get("rx_frames"),
+                get("rx_no_buffer"),
+                get("rx_held")
+            ),
+            (Some(5), Some(10), Some(0), Some(4))
+        );
+        assert_eq!(merged_backend(&ports, 3).unwrap().len(), 2);
+        assert_eq!(merged_backend(&ports, 4), None);
     }
 
     #[test]

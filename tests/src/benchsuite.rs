@@ -2660,10 +2660,7 @@ fn path_reasons(
             .iter()
             .position(|v| Some(v.name.as_str()) == vm)?
             + 1;
-        ports
-            .iter()
-            .find(|p| usize::from(p.guest) == id)
-            .map(|p| p.counters.clone())
+        bench::merged_backend(&ports, id)
     };
     let delta = |vm: Option<&str>| match vm {
         None => Ok(None),

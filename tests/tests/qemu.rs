@@ -2418,15 +2418,15 @@ fn a_stream_with_a_window_larger_than_the_receivers_ring_loses_no_frame() {
     assert_report_ok(&boot, "client", "iperf client");
     assert_report_ok(&boot, "server", "iperf server");
     // The server is front-end 2: its port's counters over the whole connection.
-    let port = boot
+    let ports: Vec<_> = boot
         .vm_lines("driver-domain")
         .filter_map(|l| sluice_harness::bench::parse_backend_line(&format!("[dd] {l}")))
         .filter_map(Result::ok)
-        .find(|p| p.guest == 2)
+        .collect();
+    let port = sluice_harness::bench::merged_backend(&ports, 2)
         .unwrap_or_else(|| panic!("no netback line for the server's port:\n{t}"));
     let count = |key: &str| {
         *port
-            .counters
             .get(key)
             .unwrap_or_else(|| panic!("no {key} in {port:?}"))
     };
