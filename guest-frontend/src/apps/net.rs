@@ -116,18 +116,13 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
             Corruption::NAMES.join(", ")
         ))?),
     };
-    let claim_mac = match setting(info.settings, "claim_mac") {
-        None => SLIRP_GATEWAY_MAC,
-        Some(text) => vm_net::parse_mac(text).ok_or(format!(
-            "setting claim_mac {text:?} is not aa:bb:cc:dd:ee:ff"
-        ))?,
+    let mac = |key: &str, default: [u8; 6]| match setting(info.settings, key) {
+        None => Ok(default),
+        Some(text) => vm_net::parse_mac(text)
+            .ok_or(format!("setting {key} {text:?} is not aa:bb:cc:dd:ee:ff")),
     };
-    let big_ping_mac = match setting(info.settings, "big_ping_mac") {
-        None => [0xff; 6],
-        Some(text) => vm_net::parse_mac(text).ok_or(format!(
-            "setting big_ping_mac {text:?} is not aa:bb:cc:dd:ee:ff"
-        ))?,
-    };
+    let claim_mac = mac("claim_mac", SLIRP_GATEWAY_MAC)?;
+    let big_ping_mac = mac("big_ping_mac", [0xff; 6])?;
     let claim_ip = match setting(info.settings, "claim_ip") {
         None => gateway,
         Some(text) => text
