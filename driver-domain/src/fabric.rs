@@ -20,6 +20,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use driver_domain::backpressure::{Held, Holds, StillFull, HOLD_MS, UNRESPONSIVE_MS};
+use driver_domain::budget::RoundRobin;
 use driver_domain::csum::{self, Verdict};
 use driver_domain::switch::{self, Config, Forward, MacAddr, PortId, Switch};
 use driver_domain::vif::{Assignment, Vifs};
@@ -147,6 +148,8 @@ pub struct Fabric {
     /// ACCOUNTING_REPORT, tagged as the guests' iperf app tags them (the bench's passthrough
     /// costs per packet).
     pub iperf_marks: Option<TestMarks>,
+    /// Which guest port this round serves first.
+    round_robin: RoundRobin,
 }
 
 /// Checksum work done for offloading guests (see `csum`), with its counters.
@@ -283,6 +286,7 @@ impl Fabric {
             nic: NicCounters::default(),
             csum: CsumOffload::default(),
             holds: Holds::new(),
+            round_robin: RoundRobin::default(),
             iperf_marks: None,
         }
     }
@@ -394,7 +398,7 @@ impl Fabric {
 
         // The guests: each frame is checked, switched, copied from its pool to each
         // destination, and only then completed.
-        for i in 0..connections.len() {
+        for i in self.round_robin.round(connections.len()) {
             let guest = connections[i].frontend();
             // A frame that waits for its receiver goes first; while it waits, nothing of this
             // guest's moves.

@@ -660,6 +660,9 @@ pub struct ScalingPoint {
     pub per_pair_tcp_mbps: Option<f64>,
     /// Each run's per-pair figures, in pair order.
     pub pair_mbps: Vec<Vec<f64>>,
+    /// Per run, the fastest pair's figure over the slowest's: 1.0 when the driver domain and
+    /// the scheduler share the pCPUs evenly between the pairs (none at one pair).
+    pub fastest_over_slowest_pair: Option<Stat>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -831,8 +834,8 @@ pub const REQUIRED_FIGURES: [&str; 70] = [
 ];
 
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
-/// not positive, and each of `pair_counts` without a positive aggregate in `scaling`. Empty
-/// when the document is complete.
+/// not positive, each of `pair_counts` without a positive aggregate in `scaling`, and each count
+/// above one without its fastest-over-slowest pair figure. Empty when the document is complete.
 pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<String> {
     let positive = |v: Option<&serde_json::Value>| {
         let v = match v {
@@ -858,6 +861,9 @@ pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<St
             });
         if !positive(point.and_then(|p| p.get("aggregate_tcp_mbps"))) {
             missing.push(format!("/scaling[pairs={pairs}]/aggregate_tcp_mbps"));
+        }
+        if *pairs > 1 && !positive(point.and_then(|p| p.get("fastest_over_slowest_pair"))) {
+            missing.push(format!("/scaling[pairs={pairs}]/fastest_over_slowest_pair"));
         }
     }
     if pair_counts.contains(&1) && pair_counts.contains(&2) {
@@ -941,6 +947,14 @@ impl Raw {
     }
 }
 
+/// One run's fastest pair over its slowest (how evenly the pairs shared the machine); none
+/// for one pair, or when a pair measured nothing.
+fn fastest_over_slowest(pairs: &[f64]) -> Option<f64> {
+    let slowest = pairs.iter().copied().fold(f64::INFINITY, f64::min);
+    let fastest = pairs.iter().copied().fold(0.0, f64::max);
+    (pairs.len() > 1 && slowest > 0.0).then(|| round_to(fastest / slowest, 3))
+}
+
 impl Results {
     fn from_raw(options: &Options, raw: Raw) -> Results {
         let figures: BTreeMap<String, Figure> = bench::combine(&raw.samples)
@@ -955,7 +969,12 @@ impl Results {
                 let runs = raw.scaling.get(&pairs).cloned().unwrap_or_default();
                 let sums: Vec<f64> = runs.iter().map(|r| r.iter().sum()).collect();
                 let aggregate = Stat::of_runs(&sums);
+                let spreads: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| fastest_over_slowest(r))
+                    .collect();
                 ScalingPoint {
+                    fastest_over_slowest_pair: Stat::of_runs(&spreads),
                     pairs,
                     per_pair_tcp_mbps: aggregate
                         .as_ref()
@@ -1354,6 +1373,13 @@ impl Results {
                 p.aggregate_tcp_mbps.as_ref(),
                 "Mbit/s",
             ));
+            if p.pairs > 1 {
+                rows.push((
+                    format!("scaling: {} pairs, fastest / slowest", p.pairs),
+                    p.fastest_over_slowest_pair.as_ref(),
+                    "x",
+                ));
+            }
         }
         for phase in crate::restart::PHASES {
             rows.push((
@@ -3020,6 +3046,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_fastest_pair_over_the_slowest_needs_two_pairs_that_measured_something() {
+        assert_eq!(fastest_over_slowest(&[]), None);
+        assert_eq!(fastest_over_slowest(&[5.0]), None);
+        assert_eq!(fastest_over_slowest(&[2.0, 4.0, 3.0]), Some(2.0));
+        assert_eq!(fastest_over_slowest(&[3.0, 3.0]), Some(1.0));
+        assert_eq!(fastest_over_slowest(&[0.0, 3.0]), None);
+        assert_eq!(fastest_over_slowest(&[1737.0, 1712.0]), Some(1.015));
+    }
+
+    #[test]
     fn the_pinning_policy_is_planned_for_the_bench_machine() {
         let topology = parse(&ping_topology()).unwrap();
         assert_eq!(topology.machine.cpus as usize, MACHINE_CPUS);
@@ -3385,10 +3421,19 @@ mod tests {
             scaling[2]["pair_mbps"][1],
             serde_json::json!([26.0, 26.0, 26.0, 26.0])
         );
+        // Equal pairs in every run: the fastest over the slowest is 1; one pair has no spread.
+        assert_eq!(scaling[2]["fastest_over_slowest_pair"]["median"], 1.0);
+        assert!(scaling[0]["fastest_over_slowest_pair"].is_null());
         assert_eq!(doc["figures"]["grant_map_ticks"]["median"], 16);
         assert_eq!(doc["bystander_evtchn_us"]["idle"]["median"], 200.0);
         assert_eq!(doc["bystander_evtchn_us"]["evtchn_storm"]["median"], 1000.0);
         let table = results.table();
+        let fairness = table
+            .lines()
+            .find(|l| l.starts_with("scaling: 4 pairs, fastest / slowest"))
+            .unwrap_or_else(|| panic!("no fairness row:\n{table}"));
+        assert!(fairness.contains(" 1.000 "), "{fairness}");
+        assert!(!table.contains("scaling: 1 pairs, fastest"), "{table}");
         assert!(
             table.contains("bystander copy loop / idle")
                 && table.contains("2.00x (goal < 2x: missed)"),
@@ -3561,6 +3606,7 @@ mod tests {
                 "/balloon_mib_per_s/inflate",
                 "/driver_domain_restart_gap_ms/host_to_guest",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
+                "/scaling[pairs=2]/fastest_over_slowest_pair",
                 // No two-pair figure, no ratio of it; the bound needs only the one pair.
                 "/ratios/two_pairs_over_one",
             ]
