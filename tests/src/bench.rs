@@ -617,6 +617,21 @@ pub fn parse_backend_line(line: &str) -> Option<Result<BackendStats, String>> {
     })())
 }
 
+/// The key-wise sum of some counter maps (the pairs of a scaling boot); `None` when there is
+/// none to add.
+pub fn sum_counters(
+    maps: impl IntoIterator<Item = Option<BTreeMap<String, u64>>>,
+) -> Option<BTreeMap<String, u64>> {
+    let mut total: Option<BTreeMap<String, u64>> = None;
+    for map in maps.into_iter().flatten() {
+        let sum = total.get_or_insert_with(BTreeMap::new);
+        for (k, v) in map {
+            *sum.entry(k).or_insert(0) += v;
+        }
+    }
+    total
+}
+
 /// The counters of guest `id`'s port from all its `netback` lines (the driver domain prints
 /// two per port, as a console line holds 200 bytes), the first value of a key winning: a guest
 /// that reconnected has lines from each connection, and the first connection's are taken, as
@@ -1143,6 +1158,26 @@ mod tests {
 
     fn line(vm: &str, name: &str, median: u64) -> String {
         format!("[{vm}] BENCH {name} min=1 median={median} max=900 n=10 freq_hz=62500000 (x)")
+    }
+
+    #[test]
+    fn counters_of_several_guests_are_summed_key_by_key() {
+        let map = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        assert_eq!(sum_counters([]), None);
+        assert_eq!(sum_counters([None, None]), None);
+        let a = map(&[("rx_frames", 10), ("events_sent", 2)]);
+        let b = map(&[("rx_frames", 5), ("tx_frames", 1)]);
+        assert_eq!(
+            sum_counters([Some(a.clone()), None, Some(b)]),
+            Some(map(&[
+                ("rx_frames", 15),
+                ("events_sent", 2),
+                ("tx_frames", 1)
+            ]))
+        );
+        assert_eq!(sum_counters([Some(a.clone())]), Some(a));
     }
 
     #[test]

@@ -218,9 +218,9 @@ pub fn pairs_topology_mtu(pairs: usize, seconds: u32, memcpy: bool, mtu: Option<
                 "app = \"iperf\", ip = \"{client_ip}/24\", iperf = \"client\", \
                  iperf_server = \"{server_ip}\", iperf_seconds = {seconds}, \
                  iperf_wait_ms = 30000, iperf_accounting = {}{mtu}",
-                // The accounting reports around the test give a path's reasons: the one pair
-                // of the `guest_to_guest` and `guest_to_guest_64k` boots.
-                i == 1 && (memcpy || !mtu.is_empty())
+                // The accounting reports around pair 1's test give the boot's reasons (the
+                // pairs' tests run at once).
+                i == 1
             ),
         );
     }
@@ -663,6 +663,9 @@ pub struct ScalingPoint {
     /// Per run, the fastest pair's figure over the slowest's: 1.0 when the driver domain and
     /// the scheduler share the pCPUs evenly between the pairs (none at one pair).
     pub fastest_over_slowest_pair: Option<Stat>,
+    /// The reasons of all the pairs together (each guest's counters over its test summed, the
+    /// accounting around pair 1's test); at one pair, `reasons.guest_to_guest`.
+    pub reasons: Reasons,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -835,7 +838,8 @@ pub const REQUIRED_FIGURES: [&str; 70] = [
 
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
 /// not positive, each of `pair_counts` without a positive aggregate in `scaling`, and each count
-/// above one without its fastest-over-slowest pair figure. Empty when the document is complete.
+/// above one without its fastest-over-slowest pair figure or its VMID switches per frame. Empty
+/// when the document is complete.
 pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<String> {
     let positive = |v: Option<&serde_json::Value>| {
         let v = match v {
@@ -862,8 +866,16 @@ pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<St
         if !positive(point.and_then(|p| p.get("aggregate_tcp_mbps"))) {
             missing.push(format!("/scaling[pairs={pairs}]/aggregate_tcp_mbps"));
         }
-        if *pairs > 1 && !positive(point.and_then(|p| p.get("fastest_over_slowest_pair"))) {
-            missing.push(format!("/scaling[pairs={pairs}]/fastest_over_slowest_pair"));
+        if *pairs > 1 {
+            for key in [
+                "fastest_over_slowest_pair",
+                "reasons/vmid_switches_per_frame",
+            ] {
+                let value = point.and_then(|p| p.pointer(&format!("/{key}")));
+                if !positive(value) {
+                    missing.push(format!("/scaling[pairs={pairs}]/{key}"));
+                }
+            }
         }
     }
     if pair_counts.contains(&1) && pair_counts.contains(&2) {
@@ -899,6 +911,8 @@ struct Raw {
     ping_rtts_us: Vec<Vec<f64>>,
     /// Pair count -> per run, each pair's figure.
     scaling: BTreeMap<usize, Vec<Vec<f64>>>,
+    /// Pair count (above one) -> each run's reasons of all its pairs together.
+    scaling_reasons: BTreeMap<usize, Vec<RunReasons>>,
     /// Bystander load -> per run, the event-channel round trip median in us.
     bystander_us: BTreeMap<String, Vec<f64>>,
     samples: Vec<Sample>,
@@ -947,6 +961,23 @@ impl Raw {
     }
 }
 
+/// pCPU shares by role: `client3` counts under `clients`, `server3` under `servers`; a name
+/// without a number (the driver domain, idle) stays as it is. Four pairs' nine VMs make one
+/// table line of four shares.
+fn shares_by_role(shares: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut by_role = BTreeMap::new();
+    for (vm, share) in shares {
+        let base = vm.trim_end_matches(|c: char| c.is_ascii_digit());
+        let role = if base.len() < vm.len() && !base.is_empty() {
+            format!("{base}s")
+        } else {
+            vm.clone()
+        };
+        *by_role.entry(role).or_insert(0.0) += share;
+    }
+    by_role
+}
+
 /// One run's fastest pair over its slowest (how evenly the pairs shared the machine); none
 /// for one pair, or when a pair measured nothing.
 fn fastest_over_slowest(pairs: &[f64]) -> Option<f64> {
@@ -973,7 +1004,13 @@ impl Results {
                     .iter()
                     .filter_map(|r| fastest_over_slowest(r))
                     .collect();
+                let reasons = if pairs == 1 {
+                    raw.reasons.get("guest_to_guest")
+                } else {
+                    raw.scaling_reasons.get(&pairs)
+                };
                 ScalingPoint {
+                    reasons: Reasons::of_runs(reasons.map(Vec::as_slice).unwrap_or_default()),
                     fastest_over_slowest_pair: Stat::of_runs(&spreads),
                     pairs,
                     per_pair_tcp_mbps: aggregate
@@ -1528,6 +1565,14 @@ impl Results {
                 .unwrap_or_else(|| "-".into());
             out += &format!("  {label:<22} {summary}\n");
         }
+        for p in self.scaling.iter().filter(|p| p.pairs > 1) {
+            let summary = if p.reasons.is_empty() {
+                "-".into()
+            } else {
+                p.reasons.summary()
+            };
+            out += &format!("  {:<22} {summary}\n", format!("{} pairs at once", p.pairs));
+        }
         let idle = self.bystander_evtchn_us.get("idle").cloned().flatten();
         for (load, stat) in self
             .bystander_evtchn_us
@@ -1697,7 +1742,15 @@ impl Suite<'_> {
             for run in 1..=runs {
                 let what = format!("{pairs} pairs at once, {secs} s iperf");
                 match self.scenario(&key, run, &what, |s, r| s.pairs_run(pairs, false, r)) {
-                    Ok(r) => raw.scaling.entry(pairs).or_default().push(r.figures),
+                    Ok(r) => {
+                        raw.scaling.entry(pairs).or_default().push(r.figures);
+                        match r.reasons {
+                            Ok(reasons) => {
+                                raw.scaling_reasons.entry(pairs).or_default().push(reasons)
+                            }
+                            Err(e) => raw.errors.push(format!("{key} run {run}, reasons: {e}")),
+                        }
+                    }
                     Err(e) => raw.errors.push(e),
                 }
             }
@@ -2191,15 +2244,20 @@ impl Suite<'_> {
         // Servers that printed their result (each serves one test).
         let done = std::cell::RefCell::new(std::collections::BTreeSet::new());
         let memcpy_seen = std::cell::Cell::new(!memcpy);
-        // The 64 KiB boot has no memcpy guest to keep it going after the test: for pair 1's
-        // reasons it waits for the driver domain's lines of the pair's two ports, which come
-        // after the guests' last marks, when they stop.
-        let ports_wanted = if mtu.is_some() { 2 } else { 0 };
-        let ports_seen = std::cell::Cell::new(0);
+        // Only the `guest_to_guest` boot has a memcpy guest to keep it going after the tests:
+        // for the reasons the others wait for the driver domain's lines of every pair guest's
+        // port (the last of a port's lines counts `rx_held`), which come after the guests' last
+        // marks, when they stop.
+        let ports_wanted = if memcpy { 0 } else { 2 * pairs };
+        let ports_seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
         let driver_domain_line = format!("[{DRIVER_DOMAIN}] ");
         let stop = |line: &str| {
-            if line.starts_with(&driver_domain_line) && bench::parse_backend_line(line).is_some() {
-                ports_seen.set(ports_seen.get() + 1);
+            if line.starts_with(&driver_domain_line) {
+                if let Some(Ok(port)) = bench::parse_backend_line(line) {
+                    if port.counters.contains_key("rx_held") {
+                        ports_seen.borrow_mut().insert(port.guest);
+                    }
+                }
             }
             if let Some(Ok(result)) = parse_result_line(line) {
                 if let Some(vm) = result.vm.filter(|vm| vm.starts_with("server")) {
@@ -2211,7 +2269,9 @@ impl Suite<'_> {
             if line.contains("BENCH memcpy_mbps") {
                 memcpy_seen.set(true);
             }
-            done.borrow().len() >= pairs && memcpy_seen.get() && ports_seen.get() >= ports_wanted
+            done.borrow().len() >= pairs
+                && memcpy_seen.get()
+                && ports_seen.borrow().len() >= ports_wanted
         };
         let timeout =
             Duration::from_secs(90 + 2 * u64::from(self.options.seconds) + 20 * pairs as u64);
@@ -2249,17 +2309,27 @@ impl Suite<'_> {
             return Err(booted.failure(&format!("a VM failed: {problem}")));
         }
         // The reasons of pair 1 (the guest_to_guest boot asks for the accounting).
-        let reasons = result_bytes(boot, "server1", true, false)
-            .ok_or_else(|| "server1 printed no receiver bytes".to_string())
+        // The reasons of all pairs together (the `guest_to_guest` boots' is the one pair):
+        // client1 asks for the accounting around its test, which the others' tests overlap.
+        let clients: Vec<String> = (1..=pairs).map(|i| format!("client{i}")).collect();
+        let servers: Vec<String> = (1..=pairs).map(|i| format!("server{i}")).collect();
+        let reasons = servers
+            .iter()
+            .map(|server| {
+                result_bytes(boot, server, true, false)
+                    .ok_or_else(|| format!("{server} printed no receiver bytes"))
+            })
+            .sum::<Result<u64, String>>()
             .and_then(|payload| {
-                path_reasons(
-                    boot,
-                    &topology,
-                    1,
-                    Some("client1"),
-                    Some("server1"),
-                    payload,
-                )
+                let clients: Vec<&str> = clients.iter().map(String::as_str).collect();
+                let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
+                path_reasons(boot, &topology, 1, &clients, &servers, payload)
+            })
+            .map(|mut r| {
+                if pairs > 1 {
+                    r.pcpu_share = shares_by_role(&r.pcpu_share);
+                }
+                r
             });
         // Tagged by client1's test 1; the packets are server1's in its test 1.
         let costs = received_frames(boot, "server1", 1).and_then(|packets| {
@@ -2302,10 +2372,10 @@ impl Suite<'_> {
         let boot = &booted.boot;
         let reasons = |test: u64, receiver: bool| {
             // Test 1: the guest receives; test 2 (-R): it sends.
-            let (sender, receiver_vm) = if receiver {
-                (None, Some("guest1"))
+            let (sender, receiver_vm): (&[&str], &[&str]) = if receiver {
+                (&[], &["guest1"])
             } else {
-                (Some("guest1"), None)
+                (&["guest1"], &[])
             };
             result_bytes(boot, "guest1", receiver, !receiver)
                 .ok_or_else(|| format!("guest1 printed no byte count of test {test}"))
@@ -2434,10 +2504,10 @@ impl Suite<'_> {
         let reasons = result_bytes(&booted.boot, "guest1", reverse, reverse)
             .ok_or_else(|| "guest1 printed no byte count".to_string())
             .and_then(|payload| {
-                let (sender, receiver) = if reverse {
-                    (None, Some("guest1"))
+                let (sender, receiver): (&[&str], &[&str]) = if reverse {
+                    (&[], &["guest1"])
                 } else {
-                    (Some("guest1"), None)
+                    (&["guest1"], &[])
                 };
                 path_reasons(&booted.boot, &topology, 1, sender, receiver, payload)
             });
@@ -2658,15 +2728,16 @@ fn result_bytes(boot: &Boot, vm: &str, receiver: bool, reverse: bool) -> Option<
 }
 
 /// The reasons of test `test` (1-based, as the guests count their tests) on one path of a
-/// finished boot: the `netstats` marks of `sender` and `receiver` (guests of the split
-/// driver; `None` for the host's side), their ports' `netback` lines, and the accounting
-/// reports tagged 2 `test` and 2 `test` + 1 (see [`PathRun::reasons`]).
+/// finished boot: the `netstats` marks of the `senders` and `receivers` (guests of the split
+/// driver; none for the host's side; several for the pairs of a scaling boot, whose counters
+/// are summed), their ports' `netback` lines (summed alike), and the accounting reports
+/// tagged 2 `test` and 2 `test` + 1 (see [`PathRun::reasons`]).
 fn path_reasons(
     boot: &Boot,
     topology: &Topology,
     test: u64,
-    sender: Option<&str>,
-    receiver: Option<&str>,
+    senders: &[&str],
+    receivers: &[&str],
     payload: u64,
 ) -> Result<RunReasons, String> {
     let lines = &boot.lines;
@@ -2680,26 +2751,28 @@ fn path_reasons(
         .collect::<Result<_, _>>()?;
     let reports = bench::accounting_reports(lines)?;
     // VM ids follow the topology's order from 1.
-    let port_of = |vm: Option<&str>| {
-        let id = topology
-            .vms
-            .iter()
-            .position(|v| Some(v.name.as_str()) == vm)?
-            + 1;
+    let port_of = |vm: &str| {
+        let id = topology.vms.iter().position(|v| v.name == vm)? + 1;
         bench::merged_backend(&ports, id)
     };
-    let delta = |vm: Option<&str>| match vm {
-        None => Ok(None),
-        Some(vm) => bench::test_delta(&stats, vm, test)
-            .map(Some)
-            .ok_or_else(|| format!("{vm} printed no netstats marks of test {test}")),
+    let ports_of = |vms: &[&str]| bench::sum_counters(vms.iter().map(|vm| port_of(vm)));
+    let deltas = |vms: &[&str]| -> Result<_, String> {
+        let each = vms
+            .iter()
+            .map(|vm| {
+                bench::test_delta(&stats, vm, test)
+                    .map(Some)
+                    .ok_or_else(|| format!("{vm} printed no netstats marks of test {test}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(bench::sum_counters(each))
     };
     let run = PathRun {
         payload_bytes: payload,
-        sender: delta(sender)?,
-        receiver: delta(receiver)?,
-        sender_port: port_of(sender),
-        receiver_port: port_of(receiver),
+        sender: deltas(senders)?,
+        receiver: deltas(receivers)?,
+        sender_port: ports_of(senders),
+        receiver_port: ports_of(receivers),
         accounting: reports
             .get(&(2 * test))
             .cloned()
@@ -3046,6 +3119,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pcpu_shares_of_many_pairs_are_summed_by_role() {
+        let shares: BTreeMap<String, f64> = [
+            ("client1", 0.125),
+            ("client2", 0.125),
+            ("server1", 0.25),
+            ("server12", 0.125),
+            ("driver-domain", 0.25),
+            ("idle", 0.125),
+        ]
+        .map(|(vm, s)| (vm.to_string(), s))
+        .into();
+        let by_role = shares_by_role(&shares);
+        let expected: BTreeMap<String, f64> = [
+            ("clients", 0.25),
+            ("servers", 0.375),
+            ("driver-domain", 0.25),
+            ("idle", 0.125),
+        ]
+        .map(|(vm, s)| (vm.to_string(), s))
+        .into();
+        assert_eq!(by_role, expected);
+        // A name that is only digits stays as it is.
+        let odd: BTreeMap<String, f64> = [("42".to_string(), 1.0)].into();
+        assert_eq!(shares_by_role(&odd), odd);
+    }
+
+    #[test]
     fn the_fastest_pair_over_the_slowest_needs_two_pairs_that_measured_something() {
         assert_eq!(fastest_over_slowest(&[]), None);
         assert_eq!(fastest_over_slowest(&[5.0]), None);
@@ -3308,6 +3408,14 @@ mod tests {
                 .map(|r| vec![100.0 / pairs as f64 + r as f64; pairs])
                 .collect();
             raw.scaling.insert(pairs, per_run);
+            if pairs > 1 {
+                // The guest -> guest reasons with more switches the more pairs there are.
+                let mut runs = raw.reasons["guest_to_guest"].clone();
+                for r in &mut runs {
+                    r.vmid_switches_per_frame = Some(0.25 * pairs as f64);
+                }
+                raw.scaling_reasons.insert(pairs, runs);
+            }
         }
         for (i, (load, _)) in BYSTANDER_LOADS.iter().enumerate() {
             let us = 200.0 * (1.0 + i as f64);
@@ -3424,6 +3532,16 @@ mod tests {
         // Equal pairs in every run: the fastest over the slowest is 1; one pair has no spread.
         assert_eq!(scaling[2]["fastest_over_slowest_pair"]["median"], 1.0);
         assert!(scaling[0]["fastest_over_slowest_pair"].is_null());
+        // Each point's reasons: one pair's are guest -> guest's, more pairs' their own.
+        let switches =
+            |p: usize| scaling[p]["reasons"]["vmid_switches_per_frame"]["median"].clone();
+        assert_eq!(switches(0), 0.25);
+        assert_eq!(switches(1), 0.5);
+        assert_eq!(switches(2), 1.0);
+        assert_eq!(
+            scaling[0]["reasons"], doc["reasons"]["guest_to_guest"],
+            "one pair is the guest_to_guest boot"
+        );
         assert_eq!(doc["figures"]["grant_map_ticks"]["median"], 16);
         assert_eq!(doc["bystander_evtchn_us"]["idle"]["median"], 200.0);
         assert_eq!(doc["bystander_evtchn_us"]["evtchn_storm"]["median"], 1000.0);
@@ -3433,6 +3551,11 @@ mod tests {
             .find(|l| l.starts_with("scaling: 4 pairs, fastest / slowest"))
             .unwrap_or_else(|| panic!("no fairness row:\n{table}"));
         assert!(fairness.contains(" 1.000 "), "{fairness}");
+        let four = table
+            .lines()
+            .find(|l| l.starts_with("  4 pairs at once"))
+            .unwrap_or_else(|| panic!("no reasons of four pairs:\n{table}"));
+        assert!(four.contains("1.000 VMID switches/frame"), "{four}");
         assert!(!table.contains("scaling: 1 pairs, fastest"), "{table}");
         assert!(
             table.contains("bystander copy loop / idle")
@@ -3565,6 +3688,7 @@ mod tests {
         raw.passthrough_from.clear();
         raw.passt_guest_to_host.clear();
         raw.scaling.remove(&2);
+        raw.scaling_reasons.remove(&2);
         raw.ping_rtts_us = vec![vec![]];
         raw.bystander_us.remove("reset_loop");
         raw.errors.push("passthrough run 1: it broke".into());
@@ -3607,6 +3731,7 @@ mod tests {
                 "/driver_domain_restart_gap_ms/host_to_guest",
                 "/scaling[pairs=2]/aggregate_tcp_mbps",
                 "/scaling[pairs=2]/fastest_over_slowest_pair",
+                "/scaling[pairs=2]/reasons/vmid_switches_per_frame",
                 // No two-pair figure, no ratio of it; the bound needs only the one pair.
                 "/ratios/two_pairs_over_one",
             ]
