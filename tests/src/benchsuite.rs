@@ -15,7 +15,7 @@
 //! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
 //! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
 //! | `passthrough_vlpi` | `passthrough` on a GICv4 machine (`gic = 4`): the NIC's MSI-X as vLPIs (issue 15) | `passthrough_tcp_mbps.vlpi.host_to_driver_domain`, `nic_interrupt_exits.vlpi` (and `passthrough` gives `nic_interrupt_exits.intx`): the hypervisor's `device_irqs` between the test's accounting reports over the driver domain's NIC interrupts between its counters lines around them (2 s apart, so a lower bound) |
-//! | `ping` | driver domain, two `net` guests pinging each other (20 x 50 ms) | `ping_rtt_us.guest_to_guest` |
+//! | `ping` | driver domain, two `net` guests: guest1 pings guest2 20 x 50 ms apart, then guest2 pings guest1 100 x 1 ms apart | `ping_rtt_us.guest_to_guest`, `.guest_to_guest_1ms_apart`, their ratios to the event channel |
 //! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
 //! | `bystander_LOAD` | the `evtchn` boot beside a `load` guest (see [`BYSTANDER_LOADS`]) | `bystander_evtchn_us.LOAD` |
 //! | `emulated` | ONE boot: driver domain (NIC), an iperf3 server guest `emu` with the emulated NIC, a para-virtual client guest `pv`; `runs` tests pv -> emu (`iperf_repeat`), then `runs` tests host -> emu | `emulated_tcp_mbps.{guest_to_guest,host_to_guest}`, `three_way.emulated` |
@@ -334,19 +334,34 @@ struct PassthroughRun {
     costs: Result<PacketCosts, String>,
 }
 
-/// Two `net` guests pinging each other, 20 pings 50 ms apart.
+/// Two `net` guests: guest1 pings guest2 20 times 50 ms apart (every VM asleep between two),
+/// then guest2 pings guest1 100 times 1 ms apart (what stays warm). guest2 waits 1.5 s after
+/// its first reply so that its pings do not warm up guest1's.
 pub fn ping_topology() -> String {
-    let net = |ip: &str, peer: &str| {
-        format!(
-            "app = \"net\", ip = \"{ip}/24\", ping = \"{peer}\", ping_count = 20, \
-             ping_interval_ms = 50, serve_ms = 3000"
-        )
+    let net = |ip: &str, peer: &str, pings: &str| {
+        format!("app = \"net\", ip = \"{ip}/24\", ping = \"{peer}\", {pings}, serve_ms = 3000")
     };
     format!(
         "{MACHINE}{}{}{}",
         driver_domain(", nic_serve_ms = 1000"),
-        guest("guest1", true, &net("10.0.2.16", "10.0.2.17")),
-        guest("guest2", true, &net("10.0.2.17", "10.0.2.16")),
+        guest(
+            "guest1",
+            true,
+            &net(
+                "10.0.2.16",
+                "10.0.2.17",
+                "ping_count = 20, ping_interval_ms = 50"
+            )
+        ),
+        guest(
+            "guest2",
+            true,
+            &net(
+                "10.0.2.17",
+                "10.0.2.16",
+                "ping_count = 100, ping_interval_ms = 1, ping_delay_ms = 1500"
+            )
+        ),
     )
 }
 
@@ -647,7 +662,12 @@ pub const BALLOON_ANCHOR: &str = "Linux virtio-balloon: 7 GiB in 0.49 s batched 
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PingRtt {
+    /// guest1's pings of guest2, 50 ms apart: each finds every VM asleep.
     pub guest_to_guest: Option<Stat>,
+    /// guest2's pings of guest1 after guest1's, 1 ms apart: every VM's caches, translations
+    /// and host threads still warm, closer to how the event-channel round trip is measured
+    /// (back to back).
+    pub guest_to_guest_1ms_apart: Option<Stat>,
 }
 
 /// Guest-to-guest throughput with `pairs` pairs running at once.
@@ -693,6 +713,11 @@ pub struct Ratios {
     pub host_to_guest_over_linux: Option<f64>,
     /// `paravirt_tcp_mbps.guest_to_host` / `linux_guest_tcp_mbps.guest_to_host`.
     pub guest_to_host_over_linux: Option<f64>,
+    /// `ping_rtt_us.guest_to_guest` / `evtchn_roundtrip_us` (medians): a ping crosses the
+    /// event channel four times (two round trips) and three network stacks.
+    pub ping_over_evtchn_roundtrip: Option<f64>,
+    /// `ping_rtt_us.guest_to_guest_1ms_apart` / `evtchn_roundtrip_us` (medians).
+    pub ping_1ms_apart_over_evtchn_roundtrip: Option<f64>,
 }
 
 /// [`Ratios::two_pairs_pcpu_bound`] for a one-pair idle share `idle` (0..1).
@@ -763,7 +788,7 @@ pub const REASON_PATHS: [(&str, &str); 6] = [
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
 /// median, or (ratios) a positive number.
-pub const REQUIRED_FIGURES: [&str; 70] = [
+pub const REQUIRED_FIGURES: [&str; 73] = [
     "/paravirt_tcp_mbps/guest_to_guest",
     "/paravirt_tcp_mbps/host_to_guest",
     "/paravirt_tcp_mbps/guest_to_host",
@@ -779,6 +804,9 @@ pub const REQUIRED_FIGURES: [&str; 70] = [
     "/nic_interrupt_exits/intx",
     "/memcpy_mbps",
     "/ping_rtt_us/guest_to_guest",
+    "/ping_rtt_us/guest_to_guest_1ms_apart",
+    "/ratios/ping_over_evtchn_roundtrip",
+    "/ratios/ping_1ms_apart_over_evtchn_roundtrip",
     "/evtchn_roundtrip_us",
     "/ratios/guest_to_guest_over_memcpy",
     "/ratios/host_to_guest_over_passthrough",
@@ -909,6 +937,7 @@ struct Raw {
     nic_exits_vlpi: Vec<f64>,
     nic_exits_intx: Vec<f64>,
     ping_rtts_us: Vec<Vec<f64>>,
+    ping_1ms_apart_rtts_us: Vec<Vec<f64>>,
     /// Pair count -> per run, each pair's figure.
     scaling: BTreeMap<usize, Vec<Vec<f64>>>,
     /// Pair count (above one) -> each run's reasons of all its pairs together.
@@ -1117,6 +1146,7 @@ impl Results {
             memcpy_mbps: stat_of("memcpy_mbps"),
             ping_rtt_us: PingRtt {
                 guest_to_guest: Stat::of_sampled_runs(&raw.ping_rtts_us),
+                guest_to_guest_1ms_apart: Stat::of_sampled_runs(&raw.ping_1ms_apart_rtts_us),
             },
             evtchn_roundtrip_us: stat_of("evtchn_roundtrip_ticks"),
             bystander_evtchn_us: BYSTANDER_LOADS
@@ -1161,6 +1191,14 @@ impl Results {
                 .and_then(|p| p.aggregate_tcp_mbps.clone())
         };
         results.ratios = Ratios {
+            ping_over_evtchn_roundtrip: ratio(
+                &results.ping_rtt_us.guest_to_guest,
+                &results.evtchn_roundtrip_us,
+            ),
+            ping_1ms_apart_over_evtchn_roundtrip: ratio(
+                &results.ping_rtt_us.guest_to_guest_1ms_apart,
+                &results.evtchn_roundtrip_us,
+            ),
             guest_to_guest_over_memcpy: ratio(
                 &results.paravirt_tcp_mbps.guest_to_guest,
                 &results.memcpy_mbps,
@@ -1442,6 +1480,11 @@ impl Results {
             "us",
         ));
         rows.push((
+            "ping RTT 1 ms apart, guest <-> guest".into(),
+            self.ping_rtt_us.guest_to_guest_1ms_apart.as_ref(),
+            "us",
+        ));
+        rows.push((
             "event channel round trip".into(),
             self.evtchn_roundtrip_us.as_ref(),
             "us",
@@ -1530,6 +1573,25 @@ impl Results {
         ] {
             out += &match value {
                 Some(r) => format!("{label:<40} {:>10.4}  ({:.1} %)\n", r, r * 100.0),
+                None => format!("{label:<40} {:>10}\n", "-"),
+            };
+        }
+        // Issue 11's goal for the ping: at most 3x the event channel's round trip.
+        for (label, value) in [
+            (
+                "ratio ping / event channel",
+                self.ratios.ping_over_evtchn_roundtrip,
+            ),
+            (
+                "ratio ping 1 ms apart / event channel",
+                self.ratios.ping_1ms_apart_over_evtchn_roundtrip,
+            ),
+        ] {
+            out += &match value {
+                Some(r) => format!(
+                    "{label:<40} {r:>10.2}x (goal <= 3x: {})\n",
+                    if r <= 3.0 { "met" } else { "missed" }
+                ),
                 None => format!("{label:<40} {:>10}\n", "-"),
             };
         }
@@ -1856,8 +1918,12 @@ impl Suite<'_> {
             }
         }
         for run in (1..=runs).filter(|_| wants("ping")) {
-            match self.scenario("ping", run, "20 pings each way", Suite::ping_run) {
-                Ok(rtts) => raw.ping_rtts_us.push(rtts),
+            let what = "20 pings 50 ms apart, then 100 pings 1 ms apart";
+            match self.scenario("ping", run, what, Suite::ping_run) {
+                Ok(PingRun { spaced, rapid }) => {
+                    raw.ping_rtts_us.push(spaced);
+                    raw.ping_1ms_apart_rtts_us.push(rapid);
+                }
                 Err(e) => raw.errors.push(e),
             }
         }
@@ -2651,7 +2717,8 @@ impl Suite<'_> {
     }
 
     /// Two guests pinging each other: every reply's round trip, in microseconds.
-    fn ping_run(&self, run: usize) -> Result<Vec<f64>, String> {
+    /// One `ping` boot: guest1's round trips (50 ms apart) and guest2's (1 ms apart).
+    fn ping_run(&self, run: usize) -> Result<PingRun, String> {
         let topology = parse(&ping_topology())?;
         let summaries = std::cell::Cell::new(0usize);
         let stop = |line: &str| {
@@ -2664,22 +2731,23 @@ impl Suite<'_> {
         };
         let booted =
             self.boot_once("ping", run, &topology, Duration::from_secs(90), None, &stop)?;
-        let mut rtts = Vec::new();
-        for (vm, peer) in [("guest1", "10.0.2.17"), ("guest2", "10.0.2.16")] {
-            let before = rtts.len();
-            rtts.extend(
-                booted
-                    .boot
-                    .vm_lines(vm)
-                    .filter_map(parse_ping_reply)
-                    .filter(|r| r.target == peer)
-                    .map(|r| r.rtt_us),
-            );
-            if rtts.len() == before {
+        let rtts = |vm: &str, peer: &str| {
+            let rtts: Vec<f64> = booted
+                .boot
+                .vm_lines(vm)
+                .filter_map(parse_ping_reply)
+                .filter(|r| r.target == peer)
+                .map(|r| r.rtt_us)
+                .collect();
+            if rtts.is_empty() {
                 return Err(booted.failure(&format!("{vm} printed no ping reply from {peer}")));
             }
-        }
-        Ok(rtts)
+            Ok(rtts)
+        };
+        Ok(PingRun {
+            spaced: rtts("guest1", "10.0.2.17")?,
+            rapid: rtts("guest2", "10.0.2.16")?,
+        })
     }
 
     /// One of the `BENCH` apps (event channel, grants): its samples.
@@ -3017,13 +3085,20 @@ impl Describe for f64 {
     }
 }
 
-impl Describe for Vec<f64> {
-    /// Ping round trips.
+/// One `ping` boot's round trips in microseconds: 50 ms apart and 1 ms apart.
+struct PingRun {
+    spaced: Vec<f64>,
+    rapid: Vec<f64>,
+}
+
+impl Describe for PingRun {
     fn describe(&self) -> String {
         format!(
-            "{} replies, rtt median {:.0} us",
-            self.len(),
-            bench::median(self)
+            "{} replies 50 ms apart, rtt median {:.0} us; {} replies 1 ms apart, median {:.0} us",
+            self.spaced.len(),
+            bench::median(&self.spaced),
+            self.rapid.len(),
+            bench::median(&self.rapid)
         )
     }
 }
@@ -3280,6 +3355,7 @@ mod tests {
         let t = Topology::from_toml_str(&ping_topology()).unwrap();
         assert_eq!(crate::report::ping_targets(&t).len(), 2);
         assert_eq!(t.vms[1].setting("ping_count"), Some("20"));
+        assert_eq!(t.vms[2].setting("ping_interval_ms"), Some("1"));
         for toml in [evtchn_topology(10), grant_topology(10)] {
             Topology::from_toml_str(&toml).unwrap();
         }
@@ -3349,6 +3425,7 @@ mod tests {
             nic_exits_vlpi: vec![0.07, 0.05, 0.1],
             nic_exits_intx: vec![1.0, 1.0, 0.98],
             ping_rtts_us: vec![vec![400.0, 500.0, 600.0], vec![450.0, 550.0]],
+            ping_1ms_apart_rtts_us: vec![vec![100.0, 120.0], vec![110.0]],
             samples: bench::collect(&bench_lines).unwrap(),
             ..Raw::default()
         };
@@ -3497,6 +3574,13 @@ mod tests {
         assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["max"], 600.0);
         assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["median"], 500.0);
         assert_eq!(doc["ping_rtt_us"]["guest_to_guest"]["samples"], 5);
+        assert_eq!(
+            doc["ping_rtt_us"]["guest_to_guest_1ms_apart"]["median"],
+            110.0
+        );
+        // Over the event channel's 100 us.
+        assert_eq!(doc["ratios"]["ping_over_evtchn_roundtrip"], 5.0);
+        assert_eq!(doc["ratios"]["ping_1ms_apart_over_evtchn_roundtrip"], 1.1);
         let ratios = &doc["ratios"];
         assert!(
             (ratios["guest_to_guest_over_memcpy"].as_f64().unwrap() - 110.0 / 8000.0).abs() < 1e-12
@@ -3560,6 +3644,11 @@ mod tests {
         assert!(
             table.contains("bystander copy loop / idle")
                 && table.contains("2.00x (goal < 2x: missed)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("5.00x (goal <= 3x: missed)")
+                && table.contains("1.10x (goal <= 3x: met)"),
             "{table}"
         );
         assert_eq!(doc["errors"], serde_json::json!([]));
@@ -3690,6 +3779,7 @@ mod tests {
         raw.scaling.remove(&2);
         raw.scaling_reasons.remove(&2);
         raw.ping_rtts_us = vec![vec![]];
+        raw.ping_1ms_apart_rtts_us = vec![vec![]];
         raw.bystander_us.remove("reset_loop");
         raw.errors.push("passthrough run 1: it broke".into());
         raw.reasons.remove("host_to_guest");
@@ -3712,6 +3802,9 @@ mod tests {
                 "/passthrough_tcp_mbps/host_to_driver_domain",
                 "/passthrough_tcp_mbps/driver_domain_to_host",
                 "/ping_rtt_us/guest_to_guest",
+                "/ping_rtt_us/guest_to_guest_1ms_apart",
+                "/ratios/ping_over_evtchn_roundtrip",
+                "/ratios/ping_1ms_apart_over_evtchn_roundtrip",
                 "/ratios/host_to_guest_over_passthrough",
                 "/ratios/guest_to_host_over_passthrough",
                 "/linux_guest_tcp_mbps/host_to_guest",
@@ -3796,6 +3889,9 @@ mod tests {
             "scaling: 2 pairs at once, sum",
             "scaling: 4 pairs at once, sum",
             "ping RTT guest <-> guest",
+            "ping RTT 1 ms apart, guest <-> guest",
+            "ratio ping / event channel",
+            "ratio ping 1 ms apart / event channel",
             "event channel round trip",
             "grant map",
             "grant unmap",

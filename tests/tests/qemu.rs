@@ -1664,9 +1664,14 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
     // Each guest's settings come from the topology file: a bad one stops that guest with the
     // reason before it connects; the driver domain and the guests that connected carry on.
     let toml = format!(
-        "{MACHINE}{}{}{}{}{}{}{}{}{}",
+        "{MACHINE}{}{}{}{}{}{}{}{}{}{}",
         switch_driver_domain(""),
         net_guest("good", 16, ""),
+        net_guest(
+            "bad-delay",
+            26,
+            ", ping = \"10.0.2.16\", ping_delay_ms = 600000"
+        ),
         net_guest("bad-mtu", 20, ", mtu = 100000"),
         frontend("bad-ip", "driver-domain", "app = \"net\", ip = \"banana\""),
         net_guest("bad-ping", 21, ", ping = \"10.0.2.999\""),
@@ -1704,6 +1709,11 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
         "bad-mac-setting",
         "setting big_ping_mac \"02:51:55\" is not aa:bb:cc:dd:ee:ff",
     );
+    assert_report_fail(
+        &boot,
+        "bad-delay",
+        "setting ping_delay_ms=600000 is above 60000",
+    );
     assert_report_fail(&boot, "bad-iperf", "setting iperf_window=1 is out of range");
     assert_report_fail(
         &boot,
@@ -1720,6 +1730,7 @@ fn network_settings_that_make_no_sense_are_refused_with_a_clear_message() {
         "bad-ping",
         "bad-corrupt",
         "bad-mac-setting",
+        "bad-delay",
         "bad-window",
     ] {
         assert_eq!(kill_reason(&boot, vm), None, "{vm} was killed");

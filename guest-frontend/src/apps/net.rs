@@ -6,9 +6,11 @@
 //! Settings: `ip` (CIDR, required), `gateway` (default 10.0.2.2), `mac` (optional,
 //! aa:bb:cc:dd:ee:ff), `mtu` (IP MTU, default 9000: jumbo frames between guests, up to 65535; see
 //! `netfront`), `ping` (comma-separated IPv4 targets), `ping_count` (default 10),
-//! `ping_interval_ms` (default 200), `ping_late_ms` (how long after the last request late
-//! replies still count: default 1000, 10000 behind the emulated NIC; a guest that pings an
-//! emulated guest needs the longer wait too, as that guest answers in seconds under load),
+//! `ping_interval_ms` (default 200), `ping_delay_ms` (how long to keep serving between a
+//! target's first reply and the counted pings, default 0, at most 60 000), `ping_late_ms` (how
+//! long after the last request late replies still count: default 1000, 10000 behind the
+//! emulated NIC; a guest that pings an emulated guest needs the longer wait too, as that guest
+//! answers in seconds under load),
 //! `udp_echo` (an IPv4 address whose UDP echo service this
 //! guest asks, after the pings: `udp_echo_count` requests, default 100, every
 //! `udp_echo_interval_ms`, default 50; the `UDP ECHO` line says which came back, see
@@ -47,6 +49,8 @@ const LATE_REPLY_MS: u64 = 1_000;
 /// The same behind the emulated NIC, whose every four bytes trap to the device model: round
 /// trips of seconds are its normal, not a loss.
 const LATE_REPLY_EMULATED_MS: u64 = 10_000;
+/// Longest `ping_delay_ms` a topology may ask for.
+const MAX_PING_DELAY_MS: u64 = 60_000;
 /// Longest `ping_late_ms` a topology may ask for.
 const MAX_LATE_REPLY_MS: u64 = 60_000;
 /// QEMU user networking's gateway MAC: what the identity modes claim by default.
@@ -76,6 +80,8 @@ struct Plan {
     targets: Vec<Ipv4Address>,
     count: u64,
     interval_ms: u64,
+    /// How long to wait (serving) between a target's first reply and the counted pings.
+    delay_ms: u64,
     /// How long after the last request late replies still count.
     late_ms: u64,
     serve_ms: u64,
@@ -141,6 +147,15 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         targets,
         count: number("ping_count", 10)?.max(1),
         interval_ms: number("ping_interval_ms", 200)?,
+        delay_ms: {
+            let delay = number("ping_delay_ms", 0)?;
+            if delay > MAX_PING_DELAY_MS {
+                return Err(format!(
+                    "setting ping_delay_ms={delay} is above {MAX_PING_DELAY_MS}"
+                ));
+            }
+            delay
+        },
         late_ms: {
             let default = if setting(info.settings, "nic") == Some("emulated") {
                 LATE_REPLY_EMULATED_MS
@@ -341,6 +356,11 @@ impl Net {
         }
         if !answered {
             println!("ping {target}: no answer within {FIRST_REPLY_TIMEOUT_MS} ms");
+        } else if plan.delay_ms > 0 {
+            // Another guest's pings can go first (the bench's back-to-back pings wait for the
+            // spaced ones, which they would warm up).
+            let until = timer::now() + timer::ms_to_ticks(plan.delay_ms);
+            self.run_until(until, |_| false);
         }
         // Duplicates never get here: the stack forgets a request once it is answered.
         let mut rtts_us: Vec<u64> = Vec::new();
