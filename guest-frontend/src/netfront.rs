@@ -61,6 +61,10 @@ pub const DEFAULT_MTU: usize = 65535;
 /// ([`POOL_BUDGET_PAGES`]), the two ring pages and ref 0, which is never handed out.
 pub const GRANT_TABLE_PAGES: u32 = (POOL_BUDGET_PAGES + 3).div_ceil(ENTRIES_PER_PAGE);
 
+/// How long an app waits at its end for the back-end to take the frames it sent last
+/// ([`NetFront::wait_sent`]).
+pub const LAST_FRAMES_MS: u64 = 200;
+
 /// Sets up this guest's grant table at [`GRANT_TABLE_PAGES`]: what an app calls once before
 /// [`NetFront::connect`], whatever its MTU.
 pub fn init_grant_table() -> Result<(), String> {
@@ -797,7 +801,8 @@ impl NetFront {
         self.sync();
     }
 
-    /// Before this VM powers off: waits up to `timeout_ticks` for the back-end to take every
+    /// Before this VM powers off: waits up to `timeout_ticks` (apps give it [`LAST_FRAMES_MS`])
+    /// for the back-end to take every
     /// frame already sent, and says whether it did. A VM that powered off right after its
     /// last send could take that frame with it, still in its ring: an iperf3 client's last
     /// ACK of the close, so its server sent its FIN again to no one and lingered 3 s before it

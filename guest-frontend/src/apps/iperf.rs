@@ -38,14 +38,12 @@ use vm_net::smoltcp::wire::{IpCidr, Ipv4Address};
 use vm_net::{Buffers, Stack};
 use vm_runtime::{evtchn, hypercall, println, setting, timer, StartInfo};
 
-use crate::netfront::{ConnectOptions, FrontStats, NetFront};
+use crate::netfront::{ConnectOptions, FrontStats, NetFront, LAST_FRAMES_MS};
 
 /// The longest sleep between polls (the loop also wakes on every event from the back-end).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// The highest UDP target rate `iperf_bitrate` takes: 1 Gbit/s.
 const MAX_BITRATE: u64 = 1_000_000_000;
-/// How long the app waits at its end for the back-end to take the frames it sent last.
-const SEND_DRAIN_MS: u64 = 200;
 /// How long the server keeps polling after its last test, so the client's close completes.
 const SERVER_LINGER: Duration = Duration::from_secs(3);
 /// The most tests `iperf_repeat` runs.
@@ -261,8 +259,8 @@ fn iperf(info: &StartInfo<'static>) -> Result<String, String> {
         }
     };
     // What was sent last (a client's ACK of the close) leaves before this VM powers off.
-    if !stack.device.wait_sent(timer::ms_to_ticks(SEND_DRAIN_MS)) {
-        println!("iperf: the back-end did not take our last frames within {SEND_DRAIN_MS} ms");
+    if !stack.device.wait_sent(timer::ms_to_ticks(LAST_FRAMES_MS)) {
+        println!("iperf: the back-end did not take our last frames within {LAST_FRAMES_MS} ms");
     }
     print_counters(&stack, rounds);
     if stack.device.broken.is_some() || stack.device.backend_left() {

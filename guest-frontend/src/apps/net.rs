@@ -40,7 +40,7 @@ use vm_net::{Buffers, Stack, ECHO_PORT};
 use vm_runtime::timer::{self, Instant};
 use vm_runtime::{evtchn, println, setting, StartInfo};
 
-use crate::netfront::{ConnectOptions, NetFront};
+use crate::netfront::{ConnectOptions, NetFront, LAST_FRAMES_MS};
 
 /// How long a target has to answer its first ping (ARP, a peer still booting).
 const FIRST_REPLY_TIMEOUT_MS: u64 = 15_000;
@@ -252,6 +252,14 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
         net.udp_echo(target, count, interval_ms, plan.late_ms)?;
     }
     net.serve_for(plan.serve_ms);
+    // What was sent last (an answer to a late ping) leaves before this VM powers off.
+    if !net
+        .stack
+        .device
+        .wait_sent(timer::ms_to_ticks(LAST_FRAMES_MS))
+    {
+        println!("net: the back-end did not take our last frames within {LAST_FRAMES_MS} ms");
+    }
     net.print_closing();
     if let Some(why) = net.balloon_failed.take().filter(|why| !why.is_empty()) {
         return Err(why);
