@@ -801,15 +801,16 @@ impl NetFront {
         self.sync();
     }
 
-    /// Before this VM powers off: waits up to `timeout_ticks` (apps give it [`LAST_FRAMES_MS`])
-    /// for the back-end to take every
-    /// frame already sent, and says whether it did. A VM that powered off right after its
-    /// last send could take that frame with it, still in its ring: an iperf3 client's last
-    /// ACK of the close, so its server sent its FIN again to no one and lingered 3 s before it
-    /// could stop (1 pair in 2 of the bench's scaling boots). The emulated NIC sends each
-    /// frame as it is written.
+    /// Before this VM powers off: publishes what is queued, then waits up to `timeout_ticks`
+    /// (apps give it [`LAST_FRAMES_MS`]) for the back-end to take every frame sent, and says
+    /// whether it did. A VM that powered off right after its last send could take that frame
+    /// with it, still in its ring: an iperf3 client's last ACK of the close, so its server
+    /// sent its FIN again to no one and lingered 3 s before it could stop (1 pair in 2 of the
+    /// bench's scaling boots). A back-end that never takes them costs the timeout, no more.
+    /// The emulated NIC sends each frame as it is written.
     pub fn wait_sent(&mut self, timeout_ticks: u64) -> bool {
         let deadline = timer::now().saturating_add(timeout_ticks);
+        self.flush();
         loop {
             let done = match &mut self.path {
                 Path::Paravirt(r) => r.tx_done(),
