@@ -1587,13 +1587,7 @@ impl Results {
                 self.ratios.ping_1ms_apart_over_evtchn_roundtrip,
             ),
         ] {
-            out += &match value {
-                Some(r) => format!(
-                    "{label:<40} {r:>10.2}x (goal <= 3x: {})\n",
-                    if r <= 3.0 { "met" } else { "missed" }
-                ),
-                None => format!("{label:<40} {:>10}\n", "-"),
-            };
+            out += &goal_line(label, value, "<= 3x", |r| r <= 3.0);
         }
         // Issue 11's goal for the host paths: at least 1.2x a stock Linux guest's.
         for (label, value) in [
@@ -1606,13 +1600,7 @@ impl Results {
                 self.ratios.guest_to_host_over_linux,
             ),
         ] {
-            out += &match value {
-                Some(r) => format!(
-                    "{label:<40} {r:>10.2}x (goal >= 1.2x: {})\n",
-                    if r >= 1.2 { "met" } else { "missed" }
-                ),
-                None => format!("{label:<40} {:>10}\n", "-"),
-            };
+            out += &goal_line(label, value, ">= 1.2x", |r| r >= 1.2);
         }
         out += &format!("{:<40} {BALLOON_ANCHOR}\n", "balloon anchor");
         out += &format!("{:<40} {RESTART_ANCHOR}\n", "restart anchor");
@@ -1642,17 +1630,7 @@ impl Results {
             .filter(|(l, _)| *l != "idle")
         {
             let label = format!("bystander {} / idle", load.replace('_', " "));
-            out += &match ratio(stat, &idle) {
-                Some(r) => format!(
-                    "{label:<40} {r:>10.2}x {}\n",
-                    if r < 2.0 {
-                        "(goal < 2x: met)"
-                    } else {
-                        "(goal < 2x: missed)"
-                    }
-                ),
-                None => format!("{label:<40} {:>10}\n", "-"),
-            };
+            out += &goal_line(&label, ratio(stat, &idle), "< 2x", |r| r < 2.0);
         }
         out
     }
@@ -1727,6 +1705,17 @@ impl Results {
 }
 
 /// A number for the table: three significant decimals for small values, fewer for large.
+/// A table line for a ratio with its goal: `name   1.80x (goal >= 1.2x: met)`, or a dash.
+fn goal_line(label: &str, value: Option<f64>, goal: &str, met: impl Fn(f64) -> bool) -> String {
+    match value {
+        Some(r) => format!(
+            "{label:<40} {r:>10.2}x (goal {goal}: {})\n",
+            if met(r) { "met" } else { "missed" }
+        ),
+        None => format!("{label:<40} {:>10}\n", "-"),
+    }
+}
+
 fn number(x: f64) -> String {
     if x.abs() >= 1000.0 {
         format!("{x:.0}")
