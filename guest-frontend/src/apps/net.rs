@@ -102,6 +102,14 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
     let number = |key, default| {
         vm_runtime::setting_u64_or(info.settings, key, default).map_err(|e| format!("{e}"))
     };
+    // A setting in milliseconds with a ceiling: above it, refused with the reason.
+    let at_most = |key: &'static str, default: u64, max: u64| {
+        let value = number(key, default)?;
+        if value > max {
+            return Err(format!("setting {key}={value} is above {max}"));
+        }
+        Ok(value)
+    };
     let (address, gateway) = super::address(info)?;
     let targets = match setting(info.settings, "ping") {
         None => Vec::new(),
@@ -147,28 +155,14 @@ fn plan(info: &StartInfo<'static>) -> Result<Plan, String> {
         targets,
         count: number("ping_count", 10)?.max(1),
         interval_ms: number("ping_interval_ms", 200)?,
-        delay_ms: {
-            let delay = number("ping_delay_ms", 0)?;
-            if delay > MAX_PING_DELAY_MS {
-                return Err(format!(
-                    "setting ping_delay_ms={delay} is above {MAX_PING_DELAY_MS}"
-                ));
-            }
-            delay
-        },
+        delay_ms: at_most("ping_delay_ms", 0, MAX_PING_DELAY_MS)?,
         late_ms: {
             let default = if setting(info.settings, "nic") == Some("emulated") {
                 LATE_REPLY_EMULATED_MS
             } else {
                 LATE_REPLY_MS
             };
-            let late = number("ping_late_ms", default)?;
-            if late > MAX_LATE_REPLY_MS {
-                return Err(format!(
-                    "setting ping_late_ms={late} is above {MAX_LATE_REPLY_MS}"
-                ));
-            }
-            late
+            at_most("ping_late_ms", default, MAX_LATE_REPLY_MS)?
         },
         serve_ms: number("serve_ms", 5_000)?,
         udp_echo: match setting(info.settings, "udp_echo") {
@@ -367,8 +361,7 @@ impl Net {
         } else if plan.delay_ms > 0 {
             // Another guest's pings can go first (the bench's back-to-back pings wait for the
             // spaced ones, which they would warm up).
-            let until = timer::now() + timer::ms_to_ticks(plan.delay_ms);
-            self.run_until(until, |_| false);
+            self.serve_for(plan.delay_ms);
         }
         // Duplicates never get here: the stack forgets a request once it is answered.
         let mut rtts_us: Vec<u64> = Vec::new();
