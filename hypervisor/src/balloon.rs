@@ -4,15 +4,18 @@
 //! A VM's memory is its RAM from the topology (one contiguous run of host frames, mapped from
 //! `GUEST_RAM_BASE`) minus the pages it gave back, plus the pages the balloon populated for it
 //! (single frames anywhere in its window, including holes it gave back earlier). [`VmBalloon`]
-//! keeps both sets; the binary asks it before touching a VM's RAM ([`VmBalloon::gave`]) and when
-//! freeing it ([`VmBalloon::kept_runs`]). Everything that changes the machine (stage 2, TLBs,
+//! keeps both sets; the binary asks it before touching a VM's RAM ([`VmBalloon::off_limits`]) and
+//! when freeing it ([`VmBalloon::kept_runs`]). It also knows where the VM's shared code is (the
+//! read-only part of its image, mapped from the hypervisor's copy, `hypervisor::mm::ram_map`):
+//! those pages of its RAM are never given back, populated, or touched on its behalf. Everything that changes the machine (stage 2, TLBs,
 //! scrubbing, frames, the credit) goes through [`BalloonEnv`], which the tests implement over a
 //! model.
 //!
 //! Rules, in the order they are checked for each page (the first that fails is the page's
 //! status and ends the batch):
 //! - release: page aligned and in the window, else `InvalidArgument`; a page the VM has (a
-//!   populated one, or one of its RAM it has not given), else `InvalidArgument`; at least
+//!   populated one, or one of its RAM it has not given and that is not its shared code), else
+//!   `InvalidArgument`; at least
 //!   `FLOOR_BYTES` left afterwards, else `Denied`; not used by the hypervisor or a peer, else
 //!   `Busy`; then unmapped (a table for a block split can be missing: `NoSpace`), scrubbed and
 //!   credited.
@@ -54,6 +57,8 @@ pub trait BalloonEnv {
 pub struct VmBalloon {
     /// Pages of its RAM from the topology.
     ram_pages: u64,
+    /// Its first pages that are its image's shared code, not its own RAM (0: none).
+    code_pages: u64,
     /// Bitmap over those pages: set for a page given back. Empty until the first one.
     given: Vec<u64>,
     given_count: u64,
@@ -73,11 +78,20 @@ fn page_in_window(gpa: u64) -> bool {
 }
 
 impl VmBalloon {
-    pub fn new(ram_bytes: u64) -> Self {
+    /// The record of a VM with `ram_bytes` of RAM whose first `code_bytes` (a page multiple) are
+    /// its image's shared code.
+    pub fn new(ram_bytes: u64, code_bytes: u64) -> Self {
+        let ram_pages = ram_bytes / PAGE_SIZE;
         VmBalloon {
-            ram_pages: ram_bytes / PAGE_SIZE,
+            ram_pages,
+            code_pages: (code_bytes / PAGE_SIZE).min(ram_pages),
             ..Self::default()
         }
+    }
+
+    /// Bytes at the start of its RAM window that are its image's shared code.
+    pub fn code_bytes(&self) -> u64 {
+        self.code_pages * PAGE_SIZE
     }
 
     /// The VM's memory now, in pages.
@@ -108,12 +122,20 @@ impl VmBalloon {
     }
 
     /// True if any page of `[offset, offset + len)` of its RAM (offsets from `GUEST_RAM_BASE`)
-    /// was given back: the hypervisor must not touch that range for the VM.
-    pub fn gave(&self, offset: u64, len: u64) -> bool {
-        if self.given_count == 0 || len == 0 {
+    /// was given back or is its shared code: the hypervisor must not touch that range for the
+    /// VM (the frames of the first may be another VM's; the second is mapped from a copy that
+    /// every VM of its image runs, and the frames behind it in its RAM are not what it sees).
+    pub fn off_limits(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
             return false;
         }
         let first = offset / PAGE_SIZE;
+        if first < self.code_pages {
+            return true;
+        }
+        if self.given_count == 0 {
+            return false;
+        }
         let last = offset.saturating_add(len - 1) / PAGE_SIZE;
         (first..=last.min(self.ram_pages.saturating_sub(1))).any(|page| self.is_given(page))
     }
@@ -198,7 +220,9 @@ impl VmBalloon {
         }
         let populated = self.populated.get(&gpa).copied();
         let ram_page = (gpa - GUEST_RAM_BASE) / PAGE_SIZE;
-        let own_ram = populated.is_none() && ram_page < self.ram_pages && !self.is_given(ram_page);
+        let own_ram = populated.is_none()
+            && (self.code_pages..self.ram_pages).contains(&ram_page)
+            && !self.is_given(ram_page);
         if populated.is_none() && !own_ram {
             return Status::InvalidArgument;
         }

@@ -809,7 +809,7 @@ impl Hv {
                 if warm && self.spare.is_none() {
                     self.new_spare(vm_id, &vm.name, vm.ram_bytes);
                 }
-                vm.balloon = VmBalloon::new(vm.ram_bytes);
+                vm.balloon = VmBalloon::new(vm.ram_bytes, vm.code.map_or(0, |c| c.bytes));
                 info!(
                     "VM {} restarting (boot {}){}",
                     vm.name,
@@ -1314,6 +1314,12 @@ extern "C" fn lower_sync(frame: &mut TrapFrame) {
                 if vm.balloon.gave_page_at(ipa) {
                     return Err(String::from(
                         "it touched a page it gave back to the balloon (BALLOON_RELEASE)",
+                    ));
+                }
+                if vm.in_shared_code(ipa) {
+                    return Err(String::from(
+                        "it wrote to its code, which is read-only (one copy shared by every VM \
+                         of its image)",
                     ));
                 }
                 crate::mmio::emulate(vm, hv.passthrough.as_mut(), ipa, fault.esr, frame)

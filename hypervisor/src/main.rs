@@ -57,11 +57,13 @@ mod vm;
 
 #[cfg(target_os = "none")]
 mod boot {
+    use alloc::string::String;
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicUsize, Ordering};
 
     use hypervisor::grant::HEAP_PER_MAPPING;
     use hypervisor::mm::frame_alloc::FrameAllocator;
+    use hypervisor::mm::ram_map::SharedCode;
     use hypervisor::mm::stage2::vtcr_el2;
     use hypervisor::mm::vmid::VmidAllocator;
     use hypervisor::sched::Scheduler;
@@ -235,22 +237,44 @@ mod boot {
                 "use fewer driver domains",
             );
         }
+        // One copy of each image's read-only part, mapped into every VM that runs the image.
+        let mut shared_code: Vec<(&'static [u8], SharedCode)> = Vec::new();
         for spec in bundle.vms() {
             hv.sharing
                 .grants
                 .set_mapping_budget(spec.id, budget(spec.kind));
+            let known = shared_code
+                .iter()
+                .find(|(image, _)| core::ptr::eq(*image, spec.image))
+                .map(|&(_, code)| code);
+            let code = match known {
+                Some(code) => Some(code),
+                None if spec.code_bytes == 0 => None,
+                None => {
+                    let code = mem::share_image_code(&mut hv.frames, spec.image, spec.code_bytes)
+                        .unwrap_or_else(|| {
+                            fail(
+                                "not enough free RAM for the shared code of the VM images",
+                                "lower VM memory or raise QEMU's -m",
+                            )
+                        });
+                    shared_code.push((spec.image, code));
+                    Some(code)
+                }
+            };
             let grant = hv
                 .vmids
                 .alloc()
                 .unwrap_or_else(|| fail("out of VMIDs", "use fewer VMs"));
             let peers = bundle.peers_of(spec.id);
-            let mut vm = Vm::create(&spec, peers, grant.vmid, &mut hv.frames).unwrap_or_else(|e| {
-                error!("cannot create VM {}: {e}", spec.name);
-                fail(
-                    "not enough resources for the topology",
-                    "lower VM memory or raise QEMU's -m",
-                )
-            });
+            let mut vm =
+                Vm::create(&spec, peers, grant.vmid, code, &mut hv.frames).unwrap_or_else(|e| {
+                    error!("cannot create VM {}: {e}", spec.name);
+                    fail(
+                        "not enough resources for the topology",
+                        "lower VM memory or raise QEMU's -m",
+                    )
+                });
             let vm_index = hv.vms.len();
             for index in 0..spec.vcpus {
                 let id = sched.add();
@@ -269,7 +293,7 @@ mod boot {
             vcpus[first].reset(GUEST_RAM_BASE, start_info_gpa(spec.ram_bytes));
             sched.wake(first);
             info!(
-                "VM {} (id {}, {:?}): {} vCPU(s), {} MiB RAM at PA {:#x}, VMID {}, image {} KiB",
+                "VM {} (id {}, {:?}): {} vCPU(s), {} MiB RAM at PA {:#x}, VMID {}, image {} KiB, {}",
                 vm.name,
                 vm.id,
                 vm.kind,
@@ -277,7 +301,15 @@ mod boot {
                 spec.ram_bytes >> 20,
                 vm.ram.pa(),
                 vm.vmid,
-                spec.image.len() / 1024
+                spec.image.len() / 1024,
+                match code {
+                    Some(code) => alloc::format!(
+                        "its first {} KiB read-only from the shared copy at PA {:#x}",
+                        code.bytes / 1024,
+                        code.pa
+                    ),
+                    None => String::from("no shared code (the image has no header)"),
+                }
             );
             logger::open_vm_console(vm.id, &vm.name);
             hv.vms.push(Some(vm));

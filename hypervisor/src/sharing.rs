@@ -172,7 +172,7 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
     let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
     let end = offset.checked_add(len)?;
     // Pages given back to the balloon are not the VM's memory any more.
-    (len >= 1 && end <= vm.ram_bytes && !vm.balloon.gave(offset, len))
+    (len >= 1 && end <= vm.ram_bytes && !vm.balloon.off_limits(offset, len))
         .then_some(vm.ram.pa() + offset)
 }
 
@@ -192,6 +192,7 @@ pub fn open_view(token: &mut impl MayLockGrants, vm: &Vm) {
         view.open(RamExtent {
             pa: vm.ram.pa(),
             bytes: vm.ram_bytes,
+            code_bytes: vm.balloon.code_bytes(),
         });
     }
 }

@@ -8,7 +8,9 @@ use alloc::vec::Vec;
 use hypervisor::balloon::VmBalloon;
 use hypervisor::esr::MmioAccess;
 use hypervisor::mm::frame_alloc::FrameAllocator;
-use hypervisor::mm::stage2::{Access, MapAttrs, MemType, Stage2};
+pub use hypervisor::mm::ram_map::RAM_ATTRS;
+use hypervisor::mm::ram_map::{ram_pieces, SharedCode};
+use hypervisor::mm::stage2::Stage2;
 use hypervisor::restart::{CrashHistory, Mark, Timeline};
 use hypervisor::sched::VcpuId;
 use hypervisor::vgic::VirqQueue;
@@ -40,6 +42,9 @@ pub struct Vm {
     pub ram: VmRam,
     pub ram_bytes: u64,
     pub image: &'static [u8],
+    /// Its image's read-only part, mapped read-only from the hypervisor's copy that every VM of
+    /// the image maps (`hypervisor::mm::ram_map`); `None` for an image without the header.
+    pub code: Option<SharedCode>,
     pub settings: &'static str,
     pub vcpus: Vec<VcpuId>,
     pub stop: Option<StopKind>,
@@ -87,13 +92,6 @@ pub struct Vcpu {
     pub io: Option<MmioAccess>,
 }
 
-/// How a VM's RAM is mapped at stage 2.
-pub const RAM_ATTRS: MapAttrs = MapAttrs {
-    mem: MemType::Normal,
-    access: Access::ReadWrite,
-    executable: true,
-};
-
 /// SPSR for entering EL1h with D, A, I and F masked.
 const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
@@ -137,6 +135,22 @@ impl Vcpu {
     }
 }
 
+/// Maps the runs `(first page, pages)` of the RAM at `ram_pa` into `stage2`, and the shared
+/// code over the start of it (`hypervisor::mm::ram_map::ram_pieces`); stops at the first
+/// mapping that fails.
+fn map_pieces(
+    stage2: &mut Stage2,
+    tables: &mut PhysTableMemory,
+    ram_pa: u64,
+    runs: &[(u64, u64)],
+    code: Option<SharedCode>,
+) -> Result<(), hypervisor::mm::stage2::Stage2Error> {
+    for piece in ram_pieces(ram_pa, runs, code) {
+        stage2.map(tables, piece.ipa, piece.pa, piece.bytes, piece.attrs)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
     #[error(
@@ -153,11 +167,13 @@ pub enum CreateError {
 impl Vm {
     /// Allocates RAM (2 MiB aligned, so stage-2 uses blocks), builds the stage-2 table, and loads
     /// the image and start-info page. `peers` is the VM's peer bitmap from
-    /// [`Bundle::peers_of`](shared_abi::bundle::Bundle::peers_of).
+    /// [`Bundle::peers_of`](shared_abi::bundle::Bundle::peers_of); `code` is the hypervisor's
+    /// copy of its image's read-only part, if the image has one.
     pub fn create(
         spec: &VmSpec<'static>,
         peers: u64,
         vmid: u16,
+        code: Option<SharedCode>,
         frames: &mut FrameAllocator,
     ) -> Result<Vm, CreateError> {
         let ram = VmRam::alloc(frames, spec.ram_bytes).ok_or(CreateError::OutOfMemory {
@@ -171,16 +187,8 @@ impl Vm {
                 return Err(CreateError::Stage2("no frame for the root table"));
             }
         };
-        if stage2
-            .map(
-                &mut tables,
-                GUEST_RAM_BASE,
-                ram.pa(),
-                spec.ram_bytes,
-                RAM_ATTRS,
-            )
-            .is_err()
-        {
+        let whole = [(0, spec.ram_bytes / PAGE_SIZE)];
+        if map_pieces(&mut stage2, &mut tables, ram.pa(), &whole, code).is_err() {
             stage2.destroy(&mut tables);
             ram.free(tables.frames, &[(0, spec.ram_bytes / PAGE_SIZE)]);
             return Err(CreateError::Stage2("mapping RAM failed"));
@@ -194,13 +202,14 @@ impl Vm {
             ram,
             ram_bytes: spec.ram_bytes,
             image: spec.image,
+            code,
             settings: spec.settings,
             vcpus: Vec::new(),
             stop: None,
             boots: 0,
             peers,
             passthrough: spec.passthrough.map(|bdf| bdf.routing_id()),
-            balloon: VmBalloon::new(spec.ram_bytes),
+            balloon: VmBalloon::new(spec.ram_bytes, code.map_or(0, |c| c.bytes)),
             crashes: CrashHistory::default(),
             start_delay_ms: 0,
             timeline: None,
@@ -215,10 +224,11 @@ impl Vm {
         Ok(vm)
     }
 
-    /// (Re)initialises RAM: zeroed, image at the base, start-info page at the top. Fails only if
-    /// the start-info does not fit its page, which bundle validation rules out; a restart that
-    /// fails anyway stops the VM instead of the hypervisor. `zeroed`: the RAM is a warm spare,
-    /// zeroed and cleaned from the caches already, so only what is written here is cleaned.
+    /// (Re)initialises RAM: zeroed, the image at the base (past its shared read-only part), the
+    /// start-info page at the top. Fails only if the start-info does not fit its page, which
+    /// bundle validation rules out; a restart that fails anyway stops the VM instead of the
+    /// hypervisor. `zeroed`: the RAM is a warm spare, zeroed and cleaned from the caches
+    /// already, so only what is written here is cleaned.
     pub fn load_memory(&mut self, vcpus: u32, zeroed: bool) -> Result<(), StartInfoError> {
         self.boots += 1;
         let info_offset = start_info_gpa(self.ram_bytes) - GUEST_RAM_BASE;
@@ -244,7 +254,11 @@ impl Vm {
         if let Some(t) = self.timeline.as_mut() {
             t.mark(Mark::Zero, cpu::counter());
         }
-        let loaded = ram.write(0, self.image) && ram.write(info_offset, &page);
+        // The image's read-only part is mapped from the shared copy (`hypervisor::mm::ram_map`):
+        // only the rest of it is loaded into the VM's own RAM.
+        let code_bytes = self.code.map_or(0, |c| c.bytes);
+        let own_image = self.image.get(code_bytes as usize..).unwrap_or_default();
+        let loaded = ram.write(code_bytes, own_image) && ram.write(info_offset, &page);
         if !loaded {
             // Bundle validation rules this out (the image and the page fit the RAM).
             return Err(StartInfoError::Wire(WireError::TooShort {
@@ -258,7 +272,7 @@ impl Vm {
         }
         if zeroed {
             self.ram
-                .sync_range_for_execution(0, self.image.len() as u64);
+                .sync_range_for_execution(code_bytes, own_image.len() as u64);
             self.ram.sync_range_for_execution(info_offset, PAGE_SIZE);
         } else {
             self.ram.sync_for_execution();
@@ -267,6 +281,12 @@ impl Vm {
             t.mark(Mark::Load, cpu::counter());
         }
         Ok(())
+    }
+
+    /// True if `ipa` is in its image's shared code (mapped read-only: a write there faults).
+    pub fn in_shared_code(&self, ipa: u64) -> bool {
+        ipa.checked_sub(GUEST_RAM_BASE)
+            .is_some_and(|offset| offset < self.balloon.code_bytes())
     }
 
     /// The VM's RAM, for access while its vCPUs may run (atomics and copies only).
@@ -349,30 +369,21 @@ impl Vm {
         iommu: &mut Iommu,
     ) -> Result<u64, VmRam> {
         let mut tables = PhysTableMemory { frames };
+        let whole = [(0, self.ram_bytes / PAGE_SIZE)];
         let remapped = self.unmap_ram(&mut tables, iommu)
-            && self
-                .stage2
-                .map(
-                    &mut tables,
-                    GUEST_RAM_BASE,
-                    new.pa(),
-                    self.ram_bytes,
-                    RAM_ATTRS,
-                )
-                .is_ok();
+            && map_pieces(&mut self.stage2, &mut tables, new.pa(), &whole, self.code).is_ok();
         if !remapped {
             // Put back what is left of the old RAM (never the pages given back to the balloon:
             // their frames are someone else's now); if even that fails the VM cannot run again,
             // and its stage-2 simply lacks RAM (any access is a fault that kills it).
-            for (first, pages) in self.balloon.kept_runs() {
-                let _ = self.stage2.map(
-                    &mut tables,
-                    GUEST_RAM_BASE + first * PAGE_SIZE,
-                    self.ram.pa() + first * PAGE_SIZE,
-                    pages * PAGE_SIZE,
-                    RAM_ATTRS,
-                );
-            }
+            let kept = self.balloon.kept_runs();
+            let _ = map_pieces(
+                &mut self.stage2,
+                &mut tables,
+                self.ram.pa(),
+                &kept,
+                self.code,
+            );
             return Err(new);
         }
         Ok(core::mem::replace(&mut self.ram, new).into_pa())

@@ -55,7 +55,10 @@
 //!
 //! Image entry (16 bytes): offset `u64` at 0, length `u64` at 8. An image is a raw binary loaded
 //! at [`GUEST_RAM_BASE`](crate::layout::GUEST_RAM_BASE) and entered at its first byte; it must leave the last page of RAM free
-//! for the start-info page. VMs running the same image share one entry.
+//! for the start-info page. VMs running the same image share one entry. An image may start with
+//! the header of [`crate::image`], which names its read-only part; a header that names a part the
+//! hypervisor cannot share safely is refused. (The part lies inside the image rounded up to a
+//! page, so it never reaches the start-info page.)
 //!
 //! Back-end: a guest may name the driver domain it connects to (as a front-end) by that VM's id.
 //! A non-zero back-end id must be `1..=VM count`, must not be the entry's own id, and must name a
@@ -187,6 +190,10 @@ pub struct VmSpec<'a> {
     pub vcpus: u32,
     pub ram_bytes: u64,
     pub image: &'a [u8],
+    /// The image's read-only part ([`crate::image`]): this many bytes from its start are mapped
+    /// read-only from the hypervisor's one copy of them; `0` when the image has no header.
+    /// Validated: page aligned, inside the image rounded up to a page.
+    pub code_bytes: u64,
     pub settings: &'a str,
     /// Id of the driver domain this guest connects to as a front-end; always `None` for a driver
     /// domain. Validated: names another VM of the bundle, and that VM is a driver domain.
@@ -318,6 +325,12 @@ pub enum BundleError {
     Overlap { first: Region, second: Region },
     #[error("bundle image {image} is empty")]
     EmptyImage { image: usize },
+    /// Its header ([`crate::image`]) names a read-only part that cannot be shared safely.
+    #[error("bundle image {image}: {problem}")]
+    BadImageHeader {
+        image: usize,
+        problem: crate::image::ImageHeaderError,
+    },
     #[error("VM entry {vm}: {problem}")]
     BadName { vm: usize, problem: NameProblem },
     #[error("VM entries {first} and {second} have the same name; names must be unique")]
@@ -532,10 +545,12 @@ impl<'a> Bundle<'a> {
         check_overlaps(&regions)?;
 
         let mut images: [&'a [u8]; MAX_VMS] = [&[]; MAX_VMS];
+        let mut read_only = [0u64; MAX_VMS];
         let mut entries = Reader::new(bytes.get(image_table.0..image_table.1).unwrap_or_default());
-        for (i, (image, slot)) in images
+        for (i, ((image, slot), read_only)) in images
             .iter_mut()
             .zip(regions.iter_mut().skip(3))
+            .zip(read_only.iter_mut())
             .take(image_count)
             .enumerate()
         {
@@ -545,6 +560,8 @@ impl<'a> Bundle<'a> {
             }
             let range = region(Region::Image(i), offset, len)?;
             *image = bytes.get(range.0..range.1).unwrap_or_default();
+            *read_only = crate::image::read_only_bytes(image)
+                .map_err(|problem| BundleError::BadImageHeader { image: i, problem })?;
             *slot = Some((Region::Image(i), range));
         }
 
@@ -560,6 +577,7 @@ impl<'a> Bundle<'a> {
                 vm_count,
                 entry,
                 images.get(..image_count).unwrap_or_default(),
+                &read_only,
                 string_area,
             )?;
             *slot = Some(spec);
@@ -615,6 +633,7 @@ impl<'a> Bundle<'a> {
         vm_count: usize,
         entry: &'a [u8],
         images: &[&'a [u8]],
+        read_only: &[u64],
         string_area: &'a [u8],
     ) -> Result<VmSpec<'a>, BundleError> {
         let mut r = Reader::new(entry);
@@ -652,6 +671,7 @@ impl<'a> Bundle<'a> {
                 index,
                 image_count: images.len(),
             })?;
+        let code_bytes = read_only.get(index as usize).copied().unwrap_or(0);
         let image_len = image.len() as u64;
         // The start-info page is the last page of RAM; the image must end below it.
         if image_len > ram_bytes.saturating_sub(PAGE_SIZE) {
@@ -730,6 +750,7 @@ impl<'a> Bundle<'a> {
             vcpus,
             ram_bytes,
             image,
+            code_bytes,
             settings,
             backend,
             passthrough,

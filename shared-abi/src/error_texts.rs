@@ -62,6 +62,13 @@ fn bundle_and_name_errors_keep_their_texts() {
         "VM entry 1: name is not valid UTF-8",
     );
     says(
+        BundleError::BadImageHeader {
+            image: 1,
+            problem: crate::image::ImageHeaderError::NotPageMultiple { bytes: 4097 },
+        },
+        "bundle image 1: its read-only part (4097 bytes) is not a whole number of 4096-byte pages",
+    );
+    says(
         BundleError::ImageTooLarge {
             vm: 0,
             image_len: 10,

@@ -16,6 +16,7 @@ pub mod grant;
 pub mod handshake;
 pub mod hypercall;
 pub mod identity;
+pub mod image;
 pub mod ioreq;
 pub mod layout;
 pub mod pci;

@@ -188,6 +188,45 @@ fn guest_writing_the_hypervisors_ram_is_killed() {
     assert_probe_killed(&result, 0x4020_0000);
 }
 
+/// Issue 11 (shared code pages): guests of one image map the same read-only copy of its code;
+/// one that writes to it is killed for it, and its twin finds its code intact.
+#[test]
+fn a_guest_writing_its_shared_code_is_killed_and_its_twins_code_stays_intact() {
+    let toml = format!(
+        "{MACHINE}{}{}",
+        guest(
+            "twin",
+            8,
+            1,
+            "app = \"probe\", probe_op = \"check-code\", wait_ms = 1500"
+        ),
+        guest("writer", 8, 1, "app = \"probe\", probe_op = \"write-code\""),
+    );
+    let (_, boot) = boot_toml(&toml, 60);
+    let t = boot.transcript();
+    let copies: Vec<&str> = boot
+        .lines
+        .iter()
+        .filter_map(|l| l.split_once("read-only from the shared copy at PA "))
+        .map(|(_, pa)| pa)
+        .collect();
+    assert_eq!(copies.len(), 2, "both guests share their code:\n{t}");
+    assert_eq!(copies[0], copies[1], "one copy for one image:\n{t}");
+    let reason = kill_reason(&boot, "writer").unwrap_or_else(|| panic!("writer not killed:\n{t}"));
+    assert!(
+        reason.contains("stage-2 fault at IPA 0x40000008") && reason.contains("read-only"),
+        "reason: {reason}"
+    );
+    assert!(!boot.has("PROBE SURVIVED"), "{t}");
+    assert!(
+        boot.vm_lines("twin")
+            .any(|l| l.starts_with("REPORT ok") && l.contains("its code is intact")),
+        "{t}"
+    );
+    assert!(kill_reason(&boot, "twin").is_none(), "{t}");
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
 #[test]
 fn guest_reading_an_unmapped_device_is_killed() {
     // QEMU virt's PL011, which the hypervisor owns: not mapped for any VM.
@@ -450,6 +489,15 @@ fn hostile_hypercalls_get_documented_errors_and_harm_no_one() {
             .filter(|l| l.ends_with("as documented"))
             .count()
             >= 10,
+        "{transcript}"
+    );
+    // Its shared code is no memory of its own to any hypercall (table, event page, op arrays).
+    assert_eq!(
+        result
+            .vm_lines("hostile")
+            .filter(|l| l.contains("its read-only code") && l.ends_with("as documented"))
+            .count(),
+        5,
         "{transcript}"
     );
     assert!(
@@ -3198,9 +3246,9 @@ fn the_demo_moves_128_mib_from_guest1_to_guest2_while_both_keep_pinging() {
 }
 
 #[test]
-fn giving_back_a_granted_page_is_busy_and_going_below_the_floor_is_denied() {
+fn giving_back_a_granted_page_is_busy_its_code_invalid_and_going_below_the_floor_denied() {
     let toml = format!(
-        "{}{}{}",
+        "{}{}{}{}",
         balloon_bystanders(),
         guest(
             "floor",
@@ -3213,12 +3261,14 @@ fn giving_back_a_granted_page_is_busy_and_going_below_the_floor_is_denied() {
             8,
             "app = \"balloon\", balloon_attack = \"granted\", ip = \"10.0.2.18/24\""
         ),
+        guest("code", 8, 1, "app = \"balloon\", balloon_attack = \"code\""),
     );
     let (topology, boot) = boot_toml(&toml, 180);
     let mut wrong = Vec::new();
     for (vm, expect) in [
         ("floor", "refused with Denied"),
         ("granted", "was refused with Busy"),
+        ("code", "was refused with InvalidArgument"),
     ] {
         if !boot
             .vm_lines(vm)

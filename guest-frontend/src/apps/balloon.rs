@@ -21,7 +21,8 @@
 //! The app: `balloon_attack = "floor"` gives until refused and expects `Denied` at the floor;
 //! `"granted"` connects its front-end and gives back its TX ring page, which the driver domain
 //! maps, expecting `Busy`; `"use_after_give"` gives a page and then reads it, which the
-//! hypervisor must answer by killing this VM; `"set_target"` (a guest) asks to set another
+//! hypervisor must answer by killing this VM; `"code"` gives back the first page of its image
+//! (its shared, read-only code), expecting `InvalidArgument`; `"set_target"` (a guest) asks to set another
 //! VM's target and expects `Denied`.
 
 use alloc::format;
@@ -229,9 +230,10 @@ pub fn run(info: &StartInfo<'static>) {
         "granted" => granted(info),
         "use_after_give" => use_after_give(),
         "set_target" => set_target(),
+        "code" => code(),
         other => Err(format!(
             "unknown balloon_attack {other:?} (known: floor, granted, use_after_give, \
-             set_target)"
+             set_target, code)"
         )),
     };
     match result {
@@ -273,6 +275,19 @@ fn granted(info: &StartInfo<'static>) -> Result<String, String> {
         )),
         (status, taken) => Err(format!(
             "giving the mapped TX ring page {ring:#x} answered {status:?}, {taken} taken"
+        )),
+    }
+}
+
+/// Gives back the first page of its image, which is its image's shared code, not RAM of its
+/// own to give: `InvalidArgument`, and it keeps running that code.
+fn code() -> Result<String, String> {
+    match balloon::release_raw(&[GUEST_RAM_BASE]) {
+        (Status::InvalidArgument, 0) => Ok(format!(
+            "its code page {GUEST_RAM_BASE:#x} was refused with InvalidArgument"
+        )),
+        (status, taken) => Err(format!(
+            "giving its code page {GUEST_RAM_BASE:#x} answered {status:?}, {taken} taken"
         )),
     }
 }

@@ -84,6 +84,40 @@ fn probes(info: &StartInfo<'static>) -> Vec<Probe> {
             expect: psci_ids::ALREADY_ON as u64,
         },
     ];
+    // Its image's read-only part (`shared_abi::image`) starts at GUEST_RAM_BASE: it is mapped
+    // from the copy every VM of the image shares, so no hypercall may use it as memory of ours
+    // to keep a table in, to read ops from, or to write into.
+    let code = GUEST_RAM_BASE;
+    let in_code = [
+        (
+            "a grant table in its read-only code",
+            hypercall::GRANT_TABLE_SETUP,
+        ),
+        (
+            "an event page in its read-only code",
+            hypercall::EVTCHN_SETUP,
+        ),
+        (
+            "GRANT_MAP ops read from its read-only code",
+            hypercall::GRANT_MAP,
+        ),
+        (
+            "GRANT_COPY ops read from its read-only code",
+            hypercall::GRANT_COPY,
+        ),
+        (
+            "a balloon batch read from its read-only code",
+            hypercall::BALLOON_RELEASE,
+        ),
+    ];
+    for (what, id) in in_code {
+        list.push(Probe {
+            what,
+            id,
+            args: [code, 1, 0, 0, 0, 0],
+            expect: Status::InvalidArgument.as_u64(),
+        });
+    }
     // The entry-address checks need a vCPU 1 that exists, or the target check answers first.
     if info.vcpus >= 2 {
         list.push(Probe {

@@ -16,6 +16,7 @@ use hypervisor::balloon::VmBalloon;
 use hypervisor::grant::copy::CopyView;
 use hypervisor::grant::pins::Pin;
 use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::ram_map::SharedCode;
 use hypervisor::mm::stage2::TableMemory;
 use shared_abi::layout::{BLOCK_SIZE, PAGE_SIZE};
 
@@ -163,7 +164,7 @@ impl<'a> GuestRam<'a> {
     /// back.
     fn range(&self, offset: u64, len: u64) -> Option<u64> {
         let inside = offset.checked_add(len)? <= self.len;
-        let given = self.balloon.is_some_and(|b| b.gave(offset, len));
+        let given = self.balloon.is_some_and(|b| b.off_limits(offset, len));
         (inside && !given).then_some(self.pa + offset)
     }
 
@@ -416,6 +417,32 @@ pub unsafe fn zero_phys(pa: u64, len: u64) {
     }
     // SAFETY: a barrier only: the zeroes are visible before whatever the caller does next.
     unsafe { asm!("dsb ish", options(nostack)) };
+}
+
+/// Copies `bytes` (a page multiple, validated by the bundle) of an image's start into frames of
+/// their own, zero past the image's end, for every VM of that image to map read-only
+/// (`hypervisor::mm::ram_map`). Cleaned to the point of coherency, because a VM fetches its first
+/// instructions with its MMU and caches off. Never freed. `None`: no free run of frames.
+pub fn share_image_code(
+    frames: &mut FrameAllocator,
+    image: &[u8],
+    bytes: u64,
+) -> Option<SharedCode> {
+    if bytes == 0 || !bytes.is_multiple_of(PAGE_SIZE) {
+        return None;
+    }
+    let pa = frames.alloc((bytes / PAGE_SIZE) as usize, 1)?;
+    let copied = image.len().min(bytes as usize);
+    // SAFETY: just allocated to this copy, which is never freed: identity-mapped RAM that no VM
+    // maps yet and nothing else references.
+    let copy = unsafe { phys_bytes_mut(pa, bytes as usize) };
+    let (head, tail) = copy.split_at_mut(copied);
+    if let Some(code) = image.get(..copied) {
+        head.copy_from_slice(code);
+    }
+    tail.fill(0);
+    sync_for_execution(pa, bytes);
+    Some(SharedCode { pa, bytes })
 }
 
 /// A frame the hypervisor owns for the life of the system and may map into VMs (a connection's

@@ -123,7 +123,7 @@ fn page(n: u64) -> u64 {
 
 #[test]
 fn released_pages_leave_the_stage2_scrubbed_and_credited() {
-    let mut b = VmBalloon::new(RAM_BYTES);
+    let mut b = VmBalloon::new(RAM_BYTES, 0);
     let mut m = Model::new().with_array(&[page(100), page(101), page(1000)]);
     let r = release(&mut b, &mut m, ARRAY, 3);
     assert_eq!(
@@ -141,9 +141,9 @@ fn released_pages_leave_the_stage2_scrubbed_and_credited() {
     }
     assert_eq!(m.scrubbed.len(), 3);
     // The hypervisor may not touch a range that overlaps a given page, and may touch the rest.
-    assert!(b.gave(100 * PAGE_SIZE + 4000, 200));
-    assert!(!b.gave(99 * PAGE_SIZE, PAGE_SIZE));
-    assert!(!b.gave(102 * PAGE_SIZE, 8));
+    assert!(b.off_limits(100 * PAGE_SIZE + 4000, 200));
+    assert!(!b.off_limits(99 * PAGE_SIZE, PAGE_SIZE));
+    assert!(!b.off_limits(102 * PAGE_SIZE, 8));
     // What it keeps, as runs of its RAM.
     assert_eq!(
         b.kept_runs(),
@@ -163,7 +163,7 @@ fn each_refusal_ends_the_batch_with_its_status() {
         (page(7), Status::Busy),
     ];
     for (bad, status) in cases {
-        let mut b = VmBalloon::new(RAM_BYTES);
+        let mut b = VmBalloon::new(RAM_BYTES, 0);
         let mut m = Model::new().with_array(&[page(3), bad, page(4)]);
         m.busy.insert(page(7));
         let r = release(&mut b, &mut m, ARRAY, 3);
@@ -171,7 +171,7 @@ fn each_refusal_ends_the_batch_with_its_status() {
         assert!(m.stage2.contains_key(&page(4)), "nothing after the refusal");
     }
     // Twice the same page: the second is not its memory any more.
-    let mut b = VmBalloon::new(RAM_BYTES);
+    let mut b = VmBalloon::new(RAM_BYTES, 0);
     let mut m = Model::new().with_array(&[page(3), page(3)]);
     assert_eq!(
         release(&mut b, &mut m, ARRAY, 2),
@@ -196,10 +196,53 @@ fn each_refusal_ends_the_batch_with_its_status() {
 }
 
 #[test]
+fn shared_code_pages_are_never_given_populated_or_touched() {
+    let code_pages = 120;
+    let mut b = VmBalloon::new(RAM_BYTES, code_pages * PAGE_SIZE);
+    assert_eq!(b.code_bytes(), code_pages * PAGE_SIZE);
+    // Its memory is still all of its RAM: the code pages count as the VM's.
+    assert_eq!(b.pages(), RAM_BYTES / PAGE_SIZE);
+    for (i, code) in [page(0), page(1), page(code_pages - 1)]
+        .into_iter()
+        .enumerate()
+    {
+        // One page of its own RAM first (a fresh one each time), then the code page.
+        let own = page(code_pages + 10 * i as u64);
+        let mut m = Model::new().with_array(&[own, code, own + PAGE_SIZE]);
+        assert_eq!(
+            release(&mut b, &mut m, ARRAY, 3),
+            BatchResult {
+                status: Status::InvalidArgument,
+                done: 1
+            },
+            "{code:#x}"
+        );
+        assert!(m.stage2.contains_key(&code), "the code page stays mapped");
+        assert!(!m.credit.contains(&(RAM_PA + (code - GUEST_RAM_BASE))));
+        m.array = vec![code];
+        assert_eq!(
+            populate(&mut b, &mut m, ARRAY, 1).status,
+            Status::InvalidArgument
+        );
+    }
+    // The hypervisor does not touch a range that reaches into the code, and does touch the rest.
+    assert!(b.off_limits(0, 8));
+    assert!(b.off_limits((code_pages - 1) * PAGE_SIZE + 4088, 16));
+    assert!(!b.off_limits((code_pages + 5) * PAGE_SIZE, PAGE_SIZE));
+    // The code's frames are still its RAM's, freed with it.
+    assert_eq!(b.kept_runs().first(), Some(&(0, code_pages)));
+    // A record longer than the RAM is clipped to it.
+    assert_eq!(
+        VmBalloon::new(8 * PAGE_SIZE, 16 * PAGE_SIZE).code_bytes(),
+        8 * PAGE_SIZE
+    );
+}
+
+#[test]
 fn the_floor_is_kept() {
     let floor = FLOOR_BYTES / PAGE_SIZE;
     let pages = RAM_BYTES / PAGE_SIZE;
-    let mut b = VmBalloon::new(RAM_BYTES);
+    let mut b = VmBalloon::new(RAM_BYTES, 0);
     let all: Vec<u64> = (0..pages).map(page).collect();
     let mut m = Model::new().with_array(&all);
     let mut given = 0;
@@ -226,13 +269,13 @@ fn the_floor_is_kept() {
 #[test]
 fn populate_takes_only_the_credit_and_only_unmapped_pages() {
     let pages = RAM_BYTES / PAGE_SIZE;
-    let mut giver = VmBalloon::new(RAM_BYTES);
+    let mut giver = VmBalloon::new(RAM_BYTES, 0);
     let mut m = Model::new().with_array(&[page(10), page(11)]);
     release(&mut giver, &mut m, ARRAY, 2);
     let credit = m.credit.clone();
 
     // The taker: another VM's machine sharing the credit.
-    let mut taker = VmBalloon::new(RAM_BYTES);
+    let mut taker = VmBalloon::new(RAM_BYTES, 0);
     let mut t = Model::new().with_array(&[page(pages), page(pages + 1), page(pages + 2)]);
     t.credit = credit;
     let r = populate(&mut taker, &mut t, ARRAY, 3);
@@ -272,7 +315,7 @@ fn populate_takes_only_the_credit_and_only_unmapped_pages() {
     assert_eq!(t.stage2[&page(20)], 0x9000_0000);
     assert!(!taker.gave_page_at(page(20)));
     // Still not memory the hypervisor may touch for it: the RAM frame behind it is gone.
-    assert!(taker.gave(20 * PAGE_SIZE, 1));
+    assert!(taker.off_limits(20 * PAGE_SIZE, 1));
     assert_eq!(release(&mut taker, &mut t, ARRAY, 1).status, Status::Ok);
     assert_eq!(t.credit.last(), Some(&0x9000_0000));
     // A low heap, or no table for the mapping: NoSpace, and the frame stays in the credit.
@@ -295,7 +338,7 @@ fn populate_takes_only_the_credit_and_only_unmapped_pages() {
 #[test]
 fn stopping_hands_back_the_populated_frames() {
     let pages = RAM_BYTES / PAGE_SIZE;
-    let mut b = VmBalloon::new(RAM_BYTES);
+    let mut b = VmBalloon::new(RAM_BYTES, 0);
     let mut m = Model::new().with_array(&[page(pages), page(pages + 9)]);
     m.credit = vec![0x9000_0000, 0x9000_1000];
     populate(&mut b, &mut m, ARRAY, 2);
@@ -332,7 +375,7 @@ proptest! {
     /// frame is ever in two places (the VM's stage 2 and the credit), and frames are conserved.
     #[test]
     fn the_record_the_stage2_and_the_credit_always_agree(ops in proptest::collection::vec(op(), 1..30)) {
-        let mut b = VmBalloon::new(RAM_BYTES);
+        let mut b = VmBalloon::new(RAM_BYTES, 0);
         let mut m = Model::new();
         // Frames of another VM's giving, so that populate has something to take.
         m.credit = (0..32).map(|i| 0x9000_0000 + i * PAGE_SIZE).collect();

@@ -207,11 +207,13 @@ pub fn first_refusal<T>(a: Result<T, Refusal>, b: Result<T, Refusal>) -> Result<
     }
 }
 
-/// A VM's RAM: host address and size.
+/// A VM's RAM: host address and size, and how much of its start is its image's shared code
+/// (mapped from the hypervisor's copy, so never a copy's side: see `hypervisor::mm::ram_map`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamExtent {
     pub pa: u64,
     pub bytes: u64,
+    pub code_bytes: u64,
 }
 
 /// What GRANT_COPY's checks need of one VM, kept by the hypervisor under that VM's own lock:
@@ -278,12 +280,12 @@ impl CopyView {
     }
 
     /// Host address of `[gpa, gpa + len)` if all of it is the VM's RAM now (`len >= 1`, no
-    /// page of it given back).
+    /// page of it given back, none of it its shared code).
     pub fn host_pa(&self, gpa: u64, len: u64) -> Option<u64> {
         let ram = self.ram?;
         let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
         let end = offset.checked_add(len)?;
-        if len == 0 || end > ram.bytes {
+        if len == 0 || end > ram.bytes || offset < ram.code_bytes {
             return None;
         }
         if !self.given.is_empty() {

@@ -2,6 +2,7 @@
 //! two-stage page walk.
 
 pub mod frame_alloc;
+pub mod ram_map;
 pub mod stage2;
 pub mod vmid;
 pub mod walk_model;

@@ -621,4 +621,4 @@ fn free_tree(mem: &mut impl TableMemory, table: u64, level: u8) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

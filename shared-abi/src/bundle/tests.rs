@@ -1424,3 +1424,65 @@ proptest! {
         }
     }
 }
+
+/// An image of `pages` pages whose header names `read_only` bytes.
+fn image_with_header(pages: usize, read_only: u64) -> Vec<u8> {
+    let mut image = vec![0x11u8; pages * PAGE_SIZE as usize];
+    let magic = crate::image::MAGIC_OFFSET;
+    image[magic..magic + 8].copy_from_slice(&crate::image::IMAGE_MAGIC.to_le_bytes());
+    let length = crate::image::READ_ONLY_OFFSET;
+    image[length..length + 8].copy_from_slice(&read_only.to_le_bytes());
+    image
+}
+
+#[test]
+fn every_vm_of_an_image_with_a_header_gets_its_read_only_part() {
+    let shared = image_with_header(3, 2 * PAGE_SIZE);
+    let bytes = build(&[
+        desc("a", VmKind::Guest, 1, 2, &shared, ""),
+        desc("b", VmKind::Guest, 1, 2, &shared, ""),
+        desc("plain", VmKind::Guest, 1, 2, &[7u8; 5000], ""),
+    ])
+    .unwrap();
+    let bundle = Bundle::parse(&bytes).unwrap();
+    let code: Vec<u64> = bundle.vms().map(|vm| vm.code_bytes).collect();
+    assert_eq!(code, [2 * PAGE_SIZE, 2 * PAGE_SIZE, 0]);
+}
+
+#[test]
+fn an_image_header_that_cannot_be_shared_safely_is_refused() {
+    for (read_only, problem) in [
+        (
+            PAGE_SIZE + 8,
+            crate::image::ImageHeaderError::NotPageMultiple {
+                bytes: PAGE_SIZE + 8,
+            },
+        ),
+        (
+            4 * PAGE_SIZE,
+            crate::image::ImageHeaderError::PastImage {
+                bytes: 4 * PAGE_SIZE,
+                image_len: 3 * PAGE_SIZE,
+            },
+        ),
+        (0, crate::image::ImageHeaderError::Empty),
+    ] {
+        // The builder runs its output through the parser, as the pack tool does.
+        let built = build(&[
+            desc("fine", VmKind::Guest, 1, 2, &[7u8; 5000], ""),
+            desc(
+                "bad",
+                VmKind::Guest,
+                1,
+                2,
+                &image_with_header(3, read_only),
+                "",
+            ),
+        ]);
+        assert_eq!(
+            built.err(),
+            Some(BundleError::BadImageHeader { image: 1, problem }),
+            "{read_only}"
+        );
+    }
+}

@@ -88,6 +88,14 @@ const SCTLR: u64 = 0x30d0_0800 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 12);
 /// CPACR_EL1.FPEN = 0b11: FP/SIMD does not trap (Rust uses NEON registers freely).
 const CPACR_FPEN: u64 = 0b11 << 20;
 
+// The stub below lays the image header out as shared_abi::image describes it: a 4-byte branch,
+// 4 bytes of zero, then the magic and the read-only length.
+const _: () = assert!(
+    shared_abi::image::MAGIC_OFFSET == 8
+        && shared_abi::image::READ_ONLY_OFFSET == 16
+        && shared_abi::image::HEADER_BYTES == 24
+);
+
 // asm: this code runs before there is a stack or an MMU, so it cannot be Rust (aarch64-cpu's
 // register writes are Rust functions that need both).
 #[cfg(target_arch = "aarch64")]
@@ -96,6 +104,12 @@ global_asm!(
     .section .text.boot, "ax"
     .global _start
 _start:
+    // The image header (shared_abi::image): a branch over it, the magic, the read-only bytes.
+    b       4f
+    .word   0
+    .quad   {image_magic}
+    .quad   __readonly_bytes
+4:
     // x0 = GPA of the start-info page; keep it in a callee-saved register.
     mov     x19, x0
     bl      __sluice_cpu_setup
@@ -179,6 +193,7 @@ __sluice_cpu_setup:
     tcr = const TCR,
     sctlr = const SCTLR,
     cpacr = const CPACR_FPEN,
+    image_magic = const shared_abi::image::IMAGE_MAGIC,
     primary_main = sym crate::rt::primary_main,
     secondary_main = sym crate::rt::secondary_main,
 );

@@ -54,6 +54,23 @@ pub fn write_u64_at(addr: u64, value: u64) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// The address of this VM's own image magic (`shared_abi::image`): a word of the image's
+/// read-only part that nothing reads after the boot branch has jumped over it.
+pub fn own_image_magic_address() -> u64 {
+    GUEST_RAM_BASE + shared_abi::image::MAGIC_OFFSET as u64
+}
+
+/// Overwrites this VM's own image magic with `value`. The hypervisor maps the image's read-only
+/// part from one copy that every VM of the image runs, read-only, so it must kill this VM
+/// instead of letting the write land; on a hypervisor that did not share it, the write changes
+/// a word of our own RAM that nothing uses.
+pub fn overwrite_own_image_magic(value: u64) {
+    // SAFETY: the magic's word in our image header: aligned, inside our RAM, and no Rust object
+    // lives there (the header is data inside .text that the boot stub branches over and no
+    // code reads except through volatile reads like `read_u64_at`).
+    unsafe { (own_image_magic_address() as usize as *mut u64).write_volatile(value) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

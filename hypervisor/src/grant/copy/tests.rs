@@ -97,6 +97,7 @@ impl World {
             view.open(RamExtent {
                 pa: ram_pa(i as VmId + 1),
                 bytes: RAM,
+                code_bytes: 0,
             });
             view.set_table(Some(Table {
                 gpa: TABLE_GPA,
@@ -157,6 +158,7 @@ fn a_view_answers_only_for_its_ram_while_open() {
     view.open(RamExtent {
         pa: 0x8000_0000,
         bytes: RAM,
+        code_bytes: 0,
     });
     assert_eq!(view.host_pa(GUEST_RAM_BASE, 8), Some(0x8000_0000));
     assert_eq!(
@@ -199,9 +201,13 @@ impl BalloonEnv for Lender {
 #[test]
 fn pages_given_back_to_the_balloon_are_not_the_vms_once_the_view_has_the_record() {
     let ram = 64 * 1024 * 1024;
-    let mut balloon = VmBalloon::new(ram);
+    let mut balloon = VmBalloon::new(ram, 0);
     let mut view = CopyView::default();
-    view.open(RamExtent { pa: 0, bytes: ram });
+    view.open(RamExtent {
+        pa: 0,
+        bytes: ram,
+        code_bytes: 0,
+    });
     let page = GUEST_RAM_BASE + 100 * PAGE_SIZE;
     let result = balloon.release(&mut Lender, 0, &[page]);
     assert_eq!(result.status, Status::Ok);
@@ -217,7 +223,11 @@ fn pages_given_back_to_the_balloon_are_not_the_vms_once_the_view_has_the_record(
     );
     assert_eq!(view.host_pa(page + PAGE_SIZE, 8), Some(101 * PAGE_SIZE));
     // A new incarnation starts with its whole RAM.
-    view.open(RamExtent { pa: 0, bytes: ram });
+    view.open(RamExtent {
+        pa: 0,
+        bytes: ram,
+        code_bytes: 0,
+    });
     assert!(view.host_pa(page, 8).is_some());
 }
 
@@ -300,7 +310,7 @@ fn a_closed_view_or_a_page_given_back_refuses_the_side_in_it() {
         .is_ok());
     // The caller's own page 3, given back (a record of a RAM above the balloon's floor: the
     // view takes only its bitmap).
-    let mut balloon = VmBalloon::new(64 * 1024 * 1024);
+    let mut balloon = VmBalloon::new(64 * 1024 * 1024, 0);
     let page = GUEST_RAM_BASE + 3 * PAGE_SIZE;
     assert_eq!(balloon.release(&mut Lender, 0, &[page]).status, Status::Ok);
     assert!(world.views[1].set_given(&balloon));
@@ -311,7 +321,7 @@ fn a_closed_view_or_a_page_given_back_refuses_the_side_in_it() {
     assert!(world
         .check(2, CopyPtr::grant(1, 0, 0), own(2, 0), 8)
         .is_ok());
-    assert!(world.views[1].set_given(&VmBalloon::new(RAM)));
+    assert!(world.views[1].set_given(&VmBalloon::new(RAM, 0)));
     assert!(world
         .check(2, CopyPtr::grant(1, 0, 0), own(3, 0), 8)
         .is_ok());
@@ -321,6 +331,41 @@ fn a_closed_view_or_a_page_given_back_refuses_the_side_in_it() {
         world.check(2, CopyPtr::grant(1, 0, 0), own(3, 0), 8),
         Err(Status::BadRef)
     );
+    assert_eq!(world.pinned(), [0, 0, 0]);
+}
+
+#[test]
+fn the_shared_code_of_a_vm_is_no_side_of_any_copy() {
+    let mut world = World::new();
+    // VM 2's first two pages are its image's shared code; its page 2 onwards is its own.
+    world.views[1].open(RamExtent {
+        pa: ram_pa(2),
+        bytes: RAM,
+        code_bytes: 2 * PAGE_SIZE,
+    });
+    assert_eq!(world.views[1].host_pa(GUEST_RAM_BASE, 8), None);
+    assert_eq!(
+        world.views[1].host_pa(GUEST_RAM_BASE + PAGE_SIZE + 4088, 16),
+        None
+    );
+    assert_eq!(
+        world.views[1].host_pa(GUEST_RAM_BASE + 2 * PAGE_SIZE, 8),
+        Some(ram_pa(2) + 2 * PAGE_SIZE)
+    );
+    // Into its code, out of its code: refused like any address that is not its RAM.
+    for (src, dst) in [
+        (CopyPtr::grant(1, 0, 0), own(1, 0)),
+        (own(0, 64), CopyPtr::grant(1, 0, 0)),
+    ] {
+        assert_eq!(
+            world.check(2, src, dst, 8),
+            Err(Status::InvalidArgument),
+            "{src:?} -> {dst:?}"
+        );
+    }
+    assert!(world
+        .check(2, CopyPtr::grant(1, 0, 0), own(2, 0), 8)
+        .is_ok());
     assert_eq!(world.pinned(), [0, 0, 0]);
 }
 

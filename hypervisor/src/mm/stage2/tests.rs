@@ -22,9 +22,10 @@ const GRANT_RO: MapAttrs = MapAttrs {
     executable: false,
 };
 
-/// Tables in a map, with an optional allocation budget and counters.
+/// Tables in a map, with an optional allocation budget and counters (also used by the tests
+/// of `ram_map`).
 #[derive(Default)]
-struct MockMem {
+pub(crate) struct MockMem {
     tables: HashMap<u64, Box<[u64; ENTRIES]>>,
     next: u64,
     budget: Option<usize>,
@@ -33,7 +34,7 @@ struct MockMem {
 }
 
 impl MockMem {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         MockMem {
             next: 0x8000_0000,
             ..Default::default()
