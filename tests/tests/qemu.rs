@@ -584,6 +584,11 @@ fn cpu_on_racing_the_end_of_its_vm_harms_no_one() {
     assert!(wrong.is_empty(), "{}\n{t}", wrong.join("\n"));
 }
 
+/// The little-endian word at byte `at` of a bundle.
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
 #[test]
 fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
     let toml = format!("{MACHINE}{}", guest("g", 4, 1, "app = \"hello\""));
@@ -593,7 +598,31 @@ fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
     truncated.truncate(good.len() / 2);
     let mut bad_version = good.clone();
     bad_version[8] = 99;
-    for (what, bytes) in [("truncated", truncated), ("unknown version", bad_version)] {
+    // The image's header claims a read-only part that is not whole pages; the checksum is
+    // made right again, so the header itself is what is refused.
+    let mut bad_header = good.clone();
+    let image_table = read_u64(&good, 48) as usize;
+    let image = read_u64(&good, image_table) as usize;
+    let read_only = image + shared_abi::image::READ_ONLY_OFFSET;
+    assert_ne!(
+        read_u64(&good, read_only),
+        0,
+        "the guest image has a header"
+    );
+    bad_header[read_only..read_only + 8].copy_from_slice(&4097u64.to_le_bytes());
+    let total = read_u64(&good, 16) as usize;
+    let checksum = bundle::fnv1a64(&bad_header[bundle::HEADER_SIZE..total]);
+    bad_header[24..32].copy_from_slice(&checksum.to_le_bytes());
+    for (what, bytes, says) in [
+        ("truncated", truncated, "bundle truncated"),
+        ("unknown version", bad_version, "version"),
+        (
+            "bad image header",
+            bad_header,
+            "bundle image 0: its read-only part (4097 bytes) is not a whole number of 4096-byte \
+             pages",
+        ),
+    ] {
         let result = boot_with(
             &topology,
             BootOptions {
@@ -603,7 +632,10 @@ fn corrupted_bundles_stop_the_boot_with_a_clear_message() {
             },
         );
         assert!(
-            result.has("[hv] ERROR: boot bundle rejected: "),
+            result
+                .lines
+                .iter()
+                .any(|l| l.contains("[hv] ERROR: boot bundle rejected: ") && l.contains(says)),
             "{what}:\n{}",
             result.transcript()
         );
@@ -700,7 +732,6 @@ fn a_bundle_passing_two_pci_functions_is_refused_with_a_message() {
     );
     let topology = Topology::from_toml_str(&toml).unwrap();
     let mut bytes = sluice_harness::topology::pack(&topology, &artifacts().images).unwrap();
-    let read_u64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     // VM 2's entry: passthrough routing ID 00:03.0 (offset 38) and its flag (offset 50).
     let entry = read_u64(&bytes, 40) as usize + bundle::VM_ENTRY_SIZE;
     let second = bundle::Bdf::new(0, 3, 0).unwrap();
@@ -899,6 +930,14 @@ fn grant_and_event_channel_misuse_gets_documented_errors() {
             .filter(|l| l.ends_with("as documented"))
             .count()
             >= 20,
+        "{t}"
+    );
+    // A granter's shared code is no frame of its own to grant, nor ours to copy into.
+    assert_eq!(
+        boot.vm_lines("attacker")
+            .filter(|l| l.contains("shared code") && l.ends_with("as documented"))
+            .count(),
+        3,
         "{t}"
     );
     assert_report_ok(&boot, "granter", "revoked every ref");

@@ -16,7 +16,7 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::Ordering;
 
-use shared_abi::grant::{CopyOp, CopyPtr, MapOp, UnmapOp, GRANT_WINDOW_BASE};
+use shared_abi::grant::{CopyOp, CopyPtr, MapOp, UnmapOp, GRANT_WINDOW_BASE, MAP_READONLY};
 use shared_abi::hypercall::Status;
 use shared_abi::layout::{GUEST_RAM_BASE, PAGE_SIZE};
 use vm_runtime::page::Page;
@@ -261,6 +261,11 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
         Status::InvalidArgument,
     )?;
     expect(
+        "map a ref of the granter's shared code",
+        one_map(peer, 5, MAP_READONLY, slot),
+        Status::BadFrame,
+    )?;
+    expect(
         "map over an existing mapping",
         one_map(peer, 1, 0, a.gpa()),
         Status::Busy,
@@ -298,6 +303,16 @@ fn errors(info: &StartInfo<'static>, peer: u16) -> Result<String, String> {
             CopyPtr::own(own.gpa()),
             8,
         ),
+        Status::InvalidArgument,
+    )?;
+    expect(
+        "copy from a ref of the granter's shared code",
+        one_copy(CopyPtr::grant(peer, 5, 0), CopyPtr::own(own.gpa()), 8),
+        Status::BadFrame,
+    )?;
+    expect(
+        "copy into our own shared code",
+        one_copy(CopyPtr::grant(peer, 1, 0), CopyPtr::own(GUEST_RAM_BASE), 8),
         Status::InvalidArgument,
     )?;
     expect(

@@ -1,7 +1,8 @@
 //! `granter`: the cooperating side of the grant and event-channel attack tests. It grants, in
 //! this order (so the refs are known without a handshake): ref 1 = page A read-write to `peer`,
 //! ref 2 = page B read-only to `peer`, ref 3 = page C to `other`, ref 4 = granted to `peer` and
-//! revoked at once; and allocates unbound port 1 for `peer` and port 2 for `other`. Page A and B
+//! revoked at once, ref 5 = the first page of its own image read-only to `peer` (its shared
+//! code: not a frame of its own, so the hypervisor must refuse it); and allocates unbound port 1 for `peer` and port 2 for `other`. Page A and B
 //! start with [`MARKER`]. Then it waits for `peer` to map ref 1 and, with `die = 1`, dies by a
 //! stage-2 fault while the page is mapped; otherwise it waits for the peer to unmap, checks what
 //! the peer wrote, revokes everything and reports.
@@ -37,8 +38,9 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         grant::grant(peer, b.gpa(), true),
         grant::grant(other, c.gpa(), false),
         grant::grant(peer, d.gpa(), false),
+        grant::grant(peer, shared_abi::layout::GUEST_RAM_BASE, true),
     ];
-    if refs != [Ok(1), Ok(2), Ok(3), Ok(4)] {
+    if refs != [Ok(1), Ok(2), Ok(3), Ok(4), Ok(5)] {
         return Err(format!("unexpected refs {refs:?}"));
     }
     grant::end(4).map_err(|e| format!("revoking ref 4: {e:?}"))?;
@@ -46,7 +48,7 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
     if ports != [Ok(1), Ok(2)] {
         return Err(format!("unexpected ports {ports:?}"));
     }
-    println!("granted refs 1-3 (4 revoked) and ports 1-2; waiting for vm {peer}");
+    println!("granted refs 1-3 and 5 (4 revoked) and ports 1-2; waiting for vm {peer}");
     let start = Instant::now();
     // The peer's use may be brief; its write into page A proves it happened.
     while !grant::in_use(1) && a.words()[1].load(Ordering::Acquire) != PEER_WROTE {
@@ -73,7 +75,7 @@ fn serve(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         }
         timer::sleep_ms(5);
     }
-    for gref in 1..=3 {
+    for gref in [1, 2, 3, 5] {
         grant::end(gref).map_err(|e| format!("revoking ref {gref}: {e:?}"))?;
     }
     // Page B was read-only for the peer: it must be exactly as we wrote it, whatever the peer
