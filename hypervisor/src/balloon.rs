@@ -7,18 +7,17 @@
 //! keeps both sets; the binary asks it before touching a VM's RAM ([`VmBalloon::off_limits`]) and
 //! when freeing it ([`VmBalloon::kept_runs`]). It also knows where the VM's shared code is (the
 //! read-only part of its image, mapped from the hypervisor's copy, `hypervisor::mm::ram_map`):
-//! those pages of its RAM are never given back, populated, or touched on its behalf. Everything that changes the machine (stage 2, TLBs,
-//! scrubbing, frames, the credit) goes through [`BalloonEnv`], which the tests implement over a
-//! model.
+//! those pages of its RAM are never given back, populated, or touched on its behalf.
+//! Everything that changes the machine (stage 2, TLBs, scrubbing, frames, the credit) goes
+//! through [`BalloonEnv`], which the tests implement over a model.
 //!
 //! Rules, in the order they are checked for each page (the first that fails is the page's
 //! status and ends the batch):
 //! - release: page aligned and in the window, else `InvalidArgument`; a page the VM has (a
 //!   populated one, or one of its RAM it has not given and that is not its shared code), else
-//!   `InvalidArgument`; at least
-//!   `FLOOR_BYTES` left afterwards, else `Denied`; not used by the hypervisor or a peer, else
-//!   `Busy`; then unmapped (a table for a block split can be missing: `NoSpace`), scrubbed and
-//!   credited.
+//!   `InvalidArgument`; at least `FLOOR_BYTES` left afterwards, else `Denied`; not used by the
+//!   hypervisor or a peer, else `Busy`; then unmapped (a table for a block split can be
+//!   missing: `NoSpace`), scrubbed and credited.
 //! - populate: page aligned and in the window, not mapped now, else `InvalidArgument`; a frame
 //!   from the credit and room to record it, else `NoSpace`; then mapped (a table can be
 //!   missing: `NoSpace`, and the frame goes back).

@@ -171,7 +171,8 @@ pub fn ram_pa(vms: &[Option<Vm>], vm: VmId, gpa: u64, len: u64) -> Option<u64> {
     let vm = vm_slot(vms, vm)?;
     let offset = gpa.checked_sub(GUEST_RAM_BASE)?;
     let end = offset.checked_add(len)?;
-    // Pages given back to the balloon are not the VM's memory any more.
+    // Pages given back to the balloon are not the VM's memory any more, nor is its shared
+    // code (what it sees there is the hypervisor's copy, not these frames).
     (len >= 1 && end <= vm.ram_bytes && !vm.balloon.off_limits(offset, len))
         .then_some(vm.ram.pa() + offset)
 }

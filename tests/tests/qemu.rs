@@ -121,6 +121,22 @@ fn a_driver_domain_and_three_guests_boot_every_vm_on_two_pcpus() {
             );
         }
     }
+    // Every image carries its header: each VM maps its image's read-only part from the
+    // hypervisor's copy, one copy per image (the three guests share one, the driver domain
+    // has its own).
+    let copy_of = |vm: &str| -> String {
+        let line = result
+            .lines
+            .iter()
+            .find(|l| l.contains(&format!("[hv] VM {vm} (id")))
+            .unwrap_or_else(|| panic!("no creation line for {vm}:\n{}", result.transcript()));
+        line.split_once("read-only from the shared copy at PA ")
+            .map(|(_, pa)| pa.to_string())
+            .unwrap_or_else(|| panic!("{vm} shares no code: {line}"))
+    };
+    let guests: Vec<String> = ["guest1", "guest2", "guest3"].map(copy_of).to_vec();
+    assert!(guests.iter().all(|pa| *pa == guests[0]), "{guests:?}");
+    assert_ne!(copy_of("driver-domain"), guests[0]);
 }
 
 /// Boots `victim` (a guest that stays alive a while) next to a `probe` guest that touches

@@ -22,8 +22,8 @@
 //! `"granted"` connects its front-end and gives back its TX ring page, which the driver domain
 //! maps, expecting `Busy`; `"use_after_give"` gives a page and then reads it, which the
 //! hypervisor must answer by killing this VM; `"code"` gives back the first page of its image
-//! (its shared, read-only code), expecting `InvalidArgument`; `"set_target"` (a guest) asks to set another
-//! VM's target and expects `Denied`.
+//! (its shared, read-only code), expecting `InvalidArgument`; `"set_target"` (a guest) asks to
+//! set another VM's target and expects `Denied`.
 
 use alloc::format;
 use alloc::string::String;

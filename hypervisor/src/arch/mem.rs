@@ -134,7 +134,8 @@ pub struct GuestRam<'a> {
     pa: u64,
     len: u64,
     /// The VM's balloon record: pages it gave back are not its RAM any more (their frames may
-    /// belong to another VM), so every range touching one is refused.
+    /// belong to another VM), nor is its shared code (mapped from the hypervisor's copy), so
+    /// every range touching either is refused.
     balloon: Option<&'a VmBalloon>,
     _owner: PhantomData<&'a ()>,
 }
@@ -152,7 +153,7 @@ impl<'a> GuestRam<'a> {
         }
     }
 
-    /// The same RAM without the pages `balloon` says the VM gave back.
+    /// The same RAM without the pages `balloon` says the VM gave back or runs as shared code.
     pub fn without_given(self, balloon: &'a VmBalloon) -> GuestRam<'a> {
         GuestRam {
             balloon: Some(balloon),
@@ -161,7 +162,7 @@ impl<'a> GuestRam<'a> {
     }
 
     /// The PA of `[offset, offset + len)`, if that range is inside and none of it was given
-    /// back.
+    /// back or is shared code.
     fn range(&self, offset: u64, len: u64) -> Option<u64> {
         let inside = offset.checked_add(len)? <= self.len;
         let given = self.balloon.is_some_and(|b| b.off_limits(offset, len));
