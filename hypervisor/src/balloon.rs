@@ -88,6 +88,16 @@ impl VmBalloon {
         }
     }
 
+    /// The record of the VM's next incarnation: the same RAM and shared code, nothing given
+    /// back and nothing populated (a restart starts from its RAM of the topology).
+    pub fn renewed(&self) -> Self {
+        VmBalloon {
+            ram_pages: self.ram_pages,
+            code_pages: self.code_pages,
+            ..Self::default()
+        }
+    }
+
     /// Bytes at the start of its RAM window that are its image's shared code.
     pub fn code_bytes(&self) -> u64 {
         self.code_pages * PAGE_SIZE

@@ -19,7 +19,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use hypervisor::accounting::{self, Accounting, Counter, El2Time, ExitKind};
-use hypervisor::balloon::VmBalloon;
 use hypervisor::dispatch::sharing::sharing_call;
 use hypervisor::dispatch::{self, CallerVm, MsixControl, Outcome, VcpuControl};
 use hypervisor::esr::{self, Syndrome};
@@ -809,7 +808,7 @@ impl Hv {
                 if warm && self.spare.is_none() {
                     self.new_spare(vm_id, &vm.name, vm.ram_bytes);
                 }
-                vm.balloon = VmBalloon::new(vm.ram_bytes, vm.code.map_or(0, |c| c.bytes));
+                vm.balloon = vm.balloon.renewed();
                 info!(
                     "VM {} restarting (boot {}){}",
                     vm.name,

@@ -239,6 +239,26 @@ fn shared_code_pages_are_never_given_populated_or_touched() {
 }
 
 #[test]
+fn a_renewed_record_keeps_the_ram_and_code_and_forgets_the_rest() {
+    let code_pages = 120;
+    let mut b = VmBalloon::new(RAM_BYTES, code_pages * PAGE_SIZE);
+    let mut m = Model::new().with_array(&[page(200), page(201)]);
+    assert_eq!(release(&mut b, &mut m, ARRAY, 2).status, Status::Ok);
+    m.credit.push(0x9000_0000);
+    m.array = vec![page(200)];
+    assert_eq!(populate(&mut b, &mut m, ARRAY, 1).status, Status::Ok);
+    assert_eq!(b.given_pages(), 2);
+    assert_eq!(b.populated_pages(), 1);
+    let fresh = b.renewed();
+    assert_eq!(fresh.given_pages(), 0);
+    assert_eq!(fresh.populated_pages(), 0);
+    assert_eq!(fresh.pages(), RAM_BYTES / PAGE_SIZE);
+    assert_eq!(fresh.code_bytes(), code_pages * PAGE_SIZE);
+    assert!(fresh.off_limits(0, 8));
+    assert!(!fresh.off_limits(200 * PAGE_SIZE, 8));
+}
+
+#[test]
 fn the_floor_is_kept() {
     let floor = FLOOR_BYTES / PAGE_SIZE;
     let pages = RAM_BYTES / PAGE_SIZE;
