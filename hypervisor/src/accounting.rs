@@ -33,9 +33,12 @@ pub enum Counter {
     /// another VM: a world switch that changed the VMID. Under QEMU each one flushes the
     /// pCPU's whole soft TLB, so every page the VM touches next is walked again.
     VmidSwitches,
+    /// Times one of its running vCPUs gave way to a woken vCPU of any VM (`sched`'s wake-up
+    /// preemption).
+    GaveWay,
 }
 
-const COUNTERS: usize = 8;
+const COUNTERS: usize = 9;
 
 impl Counter {
     const fn index(self) -> usize {
@@ -54,6 +57,7 @@ pub struct Snapshot {
     pub virqs: u64,
     pub device_irqs: u64,
     pub vmid_switches: u64,
+    pub gave_way: u64,
 }
 
 /// The counters of every VM id (`1..=MAX_VMS`; id 0, the hypervisor, counts nothing) and the
@@ -107,6 +111,7 @@ impl Accounting {
             virqs: read(Counter::Virqs),
             device_irqs: read(Counter::DeviceIrqs),
             vmid_switches: read(Counter::VmidSwitches),
+            gave_way: read(Counter::GaveWay),
         }
     }
 }
@@ -217,7 +222,7 @@ pub fn ticks_to_us(ticks: u64, frequency: u64) -> u64 {
 pub fn vm_line(tag: u64, name: &str, s: &Snapshot, frequency: u64) -> String {
     format!(
         "accounting {tag} vm={name} run_us={} exits={} hypercalls={} mmio_exits={} ioreqs={} \
-         virqs={} device_irqs={} vmid_switches={}",
+         virqs={} device_irqs={} vmid_switches={} gave_way={}",
         ticks_to_us(s.run_ticks, frequency),
         s.exits,
         s.hypercalls,
@@ -225,7 +230,8 @@ pub fn vm_line(tag: u64, name: &str, s: &Snapshot, frequency: u64) -> String {
         s.ioreqs,
         s.virqs,
         s.device_irqs,
-        s.vmid_switches
+        s.vmid_switches,
+        s.gave_way
     )
 }
 
@@ -297,11 +303,12 @@ mod tests {
             virqs: 5,
             device_irqs: 6,
             vmid_switches: 7,
+            gave_way: 8,
         };
         assert_eq!(
             vm_line(9, "guest1", &s, 62_500_000),
             "accounting 9 vm=guest1 run_us=1000000 exits=1 hypercalls=2 mmio_exits=3 ioreqs=4 \
-             virqs=5 device_irqs=6 vmid_switches=7"
+             virqs=5 device_irqs=6 vmid_switches=7 gave_way=8"
         );
         assert_eq!(
             idle_line(9, 125_000_000, 62_500_000, 2),

@@ -26,7 +26,7 @@ use hypervisor::evtchn::Route;
 use hypervisor::grant::{RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
 use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
-use hypervisor::sched::{RunState, Scheduler, VcpuId};
+use hypervisor::sched::{GiveWay, RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
 use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::{clear_mask, set_pending, Delivery, EVTCHN_INTID};
@@ -244,27 +244,81 @@ fn kick(pcpu: usize) {
     gic::kick(pcpu);
 }
 
-/// Wakes idle pCPUs so they look at the run queue.
-fn kick_idle(this_pcpu: usize) {
+/// Wakes idle pCPUs so they look at the run queue. True if some pCPU, this one included, is
+/// idle (it will pick what is runnable).
+fn kick_idle(this_pcpu: usize) -> bool {
     let pcpus = PCPUS.load(Ordering::Relaxed);
+    let mut any_idle = false;
     for (pcpu, idle) in IDLE.iter().enumerate().take(pcpus) {
-        if pcpu != this_pcpu && idle.load(Ordering::Acquire) {
-            kick(pcpu);
+        if idle.load(Ordering::Acquire) {
+            any_idle = true;
+            if pcpu != this_pcpu {
+                kick(pcpu);
+            }
         }
     }
+    any_idle
 }
 
+/// Per pCPU: the vCPU asked to give way to a woken one ([`NO_VCPU`] if none), and from when
+/// (counter ticks); see `sched`'s wake-up preemption. Acted on by that pCPU in
+/// [`finish_action`]; cleared when the vCPU leaves, so a vCPU loaded there since is not the
+/// one preempted.
+static GIVE_WAY: [AtomicUsize; MAX_PCPUS] = [const { AtomicUsize::new(NO_VCPU) }; MAX_PCPUS];
+static GIVE_WAY_AT: [AtomicU64; MAX_PCPUS] = [const { AtomicU64::new(0) }; MAX_PCPUS];
+
 /// Makes a vCPU with a newly queued interrupt notice it: wakes it from WFI, or kicks the pCPU
-/// it runs on.
+/// it runs on. A woken vCPU that finds no pCPU idle may have a running one give way to it.
 fn wake_for_interrupt(sched: &mut Scheduler, id: VcpuId, this_pcpu: usize) {
     match sched.state(id) {
         RunState::Blocked { .. } => {
             sched.wake(id);
-            kick_idle(this_pcpu);
+            if !kick_idle(this_pcpu) {
+                if let Some(give_way) = sched.preemption_victim(id, cpu::counter()) {
+                    ask_to_give_way(give_way, this_pcpu);
+                }
+            }
         }
         RunState::Running { pcpu } if pcpu != this_pcpu => kick(pcpu),
         _ => {}
     }
+}
+
+/// Asks a busy running vCPU to give way (`sched`'s wake-up preemption), and kicks its pCPU (it
+/// may be spinning without a trap): that exit gives way if the request is due, or brings the
+/// EL2 timer forward to when it is. On this pCPU the exit under way sees it.
+fn ask_to_give_way(give_way: GiveWay, this_pcpu: usize) {
+    let (Some(at), Some(slot)) = (GIVE_WAY_AT.get(give_way.pcpu), GIVE_WAY.get(give_way.pcpu))
+    else {
+        return;
+    };
+    at.store(give_way.at, Ordering::Relaxed);
+    slot.store(give_way.vcpu, Ordering::Release);
+    if give_way.pcpu != this_pcpu {
+        kick(give_way.pcpu);
+    }
+}
+
+/// Whether the vCPU `id`, running here and about to go on, gives way now; if it was asked to
+/// from a later time, the EL2 timer is brought forward to then (that exit decides).
+fn gives_way(pcpu: usize, id: VcpuId) -> bool {
+    if id == NO_VCPU || GIVE_WAY.get(pcpu).map(|slot| slot.load(Ordering::Acquire)) != Some(id) {
+        return false;
+    }
+    let at = GIVE_WAY_AT[pcpu].load(Ordering::Relaxed);
+    if cpu::counter() >= at {
+        GIVE_WAY[pcpu].store(NO_VCPU, Ordering::Relaxed);
+        ACCOUNTING.add(
+            CURRENT_VM[pcpu].load(Ordering::Relaxed),
+            Counter::GaveWay,
+            1,
+        );
+        return true;
+    }
+    if cpu::hyp_timer_deadline().is_none_or(|deadline| at < deadline) {
+        cpu::set_hyp_timer(at);
+    }
+    false
 }
 
 /// Queues a virtual interrupt for the locked vCPU `id` and wakes it if it sleeps in WFI.
@@ -526,7 +580,7 @@ impl Hv {
         // Saved and blocked under the vCPU's lock, so the answer (which takes that lock) finds
         // it waiting with its registers in place.
         save(v, frame);
-        SchedLocked::lock(vtoken).block_io(id);
+        SchedLocked::lock(vtoken).block_io(id, cpu::counter());
         drop(vcpu);
         if let Some(notify) = set_port_pending(&mut events(token), conn.backend, conn.backend_port)
         {
@@ -666,7 +720,7 @@ impl Hv {
             match sched.state(id) {
                 RunState::Running { pcpu: other } if other != pcpu => kick(other),
                 RunState::Running { .. } => {}
-                _ => sched.stop(id),
+                _ => sched.stop(id, cpu::counter()),
             }
         }
     }
@@ -717,7 +771,7 @@ impl Hv {
                 let (v, vtoken) = vcpu.split();
                 v.run.stopping = true;
                 v.release_hardware_interrupts();
-                SchedLocked::lock(vtoken).stop(id);
+                SchedLocked::lock(vtoken).stop(id, cpu::counter());
             }
         }
         // The owner's device stops and its stream aborts before any of the owner's RAM (or the
@@ -924,7 +978,7 @@ impl Hv {
         if let Some(mut vcpu) = VcpuLocked::lock(token, id) {
             let (v, vtoken) = vcpu.split();
             save(v, frame);
-            SchedLocked::lock(vtoken).stop(id);
+            SchedLocked::lock(vtoken).stop(id, cpu::counter());
         }
         let vm_index = *self.vcpu_vm.get(id)?;
         self.try_finish_stop(token, vm_index, pcpu)
@@ -973,11 +1027,14 @@ pub fn run_first(pcpu: usize) -> ! {
 fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
     charge_run_time(pcpu);
     CURRENT[pcpu].store(NO_VCPU, Ordering::Relaxed);
+    // The vCPU that ran here has left: a request that it give way is moot (one for the vCPU
+    // picked next can only come after the pick, under the scheduler's lock).
+    GIVE_WAY[pcpu].store(NO_VCPU, Ordering::Relaxed);
     loop {
         let (picked, deadline) = {
             let mut sched = SchedLocked::lock(entry);
             sched.wake_expired(cpu::counter());
-            match sched.pick(pcpu) {
+            match sched.pick(pcpu, cpu::counter()) {
                 Some(id) => (Some(id), None),
                 None => {
                     IDLE[pcpu].store(true, Ordering::Release);
@@ -996,7 +1053,7 @@ fn schedule(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame) {
             }
             // Its VM stopped between the pick and now: it stays off, and if it was the last of
             // its VM's vCPUs the pick made look running, the stop is completed here.
-            SchedLocked::lock(vcpu.token()).stop(id);
+            SchedLocked::lock(vcpu.token()).stop(id, cpu::counter());
             drop(vcpu);
             let reload = with_hv(entry, |hv, token| {
                 let vm_index = *hv.vcpu_vm.get(id)?;
@@ -1086,6 +1143,11 @@ fn finish(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Acti
 
 fn finish_action(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, action: Action) {
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
+    // A woken vCPU asked this one to give way.
+    let action = match action {
+        Action::Continue if gives_way(pcpu, id) => Action::Preempt,
+        action => action,
+    };
     wake_expired(entry, pcpu);
     balloon_targets(entry, pcpu);
     let reload = match action {
@@ -1100,7 +1162,7 @@ fn finish_action(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, actio
                 let (v, vtoken) = vcpu.split();
                 save(v, frame);
                 v.release_hardware_interrupts();
-                SchedLocked::lock(vtoken).stop(id);
+                SchedLocked::lock(vtoken).stop(id, cpu::counter());
             }
             let all_off = {
                 let sched = SchedLocked::lock(token);
@@ -1139,16 +1201,30 @@ fn finish_action(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, actio
     schedule(entry, pcpu, frame);
 }
 
-/// How long a vCPU that executed WFI stays loaded, waiting for an interrupt, before it blocks
-/// (when nothing else wants its pCPU): KVM's halt polling. Under QEMU a blocked vCPU's wake-up
-/// costs a host thread wake-up (a kick) and, if another VM ran there meanwhile, a cold TLB;
-/// an event that comes back within the window costs neither.
+/// How long a vCPU that executed WFI stays loaded, waiting for an interrupt, before it blocks:
+/// KVM's halt polling. Under QEMU a blocked vCPU's wake-up costs a host thread wake-up (a kick)
+/// and, if another VM ran there meanwhile, a cold TLB; an event that comes back within the
+/// window costs neither.
 const HALT_POLL_US: u64 = 50;
 
+/// Which halt poll a vCPU that executed WFI makes ([`halt_poll`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HaltPoll {
+    /// Nothing else is runnable: the pCPU is idle while it polls (any wake-up ends the poll).
+    Idle,
+    /// Others are runnable, but all of them have run more than the scheduler's granularity
+    /// longer than this vCPU (`Scheduler::behind_every_runnable`): a light VM in a round trip
+    /// beside busy ones. It keeps the pCPU for the poll, its own time, and only its own
+    /// interrupt ends it; the poll is charged to it, so a VM that polls a lot catches up in
+    /// run time and stops doing so.
+    AheadOfQueue,
+}
+
 /// Before vCPU `id` (running here, which trapped on WFI) blocks: waits up to [`HALT_POLL_US`]
-/// for a kick, if no other vCPU is runnable. Only a delay: what the vCPU does next is decided by
-/// [`keep_running`] as before. While it polls the pCPU counts as idle (in the accounting too:
-/// the poll is charged as idle time, not to the VM), so a vCPU that becomes runnable kicks it
+/// for a kick, if no other vCPU is runnable or every runnable one has run much longer
+/// ([`HaltPoll`]). Only a delay: what the vCPU does next is decided by [`keep_running`] as
+/// before. While an idle poll spins the pCPU counts as idle (in the accounting too: the poll is
+/// charged as idle time, not to the VM), so a vCPU that becomes runnable kicks it
 /// ([`kick_idle`]), as does an interrupt queued for this vCPU ([`wake_for_interrupt`]); the
 /// loop reads one flag and the counter, and takes no lock. The kick SGI stays pending and is
 /// taken (and ignored) when the vCPU runs on or the pCPU idles.
@@ -1164,12 +1240,30 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
     kicked.store(false, Ordering::Relaxed);
     IDLE[pcpu].store(true, Ordering::Release);
     // After the flag is published: a vCPU queued before it would not have kicked us.
-    let quiet = !SchedLocked::lock(entry).has_runnable()
-        && VcpuLocked::lock(entry, id).is_some_and(|v| !v.run.stopping && v.virqs.is_empty());
-    if quiet {
-        // The VM's time up to the poll is its own; the poll is idle time, not work the VM
-        // did: the bench reads the idle share as the room left on the pCPUs.
-        charge_run_time(pcpu);
+    let poll = {
+        let sched = SchedLocked::lock(entry);
+        if !sched.has_runnable() {
+            Some(HaltPoll::Idle)
+        } else if sched.behind_every_runnable(id, cpu::counter()) {
+            Some(HaltPoll::AheadOfQueue)
+        } else {
+            None
+        }
+    };
+    let poll = poll.filter(|_| {
+        VcpuLocked::lock(entry, id).is_some_and(|v| !v.run.stopping && v.virqs.is_empty())
+    });
+    if poll == Some(HaltPoll::AheadOfQueue) {
+        // Not idle: others' wake-ups must not end this poll (a kick that came meanwhile
+        // already has, which only makes it shorter).
+        IDLE[pcpu].store(false, Ordering::Release);
+    }
+    if let Some(poll) = poll {
+        if poll == HaltPoll::Idle {
+            // The VM's time up to the poll is its own; the poll is idle time, not work the VM
+            // did: the bench reads the idle share as the room left on the pCPUs.
+            charge_run_time(pcpu);
+        }
         let start = cpu::counter();
         let until = start + cpu::counter_frequency() * HALT_POLL_US / 1_000_000;
         let mut now = start;
@@ -1177,9 +1271,11 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
             core::hint::spin_loop();
             now = cpu::counter();
         }
-        add_idle(pcpu, now.saturating_sub(start));
-        crate::sampler::polled(pcpu, start, now);
-        CHARGED_AT[pcpu].store(now, Ordering::Relaxed);
+        if poll == HaltPoll::Idle {
+            add_idle(pcpu, now.saturating_sub(start));
+            crate::sampler::polled(pcpu, start, now);
+            CHARGED_AT[pcpu].store(now, Ordering::Relaxed);
+        }
     }
     IDLE[pcpu].store(false, Ordering::Release);
 }
@@ -1196,7 +1292,7 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
                 return true;
             }
             save(v, frame);
-            sched.preempt(id);
+            sched.preempt(id, cpu::counter());
             false
         }
         Action::Wait => {
@@ -1212,7 +1308,7 @@ fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Ac
             // Under the vCPU's lock: an interrupt queued from now on finds it blocked and
             // wakes it.
             let mut sched = SchedLocked::lock(token);
-            sched.block(id, deadline);
+            sched.block(id, deadline, cpu::counter());
             // A vLPI that arrived between the WFI trap and the vPE's exit rings no doorbell.
             if crate::gicv4::left_pending(id) {
                 sched.wake(id);

@@ -66,7 +66,7 @@ mod boot {
     use hypervisor::mm::ram_map::SharedCode;
     use hypervisor::mm::stage2::vtcr_el2;
     use hypervisor::mm::vmid::VmidAllocator;
-    use hypervisor::sched::Scheduler;
+    use hypervisor::sched::{Fairness, Scheduler};
     use log::{error, info};
     use shared_abi::bundle::{Bundle, VmKind};
     use shared_abi::grant::{MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST};
@@ -193,7 +193,7 @@ mod boot {
         );
 
         let mut vcpus: Vec<Vcpu> = Vec::new();
-        let mut sched = Scheduler::new();
+        let mut sched = Scheduler::new(Fairness::at(cpu::counter_frequency()));
         let mut hv = Hv {
             frames,
             vmids: VmidAllocator::new(if vmid16 { 16 } else { 8 }),

@@ -88,9 +88,11 @@ pub const IOREQ_SET_IRQ: u64 = VENDOR_HYP_BASE | 0x50;
 /// Print the hypervisor's per-VM accounting on its console, tagged with x1 (any value the
 /// caller chooses, so a harness can pair the report before a measurement with the one after).
 /// One line per live VM: `accounting <tag> vm=<name> run_us=<n> exits=<n> hypercalls=<n>
-/// mmio_exits=<n> ioreqs=<n> virqs=<n> device_irqs=<n> vmid_switches=<n>` (device_irqs: its
-/// passed-through device's interrupts that went through EL2, INTx or vPE doorbells;
-/// vmid_switches: loads of its vCPUs onto a pCPU that held another VM's stage 2), then `accounting <tag> idle_us=<n> pcpus=<n>`; every
+/// mmio_exits=<n> ioreqs=<n> virqs=<n> device_irqs=<n> vmid_switches=<n> gave_way=<n>`
+/// (device_irqs: its passed-through device's interrupts that went through EL2, INTx or vPE
+/// doorbells; vmid_switches: loads of its vCPUs onto a pCPU that held another VM's stage 2;
+/// gave_way: times one of its running vCPUs was preempted for a woken one), then
+/// `accounting <tag> idle_us=<n> pcpus=<n>`; every
 /// counter counts from boot (a restarted VM's keep counting). Any VM may ask: the figures
 /// describe scheduling, not another VM's data. At most one report per VM every
 /// [`ACCOUNTING_MIN_INTERVAL_MS`]: a call sooner is `Busy` and prints nothing, so no VM can

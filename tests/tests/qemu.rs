@@ -411,6 +411,54 @@ fn spinning_vcpus_do_not_starve_others() {
 }
 
 #[test]
+fn busy_vcpus_give_way_to_an_event_ping_pong_beside_them() {
+    // Two guests spin for 10 s without ever trapping, one per pCPU, beside a ping-pong pair
+    // (a guest and its back-end bouncing 2 000 events). Before wake-up preemption each hop
+    // of a round waited for a spinner's 10 ms slice to end: 2 000 rounds took 20 s or more,
+    // past the spinners' end. Now a spinner gives way to the woken VM within the minimum run,
+    // and the pair, far behind the spinners in run time, keeps its pCPUs for its halt polls:
+    // the rounds are done long before the spinners.
+    let toml = format!(
+        "{MACHINE}{}{}{}{}",
+        guest("spin1", 4, 1, "app = \"spin\", spin_ms = 10000"),
+        guest("spin2", 4, 1, "app = \"spin\", spin_ms = 10000"),
+        driver_domain("dd", 8),
+        frontend(
+            "pinger",
+            "dd",
+            "app = \"pingpong\", rounds = 2000, accounting_tag = 7"
+        ),
+    );
+    let (_, boot) = boot_toml(&toml, 150);
+    let t = boot.transcript();
+    assert_report_ok(&boot, "pinger", "2000 ping-pong rounds");
+    assert_report_ok(&boot, "dd", "2000 ping-pong requests, 0 bad words");
+    let pinger_done = boot.position("[pinger] REPORT ok").unwrap_or(usize::MAX);
+    let spinner_done = boot.position("REPORT ok: spin done").unwrap_or(usize::MAX);
+    assert!(
+        pinger_done < spinner_done,
+        "the ping-pong ended after a spinner:\n{t}"
+    );
+    // The accounting the pinger asked for right after its rounds: the spinners gave way.
+    let gave_way = |vm: &str| {
+        boot.lines
+            .iter()
+            .find(|l| l.contains(&format!("accounting 7 vm={vm} ")))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix("gave_way="))
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no accounting line with gave_way= for {vm}:\n{t}"))
+    };
+    assert!(
+        gave_way("spin1") + gave_way("spin2") > 0,
+        "no spinner gave way:\n{t}"
+    );
+    assert!(boot.exited && boot.has("all VMs have stopped"), "{t}");
+}
+
+#[test]
 fn more_virtual_interrupts_than_list_registers_are_all_delivered() {
     // 8 distinct SGIs x 3 rounds = 24 deliveries through QEMU's 4 list registers.
     let toml = format!(

@@ -3,7 +3,8 @@
 //! every reply word. Prints the round-trip distribution in counter ticks as a `BENCH` line.
 //!
 //! Settings: `rounds` (default 10000), `restart` (1: reset the VM once after connecting, to show
-//! the back-end reconnects).
+//! the back-end reconnects), `accounting_tag` (N: the hypervisor's accounting is printed, tagged
+//! N, right after the rounds: what the scheduler did meanwhile).
 
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
@@ -30,6 +31,7 @@ fn ping(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
     use alloc::format;
     let rounds = super::number(info, "rounds", 10_000).ok_or("bad rounds")?;
     let restart = super::number(info, "restart", 0).ok_or("bad restart")?;
+    let accounting_tag = super::number(info, "accounting_tag", 0).ok_or("bad accounting_tag")?;
     evtchn::init().map_err(|e| format!("event channels: {e:?}"))?;
     grant::init(1).map_err(|e| format!("grant table: {e:?}"))?;
     let mut link = Link::open(info)?;
@@ -88,6 +90,9 @@ fn ping(info: &StartInfo<'static>) -> Result<(), alloc::string::String> {
         if seq % 2_000 == 0 {
             println!("{seq}/{rounds} rounds");
         }
+    }
+    if accounting_tag != 0 {
+        let _ = vm_runtime::hypercall::accounting_report(accounting_tag);
     }
     // Consume a late duplicate notification so the close below waits on a quiet port.
     let _ = evtchn::take(data_port);

@@ -126,6 +126,12 @@ pub fn set_hyp_timer(deadline: u64) {
     isb();
 }
 
+/// The deadline the EL2 timer is armed for, if it is enabled.
+pub fn hyp_timer_deadline() -> Option<u64> {
+    let ctl: u64 = mrs!("cnthp_ctl_el2");
+    (ctl & 1 != 0).then(|| mrs!("cnthp_cval_el2"))
+}
+
 pub fn stop_hyp_timer() {
     msr!("cnthp_ctl_el2", 0);
 }
