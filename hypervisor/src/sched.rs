@@ -466,12 +466,13 @@ mod tests {
         // It slept (was off) for the whole time: it does not get a million ticks of credit.
         s.wake(sleeper);
         assert_eq!(s.vruntime(sleeper), 1_000_000 - FAIR.sleeper_credit);
-        // Through a deadline too, and never moved back.
-        let (_, id) = (s.pick(1, 1_000_000), sleeper);
-        s.block(id, Some(1_000_500), 1_000_500);
-        let before = s.vruntime(sleeper);
-        assert_eq!(s.wake_expired(1_000_500), 1);
-        assert_eq!(s.vruntime(sleeper), before);
+        // It runs 500 ticks and sleeps to a deadline: woken by it, it keeps what it had run
+        // (placement never moves a vCPU back).
+        assert_eq!(s.pick(1, 1_000_000), Some(sleeper));
+        s.block(sleeper, Some(1_000_600), 1_000_500);
+        assert_eq!(s.vruntime(sleeper), 1_000_000 - FAIR.sleeper_credit + 500);
+        assert_eq!(s.wake_expired(1_000_600), 1);
+        assert_eq!(s.vruntime(sleeper), 1_000_000 - FAIR.sleeper_credit + 500);
         // With nobody else runnable or running, a wake changes nothing.
         let mut lone = Scheduler::new(FAIR);
         let only = lone.add();
