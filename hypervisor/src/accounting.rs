@@ -33,8 +33,8 @@ pub enum Counter {
     /// another VM: a world switch that changed the VMID. Under QEMU each one flushes the
     /// pCPU's whole soft TLB, so every page the VM touches next is walked again.
     VmidSwitches,
-    /// Times one of its running vCPUs gave way to a woken vCPU of any VM (`sched`'s wake-up
-    /// preemption).
+    /// Times one of its running vCPUs was preempted because a woken vCPU of any VM asked it to
+    /// give way (`sched`'s wake-up preemption).
     GaveWay,
 }
 

@@ -95,6 +95,9 @@ enum Action {
     Continue,
     /// Give the pCPU to another runnable vCPU if there is one (time slice over, yield).
     Preempt,
+    /// As `Preempt`, because a woken vCPU asked this one to give way (`sched`'s wake-up
+    /// preemption); counted in the VM's `gave_way` when it does.
+    GiveWay,
     /// WFI: sleep until an interrupt or the vCPU's timer.
     Wait,
     /// This vCPU powers off (PSCI CPU_OFF).
@@ -308,11 +311,6 @@ fn gives_way(pcpu: usize, id: VcpuId) -> bool {
     let at = GIVE_WAY_AT[pcpu].load(Ordering::Relaxed);
     if cpu::counter() >= at {
         GIVE_WAY[pcpu].store(NO_VCPU, Ordering::Relaxed);
-        ACCOUNTING.add(
-            CURRENT_VM[pcpu].load(Ordering::Relaxed),
-            Counter::GaveWay,
-            1,
-        );
         return true;
     }
     if cpu::hyp_timer_deadline().is_none_or(|deadline| at < deadline) {
@@ -1145,7 +1143,7 @@ fn finish_action(entry: &mut Unlocked, pcpu: usize, frame: &mut TrapFrame, actio
     let id = CURRENT[pcpu].load(Ordering::Relaxed);
     // A woken vCPU asked this one to give way.
     let action = match action {
-        Action::Continue if gives_way(pcpu, id) => Action::Preempt,
+        Action::Continue if gives_way(pcpu, id) => Action::GiveWay,
         action => action,
     };
     wake_expired(entry, pcpu);
@@ -1280,19 +1278,24 @@ fn halt_poll(entry: &mut Unlocked, id: VcpuId, pcpu: usize) {
     IDLE[pcpu].store(false, Ordering::Release);
 }
 
-/// Continue, Preempt or Wait for the locked, running vCPU `id`: true if it keeps this pCPU.
+/// Continue, Preempt (or GiveWay) or Wait for the locked, running vCPU `id`: true if it keeps
+/// this pCPU.
 fn keep_running(vcpu: &mut VcpuLocked, id: VcpuId, frame: &TrapFrame, action: Action) -> bool {
     let (v, token) = vcpu.split();
     match action {
-        Action::Preempt => {
+        Action::Preempt | Action::GiveWay => {
             let mut sched = SchedLocked::lock(token);
             if !sched.has_runnable() {
+                // (A vCPU asked to give way finds the woken one picked elsewhere meanwhile.)
                 refill_live(v);
                 arm_timer(&sched, cpu::counter());
                 return true;
             }
             save(v, frame);
             sched.preempt(id, cpu::counter());
+            if matches!(action, Action::GiveWay) {
+                ACCOUNTING.add(v.run.vm_id, Counter::GaveWay, 1);
+            }
             false
         }
         Action::Wait => {
