@@ -323,6 +323,15 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    /// Wakes `id` (nothing else runnable), runs it on `pcpu` from 0 to `ran` and preempts it,
+    /// then loads it again at `ran`: a busy vCPU that has run `ran` ticks.
+    fn run_busy(s: &mut Scheduler, id: VcpuId, pcpu: usize, ran: u64) {
+        s.wake(id);
+        assert_eq!(s.pick(pcpu, 0), Some(id));
+        s.preempt(id, ran);
+        assert_eq!(s.pick(pcpu, ran), Some(id));
+    }
+
     /// Bounds in round numbers of ticks.
     const FAIR: Fairness = Fairness {
         sleeper_credit: 2_000,
@@ -459,10 +468,7 @@ mod tests {
     fn a_waking_vcpu_is_placed_at_most_the_sleeper_credit_behind() {
         let mut s = Scheduler::new(FAIR);
         let (busy, sleeper) = (s.add(), s.add());
-        s.wake(busy);
-        assert_eq!(s.pick(0, 0), Some(busy));
-        s.preempt(busy, 1_000_000);
-        assert_eq!(s.pick(0, 1_000_000), Some(busy));
+        run_busy(&mut s, busy, 0, 1_000_000);
         // It slept (was off) for the whole time: it does not get a million ticks of credit.
         s.wake(sleeper);
         assert_eq!(s.vruntime(sleeper), 1_000_000 - FAIR.sleeper_credit);
@@ -485,10 +491,7 @@ mod tests {
         let mut s = Scheduler::new(FAIR);
         let (hog, other, light) = (s.add(), s.add(), s.add());
         // The hog ends its runs preempted (busy); `other` runs long but blocks (not busy).
-        s.wake(hog);
-        assert_eq!(s.pick(1, 0), Some(hog));
-        s.preempt(hog, 10_000);
-        assert_eq!(s.pick(1, 10_000), Some(hog));
+        run_busy(&mut s, hog, 1, 10_000);
         s.wake(other);
         assert_eq!(s.pick(0, 10_000), Some(other));
         s.block(other, None, 30_000);
@@ -532,10 +535,7 @@ mod tests {
     fn a_busy_vcpu_gives_way_only_when_more_than_the_granularity_ahead() {
         let mut s = Scheduler::new(FAIR);
         let (busy, woken) = (s.add(), s.add());
-        s.wake(busy);
-        assert_eq!(s.pick(0, 0), Some(busy));
-        s.preempt(busy, 0);
-        assert_eq!(s.pick(0, 0), Some(busy));
+        run_busy(&mut s, busy, 0, 0);
         s.wake(woken);
         assert_eq!(s.vruntime(woken), 0);
         assert_eq!(s.preemption_victim(woken, FAIR.granularity), None);

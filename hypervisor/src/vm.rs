@@ -165,10 +165,10 @@ pub enum CreateError {
 }
 
 impl Vm {
-    /// Allocates RAM (2 MiB aligned, so stage-2 uses blocks past the shared code's block), builds
-    /// the stage-2 table, and loads the image and start-info page. `peers` is the VM's peer bitmap from
-    /// [`Bundle::peers_of`](shared_abi::bundle::Bundle::peers_of); `code` is the hypervisor's
-    /// copy of its image's read-only part, if the image has one.
+    /// Allocates RAM (2 MiB aligned, so stage-2 uses blocks past the shared code's block),
+    /// builds the stage-2 table, and loads the image and start-info page. `peers` is the VM's
+    /// peer bitmap from [`Bundle::peers_of`](shared_abi::bundle::Bundle::peers_of); `code` is
+    /// the hypervisor's copy of its image's read-only part, if the image has one.
     pub fn create(
         spec: &VmSpec<'static>,
         peers: u64,
