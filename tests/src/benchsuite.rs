@@ -14,6 +14,7 @@
 //! | `passthrough` | driver domain running an iperf3 server on its own endpoint; the host sends, then receives (`-R`) | `passthrough_tcp_mbps.host_to_driver_domain`, `.driver_domain_to_host`, its costs per packet (`three_way.passthrough`) |
 //! | `host_guest_passt` | as `host_guest` but the NIC on passt, and the guest runs the iperf3 client against the host's `iperf3 -s` (two boots: forward, then `-R`) | `paravirt_tcp_mbps.passt.guest_to_host` (the host server's receiver figure), `.host_to_guest` (the guest's) |
 //! | `passthrough_passt` | `passthrough` with the NIC on passt | `passthrough_tcp_mbps.passt.host_to_driver_domain` |
+//! | `host_guest_tap`, `passthrough_tap` (group `tap`, run only when named: see [`OPT_IN_GROUPS`]) | `host_guest` and the `passthrough` boot (both ways) with the NIC on a tap device in a network namespace of its own ([`crate::tap`]); the host's iperf3 client runs inside it and reaches each VM at its own address: the host's own TCP stack, window scaling, no user-mode network in between. Needs root and /dev/net/tun | `paravirt_tcp_mbps.tap.{host_to_guest,guest_to_host}`, `passthrough_tcp_mbps.tap.{host_to_driver_domain,driver_domain_to_host}`, `ratios.tap_*_over_passthrough`, `reasons.tap_*` |
 //! | `passthrough_vlpi` | `passthrough` on a GICv4 machine (`gic = 4`): the NIC's MSI-X as vLPIs (issue 15) | `passthrough_tcp_mbps.vlpi.host_to_driver_domain`, `nic_interrupt_exits.vlpi` (and `passthrough` gives `nic_interrupt_exits.intx`): the hypervisor's `device_irqs` between the test's accounting reports over the driver domain's NIC interrupts between its counters lines around them (2 s apart, so a lower bound) |
 //! | `ping` | driver domain, two `net` guests: guest1 pings guest2 20 x 50 ms apart, then guest2 pings guest1 100 x 1 ms apart | `ping_rtt_us.guest_to_guest`, `.guest_to_guest_1ms_apart`, their ratios to the event channel |
 //! | `evtchn`, `grant` | the ping-pong and grant `BENCH` apps | `evtchn_roundtrip_us`, `figures` (ticks) |
@@ -70,6 +71,7 @@ use crate::net::{free_port, Proto};
 use crate::plot::{self, PathBar, PlotPoint};
 use crate::qemu::{boot, Artifacts, Boot, BootOptions};
 use crate::report::parse_ping_summary;
+use crate::tap::TapNet;
 use crate::topology::{NicBackend, Topology};
 
 /// What to run.
@@ -90,7 +92,7 @@ pub struct Options {
 
 /// The scenario groups `--only` can pick: the scenario keys of the module docs, with every
 /// `scaling_N_pairs` under `scaling` and every `bystander_LOAD` under `bystander`.
-pub const SCENARIO_GROUPS: [&str; 16] = [
+pub const SCENARIO_GROUPS: [&str; 17] = [
     "guest_to_guest",
     "guest_to_guest_64k",
     "scaling",
@@ -100,6 +102,7 @@ pub const SCENARIO_GROUPS: [&str; 16] = [
     "host_guest_passt",
     "passthrough_passt",
     "passthrough_vlpi",
+    "tap",
     "ping",
     "evtchn",
     "grant",
@@ -108,6 +111,14 @@ pub const SCENARIO_GROUPS: [&str; 16] = [
     "balloon",
     "restart",
 ];
+
+/// Groups that run only when `--only` names them. `tap` needs root and /dev/net/tun, and its
+/// ten boots (about two minutes) would take the whole bench past its 10-minute goal.
+pub const OPT_IN_GROUPS: [&str; 1] = ["tap"];
+
+/// How to ask for the tap group next to the host paths it is compared with.
+pub const TAP_HINT: &str = "./run.sh bench --only host_guest,passthrough,tap (root and \
+                            /dev/net/tun; about 2 minutes)";
 
 impl Options {
     /// `./run.sh bench`: 5 runs, 5-second tests, 1, 2 and 4 pairs.
@@ -134,9 +145,14 @@ impl Options {
         }
     }
 
-    /// Whether scenario group `group` (one of [`SCENARIO_GROUPS`]) runs.
+    /// Whether scenario group `group` (one of [`SCENARIO_GROUPS`]) runs: every group but the
+    /// [`OPT_IN_GROUPS`] when no `--only` is given.
     pub fn runs_group(&self, group: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|g| g == group)
+        if self.only.is_empty() {
+            !OPT_IN_GROUPS.contains(&group)
+        } else {
+            self.only.iter().any(|g| g == group)
+        }
     }
 }
 
@@ -255,8 +271,14 @@ fn nic_serve_ms(seconds: u32) -> u64 {
 
 /// One iperf3 server guest the host tests in both directions (`host_iperf = true`).
 pub fn host_topology(seconds: u32) -> String {
+    host_topology_on(NicBackend::User, seconds)
+}
+
+/// [`host_topology`] with the NIC on `nic`.
+pub fn host_topology_on(nic: NicBackend, seconds: u32) -> String {
     format!(
-        "{MACHINE}{}{}",
+        "{}{}{}",
+        machine_on(nic),
         driver_domain(&format!(", nic_serve_ms = {}", nic_serve_ms(seconds))),
         guest(
             "guest1",
@@ -574,6 +596,9 @@ pub struct Paravirt {
     pub guest_to_host: Option<Stat>,
     /// The host paths with the NIC on passt (the guest the client).
     pub passt: HostPaths,
+    /// The host paths with the NIC on a tap device, the host's iperf3 the client inside the
+    /// tap's namespace (group `tap`, run only when asked for).
+    pub tap: HostPaths,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -591,6 +616,14 @@ pub struct Passthrough {
     pub passt: PassthroughPasst,
     /// On a GICv4 machine, the NIC's MSI-X delivered as vLPIs.
     pub vlpi: PassthroughPasst,
+    /// With the NIC on a tap device (group `tap`), both ways.
+    pub tap: PassthroughBothWays,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PassthroughBothWays {
+    pub host_to_driver_domain: Option<Stat>,
+    pub driver_domain_to_host: Option<Stat>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -699,6 +732,11 @@ pub struct Ratios {
     /// `paravirt_tcp_mbps.guest_to_host` / `passthrough_tcp_mbps.driver_domain_to_host`
     /// (medians): the same, from a guest to the NIC.
     pub guest_to_host_over_passthrough: Option<f64>,
+    /// `paravirt_tcp_mbps.tap.host_to_guest` / `passthrough_tcp_mbps.tap.host_to_driver_domain`
+    /// (medians): the split driver's cost where the host side is the host's own TCP stack.
+    pub tap_host_to_guest_over_passthrough: Option<f64>,
+    /// `paravirt_tcp_mbps.tap.guest_to_host` / `passthrough_tcp_mbps.tap.driver_domain_to_host`.
+    pub tap_guest_to_host_over_passthrough: Option<f64>,
     /// `paravirt_tcp_mbps.guest_to_guest_64k` / `memcpy_mbps` (medians).
     pub guest_to_guest_64k_over_memcpy: Option<f64>,
     /// Two pairs at once over one pair (the `scaling` aggregates' medians).
@@ -777,13 +815,15 @@ pub struct Results {
 }
 
 /// The para-virtual paths that get reasons: the key in `reasons` and the table's label.
-pub const REASON_PATHS: [(&str, &str); 6] = [
+pub const REASON_PATHS: [(&str, &str); 8] = [
     ("guest_to_guest", "guest -> guest"),
     ("guest_to_guest_64k", "64K frames g -> g"),
     ("host_to_guest", "host -> guest"),
     ("guest_to_host", "guest -> host"),
     ("passt_host_to_guest", "passt: host -> guest"),
     ("passt_guest_to_host", "passt: guest -> host"),
+    ("tap_host_to_guest", "tap: host -> guest"),
+    ("tap_guest_to_host", "tap: guest -> host"),
 ];
 
 /// JSON pointers of the figures every complete run has, each a [`Stat`] with a positive
@@ -864,24 +904,46 @@ pub const REQUIRED_FIGURES: [&str; 73] = [
     "/driver_domain_restart_gap_ms/host_to_guest",
 ];
 
+/// JSON pointers of the `tap` group's figures (it runs only when asked for, so they are not
+/// among [`REQUIRED_FIGURES`]).
+pub const TAP_FIGURES: [&str; 10] = [
+    "/paravirt_tcp_mbps/tap/host_to_guest",
+    "/paravirt_tcp_mbps/tap/guest_to_host",
+    "/passthrough_tcp_mbps/tap/host_to_driver_domain",
+    "/passthrough_tcp_mbps/tap/driver_domain_to_host",
+    "/ratios/tap_host_to_guest_over_passthrough",
+    "/ratios/tap_guest_to_host_over_passthrough",
+    "/reasons/tap_host_to_guest/events_per_frame",
+    "/reasons/tap_host_to_guest/pcpu_share/driver-domain",
+    "/reasons/tap_guest_to_host/events_per_frame",
+    "/reasons/tap_guest_to_host/pcpu_share/driver-domain",
+];
+
+/// Whether `v` is a positive finite number, or a [`Stat`] with such a median.
+fn positive(v: Option<&serde_json::Value>) -> bool {
+    let v = match v {
+        Some(v) if v.is_object() => v.get("median"),
+        other => other,
+    };
+    v.and_then(serde_json::Value::as_f64)
+        .is_some_and(|x| x > 0.0 && x.is_finite())
+}
+
+/// Each of `pointers` that is absent from `doc` or not positive.
+pub fn missing_of(doc: &serde_json::Value, pointers: &[&str]) -> Vec<String> {
+    pointers
+        .iter()
+        .filter(|p| !positive(doc.pointer(p)))
+        .map(|p| p.to_string())
+        .collect()
+}
+
 /// What is missing from a results document: each [`REQUIRED_FIGURES`] entry that is absent or
 /// not positive, each of `pair_counts` without a positive aggregate in `scaling`, and each count
 /// above one without its fastest-over-slowest pair figure or its VMID switches per frame. Empty
 /// when the document is complete.
 pub fn missing_figures(doc: &serde_json::Value, pair_counts: &[usize]) -> Vec<String> {
-    let positive = |v: Option<&serde_json::Value>| {
-        let v = match v {
-            Some(v) if v.is_object() => v.get("median"),
-            other => other,
-        };
-        v.and_then(serde_json::Value::as_f64)
-            .is_some_and(|x| x > 0.0 && x.is_finite())
-    };
-    let mut missing: Vec<String> = REQUIRED_FIGURES
-        .iter()
-        .filter(|p| !positive(doc.pointer(p)))
-        .map(|p| p.to_string())
-        .collect();
+    let mut missing = missing_of(doc, &REQUIRED_FIGURES);
     for pairs in pair_counts {
         let point = doc
             .get("scaling")
@@ -934,6 +996,10 @@ struct Raw {
     passt_guest_to_host: Vec<f64>,
     passt_passthrough: Vec<f64>,
     vlpi_passthrough: Vec<f64>,
+    tap_host_to_guest: Vec<f64>,
+    tap_guest_to_host: Vec<f64>,
+    tap_passthrough: Vec<f64>,
+    tap_passthrough_from: Vec<f64>,
     nic_exits_vlpi: Vec<f64>,
     nic_exits_intx: Vec<f64>,
     ping_rtts_us: Vec<Vec<f64>>,
@@ -963,7 +1029,54 @@ struct Raw {
     errors: Vec<String>,
 }
 
+/// Which figures and reasons a host-paths boot (`host_guest` or its tap twin) feeds: its
+/// reason paths ([`REASON_PATHS`] keys) for host -> guest and guest -> host, and whether the NIC
+/// was on a tap device.
+#[derive(Clone, Copy)]
+struct HostPathKeys {
+    to: &'static str,
+    from: &'static str,
+    tap: bool,
+}
+
+const HOST_PATHS: HostPathKeys = HostPathKeys {
+    to: "host_to_guest",
+    from: "guest_to_host",
+    tap: false,
+};
+
+const TAP_HOST_PATHS: HostPathKeys = HostPathKeys {
+    to: "tap_host_to_guest",
+    from: "tap_guest_to_host",
+    tap: true,
+};
+
 impl Raw {
+    /// Records a host-paths run: each way's figure (or why it is missing) and reasons under
+    /// `keys`. Returns the host -> guest test's costs per packet for the caller to file.
+    fn add_host_run(
+        &mut self,
+        run: usize,
+        r: HostRun,
+        keys: HostPathKeys,
+    ) -> Result<PacketCosts, String> {
+        self.add_reasons(keys.to, run, r.to_reasons);
+        self.add_reasons(keys.from, run, r.from_reasons);
+        for (key, figure) in [(keys.to, r.to), (keys.from, r.from)] {
+            let figures = match (keys.tap, key == keys.to) {
+                (false, true) => &mut self.host_to_guest,
+                (false, false) => &mut self.guest_to_host,
+                (true, true) => &mut self.tap_host_to_guest,
+                (true, false) => &mut self.tap_guest_to_host,
+            };
+            match figure {
+                Ok(v) => figures.push(v),
+                Err(e) => self.errors.push(format!("{key} run {run}: {e}")),
+            }
+        }
+        r.to_costs
+    }
+
     /// Records a run's reasons for `path`, or why they could not be had (the throughput
     /// figure still counts).
     fn add_reasons(&mut self, path: &'static str, run: usize, reasons: Result<RunReasons, String>) {
@@ -1066,6 +1179,10 @@ impl Results {
                     host_to_guest: Stat::of_runs(&raw.passt_host_to_guest),
                     guest_to_host: Stat::of_runs(&raw.passt_guest_to_host),
                 },
+                tap: HostPaths {
+                    host_to_guest: Stat::of_runs(&raw.tap_host_to_guest),
+                    guest_to_host: Stat::of_runs(&raw.tap_guest_to_host),
+                },
             },
             linux_guest_tcp_mbps: HostPaths {
                 host_to_guest: Stat::of_runs(&raw.linux_host_to_guest),
@@ -1079,6 +1196,10 @@ impl Results {
                 },
                 vlpi: PassthroughPasst {
                     host_to_driver_domain: Stat::of_runs(&raw.vlpi_passthrough),
+                },
+                tap: PassthroughBothWays {
+                    host_to_driver_domain: Stat::of_runs(&raw.tap_passthrough),
+                    driver_domain_to_host: Stat::of_runs(&raw.tap_passthrough_from),
                 },
             },
             nic_interrupt_exits: NicInterruptExits {
@@ -1211,6 +1332,14 @@ impl Results {
                 &results.paravirt_tcp_mbps.guest_to_host,
                 &results.passthrough_tcp_mbps.driver_domain_to_host,
             ),
+            tap_host_to_guest_over_passthrough: ratio(
+                &results.paravirt_tcp_mbps.tap.host_to_guest,
+                &results.passthrough_tcp_mbps.tap.host_to_driver_domain,
+            ),
+            tap_guest_to_host_over_passthrough: ratio(
+                &results.paravirt_tcp_mbps.tap.guest_to_host,
+                &results.passthrough_tcp_mbps.tap.driver_domain_to_host,
+            ),
             guest_to_guest_64k_over_memcpy: ratio(
                 &results.paravirt_tcp_mbps.guest_to_guest_64k,
                 &results.memcpy_mbps,
@@ -1273,7 +1402,7 @@ impl Results {
             figure: stat.as_ref().map(|s| (s.median, s.min, s.max)),
         };
         let p = &self.paravirt_tcp_mbps;
-        let bars = [
+        let mut bars = vec![
             bar("guest <-> guest", &p.guest_to_guest),
             bar("guest <-> guest, 64K frames", &p.guest_to_guest_64k),
             bar("host -> guest", &p.host_to_guest),
@@ -1309,11 +1438,25 @@ impl Results {
                 &self.emulated_tcp_mbps.guest_to_guest,
             ),
         ];
+        // The tap group runs only when asked for: its bars only when it did.
+        let tap = &self.passthrough_tcp_mbps.tap;
+        let tap_bars = [
+            bar("tap: host -> guest", &p.tap.host_to_guest),
+            bar("tap: guest -> host", &p.tap.guest_to_host),
+            bar("tap: passthrough host -> dd", &tap.host_to_driver_domain),
+            bar("tap: passthrough dd -> host", &tap.driver_domain_to_host),
+        ];
+        let tap_ran = tap_bars.iter().any(|b| b.figure.is_some());
+        if tap_ran {
+            bars.extend(tap_bars);
+        }
         let subtitle = format!(
             "2 pCPUs; TCP, one stream, {} s tests, median of {} run(s) with min-max; host paths \
              over user networking (ours, then a stock Linux guest's), then passt, then the \
-             emulated NIC (all its tests in one boot)",
-            self.iperf_seconds, self.runs,
+             emulated NIC (all its tests in one boot){}",
+            self.iperf_seconds,
+            self.runs,
+            if tap_ran { ", then tap" } else { "" },
         );
         plot::paths_svg(&bars, "Throughput per path", &subtitle)
     }
@@ -1395,6 +1538,26 @@ impl Results {
                     .passt
                     .host_to_driver_domain
                     .as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "tap: paravirt TCP host -> guest".into(),
+                self.paravirt_tcp_mbps.tap.host_to_guest.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "tap: paravirt TCP guest -> host".into(),
+                self.paravirt_tcp_mbps.tap.guest_to_host.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "tap: passthrough host -> driver dom.".into(),
+                self.passthrough_tcp_mbps.tap.host_to_driver_domain.as_ref(),
+                "Mbit/s",
+            ),
+            (
+                "tap: passthrough driver dom. -> host".into(),
+                self.passthrough_tcp_mbps.tap.driver_domain_to_host.as_ref(),
                 "Mbit/s",
             ),
             (
@@ -1542,6 +1705,15 @@ impl Results {
             };
         }
         out += &format!("{:<40} {}\n", "QEMU vCPU threads", self.vcpu_pinning);
+        let tap = [
+            &self.paravirt_tcp_mbps.tap.host_to_guest,
+            &self.paravirt_tcp_mbps.tap.guest_to_host,
+            &self.passthrough_tcp_mbps.tap.host_to_driver_domain,
+            &self.passthrough_tcp_mbps.tap.driver_domain_to_host,
+        ];
+        if tap.iter().all(|s| s.is_none()) {
+            out += &format!("{:<40} not run (only when asked): {TAP_HINT}\n", "tap rows");
+        }
         if unsteady {
             out +=
                 "! run values' max/min over 2x (`spread_over_2x` in the JSON): the figure moved \
@@ -1564,6 +1736,14 @@ impl Results {
             (
                 "ratio guest -> host / passthrough",
                 self.ratios.guest_to_host_over_passthrough,
+            ),
+            (
+                "ratio tap: host -> guest / passthrough",
+                self.ratios.tap_host_to_guest_over_passthrough,
+            ),
+            (
+                "ratio tap: guest -> host / passthrough",
+                self.ratios.tap_guest_to_host_over_passthrough,
             ),
             ("ratio 2 pairs / 1 pair", self.ratios.two_pairs_over_one),
             (
@@ -1808,25 +1988,12 @@ impl Suite<'_> {
         }
         for run in (1..=runs).filter(|_| wants("host_guest")) {
             let what = format!("host iperf3 -> guest, then -R, {secs} s each");
-            match self.scenario("host_guest", run, &what, Suite::host_run) {
-                Ok(HostRun {
-                    to,
-                    from,
-                    to_reasons,
-                    from_reasons,
-                    to_costs,
-                }) => {
-                    raw.add_costs("paravirt", "host_to_guest", run, to_costs);
-                    raw.add_reasons("host_to_guest", run, to_reasons);
-                    raw.add_reasons("guest_to_host", run, from_reasons);
-                    match to {
-                        Ok(v) => raw.host_to_guest.push(v),
-                        Err(e) => raw.errors.push(format!("host_to_guest run {run}: {e}")),
-                    }
-                    match from {
-                        Ok(v) => raw.guest_to_host.push(v),
-                        Err(e) => raw.errors.push(format!("guest_to_host run {run}: {e}")),
-                    }
+            match self.scenario("host_guest", run, &what, |s, r| {
+                s.host_run_on(NicBackend::User, r)
+            }) {
+                Ok(r) => {
+                    let costs = raw.add_host_run(run, r, HOST_PATHS);
+                    raw.add_costs("paravirt", "host_to_guest", run, costs);
                 }
                 Err(e) => raw.errors.push(e),
             }
@@ -1905,6 +2072,9 @@ impl Suite<'_> {
                 Ok((v, _)) => raw.passt_passthrough.push(v),
                 Err(e) => raw.errors.push(e),
             }
+        }
+        if wants("tap") {
+            self.tap_runs(&mut raw);
         }
         for run in (1..=runs).filter(|_| wants("ping")) {
             let what = "20 pings 50 ms apart, then 100 pings 1 ms apart";
@@ -2079,7 +2249,10 @@ impl Suite<'_> {
             1,
             &topology,
             timeout,
-            vec![forward],
+            BootNetwork {
+                forwards: vec![forward],
+                tap: None,
+            },
             &start_host,
             &stop,
         )?;
@@ -2235,6 +2408,20 @@ impl Suite<'_> {
         host: Option<&HostIperfs>,
         stop: &dyn Fn(&str) -> bool,
     ) -> Result<Booted, String> {
+        self.boot_once_in(key, run, topology, timeout, (host, None), stop)
+    }
+
+    /// [`Suite::boot_once`], QEMU in the namespace of `tap` when given (a topology with
+    /// `nic = "tap"`, whose host clients run there too).
+    fn boot_once_in(
+        &self,
+        key: &str,
+        run: usize,
+        topology: &Topology,
+        timeout: Duration,
+        (host, tap): (Option<&HostIperfs>, Option<&TapNet>),
+        stop: &dyn Fn(&str) -> bool,
+    ) -> Result<Booted, String> {
         let on_line = |line: &str| {
             if let Some(host) = host {
                 host.on_line(line);
@@ -2243,7 +2430,17 @@ impl Suite<'_> {
         let forwards = host.map(HostIperfs::forwards).unwrap_or_default();
         let stop_when =
             |line: &str| stop(line) || line.contains("REPORT fail") || line.contains("killing VM ");
-        self.boot_with(key, run, topology, timeout, forwards, &on_line, &stop_when)
+        let network = BootNetwork { forwards, tap };
+        self.boot_with(key, run, topology, timeout, network, &on_line, &stop_when)
+    }
+
+    /// A tap network for a topology with `nic = "tap"` (made here so that the host's clients
+    /// can run in its namespace; dropped, and so deleted, after the boot), else none.
+    fn tap_for(topology: &Topology) -> Result<Option<TapNet>, String> {
+        match topology.machine.nic {
+            Some(NicBackend::Tap) => TapNet::create().map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// [`Suite::boot_once`] with any port forwards and any `on_line`, stopping only where
@@ -2255,7 +2452,7 @@ impl Suite<'_> {
         run: usize,
         topology: &Topology,
         timeout: Duration,
-        host_forwards: Vec<HostForward>,
+        network: BootNetwork,
         on_line: &dyn Fn(&str),
         stop: &dyn Fn(&str) -> bool,
     ) -> Result<Booted, String> {
@@ -2264,7 +2461,8 @@ impl Suite<'_> {
             self.artifacts,
             &BootOptions {
                 timeout,
-                host_forwards,
+                host_forwards: network.forwards,
+                tap: network.tap,
                 on_line: Some(on_line),
                 stop_when: Some(stop),
                 ..BootOptions::default()
@@ -2398,14 +2596,31 @@ impl Suite<'_> {
         })
     }
 
-    /// The host's iperf3 against a guest's server: host -> guest, then guest -> host.
-    fn host_run(&self, run: usize) -> Result<HostRun, String> {
-        let topology = parse(&host_topology(self.options.seconds))?;
-        let host = HostIperfs::plan(&topology, self.options.seconds)?;
+    /// The host's iperf3 against a guest's server: host -> guest, then guest -> host, the NIC
+    /// on `nic` (user networking, or a tap device whose namespace the host's client runs in).
+    fn host_run_on(&self, nic: NicBackend, run: usize) -> Result<HostRun, String> {
+        let key = match nic {
+            NicBackend::User => "host_guest".to_string(),
+            ref other => format!("host_guest_{}", other.as_str()),
+        };
+        let topology = parse(&host_topology_on(nic, self.options.seconds))?;
+        let tap = Suite::tap_for(&topology)?;
+        let host = HostIperfs::plan_in(
+            &topology,
+            self.options.seconds,
+            tap.as_ref().map(TapNet::netns),
+        )?;
         let closing = Closing::default();
         let stop = |line: &str| closing.stop(host.done(), line);
         let timeout = Duration::from_secs(60 + 2 * (u64::from(self.options.seconds) + 60));
-        let booted = self.boot_once("host_guest", run, &topology, timeout, Some(&host), &stop)?;
+        let booted = self.boot_once_in(
+            &key,
+            run,
+            &topology,
+            timeout,
+            (Some(&host), tap.as_ref()),
+            &stop,
+        )?;
         let client = host.get("guest1").ok_or("no host iperf3 for guest1")?;
         let figure = |direction: Direction| -> Result<f64, String> {
             let run = client.outcome(direction).map_err(|e| booted.failure(&e))?;
@@ -2447,6 +2662,51 @@ impl Suite<'_> {
             from_reasons: reasons(2, false),
             to_costs,
         })
+    }
+
+    /// The `tap` group: the `host_guest` and `passthrough` boots (both ways) with the NIC on a
+    /// tap device, `runs` of each. Where the machine cannot have one (not root, no
+    /// /dev/net/tun) the group says why, records it as an error, and the bench goes on.
+    fn tap_runs(&self, raw: &mut Raw) {
+        if let Err(why) = crate::tap::tap_support() {
+            eprintln!("bench: tap SKIPPED: {why}");
+            raw.errors.push(format!("tap: {why}"));
+            return;
+        }
+        let (runs, secs) = (self.options.runs, self.options.seconds);
+        for run in 1..=runs {
+            let what =
+                format!("host iperf3 in the tap's namespace -> guest, then -R, {secs} s each");
+            match self.scenario("host_guest_tap", run, &what, |s, r| {
+                s.host_run_on(NicBackend::Tap, r)
+            }) {
+                // The three-way table's costs are user networking's.
+                Ok(r) => {
+                    let _costs = raw.add_host_run(run, r, TAP_HOST_PATHS);
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
+        for run in 1..=runs {
+            let what = format!(
+                "host iperf3 in the tap's namespace -> driver domain, then -R, {secs} s each"
+            );
+            match self.scenario("passthrough_tap", run, &what, |s, r| {
+                s.passthrough_run_with(NicBackend::Tap, 3, true, r)
+            }) {
+                Ok(PassthroughRun { to, from, .. }) => {
+                    raw.tap_passthrough.push(to);
+                    match from {
+                        Some(Ok(v)) => raw.tap_passthrough_from.push(v),
+                        Some(Err(e)) => raw.errors.push(format!(
+                            "passthrough_tap (driver domain -> host) run {run}: {e}"
+                        )),
+                        None => {}
+                    }
+                }
+                Err(e) => raw.errors.push(e),
+            }
+        }
     }
 
     /// The `linux` group: one boot of the stock Linux guest, `runs` host tests each way (see
@@ -2631,7 +2891,12 @@ impl Suite<'_> {
             self.options.seconds,
             both,
         ))?;
-        let host = HostIperfs::plan(&topology, self.options.seconds)?;
+        let tap = Suite::tap_for(&topology)?;
+        let host = HostIperfs::plan_in(
+            &topology,
+            self.options.seconds,
+            tap.as_ref().map(TapNet::netns),
+        )?;
         // Past the host's tests, until the driver domain's accounting report closing its first
         // test and a NIC counters line after it (its server may end the test after the host's
         // client has its result), at most a while.
@@ -2653,7 +2918,14 @@ impl Suite<'_> {
         };
         let tests = if both { 2 } else { 1 };
         let timeout = Duration::from_secs(60 + tests * (u64::from(self.options.seconds) + 60));
-        let booted = self.boot_once(&key, run, &topology, timeout, Some(&host), &stop)?;
+        let booted = self.boot_once_in(
+            &key,
+            run,
+            &topology,
+            timeout,
+            (Some(&host), tap.as_ref()),
+            &stop,
+        )?;
         let client = host
             .get(DRIVER_DOMAIN)
             .ok_or("no host iperf3 for the driver domain")?;
@@ -2982,6 +3254,13 @@ struct HostRun {
     to_costs: Result<PacketCosts, String>,
 }
 
+/// The host side of a boot's NIC network: port forwards (user networking, passt), or the tap
+/// network to run QEMU in.
+struct BootNetwork<'a> {
+    forwards: Vec<HostForward>,
+    tap: Option<&'a TapNet>,
+}
+
 /// What one `restart` boot measured.
 struct RestartRun {
     recovered_ms: u64,
@@ -3275,6 +3554,15 @@ mod tests {
 
     #[test]
     fn every_scenario_topology_parses() {
+        // The tap group's: the NIC on a tap device, the same VMs as over user networking.
+        let host = Topology::from_toml_str(&host_topology_on(NicBackend::Tap, 5)).unwrap();
+        assert_eq!(host.machine.nic, Some(NicBackend::Tap));
+        let user = Topology::from_toml_str(&host_topology(5)).unwrap();
+        assert_eq!(host.vms, user.vms);
+        let pt = passthrough_topology_with(NicBackend::Tap, 3, 5, true);
+        let pt = Topology::from_toml_str(&pt).unwrap();
+        assert_eq!(pt.machine.nic, Some(NicBackend::Tap));
+        assert_eq!(pt.vms[0].setting("host_iperf"), Some("both"));
         for pairs in [1, 2, 4] {
             for memcpy in [false, true] {
                 let t = Topology::from_toml_str(&pairs_topology(pairs, 5, memcpy)).unwrap();
@@ -3848,6 +4136,72 @@ mod tests {
         assert!(missing.contains(&"/memcpy_mbps".to_string()));
         assert!(missing.contains(&"/ratios/guest_to_guest_over_memcpy".to_string()));
         assert_eq!(missing.len(), REQUIRED_FIGURES.len() + 1);
+    }
+
+    #[test]
+    fn the_tap_group_runs_only_when_asked_and_then_fills_its_figures_rows_and_bars() {
+        assert!(!Options::full().runs_group("tap"));
+        assert!(Options::full().runs_group("host_guest"));
+        let asked = Options {
+            only: vec!["host_guest".into(), "tap".into()],
+            ..Options::full()
+        };
+        assert!(asked.runs_group("tap") && !asked.runs_group("ping"));
+        // Not run: the table says how to ask for it, the plot has no tap bars.
+        let options = Options::full();
+        let mut raw = raw_complete(&options);
+        raw.reasons.retain(|path, _| !path.starts_with("tap_"));
+        let without = Results::from_raw(&options, raw);
+        assert!(without.table().contains(TAP_HINT), "{}", without.table());
+        assert_eq!(without.paths_svg().matches("tap: ").count(), 0);
+        let doc: serde_json::Value = serde_json::from_str(&without.to_json()).unwrap();
+        assert_eq!(missing_of(&doc, &TAP_FIGURES).len(), TAP_FIGURES.len());
+        // Run: every figure, the ratios to its own passthrough, rows and four more bars.
+        let mut raw = raw_complete(&options);
+        raw.tap_host_to_guest = vec![700.0, 720.0, 680.0];
+        raw.tap_guest_to_host = vec![600.0, 610.0, 590.0];
+        raw.tap_passthrough = vec![560.0, 590.0, 580.0];
+        raw.tap_passthrough_from = vec![850.0, 860.0, 870.0];
+        let with = Results::from_raw(&options, raw);
+        let doc: serde_json::Value = serde_json::from_str(&with.to_json()).unwrap();
+        assert_eq!(missing_of(&doc, &TAP_FIGURES), Vec::<String>::new());
+        assert_eq!(
+            doc["paravirt_tcp_mbps"]["tap"]["host_to_guest"]["median"],
+            700.0
+        );
+        assert_eq!(
+            doc["passthrough_tcp_mbps"]["tap"]["driver_domain_to_host"]["median"],
+            860.0
+        );
+        let close = |r: Option<f64>, want: f64| r.is_some_and(|r| (r - want).abs() < 1e-6);
+        assert!(close(
+            with.ratios.tap_host_to_guest_over_passthrough,
+            700.0 / 580.0
+        ));
+        assert!(close(
+            with.ratios.tap_guest_to_host_over_passthrough,
+            600.0 / 860.0
+        ));
+        let table = with.table();
+        assert!(!table.contains(TAP_HINT), "{table}");
+        for label in [
+            "tap: paravirt TCP host -> guest",
+            "tap: paravirt TCP guest -> host",
+            "tap: passthrough host -> driver dom.",
+            "tap: passthrough driver dom. -> host",
+            "ratio tap: host -> guest / passthrough",
+            "ratio tap: guest -> host / passthrough",
+            "  tap: host -> guest",
+        ] {
+            assert_eq!(
+                table.lines().filter(|l| l.starts_with(label)).count(),
+                1,
+                "{label}:\n{table}"
+            );
+        }
+        let paths = with.paths_svg();
+        assert_eq!(paths.matches("class=\"bar\"").count(), 17, "{paths}");
+        assert!(paths.contains("tap: passthrough dd -&gt; host"), "{paths}");
     }
 
     #[test]

@@ -247,6 +247,57 @@ pub fn check_iperf3_at(binary: &str) -> Result<String, String> {
 /// How long after the first attempt [`run_client`] still starts new ones.
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
 
+/// Where the host's iperf3 client reaches a VM's server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientTarget {
+    /// A QEMU port forward (user networking, passt): 127.0.0.1 at the forward's host port.
+    Forward { host_port: u16 },
+    /// The VM's own address, from inside the tap option's network namespace (see
+    /// [`crate::tap`]): no forward, the host's kernel talks to the VM directly.
+    Netns {
+        netns: String,
+        ip: Ipv4Addr,
+        port: u16,
+    },
+}
+
+impl ClientTarget {
+    /// The program and arguments of one `iperf3 -c` test against this target, `seconds` long,
+    /// `-R` when `reverse`, JSON output.
+    pub fn command_line(&self, binary: &str, seconds: u32, reverse: bool) -> Vec<String> {
+        let (mut line, address, port) = match self {
+            ClientTarget::Forward { host_port } => (
+                vec![binary.to_string()],
+                "127.0.0.1".to_string(),
+                *host_port,
+            ),
+            ClientTarget::Netns { netns, ip, port } => (
+                std::iter::once("ip".to_string())
+                    .chain(crate::tap::in_netns_args(netns, binary))
+                    .collect(),
+                ip.to_string(),
+                *port,
+            ),
+        };
+        line.extend(
+            [
+                "-c",
+                &address,
+                "-p",
+                &port.to_string(),
+                "-t",
+                &seconds.to_string(),
+                "-J",
+            ]
+            .map(String::from),
+        );
+        if reverse {
+            line.push("-R".into());
+        }
+        line
+    }
+}
+
 /// Runs `iperf3 -c 127.0.0.1 -p host_port -t seconds -J` (with `-R` when `reverse`: the server
 /// sends) until it succeeds or `limit` runs out: QEMU user networking accepts a connection on
 /// the host at once and drops it when nothing listens in the VM yet, so a failed attempt is
@@ -259,14 +310,30 @@ pub fn run_client(
     reverse: bool,
     limit: Duration,
 ) -> Result<HostRun, String> {
+    run_client_on(
+        &ClientTarget::Forward { host_port },
+        seconds,
+        reverse,
+        limit,
+    )
+}
+
+/// [`run_client`] against any [`ClientTarget`].
+pub fn run_client_on(
+    target: &ClientTarget,
+    seconds: u32,
+    reverse: bool,
+    limit: Duration,
+) -> Result<HostRun, String> {
     let start = Instant::now();
     let deadline = start + limit;
     let test = Duration::from_secs(u64::from(seconds) + 5);
+    let line = target.command_line(&iperf3_binary(), seconds, reverse);
     let mut attempts = 0;
     loop {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let error = match run_once(&iperf3_binary(), host_port, seconds, reverse, left) {
+        let error = match run_once(&line, left) {
             Ok(run) => return Ok(run),
             Err(e) => e,
         };
@@ -281,33 +348,16 @@ pub fn run_client(
     }
 }
 
-/// One `iperf3 -c` attempt with the iperf3 at `binary`, killed after `timeout`.
-fn run_once(
-    binary: &str,
-    host_port: u16,
-    seconds: u32,
-    reverse: bool,
-    timeout: Duration,
-) -> Result<HostRun, String> {
-    let mut command = Command::new(binary);
-    command.args([
-        "-c",
-        "127.0.0.1",
-        "-p",
-        &host_port.to_string(),
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
-    if reverse {
-        command.arg("-R");
-    }
+/// One `iperf3 -c` attempt (`line`: program and arguments), killed after `timeout`.
+fn run_once(line: &[String], timeout: Duration) -> Result<HostRun, String> {
+    let mut command = Command::new(&line[0]);
+    command.args(&line[1..]);
+    let shown = line.join(" ");
     let (status, stdout, stderr) =
         run_with_limit(command, timeout).map_err(|e| format!("{e}: run ./run.sh setup"))?;
     let Some(status) = status else {
         return Err(format!(
-            "iperf3 -c 127.0.0.1 -p {host_port}{} did not finish within {timeout:?} (killed)",
-            if reverse { " -R" } else { "" }
+            "{shown} did not finish within {timeout:?} (killed)"
         ));
     };
     parse_client_json(&stdout).map_err(|e| {
@@ -404,8 +454,8 @@ pub fn parse_host_iperf(vm: &str, value: &str) -> Result<Vec<Direction>, String>
 /// The outcome of each direction, in the order they ran.
 type Outcomes = Arc<Mutex<Vec<(Direction, Result<HostRun, String>)>>>;
 
-/// The host's iperf3 client against one VM's iperf3 server through a QEMU port forward,
-/// started once that VM's console says the server is up: a guest's
+/// The host's iperf3 client against one VM's iperf3 server, through a QEMU port forward or
+/// (the tap option) from inside the NIC's network namespace, started once that VM's console says the server is up: a guest's
 /// [`console::IPERF_LISTENING`] line, or for a driver domain its gateway ping's line
 /// ([`console::NIC_PING_GATEWAY`], printed after its server listens). Not before: passt sends
 /// a connection to the address it last saw from the guest side, so a driver domain that has
@@ -417,7 +467,7 @@ pub struct HostIperf {
     kind: VmKind,
     ip: Ipv4Addr,
     vm_port: u16,
-    host_port: u16,
+    target: ClientTarget,
     directions: Vec<Direction>,
     seconds: u32,
     /// Per direction, connection retries included.
@@ -428,19 +478,37 @@ pub struct HostIperf {
 }
 
 impl HostIperf {
-    pub fn new(vm: &VmDef, directions: Vec<Direction>, seconds: u32) -> Result<HostIperf, String> {
+    /// The client against `vm`'s server: through a port forward, or from inside `netns` (the
+    /// tap option's namespace) when given.
+    pub fn new(
+        vm: &VmDef,
+        directions: Vec<Direction>,
+        seconds: u32,
+        netns: Option<&str>,
+    ) -> Result<HostIperf, String> {
         let vm_port = match vm.setting("iperf_port") {
             None => IPERF_PORT,
             Some(text) => text
                 .parse()
                 .map_err(|_| format!("vm {:?}: iperf_port = {text:?} is not a port", vm.name))?,
         };
+        let ip = vm.ip()?;
+        let target = match netns {
+            Some(netns) => ClientTarget::Netns {
+                netns: netns.to_string(),
+                ip,
+                port: vm_port,
+            },
+            None => ClientTarget::Forward {
+                host_port: free_port(Proto::Tcp),
+            },
+        };
         Ok(HostIperf {
             vm: vm.name.clone(),
             kind: vm.kind,
-            ip: vm.ip()?,
+            ip,
             vm_port,
-            host_port: free_port(Proto::Tcp),
+            target,
             directions,
             seconds,
             limit: Duration::from_secs(u64::from(seconds) + 60),
@@ -459,9 +527,20 @@ impl HostIperf {
         &self.directions
     }
 
-    /// The port forward QEMU needs: 127.0.0.1:<free port> to the VM's iperf3 port.
-    pub fn forward(&self) -> HostForward {
-        HostForward::tcp(self.host_port, self.ip, self.vm_port)
+    /// The port forward QEMU needs: 127.0.0.1:<free port> to the VM's iperf3 port; none from
+    /// a namespace.
+    pub fn forward(&self) -> Option<HostForward> {
+        match self.target {
+            ClientTarget::Forward { host_port } => {
+                Some(HostForward::tcp(host_port, self.ip, self.vm_port))
+            }
+            ClientTarget::Netns { .. } => None,
+        }
+    }
+
+    /// How the client reaches the server.
+    pub fn target(&self) -> &ClientTarget {
+        &self.target
     }
 
     /// Whether `line` (a whole console line, `[vm] ` prefix included) says this VM's server
@@ -486,12 +565,12 @@ impl HostIperf {
         if !self.starts_on(line) || self.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (port, seconds, limit) = (self.host_port, self.seconds, self.limit);
+        let (target, seconds, limit) = (self.target.clone(), self.seconds, self.limit);
         let directions = self.directions.clone();
         let (done, outcomes) = (Arc::clone(&self.done), Arc::clone(&self.outcomes));
         std::thread::spawn(move || {
             for direction in directions {
-                let result = run_client(port, seconds, direction == Direction::FromVm, limit);
+                let result = run_client_on(&target, seconds, direction == Direction::FromVm, limit);
                 outcomes
                     .lock()
                     .expect("not poisoned")
@@ -548,6 +627,16 @@ impl HostIperfs {
     /// `Err` for a `host_iperf` the boot cannot honour: a bad value, a VM that runs no iperf3
     /// server (`iperf = "server"`), no usable `ip`, or no NIC in the topology.
     pub fn plan(topology: &Topology, seconds: u32) -> Result<HostIperfs, String> {
+        HostIperfs::plan_in(topology, seconds, None)
+    }
+
+    /// [`HostIperfs::plan`], the clients run inside network namespace `netns` when given (a
+    /// topology with `nic = "tap"`: they reach each VM at its own address, with no forwards).
+    pub fn plan_in(
+        topology: &Topology,
+        seconds: u32,
+        netns: Option<&str>,
+    ) -> Result<HostIperfs, String> {
         let mut clients = Vec::new();
         for vm in &topology.vms {
             let Some(value) = vm.setting("host_iperf") else {
@@ -570,7 +659,7 @@ impl HostIperfs {
                     vm.name
                 ));
             }
-            clients.push(HostIperf::new(vm, directions, seconds)?);
+            clients.push(HostIperf::new(vm, directions, seconds, netns)?);
         }
         Ok(HostIperfs { clients })
     }
@@ -586,7 +675,7 @@ impl HostIperfs {
 
     /// Every port forward QEMU needs.
     pub fn forwards(&self) -> Vec<HostForward> {
-        self.clients.iter().map(HostIperf::forward).collect()
+        self.clients.iter().filter_map(HostIperf::forward).collect()
     }
 
     /// Feed every console line.
@@ -754,7 +843,9 @@ mod tests {
     #[test]
     fn a_missing_iperf3_says_to_run_setup() {
         let e = check_iperf3_at("/nonexistent/iperf3").unwrap_err();
-        let e2 = run_once("/nonexistent/iperf3", 1, 1, false, Duration::from_secs(1)).unwrap_err();
+        let line =
+            ClientTarget::Forward { host_port: 1 }.command_line("/nonexistent/iperf3", 1, false);
+        let e2 = run_once(&line, Duration::from_secs(1)).unwrap_err();
         assert!(
             e.contains("is not installed") && e.contains("run ./run.sh setup"),
             "{e}"
@@ -804,6 +895,50 @@ settings = { app = "iperf", ip = "10.0.2.18/24", iperf = "client", host_iperf = 
 "#;
 
     #[test]
+    fn a_plan_in_a_namespace_reaches_each_vm_at_its_own_address_without_forwards() {
+        let t = Topology::from_toml_str(TOPOLOGY).unwrap();
+        let plan = HostIperfs::plan_in(&t, 2, Some("sluice-7-0")).unwrap();
+        assert!(plan.forwards().is_empty(), "{:?}", plan.forwards());
+        let targets: Vec<&ClientTarget> = plan.clients().iter().map(HostIperf::target).collect();
+        let ns = |ip: &str, port| ClientTarget::Netns {
+            netns: "sluice-7-0".into(),
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        assert_eq!(
+            targets,
+            [
+                &ns("10.0.2.15", 5201),
+                &ns("10.0.2.16", 5201),
+                &ns("10.0.2.17", 5300)
+            ]
+        );
+        // The same rules as through forwards: who starts on what.
+        assert!(plan
+            .get("g1")
+            .unwrap()
+            .starts_on("[g1] iperf: server listening on 10.0.2.16:5201"));
+    }
+
+    #[test]
+    fn client_command_lines_reach_a_forward_or_a_vm_inside_a_namespace() {
+        let forward = ClientTarget::Forward { host_port: 40123 };
+        assert_eq!(
+            forward.command_line("iperf3", 5, false).join(" "),
+            "iperf3 -c 127.0.0.1 -p 40123 -t 5 -J"
+        );
+        let inside = ClientTarget::Netns {
+            netns: "sluice-9-1".into(),
+            ip: "10.0.2.16".parse().unwrap(),
+            port: 5201,
+        };
+        assert_eq!(
+            inside.command_line("/opt/iperf3", 2, true).join(" "),
+            "ip netns exec sluice-9-1 /opt/iperf3 -c 10.0.2.16 -p 5201 -t 2 -J -R"
+        );
+    }
+
+    #[test]
     fn host_iperf_follows_the_topology() {
         let t = Topology::from_toml_str(TOPOLOGY).unwrap();
         let plan = HostIperfs::plan(&t, 2).unwrap();
@@ -811,7 +946,7 @@ settings = { app = "iperf", ip = "10.0.2.18/24", iperf = "client", host_iperf = 
             .clients()
             .iter()
             .map(|c| {
-                let f = c.forward();
+                let f = c.forward().expect("a forward without a namespace");
                 (
                     c.vm().to_string(),
                     c.directions().to_vec(),

@@ -2823,23 +2823,36 @@ impl Drop for ProcessGroupGuard {
     }
 }
 
-#[test]
-fn the_benchmark_produces_well_formed_output_on_a_short_run() {
-    // `sluice-bench --short` as `./run.sh bench` runs it, into a scratch directory. Not a speed
-    // test: every figure must have been measured (a positive number), nothing more. The whole
-    // run has a hard limit; the benchmark runs in its own process group, which is killed with
-    // everything it started if the limit is reached or the test fails.
+/// What one `sluice-bench` run left: its exit status, its output and its JSON document.
+struct BenchRun {
+    status: std::process::ExitStatus,
+    /// stdout and stderr, for failure messages.
+    output: String,
+    /// The JSON file's text, and parsed.
+    text: String,
+    doc: serde_json::Value,
+    /// The scratch directory the JSON, plots and logs went to.
+    dir: std::path::PathBuf,
+    /// The benchmark's process id.
+    pid: u32,
+    /// Kills the benchmark's process group when dropped, unless it is already gone.
+    _group: ProcessGroupGuard,
+}
+
+/// Runs `sluice-bench ARGS --json <scratch>/results.json` in a process group of its own, which
+/// is killed with everything it started (QEMUs, host iperf3s) if `limit` passes first (the
+/// test then fails) or the caller fails; the scratch directory is named after `name`.
+fn run_bench(name: &str, args: &[&str], limit: Duration) -> BenchRun {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     use std::time::Instant;
 
-    const LIMIT: Duration = Duration::from_secs(900);
-    let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let json = dir.join("results.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .arg("--short")
+        .args(args)
         .arg("--json")
         .arg(&json)
         .stdin(Stdio::null())
@@ -2848,7 +2861,8 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
         .process_group(0)
         .spawn()
         .expect("cannot start sluice-bench");
-    let mut group = ProcessGroupGuard(Some(child.id()));
+    let pid = child.id();
+    let mut group = ProcessGroupGuard(Some(pid));
     let read_all = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -2863,7 +2877,7 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
         if let Some(status) = child.try_wait().expect("wait for sluice-bench") {
             break Some(status);
         }
-        if start.elapsed() >= LIMIT {
+        if start.elapsed() >= limit {
             break None;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -2879,12 +2893,37 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
         stderr.join().unwrap_or_default()
     );
     let status = status.unwrap_or_else(|| {
-        panic!("sluice-bench --short did not finish within {LIMIT:?} (killed)\n{output}")
+        panic!("sluice-bench {args:?} did not finish within {limit:?} (killed)\n{output}")
     });
     let text = std::fs::read_to_string(&json)
         .unwrap_or_else(|e| panic!("no {} ({e}); exit {status}\n{output}", json.display()));
     let doc: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", json.display()));
+    BenchRun {
+        status,
+        output,
+        text,
+        doc,
+        dir,
+        pid,
+        _group: group,
+    }
+}
+
+#[test]
+fn the_benchmark_produces_well_formed_output_on_a_short_run() {
+    // `sluice-bench --short` as `./run.sh bench` runs it, into a scratch directory. Not a speed
+    // test: every figure must have been measured (a positive number), nothing more. The whole
+    // run has a hard limit (see `run_bench`).
+    let BenchRun {
+        status,
+        output,
+        text,
+        doc,
+        dir,
+        _group,
+        ..
+    } = run_bench("bench-test", &["--short"], Duration::from_secs(900));
     let missing = sluice_harness::benchsuite::missing_figures(&doc, &[1, 2]);
     assert!(
         missing.is_empty(),
@@ -2953,8 +2992,64 @@ fn the_benchmark_produces_well_formed_output_on_a_short_run() {
         "no progress lines:\n{output}"
     );
     assert!(status.success(), "exit {status}\n{output}");
-    drop(group);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_benchmark_measures_the_tap_paths_when_asked() {
+    // The opt-in `tap` group (issue 11: each NIC back-end benched next to user networking):
+    // the host's own TCP stack in a network namespace talks to a guest and to the driver
+    // domain. Not a speed test: each figure measured, the ratios there, its rows and bars
+    // shown. Needs root and /dev/net/tun (as the tap tests above).
+    if let Err(why) = tap_support() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPED: the_benchmark_measures_the_tap_paths_when_asked: {why}"
+        );
+        return;
+    }
+    let run = run_bench(
+        "bench-tap",
+        &["--short", "--only", "tap"],
+        Duration::from_secs(300),
+    );
+    let (doc, text, output) = (&run.doc, &run.text, &run.output);
+    let missing =
+        sluice_harness::benchsuite::missing_of(doc, &sluice_harness::benchsuite::TAP_FIGURES);
+    assert!(
+        missing.is_empty(),
+        "tap figures missing or not positive: {missing:#?}\n{text}\n{output}"
+    );
+    for row in [
+        "tap: paravirt TCP host -> guest",
+        "tap: passthrough driver dom. -> host",
+        "ratio tap: guest -> host / passthrough",
+        "  tap: guest -> host",
+    ] {
+        assert!(output.contains(row), "no row {row:?}:\n{output}");
+    }
+    assert!(
+        !output.contains("tap rows"),
+        "the not-run hint after a tap run:\n{output}"
+    );
+    let paths = std::fs::read_to_string(run.dir.join("paths.svg")).expect("the paths plot");
+    assert_eq!(paths.matches("tap: ").count(), 4, "{paths}");
+    // Only the tap group ran, and it left no namespace behind.
+    assert!(
+        doc["paravirt_tcp_mbps"]["host_to_guest"].is_null(),
+        "{text}"
+    );
+    let left: Vec<String> = std::fs::read_dir(sluice_harness::tap::NETNS_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("sluice-{}-", run.pid)))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    assert!(run.status.success(), "exit {}\n{output}", run.status);
+    let _ = std::fs::remove_dir_all(&run.dir);
 }
 
 #[test]

@@ -16,7 +16,8 @@
 //! `--short`: 1 run, 2-second iperf3 tests, scaling with 1 and 2 pairs (explicit options win).
 //! `--only`: run only these scenario groups (`benchsuite::SCENARIO_GROUPS`, e.g.
 //! `host_guest,passthrough`); the figures of the others are then missing, and the exit status
-//! only says whether the chosen ones all worked.
+//! only says whether the chosen ones all worked. The `tap` group (`benchsuite::OPT_IN_GROUPS`:
+//! root, /dev/net/tun, about two more minutes) runs only when `--only` names it.
 //! Needs the host's iperf3 (`./run.sh setup` installs it) and the built images.
 
 use std::path::PathBuf;
@@ -292,6 +293,10 @@ mod tests {
         assert_eq!(o.only, ["host_guest", "passthrough"]);
         assert!(o.runs_group("passthrough") && !o.runs_group("ping"));
         assert!(Options::short().runs_group("ping"));
+        // The opt-in tap group: only when named.
+        assert!(!Options::short().runs_group("tap"));
+        let o = options(&args("--only passthrough,tap").unwrap());
+        assert!(o.runs_group("tap") && !o.runs_group("host_guest"));
         let a = args("--only guest_to_host --profile --profile-hz 2000").unwrap();
         assert!(a.profile);
         assert_eq!(a.profile_hz, Some(2000));
