@@ -212,8 +212,8 @@ const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 /// NIC's transmit doorbell for the frames queued for it since the last flush. `now`: the
 /// round's counter reading.
 fn flush_events<G: GuestLink>(connections: &mut [G], now: u64) {
-    if nic::tx_doorbell_pending() {
-        with_nic(Nic::ring_tx_doorbell);
+    if nic::doorbells_pending() {
+        with_nic(Nic::ring_doorbells);
     }
     for conn in connections.iter_mut() {
         if let Some(port) = conn.net_mut() {

@@ -466,6 +466,13 @@ fn print_counters(name: &str, fabric: &Fabric) {
         c.tx_frames,
         nic::TX_DOORBELLS_ASKED.load(Ordering::Relaxed)
     );
+    println!(
+        "{name} NIC receive doorbells: {} rung for {} frames received ({} asked by the \
+         driver)",
+        nic::RX_DOORBELLS_RUNG.load(Ordering::Relaxed),
+        c.rx_frames,
+        nic::RX_DOORBELLS_ASKED.load(Ordering::Relaxed)
+    );
 }
 
 /// Pings the gateway once through the local endpoint and says how it went.

@@ -17,10 +17,13 @@
 //! our interrupts masked). Here a frame is handed over and the loop goes on; finished transmit
 //! buffers are taken back when the next frame is sent.
 //!
-//! The transmit doorbell is rung once per batch, not per frame ([`TxDoorbell`]): under QEMU the
-//! doorbell is a write to an MMIO register served under QEMU's global lock, which its main loop
-//! holds while the user network works, and on the host -> guest path the driver domain spent
-//! 40 % of its samples at that write, once per ACK.
+//! Both doorbells are rung once per batch, not per frame ([`Doorbells`]): under QEMU a doorbell
+//! is a write to an MMIO register served under QEMU's global lock, which its main loop holds
+//! while the user network works. On the host -> guest path the driver domain spent 40 % of its
+//! samples at the transmit doorbell, once per ACK; and with the NIC on a tap device it spent
+//! 60 % at the receive doorbell, rung for every buffer it gave back: a device that has run out
+//! of buffers asks for that notification, and QEMU then delivers what waits into the one new
+//! buffer inside the exit, so every frame cost an exit.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -55,7 +58,9 @@ pub const RX_BUFFER_LEN: usize = 2048;
 /// The longest wait for a free transmit slot before a frame for the NIC is dropped.
 pub const TX_FULL_WAIT_US: u64 = 5_000;
 
-/// virtio-net's transmit queue (queue 1; the receive queue is 0).
+/// virtio-net's receive queue.
+const RX_QUEUE: u16 = 0;
+/// virtio-net's transmit queue.
 const TX_QUEUE: u16 = 1;
 
 /// VIRTIO_F_EVENT_IDX (VIRTIO_RING_F_EVENT_IDX).
@@ -64,9 +69,9 @@ const F_EVENT_IDX: u64 = 1 << 29;
 const F_ACCESS_PLATFORM: u64 = 1 << 33;
 
 /// A transport that negotiates VIRTIO_F_ACCESS_PLATFORM when the device offers it and checks
-/// that the device kept FEATURES_OK, and holds the transmit queue's doorbell back for
-/// [`TxDoorbell::ring`] (virtio-drivers' `transmit_begin` rings it for every frame and gives
-/// no other way to batch).
+/// that the device kept FEATURES_OK, and holds both queues' doorbells back for
+/// [`Doorbells::ring`] (virtio-drivers' `transmit_begin` and `receive_begin` ring them for
+/// every buffer and give no other way to batch).
 ///
 /// Why: virtio-drivers 0.13 negotiates only the features its drivers know, and
 /// `iommu_platform=on` devices refuse a driver that does not accept ACCESS_PLATFORM by clearing
@@ -79,32 +84,43 @@ pub struct PlatformAccess<T: Transport> {
     vectors: Option<msix::QueueVectors>,
 }
 
-/// A transmit notification [`PlatformAccess`] held back and [`TxDoorbell::ring`] has not yet
-/// given (there is one NIC). A static, so the fabric can see that there is nothing to ring
+/// A notification [`PlatformAccess`] held back and [`Doorbells::ring`] has not yet given, per
+/// queue (there is one NIC). Statics, so the fabric can see that there is nothing to ring
 /// without taking the NIC's lock.
 static TX_PENDING: AtomicBool = AtomicBool::new(false);
+static RX_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Whether frames were handed to the NIC since its transmit doorbell last rang.
-pub fn tx_doorbell_pending() -> bool {
-    TX_PENDING.load(Ordering::Relaxed)
+/// Whether frames were handed to the NIC, or receive buffers given back to it, since its
+/// doorbells last rang.
+pub fn doorbells_pending() -> bool {
+    TX_PENDING.load(Ordering::Relaxed) || RX_PENDING.load(Ordering::Relaxed)
 }
 
-/// Transmit doorbells the driver asked for (the device had not turned notifications off) and
-/// those rung: the `NIC doorbells` line.
+/// Doorbells the driver asked for (the device had not turned notifications off) and those
+/// rung, per queue: the `NIC doorbells` and `NIC receive doorbells` lines.
 pub static TX_DOORBELLS_ASKED: AtomicU64 = AtomicU64::new(0);
 pub static TX_DOORBELLS_RUNG: AtomicU64 = AtomicU64::new(0);
+pub static RX_DOORBELLS_ASKED: AtomicU64 = AtomicU64::new(0);
+pub static RX_DOORBELLS_RUNG: AtomicU64 = AtomicU64::new(0);
 
-/// The transmit doorbell [`PlatformAccess`] held back: rung at the end of a batch of frames.
-pub struct TxDoorbell<T: Transport> {
+/// The doorbells [`PlatformAccess`] held back: rung at the end of a batch.
+pub struct Doorbells<T: Transport> {
     transport: Arc<Mutex<T>>,
 }
 
-impl<T: Transport> TxDoorbell<T> {
-    /// Tells the device about the frames queued since the last ring, if there are any.
+impl<T: Transport> Doorbells<T> {
+    /// Tells the device about the frames queued and the receive buffers given back since the
+    /// last ring, if there are any.
     pub fn ring(&self) {
-        if TX_PENDING.swap(false, Ordering::Relaxed) {
-            TX_DOORBELLS_RUNG.fetch_add(1, Ordering::Relaxed);
-            self.transport.lock().notify(TX_QUEUE);
+        for (queue, pending, rung) in [
+            (TX_QUEUE, &TX_PENDING, &TX_DOORBELLS_RUNG),
+            (RX_QUEUE, &RX_PENDING, &RX_DOORBELLS_RUNG),
+        ] {
+            // A load first: most rings have one queue to tell, and a swap is a store.
+            if pending.load(Ordering::Relaxed) && pending.swap(false, Ordering::Relaxed) {
+                rung.fetch_add(1, Ordering::Relaxed);
+                self.transport.lock().notify(queue);
+            }
         }
     }
 }
@@ -115,10 +131,10 @@ static FEATURES_REFUSED: AtomicBool = AtomicBool::new(false);
 static VECTOR_REFUSED: AtomicBool = AtomicBool::new(false);
 
 impl<T: Transport> PlatformAccess<T> {
-    /// The transport, and the doorbell its transmit notifications wait at.
-    pub fn new(inner: T, vectors: Option<msix::QueueVectors>) -> (Self, TxDoorbell<T>) {
+    /// The transport, and the doorbells its notifications wait at.
+    pub fn new(inner: T, vectors: Option<msix::QueueVectors>) -> (Self, Doorbells<T>) {
         let inner = Arc::new(Mutex::new(inner));
-        let doorbell = TxDoorbell {
+        let doorbell = Doorbells {
             transport: inner.clone(),
         };
         (PlatformAccess { inner, vectors }, doorbell)
@@ -142,11 +158,16 @@ impl<T: Transport> Transport for PlatformAccess<T> {
         self.inner.lock().max_queue_size(queue)
     }
     fn notify(&mut self, queue: u16) {
-        if queue == TX_QUEUE {
-            TX_DOORBELLS_ASKED.fetch_add(1, Ordering::Relaxed);
-            TX_PENDING.store(true, Ordering::Relaxed);
-        } else {
-            self.inner.lock().notify(queue)
+        match queue {
+            TX_QUEUE => {
+                TX_DOORBELLS_ASKED.fetch_add(1, Ordering::Relaxed);
+                TX_PENDING.store(true, Ordering::Relaxed);
+            }
+            RX_QUEUE => {
+                RX_DOORBELLS_ASKED.fetch_add(1, Ordering::Relaxed);
+                RX_PENDING.store(true, Ordering::Relaxed);
+            }
+            _ => self.inner.lock().notify(queue),
         }
     }
     fn get_status(&self) -> DeviceStatus {
@@ -240,7 +261,7 @@ impl RxFrame {
 /// so a token (the descriptor's index) names it.
 pub struct Nic {
     raw: RawNet,
-    tx_doorbell: TxDoorbell<PciTransport>,
+    doorbells: Doorbells<PciTransport>,
     rx: [Option<Box<[u8]>>; QUEUE_SIZE],
     /// Receive buffers that could not be posted again (never expected: the ring has a slot
     /// for each); posted with the next recycled one.
@@ -252,10 +273,10 @@ pub struct Nic {
 
 impl Nic {
     /// Takes the device over and posts a receive buffer in every slot.
-    pub fn new(raw: RawNet, tx_doorbell: TxDoorbell<PciTransport>) -> Result<Nic, VirtioError> {
+    pub fn new(raw: RawNet, doorbells: Doorbells<PciTransport>) -> Result<Nic, VirtioError> {
         let mut nic = Nic {
             raw,
-            tx_doorbell,
+            doorbells,
             rx: core::array::from_fn(|_| None),
             rx_spare: Vec::new(),
             tx: core::array::from_fn(|_| None),
@@ -264,6 +285,7 @@ impl Nic {
         for _ in 0..QUEUE_SIZE {
             nic.post_rx(vec![0u8; RX_BUFFER_LEN].into_boxed_slice())?;
         }
+        nic.ring_doorbells();
         Ok(nic)
     }
 
@@ -308,7 +330,8 @@ impl Nic {
         }
     }
 
-    /// Gives a received frame's buffer back to the device.
+    /// Gives a received frame's buffer back to the device; the device hears of it at the next
+    /// [`Nic::ring_doorbells`].
     pub fn recycle(&mut self, frame: RxFrame) {
         self.recycle_buffer(frame.buffer);
     }
@@ -340,7 +363,7 @@ impl Nic {
     /// is at least a second); waiting here happens once per queue-full of frames, not per frame.
     fn wait_for_room(&mut self) -> bool {
         // The device cannot finish frames it was not told about.
-        self.ring_tx_doorbell();
+        self.ring_doorbells();
         let deadline = timer::now() + timer::us_to_ticks(TX_FULL_WAIT_US);
         while timer::now() < deadline {
             core::hint::spin_loop();
@@ -351,11 +374,12 @@ impl Nic {
         false
     }
 
-    /// Tells the device about the frames [`Nic::send`] queued since the last call: the caller
-    /// rings after a batch (the fabric every few frames it switches and at the end of each
-    /// round), so one doorbell serves many frames.
-    pub fn ring_tx_doorbell(&mut self) {
-        self.tx_doorbell.ring();
+    /// Tells the device about the frames [`Nic::send`] queued and the receive buffers
+    /// [`Nic::recycle`] gave back since the last call: the caller rings after a batch (the
+    /// fabric every few frames it switches and at the end of each round), so one doorbell
+    /// serves many frames.
+    pub fn ring_doorbells(&mut self) {
+        self.doorbells.ring();
     }
 
     /// Whether a frame can be handed over now.
@@ -367,7 +391,7 @@ impl Nic {
     /// Hands a frame of `len` bytes to the device without waiting for it to be sent; `fill`
     /// writes the frame and may refuse it (returns false). False when the frame was not sent:
     /// no free transmit slot, too long, or refused. The device hears of it at the next
-    /// [`Nic::ring_tx_doorbell`].
+    /// [`Nic::ring_doorbells`].
     pub fn send(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
         if !self.can_send() && !self.wait_for_room() {
             return false;

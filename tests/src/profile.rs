@@ -21,7 +21,8 @@ use shared_abi::profile::{FINAL_TAG, LINE_PREFIX};
 use crate::benchsuite;
 use crate::iperf::HostIperfs;
 use crate::qemu::{self, Artifacts, BootOptions};
-use crate::topology::Topology;
+use crate::tap::TapNet;
+use crate::topology::{NicBackend, Topology};
 
 /// One PC of a VM and its samples.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -550,12 +551,19 @@ pub fn symbols_for(topology: &Topology, artifacts: &Artifacts) -> BTreeMap<Strin
 /// iperf3 where there is a stream). The iperf app asks for accounting around its test, so
 /// the profile of the test itself is printed apart from the boot's. `host_to_guest` and
 /// `guest_to_host` boot the `host_guest` scenario (the host's iperf3 against a guest's server
-/// through the driver domain's NIC) and keep the window of that direction's test.
-pub const GROUPS: [&str; 6] = [
+/// through the driver domain's NIC) and keep the window of that direction's test;
+/// `host_to_driver_domain` boots the `passthrough` scenario (the host's iperf3 against the
+/// driver domain's own server). The `_tap` groups are the same with the NIC on a tap device,
+/// the host's client in its namespace (root and /dev/net/tun).
+pub const GROUPS: [&str; 10] = [
     "guest_to_guest",
     "guest_to_guest_64k",
     "host_to_guest",
     "guest_to_host",
+    "host_to_driver_domain",
+    "host_to_guest_tap",
+    "guest_to_host_tap",
+    "host_to_driver_domain_tap",
     "ping",
     "evtchn",
 ];
@@ -565,6 +573,8 @@ struct GroupPlan {
     topology: String,
     /// The host runs iperf3 against the guest's server (`host_iperf`).
     host_client: bool,
+    /// The NIC is on a tap device: the boot and the host's client run in its namespace.
+    tap: bool,
     /// The one report to keep (the window of that test), or `None`: every test's.
     window: Option<String>,
 }
@@ -575,14 +585,23 @@ fn group_plan(group: &str, seconds: u32) -> Option<GroupPlan> {
         |t: String| t.replacen("iperf_accounting = false", "iperf_accounting = true", 1);
     // The host_guest guest serves the host's tests in order: test 1 host -> guest, test 2
     // (-R) guest -> host; the report after test n is tagged 2n + 1.
-    let host_test = |test: u32| GroupPlan {
-        topology: benchsuite::host_topology(seconds),
+    let host_test = |nic: NicBackend, test: u32| GroupPlan {
+        tap: nic == NicBackend::Tap,
+        topology: benchsuite::host_topology_on(nic, seconds),
         host_client: true,
         window: Some((2 * test + 1).to_string()),
+    };
+    // The driver domain's own server, the host sending: its test 1.
+    let passthrough = |nic: NicBackend| GroupPlan {
+        tap: nic == NicBackend::Tap,
+        topology: benchsuite::passthrough_topology_on(nic, seconds),
+        host_client: true,
+        window: Some("3".into()),
     };
     let plain = |topology: String| GroupPlan {
         topology,
         host_client: false,
+        tap: false,
         window: None,
     };
     Some(match group {
@@ -595,8 +614,12 @@ fn group_plan(group: &str, seconds: u32) -> Option<GroupPlan> {
             false,
             Some(benchsuite::LARGE_FRAME_MTU),
         ))),
-        "host_to_guest" => host_test(1),
-        "guest_to_host" => host_test(2),
+        "host_to_guest" => host_test(NicBackend::User, 1),
+        "guest_to_host" => host_test(NicBackend::User, 2),
+        "host_to_driver_domain" => passthrough(NicBackend::User),
+        "host_to_guest_tap" => host_test(NicBackend::Tap, 1),
+        "guest_to_host_tap" => host_test(NicBackend::Tap, 2),
+        "host_to_driver_domain_tap" => passthrough(NicBackend::Tap),
         "ping" => plain(benchsuite::ping_topology()),
         "evtchn" => plain(benchsuite::evtchn_topology(20_000)),
         _ => return None,
@@ -629,8 +652,17 @@ pub fn run(
     })?;
     let topology = Topology::from_toml_str(&with_profiling(&plan.topology, hz))
         .map_err(|e| format!("the {group} topology: {e}"))?;
+    let tap = if plan.tap {
+        Some(TapNet::create()?)
+    } else {
+        None
+    };
     let host = if plan.host_client {
-        Some(HostIperfs::plan(&topology, seconds)?)
+        Some(HostIperfs::plan_in(
+            &topology,
+            seconds,
+            tap.as_ref().map(TapNet::netns),
+        )?)
     } else {
         None
     };
@@ -653,6 +685,7 @@ pub fn run(
         stop_when: Some(&stop),
         on_line: Some(&on_line),
         host_forwards: host.as_ref().map(HostIperfs::forwards).unwrap_or_default(),
+        tap: tap.as_ref(),
         ..BootOptions::default()
     };
     let boot = qemu::boot(&topology, artifacts, &options)?;
@@ -856,12 +889,27 @@ mod tests {
         assert!(group_plan("nope", 1).is_none());
         // The host groups boot the bench's host_guest scenario and keep one test's window:
         // the report after test n is tagged 2n + 1 (host -> guest first, then -R).
-        for (group, tag) in [("host_to_guest", "3"), ("guest_to_host", "5")] {
+        for (group, tag) in [
+            ("host_to_guest", "3"),
+            ("guest_to_host", "5"),
+            ("host_to_guest_tap", "3"),
+            ("guest_to_host_tap", "5"),
+            ("host_to_driver_domain", "3"),
+            ("host_to_driver_domain_tap", "3"),
+        ] {
             let plan = group_plan(group, 10).unwrap();
             assert!(plan.host_client, "{group}");
+            assert_eq!(plan.tap, group.ends_with("_tap"), "{group}");
+            assert_eq!(
+                plan.topology.contains("nic = \"tap\""),
+                plan.tap,
+                "{}",
+                plan.topology
+            );
             assert_eq!(plan.window.as_deref(), Some(tag), "{group}");
             assert!(
-                plan.topology.contains("host_iperf = true"),
+                plan.topology.contains("host_iperf = true")
+                    || plan.topology.contains("host_iperf = \"send\""),
                 "{}",
                 plan.topology
             );
