@@ -209,8 +209,9 @@ const FRAMES_PER_EVENT_FLUSH: usize = 8;
 const BYTES_PER_EVENT_FLUSH: usize = 72 * 1024;
 
 /// Publishes every guest port's completions and sends the events they asked for, and rings the
-/// NIC's transmit doorbell for the frames queued for it since the last flush. `now`: the
-/// round's counter reading.
+/// NIC's doorbells for the frames queued for it and the receive buffers given back to it since
+/// the last flush (every round ends here, so none is held over a sleep). `now`: the round's
+/// counter reading.
 fn flush_events<G: GuestLink>(connections: &mut [G], now: u64) {
     if nic::doorbells_pending() {
         with_nic(Nic::ring_doorbells);
