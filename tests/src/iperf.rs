@@ -350,8 +350,11 @@ pub fn run_client_on(
 
 /// One `iperf3 -c` attempt (`line`: program and arguments), killed after `timeout`.
 fn run_once(line: &[String], timeout: Duration) -> Result<HostRun, String> {
-    let mut command = Command::new(&line[0]);
-    command.args(&line[1..]);
+    let Some((program, args)) = line.split_first() else {
+        return Err("an empty iperf3 command line".into());
+    };
+    let mut command = Command::new(program);
+    command.args(args);
     let shown = line.join(" ");
     let (status, stdout, stderr) =
         run_with_limit(command, timeout).map_err(|e| format!("{e}: run ./run.sh setup"))?;
@@ -455,13 +458,13 @@ pub fn parse_host_iperf(vm: &str, value: &str) -> Result<Vec<Direction>, String>
 type Outcomes = Arc<Mutex<Vec<(Direction, Result<HostRun, String>)>>>;
 
 /// The host's iperf3 client against one VM's iperf3 server, through a QEMU port forward or
-/// (the tap option) from inside the NIC's network namespace, started once that VM's console says the server is up: a guest's
-/// [`console::IPERF_LISTENING`] line, or for a driver domain its gateway ping's line
-/// ([`console::NIC_PING_GATEWAY`], printed after its server listens). Not before: passt sends
-/// a connection to the address it last saw from the guest side, so a driver domain that has
-/// sent nothing yet loses the first SYN, and passt gives a connection 10 s to be answered (one
-/// lost attempt cost each `passthrough_passt` boot 10 s). The retries of [`run_client`]
-/// cover a server that is not quite listening yet.
+/// (the tap option) from inside the NIC's network namespace, started once that VM's console
+/// says the server is up: a guest's [`console::IPERF_LISTENING`] line, or for a driver domain
+/// its gateway ping's line ([`console::NIC_PING_GATEWAY`], printed after its server listens).
+/// Not before: passt sends a connection to the address it last saw from the guest side, so a
+/// driver domain that has sent nothing yet loses the first SYN, and passt gives a connection
+/// 10 s to be answered (one lost attempt cost each `passthrough_passt` boot 10 s). The retries
+/// of [`run_client`] cover a server that is not quite listening yet.
 pub struct HostIperf {
     vm: String,
     kind: VmKind,
