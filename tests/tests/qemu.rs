@@ -1997,21 +1997,24 @@ fn a_guest_acknowledges_a_burst_from_the_host_in_parts() {
 /// The driver domain's last `NIC doorbells: transmit N rung for M frames (K asked by the
 /// driver)` line: (N, M, K).
 fn nic_doorbells(boot: &Boot) -> (u64, u64, u64) {
+    doorbell_counts(boot, "NIC doorbells: transmit ")
+}
+
+/// The three numbers after `marker` in the driver domain's last line that has it (its
+/// `NIC doorbells` and `NIC receive doorbells` lines: rung, frames, asked).
+fn doorbell_counts(boot: &Boot, marker: &str) -> (u64, u64, u64) {
     let line = boot
         .vm_lines("driver-domain")
-        .filter_map(|l| {
-            l.split_once("NIC doorbells: transmit ")
-                .map(|(_, rest)| rest)
-        })
+        .filter_map(|l| l.split_once(marker).map(|(_, rest)| rest))
         .last()
-        .unwrap_or_else(|| panic!("no NIC doorbells line\n{}", boot.transcript()));
+        .unwrap_or_else(|| panic!("no '{marker}' line\n{}", boot.transcript()));
     let numbers: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
     match numbers[..] {
         [rung, frames, asked] => (rung, frames, asked),
-        _ => panic!("a NIC doorbells line of another shape: {line}"),
+        _ => panic!("a '{marker}' line of another shape: {line}"),
     }
 }
 
@@ -2785,18 +2788,7 @@ fn the_nic_receive_doorbell_is_rung_once_per_batch_over_tap() {
         .outcome(sluice_harness::iperf::Direction::ToVm)
         .unwrap_or_else(|e| panic!("host -> driver domain stream: {e}\n{t}"));
     assert!(run.bytes > 0, "{run:?}\n{t}");
-    let line = boot
-        .vm_lines("driver-domain")
-        .filter_map(|l| l.split_once("NIC receive doorbells: ").map(|(_, r)| r))
-        .last()
-        .unwrap_or_else(|| panic!("no NIC receive doorbells line\n{t}"));
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let [rung, frames, asked] = numbers[..] else {
-        panic!("a NIC receive doorbells line of another shape: {line}");
-    };
+    let (rung, frames, asked) = doorbell_counts(&boot, "NIC receive doorbells: ");
     eprintln!("NIC receive doorbells: {rung} rung for {frames} frames, {asked} asked");
     // 64 asks come from posting the first buffers, rung once.
     assert!(frames >= 1000, "too few frames from the NIC to judge\n{t}");
