@@ -1062,13 +1062,12 @@ impl Raw {
     ) -> Result<PacketCosts, String> {
         self.add_reasons(keys.to, run, r.to_reasons);
         self.add_reasons(keys.from, run, r.from_reasons);
-        for (key, figure) in [(keys.to, r.to), (keys.from, r.from)] {
-            let figures = match (keys.tap, key == keys.to) {
-                (false, true) => &mut self.host_to_guest,
-                (false, false) => &mut self.guest_to_host,
-                (true, true) => &mut self.tap_host_to_guest,
-                (true, false) => &mut self.tap_guest_to_host,
-            };
+        let (to, from) = if keys.tap {
+            (&mut self.tap_host_to_guest, &mut self.tap_guest_to_host)
+        } else {
+            (&mut self.host_to_guest, &mut self.guest_to_host)
+        };
+        for (key, figure, figures) in [(keys.to, r.to, to), (keys.from, r.from, from)] {
             match figure {
                 Ok(v) => figures.push(v),
                 Err(e) => self.errors.push(format!("{key} run {run}: {e}")),

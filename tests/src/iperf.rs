@@ -844,6 +844,12 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_command_line_is_an_error_not_a_panic() {
+        let e = run_once(&[], Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e, "an empty iperf3 command line");
+    }
+
+    #[test]
     fn a_missing_iperf3_says_to_run_setup() {
         let e = check_iperf3_at("/nonexistent/iperf3").unwrap_err();
         let line =
