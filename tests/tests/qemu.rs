@@ -484,6 +484,34 @@ fn more_virtual_interrupts_than_list_registers_are_all_delivered() {
 }
 
 #[test]
+fn interrupts_that_come_before_their_handler_reach_it_when_it_is_registered() {
+    // Eight SGIs, three times each, all taken and ended before any handler exists; each
+    // handler must then run once at its registration. A guest that dropped them lost event
+    // channels: a driver domain whose front-ends all sent in the moment between its
+    // EVTCHN_SETUP and its handler heard no control event for the rest of the boot.
+    let toml = format!(
+        "{MACHINE}{}",
+        guest(
+            "late",
+            4,
+            1,
+            "app = \"virq\", mask = \"0xff\", repeat = 3, late_handlers = true"
+        )
+    );
+    let (_, result) = boot_toml(&toml, 60);
+    let t = result.transcript();
+    assert!(result.has("[late] VIRQ delivered 8/8"), "{t}");
+    assert!(
+        result.has("[late] per INTID: 0=1 1=1 2=1 3=1 4=1 5=1 6=1 7=1"),
+        "{t}"
+    );
+    assert!(
+        result.vm_lines("late").any(|l| l.starts_with("REPORT ok")),
+        "{t}"
+    );
+}
+
+#[test]
 fn system_reset_restarts_only_that_vm_from_a_fresh_image() {
     let toml = format!(
         "{MACHINE}{}{}",
