@@ -101,8 +101,8 @@ pub fn run(info: &StartInfo<'static>) {
         println!("REPORT ok: {got} virtual interrupts delivered exactly");
     } else {
         println!(
-            "REPORT fail: delivered {got} of {expected} (each SGI's handler should run \
-             {per_sgi} times)"
+            "REPORT fail: delivered {got} of {expected} ({per_sgi} handler call(s) per SGI \
+             expected)"
         );
     }
 }
