@@ -13,6 +13,15 @@
 //! round of a loop is a translated block of its own, and its dispatch costs more than its work.
 //!
 //! Lengths under [`SMALL`] are copied byte by byte: the set-up would cost more.
+//!
+//! **Where the loops sit** (issue 11). QEMU chains one translated block straight to the next
+//! only within a guest page; a loop whose back branch and target lie on two pages goes through
+//! QEMU's block lookup on every round. So `memcpy` and its two word loops are never inlined and
+//! live in a section of their own, `.text.copy_loops`, which `vm.ld` starts on a page boundary
+//! and holds to one page: no build can put a copy loop across a page boundary by chance. A
+//! change elsewhere in the runtime had moved the misaligned loop across one, and guest -> guest
+//! fell by a tenth in every run; a page of padding before the code did not move it either way,
+//! since that kept every offset within its page.
 
 /// Copies shorter than this go byte by byte.
 const SMALL: usize = 32;
@@ -23,6 +32,7 @@ const SMALL: usize = 32;
 /// # Safety
 /// `src` valid for `n` bytes of reads, `dst` for `n` bytes of writes, not overlapping.
 #[cfg_attr(target_os = "none", no_mangle)]
+#[cfg_attr(target_os = "none", link_section = ".text.copy_loops")]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     let (d, s) = (dst as usize, src as usize);
     let mut done = 0;
@@ -74,6 +84,8 @@ unsafe fn byte(d: usize, s: usize) {
 /// hostile peer named may), the bytes copied are unspecified, nothing else goes wrong: raw
 /// loads and stores, no Rust reference.
 #[cfg(target_arch = "aarch64")]
+#[inline(never)]
+#[cfg_attr(target_os = "none", link_section = ".text.copy_loops")]
 pub(crate) unsafe fn aligned_words(d: usize, s: usize, words: usize) {
     let blocks = words / 8;
     let rest = words % 8;
@@ -134,6 +146,8 @@ pub(crate) unsafe fn aligned_words(d: usize, s: usize, words: usize) {
 /// `d` valid and 8-aligned for `8 * words` bytes of writes; `s` valid for `8 * words` bytes of
 /// reads and not 8-aligned; the ranges do not overlap.
 #[cfg(target_arch = "aarch64")]
+#[inline(never)]
+#[cfg_attr(target_os = "none", link_section = ".text.copy_loops")]
 unsafe fn shifted_words(d: usize, s: usize, words: usize) {
     if words == 0 {
         return;
