@@ -255,6 +255,46 @@ fn guest_reading_an_unmapped_device_is_killed() {
 /// app's self-check copies every shared alignment against every private one at lengths
 /// around the 64-byte blocks, and every copy must be exact with the bytes around it untouched.
 #[test]
+fn every_vm_images_copy_loops_sit_in_one_page() {
+    // QEMU chains translated blocks directly only within a guest page: a copy loop across a
+    // page boundary paid two block lookups a round (guest -> guest 9 % slower in one build).
+    // `vm.ld` puts `.text.copy_loops` on a page of its own; this checks that the built images'
+    // `memcpy` and its two word loops are all in it (a lost `link_section` or an inlined loop
+    // would leave them wherever the linker put them).
+    let artifacts = artifacts();
+    for image in ["guest-frontend", "driver-domain"] {
+        let path = artifacts.dir.join(format!("{image}.elf"));
+        let elf =
+            addr2line::Loader::new(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = elf
+            .get_section_range(b".text")
+            .unwrap_or_else(|| panic!("{image}: no .text"));
+        // Each address of .text belongs to the last symbol at or before it.
+        let mut pages: std::collections::BTreeMap<&str, std::collections::BTreeSet<u64>> =
+            Default::default();
+        for addr in (text.begin..text.end).step_by(4) {
+            let Some(name) = elf.find_symbol(addr) else {
+                continue;
+            };
+            // `memcpy` is unmangled; the word loops by their mangled path's last element.
+            let loop_name = if name == "memcpy" {
+                Some("memcpy")
+            } else {
+                ["aligned_words", "shifted_words"]
+                    .into_iter()
+                    .find(|n| name.contains(&format!("memcpy{}{n}", n.len())))
+            };
+            if let Some(n) = loop_name {
+                pages.entry(n).or_default().insert(addr >> 12);
+            }
+        }
+        assert_eq!(pages.len(), 3, "{image}: copy loops found: {pages:?}");
+        let all: std::collections::BTreeSet<u64> = pages.values().flatten().copied().collect();
+        assert_eq!(all.len(), 1, "{image}: copy loops over pages {pages:x?}");
+    }
+}
+
+#[test]
 fn shared_memory_copies_are_exact_at_every_alignment_in_a_guest() {
     let toml = format!(
         "{MACHINE}{}",
