@@ -18,8 +18,9 @@
 //! handler. That event's pending bit then stayed set without an interrupt, every later send on
 //! its port found it pending and raised none, and the port went deaf for good (a driver domain
 //! whose front-ends all sent in that moment heard no control event for the whole boot). So
-//! every handler must look at its source (a page, a device's status, a count of arrivals)
-//! rather than assume one call per interrupt, which the handlers here do.
+//! every handler must look at its source (a page, a device's status) rather than assume one
+//! call per interrupt, which the handlers here do (the `virq` test app's SGI counter, which
+//! counts calls, is how the test sees the once).
 
 use spin::Mutex;
 
