@@ -255,8 +255,9 @@ fn every_vm_images_copy_loops_sit_in_one_page() {
     // QEMU chains translated blocks directly only within a guest page: a copy loop across a
     // page boundary paid two block lookups a round (guest -> guest 9 % slower in one build).
     // `vm.ld` puts `.text.copy_loops` on a page of its own; this checks that the built images'
-    // `memcpy` and its two word loops are all in it (a lost `link_section` or an inlined loop
-    // would leave them wherever the linker put them).
+    // `memcpy`, `copy_raw` (its body, which the shared-memory copies call too) and the two
+    // word loops are all in it (a lost `link_section` or an inlined loop would leave them
+    // wherever the linker put them).
     let artifacts = artifacts();
     for image in ["guest-frontend", "driver-domain"] {
         let path = artifacts.dir.join(format!("{image}.elf"));
@@ -272,11 +273,11 @@ fn every_vm_images_copy_loops_sit_in_one_page() {
             let Some(name) = elf.find_symbol(addr) else {
                 continue;
             };
-            // `memcpy` is unmangled; the word loops by their mangled path's last element.
+            // `memcpy` is unmangled; the others by their mangled path's last element.
             let loop_name = if name == "memcpy" {
                 Some("memcpy")
             } else {
-                ["aligned_words", "shifted_words"]
+                ["copy_raw", "aligned_words", "shifted_words"]
                     .into_iter()
                     .find(|n| name.contains(&format!("memcpy{}{n}", n.len())))
             };
@@ -284,14 +285,14 @@ fn every_vm_images_copy_loops_sit_in_one_page() {
                 pages.entry(n).or_default().insert(addr >> 12);
             }
         }
-        assert_eq!(pages.len(), 3, "{image}: copy loops found: {pages:?}");
+        assert_eq!(pages.len(), 4, "{image}: copy loops found: {pages:?}");
         let all: std::collections::BTreeSet<u64> = pages.values().flatten().copied().collect();
         assert_eq!(all.len(), 1, "{image}: copy loops over pages {pages:x?}");
     }
 }
 
 /// The shared-memory copies (issue 11: 64-byte `ldp`/`stp` blocks where both sides are
-/// co-aligned, volatile words elsewhere) checked where the assembly really runs: the memcpy
+/// co-aligned, the memcpy way's aligned and shifted words elsewhere) checked where the assembly really runs: the memcpy
 /// app's self-check copies every shared alignment against every private one at lengths
 /// around the 64-byte blocks, and every copy must be exact with the bytes around it untouched.
 #[test]

@@ -13,16 +13,17 @@
 //! compiler neither merges nor repeats (no double fetch behind the caller's back); a torn read
 //! is just some bytes, which the caller validates.
 //!
-//! Buffer copies run at memcpy speed when they can (issue 11): where the two sides are
-//! co-aligned (same address modulo 16), a short head brings both to 16-byte alignment, whole
-//! 64-byte blocks then move with `ldp`/`stp` of four register pairs ([`copy_blocks`]), and
-//! the rest goes the word-at-a-time volatile way, as does a copy whose sides are not
-//! co-aligned. Under QEMU (`-cpu max`) the volatile words measured about 7 Gbit/s against
-//! memcpy's 17-18 in the same guest; the blocks run at 28-29. Not co-aligned, pair stores
-//! would straddle 16 bytes, which QEMU on an LSE2 CPU sends through its slow helper (4.5-5
-//! Gbit/s measured, slower than the words), so callers that pick where a private copy
-//! lands (a front-end's received frame: [`SharedMem::read_into_reused`]) place it
-//! co-aligned.
+//! Buffer copies run at memcpy speed (issue 11): where the two sides are co-aligned (same
+//! address modulo 16), a short head brings both to 16-byte alignment and whole 64-byte blocks
+//! move with `ldp`/`stp` of four register pairs ([`copy_blocks`]); everything else, and a
+//! whole copy whose sides are not co-aligned, goes the VMs' memcpy way: aligned loads and
+//! stores only, each destination word shifted together from two aligned source words. Under
+//! QEMU (`-cpu max`) unaligned accesses go through a slow helper (FEAT_LSE2's rules), and
+//! `read_unaligned` on this target (strict alignment) is eight byte loads: the copies out of
+//! and into a NIC's buffers, never co-aligned with a guest's, spent 15 % of the driver
+//! domain's samples host -> guest in such a loop until the shifted words took it over. Callers
+//! that pick where a private copy lands (a front-end's received frame:
+//! [`SharedMem::read_into_reused`]) still place it co-aligned, for the blocks.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
@@ -155,29 +156,22 @@ impl SharedMem {
 
     /// Copies `len` bytes at `offset` of this run to `dst_offset` of `dst`, memory to memory
     /// (a back-end moving a frame from one guest's pool to another's), each source byte
-    /// loaded once: 64-byte blocks where the two sides are co-aligned, else eight bytes at a
-    /// time when both sides allow it. Panics if either range is outside its run.
+    /// loaded once (see [`copy`]). Panics if either range is outside its run.
     pub fn copy_to(&self, offset: usize, dst: &SharedMem, dst_offset: usize, len: usize) {
         assert!(offset <= self.len && len <= self.len - offset);
         assert!(dst_offset <= dst.len && len <= dst.len - dst_offset);
-        let (src, to) = (self.base + offset, dst.base + dst_offset);
-        let (head, bulk) = bulk_split(src, to, len);
-        count_copy(len, bulk);
-        copy_words(src, to, head);
-        // SAFETY: `head + bulk <= len`, so both block ranges are inside their runs (asserted
-        // above), which the constructors keep in memory no Rust reference points into (see
-        // `words`); `bulk_split` made both addresses 16-aligned and `bulk` whole blocks. Two
-        // runs may be the same memory and the ranges overlap (a guest's chain names what it
-        // likes in its pool): that only scrambles the bytes copied, as `copy_blocks` allows.
-        unsafe { copy_blocks(src + head, to + head, bulk / BULK_BLOCK) };
-        let done = head + bulk;
-        copy_words(src + done, to + done, len - done);
+        // SAFETY: both ranges are inside their runs (asserted above), which the constructors
+        // keep in memory no Rust reference points into (see `words`). Two runs may be the same
+        // memory and the ranges overlap (a guest's chain names what it likes in its pool):
+        // that only scrambles the bytes copied, as `copy` allows.
+        unsafe { copy(self.base + offset, dst.base + dst_offset, len) };
     }
 }
 
-/// Bytes this VM's shared-memory copies moved, for its closing lines: in 64-byte blocks
-/// (the bulk path) and the slow way. A data path whose copies are placed co-aligned shows
-/// nearly all its bytes as bulk; what stays slow is heads, tails and short frames.
+/// Bytes this VM's shared-memory copies moved, for its closing lines: in co-aligned 64-byte
+/// blocks (the bulk path) and the rest (heads, tails, short copies, and whole copies whose
+/// sides are not co-aligned, word by word with aligned loads). A data path whose copies are
+/// placed co-aligned shows nearly all its bytes as bulk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CopyCounters {
     pub bulk_bytes: u64,
@@ -251,56 +245,29 @@ unsafe fn copy_blocks(src: usize, dst: usize, blocks: usize) {
     unsafe { crate::arch::memcpy::aligned_words(dst, src, blocks * BULK_BLOCK / 8) }
 }
 
-/// Copies `len` bytes from address `src` to address `dst` the slow way: volatile loads and
-/// stores, eight bytes at a time where both sides allow it, each source byte loaded once.
-/// The head and tail around [`copy_blocks`], and whole copies whose sides are not co-aligned.
-/// Both ranges are memory `SharedMem`'s constructors vouch for, or a private buffer the
-/// caller holds (`&mut` for the destination); the callers assert the bounds.
-fn copy_words(src: usize, to: usize, len: usize) {
-    let mut done = 0;
-    let byte = |i: usize| {
-        // SAFETY: `i < len`, so both addresses are inside ranges the callers checked: shared
-        // memory only peers and atomics or volatile accesses touch (see `words`), or a
-        // private buffer the caller holds.
-        unsafe {
-            let b = core::ptr::read_volatile((src + i) as *const u8);
-            core::ptr::write_volatile((to + i) as *mut u8, b);
-        }
-    };
-    if (src ^ to).is_multiple_of(8) {
-        while done < len && !(src + done).is_multiple_of(8) {
-            byte(done);
-            done += 1;
-        }
-        while len - done >= 32 {
-            // SAFETY: as above, and both addresses are 8-aligned.
-            unsafe {
-                let from = (src + done) as *const u64;
-                let into = (to + done) as *mut u64;
-                let words = [
-                    core::ptr::read_volatile(from),
-                    core::ptr::read_volatile(from.add(1)),
-                    core::ptr::read_volatile(from.add(2)),
-                    core::ptr::read_volatile(from.add(3)),
-                ];
-                for (i, w) in words.into_iter().enumerate() {
-                    core::ptr::write_volatile(into.add(i), w);
-                }
-            }
-            done += 32;
-        }
-        while len - done >= 8 {
-            // SAFETY: as above, and both addresses are 8-aligned.
-            unsafe {
-                let w = core::ptr::read_volatile((src + done) as *const u64);
-                core::ptr::write_volatile((to + done) as *mut u64, w);
-            }
-            done += 8;
-        }
-    }
-    while done < len {
-        byte(done);
-        done += 1;
+/// Copies `len` bytes from address `src` to address `dst`, each source byte loaded once: where
+/// the two are co-aligned ([`bulk_split`]), a head brings both to 16-byte alignment and whole
+/// 64-byte blocks go by [`copy_blocks`]; everything else (head, tail, a copy whose sides are
+/// not co-aligned) goes the VMs' memcpy way, aligned loads and stores with each destination
+/// word shifted together from two aligned source words (`arch::memcpy::copy_raw`).
+///
+/// # Safety
+/// Both ranges valid (the destination writable) and each either shared memory `SharedMem`'s
+/// constructors vouch for or a private buffer the caller holds (exclusively, for the
+/// destination), which then overlaps nothing else. Two shared ranges may overlap (a hostile
+/// guest's chain can name anything in its pool): raw loads and stores then copy unspecified
+/// bytes, no worse than a racing peer.
+unsafe fn copy(src: usize, dst: usize, len: usize) {
+    let (head, bulk) = bulk_split(src, dst, len);
+    count_copy(len, bulk);
+    let done = head + bulk;
+    // SAFETY: the caller's contract; `head + bulk <= len` (`bulk_split`), so the three parts
+    // are inside both ranges, and `bulk_split` made both block addresses 16-aligned and
+    // `bulk` whole blocks (zero when the sides are not co-aligned: the last part is all).
+    unsafe {
+        crate::arch::memcpy::copy_raw(dst, src, head);
+        copy_blocks(src + head, dst + head, bulk / BULK_BLOCK);
+        crate::arch::memcpy::copy_raw(dst + done, src + done, len - done);
     }
 }
 
@@ -386,127 +353,18 @@ impl PoolMem for SharedMem {
     /// are checked before they get here).
     fn read(&self, offset: usize, dst: &mut [u8]) {
         assert!(offset <= self.len && dst.len() <= self.len - offset);
-        let src = self.base + offset;
-        let (head, bulk) = bulk_split(src, dst.as_ptr() as usize, dst.len());
-        count_copy(dst.len(), bulk);
-        let (head_bytes, rest) = dst.split_at_mut(head);
-        let (blocks, tail) = rest.split_at_mut(bulk);
-        self.read_words(offset, head_bytes);
-        // SAFETY: `blocks` is inside the run (asserted above; the constructors keep it in
-        // memory no Rust reference points into, see `words`) and is our exclusive private
-        // slice; `bulk_split` made both addresses 16-aligned and `bulk` whole blocks; a
-        // private buffer never overlaps shared memory.
-        unsafe { copy_blocks(src + head, blocks.as_mut_ptr() as usize, bulk / BULK_BLOCK) };
-        self.read_words(offset + head + bulk, tail);
+        // SAFETY: the source is inside the run (asserted above), which the constructors keep
+        // in memory no Rust reference points into (see `words`); the destination is our
+        // exclusive private slice, which never overlaps shared memory.
+        unsafe { copy(self.base + offset, dst.as_mut_ptr() as usize, dst.len()) };
     }
 
     /// Panics if the range is outside the run.
     fn write(&self, offset: usize, src: &[u8]) {
         assert!(offset <= self.len && src.len() <= self.len - offset);
-        let dst = self.base + offset;
-        let (head, bulk) = bulk_split(src.as_ptr() as usize, dst, src.len());
-        count_copy(src.len(), bulk);
-        let (head_bytes, rest) = src.split_at(head);
-        let (blocks, tail) = rest.split_at(bulk);
-        self.write_words(offset, head_bytes);
-        // SAFETY: as in `read`, the other way: `blocks` is a private slice we read, the
+        // SAFETY: as in `read`, the other way: `src` is a private slice we read, the
         // destination inside the run.
-        unsafe { copy_blocks(blocks.as_ptr() as usize, dst + head, bulk / BULK_BLOCK) };
-        self.write_words(offset + head + bulk, tail);
-    }
-}
-
-impl SharedMem {
-    /// The slow way out of shared memory (head, tail, and copies whose sides are not
-    /// co-aligned): volatile loads, eight bytes at a time once the shared side is 8-aligned.
-    /// The caller asserted the range.
-    fn read_words(&self, offset: usize, dst: &mut [u8]) {
-        let src = self.base + offset;
-        let len = dst.len();
-        let out = dst.as_mut_ptr();
-        let mut done = 0;
-        // Head bytes until the shared side is 8-aligned, then words (four at a time: this is
-        // the data path's copy), then the tail. The private side may be unaligned.
-        while done < len && !(src + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted by the caller), which the constructors keep in shared memory (see `words`); `out` is
-            // valid for `len` bytes.
-            unsafe { *out.add(done) = core::ptr::read_volatile((src + done) as *const u8) };
-            done += 1;
-        }
-        while len - done >= 32 {
-            // SAFETY: as above; the shared address is 8-aligned.
-            unsafe {
-                let from = (src + done) as *const u64;
-                let to = out.add(done) as *mut u64;
-                let words = [
-                    core::ptr::read_volatile(from),
-                    core::ptr::read_volatile(from.add(1)),
-                    core::ptr::read_volatile(from.add(2)),
-                    core::ptr::read_volatile(from.add(3)),
-                ];
-                for (i, w) in words.into_iter().enumerate() {
-                    core::ptr::write_unaligned(to.add(i), w);
-                }
-            }
-            done += 32;
-        }
-        while len - done >= 8 {
-            // SAFETY: as above.
-            unsafe {
-                let w = core::ptr::read_volatile((src + done) as *const u64);
-                core::ptr::write_unaligned(out.add(done) as *mut u64, w);
-            }
-            done += 8;
-        }
-        while done < len {
-            // SAFETY: as above.
-            unsafe { *out.add(done) = core::ptr::read_volatile((src + done) as *const u8) };
-            done += 1;
-        }
-    }
-
-    /// The slow way into shared memory, as [`Self::read_words`]. The caller asserted the range.
-    fn write_words(&self, offset: usize, src: &[u8]) {
-        let dst = self.base + offset;
-        let len = src.len();
-        let from = src.as_ptr();
-        let mut done = 0;
-        while done < len && !(dst + done).is_multiple_of(8) {
-            // SAFETY: inside the run (asserted by the caller), shared memory per the constructors (see `words`); `from` is
-            // valid for `len` bytes.
-            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
-            done += 1;
-        }
-        while len - done >= 32 {
-            // SAFETY: as above; the shared address is 8-aligned.
-            unsafe {
-                let to = (dst + done) as *mut u64;
-                let at = from.add(done) as *const u64;
-                let words = [
-                    core::ptr::read_unaligned(at),
-                    core::ptr::read_unaligned(at.add(1)),
-                    core::ptr::read_unaligned(at.add(2)),
-                    core::ptr::read_unaligned(at.add(3)),
-                ];
-                for (i, w) in words.into_iter().enumerate() {
-                    core::ptr::write_volatile(to.add(i), w);
-                }
-            }
-            done += 32;
-        }
-        while len - done >= 8 {
-            // SAFETY: as above.
-            unsafe {
-                let w = core::ptr::read_unaligned(from.add(done) as *const u64);
-                core::ptr::write_volatile((dst + done) as *mut u64, w);
-            }
-            done += 8;
-        }
-        while done < len {
-            // SAFETY: as above.
-            unsafe { core::ptr::write_volatile((dst + done) as *mut u8, *from.add(done)) };
-            done += 1;
-        }
+        unsafe { copy(src.as_ptr() as usize, self.base + offset, src.len()) };
     }
 }
 

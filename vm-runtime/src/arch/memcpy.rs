@@ -16,9 +16,9 @@
 //!
 //! **Where the loops sit** (issue 11). QEMU chains one translated block straight to the next
 //! only within a guest page; a loop whose back branch and target lie on two pages goes through
-//! QEMU's block lookup on every round. So the two word loops are never inlined, and they and
-//! `memcpy` (the VMs' only caller of it is the compiler's, by symbol) live in a section of their
-//! own, `.text.copy_loops`, which `vm.ld` starts on a page boundary and holds to one page: no
+//! QEMU's block lookup on every round. So the two word loops and `copy_raw` (with its byte
+//! loops; the shared-memory copies call it too) are never inlined, and they and `memcpy` (the
+//! VMs' only caller of it is the compiler's, by symbol) live in a section of their own, `.text.copy_loops`, which `vm.ld` starts on a page boundary and holds to one page: no
 //! build can put a copy loop across a page boundary by chance. A
 //! change elsewhere in the runtime had moved the misaligned loop across one, and guest -> guest
 //! fell by a tenth in every run; a page of padding before the code did not move it either way,
@@ -35,7 +35,25 @@ const SMALL: usize = 32;
 #[cfg_attr(target_os = "none", no_mangle)]
 #[cfg_attr(target_os = "none", link_section = ".text.copy_loops")]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    let (d, s) = (dst as usize, src as usize);
+    // SAFETY: the caller's contract, which is `copy_raw`'s with the ranges apart.
+    unsafe { copy_raw(dst as usize, src as usize, n) };
+    dst
+}
+
+/// `n` bytes from address `s` to address `d` with aligned loads and stores only: bytes until
+/// the destination is 8-aligned, whole words with [`aligned_words`] or [`shifted_words`], the
+/// rest as bytes. The body of [`memcpy`], and the shared-memory copies' way (`crate::shared`)
+/// for what their co-aligned blocks do not cover, including whole copies whose sides are not
+/// co-aligned: it forms no reference and loads each source byte once (a misaligned source's
+/// first and last aligned words are loaded whole; their other bytes are not used).
+///
+/// # Safety
+/// `s` valid for `n` bytes of reads, `d` for `n` bytes of writes. If the ranges overlap (only
+/// shared ranges a hostile peer named may), the bytes copied are unspecified and nothing else
+/// goes wrong: raw loads and stores, no Rust reference.
+#[inline(never)]
+#[cfg_attr(target_os = "none", link_section = ".text.copy_loops")]
+pub(crate) unsafe fn copy_raw(d: usize, s: usize, n: usize) {
     let mut done = 0;
     if n >= SMALL {
         // Bytes until the destination is 8-aligned (fewer than 8: `n >= SMALL`).
@@ -62,7 +80,6 @@ pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut 
         unsafe { byte(d + done, s + done) };
         done += 1;
     }
-    dst
 }
 
 /// One byte. Volatile so that the compiler cannot turn a loop of them back into a call to
@@ -145,7 +162,8 @@ pub(crate) unsafe fn aligned_words(d: usize, s: usize, words: usize) {
 ///
 /// # Safety
 /// `d` valid and 8-aligned for `8 * words` bytes of writes; `s` valid for `8 * words` bytes of
-/// reads and not 8-aligned; the ranges do not overlap.
+/// reads and not 8-aligned. If the ranges overlap (only shared ranges a hostile peer named
+/// may), the bytes copied are unspecified, nothing else goes wrong: raw loads and stores.
 #[cfg(target_arch = "aarch64")]
 #[inline(never)]
 #[cfg_attr(target_os = "none", link_section = ".text.copy_loops")]
