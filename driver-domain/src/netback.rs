@@ -491,8 +491,9 @@ impl NetPort {
         vm_runtime::println!("{}", self.stats.line(guest));
         vm_runtime::println!("{}", self.stats.receive_line(guest));
         // A line of its own (the counters line is near the console's 200 bytes): how the
-        // driver domain's shared-memory copies went so far, in 64-byte blocks or the slow way
-        // (co-aligned pool buffers make nearly all of copy 2 bulk; see vm_runtime::shared).
+        // driver domain's shared-memory copies went so far, in co-aligned 64-byte blocks or
+        // word by word (co-aligned pool buffers make nearly all of copy 2 blocks; see
+        // vm_runtime::shared).
         let copies = vm_runtime::shared::copy_counters();
         vm_runtime::println!(
             "shared copies (driver domain, all ports): bulk_bytes={} word_bytes={}",

@@ -41,6 +41,7 @@ use shared_abi::virtq::{
     MAX_MTU, MIN_MTU, NET_HDR_LEN, NUM_BUFFERS_AT, POOL_BUDGET_PAGES, RING_PAGE_LEN, TX_OK,
 };
 use vm_net::budget::FrameBudget;
+use vm_net::resend::TxLedger;
 use vm_net::smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use vm_net::smoltcp::time::Instant as NetInstant;
 use vm_runtime::shared::{ExclusiveRun, SharedMem};
@@ -101,10 +102,12 @@ pub struct FrontStats {
     pub copied_frame_to_pool: u64,
     pub copied_pool_to_frame: u64,
     pub copied_frame_to_stack: u64,
-    /// Reconnections to a restarted back-end, frames refused while it was away, and the
-    /// longest gap between received data frames across a reconnection.
+    /// Reconnections to a restarted back-end, frames refused while it was away, frames the
+    /// old back-end had not given back that went again to the new one, and the longest gap
+    /// between received data frames across a reconnection.
     pub reconnects: u64,
     pub tx_dropped_disconnected: u64,
+    pub tx_resent: u64,
     pub longest_data_gap_ms: u64,
 }
 
@@ -136,6 +139,8 @@ pub struct Rings {
     /// Transmit buffers not in the ring. Each chain's buffer index is its token
     /// (`DriverQueue::add_tagged`), so no table by head is kept.
     tx_free: Vec<u16>,
+    /// The transmit buffers in the ring, oldest first: sent again to a restarted back-end.
+    tx_out: TxLedger,
     /// [`Rings::tx_done`] found chains still with the back-end: [`Rings::arm`] asks for an
     /// event on the next completion too.
     draining: bool,
@@ -300,6 +305,7 @@ impl Rings {
             frame_limit,
             plan,
             tx_free: tx_buffers(&plan),
+            tx_out: TxLedger::new(plan.rx_buffers + plan.tx_buffers),
             draining: false,
             broken: None,
             stats: FrontStats::default(),
@@ -314,6 +320,7 @@ impl Rings {
                     // A hostile mode's raw chain names no buffer of ours: nothing to free.
                     if used.token != RAW_CHAIN {
                         self.tx_free.push(used.token);
+                        self.tx_out.returned(used.token);
                     }
                     if used.len != TX_OK {
                         self.stats.tx_dropped_by_backend += 1;
@@ -468,6 +475,7 @@ impl Rings {
         };
         match self.tx.add_tagged(&[segment], false, buffer) {
             Ok(_) => {
+                self.tx_out.sent(buffer, segment.len);
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += len as u64;
             }

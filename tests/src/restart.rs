@@ -364,6 +364,19 @@ pub fn parse_udp_echo(text: &str) -> Option<UdpEcho> {
     })
 }
 
+/// How many frames a guest's [`WENT_AWAY`] line says go again to the new back-end (`net:
+/// back-end 1 went away (generation 0 -> 1); reconnecting, 6 frames it had not given back go
+/// again (at 6258974 us)`, the text after the console prefix); None for another line.
+pub fn parse_sent_again(text: &str) -> Option<u64> {
+    let rest = text.strip_prefix("net: back-end ")?;
+    let (_, rest) = rest.split_once(WENT_AWAY)?;
+    let (_, rest) = rest.split_once("reconnecting, ")?;
+    let (count, rest) = rest.split_once(' ')?;
+    rest.starts_with("frames it had not given back go again")
+        .then(|| count.parse().ok())
+        .flatten()
+}
+
 /// The `driver-domain restart` check of a boot, if a driver domain of the topology crashes on
 /// purpose (none otherwise).
 pub fn checks(topology: &Topology, boot: &Boot) -> Vec<Check> {
@@ -562,6 +575,25 @@ settings = { app = "iperf", ip = "10.0.2.21/24", iperf = "client", iperf_server 
         ];
         let r = recovery(&topology, &boot(&strays)).unwrap();
         assert_eq!((r.recovered_ms, r.longest_gap_ms()), (40, None));
+    }
+
+    #[test]
+    fn the_went_away_line_says_how_many_frames_go_again() {
+        assert_eq!(
+            parse_sent_again(
+                "net: back-end 1 went away (generation 0 -> 1); reconnecting, 6 frames it had \
+                 not given back go again (at 6258974 us)"
+            ),
+            Some(6)
+        );
+        assert_eq!(
+            parse_sent_again("net: back-end 1 stopped for good (the hypervisor left it stopped)"),
+            None
+        );
+        assert_eq!(
+            parse_sent_again("net: back-end 1 went away (generation 0 -> 1); reconnecting, x"),
+            None
+        );
     }
 
     #[test]

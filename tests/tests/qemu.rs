@@ -4211,7 +4211,9 @@ fn a_udp_echo_answers_before_a_driver_domain_restart_stops_during_it_and_answers
     // ua asks ub's echo (guest -> guest) every 50 ms for 8 s; the host asks ub's through a port
     // forward; the NIC's driver domain is killed for a fault 3 s after it starts, after 300 ms
     // with IRQs masked, so the host's echoes leave the NIC with its interrupt pending (a
-    // restarted driver domain once drowned in that dead incarnation's interrupt).
+    // restarted driver domain once drowned in that dead incarnation's interrupt). In those
+    // 300 ms it takes nothing from the guests' rings: ua's requests wait there, and go again to
+    // the new incarnation (vm_net::resend), so none is lost.
     let toml = format!(
         "{MACHINE}{}{}{}",
         switch_driver_domain(
@@ -4293,6 +4295,14 @@ fn a_udp_echo_answers_before_a_driver_domain_restart_stops_during_it_and_answers
         "no silence over the restart: {line}\n{t}"
     );
     assert_eq!(echo.answered + echo.lost, echo.sent, "{line}");
+    // What the dead incarnation never took went again: ua's requests of the masked 300 ms,
+    // and any answer of ub's it held.
+    let again = boot
+        .vm_lines("ua")
+        .find_map(sluice_harness::restart::parse_sent_again)
+        .unwrap_or_else(|| panic!("no went-away line from ua:\n{t}"));
+    assert!(again >= 1, "ua sent nothing again: {line}\n{t}");
+    assert_eq!(echo.lost, 0, "requests lost over the restart: {line}\n{t}");
     // Host -> guest: batches answered before the restart, lost datagrams around it, and
     // answered again after it.
     let restarted_at = *restarted_at

@@ -9,6 +9,8 @@
 //!   (applied to every stack's device while it polls).
 //! - [`budget`]: a count of frames against a limit, pacing work in rounds (front-end and
 //!   driver domain alike).
+//! - [`resend`]: the frames a front-end has handed to its back-end and not had back, oldest
+//!   first, to send again to a restarted back-end.
 //! - [`udp_echo`]: a UDP echo client's requests and the tally of their answers (which came
 //!   back, the longest silence between them), for the restart test.
 //!
@@ -28,6 +30,7 @@ mod announce;
 pub mod budget;
 pub mod frame_queues;
 pub mod iperf3;
+pub mod resend;
 mod stack;
 mod stale_ack;
 pub mod udp_echo;

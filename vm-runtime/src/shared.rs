@@ -205,10 +205,10 @@ const BULK_BLOCK: usize = 64;
 /// straddles a 16-byte boundary, which under QEMU on LSE2 CPUs would take the slow path).
 const BULK_ALIGN: usize = 16;
 
-/// How a copy of `len` bytes from address `src` to address `dst` splits: `head` bytes to copy
-/// the slow way until both are 16-aligned, then `bulk` bytes (whole 64-byte blocks) for
-/// [`copy_blocks`]; the rest after them is the tail. `(0, 0)`, all slow, when the two are not
-/// co-aligned or no whole block follows the head.
+/// How a copy of `len` bytes from address `src` to address `dst` splits: `head` bytes until
+/// both are 16-aligned, then `bulk` bytes (whole 64-byte blocks) for [`copy_blocks`]; the rest
+/// after them is the tail. `(0, 0)`, no blocks, when the two are not co-aligned or no whole
+/// block follows the head.
 fn bulk_split(src: usize, dst: usize, len: usize) -> (usize, usize) {
     if !(src ^ dst).is_multiple_of(BULK_ALIGN) {
         return (0, 0);
@@ -231,7 +231,7 @@ fn bulk_split(src: usize, dst: usize, len: usize) -> (usize, usize) {
 /// byte is read once into registers and stored once; and a racing peer can only change which
 /// bytes are copied (a torn block is just some bytes), which the caller validates on its
 /// private copy afterwards, never on the shared one. Normal, cacheable memory on both sides,
-/// so ordering against the rings is the callers' acquire/release, as for the volatile path.
+/// so ordering against the rings is the callers' acquire/release.
 ///
 /// # Safety
 /// Both addresses 16-aligned; both ranges of `blocks * 64` bytes valid (mapped, the

@@ -19,7 +19,8 @@
 //! - `memcpy_64k_mbps`, `memcpy_4m_mbps`: other sizes, staggered;
 //! - `shared_copy_mbps`: the copy out of shared pages a front-end makes of a received frame
 //!   (`SharedMem::read`), co-aligned as the front-end places it: the bulk path;
-//! - `shared_copy_unaligned_mbps`: the same, destination 1 byte off: the word-at-a-time path;
+//! - `shared_copy_unaligned_mbps`: the same, destination 1 byte off: not co-aligned, so
+//!   aligned words shifted together (the memcpy way);
 //! - `shared_to_shared_mbps`: shared pages to shared pages (`SharedMem::copy_to`), the
 //!   back-end's guest-to-guest copy, co-aligned as pool buffers are, between two runs the
 //!   allocator placed (a power of two apart, as it hands them out);

@@ -514,8 +514,8 @@ impl Net {
         if s.reconnects > 0 || s.tx_dropped_disconnected > 0 {
             println!(
                 "net reconnects: {} to a restarted back-end, {} frames refused while it was \
-                 away, longest data gap {} ms",
-                s.reconnects, s.tx_dropped_disconnected, s.longest_data_gap_ms
+                 away, {} sent again, longest data gap {} ms",
+                s.reconnects, s.tx_dropped_disconnected, s.tx_resent, s.longest_data_gap_ms
             );
         }
     }

@@ -2,9 +2,12 @@
 //! gone (a new back-end generation in the control page, or its section no longer
 //! `Connected`), keeps its smoltcp interface and sockets, and follows the handshake with the
 //! new incarnation on its own: same grants and data port offered again, the rings reset
-//! (zeroed, every receive buffer offered again, every transmit buffer free) before the new
-//! `Initialised`. Frames in flight are lost; TCP retransmits them. While it is down, frames
-//! are not taken: `send_frame` refuses and counts them, smoltcp's transmit finds no buffer and
+//! (zeroed, every receive buffer offered again) before the new `Initialised`. The frames the
+//! old back-end had not given back are still in our transmit buffers: they go on the new
+//! transmit ring first, oldest first (`vm_net::resend`), so a restart costs a stream no
+//! retransmission timeout (smoltcp's is at least a second); frames on their way to us are
+//! lost, and their senders send them again the same way. While it is down, frames are not
+//! taken: `send_frame` refuses and counts them, smoltcp's transmit finds no buffer and
 //! keeps its segments (so they leave at once when the rings are back). Once connected again it
 //! announces itself with a gratuitous ARP (as Xen's netfront does on resume), so the new
 //! switch learns its port at once and its peers hear from it. A back-end the
@@ -15,11 +18,11 @@ use alloc::format;
 use alloc::string::String;
 
 use shared_abi::handshake::State;
-use shared_abi::virtq::{DriverQueue, RingMem, RING_PAGE_LEN};
+use shared_abi::virtq::{DriverQueue, RingMem, Segment, RING_PAGE_LEN};
 use vm_net::smoltcp::wire::Ipv4Address;
 use vm_runtime::{evtchn, println, timer};
 
-use super::{offer_rx_buffers, tx_buffers, Rings};
+use super::{buffer_offset, offer_rx_buffers, tx_buffers, Rings};
 
 /// Control-page steps taken per call: a handshake is at most a handful, and a hostile
 /// back-end flipping its state cannot keep us here.
@@ -79,11 +82,12 @@ impl Rings {
                 }
                 let now = timer::now();
                 println!(
-                    "net: back-end {} went away (generation {} -> {}); reconnecting, frames \
-                     in flight are lost (at {} us)",
+                    "net: back-end {} went away (generation {} -> {}); reconnecting, {} frames \
+                     it had not given back go again (at {} us)",
                     self.link.backend,
                     self.link.offered_for(),
                     step.generation,
+                    self.tx_out.out(),
                     timer::ticks_to_us(now)
                 );
                 self.reconnect.gone_at = Some(now);
@@ -156,8 +160,10 @@ impl Rings {
         }
     }
 
-    /// Empty rings over the same pages, every receive buffer offered, every transmit buffer
-    /// free: what a new back-end's queues (starting from index zero) expect.
+    /// Empty rings over the same pages, every receive buffer offered, the frames the old
+    /// back-end had not given back queued again oldest first (not published: that waits for
+    /// `Connected`), every other transmit buffer free: what a new back-end's queues (starting
+    /// from index zero) expect. At most the ring's transmit buffers go again.
     fn reset_rings(&mut self) -> Result<(), String> {
         for ring in [self.tx_ring, self.rx_ring] {
             for at in (0..RING_PAGE_LEN).step_by(2) {
@@ -170,7 +176,21 @@ impl Rings {
             DriverQueue::new(self.rx_ring, self.pool_pages, true).map_err(|e| format!("{e}"))?;
         offer_rx_buffers(&mut rx, &self.plan)?;
         self.rx = rx;
+        let again = self.tx_out.take_out();
         self.tx_free = tx_buffers(&self.plan);
+        self.tx_free
+            .retain(|b| !again.iter().any(|&(out, _)| out == *b));
+        for (buffer, len) in again {
+            let segment = Segment {
+                offset: buffer_offset(usize::from(buffer), &self.plan) as u32,
+                len,
+            };
+            self.tx
+                .add_tagged(&[segment], false, buffer)
+                .map_err(|e| format!("sending transmit buffer {buffer} again: {e}"))?;
+            self.tx_out.sent(buffer, len);
+            self.stats.tx_resent += 1;
+        }
         Ok(())
     }
 }
