@@ -573,8 +573,8 @@ fn print_counters(stack: &Stack<NetFront>, rounds: &Rounds) {
     if s.reconnects > 0 || s.tx_dropped_disconnected > 0 {
         println!(
             "iperf reconnects: {} to a restarted back-end, {} frames refused while it was away, \
-             longest data gap {} ms",
-            s.reconnects, s.tx_dropped_disconnected, s.longest_data_gap_ms
+             {} sent again, longest data gap {} ms",
+            s.reconnects, s.tx_dropped_disconnected, s.tx_resent, s.longest_data_gap_ms
         );
     }
     let us = timer::ticks_to_us;
