@@ -2052,14 +2052,19 @@ fn a_guest_acknowledges_a_burst_from_the_host_in_parts() {
         pacing.largest_step
     );
     // The guest's ACKs leave through the NIC, and its transmit doorbell is rung once per batch
-    // of frames the driver domain switches, not once per frame.
+    // of frames the driver domain switches, not once per frame (which would ring it as often
+    // as the driver asks: once per frame here, the device never turning notifications off).
+    // How many ACKs a batch holds depends on how fast the driver domain turns its rounds:
+    // about 2.3 when its copies into the guest were slow, 1.6 since (2026-12-06: the ACKs
+    // fell from about 21 000 to 15 000 per test, the rounds that carry one stayed at about
+    // 9 000-9 800), so the bound is on the doorbells the batching saves, not on a batch size.
     let (rung, frames, asked) = nic_doorbells(&boot);
     eprintln!("NIC transmit doorbells: {rung} rung for {frames} frames, {asked} asked");
     assert!(frames >= 500, "too few frames to the NIC to judge\n{t}");
     assert!(rung <= asked, "more doorbells rung than asked for\n{t}");
     assert!(
-        rung * 2 <= frames,
-        "{rung} transmit doorbells for {frames} frames: not batched\n{t}"
+        rung * 5 <= asked * 4,
+        "{rung} transmit doorbells for {frames} frames ({asked} asked): not batched\n{t}"
     );
 }
 
