@@ -292,9 +292,10 @@ fn every_vm_images_copy_loops_sit_in_one_page() {
 }
 
 /// The shared-memory copies (issue 11: 64-byte `ldp`/`stp` blocks where both sides are
-/// co-aligned, the memcpy way's aligned and shifted words elsewhere) checked where the assembly really runs: the memcpy
-/// app's self-check copies every shared alignment against every private one at lengths
-/// around the 64-byte blocks, and every copy must be exact with the bytes around it untouched.
+/// co-aligned, the memcpy way's aligned and shifted words elsewhere) checked where the
+/// assembly really runs: the memcpy app's self-check copies every shared alignment against
+/// every private one at lengths around the 64-byte blocks, and every copy must be exact with
+/// the bytes around it untouched.
 #[test]
 fn shared_memory_copies_are_exact_at_every_alignment_in_a_guest() {
     let toml = format!(

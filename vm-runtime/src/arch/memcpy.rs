@@ -18,11 +18,12 @@
 //! only within a guest page; a loop whose back branch and target lie on two pages goes through
 //! QEMU's block lookup on every round. So the two word loops and `copy_raw` (with its byte
 //! loops; the shared-memory copies call it too) are never inlined, and they and `memcpy` (the
-//! VMs' only caller of it is the compiler's, by symbol) live in a section of their own, `.text.copy_loops`, which `vm.ld` starts on a page boundary and holds to one page: no
-//! build can put a copy loop across a page boundary by chance. A
-//! change elsewhere in the runtime had moved the misaligned loop across one, and guest -> guest
-//! fell by a tenth in every run; a page of padding before the code did not move it either way,
-//! since that kept every offset within its page.
+//! VMs' only caller of it is the compiler's, by symbol) live in a section of their own,
+//! `.text.copy_loops`, which `vm.ld` starts on a page boundary and holds to one page: no build
+//! can put a copy loop across a page boundary by chance. A change elsewhere in the runtime had
+//! moved the misaligned loop across one, and guest -> guest fell by a tenth in every run; a
+//! page of padding before the code did not move it either way, since that kept every offset
+//! within its page.
 
 /// Copies shorter than this go byte by byte.
 const SMALL: usize = 32;
