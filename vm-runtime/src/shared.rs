@@ -264,10 +264,18 @@ unsafe fn copy(src: usize, dst: usize, len: usize) {
     // SAFETY: the caller's contract; `head + bulk <= len` (`bulk_split`), so the three parts
     // are inside both ranges, and `bulk_split` made both block addresses 16-aligned and
     // `bulk` whole blocks (zero when the sides are not co-aligned: the last part is all).
+    // Empty parts are skipped: each is an out-of-line call, and most copies (the headers, the
+    // ones not co-aligned) have one part only.
     unsafe {
-        crate::arch::memcpy::copy_raw(dst, src, head);
-        copy_blocks(src + head, dst + head, bulk / BULK_BLOCK);
-        crate::arch::memcpy::copy_raw(dst + done, src + done, len - done);
+        if head > 0 {
+            crate::arch::memcpy::copy_raw(dst, src, head);
+        }
+        if bulk > 0 {
+            copy_blocks(src + head, dst + head, bulk / BULK_BLOCK);
+        }
+        if done < len {
+            crate::arch::memcpy::copy_raw(dst + done, src + done, len - done);
+        }
     }
 }
 
