@@ -18,6 +18,7 @@ use alloc::format;
 use alloc::string::String;
 
 use driver_domain::budget::TokenBucket;
+use driver_domain::second_look::SecondLook;
 use log::{info, warn};
 use shared_abi::handshake::{next_state, Backend, Frontend, Side, State};
 use shared_abi::identity::default_mac;
@@ -82,6 +83,8 @@ pub struct Connection {
     /// Connection attempts left; when empty, the next attempt waits until `retry_at` (ms).
     attempts: TokenBucket,
     retry_at: Option<u64>,
+    /// Invalid reads of the front-end's section while connected: closed on the second.
+    invalid_reads: SecondLook,
     /// How long opening took (us): reading the page, asking the hypervisor for our port, the
     /// first write and event (printed on a restart: the last two are hypercalls).
     pub open_us: [u64; 3],
@@ -130,6 +133,7 @@ impl Connection {
             banned: None,
             attempts: TokenBucket::new(CONNECT_BURST, CONNECT_PERIOD_MS),
             retry_at: None,
+            invalid_reads: SecondLook::default(),
             open_us: [0; 3],
         };
         let t2 = timer::now();
@@ -189,26 +193,44 @@ impl Connection {
         self.control_port
     }
 
-    /// When a connection attempt held back by the rate limit is due (ms), if one is.
-    pub fn retry_at(&self) -> Option<u64> {
-        self.retry_at
+    /// When (ms) this connection must be stepped again even with no event, if it must: a
+    /// connection attempt the rate limit held back, or a second look at a section read invalid.
+    pub fn look_again_at(&self) -> Option<u64> {
+        match (self.retry_at, self.invalid_reads.due_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Follows the front-end's state until there is nothing more to do now.
     pub fn step(&mut self, fabric: &mut Fabric) {
         for _ in 0..8 {
             let peer = match self.control.frontend() {
-                Ok(section) => section,
-                Err(_) => {
+                Ok(section) => {
+                    self.invalid_reads.valid();
+                    section
+                }
+                Err(e) => {
                     // Not written yet, or garbage: nothing to react to. A connected front-end
-                    // that scribbles over its section is treated as leaving.
+                    // that scribbles over its section is treated as leaving, on a second look
+                    // (`driver_domain::second_look`: one copy of the page can catch the
+                    // hypervisor's rewrite of a stopped front-end's section half done).
                     if self.state == State::Connected {
-                        warn!(
-                            "front-end {}: invalid control section; closing",
-                            self.frontend
-                        );
-                        self.teardown(fabric);
-                        self.publish(State::Closing);
+                        let now = timer::ticks_to_ms(timer::now());
+                        let since = self.invalid_reads.since().unwrap_or(now);
+                        if self.invalid_reads.invalid(now) {
+                            warn!(
+                                "front-end {}: invalid control section ({e:?} on two looks {} ms \
+                                 apart); closing",
+                                self.frontend,
+                                now - since
+                            );
+                            self.teardown(fabric);
+                            self.publish(State::Closing);
+                        }
+                    } else {
+                        // Nothing is judged outside `Connected`, so no second look is due.
+                        self.invalid_reads = SecondLook::default();
                     }
                     return;
                 }

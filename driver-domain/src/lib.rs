@@ -16,5 +16,6 @@ pub mod budget;
 pub mod crash;
 pub mod csum;
 pub mod devmodel;
+pub mod second_look;
 pub mod switch;
 pub mod vif;

@@ -321,7 +321,7 @@ fn main(info: &StartInfo<'static>) {
         // lost events show (a front-end writes its section before it sends the event).
         let quiet_look = periodic && !evented && !recheck;
         for conn in &mut connections {
-            let retry_due = conn.retry_at().is_some_and(|at| now_ms >= at);
+            let retry_due = conn.look_again_at().is_some_and(|at| now_ms >= at);
             if control_news || retry_due {
                 let before = conn.state();
                 conn.step(&mut fabric);
@@ -393,10 +393,14 @@ fn main(info: &StartInfo<'static>) {
             if let Some(delay) = fabric.poll_delay_us() {
                 wait_us = wait_us.min(delay.max(100));
             }
-            // A connection attempt the rate limit held back.
+            // A connection attempt the rate limit held back, or a second look at a section.
             let now = timer::now();
             let now_ms = timer::ticks_to_ms(now);
-            if let Some(at) = connections.iter().filter_map(Connection::retry_at).min() {
+            if let Some(at) = connections
+                .iter()
+                .filter_map(Connection::look_again_at)
+                .min()
+            {
                 wait_us = wait_us.min(at.saturating_sub(now_ms).max(1) * 1_000);
             }
             let mut deadline = now + timer::us_to_ticks(wait_us);

@@ -108,6 +108,10 @@ pub const EL2_BUSY: &str = "[hv] EL2 busy time by exit kind:";
 pub const GUEST_DROPPED_TOO_LONG: &str = "received frames were longer than our MTU and dropped";
 /// In a [`front_end_said`] line: it asked for a MAC that is not its own.
 pub const MAC_REFUSED: &str = "which is not its own; refused";
+/// In a [`front_end_said`] line: its control section was invalid on two looks while connected
+/// (`front-end 4: invalid control section (UnknownState { code: 2779096485 } on two looks 10 ms
+/// apart); closing`).
+pub const INVALID_SECTION_CLOSED: &str = "invalid control section (";
 /// In a [`front_end_said`] line: its connection attempts hit the rate limit.
 pub const CONNECTING_TOO_OFTEN: &str = "connecting too often";
 

@@ -2502,7 +2502,8 @@ fn hostile_boot_of(guests: &[(&str, &str, Hostile)]) -> Vec<String> {
 fn a_guest_cannot_pass_for_another_while_the_others_keep_pinging() {
     // Identity (issue 13, class 2): another guest's MAC asked for in the handshake, the
     // gateway's address claimed in ARP, another guest's as ARP sender hardware address and as
-    // IPv4 source. Shared pages (class 4): a header rewritten after connecting.
+    // IPv4 source. Shared pages (class 4): a header rewritten after connecting, a section
+    // scribbled over.
     let good2_mac = "claim_mac = \"02:51:55:00:00:03\"";
     let pings = "ping = \"10.0.2.16\", ping_count = 5";
     let wrong = hostile_boot_of(&[
@@ -2532,6 +2533,13 @@ fn a_guest_cannot_pass_for_another_while_the_others_keep_pinging() {
             "bad-forge-header",
             ", corrupt = \"forge_header\"",
             Hostile::GuestSaid("the back-end still signals our own control port"),
+        ),
+        // Its own section scribbled over while connected: the connection is closed (after a
+        // second look: a section read while the hypervisor rewrites it can look invalid once).
+        (
+            "bad-scribble",
+            ", corrupt = \"scribble_section\"",
+            Hostile::Said(console::INVALID_SECTION_CLOSED),
         ),
     ]);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));

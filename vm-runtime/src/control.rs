@@ -129,6 +129,14 @@ impl ControlPage {
         Ok(())
     }
 
+    /// Fills the front-end section with `byte` (a section no reader accepts: an unknown state,
+    /// reserved bytes set). Only a hostile test mode does, to check that the back-end closes a
+    /// connection whose front-end scribbled over its section.
+    pub fn scribble_frontend(&self, byte: u8) {
+        let bytes = vec![byte; PAGE_LEN];
+        self.store(&bytes, FRONTEND);
+    }
+
     /// Stores `bytes[range]` into the page. The state word is the first of each section; it is
     /// stored last, so a peer that sees the new state also sees the fields that go with it.
     fn store(&self, bytes: &[u8], range: core::ops::Range<usize>) {

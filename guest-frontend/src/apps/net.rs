@@ -659,6 +659,30 @@ impl Net {
                 timer::sleep_ms(SILENT_CLOSE_LINGER_MS);
                 outcome
             }
+            Corruption::ScribbleSection => {
+                let link = &front.rings_mut()?.link;
+                link.control.scribble_frontend(0xa5);
+                let _ = evtchn::send(link.control_port);
+                let start = Instant::now();
+                while start.elapsed_ms() < HOSTILE_MS
+                    && matches!(
+                        link.backend_section().map(|b| b.state),
+                        Some(State::Connected)
+                    )
+                {
+                    timer::sleep_ms(1);
+                }
+                match link.backend_section().map(|b| b.state) {
+                    Some(State::Connected) => {
+                        format!("the back-end stayed connected for {HOSTILE_MS} ms")
+                    }
+                    state => format!(
+                        "scribbled over our control section; the back-end closed in {} ms \
+                         (now {state:?})",
+                        start.elapsed_ms()
+                    ),
+                }
+            }
             Corruption::NoDrain => {
                 // Never look at the receive ring again: no polling at all.
                 timer::sleep_ms(HOSTILE_MS);
@@ -853,10 +877,13 @@ pub enum Corruption {
     /// Writes `Closing` into its control section without the event that should go with it,
     /// then waits (sending nothing) for the back-end to notice: as if the event were lost.
     SilentClose,
+    /// Scribbles over its control section (bytes no reader accepts) while connected, sends the
+    /// event, and waits for the back-end to close the connection.
+    ScribbleSection,
 }
 
 impl Corruption {
-    const ALL: [Corruption; 22] = [
+    const ALL: [Corruption; 23] = [
         Corruption::AvailAhead,
         Corruption::DescOutOfRange,
         Corruption::DescLoop,
@@ -879,8 +906,9 @@ impl Corruption {
         Corruption::Churn,
         Corruption::ForgeHeader,
         Corruption::SilentClose,
+        Corruption::ScribbleSection,
     ];
-    const NAMES: [&'static str; 22] = [
+    const NAMES: [&'static str; 23] = [
         "avail_ahead",
         "desc_out_of_range",
         "desc_loop",
@@ -903,6 +931,7 @@ impl Corruption {
         "churn",
         "forge_header",
         "silent_close",
+        "scribble_section",
     ];
 
     fn from_name(name: &str) -> Option<Corruption> {
@@ -965,7 +994,8 @@ impl Corruption {
             | Corruption::NoDrain
             | Corruption::Churn
             | Corruption::ForgeHeader
-            | Corruption::SilentClose => return Ok(()),
+            | Corruption::SilentClose
+            | Corruption::ScribbleSection => return Ok(()),
             Corruption::AvailAhead => {
                 let ring = front.raw_tx_ring();
                 let idx = ring.load_u16(AVAIL_IDX);
