@@ -85,8 +85,8 @@ pub fn front_end_closed(id: u16) -> String {
 /// In a [`front_end_closed`] line, after a count: frames for it dropped as it had no buffer.
 pub const FRONT_END_NO_BUFFER: &str = "not delivered (no buffer)";
 /// In a [`front_end_said`] line about a receiver: another guest's frame for it waited the
-/// whole hold for a receive buffer (`front-end 4: a frame from front-end 5 waited 20 ms for a
-/// receive buffer and was dropped; frames for it are not held for the next 1000 ms`).
+/// whole hold for a receive buffer (`front-end 4: a frame from front-end 5 waited 100 ms for a
+/// receive buffer and was dropped; frames for it are not held for the next 5000 ms`).
 pub const HOLD_RAN_OUT: &str = "ms for a receive buffer and was dropped";
 /// A para-virtual front-end's pool, once connected: `net: MTU 65535: 128 receive buffers of
 /// 9088 B (a frame may take several), 14 transmit buffers of 65561 B, 511 pool pages`.

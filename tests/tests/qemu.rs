@@ -2586,7 +2586,7 @@ fn hostile_load_costs_the_others_nothing_while_they_keep_pinging() {
 fn a_receiver_that_stops_draining_holds_its_sender_briefly_while_the_others_keep_pinging() {
     // Back-pressure (issue 11): a guest's frame for another guest whose ring is full waits in
     // the sender's buffer instead of being dropped, but not for ever. A receiver that stops
-    // draining fills up with 30 KB pings sent to its MAC; each hold then runs out after 20 ms,
+    // draining fills up with 30 KB pings sent to its MAC; each hold then runs out after 100 ms,
     // the frame is dropped and counted, and the driver domain says so; the sender is not
     // blamed and the good pair pings on.
     let wrong = hostile_boot_of(&[
