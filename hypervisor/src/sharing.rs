@@ -527,7 +527,7 @@ impl Sharing {
                 .map(|port| (NO_PORT, port)),
         }
         .map_err(|_| "no free event-channel ports")?;
-        let mut conn = Connection {
+        let conn = Connection {
             frontend,
             backend,
             kind,
@@ -538,8 +538,9 @@ impl Sharing {
         };
         let sides: &[VmId] = match kind {
             ConnectionKind::Paravirt => {
-                conn.header()
-                    .init_page(conn.page.bytes_mut())
+                let header = conn.header();
+                conn.page
+                    .update(|page| header.init_page(page))
                     .map_err(|_| "control page header rejected")?;
                 &[frontend, backend]
             }
@@ -646,11 +647,11 @@ impl Sharing {
             if restart && side == handshake::Side::Backend {
                 // Before the new incarnation runs: the front-end learns its rings may have
                 // been used and must be reset, even if it sees none of the states between.
-                handshake::bump_generation(conn.page.bytes_mut());
+                conn.page.update(handshake::bump_generation);
             }
-            handshake::mark_closed(conn.page.bytes_mut(), side);
+            conn.page.update(|page| handshake::mark_closed(page, side));
             if !restart {
-                handshake::mark_stopped(conn.page.bytes_mut(), side);
+                conn.page.update(|page| handshake::mark_stopped(page, side));
             }
             if restart {
                 // The new incarnation gets a fresh control port bound to the survivor's.
@@ -662,7 +663,7 @@ impl Sharing {
                             conn.backend_port = port;
                         }
                         let header = conn.header();
-                        if header.write(conn.page.bytes_mut()).is_err() {
+                        if conn.page.update(|page| header.write(page)).is_err() {
                             warn!("control page {:#x}: header rewrite failed", conn.page.pa());
                         }
                     }

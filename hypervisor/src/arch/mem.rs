@@ -5,6 +5,7 @@
 //! physical frame by its address; the functions here are the only places that turn a physical
 //! address into a reference.
 
+use alloc::vec::Vec;
 use core::arch::asm;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ use hypervisor::grant::pins::Pin;
 use hypervisor::mm::frame_alloc::FrameAllocator;
 use hypervisor::mm::ram_map::SharedCode;
 use hypervisor::mm::stage2::TableMemory;
+use hypervisor::mm::word_edit;
 use shared_abi::layout::{BLOCK_SIZE, PAGE_SIZE};
 
 const GIB: u64 = 1 << 30;
@@ -456,8 +458,10 @@ impl OwnedFrame {
     /// A zeroed frame from the frame allocator, never given back.
     pub fn alloc_zeroed(frames: &mut FrameAllocator) -> Option<Self> {
         let pa = frames.alloc(1, 1)?;
-        let mut frame = OwnedFrame { pa };
-        frame.bytes_mut().fill(0);
+        let frame = OwnedFrame { pa };
+        for word in frame.atomics() {
+            word.store(0, Ordering::Relaxed);
+        }
         Some(frame)
     }
 
@@ -465,22 +469,33 @@ impl OwnedFrame {
         self.pa
     }
 
-    /// The frame's bytes. VMs it is mapped into write it concurrently, but only bytes the
-    /// hypervisor does not write (a control page's sections are each written by one side, and
-    /// the hypervisor writes only the header, a stopped VM's section and the stop word).
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: the frame came from the allocator in `alloc_zeroed` and is never freed, so it
-        // is identity-mapped RAM owned by this value; `&mut self` makes the hypervisor's access
-        // exclusive.
-        unsafe { phys_bytes_mut(self.pa, 4096) }
+    /// Edits the page through `edit`, which gets a private copy of it (each word loaded once):
+    /// only the words `edit` changed are stored back, each with one atomic store, from the
+    /// last to the first, with release order (`hypervisor::mm::word_edit`). The VMs the page is mapped into write it at any
+    /// time (a control page's sections, its header by a hostile front-end), so the page is
+    /// never a `&mut [u8]`, and words the hypervisor did not change are never written back
+    /// over a VM's newer ones. A section's state word is its first: stored last, so a VM
+    /// that sees the new state also sees the new fields that go with it.
+    pub fn update<R>(&self, edit: impl FnOnce(&mut [u8]) -> R) -> R {
+        let words = self.atomics();
+        let before: Vec<u64> = words.iter().map(|w| w.load(Ordering::Acquire)).collect();
+        let mut copy = word_edit::bytes_of(&before);
+        let result = edit(&mut copy);
+        for (i, word) in word_edit::changed_words(&before, &copy) {
+            if let Some(slot) = words.get(i) {
+                slot.store(word, Ordering::Release);
+            }
+        }
+        result
     }
 
     /// The frame as atomic words, for a page the hypervisor and a VM both write at any time
-    /// (an I/O request page).
+    /// (an I/O request page, a control page).
     pub fn atomics(&self) -> &[AtomicU64] {
-        // SAFETY: as in `bytes_mut`, the frame is identity-mapped RAM owned by this value for
-        // as long as it lives; page aligned, so aligned for AtomicU64; the VMs it is mapped
-        // into access it concurrently, which atomics allow.
+        // SAFETY: the frame came from the allocator in `alloc_zeroed` and is never freed, so
+        // it is identity-mapped RAM owned by this value for as long as it lives; page aligned,
+        // so aligned for AtomicU64; the VMs it is mapped into access it concurrently, which
+        // atomics allow.
         unsafe { core::slice::from_raw_parts(self.pa as *const AtomicU64, 4096 / 8) }
     }
 }

@@ -6,3 +6,4 @@ pub mod ram_map;
 pub mod stage2;
 pub mod vmid;
 pub mod walk_model;
+pub mod word_edit;
