@@ -471,11 +471,12 @@ impl OwnedFrame {
 
     /// Edits the page through `edit`, which gets a private copy of it (each word loaded once):
     /// only the words `edit` changed are stored back, each with one atomic store, from the
-    /// last to the first, with release order (`hypervisor::mm::word_edit`). The VMs the page is mapped into write it at any
-    /// time (a control page's sections, its header by a hostile front-end), so the page is
-    /// never a `&mut [u8]`, and words the hypervisor did not change are never written back
-    /// over a VM's newer ones. A section's state word is its first: stored last, so a VM
-    /// that sees the new state also sees the new fields that go with it.
+    /// last to the first, with release order (`hypervisor::mm::word_edit`). The VMs the page
+    /// is mapped into write it at any time (a control page's sections, its header by a
+    /// hostile front-end), so the page is never a `&mut [u8]`, and words the hypervisor did
+    /// not change are never written back over a VM's newer ones. A section's state word is
+    /// its first: stored last, so a VM that sees the new state also sees the new fields that
+    /// go with it.
     pub fn update<R>(&self, edit: impl FnOnce(&mut [u8]) -> R) -> R {
         let words = self.atomics();
         let before: Vec<u64> = words.iter().map(|w| w.load(Ordering::Acquire)).collect();
