@@ -1693,6 +1693,30 @@ fn emulated_guest(name: &str, host: u8, settings: &str) -> String {
 }
 
 #[test]
+fn a_guest_whose_serving_time_ends_during_a_hosts_echo_serves_on_until_it_closes() {
+    // The host's 256 KiB TCP echo through the emulated NIC takes seconds (about 10 alone, more
+    // on a loaded host); the guest's serving time is one. Before, the guest powered off in the
+    // middle of the echo (on a loaded host, the emulated NIC's test lost its echo that way
+    // with 20 s of serving); now it serves on while an echo connection is open.
+    let toml = format!(
+        "{MACHINE}{}{}",
+        switch_driver_domain(""),
+        emulated_guest("emu1", 18, ", host_echo = true, serve_ms = 1000"),
+    );
+    let topology = Topology::from_toml_str(&toml).expect("test topology");
+    let (boot, checks) = boot_like_the_demo(&topology, 240);
+    let t = boot.transcript();
+    assert_checks_pass(&boot, &checks, &["tcp host -> emu1 echo".to_string()]);
+    let serving_on = boot
+        .position("[emu1] net: a TCP echo connection is still open; serving on")
+        .unwrap_or_else(|| panic!("the echo outlasted no serving time:\n{t}"));
+    let closed = boot
+        .position("[emu1] net: the TCP echo connection closed")
+        .unwrap_or_else(|| panic!("the guest did not see the echo close:\n{t}"));
+    assert!(serving_on < closed, "{t}");
+}
+
+#[test]
 fn the_emulated_nic_carries_ping_and_tcp_to_a_para_virtual_guest_and_the_host() {
     // emu1 pings a para-virtual guest and the host, is pinged back, and the host runs 256 KiB
     // of TCP echo through it (QEMU's user network, the NIC, the switch, the device model).

@@ -334,6 +334,15 @@ impl<D: Device> Stack<D> {
         }
     }
 
+    /// Whether a TCP echo connection is open (connecting, carrying data or closing): a guest
+    /// that is about to stop serves on while one is, so that a client is not cut off in the
+    /// middle of its echo (a slow host can stretch an echo past the guest's serving time).
+    pub fn echo_in_progress(&self) -> bool {
+        self.tcp
+            .iter()
+            .any(|&handle| self.sockets.get::<tcp::Socket>(handle).is_active())
+    }
+
     fn serve_tcp_echo(&mut self) {
         for i in 0..self.tcp.len() {
             let handle = self.tcp[i];

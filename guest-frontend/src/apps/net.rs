@@ -15,7 +15,8 @@
 //! guest asks, after the pings: `udp_echo_count` requests, default 100, every
 //! `udp_echo_interval_ms`, default 50; the `UDP ECHO` line says which came back, see
 //! `vm_net::udp_echo`), `serve_ms` (how long to keep serving after the pings,
-//! default 5000), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
+//! default 5000; a TCP echo connection still open then is served until it closes, for at
+//! most another minute), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
 //! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
 //! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` and `big_pings` send
 //! their large pings (default: the gateway; `big_ping_mac`, their destination MAC for
@@ -57,6 +58,8 @@ const MAX_LATE_REPLY_MS: u64 = 60_000;
 const SLIRP_GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 /// How long the flooding modes keep at it.
 const HOSTILE_MS: u64 = 3_000;
+/// How long past its serving time a guest serves on while a TCP echo connection is open.
+const ECHO_GRACE_MS: u64 = 60_000;
 /// How long the `silent_close` mode stays (silent) after the back-end noticed.
 const SILENT_CLOSE_LINGER_MS: u64 = 500;
 /// The churning mode reconnects this many times: past any sane back-end's burst of
@@ -246,6 +249,7 @@ fn net(info: &StartInfo<'static>) -> Result<(), String> {
         net.udp_echo(target, count, interval_ms, plan.late_ms)?;
     }
     net.serve_for(plan.serve_ms);
+    net.finish_echoes();
     // What was sent last (an answer to a late ping) leaves before this VM powers off.
     if !net
         .stack
@@ -337,6 +341,31 @@ impl Net {
     fn serve_for(&mut self, ms: u64) {
         let until = timer::now() + timer::ms_to_ticks(ms);
         self.run_until(until, |_| false);
+    }
+
+    /// Serves on while a TCP echo connection is open, for at most [`ECHO_GRACE_MS`]: the
+    /// serving time is fixed, a client's echo is not, and powering off in its middle cut a
+    /// host's 256 KiB echo through the emulated NIC on a loaded host.
+    fn finish_echoes(&mut self) {
+        if !self.stack.echo_in_progress() {
+            return;
+        }
+        println!("net: a TCP echo connection is still open; serving on until it closes (at most {ECHO_GRACE_MS} ms)");
+        let start = Instant::now();
+        while self.stack.echo_in_progress()
+            && start.elapsed_ms() < ECHO_GRACE_MS
+            && self.stack.device.broken.is_none()
+        {
+            self.serve_for(100);
+        }
+        if self.stack.echo_in_progress() {
+            println!("net: the TCP echo connection is still open after {ECHO_GRACE_MS} ms; stopping anyway");
+        } else {
+            println!(
+                "net: the TCP echo connection closed {} ms after the serving time",
+                start.elapsed_ms()
+            );
+        }
     }
 
     /// Pings `target` `count` times after a first reply shows it is there; prints every reply

@@ -447,3 +447,65 @@ fn udp_losses_are_counted() {
         std::println!("{c}\n{s}");
     }
 }
+
+impl Net {
+    /// One millisecond with no iperf3 client: both stacks run, the cable carries everything.
+    fn exchange(&mut self) {
+        self.server.poll_at(self.now);
+        self.client.poll_at(self.now);
+        for (from, to) in [
+            (&self.cable.0, &self.cable.1),
+            (&self.cable.2, &self.cable.3),
+        ] {
+            to.borrow_mut().extend(from.borrow_mut().drain(..));
+        }
+        self.now += Duration::from_millis(1);
+    }
+}
+
+#[test]
+fn an_echo_connection_is_in_progress_from_its_first_segment_until_it_is_closed() {
+    use smoltcp::socket::tcp;
+    let mut net = Net::new();
+    let buffer = || tcp::SocketBuffer::new(std::vec![0u8; 4096]);
+    let handle = net
+        .client
+        .sockets_mut()
+        .add(tcp::Socket::new(buffer(), buffer()));
+    let port = net.client.ephemeral_port();
+    assert!(!net.server.echo_in_progress(), "only listening");
+    net.client
+        .tcp_connect(handle, (SERVER_IP, crate::stack::ECHO_PORT).into(), port)
+        .expect("connects");
+    fn socket(net: &mut Net, handle: smoltcp::iface::SocketHandle) -> &mut tcp::Socket<'static> {
+        net.client.sockets_mut().get_mut::<tcp::Socket>(handle)
+    }
+    for _ in 0..200 {
+        if socket(&mut net, handle).may_send() {
+            break;
+        }
+        net.exchange();
+    }
+    assert!(net.server.echo_in_progress(), "connected");
+    socket(&mut net, handle)
+        .send_slice(b"twelve bytes")
+        .expect("room");
+    let mut echoed = std::vec::Vec::new();
+    for _ in 0..200 {
+        net.exchange();
+        let mut buf = [0u8; 64];
+        if let Ok(n) = socket(&mut net, handle).recv_slice(&mut buf) {
+            echoed.extend_from_slice(&buf[..n]);
+        }
+        if echoed.len() == 12 {
+            break;
+        }
+    }
+    assert_eq!(echoed, b"twelve bytes");
+    assert!(net.server.echo_in_progress(), "still open after the echo");
+    socket(&mut net, handle).close();
+    for _ in 0..200 {
+        net.exchange();
+    }
+    assert!(!net.server.echo_in_progress(), "closed by both sides");
+}
