@@ -16,11 +16,11 @@
 //! `udp_echo_interval_ms`, default 50; the `UDP ECHO` line says which came back, see
 //! `vm_net::udp_echo`), `serve_ms` (how long to keep serving after the pings,
 //! default 5000; a TCP echo connection still open then is served until it closes, for at
-//! most another minute), and for hostile tests `corrupt` (see [`Corruption`]) with `claim_mac` and
-//! `claim_ip`, the identity the identity modes try to pass for (default: the gateway's,
-//! 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` and `big_pings` send
-//! their large pings (default: the gateway; `big_ping_mac`, their destination MAC for
-//! `big_pings`, default broadcast). With `restart_once = true` the guest resets
+//! most another minute), and for hostile tests `corrupt` (see [`Corruption`]) with
+//! `claim_mac` and `claim_ip`, the identity the identity modes try to pass for (default: the
+//! gateway's, 52:55:0a:00:02:02 and 10.0.2.2), and `big_ping_to`, where `tiny_rx` and
+//! `big_pings` send their large pings (default: the gateway; `big_ping_mac`, their
+//! destination MAC for `big_pings`, default broadcast). With `restart_once = true` the guest resets
 //! itself (PSCI SYSTEM_RESET) at the end of its first boot and does everything again on its
 //! second: how the tests show that a back-end or device model serves a restarted guest afresh.
 
@@ -41,6 +41,7 @@ use vm_net::{Buffers, Stack, ECHO_PORT};
 use vm_runtime::timer::{self, Instant};
 use vm_runtime::{evtchn, println, setting, StartInfo};
 
+use crate::link::Link;
 use crate::netfront::{ConnectOptions, NetFront, LAST_FRAMES_MS};
 
 /// How long a target has to answer its first ping (ARP, a peer still booting).
@@ -350,7 +351,10 @@ impl Net {
         if !self.stack.echo_in_progress() {
             return;
         }
-        println!("net: a TCP echo connection is still open; serving on until it closes (at most {ECHO_GRACE_MS} ms)");
+        println!(
+            "net: a TCP echo connection is still open; serving on until it closes \
+             (at most {ECHO_GRACE_MS} ms)"
+        );
         let start = Instant::now();
         while self.stack.echo_in_progress()
             && start.elapsed_ms() < ECHO_GRACE_MS
@@ -359,7 +363,10 @@ impl Net {
             self.serve_for(100);
         }
         if self.stack.echo_in_progress() {
-            println!("net: the TCP echo connection is still open after {ECHO_GRACE_MS} ms; stopping anyway");
+            println!(
+                "net: the TCP echo connection is still open after {ECHO_GRACE_MS} ms; \
+                 stopping anyway"
+            );
         } else {
             println!(
                 "net: the TCP echo connection closed {} ms after the serving time",
@@ -664,17 +671,8 @@ impl Net {
                         ..Frontend::initialising()
                     })
                     .map_err(|e| format!("writing our section: {e:?}"))?;
-                let start = Instant::now();
-                while start.elapsed_ms() < HOSTILE_MS
-                    && matches!(
-                        link.backend_section().map(|b| b.state),
-                        Some(State::Connected)
-                    )
-                {
-                    timer::sleep_ms(1);
-                }
-                let noticed_ms = start.elapsed_ms();
-                let outcome = match link.backend_section().map(|b| b.state) {
+                let (noticed_ms, state) = wait_for_backend_to_leave(link);
+                let outcome = match state {
                     Some(State::Connected) => {
                         format!("the back-end did not notice within {HOSTILE_MS} ms")
                     }
@@ -692,23 +690,13 @@ impl Net {
                 let link = &front.rings_mut()?.link;
                 link.control.scribble_frontend(0xa5);
                 let _ = evtchn::send(link.control_port);
-                let start = Instant::now();
-                while start.elapsed_ms() < HOSTILE_MS
-                    && matches!(
-                        link.backend_section().map(|b| b.state),
-                        Some(State::Connected)
-                    )
-                {
-                    timer::sleep_ms(1);
-                }
-                match link.backend_section().map(|b| b.state) {
-                    Some(State::Connected) => {
+                match wait_for_backend_to_leave(link) {
+                    (_, Some(State::Connected)) => {
                         format!("the back-end stayed connected for {HOSTILE_MS} ms")
                     }
-                    state => format!(
-                        "scribbled over our control section; the back-end closed in {} ms \
-                         (now {state:?})",
-                        start.elapsed_ms()
+                    (closed_ms, state) => format!(
+                        "scribbled over our control section; the back-end closed in \
+                         {closed_ms} ms (now {state:?})"
                     ),
                 }
             }
@@ -771,6 +759,17 @@ impl Net {
         };
         Ok(Some(outcome))
     }
+}
+
+/// Waits up to [`HOSTILE_MS`] for the back-end's section to leave `Connected`; returns how
+/// long that took (ms) and the state it shows then (`None`: not a valid section).
+fn wait_for_backend_to_leave(link: &Link) -> (u64, Option<State>) {
+    let start = Instant::now();
+    let state = || link.backend_section().map(|b| b.state);
+    while start.elapsed_ms() < HOSTILE_MS && state() == Some(State::Connected) {
+        timer::sleep_ms(1);
+    }
+    (start.elapsed_ms(), state())
 }
 
 fn return_if_broken(front: &NetFront) -> Result<(), String> {
