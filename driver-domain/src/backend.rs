@@ -196,10 +196,10 @@ impl Connection {
     /// When (ms) this connection must be stepped again even with no event, if it must: a
     /// connection attempt the rate limit held back, or a second look at a section read invalid.
     pub fn look_again_at(&self) -> Option<u64> {
-        match (self.retry_at, self.invalid_reads.due_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.retry_at
+            .into_iter()
+            .chain(self.invalid_reads.due_at())
+            .min()
     }
 
     /// Follows the front-end's state until there is nothing more to do now.
