@@ -18,10 +18,23 @@
 //! and both the pin and the wait's look are sequentially consistent, so either the wait sees the
 //! pin or the read sees PERMIT cleared.
 //!
-//! So the wait covers only copies already past their checks: at most one single-page
-//! `memmove` per other pCPU, which no guest can lengthen (a pinned copy takes no lock beyond
-//! the views' short checks, and cannot be preempted at EL2). So the wait is bounded by
-//! hardware, and a revoked grant is never written after GRANT_END returns.
+//! **Phases, so that no guest can lengthen a wait.** A check takes its pin *before* it can tell
+//! whether it will refuse, so pins keep coming after the change too, each held only for a check
+//! that then refuses. With one count per VM a waiter had to see that count at zero, and any
+//! guest can make GRANT_COPY ops that name another VM (a refused op pins it for its check):
+//! guests on the other pCPUs could keep the count above zero, and the wait, which holds the HV
+//! lock, would last as long as they liked. So each VM has two counts and a phase: a pin joins
+//! the count of the phase it read, then reads the phase again and, if a wait began in between,
+//! leaves and joins the new one (at most [`PIN_TRIES`] times, then `Busy`). A wait starts a new
+//! phase and waits only for the old phase's count: the pins taken before it began. A pin that
+//! stayed in the old phase read it again before the new phase began, so that wait sees it; a
+//! pin of the new phase read the phase after the change and its check refuses.
+//!
+//! So the wait covers only copies already past their checks (and checks under way): at most
+//! one single-page `memmove` per other pCPU, which no guest can lengthen (a pinned copy takes
+//! no lock beyond the views' short checks, and cannot be preempted at EL2). So the wait is
+//! bounded by hardware, and a revoked grant is never written after GRANT_END returns.
+//! Waits are serialised by the HV lock, so one phase ends before the next begins.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -29,9 +42,15 @@ use shared_abi::layout::MAX_VMS;
 
 use super::{vm_index, VmId};
 
-/// Copies in flight per VM id.
+/// How often a pin joins a phase that a wait then leaves behind before it gives up (`Busy`):
+/// each retry needs a wait to begin within the pin's few instructions.
+pub const PIN_TRIES: usize = 4;
+
+/// Copies in flight per VM id, counted per phase (see the module documentation).
 pub struct CopyPins {
-    counts: [AtomicU32; MAX_VMS],
+    counts: [[AtomicU32; 2]; MAX_VMS],
+    /// Per VM, how many waits have begun; its low bit picks the count new pins join.
+    phases: [AtomicU32; MAX_VMS],
 }
 
 impl Default for CopyPins {
@@ -45,41 +64,76 @@ impl Default for CopyPins {
 pub struct Pin<'p> {
     pins: &'p CopyPins,
     vm: usize,
+    phase: usize,
 }
 
 impl CopyPins {
     pub const fn new() -> Self {
         CopyPins {
-            counts: [const { AtomicU32::new(0) }; MAX_VMS],
+            counts: [const { [AtomicU32::new(0), AtomicU32::new(0)] }; MAX_VMS],
+            phases: [const { AtomicU32::new(0) }; MAX_VMS],
         }
     }
 
     /// Pins the RAM of `vm` for one copy. Take it under the VM's copy-view lock, before the
-    /// check reads the VM's memory; `None` for an id that is not a VM.
+    /// check reads the VM's memory; `None` for an id that is not a VM, or when waits kept
+    /// beginning under it ([`PIN_TRIES`]).
     pub fn pin(&self, vm: VmId) -> Option<Pin<'_>> {
+        self.pin_between(vm, || {})
+    }
+
+    /// [`CopyPins::pin`], running `between` between the count and the second look at the phase
+    /// (where the tests start waits).
+    fn pin_between(&self, vm: VmId, mut between: impl FnMut()) -> Option<Pin<'_>> {
         let vm = vm_index(vm)?;
-        // At most one pin per pCPU per side: a count that could overflow is a bug, not a
-        // guest's doing, so it is refused rather than wrapped. SeqCst: see the module
-        // documentation (GRANT_END).
-        self.counts[vm]
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_add(1))
-            .ok()?;
-        Some(Pin { pins: self, vm })
+        // SeqCst throughout: see the module documentation (GRANT_END, phases).
+        for _ in 0..PIN_TRIES {
+            let seen = self.phases[vm].load(Ordering::SeqCst);
+            let phase = (seen & 1) as usize;
+            let count = &self.counts[vm][phase];
+            // At most one pin per pCPU per side: a count that could overflow is a bug, not a
+            // guest's doing, so it is refused rather than wrapped.
+            count
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_add(1))
+                .ok()?;
+            between();
+            if self.phases[vm].load(Ordering::SeqCst) == seen {
+                return Some(Pin {
+                    pins: self,
+                    vm,
+                    phase,
+                });
+            }
+            // A wait began in between and may already have seen this count at zero.
+            count.fetch_sub(1, Ordering::Release);
+        }
+        None
     }
 
-    /// Copies in flight that touch `vm`'s RAM.
+    /// Copies in flight that touch `vm`'s RAM, in both phases.
     pub fn count(&self, vm: VmId) -> u32 {
-        vm_index(vm).map_or(0, |i| self.counts[i].load(Ordering::SeqCst))
+        vm_index(vm).map_or(0, |i| {
+            self.counts[i]
+                .iter()
+                .map(|c| c.load(Ordering::SeqCst))
+                .fold(0, u32::saturating_add)
+        })
     }
 
-    /// Returns once no copy touching `vm`'s RAM is in flight; `relax` runs between looks (a spin
-    /// hint on the machine). Call it holding the HV lock (see the module documentation for why
-    /// that bounds the wait). Returns how many looks found a copy in flight.
+    /// Returns once no copy that touched `vm`'s RAM when it was called is in flight (copies
+    /// pinned after it began are not waited for: their checks see the change made before it);
+    /// `relax` runs between looks (a spin hint on the machine). Call it holding the HV lock
+    /// (see the module documentation for why that bounds the wait). Returns how many looks
+    /// found a copy in flight.
     pub fn wait_unpinned(&self, vm: VmId, mut relax: impl FnMut()) -> u64 {
+        let Some(i) = vm_index(vm) else {
+            return 0;
+        };
+        let old = (self.phases[i].fetch_add(1, Ordering::SeqCst) & 1) as usize;
         let mut busy = 0;
-        // The load (SeqCst, so also Acquire) pairs with the copier's Release decrement: once the count is seen at zero,
-        // the copy's writes are visible to whoever takes the RAM next.
-        while self.count(vm) > 0 {
+        // The load (SeqCst, so also Acquire) pairs with the copier's Release decrement: once the
+        // count is seen at zero, the copy's writes are visible to whoever takes the RAM next.
+        while self.counts[i][old].load(Ordering::SeqCst) > 0 {
             busy += 1;
             relax();
         }
@@ -89,7 +143,7 @@ impl CopyPins {
 
 impl Drop for Pin<'_> {
     fn drop(&mut self) {
-        self.pins.counts[self.vm].fetch_sub(1, Ordering::Release);
+        self.pins.counts[self.vm][self.phase].fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -128,7 +182,7 @@ mod tests {
     #[test]
     fn a_full_count_is_refused_and_left_as_it_was() {
         let pins = CopyPins::new();
-        pins.counts[vm_index(1).unwrap()].store(u32::MAX, Ordering::Relaxed);
+        pins.counts[vm_index(1).unwrap()][0].store(u32::MAX, Ordering::Relaxed);
         assert!(pins.pin(1).is_none());
         assert_eq!(pins.count(1), u32::MAX);
         assert!(pins.pin(2).is_some());
@@ -141,6 +195,99 @@ mod tests {
         let mut looks = 0;
         assert_eq!(pins.wait_unpinned(1, || looks += 1), 0);
         assert_eq!(looks, 0);
+    }
+
+    /// Pins taken while a wait runs (other guests' ops naming the VM, each pinning it for its
+    /// check) do not keep the wait going: it waits only for the pins taken before it began.
+    /// With one count per VM this wait never returned.
+    #[test]
+    fn pins_taken_during_a_wait_do_not_lengthen_it() {
+        let pins = CopyPins::new();
+        let mut before = Some(pins.pin(1).unwrap());
+        let mut during = Vec::new();
+        let mut looks = 0;
+        let busy = pins.wait_unpinned(1, || {
+            looks += 1;
+            assert!(looks < 100, "the wait is held by pins taken after it began");
+            during.push(pins.pin(1).unwrap());
+            if looks == 3 {
+                before = None;
+            }
+        });
+        assert!(before.is_none());
+        assert_eq!(busy, 3);
+        assert_eq!(pins.count(1), 3, "the later pins are still counted");
+        // The next wait waits for them.
+        let mut next_looks = 0;
+        pins.wait_unpinned(1, || {
+            next_looks += 1;
+            during.pop();
+        });
+        assert_eq!((next_looks, pins.count(1)), (3, 0));
+    }
+
+    /// A pin under which a wait began leaves the count it joined (the wait may already have
+    /// seen it at zero) and joins the new phase; one that waits keep beginning under gives up.
+    #[test]
+    fn a_pin_that_a_wait_began_under_moves_to_the_new_phase_or_gives_up() {
+        let pins = CopyPins::new();
+        // A wait begins by starting a new phase (then it waits for the old phase's count).
+        let mut waits = 0;
+        let p = pins
+            .pin_between(1, || {
+                if waits == 0 {
+                    waits += 1;
+                    pins.phases[0].fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+        assert_eq!(p.phase, 1);
+        assert_eq!(
+            pins.counts[0][0].load(Ordering::Relaxed),
+            0,
+            "the old phase's count left"
+        );
+        assert_eq!(pins.counts[0][1].load(Ordering::Relaxed), 1);
+        drop(p);
+        let mut tries = 0;
+        let refused = pins.pin_between(1, || {
+            tries += 1;
+            pins.phases[0].fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(refused.is_none());
+        assert_eq!(tries, PIN_TRIES);
+        assert_eq!(pins.count(1), 0, "a pin that gave up holds nothing");
+    }
+
+    /// Waits and pins racing on several threads: every wait returns and no pin is left.
+    #[test]
+    fn waits_racing_pins_all_return_and_leave_no_pin() {
+        let pins: &'static CopyPins = Box::leak(Box::new(CopyPins::new()));
+        let pinned = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let copiers: Vec<_> = (0..3)
+            .map(|_| {
+                let (pinned, stop) = (pinned.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(p) = pins.pin(1) {
+                            pinned.fetch_add(1, Ordering::Relaxed);
+                            drop(p);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut waits = 0u64;
+        while waits < 2_000 || pinned.load(Ordering::Relaxed) < 20_000 {
+            pins.wait_unpinned(1, std::hint::spin_loop);
+            waits += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for c in copiers {
+            c.join().unwrap();
+        }
+        assert_eq!(pins.count(1), 0);
     }
 
     /// The revoke guarantee: a copier that pinned before the waiter looked has finished writing
