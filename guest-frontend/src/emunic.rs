@@ -15,8 +15,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use shared_abi::emunic::{
-    BYTE_TEST, BYTE_TEST_VALUE, ID_REV, ID_VALUE, INT_ALL, INT_EN, INT_RX_FRAME, INT_STS, MAC_HI,
-    MAC_LO, MAX_FRAME, MIN_FRAME, RX_DATA, RX_STATUS, TX_CMD, TX_DATA,
+    mac_from_registers, BYTE_TEST, BYTE_TEST_VALUE, ID_REV, ID_VALUE, INT_ALL, INT_EN,
+    INT_RX_FRAME, INT_STS, MAC_HI, MAC_LO, MAX_FRAME, MIN_FRAME, RX_DATA, RX_STATUS, TX_CMD,
+    TX_DATA,
 };
 use shared_abi::layout::intid::EMULATED_NIC;
 use vm_net::smoltcp::phy::{DeviceCapabilities, Medium};
@@ -60,9 +61,13 @@ impl EmuNic {
         if test != BYTE_TEST_VALUE {
             return Err(format!("emulated NIC: BYTE_TEST reads {test:#x}"));
         }
-        let lo = read(MAC_LO).to_le_bytes();
-        let hi = read(MAC_HI).to_le_bytes();
-        let mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+        let (lo, hi) = (read(MAC_LO), read(MAC_HI));
+        let mac = mac_from_registers(lo, hi).ok_or_else(|| {
+            format!(
+                "emulated NIC: MAC_LO {lo:#010x}, MAC_HI {hi:#010x} is not a unicast MAC; \
+                 the device model is broken"
+            )
+        })?;
         let port = evtchn::bind_local_irq(EMULATED_NIC).map_err(|e| format!("{e}"))?;
         write(INT_STS, INT_ALL);
         write(INT_EN, INT_RX_FRAME);

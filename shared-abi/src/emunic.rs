@@ -63,6 +63,16 @@
 
 use heapless::Deque;
 
+/// The MAC a driver reads from `MAC_LO` and `MAC_HI`, if it is one a port may own (unicast, not
+/// all zero, nothing above `MAC_HI`'s two bytes): a driver refuses a device that gives another,
+/// since its network stack would be built on an address it cannot use.
+pub fn mac_from_registers(lo: u32, hi: u32) -> Option<[u8; 6]> {
+    let [a, b, c, d] = lo.to_le_bytes();
+    let [e, f, rest @ ..] = hi.to_le_bytes();
+    let mac = [a, b, c, d, e, f];
+    (rest == [0, 0] && crate::identity::is_unicast(mac)).then_some(mac)
+}
+
 /// Register offsets.
 pub const ID_REV: u64 = 0x00;
 pub const BYTE_TEST: u64 = 0x04;

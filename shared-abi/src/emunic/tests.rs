@@ -361,3 +361,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_driver_takes_the_mac_the_device_gives_and_refuses_one_no_port_may_own() {
+    let mut dev = device();
+    let lo = dev.read(MAC_LO, 4) as u32;
+    let hi = dev.read(MAC_HI, 4) as u32;
+    assert_eq!(mac_from_registers(lo, hi), Some(MAC));
+    assert_eq!(mac_from_registers(0, 0), None, "all zero");
+    assert_eq!(mac_from_registers(0x0000_0001, 0), None, "a group address");
+    assert_eq!(mac_from_registers(0xffff_ffff, 0xffff), None, "broadcast");
+    assert_eq!(
+        mac_from_registers(lo, hi | 0x1_0000),
+        None,
+        "bits above MAC_HI's two bytes"
+    );
+}
