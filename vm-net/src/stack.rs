@@ -433,3 +433,6 @@ impl<D: Device> Stack<D> {
         replies
     }
 }
+
+#[cfg(test)]
+mod tests;

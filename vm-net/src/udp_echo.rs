@@ -280,4 +280,63 @@ mod tests {
             (0, 10, None)
         );
     }
+
+    /// One thing that happens to a tally: a request goes out, or a datagram comes back (the
+    /// echo of request `seq`, or any bytes), at a time that need not be later than the last.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Send(u64),
+        Echo(u32, u64),
+        Junk(Vec<u8>, u64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(Step::Send),
+            (0u32..40, any::<u64>()).prop_map(|(seq, at)| Step::Echo(seq, at)),
+            (proptest::collection::vec(any::<u8>(), 0..80), any::<u64>())
+                .prop_map(|(data, at)| Step::Junk(data, at)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any mix of requests, echoes (of requests sent or not, again and again) and junk, at
+        /// any times: every datagram is counted once as an answer, a duplicate or a stray,
+        /// and the summary adds up (no answer beyond what was sent, before and after the
+        /// silence make up all answers, a silence never ends before it starts).
+        #[test]
+        fn any_datagrams_at_any_times_keep_the_tally_consistent(
+            count in 0u32..40,
+            steps in proptest::collection::vec(step(), 0..80)
+        ) {
+            let mut t = Tally::new(count);
+            let mut received = 0u64;
+            for step in steps {
+                match step {
+                    Step::Send(at) => {
+                        if let Some(seq) = t.next_seq() {
+                            t.sent(seq, at);
+                        }
+                    }
+                    Step::Echo(seq, at) => {
+                        t.received(&datagram(seq), at);
+                        received += 1;
+                    }
+                    Step::Junk(data, at) => {
+                        t.received(&data, at);
+                        received += 1;
+                    }
+                }
+            }
+            let s = t.summary();
+            proptest::prop_assert!(s.answered <= s.sent);
+            proptest::prop_assert_eq!(u64::from(s.answered) + s.duplicates + s.strays, received);
+            proptest::prop_assert_eq!(s.answered_before + s.answered_after, s.answered);
+            if let Some(silence) = s.silence {
+                proptest::prop_assert!(silence.from_us <= silence.to_us);
+            }
+            let _ = (s.lost(), alloc::format!("{s}"));
+        }
+    }
 }

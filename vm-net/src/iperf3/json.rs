@@ -546,4 +546,92 @@ mod tests {
             }
         }
     }
+
+    /// A number inside `depth` containers, alternately arrays and objects.
+    fn nested(depth: usize) -> String {
+        (0..depth).fold(String::from("0"), |inner, level| {
+            if level % 2 == 0 {
+                std::format!("[{inner}]")
+            } else {
+                std::format!("{{\"k\":{inner}}}")
+            }
+        })
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: each entry point answers with a value or an error, never a
+        /// panic, and a text `whole` accepts as an object, `members` walks too.
+        #[test]
+        fn any_bytes_are_read_or_refused_without_panics(
+            text in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)
+        ) {
+            let checked = whole(&text);
+            let walked = members(&text, |_, _| {});
+            let listed = elements(&text, |_| {});
+            if let Ok(Value::Object(_)) = checked {
+                proptest::prop_assert_eq!(walked, Ok(()));
+            }
+            if let Ok(Value::Array(_)) = checked {
+                proptest::prop_assert_eq!(listed, Ok(()));
+            }
+        }
+
+        /// Texts made of JSON's own characters (so the reader gets deep into its grammar,
+        /// where random bytes rarely reach): no panics, and every value handed out is a
+        /// slice of the text that reads back as the same kind of value.
+        #[test]
+        fn json_like_texts_are_read_or_refused_without_panics(
+            text in "[\\[\\]{}\":, 0-9eE.+\\-\\\\/utrfalsn]{0,300}"
+        ) {
+            let _ = whole(text.as_bytes());
+            let _ = members(text.as_bytes(), |key, value| {
+                assert!(key.len() <= text.len());
+                match value {
+                    Value::Object(inner) => assert!(matches!(whole(inner), Ok(Value::Object(_)))),
+                    Value::Array(inner) => assert!(elements(inner, |_| {}).is_ok()),
+                    _ => {}
+                }
+            });
+        }
+
+        /// Any number text the grammar allows (long mantissas, far exponents) reads without
+        /// overflow; its value is never NaN, and the conversions never panic.
+        #[test]
+        fn any_number_text_reads_without_overflow(
+            text in "-?(0|[1-9][0-9]{0,60})(\\.[0-9]{1,60})?([eE][+-]?[0-9]{1,12})?"
+        ) {
+            let Ok(Value::Number(number)) = whole(text.as_bytes()) else {
+                return Err(proptest::test_runner::TestCaseError::fail(
+                    std::format!("{text} not read as a number"),
+                ));
+            };
+            proptest::prop_assert!(!number.value.is_nan());
+            let _ = (number.as_u64(), number.as_i64());
+        }
+
+        /// Integers are exact across the whole 64-bit range, either sign.
+        #[test]
+        fn integers_read_exactly(signed in proptest::prelude::any::<i64>(), unsigned in proptest::prelude::any::<u64>()) {
+            let read = |text: String| match whole(text.as_bytes()) {
+                Ok(Value::Number(n)) => n,
+                other => panic!("{text}: {other:?}"),
+            };
+            proptest::prop_assert_eq!(read(std::format!("{signed}")).as_i64(), Some(signed));
+            proptest::prop_assert_eq!(read(std::format!("{unsigned}")).as_u64(), Some(unsigned));
+        }
+
+        /// Nesting is accepted up to [`MAX_DEPTH`] and refused past it, whatever the mix of
+        /// arrays and objects, and however deep the attempt (the reader's recursion stops at
+        /// the limit, so the stack does not grow with the text).
+        #[test]
+        fn nesting_past_the_limit_is_refused(depth in 1usize..4 * MAX_DEPTH) {
+            let text = nested(depth);
+            let result = whole(text.as_bytes());
+            if depth <= MAX_DEPTH {
+                proptest::prop_assert!(result.is_ok(), "{text}: {result:?}");
+            } else {
+                proptest::prop_assert_eq!(result, Err(JsonError::TooDeep), "{}", text);
+            }
+        }
+    }
 }

@@ -385,6 +385,7 @@ impl TestMarks {
 
 #[cfg(test)]
 mod tests {
+    use super::super::proto::StreamResult;
     use super::*;
     use smoltcp::wire::Ipv4Address;
     use std::string::ToString;
@@ -575,5 +576,73 @@ mod tests {
         .collect();
         assert_eq!(tags, [Some(2), None, Some(3), Some(4), Some(5)]);
         assert_eq!(marks.tests, 2);
+    }
+
+    /// Numbers a peer may put in a stream's counters: anything, and the edges.
+    fn peer_count() -> impl proptest::strategy::Strategy<Value = i64> {
+        use proptest::prelude::*;
+        prop_oneof![any::<i64>(), -2i64..100_000, Just(i64::MIN), Just(i64::MAX)]
+    }
+
+    /// Floating-point values a peer may send, infinities and NaN included (the JSON reader
+    /// gives infinity for `1e999`).
+    fn peer_float() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<f64>(),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(f64::NAN),
+            Just(f64::MAX),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a peer reports in its results (any counts, any jitter) and whatever this
+        /// side counted: the UDP summary and the result line come out without panics or
+        /// overflow, and the line stays a line (bounded length).
+        #[test]
+        fn any_peer_results_make_a_bounded_result_line(
+            sender in proptest::prelude::any::<bool>(),
+            ours in proptest::prelude::any::<(u64, u64, u64, u64)>(),
+            theirs in (peer_count(), peer_count(), peer_count(), peer_count()),
+            jitter in peer_float(),
+            bytes in proptest::prelude::any::<u64>(),
+            micros in proptest::prelude::any::<u64>(),
+        ) {
+            let counts = UdpCounts {
+                packets: ours.0,
+                errors: ours.1,
+                omitted_packets: ours.2,
+                omitted_errors: ours.3,
+                ..UdpCounts::default()
+            };
+            let peer = Results {
+                streams: std::vec![StreamResult {
+                    packets: theirs.0,
+                    errors: theirs.1,
+                    omitted_packets: theirs.2,
+                    omitted_errors: theirs.3,
+                    jitter,
+                    ..StreamResult::default()
+                }],
+                ..Results::default()
+            };
+            let summary = UdpSummary::new(sender, &counts, Some(&peer));
+            proptest::prop_assert!(!summary.jitter_ms.is_nan());
+            let report = Report {
+                role: Role::Server,
+                local: ip(17),
+                peer: ip(16),
+                params: TestParams::udp(10, 1_000_000),
+                sender,
+                bytes,
+                micros,
+                peer_results: Some(peer),
+                udp: Some(summary),
+            };
+            let line = report.to_string();
+            proptest::prop_assert!(line.len() < 1024, "{line}");
+        }
     }
 }

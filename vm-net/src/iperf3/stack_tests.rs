@@ -509,3 +509,58 @@ fn an_echo_connection_is_in_progress_from_its_first_segment_until_it_is_closed()
     }
     assert!(!net.server.echo_in_progress(), "closed by both sides");
 }
+
+/// A peer that keeps opening control connections while a test runs, and never closes them,
+/// cannot make the server hold a socket (and its buffers) for each: the sockets the server
+/// keeps stay bounded, however many connections it denied, and the running test finishes.
+#[test]
+fn a_flood_of_connections_that_never_close_keeps_the_servers_sockets_bounded() {
+    use smoltcp::socket::tcp;
+    /// Connections the flooder keeps open at once (more than the server may linger on).
+    const FLOODERS: usize = 48;
+    let mut net = Net::new();
+    let mut config = net.client_config(false);
+    config.seconds = 2;
+    let mut client = Client::new(config, net.now);
+    for _ in 0..300 {
+        net.round(&mut client);
+    }
+    let buffer = || tcp::SocketBuffer::new(std::vec![0u8; 256]);
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            net.client
+                .sockets_mut()
+                .add(tcp::Socket::new(buffer(), buffer()))
+        })
+        .collect();
+    let baseline = net.server.sockets().iter().count();
+    let mut most = baseline;
+    let mut denied = 0;
+    for _ in 0..1500 {
+        // One new connection a round: a closed flooder (never opened, or reset) tries again.
+        // Open ones never read nor close, so the server's end waits for them.
+        if let Some(&handle) = flooders
+            .iter()
+            .find(|&&h| net.client.sockets().get::<tcp::Socket>(h).state() == tcp::State::Closed)
+        {
+            let port = net.client.ephemeral_port();
+            let _ = net
+                .client
+                .tcp_connect(handle, (SERVER_IP, super::DEFAULT_PORT).into(), port);
+        }
+        net.round(&mut client);
+        most = most.max(net.server.sockets().iter().count());
+        denied = flooders
+            .iter()
+            .filter(|&&h| net.client.sockets().get::<tcp::Socket>(h).recv_queue() > 0)
+            .count()
+            .max(denied);
+    }
+    assert!(denied > 0, "the flood never reached the server");
+    assert!(
+        most <= baseline + super::stream::MAX_RETIRING + 2,
+        "the server held {most} sockets ({baseline} before the flood)"
+    );
+    let events = net.run(&mut client, Duration::from_secs(10));
+    report(&events);
+}

@@ -25,6 +25,10 @@ pub(crate) const CONTROL_BUFFER: usize = 4 * 1024;
 pub(crate) const SMALL_BUFFER: usize = 1024;
 /// How long a closing socket may take before it is aborted.
 pub(crate) const LINGER: Duration = Duration::from_secs(3);
+/// Sockets a [`Retiring`] lets linger at most; past that it aborts instead of closing. A
+/// peer that opens connections (each denied, or failing its test) and never closes them would
+/// otherwise hold a socket and its buffers per connection for [`LINGER`] each.
+pub(crate) const MAX_RETIRING: usize = 16;
 /// What the data is made of (like iperf3's `--repeating-payload`).
 const PATTERN: &[u8; 10] = b"0123456789";
 
@@ -239,8 +243,12 @@ pub(crate) struct Retiring {
 }
 
 impl Retiring {
-    /// Closes `handle` gracefully (what was queued is still sent) and lets it go later.
+    /// Closes `handle` gracefully (what was queued is still sent) and lets it go later; aborts
+    /// it if [`MAX_RETIRING`] sockets linger already.
     pub fn close(&mut self, sockets: &mut SocketSet<'static>, handle: SocketHandle, now: Instant) {
+        if self.sockets.len() >= MAX_RETIRING {
+            return self.abort(sockets, handle);
+        }
         sockets.get_mut::<tcp::Socket>(handle).close();
         self.sockets.push((handle, now + LINGER, false));
     }

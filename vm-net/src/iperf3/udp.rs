@@ -279,4 +279,60 @@ mod tests {
         let s = UdpSender::new(false, 0, start);
         assert!(s.may_send(start) && s.next_send().is_none());
     }
+
+    /// Packet numbers a hostile sender may pick: anything, and the edges of both widths.
+    fn packet_number() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>(),
+            0u64..64,
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX - 1),
+            Just(u64::MAX),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any datagrams (any length, any packet numbers in any order, any send and arrival
+        /// times, either counter width): counting them never overflows, losses never exceed
+        /// the highest number seen, and the jitter stays a finite, non-negative number.
+        #[test]
+        fn any_datagrams_are_counted_without_overflow(
+            wide in proptest::prelude::any::<bool>(),
+            datagrams in proptest::collection::vec(
+                (0usize..40, packet_number(), proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>()),
+                0..64,
+            )
+        ) {
+            let mut r = UdpReceiver::new(wide);
+            let mut counted_bytes = 0u64;
+            for (len, packet, sent, arrival) in datagrams {
+                let mut block = vec![0xa5u8; len];
+                if len >= header_len(wide) {
+                    write_header(&mut block, wide, sent, packet);
+                }
+                let counted = r.datagram(&block, arrival);
+                proptest::prop_assert_eq!(counted, len >= header_len(wide));
+                if counted {
+                    counted_bytes += len as u64;
+                }
+                let c = r.counts;
+                proptest::prop_assert!(c.errors <= c.packets, "{c:?}");
+                proptest::prop_assert!(c.jitter.is_finite() && c.jitter >= 0.0, "{c:?}");
+            }
+            proptest::prop_assert_eq!(r.bytes, counted_bytes);
+        }
+
+        /// Any bytes: a header is read exactly when there are enough of them.
+        #[test]
+        fn a_header_is_read_from_any_bytes_long_enough(
+            wide in proptest::prelude::any::<bool>(),
+            block in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)
+        ) {
+            proptest::prop_assert_eq!(
+                read_header(&block, wide).is_some(),
+                block.len() >= header_len(wide)
+            );
+        }
+    }
 }

@@ -281,6 +281,50 @@ fn the_table_is_bounded_and_any_bytes_are_harmless() {
     }
 }
 
+proptest::proptest! {
+    /// Segments of any flags, numbers and payload, from any of many flows, cut short or with
+    /// bytes overwritten anywhere: the table never panics, never holds more than [`FLOWS`]
+    /// flows, and rewriting any frame (whatever its header says) stays inside it.
+    #[test]
+    fn any_segments_are_inspected_and_rewritten_without_panics(
+        frames in proptest::collection::vec(
+            (
+                0u8..5,
+                proptest::prelude::any::<(u32, Option<u32>, u16)>(),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+                0usize..120,
+                proptest::collection::vec((0usize..120, proptest::prelude::any::<u8>()), 0..4),
+            ),
+            0..48,
+        )
+    ) {
+        let mut table = AckTable::default();
+        for (control, (seq, ack, flow), payload, keep, corruptions) in frames {
+            let control = [
+                TcpControl::None,
+                TcpControl::Psh,
+                TcpControl::Syn,
+                TcpControl::Fin,
+                TcpControl::Rst,
+            ][usize::from(control)];
+            let mut frame = segment(control, seq, ack, &payload);
+            // Another flow: the source port (the checksum does not matter to the table).
+            frame[34..36].copy_from_slice(&(flow % 40).to_be_bytes());
+            for (at, byte) in corruptions {
+                if let Some(b) = frame.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            frame.truncate(keep.max(1));
+            if let Some(repair) = table.inspect(&frame) {
+                rewrite(&mut frame, repair);
+            }
+            proptest::prop_assert!(table.flows.len() <= FLOWS);
+            rewrite(&mut frame, Repair { ack: ack.or(Some(seq)), seq: Some(seq) });
+        }
+    }
+}
+
 /// The stack's side of the cable: frames in, frames out.
 type Cable = FrameQueues;
 

@@ -457,3 +457,392 @@ fn error_texts_are_unchanged() {
     says(ProtoError::Misuse("twice"), "driver error: twice");
     says(ProtoError::TimedOut, "the peer went quiet");
 }
+
+// Property tests: whatever the peer sends, in whatever pieces, the state machines answer with
+// an event or an error, never a panic, and what they buffer and send stays bounded.
+
+use proptest::prelude::*;
+
+use super::channel::Channel;
+
+/// `text` as it goes over the connection: its length (u32 BE), then itself.
+fn framed(text: &str) -> Vec<u8> {
+    let mut bytes = (text.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
+/// A piece of what a hostile peer sends: mostly state bytes (so the machines move on), some
+/// real messages, and any bytes, any length prefix, in between.
+fn peer_piece() -> impl Strategy<Value = Vec<u8>> {
+    let states: Vec<u8> = State::ALL.iter().map(|s| s.byte()).collect();
+    prop_oneof![
+        4 => prop::sample::select(states).prop_map(|b| vec![b]),
+        2 => any::<u8>().prop_map(|b| vec![b]),
+        1 => any::<u32>().prop_map(|len| len.to_be_bytes().to_vec()),
+        1 => Just(framed(&TestParams::tcp(1).to_json())),
+        1 => Just(framed(&Results::one_stream(true, 5, 1.0).to_json())),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ]
+}
+
+/// Does what a server's driver does when the machine waits for it, until it waits for input.
+fn drive_server(s: &mut ServerControl) {
+    loop {
+        match s.phase() {
+            ServerPhase::CreateStreams => s.stream_connected(),
+            ServerPhase::TestEnded => s.test_ended(&Results::one_stream(false, 1, 1.0)),
+            _ => return,
+        }
+    }
+}
+
+/// Does what a client's driver does when the machine waits for it, until it waits for input.
+fn drive_client(c: &mut ClientControl) {
+    loop {
+        match c.phase() {
+            ClientPhase::Running => c.end_test(),
+            ClientPhase::ResultsWanted => c.send_results(&Results::one_stream(true, 1, 1.0)),
+            _ => return,
+        }
+    }
+}
+
+/// A well-behaved peer's side of a whole test: its bytes, where its messages start (and where
+/// they end), and the point it only passes after our driver acted (past it: no gate).
+struct Transcript {
+    bytes: Vec<u8>,
+    boundaries: Vec<usize>,
+    gate: usize,
+}
+
+impl Transcript {
+    fn new(messages: Vec<Vec<u8>>, gate_before_message: usize) -> Transcript {
+        let mut boundaries = vec![0];
+        let mut bytes = Vec::new();
+        for message in messages {
+            bytes.extend(message);
+            boundaries.push(bytes.len());
+        }
+        let gate = boundaries
+            .get(gate_before_message)
+            .copied()
+            .unwrap_or(bytes.len());
+        Transcript {
+            bytes,
+            boundaries,
+            gate,
+        }
+    }
+
+    /// What a client sends.
+    fn client() -> Transcript {
+        let messages = vec![
+            Cookie::generate(9).as_bytes().to_vec(),
+            framed(&TestParams::tcp(1).to_json()),
+            vec![State::TestEnd.byte()],
+            framed(&Results::one_stream(true, 5, 1.0).to_json()),
+            vec![State::IperfDone.byte()],
+        ];
+        Transcript::new(messages, usize::MAX)
+    }
+
+    /// What a server sends; EXCHANGE_RESULTS only after the client's TEST_END.
+    fn server() -> Transcript {
+        let state = |s: State| vec![s.byte()];
+        let messages = vec![
+            state(State::ParamExchange),
+            state(State::CreateStreams),
+            state(State::TestStart),
+            state(State::TestRunning),
+            state(State::ExchangeResults),
+            framed(&Results::one_stream(false, 5, 1.0).to_json()),
+            state(State::DisplayResults),
+        ];
+        Transcript::new(messages, 4)
+    }
+
+    /// The transcript with `hostile` spliced in (between two messages or anywhere, as
+    /// `between` says), cut into pieces of the sizes in `cuts` (over and over); no piece
+    /// straddles the gate.
+    fn spliced(
+        &self,
+        between: bool,
+        at: prop::sample::Index,
+        hostile: &[u8],
+        cuts: &[usize],
+    ) -> Vec<Vec<u8>> {
+        let at = if between {
+            self.boundaries[at.index(self.boundaries.len())]
+        } else {
+            at.index(self.bytes.len() + 1)
+        };
+        let mut input = self.bytes[..at].to_vec();
+        input.extend_from_slice(hostile);
+        input.extend_from_slice(&self.bytes[at..]);
+        let gate = if at <= self.gate {
+            self.gate + hostile.len()
+        } else {
+            self.gate
+        };
+        let mut pieces = Vec::new();
+        for mut rest in [&input[..gate], &input[gate..]] {
+            for &cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at(cut.min(rest.len()));
+                pieces.push(piece.to_vec());
+                rest = after;
+            }
+        }
+        pieces
+    }
+}
+
+/// A failure, if any, is the last event, only one, and the phase says so.
+fn failure_is_final<E: core::fmt::Debug>(
+    events: &[E],
+    is_failure: impl Fn(&E) -> bool,
+    failed: bool,
+) -> Result<(), TestCaseError> {
+    let failures = events.iter().filter(|e| is_failure(e)).count();
+    prop_assert!(failures <= 1, "{events:?}");
+    prop_assert_eq!(failures == 1, failed, "{:?}", events);
+    if failures == 1 {
+        prop_assert!(events.last().is_some_and(is_failure), "{events:?}");
+    }
+    Ok(())
+}
+
+proptest! {
+    /// A JSON length past [`MAX_JSON_LEN`] is refused as soon as its four bytes are in, in
+    /// every place a peer's JSON is read: nothing waits for (or makes room for) the body.
+    #[test]
+    fn every_json_length_past_the_limit_is_refused_on_its_prefix_alone(
+        len in (MAX_JSON_LEN as u32 + 1)..=u32::MAX
+    ) {
+        let prefix = len.to_be_bytes();
+        let too_long = ProtoError::MessageTooLong(len);
+
+        let mut parameters = server_after_cookie();
+        parameters.receive(&prefix);
+        prop_assert_eq!(server_error_of(&parameters), Some(errno::IERECVPARAMS));
+        prop_assert_eq!(events_server(&mut parameters), vec![ServerEvent::Failed(too_long)]);
+
+        let mut results = running_server();
+        results.receive(&[State::TestEnd.byte()]);
+        results.test_ended(&Results::default());
+        results.receive(&prefix);
+        prop_assert_eq!(
+            events_server(&mut results).pop(),
+            Some(ServerEvent::Failed(too_long))
+        );
+
+        let mut client = ClientControl::new(Cookie::generate(3), TestParams::tcp(1));
+        client.receive(&[9, 10, 1, 2]);
+        client.end_test();
+        client.receive(&[13]);
+        client.send_results(&Results::default());
+        client.receive(&prefix);
+        prop_assert_eq!(events_client(&mut client).pop(), Some(ClientEvent::Failed(too_long)));
+
+        let mut channel = Channel::default();
+        prop_assert_eq!(channel.append(&prefix), Ok(&[][..]));
+        prop_assert_eq!(channel.take_json(), Some(Err(too_long)));
+    }
+
+    /// The input buffer holds at most `INBOX_LIMIT` bytes however the input comes and
+    /// whatever is taken from it: the rest is handed back, and a full buffer is an error.
+    #[test]
+    fn the_input_buffer_never_grows_past_its_limit(
+        steps in prop::collection::vec((0usize..3 * INBOX_LIMIT, 0u8..4), 1..24)
+    ) {
+        let mut channel = Channel::default();
+        let input = vec![0u8; 3 * INBOX_LIMIT];
+        for (len, take) in steps {
+            let before = channel.pending().len();
+            match channel.append(&input[..len]) {
+                Ok(rest) => {
+                    let taken = len - rest.len();
+                    prop_assert_eq!(channel.pending().len(), before + taken);
+                    prop_assert!(rest.is_empty() || channel.pending().len() == INBOX_LIMIT);
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, ProtoError::InputOverflow);
+                    prop_assert_eq!(before, INBOX_LIMIT);
+                }
+            }
+            prop_assert!(channel.pending().len() <= INBOX_LIMIT);
+            match take {
+                0 => drop(channel.take_byte()),
+                1 => drop(channel.take_array::<COOKIE_LEN>()),
+                2 => drop(channel.take_json()),
+                _ => channel.skip(len),
+            }
+        }
+    }
+
+    /// A client's conversation with anything spliced in anywhere (nothing, stray state
+    /// bytes, any length prefix, a message out of place, any bytes), between its messages
+    /// or inside one, in any pieces, the
+    /// driver doing its part: the server never panics, ends in at most one failure, sends no
+    /// more than its protocol's few bytes and one results message, and without the splice
+    /// the test completes.
+    #[test]
+    fn a_server_takes_anything_anywhere_in_a_test(
+        between in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        hostile in prop::collection::vec(peer_piece(), 0..4),
+        cuts in prop::collection::vec(1usize..80, 1..16)
+    ) {
+        let hostile = hostile.concat();
+        let mut s = ServerControl::new();
+        let mut events = Vec::new();
+        let mut sent = 0;
+        for piece in Transcript::client().spliced(between, at, &hostile, &cuts) {
+            s.receive(&piece);
+            drive_server(&mut s);
+            events.extend(events_server(&mut s));
+            sent += s.output().len();
+            s.consume_output(s.output().len());
+        }
+        let ours = Results::one_stream(false, 1, 1.0).to_json();
+        prop_assert!(sent <= 32 + ours.len(), "sent {sent}");
+        prop_assert!(events.len() <= 5, "{events:?}");
+        failure_is_final(
+            &events,
+            |e| matches!(e, ServerEvent::Failed(_)),
+            s.phase() == ServerPhase::Failed,
+        )?;
+        if hostile.is_empty() {
+            prop_assert_eq!(s.phase(), ServerPhase::Done, "{:?}", events);
+        }
+    }
+
+    /// A server's conversation with anything spliced in anywhere, in any pieces, the driver
+    /// doing its part: the client never panics, ends in at most one failure, sends no more
+    /// than its cookie, its parameters, its results and a few state bytes, and without the
+    /// splice the test completes.
+    #[test]
+    fn a_client_takes_anything_anywhere_in_a_test(
+        between in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        hostile in prop::collection::vec(peer_piece(), 0..4),
+        cuts in prop::collection::vec(1usize..80, 1..16)
+    ) {
+        let hostile = hostile.concat();
+        let params = TestParams::tcp(1);
+        let mut c = ClientControl::new(Cookie::generate(4), params);
+        let mut events = Vec::new();
+        let mut sent = 0;
+        for piece in Transcript::server().spliced(between, at, &hostile, &cuts) {
+            c.receive(&piece);
+            drive_client(&mut c);
+            events.extend(events_client(&mut c));
+            sent += c.output().len();
+            c.consume_output(c.output().len());
+        }
+        let ours = Results::one_stream(true, 1, 1.0).to_json();
+        prop_assert!(
+            sent <= COOKIE_LEN + 4 + params.to_json().len() + 4 + ours.len() + 8,
+            "sent {sent}"
+        );
+        prop_assert!(events.len() <= 7, "{events:?}");
+        failure_is_final(
+            &events,
+            |e| matches!(e, ClientEvent::Failed(_)),
+            c.phase() == ClientPhase::Failed,
+        )?;
+        if hostile.is_empty() {
+            prop_assert_eq!(c.phase(), ClientPhase::Done, "{:?}", events);
+        }
+    }
+
+    /// Any values for the parameters a client sends (wrong types, signs, fractions, huge
+    /// numbers, repeated keys): reading them never panics, and what the server accepts is
+    /// within its limits; everything else is refused with SERVER_ERROR.
+    #[test]
+    fn parameters_the_server_accepts_are_within_its_limits(
+        members in prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "tcp", "udp", "sctp", "time", "omit", "parallel", "len", "bandwidth",
+                    "num", "blockcount", "reverse", "bidirectional", "udp_counters_64bit", "x",
+                ]),
+                prop_oneof![
+                    any::<i64>().prop_map(|n| n.to_string()),
+                    any::<u64>().prop_map(|n| n.to_string()),
+                    (0u32..5).prop_map(|n| n.to_string()),
+                    (0u32..70_000).prop_map(|n| n.to_string()),
+                    any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| std::format!("{x:e}")),
+                    prop::sample::select(vec![
+                        "true", "false", "null", "\"1\"", "[1]", "{}", "1e999", "-0",
+                        "-1e999", "0.5", "99999999999999999999999999999999999999999",
+                    ])
+                    .prop_map(String::from),
+                ],
+            ),
+            0..12,
+        )
+    ) {
+        let body: Vec<String> = members.iter().map(|(k, v)| std::format!("\"{k}\":{v}")).collect();
+        let text = std::format!("{{{}}}", body.join(","));
+        if let Ok(params) = TestParams::from_json(text.as_bytes()) {
+            if params.check().is_ok() {
+                prop_assert_eq!(params.parallel, 1);
+                prop_assert!(!params.bidirectional);
+                prop_assert!(params.seconds <= MAX_SECONDS && params.omit <= MAX_OMIT);
+                prop_assert!((1..=MAX_BLOCK_LEN).contains(&params.block_len));
+                if params.protocol == Protocol::Udp {
+                    prop_assert!(params.block_len as usize >= crate::iperf3::header_len(true));
+                }
+            }
+        }
+        let mut s = server_after_cookie();
+        s.receive(&framed(&text));
+        match events_server(&mut s).as_slice() {
+            [ServerEvent::CreateStreams(params)] => prop_assert_eq!(params.check(), Ok(())),
+            [ServerEvent::Failed(_)] => prop_assert!(server_error_of(&s).is_some()),
+            other => prop_assert!(false, "{other:?}"),
+        }
+    }
+
+    /// A results message keeps at most its first `MAX_STREAMS_KEPT` streams, whatever the
+    /// number of elements and whatever they are.
+    #[test]
+    fn results_keep_at_most_the_first_streams(
+        streams in prop::collection::vec(
+            prop_oneof![
+                Just("{}".to_string()),
+                any::<i64>().prop_map(|n| std::format!("{{\"id\":{n},\"bytes\":{n},\"packets\":{n}}}")),
+                Just("1".to_string()),
+                Just("[{}]".to_string()),
+            ],
+            0..64,
+        )
+    ) {
+        let text = std::format!("{{\"streams\":[{}]}}", streams.join(","));
+        let objects = streams.iter().filter(|s| s.starts_with('{')).count();
+        let results = Results::from_json(text.as_bytes());
+        prop_assert_eq!(
+            results.map(|r| r.streams.len()),
+            Ok(objects.min(MAX_STREAMS_KEPT))
+        );
+    }
+
+    /// Any bytes for a cookie: accepted only as 36 printable characters and a NUL.
+    #[test]
+    fn a_cookie_is_accepted_only_as_36_printable_characters_and_a_nul(
+        bytes in prop::collection::vec(any::<u8>(), 0..40),
+        printable in "[!-~]{36}"
+    ) {
+        let valid = bytes.len() == COOKIE_LEN
+            && bytes[COOKIE_LEN - 1] == 0
+            && bytes[..COOKIE_LEN - 1].iter().all(u8::is_ascii_graphic);
+        prop_assert_eq!(Cookie::parse(&bytes).is_ok(), valid);
+        let mut good = printable.into_bytes();
+        good.push(0);
+        prop_assert_eq!(Cookie::parse(&good).map(|c| *c.as_bytes()), Ok(good.clone().try_into().unwrap()));
+    }
+}
