@@ -33,6 +33,8 @@ pub mod iperf3;
 pub mod resend;
 mod stack;
 mod stale_ack;
+#[cfg(test)]
+mod test_peer;
 pub mod udp_echo;
 
 pub use announce::gratuitous_arp;

@@ -7,47 +7,18 @@ use proptest::prelude::*;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetFrame, IpAddress, IpProtocol, Ipv4Packet, TcpControl, TcpPacket, UdpPacket, UdpRepr,
 };
 
 use super::*;
 use crate::frame_queues::FrameQueues;
 use crate::iperf3::{Cookie, ServerConfig, State, DEFAULT_PORT};
+use crate::test_peer::{arp_reply, from_peer, stack_at, tcp, PEER_IP, STACK_IP};
 
-const PEER_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
-const STACK_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const PEER_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 2);
-const STACK_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 15);
 /// The peer's end of its iperf3 control connection.
 const CONTROL_PORT: u16 = 40_001;
 /// The peer's end of the echo it checks the stack with at the end.
 const PROBE_PORT: u16 = 40_002;
-
-/// A frame from the peer to the stack: Ethernet and IPv4 headers around `len` bytes of
-/// `protocol` that `emit` writes.
-fn from_peer(protocol: IpProtocol, len: usize, emit: impl FnOnce(&mut [u8])) -> Vec<u8> {
-    let ip = Ipv4Repr {
-        src_addr: PEER_IP,
-        dst_addr: STACK_IP,
-        next_header: protocol,
-        payload_len: len,
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: EthernetAddress(STACK_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut frame = vec![0u8; eth.buffer_len() + ip.buffer_len() + len];
-    let mut eth_frame = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.emit(&mut eth_frame);
-    let mut ip_packet = Ipv4Packet::new_unchecked(eth_frame.payload_mut());
-    ip.emit(&mut ip_packet, &ChecksumCapabilities::default());
-    emit(ip_packet.payload_mut());
-    frame
-}
 
 fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let repr = UdpRepr { src_port, dst_port };
@@ -61,71 +32,6 @@ fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
             &ChecksumCapabilities::default(),
         )
     })
-}
-
-fn tcp(
-    (src_port, dst_port): (u16, u16),
-    control: TcpControl,
-    seq: u32,
-    ack: Option<u32>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let repr = TcpRepr {
-        src_port,
-        dst_port,
-        control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 64_000,
-        window_scale: None,
-        max_seg_size: (control == TcpControl::Syn).then_some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    from_peer(IpProtocol::Tcp, repr.buffer_len(), |buf| {
-        repr.emit(
-            &mut TcpPacket::new_unchecked(buf),
-            &IpAddress::Ipv4(PEER_IP),
-            &IpAddress::Ipv4(STACK_IP),
-            &ChecksumCapabilities::default(),
-        )
-    })
-}
-
-/// An ARP reply from the peer to a request the stack sent, if `frame` is one.
-fn arp_reply(frame: &[u8]) -> Option<Vec<u8>> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Arp {
-        return None;
-    }
-    let ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr,
-        source_protocol_addr,
-        ..
-    } = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()?
-    else {
-        return None;
-    };
-    let reply = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Reply,
-        source_hardware_addr: EthernetAddress(PEER_MAC),
-        source_protocol_addr: PEER_IP,
-        target_hardware_addr: source_hardware_addr,
-        target_protocol_addr: source_protocol_addr,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: source_hardware_addr,
-        ethertype: EthernetProtocol::Arp,
-    };
-    let mut out = vec![0u8; eth.buffer_len() + reply.buffer_len()];
-    let mut out_frame = EthernetFrame::new_unchecked(&mut out[..]);
-    eth.emit(&mut out_frame);
-    reply.emit(&mut ArpPacket::new_unchecked(out_frame.payload_mut()));
-    Some(out)
 }
 
 /// What the stack sent to the peer: the UDP payloads to `udp_port`, and the TCP segments to
@@ -184,15 +90,7 @@ fn run(stack: &mut Stack<FrameQueues>, now: &mut Instant, ms: u32, ports: (u16, 
 /// established: the stack, the clock, the peer's next sequence number and the stack's.
 fn serving_stack_with_a_control_connection() -> (Stack<FrameQueues>, Instant, u32, u32) {
     let mut now = Instant::from_millis(1_000);
-    let mut stack = Stack::new_at(
-        FrameQueues::new(1514, 1024),
-        STACK_MAC,
-        IpCidr::new(STACK_IP.into(), 24),
-        PEER_IP,
-        Buffers::default(),
-        now,
-        7,
-    );
+    let mut stack = stack_at(now);
     stack.serve_iperf3(ServerConfig::default());
     let ports = (CONTROL_PORT, DEFAULT_PORT);
     run(&mut stack, &mut now, 2, (0, 0));

@@ -3,66 +3,20 @@
 
 use std::vec::Vec;
 
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Instant;
-use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, TcpControl, TcpPacket};
 
 use super::*;
 use crate::frame_queues::FrameQueues;
+use crate::test_peer::{arp_reply, stack_at, tcp};
 use crate::{Buffers, Stack, ECHO_PORT};
 
-const PEER_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
-const STACK_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const PEER_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 2);
-const STACK_IP: Ipv4Address = Ipv4Address::new(10, 0, 2, 15);
 const PEER_PORT: u16 = 40948;
 
-/// An Ethernet frame from the peer to the stack carrying one TCP segment, checksums filled.
+/// An Ethernet frame from the peer to the stack's echo carrying one TCP segment, checksums
+/// filled.
 fn segment(control: TcpControl, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: PEER_PORT,
-        dst_port: ECHO_PORT,
-        control,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 64_000,
-        window_scale: None,
-        max_seg_size: (control == TcpControl::Syn).then_some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: PEER_IP,
-        dst_addr: STACK_IP,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: EthernetAddress(STACK_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut frame = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
-    let caps = ChecksumCapabilities::default();
-    let mut eth_frame = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.emit(&mut eth_frame);
-    let mut ip_packet = Ipv4Packet::new_unchecked(eth_frame.payload_mut());
-    ip.emit(&mut ip_packet, &caps);
-    let mut tcp_packet = TcpPacket::new_unchecked(ip_packet.payload_mut());
-    tcp.emit(
-        &mut tcp_packet,
-        &IpAddress::Ipv4(PEER_IP),
-        &IpAddress::Ipv4(STACK_IP),
-        &caps,
-    );
-    frame
+    tcp((PEER_PORT, ECHO_PORT), control, seq, ack, payload)
 }
 
 /// The TCP segment in `frame`: (seq, ack, payload, checksum valid).
@@ -335,34 +289,8 @@ fn run(stack: &mut Stack<Cable>, now: &mut Instant, ms: u32) -> Vec<(u32, u32, V
     for _ in 0..ms {
         stack.poll_at(*now);
         while let Some(frame) = stack.device.from_stack.pop_front() {
-            let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
-            if eth.ethertype() == EthernetProtocol::Arp {
-                let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
-                if let ArpRepr::EthernetIpv4 {
-                    operation: ArpOperation::Request,
-                    source_hardware_addr,
-                    source_protocol_addr,
-                    ..
-                } = arp
-                {
-                    let reply = ArpRepr::EthernetIpv4 {
-                        operation: ArpOperation::Reply,
-                        source_hardware_addr: EthernetAddress(PEER_MAC),
-                        source_protocol_addr: PEER_IP,
-                        target_hardware_addr: source_hardware_addr,
-                        target_protocol_addr: source_protocol_addr,
-                    };
-                    let eth = EthernetRepr {
-                        src_addr: EthernetAddress(PEER_MAC),
-                        dst_addr: source_hardware_addr,
-                        ethertype: EthernetProtocol::Arp,
-                    };
-                    let mut out = vec![0u8; eth.buffer_len() + reply.buffer_len()];
-                    let mut out_frame = EthernetFrame::new_unchecked(&mut out[..]);
-                    eth.emit(&mut out_frame);
-                    reply.emit(&mut ArpPacket::new_unchecked(out_frame.payload_mut()));
-                    stack.device.to_stack.push_back(out);
-                }
+            if let Some(reply) = arp_reply(&frame) {
+                stack.device.to_stack.push_back(reply);
             } else if let Some((seq, ack, payload, _)) = parse(&frame) {
                 sent.push((seq, ack, payload));
             }
@@ -377,15 +305,7 @@ fn run(stack: &mut Stack<Cable>, now: &mut Instant, ms: u32) -> Vec<(u32, u32, V
 /// stack's (the echo still unacknowledged).
 fn connected_echo() -> (Stack<FrameQueues>, Instant, u32, u32) {
     let mut now = Instant::from_millis(1_000);
-    let mut stack = Stack::new_at(
-        FrameQueues::new(1514, 1024),
-        STACK_MAC,
-        IpCidr::new(STACK_IP.into(), 24),
-        PEER_IP,
-        Buffers::default(),
-        now,
-        7,
-    );
+    let mut stack = stack_at(now);
     run(&mut stack, &mut now, 2);
     let isn = 1000u32;
     stack
