@@ -276,6 +276,14 @@ pub enum TopologyError {
         vm: String,
         len: usize,
     },
+    /// The VM's own settings fit, but not with the line the packer adds to them (`line`: a
+    /// driver domain's `frontends`, an emulated-NIC guest's `nic`); `len` is the packed total.
+    PackedSettingsTooLong {
+        vm: String,
+        own: usize,
+        line: &'static str,
+        len: usize,
+    },
     OutOfMemory {
         total_mib: u64,
         machine_mib: u64,
@@ -427,6 +435,11 @@ impl fmt::Display for TopologyError {
                 f,
                 "vm {vm:?}: settings come to {len} bytes as key=value lines; at most \
                  {MAX_SETTINGS_LEN} are allowed"
+            ),
+            PackedSettingsTooLong { vm, own, line, len } => write!(
+                f,
+                "vm {vm:?}: settings come to {own} bytes as key=value lines, {len} with the {line} \
+                 line the packer adds; at most {MAX_SETTINGS_LEN} are allowed, shorten the settings"
             ),
             OutOfMemory {
                 total_mib,
@@ -740,8 +753,22 @@ impl Topology {
             vm.validate_nic()?;
         }
         self.validate_passthrough()?;
-        for vm in self.vms.iter().filter(|vm| vm.kind == VmKind::DriverDomain) {
-            self.frontends_setting(vm)?;
+        // The bundle's settings limit applies to what the packer writes, which is more than the
+        // VM's own settings (VmDef::validate checks those): a driver domain also gets its
+        // front-ends' identities (checked on the way), an emulated-NIC guest `nic=emulated`.
+        for vm in &self.vms {
+            let len = self.packed_settings(vm)?.len();
+            if len > MAX_SETTINGS_LEN {
+                return Err(TopologyError::PackedSettingsTooLong {
+                    vm: vm.name.clone(),
+                    own: vm.settings_text().len(),
+                    line: match vm.kind {
+                        VmKind::DriverDomain => identity::SETTING,
+                        VmKind::Guest => GuestNic::SETTING,
+                    },
+                    len,
+                });
+            }
         }
         // Each VM is at most MAX_VM_RAM and there are at most MAX_VMS, so this cannot overflow.
         let total_mib: u64 = self.vms.iter().map(|vm| vm.memory_mib).sum();
@@ -2097,6 +2124,48 @@ vcpus = 1
         .unwrap();
     }
 
+    /// The bundle's settings limit counts the line the packer adds: settings that fit alone but
+    /// not with an emulated guest's `nic=emulated` or a driver domain's `frontends` line are
+    /// refused here, naming the VM, instead of later by the packer as a bundle error.
+    #[test]
+    fn rejects_settings_the_packer_pushes_past_the_limit() {
+        // One setting "k=...\n" that leaves `room` bytes of the limit free.
+        let filling = |room: usize| format!("k = \"{}\"", "x".repeat(MAX_SETTINGS_LEN - 3 - room));
+        let images = HashMap::from([
+            ("img".to_owned(), vec![1; 100]),
+            ("dd".to_owned(), vec![2; 100]),
+        ]);
+        let emulated_guest = |room| {
+            dd_with_guest_lines(&[&format!(
+                "backend = \"dd\"\nnic = \"emulated\"\nsettings = {{ {} }}",
+                filling(room)
+            )])
+        };
+        let nic_line = "nic=emulated\n".len();
+        let e = emulated_guest(nic_line - 1).unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::PackedSettingsTooLong { vm, own: 2036, line: "nic", len: 2049 }
+                if vm == "g0"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "vm \"g0\": settings come to 2036 bytes as key=value lines, 2049 with the nic line \
+             the packer adds; at most 2048 are allowed, shorten the settings"
+        );
+        pack(&emulated_guest(nic_line).unwrap(), &images).unwrap();
+
+        let frontends_line = "frontends=2=02:51:55:00:00:02\n".len();
+        let driver_domain = |room| dd_with_guests(&filling(room), &[""]);
+        let e = driver_domain(frontends_line - 1).unwrap_err();
+        assert!(
+            matches!(&e, TopologyError::PackedSettingsTooLong { vm, line: "frontends", len: 2049, .. }
+                if vm == "dd"),
+            "{e:?}"
+        );
+        pack(&driver_domain(frontends_line).unwrap(), &images).unwrap();
+    }
+
     #[test]
     fn rejects_memory_overcommit() {
         // 256 MiB machine leaves 192 MiB; the VM alone asks for 194.
@@ -2149,6 +2218,12 @@ vcpus = 1
             TopologyError::SettingsTooLong {
                 vm: vm(),
                 len: 9999,
+            },
+            TopologyError::PackedSettingsTooLong {
+                vm: vm(),
+                own: 2040,
+                line: "nic",
+                len: 2053,
             },
             TopologyError::Balloon {
                 vm: vm(),
@@ -2331,3 +2406,6 @@ vcpus = 1
         assert!(std::error::Error::source(&e).is_some());
     }
 }
+
+#[cfg(test)]
+mod property_tests;
