@@ -103,14 +103,6 @@ use shared_abi::layout::{MAX_VMS, PAGE_SIZE};
 /// A VM id, `1..=MAX_VMS` (0 is never a VM).
 pub type VmId = u16;
 
-/// Heap bytes the records of one grant mapping take at most: its [`Mapping`] in a B-tree leaf
-/// (544 bytes for 11 entries, a 1 KiB block from the hypervisor's buddy allocator, at least 5
-/// entries per leaf) plus its share of the inner nodes and of the per-ref count. Measured with
-/// a buddy-rounding allocator: about 137 bytes per mapping when guests map in random order; this
-/// is the bound for the sparsest tree. The hypervisor refuses, at boot, a topology whose
-/// mapping budgets could need more heap than it sets aside for them.
-pub const HEAP_PER_MAPPING: usize = 320;
-
 /// Index of `vm` in per-VM arrays, or `None` if it is not a VM id.
 pub const fn vm_index(vm: VmId) -> Option<usize> {
     if vm >= 1 && vm as usize <= MAX_VMS {

@@ -61,15 +61,14 @@ mod boot {
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicUsize, Ordering};
 
-    use hypervisor::grant::HEAP_PER_MAPPING;
     use hypervisor::mm::frame_alloc::FrameAllocator;
     use hypervisor::mm::ram_map::SharedCode;
     use hypervisor::mm::stage2::vtcr_el2;
     use hypervisor::mm::vmid::VmidAllocator;
     use hypervisor::sched::{Fairness, Scheduler};
     use log::{error, info};
-    use shared_abi::bundle::{Bundle, VmKind};
-    use shared_abi::grant::{MAX_MAPPINGS_PER_DRIVER_DOMAIN, MAX_MAPPINGS_PER_GUEST};
+    use shared_abi::bundle::Bundle;
+    use shared_abi::grant::MAPPING_HEAP_BYTES;
     use shared_abi::layout::{start_info_gpa, GUEST_RAM_BASE};
 
     use crate::arch::heap::{self, HEAP_SIZE};
@@ -81,12 +80,13 @@ mod boot {
     use crate::vm::{Vcpu, VcpuRun, Vm};
     use crate::{dtb, logger};
 
-    /// The share of the heap grant-mapping budgets may promise away (the rest is for
-    /// everything else); a topology whose budgets need more is refused at boot.
-    const HEAP_FOR_MAPPINGS: u64 = (HEAP_SIZE as u64 / 4) * 3;
+    // What the bundle's check lets grant-mapping budgets promise away (a bundle whose budgets
+    // could need more is refused by `Bundle::parse`) is at most three quarters of the heap; the
+    // rest is for everything else.
+    const _: () = assert!(MAPPING_HEAP_BYTES <= (HEAP_SIZE as u64 / 4) * 3);
     /// Hypercalls that grow the heap are refused (`NoSpace`) below this much free heap, so
     /// that no guest-triggered allocation can fail (which would stop the hypervisor) even if
-    /// [`HEAP_PER_MAPPING`] were too optimistic.
+    /// `shared_abi::grant::HEAP_PER_MAPPING` were too optimistic.
     pub const HEAP_RESERVE: usize = 1 << 20;
 
     /// Where QEMU puts the DTB when it boots an ELF instead of the Image (e.g. under gdb).
@@ -218,31 +218,12 @@ mod boot {
                 "check QEMU's -M virt,iommu=smmuv3 and the SMMU model",
             )
         });
-        let budget = |kind: VmKind| match kind {
-            VmKind::DriverDomain => MAX_MAPPINGS_PER_DRIVER_DOMAIN,
-            VmKind::Guest => MAX_MAPPINGS_PER_GUEST,
-        };
-        let promised: u64 = bundle
-            .vms()
-            .map(|spec| u64::from(budget(spec.kind)) * HEAP_PER_MAPPING as u64)
-            .sum();
-        if promised > HEAP_FOR_MAPPINGS {
-            fail(
-                &alloc::format!(
-                    "the topology's grant-mapping budgets could need {} KiB of hypervisor heap, \
-                     more than the {} KiB set aside for them",
-                    promised >> 10,
-                    HEAP_FOR_MAPPINGS >> 10
-                ),
-                "use fewer driver domains",
-            );
-        }
         // One copy of each image's read-only part, mapped into every VM that runs the image.
         let mut shared_code: Vec<(&'static [u8], SharedCode)> = Vec::new();
         for spec in bundle.vms() {
             hv.sharing
                 .grants
-                .set_mapping_budget(spec.id, budget(spec.kind));
+                .set_mapping_budget(spec.id, spec.kind.mapping_budget());
             let known = shared_code
                 .iter()
                 .find(|(image, _)| core::ptr::eq(*image, spec.image))

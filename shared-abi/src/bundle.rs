@@ -171,6 +171,14 @@ impl VmKind {
         }
     }
 
+    /// Most grant mappings a VM of this kind may hold at a time.
+    pub const fn mapping_budget(self) -> u32 {
+        match self {
+            VmKind::Guest => crate::grant::MAX_MAPPINGS_PER_GUEST,
+            VmKind::DriverDomain => crate::grant::MAX_MAPPINGS_PER_DRIVER_DOMAIN,
+        }
+    }
+
     /// The spelling used in topology files and log lines.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -431,6 +439,25 @@ pub enum BundleError {
         second: usize,
         bdf: Bdf,
     },
+    /// The VMs' grant-mapping budgets could need more hypervisor heap than is set aside for
+    /// them ([`mapping_heap_bytes`]).
+    #[error(
+        "the VMs' grant-mapping budgets could need {needed_kib} KiB of hypervisor heap, more \
+         than the {} KiB set aside for them; use fewer driver domains",
+        crate::grant::MAPPING_HEAP_BYTES >> 10
+    )]
+    MappingBudgets { needed_kib: u64 },
+}
+
+/// The hypervisor heap the grant-mapping records of VMs of `kinds` could need, each VM at its
+/// kind's budget ([`VmKind::mapping_budget`] mappings of
+/// [`HEAP_PER_MAPPING`](crate::grant::HEAP_PER_MAPPING) bytes); more than
+/// [`MAPPING_HEAP_BYTES`](crate::grant::MAPPING_HEAP_BYTES) is refused.
+pub fn mapping_heap_bytes(kinds: impl IntoIterator<Item = VmKind>) -> u64 {
+    kinds
+        .into_iter()
+        .map(|kind| u64::from(kind.mapping_budget()) * crate::grant::HEAP_PER_MAPPING)
+        .fold(0, u64::saturating_add)
 }
 
 /// `[offset, offset + len)` as a usize range if it lies within `[lo, hi)`. `offset` and `len`
@@ -619,6 +646,13 @@ impl<'a> Bundle<'a> {
                     }
                 }
             }
+        }
+
+        let needed = mapping_heap_bytes(vms.iter().flatten().map(|spec| spec.kind));
+        if needed > crate::grant::MAPPING_HEAP_BYTES {
+            return Err(BundleError::MappingBudgets {
+                needed_kib: needed >> 10,
+            });
         }
 
         Ok(Bundle {

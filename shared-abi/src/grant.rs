@@ -106,6 +106,17 @@ pub const MAX_MAPPINGS_PER_GUEST: u32 = 512;
 /// [`MAX_VMS`](crate::layout::MAX_VMS) - 1 front-ends with pools of the largest size
 /// ([`POOL_BUDGET_PAGES`](crate::virtq::POOL_BUDGET_PAGES), 512 pages) and their two rings.
 pub const MAX_MAPPINGS_PER_DRIVER_DOMAIN: u32 = 16384;
+/// Hypervisor heap bytes the records of one grant mapping take at most: its entry in a B-tree
+/// leaf (544 bytes for 11 entries, a 1 KiB block from the hypervisor's buddy allocator, at least
+/// 5 entries per leaf) plus its share of the inner nodes and of the per-ref count. Measured with
+/// a buddy-rounding allocator: about 137 bytes per mapping when guests map in random order;
+/// this is the bound for the sparsest tree.
+pub const HEAP_PER_MAPPING: u64 = 320;
+/// The hypervisor heap set aside for grant-mapping records (three quarters of its heap): a
+/// bundle whose VMs' mapping budgets could need more is refused
+/// ([`BundleError::MappingBudgets`](crate::bundle::BundleError::MappingBudgets)), so every
+/// GRANT_MAP within a VM's budget finds room.
+pub const MAPPING_HEAP_BYTES: u64 = 18 << 20;
 
 /// The grant window is part of the guest-physical layout, defined in [`layout`](crate::layout);
 /// re-exported here because every grant user needs it next to the op formats.

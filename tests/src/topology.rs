@@ -31,6 +31,7 @@ use serde::Deserialize;
 use shared_abi::balloon;
 use shared_abi::bundle::builder::{self, VmDescription};
 use shared_abi::bundle::{self, BundleError, NameProblem, VmKind};
+use shared_abi::grant::MAPPING_HEAP_BYTES;
 use shared_abi::identity::{self, Identity};
 use shared_abi::layout::{MAX_SETTINGS_LEN, MAX_VCPUS_PER_VM, MAX_VMS, MAX_VM_RAM, MIN_VM_RAM};
 pub use shared_abi::pci::{Bdf, BdfError};
@@ -284,6 +285,13 @@ pub enum TopologyError {
         line: &'static str,
         len: usize,
     },
+    /// The VMs' grant-mapping budgets could need more hypervisor heap than is set aside for
+    /// them (`shared_abi::bundle::mapping_heap_bytes`): the hypervisor would refuse the bundle.
+    MappingBudgets {
+        driver_domains: usize,
+        guests: usize,
+        needed_kib: u64,
+    },
     OutOfMemory {
         total_mib: u64,
         machine_mib: u64,
@@ -440,6 +448,19 @@ impl fmt::Display for TopologyError {
                 f,
                 "vm {vm:?}: settings come to {own} bytes as key=value lines, {len} with the {line} \
                  line the packer adds; at most {MAX_SETTINGS_LEN} are allowed, shorten the settings"
+            ),
+            MappingBudgets {
+                driver_domains,
+                guests,
+                needed_kib,
+            } => write!(
+                f,
+                "{driver_domains} driver domain(s) and {guests} guest(s) could need {needed_kib} \
+                 KiB of hypervisor heap for their grant mappings, more than the {} KiB set aside \
+                 for them (each driver domain {} KiB, each guest {} KiB); use fewer driver domains",
+                MAPPING_HEAP_BYTES >> 10,
+                bundle::mapping_heap_bytes([VmKind::DriverDomain]) >> 10,
+                bundle::mapping_heap_bytes([VmKind::Guest]) >> 10,
             ),
             OutOfMemory {
                 total_mib,
@@ -769,6 +790,19 @@ impl Topology {
                     len,
                 });
             }
+        }
+        let needed = bundle::mapping_heap_bytes(self.vms.iter().map(|vm| vm.kind));
+        if needed > MAPPING_HEAP_BYTES {
+            let driver_domains = self
+                .vms
+                .iter()
+                .filter(|vm| vm.kind == VmKind::DriverDomain)
+                .count();
+            return Err(TopologyError::MappingBudgets {
+                driver_domains,
+                guests: self.vms.len() - driver_domains,
+                needed_kib: needed >> 10,
+            });
         }
         // Each VM is at most MAX_VM_RAM and there are at most MAX_VMS, so this cannot overflow.
         let total_mib: u64 = self.vms.iter().map(|vm| vm.memory_mib).sum();
@@ -2166,6 +2200,42 @@ vcpus = 1
         pack(&driver_domain(frontends_line).unwrap(), &images).unwrap();
     }
 
+    /// Four driver domains' grant-mapping budgets (5 MiB of hypervisor heap each) are more than
+    /// the 18 MiB set aside: refused here with what to do, as the hypervisor would refuse the
+    /// bundle; three fit.
+    #[test]
+    fn rejects_more_driver_domains_than_the_mapping_heap_allows() {
+        let domains = |n: usize| {
+            let mut text = String::from("[machine]\ncpus = 2\nmemory_mib = 512\n");
+            for i in 0..n {
+                text += &dd_table(&format!("dd{i}"), "");
+            }
+            Topology::from_toml_str(&text)
+        };
+        let images = HashMap::from([("dd".to_owned(), vec![2; 100])]);
+        let three = domains(3).unwrap();
+        let bundle = pack(&three, &images).unwrap();
+        Bundle::parse(&bundle).unwrap();
+        let e = domains(4).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TopologyError::MappingBudgets {
+                    driver_domains: 4,
+                    guests: 0,
+                    needed_kib: 20_480
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "4 driver domain(s) and 0 guest(s) could need 20480 KiB of hypervisor heap for their \
+             grant mappings, more than the 18432 KiB set aside for them (each driver domain 5120 \
+             KiB, each guest 160 KiB); use fewer driver domains"
+        );
+    }
+
     #[test]
     fn rejects_memory_overcommit() {
         // 256 MiB machine leaves 192 MiB; the VM alone asks for 194.
@@ -2218,6 +2288,11 @@ vcpus = 1
             TopologyError::SettingsTooLong {
                 vm: vm(),
                 len: 9999,
+            },
+            TopologyError::MappingBudgets {
+                driver_domains: 4,
+                guests: 1,
+                needed_kib: 20_640,
             },
             TopologyError::PackedSettingsTooLong {
                 vm: vm(),

@@ -1486,3 +1486,39 @@ fn an_image_header_that_cannot_be_shared_safely_is_refused() {
         );
     }
 }
+
+/// VMs whose grant-mapping budgets could need more hypervisor heap than is set aside for them
+/// are refused: each driver domain may map 16 384 pages (5 MiB of records), each guest 512
+/// (160 KiB), and 18 MiB are set aside, so three driver domains and nineteen guests fit, and a
+/// fourth driver domain, or a twentieth guest beside the three, does not.
+#[test]
+fn rejects_mapping_budgets_beyond_the_heap_set_aside_for_them() {
+    let image = [7u8; 64];
+    let vms = |domains: usize, guests: usize| -> Vec<VmDescription> {
+        let domain = |i| desc(&format!("dd{i}"), VmKind::DriverDomain, 1, 8, &image, "");
+        let guest = |i| desc(&format!("g{i}"), VmKind::Guest, 1, 8, &image, "");
+        (0..domains)
+            .map(domain)
+            .chain((0..guests).map(guest))
+            .collect()
+    };
+    assert_eq!(mapping_heap_bytes([VmKind::DriverDomain]), 5 * MIB);
+    assert_eq!(mapping_heap_bytes([VmKind::Guest]), 160 * 1024);
+    let fits = build(&vms(3, 19)).unwrap();
+    assert_eq!(Bundle::parse(&fits).unwrap().vms().count(), 22);
+    assert_eq!(
+        build(&vms(4, 0)).unwrap_err(),
+        BundleError::MappingBudgets { needed_kib: 20_480 }
+    );
+    assert_eq!(
+        build(&vms(3, 20)).unwrap_err(),
+        BundleError::MappingBudgets {
+            needed_kib: 15_360 + 20 * 160
+        }
+    );
+    assert_eq!(
+        BundleError::MappingBudgets { needed_kib: 20_480 }.to_string(),
+        "the VMs' grant-mapping budgets could need 20480 KiB of hypervisor heap, more than the \
+         18432 KiB set aside for them; use fewer driver domains"
+    );
+}

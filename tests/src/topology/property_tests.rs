@@ -603,15 +603,22 @@ proptest! {
 
     /// Topologies valid by construction (any count of VMs, memory, vCPUs, connections,
     /// emulated NICs, a passthrough, machine options) are accepted and read back from the
-    /// bundle unchanged; the only refusal allowed is settings padded past the limit.
+    /// bundle unchanged; the only refusals allowed are settings padded past the limit and,
+    /// exactly when the VMs' grant-mapping budgets exceed the heap set aside for them, those.
     #[test]
     fn valid_topologies_pack_into_bundles_the_hypervisor_reads_back(
         machine in machine_plan(),
         vms in prop::collection::vec(vm_plan(), 1..=MAX_VMS),
     ) {
         let text = planned_toml(&machine, &vms);
+        let kinds = vms.iter().map(|vm| {
+            if vm.driver_domain { VmKind::DriverDomain } else { VmKind::Guest }
+        });
+        let over_budget =
+            shared_abi::bundle::mapping_heap_bytes(kinds) > shared_abi::grant::MAPPING_HEAP_BYTES;
         match Topology::from_toml_str(&text) {
             Ok(topology) => {
+                prop_assert!(!over_budget, "accepted mapping budgets the hypervisor refuses");
                 prop_assert_eq!(topology.vms.len(), vms.len());
                 check_round_trip(&topology)?;
             }
@@ -619,6 +626,7 @@ proptest! {
                 TopologyError::SettingsTooLong { .. }
                 | TopologyError::PackedSettingsTooLong { .. },
             ) => {}
+            Err(TopologyError::MappingBudgets { .. }) => prop_assert!(over_budget),
             Err(e) => prop_assert!(false, "refused a valid topology: {}\n{}", e, text),
         }
     }
