@@ -349,40 +349,31 @@ struct VmPlan {
     padding: usize,
 }
 
-fn vm_plan() -> impl Strategy<Value = VmPlan> {
-    (
-        prop::bool::weighted(0.25),
-        prop_oneof![4 => (1u64..=32).prop_map(|n| n * 2), 1 => (1u64..=512).prop_map(|n| n * 2)],
-        1..=MAX_VCPUS_PER_VM,
-        prop::option::weighted(0.8, any::<Index>()),
-        any::<bool>(),
-        any::<bool>(),
-        prop::option::of(select(&["0:16", "1000:4,2000:8", "0:4"][..])),
-        prop_oneof![40 => 0usize..100, 1 => 1900usize..=2100],
-    )
-        .prop_map(
-            |(
-                driver_domain,
-                memory_mib,
-                vcpus,
-                backend,
-                emulated,
-                explicit_mac,
-                balloon_schedule,
-                padding,
-            )| {
-                VmPlan {
-                    driver_domain,
-                    memory_mib,
-                    vcpus,
-                    backend,
-                    emulated,
-                    explicit_mac,
-                    balloon_schedule,
-                    padding,
-                }
-            },
-        )
+prop_compose! {
+    fn vm_plan()(
+        driver_domain in prop::bool::weighted(0.25),
+        memory_mib in prop_oneof![
+            4 => (1u64..=32).prop_map(|n| n * 2),
+            1 => (1u64..=512).prop_map(|n| n * 2)
+        ],
+        vcpus in 1..=MAX_VCPUS_PER_VM,
+        backend in prop::option::weighted(0.8, any::<Index>()),
+        emulated in any::<bool>(),
+        explicit_mac in any::<bool>(),
+        balloon_schedule in prop::option::of(select(&["0:16", "1000:4,2000:8", "0:4"][..])),
+        padding in prop_oneof![40 => 0usize..100, 1 => 1900usize..=2100],
+    ) -> VmPlan {
+        VmPlan {
+            driver_domain,
+            memory_mib,
+            vcpus,
+            backend,
+            emulated,
+            explicit_mac,
+            balloon_schedule,
+            padding,
+        }
+    }
 }
 
 /// The machine: which optional fields it has, and how much memory it has to spare.
@@ -396,25 +387,24 @@ struct MachinePlan {
     nic: Option<&'static str>,
 }
 
-fn machine_plan() -> impl Strategy<Value = MachinePlan> {
-    (
-        1..=MAX_MACHINE_CPUS,
-        0u64..100,
-        select(&GIC_VERSIONS[..]),
-        prop::option::of(select(&[100u32, 997, 10_000][..])),
-        any::<bool>(),
-        prop::option::of(select(&["user", "tap", "passt"][..])),
-    )
-        .prop_map(
-            |(cpus, spare_mib, gic, profile_hz, passthrough, nic)| MachinePlan {
-                cpus,
-                spare_mib,
-                gic,
-                profile_hz,
-                passthrough,
-                nic,
-            },
-        )
+prop_compose! {
+    fn machine_plan()(
+        cpus in 1..=MAX_MACHINE_CPUS,
+        spare_mib in 0u64..100,
+        gic in select(&GIC_VERSIONS[..]),
+        profile_hz in prop::option::of(select(&[100u32, 997, 10_000][..])),
+        passthrough in any::<bool>(),
+        nic in prop::option::of(select(&["user", "tap", "passt"][..])),
+    ) -> MachinePlan {
+        MachinePlan {
+            cpus,
+            spare_mib,
+            gic,
+            profile_hz,
+            passthrough,
+            nic,
+        }
+    }
 }
 
 /// The topology file for `machine` and `vms`: names `vm1`, `vm2`, ..., a backend only on
