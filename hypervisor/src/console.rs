@@ -127,9 +127,27 @@ impl RateLimit {
         admit
     }
 
-    /// Lines dropped since the last note (to say so when the VM stops).
+    /// Lines (and bytes) dropped since the last note.
     pub fn pending_drops(&self) -> (u64, u64) {
         (self.dropped_lines, self.dropped_bytes)
+    }
+
+    /// Lines dropped since the last note, to say so when the VM stops: `(lines, bytes)` if
+    /// there are any and a note is due at `now` (at most one a second, as for notes before a
+    /// line), and then counted as said. The credit is left as it is: a VM that resets in a
+    /// loop does not get a fresh burst each time.
+    pub fn note_drops(&mut self, now: u64) -> Option<(u64, u64)> {
+        let note_due = self
+            .last_note
+            .is_none_or(|last| now.saturating_sub(last) >= self.ticks_per_second);
+        if self.dropped_lines == 0 || !note_due {
+            return None;
+        }
+        self.last_note = Some(now);
+        let drops = (self.dropped_lines, self.dropped_bytes);
+        self.dropped_lines = 0;
+        self.dropped_bytes = 0;
+        Some(drops)
     }
 }
 
@@ -167,6 +185,33 @@ mod tests {
         let mut rest = Vec::new();
         b.flush(|l| rest.push(l.len()));
         assert_eq!(rest, vec![5]);
+    }
+
+    /// A VM that floods its console and resets in a loop: each stop says what was dropped (at
+    /// most once a second) but refills nothing, so the loop prints no more than the rate.
+    #[test]
+    fn a_reset_loop_gets_no_fresh_burst_and_at_most_one_note_a_second() {
+        // 1000 ticks per second, 100-byte burst, 50 bytes per second.
+        let mut limit = RateLimit::new(100, 50, 1000, 0);
+        let (mut printed, mut notes) = (0u64, 0u64);
+        // Ten stops 10 ms apart, each after a flood of 20-byte lines.
+        for stop in 0..10u64 {
+            let now = stop * 10;
+            for _ in 0..20 {
+                if limit.admit(19, now) != Admit::Drop {
+                    printed += 20;
+                }
+            }
+            if limit.note_drops(now).is_some() {
+                notes += 1;
+            }
+        }
+        // The burst and 90 ms at 50 bytes a second: 100 + 4.5 bytes, so five lines.
+        assert_eq!(printed, 100);
+        assert_eq!(notes, 1, "one note in the first second");
+        // The first stop said its 15; the other 180 of the 195 dropped lines wait for the next.
+        assert_eq!(limit.note_drops(1_000).map(|(lines, _)| lines), Some(180));
+        assert_eq!(limit.note_drops(3_000), None, "said once");
     }
 
     #[test]

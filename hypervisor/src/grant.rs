@@ -638,6 +638,20 @@ impl GrantTables {
                 .any(|lent| u64::from(lent.frame) << 12 == page)
     }
 
+    /// The guest frame numbers of `vm`'s frames that other VMs map now (each once).
+    pub fn lent_frames(&self, vm: VmId) -> Vec<u64> {
+        let mut frames: Vec<u64> = vm_index(vm).map_or_else(Vec::new, |vi| {
+            self.vms[vi]
+                .lent
+                .values()
+                .map(|lent| u64::from(lent.frame))
+                .collect()
+        });
+        frames.sort_unstable();
+        frames.dedup();
+        frames
+    }
+
     pub fn lent_count(&self, vm: VmId) -> usize {
         vm_index(vm).map_or(0, |vi| {
             self.vms[vi]

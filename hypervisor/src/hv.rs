@@ -25,6 +25,8 @@ use hypervisor::esr::{self, Syndrome};
 use hypervisor::evtchn::Route;
 use hypervisor::grant::{RamRelease, VmId};
 use hypervisor::ioreq::{self, ABSENT_DEVICE_READ};
+use hypervisor::mm::frame_alloc::FrameAllocator;
+use hypervisor::mm::ram_map::{ram_pages_of_frames, split_lent};
 use hypervisor::restart::{self, Mark, SpareRam, Timeline, Verdict};
 use hypervisor::sched::{GiveWay, RunState, Scheduler, VcpuId};
 use log::{error, info, warn};
@@ -32,7 +34,7 @@ use shared_abi::bundle::VmKind;
 use shared_abi::evtchn::{clear_mask, set_pending, Delivery, EVTCHN_INTID};
 use shared_abi::hypercall::{self, Status};
 use shared_abi::ioreq::take_response;
-use shared_abi::layout::{intid, GUEST_RAM_BASE};
+use shared_abi::layout::{intid, GUEST_RAM_BASE, PAGE_SIZE};
 
 use crate::arch::cpu::{self, El1Context};
 use crate::arch::gic::{self, VgicContext, ICH_HCR_UIE};
@@ -820,6 +822,13 @@ impl Hv {
             }
         }
         let restart = kind == StopKind::Reset;
+        // The pages peers map now: all a dead incarnation keeps for them (see `retain` below).
+        let lent_pages = ram_pages_of_frames(
+            &self.sharing.grants.lent_frames(vm_id),
+            self.vms[vm_index]
+                .as_ref()
+                .map_or(0, |vm| vm.ram_bytes / PAGE_SIZE),
+        );
         // Forgets its ports and event page under its event lock: a sender in flight (which
         // holds that lock while it writes the page) has finished, and none writes the page
         // again. Its old RAM, even if replaced above, is freed or handed on only below.
@@ -835,13 +844,22 @@ impl Hv {
         for notify in &stopped.notify {
             self.notify(token, *notify, pcpu);
         }
-        let retained = |pa| RetainedRam {
-            release: RamRelease {
-                vm: vm_id,
-                incarnation: stopped.incarnation,
-            },
-            pa,
-            kept: kept_runs.clone(),
+        // RAM at `pa` that peers still map: only the pages they map are kept until the last
+        // mapping goes, the rest is freed now. (Keeping all of it let two guests fill the host's
+        // memory: one lends a page to the other, which keeps it mapped, and resets over and
+        // over, each reset keeping a whole copy of its RAM.)
+        let release = RamRelease {
+            vm: vm_id,
+            incarnation: stopped.incarnation,
+        };
+        let retain = |frames: &mut FrameAllocator, pa| {
+            let (free_now, lent) = split_lent(&kept_runs, &lent_pages);
+            free_kept_runs(frames, pa, &free_now);
+            RetainedRam {
+                release,
+                pa,
+                kept: lent,
+            }
         };
         let mut vm = self.vms[vm_index].take()?;
         flush_vm_console(vm_id);
@@ -854,7 +872,8 @@ impl Hv {
                     } else if stopped.ram_free_now {
                         free_kept_runs(&mut self.frames, old_pa, &kept_runs);
                     } else {
-                        self.sharing.retained.push(retained(old_pa));
+                        let kept = retain(&mut self.frames, old_pa);
+                        self.sharing.retained.push(kept);
                     }
                 }
                 if warm && self.spare.is_none() {
@@ -906,7 +925,8 @@ impl Hv {
                 if let Some(kept) =
                     vm.destroy(&mut self.frames, &mut self.iommu, stopped.ram_free_now)
                 {
-                    self.sharing.retained.push(retained(kept));
+                    let kept = retain(&mut self.frames, kept);
+                    self.sharing.retained.push(kept);
                 }
                 let _ = self.vmids.free(vmid);
                 let live = self.live_vms();

@@ -250,16 +250,9 @@ pub fn flush_vm_console(id: u16) {
     if let Some(console) = slot.lock().as_mut() {
         let VmConsole { name, line, limit } = console;
         line.flush(|l| VmConsole::emit(name, limit, l));
-        let (lines, bytes) = limit.pending_drops();
-        if lines > 0 {
+        // The limit itself stays: a VM that resets in a loop gets no fresh burst.
+        if let Some((lines, bytes)) = limit.note_drops(cpu::counter()) {
             say_dropped(name, lines, bytes);
-            // Said once: a restarted VM starts with a clean count.
-            *limit = RateLimit::new(
-                CONSOLE_BURST_BYTES,
-                CONSOLE_BYTES_PER_SECOND,
-                cpu::counter_frequency(),
-                cpu::counter(),
-            );
         }
     }
 }

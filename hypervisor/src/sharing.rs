@@ -667,7 +667,18 @@ impl Sharing {
                             warn!("control page {:#x}: header rewrite failed", conn.page.pa());
                         }
                     }
-                    Err(e) => warn!("VM {vm}: control port not rebound after restart: {e:?}"),
+                    Err(e) => {
+                        // The survivor's port is gone (it closed it, or stopped for good): the
+                        // new incarnation has no control port on this connection. The old
+                        // number must not stay in the record, since CONNECTION_PORT would hand
+                        // the new incarnation a number a later bind may give another VM.
+                        if conn.frontend == vm {
+                            conn.frontend_port = NO_PORT;
+                        } else {
+                            conn.backend_port = NO_PORT;
+                        }
+                        warn!("VM {vm}: control port not rebound after restart: {e:?}")
+                    }
                 }
             }
             notify.extend(set_port_pending(events, survivor, survivor_port));

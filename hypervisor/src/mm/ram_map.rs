@@ -79,6 +79,53 @@ pub fn ram_pieces(ram_pa: u64, runs: &[(u64, u64)], code: Option<SharedCode>) ->
     pieces
 }
 
+/// Runs `(first page, pages)` of a VM's RAM, in order.
+pub type PageRuns = Vec<(u64, u64)>;
+
+/// The RAM pages of guest frames `frames` (guest frame numbers) that lie in a RAM window of
+/// `ram_pages` pages, as page indices from its start, sorted and each once.
+pub fn ram_pages_of_frames(frames: &[u64], ram_pages: u64) -> Vec<u64> {
+    let first = GUEST_RAM_BASE / PAGE_SIZE;
+    let mut pages: Vec<u64> = frames
+        .iter()
+        .filter_map(|&frame| frame.checked_sub(first))
+        .filter(|&page| page < ram_pages)
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
+/// Splits the runs `(first page, pages)` of a dead incarnation's RAM into what can be freed now
+/// and what peers still map (`lent`: page indices, sorted): the lent pages that lie in a run,
+/// as runs of their own, are kept until the last mapping goes, everything else is freed at
+/// once. So RAM kept for peers is bounded by what they map (their mapping budgets), not by
+/// how many incarnations a VM goes through while one page of each is mapped.
+pub fn split_lent(runs: &[(u64, u64)], lent: &[u64]) -> (PageRuns, PageRuns) {
+    let (mut free, mut kept) = (Vec::new(), Vec::new());
+    let push = |out: &mut Vec<(u64, u64)>, first: u64, end: u64| {
+        if end <= first {
+            return;
+        }
+        match out.last_mut() {
+            Some((at, pages)) if *at + *pages == first => *pages += end - first,
+            _ => out.push((first, end - first)),
+        }
+    };
+    for &(first, pages) in runs {
+        let end = first.saturating_add(pages);
+        let mut at = first;
+        let from = lent.partition_point(|&page| page < first);
+        for &page in lent.iter().skip(from).take_while(|&&page| page < end) {
+            push(&mut free, at, page);
+            push(&mut kept, page, page + 1);
+            at = page + 1;
+        }
+        push(&mut free, at, end);
+    }
+    (free, kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +214,59 @@ mod tests {
             ram_pieces(RAM_PA, &[(3, 4), (121, 1)], shared(121)),
             [code(121), own(121, 1)]
         );
+    }
+
+    #[test]
+    fn lent_pages_are_kept_as_runs_of_their_own_and_the_rest_freed() {
+        // RAM of 100 pages without 10..20 (given to the balloon); peers map pages 0, 5, 6, 15
+        // (not the VM's any more: ignored), 99 and one past the end.
+        let runs = [(0, 10), (20, 80)];
+        let lent = ram_pages_of_frames(
+            &[0, 5, 6, 15, 99, 100, 6].map(|page| GUEST_RAM_BASE / PAGE_SIZE + page),
+            100,
+        );
+        assert_eq!(lent, [0, 5, 6, 15, 99]);
+        let (free, kept) = split_lent(&runs, &lent);
+        assert_eq!(free, [(1, 4), (7, 3), (20, 79)]);
+        assert_eq!(kept, [(0, 1), (5, 2), (99, 1)]);
+        assert_eq!(
+            ram_pages_of_frames(&[0, 1], 100),
+            [] as [u64; 0],
+            "below the RAM window"
+        );
+    }
+
+    proptest::proptest! {
+        /// Every page of the runs is either freed now or kept, never both; exactly the lent
+        /// pages in the runs are kept; the output runs are in order and do not touch.
+        #[test]
+        fn split_lent_partitions_the_runs(
+            gaps in proptest::collection::vec((0u64..20, 1u64..40), 0..8),
+            lent in proptest::collection::btree_set(0u64..400, 0..40),
+        ) {
+            let mut runs = Vec::new();
+            let mut at = 0;
+            for (gap, pages) in gaps {
+                runs.push((at + gap, pages));
+                at += gap + pages;
+            }
+            let lent: Vec<u64> = lent.into_iter().collect();
+            let (free, kept) = split_lent(&runs, &lent);
+            let pages = |runs: &[(u64, u64)]| -> Vec<u64> {
+                runs.iter().flat_map(|&(first, n)| first..first + n).collect()
+            };
+            let all = pages(&runs);
+            let in_runs: Vec<u64> = lent.iter().copied().filter(|p| all.contains(p)).collect();
+            proptest::prop_assert_eq!(pages(&kept), in_runs);
+            let mut both = pages(&free);
+            both.extend(pages(&kept));
+            both.sort_unstable();
+            proptest::prop_assert_eq!(both, all);
+            for out in [&free, &kept] {
+                for pair in out.windows(2) {
+                    proptest::prop_assert!(pair[0].0 + pair[0].1 < pair[1].0, "{:?}", out);
+                }
+            }
+        }
     }
 }
