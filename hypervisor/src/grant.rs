@@ -638,18 +638,16 @@ impl GrantTables {
                 .any(|lent| u64::from(lent.frame) << 12 == page)
     }
 
-    /// The guest frame numbers of `vm`'s frames that other VMs map now (each once).
+    /// The guest frame numbers of `vm`'s frames that other VMs map now: one per ref that lends
+    /// a frame, in no particular order (`mm::ram_map::ram_pages_of_frames` sorts them).
     pub fn lent_frames(&self, vm: VmId) -> Vec<u64> {
-        let mut frames: Vec<u64> = vm_index(vm).map_or_else(Vec::new, |vi| {
+        vm_index(vm).map_or_else(Vec::new, |vi| {
             self.vms[vi]
                 .lent
                 .values()
                 .map(|lent| u64::from(lent.frame))
                 .collect()
-        });
-        frames.sort_unstable();
-        frames.dedup();
-        frames
+        })
     }
 
     pub fn lent_count(&self, vm: VmId) -> usize {
